@@ -1,0 +1,118 @@
+"""``python -m codegen``: generate, check, or diff Kafka message codecs.
+
+    python -m codegen [--specs PATH] [--out DIR] [--check]
+    python -m codegen diff OLD NEW
+
+PATH is a directory of Kafka JSON definitions or a kafka-clients jar (default:
+``$KAFSCALE_KAFKA_SPECS``, else the release pinned in ``protocol_specs/kafka-specs.lock.json``).
+Writing into the repository's ``generated/`` also rewrites the lock file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from codegen.diff import diff_messages
+from codegen.model import SpecError
+from codegen.render import render_all
+from codegen.specs import REPO_ROOT, SPECS_DIR, default_specs_path, load_messages, read_spec_files
+
+GENERATED = REPO_ROOT / "generated"
+LOCK = SPECS_DIR / "kafka-specs.lock.json"
+KEEP = {"py.typed"}
+
+
+def release_name(path: Path) -> str:
+    """``3.9.1`` for ``.../3.9.1`` or ``kafka-clients-3.9.1.jar``."""
+    m = re.fullmatch(r"kafka-clients-(.+)\.jar", path.name)
+    return m.group(1) if m else path.name
+
+
+def lock_data(path: Path) -> dict[str, object]:
+    files = read_spec_files(path)
+    return {
+        "kafka_release": release_name(path),
+        "files": {f.name: f.sha256 for f in files},
+    }
+
+
+def check_lock(path: Path) -> list[str]:
+    """Differences between the definitions at ``path`` and the pinned checksums."""
+    lock = json.loads(LOCK.read_text())
+    now = lock_data(path)
+    problems = []
+    if now["kafka_release"] != lock["kafka_release"]:
+        problems.append(f"release {now['kafka_release']} is not the pinned {lock['kafka_release']}")
+    pinned, actual = lock["files"], now["files"]
+    assert isinstance(actual, dict)
+    for name in sorted(pinned.keys() | actual.keys()):
+        if pinned.get(name) != actual.get(name):
+            problems.append(f"{name}: checksum differs from the lock")
+    return problems
+
+
+def generate(specs: Path, out: Path, check: bool) -> int:
+    messages = load_messages(specs)
+    files = render_all(messages, release_name(specs))
+    if check:
+        problems = check_lock(specs) if out.resolve() == GENERATED.resolve() else []
+        existing = {p.name for p in out.glob("*.py")} if out.is_dir() else set()
+        for name in sorted(existing - files.keys()):
+            problems.append(f"{out / name}: not produced by the specs (stale)")
+        for name, text in sorted(files.items()):
+            target = out / name
+            if not target.is_file():
+                problems.append(f"{target}: missing")
+            elif target.read_text(encoding="utf-8") != text:
+                problems.append(f"{target}: differs from what the specs give")
+        for p in problems:
+            print(p, file=sys.stderr)
+        if problems:
+            print(f"generated/ is stale ({len(problems)} problems): run scripts/regen", file=sys.stderr)
+            return 1
+        print(f"{len(files)} files match {specs} ({len(messages)} definitions)")
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.py"):
+        if stale.name not in files and stale.name not in KEEP:
+            stale.unlink()
+    for name, text in files.items():
+        target = out / name
+        if not target.is_file() or target.read_text(encoding="utf-8") != text:
+            target.write_text(text, encoding="utf-8")
+    (out / "py.typed").touch()
+    if out.resolve() == GENERATED.resolve():
+        LOCK.write_text(json.dumps(lock_data(specs), indent=2, sort_keys=True) + "\n")
+    print(f"wrote {len(files)} files to {out} from {specs} ({len(messages)} definitions)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["diff"]:
+            p = argparse.ArgumentParser(prog="python -m codegen diff")
+            p.add_argument("old", type=Path)
+            p.add_argument("new", type=Path)
+            a = p.parse_args(argv[1:])
+            lines = diff_messages(load_messages(a.old), load_messages(a.new))
+            print(f"# {release_name(a.old)} -> {release_name(a.new)}: {len(lines)} lines")
+            print("\n".join(lines))
+            return 0
+        p = argparse.ArgumentParser(prog="python -m codegen", description=__doc__.splitlines()[0])
+        p.add_argument("--specs", type=Path, default=None, help="definitions directory or jar")
+        p.add_argument("--out", type=Path, default=GENERATED, help="output directory")
+        p.add_argument("--check", action="store_true", help="fail if --out differs")
+        a = p.parse_args(argv)
+        return generate(a.specs or default_specs_path(), a.out, a.check)
+    except SpecError as e:
+        print(f"codegen: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

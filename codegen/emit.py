@@ -1,0 +1,425 @@
+"""Straight-line Python for one struct at one version: the bodies of read and write functions.
+
+What makes pure-Python codecs fast (see ../shared/notes/kafka-protocol-corners.md) is applied
+here: consecutive fixed-size fields are read and written by one precompiled ``struct.Struct``,
+one-byte varints and empty tag sections take an inline fast path, arrays of fixed-size values
+are unpacked in bulk, version checks are resolved at generation time, and objects are built with
+``object.__new__`` plus slot stores (no ``__init__`` call per struct).
+
+Every function body is rendered against a version; identical bodies of different versions are
+merged by the caller, so a message whose layout changed twice has three functions, not eighteen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from codegen.model import FIXED_SIZES, STRUCT_CODES, Field, Message, Struct
+
+Names = Callable[[Struct, int], str]
+"""Maps (struct, version) to the name of the function that reads (or writes) it."""
+
+
+@dataclass
+class ModuleState:
+    """Module-level constants the bodies refer to (collected while emitting)."""
+
+    formats: dict[str, str] = field(default_factory=dict)  # identifier -> struct format
+
+    def struct_for(self, codes: str) -> str:
+        ident = "_S_" + codes.replace("?", "z")
+        self.formats[ident] = ">" + codes
+        return ident
+
+
+class Body:
+    """Lines of Python with indentation."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.depth = 1
+        self.counter = 0
+
+    def tmp(self, prefix: str) -> str:
+        """A fresh local name (mypy wants one type per local)."""
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    def __call__(self, line: str) -> None:
+        self.lines.append("    " * self.depth + line)
+
+    def indent(self) -> _Indent:
+        return _Indent(self)
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+class _Indent:
+    def __init__(self, body: Body) -> None:
+        self.body = body
+
+    def __enter__(self) -> None:
+        self.body.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.body.depth -= 1
+
+
+def _groups(fields: list[Field]) -> Iterator[list[Field]]:
+    """Split wire fields into runs: consecutive fixed-size scalars form one run."""
+    run: list[Field] = []
+    for f in fields:
+        if f.type.is_fixed:
+            run.append(f)
+            continue
+        if run:
+            yield run
+            run = []
+        yield [f]
+    if run:
+        yield run
+
+
+def _compact(f: Field, msg: Message, version: int) -> bool:
+    if version not in msg.flexible:
+        return False
+    return f.flexible is None or version in f.flexible
+
+
+def default_expr(f: Field) -> str:
+    """A Python expression for a fresh default value of ``f``."""
+    if f.type.is_array:
+        return "None" if f.default is None else "[]"
+    if f.type.is_struct:
+        return "None" if f.default is None else f"{f.type.element}()"
+    if f.type.element == "uuid":
+        return "_ZERO_UUID" if f.default.int == 0 else f"_UUID(int={f.default.int})"
+    return repr(f.default)
+
+
+def is_default_check(f: Field, value: str) -> str:
+    """A Python condition that is true when ``value`` differs from the default of ``f``."""
+    if f.type.is_array:
+        return f"{value} is not None" if f.default is None else f"{value} != []"
+    if f.type.is_struct:
+        return f"{value} is not None" if f.default is None else f"{value} != {f.type.element}()"
+    if f.type.element == "records" or f.default is None:
+        return f"{value} is not None"
+    if f.type.element == "bool":
+        return f"not {value}" if f.default else value
+    return f"{value} != {default_expr(f)}"
+
+
+class ReadEmitter:
+    def __init__(self, msg: Message, state: ModuleState, names: Names, tag_names: Names) -> None:
+        self.msg = msg
+        self.state = state
+        self.names = names
+        self.tag_names = tag_names
+
+    def struct_body(self, s: Struct, v: int) -> str:
+        b = Body()
+        flexible = v in self.msg.flexible
+        b(f"o = _new({s.name})")
+        for f in s.fields:
+            if not f.present(v) or (flexible and f.is_tagged(v)):
+                b(f"o.{f.py_name} = {default_expr(f)}")
+        wire = [f for f in s.fields if f.present(v) and not (flexible and f.is_tagged(v))]
+        for run in _groups(wire):
+            if run[0].type.is_fixed:
+                self.fixed_run(b, run)
+            else:
+                self.value(b, run[0], v, f"o.{run[0].py_name}")
+        if not flexible:
+            b("o._unknown_tags = None")
+        elif s.tagged_fields(v):
+            b("if buf[pos]:")
+            with b.indent():
+                b(f"pos = {self.tag_names(s, v)}(o, buf, pos)")
+            b("else:")
+            with b.indent():
+                b("o._unknown_tags = None")
+                b("pos += 1")
+        else:
+            b("if buf[pos]:")
+            with b.indent():
+                b(f"o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_{s.name})")
+            b("else:")
+            with b.indent():
+                b("o._unknown_tags = None")
+                b("pos += 1")
+        b("return o, pos")
+        return b.text()
+
+    def tags_body(self, s: Struct, v: int) -> str:
+        """The tag-section reader of a struct that has known tagged fields in ``v``."""
+        b = Body()
+        b("count, pos = _uvarint(buf, pos)")
+        b("if count > len(buf) - pos:")
+        with b.indent():
+            b('raise _too_long("tag section", count, len(buf) - pos, pos)')
+        b("unknown: _UnknownTags | None = None")
+        b("for _ in range(count):")
+        with b.indent():
+            b("tag, pos = _uvarint(buf, pos)")
+            b("tend, pos = _tag_end(buf, pos)")
+            keyword = "if"
+            for f in s.tagged_fields(v):
+                b(f"{keyword} tag == {f.tag}:")
+                keyword = "elif"
+                with b.indent():
+                    self.value(b, f, v, f"o.{f.py_name}")
+                    b(f"_check_tag_end(pos, tend, {f.tag})")
+            b(f"{keyword} tag in _TAGS_{s.name}:")
+            with b.indent():
+                b('raise _ProtocolError(f"tag {tag} is not valid in this version", offset=pos)')
+            b("else:")
+            with b.indent():
+                b("if unknown is None:")
+                with b.indent():
+                    b("unknown = []")
+                b("unknown.append((tag, bytes(buf[pos:tend])))")
+            b("pos = tend")
+        b("o._unknown_tags = unknown")
+        b("return pos")
+        return b.text()
+
+    def fixed_run(self, b: Body, run: list[Field]) -> None:
+        codes = "".join(STRUCT_CODES[f.type.element] for f in run)
+        size = sum(FIXED_SIZES[f.type.element] for f in run)
+        ident = self.state.struct_for(codes)
+        if len(run) == 1:
+            b(f"o.{run[0].py_name} = {ident}.unpack_from(buf, pos)[0]")
+        else:
+            targets = ", ".join(f"o.{f.py_name}" for f in run)
+            b(f"{targets} = {ident}.unpack_from(buf, pos)")
+        b(f"pos += {size}")
+
+    def length(self, b: Body, f: Field, v: int, wide: bool) -> None:
+        """Read a length prefix into ``n`` (-1 = null)."""
+        if _compact(f, self.msg, v):
+            b("n = buf[pos]")
+            b("if n < 128:")
+            with b.indent():
+                b("pos += 1")
+            b("else:")
+            with b.indent():
+                b("n, pos = _uvarint(buf, pos)")
+            b("n -= 1")
+        else:
+            ident = self.state.struct_for("i" if wide else "h")
+            b(f"n = {ident}.unpack_from(buf, pos)[0]")
+            b(f"pos += {4 if wide else 2}")
+
+    def null_branch(self, b: Body, f: Field, v: int, target: str, what: str) -> None:
+        """After ``length``: handle n < 0, then leave an open ``else`` for the value."""
+        b("if n < 0:")
+        with b.indent():
+            if f.is_nullable(v):
+                b("if n != -1:")
+                with b.indent():
+                    b(f'raise _ProtocolError(f"bad {what} length {{n}}", offset=pos)')
+                b(f"{target} = None")
+            else:
+                b(f'raise _null_error("{what}", pos)')
+
+    def value(self, b: Body, f: Field, v: int, target: str) -> None:
+        t = f.type
+        if t.is_array:
+            self.array(b, f, v, target)
+        elif t.is_struct:
+            assert f.struct is not None
+            reader = self.names(f.struct, v)
+            if f.is_nullable(v):
+                b("if buf[pos] >= 128:")  # int8 marker: negative means null
+                with b.indent():
+                    b(f"{target} = None")
+                    b("pos += 1")
+                b("else:")
+                with b.indent():
+                    b(f"{target}, pos = {reader}(buf, pos + 1)")
+            else:
+                b(f"{target}, pos = {reader}(buf, pos)")
+        elif t.is_fixed:
+            ident = self.state.struct_for(STRUCT_CODES[t.element])
+            b(f"{target} = {ident}.unpack_from(buf, pos)[0]")
+            b(f"pos += {FIXED_SIZES[t.element]}")
+        elif t.element == "uuid":
+            b(f"{target} = _read_uuid(buf, pos)")
+            b("pos += 16")
+        else:
+            self.sized(b, f, v, target, t.element)
+
+    def sized(self, b: Body, f: Field, v: int, target: str, kind: str) -> None:
+        """string / bytes / records: a length then that many bytes."""
+        self.length(b, f, v, wide=kind != "string")
+        self.null_branch(b, f, v, target, kind)
+        b("else:")
+        with b.indent():
+            b("end = pos + n")
+            b("if end > len(buf):")
+            with b.indent():
+                b(f'raise _too_long("{kind}", n, len(buf) - pos, pos)')
+            if kind == "string":
+                b(f"{target} = buf[pos:end].decode()")
+            elif kind == "records":
+                b(f"{target} = memoryview(buf)[pos:end]")
+            else:
+                b(f"{target} = bytes(buf[pos:end])")
+            b("pos = end")
+
+    def array(self, b: Body, f: Field, v: int, target: str) -> None:
+        elem = f.type.element
+        self.length(b, f, v, wide=True)
+        self.null_branch(b, f, v, target, "array")
+        b("elif n > len(buf) - pos:")
+        with b.indent():
+            b('raise _too_long("array", n, len(buf) - pos, pos)')
+        b("else:")
+        with b.indent():
+            if elem in FIXED_SIZES:
+                b(f'{target} = list(_array_struct("{STRUCT_CODES[elem]}", n).unpack_from(buf, pos))')
+                b(f"pos += {FIXED_SIZES[elem]} * n")
+                return
+            items, item = b.tmp("items"), b.tmp("item")
+            b(f"{items}: list[_Any] = []")
+            b("for _ in range(n):")
+            with b.indent():
+                if f.struct is not None:
+                    b(f"{item}, pos = {self.names(f.struct, v)}(buf, pos)")
+                elif elem == "uuid":
+                    b(f"{item} = _read_uuid(buf, pos)")
+                    b("pos += 16")
+                else:
+                    self.sized(b, _element_field(f), v, item, elem)
+                b(f"{items}.append({item})")
+            b(f"{target} = {items}")
+
+
+def _element_field(f: Field) -> Field:
+    """Array elements are never nullable (Kafka has no nullable array elements)."""
+    from dataclasses import replace
+
+    from codegen.model import NONE, FieldType
+
+    return replace(f, type=FieldType(f.type.element, f.type.element, False), nullable=NONE)
+
+
+class WriteEmitter:
+    def __init__(self, msg: Message, state: ModuleState, names: Names) -> None:
+        self.msg = msg
+        self.state = state
+        self.names = names
+
+    def struct_body(self, s: Struct, v: int) -> str:
+        b = Body()
+        flexible = v in self.msg.flexible
+        for f in s.fields:
+            if not f.present(v) and not f.ignorable:
+                b(f"if {is_default_check(f, 'o.' + f.py_name)}:")
+                with b.indent():
+                    b(f'raise _ProtocolError("{f.name} cannot be written in version {v}")')
+        wire = [f for f in s.fields if f.present(v) and not (flexible and f.is_tagged(v))]
+        for run in _groups(wire):
+            if run[0].type.is_fixed:
+                codes = "".join(STRUCT_CODES[f.type.element] for f in run)
+                values = ", ".join(f"o.{f.py_name}" for f in run)
+                b(f"w({self.state.struct_for(codes)}.pack({values}))")
+            else:
+                self.value(b, run[0], v, f"o.{run[0].py_name}", "w")
+        if not flexible:
+            b("if o._unknown_tags:")
+            with b.indent():
+                b('raise _ProtocolError("tagged fields need a flexible version")')
+            return b.text()
+        tagged = s.tagged_fields(v)
+        if not tagged:
+            b("if o._unknown_tags:")
+            with b.indent():
+                b("_write_tags(w, [], o._unknown_tags)")
+            b("else:")
+            with b.indent():
+                b('w(b"\\x00")')
+            return b.text()
+        b("tags: _UnknownTags = []")
+        for f in tagged:
+            b(f"if {is_default_check(f, 'o.' + f.py_name)}:")
+            with b.indent():
+                parts = b.tmp("tag_parts")
+                b(f"{parts}: list[_Buffer] = []")
+                self.value(b, f, v, f"o.{f.py_name}", f"{parts}.append")
+                b(f'tags.append(({f.tag}, b"".join({parts})))')
+        b("if tags or o._unknown_tags:")
+        with b.indent():
+            b("_write_tags(w, tags, o._unknown_tags)")
+        b("else:")
+        with b.indent():
+            b('w(b"\\x00")')
+        return b.text()
+
+    def length(self, b: Body, f: Field, v: int, n: str, wide: bool, w: str) -> None:
+        if _compact(f, self.msg, v):
+            b(f"{w}(_UVARINT_1[{n} + 1] if {n} < 127 else _uvarint_bytes({n} + 1))")
+        else:
+            b(f"{w}({self.state.struct_for('i' if wide else 'h')}.pack({n}))")
+
+    def null(self, b: Body, f: Field, v: int, w: str, wide: bool) -> None:
+        if f.type.is_struct and not f.type.is_array:
+            b(f'{w}(b"\\xff")')
+        elif _compact(f, self.msg, v):
+            b(f'{w}(b"\\x00")')
+        else:
+            b(f'{w}(b"\\xff\\xff\\xff\\xff")' if wide else f'{w}(b"\\xff\\xff")')
+
+    def value(self, b: Body, f: Field, v: int, value: str, w: str) -> None:
+        t = f.type
+        wide = t.is_array or t.element != "string"
+        if f.is_nullable(v):
+            x = b.tmp("x")
+            b(f"{x} = {value}")
+            b(f"if {x} is None:")
+            with b.indent():
+                self.null(b, f, v, w, wide)
+            b("else:")
+            with b.indent():
+                if t.is_struct and not t.is_array:
+                    b(f'{w}(b"\\x01")')
+                self._non_null(b, f, v, x, w)
+        else:
+            self._non_null(b, f, v, value, w)
+
+    def _non_null(self, b: Body, f: Field, v: int, value: str, w: str) -> None:
+        t = f.type
+        if t.is_array:
+            items, item = b.tmp("items"), b.tmp("item")
+            b(f"{items} = {value}")
+            b(f"n = len({items})")
+            self.length(b, f, v, "n", True, w)
+            if t.element in FIXED_SIZES:
+                b(f'{w}(_array_struct("{STRUCT_CODES[t.element]}", n).pack(*{items}))')
+                return
+            b(f"for {item} in {items}:")
+            with b.indent():
+                if f.struct is not None:
+                    b(f"{self.names(f.struct, v)}({item}, {w})")
+                else:
+                    self._non_null(b, _element_field(f), v, item, w)
+        elif t.is_struct:
+            assert f.struct is not None
+            b(f"{self.names(f.struct, v)}({value}, {w})")
+        elif t.is_fixed:
+            b(f"{w}({self.state.struct_for(STRUCT_CODES[t.element])}.pack({value}))")
+        elif t.element == "uuid":
+            b(f"{w}({value}.bytes)")
+        elif t.element == "string":
+            raw = b.tmp("raw")
+            b(f"{raw} = {value}.encode()")
+            b(f"n = len({raw})")
+            self.length(b, f, v, "n", False, w)
+            b(f"{w}({raw})")
+        else:  # bytes / records: the buffer itself is a chunk (zero copy)
+            b(f"n = len({value})")
+            self.length(b, f, v, "n", True, w)
+            b(f"{w}({value})")

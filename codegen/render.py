@@ -1,0 +1,336 @@
+"""Render the model into Python modules (jinja2 templates + black), deterministically."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import black
+import jinja2
+
+from codegen.emit import ModuleState, ReadEmitter, WriteEmitter, default_expr
+from codegen.model import Field, Message, Struct, Versions
+from codegen.special_cases import (
+    SPECIAL_CASES,
+    request_header_version,
+    response_header_version,
+)
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+_ENV = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+    keep_trailing_newline=True,
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,
+)
+
+# Runtime names a generated module may need: alias -> import line. Only the ones a module
+# uses are imported (ruff would flag the rest).
+_IMPORTS: dict[str, str] = {
+    "_Packer": "from struct import Struct as _Packer",
+    "_Any": "from typing import Any as _Any",
+    "_UUID": "from uuid import UUID as _UUID",
+    "": "",  # isort's section break: standard library above, first party below
+    "_ProtocolError": "from kafscale.protocol.errors import ProtocolError as _ProtocolError",
+    "_UNSET": "from kafscale.protocol.message import UNSET as _UNSET",
+    "_F": "from kafscale.protocol.message import FieldSpec as _F",
+    "_Message": "from kafscale.protocol.message import Message as _Message",
+    "_StructBase": "from kafscale.protocol.message import Struct as _StructBase",
+    "_UVARINT_1": "from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1",
+    "_ZERO_UUID": "from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID",
+    "_Buffer": "from kafscale.protocol.wire import Buffer as _Buffer",
+    "_UnknownTags": "from kafscale.protocol.wire import UnknownTags as _UnknownTags",
+    "_Writer": "from kafscale.protocol.wire import Writer as _Writer",
+    "_array_struct": "from kafscale.protocol.wire import array_struct as _array_struct",
+    "_check_tag_end": "from kafscale.protocol.wire import check_tag_end as _check_tag_end",
+    "_null_error": "from kafscale.protocol.wire import null_error as _null_error",
+    "_read_tag_section": "from kafscale.protocol.wire import read_tag_section as _read_tag_section",
+    "_read_uuid": "from kafscale.protocol.wire import read_uuid as _read_uuid",
+    "_uvarint": "from kafscale.protocol.wire import read_uvarint as _uvarint",
+    "_tag_end": "from kafscale.protocol.wire import tag_payload_end as _tag_end",
+    "_too_long": "from kafscale.protocol.wire import too_long as _too_long",
+    "_uvarint_bytes": "from kafscale.protocol.wire import uvarint as _uvarint_bytes",
+    "_write_tags": "from kafscale.protocol.wire import write_tags as _write_tags",
+}
+
+_PY_TYPES = {
+    "bool": "bool",
+    "int8": "int",
+    "int16": "int",
+    "uint16": "int",
+    "int32": "int",
+    "uint32": "int",
+    "int64": "int",
+    "float64": "float",
+    "string": "str",
+    "bytes": "_Buffer",
+    "records": "_Buffer",
+    "uuid": "_UUID",
+}
+
+
+def docstring(text: str, indent: str = "    ") -> str:
+    """A triple-quoted literal for ``text`` (safe for any content)."""
+    text = text.strip().replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    if text.endswith('"'):
+        text += " "
+    if "\n" in text:
+        body = "\n".join(indent + line if line.strip() else "" for line in text.split("\n"))
+        body = body[len(indent) :]
+        return f'"""{body}\n{indent}"""'
+    return f'"""{text}"""'
+
+
+def annotation(f: Field) -> str:
+    base = f.type.element if f.type.is_struct else _PY_TYPES[f.type.element]
+    ann = f"list[{base}]" if f.type.is_array else base
+    if not f.nullable.empty or f.default is None or f.type.element == "records":
+        ann += " | None"
+    return ann
+
+
+def _field_doc(f: Field) -> str:
+    text = f.about or f.name
+    facts = [f"Versions {f.versions}"]
+    if not f.nullable.empty:
+        facts.append(f"nullable {f.nullable}")
+    if f.tag is not None:
+        facts.append(f"tag {f.tag} in {f.tagged}")
+    if f.ignorable:
+        facts.append("ignorable")
+    return docstring(f"{text}\n\n{', '.join(facts)}.")
+
+
+def _range(v: Versions) -> str:
+    return repr(v.as_tuple())
+
+
+def _spec(f: Field) -> str:
+    if f.type.is_array or f.type.is_struct:
+        default = "None" if f.default is None else "()"
+    else:
+        default = default_expr(f)
+    struct = f.struct.name if f.struct is not None else "None"
+    flexible = "None" if f.flexible is None else _range(f.flexible)
+    return (
+        f'"{f.py_name}", "{f.name}", "{f.type.name}", {struct}, {_range(f.versions)}, '
+        f"{_range(f.nullable)}, {_range(f.tagged)}, {f.tag}, {f.ignorable}, {default}, {flexible}"
+    )
+
+
+def _class(msg: Message, s: Struct, root: bool) -> dict[str, Any]:
+    fields = []
+    for f in s.fields:
+        ann = annotation(f)
+        mutable = f.type.is_array or f.type.is_struct
+        fields.append(
+            {
+                "py_name": f.py_name,
+                "annotation": ann,
+                "doc": _field_doc(f),
+                "param_annotation": ann,
+                "param_default": "_UNSET" if mutable and f.default is not None else default_expr(f),
+                "init_expr": (
+                    f"{default_expr(f)} if {f.py_name} is _UNSET else {f.py_name}"
+                    if mutable and f.default is not None
+                    else f.py_name
+                ),
+                "spec": _spec(f),
+            }
+        )
+    if root:
+        history = "\n".join(msg.history)
+        about = f"Kafka {msg.name} ({msg.kind}"
+        if msg.api_key is not None:
+            about += f", API key {msg.api_key}"
+        about += f"), versions {msg.valid}, flexible {msg.flexible}."
+        if history:
+            about += "\n\n" + history
+    else:
+        about = s.about or f"{s.name} (part of {msg.name})."
+    return {
+        "name": s.name,
+        "base": "_Message" if root else "_StructBase",
+        "root": root,
+        "doc": docstring(about),
+        "fields": fields,
+        "slots": sorted(f["py_name"] for f in fields),
+    }
+
+
+@dataclass
+class _Fn:
+    name: str
+    params: str
+    returns: str
+    comment: str
+    body: str
+
+
+def _post_order(msg: Message) -> list[Struct]:
+    """Structs with every struct they contain before them."""
+    out: list[Struct] = []
+    seen: set[str] = set()
+
+    def visit(s: Struct) -> None:
+        if s.name in seen:
+            return
+        seen.add(s.name)
+        for f in s.fields:
+            if f.struct is not None:
+                visit(f.struct)
+        out.append(s)
+
+    for s in msg.structs:
+        visit(s)
+    return out
+
+
+def _versions_comment(versions: list[int]) -> str:
+    spans: list[str] = []
+    start = prev = versions[0]
+    for v in [*versions[1:], None]:
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        spans.append(str(start) if start == prev else f"{start}-{prev}")
+        if v is not None:
+            start = prev = v
+    return "versions " + ", ".join(spans)
+
+
+def _dedupe(
+    prefix: str, s: Struct, versions: list[int], render: Any
+) -> tuple[dict[int, str], list[tuple[str, list[int], str]]]:
+    """Render a body per version; versions with identical bodies share one function."""
+    by_body: dict[str, list[int]] = {}
+    for v in versions:
+        by_body.setdefault(render(s, v), []).append(v)
+    names: dict[int, str] = {}
+    fns = []
+    for body, vs in by_body.items():
+        name = f"{prefix}_{s.name}_v{vs[0]}"
+        fns.append((name, vs, body))
+        for v in vs:
+            names[v] = name
+    return names, fns
+
+
+def render_message(msg: Message, release: str) -> str:
+    state = ModuleState()
+    read_names: dict[tuple[str, int], str] = {}
+    tag_names: dict[tuple[str, int], str] = {}
+    write_names: dict[tuple[str, int], str] = {}
+    reader = ReadEmitter(
+        msg,
+        state,
+        lambda s, v: read_names[(s.name, v)],
+        lambda s, v: tag_names[(s.name, v)],
+    )
+    writer = WriteEmitter(msg, state, lambda s, v: write_names[(s.name, v)])
+    functions: list[_Fn] = []
+    for s in _post_order(msg):
+        versions = sorted(s.used_versions)
+        if not versions:
+            continue
+        tagged_versions = [v for v in versions if s.tagged_fields(v)]
+        names, fns = _dedupe("_read_tags", s, tagged_versions, reader.tags_body)
+        tag_names.update({(s.name, v): n for v, n in names.items()})
+        for name, vs, body in fns:
+            functions.append(
+                _Fn(name, f"o: {s.name}, buf: bytes, pos: int", "int", _versions_comment(vs), body)
+            )
+        names, fns = _dedupe("_read", s, versions, reader.struct_body)
+        read_names.update({(s.name, v): n for v, n in names.items()})
+        for name, vs, body in fns:
+            functions.append(
+                _Fn(name, "buf: bytes, pos: int", f"tuple[{s.name}, int]", _versions_comment(vs), body)
+            )
+        names, fns = _dedupe("_write", s, versions, writer.struct_body)
+        write_names.update({(s.name, v): n for v, n in names.items()})
+        for name, vs, body in fns:
+            functions.append(
+                _Fn(name, f"o: {s.name}, w: _Writer", "None", _versions_comment(vs), body)
+            )
+    classes = [_class(msg, s, s is msg.root) for s in msg.structs]
+    tag_sets = [(s.name, "{" + ", ".join(map(str, s.known_tags)) + "}" if s.known_tags else "")
+                for s in msg.structs if s.used_versions and v_flexible(msg, s)]
+    module_doc = docstring(
+        f"{msg.name}: Kafka {msg.kind} message"
+        + (f", API key {msg.api_key}" if msg.api_key is not None else "")
+        + f".\n\nGenerated from {msg.source} of Kafka {release}.",
+        indent="",
+    )
+    text = _ENV.get_template("message.py.j2").render(
+        msg=msg,
+        release=release,
+        module_doc=module_doc,
+        imports="{{IMPORTS}}",
+        formats=sorted(state.formats.items()),
+        classes=classes,
+        all_names=sorted(c["name"] for c in classes),
+        tag_sets=tag_sets,
+        functions=functions,
+        readers=[(v, read_names[(msg.root.name, v)]) for v in msg.versions()],
+        writers=[(v, write_names[(msg.root.name, v)]) for v in msg.versions()],
+    )
+    used = [
+        line
+        for alias, line in _IMPORTS.items()
+        if not alias or re.search(rf"\b{re.escape(alias)}\b", text)
+    ]
+    return text.replace("{{IMPORTS}}", "\n".join(used).strip())
+
+
+def v_flexible(msg: Message, s: Struct) -> bool:
+    """True when the struct occurs in a flexible version (it then needs its tag set)."""
+    return any(v in msg.flexible for v in s.used_versions)
+
+
+def render_registry(messages: Iterable[Message], release: str) -> str:
+    msgs = list(messages)
+    apis: dict[int, dict[str, Message]] = {}
+    for m in msgs:
+        if m.api_key is not None:
+            apis.setdefault(m.api_key, {})[m.kind] = m
+    rows = []
+    for key in sorted(apis):
+        req, resp = apis[key]["request"], apis[key]["response"]
+        versions = list(req.versions())
+        rows.append(
+            {
+                "key": key,
+                "name": req.name.removesuffix("Request"),
+                "request": req,
+                "response": resp,
+                "listeners": tuple(req.listeners),
+                "req_headers": tuple(request_header_version(key, v, v in req.flexible) for v in versions),
+                "resp_headers": tuple(response_header_version(key, v, v in resp.flexible) for v in versions),
+            }
+        )
+    others = [m for m in msgs if m.api_key is None]
+    return _ENV.get_template("registry.py.j2").render(
+        release=release, rows=rows, others=others, exceptions=SPECIAL_CASES
+    )
+
+
+def format_source(text: str) -> str:
+    return black.format_str(text, mode=black.Mode(line_length=100))
+
+
+def _format_item(item: tuple[str, str]) -> tuple[str, str]:
+    return item[0], format_source(item[1])
+
+
+def render_all(messages: list[Message], release: str, jobs: int | None = None) -> dict[str, str]:
+    """Every output file (name -> formatted source)."""
+    raw = {f"{m.module}.py": render_message(m, release) for m in messages}
+    raw["registry.py"] = render_registry(messages, release)
+    raw["__init__.py"] = _ENV.get_template("init.py.j2").render(release=release)
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return dict(pool.map(_format_item, sorted(raw.items()), chunksize=8))

@@ -1,0 +1,138 @@
+"""Load Kafka's JSON message definitions from a directory or a kafka-clients jar.
+
+Kafka's files are JSON with ``//`` comments. We strip the comments with a small scanner that
+knows about strings (an ``about`` text may contain ``//``), keep the comment lines found inside
+the definition (they hold the version history) and validate every file against
+``protocol_specs/schemas/kafka-message.schema.json`` before building the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from codegen.model import Message, SpecError, build_message
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SPECS_DIR = REPO_ROOT / "protocol_specs"
+SCHEMAS_DIR = SPECS_DIR / "schemas"
+JAR_PREFIX = "common/message/"
+ENV_SPECS = "KAFSCALE_KAFKA_SPECS"
+
+
+@dataclass(frozen=True)
+class SpecFile:
+    name: str  # file name, e.g. "FetchRequest.json"
+    text: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+def strip_comments(text: str) -> tuple[str, list[str]]:
+    """Remove ``//`` comments outside JSON strings.
+
+    Returns the bare JSON and the comment lines that appear after the definition's opening
+    brace (the license header before it is dropped).
+    """
+    out: list[str] = []
+    history: list[str] = []
+    in_string = escaped = False
+    seen_brace = False
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if in_string:
+            out.append(c)
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+            out.append(c)
+        elif c == "/" and text.startswith("//", i):
+            end = text.find("\n", i)
+            end = n if end < 0 else end
+            if seen_brace:
+                history.append(text[i + 2 : end].strip())
+            i = end
+            continue
+        else:
+            seen_brace = seen_brace or c == "{"
+            out.append(c)
+        i += 1
+    while history and not history[0]:
+        history.pop(0)
+    while history and not history[-1]:
+        history.pop()
+    return "".join(out), history
+
+
+def read_spec_files(path: str | os.PathLike[str]) -> list[SpecFile]:
+    """Every ``*.json`` definition in a directory, or under ``common/message/`` in a jar."""
+    p = Path(path)
+    files: list[SpecFile] = []
+    if p.is_dir():
+        for child in sorted(p.iterdir()):
+            if child.suffix == ".json":
+                files.append(SpecFile(child.name, child.read_text(encoding="utf-8")))
+    elif p.is_file() and zipfile.is_zipfile(p):
+        with zipfile.ZipFile(p) as jar:
+            for entry in sorted(jar.namelist()):
+                if entry.startswith(JAR_PREFIX) and entry.endswith(".json"):
+                    text = jar.read(entry).decode("utf-8")
+                    files.append(SpecFile(entry[len(JAR_PREFIX) :], text))
+    else:
+        raise SpecError(f"{path}: not a directory of definitions or a kafka-clients jar")
+    if not files:
+        raise SpecError(f"{path}: no Kafka message definitions found")
+    return files
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads((SCHEMAS_DIR / "kafka-message.schema.json").read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+def parse_spec(spec: SpecFile) -> Message:
+    """Strip, validate and model one definition; any problem is a :class:`SpecError`."""
+    bare, history = strip_comments(spec.text)
+    try:
+        raw: Any = json.loads(bare)
+    except json.JSONDecodeError as e:
+        raise SpecError(f"{spec.name}: invalid JSON: {e}") from e
+    errors = sorted(_validator().iter_errors(raw), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise SpecError(f"{spec.name}: {where}: {e.message}")
+    if spec.name != raw["name"] + ".json":
+        raise SpecError(f"{spec.name}: defines {raw['name']}, expected the file name to match")
+    return build_message(raw, spec.name, history)
+
+
+def load_messages(path: str | os.PathLike[str]) -> list[Message]:
+    """Parse every definition under ``path``, sorted by name."""
+    return sorted((parse_spec(f) for f in read_spec_files(path)), key=lambda m: m.name)
+
+
+def default_specs_path() -> Path:
+    """``$KAFSCALE_KAFKA_SPECS``, else the pinned release next to the repository."""
+    env = os.environ.get(ENV_SPECS)
+    if env:
+        return Path(env)
+    release = json.loads((SPECS_DIR / "kafka-specs.lock.json").read_text())["kafka_release"]
+    return REPO_ROOT.parent / "shared" / "kafka-message-specs" / release
