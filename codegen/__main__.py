@@ -72,7 +72,10 @@ def generate(specs: Path, out: Path, check: bool) -> int:
         for p in problems:
             print(p, file=sys.stderr)
         if problems:
-            print(f"generated/ is stale ({len(problems)} problems): run scripts/regen", file=sys.stderr)
+            print(
+                f"generated/ is stale ({len(problems)} problems): run scripts/regen",
+                file=sys.stderr,
+            )
             return 1
         print(f"{len(files)} files match {specs} ({len(messages)} definitions)")
         return 0

@@ -61,7 +61,11 @@ def diff_messages(old: list[Message], new: list[Message]) -> list[str]:
                 changes.append(
                     f"field changed: {path}: {x.type.name} v{x.versions} -> "
                     f"{y.type.name} v{y.versions}"
-                    + (f", nullable {x.nullable} -> {y.nullable}" if x.nullable != y.nullable else "")
+                    + (
+                        f", nullable {x.nullable} -> {y.nullable}"
+                        if x.nullable != y.nullable
+                        else ""
+                    )
                     + (f", tagged {x.tagged} -> {y.tagged}" if x.tagged != y.tagged else "")
                 )
         if changes:

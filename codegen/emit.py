@@ -88,6 +88,11 @@ def _compact(f: Field, msg: Message, version: int) -> bool:
     return f.flexible is None or version in f.flexible
 
 
+def annotation_is_optional(f: Field) -> bool:
+    """The Python type of ``f`` admits None (nullable in some version, or null by default)."""
+    return not f.nullable.empty or f.default is None or f.type.element == "records"
+
+
 def default_expr(f: Field) -> str:
     """A Python expression for a fresh default value of ``f``."""
     if f.type.is_array:
@@ -280,7 +285,8 @@ class ReadEmitter:
         b("else:")
         with b.indent():
             if elem in FIXED_SIZES:
-                b(f'{target} = list(_array_struct("{STRUCT_CODES[elem]}", n).unpack_from(buf, pos))')
+                code = STRUCT_CODES[elem]
+                b(f'{target} = list(_array_struct("{code}", n).unpack_from(buf, pos))')
                 b(f"pos += {FIXED_SIZES[elem]} * n")
                 return
             items, item = b.tmp("items"), b.tmp("item")
@@ -376,7 +382,14 @@ class WriteEmitter:
     def value(self, b: Body, f: Field, v: int, value: str, w: str) -> None:
         t = f.type
         wide = t.is_array or t.element != "string"
-        if f.is_nullable(v):
+        if not f.is_nullable(v) and annotation_is_optional(f):
+            x = b.tmp("x")
+            b(f"{x} = {value}")
+            b(f"if {x} is None:")
+            with b.indent():
+                b(f'raise _ProtocolError("{f.name} is not nullable in version {v}")')
+            self._non_null(b, f, v, x, w)
+        elif f.is_nullable(v):
             x = b.tmp("x")
             b(f"{x} = {value}")
             b(f"if {x} is None:")

@@ -297,7 +297,9 @@ class _Builder:
         struct.fields = [self.field(f, versions, name) for f in spec["fields"]]
         return struct
 
-    def struct(self, name: str, fields: list[dict[str, Any]], versions: Versions, about: str) -> Struct:
+    def struct(
+        self, name: str, fields: list[dict[str, Any]], versions: Versions, about: str
+    ) -> Struct:
         if name in self.structs:
             raise SpecError(self.where(f"struct {name} is defined twice"))
         struct = Struct(name, [], about, versions)
@@ -413,5 +415,6 @@ def _check_tags(msg: Message) -> None:
                 seen[f.tag] = f.name
                 if v not in msg.flexible:
                     raise SpecError(
-                        f"{msg.source}: {struct.name}.{f.name} is tagged in non-flexible version {v}"
+                        f"{msg.source}: {struct.name}.{f.name} is tagged in non-flexible "
+                        f"version {v}"
                     )

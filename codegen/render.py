@@ -12,7 +12,13 @@ from typing import Any
 import black
 import jinja2
 
-from codegen.emit import ModuleState, ReadEmitter, WriteEmitter, default_expr
+from codegen.emit import (
+    ModuleState,
+    ReadEmitter,
+    WriteEmitter,
+    annotation_is_optional,
+    default_expr,
+)
 from codegen.model import Field, Message, Struct, Versions
 from codegen.special_cases import (
     SPECIAL_CASES,
@@ -89,7 +95,7 @@ def docstring(text: str, indent: str = "    ") -> str:
 def annotation(f: Field) -> str:
     base = f.type.element if f.type.is_struct else _PY_TYPES[f.type.element]
     ann = f"list[{base}]" if f.type.is_array else base
-    if not f.nullable.empty or f.default is None or f.type.element == "records":
+    if annotation_is_optional(f):
         ann += " | None"
     return ann
 
@@ -249,7 +255,13 @@ def render_message(msg: Message, release: str) -> str:
         read_names.update({(s.name, v): n for v, n in names.items()})
         for name, vs, body in fns:
             functions.append(
-                _Fn(name, "buf: bytes, pos: int", f"tuple[{s.name}, int]", _versions_comment(vs), body)
+                _Fn(
+                    name,
+                    "buf: bytes, pos: int",
+                    f"tuple[{s.name}, int]",
+                    _versions_comment(vs),
+                    body,
+                )
             )
         names, fns = _dedupe("_write", s, versions, writer.struct_body)
         write_names.update({(s.name, v): n for v, n in names.items()})
@@ -258,8 +270,11 @@ def render_message(msg: Message, release: str) -> str:
                 _Fn(name, f"o: {s.name}, w: _Writer", "None", _versions_comment(vs), body)
             )
     classes = [_class(msg, s, s is msg.root) for s in msg.structs]
-    tag_sets = [(s.name, "{" + ", ".join(map(str, s.known_tags)) + "}" if s.known_tags else "")
-                for s in msg.structs if s.used_versions and v_flexible(msg, s)]
+    tag_sets = [
+        (s.name, "{" + ", ".join(map(str, s.known_tags)) + "}" if s.known_tags else "")
+        for s in msg.structs
+        if s.used_versions and v_flexible(msg, s)
+    ]
     module_doc = docstring(
         f"{msg.name}: Kafka {msg.kind} message"
         + (f", API key {msg.api_key}" if msg.api_key is not None else "")
@@ -309,8 +324,12 @@ def render_registry(messages: Iterable[Message], release: str) -> str:
                 "request": req,
                 "response": resp,
                 "listeners": tuple(req.listeners),
-                "req_headers": tuple(request_header_version(key, v, v in req.flexible) for v in versions),
-                "resp_headers": tuple(response_header_version(key, v, v in resp.flexible) for v in versions),
+                "req_headers": tuple(
+                    request_header_version(key, v, v in req.flexible) for v in versions
+                ),
+                "resp_headers": tuple(
+                    response_header_version(key, v, v in resp.flexible) for v in versions
+                ),
             }
         )
     others = [m for m in msgs if m.api_key is None]

@@ -58,9 +58,10 @@ SPECIAL_CASES: tuple[SpecialCase, ...] = (
 )
 
 
-
 def _applies(key: str, api_key: int, version: int) -> bool:
-    return any(c.key == key and c.api_key == api_key and version in c.versions for c in SPECIAL_CASES)
+    return any(
+        c.key == key and c.api_key == api_key and version in c.versions for c in SPECIAL_CASES
+    )
 
 
 def request_header_version(api_key: int, version: int, flexible: bool) -> int:

@@ -116,9 +116,9 @@ def parse_spec(spec: SpecFile) -> Message:
         raise SpecError(f"{spec.name}: invalid JSON: {e}") from e
     errors = sorted(_validator().iter_errors(raw), key=lambda e: list(e.absolute_path))
     if errors:
-        e = errors[0]
-        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise SpecError(f"{spec.name}: {where}: {e.message}")
+        first = errors[0]
+        where = "/".join(str(p) for p in first.absolute_path) or "(top level)"
+        raise SpecError(f"{spec.name}: {where}: {first.message}")
     if spec.name != raw["name"] + ".json":
         raise SpecError(f"{spec.name}: defines {raw['name']}, expected the file name to match")
     return build_message(raw, spec.name, history)
@@ -134,5 +134,5 @@ def default_specs_path() -> Path:
     env = os.environ.get(ENV_SPECS)
     if env:
         return Path(env)
-    release = json.loads((SPECS_DIR / "kafka-specs.lock.json").read_text())["kafka_release"]
+    release = str(json.loads((SPECS_DIR / "kafka-specs.lock.json").read_text())["kafka_release"])
     return REPO_ROOT.parent / "shared" / "kafka-message-specs" / release

@@ -50,11 +50,11 @@ class AddOffsetsToTxnRequest(_Message):
         "transactional_id",
     )
 
-    name = "AddOffsetsToTxnRequest"
-    api_key = 25
-    message_type = "request"
-    valid_versions = (0, 4)
-    flexible_versions = (3, 32767)
+    NAME = "AddOffsetsToTxnRequest"
+    API_KEY = 25
+    TYPE = "request"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (3, 32767)
 
     transactional_id: str
     """The transactional id corresponding to the transaction.
@@ -92,7 +92,7 @@ class AddOffsetsToTxnRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_AddOffsetsToTxnRequest = frozenset()
+_TAGS_AddOffsetsToTxnRequest: frozenset[int] = frozenset()
 
 
 def _read_AddOffsetsToTxnRequest_v0(buf: bytes, pos: int) -> tuple[AddOffsetsToTxnRequest, int]:

@@ -42,11 +42,11 @@ class AddOffsetsToTxnResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "AddOffsetsToTxnResponse"
-    api_key = 25
-    message_type = "response"
-    valid_versions = (0, 4)
-    flexible_versions = (3, 32767)
+    NAME = "AddOffsetsToTxnResponse"
+    API_KEY = 25
+    TYPE = "response"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (3, 32767)
 
     throttle_time_ms: int
     """Duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -70,7 +70,7 @@ class AddOffsetsToTxnResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_AddOffsetsToTxnResponse = frozenset()
+_TAGS_AddOffsetsToTxnResponse: frozenset[int] = frozenset()
 
 
 def _read_AddOffsetsToTxnResponse_v0(buf: bytes, pos: int) -> tuple[AddOffsetsToTxnResponse, int]:

@@ -62,11 +62,11 @@ class AddPartitionsToTxnRequest(_Message):
         "v3_and_below_transactional_id",
     )
 
-    name = "AddPartitionsToTxnRequest"
-    api_key = 24
-    message_type = "request"
-    valid_versions = (0, 5)
-    flexible_versions = (3, 32767)
+    NAME = "AddPartitionsToTxnRequest"
+    API_KEY = 24
+    TYPE = "request"
+    VALID_VERSIONS = (0, 5)
+    FLEXIBLE_VERSIONS = (3, 32767)
 
     transactions: list[AddPartitionsToTxnTransaction]
     """List of transactions to add partitions to.
@@ -195,9 +195,9 @@ class AddPartitionsToTxnTopic(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_AddPartitionsToTxnRequest = frozenset()
-_TAGS_AddPartitionsToTxnTransaction = frozenset()
-_TAGS_AddPartitionsToTxnTopic = frozenset()
+_TAGS_AddPartitionsToTxnRequest: frozenset[int] = frozenset()
+_TAGS_AddPartitionsToTxnTransaction: frozenset[int] = frozenset()
+_TAGS_AddPartitionsToTxnTopic: frozenset[int] = frozenset()
 
 
 def _read_AddPartitionsToTxnTopic_v0(buf: bytes, pos: int) -> tuple[AddPartitionsToTxnTopic, int]:

@@ -59,11 +59,11 @@ class AddPartitionsToTxnResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "AddPartitionsToTxnResponse"
-    api_key = 24
-    message_type = "response"
-    valid_versions = (0, 5)
-    flexible_versions = (3, 32767)
+    NAME = "AddPartitionsToTxnResponse"
+    API_KEY = 24
+    TYPE = "response"
+    VALID_VERSIONS = (0, 5)
+    FLEXIBLE_VERSIONS = (3, 32767)
 
     throttle_time_ms: int
     """Duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -195,10 +195,10 @@ class AddPartitionsToTxnPartitionResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_AddPartitionsToTxnResponse = frozenset()
-_TAGS_AddPartitionsToTxnResult = frozenset()
-_TAGS_AddPartitionsToTxnTopicResult = frozenset()
-_TAGS_AddPartitionsToTxnPartitionResult = frozenset()
+_TAGS_AddPartitionsToTxnResponse: frozenset[int] = frozenset()
+_TAGS_AddPartitionsToTxnResult: frozenset[int] = frozenset()
+_TAGS_AddPartitionsToTxnTopicResult: frozenset[int] = frozenset()
+_TAGS_AddPartitionsToTxnPartitionResult: frozenset[int] = frozenset()
 
 
 def _read_AddPartitionsToTxnPartitionResult_v0(

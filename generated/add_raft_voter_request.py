@@ -49,11 +49,11 @@ class AddRaftVoterRequest(_Message):
         "voter_id",
     )
 
-    name = "AddRaftVoterRequest"
-    api_key = 80
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "AddRaftVoterRequest"
+    API_KEY = 80
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     cluster_id: str | None
     """ClusterId
@@ -136,8 +136,8 @@ class Listener(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_AddRaftVoterRequest = frozenset()
-_TAGS_Listener = frozenset()
+_TAGS_AddRaftVoterRequest: frozenset[int] = frozenset()
+_TAGS_Listener: frozenset[int] = frozenset()
 
 
 def _read_Listener_v0(buf: bytes, pos: int) -> tuple[Listener, int]:

@@ -38,11 +38,11 @@ class AddRaftVoterResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "AddRaftVoterResponse"
-    api_key = 80
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "AddRaftVoterResponse"
+    API_KEY = 80
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -73,7 +73,7 @@ class AddRaftVoterResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_AddRaftVoterResponse = frozenset()
+_TAGS_AddRaftVoterResponse: frozenset[int] = frozenset()
 
 
 def _read_AddRaftVoterResponse_v0(buf: bytes, pos: int) -> tuple[AddRaftVoterResponse, int]:

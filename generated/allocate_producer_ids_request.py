@@ -32,11 +32,11 @@ class AllocateProducerIdsRequest(_Message):
         "broker_id",
     )
 
-    name = "AllocateProducerIdsRequest"
-    api_key = 67
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "AllocateProducerIdsRequest"
+    API_KEY = 67
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     broker_id: int
     """The ID of the requesting broker
@@ -60,7 +60,7 @@ class AllocateProducerIdsRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_AllocateProducerIdsRequest = frozenset()
+_TAGS_AllocateProducerIdsRequest: frozenset[int] = frozenset()
 
 
 def _read_AllocateProducerIdsRequest_v0(

@@ -34,11 +34,11 @@ class AllocateProducerIdsResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "AllocateProducerIdsResponse"
-    api_key = 67
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "AllocateProducerIdsResponse"
+    API_KEY = 67
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -76,7 +76,7 @@ class AllocateProducerIdsResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_AllocateProducerIdsResponse = frozenset()
+_TAGS_AllocateProducerIdsResponse: frozenset[int] = frozenset()
 
 
 def _read_AllocateProducerIdsResponse_v0(

@@ -50,11 +50,11 @@ class AlterClientQuotasRequest(_Message):
         "validate_only",
     )
 
-    name = "AlterClientQuotasRequest"
-    api_key = 49
-    message_type = "request"
-    valid_versions = (0, 1)
-    flexible_versions = (1, 32767)
+    NAME = "AlterClientQuotasRequest"
+    API_KEY = 49
+    TYPE = "request"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 32767)
 
     entries: list[EntryData]
     """The quota configuration entries to alter.
@@ -176,10 +176,10 @@ class OpData(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_AlterClientQuotasRequest = frozenset()
-_TAGS_EntryData = frozenset()
-_TAGS_EntityData = frozenset()
-_TAGS_OpData = frozenset()
+_TAGS_AlterClientQuotasRequest: frozenset[int] = frozenset()
+_TAGS_EntryData: frozenset[int] = frozenset()
+_TAGS_EntityData: frozenset[int] = frozenset()
+_TAGS_OpData: frozenset[int] = frozenset()
 
 
 def _read_EntityData_v0(buf: bytes, pos: int) -> tuple[EntityData, int]:

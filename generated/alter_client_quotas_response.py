@@ -47,11 +47,11 @@ class AlterClientQuotasResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "AlterClientQuotasResponse"
-    api_key = 49
-    message_type = "response"
-    valid_versions = (0, 1)
-    flexible_versions = (1, 32767)
+    NAME = "AlterClientQuotasResponse"
+    API_KEY = 49
+    TYPE = "response"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -143,9 +143,9 @@ class EntityData(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_AlterClientQuotasResponse = frozenset()
-_TAGS_EntryData = frozenset()
-_TAGS_EntityData = frozenset()
+_TAGS_AlterClientQuotasResponse: frozenset[int] = frozenset()
+_TAGS_EntryData: frozenset[int] = frozenset()
+_TAGS_EntityData: frozenset[int] = frozenset()
 
 
 def _read_EntityData_v0(buf: bytes, pos: int) -> tuple[EntityData, int]:

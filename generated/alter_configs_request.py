@@ -50,11 +50,11 @@ class AlterConfigsRequest(_Message):
         "validate_only",
     )
 
-    name = "AlterConfigsRequest"
-    api_key = 33
-    message_type = "request"
-    valid_versions = (0, 2)
-    flexible_versions = (2, 32767)
+    NAME = "AlterConfigsRequest"
+    API_KEY = 33
+    TYPE = "request"
+    VALID_VERSIONS = (0, 2)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     resources: list[AlterConfigsResource]
     """The updates for each resource.
@@ -146,9 +146,9 @@ class AlterableConfig(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_AlterConfigsRequest = frozenset()
-_TAGS_AlterConfigsResource = frozenset()
-_TAGS_AlterableConfig = frozenset()
+_TAGS_AlterConfigsRequest: frozenset[int] = frozenset()
+_TAGS_AlterConfigsResource: frozenset[int] = frozenset()
+_TAGS_AlterableConfig: frozenset[int] = frozenset()
 
 
 def _read_AlterableConfig_v0(buf: bytes, pos: int) -> tuple[AlterableConfig, int]:

@@ -48,11 +48,11 @@ class AlterConfigsResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "AlterConfigsResponse"
-    api_key = 33
-    message_type = "response"
-    valid_versions = (0, 2)
-    flexible_versions = (2, 32767)
+    NAME = "AlterConfigsResponse"
+    API_KEY = 33
+    TYPE = "response"
+    VALID_VERSIONS = (0, 2)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     throttle_time_ms: int
     """Duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -122,8 +122,8 @@ class AlterConfigsResourceResponse(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_AlterConfigsResponse = frozenset()
-_TAGS_AlterConfigsResourceResponse = frozenset()
+_TAGS_AlterConfigsResponse: frozenset[int] = frozenset()
+_TAGS_AlterConfigsResourceResponse: frozenset[int] = frozenset()
 
 
 def _read_AlterConfigsResourceResponse_v0(

@@ -44,11 +44,11 @@ class AlterPartitionReassignmentsRequest(_Message):
         "topics",
     )
 
-    name = "AlterPartitionReassignmentsRequest"
-    api_key = 45
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "AlterPartitionReassignmentsRequest"
+    API_KEY = 45
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     timeout_ms: int
     """The time in ms to wait for the request to complete.
@@ -132,9 +132,9 @@ class ReassignablePartition(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_AlterPartitionReassignmentsRequest = frozenset()
-_TAGS_ReassignableTopic = frozenset()
-_TAGS_ReassignablePartition = frozenset()
+_TAGS_AlterPartitionReassignmentsRequest: frozenset[int] = frozenset()
+_TAGS_ReassignableTopic: frozenset[int] = frozenset()
+_TAGS_ReassignablePartition: frozenset[int] = frozenset()
 
 
 def _read_ReassignablePartition_v0(buf: bytes, pos: int) -> tuple[ReassignablePartition, int]:

@@ -45,11 +45,11 @@ class AlterPartitionReassignmentsResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "AlterPartitionReassignmentsResponse"
-    api_key = 45
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "AlterPartitionReassignmentsResponse"
+    API_KEY = 45
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -155,9 +155,9 @@ class ReassignablePartitionResponse(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_AlterPartitionReassignmentsResponse = frozenset()
-_TAGS_ReassignableTopicResponse = frozenset()
-_TAGS_ReassignablePartitionResponse = frozenset()
+_TAGS_AlterPartitionReassignmentsResponse: frozenset[int] = frozenset()
+_TAGS_ReassignableTopicResponse: frozenset[int] = frozenset()
+_TAGS_ReassignablePartitionResponse: frozenset[int] = frozenset()
 
 
 def _read_ReassignablePartitionResponse_v0(

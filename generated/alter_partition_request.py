@@ -59,11 +59,11 @@ class AlterPartitionRequest(_Message):
         "topics",
     )
 
-    name = "AlterPartitionRequest"
-    api_key = 56
-    message_type = "request"
-    valid_versions = (0, 3)
-    flexible_versions = (0, 32767)
+    NAME = "AlterPartitionRequest"
+    API_KEY = 56
+    TYPE = "request"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     broker_id: int
     """The ID of the requesting broker
@@ -224,10 +224,10 @@ class BrokerState(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_AlterPartitionRequest = frozenset()
-_TAGS_TopicData = frozenset()
-_TAGS_PartitionData = frozenset()
-_TAGS_BrokerState = frozenset()
+_TAGS_AlterPartitionRequest: frozenset[int] = frozenset()
+_TAGS_TopicData: frozenset[int] = frozenset()
+_TAGS_PartitionData: frozenset[int] = frozenset()
+_TAGS_BrokerState: frozenset[int] = frozenset()
 
 
 def _read_BrokerState_v3(buf: bytes, pos: int) -> tuple[BrokerState, int]:

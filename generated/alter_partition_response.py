@@ -58,11 +58,11 @@ class AlterPartitionResponse(_Message):
         "topics",
     )
 
-    name = "AlterPartitionResponse"
-    api_key = 56
-    message_type = "response"
-    valid_versions = (0, 3)
-    flexible_versions = (0, 32767)
+    NAME = "AlterPartitionResponse"
+    API_KEY = 56
+    TYPE = "response"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -201,9 +201,9 @@ class PartitionData(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_AlterPartitionResponse = frozenset()
-_TAGS_TopicData = frozenset()
-_TAGS_PartitionData = frozenset()
+_TAGS_AlterPartitionResponse: frozenset[int] = frozenset()
+_TAGS_TopicData: frozenset[int] = frozenset()
+_TAGS_PartitionData: frozenset[int] = frozenset()
 
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:

@@ -46,11 +46,11 @@ class AlterReplicaLogDirsRequest(_Message):
 
     __slots__ = ("dirs",)
 
-    name = "AlterReplicaLogDirsRequest"
-    api_key = 34
-    message_type = "request"
-    valid_versions = (0, 2)
-    flexible_versions = (2, 32767)
+    NAME = "AlterReplicaLogDirsRequest"
+    API_KEY = 34
+    TYPE = "request"
+    VALID_VERSIONS = (0, 2)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     dirs: list[AlterReplicaLogDir]
     """The alterations to make for each directory.
@@ -127,9 +127,9 @@ class AlterReplicaLogDirTopic(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_AlterReplicaLogDirsRequest = frozenset()
-_TAGS_AlterReplicaLogDir = frozenset()
-_TAGS_AlterReplicaLogDirTopic = frozenset()
+_TAGS_AlterReplicaLogDirsRequest: frozenset[int] = frozenset()
+_TAGS_AlterReplicaLogDir: frozenset[int] = frozenset()
+_TAGS_AlterReplicaLogDirTopic: frozenset[int] = frozenset()
 
 
 def _read_AlterReplicaLogDirTopic_v0(buf: bytes, pos: int) -> tuple[AlterReplicaLogDirTopic, int]:

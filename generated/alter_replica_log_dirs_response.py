@@ -49,11 +49,11 @@ class AlterReplicaLogDirsResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "AlterReplicaLogDirsResponse"
-    api_key = 34
-    message_type = "response"
-    valid_versions = (0, 2)
-    flexible_versions = (2, 32767)
+    NAME = "AlterReplicaLogDirsResponse"
+    API_KEY = 34
+    TYPE = "response"
+    VALID_VERSIONS = (0, 2)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     throttle_time_ms: int
     """Duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -137,9 +137,9 @@ class AlterReplicaLogDirPartitionResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_AlterReplicaLogDirsResponse = frozenset()
-_TAGS_AlterReplicaLogDirTopicResult = frozenset()
-_TAGS_AlterReplicaLogDirPartitionResult = frozenset()
+_TAGS_AlterReplicaLogDirsResponse: frozenset[int] = frozenset()
+_TAGS_AlterReplicaLogDirTopicResult: frozenset[int] = frozenset()
+_TAGS_AlterReplicaLogDirPartitionResult: frozenset[int] = frozenset()
 
 
 def _read_AlterReplicaLogDirPartitionResult_v0(

@@ -44,11 +44,11 @@ class AlterUserScramCredentialsRequest(_Message):
         "upsertions",
     )
 
-    name = "AlterUserScramCredentialsRequest"
-    api_key = 51
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "AlterUserScramCredentialsRequest"
+    API_KEY = 51
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     deletions: list[ScramCredentialDeletion]
     """The SCRAM credentials to remove.
@@ -156,9 +156,9 @@ class ScramCredentialUpsertion(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_AlterUserScramCredentialsRequest = frozenset()
-_TAGS_ScramCredentialDeletion = frozenset()
-_TAGS_ScramCredentialUpsertion = frozenset()
+_TAGS_AlterUserScramCredentialsRequest: frozenset[int] = frozenset()
+_TAGS_ScramCredentialDeletion: frozenset[int] = frozenset()
+_TAGS_ScramCredentialUpsertion: frozenset[int] = frozenset()
 
 
 def _read_ScramCredentialDeletion_v0(buf: bytes, pos: int) -> tuple[ScramCredentialDeletion, int]:

@@ -43,11 +43,11 @@ class AlterUserScramCredentialsResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "AlterUserScramCredentialsResponse"
-    api_key = 51
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "AlterUserScramCredentialsResponse"
+    API_KEY = 51
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -109,8 +109,8 @@ class AlterUserScramCredentialsResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_AlterUserScramCredentialsResponse = frozenset()
-_TAGS_AlterUserScramCredentialsResult = frozenset()
+_TAGS_AlterUserScramCredentialsResponse: frozenset[int] = frozenset()
+_TAGS_AlterUserScramCredentialsResult: frozenset[int] = frozenset()
 
 
 def _read_AlterUserScramCredentialsResult_v0(

@@ -41,11 +41,11 @@ class ApiVersionsRequest(_Message):
         "client_software_version",
     )
 
-    name = "ApiVersionsRequest"
-    api_key = 18
-    message_type = "request"
-    valid_versions = (0, 4)
-    flexible_versions = (3, 32767)
+    NAME = "ApiVersionsRequest"
+    API_KEY = 18
+    TYPE = "request"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (3, 32767)
 
     client_software_name: str
     """The name of the client.
@@ -69,7 +69,7 @@ class ApiVersionsRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_ApiVersionsRequest = frozenset()
+_TAGS_ApiVersionsRequest: frozenset[int] = frozenset()
 
 
 def _read_ApiVersionsRequest_v0(buf: bytes, pos: int) -> tuple[ApiVersionsRequest, int]:

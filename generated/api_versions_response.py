@@ -72,11 +72,11 @@ class ApiVersionsResponse(_Message):
         "zk_migration_ready",
     )
 
-    name = "ApiVersionsResponse"
-    api_key = 18
-    message_type = "response"
-    valid_versions = (0, 4)
-    flexible_versions = (3, 32767)
+    NAME = "ApiVersionsResponse"
+    API_KEY = 18
+    TYPE = "response"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (3, 32767)
 
     error_code: int
     """The top-level error code.
@@ -249,10 +249,10 @@ class FinalizedFeatureKey(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ApiVersionsResponse = frozenset({0, 1, 2, 3})
-_TAGS_ApiVersion = frozenset()
-_TAGS_SupportedFeatureKey = frozenset()
-_TAGS_FinalizedFeatureKey = frozenset()
+_TAGS_ApiVersionsResponse: frozenset[int] = frozenset({0, 1, 2, 3})
+_TAGS_ApiVersion: frozenset[int] = frozenset()
+_TAGS_SupportedFeatureKey: frozenset[int] = frozenset()
+_TAGS_FinalizedFeatureKey: frozenset[int] = frozenset()
 
 
 def _read_ApiVersion_v0(buf: bytes, pos: int) -> tuple[ApiVersion, int]:

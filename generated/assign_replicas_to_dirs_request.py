@@ -48,11 +48,11 @@ class AssignReplicasToDirsRequest(_Message):
         "directories",
     )
 
-    name = "AssignReplicasToDirsRequest"
-    api_key = 73
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "AssignReplicasToDirsRequest"
+    API_KEY = 73
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     broker_id: int
     """The ID of the requesting broker
@@ -163,10 +163,10 @@ class PartitionData(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_AssignReplicasToDirsRequest = frozenset()
-_TAGS_DirectoryData = frozenset()
-_TAGS_TopicData = frozenset()
-_TAGS_PartitionData = frozenset()
+_TAGS_AssignReplicasToDirsRequest: frozenset[int] = frozenset()
+_TAGS_DirectoryData: frozenset[int] = frozenset()
+_TAGS_TopicData: frozenset[int] = frozenset()
+_TAGS_PartitionData: frozenset[int] = frozenset()
 
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:

@@ -47,11 +47,11 @@ class AssignReplicasToDirsResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "AssignReplicasToDirsResponse"
-    api_key = 73
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "AssignReplicasToDirsResponse"
+    API_KEY = 73
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -172,10 +172,10 @@ class PartitionData(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_AssignReplicasToDirsResponse = frozenset()
-_TAGS_DirectoryData = frozenset()
-_TAGS_TopicData = frozenset()
-_TAGS_PartitionData = frozenset()
+_TAGS_AssignReplicasToDirsResponse: frozenset[int] = frozenset()
+_TAGS_DirectoryData: frozenset[int] = frozenset()
+_TAGS_TopicData: frozenset[int] = frozenset()
+_TAGS_PartitionData: frozenset[int] = frozenset()
 
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:

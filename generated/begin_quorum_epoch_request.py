@@ -56,11 +56,11 @@ class BeginQuorumEpochRequest(_Message):
         "voter_id",
     )
 
-    name = "BeginQuorumEpochRequest"
-    api_key = 53
-    message_type = "request"
-    valid_versions = (0, 1)
-    flexible_versions = (1, 32767)
+    NAME = "BeginQuorumEpochRequest"
+    API_KEY = 53
+    TYPE = "request"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 32767)
 
     cluster_id: str | None
     """ClusterId
@@ -212,10 +212,10 @@ class LeaderEndpoint(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_BeginQuorumEpochRequest = frozenset()
-_TAGS_TopicData = frozenset()
-_TAGS_PartitionData = frozenset()
-_TAGS_LeaderEndpoint = frozenset()
+_TAGS_BeginQuorumEpochRequest: frozenset[int] = frozenset()
+_TAGS_TopicData: frozenset[int] = frozenset()
+_TAGS_PartitionData: frozenset[int] = frozenset()
+_TAGS_LeaderEndpoint: frozenset[int] = frozenset()
 
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:

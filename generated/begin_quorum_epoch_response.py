@@ -55,11 +55,11 @@ class BeginQuorumEpochResponse(_Message):
         "topics",
     )
 
-    name = "BeginQuorumEpochResponse"
-    api_key = 53
-    message_type = "response"
-    valid_versions = (0, 1)
-    flexible_versions = (1, 32767)
+    NAME = "BeginQuorumEpochResponse"
+    API_KEY = 53
+    TYPE = "response"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 32767)
 
     error_code: int
     """The top level error code.
@@ -204,10 +204,10 @@ class NodeEndpoint(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_BeginQuorumEpochResponse = frozenset({0})
-_TAGS_TopicData = frozenset()
-_TAGS_PartitionData = frozenset()
-_TAGS_NodeEndpoint = frozenset()
+_TAGS_BeginQuorumEpochResponse: frozenset[int] = frozenset({0})
+_TAGS_TopicData: frozenset[int] = frozenset()
+_TAGS_PartitionData: frozenset[int] = frozenset()
+_TAGS_NodeEndpoint: frozenset[int] = frozenset()
 
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:

@@ -50,11 +50,11 @@ class BrokerHeartbeatRequest(_Message):
         "want_shut_down",
     )
 
-    name = "BrokerHeartbeatRequest"
-    api_key = 63
-    message_type = "request"
-    valid_versions = (0, 1)
-    flexible_versions = (0, 32767)
+    NAME = "BrokerHeartbeatRequest"
+    API_KEY = 63
+    TYPE = "request"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     broker_id: int
     """The broker ID.
@@ -106,7 +106,7 @@ class BrokerHeartbeatRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_BrokerHeartbeatRequest = frozenset({0})
+_TAGS_BrokerHeartbeatRequest: frozenset[int] = frozenset({0})
 
 
 def _read_tags_BrokerHeartbeatRequest_v1(o: BrokerHeartbeatRequest, buf: bytes, pos: int) -> int:

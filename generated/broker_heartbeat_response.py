@@ -35,11 +35,11 @@ class BrokerHeartbeatResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "BrokerHeartbeatResponse"
-    api_key = 63
-    message_type = "response"
-    valid_versions = (0, 1)
-    flexible_versions = (0, 32767)
+    NAME = "BrokerHeartbeatResponse"
+    API_KEY = 63
+    TYPE = "response"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """Duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -84,7 +84,7 @@ class BrokerHeartbeatResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_BrokerHeartbeatResponse = frozenset()
+_TAGS_BrokerHeartbeatResponse: frozenset[int] = frozenset()
 
 
 def _read_BrokerHeartbeatResponse_v0(buf: bytes, pos: int) -> tuple[BrokerHeartbeatResponse, int]:

@@ -57,11 +57,11 @@ class BrokerRegistrationRequest(_Message):
         "rack",
     )
 
-    name = "BrokerRegistrationRequest"
-    api_key = 62
-    message_type = "request"
-    valid_versions = (0, 4)
-    flexible_versions = (0, 32767)
+    NAME = "BrokerRegistrationRequest"
+    API_KEY = 62
+    TYPE = "request"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     broker_id: int
     """The broker ID.
@@ -218,9 +218,9 @@ class Feature(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_BrokerRegistrationRequest = frozenset()
-_TAGS_Listener = frozenset()
-_TAGS_Feature = frozenset()
+_TAGS_BrokerRegistrationRequest: frozenset[int] = frozenset()
+_TAGS_Listener: frozenset[int] = frozenset()
+_TAGS_Feature: frozenset[int] = frozenset()
 
 
 def _read_Listener_v0(buf: bytes, pos: int) -> tuple[Listener, int]:

@@ -33,11 +33,11 @@ class BrokerRegistrationResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "BrokerRegistrationResponse"
-    api_key = 62
-    message_type = "response"
-    valid_versions = (0, 4)
-    flexible_versions = (0, 32767)
+    NAME = "BrokerRegistrationResponse"
+    API_KEY = 62
+    TYPE = "response"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """Duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -68,7 +68,7 @@ class BrokerRegistrationResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_BrokerRegistrationResponse = frozenset()
+_TAGS_BrokerRegistrationResponse: frozenset[int] = frozenset()
 
 
 def _read_BrokerRegistrationResponse_v0(

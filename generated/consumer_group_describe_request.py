@@ -39,11 +39,11 @@ class ConsumerGroupDescribeRequest(_Message):
         "include_authorized_operations",
     )
 
-    name = "ConsumerGroupDescribeRequest"
-    api_key = 69
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "ConsumerGroupDescribeRequest"
+    API_KEY = 69
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     group_ids: list[str]
     """The ids of the groups to describe
@@ -67,7 +67,7 @@ class ConsumerGroupDescribeRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_ConsumerGroupDescribeRequest = frozenset()
+_TAGS_ConsumerGroupDescribeRequest: frozenset[int] = frozenset()
 
 
 def _read_ConsumerGroupDescribeRequest_v0(

@@ -61,11 +61,11 @@ class ConsumerGroupDescribeResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "ConsumerGroupDescribeResponse"
-    api_key = 69
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "ConsumerGroupDescribeResponse"
+    API_KEY = 69
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -329,11 +329,11 @@ class TopicPartitions(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ConsumerGroupDescribeResponse = frozenset()
-_TAGS_DescribedGroup = frozenset()
-_TAGS_Member = frozenset()
-_TAGS_Assignment = frozenset()
-_TAGS_TopicPartitions = frozenset()
+_TAGS_ConsumerGroupDescribeResponse: frozenset[int] = frozenset()
+_TAGS_DescribedGroup: frozenset[int] = frozenset()
+_TAGS_Member: frozenset[int] = frozenset()
+_TAGS_Assignment: frozenset[int] = frozenset()
+_TAGS_TopicPartitions: frozenset[int] = frozenset()
 
 
 def _read_TopicPartitions_v0(buf: bytes, pos: int) -> tuple[TopicPartitions, int]:

@@ -53,11 +53,11 @@ class ConsumerGroupHeartbeatRequest(_Message):
         "topic_partitions",
     )
 
-    name = "ConsumerGroupHeartbeatRequest"
-    api_key = 68
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "ConsumerGroupHeartbeatRequest"
+    API_KEY = 68
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     group_id: str
     """The group identifier.
@@ -160,8 +160,8 @@ class TopicPartitions(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ConsumerGroupHeartbeatRequest = frozenset()
-_TAGS_TopicPartitions = frozenset()
+_TAGS_ConsumerGroupHeartbeatRequest: frozenset[int] = frozenset()
+_TAGS_TopicPartitions: frozenset[int] = frozenset()
 
 
 def _read_TopicPartitions_v0(buf: bytes, pos: int) -> tuple[TopicPartitions, int]:

@@ -66,11 +66,11 @@ class ConsumerGroupHeartbeatResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "ConsumerGroupHeartbeatResponse"
-    api_key = 68
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "ConsumerGroupHeartbeatResponse"
+    API_KEY = 68
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -179,9 +179,9 @@ class TopicPartitions(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ConsumerGroupHeartbeatResponse = frozenset()
-_TAGS_Assignment = frozenset()
-_TAGS_TopicPartitions = frozenset()
+_TAGS_ConsumerGroupHeartbeatResponse: frozenset[int] = frozenset()
+_TAGS_Assignment: frozenset[int] = frozenset()
+_TAGS_TopicPartitions: frozenset[int] = frozenset()
 
 
 def _read_TopicPartitions_v0(buf: bytes, pos: int) -> tuple[TopicPartitions, int]:

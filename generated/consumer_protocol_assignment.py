@@ -50,11 +50,11 @@ class ConsumerProtocolAssignment(_Message):
         "user_data",
     )
 
-    name = "ConsumerProtocolAssignment"
-    api_key = None
-    message_type = "data"
-    valid_versions = (0, 3)
-    flexible_versions = (1, 0)
+    NAME = "ConsumerProtocolAssignment"
+    API_KEY = None
+    TYPE = "data"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (1, 0)
 
     assigned_partitions: list[TopicPartition]
     """AssignedPartitions

@@ -53,11 +53,11 @@ class ConsumerProtocolSubscription(_Message):
         "user_data",
     )
 
-    name = "ConsumerProtocolSubscription"
-    api_key = None
-    message_type = "data"
-    valid_versions = (0, 3)
-    flexible_versions = (1, 0)
+    NAME = "ConsumerProtocolSubscription"
+    API_KEY = None
+    TYPE = "data"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (1, 0)
 
     topics: list[str]
     """Topics

@@ -43,11 +43,11 @@ class ControlledShutdownRequest(_Message):
         "broker_id",
     )
 
-    name = "ControlledShutdownRequest"
-    api_key = 7
-    message_type = "request"
-    valid_versions = (0, 3)
-    flexible_versions = (3, 32767)
+    NAME = "ControlledShutdownRequest"
+    API_KEY = 7
+    TYPE = "request"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (3, 32767)
 
     broker_id: int
     """The id of the broker for which controlled shutdown has been requested.
@@ -71,7 +71,7 @@ class ControlledShutdownRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_ControlledShutdownRequest = frozenset()
+_TAGS_ControlledShutdownRequest: frozenset[int] = frozenset()
 
 
 def _read_ControlledShutdownRequest_v0(

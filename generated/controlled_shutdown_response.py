@@ -46,11 +46,11 @@ class ControlledShutdownResponse(_Message):
         "remaining_partitions",
     )
 
-    name = "ControlledShutdownResponse"
-    api_key = 7
-    message_type = "response"
-    valid_versions = (0, 3)
-    flexible_versions = (3, 32767)
+    NAME = "ControlledShutdownResponse"
+    API_KEY = 7
+    TYPE = "response"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (3, 32767)
 
     error_code: int
     """The top-level error code.
@@ -104,8 +104,8 @@ class RemainingPartition(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ControlledShutdownResponse = frozenset()
-_TAGS_RemainingPartition = frozenset()
+_TAGS_ControlledShutdownResponse: frozenset[int] = frozenset()
+_TAGS_RemainingPartition: frozenset[int] = frozenset()
 
 
 def _read_RemainingPartition_v0(buf: bytes, pos: int) -> tuple[RemainingPartition, int]:

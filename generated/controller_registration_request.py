@@ -51,11 +51,11 @@ class ControllerRegistrationRequest(_Message):
         "zk_migration_ready",
     )
 
-    name = "ControllerRegistrationRequest"
-    api_key = 70
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "ControllerRegistrationRequest"
+    API_KEY = 70
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     controller_id: int
     """The ID of the controller to register.
@@ -184,9 +184,9 @@ class Feature(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ControllerRegistrationRequest = frozenset()
-_TAGS_Listener = frozenset()
-_TAGS_Feature = frozenset()
+_TAGS_ControllerRegistrationRequest: frozenset[int] = frozenset()
+_TAGS_Listener: frozenset[int] = frozenset()
+_TAGS_Feature: frozenset[int] = frozenset()
 
 
 def _read_Listener_v0(buf: bytes, pos: int) -> tuple[Listener, int]:

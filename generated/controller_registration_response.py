@@ -38,11 +38,11 @@ class ControllerRegistrationResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "ControllerRegistrationResponse"
-    api_key = 70
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "ControllerRegistrationResponse"
+    API_KEY = 70
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """Duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -73,7 +73,7 @@ class ControllerRegistrationResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_ControllerRegistrationResponse = frozenset()
+_TAGS_ControllerRegistrationResponse: frozenset[int] = frozenset()
 
 
 def _read_ControllerRegistrationResponse_v0(

@@ -47,11 +47,11 @@ class CreateAclsRequest(_Message):
 
     __slots__ = ("creations",)
 
-    name = "CreateAclsRequest"
-    api_key = 30
-    message_type = "request"
-    valid_versions = (0, 3)
-    flexible_versions = (2, 32767)
+    NAME = "CreateAclsRequest"
+    API_KEY = 30
+    TYPE = "request"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     creations: list[AclCreation]
     """The ACLs that we want to create.
@@ -138,8 +138,8 @@ class AclCreation(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_CreateAclsRequest = frozenset()
-_TAGS_AclCreation = frozenset()
+_TAGS_CreateAclsRequest: frozenset[int] = frozenset()
+_TAGS_AclCreation: frozenset[int] = frozenset()
 
 
 def _read_AclCreation_v0(buf: bytes, pos: int) -> tuple[AclCreation, int]:

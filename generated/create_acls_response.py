@@ -48,11 +48,11 @@ class CreateAclsResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "CreateAclsResponse"
-    api_key = 30
-    message_type = "response"
-    valid_versions = (0, 3)
-    flexible_versions = (2, 32767)
+    NAME = "CreateAclsResponse"
+    API_KEY = 30
+    TYPE = "response"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -106,8 +106,8 @@ class AclCreationResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_CreateAclsResponse = frozenset()
-_TAGS_AclCreationResult = frozenset()
+_TAGS_CreateAclsResponse: frozenset[int] = frozenset()
+_TAGS_AclCreationResult: frozenset[int] = frozenset()
 
 
 def _read_AclCreationResult_v0(buf: bytes, pos: int) -> tuple[AclCreationResult, int]:

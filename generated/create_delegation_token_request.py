@@ -53,11 +53,11 @@ class CreateDelegationTokenRequest(_Message):
         "renewers",
     )
 
-    name = "CreateDelegationTokenRequest"
-    api_key = 38
-    message_type = "request"
-    valid_versions = (0, 3)
-    flexible_versions = (2, 32767)
+    NAME = "CreateDelegationTokenRequest"
+    API_KEY = 38
+    TYPE = "request"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     owner_principal_type: str | None
     """The principal type of the owner of the token. If it's null it defaults to the token request principal.
@@ -125,8 +125,8 @@ class CreatableRenewers(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_CreateDelegationTokenRequest = frozenset()
-_TAGS_CreatableRenewers = frozenset()
+_TAGS_CreateDelegationTokenRequest: frozenset[int] = frozenset()
+_TAGS_CreatableRenewers: frozenset[int] = frozenset()
 
 
 def _read_CreatableRenewers_v0(buf: bytes, pos: int) -> tuple[CreatableRenewers, int]:

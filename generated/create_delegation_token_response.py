@@ -57,11 +57,11 @@ class CreateDelegationTokenResponse(_Message):
         "token_requester_principal_type",
     )
 
-    name = "CreateDelegationTokenResponse"
-    api_key = 38
-    message_type = "response"
-    valid_versions = (0, 3)
-    flexible_versions = (2, 32767)
+    NAME = "CreateDelegationTokenResponse"
+    API_KEY = 38
+    TYPE = "response"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     error_code: int
     """The top-level error, or zero if there was no error.
@@ -148,7 +148,7 @@ class CreateDelegationTokenResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_CreateDelegationTokenResponse = frozenset()
+_TAGS_CreateDelegationTokenResponse: frozenset[int] = frozenset()
 
 
 def _read_CreateDelegationTokenResponse_v0(

@@ -55,11 +55,11 @@ class CreatePartitionsRequest(_Message):
         "validate_only",
     )
 
-    name = "CreatePartitionsRequest"
-    api_key = 37
-    message_type = "request"
-    valid_versions = (0, 3)
-    flexible_versions = (2, 32767)
+    NAME = "CreatePartitionsRequest"
+    API_KEY = 37
+    TYPE = "request"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     topics: list[CreatePartitionsTopic]
     """Each topic that we want to create new partitions inside.
@@ -148,9 +148,9 @@ class CreatePartitionsAssignment(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_CreatePartitionsRequest = frozenset()
-_TAGS_CreatePartitionsTopic = frozenset()
-_TAGS_CreatePartitionsAssignment = frozenset()
+_TAGS_CreatePartitionsRequest: frozenset[int] = frozenset()
+_TAGS_CreatePartitionsTopic: frozenset[int] = frozenset()
+_TAGS_CreatePartitionsAssignment: frozenset[int] = frozenset()
 
 
 def _read_CreatePartitionsAssignment_v0(

@@ -51,11 +51,11 @@ class CreatePartitionsResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "CreatePartitionsResponse"
-    api_key = 37
-    message_type = "response"
-    valid_versions = (0, 3)
-    flexible_versions = (2, 32767)
+    NAME = "CreatePartitionsResponse"
+    API_KEY = 37
+    TYPE = "response"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -117,8 +117,8 @@ class CreatePartitionsTopicResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_CreatePartitionsResponse = frozenset()
-_TAGS_CreatePartitionsTopicResult = frozenset()
+_TAGS_CreatePartitionsResponse: frozenset[int] = frozenset()
+_TAGS_CreatePartitionsTopicResult: frozenset[int] = frozenset()
 
 
 def _read_CreatePartitionsTopicResult_v0(

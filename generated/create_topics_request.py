@@ -62,11 +62,11 @@ class CreateTopicsRequest(_Message):
         "validate_only",
     )
 
-    name = "CreateTopicsRequest"
-    api_key = 19
-    message_type = "request"
-    valid_versions = (0, 7)
-    flexible_versions = (5, 32767)
+    NAME = "CreateTopicsRequest"
+    API_KEY = 19
+    TYPE = "request"
+    VALID_VERSIONS = (0, 7)
+    FLEXIBLE_VERSIONS = (5, 32767)
 
     topics: list[CreatableTopic]
     """The topics to create.
@@ -211,10 +211,10 @@ class CreatableTopicConfig(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_CreateTopicsRequest = frozenset()
-_TAGS_CreatableTopic = frozenset()
-_TAGS_CreatableReplicaAssignment = frozenset()
-_TAGS_CreatableTopicConfig = frozenset()
+_TAGS_CreateTopicsRequest: frozenset[int] = frozenset()
+_TAGS_CreatableTopic: frozenset[int] = frozenset()
+_TAGS_CreatableReplicaAssignment: frozenset[int] = frozenset()
+_TAGS_CreatableTopicConfig: frozenset[int] = frozenset()
 
 
 def _read_CreatableReplicaAssignment_v0(

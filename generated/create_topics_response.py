@@ -70,11 +70,11 @@ class CreateTopicsResponse(_Message):
         "topics",
     )
 
-    name = "CreateTopicsResponse"
-    api_key = 19
-    message_type = "response"
-    valid_versions = (0, 7)
-    flexible_versions = (5, 32767)
+    NAME = "CreateTopicsResponse"
+    API_KEY = 19
+    TYPE = "response"
+    VALID_VERSIONS = (0, 7)
+    FLEXIBLE_VERSIONS = (5, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -230,9 +230,9 @@ class CreatableTopicConfigs(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_CreateTopicsResponse = frozenset()
-_TAGS_CreatableTopicResult = frozenset({0})
-_TAGS_CreatableTopicConfigs = frozenset()
+_TAGS_CreateTopicsResponse: frozenset[int] = frozenset()
+_TAGS_CreatableTopicResult: frozenset[int] = frozenset({0})
+_TAGS_CreatableTopicConfigs: frozenset[int] = frozenset()
 
 
 def _read_CreatableTopicConfigs_v5(buf: bytes, pos: int) -> tuple[CreatableTopicConfigs, int]:

@@ -42,11 +42,11 @@ class DefaultPrincipalData(_Message):
         "type",
     )
 
-    name = "DefaultPrincipalData"
-    api_key = None
-    message_type = "data"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "DefaultPrincipalData"
+    API_KEY = None
+    TYPE = "data"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     type: str
     """The principal type
@@ -77,7 +77,7 @@ class DefaultPrincipalData(_Message):
         self._unknown_tags = None
 
 
-_TAGS_DefaultPrincipalData = frozenset()
+_TAGS_DefaultPrincipalData: frozenset[int] = frozenset()
 
 
 def _read_DefaultPrincipalData_v0(buf: bytes, pos: int) -> tuple[DefaultPrincipalData, int]:

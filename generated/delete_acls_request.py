@@ -47,11 +47,11 @@ class DeleteAclsRequest(_Message):
 
     __slots__ = ("filters",)
 
-    name = "DeleteAclsRequest"
-    api_key = 31
-    message_type = "request"
-    valid_versions = (0, 3)
-    flexible_versions = (2, 32767)
+    NAME = "DeleteAclsRequest"
+    API_KEY = 31
+    TYPE = "request"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     filters: list[DeleteAclsFilter]
     """The filters to use when deleting ACLs.
@@ -138,8 +138,8 @@ class DeleteAclsFilter(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DeleteAclsRequest = frozenset()
-_TAGS_DeleteAclsFilter = frozenset()
+_TAGS_DeleteAclsRequest: frozenset[int] = frozenset()
+_TAGS_DeleteAclsFilter: frozenset[int] = frozenset()
 
 
 def _read_DeleteAclsFilter_v0(buf: bytes, pos: int) -> tuple[DeleteAclsFilter, int]:

@@ -52,11 +52,11 @@ class DeleteAclsResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "DeleteAclsResponse"
-    api_key = 31
-    message_type = "response"
-    valid_versions = (0, 3)
-    flexible_versions = (2, 32767)
+    NAME = "DeleteAclsResponse"
+    API_KEY = 31
+    TYPE = "response"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -204,9 +204,9 @@ class DeleteAclsMatchingAcl(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DeleteAclsResponse = frozenset()
-_TAGS_DeleteAclsFilterResult = frozenset()
-_TAGS_DeleteAclsMatchingAcl = frozenset()
+_TAGS_DeleteAclsResponse: frozenset[int] = frozenset()
+_TAGS_DeleteAclsFilterResult: frozenset[int] = frozenset()
+_TAGS_DeleteAclsMatchingAcl: frozenset[int] = frozenset()
 
 
 def _read_DeleteAclsMatchingAcl_v0(buf: bytes, pos: int) -> tuple[DeleteAclsMatchingAcl, int]:

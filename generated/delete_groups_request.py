@@ -43,11 +43,11 @@ class DeleteGroupsRequest(_Message):
 
     __slots__ = ("groups_names",)
 
-    name = "DeleteGroupsRequest"
-    api_key = 42
-    message_type = "request"
-    valid_versions = (0, 2)
-    flexible_versions = (2, 32767)
+    NAME = "DeleteGroupsRequest"
+    API_KEY = 42
+    TYPE = "request"
+    VALID_VERSIONS = (0, 2)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     groups_names: list[str]
     """The group names to delete.
@@ -64,7 +64,7 @@ class DeleteGroupsRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_DeleteGroupsRequest = frozenset()
+_TAGS_DeleteGroupsRequest: frozenset[int] = frozenset()
 
 
 def _read_DeleteGroupsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteGroupsRequest, int]:

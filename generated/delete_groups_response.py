@@ -48,11 +48,11 @@ class DeleteGroupsResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "DeleteGroupsResponse"
-    api_key = 42
-    message_type = "response"
-    valid_versions = (0, 2)
-    flexible_versions = (2, 32767)
+    NAME = "DeleteGroupsResponse"
+    API_KEY = 42
+    TYPE = "response"
+    VALID_VERSIONS = (0, 2)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -106,8 +106,8 @@ class DeletableGroupResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DeleteGroupsResponse = frozenset()
-_TAGS_DeletableGroupResult = frozenset()
+_TAGS_DeleteGroupsResponse: frozenset[int] = frozenset()
+_TAGS_DeletableGroupResult: frozenset[int] = frozenset()
 
 
 def _read_DeletableGroupResult_v0(buf: bytes, pos: int) -> tuple[DeletableGroupResult, int]:

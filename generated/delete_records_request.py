@@ -49,11 +49,11 @@ class DeleteRecordsRequest(_Message):
         "topics",
     )
 
-    name = "DeleteRecordsRequest"
-    api_key = 21
-    message_type = "request"
-    valid_versions = (0, 2)
-    flexible_versions = (2, 32767)
+    NAME = "DeleteRecordsRequest"
+    API_KEY = 21
+    TYPE = "request"
+    VALID_VERSIONS = (0, 2)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     topics: list[DeleteRecordsTopic]
     """Each topic that we want to delete records from.
@@ -137,9 +137,9 @@ class DeleteRecordsPartition(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DeleteRecordsRequest = frozenset()
-_TAGS_DeleteRecordsTopic = frozenset()
-_TAGS_DeleteRecordsPartition = frozenset()
+_TAGS_DeleteRecordsRequest: frozenset[int] = frozenset()
+_TAGS_DeleteRecordsTopic: frozenset[int] = frozenset()
+_TAGS_DeleteRecordsPartition: frozenset[int] = frozenset()
 
 
 def _read_DeleteRecordsPartition_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsPartition, int]:

@@ -49,11 +49,11 @@ class DeleteRecordsResponse(_Message):
         "topics",
     )
 
-    name = "DeleteRecordsResponse"
-    api_key = 21
-    message_type = "response"
-    valid_versions = (0, 2)
-    flexible_versions = (2, 32767)
+    NAME = "DeleteRecordsResponse"
+    API_KEY = 21
+    TYPE = "response"
+    VALID_VERSIONS = (0, 2)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -145,9 +145,9 @@ class DeleteRecordsPartitionResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DeleteRecordsResponse = frozenset()
-_TAGS_DeleteRecordsTopicResult = frozenset()
-_TAGS_DeleteRecordsPartitionResult = frozenset()
+_TAGS_DeleteRecordsResponse: frozenset[int] = frozenset()
+_TAGS_DeleteRecordsTopicResult: frozenset[int] = frozenset()
+_TAGS_DeleteRecordsPartitionResult: frozenset[int] = frozenset()
 
 
 def _read_DeleteRecordsPartitionResult_v0(

@@ -45,11 +45,11 @@ class DeleteShareGroupStateRequest(_Message):
         "topics",
     )
 
-    name = "DeleteShareGroupStateRequest"
-    api_key = 86
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "DeleteShareGroupStateRequest"
+    API_KEY = 86
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     group_id: str
     """The group identifier.
@@ -123,9 +123,9 @@ class PartitionData(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DeleteShareGroupStateRequest = frozenset()
-_TAGS_DeleteStateData = frozenset()
-_TAGS_PartitionData = frozenset()
+_TAGS_DeleteShareGroupStateRequest: frozenset[int] = frozenset()
+_TAGS_DeleteStateData: frozenset[int] = frozenset()
+_TAGS_PartitionData: frozenset[int] = frozenset()
 
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:

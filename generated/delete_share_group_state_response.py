@@ -52,11 +52,11 @@ class DeleteShareGroupStateResponse(_Message):
 
     __slots__ = ("results",)
 
-    name = "DeleteShareGroupStateResponse"
-    api_key = 86
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "DeleteShareGroupStateResponse"
+    API_KEY = 86
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     results: list[DeleteStateResult]
     """The delete results
@@ -141,9 +141,9 @@ class PartitionResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DeleteShareGroupStateResponse = frozenset()
-_TAGS_DeleteStateResult = frozenset()
-_TAGS_PartitionResult = frozenset()
+_TAGS_DeleteShareGroupStateResponse: frozenset[int] = frozenset()
+_TAGS_DeleteStateResult: frozenset[int] = frozenset()
+_TAGS_PartitionResult: frozenset[int] = frozenset()
 
 
 def _read_PartitionResult_v0(buf: bytes, pos: int) -> tuple[PartitionResult, int]:

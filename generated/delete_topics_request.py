@@ -57,11 +57,11 @@ class DeleteTopicsRequest(_Message):
         "topics",
     )
 
-    name = "DeleteTopicsRequest"
-    api_key = 20
-    message_type = "request"
-    valid_versions = (0, 6)
-    flexible_versions = (4, 32767)
+    NAME = "DeleteTopicsRequest"
+    API_KEY = 20
+    TYPE = "request"
+    VALID_VERSIONS = (0, 6)
+    FLEXIBLE_VERSIONS = (4, 32767)
 
     topics: list[DeleteTopicState]
     """The name or topic ID of the topic
@@ -122,8 +122,8 @@ class DeleteTopicState(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DeleteTopicsRequest = frozenset()
-_TAGS_DeleteTopicState = frozenset()
+_TAGS_DeleteTopicsRequest: frozenset[int] = frozenset()
+_TAGS_DeleteTopicState: frozenset[int] = frozenset()
 
 
 def _read_DeleteTopicState_v6(buf: bytes, pos: int) -> tuple[DeleteTopicState, int]:

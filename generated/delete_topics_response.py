@@ -62,11 +62,11 @@ class DeleteTopicsResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "DeleteTopicsResponse"
-    api_key = 20
-    message_type = "response"
-    valid_versions = (0, 6)
-    flexible_versions = (4, 32767)
+    NAME = "DeleteTopicsResponse"
+    API_KEY = 20
+    TYPE = "response"
+    VALID_VERSIONS = (0, 6)
+    FLEXIBLE_VERSIONS = (4, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -136,8 +136,8 @@ class DeletableTopicResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DeleteTopicsResponse = frozenset()
-_TAGS_DeletableTopicResult = frozenset()
+_TAGS_DeleteTopicsResponse: frozenset[int] = frozenset()
+_TAGS_DeletableTopicResult: frozenset[int] = frozenset()
 
 
 def _read_DeletableTopicResult_v0(buf: bytes, pos: int) -> tuple[DeletableTopicResult, int]:
@@ -282,11 +282,56 @@ def _read_DeletableTopicResult_v6(buf: bytes, pos: int) -> tuple[DeletableTopicR
 
 
 def _write_DeletableTopicResult_v0(o: DeletableTopicResult, w: _Writer) -> None:
-    # versions 0-3
-    raw1 = o.name.encode()
-    n = len(raw1)
+    # versions 0
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 0")
+    raw2 = x1.encode()
+    n = len(raw2)
     w(_S_h.pack(n))
-    w(raw1)
+    w(raw2)
+    w(_S_h.pack(o.error_code))
+    if o._unknown_tags:
+        raise _ProtocolError("tagged fields need a flexible version")
+
+
+def _write_DeletableTopicResult_v1(o: DeletableTopicResult, w: _Writer) -> None:
+    # versions 1
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 1")
+    raw2 = x1.encode()
+    n = len(raw2)
+    w(_S_h.pack(n))
+    w(raw2)
+    w(_S_h.pack(o.error_code))
+    if o._unknown_tags:
+        raise _ProtocolError("tagged fields need a flexible version")
+
+
+def _write_DeletableTopicResult_v2(o: DeletableTopicResult, w: _Writer) -> None:
+    # versions 2
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 2")
+    raw2 = x1.encode()
+    n = len(raw2)
+    w(_S_h.pack(n))
+    w(raw2)
+    w(_S_h.pack(o.error_code))
+    if o._unknown_tags:
+        raise _ProtocolError("tagged fields need a flexible version")
+
+
+def _write_DeletableTopicResult_v3(o: DeletableTopicResult, w: _Writer) -> None:
+    # versions 3
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 3")
+    raw2 = x1.encode()
+    n = len(raw2)
+    w(_S_h.pack(n))
+    w(raw2)
     w(_S_h.pack(o.error_code))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -294,10 +339,13 @@ def _write_DeletableTopicResult_v0(o: DeletableTopicResult, w: _Writer) -> None:
 
 def _write_DeletableTopicResult_v4(o: DeletableTopicResult, w: _Writer) -> None:
     # versions 4
-    raw1 = o.name.encode()
-    n = len(raw1)
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 4")
+    raw2 = x1.encode()
+    n = len(raw2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw1)
+    w(raw2)
     w(_S_h.pack(o.error_code))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags)
@@ -307,19 +355,22 @@ def _write_DeletableTopicResult_v4(o: DeletableTopicResult, w: _Writer) -> None:
 
 def _write_DeletableTopicResult_v5(o: DeletableTopicResult, w: _Writer) -> None:
     # versions 5
-    raw1 = o.name.encode()
-    n = len(raw1)
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 5")
+    raw2 = x1.encode()
+    n = len(raw2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw1)
+    w(raw2)
     w(_S_h.pack(o.error_code))
-    x2 = o.error_message
-    if x2 is None:
+    x3 = o.error_message
+    if x3 is None:
         w(b"\x00")
     else:
-        raw3 = x2.encode()
-        n = len(raw3)
+        raw4 = x3.encode()
+        n = len(raw4)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(raw3)
+        w(raw4)
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags)
     else:
@@ -492,13 +543,37 @@ def _write_DeleteTopicsResponse_v0(o: DeleteTopicsResponse, w: _Writer) -> None:
 
 
 def _write_DeleteTopicsResponse_v1(o: DeleteTopicsResponse, w: _Writer) -> None:
-    # versions 1-3
+    # versions 1
     w(_S_i.pack(o.throttle_time_ms))
     items1 = o.responses
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_DeletableTopicResult_v0(item2, w)
+        _write_DeletableTopicResult_v1(item2, w)
+    if o._unknown_tags:
+        raise _ProtocolError("tagged fields need a flexible version")
+
+
+def _write_DeleteTopicsResponse_v2(o: DeleteTopicsResponse, w: _Writer) -> None:
+    # versions 2
+    w(_S_i.pack(o.throttle_time_ms))
+    items1 = o.responses
+    n = len(items1)
+    w(_S_i.pack(n))
+    for item2 in items1:
+        _write_DeletableTopicResult_v2(item2, w)
+    if o._unknown_tags:
+        raise _ProtocolError("tagged fields need a flexible version")
+
+
+def _write_DeleteTopicsResponse_v3(o: DeleteTopicsResponse, w: _Writer) -> None:
+    # versions 3
+    w(_S_i.pack(o.throttle_time_ms))
+    items1 = o.responses
+    n = len(items1)
+    w(_S_i.pack(n))
+    for item2 in items1:
+        _write_DeletableTopicResult_v3(item2, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -603,8 +678,8 @@ DeleteTopicsResponse._readers = {
 DeleteTopicsResponse._writers = {
     0: _write_DeleteTopicsResponse_v0,
     1: _write_DeleteTopicsResponse_v1,
-    2: _write_DeleteTopicsResponse_v1,
-    3: _write_DeleteTopicsResponse_v1,
+    2: _write_DeleteTopicsResponse_v2,
+    3: _write_DeleteTopicsResponse_v3,
     4: _write_DeleteTopicsResponse_v4,
     5: _write_DeleteTopicsResponse_v5,
     6: _write_DeleteTopicsResponse_v6,

@@ -49,11 +49,11 @@ class DescribeAclsRequest(_Message):
         "resource_type_filter",
     )
 
-    name = "DescribeAclsRequest"
-    api_key = 29
-    message_type = "request"
-    valid_versions = (0, 3)
-    flexible_versions = (2, 32767)
+    NAME = "DescribeAclsRequest"
+    API_KEY = 29
+    TYPE = "request"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     resource_type_filter: int
     """The resource type.
@@ -112,7 +112,7 @@ class DescribeAclsRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_DescribeAclsRequest = frozenset()
+_TAGS_DescribeAclsRequest: frozenset[int] = frozenset()
 
 
 def _read_DescribeAclsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeAclsRequest, int]:

@@ -55,11 +55,11 @@ class DescribeAclsResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "DescribeAclsResponse"
-    api_key = 29
-    message_type = "response"
-    valid_versions = (0, 3)
-    flexible_versions = (2, 32767)
+    NAME = "DescribeAclsResponse"
+    API_KEY = 29
+    TYPE = "response"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -189,9 +189,9 @@ class AclDescription(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeAclsResponse = frozenset()
-_TAGS_DescribeAclsResource = frozenset()
-_TAGS_AclDescription = frozenset()
+_TAGS_DescribeAclsResponse: frozenset[int] = frozenset()
+_TAGS_DescribeAclsResource: frozenset[int] = frozenset()
+_TAGS_AclDescription: frozenset[int] = frozenset()
 
 
 def _read_AclDescription_v0(buf: bytes, pos: int) -> tuple[AclDescription, int]:

@@ -48,11 +48,11 @@ class DescribeClientQuotasRequest(_Message):
         "strict",
     )
 
-    name = "DescribeClientQuotasRequest"
-    api_key = 48
-    message_type = "request"
-    valid_versions = (0, 1)
-    flexible_versions = (1, 32767)
+    NAME = "DescribeClientQuotasRequest"
+    API_KEY = 48
+    TYPE = "request"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 32767)
 
     components: list[ComponentData]
     """Filter components to apply to quota entities.
@@ -114,8 +114,8 @@ class ComponentData(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeClientQuotasRequest = frozenset()
-_TAGS_ComponentData = frozenset()
+_TAGS_DescribeClientQuotasRequest: frozenset[int] = frozenset()
+_TAGS_ComponentData: frozenset[int] = frozenset()
 
 
 def _read_ComponentData_v0(buf: bytes, pos: int) -> tuple[ComponentData, int]:

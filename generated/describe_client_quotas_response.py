@@ -52,11 +52,11 @@ class DescribeClientQuotasResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "DescribeClientQuotasResponse"
-    api_key = 48
-    message_type = "response"
-    valid_versions = (0, 1)
-    flexible_versions = (1, 32767)
+    NAME = "DescribeClientQuotasResponse"
+    API_KEY = 48
+    TYPE = "response"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -184,10 +184,10 @@ class ValueData(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeClientQuotasResponse = frozenset()
-_TAGS_EntryData = frozenset()
-_TAGS_EntityData = frozenset()
-_TAGS_ValueData = frozenset()
+_TAGS_DescribeClientQuotasResponse: frozenset[int] = frozenset()
+_TAGS_EntryData: frozenset[int] = frozenset()
+_TAGS_EntityData: frozenset[int] = frozenset()
+_TAGS_ValueData: frozenset[int] = frozenset()
 
 
 def _read_EntityData_v0(buf: bytes, pos: int) -> tuple[EntityData, int]:

@@ -37,11 +37,11 @@ class DescribeClusterRequest(_Message):
         "include_cluster_authorized_operations",
     )
 
-    name = "DescribeClusterRequest"
-    api_key = 60
-    message_type = "request"
-    valid_versions = (0, 1)
-    flexible_versions = (0, 32767)
+    NAME = "DescribeClusterRequest"
+    API_KEY = 60
+    TYPE = "request"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     include_cluster_authorized_operations: bool
     """Whether to include cluster authorized operations.
@@ -65,7 +65,7 @@ class DescribeClusterRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_DescribeClusterRequest = frozenset()
+_TAGS_DescribeClusterRequest: frozenset[int] = frozenset()
 
 
 def _read_DescribeClusterRequest_v0(buf: bytes, pos: int) -> tuple[DescribeClusterRequest, int]:

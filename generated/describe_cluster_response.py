@@ -54,11 +54,11 @@ class DescribeClusterResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "DescribeClusterResponse"
-    api_key = 60
-    message_type = "response"
-    valid_versions = (0, 1)
-    flexible_versions = (0, 32767)
+    NAME = "DescribeClusterResponse"
+    API_KEY = 60
+    TYPE = "response"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -170,8 +170,8 @@ class DescribeClusterBroker(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeClusterResponse = frozenset()
-_TAGS_DescribeClusterBroker = frozenset()
+_TAGS_DescribeClusterResponse: frozenset[int] = frozenset()
+_TAGS_DescribeClusterBroker: frozenset[int] = frozenset()
 
 
 def _read_DescribeClusterBroker_v0(buf: bytes, pos: int) -> tuple[DescribeClusterBroker, int]:

@@ -52,11 +52,11 @@ class DescribeConfigsRequest(_Message):
         "resources",
     )
 
-    name = "DescribeConfigsRequest"
-    api_key = 32
-    message_type = "request"
-    valid_versions = (0, 4)
-    flexible_versions = (4, 32767)
+    NAME = "DescribeConfigsRequest"
+    API_KEY = 32
+    TYPE = "request"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (4, 32767)
 
     resources: list[DescribeConfigsResource]
     """The resources whose configurations we want to describe.
@@ -125,8 +125,8 @@ class DescribeConfigsResource(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeConfigsRequest = frozenset()
-_TAGS_DescribeConfigsResource = frozenset()
+_TAGS_DescribeConfigsRequest: frozenset[int] = frozenset()
+_TAGS_DescribeConfigsResource: frozenset[int] = frozenset()
 
 
 def _read_DescribeConfigsResource_v0(buf: bytes, pos: int) -> tuple[DescribeConfigsResource, int]:

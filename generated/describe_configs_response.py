@@ -56,11 +56,11 @@ class DescribeConfigsResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "DescribeConfigsResponse"
-    api_key = 32
-    message_type = "response"
-    valid_versions = (0, 4)
-    flexible_versions = (4, 32767)
+    NAME = "DescribeConfigsResponse"
+    API_KEY = 32
+    TYPE = "response"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (4, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -262,10 +262,10 @@ class DescribeConfigsSynonym(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeConfigsResponse = frozenset()
-_TAGS_DescribeConfigsResult = frozenset()
-_TAGS_DescribeConfigsResourceResult = frozenset()
-_TAGS_DescribeConfigsSynonym = frozenset()
+_TAGS_DescribeConfigsResponse: frozenset[int] = frozenset()
+_TAGS_DescribeConfigsResult: frozenset[int] = frozenset()
+_TAGS_DescribeConfigsResourceResult: frozenset[int] = frozenset()
+_TAGS_DescribeConfigsSynonym: frozenset[int] = frozenset()
 
 
 def _read_DescribeConfigsSynonym_v1(buf: bytes, pos: int) -> tuple[DescribeConfigsSynonym, int]:

@@ -45,11 +45,11 @@ class DescribeDelegationTokenRequest(_Message):
 
     __slots__ = ("owners",)
 
-    name = "DescribeDelegationTokenRequest"
-    api_key = 41
-    message_type = "request"
-    valid_versions = (0, 3)
-    flexible_versions = (2, 32767)
+    NAME = "DescribeDelegationTokenRequest"
+    API_KEY = 41
+    TYPE = "request"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     owners: list[DescribeDelegationTokenOwner] | None
     """Each owner that we want to describe delegation tokens for, or null to describe all tokens.
@@ -96,8 +96,8 @@ class DescribeDelegationTokenOwner(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeDelegationTokenRequest = frozenset()
-_TAGS_DescribeDelegationTokenOwner = frozenset()
+_TAGS_DescribeDelegationTokenRequest: frozenset[int] = frozenset()
+_TAGS_DescribeDelegationTokenOwner: frozenset[int] = frozenset()
 
 
 def _read_DescribeDelegationTokenOwner_v0(

@@ -52,11 +52,11 @@ class DescribeDelegationTokenResponse(_Message):
         "tokens",
     )
 
-    name = "DescribeDelegationTokenResponse"
-    api_key = 41
-    message_type = "response"
-    valid_versions = (0, 3)
-    flexible_versions = (2, 32767)
+    NAME = "DescribeDelegationTokenResponse"
+    API_KEY = 41
+    TYPE = "response"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     error_code: int
     """The error code, or 0 if there was no error.
@@ -211,9 +211,9 @@ class DescribedDelegationTokenRenewer(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeDelegationTokenResponse = frozenset()
-_TAGS_DescribedDelegationToken = frozenset()
-_TAGS_DescribedDelegationTokenRenewer = frozenset()
+_TAGS_DescribeDelegationTokenResponse: frozenset[int] = frozenset()
+_TAGS_DescribedDelegationToken: frozenset[int] = frozenset()
+_TAGS_DescribedDelegationTokenRenewer: frozenset[int] = frozenset()
 
 
 def _read_DescribedDelegationTokenRenewer_v0(

@@ -51,11 +51,11 @@ class DescribeGroupsRequest(_Message):
         "include_authorized_operations",
     )
 
-    name = "DescribeGroupsRequest"
-    api_key = 15
-    message_type = "request"
-    valid_versions = (0, 5)
-    flexible_versions = (5, 32767)
+    NAME = "DescribeGroupsRequest"
+    API_KEY = 15
+    TYPE = "request"
+    VALID_VERSIONS = (0, 5)
+    FLEXIBLE_VERSIONS = (5, 32767)
 
     groups: list[str]
     """The names of the groups to describe
@@ -79,7 +79,7 @@ class DescribeGroupsRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_DescribeGroupsRequest = frozenset()
+_TAGS_DescribeGroupsRequest: frozenset[int] = frozenset()
 
 
 def _read_DescribeGroupsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeGroupsRequest, int]:

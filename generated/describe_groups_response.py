@@ -60,11 +60,11 @@ class DescribeGroupsResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "DescribeGroupsResponse"
-    api_key = 15
-    message_type = "response"
-    valid_versions = (0, 5)
-    flexible_versions = (5, 32767)
+    NAME = "DescribeGroupsResponse"
+    API_KEY = 15
+    TYPE = "response"
+    VALID_VERSIONS = (0, 5)
+    FLEXIBLE_VERSIONS = (5, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -220,9 +220,9 @@ class DescribedGroupMember(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeGroupsResponse = frozenset()
-_TAGS_DescribedGroup = frozenset()
-_TAGS_DescribedGroupMember = frozenset()
+_TAGS_DescribeGroupsResponse: frozenset[int] = frozenset()
+_TAGS_DescribedGroup: frozenset[int] = frozenset()
+_TAGS_DescribedGroupMember: frozenset[int] = frozenset()
 
 
 def _read_DescribedGroupMember_v0(buf: bytes, pos: int) -> tuple[DescribedGroupMember, int]:

@@ -47,11 +47,11 @@ class DescribeLogDirsRequest(_Message):
 
     __slots__ = ("topics",)
 
-    name = "DescribeLogDirsRequest"
-    api_key = 35
-    message_type = "request"
-    valid_versions = (0, 4)
-    flexible_versions = (2, 32767)
+    NAME = "DescribeLogDirsRequest"
+    API_KEY = 35
+    TYPE = "request"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     topics: list[DescribableLogDirTopic] | None
     """Each topic that we want to describe log directories for, or null for all topics.
@@ -98,8 +98,8 @@ class DescribableLogDirTopic(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeLogDirsRequest = frozenset()
-_TAGS_DescribableLogDirTopic = frozenset()
+_TAGS_DescribeLogDirsRequest: frozenset[int] = frozenset()
+_TAGS_DescribableLogDirTopic: frozenset[int] = frozenset()
 
 
 def _read_DescribableLogDirTopic_v0(buf: bytes, pos: int) -> tuple[DescribableLogDirTopic, int]:

@@ -55,11 +55,11 @@ class DescribeLogDirsResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "DescribeLogDirsResponse"
-    api_key = 35
-    message_type = "response"
-    valid_versions = (0, 4)
-    flexible_versions = (2, 32767)
+    NAME = "DescribeLogDirsResponse"
+    API_KEY = 35
+    TYPE = "response"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -220,10 +220,10 @@ class DescribeLogDirsPartition(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeLogDirsResponse = frozenset()
-_TAGS_DescribeLogDirsResult = frozenset()
-_TAGS_DescribeLogDirsTopic = frozenset()
-_TAGS_DescribeLogDirsPartition = frozenset()
+_TAGS_DescribeLogDirsResponse: frozenset[int] = frozenset()
+_TAGS_DescribeLogDirsResult: frozenset[int] = frozenset()
+_TAGS_DescribeLogDirsTopic: frozenset[int] = frozenset()
+_TAGS_DescribeLogDirsPartition: frozenset[int] = frozenset()
 
 
 def _read_DescribeLogDirsPartition_v0(buf: bytes, pos: int) -> tuple[DescribeLogDirsPartition, int]:

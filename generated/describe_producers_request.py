@@ -36,11 +36,11 @@ class DescribeProducersRequest(_Message):
 
     __slots__ = ("topics",)
 
-    name = "DescribeProducersRequest"
-    api_key = 61
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "DescribeProducersRequest"
+    API_KEY = 61
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     topics: list[TopicRequest]
     """Topics
@@ -87,8 +87,8 @@ class TopicRequest(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeProducersRequest = frozenset()
-_TAGS_TopicRequest = frozenset()
+_TAGS_DescribeProducersRequest: frozenset[int] = frozenset()
+_TAGS_TopicRequest: frozenset[int] = frozenset()
 
 
 def _read_TopicRequest_v0(buf: bytes, pos: int) -> tuple[TopicRequest, int]:

@@ -46,11 +46,11 @@ class DescribeProducersResponse(_Message):
         "topics",
     )
 
-    name = "DescribeProducersResponse"
-    api_key = 61
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "DescribeProducersResponse"
+    API_KEY = 61
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -212,10 +212,10 @@ class ProducerState(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeProducersResponse = frozenset()
-_TAGS_TopicResponse = frozenset()
-_TAGS_PartitionResponse = frozenset()
-_TAGS_ProducerState = frozenset()
+_TAGS_DescribeProducersResponse: frozenset[int] = frozenset()
+_TAGS_TopicResponse: frozenset[int] = frozenset()
+_TAGS_PartitionResponse: frozenset[int] = frozenset()
+_TAGS_ProducerState: frozenset[int] = frozenset()
 
 
 def _read_ProducerState_v0(buf: bytes, pos: int) -> tuple[ProducerState, int]:

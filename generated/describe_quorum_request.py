@@ -43,11 +43,11 @@ class DescribeQuorumRequest(_Message):
 
     __slots__ = ("topics",)
 
-    name = "DescribeQuorumRequest"
-    api_key = 55
-    message_type = "request"
-    valid_versions = (0, 2)
-    flexible_versions = (0, 32767)
+    NAME = "DescribeQuorumRequest"
+    API_KEY = 55
+    TYPE = "request"
+    VALID_VERSIONS = (0, 2)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     topics: list[TopicData]
     """Topics
@@ -114,9 +114,9 @@ class PartitionData(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeQuorumRequest = frozenset()
-_TAGS_TopicData = frozenset()
-_TAGS_PartitionData = frozenset()
+_TAGS_DescribeQuorumRequest: frozenset[int] = frozenset()
+_TAGS_TopicData: frozenset[int] = frozenset()
+_TAGS_PartitionData: frozenset[int] = frozenset()
 
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:

@@ -63,11 +63,11 @@ class DescribeQuorumResponse(_Message):
         "topics",
     )
 
-    name = "DescribeQuorumResponse"
-    api_key = 55
-    message_type = "response"
-    valid_versions = (0, 2)
-    flexible_versions = (0, 32767)
+    NAME = "DescribeQuorumResponse"
+    API_KEY = 55
+    TYPE = "response"
+    VALID_VERSIONS = (0, 2)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     error_code: int
     """The top level error code.
@@ -335,12 +335,12 @@ class Listener(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeQuorumResponse = frozenset()
-_TAGS_TopicData = frozenset()
-_TAGS_PartitionData = frozenset()
-_TAGS_ReplicaState = frozenset()
-_TAGS_Node = frozenset()
-_TAGS_Listener = frozenset()
+_TAGS_DescribeQuorumResponse: frozenset[int] = frozenset()
+_TAGS_TopicData: frozenset[int] = frozenset()
+_TAGS_PartitionData: frozenset[int] = frozenset()
+_TAGS_ReplicaState: frozenset[int] = frozenset()
+_TAGS_Node: frozenset[int] = frozenset()
+_TAGS_Listener: frozenset[int] = frozenset()
 
 
 def _read_ReplicaState_v0(buf: bytes, pos: int) -> tuple[ReplicaState, int]:

@@ -43,11 +43,11 @@ class DescribeTopicPartitionsRequest(_Message):
         "topics",
     )
 
-    name = "DescribeTopicPartitionsRequest"
-    api_key = 75
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "DescribeTopicPartitionsRequest"
+    API_KEY = 75
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     topics: list[TopicRequest]
     """The topics to fetch details for.
@@ -128,9 +128,9 @@ class Cursor(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeTopicPartitionsRequest = frozenset()
-_TAGS_TopicRequest = frozenset()
-_TAGS_Cursor = frozenset()
+_TAGS_DescribeTopicPartitionsRequest: frozenset[int] = frozenset()
+_TAGS_TopicRequest: frozenset[int] = frozenset()
+_TAGS_Cursor: frozenset[int] = frozenset()
 
 
 def _read_TopicRequest_v0(buf: bytes, pos: int) -> tuple[TopicRequest, int]:

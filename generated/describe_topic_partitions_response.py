@@ -52,11 +52,11 @@ class DescribeTopicPartitionsResponse(_Message):
         "topics",
     )
 
-    name = "DescribeTopicPartitionsResponse"
-    api_key = 75
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "DescribeTopicPartitionsResponse"
+    API_KEY = 75
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -265,10 +265,10 @@ class Cursor(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeTopicPartitionsResponse = frozenset()
-_TAGS_DescribeTopicPartitionsResponseTopic = frozenset()
-_TAGS_DescribeTopicPartitionsResponsePartition = frozenset()
-_TAGS_Cursor = frozenset()
+_TAGS_DescribeTopicPartitionsResponse: frozenset[int] = frozenset()
+_TAGS_DescribeTopicPartitionsResponseTopic: frozenset[int] = frozenset()
+_TAGS_DescribeTopicPartitionsResponsePartition: frozenset[int] = frozenset()
+_TAGS_Cursor: frozenset[int] = frozenset()
 
 
 def _read_DescribeTopicPartitionsResponsePartition_v0(

@@ -33,11 +33,11 @@ class DescribeTransactionsRequest(_Message):
 
     __slots__ = ("transactional_ids",)
 
-    name = "DescribeTransactionsRequest"
-    api_key = 65
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "DescribeTransactionsRequest"
+    API_KEY = 65
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     transactional_ids: list[str]
     """Array of transactionalIds to include in describe results. If empty, then no results will be returned.
@@ -54,7 +54,7 @@ class DescribeTransactionsRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_DescribeTransactionsRequest = frozenset()
+_TAGS_DescribeTransactionsRequest: frozenset[int] = frozenset()
 
 
 def _read_DescribeTransactionsRequest_v0(

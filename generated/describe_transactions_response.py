@@ -45,11 +45,11 @@ class DescribeTransactionsResponse(_Message):
         "transaction_states",
     )
 
-    name = "DescribeTransactionsResponse"
-    api_key = 65
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "DescribeTransactionsResponse"
+    API_KEY = 65
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -181,9 +181,9 @@ class TopicData(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeTransactionsResponse = frozenset()
-_TAGS_TransactionState = frozenset()
-_TAGS_TopicData = frozenset()
+_TAGS_DescribeTransactionsResponse: frozenset[int] = frozenset()
+_TAGS_TransactionState: frozenset[int] = frozenset()
+_TAGS_TopicData: frozenset[int] = frozenset()
 
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:

@@ -36,11 +36,11 @@ class DescribeUserScramCredentialsRequest(_Message):
 
     __slots__ = ("users",)
 
-    name = "DescribeUserScramCredentialsRequest"
-    api_key = 50
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "DescribeUserScramCredentialsRequest"
+    API_KEY = 50
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     users: list[UserName] | None
     """The users to describe, or null/empty to describe all users.
@@ -77,8 +77,8 @@ class UserName(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeUserScramCredentialsRequest = frozenset()
-_TAGS_UserName = frozenset()
+_TAGS_DescribeUserScramCredentialsRequest: frozenset[int] = frozenset()
+_TAGS_UserName: frozenset[int] = frozenset()
 
 
 def _read_UserName_v0(buf: bytes, pos: int) -> tuple[UserName, int]:

@@ -47,11 +47,11 @@ class DescribeUserScramCredentialsResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "DescribeUserScramCredentialsResponse"
-    api_key = 50
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "DescribeUserScramCredentialsResponse"
+    API_KEY = 50
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -165,9 +165,9 @@ class CredentialInfo(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeUserScramCredentialsResponse = frozenset()
-_TAGS_DescribeUserScramCredentialsResult = frozenset()
-_TAGS_CredentialInfo = frozenset()
+_TAGS_DescribeUserScramCredentialsResponse: frozenset[int] = frozenset()
+_TAGS_DescribeUserScramCredentialsResult: frozenset[int] = frozenset()
+_TAGS_CredentialInfo: frozenset[int] = frozenset()
 
 
 def _read_CredentialInfo_v0(buf: bytes, pos: int) -> tuple[CredentialInfo, int]:

@@ -51,11 +51,11 @@ class ElectLeadersRequest(_Message):
         "topic_partitions",
     )
 
-    name = "ElectLeadersRequest"
-    api_key = 43
-    message_type = "request"
-    valid_versions = (0, 2)
-    flexible_versions = (2, 32767)
+    NAME = "ElectLeadersRequest"
+    API_KEY = 43
+    TYPE = "request"
+    VALID_VERSIONS = (0, 2)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     election_type: int
     """Type of elections to conduct for the partition. A value of '0' elects the preferred replica. A value of '1' elects the first live replica if there are no in-sync replica.
@@ -116,8 +116,8 @@ class TopicPartitions(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ElectLeadersRequest = frozenset()
-_TAGS_TopicPartitions = frozenset()
+_TAGS_ElectLeadersRequest: frozenset[int] = frozenset()
+_TAGS_TopicPartitions: frozenset[int] = frozenset()
 
 
 def _read_TopicPartitions_v0(buf: bytes, pos: int) -> tuple[TopicPartitions, int]:

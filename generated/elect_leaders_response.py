@@ -51,11 +51,11 @@ class ElectLeadersResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "ElectLeadersResponse"
-    api_key = 43
-    message_type = "response"
-    valid_versions = (0, 2)
-    flexible_versions = (2, 32767)
+    NAME = "ElectLeadersResponse"
+    API_KEY = 43
+    TYPE = "response"
+    VALID_VERSIONS = (0, 2)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -156,9 +156,9 @@ class PartitionResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ElectLeadersResponse = frozenset()
-_TAGS_ReplicaElectionResult = frozenset()
-_TAGS_PartitionResult = frozenset()
+_TAGS_ElectLeadersResponse: frozenset[int] = frozenset()
+_TAGS_ReplicaElectionResult: frozenset[int] = frozenset()
+_TAGS_PartitionResult: frozenset[int] = frozenset()
 
 
 def _read_PartitionResult_v0(buf: bytes, pos: int) -> tuple[PartitionResult, int]:

@@ -57,11 +57,11 @@ class EndQuorumEpochRequest(_Message):
         "topics",
     )
 
-    name = "EndQuorumEpochRequest"
-    api_key = 54
-    message_type = "request"
-    valid_versions = (0, 1)
-    flexible_versions = (1, 32767)
+    NAME = "EndQuorumEpochRequest"
+    API_KEY = 54
+    TYPE = "request"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 32767)
 
     cluster_id: str | None
     """ClusterId
@@ -244,11 +244,11 @@ class LeaderEndpoint(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_EndQuorumEpochRequest = frozenset()
-_TAGS_TopicData = frozenset()
-_TAGS_PartitionData = frozenset()
-_TAGS_ReplicaInfo = frozenset()
-_TAGS_LeaderEndpoint = frozenset()
+_TAGS_EndQuorumEpochRequest: frozenset[int] = frozenset()
+_TAGS_TopicData: frozenset[int] = frozenset()
+_TAGS_PartitionData: frozenset[int] = frozenset()
+_TAGS_ReplicaInfo: frozenset[int] = frozenset()
+_TAGS_LeaderEndpoint: frozenset[int] = frozenset()
 
 
 def _read_ReplicaInfo_v1(buf: bytes, pos: int) -> tuple[ReplicaInfo, int]:

@@ -50,11 +50,11 @@ class EndTxnRequest(_Message):
         "transactional_id",
     )
 
-    name = "EndTxnRequest"
-    api_key = 26
-    message_type = "request"
-    valid_versions = (0, 4)
-    flexible_versions = (3, 32767)
+    NAME = "EndTxnRequest"
+    API_KEY = 26
+    TYPE = "request"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (3, 32767)
 
     transactional_id: str
     """The ID of the transaction to end.
@@ -92,7 +92,7 @@ class EndTxnRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_EndTxnRequest = frozenset()
+_TAGS_EndTxnRequest: frozenset[int] = frozenset()
 
 
 def _read_EndTxnRequest_v0(buf: bytes, pos: int) -> tuple[EndTxnRequest, int]:

@@ -42,11 +42,11 @@ class EndTxnResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "EndTxnResponse"
-    api_key = 26
-    message_type = "response"
-    valid_versions = (0, 4)
-    flexible_versions = (3, 32767)
+    NAME = "EndTxnResponse"
+    API_KEY = 26
+    TYPE = "response"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (3, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -70,7 +70,7 @@ class EndTxnResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_EndTxnResponse = frozenset()
+_TAGS_EndTxnResponse: frozenset[int] = frozenset()
 
 
 def _read_EndTxnResponse_v0(buf: bytes, pos: int) -> tuple[EndTxnResponse, int]:

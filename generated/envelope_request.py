@@ -39,11 +39,11 @@ class EnvelopeRequest(_Message):
         "request_principal",
     )
 
-    name = "EnvelopeRequest"
-    api_key = 58
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "EnvelopeRequest"
+    API_KEY = 58
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     request_data: _Buffer
     """The embedded request header and data.
@@ -74,7 +74,7 @@ class EnvelopeRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_EnvelopeRequest = frozenset()
+_TAGS_EnvelopeRequest: frozenset[int] = frozenset()
 
 
 def _read_EnvelopeRequest_v0(buf: bytes, pos: int) -> tuple[EnvelopeRequest, int]:

@@ -41,11 +41,11 @@ class EnvelopeResponse(_Message):
         "response_data",
     )
 
-    name = "EnvelopeResponse"
-    api_key = 58
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "EnvelopeResponse"
+    API_KEY = 58
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     response_data: _Buffer | None
     """The embedded response header and data.
@@ -69,7 +69,7 @@ class EnvelopeResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_EnvelopeResponse = frozenset()
+_TAGS_EnvelopeResponse: frozenset[int] = frozenset()
 
 
 def _read_EnvelopeResponse_v0(buf: bytes, pos: int) -> tuple[EnvelopeResponse, int]:

@@ -44,11 +44,11 @@ class ExpireDelegationTokenRequest(_Message):
         "hmac",
     )
 
-    name = "ExpireDelegationTokenRequest"
-    api_key = 40
-    message_type = "request"
-    valid_versions = (0, 2)
-    flexible_versions = (2, 32767)
+    NAME = "ExpireDelegationTokenRequest"
+    API_KEY = 40
+    TYPE = "request"
+    VALID_VERSIONS = (0, 2)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     hmac: _Buffer
     """The HMAC of the delegation token to be expired.
@@ -72,7 +72,7 @@ class ExpireDelegationTokenRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_ExpireDelegationTokenRequest = frozenset()
+_TAGS_ExpireDelegationTokenRequest: frozenset[int] = frozenset()
 
 
 def _read_ExpireDelegationTokenRequest_v0(

@@ -38,11 +38,11 @@ class ExpireDelegationTokenResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "ExpireDelegationTokenResponse"
-    api_key = 40
-    message_type = "response"
-    valid_versions = (0, 2)
-    flexible_versions = (2, 32767)
+    NAME = "ExpireDelegationTokenResponse"
+    API_KEY = 40
+    TYPE = "response"
+    VALID_VERSIONS = (0, 2)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     error_code: int
     """The error code, or 0 if there was no error.
@@ -73,7 +73,7 @@ class ExpireDelegationTokenResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_ExpireDelegationTokenResponse = frozenset()
+_TAGS_ExpireDelegationTokenResponse: frozenset[int] = frozenset()
 
 
 def _read_ExpireDelegationTokenResponse_v0(

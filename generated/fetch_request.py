@@ -114,11 +114,11 @@ class FetchRequest(_Message):
         "topics",
     )
 
-    name = "FetchRequest"
-    api_key = 1
-    message_type = "request"
-    valid_versions = (0, 17)
-    flexible_versions = (12, 32767)
+    NAME = "FetchRequest"
+    API_KEY = 1
+    TYPE = "request"
+    VALID_VERSIONS = (0, 17)
+    FLEXIBLE_VERSIONS = (12, 32767)
 
     cluster_id: str | None
     """The clusterId if known. This is used to validate metadata fetches prior to broker registration.
@@ -390,11 +390,11 @@ class ForgottenTopic(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_FetchRequest = frozenset({0, 1})
-_TAGS_ReplicaState = frozenset()
-_TAGS_FetchTopic = frozenset()
-_TAGS_FetchPartition = frozenset({0})
-_TAGS_ForgottenTopic = frozenset()
+_TAGS_FetchRequest: frozenset[int] = frozenset({0, 1})
+_TAGS_ReplicaState: frozenset[int] = frozenset()
+_TAGS_FetchTopic: frozenset[int] = frozenset()
+_TAGS_FetchPartition: frozenset[int] = frozenset({0})
+_TAGS_ForgottenTopic: frozenset[int] = frozenset()
 
 
 def _read_ReplicaState_v15(buf: bytes, pos: int) -> tuple[ReplicaState, int]:

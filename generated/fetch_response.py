@@ -100,11 +100,11 @@ class FetchResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "FetchResponse"
-    api_key = 1
-    message_type = "response"
-    valid_versions = (0, 17)
-    flexible_versions = (12, 32767)
+    NAME = "FetchResponse"
+    API_KEY = 1
+    TYPE = "response"
+    VALID_VERSIONS = (0, 17)
+    FLEXIBLE_VERSIONS = (12, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -455,14 +455,14 @@ class NodeEndpoint(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_FetchResponse = frozenset({0})
-_TAGS_FetchableTopicResponse = frozenset()
-_TAGS_PartitionData = frozenset({0, 1, 2})
-_TAGS_EpochEndOffset = frozenset()
-_TAGS_LeaderIdAndEpoch = frozenset()
-_TAGS_SnapshotId = frozenset()
-_TAGS_AbortedTransaction = frozenset()
-_TAGS_NodeEndpoint = frozenset()
+_TAGS_FetchResponse: frozenset[int] = frozenset({0})
+_TAGS_FetchableTopicResponse: frozenset[int] = frozenset()
+_TAGS_PartitionData: frozenset[int] = frozenset({0, 1, 2})
+_TAGS_EpochEndOffset: frozenset[int] = frozenset()
+_TAGS_LeaderIdAndEpoch: frozenset[int] = frozenset()
+_TAGS_SnapshotId: frozenset[int] = frozenset()
+_TAGS_AbortedTransaction: frozenset[int] = frozenset()
+_TAGS_NodeEndpoint: frozenset[int] = frozenset()
 
 
 def _read_EpochEndOffset_v12(buf: bytes, pos: int) -> tuple[EpochEndOffset, int]:

@@ -58,11 +58,11 @@ class FetchSnapshotRequest(_Message):
         "topics",
     )
 
-    name = "FetchSnapshotRequest"
-    api_key = 59
-    message_type = "request"
-    valid_versions = (0, 1)
-    flexible_versions = (0, 32767)
+    NAME = "FetchSnapshotRequest"
+    API_KEY = 59
+    TYPE = "request"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     cluster_id: str | None
     """The clusterId if known, this is used to validate metadata fetches prior to broker registration
@@ -214,10 +214,10 @@ class SnapshotId(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_FetchSnapshotRequest = frozenset({0})
-_TAGS_TopicSnapshot = frozenset()
-_TAGS_PartitionSnapshot = frozenset({0})
-_TAGS_SnapshotId = frozenset()
+_TAGS_FetchSnapshotRequest: frozenset[int] = frozenset({0})
+_TAGS_TopicSnapshot: frozenset[int] = frozenset()
+_TAGS_PartitionSnapshot: frozenset[int] = frozenset({0})
+_TAGS_SnapshotId: frozenset[int] = frozenset()
 
 
 def _read_SnapshotId_v0(buf: bytes, pos: int) -> tuple[SnapshotId, int]:

@@ -60,11 +60,11 @@ class FetchSnapshotResponse(_Message):
         "topics",
     )
 
-    name = "FetchSnapshotResponse"
-    api_key = 59
-    message_type = "response"
-    valid_versions = (0, 1)
-    flexible_versions = (0, 32767)
+    NAME = "FetchSnapshotResponse"
+    API_KEY = 59
+    TYPE = "response"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -300,12 +300,12 @@ class NodeEndpoint(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_FetchSnapshotResponse = frozenset({0})
-_TAGS_TopicSnapshot = frozenset()
-_TAGS_PartitionSnapshot = frozenset({0})
-_TAGS_SnapshotId = frozenset()
-_TAGS_LeaderIdAndEpoch = frozenset()
-_TAGS_NodeEndpoint = frozenset()
+_TAGS_FetchSnapshotResponse: frozenset[int] = frozenset({0})
+_TAGS_TopicSnapshot: frozenset[int] = frozenset()
+_TAGS_PartitionSnapshot: frozenset[int] = frozenset({0})
+_TAGS_SnapshotId: frozenset[int] = frozenset()
+_TAGS_LeaderIdAndEpoch: frozenset[int] = frozenset()
+_TAGS_NodeEndpoint: frozenset[int] = frozenset()
 
 
 def _read_SnapshotId_v0(buf: bytes, pos: int) -> tuple[SnapshotId, int]:
@@ -407,18 +407,43 @@ def _read_PartitionSnapshot_v0(buf: bytes, pos: int) -> tuple[PartitionSnapshot,
 
 
 def _write_PartitionSnapshot_v0(o: PartitionSnapshot, w: _Writer) -> None:
-    # versions 0-1
+    # versions 0
     w(_S_ih.pack(o.index, o.error_code))
     _write_SnapshotId_v0(o.snapshot_id, w)
     w(_S_qq.pack(o.size, o.position))
-    n = len(o.unaligned_records)
+    x1 = o.unaligned_records
+    if x1 is None:
+        raise _ProtocolError("UnalignedRecords is not nullable in version 0")
+    n = len(x1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(o.unaligned_records)
+    w(x1)
     tags: _UnknownTags = []
     if o.current_leader != LeaderIdAndEpoch():
-        tag_parts1: list[_Buffer] = []
-        _write_LeaderIdAndEpoch_v0(o.current_leader, tag_parts1.append)
-        tags.append((0, b"".join(tag_parts1)))
+        tag_parts2: list[_Buffer] = []
+        _write_LeaderIdAndEpoch_v0(o.current_leader, tag_parts2.append)
+        tags.append((0, b"".join(tag_parts2)))
+    if tags or o._unknown_tags:
+        _write_tags(w, tags, o._unknown_tags)
+    else:
+        w(b"\x00")
+
+
+def _write_PartitionSnapshot_v1(o: PartitionSnapshot, w: _Writer) -> None:
+    # versions 1
+    w(_S_ih.pack(o.index, o.error_code))
+    _write_SnapshotId_v0(o.snapshot_id, w)
+    w(_S_qq.pack(o.size, o.position))
+    x1 = o.unaligned_records
+    if x1 is None:
+        raise _ProtocolError("UnalignedRecords is not nullable in version 1")
+    n = len(x1)
+    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    w(x1)
+    tags: _UnknownTags = []
+    if o.current_leader != LeaderIdAndEpoch():
+        tag_parts2: list[_Buffer] = []
+        _write_LeaderIdAndEpoch_v0(o.current_leader, tag_parts2.append)
+        tags.append((0, b"".join(tag_parts2)))
     if tags or o._unknown_tags:
         _write_tags(w, tags, o._unknown_tags)
     else:
@@ -467,7 +492,7 @@ def _read_TopicSnapshot_v0(buf: bytes, pos: int) -> tuple[TopicSnapshot, int]:
 
 
 def _write_TopicSnapshot_v0(o: TopicSnapshot, w: _Writer) -> None:
-    # versions 0-1
+    # versions 0
     raw1 = o.name.encode()
     n = len(raw1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
@@ -477,6 +502,23 @@ def _write_TopicSnapshot_v0(o: TopicSnapshot, w: _Writer) -> None:
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
         _write_PartitionSnapshot_v0(item3, w)
+    if o._unknown_tags:
+        _write_tags(w, [], o._unknown_tags)
+    else:
+        w(b"\x00")
+
+
+def _write_TopicSnapshot_v1(o: TopicSnapshot, w: _Writer) -> None:
+    # versions 1
+    raw1 = o.name.encode()
+    n = len(raw1)
+    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    w(raw1)
+    items2 = o.partitions
+    n = len(items2)
+    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    for item3 in items2:
+        _write_PartitionSnapshot_v1(item3, w)
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags)
     else:
@@ -647,7 +689,7 @@ def _write_FetchSnapshotResponse_v1(o: FetchSnapshotResponse, w: _Writer) -> Non
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_TopicSnapshot_v0(item2, w)
+        _write_TopicSnapshot_v1(item2, w)
     tags: _UnknownTags = []
     if o.node_endpoints != []:
         tag_parts3: list[_Buffer] = []

@@ -55,11 +55,11 @@ class FindCoordinatorRequest(_Message):
         "key_type",
     )
 
-    name = "FindCoordinatorRequest"
-    api_key = 10
-    message_type = "request"
-    valid_versions = (0, 6)
-    flexible_versions = (3, 32767)
+    NAME = "FindCoordinatorRequest"
+    API_KEY = 10
+    TYPE = "request"
+    VALID_VERSIONS = (0, 6)
+    FLEXIBLE_VERSIONS = (3, 32767)
 
     key: str
     """The coordinator key.
@@ -90,7 +90,7 @@ class FindCoordinatorRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_FindCoordinatorRequest = frozenset()
+_TAGS_FindCoordinatorRequest: frozenset[int] = frozenset()
 
 
 def _read_FindCoordinatorRequest_v0(buf: bytes, pos: int) -> tuple[FindCoordinatorRequest, int]:

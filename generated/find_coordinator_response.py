@@ -63,11 +63,11 @@ class FindCoordinatorResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "FindCoordinatorResponse"
-    api_key = 10
-    message_type = "response"
-    valid_versions = (0, 6)
-    flexible_versions = (3, 32767)
+    NAME = "FindCoordinatorResponse"
+    API_KEY = 10
+    TYPE = "response"
+    VALID_VERSIONS = (0, 6)
+    FLEXIBLE_VERSIONS = (3, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -188,8 +188,8 @@ class Coordinator(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_FindCoordinatorResponse = frozenset()
-_TAGS_Coordinator = frozenset()
+_TAGS_FindCoordinatorResponse: frozenset[int] = frozenset()
+_TAGS_Coordinator: frozenset[int] = frozenset()
 
 
 def _read_Coordinator_v4(buf: bytes, pos: int) -> tuple[Coordinator, int]:

@@ -29,11 +29,11 @@ class GetTelemetrySubscriptionsRequest(_Message):
 
     __slots__ = ("client_instance_id",)
 
-    name = "GetTelemetrySubscriptionsRequest"
-    api_key = 71
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "GetTelemetrySubscriptionsRequest"
+    API_KEY = 71
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     client_instance_id: _UUID
     """Unique id for this client instance, must be set to 0 on the first request.
@@ -50,7 +50,7 @@ class GetTelemetrySubscriptionsRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_GetTelemetrySubscriptionsRequest = frozenset()
+_TAGS_GetTelemetrySubscriptionsRequest: frozenset[int] = frozenset()
 
 
 def _read_GetTelemetrySubscriptionsRequest_v0(

@@ -52,11 +52,11 @@ class GetTelemetrySubscriptionsResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "GetTelemetrySubscriptionsResponse"
-    api_key = 71
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "GetTelemetrySubscriptionsResponse"
+    API_KEY = 71
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -131,7 +131,7 @@ class GetTelemetrySubscriptionsResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_GetTelemetrySubscriptionsResponse = frozenset()
+_TAGS_GetTelemetrySubscriptionsResponse: frozenset[int] = frozenset()
 
 
 def _read_GetTelemetrySubscriptionsResponse_v0(

@@ -48,11 +48,11 @@ class HeartbeatRequest(_Message):
         "member_id",
     )
 
-    name = "HeartbeatRequest"
-    api_key = 12
-    message_type = "request"
-    valid_versions = (0, 4)
-    flexible_versions = (4, 32767)
+    NAME = "HeartbeatRequest"
+    API_KEY = 12
+    TYPE = "request"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (4, 32767)
 
     group_id: str
     """The group id.
@@ -90,7 +90,7 @@ class HeartbeatRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_HeartbeatRequest = frozenset()
+_TAGS_HeartbeatRequest: frozenset[int] = frozenset()
 
 
 def _read_HeartbeatRequest_v0(buf: bytes, pos: int) -> tuple[HeartbeatRequest, int]:

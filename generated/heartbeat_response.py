@@ -43,11 +43,11 @@ class HeartbeatResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "HeartbeatResponse"
-    api_key = 12
-    message_type = "response"
-    valid_versions = (0, 4)
-    flexible_versions = (4, 32767)
+    NAME = "HeartbeatResponse"
+    API_KEY = 12
+    TYPE = "response"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (4, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -71,7 +71,7 @@ class HeartbeatResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_HeartbeatResponse = frozenset()
+_TAGS_HeartbeatResponse: frozenset[int] = frozenset()
 
 
 def _read_HeartbeatResponse_v0(buf: bytes, pos: int) -> tuple[HeartbeatResponse, int]:

@@ -49,11 +49,11 @@ class IncrementalAlterConfigsRequest(_Message):
         "validate_only",
     )
 
-    name = "IncrementalAlterConfigsRequest"
-    api_key = 44
-    message_type = "request"
-    valid_versions = (0, 1)
-    flexible_versions = (1, 32767)
+    NAME = "IncrementalAlterConfigsRequest"
+    API_KEY = 44
+    TYPE = "request"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 32767)
 
     resources: list[AlterConfigsResource]
     """The incremental updates for each resource.
@@ -153,9 +153,9 @@ class AlterableConfig(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_IncrementalAlterConfigsRequest = frozenset()
-_TAGS_AlterConfigsResource = frozenset()
-_TAGS_AlterableConfig = frozenset()
+_TAGS_IncrementalAlterConfigsRequest: frozenset[int] = frozenset()
+_TAGS_AlterConfigsResource: frozenset[int] = frozenset()
+_TAGS_AlterableConfig: frozenset[int] = frozenset()
 
 
 def _read_AlterableConfig_v0(buf: bytes, pos: int) -> tuple[AlterableConfig, int]:

@@ -47,11 +47,11 @@ class IncrementalAlterConfigsResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "IncrementalAlterConfigsResponse"
-    api_key = 44
-    message_type = "response"
-    valid_versions = (0, 1)
-    flexible_versions = (1, 32767)
+    NAME = "IncrementalAlterConfigsResponse"
+    API_KEY = 44
+    TYPE = "response"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 32767)
 
     throttle_time_ms: int
     """Duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -121,8 +121,8 @@ class AlterConfigsResourceResponse(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_IncrementalAlterConfigsResponse = frozenset()
-_TAGS_AlterConfigsResourceResponse = frozenset()
+_TAGS_IncrementalAlterConfigsResponse: frozenset[int] = frozenset()
+_TAGS_AlterConfigsResourceResponse: frozenset[int] = frozenset()
 
 
 def _read_AlterConfigsResourceResponse_v0(

@@ -52,11 +52,11 @@ class InitProducerIdRequest(_Message):
         "transactional_id",
     )
 
-    name = "InitProducerIdRequest"
-    api_key = 22
-    message_type = "request"
-    valid_versions = (0, 5)
-    flexible_versions = (2, 32767)
+    NAME = "InitProducerIdRequest"
+    API_KEY = 22
+    TYPE = "request"
+    VALID_VERSIONS = (0, 5)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     transactional_id: str | None
     """The transactional id, or null if the producer is not transactional.
@@ -94,7 +94,7 @@ class InitProducerIdRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_InitProducerIdRequest = frozenset()
+_TAGS_InitProducerIdRequest: frozenset[int] = frozenset()
 
 
 def _read_InitProducerIdRequest_v0(buf: bytes, pos: int) -> tuple[InitProducerIdRequest, int]:

@@ -46,11 +46,11 @@ class InitProducerIdResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "InitProducerIdResponse"
-    api_key = 22
-    message_type = "response"
-    valid_versions = (0, 5)
-    flexible_versions = (2, 32767)
+    NAME = "InitProducerIdResponse"
+    API_KEY = 22
+    TYPE = "response"
+    VALID_VERSIONS = (0, 5)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -88,7 +88,7 @@ class InitProducerIdResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_InitProducerIdResponse = frozenset()
+_TAGS_InitProducerIdResponse: frozenset[int] = frozenset()
 
 
 def _read_InitProducerIdResponse_v0(buf: bytes, pos: int) -> tuple[InitProducerIdResponse, int]:

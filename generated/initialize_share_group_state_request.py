@@ -45,11 +45,11 @@ class InitializeShareGroupStateRequest(_Message):
         "topics",
     )
 
-    name = "InitializeShareGroupStateRequest"
-    api_key = 83
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "InitializeShareGroupStateRequest"
+    API_KEY = 83
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     group_id: str
     """The group identifier.
@@ -141,9 +141,9 @@ class PartitionData(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_InitializeShareGroupStateRequest = frozenset()
-_TAGS_InitializeStateData = frozenset()
-_TAGS_PartitionData = frozenset()
+_TAGS_InitializeShareGroupStateRequest: frozenset[int] = frozenset()
+_TAGS_InitializeStateData: frozenset[int] = frozenset()
+_TAGS_PartitionData: frozenset[int] = frozenset()
 
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:

@@ -50,11 +50,11 @@ class InitializeShareGroupStateResponse(_Message):
 
     __slots__ = ("results",)
 
-    name = "InitializeShareGroupStateResponse"
-    api_key = 83
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "InitializeShareGroupStateResponse"
+    API_KEY = 83
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     results: list[InitializeStateResult]
     """The initialization results
@@ -139,9 +139,9 @@ class PartitionResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_InitializeShareGroupStateResponse = frozenset()
-_TAGS_InitializeStateResult = frozenset()
-_TAGS_PartitionResult = frozenset()
+_TAGS_InitializeShareGroupStateResponse: frozenset[int] = frozenset()
+_TAGS_InitializeStateResult: frozenset[int] = frozenset()
+_TAGS_PartitionResult: frozenset[int] = frozenset()
 
 
 def _read_PartitionResult_v0(buf: bytes, pos: int) -> tuple[PartitionResult, int]:

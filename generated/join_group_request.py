@@ -71,11 +71,11 @@ class JoinGroupRequest(_Message):
         "session_timeout_ms",
     )
 
-    name = "JoinGroupRequest"
-    api_key = 11
-    message_type = "request"
-    valid_versions = (0, 9)
-    flexible_versions = (6, 32767)
+    NAME = "JoinGroupRequest"
+    API_KEY = 11
+    TYPE = "request"
+    VALID_VERSIONS = (0, 9)
+    FLEXIBLE_VERSIONS = (6, 32767)
 
     group_id: str
     """The group identifier.
@@ -171,8 +171,8 @@ class JoinGroupRequestProtocol(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_JoinGroupRequest = frozenset()
-_TAGS_JoinGroupRequestProtocol = frozenset()
+_TAGS_JoinGroupRequest: frozenset[int] = frozenset()
+_TAGS_JoinGroupRequestProtocol: frozenset[int] = frozenset()
 
 
 def _read_JoinGroupRequestProtocol_v0(buf: bytes, pos: int) -> tuple[JoinGroupRequestProtocol, int]:

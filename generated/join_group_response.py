@@ -74,11 +74,11 @@ class JoinGroupResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "JoinGroupResponse"
-    api_key = 11
-    message_type = "response"
-    valid_versions = (0, 9)
-    flexible_versions = (6, 32767)
+    NAME = "JoinGroupResponse"
+    API_KEY = 11
+    TYPE = "response"
+    VALID_VERSIONS = (0, 9)
+    FLEXIBLE_VERSIONS = (6, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -189,8 +189,8 @@ class JoinGroupResponseMember(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_JoinGroupResponse = frozenset()
-_TAGS_JoinGroupResponseMember = frozenset()
+_TAGS_JoinGroupResponse: frozenset[int] = frozenset()
+_TAGS_JoinGroupResponseMember: frozenset[int] = frozenset()
 
 
 def _read_JoinGroupResponseMember_v0(buf: bytes, pos: int) -> tuple[JoinGroupResponseMember, int]:
@@ -791,23 +791,26 @@ def _write_JoinGroupResponse_v0(o: JoinGroupResponse, w: _Writer) -> None:
     if o.skip_assignment:
         raise _ProtocolError("SkipAssignment cannot be written in version 0")
     w(_S_hi.pack(o.error_code, o.generation_id))
-    raw1 = o.protocol_name.encode()
-    n = len(raw1)
-    w(_S_h.pack(n))
-    w(raw1)
-    raw2 = o.leader.encode()
+    x1 = o.protocol_name
+    if x1 is None:
+        raise _ProtocolError("ProtocolName is not nullable in version 0")
+    raw2 = x1.encode()
     n = len(raw2)
     w(_S_h.pack(n))
     w(raw2)
-    raw3 = o.member_id.encode()
+    raw3 = o.leader.encode()
     n = len(raw3)
     w(_S_h.pack(n))
     w(raw3)
-    items4 = o.members
-    n = len(items4)
+    raw4 = o.member_id.encode()
+    n = len(raw4)
+    w(_S_h.pack(n))
+    w(raw4)
+    items5 = o.members
+    n = len(items5)
     w(_S_i.pack(n))
-    for item5 in items4:
-        _write_JoinGroupResponseMember_v0(item5, w)
+    for item6 in items5:
+        _write_JoinGroupResponseMember_v0(item6, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -817,23 +820,26 @@ def _write_JoinGroupResponse_v1(o: JoinGroupResponse, w: _Writer) -> None:
     if o.skip_assignment:
         raise _ProtocolError("SkipAssignment cannot be written in version 1")
     w(_S_hi.pack(o.error_code, o.generation_id))
-    raw1 = o.protocol_name.encode()
-    n = len(raw1)
-    w(_S_h.pack(n))
-    w(raw1)
-    raw2 = o.leader.encode()
+    x1 = o.protocol_name
+    if x1 is None:
+        raise _ProtocolError("ProtocolName is not nullable in version 1")
+    raw2 = x1.encode()
     n = len(raw2)
     w(_S_h.pack(n))
     w(raw2)
-    raw3 = o.member_id.encode()
+    raw3 = o.leader.encode()
     n = len(raw3)
     w(_S_h.pack(n))
     w(raw3)
-    items4 = o.members
-    n = len(items4)
+    raw4 = o.member_id.encode()
+    n = len(raw4)
+    w(_S_h.pack(n))
+    w(raw4)
+    items5 = o.members
+    n = len(items5)
     w(_S_i.pack(n))
-    for item5 in items4:
-        _write_JoinGroupResponseMember_v0(item5, w)
+    for item6 in items5:
+        _write_JoinGroupResponseMember_v0(item6, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -843,23 +849,26 @@ def _write_JoinGroupResponse_v2(o: JoinGroupResponse, w: _Writer) -> None:
     if o.skip_assignment:
         raise _ProtocolError("SkipAssignment cannot be written in version 2")
     w(_S_ihi.pack(o.throttle_time_ms, o.error_code, o.generation_id))
-    raw1 = o.protocol_name.encode()
-    n = len(raw1)
-    w(_S_h.pack(n))
-    w(raw1)
-    raw2 = o.leader.encode()
+    x1 = o.protocol_name
+    if x1 is None:
+        raise _ProtocolError("ProtocolName is not nullable in version 2")
+    raw2 = x1.encode()
     n = len(raw2)
     w(_S_h.pack(n))
     w(raw2)
-    raw3 = o.member_id.encode()
+    raw3 = o.leader.encode()
     n = len(raw3)
     w(_S_h.pack(n))
     w(raw3)
-    items4 = o.members
-    n = len(items4)
+    raw4 = o.member_id.encode()
+    n = len(raw4)
+    w(_S_h.pack(n))
+    w(raw4)
+    items5 = o.members
+    n = len(items5)
     w(_S_i.pack(n))
-    for item5 in items4:
-        _write_JoinGroupResponseMember_v0(item5, w)
+    for item6 in items5:
+        _write_JoinGroupResponseMember_v0(item6, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -869,23 +878,26 @@ def _write_JoinGroupResponse_v3(o: JoinGroupResponse, w: _Writer) -> None:
     if o.skip_assignment:
         raise _ProtocolError("SkipAssignment cannot be written in version 3")
     w(_S_ihi.pack(o.throttle_time_ms, o.error_code, o.generation_id))
-    raw1 = o.protocol_name.encode()
-    n = len(raw1)
-    w(_S_h.pack(n))
-    w(raw1)
-    raw2 = o.leader.encode()
+    x1 = o.protocol_name
+    if x1 is None:
+        raise _ProtocolError("ProtocolName is not nullable in version 3")
+    raw2 = x1.encode()
     n = len(raw2)
     w(_S_h.pack(n))
     w(raw2)
-    raw3 = o.member_id.encode()
+    raw3 = o.leader.encode()
     n = len(raw3)
     w(_S_h.pack(n))
     w(raw3)
-    items4 = o.members
-    n = len(items4)
+    raw4 = o.member_id.encode()
+    n = len(raw4)
+    w(_S_h.pack(n))
+    w(raw4)
+    items5 = o.members
+    n = len(items5)
     w(_S_i.pack(n))
-    for item5 in items4:
-        _write_JoinGroupResponseMember_v0(item5, w)
+    for item6 in items5:
+        _write_JoinGroupResponseMember_v0(item6, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -895,23 +907,26 @@ def _write_JoinGroupResponse_v4(o: JoinGroupResponse, w: _Writer) -> None:
     if o.skip_assignment:
         raise _ProtocolError("SkipAssignment cannot be written in version 4")
     w(_S_ihi.pack(o.throttle_time_ms, o.error_code, o.generation_id))
-    raw1 = o.protocol_name.encode()
-    n = len(raw1)
-    w(_S_h.pack(n))
-    w(raw1)
-    raw2 = o.leader.encode()
+    x1 = o.protocol_name
+    if x1 is None:
+        raise _ProtocolError("ProtocolName is not nullable in version 4")
+    raw2 = x1.encode()
     n = len(raw2)
     w(_S_h.pack(n))
     w(raw2)
-    raw3 = o.member_id.encode()
+    raw3 = o.leader.encode()
     n = len(raw3)
     w(_S_h.pack(n))
     w(raw3)
-    items4 = o.members
-    n = len(items4)
+    raw4 = o.member_id.encode()
+    n = len(raw4)
+    w(_S_h.pack(n))
+    w(raw4)
+    items5 = o.members
+    n = len(items5)
     w(_S_i.pack(n))
-    for item5 in items4:
-        _write_JoinGroupResponseMember_v0(item5, w)
+    for item6 in items5:
+        _write_JoinGroupResponseMember_v0(item6, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -921,23 +936,26 @@ def _write_JoinGroupResponse_v5(o: JoinGroupResponse, w: _Writer) -> None:
     if o.skip_assignment:
         raise _ProtocolError("SkipAssignment cannot be written in version 5")
     w(_S_ihi.pack(o.throttle_time_ms, o.error_code, o.generation_id))
-    raw1 = o.protocol_name.encode()
-    n = len(raw1)
-    w(_S_h.pack(n))
-    w(raw1)
-    raw2 = o.leader.encode()
+    x1 = o.protocol_name
+    if x1 is None:
+        raise _ProtocolError("ProtocolName is not nullable in version 5")
+    raw2 = x1.encode()
     n = len(raw2)
     w(_S_h.pack(n))
     w(raw2)
-    raw3 = o.member_id.encode()
+    raw3 = o.leader.encode()
     n = len(raw3)
     w(_S_h.pack(n))
     w(raw3)
-    items4 = o.members
-    n = len(items4)
+    raw4 = o.member_id.encode()
+    n = len(raw4)
+    w(_S_h.pack(n))
+    w(raw4)
+    items5 = o.members
+    n = len(items5)
     w(_S_i.pack(n))
-    for item5 in items4:
-        _write_JoinGroupResponseMember_v5(item5, w)
+    for item6 in items5:
+        _write_JoinGroupResponseMember_v5(item6, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -947,23 +965,26 @@ def _write_JoinGroupResponse_v6(o: JoinGroupResponse, w: _Writer) -> None:
     if o.skip_assignment:
         raise _ProtocolError("SkipAssignment cannot be written in version 6")
     w(_S_ihi.pack(o.throttle_time_ms, o.error_code, o.generation_id))
-    raw1 = o.protocol_name.encode()
-    n = len(raw1)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw1)
-    raw2 = o.leader.encode()
+    x1 = o.protocol_name
+    if x1 is None:
+        raise _ProtocolError("ProtocolName is not nullable in version 6")
+    raw2 = x1.encode()
     n = len(raw2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw2)
-    raw3 = o.member_id.encode()
+    raw3 = o.leader.encode()
     n = len(raw3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw3)
-    items4 = o.members
-    n = len(items4)
+    raw4 = o.member_id.encode()
+    n = len(raw4)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    for item5 in items4:
-        _write_JoinGroupResponseMember_v6(item5, w)
+    w(raw4)
+    items5 = o.members
+    n = len(items5)
+    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    for item6 in items5:
+        _write_JoinGroupResponseMember_v6(item6, w)
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags)
     else:

@@ -32,11 +32,11 @@ class KRaftVersionRecord(_Message):
         "version",
     )
 
-    name = "KRaftVersionRecord"
-    api_key = None
-    message_type = "data"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "KRaftVersionRecord"
+    API_KEY = None
+    TYPE = "data"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     version: int
     """The version of the kraft version record
@@ -60,7 +60,7 @@ class KRaftVersionRecord(_Message):
         self._unknown_tags = None
 
 
-_TAGS_KRaftVersionRecord = frozenset()
+_TAGS_KRaftVersionRecord: frozenset[int] = frozenset()
 
 
 def _read_KRaftVersionRecord_v0(buf: bytes, pos: int) -> tuple[KRaftVersionRecord, int]:

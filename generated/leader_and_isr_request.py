@@ -80,11 +80,11 @@ class LeaderAndIsrRequest(_Message):
         "ungrouped_partition_states",
     )
 
-    name = "LeaderAndIsrRequest"
-    api_key = 4
-    message_type = "request"
-    valid_versions = (0, 7)
-    flexible_versions = (4, 32767)
+    NAME = "LeaderAndIsrRequest"
+    API_KEY = 4
+    TYPE = "request"
+    VALID_VERSIONS = (0, 7)
+    FLEXIBLE_VERSIONS = (4, 32767)
 
     controller_id: int
     """The current controller ID.
@@ -338,10 +338,10 @@ class LeaderAndIsrLiveLeader(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_LeaderAndIsrRequest = frozenset()
-_TAGS_LeaderAndIsrPartitionState = frozenset()
-_TAGS_LeaderAndIsrTopicState = frozenset()
-_TAGS_LeaderAndIsrLiveLeader = frozenset()
+_TAGS_LeaderAndIsrRequest: frozenset[int] = frozenset()
+_TAGS_LeaderAndIsrPartitionState: frozenset[int] = frozenset()
+_TAGS_LeaderAndIsrTopicState: frozenset[int] = frozenset()
+_TAGS_LeaderAndIsrLiveLeader: frozenset[int] = frozenset()
 
 
 def _read_LeaderAndIsrPartitionState_v0(

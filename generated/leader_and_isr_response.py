@@ -61,11 +61,11 @@ class LeaderAndIsrResponse(_Message):
         "topics",
     )
 
-    name = "LeaderAndIsrResponse"
-    api_key = 4
-    message_type = "response"
-    valid_versions = (0, 7)
-    flexible_versions = (4, 32767)
+    NAME = "LeaderAndIsrResponse"
+    API_KEY = 4
+    TYPE = "response"
+    VALID_VERSIONS = (0, 7)
+    FLEXIBLE_VERSIONS = (4, 32767)
 
     error_code: int
     """The error code, or 0 if there was no error.
@@ -164,9 +164,9 @@ class LeaderAndIsrTopicError(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_LeaderAndIsrResponse = frozenset()
-_TAGS_LeaderAndIsrPartitionError = frozenset()
-_TAGS_LeaderAndIsrTopicError = frozenset()
+_TAGS_LeaderAndIsrResponse: frozenset[int] = frozenset()
+_TAGS_LeaderAndIsrPartitionError: frozenset[int] = frozenset()
+_TAGS_LeaderAndIsrTopicError: frozenset[int] = frozenset()
 
 
 def _read_LeaderAndIsrPartitionError_v0(

@@ -51,11 +51,11 @@ class LeaderChangeMessage(_Message):
         "voters",
     )
 
-    name = "LeaderChangeMessage"
-    api_key = None
-    message_type = "data"
-    valid_versions = (0, 1)
-    flexible_versions = (0, 32767)
+    NAME = "LeaderChangeMessage"
+    API_KEY = None
+    TYPE = "data"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     version: int
     """The version of the leader change message
@@ -123,8 +123,8 @@ class Voter(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_LeaderChangeMessage = frozenset()
-_TAGS_Voter = frozenset()
+_TAGS_LeaderChangeMessage: frozenset[int] = frozenset()
+_TAGS_Voter: frozenset[int] = frozenset()
 
 
 def _read_Voter_v0(buf: bytes, pos: int) -> tuple[Voter, int]:

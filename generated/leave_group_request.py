@@ -53,11 +53,11 @@ class LeaveGroupRequest(_Message):
         "members",
     )
 
-    name = "LeaveGroupRequest"
-    api_key = 13
-    message_type = "request"
-    valid_versions = (0, 5)
-    flexible_versions = (4, 32767)
+    NAME = "LeaveGroupRequest"
+    API_KEY = 13
+    TYPE = "request"
+    VALID_VERSIONS = (0, 5)
+    FLEXIBLE_VERSIONS = (4, 32767)
 
     group_id: str
     """The ID of the group to leave.
@@ -126,8 +126,8 @@ class MemberIdentity(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_LeaveGroupRequest = frozenset()
-_TAGS_MemberIdentity = frozenset()
+_TAGS_LeaveGroupRequest: frozenset[int] = frozenset()
+_TAGS_MemberIdentity: frozenset[int] = frozenset()
 
 
 def _read_MemberIdentity_v3(buf: bytes, pos: int) -> tuple[MemberIdentity, int]:

@@ -56,11 +56,11 @@ class LeaveGroupResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "LeaveGroupResponse"
-    api_key = 13
-    message_type = "response"
-    valid_versions = (0, 5)
-    flexible_versions = (4, 32767)
+    NAME = "LeaveGroupResponse"
+    API_KEY = 13
+    TYPE = "response"
+    VALID_VERSIONS = (0, 5)
+    FLEXIBLE_VERSIONS = (4, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -129,8 +129,8 @@ class MemberResponse(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_LeaveGroupResponse = frozenset()
-_TAGS_MemberResponse = frozenset()
+_TAGS_LeaveGroupResponse: frozenset[int] = frozenset()
+_TAGS_MemberResponse: frozenset[int] = frozenset()
 
 
 def _read_MemberResponse_v3(buf: bytes, pos: int) -> tuple[MemberResponse, int]:

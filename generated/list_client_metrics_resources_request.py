@@ -24,11 +24,11 @@ class ListClientMetricsResourcesRequest(_Message):
 
     __slots__ = ()
 
-    name = "ListClientMetricsResourcesRequest"
-    api_key = 74
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "ListClientMetricsResourcesRequest"
+    API_KEY = 74
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     def __init__(
         self,
@@ -36,7 +36,7 @@ class ListClientMetricsResourcesRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_ListClientMetricsResourcesRequest = frozenset()
+_TAGS_ListClientMetricsResourcesRequest: frozenset[int] = frozenset()
 
 
 def _read_ListClientMetricsResourcesRequest_v0(

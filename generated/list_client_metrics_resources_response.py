@@ -42,11 +42,11 @@ class ListClientMetricsResourcesResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "ListClientMetricsResourcesResponse"
-    api_key = 74
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "ListClientMetricsResourcesResponse"
+    API_KEY = 74
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -99,8 +99,8 @@ class ClientMetricsResource(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ListClientMetricsResourcesResponse = frozenset()
-_TAGS_ClientMetricsResource = frozenset()
+_TAGS_ListClientMetricsResourcesResponse: frozenset[int] = frozenset()
+_TAGS_ClientMetricsResource: frozenset[int] = frozenset()
 
 
 def _read_ClientMetricsResource_v0(buf: bytes, pos: int) -> tuple[ClientMetricsResource, int]:

@@ -46,11 +46,11 @@ class ListGroupsRequest(_Message):
         "types_filter",
     )
 
-    name = "ListGroupsRequest"
-    api_key = 16
-    message_type = "request"
-    valid_versions = (0, 5)
-    flexible_versions = (3, 32767)
+    NAME = "ListGroupsRequest"
+    API_KEY = 16
+    TYPE = "request"
+    VALID_VERSIONS = (0, 5)
+    FLEXIBLE_VERSIONS = (3, 32767)
 
     states_filter: list[str]
     """The states of the groups we want to list. If empty, all groups are returned with their state.
@@ -74,7 +74,7 @@ class ListGroupsRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_ListGroupsRequest = frozenset()
+_TAGS_ListGroupsRequest: frozenset[int] = frozenset()
 
 
 def _read_ListGroupsRequest_v0(buf: bytes, pos: int) -> tuple[ListGroupsRequest, int]:

@@ -57,11 +57,11 @@ class ListGroupsResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "ListGroupsResponse"
-    api_key = 16
-    message_type = "response"
-    valid_versions = (0, 5)
-    flexible_versions = (3, 32767)
+    NAME = "ListGroupsResponse"
+    API_KEY = 16
+    TYPE = "response"
+    VALID_VERSIONS = (0, 5)
+    FLEXIBLE_VERSIONS = (3, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -138,8 +138,8 @@ class ListedGroup(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ListGroupsResponse = frozenset()
-_TAGS_ListedGroup = frozenset()
+_TAGS_ListGroupsResponse: frozenset[int] = frozenset()
+_TAGS_ListedGroup: frozenset[int] = frozenset()
 
 
 def _read_ListedGroup_v0(buf: bytes, pos: int) -> tuple[ListedGroup, int]:

@@ -69,11 +69,11 @@ class ListOffsetsRequest(_Message):
         "topics",
     )
 
-    name = "ListOffsetsRequest"
-    api_key = 2
-    message_type = "request"
-    valid_versions = (0, 9)
-    flexible_versions = (6, 32767)
+    NAME = "ListOffsetsRequest"
+    API_KEY = 2
+    TYPE = "request"
+    VALID_VERSIONS = (0, 9)
+    FLEXIBLE_VERSIONS = (6, 32767)
 
     replica_id: int
     """The broker ID of the requester, or -1 if this request is being made by a normal consumer.
@@ -180,9 +180,9 @@ class ListOffsetsPartition(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ListOffsetsRequest = frozenset()
-_TAGS_ListOffsetsTopic = frozenset()
-_TAGS_ListOffsetsPartition = frozenset()
+_TAGS_ListOffsetsRequest: frozenset[int] = frozenset()
+_TAGS_ListOffsetsTopic: frozenset[int] = frozenset()
+_TAGS_ListOffsetsPartition: frozenset[int] = frozenset()
 
 
 def _read_ListOffsetsPartition_v0(buf: bytes, pos: int) -> tuple[ListOffsetsPartition, int]:

@@ -69,11 +69,11 @@ class ListOffsetsResponse(_Message):
         "topics",
     )
 
-    name = "ListOffsetsResponse"
-    api_key = 2
-    message_type = "response"
-    valid_versions = (0, 9)
-    flexible_versions = (6, 32767)
+    NAME = "ListOffsetsResponse"
+    API_KEY = 2
+    TYPE = "response"
+    VALID_VERSIONS = (0, 9)
+    FLEXIBLE_VERSIONS = (6, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -189,9 +189,9 @@ class ListOffsetsPartitionResponse(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ListOffsetsResponse = frozenset()
-_TAGS_ListOffsetsTopicResponse = frozenset()
-_TAGS_ListOffsetsPartitionResponse = frozenset()
+_TAGS_ListOffsetsResponse: frozenset[int] = frozenset()
+_TAGS_ListOffsetsTopicResponse: frozenset[int] = frozenset()
+_TAGS_ListOffsetsPartitionResponse: frozenset[int] = frozenset()
 
 
 def _read_ListOffsetsPartitionResponse_v0(

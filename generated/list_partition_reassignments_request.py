@@ -43,11 +43,11 @@ class ListPartitionReassignmentsRequest(_Message):
         "topics",
     )
 
-    name = "ListPartitionReassignmentsRequest"
-    api_key = 46
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "ListPartitionReassignmentsRequest"
+    API_KEY = 46
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     timeout_ms: int
     """The time in ms to wait for the request to complete.
@@ -101,8 +101,8 @@ class ListPartitionReassignmentsTopics(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ListPartitionReassignmentsRequest = frozenset()
-_TAGS_ListPartitionReassignmentsTopics = frozenset()
+_TAGS_ListPartitionReassignmentsRequest: frozenset[int] = frozenset()
+_TAGS_ListPartitionReassignmentsTopics: frozenset[int] = frozenset()
 
 
 def _read_ListPartitionReassignmentsTopics_v0(

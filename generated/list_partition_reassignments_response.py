@@ -47,11 +47,11 @@ class ListPartitionReassignmentsResponse(_Message):
         "topics",
     )
 
-    name = "ListPartitionReassignmentsResponse"
-    api_key = 46
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "ListPartitionReassignmentsResponse"
+    API_KEY = 46
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -165,9 +165,9 @@ class OngoingPartitionReassignment(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ListPartitionReassignmentsResponse = frozenset()
-_TAGS_OngoingTopicReassignment = frozenset()
-_TAGS_OngoingPartitionReassignment = frozenset()
+_TAGS_ListPartitionReassignmentsResponse: frozenset[int] = frozenset()
+_TAGS_OngoingTopicReassignment: frozenset[int] = frozenset()
+_TAGS_OngoingPartitionReassignment: frozenset[int] = frozenset()
 
 
 def _read_OngoingPartitionReassignment_v0(

@@ -45,11 +45,11 @@ class ListTransactionsRequest(_Message):
         "state_filters",
     )
 
-    name = "ListTransactionsRequest"
-    api_key = 66
-    message_type = "request"
-    valid_versions = (0, 1)
-    flexible_versions = (0, 32767)
+    NAME = "ListTransactionsRequest"
+    API_KEY = 66
+    TYPE = "request"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     state_filters: list[str]
     """The transaction states to filter by: if empty, all transactions are returned; if non-empty, then only transactions matching one of the filtered states will be returned
@@ -80,7 +80,7 @@ class ListTransactionsRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_ListTransactionsRequest = frozenset()
+_TAGS_ListTransactionsRequest: frozenset[int] = frozenset()
 
 
 def _read_ListTransactionsRequest_v0(buf: bytes, pos: int) -> tuple[ListTransactionsRequest, int]:

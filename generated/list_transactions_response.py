@@ -47,11 +47,11 @@ class ListTransactionsResponse(_Message):
         "unknown_state_filters",
     )
 
-    name = "ListTransactionsResponse"
-    api_key = 66
-    message_type = "response"
-    valid_versions = (0, 1)
-    flexible_versions = (0, 32767)
+    NAME = "ListTransactionsResponse"
+    API_KEY = 66
+    TYPE = "response"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -129,8 +129,8 @@ class TransactionState(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ListTransactionsResponse = frozenset()
-_TAGS_TransactionState = frozenset()
+_TAGS_ListTransactionsResponse: frozenset[int] = frozenset()
+_TAGS_TransactionState: frozenset[int] = frozenset()
 
 
 def _read_TransactionState_v0(buf: bytes, pos: int) -> tuple[TransactionState, int]:

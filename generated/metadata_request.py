@@ -71,11 +71,11 @@ class MetadataRequest(_Message):
         "topics",
     )
 
-    name = "MetadataRequest"
-    api_key = 3
-    message_type = "request"
-    valid_versions = (0, 12)
-    flexible_versions = (9, 32767)
+    NAME = "MetadataRequest"
+    API_KEY = 3
+    TYPE = "request"
+    VALID_VERSIONS = (0, 12)
+    FLEXIBLE_VERSIONS = (9, 32767)
 
     topics: list[MetadataRequestTopic] | None
     """The topics to fetch metadata for.
@@ -143,8 +143,8 @@ class MetadataRequestTopic(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_MetadataRequest = frozenset()
-_TAGS_MetadataRequestTopic = frozenset()
+_TAGS_MetadataRequest: frozenset[int] = frozenset()
+_TAGS_MetadataRequestTopic: frozenset[int] = frozenset()
 
 
 def _read_MetadataRequestTopic_v0(buf: bytes, pos: int) -> tuple[MetadataRequestTopic, int]:
@@ -221,21 +221,131 @@ def _read_MetadataRequestTopic_v10(buf: bytes, pos: int) -> tuple[MetadataReques
 
 
 def _write_MetadataRequestTopic_v0(o: MetadataRequestTopic, w: _Writer) -> None:
-    # versions 0-8
-    raw1 = o.name.encode()
-    n = len(raw1)
+    # versions 0
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 0")
+    raw2 = x1.encode()
+    n = len(raw2)
     w(_S_h.pack(n))
-    w(raw1)
+    w(raw2)
+    if o._unknown_tags:
+        raise _ProtocolError("tagged fields need a flexible version")
+
+
+def _write_MetadataRequestTopic_v1(o: MetadataRequestTopic, w: _Writer) -> None:
+    # versions 1
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 1")
+    raw2 = x1.encode()
+    n = len(raw2)
+    w(_S_h.pack(n))
+    w(raw2)
+    if o._unknown_tags:
+        raise _ProtocolError("tagged fields need a flexible version")
+
+
+def _write_MetadataRequestTopic_v2(o: MetadataRequestTopic, w: _Writer) -> None:
+    # versions 2
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 2")
+    raw2 = x1.encode()
+    n = len(raw2)
+    w(_S_h.pack(n))
+    w(raw2)
+    if o._unknown_tags:
+        raise _ProtocolError("tagged fields need a flexible version")
+
+
+def _write_MetadataRequestTopic_v3(o: MetadataRequestTopic, w: _Writer) -> None:
+    # versions 3
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 3")
+    raw2 = x1.encode()
+    n = len(raw2)
+    w(_S_h.pack(n))
+    w(raw2)
+    if o._unknown_tags:
+        raise _ProtocolError("tagged fields need a flexible version")
+
+
+def _write_MetadataRequestTopic_v4(o: MetadataRequestTopic, w: _Writer) -> None:
+    # versions 4
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 4")
+    raw2 = x1.encode()
+    n = len(raw2)
+    w(_S_h.pack(n))
+    w(raw2)
+    if o._unknown_tags:
+        raise _ProtocolError("tagged fields need a flexible version")
+
+
+def _write_MetadataRequestTopic_v5(o: MetadataRequestTopic, w: _Writer) -> None:
+    # versions 5
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 5")
+    raw2 = x1.encode()
+    n = len(raw2)
+    w(_S_h.pack(n))
+    w(raw2)
+    if o._unknown_tags:
+        raise _ProtocolError("tagged fields need a flexible version")
+
+
+def _write_MetadataRequestTopic_v6(o: MetadataRequestTopic, w: _Writer) -> None:
+    # versions 6
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 6")
+    raw2 = x1.encode()
+    n = len(raw2)
+    w(_S_h.pack(n))
+    w(raw2)
+    if o._unknown_tags:
+        raise _ProtocolError("tagged fields need a flexible version")
+
+
+def _write_MetadataRequestTopic_v7(o: MetadataRequestTopic, w: _Writer) -> None:
+    # versions 7
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 7")
+    raw2 = x1.encode()
+    n = len(raw2)
+    w(_S_h.pack(n))
+    w(raw2)
+    if o._unknown_tags:
+        raise _ProtocolError("tagged fields need a flexible version")
+
+
+def _write_MetadataRequestTopic_v8(o: MetadataRequestTopic, w: _Writer) -> None:
+    # versions 8
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 8")
+    raw2 = x1.encode()
+    n = len(raw2)
+    w(_S_h.pack(n))
+    w(raw2)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
 
 def _write_MetadataRequestTopic_v9(o: MetadataRequestTopic, w: _Writer) -> None:
     # versions 9
-    raw1 = o.name.encode()
-    n = len(raw1)
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 9")
+    raw2 = x1.encode()
+    n = len(raw2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw1)
+    w(raw2)
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags)
     else:
@@ -467,11 +577,14 @@ def _write_MetadataRequest_v0(o: MetadataRequest, w: _Writer) -> None:
         raise _ProtocolError("IncludeClusterAuthorizedOperations cannot be written in version 0")
     if o.include_topic_authorized_operations:
         raise _ProtocolError("IncludeTopicAuthorizedOperations cannot be written in version 0")
-    items1 = o.topics
-    n = len(items1)
+    x1 = o.topics
+    if x1 is None:
+        raise _ProtocolError("Topics is not nullable in version 0")
+    items2 = x1
+    n = len(items2)
     w(_S_i.pack(n))
-    for item2 in items1:
-        _write_MetadataRequestTopic_v0(item2, w)
+    for item3 in items2:
+        _write_MetadataRequestTopic_v0(item3, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -492,7 +605,7 @@ def _write_MetadataRequest_v1(o: MetadataRequest, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_MetadataRequestTopic_v0(item3, w)
+            _write_MetadataRequestTopic_v1(item3, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -513,7 +626,7 @@ def _write_MetadataRequest_v2(o: MetadataRequest, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_MetadataRequestTopic_v0(item3, w)
+            _write_MetadataRequestTopic_v2(item3, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -534,7 +647,7 @@ def _write_MetadataRequest_v3(o: MetadataRequest, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_MetadataRequestTopic_v0(item3, w)
+            _write_MetadataRequestTopic_v3(item3, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -553,7 +666,7 @@ def _write_MetadataRequest_v4(o: MetadataRequest, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_MetadataRequestTopic_v0(item3, w)
+            _write_MetadataRequestTopic_v4(item3, w)
     w(_S_z.pack(o.allow_auto_topic_creation))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -573,7 +686,7 @@ def _write_MetadataRequest_v5(o: MetadataRequest, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_MetadataRequestTopic_v0(item3, w)
+            _write_MetadataRequestTopic_v5(item3, w)
     w(_S_z.pack(o.allow_auto_topic_creation))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -593,7 +706,7 @@ def _write_MetadataRequest_v6(o: MetadataRequest, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_MetadataRequestTopic_v0(item3, w)
+            _write_MetadataRequestTopic_v6(item3, w)
     w(_S_z.pack(o.allow_auto_topic_creation))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -613,7 +726,7 @@ def _write_MetadataRequest_v7(o: MetadataRequest, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_MetadataRequestTopic_v0(item3, w)
+            _write_MetadataRequestTopic_v7(item3, w)
     w(_S_z.pack(o.allow_auto_topic_creation))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -629,7 +742,7 @@ def _write_MetadataRequest_v8(o: MetadataRequest, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_MetadataRequestTopic_v0(item3, w)
+            _write_MetadataRequestTopic_v8(item3, w)
     w(
         _S_zzz.pack(
             o.allow_auto_topic_creation,

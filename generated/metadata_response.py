@@ -83,11 +83,11 @@ class MetadataResponse(_Message):
         "topics",
     )
 
-    name = "MetadataResponse"
-    api_key = 3
-    message_type = "response"
-    valid_versions = (0, 12)
-    flexible_versions = (9, 32767)
+    NAME = "MetadataResponse"
+    API_KEY = 3
+    TYPE = "response"
+    VALID_VERSIONS = (0, 12)
+    FLEXIBLE_VERSIONS = (9, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -317,10 +317,10 @@ class MetadataResponsePartition(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_MetadataResponse = frozenset()
-_TAGS_MetadataResponseBroker = frozenset()
-_TAGS_MetadataResponseTopic = frozenset()
-_TAGS_MetadataResponsePartition = frozenset()
+_TAGS_MetadataResponse: frozenset[int] = frozenset()
+_TAGS_MetadataResponseBroker: frozenset[int] = frozenset()
+_TAGS_MetadataResponseTopic: frozenset[int] = frozenset()
+_TAGS_MetadataResponsePartition: frozenset[int] = frozenset()
 
 
 def _read_MetadataResponseBroker_v0(buf: bytes, pos: int) -> tuple[MetadataResponseBroker, int]:
@@ -1041,15 +1041,18 @@ def _write_MetadataResponseTopic_v0(o: MetadataResponseTopic, w: _Writer) -> Non
     if o.topic_authorized_operations != -2147483648:
         raise _ProtocolError("TopicAuthorizedOperations cannot be written in version 0")
     w(_S_h.pack(o.error_code))
-    raw1 = o.name.encode()
-    n = len(raw1)
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 0")
+    raw2 = x1.encode()
+    n = len(raw2)
     w(_S_h.pack(n))
-    w(raw1)
-    items2 = o.partitions
-    n = len(items2)
+    w(raw2)
+    items3 = o.partitions
+    n = len(items3)
     w(_S_i.pack(n))
-    for item3 in items2:
-        _write_MetadataResponsePartition_v0(item3, w)
+    for item4 in items3:
+        _write_MetadataResponsePartition_v0(item4, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1059,16 +1062,19 @@ def _write_MetadataResponseTopic_v1(o: MetadataResponseTopic, w: _Writer) -> Non
     if o.topic_authorized_operations != -2147483648:
         raise _ProtocolError("TopicAuthorizedOperations cannot be written in version 1")
     w(_S_h.pack(o.error_code))
-    raw1 = o.name.encode()
-    n = len(raw1)
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 1")
+    raw2 = x1.encode()
+    n = len(raw2)
     w(_S_h.pack(n))
-    w(raw1)
+    w(raw2)
     w(_S_z.pack(o.is_internal))
-    items2 = o.partitions
-    n = len(items2)
+    items3 = o.partitions
+    n = len(items3)
     w(_S_i.pack(n))
-    for item3 in items2:
-        _write_MetadataResponsePartition_v0(item3, w)
+    for item4 in items3:
+        _write_MetadataResponsePartition_v0(item4, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1078,16 +1084,19 @@ def _write_MetadataResponseTopic_v2(o: MetadataResponseTopic, w: _Writer) -> Non
     if o.topic_authorized_operations != -2147483648:
         raise _ProtocolError("TopicAuthorizedOperations cannot be written in version 2")
     w(_S_h.pack(o.error_code))
-    raw1 = o.name.encode()
-    n = len(raw1)
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 2")
+    raw2 = x1.encode()
+    n = len(raw2)
     w(_S_h.pack(n))
-    w(raw1)
+    w(raw2)
     w(_S_z.pack(o.is_internal))
-    items2 = o.partitions
-    n = len(items2)
+    items3 = o.partitions
+    n = len(items3)
     w(_S_i.pack(n))
-    for item3 in items2:
-        _write_MetadataResponsePartition_v0(item3, w)
+    for item4 in items3:
+        _write_MetadataResponsePartition_v0(item4, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1097,16 +1106,19 @@ def _write_MetadataResponseTopic_v3(o: MetadataResponseTopic, w: _Writer) -> Non
     if o.topic_authorized_operations != -2147483648:
         raise _ProtocolError("TopicAuthorizedOperations cannot be written in version 3")
     w(_S_h.pack(o.error_code))
-    raw1 = o.name.encode()
-    n = len(raw1)
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 3")
+    raw2 = x1.encode()
+    n = len(raw2)
     w(_S_h.pack(n))
-    w(raw1)
+    w(raw2)
     w(_S_z.pack(o.is_internal))
-    items2 = o.partitions
-    n = len(items2)
+    items3 = o.partitions
+    n = len(items3)
     w(_S_i.pack(n))
-    for item3 in items2:
-        _write_MetadataResponsePartition_v0(item3, w)
+    for item4 in items3:
+        _write_MetadataResponsePartition_v0(item4, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1116,16 +1128,19 @@ def _write_MetadataResponseTopic_v4(o: MetadataResponseTopic, w: _Writer) -> Non
     if o.topic_authorized_operations != -2147483648:
         raise _ProtocolError("TopicAuthorizedOperations cannot be written in version 4")
     w(_S_h.pack(o.error_code))
-    raw1 = o.name.encode()
-    n = len(raw1)
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 4")
+    raw2 = x1.encode()
+    n = len(raw2)
     w(_S_h.pack(n))
-    w(raw1)
+    w(raw2)
     w(_S_z.pack(o.is_internal))
-    items2 = o.partitions
-    n = len(items2)
+    items3 = o.partitions
+    n = len(items3)
     w(_S_i.pack(n))
-    for item3 in items2:
-        _write_MetadataResponsePartition_v0(item3, w)
+    for item4 in items3:
+        _write_MetadataResponsePartition_v0(item4, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1135,16 +1150,19 @@ def _write_MetadataResponseTopic_v5(o: MetadataResponseTopic, w: _Writer) -> Non
     if o.topic_authorized_operations != -2147483648:
         raise _ProtocolError("TopicAuthorizedOperations cannot be written in version 5")
     w(_S_h.pack(o.error_code))
-    raw1 = o.name.encode()
-    n = len(raw1)
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 5")
+    raw2 = x1.encode()
+    n = len(raw2)
     w(_S_h.pack(n))
-    w(raw1)
+    w(raw2)
     w(_S_z.pack(o.is_internal))
-    items2 = o.partitions
-    n = len(items2)
+    items3 = o.partitions
+    n = len(items3)
     w(_S_i.pack(n))
-    for item3 in items2:
-        _write_MetadataResponsePartition_v5(item3, w)
+    for item4 in items3:
+        _write_MetadataResponsePartition_v5(item4, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1154,16 +1172,19 @@ def _write_MetadataResponseTopic_v6(o: MetadataResponseTopic, w: _Writer) -> Non
     if o.topic_authorized_operations != -2147483648:
         raise _ProtocolError("TopicAuthorizedOperations cannot be written in version 6")
     w(_S_h.pack(o.error_code))
-    raw1 = o.name.encode()
-    n = len(raw1)
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 6")
+    raw2 = x1.encode()
+    n = len(raw2)
     w(_S_h.pack(n))
-    w(raw1)
+    w(raw2)
     w(_S_z.pack(o.is_internal))
-    items2 = o.partitions
-    n = len(items2)
+    items3 = o.partitions
+    n = len(items3)
     w(_S_i.pack(n))
-    for item3 in items2:
-        _write_MetadataResponsePartition_v5(item3, w)
+    for item4 in items3:
+        _write_MetadataResponsePartition_v5(item4, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1173,16 +1194,19 @@ def _write_MetadataResponseTopic_v7(o: MetadataResponseTopic, w: _Writer) -> Non
     if o.topic_authorized_operations != -2147483648:
         raise _ProtocolError("TopicAuthorizedOperations cannot be written in version 7")
     w(_S_h.pack(o.error_code))
-    raw1 = o.name.encode()
-    n = len(raw1)
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 7")
+    raw2 = x1.encode()
+    n = len(raw2)
     w(_S_h.pack(n))
-    w(raw1)
+    w(raw2)
     w(_S_z.pack(o.is_internal))
-    items2 = o.partitions
-    n = len(items2)
+    items3 = o.partitions
+    n = len(items3)
     w(_S_i.pack(n))
-    for item3 in items2:
-        _write_MetadataResponsePartition_v7(item3, w)
+    for item4 in items3:
+        _write_MetadataResponsePartition_v7(item4, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1190,16 +1214,19 @@ def _write_MetadataResponseTopic_v7(o: MetadataResponseTopic, w: _Writer) -> Non
 def _write_MetadataResponseTopic_v8(o: MetadataResponseTopic, w: _Writer) -> None:
     # versions 8
     w(_S_h.pack(o.error_code))
-    raw1 = o.name.encode()
-    n = len(raw1)
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 8")
+    raw2 = x1.encode()
+    n = len(raw2)
     w(_S_h.pack(n))
-    w(raw1)
+    w(raw2)
     w(_S_z.pack(o.is_internal))
-    items2 = o.partitions
-    n = len(items2)
+    items3 = o.partitions
+    n = len(items3)
     w(_S_i.pack(n))
-    for item3 in items2:
-        _write_MetadataResponsePartition_v7(item3, w)
+    for item4 in items3:
+        _write_MetadataResponsePartition_v7(item4, w)
     w(_S_i.pack(o.topic_authorized_operations))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -1208,16 +1235,19 @@ def _write_MetadataResponseTopic_v8(o: MetadataResponseTopic, w: _Writer) -> Non
 def _write_MetadataResponseTopic_v9(o: MetadataResponseTopic, w: _Writer) -> None:
     # versions 9
     w(_S_h.pack(o.error_code))
-    raw1 = o.name.encode()
-    n = len(raw1)
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 9")
+    raw2 = x1.encode()
+    n = len(raw2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw1)
+    w(raw2)
     w(_S_z.pack(o.is_internal))
-    items2 = o.partitions
-    n = len(items2)
+    items3 = o.partitions
+    n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    for item3 in items2:
-        _write_MetadataResponsePartition_v9(item3, w)
+    for item4 in items3:
+        _write_MetadataResponsePartition_v9(item4, w)
     w(_S_i.pack(o.topic_authorized_operations))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags)
@@ -1226,19 +1256,46 @@ def _write_MetadataResponseTopic_v9(o: MetadataResponseTopic, w: _Writer) -> Non
 
 
 def _write_MetadataResponseTopic_v10(o: MetadataResponseTopic, w: _Writer) -> None:
-    # versions 10-11
+    # versions 10
     w(_S_h.pack(o.error_code))
-    raw1 = o.name.encode()
-    n = len(raw1)
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 10")
+    raw2 = x1.encode()
+    n = len(raw2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw1)
+    w(raw2)
     w(o.topic_id.bytes)
     w(_S_z.pack(o.is_internal))
-    items2 = o.partitions
-    n = len(items2)
+    items3 = o.partitions
+    n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    for item3 in items2:
-        _write_MetadataResponsePartition_v9(item3, w)
+    for item4 in items3:
+        _write_MetadataResponsePartition_v9(item4, w)
+    w(_S_i.pack(o.topic_authorized_operations))
+    if o._unknown_tags:
+        _write_tags(w, [], o._unknown_tags)
+    else:
+        w(b"\x00")
+
+
+def _write_MetadataResponseTopic_v11(o: MetadataResponseTopic, w: _Writer) -> None:
+    # versions 11
+    w(_S_h.pack(o.error_code))
+    x1 = o.name
+    if x1 is None:
+        raise _ProtocolError("Name is not nullable in version 11")
+    raw2 = x1.encode()
+    n = len(raw2)
+    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    w(raw2)
+    w(o.topic_id.bytes)
+    w(_S_z.pack(o.is_internal))
+    items3 = o.partitions
+    n = len(items3)
+    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    for item4 in items3:
+        _write_MetadataResponsePartition_v9(item4, w)
     w(_S_i.pack(o.topic_authorized_operations))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags)
@@ -2152,7 +2209,7 @@ def _write_MetadataResponse_v11(o: MetadataResponse, w: _Writer) -> None:
     n = len(items5)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item6 in items5:
-        _write_MetadataResponseTopic_v10(item6, w)
+        _write_MetadataResponseTopic_v11(item6, w)
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags)
     else:

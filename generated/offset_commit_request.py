@@ -71,11 +71,11 @@ class OffsetCommitRequest(_Message):
         "topics",
     )
 
-    name = "OffsetCommitRequest"
-    api_key = 8
-    message_type = "request"
-    valid_versions = (0, 9)
-    flexible_versions = (8, 32767)
+    NAME = "OffsetCommitRequest"
+    API_KEY = 8
+    TYPE = "request"
+    VALID_VERSIONS = (0, 9)
+    FLEXIBLE_VERSIONS = (8, 32767)
 
     group_id: str
     """The unique group identifier.
@@ -211,9 +211,9 @@ class OffsetCommitRequestPartition(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_OffsetCommitRequest = frozenset()
-_TAGS_OffsetCommitRequestTopic = frozenset()
-_TAGS_OffsetCommitRequestPartition = frozenset()
+_TAGS_OffsetCommitRequest: frozenset[int] = frozenset()
+_TAGS_OffsetCommitRequestTopic: frozenset[int] = frozenset()
+_TAGS_OffsetCommitRequestPartition: frozenset[int] = frozenset()
 
 
 def _read_OffsetCommitRequestPartition_v0(

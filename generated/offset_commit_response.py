@@ -73,11 +73,11 @@ class OffsetCommitResponse(_Message):
         "topics",
     )
 
-    name = "OffsetCommitResponse"
-    api_key = 8
-    message_type = "response"
-    valid_versions = (0, 9)
-    flexible_versions = (8, 32767)
+    NAME = "OffsetCommitResponse"
+    API_KEY = 8
+    TYPE = "response"
+    VALID_VERSIONS = (0, 9)
+    FLEXIBLE_VERSIONS = (8, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -161,9 +161,9 @@ class OffsetCommitResponsePartition(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_OffsetCommitResponse = frozenset()
-_TAGS_OffsetCommitResponseTopic = frozenset()
-_TAGS_OffsetCommitResponsePartition = frozenset()
+_TAGS_OffsetCommitResponse: frozenset[int] = frozenset()
+_TAGS_OffsetCommitResponseTopic: frozenset[int] = frozenset()
+_TAGS_OffsetCommitResponsePartition: frozenset[int] = frozenset()
 
 
 def _read_OffsetCommitResponsePartition_v0(

@@ -39,11 +39,11 @@ class OffsetDeleteRequest(_Message):
         "topics",
     )
 
-    name = "OffsetDeleteRequest"
-    api_key = 47
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (1, 0)
+    NAME = "OffsetDeleteRequest"
+    API_KEY = 47
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (1, 0)
 
     group_id: str
     """The unique group identifier.

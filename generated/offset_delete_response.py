@@ -42,11 +42,11 @@ class OffsetDeleteResponse(_Message):
         "topics",
     )
 
-    name = "OffsetDeleteResponse"
-    api_key = 47
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (1, 0)
+    NAME = "OffsetDeleteResponse"
+    API_KEY = 47
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (1, 0)
 
     error_code: int
     """The top-level error code, or 0 if there was no error.

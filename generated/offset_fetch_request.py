@@ -69,11 +69,11 @@ class OffsetFetchRequest(_Message):
         "topics",
     )
 
-    name = "OffsetFetchRequest"
-    api_key = 9
-    message_type = "request"
-    valid_versions = (0, 9)
-    flexible_versions = (6, 32767)
+    NAME = "OffsetFetchRequest"
+    API_KEY = 9
+    TYPE = "request"
+    VALID_VERSIONS = (0, 9)
+    FLEXIBLE_VERSIONS = (6, 32767)
 
     group_id: str
     """The group to fetch offsets for.
@@ -217,10 +217,10 @@ class OffsetFetchRequestTopics(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_OffsetFetchRequest = frozenset()
-_TAGS_OffsetFetchRequestTopic = frozenset()
-_TAGS_OffsetFetchRequestGroup = frozenset()
-_TAGS_OffsetFetchRequestTopics = frozenset()
+_TAGS_OffsetFetchRequest: frozenset[int] = frozenset()
+_TAGS_OffsetFetchRequestTopic: frozenset[int] = frozenset()
+_TAGS_OffsetFetchRequestGroup: frozenset[int] = frozenset()
+_TAGS_OffsetFetchRequestTopics: frozenset[int] = frozenset()
 
 
 def _read_OffsetFetchRequestTopic_v0(buf: bytes, pos: int) -> tuple[OffsetFetchRequestTopic, int]:
@@ -755,11 +755,14 @@ def _write_OffsetFetchRequest_v0(o: OffsetFetchRequest, w: _Writer) -> None:
     n = len(raw1)
     w(_S_h.pack(n))
     w(raw1)
-    items2 = o.topics
-    n = len(items2)
+    x2 = o.topics
+    if x2 is None:
+        raise _ProtocolError("Topics is not nullable in version 0")
+    items3 = x2
+    n = len(items3)
     w(_S_i.pack(n))
-    for item3 in items2:
-        _write_OffsetFetchRequestTopic_v0(item3, w)
+    for item4 in items3:
+        _write_OffsetFetchRequestTopic_v0(item4, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -774,11 +777,14 @@ def _write_OffsetFetchRequest_v1(o: OffsetFetchRequest, w: _Writer) -> None:
     n = len(raw1)
     w(_S_h.pack(n))
     w(raw1)
-    items2 = o.topics
-    n = len(items2)
+    x2 = o.topics
+    if x2 is None:
+        raise _ProtocolError("Topics is not nullable in version 1")
+    items3 = x2
+    n = len(items3)
     w(_S_i.pack(n))
-    for item3 in items2:
-        _write_OffsetFetchRequestTopic_v0(item3, w)
+    for item4 in items3:
+        _write_OffsetFetchRequestTopic_v0(item4, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 

@@ -81,11 +81,11 @@ class OffsetFetchResponse(_Message):
         "topics",
     )
 
-    name = "OffsetFetchResponse"
-    api_key = 9
-    message_type = "response"
-    valid_versions = (0, 9)
-    flexible_versions = (6, 32767)
+    NAME = "OffsetFetchResponse"
+    API_KEY = 9
+    TYPE = "response"
+    VALID_VERSIONS = (0, 9)
+    FLEXIBLE_VERSIONS = (6, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -329,12 +329,12 @@ class OffsetFetchResponsePartitions(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_OffsetFetchResponse = frozenset()
-_TAGS_OffsetFetchResponseTopic = frozenset()
-_TAGS_OffsetFetchResponsePartition = frozenset()
-_TAGS_OffsetFetchResponseGroup = frozenset()
-_TAGS_OffsetFetchResponseTopics = frozenset()
-_TAGS_OffsetFetchResponsePartitions = frozenset()
+_TAGS_OffsetFetchResponse: frozenset[int] = frozenset()
+_TAGS_OffsetFetchResponseTopic: frozenset[int] = frozenset()
+_TAGS_OffsetFetchResponsePartition: frozenset[int] = frozenset()
+_TAGS_OffsetFetchResponseGroup: frozenset[int] = frozenset()
+_TAGS_OffsetFetchResponseTopics: frozenset[int] = frozenset()
+_TAGS_OffsetFetchResponsePartitions: frozenset[int] = frozenset()
 
 
 def _read_OffsetFetchResponsePartition_v0(

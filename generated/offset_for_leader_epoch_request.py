@@ -57,11 +57,11 @@ class OffsetForLeaderEpochRequest(_Message):
         "topics",
     )
 
-    name = "OffsetForLeaderEpochRequest"
-    api_key = 23
-    message_type = "request"
-    valid_versions = (0, 4)
-    flexible_versions = (4, 32767)
+    NAME = "OffsetForLeaderEpochRequest"
+    API_KEY = 23
+    TYPE = "request"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (4, 32767)
 
     replica_id: int
     """The broker ID of the follower, of -1 if this request is from a consumer.
@@ -153,9 +153,9 @@ class OffsetForLeaderPartition(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_OffsetForLeaderEpochRequest = frozenset()
-_TAGS_OffsetForLeaderTopic = frozenset()
-_TAGS_OffsetForLeaderPartition = frozenset()
+_TAGS_OffsetForLeaderEpochRequest: frozenset[int] = frozenset()
+_TAGS_OffsetForLeaderTopic: frozenset[int] = frozenset()
+_TAGS_OffsetForLeaderPartition: frozenset[int] = frozenset()
 
 
 def _read_OffsetForLeaderPartition_v0(buf: bytes, pos: int) -> tuple[OffsetForLeaderPartition, int]:

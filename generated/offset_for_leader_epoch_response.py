@@ -55,11 +55,11 @@ class OffsetForLeaderEpochResponse(_Message):
         "topics",
     )
 
-    name = "OffsetForLeaderEpochResponse"
-    api_key = 23
-    message_type = "response"
-    valid_versions = (0, 4)
-    flexible_versions = (4, 32767)
+    NAME = "OffsetForLeaderEpochResponse"
+    API_KEY = 23
+    TYPE = "response"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (4, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -159,9 +159,9 @@ class EpochEndOffset(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_OffsetForLeaderEpochResponse = frozenset()
-_TAGS_OffsetForLeaderTopicResult = frozenset()
-_TAGS_EpochEndOffset = frozenset()
+_TAGS_OffsetForLeaderEpochResponse: frozenset[int] = frozenset()
+_TAGS_OffsetForLeaderTopicResult: frozenset[int] = frozenset()
+_TAGS_EpochEndOffset: frozenset[int] = frozenset()
 
 
 def _read_EpochEndOffset_v0(buf: bytes, pos: int) -> tuple[EpochEndOffset, int]:

@@ -69,11 +69,11 @@ class ProduceRequest(_Message):
         "transactional_id",
     )
 
-    name = "ProduceRequest"
-    api_key = 0
-    message_type = "request"
-    valid_versions = (0, 11)
-    flexible_versions = (9, 32767)
+    NAME = "ProduceRequest"
+    API_KEY = 0
+    TYPE = "request"
+    VALID_VERSIONS = (0, 11)
+    FLEXIBLE_VERSIONS = (9, 32767)
 
     transactional_id: str | None
     """The transactional ID, or null if the producer is not transactional.
@@ -171,9 +171,9 @@ class PartitionProduceData(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ProduceRequest = frozenset()
-_TAGS_TopicProduceData = frozenset()
-_TAGS_PartitionProduceData = frozenset()
+_TAGS_ProduceRequest: frozenset[int] = frozenset()
+_TAGS_TopicProduceData: frozenset[int] = frozenset()
+_TAGS_PartitionProduceData: frozenset[int] = frozenset()
 
 
 def _read_PartitionProduceData_v0(buf: bytes, pos: int) -> tuple[PartitionProduceData, int]:

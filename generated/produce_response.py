@@ -77,11 +77,11 @@ class ProduceResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "ProduceResponse"
-    api_key = 0
-    message_type = "response"
-    valid_versions = (0, 11)
-    flexible_versions = (9, 32767)
+    NAME = "ProduceResponse"
+    API_KEY = 0
+    TYPE = "response"
+    VALID_VERSIONS = (0, 11)
+    FLEXIBLE_VERSIONS = (9, 32767)
 
     responses: list[TopicProduceResponse]
     """Each produce response
@@ -326,12 +326,12 @@ class NodeEndpoint(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ProduceResponse = frozenset({0})
-_TAGS_TopicProduceResponse = frozenset()
-_TAGS_PartitionProduceResponse = frozenset({0})
-_TAGS_BatchIndexAndErrorMessage = frozenset()
-_TAGS_LeaderIdAndEpoch = frozenset()
-_TAGS_NodeEndpoint = frozenset()
+_TAGS_ProduceResponse: frozenset[int] = frozenset({0})
+_TAGS_TopicProduceResponse: frozenset[int] = frozenset()
+_TAGS_PartitionProduceResponse: frozenset[int] = frozenset({0})
+_TAGS_BatchIndexAndErrorMessage: frozenset[int] = frozenset()
+_TAGS_LeaderIdAndEpoch: frozenset[int] = frozenset()
+_TAGS_NodeEndpoint: frozenset[int] = frozenset()
 
 
 def _read_BatchIndexAndErrorMessage_v8(

@@ -44,11 +44,11 @@ class PushTelemetryRequest(_Message):
         "terminating",
     )
 
-    name = "PushTelemetryRequest"
-    api_key = 72
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "PushTelemetryRequest"
+    API_KEY = 72
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     client_instance_id: _UUID
     """Unique id for this client instance.
@@ -93,7 +93,7 @@ class PushTelemetryRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_PushTelemetryRequest = frozenset()
+_TAGS_PushTelemetryRequest: frozenset[int] = frozenset()
 
 
 def _read_PushTelemetryRequest_v0(buf: bytes, pos: int) -> tuple[PushTelemetryRequest, int]:

@@ -32,11 +32,11 @@ class PushTelemetryResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "PushTelemetryResponse"
-    api_key = 72
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "PushTelemetryResponse"
+    API_KEY = 72
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -60,7 +60,7 @@ class PushTelemetryResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_PushTelemetryResponse = frozenset()
+_TAGS_PushTelemetryResponse: frozenset[int] = frozenset()
 
 
 def _read_PushTelemetryResponse_v0(buf: bytes, pos: int) -> tuple[PushTelemetryResponse, int]:

@@ -45,11 +45,11 @@ class ReadShareGroupStateRequest(_Message):
         "topics",
     )
 
-    name = "ReadShareGroupStateRequest"
-    api_key = 84
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "ReadShareGroupStateRequest"
+    API_KEY = 84
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     group_id: str
     """The group identifier.
@@ -133,9 +133,9 @@ class PartitionData(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ReadShareGroupStateRequest = frozenset()
-_TAGS_ReadStateData = frozenset()
-_TAGS_PartitionData = frozenset()
+_TAGS_ReadShareGroupStateRequest: frozenset[int] = frozenset()
+_TAGS_ReadStateData: frozenset[int] = frozenset()
+_TAGS_PartitionData: frozenset[int] = frozenset()
 
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:

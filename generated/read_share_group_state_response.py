@@ -54,11 +54,11 @@ class ReadShareGroupStateResponse(_Message):
 
     __slots__ = ("results",)
 
-    name = "ReadShareGroupStateResponse"
-    api_key = 84
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "ReadShareGroupStateResponse"
+    API_KEY = 84
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     results: list[ReadStateResult]
     """The read results
@@ -213,10 +213,10 @@ class StateBatch(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ReadShareGroupStateResponse = frozenset()
-_TAGS_ReadStateResult = frozenset()
-_TAGS_PartitionResult = frozenset()
-_TAGS_StateBatch = frozenset()
+_TAGS_ReadShareGroupStateResponse: frozenset[int] = frozenset()
+_TAGS_ReadStateResult: frozenset[int] = frozenset()
+_TAGS_PartitionResult: frozenset[int] = frozenset()
+_TAGS_StateBatch: frozenset[int] = frozenset()
 
 
 def _read_StateBatch_v0(buf: bytes, pos: int) -> tuple[StateBatch, int]:

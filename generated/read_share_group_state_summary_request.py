@@ -45,11 +45,11 @@ class ReadShareGroupStateSummaryRequest(_Message):
         "topics",
     )
 
-    name = "ReadShareGroupStateSummaryRequest"
-    api_key = 87
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "ReadShareGroupStateSummaryRequest"
+    API_KEY = 87
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     group_id: str
     """The group identifier.
@@ -133,9 +133,9 @@ class PartitionData(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ReadShareGroupStateSummaryRequest = frozenset()
-_TAGS_ReadStateSummaryData = frozenset()
-_TAGS_PartitionData = frozenset()
+_TAGS_ReadShareGroupStateSummaryRequest: frozenset[int] = frozenset()
+_TAGS_ReadStateSummaryData: frozenset[int] = frozenset()
+_TAGS_PartitionData: frozenset[int] = frozenset()
 
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:

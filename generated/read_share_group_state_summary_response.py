@@ -53,11 +53,11 @@ class ReadShareGroupStateSummaryResponse(_Message):
 
     __slots__ = ("results",)
 
-    name = "ReadShareGroupStateSummaryResponse"
-    api_key = 87
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "ReadShareGroupStateSummaryResponse"
+    API_KEY = 87
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     results: list[ReadStateSummaryResult]
     """The read results
@@ -158,9 +158,9 @@ class PartitionResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ReadShareGroupStateSummaryResponse = frozenset()
-_TAGS_ReadStateSummaryResult = frozenset()
-_TAGS_PartitionResult = frozenset()
+_TAGS_ReadShareGroupStateSummaryResponse: frozenset[int] = frozenset()
+_TAGS_ReadStateSummaryResult: frozenset[int] = frozenset()
+_TAGS_PartitionResult: frozenset[int] = frozenset()
 
 
 def _read_PartitionResult_v0(buf: bytes, pos: int) -> tuple[PartitionResult, int]:

@@ -41,11 +41,11 @@ class RemoveRaftVoterRequest(_Message):
         "voter_id",
     )
 
-    name = "RemoveRaftVoterRequest"
-    api_key = 81
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "RemoveRaftVoterRequest"
+    API_KEY = 81
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     cluster_id: str | None
     """ClusterId
@@ -76,7 +76,7 @@ class RemoveRaftVoterRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_RemoveRaftVoterRequest = frozenset()
+_TAGS_RemoveRaftVoterRequest: frozenset[int] = frozenset()
 
 
 def _read_RemoveRaftVoterRequest_v0(buf: bytes, pos: int) -> tuple[RemoveRaftVoterRequest, int]:

@@ -38,11 +38,11 @@ class RemoveRaftVoterResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "RemoveRaftVoterResponse"
-    api_key = 81
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "RemoveRaftVoterResponse"
+    API_KEY = 81
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -73,7 +73,7 @@ class RemoveRaftVoterResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_RemoveRaftVoterResponse = frozenset()
+_TAGS_RemoveRaftVoterResponse: frozenset[int] = frozenset()
 
 
 def _read_RemoveRaftVoterResponse_v0(buf: bytes, pos: int) -> tuple[RemoveRaftVoterResponse, int]:

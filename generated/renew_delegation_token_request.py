@@ -44,11 +44,11 @@ class RenewDelegationTokenRequest(_Message):
         "renew_period_ms",
     )
 
-    name = "RenewDelegationTokenRequest"
-    api_key = 39
-    message_type = "request"
-    valid_versions = (0, 2)
-    flexible_versions = (2, 32767)
+    NAME = "RenewDelegationTokenRequest"
+    API_KEY = 39
+    TYPE = "request"
+    VALID_VERSIONS = (0, 2)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     hmac: _Buffer
     """The HMAC of the delegation token to be renewed.
@@ -72,7 +72,7 @@ class RenewDelegationTokenRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_RenewDelegationTokenRequest = frozenset()
+_TAGS_RenewDelegationTokenRequest: frozenset[int] = frozenset()
 
 
 def _read_RenewDelegationTokenRequest_v0(

@@ -38,11 +38,11 @@ class RenewDelegationTokenResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "RenewDelegationTokenResponse"
-    api_key = 39
-    message_type = "response"
-    valid_versions = (0, 2)
-    flexible_versions = (2, 32767)
+    NAME = "RenewDelegationTokenResponse"
+    API_KEY = 39
+    TYPE = "response"
+    VALID_VERSIONS = (0, 2)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     error_code: int
     """The error code, or 0 if there was no error.
@@ -73,7 +73,7 @@ class RenewDelegationTokenResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_RenewDelegationTokenResponse = frozenset()
+_TAGS_RenewDelegationTokenResponse: frozenset[int] = frozenset()
 
 
 def _read_RenewDelegationTokenResponse_v0(

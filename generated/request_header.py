@@ -49,11 +49,11 @@ class RequestHeader(_Message):
         "request_api_version",
     )
 
-    name = "RequestHeader"
-    api_key = None
-    message_type = "header"
-    valid_versions = (0, 2)
-    flexible_versions = (2, 32767)
+    NAME = "RequestHeader"
+    API_KEY = None
+    TYPE = "header"
+    VALID_VERSIONS = (0, 2)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     request_api_key: int
     """The API key of this request.
@@ -91,7 +91,7 @@ class RequestHeader(_Message):
         self._unknown_tags = None
 
 
-_TAGS_RequestHeader = frozenset()
+_TAGS_RequestHeader: frozenset[int] = frozenset()
 
 
 def _read_RequestHeader_v0(buf: bytes, pos: int) -> tuple[RequestHeader, int]:

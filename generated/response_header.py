@@ -33,11 +33,11 @@ class ResponseHeader(_Message):
 
     __slots__ = ("correlation_id",)
 
-    name = "ResponseHeader"
-    api_key = None
-    message_type = "header"
-    valid_versions = (0, 1)
-    flexible_versions = (1, 32767)
+    NAME = "ResponseHeader"
+    API_KEY = None
+    TYPE = "header"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 32767)
 
     correlation_id: int
     """The correlation ID of this response.
@@ -54,7 +54,7 @@ class ResponseHeader(_Message):
         self._unknown_tags = None
 
 
-_TAGS_ResponseHeader = frozenset()
+_TAGS_ResponseHeader: frozenset[int] = frozenset()
 
 
 def _read_ResponseHeader_v0(buf: bytes, pos: int) -> tuple[ResponseHeader, int]:

@@ -40,11 +40,11 @@ class SaslAuthenticateRequest(_Message):
 
     __slots__ = ("auth_bytes",)
 
-    name = "SaslAuthenticateRequest"
-    api_key = 36
-    message_type = "request"
-    valid_versions = (0, 2)
-    flexible_versions = (2, 32767)
+    NAME = "SaslAuthenticateRequest"
+    API_KEY = 36
+    TYPE = "request"
+    VALID_VERSIONS = (0, 2)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     auth_bytes: _Buffer
     """The SASL authentication bytes from the client, as defined by the SASL mechanism.
@@ -61,7 +61,7 @@ class SaslAuthenticateRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_SaslAuthenticateRequest = frozenset()
+_TAGS_SaslAuthenticateRequest: frozenset[int] = frozenset()
 
 
 def _read_SaslAuthenticateRequest_v0(buf: bytes, pos: int) -> tuple[SaslAuthenticateRequest, int]:

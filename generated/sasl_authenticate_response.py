@@ -47,11 +47,11 @@ class SaslAuthenticateResponse(_Message):
         "session_lifetime_ms",
     )
 
-    name = "SaslAuthenticateResponse"
-    api_key = 36
-    message_type = "response"
-    valid_versions = (0, 2)
-    flexible_versions = (2, 32767)
+    NAME = "SaslAuthenticateResponse"
+    API_KEY = 36
+    TYPE = "response"
+    VALID_VERSIONS = (0, 2)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     error_code: int
     """The error code, or 0 if there was no error.
@@ -89,7 +89,7 @@ class SaslAuthenticateResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_SaslAuthenticateResponse = frozenset()
+_TAGS_SaslAuthenticateResponse: frozenset[int] = frozenset()
 
 
 def _read_SaslAuthenticateResponse_v0(buf: bytes, pos: int) -> tuple[SaslAuthenticateResponse, int]:

@@ -36,11 +36,11 @@ class SaslHandshakeRequest(_Message):
 
     __slots__ = ("mechanism",)
 
-    name = "SaslHandshakeRequest"
-    api_key = 17
-    message_type = "request"
-    valid_versions = (0, 1)
-    flexible_versions = (1, 0)
+    NAME = "SaslHandshakeRequest"
+    API_KEY = 17
+    TYPE = "request"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 0)
 
     mechanism: str
     """The SASL mechanism chosen by the client.

@@ -42,11 +42,11 @@ class SaslHandshakeResponse(_Message):
         "mechanisms",
     )
 
-    name = "SaslHandshakeResponse"
-    api_key = 17
-    message_type = "response"
-    valid_versions = (0, 1)
-    flexible_versions = (1, 0)
+    NAME = "SaslHandshakeResponse"
+    API_KEY = 17
+    TYPE = "response"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 0)
 
     error_code: int
     """The error code, or 0 if there was no error.

@@ -56,11 +56,11 @@ class ShareAcknowledgeRequest(_Message):
         "topics",
     )
 
-    name = "ShareAcknowledgeRequest"
-    api_key = 79
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "ShareAcknowledgeRequest"
+    API_KEY = 79
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     group_id: str | None
     """The group identifier.
@@ -198,10 +198,10 @@ class AcknowledgementBatch(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ShareAcknowledgeRequest = frozenset()
-_TAGS_AcknowledgeTopic = frozenset()
-_TAGS_AcknowledgePartition = frozenset()
-_TAGS_AcknowledgementBatch = frozenset()
+_TAGS_ShareAcknowledgeRequest: frozenset[int] = frozenset()
+_TAGS_AcknowledgeTopic: frozenset[int] = frozenset()
+_TAGS_AcknowledgePartition: frozenset[int] = frozenset()
+_TAGS_AcknowledgementBatch: frozenset[int] = frozenset()
 
 
 def _read_AcknowledgementBatch_v0(buf: bytes, pos: int) -> tuple[AcknowledgementBatch, int]:

@@ -67,11 +67,11 @@ class ShareAcknowledgeResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "ShareAcknowledgeResponse"
-    api_key = 79
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "ShareAcknowledgeResponse"
+    API_KEY = 79
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -268,11 +268,11 @@ class NodeEndpoint(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ShareAcknowledgeResponse = frozenset()
-_TAGS_ShareAcknowledgeTopicResponse = frozenset()
-_TAGS_PartitionData = frozenset()
-_TAGS_LeaderIdAndEpoch = frozenset()
-_TAGS_NodeEndpoint = frozenset()
+_TAGS_ShareAcknowledgeResponse: frozenset[int] = frozenset()
+_TAGS_ShareAcknowledgeTopicResponse: frozenset[int] = frozenset()
+_TAGS_PartitionData: frozenset[int] = frozenset()
+_TAGS_LeaderIdAndEpoch: frozenset[int] = frozenset()
+_TAGS_NodeEndpoint: frozenset[int] = frozenset()
 
 
 def _read_LeaderIdAndEpoch_v0(buf: bytes, pos: int) -> tuple[LeaderIdAndEpoch, int]:

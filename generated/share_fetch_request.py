@@ -62,11 +62,11 @@ class ShareFetchRequest(_Message):
         "topics",
     )
 
-    name = "ShareFetchRequest"
-    api_key = 78
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "ShareFetchRequest"
+    API_KEY = 78
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     group_id: str | None
     """The group identifier.
@@ -272,11 +272,11 @@ class ForgottenTopic(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ShareFetchRequest = frozenset()
-_TAGS_FetchTopic = frozenset()
-_TAGS_FetchPartition = frozenset()
-_TAGS_AcknowledgementBatch = frozenset()
-_TAGS_ForgottenTopic = frozenset()
+_TAGS_ShareFetchRequest: frozenset[int] = frozenset()
+_TAGS_FetchTopic: frozenset[int] = frozenset()
+_TAGS_FetchPartition: frozenset[int] = frozenset()
+_TAGS_AcknowledgementBatch: frozenset[int] = frozenset()
+_TAGS_ForgottenTopic: frozenset[int] = frozenset()
 
 
 def _read_AcknowledgementBatch_v0(buf: bytes, pos: int) -> tuple[AcknowledgementBatch, int]:

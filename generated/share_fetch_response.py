@@ -72,11 +72,11 @@ class ShareFetchResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "ShareFetchResponse"
-    api_key = 78
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "ShareFetchResponse"
+    API_KEY = 78
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -343,12 +343,12 @@ class NodeEndpoint(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ShareFetchResponse = frozenset()
-_TAGS_ShareFetchableTopicResponse = frozenset()
-_TAGS_PartitionData = frozenset()
-_TAGS_LeaderIdAndEpoch = frozenset()
-_TAGS_AcquiredRecords = frozenset()
-_TAGS_NodeEndpoint = frozenset()
+_TAGS_ShareFetchResponse: frozenset[int] = frozenset()
+_TAGS_ShareFetchableTopicResponse: frozenset[int] = frozenset()
+_TAGS_PartitionData: frozenset[int] = frozenset()
+_TAGS_LeaderIdAndEpoch: frozenset[int] = frozenset()
+_TAGS_AcquiredRecords: frozenset[int] = frozenset()
+_TAGS_NodeEndpoint: frozenset[int] = frozenset()
 
 
 def _read_LeaderIdAndEpoch_v0(buf: bytes, pos: int) -> tuple[LeaderIdAndEpoch, int]:

@@ -44,11 +44,11 @@ class ShareGroupDescribeRequest(_Message):
         "include_authorized_operations",
     )
 
-    name = "ShareGroupDescribeRequest"
-    api_key = 77
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "ShareGroupDescribeRequest"
+    API_KEY = 77
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     group_ids: list[str]
     """The ids of the groups to describe
@@ -72,7 +72,7 @@ class ShareGroupDescribeRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_ShareGroupDescribeRequest = frozenset()
+_TAGS_ShareGroupDescribeRequest: frozenset[int] = frozenset()
 
 
 def _read_ShareGroupDescribeRequest_v0(

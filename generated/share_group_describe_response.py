@@ -61,11 +61,11 @@ class ShareGroupDescribeResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "ShareGroupDescribeResponse"
-    api_key = 77
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "ShareGroupDescribeResponse"
+    API_KEY = 77
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -305,11 +305,11 @@ class TopicPartitions(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ShareGroupDescribeResponse = frozenset()
-_TAGS_DescribedGroup = frozenset()
-_TAGS_Member = frozenset()
-_TAGS_Assignment = frozenset()
-_TAGS_TopicPartitions = frozenset()
+_TAGS_ShareGroupDescribeResponse: frozenset[int] = frozenset()
+_TAGS_DescribedGroup: frozenset[int] = frozenset()
+_TAGS_Member: frozenset[int] = frozenset()
+_TAGS_Assignment: frozenset[int] = frozenset()
+_TAGS_TopicPartitions: frozenset[int] = frozenset()
 
 
 def _read_TopicPartitions_v0(buf: bytes, pos: int) -> tuple[TopicPartitions, int]:

@@ -47,11 +47,11 @@ class ShareGroupHeartbeatRequest(_Message):
         "subscribed_topic_names",
     )
 
-    name = "ShareGroupHeartbeatRequest"
-    api_key = 76
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "ShareGroupHeartbeatRequest"
+    API_KEY = 76
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     group_id: str
     """The group identifier.
@@ -96,7 +96,7 @@ class ShareGroupHeartbeatRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_ShareGroupHeartbeatRequest = frozenset()
+_TAGS_ShareGroupHeartbeatRequest: frozenset[int] = frozenset()
 
 
 def _read_ShareGroupHeartbeatRequest_v0(

@@ -29,11 +29,11 @@ class SnapshotFooterRecord(_Message):
 
     __slots__ = ("version",)
 
-    name = "SnapshotFooterRecord"
-    api_key = None
-    message_type = "data"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "SnapshotFooterRecord"
+    API_KEY = None
+    TYPE = "data"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     version: int
     """The version of the snapshot footer record
@@ -50,7 +50,7 @@ class SnapshotFooterRecord(_Message):
         self._unknown_tags = None
 
 
-_TAGS_SnapshotFooterRecord = frozenset()
+_TAGS_SnapshotFooterRecord: frozenset[int] = frozenset()
 
 
 def _read_SnapshotFooterRecord_v0(buf: bytes, pos: int) -> tuple[SnapshotFooterRecord, int]:

@@ -32,11 +32,11 @@ class SnapshotHeaderRecord(_Message):
         "version",
     )
 
-    name = "SnapshotHeaderRecord"
-    api_key = None
-    message_type = "data"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "SnapshotHeaderRecord"
+    API_KEY = None
+    TYPE = "data"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     version: int
     """The version of the snapshot header record
@@ -60,7 +60,7 @@ class SnapshotHeaderRecord(_Message):
         self._unknown_tags = None
 
 
-_TAGS_SnapshotHeaderRecord = frozenset()
+_TAGS_SnapshotHeaderRecord: frozenset[int] = frozenset()
 
 
 def _read_SnapshotHeaderRecord_v0(buf: bytes, pos: int) -> tuple[SnapshotHeaderRecord, int]:

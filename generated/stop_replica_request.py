@@ -67,11 +67,11 @@ class StopReplicaRequest(_Message):
         "ungrouped_partitions",
     )
 
-    name = "StopReplicaRequest"
-    api_key = 5
-    message_type = "request"
-    valid_versions = (0, 4)
-    flexible_versions = (2, 32767)
+    NAME = "StopReplicaRequest"
+    API_KEY = 5
+    TYPE = "request"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     controller_id: int
     """The controller id.
@@ -265,10 +265,10 @@ class StopReplicaPartitionState(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_StopReplicaRequest = frozenset()
-_TAGS_StopReplicaTopicV1 = frozenset()
-_TAGS_StopReplicaTopicState = frozenset()
-_TAGS_StopReplicaPartitionState = frozenset()
+_TAGS_StopReplicaRequest: frozenset[int] = frozenset()
+_TAGS_StopReplicaTopicV1: frozenset[int] = frozenset()
+_TAGS_StopReplicaTopicState: frozenset[int] = frozenset()
+_TAGS_StopReplicaPartitionState: frozenset[int] = frozenset()
 
 
 def _read_StopReplicaPartitionV0_v0(buf: bytes, pos: int) -> tuple[StopReplicaPartitionV0, int]:

@@ -51,11 +51,11 @@ class StopReplicaResponse(_Message):
         "partition_errors",
     )
 
-    name = "StopReplicaResponse"
-    api_key = 5
-    message_type = "response"
-    valid_versions = (0, 4)
-    flexible_versions = (2, 32767)
+    NAME = "StopReplicaResponse"
+    API_KEY = 5
+    TYPE = "response"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (2, 32767)
 
     error_code: int
     """The top-level error code, or 0 if there was no top-level error.
@@ -117,8 +117,8 @@ class StopReplicaPartitionError(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_StopReplicaResponse = frozenset()
-_TAGS_StopReplicaPartitionError = frozenset()
+_TAGS_StopReplicaResponse: frozenset[int] = frozenset()
+_TAGS_StopReplicaPartitionError: frozenset[int] = frozenset()
 
 
 def _read_StopReplicaPartitionError_v0(

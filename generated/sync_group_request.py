@@ -60,11 +60,11 @@ class SyncGroupRequest(_Message):
         "protocol_type",
     )
 
-    name = "SyncGroupRequest"
-    api_key = 14
-    message_type = "request"
-    valid_versions = (0, 5)
-    flexible_versions = (4, 32767)
+    NAME = "SyncGroupRequest"
+    API_KEY = 14
+    TYPE = "request"
+    VALID_VERSIONS = (0, 5)
+    FLEXIBLE_VERSIONS = (4, 32767)
 
     group_id: str
     """The unique group identifier.
@@ -153,8 +153,8 @@ class SyncGroupRequestAssignment(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_SyncGroupRequest = frozenset()
-_TAGS_SyncGroupRequestAssignment = frozenset()
+_TAGS_SyncGroupRequest: frozenset[int] = frozenset()
+_TAGS_SyncGroupRequestAssignment: frozenset[int] = frozenset()
 
 
 def _read_SyncGroupRequestAssignment_v0(

@@ -56,11 +56,11 @@ class SyncGroupResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "SyncGroupResponse"
-    api_key = 14
-    message_type = "response"
-    valid_versions = (0, 5)
-    flexible_versions = (4, 32767)
+    NAME = "SyncGroupResponse"
+    API_KEY = 14
+    TYPE = "response"
+    VALID_VERSIONS = (0, 5)
+    FLEXIBLE_VERSIONS = (4, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -105,7 +105,7 @@ class SyncGroupResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_SyncGroupResponse = frozenset()
+_TAGS_SyncGroupResponse: frozenset[int] = frozenset()
 
 
 def _read_SyncGroupResponse_v0(buf: bytes, pos: int) -> tuple[SyncGroupResponse, int]:

@@ -63,11 +63,11 @@ class TxnOffsetCommitRequest(_Message):
         "transactional_id",
     )
 
-    name = "TxnOffsetCommitRequest"
-    api_key = 28
-    message_type = "request"
-    valid_versions = (0, 4)
-    flexible_versions = (3, 32767)
+    NAME = "TxnOffsetCommitRequest"
+    API_KEY = 28
+    TYPE = "request"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (3, 32767)
 
     transactional_id: str
     """The ID of the transaction.
@@ -209,9 +209,9 @@ class TxnOffsetCommitRequestPartition(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_TxnOffsetCommitRequest = frozenset()
-_TAGS_TxnOffsetCommitRequestTopic = frozenset()
-_TAGS_TxnOffsetCommitRequestPartition = frozenset()
+_TAGS_TxnOffsetCommitRequest: frozenset[int] = frozenset()
+_TAGS_TxnOffsetCommitRequestTopic: frozenset[int] = frozenset()
+_TAGS_TxnOffsetCommitRequestPartition: frozenset[int] = frozenset()
 
 
 def _read_TxnOffsetCommitRequestPartition_v0(

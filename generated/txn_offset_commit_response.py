@@ -54,11 +54,11 @@ class TxnOffsetCommitResponse(_Message):
         "topics",
     )
 
-    name = "TxnOffsetCommitResponse"
-    api_key = 28
-    message_type = "response"
-    valid_versions = (0, 4)
-    flexible_versions = (3, 32767)
+    NAME = "TxnOffsetCommitResponse"
+    API_KEY = 28
+    TYPE = "response"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (3, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -142,9 +142,9 @@ class TxnOffsetCommitResponsePartition(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_TxnOffsetCommitResponse = frozenset()
-_TAGS_TxnOffsetCommitResponseTopic = frozenset()
-_TAGS_TxnOffsetCommitResponsePartition = frozenset()
+_TAGS_TxnOffsetCommitResponse: frozenset[int] = frozenset()
+_TAGS_TxnOffsetCommitResponseTopic: frozenset[int] = frozenset()
+_TAGS_TxnOffsetCommitResponsePartition: frozenset[int] = frozenset()
 
 
 def _read_TxnOffsetCommitResponsePartition_v0(

@@ -29,11 +29,11 @@ class UnregisterBrokerRequest(_Message):
 
     __slots__ = ("broker_id",)
 
-    name = "UnregisterBrokerRequest"
-    api_key = 64
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "UnregisterBrokerRequest"
+    API_KEY = 64
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     broker_id: int
     """The broker ID to unregister.
@@ -50,7 +50,7 @@ class UnregisterBrokerRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_UnregisterBrokerRequest = frozenset()
+_TAGS_UnregisterBrokerRequest: frozenset[int] = frozenset()
 
 
 def _read_UnregisterBrokerRequest_v0(buf: bytes, pos: int) -> tuple[UnregisterBrokerRequest, int]:

@@ -38,11 +38,11 @@ class UnregisterBrokerResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "UnregisterBrokerResponse"
-    api_key = 64
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "UnregisterBrokerResponse"
+    API_KEY = 64
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """Duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -73,7 +73,7 @@ class UnregisterBrokerResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_UnregisterBrokerResponse = frozenset()
+_TAGS_UnregisterBrokerResponse: frozenset[int] = frozenset()
 
 
 def _read_UnregisterBrokerResponse_v0(buf: bytes, pos: int) -> tuple[UnregisterBrokerResponse, int]:

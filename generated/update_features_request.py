@@ -46,11 +46,11 @@ class UpdateFeaturesRequest(_Message):
         "validate_only",
     )
 
-    name = "UpdateFeaturesRequest"
-    api_key = 57
-    message_type = "request"
-    valid_versions = (0, 1)
-    flexible_versions = (0, 32767)
+    NAME = "UpdateFeaturesRequest"
+    API_KEY = 57
+    TYPE = "request"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     timeout_ms: int
     """How long to wait in milliseconds before timing out the request.
@@ -127,8 +127,8 @@ class FeatureUpdateKey(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_UpdateFeaturesRequest = frozenset()
-_TAGS_FeatureUpdateKey = frozenset()
+_TAGS_UpdateFeaturesRequest: frozenset[int] = frozenset()
+_TAGS_FeatureUpdateKey: frozenset[int] = frozenset()
 
 
 def _read_FeatureUpdateKey_v0(buf: bytes, pos: int) -> tuple[FeatureUpdateKey, int]:

@@ -45,11 +45,11 @@ class UpdateFeaturesResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "UpdateFeaturesResponse"
-    api_key = 57
-    message_type = "response"
-    valid_versions = (0, 1)
-    flexible_versions = (0, 32767)
+    NAME = "UpdateFeaturesResponse"
+    API_KEY = 57
+    TYPE = "response"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -125,8 +125,8 @@ class UpdatableFeatureResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_UpdateFeaturesResponse = frozenset()
-_TAGS_UpdatableFeatureResult = frozenset()
+_TAGS_UpdateFeaturesResponse: frozenset[int] = frozenset()
+_TAGS_UpdatableFeatureResult: frozenset[int] = frozenset()
 
 
 def _read_UpdatableFeatureResult_v0(buf: bytes, pos: int) -> tuple[UpdatableFeatureResult, int]:

@@ -82,11 +82,11 @@ class UpdateMetadataRequest(_Message):
         "ungrouped_partition_states",
     )
 
-    name = "UpdateMetadataRequest"
-    api_key = 6
-    message_type = "request"
-    valid_versions = (0, 8)
-    flexible_versions = (6, 32767)
+    NAME = "UpdateMetadataRequest"
+    API_KEY = 6
+    TYPE = "request"
+    VALID_VERSIONS = (0, 8)
+    FLEXIBLE_VERSIONS = (6, 32767)
 
     controller_id: int
     """The controller id.
@@ -378,11 +378,11 @@ class UpdateMetadataEndpoint(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_UpdateMetadataRequest = frozenset({0})
-_TAGS_UpdateMetadataPartitionState = frozenset()
-_TAGS_UpdateMetadataTopicState = frozenset()
-_TAGS_UpdateMetadataBroker = frozenset()
-_TAGS_UpdateMetadataEndpoint = frozenset()
+_TAGS_UpdateMetadataRequest: frozenset[int] = frozenset({0})
+_TAGS_UpdateMetadataPartitionState: frozenset[int] = frozenset()
+_TAGS_UpdateMetadataTopicState: frozenset[int] = frozenset()
+_TAGS_UpdateMetadataBroker: frozenset[int] = frozenset()
+_TAGS_UpdateMetadataEndpoint: frozenset[int] = frozenset()
 
 
 def _read_UpdateMetadataPartitionState_v0(

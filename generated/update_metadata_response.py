@@ -33,11 +33,11 @@ class UpdateMetadataResponse(_Message):
 
     __slots__ = ("error_code",)
 
-    name = "UpdateMetadataResponse"
-    api_key = 6
-    message_type = "response"
-    valid_versions = (0, 8)
-    flexible_versions = (6, 32767)
+    NAME = "UpdateMetadataResponse"
+    API_KEY = 6
+    TYPE = "response"
+    VALID_VERSIONS = (0, 8)
+    FLEXIBLE_VERSIONS = (6, 32767)
 
     error_code: int
     """The error code, or 0 if there was no error.
@@ -54,7 +54,7 @@ class UpdateMetadataResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_UpdateMetadataResponse = frozenset()
+_TAGS_UpdateMetadataResponse: frozenset[int] = frozenset()
 
 
 def _read_UpdateMetadataResponse_v0(buf: bytes, pos: int) -> tuple[UpdateMetadataResponse, int]:

@@ -52,11 +52,11 @@ class UpdateRaftVoterRequest(_Message):
         "voter_id",
     )
 
-    name = "UpdateRaftVoterRequest"
-    api_key = 82
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "UpdateRaftVoterRequest"
+    API_KEY = 82
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     cluster_id: str | None
     """ClusterId
@@ -178,9 +178,9 @@ class KRaftVersionFeature(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_UpdateRaftVoterRequest = frozenset()
-_TAGS_Listener = frozenset()
-_TAGS_KRaftVersionFeature = frozenset()
+_TAGS_UpdateRaftVoterRequest: frozenset[int] = frozenset()
+_TAGS_Listener: frozenset[int] = frozenset()
+_TAGS_KRaftVersionFeature: frozenset[int] = frozenset()
 
 
 def _read_Listener_v0(buf: bytes, pos: int) -> tuple[Listener, int]:

@@ -48,11 +48,11 @@ class UpdateRaftVoterResponse(_Message):
         "throttle_time_ms",
     )
 
-    name = "UpdateRaftVoterResponse"
-    api_key = 82
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "UpdateRaftVoterResponse"
+    API_KEY = 82
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     throttle_time_ms: int
     """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
@@ -129,8 +129,8 @@ class CurrentLeader(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_UpdateRaftVoterResponse = frozenset({0})
-_TAGS_CurrentLeader = frozenset()
+_TAGS_UpdateRaftVoterResponse: frozenset[int] = frozenset({0})
+_TAGS_CurrentLeader: frozenset[int] = frozenset()
 
 
 def _read_CurrentLeader_v0(buf: bytes, pos: int) -> tuple[CurrentLeader, int]:

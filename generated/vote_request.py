@@ -53,11 +53,11 @@ class VoteRequest(_Message):
         "voter_id",
     )
 
-    name = "VoteRequest"
-    api_key = 52
-    message_type = "request"
-    valid_versions = (0, 1)
-    flexible_versions = (0, 32767)
+    NAME = "VoteRequest"
+    API_KEY = 52
+    TYPE = "request"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     cluster_id: str | None
     """ClusterId
@@ -188,9 +188,9 @@ class PartitionData(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_VoteRequest = frozenset()
-_TAGS_TopicData = frozenset()
-_TAGS_PartitionData = frozenset()
+_TAGS_VoteRequest: frozenset[int] = frozenset()
+_TAGS_TopicData: frozenset[int] = frozenset()
+_TAGS_PartitionData: frozenset[int] = frozenset()
 
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:

@@ -55,11 +55,11 @@ class VoteResponse(_Message):
         "topics",
     )
 
-    name = "VoteResponse"
-    api_key = 52
-    message_type = "response"
-    valid_versions = (0, 1)
-    flexible_versions = (0, 32767)
+    NAME = "VoteResponse"
+    API_KEY = 52
+    TYPE = "response"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     error_code: int
     """The top level error code.
@@ -212,10 +212,10 @@ class NodeEndpoint(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_VoteResponse = frozenset({0})
-_TAGS_TopicData = frozenset()
-_TAGS_PartitionData = frozenset()
-_TAGS_NodeEndpoint = frozenset()
+_TAGS_VoteResponse: frozenset[int] = frozenset({0})
+_TAGS_TopicData: frozenset[int] = frozenset()
+_TAGS_PartitionData: frozenset[int] = frozenset()
+_TAGS_NodeEndpoint: frozenset[int] = frozenset()
 
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:

@@ -49,11 +49,11 @@ class VotersRecord(_Message):
         "voters",
     )
 
-    name = "VotersRecord"
-    api_key = None
-    message_type = "data"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "VotersRecord"
+    API_KEY = None
+    TYPE = "data"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     version: int
     """The version of the voters record
@@ -193,10 +193,10 @@ class KRaftVersionFeature(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_VotersRecord = frozenset()
-_TAGS_Voter = frozenset()
-_TAGS_Endpoint = frozenset()
-_TAGS_KRaftVersionFeature = frozenset()
+_TAGS_VotersRecord: frozenset[int] = frozenset()
+_TAGS_Voter: frozenset[int] = frozenset()
+_TAGS_Endpoint: frozenset[int] = frozenset()
+_TAGS_KRaftVersionFeature: frozenset[int] = frozenset()
 
 
 def _read_Endpoint_v0(buf: bytes, pos: int) -> tuple[Endpoint, int]:

@@ -47,11 +47,11 @@ class WriteShareGroupStateRequest(_Message):
         "topics",
     )
 
-    name = "WriteShareGroupStateRequest"
-    api_key = 85
-    message_type = "request"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "WriteShareGroupStateRequest"
+    API_KEY = 85
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     group_id: str
     """The group identifier.
@@ -205,10 +205,10 @@ class StateBatch(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_WriteShareGroupStateRequest = frozenset()
-_TAGS_WriteStateData = frozenset()
-_TAGS_PartitionData = frozenset()
-_TAGS_StateBatch = frozenset()
+_TAGS_WriteShareGroupStateRequest: frozenset[int] = frozenset()
+_TAGS_WriteStateData: frozenset[int] = frozenset()
+_TAGS_PartitionData: frozenset[int] = frozenset()
+_TAGS_StateBatch: frozenset[int] = frozenset()
 
 
 def _read_StateBatch_v0(buf: bytes, pos: int) -> tuple[StateBatch, int]:

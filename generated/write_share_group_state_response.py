@@ -52,11 +52,11 @@ class WriteShareGroupStateResponse(_Message):
 
     __slots__ = ("results",)
 
-    name = "WriteShareGroupStateResponse"
-    api_key = 85
-    message_type = "response"
-    valid_versions = (0, 0)
-    flexible_versions = (0, 32767)
+    NAME = "WriteShareGroupStateResponse"
+    API_KEY = 85
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
     results: list[WriteStateResult]
     """The write results
@@ -141,9 +141,9 @@ class PartitionResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_WriteShareGroupStateResponse = frozenset()
-_TAGS_WriteStateResult = frozenset()
-_TAGS_PartitionResult = frozenset()
+_TAGS_WriteShareGroupStateResponse: frozenset[int] = frozenset()
+_TAGS_WriteStateResult: frozenset[int] = frozenset()
+_TAGS_PartitionResult: frozenset[int] = frozenset()
 
 
 def _read_PartitionResult_v0(buf: bytes, pos: int) -> tuple[PartitionResult, int]:

@@ -46,11 +46,11 @@ class WriteTxnMarkersRequest(_Message):
 
     __slots__ = ("markers",)
 
-    name = "WriteTxnMarkersRequest"
-    api_key = 27
-    message_type = "request"
-    valid_versions = (0, 1)
-    flexible_versions = (1, 32767)
+    NAME = "WriteTxnMarkersRequest"
+    API_KEY = 27
+    TYPE = "request"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 32767)
 
     markers: list[WritableTxnMarker]
     """The transaction markers to be written.
@@ -151,9 +151,9 @@ class WritableTxnMarkerTopic(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_WriteTxnMarkersRequest = frozenset()
-_TAGS_WritableTxnMarker = frozenset()
-_TAGS_WritableTxnMarkerTopic = frozenset()
+_TAGS_WriteTxnMarkersRequest: frozenset[int] = frozenset()
+_TAGS_WritableTxnMarker: frozenset[int] = frozenset()
+_TAGS_WritableTxnMarkerTopic: frozenset[int] = frozenset()
 
 
 def _read_WritableTxnMarkerTopic_v0(buf: bytes, pos: int) -> tuple[WritableTxnMarkerTopic, int]:

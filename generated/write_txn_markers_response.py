@@ -47,11 +47,11 @@ class WriteTxnMarkersResponse(_Message):
 
     __slots__ = ("markers",)
 
-    name = "WriteTxnMarkersResponse"
-    api_key = 27
-    message_type = "response"
-    valid_versions = (0, 1)
-    flexible_versions = (1, 32767)
+    NAME = "WriteTxnMarkersResponse"
+    API_KEY = 27
+    TYPE = "response"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 32767)
 
     markers: list[WritableTxnMarkerResult]
     """The results for writing makers.
@@ -158,10 +158,10 @@ class WritableTxnMarkerPartitionResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_WriteTxnMarkersResponse = frozenset()
-_TAGS_WritableTxnMarkerResult = frozenset()
-_TAGS_WritableTxnMarkerTopicResult = frozenset()
-_TAGS_WritableTxnMarkerPartitionResult = frozenset()
+_TAGS_WriteTxnMarkersResponse: frozenset[int] = frozenset()
+_TAGS_WritableTxnMarkerResult: frozenset[int] = frozenset()
+_TAGS_WritableTxnMarkerTopicResult: frozenset[int] = frozenset()
+_TAGS_WritableTxnMarkerPartitionResult: frozenset[int] = frozenset()
 
 
 def _read_WritableTxnMarkerPartitionResult_v0(

@@ -43,7 +43,7 @@ class FieldSpec(NamedTuple):
 
     name: str  # Python attribute name
     kafka_name: str  # name in Kafka's JSON definition
-    type: str  # Kafka's spelling: "int32", "[]string", "[]FetchTopic", "ReplicaState"
+    kafka_type: str  # Kafka's spelling: "int32", "[]string", "[]FetchTopic", "ReplicaState"
     struct: type[Struct] | None  # class of a struct field or of a struct array's elements
     versions: VersionRange
     nullable: VersionRange
@@ -55,11 +55,11 @@ class FieldSpec(NamedTuple):
 
     @property
     def element(self) -> str:
-        return self.type[2:] if self.type.startswith("[]") else self.type
+        return self.kafka_type.removeprefix("[]")
 
     @property
     def is_array(self) -> bool:
-        return self.type.startswith("[]")
+        return self.kafka_type.startswith("[]")
 
     def fresh_default(self) -> Any:
         """The default value; ``()`` in ``default`` stands for a fresh empty list or struct."""
@@ -131,13 +131,14 @@ class Message(Struct):
     """Base of the top-level generated classes (requests, responses, headers, data)."""
 
     __slots__ = ()
-    name: ClassVar[str]
+    # Upper case: a snake_case field name can never collide with these.
+    NAME: ClassVar[str]
     """Kafka's name of the message, e.g. ``MetadataResponse``."""
-    api_key: ClassVar[int | None]
-    message_type: ClassVar[str]
+    API_KEY: ClassVar[int | None]
+    TYPE: ClassVar[str]
     """``request``, ``response``, ``header`` or ``data``."""
-    valid_versions: ClassVar[VersionRange]
-    flexible_versions: ClassVar[VersionRange]
+    VALID_VERSIONS: ClassVar[VersionRange]
+    FLEXIBLE_VERSIONS: ClassVar[VersionRange]
 
     @classmethod
     def decode(cls: type[M], data: Buffer, version: int) -> M:
@@ -147,7 +148,7 @@ class Message(Struct):
         if pos != len(buf):
             raise ProtocolError(
                 f"{len(buf) - pos} trailing bytes after the message",
-                message=f"{cls.name} v{version}",
+                message=f"{cls.NAME} v{version}",
                 offset=pos,
             )
         return obj
@@ -164,7 +165,7 @@ class Message(Struct):
             from kafscale.protocol.reference import diagnose_read
 
             raise diagnose_read(cls, buf, pos, version, error) from None
-        return obj, end  # type: ignore[no-any-return]
+        return obj, end
 
     def encode(self, version: int) -> bytes:
         """Encode the body as one ``bytes`` object."""
@@ -187,22 +188,21 @@ class Message(Struct):
 
     @classmethod
     def _bad_version(cls, version: int) -> ProtocolError:
-        lo, hi = cls.valid_versions
-        return ProtocolError(
-            f"version {version} is not valid (valid: {lo}-{hi})", message=cls.name
-        )
+        lo, hi = cls.VALID_VERSIONS
+        return ProtocolError(f"version {version} is not valid (valid: {lo}-{hi})", message=cls.NAME)
 
 
 def as_buffer(data: Buffer) -> bytes:
     """The bytes object the generated readers work on.
 
-    ``bytes`` and ``bytearray`` are used as they are (decoded ``records`` are memoryview
-    slices of them: zero copy). A memoryview over a whole ``bytes`` object is unwrapped; any
-    other memoryview is copied once, since slicing ``bytes`` then decoding is what makes string
-    fields fast.
+    ``bytes`` is used as it is (decoded ``records`` are memoryview slices of it: zero copy), and
+    so is the ``bytes`` object under a memoryview that covers all of it; anything else is copied
+    once, since slicing ``bytes`` then decoding is what makes string fields fast.
     """
-    if isinstance(data, bytes | bytearray):
+    if isinstance(data, bytes):
         return data
+    if isinstance(data, bytearray):
+        return bytes(data)
     if isinstance(data, memoryview):
         base = data.obj
         if isinstance(base, bytes) and data.contiguous and data.nbytes == len(base):

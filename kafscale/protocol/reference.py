@@ -68,7 +68,9 @@ class _Reader:
         self.need(pos, s.size, kind, path)
         return s.unpack_from(self.buf, pos)[0], pos + s.size
 
-    def length(self, f: FieldSpec, compact: bool, wide: bool, pos: int, path: str) -> tuple[int, int]:
+    def length(
+        self, f: FieldSpec, compact: bool, wide: bool, pos: int, path: str
+    ) -> tuple[int, int]:
         """A length prefix; -1 is null. ``wide``: int32 (bytes, arrays), else int16 (strings)."""
         if compact:
             n, pos = self.uvarint(pos, path)
@@ -126,7 +128,9 @@ class _Reader:
         return pos
 
     def value(self, f: FieldSpec, pos: int, path: str) -> tuple[Any, int]:
-        compact = self.flexible and not (f.flexible is not None and not in_range(self.version, f.flexible))
+        compact = self.flexible and not (
+            f.flexible is not None and not in_range(self.version, f.flexible)
+        )
         if f.is_array:
             n, pos = self.length(f, compact, True, pos, path)
             if n < 0:
@@ -166,14 +170,16 @@ class _Reader:
 def reference_read(cls: type[Message], data: Buffer, version: int, pos: int = 0) -> tuple[Any, int]:
     """Decode with the interpreter; raises :class:`ProtocolError` naming field and offset."""
     buf = as_buffer(data)
-    label = f"{cls.name} v{version}"
-    if not in_range(version, cls.valid_versions):
-        raise ProtocolError(f"version {version} is not valid", message=cls.name)
-    reader = _Reader(buf, version, in_range(version, cls.flexible_versions))
+    label = f"{cls.NAME} v{version}"
+    if not in_range(version, cls.VALID_VERSIONS):
+        raise ProtocolError(f"version {version} is not valid", message=cls.NAME)
+    reader = _Reader(buf, version, in_range(version, cls.FLEXIBLE_VERSIONS))
     try:
         return reader.struct(cls, pos, "")
     except _Fail as e:
-        raise ProtocolError(e.reason, message=label, field=e.path or None, offset=e.offset) from None
+        raise ProtocolError(
+            e.reason, message=label, field=e.path or None, offset=e.offset
+        ) from None
 
 
 def diagnose_read(
@@ -188,7 +194,7 @@ def diagnose_read(
         return located
     # The interpreter accepts what the fast path refused: report the fast path's reason.
     return ProtocolError(
-        f"{type(error).__name__}: {error}", message=f"{cls.name} v{version}", offset=pos
+        f"{type(error).__name__}: {error}", message=f"{cls.NAME} v{version}", offset=pos
     )
 
 
@@ -208,7 +214,9 @@ class _Writer:
             value = getattr(obj, f.name)
             if not in_range(v, f.versions):
                 if not f.ignorable and value != f.fresh_default():
-                    raise _Fail(f"a non-default value cannot be written in version {v}", where, None)
+                    raise _Fail(
+                        f"a non-default value cannot be written in version {v}", where, None
+                    )
                 continue
             if self.flexible and in_range(v, f.tagged):
                 if value != f.fresh_default():
@@ -248,7 +256,7 @@ class _Writer:
             if f.struct is not None and not f.is_array:
                 self.w(_INT8.pack(-1))
             else:
-                self.length(-1, compact, f.element != "string", path)
+                self.length(-1, compact, f.is_array or f.element != "string", path)
             return
         if f.is_array:
             if not isinstance(value, list):
@@ -300,13 +308,17 @@ class _Writer:
 def reference_write(obj: Message, version: int) -> bytes:
     """Encode with the interpreter; raises :class:`ProtocolError` naming the field."""
     cls = type(obj)
-    if not in_range(version, cls.valid_versions):
-        raise ProtocolError(f"version {version} is not valid", message=cls.name)
+    if not in_range(version, cls.VALID_VERSIONS):
+        raise ProtocolError(f"version {version} is not valid", message=cls.NAME)
     parts: list[Buffer] = []
     try:
-        _Writer(version, in_range(version, cls.flexible_versions), parts.append).struct(obj, cls, "")
+        _Writer(version, in_range(version, cls.FLEXIBLE_VERSIONS), parts.append).struct(
+            obj, cls, ""
+        )
     except _Fail as e:
-        raise ProtocolError(e.reason, message=f"{cls.name} v{version}", field=e.path or None) from None
+        raise ProtocolError(
+            e.reason, message=f"{cls.NAME} v{version}", field=e.path or None
+        ) from None
     return b"".join(parts)
 
 
@@ -318,5 +330,4 @@ def diagnose_write(obj: Message, version: int, error: Exception) -> ProtocolErro
         reference_write(obj, version)
     except ProtocolError as located:
         return located
-    return ProtocolError(f"{type(error).__name__}: {error}", message=f"{type(obj).name} v{version}")
-
+    return ProtocolError(f"{type(error).__name__}: {error}", message=f"{type(obj).NAME} v{version}")

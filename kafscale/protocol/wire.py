@@ -37,7 +37,7 @@ _from_bytes = int.from_bytes
 _SAFE_UNKNOWN = uuid.SafeUUID.unknown
 
 
-def read_uvarint(buf: memoryview, pos: int) -> tuple[int, int]:
+def read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
     """Unsigned 32-bit varint at ``pos``: (value, next position). At most 5 bytes."""
     b = buf[pos]
     value = b & 0x7F
@@ -53,7 +53,7 @@ def read_uvarint(buf: memoryview, pos: int) -> tuple[int, int]:
     return value, pos
 
 
-def read_uvarlong(buf: memoryview, pos: int) -> tuple[int, int]:
+def read_uvarlong(buf: bytes, pos: int) -> tuple[int, int]:
     """Unsigned 64-bit varint at ``pos``: (value, next position). At most 10 bytes."""
     b = buf[pos]
     value = b & 0x7F
@@ -69,13 +69,13 @@ def read_uvarlong(buf: memoryview, pos: int) -> tuple[int, int]:
     return value, pos
 
 
-def read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
     """Zigzag-encoded signed 32-bit varint (record fields)."""
     raw, pos = read_uvarint(buf, pos)
     return (raw >> 1) ^ -(raw & 1), pos
 
 
-def read_varlong(buf: memoryview, pos: int) -> tuple[int, int]:
+def read_varlong(buf: bytes, pos: int) -> tuple[int, int]:
     """Zigzag-encoded signed 64-bit varint (record fields)."""
     raw, pos = read_uvarlong(buf, pos)
     return (raw >> 1) ^ -(raw & 1), pos
@@ -123,7 +123,7 @@ def varlong(value: int) -> bytes:
     return uvarlong(((value << 1) ^ (value >> 63)) & 0xFFFFFFFFFFFFFFFF)
 
 
-def read_uuid(buf: memoryview, pos: int) -> uuid.UUID:
+def read_uuid(buf: bytes, pos: int) -> uuid.UUID:
     """16 bytes at ``pos`` as a UUID, built without ``UUID.__init__``'s argument parsing."""
     if pos + 16 > len(buf):
         raise ProtocolError("uuid runs past the end of the buffer", offset=pos)
@@ -148,9 +148,7 @@ def null_error(what: str, pos: int) -> ProtocolError:
     return ProtocolError(f"null {what} where the field is not nullable", offset=pos)
 
 
-def read_tag_section(
-    buf: memoryview, pos: int, known: frozenset[int]
-) -> tuple[UnknownTags | None, int]:
+def read_tag_section(buf: bytes, pos: int, known: frozenset[int]) -> tuple[UnknownTags | None, int]:
     """Read a tag section none of whose tags this version knows.
 
     Unknown tags are returned to be kept and re-emitted; a tag this struct defines for other
@@ -170,7 +168,7 @@ def read_tag_section(
     return (unknown or None), pos
 
 
-def tag_payload_end(buf: memoryview, pos: int) -> tuple[int, int]:
+def tag_payload_end(buf: bytes, pos: int) -> tuple[int, int]:
     """Read a tagged field's size: (end of payload, start of payload)."""
     size, pos = read_uvarint(buf, pos)
     end = pos + size

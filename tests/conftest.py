@@ -1,0 +1,40 @@
+"""Shared test fixtures: the ../shared data directory and hypothesis profiles."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+# CI: deterministic (derandomized) and bounded; dev: random, so local runs explore more.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.register_profile(
+    "dev",
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared; skip visibly when it is absent, fail when ``CI`` is set."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        reason = f"{path} is absent (the shared data directory next to the repository)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI: {reason}")
+        pytest.skip(reason)
+    return path
