@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 
 from codegen.model import FIXED_SIZES, STRUCT_CODES, Field, Message, Struct
 
+SMALL_ARRAY = 32
+"""Arrays of fixed-size values shorter than this use a precompiled ``Struct`` per length."""
+
 Names = Callable[[Struct, int], str]
 """Maps (struct, version) to the name of the function that reads (or writes) it."""
 
@@ -26,11 +29,20 @@ class ModuleState:
     """Module-level constants the bodies refer to (collected while emitting)."""
 
     formats: dict[str, str] = field(default_factory=dict)  # identifier -> struct format
+    arrays: dict[str, str] = field(default_factory=dict)  # identifier -> element format code
 
     def struct_for(self, codes: str) -> str:
         ident = "_S_" + codes.replace("?", "z")
         self.formats[ident] = ">" + codes
         return ident
+
+    def array_packer(self, code: str, count: str) -> str:
+        """An expression for the ``Struct`` of ``count`` values of one fixed type: precompiled
+        for small counts (replica lists), built and cached by the runtime otherwise."""
+        ident = "_A_" + code.replace("?", "z")
+        self.arrays[ident] = code
+        fallback = f'_array_struct("{code}", {count})'
+        return f"({ident}[{count}] if {count} < {SMALL_ARRAY} else {fallback})"
 
 
 class Body:
@@ -65,6 +77,11 @@ class _Indent:
 
     def __exit__(self, *exc: object) -> None:
         self.body.depth -= 1
+
+
+def is_leaf(s: Struct, version: int) -> bool:
+    """A struct with no struct inside it in ``version``: its arrays are decoded inline."""
+    return not any(f.struct is not None and f.present(version) for f in s.fields)
 
 
 def _groups(fields: list[Field]) -> Iterator[list[Field]]:
@@ -109,7 +126,15 @@ def is_default_check(f: Field, value: str) -> str:
     if f.type.is_array:
         return f"{value} is not None" if f.default is None else f"{value} != []"
     if f.type.is_struct:
-        return f"{value} is not None" if f.default is None else f"{value} != {f.type.element}()"
+        if f.default is None:
+            return f"{value} is not None"
+        assert f.struct is not None
+        scalars = [g for g in f.struct.fields if not (g.type.is_array or g.type.is_struct)]
+        if len(scalars) < len(f.struct.fields):
+            return f"{value} != {f.type.element}()"
+        # All-scalar struct (e.g. LeaderIdAndEpoch): compare field by field, build nothing.
+        checks = [is_default_check(g, f"{value}.{g.py_name}") for g in scalars]
+        return " or ".join([*checks, f"{value}._unknown_tags is not None"])
     if f.type.element == "records" or f.default is None:
         return f"{value} is not None"
     if f.type.element == "bool":
@@ -126,37 +151,36 @@ class ReadEmitter:
 
     def struct_body(self, s: Struct, v: int) -> str:
         b = Body()
+        self.struct_into(b, s, v, "o")
+        b("return o, pos")
+        return b.text()
+
+    def struct_into(self, b: Body, s: Struct, v: int, o: str) -> None:
+        """Read struct ``s`` into a new object bound to the local ``o``."""
         flexible = v in self.msg.flexible
-        b(f"o = _new({s.name})")
+        b(f"{o} = _new({s.name})")
         for f in s.fields:
             if not f.present(v) or (flexible and f.is_tagged(v)):
-                b(f"o.{f.py_name} = {default_expr(f)}")
+                b(f"{o}.{f.py_name} = {default_expr(f)}")
         wire = [f for f in s.fields if f.present(v) and not (flexible and f.is_tagged(v))]
         for run in _groups(wire):
             if run[0].type.is_fixed:
-                self.fixed_run(b, run)
+                self.fixed_run(b, run, o)
             else:
-                self.value(b, run[0], v, f"o.{run[0].py_name}")
+                self.value(b, run[0], v, f"{o}.{run[0].py_name}")
         if not flexible:
-            b("o._unknown_tags = None")
-        elif s.tagged_fields(v):
-            b("if buf[pos]:")
-            with b.indent():
-                b(f"pos = {self.tag_names(s, v)}(o, buf, pos)")
-            b("else:")
-            with b.indent():
-                b("o._unknown_tags = None")
-                b("pos += 1")
-        else:
-            b("if buf[pos]:")
-            with b.indent():
-                b(f"o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_{s.name})")
-            b("else:")
-            with b.indent():
-                b("o._unknown_tags = None")
-                b("pos += 1")
-        b("return o, pos")
-        return b.text()
+            b(f"{o}._unknown_tags = None")
+            return
+        b("if buf[pos]:")
+        with b.indent():
+            if s.tagged_fields(v):
+                b(f"pos = {self.tag_names(s, v)}({o}, buf, pos)")
+            else:
+                b(f"{o}._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_{s.name})")
+        b("else:")
+        with b.indent():
+            b(f"{o}._unknown_tags = None")
+            b("pos += 1")
 
     def tags_body(self, s: Struct, v: int) -> str:
         """The tag-section reader of a struct that has known tagged fields in ``v``."""
@@ -191,28 +215,28 @@ class ReadEmitter:
         b("return pos")
         return b.text()
 
-    def fixed_run(self, b: Body, run: list[Field]) -> None:
+    def fixed_run(self, b: Body, run: list[Field], o: str) -> None:
         codes = "".join(STRUCT_CODES[f.type.element] for f in run)
         size = sum(FIXED_SIZES[f.type.element] for f in run)
         ident = self.state.struct_for(codes)
         if len(run) == 1:
-            b(f"o.{run[0].py_name} = {ident}.unpack_from(buf, pos)[0]")
+            b(f"{o}.{run[0].py_name} = {ident}.unpack_from(buf, pos)[0]")
         else:
-            targets = ", ".join(f"o.{f.py_name}" for f in run)
+            targets = ", ".join(f"{o}.{f.py_name}" for f in run)
             b(f"{targets} = {ident}.unpack_from(buf, pos)")
         b(f"pos += {size}")
 
     def length(self, b: Body, f: Field, v: int, wide: bool) -> None:
         """Read a length prefix into ``n`` (-1 = null)."""
         if _compact(f, self.msg, v):
-            b("n = buf[pos]")
-            b("if n < 128:")
+            b("n = buf[pos] - 1")  # length + 1 as an unsigned varint; one byte is the rule
+            b("if n < 127:")
             with b.indent():
                 b("pos += 1")
             b("else:")
             with b.indent():
                 b("n, pos = _uvarint(buf, pos)")
-            b("n -= 1")
+                b("n -= 1")
         else:
             ident = self.state.struct_for("i" if wide else "h")
             b(f"n = {ident}.unpack_from(buf, pos)[0]")
@@ -285,15 +309,17 @@ class ReadEmitter:
         b("else:")
         with b.indent():
             if elem in FIXED_SIZES:
-                code = STRUCT_CODES[elem]
-                b(f'{target} = list(_array_struct("{code}", n).unpack_from(buf, pos))')
+                packer = self.state.array_packer(STRUCT_CODES[elem], "n")
+                b(f"{target} = [*{packer}.unpack_from(buf, pos)] if n else []")
                 b(f"pos += {FIXED_SIZES[elem]} * n")
                 return
             items, item = b.tmp("items"), b.tmp("item")
             b(f"{items}: list[_Any] = []")
             b("for _ in range(n):")
             with b.indent():
-                if f.struct is not None:
+                if f.struct is not None and is_leaf(f.struct, v):
+                    self.struct_into(b, f.struct, v, item)
+                elif f.struct is not None:
                     b(f"{item}, pos = {self.names(f.struct, v)}(buf, pos)")
                 elif elem == "uuid":
                     b(f"{item} = _read_uuid(buf, pos)")
@@ -321,49 +347,54 @@ class WriteEmitter:
 
     def struct_body(self, s: Struct, v: int) -> str:
         b = Body()
+        self.struct_into(b, s, v, "o", "w")
+        return b.text()
+
+    def struct_into(self, b: Body, s: Struct, v: int, o: str, w: str) -> None:
+        """Write the struct bound to the local ``o``."""
         flexible = v in self.msg.flexible
         for f in s.fields:
             if not f.present(v) and not f.ignorable:
-                b(f"if {is_default_check(f, 'o.' + f.py_name)}:")
+                b(f"if {is_default_check(f, f'{o}.{f.py_name}')}:")
                 with b.indent():
                     b(f'raise _ProtocolError("{f.name} cannot be written in version {v}")')
         wire = [f for f in s.fields if f.present(v) and not (flexible and f.is_tagged(v))]
         for run in _groups(wire):
             if run[0].type.is_fixed:
                 codes = "".join(STRUCT_CODES[f.type.element] for f in run)
-                values = ", ".join(f"o.{f.py_name}" for f in run)
-                b(f"w({self.state.struct_for(codes)}.pack({values}))")
+                values = ", ".join(f"{o}.{f.py_name}" for f in run)
+                b(f"{w}({self.state.struct_for(codes)}.pack({values}))")
             else:
-                self.value(b, run[0], v, f"o.{run[0].py_name}", "w")
+                self.value(b, run[0], v, f"{o}.{run[0].py_name}", w)
         if not flexible:
-            b("if o._unknown_tags:")
+            b(f"if {o}._unknown_tags:")
             with b.indent():
                 b('raise _ProtocolError("tagged fields need a flexible version")')
-            return b.text()
+            return
         tagged = s.tagged_fields(v)
         if not tagged:
-            b("if o._unknown_tags:")
+            b(f"if {o}._unknown_tags:")
             with b.indent():
-                b("_write_tags(w, [], o._unknown_tags)")
+                b(f"_write_tags({w}, [], {o}._unknown_tags, _TAGS_{s.name})")
             b("else:")
             with b.indent():
-                b('w(b"\\x00")')
-            return b.text()
-        b("tags: _UnknownTags = []")
+                b(f'{w}(b"\\x00")')
+            return
+        tags = b.tmp("tags")
+        b(f"{tags}: _UnknownTags = []")
         for f in tagged:
-            b(f"if {is_default_check(f, 'o.' + f.py_name)}:")
+            b(f"if {is_default_check(f, f'{o}.{f.py_name}')}:")
             with b.indent():
                 parts = b.tmp("tag_parts")
                 b(f"{parts}: list[_Buffer] = []")
-                self.value(b, f, v, f"o.{f.py_name}", f"{parts}.append")
-                b(f'tags.append(({f.tag}, b"".join({parts})))')
-        b("if tags or o._unknown_tags:")
+                self.value(b, f, v, f"{o}.{f.py_name}", f"{parts}.append")
+                b(f'{tags}.append(({f.tag}, b"".join({parts})))')
+        b(f"if {tags} or {o}._unknown_tags:")
         with b.indent():
-            b("_write_tags(w, tags, o._unknown_tags)")
+            b(f"_write_tags({w}, {tags}, {o}._unknown_tags, _TAGS_{s.name})")
         b("else:")
         with b.indent():
-            b('w(b"\\x00")')
-        return b.text()
+            b(f'{w}(b"\\x00")')
 
     def length(self, b: Body, f: Field, v: int, n: str, wide: bool, w: str) -> None:
         if _compact(f, self.msg, v):
@@ -411,11 +442,14 @@ class WriteEmitter:
             b(f"n = len({items})")
             self.length(b, f, v, "n", True, w)
             if t.element in FIXED_SIZES:
-                b(f'{w}(_array_struct("{STRUCT_CODES[t.element]}", n).pack(*{items}))')
+                packer = self.state.array_packer(STRUCT_CODES[t.element], "n")
+                b(f"{w}({packer}.pack(*{items}))")
                 return
             b(f"for {item} in {items}:")
             with b.indent():
-                if f.struct is not None:
+                if f.struct is not None and is_leaf(f.struct, v):
+                    self.struct_into(b, f.struct, v, item, w)
+                elif f.struct is not None:
                     b(f"{self.names(f.struct, v)}({item}, {w})")
                 else:
                     self._non_null(b, _element_field(f), v, item, w)

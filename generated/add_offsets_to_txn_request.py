@@ -127,12 +127,12 @@ def _read_AddOffsetsToTxnRequest_v0(buf: bytes, pos: int) -> tuple[AddOffsetsToT
 def _read_AddOffsetsToTxnRequest_v3(buf: bytes, pos: int) -> tuple[AddOffsetsToTxnRequest, int]:
     # versions 3-4
     o = _new(AddOffsetsToTxnRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -143,12 +143,12 @@ def _read_AddOffsetsToTxnRequest_v3(buf: bytes, pos: int) -> tuple[AddOffsetsToT
         pos = end
     o.producer_id, o.producer_epoch = _S_qh.unpack_from(buf, pos)
     pos += 10
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -192,7 +192,7 @@ def _write_AddOffsetsToTxnRequest_v3(o: AddOffsetsToTxnRequest, w: _Writer) -> N
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw2)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AddOffsetsToTxnRequest)
     else:
         w(b"\x00")
 

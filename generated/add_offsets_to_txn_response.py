@@ -106,7 +106,7 @@ def _write_AddOffsetsToTxnResponse_v3(o: AddOffsetsToTxnResponse, w: _Writer) ->
     # versions 3-4
     w(_S_ih.pack(o.throttle_time_ms, o.error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AddOffsetsToTxnResponse)
     else:
         w(b"\x00")
 

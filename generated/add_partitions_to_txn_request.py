@@ -21,6 +21,7 @@ from kafscale.protocol.wire import array_struct as _array_struct
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -37,6 +38,7 @@ _S_h = _Packer(">h")
 _S_i = _Packer(">i")
 _S_qh = _Packer(">qh")
 _S_qhz = _Packer(">qh?")
+_A_i = _small_arrays("i")
 
 
 class AddPartitionsToTxnRequest(_Message):
@@ -220,7 +222,9 @@ def _read_AddPartitionsToTxnTopic_v0(buf: bytes, pos: int) -> tuple[AddPartition
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.partitions = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.partitions = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o._unknown_tags = None
     return o, pos
@@ -229,12 +233,12 @@ def _read_AddPartitionsToTxnTopic_v0(buf: bytes, pos: int) -> tuple[AddPartition
 def _read_AddPartitionsToTxnTopic_v3(buf: bytes, pos: int) -> tuple[AddPartitionsToTxnTopic, int]:
     # versions 3-5
     o = _new(AddPartitionsToTxnTopic)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -243,18 +247,20 @@ def _read_AddPartitionsToTxnTopic_v3(buf: bytes, pos: int) -> tuple[AddPartition
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.partitions = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.partitions = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_AddPartitionsToTxnTopic)
@@ -273,7 +279,7 @@ def _write_AddPartitionsToTxnTopic_v0(o: AddPartitionsToTxnTopic, w: _Writer) ->
     items2 = o.partitions
     n = len(items2)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items2))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -287,9 +293,9 @@ def _write_AddPartitionsToTxnTopic_v3(o: AddPartitionsToTxnTopic, w: _Writer) ->
     items2 = o.partitions
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items2))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AddPartitionsToTxnTopic)
     else:
         w(b"\x00")
 
@@ -299,12 +305,12 @@ def _read_AddPartitionsToTxnTransaction_v4(
 ) -> tuple[AddPartitionsToTxnTransaction, int]:
     # versions 4-5
     o = _new(AddPartitionsToTxnTransaction)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -315,12 +321,12 @@ def _read_AddPartitionsToTxnTransaction_v4(
         pos = end
     o.producer_id, o.producer_epoch, o.verify_only = _S_qhz.unpack_from(buf, pos)
     pos += 11
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -328,7 +334,45 @@ def _read_AddPartitionsToTxnTransaction_v4(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AddPartitionsToTxnTopic_v3(buf, pos)
+            item2 = _new(AddPartitionsToTxnTopic)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_AddPartitionsToTxnTopic
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.topics = items1
     if buf[pos]:
@@ -350,9 +394,20 @@ def _write_AddPartitionsToTxnTransaction_v4(o: AddPartitionsToTxnTransaction, w:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_AddPartitionsToTxnTopic_v3(item3, w)
+        raw4 = item3.name.encode()
+        n = len(raw4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw4)
+        items5 = item3.partitions
+        n = len(items5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_AddPartitionsToTxnTopic)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AddPartitionsToTxnTransaction)
     else:
         w(b"\x00")
 
@@ -384,7 +439,31 @@ def _read_AddPartitionsToTxnRequest_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AddPartitionsToTxnTopic_v0(buf, pos)
+            item2 = _new(AddPartitionsToTxnTopic)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.v3_and_below_topics = items1
     o._unknown_tags = None
@@ -397,12 +476,12 @@ def _read_AddPartitionsToTxnRequest_v3(
     # versions 3
     o = _new(AddPartitionsToTxnRequest)
     o.transactions = []
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -413,12 +492,12 @@ def _read_AddPartitionsToTxnRequest_v3(
         pos = end
     o.v3_and_below_producer_id, o.v3_and_below_producer_epoch = _S_qh.unpack_from(buf, pos)
     pos += 10
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -426,7 +505,45 @@ def _read_AddPartitionsToTxnRequest_v3(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AddPartitionsToTxnTopic_v3(buf, pos)
+            item2 = _new(AddPartitionsToTxnTopic)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_AddPartitionsToTxnTopic
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.v3_and_below_topics = items1
     if buf[pos]:
@@ -446,12 +563,12 @@ def _read_AddPartitionsToTxnRequest_v4(
     o.v3_and_below_producer_id = 0
     o.v3_and_below_producer_epoch = 0
     o.v3_and_below_topics = []
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -483,7 +600,16 @@ def _write_AddPartitionsToTxnRequest_v0(o: AddPartitionsToTxnRequest, w: _Writer
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_AddPartitionsToTxnTopic_v0(item3, w)
+        raw4 = item3.name.encode()
+        n = len(raw4)
+        w(_S_h.pack(n))
+        w(raw4)
+        items5 = item3.partitions
+        n = len(items5)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -501,7 +627,16 @@ def _write_AddPartitionsToTxnRequest_v1(o: AddPartitionsToTxnRequest, w: _Writer
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_AddPartitionsToTxnTopic_v0(item3, w)
+        raw4 = item3.name.encode()
+        n = len(raw4)
+        w(_S_h.pack(n))
+        w(raw4)
+        items5 = item3.partitions
+        n = len(items5)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -519,7 +654,16 @@ def _write_AddPartitionsToTxnRequest_v2(o: AddPartitionsToTxnRequest, w: _Writer
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_AddPartitionsToTxnTopic_v0(item3, w)
+        raw4 = item3.name.encode()
+        n = len(raw4)
+        w(_S_h.pack(n))
+        w(raw4)
+        items5 = item3.partitions
+        n = len(items5)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -537,9 +681,20 @@ def _write_AddPartitionsToTxnRequest_v3(o: AddPartitionsToTxnRequest, w: _Writer
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_AddPartitionsToTxnTopic_v3(item3, w)
+        raw4 = item3.name.encode()
+        n = len(raw4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw4)
+        items5 = item3.partitions
+        n = len(items5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_AddPartitionsToTxnTopic)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AddPartitionsToTxnRequest)
     else:
         w(b"\x00")
 
@@ -560,7 +715,7 @@ def _write_AddPartitionsToTxnRequest_v4(o: AddPartitionsToTxnRequest, w: _Writer
     for item2 in items1:
         _write_AddPartitionsToTxnTransaction_v4(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AddPartitionsToTxnRequest)
     else:
         w(b"\x00")
 
@@ -581,7 +736,7 @@ def _write_AddPartitionsToTxnRequest_v5(o: AddPartitionsToTxnRequest, w: _Writer
     for item2 in items1:
         _write_AddPartitionsToTxnTransaction_v4(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AddPartitionsToTxnRequest)
     else:
         w(b"\x00")
 

@@ -242,7 +242,7 @@ def _write_AddPartitionsToTxnPartitionResult_v3(
     # versions 3-5
     w(_S_ih.pack(o.partition_index, o.partition_error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AddPartitionsToTxnPartitionResult)
     else:
         w(b"\x00")
 
@@ -271,7 +271,10 @@ def _read_AddPartitionsToTxnTopicResult_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AddPartitionsToTxnPartitionResult_v0(buf, pos)
+            item2 = _new(AddPartitionsToTxnPartitionResult)
+            item2.partition_index, item2.partition_error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            item2._unknown_tags = None
             items1.append(item2)
         o.results_by_partition = items1
     o._unknown_tags = None
@@ -283,12 +286,12 @@ def _read_AddPartitionsToTxnTopicResult_v3(
 ) -> tuple[AddPartitionsToTxnTopicResult, int]:
     # versions 3-5
     o = _new(AddPartitionsToTxnTopicResult)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -297,12 +300,12 @@ def _read_AddPartitionsToTxnTopicResult_v3(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -310,7 +313,16 @@ def _read_AddPartitionsToTxnTopicResult_v3(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AddPartitionsToTxnPartitionResult_v3(buf, pos)
+            item2 = _new(AddPartitionsToTxnPartitionResult)
+            item2.partition_index, item2.partition_error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_AddPartitionsToTxnPartitionResult
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.results_by_partition = items1
     if buf[pos]:
@@ -331,7 +343,9 @@ def _write_AddPartitionsToTxnTopicResult_v0(o: AddPartitionsToTxnTopicResult, w:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_AddPartitionsToTxnPartitionResult_v0(item3, w)
+        w(_S_ih.pack(item3.partition_index, item3.partition_error_code))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -346,9 +360,13 @@ def _write_AddPartitionsToTxnTopicResult_v3(o: AddPartitionsToTxnTopicResult, w:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_AddPartitionsToTxnPartitionResult_v3(item3, w)
+        w(_S_ih.pack(item3.partition_index, item3.partition_error_code))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_AddPartitionsToTxnPartitionResult)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AddPartitionsToTxnTopicResult)
     else:
         w(b"\x00")
 
@@ -356,12 +374,12 @@ def _write_AddPartitionsToTxnTopicResult_v3(o: AddPartitionsToTxnTopicResult, w:
 def _read_AddPartitionsToTxnResult_v4(buf: bytes, pos: int) -> tuple[AddPartitionsToTxnResult, int]:
     # versions 4-5
     o = _new(AddPartitionsToTxnResult)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -370,12 +388,12 @@ def _read_AddPartitionsToTxnResult_v4(buf: bytes, pos: int) -> tuple[AddPartitio
             raise _too_long("string", n, len(buf) - pos, pos)
         o.transactional_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -406,7 +424,7 @@ def _write_AddPartitionsToTxnResult_v4(o: AddPartitionsToTxnResult, w: _Writer) 
     for item3 in items2:
         _write_AddPartitionsToTxnTopicResult_v3(item3, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AddPartitionsToTxnResult)
     else:
         w(b"\x00")
 
@@ -445,12 +463,12 @@ def _read_AddPartitionsToTxnResponse_v3(
     o.results_by_transaction = []
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -477,12 +495,12 @@ def _read_AddPartitionsToTxnResponse_v4(
     o.results_by_topic_v3_and_below = []
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -554,7 +572,7 @@ def _write_AddPartitionsToTxnResponse_v3(o: AddPartitionsToTxnResponse, w: _Writ
     for item2 in items1:
         _write_AddPartitionsToTxnTopicResult_v3(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AddPartitionsToTxnResponse)
     else:
         w(b"\x00")
 
@@ -570,7 +588,7 @@ def _write_AddPartitionsToTxnResponse_v4(o: AddPartitionsToTxnResponse, w: _Writ
     for item2 in items1:
         _write_AddPartitionsToTxnResult_v4(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AddPartitionsToTxnResponse)
     else:
         w(b"\x00")
 
@@ -586,7 +604,7 @@ def _write_AddPartitionsToTxnResponse_v5(o: AddPartitionsToTxnResponse, w: _Writ
     for item2 in items1:
         _write_AddPartitionsToTxnResult_v4(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AddPartitionsToTxnResponse)
     else:
         w(b"\x00")
 

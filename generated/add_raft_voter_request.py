@@ -143,12 +143,12 @@ _TAGS_Listener: frozenset[int] = frozenset()
 def _read_Listener_v0(buf: bytes, pos: int) -> tuple[Listener, int]:
     # versions 0
     o = _new(Listener)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -157,12 +157,12 @@ def _read_Listener_v0(buf: bytes, pos: int) -> tuple[Listener, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -193,7 +193,7 @@ def _write_Listener_v0(o: Listener, w: _Writer) -> None:
     w(raw2)
     w(_S_H.pack(o.port))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_Listener)
     else:
         w(b"\x00")
 
@@ -201,12 +201,12 @@ def _write_Listener_v0(o: Listener, w: _Writer) -> None:
 def _read_AddRaftVoterRequest_v0(buf: bytes, pos: int) -> tuple[AddRaftVoterRequest, int]:
     # versions 0
     o = _new(AddRaftVoterRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -221,12 +221,12 @@ def _read_AddRaftVoterRequest_v0(buf: bytes, pos: int) -> tuple[AddRaftVoterRequ
     pos += 8
     o.voter_directory_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -234,7 +234,42 @@ def _read_AddRaftVoterRequest_v0(buf: bytes, pos: int) -> tuple[AddRaftVoterRequ
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_Listener_v0(buf, pos)
+            item2 = _new(Listener)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port = _S_H.unpack_from(buf, pos)[0]
+            pos += 2
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Listener)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.listeners = items1
     if buf[pos]:
@@ -261,9 +296,21 @@ def _write_AddRaftVoterRequest_v0(o: AddRaftVoterRequest, w: _Writer) -> None:
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_Listener_v0(item4, w)
+        raw5 = item4.name.encode()
+        n = len(raw5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw5)
+        raw6 = item4.host.encode()
+        n = len(raw6)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw6)
+        w(_S_H.pack(item4.port))
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_Listener)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AddRaftVoterRequest)
     else:
         w(b"\x00")
 

@@ -82,7 +82,7 @@ def _write_AllocateProducerIdsRequest_v0(o: AllocateProducerIdsRequest, w: _Writ
     # versions 0
     w(_S_iq.pack(o.broker_id, o.broker_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AllocateProducerIdsRequest)
     else:
         w(b"\x00")
 

@@ -100,7 +100,7 @@ def _write_AllocateProducerIdsResponse_v0(o: AllocateProducerIdsResponse, w: _Wr
     # versions 0
     w(_S_ihqi.pack(o.throttle_time_ms, o.error_code, o.producer_id_start, o.producer_id_len))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AllocateProducerIdsResponse)
     else:
         w(b"\x00")
 

@@ -214,12 +214,12 @@ def _read_EntityData_v0(buf: bytes, pos: int) -> tuple[EntityData, int]:
 def _read_EntityData_v1(buf: bytes, pos: int) -> tuple[EntityData, int]:
     # versions 1
     o = _new(EntityData)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -228,12 +228,12 @@ def _read_EntityData_v1(buf: bytes, pos: int) -> tuple[EntityData, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.entity_type = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -285,7 +285,7 @@ def _write_EntityData_v1(o: EntityData, w: _Writer) -> None:
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_EntityData)
     else:
         w(b"\x00")
 
@@ -312,12 +312,12 @@ def _read_OpData_v0(buf: bytes, pos: int) -> tuple[OpData, int]:
 def _read_OpData_v1(buf: bytes, pos: int) -> tuple[OpData, int]:
     # versions 1
     o = _new(OpData)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -355,7 +355,7 @@ def _write_OpData_v1(o: OpData, w: _Writer) -> None:
     w(raw1)
     w(_S_dz.pack(o.value, o.remove))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OpData)
     else:
         w(b"\x00")
 
@@ -372,7 +372,30 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_EntityData_v0(buf, pos)
+            item2 = _new(EntityData)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.entity_type = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.entity_name = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.entity_name = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.entity = items1
     n = _S_i.unpack_from(buf, pos)[0]
@@ -384,7 +407,20 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_OpData_v0(buf, pos)
+            item4 = _new(OpData)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.key = buf[pos:end].decode()
+                pos = end
+            item4.value, item4.remove = _S_dz.unpack_from(buf, pos)
+            pos += 9
+            item4._unknown_tags = None
             items3.append(item4)
         o.ops = items3
     o._unknown_tags = None
@@ -394,12 +430,12 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
 def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
     # versions 1
     o = _new(EntryData)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -407,15 +443,50 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_EntityData_v1(buf, pos)
+            item2 = _new(EntityData)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.entity_type = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.entity_name = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.entity_name = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_EntityData)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.entity = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -423,7 +494,28 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_OpData_v1(buf, pos)
+            item4 = _new(OpData)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.key = buf[pos:end].decode()
+                pos = end
+            item4.value, item4.remove = _S_dz.unpack_from(buf, pos)
+            pos += 9
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_OpData)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.ops = items3
     if buf[pos]:
@@ -440,12 +532,31 @@ def _write_EntryData_v0(o: EntryData, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_EntityData_v0(item2, w)
-    items3 = o.ops
-    n = len(items3)
+        raw3 = item2.entity_type.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        x4 = item2.entity_name
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    items6 = o.ops
+    n = len(items6)
     w(_S_i.pack(n))
-    for item4 in items3:
-        _write_OpData_v0(item4, w)
+    for item7 in items6:
+        raw8 = item7.key.encode()
+        n = len(raw8)
+        w(_S_h.pack(n))
+        w(raw8)
+        w(_S_dz.pack(item7.value, item7.remove))
+        if item7._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -456,14 +567,37 @@ def _write_EntryData_v1(o: EntryData, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_EntityData_v1(item2, w)
-    items3 = o.ops
-    n = len(items3)
+        raw3 = item2.entity_type.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        x4 = item2.entity_name
+        if x4 is None:
+            w(b"\x00")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw5)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_EntityData)
+        else:
+            w(b"\x00")
+    items6 = o.ops
+    n = len(items6)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    for item4 in items3:
-        _write_OpData_v1(item4, w)
+    for item7 in items6:
+        raw8 = item7.key.encode()
+        n = len(raw8)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw8)
+        w(_S_dz.pack(item7.value, item7.remove))
+        if item7._unknown_tags:
+            _write_tags(w, [], item7._unknown_tags, _TAGS_OpData)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_EntryData)
     else:
         w(b"\x00")
 
@@ -492,12 +626,12 @@ def _read_AlterClientQuotasRequest_v0(buf: bytes, pos: int) -> tuple[AlterClient
 def _read_AlterClientQuotasRequest_v1(buf: bytes, pos: int) -> tuple[AlterClientQuotasRequest, int]:
     # versions 1
     o = _new(AlterClientQuotasRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -539,7 +673,7 @@ def _write_AlterClientQuotasRequest_v1(o: AlterClientQuotasRequest, w: _Writer) 
         _write_EntryData_v1(item2, w)
     w(_S_z.pack(o.validate_only))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AlterClientQuotasRequest)
     else:
         w(b"\x00")
 

@@ -180,12 +180,12 @@ def _read_EntityData_v0(buf: bytes, pos: int) -> tuple[EntityData, int]:
 def _read_EntityData_v1(buf: bytes, pos: int) -> tuple[EntityData, int]:
     # versions 1
     o = _new(EntityData)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -194,12 +194,12 @@ def _read_EntityData_v1(buf: bytes, pos: int) -> tuple[EntityData, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.entity_type = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -251,7 +251,7 @@ def _write_EntityData_v1(o: EntityData, w: _Writer) -> None:
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_EntityData)
     else:
         w(b"\x00")
 
@@ -282,7 +282,30 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_EntityData_v0(buf, pos)
+            item2 = _new(EntityData)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.entity_type = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.entity_name = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.entity_name = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.entity = items1
     o._unknown_tags = None
@@ -294,12 +317,12 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
     o = _new(EntryData)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -310,12 +333,12 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.error_message = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -323,7 +346,42 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_EntityData_v1(buf, pos)
+            item2 = _new(EntityData)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.entity_type = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.entity_name = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.entity_name = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_EntityData)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.entity = items1
     if buf[pos]:
@@ -349,7 +407,20 @@ def _write_EntryData_v0(o: EntryData, w: _Writer) -> None:
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_EntityData_v0(item4, w)
+        raw5 = item4.entity_type.encode()
+        n = len(raw5)
+        w(_S_h.pack(n))
+        w(raw5)
+        x6 = item4.entity_name
+        if x6 is None:
+            w(b"\xff\xff")
+        else:
+            raw7 = x6.encode()
+            n = len(raw7)
+            w(_S_h.pack(n))
+            w(raw7)
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -369,9 +440,24 @@ def _write_EntryData_v1(o: EntryData, w: _Writer) -> None:
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_EntityData_v1(item4, w)
+        raw5 = item4.entity_type.encode()
+        n = len(raw5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw5)
+        x6 = item4.entity_name
+        if x6 is None:
+            w(b"\x00")
+        else:
+            raw7 = x6.encode()
+            n = len(raw7)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw7)
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_EntityData)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_EntryData)
     else:
         w(b"\x00")
 
@@ -406,12 +492,12 @@ def _read_AlterClientQuotasResponse_v1(
     o = _new(AlterClientQuotasResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -451,7 +537,7 @@ def _write_AlterClientQuotasResponse_v1(o: AlterClientQuotasResponse, w: _Writer
     for item2 in items1:
         _write_EntryData_v1(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AlterClientQuotasResponse)
     else:
         w(b"\x00")
 

@@ -183,12 +183,12 @@ def _read_AlterableConfig_v0(buf: bytes, pos: int) -> tuple[AlterableConfig, int
 def _read_AlterableConfig_v2(buf: bytes, pos: int) -> tuple[AlterableConfig, int]:
     # versions 2
     o = _new(AlterableConfig)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -197,12 +197,12 @@ def _read_AlterableConfig_v2(buf: bytes, pos: int) -> tuple[AlterableConfig, int
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -254,7 +254,7 @@ def _write_AlterableConfig_v2(o: AlterableConfig, w: _Writer) -> None:
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AlterableConfig)
     else:
         w(b"\x00")
 
@@ -283,7 +283,30 @@ def _read_AlterConfigsResource_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AlterableConfig_v0(buf, pos)
+            item2 = _new(AlterableConfig)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.value = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.value = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.configs = items1
     o._unknown_tags = None
@@ -295,12 +318,12 @@ def _read_AlterConfigsResource_v2(buf: bytes, pos: int) -> tuple[AlterConfigsRes
     o = _new(AlterConfigsResource)
     o.resource_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -309,12 +332,12 @@ def _read_AlterConfigsResource_v2(buf: bytes, pos: int) -> tuple[AlterConfigsRes
             raise _too_long("string", n, len(buf) - pos, pos)
         o.resource_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -322,7 +345,42 @@ def _read_AlterConfigsResource_v2(buf: bytes, pos: int) -> tuple[AlterConfigsRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AlterableConfig_v2(buf, pos)
+            item2 = _new(AlterableConfig)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.value = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.value = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_AlterableConfig)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.configs = items1
     if buf[pos]:
@@ -344,7 +402,20 @@ def _write_AlterConfigsResource_v0(o: AlterConfigsResource, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_AlterableConfig_v0(item3, w)
+        raw4 = item3.name.encode()
+        n = len(raw4)
+        w(_S_h.pack(n))
+        w(raw4)
+        x5 = item3.value
+        if x5 is None:
+            w(b"\xff\xff")
+        else:
+            raw6 = x5.encode()
+            n = len(raw6)
+            w(_S_h.pack(n))
+            w(raw6)
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -360,9 +431,24 @@ def _write_AlterConfigsResource_v2(o: AlterConfigsResource, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_AlterableConfig_v2(item3, w)
+        raw4 = item3.name.encode()
+        n = len(raw4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw4)
+        x5 = item3.value
+        if x5 is None:
+            w(b"\x00")
+        else:
+            raw6 = x5.encode()
+            n = len(raw6)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw6)
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_AlterableConfig)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AlterConfigsResource)
     else:
         w(b"\x00")
 
@@ -391,12 +477,12 @@ def _read_AlterConfigsRequest_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRequ
 def _read_AlterConfigsRequest_v2(buf: bytes, pos: int) -> tuple[AlterConfigsRequest, int]:
     # versions 2
     o = _new(AlterConfigsRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -438,7 +524,7 @@ def _write_AlterConfigsRequest_v2(o: AlterConfigsRequest, w: _Writer) -> None:
         _write_AlterConfigsResource_v2(item2, w)
     w(_S_z.pack(o.validate_only))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AlterConfigsRequest)
     else:
         w(b"\x00")
 

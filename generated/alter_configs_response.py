@@ -168,12 +168,12 @@ def _read_AlterConfigsResourceResponse_v2(
     o = _new(AlterConfigsResourceResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -186,12 +186,12 @@ def _read_AlterConfigsResourceResponse_v2(
         pos = end
     o.resource_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -245,7 +245,7 @@ def _write_AlterConfigsResourceResponse_v2(o: AlterConfigsResourceResponse, w: _
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw3)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AlterConfigsResourceResponse)
     else:
         w(b"\x00")
 
@@ -264,7 +264,34 @@ def _read_AlterConfigsResponse_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AlterConfigsResourceResponse_v0(buf, pos)
+            item2 = _new(AlterConfigsResourceResponse)
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.error_message = buf[pos:end].decode()
+                pos = end
+            item2.resource_type = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.resource_name = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.responses = items1
     o._unknown_tags = None
@@ -276,12 +303,12 @@ def _read_AlterConfigsResponse_v2(buf: bytes, pos: int) -> tuple[AlterConfigsRes
     o = _new(AlterConfigsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -289,7 +316,48 @@ def _read_AlterConfigsResponse_v2(buf: bytes, pos: int) -> tuple[AlterConfigsRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AlterConfigsResourceResponse_v2(buf, pos)
+            item2 = _new(AlterConfigsResourceResponse)
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.error_message = buf[pos:end].decode()
+                pos = end
+            item2.resource_type = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.resource_name = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_AlterConfigsResourceResponse
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.responses = items1
     if buf[pos]:
@@ -307,7 +375,22 @@ def _write_AlterConfigsResponse_v0(o: AlterConfigsResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_AlterConfigsResourceResponse_v0(item2, w)
+        w(_S_h.pack(item2.error_code))
+        x3 = item2.error_message
+        if x3 is None:
+            w(b"\xff\xff")
+        else:
+            raw4 = x3.encode()
+            n = len(raw4)
+            w(_S_h.pack(n))
+            w(raw4)
+        w(_S_b.pack(item2.resource_type))
+        raw5 = item2.resource_name.encode()
+        n = len(raw5)
+        w(_S_h.pack(n))
+        w(raw5)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -319,9 +402,26 @@ def _write_AlterConfigsResponse_v2(o: AlterConfigsResponse, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_AlterConfigsResourceResponse_v2(item2, w)
+        w(_S_h.pack(item2.error_code))
+        x3 = item2.error_message
+        if x3 is None:
+            w(b"\x00")
+        else:
+            raw4 = x3.encode()
+            n = len(raw4)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw4)
+        w(_S_b.pack(item2.resource_type))
+        raw5 = item2.resource_name.encode()
+        n = len(raw5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw5)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_AlterConfigsResourceResponse)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AlterConfigsResponse)
     else:
         w(b"\x00")
 

@@ -21,6 +21,7 @@ from kafscale.protocol.wire import array_struct as _array_struct
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -34,6 +35,7 @@ __all__ = [
 _new = object.__new__
 
 _S_i = _Packer(">i")
+_A_i = _small_arrays("i")
 
 
 class AlterPartitionReassignmentsRequest(_Message):
@@ -142,12 +144,12 @@ def _read_ReassignablePartition_v0(buf: bytes, pos: int) -> tuple[ReassignablePa
     o = _new(ReassignablePartition)
     o.partition_index = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad array length {n}", offset=pos)
@@ -155,7 +157,9 @@ def _read_ReassignablePartition_v0(buf: bytes, pos: int) -> tuple[ReassignablePa
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ReassignablePartition)
@@ -175,9 +179,9 @@ def _write_ReassignablePartition_v0(o: ReassignablePartition, w: _Writer) -> Non
         items2 = x1
         n = len(items2)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(_array_struct("i", n).pack(*items2))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ReassignablePartition)
     else:
         w(b"\x00")
 
@@ -185,12 +189,12 @@ def _write_ReassignablePartition_v0(o: ReassignablePartition, w: _Writer) -> Non
 def _read_ReassignableTopic_v0(buf: bytes, pos: int) -> tuple[ReassignableTopic, int]:
     # versions 0
     o = _new(ReassignableTopic)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -199,12 +203,12 @@ def _read_ReassignableTopic_v0(buf: bytes, pos: int) -> tuple[ReassignableTopic,
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -212,7 +216,33 @@ def _read_ReassignableTopic_v0(buf: bytes, pos: int) -> tuple[ReassignableTopic,
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ReassignablePartition_v0(buf, pos)
+            item2 = _new(ReassignablePartition)
+            item2.partition_index = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad array length {n}", offset=pos)
+                item2.replicas = None
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ReassignablePartition)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -233,9 +263,21 @@ def _write_ReassignableTopic_v0(o: ReassignableTopic, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_ReassignablePartition_v0(item3, w)
+        w(_S_i.pack(item3.partition_index))
+        x4 = item3.replicas
+        if x4 is None:
+            w(b"\x00")
+        else:
+            items5 = x4
+            n = len(items5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_ReassignablePartition)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ReassignableTopic)
     else:
         w(b"\x00")
 
@@ -247,12 +289,12 @@ def _read_AlterPartitionReassignmentsRequest_v0(
     o = _new(AlterPartitionReassignmentsRequest)
     o.timeout_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -282,7 +324,7 @@ def _write_AlterPartitionReassignmentsRequest_v0(
     for item2 in items1:
         _write_ReassignableTopic_v0(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AlterPartitionReassignmentsRequest)
     else:
         w(b"\x00")
 

@@ -167,12 +167,12 @@ def _read_ReassignablePartitionResponse_v0(
     o = _new(ReassignablePartitionResponse)
     o.partition_index, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -203,7 +203,7 @@ def _write_ReassignablePartitionResponse_v0(o: ReassignablePartitionResponse, w:
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw2)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ReassignablePartitionResponse)
     else:
         w(b"\x00")
 
@@ -213,12 +213,12 @@ def _read_ReassignableTopicResponse_v0(
 ) -> tuple[ReassignableTopicResponse, int]:
     # versions 0
     o = _new(ReassignableTopicResponse)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -227,12 +227,12 @@ def _read_ReassignableTopicResponse_v0(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -240,7 +240,32 @@ def _read_ReassignableTopicResponse_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ReassignablePartitionResponse_v0(buf, pos)
+            item2 = _new(ReassignablePartitionResponse)
+            item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.error_message = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_ReassignablePartitionResponse
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -261,9 +286,21 @@ def _write_ReassignableTopicResponse_v0(o: ReassignableTopicResponse, w: _Writer
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_ReassignablePartitionResponse_v0(item3, w)
+        w(_S_ih.pack(item3.partition_index, item3.error_code))
+        x4 = item3.error_message
+        if x4 is None:
+            w(b"\x00")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw5)
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_ReassignablePartitionResponse)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ReassignableTopicResponse)
     else:
         w(b"\x00")
 
@@ -275,12 +312,12 @@ def _read_AlterPartitionReassignmentsResponse_v0(
     o = _new(AlterPartitionReassignmentsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -291,12 +328,12 @@ def _read_AlterPartitionReassignmentsResponse_v0(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.error_message = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -336,7 +373,7 @@ def _write_AlterPartitionReassignmentsResponse_v0(
     for item4 in items3:
         _write_ReassignableTopicResponse_v0(item4, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AlterPartitionReassignmentsResponse)
     else:
         w(b"\x00")
 

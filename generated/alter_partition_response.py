@@ -23,6 +23,7 @@ from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uuid as _read_uuid
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -39,6 +40,7 @@ _S_bi = _Packer(">bi")
 _S_i = _Packer(">i")
 _S_ih = _Packer(">ih")
 _S_ihii = _Packer(">ihii")
+_A_i = _small_arrays("i")
 
 
 class AlterPartitionResponse(_Message):
@@ -212,18 +214,18 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     o.leader_recovery_state = 0
     o.partition_index, o.error_code, o.leader_id, o.leader_epoch = _S_ihii.unpack_from(buf, pos)
     pos += 14
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.isr = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.isr = [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
         pos += 4 * n
     o.partition_epoch = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -240,18 +242,18 @@ def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     o = _new(PartitionData)
     o.partition_index, o.error_code, o.leader_id, o.leader_epoch = _S_ihii.unpack_from(buf, pos)
     pos += 14
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.isr = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.isr = [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
         pos += 4 * n
     o.leader_recovery_state, o.partition_epoch = _S_bi.unpack_from(buf, pos)
     pos += 5
@@ -269,10 +271,10 @@ def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
     items1 = o.isr
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     w(_S_i.pack(o.partition_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
     else:
         w(b"\x00")
 
@@ -283,10 +285,10 @@ def _write_PartitionData_v1(o: PartitionData, w: _Writer) -> None:
     items1 = o.isr
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     w(_S_bi.pack(o.leader_recovery_state, o.partition_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
     else:
         w(b"\x00")
 
@@ -295,12 +297,12 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0
     o = _new(TopicData)
     o.topic_id = _ZERO_UUID
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -309,12 +311,12 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -322,7 +324,36 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionData_v0(buf, pos)
+            item2 = _new(PartitionData)
+            item2.leader_recovery_state = 0
+            item2.partition_index, item2.error_code, item2.leader_id, item2.leader_epoch = (
+                _S_ihii.unpack_from(buf, pos)
+            )
+            pos += 14
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.partition_epoch = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -337,12 +368,12 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 1
     o = _new(TopicData)
     o.topic_id = _ZERO_UUID
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -351,12 +382,12 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -364,7 +395,35 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionData_v1(buf, pos)
+            item2 = _new(PartitionData)
+            item2.partition_index, item2.error_code, item2.leader_id, item2.leader_epoch = (
+                _S_ihii.unpack_from(buf, pos)
+            )
+            pos += 14
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.leader_recovery_state, item2.partition_epoch = _S_bi.unpack_from(buf, pos)
+            pos += 5
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -381,12 +440,12 @@ def _read_TopicData_v2(buf: bytes, pos: int) -> tuple[TopicData, int]:
     o.topic_name = ""
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -394,7 +453,35 @@ def _read_TopicData_v2(buf: bytes, pos: int) -> tuple[TopicData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionData_v1(buf, pos)
+            item2 = _new(PartitionData)
+            item2.partition_index, item2.error_code, item2.leader_id, item2.leader_epoch = (
+                _S_ihii.unpack_from(buf, pos)
+            )
+            pos += 14
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.leader_recovery_state, item2.partition_epoch = _S_bi.unpack_from(buf, pos)
+            pos += 5
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -415,9 +502,22 @@ def _write_TopicData_v0(o: TopicData, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_PartitionData_v0(item3, w)
+        w(
+            _S_ihii.pack(
+                item3.partition_index, item3.error_code, item3.leader_id, item3.leader_epoch
+            )
+        )
+        items4 = item3.isr
+        n = len(items4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        w(_S_i.pack(item3.partition_epoch))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_PartitionData)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicData)
     else:
         w(b"\x00")
 
@@ -432,9 +532,22 @@ def _write_TopicData_v1(o: TopicData, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_PartitionData_v1(item3, w)
+        w(
+            _S_ihii.pack(
+                item3.partition_index, item3.error_code, item3.leader_id, item3.leader_epoch
+            )
+        )
+        items4 = item3.isr
+        n = len(items4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        w(_S_bi.pack(item3.leader_recovery_state, item3.partition_epoch))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_PartitionData)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicData)
     else:
         w(b"\x00")
 
@@ -446,9 +559,22 @@ def _write_TopicData_v2(o: TopicData, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_PartitionData_v1(item2, w)
+        w(
+            _S_ihii.pack(
+                item2.partition_index, item2.error_code, item2.leader_id, item2.leader_epoch
+            )
+        )
+        items3 = item2.isr
+        n = len(items3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items3))
+        w(_S_bi.pack(item2.leader_recovery_state, item2.partition_epoch))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_PartitionData)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicData)
     else:
         w(b"\x00")
 
@@ -458,12 +584,12 @@ def _read_AlterPartitionResponse_v0(buf: bytes, pos: int) -> tuple[AlterPartitio
     o = _new(AlterPartitionResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -487,12 +613,12 @@ def _read_AlterPartitionResponse_v1(buf: bytes, pos: int) -> tuple[AlterPartitio
     o = _new(AlterPartitionResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -516,12 +642,12 @@ def _read_AlterPartitionResponse_v2(buf: bytes, pos: int) -> tuple[AlterPartitio
     o = _new(AlterPartitionResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -549,7 +675,7 @@ def _write_AlterPartitionResponse_v0(o: AlterPartitionResponse, w: _Writer) -> N
     for item2 in items1:
         _write_TopicData_v0(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AlterPartitionResponse)
     else:
         w(b"\x00")
 
@@ -563,7 +689,7 @@ def _write_AlterPartitionResponse_v1(o: AlterPartitionResponse, w: _Writer) -> N
     for item2 in items1:
         _write_TopicData_v1(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AlterPartitionResponse)
     else:
         w(b"\x00")
 
@@ -577,7 +703,7 @@ def _write_AlterPartitionResponse_v2(o: AlterPartitionResponse, w: _Writer) -> N
     for item2 in items1:
         _write_TopicData_v2(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AlterPartitionResponse)
     else:
         w(b"\x00")
 

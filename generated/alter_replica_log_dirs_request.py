@@ -21,6 +21,7 @@ from kafscale.protocol.wire import array_struct as _array_struct
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -35,6 +36,7 @@ _new = object.__new__
 
 _S_h = _Packer(">h")
 _S_i = _Packer(">i")
+_A_i = _small_arrays("i")
 
 
 class AlterReplicaLogDirsRequest(_Message):
@@ -152,7 +154,9 @@ def _read_AlterReplicaLogDirTopic_v0(buf: bytes, pos: int) -> tuple[AlterReplica
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.partitions = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.partitions = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o._unknown_tags = None
     return o, pos
@@ -161,12 +165,12 @@ def _read_AlterReplicaLogDirTopic_v0(buf: bytes, pos: int) -> tuple[AlterReplica
 def _read_AlterReplicaLogDirTopic_v2(buf: bytes, pos: int) -> tuple[AlterReplicaLogDirTopic, int]:
     # versions 2
     o = _new(AlterReplicaLogDirTopic)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -175,18 +179,20 @@ def _read_AlterReplicaLogDirTopic_v2(buf: bytes, pos: int) -> tuple[AlterReplica
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.partitions = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.partitions = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_AlterReplicaLogDirTopic)
@@ -205,7 +211,7 @@ def _write_AlterReplicaLogDirTopic_v0(o: AlterReplicaLogDirTopic, w: _Writer) ->
     items2 = o.partitions
     n = len(items2)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items2))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -219,9 +225,9 @@ def _write_AlterReplicaLogDirTopic_v2(o: AlterReplicaLogDirTopic, w: _Writer) ->
     items2 = o.partitions
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items2))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AlterReplicaLogDirTopic)
     else:
         w(b"\x00")
 
@@ -248,7 +254,31 @@ def _read_AlterReplicaLogDir_v0(buf: bytes, pos: int) -> tuple[AlterReplicaLogDi
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AlterReplicaLogDirTopic_v0(buf, pos)
+            item2 = _new(AlterReplicaLogDirTopic)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.topics = items1
     o._unknown_tags = None
@@ -258,12 +288,12 @@ def _read_AlterReplicaLogDir_v0(buf: bytes, pos: int) -> tuple[AlterReplicaLogDi
 def _read_AlterReplicaLogDir_v2(buf: bytes, pos: int) -> tuple[AlterReplicaLogDir, int]:
     # versions 2
     o = _new(AlterReplicaLogDir)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -272,12 +302,12 @@ def _read_AlterReplicaLogDir_v2(buf: bytes, pos: int) -> tuple[AlterReplicaLogDi
             raise _too_long("string", n, len(buf) - pos, pos)
         o.path = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -285,7 +315,45 @@ def _read_AlterReplicaLogDir_v2(buf: bytes, pos: int) -> tuple[AlterReplicaLogDi
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AlterReplicaLogDirTopic_v2(buf, pos)
+            item2 = _new(AlterReplicaLogDirTopic)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_AlterReplicaLogDirTopic
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.topics = items1
     if buf[pos]:
@@ -306,7 +374,16 @@ def _write_AlterReplicaLogDir_v0(o: AlterReplicaLogDir, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_AlterReplicaLogDirTopic_v0(item3, w)
+        raw4 = item3.name.encode()
+        n = len(raw4)
+        w(_S_h.pack(n))
+        w(raw4)
+        items5 = item3.partitions
+        n = len(items5)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -321,9 +398,20 @@ def _write_AlterReplicaLogDir_v2(o: AlterReplicaLogDir, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_AlterReplicaLogDirTopic_v2(item3, w)
+        raw4 = item3.name.encode()
+        n = len(raw4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw4)
+        items5 = item3.partitions
+        n = len(items5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_AlterReplicaLogDirTopic)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AlterReplicaLogDir)
     else:
         w(b"\x00")
 
@@ -354,12 +442,12 @@ def _read_AlterReplicaLogDirsRequest_v2(
 ) -> tuple[AlterReplicaLogDirsRequest, int]:
     # versions 2
     o = _new(AlterReplicaLogDirsRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -397,7 +485,7 @@ def _write_AlterReplicaLogDirsRequest_v2(o: AlterReplicaLogDirsRequest, w: _Writ
     for item2 in items1:
         _write_AlterReplicaLogDir_v2(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AlterReplicaLogDirsRequest)
     else:
         w(b"\x00")
 

@@ -183,7 +183,7 @@ def _write_AlterReplicaLogDirPartitionResult_v2(
     # versions 2
     w(_S_ih.pack(o.partition_index, o.error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AlterReplicaLogDirPartitionResult)
     else:
         w(b"\x00")
 
@@ -212,7 +212,10 @@ def _read_AlterReplicaLogDirTopicResult_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AlterReplicaLogDirPartitionResult_v0(buf, pos)
+            item2 = _new(AlterReplicaLogDirPartitionResult)
+            item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -224,12 +227,12 @@ def _read_AlterReplicaLogDirTopicResult_v2(
 ) -> tuple[AlterReplicaLogDirTopicResult, int]:
     # versions 2
     o = _new(AlterReplicaLogDirTopicResult)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -238,12 +241,12 @@ def _read_AlterReplicaLogDirTopicResult_v2(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -251,7 +254,16 @@ def _read_AlterReplicaLogDirTopicResult_v2(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AlterReplicaLogDirPartitionResult_v2(buf, pos)
+            item2 = _new(AlterReplicaLogDirPartitionResult)
+            item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_AlterReplicaLogDirPartitionResult
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -272,7 +284,9 @@ def _write_AlterReplicaLogDirTopicResult_v0(o: AlterReplicaLogDirTopicResult, w:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_AlterReplicaLogDirPartitionResult_v0(item3, w)
+        w(_S_ih.pack(item3.partition_index, item3.error_code))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -287,9 +301,13 @@ def _write_AlterReplicaLogDirTopicResult_v2(o: AlterReplicaLogDirTopicResult, w:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_AlterReplicaLogDirPartitionResult_v2(item3, w)
+        w(_S_ih.pack(item3.partition_index, item3.error_code))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_AlterReplicaLogDirPartitionResult)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AlterReplicaLogDirTopicResult)
     else:
         w(b"\x00")
 
@@ -324,12 +342,12 @@ def _read_AlterReplicaLogDirsResponse_v2(
     o = _new(AlterReplicaLogDirsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -369,7 +387,7 @@ def _write_AlterReplicaLogDirsResponse_v2(o: AlterReplicaLogDirsResponse, w: _Wr
     for item2 in items1:
         _write_AlterReplicaLogDirTopicResult_v2(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AlterReplicaLogDirsResponse)
     else:
         w(b"\x00")
 

@@ -164,12 +164,12 @@ _TAGS_ScramCredentialUpsertion: frozenset[int] = frozenset()
 def _read_ScramCredentialDeletion_v0(buf: bytes, pos: int) -> tuple[ScramCredentialDeletion, int]:
     # versions 0
     o = _new(ScramCredentialDeletion)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -196,7 +196,7 @@ def _write_ScramCredentialDeletion_v0(o: ScramCredentialDeletion, w: _Writer) ->
     w(raw1)
     w(_S_b.pack(o.mechanism))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ScramCredentialDeletion)
     else:
         w(b"\x00")
 
@@ -204,12 +204,12 @@ def _write_ScramCredentialDeletion_v0(o: ScramCredentialDeletion, w: _Writer) ->
 def _read_ScramCredentialUpsertion_v0(buf: bytes, pos: int) -> tuple[ScramCredentialUpsertion, int]:
     # versions 0
     o = _new(ScramCredentialUpsertion)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -220,12 +220,12 @@ def _read_ScramCredentialUpsertion_v0(buf: bytes, pos: int) -> tuple[ScramCreden
         pos = end
     o.mechanism, o.iterations = _S_bi.unpack_from(buf, pos)
     pos += 5
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("bytes", pos)
     else:
@@ -234,12 +234,12 @@ def _read_ScramCredentialUpsertion_v0(buf: bytes, pos: int) -> tuple[ScramCreden
             raise _too_long("bytes", n, len(buf) - pos, pos)
         o.salt = bytes(buf[pos:end])
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("bytes", pos)
     else:
@@ -270,7 +270,7 @@ def _write_ScramCredentialUpsertion_v0(o: ScramCredentialUpsertion, w: _Writer) 
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(o.salted_password)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ScramCredentialUpsertion)
     else:
         w(b"\x00")
 
@@ -280,12 +280,12 @@ def _read_AlterUserScramCredentialsRequest_v0(
 ) -> tuple[AlterUserScramCredentialsRequest, int]:
     # versions 0
     o = _new(AlterUserScramCredentialsRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -293,15 +293,38 @@ def _read_AlterUserScramCredentialsRequest_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ScramCredentialDeletion_v0(buf, pos)
+            item2 = _new(ScramCredentialDeletion)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            item2.mechanism = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_ScramCredentialDeletion
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.deletions = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -309,7 +332,58 @@ def _read_AlterUserScramCredentialsRequest_v0(
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_ScramCredentialUpsertion_v0(buf, pos)
+            item4 = _new(ScramCredentialUpsertion)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.name = buf[pos:end].decode()
+                pos = end
+            item4.mechanism, item4.iterations = _S_bi.unpack_from(buf, pos)
+            pos += 5
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item4.salt = bytes(buf[pos:end])
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item4.salted_password = bytes(buf[pos:end])
+                pos = end
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_ScramCredentialUpsertion
+                )
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.upsertions = items3
     if buf[pos]:
@@ -328,14 +402,36 @@ def _write_AlterUserScramCredentialsRequest_v0(
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_ScramCredentialDeletion_v0(item2, w)
-    items3 = o.upsertions
-    n = len(items3)
+        raw3 = item2.name.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        w(_S_b.pack(item2.mechanism))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_ScramCredentialDeletion)
+        else:
+            w(b"\x00")
+    items4 = o.upsertions
+    n = len(items4)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    for item4 in items3:
-        _write_ScramCredentialUpsertion_v0(item4, w)
+    for item5 in items4:
+        raw6 = item5.name.encode()
+        n = len(raw6)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw6)
+        w(_S_bi.pack(item5.mechanism, item5.iterations))
+        n = len(item5.salt)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(item5.salt)
+        n = len(item5.salted_password)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(item5.salted_password)
+        if item5._unknown_tags:
+            _write_tags(w, [], item5._unknown_tags, _TAGS_ScramCredentialUpsertion)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AlterUserScramCredentialsRequest)
     else:
         w(b"\x00")
 

@@ -118,12 +118,12 @@ def _read_AlterUserScramCredentialsResult_v0(
 ) -> tuple[AlterUserScramCredentialsResult, int]:
     # versions 0
     o = _new(AlterUserScramCredentialsResult)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -134,12 +134,12 @@ def _read_AlterUserScramCredentialsResult_v0(
         pos = end
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -176,7 +176,7 @@ def _write_AlterUserScramCredentialsResult_v0(
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AlterUserScramCredentialsResult)
     else:
         w(b"\x00")
 
@@ -188,12 +188,12 @@ def _read_AlterUserScramCredentialsResponse_v0(
     o = _new(AlterUserScramCredentialsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -201,7 +201,46 @@ def _read_AlterUserScramCredentialsResponse_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AlterUserScramCredentialsResult_v0(buf, pos)
+            item2 = _new(AlterUserScramCredentialsResult)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.user = buf[pos:end].decode()
+                pos = end
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.error_message = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_AlterUserScramCredentialsResult
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.results = items1
     if buf[pos]:
@@ -221,9 +260,25 @@ def _write_AlterUserScramCredentialsResponse_v0(
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_AlterUserScramCredentialsResult_v0(item2, w)
+        raw3 = item2.user.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        w(_S_h.pack(item2.error_code))
+        x4 = item2.error_message
+        if x4 is None:
+            w(b"\x00")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw5)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_AlterUserScramCredentialsResult)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AlterUserScramCredentialsResponse)
     else:
         w(b"\x00")
 

@@ -84,12 +84,12 @@ def _read_ApiVersionsRequest_v0(buf: bytes, pos: int) -> tuple[ApiVersionsReques
 def _read_ApiVersionsRequest_v3(buf: bytes, pos: int) -> tuple[ApiVersionsRequest, int]:
     # versions 3-4
     o = _new(ApiVersionsRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -98,12 +98,12 @@ def _read_ApiVersionsRequest_v3(buf: bytes, pos: int) -> tuple[ApiVersionsReques
             raise _too_long("string", n, len(buf) - pos, pos)
         o.client_software_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -137,7 +137,7 @@ def _write_ApiVersionsRequest_v3(o: ApiVersionsRequest, w: _Writer) -> None:
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw2)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ApiVersionsRequest)
     else:
         w(b"\x00")
 

@@ -288,7 +288,7 @@ def _write_ApiVersion_v3(o: ApiVersion, w: _Writer) -> None:
     # versions 3-4
     w(_S_hhh.pack(o.api_key, o.min_version, o.max_version))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ApiVersion)
     else:
         w(b"\x00")
 
@@ -296,12 +296,12 @@ def _write_ApiVersion_v3(o: ApiVersion, w: _Writer) -> None:
 def _read_SupportedFeatureKey_v3(buf: bytes, pos: int) -> tuple[SupportedFeatureKey, int]:
     # versions 3-4
     o = _new(SupportedFeatureKey)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -328,7 +328,7 @@ def _write_SupportedFeatureKey_v3(o: SupportedFeatureKey, w: _Writer) -> None:
     w(raw1)
     w(_S_hh.pack(o.min_version, o.max_version))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_SupportedFeatureKey)
     else:
         w(b"\x00")
 
@@ -336,12 +336,12 @@ def _write_SupportedFeatureKey_v3(o: SupportedFeatureKey, w: _Writer) -> None:
 def _read_FinalizedFeatureKey_v3(buf: bytes, pos: int) -> tuple[FinalizedFeatureKey, int]:
     # versions 3-4
     o = _new(FinalizedFeatureKey)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -368,7 +368,7 @@ def _write_FinalizedFeatureKey_v3(o: FinalizedFeatureKey, w: _Writer) -> None:
     w(raw1)
     w(_S_hh.pack(o.max_version_level, o.min_version_level))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FinalizedFeatureKey)
     else:
         w(b"\x00")
 
@@ -383,12 +383,12 @@ def _read_tags_ApiVersionsResponse_v3(o: ApiVersionsResponse, buf: bytes, pos: i
         tag, pos = _uvarint(buf, pos)
         tend, pos = _tag_end(buf, pos)
         if tag == 0:
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("array", pos)
             elif n > len(buf) - pos:
@@ -396,7 +396,30 @@ def _read_tags_ApiVersionsResponse_v3(o: ApiVersionsResponse, buf: bytes, pos: i
             else:
                 items1: list[_Any] = []
                 for _ in range(n):
-                    item2, pos = _read_SupportedFeatureKey_v3(buf, pos)
+                    item2 = _new(SupportedFeatureKey)
+                    n = buf[pos] - 1
+                    if n < 127:
+                        pos += 1
+                    else:
+                        n, pos = _uvarint(buf, pos)
+                        n -= 1
+                    if n < 0:
+                        raise _null_error("string", pos)
+                    else:
+                        end = pos + n
+                        if end > len(buf):
+                            raise _too_long("string", n, len(buf) - pos, pos)
+                        item2.name = buf[pos:end].decode()
+                        pos = end
+                    item2.min_version, item2.max_version = _S_hh.unpack_from(buf, pos)
+                    pos += 4
+                    if buf[pos]:
+                        item2._unknown_tags, pos = _read_tag_section(
+                            buf, pos, _TAGS_SupportedFeatureKey
+                        )
+                    else:
+                        item2._unknown_tags = None
+                        pos += 1
                     items1.append(item2)
                 o.supported_features = items1
             _check_tag_end(pos, tend, 0)
@@ -405,12 +428,12 @@ def _read_tags_ApiVersionsResponse_v3(o: ApiVersionsResponse, buf: bytes, pos: i
             pos += 8
             _check_tag_end(pos, tend, 1)
         elif tag == 2:
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("array", pos)
             elif n > len(buf) - pos:
@@ -418,7 +441,30 @@ def _read_tags_ApiVersionsResponse_v3(o: ApiVersionsResponse, buf: bytes, pos: i
             else:
                 items3: list[_Any] = []
                 for _ in range(n):
-                    item4, pos = _read_FinalizedFeatureKey_v3(buf, pos)
+                    item4 = _new(FinalizedFeatureKey)
+                    n = buf[pos] - 1
+                    if n < 127:
+                        pos += 1
+                    else:
+                        n, pos = _uvarint(buf, pos)
+                        n -= 1
+                    if n < 0:
+                        raise _null_error("string", pos)
+                    else:
+                        end = pos + n
+                        if end > len(buf):
+                            raise _too_long("string", n, len(buf) - pos, pos)
+                        item4.name = buf[pos:end].decode()
+                        pos = end
+                    item4.max_version_level, item4.min_version_level = _S_hh.unpack_from(buf, pos)
+                    pos += 4
+                    if buf[pos]:
+                        item4._unknown_tags, pos = _read_tag_section(
+                            buf, pos, _TAGS_FinalizedFeatureKey
+                        )
+                    else:
+                        item4._unknown_tags = None
+                        pos += 1
                     items3.append(item4)
                 o.finalized_features = items3
             _check_tag_end(pos, tend, 2)
@@ -456,7 +502,10 @@ def _read_ApiVersionsResponse_v0(buf: bytes, pos: int) -> tuple[ApiVersionsRespo
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ApiVersion_v0(buf, pos)
+            item2 = _new(ApiVersion)
+            item2.api_key, item2.min_version, item2.max_version = _S_hhh.unpack_from(buf, pos)
+            pos += 6
+            item2._unknown_tags = None
             items1.append(item2)
         o.api_keys = items1
     o._unknown_tags = None
@@ -481,7 +530,10 @@ def _read_ApiVersionsResponse_v1(buf: bytes, pos: int) -> tuple[ApiVersionsRespo
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ApiVersion_v0(buf, pos)
+            item2 = _new(ApiVersion)
+            item2.api_key, item2.min_version, item2.max_version = _S_hhh.unpack_from(buf, pos)
+            pos += 6
+            item2._unknown_tags = None
             items1.append(item2)
         o.api_keys = items1
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
@@ -499,12 +551,12 @@ def _read_ApiVersionsResponse_v3(buf: bytes, pos: int) -> tuple[ApiVersionsRespo
     o.zk_migration_ready = False
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -512,7 +564,14 @@ def _read_ApiVersionsResponse_v3(buf: bytes, pos: int) -> tuple[ApiVersionsRespo
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ApiVersion_v3(buf, pos)
+            item2 = _new(ApiVersion)
+            item2.api_key, item2.min_version, item2.max_version = _S_hhh.unpack_from(buf, pos)
+            pos += 6
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ApiVersion)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.api_keys = items1
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
@@ -532,7 +591,9 @@ def _write_ApiVersionsResponse_v0(o: ApiVersionsResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_ApiVersion_v0(item2, w)
+        w(_S_hhh.pack(item2.api_key, item2.min_version, item2.max_version))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -544,7 +605,9 @@ def _write_ApiVersionsResponse_v1(o: ApiVersionsResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_ApiVersion_v0(item2, w)
+        w(_S_hhh.pack(item2.api_key, item2.min_version, item2.max_version))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     w(_S_i.pack(o.throttle_time_ms))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -557,35 +620,55 @@ def _write_ApiVersionsResponse_v3(o: ApiVersionsResponse, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_ApiVersion_v3(item2, w)
+        w(_S_hhh.pack(item2.api_key, item2.min_version, item2.max_version))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_ApiVersion)
+        else:
+            w(b"\x00")
     w(_S_i.pack(o.throttle_time_ms))
-    tags: _UnknownTags = []
+    tags3: _UnknownTags = []
     if o.supported_features != []:
-        tag_parts3: list[_Buffer] = []
-        items4 = o.supported_features
-        n = len(items4)
-        tag_parts3.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        for item5 in items4:
-            _write_SupportedFeatureKey_v3(item5, tag_parts3.append)
-        tags.append((0, b"".join(tag_parts3)))
+        tag_parts4: list[_Buffer] = []
+        items5 = o.supported_features
+        n = len(items5)
+        tag_parts4.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        for item6 in items5:
+            raw7 = item6.name.encode()
+            n = len(raw7)
+            tag_parts4.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            tag_parts4.append(raw7)
+            tag_parts4.append(_S_hh.pack(item6.min_version, item6.max_version))
+            if item6._unknown_tags:
+                _write_tags(tag_parts4.append, [], item6._unknown_tags, _TAGS_SupportedFeatureKey)
+            else:
+                tag_parts4.append(b"\x00")
+        tags3.append((0, b"".join(tag_parts4)))
     if o.finalized_features_epoch != -1:
-        tag_parts6: list[_Buffer] = []
-        tag_parts6.append(_S_q.pack(o.finalized_features_epoch))
-        tags.append((1, b"".join(tag_parts6)))
+        tag_parts8: list[_Buffer] = []
+        tag_parts8.append(_S_q.pack(o.finalized_features_epoch))
+        tags3.append((1, b"".join(tag_parts8)))
     if o.finalized_features != []:
-        tag_parts7: list[_Buffer] = []
-        items8 = o.finalized_features
-        n = len(items8)
-        tag_parts7.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        for item9 in items8:
-            _write_FinalizedFeatureKey_v3(item9, tag_parts7.append)
-        tags.append((2, b"".join(tag_parts7)))
+        tag_parts9: list[_Buffer] = []
+        items10 = o.finalized_features
+        n = len(items10)
+        tag_parts9.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        for item11 in items10:
+            raw12 = item11.name.encode()
+            n = len(raw12)
+            tag_parts9.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            tag_parts9.append(raw12)
+            tag_parts9.append(_S_hh.pack(item11.max_version_level, item11.min_version_level))
+            if item11._unknown_tags:
+                _write_tags(tag_parts9.append, [], item11._unknown_tags, _TAGS_FinalizedFeatureKey)
+            else:
+                tag_parts9.append(b"\x00")
+        tags3.append((2, b"".join(tag_parts9)))
     if o.zk_migration_ready:
-        tag_parts10: list[_Buffer] = []
-        tag_parts10.append(_S_z.pack(o.zk_migration_ready))
-        tags.append((3, b"".join(tag_parts10)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+        tag_parts13: list[_Buffer] = []
+        tag_parts13.append(_S_z.pack(o.zk_migration_ready))
+        tags3.append((3, b"".join(tag_parts13)))
+    if tags3 or o._unknown_tags:
+        _write_tags(w, tags3, o._unknown_tags, _TAGS_ApiVersionsResponse)
     else:
         w(b"\x00")
 

@@ -186,7 +186,7 @@ def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
     # versions 0
     w(_S_i.pack(o.partition_index))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
     else:
         w(b"\x00")
 
@@ -196,12 +196,12 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     o = _new(TopicData)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -209,7 +209,14 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionData_v0(buf, pos)
+            item2 = _new(PartitionData)
+            item2.partition_index = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -227,9 +234,13 @@ def _write_TopicData_v0(o: TopicData, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_PartitionData_v0(item2, w)
+        w(_S_i.pack(item2.partition_index))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_PartitionData)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicData)
     else:
         w(b"\x00")
 
@@ -239,12 +250,12 @@ def _read_DirectoryData_v0(buf: bytes, pos: int) -> tuple[DirectoryData, int]:
     o = _new(DirectoryData)
     o.id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -272,7 +283,7 @@ def _write_DirectoryData_v0(o: DirectoryData, w: _Writer) -> None:
     for item2 in items1:
         _write_TopicData_v0(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DirectoryData)
     else:
         w(b"\x00")
 
@@ -284,12 +295,12 @@ def _read_AssignReplicasToDirsRequest_v0(
     o = _new(AssignReplicasToDirsRequest)
     o.broker_id, o.broker_epoch = _S_iq.unpack_from(buf, pos)
     pos += 12
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -317,7 +328,7 @@ def _write_AssignReplicasToDirsRequest_v0(o: AssignReplicasToDirsRequest, w: _Wr
     for item2 in items1:
         _write_DirectoryData_v0(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AssignReplicasToDirsRequest)
     else:
         w(b"\x00")
 

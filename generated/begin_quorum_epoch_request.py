@@ -258,7 +258,7 @@ def _write_PartitionData_v1(o: PartitionData, w: _Writer) -> None:
     w(o.voter_directory_id.bytes)
     w(_S_ii.pack(o.leader_id, o.leader_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
     else:
         w(b"\x00")
 
@@ -285,7 +285,13 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionData_v0(buf, pos)
+            item2 = _new(PartitionData)
+            item2.voter_directory_id = _ZERO_UUID
+            item2.partition_index, item2.leader_id, item2.leader_epoch = _S_iii.unpack_from(
+                buf, pos
+            )
+            pos += 12
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -295,12 +301,12 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
 def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 1
     o = _new(TopicData)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -309,12 +315,12 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -322,7 +328,18 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionData_v1(buf, pos)
+            item2 = _new(PartitionData)
+            item2.partition_index = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            item2.voter_directory_id = _read_uuid(buf, pos)
+            pos += 16
+            item2.leader_id, item2.leader_epoch = _S_ii.unpack_from(buf, pos)
+            pos += 8
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -343,7 +360,9 @@ def _write_TopicData_v0(o: TopicData, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_PartitionData_v0(item3, w)
+        w(_S_iii.pack(item3.partition_index, item3.leader_id, item3.leader_epoch))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -358,9 +377,15 @@ def _write_TopicData_v1(o: TopicData, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_PartitionData_v1(item3, w)
+        w(_S_i.pack(item3.partition_index))
+        w(item3.voter_directory_id.bytes)
+        w(_S_ii.pack(item3.leader_id, item3.leader_epoch))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_PartitionData)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicData)
     else:
         w(b"\x00")
 
@@ -368,12 +393,12 @@ def _write_TopicData_v1(o: TopicData, w: _Writer) -> None:
 def _read_LeaderEndpoint_v1(buf: bytes, pos: int) -> tuple[LeaderEndpoint, int]:
     # versions 1
     o = _new(LeaderEndpoint)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -382,12 +407,12 @@ def _read_LeaderEndpoint_v1(buf: bytes, pos: int) -> tuple[LeaderEndpoint, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -418,7 +443,7 @@ def _write_LeaderEndpoint_v1(o: LeaderEndpoint, w: _Writer) -> None:
     w(raw2)
     w(_S_H.pack(o.port))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderEndpoint)
     else:
         w(b"\x00")
 
@@ -459,12 +484,12 @@ def _read_BeginQuorumEpochRequest_v0(buf: bytes, pos: int) -> tuple[BeginQuorumE
 def _read_BeginQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[BeginQuorumEpochRequest, int]:
     # versions 1
     o = _new(BeginQuorumEpochRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -477,12 +502,12 @@ def _read_BeginQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[BeginQuorumE
         pos = end
     o.voter_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -493,12 +518,12 @@ def _read_BeginQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[BeginQuorumE
             item2, pos = _read_TopicData_v1(buf, pos)
             items1.append(item2)
         o.topics = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -506,7 +531,42 @@ def _read_BeginQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[BeginQuorumE
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_LeaderEndpoint_v1(buf, pos)
+            item4 = _new(LeaderEndpoint)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.host = buf[pos:end].decode()
+                pos = end
+            item4.port = _S_H.unpack_from(buf, pos)[0]
+            pos += 2
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderEndpoint)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.leader_endpoints = items3
     if buf[pos]:
@@ -556,9 +616,21 @@ def _write_BeginQuorumEpochRequest_v1(o: BeginQuorumEpochRequest, w: _Writer) ->
     n = len(items5)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item6 in items5:
-        _write_LeaderEndpoint_v1(item6, w)
+        raw7 = item6.name.encode()
+        n = len(raw7)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw7)
+        raw8 = item6.host.encode()
+        n = len(raw8)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw8)
+        w(_S_H.pack(item6.port))
+        if item6._unknown_tags:
+            _write_tags(w, [], item6._unknown_tags, _TAGS_LeaderEndpoint)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_BeginQuorumEpochRequest)
     else:
         w(b"\x00")
 

@@ -119,12 +119,12 @@ def _read_tags_BrokerHeartbeatRequest_v1(o: BrokerHeartbeatRequest, buf: bytes, 
         tag, pos = _uvarint(buf, pos)
         tend, pos = _tag_end(buf, pos)
         if tag == 0:
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("array", pos)
             elif n > len(buf) - pos:
@@ -190,7 +190,7 @@ def _write_BrokerHeartbeatRequest_v0(o: BrokerHeartbeatRequest, w: _Writer) -> N
         )
     )
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_BrokerHeartbeatRequest)
     else:
         w(b"\x00")
 
@@ -202,17 +202,17 @@ def _write_BrokerHeartbeatRequest_v1(o: BrokerHeartbeatRequest, w: _Writer) -> N
             o.broker_id, o.broker_epoch, o.current_metadata_offset, o.want_fence, o.want_shut_down
         )
     )
-    tags: _UnknownTags = []
+    tags1: _UnknownTags = []
     if o.offline_log_dirs != []:
-        tag_parts1: list[_Buffer] = []
-        items2 = o.offline_log_dirs
-        n = len(items2)
-        tag_parts1.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        for item3 in items2:
-            tag_parts1.append(item3.bytes)
-        tags.append((0, b"".join(tag_parts1)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+        tag_parts2: list[_Buffer] = []
+        items3 = o.offline_log_dirs
+        n = len(items3)
+        tag_parts2.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        for item4 in items3:
+            tag_parts2.append(item4.bytes)
+        tags1.append((0, b"".join(tag_parts2)))
+    if tags1 or o._unknown_tags:
+        _write_tags(w, tags1, o._unknown_tags, _TAGS_BrokerHeartbeatRequest)
     else:
         w(b"\x00")
 

@@ -110,7 +110,7 @@ def _write_BrokerHeartbeatResponse_v0(o: BrokerHeartbeatResponse, w: _Writer) ->
         )
     )
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_BrokerHeartbeatResponse)
     else:
         w(b"\x00")
 

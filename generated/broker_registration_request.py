@@ -226,12 +226,12 @@ _TAGS_Feature: frozenset[int] = frozenset()
 def _read_Listener_v0(buf: bytes, pos: int) -> tuple[Listener, int]:
     # versions 0-4
     o = _new(Listener)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -240,12 +240,12 @@ def _read_Listener_v0(buf: bytes, pos: int) -> tuple[Listener, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -276,7 +276,7 @@ def _write_Listener_v0(o: Listener, w: _Writer) -> None:
     w(raw2)
     w(_S_Hh.pack(o.port, o.security_protocol))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_Listener)
     else:
         w(b"\x00")
 
@@ -284,12 +284,12 @@ def _write_Listener_v0(o: Listener, w: _Writer) -> None:
 def _read_Feature_v0(buf: bytes, pos: int) -> tuple[Feature, int]:
     # versions 0-4
     o = _new(Feature)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -316,7 +316,7 @@ def _write_Feature_v0(o: Feature, w: _Writer) -> None:
     w(raw1)
     w(_S_hh.pack(o.min_supported_version, o.max_supported_version))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_Feature)
     else:
         w(b"\x00")
 
@@ -331,12 +331,12 @@ def _read_BrokerRegistrationRequest_v0(
     o.previous_broker_epoch = -1
     o.broker_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -347,12 +347,12 @@ def _read_BrokerRegistrationRequest_v0(
         pos = end
     o.incarnation_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -360,15 +360,50 @@ def _read_BrokerRegistrationRequest_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_Listener_v0(buf, pos)
+            item2 = _new(Listener)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port, item2.security_protocol = _S_Hh.unpack_from(buf, pos)
+            pos += 4
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Listener)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.listeners = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -376,15 +411,36 @@ def _read_BrokerRegistrationRequest_v0(
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_Feature_v0(buf, pos)
+            item4 = _new(Feature)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.name = buf[pos:end].decode()
+                pos = end
+            item4.min_supported_version, item4.max_supported_version = _S_hh.unpack_from(buf, pos)
+            pos += 4
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Feature)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.features = items3
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -412,12 +468,12 @@ def _read_BrokerRegistrationRequest_v1(
     o.previous_broker_epoch = -1
     o.broker_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -428,12 +484,12 @@ def _read_BrokerRegistrationRequest_v1(
         pos = end
     o.incarnation_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -441,15 +497,50 @@ def _read_BrokerRegistrationRequest_v1(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_Listener_v0(buf, pos)
+            item2 = _new(Listener)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port, item2.security_protocol = _S_Hh.unpack_from(buf, pos)
+            pos += 4
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Listener)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.listeners = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -457,15 +548,36 @@ def _read_BrokerRegistrationRequest_v1(
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_Feature_v0(buf, pos)
+            item4 = _new(Feature)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.name = buf[pos:end].decode()
+                pos = end
+            item4.min_supported_version, item4.max_supported_version = _S_hh.unpack_from(buf, pos)
+            pos += 4
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Feature)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.features = items3
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -494,12 +606,12 @@ def _read_BrokerRegistrationRequest_v2(
     o.previous_broker_epoch = -1
     o.broker_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -510,12 +622,12 @@ def _read_BrokerRegistrationRequest_v2(
         pos = end
     o.incarnation_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -523,15 +635,50 @@ def _read_BrokerRegistrationRequest_v2(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_Listener_v0(buf, pos)
+            item2 = _new(Listener)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port, item2.security_protocol = _S_Hh.unpack_from(buf, pos)
+            pos += 4
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Listener)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.listeners = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -539,15 +686,36 @@ def _read_BrokerRegistrationRequest_v2(
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_Feature_v0(buf, pos)
+            item4 = _new(Feature)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.name = buf[pos:end].decode()
+                pos = end
+            item4.min_supported_version, item4.max_supported_version = _S_hh.unpack_from(buf, pos)
+            pos += 4
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Feature)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.features = items3
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -560,12 +728,12 @@ def _read_BrokerRegistrationRequest_v2(
         pos = end
     o.is_migrating_zk_broker = _S_z.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -592,12 +760,12 @@ def _read_BrokerRegistrationRequest_v3(
     o = _new(BrokerRegistrationRequest)
     o.broker_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -608,12 +776,12 @@ def _read_BrokerRegistrationRequest_v3(
         pos = end
     o.incarnation_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -621,15 +789,50 @@ def _read_BrokerRegistrationRequest_v3(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_Listener_v0(buf, pos)
+            item2 = _new(Listener)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port, item2.security_protocol = _S_Hh.unpack_from(buf, pos)
+            pos += 4
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Listener)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.listeners = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -637,15 +840,36 @@ def _read_BrokerRegistrationRequest_v3(
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_Feature_v0(buf, pos)
+            item4 = _new(Feature)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.name = buf[pos:end].decode()
+                pos = end
+            item4.min_supported_version, item4.max_supported_version = _S_hh.unpack_from(buf, pos)
+            pos += 4
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Feature)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.features = items3
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -658,12 +882,12 @@ def _read_BrokerRegistrationRequest_v3(
         pos = end
     o.is_migrating_zk_broker = _S_z.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -699,22 +923,42 @@ def _write_BrokerRegistrationRequest_v0(o: BrokerRegistrationRequest, w: _Writer
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_Listener_v0(item3, w)
-    items4 = o.features
-    n = len(items4)
+        raw4 = item3.name.encode()
+        n = len(raw4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw4)
+        raw5 = item3.host.encode()
+        n = len(raw5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw5)
+        w(_S_Hh.pack(item3.port, item3.security_protocol))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_Listener)
+        else:
+            w(b"\x00")
+    items6 = o.features
+    n = len(items6)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    for item5 in items4:
-        _write_Feature_v0(item5, w)
-    x6 = o.rack
-    if x6 is None:
+    for item7 in items6:
+        raw8 = item7.name.encode()
+        n = len(raw8)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw8)
+        w(_S_hh.pack(item7.min_supported_version, item7.max_supported_version))
+        if item7._unknown_tags:
+            _write_tags(w, [], item7._unknown_tags, _TAGS_Feature)
+        else:
+            w(b"\x00")
+    x9 = o.rack
+    if x9 is None:
         w(b"\x00")
     else:
-        raw7 = x6.encode()
-        n = len(raw7)
+        raw10 = x9.encode()
+        n = len(raw10)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(raw7)
+        w(raw10)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_BrokerRegistrationRequest)
     else:
         w(b"\x00")
 
@@ -731,23 +975,43 @@ def _write_BrokerRegistrationRequest_v1(o: BrokerRegistrationRequest, w: _Writer
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_Listener_v0(item3, w)
-    items4 = o.features
-    n = len(items4)
+        raw4 = item3.name.encode()
+        n = len(raw4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw4)
+        raw5 = item3.host.encode()
+        n = len(raw5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw5)
+        w(_S_Hh.pack(item3.port, item3.security_protocol))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_Listener)
+        else:
+            w(b"\x00")
+    items6 = o.features
+    n = len(items6)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    for item5 in items4:
-        _write_Feature_v0(item5, w)
-    x6 = o.rack
-    if x6 is None:
+    for item7 in items6:
+        raw8 = item7.name.encode()
+        n = len(raw8)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw8)
+        w(_S_hh.pack(item7.min_supported_version, item7.max_supported_version))
+        if item7._unknown_tags:
+            _write_tags(w, [], item7._unknown_tags, _TAGS_Feature)
+        else:
+            w(b"\x00")
+    x9 = o.rack
+    if x9 is None:
         w(b"\x00")
     else:
-        raw7 = x6.encode()
-        n = len(raw7)
+        raw10 = x9.encode()
+        n = len(raw10)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(raw7)
+        w(raw10)
     w(_S_z.pack(o.is_migrating_zk_broker))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_BrokerRegistrationRequest)
     else:
         w(b"\x00")
 
@@ -764,28 +1028,48 @@ def _write_BrokerRegistrationRequest_v2(o: BrokerRegistrationRequest, w: _Writer
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_Listener_v0(item3, w)
-    items4 = o.features
-    n = len(items4)
+        raw4 = item3.name.encode()
+        n = len(raw4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw4)
+        raw5 = item3.host.encode()
+        n = len(raw5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw5)
+        w(_S_Hh.pack(item3.port, item3.security_protocol))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_Listener)
+        else:
+            w(b"\x00")
+    items6 = o.features
+    n = len(items6)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    for item5 in items4:
-        _write_Feature_v0(item5, w)
-    x6 = o.rack
-    if x6 is None:
+    for item7 in items6:
+        raw8 = item7.name.encode()
+        n = len(raw8)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw8)
+        w(_S_hh.pack(item7.min_supported_version, item7.max_supported_version))
+        if item7._unknown_tags:
+            _write_tags(w, [], item7._unknown_tags, _TAGS_Feature)
+        else:
+            w(b"\x00")
+    x9 = o.rack
+    if x9 is None:
         w(b"\x00")
     else:
-        raw7 = x6.encode()
-        n = len(raw7)
+        raw10 = x9.encode()
+        n = len(raw10)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(raw7)
+        w(raw10)
     w(_S_z.pack(o.is_migrating_zk_broker))
-    items8 = o.log_dirs
-    n = len(items8)
+    items11 = o.log_dirs
+    n = len(items11)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    for item9 in items8:
-        w(item9.bytes)
+    for item12 in items11:
+        w(item12.bytes)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_BrokerRegistrationRequest)
     else:
         w(b"\x00")
 
@@ -802,29 +1086,49 @@ def _write_BrokerRegistrationRequest_v3(o: BrokerRegistrationRequest, w: _Writer
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_Listener_v0(item3, w)
-    items4 = o.features
-    n = len(items4)
+        raw4 = item3.name.encode()
+        n = len(raw4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw4)
+        raw5 = item3.host.encode()
+        n = len(raw5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw5)
+        w(_S_Hh.pack(item3.port, item3.security_protocol))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_Listener)
+        else:
+            w(b"\x00")
+    items6 = o.features
+    n = len(items6)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    for item5 in items4:
-        _write_Feature_v0(item5, w)
-    x6 = o.rack
-    if x6 is None:
+    for item7 in items6:
+        raw8 = item7.name.encode()
+        n = len(raw8)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw8)
+        w(_S_hh.pack(item7.min_supported_version, item7.max_supported_version))
+        if item7._unknown_tags:
+            _write_tags(w, [], item7._unknown_tags, _TAGS_Feature)
+        else:
+            w(b"\x00")
+    x9 = o.rack
+    if x9 is None:
         w(b"\x00")
     else:
-        raw7 = x6.encode()
-        n = len(raw7)
+        raw10 = x9.encode()
+        n = len(raw10)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(raw7)
+        w(raw10)
     w(_S_z.pack(o.is_migrating_zk_broker))
-    items8 = o.log_dirs
-    n = len(items8)
+    items11 = o.log_dirs
+    n = len(items11)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    for item9 in items8:
-        w(item9.bytes)
+    for item12 in items11:
+        w(item12.bytes)
     w(_S_q.pack(o.previous_broker_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_BrokerRegistrationRequest)
     else:
         w(b"\x00")
 

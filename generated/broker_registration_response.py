@@ -90,7 +90,7 @@ def _write_BrokerRegistrationResponse_v0(o: BrokerRegistrationResponse, w: _Writ
     # versions 0-4
     w(_S_ihq.pack(o.throttle_time_ms, o.error_code, o.broker_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_BrokerRegistrationResponse)
     else:
         w(b"\x00")
 

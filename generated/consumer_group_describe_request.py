@@ -75,12 +75,12 @@ def _read_ConsumerGroupDescribeRequest_v0(
 ) -> tuple[ConsumerGroupDescribeRequest, int]:
     # versions 0
     o = _new(ConsumerGroupDescribeRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -88,12 +88,12 @@ def _read_ConsumerGroupDescribeRequest_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("string", pos)
             else:
@@ -126,7 +126,7 @@ def _write_ConsumerGroupDescribeRequest_v0(o: ConsumerGroupDescribeRequest, w: _
         w(raw3)
     w(_S_z.pack(o.include_authorized_operations))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ConsumerGroupDescribeRequest)
     else:
         w(b"\x00")
 

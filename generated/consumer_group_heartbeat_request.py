@@ -24,6 +24,7 @@ from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uuid as _read_uuid
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -36,6 +37,7 @@ __all__ = [
 _new = object.__new__
 
 _S_i = _Packer(">i")
+_A_i = _small_arrays("i")
 
 
 class ConsumerGroupHeartbeatRequest(_Message):
@@ -169,18 +171,20 @@ def _read_TopicPartitions_v0(buf: bytes, pos: int) -> tuple[TopicPartitions, int
     o = _new(TopicPartitions)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.partitions = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.partitions = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_TopicPartitions)
@@ -196,9 +200,9 @@ def _write_TopicPartitions_v0(o: TopicPartitions, w: _Writer) -> None:
     items1 = o.partitions
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicPartitions)
     else:
         w(b"\x00")
 
@@ -208,12 +212,12 @@ def _read_ConsumerGroupHeartbeatRequest_v0(
 ) -> tuple[ConsumerGroupHeartbeatRequest, int]:
     # versions 0
     o = _new(ConsumerGroupHeartbeatRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -222,12 +226,12 @@ def _read_ConsumerGroupHeartbeatRequest_v0(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -238,12 +242,12 @@ def _read_ConsumerGroupHeartbeatRequest_v0(
         pos = end
     o.member_epoch = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -254,12 +258,12 @@ def _read_ConsumerGroupHeartbeatRequest_v0(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.instance_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -272,12 +276,12 @@ def _read_ConsumerGroupHeartbeatRequest_v0(
         pos = end
     o.rebalance_timeout_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad array length {n}", offset=pos)
@@ -287,12 +291,12 @@ def _read_ConsumerGroupHeartbeatRequest_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("string", pos)
             else:
@@ -303,12 +307,12 @@ def _read_ConsumerGroupHeartbeatRequest_v0(
                 pos = end
             items1.append(item2)
         o.subscribed_topic_names = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -319,12 +323,12 @@ def _read_ConsumerGroupHeartbeatRequest_v0(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.server_assignor = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad array length {n}", offset=pos)
@@ -334,7 +338,31 @@ def _read_ConsumerGroupHeartbeatRequest_v0(
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_TopicPartitions_v0(buf, pos)
+            item4 = _new(TopicPartitions)
+            item4.topic_id = _read_uuid(buf, pos)
+            pos += 16
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item4.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_TopicPartitions)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.topic_partitions = items3
     if buf[pos]:
@@ -401,9 +429,17 @@ def _write_ConsumerGroupHeartbeatRequest_v0(o: ConsumerGroupHeartbeatRequest, w:
         n = len(items14)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         for item15 in items14:
-            _write_TopicPartitions_v0(item15, w)
+            w(item15.topic_id.bytes)
+            items16 = item15.partitions
+            n = len(items16)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items16))
+            if item15._unknown_tags:
+                _write_tags(w, [], item15._unknown_tags, _TAGS_TopicPartitions)
+            else:
+                w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ConsumerGroupHeartbeatRequest)
     else:
         w(b"\x00")
 

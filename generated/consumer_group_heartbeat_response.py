@@ -24,6 +24,7 @@ from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uuid as _read_uuid
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -38,6 +39,7 @@ _new = object.__new__
 
 _S_ih = _Packer(">ih")
 _S_ii = _Packer(">ii")
+_A_i = _small_arrays("i")
 
 
 class ConsumerGroupHeartbeatResponse(_Message):
@@ -189,18 +191,20 @@ def _read_TopicPartitions_v0(buf: bytes, pos: int) -> tuple[TopicPartitions, int
     o = _new(TopicPartitions)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.partitions = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.partitions = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_TopicPartitions)
@@ -216,9 +220,9 @@ def _write_TopicPartitions_v0(o: TopicPartitions, w: _Writer) -> None:
     items1 = o.partitions
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicPartitions)
     else:
         w(b"\x00")
 
@@ -226,12 +230,12 @@ def _write_TopicPartitions_v0(o: TopicPartitions, w: _Writer) -> None:
 def _read_Assignment_v0(buf: bytes, pos: int) -> tuple[Assignment, int]:
     # versions 0
     o = _new(Assignment)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -239,7 +243,31 @@ def _read_Assignment_v0(buf: bytes, pos: int) -> tuple[Assignment, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_TopicPartitions_v0(buf, pos)
+            item2 = _new(TopicPartitions)
+            item2.topic_id = _read_uuid(buf, pos)
+            pos += 16
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_TopicPartitions)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.topic_partitions = items1
     if buf[pos]:
@@ -256,9 +284,17 @@ def _write_Assignment_v0(o: Assignment, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_TopicPartitions_v0(item2, w)
+        w(item2.topic_id.bytes)
+        items3 = item2.partitions
+        n = len(items3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items3))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_TopicPartitions)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_Assignment)
     else:
         w(b"\x00")
 
@@ -270,12 +306,12 @@ def _read_ConsumerGroupHeartbeatResponse_v0(
     o = _new(ConsumerGroupHeartbeatResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -286,12 +322,12 @@ def _read_ConsumerGroupHeartbeatResponse_v0(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.error_message = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -344,7 +380,7 @@ def _write_ConsumerGroupHeartbeatResponse_v0(o: ConsumerGroupHeartbeatResponse, 
         w(b"\x01")
         _write_Assignment_v0(x5, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ConsumerGroupHeartbeatResponse)
     else:
         w(b"\x00")
 

@@ -19,6 +19,7 @@ from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
 from kafscale.protocol.wire import null_error as _null_error
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 
 __all__ = [
@@ -30,6 +31,7 @@ _new = object.__new__
 
 _S_h = _Packer(">h")
 _S_i = _Packer(">i")
+_A_i = _small_arrays("i")
 
 
 class ConsumerProtocolAssignment(_Message):
@@ -128,7 +130,9 @@ def _read_TopicPartition_v0(buf: bytes, pos: int) -> tuple[TopicPartition, int]:
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.partitions = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.partitions = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o._unknown_tags = None
     return o, pos
@@ -143,7 +147,7 @@ def _write_TopicPartition_v0(o: TopicPartition, w: _Writer) -> None:
     items2 = o.partitions
     n = len(items2)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items2))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -162,7 +166,31 @@ def _read_ConsumerProtocolAssignment_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_TopicPartition_v0(buf, pos)
+            item2 = _new(TopicPartition)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.topic = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.assigned_partitions = items1
     n = _S_i.unpack_from(buf, pos)[0]
@@ -187,14 +215,23 @@ def _write_ConsumerProtocolAssignment_v0(o: ConsumerProtocolAssignment, w: _Writ
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_TopicPartition_v0(item2, w)
-    x3 = o.user_data
-    if x3 is None:
+        raw3 = item2.topic.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        items4 = item2.partitions
+        n = len(items4)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    x6 = o.user_data
+    if x6 is None:
         w(b"\xff\xff\xff\xff")
     else:
-        n = len(x3)
+        n = len(x6)
         w(_S_i.pack(n))
-        w(x3)
+        w(x6)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 

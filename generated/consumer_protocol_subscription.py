@@ -19,6 +19,7 @@ from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
 from kafscale.protocol.wire import null_error as _null_error
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 
 __all__ = [
@@ -30,6 +31,7 @@ _new = object.__new__
 
 _S_h = _Packer(">h")
 _S_i = _Packer(">i")
+_A_i = _small_arrays("i")
 
 
 class ConsumerProtocolSubscription(_Message):
@@ -152,7 +154,9 @@ def _read_TopicPartition_v1(buf: bytes, pos: int) -> tuple[TopicPartition, int]:
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.partitions = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.partitions = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o._unknown_tags = None
     return o, pos
@@ -167,7 +171,7 @@ def _write_TopicPartition_v1(o: TopicPartition, w: _Writer) -> None:
     items2 = o.partitions
     n = len(items2)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items2))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -266,7 +270,31 @@ def _read_ConsumerProtocolSubscription_v1(
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_TopicPartition_v1(buf, pos)
+            item4 = _new(TopicPartition)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.topic = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item4.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item4._unknown_tags = None
             items3.append(item4)
         o.owned_partitions = items3
     o._unknown_tags = None
@@ -321,7 +349,31 @@ def _read_ConsumerProtocolSubscription_v2(
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_TopicPartition_v1(buf, pos)
+            item4 = _new(TopicPartition)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.topic = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item4.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item4._unknown_tags = None
             items3.append(item4)
         o.owned_partitions = items3
     o.generation_id = _S_i.unpack_from(buf, pos)[0]
@@ -377,7 +429,31 @@ def _read_ConsumerProtocolSubscription_v3(
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_TopicPartition_v1(buf, pos)
+            item4 = _new(TopicPartition)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.topic = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item4.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item4._unknown_tags = None
             items3.append(item4)
         o.owned_partitions = items3
     o.generation_id = _S_i.unpack_from(buf, pos)[0]
@@ -440,7 +516,16 @@ def _write_ConsumerProtocolSubscription_v1(o: ConsumerProtocolSubscription, w: _
     n = len(items5)
     w(_S_i.pack(n))
     for item6 in items5:
-        _write_TopicPartition_v1(item6, w)
+        raw7 = item6.topic.encode()
+        n = len(raw7)
+        w(_S_h.pack(n))
+        w(raw7)
+        items8 = item6.partitions
+        n = len(items8)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items8))
+        if item6._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -466,7 +551,16 @@ def _write_ConsumerProtocolSubscription_v2(o: ConsumerProtocolSubscription, w: _
     n = len(items5)
     w(_S_i.pack(n))
     for item6 in items5:
-        _write_TopicPartition_v1(item6, w)
+        raw7 = item6.topic.encode()
+        n = len(raw7)
+        w(_S_h.pack(n))
+        w(raw7)
+        items8 = item6.partitions
+        n = len(items8)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items8))
+        if item6._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     w(_S_i.pack(o.generation_id))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -493,16 +587,25 @@ def _write_ConsumerProtocolSubscription_v3(o: ConsumerProtocolSubscription, w: _
     n = len(items5)
     w(_S_i.pack(n))
     for item6 in items5:
-        _write_TopicPartition_v1(item6, w)
+        raw7 = item6.topic.encode()
+        n = len(raw7)
+        w(_S_h.pack(n))
+        w(raw7)
+        items8 = item6.partitions
+        n = len(items8)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items8))
+        if item6._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     w(_S_i.pack(o.generation_id))
-    x7 = o.rack_id
-    if x7 is None:
+    x10 = o.rack_id
+    if x10 is None:
         w(b"\xff\xff")
     else:
-        raw8 = x7.encode()
-        n = len(raw8)
+        raw11 = x10.encode()
+        n = len(raw11)
         w(_S_h.pack(n))
-        w(raw8)
+        w(raw11)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 

@@ -130,7 +130,7 @@ def _write_ControlledShutdownRequest_v3(o: ControlledShutdownRequest, w: _Writer
     # versions 3
     w(_S_iq.pack(o.broker_id, o.broker_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ControlledShutdownRequest)
     else:
         w(b"\x00")
 

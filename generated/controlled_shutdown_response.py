@@ -130,12 +130,12 @@ def _read_RemainingPartition_v0(buf: bytes, pos: int) -> tuple[RemainingPartitio
 def _read_RemainingPartition_v3(buf: bytes, pos: int) -> tuple[RemainingPartition, int]:
     # versions 3
     o = _new(RemainingPartition)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -173,7 +173,7 @@ def _write_RemainingPartition_v3(o: RemainingPartition, w: _Writer) -> None:
     w(raw1)
     w(_S_i.pack(o.partition_index))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_RemainingPartition)
     else:
         w(b"\x00")
 
@@ -194,7 +194,20 @@ def _read_ControlledShutdownResponse_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_RemainingPartition_v0(buf, pos)
+            item2 = _new(RemainingPartition)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.topic_name = buf[pos:end].decode()
+                pos = end
+            item2.partition_index = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            item2._unknown_tags = None
             items1.append(item2)
         o.remaining_partitions = items1
     o._unknown_tags = None
@@ -208,12 +221,12 @@ def _read_ControlledShutdownResponse_v3(
     o = _new(ControlledShutdownResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -221,7 +234,28 @@ def _read_ControlledShutdownResponse_v3(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_RemainingPartition_v3(buf, pos)
+            item2 = _new(RemainingPartition)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.topic_name = buf[pos:end].decode()
+                pos = end
+            item2.partition_index = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_RemainingPartition)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.remaining_partitions = items1
     if buf[pos]:
@@ -239,7 +273,13 @@ def _write_ControlledShutdownResponse_v0(o: ControlledShutdownResponse, w: _Writ
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_RemainingPartition_v0(item2, w)
+        raw3 = item2.topic_name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_i.pack(item2.partition_index))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -251,9 +291,17 @@ def _write_ControlledShutdownResponse_v3(o: ControlledShutdownResponse, w: _Writ
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_RemainingPartition_v3(item2, w)
+        raw3 = item2.topic_name.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        w(_S_i.pack(item2.partition_index))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_RemainingPartition)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ControlledShutdownResponse)
     else:
         w(b"\x00")
 

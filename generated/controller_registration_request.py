@@ -192,12 +192,12 @@ _TAGS_Feature: frozenset[int] = frozenset()
 def _read_Listener_v0(buf: bytes, pos: int) -> tuple[Listener, int]:
     # versions 0
     o = _new(Listener)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -206,12 +206,12 @@ def _read_Listener_v0(buf: bytes, pos: int) -> tuple[Listener, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -242,7 +242,7 @@ def _write_Listener_v0(o: Listener, w: _Writer) -> None:
     w(raw2)
     w(_S_Hh.pack(o.port, o.security_protocol))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_Listener)
     else:
         w(b"\x00")
 
@@ -250,12 +250,12 @@ def _write_Listener_v0(o: Listener, w: _Writer) -> None:
 def _read_Feature_v0(buf: bytes, pos: int) -> tuple[Feature, int]:
     # versions 0
     o = _new(Feature)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -282,7 +282,7 @@ def _write_Feature_v0(o: Feature, w: _Writer) -> None:
     w(raw1)
     w(_S_hh.pack(o.min_supported_version, o.max_supported_version))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_Feature)
     else:
         w(b"\x00")
 
@@ -298,12 +298,12 @@ def _read_ControllerRegistrationRequest_v0(
     pos += 16
     o.zk_migration_ready = _S_z.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -311,15 +311,50 @@ def _read_ControllerRegistrationRequest_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_Listener_v0(buf, pos)
+            item2 = _new(Listener)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port, item2.security_protocol = _S_Hh.unpack_from(buf, pos)
+            pos += 4
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Listener)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.listeners = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -327,7 +362,28 @@ def _read_ControllerRegistrationRequest_v0(
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_Feature_v0(buf, pos)
+            item4 = _new(Feature)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.name = buf[pos:end].decode()
+                pos = end
+            item4.min_supported_version, item4.max_supported_version = _S_hh.unpack_from(buf, pos)
+            pos += 4
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Feature)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.features = items3
     if buf[pos]:
@@ -347,14 +403,34 @@ def _write_ControllerRegistrationRequest_v0(o: ControllerRegistrationRequest, w:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_Listener_v0(item2, w)
-    items3 = o.features
-    n = len(items3)
+        raw3 = item2.name.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        raw4 = item2.host.encode()
+        n = len(raw4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw4)
+        w(_S_Hh.pack(item2.port, item2.security_protocol))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_Listener)
+        else:
+            w(b"\x00")
+    items5 = o.features
+    n = len(items5)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    for item4 in items3:
-        _write_Feature_v0(item4, w)
+    for item6 in items5:
+        raw7 = item6.name.encode()
+        n = len(raw7)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw7)
+        w(_S_hh.pack(item6.min_supported_version, item6.max_supported_version))
+        if item6._unknown_tags:
+            _write_tags(w, [], item6._unknown_tags, _TAGS_Feature)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ControllerRegistrationRequest)
     else:
         w(b"\x00")
 

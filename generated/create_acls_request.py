@@ -232,12 +232,12 @@ def _read_AclCreation_v2(buf: bytes, pos: int) -> tuple[AclCreation, int]:
     o = _new(AclCreation)
     o.resource_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -248,12 +248,12 @@ def _read_AclCreation_v2(buf: bytes, pos: int) -> tuple[AclCreation, int]:
         pos = end
     o.resource_pattern_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -262,12 +262,12 @@ def _read_AclCreation_v2(buf: bytes, pos: int) -> tuple[AclCreation, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.principal = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -347,7 +347,7 @@ def _write_AclCreation_v2(o: AclCreation, w: _Writer) -> None:
     w(raw3)
     w(_S_bb.pack(o.operation, o.permission_type))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AclCreation)
     else:
         w(b"\x00")
 
@@ -364,7 +364,43 @@ def _read_CreateAclsRequest_v0(buf: bytes, pos: int) -> tuple[CreateAclsRequest,
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AclCreation_v0(buf, pos)
+            item2 = _new(AclCreation)
+            item2.resource_pattern_type = 3
+            item2.resource_type = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.resource_name = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.operation, item2.permission_type = _S_bb.unpack_from(buf, pos)
+            pos += 2
+            item2._unknown_tags = None
             items1.append(item2)
         o.creations = items1
     o._unknown_tags = None
@@ -383,7 +419,44 @@ def _read_CreateAclsRequest_v1(buf: bytes, pos: int) -> tuple[CreateAclsRequest,
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AclCreation_v1(buf, pos)
+            item2 = _new(AclCreation)
+            item2.resource_type = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.resource_name = buf[pos:end].decode()
+                pos = end
+            item2.resource_pattern_type = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.operation, item2.permission_type = _S_bb.unpack_from(buf, pos)
+            pos += 2
+            item2._unknown_tags = None
             items1.append(item2)
         o.creations = items1
     o._unknown_tags = None
@@ -393,12 +466,12 @@ def _read_CreateAclsRequest_v1(buf: bytes, pos: int) -> tuple[CreateAclsRequest,
 def _read_CreateAclsRequest_v2(buf: bytes, pos: int) -> tuple[CreateAclsRequest, int]:
     # versions 2-3
     o = _new(CreateAclsRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -406,7 +479,60 @@ def _read_CreateAclsRequest_v2(buf: bytes, pos: int) -> tuple[CreateAclsRequest,
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AclCreation_v2(buf, pos)
+            item2 = _new(AclCreation)
+            item2.resource_type = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.resource_name = buf[pos:end].decode()
+                pos = end
+            item2.resource_pattern_type = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.operation, item2.permission_type = _S_bb.unpack_from(buf, pos)
+            pos += 2
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_AclCreation)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.creations = items1
     if buf[pos]:
@@ -423,7 +549,24 @@ def _write_CreateAclsRequest_v0(o: CreateAclsRequest, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_AclCreation_v0(item2, w)
+        if item2.resource_pattern_type != 3:
+            raise _ProtocolError("ResourcePatternType cannot be written in version 0")
+        w(_S_b.pack(item2.resource_type))
+        raw3 = item2.resource_name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        raw4 = item2.principal.encode()
+        n = len(raw4)
+        w(_S_h.pack(n))
+        w(raw4)
+        raw5 = item2.host.encode()
+        n = len(raw5)
+        w(_S_h.pack(n))
+        w(raw5)
+        w(_S_bb.pack(item2.operation, item2.permission_type))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -434,7 +577,23 @@ def _write_CreateAclsRequest_v1(o: CreateAclsRequest, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_AclCreation_v1(item2, w)
+        w(_S_b.pack(item2.resource_type))
+        raw3 = item2.resource_name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_b.pack(item2.resource_pattern_type))
+        raw4 = item2.principal.encode()
+        n = len(raw4)
+        w(_S_h.pack(n))
+        w(raw4)
+        raw5 = item2.host.encode()
+        n = len(raw5)
+        w(_S_h.pack(n))
+        w(raw5)
+        w(_S_bb.pack(item2.operation, item2.permission_type))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -445,9 +604,27 @@ def _write_CreateAclsRequest_v2(o: CreateAclsRequest, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_AclCreation_v2(item2, w)
+        w(_S_b.pack(item2.resource_type))
+        raw3 = item2.resource_name.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        w(_S_b.pack(item2.resource_pattern_type))
+        raw4 = item2.principal.encode()
+        n = len(raw4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw4)
+        raw5 = item2.host.encode()
+        n = len(raw5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw5)
+        w(_S_bb.pack(item2.operation, item2.permission_type))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_AclCreation)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_CreateAclsRequest)
     else:
         w(b"\x00")
 

@@ -136,12 +136,12 @@ def _read_AclCreationResult_v2(buf: bytes, pos: int) -> tuple[AclCreationResult,
     o = _new(AclCreationResult)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -187,7 +187,7 @@ def _write_AclCreationResult_v2(o: AclCreationResult, w: _Writer) -> None:
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw2)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AclCreationResult)
     else:
         w(b"\x00")
 
@@ -206,7 +206,22 @@ def _read_CreateAclsResponse_v0(buf: bytes, pos: int) -> tuple[CreateAclsRespons
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AclCreationResult_v0(buf, pos)
+            item2 = _new(AclCreationResult)
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.error_message = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.results = items1
     o._unknown_tags = None
@@ -218,12 +233,12 @@ def _read_CreateAclsResponse_v2(buf: bytes, pos: int) -> tuple[CreateAclsRespons
     o = _new(CreateAclsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -231,7 +246,30 @@ def _read_CreateAclsResponse_v2(buf: bytes, pos: int) -> tuple[CreateAclsRespons
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AclCreationResult_v2(buf, pos)
+            item2 = _new(AclCreationResult)
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.error_message = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_AclCreationResult)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.results = items1
     if buf[pos]:
@@ -249,7 +287,17 @@ def _write_CreateAclsResponse_v0(o: CreateAclsResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_AclCreationResult_v0(item2, w)
+        w(_S_h.pack(item2.error_code))
+        x3 = item2.error_message
+        if x3 is None:
+            w(b"\xff\xff")
+        else:
+            raw4 = x3.encode()
+            n = len(raw4)
+            w(_S_h.pack(n))
+            w(raw4)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -261,9 +309,21 @@ def _write_CreateAclsResponse_v2(o: CreateAclsResponse, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_AclCreationResult_v2(item2, w)
+        w(_S_h.pack(item2.error_code))
+        x3 = item2.error_message
+        if x3 is None:
+            w(b"\x00")
+        else:
+            raw4 = x3.encode()
+            n = len(raw4)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw4)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_AclCreationResult)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_CreateAclsResponse)
     else:
         w(b"\x00")
 

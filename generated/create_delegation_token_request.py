@@ -159,12 +159,12 @@ def _read_CreatableRenewers_v0(buf: bytes, pos: int) -> tuple[CreatableRenewers,
 def _read_CreatableRenewers_v2(buf: bytes, pos: int) -> tuple[CreatableRenewers, int]:
     # versions 2-3
     o = _new(CreatableRenewers)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -173,12 +173,12 @@ def _read_CreatableRenewers_v2(buf: bytes, pos: int) -> tuple[CreatableRenewers,
             raise _too_long("string", n, len(buf) - pos, pos)
         o.principal_type = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -220,7 +220,7 @@ def _write_CreatableRenewers_v2(o: CreatableRenewers, w: _Writer) -> None:
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw2)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_CreatableRenewers)
     else:
         w(b"\x00")
 
@@ -241,7 +241,28 @@ def _read_CreateDelegationTokenRequest_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_CreatableRenewers_v0(buf, pos)
+            item2 = _new(CreatableRenewers)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal_type = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal_name = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.renewers = items1
     o.max_lifetime_ms = _S_q.unpack_from(buf, pos)[0]
@@ -257,12 +278,12 @@ def _read_CreateDelegationTokenRequest_v2(
     o = _new(CreateDelegationTokenRequest)
     o.owner_principal_type = ""
     o.owner_principal_name = ""
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -270,7 +291,40 @@ def _read_CreateDelegationTokenRequest_v2(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_CreatableRenewers_v2(buf, pos)
+            item2 = _new(CreatableRenewers)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal_type = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal_name = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_CreatableRenewers)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.renewers = items1
     o.max_lifetime_ms = _S_q.unpack_from(buf, pos)[0]
@@ -288,12 +342,12 @@ def _read_CreateDelegationTokenRequest_v3(
 ) -> tuple[CreateDelegationTokenRequest, int]:
     # versions 3
     o = _new(CreateDelegationTokenRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -304,12 +358,12 @@ def _read_CreateDelegationTokenRequest_v3(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.owner_principal_type = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -320,12 +374,12 @@ def _read_CreateDelegationTokenRequest_v3(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.owner_principal_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -333,7 +387,40 @@ def _read_CreateDelegationTokenRequest_v3(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_CreatableRenewers_v2(buf, pos)
+            item2 = _new(CreatableRenewers)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal_type = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal_name = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_CreatableRenewers)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.renewers = items1
     o.max_lifetime_ms = _S_q.unpack_from(buf, pos)[0]
@@ -356,7 +443,16 @@ def _write_CreateDelegationTokenRequest_v0(o: CreateDelegationTokenRequest, w: _
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_CreatableRenewers_v0(item2, w)
+        raw3 = item2.principal_type.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        raw4 = item2.principal_name.encode()
+        n = len(raw4)
+        w(_S_h.pack(n))
+        w(raw4)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     w(_S_q.pack(o.max_lifetime_ms))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -372,7 +468,16 @@ def _write_CreateDelegationTokenRequest_v1(o: CreateDelegationTokenRequest, w: _
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_CreatableRenewers_v0(item2, w)
+        raw3 = item2.principal_type.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        raw4 = item2.principal_name.encode()
+        n = len(raw4)
+        w(_S_h.pack(n))
+        w(raw4)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     w(_S_q.pack(o.max_lifetime_ms))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -388,10 +493,21 @@ def _write_CreateDelegationTokenRequest_v2(o: CreateDelegationTokenRequest, w: _
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_CreatableRenewers_v2(item2, w)
+        raw3 = item2.principal_type.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        raw4 = item2.principal_name.encode()
+        n = len(raw4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw4)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_CreatableRenewers)
+        else:
+            w(b"\x00")
     w(_S_q.pack(o.max_lifetime_ms))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_CreateDelegationTokenRequest)
     else:
         w(b"\x00")
 
@@ -418,10 +534,21 @@ def _write_CreateDelegationTokenRequest_v3(o: CreateDelegationTokenRequest, w: _
     n = len(items5)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item6 in items5:
-        _write_CreatableRenewers_v2(item6, w)
+        raw7 = item6.principal_type.encode()
+        n = len(raw7)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw7)
+        raw8 = item6.principal_name.encode()
+        n = len(raw8)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw8)
+        if item6._unknown_tags:
+            _write_tags(w, [], item6._unknown_tags, _TAGS_CreatableRenewers)
+        else:
+            w(b"\x00")
     w(_S_q.pack(o.max_lifetime_ms))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_CreateDelegationTokenRequest)
     else:
         w(b"\x00")
 

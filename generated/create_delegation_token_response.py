@@ -217,12 +217,12 @@ def _read_CreateDelegationTokenResponse_v2(
     o.token_requester_principal_name = ""
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -231,12 +231,12 @@ def _read_CreateDelegationTokenResponse_v2(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.principal_type = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -247,12 +247,12 @@ def _read_CreateDelegationTokenResponse_v2(
         pos = end
     o.issue_timestamp_ms, o.expiry_timestamp_ms, o.max_timestamp_ms = _S_qqq.unpack_from(buf, pos)
     pos += 24
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -261,12 +261,12 @@ def _read_CreateDelegationTokenResponse_v2(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.token_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("bytes", pos)
     else:
@@ -292,12 +292,12 @@ def _read_CreateDelegationTokenResponse_v3(
     o = _new(CreateDelegationTokenResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -306,12 +306,12 @@ def _read_CreateDelegationTokenResponse_v3(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.principal_type = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -320,12 +320,12 @@ def _read_CreateDelegationTokenResponse_v3(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.principal_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -334,12 +334,12 @@ def _read_CreateDelegationTokenResponse_v3(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.token_requester_principal_type = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -350,12 +350,12 @@ def _read_CreateDelegationTokenResponse_v3(
         pos = end
     o.issue_timestamp_ms, o.expiry_timestamp_ms, o.max_timestamp_ms = _S_qqq.unpack_from(buf, pos)
     pos += 24
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -364,12 +364,12 @@ def _read_CreateDelegationTokenResponse_v3(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.token_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("bytes", pos)
     else:
@@ -469,7 +469,7 @@ def _write_CreateDelegationTokenResponse_v2(o: CreateDelegationTokenResponse, w:
     w(o.hmac)
     w(_S_i.pack(o.throttle_time_ms))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_CreateDelegationTokenResponse)
     else:
         w(b"\x00")
 
@@ -503,7 +503,7 @@ def _write_CreateDelegationTokenResponse_v3(o: CreateDelegationTokenResponse, w:
     w(o.hmac)
     w(_S_i.pack(o.throttle_time_ms))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_CreateDelegationTokenResponse)
     else:
         w(b"\x00")
 

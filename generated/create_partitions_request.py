@@ -21,6 +21,7 @@ from kafscale.protocol.wire import array_struct as _array_struct
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -36,6 +37,7 @@ _new = object.__new__
 _S_h = _Packer(">h")
 _S_i = _Packer(">i")
 _S_iz = _Packer(">i?")
+_A_i = _small_arrays("i")
 
 
 class CreatePartitionsRequest(_Message):
@@ -165,7 +167,9 @@ def _read_CreatePartitionsAssignment_v0(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.broker_ids = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.broker_ids = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o._unknown_tags = None
     return o, pos
@@ -176,18 +180,20 @@ def _read_CreatePartitionsAssignment_v2(
 ) -> tuple[CreatePartitionsAssignment, int]:
     # versions 2-3
     o = _new(CreatePartitionsAssignment)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.broker_ids = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.broker_ids = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_CreatePartitionsAssignment)
@@ -202,7 +208,7 @@ def _write_CreatePartitionsAssignment_v0(o: CreatePartitionsAssignment, w: _Writ
     items1 = o.broker_ids
     n = len(items1)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -212,9 +218,9 @@ def _write_CreatePartitionsAssignment_v2(o: CreatePartitionsAssignment, w: _Writ
     items1 = o.broker_ids
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_CreatePartitionsAssignment)
     else:
         w(b"\x00")
 
@@ -245,7 +251,21 @@ def _read_CreatePartitionsTopic_v0(buf: bytes, pos: int) -> tuple[CreatePartitio
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_CreatePartitionsAssignment_v0(buf, pos)
+            item2 = _new(CreatePartitionsAssignment)
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.broker_ids = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.assignments = items1
     o._unknown_tags = None
@@ -255,12 +275,12 @@ def _read_CreatePartitionsTopic_v0(buf: bytes, pos: int) -> tuple[CreatePartitio
 def _read_CreatePartitionsTopic_v2(buf: bytes, pos: int) -> tuple[CreatePartitionsTopic, int]:
     # versions 2-3
     o = _new(CreatePartitionsTopic)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -271,12 +291,12 @@ def _read_CreatePartitionsTopic_v2(buf: bytes, pos: int) -> tuple[CreatePartitio
         pos = end
     o.count = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad array length {n}", offset=pos)
@@ -286,7 +306,31 @@ def _read_CreatePartitionsTopic_v2(buf: bytes, pos: int) -> tuple[CreatePartitio
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_CreatePartitionsAssignment_v2(buf, pos)
+            item2 = _new(CreatePartitionsAssignment)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.broker_ids = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_CreatePartitionsAssignment
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.assignments = items1
     if buf[pos]:
@@ -312,7 +356,12 @@ def _write_CreatePartitionsTopic_v0(o: CreatePartitionsTopic, w: _Writer) -> Non
         n = len(items3)
         w(_S_i.pack(n))
         for item4 in items3:
-            _write_CreatePartitionsAssignment_v0(item4, w)
+            items5 = item4.broker_ids
+            n = len(items5)
+            w(_S_i.pack(n))
+            w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+            if item4._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -332,9 +381,16 @@ def _write_CreatePartitionsTopic_v2(o: CreatePartitionsTopic, w: _Writer) -> Non
         n = len(items3)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         for item4 in items3:
-            _write_CreatePartitionsAssignment_v2(item4, w)
+            items5 = item4.broker_ids
+            n = len(items5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+            if item4._unknown_tags:
+                _write_tags(w, [], item4._unknown_tags, _TAGS_CreatePartitionsAssignment)
+            else:
+                w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_CreatePartitionsTopic)
     else:
         w(b"\x00")
 
@@ -363,12 +419,12 @@ def _read_CreatePartitionsRequest_v0(buf: bytes, pos: int) -> tuple[CreatePartit
 def _read_CreatePartitionsRequest_v2(buf: bytes, pos: int) -> tuple[CreatePartitionsRequest, int]:
     # versions 2-3
     o = _new(CreatePartitionsRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -410,7 +466,7 @@ def _write_CreatePartitionsRequest_v2(o: CreatePartitionsRequest, w: _Writer) ->
         _write_CreatePartitionsTopic_v2(item2, w)
     w(_S_iz.pack(o.timeout_ms, o.validate_only))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_CreatePartitionsRequest)
     else:
         w(b"\x00")
 

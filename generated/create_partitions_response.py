@@ -159,12 +159,12 @@ def _read_CreatePartitionsTopicResult_v2(
 ) -> tuple[CreatePartitionsTopicResult, int]:
     # versions 2-3
     o = _new(CreatePartitionsTopicResult)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -175,12 +175,12 @@ def _read_CreatePartitionsTopicResult_v2(
         pos = end
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -234,7 +234,7 @@ def _write_CreatePartitionsTopicResult_v2(o: CreatePartitionsTopicResult, w: _Wr
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_CreatePartitionsTopicResult)
     else:
         w(b"\x00")
 
@@ -253,7 +253,32 @@ def _read_CreatePartitionsResponse_v0(buf: bytes, pos: int) -> tuple[CreateParti
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_CreatePartitionsTopicResult_v0(buf, pos)
+            item2 = _new(CreatePartitionsTopicResult)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.error_message = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.results = items1
     o._unknown_tags = None
@@ -265,12 +290,12 @@ def _read_CreatePartitionsResponse_v2(buf: bytes, pos: int) -> tuple[CreateParti
     o = _new(CreatePartitionsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -278,7 +303,46 @@ def _read_CreatePartitionsResponse_v2(buf: bytes, pos: int) -> tuple[CreateParti
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_CreatePartitionsTopicResult_v2(buf, pos)
+            item2 = _new(CreatePartitionsTopicResult)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.error_message = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_CreatePartitionsTopicResult
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.results = items1
     if buf[pos]:
@@ -296,7 +360,21 @@ def _write_CreatePartitionsResponse_v0(o: CreatePartitionsResponse, w: _Writer) 
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_CreatePartitionsTopicResult_v0(item2, w)
+        raw3 = item2.name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_h.pack(item2.error_code))
+        x4 = item2.error_message
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -308,9 +386,25 @@ def _write_CreatePartitionsResponse_v2(o: CreatePartitionsResponse, w: _Writer) 
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_CreatePartitionsTopicResult_v2(item2, w)
+        raw3 = item2.name.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        w(_S_h.pack(item2.error_code))
+        x4 = item2.error_message
+        if x4 is None:
+            w(b"\x00")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw5)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_CreatePartitionsTopicResult)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_CreatePartitionsResponse)
     else:
         w(b"\x00")
 

@@ -21,6 +21,7 @@ from kafscale.protocol.wire import array_struct as _array_struct
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -38,6 +39,7 @@ _S_h = _Packer(">h")
 _S_i = _Packer(">i")
 _S_ih = _Packer(">ih")
 _S_iz = _Packer(">i?")
+_A_i = _small_arrays("i")
 
 
 class CreateTopicsRequest(_Message):
@@ -231,7 +233,9 @@ def _read_CreatableReplicaAssignment_v0(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.broker_ids = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.broker_ids = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o._unknown_tags = None
     return o, pos
@@ -244,18 +248,20 @@ def _read_CreatableReplicaAssignment_v5(
     o = _new(CreatableReplicaAssignment)
     o.partition_index = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.broker_ids = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.broker_ids = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_CreatableReplicaAssignment)
@@ -271,7 +277,7 @@ def _write_CreatableReplicaAssignment_v0(o: CreatableReplicaAssignment, w: _Writ
     items1 = o.broker_ids
     n = len(items1)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -282,9 +288,9 @@ def _write_CreatableReplicaAssignment_v5(o: CreatableReplicaAssignment, w: _Writ
     items1 = o.broker_ids
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_CreatableReplicaAssignment)
     else:
         w(b"\x00")
 
@@ -321,12 +327,12 @@ def _read_CreatableTopicConfig_v0(buf: bytes, pos: int) -> tuple[CreatableTopicC
 def _read_CreatableTopicConfig_v5(buf: bytes, pos: int) -> tuple[CreatableTopicConfig, int]:
     # versions 5-7
     o = _new(CreatableTopicConfig)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -335,12 +341,12 @@ def _read_CreatableTopicConfig_v5(buf: bytes, pos: int) -> tuple[CreatableTopicC
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -392,7 +398,7 @@ def _write_CreatableTopicConfig_v5(o: CreatableTopicConfig, w: _Writer) -> None:
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_CreatableTopicConfig)
     else:
         w(b"\x00")
 
@@ -421,7 +427,23 @@ def _read_CreatableTopic_v0(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_CreatableReplicaAssignment_v0(buf, pos)
+            item2 = _new(CreatableReplicaAssignment)
+            item2.partition_index = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.broker_ids = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.assignments = items1
     n = _S_i.unpack_from(buf, pos)[0]
@@ -433,7 +455,30 @@ def _read_CreatableTopic_v0(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_CreatableTopicConfig_v0(buf, pos)
+            item4 = _new(CreatableTopicConfig)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.name = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item4.value = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.value = buf[pos:end].decode()
+                pos = end
+            item4._unknown_tags = None
             items3.append(item4)
         o.configs = items3
     o._unknown_tags = None
@@ -443,12 +488,12 @@ def _read_CreatableTopic_v0(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
 def _read_CreatableTopic_v5(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
     # versions 5-7
     o = _new(CreatableTopic)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -459,12 +504,12 @@ def _read_CreatableTopic_v5(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
         pos = end
     o.num_partitions, o.replication_factor = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -472,15 +517,41 @@ def _read_CreatableTopic_v5(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_CreatableReplicaAssignment_v5(buf, pos)
+            item2 = _new(CreatableReplicaAssignment)
+            item2.partition_index = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.broker_ids = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_CreatableReplicaAssignment
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.assignments = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -488,7 +559,42 @@ def _read_CreatableTopic_v5(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_CreatableTopicConfig_v5(buf, pos)
+            item4 = _new(CreatableTopicConfig)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item4.value = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.value = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_CreatableTopicConfig)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.configs = items3
     if buf[pos]:
@@ -510,12 +616,31 @@ def _write_CreatableTopic_v0(o: CreatableTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_CreatableReplicaAssignment_v0(item3, w)
-    items4 = o.configs
-    n = len(items4)
+        w(_S_i.pack(item3.partition_index))
+        items4 = item3.broker_ids
+        n = len(items4)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    items6 = o.configs
+    n = len(items6)
     w(_S_i.pack(n))
-    for item5 in items4:
-        _write_CreatableTopicConfig_v0(item5, w)
+    for item7 in items6:
+        raw8 = item7.name.encode()
+        n = len(raw8)
+        w(_S_h.pack(n))
+        w(raw8)
+        x9 = item7.value
+        if x9 is None:
+            w(b"\xff\xff")
+        else:
+            raw10 = x9.encode()
+            n = len(raw10)
+            w(_S_h.pack(n))
+            w(raw10)
+        if item7._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -531,14 +656,37 @@ def _write_CreatableTopic_v5(o: CreatableTopic, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_CreatableReplicaAssignment_v5(item3, w)
-    items4 = o.configs
-    n = len(items4)
+        w(_S_i.pack(item3.partition_index))
+        items4 = item3.broker_ids
+        n = len(items4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_CreatableReplicaAssignment)
+        else:
+            w(b"\x00")
+    items6 = o.configs
+    n = len(items6)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    for item5 in items4:
-        _write_CreatableTopicConfig_v5(item5, w)
+    for item7 in items6:
+        raw8 = item7.name.encode()
+        n = len(raw8)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw8)
+        x9 = item7.value
+        if x9 is None:
+            w(b"\x00")
+        else:
+            raw10 = x9.encode()
+            n = len(raw10)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw10)
+        if item7._unknown_tags:
+            _write_tags(w, [], item7._unknown_tags, _TAGS_CreatableTopicConfig)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_CreatableTopic)
     else:
         w(b"\x00")
 
@@ -589,12 +737,12 @@ def _read_CreateTopicsRequest_v1(buf: bytes, pos: int) -> tuple[CreateTopicsRequ
 def _read_CreateTopicsRequest_v5(buf: bytes, pos: int) -> tuple[CreateTopicsRequest, int]:
     # versions 5-7
     o = _new(CreateTopicsRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -650,7 +798,7 @@ def _write_CreateTopicsRequest_v5(o: CreateTopicsRequest, w: _Writer) -> None:
         _write_CreatableTopic_v5(item2, w)
     w(_S_iz.pack(o.timeout_ms, o.validate_only))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_CreateTopicsRequest)
     else:
         w(b"\x00")
 

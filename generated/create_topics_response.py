@@ -238,12 +238,12 @@ _TAGS_CreatableTopicConfigs: frozenset[int] = frozenset()
 def _read_CreatableTopicConfigs_v5(buf: bytes, pos: int) -> tuple[CreatableTopicConfigs, int]:
     # versions 5-7
     o = _new(CreatableTopicConfigs)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -252,12 +252,12 @@ def _read_CreatableTopicConfigs_v5(buf: bytes, pos: int) -> tuple[CreatableTopic
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -294,7 +294,7 @@ def _write_CreatableTopicConfigs_v5(o: CreatableTopicConfigs, w: _Writer) -> Non
         w(raw3)
     w(_S_zbz.pack(o.read_only, o.config_source, o.is_sensitive))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_CreatableTopicConfigs)
     else:
         w(b"\x00")
 
@@ -389,12 +389,12 @@ def _read_CreatableTopicResult_v5(buf: bytes, pos: int) -> tuple[CreatableTopicR
     o = _new(CreatableTopicResult)
     o.topic_id = _ZERO_UUID
     o.topic_config_error_code = 0
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -405,12 +405,12 @@ def _read_CreatableTopicResult_v5(buf: bytes, pos: int) -> tuple[CreatableTopicR
         pos = end
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -423,12 +423,12 @@ def _read_CreatableTopicResult_v5(buf: bytes, pos: int) -> tuple[CreatableTopicR
         pos = end
     o.num_partitions, o.replication_factor = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad array length {n}", offset=pos)
@@ -438,7 +438,44 @@ def _read_CreatableTopicResult_v5(buf: bytes, pos: int) -> tuple[CreatableTopicR
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_CreatableTopicConfigs_v5(buf, pos)
+            item2 = _new(CreatableTopicConfigs)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.value = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.value = buf[pos:end].decode()
+                pos = end
+            item2.read_only, item2.config_source, item2.is_sensitive = _S_zbz.unpack_from(buf, pos)
+            pos += 3
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_CreatableTopicConfigs)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.configs = items1
     if buf[pos]:
@@ -453,12 +490,12 @@ def _read_CreatableTopicResult_v7(buf: bytes, pos: int) -> tuple[CreatableTopicR
     # versions 7
     o = _new(CreatableTopicResult)
     o.topic_config_error_code = 0
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -471,12 +508,12 @@ def _read_CreatableTopicResult_v7(buf: bytes, pos: int) -> tuple[CreatableTopicR
     pos += 16
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -489,12 +526,12 @@ def _read_CreatableTopicResult_v7(buf: bytes, pos: int) -> tuple[CreatableTopicR
         pos = end
     o.num_partitions, o.replication_factor = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad array length {n}", offset=pos)
@@ -504,7 +541,44 @@ def _read_CreatableTopicResult_v7(buf: bytes, pos: int) -> tuple[CreatableTopicR
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_CreatableTopicConfigs_v5(buf, pos)
+            item2 = _new(CreatableTopicConfigs)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.value = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.value = buf[pos:end].decode()
+                pos = end
+            item2.read_only, item2.config_source, item2.is_sensitive = _S_zbz.unpack_from(buf, pos)
+            pos += 3
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_CreatableTopicConfigs)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.configs = items1
     if buf[pos]:
@@ -569,14 +643,30 @@ def _write_CreatableTopicResult_v5(o: CreatableTopicResult, w: _Writer) -> None:
         n = len(items5)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         for item6 in items5:
-            _write_CreatableTopicConfigs_v5(item6, w)
-    tags: _UnknownTags = []
+            raw7 = item6.name.encode()
+            n = len(raw7)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw7)
+            x8 = item6.value
+            if x8 is None:
+                w(b"\x00")
+            else:
+                raw9 = x8.encode()
+                n = len(raw9)
+                w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+                w(raw9)
+            w(_S_zbz.pack(item6.read_only, item6.config_source, item6.is_sensitive))
+            if item6._unknown_tags:
+                _write_tags(w, [], item6._unknown_tags, _TAGS_CreatableTopicConfigs)
+            else:
+                w(b"\x00")
+    tags10: _UnknownTags = []
     if o.topic_config_error_code != 0:
-        tag_parts7: list[_Buffer] = []
-        tag_parts7.append(_S_h.pack(o.topic_config_error_code))
-        tags.append((0, b"".join(tag_parts7)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+        tag_parts11: list[_Buffer] = []
+        tag_parts11.append(_S_h.pack(o.topic_config_error_code))
+        tags10.append((0, b"".join(tag_parts11)))
+    if tags10 or o._unknown_tags:
+        _write_tags(w, tags10, o._unknown_tags, _TAGS_CreatableTopicResult)
     else:
         w(b"\x00")
 
@@ -606,14 +696,30 @@ def _write_CreatableTopicResult_v7(o: CreatableTopicResult, w: _Writer) -> None:
         n = len(items5)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         for item6 in items5:
-            _write_CreatableTopicConfigs_v5(item6, w)
-    tags: _UnknownTags = []
+            raw7 = item6.name.encode()
+            n = len(raw7)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw7)
+            x8 = item6.value
+            if x8 is None:
+                w(b"\x00")
+            else:
+                raw9 = x8.encode()
+                n = len(raw9)
+                w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+                w(raw9)
+            w(_S_zbz.pack(item6.read_only, item6.config_source, item6.is_sensitive))
+            if item6._unknown_tags:
+                _write_tags(w, [], item6._unknown_tags, _TAGS_CreatableTopicConfigs)
+            else:
+                w(b"\x00")
+    tags10: _UnknownTags = []
     if o.topic_config_error_code != 0:
-        tag_parts7: list[_Buffer] = []
-        tag_parts7.append(_S_h.pack(o.topic_config_error_code))
-        tags.append((0, b"".join(tag_parts7)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+        tag_parts11: list[_Buffer] = []
+        tag_parts11.append(_S_h.pack(o.topic_config_error_code))
+        tags10.append((0, b"".join(tag_parts11)))
+    if tags10 or o._unknown_tags:
+        _write_tags(w, tags10, o._unknown_tags, _TAGS_CreatableTopicResult)
     else:
         w(b"\x00")
 
@@ -631,7 +737,26 @@ def _read_CreateTopicsResponse_v0(buf: bytes, pos: int) -> tuple[CreateTopicsRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_CreatableTopicResult_v0(buf, pos)
+            item2 = _new(CreatableTopicResult)
+            item2.topic_id = _ZERO_UUID
+            item2.error_message = ""
+            item2.topic_config_error_code = 0
+            item2.num_partitions = -1
+            item2.replication_factor = -1
+            item2.configs = []
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            item2._unknown_tags = None
             items1.append(item2)
         o.topics = items1
     o._unknown_tags = None
@@ -651,7 +776,37 @@ def _read_CreateTopicsResponse_v1(buf: bytes, pos: int) -> tuple[CreateTopicsRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_CreatableTopicResult_v1(buf, pos)
+            item2 = _new(CreatableTopicResult)
+            item2.topic_id = _ZERO_UUID
+            item2.topic_config_error_code = 0
+            item2.num_partitions = -1
+            item2.replication_factor = -1
+            item2.configs = []
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.error_message = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.topics = items1
     o._unknown_tags = None
@@ -672,7 +827,37 @@ def _read_CreateTopicsResponse_v2(buf: bytes, pos: int) -> tuple[CreateTopicsRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_CreatableTopicResult_v1(buf, pos)
+            item2 = _new(CreatableTopicResult)
+            item2.topic_id = _ZERO_UUID
+            item2.topic_config_error_code = 0
+            item2.num_partitions = -1
+            item2.replication_factor = -1
+            item2.configs = []
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.error_message = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.topics = items1
     o._unknown_tags = None
@@ -684,12 +869,12 @@ def _read_CreateTopicsResponse_v5(buf: bytes, pos: int) -> tuple[CreateTopicsRes
     o = _new(CreateTopicsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -713,12 +898,12 @@ def _read_CreateTopicsResponse_v7(buf: bytes, pos: int) -> tuple[CreateTopicsRes
     o = _new(CreateTopicsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -743,7 +928,13 @@ def _write_CreateTopicsResponse_v0(o: CreateTopicsResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_CreatableTopicResult_v0(item2, w)
+        raw3 = item2.name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_h.pack(item2.error_code))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -754,7 +945,21 @@ def _write_CreateTopicsResponse_v1(o: CreateTopicsResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_CreatableTopicResult_v1(item2, w)
+        raw3 = item2.name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_h.pack(item2.error_code))
+        x4 = item2.error_message
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -766,7 +971,21 @@ def _write_CreateTopicsResponse_v2(o: CreateTopicsResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_CreatableTopicResult_v1(item2, w)
+        raw3 = item2.name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_h.pack(item2.error_code))
+        x4 = item2.error_message
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -780,7 +999,7 @@ def _write_CreateTopicsResponse_v5(o: CreateTopicsResponse, w: _Writer) -> None:
     for item2 in items1:
         _write_CreatableTopicResult_v5(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_CreateTopicsResponse)
     else:
         w(b"\x00")
 
@@ -794,7 +1013,7 @@ def _write_CreateTopicsResponse_v7(o: CreateTopicsResponse, w: _Writer) -> None:
     for item2 in items1:
         _write_CreatableTopicResult_v7(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_CreateTopicsResponse)
     else:
         w(b"\x00")
 

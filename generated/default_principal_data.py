@@ -83,12 +83,12 @@ _TAGS_DefaultPrincipalData: frozenset[int] = frozenset()
 def _read_DefaultPrincipalData_v0(buf: bytes, pos: int) -> tuple[DefaultPrincipalData, int]:
     # versions 0
     o = _new(DefaultPrincipalData)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -97,12 +97,12 @@ def _read_DefaultPrincipalData_v0(buf: bytes, pos: int) -> tuple[DefaultPrincipa
             raise _too_long("string", n, len(buf) - pos, pos)
         o.type = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -133,7 +133,7 @@ def _write_DefaultPrincipalData_v0(o: DefaultPrincipalData, w: _Writer) -> None:
     w(raw2)
     w(_S_z.pack(o.token_authenticated))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DefaultPrincipalData)
     else:
         w(b"\x00")
 

@@ -244,12 +244,12 @@ def _read_DeleteAclsFilter_v2(buf: bytes, pos: int) -> tuple[DeleteAclsFilter, i
     o = _new(DeleteAclsFilter)
     o.resource_type_filter = _S_b.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -262,12 +262,12 @@ def _read_DeleteAclsFilter_v2(buf: bytes, pos: int) -> tuple[DeleteAclsFilter, i
         pos = end
     o.pattern_type_filter = _S_b.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -278,12 +278,12 @@ def _read_DeleteAclsFilter_v2(buf: bytes, pos: int) -> tuple[DeleteAclsFilter, i
             raise _too_long("string", n, len(buf) - pos, pos)
         o.principal_filter = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -401,7 +401,7 @@ def _write_DeleteAclsFilter_v2(o: DeleteAclsFilter, w: _Writer) -> None:
         w(raw6)
     w(_S_bb.pack(o.operation, o.permission_type))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteAclsFilter)
     else:
         w(b"\x00")
 
@@ -418,7 +418,49 @@ def _read_DeleteAclsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteAclsRequest,
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DeleteAclsFilter_v0(buf, pos)
+            item2 = _new(DeleteAclsFilter)
+            item2.pattern_type_filter = 3
+            item2.resource_type_filter = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.resource_name_filter = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.resource_name_filter = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.principal_filter = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal_filter = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.host_filter = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host_filter = buf[pos:end].decode()
+                pos = end
+            item2.operation, item2.permission_type = _S_bb.unpack_from(buf, pos)
+            pos += 2
+            item2._unknown_tags = None
             items1.append(item2)
         o.filters = items1
     o._unknown_tags = None
@@ -437,7 +479,50 @@ def _read_DeleteAclsRequest_v1(buf: bytes, pos: int) -> tuple[DeleteAclsRequest,
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DeleteAclsFilter_v1(buf, pos)
+            item2 = _new(DeleteAclsFilter)
+            item2.resource_type_filter = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.resource_name_filter = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.resource_name_filter = buf[pos:end].decode()
+                pos = end
+            item2.pattern_type_filter = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.principal_filter = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal_filter = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.host_filter = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host_filter = buf[pos:end].decode()
+                pos = end
+            item2.operation, item2.permission_type = _S_bb.unpack_from(buf, pos)
+            pos += 2
+            item2._unknown_tags = None
             items1.append(item2)
         o.filters = items1
     o._unknown_tags = None
@@ -447,12 +532,12 @@ def _read_DeleteAclsRequest_v1(buf: bytes, pos: int) -> tuple[DeleteAclsRequest,
 def _read_DeleteAclsRequest_v2(buf: bytes, pos: int) -> tuple[DeleteAclsRequest, int]:
     # versions 2-3
     o = _new(DeleteAclsRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -460,7 +545,66 @@ def _read_DeleteAclsRequest_v2(buf: bytes, pos: int) -> tuple[DeleteAclsRequest,
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DeleteAclsFilter_v2(buf, pos)
+            item2 = _new(DeleteAclsFilter)
+            item2.resource_type_filter = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.resource_name_filter = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.resource_name_filter = buf[pos:end].decode()
+                pos = end
+            item2.pattern_type_filter = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.principal_filter = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal_filter = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.host_filter = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host_filter = buf[pos:end].decode()
+                pos = end
+            item2.operation, item2.permission_type = _S_bb.unpack_from(buf, pos)
+            pos += 2
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_DeleteAclsFilter)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.filters = items1
     if buf[pos]:
@@ -477,7 +621,36 @@ def _write_DeleteAclsRequest_v0(o: DeleteAclsRequest, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_DeleteAclsFilter_v0(item2, w)
+        if item2.pattern_type_filter != 3:
+            raise _ProtocolError("PatternTypeFilter cannot be written in version 0")
+        w(_S_b.pack(item2.resource_type_filter))
+        x3 = item2.resource_name_filter
+        if x3 is None:
+            w(b"\xff\xff")
+        else:
+            raw4 = x3.encode()
+            n = len(raw4)
+            w(_S_h.pack(n))
+            w(raw4)
+        x5 = item2.principal_filter
+        if x5 is None:
+            w(b"\xff\xff")
+        else:
+            raw6 = x5.encode()
+            n = len(raw6)
+            w(_S_h.pack(n))
+            w(raw6)
+        x7 = item2.host_filter
+        if x7 is None:
+            w(b"\xff\xff")
+        else:
+            raw8 = x7.encode()
+            n = len(raw8)
+            w(_S_h.pack(n))
+            w(raw8)
+        w(_S_bb.pack(item2.operation, item2.permission_type))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -488,7 +661,35 @@ def _write_DeleteAclsRequest_v1(o: DeleteAclsRequest, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_DeleteAclsFilter_v1(item2, w)
+        w(_S_b.pack(item2.resource_type_filter))
+        x3 = item2.resource_name_filter
+        if x3 is None:
+            w(b"\xff\xff")
+        else:
+            raw4 = x3.encode()
+            n = len(raw4)
+            w(_S_h.pack(n))
+            w(raw4)
+        w(_S_b.pack(item2.pattern_type_filter))
+        x5 = item2.principal_filter
+        if x5 is None:
+            w(b"\xff\xff")
+        else:
+            raw6 = x5.encode()
+            n = len(raw6)
+            w(_S_h.pack(n))
+            w(raw6)
+        x7 = item2.host_filter
+        if x7 is None:
+            w(b"\xff\xff")
+        else:
+            raw8 = x7.encode()
+            n = len(raw8)
+            w(_S_h.pack(n))
+            w(raw8)
+        w(_S_bb.pack(item2.operation, item2.permission_type))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -499,9 +700,39 @@ def _write_DeleteAclsRequest_v2(o: DeleteAclsRequest, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_DeleteAclsFilter_v2(item2, w)
+        w(_S_b.pack(item2.resource_type_filter))
+        x3 = item2.resource_name_filter
+        if x3 is None:
+            w(b"\x00")
+        else:
+            raw4 = x3.encode()
+            n = len(raw4)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw4)
+        w(_S_b.pack(item2.pattern_type_filter))
+        x5 = item2.principal_filter
+        if x5 is None:
+            w(b"\x00")
+        else:
+            raw6 = x5.encode()
+            n = len(raw6)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw6)
+        x7 = item2.host_filter
+        if x7 is None:
+            w(b"\x00")
+        else:
+            raw8 = x7.encode()
+            n = len(raw8)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw8)
+        w(_S_bb.pack(item2.operation, item2.permission_type))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_DeleteAclsFilter)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteAclsRequest)
     else:
         w(b"\x00")
 

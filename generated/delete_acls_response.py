@@ -327,12 +327,12 @@ def _read_DeleteAclsMatchingAcl_v2(buf: bytes, pos: int) -> tuple[DeleteAclsMatc
     o = _new(DeleteAclsMatchingAcl)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -345,12 +345,12 @@ def _read_DeleteAclsMatchingAcl_v2(buf: bytes, pos: int) -> tuple[DeleteAclsMatc
         pos = end
     o.resource_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -361,12 +361,12 @@ def _read_DeleteAclsMatchingAcl_v2(buf: bytes, pos: int) -> tuple[DeleteAclsMatc
         pos = end
     o.pattern_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -375,12 +375,12 @@ def _read_DeleteAclsMatchingAcl_v2(buf: bytes, pos: int) -> tuple[DeleteAclsMatc
             raise _too_long("string", n, len(buf) - pos, pos)
         o.principal = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -487,7 +487,7 @@ def _write_DeleteAclsMatchingAcl_v2(o: DeleteAclsMatchingAcl, w: _Writer) -> Non
     w(raw5)
     w(_S_bb.pack(o.operation, o.permission_type))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteAclsMatchingAcl)
     else:
         w(b"\x00")
 
@@ -518,7 +518,57 @@ def _read_DeleteAclsFilterResult_v0(buf: bytes, pos: int) -> tuple[DeleteAclsFil
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DeleteAclsMatchingAcl_v0(buf, pos)
+            item2 = _new(DeleteAclsMatchingAcl)
+            item2.pattern_type = 3
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.error_message = buf[pos:end].decode()
+                pos = end
+            item2.resource_type = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.resource_name = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.operation, item2.permission_type = _S_bb.unpack_from(buf, pos)
+            pos += 2
+            item2._unknown_tags = None
             items1.append(item2)
         o.matching_acls = items1
     o._unknown_tags = None
@@ -551,7 +601,58 @@ def _read_DeleteAclsFilterResult_v1(buf: bytes, pos: int) -> tuple[DeleteAclsFil
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DeleteAclsMatchingAcl_v1(buf, pos)
+            item2 = _new(DeleteAclsMatchingAcl)
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.error_message = buf[pos:end].decode()
+                pos = end
+            item2.resource_type = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.resource_name = buf[pos:end].decode()
+                pos = end
+            item2.pattern_type = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.operation, item2.permission_type = _S_bb.unpack_from(buf, pos)
+            pos += 2
+            item2._unknown_tags = None
             items1.append(item2)
         o.matching_acls = items1
     o._unknown_tags = None
@@ -563,12 +664,12 @@ def _read_DeleteAclsFilterResult_v2(buf: bytes, pos: int) -> tuple[DeleteAclsFil
     o = _new(DeleteAclsFilterResult)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -579,12 +680,12 @@ def _read_DeleteAclsFilterResult_v2(buf: bytes, pos: int) -> tuple[DeleteAclsFil
             raise _too_long("string", n, len(buf) - pos, pos)
         o.error_message = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -592,7 +693,78 @@ def _read_DeleteAclsFilterResult_v2(buf: bytes, pos: int) -> tuple[DeleteAclsFil
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DeleteAclsMatchingAcl_v2(buf, pos)
+            item2 = _new(DeleteAclsMatchingAcl)
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.error_message = buf[pos:end].decode()
+                pos = end
+            item2.resource_type = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.resource_name = buf[pos:end].decode()
+                pos = end
+            item2.pattern_type = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.operation, item2.permission_type = _S_bb.unpack_from(buf, pos)
+            pos += 2
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_DeleteAclsMatchingAcl)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.matching_acls = items1
     if buf[pos]:
@@ -618,7 +790,33 @@ def _write_DeleteAclsFilterResult_v0(o: DeleteAclsFilterResult, w: _Writer) -> N
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_DeleteAclsMatchingAcl_v0(item4, w)
+        if item4.pattern_type != 3:
+            raise _ProtocolError("PatternType cannot be written in version 0")
+        w(_S_h.pack(item4.error_code))
+        x5 = item4.error_message
+        if x5 is None:
+            w(b"\xff\xff")
+        else:
+            raw6 = x5.encode()
+            n = len(raw6)
+            w(_S_h.pack(n))
+            w(raw6)
+        w(_S_b.pack(item4.resource_type))
+        raw7 = item4.resource_name.encode()
+        n = len(raw7)
+        w(_S_h.pack(n))
+        w(raw7)
+        raw8 = item4.principal.encode()
+        n = len(raw8)
+        w(_S_h.pack(n))
+        w(raw8)
+        raw9 = item4.host.encode()
+        n = len(raw9)
+        w(_S_h.pack(n))
+        w(raw9)
+        w(_S_bb.pack(item4.operation, item4.permission_type))
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -638,7 +836,32 @@ def _write_DeleteAclsFilterResult_v1(o: DeleteAclsFilterResult, w: _Writer) -> N
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_DeleteAclsMatchingAcl_v1(item4, w)
+        w(_S_h.pack(item4.error_code))
+        x5 = item4.error_message
+        if x5 is None:
+            w(b"\xff\xff")
+        else:
+            raw6 = x5.encode()
+            n = len(raw6)
+            w(_S_h.pack(n))
+            w(raw6)
+        w(_S_b.pack(item4.resource_type))
+        raw7 = item4.resource_name.encode()
+        n = len(raw7)
+        w(_S_h.pack(n))
+        w(raw7)
+        w(_S_b.pack(item4.pattern_type))
+        raw8 = item4.principal.encode()
+        n = len(raw8)
+        w(_S_h.pack(n))
+        w(raw8)
+        raw9 = item4.host.encode()
+        n = len(raw9)
+        w(_S_h.pack(n))
+        w(raw9)
+        w(_S_bb.pack(item4.operation, item4.permission_type))
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -658,9 +881,36 @@ def _write_DeleteAclsFilterResult_v2(o: DeleteAclsFilterResult, w: _Writer) -> N
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_DeleteAclsMatchingAcl_v2(item4, w)
+        w(_S_h.pack(item4.error_code))
+        x5 = item4.error_message
+        if x5 is None:
+            w(b"\x00")
+        else:
+            raw6 = x5.encode()
+            n = len(raw6)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw6)
+        w(_S_b.pack(item4.resource_type))
+        raw7 = item4.resource_name.encode()
+        n = len(raw7)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw7)
+        w(_S_b.pack(item4.pattern_type))
+        raw8 = item4.principal.encode()
+        n = len(raw8)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw8)
+        raw9 = item4.host.encode()
+        n = len(raw9)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw9)
+        w(_S_bb.pack(item4.operation, item4.permission_type))
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_DeleteAclsMatchingAcl)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteAclsFilterResult)
     else:
         w(b"\x00")
 
@@ -712,12 +962,12 @@ def _read_DeleteAclsResponse_v2(buf: bytes, pos: int) -> tuple[DeleteAclsRespons
     o = _new(DeleteAclsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -769,7 +1019,7 @@ def _write_DeleteAclsResponse_v2(o: DeleteAclsResponse, w: _Writer) -> None:
     for item2 in items1:
         _write_DeleteAclsFilterResult_v2(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteAclsResponse)
     else:
         w(b"\x00")
 

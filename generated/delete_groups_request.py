@@ -98,12 +98,12 @@ def _read_DeleteGroupsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteGroupsRequ
 def _read_DeleteGroupsRequest_v2(buf: bytes, pos: int) -> tuple[DeleteGroupsRequest, int]:
     # versions 2
     o = _new(DeleteGroupsRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -111,12 +111,12 @@ def _read_DeleteGroupsRequest_v2(buf: bytes, pos: int) -> tuple[DeleteGroupsRequ
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("string", pos)
             else:
@@ -160,7 +160,7 @@ def _write_DeleteGroupsRequest_v2(o: DeleteGroupsRequest, w: _Writer) -> None:
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteGroupsRequest)
     else:
         w(b"\x00")
 

@@ -132,12 +132,12 @@ def _read_DeletableGroupResult_v0(buf: bytes, pos: int) -> tuple[DeletableGroupR
 def _read_DeletableGroupResult_v2(buf: bytes, pos: int) -> tuple[DeletableGroupResult, int]:
     # versions 2
     o = _new(DeletableGroupResult)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -175,7 +175,7 @@ def _write_DeletableGroupResult_v2(o: DeletableGroupResult, w: _Writer) -> None:
     w(raw1)
     w(_S_h.pack(o.error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeletableGroupResult)
     else:
         w(b"\x00")
 
@@ -194,7 +194,20 @@ def _read_DeleteGroupsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteGroupsRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DeletableGroupResult_v0(buf, pos)
+            item2 = _new(DeletableGroupResult)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.group_id = buf[pos:end].decode()
+                pos = end
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            item2._unknown_tags = None
             items1.append(item2)
         o.results = items1
     o._unknown_tags = None
@@ -206,12 +219,12 @@ def _read_DeleteGroupsResponse_v2(buf: bytes, pos: int) -> tuple[DeleteGroupsRes
     o = _new(DeleteGroupsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -219,7 +232,28 @@ def _read_DeleteGroupsResponse_v2(buf: bytes, pos: int) -> tuple[DeleteGroupsRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DeletableGroupResult_v2(buf, pos)
+            item2 = _new(DeletableGroupResult)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.group_id = buf[pos:end].decode()
+                pos = end
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_DeletableGroupResult)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.results = items1
     if buf[pos]:
@@ -237,7 +271,13 @@ def _write_DeleteGroupsResponse_v0(o: DeleteGroupsResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_DeletableGroupResult_v0(item2, w)
+        raw3 = item2.group_id.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_h.pack(item2.error_code))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -249,9 +289,17 @@ def _write_DeleteGroupsResponse_v2(o: DeleteGroupsResponse, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_DeletableGroupResult_v2(item2, w)
+        raw3 = item2.group_id.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        w(_S_h.pack(item2.error_code))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_DeletableGroupResult)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteGroupsResponse)
     else:
         w(b"\x00")
 

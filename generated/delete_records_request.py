@@ -175,7 +175,7 @@ def _write_DeleteRecordsPartition_v2(o: DeleteRecordsPartition, w: _Writer) -> N
     # versions 2
     w(_S_iq.pack(o.partition_index, o.offset))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteRecordsPartition)
     else:
         w(b"\x00")
 
@@ -202,7 +202,10 @@ def _read_DeleteRecordsTopic_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsTopi
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DeleteRecordsPartition_v0(buf, pos)
+            item2 = _new(DeleteRecordsPartition)
+            item2.partition_index, item2.offset = _S_iq.unpack_from(buf, pos)
+            pos += 12
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -212,12 +215,12 @@ def _read_DeleteRecordsTopic_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsTopi
 def _read_DeleteRecordsTopic_v2(buf: bytes, pos: int) -> tuple[DeleteRecordsTopic, int]:
     # versions 2
     o = _new(DeleteRecordsTopic)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -226,12 +229,12 @@ def _read_DeleteRecordsTopic_v2(buf: bytes, pos: int) -> tuple[DeleteRecordsTopi
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -239,7 +242,14 @@ def _read_DeleteRecordsTopic_v2(buf: bytes, pos: int) -> tuple[DeleteRecordsTopi
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DeleteRecordsPartition_v2(buf, pos)
+            item2 = _new(DeleteRecordsPartition)
+            item2.partition_index, item2.offset = _S_iq.unpack_from(buf, pos)
+            pos += 12
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_DeleteRecordsPartition)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -260,7 +270,9 @@ def _write_DeleteRecordsTopic_v0(o: DeleteRecordsTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_DeleteRecordsPartition_v0(item3, w)
+        w(_S_iq.pack(item3.partition_index, item3.offset))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -275,9 +287,13 @@ def _write_DeleteRecordsTopic_v2(o: DeleteRecordsTopic, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_DeleteRecordsPartition_v2(item3, w)
+        w(_S_iq.pack(item3.partition_index, item3.offset))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_DeleteRecordsPartition)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteRecordsTopic)
     else:
         w(b"\x00")
 
@@ -306,12 +322,12 @@ def _read_DeleteRecordsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsRe
 def _read_DeleteRecordsRequest_v2(buf: bytes, pos: int) -> tuple[DeleteRecordsRequest, int]:
     # versions 2
     o = _new(DeleteRecordsRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -353,7 +369,7 @@ def _write_DeleteRecordsRequest_v2(o: DeleteRecordsRequest, w: _Writer) -> None:
         _write_DeleteRecordsTopic_v2(item2, w)
     w(_S_i.pack(o.timeout_ms))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteRecordsRequest)
     else:
         w(b"\x00")
 

@@ -187,7 +187,7 @@ def _write_DeleteRecordsPartitionResult_v2(o: DeleteRecordsPartitionResult, w: _
     # versions 2
     w(_S_iqh.pack(o.partition_index, o.low_watermark, o.error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteRecordsPartitionResult)
     else:
         w(b"\x00")
 
@@ -214,7 +214,12 @@ def _read_DeleteRecordsTopicResult_v0(buf: bytes, pos: int) -> tuple[DeleteRecor
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DeleteRecordsPartitionResult_v0(buf, pos)
+            item2 = _new(DeleteRecordsPartitionResult)
+            item2.partition_index, item2.low_watermark, item2.error_code = _S_iqh.unpack_from(
+                buf, pos
+            )
+            pos += 14
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -224,12 +229,12 @@ def _read_DeleteRecordsTopicResult_v0(buf: bytes, pos: int) -> tuple[DeleteRecor
 def _read_DeleteRecordsTopicResult_v2(buf: bytes, pos: int) -> tuple[DeleteRecordsTopicResult, int]:
     # versions 2
     o = _new(DeleteRecordsTopicResult)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -238,12 +243,12 @@ def _read_DeleteRecordsTopicResult_v2(buf: bytes, pos: int) -> tuple[DeleteRecor
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -251,7 +256,18 @@ def _read_DeleteRecordsTopicResult_v2(buf: bytes, pos: int) -> tuple[DeleteRecor
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DeleteRecordsPartitionResult_v2(buf, pos)
+            item2 = _new(DeleteRecordsPartitionResult)
+            item2.partition_index, item2.low_watermark, item2.error_code = _S_iqh.unpack_from(
+                buf, pos
+            )
+            pos += 14
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_DeleteRecordsPartitionResult
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -272,7 +288,9 @@ def _write_DeleteRecordsTopicResult_v0(o: DeleteRecordsTopicResult, w: _Writer) 
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_DeleteRecordsPartitionResult_v0(item3, w)
+        w(_S_iqh.pack(item3.partition_index, item3.low_watermark, item3.error_code))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -287,9 +305,13 @@ def _write_DeleteRecordsTopicResult_v2(o: DeleteRecordsTopicResult, w: _Writer) 
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_DeleteRecordsPartitionResult_v2(item3, w)
+        w(_S_iqh.pack(item3.partition_index, item3.low_watermark, item3.error_code))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_DeleteRecordsPartitionResult)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteRecordsTopicResult)
     else:
         w(b"\x00")
 
@@ -320,12 +342,12 @@ def _read_DeleteRecordsResponse_v2(buf: bytes, pos: int) -> tuple[DeleteRecordsR
     o = _new(DeleteRecordsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -365,7 +387,7 @@ def _write_DeleteRecordsResponse_v2(o: DeleteRecordsResponse, w: _Writer) -> Non
     for item2 in items1:
         _write_DeleteRecordsTopicResult_v2(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteRecordsResponse)
     else:
         w(b"\x00")
 

@@ -145,7 +145,7 @@ def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
     # versions 0
     w(_S_i.pack(o.partition))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
     else:
         w(b"\x00")
 
@@ -155,12 +155,12 @@ def _read_DeleteStateData_v0(buf: bytes, pos: int) -> tuple[DeleteStateData, int
     o = _new(DeleteStateData)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -168,7 +168,14 @@ def _read_DeleteStateData_v0(buf: bytes, pos: int) -> tuple[DeleteStateData, int
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionData_v0(buf, pos)
+            item2 = _new(PartitionData)
+            item2.partition = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -186,9 +193,13 @@ def _write_DeleteStateData_v0(o: DeleteStateData, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_PartitionData_v0(item2, w)
+        w(_S_i.pack(item2.partition))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_PartitionData)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteStateData)
     else:
         w(b"\x00")
 
@@ -198,12 +209,12 @@ def _read_DeleteShareGroupStateRequest_v0(
 ) -> tuple[DeleteShareGroupStateRequest, int]:
     # versions 0
     o = _new(DeleteShareGroupStateRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -212,12 +223,12 @@ def _read_DeleteShareGroupStateRequest_v0(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -248,7 +259,7 @@ def _write_DeleteShareGroupStateRequest_v0(o: DeleteShareGroupStateRequest, w: _
     for item3 in items2:
         _write_DeleteStateData_v0(item3, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteShareGroupStateRequest)
     else:
         w(b"\x00")
 

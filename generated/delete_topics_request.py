@@ -129,12 +129,12 @@ _TAGS_DeleteTopicState: frozenset[int] = frozenset()
 def _read_DeleteTopicState_v6(buf: bytes, pos: int) -> tuple[DeleteTopicState, int]:
     # versions 6
     o = _new(DeleteTopicState)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -167,7 +167,7 @@ def _write_DeleteTopicState_v6(o: DeleteTopicState, w: _Writer) -> None:
         w(raw2)
     w(o.topic_id.bytes)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteTopicState)
     else:
         w(b"\x00")
 
@@ -207,12 +207,12 @@ def _read_DeleteTopicsRequest_v4(buf: bytes, pos: int) -> tuple[DeleteTopicsRequ
     # versions 4-5
     o = _new(DeleteTopicsRequest)
     o.topics = []
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -220,12 +220,12 @@ def _read_DeleteTopicsRequest_v4(buf: bytes, pos: int) -> tuple[DeleteTopicsRequ
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("string", pos)
             else:
@@ -250,12 +250,12 @@ def _read_DeleteTopicsRequest_v6(buf: bytes, pos: int) -> tuple[DeleteTopicsRequ
     # versions 6
     o = _new(DeleteTopicsRequest)
     o.topic_names = []
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -263,7 +263,30 @@ def _read_DeleteTopicsRequest_v6(buf: bytes, pos: int) -> tuple[DeleteTopicsRequ
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DeleteTopicState_v6(buf, pos)
+            item2 = _new(DeleteTopicState)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.name = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            item2.topic_id = _read_uuid(buf, pos)
+            pos += 16
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_DeleteTopicState)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.topics = items1
     o.timeout_ms = _S_i.unpack_from(buf, pos)[0]
@@ -358,7 +381,7 @@ def _write_DeleteTopicsRequest_v4(o: DeleteTopicsRequest, w: _Writer) -> None:
         w(raw3)
     w(_S_i.pack(o.timeout_ms))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteTopicsRequest)
     else:
         w(b"\x00")
 
@@ -377,7 +400,7 @@ def _write_DeleteTopicsRequest_v5(o: DeleteTopicsRequest, w: _Writer) -> None:
         w(raw3)
     w(_S_i.pack(o.timeout_ms))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteTopicsRequest)
     else:
         w(b"\x00")
 
@@ -388,10 +411,22 @@ def _write_DeleteTopicsRequest_v6(o: DeleteTopicsRequest, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_DeleteTopicState_v6(item2, w)
+        x3 = item2.name
+        if x3 is None:
+            w(b"\x00")
+        else:
+            raw4 = x3.encode()
+            n = len(raw4)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw4)
+        w(item2.topic_id.bytes)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_DeleteTopicState)
+        else:
+            w(b"\x00")
     w(_S_i.pack(o.timeout_ms))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteTopicsRequest)
     else:
         w(b"\x00")
 

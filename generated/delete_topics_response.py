@@ -166,12 +166,12 @@ def _read_DeletableTopicResult_v4(buf: bytes, pos: int) -> tuple[DeletableTopicR
     o = _new(DeletableTopicResult)
     o.topic_id = _ZERO_UUID
     o.error_message = None
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -194,12 +194,12 @@ def _read_DeletableTopicResult_v5(buf: bytes, pos: int) -> tuple[DeletableTopicR
     # versions 5
     o = _new(DeletableTopicResult)
     o.topic_id = _ZERO_UUID
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -210,12 +210,12 @@ def _read_DeletableTopicResult_v5(buf: bytes, pos: int) -> tuple[DeletableTopicR
         pos = end
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -237,12 +237,12 @@ def _read_DeletableTopicResult_v5(buf: bytes, pos: int) -> tuple[DeletableTopicR
 def _read_DeletableTopicResult_v6(buf: bytes, pos: int) -> tuple[DeletableTopicResult, int]:
     # versions 6
     o = _new(DeletableTopicResult)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -257,12 +257,12 @@ def _read_DeletableTopicResult_v6(buf: bytes, pos: int) -> tuple[DeletableTopicR
     pos += 16
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -348,7 +348,7 @@ def _write_DeletableTopicResult_v4(o: DeletableTopicResult, w: _Writer) -> None:
     w(raw2)
     w(_S_h.pack(o.error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeletableTopicResult)
     else:
         w(b"\x00")
 
@@ -372,7 +372,7 @@ def _write_DeletableTopicResult_v5(o: DeletableTopicResult, w: _Writer) -> None:
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw4)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeletableTopicResult)
     else:
         w(b"\x00")
 
@@ -398,7 +398,7 @@ def _write_DeletableTopicResult_v6(o: DeletableTopicResult, w: _Writer) -> None:
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw4)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeletableTopicResult)
     else:
         w(b"\x00")
 
@@ -416,7 +416,22 @@ def _read_DeleteTopicsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DeletableTopicResult_v0(buf, pos)
+            item2 = _new(DeletableTopicResult)
+            item2.topic_id = _ZERO_UUID
+            item2.error_message = None
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            item2._unknown_tags = None
             items1.append(item2)
         o.responses = items1
     o._unknown_tags = None
@@ -437,7 +452,22 @@ def _read_DeleteTopicsResponse_v1(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DeletableTopicResult_v0(buf, pos)
+            item2 = _new(DeletableTopicResult)
+            item2.topic_id = _ZERO_UUID
+            item2.error_message = None
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            item2._unknown_tags = None
             items1.append(item2)
         o.responses = items1
     o._unknown_tags = None
@@ -449,12 +479,12 @@ def _read_DeleteTopicsResponse_v4(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
     o = _new(DeleteTopicsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -462,7 +492,30 @@ def _read_DeleteTopicsResponse_v4(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DeletableTopicResult_v4(buf, pos)
+            item2 = _new(DeletableTopicResult)
+            item2.topic_id = _ZERO_UUID
+            item2.error_message = None
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_DeletableTopicResult)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.responses = items1
     if buf[pos]:
@@ -478,12 +531,12 @@ def _read_DeleteTopicsResponse_v5(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
     o = _new(DeleteTopicsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -491,7 +544,45 @@ def _read_DeleteTopicsResponse_v5(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DeletableTopicResult_v5(buf, pos)
+            item2 = _new(DeletableTopicResult)
+            item2.topic_id = _ZERO_UUID
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.error_message = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_DeletableTopicResult)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.responses = items1
     if buf[pos]:
@@ -507,12 +598,12 @@ def _read_DeleteTopicsResponse_v6(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
     o = _new(DeleteTopicsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -520,7 +611,48 @@ def _read_DeleteTopicsResponse_v6(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DeletableTopicResult_v6(buf, pos)
+            item2 = _new(DeletableTopicResult)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.name = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            item2.topic_id = _read_uuid(buf, pos)
+            pos += 16
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.error_message = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_DeletableTopicResult)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.responses = items1
     if buf[pos]:
@@ -537,7 +669,16 @@ def _write_DeleteTopicsResponse_v0(o: DeleteTopicsResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_DeletableTopicResult_v0(item2, w)
+        x3 = item2.name
+        if x3 is None:
+            raise _ProtocolError("Name is not nullable in version 0")
+        raw4 = x3.encode()
+        n = len(raw4)
+        w(_S_h.pack(n))
+        w(raw4)
+        w(_S_h.pack(item2.error_code))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -549,7 +690,16 @@ def _write_DeleteTopicsResponse_v1(o: DeleteTopicsResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_DeletableTopicResult_v1(item2, w)
+        x3 = item2.name
+        if x3 is None:
+            raise _ProtocolError("Name is not nullable in version 1")
+        raw4 = x3.encode()
+        n = len(raw4)
+        w(_S_h.pack(n))
+        w(raw4)
+        w(_S_h.pack(item2.error_code))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -561,7 +711,16 @@ def _write_DeleteTopicsResponse_v2(o: DeleteTopicsResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_DeletableTopicResult_v2(item2, w)
+        x3 = item2.name
+        if x3 is None:
+            raise _ProtocolError("Name is not nullable in version 2")
+        raw4 = x3.encode()
+        n = len(raw4)
+        w(_S_h.pack(n))
+        w(raw4)
+        w(_S_h.pack(item2.error_code))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -573,7 +732,16 @@ def _write_DeleteTopicsResponse_v3(o: DeleteTopicsResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_DeletableTopicResult_v3(item2, w)
+        x3 = item2.name
+        if x3 is None:
+            raise _ProtocolError("Name is not nullable in version 3")
+        raw4 = x3.encode()
+        n = len(raw4)
+        w(_S_h.pack(n))
+        w(raw4)
+        w(_S_h.pack(item2.error_code))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -585,9 +753,20 @@ def _write_DeleteTopicsResponse_v4(o: DeleteTopicsResponse, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_DeletableTopicResult_v4(item2, w)
+        x3 = item2.name
+        if x3 is None:
+            raise _ProtocolError("Name is not nullable in version 4")
+        raw4 = x3.encode()
+        n = len(raw4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw4)
+        w(_S_h.pack(item2.error_code))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_DeletableTopicResult)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteTopicsResponse)
     else:
         w(b"\x00")
 
@@ -599,9 +778,28 @@ def _write_DeleteTopicsResponse_v5(o: DeleteTopicsResponse, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_DeletableTopicResult_v5(item2, w)
+        x3 = item2.name
+        if x3 is None:
+            raise _ProtocolError("Name is not nullable in version 5")
+        raw4 = x3.encode()
+        n = len(raw4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw4)
+        w(_S_h.pack(item2.error_code))
+        x5 = item2.error_message
+        if x5 is None:
+            w(b"\x00")
+        else:
+            raw6 = x5.encode()
+            n = len(raw6)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw6)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_DeletableTopicResult)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteTopicsResponse)
     else:
         w(b"\x00")
 
@@ -613,9 +811,30 @@ def _write_DeleteTopicsResponse_v6(o: DeleteTopicsResponse, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_DeletableTopicResult_v6(item2, w)
+        x3 = item2.name
+        if x3 is None:
+            w(b"\x00")
+        else:
+            raw4 = x3.encode()
+            n = len(raw4)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw4)
+        w(item2.topic_id.bytes)
+        w(_S_h.pack(item2.error_code))
+        x5 = item2.error_message
+        if x5 is None:
+            w(b"\x00")
+        else:
+            raw6 = x5.encode()
+            n = len(raw6)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw6)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_DeletableTopicResult)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteTopicsResponse)
     else:
         w(b"\x00")
 

@@ -217,12 +217,12 @@ def _read_DescribeAclsRequest_v2(buf: bytes, pos: int) -> tuple[DescribeAclsRequ
     o = _new(DescribeAclsRequest)
     o.resource_type_filter = _S_b.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -235,12 +235,12 @@ def _read_DescribeAclsRequest_v2(buf: bytes, pos: int) -> tuple[DescribeAclsRequ
         pos = end
     o.pattern_type_filter = _S_b.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -251,12 +251,12 @@ def _read_DescribeAclsRequest_v2(buf: bytes, pos: int) -> tuple[DescribeAclsRequ
             raise _too_long("string", n, len(buf) - pos, pos)
         o.principal_filter = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -374,7 +374,7 @@ def _write_DescribeAclsRequest_v2(o: DescribeAclsRequest, w: _Writer) -> None:
         w(raw6)
     w(_S_bb.pack(o.operation, o.permission_type))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeAclsRequest)
     else:
         w(b"\x00")
 

@@ -226,12 +226,12 @@ def _read_AclDescription_v0(buf: bytes, pos: int) -> tuple[AclDescription, int]:
 def _read_AclDescription_v2(buf: bytes, pos: int) -> tuple[AclDescription, int]:
     # versions 2-3
     o = _new(AclDescription)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -240,12 +240,12 @@ def _read_AclDescription_v2(buf: bytes, pos: int) -> tuple[AclDescription, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.principal = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -291,7 +291,7 @@ def _write_AclDescription_v2(o: AclDescription, w: _Writer) -> None:
     w(raw2)
     w(_S_bb.pack(o.operation, o.permission_type))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AclDescription)
     else:
         w(b"\x00")
 
@@ -321,7 +321,30 @@ def _read_DescribeAclsResource_v0(buf: bytes, pos: int) -> tuple[DescribeAclsRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AclDescription_v0(buf, pos)
+            item2 = _new(AclDescription)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.operation, item2.permission_type = _S_bb.unpack_from(buf, pos)
+            pos += 2
+            item2._unknown_tags = None
             items1.append(item2)
         o.acls = items1
     o._unknown_tags = None
@@ -354,7 +377,30 @@ def _read_DescribeAclsResource_v1(buf: bytes, pos: int) -> tuple[DescribeAclsRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AclDescription_v0(buf, pos)
+            item2 = _new(AclDescription)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.operation, item2.permission_type = _S_bb.unpack_from(buf, pos)
+            pos += 2
+            item2._unknown_tags = None
             items1.append(item2)
         o.acls = items1
     o._unknown_tags = None
@@ -366,12 +412,12 @@ def _read_DescribeAclsResource_v2(buf: bytes, pos: int) -> tuple[DescribeAclsRes
     o = _new(DescribeAclsResource)
     o.resource_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -382,12 +428,12 @@ def _read_DescribeAclsResource_v2(buf: bytes, pos: int) -> tuple[DescribeAclsRes
         pos = end
     o.pattern_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -395,7 +441,42 @@ def _read_DescribeAclsResource_v2(buf: bytes, pos: int) -> tuple[DescribeAclsRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AclDescription_v2(buf, pos)
+            item2 = _new(AclDescription)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.operation, item2.permission_type = _S_bb.unpack_from(buf, pos)
+            pos += 2
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_AclDescription)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.acls = items1
     if buf[pos]:
@@ -419,7 +500,17 @@ def _write_DescribeAclsResource_v0(o: DescribeAclsResource, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_AclDescription_v0(item3, w)
+        raw4 = item3.principal.encode()
+        n = len(raw4)
+        w(_S_h.pack(n))
+        w(raw4)
+        raw5 = item3.host.encode()
+        n = len(raw5)
+        w(_S_h.pack(n))
+        w(raw5)
+        w(_S_bb.pack(item3.operation, item3.permission_type))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -436,7 +527,17 @@ def _write_DescribeAclsResource_v1(o: DescribeAclsResource, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_AclDescription_v0(item3, w)
+        raw4 = item3.principal.encode()
+        n = len(raw4)
+        w(_S_h.pack(n))
+        w(raw4)
+        raw5 = item3.host.encode()
+        n = len(raw5)
+        w(_S_h.pack(n))
+        w(raw5)
+        w(_S_bb.pack(item3.operation, item3.permission_type))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -453,9 +554,21 @@ def _write_DescribeAclsResource_v2(o: DescribeAclsResource, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_AclDescription_v2(item3, w)
+        raw4 = item3.principal.encode()
+        n = len(raw4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw4)
+        raw5 = item3.host.encode()
+        n = len(raw5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw5)
+        w(_S_bb.pack(item3.operation, item3.permission_type))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_AclDescription)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeAclsResource)
     else:
         w(b"\x00")
 
@@ -531,12 +644,12 @@ def _read_DescribeAclsResponse_v2(buf: bytes, pos: int) -> tuple[DescribeAclsRes
     o = _new(DescribeAclsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -547,12 +660,12 @@ def _read_DescribeAclsResponse_v2(buf: bytes, pos: int) -> tuple[DescribeAclsRes
             raise _too_long("string", n, len(buf) - pos, pos)
         o.error_message = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -628,7 +741,7 @@ def _write_DescribeAclsResponse_v2(o: DescribeAclsResponse, w: _Writer) -> None:
     for item4 in items3:
         _write_DescribeAclsResource_v2(item4, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeAclsResponse)
     else:
         w(b"\x00")
 

@@ -152,12 +152,12 @@ def _read_ComponentData_v0(buf: bytes, pos: int) -> tuple[ComponentData, int]:
 def _read_ComponentData_v1(buf: bytes, pos: int) -> tuple[ComponentData, int]:
     # versions 1
     o = _new(ComponentData)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -168,12 +168,12 @@ def _read_ComponentData_v1(buf: bytes, pos: int) -> tuple[ComponentData, int]:
         pos = end
     o.match_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -227,7 +227,7 @@ def _write_ComponentData_v1(o: ComponentData, w: _Writer) -> None:
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ComponentData)
     else:
         w(b"\x00")
 
@@ -246,7 +246,32 @@ def _read_DescribeClientQuotasRequest_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ComponentData_v0(buf, pos)
+            item2 = _new(ComponentData)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.entity_type = buf[pos:end].decode()
+                pos = end
+            item2.match_type = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.match = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.match = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.components = items1
     o.strict = _S_z.unpack_from(buf, pos)[0]
@@ -260,12 +285,12 @@ def _read_DescribeClientQuotasRequest_v1(
 ) -> tuple[DescribeClientQuotasRequest, int]:
     # versions 1
     o = _new(DescribeClientQuotasRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -273,7 +298,44 @@ def _read_DescribeClientQuotasRequest_v1(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ComponentData_v1(buf, pos)
+            item2 = _new(ComponentData)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.entity_type = buf[pos:end].decode()
+                pos = end
+            item2.match_type = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.match = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.match = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ComponentData)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.components = items1
     o.strict = _S_z.unpack_from(buf, pos)[0]
@@ -292,7 +354,21 @@ def _write_DescribeClientQuotasRequest_v0(o: DescribeClientQuotasRequest, w: _Wr
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_ComponentData_v0(item2, w)
+        raw3 = item2.entity_type.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_b.pack(item2.match_type))
+        x4 = item2.match
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     w(_S_z.pack(o.strict))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -304,10 +380,26 @@ def _write_DescribeClientQuotasRequest_v1(o: DescribeClientQuotasRequest, w: _Wr
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_ComponentData_v1(item2, w)
+        raw3 = item2.entity_type.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        w(_S_b.pack(item2.match_type))
+        x4 = item2.match
+        if x4 is None:
+            w(b"\x00")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw5)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_ComponentData)
+        else:
+            w(b"\x00")
     w(_S_z.pack(o.strict))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeClientQuotasRequest)
     else:
         w(b"\x00")
 

@@ -101,7 +101,7 @@ def _write_DescribeClusterRequest_v0(o: DescribeClusterRequest, w: _Writer) -> N
         raise _ProtocolError("EndpointType cannot be written in version 0")
     w(_S_z.pack(o.include_cluster_authorized_operations))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeClusterRequest)
     else:
         w(b"\x00")
 
@@ -110,7 +110,7 @@ def _write_DescribeClusterRequest_v1(o: DescribeClusterRequest, w: _Writer) -> N
     # versions 1
     w(_S_zb.pack(o.include_cluster_authorized_operations, o.endpoint_type))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeClusterRequest)
     else:
         w(b"\x00")
 

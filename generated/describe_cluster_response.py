@@ -179,12 +179,12 @@ def _read_DescribeClusterBroker_v0(buf: bytes, pos: int) -> tuple[DescribeCluste
     o = _new(DescribeClusterBroker)
     o.broker_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -195,12 +195,12 @@ def _read_DescribeClusterBroker_v0(buf: bytes, pos: int) -> tuple[DescribeCluste
         pos = end
     o.port = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -236,7 +236,7 @@ def _write_DescribeClusterBroker_v0(o: DescribeClusterBroker, w: _Writer) -> Non
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeClusterBroker)
     else:
         w(b"\x00")
 
@@ -247,12 +247,12 @@ def _read_DescribeClusterResponse_v0(buf: bytes, pos: int) -> tuple[DescribeClus
     o.endpoint_type = 1
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -263,12 +263,12 @@ def _read_DescribeClusterResponse_v0(buf: bytes, pos: int) -> tuple[DescribeClus
             raise _too_long("string", n, len(buf) - pos, pos)
         o.error_message = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -279,12 +279,12 @@ def _read_DescribeClusterResponse_v0(buf: bytes, pos: int) -> tuple[DescribeClus
         pos = end
     o.controller_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -292,7 +292,46 @@ def _read_DescribeClusterResponse_v0(buf: bytes, pos: int) -> tuple[DescribeClus
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribeClusterBroker_v0(buf, pos)
+            item2 = _new(DescribeClusterBroker)
+            item2.broker_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.rack = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.rack = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_DescribeClusterBroker)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.brokers = items1
     o.cluster_authorized_operations = _S_i.unpack_from(buf, pos)[0]
@@ -310,12 +349,12 @@ def _read_DescribeClusterResponse_v1(buf: bytes, pos: int) -> tuple[DescribeClus
     o = _new(DescribeClusterResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -328,12 +367,12 @@ def _read_DescribeClusterResponse_v1(buf: bytes, pos: int) -> tuple[DescribeClus
         pos = end
     o.endpoint_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -344,12 +383,12 @@ def _read_DescribeClusterResponse_v1(buf: bytes, pos: int) -> tuple[DescribeClus
         pos = end
     o.controller_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -357,7 +396,46 @@ def _read_DescribeClusterResponse_v1(buf: bytes, pos: int) -> tuple[DescribeClus
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribeClusterBroker_v0(buf, pos)
+            item2 = _new(DescribeClusterBroker)
+            item2.broker_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.rack = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.rack = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_DescribeClusterBroker)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.brokers = items1
     o.cluster_authorized_operations = _S_i.unpack_from(buf, pos)[0]
@@ -392,10 +470,27 @@ def _write_DescribeClusterResponse_v0(o: DescribeClusterResponse, w: _Writer) ->
     n = len(items4)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item5 in items4:
-        _write_DescribeClusterBroker_v0(item5, w)
+        w(_S_i.pack(item5.broker_id))
+        raw6 = item5.host.encode()
+        n = len(raw6)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw6)
+        w(_S_i.pack(item5.port))
+        x7 = item5.rack
+        if x7 is None:
+            w(b"\x00")
+        else:
+            raw8 = x7.encode()
+            n = len(raw8)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw8)
+        if item5._unknown_tags:
+            _write_tags(w, [], item5._unknown_tags, _TAGS_DescribeClusterBroker)
+        else:
+            w(b"\x00")
     w(_S_i.pack(o.cluster_authorized_operations))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeClusterResponse)
     else:
         w(b"\x00")
 
@@ -421,10 +516,27 @@ def _write_DescribeClusterResponse_v1(o: DescribeClusterResponse, w: _Writer) ->
     n = len(items4)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item5 in items4:
-        _write_DescribeClusterBroker_v0(item5, w)
+        w(_S_i.pack(item5.broker_id))
+        raw6 = item5.host.encode()
+        n = len(raw6)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw6)
+        w(_S_i.pack(item5.port))
+        x7 = item5.rack
+        if x7 is None:
+            w(b"\x00")
+        else:
+            raw8 = x7.encode()
+            n = len(raw8)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw8)
+        if item5._unknown_tags:
+            _write_tags(w, [], item5._unknown_tags, _TAGS_DescribeClusterBroker)
+        else:
+            w(b"\x00")
     w(_S_i.pack(o.cluster_authorized_operations))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeClusterResponse)
     else:
         w(b"\x00")
 

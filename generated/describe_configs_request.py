@@ -176,12 +176,12 @@ def _read_DescribeConfigsResource_v4(buf: bytes, pos: int) -> tuple[DescribeConf
     o = _new(DescribeConfigsResource)
     o.resource_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -190,12 +190,12 @@ def _read_DescribeConfigsResource_v4(buf: bytes, pos: int) -> tuple[DescribeConf
             raise _too_long("string", n, len(buf) - pos, pos)
         o.resource_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad array length {n}", offset=pos)
@@ -205,12 +205,12 @@ def _read_DescribeConfigsResource_v4(buf: bytes, pos: int) -> tuple[DescribeConf
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("string", pos)
             else:
@@ -272,7 +272,7 @@ def _write_DescribeConfigsResource_v4(o: DescribeConfigsResource, w: _Writer) ->
             w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
             w(raw5)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeConfigsResource)
     else:
         w(b"\x00")
 
@@ -291,7 +291,43 @@ def _read_DescribeConfigsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeConfi
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribeConfigsResource_v0(buf, pos)
+            item2 = _new(DescribeConfigsResource)
+            item2.resource_type = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.resource_name = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad array length {n}", offset=pos)
+                item2.configuration_keys = None
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                items3: list[_Any] = []
+                for _ in range(n):
+                    n = _S_h.unpack_from(buf, pos)[0]
+                    pos += 2
+                    if n < 0:
+                        raise _null_error("string", pos)
+                    else:
+                        end = pos + n
+                        if end > len(buf):
+                            raise _too_long("string", n, len(buf) - pos, pos)
+                        item4 = buf[pos:end].decode()
+                        pos = end
+                    items3.append(item4)
+                item2.configuration_keys = items3
+            item2._unknown_tags = None
             items1.append(item2)
         o.resources = items1
     o._unknown_tags = None
@@ -311,7 +347,43 @@ def _read_DescribeConfigsRequest_v1(buf: bytes, pos: int) -> tuple[DescribeConfi
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribeConfigsResource_v0(buf, pos)
+            item2 = _new(DescribeConfigsResource)
+            item2.resource_type = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.resource_name = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad array length {n}", offset=pos)
+                item2.configuration_keys = None
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                items3: list[_Any] = []
+                for _ in range(n):
+                    n = _S_h.unpack_from(buf, pos)[0]
+                    pos += 2
+                    if n < 0:
+                        raise _null_error("string", pos)
+                    else:
+                        end = pos + n
+                        if end > len(buf):
+                            raise _too_long("string", n, len(buf) - pos, pos)
+                        item4 = buf[pos:end].decode()
+                        pos = end
+                    items3.append(item4)
+                item2.configuration_keys = items3
+            item2._unknown_tags = None
             items1.append(item2)
         o.resources = items1
     o.include_synonyms = _S_z.unpack_from(buf, pos)[0]
@@ -332,7 +404,43 @@ def _read_DescribeConfigsRequest_v3(buf: bytes, pos: int) -> tuple[DescribeConfi
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribeConfigsResource_v0(buf, pos)
+            item2 = _new(DescribeConfigsResource)
+            item2.resource_type = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.resource_name = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad array length {n}", offset=pos)
+                item2.configuration_keys = None
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                items3: list[_Any] = []
+                for _ in range(n):
+                    n = _S_h.unpack_from(buf, pos)[0]
+                    pos += 2
+                    if n < 0:
+                        raise _null_error("string", pos)
+                    else:
+                        end = pos + n
+                        if end > len(buf):
+                            raise _too_long("string", n, len(buf) - pos, pos)
+                        item4 = buf[pos:end].decode()
+                        pos = end
+                    items3.append(item4)
+                item2.configuration_keys = items3
+            item2._unknown_tags = None
             items1.append(item2)
         o.resources = items1
     o.include_synonyms, o.include_documentation = _S_zz.unpack_from(buf, pos)
@@ -344,12 +452,12 @@ def _read_DescribeConfigsRequest_v3(buf: bytes, pos: int) -> tuple[DescribeConfi
 def _read_DescribeConfigsRequest_v4(buf: bytes, pos: int) -> tuple[DescribeConfigsRequest, int]:
     # versions 4
     o = _new(DescribeConfigsRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -357,7 +465,61 @@ def _read_DescribeConfigsRequest_v4(buf: bytes, pos: int) -> tuple[DescribeConfi
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribeConfigsResource_v4(buf, pos)
+            item2 = _new(DescribeConfigsResource)
+            item2.resource_type = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.resource_name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad array length {n}", offset=pos)
+                item2.configuration_keys = None
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                items3: list[_Any] = []
+                for _ in range(n):
+                    n = buf[pos] - 1
+                    if n < 127:
+                        pos += 1
+                    else:
+                        n, pos = _uvarint(buf, pos)
+                        n -= 1
+                    if n < 0:
+                        raise _null_error("string", pos)
+                    else:
+                        end = pos + n
+                        if end > len(buf):
+                            raise _too_long("string", n, len(buf) - pos, pos)
+                        item4 = buf[pos:end].decode()
+                        pos = end
+                    items3.append(item4)
+                item2.configuration_keys = items3
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_DescribeConfigsResource
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.resources = items1
     o.include_synonyms, o.include_documentation = _S_zz.unpack_from(buf, pos)
@@ -380,7 +542,25 @@ def _write_DescribeConfigsRequest_v0(o: DescribeConfigsRequest, w: _Writer) -> N
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_DescribeConfigsResource_v0(item2, w)
+        w(_S_b.pack(item2.resource_type))
+        raw3 = item2.resource_name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        x4 = item2.configuration_keys
+        if x4 is None:
+            w(b"\xff\xff\xff\xff")
+        else:
+            items5 = x4
+            n = len(items5)
+            w(_S_i.pack(n))
+            for item6 in items5:
+                raw7 = item6.encode()
+                n = len(raw7)
+                w(_S_h.pack(n))
+                w(raw7)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -393,7 +573,25 @@ def _write_DescribeConfigsRequest_v1(o: DescribeConfigsRequest, w: _Writer) -> N
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_DescribeConfigsResource_v0(item2, w)
+        w(_S_b.pack(item2.resource_type))
+        raw3 = item2.resource_name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        x4 = item2.configuration_keys
+        if x4 is None:
+            w(b"\xff\xff\xff\xff")
+        else:
+            items5 = x4
+            n = len(items5)
+            w(_S_i.pack(n))
+            for item6 in items5:
+                raw7 = item6.encode()
+                n = len(raw7)
+                w(_S_h.pack(n))
+                w(raw7)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     w(_S_z.pack(o.include_synonyms))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -407,7 +605,25 @@ def _write_DescribeConfigsRequest_v2(o: DescribeConfigsRequest, w: _Writer) -> N
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_DescribeConfigsResource_v0(item2, w)
+        w(_S_b.pack(item2.resource_type))
+        raw3 = item2.resource_name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        x4 = item2.configuration_keys
+        if x4 is None:
+            w(b"\xff\xff\xff\xff")
+        else:
+            items5 = x4
+            n = len(items5)
+            w(_S_i.pack(n))
+            for item6 in items5:
+                raw7 = item6.encode()
+                n = len(raw7)
+                w(_S_h.pack(n))
+                w(raw7)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     w(_S_z.pack(o.include_synonyms))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -419,7 +635,25 @@ def _write_DescribeConfigsRequest_v3(o: DescribeConfigsRequest, w: _Writer) -> N
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_DescribeConfigsResource_v0(item2, w)
+        w(_S_b.pack(item2.resource_type))
+        raw3 = item2.resource_name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        x4 = item2.configuration_keys
+        if x4 is None:
+            w(b"\xff\xff\xff\xff")
+        else:
+            items5 = x4
+            n = len(items5)
+            w(_S_i.pack(n))
+            for item6 in items5:
+                raw7 = item6.encode()
+                n = len(raw7)
+                w(_S_h.pack(n))
+                w(raw7)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     w(_S_zz.pack(o.include_synonyms, o.include_documentation))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -431,10 +665,30 @@ def _write_DescribeConfigsRequest_v4(o: DescribeConfigsRequest, w: _Writer) -> N
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_DescribeConfigsResource_v4(item2, w)
+        w(_S_b.pack(item2.resource_type))
+        raw3 = item2.resource_name.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        x4 = item2.configuration_keys
+        if x4 is None:
+            w(b"\x00")
+        else:
+            items5 = x4
+            n = len(items5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            for item6 in items5:
+                raw7 = item6.encode()
+                n = len(raw7)
+                w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+                w(raw7)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_DescribeConfigsResource)
+        else:
+            w(b"\x00")
     w(_S_zz.pack(o.include_synonyms, o.include_documentation))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeConfigsRequest)
     else:
         w(b"\x00")
 

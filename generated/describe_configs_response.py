@@ -302,12 +302,12 @@ def _read_DescribeConfigsSynonym_v1(buf: bytes, pos: int) -> tuple[DescribeConfi
 def _read_DescribeConfigsSynonym_v4(buf: bytes, pos: int) -> tuple[DescribeConfigsSynonym, int]:
     # versions 4
     o = _new(DescribeConfigsSynonym)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -316,12 +316,12 @@ def _read_DescribeConfigsSynonym_v4(buf: bytes, pos: int) -> tuple[DescribeConfi
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -377,7 +377,7 @@ def _write_DescribeConfigsSynonym_v4(o: DescribeConfigsSynonym, w: _Writer) -> N
         w(raw3)
     w(_S_b.pack(o.source))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeConfigsSynonym)
     else:
         w(b"\x00")
 
@@ -460,7 +460,32 @@ def _read_DescribeConfigsResourceResult_v1(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribeConfigsSynonym_v1(buf, pos)
+            item2 = _new(DescribeConfigsSynonym)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.value = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.value = buf[pos:end].decode()
+                pos = end
+            item2.source = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            item2._unknown_tags = None
             items1.append(item2)
         o.synonyms = items1
     o._unknown_tags = None
@@ -506,7 +531,32 @@ def _read_DescribeConfigsResourceResult_v3(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribeConfigsSynonym_v1(buf, pos)
+            item2 = _new(DescribeConfigsSynonym)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.value = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.value = buf[pos:end].decode()
+                pos = end
+            item2.source = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            item2._unknown_tags = None
             items1.append(item2)
         o.synonyms = items1
     o.config_type = _S_b.unpack_from(buf, pos)[0]
@@ -533,12 +583,12 @@ def _read_DescribeConfigsResourceResult_v4(
     # versions 4
     o = _new(DescribeConfigsResourceResult)
     o.is_default = False
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -547,12 +597,12 @@ def _read_DescribeConfigsResourceResult_v4(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -565,12 +615,12 @@ def _read_DescribeConfigsResourceResult_v4(
         pos = end
     o.read_only, o.config_source, o.is_sensitive = _S_zbz.unpack_from(buf, pos)
     pos += 3
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -578,17 +628,54 @@ def _read_DescribeConfigsResourceResult_v4(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribeConfigsSynonym_v4(buf, pos)
+            item2 = _new(DescribeConfigsSynonym)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.value = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.value = buf[pos:end].decode()
+                pos = end
+            item2.source = _S_b.unpack_from(buf, pos)[0]
+            pos += 1
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_DescribeConfigsSynonym)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.synonyms = items1
     o.config_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -647,7 +734,21 @@ def _write_DescribeConfigsResourceResult_v1(o: DescribeConfigsResourceResult, w:
     n = len(items4)
     w(_S_i.pack(n))
     for item5 in items4:
-        _write_DescribeConfigsSynonym_v1(item5, w)
+        raw6 = item5.name.encode()
+        n = len(raw6)
+        w(_S_h.pack(n))
+        w(raw6)
+        x7 = item5.value
+        if x7 is None:
+            w(b"\xff\xff")
+        else:
+            raw8 = x7.encode()
+            n = len(raw8)
+            w(_S_h.pack(n))
+            w(raw8)
+        w(_S_b.pack(item5.source))
+        if item5._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -673,7 +774,21 @@ def _write_DescribeConfigsResourceResult_v2(o: DescribeConfigsResourceResult, w:
     n = len(items4)
     w(_S_i.pack(n))
     for item5 in items4:
-        _write_DescribeConfigsSynonym_v1(item5, w)
+        raw6 = item5.name.encode()
+        n = len(raw6)
+        w(_S_h.pack(n))
+        w(raw6)
+        x7 = item5.value
+        if x7 is None:
+            w(b"\xff\xff")
+        else:
+            raw8 = x7.encode()
+            n = len(raw8)
+            w(_S_h.pack(n))
+            w(raw8)
+        w(_S_b.pack(item5.source))
+        if item5._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -699,16 +814,30 @@ def _write_DescribeConfigsResourceResult_v3(o: DescribeConfigsResourceResult, w:
     n = len(items4)
     w(_S_i.pack(n))
     for item5 in items4:
-        _write_DescribeConfigsSynonym_v1(item5, w)
+        raw6 = item5.name.encode()
+        n = len(raw6)
+        w(_S_h.pack(n))
+        w(raw6)
+        x7 = item5.value
+        if x7 is None:
+            w(b"\xff\xff")
+        else:
+            raw8 = x7.encode()
+            n = len(raw8)
+            w(_S_h.pack(n))
+            w(raw8)
+        w(_S_b.pack(item5.source))
+        if item5._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     w(_S_b.pack(o.config_type))
-    x6 = o.documentation
-    if x6 is None:
+    x9 = o.documentation
+    if x9 is None:
         w(b"\xff\xff")
     else:
-        raw7 = x6.encode()
-        n = len(raw7)
+        raw10 = x9.encode()
+        n = len(raw10)
         w(_S_h.pack(n))
-        w(raw7)
+        w(raw10)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -734,18 +863,34 @@ def _write_DescribeConfigsResourceResult_v4(o: DescribeConfigsResourceResult, w:
     n = len(items4)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item5 in items4:
-        _write_DescribeConfigsSynonym_v4(item5, w)
+        raw6 = item5.name.encode()
+        n = len(raw6)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw6)
+        x7 = item5.value
+        if x7 is None:
+            w(b"\x00")
+        else:
+            raw8 = x7.encode()
+            n = len(raw8)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw8)
+        w(_S_b.pack(item5.source))
+        if item5._unknown_tags:
+            _write_tags(w, [], item5._unknown_tags, _TAGS_DescribeConfigsSynonym)
+        else:
+            w(b"\x00")
     w(_S_b.pack(o.config_type))
-    x6 = o.documentation
-    if x6 is None:
+    x9 = o.documentation
+    if x9 is None:
         w(b"\x00")
     else:
-        raw7 = x6.encode()
-        n = len(raw7)
+        raw10 = x9.encode()
+        n = len(raw10)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(raw7)
+        w(raw10)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeConfigsResourceResult)
     else:
         w(b"\x00")
 
@@ -788,7 +933,36 @@ def _read_DescribeConfigsResult_v0(buf: bytes, pos: int) -> tuple[DescribeConfig
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribeConfigsResourceResult_v0(buf, pos)
+            item2 = _new(DescribeConfigsResourceResult)
+            item2.config_source = -1
+            item2.synonyms = []
+            item2.config_type = 0
+            item2.documentation = ""
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.value = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.value = buf[pos:end].decode()
+                pos = end
+            item2.read_only, item2.is_default, item2.is_sensitive = _S_zzz.unpack_from(buf, pos)
+            pos += 3
+            item2._unknown_tags = None
             items1.append(item2)
         o.configs = items1
     o._unknown_tags = None
@@ -890,12 +1064,12 @@ def _read_DescribeConfigsResult_v4(buf: bytes, pos: int) -> tuple[DescribeConfig
     o = _new(DescribeConfigsResult)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -908,12 +1082,12 @@ def _read_DescribeConfigsResult_v4(buf: bytes, pos: int) -> tuple[DescribeConfig
         pos = end
     o.resource_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -922,12 +1096,12 @@ def _read_DescribeConfigsResult_v4(buf: bytes, pos: int) -> tuple[DescribeConfig
             raise _too_long("string", n, len(buf) - pos, pos)
         o.resource_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -966,7 +1140,21 @@ def _write_DescribeConfigsResult_v0(o: DescribeConfigsResult, w: _Writer) -> Non
     n = len(items4)
     w(_S_i.pack(n))
     for item5 in items4:
-        _write_DescribeConfigsResourceResult_v0(item5, w)
+        raw6 = item5.name.encode()
+        n = len(raw6)
+        w(_S_h.pack(n))
+        w(raw6)
+        x7 = item5.value
+        if x7 is None:
+            w(b"\xff\xff")
+        else:
+            raw8 = x7.encode()
+            n = len(raw8)
+            w(_S_h.pack(n))
+            w(raw8)
+        w(_S_zzz.pack(item5.read_only, item5.is_default, item5.is_sensitive))
+        if item5._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1068,7 +1256,7 @@ def _write_DescribeConfigsResult_v4(o: DescribeConfigsResult, w: _Writer) -> Non
     for item5 in items4:
         _write_DescribeConfigsResourceResult_v4(item5, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeConfigsResult)
     else:
         w(b"\x00")
 
@@ -1141,12 +1329,12 @@ def _read_DescribeConfigsResponse_v4(buf: bytes, pos: int) -> tuple[DescribeConf
     o = _new(DescribeConfigsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1222,7 +1410,7 @@ def _write_DescribeConfigsResponse_v4(o: DescribeConfigsResponse, w: _Writer) ->
     for item2 in items1:
         _write_DescribeConfigsResult_v4(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeConfigsResponse)
     else:
         w(b"\x00")
 

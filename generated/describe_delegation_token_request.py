@@ -134,12 +134,12 @@ def _read_DescribeDelegationTokenOwner_v2(
 ) -> tuple[DescribeDelegationTokenOwner, int]:
     # versions 2-3
     o = _new(DescribeDelegationTokenOwner)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -148,12 +148,12 @@ def _read_DescribeDelegationTokenOwner_v2(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.principal_type = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -195,7 +195,7 @@ def _write_DescribeDelegationTokenOwner_v2(o: DescribeDelegationTokenOwner, w: _
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw2)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeDelegationTokenOwner)
     else:
         w(b"\x00")
 
@@ -216,7 +216,28 @@ def _read_DescribeDelegationTokenRequest_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribeDelegationTokenOwner_v0(buf, pos)
+            item2 = _new(DescribeDelegationTokenOwner)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal_type = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal_name = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.owners = items1
     o._unknown_tags = None
@@ -228,12 +249,12 @@ def _read_DescribeDelegationTokenRequest_v2(
 ) -> tuple[DescribeDelegationTokenRequest, int]:
     # versions 2-3
     o = _new(DescribeDelegationTokenRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad array length {n}", offset=pos)
@@ -243,7 +264,42 @@ def _read_DescribeDelegationTokenRequest_v2(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribeDelegationTokenOwner_v2(buf, pos)
+            item2 = _new(DescribeDelegationTokenOwner)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal_type = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal_name = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_DescribeDelegationTokenOwner
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.owners = items1
     if buf[pos]:
@@ -264,7 +320,16 @@ def _write_DescribeDelegationTokenRequest_v0(o: DescribeDelegationTokenRequest, 
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_DescribeDelegationTokenOwner_v0(item3, w)
+            raw4 = item3.principal_type.encode()
+            n = len(raw4)
+            w(_S_h.pack(n))
+            w(raw4)
+            raw5 = item3.principal_name.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+            if item3._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -279,9 +344,20 @@ def _write_DescribeDelegationTokenRequest_v2(o: DescribeDelegationTokenRequest, 
         n = len(items2)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         for item3 in items2:
-            _write_DescribeDelegationTokenOwner_v2(item3, w)
+            raw4 = item3.principal_type.encode()
+            n = len(raw4)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw4)
+            raw5 = item3.principal_name.encode()
+            n = len(raw5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw5)
+            if item3._unknown_tags:
+                _write_tags(w, [], item3._unknown_tags, _TAGS_DescribeDelegationTokenOwner)
+            else:
+                w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeDelegationTokenRequest)
     else:
         w(b"\x00")
 

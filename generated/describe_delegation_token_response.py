@@ -250,12 +250,12 @@ def _read_DescribedDelegationTokenRenewer_v2(
 ) -> tuple[DescribedDelegationTokenRenewer, int]:
     # versions 2-3
     o = _new(DescribedDelegationTokenRenewer)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -264,12 +264,12 @@ def _read_DescribedDelegationTokenRenewer_v2(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.principal_type = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -315,7 +315,7 @@ def _write_DescribedDelegationTokenRenewer_v2(
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw2)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribedDelegationTokenRenewer)
     else:
         w(b"\x00")
 
@@ -376,7 +376,28 @@ def _read_DescribedDelegationToken_v0(buf: bytes, pos: int) -> tuple[DescribedDe
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribedDelegationTokenRenewer_v0(buf, pos)
+            item2 = _new(DescribedDelegationTokenRenewer)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal_type = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal_name = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.renewers = items1
     o._unknown_tags = None
@@ -388,12 +409,12 @@ def _read_DescribedDelegationToken_v2(buf: bytes, pos: int) -> tuple[DescribedDe
     o = _new(DescribedDelegationToken)
     o.token_requester_principal_type = ""
     o.token_requester_principal_name = ""
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -402,12 +423,12 @@ def _read_DescribedDelegationToken_v2(buf: bytes, pos: int) -> tuple[DescribedDe
             raise _too_long("string", n, len(buf) - pos, pos)
         o.principal_type = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -418,12 +439,12 @@ def _read_DescribedDelegationToken_v2(buf: bytes, pos: int) -> tuple[DescribedDe
         pos = end
     o.issue_timestamp, o.expiry_timestamp, o.max_timestamp = _S_qqq.unpack_from(buf, pos)
     pos += 24
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -432,12 +453,12 @@ def _read_DescribedDelegationToken_v2(buf: bytes, pos: int) -> tuple[DescribedDe
             raise _too_long("string", n, len(buf) - pos, pos)
         o.token_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("bytes", pos)
     else:
@@ -446,12 +467,12 @@ def _read_DescribedDelegationToken_v2(buf: bytes, pos: int) -> tuple[DescribedDe
             raise _too_long("bytes", n, len(buf) - pos, pos)
         o.hmac = bytes(buf[pos:end])
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -459,7 +480,42 @@ def _read_DescribedDelegationToken_v2(buf: bytes, pos: int) -> tuple[DescribedDe
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribedDelegationTokenRenewer_v2(buf, pos)
+            item2 = _new(DescribedDelegationTokenRenewer)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal_type = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal_name = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_DescribedDelegationTokenRenewer
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.renewers = items1
     if buf[pos]:
@@ -473,12 +529,12 @@ def _read_DescribedDelegationToken_v2(buf: bytes, pos: int) -> tuple[DescribedDe
 def _read_DescribedDelegationToken_v3(buf: bytes, pos: int) -> tuple[DescribedDelegationToken, int]:
     # versions 3
     o = _new(DescribedDelegationToken)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -487,12 +543,12 @@ def _read_DescribedDelegationToken_v3(buf: bytes, pos: int) -> tuple[DescribedDe
             raise _too_long("string", n, len(buf) - pos, pos)
         o.principal_type = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -501,12 +557,12 @@ def _read_DescribedDelegationToken_v3(buf: bytes, pos: int) -> tuple[DescribedDe
             raise _too_long("string", n, len(buf) - pos, pos)
         o.principal_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -515,12 +571,12 @@ def _read_DescribedDelegationToken_v3(buf: bytes, pos: int) -> tuple[DescribedDe
             raise _too_long("string", n, len(buf) - pos, pos)
         o.token_requester_principal_type = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -531,12 +587,12 @@ def _read_DescribedDelegationToken_v3(buf: bytes, pos: int) -> tuple[DescribedDe
         pos = end
     o.issue_timestamp, o.expiry_timestamp, o.max_timestamp = _S_qqq.unpack_from(buf, pos)
     pos += 24
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -545,12 +601,12 @@ def _read_DescribedDelegationToken_v3(buf: bytes, pos: int) -> tuple[DescribedDe
             raise _too_long("string", n, len(buf) - pos, pos)
         o.token_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("bytes", pos)
     else:
@@ -559,12 +615,12 @@ def _read_DescribedDelegationToken_v3(buf: bytes, pos: int) -> tuple[DescribedDe
             raise _too_long("bytes", n, len(buf) - pos, pos)
         o.hmac = bytes(buf[pos:end])
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -572,7 +628,42 @@ def _read_DescribedDelegationToken_v3(buf: bytes, pos: int) -> tuple[DescribedDe
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribedDelegationTokenRenewer_v2(buf, pos)
+            item2 = _new(DescribedDelegationTokenRenewer)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal_type = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.principal_name = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_DescribedDelegationTokenRenewer
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.renewers = items1
     if buf[pos]:
@@ -609,7 +700,16 @@ def _write_DescribedDelegationToken_v0(o: DescribedDelegationToken, w: _Writer) 
     n = len(items4)
     w(_S_i.pack(n))
     for item5 in items4:
-        _write_DescribedDelegationTokenRenewer_v0(item5, w)
+        raw6 = item5.principal_type.encode()
+        n = len(raw6)
+        w(_S_h.pack(n))
+        w(raw6)
+        raw7 = item5.principal_name.encode()
+        n = len(raw7)
+        w(_S_h.pack(n))
+        w(raw7)
+        if item5._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -640,7 +740,16 @@ def _write_DescribedDelegationToken_v1(o: DescribedDelegationToken, w: _Writer) 
     n = len(items4)
     w(_S_i.pack(n))
     for item5 in items4:
-        _write_DescribedDelegationTokenRenewer_v0(item5, w)
+        raw6 = item5.principal_type.encode()
+        n = len(raw6)
+        w(_S_h.pack(n))
+        w(raw6)
+        raw7 = item5.principal_name.encode()
+        n = len(raw7)
+        w(_S_h.pack(n))
+        w(raw7)
+        if item5._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -671,9 +780,20 @@ def _write_DescribedDelegationToken_v2(o: DescribedDelegationToken, w: _Writer) 
     n = len(items4)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item5 in items4:
-        _write_DescribedDelegationTokenRenewer_v2(item5, w)
+        raw6 = item5.principal_type.encode()
+        n = len(raw6)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw6)
+        raw7 = item5.principal_name.encode()
+        n = len(raw7)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw7)
+        if item5._unknown_tags:
+            _write_tags(w, [], item5._unknown_tags, _TAGS_DescribedDelegationTokenRenewer)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribedDelegationToken)
     else:
         w(b"\x00")
 
@@ -708,9 +828,20 @@ def _write_DescribedDelegationToken_v3(o: DescribedDelegationToken, w: _Writer) 
     n = len(items6)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item7 in items6:
-        _write_DescribedDelegationTokenRenewer_v2(item7, w)
+        raw8 = item7.principal_type.encode()
+        n = len(raw8)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw8)
+        raw9 = item7.principal_name.encode()
+        n = len(raw9)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw9)
+        if item7._unknown_tags:
+            _write_tags(w, [], item7._unknown_tags, _TAGS_DescribedDelegationTokenRenewer)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribedDelegationToken)
     else:
         w(b"\x00")
 
@@ -747,12 +878,12 @@ def _read_DescribeDelegationTokenResponse_v2(
     o = _new(DescribeDelegationTokenResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -780,12 +911,12 @@ def _read_DescribeDelegationTokenResponse_v3(
     o = _new(DescribeDelegationTokenResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -848,7 +979,7 @@ def _write_DescribeDelegationTokenResponse_v2(
         _write_DescribedDelegationToken_v2(item2, w)
     w(_S_i.pack(o.throttle_time_ms))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeDelegationTokenResponse)
     else:
         w(b"\x00")
 
@@ -865,7 +996,7 @@ def _write_DescribeDelegationTokenResponse_v3(
         _write_DescribedDelegationToken_v3(item2, w)
     w(_S_i.pack(o.throttle_time_ms))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeDelegationTokenResponse)
     else:
         w(b"\x00")
 

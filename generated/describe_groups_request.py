@@ -144,12 +144,12 @@ def _read_DescribeGroupsRequest_v3(buf: bytes, pos: int) -> tuple[DescribeGroups
 def _read_DescribeGroupsRequest_v5(buf: bytes, pos: int) -> tuple[DescribeGroupsRequest, int]:
     # versions 5
     o = _new(DescribeGroupsRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -157,12 +157,12 @@ def _read_DescribeGroupsRequest_v5(buf: bytes, pos: int) -> tuple[DescribeGroups
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("string", pos)
             else:
@@ -258,7 +258,7 @@ def _write_DescribeGroupsRequest_v5(o: DescribeGroupsRequest, w: _Writer) -> Non
         w(raw3)
     w(_S_z.pack(o.include_authorized_operations))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeGroupsRequest)
     else:
         w(b"\x00")
 

@@ -355,12 +355,12 @@ def _read_DescribedGroupMember_v4(buf: bytes, pos: int) -> tuple[DescribedGroupM
 def _read_DescribedGroupMember_v5(buf: bytes, pos: int) -> tuple[DescribedGroupMember, int]:
     # versions 5
     o = _new(DescribedGroupMember)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -369,12 +369,12 @@ def _read_DescribedGroupMember_v5(buf: bytes, pos: int) -> tuple[DescribedGroupM
             raise _too_long("string", n, len(buf) - pos, pos)
         o.member_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -385,12 +385,12 @@ def _read_DescribedGroupMember_v5(buf: bytes, pos: int) -> tuple[DescribedGroupM
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_instance_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -399,12 +399,12 @@ def _read_DescribedGroupMember_v5(buf: bytes, pos: int) -> tuple[DescribedGroupM
             raise _too_long("string", n, len(buf) - pos, pos)
         o.client_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -413,12 +413,12 @@ def _read_DescribedGroupMember_v5(buf: bytes, pos: int) -> tuple[DescribedGroupM
             raise _too_long("string", n, len(buf) - pos, pos)
         o.client_host = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("bytes", pos)
     else:
@@ -427,12 +427,12 @@ def _read_DescribedGroupMember_v5(buf: bytes, pos: int) -> tuple[DescribedGroupM
             raise _too_long("bytes", n, len(buf) - pos, pos)
         o.member_metadata = bytes(buf[pos:end])
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("bytes", pos)
     else:
@@ -534,7 +534,7 @@ def _write_DescribedGroupMember_v5(o: DescribedGroupMember, w: _Writer) -> None:
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(o.member_assignment)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribedGroupMember)
     else:
         w(b"\x00")
 
@@ -594,7 +594,59 @@ def _read_DescribedGroup_v0(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribedGroupMember_v0(buf, pos)
+            item2 = _new(DescribedGroupMember)
+            item2.group_instance_id = None
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.member_id = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.client_id = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.client_host = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.member_metadata = bytes(buf[pos:end])
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.member_assignment = bytes(buf[pos:end])
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.members = items1
     o._unknown_tags = None
@@ -655,7 +707,59 @@ def _read_DescribedGroup_v3(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribedGroupMember_v0(buf, pos)
+            item2 = _new(DescribedGroupMember)
+            item2.group_instance_id = None
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.member_id = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.client_id = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.client_host = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.member_metadata = bytes(buf[pos:end])
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.member_assignment = bytes(buf[pos:end])
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.members = items1
     o.authorized_operations = _S_i.unpack_from(buf, pos)[0]
@@ -718,7 +822,70 @@ def _read_DescribedGroup_v4(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribedGroupMember_v4(buf, pos)
+            item2 = _new(DescribedGroupMember)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.member_id = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.group_instance_id = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.group_instance_id = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.client_id = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.client_host = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.member_metadata = bytes(buf[pos:end])
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.member_assignment = bytes(buf[pos:end])
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.members = items1
     o.authorized_operations = _S_i.unpack_from(buf, pos)[0]
@@ -732,12 +899,12 @@ def _read_DescribedGroup_v5(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
     o = _new(DescribedGroup)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -746,12 +913,12 @@ def _read_DescribedGroup_v5(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -760,12 +927,12 @@ def _read_DescribedGroup_v5(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_state = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -774,12 +941,12 @@ def _read_DescribedGroup_v5(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.protocol_type = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -788,12 +955,12 @@ def _read_DescribedGroup_v5(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.protocol_data = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -801,7 +968,98 @@ def _read_DescribedGroup_v5(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribedGroupMember_v5(buf, pos)
+            item2 = _new(DescribedGroupMember)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.member_id = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.group_instance_id = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.group_instance_id = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.client_id = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.client_host = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.member_metadata = bytes(buf[pos:end])
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.member_assignment = bytes(buf[pos:end])
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_DescribedGroupMember)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.members = items1
     o.authorized_operations = _S_i.unpack_from(buf, pos)[0]
@@ -839,7 +1097,26 @@ def _write_DescribedGroup_v0(o: DescribedGroup, w: _Writer) -> None:
     n = len(items5)
     w(_S_i.pack(n))
     for item6 in items5:
-        _write_DescribedGroupMember_v0(item6, w)
+        raw7 = item6.member_id.encode()
+        n = len(raw7)
+        w(_S_h.pack(n))
+        w(raw7)
+        raw8 = item6.client_id.encode()
+        n = len(raw8)
+        w(_S_h.pack(n))
+        w(raw8)
+        raw9 = item6.client_host.encode()
+        n = len(raw9)
+        w(_S_h.pack(n))
+        w(raw9)
+        n = len(item6.member_metadata)
+        w(_S_i.pack(n))
+        w(item6.member_metadata)
+        n = len(item6.member_assignment)
+        w(_S_i.pack(n))
+        w(item6.member_assignment)
+        if item6._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -869,7 +1146,26 @@ def _write_DescribedGroup_v1(o: DescribedGroup, w: _Writer) -> None:
     n = len(items5)
     w(_S_i.pack(n))
     for item6 in items5:
-        _write_DescribedGroupMember_v0(item6, w)
+        raw7 = item6.member_id.encode()
+        n = len(raw7)
+        w(_S_h.pack(n))
+        w(raw7)
+        raw8 = item6.client_id.encode()
+        n = len(raw8)
+        w(_S_h.pack(n))
+        w(raw8)
+        raw9 = item6.client_host.encode()
+        n = len(raw9)
+        w(_S_h.pack(n))
+        w(raw9)
+        n = len(item6.member_metadata)
+        w(_S_i.pack(n))
+        w(item6.member_metadata)
+        n = len(item6.member_assignment)
+        w(_S_i.pack(n))
+        w(item6.member_assignment)
+        if item6._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -899,7 +1195,26 @@ def _write_DescribedGroup_v2(o: DescribedGroup, w: _Writer) -> None:
     n = len(items5)
     w(_S_i.pack(n))
     for item6 in items5:
-        _write_DescribedGroupMember_v0(item6, w)
+        raw7 = item6.member_id.encode()
+        n = len(raw7)
+        w(_S_h.pack(n))
+        w(raw7)
+        raw8 = item6.client_id.encode()
+        n = len(raw8)
+        w(_S_h.pack(n))
+        w(raw8)
+        raw9 = item6.client_host.encode()
+        n = len(raw9)
+        w(_S_h.pack(n))
+        w(raw9)
+        n = len(item6.member_metadata)
+        w(_S_i.pack(n))
+        w(item6.member_metadata)
+        n = len(item6.member_assignment)
+        w(_S_i.pack(n))
+        w(item6.member_assignment)
+        if item6._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -927,7 +1242,26 @@ def _write_DescribedGroup_v3(o: DescribedGroup, w: _Writer) -> None:
     n = len(items5)
     w(_S_i.pack(n))
     for item6 in items5:
-        _write_DescribedGroupMember_v0(item6, w)
+        raw7 = item6.member_id.encode()
+        n = len(raw7)
+        w(_S_h.pack(n))
+        w(raw7)
+        raw8 = item6.client_id.encode()
+        n = len(raw8)
+        w(_S_h.pack(n))
+        w(raw8)
+        raw9 = item6.client_host.encode()
+        n = len(raw9)
+        w(_S_h.pack(n))
+        w(raw9)
+        n = len(item6.member_metadata)
+        w(_S_i.pack(n))
+        w(item6.member_metadata)
+        n = len(item6.member_assignment)
+        w(_S_i.pack(n))
+        w(item6.member_assignment)
+        if item6._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     w(_S_i.pack(o.authorized_operations))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -956,7 +1290,34 @@ def _write_DescribedGroup_v4(o: DescribedGroup, w: _Writer) -> None:
     n = len(items5)
     w(_S_i.pack(n))
     for item6 in items5:
-        _write_DescribedGroupMember_v4(item6, w)
+        raw7 = item6.member_id.encode()
+        n = len(raw7)
+        w(_S_h.pack(n))
+        w(raw7)
+        x8 = item6.group_instance_id
+        if x8 is None:
+            w(b"\xff\xff")
+        else:
+            raw9 = x8.encode()
+            n = len(raw9)
+            w(_S_h.pack(n))
+            w(raw9)
+        raw10 = item6.client_id.encode()
+        n = len(raw10)
+        w(_S_h.pack(n))
+        w(raw10)
+        raw11 = item6.client_host.encode()
+        n = len(raw11)
+        w(_S_h.pack(n))
+        w(raw11)
+        n = len(item6.member_metadata)
+        w(_S_i.pack(n))
+        w(item6.member_metadata)
+        n = len(item6.member_assignment)
+        w(_S_i.pack(n))
+        w(item6.member_assignment)
+        if item6._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     w(_S_i.pack(o.authorized_operations))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -985,10 +1346,39 @@ def _write_DescribedGroup_v5(o: DescribedGroup, w: _Writer) -> None:
     n = len(items5)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item6 in items5:
-        _write_DescribedGroupMember_v5(item6, w)
+        raw7 = item6.member_id.encode()
+        n = len(raw7)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw7)
+        x8 = item6.group_instance_id
+        if x8 is None:
+            w(b"\x00")
+        else:
+            raw9 = x8.encode()
+            n = len(raw9)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw9)
+        raw10 = item6.client_id.encode()
+        n = len(raw10)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw10)
+        raw11 = item6.client_host.encode()
+        n = len(raw11)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw11)
+        n = len(item6.member_metadata)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(item6.member_metadata)
+        n = len(item6.member_assignment)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(item6.member_assignment)
+        if item6._unknown_tags:
+            _write_tags(w, [], item6._unknown_tags, _TAGS_DescribedGroupMember)
+        else:
+            w(b"\x00")
     w(_S_i.pack(o.authorized_operations))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribedGroup)
     else:
         w(b"\x00")
 
@@ -1081,12 +1471,12 @@ def _read_DescribeGroupsResponse_v5(buf: bytes, pos: int) -> tuple[DescribeGroup
     o = _new(DescribeGroupsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1173,7 +1563,7 @@ def _write_DescribeGroupsResponse_v5(o: DescribeGroupsResponse, w: _Writer) -> N
     for item2 in items1:
         _write_DescribedGroup_v5(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeGroupsResponse)
     else:
         w(b"\x00")
 

@@ -263,7 +263,7 @@ def _write_DescribeLogDirsPartition_v2(o: DescribeLogDirsPartition, w: _Writer) 
     # versions 2-4
     w(_S_iqqz.pack(o.partition_index, o.partition_size, o.offset_lag, o.is_future_key))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeLogDirsPartition)
     else:
         w(b"\x00")
 
@@ -290,7 +290,12 @@ def _read_DescribeLogDirsTopic_v0(buf: bytes, pos: int) -> tuple[DescribeLogDirs
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribeLogDirsPartition_v0(buf, pos)
+            item2 = _new(DescribeLogDirsPartition)
+            item2.partition_index, item2.partition_size, item2.offset_lag, item2.is_future_key = (
+                _S_iqqz.unpack_from(buf, pos)
+            )
+            pos += 21
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -300,12 +305,12 @@ def _read_DescribeLogDirsTopic_v0(buf: bytes, pos: int) -> tuple[DescribeLogDirs
 def _read_DescribeLogDirsTopic_v2(buf: bytes, pos: int) -> tuple[DescribeLogDirsTopic, int]:
     # versions 2-4
     o = _new(DescribeLogDirsTopic)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -314,12 +319,12 @@ def _read_DescribeLogDirsTopic_v2(buf: bytes, pos: int) -> tuple[DescribeLogDirs
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -327,7 +332,18 @@ def _read_DescribeLogDirsTopic_v2(buf: bytes, pos: int) -> tuple[DescribeLogDirs
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribeLogDirsPartition_v2(buf, pos)
+            item2 = _new(DescribeLogDirsPartition)
+            item2.partition_index, item2.partition_size, item2.offset_lag, item2.is_future_key = (
+                _S_iqqz.unpack_from(buf, pos)
+            )
+            pos += 21
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_DescribeLogDirsPartition
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -348,7 +364,13 @@ def _write_DescribeLogDirsTopic_v0(o: DescribeLogDirsTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_DescribeLogDirsPartition_v0(item3, w)
+        w(
+            _S_iqqz.pack(
+                item3.partition_index, item3.partition_size, item3.offset_lag, item3.is_future_key
+            )
+        )
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -363,9 +385,17 @@ def _write_DescribeLogDirsTopic_v2(o: DescribeLogDirsTopic, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_DescribeLogDirsPartition_v2(item3, w)
+        w(
+            _S_iqqz.pack(
+                item3.partition_index, item3.partition_size, item3.offset_lag, item3.is_future_key
+            )
+        )
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_DescribeLogDirsPartition)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeLogDirsTopic)
     else:
         w(b"\x00")
 
@@ -410,12 +440,12 @@ def _read_DescribeLogDirsResult_v2(buf: bytes, pos: int) -> tuple[DescribeLogDir
     o.usable_bytes = -1
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -424,12 +454,12 @@ def _read_DescribeLogDirsResult_v2(buf: bytes, pos: int) -> tuple[DescribeLogDir
             raise _too_long("string", n, len(buf) - pos, pos)
         o.log_dir = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -453,12 +483,12 @@ def _read_DescribeLogDirsResult_v4(buf: bytes, pos: int) -> tuple[DescribeLogDir
     o = _new(DescribeLogDirsResult)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -467,12 +497,12 @@ def _read_DescribeLogDirsResult_v4(buf: bytes, pos: int) -> tuple[DescribeLogDir
             raise _too_long("string", n, len(buf) - pos, pos)
         o.log_dir = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -522,7 +552,7 @@ def _write_DescribeLogDirsResult_v2(o: DescribeLogDirsResult, w: _Writer) -> Non
     for item3 in items2:
         _write_DescribeLogDirsTopic_v2(item3, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeLogDirsResult)
     else:
         w(b"\x00")
 
@@ -541,7 +571,7 @@ def _write_DescribeLogDirsResult_v4(o: DescribeLogDirsResult, w: _Writer) -> Non
         _write_DescribeLogDirsTopic_v2(item3, w)
     w(_S_qq.pack(o.total_bytes, o.usable_bytes))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeLogDirsResult)
     else:
         w(b"\x00")
 
@@ -574,12 +604,12 @@ def _read_DescribeLogDirsResponse_v2(buf: bytes, pos: int) -> tuple[DescribeLogD
     o.error_code = 0
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -603,12 +633,12 @@ def _read_DescribeLogDirsResponse_v3(buf: bytes, pos: int) -> tuple[DescribeLogD
     o = _new(DescribeLogDirsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -632,12 +662,12 @@ def _read_DescribeLogDirsResponse_v4(buf: bytes, pos: int) -> tuple[DescribeLogD
     o = _new(DescribeLogDirsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -677,7 +707,7 @@ def _write_DescribeLogDirsResponse_v2(o: DescribeLogDirsResponse, w: _Writer) ->
     for item2 in items1:
         _write_DescribeLogDirsResult_v2(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeLogDirsResponse)
     else:
         w(b"\x00")
 
@@ -691,7 +721,7 @@ def _write_DescribeLogDirsResponse_v3(o: DescribeLogDirsResponse, w: _Writer) ->
     for item2 in items1:
         _write_DescribeLogDirsResult_v2(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeLogDirsResponse)
     else:
         w(b"\x00")
 
@@ -705,7 +735,7 @@ def _write_DescribeLogDirsResponse_v4(o: DescribeLogDirsResponse, w: _Writer) ->
     for item2 in items1:
         _write_DescribeLogDirsResult_v4(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeLogDirsResponse)
     else:
         w(b"\x00")
 

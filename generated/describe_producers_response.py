@@ -251,7 +251,7 @@ def _write_ProducerState_v0(o: ProducerState, w: _Writer) -> None:
         )
     )
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ProducerState)
     else:
         w(b"\x00")
 
@@ -261,12 +261,12 @@ def _read_PartitionResponse_v0(buf: bytes, pos: int) -> tuple[PartitionResponse,
     o = _new(PartitionResponse)
     o.partition_index, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -277,12 +277,12 @@ def _read_PartitionResponse_v0(buf: bytes, pos: int) -> tuple[PartitionResponse,
             raise _too_long("string", n, len(buf) - pos, pos)
         o.error_message = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -290,7 +290,21 @@ def _read_PartitionResponse_v0(buf: bytes, pos: int) -> tuple[PartitionResponse,
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ProducerState_v0(buf, pos)
+            item2 = _new(ProducerState)
+            (
+                item2.producer_id,
+                item2.producer_epoch,
+                item2.last_sequence,
+                item2.last_timestamp,
+                item2.coordinator_epoch,
+                item2.current_txn_start_offset,
+            ) = _S_qiiqiq.unpack_from(buf, pos)
+            pos += 36
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ProducerState)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.active_producers = items1
     if buf[pos]:
@@ -316,9 +330,22 @@ def _write_PartitionResponse_v0(o: PartitionResponse, w: _Writer) -> None:
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_ProducerState_v0(item4, w)
+        w(
+            _S_qiiqiq.pack(
+                item4.producer_id,
+                item4.producer_epoch,
+                item4.last_sequence,
+                item4.last_timestamp,
+                item4.coordinator_epoch,
+                item4.current_txn_start_offset,
+            )
+        )
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_ProducerState)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionResponse)
     else:
         w(b"\x00")
 
@@ -326,12 +353,12 @@ def _write_PartitionResponse_v0(o: PartitionResponse, w: _Writer) -> None:
 def _read_TopicResponse_v0(buf: bytes, pos: int) -> tuple[TopicResponse, int]:
     # versions 0
     o = _new(TopicResponse)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -340,12 +367,12 @@ def _read_TopicResponse_v0(buf: bytes, pos: int) -> tuple[TopicResponse, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -376,7 +403,7 @@ def _write_TopicResponse_v0(o: TopicResponse, w: _Writer) -> None:
     for item3 in items2:
         _write_PartitionResponse_v0(item3, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicResponse)
     else:
         w(b"\x00")
 
@@ -388,12 +415,12 @@ def _read_DescribeProducersResponse_v0(
     o = _new(DescribeProducersResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -421,7 +448,7 @@ def _write_DescribeProducersResponse_v0(o: DescribeProducersResponse, w: _Writer
     for item2 in items1:
         _write_TopicResponse_v0(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeProducersResponse)
     else:
         w(b"\x00")
 

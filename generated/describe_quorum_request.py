@@ -136,7 +136,7 @@ def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
     # versions 0-2
     w(_S_i.pack(o.partition_index))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
     else:
         w(b"\x00")
 
@@ -144,12 +144,12 @@ def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0-2
     o = _new(TopicData)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -158,12 +158,12 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -171,7 +171,14 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionData_v0(buf, pos)
+            item2 = _new(PartitionData)
+            item2.partition_index = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -192,9 +199,13 @@ def _write_TopicData_v0(o: TopicData, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_PartitionData_v0(item3, w)
+        w(_S_i.pack(item3.partition_index))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_PartitionData)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicData)
     else:
         w(b"\x00")
 
@@ -202,12 +213,12 @@ def _write_TopicData_v0(o: TopicData, w: _Writer) -> None:
 def _read_DescribeQuorumRequest_v0(buf: bytes, pos: int) -> tuple[DescribeQuorumRequest, int]:
     # versions 0-2
     o = _new(DescribeQuorumRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -234,7 +245,7 @@ def _write_DescribeQuorumRequest_v0(o: DescribeQuorumRequest, w: _Writer) -> Non
     for item2 in items1:
         _write_TopicData_v0(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeQuorumRequest)
     else:
         w(b"\x00")
 

@@ -400,7 +400,7 @@ def _write_ReplicaState_v0(o: ReplicaState, w: _Writer) -> None:
         raise _ProtocolError("ReplicaDirectoryId cannot be written in version 0")
     w(_S_iq.pack(o.replica_id, o.log_end_offset))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ReplicaState)
     else:
         w(b"\x00")
 
@@ -415,7 +415,7 @@ def _write_ReplicaState_v1(o: ReplicaState, w: _Writer) -> None:
         )
     )
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ReplicaState)
     else:
         w(b"\x00")
 
@@ -426,7 +426,7 @@ def _write_ReplicaState_v2(o: ReplicaState, w: _Writer) -> None:
     w(o.replica_directory_id.bytes)
     w(_S_qqq.pack(o.log_end_offset, o.last_fetch_timestamp, o.last_caught_up_timestamp))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ReplicaState)
     else:
         w(b"\x00")
 
@@ -439,12 +439,12 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         _S_ihiiq.unpack_from(buf, pos)
     )
     pos += 22
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -452,15 +452,25 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ReplicaState_v0(buf, pos)
+            item2 = _new(ReplicaState)
+            item2.replica_directory_id = _ZERO_UUID
+            item2.last_fetch_timestamp = -1
+            item2.last_caught_up_timestamp = -1
+            item2.replica_id, item2.log_end_offset = _S_iq.unpack_from(buf, pos)
+            pos += 12
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ReplicaState)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.current_voters = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -468,7 +478,17 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_ReplicaState_v0(buf, pos)
+            item4 = _new(ReplicaState)
+            item4.replica_directory_id = _ZERO_UUID
+            item4.last_fetch_timestamp = -1
+            item4.last_caught_up_timestamp = -1
+            item4.replica_id, item4.log_end_offset = _S_iq.unpack_from(buf, pos)
+            pos += 12
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ReplicaState)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.observers = items3
     if buf[pos]:
@@ -487,12 +507,12 @@ def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         _S_ihiiq.unpack_from(buf, pos)
     )
     pos += 22
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -500,15 +520,28 @@ def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ReplicaState_v1(buf, pos)
+            item2 = _new(ReplicaState)
+            item2.replica_directory_id = _ZERO_UUID
+            (
+                item2.replica_id,
+                item2.log_end_offset,
+                item2.last_fetch_timestamp,
+                item2.last_caught_up_timestamp,
+            ) = _S_iqqq.unpack_from(buf, pos)
+            pos += 28
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ReplicaState)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.current_voters = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -516,7 +549,20 @@ def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_ReplicaState_v1(buf, pos)
+            item4 = _new(ReplicaState)
+            item4.replica_directory_id = _ZERO_UUID
+            (
+                item4.replica_id,
+                item4.log_end_offset,
+                item4.last_fetch_timestamp,
+                item4.last_caught_up_timestamp,
+            ) = _S_iqqq.unpack_from(buf, pos)
+            pos += 28
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ReplicaState)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.observers = items3
     if buf[pos]:
@@ -532,12 +578,12 @@ def _read_PartitionData_v2(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     o = _new(PartitionData)
     o.partition_index, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -550,12 +596,12 @@ def _read_PartitionData_v2(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         pos = end
     o.leader_id, o.leader_epoch, o.high_watermark = _S_iiq.unpack_from(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -563,15 +609,28 @@ def _read_PartitionData_v2(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ReplicaState_v2(buf, pos)
+            item2 = _new(ReplicaState)
+            item2.replica_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            item2.replica_directory_id = _read_uuid(buf, pos)
+            pos += 16
+            item2.log_end_offset, item2.last_fetch_timestamp, item2.last_caught_up_timestamp = (
+                _S_qqq.unpack_from(buf, pos)
+            )
+            pos += 24
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ReplicaState)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.current_voters = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -579,7 +638,20 @@ def _read_PartitionData_v2(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_ReplicaState_v2(buf, pos)
+            item4 = _new(ReplicaState)
+            item4.replica_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            item4.replica_directory_id = _read_uuid(buf, pos)
+            pos += 16
+            item4.log_end_offset, item4.last_fetch_timestamp, item4.last_caught_up_timestamp = (
+                _S_qqq.unpack_from(buf, pos)
+            )
+            pos += 24
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ReplicaState)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.observers = items3
     if buf[pos]:
@@ -597,14 +669,26 @@ def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_ReplicaState_v0(item2, w)
+        if item2.replica_directory_id != _ZERO_UUID:
+            raise _ProtocolError("ReplicaDirectoryId cannot be written in version 0")
+        w(_S_iq.pack(item2.replica_id, item2.log_end_offset))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_ReplicaState)
+        else:
+            w(b"\x00")
     items3 = o.observers
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_ReplicaState_v0(item4, w)
+        if item4.replica_directory_id != _ZERO_UUID:
+            raise _ProtocolError("ReplicaDirectoryId cannot be written in version 0")
+        w(_S_iq.pack(item4.replica_id, item4.log_end_offset))
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_ReplicaState)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
     else:
         w(b"\x00")
 
@@ -616,14 +700,40 @@ def _write_PartitionData_v1(o: PartitionData, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_ReplicaState_v1(item2, w)
+        if item2.replica_directory_id != _ZERO_UUID:
+            raise _ProtocolError("ReplicaDirectoryId cannot be written in version 1")
+        w(
+            _S_iqqq.pack(
+                item2.replica_id,
+                item2.log_end_offset,
+                item2.last_fetch_timestamp,
+                item2.last_caught_up_timestamp,
+            )
+        )
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_ReplicaState)
+        else:
+            w(b"\x00")
     items3 = o.observers
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_ReplicaState_v1(item4, w)
+        if item4.replica_directory_id != _ZERO_UUID:
+            raise _ProtocolError("ReplicaDirectoryId cannot be written in version 1")
+        w(
+            _S_iqqq.pack(
+                item4.replica_id,
+                item4.log_end_offset,
+                item4.last_fetch_timestamp,
+                item4.last_caught_up_timestamp,
+            )
+        )
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_ReplicaState)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
     else:
         w(b"\x00")
 
@@ -644,14 +754,34 @@ def _write_PartitionData_v2(o: PartitionData, w: _Writer) -> None:
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_ReplicaState_v2(item4, w)
+        w(_S_i.pack(item4.replica_id))
+        w(item4.replica_directory_id.bytes)
+        w(
+            _S_qqq.pack(
+                item4.log_end_offset, item4.last_fetch_timestamp, item4.last_caught_up_timestamp
+            )
+        )
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_ReplicaState)
+        else:
+            w(b"\x00")
     items5 = o.observers
     n = len(items5)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item6 in items5:
-        _write_ReplicaState_v2(item6, w)
+        w(_S_i.pack(item6.replica_id))
+        w(item6.replica_directory_id.bytes)
+        w(
+            _S_qqq.pack(
+                item6.log_end_offset, item6.last_fetch_timestamp, item6.last_caught_up_timestamp
+            )
+        )
+        if item6._unknown_tags:
+            _write_tags(w, [], item6._unknown_tags, _TAGS_ReplicaState)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
     else:
         w(b"\x00")
 
@@ -659,12 +789,12 @@ def _write_PartitionData_v2(o: PartitionData, w: _Writer) -> None:
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0
     o = _new(TopicData)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -673,12 +803,12 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -700,12 +830,12 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
 def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 1
     o = _new(TopicData)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -714,12 +844,12 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -741,12 +871,12 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
 def _read_TopicData_v2(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 2
     o = _new(TopicData)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -755,12 +885,12 @@ def _read_TopicData_v2(buf: bytes, pos: int) -> tuple[TopicData, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -791,7 +921,7 @@ def _write_TopicData_v0(o: TopicData, w: _Writer) -> None:
     for item3 in items2:
         _write_PartitionData_v0(item3, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicData)
     else:
         w(b"\x00")
 
@@ -808,7 +938,7 @@ def _write_TopicData_v1(o: TopicData, w: _Writer) -> None:
     for item3 in items2:
         _write_PartitionData_v1(item3, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicData)
     else:
         w(b"\x00")
 
@@ -825,7 +955,7 @@ def _write_TopicData_v2(o: TopicData, w: _Writer) -> None:
     for item3 in items2:
         _write_PartitionData_v2(item3, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicData)
     else:
         w(b"\x00")
 
@@ -833,12 +963,12 @@ def _write_TopicData_v2(o: TopicData, w: _Writer) -> None:
 def _read_Listener_v2(buf: bytes, pos: int) -> tuple[Listener, int]:
     # versions 2
     o = _new(Listener)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -847,12 +977,12 @@ def _read_Listener_v2(buf: bytes, pos: int) -> tuple[Listener, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -883,7 +1013,7 @@ def _write_Listener_v2(o: Listener, w: _Writer) -> None:
     w(raw2)
     w(_S_H.pack(o.port))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_Listener)
     else:
         w(b"\x00")
 
@@ -893,12 +1023,12 @@ def _read_Node_v2(buf: bytes, pos: int) -> tuple[Node, int]:
     o = _new(Node)
     o.node_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -906,7 +1036,42 @@ def _read_Node_v2(buf: bytes, pos: int) -> tuple[Node, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_Listener_v2(buf, pos)
+            item2 = _new(Listener)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port = _S_H.unpack_from(buf, pos)[0]
+            pos += 2
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Listener)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.listeners = items1
     if buf[pos]:
@@ -924,9 +1089,21 @@ def _write_Node_v2(o: Node, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_Listener_v2(item2, w)
+        raw3 = item2.name.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        raw4 = item2.host.encode()
+        n = len(raw4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw4)
+        w(_S_H.pack(item2.port))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_Listener)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_Node)
     else:
         w(b"\x00")
 
@@ -938,12 +1115,12 @@ def _read_DescribeQuorumResponse_v0(buf: bytes, pos: int) -> tuple[DescribeQuoru
     o.nodes = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -969,12 +1146,12 @@ def _read_DescribeQuorumResponse_v1(buf: bytes, pos: int) -> tuple[DescribeQuoru
     o.nodes = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -998,12 +1175,12 @@ def _read_DescribeQuorumResponse_v2(buf: bytes, pos: int) -> tuple[DescribeQuoru
     o = _new(DescribeQuorumResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -1014,12 +1191,12 @@ def _read_DescribeQuorumResponse_v2(buf: bytes, pos: int) -> tuple[DescribeQuoru
             raise _too_long("string", n, len(buf) - pos, pos)
         o.error_message = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1030,12 +1207,12 @@ def _read_DescribeQuorumResponse_v2(buf: bytes, pos: int) -> tuple[DescribeQuoru
             item2, pos = _read_TopicData_v2(buf, pos)
             items1.append(item2)
         o.topics = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1065,7 +1242,7 @@ def _write_DescribeQuorumResponse_v0(o: DescribeQuorumResponse, w: _Writer) -> N
     for item2 in items1:
         _write_TopicData_v0(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeQuorumResponse)
     else:
         w(b"\x00")
 
@@ -1081,7 +1258,7 @@ def _write_DescribeQuorumResponse_v1(o: DescribeQuorumResponse, w: _Writer) -> N
     for item2 in items1:
         _write_TopicData_v1(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeQuorumResponse)
     else:
         w(b"\x00")
 
@@ -1108,7 +1285,7 @@ def _write_DescribeQuorumResponse_v2(o: DescribeQuorumResponse, w: _Writer) -> N
     for item6 in items5:
         _write_Node_v2(item6, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeQuorumResponse)
     else:
         w(b"\x00")
 

@@ -136,12 +136,12 @@ _TAGS_Cursor: frozenset[int] = frozenset()
 def _read_TopicRequest_v0(buf: bytes, pos: int) -> tuple[TopicRequest, int]:
     # versions 0
     o = _new(TopicRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -165,7 +165,7 @@ def _write_TopicRequest_v0(o: TopicRequest, w: _Writer) -> None:
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw1)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicRequest)
     else:
         w(b"\x00")
 
@@ -173,12 +173,12 @@ def _write_TopicRequest_v0(o: TopicRequest, w: _Writer) -> None:
 def _read_Cursor_v0(buf: bytes, pos: int) -> tuple[Cursor, int]:
     # versions 0
     o = _new(Cursor)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -205,7 +205,7 @@ def _write_Cursor_v0(o: Cursor, w: _Writer) -> None:
     w(raw1)
     w(_S_i.pack(o.partition_index))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_Cursor)
     else:
         w(b"\x00")
 
@@ -215,12 +215,12 @@ def _read_DescribeTopicPartitionsRequest_v0(
 ) -> tuple[DescribeTopicPartitionsRequest, int]:
     # versions 0
     o = _new(DescribeTopicPartitionsRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -228,7 +228,26 @@ def _read_DescribeTopicPartitionsRequest_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_TopicRequest_v0(buf, pos)
+            item2 = _new(TopicRequest)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_TopicRequest)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.topics = items1
     o.response_partition_limit = _S_i.unpack_from(buf, pos)[0]
@@ -252,16 +271,23 @@ def _write_DescribeTopicPartitionsRequest_v0(o: DescribeTopicPartitionsRequest, 
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_TopicRequest_v0(item2, w)
+        raw3 = item2.name.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_TopicRequest)
+        else:
+            w(b"\x00")
     w(_S_i.pack(o.response_partition_limit))
-    x3 = o.cursor
-    if x3 is None:
+    x4 = o.cursor
+    if x4 is None:
         w(b"\xff")
     else:
         w(b"\x01")
-        _write_Cursor_v0(x3, w)
+        _write_Cursor_v0(x4, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeTopicPartitionsRequest)
     else:
         w(b"\x00")
 

@@ -24,6 +24,7 @@ from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uuid as _read_uuid
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -41,6 +42,7 @@ _S_h = _Packer(">h")
 _S_hiii = _Packer(">hiii")
 _S_i = _Packer(">i")
 _S_z = _Packer(">?")
+_A_i = _small_arrays("i")
 
 
 class DescribeTopicPartitionsResponse(_Message):
@@ -278,38 +280,42 @@ def _read_DescribeTopicPartitionsResponsePartition_v0(
     o = _new(DescribeTopicPartitionsResponsePartition)
     o.error_code, o.partition_index, o.leader_id, o.leader_epoch = _S_hiii.unpack_from(buf, pos)
     pos += 14
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.replica_nodes = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.replica_nodes = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.isr_nodes = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.isr_nodes = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad array length {n}", offset=pos)
@@ -317,14 +323,16 @@ def _read_DescribeTopicPartitionsResponsePartition_v0(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.eligible_leader_replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.eligible_leader_replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad array length {n}", offset=pos)
@@ -332,20 +340,24 @@ def _read_DescribeTopicPartitionsResponsePartition_v0(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.last_known_elr = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.last_known_elr = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.offline_replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.offline_replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(
@@ -365,11 +377,11 @@ def _write_DescribeTopicPartitionsResponsePartition_v0(
     items1 = o.replica_nodes
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     items3 = o.isr_nodes
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items3))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items3))
     x5 = o.eligible_leader_replicas
     if x5 is None:
         w(b"\x00")
@@ -377,7 +389,7 @@ def _write_DescribeTopicPartitionsResponsePartition_v0(
         items6 = x5
         n = len(items6)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(_array_struct("i", n).pack(*items6))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
     x8 = o.last_known_elr
     if x8 is None:
         w(b"\x00")
@@ -385,13 +397,13 @@ def _write_DescribeTopicPartitionsResponsePartition_v0(
         items9 = x8
         n = len(items9)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(_array_struct("i", n).pack(*items9))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items9))
     items11 = o.offline_replicas
     n = len(items11)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items11))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items11))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeTopicPartitionsResponsePartition)
     else:
         w(b"\x00")
 
@@ -403,12 +415,12 @@ def _read_DescribeTopicPartitionsResponseTopic_v0(
     o = _new(DescribeTopicPartitionsResponseTopic)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -423,12 +435,12 @@ def _read_DescribeTopicPartitionsResponseTopic_v0(
     pos += 16
     o.is_internal = _S_z.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -436,7 +448,107 @@ def _read_DescribeTopicPartitionsResponseTopic_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_DescribeTopicPartitionsResponsePartition_v0(buf, pos)
+            item2 = _new(DescribeTopicPartitionsResponsePartition)
+            item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
+                _S_hiii.unpack_from(buf, pos)
+            )
+            pos += 14
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replica_nodes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr_nodes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad array length {n}", offset=pos)
+                item2.eligible_leader_replicas = None
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.eligible_leader_replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad array length {n}", offset=pos)
+                item2.last_known_elr = None
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.last_known_elr = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.offline_replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_DescribeTopicPartitionsResponsePartition
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     o.topic_authorized_operations = _S_i.unpack_from(buf, pos)[0]
@@ -470,10 +582,46 @@ def _write_DescribeTopicPartitionsResponseTopic_v0(
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_DescribeTopicPartitionsResponsePartition_v0(item4, w)
+        w(
+            _S_hiii.pack(
+                item4.error_code, item4.partition_index, item4.leader_id, item4.leader_epoch
+            )
+        )
+        items5 = item4.replica_nodes
+        n = len(items5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        items7 = item4.isr_nodes
+        n = len(items7)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items7))
+        x9 = item4.eligible_leader_replicas
+        if x9 is None:
+            w(b"\x00")
+        else:
+            items10 = x9
+            n = len(items10)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items10))
+        x12 = item4.last_known_elr
+        if x12 is None:
+            w(b"\x00")
+        else:
+            items13 = x12
+            n = len(items13)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items13))
+        items15 = item4.offline_replicas
+        n = len(items15)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items15))
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_DescribeTopicPartitionsResponsePartition)
+        else:
+            w(b"\x00")
     w(_S_i.pack(o.topic_authorized_operations))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeTopicPartitionsResponseTopic)
     else:
         w(b"\x00")
 
@@ -481,12 +629,12 @@ def _write_DescribeTopicPartitionsResponseTopic_v0(
 def _read_Cursor_v0(buf: bytes, pos: int) -> tuple[Cursor, int]:
     # versions 0
     o = _new(Cursor)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -513,7 +661,7 @@ def _write_Cursor_v0(o: Cursor, w: _Writer) -> None:
     w(raw1)
     w(_S_i.pack(o.partition_index))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_Cursor)
     else:
         w(b"\x00")
 
@@ -525,12 +673,12 @@ def _read_DescribeTopicPartitionsResponse_v0(
     o = _new(DescribeTopicPartitionsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -571,7 +719,7 @@ def _write_DescribeTopicPartitionsResponse_v0(
         w(b"\x01")
         _write_Cursor_v0(x3, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeTopicPartitionsResponse)
     else:
         w(b"\x00")
 

@@ -62,12 +62,12 @@ def _read_DescribeTransactionsRequest_v0(
 ) -> tuple[DescribeTransactionsRequest, int]:
     # versions 0
     o = _new(DescribeTransactionsRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -75,12 +75,12 @@ def _read_DescribeTransactionsRequest_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("string", pos)
             else:
@@ -110,7 +110,7 @@ def _write_DescribeTransactionsRequest_v0(o: DescribeTransactionsRequest, w: _Wr
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeTransactionsRequest)
     else:
         w(b"\x00")
 

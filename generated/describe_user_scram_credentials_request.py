@@ -84,12 +84,12 @@ _TAGS_UserName: frozenset[int] = frozenset()
 def _read_UserName_v0(buf: bytes, pos: int) -> tuple[UserName, int]:
     # versions 0
     o = _new(UserName)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -113,7 +113,7 @@ def _write_UserName_v0(o: UserName, w: _Writer) -> None:
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw1)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_UserName)
     else:
         w(b"\x00")
 
@@ -123,12 +123,12 @@ def _read_DescribeUserScramCredentialsRequest_v0(
 ) -> tuple[DescribeUserScramCredentialsRequest, int]:
     # versions 0
     o = _new(DescribeUserScramCredentialsRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad array length {n}", offset=pos)
@@ -138,7 +138,26 @@ def _read_DescribeUserScramCredentialsRequest_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_UserName_v0(buf, pos)
+            item2 = _new(UserName)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_UserName)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.users = items1
     if buf[pos]:
@@ -163,9 +182,16 @@ def _write_DescribeUserScramCredentialsRequest_v0(
         n = len(items2)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         for item3 in items2:
-            _write_UserName_v0(item3, w)
+            raw4 = item3.name.encode()
+            n = len(raw4)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw4)
+            if item3._unknown_tags:
+                _write_tags(w, [], item3._unknown_tags, _TAGS_UserName)
+            else:
+                w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeUserScramCredentialsRequest)
     else:
         w(b"\x00")
 

@@ -187,7 +187,7 @@ def _write_CredentialInfo_v0(o: CredentialInfo, w: _Writer) -> None:
     # versions 0
     w(_S_bi.pack(o.mechanism, o.iterations))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_CredentialInfo)
     else:
         w(b"\x00")
 
@@ -197,12 +197,12 @@ def _read_DescribeUserScramCredentialsResult_v0(
 ) -> tuple[DescribeUserScramCredentialsResult, int]:
     # versions 0
     o = _new(DescribeUserScramCredentialsResult)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -213,12 +213,12 @@ def _read_DescribeUserScramCredentialsResult_v0(
         pos = end
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -229,12 +229,12 @@ def _read_DescribeUserScramCredentialsResult_v0(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.error_message = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -242,7 +242,14 @@ def _read_DescribeUserScramCredentialsResult_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_CredentialInfo_v0(buf, pos)
+            item2 = _new(CredentialInfo)
+            item2.mechanism, item2.iterations = _S_bi.unpack_from(buf, pos)
+            pos += 5
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_CredentialInfo)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.credential_infos = items1
     if buf[pos]:
@@ -274,9 +281,13 @@ def _write_DescribeUserScramCredentialsResult_v0(
     n = len(items4)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item5 in items4:
-        _write_CredentialInfo_v0(item5, w)
+        w(_S_bi.pack(item5.mechanism, item5.iterations))
+        if item5._unknown_tags:
+            _write_tags(w, [], item5._unknown_tags, _TAGS_CredentialInfo)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeUserScramCredentialsResult)
     else:
         w(b"\x00")
 
@@ -288,12 +299,12 @@ def _read_DescribeUserScramCredentialsResponse_v0(
     o = _new(DescribeUserScramCredentialsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -304,12 +315,12 @@ def _read_DescribeUserScramCredentialsResponse_v0(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.error_message = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -349,7 +360,7 @@ def _write_DescribeUserScramCredentialsResponse_v0(
     for item4 in items3:
         _write_DescribeUserScramCredentialsResult_v0(item4, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeUserScramCredentialsResponse)
     else:
         w(b"\x00")
 

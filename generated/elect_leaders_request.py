@@ -21,6 +21,7 @@ from kafscale.protocol.wire import array_struct as _array_struct
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -35,6 +36,7 @@ _new = object.__new__
 _S_b = _Packer(">b")
 _S_h = _Packer(">h")
 _S_i = _Packer(">i")
+_A_i = _small_arrays("i")
 
 
 class ElectLeadersRequest(_Message):
@@ -140,7 +142,9 @@ def _read_TopicPartitions_v0(buf: bytes, pos: int) -> tuple[TopicPartitions, int
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.partitions = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.partitions = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o._unknown_tags = None
     return o, pos
@@ -149,12 +153,12 @@ def _read_TopicPartitions_v0(buf: bytes, pos: int) -> tuple[TopicPartitions, int
 def _read_TopicPartitions_v2(buf: bytes, pos: int) -> tuple[TopicPartitions, int]:
     # versions 2
     o = _new(TopicPartitions)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -163,18 +167,20 @@ def _read_TopicPartitions_v2(buf: bytes, pos: int) -> tuple[TopicPartitions, int
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.partitions = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.partitions = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_TopicPartitions)
@@ -193,7 +199,7 @@ def _write_TopicPartitions_v0(o: TopicPartitions, w: _Writer) -> None:
     items2 = o.partitions
     n = len(items2)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items2))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -207,9 +213,9 @@ def _write_TopicPartitions_v2(o: TopicPartitions, w: _Writer) -> None:
     items2 = o.partitions
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items2))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicPartitions)
     else:
         w(b"\x00")
 
@@ -229,7 +235,31 @@ def _read_ElectLeadersRequest_v0(buf: bytes, pos: int) -> tuple[ElectLeadersRequ
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_TopicPartitions_v0(buf, pos)
+            item2 = _new(TopicPartitions)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.topic = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.topic_partitions = items1
     o.timeout_ms = _S_i.unpack_from(buf, pos)[0]
@@ -254,7 +284,31 @@ def _read_ElectLeadersRequest_v1(buf: bytes, pos: int) -> tuple[ElectLeadersRequ
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_TopicPartitions_v0(buf, pos)
+            item2 = _new(TopicPartitions)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.topic = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.topic_partitions = items1
     o.timeout_ms = _S_i.unpack_from(buf, pos)[0]
@@ -268,12 +322,12 @@ def _read_ElectLeadersRequest_v2(buf: bytes, pos: int) -> tuple[ElectLeadersRequ
     o = _new(ElectLeadersRequest)
     o.election_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad array length {n}", offset=pos)
@@ -283,7 +337,43 @@ def _read_ElectLeadersRequest_v2(buf: bytes, pos: int) -> tuple[ElectLeadersRequ
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_TopicPartitions_v2(buf, pos)
+            item2 = _new(TopicPartitions)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.topic = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_TopicPartitions)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.topic_partitions = items1
     o.timeout_ms = _S_i.unpack_from(buf, pos)[0]
@@ -308,7 +398,16 @@ def _write_ElectLeadersRequest_v0(o: ElectLeadersRequest, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_TopicPartitions_v0(item3, w)
+            raw4 = item3.topic.encode()
+            n = len(raw4)
+            w(_S_h.pack(n))
+            w(raw4)
+            items5 = item3.partitions
+            n = len(items5)
+            w(_S_i.pack(n))
+            w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+            if item3._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     w(_S_i.pack(o.timeout_ms))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -325,7 +424,16 @@ def _write_ElectLeadersRequest_v1(o: ElectLeadersRequest, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_TopicPartitions_v0(item3, w)
+            raw4 = item3.topic.encode()
+            n = len(raw4)
+            w(_S_h.pack(n))
+            w(raw4)
+            items5 = item3.partitions
+            n = len(items5)
+            w(_S_i.pack(n))
+            w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+            if item3._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     w(_S_i.pack(o.timeout_ms))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -342,10 +450,21 @@ def _write_ElectLeadersRequest_v2(o: ElectLeadersRequest, w: _Writer) -> None:
         n = len(items2)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         for item3 in items2:
-            _write_TopicPartitions_v2(item3, w)
+            raw4 = item3.topic.encode()
+            n = len(raw4)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw4)
+            items5 = item3.partitions
+            n = len(items5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+            if item3._unknown_tags:
+                _write_tags(w, [], item3._unknown_tags, _TAGS_TopicPartitions)
+            else:
+                w(b"\x00")
     w(_S_i.pack(o.timeout_ms))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ElectLeadersRequest)
     else:
         w(b"\x00")
 

@@ -187,12 +187,12 @@ def _read_PartitionResult_v2(buf: bytes, pos: int) -> tuple[PartitionResult, int
     o = _new(PartitionResult)
     o.partition_id, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -238,7 +238,7 @@ def _write_PartitionResult_v2(o: PartitionResult, w: _Writer) -> None:
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw2)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionResult)
     else:
         w(b"\x00")
 
@@ -265,7 +265,22 @@ def _read_ReplicaElectionResult_v0(buf: bytes, pos: int) -> tuple[ReplicaElectio
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionResult_v0(buf, pos)
+            item2 = _new(PartitionResult)
+            item2.partition_id, item2.error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.error_message = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.partition_result = items1
     o._unknown_tags = None
@@ -275,12 +290,12 @@ def _read_ReplicaElectionResult_v0(buf: bytes, pos: int) -> tuple[ReplicaElectio
 def _read_ReplicaElectionResult_v2(buf: bytes, pos: int) -> tuple[ReplicaElectionResult, int]:
     # versions 2
     o = _new(ReplicaElectionResult)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -289,12 +304,12 @@ def _read_ReplicaElectionResult_v2(buf: bytes, pos: int) -> tuple[ReplicaElectio
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -302,7 +317,30 @@ def _read_ReplicaElectionResult_v2(buf: bytes, pos: int) -> tuple[ReplicaElectio
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionResult_v2(buf, pos)
+            item2 = _new(PartitionResult)
+            item2.partition_id, item2.error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.error_message = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionResult)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partition_result = items1
     if buf[pos]:
@@ -323,7 +361,17 @@ def _write_ReplicaElectionResult_v0(o: ReplicaElectionResult, w: _Writer) -> Non
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_PartitionResult_v0(item3, w)
+        w(_S_ih.pack(item3.partition_id, item3.error_code))
+        x4 = item3.error_message
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -338,9 +386,21 @@ def _write_ReplicaElectionResult_v2(o: ReplicaElectionResult, w: _Writer) -> Non
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_PartitionResult_v2(item3, w)
+        w(_S_ih.pack(item3.partition_id, item3.error_code))
+        x4 = item3.error_message
+        if x4 is None:
+            w(b"\x00")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw5)
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_PartitionResult)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ReplicaElectionResult)
     else:
         w(b"\x00")
 
@@ -393,12 +453,12 @@ def _read_ElectLeadersResponse_v2(buf: bytes, pos: int) -> tuple[ElectLeadersRes
     o = _new(ElectLeadersResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -452,7 +512,7 @@ def _write_ElectLeadersResponse_v2(o: ElectLeadersResponse, w: _Writer) -> None:
     for item2 in items1:
         _write_ReplicaElectionResult_v2(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ElectLeadersResponse)
     else:
         w(b"\x00")
 

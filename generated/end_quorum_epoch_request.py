@@ -24,6 +24,7 @@ from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uuid as _read_uuid
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -42,6 +43,7 @@ _S_H = _Packer(">H")
 _S_h = _Packer(">h")
 _S_i = _Packer(">i")
 _S_iii = _Packer(">iii")
+_A_i = _small_arrays("i")
 
 
 class EndQuorumEpochRequest(_Message):
@@ -271,7 +273,7 @@ def _write_ReplicaInfo_v1(o: ReplicaInfo, w: _Writer) -> None:
     w(_S_i.pack(o.candidate_id))
     w(o.candidate_directory_id.bytes)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ReplicaInfo)
     else:
         w(b"\x00")
 
@@ -289,7 +291,9 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.preferred_successors = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.preferred_successors = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o._unknown_tags = None
     return o, pos
@@ -301,12 +305,12 @@ def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     o.preferred_successors = []
     o.partition_index, o.leader_id, o.leader_epoch = _S_iii.unpack_from(buf, pos)
     pos += 12
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -314,7 +318,16 @@ def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ReplicaInfo_v1(buf, pos)
+            item2 = _new(ReplicaInfo)
+            item2.candidate_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            item2.candidate_directory_id = _read_uuid(buf, pos)
+            pos += 16
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ReplicaInfo)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.preferred_candidates = items1
     if buf[pos]:
@@ -331,7 +344,7 @@ def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
     items1 = o.preferred_successors
     n = len(items1)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -343,9 +356,14 @@ def _write_PartitionData_v1(o: PartitionData, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_ReplicaInfo_v1(item2, w)
+        w(_S_i.pack(item2.candidate_id))
+        w(item2.candidate_directory_id.bytes)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_ReplicaInfo)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
     else:
         w(b"\x00")
 
@@ -372,7 +390,26 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionData_v0(buf, pos)
+            item2 = _new(PartitionData)
+            item2.preferred_candidates = []
+            item2.partition_index, item2.leader_id, item2.leader_epoch = _S_iii.unpack_from(
+                buf, pos
+            )
+            pos += 12
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.preferred_successors = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -382,12 +419,12 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
 def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 1
     o = _new(TopicData)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -396,12 +433,12 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -430,7 +467,13 @@ def _write_TopicData_v0(o: TopicData, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_PartitionData_v0(item3, w)
+        w(_S_iii.pack(item3.partition_index, item3.leader_id, item3.leader_epoch))
+        items4 = item3.preferred_successors
+        n = len(items4)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -447,7 +490,7 @@ def _write_TopicData_v1(o: TopicData, w: _Writer) -> None:
     for item3 in items2:
         _write_PartitionData_v1(item3, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicData)
     else:
         w(b"\x00")
 
@@ -455,12 +498,12 @@ def _write_TopicData_v1(o: TopicData, w: _Writer) -> None:
 def _read_LeaderEndpoint_v1(buf: bytes, pos: int) -> tuple[LeaderEndpoint, int]:
     # versions 1
     o = _new(LeaderEndpoint)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -469,12 +512,12 @@ def _read_LeaderEndpoint_v1(buf: bytes, pos: int) -> tuple[LeaderEndpoint, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -505,7 +548,7 @@ def _write_LeaderEndpoint_v1(o: LeaderEndpoint, w: _Writer) -> None:
     w(raw2)
     w(_S_H.pack(o.port))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderEndpoint)
     else:
         w(b"\x00")
 
@@ -545,12 +588,12 @@ def _read_EndQuorumEpochRequest_v0(buf: bytes, pos: int) -> tuple[EndQuorumEpoch
 def _read_EndQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[EndQuorumEpochRequest, int]:
     # versions 1
     o = _new(EndQuorumEpochRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -561,12 +604,12 @@ def _read_EndQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[EndQuorumEpoch
             raise _too_long("string", n, len(buf) - pos, pos)
         o.cluster_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -577,12 +620,12 @@ def _read_EndQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[EndQuorumEpoch
             item2, pos = _read_TopicData_v1(buf, pos)
             items1.append(item2)
         o.topics = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -590,7 +633,42 @@ def _read_EndQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[EndQuorumEpoch
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_LeaderEndpoint_v1(buf, pos)
+            item4 = _new(LeaderEndpoint)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.host = buf[pos:end].decode()
+                pos = end
+            item4.port = _S_H.unpack_from(buf, pos)[0]
+            pos += 2
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderEndpoint)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.leader_endpoints = items3
     if buf[pos]:
@@ -639,9 +717,21 @@ def _write_EndQuorumEpochRequest_v1(o: EndQuorumEpochRequest, w: _Writer) -> Non
     n = len(items5)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item6 in items5:
-        _write_LeaderEndpoint_v1(item6, w)
+        raw7 = item6.name.encode()
+        n = len(raw7)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw7)
+        raw8 = item6.host.encode()
+        n = len(raw8)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw8)
+        w(_S_H.pack(item6.port))
+        if item6._unknown_tags:
+            _write_tags(w, [], item6._unknown_tags, _TAGS_LeaderEndpoint)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_EndQuorumEpochRequest)
     else:
         w(b"\x00")
 

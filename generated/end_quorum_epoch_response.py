@@ -243,7 +243,7 @@ def _write_PartitionData_v1(o: PartitionData, w: _Writer) -> None:
     # versions 1
     w(_S_ihii.pack(o.partition_index, o.error_code, o.leader_id, o.leader_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
     else:
         w(b"\x00")
 
@@ -270,7 +270,12 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionData_v0(buf, pos)
+            item2 = _new(PartitionData)
+            item2.partition_index, item2.error_code, item2.leader_id, item2.leader_epoch = (
+                _S_ihii.unpack_from(buf, pos)
+            )
+            pos += 14
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -280,12 +285,12 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
 def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 1
     o = _new(TopicData)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -294,12 +299,12 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -307,7 +312,16 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionData_v1(buf, pos)
+            item2 = _new(PartitionData)
+            item2.partition_index, item2.error_code, item2.leader_id, item2.leader_epoch = (
+                _S_ihii.unpack_from(buf, pos)
+            )
+            pos += 14
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -328,7 +342,13 @@ def _write_TopicData_v0(o: TopicData, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_PartitionData_v0(item3, w)
+        w(
+            _S_ihii.pack(
+                item3.partition_index, item3.error_code, item3.leader_id, item3.leader_epoch
+            )
+        )
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -343,9 +363,17 @@ def _write_TopicData_v1(o: TopicData, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_PartitionData_v1(item3, w)
+        w(
+            _S_ihii.pack(
+                item3.partition_index, item3.error_code, item3.leader_id, item3.leader_epoch
+            )
+        )
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_PartitionData)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicData)
     else:
         w(b"\x00")
 
@@ -355,12 +383,12 @@ def _read_NodeEndpoint_v1(buf: bytes, pos: int) -> tuple[NodeEndpoint, int]:
     o = _new(NodeEndpoint)
     o.node_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -388,7 +416,7 @@ def _write_NodeEndpoint_v1(o: NodeEndpoint, w: _Writer) -> None:
     w(raw1)
     w(_S_H.pack(o.port))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_NodeEndpoint)
     else:
         w(b"\x00")
 
@@ -403,12 +431,12 @@ def _read_tags_EndQuorumEpochResponse_v1(o: EndQuorumEpochResponse, buf: bytes, 
         tag, pos = _uvarint(buf, pos)
         tend, pos = _tag_end(buf, pos)
         if tag == 0:
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("array", pos)
             elif n > len(buf) - pos:
@@ -416,7 +444,30 @@ def _read_tags_EndQuorumEpochResponse_v1(o: EndQuorumEpochResponse, buf: bytes, 
             else:
                 items1: list[_Any] = []
                 for _ in range(n):
-                    item2, pos = _read_NodeEndpoint_v1(buf, pos)
+                    item2 = _new(NodeEndpoint)
+                    item2.node_id = _S_i.unpack_from(buf, pos)[0]
+                    pos += 4
+                    n = buf[pos] - 1
+                    if n < 127:
+                        pos += 1
+                    else:
+                        n, pos = _uvarint(buf, pos)
+                        n -= 1
+                    if n < 0:
+                        raise _null_error("string", pos)
+                    else:
+                        end = pos + n
+                        if end > len(buf):
+                            raise _too_long("string", n, len(buf) - pos, pos)
+                        item2.host = buf[pos:end].decode()
+                        pos = end
+                    item2.port = _S_H.unpack_from(buf, pos)[0]
+                    pos += 2
+                    if buf[pos]:
+                        item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_NodeEndpoint)
+                    else:
+                        item2._unknown_tags = None
+                        pos += 1
                     items1.append(item2)
                 o.node_endpoints = items1
             _check_tag_end(pos, tend, 0)
@@ -459,12 +510,12 @@ def _read_EndQuorumEpochResponse_v1(buf: bytes, pos: int) -> tuple[EndQuorumEpoc
     o.node_endpoints = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -505,17 +556,26 @@ def _write_EndQuorumEpochResponse_v1(o: EndQuorumEpochResponse, w: _Writer) -> N
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
         _write_TopicData_v1(item2, w)
-    tags: _UnknownTags = []
+    tags3: _UnknownTags = []
     if o.node_endpoints != []:
-        tag_parts3: list[_Buffer] = []
-        items4 = o.node_endpoints
-        n = len(items4)
-        tag_parts3.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        for item5 in items4:
-            _write_NodeEndpoint_v1(item5, tag_parts3.append)
-        tags.append((0, b"".join(tag_parts3)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+        tag_parts4: list[_Buffer] = []
+        items5 = o.node_endpoints
+        n = len(items5)
+        tag_parts4.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        for item6 in items5:
+            tag_parts4.append(_S_i.pack(item6.node_id))
+            raw7 = item6.host.encode()
+            n = len(raw7)
+            tag_parts4.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            tag_parts4.append(raw7)
+            tag_parts4.append(_S_H.pack(item6.port))
+            if item6._unknown_tags:
+                _write_tags(tag_parts4.append, [], item6._unknown_tags, _TAGS_NodeEndpoint)
+            else:
+                tag_parts4.append(b"\x00")
+        tags3.append((0, b"".join(tag_parts4)))
+    if tags3 or o._unknown_tags:
+        _write_tags(w, tags3, o._unknown_tags, _TAGS_EndQuorumEpochResponse)
     else:
         w(b"\x00")
 

@@ -117,12 +117,12 @@ def _read_EndTxnRequest_v0(buf: bytes, pos: int) -> tuple[EndTxnRequest, int]:
 def _read_EndTxnRequest_v3(buf: bytes, pos: int) -> tuple[EndTxnRequest, int]:
     # versions 3-4
     o = _new(EndTxnRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -160,7 +160,7 @@ def _write_EndTxnRequest_v3(o: EndTxnRequest, w: _Writer) -> None:
     w(raw1)
     w(_S_qhz.pack(o.producer_id, o.producer_epoch, o.committed))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_EndTxnRequest)
     else:
         w(b"\x00")
 

@@ -80,12 +80,12 @@ _TAGS_EnvelopeRequest: frozenset[int] = frozenset()
 def _read_EnvelopeRequest_v0(buf: bytes, pos: int) -> tuple[EnvelopeRequest, int]:
     # versions 0
     o = _new(EnvelopeRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("bytes", pos)
     else:
@@ -94,12 +94,12 @@ def _read_EnvelopeRequest_v0(buf: bytes, pos: int) -> tuple[EnvelopeRequest, int
             raise _too_long("bytes", n, len(buf) - pos, pos)
         o.request_data = bytes(buf[pos:end])
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad bytes length {n}", offset=pos)
@@ -110,12 +110,12 @@ def _read_EnvelopeRequest_v0(buf: bytes, pos: int) -> tuple[EnvelopeRequest, int
             raise _too_long("bytes", n, len(buf) - pos, pos)
         o.request_principal = bytes(buf[pos:end])
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("bytes", pos)
     else:
@@ -148,7 +148,7 @@ def _write_EnvelopeRequest_v0(o: EnvelopeRequest, w: _Writer) -> None:
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(o.client_host_address)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_EnvelopeRequest)
     else:
         w(b"\x00")
 

@@ -75,12 +75,12 @@ _TAGS_EnvelopeResponse: frozenset[int] = frozenset()
 def _read_EnvelopeResponse_v0(buf: bytes, pos: int) -> tuple[EnvelopeResponse, int]:
     # versions 0
     o = _new(EnvelopeResponse)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad bytes length {n}", offset=pos)
@@ -112,7 +112,7 @@ def _write_EnvelopeResponse_v0(o: EnvelopeResponse, w: _Writer) -> None:
         w(x1)
     w(_S_h.pack(o.error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_EnvelopeResponse)
     else:
         w(b"\x00")
 

@@ -101,12 +101,12 @@ def _read_ExpireDelegationTokenRequest_v2(
 ) -> tuple[ExpireDelegationTokenRequest, int]:
     # versions 2
     o = _new(ExpireDelegationTokenRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("bytes", pos)
     else:
@@ -142,7 +142,7 @@ def _write_ExpireDelegationTokenRequest_v2(o: ExpireDelegationTokenRequest, w: _
     w(o.hmac)
     w(_S_q.pack(o.expiry_time_period_ms))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ExpireDelegationTokenRequest)
     else:
         w(b"\x00")
 

@@ -113,7 +113,7 @@ def _write_ExpireDelegationTokenResponse_v2(o: ExpireDelegationTokenResponse, w:
     # versions 2
     w(_S_hqi.pack(o.error_code, o.expiry_timestamp_ms, o.throttle_time_ms))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ExpireDelegationTokenResponse)
     else:
         w(b"\x00")
 

@@ -27,6 +27,7 @@ from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uuid as _read_uuid
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import tag_payload_end as _tag_end
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
@@ -54,6 +55,7 @@ _S_iiqqi = _Packer(">iiqqi")
 _S_iq = _Packer(">iq")
 _S_iqi = _Packer(">iqi")
 _S_iqqi = _Packer(">iqqi")
+_A_i = _small_arrays("i")
 
 
 class FetchRequest(_Message):
@@ -414,7 +416,7 @@ def _write_ReplicaState_v15(o: ReplicaState, w: _Writer) -> None:
     # versions 15-17
     w(_S_iq.pack(o.replica_id, o.replica_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ReplicaState)
     else:
         w(b"\x00")
 
@@ -674,7 +676,7 @@ def _write_FetchPartition_v12(o: FetchPartition, w: _Writer) -> None:
         )
     )
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FetchPartition)
     else:
         w(b"\x00")
 
@@ -691,13 +693,13 @@ def _write_FetchPartition_v17(o: FetchPartition, w: _Writer) -> None:
             o.partition_max_bytes,
         )
     )
-    tags: _UnknownTags = []
+    tags1: _UnknownTags = []
     if o.replica_directory_id != _ZERO_UUID:
-        tag_parts1: list[_Buffer] = []
-        tag_parts1.append(o.replica_directory_id.bytes)
-        tags.append((0, b"".join(tag_parts1)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+        tag_parts2: list[_Buffer] = []
+        tag_parts2.append(o.replica_directory_id.bytes)
+        tags1.append((0, b"".join(tag_parts2)))
+    if tags1 or o._unknown_tags:
+        _write_tags(w, tags1, o._unknown_tags, _TAGS_FetchPartition)
     else:
         w(b"\x00")
 
@@ -725,7 +727,16 @@ def _read_FetchTopic_v0(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_FetchPartition_v0(buf, pos)
+            item2 = _new(FetchPartition)
+            item2.current_leader_epoch = -1
+            item2.last_fetched_epoch = -1
+            item2.log_start_offset = -1
+            item2.replica_directory_id = _ZERO_UUID
+            item2.partition, item2.fetch_offset, item2.partition_max_bytes = _S_iqi.unpack_from(
+                buf, pos
+            )
+            pos += 16
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -755,7 +766,18 @@ def _read_FetchTopic_v5(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_FetchPartition_v5(buf, pos)
+            item2 = _new(FetchPartition)
+            item2.current_leader_epoch = -1
+            item2.last_fetched_epoch = -1
+            item2.replica_directory_id = _ZERO_UUID
+            (
+                item2.partition,
+                item2.fetch_offset,
+                item2.log_start_offset,
+                item2.partition_max_bytes,
+            ) = _S_iqqi.unpack_from(buf, pos)
+            pos += 24
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -785,7 +807,18 @@ def _read_FetchTopic_v9(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_FetchPartition_v9(buf, pos)
+            item2 = _new(FetchPartition)
+            item2.last_fetched_epoch = -1
+            item2.replica_directory_id = _ZERO_UUID
+            (
+                item2.partition,
+                item2.current_leader_epoch,
+                item2.fetch_offset,
+                item2.log_start_offset,
+                item2.partition_max_bytes,
+            ) = _S_iiqqi.unpack_from(buf, pos)
+            pos += 28
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -796,12 +829,12 @@ def _read_FetchTopic_v12(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     # versions 12
     o = _new(FetchTopic)
     o.topic_id = _ZERO_UUID
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -810,12 +843,12 @@ def _read_FetchTopic_v12(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -823,7 +856,22 @@ def _read_FetchTopic_v12(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_FetchPartition_v12(buf, pos)
+            item2 = _new(FetchPartition)
+            item2.replica_directory_id = _ZERO_UUID
+            (
+                item2.partition,
+                item2.current_leader_epoch,
+                item2.fetch_offset,
+                item2.last_fetched_epoch,
+                item2.log_start_offset,
+                item2.partition_max_bytes,
+            ) = _S_iiqiqi.unpack_from(buf, pos)
+            pos += 32
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_FetchPartition)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -840,12 +888,12 @@ def _read_FetchTopic_v13(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     o.topic = ""
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -853,7 +901,22 @@ def _read_FetchTopic_v13(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_FetchPartition_v12(buf, pos)
+            item2 = _new(FetchPartition)
+            item2.replica_directory_id = _ZERO_UUID
+            (
+                item2.partition,
+                item2.current_leader_epoch,
+                item2.fetch_offset,
+                item2.last_fetched_epoch,
+                item2.log_start_offset,
+                item2.partition_max_bytes,
+            ) = _S_iiqiqi.unpack_from(buf, pos)
+            pos += 32
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_FetchPartition)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -870,12 +933,12 @@ def _read_FetchTopic_v17(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     o.topic = ""
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -883,7 +946,22 @@ def _read_FetchTopic_v17(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_FetchPartition_v17(buf, pos)
+            item2 = _new(FetchPartition)
+            item2.replica_directory_id = _ZERO_UUID
+            (
+                item2.partition,
+                item2.current_leader_epoch,
+                item2.fetch_offset,
+                item2.last_fetched_epoch,
+                item2.log_start_offset,
+                item2.partition_max_bytes,
+            ) = _S_iiqiqi.unpack_from(buf, pos)
+            pos += 32
+            if buf[pos]:
+                pos = _read_tags_FetchPartition_v17(item2, buf, pos)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -904,7 +982,11 @@ def _write_FetchTopic_v0(o: FetchTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_FetchPartition_v0(item3, w)
+        if item3.last_fetched_epoch != -1:
+            raise _ProtocolError("LastFetchedEpoch cannot be written in version 0")
+        w(_S_iqi.pack(item3.partition, item3.fetch_offset, item3.partition_max_bytes))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -919,7 +1001,11 @@ def _write_FetchTopic_v1(o: FetchTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_FetchPartition_v1(item3, w)
+        if item3.last_fetched_epoch != -1:
+            raise _ProtocolError("LastFetchedEpoch cannot be written in version 1")
+        w(_S_iqi.pack(item3.partition, item3.fetch_offset, item3.partition_max_bytes))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -934,7 +1020,11 @@ def _write_FetchTopic_v2(o: FetchTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_FetchPartition_v2(item3, w)
+        if item3.last_fetched_epoch != -1:
+            raise _ProtocolError("LastFetchedEpoch cannot be written in version 2")
+        w(_S_iqi.pack(item3.partition, item3.fetch_offset, item3.partition_max_bytes))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -949,7 +1039,11 @@ def _write_FetchTopic_v3(o: FetchTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_FetchPartition_v3(item3, w)
+        if item3.last_fetched_epoch != -1:
+            raise _ProtocolError("LastFetchedEpoch cannot be written in version 3")
+        w(_S_iqi.pack(item3.partition, item3.fetch_offset, item3.partition_max_bytes))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -964,7 +1058,11 @@ def _write_FetchTopic_v4(o: FetchTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_FetchPartition_v4(item3, w)
+        if item3.last_fetched_epoch != -1:
+            raise _ProtocolError("LastFetchedEpoch cannot be written in version 4")
+        w(_S_iqi.pack(item3.partition, item3.fetch_offset, item3.partition_max_bytes))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -979,7 +1077,18 @@ def _write_FetchTopic_v5(o: FetchTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_FetchPartition_v5(item3, w)
+        if item3.last_fetched_epoch != -1:
+            raise _ProtocolError("LastFetchedEpoch cannot be written in version 5")
+        w(
+            _S_iqqi.pack(
+                item3.partition,
+                item3.fetch_offset,
+                item3.log_start_offset,
+                item3.partition_max_bytes,
+            )
+        )
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -994,7 +1103,18 @@ def _write_FetchTopic_v6(o: FetchTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_FetchPartition_v6(item3, w)
+        if item3.last_fetched_epoch != -1:
+            raise _ProtocolError("LastFetchedEpoch cannot be written in version 6")
+        w(
+            _S_iqqi.pack(
+                item3.partition,
+                item3.fetch_offset,
+                item3.log_start_offset,
+                item3.partition_max_bytes,
+            )
+        )
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1009,7 +1129,18 @@ def _write_FetchTopic_v7(o: FetchTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_FetchPartition_v7(item3, w)
+        if item3.last_fetched_epoch != -1:
+            raise _ProtocolError("LastFetchedEpoch cannot be written in version 7")
+        w(
+            _S_iqqi.pack(
+                item3.partition,
+                item3.fetch_offset,
+                item3.log_start_offset,
+                item3.partition_max_bytes,
+            )
+        )
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1024,7 +1155,18 @@ def _write_FetchTopic_v8(o: FetchTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_FetchPartition_v8(item3, w)
+        if item3.last_fetched_epoch != -1:
+            raise _ProtocolError("LastFetchedEpoch cannot be written in version 8")
+        w(
+            _S_iqqi.pack(
+                item3.partition,
+                item3.fetch_offset,
+                item3.log_start_offset,
+                item3.partition_max_bytes,
+            )
+        )
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1039,7 +1181,19 @@ def _write_FetchTopic_v9(o: FetchTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_FetchPartition_v9(item3, w)
+        if item3.last_fetched_epoch != -1:
+            raise _ProtocolError("LastFetchedEpoch cannot be written in version 9")
+        w(
+            _S_iiqqi.pack(
+                item3.partition,
+                item3.current_leader_epoch,
+                item3.fetch_offset,
+                item3.log_start_offset,
+                item3.partition_max_bytes,
+            )
+        )
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1054,7 +1208,19 @@ def _write_FetchTopic_v10(o: FetchTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_FetchPartition_v10(item3, w)
+        if item3.last_fetched_epoch != -1:
+            raise _ProtocolError("LastFetchedEpoch cannot be written in version 10")
+        w(
+            _S_iiqqi.pack(
+                item3.partition,
+                item3.current_leader_epoch,
+                item3.fetch_offset,
+                item3.log_start_offset,
+                item3.partition_max_bytes,
+            )
+        )
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1069,7 +1235,19 @@ def _write_FetchTopic_v11(o: FetchTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_FetchPartition_v11(item3, w)
+        if item3.last_fetched_epoch != -1:
+            raise _ProtocolError("LastFetchedEpoch cannot be written in version 11")
+        w(
+            _S_iiqqi.pack(
+                item3.partition,
+                item3.current_leader_epoch,
+                item3.fetch_offset,
+                item3.log_start_offset,
+                item3.partition_max_bytes,
+            )
+        )
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1084,9 +1262,22 @@ def _write_FetchTopic_v12(o: FetchTopic, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_FetchPartition_v12(item3, w)
+        w(
+            _S_iiqiqi.pack(
+                item3.partition,
+                item3.current_leader_epoch,
+                item3.fetch_offset,
+                item3.last_fetched_epoch,
+                item3.log_start_offset,
+                item3.partition_max_bytes,
+            )
+        )
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_FetchPartition)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FetchTopic)
     else:
         w(b"\x00")
 
@@ -1098,9 +1289,22 @@ def _write_FetchTopic_v13(o: FetchTopic, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_FetchPartition_v12(item2, w)
+        w(
+            _S_iiqiqi.pack(
+                item2.partition,
+                item2.current_leader_epoch,
+                item2.fetch_offset,
+                item2.last_fetched_epoch,
+                item2.log_start_offset,
+                item2.partition_max_bytes,
+            )
+        )
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_FetchPartition)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FetchTopic)
     else:
         w(b"\x00")
 
@@ -1112,9 +1316,27 @@ def _write_FetchTopic_v17(o: FetchTopic, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_FetchPartition_v17(item2, w)
+        w(
+            _S_iiqiqi.pack(
+                item2.partition,
+                item2.current_leader_epoch,
+                item2.fetch_offset,
+                item2.last_fetched_epoch,
+                item2.log_start_offset,
+                item2.partition_max_bytes,
+            )
+        )
+        tags3: _UnknownTags = []
+        if item2.replica_directory_id != _ZERO_UUID:
+            tag_parts4: list[_Buffer] = []
+            tag_parts4.append(item2.replica_directory_id.bytes)
+            tags3.append((0, b"".join(tag_parts4)))
+        if tags3 or item2._unknown_tags:
+            _write_tags(w, tags3, item2._unknown_tags, _TAGS_FetchPartition)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FetchTopic)
     else:
         w(b"\x00")
 
@@ -1140,7 +1362,9 @@ def _read_ForgottenTopic_v7(buf: bytes, pos: int) -> tuple[ForgottenTopic, int]:
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.partitions = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.partitions = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o._unknown_tags = None
     return o, pos
@@ -1150,12 +1374,12 @@ def _read_ForgottenTopic_v12(buf: bytes, pos: int) -> tuple[ForgottenTopic, int]
     # versions 12
     o = _new(ForgottenTopic)
     o.topic_id = _ZERO_UUID
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -1164,18 +1388,20 @@ def _read_ForgottenTopic_v12(buf: bytes, pos: int) -> tuple[ForgottenTopic, int]
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.partitions = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.partitions = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ForgottenTopic)
@@ -1191,18 +1417,20 @@ def _read_ForgottenTopic_v13(buf: bytes, pos: int) -> tuple[ForgottenTopic, int]
     o.topic = ""
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.partitions = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.partitions = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ForgottenTopic)
@@ -1221,7 +1449,7 @@ def _write_ForgottenTopic_v7(o: ForgottenTopic, w: _Writer) -> None:
     items2 = o.partitions
     n = len(items2)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items2))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1235,9 +1463,9 @@ def _write_ForgottenTopic_v12(o: ForgottenTopic, w: _Writer) -> None:
     items2 = o.partitions
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items2))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ForgottenTopic)
     else:
         w(b"\x00")
 
@@ -1248,9 +1476,9 @@ def _write_ForgottenTopic_v13(o: ForgottenTopic, w: _Writer) -> None:
     items1 = o.partitions
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ForgottenTopic)
     else:
         w(b"\x00")
 
@@ -1265,12 +1493,12 @@ def _read_tags_FetchRequest_v12(o: FetchRequest, buf: bytes, pos: int) -> int:
         tag, pos = _uvarint(buf, pos)
         tend, pos = _tag_end(buf, pos)
         if tag == 0:
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 if n != -1:
                     raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -1303,12 +1531,12 @@ def _read_tags_FetchRequest_v15(o: FetchRequest, buf: bytes, pos: int) -> int:
         tag, pos = _uvarint(buf, pos)
         tend, pos = _tag_end(buf, pos)
         if tag == 0:
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 if n != -1:
                     raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -1486,7 +1714,32 @@ def _read_FetchRequest_v7(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_ForgottenTopic_v7(buf, pos)
+            item4 = _new(ForgottenTopic)
+            item4.topic_id = _ZERO_UUID
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.topic = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item4.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item4._unknown_tags = None
             items3.append(item4)
         o.forgotten_topics_data = items3
     o._unknown_tags = None
@@ -1530,7 +1783,32 @@ def _read_FetchRequest_v9(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_ForgottenTopic_v7(buf, pos)
+            item4 = _new(ForgottenTopic)
+            item4.topic_id = _ZERO_UUID
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.topic = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item4.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item4._unknown_tags = None
             items3.append(item4)
         o.forgotten_topics_data = items3
     o._unknown_tags = None
@@ -1573,7 +1851,32 @@ def _read_FetchRequest_v11(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_ForgottenTopic_v7(buf, pos)
+            item4 = _new(ForgottenTopic)
+            item4.topic_id = _ZERO_UUID
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.topic = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item4.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item4._unknown_tags = None
             items3.append(item4)
         o.forgotten_topics_data = items3
     n = _S_h.unpack_from(buf, pos)[0]
@@ -1605,12 +1908,12 @@ def _read_FetchRequest_v12(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         o.session_epoch,
     ) = _S_iiiibii.unpack_from(buf, pos)
     pos += 25
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1621,12 +1924,12 @@ def _read_FetchRequest_v12(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
             item2, pos = _read_FetchTopic_v12(buf, pos)
             items1.append(item2)
         o.topics = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1634,15 +1937,52 @@ def _read_FetchRequest_v12(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_ForgottenTopic_v12(buf, pos)
+            item4 = _new(ForgottenTopic)
+            item4.topic_id = _ZERO_UUID
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.topic = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item4.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ForgottenTopic)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.forgotten_topics_data = items3
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -1674,12 +2014,12 @@ def _read_FetchRequest_v13(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         o.session_epoch,
     ) = _S_iiiibii.unpack_from(buf, pos)
     pos += 25
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1690,12 +2030,12 @@ def _read_FetchRequest_v13(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
             item2, pos = _read_FetchTopic_v13(buf, pos)
             items1.append(item2)
         o.topics = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1703,15 +2043,40 @@ def _read_FetchRequest_v13(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_ForgottenTopic_v13(buf, pos)
+            item4 = _new(ForgottenTopic)
+            item4.topic = ""
+            item4.topic_id = _read_uuid(buf, pos)
+            pos += 16
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item4.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ForgottenTopic)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.forgotten_topics_data = items3
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -1738,12 +2103,12 @@ def _read_FetchRequest_v15(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         _S_iiibii.unpack_from(buf, pos)
     )
     pos += 21
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1754,12 +2119,12 @@ def _read_FetchRequest_v15(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
             item2, pos = _read_FetchTopic_v13(buf, pos)
             items1.append(item2)
         o.topics = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1767,15 +2132,40 @@ def _read_FetchRequest_v15(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_ForgottenTopic_v13(buf, pos)
+            item4 = _new(ForgottenTopic)
+            item4.topic = ""
+            item4.topic_id = _read_uuid(buf, pos)
+            pos += 16
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item4.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ForgottenTopic)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.forgotten_topics_data = items3
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -1802,12 +2192,12 @@ def _read_FetchRequest_v17(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         _S_iiibii.unpack_from(buf, pos)
     )
     pos += 21
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1818,12 +2208,12 @@ def _read_FetchRequest_v17(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
             item2, pos = _read_FetchTopic_v17(buf, pos)
             items1.append(item2)
         o.topics = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1831,15 +2221,40 @@ def _read_FetchRequest_v17(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_ForgottenTopic_v13(buf, pos)
+            item4 = _new(ForgottenTopic)
+            item4.topic = ""
+            item4.topic_id = _read_uuid(buf, pos)
+            pos += 16
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item4.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ForgottenTopic)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.forgotten_topics_data = items3
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -1858,7 +2273,11 @@ def _read_FetchRequest_v17(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
 
 def _write_FetchRequest_v0(o: FetchRequest, w: _Writer) -> None:
     # versions 0
-    if o.replica_state != ReplicaState():
+    if (
+        o.replica_state.replica_id != -1
+        or o.replica_state.replica_epoch != -1
+        or o.replica_state._unknown_tags is not None
+    ):
         raise _ProtocolError("ReplicaState cannot be written in version 0")
     if o.forgotten_topics_data != []:
         raise _ProtocolError("ForgottenTopicsData cannot be written in version 0")
@@ -1874,7 +2293,11 @@ def _write_FetchRequest_v0(o: FetchRequest, w: _Writer) -> None:
 
 def _write_FetchRequest_v1(o: FetchRequest, w: _Writer) -> None:
     # versions 1
-    if o.replica_state != ReplicaState():
+    if (
+        o.replica_state.replica_id != -1
+        or o.replica_state.replica_epoch != -1
+        or o.replica_state._unknown_tags is not None
+    ):
         raise _ProtocolError("ReplicaState cannot be written in version 1")
     if o.forgotten_topics_data != []:
         raise _ProtocolError("ForgottenTopicsData cannot be written in version 1")
@@ -1890,7 +2313,11 @@ def _write_FetchRequest_v1(o: FetchRequest, w: _Writer) -> None:
 
 def _write_FetchRequest_v2(o: FetchRequest, w: _Writer) -> None:
     # versions 2
-    if o.replica_state != ReplicaState():
+    if (
+        o.replica_state.replica_id != -1
+        or o.replica_state.replica_epoch != -1
+        or o.replica_state._unknown_tags is not None
+    ):
         raise _ProtocolError("ReplicaState cannot be written in version 2")
     if o.forgotten_topics_data != []:
         raise _ProtocolError("ForgottenTopicsData cannot be written in version 2")
@@ -1906,7 +2333,11 @@ def _write_FetchRequest_v2(o: FetchRequest, w: _Writer) -> None:
 
 def _write_FetchRequest_v3(o: FetchRequest, w: _Writer) -> None:
     # versions 3
-    if o.replica_state != ReplicaState():
+    if (
+        o.replica_state.replica_id != -1
+        or o.replica_state.replica_epoch != -1
+        or o.replica_state._unknown_tags is not None
+    ):
         raise _ProtocolError("ReplicaState cannot be written in version 3")
     if o.forgotten_topics_data != []:
         raise _ProtocolError("ForgottenTopicsData cannot be written in version 3")
@@ -1922,7 +2353,11 @@ def _write_FetchRequest_v3(o: FetchRequest, w: _Writer) -> None:
 
 def _write_FetchRequest_v4(o: FetchRequest, w: _Writer) -> None:
     # versions 4
-    if o.replica_state != ReplicaState():
+    if (
+        o.replica_state.replica_id != -1
+        or o.replica_state.replica_epoch != -1
+        or o.replica_state._unknown_tags is not None
+    ):
         raise _ProtocolError("ReplicaState cannot be written in version 4")
     if o.forgotten_topics_data != []:
         raise _ProtocolError("ForgottenTopicsData cannot be written in version 4")
@@ -1938,7 +2373,11 @@ def _write_FetchRequest_v4(o: FetchRequest, w: _Writer) -> None:
 
 def _write_FetchRequest_v5(o: FetchRequest, w: _Writer) -> None:
     # versions 5
-    if o.replica_state != ReplicaState():
+    if (
+        o.replica_state.replica_id != -1
+        or o.replica_state.replica_epoch != -1
+        or o.replica_state._unknown_tags is not None
+    ):
         raise _ProtocolError("ReplicaState cannot be written in version 5")
     if o.forgotten_topics_data != []:
         raise _ProtocolError("ForgottenTopicsData cannot be written in version 5")
@@ -1954,7 +2393,11 @@ def _write_FetchRequest_v5(o: FetchRequest, w: _Writer) -> None:
 
 def _write_FetchRequest_v6(o: FetchRequest, w: _Writer) -> None:
     # versions 6
-    if o.replica_state != ReplicaState():
+    if (
+        o.replica_state.replica_id != -1
+        or o.replica_state.replica_epoch != -1
+        or o.replica_state._unknown_tags is not None
+    ):
         raise _ProtocolError("ReplicaState cannot be written in version 6")
     if o.forgotten_topics_data != []:
         raise _ProtocolError("ForgottenTopicsData cannot be written in version 6")
@@ -1970,7 +2413,11 @@ def _write_FetchRequest_v6(o: FetchRequest, w: _Writer) -> None:
 
 def _write_FetchRequest_v7(o: FetchRequest, w: _Writer) -> None:
     # versions 7
-    if o.replica_state != ReplicaState():
+    if (
+        o.replica_state.replica_id != -1
+        or o.replica_state.replica_epoch != -1
+        or o.replica_state._unknown_tags is not None
+    ):
         raise _ProtocolError("ReplicaState cannot be written in version 7")
     w(
         _S_iiiibii.pack(
@@ -1992,14 +2439,27 @@ def _write_FetchRequest_v7(o: FetchRequest, w: _Writer) -> None:
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_ForgottenTopic_v7(item4, w)
+        raw5 = item4.topic.encode()
+        n = len(raw5)
+        w(_S_h.pack(n))
+        w(raw5)
+        items6 = item4.partitions
+        n = len(items6)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
 
 def _write_FetchRequest_v8(o: FetchRequest, w: _Writer) -> None:
     # versions 8
-    if o.replica_state != ReplicaState():
+    if (
+        o.replica_state.replica_id != -1
+        or o.replica_state.replica_epoch != -1
+        or o.replica_state._unknown_tags is not None
+    ):
         raise _ProtocolError("ReplicaState cannot be written in version 8")
     w(
         _S_iiiibii.pack(
@@ -2021,14 +2481,27 @@ def _write_FetchRequest_v8(o: FetchRequest, w: _Writer) -> None:
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_ForgottenTopic_v7(item4, w)
+        raw5 = item4.topic.encode()
+        n = len(raw5)
+        w(_S_h.pack(n))
+        w(raw5)
+        items6 = item4.partitions
+        n = len(items6)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
 
 def _write_FetchRequest_v9(o: FetchRequest, w: _Writer) -> None:
     # versions 9
-    if o.replica_state != ReplicaState():
+    if (
+        o.replica_state.replica_id != -1
+        or o.replica_state.replica_epoch != -1
+        or o.replica_state._unknown_tags is not None
+    ):
         raise _ProtocolError("ReplicaState cannot be written in version 9")
     w(
         _S_iiiibii.pack(
@@ -2050,14 +2523,27 @@ def _write_FetchRequest_v9(o: FetchRequest, w: _Writer) -> None:
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_ForgottenTopic_v7(item4, w)
+        raw5 = item4.topic.encode()
+        n = len(raw5)
+        w(_S_h.pack(n))
+        w(raw5)
+        items6 = item4.partitions
+        n = len(items6)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
 
 def _write_FetchRequest_v10(o: FetchRequest, w: _Writer) -> None:
     # versions 10
-    if o.replica_state != ReplicaState():
+    if (
+        o.replica_state.replica_id != -1
+        or o.replica_state.replica_epoch != -1
+        or o.replica_state._unknown_tags is not None
+    ):
         raise _ProtocolError("ReplicaState cannot be written in version 10")
     w(
         _S_iiiibii.pack(
@@ -2079,14 +2565,27 @@ def _write_FetchRequest_v10(o: FetchRequest, w: _Writer) -> None:
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_ForgottenTopic_v7(item4, w)
+        raw5 = item4.topic.encode()
+        n = len(raw5)
+        w(_S_h.pack(n))
+        w(raw5)
+        items6 = item4.partitions
+        n = len(items6)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
 
 def _write_FetchRequest_v11(o: FetchRequest, w: _Writer) -> None:
     # versions 11
-    if o.replica_state != ReplicaState():
+    if (
+        o.replica_state.replica_id != -1
+        or o.replica_state.replica_epoch != -1
+        or o.replica_state._unknown_tags is not None
+    ):
         raise _ProtocolError("ReplicaState cannot be written in version 11")
     w(
         _S_iiiibii.pack(
@@ -2108,18 +2607,31 @@ def _write_FetchRequest_v11(o: FetchRequest, w: _Writer) -> None:
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_ForgottenTopic_v7(item4, w)
-    raw5 = o.rack_id.encode()
-    n = len(raw5)
+        raw5 = item4.topic.encode()
+        n = len(raw5)
+        w(_S_h.pack(n))
+        w(raw5)
+        items6 = item4.partitions
+        n = len(items6)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    raw8 = o.rack_id.encode()
+    n = len(raw8)
     w(_S_h.pack(n))
-    w(raw5)
+    w(raw8)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
 
 def _write_FetchRequest_v12(o: FetchRequest, w: _Writer) -> None:
     # versions 12
-    if o.replica_state != ReplicaState():
+    if (
+        o.replica_state.replica_id != -1
+        or o.replica_state.replica_epoch != -1
+        or o.replica_state._unknown_tags is not None
+    ):
         raise _ProtocolError("ReplicaState cannot be written in version 12")
     w(
         _S_iiiibii.pack(
@@ -2141,32 +2653,47 @@ def _write_FetchRequest_v12(o: FetchRequest, w: _Writer) -> None:
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_ForgottenTopic_v12(item4, w)
-    raw5 = o.rack_id.encode()
-    n = len(raw5)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw5)
-    tags: _UnknownTags = []
-    if o.cluster_id is not None:
-        tag_parts6: list[_Buffer] = []
-        x7 = o.cluster_id
-        if x7 is None:
-            tag_parts6.append(b"\x00")
+        raw5 = item4.topic.encode()
+        n = len(raw5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw5)
+        items6 = item4.partitions
+        n = len(items6)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_ForgottenTopic)
         else:
-            raw8 = x7.encode()
-            n = len(raw8)
-            tag_parts6.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-            tag_parts6.append(raw8)
-        tags.append((0, b"".join(tag_parts6)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+            w(b"\x00")
+    raw8 = o.rack_id.encode()
+    n = len(raw8)
+    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    w(raw8)
+    tags9: _UnknownTags = []
+    if o.cluster_id is not None:
+        tag_parts10: list[_Buffer] = []
+        x11 = o.cluster_id
+        if x11 is None:
+            tag_parts10.append(b"\x00")
+        else:
+            raw12 = x11.encode()
+            n = len(raw12)
+            tag_parts10.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            tag_parts10.append(raw12)
+        tags9.append((0, b"".join(tag_parts10)))
+    if tags9 or o._unknown_tags:
+        _write_tags(w, tags9, o._unknown_tags, _TAGS_FetchRequest)
     else:
         w(b"\x00")
 
 
 def _write_FetchRequest_v13(o: FetchRequest, w: _Writer) -> None:
     # versions 13
-    if o.replica_state != ReplicaState():
+    if (
+        o.replica_state.replica_id != -1
+        or o.replica_state.replica_epoch != -1
+        or o.replica_state._unknown_tags is not None
+    ):
         raise _ProtocolError("ReplicaState cannot be written in version 13")
     w(
         _S_iiiibii.pack(
@@ -2188,32 +2715,44 @@ def _write_FetchRequest_v13(o: FetchRequest, w: _Writer) -> None:
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_ForgottenTopic_v13(item4, w)
-    raw5 = o.rack_id.encode()
-    n = len(raw5)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw5)
-    tags: _UnknownTags = []
-    if o.cluster_id is not None:
-        tag_parts6: list[_Buffer] = []
-        x7 = o.cluster_id
-        if x7 is None:
-            tag_parts6.append(b"\x00")
+        w(item4.topic_id.bytes)
+        items5 = item4.partitions
+        n = len(items5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_ForgottenTopic)
         else:
-            raw8 = x7.encode()
-            n = len(raw8)
-            tag_parts6.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-            tag_parts6.append(raw8)
-        tags.append((0, b"".join(tag_parts6)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+            w(b"\x00")
+    raw7 = o.rack_id.encode()
+    n = len(raw7)
+    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    w(raw7)
+    tags8: _UnknownTags = []
+    if o.cluster_id is not None:
+        tag_parts9: list[_Buffer] = []
+        x10 = o.cluster_id
+        if x10 is None:
+            tag_parts9.append(b"\x00")
+        else:
+            raw11 = x10.encode()
+            n = len(raw11)
+            tag_parts9.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            tag_parts9.append(raw11)
+        tags8.append((0, b"".join(tag_parts9)))
+    if tags8 or o._unknown_tags:
+        _write_tags(w, tags8, o._unknown_tags, _TAGS_FetchRequest)
     else:
         w(b"\x00")
 
 
 def _write_FetchRequest_v14(o: FetchRequest, w: _Writer) -> None:
     # versions 14
-    if o.replica_state != ReplicaState():
+    if (
+        o.replica_state.replica_id != -1
+        or o.replica_state.replica_epoch != -1
+        or o.replica_state._unknown_tags is not None
+    ):
         raise _ProtocolError("ReplicaState cannot be written in version 14")
     w(
         _S_iiiibii.pack(
@@ -2235,25 +2774,33 @@ def _write_FetchRequest_v14(o: FetchRequest, w: _Writer) -> None:
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_ForgottenTopic_v13(item4, w)
-    raw5 = o.rack_id.encode()
-    n = len(raw5)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw5)
-    tags: _UnknownTags = []
-    if o.cluster_id is not None:
-        tag_parts6: list[_Buffer] = []
-        x7 = o.cluster_id
-        if x7 is None:
-            tag_parts6.append(b"\x00")
+        w(item4.topic_id.bytes)
+        items5 = item4.partitions
+        n = len(items5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_ForgottenTopic)
         else:
-            raw8 = x7.encode()
-            n = len(raw8)
-            tag_parts6.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-            tag_parts6.append(raw8)
-        tags.append((0, b"".join(tag_parts6)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+            w(b"\x00")
+    raw7 = o.rack_id.encode()
+    n = len(raw7)
+    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    w(raw7)
+    tags8: _UnknownTags = []
+    if o.cluster_id is not None:
+        tag_parts9: list[_Buffer] = []
+        x10 = o.cluster_id
+        if x10 is None:
+            tag_parts9.append(b"\x00")
+        else:
+            raw11 = x10.encode()
+            n = len(raw11)
+            tag_parts9.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            tag_parts9.append(raw11)
+        tags8.append((0, b"".join(tag_parts9)))
+    if tags8 or o._unknown_tags:
+        _write_tags(w, tags8, o._unknown_tags, _TAGS_FetchRequest)
     else:
         w(b"\x00")
 
@@ -2281,29 +2828,41 @@ def _write_FetchRequest_v15(o: FetchRequest, w: _Writer) -> None:
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_ForgottenTopic_v13(item4, w)
-    raw5 = o.rack_id.encode()
-    n = len(raw5)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw5)
-    tags: _UnknownTags = []
-    if o.cluster_id is not None:
-        tag_parts6: list[_Buffer] = []
-        x7 = o.cluster_id
-        if x7 is None:
-            tag_parts6.append(b"\x00")
+        w(item4.topic_id.bytes)
+        items5 = item4.partitions
+        n = len(items5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_ForgottenTopic)
         else:
-            raw8 = x7.encode()
-            n = len(raw8)
-            tag_parts6.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-            tag_parts6.append(raw8)
-        tags.append((0, b"".join(tag_parts6)))
-    if o.replica_state != ReplicaState():
+            w(b"\x00")
+    raw7 = o.rack_id.encode()
+    n = len(raw7)
+    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    w(raw7)
+    tags8: _UnknownTags = []
+    if o.cluster_id is not None:
         tag_parts9: list[_Buffer] = []
-        _write_ReplicaState_v15(o.replica_state, tag_parts9.append)
-        tags.append((1, b"".join(tag_parts9)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+        x10 = o.cluster_id
+        if x10 is None:
+            tag_parts9.append(b"\x00")
+        else:
+            raw11 = x10.encode()
+            n = len(raw11)
+            tag_parts9.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            tag_parts9.append(raw11)
+        tags8.append((0, b"".join(tag_parts9)))
+    if (
+        o.replica_state.replica_id != -1
+        or o.replica_state.replica_epoch != -1
+        or o.replica_state._unknown_tags is not None
+    ):
+        tag_parts12: list[_Buffer] = []
+        _write_ReplicaState_v15(o.replica_state, tag_parts12.append)
+        tags8.append((1, b"".join(tag_parts12)))
+    if tags8 or o._unknown_tags:
+        _write_tags(w, tags8, o._unknown_tags, _TAGS_FetchRequest)
     else:
         w(b"\x00")
 
@@ -2331,29 +2890,41 @@ def _write_FetchRequest_v16(o: FetchRequest, w: _Writer) -> None:
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_ForgottenTopic_v13(item4, w)
-    raw5 = o.rack_id.encode()
-    n = len(raw5)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw5)
-    tags: _UnknownTags = []
-    if o.cluster_id is not None:
-        tag_parts6: list[_Buffer] = []
-        x7 = o.cluster_id
-        if x7 is None:
-            tag_parts6.append(b"\x00")
+        w(item4.topic_id.bytes)
+        items5 = item4.partitions
+        n = len(items5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_ForgottenTopic)
         else:
-            raw8 = x7.encode()
-            n = len(raw8)
-            tag_parts6.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-            tag_parts6.append(raw8)
-        tags.append((0, b"".join(tag_parts6)))
-    if o.replica_state != ReplicaState():
+            w(b"\x00")
+    raw7 = o.rack_id.encode()
+    n = len(raw7)
+    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    w(raw7)
+    tags8: _UnknownTags = []
+    if o.cluster_id is not None:
         tag_parts9: list[_Buffer] = []
-        _write_ReplicaState_v15(o.replica_state, tag_parts9.append)
-        tags.append((1, b"".join(tag_parts9)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+        x10 = o.cluster_id
+        if x10 is None:
+            tag_parts9.append(b"\x00")
+        else:
+            raw11 = x10.encode()
+            n = len(raw11)
+            tag_parts9.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            tag_parts9.append(raw11)
+        tags8.append((0, b"".join(tag_parts9)))
+    if (
+        o.replica_state.replica_id != -1
+        or o.replica_state.replica_epoch != -1
+        or o.replica_state._unknown_tags is not None
+    ):
+        tag_parts12: list[_Buffer] = []
+        _write_ReplicaState_v15(o.replica_state, tag_parts12.append)
+        tags8.append((1, b"".join(tag_parts12)))
+    if tags8 or o._unknown_tags:
+        _write_tags(w, tags8, o._unknown_tags, _TAGS_FetchRequest)
     else:
         w(b"\x00")
 
@@ -2381,29 +2952,41 @@ def _write_FetchRequest_v17(o: FetchRequest, w: _Writer) -> None:
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_ForgottenTopic_v13(item4, w)
-    raw5 = o.rack_id.encode()
-    n = len(raw5)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw5)
-    tags: _UnknownTags = []
-    if o.cluster_id is not None:
-        tag_parts6: list[_Buffer] = []
-        x7 = o.cluster_id
-        if x7 is None:
-            tag_parts6.append(b"\x00")
+        w(item4.topic_id.bytes)
+        items5 = item4.partitions
+        n = len(items5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_ForgottenTopic)
         else:
-            raw8 = x7.encode()
-            n = len(raw8)
-            tag_parts6.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-            tag_parts6.append(raw8)
-        tags.append((0, b"".join(tag_parts6)))
-    if o.replica_state != ReplicaState():
+            w(b"\x00")
+    raw7 = o.rack_id.encode()
+    n = len(raw7)
+    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    w(raw7)
+    tags8: _UnknownTags = []
+    if o.cluster_id is not None:
         tag_parts9: list[_Buffer] = []
-        _write_ReplicaState_v15(o.replica_state, tag_parts9.append)
-        tags.append((1, b"".join(tag_parts9)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+        x10 = o.cluster_id
+        if x10 is None:
+            tag_parts9.append(b"\x00")
+        else:
+            raw11 = x10.encode()
+            n = len(raw11)
+            tag_parts9.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            tag_parts9.append(raw11)
+        tags8.append((0, b"".join(tag_parts9)))
+    if (
+        o.replica_state.replica_id != -1
+        or o.replica_state.replica_epoch != -1
+        or o.replica_state._unknown_tags is not None
+    ):
+        tag_parts12: list[_Buffer] = []
+        _write_ReplicaState_v15(o.replica_state, tag_parts12.append)
+        tags8.append((1, b"".join(tag_parts12)))
+    if tags8 or o._unknown_tags:
+        _write_tags(w, tags8, o._unknown_tags, _TAGS_FetchRequest)
     else:
         w(b"\x00")
 

@@ -482,7 +482,7 @@ def _write_EpochEndOffset_v12(o: EpochEndOffset, w: _Writer) -> None:
     # versions 12-17
     w(_S_iq.pack(o.epoch, o.end_offset))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_EpochEndOffset)
     else:
         w(b"\x00")
 
@@ -504,7 +504,7 @@ def _write_LeaderIdAndEpoch_v12(o: LeaderIdAndEpoch, w: _Writer) -> None:
     # versions 12-17
     w(_S_ii.pack(o.leader_id, o.leader_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderIdAndEpoch)
     else:
         w(b"\x00")
 
@@ -526,7 +526,7 @@ def _write_SnapshotId_v12(o: SnapshotId, w: _Writer) -> None:
     # versions 12-17
     w(_S_qi.pack(o.end_offset, o.epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_SnapshotId)
     else:
         w(b"\x00")
 
@@ -564,7 +564,7 @@ def _write_AbortedTransaction_v12(o: AbortedTransaction, w: _Writer) -> None:
     # versions 12-17
     w(_S_qq.pack(o.producer_id, o.first_offset))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AbortedTransaction)
     else:
         w(b"\x00")
 
@@ -649,7 +649,10 @@ def _read_PartitionData_v4(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AbortedTransaction_v4(buf, pos)
+            item2 = _new(AbortedTransaction)
+            item2.producer_id, item2.first_offset = _S_qq.unpack_from(buf, pos)
+            pos += 16
+            item2._unknown_tags = None
             items1.append(item2)
         o.aborted_transactions = items1
     n = _S_i.unpack_from(buf, pos)[0]
@@ -690,7 +693,10 @@ def _read_PartitionData_v5(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AbortedTransaction_v4(buf, pos)
+            item2 = _new(AbortedTransaction)
+            item2.producer_id, item2.first_offset = _S_qq.unpack_from(buf, pos)
+            pos += 16
+            item2._unknown_tags = None
             items1.append(item2)
         o.aborted_transactions = items1
     n = _S_i.unpack_from(buf, pos)[0]
@@ -730,7 +736,10 @@ def _read_PartitionData_v11(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AbortedTransaction_v4(buf, pos)
+            item2 = _new(AbortedTransaction)
+            item2.producer_id, item2.first_offset = _S_qq.unpack_from(buf, pos)
+            pos += 16
+            item2._unknown_tags = None
             items1.append(item2)
         o.aborted_transactions = items1
     o.preferred_read_replica = _S_i.unpack_from(buf, pos)[0]
@@ -761,12 +770,12 @@ def _read_PartitionData_v12(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         _S_ihqqq.unpack_from(buf, pos)
     )
     pos += 30
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad array length {n}", offset=pos)
@@ -776,17 +785,24 @@ def _read_PartitionData_v12(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AbortedTransaction_v12(buf, pos)
+            item2 = _new(AbortedTransaction)
+            item2.producer_id, item2.first_offset = _S_qq.unpack_from(buf, pos)
+            pos += 16
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_AbortedTransaction)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.aborted_transactions = items1
     o.preferred_read_replica = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad records length {n}", offset=pos)
@@ -807,11 +823,23 @@ def _read_PartitionData_v12(buf: bytes, pos: int) -> tuple[PartitionData, int]:
 
 def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
     # versions 0
-    if o.diverging_epoch != EpochEndOffset():
+    if (
+        o.diverging_epoch.epoch != -1
+        or o.diverging_epoch.end_offset != -1
+        or o.diverging_epoch._unknown_tags is not None
+    ):
         raise _ProtocolError("DivergingEpoch cannot be written in version 0")
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 0")
-    if o.snapshot_id != SnapshotId():
+    if (
+        o.snapshot_id.end_offset != -1
+        or o.snapshot_id.epoch != -1
+        or o.snapshot_id._unknown_tags is not None
+    ):
         raise _ProtocolError("SnapshotId cannot be written in version 0")
     if o.preferred_read_replica != -1:
         raise _ProtocolError("PreferredReadReplica cannot be written in version 0")
@@ -829,11 +857,23 @@ def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
 
 def _write_PartitionData_v1(o: PartitionData, w: _Writer) -> None:
     # versions 1
-    if o.diverging_epoch != EpochEndOffset():
+    if (
+        o.diverging_epoch.epoch != -1
+        or o.diverging_epoch.end_offset != -1
+        or o.diverging_epoch._unknown_tags is not None
+    ):
         raise _ProtocolError("DivergingEpoch cannot be written in version 1")
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 1")
-    if o.snapshot_id != SnapshotId():
+    if (
+        o.snapshot_id.end_offset != -1
+        or o.snapshot_id.epoch != -1
+        or o.snapshot_id._unknown_tags is not None
+    ):
         raise _ProtocolError("SnapshotId cannot be written in version 1")
     if o.preferred_read_replica != -1:
         raise _ProtocolError("PreferredReadReplica cannot be written in version 1")
@@ -851,11 +891,23 @@ def _write_PartitionData_v1(o: PartitionData, w: _Writer) -> None:
 
 def _write_PartitionData_v2(o: PartitionData, w: _Writer) -> None:
     # versions 2
-    if o.diverging_epoch != EpochEndOffset():
+    if (
+        o.diverging_epoch.epoch != -1
+        or o.diverging_epoch.end_offset != -1
+        or o.diverging_epoch._unknown_tags is not None
+    ):
         raise _ProtocolError("DivergingEpoch cannot be written in version 2")
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 2")
-    if o.snapshot_id != SnapshotId():
+    if (
+        o.snapshot_id.end_offset != -1
+        or o.snapshot_id.epoch != -1
+        or o.snapshot_id._unknown_tags is not None
+    ):
         raise _ProtocolError("SnapshotId cannot be written in version 2")
     if o.preferred_read_replica != -1:
         raise _ProtocolError("PreferredReadReplica cannot be written in version 2")
@@ -873,11 +925,23 @@ def _write_PartitionData_v2(o: PartitionData, w: _Writer) -> None:
 
 def _write_PartitionData_v3(o: PartitionData, w: _Writer) -> None:
     # versions 3
-    if o.diverging_epoch != EpochEndOffset():
+    if (
+        o.diverging_epoch.epoch != -1
+        or o.diverging_epoch.end_offset != -1
+        or o.diverging_epoch._unknown_tags is not None
+    ):
         raise _ProtocolError("DivergingEpoch cannot be written in version 3")
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 3")
-    if o.snapshot_id != SnapshotId():
+    if (
+        o.snapshot_id.end_offset != -1
+        or o.snapshot_id.epoch != -1
+        or o.snapshot_id._unknown_tags is not None
+    ):
         raise _ProtocolError("SnapshotId cannot be written in version 3")
     if o.preferred_read_replica != -1:
         raise _ProtocolError("PreferredReadReplica cannot be written in version 3")
@@ -895,11 +959,23 @@ def _write_PartitionData_v3(o: PartitionData, w: _Writer) -> None:
 
 def _write_PartitionData_v4(o: PartitionData, w: _Writer) -> None:
     # versions 4
-    if o.diverging_epoch != EpochEndOffset():
+    if (
+        o.diverging_epoch.epoch != -1
+        or o.diverging_epoch.end_offset != -1
+        or o.diverging_epoch._unknown_tags is not None
+    ):
         raise _ProtocolError("DivergingEpoch cannot be written in version 4")
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 4")
-    if o.snapshot_id != SnapshotId():
+    if (
+        o.snapshot_id.end_offset != -1
+        or o.snapshot_id.epoch != -1
+        or o.snapshot_id._unknown_tags is not None
+    ):
         raise _ProtocolError("SnapshotId cannot be written in version 4")
     if o.preferred_read_replica != -1:
         raise _ProtocolError("PreferredReadReplica cannot be written in version 4")
@@ -912,7 +988,9 @@ def _write_PartitionData_v4(o: PartitionData, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_AbortedTransaction_v4(item3, w)
+            w(_S_qq.pack(item3.producer_id, item3.first_offset))
+            if item3._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     x4 = o.records
     if x4 is None:
         w(b"\xff\xff\xff\xff")
@@ -926,11 +1004,23 @@ def _write_PartitionData_v4(o: PartitionData, w: _Writer) -> None:
 
 def _write_PartitionData_v5(o: PartitionData, w: _Writer) -> None:
     # versions 5
-    if o.diverging_epoch != EpochEndOffset():
+    if (
+        o.diverging_epoch.epoch != -1
+        or o.diverging_epoch.end_offset != -1
+        or o.diverging_epoch._unknown_tags is not None
+    ):
         raise _ProtocolError("DivergingEpoch cannot be written in version 5")
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 5")
-    if o.snapshot_id != SnapshotId():
+    if (
+        o.snapshot_id.end_offset != -1
+        or o.snapshot_id.epoch != -1
+        or o.snapshot_id._unknown_tags is not None
+    ):
         raise _ProtocolError("SnapshotId cannot be written in version 5")
     if o.preferred_read_replica != -1:
         raise _ProtocolError("PreferredReadReplica cannot be written in version 5")
@@ -951,7 +1041,9 @@ def _write_PartitionData_v5(o: PartitionData, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_AbortedTransaction_v4(item3, w)
+            w(_S_qq.pack(item3.producer_id, item3.first_offset))
+            if item3._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     x4 = o.records
     if x4 is None:
         w(b"\xff\xff\xff\xff")
@@ -965,11 +1057,23 @@ def _write_PartitionData_v5(o: PartitionData, w: _Writer) -> None:
 
 def _write_PartitionData_v6(o: PartitionData, w: _Writer) -> None:
     # versions 6
-    if o.diverging_epoch != EpochEndOffset():
+    if (
+        o.diverging_epoch.epoch != -1
+        or o.diverging_epoch.end_offset != -1
+        or o.diverging_epoch._unknown_tags is not None
+    ):
         raise _ProtocolError("DivergingEpoch cannot be written in version 6")
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 6")
-    if o.snapshot_id != SnapshotId():
+    if (
+        o.snapshot_id.end_offset != -1
+        or o.snapshot_id.epoch != -1
+        or o.snapshot_id._unknown_tags is not None
+    ):
         raise _ProtocolError("SnapshotId cannot be written in version 6")
     if o.preferred_read_replica != -1:
         raise _ProtocolError("PreferredReadReplica cannot be written in version 6")
@@ -990,7 +1094,9 @@ def _write_PartitionData_v6(o: PartitionData, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_AbortedTransaction_v4(item3, w)
+            w(_S_qq.pack(item3.producer_id, item3.first_offset))
+            if item3._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     x4 = o.records
     if x4 is None:
         w(b"\xff\xff\xff\xff")
@@ -1004,11 +1110,23 @@ def _write_PartitionData_v6(o: PartitionData, w: _Writer) -> None:
 
 def _write_PartitionData_v7(o: PartitionData, w: _Writer) -> None:
     # versions 7
-    if o.diverging_epoch != EpochEndOffset():
+    if (
+        o.diverging_epoch.epoch != -1
+        or o.diverging_epoch.end_offset != -1
+        or o.diverging_epoch._unknown_tags is not None
+    ):
         raise _ProtocolError("DivergingEpoch cannot be written in version 7")
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 7")
-    if o.snapshot_id != SnapshotId():
+    if (
+        o.snapshot_id.end_offset != -1
+        or o.snapshot_id.epoch != -1
+        or o.snapshot_id._unknown_tags is not None
+    ):
         raise _ProtocolError("SnapshotId cannot be written in version 7")
     if o.preferred_read_replica != -1:
         raise _ProtocolError("PreferredReadReplica cannot be written in version 7")
@@ -1029,7 +1147,9 @@ def _write_PartitionData_v7(o: PartitionData, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_AbortedTransaction_v4(item3, w)
+            w(_S_qq.pack(item3.producer_id, item3.first_offset))
+            if item3._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     x4 = o.records
     if x4 is None:
         w(b"\xff\xff\xff\xff")
@@ -1043,11 +1163,23 @@ def _write_PartitionData_v7(o: PartitionData, w: _Writer) -> None:
 
 def _write_PartitionData_v8(o: PartitionData, w: _Writer) -> None:
     # versions 8
-    if o.diverging_epoch != EpochEndOffset():
+    if (
+        o.diverging_epoch.epoch != -1
+        or o.diverging_epoch.end_offset != -1
+        or o.diverging_epoch._unknown_tags is not None
+    ):
         raise _ProtocolError("DivergingEpoch cannot be written in version 8")
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 8")
-    if o.snapshot_id != SnapshotId():
+    if (
+        o.snapshot_id.end_offset != -1
+        or o.snapshot_id.epoch != -1
+        or o.snapshot_id._unknown_tags is not None
+    ):
         raise _ProtocolError("SnapshotId cannot be written in version 8")
     if o.preferred_read_replica != -1:
         raise _ProtocolError("PreferredReadReplica cannot be written in version 8")
@@ -1068,7 +1200,9 @@ def _write_PartitionData_v8(o: PartitionData, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_AbortedTransaction_v4(item3, w)
+            w(_S_qq.pack(item3.producer_id, item3.first_offset))
+            if item3._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     x4 = o.records
     if x4 is None:
         w(b"\xff\xff\xff\xff")
@@ -1082,11 +1216,23 @@ def _write_PartitionData_v8(o: PartitionData, w: _Writer) -> None:
 
 def _write_PartitionData_v9(o: PartitionData, w: _Writer) -> None:
     # versions 9
-    if o.diverging_epoch != EpochEndOffset():
+    if (
+        o.diverging_epoch.epoch != -1
+        or o.diverging_epoch.end_offset != -1
+        or o.diverging_epoch._unknown_tags is not None
+    ):
         raise _ProtocolError("DivergingEpoch cannot be written in version 9")
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 9")
-    if o.snapshot_id != SnapshotId():
+    if (
+        o.snapshot_id.end_offset != -1
+        or o.snapshot_id.epoch != -1
+        or o.snapshot_id._unknown_tags is not None
+    ):
         raise _ProtocolError("SnapshotId cannot be written in version 9")
     if o.preferred_read_replica != -1:
         raise _ProtocolError("PreferredReadReplica cannot be written in version 9")
@@ -1107,7 +1253,9 @@ def _write_PartitionData_v9(o: PartitionData, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_AbortedTransaction_v4(item3, w)
+            w(_S_qq.pack(item3.producer_id, item3.first_offset))
+            if item3._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     x4 = o.records
     if x4 is None:
         w(b"\xff\xff\xff\xff")
@@ -1121,11 +1269,23 @@ def _write_PartitionData_v9(o: PartitionData, w: _Writer) -> None:
 
 def _write_PartitionData_v10(o: PartitionData, w: _Writer) -> None:
     # versions 10
-    if o.diverging_epoch != EpochEndOffset():
+    if (
+        o.diverging_epoch.epoch != -1
+        or o.diverging_epoch.end_offset != -1
+        or o.diverging_epoch._unknown_tags is not None
+    ):
         raise _ProtocolError("DivergingEpoch cannot be written in version 10")
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 10")
-    if o.snapshot_id != SnapshotId():
+    if (
+        o.snapshot_id.end_offset != -1
+        or o.snapshot_id.epoch != -1
+        or o.snapshot_id._unknown_tags is not None
+    ):
         raise _ProtocolError("SnapshotId cannot be written in version 10")
     if o.preferred_read_replica != -1:
         raise _ProtocolError("PreferredReadReplica cannot be written in version 10")
@@ -1146,7 +1306,9 @@ def _write_PartitionData_v10(o: PartitionData, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_AbortedTransaction_v4(item3, w)
+            w(_S_qq.pack(item3.producer_id, item3.first_offset))
+            if item3._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     x4 = o.records
     if x4 is None:
         w(b"\xff\xff\xff\xff")
@@ -1160,11 +1322,23 @@ def _write_PartitionData_v10(o: PartitionData, w: _Writer) -> None:
 
 def _write_PartitionData_v11(o: PartitionData, w: _Writer) -> None:
     # versions 11
-    if o.diverging_epoch != EpochEndOffset():
+    if (
+        o.diverging_epoch.epoch != -1
+        or o.diverging_epoch.end_offset != -1
+        or o.diverging_epoch._unknown_tags is not None
+    ):
         raise _ProtocolError("DivergingEpoch cannot be written in version 11")
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 11")
-    if o.snapshot_id != SnapshotId():
+    if (
+        o.snapshot_id.end_offset != -1
+        or o.snapshot_id.epoch != -1
+        or o.snapshot_id._unknown_tags is not None
+    ):
         raise _ProtocolError("SnapshotId cannot be written in version 11")
     w(
         _S_ihqqq.pack(
@@ -1183,7 +1357,9 @@ def _write_PartitionData_v11(o: PartitionData, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_AbortedTransaction_v4(item3, w)
+            w(_S_qq.pack(item3.producer_id, item3.first_offset))
+            if item3._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     w(_S_i.pack(o.preferred_read_replica))
     x4 = o.records
     if x4 is None:
@@ -1215,7 +1391,11 @@ def _write_PartitionData_v12(o: PartitionData, w: _Writer) -> None:
         n = len(items2)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         for item3 in items2:
-            _write_AbortedTransaction_v12(item3, w)
+            w(_S_qq.pack(item3.producer_id, item3.first_offset))
+            if item3._unknown_tags:
+                _write_tags(w, [], item3._unknown_tags, _TAGS_AbortedTransaction)
+            else:
+                w(b"\x00")
     w(_S_i.pack(o.preferred_read_replica))
     x4 = o.records
     if x4 is None:
@@ -1224,21 +1404,33 @@ def _write_PartitionData_v12(o: PartitionData, w: _Writer) -> None:
         n = len(x4)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(x4)
-    tags: _UnknownTags = []
-    if o.diverging_epoch != EpochEndOffset():
-        tag_parts5: list[_Buffer] = []
-        _write_EpochEndOffset_v12(o.diverging_epoch, tag_parts5.append)
-        tags.append((0, b"".join(tag_parts5)))
-    if o.current_leader != LeaderIdAndEpoch():
+    tags5: _UnknownTags = []
+    if (
+        o.diverging_epoch.epoch != -1
+        or o.diverging_epoch.end_offset != -1
+        or o.diverging_epoch._unknown_tags is not None
+    ):
         tag_parts6: list[_Buffer] = []
-        _write_LeaderIdAndEpoch_v12(o.current_leader, tag_parts6.append)
-        tags.append((1, b"".join(tag_parts6)))
-    if o.snapshot_id != SnapshotId():
+        _write_EpochEndOffset_v12(o.diverging_epoch, tag_parts6.append)
+        tags5.append((0, b"".join(tag_parts6)))
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         tag_parts7: list[_Buffer] = []
-        _write_SnapshotId_v12(o.snapshot_id, tag_parts7.append)
-        tags.append((2, b"".join(tag_parts7)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+        _write_LeaderIdAndEpoch_v12(o.current_leader, tag_parts7.append)
+        tags5.append((1, b"".join(tag_parts7)))
+    if (
+        o.snapshot_id.end_offset != -1
+        or o.snapshot_id.epoch != -1
+        or o.snapshot_id._unknown_tags is not None
+    ):
+        tag_parts8: list[_Buffer] = []
+        _write_SnapshotId_v12(o.snapshot_id, tag_parts8.append)
+        tags5.append((2, b"".join(tag_parts8)))
+    if tags5 or o._unknown_tags:
+        _write_tags(w, tags5, o._unknown_tags, _TAGS_PartitionData)
     else:
         w(b"\x00")
 
@@ -1266,7 +1458,31 @@ def _read_FetchableTopicResponse_v0(buf: bytes, pos: int) -> tuple[FetchableTopi
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionData_v0(buf, pos)
+            item2 = _new(PartitionData)
+            item2.last_stable_offset = -1
+            item2.log_start_offset = -1
+            item2.diverging_epoch = EpochEndOffset()
+            item2.current_leader = LeaderIdAndEpoch()
+            item2.snapshot_id = SnapshotId()
+            item2.aborted_transactions = []
+            item2.preferred_read_replica = -1
+            item2.partition_index, item2.error_code, item2.high_watermark = _S_ihq.unpack_from(
+                buf, pos
+            )
+            pos += 14
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad records length {n}", offset=pos)
+                item2.records = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("records", n, len(buf) - pos, pos)
+                item2.records = memoryview(buf)[pos:end]
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -1367,12 +1583,12 @@ def _read_FetchableTopicResponse_v12(buf: bytes, pos: int) -> tuple[FetchableTop
     # versions 12
     o = _new(FetchableTopicResponse)
     o.topic_id = _ZERO_UUID
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -1381,12 +1597,12 @@ def _read_FetchableTopicResponse_v12(buf: bytes, pos: int) -> tuple[FetchableTop
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1411,12 +1627,12 @@ def _read_FetchableTopicResponse_v13(buf: bytes, pos: int) -> tuple[FetchableTop
     o.topic = ""
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1445,7 +1661,36 @@ def _write_FetchableTopicResponse_v0(o: FetchableTopicResponse, w: _Writer) -> N
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_PartitionData_v0(item3, w)
+        if (
+            item3.diverging_epoch.epoch != -1
+            or item3.diverging_epoch.end_offset != -1
+            or item3.diverging_epoch._unknown_tags is not None
+        ):
+            raise _ProtocolError("DivergingEpoch cannot be written in version 0")
+        if (
+            item3.current_leader.leader_id != -1
+            or item3.current_leader.leader_epoch != -1
+            or item3.current_leader._unknown_tags is not None
+        ):
+            raise _ProtocolError("CurrentLeader cannot be written in version 0")
+        if (
+            item3.snapshot_id.end_offset != -1
+            or item3.snapshot_id.epoch != -1
+            or item3.snapshot_id._unknown_tags is not None
+        ):
+            raise _ProtocolError("SnapshotId cannot be written in version 0")
+        if item3.preferred_read_replica != -1:
+            raise _ProtocolError("PreferredReadReplica cannot be written in version 0")
+        w(_S_ihq.pack(item3.partition_index, item3.error_code, item3.high_watermark))
+        x4 = item3.records
+        if x4 is None:
+            w(b"\xff\xff\xff\xff")
+        else:
+            n = len(x4)
+            w(_S_i.pack(n))
+            w(x4)
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1460,7 +1705,36 @@ def _write_FetchableTopicResponse_v1(o: FetchableTopicResponse, w: _Writer) -> N
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_PartitionData_v1(item3, w)
+        if (
+            item3.diverging_epoch.epoch != -1
+            or item3.diverging_epoch.end_offset != -1
+            or item3.diverging_epoch._unknown_tags is not None
+        ):
+            raise _ProtocolError("DivergingEpoch cannot be written in version 1")
+        if (
+            item3.current_leader.leader_id != -1
+            or item3.current_leader.leader_epoch != -1
+            or item3.current_leader._unknown_tags is not None
+        ):
+            raise _ProtocolError("CurrentLeader cannot be written in version 1")
+        if (
+            item3.snapshot_id.end_offset != -1
+            or item3.snapshot_id.epoch != -1
+            or item3.snapshot_id._unknown_tags is not None
+        ):
+            raise _ProtocolError("SnapshotId cannot be written in version 1")
+        if item3.preferred_read_replica != -1:
+            raise _ProtocolError("PreferredReadReplica cannot be written in version 1")
+        w(_S_ihq.pack(item3.partition_index, item3.error_code, item3.high_watermark))
+        x4 = item3.records
+        if x4 is None:
+            w(b"\xff\xff\xff\xff")
+        else:
+            n = len(x4)
+            w(_S_i.pack(n))
+            w(x4)
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1475,7 +1749,36 @@ def _write_FetchableTopicResponse_v2(o: FetchableTopicResponse, w: _Writer) -> N
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_PartitionData_v2(item3, w)
+        if (
+            item3.diverging_epoch.epoch != -1
+            or item3.diverging_epoch.end_offset != -1
+            or item3.diverging_epoch._unknown_tags is not None
+        ):
+            raise _ProtocolError("DivergingEpoch cannot be written in version 2")
+        if (
+            item3.current_leader.leader_id != -1
+            or item3.current_leader.leader_epoch != -1
+            or item3.current_leader._unknown_tags is not None
+        ):
+            raise _ProtocolError("CurrentLeader cannot be written in version 2")
+        if (
+            item3.snapshot_id.end_offset != -1
+            or item3.snapshot_id.epoch != -1
+            or item3.snapshot_id._unknown_tags is not None
+        ):
+            raise _ProtocolError("SnapshotId cannot be written in version 2")
+        if item3.preferred_read_replica != -1:
+            raise _ProtocolError("PreferredReadReplica cannot be written in version 2")
+        w(_S_ihq.pack(item3.partition_index, item3.error_code, item3.high_watermark))
+        x4 = item3.records
+        if x4 is None:
+            w(b"\xff\xff\xff\xff")
+        else:
+            n = len(x4)
+            w(_S_i.pack(n))
+            w(x4)
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1490,7 +1793,36 @@ def _write_FetchableTopicResponse_v3(o: FetchableTopicResponse, w: _Writer) -> N
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_PartitionData_v3(item3, w)
+        if (
+            item3.diverging_epoch.epoch != -1
+            or item3.diverging_epoch.end_offset != -1
+            or item3.diverging_epoch._unknown_tags is not None
+        ):
+            raise _ProtocolError("DivergingEpoch cannot be written in version 3")
+        if (
+            item3.current_leader.leader_id != -1
+            or item3.current_leader.leader_epoch != -1
+            or item3.current_leader._unknown_tags is not None
+        ):
+            raise _ProtocolError("CurrentLeader cannot be written in version 3")
+        if (
+            item3.snapshot_id.end_offset != -1
+            or item3.snapshot_id.epoch != -1
+            or item3.snapshot_id._unknown_tags is not None
+        ):
+            raise _ProtocolError("SnapshotId cannot be written in version 3")
+        if item3.preferred_read_replica != -1:
+            raise _ProtocolError("PreferredReadReplica cannot be written in version 3")
+        w(_S_ihq.pack(item3.partition_index, item3.error_code, item3.high_watermark))
+        x4 = item3.records
+        if x4 is None:
+            w(b"\xff\xff\xff\xff")
+        else:
+            n = len(x4)
+            w(_S_i.pack(n))
+            w(x4)
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1627,7 +1959,7 @@ def _write_FetchableTopicResponse_v12(o: FetchableTopicResponse, w: _Writer) -> 
     for item3 in items2:
         _write_PartitionData_v12(item3, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FetchableTopicResponse)
     else:
         w(b"\x00")
 
@@ -1641,7 +1973,7 @@ def _write_FetchableTopicResponse_v13(o: FetchableTopicResponse, w: _Writer) -> 
     for item2 in items1:
         _write_PartitionData_v12(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FetchableTopicResponse)
     else:
         w(b"\x00")
 
@@ -1651,12 +1983,12 @@ def _read_NodeEndpoint_v16(buf: bytes, pos: int) -> tuple[NodeEndpoint, int]:
     o = _new(NodeEndpoint)
     o.node_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -1667,12 +1999,12 @@ def _read_NodeEndpoint_v16(buf: bytes, pos: int) -> tuple[NodeEndpoint, int]:
         pos = end
     o.port = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -1708,7 +2040,7 @@ def _write_NodeEndpoint_v16(o: NodeEndpoint, w: _Writer) -> None:
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_NodeEndpoint)
     else:
         w(b"\x00")
 
@@ -1723,12 +2055,12 @@ def _read_tags_FetchResponse_v16(o: FetchResponse, buf: bytes, pos: int) -> int:
         tag, pos = _uvarint(buf, pos)
         tend, pos = _tag_end(buf, pos)
         if tag == 0:
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("array", pos)
             elif n > len(buf) - pos:
@@ -1736,7 +2068,46 @@ def _read_tags_FetchResponse_v16(o: FetchResponse, buf: bytes, pos: int) -> int:
             else:
                 items1: list[_Any] = []
                 for _ in range(n):
-                    item2, pos = _read_NodeEndpoint_v16(buf, pos)
+                    item2 = _new(NodeEndpoint)
+                    item2.node_id = _S_i.unpack_from(buf, pos)[0]
+                    pos += 4
+                    n = buf[pos] - 1
+                    if n < 127:
+                        pos += 1
+                    else:
+                        n, pos = _uvarint(buf, pos)
+                        n -= 1
+                    if n < 0:
+                        raise _null_error("string", pos)
+                    else:
+                        end = pos + n
+                        if end > len(buf):
+                            raise _too_long("string", n, len(buf) - pos, pos)
+                        item2.host = buf[pos:end].decode()
+                        pos = end
+                    item2.port = _S_i.unpack_from(buf, pos)[0]
+                    pos += 4
+                    n = buf[pos] - 1
+                    if n < 127:
+                        pos += 1
+                    else:
+                        n, pos = _uvarint(buf, pos)
+                        n -= 1
+                    if n < 0:
+                        if n != -1:
+                            raise _ProtocolError(f"bad string length {n}", offset=pos)
+                        item2.rack = None
+                    else:
+                        end = pos + n
+                        if end > len(buf):
+                            raise _too_long("string", n, len(buf) - pos, pos)
+                        item2.rack = buf[pos:end].decode()
+                        pos = end
+                    if buf[pos]:
+                        item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_NodeEndpoint)
+                    else:
+                        item2._unknown_tags = None
+                        pos += 1
                     items1.append(item2)
                 o.node_endpoints = items1
             _check_tag_end(pos, tend, 0)
@@ -1896,12 +2267,12 @@ def _read_FetchResponse_v12(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
     o.node_endpoints = []
     o.throttle_time_ms, o.error_code, o.session_id = _S_ihi.unpack_from(buf, pos)
     pos += 10
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1926,12 +2297,12 @@ def _read_FetchResponse_v13(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
     o.node_endpoints = []
     o.throttle_time_ms, o.error_code, o.session_id = _S_ihi.unpack_from(buf, pos)
     pos += 10
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1956,12 +2327,12 @@ def _read_FetchResponse_v16(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
     o.node_endpoints = []
     o.throttle_time_ms, o.error_code, o.session_id = _S_ihi.unpack_from(buf, pos)
     pos += 10
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -2172,7 +2543,7 @@ def _write_FetchResponse_v12(o: FetchResponse, w: _Writer) -> None:
     for item2 in items1:
         _write_FetchableTopicResponse_v12(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FetchResponse)
     else:
         w(b"\x00")
 
@@ -2188,7 +2559,7 @@ def _write_FetchResponse_v13(o: FetchResponse, w: _Writer) -> None:
     for item2 in items1:
         _write_FetchableTopicResponse_v13(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FetchResponse)
     else:
         w(b"\x00")
 
@@ -2204,7 +2575,7 @@ def _write_FetchResponse_v14(o: FetchResponse, w: _Writer) -> None:
     for item2 in items1:
         _write_FetchableTopicResponse_v13(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FetchResponse)
     else:
         w(b"\x00")
 
@@ -2220,7 +2591,7 @@ def _write_FetchResponse_v15(o: FetchResponse, w: _Writer) -> None:
     for item2 in items1:
         _write_FetchableTopicResponse_v13(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FetchResponse)
     else:
         w(b"\x00")
 
@@ -2233,17 +2604,34 @@ def _write_FetchResponse_v16(o: FetchResponse, w: _Writer) -> None:
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
         _write_FetchableTopicResponse_v13(item2, w)
-    tags: _UnknownTags = []
+    tags3: _UnknownTags = []
     if o.node_endpoints != []:
-        tag_parts3: list[_Buffer] = []
-        items4 = o.node_endpoints
-        n = len(items4)
-        tag_parts3.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        for item5 in items4:
-            _write_NodeEndpoint_v16(item5, tag_parts3.append)
-        tags.append((0, b"".join(tag_parts3)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+        tag_parts4: list[_Buffer] = []
+        items5 = o.node_endpoints
+        n = len(items5)
+        tag_parts4.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        for item6 in items5:
+            tag_parts4.append(_S_i.pack(item6.node_id))
+            raw7 = item6.host.encode()
+            n = len(raw7)
+            tag_parts4.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            tag_parts4.append(raw7)
+            tag_parts4.append(_S_i.pack(item6.port))
+            x8 = item6.rack
+            if x8 is None:
+                tag_parts4.append(b"\x00")
+            else:
+                raw9 = x8.encode()
+                n = len(raw9)
+                tag_parts4.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+                tag_parts4.append(raw9)
+            if item6._unknown_tags:
+                _write_tags(tag_parts4.append, [], item6._unknown_tags, _TAGS_NodeEndpoint)
+            else:
+                tag_parts4.append(b"\x00")
+        tags3.append((0, b"".join(tag_parts4)))
+    if tags3 or o._unknown_tags:
+        _write_tags(w, tags3, o._unknown_tags, _TAGS_FetchResponse)
     else:
         w(b"\x00")
 

@@ -237,7 +237,7 @@ def _write_SnapshotId_v0(o: SnapshotId, w: _Writer) -> None:
     # versions 0-1
     w(_S_qi.pack(o.end_offset, o.epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_SnapshotId)
     else:
         w(b"\x00")
 
@@ -306,7 +306,7 @@ def _write_PartitionSnapshot_v0(o: PartitionSnapshot, w: _Writer) -> None:
     _write_SnapshotId_v0(o.snapshot_id, w)
     w(_S_q.pack(o.position))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionSnapshot)
     else:
         w(b"\x00")
 
@@ -316,13 +316,13 @@ def _write_PartitionSnapshot_v1(o: PartitionSnapshot, w: _Writer) -> None:
     w(_S_ii.pack(o.partition, o.current_leader_epoch))
     _write_SnapshotId_v0(o.snapshot_id, w)
     w(_S_q.pack(o.position))
-    tags: _UnknownTags = []
+    tags1: _UnknownTags = []
     if o.replica_directory_id != _ZERO_UUID:
-        tag_parts1: list[_Buffer] = []
-        tag_parts1.append(o.replica_directory_id.bytes)
-        tags.append((0, b"".join(tag_parts1)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+        tag_parts2: list[_Buffer] = []
+        tag_parts2.append(o.replica_directory_id.bytes)
+        tags1.append((0, b"".join(tag_parts2)))
+    if tags1 or o._unknown_tags:
+        _write_tags(w, tags1, o._unknown_tags, _TAGS_PartitionSnapshot)
     else:
         w(b"\x00")
 
@@ -330,12 +330,12 @@ def _write_PartitionSnapshot_v1(o: PartitionSnapshot, w: _Writer) -> None:
 def _read_TopicSnapshot_v0(buf: bytes, pos: int) -> tuple[TopicSnapshot, int]:
     # versions 0
     o = _new(TopicSnapshot)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -344,12 +344,12 @@ def _read_TopicSnapshot_v0(buf: bytes, pos: int) -> tuple[TopicSnapshot, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -371,12 +371,12 @@ def _read_TopicSnapshot_v0(buf: bytes, pos: int) -> tuple[TopicSnapshot, int]:
 def _read_TopicSnapshot_v1(buf: bytes, pos: int) -> tuple[TopicSnapshot, int]:
     # versions 1
     o = _new(TopicSnapshot)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -385,12 +385,12 @@ def _read_TopicSnapshot_v1(buf: bytes, pos: int) -> tuple[TopicSnapshot, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -421,7 +421,7 @@ def _write_TopicSnapshot_v0(o: TopicSnapshot, w: _Writer) -> None:
     for item3 in items2:
         _write_PartitionSnapshot_v0(item3, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicSnapshot)
     else:
         w(b"\x00")
 
@@ -438,7 +438,7 @@ def _write_TopicSnapshot_v1(o: TopicSnapshot, w: _Writer) -> None:
     for item3 in items2:
         _write_PartitionSnapshot_v1(item3, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicSnapshot)
     else:
         w(b"\x00")
 
@@ -453,12 +453,12 @@ def _read_tags_FetchSnapshotRequest_v0(o: FetchSnapshotRequest, buf: bytes, pos:
         tag, pos = _uvarint(buf, pos)
         tend, pos = _tag_end(buf, pos)
         if tag == 0:
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 if n != -1:
                     raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -487,12 +487,12 @@ def _read_FetchSnapshotRequest_v0(buf: bytes, pos: int) -> tuple[FetchSnapshotRe
     o.cluster_id = None
     o.replica_id, o.max_bytes = _S_ii.unpack_from(buf, pos)
     pos += 8
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -517,12 +517,12 @@ def _read_FetchSnapshotRequest_v1(buf: bytes, pos: int) -> tuple[FetchSnapshotRe
     o.cluster_id = None
     o.replica_id, o.max_bytes = _S_ii.unpack_from(buf, pos)
     pos += 8
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -549,20 +549,20 @@ def _write_FetchSnapshotRequest_v0(o: FetchSnapshotRequest, w: _Writer) -> None:
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
         _write_TopicSnapshot_v0(item2, w)
-    tags: _UnknownTags = []
+    tags3: _UnknownTags = []
     if o.cluster_id is not None:
-        tag_parts3: list[_Buffer] = []
-        x4 = o.cluster_id
-        if x4 is None:
-            tag_parts3.append(b"\x00")
+        tag_parts4: list[_Buffer] = []
+        x5 = o.cluster_id
+        if x5 is None:
+            tag_parts4.append(b"\x00")
         else:
-            raw5 = x4.encode()
-            n = len(raw5)
-            tag_parts3.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-            tag_parts3.append(raw5)
-        tags.append((0, b"".join(tag_parts3)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+            raw6 = x5.encode()
+            n = len(raw6)
+            tag_parts4.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            tag_parts4.append(raw6)
+        tags3.append((0, b"".join(tag_parts4)))
+    if tags3 or o._unknown_tags:
+        _write_tags(w, tags3, o._unknown_tags, _TAGS_FetchSnapshotRequest)
     else:
         w(b"\x00")
 
@@ -575,20 +575,20 @@ def _write_FetchSnapshotRequest_v1(o: FetchSnapshotRequest, w: _Writer) -> None:
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
         _write_TopicSnapshot_v1(item2, w)
-    tags: _UnknownTags = []
+    tags3: _UnknownTags = []
     if o.cluster_id is not None:
-        tag_parts3: list[_Buffer] = []
-        x4 = o.cluster_id
-        if x4 is None:
-            tag_parts3.append(b"\x00")
+        tag_parts4: list[_Buffer] = []
+        x5 = o.cluster_id
+        if x5 is None:
+            tag_parts4.append(b"\x00")
         else:
-            raw5 = x4.encode()
-            n = len(raw5)
-            tag_parts3.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-            tag_parts3.append(raw5)
-        tags.append((0, b"".join(tag_parts3)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+            raw6 = x5.encode()
+            n = len(raw6)
+            tag_parts4.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            tag_parts4.append(raw6)
+        tags3.append((0, b"".join(tag_parts4)))
+    if tags3 or o._unknown_tags:
+        _write_tags(w, tags3, o._unknown_tags, _TAGS_FetchSnapshotRequest)
     else:
         w(b"\x00")
 

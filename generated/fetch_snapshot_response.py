@@ -325,7 +325,7 @@ def _write_SnapshotId_v0(o: SnapshotId, w: _Writer) -> None:
     # versions 0-1
     w(_S_qi.pack(o.end_offset, o.epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_SnapshotId)
     else:
         w(b"\x00")
 
@@ -347,7 +347,7 @@ def _write_LeaderIdAndEpoch_v0(o: LeaderIdAndEpoch, w: _Writer) -> None:
     # versions 0-1
     w(_S_ii.pack(o.leader_id, o.leader_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderIdAndEpoch)
     else:
         w(b"\x00")
 
@@ -384,12 +384,12 @@ def _read_PartitionSnapshot_v0(buf: bytes, pos: int) -> tuple[PartitionSnapshot,
     o.snapshot_id, pos = _read_SnapshotId_v0(buf, pos)
     o.size, o.position = _S_qq.unpack_from(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("records", pos)
     else:
@@ -417,13 +417,17 @@ def _write_PartitionSnapshot_v0(o: PartitionSnapshot, w: _Writer) -> None:
     n = len(x1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(x1)
-    tags: _UnknownTags = []
-    if o.current_leader != LeaderIdAndEpoch():
-        tag_parts2: list[_Buffer] = []
-        _write_LeaderIdAndEpoch_v0(o.current_leader, tag_parts2.append)
-        tags.append((0, b"".join(tag_parts2)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+    tags2: _UnknownTags = []
+    if (
+        o.current_leader.leader_id != 0
+        or o.current_leader.leader_epoch != 0
+        or o.current_leader._unknown_tags is not None
+    ):
+        tag_parts3: list[_Buffer] = []
+        _write_LeaderIdAndEpoch_v0(o.current_leader, tag_parts3.append)
+        tags2.append((0, b"".join(tag_parts3)))
+    if tags2 or o._unknown_tags:
+        _write_tags(w, tags2, o._unknown_tags, _TAGS_PartitionSnapshot)
     else:
         w(b"\x00")
 
@@ -439,13 +443,17 @@ def _write_PartitionSnapshot_v1(o: PartitionSnapshot, w: _Writer) -> None:
     n = len(x1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(x1)
-    tags: _UnknownTags = []
-    if o.current_leader != LeaderIdAndEpoch():
-        tag_parts2: list[_Buffer] = []
-        _write_LeaderIdAndEpoch_v0(o.current_leader, tag_parts2.append)
-        tags.append((0, b"".join(tag_parts2)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+    tags2: _UnknownTags = []
+    if (
+        o.current_leader.leader_id != 0
+        or o.current_leader.leader_epoch != 0
+        or o.current_leader._unknown_tags is not None
+    ):
+        tag_parts3: list[_Buffer] = []
+        _write_LeaderIdAndEpoch_v0(o.current_leader, tag_parts3.append)
+        tags2.append((0, b"".join(tag_parts3)))
+    if tags2 or o._unknown_tags:
+        _write_tags(w, tags2, o._unknown_tags, _TAGS_PartitionSnapshot)
     else:
         w(b"\x00")
 
@@ -453,12 +461,12 @@ def _write_PartitionSnapshot_v1(o: PartitionSnapshot, w: _Writer) -> None:
 def _read_TopicSnapshot_v0(buf: bytes, pos: int) -> tuple[TopicSnapshot, int]:
     # versions 0-1
     o = _new(TopicSnapshot)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -467,12 +475,12 @@ def _read_TopicSnapshot_v0(buf: bytes, pos: int) -> tuple[TopicSnapshot, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -503,7 +511,7 @@ def _write_TopicSnapshot_v0(o: TopicSnapshot, w: _Writer) -> None:
     for item3 in items2:
         _write_PartitionSnapshot_v0(item3, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicSnapshot)
     else:
         w(b"\x00")
 
@@ -520,7 +528,7 @@ def _write_TopicSnapshot_v1(o: TopicSnapshot, w: _Writer) -> None:
     for item3 in items2:
         _write_PartitionSnapshot_v1(item3, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicSnapshot)
     else:
         w(b"\x00")
 
@@ -530,12 +538,12 @@ def _read_NodeEndpoint_v1(buf: bytes, pos: int) -> tuple[NodeEndpoint, int]:
     o = _new(NodeEndpoint)
     o.node_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -563,7 +571,7 @@ def _write_NodeEndpoint_v1(o: NodeEndpoint, w: _Writer) -> None:
     w(raw1)
     w(_S_H.pack(o.port))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_NodeEndpoint)
     else:
         w(b"\x00")
 
@@ -578,12 +586,12 @@ def _read_tags_FetchSnapshotResponse_v1(o: FetchSnapshotResponse, buf: bytes, po
         tag, pos = _uvarint(buf, pos)
         tend, pos = _tag_end(buf, pos)
         if tag == 0:
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("array", pos)
             elif n > len(buf) - pos:
@@ -591,7 +599,30 @@ def _read_tags_FetchSnapshotResponse_v1(o: FetchSnapshotResponse, buf: bytes, po
             else:
                 items1: list[_Any] = []
                 for _ in range(n):
-                    item2, pos = _read_NodeEndpoint_v1(buf, pos)
+                    item2 = _new(NodeEndpoint)
+                    item2.node_id = _S_i.unpack_from(buf, pos)[0]
+                    pos += 4
+                    n = buf[pos] - 1
+                    if n < 127:
+                        pos += 1
+                    else:
+                        n, pos = _uvarint(buf, pos)
+                        n -= 1
+                    if n < 0:
+                        raise _null_error("string", pos)
+                    else:
+                        end = pos + n
+                        if end > len(buf):
+                            raise _too_long("string", n, len(buf) - pos, pos)
+                        item2.host = buf[pos:end].decode()
+                        pos = end
+                    item2.port = _S_H.unpack_from(buf, pos)[0]
+                    pos += 2
+                    if buf[pos]:
+                        item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_NodeEndpoint)
+                    else:
+                        item2._unknown_tags = None
+                        pos += 1
                     items1.append(item2)
                 o.node_endpoints = items1
             _check_tag_end(pos, tend, 0)
@@ -612,12 +643,12 @@ def _read_FetchSnapshotResponse_v0(buf: bytes, pos: int) -> tuple[FetchSnapshotR
     o.node_endpoints = []
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -642,12 +673,12 @@ def _read_FetchSnapshotResponse_v1(buf: bytes, pos: int) -> tuple[FetchSnapshotR
     o.node_endpoints = []
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -677,7 +708,7 @@ def _write_FetchSnapshotResponse_v0(o: FetchSnapshotResponse, w: _Writer) -> Non
     for item2 in items1:
         _write_TopicSnapshot_v0(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FetchSnapshotResponse)
     else:
         w(b"\x00")
 
@@ -690,17 +721,26 @@ def _write_FetchSnapshotResponse_v1(o: FetchSnapshotResponse, w: _Writer) -> Non
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
         _write_TopicSnapshot_v1(item2, w)
-    tags: _UnknownTags = []
+    tags3: _UnknownTags = []
     if o.node_endpoints != []:
-        tag_parts3: list[_Buffer] = []
-        items4 = o.node_endpoints
-        n = len(items4)
-        tag_parts3.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        for item5 in items4:
-            _write_NodeEndpoint_v1(item5, tag_parts3.append)
-        tags.append((0, b"".join(tag_parts3)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+        tag_parts4: list[_Buffer] = []
+        items5 = o.node_endpoints
+        n = len(items5)
+        tag_parts4.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        for item6 in items5:
+            tag_parts4.append(_S_i.pack(item6.node_id))
+            raw7 = item6.host.encode()
+            n = len(raw7)
+            tag_parts4.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            tag_parts4.append(raw7)
+            tag_parts4.append(_S_H.pack(item6.port))
+            if item6._unknown_tags:
+                _write_tags(tag_parts4.append, [], item6._unknown_tags, _TAGS_NodeEndpoint)
+            else:
+                tag_parts4.append(b"\x00")
+        tags3.append((0, b"".join(tag_parts4)))
+    if tags3 or o._unknown_tags:
+        _write_tags(w, tags3, o._unknown_tags, _TAGS_FetchSnapshotResponse)
     else:
         w(b"\x00")
 

@@ -136,12 +136,12 @@ def _read_FindCoordinatorRequest_v3(buf: bytes, pos: int) -> tuple[FindCoordinat
     # versions 3
     o = _new(FindCoordinatorRequest)
     o.coordinator_keys = []
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -166,12 +166,12 @@ def _read_FindCoordinatorRequest_v4(buf: bytes, pos: int) -> tuple[FindCoordinat
     o.key = ""
     o.key_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -179,12 +179,12 @@ def _read_FindCoordinatorRequest_v4(buf: bytes, pos: int) -> tuple[FindCoordinat
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("string", pos)
             else:
@@ -253,7 +253,7 @@ def _write_FindCoordinatorRequest_v3(o: FindCoordinatorRequest, w: _Writer) -> N
     w(raw1)
     w(_S_b.pack(o.key_type))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FindCoordinatorRequest)
     else:
         w(b"\x00")
 
@@ -272,7 +272,7 @@ def _write_FindCoordinatorRequest_v4(o: FindCoordinatorRequest, w: _Writer) -> N
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FindCoordinatorRequest)
     else:
         w(b"\x00")
 
@@ -291,7 +291,7 @@ def _write_FindCoordinatorRequest_v5(o: FindCoordinatorRequest, w: _Writer) -> N
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FindCoordinatorRequest)
     else:
         w(b"\x00")
 
@@ -310,7 +310,7 @@ def _write_FindCoordinatorRequest_v6(o: FindCoordinatorRequest, w: _Writer) -> N
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FindCoordinatorRequest)
     else:
         w(b"\x00")
 

@@ -195,12 +195,12 @@ _TAGS_Coordinator: frozenset[int] = frozenset()
 def _read_Coordinator_v4(buf: bytes, pos: int) -> tuple[Coordinator, int]:
     # versions 4-6
     o = _new(Coordinator)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -211,12 +211,12 @@ def _read_Coordinator_v4(buf: bytes, pos: int) -> tuple[Coordinator, int]:
         pos = end
     o.node_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -227,12 +227,12 @@ def _read_Coordinator_v4(buf: bytes, pos: int) -> tuple[Coordinator, int]:
         pos = end
     o.port, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -272,7 +272,7 @@ def _write_Coordinator_v4(o: Coordinator, w: _Writer) -> None:
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw4)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_Coordinator)
     else:
         w(b"\x00")
 
@@ -343,12 +343,12 @@ def _read_FindCoordinatorResponse_v3(buf: bytes, pos: int) -> tuple[FindCoordina
     o.coordinators = []
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -361,12 +361,12 @@ def _read_FindCoordinatorResponse_v3(buf: bytes, pos: int) -> tuple[FindCoordina
         pos = end
     o.node_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -395,12 +395,12 @@ def _read_FindCoordinatorResponse_v4(buf: bytes, pos: int) -> tuple[FindCoordina
     o.port = 0
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -408,7 +408,60 @@ def _read_FindCoordinatorResponse_v4(buf: bytes, pos: int) -> tuple[FindCoordina
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_Coordinator_v4(buf, pos)
+            item2 = _new(Coordinator)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.key = buf[pos:end].decode()
+                pos = end
+            item2.node_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port, item2.error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.error_message = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Coordinator)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.coordinators = items1
     if buf[pos]:
@@ -499,7 +552,7 @@ def _write_FindCoordinatorResponse_v3(o: FindCoordinatorResponse, w: _Writer) ->
     w(raw3)
     w(_S_i.pack(o.port))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FindCoordinatorResponse)
     else:
         w(b"\x00")
 
@@ -519,9 +572,30 @@ def _write_FindCoordinatorResponse_v4(o: FindCoordinatorResponse, w: _Writer) ->
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_Coordinator_v4(item2, w)
+        raw3 = item2.key.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        w(_S_i.pack(item2.node_id))
+        raw4 = item2.host.encode()
+        n = len(raw4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw4)
+        w(_S_ih.pack(item2.port, item2.error_code))
+        x5 = item2.error_message
+        if x5 is None:
+            w(b"\x00")
+        else:
+            raw6 = x5.encode()
+            n = len(raw6)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw6)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_Coordinator)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FindCoordinatorResponse)
     else:
         w(b"\x00")
 
@@ -541,9 +615,30 @@ def _write_FindCoordinatorResponse_v5(o: FindCoordinatorResponse, w: _Writer) ->
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_Coordinator_v4(item2, w)
+        raw3 = item2.key.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        w(_S_i.pack(item2.node_id))
+        raw4 = item2.host.encode()
+        n = len(raw4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw4)
+        w(_S_ih.pack(item2.port, item2.error_code))
+        x5 = item2.error_message
+        if x5 is None:
+            w(b"\x00")
+        else:
+            raw6 = x5.encode()
+            n = len(raw6)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw6)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_Coordinator)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FindCoordinatorResponse)
     else:
         w(b"\x00")
 
@@ -563,9 +658,30 @@ def _write_FindCoordinatorResponse_v6(o: FindCoordinatorResponse, w: _Writer) ->
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_Coordinator_v4(item2, w)
+        raw3 = item2.key.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        w(_S_i.pack(item2.node_id))
+        raw4 = item2.host.encode()
+        n = len(raw4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw4)
+        w(_S_ih.pack(item2.port, item2.error_code))
+        x5 = item2.error_message
+        if x5 is None:
+            w(b"\x00")
+        else:
+            raw6 = x5.encode()
+            n = len(raw6)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw6)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_Coordinator)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FindCoordinatorResponse)
     else:
         w(b"\x00")
 

@@ -74,7 +74,7 @@ def _write_GetTelemetrySubscriptionsRequest_v0(
     # versions 0
     w(o.client_instance_id.bytes)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_GetTelemetrySubscriptionsRequest)
     else:
         w(b"\x00")
 

@@ -22,6 +22,7 @@ from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uuid as _read_uuid
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -35,6 +36,7 @@ _new = object.__new__
 _S_i = _Packer(">i")
 _S_ih = _Packer(">ih")
 _S_iiz = _Packer(">ii?")
+_A_b = _small_arrays("b")
 
 
 class GetTelemetrySubscriptionsResponse(_Message):
@@ -145,27 +147,29 @@ def _read_GetTelemetrySubscriptionsResponse_v0(
     pos += 16
     o.subscription_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.accepted_compression_types = list(_array_struct("b", n).unpack_from(buf, pos))
+        o.accepted_compression_types = (
+            [*(_A_b[n] if n < 32 else _array_struct("b", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 1 * n
     o.push_interval_ms, o.telemetry_max_bytes, o.delta_temporality = _S_iiz.unpack_from(buf, pos)
     pos += 9
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -173,12 +177,12 @@ def _read_GetTelemetrySubscriptionsResponse_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("string", pos)
             else:
@@ -207,7 +211,7 @@ def _write_GetTelemetrySubscriptionsResponse_v0(
     items1 = o.accepted_compression_types
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("b", n).pack(*items1))
+    w((_A_b[n] if n < 32 else _array_struct("b", n)).pack(*items1))
     w(_S_iiz.pack(o.push_interval_ms, o.telemetry_max_bytes, o.delta_temporality))
     items3 = o.requested_metrics
     n = len(items3)
@@ -218,7 +222,7 @@ def _write_GetTelemetrySubscriptionsResponse_v0(
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw5)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_GetTelemetrySubscriptionsResponse)
     else:
         w(b"\x00")
 

@@ -124,7 +124,7 @@ def _write_HeartbeatResponse_v4(o: HeartbeatResponse, w: _Writer) -> None:
     # versions 4
     w(_S_ih.pack(o.throttle_time_ms, o.error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_HeartbeatResponse)
     else:
         w(b"\x00")
 

@@ -125,12 +125,12 @@ def _read_InitProducerIdRequest_v2(buf: bytes, pos: int) -> tuple[InitProducerId
     o = _new(InitProducerIdRequest)
     o.producer_id = -1
     o.producer_epoch = -1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -154,12 +154,12 @@ def _read_InitProducerIdRequest_v2(buf: bytes, pos: int) -> tuple[InitProducerId
 def _read_InitProducerIdRequest_v3(buf: bytes, pos: int) -> tuple[InitProducerIdRequest, int]:
     # versions 3-5
     o = _new(InitProducerIdRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -234,7 +234,7 @@ def _write_InitProducerIdRequest_v2(o: InitProducerIdRequest, w: _Writer) -> Non
         w(raw2)
     w(_S_i.pack(o.transaction_timeout_ms))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_InitProducerIdRequest)
     else:
         w(b"\x00")
 
@@ -251,7 +251,7 @@ def _write_InitProducerIdRequest_v3(o: InitProducerIdRequest, w: _Writer) -> Non
         w(raw2)
     w(_S_iqh.pack(o.transaction_timeout_ms, o.producer_id, o.producer_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_InitProducerIdRequest)
     else:
         w(b"\x00")
 

@@ -128,7 +128,7 @@ def _write_InitProducerIdResponse_v2(o: InitProducerIdResponse, w: _Writer) -> N
     # versions 2-5
     w(_S_ihqh.pack(o.throttle_time_ms, o.error_code, o.producer_id, o.producer_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_InitProducerIdResponse)
     else:
         w(b"\x00")
 

@@ -163,7 +163,7 @@ def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
     # versions 0
     w(_S_iiq.pack(o.partition, o.state_epoch, o.start_offset))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
     else:
         w(b"\x00")
 
@@ -173,12 +173,12 @@ def _read_InitializeStateData_v0(buf: bytes, pos: int) -> tuple[InitializeStateD
     o = _new(InitializeStateData)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -186,7 +186,14 @@ def _read_InitializeStateData_v0(buf: bytes, pos: int) -> tuple[InitializeStateD
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionData_v0(buf, pos)
+            item2 = _new(PartitionData)
+            item2.partition, item2.state_epoch, item2.start_offset = _S_iiq.unpack_from(buf, pos)
+            pos += 16
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -204,9 +211,13 @@ def _write_InitializeStateData_v0(o: InitializeStateData, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_PartitionData_v0(item2, w)
+        w(_S_iiq.pack(item2.partition, item2.state_epoch, item2.start_offset))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_PartitionData)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_InitializeStateData)
     else:
         w(b"\x00")
 
@@ -216,12 +227,12 @@ def _read_InitializeShareGroupStateRequest_v0(
 ) -> tuple[InitializeShareGroupStateRequest, int]:
     # versions 0
     o = _new(InitializeShareGroupStateRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -230,12 +241,12 @@ def _read_InitializeShareGroupStateRequest_v0(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -268,7 +279,7 @@ def _write_InitializeShareGroupStateRequest_v0(
     for item3 in items2:
         _write_InitializeStateData_v0(item3, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_InitializeShareGroupStateRequest)
     else:
         w(b"\x00")
 

@@ -149,12 +149,12 @@ def _read_PartitionResult_v0(buf: bytes, pos: int) -> tuple[PartitionResult, int
     o = _new(PartitionResult)
     o.partition, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -185,7 +185,7 @@ def _write_PartitionResult_v0(o: PartitionResult, w: _Writer) -> None:
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw2)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionResult)
     else:
         w(b"\x00")
 
@@ -195,12 +195,12 @@ def _read_InitializeStateResult_v0(buf: bytes, pos: int) -> tuple[InitializeStat
     o = _new(InitializeStateResult)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -208,7 +208,30 @@ def _read_InitializeStateResult_v0(buf: bytes, pos: int) -> tuple[InitializeStat
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionResult_v0(buf, pos)
+            item2 = _new(PartitionResult)
+            item2.partition, item2.error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.error_message = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionResult)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -226,9 +249,21 @@ def _write_InitializeStateResult_v0(o: InitializeStateResult, w: _Writer) -> Non
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_PartitionResult_v0(item2, w)
+        w(_S_ih.pack(item2.partition, item2.error_code))
+        x3 = item2.error_message
+        if x3 is None:
+            w(b"\x00")
+        else:
+            raw4 = x3.encode()
+            n = len(raw4)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw4)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_PartitionResult)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_InitializeStateResult)
     else:
         w(b"\x00")
 
@@ -238,12 +273,12 @@ def _read_InitializeShareGroupStateResponse_v0(
 ) -> tuple[InitializeShareGroupStateResponse, int]:
     # versions 0
     o = _new(InitializeShareGroupStateResponse)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -272,7 +307,7 @@ def _write_InitializeShareGroupStateResponse_v0(
     for item2 in items1:
         _write_InitializeStateResult_v0(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_InitializeShareGroupStateResponse)
     else:
         w(b"\x00")
 

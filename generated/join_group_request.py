@@ -205,12 +205,12 @@ def _read_JoinGroupRequestProtocol_v0(buf: bytes, pos: int) -> tuple[JoinGroupRe
 def _read_JoinGroupRequestProtocol_v6(buf: bytes, pos: int) -> tuple[JoinGroupRequestProtocol, int]:
     # versions 6-9
     o = _new(JoinGroupRequestProtocol)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -219,12 +219,12 @@ def _read_JoinGroupRequestProtocol_v6(buf: bytes, pos: int) -> tuple[JoinGroupRe
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("bytes", pos)
     else:
@@ -264,7 +264,7 @@ def _write_JoinGroupRequestProtocol_v6(o: JoinGroupRequestProtocol, w: _Writer) 
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(o.metadata)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_JoinGroupRequestProtocol)
     else:
         w(b"\x00")
 
@@ -316,7 +316,28 @@ def _read_JoinGroupRequest_v0(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_JoinGroupRequestProtocol_v0(buf, pos)
+            item2 = _new(JoinGroupRequestProtocol)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.metadata = bytes(buf[pos:end])
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.protocols = items1
     o._unknown_tags = None
@@ -369,7 +390,28 @@ def _read_JoinGroupRequest_v1(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_JoinGroupRequestProtocol_v0(buf, pos)
+            item2 = _new(JoinGroupRequestProtocol)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.metadata = bytes(buf[pos:end])
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.protocols = items1
     o._unknown_tags = None
@@ -433,7 +475,28 @@ def _read_JoinGroupRequest_v5(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_JoinGroupRequestProtocol_v0(buf, pos)
+            item2 = _new(JoinGroupRequestProtocol)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.metadata = bytes(buf[pos:end])
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.protocols = items1
     o._unknown_tags = None
@@ -444,12 +507,12 @@ def _read_JoinGroupRequest_v6(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
     # versions 6-7
     o = _new(JoinGroupRequest)
     o.reason = None
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -460,12 +523,12 @@ def _read_JoinGroupRequest_v6(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
         pos = end
     o.session_timeout_ms, o.rebalance_timeout_ms = _S_ii.unpack_from(buf, pos)
     pos += 8
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -474,12 +537,12 @@ def _read_JoinGroupRequest_v6(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
             raise _too_long("string", n, len(buf) - pos, pos)
         o.member_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -490,12 +553,12 @@ def _read_JoinGroupRequest_v6(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_instance_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -504,12 +567,12 @@ def _read_JoinGroupRequest_v6(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
             raise _too_long("string", n, len(buf) - pos, pos)
         o.protocol_type = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -517,7 +580,42 @@ def _read_JoinGroupRequest_v6(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_JoinGroupRequestProtocol_v6(buf, pos)
+            item2 = _new(JoinGroupRequestProtocol)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.metadata = bytes(buf[pos:end])
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_JoinGroupRequestProtocol
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.protocols = items1
     if buf[pos]:
@@ -531,12 +629,12 @@ def _read_JoinGroupRequest_v6(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
 def _read_JoinGroupRequest_v8(buf: bytes, pos: int) -> tuple[JoinGroupRequest, int]:
     # versions 8-9
     o = _new(JoinGroupRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -547,12 +645,12 @@ def _read_JoinGroupRequest_v8(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
         pos = end
     o.session_timeout_ms, o.rebalance_timeout_ms = _S_ii.unpack_from(buf, pos)
     pos += 8
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -561,12 +659,12 @@ def _read_JoinGroupRequest_v8(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
             raise _too_long("string", n, len(buf) - pos, pos)
         o.member_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -577,12 +675,12 @@ def _read_JoinGroupRequest_v8(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_instance_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -591,12 +689,12 @@ def _read_JoinGroupRequest_v8(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
             raise _too_long("string", n, len(buf) - pos, pos)
         o.protocol_type = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -604,15 +702,50 @@ def _read_JoinGroupRequest_v8(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_JoinGroupRequestProtocol_v6(buf, pos)
+            item2 = _new(JoinGroupRequestProtocol)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.metadata = bytes(buf[pos:end])
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_JoinGroupRequestProtocol
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.protocols = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -652,7 +785,15 @@ def _write_JoinGroupRequest_v0(o: JoinGroupRequest, w: _Writer) -> None:
     n = len(items4)
     w(_S_i.pack(n))
     for item5 in items4:
-        _write_JoinGroupRequestProtocol_v0(item5, w)
+        raw6 = item5.name.encode()
+        n = len(raw6)
+        w(_S_h.pack(n))
+        w(raw6)
+        n = len(item5.metadata)
+        w(_S_i.pack(n))
+        w(item5.metadata)
+        if item5._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -678,7 +819,15 @@ def _write_JoinGroupRequest_v1(o: JoinGroupRequest, w: _Writer) -> None:
     n = len(items4)
     w(_S_i.pack(n))
     for item5 in items4:
-        _write_JoinGroupRequestProtocol_v0(item5, w)
+        raw6 = item5.name.encode()
+        n = len(raw6)
+        w(_S_h.pack(n))
+        w(raw6)
+        n = len(item5.metadata)
+        w(_S_i.pack(n))
+        w(item5.metadata)
+        if item5._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -704,7 +853,15 @@ def _write_JoinGroupRequest_v2(o: JoinGroupRequest, w: _Writer) -> None:
     n = len(items4)
     w(_S_i.pack(n))
     for item5 in items4:
-        _write_JoinGroupRequestProtocol_v0(item5, w)
+        raw6 = item5.name.encode()
+        n = len(raw6)
+        w(_S_h.pack(n))
+        w(raw6)
+        n = len(item5.metadata)
+        w(_S_i.pack(n))
+        w(item5.metadata)
+        if item5._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -730,7 +887,15 @@ def _write_JoinGroupRequest_v3(o: JoinGroupRequest, w: _Writer) -> None:
     n = len(items4)
     w(_S_i.pack(n))
     for item5 in items4:
-        _write_JoinGroupRequestProtocol_v0(item5, w)
+        raw6 = item5.name.encode()
+        n = len(raw6)
+        w(_S_h.pack(n))
+        w(raw6)
+        n = len(item5.metadata)
+        w(_S_i.pack(n))
+        w(item5.metadata)
+        if item5._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -756,7 +921,15 @@ def _write_JoinGroupRequest_v4(o: JoinGroupRequest, w: _Writer) -> None:
     n = len(items4)
     w(_S_i.pack(n))
     for item5 in items4:
-        _write_JoinGroupRequestProtocol_v0(item5, w)
+        raw6 = item5.name.encode()
+        n = len(raw6)
+        w(_S_h.pack(n))
+        w(raw6)
+        n = len(item5.metadata)
+        w(_S_i.pack(n))
+        w(item5.metadata)
+        if item5._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -788,7 +961,15 @@ def _write_JoinGroupRequest_v5(o: JoinGroupRequest, w: _Writer) -> None:
     n = len(items6)
     w(_S_i.pack(n))
     for item7 in items6:
-        _write_JoinGroupRequestProtocol_v0(item7, w)
+        raw8 = item7.name.encode()
+        n = len(raw8)
+        w(_S_h.pack(n))
+        w(raw8)
+        n = len(item7.metadata)
+        w(_S_i.pack(n))
+        w(item7.metadata)
+        if item7._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -820,9 +1001,19 @@ def _write_JoinGroupRequest_v6(o: JoinGroupRequest, w: _Writer) -> None:
     n = len(items6)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item7 in items6:
-        _write_JoinGroupRequestProtocol_v6(item7, w)
+        raw8 = item7.name.encode()
+        n = len(raw8)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw8)
+        n = len(item7.metadata)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(item7.metadata)
+        if item7._unknown_tags:
+            _write_tags(w, [], item7._unknown_tags, _TAGS_JoinGroupRequestProtocol)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_JoinGroupRequest)
     else:
         w(b"\x00")
 
@@ -854,17 +1045,27 @@ def _write_JoinGroupRequest_v8(o: JoinGroupRequest, w: _Writer) -> None:
     n = len(items6)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item7 in items6:
-        _write_JoinGroupRequestProtocol_v6(item7, w)
-    x8 = o.reason
-    if x8 is None:
+        raw8 = item7.name.encode()
+        n = len(raw8)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw8)
+        n = len(item7.metadata)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(item7.metadata)
+        if item7._unknown_tags:
+            _write_tags(w, [], item7._unknown_tags, _TAGS_JoinGroupRequestProtocol)
+        else:
+            w(b"\x00")
+    x9 = o.reason
+    if x9 is None:
         w(b"\x00")
     else:
-        raw9 = x8.encode()
-        n = len(raw9)
+        raw10 = x9.encode()
+        n = len(raw10)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(raw9)
+        w(raw10)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_JoinGroupRequest)
     else:
         w(b"\x00")
 

@@ -263,12 +263,12 @@ def _read_JoinGroupResponseMember_v5(buf: bytes, pos: int) -> tuple[JoinGroupRes
 def _read_JoinGroupResponseMember_v6(buf: bytes, pos: int) -> tuple[JoinGroupResponseMember, int]:
     # versions 6-9
     o = _new(JoinGroupResponseMember)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -277,12 +277,12 @@ def _read_JoinGroupResponseMember_v6(buf: bytes, pos: int) -> tuple[JoinGroupRes
             raise _too_long("string", n, len(buf) - pos, pos)
         o.member_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -293,12 +293,12 @@ def _read_JoinGroupResponseMember_v6(buf: bytes, pos: int) -> tuple[JoinGroupRes
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_instance_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("bytes", pos)
     else:
@@ -367,7 +367,7 @@ def _write_JoinGroupResponseMember_v6(o: JoinGroupResponseMember, w: _Writer) ->
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(o.metadata)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_JoinGroupResponseMember)
     else:
         w(b"\x00")
 
@@ -419,7 +419,29 @@ def _read_JoinGroupResponse_v0(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_JoinGroupResponseMember_v0(buf, pos)
+            item2 = _new(JoinGroupResponseMember)
+            item2.group_instance_id = None
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.member_id = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.metadata = bytes(buf[pos:end])
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.members = items1
     o._unknown_tags = None
@@ -472,7 +494,29 @@ def _read_JoinGroupResponse_v2(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_JoinGroupResponseMember_v0(buf, pos)
+            item2 = _new(JoinGroupResponseMember)
+            item2.group_instance_id = None
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.member_id = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.metadata = bytes(buf[pos:end])
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.members = items1
     o._unknown_tags = None
@@ -525,7 +569,40 @@ def _read_JoinGroupResponse_v5(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_JoinGroupResponseMember_v5(buf, pos)
+            item2 = _new(JoinGroupResponseMember)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.member_id = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.group_instance_id = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.group_instance_id = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.metadata = bytes(buf[pos:end])
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.members = items1
     o._unknown_tags = None
@@ -539,12 +616,12 @@ def _read_JoinGroupResponse_v6(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
     o.skip_assignment = False
     o.throttle_time_ms, o.error_code, o.generation_id = _S_ihi.unpack_from(buf, pos)
     pos += 10
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -553,12 +630,12 @@ def _read_JoinGroupResponse_v6(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
             raise _too_long("string", n, len(buf) - pos, pos)
         o.protocol_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -567,12 +644,12 @@ def _read_JoinGroupResponse_v6(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
             raise _too_long("string", n, len(buf) - pos, pos)
         o.leader = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -581,12 +658,12 @@ def _read_JoinGroupResponse_v6(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
             raise _too_long("string", n, len(buf) - pos, pos)
         o.member_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -594,7 +671,58 @@ def _read_JoinGroupResponse_v6(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_JoinGroupResponseMember_v6(buf, pos)
+            item2 = _new(JoinGroupResponseMember)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.member_id = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.group_instance_id = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.group_instance_id = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.metadata = bytes(buf[pos:end])
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_JoinGroupResponseMember
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.members = items1
     if buf[pos]:
@@ -611,12 +739,12 @@ def _read_JoinGroupResponse_v7(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
     o.skip_assignment = False
     o.throttle_time_ms, o.error_code, o.generation_id = _S_ihi.unpack_from(buf, pos)
     pos += 10
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -627,12 +755,12 @@ def _read_JoinGroupResponse_v7(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
             raise _too_long("string", n, len(buf) - pos, pos)
         o.protocol_type = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -643,12 +771,12 @@ def _read_JoinGroupResponse_v7(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
             raise _too_long("string", n, len(buf) - pos, pos)
         o.protocol_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -657,12 +785,12 @@ def _read_JoinGroupResponse_v7(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
             raise _too_long("string", n, len(buf) - pos, pos)
         o.leader = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -671,12 +799,12 @@ def _read_JoinGroupResponse_v7(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
             raise _too_long("string", n, len(buf) - pos, pos)
         o.member_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -684,7 +812,58 @@ def _read_JoinGroupResponse_v7(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_JoinGroupResponseMember_v6(buf, pos)
+            item2 = _new(JoinGroupResponseMember)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.member_id = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.group_instance_id = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.group_instance_id = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.metadata = bytes(buf[pos:end])
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_JoinGroupResponseMember
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.members = items1
     if buf[pos]:
@@ -700,12 +879,12 @@ def _read_JoinGroupResponse_v9(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
     o = _new(JoinGroupResponse)
     o.throttle_time_ms, o.error_code, o.generation_id = _S_ihi.unpack_from(buf, pos)
     pos += 10
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -716,12 +895,12 @@ def _read_JoinGroupResponse_v9(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
             raise _too_long("string", n, len(buf) - pos, pos)
         o.protocol_type = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -732,12 +911,12 @@ def _read_JoinGroupResponse_v9(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
             raise _too_long("string", n, len(buf) - pos, pos)
         o.protocol_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -748,12 +927,12 @@ def _read_JoinGroupResponse_v9(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         pos = end
     o.skip_assignment = _S_z.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -762,12 +941,12 @@ def _read_JoinGroupResponse_v9(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
             raise _too_long("string", n, len(buf) - pos, pos)
         o.member_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -775,7 +954,58 @@ def _read_JoinGroupResponse_v9(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_JoinGroupResponseMember_v6(buf, pos)
+            item2 = _new(JoinGroupResponseMember)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.member_id = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.group_instance_id = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.group_instance_id = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.metadata = bytes(buf[pos:end])
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_JoinGroupResponseMember
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.members = items1
     if buf[pos]:
@@ -810,7 +1040,15 @@ def _write_JoinGroupResponse_v0(o: JoinGroupResponse, w: _Writer) -> None:
     n = len(items5)
     w(_S_i.pack(n))
     for item6 in items5:
-        _write_JoinGroupResponseMember_v0(item6, w)
+        raw7 = item6.member_id.encode()
+        n = len(raw7)
+        w(_S_h.pack(n))
+        w(raw7)
+        n = len(item6.metadata)
+        w(_S_i.pack(n))
+        w(item6.metadata)
+        if item6._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -839,7 +1077,15 @@ def _write_JoinGroupResponse_v1(o: JoinGroupResponse, w: _Writer) -> None:
     n = len(items5)
     w(_S_i.pack(n))
     for item6 in items5:
-        _write_JoinGroupResponseMember_v0(item6, w)
+        raw7 = item6.member_id.encode()
+        n = len(raw7)
+        w(_S_h.pack(n))
+        w(raw7)
+        n = len(item6.metadata)
+        w(_S_i.pack(n))
+        w(item6.metadata)
+        if item6._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -868,7 +1114,15 @@ def _write_JoinGroupResponse_v2(o: JoinGroupResponse, w: _Writer) -> None:
     n = len(items5)
     w(_S_i.pack(n))
     for item6 in items5:
-        _write_JoinGroupResponseMember_v0(item6, w)
+        raw7 = item6.member_id.encode()
+        n = len(raw7)
+        w(_S_h.pack(n))
+        w(raw7)
+        n = len(item6.metadata)
+        w(_S_i.pack(n))
+        w(item6.metadata)
+        if item6._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -897,7 +1151,15 @@ def _write_JoinGroupResponse_v3(o: JoinGroupResponse, w: _Writer) -> None:
     n = len(items5)
     w(_S_i.pack(n))
     for item6 in items5:
-        _write_JoinGroupResponseMember_v0(item6, w)
+        raw7 = item6.member_id.encode()
+        n = len(raw7)
+        w(_S_h.pack(n))
+        w(raw7)
+        n = len(item6.metadata)
+        w(_S_i.pack(n))
+        w(item6.metadata)
+        if item6._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -926,7 +1188,15 @@ def _write_JoinGroupResponse_v4(o: JoinGroupResponse, w: _Writer) -> None:
     n = len(items5)
     w(_S_i.pack(n))
     for item6 in items5:
-        _write_JoinGroupResponseMember_v0(item6, w)
+        raw7 = item6.member_id.encode()
+        n = len(raw7)
+        w(_S_h.pack(n))
+        w(raw7)
+        n = len(item6.metadata)
+        w(_S_i.pack(n))
+        w(item6.metadata)
+        if item6._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -955,7 +1225,23 @@ def _write_JoinGroupResponse_v5(o: JoinGroupResponse, w: _Writer) -> None:
     n = len(items5)
     w(_S_i.pack(n))
     for item6 in items5:
-        _write_JoinGroupResponseMember_v5(item6, w)
+        raw7 = item6.member_id.encode()
+        n = len(raw7)
+        w(_S_h.pack(n))
+        w(raw7)
+        x8 = item6.group_instance_id
+        if x8 is None:
+            w(b"\xff\xff")
+        else:
+            raw9 = x8.encode()
+            n = len(raw9)
+            w(_S_h.pack(n))
+            w(raw9)
+        n = len(item6.metadata)
+        w(_S_i.pack(n))
+        w(item6.metadata)
+        if item6._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -984,9 +1270,27 @@ def _write_JoinGroupResponse_v6(o: JoinGroupResponse, w: _Writer) -> None:
     n = len(items5)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item6 in items5:
-        _write_JoinGroupResponseMember_v6(item6, w)
+        raw7 = item6.member_id.encode()
+        n = len(raw7)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw7)
+        x8 = item6.group_instance_id
+        if x8 is None:
+            w(b"\x00")
+        else:
+            raw9 = x8.encode()
+            n = len(raw9)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw9)
+        n = len(item6.metadata)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(item6.metadata)
+        if item6._unknown_tags:
+            _write_tags(w, [], item6._unknown_tags, _TAGS_JoinGroupResponseMember)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_JoinGroupResponse)
     else:
         w(b"\x00")
 
@@ -1024,9 +1328,27 @@ def _write_JoinGroupResponse_v7(o: JoinGroupResponse, w: _Writer) -> None:
     n = len(items7)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item8 in items7:
-        _write_JoinGroupResponseMember_v6(item8, w)
+        raw9 = item8.member_id.encode()
+        n = len(raw9)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw9)
+        x10 = item8.group_instance_id
+        if x10 is None:
+            w(b"\x00")
+        else:
+            raw11 = x10.encode()
+            n = len(raw11)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw11)
+        n = len(item8.metadata)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(item8.metadata)
+        if item8._unknown_tags:
+            _write_tags(w, [], item8._unknown_tags, _TAGS_JoinGroupResponseMember)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_JoinGroupResponse)
     else:
         w(b"\x00")
 
@@ -1064,9 +1386,27 @@ def _write_JoinGroupResponse_v8(o: JoinGroupResponse, w: _Writer) -> None:
     n = len(items7)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item8 in items7:
-        _write_JoinGroupResponseMember_v6(item8, w)
+        raw9 = item8.member_id.encode()
+        n = len(raw9)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw9)
+        x10 = item8.group_instance_id
+        if x10 is None:
+            w(b"\x00")
+        else:
+            raw11 = x10.encode()
+            n = len(raw11)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw11)
+        n = len(item8.metadata)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(item8.metadata)
+        if item8._unknown_tags:
+            _write_tags(w, [], item8._unknown_tags, _TAGS_JoinGroupResponseMember)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_JoinGroupResponse)
     else:
         w(b"\x00")
 
@@ -1103,9 +1443,27 @@ def _write_JoinGroupResponse_v9(o: JoinGroupResponse, w: _Writer) -> None:
     n = len(items7)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item8 in items7:
-        _write_JoinGroupResponseMember_v6(item8, w)
+        raw9 = item8.member_id.encode()
+        n = len(raw9)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw9)
+        x10 = item8.group_instance_id
+        if x10 is None:
+            w(b"\x00")
+        else:
+            raw11 = x10.encode()
+            n = len(raw11)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw11)
+        n = len(item8.metadata)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(item8.metadata)
+        if item8._unknown_tags:
+            _write_tags(w, [], item8._unknown_tags, _TAGS_JoinGroupResponseMember)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_JoinGroupResponse)
     else:
         w(b"\x00")
 

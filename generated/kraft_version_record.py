@@ -80,7 +80,7 @@ def _write_KRaftVersionRecord_v0(o: KRaftVersionRecord, w: _Writer) -> None:
     # versions 0
     w(_S_hh.pack(o.version, o.kraft_version))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_KRaftVersionRecord)
     else:
         w(b"\x00")
 

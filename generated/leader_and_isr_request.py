@@ -24,6 +24,7 @@ from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uuid as _read_uuid
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -46,6 +47,7 @@ _S_iiqb = _Packer(">iiqb")
 _S_iziqb = _Packer(">i?iqb")
 _S_z = _Packer(">?")
 _S_zb = _Packer(">?b")
+_A_i = _small_arrays("i")
 
 
 class LeaderAndIsrRequest(_Message):
@@ -372,7 +374,7 @@ def _read_LeaderAndIsrPartitionState_v0(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.isr = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.isr = [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
         pos += 4 * n
     o.partition_epoch = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -383,7 +385,9 @@ def _read_LeaderAndIsrPartitionState_v0(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o._unknown_tags = None
     return o, pos
@@ -416,7 +420,7 @@ def _read_LeaderAndIsrPartitionState_v1(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.isr = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.isr = [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
         pos += 4 * n
     o.partition_epoch = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -427,7 +431,9 @@ def _read_LeaderAndIsrPartitionState_v1(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o.is_new = _S_z.unpack_from(buf, pos)[0]
     pos += 1
@@ -453,7 +459,7 @@ def _read_LeaderAndIsrPartitionState_v2(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.isr = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.isr = [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
         pos += 4 * n
     o.partition_epoch = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -464,7 +470,9 @@ def _read_LeaderAndIsrPartitionState_v2(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o.is_new = _S_z.unpack_from(buf, pos)[0]
     pos += 1
@@ -488,7 +496,7 @@ def _read_LeaderAndIsrPartitionState_v3(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.isr = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.isr = [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
         pos += 4 * n
     o.partition_epoch = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -499,7 +507,9 @@ def _read_LeaderAndIsrPartitionState_v3(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -508,7 +518,9 @@ def _read_LeaderAndIsrPartitionState_v3(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.adding_replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.adding_replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -517,7 +529,9 @@ def _read_LeaderAndIsrPartitionState_v3(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.removing_replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.removing_replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o.is_new = _S_z.unpack_from(buf, pos)[0]
     pos += 1
@@ -534,59 +548,65 @@ def _read_LeaderAndIsrPartitionState_v4(
     o.leader_recovery_state = 0
     o.partition_index, o.controller_epoch, o.leader, o.leader_epoch = _S_iiii.unpack_from(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.isr = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.isr = [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
         pos += 4 * n
     o.partition_epoch = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.adding_replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.adding_replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.removing_replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.removing_replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o.is_new = _S_z.unpack_from(buf, pos)[0]
     pos += 1
@@ -606,59 +626,65 @@ def _read_LeaderAndIsrPartitionState_v6(
     o.topic_name = ""
     o.partition_index, o.controller_epoch, o.leader, o.leader_epoch = _S_iiii.unpack_from(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.isr = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.isr = [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
         pos += 4 * n
     o.partition_epoch = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.adding_replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.adding_replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.removing_replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.removing_replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o.is_new, o.leader_recovery_state = _S_zb.unpack_from(buf, pos)
     pos += 2
@@ -682,12 +708,12 @@ def _write_LeaderAndIsrPartitionState_v0(o: LeaderAndIsrPartitionState, w: _Writ
     items2 = o.isr
     n = len(items2)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items2))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     w(_S_i.pack(o.partition_epoch))
     items4 = o.replicas
     n = len(items4)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items4))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -704,12 +730,12 @@ def _write_LeaderAndIsrPartitionState_v1(o: LeaderAndIsrPartitionState, w: _Writ
     items2 = o.isr
     n = len(items2)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items2))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     w(_S_i.pack(o.partition_epoch))
     items4 = o.replicas
     n = len(items4)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items4))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
     w(_S_z.pack(o.is_new))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -723,12 +749,12 @@ def _write_LeaderAndIsrPartitionState_v2(o: LeaderAndIsrPartitionState, w: _Writ
     items1 = o.isr
     n = len(items1)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     w(_S_i.pack(o.partition_epoch))
     items3 = o.replicas
     n = len(items3)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items3))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items3))
     w(_S_z.pack(o.is_new))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -742,20 +768,20 @@ def _write_LeaderAndIsrPartitionState_v3(o: LeaderAndIsrPartitionState, w: _Writ
     items1 = o.isr
     n = len(items1)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     w(_S_i.pack(o.partition_epoch))
     items3 = o.replicas
     n = len(items3)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items3))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items3))
     items5 = o.adding_replicas
     n = len(items5)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items5))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
     items7 = o.removing_replicas
     n = len(items7)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items7))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items7))
     w(_S_z.pack(o.is_new))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -769,23 +795,23 @@ def _write_LeaderAndIsrPartitionState_v4(o: LeaderAndIsrPartitionState, w: _Writ
     items1 = o.isr
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     w(_S_i.pack(o.partition_epoch))
     items3 = o.replicas
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items3))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items3))
     items5 = o.adding_replicas
     n = len(items5)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items5))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
     items7 = o.removing_replicas
     n = len(items7)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items7))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items7))
     w(_S_z.pack(o.is_new))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderAndIsrPartitionState)
     else:
         w(b"\x00")
 
@@ -798,23 +824,23 @@ def _write_LeaderAndIsrPartitionState_v5(o: LeaderAndIsrPartitionState, w: _Writ
     items1 = o.isr
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     w(_S_i.pack(o.partition_epoch))
     items3 = o.replicas
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items3))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items3))
     items5 = o.adding_replicas
     n = len(items5)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items5))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
     items7 = o.removing_replicas
     n = len(items7)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items7))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items7))
     w(_S_z.pack(o.is_new))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderAndIsrPartitionState)
     else:
         w(b"\x00")
 
@@ -825,23 +851,23 @@ def _write_LeaderAndIsrPartitionState_v6(o: LeaderAndIsrPartitionState, w: _Writ
     items1 = o.isr
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     w(_S_i.pack(o.partition_epoch))
     items3 = o.replicas
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items3))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items3))
     items5 = o.adding_replicas
     n = len(items5)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items5))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
     items7 = o.removing_replicas
     n = len(items7)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items7))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items7))
     w(_S_zb.pack(o.is_new, o.leader_recovery_state))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderAndIsrPartitionState)
     else:
         w(b"\x00")
 
@@ -869,7 +895,46 @@ def _read_LeaderAndIsrTopicState_v2(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_LeaderAndIsrPartitionState_v2(buf, pos)
+            item2 = _new(LeaderAndIsrPartitionState)
+            item2.topic_name = ""
+            item2.adding_replicas = []
+            item2.removing_replicas = []
+            item2.leader_recovery_state = 0
+            item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
+                _S_iiii.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.partition_epoch = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.is_new = _S_z.unpack_from(buf, pos)[0]
+            pos += 1
+            item2._unknown_tags = None
             items1.append(item2)
         o.partition_states = items1
     o._unknown_tags = None
@@ -899,7 +964,70 @@ def _read_LeaderAndIsrTopicState_v3(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_LeaderAndIsrPartitionState_v3(buf, pos)
+            item2 = _new(LeaderAndIsrPartitionState)
+            item2.topic_name = ""
+            item2.leader_recovery_state = 0
+            item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
+                _S_iiii.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.partition_epoch = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.adding_replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.removing_replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.is_new = _S_z.unpack_from(buf, pos)[0]
+            pos += 1
+            item2._unknown_tags = None
             items1.append(item2)
         o.partition_states = items1
     o._unknown_tags = None
@@ -910,12 +1038,12 @@ def _read_LeaderAndIsrTopicState_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
     # versions 4
     o = _new(LeaderAndIsrTopicState)
     o.topic_id = _ZERO_UUID
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -924,12 +1052,12 @@ def _read_LeaderAndIsrTopicState_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -937,7 +1065,92 @@ def _read_LeaderAndIsrTopicState_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_LeaderAndIsrPartitionState_v4(buf, pos)
+            item2 = _new(LeaderAndIsrPartitionState)
+            item2.topic_name = ""
+            item2.leader_recovery_state = 0
+            item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
+                _S_iiii.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.partition_epoch = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.adding_replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.removing_replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.is_new = _S_z.unpack_from(buf, pos)[0]
+            pos += 1
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_LeaderAndIsrPartitionState
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partition_states = items1
     if buf[pos]:
@@ -951,12 +1164,12 @@ def _read_LeaderAndIsrTopicState_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
 def _read_LeaderAndIsrTopicState_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrTopicState, int]:
     # versions 5
     o = _new(LeaderAndIsrTopicState)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -967,12 +1180,12 @@ def _read_LeaderAndIsrTopicState_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
         pos = end
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -980,7 +1193,92 @@ def _read_LeaderAndIsrTopicState_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_LeaderAndIsrPartitionState_v4(buf, pos)
+            item2 = _new(LeaderAndIsrPartitionState)
+            item2.topic_name = ""
+            item2.leader_recovery_state = 0
+            item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
+                _S_iiii.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.partition_epoch = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.adding_replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.removing_replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.is_new = _S_z.unpack_from(buf, pos)[0]
+            pos += 1
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_LeaderAndIsrPartitionState
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partition_states = items1
     if buf[pos]:
@@ -994,12 +1292,12 @@ def _read_LeaderAndIsrTopicState_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
 def _read_LeaderAndIsrTopicState_v6(buf: bytes, pos: int) -> tuple[LeaderAndIsrTopicState, int]:
     # versions 6-7
     o = _new(LeaderAndIsrTopicState)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -1010,12 +1308,12 @@ def _read_LeaderAndIsrTopicState_v6(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
         pos = end
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1023,7 +1321,91 @@ def _read_LeaderAndIsrTopicState_v6(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_LeaderAndIsrPartitionState_v6(buf, pos)
+            item2 = _new(LeaderAndIsrPartitionState)
+            item2.topic_name = ""
+            item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
+                _S_iiii.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.partition_epoch = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.adding_replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.removing_replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.is_new, item2.leader_recovery_state = _S_zb.unpack_from(buf, pos)
+            pos += 2
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_LeaderAndIsrPartitionState
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partition_states = items1
     if buf[pos]:
@@ -1044,7 +1426,25 @@ def _write_LeaderAndIsrTopicState_v2(o: LeaderAndIsrTopicState, w: _Writer) -> N
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_LeaderAndIsrPartitionState_v2(item3, w)
+        if item3.leader_recovery_state != 0:
+            raise _ProtocolError("LeaderRecoveryState cannot be written in version 2")
+        w(
+            _S_iiii.pack(
+                item3.partition_index, item3.controller_epoch, item3.leader, item3.leader_epoch
+            )
+        )
+        items4 = item3.isr
+        n = len(items4)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        w(_S_i.pack(item3.partition_epoch))
+        items6 = item3.replicas
+        n = len(items6)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        w(_S_z.pack(item3.is_new))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1059,7 +1459,33 @@ def _write_LeaderAndIsrTopicState_v3(o: LeaderAndIsrTopicState, w: _Writer) -> N
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_LeaderAndIsrPartitionState_v3(item3, w)
+        if item3.leader_recovery_state != 0:
+            raise _ProtocolError("LeaderRecoveryState cannot be written in version 3")
+        w(
+            _S_iiii.pack(
+                item3.partition_index, item3.controller_epoch, item3.leader, item3.leader_epoch
+            )
+        )
+        items4 = item3.isr
+        n = len(items4)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        w(_S_i.pack(item3.partition_epoch))
+        items6 = item3.replicas
+        n = len(items6)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        items8 = item3.adding_replicas
+        n = len(items8)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items8))
+        items10 = item3.removing_replicas
+        n = len(items10)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items10))
+        w(_S_z.pack(item3.is_new))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1074,9 +1500,37 @@ def _write_LeaderAndIsrTopicState_v4(o: LeaderAndIsrTopicState, w: _Writer) -> N
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_LeaderAndIsrPartitionState_v4(item3, w)
+        if item3.leader_recovery_state != 0:
+            raise _ProtocolError("LeaderRecoveryState cannot be written in version 4")
+        w(
+            _S_iiii.pack(
+                item3.partition_index, item3.controller_epoch, item3.leader, item3.leader_epoch
+            )
+        )
+        items4 = item3.isr
+        n = len(items4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        w(_S_i.pack(item3.partition_epoch))
+        items6 = item3.replicas
+        n = len(items6)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        items8 = item3.adding_replicas
+        n = len(items8)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items8))
+        items10 = item3.removing_replicas
+        n = len(items10)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items10))
+        w(_S_z.pack(item3.is_new))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_LeaderAndIsrPartitionState)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderAndIsrTopicState)
     else:
         w(b"\x00")
 
@@ -1092,9 +1546,37 @@ def _write_LeaderAndIsrTopicState_v5(o: LeaderAndIsrTopicState, w: _Writer) -> N
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_LeaderAndIsrPartitionState_v5(item3, w)
+        if item3.leader_recovery_state != 0:
+            raise _ProtocolError("LeaderRecoveryState cannot be written in version 5")
+        w(
+            _S_iiii.pack(
+                item3.partition_index, item3.controller_epoch, item3.leader, item3.leader_epoch
+            )
+        )
+        items4 = item3.isr
+        n = len(items4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        w(_S_i.pack(item3.partition_epoch))
+        items6 = item3.replicas
+        n = len(items6)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        items8 = item3.adding_replicas
+        n = len(items8)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items8))
+        items10 = item3.removing_replicas
+        n = len(items10)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items10))
+        w(_S_z.pack(item3.is_new))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_LeaderAndIsrPartitionState)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderAndIsrTopicState)
     else:
         w(b"\x00")
 
@@ -1110,9 +1592,35 @@ def _write_LeaderAndIsrTopicState_v6(o: LeaderAndIsrTopicState, w: _Writer) -> N
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_LeaderAndIsrPartitionState_v6(item3, w)
+        w(
+            _S_iiii.pack(
+                item3.partition_index, item3.controller_epoch, item3.leader, item3.leader_epoch
+            )
+        )
+        items4 = item3.isr
+        n = len(items4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        w(_S_i.pack(item3.partition_epoch))
+        items6 = item3.replicas
+        n = len(items6)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        items8 = item3.adding_replicas
+        n = len(items8)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items8))
+        items10 = item3.removing_replicas
+        n = len(items10)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items10))
+        w(_S_zb.pack(item3.is_new, item3.leader_recovery_state))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_LeaderAndIsrPartitionState)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderAndIsrTopicState)
     else:
         w(b"\x00")
 
@@ -1143,12 +1651,12 @@ def _read_LeaderAndIsrLiveLeader_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrL
     o = _new(LeaderAndIsrLiveLeader)
     o.broker_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -1188,7 +1696,7 @@ def _write_LeaderAndIsrLiveLeader_v4(o: LeaderAndIsrLiveLeader, w: _Writer) -> N
     w(raw1)
     w(_S_i.pack(o.port))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderAndIsrLiveLeader)
     else:
         w(b"\x00")
 
@@ -1211,7 +1719,54 @@ def _read_LeaderAndIsrRequest_v0(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_LeaderAndIsrPartitionState_v0(buf, pos)
+            item2 = _new(LeaderAndIsrPartitionState)
+            item2.adding_replicas = []
+            item2.removing_replicas = []
+            item2.is_new = False
+            item2.leader_recovery_state = 0
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.topic_name = buf[pos:end].decode()
+                pos = end
+            item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
+                _S_iiii.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.partition_epoch = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.ungrouped_partition_states = items1
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1223,7 +1778,22 @@ def _read_LeaderAndIsrRequest_v0(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_LeaderAndIsrLiveLeader_v0(buf, pos)
+            item4 = _new(LeaderAndIsrLiveLeader)
+            item4.broker_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.host_name = buf[pos:end].decode()
+                pos = end
+            item4.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            item4._unknown_tags = None
             items3.append(item4)
         o.live_leaders = items3
     o._unknown_tags = None
@@ -1248,7 +1818,55 @@ def _read_LeaderAndIsrRequest_v1(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_LeaderAndIsrPartitionState_v1(buf, pos)
+            item2 = _new(LeaderAndIsrPartitionState)
+            item2.adding_replicas = []
+            item2.removing_replicas = []
+            item2.leader_recovery_state = 0
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.topic_name = buf[pos:end].decode()
+                pos = end
+            item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
+                _S_iiii.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.partition_epoch = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.is_new = _S_z.unpack_from(buf, pos)[0]
+            pos += 1
+            item2._unknown_tags = None
             items1.append(item2)
         o.ungrouped_partition_states = items1
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1260,7 +1878,22 @@ def _read_LeaderAndIsrRequest_v1(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_LeaderAndIsrLiveLeader_v0(buf, pos)
+            item4 = _new(LeaderAndIsrLiveLeader)
+            item4.broker_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.host_name = buf[pos:end].decode()
+                pos = end
+            item4.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            item4._unknown_tags = None
             items3.append(item4)
         o.live_leaders = items3
     o._unknown_tags = None
@@ -1296,7 +1929,22 @@ def _read_LeaderAndIsrRequest_v2(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_LeaderAndIsrLiveLeader_v0(buf, pos)
+            item4 = _new(LeaderAndIsrLiveLeader)
+            item4.broker_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.host_name = buf[pos:end].decode()
+                pos = end
+            item4.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            item4._unknown_tags = None
             items3.append(item4)
         o.live_leaders = items3
     o._unknown_tags = None
@@ -1332,7 +1980,22 @@ def _read_LeaderAndIsrRequest_v3(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_LeaderAndIsrLiveLeader_v0(buf, pos)
+            item4 = _new(LeaderAndIsrLiveLeader)
+            item4.broker_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.host_name = buf[pos:end].decode()
+                pos = end
+            item4.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            item4._unknown_tags = None
             items3.append(item4)
         o.live_leaders = items3
     o._unknown_tags = None
@@ -1347,12 +2010,12 @@ def _read_LeaderAndIsrRequest_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
     o.ungrouped_partition_states = []
     o.controller_id, o.controller_epoch, o.broker_epoch = _S_iiq.unpack_from(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1363,12 +2026,12 @@ def _read_LeaderAndIsrRequest_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
             item2, pos = _read_LeaderAndIsrTopicState_v4(buf, pos)
             items1.append(item2)
         o.topic_states = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1376,7 +2039,30 @@ def _read_LeaderAndIsrRequest_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_LeaderAndIsrLiveLeader_v4(buf, pos)
+            item4 = _new(LeaderAndIsrLiveLeader)
+            item4.broker_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.host_name = buf[pos:end].decode()
+                pos = end
+            item4.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderAndIsrLiveLeader)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.live_leaders = items3
     if buf[pos]:
@@ -1394,12 +2080,12 @@ def _read_LeaderAndIsrRequest_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
     o.ungrouped_partition_states = []
     o.controller_id, o.controller_epoch, o.broker_epoch, o.type = _S_iiqb.unpack_from(buf, pos)
     pos += 17
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1410,12 +2096,12 @@ def _read_LeaderAndIsrRequest_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
             item2, pos = _read_LeaderAndIsrTopicState_v5(buf, pos)
             items1.append(item2)
         o.topic_states = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1423,7 +2109,30 @@ def _read_LeaderAndIsrRequest_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_LeaderAndIsrLiveLeader_v4(buf, pos)
+            item4 = _new(LeaderAndIsrLiveLeader)
+            item4.broker_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.host_name = buf[pos:end].decode()
+                pos = end
+            item4.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderAndIsrLiveLeader)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.live_leaders = items3
     if buf[pos]:
@@ -1441,12 +2150,12 @@ def _read_LeaderAndIsrRequest_v6(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
     o.ungrouped_partition_states = []
     o.controller_id, o.controller_epoch, o.broker_epoch, o.type = _S_iiqb.unpack_from(buf, pos)
     pos += 17
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1457,12 +2166,12 @@ def _read_LeaderAndIsrRequest_v6(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
             item2, pos = _read_LeaderAndIsrTopicState_v6(buf, pos)
             items1.append(item2)
         o.topic_states = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1470,7 +2179,30 @@ def _read_LeaderAndIsrRequest_v6(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_LeaderAndIsrLiveLeader_v4(buf, pos)
+            item4 = _new(LeaderAndIsrLiveLeader)
+            item4.broker_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.host_name = buf[pos:end].decode()
+                pos = end
+            item4.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderAndIsrLiveLeader)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.live_leaders = items3
     if buf[pos]:
@@ -1489,12 +2221,12 @@ def _read_LeaderAndIsrRequest_v7(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         _S_iziqb.unpack_from(buf, pos)
     )
     pos += 18
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1505,12 +2237,12 @@ def _read_LeaderAndIsrRequest_v7(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
             item2, pos = _read_LeaderAndIsrTopicState_v6(buf, pos)
             items1.append(item2)
         o.topic_states = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1518,7 +2250,30 @@ def _read_LeaderAndIsrRequest_v7(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_LeaderAndIsrLiveLeader_v4(buf, pos)
+            item4 = _new(LeaderAndIsrLiveLeader)
+            item4.broker_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.host_name = buf[pos:end].decode()
+                pos = end
+            item4.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderAndIsrLiveLeader)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.live_leaders = items3
     if buf[pos]:
@@ -1542,12 +2297,40 @@ def _write_LeaderAndIsrRequest_v0(o: LeaderAndIsrRequest, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_LeaderAndIsrPartitionState_v0(item2, w)
-    items3 = o.live_leaders
-    n = len(items3)
+        if item2.leader_recovery_state != 0:
+            raise _ProtocolError("LeaderRecoveryState cannot be written in version 0")
+        raw3 = item2.topic_name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(
+            _S_iiii.pack(
+                item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch
+            )
+        )
+        items4 = item2.isr
+        n = len(items4)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        w(_S_i.pack(item2.partition_epoch))
+        items6 = item2.replicas
+        n = len(items6)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    items8 = o.live_leaders
+    n = len(items8)
     w(_S_i.pack(n))
-    for item4 in items3:
-        _write_LeaderAndIsrLiveLeader_v0(item4, w)
+    for item9 in items8:
+        w(_S_i.pack(item9.broker_id))
+        raw10 = item9.host_name.encode()
+        n = len(raw10)
+        w(_S_h.pack(n))
+        w(raw10)
+        w(_S_i.pack(item9.port))
+        if item9._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1565,12 +2348,41 @@ def _write_LeaderAndIsrRequest_v1(o: LeaderAndIsrRequest, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_LeaderAndIsrPartitionState_v1(item2, w)
-    items3 = o.live_leaders
-    n = len(items3)
+        if item2.leader_recovery_state != 0:
+            raise _ProtocolError("LeaderRecoveryState cannot be written in version 1")
+        raw3 = item2.topic_name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(
+            _S_iiii.pack(
+                item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch
+            )
+        )
+        items4 = item2.isr
+        n = len(items4)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        w(_S_i.pack(item2.partition_epoch))
+        items6 = item2.replicas
+        n = len(items6)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        w(_S_z.pack(item2.is_new))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    items8 = o.live_leaders
+    n = len(items8)
     w(_S_i.pack(n))
-    for item4 in items3:
-        _write_LeaderAndIsrLiveLeader_v0(item4, w)
+    for item9 in items8:
+        w(_S_i.pack(item9.broker_id))
+        raw10 = item9.host_name.encode()
+        n = len(raw10)
+        w(_S_h.pack(n))
+        w(raw10)
+        w(_S_i.pack(item9.port))
+        if item9._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1593,7 +2405,14 @@ def _write_LeaderAndIsrRequest_v2(o: LeaderAndIsrRequest, w: _Writer) -> None:
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_LeaderAndIsrLiveLeader_v0(item4, w)
+        w(_S_i.pack(item4.broker_id))
+        raw5 = item4.host_name.encode()
+        n = len(raw5)
+        w(_S_h.pack(n))
+        w(raw5)
+        w(_S_i.pack(item4.port))
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1616,7 +2435,14 @@ def _write_LeaderAndIsrRequest_v3(o: LeaderAndIsrRequest, w: _Writer) -> None:
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_LeaderAndIsrLiveLeader_v0(item4, w)
+        w(_S_i.pack(item4.broker_id))
+        raw5 = item4.host_name.encode()
+        n = len(raw5)
+        w(_S_h.pack(n))
+        w(raw5)
+        w(_S_i.pack(item4.port))
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1639,9 +2465,18 @@ def _write_LeaderAndIsrRequest_v4(o: LeaderAndIsrRequest, w: _Writer) -> None:
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_LeaderAndIsrLiveLeader_v4(item4, w)
+        w(_S_i.pack(item4.broker_id))
+        raw5 = item4.host_name.encode()
+        n = len(raw5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw5)
+        w(_S_i.pack(item4.port))
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_LeaderAndIsrLiveLeader)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderAndIsrRequest)
     else:
         w(b"\x00")
 
@@ -1662,9 +2497,18 @@ def _write_LeaderAndIsrRequest_v5(o: LeaderAndIsrRequest, w: _Writer) -> None:
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_LeaderAndIsrLiveLeader_v4(item4, w)
+        w(_S_i.pack(item4.broker_id))
+        raw5 = item4.host_name.encode()
+        n = len(raw5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw5)
+        w(_S_i.pack(item4.port))
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_LeaderAndIsrLiveLeader)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderAndIsrRequest)
     else:
         w(b"\x00")
 
@@ -1685,9 +2529,18 @@ def _write_LeaderAndIsrRequest_v6(o: LeaderAndIsrRequest, w: _Writer) -> None:
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_LeaderAndIsrLiveLeader_v4(item4, w)
+        w(_S_i.pack(item4.broker_id))
+        raw5 = item4.host_name.encode()
+        n = len(raw5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw5)
+        w(_S_i.pack(item4.port))
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_LeaderAndIsrLiveLeader)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderAndIsrRequest)
     else:
         w(b"\x00")
 
@@ -1710,9 +2563,18 @@ def _write_LeaderAndIsrRequest_v7(o: LeaderAndIsrRequest, w: _Writer) -> None:
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_LeaderAndIsrLiveLeader_v4(item4, w)
+        w(_S_i.pack(item4.broker_id))
+        raw5 = item4.host_name.encode()
+        n = len(raw5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw5)
+        w(_S_i.pack(item4.port))
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_LeaderAndIsrLiveLeader)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderAndIsrRequest)
     else:
         w(b"\x00")
 

@@ -195,12 +195,12 @@ def _read_LeaderAndIsrPartitionError_v4(
 ) -> tuple[LeaderAndIsrPartitionError, int]:
     # versions 4
     o = _new(LeaderAndIsrPartitionError)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -254,7 +254,7 @@ def _write_LeaderAndIsrPartitionError_v4(o: LeaderAndIsrPartitionError, w: _Writ
     w(raw1)
     w(_S_ih.pack(o.partition_index, o.error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderAndIsrPartitionError)
     else:
         w(b"\x00")
 
@@ -263,7 +263,7 @@ def _write_LeaderAndIsrPartitionError_v5(o: LeaderAndIsrPartitionError, w: _Writ
     # versions 5-7
     w(_S_ih.pack(o.partition_index, o.error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderAndIsrPartitionError)
     else:
         w(b"\x00")
 
@@ -273,12 +273,12 @@ def _read_LeaderAndIsrTopicError_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
     o = _new(LeaderAndIsrTopicError)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -286,7 +286,17 @@ def _read_LeaderAndIsrTopicError_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_LeaderAndIsrPartitionError_v5(buf, pos)
+            item2 = _new(LeaderAndIsrPartitionError)
+            item2.topic_name = ""
+            item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_LeaderAndIsrPartitionError
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partition_errors = items1
     if buf[pos]:
@@ -304,9 +314,13 @@ def _write_LeaderAndIsrTopicError_v5(o: LeaderAndIsrTopicError, w: _Writer) -> N
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_LeaderAndIsrPartitionError_v5(item2, w)
+        w(_S_ih.pack(item2.partition_index, item2.error_code))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_LeaderAndIsrPartitionError)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderAndIsrTopicError)
     else:
         w(b"\x00")
 
@@ -326,7 +340,20 @@ def _read_LeaderAndIsrResponse_v0(buf: bytes, pos: int) -> tuple[LeaderAndIsrRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_LeaderAndIsrPartitionError_v0(buf, pos)
+            item2 = _new(LeaderAndIsrPartitionError)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.topic_name = buf[pos:end].decode()
+                pos = end
+            item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            item2._unknown_tags = None
             items1.append(item2)
         o.partition_errors = items1
     o._unknown_tags = None
@@ -339,12 +366,12 @@ def _read_LeaderAndIsrResponse_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrRes
     o.topics = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -352,7 +379,30 @@ def _read_LeaderAndIsrResponse_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_LeaderAndIsrPartitionError_v4(buf, pos)
+            item2 = _new(LeaderAndIsrPartitionError)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.topic_name = buf[pos:end].decode()
+                pos = end
+            item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_LeaderAndIsrPartitionError
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partition_errors = items1
     if buf[pos]:
@@ -369,12 +419,12 @@ def _read_LeaderAndIsrResponse_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrRes
     o.partition_errors = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -402,7 +452,13 @@ def _write_LeaderAndIsrResponse_v0(o: LeaderAndIsrResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_LeaderAndIsrPartitionError_v0(item2, w)
+        raw3 = item2.topic_name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_ih.pack(item2.partition_index, item2.error_code))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -416,7 +472,13 @@ def _write_LeaderAndIsrResponse_v1(o: LeaderAndIsrResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_LeaderAndIsrPartitionError_v0(item2, w)
+        raw3 = item2.topic_name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_ih.pack(item2.partition_index, item2.error_code))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -430,7 +492,13 @@ def _write_LeaderAndIsrResponse_v2(o: LeaderAndIsrResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_LeaderAndIsrPartitionError_v0(item2, w)
+        raw3 = item2.topic_name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_ih.pack(item2.partition_index, item2.error_code))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -444,7 +512,13 @@ def _write_LeaderAndIsrResponse_v3(o: LeaderAndIsrResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_LeaderAndIsrPartitionError_v0(item2, w)
+        raw3 = item2.topic_name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_ih.pack(item2.partition_index, item2.error_code))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -458,9 +532,17 @@ def _write_LeaderAndIsrResponse_v4(o: LeaderAndIsrResponse, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_LeaderAndIsrPartitionError_v4(item2, w)
+        raw3 = item2.topic_name.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        w(_S_ih.pack(item2.partition_index, item2.error_code))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_LeaderAndIsrPartitionError)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderAndIsrResponse)
     else:
         w(b"\x00")
 
@@ -476,7 +558,7 @@ def _write_LeaderAndIsrResponse_v5(o: LeaderAndIsrResponse, w: _Writer) -> None:
     for item2 in items1:
         _write_LeaderAndIsrTopicError_v5(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderAndIsrResponse)
     else:
         w(b"\x00")
 
@@ -492,7 +574,7 @@ def _write_LeaderAndIsrResponse_v6(o: LeaderAndIsrResponse, w: _Writer) -> None:
     for item2 in items1:
         _write_LeaderAndIsrTopicError_v5(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderAndIsrResponse)
     else:
         w(b"\x00")
 
@@ -508,7 +590,7 @@ def _write_LeaderAndIsrResponse_v7(o: LeaderAndIsrResponse, w: _Writer) -> None:
     for item2 in items1:
         _write_LeaderAndIsrTopicError_v5(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderAndIsrResponse)
     else:
         w(b"\x00")
 

@@ -162,7 +162,7 @@ def _write_Voter_v0(o: Voter, w: _Writer) -> None:
         raise _ProtocolError("VoterDirectoryId cannot be written in version 0")
     w(_S_i.pack(o.voter_id))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_Voter)
     else:
         w(b"\x00")
 
@@ -172,7 +172,7 @@ def _write_Voter_v1(o: Voter, w: _Writer) -> None:
     w(_S_i.pack(o.voter_id))
     w(o.voter_directory_id.bytes)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_Voter)
     else:
         w(b"\x00")
 
@@ -182,12 +182,12 @@ def _read_LeaderChangeMessage_v0(buf: bytes, pos: int) -> tuple[LeaderChangeMess
     o = _new(LeaderChangeMessage)
     o.version, o.leader_id = _S_hi.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -195,15 +195,23 @@ def _read_LeaderChangeMessage_v0(buf: bytes, pos: int) -> tuple[LeaderChangeMess
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_Voter_v0(buf, pos)
+            item2 = _new(Voter)
+            item2.voter_directory_id = _ZERO_UUID
+            item2.voter_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Voter)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.voters = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -211,7 +219,15 @@ def _read_LeaderChangeMessage_v0(buf: bytes, pos: int) -> tuple[LeaderChangeMess
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_Voter_v0(buf, pos)
+            item4 = _new(Voter)
+            item4.voter_directory_id = _ZERO_UUID
+            item4.voter_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Voter)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.granting_voters = items3
     if buf[pos]:
@@ -227,12 +243,12 @@ def _read_LeaderChangeMessage_v1(buf: bytes, pos: int) -> tuple[LeaderChangeMess
     o = _new(LeaderChangeMessage)
     o.version, o.leader_id = _S_hi.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -240,15 +256,24 @@ def _read_LeaderChangeMessage_v1(buf: bytes, pos: int) -> tuple[LeaderChangeMess
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_Voter_v1(buf, pos)
+            item2 = _new(Voter)
+            item2.voter_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            item2.voter_directory_id = _read_uuid(buf, pos)
+            pos += 16
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Voter)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.voters = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -256,7 +281,16 @@ def _read_LeaderChangeMessage_v1(buf: bytes, pos: int) -> tuple[LeaderChangeMess
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_Voter_v1(buf, pos)
+            item4 = _new(Voter)
+            item4.voter_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            item4.voter_directory_id = _read_uuid(buf, pos)
+            pos += 16
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Voter)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.granting_voters = items3
     if buf[pos]:
@@ -274,14 +308,26 @@ def _write_LeaderChangeMessage_v0(o: LeaderChangeMessage, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_Voter_v0(item2, w)
+        if item2.voter_directory_id != _ZERO_UUID:
+            raise _ProtocolError("VoterDirectoryId cannot be written in version 0")
+        w(_S_i.pack(item2.voter_id))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_Voter)
+        else:
+            w(b"\x00")
     items3 = o.granting_voters
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_Voter_v0(item4, w)
+        if item4.voter_directory_id != _ZERO_UUID:
+            raise _ProtocolError("VoterDirectoryId cannot be written in version 0")
+        w(_S_i.pack(item4.voter_id))
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_Voter)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderChangeMessage)
     else:
         w(b"\x00")
 
@@ -293,14 +339,24 @@ def _write_LeaderChangeMessage_v1(o: LeaderChangeMessage, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_Voter_v1(item2, w)
+        w(_S_i.pack(item2.voter_id))
+        w(item2.voter_directory_id.bytes)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_Voter)
+        else:
+            w(b"\x00")
     items3 = o.granting_voters
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_Voter_v1(item4, w)
+        w(_S_i.pack(item4.voter_id))
+        w(item4.voter_directory_id.bytes)
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_Voter)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderChangeMessage)
     else:
         w(b"\x00")
 

@@ -167,12 +167,12 @@ def _read_MemberResponse_v3(buf: bytes, pos: int) -> tuple[MemberResponse, int]:
 def _read_MemberResponse_v4(buf: bytes, pos: int) -> tuple[MemberResponse, int]:
     # versions 4-5
     o = _new(MemberResponse)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -181,12 +181,12 @@ def _read_MemberResponse_v4(buf: bytes, pos: int) -> tuple[MemberResponse, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.member_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -242,7 +242,7 @@ def _write_MemberResponse_v4(o: MemberResponse, w: _Writer) -> None:
         w(raw3)
     w(_S_h.pack(o.error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_MemberResponse)
     else:
         w(b"\x00")
 
@@ -282,7 +282,32 @@ def _read_LeaveGroupResponse_v3(buf: bytes, pos: int) -> tuple[LeaveGroupRespons
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MemberResponse_v3(buf, pos)
+            item2 = _new(MemberResponse)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.member_id = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.group_instance_id = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.group_instance_id = buf[pos:end].decode()
+                pos = end
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            item2._unknown_tags = None
             items1.append(item2)
         o.members = items1
     o._unknown_tags = None
@@ -294,12 +319,12 @@ def _read_LeaveGroupResponse_v4(buf: bytes, pos: int) -> tuple[LeaveGroupRespons
     o = _new(LeaveGroupResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -307,7 +332,44 @@ def _read_LeaveGroupResponse_v4(buf: bytes, pos: int) -> tuple[LeaveGroupRespons
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MemberResponse_v4(buf, pos)
+            item2 = _new(MemberResponse)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.member_id = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.group_instance_id = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.group_instance_id = buf[pos:end].decode()
+                pos = end
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_MemberResponse)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.members = items1
     if buf[pos]:
@@ -352,7 +414,21 @@ def _write_LeaveGroupResponse_v3(o: LeaveGroupResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_MemberResponse_v3(item2, w)
+        raw3 = item2.member_id.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        x4 = item2.group_instance_id
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        w(_S_h.pack(item2.error_code))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -364,9 +440,25 @@ def _write_LeaveGroupResponse_v4(o: LeaveGroupResponse, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_MemberResponse_v4(item2, w)
+        raw3 = item2.member_id.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        x4 = item2.group_instance_id
+        if x4 is None:
+            w(b"\x00")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw5)
+        w(_S_h.pack(item2.error_code))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_MemberResponse)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaveGroupResponse)
     else:
         w(b"\x00")
 

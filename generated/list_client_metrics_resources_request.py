@@ -57,7 +57,7 @@ def _write_ListClientMetricsResourcesRequest_v0(
 ) -> None:
     # versions 0
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListClientMetricsResourcesRequest)
     else:
         w(b"\x00")
 

@@ -106,12 +106,12 @@ _TAGS_ClientMetricsResource: frozenset[int] = frozenset()
 def _read_ClientMetricsResource_v0(buf: bytes, pos: int) -> tuple[ClientMetricsResource, int]:
     # versions 0
     o = _new(ClientMetricsResource)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -135,7 +135,7 @@ def _write_ClientMetricsResource_v0(o: ClientMetricsResource, w: _Writer) -> Non
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw1)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ClientMetricsResource)
     else:
         w(b"\x00")
 
@@ -147,12 +147,12 @@ def _read_ListClientMetricsResourcesResponse_v0(
     o = _new(ListClientMetricsResourcesResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -160,7 +160,26 @@ def _read_ListClientMetricsResourcesResponse_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ClientMetricsResource_v0(buf, pos)
+            item2 = _new(ClientMetricsResource)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ClientMetricsResource)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.client_metrics_resources = items1
     if buf[pos]:
@@ -180,9 +199,16 @@ def _write_ListClientMetricsResourcesResponse_v0(
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_ClientMetricsResource_v0(item2, w)
+        raw3 = item2.name.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_ClientMetricsResource)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListClientMetricsResourcesResponse)
     else:
         w(b"\x00")
 

@@ -103,12 +103,12 @@ def _read_ListGroupsRequest_v4(buf: bytes, pos: int) -> tuple[ListGroupsRequest,
     # versions 4
     o = _new(ListGroupsRequest)
     o.types_filter = []
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -116,12 +116,12 @@ def _read_ListGroupsRequest_v4(buf: bytes, pos: int) -> tuple[ListGroupsRequest,
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("string", pos)
             else:
@@ -143,12 +143,12 @@ def _read_ListGroupsRequest_v4(buf: bytes, pos: int) -> tuple[ListGroupsRequest,
 def _read_ListGroupsRequest_v5(buf: bytes, pos: int) -> tuple[ListGroupsRequest, int]:
     # versions 5
     o = _new(ListGroupsRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -156,12 +156,12 @@ def _read_ListGroupsRequest_v5(buf: bytes, pos: int) -> tuple[ListGroupsRequest,
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("string", pos)
             else:
@@ -172,12 +172,12 @@ def _read_ListGroupsRequest_v5(buf: bytes, pos: int) -> tuple[ListGroupsRequest,
                 pos = end
             items1.append(item2)
         o.states_filter = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -185,12 +185,12 @@ def _read_ListGroupsRequest_v5(buf: bytes, pos: int) -> tuple[ListGroupsRequest,
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("string", pos)
             else:
@@ -246,7 +246,7 @@ def _write_ListGroupsRequest_v3(o: ListGroupsRequest, w: _Writer) -> None:
     if o.types_filter != []:
         raise _ProtocolError("TypesFilter cannot be written in version 3")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListGroupsRequest)
     else:
         w(b"\x00")
 
@@ -264,7 +264,7 @@ def _write_ListGroupsRequest_v4(o: ListGroupsRequest, w: _Writer) -> None:
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListGroupsRequest)
     else:
         w(b"\x00")
 
@@ -288,7 +288,7 @@ def _write_ListGroupsRequest_v5(o: ListGroupsRequest, w: _Writer) -> None:
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw6)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListGroupsRequest)
     else:
         w(b"\x00")
 

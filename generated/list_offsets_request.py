@@ -288,7 +288,7 @@ def _write_ListOffsetsPartition_v6(o: ListOffsetsPartition, w: _Writer) -> None:
         raise _ProtocolError("MaxNumOffsets cannot be written in version 6")
     w(_S_iiq.pack(o.partition_index, o.current_leader_epoch, o.timestamp))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsPartition)
     else:
         w(b"\x00")
 
@@ -299,7 +299,7 @@ def _write_ListOffsetsPartition_v7(o: ListOffsetsPartition, w: _Writer) -> None:
         raise _ProtocolError("MaxNumOffsets cannot be written in version 7")
     w(_S_iiq.pack(o.partition_index, o.current_leader_epoch, o.timestamp))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsPartition)
     else:
         w(b"\x00")
 
@@ -310,7 +310,7 @@ def _write_ListOffsetsPartition_v8(o: ListOffsetsPartition, w: _Writer) -> None:
         raise _ProtocolError("MaxNumOffsets cannot be written in version 8")
     w(_S_iiq.pack(o.partition_index, o.current_leader_epoch, o.timestamp))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsPartition)
     else:
         w(b"\x00")
 
@@ -321,7 +321,7 @@ def _write_ListOffsetsPartition_v9(o: ListOffsetsPartition, w: _Writer) -> None:
         raise _ProtocolError("MaxNumOffsets cannot be written in version 9")
     w(_S_iiq.pack(o.partition_index, o.current_leader_epoch, o.timestamp))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsPartition)
     else:
         w(b"\x00")
 
@@ -348,7 +348,13 @@ def _read_ListOffsetsTopic_v0(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ListOffsetsPartition_v0(buf, pos)
+            item2 = _new(ListOffsetsPartition)
+            item2.current_leader_epoch = -1
+            item2.partition_index, item2.timestamp, item2.max_num_offsets = _S_iqi.unpack_from(
+                buf, pos
+            )
+            pos += 16
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -377,7 +383,12 @@ def _read_ListOffsetsTopic_v1(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ListOffsetsPartition_v1(buf, pos)
+            item2 = _new(ListOffsetsPartition)
+            item2.current_leader_epoch = -1
+            item2.max_num_offsets = 1
+            item2.partition_index, item2.timestamp = _S_iq.unpack_from(buf, pos)
+            pos += 12
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -406,7 +417,13 @@ def _read_ListOffsetsTopic_v4(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ListOffsetsPartition_v4(buf, pos)
+            item2 = _new(ListOffsetsPartition)
+            item2.max_num_offsets = 1
+            item2.partition_index, item2.current_leader_epoch, item2.timestamp = _S_iiq.unpack_from(
+                buf, pos
+            )
+            pos += 16
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -416,12 +433,12 @@ def _read_ListOffsetsTopic_v4(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
 def _read_ListOffsetsTopic_v6(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, int]:
     # versions 6-9
     o = _new(ListOffsetsTopic)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -430,12 +447,12 @@ def _read_ListOffsetsTopic_v6(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -443,7 +460,17 @@ def _read_ListOffsetsTopic_v6(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ListOffsetsPartition_v6(buf, pos)
+            item2 = _new(ListOffsetsPartition)
+            item2.max_num_offsets = 1
+            item2.partition_index, item2.current_leader_epoch, item2.timestamp = _S_iiq.unpack_from(
+                buf, pos
+            )
+            pos += 16
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ListOffsetsPartition)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -464,7 +491,9 @@ def _write_ListOffsetsTopic_v0(o: ListOffsetsTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_ListOffsetsPartition_v0(item3, w)
+        w(_S_iqi.pack(item3.partition_index, item3.timestamp, item3.max_num_offsets))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -479,7 +508,11 @@ def _write_ListOffsetsTopic_v1(o: ListOffsetsTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_ListOffsetsPartition_v1(item3, w)
+        if item3.max_num_offsets != 1:
+            raise _ProtocolError("MaxNumOffsets cannot be written in version 1")
+        w(_S_iq.pack(item3.partition_index, item3.timestamp))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -494,7 +527,11 @@ def _write_ListOffsetsTopic_v2(o: ListOffsetsTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_ListOffsetsPartition_v2(item3, w)
+        if item3.max_num_offsets != 1:
+            raise _ProtocolError("MaxNumOffsets cannot be written in version 2")
+        w(_S_iq.pack(item3.partition_index, item3.timestamp))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -509,7 +546,11 @@ def _write_ListOffsetsTopic_v3(o: ListOffsetsTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_ListOffsetsPartition_v3(item3, w)
+        if item3.max_num_offsets != 1:
+            raise _ProtocolError("MaxNumOffsets cannot be written in version 3")
+        w(_S_iq.pack(item3.partition_index, item3.timestamp))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -524,7 +565,11 @@ def _write_ListOffsetsTopic_v4(o: ListOffsetsTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_ListOffsetsPartition_v4(item3, w)
+        if item3.max_num_offsets != 1:
+            raise _ProtocolError("MaxNumOffsets cannot be written in version 4")
+        w(_S_iiq.pack(item3.partition_index, item3.current_leader_epoch, item3.timestamp))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -539,7 +584,11 @@ def _write_ListOffsetsTopic_v5(o: ListOffsetsTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_ListOffsetsPartition_v5(item3, w)
+        if item3.max_num_offsets != 1:
+            raise _ProtocolError("MaxNumOffsets cannot be written in version 5")
+        w(_S_iiq.pack(item3.partition_index, item3.current_leader_epoch, item3.timestamp))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -554,9 +603,15 @@ def _write_ListOffsetsTopic_v6(o: ListOffsetsTopic, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_ListOffsetsPartition_v6(item3, w)
+        if item3.max_num_offsets != 1:
+            raise _ProtocolError("MaxNumOffsets cannot be written in version 6")
+        w(_S_iiq.pack(item3.partition_index, item3.current_leader_epoch, item3.timestamp))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_ListOffsetsPartition)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsTopic)
     else:
         w(b"\x00")
 
@@ -571,9 +626,15 @@ def _write_ListOffsetsTopic_v7(o: ListOffsetsTopic, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_ListOffsetsPartition_v7(item3, w)
+        if item3.max_num_offsets != 1:
+            raise _ProtocolError("MaxNumOffsets cannot be written in version 7")
+        w(_S_iiq.pack(item3.partition_index, item3.current_leader_epoch, item3.timestamp))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_ListOffsetsPartition)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsTopic)
     else:
         w(b"\x00")
 
@@ -588,9 +649,15 @@ def _write_ListOffsetsTopic_v8(o: ListOffsetsTopic, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_ListOffsetsPartition_v8(item3, w)
+        if item3.max_num_offsets != 1:
+            raise _ProtocolError("MaxNumOffsets cannot be written in version 8")
+        w(_S_iiq.pack(item3.partition_index, item3.current_leader_epoch, item3.timestamp))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_ListOffsetsPartition)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsTopic)
     else:
         w(b"\x00")
 
@@ -605,9 +672,15 @@ def _write_ListOffsetsTopic_v9(o: ListOffsetsTopic, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_ListOffsetsPartition_v9(item3, w)
+        if item3.max_num_offsets != 1:
+            raise _ProtocolError("MaxNumOffsets cannot be written in version 9")
+        w(_S_iiq.pack(item3.partition_index, item3.current_leader_epoch, item3.timestamp))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_ListOffsetsPartition)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsTopic)
     else:
         w(b"\x00")
 
@@ -703,12 +776,12 @@ def _read_ListOffsetsRequest_v6(buf: bytes, pos: int) -> tuple[ListOffsetsReques
     o = _new(ListOffsetsRequest)
     o.replica_id, o.isolation_level = _S_ib.unpack_from(buf, pos)
     pos += 5
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -812,7 +885,7 @@ def _write_ListOffsetsRequest_v6(o: ListOffsetsRequest, w: _Writer) -> None:
     for item2 in items1:
         _write_ListOffsetsTopic_v6(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsRequest)
     else:
         w(b"\x00")
 
@@ -826,7 +899,7 @@ def _write_ListOffsetsRequest_v7(o: ListOffsetsRequest, w: _Writer) -> None:
     for item2 in items1:
         _write_ListOffsetsTopic_v7(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsRequest)
     else:
         w(b"\x00")
 
@@ -840,7 +913,7 @@ def _write_ListOffsetsRequest_v8(o: ListOffsetsRequest, w: _Writer) -> None:
     for item2 in items1:
         _write_ListOffsetsTopic_v8(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsRequest)
     else:
         w(b"\x00")
 
@@ -854,7 +927,7 @@ def _write_ListOffsetsRequest_v9(o: ListOffsetsRequest, w: _Writer) -> None:
     for item2 in items1:
         _write_ListOffsetsTopic_v9(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsRequest)
     else:
         w(b"\x00")
 

@@ -21,6 +21,7 @@ from kafscale.protocol.wire import array_struct as _array_struct
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -38,6 +39,7 @@ _S_i = _Packer(">i")
 _S_ih = _Packer(">ih")
 _S_ihqq = _Packer(">ihqq")
 _S_ihqqi = _Packer(">ihqqi")
+_A_q = _small_arrays("q")
 
 
 class ListOffsetsResponse(_Message):
@@ -211,7 +213,9 @@ def _read_ListOffsetsPartitionResponse_v0(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.old_style_offsets = list(_array_struct("q", n).unpack_from(buf, pos))
+        o.old_style_offsets = (
+            [*(_A_q[n] if n < 32 else _array_struct("q", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 8 * n
     o._unknown_tags = None
     return o, pos
@@ -274,7 +278,7 @@ def _write_ListOffsetsPartitionResponse_v0(o: ListOffsetsPartitionResponse, w: _
     items1 = o.old_style_offsets
     n = len(items1)
     w(_S_i.pack(n))
-    w(_array_struct("q", n).pack(*items1))
+    w((_A_q[n] if n < 32 else _array_struct("q", n)).pack(*items1))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -336,7 +340,7 @@ def _write_ListOffsetsPartitionResponse_v6(o: ListOffsetsPartitionResponse, w: _
         raise _ProtocolError("OldStyleOffsets cannot be written in version 6")
     w(_S_ihqqi.pack(o.partition_index, o.error_code, o.timestamp, o.offset, o.leader_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsPartitionResponse)
     else:
         w(b"\x00")
 
@@ -347,7 +351,7 @@ def _write_ListOffsetsPartitionResponse_v7(o: ListOffsetsPartitionResponse, w: _
         raise _ProtocolError("OldStyleOffsets cannot be written in version 7")
     w(_S_ihqqi.pack(o.partition_index, o.error_code, o.timestamp, o.offset, o.leader_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsPartitionResponse)
     else:
         w(b"\x00")
 
@@ -358,7 +362,7 @@ def _write_ListOffsetsPartitionResponse_v8(o: ListOffsetsPartitionResponse, w: _
         raise _ProtocolError("OldStyleOffsets cannot be written in version 8")
     w(_S_ihqqi.pack(o.partition_index, o.error_code, o.timestamp, o.offset, o.leader_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsPartitionResponse)
     else:
         w(b"\x00")
 
@@ -369,7 +373,7 @@ def _write_ListOffsetsPartitionResponse_v9(o: ListOffsetsPartitionResponse, w: _
         raise _ProtocolError("OldStyleOffsets cannot be written in version 9")
     w(_S_ihqqi.pack(o.partition_index, o.error_code, o.timestamp, o.offset, o.leader_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsPartitionResponse)
     else:
         w(b"\x00")
 
@@ -396,7 +400,26 @@ def _read_ListOffsetsTopicResponse_v0(buf: bytes, pos: int) -> tuple[ListOffsets
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ListOffsetsPartitionResponse_v0(buf, pos)
+            item2 = _new(ListOffsetsPartitionResponse)
+            item2.timestamp = -1
+            item2.offset = -1
+            item2.leader_epoch = -1
+            item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.old_style_offsets = (
+                    [*(_A_q[n] if n < 32 else _array_struct("q", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 8 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -425,7 +448,14 @@ def _read_ListOffsetsTopicResponse_v1(buf: bytes, pos: int) -> tuple[ListOffsets
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ListOffsetsPartitionResponse_v1(buf, pos)
+            item2 = _new(ListOffsetsPartitionResponse)
+            item2.old_style_offsets = []
+            item2.leader_epoch = -1
+            item2.partition_index, item2.error_code, item2.timestamp, item2.offset = (
+                _S_ihqq.unpack_from(buf, pos)
+            )
+            pos += 22
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -454,7 +484,17 @@ def _read_ListOffsetsTopicResponse_v4(buf: bytes, pos: int) -> tuple[ListOffsets
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ListOffsetsPartitionResponse_v4(buf, pos)
+            item2 = _new(ListOffsetsPartitionResponse)
+            item2.old_style_offsets = []
+            (
+                item2.partition_index,
+                item2.error_code,
+                item2.timestamp,
+                item2.offset,
+                item2.leader_epoch,
+            ) = _S_ihqqi.unpack_from(buf, pos)
+            pos += 26
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -464,12 +504,12 @@ def _read_ListOffsetsTopicResponse_v4(buf: bytes, pos: int) -> tuple[ListOffsets
 def _read_ListOffsetsTopicResponse_v6(buf: bytes, pos: int) -> tuple[ListOffsetsTopicResponse, int]:
     # versions 6-9
     o = _new(ListOffsetsTopicResponse)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -478,12 +518,12 @@ def _read_ListOffsetsTopicResponse_v6(buf: bytes, pos: int) -> tuple[ListOffsets
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -491,7 +531,23 @@ def _read_ListOffsetsTopicResponse_v6(buf: bytes, pos: int) -> tuple[ListOffsets
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_ListOffsetsPartitionResponse_v6(buf, pos)
+            item2 = _new(ListOffsetsPartitionResponse)
+            item2.old_style_offsets = []
+            (
+                item2.partition_index,
+                item2.error_code,
+                item2.timestamp,
+                item2.offset,
+                item2.leader_epoch,
+            ) = _S_ihqqi.unpack_from(buf, pos)
+            pos += 26
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_ListOffsetsPartitionResponse
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -512,7 +568,19 @@ def _write_ListOffsetsTopicResponse_v0(o: ListOffsetsTopicResponse, w: _Writer) 
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_ListOffsetsPartitionResponse_v0(item3, w)
+        if item3.timestamp != -1:
+            raise _ProtocolError("Timestamp cannot be written in version 0")
+        if item3.offset != -1:
+            raise _ProtocolError("Offset cannot be written in version 0")
+        if item3.leader_epoch != -1:
+            raise _ProtocolError("LeaderEpoch cannot be written in version 0")
+        w(_S_ih.pack(item3.partition_index, item3.error_code))
+        items4 = item3.old_style_offsets
+        n = len(items4)
+        w(_S_i.pack(n))
+        w((_A_q[n] if n < 32 else _array_struct("q", n)).pack(*items4))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -527,7 +595,13 @@ def _write_ListOffsetsTopicResponse_v1(o: ListOffsetsTopicResponse, w: _Writer) 
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_ListOffsetsPartitionResponse_v1(item3, w)
+        if item3.old_style_offsets != []:
+            raise _ProtocolError("OldStyleOffsets cannot be written in version 1")
+        if item3.leader_epoch != -1:
+            raise _ProtocolError("LeaderEpoch cannot be written in version 1")
+        w(_S_ihqq.pack(item3.partition_index, item3.error_code, item3.timestamp, item3.offset))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -542,7 +616,13 @@ def _write_ListOffsetsTopicResponse_v2(o: ListOffsetsTopicResponse, w: _Writer) 
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_ListOffsetsPartitionResponse_v2(item3, w)
+        if item3.old_style_offsets != []:
+            raise _ProtocolError("OldStyleOffsets cannot be written in version 2")
+        if item3.leader_epoch != -1:
+            raise _ProtocolError("LeaderEpoch cannot be written in version 2")
+        w(_S_ihqq.pack(item3.partition_index, item3.error_code, item3.timestamp, item3.offset))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -557,7 +637,13 @@ def _write_ListOffsetsTopicResponse_v3(o: ListOffsetsTopicResponse, w: _Writer) 
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_ListOffsetsPartitionResponse_v3(item3, w)
+        if item3.old_style_offsets != []:
+            raise _ProtocolError("OldStyleOffsets cannot be written in version 3")
+        if item3.leader_epoch != -1:
+            raise _ProtocolError("LeaderEpoch cannot be written in version 3")
+        w(_S_ihqq.pack(item3.partition_index, item3.error_code, item3.timestamp, item3.offset))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -572,7 +658,19 @@ def _write_ListOffsetsTopicResponse_v4(o: ListOffsetsTopicResponse, w: _Writer) 
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_ListOffsetsPartitionResponse_v4(item3, w)
+        if item3.old_style_offsets != []:
+            raise _ProtocolError("OldStyleOffsets cannot be written in version 4")
+        w(
+            _S_ihqqi.pack(
+                item3.partition_index,
+                item3.error_code,
+                item3.timestamp,
+                item3.offset,
+                item3.leader_epoch,
+            )
+        )
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -587,7 +685,19 @@ def _write_ListOffsetsTopicResponse_v5(o: ListOffsetsTopicResponse, w: _Writer) 
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_ListOffsetsPartitionResponse_v5(item3, w)
+        if item3.old_style_offsets != []:
+            raise _ProtocolError("OldStyleOffsets cannot be written in version 5")
+        w(
+            _S_ihqqi.pack(
+                item3.partition_index,
+                item3.error_code,
+                item3.timestamp,
+                item3.offset,
+                item3.leader_epoch,
+            )
+        )
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -602,9 +712,23 @@ def _write_ListOffsetsTopicResponse_v6(o: ListOffsetsTopicResponse, w: _Writer) 
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_ListOffsetsPartitionResponse_v6(item3, w)
+        if item3.old_style_offsets != []:
+            raise _ProtocolError("OldStyleOffsets cannot be written in version 6")
+        w(
+            _S_ihqqi.pack(
+                item3.partition_index,
+                item3.error_code,
+                item3.timestamp,
+                item3.offset,
+                item3.leader_epoch,
+            )
+        )
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_ListOffsetsPartitionResponse)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsTopicResponse)
     else:
         w(b"\x00")
 
@@ -619,9 +743,23 @@ def _write_ListOffsetsTopicResponse_v7(o: ListOffsetsTopicResponse, w: _Writer) 
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_ListOffsetsPartitionResponse_v7(item3, w)
+        if item3.old_style_offsets != []:
+            raise _ProtocolError("OldStyleOffsets cannot be written in version 7")
+        w(
+            _S_ihqqi.pack(
+                item3.partition_index,
+                item3.error_code,
+                item3.timestamp,
+                item3.offset,
+                item3.leader_epoch,
+            )
+        )
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_ListOffsetsPartitionResponse)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsTopicResponse)
     else:
         w(b"\x00")
 
@@ -636,9 +774,23 @@ def _write_ListOffsetsTopicResponse_v8(o: ListOffsetsTopicResponse, w: _Writer) 
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_ListOffsetsPartitionResponse_v8(item3, w)
+        if item3.old_style_offsets != []:
+            raise _ProtocolError("OldStyleOffsets cannot be written in version 8")
+        w(
+            _S_ihqqi.pack(
+                item3.partition_index,
+                item3.error_code,
+                item3.timestamp,
+                item3.offset,
+                item3.leader_epoch,
+            )
+        )
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_ListOffsetsPartitionResponse)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsTopicResponse)
     else:
         w(b"\x00")
 
@@ -653,9 +805,23 @@ def _write_ListOffsetsTopicResponse_v9(o: ListOffsetsTopicResponse, w: _Writer) 
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_ListOffsetsPartitionResponse_v9(item3, w)
+        if item3.old_style_offsets != []:
+            raise _ProtocolError("OldStyleOffsets cannot be written in version 9")
+        w(
+            _S_ihqqi.pack(
+                item3.partition_index,
+                item3.error_code,
+                item3.timestamp,
+                item3.offset,
+                item3.leader_epoch,
+            )
+        )
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_ListOffsetsPartitionResponse)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsTopicResponse)
     else:
         w(b"\x00")
 
@@ -747,12 +913,12 @@ def _read_ListOffsetsResponse_v6(buf: bytes, pos: int) -> tuple[ListOffsetsRespo
     o = _new(ListOffsetsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -850,7 +1016,7 @@ def _write_ListOffsetsResponse_v6(o: ListOffsetsResponse, w: _Writer) -> None:
     for item2 in items1:
         _write_ListOffsetsTopicResponse_v6(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsResponse)
     else:
         w(b"\x00")
 
@@ -864,7 +1030,7 @@ def _write_ListOffsetsResponse_v7(o: ListOffsetsResponse, w: _Writer) -> None:
     for item2 in items1:
         _write_ListOffsetsTopicResponse_v7(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsResponse)
     else:
         w(b"\x00")
 
@@ -878,7 +1044,7 @@ def _write_ListOffsetsResponse_v8(o: ListOffsetsResponse, w: _Writer) -> None:
     for item2 in items1:
         _write_ListOffsetsTopicResponse_v8(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsResponse)
     else:
         w(b"\x00")
 
@@ -892,7 +1058,7 @@ def _write_ListOffsetsResponse_v9(o: ListOffsetsResponse, w: _Writer) -> None:
     for item2 in items1:
         _write_ListOffsetsTopicResponse_v9(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListOffsetsResponse)
     else:
         w(b"\x00")
 

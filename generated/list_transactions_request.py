@@ -20,6 +20,7 @@ from kafscale.protocol.wire import array_struct as _array_struct
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -31,6 +32,7 @@ __all__ = [
 _new = object.__new__
 
 _S_q = _Packer(">q")
+_A_q = _small_arrays("q")
 
 
 class ListTransactionsRequest(_Message):
@@ -87,12 +89,12 @@ def _read_ListTransactionsRequest_v0(buf: bytes, pos: int) -> tuple[ListTransact
     # versions 0
     o = _new(ListTransactionsRequest)
     o.duration_filter = -1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -100,12 +102,12 @@ def _read_ListTransactionsRequest_v0(buf: bytes, pos: int) -> tuple[ListTransact
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("string", pos)
             else:
@@ -116,18 +118,20 @@ def _read_ListTransactionsRequest_v0(buf: bytes, pos: int) -> tuple[ListTransact
                 pos = end
             items1.append(item2)
         o.state_filters = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.producer_id_filters = list(_array_struct("q", n).unpack_from(buf, pos))
+        o.producer_id_filters = (
+            [*(_A_q[n] if n < 32 else _array_struct("q", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 8 * n
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ListTransactionsRequest)
@@ -140,12 +144,12 @@ def _read_ListTransactionsRequest_v0(buf: bytes, pos: int) -> tuple[ListTransact
 def _read_ListTransactionsRequest_v1(buf: bytes, pos: int) -> tuple[ListTransactionsRequest, int]:
     # versions 1
     o = _new(ListTransactionsRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -153,12 +157,12 @@ def _read_ListTransactionsRequest_v1(buf: bytes, pos: int) -> tuple[ListTransact
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("string", pos)
             else:
@@ -169,18 +173,20 @@ def _read_ListTransactionsRequest_v1(buf: bytes, pos: int) -> tuple[ListTransact
                 pos = end
             items1.append(item2)
         o.state_filters = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.producer_id_filters = list(_array_struct("q", n).unpack_from(buf, pos))
+        o.producer_id_filters = (
+            [*(_A_q[n] if n < 32 else _array_struct("q", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 8 * n
     o.duration_filter = _S_q.unpack_from(buf, pos)[0]
     pos += 8
@@ -207,9 +213,9 @@ def _write_ListTransactionsRequest_v0(o: ListTransactionsRequest, w: _Writer) ->
     items4 = o.producer_id_filters
     n = len(items4)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("q", n).pack(*items4))
+    w((_A_q[n] if n < 32 else _array_struct("q", n)).pack(*items4))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListTransactionsRequest)
     else:
         w(b"\x00")
 
@@ -227,10 +233,10 @@ def _write_ListTransactionsRequest_v1(o: ListTransactionsRequest, w: _Writer) ->
     items4 = o.producer_id_filters
     n = len(items4)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("q", n).pack(*items4))
+    w((_A_q[n] if n < 32 else _array_struct("q", n)).pack(*items4))
     w(_S_q.pack(o.duration_filter))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListTransactionsRequest)
     else:
         w(b"\x00")
 

@@ -136,12 +136,12 @@ _TAGS_TransactionState: frozenset[int] = frozenset()
 def _read_TransactionState_v0(buf: bytes, pos: int) -> tuple[TransactionState, int]:
     # versions 0-1
     o = _new(TransactionState)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -152,12 +152,12 @@ def _read_TransactionState_v0(buf: bytes, pos: int) -> tuple[TransactionState, i
         pos = end
     o.producer_id = _S_q.unpack_from(buf, pos)[0]
     pos += 8
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -186,7 +186,7 @@ def _write_TransactionState_v0(o: TransactionState, w: _Writer) -> None:
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw2)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TransactionState)
     else:
         w(b"\x00")
 
@@ -196,12 +196,12 @@ def _read_ListTransactionsResponse_v0(buf: bytes, pos: int) -> tuple[ListTransac
     o = _new(ListTransactionsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -209,12 +209,12 @@ def _read_ListTransactionsResponse_v0(buf: bytes, pos: int) -> tuple[ListTransac
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("string", pos)
             else:
@@ -225,12 +225,12 @@ def _read_ListTransactionsResponse_v0(buf: bytes, pos: int) -> tuple[ListTransac
                 pos = end
             items1.append(item2)
         o.unknown_state_filters = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -238,7 +238,42 @@ def _read_ListTransactionsResponse_v0(buf: bytes, pos: int) -> tuple[ListTransac
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_TransactionState_v0(buf, pos)
+            item4 = _new(TransactionState)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.transactional_id = buf[pos:end].decode()
+                pos = end
+            item4.producer_id = _S_q.unpack_from(buf, pos)[0]
+            pos += 8
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.transaction_state = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_TransactionState)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.transaction_states = items3
     if buf[pos]:
@@ -264,9 +299,21 @@ def _write_ListTransactionsResponse_v0(o: ListTransactionsResponse, w: _Writer) 
     n = len(items4)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item5 in items4:
-        _write_TransactionState_v0(item5, w)
+        raw6 = item5.transactional_id.encode()
+        n = len(raw6)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw6)
+        w(_S_q.pack(item5.producer_id))
+        raw7 = item5.transaction_state.encode()
+        n = len(raw7)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw7)
+        if item5._unknown_tags:
+            _write_tags(w, [], item5._unknown_tags, _TAGS_TransactionState)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ListTransactionsResponse)
     else:
         w(b"\x00")
 

@@ -169,12 +169,12 @@ def _read_MetadataRequestTopic_v9(buf: bytes, pos: int) -> tuple[MetadataRequest
     # versions 9
     o = _new(MetadataRequestTopic)
     o.topic_id = _ZERO_UUID
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -196,12 +196,12 @@ def _read_MetadataRequestTopic_v10(buf: bytes, pos: int) -> tuple[MetadataReques
     o = _new(MetadataRequestTopic)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -347,7 +347,7 @@ def _write_MetadataRequestTopic_v9(o: MetadataRequestTopic, w: _Writer) -> None:
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw2)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_MetadataRequestTopic)
     else:
         w(b"\x00")
 
@@ -364,7 +364,7 @@ def _write_MetadataRequestTopic_v10(o: MetadataRequestTopic, w: _Writer) -> None
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw2)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_MetadataRequestTopic)
     else:
         w(b"\x00")
 
@@ -384,7 +384,19 @@ def _read_MetadataRequest_v0(buf: bytes, pos: int) -> tuple[MetadataRequest, int
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataRequestTopic_v0(buf, pos)
+            item2 = _new(MetadataRequestTopic)
+            item2.topic_id = _ZERO_UUID
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.topics = items1
     o._unknown_tags = None
@@ -408,7 +420,19 @@ def _read_MetadataRequest_v1(buf: bytes, pos: int) -> tuple[MetadataRequest, int
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataRequestTopic_v0(buf, pos)
+            item2 = _new(MetadataRequestTopic)
+            item2.topic_id = _ZERO_UUID
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.topics = items1
     o._unknown_tags = None
@@ -431,7 +455,19 @@ def _read_MetadataRequest_v4(buf: bytes, pos: int) -> tuple[MetadataRequest, int
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataRequestTopic_v0(buf, pos)
+            item2 = _new(MetadataRequestTopic)
+            item2.topic_id = _ZERO_UUID
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.topics = items1
     o.allow_auto_topic_creation = _S_z.unpack_from(buf, pos)[0]
@@ -454,7 +490,19 @@ def _read_MetadataRequest_v8(buf: bytes, pos: int) -> tuple[MetadataRequest, int
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataRequestTopic_v0(buf, pos)
+            item2 = _new(MetadataRequestTopic)
+            item2.topic_id = _ZERO_UUID
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.topics = items1
     (
@@ -470,12 +518,12 @@ def _read_MetadataRequest_v8(buf: bytes, pos: int) -> tuple[MetadataRequest, int
 def _read_MetadataRequest_v9(buf: bytes, pos: int) -> tuple[MetadataRequest, int]:
     # versions 9
     o = _new(MetadataRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad array length {n}", offset=pos)
@@ -485,7 +533,27 @@ def _read_MetadataRequest_v9(buf: bytes, pos: int) -> tuple[MetadataRequest, int
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataRequestTopic_v9(buf, pos)
+            item2 = _new(MetadataRequestTopic)
+            item2.topic_id = _ZERO_UUID
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_MetadataRequestTopic)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.topics = items1
     (
@@ -505,12 +573,12 @@ def _read_MetadataRequest_v9(buf: bytes, pos: int) -> tuple[MetadataRequest, int
 def _read_MetadataRequest_v10(buf: bytes, pos: int) -> tuple[MetadataRequest, int]:
     # versions 10
     o = _new(MetadataRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad array length {n}", offset=pos)
@@ -520,7 +588,30 @@ def _read_MetadataRequest_v10(buf: bytes, pos: int) -> tuple[MetadataRequest, in
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataRequestTopic_v10(buf, pos)
+            item2 = _new(MetadataRequestTopic)
+            item2.topic_id = _read_uuid(buf, pos)
+            pos += 16
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.name = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_MetadataRequestTopic)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.topics = items1
     (
@@ -541,12 +632,12 @@ def _read_MetadataRequest_v11(buf: bytes, pos: int) -> tuple[MetadataRequest, in
     # versions 11-12
     o = _new(MetadataRequest)
     o.include_cluster_authorized_operations = False
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad array length {n}", offset=pos)
@@ -556,7 +647,30 @@ def _read_MetadataRequest_v11(buf: bytes, pos: int) -> tuple[MetadataRequest, in
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataRequestTopic_v10(buf, pos)
+            item2 = _new(MetadataRequestTopic)
+            item2.topic_id = _read_uuid(buf, pos)
+            pos += 16
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.name = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_MetadataRequestTopic)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.topics = items1
     o.allow_auto_topic_creation, o.include_topic_authorized_operations = _S_zz.unpack_from(buf, pos)
@@ -584,7 +698,15 @@ def _write_MetadataRequest_v0(o: MetadataRequest, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_MetadataRequestTopic_v0(item3, w)
+        x4 = item3.name
+        if x4 is None:
+            raise _ProtocolError("Name is not nullable in version 0")
+        raw5 = x4.encode()
+        n = len(raw5)
+        w(_S_h.pack(n))
+        w(raw5)
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -605,7 +727,15 @@ def _write_MetadataRequest_v1(o: MetadataRequest, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_MetadataRequestTopic_v1(item3, w)
+            x4 = item3.name
+            if x4 is None:
+                raise _ProtocolError("Name is not nullable in version 1")
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+            if item3._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -626,7 +756,15 @@ def _write_MetadataRequest_v2(o: MetadataRequest, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_MetadataRequestTopic_v2(item3, w)
+            x4 = item3.name
+            if x4 is None:
+                raise _ProtocolError("Name is not nullable in version 2")
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+            if item3._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -647,7 +785,15 @@ def _write_MetadataRequest_v3(o: MetadataRequest, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_MetadataRequestTopic_v3(item3, w)
+            x4 = item3.name
+            if x4 is None:
+                raise _ProtocolError("Name is not nullable in version 3")
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+            if item3._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -666,7 +812,15 @@ def _write_MetadataRequest_v4(o: MetadataRequest, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_MetadataRequestTopic_v4(item3, w)
+            x4 = item3.name
+            if x4 is None:
+                raise _ProtocolError("Name is not nullable in version 4")
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+            if item3._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     w(_S_z.pack(o.allow_auto_topic_creation))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -686,7 +840,15 @@ def _write_MetadataRequest_v5(o: MetadataRequest, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_MetadataRequestTopic_v5(item3, w)
+            x4 = item3.name
+            if x4 is None:
+                raise _ProtocolError("Name is not nullable in version 5")
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+            if item3._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     w(_S_z.pack(o.allow_auto_topic_creation))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -706,7 +868,15 @@ def _write_MetadataRequest_v6(o: MetadataRequest, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_MetadataRequestTopic_v6(item3, w)
+            x4 = item3.name
+            if x4 is None:
+                raise _ProtocolError("Name is not nullable in version 6")
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+            if item3._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     w(_S_z.pack(o.allow_auto_topic_creation))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -726,7 +896,15 @@ def _write_MetadataRequest_v7(o: MetadataRequest, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_MetadataRequestTopic_v7(item3, w)
+            x4 = item3.name
+            if x4 is None:
+                raise _ProtocolError("Name is not nullable in version 7")
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+            if item3._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     w(_S_z.pack(o.allow_auto_topic_creation))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -742,7 +920,15 @@ def _write_MetadataRequest_v8(o: MetadataRequest, w: _Writer) -> None:
         n = len(items2)
         w(_S_i.pack(n))
         for item3 in items2:
-            _write_MetadataRequestTopic_v8(item3, w)
+            x4 = item3.name
+            if x4 is None:
+                raise _ProtocolError("Name is not nullable in version 8")
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+            if item3._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     w(
         _S_zzz.pack(
             o.allow_auto_topic_creation,
@@ -764,7 +950,17 @@ def _write_MetadataRequest_v9(o: MetadataRequest, w: _Writer) -> None:
         n = len(items2)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         for item3 in items2:
-            _write_MetadataRequestTopic_v9(item3, w)
+            x4 = item3.name
+            if x4 is None:
+                raise _ProtocolError("Name is not nullable in version 9")
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw5)
+            if item3._unknown_tags:
+                _write_tags(w, [], item3._unknown_tags, _TAGS_MetadataRequestTopic)
+            else:
+                w(b"\x00")
     w(
         _S_zzz.pack(
             o.allow_auto_topic_creation,
@@ -773,7 +969,7 @@ def _write_MetadataRequest_v9(o: MetadataRequest, w: _Writer) -> None:
         )
     )
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_MetadataRequest)
     else:
         w(b"\x00")
 
@@ -788,7 +984,19 @@ def _write_MetadataRequest_v10(o: MetadataRequest, w: _Writer) -> None:
         n = len(items2)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         for item3 in items2:
-            _write_MetadataRequestTopic_v10(item3, w)
+            w(item3.topic_id.bytes)
+            x4 = item3.name
+            if x4 is None:
+                w(b"\x00")
+            else:
+                raw5 = x4.encode()
+                n = len(raw5)
+                w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+                w(raw5)
+            if item3._unknown_tags:
+                _write_tags(w, [], item3._unknown_tags, _TAGS_MetadataRequestTopic)
+            else:
+                w(b"\x00")
     w(
         _S_zzz.pack(
             o.allow_auto_topic_creation,
@@ -797,7 +1005,7 @@ def _write_MetadataRequest_v10(o: MetadataRequest, w: _Writer) -> None:
         )
     )
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_MetadataRequest)
     else:
         w(b"\x00")
 
@@ -814,10 +1022,22 @@ def _write_MetadataRequest_v11(o: MetadataRequest, w: _Writer) -> None:
         n = len(items2)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         for item3 in items2:
-            _write_MetadataRequestTopic_v10(item3, w)
+            w(item3.topic_id.bytes)
+            x4 = item3.name
+            if x4 is None:
+                w(b"\x00")
+            else:
+                raw5 = x4.encode()
+                n = len(raw5)
+                w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+                w(raw5)
+            if item3._unknown_tags:
+                _write_tags(w, [], item3._unknown_tags, _TAGS_MetadataRequestTopic)
+            else:
+                w(b"\x00")
     w(_S_zz.pack(o.allow_auto_topic_creation, o.include_topic_authorized_operations))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_MetadataRequest)
     else:
         w(b"\x00")
 
@@ -834,10 +1054,22 @@ def _write_MetadataRequest_v12(o: MetadataRequest, w: _Writer) -> None:
         n = len(items2)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         for item3 in items2:
-            _write_MetadataRequestTopic_v10(item3, w)
+            w(item3.topic_id.bytes)
+            x4 = item3.name
+            if x4 is None:
+                w(b"\x00")
+            else:
+                raw5 = x4.encode()
+                n = len(raw5)
+                w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+                w(raw5)
+            if item3._unknown_tags:
+                _write_tags(w, [], item3._unknown_tags, _TAGS_MetadataRequestTopic)
+            else:
+                w(b"\x00")
     w(_S_zz.pack(o.allow_auto_topic_creation, o.include_topic_authorized_operations))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_MetadataRequest)
     else:
         w(b"\x00")
 

@@ -24,6 +24,7 @@ from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uuid as _read_uuid
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -42,6 +43,7 @@ _S_hii = _Packer(">hii")
 _S_hiii = _Packer(">hiii")
 _S_i = _Packer(">i")
 _S_z = _Packer(">?")
+_A_i = _small_arrays("i")
 
 
 class MetadataResponse(_Message):
@@ -383,12 +385,12 @@ def _read_MetadataResponseBroker_v9(buf: bytes, pos: int) -> tuple[MetadataRespo
     o = _new(MetadataResponseBroker)
     o.node_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -399,12 +401,12 @@ def _read_MetadataResponseBroker_v9(buf: bytes, pos: int) -> tuple[MetadataRespo
         pos = end
     o.port = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -472,7 +474,7 @@ def _write_MetadataResponseBroker_v9(o: MetadataResponseBroker, w: _Writer) -> N
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_MetadataResponseBroker)
     else:
         w(b"\x00")
 
@@ -493,7 +495,9 @@ def _read_MetadataResponsePartition_v0(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.replica_nodes = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.replica_nodes = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -502,7 +506,9 @@ def _read_MetadataResponsePartition_v0(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.isr_nodes = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.isr_nodes = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o._unknown_tags = None
     return o, pos
@@ -523,7 +529,9 @@ def _read_MetadataResponsePartition_v5(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.replica_nodes = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.replica_nodes = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -532,7 +540,9 @@ def _read_MetadataResponsePartition_v5(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.isr_nodes = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.isr_nodes = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -541,7 +551,9 @@ def _read_MetadataResponsePartition_v5(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.offline_replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.offline_replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o._unknown_tags = None
     return o, pos
@@ -561,7 +573,9 @@ def _read_MetadataResponsePartition_v7(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.replica_nodes = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.replica_nodes = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -570,7 +584,9 @@ def _read_MetadataResponsePartition_v7(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.isr_nodes = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.isr_nodes = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -579,7 +595,9 @@ def _read_MetadataResponsePartition_v7(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.offline_replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.offline_replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o._unknown_tags = None
     return o, pos
@@ -592,44 +610,50 @@ def _read_MetadataResponsePartition_v9(
     o = _new(MetadataResponsePartition)
     o.error_code, o.partition_index, o.leader_id, o.leader_epoch = _S_hiii.unpack_from(buf, pos)
     pos += 14
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.replica_nodes = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.replica_nodes = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.isr_nodes = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.isr_nodes = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.offline_replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.offline_replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_MetadataResponsePartition)
@@ -645,11 +669,11 @@ def _write_MetadataResponsePartition_v0(o: MetadataResponsePartition, w: _Writer
     items1 = o.replica_nodes
     n = len(items1)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     items3 = o.isr_nodes
     n = len(items3)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items3))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items3))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -660,15 +684,15 @@ def _write_MetadataResponsePartition_v5(o: MetadataResponsePartition, w: _Writer
     items1 = o.replica_nodes
     n = len(items1)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     items3 = o.isr_nodes
     n = len(items3)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items3))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items3))
     items5 = o.offline_replicas
     n = len(items5)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items5))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -679,15 +703,15 @@ def _write_MetadataResponsePartition_v7(o: MetadataResponsePartition, w: _Writer
     items1 = o.replica_nodes
     n = len(items1)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     items3 = o.isr_nodes
     n = len(items3)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items3))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items3))
     items5 = o.offline_replicas
     n = len(items5)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items5))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -698,17 +722,17 @@ def _write_MetadataResponsePartition_v9(o: MetadataResponsePartition, w: _Writer
     items1 = o.replica_nodes
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     items3 = o.isr_nodes
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items3))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items3))
     items5 = o.offline_replicas
     n = len(items5)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items5))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_MetadataResponsePartition)
     else:
         w(b"\x00")
 
@@ -740,7 +764,38 @@ def _read_MetadataResponseTopic_v0(buf: bytes, pos: int) -> tuple[MetadataRespon
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataResponsePartition_v0(buf, pos)
+            item2 = _new(MetadataResponsePartition)
+            item2.leader_epoch = -1
+            item2.offline_replicas = []
+            item2.error_code, item2.partition_index, item2.leader_id = _S_hii.unpack_from(buf, pos)
+            pos += 10
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replica_nodes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr_nodes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -775,7 +830,38 @@ def _read_MetadataResponseTopic_v1(buf: bytes, pos: int) -> tuple[MetadataRespon
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataResponsePartition_v0(buf, pos)
+            item2 = _new(MetadataResponsePartition)
+            item2.leader_epoch = -1
+            item2.offline_replicas = []
+            item2.error_code, item2.partition_index, item2.leader_id = _S_hii.unpack_from(buf, pos)
+            pos += 10
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replica_nodes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr_nodes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -810,7 +896,50 @@ def _read_MetadataResponseTopic_v5(buf: bytes, pos: int) -> tuple[MetadataRespon
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataResponsePartition_v5(buf, pos)
+            item2 = _new(MetadataResponsePartition)
+            item2.leader_epoch = -1
+            item2.error_code, item2.partition_index, item2.leader_id = _S_hii.unpack_from(buf, pos)
+            pos += 10
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replica_nodes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr_nodes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.offline_replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -845,7 +974,51 @@ def _read_MetadataResponseTopic_v7(buf: bytes, pos: int) -> tuple[MetadataRespon
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataResponsePartition_v7(buf, pos)
+            item2 = _new(MetadataResponsePartition)
+            item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
+                _S_hiii.unpack_from(buf, pos)
+            )
+            pos += 14
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replica_nodes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr_nodes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.offline_replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -879,7 +1052,51 @@ def _read_MetadataResponseTopic_v8(buf: bytes, pos: int) -> tuple[MetadataRespon
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataResponsePartition_v7(buf, pos)
+            item2 = _new(MetadataResponsePartition)
+            item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
+                _S_hiii.unpack_from(buf, pos)
+            )
+            pos += 14
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replica_nodes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr_nodes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.offline_replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o.topic_authorized_operations = _S_i.unpack_from(buf, pos)[0]
@@ -894,12 +1111,12 @@ def _read_MetadataResponseTopic_v9(buf: bytes, pos: int) -> tuple[MetadataRespon
     o.topic_id = _ZERO_UUID
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -910,12 +1127,12 @@ def _read_MetadataResponseTopic_v9(buf: bytes, pos: int) -> tuple[MetadataRespon
         pos = end
     o.is_internal = _S_z.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -923,7 +1140,69 @@ def _read_MetadataResponseTopic_v9(buf: bytes, pos: int) -> tuple[MetadataRespon
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataResponsePartition_v9(buf, pos)
+            item2 = _new(MetadataResponsePartition)
+            item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
+                _S_hiii.unpack_from(buf, pos)
+            )
+            pos += 14
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replica_nodes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr_nodes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.offline_replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_MetadataResponsePartition
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     o.topic_authorized_operations = _S_i.unpack_from(buf, pos)[0]
@@ -941,12 +1220,12 @@ def _read_MetadataResponseTopic_v10(buf: bytes, pos: int) -> tuple[MetadataRespo
     o = _new(MetadataResponseTopic)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -959,12 +1238,12 @@ def _read_MetadataResponseTopic_v10(buf: bytes, pos: int) -> tuple[MetadataRespo
     pos += 16
     o.is_internal = _S_z.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -972,7 +1251,69 @@ def _read_MetadataResponseTopic_v10(buf: bytes, pos: int) -> tuple[MetadataRespo
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataResponsePartition_v9(buf, pos)
+            item2 = _new(MetadataResponsePartition)
+            item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
+                _S_hiii.unpack_from(buf, pos)
+            )
+            pos += 14
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replica_nodes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr_nodes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.offline_replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_MetadataResponsePartition
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     o.topic_authorized_operations = _S_i.unpack_from(buf, pos)[0]
@@ -990,12 +1331,12 @@ def _read_MetadataResponseTopic_v12(buf: bytes, pos: int) -> tuple[MetadataRespo
     o = _new(MetadataResponseTopic)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -1010,12 +1351,12 @@ def _read_MetadataResponseTopic_v12(buf: bytes, pos: int) -> tuple[MetadataRespo
     pos += 16
     o.is_internal = _S_z.unpack_from(buf, pos)[0]
     pos += 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1023,7 +1364,69 @@ def _read_MetadataResponseTopic_v12(buf: bytes, pos: int) -> tuple[MetadataRespo
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataResponsePartition_v9(buf, pos)
+            item2 = _new(MetadataResponsePartition)
+            item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
+                _S_hiii.unpack_from(buf, pos)
+            )
+            pos += 14
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replica_nodes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr_nodes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.offline_replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_MetadataResponsePartition
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     o.topic_authorized_operations = _S_i.unpack_from(buf, pos)[0]
@@ -1052,7 +1455,17 @@ def _write_MetadataResponseTopic_v0(o: MetadataResponseTopic, w: _Writer) -> Non
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_MetadataResponsePartition_v0(item4, w)
+        w(_S_hii.pack(item4.error_code, item4.partition_index, item4.leader_id))
+        items5 = item4.replica_nodes
+        n = len(items5)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        items7 = item4.isr_nodes
+        n = len(items7)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items7))
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1074,7 +1487,17 @@ def _write_MetadataResponseTopic_v1(o: MetadataResponseTopic, w: _Writer) -> Non
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_MetadataResponsePartition_v0(item4, w)
+        w(_S_hii.pack(item4.error_code, item4.partition_index, item4.leader_id))
+        items5 = item4.replica_nodes
+        n = len(items5)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        items7 = item4.isr_nodes
+        n = len(items7)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items7))
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1096,7 +1519,17 @@ def _write_MetadataResponseTopic_v2(o: MetadataResponseTopic, w: _Writer) -> Non
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_MetadataResponsePartition_v0(item4, w)
+        w(_S_hii.pack(item4.error_code, item4.partition_index, item4.leader_id))
+        items5 = item4.replica_nodes
+        n = len(items5)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        items7 = item4.isr_nodes
+        n = len(items7)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items7))
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1118,7 +1551,17 @@ def _write_MetadataResponseTopic_v3(o: MetadataResponseTopic, w: _Writer) -> Non
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_MetadataResponsePartition_v0(item4, w)
+        w(_S_hii.pack(item4.error_code, item4.partition_index, item4.leader_id))
+        items5 = item4.replica_nodes
+        n = len(items5)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        items7 = item4.isr_nodes
+        n = len(items7)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items7))
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1140,7 +1583,17 @@ def _write_MetadataResponseTopic_v4(o: MetadataResponseTopic, w: _Writer) -> Non
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_MetadataResponsePartition_v0(item4, w)
+        w(_S_hii.pack(item4.error_code, item4.partition_index, item4.leader_id))
+        items5 = item4.replica_nodes
+        n = len(items5)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        items7 = item4.isr_nodes
+        n = len(items7)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items7))
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1162,7 +1615,21 @@ def _write_MetadataResponseTopic_v5(o: MetadataResponseTopic, w: _Writer) -> Non
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_MetadataResponsePartition_v5(item4, w)
+        w(_S_hii.pack(item4.error_code, item4.partition_index, item4.leader_id))
+        items5 = item4.replica_nodes
+        n = len(items5)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        items7 = item4.isr_nodes
+        n = len(items7)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items7))
+        items9 = item4.offline_replicas
+        n = len(items9)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items9))
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1184,7 +1651,21 @@ def _write_MetadataResponseTopic_v6(o: MetadataResponseTopic, w: _Writer) -> Non
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_MetadataResponsePartition_v5(item4, w)
+        w(_S_hii.pack(item4.error_code, item4.partition_index, item4.leader_id))
+        items5 = item4.replica_nodes
+        n = len(items5)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        items7 = item4.isr_nodes
+        n = len(items7)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items7))
+        items9 = item4.offline_replicas
+        n = len(items9)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items9))
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1206,7 +1687,25 @@ def _write_MetadataResponseTopic_v7(o: MetadataResponseTopic, w: _Writer) -> Non
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_MetadataResponsePartition_v7(item4, w)
+        w(
+            _S_hiii.pack(
+                item4.error_code, item4.partition_index, item4.leader_id, item4.leader_epoch
+            )
+        )
+        items5 = item4.replica_nodes
+        n = len(items5)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        items7 = item4.isr_nodes
+        n = len(items7)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items7))
+        items9 = item4.offline_replicas
+        n = len(items9)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items9))
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1226,7 +1725,25 @@ def _write_MetadataResponseTopic_v8(o: MetadataResponseTopic, w: _Writer) -> Non
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_MetadataResponsePartition_v7(item4, w)
+        w(
+            _S_hiii.pack(
+                item4.error_code, item4.partition_index, item4.leader_id, item4.leader_epoch
+            )
+        )
+        items5 = item4.replica_nodes
+        n = len(items5)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        items7 = item4.isr_nodes
+        n = len(items7)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items7))
+        items9 = item4.offline_replicas
+        n = len(items9)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items9))
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     w(_S_i.pack(o.topic_authorized_operations))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -1247,10 +1764,30 @@ def _write_MetadataResponseTopic_v9(o: MetadataResponseTopic, w: _Writer) -> Non
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_MetadataResponsePartition_v9(item4, w)
+        w(
+            _S_hiii.pack(
+                item4.error_code, item4.partition_index, item4.leader_id, item4.leader_epoch
+            )
+        )
+        items5 = item4.replica_nodes
+        n = len(items5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        items7 = item4.isr_nodes
+        n = len(items7)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items7))
+        items9 = item4.offline_replicas
+        n = len(items9)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items9))
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_MetadataResponsePartition)
+        else:
+            w(b"\x00")
     w(_S_i.pack(o.topic_authorized_operations))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_MetadataResponseTopic)
     else:
         w(b"\x00")
 
@@ -1271,10 +1808,30 @@ def _write_MetadataResponseTopic_v10(o: MetadataResponseTopic, w: _Writer) -> No
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_MetadataResponsePartition_v9(item4, w)
+        w(
+            _S_hiii.pack(
+                item4.error_code, item4.partition_index, item4.leader_id, item4.leader_epoch
+            )
+        )
+        items5 = item4.replica_nodes
+        n = len(items5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        items7 = item4.isr_nodes
+        n = len(items7)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items7))
+        items9 = item4.offline_replicas
+        n = len(items9)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items9))
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_MetadataResponsePartition)
+        else:
+            w(b"\x00")
     w(_S_i.pack(o.topic_authorized_operations))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_MetadataResponseTopic)
     else:
         w(b"\x00")
 
@@ -1295,10 +1852,30 @@ def _write_MetadataResponseTopic_v11(o: MetadataResponseTopic, w: _Writer) -> No
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_MetadataResponsePartition_v9(item4, w)
+        w(
+            _S_hiii.pack(
+                item4.error_code, item4.partition_index, item4.leader_id, item4.leader_epoch
+            )
+        )
+        items5 = item4.replica_nodes
+        n = len(items5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        items7 = item4.isr_nodes
+        n = len(items7)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items7))
+        items9 = item4.offline_replicas
+        n = len(items9)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items9))
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_MetadataResponsePartition)
+        else:
+            w(b"\x00")
     w(_S_i.pack(o.topic_authorized_operations))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_MetadataResponseTopic)
     else:
         w(b"\x00")
 
@@ -1320,10 +1897,30 @@ def _write_MetadataResponseTopic_v12(o: MetadataResponseTopic, w: _Writer) -> No
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_MetadataResponsePartition_v9(item4, w)
+        w(
+            _S_hiii.pack(
+                item4.error_code, item4.partition_index, item4.leader_id, item4.leader_epoch
+            )
+        )
+        items5 = item4.replica_nodes
+        n = len(items5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
+        items7 = item4.isr_nodes
+        n = len(items7)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items7))
+        items9 = item4.offline_replicas
+        n = len(items9)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items9))
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_MetadataResponsePartition)
+        else:
+            w(b"\x00")
     w(_S_i.pack(o.topic_authorized_operations))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_MetadataResponseTopic)
     else:
         w(b"\x00")
 
@@ -1344,7 +1941,23 @@ def _read_MetadataResponse_v0(buf: bytes, pos: int) -> tuple[MetadataResponse, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataResponseBroker_v0(buf, pos)
+            item2 = _new(MetadataResponseBroker)
+            item2.rack = None
+            item2.node_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            item2._unknown_tags = None
             items1.append(item2)
         o.brokers = items1
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1378,7 +1991,34 @@ def _read_MetadataResponse_v1(buf: bytes, pos: int) -> tuple[MetadataResponse, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataResponseBroker_v1(buf, pos)
+            item2 = _new(MetadataResponseBroker)
+            item2.node_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.rack = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.rack = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.brokers = items1
     o.controller_id = _S_i.unpack_from(buf, pos)[0]
@@ -1413,7 +2053,34 @@ def _read_MetadataResponse_v2(buf: bytes, pos: int) -> tuple[MetadataResponse, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataResponseBroker_v1(buf, pos)
+            item2 = _new(MetadataResponseBroker)
+            item2.node_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.rack = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.rack = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.brokers = items1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -1461,7 +2128,34 @@ def _read_MetadataResponse_v3(buf: bytes, pos: int) -> tuple[MetadataResponse, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataResponseBroker_v1(buf, pos)
+            item2 = _new(MetadataResponseBroker)
+            item2.node_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.rack = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.rack = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.brokers = items1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -1509,7 +2203,34 @@ def _read_MetadataResponse_v5(buf: bytes, pos: int) -> tuple[MetadataResponse, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataResponseBroker_v1(buf, pos)
+            item2 = _new(MetadataResponseBroker)
+            item2.node_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.rack = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.rack = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.brokers = items1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -1557,7 +2278,34 @@ def _read_MetadataResponse_v7(buf: bytes, pos: int) -> tuple[MetadataResponse, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataResponseBroker_v1(buf, pos)
+            item2 = _new(MetadataResponseBroker)
+            item2.node_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.rack = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.rack = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.brokers = items1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -1604,7 +2352,34 @@ def _read_MetadataResponse_v8(buf: bytes, pos: int) -> tuple[MetadataResponse, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataResponseBroker_v1(buf, pos)
+            item2 = _new(MetadataResponseBroker)
+            item2.node_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.rack = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.rack = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.brokers = items1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -1644,12 +2419,12 @@ def _read_MetadataResponse_v9(buf: bytes, pos: int) -> tuple[MetadataResponse, i
     o = _new(MetadataResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1657,15 +2432,54 @@ def _read_MetadataResponse_v9(buf: bytes, pos: int) -> tuple[MetadataResponse, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataResponseBroker_v9(buf, pos)
+            item2 = _new(MetadataResponseBroker)
+            item2.node_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.rack = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.rack = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_MetadataResponseBroker)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.brokers = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -1678,12 +2492,12 @@ def _read_MetadataResponse_v9(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         pos = end
     o.controller_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1709,12 +2523,12 @@ def _read_MetadataResponse_v10(buf: bytes, pos: int) -> tuple[MetadataResponse, 
     o = _new(MetadataResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1722,15 +2536,54 @@ def _read_MetadataResponse_v10(buf: bytes, pos: int) -> tuple[MetadataResponse, 
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataResponseBroker_v9(buf, pos)
+            item2 = _new(MetadataResponseBroker)
+            item2.node_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.rack = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.rack = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_MetadataResponseBroker)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.brokers = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -1743,12 +2596,12 @@ def _read_MetadataResponse_v10(buf: bytes, pos: int) -> tuple[MetadataResponse, 
         pos = end
     o.controller_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1775,12 +2628,12 @@ def _read_MetadataResponse_v11(buf: bytes, pos: int) -> tuple[MetadataResponse, 
     o.cluster_authorized_operations = -2147483648
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1788,15 +2641,54 @@ def _read_MetadataResponse_v11(buf: bytes, pos: int) -> tuple[MetadataResponse, 
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataResponseBroker_v9(buf, pos)
+            item2 = _new(MetadataResponseBroker)
+            item2.node_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.rack = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.rack = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_MetadataResponseBroker)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.brokers = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -1809,12 +2701,12 @@ def _read_MetadataResponse_v11(buf: bytes, pos: int) -> tuple[MetadataResponse, 
         pos = end
     o.controller_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1839,12 +2731,12 @@ def _read_MetadataResponse_v12(buf: bytes, pos: int) -> tuple[MetadataResponse, 
     o.cluster_authorized_operations = -2147483648
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1852,15 +2744,54 @@ def _read_MetadataResponse_v12(buf: bytes, pos: int) -> tuple[MetadataResponse, 
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_MetadataResponseBroker_v9(buf, pos)
+            item2 = _new(MetadataResponseBroker)
+            item2.node_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.rack = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.rack = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_MetadataResponseBroker)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.brokers = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -1873,12 +2804,12 @@ def _read_MetadataResponse_v12(buf: bytes, pos: int) -> tuple[MetadataResponse, 
         pos = end
     o.controller_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1905,12 +2836,19 @@ def _write_MetadataResponse_v0(o: MetadataResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_MetadataResponseBroker_v0(item2, w)
-    items3 = o.topics
-    n = len(items3)
+        w(_S_i.pack(item2.node_id))
+        raw3 = item2.host.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_i.pack(item2.port))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    items4 = o.topics
+    n = len(items4)
     w(_S_i.pack(n))
-    for item4 in items3:
-        _write_MetadataResponseTopic_v0(item4, w)
+    for item5 in items4:
+        _write_MetadataResponseTopic_v0(item5, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1923,13 +2861,28 @@ def _write_MetadataResponse_v1(o: MetadataResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_MetadataResponseBroker_v1(item2, w)
+        w(_S_i.pack(item2.node_id))
+        raw3 = item2.host.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_i.pack(item2.port))
+        x4 = item2.rack
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     w(_S_i.pack(o.controller_id))
-    items3 = o.topics
-    n = len(items3)
+    items6 = o.topics
+    n = len(items6)
     w(_S_i.pack(n))
-    for item4 in items3:
-        _write_MetadataResponseTopic_v1(item4, w)
+    for item7 in items6:
+        _write_MetadataResponseTopic_v1(item7, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1942,21 +2895,36 @@ def _write_MetadataResponse_v2(o: MetadataResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_MetadataResponseBroker_v1(item2, w)
-    x3 = o.cluster_id
-    if x3 is None:
+        w(_S_i.pack(item2.node_id))
+        raw3 = item2.host.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_i.pack(item2.port))
+        x4 = item2.rack
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    x6 = o.cluster_id
+    if x6 is None:
         w(b"\xff\xff")
     else:
-        raw4 = x3.encode()
-        n = len(raw4)
+        raw7 = x6.encode()
+        n = len(raw7)
         w(_S_h.pack(n))
-        w(raw4)
+        w(raw7)
     w(_S_i.pack(o.controller_id))
-    items5 = o.topics
-    n = len(items5)
+    items8 = o.topics
+    n = len(items8)
     w(_S_i.pack(n))
-    for item6 in items5:
-        _write_MetadataResponseTopic_v2(item6, w)
+    for item9 in items8:
+        _write_MetadataResponseTopic_v2(item9, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1970,21 +2938,36 @@ def _write_MetadataResponse_v3(o: MetadataResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_MetadataResponseBroker_v1(item2, w)
-    x3 = o.cluster_id
-    if x3 is None:
+        w(_S_i.pack(item2.node_id))
+        raw3 = item2.host.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_i.pack(item2.port))
+        x4 = item2.rack
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    x6 = o.cluster_id
+    if x6 is None:
         w(b"\xff\xff")
     else:
-        raw4 = x3.encode()
-        n = len(raw4)
+        raw7 = x6.encode()
+        n = len(raw7)
         w(_S_h.pack(n))
-        w(raw4)
+        w(raw7)
     w(_S_i.pack(o.controller_id))
-    items5 = o.topics
-    n = len(items5)
+    items8 = o.topics
+    n = len(items8)
     w(_S_i.pack(n))
-    for item6 in items5:
-        _write_MetadataResponseTopic_v3(item6, w)
+    for item9 in items8:
+        _write_MetadataResponseTopic_v3(item9, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1998,21 +2981,36 @@ def _write_MetadataResponse_v4(o: MetadataResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_MetadataResponseBroker_v1(item2, w)
-    x3 = o.cluster_id
-    if x3 is None:
+        w(_S_i.pack(item2.node_id))
+        raw3 = item2.host.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_i.pack(item2.port))
+        x4 = item2.rack
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    x6 = o.cluster_id
+    if x6 is None:
         w(b"\xff\xff")
     else:
-        raw4 = x3.encode()
-        n = len(raw4)
+        raw7 = x6.encode()
+        n = len(raw7)
         w(_S_h.pack(n))
-        w(raw4)
+        w(raw7)
     w(_S_i.pack(o.controller_id))
-    items5 = o.topics
-    n = len(items5)
+    items8 = o.topics
+    n = len(items8)
     w(_S_i.pack(n))
-    for item6 in items5:
-        _write_MetadataResponseTopic_v4(item6, w)
+    for item9 in items8:
+        _write_MetadataResponseTopic_v4(item9, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -2026,21 +3024,36 @@ def _write_MetadataResponse_v5(o: MetadataResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_MetadataResponseBroker_v1(item2, w)
-    x3 = o.cluster_id
-    if x3 is None:
+        w(_S_i.pack(item2.node_id))
+        raw3 = item2.host.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_i.pack(item2.port))
+        x4 = item2.rack
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    x6 = o.cluster_id
+    if x6 is None:
         w(b"\xff\xff")
     else:
-        raw4 = x3.encode()
-        n = len(raw4)
+        raw7 = x6.encode()
+        n = len(raw7)
         w(_S_h.pack(n))
-        w(raw4)
+        w(raw7)
     w(_S_i.pack(o.controller_id))
-    items5 = o.topics
-    n = len(items5)
+    items8 = o.topics
+    n = len(items8)
     w(_S_i.pack(n))
-    for item6 in items5:
-        _write_MetadataResponseTopic_v5(item6, w)
+    for item9 in items8:
+        _write_MetadataResponseTopic_v5(item9, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -2054,21 +3067,36 @@ def _write_MetadataResponse_v6(o: MetadataResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_MetadataResponseBroker_v1(item2, w)
-    x3 = o.cluster_id
-    if x3 is None:
+        w(_S_i.pack(item2.node_id))
+        raw3 = item2.host.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_i.pack(item2.port))
+        x4 = item2.rack
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    x6 = o.cluster_id
+    if x6 is None:
         w(b"\xff\xff")
     else:
-        raw4 = x3.encode()
-        n = len(raw4)
+        raw7 = x6.encode()
+        n = len(raw7)
         w(_S_h.pack(n))
-        w(raw4)
+        w(raw7)
     w(_S_i.pack(o.controller_id))
-    items5 = o.topics
-    n = len(items5)
+    items8 = o.topics
+    n = len(items8)
     w(_S_i.pack(n))
-    for item6 in items5:
-        _write_MetadataResponseTopic_v6(item6, w)
+    for item9 in items8:
+        _write_MetadataResponseTopic_v6(item9, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -2082,21 +3110,36 @@ def _write_MetadataResponse_v7(o: MetadataResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_MetadataResponseBroker_v1(item2, w)
-    x3 = o.cluster_id
-    if x3 is None:
+        w(_S_i.pack(item2.node_id))
+        raw3 = item2.host.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_i.pack(item2.port))
+        x4 = item2.rack
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    x6 = o.cluster_id
+    if x6 is None:
         w(b"\xff\xff")
     else:
-        raw4 = x3.encode()
-        n = len(raw4)
+        raw7 = x6.encode()
+        n = len(raw7)
         w(_S_h.pack(n))
-        w(raw4)
+        w(raw7)
     w(_S_i.pack(o.controller_id))
-    items5 = o.topics
-    n = len(items5)
+    items8 = o.topics
+    n = len(items8)
     w(_S_i.pack(n))
-    for item6 in items5:
-        _write_MetadataResponseTopic_v7(item6, w)
+    for item9 in items8:
+        _write_MetadataResponseTopic_v7(item9, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -2108,21 +3151,36 @@ def _write_MetadataResponse_v8(o: MetadataResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_MetadataResponseBroker_v1(item2, w)
-    x3 = o.cluster_id
-    if x3 is None:
+        w(_S_i.pack(item2.node_id))
+        raw3 = item2.host.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_i.pack(item2.port))
+        x4 = item2.rack
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    x6 = o.cluster_id
+    if x6 is None:
         w(b"\xff\xff")
     else:
-        raw4 = x3.encode()
-        n = len(raw4)
+        raw7 = x6.encode()
+        n = len(raw7)
         w(_S_h.pack(n))
-        w(raw4)
+        w(raw7)
     w(_S_i.pack(o.controller_id))
-    items5 = o.topics
-    n = len(items5)
+    items8 = o.topics
+    n = len(items8)
     w(_S_i.pack(n))
-    for item6 in items5:
-        _write_MetadataResponseTopic_v8(item6, w)
+    for item9 in items8:
+        _write_MetadataResponseTopic_v8(item9, w)
     w(_S_i.pack(o.cluster_authorized_operations))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -2135,24 +3193,41 @@ def _write_MetadataResponse_v9(o: MetadataResponse, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_MetadataResponseBroker_v9(item2, w)
-    x3 = o.cluster_id
-    if x3 is None:
+        w(_S_i.pack(item2.node_id))
+        raw3 = item2.host.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        w(_S_i.pack(item2.port))
+        x4 = item2.rack
+        if x4 is None:
+            w(b"\x00")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw5)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_MetadataResponseBroker)
+        else:
+            w(b"\x00")
+    x6 = o.cluster_id
+    if x6 is None:
         w(b"\x00")
     else:
-        raw4 = x3.encode()
-        n = len(raw4)
+        raw7 = x6.encode()
+        n = len(raw7)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(raw4)
+        w(raw7)
     w(_S_i.pack(o.controller_id))
-    items5 = o.topics
-    n = len(items5)
+    items8 = o.topics
+    n = len(items8)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    for item6 in items5:
-        _write_MetadataResponseTopic_v9(item6, w)
+    for item9 in items8:
+        _write_MetadataResponseTopic_v9(item9, w)
     w(_S_i.pack(o.cluster_authorized_operations))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_MetadataResponse)
     else:
         w(b"\x00")
 
@@ -2164,24 +3239,41 @@ def _write_MetadataResponse_v10(o: MetadataResponse, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_MetadataResponseBroker_v9(item2, w)
-    x3 = o.cluster_id
-    if x3 is None:
+        w(_S_i.pack(item2.node_id))
+        raw3 = item2.host.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        w(_S_i.pack(item2.port))
+        x4 = item2.rack
+        if x4 is None:
+            w(b"\x00")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw5)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_MetadataResponseBroker)
+        else:
+            w(b"\x00")
+    x6 = o.cluster_id
+    if x6 is None:
         w(b"\x00")
     else:
-        raw4 = x3.encode()
-        n = len(raw4)
+        raw7 = x6.encode()
+        n = len(raw7)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(raw4)
+        w(raw7)
     w(_S_i.pack(o.controller_id))
-    items5 = o.topics
-    n = len(items5)
+    items8 = o.topics
+    n = len(items8)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    for item6 in items5:
-        _write_MetadataResponseTopic_v10(item6, w)
+    for item9 in items8:
+        _write_MetadataResponseTopic_v10(item9, w)
     w(_S_i.pack(o.cluster_authorized_operations))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_MetadataResponse)
     else:
         w(b"\x00")
 
@@ -2195,23 +3287,40 @@ def _write_MetadataResponse_v11(o: MetadataResponse, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_MetadataResponseBroker_v9(item2, w)
-    x3 = o.cluster_id
-    if x3 is None:
+        w(_S_i.pack(item2.node_id))
+        raw3 = item2.host.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        w(_S_i.pack(item2.port))
+        x4 = item2.rack
+        if x4 is None:
+            w(b"\x00")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw5)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_MetadataResponseBroker)
+        else:
+            w(b"\x00")
+    x6 = o.cluster_id
+    if x6 is None:
         w(b"\x00")
     else:
-        raw4 = x3.encode()
-        n = len(raw4)
+        raw7 = x6.encode()
+        n = len(raw7)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(raw4)
+        w(raw7)
     w(_S_i.pack(o.controller_id))
-    items5 = o.topics
-    n = len(items5)
+    items8 = o.topics
+    n = len(items8)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    for item6 in items5:
-        _write_MetadataResponseTopic_v11(item6, w)
+    for item9 in items8:
+        _write_MetadataResponseTopic_v11(item9, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_MetadataResponse)
     else:
         w(b"\x00")
 
@@ -2225,23 +3334,40 @@ def _write_MetadataResponse_v12(o: MetadataResponse, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_MetadataResponseBroker_v9(item2, w)
-    x3 = o.cluster_id
-    if x3 is None:
+        w(_S_i.pack(item2.node_id))
+        raw3 = item2.host.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        w(_S_i.pack(item2.port))
+        x4 = item2.rack
+        if x4 is None:
+            w(b"\x00")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw5)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_MetadataResponseBroker)
+        else:
+            w(b"\x00")
+    x6 = o.cluster_id
+    if x6 is None:
         w(b"\x00")
     else:
-        raw4 = x3.encode()
-        n = len(raw4)
+        raw7 = x6.encode()
+        n = len(raw7)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(raw4)
+        w(raw7)
     w(_S_i.pack(o.controller_id))
-    items5 = o.topics
-    n = len(items5)
+    items8 = o.topics
+    n = len(items8)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    for item6 in items5:
-        _write_MetadataResponseTopic_v12(item6, w)
+    for item9 in items8:
+        _write_MetadataResponseTopic_v12(item9, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_MetadataResponse)
     else:
         w(b"\x00")
 

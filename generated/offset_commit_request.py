@@ -297,12 +297,12 @@ def _read_OffsetCommitRequestPartition_v8(
     o.commit_timestamp = -1
     o.partition_index, o.committed_offset, o.committed_leader_epoch = _S_iqi.unpack_from(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -469,7 +469,7 @@ def _write_OffsetCommitRequestPartition_v8(o: OffsetCommitRequestPartition, w: _
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw2)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetCommitRequestPartition)
     else:
         w(b"\x00")
 
@@ -488,7 +488,7 @@ def _write_OffsetCommitRequestPartition_v9(o: OffsetCommitRequestPartition, w: _
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw2)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetCommitRequestPartition)
     else:
         w(b"\x00")
 
@@ -515,7 +515,24 @@ def _read_OffsetCommitRequestTopic_v0(buf: bytes, pos: int) -> tuple[OffsetCommi
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_OffsetCommitRequestPartition_v0(buf, pos)
+            item2 = _new(OffsetCommitRequestPartition)
+            item2.committed_leader_epoch = -1
+            item2.commit_timestamp = -1
+            item2.partition_index, item2.committed_offset = _S_iq.unpack_from(buf, pos)
+            pos += 12
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.committed_metadata = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.committed_metadata = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -544,7 +561,25 @@ def _read_OffsetCommitRequestTopic_v1(buf: bytes, pos: int) -> tuple[OffsetCommi
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_OffsetCommitRequestPartition_v1(buf, pos)
+            item2 = _new(OffsetCommitRequestPartition)
+            item2.committed_leader_epoch = -1
+            item2.partition_index, item2.committed_offset, item2.commit_timestamp = (
+                _S_iqq.unpack_from(buf, pos)
+            )
+            pos += 20
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.committed_metadata = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.committed_metadata = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -573,7 +608,25 @@ def _read_OffsetCommitRequestTopic_v6(buf: bytes, pos: int) -> tuple[OffsetCommi
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_OffsetCommitRequestPartition_v6(buf, pos)
+            item2 = _new(OffsetCommitRequestPartition)
+            item2.commit_timestamp = -1
+            item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
+                _S_iqi.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.committed_metadata = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.committed_metadata = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -583,12 +636,12 @@ def _read_OffsetCommitRequestTopic_v6(buf: bytes, pos: int) -> tuple[OffsetCommi
 def _read_OffsetCommitRequestTopic_v8(buf: bytes, pos: int) -> tuple[OffsetCommitRequestTopic, int]:
     # versions 8-9
     o = _new(OffsetCommitRequestTopic)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -597,12 +650,12 @@ def _read_OffsetCommitRequestTopic_v8(buf: bytes, pos: int) -> tuple[OffsetCommi
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -610,7 +663,35 @@ def _read_OffsetCommitRequestTopic_v8(buf: bytes, pos: int) -> tuple[OffsetCommi
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_OffsetCommitRequestPartition_v8(buf, pos)
+            item2 = _new(OffsetCommitRequestPartition)
+            item2.commit_timestamp = -1
+            item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
+                _S_iqi.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.committed_metadata = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.committed_metadata = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_OffsetCommitRequestPartition
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -631,7 +712,19 @@ def _write_OffsetCommitRequestTopic_v0(o: OffsetCommitRequestTopic, w: _Writer) 
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_OffsetCommitRequestPartition_v0(item3, w)
+        if item3.commit_timestamp != -1:
+            raise _ProtocolError("CommitTimestamp cannot be written in version 0")
+        w(_S_iq.pack(item3.partition_index, item3.committed_offset))
+        x4 = item3.committed_metadata
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -646,7 +739,17 @@ def _write_OffsetCommitRequestTopic_v1(o: OffsetCommitRequestTopic, w: _Writer) 
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_OffsetCommitRequestPartition_v1(item3, w)
+        w(_S_iqq.pack(item3.partition_index, item3.committed_offset, item3.commit_timestamp))
+        x4 = item3.committed_metadata
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -661,7 +764,19 @@ def _write_OffsetCommitRequestTopic_v2(o: OffsetCommitRequestTopic, w: _Writer) 
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_OffsetCommitRequestPartition_v2(item3, w)
+        if item3.commit_timestamp != -1:
+            raise _ProtocolError("CommitTimestamp cannot be written in version 2")
+        w(_S_iq.pack(item3.partition_index, item3.committed_offset))
+        x4 = item3.committed_metadata
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -676,7 +791,19 @@ def _write_OffsetCommitRequestTopic_v3(o: OffsetCommitRequestTopic, w: _Writer) 
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_OffsetCommitRequestPartition_v3(item3, w)
+        if item3.commit_timestamp != -1:
+            raise _ProtocolError("CommitTimestamp cannot be written in version 3")
+        w(_S_iq.pack(item3.partition_index, item3.committed_offset))
+        x4 = item3.committed_metadata
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -691,7 +818,19 @@ def _write_OffsetCommitRequestTopic_v4(o: OffsetCommitRequestTopic, w: _Writer) 
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_OffsetCommitRequestPartition_v4(item3, w)
+        if item3.commit_timestamp != -1:
+            raise _ProtocolError("CommitTimestamp cannot be written in version 4")
+        w(_S_iq.pack(item3.partition_index, item3.committed_offset))
+        x4 = item3.committed_metadata
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -706,7 +845,19 @@ def _write_OffsetCommitRequestTopic_v5(o: OffsetCommitRequestTopic, w: _Writer) 
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_OffsetCommitRequestPartition_v5(item3, w)
+        if item3.commit_timestamp != -1:
+            raise _ProtocolError("CommitTimestamp cannot be written in version 5")
+        w(_S_iq.pack(item3.partition_index, item3.committed_offset))
+        x4 = item3.committed_metadata
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -721,7 +872,19 @@ def _write_OffsetCommitRequestTopic_v6(o: OffsetCommitRequestTopic, w: _Writer) 
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_OffsetCommitRequestPartition_v6(item3, w)
+        if item3.commit_timestamp != -1:
+            raise _ProtocolError("CommitTimestamp cannot be written in version 6")
+        w(_S_iqi.pack(item3.partition_index, item3.committed_offset, item3.committed_leader_epoch))
+        x4 = item3.committed_metadata
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -736,7 +899,19 @@ def _write_OffsetCommitRequestTopic_v7(o: OffsetCommitRequestTopic, w: _Writer) 
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_OffsetCommitRequestPartition_v7(item3, w)
+        if item3.commit_timestamp != -1:
+            raise _ProtocolError("CommitTimestamp cannot be written in version 7")
+        w(_S_iqi.pack(item3.partition_index, item3.committed_offset, item3.committed_leader_epoch))
+        x4 = item3.committed_metadata
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -751,9 +926,23 @@ def _write_OffsetCommitRequestTopic_v8(o: OffsetCommitRequestTopic, w: _Writer) 
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_OffsetCommitRequestPartition_v8(item3, w)
+        if item3.commit_timestamp != -1:
+            raise _ProtocolError("CommitTimestamp cannot be written in version 8")
+        w(_S_iqi.pack(item3.partition_index, item3.committed_offset, item3.committed_leader_epoch))
+        x4 = item3.committed_metadata
+        if x4 is None:
+            w(b"\x00")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw5)
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_OffsetCommitRequestPartition)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetCommitRequestTopic)
     else:
         w(b"\x00")
 
@@ -768,9 +957,23 @@ def _write_OffsetCommitRequestTopic_v9(o: OffsetCommitRequestTopic, w: _Writer) 
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_OffsetCommitRequestPartition_v9(item3, w)
+        if item3.commit_timestamp != -1:
+            raise _ProtocolError("CommitTimestamp cannot be written in version 9")
+        w(_S_iqi.pack(item3.partition_index, item3.committed_offset, item3.committed_leader_epoch))
+        x4 = item3.committed_metadata
+        if x4 is None:
+            w(b"\x00")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw5)
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_OffsetCommitRequestPartition)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetCommitRequestTopic)
     else:
         w(b"\x00")
 
@@ -1039,12 +1242,12 @@ def _read_OffsetCommitRequest_v8(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
     # versions 8-9
     o = _new(OffsetCommitRequest)
     o.retention_time_ms = -1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -1055,12 +1258,12 @@ def _read_OffsetCommitRequest_v8(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
         pos = end
     o.generation_id_or_member_epoch = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -1069,12 +1272,12 @@ def _read_OffsetCommitRequest_v8(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
             raise _too_long("string", n, len(buf) - pos, pos)
         o.member_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -1085,12 +1288,12 @@ def _read_OffsetCommitRequest_v8(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_instance_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1314,7 +1517,7 @@ def _write_OffsetCommitRequest_v8(o: OffsetCommitRequest, w: _Writer) -> None:
     for item6 in items5:
         _write_OffsetCommitRequestTopic_v8(item6, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetCommitRequest)
     else:
         w(b"\x00")
 
@@ -1344,7 +1547,7 @@ def _write_OffsetCommitRequest_v9(o: OffsetCommitRequest, w: _Writer) -> None:
     for item6 in items5:
         _write_OffsetCommitRequestTopic_v9(item6, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetCommitRequest)
     else:
         w(b"\x00")
 

@@ -203,7 +203,7 @@ def _write_OffsetCommitResponsePartition_v8(o: OffsetCommitResponsePartition, w:
     # versions 8-9
     w(_S_ih.pack(o.partition_index, o.error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetCommitResponsePartition)
     else:
         w(b"\x00")
 
@@ -232,7 +232,10 @@ def _read_OffsetCommitResponseTopic_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_OffsetCommitResponsePartition_v0(buf, pos)
+            item2 = _new(OffsetCommitResponsePartition)
+            item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -244,12 +247,12 @@ def _read_OffsetCommitResponseTopic_v8(
 ) -> tuple[OffsetCommitResponseTopic, int]:
     # versions 8-9
     o = _new(OffsetCommitResponseTopic)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -258,12 +261,12 @@ def _read_OffsetCommitResponseTopic_v8(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -271,7 +274,16 @@ def _read_OffsetCommitResponseTopic_v8(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_OffsetCommitResponsePartition_v8(buf, pos)
+            item2 = _new(OffsetCommitResponsePartition)
+            item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_OffsetCommitResponsePartition
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -292,7 +304,9 @@ def _write_OffsetCommitResponseTopic_v0(o: OffsetCommitResponseTopic, w: _Writer
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_OffsetCommitResponsePartition_v0(item3, w)
+        w(_S_ih.pack(item3.partition_index, item3.error_code))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -307,9 +321,13 @@ def _write_OffsetCommitResponseTopic_v8(o: OffsetCommitResponseTopic, w: _Writer
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_OffsetCommitResponsePartition_v8(item3, w)
+        w(_S_ih.pack(item3.partition_index, item3.error_code))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_OffsetCommitResponsePartition)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetCommitResponseTopic)
     else:
         w(b"\x00")
 
@@ -360,12 +378,12 @@ def _read_OffsetCommitResponse_v8(buf: bytes, pos: int) -> tuple[OffsetCommitRes
     o = _new(OffsetCommitResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -416,7 +434,7 @@ def _write_OffsetCommitResponse_v8(o: OffsetCommitResponse, w: _Writer) -> None:
     for item2 in items1:
         _write_OffsetCommitResponseTopic_v8(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetCommitResponse)
     else:
         w(b"\x00")
 

@@ -157,7 +157,10 @@ def _read_OffsetDeleteRequestTopic_v0(buf: bytes, pos: int) -> tuple[OffsetDelet
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_OffsetDeleteRequestPartition_v0(buf, pos)
+            item2 = _new(OffsetDeleteRequestPartition)
+            item2.partition_index = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -174,7 +177,9 @@ def _write_OffsetDeleteRequestTopic_v0(o: OffsetDeleteRequestTopic, w: _Writer) 
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_OffsetDeleteRequestPartition_v0(item3, w)
+        w(_S_i.pack(item3.partition_index))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 

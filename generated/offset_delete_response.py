@@ -179,7 +179,10 @@ def _read_OffsetDeleteResponseTopic_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_OffsetDeleteResponsePartition_v0(buf, pos)
+            item2 = _new(OffsetDeleteResponsePartition)
+            item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -196,7 +199,9 @@ def _write_OffsetDeleteResponseTopic_v0(o: OffsetDeleteResponseTopic, w: _Writer
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_OffsetDeleteResponsePartition_v0(item3, w)
+        w(_S_ih.pack(item3.partition_index, item3.error_code))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 

@@ -21,6 +21,7 @@ from kafscale.protocol.wire import array_struct as _array_struct
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -37,6 +38,7 @@ _new = object.__new__
 _S_h = _Packer(">h")
 _S_i = _Packer(">i")
 _S_z = _Packer(">?")
+_A_i = _small_arrays("i")
 
 
 class OffsetFetchRequest(_Message):
@@ -243,7 +245,9 @@ def _read_OffsetFetchRequestTopic_v0(buf: bytes, pos: int) -> tuple[OffsetFetchR
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.partition_indexes = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.partition_indexes = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o._unknown_tags = None
     return o, pos
@@ -252,12 +256,12 @@ def _read_OffsetFetchRequestTopic_v0(buf: bytes, pos: int) -> tuple[OffsetFetchR
 def _read_OffsetFetchRequestTopic_v6(buf: bytes, pos: int) -> tuple[OffsetFetchRequestTopic, int]:
     # versions 6-7
     o = _new(OffsetFetchRequestTopic)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -266,18 +270,20 @@ def _read_OffsetFetchRequestTopic_v6(buf: bytes, pos: int) -> tuple[OffsetFetchR
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.partition_indexes = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.partition_indexes = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_OffsetFetchRequestTopic)
@@ -296,7 +302,7 @@ def _write_OffsetFetchRequestTopic_v0(o: OffsetFetchRequestTopic, w: _Writer) ->
     items2 = o.partition_indexes
     n = len(items2)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items2))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -310,9 +316,9 @@ def _write_OffsetFetchRequestTopic_v6(o: OffsetFetchRequestTopic, w: _Writer) ->
     items2 = o.partition_indexes
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items2))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetFetchRequestTopic)
     else:
         w(b"\x00")
 
@@ -320,12 +326,12 @@ def _write_OffsetFetchRequestTopic_v6(o: OffsetFetchRequestTopic, w: _Writer) ->
 def _read_OffsetFetchRequestTopics_v8(buf: bytes, pos: int) -> tuple[OffsetFetchRequestTopics, int]:
     # versions 8-9
     o = _new(OffsetFetchRequestTopics)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -334,18 +340,20 @@ def _read_OffsetFetchRequestTopics_v8(buf: bytes, pos: int) -> tuple[OffsetFetch
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.partition_indexes = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.partition_indexes = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_OffsetFetchRequestTopics)
@@ -364,9 +372,9 @@ def _write_OffsetFetchRequestTopics_v8(o: OffsetFetchRequestTopics, w: _Writer) 
     items2 = o.partition_indexes
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items2))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetFetchRequestTopics)
     else:
         w(b"\x00")
 
@@ -376,12 +384,12 @@ def _read_OffsetFetchRequestGroup_v8(buf: bytes, pos: int) -> tuple[OffsetFetchR
     o = _new(OffsetFetchRequestGroup)
     o.member_id = None
     o.member_epoch = -1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -390,12 +398,12 @@ def _read_OffsetFetchRequestGroup_v8(buf: bytes, pos: int) -> tuple[OffsetFetchR
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad array length {n}", offset=pos)
@@ -405,7 +413,45 @@ def _read_OffsetFetchRequestGroup_v8(buf: bytes, pos: int) -> tuple[OffsetFetchR
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_OffsetFetchRequestTopics_v8(buf, pos)
+            item2 = _new(OffsetFetchRequestTopics)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.partition_indexes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_OffsetFetchRequestTopics
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.topics = items1
     if buf[pos]:
@@ -419,12 +465,12 @@ def _read_OffsetFetchRequestGroup_v8(buf: bytes, pos: int) -> tuple[OffsetFetchR
 def _read_OffsetFetchRequestGroup_v9(buf: bytes, pos: int) -> tuple[OffsetFetchRequestGroup, int]:
     # versions 9
     o = _new(OffsetFetchRequestGroup)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -433,12 +479,12 @@ def _read_OffsetFetchRequestGroup_v9(buf: bytes, pos: int) -> tuple[OffsetFetchR
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -451,12 +497,12 @@ def _read_OffsetFetchRequestGroup_v9(buf: bytes, pos: int) -> tuple[OffsetFetchR
         pos = end
     o.member_epoch = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad array length {n}", offset=pos)
@@ -466,7 +512,45 @@ def _read_OffsetFetchRequestGroup_v9(buf: bytes, pos: int) -> tuple[OffsetFetchR
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_OffsetFetchRequestTopics_v8(buf, pos)
+            item2 = _new(OffsetFetchRequestTopics)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.partition_indexes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_OffsetFetchRequestTopics
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.topics = items1
     if buf[pos]:
@@ -491,9 +575,20 @@ def _write_OffsetFetchRequestGroup_v8(o: OffsetFetchRequestGroup, w: _Writer) ->
         n = len(items3)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         for item4 in items3:
-            _write_OffsetFetchRequestTopics_v8(item4, w)
+            raw5 = item4.name.encode()
+            n = len(raw5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw5)
+            items6 = item4.partition_indexes
+            n = len(items6)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+            if item4._unknown_tags:
+                _write_tags(w, [], item4._unknown_tags, _TAGS_OffsetFetchRequestTopics)
+            else:
+                w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetFetchRequestGroup)
     else:
         w(b"\x00")
 
@@ -521,9 +616,20 @@ def _write_OffsetFetchRequestGroup_v9(o: OffsetFetchRequestGroup, w: _Writer) ->
         n = len(items5)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         for item6 in items5:
-            _write_OffsetFetchRequestTopics_v8(item6, w)
+            raw7 = item6.name.encode()
+            n = len(raw7)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw7)
+            items8 = item6.partition_indexes
+            n = len(items8)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items8))
+            if item6._unknown_tags:
+                _write_tags(w, [], item6._unknown_tags, _TAGS_OffsetFetchRequestTopics)
+            else:
+                w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetFetchRequestGroup)
     else:
         w(b"\x00")
 
@@ -552,7 +658,31 @@ def _read_OffsetFetchRequest_v0(buf: bytes, pos: int) -> tuple[OffsetFetchReques
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_OffsetFetchRequestTopic_v0(buf, pos)
+            item2 = _new(OffsetFetchRequestTopic)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.partition_indexes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.topics = items1
     o._unknown_tags = None
@@ -585,7 +715,31 @@ def _read_OffsetFetchRequest_v2(buf: bytes, pos: int) -> tuple[OffsetFetchReques
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_OffsetFetchRequestTopic_v0(buf, pos)
+            item2 = _new(OffsetFetchRequestTopic)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.partition_indexes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.topics = items1
     o._unknown_tags = None
@@ -597,12 +751,12 @@ def _read_OffsetFetchRequest_v6(buf: bytes, pos: int) -> tuple[OffsetFetchReques
     o = _new(OffsetFetchRequest)
     o.groups = []
     o.require_stable = False
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -611,12 +765,12 @@ def _read_OffsetFetchRequest_v6(buf: bytes, pos: int) -> tuple[OffsetFetchReques
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad array length {n}", offset=pos)
@@ -626,7 +780,45 @@ def _read_OffsetFetchRequest_v6(buf: bytes, pos: int) -> tuple[OffsetFetchReques
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_OffsetFetchRequestTopic_v6(buf, pos)
+            item2 = _new(OffsetFetchRequestTopic)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.partition_indexes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_OffsetFetchRequestTopic
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.topics = items1
     if buf[pos]:
@@ -641,12 +833,12 @@ def _read_OffsetFetchRequest_v7(buf: bytes, pos: int) -> tuple[OffsetFetchReques
     # versions 7
     o = _new(OffsetFetchRequest)
     o.groups = []
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -655,12 +847,12 @@ def _read_OffsetFetchRequest_v7(buf: bytes, pos: int) -> tuple[OffsetFetchReques
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad array length {n}", offset=pos)
@@ -670,7 +862,45 @@ def _read_OffsetFetchRequest_v7(buf: bytes, pos: int) -> tuple[OffsetFetchReques
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_OffsetFetchRequestTopic_v6(buf, pos)
+            item2 = _new(OffsetFetchRequestTopic)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.partition_indexes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_OffsetFetchRequestTopic
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.topics = items1
     o.require_stable = _S_z.unpack_from(buf, pos)[0]
@@ -688,12 +918,12 @@ def _read_OffsetFetchRequest_v8(buf: bytes, pos: int) -> tuple[OffsetFetchReques
     o = _new(OffsetFetchRequest)
     o.group_id = ""
     o.topics = []
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -719,12 +949,12 @@ def _read_OffsetFetchRequest_v9(buf: bytes, pos: int) -> tuple[OffsetFetchReques
     o = _new(OffsetFetchRequest)
     o.group_id = ""
     o.topics = []
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -762,7 +992,16 @@ def _write_OffsetFetchRequest_v0(o: OffsetFetchRequest, w: _Writer) -> None:
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_OffsetFetchRequestTopic_v0(item4, w)
+        raw5 = item4.name.encode()
+        n = len(raw5)
+        w(_S_h.pack(n))
+        w(raw5)
+        items6 = item4.partition_indexes
+        n = len(items6)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -784,7 +1023,16 @@ def _write_OffsetFetchRequest_v1(o: OffsetFetchRequest, w: _Writer) -> None:
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_OffsetFetchRequestTopic_v0(item4, w)
+        raw5 = item4.name.encode()
+        n = len(raw5)
+        w(_S_h.pack(n))
+        w(raw5)
+        items6 = item4.partition_indexes
+        n = len(items6)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -807,7 +1055,16 @@ def _write_OffsetFetchRequest_v2(o: OffsetFetchRequest, w: _Writer) -> None:
         n = len(items3)
         w(_S_i.pack(n))
         for item4 in items3:
-            _write_OffsetFetchRequestTopic_v0(item4, w)
+            raw5 = item4.name.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+            items6 = item4.partition_indexes
+            n = len(items6)
+            w(_S_i.pack(n))
+            w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+            if item4._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -830,7 +1087,16 @@ def _write_OffsetFetchRequest_v3(o: OffsetFetchRequest, w: _Writer) -> None:
         n = len(items3)
         w(_S_i.pack(n))
         for item4 in items3:
-            _write_OffsetFetchRequestTopic_v0(item4, w)
+            raw5 = item4.name.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+            items6 = item4.partition_indexes
+            n = len(items6)
+            w(_S_i.pack(n))
+            w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+            if item4._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -853,7 +1119,16 @@ def _write_OffsetFetchRequest_v4(o: OffsetFetchRequest, w: _Writer) -> None:
         n = len(items3)
         w(_S_i.pack(n))
         for item4 in items3:
-            _write_OffsetFetchRequestTopic_v0(item4, w)
+            raw5 = item4.name.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+            items6 = item4.partition_indexes
+            n = len(items6)
+            w(_S_i.pack(n))
+            w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+            if item4._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -876,7 +1151,16 @@ def _write_OffsetFetchRequest_v5(o: OffsetFetchRequest, w: _Writer) -> None:
         n = len(items3)
         w(_S_i.pack(n))
         for item4 in items3:
-            _write_OffsetFetchRequestTopic_v0(item4, w)
+            raw5 = item4.name.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+            items6 = item4.partition_indexes
+            n = len(items6)
+            w(_S_i.pack(n))
+            w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+            if item4._unknown_tags:
+                raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -899,9 +1183,20 @@ def _write_OffsetFetchRequest_v6(o: OffsetFetchRequest, w: _Writer) -> None:
         n = len(items3)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         for item4 in items3:
-            _write_OffsetFetchRequestTopic_v6(item4, w)
+            raw5 = item4.name.encode()
+            n = len(raw5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw5)
+            items6 = item4.partition_indexes
+            n = len(items6)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+            if item4._unknown_tags:
+                _write_tags(w, [], item4._unknown_tags, _TAGS_OffsetFetchRequestTopic)
+            else:
+                w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetFetchRequest)
     else:
         w(b"\x00")
 
@@ -922,10 +1217,21 @@ def _write_OffsetFetchRequest_v7(o: OffsetFetchRequest, w: _Writer) -> None:
         n = len(items3)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         for item4 in items3:
-            _write_OffsetFetchRequestTopic_v6(item4, w)
+            raw5 = item4.name.encode()
+            n = len(raw5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw5)
+            items6 = item4.partition_indexes
+            n = len(items6)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+            if item4._unknown_tags:
+                _write_tags(w, [], item4._unknown_tags, _TAGS_OffsetFetchRequestTopic)
+            else:
+                w(b"\x00")
     w(_S_z.pack(o.require_stable))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetFetchRequest)
     else:
         w(b"\x00")
 
@@ -943,7 +1249,7 @@ def _write_OffsetFetchRequest_v8(o: OffsetFetchRequest, w: _Writer) -> None:
         _write_OffsetFetchRequestGroup_v8(item2, w)
     w(_S_z.pack(o.require_stable))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetFetchRequest)
     else:
         w(b"\x00")
 
@@ -961,7 +1267,7 @@ def _write_OffsetFetchRequest_v9(o: OffsetFetchRequest, w: _Writer) -> None:
         _write_OffsetFetchRequestGroup_v9(item2, w)
     w(_S_z.pack(o.require_stable))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetFetchRequest)
     else:
         w(b"\x00")
 

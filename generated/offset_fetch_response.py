@@ -395,12 +395,12 @@ def _read_OffsetFetchResponsePartition_v6(
     o = _new(OffsetFetchResponsePartition)
     o.partition_index, o.committed_offset, o.committed_leader_epoch = _S_iqi.unpack_from(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -466,7 +466,7 @@ def _write_OffsetFetchResponsePartition_v6(o: OffsetFetchResponsePartition, w: _
         w(raw2)
     w(_S_h.pack(o.error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetFetchResponsePartition)
     else:
         w(b"\x00")
 
@@ -493,7 +493,25 @@ def _read_OffsetFetchResponseTopic_v0(buf: bytes, pos: int) -> tuple[OffsetFetch
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_OffsetFetchResponsePartition_v0(buf, pos)
+            item2 = _new(OffsetFetchResponsePartition)
+            item2.committed_leader_epoch = -1
+            item2.partition_index, item2.committed_offset = _S_iq.unpack_from(buf, pos)
+            pos += 12
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.metadata = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.metadata = buf[pos:end].decode()
+                pos = end
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -522,7 +540,26 @@ def _read_OffsetFetchResponseTopic_v5(buf: bytes, pos: int) -> tuple[OffsetFetch
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_OffsetFetchResponsePartition_v5(buf, pos)
+            item2 = _new(OffsetFetchResponsePartition)
+            item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
+                _S_iqi.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.metadata = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.metadata = buf[pos:end].decode()
+                pos = end
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -532,12 +569,12 @@ def _read_OffsetFetchResponseTopic_v5(buf: bytes, pos: int) -> tuple[OffsetFetch
 def _read_OffsetFetchResponseTopic_v6(buf: bytes, pos: int) -> tuple[OffsetFetchResponseTopic, int]:
     # versions 6-7
     o = _new(OffsetFetchResponseTopic)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -546,12 +583,12 @@ def _read_OffsetFetchResponseTopic_v6(buf: bytes, pos: int) -> tuple[OffsetFetch
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -559,7 +596,36 @@ def _read_OffsetFetchResponseTopic_v6(buf: bytes, pos: int) -> tuple[OffsetFetch
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_OffsetFetchResponsePartition_v6(buf, pos)
+            item2 = _new(OffsetFetchResponsePartition)
+            item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
+                _S_iqi.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.metadata = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.metadata = buf[pos:end].decode()
+                pos = end
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_OffsetFetchResponsePartition
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -580,7 +646,18 @@ def _write_OffsetFetchResponseTopic_v0(o: OffsetFetchResponseTopic, w: _Writer) 
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_OffsetFetchResponsePartition_v0(item3, w)
+        w(_S_iq.pack(item3.partition_index, item3.committed_offset))
+        x4 = item3.metadata
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        w(_S_h.pack(item3.error_code))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -595,7 +672,18 @@ def _write_OffsetFetchResponseTopic_v5(o: OffsetFetchResponseTopic, w: _Writer) 
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_OffsetFetchResponsePartition_v5(item3, w)
+        w(_S_iqi.pack(item3.partition_index, item3.committed_offset, item3.committed_leader_epoch))
+        x4 = item3.metadata
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        w(_S_h.pack(item3.error_code))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -610,9 +698,22 @@ def _write_OffsetFetchResponseTopic_v6(o: OffsetFetchResponseTopic, w: _Writer) 
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_OffsetFetchResponsePartition_v6(item3, w)
+        w(_S_iqi.pack(item3.partition_index, item3.committed_offset, item3.committed_leader_epoch))
+        x4 = item3.metadata
+        if x4 is None:
+            w(b"\x00")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw5)
+        w(_S_h.pack(item3.error_code))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_OffsetFetchResponsePartition)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetFetchResponseTopic)
     else:
         w(b"\x00")
 
@@ -624,12 +725,12 @@ def _read_OffsetFetchResponsePartitions_v8(
     o = _new(OffsetFetchResponsePartitions)
     o.partition_index, o.committed_offset, o.committed_leader_epoch = _S_iqi.unpack_from(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -663,7 +764,7 @@ def _write_OffsetFetchResponsePartitions_v8(o: OffsetFetchResponsePartitions, w:
         w(raw2)
     w(_S_h.pack(o.error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetFetchResponsePartitions)
     else:
         w(b"\x00")
 
@@ -673,12 +774,12 @@ def _read_OffsetFetchResponseTopics_v8(
 ) -> tuple[OffsetFetchResponseTopics, int]:
     # versions 8-9
     o = _new(OffsetFetchResponseTopics)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -687,12 +788,12 @@ def _read_OffsetFetchResponseTopics_v8(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -700,7 +801,36 @@ def _read_OffsetFetchResponseTopics_v8(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_OffsetFetchResponsePartitions_v8(buf, pos)
+            item2 = _new(OffsetFetchResponsePartitions)
+            item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
+                _S_iqi.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.metadata = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.metadata = buf[pos:end].decode()
+                pos = end
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_OffsetFetchResponsePartitions
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -721,9 +851,22 @@ def _write_OffsetFetchResponseTopics_v8(o: OffsetFetchResponseTopics, w: _Writer
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_OffsetFetchResponsePartitions_v8(item3, w)
+        w(_S_iqi.pack(item3.partition_index, item3.committed_offset, item3.committed_leader_epoch))
+        x4 = item3.metadata
+        if x4 is None:
+            w(b"\x00")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw5)
+        w(_S_h.pack(item3.error_code))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_OffsetFetchResponsePartitions)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetFetchResponseTopics)
     else:
         w(b"\x00")
 
@@ -731,12 +874,12 @@ def _write_OffsetFetchResponseTopics_v8(o: OffsetFetchResponseTopics, w: _Writer
 def _read_OffsetFetchResponseGroup_v8(buf: bytes, pos: int) -> tuple[OffsetFetchResponseGroup, int]:
     # versions 8-9
     o = _new(OffsetFetchResponseGroup)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -745,12 +888,12 @@ def _read_OffsetFetchResponseGroup_v8(buf: bytes, pos: int) -> tuple[OffsetFetch
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -784,7 +927,7 @@ def _write_OffsetFetchResponseGroup_v8(o: OffsetFetchResponseGroup, w: _Writer) 
         _write_OffsetFetchResponseTopics_v8(item3, w)
     w(_S_h.pack(o.error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetFetchResponseGroup)
     else:
         w(b"\x00")
 
@@ -888,12 +1031,12 @@ def _read_OffsetFetchResponse_v6(buf: bytes, pos: int) -> tuple[OffsetFetchRespo
     o.groups = []
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -921,12 +1064,12 @@ def _read_OffsetFetchResponse_v8(buf: bytes, pos: int) -> tuple[OffsetFetchRespo
     o.error_code = 0
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1042,7 +1185,7 @@ def _write_OffsetFetchResponse_v6(o: OffsetFetchResponse, w: _Writer) -> None:
         _write_OffsetFetchResponseTopic_v6(item2, w)
     w(_S_h.pack(o.error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetFetchResponse)
     else:
         w(b"\x00")
 
@@ -1059,7 +1202,7 @@ def _write_OffsetFetchResponse_v7(o: OffsetFetchResponse, w: _Writer) -> None:
         _write_OffsetFetchResponseTopic_v6(item2, w)
     w(_S_h.pack(o.error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetFetchResponse)
     else:
         w(b"\x00")
 
@@ -1075,7 +1218,7 @@ def _write_OffsetFetchResponse_v8(o: OffsetFetchResponse, w: _Writer) -> None:
     for item2 in items1:
         _write_OffsetFetchResponseGroup_v8(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetFetchResponse)
     else:
         w(b"\x00")
 
@@ -1091,7 +1234,7 @@ def _write_OffsetFetchResponse_v9(o: OffsetFetchResponse, w: _Writer) -> None:
     for item2 in items1:
         _write_OffsetFetchResponseGroup_v8(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetFetchResponse)
     else:
         w(b"\x00")
 

@@ -208,7 +208,7 @@ def _write_OffsetForLeaderPartition_v4(o: OffsetForLeaderPartition, w: _Writer) 
     # versions 4
     w(_S_iii.pack(o.partition, o.current_leader_epoch, o.leader_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetForLeaderPartition)
     else:
         w(b"\x00")
 
@@ -235,7 +235,11 @@ def _read_OffsetForLeaderTopic_v0(buf: bytes, pos: int) -> tuple[OffsetForLeader
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_OffsetForLeaderPartition_v0(buf, pos)
+            item2 = _new(OffsetForLeaderPartition)
+            item2.current_leader_epoch = -1
+            item2.partition, item2.leader_epoch = _S_ii.unpack_from(buf, pos)
+            pos += 8
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -264,7 +268,12 @@ def _read_OffsetForLeaderTopic_v2(buf: bytes, pos: int) -> tuple[OffsetForLeader
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_OffsetForLeaderPartition_v2(buf, pos)
+            item2 = _new(OffsetForLeaderPartition)
+            item2.partition, item2.current_leader_epoch, item2.leader_epoch = _S_iii.unpack_from(
+                buf, pos
+            )
+            pos += 12
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -274,12 +283,12 @@ def _read_OffsetForLeaderTopic_v2(buf: bytes, pos: int) -> tuple[OffsetForLeader
 def _read_OffsetForLeaderTopic_v4(buf: bytes, pos: int) -> tuple[OffsetForLeaderTopic, int]:
     # versions 4
     o = _new(OffsetForLeaderTopic)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -288,12 +297,12 @@ def _read_OffsetForLeaderTopic_v4(buf: bytes, pos: int) -> tuple[OffsetForLeader
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -301,7 +310,18 @@ def _read_OffsetForLeaderTopic_v4(buf: bytes, pos: int) -> tuple[OffsetForLeader
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_OffsetForLeaderPartition_v4(buf, pos)
+            item2 = _new(OffsetForLeaderPartition)
+            item2.partition, item2.current_leader_epoch, item2.leader_epoch = _S_iii.unpack_from(
+                buf, pos
+            )
+            pos += 12
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_OffsetForLeaderPartition
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -322,7 +342,9 @@ def _write_OffsetForLeaderTopic_v0(o: OffsetForLeaderTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_OffsetForLeaderPartition_v0(item3, w)
+        w(_S_ii.pack(item3.partition, item3.leader_epoch))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -337,7 +359,9 @@ def _write_OffsetForLeaderTopic_v2(o: OffsetForLeaderTopic, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_OffsetForLeaderPartition_v2(item3, w)
+        w(_S_iii.pack(item3.partition, item3.current_leader_epoch, item3.leader_epoch))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -352,9 +376,13 @@ def _write_OffsetForLeaderTopic_v4(o: OffsetForLeaderTopic, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_OffsetForLeaderPartition_v4(item3, w)
+        w(_S_iii.pack(item3.partition, item3.current_leader_epoch, item3.leader_epoch))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_OffsetForLeaderPartition)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetForLeaderTopic)
     else:
         w(b"\x00")
 
@@ -433,12 +461,12 @@ def _read_OffsetForLeaderEpochRequest_v4(
     o = _new(OffsetForLeaderEpochRequest)
     o.replica_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -500,7 +528,7 @@ def _write_OffsetForLeaderEpochRequest_v4(o: OffsetForLeaderEpochRequest, w: _Wr
     for item2 in items1:
         _write_OffsetForLeaderTopic_v4(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetForLeaderEpochRequest)
     else:
         w(b"\x00")
 

@@ -214,7 +214,7 @@ def _write_EpochEndOffset_v4(o: EpochEndOffset, w: _Writer) -> None:
     # versions 4
     w(_S_hiiq.pack(o.error_code, o.partition, o.leader_epoch, o.end_offset))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_EpochEndOffset)
     else:
         w(b"\x00")
 
@@ -243,7 +243,11 @@ def _read_OffsetForLeaderTopicResult_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_EpochEndOffset_v0(buf, pos)
+            item2 = _new(EpochEndOffset)
+            item2.leader_epoch = -1
+            item2.error_code, item2.partition, item2.end_offset = _S_hiq.unpack_from(buf, pos)
+            pos += 14
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -274,7 +278,12 @@ def _read_OffsetForLeaderTopicResult_v1(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_EpochEndOffset_v1(buf, pos)
+            item2 = _new(EpochEndOffset)
+            item2.error_code, item2.partition, item2.leader_epoch, item2.end_offset = (
+                _S_hiiq.unpack_from(buf, pos)
+            )
+            pos += 18
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -286,12 +295,12 @@ def _read_OffsetForLeaderTopicResult_v4(
 ) -> tuple[OffsetForLeaderTopicResult, int]:
     # versions 4
     o = _new(OffsetForLeaderTopicResult)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -300,12 +309,12 @@ def _read_OffsetForLeaderTopicResult_v4(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -313,7 +322,16 @@ def _read_OffsetForLeaderTopicResult_v4(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_EpochEndOffset_v4(buf, pos)
+            item2 = _new(EpochEndOffset)
+            item2.error_code, item2.partition, item2.leader_epoch, item2.end_offset = (
+                _S_hiiq.unpack_from(buf, pos)
+            )
+            pos += 18
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_EpochEndOffset)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -334,7 +352,9 @@ def _write_OffsetForLeaderTopicResult_v0(o: OffsetForLeaderTopicResult, w: _Writ
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_EpochEndOffset_v0(item3, w)
+        w(_S_hiq.pack(item3.error_code, item3.partition, item3.end_offset))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -349,7 +369,9 @@ def _write_OffsetForLeaderTopicResult_v1(o: OffsetForLeaderTopicResult, w: _Writ
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_EpochEndOffset_v1(item3, w)
+        w(_S_hiiq.pack(item3.error_code, item3.partition, item3.leader_epoch, item3.end_offset))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -364,9 +386,13 @@ def _write_OffsetForLeaderTopicResult_v4(o: OffsetForLeaderTopicResult, w: _Writ
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_EpochEndOffset_v4(item3, w)
+        w(_S_hiiq.pack(item3.error_code, item3.partition, item3.leader_epoch, item3.end_offset))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_EpochEndOffset)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetForLeaderTopicResult)
     else:
         w(b"\x00")
 
@@ -445,12 +471,12 @@ def _read_OffsetForLeaderEpochResponse_v4(
     o = _new(OffsetForLeaderEpochResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -512,7 +538,7 @@ def _write_OffsetForLeaderEpochResponse_v4(o: OffsetForLeaderEpochResponse, w: _
     for item2 in items1:
         _write_OffsetForLeaderTopicResult_v4(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetForLeaderEpochResponse)
     else:
         w(b"\x00")
 

@@ -202,12 +202,12 @@ def _read_PartitionProduceData_v9(buf: bytes, pos: int) -> tuple[PartitionProduc
     o = _new(PartitionProduceData)
     o.index = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad records length {n}", offset=pos)
@@ -251,7 +251,7 @@ def _write_PartitionProduceData_v9(o: PartitionProduceData, w: _Writer) -> None:
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(x1)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionProduceData)
     else:
         w(b"\x00")
 
@@ -278,7 +278,22 @@ def _read_TopicProduceData_v0(buf: bytes, pos: int) -> tuple[TopicProduceData, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionProduceData_v0(buf, pos)
+            item2 = _new(PartitionProduceData)
+            item2.index = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad records length {n}", offset=pos)
+                item2.records = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("records", n, len(buf) - pos, pos)
+                item2.records = memoryview(buf)[pos:end]
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.partition_data = items1
     o._unknown_tags = None
@@ -288,12 +303,12 @@ def _read_TopicProduceData_v0(buf: bytes, pos: int) -> tuple[TopicProduceData, i
 def _read_TopicProduceData_v9(buf: bytes, pos: int) -> tuple[TopicProduceData, int]:
     # versions 9-11
     o = _new(TopicProduceData)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -302,12 +317,12 @@ def _read_TopicProduceData_v9(buf: bytes, pos: int) -> tuple[TopicProduceData, i
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -315,7 +330,30 @@ def _read_TopicProduceData_v9(buf: bytes, pos: int) -> tuple[TopicProduceData, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionProduceData_v9(buf, pos)
+            item2 = _new(PartitionProduceData)
+            item2.index = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad records length {n}", offset=pos)
+                item2.records = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("records", n, len(buf) - pos, pos)
+                item2.records = memoryview(buf)[pos:end]
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionProduceData)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partition_data = items1
     if buf[pos]:
@@ -336,7 +374,16 @@ def _write_TopicProduceData_v0(o: TopicProduceData, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_PartitionProduceData_v0(item3, w)
+        w(_S_i.pack(item3.index))
+        x4 = item3.records
+        if x4 is None:
+            w(b"\xff\xff\xff\xff")
+        else:
+            n = len(x4)
+            w(_S_i.pack(n))
+            w(x4)
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -351,9 +398,20 @@ def _write_TopicProduceData_v9(o: TopicProduceData, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_PartitionProduceData_v9(item3, w)
+        w(_S_i.pack(item3.index))
+        x4 = item3.records
+        if x4 is None:
+            w(b"\x00")
+        else:
+            n = len(x4)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(x4)
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_PartitionProduceData)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicProduceData)
     else:
         w(b"\x00")
 
@@ -416,12 +474,12 @@ def _read_ProduceRequest_v3(buf: bytes, pos: int) -> tuple[ProduceRequest, int]:
 def _read_ProduceRequest_v9(buf: bytes, pos: int) -> tuple[ProduceRequest, int]:
     # versions 9-11
     o = _new(ProduceRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -434,12 +492,12 @@ def _read_ProduceRequest_v9(buf: bytes, pos: int) -> tuple[ProduceRequest, int]:
         pos = end
     o.acks, o.timeout_ms = _S_hi.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -537,7 +595,7 @@ def _write_ProduceRequest_v9(o: ProduceRequest, w: _Writer) -> None:
     for item4 in items3:
         _write_TopicProduceData_v9(item4, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ProduceRequest)
     else:
         w(b"\x00")
 

@@ -364,12 +364,12 @@ def _read_BatchIndexAndErrorMessage_v9(
     o = _new(BatchIndexAndErrorMessage)
     o.batch_index = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -415,7 +415,7 @@ def _write_BatchIndexAndErrorMessage_v9(o: BatchIndexAndErrorMessage, w: _Writer
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw2)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_BatchIndexAndErrorMessage)
     else:
         w(b"\x00")
 
@@ -437,7 +437,7 @@ def _write_LeaderIdAndEpoch_v10(o: LeaderIdAndEpoch, w: _Writer) -> None:
     # versions 10-11
     w(_S_ii.pack(o.leader_id, o.leader_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderIdAndEpoch)
     else:
         w(b"\x00")
 
@@ -525,7 +525,22 @@ def _read_PartitionProduceResponse_v8(buf: bytes, pos: int) -> tuple[PartitionPr
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_BatchIndexAndErrorMessage_v8(buf, pos)
+            item2 = _new(BatchIndexAndErrorMessage)
+            item2.batch_index = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.batch_index_error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.batch_index_error_message = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.record_errors = items1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -552,12 +567,12 @@ def _read_PartitionProduceResponse_v9(buf: bytes, pos: int) -> tuple[PartitionPr
         _S_ihqqq.unpack_from(buf, pos)
     )
     pos += 30
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -565,15 +580,40 @@ def _read_PartitionProduceResponse_v9(buf: bytes, pos: int) -> tuple[PartitionPr
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_BatchIndexAndErrorMessage_v9(buf, pos)
+            item2 = _new(BatchIndexAndErrorMessage)
+            item2.batch_index = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.batch_index_error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.batch_index_error_message = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_BatchIndexAndErrorMessage
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.record_errors = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -602,12 +642,12 @@ def _read_PartitionProduceResponse_v10(
         _S_ihqqq.unpack_from(buf, pos)
     )
     pos += 30
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -615,15 +655,40 @@ def _read_PartitionProduceResponse_v10(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_BatchIndexAndErrorMessage_v9(buf, pos)
+            item2 = _new(BatchIndexAndErrorMessage)
+            item2.batch_index = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.batch_index_error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.batch_index_error_message = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_BatchIndexAndErrorMessage
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.record_errors = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -644,7 +709,11 @@ def _read_PartitionProduceResponse_v10(
 
 def _write_PartitionProduceResponse_v0(o: PartitionProduceResponse, w: _Writer) -> None:
     # versions 0
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 0")
     w(_S_ihq.pack(o.index, o.error_code, o.base_offset))
     if o._unknown_tags:
@@ -653,7 +722,11 @@ def _write_PartitionProduceResponse_v0(o: PartitionProduceResponse, w: _Writer) 
 
 def _write_PartitionProduceResponse_v1(o: PartitionProduceResponse, w: _Writer) -> None:
     # versions 1
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 1")
     w(_S_ihq.pack(o.index, o.error_code, o.base_offset))
     if o._unknown_tags:
@@ -662,7 +735,11 @@ def _write_PartitionProduceResponse_v1(o: PartitionProduceResponse, w: _Writer) 
 
 def _write_PartitionProduceResponse_v2(o: PartitionProduceResponse, w: _Writer) -> None:
     # versions 2
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 2")
     w(_S_ihqq.pack(o.index, o.error_code, o.base_offset, o.log_append_time_ms))
     if o._unknown_tags:
@@ -671,7 +748,11 @@ def _write_PartitionProduceResponse_v2(o: PartitionProduceResponse, w: _Writer) 
 
 def _write_PartitionProduceResponse_v3(o: PartitionProduceResponse, w: _Writer) -> None:
     # versions 3
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 3")
     w(_S_ihqq.pack(o.index, o.error_code, o.base_offset, o.log_append_time_ms))
     if o._unknown_tags:
@@ -680,7 +761,11 @@ def _write_PartitionProduceResponse_v3(o: PartitionProduceResponse, w: _Writer) 
 
 def _write_PartitionProduceResponse_v4(o: PartitionProduceResponse, w: _Writer) -> None:
     # versions 4
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 4")
     w(_S_ihqq.pack(o.index, o.error_code, o.base_offset, o.log_append_time_ms))
     if o._unknown_tags:
@@ -689,7 +774,11 @@ def _write_PartitionProduceResponse_v4(o: PartitionProduceResponse, w: _Writer) 
 
 def _write_PartitionProduceResponse_v5(o: PartitionProduceResponse, w: _Writer) -> None:
     # versions 5
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 5")
     w(_S_ihqqq.pack(o.index, o.error_code, o.base_offset, o.log_append_time_ms, o.log_start_offset))
     if o._unknown_tags:
@@ -698,7 +787,11 @@ def _write_PartitionProduceResponse_v5(o: PartitionProduceResponse, w: _Writer) 
 
 def _write_PartitionProduceResponse_v6(o: PartitionProduceResponse, w: _Writer) -> None:
     # versions 6
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 6")
     w(_S_ihqqq.pack(o.index, o.error_code, o.base_offset, o.log_append_time_ms, o.log_start_offset))
     if o._unknown_tags:
@@ -707,7 +800,11 @@ def _write_PartitionProduceResponse_v6(o: PartitionProduceResponse, w: _Writer) 
 
 def _write_PartitionProduceResponse_v7(o: PartitionProduceResponse, w: _Writer) -> None:
     # versions 7
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 7")
     w(_S_ihqqq.pack(o.index, o.error_code, o.base_offset, o.log_append_time_ms, o.log_start_offset))
     if o._unknown_tags:
@@ -716,46 +813,76 @@ def _write_PartitionProduceResponse_v7(o: PartitionProduceResponse, w: _Writer) 
 
 def _write_PartitionProduceResponse_v8(o: PartitionProduceResponse, w: _Writer) -> None:
     # versions 8
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 8")
     w(_S_ihqqq.pack(o.index, o.error_code, o.base_offset, o.log_append_time_ms, o.log_start_offset))
     items1 = o.record_errors
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_BatchIndexAndErrorMessage_v8(item2, w)
-    x3 = o.error_message
-    if x3 is None:
+        w(_S_i.pack(item2.batch_index))
+        x3 = item2.batch_index_error_message
+        if x3 is None:
+            w(b"\xff\xff")
+        else:
+            raw4 = x3.encode()
+            n = len(raw4)
+            w(_S_h.pack(n))
+            w(raw4)
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    x5 = o.error_message
+    if x5 is None:
         w(b"\xff\xff")
     else:
-        raw4 = x3.encode()
-        n = len(raw4)
+        raw6 = x5.encode()
+        n = len(raw6)
         w(_S_h.pack(n))
-        w(raw4)
+        w(raw6)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
 
 def _write_PartitionProduceResponse_v9(o: PartitionProduceResponse, w: _Writer) -> None:
     # versions 9
-    if o.current_leader != LeaderIdAndEpoch():
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
         raise _ProtocolError("CurrentLeader cannot be written in version 9")
     w(_S_ihqqq.pack(o.index, o.error_code, o.base_offset, o.log_append_time_ms, o.log_start_offset))
     items1 = o.record_errors
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_BatchIndexAndErrorMessage_v9(item2, w)
-    x3 = o.error_message
-    if x3 is None:
+        w(_S_i.pack(item2.batch_index))
+        x3 = item2.batch_index_error_message
+        if x3 is None:
+            w(b"\x00")
+        else:
+            raw4 = x3.encode()
+            n = len(raw4)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw4)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_BatchIndexAndErrorMessage)
+        else:
+            w(b"\x00")
+    x5 = o.error_message
+    if x5 is None:
         w(b"\x00")
     else:
-        raw4 = x3.encode()
-        n = len(raw4)
+        raw6 = x5.encode()
+        n = len(raw6)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(raw4)
+        w(raw6)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionProduceResponse)
     else:
         w(b"\x00")
 
@@ -767,22 +894,38 @@ def _write_PartitionProduceResponse_v10(o: PartitionProduceResponse, w: _Writer)
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_BatchIndexAndErrorMessage_v9(item2, w)
-    x3 = o.error_message
-    if x3 is None:
+        w(_S_i.pack(item2.batch_index))
+        x3 = item2.batch_index_error_message
+        if x3 is None:
+            w(b"\x00")
+        else:
+            raw4 = x3.encode()
+            n = len(raw4)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw4)
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_BatchIndexAndErrorMessage)
+        else:
+            w(b"\x00")
+    x5 = o.error_message
+    if x5 is None:
         w(b"\x00")
     else:
-        raw4 = x3.encode()
-        n = len(raw4)
+        raw6 = x5.encode()
+        n = len(raw6)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(raw4)
-    tags: _UnknownTags = []
-    if o.current_leader != LeaderIdAndEpoch():
-        tag_parts5: list[_Buffer] = []
-        _write_LeaderIdAndEpoch_v10(o.current_leader, tag_parts5.append)
-        tags.append((0, b"".join(tag_parts5)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+        w(raw6)
+    tags7: _UnknownTags = []
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader._unknown_tags is not None
+    ):
+        tag_parts8: list[_Buffer] = []
+        _write_LeaderIdAndEpoch_v10(o.current_leader, tag_parts8.append)
+        tags7.append((0, b"".join(tag_parts8)))
+    if tags7 or o._unknown_tags:
+        _write_tags(w, tags7, o._unknown_tags, _TAGS_PartitionProduceResponse)
     else:
         w(b"\x00")
 
@@ -809,7 +952,15 @@ def _read_TopicProduceResponse_v0(buf: bytes, pos: int) -> tuple[TopicProduceRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionProduceResponse_v0(buf, pos)
+            item2 = _new(PartitionProduceResponse)
+            item2.log_append_time_ms = -1
+            item2.log_start_offset = -1
+            item2.record_errors = []
+            item2.error_message = None
+            item2.current_leader = LeaderIdAndEpoch()
+            item2.index, item2.error_code, item2.base_offset = _S_ihq.unpack_from(buf, pos)
+            pos += 14
+            item2._unknown_tags = None
             items1.append(item2)
         o.partition_responses = items1
     o._unknown_tags = None
@@ -838,7 +989,16 @@ def _read_TopicProduceResponse_v2(buf: bytes, pos: int) -> tuple[TopicProduceRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionProduceResponse_v2(buf, pos)
+            item2 = _new(PartitionProduceResponse)
+            item2.log_start_offset = -1
+            item2.record_errors = []
+            item2.error_message = None
+            item2.current_leader = LeaderIdAndEpoch()
+            item2.index, item2.error_code, item2.base_offset, item2.log_append_time_ms = (
+                _S_ihqq.unpack_from(buf, pos)
+            )
+            pos += 22
+            item2._unknown_tags = None
             items1.append(item2)
         o.partition_responses = items1
     o._unknown_tags = None
@@ -867,7 +1027,19 @@ def _read_TopicProduceResponse_v5(buf: bytes, pos: int) -> tuple[TopicProduceRes
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionProduceResponse_v5(buf, pos)
+            item2 = _new(PartitionProduceResponse)
+            item2.record_errors = []
+            item2.error_message = None
+            item2.current_leader = LeaderIdAndEpoch()
+            (
+                item2.index,
+                item2.error_code,
+                item2.base_offset,
+                item2.log_append_time_ms,
+                item2.log_start_offset,
+            ) = _S_ihqqq.unpack_from(buf, pos)
+            pos += 30
+            item2._unknown_tags = None
             items1.append(item2)
         o.partition_responses = items1
     o._unknown_tags = None
@@ -906,12 +1078,12 @@ def _read_TopicProduceResponse_v8(buf: bytes, pos: int) -> tuple[TopicProduceRes
 def _read_TopicProduceResponse_v9(buf: bytes, pos: int) -> tuple[TopicProduceResponse, int]:
     # versions 9
     o = _new(TopicProduceResponse)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -920,12 +1092,12 @@ def _read_TopicProduceResponse_v9(buf: bytes, pos: int) -> tuple[TopicProduceRes
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -947,12 +1119,12 @@ def _read_TopicProduceResponse_v9(buf: bytes, pos: int) -> tuple[TopicProduceRes
 def _read_TopicProduceResponse_v10(buf: bytes, pos: int) -> tuple[TopicProduceResponse, int]:
     # versions 10-11
     o = _new(TopicProduceResponse)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -961,12 +1133,12 @@ def _read_TopicProduceResponse_v10(buf: bytes, pos: int) -> tuple[TopicProduceRe
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -995,7 +1167,15 @@ def _write_TopicProduceResponse_v0(o: TopicProduceResponse, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_PartitionProduceResponse_v0(item3, w)
+        if (
+            item3.current_leader.leader_id != -1
+            or item3.current_leader.leader_epoch != -1
+            or item3.current_leader._unknown_tags is not None
+        ):
+            raise _ProtocolError("CurrentLeader cannot be written in version 0")
+        w(_S_ihq.pack(item3.index, item3.error_code, item3.base_offset))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1010,7 +1190,15 @@ def _write_TopicProduceResponse_v1(o: TopicProduceResponse, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_PartitionProduceResponse_v1(item3, w)
+        if (
+            item3.current_leader.leader_id != -1
+            or item3.current_leader.leader_epoch != -1
+            or item3.current_leader._unknown_tags is not None
+        ):
+            raise _ProtocolError("CurrentLeader cannot be written in version 1")
+        w(_S_ihq.pack(item3.index, item3.error_code, item3.base_offset))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1025,7 +1213,15 @@ def _write_TopicProduceResponse_v2(o: TopicProduceResponse, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_PartitionProduceResponse_v2(item3, w)
+        if (
+            item3.current_leader.leader_id != -1
+            or item3.current_leader.leader_epoch != -1
+            or item3.current_leader._unknown_tags is not None
+        ):
+            raise _ProtocolError("CurrentLeader cannot be written in version 2")
+        w(_S_ihqq.pack(item3.index, item3.error_code, item3.base_offset, item3.log_append_time_ms))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1040,7 +1236,15 @@ def _write_TopicProduceResponse_v3(o: TopicProduceResponse, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_PartitionProduceResponse_v3(item3, w)
+        if (
+            item3.current_leader.leader_id != -1
+            or item3.current_leader.leader_epoch != -1
+            or item3.current_leader._unknown_tags is not None
+        ):
+            raise _ProtocolError("CurrentLeader cannot be written in version 3")
+        w(_S_ihqq.pack(item3.index, item3.error_code, item3.base_offset, item3.log_append_time_ms))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1055,7 +1259,15 @@ def _write_TopicProduceResponse_v4(o: TopicProduceResponse, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_PartitionProduceResponse_v4(item3, w)
+        if (
+            item3.current_leader.leader_id != -1
+            or item3.current_leader.leader_epoch != -1
+            or item3.current_leader._unknown_tags is not None
+        ):
+            raise _ProtocolError("CurrentLeader cannot be written in version 4")
+        w(_S_ihqq.pack(item3.index, item3.error_code, item3.base_offset, item3.log_append_time_ms))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1070,7 +1282,23 @@ def _write_TopicProduceResponse_v5(o: TopicProduceResponse, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_PartitionProduceResponse_v5(item3, w)
+        if (
+            item3.current_leader.leader_id != -1
+            or item3.current_leader.leader_epoch != -1
+            or item3.current_leader._unknown_tags is not None
+        ):
+            raise _ProtocolError("CurrentLeader cannot be written in version 5")
+        w(
+            _S_ihqqq.pack(
+                item3.index,
+                item3.error_code,
+                item3.base_offset,
+                item3.log_append_time_ms,
+                item3.log_start_offset,
+            )
+        )
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1085,7 +1313,23 @@ def _write_TopicProduceResponse_v6(o: TopicProduceResponse, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_PartitionProduceResponse_v6(item3, w)
+        if (
+            item3.current_leader.leader_id != -1
+            or item3.current_leader.leader_epoch != -1
+            or item3.current_leader._unknown_tags is not None
+        ):
+            raise _ProtocolError("CurrentLeader cannot be written in version 6")
+        w(
+            _S_ihqqq.pack(
+                item3.index,
+                item3.error_code,
+                item3.base_offset,
+                item3.log_append_time_ms,
+                item3.log_start_offset,
+            )
+        )
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1100,7 +1344,23 @@ def _write_TopicProduceResponse_v7(o: TopicProduceResponse, w: _Writer) -> None:
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_PartitionProduceResponse_v7(item3, w)
+        if (
+            item3.current_leader.leader_id != -1
+            or item3.current_leader.leader_epoch != -1
+            or item3.current_leader._unknown_tags is not None
+        ):
+            raise _ProtocolError("CurrentLeader cannot be written in version 7")
+        w(
+            _S_ihqqq.pack(
+                item3.index,
+                item3.error_code,
+                item3.base_offset,
+                item3.log_append_time_ms,
+                item3.log_start_offset,
+            )
+        )
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1132,7 +1392,7 @@ def _write_TopicProduceResponse_v9(o: TopicProduceResponse, w: _Writer) -> None:
     for item3 in items2:
         _write_PartitionProduceResponse_v9(item3, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicProduceResponse)
     else:
         w(b"\x00")
 
@@ -1149,7 +1409,7 @@ def _write_TopicProduceResponse_v10(o: TopicProduceResponse, w: _Writer) -> None
     for item3 in items2:
         _write_PartitionProduceResponse_v10(item3, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicProduceResponse)
     else:
         w(b"\x00")
 
@@ -1159,12 +1419,12 @@ def _read_NodeEndpoint_v10(buf: bytes, pos: int) -> tuple[NodeEndpoint, int]:
     o = _new(NodeEndpoint)
     o.node_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -1175,12 +1435,12 @@ def _read_NodeEndpoint_v10(buf: bytes, pos: int) -> tuple[NodeEndpoint, int]:
         pos = end
     o.port = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -1216,7 +1476,7 @@ def _write_NodeEndpoint_v10(o: NodeEndpoint, w: _Writer) -> None:
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_NodeEndpoint)
     else:
         w(b"\x00")
 
@@ -1231,12 +1491,12 @@ def _read_tags_ProduceResponse_v10(o: ProduceResponse, buf: bytes, pos: int) -> 
         tag, pos = _uvarint(buf, pos)
         tend, pos = _tag_end(buf, pos)
         if tag == 0:
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("array", pos)
             elif n > len(buf) - pos:
@@ -1244,7 +1504,46 @@ def _read_tags_ProduceResponse_v10(o: ProduceResponse, buf: bytes, pos: int) -> 
             else:
                 items1: list[_Any] = []
                 for _ in range(n):
-                    item2, pos = _read_NodeEndpoint_v10(buf, pos)
+                    item2 = _new(NodeEndpoint)
+                    item2.node_id = _S_i.unpack_from(buf, pos)[0]
+                    pos += 4
+                    n = buf[pos] - 1
+                    if n < 127:
+                        pos += 1
+                    else:
+                        n, pos = _uvarint(buf, pos)
+                        n -= 1
+                    if n < 0:
+                        raise _null_error("string", pos)
+                    else:
+                        end = pos + n
+                        if end > len(buf):
+                            raise _too_long("string", n, len(buf) - pos, pos)
+                        item2.host = buf[pos:end].decode()
+                        pos = end
+                    item2.port = _S_i.unpack_from(buf, pos)[0]
+                    pos += 4
+                    n = buf[pos] - 1
+                    if n < 127:
+                        pos += 1
+                    else:
+                        n, pos = _uvarint(buf, pos)
+                        n -= 1
+                    if n < 0:
+                        if n != -1:
+                            raise _ProtocolError(f"bad string length {n}", offset=pos)
+                        item2.rack = None
+                    else:
+                        end = pos + n
+                        if end > len(buf):
+                            raise _too_long("string", n, len(buf) - pos, pos)
+                        item2.rack = buf[pos:end].decode()
+                        pos = end
+                    if buf[pos]:
+                        item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_NodeEndpoint)
+                    else:
+                        item2._unknown_tags = None
+                        pos += 1
                     items1.append(item2)
                 o.node_endpoints = items1
             _check_tag_end(pos, tend, 0)
@@ -1372,12 +1671,12 @@ def _read_ProduceResponse_v9(buf: bytes, pos: int) -> tuple[ProduceResponse, int
     # versions 9
     o = _new(ProduceResponse)
     o.node_endpoints = []
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1402,12 +1701,12 @@ def _read_ProduceResponse_v10(buf: bytes, pos: int) -> tuple[ProduceResponse, in
     # versions 10-11
     o = _new(ProduceResponse)
     o.node_endpoints = []
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1564,7 +1863,7 @@ def _write_ProduceResponse_v9(o: ProduceResponse, w: _Writer) -> None:
         _write_TopicProduceResponse_v9(item2, w)
     w(_S_i.pack(o.throttle_time_ms))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ProduceResponse)
     else:
         w(b"\x00")
 
@@ -1577,17 +1876,34 @@ def _write_ProduceResponse_v10(o: ProduceResponse, w: _Writer) -> None:
     for item2 in items1:
         _write_TopicProduceResponse_v10(item2, w)
     w(_S_i.pack(o.throttle_time_ms))
-    tags: _UnknownTags = []
+    tags3: _UnknownTags = []
     if o.node_endpoints != []:
-        tag_parts3: list[_Buffer] = []
-        items4 = o.node_endpoints
-        n = len(items4)
-        tag_parts3.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        for item5 in items4:
-            _write_NodeEndpoint_v10(item5, tag_parts3.append)
-        tags.append((0, b"".join(tag_parts3)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+        tag_parts4: list[_Buffer] = []
+        items5 = o.node_endpoints
+        n = len(items5)
+        tag_parts4.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        for item6 in items5:
+            tag_parts4.append(_S_i.pack(item6.node_id))
+            raw7 = item6.host.encode()
+            n = len(raw7)
+            tag_parts4.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            tag_parts4.append(raw7)
+            tag_parts4.append(_S_i.pack(item6.port))
+            x8 = item6.rack
+            if x8 is None:
+                tag_parts4.append(b"\x00")
+            else:
+                raw9 = x8.encode()
+                n = len(raw9)
+                tag_parts4.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+                tag_parts4.append(raw9)
+            if item6._unknown_tags:
+                _write_tags(tag_parts4.append, [], item6._unknown_tags, _TAGS_NodeEndpoint)
+            else:
+                tag_parts4.append(b"\x00")
+        tags3.append((0, b"".join(tag_parts4)))
+    if tags3 or o._unknown_tags:
+        _write_tags(w, tags3, o._unknown_tags, _TAGS_ProduceResponse)
     else:
         w(b"\x00")
 

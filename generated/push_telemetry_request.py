@@ -103,12 +103,12 @@ def _read_PushTelemetryRequest_v0(buf: bytes, pos: int) -> tuple[PushTelemetryRe
     pos += 16
     o.subscription_id, o.terminating, o.compression_type = _S_izb.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("bytes", pos)
     else:
@@ -133,7 +133,7 @@ def _write_PushTelemetryRequest_v0(o: PushTelemetryRequest, w: _Writer) -> None:
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(o.metrics)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PushTelemetryRequest)
     else:
         w(b"\x00")
 

@@ -80,7 +80,7 @@ def _write_PushTelemetryResponse_v0(o: PushTelemetryResponse, w: _Writer) -> Non
     # versions 0
     w(_S_ih.pack(o.throttle_time_ms, o.error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PushTelemetryResponse)
     else:
         w(b"\x00")
 

@@ -238,7 +238,7 @@ def _write_StateBatch_v0(o: StateBatch, w: _Writer) -> None:
     # versions 0
     w(_S_qqbh.pack(o.first_offset, o.last_offset, o.delivery_state, o.delivery_count))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_StateBatch)
     else:
         w(b"\x00")
 
@@ -248,12 +248,12 @@ def _read_PartitionResult_v0(buf: bytes, pos: int) -> tuple[PartitionResult, int
     o = _new(PartitionResult)
     o.partition, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -266,12 +266,12 @@ def _read_PartitionResult_v0(buf: bytes, pos: int) -> tuple[PartitionResult, int
         pos = end
     o.state_epoch, o.start_offset = _S_iq.unpack_from(buf, pos)
     pos += 12
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -279,7 +279,16 @@ def _read_PartitionResult_v0(buf: bytes, pos: int) -> tuple[PartitionResult, int
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_StateBatch_v0(buf, pos)
+            item2 = _new(StateBatch)
+            item2.first_offset, item2.last_offset, item2.delivery_state, item2.delivery_count = (
+                _S_qqbh.unpack_from(buf, pos)
+            )
+            pos += 19
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_StateBatch)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.state_batches = items1
     if buf[pos]:
@@ -306,9 +315,17 @@ def _write_PartitionResult_v0(o: PartitionResult, w: _Writer) -> None:
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_StateBatch_v0(item4, w)
+        w(
+            _S_qqbh.pack(
+                item4.first_offset, item4.last_offset, item4.delivery_state, item4.delivery_count
+            )
+        )
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_StateBatch)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionResult)
     else:
         w(b"\x00")
 
@@ -318,12 +335,12 @@ def _read_ReadStateResult_v0(buf: bytes, pos: int) -> tuple[ReadStateResult, int
     o = _new(ReadStateResult)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -351,7 +368,7 @@ def _write_ReadStateResult_v0(o: ReadStateResult, w: _Writer) -> None:
     for item2 in items1:
         _write_PartitionResult_v0(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ReadStateResult)
     else:
         w(b"\x00")
 
@@ -361,12 +378,12 @@ def _read_ReadShareGroupStateResponse_v0(
 ) -> tuple[ReadShareGroupStateResponse, int]:
     # versions 0
     o = _new(ReadShareGroupStateResponse)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -393,7 +410,7 @@ def _write_ReadShareGroupStateResponse_v0(o: ReadShareGroupStateResponse, w: _Wr
     for item2 in items1:
         _write_ReadStateResult_v0(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ReadShareGroupStateResponse)
     else:
         w(b"\x00")
 

@@ -155,7 +155,7 @@ def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
     # versions 0
     w(_S_ii.pack(o.partition, o.leader_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
     else:
         w(b"\x00")
 
@@ -165,12 +165,12 @@ def _read_ReadStateSummaryData_v0(buf: bytes, pos: int) -> tuple[ReadStateSummar
     o = _new(ReadStateSummaryData)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -178,7 +178,14 @@ def _read_ReadStateSummaryData_v0(buf: bytes, pos: int) -> tuple[ReadStateSummar
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionData_v0(buf, pos)
+            item2 = _new(PartitionData)
+            item2.partition, item2.leader_epoch = _S_ii.unpack_from(buf, pos)
+            pos += 8
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -196,9 +203,13 @@ def _write_ReadStateSummaryData_v0(o: ReadStateSummaryData, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_PartitionData_v0(item2, w)
+        w(_S_ii.pack(item2.partition, item2.leader_epoch))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_PartitionData)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ReadStateSummaryData)
     else:
         w(b"\x00")
 
@@ -208,12 +219,12 @@ def _read_ReadShareGroupStateSummaryRequest_v0(
 ) -> tuple[ReadShareGroupStateSummaryRequest, int]:
     # versions 0
     o = _new(ReadShareGroupStateSummaryRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -222,12 +233,12 @@ def _read_ReadShareGroupStateSummaryRequest_v0(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -260,7 +271,7 @@ def _write_ReadShareGroupStateSummaryRequest_v0(
     for item3 in items2:
         _write_ReadStateSummaryData_v0(item3, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ReadShareGroupStateSummaryRequest)
     else:
         w(b"\x00")
 

@@ -168,12 +168,12 @@ def _read_PartitionResult_v0(buf: bytes, pos: int) -> tuple[PartitionResult, int
     o = _new(PartitionResult)
     o.partition, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -207,7 +207,7 @@ def _write_PartitionResult_v0(o: PartitionResult, w: _Writer) -> None:
         w(raw2)
     w(_S_iq.pack(o.state_epoch, o.start_offset))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionResult)
     else:
         w(b"\x00")
 
@@ -217,12 +217,12 @@ def _read_ReadStateSummaryResult_v0(buf: bytes, pos: int) -> tuple[ReadStateSumm
     o = _new(ReadStateSummaryResult)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -230,7 +230,32 @@ def _read_ReadStateSummaryResult_v0(buf: bytes, pos: int) -> tuple[ReadStateSumm
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionResult_v0(buf, pos)
+            item2 = _new(PartitionResult)
+            item2.partition, item2.error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.error_message = buf[pos:end].decode()
+                pos = end
+            item2.state_epoch, item2.start_offset = _S_iq.unpack_from(buf, pos)
+            pos += 12
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionResult)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -248,9 +273,22 @@ def _write_ReadStateSummaryResult_v0(o: ReadStateSummaryResult, w: _Writer) -> N
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_PartitionResult_v0(item2, w)
+        w(_S_ih.pack(item2.partition, item2.error_code))
+        x3 = item2.error_message
+        if x3 is None:
+            w(b"\x00")
+        else:
+            raw4 = x3.encode()
+            n = len(raw4)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw4)
+        w(_S_iq.pack(item2.state_epoch, item2.start_offset))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_PartitionResult)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ReadStateSummaryResult)
     else:
         w(b"\x00")
 
@@ -260,12 +298,12 @@ def _read_ReadShareGroupStateSummaryResponse_v0(
 ) -> tuple[ReadShareGroupStateSummaryResponse, int]:
     # versions 0
     o = _new(ReadShareGroupStateSummaryResponse)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -294,7 +332,7 @@ def _write_ReadShareGroupStateSummaryResponse_v0(
     for item2 in items1:
         _write_ReadStateSummaryResult_v0(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ReadShareGroupStateSummaryResponse)
     else:
         w(b"\x00")
 

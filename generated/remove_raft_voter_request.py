@@ -82,12 +82,12 @@ _TAGS_RemoveRaftVoterRequest: frozenset[int] = frozenset()
 def _read_RemoveRaftVoterRequest_v0(buf: bytes, pos: int) -> tuple[RemoveRaftVoterRequest, int]:
     # versions 0
     o = _new(RemoveRaftVoterRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -123,7 +123,7 @@ def _write_RemoveRaftVoterRequest_v0(o: RemoveRaftVoterRequest, w: _Writer) -> N
     w(_S_i.pack(o.voter_id))
     w(o.voter_directory_id.bytes)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_RemoveRaftVoterRequest)
     else:
         w(b"\x00")
 

@@ -101,12 +101,12 @@ def _read_RenewDelegationTokenRequest_v2(
 ) -> tuple[RenewDelegationTokenRequest, int]:
     # versions 2
     o = _new(RenewDelegationTokenRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("bytes", pos)
     else:
@@ -142,7 +142,7 @@ def _write_RenewDelegationTokenRequest_v2(o: RenewDelegationTokenRequest, w: _Wr
     w(o.hmac)
     w(_S_q.pack(o.renew_period_ms))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_RenewDelegationTokenRequest)
     else:
         w(b"\x00")
 

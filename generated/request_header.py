@@ -184,7 +184,7 @@ def _write_RequestHeader_v2(o: RequestHeader, w: _Writer) -> None:
         w(_S_h.pack(n))
         w(raw2)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_RequestHeader)
     else:
         w(b"\x00")
 

@@ -90,7 +90,7 @@ def _write_ResponseHeader_v1(o: ResponseHeader, w: _Writer) -> None:
     # versions 1
     w(_S_i.pack(o.correlation_id))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ResponseHeader)
     else:
         w(b"\x00")
 

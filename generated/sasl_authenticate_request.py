@@ -84,12 +84,12 @@ def _read_SaslAuthenticateRequest_v0(buf: bytes, pos: int) -> tuple[SaslAuthenti
 def _read_SaslAuthenticateRequest_v2(buf: bytes, pos: int) -> tuple[SaslAuthenticateRequest, int]:
     # versions 2
     o = _new(SaslAuthenticateRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("bytes", pos)
     else:
@@ -121,7 +121,7 @@ def _write_SaslAuthenticateRequest_v2(o: SaslAuthenticateRequest, w: _Writer) ->
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(o.auth_bytes)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_SaslAuthenticateRequest)
     else:
         w(b"\x00")
 

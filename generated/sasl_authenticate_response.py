@@ -162,12 +162,12 @@ def _read_SaslAuthenticateResponse_v2(buf: bytes, pos: int) -> tuple[SaslAuthent
     o = _new(SaslAuthenticateResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -178,12 +178,12 @@ def _read_SaslAuthenticateResponse_v2(buf: bytes, pos: int) -> tuple[SaslAuthent
             raise _too_long("string", n, len(buf) - pos, pos)
         o.error_message = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("bytes", pos)
     else:
@@ -255,7 +255,7 @@ def _write_SaslAuthenticateResponse_v2(o: SaslAuthenticateResponse, w: _Writer) 
     w(o.auth_bytes)
     w(_S_q.pack(o.session_lifetime_ms))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_SaslAuthenticateResponse)
     else:
         w(b"\x00")
 

@@ -24,6 +24,7 @@ from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uuid as _read_uuid
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -39,6 +40,7 @@ _new = object.__new__
 
 _S_i = _Packer(">i")
 _S_qq = _Packer(">qq")
+_A_b = _small_arrays("b")
 
 
 class ShareAcknowledgeRequest(_Message):
@@ -209,18 +211,20 @@ def _read_AcknowledgementBatch_v0(buf: bytes, pos: int) -> tuple[Acknowledgement
     o = _new(AcknowledgementBatch)
     o.first_offset, o.last_offset = _S_qq.unpack_from(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.acknowledge_types = list(_array_struct("b", n).unpack_from(buf, pos))
+        o.acknowledge_types = (
+            [*(_A_b[n] if n < 32 else _array_struct("b", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 1 * n
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_AcknowledgementBatch)
@@ -236,9 +240,9 @@ def _write_AcknowledgementBatch_v0(o: AcknowledgementBatch, w: _Writer) -> None:
     items1 = o.acknowledge_types
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("b", n).pack(*items1))
+    w((_A_b[n] if n < 32 else _array_struct("b", n)).pack(*items1))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AcknowledgementBatch)
     else:
         w(b"\x00")
 
@@ -248,12 +252,12 @@ def _read_AcknowledgePartition_v0(buf: bytes, pos: int) -> tuple[AcknowledgePart
     o = _new(AcknowledgePartition)
     o.partition_index = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -261,7 +265,31 @@ def _read_AcknowledgePartition_v0(buf: bytes, pos: int) -> tuple[AcknowledgePart
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AcknowledgementBatch_v0(buf, pos)
+            item2 = _new(AcknowledgementBatch)
+            item2.first_offset, item2.last_offset = _S_qq.unpack_from(buf, pos)
+            pos += 16
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.acknowledge_types = (
+                    [*(_A_b[n] if n < 32 else _array_struct("b", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 1 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_AcknowledgementBatch)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.acknowledgement_batches = items1
     if buf[pos]:
@@ -279,9 +307,17 @@ def _write_AcknowledgePartition_v0(o: AcknowledgePartition, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_AcknowledgementBatch_v0(item2, w)
+        w(_S_qq.pack(item2.first_offset, item2.last_offset))
+        items3 = item2.acknowledge_types
+        n = len(items3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_b[n] if n < 32 else _array_struct("b", n)).pack(*items3))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_AcknowledgementBatch)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AcknowledgePartition)
     else:
         w(b"\x00")
 
@@ -291,12 +327,12 @@ def _read_AcknowledgeTopic_v0(buf: bytes, pos: int) -> tuple[AcknowledgeTopic, i
     o = _new(AcknowledgeTopic)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -324,7 +360,7 @@ def _write_AcknowledgeTopic_v0(o: AcknowledgeTopic, w: _Writer) -> None:
     for item2 in items1:
         _write_AcknowledgePartition_v0(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AcknowledgeTopic)
     else:
         w(b"\x00")
 
@@ -332,12 +368,12 @@ def _write_AcknowledgeTopic_v0(o: AcknowledgeTopic, w: _Writer) -> None:
 def _read_ShareAcknowledgeRequest_v0(buf: bytes, pos: int) -> tuple[ShareAcknowledgeRequest, int]:
     # versions 0
     o = _new(ShareAcknowledgeRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -348,12 +384,12 @@ def _read_ShareAcknowledgeRequest_v0(buf: bytes, pos: int) -> tuple[ShareAcknowl
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -366,12 +402,12 @@ def _read_ShareAcknowledgeRequest_v0(buf: bytes, pos: int) -> tuple[ShareAcknowl
         pos = end
     o.share_session_epoch = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -415,7 +451,7 @@ def _write_ShareAcknowledgeRequest_v0(o: ShareAcknowledgeRequest, w: _Writer) ->
     for item6 in items5:
         _write_AcknowledgeTopic_v0(item6, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ShareAcknowledgeRequest)
     else:
         w(b"\x00")
 

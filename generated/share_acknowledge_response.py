@@ -292,7 +292,7 @@ def _write_LeaderIdAndEpoch_v0(o: LeaderIdAndEpoch, w: _Writer) -> None:
     # versions 0
     w(_S_ii.pack(o.leader_id, o.leader_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderIdAndEpoch)
     else:
         w(b"\x00")
 
@@ -302,12 +302,12 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     o = _new(PartitionData)
     o.partition_index, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -340,7 +340,7 @@ def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
         w(raw2)
     _write_LeaderIdAndEpoch_v0(o.current_leader, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
     else:
         w(b"\x00")
 
@@ -352,12 +352,12 @@ def _read_ShareAcknowledgeTopicResponse_v0(
     o = _new(ShareAcknowledgeTopicResponse)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -385,7 +385,7 @@ def _write_ShareAcknowledgeTopicResponse_v0(o: ShareAcknowledgeTopicResponse, w:
     for item2 in items1:
         _write_PartitionData_v0(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ShareAcknowledgeTopicResponse)
     else:
         w(b"\x00")
 
@@ -395,12 +395,12 @@ def _read_NodeEndpoint_v0(buf: bytes, pos: int) -> tuple[NodeEndpoint, int]:
     o = _new(NodeEndpoint)
     o.node_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -411,12 +411,12 @@ def _read_NodeEndpoint_v0(buf: bytes, pos: int) -> tuple[NodeEndpoint, int]:
         pos = end
     o.port = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -452,7 +452,7 @@ def _write_NodeEndpoint_v0(o: NodeEndpoint, w: _Writer) -> None:
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_NodeEndpoint)
     else:
         w(b"\x00")
 
@@ -462,12 +462,12 @@ def _read_ShareAcknowledgeResponse_v0(buf: bytes, pos: int) -> tuple[ShareAcknow
     o = _new(ShareAcknowledgeResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -478,12 +478,12 @@ def _read_ShareAcknowledgeResponse_v0(buf: bytes, pos: int) -> tuple[ShareAcknow
             raise _too_long("string", n, len(buf) - pos, pos)
         o.error_message = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -494,12 +494,12 @@ def _read_ShareAcknowledgeResponse_v0(buf: bytes, pos: int) -> tuple[ShareAcknow
             item2, pos = _read_ShareAcknowledgeTopicResponse_v0(buf, pos)
             items1.append(item2)
         o.responses = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -507,7 +507,46 @@ def _read_ShareAcknowledgeResponse_v0(buf: bytes, pos: int) -> tuple[ShareAcknow
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_NodeEndpoint_v0(buf, pos)
+            item4 = _new(NodeEndpoint)
+            item4.node_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.host = buf[pos:end].decode()
+                pos = end
+            item4.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item4.rack = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.rack = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_NodeEndpoint)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.node_endpoints = items3
     if buf[pos]:
@@ -538,9 +577,26 @@ def _write_ShareAcknowledgeResponse_v0(o: ShareAcknowledgeResponse, w: _Writer) 
     n = len(items5)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item6 in items5:
-        _write_NodeEndpoint_v0(item6, w)
+        w(_S_i.pack(item6.node_id))
+        raw7 = item6.host.encode()
+        n = len(raw7)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw7)
+        w(_S_i.pack(item6.port))
+        x8 = item6.rack
+        if x8 is None:
+            w(b"\x00")
+        else:
+            raw9 = x8.encode()
+            n = len(raw9)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw9)
+        if item6._unknown_tags:
+            _write_tags(w, [], item6._unknown_tags, _TAGS_NodeEndpoint)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ShareAcknowledgeResponse)
     else:
         w(b"\x00")
 

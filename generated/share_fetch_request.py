@@ -24,6 +24,7 @@ from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uuid as _read_uuid
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -41,6 +42,8 @@ _new = object.__new__
 _S_ii = _Packer(">ii")
 _S_iiii = _Packer(">iiii")
 _S_qq = _Packer(">qq")
+_A_b = _small_arrays("b")
+_A_i = _small_arrays("i")
 
 
 class ShareFetchRequest(_Message):
@@ -284,18 +287,20 @@ def _read_AcknowledgementBatch_v0(buf: bytes, pos: int) -> tuple[Acknowledgement
     o = _new(AcknowledgementBatch)
     o.first_offset, o.last_offset = _S_qq.unpack_from(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.acknowledge_types = list(_array_struct("b", n).unpack_from(buf, pos))
+        o.acknowledge_types = (
+            [*(_A_b[n] if n < 32 else _array_struct("b", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 1 * n
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_AcknowledgementBatch)
@@ -311,9 +316,9 @@ def _write_AcknowledgementBatch_v0(o: AcknowledgementBatch, w: _Writer) -> None:
     items1 = o.acknowledge_types
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("b", n).pack(*items1))
+    w((_A_b[n] if n < 32 else _array_struct("b", n)).pack(*items1))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AcknowledgementBatch)
     else:
         w(b"\x00")
 
@@ -323,12 +328,12 @@ def _read_FetchPartition_v0(buf: bytes, pos: int) -> tuple[FetchPartition, int]:
     o = _new(FetchPartition)
     o.partition_index, o.partition_max_bytes = _S_ii.unpack_from(buf, pos)
     pos += 8
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -336,7 +341,31 @@ def _read_FetchPartition_v0(buf: bytes, pos: int) -> tuple[FetchPartition, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AcknowledgementBatch_v0(buf, pos)
+            item2 = _new(AcknowledgementBatch)
+            item2.first_offset, item2.last_offset = _S_qq.unpack_from(buf, pos)
+            pos += 16
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.acknowledge_types = (
+                    [*(_A_b[n] if n < 32 else _array_struct("b", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 1 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_AcknowledgementBatch)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.acknowledgement_batches = items1
     if buf[pos]:
@@ -354,9 +383,17 @@ def _write_FetchPartition_v0(o: FetchPartition, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_AcknowledgementBatch_v0(item2, w)
+        w(_S_qq.pack(item2.first_offset, item2.last_offset))
+        items3 = item2.acknowledge_types
+        n = len(items3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_b[n] if n < 32 else _array_struct("b", n)).pack(*items3))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_AcknowledgementBatch)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FetchPartition)
     else:
         w(b"\x00")
 
@@ -366,12 +403,12 @@ def _read_FetchTopic_v0(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     o = _new(FetchTopic)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -399,7 +436,7 @@ def _write_FetchTopic_v0(o: FetchTopic, w: _Writer) -> None:
     for item2 in items1:
         _write_FetchPartition_v0(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FetchTopic)
     else:
         w(b"\x00")
 
@@ -409,18 +446,20 @@ def _read_ForgottenTopic_v0(buf: bytes, pos: int) -> tuple[ForgottenTopic, int]:
     o = _new(ForgottenTopic)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.partitions = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.partitions = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ForgottenTopic)
@@ -436,9 +475,9 @@ def _write_ForgottenTopic_v0(o: ForgottenTopic, w: _Writer) -> None:
     items1 = o.partitions
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ForgottenTopic)
     else:
         w(b"\x00")
 
@@ -446,12 +485,12 @@ def _write_ForgottenTopic_v0(o: ForgottenTopic, w: _Writer) -> None:
 def _read_ShareFetchRequest_v0(buf: bytes, pos: int) -> tuple[ShareFetchRequest, int]:
     # versions 0
     o = _new(ShareFetchRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -462,12 +501,12 @@ def _read_ShareFetchRequest_v0(buf: bytes, pos: int) -> tuple[ShareFetchRequest,
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -480,12 +519,12 @@ def _read_ShareFetchRequest_v0(buf: bytes, pos: int) -> tuple[ShareFetchRequest,
         pos = end
     o.share_session_epoch, o.max_wait_ms, o.min_bytes, o.max_bytes = _S_iiii.unpack_from(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -496,12 +535,12 @@ def _read_ShareFetchRequest_v0(buf: bytes, pos: int) -> tuple[ShareFetchRequest,
             item2, pos = _read_FetchTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -509,7 +548,31 @@ def _read_ShareFetchRequest_v0(buf: bytes, pos: int) -> tuple[ShareFetchRequest,
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_ForgottenTopic_v0(buf, pos)
+            item4 = _new(ForgottenTopic)
+            item4.topic_id = _read_uuid(buf, pos)
+            pos += 16
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item4.partitions = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ForgottenTopic)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.forgotten_topics_data = items3
     if buf[pos]:
@@ -548,9 +611,17 @@ def _write_ShareFetchRequest_v0(o: ShareFetchRequest, w: _Writer) -> None:
     n = len(items7)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item8 in items7:
-        _write_ForgottenTopic_v0(item8, w)
+        w(item8.topic_id.bytes)
+        items9 = item8.partitions
+        n = len(items9)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items9))
+        if item8._unknown_tags:
+            _write_tags(w, [], item8._unknown_tags, _TAGS_ForgottenTopic)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ShareFetchRequest)
     else:
         w(b"\x00")
 

@@ -368,7 +368,7 @@ def _write_LeaderIdAndEpoch_v0(o: LeaderIdAndEpoch, w: _Writer) -> None:
     # versions 0
     w(_S_ii.pack(o.leader_id, o.leader_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderIdAndEpoch)
     else:
         w(b"\x00")
 
@@ -390,7 +390,7 @@ def _write_AcquiredRecords_v0(o: AcquiredRecords, w: _Writer) -> None:
     # versions 0
     w(_S_qqh.pack(o.first_offset, o.last_offset, o.delivery_count))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_AcquiredRecords)
     else:
         w(b"\x00")
 
@@ -400,12 +400,12 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     o = _new(PartitionData)
     o.partition_index, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -418,12 +418,12 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         pos = end
     o.acknowledge_error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -435,12 +435,12 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         o.acknowledge_error_message = buf[pos:end].decode()
         pos = end
     o.current_leader, pos = _read_LeaderIdAndEpoch_v0(buf, pos)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad records length {n}", offset=pos)
@@ -451,12 +451,12 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
             raise _too_long("records", n, len(buf) - pos, pos)
         o.records = memoryview(buf)[pos:end]
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -464,7 +464,16 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_AcquiredRecords_v0(buf, pos)
+            item2 = _new(AcquiredRecords)
+            item2.first_offset, item2.last_offset, item2.delivery_count = _S_qqh.unpack_from(
+                buf, pos
+            )
+            pos += 18
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_AcquiredRecords)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.acquired_records = items1
     if buf[pos]:
@@ -507,9 +516,13 @@ def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
     n = len(items6)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item7 in items6:
-        _write_AcquiredRecords_v0(item7, w)
+        w(_S_qqh.pack(item7.first_offset, item7.last_offset, item7.delivery_count))
+        if item7._unknown_tags:
+            _write_tags(w, [], item7._unknown_tags, _TAGS_AcquiredRecords)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
     else:
         w(b"\x00")
 
@@ -521,12 +534,12 @@ def _read_ShareFetchableTopicResponse_v0(
     o = _new(ShareFetchableTopicResponse)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -554,7 +567,7 @@ def _write_ShareFetchableTopicResponse_v0(o: ShareFetchableTopicResponse, w: _Wr
     for item2 in items1:
         _write_PartitionData_v0(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ShareFetchableTopicResponse)
     else:
         w(b"\x00")
 
@@ -564,12 +577,12 @@ def _read_NodeEndpoint_v0(buf: bytes, pos: int) -> tuple[NodeEndpoint, int]:
     o = _new(NodeEndpoint)
     o.node_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -580,12 +593,12 @@ def _read_NodeEndpoint_v0(buf: bytes, pos: int) -> tuple[NodeEndpoint, int]:
         pos = end
     o.port = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -621,7 +634,7 @@ def _write_NodeEndpoint_v0(o: NodeEndpoint, w: _Writer) -> None:
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_NodeEndpoint)
     else:
         w(b"\x00")
 
@@ -631,12 +644,12 @@ def _read_ShareFetchResponse_v0(buf: bytes, pos: int) -> tuple[ShareFetchRespons
     o = _new(ShareFetchResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -647,12 +660,12 @@ def _read_ShareFetchResponse_v0(buf: bytes, pos: int) -> tuple[ShareFetchRespons
             raise _too_long("string", n, len(buf) - pos, pos)
         o.error_message = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -663,12 +676,12 @@ def _read_ShareFetchResponse_v0(buf: bytes, pos: int) -> tuple[ShareFetchRespons
             item2, pos = _read_ShareFetchableTopicResponse_v0(buf, pos)
             items1.append(item2)
         o.responses = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -676,7 +689,46 @@ def _read_ShareFetchResponse_v0(buf: bytes, pos: int) -> tuple[ShareFetchRespons
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_NodeEndpoint_v0(buf, pos)
+            item4 = _new(NodeEndpoint)
+            item4.node_id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.host = buf[pos:end].decode()
+                pos = end
+            item4.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item4.rack = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.rack = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_NodeEndpoint)
+            else:
+                item4._unknown_tags = None
+                pos += 1
             items3.append(item4)
         o.node_endpoints = items3
     if buf[pos]:
@@ -707,9 +759,26 @@ def _write_ShareFetchResponse_v0(o: ShareFetchResponse, w: _Writer) -> None:
     n = len(items5)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item6 in items5:
-        _write_NodeEndpoint_v0(item6, w)
+        w(_S_i.pack(item6.node_id))
+        raw7 = item6.host.encode()
+        n = len(raw7)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw7)
+        w(_S_i.pack(item6.port))
+        x8 = item6.rack
+        if x8 is None:
+            w(b"\x00")
+        else:
+            raw9 = x8.encode()
+            n = len(raw9)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw9)
+        if item6._unknown_tags:
+            _write_tags(w, [], item6._unknown_tags, _TAGS_NodeEndpoint)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ShareFetchResponse)
     else:
         w(b"\x00")
 

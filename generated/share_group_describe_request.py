@@ -80,12 +80,12 @@ def _read_ShareGroupDescribeRequest_v0(
 ) -> tuple[ShareGroupDescribeRequest, int]:
     # versions 0
     o = _new(ShareGroupDescribeRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -93,12 +93,12 @@ def _read_ShareGroupDescribeRequest_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("string", pos)
             else:
@@ -131,7 +131,7 @@ def _write_ShareGroupDescribeRequest_v0(o: ShareGroupDescribeRequest, w: _Writer
         w(raw3)
     w(_S_z.pack(o.include_authorized_operations))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ShareGroupDescribeRequest)
     else:
         w(b"\x00")
 

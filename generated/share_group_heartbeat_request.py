@@ -104,12 +104,12 @@ def _read_ShareGroupHeartbeatRequest_v0(
 ) -> tuple[ShareGroupHeartbeatRequest, int]:
     # versions 0
     o = _new(ShareGroupHeartbeatRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -118,12 +118,12 @@ def _read_ShareGroupHeartbeatRequest_v0(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -134,12 +134,12 @@ def _read_ShareGroupHeartbeatRequest_v0(
         pos = end
     o.member_epoch = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -150,12 +150,12 @@ def _read_ShareGroupHeartbeatRequest_v0(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.rack_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad array length {n}", offset=pos)
@@ -165,12 +165,12 @@ def _read_ShareGroupHeartbeatRequest_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("string", pos)
             else:
@@ -221,7 +221,7 @@ def _write_ShareGroupHeartbeatRequest_v0(o: ShareGroupHeartbeatRequest, w: _Writ
             w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
             w(raw8)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_ShareGroupHeartbeatRequest)
     else:
         w(b"\x00")
 

@@ -70,7 +70,7 @@ def _write_SnapshotFooterRecord_v0(o: SnapshotFooterRecord, w: _Writer) -> None:
     # versions 0
     w(_S_h.pack(o.version))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_SnapshotFooterRecord)
     else:
         w(b"\x00")
 

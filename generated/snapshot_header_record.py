@@ -80,7 +80,7 @@ def _write_SnapshotHeaderRecord_v0(o: SnapshotHeaderRecord, w: _Writer) -> None:
     # versions 0
     w(_S_hq.pack(o.version, o.last_contained_log_timestamp))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_SnapshotHeaderRecord)
     else:
         w(b"\x00")
 

@@ -21,6 +21,7 @@ from kafscale.protocol.wire import array_struct as _array_struct
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -41,6 +42,7 @@ _S_iiq = _Packer(">iiq")
 _S_iiqz = _Packer(">iiq?")
 _S_iiz = _Packer(">ii?")
 _S_iziq = _Packer(">i?iq")
+_A_i = _small_arrays("i")
 
 
 class StopReplicaRequest(_Message):
@@ -321,7 +323,9 @@ def _read_StopReplicaTopicV1_v1(buf: bytes, pos: int) -> tuple[StopReplicaTopicV
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.partition_indexes = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.partition_indexes = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o._unknown_tags = None
     return o, pos
@@ -330,12 +334,12 @@ def _read_StopReplicaTopicV1_v1(buf: bytes, pos: int) -> tuple[StopReplicaTopicV
 def _read_StopReplicaTopicV1_v2(buf: bytes, pos: int) -> tuple[StopReplicaTopicV1, int]:
     # versions 2
     o = _new(StopReplicaTopicV1)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -344,18 +348,20 @@ def _read_StopReplicaTopicV1_v2(buf: bytes, pos: int) -> tuple[StopReplicaTopicV
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.partition_indexes = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.partition_indexes = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_StopReplicaTopicV1)
@@ -374,7 +380,7 @@ def _write_StopReplicaTopicV1_v1(o: StopReplicaTopicV1, w: _Writer) -> None:
     items2 = o.partition_indexes
     n = len(items2)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items2))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -388,9 +394,9 @@ def _write_StopReplicaTopicV1_v2(o: StopReplicaTopicV1, w: _Writer) -> None:
     items2 = o.partition_indexes
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items2))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_StopReplicaTopicV1)
     else:
         w(b"\x00")
 
@@ -414,7 +420,7 @@ def _write_StopReplicaPartitionState_v3(o: StopReplicaPartitionState, w: _Writer
     # versions 3-4
     w(_S_iiz.pack(o.partition_index, o.leader_epoch, o.delete_partition))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_StopReplicaPartitionState)
     else:
         w(b"\x00")
 
@@ -422,12 +428,12 @@ def _write_StopReplicaPartitionState_v3(o: StopReplicaPartitionState, w: _Writer
 def _read_StopReplicaTopicState_v3(buf: bytes, pos: int) -> tuple[StopReplicaTopicState, int]:
     # versions 3-4
     o = _new(StopReplicaTopicState)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -436,12 +442,12 @@ def _read_StopReplicaTopicState_v3(buf: bytes, pos: int) -> tuple[StopReplicaTop
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -449,7 +455,18 @@ def _read_StopReplicaTopicState_v3(buf: bytes, pos: int) -> tuple[StopReplicaTop
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_StopReplicaPartitionState_v3(buf, pos)
+            item2 = _new(StopReplicaPartitionState)
+            item2.partition_index, item2.leader_epoch, item2.delete_partition = _S_iiz.unpack_from(
+                buf, pos
+            )
+            pos += 9
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_StopReplicaPartitionState
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partition_states = items1
     if buf[pos]:
@@ -470,9 +487,13 @@ def _write_StopReplicaTopicState_v3(o: StopReplicaTopicState, w: _Writer) -> Non
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_StopReplicaPartitionState_v3(item3, w)
+        w(_S_iiz.pack(item3.partition_index, item3.leader_epoch, item3.delete_partition))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_StopReplicaPartitionState)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_StopReplicaTopicState)
     else:
         w(b"\x00")
 
@@ -495,7 +516,20 @@ def _read_StopReplicaRequest_v0(buf: bytes, pos: int) -> tuple[StopReplicaReques
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_StopReplicaPartitionV0_v0(buf, pos)
+            item2 = _new(StopReplicaPartitionV0)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.topic_name = buf[pos:end].decode()
+                pos = end
+            item2.partition_index = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            item2._unknown_tags = None
             items1.append(item2)
         o.ungrouped_partitions = items1
     o._unknown_tags = None
@@ -521,7 +555,31 @@ def _read_StopReplicaRequest_v1(buf: bytes, pos: int) -> tuple[StopReplicaReques
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_StopReplicaTopicV1_v1(buf, pos)
+            item2 = _new(StopReplicaTopicV1)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.partition_indexes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.topics = items1
     o._unknown_tags = None
@@ -538,12 +596,12 @@ def _read_StopReplicaRequest_v2(buf: bytes, pos: int) -> tuple[StopReplicaReques
         buf, pos
     )
     pos += 17
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -551,7 +609,43 @@ def _read_StopReplicaRequest_v2(buf: bytes, pos: int) -> tuple[StopReplicaReques
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_StopReplicaTopicV1_v2(buf, pos)
+            item2 = _new(StopReplicaTopicV1)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.partition_indexes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_StopReplicaTopicV1)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.topics = items1
     if buf[pos]:
@@ -571,12 +665,12 @@ def _read_StopReplicaRequest_v3(buf: bytes, pos: int) -> tuple[StopReplicaReques
     o.topics = []
     o.controller_id, o.controller_epoch, o.broker_epoch = _S_iiq.unpack_from(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -605,12 +699,12 @@ def _read_StopReplicaRequest_v4(buf: bytes, pos: int) -> tuple[StopReplicaReques
         _S_iziq.unpack_from(buf, pos)
     )
     pos += 17
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -642,7 +736,13 @@ def _write_StopReplicaRequest_v0(o: StopReplicaRequest, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_StopReplicaPartitionV0_v0(item2, w)
+        raw3 = item2.topic_name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_i.pack(item2.partition_index))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -660,7 +760,16 @@ def _write_StopReplicaRequest_v1(o: StopReplicaRequest, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_StopReplicaTopicV1_v1(item2, w)
+        raw3 = item2.name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        items4 = item2.partition_indexes
+        n = len(items4)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -678,9 +787,20 @@ def _write_StopReplicaRequest_v2(o: StopReplicaRequest, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_StopReplicaTopicV1_v2(item2, w)
+        raw3 = item2.name.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        items4 = item2.partition_indexes
+        n = len(items4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_StopReplicaTopicV1)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_StopReplicaRequest)
     else:
         w(b"\x00")
 
@@ -702,7 +822,7 @@ def _write_StopReplicaRequest_v3(o: StopReplicaRequest, w: _Writer) -> None:
     for item2 in items1:
         _write_StopReplicaTopicState_v3(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_StopReplicaRequest)
     else:
         w(b"\x00")
 
@@ -722,7 +842,7 @@ def _write_StopReplicaRequest_v4(o: StopReplicaRequest, w: _Writer) -> None:
     for item2 in items1:
         _write_StopReplicaTopicState_v3(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_StopReplicaRequest)
     else:
         w(b"\x00")
 

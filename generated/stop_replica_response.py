@@ -147,12 +147,12 @@ def _read_StopReplicaPartitionError_v2(
 ) -> tuple[StopReplicaPartitionError, int]:
     # versions 2-4
     o = _new(StopReplicaPartitionError)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -190,7 +190,7 @@ def _write_StopReplicaPartitionError_v2(o: StopReplicaPartitionError, w: _Writer
     w(raw1)
     w(_S_ih.pack(o.partition_index, o.error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_StopReplicaPartitionError)
     else:
         w(b"\x00")
 
@@ -209,7 +209,20 @@ def _read_StopReplicaResponse_v0(buf: bytes, pos: int) -> tuple[StopReplicaRespo
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_StopReplicaPartitionError_v0(buf, pos)
+            item2 = _new(StopReplicaPartitionError)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.topic_name = buf[pos:end].decode()
+                pos = end
+            item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            item2._unknown_tags = None
             items1.append(item2)
         o.partition_errors = items1
     o._unknown_tags = None
@@ -221,12 +234,12 @@ def _read_StopReplicaResponse_v2(buf: bytes, pos: int) -> tuple[StopReplicaRespo
     o = _new(StopReplicaResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -234,7 +247,30 @@ def _read_StopReplicaResponse_v2(buf: bytes, pos: int) -> tuple[StopReplicaRespo
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_StopReplicaPartitionError_v2(buf, pos)
+            item2 = _new(StopReplicaPartitionError)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.topic_name = buf[pos:end].decode()
+                pos = end
+            item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_StopReplicaPartitionError
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partition_errors = items1
     if buf[pos]:
@@ -252,7 +288,13 @@ def _write_StopReplicaResponse_v0(o: StopReplicaResponse, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_StopReplicaPartitionError_v0(item2, w)
+        raw3 = item2.topic_name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_ih.pack(item2.partition_index, item2.error_code))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -264,9 +306,17 @@ def _write_StopReplicaResponse_v2(o: StopReplicaResponse, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_StopReplicaPartitionError_v2(item2, w)
+        raw3 = item2.topic_name.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        w(_S_ih.pack(item2.partition_index, item2.error_code))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_StopReplicaPartitionError)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_StopReplicaResponse)
     else:
         w(b"\x00")
 

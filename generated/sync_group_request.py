@@ -191,12 +191,12 @@ def _read_SyncGroupRequestAssignment_v4(
 ) -> tuple[SyncGroupRequestAssignment, int]:
     # versions 4-5
     o = _new(SyncGroupRequestAssignment)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -205,12 +205,12 @@ def _read_SyncGroupRequestAssignment_v4(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.member_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("bytes", pos)
     else:
@@ -250,7 +250,7 @@ def _write_SyncGroupRequestAssignment_v4(o: SyncGroupRequestAssignment, w: _Writ
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(o.assignment)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_SyncGroupRequestAssignment)
     else:
         w(b"\x00")
 
@@ -292,7 +292,28 @@ def _read_SyncGroupRequest_v0(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_SyncGroupRequestAssignment_v0(buf, pos)
+            item2 = _new(SyncGroupRequestAssignment)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.member_id = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.assignment = bytes(buf[pos:end])
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.assignments = items1
     o._unknown_tags = None
@@ -347,7 +368,28 @@ def _read_SyncGroupRequest_v3(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_SyncGroupRequestAssignment_v0(buf, pos)
+            item2 = _new(SyncGroupRequestAssignment)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.member_id = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.assignment = bytes(buf[pos:end])
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.assignments = items1
     o._unknown_tags = None
@@ -359,12 +401,12 @@ def _read_SyncGroupRequest_v4(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
     o = _new(SyncGroupRequest)
     o.protocol_type = None
     o.protocol_name = None
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -375,12 +417,12 @@ def _read_SyncGroupRequest_v4(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
         pos = end
     o.generation_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -389,12 +431,12 @@ def _read_SyncGroupRequest_v4(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
             raise _too_long("string", n, len(buf) - pos, pos)
         o.member_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -405,12 +447,12 @@ def _read_SyncGroupRequest_v4(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_instance_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -418,7 +460,42 @@ def _read_SyncGroupRequest_v4(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_SyncGroupRequestAssignment_v4(buf, pos)
+            item2 = _new(SyncGroupRequestAssignment)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.member_id = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.assignment = bytes(buf[pos:end])
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_SyncGroupRequestAssignment
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.assignments = items1
     if buf[pos]:
@@ -432,12 +509,12 @@ def _read_SyncGroupRequest_v4(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
 def _read_SyncGroupRequest_v5(buf: bytes, pos: int) -> tuple[SyncGroupRequest, int]:
     # versions 5
     o = _new(SyncGroupRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -448,12 +525,12 @@ def _read_SyncGroupRequest_v5(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
         pos = end
     o.generation_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -462,12 +539,12 @@ def _read_SyncGroupRequest_v5(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
             raise _too_long("string", n, len(buf) - pos, pos)
         o.member_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -478,12 +555,12 @@ def _read_SyncGroupRequest_v5(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_instance_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -494,12 +571,12 @@ def _read_SyncGroupRequest_v5(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
             raise _too_long("string", n, len(buf) - pos, pos)
         o.protocol_type = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -510,12 +587,12 @@ def _read_SyncGroupRequest_v5(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
             raise _too_long("string", n, len(buf) - pos, pos)
         o.protocol_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -523,7 +600,42 @@ def _read_SyncGroupRequest_v5(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_SyncGroupRequestAssignment_v4(buf, pos)
+            item2 = _new(SyncGroupRequestAssignment)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.member_id = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("bytes", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("bytes", n, len(buf) - pos, pos)
+                item2.assignment = bytes(buf[pos:end])
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_SyncGroupRequestAssignment
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.assignments = items1
     if buf[pos]:
@@ -551,7 +663,15 @@ def _write_SyncGroupRequest_v0(o: SyncGroupRequest, w: _Writer) -> None:
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_SyncGroupRequestAssignment_v0(item4, w)
+        raw5 = item4.member_id.encode()
+        n = len(raw5)
+        w(_S_h.pack(n))
+        w(raw5)
+        n = len(item4.assignment)
+        w(_S_i.pack(n))
+        w(item4.assignment)
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -573,7 +693,15 @@ def _write_SyncGroupRequest_v1(o: SyncGroupRequest, w: _Writer) -> None:
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_SyncGroupRequestAssignment_v0(item4, w)
+        raw5 = item4.member_id.encode()
+        n = len(raw5)
+        w(_S_h.pack(n))
+        w(raw5)
+        n = len(item4.assignment)
+        w(_S_i.pack(n))
+        w(item4.assignment)
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -595,7 +723,15 @@ def _write_SyncGroupRequest_v2(o: SyncGroupRequest, w: _Writer) -> None:
     n = len(items3)
     w(_S_i.pack(n))
     for item4 in items3:
-        _write_SyncGroupRequestAssignment_v0(item4, w)
+        raw5 = item4.member_id.encode()
+        n = len(raw5)
+        w(_S_h.pack(n))
+        w(raw5)
+        n = len(item4.assignment)
+        w(_S_i.pack(n))
+        w(item4.assignment)
+        if item4._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -623,7 +759,15 @@ def _write_SyncGroupRequest_v3(o: SyncGroupRequest, w: _Writer) -> None:
     n = len(items5)
     w(_S_i.pack(n))
     for item6 in items5:
-        _write_SyncGroupRequestAssignment_v0(item6, w)
+        raw7 = item6.member_id.encode()
+        n = len(raw7)
+        w(_S_h.pack(n))
+        w(raw7)
+        n = len(item6.assignment)
+        w(_S_i.pack(n))
+        w(item6.assignment)
+        if item6._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -651,9 +795,19 @@ def _write_SyncGroupRequest_v4(o: SyncGroupRequest, w: _Writer) -> None:
     n = len(items5)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item6 in items5:
-        _write_SyncGroupRequestAssignment_v4(item6, w)
+        raw7 = item6.member_id.encode()
+        n = len(raw7)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw7)
+        n = len(item6.assignment)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(item6.assignment)
+        if item6._unknown_tags:
+            _write_tags(w, [], item6._unknown_tags, _TAGS_SyncGroupRequestAssignment)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_SyncGroupRequest)
     else:
         w(b"\x00")
 
@@ -697,9 +851,19 @@ def _write_SyncGroupRequest_v5(o: SyncGroupRequest, w: _Writer) -> None:
     n = len(items9)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item10 in items9:
-        _write_SyncGroupRequestAssignment_v4(item10, w)
+        raw11 = item10.member_id.encode()
+        n = len(raw11)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw11)
+        n = len(item10.assignment)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(item10.assignment)
+        if item10._unknown_tags:
+            _write_tags(w, [], item10._unknown_tags, _TAGS_SyncGroupRequestAssignment)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_SyncGroupRequest)
     else:
         w(b"\x00")
 

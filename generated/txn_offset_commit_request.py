@@ -268,12 +268,12 @@ def _read_TxnOffsetCommitRequestPartition_v3(
     o = _new(TxnOffsetCommitRequestPartition)
     o.partition_index, o.committed_offset, o.committed_leader_epoch = _S_iqi.unpack_from(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -340,7 +340,7 @@ def _write_TxnOffsetCommitRequestPartition_v3(
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw2)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TxnOffsetCommitRequestPartition)
     else:
         w(b"\x00")
 
@@ -369,7 +369,23 @@ def _read_TxnOffsetCommitRequestTopic_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_TxnOffsetCommitRequestPartition_v0(buf, pos)
+            item2 = _new(TxnOffsetCommitRequestPartition)
+            item2.committed_leader_epoch = -1
+            item2.partition_index, item2.committed_offset = _S_iq.unpack_from(buf, pos)
+            pos += 12
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.committed_metadata = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.committed_metadata = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -400,7 +416,24 @@ def _read_TxnOffsetCommitRequestTopic_v2(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_TxnOffsetCommitRequestPartition_v2(buf, pos)
+            item2 = _new(TxnOffsetCommitRequestPartition)
+            item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
+                _S_iqi.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.committed_metadata = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.committed_metadata = buf[pos:end].decode()
+                pos = end
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -412,12 +445,12 @@ def _read_TxnOffsetCommitRequestTopic_v3(
 ) -> tuple[TxnOffsetCommitRequestTopic, int]:
     # versions 3-4
     o = _new(TxnOffsetCommitRequestTopic)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -426,12 +459,12 @@ def _read_TxnOffsetCommitRequestTopic_v3(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -439,7 +472,34 @@ def _read_TxnOffsetCommitRequestTopic_v3(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_TxnOffsetCommitRequestPartition_v3(buf, pos)
+            item2 = _new(TxnOffsetCommitRequestPartition)
+            item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
+                _S_iqi.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.committed_metadata = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.committed_metadata = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_TxnOffsetCommitRequestPartition
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -460,7 +520,17 @@ def _write_TxnOffsetCommitRequestTopic_v0(o: TxnOffsetCommitRequestTopic, w: _Wr
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_TxnOffsetCommitRequestPartition_v0(item3, w)
+        w(_S_iq.pack(item3.partition_index, item3.committed_offset))
+        x4 = item3.committed_metadata
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -475,7 +545,17 @@ def _write_TxnOffsetCommitRequestTopic_v2(o: TxnOffsetCommitRequestTopic, w: _Wr
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_TxnOffsetCommitRequestPartition_v2(item3, w)
+        w(_S_iqi.pack(item3.partition_index, item3.committed_offset, item3.committed_leader_epoch))
+        x4 = item3.committed_metadata
+        if x4 is None:
+            w(b"\xff\xff")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_S_h.pack(n))
+            w(raw5)
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -490,9 +570,21 @@ def _write_TxnOffsetCommitRequestTopic_v3(o: TxnOffsetCommitRequestTopic, w: _Wr
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_TxnOffsetCommitRequestPartition_v3(item3, w)
+        w(_S_iqi.pack(item3.partition_index, item3.committed_offset, item3.committed_leader_epoch))
+        x4 = item3.committed_metadata
+        if x4 is None:
+            w(b"\x00")
+        else:
+            raw5 = x4.encode()
+            n = len(raw5)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw5)
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_TxnOffsetCommitRequestPartition)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TxnOffsetCommitRequestTopic)
     else:
         w(b"\x00")
 
@@ -588,12 +680,12 @@ def _read_TxnOffsetCommitRequest_v2(buf: bytes, pos: int) -> tuple[TxnOffsetComm
 def _read_TxnOffsetCommitRequest_v3(buf: bytes, pos: int) -> tuple[TxnOffsetCommitRequest, int]:
     # versions 3-4
     o = _new(TxnOffsetCommitRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -602,12 +694,12 @@ def _read_TxnOffsetCommitRequest_v3(buf: bytes, pos: int) -> tuple[TxnOffsetComm
             raise _too_long("string", n, len(buf) - pos, pos)
         o.transactional_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -618,12 +710,12 @@ def _read_TxnOffsetCommitRequest_v3(buf: bytes, pos: int) -> tuple[TxnOffsetComm
         pos = end
     o.producer_id, o.producer_epoch, o.generation_id = _S_qhi.unpack_from(buf, pos)
     pos += 14
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -632,12 +724,12 @@ def _read_TxnOffsetCommitRequest_v3(buf: bytes, pos: int) -> tuple[TxnOffsetComm
             raise _too_long("string", n, len(buf) - pos, pos)
         o.member_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -648,12 +740,12 @@ def _read_TxnOffsetCommitRequest_v3(buf: bytes, pos: int) -> tuple[TxnOffsetComm
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_instance_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -779,7 +871,7 @@ def _write_TxnOffsetCommitRequest_v3(o: TxnOffsetCommitRequest, w: _Writer) -> N
     for item7 in items6:
         _write_TxnOffsetCommitRequestTopic_v3(item7, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TxnOffsetCommitRequest)
     else:
         w(b"\x00")
 

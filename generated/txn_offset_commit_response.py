@@ -188,7 +188,7 @@ def _write_TxnOffsetCommitResponsePartition_v3(
     # versions 3-4
     w(_S_ih.pack(o.partition_index, o.error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TxnOffsetCommitResponsePartition)
     else:
         w(b"\x00")
 
@@ -217,7 +217,10 @@ def _read_TxnOffsetCommitResponseTopic_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_TxnOffsetCommitResponsePartition_v0(buf, pos)
+            item2 = _new(TxnOffsetCommitResponsePartition)
+            item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -229,12 +232,12 @@ def _read_TxnOffsetCommitResponseTopic_v3(
 ) -> tuple[TxnOffsetCommitResponseTopic, int]:
     # versions 3-4
     o = _new(TxnOffsetCommitResponseTopic)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -243,12 +246,12 @@ def _read_TxnOffsetCommitResponseTopic_v3(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -256,7 +259,16 @@ def _read_TxnOffsetCommitResponseTopic_v3(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_TxnOffsetCommitResponsePartition_v3(buf, pos)
+            item2 = _new(TxnOffsetCommitResponsePartition)
+            item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_TxnOffsetCommitResponsePartition
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -277,7 +289,9 @@ def _write_TxnOffsetCommitResponseTopic_v0(o: TxnOffsetCommitResponseTopic, w: _
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_TxnOffsetCommitResponsePartition_v0(item3, w)
+        w(_S_ih.pack(item3.partition_index, item3.error_code))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -292,9 +306,13 @@ def _write_TxnOffsetCommitResponseTopic_v3(o: TxnOffsetCommitResponseTopic, w: _
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_TxnOffsetCommitResponsePartition_v3(item3, w)
+        w(_S_ih.pack(item3.partition_index, item3.error_code))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_TxnOffsetCommitResponsePartition)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TxnOffsetCommitResponseTopic)
     else:
         w(b"\x00")
 
@@ -325,12 +343,12 @@ def _read_TxnOffsetCommitResponse_v3(buf: bytes, pos: int) -> tuple[TxnOffsetCom
     o = _new(TxnOffsetCommitResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -370,7 +388,7 @@ def _write_TxnOffsetCommitResponse_v3(o: TxnOffsetCommitResponse, w: _Writer) ->
     for item2 in items1:
         _write_TxnOffsetCommitResponseTopic_v3(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TxnOffsetCommitResponse)
     else:
         w(b"\x00")
 

@@ -70,7 +70,7 @@ def _write_UnregisterBrokerRequest_v0(o: UnregisterBrokerRequest, w: _Writer) ->
     # versions 0
     w(_S_i.pack(o.broker_id))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_UnregisterBrokerRequest)
     else:
         w(b"\x00")
 

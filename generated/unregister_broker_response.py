@@ -81,12 +81,12 @@ def _read_UnregisterBrokerResponse_v0(buf: bytes, pos: int) -> tuple[UnregisterB
     o = _new(UnregisterBrokerResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -117,7 +117,7 @@ def _write_UnregisterBrokerResponse_v0(o: UnregisterBrokerResponse, w: _Writer) 
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw2)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_UnregisterBrokerResponse)
     else:
         w(b"\x00")
 

@@ -135,12 +135,12 @@ def _read_FeatureUpdateKey_v0(buf: bytes, pos: int) -> tuple[FeatureUpdateKey, i
     # versions 0
     o = _new(FeatureUpdateKey)
     o.upgrade_type = 1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -163,12 +163,12 @@ def _read_FeatureUpdateKey_v1(buf: bytes, pos: int) -> tuple[FeatureUpdateKey, i
     # versions 1
     o = _new(FeatureUpdateKey)
     o.allow_downgrade = False
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -197,7 +197,7 @@ def _write_FeatureUpdateKey_v0(o: FeatureUpdateKey, w: _Writer) -> None:
     w(raw1)
     w(_S_hz.pack(o.max_version_level, o.allow_downgrade))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FeatureUpdateKey)
     else:
         w(b"\x00")
 
@@ -212,7 +212,7 @@ def _write_FeatureUpdateKey_v1(o: FeatureUpdateKey, w: _Writer) -> None:
     w(raw1)
     w(_S_hb.pack(o.max_version_level, o.upgrade_type))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_FeatureUpdateKey)
     else:
         w(b"\x00")
 
@@ -223,12 +223,12 @@ def _read_UpdateFeaturesRequest_v0(buf: bytes, pos: int) -> tuple[UpdateFeatures
     o.validate_only = False
     o.timeout_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -236,7 +236,29 @@ def _read_UpdateFeaturesRequest_v0(buf: bytes, pos: int) -> tuple[UpdateFeatures
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_FeatureUpdateKey_v0(buf, pos)
+            item2 = _new(FeatureUpdateKey)
+            item2.upgrade_type = 1
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.feature = buf[pos:end].decode()
+                pos = end
+            item2.max_version_level, item2.allow_downgrade = _S_hz.unpack_from(buf, pos)
+            pos += 3
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_FeatureUpdateKey)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.feature_updates = items1
     if buf[pos]:
@@ -252,12 +274,12 @@ def _read_UpdateFeaturesRequest_v1(buf: bytes, pos: int) -> tuple[UpdateFeatures
     o = _new(UpdateFeaturesRequest)
     o.timeout_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -265,7 +287,29 @@ def _read_UpdateFeaturesRequest_v1(buf: bytes, pos: int) -> tuple[UpdateFeatures
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_FeatureUpdateKey_v1(buf, pos)
+            item2 = _new(FeatureUpdateKey)
+            item2.allow_downgrade = False
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.feature = buf[pos:end].decode()
+                pos = end
+            item2.max_version_level, item2.upgrade_type = _S_hb.unpack_from(buf, pos)
+            pos += 3
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_FeatureUpdateKey)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.feature_updates = items1
     o.validate_only = _S_z.unpack_from(buf, pos)[0]
@@ -287,9 +331,19 @@ def _write_UpdateFeaturesRequest_v0(o: UpdateFeaturesRequest, w: _Writer) -> Non
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_FeatureUpdateKey_v0(item2, w)
+        if item2.upgrade_type != 1:
+            raise _ProtocolError("UpgradeType cannot be written in version 0")
+        raw3 = item2.feature.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        w(_S_hz.pack(item2.max_version_level, item2.allow_downgrade))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_FeatureUpdateKey)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_UpdateFeaturesRequest)
     else:
         w(b"\x00")
 
@@ -301,10 +355,20 @@ def _write_UpdateFeaturesRequest_v1(o: UpdateFeaturesRequest, w: _Writer) -> Non
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_FeatureUpdateKey_v1(item2, w)
+        if item2.allow_downgrade:
+            raise _ProtocolError("AllowDowngrade cannot be written in version 1")
+        raw3 = item2.feature.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        w(_S_hb.pack(item2.max_version_level, item2.upgrade_type))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_FeatureUpdateKey)
+        else:
+            w(b"\x00")
     w(_S_z.pack(o.validate_only))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_UpdateFeaturesRequest)
     else:
         w(b"\x00")
 

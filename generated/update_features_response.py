@@ -132,12 +132,12 @@ _TAGS_UpdatableFeatureResult: frozenset[int] = frozenset()
 def _read_UpdatableFeatureResult_v0(buf: bytes, pos: int) -> tuple[UpdatableFeatureResult, int]:
     # versions 0-1
     o = _new(UpdatableFeatureResult)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -148,12 +148,12 @@ def _read_UpdatableFeatureResult_v0(buf: bytes, pos: int) -> tuple[UpdatableFeat
         pos = end
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -188,7 +188,7 @@ def _write_UpdatableFeatureResult_v0(o: UpdatableFeatureResult, w: _Writer) -> N
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_UpdatableFeatureResult)
     else:
         w(b"\x00")
 
@@ -198,12 +198,12 @@ def _read_UpdateFeaturesResponse_v0(buf: bytes, pos: int) -> tuple[UpdateFeature
     o = _new(UpdateFeaturesResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -214,12 +214,12 @@ def _read_UpdateFeaturesResponse_v0(buf: bytes, pos: int) -> tuple[UpdateFeature
             raise _too_long("string", n, len(buf) - pos, pos)
         o.error_message = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -227,7 +227,44 @@ def _read_UpdateFeaturesResponse_v0(buf: bytes, pos: int) -> tuple[UpdateFeature
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_UpdatableFeatureResult_v0(buf, pos)
+            item2 = _new(UpdatableFeatureResult)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.feature = buf[pos:end].decode()
+                pos = end
+            item2.error_code = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                if n != -1:
+                    raise _ProtocolError(f"bad string length {n}", offset=pos)
+                item2.error_message = None
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.error_message = buf[pos:end].decode()
+                pos = end
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_UpdatableFeatureResult)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.results = items1
     if buf[pos]:
@@ -253,9 +290,25 @@ def _write_UpdateFeaturesResponse_v0(o: UpdateFeaturesResponse, w: _Writer) -> N
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
-        _write_UpdatableFeatureResult_v0(item4, w)
+        raw5 = item4.feature.encode()
+        n = len(raw5)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw5)
+        w(_S_h.pack(item4.error_code))
+        x6 = item4.error_message
+        if x6 is None:
+            w(b"\x00")
+        else:
+            raw7 = x6.encode()
+            n = len(raw7)
+            w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            w(raw7)
+        if item4._unknown_tags:
+            _write_tags(w, [], item4._unknown_tags, _TAGS_UpdatableFeatureResult)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_UpdateFeaturesResponse)
     else:
         w(b"\x00")
 

@@ -27,6 +27,7 @@ from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uuid as _read_uuid
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import tag_payload_end as _tag_end
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
@@ -49,6 +50,7 @@ _S_ii = _Packer(">ii")
 _S_iiii = _Packer(">iiii")
 _S_iiq = _Packer(">iiq")
 _S_iziq = _Packer(">i?iq")
+_A_i = _small_arrays("i")
 
 
 class UpdateMetadataRequest(_Message):
@@ -410,7 +412,7 @@ def _read_UpdateMetadataPartitionState_v0(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.isr = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.isr = [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
         pos += 4 * n
     o.zk_version = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -421,7 +423,9 @@ def _read_UpdateMetadataPartitionState_v0(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o._unknown_tags = None
     return o, pos
@@ -451,7 +455,7 @@ def _read_UpdateMetadataPartitionState_v4(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.isr = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.isr = [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
         pos += 4 * n
     o.zk_version = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -462,7 +466,9 @@ def _read_UpdateMetadataPartitionState_v4(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -471,7 +477,9 @@ def _read_UpdateMetadataPartitionState_v4(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.offline_replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.offline_replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o._unknown_tags = None
     return o, pos
@@ -492,7 +500,7 @@ def _read_UpdateMetadataPartitionState_v5(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.isr = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.isr = [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
         pos += 4 * n
     o.zk_version = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -503,7 +511,9 @@ def _read_UpdateMetadataPartitionState_v5(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -512,7 +522,9 @@ def _read_UpdateMetadataPartitionState_v5(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.offline_replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.offline_replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o._unknown_tags = None
     return o, pos
@@ -526,46 +538,50 @@ def _read_UpdateMetadataPartitionState_v6(
     o.topic_name = ""
     o.partition_index, o.controller_epoch, o.leader, o.leader_epoch = _S_iiii.unpack_from(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.isr = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.isr = [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
         pos += 4 * n
     o.zk_version = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.offline_replicas = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.offline_replicas = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_UpdateMetadataPartitionState)
@@ -585,12 +601,12 @@ def _write_UpdateMetadataPartitionState_v0(o: UpdateMetadataPartitionState, w: _
     items2 = o.isr
     n = len(items2)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items2))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     w(_S_i.pack(o.zk_version))
     items4 = o.replicas
     n = len(items4)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items4))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -605,16 +621,16 @@ def _write_UpdateMetadataPartitionState_v4(o: UpdateMetadataPartitionState, w: _
     items2 = o.isr
     n = len(items2)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items2))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     w(_S_i.pack(o.zk_version))
     items4 = o.replicas
     n = len(items4)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items4))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
     items6 = o.offline_replicas
     n = len(items6)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items6))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -625,16 +641,16 @@ def _write_UpdateMetadataPartitionState_v5(o: UpdateMetadataPartitionState, w: _
     items1 = o.isr
     n = len(items1)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     w(_S_i.pack(o.zk_version))
     items3 = o.replicas
     n = len(items3)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items3))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items3))
     items5 = o.offline_replicas
     n = len(items5)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items5))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -645,18 +661,18 @@ def _write_UpdateMetadataPartitionState_v6(o: UpdateMetadataPartitionState, w: _
     items1 = o.isr
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items1))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
     w(_S_i.pack(o.zk_version))
     items3 = o.replicas
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items3))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items3))
     items5 = o.offline_replicas
     n = len(items5)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items5))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items5))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_UpdateMetadataPartitionState)
     else:
         w(b"\x00")
 
@@ -684,7 +700,54 @@ def _read_UpdateMetadataTopicState_v5(buf: bytes, pos: int) -> tuple[UpdateMetad
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_UpdateMetadataPartitionState_v5(buf, pos)
+            item2 = _new(UpdateMetadataPartitionState)
+            item2.topic_name = ""
+            item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
+                _S_iiii.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.zk_version = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.offline_replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.partition_states = items1
     o._unknown_tags = None
@@ -695,12 +758,12 @@ def _read_UpdateMetadataTopicState_v6(buf: bytes, pos: int) -> tuple[UpdateMetad
     # versions 6
     o = _new(UpdateMetadataTopicState)
     o.topic_id = _ZERO_UUID
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -709,12 +772,12 @@ def _read_UpdateMetadataTopicState_v6(buf: bytes, pos: int) -> tuple[UpdateMetad
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -722,7 +785,72 @@ def _read_UpdateMetadataTopicState_v6(buf: bytes, pos: int) -> tuple[UpdateMetad
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_UpdateMetadataPartitionState_v6(buf, pos)
+            item2 = _new(UpdateMetadataPartitionState)
+            item2.topic_name = ""
+            item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
+                _S_iiii.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.zk_version = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.offline_replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_UpdateMetadataPartitionState
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partition_states = items1
     if buf[pos]:
@@ -736,12 +864,12 @@ def _read_UpdateMetadataTopicState_v6(buf: bytes, pos: int) -> tuple[UpdateMetad
 def _read_UpdateMetadataTopicState_v7(buf: bytes, pos: int) -> tuple[UpdateMetadataTopicState, int]:
     # versions 7-8
     o = _new(UpdateMetadataTopicState)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -752,12 +880,12 @@ def _read_UpdateMetadataTopicState_v7(buf: bytes, pos: int) -> tuple[UpdateMetad
         pos = end
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -765,7 +893,72 @@ def _read_UpdateMetadataTopicState_v7(buf: bytes, pos: int) -> tuple[UpdateMetad
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_UpdateMetadataPartitionState_v6(buf, pos)
+            item2 = _new(UpdateMetadataPartitionState)
+            item2.topic_name = ""
+            item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
+                _S_iiii.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.zk_version = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.offline_replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_UpdateMetadataPartitionState
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partition_states = items1
     if buf[pos]:
@@ -786,7 +979,26 @@ def _write_UpdateMetadataTopicState_v5(o: UpdateMetadataTopicState, w: _Writer) 
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_UpdateMetadataPartitionState_v5(item3, w)
+        w(
+            _S_iiii.pack(
+                item3.partition_index, item3.controller_epoch, item3.leader, item3.leader_epoch
+            )
+        )
+        items4 = item3.isr
+        n = len(items4)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        w(_S_i.pack(item3.zk_version))
+        items6 = item3.replicas
+        n = len(items6)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        items8 = item3.offline_replicas
+        n = len(items8)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items8))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -801,9 +1013,30 @@ def _write_UpdateMetadataTopicState_v6(o: UpdateMetadataTopicState, w: _Writer) 
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_UpdateMetadataPartitionState_v6(item3, w)
+        w(
+            _S_iiii.pack(
+                item3.partition_index, item3.controller_epoch, item3.leader, item3.leader_epoch
+            )
+        )
+        items4 = item3.isr
+        n = len(items4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        w(_S_i.pack(item3.zk_version))
+        items6 = item3.replicas
+        n = len(items6)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        items8 = item3.offline_replicas
+        n = len(items8)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items8))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_UpdateMetadataPartitionState)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_UpdateMetadataTopicState)
     else:
         w(b"\x00")
 
@@ -819,9 +1052,30 @@ def _write_UpdateMetadataTopicState_v7(o: UpdateMetadataTopicState, w: _Writer) 
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_UpdateMetadataPartitionState_v6(item3, w)
+        w(
+            _S_iiii.pack(
+                item3.partition_index, item3.controller_epoch, item3.leader, item3.leader_epoch
+            )
+        )
+        items4 = item3.isr
+        n = len(items4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        w(_S_i.pack(item3.zk_version))
+        items6 = item3.replicas
+        n = len(items6)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        items8 = item3.offline_replicas
+        n = len(items8)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items8))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_UpdateMetadataPartitionState)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_UpdateMetadataTopicState)
     else:
         w(b"\x00")
 
@@ -884,12 +1138,12 @@ def _read_UpdateMetadataEndpoint_v6(buf: bytes, pos: int) -> tuple[UpdateMetadat
     o = _new(UpdateMetadataEndpoint)
     o.port = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -898,12 +1152,12 @@ def _read_UpdateMetadataEndpoint_v6(buf: bytes, pos: int) -> tuple[UpdateMetadat
             raise _too_long("string", n, len(buf) - pos, pos)
         o.host = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -963,7 +1217,7 @@ def _write_UpdateMetadataEndpoint_v6(o: UpdateMetadataEndpoint, w: _Writer) -> N
     w(raw2)
     w(_S_h.pack(o.security_protocol))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_UpdateMetadataEndpoint)
     else:
         w(b"\x00")
 
@@ -1008,7 +1262,23 @@ def _read_UpdateMetadataBroker_v1(buf: bytes, pos: int) -> tuple[UpdateMetadataB
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_UpdateMetadataEndpoint_v1(buf, pos)
+            item2 = _new(UpdateMetadataEndpoint)
+            item2.listener = ""
+            item2.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.security_protocol = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            item2._unknown_tags = None
             items1.append(item2)
         o.endpoints = items1
     o._unknown_tags = None
@@ -1031,7 +1301,23 @@ def _read_UpdateMetadataBroker_v2(buf: bytes, pos: int) -> tuple[UpdateMetadataB
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_UpdateMetadataEndpoint_v1(buf, pos)
+            item2 = _new(UpdateMetadataEndpoint)
+            item2.listener = ""
+            item2.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.security_protocol = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            item2._unknown_tags = None
             items1.append(item2)
         o.endpoints = items1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -1066,7 +1352,32 @@ def _read_UpdateMetadataBroker_v3(buf: bytes, pos: int) -> tuple[UpdateMetadataB
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_UpdateMetadataEndpoint_v3(buf, pos)
+            item2 = _new(UpdateMetadataEndpoint)
+            item2.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.listener = buf[pos:end].decode()
+                pos = end
+            item2.security_protocol = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            item2._unknown_tags = None
             items1.append(item2)
         o.endpoints = items1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -1092,12 +1403,12 @@ def _read_UpdateMetadataBroker_v6(buf: bytes, pos: int) -> tuple[UpdateMetadataB
     o.v0_port = 0
     o.id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1105,15 +1416,52 @@ def _read_UpdateMetadataBroker_v6(buf: bytes, pos: int) -> tuple[UpdateMetadataB
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_UpdateMetadataEndpoint_v6(buf, pos)
+            item2 = _new(UpdateMetadataEndpoint)
+            item2.port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.listener = buf[pos:end].decode()
+                pos = end
+            item2.security_protocol = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_UpdateMetadataEndpoint)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.endpoints = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -1151,7 +1499,14 @@ def _write_UpdateMetadataBroker_v1(o: UpdateMetadataBroker, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_UpdateMetadataEndpoint_v1(item2, w)
+        w(_S_i.pack(item2.port))
+        raw3 = item2.host.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_h.pack(item2.security_protocol))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1163,15 +1518,22 @@ def _write_UpdateMetadataBroker_v2(o: UpdateMetadataBroker, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_UpdateMetadataEndpoint_v1(item2, w)
-    x3 = o.rack
-    if x3 is None:
+        w(_S_i.pack(item2.port))
+        raw3 = item2.host.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(_S_h.pack(item2.security_protocol))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    x4 = o.rack
+    if x4 is None:
         w(b"\xff\xff")
     else:
-        raw4 = x3.encode()
-        n = len(raw4)
+        raw5 = x4.encode()
+        n = len(raw5)
         w(_S_h.pack(n))
-        w(raw4)
+        w(raw5)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1183,15 +1545,26 @@ def _write_UpdateMetadataBroker_v3(o: UpdateMetadataBroker, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_UpdateMetadataEndpoint_v3(item2, w)
-    x3 = o.rack
-    if x3 is None:
-        w(b"\xff\xff")
-    else:
-        raw4 = x3.encode()
+        w(_S_i.pack(item2.port))
+        raw3 = item2.host.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        raw4 = item2.listener.encode()
         n = len(raw4)
         w(_S_h.pack(n))
         w(raw4)
+        w(_S_h.pack(item2.security_protocol))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    x5 = o.rack
+    if x5 is None:
+        w(b"\xff\xff")
+    else:
+        raw6 = x5.encode()
+        n = len(raw6)
+        w(_S_h.pack(n))
+        w(raw6)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1203,17 +1576,30 @@ def _write_UpdateMetadataBroker_v6(o: UpdateMetadataBroker, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_UpdateMetadataEndpoint_v6(item2, w)
-    x3 = o.rack
-    if x3 is None:
-        w(b"\x00")
-    else:
-        raw4 = x3.encode()
+        w(_S_i.pack(item2.port))
+        raw3 = item2.host.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        raw4 = item2.listener.encode()
         n = len(raw4)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw4)
+        w(_S_h.pack(item2.security_protocol))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_UpdateMetadataEndpoint)
+        else:
+            w(b"\x00")
+    x5 = o.rack
+    if x5 is None:
+        w(b"\x00")
+    else:
+        raw6 = x5.encode()
+        n = len(raw6)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw6)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_UpdateMetadataBroker)
     else:
         w(b"\x00")
 
@@ -1260,7 +1646,51 @@ def _read_UpdateMetadataRequest_v0(buf: bytes, pos: int) -> tuple[UpdateMetadata
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_UpdateMetadataPartitionState_v0(buf, pos)
+            item2 = _new(UpdateMetadataPartitionState)
+            item2.offline_replicas = []
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.topic_name = buf[pos:end].decode()
+                pos = end
+            item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
+                _S_iiii.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.zk_version = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.ungrouped_partition_states = items1
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1272,7 +1702,24 @@ def _read_UpdateMetadataRequest_v0(buf: bytes, pos: int) -> tuple[UpdateMetadata
     else:
         items3: list[_Any] = []
         for _ in range(n):
-            item4, pos = _read_UpdateMetadataBroker_v0(buf, pos)
+            item4 = _new(UpdateMetadataBroker)
+            item4.endpoints = []
+            item4.rack = ""
+            item4.id = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item4.v0_host = buf[pos:end].decode()
+                pos = end
+            item4.v0_port = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            item4._unknown_tags = None
             items3.append(item4)
         o.live_brokers = items3
     o._unknown_tags = None
@@ -1297,7 +1744,51 @@ def _read_UpdateMetadataRequest_v1(buf: bytes, pos: int) -> tuple[UpdateMetadata
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_UpdateMetadataPartitionState_v0(buf, pos)
+            item2 = _new(UpdateMetadataPartitionState)
+            item2.offline_replicas = []
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.topic_name = buf[pos:end].decode()
+                pos = end
+            item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
+                _S_iiii.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.zk_version = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.ungrouped_partition_states = items1
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1334,7 +1825,51 @@ def _read_UpdateMetadataRequest_v2(buf: bytes, pos: int) -> tuple[UpdateMetadata
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_UpdateMetadataPartitionState_v0(buf, pos)
+            item2 = _new(UpdateMetadataPartitionState)
+            item2.offline_replicas = []
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.topic_name = buf[pos:end].decode()
+                pos = end
+            item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
+                _S_iiii.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.zk_version = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.ungrouped_partition_states = items1
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1371,7 +1906,51 @@ def _read_UpdateMetadataRequest_v3(buf: bytes, pos: int) -> tuple[UpdateMetadata
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_UpdateMetadataPartitionState_v0(buf, pos)
+            item2 = _new(UpdateMetadataPartitionState)
+            item2.offline_replicas = []
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.topic_name = buf[pos:end].decode()
+                pos = end
+            item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
+                _S_iiii.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.zk_version = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.ungrouped_partition_states = items1
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1408,7 +1987,63 @@ def _read_UpdateMetadataRequest_v4(buf: bytes, pos: int) -> tuple[UpdateMetadata
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_UpdateMetadataPartitionState_v4(buf, pos)
+            item2 = _new(UpdateMetadataPartitionState)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.topic_name = buf[pos:end].decode()
+                pos = end
+            item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
+                _S_iiii.unpack_from(buf, pos)
+            )
+            pos += 16
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.isr = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2.zk_version = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.offline_replicas = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.ungrouped_partition_states = items1
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1471,12 +2106,12 @@ def _read_UpdateMetadataRequest_v6(buf: bytes, pos: int) -> tuple[UpdateMetadata
     o.ungrouped_partition_states = []
     o.controller_id, o.controller_epoch, o.broker_epoch = _S_iiq.unpack_from(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1487,12 +2122,12 @@ def _read_UpdateMetadataRequest_v6(buf: bytes, pos: int) -> tuple[UpdateMetadata
             item2, pos = _read_UpdateMetadataTopicState_v6(buf, pos)
             items1.append(item2)
         o.topic_states = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1519,12 +2154,12 @@ def _read_UpdateMetadataRequest_v7(buf: bytes, pos: int) -> tuple[UpdateMetadata
     o.ungrouped_partition_states = []
     o.controller_id, o.controller_epoch, o.broker_epoch = _S_iiq.unpack_from(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1535,12 +2170,12 @@ def _read_UpdateMetadataRequest_v7(buf: bytes, pos: int) -> tuple[UpdateMetadata
             item2, pos = _read_UpdateMetadataTopicState_v7(buf, pos)
             items1.append(item2)
         o.topic_states = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1568,12 +2203,12 @@ def _read_UpdateMetadataRequest_v8(buf: bytes, pos: int) -> tuple[UpdateMetadata
         _S_iziq.unpack_from(buf, pos)
     )
     pos += 17
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1584,12 +2219,12 @@ def _read_UpdateMetadataRequest_v8(buf: bytes, pos: int) -> tuple[UpdateMetadata
             item2, pos = _read_UpdateMetadataTopicState_v7(buf, pos)
             items1.append(item2)
         o.topic_states = items1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -1621,12 +2256,38 @@ def _write_UpdateMetadataRequest_v0(o: UpdateMetadataRequest, w: _Writer) -> Non
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_UpdateMetadataPartitionState_v0(item2, w)
-    items3 = o.live_brokers
-    n = len(items3)
+        raw3 = item2.topic_name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(
+            _S_iiii.pack(
+                item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch
+            )
+        )
+        items4 = item2.isr
+        n = len(items4)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        w(_S_i.pack(item2.zk_version))
+        items6 = item2.replicas
+        n = len(items6)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    items8 = o.live_brokers
+    n = len(items8)
     w(_S_i.pack(n))
-    for item4 in items3:
-        _write_UpdateMetadataBroker_v0(item4, w)
+    for item9 in items8:
+        w(_S_i.pack(item9.id))
+        raw10 = item9.v0_host.encode()
+        n = len(raw10)
+        w(_S_h.pack(n))
+        w(raw10)
+        w(_S_i.pack(item9.v0_port))
+        if item9._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1644,12 +2305,31 @@ def _write_UpdateMetadataRequest_v1(o: UpdateMetadataRequest, w: _Writer) -> Non
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_UpdateMetadataPartitionState_v0(item2, w)
-    items3 = o.live_brokers
-    n = len(items3)
+        raw3 = item2.topic_name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(
+            _S_iiii.pack(
+                item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch
+            )
+        )
+        items4 = item2.isr
+        n = len(items4)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        w(_S_i.pack(item2.zk_version))
+        items6 = item2.replicas
+        n = len(items6)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    items8 = o.live_brokers
+    n = len(items8)
     w(_S_i.pack(n))
-    for item4 in items3:
-        _write_UpdateMetadataBroker_v1(item4, w)
+    for item9 in items8:
+        _write_UpdateMetadataBroker_v1(item9, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1667,12 +2347,31 @@ def _write_UpdateMetadataRequest_v2(o: UpdateMetadataRequest, w: _Writer) -> Non
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_UpdateMetadataPartitionState_v0(item2, w)
-    items3 = o.live_brokers
-    n = len(items3)
+        raw3 = item2.topic_name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(
+            _S_iiii.pack(
+                item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch
+            )
+        )
+        items4 = item2.isr
+        n = len(items4)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        w(_S_i.pack(item2.zk_version))
+        items6 = item2.replicas
+        n = len(items6)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    items8 = o.live_brokers
+    n = len(items8)
     w(_S_i.pack(n))
-    for item4 in items3:
-        _write_UpdateMetadataBroker_v2(item4, w)
+    for item9 in items8:
+        _write_UpdateMetadataBroker_v2(item9, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1690,12 +2389,31 @@ def _write_UpdateMetadataRequest_v3(o: UpdateMetadataRequest, w: _Writer) -> Non
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_UpdateMetadataPartitionState_v0(item2, w)
-    items3 = o.live_brokers
-    n = len(items3)
+        raw3 = item2.topic_name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(
+            _S_iiii.pack(
+                item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch
+            )
+        )
+        items4 = item2.isr
+        n = len(items4)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        w(_S_i.pack(item2.zk_version))
+        items6 = item2.replicas
+        n = len(items6)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    items8 = o.live_brokers
+    n = len(items8)
     w(_S_i.pack(n))
-    for item4 in items3:
-        _write_UpdateMetadataBroker_v3(item4, w)
+    for item9 in items8:
+        _write_UpdateMetadataBroker_v3(item9, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1713,12 +2431,35 @@ def _write_UpdateMetadataRequest_v4(o: UpdateMetadataRequest, w: _Writer) -> Non
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_UpdateMetadataPartitionState_v4(item2, w)
-    items3 = o.live_brokers
-    n = len(items3)
+        raw3 = item2.topic_name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        w(
+            _S_iiii.pack(
+                item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch
+            )
+        )
+        items4 = item2.isr
+        n = len(items4)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        w(_S_i.pack(item2.zk_version))
+        items6 = item2.replicas
+        n = len(items6)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
+        items8 = item2.offline_replicas
+        n = len(items8)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items8))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
+    items10 = o.live_brokers
+    n = len(items10)
     w(_S_i.pack(n))
-    for item4 in items3:
-        _write_UpdateMetadataBroker_v3(item4, w)
+    for item11 in items10:
+        _write_UpdateMetadataBroker_v3(item11, w)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1766,7 +2507,7 @@ def _write_UpdateMetadataRequest_v6(o: UpdateMetadataRequest, w: _Writer) -> Non
     for item4 in items3:
         _write_UpdateMetadataBroker_v6(item4, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_UpdateMetadataRequest)
     else:
         w(b"\x00")
 
@@ -1791,7 +2532,7 @@ def _write_UpdateMetadataRequest_v7(o: UpdateMetadataRequest, w: _Writer) -> Non
     for item4 in items3:
         _write_UpdateMetadataBroker_v6(item4, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_UpdateMetadataRequest)
     else:
         w(b"\x00")
 
@@ -1811,13 +2552,13 @@ def _write_UpdateMetadataRequest_v8(o: UpdateMetadataRequest, w: _Writer) -> Non
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item4 in items3:
         _write_UpdateMetadataBroker_v6(item4, w)
-    tags: _UnknownTags = []
+    tags5: _UnknownTags = []
     if o.type != 0:
-        tag_parts5: list[_Buffer] = []
-        tag_parts5.append(_S_b.pack(o.type))
-        tags.append((0, b"".join(tag_parts5)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+        tag_parts6: list[_Buffer] = []
+        tag_parts6.append(_S_b.pack(o.type))
+        tags5.append((0, b"".join(tag_parts6)))
+    if tags5 or o._unknown_tags:
+        _write_tags(w, tags5, o._unknown_tags, _TAGS_UpdateMetadataRequest)
     else:
         w(b"\x00")
 

@@ -90,7 +90,7 @@ def _write_UpdateMetadataResponse_v6(o: UpdateMetadataResponse, w: _Writer) -> N
     # versions 6-8
     w(_S_h.pack(o.error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_UpdateMetadataResponse)
     else:
         w(b"\x00")
 

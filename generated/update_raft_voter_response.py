@@ -138,12 +138,12 @@ def _read_CurrentLeader_v0(buf: bytes, pos: int) -> tuple[CurrentLeader, int]:
     o = _new(CurrentLeader)
     o.leader_id, o.leader_epoch = _S_ii.unpack_from(buf, pos)
     pos += 8
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -171,7 +171,7 @@ def _write_CurrentLeader_v0(o: CurrentLeader, w: _Writer) -> None:
     w(raw1)
     w(_S_i.pack(o.port))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_CurrentLeader)
     else:
         w(b"\x00")
 
@@ -216,13 +216,19 @@ def _read_UpdateRaftVoterResponse_v0(buf: bytes, pos: int) -> tuple[UpdateRaftVo
 def _write_UpdateRaftVoterResponse_v0(o: UpdateRaftVoterResponse, w: _Writer) -> None:
     # versions 0
     w(_S_ih.pack(o.throttle_time_ms, o.error_code))
-    tags: _UnknownTags = []
-    if o.current_leader != CurrentLeader():
-        tag_parts1: list[_Buffer] = []
-        _write_CurrentLeader_v0(o.current_leader, tag_parts1.append)
-        tags.append((0, b"".join(tag_parts1)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+    tags1: _UnknownTags = []
+    if (
+        o.current_leader.leader_id != -1
+        or o.current_leader.leader_epoch != -1
+        or o.current_leader.host != ""
+        or o.current_leader.port != 0
+        or o.current_leader._unknown_tags is not None
+    ):
+        tag_parts2: list[_Buffer] = []
+        _write_CurrentLeader_v0(o.current_leader, tag_parts2.append)
+        tags1.append((0, b"".join(tag_parts2)))
+    if tags1 or o._unknown_tags:
+        _write_tags(w, tags1, o._unknown_tags, _TAGS_UpdateRaftVoterResponse)
     else:
         w(b"\x00")
 

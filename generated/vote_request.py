@@ -237,7 +237,7 @@ def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
         )
     )
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
     else:
         w(b"\x00")
 
@@ -249,7 +249,7 @@ def _write_PartitionData_v1(o: PartitionData, w: _Writer) -> None:
     w(o.voter_directory_id.bytes)
     w(_S_iq.pack(o.last_offset_epoch, o.last_offset))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
     else:
         w(b"\x00")
 
@@ -257,12 +257,12 @@ def _write_PartitionData_v1(o: PartitionData, w: _Writer) -> None:
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0
     o = _new(TopicData)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -271,12 +271,12 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -284,7 +284,22 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionData_v0(buf, pos)
+            item2 = _new(PartitionData)
+            item2.candidate_directory_id = _ZERO_UUID
+            item2.voter_directory_id = _ZERO_UUID
+            (
+                item2.partition_index,
+                item2.candidate_epoch,
+                item2.candidate_id,
+                item2.last_offset_epoch,
+                item2.last_offset,
+            ) = _S_iiiiq.unpack_from(buf, pos)
+            pos += 24
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -298,12 +313,12 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
 def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 1
     o = _new(TopicData)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -312,12 +327,12 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -325,7 +340,22 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionData_v1(buf, pos)
+            item2 = _new(PartitionData)
+            item2.partition_index, item2.candidate_epoch, item2.candidate_id = _S_iii.unpack_from(
+                buf, pos
+            )
+            pos += 12
+            item2.candidate_directory_id = _read_uuid(buf, pos)
+            pos += 16
+            item2.voter_directory_id = _read_uuid(buf, pos)
+            pos += 16
+            item2.last_offset_epoch, item2.last_offset = _S_iq.unpack_from(buf, pos)
+            pos += 12
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -346,9 +376,21 @@ def _write_TopicData_v0(o: TopicData, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_PartitionData_v0(item3, w)
+        w(
+            _S_iiiiq.pack(
+                item3.partition_index,
+                item3.candidate_epoch,
+                item3.candidate_id,
+                item3.last_offset_epoch,
+                item3.last_offset,
+            )
+        )
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_PartitionData)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicData)
     else:
         w(b"\x00")
 
@@ -363,9 +405,16 @@ def _write_TopicData_v1(o: TopicData, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_PartitionData_v1(item3, w)
+        w(_S_iii.pack(item3.partition_index, item3.candidate_epoch, item3.candidate_id))
+        w(item3.candidate_directory_id.bytes)
+        w(item3.voter_directory_id.bytes)
+        w(_S_iq.pack(item3.last_offset_epoch, item3.last_offset))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_PartitionData)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicData)
     else:
         w(b"\x00")
 
@@ -374,12 +423,12 @@ def _read_VoteRequest_v0(buf: bytes, pos: int) -> tuple[VoteRequest, int]:
     # versions 0
     o = _new(VoteRequest)
     o.voter_id = -1
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -390,12 +439,12 @@ def _read_VoteRequest_v0(buf: bytes, pos: int) -> tuple[VoteRequest, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.cluster_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -417,12 +466,12 @@ def _read_VoteRequest_v0(buf: bytes, pos: int) -> tuple[VoteRequest, int]:
 def _read_VoteRequest_v1(buf: bytes, pos: int) -> tuple[VoteRequest, int]:
     # versions 1
     o = _new(VoteRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         if n != -1:
             raise _ProtocolError(f"bad string length {n}", offset=pos)
@@ -435,12 +484,12 @@ def _read_VoteRequest_v1(buf: bytes, pos: int) -> tuple[VoteRequest, int]:
         pos = end
     o.voter_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -475,7 +524,7 @@ def _write_VoteRequest_v0(o: VoteRequest, w: _Writer) -> None:
     for item4 in items3:
         _write_TopicData_v0(item4, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_VoteRequest)
     else:
         w(b"\x00")
 
@@ -497,7 +546,7 @@ def _write_VoteRequest_v1(o: VoteRequest, w: _Writer) -> None:
     for item4 in items3:
         _write_TopicData_v1(item4, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_VoteRequest)
     else:
         w(b"\x00")
 

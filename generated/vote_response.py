@@ -237,7 +237,7 @@ def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
     # versions 0-1
     w(_S_ihiiz.pack(o.partition_index, o.error_code, o.leader_id, o.leader_epoch, o.vote_granted))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
     else:
         w(b"\x00")
 
@@ -245,12 +245,12 @@ def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0-1
     o = _new(TopicData)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -259,12 +259,12 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.topic_name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -272,7 +272,20 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_PartitionData_v0(buf, pos)
+            item2 = _new(PartitionData)
+            (
+                item2.partition_index,
+                item2.error_code,
+                item2.leader_id,
+                item2.leader_epoch,
+                item2.vote_granted,
+            ) = _S_ihiiz.unpack_from(buf, pos)
+            pos += 15
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -293,9 +306,21 @@ def _write_TopicData_v0(o: TopicData, w: _Writer) -> None:
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_PartitionData_v0(item3, w)
+        w(
+            _S_ihiiz.pack(
+                item3.partition_index,
+                item3.error_code,
+                item3.leader_id,
+                item3.leader_epoch,
+                item3.vote_granted,
+            )
+        )
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_PartitionData)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_TopicData)
     else:
         w(b"\x00")
 
@@ -305,12 +330,12 @@ def _read_NodeEndpoint_v1(buf: bytes, pos: int) -> tuple[NodeEndpoint, int]:
     o = _new(NodeEndpoint)
     o.node_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -338,7 +363,7 @@ def _write_NodeEndpoint_v1(o: NodeEndpoint, w: _Writer) -> None:
     w(raw1)
     w(_S_H.pack(o.port))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_NodeEndpoint)
     else:
         w(b"\x00")
 
@@ -353,12 +378,12 @@ def _read_tags_VoteResponse_v1(o: VoteResponse, buf: bytes, pos: int) -> int:
         tag, pos = _uvarint(buf, pos)
         tend, pos = _tag_end(buf, pos)
         if tag == 0:
-            n = buf[pos]
-            if n < 128:
+            n = buf[pos] - 1
+            if n < 127:
                 pos += 1
             else:
                 n, pos = _uvarint(buf, pos)
-            n -= 1
+                n -= 1
             if n < 0:
                 raise _null_error("array", pos)
             elif n > len(buf) - pos:
@@ -366,7 +391,30 @@ def _read_tags_VoteResponse_v1(o: VoteResponse, buf: bytes, pos: int) -> int:
             else:
                 items1: list[_Any] = []
                 for _ in range(n):
-                    item2, pos = _read_NodeEndpoint_v1(buf, pos)
+                    item2 = _new(NodeEndpoint)
+                    item2.node_id = _S_i.unpack_from(buf, pos)[0]
+                    pos += 4
+                    n = buf[pos] - 1
+                    if n < 127:
+                        pos += 1
+                    else:
+                        n, pos = _uvarint(buf, pos)
+                        n -= 1
+                    if n < 0:
+                        raise _null_error("string", pos)
+                    else:
+                        end = pos + n
+                        if end > len(buf):
+                            raise _too_long("string", n, len(buf) - pos, pos)
+                        item2.host = buf[pos:end].decode()
+                        pos = end
+                    item2.port = _S_H.unpack_from(buf, pos)[0]
+                    pos += 2
+                    if buf[pos]:
+                        item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_NodeEndpoint)
+                    else:
+                        item2._unknown_tags = None
+                        pos += 1
                     items1.append(item2)
                 o.node_endpoints = items1
             _check_tag_end(pos, tend, 0)
@@ -387,12 +435,12 @@ def _read_VoteResponse_v0(buf: bytes, pos: int) -> tuple[VoteResponse, int]:
     o.node_endpoints = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -417,12 +465,12 @@ def _read_VoteResponse_v1(buf: bytes, pos: int) -> tuple[VoteResponse, int]:
     o.node_endpoints = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -452,7 +500,7 @@ def _write_VoteResponse_v0(o: VoteResponse, w: _Writer) -> None:
     for item2 in items1:
         _write_TopicData_v0(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_VoteResponse)
     else:
         w(b"\x00")
 
@@ -465,17 +513,26 @@ def _write_VoteResponse_v1(o: VoteResponse, w: _Writer) -> None:
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
         _write_TopicData_v0(item2, w)
-    tags: _UnknownTags = []
+    tags3: _UnknownTags = []
     if o.node_endpoints != []:
-        tag_parts3: list[_Buffer] = []
-        items4 = o.node_endpoints
-        n = len(items4)
-        tag_parts3.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        for item5 in items4:
-            _write_NodeEndpoint_v1(item5, tag_parts3.append)
-        tags.append((0, b"".join(tag_parts3)))
-    if tags or o._unknown_tags:
-        _write_tags(w, tags, o._unknown_tags)
+        tag_parts4: list[_Buffer] = []
+        items5 = o.node_endpoints
+        n = len(items5)
+        tag_parts4.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        for item6 in items5:
+            tag_parts4.append(_S_i.pack(item6.node_id))
+            raw7 = item6.host.encode()
+            n = len(raw7)
+            tag_parts4.append(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            tag_parts4.append(raw7)
+            tag_parts4.append(_S_H.pack(item6.port))
+            if item6._unknown_tags:
+                _write_tags(tag_parts4.append, [], item6._unknown_tags, _TAGS_NodeEndpoint)
+            else:
+                tag_parts4.append(b"\x00")
+        tags3.append((0, b"".join(tag_parts4)))
+    if tags3 or o._unknown_tags:
+        _write_tags(w, tags3, o._unknown_tags, _TAGS_VoteResponse)
     else:
         w(b"\x00")
 

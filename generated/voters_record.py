@@ -202,12 +202,12 @@ _TAGS_KRaftVersionFeature: frozenset[int] = frozenset()
 def _read_Endpoint_v0(buf: bytes, pos: int) -> tuple[Endpoint, int]:
     # versions 0
     o = _new(Endpoint)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -216,12 +216,12 @@ def _read_Endpoint_v0(buf: bytes, pos: int) -> tuple[Endpoint, int]:
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -252,7 +252,7 @@ def _write_Endpoint_v0(o: Endpoint, w: _Writer) -> None:
     w(raw2)
     w(_S_H.pack(o.port))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_Endpoint)
     else:
         w(b"\x00")
 
@@ -274,7 +274,7 @@ def _write_KRaftVersionFeature_v0(o: KRaftVersionFeature, w: _Writer) -> None:
     # versions 0
     w(_S_hh.pack(o.min_supported_version, o.max_supported_version))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_KRaftVersionFeature)
     else:
         w(b"\x00")
 
@@ -286,12 +286,12 @@ def _read_Voter_v0(buf: bytes, pos: int) -> tuple[Voter, int]:
     pos += 4
     o.voter_directory_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -299,7 +299,42 @@ def _read_Voter_v0(buf: bytes, pos: int) -> tuple[Voter, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_Endpoint_v0(buf, pos)
+            item2 = _new(Endpoint)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.host = buf[pos:end].decode()
+                pos = end
+            item2.port = _S_H.unpack_from(buf, pos)[0]
+            pos += 2
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Endpoint)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.endpoints = items1
     o.kraft_version_feature, pos = _read_KRaftVersionFeature_v0(buf, pos)
@@ -319,10 +354,22 @@ def _write_Voter_v0(o: Voter, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_Endpoint_v0(item2, w)
+        raw3 = item2.name.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        raw4 = item2.host.encode()
+        n = len(raw4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw4)
+        w(_S_H.pack(item2.port))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_Endpoint)
+        else:
+            w(b"\x00")
     _write_KRaftVersionFeature_v0(o.kraft_version_feature, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_Voter)
     else:
         w(b"\x00")
 
@@ -332,12 +379,12 @@ def _read_VotersRecord_v0(buf: bytes, pos: int) -> tuple[VotersRecord, int]:
     o = _new(VotersRecord)
     o.version = _S_h.unpack_from(buf, pos)[0]
     pos += 2
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -365,7 +412,7 @@ def _write_VotersRecord_v0(o: VotersRecord, w: _Writer) -> None:
     for item2 in items1:
         _write_Voter_v0(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_VotersRecord)
     else:
         w(b"\x00")
 

@@ -230,7 +230,7 @@ def _write_StateBatch_v0(o: StateBatch, w: _Writer) -> None:
     # versions 0
     w(_S_qqbh.pack(o.first_offset, o.last_offset, o.delivery_state, o.delivery_count))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_StateBatch)
     else:
         w(b"\x00")
 
@@ -240,12 +240,12 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     o = _new(PartitionData)
     o.partition, o.state_epoch, o.leader_epoch, o.start_offset = _S_iiiq.unpack_from(buf, pos)
     pos += 20
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -253,7 +253,16 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_StateBatch_v0(buf, pos)
+            item2 = _new(StateBatch)
+            item2.first_offset, item2.last_offset, item2.delivery_state, item2.delivery_count = (
+                _S_qqbh.unpack_from(buf, pos)
+            )
+            pos += 19
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_StateBatch)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.state_batches = items1
     if buf[pos]:
@@ -271,9 +280,17 @@ def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_StateBatch_v0(item2, w)
+        w(
+            _S_qqbh.pack(
+                item2.first_offset, item2.last_offset, item2.delivery_state, item2.delivery_count
+            )
+        )
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_StateBatch)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
     else:
         w(b"\x00")
 
@@ -283,12 +300,12 @@ def _read_WriteStateData_v0(buf: bytes, pos: int) -> tuple[WriteStateData, int]:
     o = _new(WriteStateData)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -316,7 +333,7 @@ def _write_WriteStateData_v0(o: WriteStateData, w: _Writer) -> None:
     for item2 in items1:
         _write_PartitionData_v0(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_WriteStateData)
     else:
         w(b"\x00")
 
@@ -326,12 +343,12 @@ def _read_WriteShareGroupStateRequest_v0(
 ) -> tuple[WriteShareGroupStateRequest, int]:
     # versions 0
     o = _new(WriteShareGroupStateRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -340,12 +357,12 @@ def _read_WriteShareGroupStateRequest_v0(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.group_id = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -376,7 +393,7 @@ def _write_WriteShareGroupStateRequest_v0(o: WriteShareGroupStateRequest, w: _Wr
     for item3 in items2:
         _write_WriteStateData_v0(item3, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_WriteShareGroupStateRequest)
     else:
         w(b"\x00")
 

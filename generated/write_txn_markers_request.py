@@ -21,6 +21,7 @@ from kafscale.protocol.wire import array_struct as _array_struct
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
+from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
 from kafscale.protocol.wire import uvarint as _uvarint_bytes
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -36,6 +37,7 @@ _new = object.__new__
 _S_h = _Packer(">h")
 _S_i = _Packer(">i")
 _S_qhz = _Packer(">qh?")
+_A_i = _small_arrays("i")
 
 
 class WriteTxnMarkersRequest(_Message):
@@ -176,7 +178,9 @@ def _read_WritableTxnMarkerTopic_v0(buf: bytes, pos: int) -> tuple[WritableTxnMa
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.partition_indexes = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.partition_indexes = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     o._unknown_tags = None
     return o, pos
@@ -185,12 +189,12 @@ def _read_WritableTxnMarkerTopic_v0(buf: bytes, pos: int) -> tuple[WritableTxnMa
 def _read_WritableTxnMarkerTopic_v1(buf: bytes, pos: int) -> tuple[WritableTxnMarkerTopic, int]:
     # versions 1
     o = _new(WritableTxnMarkerTopic)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -199,18 +203,20 @@ def _read_WritableTxnMarkerTopic_v1(buf: bytes, pos: int) -> tuple[WritableTxnMa
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        o.partition_indexes = list(_array_struct("i", n).unpack_from(buf, pos))
+        o.partition_indexes = (
+            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
+        )
         pos += 4 * n
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_WritableTxnMarkerTopic)
@@ -229,7 +235,7 @@ def _write_WritableTxnMarkerTopic_v0(o: WritableTxnMarkerTopic, w: _Writer) -> N
     items2 = o.partition_indexes
     n = len(items2)
     w(_S_i.pack(n))
-    w(_array_struct("i", n).pack(*items2))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -243,9 +249,9 @@ def _write_WritableTxnMarkerTopic_v1(o: WritableTxnMarkerTopic, w: _Writer) -> N
     items2 = o.partition_indexes
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(_array_struct("i", n).pack(*items2))
+    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_WritableTxnMarkerTopic)
     else:
         w(b"\x00")
 
@@ -264,7 +270,31 @@ def _read_WritableTxnMarker_v0(buf: bytes, pos: int) -> tuple[WritableTxnMarker,
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_WritableTxnMarkerTopic_v0(buf, pos)
+            item2 = _new(WritableTxnMarkerTopic)
+            n = _S_h.unpack_from(buf, pos)[0]
+            pos += 2
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = _S_i.unpack_from(buf, pos)[0]
+            pos += 4
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.partition_indexes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            item2._unknown_tags = None
             items1.append(item2)
         o.topics = items1
     o.coordinator_epoch = _S_i.unpack_from(buf, pos)[0]
@@ -278,12 +308,12 @@ def _read_WritableTxnMarker_v1(buf: bytes, pos: int) -> tuple[WritableTxnMarker,
     o = _new(WritableTxnMarker)
     o.producer_id, o.producer_epoch, o.transaction_result = _S_qhz.unpack_from(buf, pos)
     pos += 11
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -291,7 +321,43 @@ def _read_WritableTxnMarker_v1(buf: bytes, pos: int) -> tuple[WritableTxnMarker,
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_WritableTxnMarkerTopic_v1(buf, pos)
+            item2 = _new(WritableTxnMarkerTopic)
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("string", pos)
+            else:
+                end = pos + n
+                if end > len(buf):
+                    raise _too_long("string", n, len(buf) - pos, pos)
+                item2.name = buf[pos:end].decode()
+                pos = end
+            n = buf[pos] - 1
+            if n < 127:
+                pos += 1
+            else:
+                n, pos = _uvarint(buf, pos)
+                n -= 1
+            if n < 0:
+                raise _null_error("array", pos)
+            elif n > len(buf) - pos:
+                raise _too_long("array", n, len(buf) - pos, pos)
+            else:
+                item2.partition_indexes = (
+                    [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
+                    if n
+                    else []
+                )
+                pos += 4 * n
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_WritableTxnMarkerTopic)
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.topics = items1
     o.coordinator_epoch = _S_i.unpack_from(buf, pos)[0]
@@ -311,7 +377,16 @@ def _write_WritableTxnMarker_v0(o: WritableTxnMarker, w: _Writer) -> None:
     n = len(items1)
     w(_S_i.pack(n))
     for item2 in items1:
-        _write_WritableTxnMarkerTopic_v0(item2, w)
+        raw3 = item2.name.encode()
+        n = len(raw3)
+        w(_S_h.pack(n))
+        w(raw3)
+        items4 = item2.partition_indexes
+        n = len(items4)
+        w(_S_i.pack(n))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        if item2._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     w(_S_i.pack(o.coordinator_epoch))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -324,10 +399,21 @@ def _write_WritableTxnMarker_v1(o: WritableTxnMarker, w: _Writer) -> None:
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
-        _write_WritableTxnMarkerTopic_v1(item2, w)
+        raw3 = item2.name.encode()
+        n = len(raw3)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw3)
+        items4 = item2.partition_indexes
+        n = len(items4)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items4))
+        if item2._unknown_tags:
+            _write_tags(w, [], item2._unknown_tags, _TAGS_WritableTxnMarkerTopic)
+        else:
+            w(b"\x00")
     w(_S_i.pack(o.coordinator_epoch))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_WritableTxnMarker)
     else:
         w(b"\x00")
 
@@ -354,12 +440,12 @@ def _read_WriteTxnMarkersRequest_v0(buf: bytes, pos: int) -> tuple[WriteTxnMarke
 def _read_WriteTxnMarkersRequest_v1(buf: bytes, pos: int) -> tuple[WriteTxnMarkersRequest, int]:
     # versions 1
     o = _new(WriteTxnMarkersRequest)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -397,7 +483,7 @@ def _write_WriteTxnMarkersRequest_v1(o: WriteTxnMarkersRequest, w: _Writer) -> N
     for item2 in items1:
         _write_WritableTxnMarker_v1(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_WriteTxnMarkersRequest)
     else:
         w(b"\x00")
 

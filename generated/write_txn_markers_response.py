@@ -205,7 +205,7 @@ def _write_WritableTxnMarkerPartitionResult_v1(
     # versions 1
     w(_S_ih.pack(o.partition_index, o.error_code))
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_WritableTxnMarkerPartitionResult)
     else:
         w(b"\x00")
 
@@ -234,7 +234,10 @@ def _read_WritableTxnMarkerTopicResult_v0(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_WritableTxnMarkerPartitionResult_v0(buf, pos)
+            item2 = _new(WritableTxnMarkerPartitionResult)
+            item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            item2._unknown_tags = None
             items1.append(item2)
         o.partitions = items1
     o._unknown_tags = None
@@ -246,12 +249,12 @@ def _read_WritableTxnMarkerTopicResult_v1(
 ) -> tuple[WritableTxnMarkerTopicResult, int]:
     # versions 1
     o = _new(WritableTxnMarkerTopicResult)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("string", pos)
     else:
@@ -260,12 +263,12 @@ def _read_WritableTxnMarkerTopicResult_v1(
             raise _too_long("string", n, len(buf) - pos, pos)
         o.name = buf[pos:end].decode()
         pos = end
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -273,7 +276,16 @@ def _read_WritableTxnMarkerTopicResult_v1(
     else:
         items1: list[_Any] = []
         for _ in range(n):
-            item2, pos = _read_WritableTxnMarkerPartitionResult_v1(buf, pos)
+            item2 = _new(WritableTxnMarkerPartitionResult)
+            item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
+            pos += 6
+            if buf[pos]:
+                item2._unknown_tags, pos = _read_tag_section(
+                    buf, pos, _TAGS_WritableTxnMarkerPartitionResult
+                )
+            else:
+                item2._unknown_tags = None
+                pos += 1
             items1.append(item2)
         o.partitions = items1
     if buf[pos]:
@@ -294,7 +306,9 @@ def _write_WritableTxnMarkerTopicResult_v0(o: WritableTxnMarkerTopicResult, w: _
     n = len(items2)
     w(_S_i.pack(n))
     for item3 in items2:
-        _write_WritableTxnMarkerPartitionResult_v0(item3, w)
+        w(_S_ih.pack(item3.partition_index, item3.error_code))
+        if item3._unknown_tags:
+            raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -309,9 +323,13 @@ def _write_WritableTxnMarkerTopicResult_v1(o: WritableTxnMarkerTopicResult, w: _
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        _write_WritableTxnMarkerPartitionResult_v1(item3, w)
+        w(_S_ih.pack(item3.partition_index, item3.error_code))
+        if item3._unknown_tags:
+            _write_tags(w, [], item3._unknown_tags, _TAGS_WritableTxnMarkerPartitionResult)
+        else:
+            w(b"\x00")
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_WritableTxnMarkerTopicResult)
     else:
         w(b"\x00")
 
@@ -342,12 +360,12 @@ def _read_WritableTxnMarkerResult_v1(buf: bytes, pos: int) -> tuple[WritableTxnM
     o = _new(WritableTxnMarkerResult)
     o.producer_id = _S_q.unpack_from(buf, pos)[0]
     pos += 8
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -387,7 +405,7 @@ def _write_WritableTxnMarkerResult_v1(o: WritableTxnMarkerResult, w: _Writer) ->
     for item2 in items1:
         _write_WritableTxnMarkerTopicResult_v1(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_WritableTxnMarkerResult)
     else:
         w(b"\x00")
 
@@ -414,12 +432,12 @@ def _read_WriteTxnMarkersResponse_v0(buf: bytes, pos: int) -> tuple[WriteTxnMark
 def _read_WriteTxnMarkersResponse_v1(buf: bytes, pos: int) -> tuple[WriteTxnMarkersResponse, int]:
     # versions 1
     o = _new(WriteTxnMarkersResponse)
-    n = buf[pos]
-    if n < 128:
+    n = buf[pos] - 1
+    if n < 127:
         pos += 1
     else:
         n, pos = _uvarint(buf, pos)
-    n -= 1
+        n -= 1
     if n < 0:
         raise _null_error("array", pos)
     elif n > len(buf) - pos:
@@ -457,7 +475,7 @@ def _write_WriteTxnMarkersResponse_v1(o: WriteTxnMarkersResponse, w: _Writer) ->
     for item2 in items1:
         _write_WritableTxnMarkerResult_v1(item2, w)
     if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags)
+        _write_tags(w, [], o._unknown_tags, _TAGS_WriteTxnMarkersResponse)
     else:
         w(b"\x00")
 

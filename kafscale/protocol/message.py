@@ -119,7 +119,7 @@ class Struct:
         for key, value in data.items():
             where = f"{path}.{key}" if path else key
             if key == "_unknown_tags":
-                obj._unknown_tags = [(int(t), bytes.fromhex(p)) for t, p in value] or None
+                obj._unknown_tags = _unknown_tags_from_json(value, where)
             elif key not in names:
                 raise ProtocolError(f"{cls.__name__} has no field {key!r}", field=where)
             else:
@@ -209,6 +209,19 @@ def as_buffer(data: Buffer) -> bytes:
             return base
         return data.tobytes()
     raise TypeError(f"expected bytes, bytearray or memoryview, got {type(data).__name__}")
+
+
+def _unknown_tags_from_json(value: Any, where: str) -> UnknownTags | None:
+    """``[[tag, "hex payload"], ...]`` as written by :meth:`Struct.to_dict`."""
+    try:
+        tags = [(int(tag), bytes.fromhex(payload)) for tag, payload in value]
+    except (TypeError, ValueError) as e:
+        raise ProtocolError(
+            f"expected [[tag, hex payload], ...] ({e})", field=where
+        ) from None
+    if any(tag < 0 for tag, _ in tags):
+        raise ProtocolError("tags are unsigned", field=where)
+    return tags or None
 
 
 def _to_json(value: Any, f: FieldSpec, version: int | None) -> Any:

@@ -21,6 +21,7 @@ from kafscale.protocol.wire import (
     read_uuid,
     read_uvarint,
     uvarint,
+    write_tags,
 )
 
 _FIXED: dict[str, struct.Struct] = {
@@ -227,13 +228,11 @@ class _Writer:
                 continue
             self.value(f, value, where)
         if self.flexible:
-            unknown = obj._unknown_tags or []
-            tags = sorted([*tagged, *unknown], key=lambda t: t[0])
-            self.w(uvarint(len(tags)))
-            for tag, payload in tags:
-                self.w(uvarint(tag))
-                self.w(uvarint(len(payload)))
-                self.w(payload)
+            known = frozenset(f.tag for f in cls._fields if f.tag is not None)
+            try:
+                write_tags(self.w, tagged, obj._unknown_tags, known)
+            except ProtocolError as e:
+                raise _Fail(e.reason, f"{path}.<tags>" if path else "<tags>", None) from None
         elif obj._unknown_tags:
             raise _Fail("tagged fields cannot be written in a non-flexible version", path, None)
 

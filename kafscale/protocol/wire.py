@@ -7,6 +7,7 @@ are ``memoryview`` objects of format ``B``: indexing gives an ``int``, slicing c
 
 from __future__ import annotations
 
+import itertools
 import struct
 import uuid
 from collections.abc import Callable
@@ -182,11 +183,23 @@ def check_tag_end(pos: int, end: int, tag: int) -> None:
         raise ProtocolError(f"tagged field {tag} is {end - pos} bytes longer than its value")
 
 
-def write_tags(w: Writer, tags: UnknownTags, unknown: UnknownTags | None) -> None:
+def write_tags(
+    w: Writer, tags: UnknownTags, unknown: UnknownTags | None, known: frozenset[int]
+) -> None:
     """Write a tag section: known tags (already encoded) merged with the unknown ones we kept,
-    in ascending tag order as Kafka writes them."""
+    in ascending tag order as Kafka writes them.
+
+    An "unknown" tag that the struct defines, or a tag given twice, would not decode back to
+    the same object: refused.
+    """
     if unknown:
+        for tag, _ in unknown:
+            if tag in known:
+                raise ProtocolError(f"unknown tagged field {tag} is a tag this struct defines")
         tags = sorted([*tags, *unknown], key=_tag_number)
+        for (a, _), (b, _) in itertools.pairwise(tags):
+            if a == b:
+                raise ProtocolError(f"tagged field {a} is given twice")
     w(uvarint(len(tags)))
     for tag, payload in tags:
         w(uvarint(tag))
@@ -206,6 +219,17 @@ def encode_tag_payload(write: Callable[[Any, Writer], None], value: Any) -> byte
 
 
 _array_structs: dict[tuple[str, int], struct.Struct] = {}
+_small_arrays: dict[str, tuple[struct.Struct, ...]] = {}
+SMALL_ARRAY = 32
+
+
+def small_arrays(code: str) -> tuple[struct.Struct, ...]:
+    """Precompiled ``Struct`` objects for 0..31 values of one fixed type, indexed by count."""
+    table = _small_arrays.get(code)
+    if table is None:
+        table = tuple(struct.Struct(f">{i}{code}") for i in range(SMALL_ARRAY))
+        _small_arrays[code] = table
+    return table
 
 
 def array_struct(code: str, count: int) -> struct.Struct:
