@@ -19,7 +19,14 @@ from pathlib import Path
 from codegen.diff import diff_messages
 from codegen.model import SpecError
 from codegen.render import render_all
-from codegen.specs import REPO_ROOT, SPECS_DIR, default_specs_path, load_messages, read_spec_files
+from codegen.specs import (
+    REPO_ROOT,
+    SPECS_DIR,
+    default_specs_path,
+    load_lock,
+    load_messages,
+    read_spec_files,
+)
 
 GENERATED = REPO_ROOT / "generated"
 LOCK = SPECS_DIR / "kafka-specs.lock.json"
@@ -42,7 +49,7 @@ def lock_data(path: Path) -> dict[str, object]:
 
 def check_lock(path: Path) -> list[str]:
     """Differences between the definitions at ``path`` and the pinned checksums."""
-    lock = json.loads(LOCK.read_text())
+    lock = load_lock()
     now = lock_data(path)
     problems = []
     if now["kafka_release"] != lock["kafka_release"]:
@@ -57,7 +64,7 @@ def check_lock(path: Path) -> list[str]:
 
 def generate(specs: Path, out: Path, check: bool) -> int:
     messages = load_messages(specs)
-    files = render_all(messages, release_name(specs))
+    files = render_all(messages, release_name(specs), strict=out.resolve() == GENERATED.resolve())
     if check:
         problems = check_lock(specs) if out.resolve() == GENERATED.resolve() else []
         existing = {p.name for p in out.glob("*.py")} if out.is_dir() else set()

@@ -25,6 +25,7 @@ from codegen.special_cases import (
     request_header_version,
     response_header_version,
 )
+from codegen.specs import load_broker_apis
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -270,6 +271,9 @@ def render_message(msg: Message, release: str) -> str:
             functions.append(
                 _Fn(name, f"o: {s.name}, w: _Writer", "None", _versions_comment(vs), body)
             )
+    roots = [read_names[(msg.root.name, v)] for v in msg.versions()]
+    roots += [write_names[(msg.root.name, v)] for v in msg.versions()]
+    functions = _reachable(functions, roots)
     classes = [_class(msg, s, s is msg.root) for s in msg.structs]
     tag_sets = [
         (s.name, "{" + ", ".join(map(str, s.known_tags)) + "}" if s.known_tags else "")
@@ -304,12 +308,26 @@ def render_message(msg: Message, release: str) -> str:
     return text.replace("{{IMPORTS}}", "\n".join(used).strip())
 
 
+def _reachable(functions: list[_Fn], roots: list[str]) -> list[_Fn]:
+    """Drop functions nothing calls (readers of structs that are always decoded inline)."""
+    by_name = {fn.name: fn for fn in functions}
+    keep: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name in keep:
+            continue
+        keep.add(name)
+        todo.extend(re.findall(r"\b_(?:read|write)\w*_v\d+\b", by_name[name].body))
+    return [fn for fn in functions if fn.name in keep]
+
+
 def v_flexible(msg: Message, s: Struct) -> bool:
     """True when the struct occurs in a flexible version (it then needs its tag set)."""
     return any(v in msg.flexible for v in s.used_versions)
 
 
-def render_registry(messages: Iterable[Message], release: str) -> str:
+def render_registry(messages: Iterable[Message], release: str, strict: bool = True) -> str:
     msgs = list(messages)
     apis: dict[int, dict[str, Message]] = {}
     for m in msgs:
@@ -335,8 +353,16 @@ def render_registry(messages: Iterable[Message], release: str) -> str:
             }
         )
     others = [m for m in msgs if m.api_key is None]
+    served = sorted(
+        (key, versions.as_tuple()) for key, versions in load_broker_apis(msgs, strict).items()
+    )
     return _ENV.get_template("registry.py.j2").render(
-        release=release, rows=rows, others=others, exceptions=SPECIAL_CASES
+        release=release,
+        rows=rows,
+        rows_by_key={r["key"]: r for r in rows},
+        others=others,
+        exceptions=SPECIAL_CASES,
+        served=served,
     )
 
 
@@ -348,10 +374,12 @@ def _format_item(item: tuple[str, str]) -> tuple[str, str]:
     return item[0], format_source(item[1])
 
 
-def render_all(messages: list[Message], release: str, jobs: int | None = None) -> dict[str, str]:
-    """Every output file (name -> formatted source)."""
+def render_all(
+    messages: list[Message], release: str, strict: bool = True, jobs: int | None = None
+) -> dict[str, str]:
+    """Every output file (name -> formatted source); ``strict``: see ``load_broker_apis``."""
     raw = {f"{m.module}.py": render_message(m, release) for m in messages}
-    raw["registry.py"] = render_registry(messages, release)
+    raw["registry.py"] = render_registry(messages, release, strict)
     raw["__init__.py"] = _ENV.get_template("init.py.j2").render(release=release)
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         return dict(pool.map(_format_item, sorted(raw.items()), chunksize=8))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import zipfile
 from dataclasses import dataclass
 from functools import cache
@@ -18,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import yaml
 
-from codegen.model import Message, SpecError, build_message
+from codegen.model import Message, SpecError, Versions, build_message
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPECS_DIR = REPO_ROOT / "protocol_specs"
@@ -102,9 +104,62 @@ def read_spec_files(path: str | os.PathLike[str]) -> list[SpecFile]:
 
 
 @cache
-def _validator() -> jsonschema.Draft202012Validator:
-    schema = json.loads((SCHEMAS_DIR / "kafka-message.schema.json").read_text())
+def _validator(schema_name: str) -> jsonschema.Draft202012Validator:
+    schema = json.loads((SCHEMAS_DIR / schema_name).read_text())
     return jsonschema.Draft202012Validator(schema)
+
+
+def validate(data: Any, schema_name: str, what: str) -> None:
+    """Raise :class:`SpecError` naming the first place ``data`` breaks the schema."""
+    errors = sorted(_validator(schema_name).iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        where = "/".join(str(p) for p in first.absolute_path) or "(top level)"
+        raise SpecError(f"{what}: {where}: {first.message}")
+
+
+def load_declaration(path: Path, schema_name: str) -> Any:
+    """One of our own declarative inputs (YAML or JSON), validated by its schema."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    validate(data, schema_name, path.name)
+    return data
+
+
+def load_lock() -> dict[str, Any]:
+    lock: dict[str, Any] = load_declaration(
+        SPECS_DIR / "kafka-specs.lock.json", "kafka-specs-lock.schema.json"
+    )
+    return lock
+
+
+def load_broker_apis(messages: list[Message], strict: bool = True) -> dict[int, Versions]:
+    """``protocol_specs/broker-apis.yaml`` checked against the definitions: API key -> versions.
+
+    ``strict`` (generating the repository's own code): a range outside Kafka's validVersions is
+    an error. Otherwise (trying another release into a scratch directory) it is narrowed to
+    what that release defines, with a warning.
+    """
+    data = load_declaration(SPECS_DIR / "broker-apis.yaml", "broker-apis.schema.json")
+    requests = {m.name.removesuffix("Request"): m for m in messages if m.kind == "request"}
+    served: dict[int, Versions] = {}
+    for entry in data["apis"]:
+        m = requests.get(entry["name"])
+        where = f"broker-apis.yaml: {entry['name']}"
+        if m is None or m.api_key is None:
+            raise SpecError(f"{where}: no such Kafka API")
+        versions = Versions.parse(entry["versions"])
+        if versions & m.valid != versions:
+            problem = f"{where}: versions {versions} are not within Kafka's {m.valid}"
+            if strict:
+                raise SpecError(problem)
+            versions &= m.valid
+            print(f"warning: {problem}; serving {versions}", file=sys.stderr)
+        if "broker" not in m.listeners:
+            raise SpecError(f"{where}: Kafka does not serve this API on brokers")
+        if m.api_key in served:
+            raise SpecError(f"{where}: listed twice")
+        served[m.api_key] = versions
+    return served
 
 
 def parse_spec(spec: SpecFile) -> Message:
@@ -114,11 +169,7 @@ def parse_spec(spec: SpecFile) -> Message:
         raw: Any = json.loads(bare)
     except json.JSONDecodeError as e:
         raise SpecError(f"{spec.name}: invalid JSON: {e}") from e
-    errors = sorted(_validator().iter_errors(raw), key=lambda e: list(e.absolute_path))
-    if errors:
-        first = errors[0]
-        where = "/".join(str(p) for p in first.absolute_path) or "(top level)"
-        raise SpecError(f"{spec.name}: {where}: {first.message}")
+    validate(raw, "kafka-message.schema.json", spec.name)
     if spec.name != raw["name"] + ".json":
         raise SpecError(f"{spec.name}: defines {raw['name']}, expected the file name to match")
     return build_message(raw, spec.name, history)
@@ -134,5 +185,5 @@ def default_specs_path() -> Path:
     env = os.environ.get(ENV_SPECS)
     if env:
         return Path(env)
-    release = str(json.loads((SPECS_DIR / "kafka-specs.lock.json").read_text())["kafka_release"])
+    release = str(load_lock()["kafka_release"])
     return REPO_ROOT.parent / "shared" / "kafka-message-specs" / release

@@ -201,52 +201,6 @@ _TAGS_AddPartitionsToTxnTopicResult: frozenset[int] = frozenset()
 _TAGS_AddPartitionsToTxnPartitionResult: frozenset[int] = frozenset()
 
 
-def _read_AddPartitionsToTxnPartitionResult_v0(
-    buf: bytes, pos: int
-) -> tuple[AddPartitionsToTxnPartitionResult, int]:
-    # versions 0-2
-    o = _new(AddPartitionsToTxnPartitionResult)
-    o.partition_index, o.partition_error_code = _S_ih.unpack_from(buf, pos)
-    pos += 6
-    o._unknown_tags = None
-    return o, pos
-
-
-def _read_AddPartitionsToTxnPartitionResult_v3(
-    buf: bytes, pos: int
-) -> tuple[AddPartitionsToTxnPartitionResult, int]:
-    # versions 3-5
-    o = _new(AddPartitionsToTxnPartitionResult)
-    o.partition_index, o.partition_error_code = _S_ih.unpack_from(buf, pos)
-    pos += 6
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_AddPartitionsToTxnPartitionResult)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_AddPartitionsToTxnPartitionResult_v0(
-    o: AddPartitionsToTxnPartitionResult, w: _Writer
-) -> None:
-    # versions 0-2
-    w(_S_ih.pack(o.partition_index, o.partition_error_code))
-    if o._unknown_tags:
-        raise _ProtocolError("tagged fields need a flexible version")
-
-
-def _write_AddPartitionsToTxnPartitionResult_v3(
-    o: AddPartitionsToTxnPartitionResult, w: _Writer
-) -> None:
-    # versions 3-5
-    w(_S_ih.pack(o.partition_index, o.partition_error_code))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_AddPartitionsToTxnPartitionResult)
-    else:
-        w(b"\x00")
-
-
 def _read_AddPartitionsToTxnTopicResult_v0(
     buf: bytes, pos: int
 ) -> tuple[AddPartitionsToTxnTopicResult, int]:

@@ -139,53 +139,6 @@ _TAGS_ReassignableTopic: frozenset[int] = frozenset()
 _TAGS_ReassignablePartition: frozenset[int] = frozenset()
 
 
-def _read_ReassignablePartition_v0(buf: bytes, pos: int) -> tuple[ReassignablePartition, int]:
-    # versions 0
-    o = _new(ReassignablePartition)
-    o.partition_index = _S_i.unpack_from(buf, pos)[0]
-    pos += 4
-    n = buf[pos] - 1
-    if n < 127:
-        pos += 1
-    else:
-        n, pos = _uvarint(buf, pos)
-        n -= 1
-    if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad array length {n}", offset=pos)
-        o.replicas = None
-    elif n > len(buf) - pos:
-        raise _too_long("array", n, len(buf) - pos, pos)
-    else:
-        o.replicas = (
-            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
-        )
-        pos += 4 * n
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ReassignablePartition)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_ReassignablePartition_v0(o: ReassignablePartition, w: _Writer) -> None:
-    # versions 0
-    w(_S_i.pack(o.partition_index))
-    x1 = o.replicas
-    if x1 is None:
-        w(b"\x00")
-    else:
-        items2 = x1
-        n = len(items2)
-        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_ReassignablePartition)
-    else:
-        w(b"\x00")
-
-
 def _read_ReassignableTopic_v0(buf: bytes, pos: int) -> tuple[ReassignableTopic, int]:
     # versions 0
     o = _new(ReassignableTopic)

@@ -142,52 +142,6 @@ _TAGS_AlterReplicaLogDirTopicResult: frozenset[int] = frozenset()
 _TAGS_AlterReplicaLogDirPartitionResult: frozenset[int] = frozenset()
 
 
-def _read_AlterReplicaLogDirPartitionResult_v0(
-    buf: bytes, pos: int
-) -> tuple[AlterReplicaLogDirPartitionResult, int]:
-    # versions 0-1
-    o = _new(AlterReplicaLogDirPartitionResult)
-    o.partition_index, o.error_code = _S_ih.unpack_from(buf, pos)
-    pos += 6
-    o._unknown_tags = None
-    return o, pos
-
-
-def _read_AlterReplicaLogDirPartitionResult_v2(
-    buf: bytes, pos: int
-) -> tuple[AlterReplicaLogDirPartitionResult, int]:
-    # versions 2
-    o = _new(AlterReplicaLogDirPartitionResult)
-    o.partition_index, o.error_code = _S_ih.unpack_from(buf, pos)
-    pos += 6
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_AlterReplicaLogDirPartitionResult)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_AlterReplicaLogDirPartitionResult_v0(
-    o: AlterReplicaLogDirPartitionResult, w: _Writer
-) -> None:
-    # versions 0-1
-    w(_S_ih.pack(o.partition_index, o.error_code))
-    if o._unknown_tags:
-        raise _ProtocolError("tagged fields need a flexible version")
-
-
-def _write_AlterReplicaLogDirPartitionResult_v2(
-    o: AlterReplicaLogDirPartitionResult, w: _Writer
-) -> None:
-    # versions 2
-    w(_S_ih.pack(o.partition_index, o.error_code))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_AlterReplicaLogDirPartitionResult)
-    else:
-        w(b"\x00")
-
-
 def _read_AlterReplicaLogDirTopicResult_v0(
     buf: bytes, pos: int
 ) -> tuple[AlterReplicaLogDirTopicResult, int]:

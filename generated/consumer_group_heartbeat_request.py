@@ -166,47 +166,6 @@ _TAGS_ConsumerGroupHeartbeatRequest: frozenset[int] = frozenset()
 _TAGS_TopicPartitions: frozenset[int] = frozenset()
 
 
-def _read_TopicPartitions_v0(buf: bytes, pos: int) -> tuple[TopicPartitions, int]:
-    # versions 0
-    o = _new(TopicPartitions)
-    o.topic_id = _read_uuid(buf, pos)
-    pos += 16
-    n = buf[pos] - 1
-    if n < 127:
-        pos += 1
-    else:
-        n, pos = _uvarint(buf, pos)
-        n -= 1
-    if n < 0:
-        raise _null_error("array", pos)
-    elif n > len(buf) - pos:
-        raise _too_long("array", n, len(buf) - pos, pos)
-    else:
-        o.partitions = (
-            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
-        )
-        pos += 4 * n
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_TopicPartitions)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_TopicPartitions_v0(o: TopicPartitions, w: _Writer) -> None:
-    # versions 0
-    w(o.topic_id.bytes)
-    items1 = o.partitions
-    n = len(items1)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_TopicPartitions)
-    else:
-        w(b"\x00")
-
-
 def _read_ConsumerGroupHeartbeatRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[ConsumerGroupHeartbeatRequest, int]:

@@ -134,48 +134,6 @@ class TopicPartition(_StructBase):
         self._unknown_tags = None
 
 
-def _read_TopicPartition_v1(buf: bytes, pos: int) -> tuple[TopicPartition, int]:
-    # versions 1-3
-    o = _new(TopicPartition)
-    n = _S_h.unpack_from(buf, pos)[0]
-    pos += 2
-    if n < 0:
-        raise _null_error("string", pos)
-    else:
-        end = pos + n
-        if end > len(buf):
-            raise _too_long("string", n, len(buf) - pos, pos)
-        o.topic = buf[pos:end].decode()
-        pos = end
-    n = _S_i.unpack_from(buf, pos)[0]
-    pos += 4
-    if n < 0:
-        raise _null_error("array", pos)
-    elif n > len(buf) - pos:
-        raise _too_long("array", n, len(buf) - pos, pos)
-    else:
-        o.partitions = (
-            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
-        )
-        pos += 4 * n
-    o._unknown_tags = None
-    return o, pos
-
-
-def _write_TopicPartition_v1(o: TopicPartition, w: _Writer) -> None:
-    # versions 1-3
-    raw1 = o.topic.encode()
-    n = len(raw1)
-    w(_S_h.pack(n))
-    w(raw1)
-    items2 = o.partitions
-    n = len(items2)
-    w(_S_i.pack(n))
-    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
-    if o._unknown_tags:
-        raise _ProtocolError("tagged fields need a flexible version")
-
-
 def _read_ConsumerProtocolSubscription_v0(
     buf: bytes, pos: int
 ) -> tuple[ConsumerProtocolSubscription, int]:

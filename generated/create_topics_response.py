@@ -235,70 +235,6 @@ _TAGS_CreatableTopicResult: frozenset[int] = frozenset({0})
 _TAGS_CreatableTopicConfigs: frozenset[int] = frozenset()
 
 
-def _read_CreatableTopicConfigs_v5(buf: bytes, pos: int) -> tuple[CreatableTopicConfigs, int]:
-    # versions 5-7
-    o = _new(CreatableTopicConfigs)
-    n = buf[pos] - 1
-    if n < 127:
-        pos += 1
-    else:
-        n, pos = _uvarint(buf, pos)
-        n -= 1
-    if n < 0:
-        raise _null_error("string", pos)
-    else:
-        end = pos + n
-        if end > len(buf):
-            raise _too_long("string", n, len(buf) - pos, pos)
-        o.name = buf[pos:end].decode()
-        pos = end
-    n = buf[pos] - 1
-    if n < 127:
-        pos += 1
-    else:
-        n, pos = _uvarint(buf, pos)
-        n -= 1
-    if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
-        o.value = None
-    else:
-        end = pos + n
-        if end > len(buf):
-            raise _too_long("string", n, len(buf) - pos, pos)
-        o.value = buf[pos:end].decode()
-        pos = end
-    o.read_only, o.config_source, o.is_sensitive = _S_zbz.unpack_from(buf, pos)
-    pos += 3
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_CreatableTopicConfigs)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_CreatableTopicConfigs_v5(o: CreatableTopicConfigs, w: _Writer) -> None:
-    # versions 5-7
-    raw1 = o.name.encode()
-    n = len(raw1)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw1)
-    x2 = o.value
-    if x2 is None:
-        w(b"\x00")
-    else:
-        raw3 = x2.encode()
-        n = len(raw3)
-        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(raw3)
-    w(_S_zbz.pack(o.read_only, o.config_source, o.is_sensitive))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_CreatableTopicConfigs)
-    else:
-        w(b"\x00")
-
-
 def _read_tags_CreatableTopicResult_v5(o: CreatableTopicResult, buf: bytes, pos: int) -> int:
     # versions 5-7
     count, pos = _uvarint(buf, pos)
@@ -321,67 +257,6 @@ def _read_tags_CreatableTopicResult_v5(o: CreatableTopicResult, buf: bytes, pos:
         pos = tend
     o._unknown_tags = unknown
     return pos
-
-
-def _read_CreatableTopicResult_v0(buf: bytes, pos: int) -> tuple[CreatableTopicResult, int]:
-    # versions 0
-    o = _new(CreatableTopicResult)
-    o.topic_id = _ZERO_UUID
-    o.error_message = ""
-    o.topic_config_error_code = 0
-    o.num_partitions = -1
-    o.replication_factor = -1
-    o.configs = []
-    n = _S_h.unpack_from(buf, pos)[0]
-    pos += 2
-    if n < 0:
-        raise _null_error("string", pos)
-    else:
-        end = pos + n
-        if end > len(buf):
-            raise _too_long("string", n, len(buf) - pos, pos)
-        o.name = buf[pos:end].decode()
-        pos = end
-    o.error_code = _S_h.unpack_from(buf, pos)[0]
-    pos += 2
-    o._unknown_tags = None
-    return o, pos
-
-
-def _read_CreatableTopicResult_v1(buf: bytes, pos: int) -> tuple[CreatableTopicResult, int]:
-    # versions 1-4
-    o = _new(CreatableTopicResult)
-    o.topic_id = _ZERO_UUID
-    o.topic_config_error_code = 0
-    o.num_partitions = -1
-    o.replication_factor = -1
-    o.configs = []
-    n = _S_h.unpack_from(buf, pos)[0]
-    pos += 2
-    if n < 0:
-        raise _null_error("string", pos)
-    else:
-        end = pos + n
-        if end > len(buf):
-            raise _too_long("string", n, len(buf) - pos, pos)
-        o.name = buf[pos:end].decode()
-        pos = end
-    o.error_code = _S_h.unpack_from(buf, pos)[0]
-    pos += 2
-    n = _S_h.unpack_from(buf, pos)[0]
-    pos += 2
-    if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
-        o.error_message = None
-    else:
-        end = pos + n
-        if end > len(buf):
-            raise _too_long("string", n, len(buf) - pos, pos)
-        o.error_message = buf[pos:end].decode()
-        pos = end
-    o._unknown_tags = None
-    return o, pos
 
 
 def _read_CreatableTopicResult_v5(buf: bytes, pos: int) -> tuple[CreatableTopicResult, int]:
@@ -587,36 +462,6 @@ def _read_CreatableTopicResult_v7(buf: bytes, pos: int) -> tuple[CreatableTopicR
         o._unknown_tags = None
         pos += 1
     return o, pos
-
-
-def _write_CreatableTopicResult_v0(o: CreatableTopicResult, w: _Writer) -> None:
-    # versions 0
-    raw1 = o.name.encode()
-    n = len(raw1)
-    w(_S_h.pack(n))
-    w(raw1)
-    w(_S_h.pack(o.error_code))
-    if o._unknown_tags:
-        raise _ProtocolError("tagged fields need a flexible version")
-
-
-def _write_CreatableTopicResult_v1(o: CreatableTopicResult, w: _Writer) -> None:
-    # versions 1-4
-    raw1 = o.name.encode()
-    n = len(raw1)
-    w(_S_h.pack(n))
-    w(raw1)
-    w(_S_h.pack(o.error_code))
-    x2 = o.error_message
-    if x2 is None:
-        w(b"\xff\xff")
-    else:
-        raw3 = x2.encode()
-        n = len(raw3)
-        w(_S_h.pack(n))
-        w(raw3)
-    if o._unknown_tags:
-        raise _ProtocolError("tagged fields need a flexible version")
 
 
 def _write_CreatableTopicResult_v5(o: CreatableTopicResult, w: _Writer) -> None:

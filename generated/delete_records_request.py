@@ -142,44 +142,6 @@ _TAGS_DeleteRecordsTopic: frozenset[int] = frozenset()
 _TAGS_DeleteRecordsPartition: frozenset[int] = frozenset()
 
 
-def _read_DeleteRecordsPartition_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsPartition, int]:
-    # versions 0-1
-    o = _new(DeleteRecordsPartition)
-    o.partition_index, o.offset = _S_iq.unpack_from(buf, pos)
-    pos += 12
-    o._unknown_tags = None
-    return o, pos
-
-
-def _read_DeleteRecordsPartition_v2(buf: bytes, pos: int) -> tuple[DeleteRecordsPartition, int]:
-    # versions 2
-    o = _new(DeleteRecordsPartition)
-    o.partition_index, o.offset = _S_iq.unpack_from(buf, pos)
-    pos += 12
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_DeleteRecordsPartition)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_DeleteRecordsPartition_v0(o: DeleteRecordsPartition, w: _Writer) -> None:
-    # versions 0-1
-    w(_S_iq.pack(o.partition_index, o.offset))
-    if o._unknown_tags:
-        raise _ProtocolError("tagged fields need a flexible version")
-
-
-def _write_DeleteRecordsPartition_v2(o: DeleteRecordsPartition, w: _Writer) -> None:
-    # versions 2
-    w(_S_iq.pack(o.partition_index, o.offset))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteRecordsPartition)
-    else:
-        w(b"\x00")
-
-
 def _read_DeleteRecordsTopic_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsTopic, int]:
     # versions 0-1
     o = _new(DeleteRecordsTopic)

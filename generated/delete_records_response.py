@@ -150,48 +150,6 @@ _TAGS_DeleteRecordsTopicResult: frozenset[int] = frozenset()
 _TAGS_DeleteRecordsPartitionResult: frozenset[int] = frozenset()
 
 
-def _read_DeleteRecordsPartitionResult_v0(
-    buf: bytes, pos: int
-) -> tuple[DeleteRecordsPartitionResult, int]:
-    # versions 0-1
-    o = _new(DeleteRecordsPartitionResult)
-    o.partition_index, o.low_watermark, o.error_code = _S_iqh.unpack_from(buf, pos)
-    pos += 14
-    o._unknown_tags = None
-    return o, pos
-
-
-def _read_DeleteRecordsPartitionResult_v2(
-    buf: bytes, pos: int
-) -> tuple[DeleteRecordsPartitionResult, int]:
-    # versions 2
-    o = _new(DeleteRecordsPartitionResult)
-    o.partition_index, o.low_watermark, o.error_code = _S_iqh.unpack_from(buf, pos)
-    pos += 14
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_DeleteRecordsPartitionResult)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_DeleteRecordsPartitionResult_v0(o: DeleteRecordsPartitionResult, w: _Writer) -> None:
-    # versions 0-1
-    w(_S_iqh.pack(o.partition_index, o.low_watermark, o.error_code))
-    if o._unknown_tags:
-        raise _ProtocolError("tagged fields need a flexible version")
-
-
-def _write_DeleteRecordsPartitionResult_v2(o: DeleteRecordsPartitionResult, w: _Writer) -> None:
-    # versions 2
-    w(_S_iqh.pack(o.partition_index, o.low_watermark, o.error_code))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteRecordsPartitionResult)
-    else:
-        w(b"\x00")
-
-
 def _read_DeleteRecordsTopicResult_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsTopicResult, int]:
     # versions 0-1
     o = _new(DeleteRecordsTopicResult)

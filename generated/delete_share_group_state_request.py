@@ -128,28 +128,6 @@ _TAGS_DeleteStateData: frozenset[int] = frozenset()
 _TAGS_PartitionData: frozenset[int] = frozenset()
 
 
-def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
-    # versions 0
-    o = _new(PartitionData)
-    o.partition = _S_i.unpack_from(buf, pos)[0]
-    pos += 4
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
-    # versions 0
-    w(_S_i.pack(o.partition))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
-    else:
-        w(b"\x00")
-
-
 def _read_DeleteStateData_v0(buf: bytes, pos: int) -> tuple[DeleteStateData, int]:
     # versions 0
     o = _new(DeleteStateData)

@@ -126,52 +126,6 @@ _TAGS_DeleteTopicsRequest: frozenset[int] = frozenset()
 _TAGS_DeleteTopicState: frozenset[int] = frozenset()
 
 
-def _read_DeleteTopicState_v6(buf: bytes, pos: int) -> tuple[DeleteTopicState, int]:
-    # versions 6
-    o = _new(DeleteTopicState)
-    n = buf[pos] - 1
-    if n < 127:
-        pos += 1
-    else:
-        n, pos = _uvarint(buf, pos)
-        n -= 1
-    if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
-        o.name = None
-    else:
-        end = pos + n
-        if end > len(buf):
-            raise _too_long("string", n, len(buf) - pos, pos)
-        o.name = buf[pos:end].decode()
-        pos = end
-    o.topic_id = _read_uuid(buf, pos)
-    pos += 16
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_DeleteTopicState)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_DeleteTopicState_v6(o: DeleteTopicState, w: _Writer) -> None:
-    # versions 6
-    x1 = o.name
-    if x1 is None:
-        w(b"\x00")
-    else:
-        raw2 = x1.encode()
-        n = len(raw2)
-        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(raw2)
-    w(o.topic_id.bytes)
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_DeleteTopicState)
-    else:
-        w(b"\x00")
-
-
 def _read_DeleteTopicsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteTopicsRequest, int]:
     # versions 0-3
     o = _new(DeleteTopicsRequest)

@@ -226,48 +226,6 @@ _TAGS_DescribeLogDirsTopic: frozenset[int] = frozenset()
 _TAGS_DescribeLogDirsPartition: frozenset[int] = frozenset()
 
 
-def _read_DescribeLogDirsPartition_v0(buf: bytes, pos: int) -> tuple[DescribeLogDirsPartition, int]:
-    # versions 0-1
-    o = _new(DescribeLogDirsPartition)
-    o.partition_index, o.partition_size, o.offset_lag, o.is_future_key = _S_iqqz.unpack_from(
-        buf, pos
-    )
-    pos += 21
-    o._unknown_tags = None
-    return o, pos
-
-
-def _read_DescribeLogDirsPartition_v2(buf: bytes, pos: int) -> tuple[DescribeLogDirsPartition, int]:
-    # versions 2-4
-    o = _new(DescribeLogDirsPartition)
-    o.partition_index, o.partition_size, o.offset_lag, o.is_future_key = _S_iqqz.unpack_from(
-        buf, pos
-    )
-    pos += 21
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_DescribeLogDirsPartition)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_DescribeLogDirsPartition_v0(o: DescribeLogDirsPartition, w: _Writer) -> None:
-    # versions 0-1
-    w(_S_iqqz.pack(o.partition_index, o.partition_size, o.offset_lag, o.is_future_key))
-    if o._unknown_tags:
-        raise _ProtocolError("tagged fields need a flexible version")
-
-
-def _write_DescribeLogDirsPartition_v2(o: DescribeLogDirsPartition, w: _Writer) -> None:
-    # versions 2-4
-    w(_S_iqqz.pack(o.partition_index, o.partition_size, o.offset_lag, o.is_future_key))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_DescribeLogDirsPartition)
-    else:
-        w(b"\x00")
-
-
 def _read_DescribeLogDirsTopic_v0(buf: bytes, pos: int) -> tuple[DescribeLogDirsTopic, int]:
     # versions 0-1
     o = _new(DescribeLogDirsTopic)

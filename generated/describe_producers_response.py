@@ -218,44 +218,6 @@ _TAGS_PartitionResponse: frozenset[int] = frozenset()
 _TAGS_ProducerState: frozenset[int] = frozenset()
 
 
-def _read_ProducerState_v0(buf: bytes, pos: int) -> tuple[ProducerState, int]:
-    # versions 0
-    o = _new(ProducerState)
-    (
-        o.producer_id,
-        o.producer_epoch,
-        o.last_sequence,
-        o.last_timestamp,
-        o.coordinator_epoch,
-        o.current_txn_start_offset,
-    ) = _S_qiiqiq.unpack_from(buf, pos)
-    pos += 36
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ProducerState)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_ProducerState_v0(o: ProducerState, w: _Writer) -> None:
-    # versions 0
-    w(
-        _S_qiiqiq.pack(
-            o.producer_id,
-            o.producer_epoch,
-            o.last_sequence,
-            o.last_timestamp,
-            o.coordinator_epoch,
-            o.current_txn_start_offset,
-        )
-    )
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_ProducerState)
-    else:
-        w(b"\x00")
-
-
 def _read_PartitionResponse_v0(buf: bytes, pos: int) -> tuple[PartitionResponse, int]:
     # versions 0
     o = _new(PartitionResponse)

@@ -119,28 +119,6 @@ _TAGS_TopicData: frozenset[int] = frozenset()
 _TAGS_PartitionData: frozenset[int] = frozenset()
 
 
-def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
-    # versions 0-2
-    o = _new(PartitionData)
-    o.partition_index = _S_i.unpack_from(buf, pos)[0]
-    pos += 4
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
-    # versions 0-2
-    w(_S_i.pack(o.partition_index))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
-    else:
-        w(b"\x00")
-
-
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0-2
     o = _new(TopicData)

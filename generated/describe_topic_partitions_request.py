@@ -133,43 +133,6 @@ _TAGS_TopicRequest: frozenset[int] = frozenset()
 _TAGS_Cursor: frozenset[int] = frozenset()
 
 
-def _read_TopicRequest_v0(buf: bytes, pos: int) -> tuple[TopicRequest, int]:
-    # versions 0
-    o = _new(TopicRequest)
-    n = buf[pos] - 1
-    if n < 127:
-        pos += 1
-    else:
-        n, pos = _uvarint(buf, pos)
-        n -= 1
-    if n < 0:
-        raise _null_error("string", pos)
-    else:
-        end = pos + n
-        if end > len(buf):
-            raise _too_long("string", n, len(buf) - pos, pos)
-        o.name = buf[pos:end].decode()
-        pos = end
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_TopicRequest)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_TopicRequest_v0(o: TopicRequest, w: _Writer) -> None:
-    # versions 0
-    raw1 = o.name.encode()
-    n = len(raw1)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw1)
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_TopicRequest)
-    else:
-        w(b"\x00")
-
-
 def _read_Cursor_v0(buf: bytes, pos: int) -> tuple[Cursor, int]:
     # versions 0
     o = _new(Cursor)

@@ -188,62 +188,6 @@ _TAGS_TransactionState: frozenset[int] = frozenset()
 _TAGS_TopicData: frozenset[int] = frozenset()
 
 
-def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
-    # versions 0
-    o = _new(TopicData)
-    n = buf[pos] - 1
-    if n < 127:
-        pos += 1
-    else:
-        n, pos = _uvarint(buf, pos)
-        n -= 1
-    if n < 0:
-        raise _null_error("string", pos)
-    else:
-        end = pos + n
-        if end > len(buf):
-            raise _too_long("string", n, len(buf) - pos, pos)
-        o.topic = buf[pos:end].decode()
-        pos = end
-    n = buf[pos] - 1
-    if n < 127:
-        pos += 1
-    else:
-        n, pos = _uvarint(buf, pos)
-        n -= 1
-    if n < 0:
-        raise _null_error("array", pos)
-    elif n > len(buf) - pos:
-        raise _too_long("array", n, len(buf) - pos, pos)
-    else:
-        o.partitions = (
-            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
-        )
-        pos += 4 * n
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_TopicData)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_TopicData_v0(o: TopicData, w: _Writer) -> None:
-    # versions 0
-    raw1 = o.topic.encode()
-    n = len(raw1)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw1)
-    items2 = o.partitions
-    n = len(items2)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items2))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_TopicData)
-    else:
-        w(b"\x00")
-
-
 def _read_TransactionState_v0(buf: bytes, pos: int) -> tuple[TransactionState, int]:
     # versions 0
     o = _new(TransactionState)

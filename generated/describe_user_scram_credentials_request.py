@@ -81,43 +81,6 @@ _TAGS_DescribeUserScramCredentialsRequest: frozenset[int] = frozenset()
 _TAGS_UserName: frozenset[int] = frozenset()
 
 
-def _read_UserName_v0(buf: bytes, pos: int) -> tuple[UserName, int]:
-    # versions 0
-    o = _new(UserName)
-    n = buf[pos] - 1
-    if n < 127:
-        pos += 1
-    else:
-        n, pos = _uvarint(buf, pos)
-        n -= 1
-    if n < 0:
-        raise _null_error("string", pos)
-    else:
-        end = pos + n
-        if end > len(buf):
-            raise _too_long("string", n, len(buf) - pos, pos)
-        o.name = buf[pos:end].decode()
-        pos = end
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_UserName)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_UserName_v0(o: UserName, w: _Writer) -> None:
-    # versions 0
-    raw1 = o.name.encode()
-    n = len(raw1)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw1)
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_UserName)
-    else:
-        w(b"\x00")
-
-
 def _read_DescribeUserScramCredentialsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeUserScramCredentialsRequest, int]:

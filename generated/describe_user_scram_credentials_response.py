@@ -170,28 +170,6 @@ _TAGS_DescribeUserScramCredentialsResult: frozenset[int] = frozenset()
 _TAGS_CredentialInfo: frozenset[int] = frozenset()
 
 
-def _read_CredentialInfo_v0(buf: bytes, pos: int) -> tuple[CredentialInfo, int]:
-    # versions 0
-    o = _new(CredentialInfo)
-    o.mechanism, o.iterations = _S_bi.unpack_from(buf, pos)
-    pos += 5
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_CredentialInfo)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_CredentialInfo_v0(o: CredentialInfo, w: _Writer) -> None:
-    # versions 0
-    w(_S_bi.pack(o.mechanism, o.iterations))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_CredentialInfo)
-    else:
-        w(b"\x00")
-
-
 def _read_DescribeUserScramCredentialsResult_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeUserScramCredentialsResult, int]:

@@ -253,52 +253,6 @@ _TAGS_ReplicaInfo: frozenset[int] = frozenset()
 _TAGS_LeaderEndpoint: frozenset[int] = frozenset()
 
 
-def _read_ReplicaInfo_v1(buf: bytes, pos: int) -> tuple[ReplicaInfo, int]:
-    # versions 1
-    o = _new(ReplicaInfo)
-    o.candidate_id = _S_i.unpack_from(buf, pos)[0]
-    pos += 4
-    o.candidate_directory_id = _read_uuid(buf, pos)
-    pos += 16
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ReplicaInfo)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_ReplicaInfo_v1(o: ReplicaInfo, w: _Writer) -> None:
-    # versions 1
-    w(_S_i.pack(o.candidate_id))
-    w(o.candidate_directory_id.bytes)
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_ReplicaInfo)
-    else:
-        w(b"\x00")
-
-
-def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
-    # versions 0
-    o = _new(PartitionData)
-    o.preferred_candidates = []
-    o.partition_index, o.leader_id, o.leader_epoch = _S_iii.unpack_from(buf, pos)
-    pos += 12
-    n = _S_i.unpack_from(buf, pos)[0]
-    pos += 4
-    if n < 0:
-        raise _null_error("array", pos)
-    elif n > len(buf) - pos:
-        raise _too_long("array", n, len(buf) - pos, pos)
-    else:
-        o.preferred_successors = (
-            [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)] if n else []
-        )
-        pos += 4 * n
-    o._unknown_tags = None
-    return o, pos
-
-
 def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 1
     o = _new(PartitionData)
@@ -336,17 +290,6 @@ def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         o._unknown_tags = None
         pos += 1
     return o, pos
-
-
-def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
-    # versions 0
-    w(_S_iii.pack(o.partition_index, o.leader_id, o.leader_epoch))
-    items1 = o.preferred_successors
-    n = len(items1)
-    w(_S_i.pack(n))
-    w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items1))
-    if o._unknown_tags:
-        raise _ProtocolError("tagged fields need a flexible version")
 
 
 def _write_PartitionData_v1(o: PartitionData, w: _Writer) -> None:
@@ -491,64 +434,6 @@ def _write_TopicData_v1(o: TopicData, w: _Writer) -> None:
         _write_PartitionData_v1(item3, w)
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_TopicData)
-    else:
-        w(b"\x00")
-
-
-def _read_LeaderEndpoint_v1(buf: bytes, pos: int) -> tuple[LeaderEndpoint, int]:
-    # versions 1
-    o = _new(LeaderEndpoint)
-    n = buf[pos] - 1
-    if n < 127:
-        pos += 1
-    else:
-        n, pos = _uvarint(buf, pos)
-        n -= 1
-    if n < 0:
-        raise _null_error("string", pos)
-    else:
-        end = pos + n
-        if end > len(buf):
-            raise _too_long("string", n, len(buf) - pos, pos)
-        o.name = buf[pos:end].decode()
-        pos = end
-    n = buf[pos] - 1
-    if n < 127:
-        pos += 1
-    else:
-        n, pos = _uvarint(buf, pos)
-        n -= 1
-    if n < 0:
-        raise _null_error("string", pos)
-    else:
-        end = pos + n
-        if end > len(buf):
-            raise _too_long("string", n, len(buf) - pos, pos)
-        o.host = buf[pos:end].decode()
-        pos = end
-    o.port = _S_H.unpack_from(buf, pos)[0]
-    pos += 2
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderEndpoint)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_LeaderEndpoint_v1(o: LeaderEndpoint, w: _Writer) -> None:
-    # versions 1
-    raw1 = o.name.encode()
-    n = len(raw1)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw1)
-    raw2 = o.host.encode()
-    n = len(raw2)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw2)
-    w(_S_H.pack(o.port))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_LeaderEndpoint)
     else:
         w(b"\x00")
 

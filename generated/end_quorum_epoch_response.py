@@ -210,44 +210,6 @@ _TAGS_PartitionData: frozenset[int] = frozenset()
 _TAGS_NodeEndpoint: frozenset[int] = frozenset()
 
 
-def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
-    # versions 0
-    o = _new(PartitionData)
-    o.partition_index, o.error_code, o.leader_id, o.leader_epoch = _S_ihii.unpack_from(buf, pos)
-    pos += 14
-    o._unknown_tags = None
-    return o, pos
-
-
-def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
-    # versions 1
-    o = _new(PartitionData)
-    o.partition_index, o.error_code, o.leader_id, o.leader_epoch = _S_ihii.unpack_from(buf, pos)
-    pos += 14
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
-    # versions 0
-    w(_S_ihii.pack(o.partition_index, o.error_code, o.leader_id, o.leader_epoch))
-    if o._unknown_tags:
-        raise _ProtocolError("tagged fields need a flexible version")
-
-
-def _write_PartitionData_v1(o: PartitionData, w: _Writer) -> None:
-    # versions 1
-    w(_S_ihii.pack(o.partition_index, o.error_code, o.leader_id, o.leader_epoch))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
-    else:
-        w(b"\x00")
-
-
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0
     o = _new(TopicData)
@@ -374,49 +336,6 @@ def _write_TopicData_v1(o: TopicData, w: _Writer) -> None:
             w(b"\x00")
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_TopicData)
-    else:
-        w(b"\x00")
-
-
-def _read_NodeEndpoint_v1(buf: bytes, pos: int) -> tuple[NodeEndpoint, int]:
-    # versions 1
-    o = _new(NodeEndpoint)
-    o.node_id = _S_i.unpack_from(buf, pos)[0]
-    pos += 4
-    n = buf[pos] - 1
-    if n < 127:
-        pos += 1
-    else:
-        n, pos = _uvarint(buf, pos)
-        n -= 1
-    if n < 0:
-        raise _null_error("string", pos)
-    else:
-        end = pos + n
-        if end > len(buf):
-            raise _too_long("string", n, len(buf) - pos, pos)
-        o.host = buf[pos:end].decode()
-        pos = end
-    o.port = _S_H.unpack_from(buf, pos)[0]
-    pos += 2
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_NodeEndpoint)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_NodeEndpoint_v1(o: NodeEndpoint, w: _Writer) -> None:
-    # versions 1
-    w(_S_i.pack(o.node_id))
-    raw1 = o.host.encode()
-    n = len(raw1)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw1)
-    w(_S_H.pack(o.port))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_NodeEndpoint)
     else:
         w(b"\x00")
 

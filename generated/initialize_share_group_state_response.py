@@ -144,52 +144,6 @@ _TAGS_InitializeStateResult: frozenset[int] = frozenset()
 _TAGS_PartitionResult: frozenset[int] = frozenset()
 
 
-def _read_PartitionResult_v0(buf: bytes, pos: int) -> tuple[PartitionResult, int]:
-    # versions 0
-    o = _new(PartitionResult)
-    o.partition, o.error_code = _S_ih.unpack_from(buf, pos)
-    pos += 6
-    n = buf[pos] - 1
-    if n < 127:
-        pos += 1
-    else:
-        n, pos = _uvarint(buf, pos)
-        n -= 1
-    if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
-        o.error_message = None
-    else:
-        end = pos + n
-        if end > len(buf):
-            raise _too_long("string", n, len(buf) - pos, pos)
-        o.error_message = buf[pos:end].decode()
-        pos = end
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionResult)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_PartitionResult_v0(o: PartitionResult, w: _Writer) -> None:
-    # versions 0
-    w(_S_ih.pack(o.partition, o.error_code))
-    x1 = o.error_message
-    if x1 is None:
-        w(b"\x00")
-    else:
-        raw2 = x1.encode()
-        n = len(raw2)
-        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(raw2)
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionResult)
-    else:
-        w(b"\x00")
-
-
 def _read_InitializeStateResult_v0(buf: bytes, pos: int) -> tuple[InitializeStateResult, int]:
     # versions 0
     o = _new(InitializeStateResult)

@@ -127,56 +127,6 @@ _TAGS_LeaderChangeMessage: frozenset[int] = frozenset()
 _TAGS_Voter: frozenset[int] = frozenset()
 
 
-def _read_Voter_v0(buf: bytes, pos: int) -> tuple[Voter, int]:
-    # versions 0
-    o = _new(Voter)
-    o.voter_directory_id = _ZERO_UUID
-    o.voter_id = _S_i.unpack_from(buf, pos)[0]
-    pos += 4
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Voter)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _read_Voter_v1(buf: bytes, pos: int) -> tuple[Voter, int]:
-    # versions 1
-    o = _new(Voter)
-    o.voter_id = _S_i.unpack_from(buf, pos)[0]
-    pos += 4
-    o.voter_directory_id = _read_uuid(buf, pos)
-    pos += 16
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Voter)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_Voter_v0(o: Voter, w: _Writer) -> None:
-    # versions 0
-    if o.voter_directory_id != _ZERO_UUID:
-        raise _ProtocolError("VoterDirectoryId cannot be written in version 0")
-    w(_S_i.pack(o.voter_id))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_Voter)
-    else:
-        w(b"\x00")
-
-
-def _write_Voter_v1(o: Voter, w: _Writer) -> None:
-    # versions 1
-    w(_S_i.pack(o.voter_id))
-    w(o.voter_directory_id.bytes)
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_Voter)
-    else:
-        w(b"\x00")
-
-
 def _read_LeaderChangeMessage_v0(buf: bytes, pos: int) -> tuple[LeaderChangeMessage, int]:
     # versions 0
     o = _new(LeaderChangeMessage)

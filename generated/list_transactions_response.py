@@ -133,64 +133,6 @@ _TAGS_ListTransactionsResponse: frozenset[int] = frozenset()
 _TAGS_TransactionState: frozenset[int] = frozenset()
 
 
-def _read_TransactionState_v0(buf: bytes, pos: int) -> tuple[TransactionState, int]:
-    # versions 0-1
-    o = _new(TransactionState)
-    n = buf[pos] - 1
-    if n < 127:
-        pos += 1
-    else:
-        n, pos = _uvarint(buf, pos)
-        n -= 1
-    if n < 0:
-        raise _null_error("string", pos)
-    else:
-        end = pos + n
-        if end > len(buf):
-            raise _too_long("string", n, len(buf) - pos, pos)
-        o.transactional_id = buf[pos:end].decode()
-        pos = end
-    o.producer_id = _S_q.unpack_from(buf, pos)[0]
-    pos += 8
-    n = buf[pos] - 1
-    if n < 127:
-        pos += 1
-    else:
-        n, pos = _uvarint(buf, pos)
-        n -= 1
-    if n < 0:
-        raise _null_error("string", pos)
-    else:
-        end = pos + n
-        if end > len(buf):
-            raise _too_long("string", n, len(buf) - pos, pos)
-        o.transaction_state = buf[pos:end].decode()
-        pos = end
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_TransactionState)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_TransactionState_v0(o: TransactionState, w: _Writer) -> None:
-    # versions 0-1
-    raw1 = o.transactional_id.encode()
-    n = len(raw1)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw1)
-    w(_S_q.pack(o.producer_id))
-    raw2 = o.transaction_state.encode()
-    n = len(raw2)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw2)
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_TransactionState)
-    else:
-        w(b"\x00")
-
-
 def _read_ListTransactionsResponse_v0(buf: bytes, pos: int) -> tuple[ListTransactionsResponse, int]:
     # versions 0-1
     o = _new(ListTransactionsResponse)

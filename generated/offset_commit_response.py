@@ -166,48 +166,6 @@ _TAGS_OffsetCommitResponseTopic: frozenset[int] = frozenset()
 _TAGS_OffsetCommitResponsePartition: frozenset[int] = frozenset()
 
 
-def _read_OffsetCommitResponsePartition_v0(
-    buf: bytes, pos: int
-) -> tuple[OffsetCommitResponsePartition, int]:
-    # versions 0-7
-    o = _new(OffsetCommitResponsePartition)
-    o.partition_index, o.error_code = _S_ih.unpack_from(buf, pos)
-    pos += 6
-    o._unknown_tags = None
-    return o, pos
-
-
-def _read_OffsetCommitResponsePartition_v8(
-    buf: bytes, pos: int
-) -> tuple[OffsetCommitResponsePartition, int]:
-    # versions 8-9
-    o = _new(OffsetCommitResponsePartition)
-    o.partition_index, o.error_code = _S_ih.unpack_from(buf, pos)
-    pos += 6
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_OffsetCommitResponsePartition)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_OffsetCommitResponsePartition_v0(o: OffsetCommitResponsePartition, w: _Writer) -> None:
-    # versions 0-7
-    w(_S_ih.pack(o.partition_index, o.error_code))
-    if o._unknown_tags:
-        raise _ProtocolError("tagged fields need a flexible version")
-
-
-def _write_OffsetCommitResponsePartition_v8(o: OffsetCommitResponsePartition, w: _Writer) -> None:
-    # versions 8-9
-    w(_S_ih.pack(o.partition_index, o.error_code))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetCommitResponsePartition)
-    else:
-        w(b"\x00")
-
-
 def _read_OffsetCommitResponseTopic_v0(
     buf: bytes, pos: int
 ) -> tuple[OffsetCommitResponseTopic, int]:

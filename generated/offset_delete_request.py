@@ -117,24 +117,6 @@ class OffsetDeleteRequestPartition(_StructBase):
         self._unknown_tags = None
 
 
-def _read_OffsetDeleteRequestPartition_v0(
-    buf: bytes, pos: int
-) -> tuple[OffsetDeleteRequestPartition, int]:
-    # versions 0
-    o = _new(OffsetDeleteRequestPartition)
-    o.partition_index = _S_i.unpack_from(buf, pos)[0]
-    pos += 4
-    o._unknown_tags = None
-    return o, pos
-
-
-def _write_OffsetDeleteRequestPartition_v0(o: OffsetDeleteRequestPartition, w: _Writer) -> None:
-    # versions 0
-    w(_S_i.pack(o.partition_index))
-    if o._unknown_tags:
-        raise _ProtocolError("tagged fields need a flexible version")
-
-
 def _read_OffsetDeleteRequestTopic_v0(buf: bytes, pos: int) -> tuple[OffsetDeleteRequestTopic, int]:
     # versions 0
     o = _new(OffsetDeleteRequestTopic)

@@ -137,24 +137,6 @@ class OffsetDeleteResponsePartition(_StructBase):
         self._unknown_tags = None
 
 
-def _read_OffsetDeleteResponsePartition_v0(
-    buf: bytes, pos: int
-) -> tuple[OffsetDeleteResponsePartition, int]:
-    # versions 0
-    o = _new(OffsetDeleteResponsePartition)
-    o.partition_index, o.error_code = _S_ih.unpack_from(buf, pos)
-    pos += 6
-    o._unknown_tags = None
-    return o, pos
-
-
-def _write_OffsetDeleteResponsePartition_v0(o: OffsetDeleteResponsePartition, w: _Writer) -> None:
-    # versions 0
-    w(_S_ih.pack(o.partition_index, o.error_code))
-    if o._unknown_tags:
-        raise _ProtocolError("tagged fields need a flexible version")
-
-
 def _read_OffsetDeleteResponseTopic_v0(
     buf: bytes, pos: int
 ) -> tuple[OffsetDeleteResponseTopic, int]:

@@ -158,61 +158,6 @@ _TAGS_OffsetForLeaderTopic: frozenset[int] = frozenset()
 _TAGS_OffsetForLeaderPartition: frozenset[int] = frozenset()
 
 
-def _read_OffsetForLeaderPartition_v0(buf: bytes, pos: int) -> tuple[OffsetForLeaderPartition, int]:
-    # versions 0-1
-    o = _new(OffsetForLeaderPartition)
-    o.current_leader_epoch = -1
-    o.partition, o.leader_epoch = _S_ii.unpack_from(buf, pos)
-    pos += 8
-    o._unknown_tags = None
-    return o, pos
-
-
-def _read_OffsetForLeaderPartition_v2(buf: bytes, pos: int) -> tuple[OffsetForLeaderPartition, int]:
-    # versions 2-3
-    o = _new(OffsetForLeaderPartition)
-    o.partition, o.current_leader_epoch, o.leader_epoch = _S_iii.unpack_from(buf, pos)
-    pos += 12
-    o._unknown_tags = None
-    return o, pos
-
-
-def _read_OffsetForLeaderPartition_v4(buf: bytes, pos: int) -> tuple[OffsetForLeaderPartition, int]:
-    # versions 4
-    o = _new(OffsetForLeaderPartition)
-    o.partition, o.current_leader_epoch, o.leader_epoch = _S_iii.unpack_from(buf, pos)
-    pos += 12
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_OffsetForLeaderPartition)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_OffsetForLeaderPartition_v0(o: OffsetForLeaderPartition, w: _Writer) -> None:
-    # versions 0-1
-    w(_S_ii.pack(o.partition, o.leader_epoch))
-    if o._unknown_tags:
-        raise _ProtocolError("tagged fields need a flexible version")
-
-
-def _write_OffsetForLeaderPartition_v2(o: OffsetForLeaderPartition, w: _Writer) -> None:
-    # versions 2-3
-    w(_S_iii.pack(o.partition, o.current_leader_epoch, o.leader_epoch))
-    if o._unknown_tags:
-        raise _ProtocolError("tagged fields need a flexible version")
-
-
-def _write_OffsetForLeaderPartition_v4(o: OffsetForLeaderPartition, w: _Writer) -> None:
-    # versions 4
-    w(_S_iii.pack(o.partition, o.current_leader_epoch, o.leader_epoch))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_OffsetForLeaderPartition)
-    else:
-        w(b"\x00")
-
-
 def _read_OffsetForLeaderTopic_v0(buf: bytes, pos: int) -> tuple[OffsetForLeaderTopic, int]:
     # versions 0-1
     o = _new(OffsetForLeaderTopic)

@@ -164,61 +164,6 @@ _TAGS_OffsetForLeaderTopicResult: frozenset[int] = frozenset()
 _TAGS_EpochEndOffset: frozenset[int] = frozenset()
 
 
-def _read_EpochEndOffset_v0(buf: bytes, pos: int) -> tuple[EpochEndOffset, int]:
-    # versions 0
-    o = _new(EpochEndOffset)
-    o.leader_epoch = -1
-    o.error_code, o.partition, o.end_offset = _S_hiq.unpack_from(buf, pos)
-    pos += 14
-    o._unknown_tags = None
-    return o, pos
-
-
-def _read_EpochEndOffset_v1(buf: bytes, pos: int) -> tuple[EpochEndOffset, int]:
-    # versions 1-3
-    o = _new(EpochEndOffset)
-    o.error_code, o.partition, o.leader_epoch, o.end_offset = _S_hiiq.unpack_from(buf, pos)
-    pos += 18
-    o._unknown_tags = None
-    return o, pos
-
-
-def _read_EpochEndOffset_v4(buf: bytes, pos: int) -> tuple[EpochEndOffset, int]:
-    # versions 4
-    o = _new(EpochEndOffset)
-    o.error_code, o.partition, o.leader_epoch, o.end_offset = _S_hiiq.unpack_from(buf, pos)
-    pos += 18
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_EpochEndOffset)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_EpochEndOffset_v0(o: EpochEndOffset, w: _Writer) -> None:
-    # versions 0
-    w(_S_hiq.pack(o.error_code, o.partition, o.end_offset))
-    if o._unknown_tags:
-        raise _ProtocolError("tagged fields need a flexible version")
-
-
-def _write_EpochEndOffset_v1(o: EpochEndOffset, w: _Writer) -> None:
-    # versions 1-3
-    w(_S_hiiq.pack(o.error_code, o.partition, o.leader_epoch, o.end_offset))
-    if o._unknown_tags:
-        raise _ProtocolError("tagged fields need a flexible version")
-
-
-def _write_EpochEndOffset_v4(o: EpochEndOffset, w: _Writer) -> None:
-    # versions 4
-    w(_S_hiiq.pack(o.error_code, o.partition, o.leader_epoch, o.end_offset))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_EpochEndOffset)
-    else:
-        w(b"\x00")
-
-
 def _read_OffsetForLeaderTopicResult_v0(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderTopicResult, int]:

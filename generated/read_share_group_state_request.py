@@ -138,28 +138,6 @@ _TAGS_ReadStateData: frozenset[int] = frozenset()
 _TAGS_PartitionData: frozenset[int] = frozenset()
 
 
-def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
-    # versions 0
-    o = _new(PartitionData)
-    o.partition, o.leader_epoch = _S_ii.unpack_from(buf, pos)
-    pos += 8
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
-    # versions 0
-    w(_S_ii.pack(o.partition, o.leader_epoch))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
-    else:
-        w(b"\x00")
-
-
 def _read_ReadStateData_v0(buf: bytes, pos: int) -> tuple[ReadStateData, int]:
     # versions 0
     o = _new(ReadStateData)

@@ -1411,6 +1411,11 @@ APIS: dict[int, ApiSpec] = {
 
 APIS_BY_NAME: dict[str, ApiSpec] = {api.name: api for api in APIS.values()}
 
+BROKER_APIS: dict[int, tuple[int, int]] = {
+    18: (0, 4),  # ApiVersions
+}
+"""API key -> versions the KafScale broker serves (from protocol_specs/broker-apis.yaml)."""
+
 MESSAGES: dict[str, str] = {
     "ProduceRequest": "produce_request",
     "ProduceResponse": "produce_response",

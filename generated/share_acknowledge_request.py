@@ -206,47 +206,6 @@ _TAGS_AcknowledgePartition: frozenset[int] = frozenset()
 _TAGS_AcknowledgementBatch: frozenset[int] = frozenset()
 
 
-def _read_AcknowledgementBatch_v0(buf: bytes, pos: int) -> tuple[AcknowledgementBatch, int]:
-    # versions 0
-    o = _new(AcknowledgementBatch)
-    o.first_offset, o.last_offset = _S_qq.unpack_from(buf, pos)
-    pos += 16
-    n = buf[pos] - 1
-    if n < 127:
-        pos += 1
-    else:
-        n, pos = _uvarint(buf, pos)
-        n -= 1
-    if n < 0:
-        raise _null_error("array", pos)
-    elif n > len(buf) - pos:
-        raise _too_long("array", n, len(buf) - pos, pos)
-    else:
-        o.acknowledge_types = (
-            [*(_A_b[n] if n < 32 else _array_struct("b", n)).unpack_from(buf, pos)] if n else []
-        )
-        pos += 1 * n
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_AcknowledgementBatch)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_AcknowledgementBatch_v0(o: AcknowledgementBatch, w: _Writer) -> None:
-    # versions 0
-    w(_S_qq.pack(o.first_offset, o.last_offset))
-    items1 = o.acknowledge_types
-    n = len(items1)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w((_A_b[n] if n < 32 else _array_struct("b", n)).pack(*items1))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_AcknowledgementBatch)
-    else:
-        w(b"\x00")
-
-
 def _read_AcknowledgePartition_v0(buf: bytes, pos: int) -> tuple[AcknowledgePartition, int]:
     # versions 0
     o = _new(AcknowledgePartition)

@@ -373,28 +373,6 @@ def _write_LeaderIdAndEpoch_v0(o: LeaderIdAndEpoch, w: _Writer) -> None:
         w(b"\x00")
 
 
-def _read_AcquiredRecords_v0(buf: bytes, pos: int) -> tuple[AcquiredRecords, int]:
-    # versions 0
-    o = _new(AcquiredRecords)
-    o.first_offset, o.last_offset, o.delivery_count = _S_qqh.unpack_from(buf, pos)
-    pos += 18
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_AcquiredRecords)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_AcquiredRecords_v0(o: AcquiredRecords, w: _Writer) -> None:
-    # versions 0
-    w(_S_qqh.pack(o.first_offset, o.last_offset, o.delivery_count))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_AcquiredRecords)
-    else:
-        w(b"\x00")
-
-
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 0
     o = _new(PartitionData)
@@ -568,73 +546,6 @@ def _write_ShareFetchableTopicResponse_v0(o: ShareFetchableTopicResponse, w: _Wr
         _write_PartitionData_v0(item2, w)
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_ShareFetchableTopicResponse)
-    else:
-        w(b"\x00")
-
-
-def _read_NodeEndpoint_v0(buf: bytes, pos: int) -> tuple[NodeEndpoint, int]:
-    # versions 0
-    o = _new(NodeEndpoint)
-    o.node_id = _S_i.unpack_from(buf, pos)[0]
-    pos += 4
-    n = buf[pos] - 1
-    if n < 127:
-        pos += 1
-    else:
-        n, pos = _uvarint(buf, pos)
-        n -= 1
-    if n < 0:
-        raise _null_error("string", pos)
-    else:
-        end = pos + n
-        if end > len(buf):
-            raise _too_long("string", n, len(buf) - pos, pos)
-        o.host = buf[pos:end].decode()
-        pos = end
-    o.port = _S_i.unpack_from(buf, pos)[0]
-    pos += 4
-    n = buf[pos] - 1
-    if n < 127:
-        pos += 1
-    else:
-        n, pos = _uvarint(buf, pos)
-        n -= 1
-    if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
-        o.rack = None
-    else:
-        end = pos + n
-        if end > len(buf):
-            raise _too_long("string", n, len(buf) - pos, pos)
-        o.rack = buf[pos:end].decode()
-        pos = end
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_NodeEndpoint)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_NodeEndpoint_v0(o: NodeEndpoint, w: _Writer) -> None:
-    # versions 0
-    w(_S_i.pack(o.node_id))
-    raw1 = o.host.encode()
-    n = len(raw1)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw1)
-    w(_S_i.pack(o.port))
-    x2 = o.rack
-    if x2 is None:
-        w(b"\x00")
-    else:
-        raw3 = x2.encode()
-        n = len(raw3)
-        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(raw3)
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_NodeEndpoint)
     else:
         w(b"\x00")
 

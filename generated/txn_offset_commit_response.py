@@ -147,52 +147,6 @@ _TAGS_TxnOffsetCommitResponseTopic: frozenset[int] = frozenset()
 _TAGS_TxnOffsetCommitResponsePartition: frozenset[int] = frozenset()
 
 
-def _read_TxnOffsetCommitResponsePartition_v0(
-    buf: bytes, pos: int
-) -> tuple[TxnOffsetCommitResponsePartition, int]:
-    # versions 0-2
-    o = _new(TxnOffsetCommitResponsePartition)
-    o.partition_index, o.error_code = _S_ih.unpack_from(buf, pos)
-    pos += 6
-    o._unknown_tags = None
-    return o, pos
-
-
-def _read_TxnOffsetCommitResponsePartition_v3(
-    buf: bytes, pos: int
-) -> tuple[TxnOffsetCommitResponsePartition, int]:
-    # versions 3-4
-    o = _new(TxnOffsetCommitResponsePartition)
-    o.partition_index, o.error_code = _S_ih.unpack_from(buf, pos)
-    pos += 6
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_TxnOffsetCommitResponsePartition)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_TxnOffsetCommitResponsePartition_v0(
-    o: TxnOffsetCommitResponsePartition, w: _Writer
-) -> None:
-    # versions 0-2
-    w(_S_ih.pack(o.partition_index, o.error_code))
-    if o._unknown_tags:
-        raise _ProtocolError("tagged fields need a flexible version")
-
-
-def _write_TxnOffsetCommitResponsePartition_v3(
-    o: TxnOffsetCommitResponsePartition, w: _Writer
-) -> None:
-    # versions 3-4
-    w(_S_ih.pack(o.partition_index, o.error_code))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_TxnOffsetCommitResponsePartition)
-    else:
-        w(b"\x00")
-
-
 def _read_TxnOffsetCommitResponseTopic_v0(
     buf: bytes, pos: int
 ) -> tuple[TxnOffsetCommitResponseTopic, int]:

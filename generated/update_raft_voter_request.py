@@ -183,64 +183,6 @@ _TAGS_Listener: frozenset[int] = frozenset()
 _TAGS_KRaftVersionFeature: frozenset[int] = frozenset()
 
 
-def _read_Listener_v0(buf: bytes, pos: int) -> tuple[Listener, int]:
-    # versions 0
-    o = _new(Listener)
-    n = buf[pos] - 1
-    if n < 127:
-        pos += 1
-    else:
-        n, pos = _uvarint(buf, pos)
-        n -= 1
-    if n < 0:
-        raise _null_error("string", pos)
-    else:
-        end = pos + n
-        if end > len(buf):
-            raise _too_long("string", n, len(buf) - pos, pos)
-        o.name = buf[pos:end].decode()
-        pos = end
-    n = buf[pos] - 1
-    if n < 127:
-        pos += 1
-    else:
-        n, pos = _uvarint(buf, pos)
-        n -= 1
-    if n < 0:
-        raise _null_error("string", pos)
-    else:
-        end = pos + n
-        if end > len(buf):
-            raise _too_long("string", n, len(buf) - pos, pos)
-        o.host = buf[pos:end].decode()
-        pos = end
-    o.port = _S_H.unpack_from(buf, pos)[0]
-    pos += 2
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Listener)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_Listener_v0(o: Listener, w: _Writer) -> None:
-    # versions 0
-    raw1 = o.name.encode()
-    n = len(raw1)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw1)
-    raw2 = o.host.encode()
-    n = len(raw2)
-    w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(raw2)
-    w(_S_H.pack(o.port))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_Listener)
-    else:
-        w(b"\x00")
-
-
 def _read_KRaftVersionFeature_v0(buf: bytes, pos: int) -> tuple[KRaftVersionFeature, int]:
     # versions 0
     o = _new(KRaftVersionFeature)

@@ -193,67 +193,6 @@ _TAGS_TopicData: frozenset[int] = frozenset()
 _TAGS_PartitionData: frozenset[int] = frozenset()
 
 
-def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
-    # versions 0
-    o = _new(PartitionData)
-    o.candidate_directory_id = _ZERO_UUID
-    o.voter_directory_id = _ZERO_UUID
-    o.partition_index, o.candidate_epoch, o.candidate_id, o.last_offset_epoch, o.last_offset = (
-        _S_iiiiq.unpack_from(buf, pos)
-    )
-    pos += 24
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
-    # versions 1
-    o = _new(PartitionData)
-    o.partition_index, o.candidate_epoch, o.candidate_id = _S_iii.unpack_from(buf, pos)
-    pos += 12
-    o.candidate_directory_id = _read_uuid(buf, pos)
-    pos += 16
-    o.voter_directory_id = _read_uuid(buf, pos)
-    pos += 16
-    o.last_offset_epoch, o.last_offset = _S_iq.unpack_from(buf, pos)
-    pos += 12
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
-    # versions 0
-    w(
-        _S_iiiiq.pack(
-            o.partition_index, o.candidate_epoch, o.candidate_id, o.last_offset_epoch, o.last_offset
-        )
-    )
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
-    else:
-        w(b"\x00")
-
-
-def _write_PartitionData_v1(o: PartitionData, w: _Writer) -> None:
-    # versions 1
-    w(_S_iii.pack(o.partition_index, o.candidate_epoch, o.candidate_id))
-    w(o.candidate_directory_id.bytes)
-    w(o.voter_directory_id.bytes)
-    w(_S_iq.pack(o.last_offset_epoch, o.last_offset))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_PartitionData)
-    else:
-        w(b"\x00")
-
-
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0
     o = _new(TopicData)

@@ -211,30 +211,6 @@ _TAGS_PartitionData: frozenset[int] = frozenset()
 _TAGS_StateBatch: frozenset[int] = frozenset()
 
 
-def _read_StateBatch_v0(buf: bytes, pos: int) -> tuple[StateBatch, int]:
-    # versions 0
-    o = _new(StateBatch)
-    o.first_offset, o.last_offset, o.delivery_state, o.delivery_count = _S_qqbh.unpack_from(
-        buf, pos
-    )
-    pos += 19
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_StateBatch)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_StateBatch_v0(o: StateBatch, w: _Writer) -> None:
-    # versions 0
-    w(_S_qqbh.pack(o.first_offset, o.last_offset, o.delivery_state, o.delivery_count))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_StateBatch)
-    else:
-        w(b"\x00")
-
-
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 0
     o = _new(PartitionData)

@@ -164,52 +164,6 @@ _TAGS_WritableTxnMarkerTopicResult: frozenset[int] = frozenset()
 _TAGS_WritableTxnMarkerPartitionResult: frozenset[int] = frozenset()
 
 
-def _read_WritableTxnMarkerPartitionResult_v0(
-    buf: bytes, pos: int
-) -> tuple[WritableTxnMarkerPartitionResult, int]:
-    # versions 0
-    o = _new(WritableTxnMarkerPartitionResult)
-    o.partition_index, o.error_code = _S_ih.unpack_from(buf, pos)
-    pos += 6
-    o._unknown_tags = None
-    return o, pos
-
-
-def _read_WritableTxnMarkerPartitionResult_v1(
-    buf: bytes, pos: int
-) -> tuple[WritableTxnMarkerPartitionResult, int]:
-    # versions 1
-    o = _new(WritableTxnMarkerPartitionResult)
-    o.partition_index, o.error_code = _S_ih.unpack_from(buf, pos)
-    pos += 6
-    if buf[pos]:
-        o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_WritableTxnMarkerPartitionResult)
-    else:
-        o._unknown_tags = None
-        pos += 1
-    return o, pos
-
-
-def _write_WritableTxnMarkerPartitionResult_v0(
-    o: WritableTxnMarkerPartitionResult, w: _Writer
-) -> None:
-    # versions 0
-    w(_S_ih.pack(o.partition_index, o.error_code))
-    if o._unknown_tags:
-        raise _ProtocolError("tagged fields need a flexible version")
-
-
-def _write_WritableTxnMarkerPartitionResult_v1(
-    o: WritableTxnMarkerPartitionResult, w: _Writer
-) -> None:
-    # versions 1
-    w(_S_ih.pack(o.partition_index, o.error_code))
-    if o._unknown_tags:
-        _write_tags(w, [], o._unknown_tags, _TAGS_WritableTxnMarkerPartitionResult)
-    else:
-        w(b"\x00")
-
-
 def _read_WritableTxnMarkerTopicResult_v0(
     buf: bytes, pos: int
 ) -> tuple[WritableTxnMarkerTopicResult, int]:
