@@ -216,9 +216,7 @@ def _unknown_tags_from_json(value: Any, where: str) -> UnknownTags | None:
     try:
         tags = [(int(tag), bytes.fromhex(payload)) for tag, payload in value]
     except (TypeError, ValueError) as e:
-        raise ProtocolError(
-            f"expected [[tag, hex payload], ...] ({e})", field=where
-        ) from None
+        raise ProtocolError(f"expected [[tag, hex payload], ...] ({e})", field=where) from None
     if any(tag < 0 for tag, _ in tags):
         raise ProtocolError("tags are unsigned", field=where)
     return tags or None
