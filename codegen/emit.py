@@ -371,25 +371,19 @@ class WriteEmitter:
             with b.indent():
                 b('raise _ProtocolError("tagged fields need a flexible version")')
             return
-        tagged = s.tagged_fields(v)
-        if not tagged:
-            b(f"if {o}._unknown_tags:")
-            with b.indent():
-                b(f"_write_tags({w}, [], {o}._unknown_tags, _TAGS_{s.name})")
-            b("else:")
-            with b.indent():
-                b(f'{w}(b"\\x00")')
-            return
-        tags = b.tmp("tags")
-        b(f"{tags}: _UnknownTags = []")
-        for f in tagged:
+        tags, condition = "[]", f"{o}._unknown_tags"
+        if s.tagged_fields(v):
+            tags = b.tmp("tags")
+            condition = f"{tags} or {condition}"
+            b(f"{tags}: _UnknownTags = []")
+        for f in s.tagged_fields(v):
             b(f"if {is_default_check(f, f'{o}.{f.py_name}')}:")
             with b.indent():
                 parts = b.tmp("tag_parts")
                 b(f"{parts}: list[_Buffer] = []")
                 self.value(b, f, v, f"{o}.{f.py_name}", f"{parts}.append")
                 b(f'{tags}.append(({f.tag}, b"".join({parts})))')
-        b(f"if {tags} or {o}._unknown_tags:")
+        b(f"if {condition}:")
         with b.indent():
             b(f"_write_tags({w}, {tags}, {o}._unknown_tags, _TAGS_{s.name})")
         b("else:")

@@ -38,36 +38,30 @@ _from_bytes = int.from_bytes
 _SAFE_UNKNOWN = uuid.SafeUUID.unknown
 
 
-def read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
-    """Unsigned 32-bit varint at ``pos``: (value, next position). At most 5 bytes."""
+def _read_unsigned(buf: bytes, pos: int, max_bytes: int) -> tuple[int, int]:
     b = buf[pos]
     value = b & 0x7F
     shift = 7
     pos += 1
+    limit = 7 * (max_bytes - 1)
     while b & 0x80:
-        if shift > 28:
-            raise ProtocolError("unsigned varint longer than 5 bytes", offset=pos - 5)
+        if shift > limit:
+            raise ProtocolError(f"varint longer than {max_bytes} bytes", offset=pos - max_bytes)
         b = buf[pos]
         value |= (b & 0x7F) << shift
         shift += 7
         pos += 1
     return value, pos
+
+
+def read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
+    """Unsigned 32-bit varint at ``pos``: (value, next position). At most 5 bytes."""
+    return _read_unsigned(buf, pos, 5)
 
 
 def read_uvarlong(buf: bytes, pos: int) -> tuple[int, int]:
     """Unsigned 64-bit varint at ``pos``: (value, next position). At most 10 bytes."""
-    b = buf[pos]
-    value = b & 0x7F
-    shift = 7
-    pos += 1
-    while b & 0x80:
-        if shift > 63:
-            raise ProtocolError("unsigned varlong longer than 10 bytes", offset=pos - 10)
-        b = buf[pos]
-        value |= (b & 0x7F) << shift
-        shift += 7
-        pos += 1
-    return value, pos
+    return _read_unsigned(buf, pos, 10)
 
 
 def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -83,25 +77,20 @@ def read_varlong(buf: bytes, pos: int) -> tuple[int, int]:
 
 
 def uvarint(value: int) -> bytes:
-    """Encode an unsigned varint (lengths, tags, counts)."""
-    if value < 0x80:
-        if value < 0:
-            raise ProtocolError(f"unsigned varint cannot hold {value}")
+    """Encode an unsigned 32-bit varint (lengths, tags, counts)."""
+    if 0 <= value < 0x80:
         return UVARINT_1[value]
-    if value > 0xFFFFFFFF:
-        raise ProtocolError(f"unsigned varint cannot hold {value}")
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    return _write_unsigned(value, 0xFFFFFFFF)
 
 
 def uvarlong(value: int) -> bytes:
     """Encode an unsigned 64-bit varint."""
-    if not 0 <= value <= 0xFFFFFFFFFFFFFFFF:
-        raise ProtocolError(f"unsigned varlong cannot hold {value}")
+    return _write_unsigned(value, 0xFFFFFFFFFFFFFFFF)
+
+
+def _write_unsigned(value: int, limit: int) -> bytes:
+    if not 0 <= value <= limit:
+        raise ProtocolError(f"unsigned varint cannot hold {value}")
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
