@@ -51,23 +51,14 @@ def diff_messages(old: list[Message], new: list[Message]) -> list[str]:
         for path in sorted(fa.keys() - fb.keys(), key=list(fa).index):
             changes.append(f"field removed: {path}")
         for path in [p for p in fb if p in fa]:
-            x, y = fa[path], fb[path]
-            if (x.type.name, x.versions, x.nullable, x.tagged) != (
-                y.type.name,
-                y.versions,
-                y.nullable,
-                y.tagged,
-            ):
-                changes.append(
-                    f"field changed: {path}: {x.type.name} v{x.versions} -> "
-                    f"{y.type.name} v{y.versions}"
-                    + (
-                        f", nullable {x.nullable} -> {y.nullable}"
-                        if x.nullable != y.nullable
-                        else ""
-                    )
-                    + (f", tagged {x.tagged} -> {y.tagged}" if x.tagged != y.tagged else "")
+            x, y = fa[path].declared, fb[path].declared
+            if x != y:
+                what = ", ".join(
+                    f"{k} {x.get(k, '-')} -> {y.get(k, '-')}"
+                    for k in sorted(x.keys() | y.keys())
+                    if x.get(k) != y.get(k)
                 )
+                changes.append(f"field changed: {path}: {what}")
         if changes:
             lines.append(f"~ {name}:")
             lines.extend(f"    {c}" for c in changes)

@@ -167,6 +167,7 @@ class Field:
     map_key: bool
     entity_type: str | None
     struct: Struct | None = None  # element struct of a struct or struct-array field
+    declared: dict[str, Any] = field(default_factory=dict)  # the spec's wire-relevant keys
 
     def present(self, version: int) -> bool:
         return version in self.versions
@@ -274,6 +275,10 @@ def _default_value(ftype: FieldType, raw: Any, nullable: Versions, where: str) -
     raise SpecError(f"{where}: unsupported default for {ftype.name}")
 
 
+_WIRE_KEYS = ("type", "versions", "nullableVersions", "taggedVersions", "tag", "flexibleVersions")
+"""Field keys that change the wire format (``python -m codegen diff`` compares these)."""
+
+
 class _Builder:
     def __init__(self, raw: dict[str, Any], source: str) -> None:
         self.raw = raw
@@ -348,6 +353,7 @@ class _Builder:
             zero_copy=bool(spec.get("zeroCopy", False)),
             map_key=bool(spec.get("mapKey", False)),
             entity_type=spec.get("entityType"),
+            declared={k: spec[k] for k in _WIRE_KEYS if k in spec},
         )
         if ftype.is_struct:
             if "fields" in spec:
