@@ -79,6 +79,11 @@ class _Indent:
         self.body.depth -= 1
 
 
+def _packable(f: Field, value: str) -> str:
+    """``struct`` packs any object as '?': pass bools through a table that only has bools."""
+    return f"_BOOL[{value}]" if f.type.element == "bool" else value
+
+
 def is_leaf(s: Struct, version: int) -> bool:
     """A struct with no struct inside it in ``version``: its arrays are decoded inline."""
     return not any(f.struct is not None and f.present(version) for f in s.fields)
@@ -190,9 +195,11 @@ class ReadEmitter:
         with b.indent():
             b('raise _too_long("tag section", count, len(buf) - pos, pos)')
         b("unknown: _UnknownTags | None = None")
+        b("last = -1")
         b("for _ in range(count):")
         with b.indent():
             b("tag, pos = _uvarint(buf, pos)")
+            b("last = _check_tag_order(tag, last, pos)")
             b("tend, pos = _tag_end(buf, pos)")
             keyword = "if"
             for f in s.tagged_fields(v):
@@ -362,7 +369,7 @@ class WriteEmitter:
         for run in _groups(wire):
             if run[0].type.is_fixed:
                 codes = "".join(STRUCT_CODES[f.type.element] for f in run)
-                values = ", ".join(f"{o}.{f.py_name}" for f in run)
+                values = ", ".join(_packable(f, f"{o}.{f.py_name}") for f in run)
                 b(f"{w}({self.state.struct_for(codes)}.pack({values}))")
             else:
                 self.value(b, run[0], v, f"{o}.{run[0].py_name}", w)
@@ -439,6 +446,10 @@ class WriteEmitter:
                 packer = self.state.array_packer(STRUCT_CODES[t.element], "n")
                 b(f"{w}({packer}.pack(*{items}))")
                 return
+            if t.element == "string":  # a str would otherwise be written char by char
+                b(f"if not isinstance({items}, list | tuple):")
+                with b.indent():
+                    b(f'raise _ProtocolError("{f.name} must be a list")')
             b(f"for {item} in {items}:")
             with b.indent():
                 if f.struct is not None and is_leaf(f.struct, v):
@@ -451,7 +462,7 @@ class WriteEmitter:
             assert f.struct is not None
             b(f"{self.names(f.struct, v)}({value}, {w})")
         elif t.is_fixed:
-            b(f"{w}({self.state.struct_for(STRUCT_CODES[t.element])}.pack({value}))")
+            b(f"{w}({self.state.struct_for(STRUCT_CODES[t.element])}.pack({_packable(f, value)}))")
         elif t.element == "uuid":
             b(f"{w}({value}.bytes)")
         elif t.element == "string":
@@ -461,6 +472,11 @@ class WriteEmitter:
             self.length(b, f, v, "n", False, w)
             b(f"{w}({raw})")
         else:  # bytes / records: the buffer itself is a chunk (zero copy)
-            b(f"n = len({value})")
+            raw = b.tmp("raw")
+            b(f"{raw} = {value}")
+            b(f"if type({raw}) is not bytes:")
+            with b.indent():
+                b(f"{raw} = _as_chunk({raw})")
+            b(f"n = len({raw})")
             self.length(b, f, v, "n", True, w)
-            b(f"{w}({value})")
+            b(f"{w}({raw})")

@@ -15,6 +15,7 @@ from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
@@ -291,7 +292,7 @@ def _write_AddPartitionsToTxnTransaction_v4(o: AddPartitionsToTxnTransaction, w:
     n = len(raw1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw1)
-    w(_S_qhz.pack(o.producer_id, o.producer_epoch, o.verify_only))
+    w(_S_qhz.pack(o.producer_id, o.producer_epoch, _BOOL[o.verify_only]))
     items2 = o.topics
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))

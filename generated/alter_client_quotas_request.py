@@ -15,6 +15,7 @@ from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -376,7 +377,7 @@ def _write_EntryData_v0(o: EntryData, w: _Writer) -> None:
         n = len(raw8)
         w(_S_h.pack(n))
         w(raw8)
-        w(_S_dz.pack(item7.value, item7.remove))
+        w(_S_dz.pack(item7.value, _BOOL[item7.remove]))
         if item7._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -413,7 +414,7 @@ def _write_EntryData_v1(o: EntryData, w: _Writer) -> None:
         n = len(raw8)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw8)
-        w(_S_dz.pack(item7.value, item7.remove))
+        w(_S_dz.pack(item7.value, _BOOL[item7.remove]))
         if item7._unknown_tags:
             _write_tags(w, [], item7._unknown_tags, _TAGS_OpData)
         else:
@@ -481,7 +482,7 @@ def _write_AlterClientQuotasRequest_v0(o: AlterClientQuotasRequest, w: _Writer) 
     w(_S_i.pack(n))
     for item2 in items1:
         _write_EntryData_v0(item2, w)
-    w(_S_z.pack(o.validate_only))
+    w(_S_z.pack(_BOOL[o.validate_only]))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -493,7 +494,7 @@ def _write_AlterClientQuotasRequest_v1(o: AlterClientQuotasRequest, w: _Writer) 
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
         _write_EntryData_v1(item2, w)
-    w(_S_z.pack(o.validate_only))
+    w(_S_z.pack(_BOOL[o.validate_only]))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_AlterClientQuotasRequest)
     else:

@@ -17,6 +17,7 @@ from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
+from kafscale.protocol.wire import as_chunk as _as_chunk
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
@@ -306,12 +307,18 @@ def _write_AlterUserScramCredentialsRequest_v0(
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw6)
         w(_S_bi.pack(item5.mechanism, item5.iterations))
-        n = len(item5.salt)
+        raw7 = item5.salt
+        if type(raw7) is not bytes:
+            raw7 = _as_chunk(raw7)
+        n = len(raw7)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(item5.salt)
-        n = len(item5.salted_password)
+        w(raw7)
+        raw8 = item5.salted_password
+        if type(raw8) is not bytes:
+            raw8 = _as_chunk(raw8)
+        n = len(raw8)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(item5.salted_password)
+        w(raw8)
         if item5._unknown_tags:
             _write_tags(w, [], item5._unknown_tags, _TAGS_ScramCredentialUpsertion)
         else:

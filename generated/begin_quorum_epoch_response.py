@@ -20,6 +20,7 @@ from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import UnknownTags as _UnknownTags
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import check_tag_end as _check_tag_end
+from kafscale.protocol.wire import check_tag_order as _check_tag_order
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
@@ -348,8 +349,10 @@ def _read_tags_BeginQuorumEpochResponse_v1(
     if count > len(buf) - pos:
         raise _too_long("tag section", count, len(buf) - pos, pos)
     unknown: _UnknownTags | None = None
+    last = -1
     for _ in range(count):
         tag, pos = _uvarint(buf, pos)
+        last = _check_tag_order(tag, last, pos)
         tend, pos = _tag_end(buf, pos)
         if tag == 0:
             n = buf[pos] - 1

@@ -15,11 +15,13 @@ from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import UnknownTags as _UnknownTags
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import check_tag_end as _check_tag_end
+from kafscale.protocol.wire import check_tag_order as _check_tag_order
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uuid as _read_uuid
@@ -115,8 +117,10 @@ def _read_tags_BrokerHeartbeatRequest_v1(o: BrokerHeartbeatRequest, buf: bytes, 
     if count > len(buf) - pos:
         raise _too_long("tag section", count, len(buf) - pos, pos)
     unknown: _UnknownTags | None = None
+    last = -1
     for _ in range(count):
         tag, pos = _uvarint(buf, pos)
+        last = _check_tag_order(tag, last, pos)
         tend, pos = _tag_end(buf, pos)
         if tag == 0:
             n = buf[pos] - 1
@@ -186,7 +190,11 @@ def _write_BrokerHeartbeatRequest_v0(o: BrokerHeartbeatRequest, w: _Writer) -> N
         raise _ProtocolError("OfflineLogDirs cannot be written in version 0")
     w(
         _S_iqqzz.pack(
-            o.broker_id, o.broker_epoch, o.current_metadata_offset, o.want_fence, o.want_shut_down
+            o.broker_id,
+            o.broker_epoch,
+            o.current_metadata_offset,
+            _BOOL[o.want_fence],
+            _BOOL[o.want_shut_down],
         )
     )
     if o._unknown_tags:
@@ -199,7 +207,11 @@ def _write_BrokerHeartbeatRequest_v1(o: BrokerHeartbeatRequest, w: _Writer) -> N
     # versions 1
     w(
         _S_iqqzz.pack(
-            o.broker_id, o.broker_epoch, o.current_metadata_offset, o.want_fence, o.want_shut_down
+            o.broker_id,
+            o.broker_epoch,
+            o.current_metadata_offset,
+            _BOOL[o.want_fence],
+            _BOOL[o.want_shut_down],
         )
     )
     tags1: _UnknownTags = []

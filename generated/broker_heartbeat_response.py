@@ -11,6 +11,7 @@ from struct import Struct as _Packer
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -106,7 +107,11 @@ def _write_BrokerHeartbeatResponse_v0(o: BrokerHeartbeatResponse, w: _Writer) ->
     # versions 0-1
     w(
         _S_ihzzz.pack(
-            o.throttle_time_ms, o.error_code, o.is_caught_up, o.is_fenced, o.should_shut_down
+            o.throttle_time_ms,
+            o.error_code,
+            _BOOL[o.is_caught_up],
+            _BOOL[o.is_fenced],
+            _BOOL[o.should_shut_down],
         )
     )
     if o._unknown_tags:

@@ -16,6 +16,7 @@ from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -911,7 +912,7 @@ def _write_BrokerRegistrationRequest_v1(o: BrokerRegistrationRequest, w: _Writer
         n = len(raw10)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw10)
-    w(_S_z.pack(o.is_migrating_zk_broker))
+    w(_S_z.pack(_BOOL[o.is_migrating_zk_broker]))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_BrokerRegistrationRequest)
     else:
@@ -964,7 +965,7 @@ def _write_BrokerRegistrationRequest_v2(o: BrokerRegistrationRequest, w: _Writer
         n = len(raw10)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw10)
-    w(_S_z.pack(o.is_migrating_zk_broker))
+    w(_S_z.pack(_BOOL[o.is_migrating_zk_broker]))
     items11 = o.log_dirs
     n = len(items11)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
@@ -1022,7 +1023,7 @@ def _write_BrokerRegistrationRequest_v3(o: BrokerRegistrationRequest, w: _Writer
         n = len(raw10)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw10)
-    w(_S_z.pack(o.is_migrating_zk_broker))
+    w(_S_z.pack(_BOOL[o.is_migrating_zk_broker]))
     items11 = o.log_dirs
     n = len(items11)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))

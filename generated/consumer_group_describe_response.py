@@ -596,6 +596,8 @@ def _write_Member_v0(o: Member, w: _Writer) -> None:
     items8 = o.subscribed_topic_names
     n = len(items8)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    if not isinstance(items8, list | tuple):
+        raise _ProtocolError("SubscribedTopicNames must be a list")
     for item9 in items8:
         raw10 = item9.encode()
         n = len(raw10)

@@ -18,6 +18,7 @@ from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
+from kafscale.protocol.wire import as_chunk as _as_chunk
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
@@ -187,9 +188,12 @@ def _write_ConsumerProtocolAssignment_v0(o: ConsumerProtocolAssignment, w: _Writ
     if x6 is None:
         w(b"\xff\xff\xff\xff")
     else:
-        n = len(x6)
+        raw7 = x6
+        if type(raw7) is not bytes:
+            raw7 = _as_chunk(raw7)
+        n = len(raw7)
         w(_S_i.pack(n))
-        w(x6)
+        w(raw7)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 

@@ -18,6 +18,7 @@ from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
+from kafscale.protocol.wire import as_chunk as _as_chunk
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import small_arrays as _small_arrays
 from kafscale.protocol.wire import too_long as _too_long
@@ -437,6 +438,8 @@ def _write_ConsumerProtocolSubscription_v0(o: ConsumerProtocolSubscription, w: _
     items1 = o.topics
     n = len(items1)
     w(_S_i.pack(n))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("Topics must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)
@@ -446,9 +449,12 @@ def _write_ConsumerProtocolSubscription_v0(o: ConsumerProtocolSubscription, w: _
     if x4 is None:
         w(b"\xff\xff\xff\xff")
     else:
-        n = len(x4)
+        raw5 = x4
+        if type(raw5) is not bytes:
+            raw5 = _as_chunk(raw5)
+        n = len(raw5)
         w(_S_i.pack(n))
-        w(x4)
+        w(raw5)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -458,6 +464,8 @@ def _write_ConsumerProtocolSubscription_v1(o: ConsumerProtocolSubscription, w: _
     items1 = o.topics
     n = len(items1)
     w(_S_i.pack(n))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("Topics must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)
@@ -467,22 +475,25 @@ def _write_ConsumerProtocolSubscription_v1(o: ConsumerProtocolSubscription, w: _
     if x4 is None:
         w(b"\xff\xff\xff\xff")
     else:
-        n = len(x4)
+        raw5 = x4
+        if type(raw5) is not bytes:
+            raw5 = _as_chunk(raw5)
+        n = len(raw5)
         w(_S_i.pack(n))
-        w(x4)
-    items5 = o.owned_partitions
-    n = len(items5)
+        w(raw5)
+    items6 = o.owned_partitions
+    n = len(items6)
     w(_S_i.pack(n))
-    for item6 in items5:
-        raw7 = item6.topic.encode()
-        n = len(raw7)
+    for item7 in items6:
+        raw8 = item7.topic.encode()
+        n = len(raw8)
         w(_S_h.pack(n))
-        w(raw7)
-        items8 = item6.partitions
-        n = len(items8)
+        w(raw8)
+        items9 = item7.partitions
+        n = len(items9)
         w(_S_i.pack(n))
-        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items8))
-        if item6._unknown_tags:
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items9))
+        if item7._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -493,6 +504,8 @@ def _write_ConsumerProtocolSubscription_v2(o: ConsumerProtocolSubscription, w: _
     items1 = o.topics
     n = len(items1)
     w(_S_i.pack(n))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("Topics must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)
@@ -502,22 +515,25 @@ def _write_ConsumerProtocolSubscription_v2(o: ConsumerProtocolSubscription, w: _
     if x4 is None:
         w(b"\xff\xff\xff\xff")
     else:
-        n = len(x4)
+        raw5 = x4
+        if type(raw5) is not bytes:
+            raw5 = _as_chunk(raw5)
+        n = len(raw5)
         w(_S_i.pack(n))
-        w(x4)
-    items5 = o.owned_partitions
-    n = len(items5)
+        w(raw5)
+    items6 = o.owned_partitions
+    n = len(items6)
     w(_S_i.pack(n))
-    for item6 in items5:
-        raw7 = item6.topic.encode()
-        n = len(raw7)
+    for item7 in items6:
+        raw8 = item7.topic.encode()
+        n = len(raw8)
         w(_S_h.pack(n))
-        w(raw7)
-        items8 = item6.partitions
-        n = len(items8)
+        w(raw8)
+        items9 = item7.partitions
+        n = len(items9)
         w(_S_i.pack(n))
-        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items8))
-        if item6._unknown_tags:
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items9))
+        if item7._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     w(_S_i.pack(o.generation_id))
     if o._unknown_tags:
@@ -529,6 +545,8 @@ def _write_ConsumerProtocolSubscription_v3(o: ConsumerProtocolSubscription, w: _
     items1 = o.topics
     n = len(items1)
     w(_S_i.pack(n))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("Topics must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)
@@ -538,32 +556,35 @@ def _write_ConsumerProtocolSubscription_v3(o: ConsumerProtocolSubscription, w: _
     if x4 is None:
         w(b"\xff\xff\xff\xff")
     else:
-        n = len(x4)
+        raw5 = x4
+        if type(raw5) is not bytes:
+            raw5 = _as_chunk(raw5)
+        n = len(raw5)
         w(_S_i.pack(n))
-        w(x4)
-    items5 = o.owned_partitions
-    n = len(items5)
+        w(raw5)
+    items6 = o.owned_partitions
+    n = len(items6)
     w(_S_i.pack(n))
-    for item6 in items5:
-        raw7 = item6.topic.encode()
-        n = len(raw7)
+    for item7 in items6:
+        raw8 = item7.topic.encode()
+        n = len(raw8)
         w(_S_h.pack(n))
-        w(raw7)
-        items8 = item6.partitions
-        n = len(items8)
+        w(raw8)
+        items9 = item7.partitions
+        n = len(items9)
         w(_S_i.pack(n))
-        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items8))
-        if item6._unknown_tags:
+        w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items9))
+        if item7._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     w(_S_i.pack(o.generation_id))
-    x10 = o.rack_id
-    if x10 is None:
+    x11 = o.rack_id
+    if x11 is None:
         w(b"\xff\xff")
     else:
-        raw11 = x10.encode()
-        n = len(raw11)
+        raw12 = x11.encode()
+        n = len(raw12)
         w(_S_h.pack(n))
-        w(raw11)
+        w(raw12)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 

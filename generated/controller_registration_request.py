@@ -15,6 +15,7 @@ from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -300,7 +301,7 @@ def _write_ControllerRegistrationRequest_v0(o: ControllerRegistrationRequest, w:
     # versions 0
     w(_S_i.pack(o.controller_id))
     w(o.incarnation_id.bytes)
-    w(_S_z.pack(o.zk_migration_ready))
+    w(_S_z.pack(_BOOL[o.zk_migration_ready]))
     items1 = o.listeners
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))

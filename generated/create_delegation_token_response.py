@@ -15,6 +15,7 @@ from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
+from kafscale.protocol.wire import as_chunk as _as_chunk
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
@@ -408,9 +409,12 @@ def _write_CreateDelegationTokenResponse_v0(o: CreateDelegationTokenResponse, w:
     n = len(raw3)
     w(_S_h.pack(n))
     w(raw3)
-    n = len(o.hmac)
+    raw4 = o.hmac
+    if type(raw4) is not bytes:
+        raw4 = _as_chunk(raw4)
+    n = len(raw4)
     w(_S_i.pack(n))
-    w(o.hmac)
+    w(raw4)
     w(_S_i.pack(o.throttle_time_ms))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -436,9 +440,12 @@ def _write_CreateDelegationTokenResponse_v1(o: CreateDelegationTokenResponse, w:
     n = len(raw3)
     w(_S_h.pack(n))
     w(raw3)
-    n = len(o.hmac)
+    raw4 = o.hmac
+    if type(raw4) is not bytes:
+        raw4 = _as_chunk(raw4)
+    n = len(raw4)
     w(_S_i.pack(n))
-    w(o.hmac)
+    w(raw4)
     w(_S_i.pack(o.throttle_time_ms))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -464,9 +471,12 @@ def _write_CreateDelegationTokenResponse_v2(o: CreateDelegationTokenResponse, w:
     n = len(raw3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw3)
-    n = len(o.hmac)
+    raw4 = o.hmac
+    if type(raw4) is not bytes:
+        raw4 = _as_chunk(raw4)
+    n = len(raw4)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(o.hmac)
+    w(raw4)
     w(_S_i.pack(o.throttle_time_ms))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_CreateDelegationTokenResponse)
@@ -498,9 +508,12 @@ def _write_CreateDelegationTokenResponse_v3(o: CreateDelegationTokenResponse, w:
     n = len(raw5)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw5)
-    n = len(o.hmac)
+    raw6 = o.hmac
+    if type(raw6) is not bytes:
+        raw6 = _as_chunk(raw6)
+    n = len(raw6)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(o.hmac)
+    w(raw6)
     w(_S_i.pack(o.throttle_time_ms))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_CreateDelegationTokenResponse)

@@ -15,6 +15,7 @@ from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
@@ -382,7 +383,7 @@ def _write_CreatePartitionsRequest_v0(o: CreatePartitionsRequest, w: _Writer) ->
     w(_S_i.pack(n))
     for item2 in items1:
         _write_CreatePartitionsTopic_v0(item2, w)
-    w(_S_iz.pack(o.timeout_ms, o.validate_only))
+    w(_S_iz.pack(o.timeout_ms, _BOOL[o.validate_only]))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -394,7 +395,7 @@ def _write_CreatePartitionsRequest_v2(o: CreatePartitionsRequest, w: _Writer) ->
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
         _write_CreatePartitionsTopic_v2(item2, w)
-    w(_S_iz.pack(o.timeout_ms, o.validate_only))
+    w(_S_iz.pack(o.timeout_ms, _BOOL[o.validate_only]))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_CreatePartitionsRequest)
     else:

@@ -16,12 +16,14 @@ from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import UnknownTags as _UnknownTags
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import check_tag_end as _check_tag_end
+from kafscale.protocol.wire import check_tag_order as _check_tag_order
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uuid as _read_uuid
@@ -241,8 +243,10 @@ def _read_tags_CreatableTopicResult_v5(o: CreatableTopicResult, buf: bytes, pos:
     if count > len(buf) - pos:
         raise _too_long("tag section", count, len(buf) - pos, pos)
     unknown: _UnknownTags | None = None
+    last = -1
     for _ in range(count):
         tag, pos = _uvarint(buf, pos)
+        last = _check_tag_order(tag, last, pos)
         tend, pos = _tag_end(buf, pos)
         if tag == 0:
             o.topic_config_error_code = _S_h.unpack_from(buf, pos)[0]
@@ -500,7 +504,7 @@ def _write_CreatableTopicResult_v5(o: CreatableTopicResult, w: _Writer) -> None:
                 n = len(raw9)
                 w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
                 w(raw9)
-            w(_S_zbz.pack(item6.read_only, item6.config_source, item6.is_sensitive))
+            w(_S_zbz.pack(_BOOL[item6.read_only], item6.config_source, _BOOL[item6.is_sensitive]))
             if item6._unknown_tags:
                 _write_tags(w, [], item6._unknown_tags, _TAGS_CreatableTopicConfigs)
             else:
@@ -553,7 +557,7 @@ def _write_CreatableTopicResult_v7(o: CreatableTopicResult, w: _Writer) -> None:
                 n = len(raw9)
                 w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
                 w(raw9)
-            w(_S_zbz.pack(item6.read_only, item6.config_source, item6.is_sensitive))
+            w(_S_zbz.pack(_BOOL[item6.read_only], item6.config_source, _BOOL[item6.is_sensitive]))
             if item6._unknown_tags:
                 _write_tags(w, [], item6._unknown_tags, _TAGS_CreatableTopicConfigs)
             else:

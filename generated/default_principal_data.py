@@ -11,6 +11,7 @@ from struct import Struct as _Packer
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -131,7 +132,7 @@ def _write_DefaultPrincipalData_v0(o: DefaultPrincipalData, w: _Writer) -> None:
     n = len(raw2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw2)
-    w(_S_z.pack(o.token_authenticated))
+    w(_S_z.pack(_BOOL[o.token_authenticated]))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_DefaultPrincipalData)
     else:

@@ -140,6 +140,8 @@ def _write_DeleteGroupsRequest_v0(o: DeleteGroupsRequest, w: _Writer) -> None:
     items1 = o.groups_names
     n = len(items1)
     w(_S_i.pack(n))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("GroupsNames must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)
@@ -154,6 +156,8 @@ def _write_DeleteGroupsRequest_v2(o: DeleteGroupsRequest, w: _Writer) -> None:
     items1 = o.groups_names
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("GroupsNames must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)

@@ -260,6 +260,8 @@ def _write_DeleteTopicsRequest_v0(o: DeleteTopicsRequest, w: _Writer) -> None:
     items1 = o.topic_names
     n = len(items1)
     w(_S_i.pack(n))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("TopicNames must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)
@@ -277,6 +279,8 @@ def _write_DeleteTopicsRequest_v1(o: DeleteTopicsRequest, w: _Writer) -> None:
     items1 = o.topic_names
     n = len(items1)
     w(_S_i.pack(n))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("TopicNames must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)
@@ -294,6 +298,8 @@ def _write_DeleteTopicsRequest_v2(o: DeleteTopicsRequest, w: _Writer) -> None:
     items1 = o.topic_names
     n = len(items1)
     w(_S_i.pack(n))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("TopicNames must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)
@@ -311,6 +317,8 @@ def _write_DeleteTopicsRequest_v3(o: DeleteTopicsRequest, w: _Writer) -> None:
     items1 = o.topic_names
     n = len(items1)
     w(_S_i.pack(n))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("TopicNames must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)
@@ -328,6 +336,8 @@ def _write_DeleteTopicsRequest_v4(o: DeleteTopicsRequest, w: _Writer) -> None:
     items1 = o.topic_names
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("TopicNames must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)
@@ -347,6 +357,8 @@ def _write_DeleteTopicsRequest_v5(o: DeleteTopicsRequest, w: _Writer) -> None:
     items1 = o.topic_names
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("TopicNames must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)

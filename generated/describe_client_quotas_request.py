@@ -15,6 +15,7 @@ from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -255,7 +256,7 @@ def _write_DescribeClientQuotasRequest_v0(o: DescribeClientQuotasRequest, w: _Wr
             w(raw5)
         if item2._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
-    w(_S_z.pack(o.strict))
+    w(_S_z.pack(_BOOL[o.strict]))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -283,7 +284,7 @@ def _write_DescribeClientQuotasRequest_v1(o: DescribeClientQuotasRequest, w: _Wr
             _write_tags(w, [], item2._unknown_tags, _TAGS_ComponentData)
         else:
             w(b"\x00")
-    w(_S_z.pack(o.strict))
+    w(_S_z.pack(_BOOL[o.strict]))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_DescribeClientQuotasRequest)
     else:

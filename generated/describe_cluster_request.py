@@ -12,6 +12,7 @@ from struct import Struct as _Packer
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -99,7 +100,7 @@ def _write_DescribeClusterRequest_v0(o: DescribeClusterRequest, w: _Writer) -> N
     # versions 0
     if o.endpoint_type != 1:
         raise _ProtocolError("EndpointType cannot be written in version 0")
-    w(_S_z.pack(o.include_cluster_authorized_operations))
+    w(_S_z.pack(_BOOL[o.include_cluster_authorized_operations]))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_DescribeClusterRequest)
     else:
@@ -108,7 +109,7 @@ def _write_DescribeClusterRequest_v0(o: DescribeClusterRequest, w: _Writer) -> N
 
 def _write_DescribeClusterRequest_v1(o: DescribeClusterRequest, w: _Writer) -> None:
     # versions 1
-    w(_S_zb.pack(o.include_cluster_authorized_operations, o.endpoint_type))
+    w(_S_zb.pack(_BOOL[o.include_cluster_authorized_operations], o.endpoint_type))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_DescribeClusterRequest)
     else:

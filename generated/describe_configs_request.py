@@ -15,6 +15,7 @@ from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -406,6 +407,8 @@ def _write_DescribeConfigsRequest_v0(o: DescribeConfigsRequest, w: _Writer) -> N
             items5 = x4
             n = len(items5)
             w(_S_i.pack(n))
+            if not isinstance(items5, list | tuple):
+                raise _ProtocolError("ConfigurationKeys must be a list")
             for item6 in items5:
                 raw7 = item6.encode()
                 n = len(raw7)
@@ -437,6 +440,8 @@ def _write_DescribeConfigsRequest_v1(o: DescribeConfigsRequest, w: _Writer) -> N
             items5 = x4
             n = len(items5)
             w(_S_i.pack(n))
+            if not isinstance(items5, list | tuple):
+                raise _ProtocolError("ConfigurationKeys must be a list")
             for item6 in items5:
                 raw7 = item6.encode()
                 n = len(raw7)
@@ -444,7 +449,7 @@ def _write_DescribeConfigsRequest_v1(o: DescribeConfigsRequest, w: _Writer) -> N
                 w(raw7)
         if item2._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
-    w(_S_z.pack(o.include_synonyms))
+    w(_S_z.pack(_BOOL[o.include_synonyms]))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -469,6 +474,8 @@ def _write_DescribeConfigsRequest_v2(o: DescribeConfigsRequest, w: _Writer) -> N
             items5 = x4
             n = len(items5)
             w(_S_i.pack(n))
+            if not isinstance(items5, list | tuple):
+                raise _ProtocolError("ConfigurationKeys must be a list")
             for item6 in items5:
                 raw7 = item6.encode()
                 n = len(raw7)
@@ -476,7 +483,7 @@ def _write_DescribeConfigsRequest_v2(o: DescribeConfigsRequest, w: _Writer) -> N
                 w(raw7)
         if item2._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
-    w(_S_z.pack(o.include_synonyms))
+    w(_S_z.pack(_BOOL[o.include_synonyms]))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -499,6 +506,8 @@ def _write_DescribeConfigsRequest_v3(o: DescribeConfigsRequest, w: _Writer) -> N
             items5 = x4
             n = len(items5)
             w(_S_i.pack(n))
+            if not isinstance(items5, list | tuple):
+                raise _ProtocolError("ConfigurationKeys must be a list")
             for item6 in items5:
                 raw7 = item6.encode()
                 n = len(raw7)
@@ -506,7 +515,7 @@ def _write_DescribeConfigsRequest_v3(o: DescribeConfigsRequest, w: _Writer) -> N
                 w(raw7)
         if item2._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
-    w(_S_zz.pack(o.include_synonyms, o.include_documentation))
+    w(_S_zz.pack(_BOOL[o.include_synonyms], _BOOL[o.include_documentation]))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -529,6 +538,8 @@ def _write_DescribeConfigsRequest_v4(o: DescribeConfigsRequest, w: _Writer) -> N
             items5 = x4
             n = len(items5)
             w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+            if not isinstance(items5, list | tuple):
+                raise _ProtocolError("ConfigurationKeys must be a list")
             for item6 in items5:
                 raw7 = item6.encode()
                 n = len(raw7)
@@ -538,7 +549,7 @@ def _write_DescribeConfigsRequest_v4(o: DescribeConfigsRequest, w: _Writer) -> N
             _write_tags(w, [], item2._unknown_tags, _TAGS_DescribeConfigsResource)
         else:
             w(b"\x00")
-    w(_S_zz.pack(o.include_synonyms, o.include_documentation))
+    w(_S_zz.pack(_BOOL[o.include_synonyms], _BOOL[o.include_documentation]))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_DescribeConfigsRequest)
     else:

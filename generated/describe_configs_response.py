@@ -15,6 +15,7 @@ from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -559,7 +560,7 @@ def _write_DescribeConfigsResourceResult_v1(o: DescribeConfigsResourceResult, w:
         n = len(raw3)
         w(_S_h.pack(n))
         w(raw3)
-    w(_S_zbz.pack(o.read_only, o.config_source, o.is_sensitive))
+    w(_S_zbz.pack(_BOOL[o.read_only], o.config_source, _BOOL[o.is_sensitive]))
     items4 = o.synonyms
     n = len(items4)
     w(_S_i.pack(n))
@@ -599,7 +600,7 @@ def _write_DescribeConfigsResourceResult_v2(o: DescribeConfigsResourceResult, w:
         n = len(raw3)
         w(_S_h.pack(n))
         w(raw3)
-    w(_S_zbz.pack(o.read_only, o.config_source, o.is_sensitive))
+    w(_S_zbz.pack(_BOOL[o.read_only], o.config_source, _BOOL[o.is_sensitive]))
     items4 = o.synonyms
     n = len(items4)
     w(_S_i.pack(n))
@@ -639,7 +640,7 @@ def _write_DescribeConfigsResourceResult_v3(o: DescribeConfigsResourceResult, w:
         n = len(raw3)
         w(_S_h.pack(n))
         w(raw3)
-    w(_S_zbz.pack(o.read_only, o.config_source, o.is_sensitive))
+    w(_S_zbz.pack(_BOOL[o.read_only], o.config_source, _BOOL[o.is_sensitive]))
     items4 = o.synonyms
     n = len(items4)
     w(_S_i.pack(n))
@@ -688,7 +689,7 @@ def _write_DescribeConfigsResourceResult_v4(o: DescribeConfigsResourceResult, w:
         n = len(raw3)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
-    w(_S_zbz.pack(o.read_only, o.config_source, o.is_sensitive))
+    w(_S_zbz.pack(_BOOL[o.read_only], o.config_source, _BOOL[o.is_sensitive]))
     items4 = o.synonyms
     n = len(items4)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
@@ -982,7 +983,7 @@ def _write_DescribeConfigsResult_v0(o: DescribeConfigsResult, w: _Writer) -> Non
             n = len(raw8)
             w(_S_h.pack(n))
             w(raw8)
-        w(_S_zzz.pack(item5.read_only, item5.is_default, item5.is_sensitive))
+        w(_S_zzz.pack(_BOOL[item5.read_only], _BOOL[item5.is_default], _BOOL[item5.is_sensitive]))
         if item5._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:

@@ -18,6 +18,7 @@ from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
+from kafscale.protocol.wire import as_chunk as _as_chunk
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
@@ -589,22 +590,25 @@ def _write_DescribedDelegationToken_v0(o: DescribedDelegationToken, w: _Writer) 
     n = len(raw3)
     w(_S_h.pack(n))
     w(raw3)
-    n = len(o.hmac)
+    raw4 = o.hmac
+    if type(raw4) is not bytes:
+        raw4 = _as_chunk(raw4)
+    n = len(raw4)
     w(_S_i.pack(n))
-    w(o.hmac)
-    items4 = o.renewers
-    n = len(items4)
+    w(raw4)
+    items5 = o.renewers
+    n = len(items5)
     w(_S_i.pack(n))
-    for item5 in items4:
-        raw6 = item5.principal_type.encode()
-        n = len(raw6)
-        w(_S_h.pack(n))
-        w(raw6)
-        raw7 = item5.principal_name.encode()
+    for item6 in items5:
+        raw7 = item6.principal_type.encode()
         n = len(raw7)
         w(_S_h.pack(n))
         w(raw7)
-        if item5._unknown_tags:
+        raw8 = item6.principal_name.encode()
+        n = len(raw8)
+        w(_S_h.pack(n))
+        w(raw8)
+        if item6._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -629,22 +633,25 @@ def _write_DescribedDelegationToken_v1(o: DescribedDelegationToken, w: _Writer) 
     n = len(raw3)
     w(_S_h.pack(n))
     w(raw3)
-    n = len(o.hmac)
+    raw4 = o.hmac
+    if type(raw4) is not bytes:
+        raw4 = _as_chunk(raw4)
+    n = len(raw4)
     w(_S_i.pack(n))
-    w(o.hmac)
-    items4 = o.renewers
-    n = len(items4)
+    w(raw4)
+    items5 = o.renewers
+    n = len(items5)
     w(_S_i.pack(n))
-    for item5 in items4:
-        raw6 = item5.principal_type.encode()
-        n = len(raw6)
-        w(_S_h.pack(n))
-        w(raw6)
-        raw7 = item5.principal_name.encode()
+    for item6 in items5:
+        raw7 = item6.principal_type.encode()
         n = len(raw7)
         w(_S_h.pack(n))
         w(raw7)
-        if item5._unknown_tags:
+        raw8 = item6.principal_name.encode()
+        n = len(raw8)
+        w(_S_h.pack(n))
+        w(raw8)
+        if item6._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -669,23 +676,26 @@ def _write_DescribedDelegationToken_v2(o: DescribedDelegationToken, w: _Writer) 
     n = len(raw3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw3)
-    n = len(o.hmac)
+    raw4 = o.hmac
+    if type(raw4) is not bytes:
+        raw4 = _as_chunk(raw4)
+    n = len(raw4)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(o.hmac)
-    items4 = o.renewers
-    n = len(items4)
+    w(raw4)
+    items5 = o.renewers
+    n = len(items5)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    for item5 in items4:
-        raw6 = item5.principal_type.encode()
-        n = len(raw6)
-        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(raw6)
-        raw7 = item5.principal_name.encode()
+    for item6 in items5:
+        raw7 = item6.principal_type.encode()
         n = len(raw7)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw7)
-        if item5._unknown_tags:
-            _write_tags(w, [], item5._unknown_tags, _TAGS_DescribedDelegationTokenRenewer)
+        raw8 = item6.principal_name.encode()
+        n = len(raw8)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw8)
+        if item6._unknown_tags:
+            _write_tags(w, [], item6._unknown_tags, _TAGS_DescribedDelegationTokenRenewer)
         else:
             w(b"\x00")
     if o._unknown_tags:
@@ -717,23 +727,26 @@ def _write_DescribedDelegationToken_v3(o: DescribedDelegationToken, w: _Writer) 
     n = len(raw5)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw5)
-    n = len(o.hmac)
+    raw6 = o.hmac
+    if type(raw6) is not bytes:
+        raw6 = _as_chunk(raw6)
+    n = len(raw6)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(o.hmac)
-    items6 = o.renewers
-    n = len(items6)
+    w(raw6)
+    items7 = o.renewers
+    n = len(items7)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    for item7 in items6:
-        raw8 = item7.principal_type.encode()
-        n = len(raw8)
-        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(raw8)
-        raw9 = item7.principal_name.encode()
+    for item8 in items7:
+        raw9 = item8.principal_type.encode()
         n = len(raw9)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw9)
-        if item7._unknown_tags:
-            _write_tags(w, [], item7._unknown_tags, _TAGS_DescribedDelegationTokenRenewer)
+        raw10 = item8.principal_name.encode()
+        n = len(raw10)
+        w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        w(raw10)
+        if item8._unknown_tags:
+            _write_tags(w, [], item8._unknown_tags, _TAGS_DescribedDelegationTokenRenewer)
         else:
             w(b"\x00")
     if o._unknown_tags:

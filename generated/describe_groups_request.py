@@ -14,6 +14,7 @@ from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -190,6 +191,8 @@ def _write_DescribeGroupsRequest_v0(o: DescribeGroupsRequest, w: _Writer) -> Non
     items1 = o.groups
     n = len(items1)
     w(_S_i.pack(n))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("Groups must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)
@@ -206,6 +209,8 @@ def _write_DescribeGroupsRequest_v1(o: DescribeGroupsRequest, w: _Writer) -> Non
     items1 = o.groups
     n = len(items1)
     w(_S_i.pack(n))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("Groups must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)
@@ -222,6 +227,8 @@ def _write_DescribeGroupsRequest_v2(o: DescribeGroupsRequest, w: _Writer) -> Non
     items1 = o.groups
     n = len(items1)
     w(_S_i.pack(n))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("Groups must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)
@@ -236,12 +243,14 @@ def _write_DescribeGroupsRequest_v3(o: DescribeGroupsRequest, w: _Writer) -> Non
     items1 = o.groups
     n = len(items1)
     w(_S_i.pack(n))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("Groups must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)
         w(_S_h.pack(n))
         w(raw3)
-    w(_S_z.pack(o.include_authorized_operations))
+    w(_S_z.pack(_BOOL[o.include_authorized_operations]))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -251,12 +260,14 @@ def _write_DescribeGroupsRequest_v5(o: DescribeGroupsRequest, w: _Writer) -> Non
     items1 = o.groups
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("Groups must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
-    w(_S_z.pack(o.include_authorized_operations))
+    w(_S_z.pack(_BOOL[o.include_authorized_operations]))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_DescribeGroupsRequest)
     else:

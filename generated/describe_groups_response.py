@@ -18,6 +18,7 @@ from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
+from kafscale.protocol.wire import as_chunk as _as_chunk
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
@@ -795,12 +796,18 @@ def _write_DescribedGroup_v0(o: DescribedGroup, w: _Writer) -> None:
         n = len(raw9)
         w(_S_h.pack(n))
         w(raw9)
-        n = len(item6.member_metadata)
+        raw10 = item6.member_metadata
+        if type(raw10) is not bytes:
+            raw10 = _as_chunk(raw10)
+        n = len(raw10)
         w(_S_i.pack(n))
-        w(item6.member_metadata)
-        n = len(item6.member_assignment)
+        w(raw10)
+        raw11 = item6.member_assignment
+        if type(raw11) is not bytes:
+            raw11 = _as_chunk(raw11)
+        n = len(raw11)
         w(_S_i.pack(n))
-        w(item6.member_assignment)
+        w(raw11)
         if item6._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -844,12 +851,18 @@ def _write_DescribedGroup_v1(o: DescribedGroup, w: _Writer) -> None:
         n = len(raw9)
         w(_S_h.pack(n))
         w(raw9)
-        n = len(item6.member_metadata)
+        raw10 = item6.member_metadata
+        if type(raw10) is not bytes:
+            raw10 = _as_chunk(raw10)
+        n = len(raw10)
         w(_S_i.pack(n))
-        w(item6.member_metadata)
-        n = len(item6.member_assignment)
+        w(raw10)
+        raw11 = item6.member_assignment
+        if type(raw11) is not bytes:
+            raw11 = _as_chunk(raw11)
+        n = len(raw11)
         w(_S_i.pack(n))
-        w(item6.member_assignment)
+        w(raw11)
         if item6._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -893,12 +906,18 @@ def _write_DescribedGroup_v2(o: DescribedGroup, w: _Writer) -> None:
         n = len(raw9)
         w(_S_h.pack(n))
         w(raw9)
-        n = len(item6.member_metadata)
+        raw10 = item6.member_metadata
+        if type(raw10) is not bytes:
+            raw10 = _as_chunk(raw10)
+        n = len(raw10)
         w(_S_i.pack(n))
-        w(item6.member_metadata)
-        n = len(item6.member_assignment)
+        w(raw10)
+        raw11 = item6.member_assignment
+        if type(raw11) is not bytes:
+            raw11 = _as_chunk(raw11)
+        n = len(raw11)
         w(_S_i.pack(n))
-        w(item6.member_assignment)
+        w(raw11)
         if item6._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -940,12 +959,18 @@ def _write_DescribedGroup_v3(o: DescribedGroup, w: _Writer) -> None:
         n = len(raw9)
         w(_S_h.pack(n))
         w(raw9)
-        n = len(item6.member_metadata)
+        raw10 = item6.member_metadata
+        if type(raw10) is not bytes:
+            raw10 = _as_chunk(raw10)
+        n = len(raw10)
         w(_S_i.pack(n))
-        w(item6.member_metadata)
-        n = len(item6.member_assignment)
+        w(raw10)
+        raw11 = item6.member_assignment
+        if type(raw11) is not bytes:
+            raw11 = _as_chunk(raw11)
+        n = len(raw11)
         w(_S_i.pack(n))
-        w(item6.member_assignment)
+        w(raw11)
         if item6._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     w(_S_i.pack(o.authorized_operations))
@@ -996,12 +1021,18 @@ def _write_DescribedGroup_v4(o: DescribedGroup, w: _Writer) -> None:
         n = len(raw11)
         w(_S_h.pack(n))
         w(raw11)
-        n = len(item6.member_metadata)
+        raw12 = item6.member_metadata
+        if type(raw12) is not bytes:
+            raw12 = _as_chunk(raw12)
+        n = len(raw12)
         w(_S_i.pack(n))
-        w(item6.member_metadata)
-        n = len(item6.member_assignment)
+        w(raw12)
+        raw13 = item6.member_assignment
+        if type(raw13) is not bytes:
+            raw13 = _as_chunk(raw13)
+        n = len(raw13)
         w(_S_i.pack(n))
-        w(item6.member_assignment)
+        w(raw13)
         if item6._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     w(_S_i.pack(o.authorized_operations))
@@ -1052,12 +1083,18 @@ def _write_DescribedGroup_v5(o: DescribedGroup, w: _Writer) -> None:
         n = len(raw11)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw11)
-        n = len(item6.member_metadata)
+        raw12 = item6.member_metadata
+        if type(raw12) is not bytes:
+            raw12 = _as_chunk(raw12)
+        n = len(raw12)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(item6.member_metadata)
-        n = len(item6.member_assignment)
+        w(raw12)
+        raw13 = item6.member_assignment
+        if type(raw13) is not bytes:
+            raw13 = _as_chunk(raw13)
+        n = len(raw13)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(item6.member_assignment)
+        w(raw13)
         if item6._unknown_tags:
             _write_tags(w, [], item6._unknown_tags, _TAGS_DescribedGroupMember)
         else:

@@ -15,6 +15,7 @@ from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -324,7 +325,10 @@ def _write_DescribeLogDirsTopic_v0(o: DescribeLogDirsTopic, w: _Writer) -> None:
     for item3 in items2:
         w(
             _S_iqqz.pack(
-                item3.partition_index, item3.partition_size, item3.offset_lag, item3.is_future_key
+                item3.partition_index,
+                item3.partition_size,
+                item3.offset_lag,
+                _BOOL[item3.is_future_key],
             )
         )
         if item3._unknown_tags:
@@ -345,7 +349,10 @@ def _write_DescribeLogDirsTopic_v2(o: DescribeLogDirsTopic, w: _Writer) -> None:
     for item3 in items2:
         w(
             _S_iqqz.pack(
-                item3.partition_index, item3.partition_size, item3.offset_lag, item3.is_future_key
+                item3.partition_index,
+                item3.partition_size,
+                item3.offset_lag,
+                _BOOL[item3.is_future_key],
             )
         )
         if item3._unknown_tags:

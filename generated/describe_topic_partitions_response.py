@@ -16,6 +16,7 @@ from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -442,7 +443,7 @@ def _write_DescribeTopicPartitionsResponseTopic_v0(
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw2)
     w(o.topic_id.bytes)
-    w(_S_z.pack(o.is_internal))
+    w(_S_z.pack(_BOOL[o.is_internal]))
     items3 = o.partitions
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))

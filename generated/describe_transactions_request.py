@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any as _Any
 
+from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -104,6 +105,8 @@ def _write_DescribeTransactionsRequest_v0(o: DescribeTransactionsRequest, w: _Wr
     items1 = o.transactional_ids
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("TransactionalIds must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)

@@ -12,6 +12,7 @@ from struct import Struct as _Packer
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -147,7 +148,7 @@ def _write_EndTxnRequest_v0(o: EndTxnRequest, w: _Writer) -> None:
     n = len(raw1)
     w(_S_h.pack(n))
     w(raw1)
-    w(_S_qhz.pack(o.producer_id, o.producer_epoch, o.committed))
+    w(_S_qhz.pack(o.producer_id, o.producer_epoch, _BOOL[o.committed]))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -158,7 +159,7 @@ def _write_EndTxnRequest_v3(o: EndTxnRequest, w: _Writer) -> None:
     n = len(raw1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw1)
-    w(_S_qhz.pack(o.producer_id, o.producer_epoch, o.committed))
+    w(_S_qhz.pack(o.producer_id, o.producer_epoch, _BOOL[o.committed]))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_EndTxnRequest)
     else:

@@ -13,6 +13,7 @@ from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
+from kafscale.protocol.wire import as_chunk as _as_chunk
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
@@ -134,19 +135,28 @@ def _read_EnvelopeRequest_v0(buf: bytes, pos: int) -> tuple[EnvelopeRequest, int
 
 def _write_EnvelopeRequest_v0(o: EnvelopeRequest, w: _Writer) -> None:
     # versions 0
-    n = len(o.request_data)
+    raw1 = o.request_data
+    if type(raw1) is not bytes:
+        raw1 = _as_chunk(raw1)
+    n = len(raw1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(o.request_data)
-    x1 = o.request_principal
-    if x1 is None:
+    w(raw1)
+    x2 = o.request_principal
+    if x2 is None:
         w(b"\x00")
     else:
-        n = len(x1)
+        raw3 = x2
+        if type(raw3) is not bytes:
+            raw3 = _as_chunk(raw3)
+        n = len(raw3)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(x1)
-    n = len(o.client_host_address)
+        w(raw3)
+    raw4 = o.client_host_address
+    if type(raw4) is not bytes:
+        raw4 = _as_chunk(raw4)
+    n = len(raw4)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(o.client_host_address)
+    w(raw4)
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_EnvelopeRequest)
     else:

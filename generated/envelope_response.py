@@ -15,6 +15,7 @@ from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
+from kafscale.protocol.wire import as_chunk as _as_chunk
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
 from kafscale.protocol.wire import too_long as _too_long
@@ -107,9 +108,12 @@ def _write_EnvelopeResponse_v0(o: EnvelopeResponse, w: _Writer) -> None:
     if x1 is None:
         w(b"\x00")
     else:
-        n = len(x1)
+        raw2 = x1
+        if type(raw2) is not bytes:
+            raw2 = _as_chunk(raw2)
+        n = len(raw2)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(x1)
+        w(raw2)
     w(_S_h.pack(o.error_code))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_EnvelopeResponse)

@@ -15,6 +15,7 @@ from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
+from kafscale.protocol.wire import as_chunk as _as_chunk
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
@@ -127,9 +128,12 @@ def _read_ExpireDelegationTokenRequest_v2(
 
 def _write_ExpireDelegationTokenRequest_v0(o: ExpireDelegationTokenRequest, w: _Writer) -> None:
     # versions 0-1
-    n = len(o.hmac)
+    raw1 = o.hmac
+    if type(raw1) is not bytes:
+        raw1 = _as_chunk(raw1)
+    n = len(raw1)
     w(_S_i.pack(n))
-    w(o.hmac)
+    w(raw1)
     w(_S_q.pack(o.expiry_time_period_ms))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -137,9 +141,12 @@ def _write_ExpireDelegationTokenRequest_v0(o: ExpireDelegationTokenRequest, w: _
 
 def _write_ExpireDelegationTokenRequest_v2(o: ExpireDelegationTokenRequest, w: _Writer) -> None:
     # versions 2
-    n = len(o.hmac)
+    raw1 = o.hmac
+    if type(raw1) is not bytes:
+        raw1 = _as_chunk(raw1)
+    n = len(raw1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(o.hmac)
+    w(raw1)
     w(_S_q.pack(o.expiry_time_period_ms))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_ExpireDelegationTokenRequest)

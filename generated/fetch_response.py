@@ -21,7 +21,9 @@ from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import UnknownTags as _UnknownTags
 from kafscale.protocol.wire import Writer as _Writer
+from kafscale.protocol.wire import as_chunk as _as_chunk
 from kafscale.protocol.wire import check_tag_end as _check_tag_end
+from kafscale.protocol.wire import check_tag_order as _check_tag_order
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uuid as _read_uuid
@@ -537,8 +539,10 @@ def _read_tags_PartitionData_v12(o: PartitionData, buf: bytes, pos: int) -> int:
     if count > len(buf) - pos:
         raise _too_long("tag section", count, len(buf) - pos, pos)
     unknown: _UnknownTags | None = None
+    last = -1
     for _ in range(count):
         tag, pos = _uvarint(buf, pos)
+        last = _check_tag_order(tag, last, pos)
         tend, pos = _tag_end(buf, pos)
         if tag == 0:
             o.diverging_epoch, pos = _read_EpochEndOffset_v12(buf, pos)
@@ -793,9 +797,12 @@ def _write_PartitionData_v4(o: PartitionData, w: _Writer) -> None:
     if x4 is None:
         w(b"\xff\xff\xff\xff")
     else:
-        n = len(x4)
+        raw5 = x4
+        if type(raw5) is not bytes:
+            raw5 = _as_chunk(raw5)
+        n = len(raw5)
         w(_S_i.pack(n))
-        w(x4)
+        w(raw5)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -846,9 +853,12 @@ def _write_PartitionData_v5(o: PartitionData, w: _Writer) -> None:
     if x4 is None:
         w(b"\xff\xff\xff\xff")
     else:
-        n = len(x4)
+        raw5 = x4
+        if type(raw5) is not bytes:
+            raw5 = _as_chunk(raw5)
+        n = len(raw5)
         w(_S_i.pack(n))
-        w(x4)
+        w(raw5)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -899,9 +909,12 @@ def _write_PartitionData_v6(o: PartitionData, w: _Writer) -> None:
     if x4 is None:
         w(b"\xff\xff\xff\xff")
     else:
-        n = len(x4)
+        raw5 = x4
+        if type(raw5) is not bytes:
+            raw5 = _as_chunk(raw5)
+        n = len(raw5)
         w(_S_i.pack(n))
-        w(x4)
+        w(raw5)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -952,9 +965,12 @@ def _write_PartitionData_v7(o: PartitionData, w: _Writer) -> None:
     if x4 is None:
         w(b"\xff\xff\xff\xff")
     else:
-        n = len(x4)
+        raw5 = x4
+        if type(raw5) is not bytes:
+            raw5 = _as_chunk(raw5)
+        n = len(raw5)
         w(_S_i.pack(n))
-        w(x4)
+        w(raw5)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1005,9 +1021,12 @@ def _write_PartitionData_v8(o: PartitionData, w: _Writer) -> None:
     if x4 is None:
         w(b"\xff\xff\xff\xff")
     else:
-        n = len(x4)
+        raw5 = x4
+        if type(raw5) is not bytes:
+            raw5 = _as_chunk(raw5)
+        n = len(raw5)
         w(_S_i.pack(n))
-        w(x4)
+        w(raw5)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1058,9 +1077,12 @@ def _write_PartitionData_v9(o: PartitionData, w: _Writer) -> None:
     if x4 is None:
         w(b"\xff\xff\xff\xff")
     else:
-        n = len(x4)
+        raw5 = x4
+        if type(raw5) is not bytes:
+            raw5 = _as_chunk(raw5)
+        n = len(raw5)
         w(_S_i.pack(n))
-        w(x4)
+        w(raw5)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1111,9 +1133,12 @@ def _write_PartitionData_v10(o: PartitionData, w: _Writer) -> None:
     if x4 is None:
         w(b"\xff\xff\xff\xff")
     else:
-        n = len(x4)
+        raw5 = x4
+        if type(raw5) is not bytes:
+            raw5 = _as_chunk(raw5)
+        n = len(raw5)
         w(_S_i.pack(n))
-        w(x4)
+        w(raw5)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1163,9 +1188,12 @@ def _write_PartitionData_v11(o: PartitionData, w: _Writer) -> None:
     if x4 is None:
         w(b"\xff\xff\xff\xff")
     else:
-        n = len(x4)
+        raw5 = x4
+        if type(raw5) is not bytes:
+            raw5 = _as_chunk(raw5)
+        n = len(raw5)
         w(_S_i.pack(n))
-        w(x4)
+        w(raw5)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -1199,36 +1227,39 @@ def _write_PartitionData_v12(o: PartitionData, w: _Writer) -> None:
     if x4 is None:
         w(b"\x00")
     else:
-        n = len(x4)
+        raw5 = x4
+        if type(raw5) is not bytes:
+            raw5 = _as_chunk(raw5)
+        n = len(raw5)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(x4)
-    tags5: _UnknownTags = []
+        w(raw5)
+    tags6: _UnknownTags = []
     if (
         o.diverging_epoch.epoch != -1
         or o.diverging_epoch.end_offset != -1
         or o.diverging_epoch._unknown_tags is not None
     ):
-        tag_parts6: list[_Buffer] = []
-        _write_EpochEndOffset_v12(o.diverging_epoch, tag_parts6.append)
-        tags5.append((0, b"".join(tag_parts6)))
+        tag_parts7: list[_Buffer] = []
+        _write_EpochEndOffset_v12(o.diverging_epoch, tag_parts7.append)
+        tags6.append((0, b"".join(tag_parts7)))
     if (
         o.current_leader.leader_id != -1
         or o.current_leader.leader_epoch != -1
         or o.current_leader._unknown_tags is not None
     ):
-        tag_parts7: list[_Buffer] = []
-        _write_LeaderIdAndEpoch_v12(o.current_leader, tag_parts7.append)
-        tags5.append((1, b"".join(tag_parts7)))
+        tag_parts8: list[_Buffer] = []
+        _write_LeaderIdAndEpoch_v12(o.current_leader, tag_parts8.append)
+        tags6.append((1, b"".join(tag_parts8)))
     if (
         o.snapshot_id.end_offset != -1
         or o.snapshot_id.epoch != -1
         or o.snapshot_id._unknown_tags is not None
     ):
-        tag_parts8: list[_Buffer] = []
-        _write_SnapshotId_v12(o.snapshot_id, tag_parts8.append)
-        tags5.append((2, b"".join(tag_parts8)))
-    if tags5 or o._unknown_tags:
-        _write_tags(w, tags5, o._unknown_tags, _TAGS_PartitionData)
+        tag_parts9: list[_Buffer] = []
+        _write_SnapshotId_v12(o.snapshot_id, tag_parts9.append)
+        tags6.append((2, b"".join(tag_parts9)))
+    if tags6 or o._unknown_tags:
+        _write_tags(w, tags6, o._unknown_tags, _TAGS_PartitionData)
     else:
         w(b"\x00")
 
@@ -1484,9 +1515,12 @@ def _write_FetchableTopicResponse_v0(o: FetchableTopicResponse, w: _Writer) -> N
         if x4 is None:
             w(b"\xff\xff\xff\xff")
         else:
-            n = len(x4)
+            raw5 = x4
+            if type(raw5) is not bytes:
+                raw5 = _as_chunk(raw5)
+            n = len(raw5)
             w(_S_i.pack(n))
-            w(x4)
+            w(raw5)
         if item3._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -1528,9 +1562,12 @@ def _write_FetchableTopicResponse_v1(o: FetchableTopicResponse, w: _Writer) -> N
         if x4 is None:
             w(b"\xff\xff\xff\xff")
         else:
-            n = len(x4)
+            raw5 = x4
+            if type(raw5) is not bytes:
+                raw5 = _as_chunk(raw5)
+            n = len(raw5)
             w(_S_i.pack(n))
-            w(x4)
+            w(raw5)
         if item3._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -1572,9 +1609,12 @@ def _write_FetchableTopicResponse_v2(o: FetchableTopicResponse, w: _Writer) -> N
         if x4 is None:
             w(b"\xff\xff\xff\xff")
         else:
-            n = len(x4)
+            raw5 = x4
+            if type(raw5) is not bytes:
+                raw5 = _as_chunk(raw5)
+            n = len(raw5)
             w(_S_i.pack(n))
-            w(x4)
+            w(raw5)
         if item3._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -1616,9 +1656,12 @@ def _write_FetchableTopicResponse_v3(o: FetchableTopicResponse, w: _Writer) -> N
         if x4 is None:
             w(b"\xff\xff\xff\xff")
         else:
-            n = len(x4)
+            raw5 = x4
+            if type(raw5) is not bytes:
+                raw5 = _as_chunk(raw5)
+            n = len(raw5)
             w(_S_i.pack(n))
-            w(x4)
+            w(raw5)
         if item3._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -1782,8 +1825,10 @@ def _read_tags_FetchResponse_v16(o: FetchResponse, buf: bytes, pos: int) -> int:
     if count > len(buf) - pos:
         raise _too_long("tag section", count, len(buf) - pos, pos)
     unknown: _UnknownTags | None = None
+    last = -1
     for _ in range(count):
         tag, pos = _uvarint(buf, pos)
+        last = _check_tag_order(tag, last, pos)
         tend, pos = _tag_end(buf, pos)
         if tag == 0:
             n = buf[pos] - 1

@@ -19,7 +19,9 @@ from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import UnknownTags as _UnknownTags
 from kafscale.protocol.wire import Writer as _Writer
+from kafscale.protocol.wire import as_chunk as _as_chunk
 from kafscale.protocol.wire import check_tag_end as _check_tag_end
+from kafscale.protocol.wire import check_tag_order as _check_tag_order
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
@@ -358,8 +360,10 @@ def _read_tags_PartitionSnapshot_v0(o: PartitionSnapshot, buf: bytes, pos: int) 
     if count > len(buf) - pos:
         raise _too_long("tag section", count, len(buf) - pos, pos)
     unknown: _UnknownTags | None = None
+    last = -1
     for _ in range(count):
         tag, pos = _uvarint(buf, pos)
+        last = _check_tag_order(tag, last, pos)
         tend, pos = _tag_end(buf, pos)
         if tag == 0:
             o.current_leader, pos = _read_LeaderIdAndEpoch_v0(buf, pos)
@@ -414,20 +418,23 @@ def _write_PartitionSnapshot_v0(o: PartitionSnapshot, w: _Writer) -> None:
     x1 = o.unaligned_records
     if x1 is None:
         raise _ProtocolError("UnalignedRecords is not nullable in version 0")
-    n = len(x1)
+    raw2 = x1
+    if type(raw2) is not bytes:
+        raw2 = _as_chunk(raw2)
+    n = len(raw2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(x1)
-    tags2: _UnknownTags = []
+    w(raw2)
+    tags3: _UnknownTags = []
     if (
         o.current_leader.leader_id != 0
         or o.current_leader.leader_epoch != 0
         or o.current_leader._unknown_tags is not None
     ):
-        tag_parts3: list[_Buffer] = []
-        _write_LeaderIdAndEpoch_v0(o.current_leader, tag_parts3.append)
-        tags2.append((0, b"".join(tag_parts3)))
-    if tags2 or o._unknown_tags:
-        _write_tags(w, tags2, o._unknown_tags, _TAGS_PartitionSnapshot)
+        tag_parts4: list[_Buffer] = []
+        _write_LeaderIdAndEpoch_v0(o.current_leader, tag_parts4.append)
+        tags3.append((0, b"".join(tag_parts4)))
+    if tags3 or o._unknown_tags:
+        _write_tags(w, tags3, o._unknown_tags, _TAGS_PartitionSnapshot)
     else:
         w(b"\x00")
 
@@ -440,20 +447,23 @@ def _write_PartitionSnapshot_v1(o: PartitionSnapshot, w: _Writer) -> None:
     x1 = o.unaligned_records
     if x1 is None:
         raise _ProtocolError("UnalignedRecords is not nullable in version 1")
-    n = len(x1)
+    raw2 = x1
+    if type(raw2) is not bytes:
+        raw2 = _as_chunk(raw2)
+    n = len(raw2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(x1)
-    tags2: _UnknownTags = []
+    w(raw2)
+    tags3: _UnknownTags = []
     if (
         o.current_leader.leader_id != 0
         or o.current_leader.leader_epoch != 0
         or o.current_leader._unknown_tags is not None
     ):
-        tag_parts3: list[_Buffer] = []
-        _write_LeaderIdAndEpoch_v0(o.current_leader, tag_parts3.append)
-        tags2.append((0, b"".join(tag_parts3)))
-    if tags2 or o._unknown_tags:
-        _write_tags(w, tags2, o._unknown_tags, _TAGS_PartitionSnapshot)
+        tag_parts4: list[_Buffer] = []
+        _write_LeaderIdAndEpoch_v0(o.current_leader, tag_parts4.append)
+        tags3.append((0, b"".join(tag_parts4)))
+    if tags3 or o._unknown_tags:
+        _write_tags(w, tags3, o._unknown_tags, _TAGS_PartitionSnapshot)
     else:
         w(b"\x00")
 
@@ -539,8 +549,10 @@ def _read_tags_FetchSnapshotResponse_v1(o: FetchSnapshotResponse, buf: bytes, po
     if count > len(buf) - pos:
         raise _too_long("tag section", count, len(buf) - pos, pos)
     unknown: _UnknownTags | None = None
+    last = -1
     for _ in range(count):
         tag, pos = _uvarint(buf, pos)
+        last = _check_tag_order(tag, last, pos)
         tend, pos = _tag_end(buf, pos)
         if tag == 0:
             n = buf[pos] - 1

@@ -266,6 +266,8 @@ def _write_FindCoordinatorRequest_v4(o: FindCoordinatorRequest, w: _Writer) -> N
     items1 = o.coordinator_keys
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("CoordinatorKeys must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)
@@ -285,6 +287,8 @@ def _write_FindCoordinatorRequest_v5(o: FindCoordinatorRequest, w: _Writer) -> N
     items1 = o.coordinator_keys
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("CoordinatorKeys must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)
@@ -304,6 +308,8 @@ def _write_FindCoordinatorRequest_v6(o: FindCoordinatorRequest, w: _Writer) -> N
     items1 = o.coordinator_keys
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("CoordinatorKeys must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)

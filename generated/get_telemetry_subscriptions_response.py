@@ -11,9 +11,11 @@ from struct import Struct as _Packer
 from typing import Any as _Any
 from uuid import UUID as _UUID
 
+from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -212,10 +214,12 @@ def _write_GetTelemetrySubscriptionsResponse_v0(
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w((_A_b[n] if n < 32 else _array_struct("b", n)).pack(*items1))
-    w(_S_iiz.pack(o.push_interval_ms, o.telemetry_max_bytes, o.delta_temporality))
+    w(_S_iiz.pack(o.push_interval_ms, o.telemetry_max_bytes, _BOOL[o.delta_temporality]))
     items3 = o.requested_metrics
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    if not isinstance(items3, list | tuple):
+        raise _ProtocolError("RequestedMetrics must be a list")
     for item4 in items3:
         raw5 = item4.encode()
         n = len(raw5)

@@ -15,6 +15,7 @@ from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -419,7 +420,7 @@ def _write_IncrementalAlterConfigsRequest_v0(o: IncrementalAlterConfigsRequest, 
     w(_S_i.pack(n))
     for item2 in items1:
         _write_AlterConfigsResource_v0(item2, w)
-    w(_S_z.pack(o.validate_only))
+    w(_S_z.pack(_BOOL[o.validate_only]))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -431,7 +432,7 @@ def _write_IncrementalAlterConfigsRequest_v1(o: IncrementalAlterConfigsRequest, 
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
         _write_AlterConfigsResource_v1(item2, w)
-    w(_S_z.pack(o.validate_only))
+    w(_S_z.pack(_BOOL[o.validate_only]))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_IncrementalAlterConfigsRequest)
     else:

@@ -18,6 +18,7 @@ from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
+from kafscale.protocol.wire import as_chunk as _as_chunk
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
@@ -695,9 +696,12 @@ def _write_JoinGroupRequest_v0(o: JoinGroupRequest, w: _Writer) -> None:
         n = len(raw6)
         w(_S_h.pack(n))
         w(raw6)
-        n = len(item5.metadata)
+        raw7 = item5.metadata
+        if type(raw7) is not bytes:
+            raw7 = _as_chunk(raw7)
+        n = len(raw7)
         w(_S_i.pack(n))
-        w(item5.metadata)
+        w(raw7)
         if item5._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -729,9 +733,12 @@ def _write_JoinGroupRequest_v1(o: JoinGroupRequest, w: _Writer) -> None:
         n = len(raw6)
         w(_S_h.pack(n))
         w(raw6)
-        n = len(item5.metadata)
+        raw7 = item5.metadata
+        if type(raw7) is not bytes:
+            raw7 = _as_chunk(raw7)
+        n = len(raw7)
         w(_S_i.pack(n))
-        w(item5.metadata)
+        w(raw7)
         if item5._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -763,9 +770,12 @@ def _write_JoinGroupRequest_v2(o: JoinGroupRequest, w: _Writer) -> None:
         n = len(raw6)
         w(_S_h.pack(n))
         w(raw6)
-        n = len(item5.metadata)
+        raw7 = item5.metadata
+        if type(raw7) is not bytes:
+            raw7 = _as_chunk(raw7)
+        n = len(raw7)
         w(_S_i.pack(n))
-        w(item5.metadata)
+        w(raw7)
         if item5._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -797,9 +807,12 @@ def _write_JoinGroupRequest_v3(o: JoinGroupRequest, w: _Writer) -> None:
         n = len(raw6)
         w(_S_h.pack(n))
         w(raw6)
-        n = len(item5.metadata)
+        raw7 = item5.metadata
+        if type(raw7) is not bytes:
+            raw7 = _as_chunk(raw7)
+        n = len(raw7)
         w(_S_i.pack(n))
-        w(item5.metadata)
+        w(raw7)
         if item5._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -831,9 +844,12 @@ def _write_JoinGroupRequest_v4(o: JoinGroupRequest, w: _Writer) -> None:
         n = len(raw6)
         w(_S_h.pack(n))
         w(raw6)
-        n = len(item5.metadata)
+        raw7 = item5.metadata
+        if type(raw7) is not bytes:
+            raw7 = _as_chunk(raw7)
+        n = len(raw7)
         w(_S_i.pack(n))
-        w(item5.metadata)
+        w(raw7)
         if item5._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -871,9 +887,12 @@ def _write_JoinGroupRequest_v5(o: JoinGroupRequest, w: _Writer) -> None:
         n = len(raw8)
         w(_S_h.pack(n))
         w(raw8)
-        n = len(item7.metadata)
+        raw9 = item7.metadata
+        if type(raw9) is not bytes:
+            raw9 = _as_chunk(raw9)
+        n = len(raw9)
         w(_S_i.pack(n))
-        w(item7.metadata)
+        w(raw9)
         if item7._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -911,9 +930,12 @@ def _write_JoinGroupRequest_v6(o: JoinGroupRequest, w: _Writer) -> None:
         n = len(raw8)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw8)
-        n = len(item7.metadata)
+        raw9 = item7.metadata
+        if type(raw9) is not bytes:
+            raw9 = _as_chunk(raw9)
+        n = len(raw9)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(item7.metadata)
+        w(raw9)
         if item7._unknown_tags:
             _write_tags(w, [], item7._unknown_tags, _TAGS_JoinGroupRequestProtocol)
         else:
@@ -955,21 +977,24 @@ def _write_JoinGroupRequest_v8(o: JoinGroupRequest, w: _Writer) -> None:
         n = len(raw8)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw8)
-        n = len(item7.metadata)
+        raw9 = item7.metadata
+        if type(raw9) is not bytes:
+            raw9 = _as_chunk(raw9)
+        n = len(raw9)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(item7.metadata)
+        w(raw9)
         if item7._unknown_tags:
             _write_tags(w, [], item7._unknown_tags, _TAGS_JoinGroupRequestProtocol)
         else:
             w(b"\x00")
-    x9 = o.reason
-    if x9 is None:
+    x10 = o.reason
+    if x10 is None:
         w(b"\x00")
     else:
-        raw10 = x9.encode()
-        n = len(raw10)
+        raw11 = x10.encode()
+        n = len(raw11)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(raw10)
+        w(raw11)
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_JoinGroupRequest)
     else:

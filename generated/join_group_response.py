@@ -15,9 +15,11 @@ from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
+from kafscale.protocol.wire import as_chunk as _as_chunk
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
@@ -865,9 +867,12 @@ def _write_JoinGroupResponse_v0(o: JoinGroupResponse, w: _Writer) -> None:
         n = len(raw7)
         w(_S_h.pack(n))
         w(raw7)
-        n = len(item6.metadata)
+        raw8 = item6.metadata
+        if type(raw8) is not bytes:
+            raw8 = _as_chunk(raw8)
+        n = len(raw8)
         w(_S_i.pack(n))
-        w(item6.metadata)
+        w(raw8)
         if item6._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -902,9 +907,12 @@ def _write_JoinGroupResponse_v1(o: JoinGroupResponse, w: _Writer) -> None:
         n = len(raw7)
         w(_S_h.pack(n))
         w(raw7)
-        n = len(item6.metadata)
+        raw8 = item6.metadata
+        if type(raw8) is not bytes:
+            raw8 = _as_chunk(raw8)
+        n = len(raw8)
         w(_S_i.pack(n))
-        w(item6.metadata)
+        w(raw8)
         if item6._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -939,9 +947,12 @@ def _write_JoinGroupResponse_v2(o: JoinGroupResponse, w: _Writer) -> None:
         n = len(raw7)
         w(_S_h.pack(n))
         w(raw7)
-        n = len(item6.metadata)
+        raw8 = item6.metadata
+        if type(raw8) is not bytes:
+            raw8 = _as_chunk(raw8)
+        n = len(raw8)
         w(_S_i.pack(n))
-        w(item6.metadata)
+        w(raw8)
         if item6._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -976,9 +987,12 @@ def _write_JoinGroupResponse_v3(o: JoinGroupResponse, w: _Writer) -> None:
         n = len(raw7)
         w(_S_h.pack(n))
         w(raw7)
-        n = len(item6.metadata)
+        raw8 = item6.metadata
+        if type(raw8) is not bytes:
+            raw8 = _as_chunk(raw8)
+        n = len(raw8)
         w(_S_i.pack(n))
-        w(item6.metadata)
+        w(raw8)
         if item6._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -1013,9 +1027,12 @@ def _write_JoinGroupResponse_v4(o: JoinGroupResponse, w: _Writer) -> None:
         n = len(raw7)
         w(_S_h.pack(n))
         w(raw7)
-        n = len(item6.metadata)
+        raw8 = item6.metadata
+        if type(raw8) is not bytes:
+            raw8 = _as_chunk(raw8)
+        n = len(raw8)
         w(_S_i.pack(n))
-        w(item6.metadata)
+        w(raw8)
         if item6._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -1058,9 +1075,12 @@ def _write_JoinGroupResponse_v5(o: JoinGroupResponse, w: _Writer) -> None:
             n = len(raw9)
             w(_S_h.pack(n))
             w(raw9)
-        n = len(item6.metadata)
+        raw10 = item6.metadata
+        if type(raw10) is not bytes:
+            raw10 = _as_chunk(raw10)
+        n = len(raw10)
         w(_S_i.pack(n))
-        w(item6.metadata)
+        w(raw10)
         if item6._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -1103,9 +1123,12 @@ def _write_JoinGroupResponse_v6(o: JoinGroupResponse, w: _Writer) -> None:
             n = len(raw9)
             w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
             w(raw9)
-        n = len(item6.metadata)
+        raw10 = item6.metadata
+        if type(raw10) is not bytes:
+            raw10 = _as_chunk(raw10)
+        n = len(raw10)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(item6.metadata)
+        w(raw10)
         if item6._unknown_tags:
             _write_tags(w, [], item6._unknown_tags, _TAGS_JoinGroupResponseMember)
         else:
@@ -1161,9 +1184,12 @@ def _write_JoinGroupResponse_v7(o: JoinGroupResponse, w: _Writer) -> None:
             n = len(raw11)
             w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
             w(raw11)
-        n = len(item8.metadata)
+        raw12 = item8.metadata
+        if type(raw12) is not bytes:
+            raw12 = _as_chunk(raw12)
+        n = len(raw12)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(item8.metadata)
+        w(raw12)
         if item8._unknown_tags:
             _write_tags(w, [], item8._unknown_tags, _TAGS_JoinGroupResponseMember)
         else:
@@ -1219,9 +1245,12 @@ def _write_JoinGroupResponse_v8(o: JoinGroupResponse, w: _Writer) -> None:
             n = len(raw11)
             w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
             w(raw11)
-        n = len(item8.metadata)
+        raw12 = item8.metadata
+        if type(raw12) is not bytes:
+            raw12 = _as_chunk(raw12)
+        n = len(raw12)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(item8.metadata)
+        w(raw12)
         if item8._unknown_tags:
             _write_tags(w, [], item8._unknown_tags, _TAGS_JoinGroupResponseMember)
         else:
@@ -1255,7 +1284,7 @@ def _write_JoinGroupResponse_v9(o: JoinGroupResponse, w: _Writer) -> None:
     n = len(raw5)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw5)
-    w(_S_z.pack(o.skip_assignment))
+    w(_S_z.pack(_BOOL[o.skip_assignment]))
     raw6 = o.member_id.encode()
     n = len(raw6)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
@@ -1276,9 +1305,12 @@ def _write_JoinGroupResponse_v9(o: JoinGroupResponse, w: _Writer) -> None:
             n = len(raw11)
             w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
             w(raw11)
-        n = len(item8.metadata)
+        raw12 = item8.metadata
+        if type(raw12) is not bytes:
+            raw12 = _as_chunk(raw12)
+        n = len(raw12)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(item8.metadata)
+        w(raw12)
         if item8._unknown_tags:
             _write_tags(w, [], item8._unknown_tags, _TAGS_JoinGroupResponseMember)
         else:

@@ -16,6 +16,7 @@ from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -916,7 +917,7 @@ def _write_LeaderAndIsrTopicState_v2(o: LeaderAndIsrTopicState, w: _Writer) -> N
         n = len(items6)
         w(_S_i.pack(n))
         w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
-        w(_S_z.pack(item3.is_new))
+        w(_S_z.pack(_BOOL[item3.is_new]))
         if item3._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -957,7 +958,7 @@ def _write_LeaderAndIsrTopicState_v3(o: LeaderAndIsrTopicState, w: _Writer) -> N
         n = len(items10)
         w(_S_i.pack(n))
         w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items10))
-        w(_S_z.pack(item3.is_new))
+        w(_S_z.pack(_BOOL[item3.is_new]))
         if item3._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -998,7 +999,7 @@ def _write_LeaderAndIsrTopicState_v4(o: LeaderAndIsrTopicState, w: _Writer) -> N
         n = len(items10)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items10))
-        w(_S_z.pack(item3.is_new))
+        w(_S_z.pack(_BOOL[item3.is_new]))
         if item3._unknown_tags:
             _write_tags(w, [], item3._unknown_tags, _TAGS_LeaderAndIsrPartitionState)
         else:
@@ -1044,7 +1045,7 @@ def _write_LeaderAndIsrTopicState_v5(o: LeaderAndIsrTopicState, w: _Writer) -> N
         n = len(items10)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items10))
-        w(_S_z.pack(item3.is_new))
+        w(_S_z.pack(_BOOL[item3.is_new]))
         if item3._unknown_tags:
             _write_tags(w, [], item3._unknown_tags, _TAGS_LeaderAndIsrPartitionState)
         else:
@@ -1088,7 +1089,7 @@ def _write_LeaderAndIsrTopicState_v6(o: LeaderAndIsrTopicState, w: _Writer) -> N
         n = len(items10)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items10))
-        w(_S_zb.pack(item3.is_new, item3.leader_recovery_state))
+        w(_S_zb.pack(_BOOL[item3.is_new], item3.leader_recovery_state))
         if item3._unknown_tags:
             _write_tags(w, [], item3._unknown_tags, _TAGS_LeaderAndIsrPartitionState)
         else:
@@ -1766,7 +1767,7 @@ def _write_LeaderAndIsrRequest_v1(o: LeaderAndIsrRequest, w: _Writer) -> None:
         n = len(items6)
         w(_S_i.pack(n))
         w((_A_i[n] if n < 32 else _array_struct("i", n)).pack(*items6))
-        w(_S_z.pack(item2.is_new))
+        w(_S_z.pack(_BOOL[item2.is_new]))
         if item2._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     items8 = o.live_leaders
@@ -1949,7 +1950,11 @@ def _write_LeaderAndIsrRequest_v7(o: LeaderAndIsrRequest, w: _Writer) -> None:
         raise _ProtocolError("UngroupedPartitionStates cannot be written in version 7")
     w(
         _S_iziqb.pack(
-            o.controller_id, o.is_kraft_controller, o.controller_epoch, o.broker_epoch, o.type
+            o.controller_id,
+            _BOOL[o.is_kraft_controller],
+            o.controller_epoch,
+            o.broker_epoch,
+            o.type,
         )
     )
     items1 = o.topic_states

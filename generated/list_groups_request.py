@@ -258,6 +258,8 @@ def _write_ListGroupsRequest_v4(o: ListGroupsRequest, w: _Writer) -> None:
     items1 = o.states_filter
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("StatesFilter must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)
@@ -274,6 +276,8 @@ def _write_ListGroupsRequest_v5(o: ListGroupsRequest, w: _Writer) -> None:
     items1 = o.states_filter
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("StatesFilter must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)
@@ -282,6 +286,8 @@ def _write_ListGroupsRequest_v5(o: ListGroupsRequest, w: _Writer) -> None:
     items4 = o.types_filter
     n = len(items4)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    if not isinstance(items4, list | tuple):
+        raise _ProtocolError("TypesFilter must be a list")
     for item5 in items4:
         raw6 = item5.encode()
         n = len(raw6)

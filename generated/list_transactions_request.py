@@ -205,6 +205,8 @@ def _write_ListTransactionsRequest_v0(o: ListTransactionsRequest, w: _Writer) ->
     items1 = o.state_filters
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("StateFilters must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)
@@ -225,6 +227,8 @@ def _write_ListTransactionsRequest_v1(o: ListTransactionsRequest, w: _Writer) ->
     items1 = o.state_filters
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("StateFilters must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)

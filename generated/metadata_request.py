@@ -16,6 +16,7 @@ from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -599,7 +600,7 @@ def _write_MetadataRequest_v4(o: MetadataRequest, w: _Writer) -> None:
             w(raw5)
             if item3._unknown_tags:
                 raise _ProtocolError("tagged fields need a flexible version")
-    w(_S_z.pack(o.allow_auto_topic_creation))
+    w(_S_z.pack(_BOOL[o.allow_auto_topic_creation]))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -627,7 +628,7 @@ def _write_MetadataRequest_v5(o: MetadataRequest, w: _Writer) -> None:
             w(raw5)
             if item3._unknown_tags:
                 raise _ProtocolError("tagged fields need a flexible version")
-    w(_S_z.pack(o.allow_auto_topic_creation))
+    w(_S_z.pack(_BOOL[o.allow_auto_topic_creation]))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -655,7 +656,7 @@ def _write_MetadataRequest_v6(o: MetadataRequest, w: _Writer) -> None:
             w(raw5)
             if item3._unknown_tags:
                 raise _ProtocolError("tagged fields need a flexible version")
-    w(_S_z.pack(o.allow_auto_topic_creation))
+    w(_S_z.pack(_BOOL[o.allow_auto_topic_creation]))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -683,7 +684,7 @@ def _write_MetadataRequest_v7(o: MetadataRequest, w: _Writer) -> None:
             w(raw5)
             if item3._unknown_tags:
                 raise _ProtocolError("tagged fields need a flexible version")
-    w(_S_z.pack(o.allow_auto_topic_creation))
+    w(_S_z.pack(_BOOL[o.allow_auto_topic_creation]))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -709,9 +710,9 @@ def _write_MetadataRequest_v8(o: MetadataRequest, w: _Writer) -> None:
                 raise _ProtocolError("tagged fields need a flexible version")
     w(
         _S_zzz.pack(
-            o.allow_auto_topic_creation,
-            o.include_cluster_authorized_operations,
-            o.include_topic_authorized_operations,
+            _BOOL[o.allow_auto_topic_creation],
+            _BOOL[o.include_cluster_authorized_operations],
+            _BOOL[o.include_topic_authorized_operations],
         )
     )
     if o._unknown_tags:
@@ -741,9 +742,9 @@ def _write_MetadataRequest_v9(o: MetadataRequest, w: _Writer) -> None:
                 w(b"\x00")
     w(
         _S_zzz.pack(
-            o.allow_auto_topic_creation,
-            o.include_cluster_authorized_operations,
-            o.include_topic_authorized_operations,
+            _BOOL[o.allow_auto_topic_creation],
+            _BOOL[o.include_cluster_authorized_operations],
+            _BOOL[o.include_topic_authorized_operations],
         )
     )
     if o._unknown_tags:
@@ -777,9 +778,9 @@ def _write_MetadataRequest_v10(o: MetadataRequest, w: _Writer) -> None:
                 w(b"\x00")
     w(
         _S_zzz.pack(
-            o.allow_auto_topic_creation,
-            o.include_cluster_authorized_operations,
-            o.include_topic_authorized_operations,
+            _BOOL[o.allow_auto_topic_creation],
+            _BOOL[o.include_cluster_authorized_operations],
+            _BOOL[o.include_topic_authorized_operations],
         )
     )
     if o._unknown_tags:
@@ -813,7 +814,7 @@ def _write_MetadataRequest_v11(o: MetadataRequest, w: _Writer) -> None:
                 _write_tags(w, [], item3._unknown_tags, _TAGS_MetadataRequestTopic)
             else:
                 w(b"\x00")
-    w(_S_zz.pack(o.allow_auto_topic_creation, o.include_topic_authorized_operations))
+    w(_S_zz.pack(_BOOL[o.allow_auto_topic_creation], _BOOL[o.include_topic_authorized_operations]))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_MetadataRequest)
     else:
@@ -845,7 +846,7 @@ def _write_MetadataRequest_v12(o: MetadataRequest, w: _Writer) -> None:
                 _write_tags(w, [], item3._unknown_tags, _TAGS_MetadataRequestTopic)
             else:
                 w(b"\x00")
-    w(_S_zz.pack(o.allow_auto_topic_creation, o.include_topic_authorized_operations))
+    w(_S_zz.pack(_BOOL[o.allow_auto_topic_creation], _BOOL[o.include_topic_authorized_operations]))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_MetadataRequest)
     else:

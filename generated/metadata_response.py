@@ -16,6 +16,7 @@ from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -1070,7 +1071,7 @@ def _write_MetadataResponseTopic_v1(o: MetadataResponseTopic, w: _Writer) -> Non
     n = len(raw2)
     w(_S_h.pack(n))
     w(raw2)
-    w(_S_z.pack(o.is_internal))
+    w(_S_z.pack(_BOOL[o.is_internal]))
     items3 = o.partitions
     n = len(items3)
     w(_S_i.pack(n))
@@ -1102,7 +1103,7 @@ def _write_MetadataResponseTopic_v2(o: MetadataResponseTopic, w: _Writer) -> Non
     n = len(raw2)
     w(_S_h.pack(n))
     w(raw2)
-    w(_S_z.pack(o.is_internal))
+    w(_S_z.pack(_BOOL[o.is_internal]))
     items3 = o.partitions
     n = len(items3)
     w(_S_i.pack(n))
@@ -1134,7 +1135,7 @@ def _write_MetadataResponseTopic_v3(o: MetadataResponseTopic, w: _Writer) -> Non
     n = len(raw2)
     w(_S_h.pack(n))
     w(raw2)
-    w(_S_z.pack(o.is_internal))
+    w(_S_z.pack(_BOOL[o.is_internal]))
     items3 = o.partitions
     n = len(items3)
     w(_S_i.pack(n))
@@ -1166,7 +1167,7 @@ def _write_MetadataResponseTopic_v4(o: MetadataResponseTopic, w: _Writer) -> Non
     n = len(raw2)
     w(_S_h.pack(n))
     w(raw2)
-    w(_S_z.pack(o.is_internal))
+    w(_S_z.pack(_BOOL[o.is_internal]))
     items3 = o.partitions
     n = len(items3)
     w(_S_i.pack(n))
@@ -1198,7 +1199,7 @@ def _write_MetadataResponseTopic_v5(o: MetadataResponseTopic, w: _Writer) -> Non
     n = len(raw2)
     w(_S_h.pack(n))
     w(raw2)
-    w(_S_z.pack(o.is_internal))
+    w(_S_z.pack(_BOOL[o.is_internal]))
     items3 = o.partitions
     n = len(items3)
     w(_S_i.pack(n))
@@ -1234,7 +1235,7 @@ def _write_MetadataResponseTopic_v6(o: MetadataResponseTopic, w: _Writer) -> Non
     n = len(raw2)
     w(_S_h.pack(n))
     w(raw2)
-    w(_S_z.pack(o.is_internal))
+    w(_S_z.pack(_BOOL[o.is_internal]))
     items3 = o.partitions
     n = len(items3)
     w(_S_i.pack(n))
@@ -1270,7 +1271,7 @@ def _write_MetadataResponseTopic_v7(o: MetadataResponseTopic, w: _Writer) -> Non
     n = len(raw2)
     w(_S_h.pack(n))
     w(raw2)
-    w(_S_z.pack(o.is_internal))
+    w(_S_z.pack(_BOOL[o.is_internal]))
     items3 = o.partitions
     n = len(items3)
     w(_S_i.pack(n))
@@ -1308,7 +1309,7 @@ def _write_MetadataResponseTopic_v8(o: MetadataResponseTopic, w: _Writer) -> Non
     n = len(raw2)
     w(_S_h.pack(n))
     w(raw2)
-    w(_S_z.pack(o.is_internal))
+    w(_S_z.pack(_BOOL[o.is_internal]))
     items3 = o.partitions
     n = len(items3)
     w(_S_i.pack(n))
@@ -1347,7 +1348,7 @@ def _write_MetadataResponseTopic_v9(o: MetadataResponseTopic, w: _Writer) -> Non
     n = len(raw2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw2)
-    w(_S_z.pack(o.is_internal))
+    w(_S_z.pack(_BOOL[o.is_internal]))
     items3 = o.partitions
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
@@ -1391,7 +1392,7 @@ def _write_MetadataResponseTopic_v10(o: MetadataResponseTopic, w: _Writer) -> No
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw2)
     w(o.topic_id.bytes)
-    w(_S_z.pack(o.is_internal))
+    w(_S_z.pack(_BOOL[o.is_internal]))
     items3 = o.partitions
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
@@ -1435,7 +1436,7 @@ def _write_MetadataResponseTopic_v11(o: MetadataResponseTopic, w: _Writer) -> No
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     w(raw2)
     w(o.topic_id.bytes)
-    w(_S_z.pack(o.is_internal))
+    w(_S_z.pack(_BOOL[o.is_internal]))
     items3 = o.partitions
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
@@ -1480,7 +1481,7 @@ def _write_MetadataResponseTopic_v12(o: MetadataResponseTopic, w: _Writer) -> No
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw2)
     w(o.topic_id.bytes)
-    w(_S_z.pack(o.is_internal))
+    w(_S_z.pack(_BOOL[o.is_internal]))
     items3 = o.partitions
     n = len(items3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))

@@ -15,6 +15,7 @@ from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
@@ -1075,7 +1076,7 @@ def _write_OffsetFetchRequest_v7(o: OffsetFetchRequest, w: _Writer) -> None:
                 _write_tags(w, [], item4._unknown_tags, _TAGS_OffsetFetchRequestTopic)
             else:
                 w(b"\x00")
-    w(_S_z.pack(o.require_stable))
+    w(_S_z.pack(_BOOL[o.require_stable]))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_OffsetFetchRequest)
     else:
@@ -1093,7 +1094,7 @@ def _write_OffsetFetchRequest_v8(o: OffsetFetchRequest, w: _Writer) -> None:
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
         _write_OffsetFetchRequestGroup_v8(item2, w)
-    w(_S_z.pack(o.require_stable))
+    w(_S_z.pack(_BOOL[o.require_stable]))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_OffsetFetchRequest)
     else:
@@ -1111,7 +1112,7 @@ def _write_OffsetFetchRequest_v9(o: OffsetFetchRequest, w: _Writer) -> None:
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item2 in items1:
         _write_OffsetFetchRequestGroup_v9(item2, w)
-    w(_S_z.pack(o.require_stable))
+    w(_S_z.pack(_BOOL[o.require_stable]))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_OffsetFetchRequest)
     else:

@@ -18,6 +18,7 @@ from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
+from kafscale.protocol.wire import as_chunk as _as_chunk
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
@@ -299,9 +300,12 @@ def _write_TopicProduceData_v0(o: TopicProduceData, w: _Writer) -> None:
         if x4 is None:
             w(b"\xff\xff\xff\xff")
         else:
-            n = len(x4)
+            raw5 = x4
+            if type(raw5) is not bytes:
+                raw5 = _as_chunk(raw5)
+            n = len(raw5)
             w(_S_i.pack(n))
-            w(x4)
+            w(raw5)
         if item3._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -323,9 +327,12 @@ def _write_TopicProduceData_v9(o: TopicProduceData, w: _Writer) -> None:
         if x4 is None:
             w(b"\x00")
         else:
-            n = len(x4)
+            raw5 = x4
+            if type(raw5) is not bytes:
+                raw5 = _as_chunk(raw5)
+            n = len(raw5)
             w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-            w(x4)
+            w(raw5)
         if item3._unknown_tags:
             _write_tags(w, [], item3._unknown_tags, _TAGS_PartitionProduceData)
         else:

@@ -12,10 +12,12 @@ from uuid import UUID as _UUID
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
+from kafscale.protocol.wire import as_chunk as _as_chunk
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uuid as _read_uuid
@@ -128,10 +130,13 @@ def _read_PushTelemetryRequest_v0(buf: bytes, pos: int) -> tuple[PushTelemetryRe
 def _write_PushTelemetryRequest_v0(o: PushTelemetryRequest, w: _Writer) -> None:
     # versions 0
     w(o.client_instance_id.bytes)
-    w(_S_izb.pack(o.subscription_id, o.terminating, o.compression_type))
-    n = len(o.metrics)
+    w(_S_izb.pack(o.subscription_id, _BOOL[o.terminating], o.compression_type))
+    raw1 = o.metrics
+    if type(raw1) is not bytes:
+        raw1 = _as_chunk(raw1)
+    n = len(raw1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(o.metrics)
+    w(raw1)
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_PushTelemetryRequest)
     else:

@@ -15,6 +15,7 @@ from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
+from kafscale.protocol.wire import as_chunk as _as_chunk
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
@@ -108,18 +109,24 @@ def _read_SaslAuthenticateRequest_v2(buf: bytes, pos: int) -> tuple[SaslAuthenti
 
 def _write_SaslAuthenticateRequest_v0(o: SaslAuthenticateRequest, w: _Writer) -> None:
     # versions 0-1
-    n = len(o.auth_bytes)
+    raw1 = o.auth_bytes
+    if type(raw1) is not bytes:
+        raw1 = _as_chunk(raw1)
+    n = len(raw1)
     w(_S_i.pack(n))
-    w(o.auth_bytes)
+    w(raw1)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
 
 def _write_SaslAuthenticateRequest_v2(o: SaslAuthenticateRequest, w: _Writer) -> None:
     # versions 2
-    n = len(o.auth_bytes)
+    raw1 = o.auth_bytes
+    if type(raw1) is not bytes:
+        raw1 = _as_chunk(raw1)
+    n = len(raw1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(o.auth_bytes)
+    w(raw1)
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_SaslAuthenticateRequest)
     else:

@@ -15,6 +15,7 @@ from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
+from kafscale.protocol.wire import as_chunk as _as_chunk
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
@@ -213,9 +214,12 @@ def _write_SaslAuthenticateResponse_v0(o: SaslAuthenticateResponse, w: _Writer) 
         n = len(raw2)
         w(_S_h.pack(n))
         w(raw2)
-    n = len(o.auth_bytes)
+    raw3 = o.auth_bytes
+    if type(raw3) is not bytes:
+        raw3 = _as_chunk(raw3)
+    n = len(raw3)
     w(_S_i.pack(n))
-    w(o.auth_bytes)
+    w(raw3)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -231,9 +235,12 @@ def _write_SaslAuthenticateResponse_v1(o: SaslAuthenticateResponse, w: _Writer) 
         n = len(raw2)
         w(_S_h.pack(n))
         w(raw2)
-    n = len(o.auth_bytes)
+    raw3 = o.auth_bytes
+    if type(raw3) is not bytes:
+        raw3 = _as_chunk(raw3)
+    n = len(raw3)
     w(_S_i.pack(n))
-    w(o.auth_bytes)
+    w(raw3)
     w(_S_q.pack(o.session_lifetime_ms))
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
@@ -250,9 +257,12 @@ def _write_SaslAuthenticateResponse_v2(o: SaslAuthenticateResponse, w: _Writer) 
         n = len(raw2)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw2)
-    n = len(o.auth_bytes)
+    raw3 = o.auth_bytes
+    if type(raw3) is not bytes:
+        raw3 = _as_chunk(raw3)
+    n = len(raw3)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(o.auth_bytes)
+    w(raw3)
     w(_S_q.pack(o.session_lifetime_ms))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_SaslAuthenticateResponse)

@@ -106,6 +106,8 @@ def _write_SaslHandshakeResponse_v0(o: SaslHandshakeResponse, w: _Writer) -> Non
     items1 = o.mechanisms
     n = len(items1)
     w(_S_i.pack(n))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("Mechanisms must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)

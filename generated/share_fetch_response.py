@@ -20,6 +20,7 @@ from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
+from kafscale.protocol.wire import as_chunk as _as_chunk
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uuid as _read_uuid
@@ -487,16 +488,19 @@ def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
     if x5 is None:
         w(b"\x00")
     else:
-        n = len(x5)
+        raw6 = x5
+        if type(raw6) is not bytes:
+            raw6 = _as_chunk(raw6)
+        n = len(raw6)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(x5)
-    items6 = o.acquired_records
-    n = len(items6)
+        w(raw6)
+    items7 = o.acquired_records
+    n = len(items7)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    for item7 in items6:
-        w(_S_qqh.pack(item7.first_offset, item7.last_offset, item7.delivery_count))
-        if item7._unknown_tags:
-            _write_tags(w, [], item7._unknown_tags, _TAGS_AcquiredRecords)
+    for item8 in items7:
+        w(_S_qqh.pack(item8.first_offset, item8.last_offset, item8.delivery_count))
+        if item8._unknown_tags:
+            _write_tags(w, [], item8._unknown_tags, _TAGS_AcquiredRecords)
         else:
             w(b"\x00")
     if o._unknown_tags:

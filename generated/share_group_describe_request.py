@@ -10,9 +10,11 @@ from __future__ import annotations
 from struct import Struct as _Packer
 from typing import Any as _Any
 
+from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -124,12 +126,14 @@ def _write_ShareGroupDescribeRequest_v0(o: ShareGroupDescribeRequest, w: _Writer
     items1 = o.group_ids
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    if not isinstance(items1, list | tuple):
+        raise _ProtocolError("GroupIds must be a list")
     for item2 in items1:
         raw3 = item2.encode()
         n = len(raw3)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
-    w(_S_z.pack(o.include_authorized_operations))
+    w(_S_z.pack(_BOOL[o.include_authorized_operations]))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_ShareGroupDescribeRequest)
     else:

@@ -531,6 +531,8 @@ def _write_Member_v0(o: Member, w: _Writer) -> None:
     items6 = o.subscribed_topic_names
     n = len(items6)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+    if not isinstance(items6, list | tuple):
+        raise _ProtocolError("SubscribedTopicNames must be a list")
     for item7 in items6:
         raw8 = item7.encode()
         n = len(raw8)

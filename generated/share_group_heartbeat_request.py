@@ -215,6 +215,8 @@ def _write_ShareGroupHeartbeatRequest_v0(o: ShareGroupHeartbeatRequest, w: _Writ
         items6 = x5
         n = len(items6)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
+        if not isinstance(items6, list | tuple):
+            raise _ProtocolError("SubscribedTopicNames must be a list")
         for item7 in items6:
             raw8 = item7.encode()
             n = len(raw8)

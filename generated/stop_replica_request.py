@@ -15,6 +15,7 @@ from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
@@ -335,7 +336,7 @@ def _write_StopReplicaTopicState_v3(o: StopReplicaTopicState, w: _Writer) -> Non
     n = len(items2)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
     for item3 in items2:
-        w(_S_iiz.pack(item3.partition_index, item3.leader_epoch, item3.delete_partition))
+        w(_S_iiz.pack(item3.partition_index, item3.leader_epoch, _BOOL[item3.delete_partition]))
         if item3._unknown_tags:
             _write_tags(w, [], item3._unknown_tags, _TAGS_StopReplicaPartitionState)
         else:
@@ -579,7 +580,7 @@ def _write_StopReplicaRequest_v0(o: StopReplicaRequest, w: _Writer) -> None:
         raise _ProtocolError("Topics cannot be written in version 0")
     if o.topic_states != []:
         raise _ProtocolError("TopicStates cannot be written in version 0")
-    w(_S_iiz.pack(o.controller_id, o.controller_epoch, o.delete_partitions))
+    w(_S_iiz.pack(o.controller_id, o.controller_epoch, _BOOL[o.delete_partitions]))
     items1 = o.ungrouped_partitions
     n = len(items1)
     w(_S_i.pack(n))
@@ -603,7 +604,7 @@ def _write_StopReplicaRequest_v1(o: StopReplicaRequest, w: _Writer) -> None:
         raise _ProtocolError("UngroupedPartitions cannot be written in version 1")
     if o.topic_states != []:
         raise _ProtocolError("TopicStates cannot be written in version 1")
-    w(_S_iiqz.pack(o.controller_id, o.controller_epoch, o.broker_epoch, o.delete_partitions))
+    w(_S_iiqz.pack(o.controller_id, o.controller_epoch, o.broker_epoch, _BOOL[o.delete_partitions]))
     items1 = o.topics
     n = len(items1)
     w(_S_i.pack(n))
@@ -630,7 +631,7 @@ def _write_StopReplicaRequest_v2(o: StopReplicaRequest, w: _Writer) -> None:
         raise _ProtocolError("UngroupedPartitions cannot be written in version 2")
     if o.topic_states != []:
         raise _ProtocolError("TopicStates cannot be written in version 2")
-    w(_S_iiqz.pack(o.controller_id, o.controller_epoch, o.broker_epoch, o.delete_partitions))
+    w(_S_iiqz.pack(o.controller_id, o.controller_epoch, o.broker_epoch, _BOOL[o.delete_partitions]))
     items1 = o.topics
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
@@ -683,7 +684,11 @@ def _write_StopReplicaRequest_v4(o: StopReplicaRequest, w: _Writer) -> None:
         raise _ProtocolError("UngroupedPartitions cannot be written in version 4")
     if o.topics != []:
         raise _ProtocolError("Topics cannot be written in version 4")
-    w(_S_iziq.pack(o.controller_id, o.is_kraft_controller, o.controller_epoch, o.broker_epoch))
+    w(
+        _S_iziq.pack(
+            o.controller_id, _BOOL[o.is_kraft_controller], o.controller_epoch, o.broker_epoch
+        )
+    )
     items1 = o.topic_states
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))

@@ -18,6 +18,7 @@ from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
+from kafscale.protocol.wire import as_chunk as _as_chunk
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
@@ -569,9 +570,12 @@ def _write_SyncGroupRequest_v0(o: SyncGroupRequest, w: _Writer) -> None:
         n = len(raw5)
         w(_S_h.pack(n))
         w(raw5)
-        n = len(item4.assignment)
+        raw6 = item4.assignment
+        if type(raw6) is not bytes:
+            raw6 = _as_chunk(raw6)
+        n = len(raw6)
         w(_S_i.pack(n))
-        w(item4.assignment)
+        w(raw6)
         if item4._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -599,9 +603,12 @@ def _write_SyncGroupRequest_v1(o: SyncGroupRequest, w: _Writer) -> None:
         n = len(raw5)
         w(_S_h.pack(n))
         w(raw5)
-        n = len(item4.assignment)
+        raw6 = item4.assignment
+        if type(raw6) is not bytes:
+            raw6 = _as_chunk(raw6)
+        n = len(raw6)
         w(_S_i.pack(n))
-        w(item4.assignment)
+        w(raw6)
         if item4._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -629,9 +636,12 @@ def _write_SyncGroupRequest_v2(o: SyncGroupRequest, w: _Writer) -> None:
         n = len(raw5)
         w(_S_h.pack(n))
         w(raw5)
-        n = len(item4.assignment)
+        raw6 = item4.assignment
+        if type(raw6) is not bytes:
+            raw6 = _as_chunk(raw6)
+        n = len(raw6)
         w(_S_i.pack(n))
-        w(item4.assignment)
+        w(raw6)
         if item4._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -665,9 +675,12 @@ def _write_SyncGroupRequest_v3(o: SyncGroupRequest, w: _Writer) -> None:
         n = len(raw7)
         w(_S_h.pack(n))
         w(raw7)
-        n = len(item6.assignment)
+        raw8 = item6.assignment
+        if type(raw8) is not bytes:
+            raw8 = _as_chunk(raw8)
+        n = len(raw8)
         w(_S_i.pack(n))
-        w(item6.assignment)
+        w(raw8)
         if item6._unknown_tags:
             raise _ProtocolError("tagged fields need a flexible version")
     if o._unknown_tags:
@@ -701,9 +714,12 @@ def _write_SyncGroupRequest_v4(o: SyncGroupRequest, w: _Writer) -> None:
         n = len(raw7)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw7)
-        n = len(item6.assignment)
+        raw8 = item6.assignment
+        if type(raw8) is not bytes:
+            raw8 = _as_chunk(raw8)
+        n = len(raw8)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(item6.assignment)
+        w(raw8)
         if item6._unknown_tags:
             _write_tags(w, [], item6._unknown_tags, _TAGS_SyncGroupRequestAssignment)
         else:
@@ -757,9 +773,12 @@ def _write_SyncGroupRequest_v5(o: SyncGroupRequest, w: _Writer) -> None:
         n = len(raw11)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw11)
-        n = len(item10.assignment)
+        raw12 = item10.assignment
+        if type(raw12) is not bytes:
+            raw12 = _as_chunk(raw12)
+        n = len(raw12)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-        w(item10.assignment)
+        w(raw12)
         if item10._unknown_tags:
             _write_tags(w, [], item10._unknown_tags, _TAGS_SyncGroupRequestAssignment)
         else:

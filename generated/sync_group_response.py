@@ -15,6 +15,7 @@ from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
+from kafscale.protocol.wire import as_chunk as _as_chunk
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uvarint as _uvarint
@@ -242,9 +243,12 @@ def _read_SyncGroupResponse_v5(buf: bytes, pos: int) -> tuple[SyncGroupResponse,
 def _write_SyncGroupResponse_v0(o: SyncGroupResponse, w: _Writer) -> None:
     # versions 0
     w(_S_h.pack(o.error_code))
-    n = len(o.assignment)
+    raw1 = o.assignment
+    if type(raw1) is not bytes:
+        raw1 = _as_chunk(raw1)
+    n = len(raw1)
     w(_S_i.pack(n))
-    w(o.assignment)
+    w(raw1)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -252,9 +256,12 @@ def _write_SyncGroupResponse_v0(o: SyncGroupResponse, w: _Writer) -> None:
 def _write_SyncGroupResponse_v1(o: SyncGroupResponse, w: _Writer) -> None:
     # versions 1-3
     w(_S_ih.pack(o.throttle_time_ms, o.error_code))
-    n = len(o.assignment)
+    raw1 = o.assignment
+    if type(raw1) is not bytes:
+        raw1 = _as_chunk(raw1)
+    n = len(raw1)
     w(_S_i.pack(n))
-    w(o.assignment)
+    w(raw1)
     if o._unknown_tags:
         raise _ProtocolError("tagged fields need a flexible version")
 
@@ -262,9 +269,12 @@ def _write_SyncGroupResponse_v1(o: SyncGroupResponse, w: _Writer) -> None:
 def _write_SyncGroupResponse_v4(o: SyncGroupResponse, w: _Writer) -> None:
     # versions 4
     w(_S_ih.pack(o.throttle_time_ms, o.error_code))
-    n = len(o.assignment)
+    raw1 = o.assignment
+    if type(raw1) is not bytes:
+        raw1 = _as_chunk(raw1)
+    n = len(raw1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(o.assignment)
+    w(raw1)
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_SyncGroupResponse)
     else:
@@ -290,9 +300,12 @@ def _write_SyncGroupResponse_v5(o: SyncGroupResponse, w: _Writer) -> None:
         n = len(raw4)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw4)
-    n = len(o.assignment)
+    raw5 = o.assignment
+    if type(raw5) is not bytes:
+        raw5 = _as_chunk(raw5)
+    n = len(raw5)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
-    w(o.assignment)
+    w(raw5)
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_SyncGroupResponse)
     else:

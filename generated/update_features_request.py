@@ -15,6 +15,7 @@ from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -251,7 +252,7 @@ def _write_UpdateFeaturesRequest_v0(o: UpdateFeaturesRequest, w: _Writer) -> Non
         n = len(raw3)
         w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))
         w(raw3)
-        w(_S_hz.pack(item2.max_version_level, item2.allow_downgrade))
+        w(_S_hz.pack(item2.max_version_level, _BOOL[item2.allow_downgrade]))
         if item2._unknown_tags:
             _write_tags(w, [], item2._unknown_tags, _TAGS_FeatureUpdateKey)
         else:
@@ -280,7 +281,7 @@ def _write_UpdateFeaturesRequest_v1(o: UpdateFeaturesRequest, w: _Writer) -> Non
             _write_tags(w, [], item2._unknown_tags, _TAGS_FeatureUpdateKey)
         else:
             w(b"\x00")
-    w(_S_z.pack(o.validate_only))
+    w(_S_z.pack(_BOOL[o.validate_only]))
     if o._unknown_tags:
         _write_tags(w, [], o._unknown_tags, _TAGS_UpdateFeaturesRequest)
     else:

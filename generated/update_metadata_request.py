@@ -16,6 +16,7 @@ from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Buffer as _Buffer
@@ -23,6 +24,7 @@ from kafscale.protocol.wire import UnknownTags as _UnknownTags
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
 from kafscale.protocol.wire import check_tag_end as _check_tag_end
+from kafscale.protocol.wire import check_tag_order as _check_tag_order
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import read_uuid as _read_uuid
@@ -1143,8 +1145,10 @@ def _read_tags_UpdateMetadataRequest_v8(o: UpdateMetadataRequest, buf: bytes, po
     if count > len(buf) - pos:
         raise _too_long("tag section", count, len(buf) - pos, pos)
     unknown: _UnknownTags | None = None
+    last = -1
     for _ in range(count):
         tag, pos = _uvarint(buf, pos)
+        last = _check_tag_order(tag, last, pos)
         tend, pos = _tag_end(buf, pos)
         if tag == 0:
             o.type = _S_b.unpack_from(buf, pos)[0]
@@ -2074,7 +2078,11 @@ def _write_UpdateMetadataRequest_v8(o: UpdateMetadataRequest, w: _Writer) -> Non
     # versions 8
     if o.ungrouped_partition_states != []:
         raise _ProtocolError("UngroupedPartitionStates cannot be written in version 8")
-    w(_S_iziq.pack(o.controller_id, o.is_kraft_controller, o.controller_epoch, o.broker_epoch))
+    w(
+        _S_iziq.pack(
+            o.controller_id, _BOOL[o.is_kraft_controller], o.controller_epoch, o.broker_epoch
+        )
+    )
     items1 = o.topic_states
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))

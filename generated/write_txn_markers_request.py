@@ -15,6 +15,7 @@ from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
@@ -274,7 +275,7 @@ def _read_WritableTxnMarker_v1(buf: bytes, pos: int) -> tuple[WritableTxnMarker,
 
 def _write_WritableTxnMarker_v0(o: WritableTxnMarker, w: _Writer) -> None:
     # versions 0
-    w(_S_qhz.pack(o.producer_id, o.producer_epoch, o.transaction_result))
+    w(_S_qhz.pack(o.producer_id, o.producer_epoch, _BOOL[o.transaction_result]))
     items1 = o.topics
     n = len(items1)
     w(_S_i.pack(n))
@@ -296,7 +297,7 @@ def _write_WritableTxnMarker_v0(o: WritableTxnMarker, w: _Writer) -> None:
 
 def _write_WritableTxnMarker_v1(o: WritableTxnMarker, w: _Writer) -> None:
     # versions 1
-    w(_S_qhz.pack(o.producer_id, o.producer_epoch, o.transaction_result))
+    w(_S_qhz.pack(o.producer_id, o.producer_epoch, _BOOL[o.transaction_result]))
     items1 = o.topics
     n = len(items1)
     w(_UVARINT_1[n + 1] if n < 127 else _uvarint_bytes(n + 1))

@@ -18,6 +18,7 @@ from kafscale.protocol.wire import (
     Buffer,
     UnknownTags,
     Writer,
+    as_chunk,
     read_uuid,
     read_uvarint,
     uvarint,
@@ -108,8 +109,12 @@ class _Reader:
             raise _Fail(f"tag count {count} exceeds the bytes left", where, pos)
         by_tag = {f.tag: f for f in cls._fields if f.tag is not None}
         unknown: UnknownTags = []
+        last = -1
         for _ in range(count):
             tag, pos = self.uvarint(pos, where)
+            if tag <= last:
+                raise _Fail(f"tag {tag} follows tag {last}: tags must ascend", where, pos)
+            last = tag
             size, pos = self.uvarint(pos, where)
             self.need(pos, size, f"tagged field {tag}", where)
             end = pos + size
@@ -258,7 +263,7 @@ class _Writer:
                 self.length(-1, compact, f.is_array or f.element != "string", path)
             return
         if f.is_array:
-            if not isinstance(value, list):
+            if not isinstance(value, list | tuple):
                 raise _Fail(f"expected a list, got {type(value).__name__}", path, None)
             self.length(len(value), compact, True, path)
             for i, item in enumerate(value):
@@ -278,7 +283,7 @@ class _Writer:
             if kind == "float64":
                 if not isinstance(value, int | float) or isinstance(value, bool):
                     raise _Fail(f"expected a float, got {value!r}", path, None)
-            elif kind != "bool" and (not isinstance(value, int) or isinstance(value, bool)):
+            elif kind != "bool" and not isinstance(value, int):  # bool is an int, as in Python
                 raise _Fail(f"expected an integer, got {value!r}", path, None)
             try:
                 self.w(_FIXED[kind].pack(value))
@@ -298,10 +303,12 @@ class _Writer:
             self.length(len(raw), compact, False, path)
             self.w(raw)
         else:
-            if not isinstance(value, bytes | bytearray | memoryview):
-                raise _Fail(f"expected bytes, got {type(value).__name__}", path, None)
-            self.length(len(value), compact, True, path)
-            self.w(value)
+            try:
+                chunk = as_chunk(value)
+            except ProtocolError as e:
+                raise _Fail(e.reason, path, None) from None
+            self.length(len(chunk), compact, True, path)
+            self.w(chunk)
 
 
 def reference_write(obj: Message, version: int) -> bytes:

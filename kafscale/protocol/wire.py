@@ -11,7 +11,6 @@ import itertools
 import struct
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 from kafscale.protocol.errors import ProtocolError
 
@@ -29,6 +28,9 @@ UINT32 = struct.Struct(">I")
 
 ZERO_UUID = uuid.UUID(int=0)
 
+BOOL: dict[object, bool] = {False: False, True: True}
+"""Encoders look bool fields up here: True/False (and 1/0) pass, anything else fails."""
+
 UVARINT_1: tuple[bytes, ...] = tuple(bytes([i]) for i in range(128))
 """Encoded one-byte unsigned varints, indexed by value (the common case for lengths)."""
 
@@ -38,7 +40,8 @@ _from_bytes = int.from_bytes
 _SAFE_UNKNOWN = uuid.SafeUUID.unknown
 
 
-def _read_unsigned(buf: bytes, pos: int, max_bytes: int) -> tuple[int, int]:
+def _read_unsigned(buf: bytes, pos: int, max_bytes: int, bits: int) -> tuple[int, int]:
+    start = pos
     b = buf[pos]
     value = b & 0x7F
     shift = 7
@@ -46,22 +49,24 @@ def _read_unsigned(buf: bytes, pos: int, max_bytes: int) -> tuple[int, int]:
     limit = 7 * (max_bytes - 1)
     while b & 0x80:
         if shift > limit:
-            raise ProtocolError(f"varint longer than {max_bytes} bytes", offset=pos - max_bytes)
+            raise ProtocolError(f"varint longer than {max_bytes} bytes", offset=start)
         b = buf[pos]
         value |= (b & 0x7F) << shift
         shift += 7
         pos += 1
+    if value >> bits:
+        raise ProtocolError(f"varint value {value} does not fit {bits} bits", offset=start)
     return value, pos
 
 
 def read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
     """Unsigned 32-bit varint at ``pos``: (value, next position). At most 5 bytes."""
-    return _read_unsigned(buf, pos, 5)
+    return _read_unsigned(buf, pos, 5, 32)
 
 
 def read_uvarlong(buf: bytes, pos: int) -> tuple[int, int]:
     """Unsigned 64-bit varint at ``pos``: (value, next position). At most 10 bytes."""
-    return _read_unsigned(buf, pos, 10)
+    return _read_unsigned(buf, pos, 10, 64)
 
 
 def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -148,14 +153,24 @@ def read_tag_section(buf: bytes, pos: int, known: frozenset[int]) -> tuple[Unkno
     if count > len(buf) - pos:
         raise too_long("tag section", count, len(buf) - pos, pos)
     unknown: UnknownTags = []
+    last = -1
     for _ in range(count):
         tag, pos = read_uvarint(buf, pos)
+        last = check_tag_order(tag, last, pos)
         end, pos = tag_payload_end(buf, pos)
         if tag in known:
             raise ProtocolError(f"tag {tag} is not valid in this version", offset=pos)
         unknown.append((tag, bytes(buf[pos:end])))
         pos = end
     return (unknown or None), pos
+
+
+def check_tag_order(tag: int, last: int, pos: int) -> int:
+    """Tags are written in strictly ascending order (KIP-482); anything else would not
+    re-encode to the same bytes, so it is refused. Returns ``tag`` as the new ``last``."""
+    if tag <= last:
+        raise ProtocolError(f"tag {tag} follows tag {last}: tags must ascend", offset=pos)
+    return tag
 
 
 def tag_payload_end(buf: bytes, pos: int) -> tuple[int, int]:
@@ -200,11 +215,17 @@ def _tag_number(item: tuple[int, bytes]) -> int:
     return item[0]
 
 
-def encode_tag_payload(write: Callable[[Any, Writer], None], value: Any) -> bytes:
-    """Encode one tagged field's value on its own, to learn its size."""
-    parts: list[Buffer] = []
-    write(value, parts.append)
-    return b"".join(parts)
+def as_chunk(value: object) -> Buffer:
+    """A ``bytes``/``records`` field value as an output chunk whose ``len`` is its size in
+    bytes: bytes and bytearray as they are, memoryviews cast to bytes (copied only when not
+    contiguous). Anything else is refused."""
+    if isinstance(value, bytes | bytearray):
+        return value
+    if isinstance(value, memoryview):
+        if not value.contiguous:
+            return value.tobytes()
+        return value if value.format in ("B", "b", "c") and value.ndim == 1 else value.cast("B")
+    raise ProtocolError(f"expected bytes, bytearray or memoryview, got {type(value).__name__}")
 
 
 _array_structs: dict[tuple[str, int], struct.Struct] = {}
