@@ -1,7 +1,7 @@
 """``python -m codegen``: generate, check, or diff Kafka message codecs.
 
     python -m codegen [--specs PATH] [--out DIR] [--check]
-    python -m codegen diff OLD NEW
+    python -m codegen diff OLD NEW      (paths, or release names next to the pinned one)
 
 PATH is a directory of Kafka JSON definitions or a kafka-clients jar (default:
 ``$KAFSCALE_KAFKA_SPECS``, else the release pinned in ``protocol_specs/kafka-specs.lock.json``).
@@ -37,6 +37,13 @@ def release_name(path: Path) -> str:
     """``3.9.1`` for ``.../3.9.1`` or ``kafka-clients-3.9.1.jar``."""
     m = re.fullmatch(r"kafka-clients-(.+)\.jar", path.name)
     return m.group(1) if m else path.name
+
+
+def resolve_release(path: Path) -> Path:
+    """A path as given, or a bare release name next to the pinned one (``3.8.0``)."""
+    if path.exists() or len(path.parts) > 1:
+        return path
+    return default_specs_path().parent / path
 
 
 def lock_data(path: Path) -> dict[str, object]:
@@ -109,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("old", type=Path)
             p.add_argument("new", type=Path)
             a = p.parse_args(argv[1:])
-            lines = diff_messages(load_messages(a.old), load_messages(a.new))
-            print(f"# {release_name(a.old)} -> {release_name(a.new)}: {len(lines)} lines")
+            old, new = resolve_release(a.old), resolve_release(a.new)
+            lines = diff_messages(load_messages(old), load_messages(new))
+            print(f"# {release_name(old)} -> {release_name(new)}: {len(lines)} lines")
             print("\n".join(lines))
             return 0
         p = argparse.ArgumentParser(prog="python -m codegen", description=__doc__.splitlines()[0])
