@@ -254,9 +254,10 @@ class ReadEmitter:
         b("if n < 0:")
         with b.indent():
             if f.is_nullable(v):
-                b("if n != -1:")
-                with b.indent():
-                    b(f'raise _ProtocolError(f"bad {what} length {{n}}", offset=pos)')
+                if not _compact(f, self.msg, v):  # a compact length is never below -1
+                    b("if n != -1:")
+                    with b.indent():
+                        b(f'raise _ProtocolError(f"bad {what} length {{n}}", offset=pos)')
                 b(f"{target} = None")
             else:
                 b(f'raise _null_error("{what}", pos)')

@@ -288,8 +288,6 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.entity_name = None
             else:
                 end = pos + n

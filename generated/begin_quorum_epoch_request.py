@@ -388,8 +388,6 @@ def _read_BeginQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[BeginQuorumE
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.cluster_id = None
     else:
         end = pos + n

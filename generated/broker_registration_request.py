@@ -345,8 +345,6 @@ def _read_BrokerRegistrationRequest_v0(
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.rack = None
     else:
         end = pos + n
@@ -482,8 +480,6 @@ def _read_BrokerRegistrationRequest_v1(
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.rack = None
     else:
         end = pos + n
@@ -620,8 +616,6 @@ def _read_BrokerRegistrationRequest_v2(
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.rack = None
     else:
         end = pos + n
@@ -774,8 +768,6 @@ def _read_BrokerRegistrationRequest_v3(
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.rack = None
     else:
         end = pos + n

@@ -452,8 +452,6 @@ def _read_Member_v0(buf: bytes, pos: int) -> tuple[Member, int]:
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.instance_id = None
     else:
         end = pos + n
@@ -468,8 +466,6 @@ def _read_Member_v0(buf: bytes, pos: int) -> tuple[Member, int]:
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.rack_id = None
     else:
         end = pos + n
@@ -543,8 +539,6 @@ def _read_Member_v0(buf: bytes, pos: int) -> tuple[Member, int]:
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.subscribed_topic_regex = None
     else:
         end = pos + n
@@ -631,8 +625,6 @@ def _read_DescribedGroup_v0(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.error_message = None
     else:
         end = pos + n

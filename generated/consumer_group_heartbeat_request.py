@@ -208,8 +208,6 @@ def _read_ConsumerGroupHeartbeatRequest_v0(
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.instance_id = None
     else:
         end = pos + n
@@ -224,8 +222,6 @@ def _read_ConsumerGroupHeartbeatRequest_v0(
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.rack_id = None
     else:
         end = pos + n
@@ -242,8 +238,6 @@ def _read_ConsumerGroupHeartbeatRequest_v0(
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad array length {n}", offset=pos)
         o.subscribed_topic_names = None
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
@@ -273,8 +267,6 @@ def _read_ConsumerGroupHeartbeatRequest_v0(
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.server_assignor = None
     else:
         end = pos + n
@@ -289,8 +281,6 @@ def _read_ConsumerGroupHeartbeatRequest_v0(
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad array length {n}", offset=pos)
         o.topic_partitions = None
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)

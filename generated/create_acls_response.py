@@ -174,8 +174,6 @@ def _read_CreateAclsResponse_v2(buf: bytes, pos: int) -> tuple[CreateAclsRespons
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.error_message = None
             else:
                 end = pos + n

@@ -253,8 +253,6 @@ def _read_CreateDelegationTokenRequest_v3(
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.owner_principal_type = None
     else:
         end = pos + n
@@ -269,8 +267,6 @@ def _read_CreateDelegationTokenRequest_v3(
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.owner_principal_name = None
     else:
         end = pos + n

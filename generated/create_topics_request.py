@@ -398,8 +398,6 @@ def _read_CreatableTopic_v5(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item4.value = None
             else:
                 end = pos + n

@@ -291,8 +291,6 @@ def _read_CreatableTopicResult_v5(buf: bytes, pos: int) -> tuple[CreatableTopicR
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.error_message = None
     else:
         end = pos + n
@@ -309,8 +307,6 @@ def _read_CreatableTopicResult_v5(buf: bytes, pos: int) -> tuple[CreatableTopicR
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad array length {n}", offset=pos)
         o.configs = None
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
@@ -339,8 +335,6 @@ def _read_CreatableTopicResult_v5(buf: bytes, pos: int) -> tuple[CreatableTopicR
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.value = None
             else:
                 end = pos + n
@@ -394,8 +388,6 @@ def _read_CreatableTopicResult_v7(buf: bytes, pos: int) -> tuple[CreatableTopicR
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.error_message = None
     else:
         end = pos + n
@@ -412,8 +404,6 @@ def _read_CreatableTopicResult_v7(buf: bytes, pos: int) -> tuple[CreatableTopicR
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad array length {n}", offset=pos)
         o.configs = None
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
@@ -442,8 +432,6 @@ def _read_CreatableTopicResult_v7(buf: bytes, pos: int) -> tuple[CreatableTopicR
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.value = None
             else:
                 end = pos + n

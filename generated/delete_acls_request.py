@@ -291,8 +291,6 @@ def _read_DeleteAclsRequest_v2(buf: bytes, pos: int) -> tuple[DeleteAclsRequest,
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.resource_name_filter = None
             else:
                 end = pos + n
@@ -309,8 +307,6 @@ def _read_DeleteAclsRequest_v2(buf: bytes, pos: int) -> tuple[DeleteAclsRequest,
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.principal_filter = None
             else:
                 end = pos + n
@@ -325,8 +321,6 @@ def _read_DeleteAclsRequest_v2(buf: bytes, pos: int) -> tuple[DeleteAclsRequest,
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.host_filter = None
             else:
                 end = pos + n

@@ -388,8 +388,6 @@ def _read_DeleteAclsFilterResult_v2(buf: bytes, pos: int) -> tuple[DeleteAclsFil
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.error_message = None
     else:
         end = pos + n
@@ -420,8 +418,6 @@ def _read_DeleteAclsFilterResult_v2(buf: bytes, pos: int) -> tuple[DeleteAclsFil
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.error_message = None
             else:
                 end = pos + n

@@ -224,8 +224,6 @@ def _read_DescribeAclsRequest_v2(buf: bytes, pos: int) -> tuple[DescribeAclsRequ
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.resource_name_filter = None
     else:
         end = pos + n
@@ -242,8 +240,6 @@ def _read_DescribeAclsRequest_v2(buf: bytes, pos: int) -> tuple[DescribeAclsRequ
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.principal_filter = None
     else:
         end = pos + n
@@ -258,8 +254,6 @@ def _read_DescribeAclsRequest_v2(buf: bytes, pos: int) -> tuple[DescribeAclsRequ
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.host_filter = None
     else:
         end = pos + n

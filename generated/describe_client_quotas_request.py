@@ -209,8 +209,6 @@ def _read_DescribeClientQuotasRequest_v1(
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.match = None
             else:
                 end = pos + n

@@ -295,8 +295,6 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.entity_name = None
             else:
                 end = pos + n
@@ -483,8 +481,6 @@ def _read_DescribeClientQuotasResponse_v1(
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.error_message = None
     else:
         end = pos + n
@@ -499,8 +495,6 @@ def _read_DescribeClientQuotasResponse_v1(
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad array length {n}", offset=pos)
         o.entries = None
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)

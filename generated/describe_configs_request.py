@@ -342,8 +342,6 @@ def _read_DescribeConfigsRequest_v4(buf: bytes, pos: int) -> tuple[DescribeConfi
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad array length {n}", offset=pos)
                 item2.configuration_keys = None
             elif n > len(buf) - pos:
                 raise _too_long("array", n, len(buf) - pos, pos)

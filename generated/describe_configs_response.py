@@ -454,8 +454,6 @@ def _read_DescribeConfigsResourceResult_v4(
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.value = None
     else:
         end = pos + n
@@ -500,8 +498,6 @@ def _read_DescribeConfigsResourceResult_v4(
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.value = None
             else:
                 end = pos + n
@@ -527,8 +523,6 @@ def _read_DescribeConfigsResourceResult_v4(
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.documentation = None
     else:
         end = pos + n
@@ -902,8 +896,6 @@ def _read_DescribeConfigsResult_v4(buf: bytes, pos: int) -> tuple[DescribeConfig
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.error_message = None
     else:
         end = pos + n

@@ -156,8 +156,6 @@ def _read_DescribeDelegationTokenRequest_v2(
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad array length {n}", offset=pos)
         o.owners = None
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)

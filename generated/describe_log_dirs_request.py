@@ -159,8 +159,6 @@ def _read_DescribeLogDirsRequest_v2(buf: bytes, pos: int) -> tuple[DescribeLogDi
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad array length {n}", offset=pos)
         o.topics = None
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)

@@ -11,7 +11,6 @@ from struct import Struct as _Packer
 from typing import Any as _Any
 from uuid import UUID as _UUID
 
-from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -288,8 +287,6 @@ def _read_DescribeTopicPartitionsResponseTopic_v0(
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.name = None
     else:
         end = pos + n
@@ -360,8 +357,6 @@ def _read_DescribeTopicPartitionsResponseTopic_v0(
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad array length {n}", offset=pos)
                 item2.eligible_leader_replicas = None
             elif n > len(buf) - pos:
                 raise _too_long("array", n, len(buf) - pos, pos)
@@ -379,8 +374,6 @@ def _read_DescribeTopicPartitionsResponseTopic_v0(
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad array length {n}", offset=pos)
                 item2.last_known_elr = None
             elif n > len(buf) - pos:
                 raise _too_long("array", n, len(buf) - pos, pos)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any as _Any
 
-from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -93,8 +92,6 @@ def _read_DescribeUserScramCredentialsRequest_v0(
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad array length {n}", offset=pos)
         o.users = None
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)

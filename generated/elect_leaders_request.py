@@ -231,8 +231,6 @@ def _read_ElectLeadersRequest_v2(buf: bytes, pos: int) -> tuple[ElectLeadersRequ
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad array length {n}", offset=pos)
         o.topic_partitions = None
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)

@@ -7,7 +7,6 @@ Generated from EnvelopeRequest.json of Kafka 3.9.1.
 
 from __future__ import annotations
 
-from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
@@ -102,8 +101,6 @@ def _read_EnvelopeRequest_v0(buf: bytes, pos: int) -> tuple[EnvelopeRequest, int
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad bytes length {n}", offset=pos)
         o.request_principal = None
     else:
         end = pos + n

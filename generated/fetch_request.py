@@ -1104,8 +1104,6 @@ def _read_tags_FetchRequest_v12(o: FetchRequest, buf: bytes, pos: int) -> int:
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 o.cluster_id = None
             else:
                 end = pos + n
@@ -1144,8 +1142,6 @@ def _read_tags_FetchRequest_v15(o: FetchRequest, buf: bytes, pos: int) -> int:
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 o.cluster_id = None
             else:
                 end = pos + n

@@ -715,8 +715,6 @@ def _read_PartitionData_v12(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad array length {n}", offset=pos)
         o.aborted_transactions = None
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
@@ -742,8 +740,6 @@ def _read_PartitionData_v12(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad records length {n}", offset=pos)
         o.records = None
     else:
         end = pos + n
@@ -1870,8 +1866,6 @@ def _read_tags_FetchResponse_v16(o: FetchResponse, buf: bytes, pos: int) -> int:
                         n, pos = _uvarint(buf, pos)
                         n -= 1
                     if n < 0:
-                        if n != -1:
-                            raise _ProtocolError(f"bad string length {n}", offset=pos)
                         item2.rack = None
                     else:
                         end = pos + n

@@ -465,8 +465,6 @@ def _read_tags_FetchSnapshotRequest_v0(o: FetchSnapshotRequest, buf: bytes, pos:
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 o.cluster_id = None
             else:
                 end = pos + n

@@ -265,8 +265,6 @@ def _read_FindCoordinatorResponse_v3(buf: bytes, pos: int) -> tuple[FindCoordina
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.error_message = None
     else:
         end = pos + n
@@ -363,8 +361,6 @@ def _read_FindCoordinatorResponse_v4(buf: bytes, pos: int) -> tuple[FindCoordina
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.error_message = None
             else:
                 end = pos + n

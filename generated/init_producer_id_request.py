@@ -132,8 +132,6 @@ def _read_InitProducerIdRequest_v2(buf: bytes, pos: int) -> tuple[InitProducerId
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.transactional_id = None
     else:
         end = pos + n
@@ -161,8 +159,6 @@ def _read_InitProducerIdRequest_v3(buf: bytes, pos: int) -> tuple[InitProducerId
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.transactional_id = None
     else:
         end = pos + n

@@ -451,8 +451,6 @@ def _read_JoinGroupRequest_v6(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.group_instance_id = None
     else:
         end = pos + n
@@ -573,8 +571,6 @@ def _read_JoinGroupRequest_v8(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.group_instance_id = None
     else:
         end = pos + n
@@ -654,8 +650,6 @@ def _read_JoinGroupRequest_v8(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.reason = None
     else:
         end = pos + n

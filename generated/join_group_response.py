@@ -516,8 +516,6 @@ def _read_JoinGroupResponse_v6(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.group_instance_id = None
             else:
                 end = pos + n
@@ -569,8 +567,6 @@ def _read_JoinGroupResponse_v7(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.protocol_type = None
     else:
         end = pos + n
@@ -585,8 +581,6 @@ def _read_JoinGroupResponse_v7(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.protocol_name = None
     else:
         end = pos + n
@@ -657,8 +651,6 @@ def _read_JoinGroupResponse_v7(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.group_instance_id = None
             else:
                 end = pos + n
@@ -709,8 +701,6 @@ def _read_JoinGroupResponse_v9(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.protocol_type = None
     else:
         end = pos + n
@@ -725,8 +715,6 @@ def _read_JoinGroupResponse_v9(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.protocol_name = None
     else:
         end = pos + n
@@ -799,8 +787,6 @@ def _read_JoinGroupResponse_v9(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.group_instance_id = None
             else:
                 end = pos + n

@@ -240,8 +240,6 @@ def _read_LeaveGroupResponse_v4(buf: bytes, pos: int) -> tuple[LeaveGroupRespons
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.group_instance_id = None
             else:
                 end = pos + n

@@ -304,8 +304,6 @@ def _read_MetadataRequest_v9(buf: bytes, pos: int) -> tuple[MetadataRequest, int
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad array length {n}", offset=pos)
         o.topics = None
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
@@ -359,8 +357,6 @@ def _read_MetadataRequest_v10(buf: bytes, pos: int) -> tuple[MetadataRequest, in
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad array length {n}", offset=pos)
         o.topics = None
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
@@ -377,8 +373,6 @@ def _read_MetadataRequest_v10(buf: bytes, pos: int) -> tuple[MetadataRequest, in
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.name = None
             else:
                 end = pos + n
@@ -418,8 +412,6 @@ def _read_MetadataRequest_v11(buf: bytes, pos: int) -> tuple[MetadataRequest, in
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad array length {n}", offset=pos)
         o.topics = None
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
@@ -436,8 +428,6 @@ def _read_MetadataRequest_v11(buf: bytes, pos: int) -> tuple[MetadataRequest, in
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.name = None
             else:
                 end = pos + n

@@ -399,8 +399,6 @@ def _read_OffsetCommitRequestTopic_v8(buf: bytes, pos: int) -> tuple[OffsetCommi
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.committed_metadata = None
             else:
                 end = pos + n
@@ -1002,8 +1000,6 @@ def _read_OffsetCommitRequest_v8(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.group_instance_id = None
     else:
         end = pos + n

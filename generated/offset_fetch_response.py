@@ -474,8 +474,6 @@ def _read_OffsetFetchResponseTopic_v6(buf: bytes, pos: int) -> tuple[OffsetFetch
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.metadata = None
             else:
                 end = pos + n
@@ -628,8 +626,6 @@ def _read_OffsetFetchResponseTopics_v8(
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.metadata = None
             else:
                 end = pos + n

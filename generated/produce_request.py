@@ -261,8 +261,6 @@ def _read_TopicProduceData_v9(buf: bytes, pos: int) -> tuple[TopicProduceData, i
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad records length {n}", offset=pos)
                 item2.records = None
             else:
                 end = pos + n
@@ -408,8 +406,6 @@ def _read_ProduceRequest_v9(buf: bytes, pos: int) -> tuple[ProduceRequest, int]:
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.transactional_id = None
     else:
         end = pos + n

@@ -466,8 +466,6 @@ def _read_PartitionProduceResponse_v9(buf: bytes, pos: int) -> tuple[PartitionPr
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.batch_index_error_message = None
             else:
                 end = pos + n
@@ -491,8 +489,6 @@ def _read_PartitionProduceResponse_v9(buf: bytes, pos: int) -> tuple[PartitionPr
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.error_message = None
     else:
         end = pos + n
@@ -541,8 +537,6 @@ def _read_PartitionProduceResponse_v10(
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.batch_index_error_message = None
             else:
                 end = pos + n
@@ -566,8 +560,6 @@ def _read_PartitionProduceResponse_v10(
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.error_message = None
     else:
         end = pos + n
@@ -1237,8 +1229,6 @@ def _read_tags_ProduceResponse_v10(o: ProduceResponse, buf: bytes, pos: int) -> 
                         n, pos = _uvarint(buf, pos)
                         n -= 1
                     if n < 0:
-                        if n != -1:
-                            raise _ProtocolError(f"bad string length {n}", offset=pos)
                         item2.rack = None
                     else:
                         end = pos + n

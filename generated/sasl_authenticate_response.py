@@ -170,8 +170,6 @@ def _read_SaslAuthenticateResponse_v2(buf: bytes, pos: int) -> tuple[SaslAuthent
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.error_message = None
     else:
         end = pos + n

@@ -11,7 +11,6 @@ from struct import Struct as _Packer
 from typing import Any as _Any
 from uuid import UUID as _UUID
 
-from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -334,8 +333,6 @@ def _read_ShareAcknowledgeRequest_v0(buf: bytes, pos: int) -> tuple[ShareAcknowl
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.group_id = None
     else:
         end = pos + n
@@ -350,8 +347,6 @@ def _read_ShareAcknowledgeRequest_v0(buf: bytes, pos: int) -> tuple[ShareAcknowl
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.member_id = None
     else:
         end = pos + n

@@ -11,7 +11,6 @@ from struct import Struct as _Packer
 from typing import Any as _Any
 from uuid import UUID as _UUID
 
-from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -309,8 +308,6 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.error_message = None
     else:
         end = pos + n
@@ -402,8 +399,6 @@ def _read_ShareAcknowledgeResponse_v0(buf: bytes, pos: int) -> tuple[ShareAcknow
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.error_message = None
     else:
         end = pos + n
@@ -466,8 +461,6 @@ def _read_ShareAcknowledgeResponse_v0(buf: bytes, pos: int) -> tuple[ShareAcknow
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item4.rack = None
             else:
                 end = pos + n

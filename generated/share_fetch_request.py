@@ -11,7 +11,6 @@ from struct import Struct as _Packer
 from typing import Any as _Any
 from uuid import UUID as _UUID
 
-from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -410,8 +409,6 @@ def _read_ShareFetchRequest_v0(buf: bytes, pos: int) -> tuple[ShareFetchRequest,
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.group_id = None
     else:
         end = pos + n
@@ -426,8 +423,6 @@ def _read_ShareFetchRequest_v0(buf: bytes, pos: int) -> tuple[ShareFetchRequest,
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.member_id = None
     else:
         end = pos + n

@@ -141,8 +141,6 @@ def _read_ShareGroupHeartbeatRequest_v0(
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.rack_id = None
     else:
         end = pos + n
@@ -157,8 +155,6 @@ def _read_ShareGroupHeartbeatRequest_v0(
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad array length {n}", offset=pos)
         o.subscribed_topic_names = None
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)

@@ -353,8 +353,6 @@ def _read_TxnOffsetCommitRequestTopic_v3(
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.committed_metadata = None
             else:
                 end = pos + n
@@ -600,8 +598,6 @@ def _read_TxnOffsetCommitRequest_v3(buf: bytes, pos: int) -> tuple[TxnOffsetComm
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.group_instance_id = None
     else:
         end = pos + n

@@ -10,7 +10,6 @@ from __future__ import annotations
 from struct import Struct as _Packer
 from typing import Any as _Any
 
-from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -141,8 +140,6 @@ def _read_UpdateFeaturesResponse_v0(buf: bytes, pos: int) -> tuple[UpdateFeature
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.error_message = None
     else:
         end = pos + n
@@ -187,8 +184,6 @@ def _read_UpdateFeaturesResponse_v0(buf: bytes, pos: int) -> tuple[UpdateFeature
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                if n != -1:
-                    raise _ProtocolError(f"bad string length {n}", offset=pos)
                 item2.error_message = None
             else:
                 end = pos + n

@@ -1010,8 +1010,6 @@ def _read_UpdateMetadataBroker_v6(buf: bytes, pos: int) -> tuple[UpdateMetadataB
         n, pos = _uvarint(buf, pos)
         n -= 1
     if n < 0:
-        if n != -1:
-            raise _ProtocolError(f"bad string length {n}", offset=pos)
         o.rack = None
     else:
         end = pos + n
