@@ -29,7 +29,7 @@ class ModuleState:
     """Module-level constants the bodies refer to (collected while emitting)."""
 
     formats: dict[str, str] = field(default_factory=dict)  # identifier -> struct format
-    arrays: dict[str, str] = field(default_factory=dict)  # identifier -> element format code
+    arrays: dict[str, str] = field(default_factory=dict)  # identifier -> small_arrays() args
 
     def struct_for(self, codes: str) -> str:
         ident = "_S_" + codes.replace("?", "z")
@@ -40,7 +40,7 @@ class ModuleState:
         """An expression for the ``Struct`` of ``count`` values of one fixed type: precompiled
         for small counts (replica lists), built and cached by the runtime otherwise."""
         ident = "_A_" + code.replace("?", "z")
-        self.arrays[ident] = code
+        self.arrays[ident] = f'"{code}", {SMALL_ARRAY}'
         fallback = f'_array_struct("{code}", {count})'
         return f"({ident}[{count}] if {count} < {SMALL_ARRAY} else {fallback})"
 

@@ -39,7 +39,7 @@ _S_h = _Packer(">h")
 _S_i = _Packer(">i")
 _S_qh = _Packer(">qh")
 _S_qhz = _Packer(">qh?")
-_A_i = _small_arrays("i")
+_A_i = _small_arrays("i", 32)
 
 
 class AddPartitionsToTxnRequest(_Message):

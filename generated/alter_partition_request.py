@@ -42,7 +42,7 @@ _S_bi = _Packer(">bi")
 _S_i = _Packer(">i")
 _S_ii = _Packer(">ii")
 _S_iq = _Packer(">iq")
-_A_i = _small_arrays("i")
+_A_i = _small_arrays("i", 32)
 
 
 class AlterPartitionRequest(_Message):

@@ -40,7 +40,7 @@ _S_bi = _Packer(">bi")
 _S_i = _Packer(">i")
 _S_ih = _Packer(">ih")
 _S_ihii = _Packer(">ihii")
-_A_i = _small_arrays("i")
+_A_i = _small_arrays("i", 32)
 
 
 class AlterPartitionResponse(_Message):

@@ -36,7 +36,7 @@ _new = object.__new__
 
 _S_h = _Packer(">h")
 _S_i = _Packer(">i")
-_A_i = _small_arrays("i")
+_A_i = _small_arrays("i", 32)
 
 
 class AlterReplicaLogDirsRequest(_Message):

@@ -40,7 +40,7 @@ _S_h = _Packer(">h")
 _S_i = _Packer(">i")
 _S_ih = _Packer(">ih")
 _S_iz = _Packer(">i?")
-_A_i = _small_arrays("i")
+_A_i = _small_arrays("i", 32)
 
 
 class CreateTopicsRequest(_Message):

@@ -31,7 +31,7 @@ __all__ = [
 
 _new = object.__new__
 
-_A_i = _small_arrays("i")
+_A_i = _small_arrays("i", 32)
 
 
 class DescribeProducersRequest(_Message):

@@ -42,7 +42,7 @@ _S_h = _Packer(">h")
 _S_hiii = _Packer(">hiii")
 _S_i = _Packer(">i")
 _S_z = _Packer(">?")
-_A_i = _small_arrays("i")
+_A_i = _small_arrays("i", 32)
 
 
 class DescribeTopicPartitionsResponse(_Message):

@@ -43,7 +43,7 @@ _S_H = _Packer(">H")
 _S_h = _Packer(">h")
 _S_i = _Packer(">i")
 _S_iii = _Packer(">iii")
-_A_i = _small_arrays("i")
+_A_i = _small_arrays("i", 32)
 
 
 class EndQuorumEpochRequest(_Message):

@@ -56,7 +56,7 @@ _S_iiqqi = _Packer(">iiqqi")
 _S_iq = _Packer(">iq")
 _S_iqi = _Packer(">iqi")
 _S_iqqi = _Packer(">iqqi")
-_A_i = _small_arrays("i")
+_A_i = _small_arrays("i", 32)
 
 
 class FetchRequest(_Message):

@@ -38,7 +38,7 @@ _new = object.__new__
 _S_i = _Packer(">i")
 _S_ih = _Packer(">ih")
 _S_iiz = _Packer(">ii?")
-_A_b = _small_arrays("b")
+_A_b = _small_arrays("b", 32)
 
 
 class GetTelemetrySubscriptionsResponse(_Message):

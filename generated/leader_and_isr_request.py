@@ -48,7 +48,7 @@ _S_iiqb = _Packer(">iiqb")
 _S_iziqb = _Packer(">i?iqb")
 _S_z = _Packer(">?")
 _S_zb = _Packer(">?b")
-_A_i = _small_arrays("i")
+_A_i = _small_arrays("i", 32)
 
 
 class LeaderAndIsrRequest(_Message):

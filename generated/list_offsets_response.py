@@ -39,7 +39,7 @@ _S_i = _Packer(">i")
 _S_ih = _Packer(">ih")
 _S_ihqq = _Packer(">ihqq")
 _S_ihqqi = _Packer(">ihqqi")
-_A_q = _small_arrays("q")
+_A_q = _small_arrays("q", 32)
 
 
 class ListOffsetsResponse(_Message):

@@ -33,7 +33,7 @@ __all__ = [
 _new = object.__new__
 
 _S_i = _Packer(">i")
-_A_i = _small_arrays("i")
+_A_i = _small_arrays("i", 32)
 
 
 class ListPartitionReassignmentsRequest(_Message):

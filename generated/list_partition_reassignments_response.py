@@ -35,7 +35,7 @@ _new = object.__new__
 
 _S_i = _Packer(">i")
 _S_ih = _Packer(">ih")
-_A_i = _small_arrays("i")
+_A_i = _small_arrays("i", 32)
 
 
 class ListPartitionReassignmentsResponse(_Message):

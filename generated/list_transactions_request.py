@@ -32,7 +32,7 @@ __all__ = [
 _new = object.__new__
 
 _S_q = _Packer(">q")
-_A_q = _small_arrays("q")
+_A_q = _small_arrays("q", 32)
 
 
 class ListTransactionsRequest(_Message):

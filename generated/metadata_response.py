@@ -44,7 +44,7 @@ _S_hii = _Packer(">hii")
 _S_hiii = _Packer(">hiii")
 _S_i = _Packer(">i")
 _S_z = _Packer(">?")
-_A_i = _small_arrays("i")
+_A_i = _small_arrays("i", 32)
 
 
 class MetadataResponse(_Message):

@@ -39,7 +39,7 @@ _new = object.__new__
 _S_h = _Packer(">h")
 _S_i = _Packer(">i")
 _S_z = _Packer(">?")
-_A_i = _small_arrays("i")
+_A_i = _small_arrays("i", 32)
 
 
 class OffsetFetchRequest(_Message):

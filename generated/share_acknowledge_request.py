@@ -39,7 +39,7 @@ _new = object.__new__
 
 _S_i = _Packer(">i")
 _S_qq = _Packer(">qq")
-_A_b = _small_arrays("b")
+_A_b = _small_arrays("b", 32)
 
 
 class ShareAcknowledgeRequest(_Message):

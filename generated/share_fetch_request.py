@@ -41,8 +41,8 @@ _new = object.__new__
 _S_ii = _Packer(">ii")
 _S_iiii = _Packer(">iiii")
 _S_qq = _Packer(">qq")
-_A_b = _small_arrays("b")
-_A_i = _small_arrays("i")
+_A_b = _small_arrays("b", 32)
+_A_i = _small_arrays("i", 32)
 
 
 class ShareFetchRequest(_Message):

@@ -42,7 +42,7 @@ _new = object.__new__
 _S_h = _Packer(">h")
 _S_i = _Packer(">i")
 _S_ii = _Packer(">ii")
-_A_i = _small_arrays("i")
+_A_i = _small_arrays("i", 32)
 
 
 class ShareGroupDescribeResponse(_Message):

@@ -38,7 +38,7 @@ _new = object.__new__
 
 _S_ih = _Packer(">ih")
 _S_ii = _Packer(">ii")
-_A_i = _small_arrays("i")
+_A_i = _small_arrays("i", 32)
 
 
 class ShareGroupHeartbeatResponse(_Message):

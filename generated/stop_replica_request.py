@@ -43,7 +43,7 @@ _S_iiq = _Packer(">iiq")
 _S_iiqz = _Packer(">iiq?")
 _S_iiz = _Packer(">ii?")
 _S_iziq = _Packer(">i?iq")
-_A_i = _small_arrays("i")
+_A_i = _small_arrays("i", 32)
 
 
 class StopReplicaRequest(_Message):

@@ -52,7 +52,7 @@ _S_ii = _Packer(">ii")
 _S_iiii = _Packer(">iiii")
 _S_iiq = _Packer(">iiq")
 _S_iziq = _Packer(">i?iq")
-_A_i = _small_arrays("i")
+_A_i = _small_arrays("i", 32)
 
 
 class UpdateMetadataRequest(_Message):

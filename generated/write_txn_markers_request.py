@@ -38,7 +38,7 @@ _new = object.__new__
 _S_h = _Packer(">h")
 _S_i = _Packer(">i")
 _S_qhz = _Packer(">qh?")
-_A_i = _small_arrays("i")
+_A_i = _small_arrays("i", 32)
 
 
 class WriteTxnMarkersRequest(_Message):

@@ -229,16 +229,15 @@ def as_chunk(value: object) -> Buffer:
 
 
 _array_structs: dict[tuple[str, int], struct.Struct] = {}
-_small_arrays: dict[str, tuple[struct.Struct, ...]] = {}
-SMALL_ARRAY = 32
+_small_arrays: dict[tuple[str, int], tuple[struct.Struct, ...]] = {}
 
 
-def small_arrays(code: str) -> tuple[struct.Struct, ...]:
-    """Precompiled ``Struct`` objects for 0..31 values of one fixed type, indexed by count."""
-    table = _small_arrays.get(code)
+def small_arrays(code: str, size: int) -> tuple[struct.Struct, ...]:
+    """Precompiled ``Struct`` objects for 0..size-1 values of one fixed type, by count."""
+    table = _small_arrays.get((code, size))
     if table is None:
-        table = tuple(struct.Struct(f">{i}{code}") for i in range(SMALL_ARRAY))
-        _small_arrays[code] = table
+        table = tuple(struct.Struct(f">{i}{code}") for i in range(size))
+        _small_arrays[code, size] = table
     return table
 
 
