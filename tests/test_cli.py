@@ -1,5 +1,5 @@
 """The ``kafscale`` command: ``proto decode`` / ``encode`` / ``list``, in-process and as a
-real process, and the examples of docs/inspector.md run exactly as printed."""
+real process, and the examples of docs/inspector.md and README.md run exactly as printed."""
 
 from __future__ import annotations
 
@@ -442,9 +442,9 @@ def test_list_into_a_closed_pipe() -> None:
 # --- docs/inspector.md -------------------------------------------------------------------------
 
 
-def _console_examples() -> list[tuple[str, str]]:
-    """(command, expected output) of each ``$ `` line in the console blocks of the doc."""
-    text = (REPO / "docs" / "inspector.md").read_text()
+def _console_examples(doc: str) -> list[tuple[str, str]]:
+    """(command, expected output) of each ``$ `` line in the console blocks of ``doc``."""
+    text = (REPO / doc).read_text()
     examples = []
     for block in re.findall(r"```console\n(.*?)```", text, flags=re.S):
         command: str | None = None
@@ -461,11 +461,12 @@ def _console_examples() -> list[tuple[str, str]]:
     return examples
 
 
-def test_docs_examples_work_as_printed() -> None:
+@pytest.mark.parametrize(("doc", "at_least"), [("docs/inspector.md", 4), ("README.md", 1)])
+def test_docs_examples_work_as_printed(doc: str, at_least: int) -> None:
     if shutil.which("kafscale", path=_env()["PATH"]) is None:
         pytest.skip("the kafscale console script is not installed (pip install -e .)")
-    examples = _console_examples()
-    assert len(examples) >= 4
+    examples = _console_examples(doc)
+    assert len(examples) >= at_least
     for command, expected in examples:
         result = subprocess.run(
             ["bash", "-c", command],
