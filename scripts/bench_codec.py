@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import gc
 import importlib
 import io
@@ -31,7 +32,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
@@ -175,33 +176,13 @@ def build_scenarios() -> list[Scenario]:
     fetch_topic_id = uuid.UUID(int=rng.getrandbits(128) | 1)
 
     scenarios = [Scenario(METADATA, 12, f"100 topics {TIMES} 12 partitions", metadata_spec)]
-    for size, size_label in ((MIB, "1 MiB"), (64 * KIB, "64 KiB")):
-        scenarios.append(
-            Scenario(
-                PRODUCE,
-                9,
-                f"10 partitions {TIMES} {size_label}",
-                ProduceSpec(
-                    topic="topic-000",
-                    acks=-1,
-                    timeout_ms=30_000,
-                    records=_random_buffers(rng, 10, size),
-                ),
-            )
-        )
-    for size, size_label in ((MIB, "1 MiB"), (64 * KIB, "64 KiB")):
-        scenarios.append(
-            Scenario(
-                FETCH,
-                13,
-                f"10 partitions {TIMES} {size_label}",
-                FetchSpec(
-                    topic_id=fetch_topic_id,
-                    high_watermark=1_000_000,
-                    records=_random_buffers(rng, 10, size),
-                ),
-            )
-        )
+    produce = functools.partial(ProduceSpec, topic="topic-000", acks=-1, timeout_ms=30_000)
+    fetch = functools.partial(FetchSpec, topic_id=fetch_topic_id, high_watermark=1_000_000)
+    for message, version, make_spec in ((PRODUCE, 9, produce), (FETCH, 13, fetch)):
+        for size, size_label in ((MIB, "1 MiB"), (64 * KIB, "64 KiB")):
+            records = _random_buffers(rng, 10, size)
+            detail = f"10 partitions {TIMES} {size_label}"
+            scenarios.append(Scenario(message, version, detail, make_spec(records=records)))
     scenarios.append(
         Scenario(
             API_VERSIONS,
@@ -261,100 +242,133 @@ class Library(ABC):
         return self.decoded(self.decode_call(scenario, data)())
 
 
+def build_from_schema(
+    scenario: Scenario,
+    struct: Callable[..., Any],
+    extra_fields: dict[str, dict[str, Any]],
+) -> Any:
+    """Build the scenario's message with a library whose classes follow Kafka's JSON schemas.
+
+    Ours and kafka-python share the schemas' field names and nesting, so one builder
+    serves both. ``struct(scenario, *path)`` returns the class of the struct at ``path``
+    below the message (``()``: the message itself); ``extra_fields`` adds the fields a
+    library spells its own way, per struct name.
+    """
+
+    def new(*path: str, **fields: Any) -> Any:
+        extra = extra_fields.get(path[-1], {}) if path else {}
+        return struct(scenario, *path)(**fields, **extra)
+
+    spec = scenario.spec
+    if isinstance(spec, MetadataSpec):
+        topic = "MetadataResponseTopic"
+        return new(
+            throttle_time_ms=0,
+            brokers=[
+                new(
+                    "MetadataResponseBroker",
+                    node_id=b.node_id,
+                    host=b.host,
+                    port=b.port,
+                    rack=b.rack,
+                )
+                for b in spec.brokers
+            ],
+            cluster_id=spec.cluster_id,
+            controller_id=spec.controller_id,
+            topics=[
+                new(
+                    topic,
+                    error_code=0,
+                    name=t.name,
+                    topic_id=t.topic_id,
+                    is_internal=False,
+                    partitions=[
+                        new(
+                            topic,
+                            "MetadataResponsePartition",
+                            error_code=0,
+                            partition_index=p.index,
+                            leader_id=p.leader_id,
+                            leader_epoch=p.leader_epoch,
+                            replica_nodes=list(p.replicas),
+                            isr_nodes=list(p.isr),
+                            offline_replicas=[],
+                        )
+                        for p in t.partitions
+                    ],
+                )
+                for t in spec.topics
+            ],
+        )
+    if isinstance(spec, ProduceSpec):
+        topic = "TopicProduceData"
+        return new(
+            transactional_id=None,
+            acks=spec.acks,
+            timeout_ms=spec.timeout_ms,
+            topic_data=[
+                new(
+                    topic,
+                    name=spec.topic,
+                    partition_data=[
+                        new(topic, "PartitionProduceData", index=i, records=records)
+                        for i, records in enumerate(spec.records)
+                    ],
+                )
+            ],
+        )
+    if isinstance(spec, FetchSpec):
+        topic = "FetchableTopicResponse"
+        return new(
+            throttle_time_ms=0,
+            error_code=0,
+            session_id=0,
+            responses=[
+                new(
+                    topic,
+                    topic_id=spec.topic_id,
+                    partitions=[
+                        new(
+                            topic,
+                            "PartitionData",
+                            partition_index=i,
+                            error_code=0,
+                            high_watermark=spec.high_watermark,
+                            last_stable_offset=spec.high_watermark,
+                            log_start_offset=0,
+                            aborted_transactions=None,
+                            preferred_read_replica=-1,
+                            records=records,
+                        )
+                        for i, records in enumerate(spec.records)
+                    ],
+                )
+            ],
+        )
+    return new(
+        client_software_name=spec.client_software_name,
+        client_software_version=spec.client_software_version,
+    )
+
+
 class KafScale(Library):
     """Our generated codecs (``generated.<snake_case message name>``)."""
 
     name = KAFSCALE
+    EXTRA_FIELDS: ClassVar[dict[str, dict[str, Any]]] = {
+        "MetadataResponseTopic": {"topic_authorized_operations": -(2**31)},
+    }
 
     def __init__(self, modules: dict[str, ModuleType]) -> None:
         self._modules = modules
 
-    def _cls(self, scenario: Scenario, name: str) -> Any:
-        return getattr(self._modules[scenario.message], name)
+    def _struct(self, scenario: Scenario, *path: str) -> Any:
+        # Every struct is a top-level class of the message's module.
+        return getattr(self._modules[scenario.message], path[-1] if path else scenario.message)
 
     def build(self, scenario: Scenario) -> Any:
-        spec = scenario.spec
-        cls = self._cls
-        if isinstance(spec, MetadataSpec):
-            broker = cls(scenario, "MetadataResponseBroker")
-            topic = cls(scenario, "MetadataResponseTopic")
-            partition = cls(scenario, "MetadataResponsePartition")
-            return cls(scenario, "MetadataResponse")(
-                throttle_time_ms=0,
-                brokers=[
-                    broker(node_id=b.node_id, host=b.host, port=b.port, rack=b.rack)
-                    for b in spec.brokers
-                ],
-                cluster_id=spec.cluster_id,
-                controller_id=spec.controller_id,
-                topics=[
-                    topic(
-                        error_code=0,
-                        name=t.name,
-                        topic_id=t.topic_id,
-                        is_internal=False,
-                        partitions=[
-                            partition(
-                                error_code=0,
-                                partition_index=p.index,
-                                leader_id=p.leader_id,
-                                leader_epoch=p.leader_epoch,
-                                replica_nodes=list(p.replicas),
-                                isr_nodes=list(p.isr),
-                                offline_replicas=[],
-                            )
-                            for p in t.partitions
-                        ],
-                        topic_authorized_operations=-(2**31),
-                    )
-                    for t in spec.topics
-                ],
-            )
-        if isinstance(spec, ProduceSpec):
-            partition = cls(scenario, "PartitionProduceData")
-            return cls(scenario, "ProduceRequest")(
-                transactional_id=None,
-                acks=spec.acks,
-                timeout_ms=spec.timeout_ms,
-                topic_data=[
-                    cls(scenario, "TopicProduceData")(
-                        name=spec.topic,
-                        partition_data=[
-                            partition(index=i, records=records)
-                            for i, records in enumerate(spec.records)
-                        ],
-                    )
-                ],
-            )
-        if isinstance(spec, FetchSpec):
-            partition = cls(scenario, "PartitionData")
-            return cls(scenario, "FetchResponse")(
-                throttle_time_ms=0,
-                error_code=0,
-                session_id=0,
-                responses=[
-                    cls(scenario, "FetchableTopicResponse")(
-                        topic_id=spec.topic_id,
-                        partitions=[
-                            partition(
-                                partition_index=i,
-                                error_code=0,
-                                high_watermark=spec.high_watermark,
-                                last_stable_offset=spec.high_watermark,
-                                log_start_offset=0,
-                                aborted_transactions=None,
-                                preferred_read_replica=-1,
-                                records=records,
-                            )
-                            for i, records in enumerate(spec.records)
-                        ],
-                    )
-                ],
-            )
-        return cls(scenario, "ApiVersionsRequest")(
-            client_software_name=spec.client_software_name,
-            client_software_version=spec.client_software_version,
-        )
+        return build_from_schema(scenario, self._struct, self.EXTRA_FIELDS)
 
     def encode_call(self, scenario: Scenario, obj: Any) -> Call:
         return Call(obj.encode, (scenario.version,))
@@ -363,7 +377,7 @@ class KafScale(Library):
         return Call(obj.encode_chunks, (scenario.version,))
 
     def decode_call(self, scenario: Scenario, data: bytes) -> Call:
-        return Call(self._cls(scenario, scenario.message).decode, (data, scenario.version))
+        return Call(self._struct(scenario).decode, (data, scenario.version))
 
     @staticmethod
     def records_of(scenario: Scenario, obj: Any) -> list[Any]:
@@ -382,6 +396,11 @@ class KafkaPython(Library):
     """
 
     name = KAFKA_PYTHON
+    EXTRA_FIELDS: ClassVar[dict[str, dict[str, Any]]] = {
+        # kafka-python models TopicAuthorizedOperations as a set of bit numbers; None is
+        # the spec default -2147483648 (only bit 31).
+        "MetadataResponseTopic": {"authorized_operations": None},
+    }
 
     @staticmethod
     def _message_class(message: str) -> Any:
@@ -397,97 +416,17 @@ class KafkaPython(Library):
         }
         return classes[message]
 
-    def build(self, scenario: Scenario) -> Any:
+    def _struct(self, scenario: Scenario, *path: str) -> Any:
         msg_cls = self._message_class(scenario.message)
+        if path:
+            return functools.reduce(getattr, path, msg_cls)
         lo, hi = msg_cls.valid_versions
         if not lo <= scenario.version <= hi:
             raise UnsupportedMessage(f"{scenario.message} supports versions {lo}-{hi} only")
-        versioned = msg_cls[scenario.version]
-        spec = scenario.spec
-        if isinstance(spec, MetadataSpec):
-            broker = msg_cls.MetadataResponseBroker
-            topic = msg_cls.MetadataResponseTopic
-            partition = topic.MetadataResponsePartition
-            return versioned(
-                throttle_time_ms=0,
-                brokers=[
-                    broker(node_id=b.node_id, host=b.host, port=b.port, rack=b.rack)
-                    for b in spec.brokers
-                ],
-                cluster_id=spec.cluster_id,
-                controller_id=spec.controller_id,
-                topics=[
-                    topic(
-                        error_code=0,
-                        name=t.name,
-                        topic_id=t.topic_id,
-                        is_internal=False,
-                        partitions=[
-                            partition(
-                                error_code=0,
-                                partition_index=p.index,
-                                leader_id=p.leader_id,
-                                leader_epoch=p.leader_epoch,
-                                replica_nodes=list(p.replicas),
-                                isr_nodes=list(p.isr),
-                                offline_replicas=[],
-                            )
-                            for p in t.partitions
-                        ],
-                        # kafka-python models TopicAuthorizedOperations as a set of bit
-                        # numbers; None is the spec default -2147483648 (only bit 31).
-                        authorized_operations=None,
-                    )
-                    for t in spec.topics
-                ],
-            )
-        if isinstance(spec, ProduceSpec):
-            topic = msg_cls.TopicProduceData
-            partition = topic.PartitionProduceData
-            return versioned(
-                transactional_id=None,
-                acks=spec.acks,
-                timeout_ms=spec.timeout_ms,
-                topic_data=[
-                    topic(
-                        name=spec.topic,
-                        partition_data=[
-                            partition(index=i, records=records)
-                            for i, records in enumerate(spec.records)
-                        ],
-                    )
-                ],
-            )
-        if isinstance(spec, FetchSpec):
-            topic = msg_cls.FetchableTopicResponse
-            partition = topic.PartitionData
-            return versioned(
-                throttle_time_ms=0,
-                error_code=0,
-                session_id=0,
-                responses=[
-                    topic(
-                        topic_id=spec.topic_id,
-                        partitions=[
-                            partition(
-                                partition_index=i,
-                                error_code=0,
-                                high_watermark=spec.high_watermark,
-                                last_stable_offset=spec.high_watermark,
-                                log_start_offset=0,
-                                aborted_transactions=None,
-                                preferred_read_replica=-1,
-                                records=records,
-                            )
-                            for i, records in enumerate(spec.records)
-                        ],
-                    )
-                ],
-            )
-        return versioned(
-            client_software_name=spec.client_software_name,
-            client_software_version=spec.client_software_version,
-        )
+        return msg_cls[scenario.version]
+
+    def build(self, scenario: Scenario) -> Any:
+        return build_from_schema(scenario, self._struct, self.EXTRA_FIELDS)
 
     def encode_call(self, scenario: Scenario, obj: Any) -> Call:
         # The version is bound to the object (built via Message[version], or set by
@@ -1059,12 +998,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.quick
         else Settings(min_time_s=0.5, repeats=7, warmup_s=0.1)
     )
-    if args.repeats is not None or args.min_time is not None:
-        settings = Settings(
-            min_time_s=settings.min_time_s if args.min_time is None else args.min_time,
-            repeats=settings.repeats if args.repeats is None else args.repeats,
-            warmup_s=settings.warmup_s,
-        )
+    if args.repeats is not None:
+        settings = replace(settings, repeats=args.repeats)
+    if args.min_time is not None:
+        settings = replace(settings, min_time_s=args.min_time)
     if settings.repeats < 1 or settings.min_time_s <= 0:
         print("error: --repeats must be ≥ 1 and --min-time > 0", file=sys.stderr)
         return 2
