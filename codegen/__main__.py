@@ -6,6 +6,10 @@
 PATH is a directory of Kafka JSON definitions or a kafka-clients jar (default:
 ``$KAFSCALE_KAFKA_SPECS``, else the release pinned in ``protocol_specs/kafka-specs.lock.json``).
 Writing into the repository's ``generated/`` also rewrites the lock file.
+
+A directory under ``protocol_specs/`` holds KafScale's own definitions in Kafka's format (e.g.
+``protocol_specs/storage`` -> ``generated/storage``): the lock file does not cover them, and
+they get no API table.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from pathlib import Path
 
 from codegen.diff import diff_messages
 from codegen.model import SpecError
-from codegen.render import render_all
+from codegen.render import KAFKA, KAFSCALE, render_all
 from codegen.specs import (
     REPO_ROOT,
     SPECS_DIR,
     default_specs_path,
+    is_own_specs,
     load_lock,
     load_messages,
     read_spec_files,
@@ -37,6 +42,11 @@ def release_name(path: Path) -> str:
     """``3.9.1`` for ``.../3.9.1`` or ``kafka-clients-3.9.1.jar``."""
     m = re.fullmatch(r"kafka-clients-(.+)\.jar", path.name)
     return m.group(1) if m else path.name
+
+
+def own_release(path: Path) -> str:
+    """How generated files name our own definitions: their folder, ``protocol_specs/storage``."""
+    return path.resolve().relative_to(REPO_ROOT).as_posix()
 
 
 def resolve_release(path: Path) -> Path:
@@ -70,8 +80,17 @@ def check_lock(path: Path) -> list[str]:
 
 
 def generate(specs: Path, out: Path, check: bool) -> int:
+    own = is_own_specs(specs)
+    if own and out.resolve() == GENERATED.resolve():
+        # It would delete every Kafka module there and pin a "release" named after the folder.
+        raise SpecError(f"{specs}: our own definitions go to a subpackage, e.g. --out generated/x")
     messages = load_messages(specs)
-    files = render_all(messages, release_name(specs), strict=out.resolve() == GENERATED.resolve())
+    files = render_all(
+        messages,
+        own_release(specs) if own else release_name(specs),
+        strict=out.resolve() == GENERATED.resolve(),
+        vendor=KAFSCALE if own else KAFKA,
+    )
     if check:
         problems = check_lock(specs) if out.resolve() == GENERATED.resolve() else []
         existing = {p.name for p in out.glob("*.py")} if out.is_dir() else set()

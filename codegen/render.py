@@ -29,6 +29,11 @@ from codegen.specs import load_broker_apis
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
+KAFKA = "Kafka"
+"""Vendor of definitions that come from a Kafka release (the default)."""
+KAFSCALE = "KafScale"
+"""Vendor of KafScale's own definitions (``protocol_specs/storage``): no API table, our license."""
+
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(TEMPLATES)),
     keep_trailing_newline=True,
@@ -134,7 +139,7 @@ def _spec(f: Field) -> str:
     )
 
 
-def _class(msg: Message, s: Struct, root: bool) -> dict[str, Any]:
+def _class(msg: Message, s: Struct, root: bool, vendor: str) -> dict[str, Any]:
     fields = []
     for f in s.fields:
         ann = annotation(f)
@@ -156,7 +161,7 @@ def _class(msg: Message, s: Struct, root: bool) -> dict[str, Any]:
         )
     if root:
         history = "\n".join(msg.history)
-        about = f"Kafka {msg.name} ({msg.kind}"
+        about = f"{vendor} {msg.name} ({msg.kind}"
         if msg.api_key is not None:
             about += f", API key {msg.api_key}"
         about += f"), versions {msg.valid}, flexible {msg.flexible}."
@@ -232,7 +237,7 @@ def _dedupe(
     return names, fns
 
 
-def render_message(msg: Message, release: str) -> str:
+def render_message(msg: Message, release: str, vendor: str = KAFKA) -> str:
     state = ModuleState()
     read_names: dict[tuple[str, int], str] = {}
     tag_names: dict[tuple[str, int], str] = {}
@@ -277,21 +282,22 @@ def render_message(msg: Message, release: str) -> str:
     roots = [read_names[(msg.root.name, v)] for v in msg.versions()]
     roots += [write_names[(msg.root.name, v)] for v in msg.versions()]
     functions = _reachable(functions, roots)
-    classes = [_class(msg, s, s is msg.root) for s in msg.structs]
+    classes = [_class(msg, s, s is msg.root, vendor) for s in msg.structs]
     tag_sets = [
         (s.name, "{" + ", ".join(map(str, s.known_tags)) + "}" if s.known_tags else "")
         for s in msg.structs
         if s.used_versions and v_flexible(msg, s)
     ]
     module_doc = docstring(
-        f"{msg.name}: Kafka {msg.kind} message"
+        f"{msg.name}: {vendor} {msg.kind} message"
         + (f", API key {msg.api_key}" if msg.api_key is not None else "")
-        + f".\n\nGenerated from {msg.source} of Kafka {release}.",
+        + f".\n\nGenerated from {msg.source} of {vendor} {release}.",
         indent="",
     )
     text = _ENV.get_template("message.py.j2").render(
         msg=msg,
         release=release,
+        vendor=vendor,
         module_doc=module_doc,
         imports="{{IMPORTS}}",
         formats=sorted(state.formats.items()),
@@ -378,11 +384,22 @@ def _format_item(item: tuple[str, str]) -> tuple[str, str]:
 
 
 def render_all(
-    messages: list[Message], release: str, strict: bool = True, jobs: int | None = None
+    messages: list[Message],
+    release: str,
+    strict: bool = True,
+    jobs: int | None = None,
+    vendor: str = KAFKA,
 ) -> dict[str, str]:
-    """Every output file (name -> formatted source); ``strict``: see ``load_broker_apis``."""
-    raw = {f"{m.module}.py": render_message(m, release) for m in messages}
-    raw["registry.py"] = render_registry(messages, release, strict)
-    raw["__init__.py"] = _ENV.get_template("init.py.j2").render(release=release)
+    """Every output file (name -> formatted source); ``strict``: see ``load_broker_apis``.
+
+    ``vendor`` :data:`KAFSCALE` marks our own definitions (``release`` is then their directory):
+    the files say so, and the package gets its own ``__init__``. ``registry.py`` (the API table)
+    is written only when the definitions contain requests and responses.
+    """
+    raw = {f"{m.module}.py": render_message(m, release, vendor) for m in messages}
+    if any(m.api_key is not None for m in messages):
+        raw["registry.py"] = render_registry(messages, release, strict)
+    init = "init.py.j2" if vendor == KAFKA else "own_init.py.j2"
+    raw["__init__.py"] = _ENV.get_template(init).render(release=release, messages=messages)
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         return dict(pool.map(_format_item, sorted(raw.items()), chunksize=8))

@@ -180,6 +180,11 @@ def load_messages(path: str | os.PathLike[str]) -> list[Message]:
     return sorted((parse_spec(f) for f in read_spec_files(path)), key=lambda m: m.name)
 
 
+def is_own_specs(path: str | os.PathLike[str]) -> bool:
+    """True for KafScale's own definitions: a directory under ``protocol_specs/``."""
+    return Path(path).resolve().is_relative_to(SPECS_DIR)
+
+
 def default_specs_path() -> Path:
     """``$KAFSCALE_KAFKA_SPECS``, else the pinned release next to the repository."""
     env = os.environ.get(ENV_SPECS)

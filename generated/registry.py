@@ -1412,7 +1412,12 @@ APIS: dict[int, ApiSpec] = {
 APIS_BY_NAME: dict[str, ApiSpec] = {api.name: api for api in APIS.values()}
 
 BROKER_APIS: dict[int, tuple[int, int]] = {
+    0: (3, 11),  # Produce
+    1: (4, 16),  # Fetch
+    2: (1, 8),  # ListOffsets
+    3: (0, 12),  # Metadata
     18: (0, 4),  # ApiVersions
+    19: (2, 7),  # CreateTopics
 }
 """API key -> versions the KafScale broker serves (from protocol_specs/broker-apis.yaml)."""
 

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from generated import registry
 from generated.registry import ApiSpec
+from kafscale.broker.main import add_serve
 from kafscale.protocol.errors import ProtocolError
 from kafscale.protocol.message import Message
 
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_proto(commands)
+    add_serve(commands)
     return parser
 
 

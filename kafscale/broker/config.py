@@ -1,0 +1,174 @@
+"""Broker settings: command-line options, ``KAFSCALE_*`` environment variables, a YAML file.
+
+Precedence: command line > environment > ``--config`` file > defaults. Kafka-named settings
+keep Kafka's names in the YAML file and environment (``message.max.bytes`` is
+``KAFSCALE_MESSAGE_MAX_BYTES``) so users find what they know.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class BrokerConfig:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 9092
+    advertised_host: str = ""
+    """Host clients are told to connect to (Metadata); empty: the listen host."""
+    advertised_port: int = 0
+    """Port clients are told (0: the listen port, or the bound port when listening on 0)."""
+    data_dir: Path = Path("./kafscale-data")
+    broker_id: int = 0
+    namespace: str = "kafscale"
+    cluster_id: str = "kafscale-local-cluster"
+    segment_bytes: int = 64 * 1024 * 1024
+    """segment.bytes: the largest segment object one flush writes per partition."""
+    flush_interval_ms: int = 50
+    """How long produced data may wait before the flusher uploads and commits it."""
+    flush_bytes: int = 4 * 1024 * 1024
+    """Flush early once this many bytes wait, across all partitions."""
+    auto_create_topics_enable: bool = True
+    num_partitions: int = 1
+    default_replication_factor: int = 1
+    message_max_bytes: int = 1048588
+    socket_request_max_bytes: int = 104857600
+    retention_ms: int = 604800000
+    retention_bytes: int = -1
+    fetch_max_bytes: int = 55 * 1024 * 1024
+    """Server-side cap on one Fetch response, whatever the request asks for."""
+    in_flight_bytes: int = 256 * 1024 * 1024
+    """Global budget of request bytes being processed; sockets stop being read when full."""
+    idle_timeout_ms: int = 600000
+    """connections.max.idle.ms."""
+    segment_cache_bytes: int = 256 * 1024 * 1024
+    index_interval_bytes: int = 4096
+    log_level: str = "INFO"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def advertised(self) -> tuple[str, int]:
+        return (self.advertised_host or self.listen_host, self.advertised_port or self.listen_port)
+
+
+# Option name (as in YAML/Kafka) -> dataclass field. The environment variable is
+# KAFSCALE_ + the name upper-cased with '.' and '-' as '_'.
+_OPTIONS: dict[str, str] = {
+    "listen-host": "listen_host",
+    "listen-port": "listen_port",
+    "advertised-host": "advertised_host",
+    "advertised-port": "advertised_port",
+    "data-dir": "data_dir",
+    "broker-id": "broker_id",
+    "namespace": "namespace",
+    "cluster-id": "cluster_id",
+    "segment.bytes": "segment_bytes",
+    "flush.interval.ms": "flush_interval_ms",
+    "flush.bytes": "flush_bytes",
+    "auto.create.topics.enable": "auto_create_topics_enable",
+    "num.partitions": "num_partitions",
+    "default.replication.factor": "default_replication_factor",
+    "message.max.bytes": "message_max_bytes",
+    "socket.request.max.bytes": "socket_request_max_bytes",
+    "retention.ms": "retention_ms",
+    "retention.bytes": "retention_bytes",
+    "fetch.max.bytes": "fetch_max_bytes",
+    "in-flight-bytes": "in_flight_bytes",
+    "connections.max.idle.ms": "idle_timeout_ms",
+    "segment-cache-bytes": "segment_cache_bytes",
+    "index.interval.bytes": "index_interval_bytes",
+    "log-level": "log_level",
+}
+
+
+def env_name(option: str) -> str:
+    return "KAFSCALE_" + option.upper().replace(".", "_").replace("-", "_")
+
+
+def _convert(name: str, value: Any) -> Any:
+    kind = {f.name: f.type for f in dataclasses.fields(BrokerConfig)}[name]
+    if kind in ("bool", bool):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return text in ("true", "1", "yes")
+    if kind in ("int", int):
+        return int(value)
+    if kind in ("Path", Path):
+        return Path(value)
+    return str(value)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``kafscale serve`` options (all default to None: unset means "not given")."""
+    parser.add_argument("--config", type=Path, help="YAML file of settings (Kafka names)")
+    parser.add_argument("--listen", help="host:port to listen on (default 127.0.0.1:9092)")
+    parser.add_argument("--advertised", help="host:port clients are told to connect to")
+    for option in _OPTIONS:
+        if option in ("listen-host", "listen-port", "advertised-host", "advertised-port"):
+            continue
+        parser.add_argument(
+            f"--{option}",
+            dest=_OPTIONS[option],
+            default=None,
+            help=f"{option} (env {env_name(option)})",
+        )
+
+
+def load(
+    args: argparse.Namespace | None = None, environ: dict[str, str] | None = None
+) -> BrokerConfig:
+    """Build the configuration; raises ValueError naming the bad setting."""
+    environ = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    config_file = getattr(args, "config", None) or environ.get("KAFSCALE_CONFIG")
+    if config_file:
+        data = yaml.safe_load(Path(config_file).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{config_file}: expected a mapping of settings")
+        for key, value in data.items():
+            if key in ("listen", "advertised"):
+                values.update(_host_port(key, str(value)))
+            elif key in _OPTIONS:
+                values[_OPTIONS[key]] = value
+            else:
+                raise ValueError(f"{config_file}: unknown setting {key!r}")
+    for option, name in _OPTIONS.items():
+        if env_name(option) in environ:
+            values[name] = environ[env_name(option)]
+    for key in ("listen", "advertised"):
+        if env_name(key) in environ:
+            values.update(_host_port(key, environ[env_name(key)]))
+    if args is not None:
+        for key in ("listen", "advertised"):
+            if getattr(args, key, None):
+                values.update(_host_port(key, getattr(args, key)))
+        for name in _OPTIONS.values():
+            if getattr(args, name, None) is not None:
+                values[name] = getattr(args, name)
+    config = BrokerConfig()
+    for name, value in values.items():
+        try:
+            setattr(config, name, _convert(name, value))
+        except ValueError as e:
+            raise ValueError(f"setting {name}: {e}") from None
+    return config
+
+
+def _host_port(key: str, text: str) -> dict[str, Any]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{key}: expected host:port, got {text!r}")
+    return {
+        f"{key}_host" if key == "listen" else "advertised_host": host,
+        f"{key}_port" if key == "listen" else "advertised_port": int(port),
+    }

@@ -1,0 +1,46 @@
+"""One module per Kafka API. Each has a header comment with the versions served and the
+behaviour notes that matter, and an ``async def handle(ctx, request) -> response | None``.
+
+The served version ranges live in ``protocol_specs/broker-apis.yaml`` (generated into
+``generated.registry.BROKER_APIS``); this table only maps API keys to handler functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from generated.request_header import RequestHeader
+from kafscale.protocol.message import Message
+
+if TYPE_CHECKING:
+    from kafscale.broker.server import Broker
+
+
+@dataclass
+class RequestContext:
+    broker: Broker
+    header: RequestHeader
+    version: int
+
+
+Handler = Callable[[RequestContext, Any], Awaitable[Message | None]]
+
+from kafscale.broker.handlers import (  # noqa: E402 - the modules import RequestContext
+    api_versions,
+    create_topics,
+    fetch,
+    list_offsets,
+    metadata,
+    produce,
+)
+
+HANDLERS: dict[int, Handler] = {
+    18: api_versions.handle,
+    3: metadata.handle,
+    0: produce.handle,
+    1: fetch.handle,
+    2: list_offsets.handle,
+    19: create_topics.handle,
+}

@@ -1,0 +1,70 @@
+# CreateTopics (key 19), versions 2-7.
+# - NumPartitions -1 (v4+) takes num.partitions; ReplicationFactor must be -1 or 1 (one broker:
+#   anything else is INVALID_REPLICATION_FACTOR, 38); manual assignments must name this broker.
+# - Configs are validated (unknown -> INVALID_CONFIG, 40) and stored with the topic.
+# - ValidateOnly checks without creating. Existing topic -> TOPIC_ALREADY_EXISTS (36); bad
+#   name -> INVALID_TOPIC_EXCEPTION (17); bad count -> INVALID_PARTITIONS (37).
+# - v5+ returns the topic's partitions, replication factor and configs; v7 its topic id.
+from __future__ import annotations
+
+import logging
+
+from generated.create_topics_request import CreateTopicsRequest
+from generated.create_topics_response import (
+    CreatableTopicConfigs,
+    CreatableTopicResult,
+    CreateTopicsResponse,
+)
+from kafscale.broker.handlers import RequestContext
+from kafscale.broker.topics import TOPIC_CONFIG_DEFAULTS, TopicError
+
+log = logging.getLogger("kafscale.broker")
+
+
+async def handle(ctx: RequestContext, request: CreateTopicsRequest) -> CreateTopicsResponse:
+    broker = ctx.broker
+    results: list[CreatableTopicResult] = []
+    seen: set[str] = set()
+    for wanted in request.topics:
+        result = CreatableTopicResult(name=wanted.name, num_partitions=-1, replication_factor=-1)
+        results.append(result)
+        try:
+            if wanted.name in seen:
+                raise TopicError(42, f"topic {wanted.name!r} appears twice in the request")
+            seen.add(wanted.name)
+            partitions = wanted.num_partitions
+            if wanted.assignments:
+                if partitions != -1 or wanted.replication_factor != -1:
+                    raise TopicError(42, "give either assignments or partitions/replication")
+                if any(a.broker_ids != [broker.config.broker_id] for a in wanted.assignments):
+                    raise TopicError(39, "replicas must be exactly this broker")
+                partitions = len(wanted.assignments)
+            elif wanted.replication_factor not in (-1, 1):
+                raise TopicError(
+                    38, f"replication factor {wanted.replication_factor}: this cluster has 1 broker"
+                )
+            if partitions == -1:
+                partitions = broker.config.num_partitions
+            configs = {c.name: c.value for c in wanted.configs if c.value is not None}
+            topic = await broker.topics.create(
+                wanted.name, partitions, configs, request.validate_only
+            )
+        except TopicError as e:
+            result.error_code, result.error_message = e.code, e.message
+            continue
+        if not request.validate_only:
+            log.info("created topic %s (%d partitions)", topic.name, topic.partitions)
+        result.topic_id = topic.id
+        result.num_partitions = topic.partitions
+        result.replication_factor = 1
+        result.configs = [
+            CreatableTopicConfigs(
+                name=name,
+                value=topic.configs.get(name, default),
+                read_only=False,
+                config_source=1 if name in topic.configs else 5,
+                is_sensitive=False,
+            )
+            for name, default in sorted(TOPIC_CONFIG_DEFAULTS.items())
+        ]
+    return CreateTopicsResponse(throttle_time_ms=0, topics=results)

@@ -1,0 +1,46 @@
+# ListOffsets (key 2), versions 1-8.
+# - Timestamp -2: earliest (log start offset); -1: latest (high watermark); -3 (v7+): the
+#   offset of the batch with the largest timestamp; otherwise the first offset whose timestamp
+#   is >= the target (found through the segment index; -1 with timestamp -1 when none is).
+# - Unknown topic or partition -> UNKNOWN_TOPIC_OR_PARTITION (3). Leader epoch is 0 (one
+#   broker, never re-elected).
+from __future__ import annotations
+
+from generated.list_offsets_request import ListOffsetsRequest
+from generated.list_offsets_response import (
+    ListOffsetsPartitionResponse,
+    ListOffsetsResponse,
+    ListOffsetsTopicResponse,
+)
+from kafscale.broker.handlers import RequestContext
+
+EARLIEST, LATEST, MAX_TIMESTAMP = -2, -1, -3
+
+
+async def handle(ctx: RequestContext, request: ListOffsetsRequest) -> ListOffsetsResponse:
+    broker = ctx.broker
+    topics: list[ListOffsetsTopicResponse] = []
+    for wanted in request.topics:
+        topic = broker.topics.get(wanted.name)
+        out = ListOffsetsTopicResponse(name=wanted.name)
+        topics.append(out)
+        for part in wanted.partitions:
+            resp = ListOffsetsPartitionResponse(partition_index=part.partition_index)
+            if ctx.version >= 4:  # not ignorable: it may only be set where it exists
+                resp.leader_epoch = 0
+            out.partitions.append(resp)
+            if topic is None or not 0 <= part.partition_index < topic.partitions:
+                resp.error_code = 3
+                continue
+            plog = await broker.logs.get(topic.name, part.partition_index)
+            if part.timestamp == EARLIEST:
+                resp.offset = plog.log_start
+            elif part.timestamp == LATEST:
+                resp.offset = plog.hw
+            elif part.timestamp == MAX_TIMESTAMP:
+                resp.timestamp, resp.offset = broker.logs.max_timestamp_offset(plog)
+            else:
+                found = await broker.logs.offset_for_timestamp(plog, part.timestamp)
+                if found is not None:
+                    resp.offset, resp.timestamp = found, part.timestamp
+    return ListOffsetsResponse(throttle_time_ms=0, topics=topics)

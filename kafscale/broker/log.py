@@ -1,0 +1,424 @@
+"""Partition logs: pending produce data, the group-commit flusher, and committed reads.
+
+Acked means durable. A produce request's batches wait in their partition's pending list; the
+flusher (one task for the broker, woken by a timer or by enough pending bytes) takes every
+partition's pending data, assigns offsets from the committed high watermark, uploads one
+segment object per partition concurrently, then commits the new high watermark and the segment
+entry in one compare-and-swap transaction per partition. Only then are the waiting requests
+answered. A failed upload or commit fails exactly the requests of that flush with a retriable
+error and commits nothing, so there is never an offset gap. Readers only see committed offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from generated.storage.segment_index import SegmentIndex
+from kafscale.broker.config import BrokerConfig
+from kafscale.broker.topics import Topics
+from kafscale.metadata import Compare, MetadataStore, Put
+from kafscale.protocol.records import BatchInfo, assign_offsets, parse_batches
+from kafscale.protocol.wire import Buffer
+from kafscale.storage import NotFound, ObjectStore
+from kafscale.storage.segment import (
+    HEADER_SIZE,
+    build_segment,
+    find_by_timestamp,
+    find_position,
+    index_key,
+    parse_index,
+    segment_key,
+)
+
+log = logging.getLogger("kafscale.log")
+
+KAFKA_STORAGE_ERROR = 56  # retriable: the client resends, nothing was committed
+NOT_LEADER_OR_FOLLOWER = 6
+OFFSET_OUT_OF_RANGE = 1
+
+_BATCH_PREFIX = 12  # base offset int64 + batch length int32
+
+
+class FlushError(Exception):
+    """The data of a produce request could not be made durable (retriable)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class SegmentMeta:
+    base: int
+    last: int
+    size: int
+    max_timestamp: int
+    key: str
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {"last": self.last, "size": self.size, "max_ts": self.max_timestamp, "key": self.key}
+        ).encode()
+
+
+@dataclass
+class _Pending:
+    data: bytes
+    batches: list[BatchInfo]
+    records: int
+    future: asyncio.Future[int]
+
+
+@dataclass
+class PartitionLog:
+    topic: str
+    partition: int
+    state_key: bytes
+    log_start: int = 0
+    hw: int = 0
+    """High watermark: the next offset; every offset below it is committed."""
+    revision: int = 0
+    """mod_revision of the state key we last read or wrote (the compare-and-swap guard)."""
+    segments: list[SegmentMeta] = field(default_factory=list)
+    pending: list[_Pending] = field(default_factory=list)
+    pending_bytes: int = 0
+
+    def segment_for(self, offset: int) -> SegmentMeta | None:
+        """The committed segment holding ``offset`` (or the first one after it)."""
+        i = bisect.bisect_right([s.base for s in self.segments], offset) - 1
+        if i >= 0 and self.segments[i].last >= offset:
+            return self.segments[i]
+        i = max(i + 1, 0)
+        return self.segments[i] if i < len(self.segments) else None
+
+
+class SegmentCache:
+    """Recently written or read segment objects, LRU by total bytes."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self.items: OrderedDict[str, bytes] = OrderedDict()
+
+    def get(self, key: str) -> bytes | None:
+        data = self.items.get(key)
+        if data is not None:
+            self.items.move_to_end(key)
+        return data
+
+    def put(self, key: str, data: bytes) -> None:
+        if len(data) > self.capacity:
+            return
+        old = self.items.pop(key, None)
+        if old is not None:
+            self.used -= len(old)
+        self.items[key] = data
+        self.used += len(data)
+        while self.used > self.capacity:
+            _, evicted = self.items.popitem(last=False)
+            self.used -= len(evicted)
+
+
+class LogManager:
+    """All partition logs of this broker, and the flusher that makes produce data durable."""
+
+    def __init__(
+        self, config: BrokerConfig, objects: ObjectStore, meta: MetadataStore, topics: Topics
+    ) -> None:
+        self.config = config
+        self.objects = objects
+        self.meta = meta
+        self.topics = topics
+        self.logs: dict[tuple[str, int], PartitionLog] = {}
+        self.cache = SegmentCache(config.segment_cache_bytes)
+        self.indexes: OrderedDict[str, bytes] = OrderedDict()
+        self.pending_bytes = 0
+        self._wake = asyncio.Event()
+        self._committed = asyncio.Condition()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
+        self._load_locks: dict[tuple[str, int], asyncio.Lock] = {}
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._flusher = asyncio.create_task(self._run_flusher(), name="kafscale-flusher")
+
+    async def close(self) -> None:
+        """Flush what is pending (its requests are answered), then stop the flusher."""
+        self._closing = True
+        self._wake.set()
+        if self._flusher is not None:
+            await self._flusher
+            self._flusher = None
+
+    # --- partition state -------------------------------------------------------------------
+
+    async def get(self, topic: str, partition: int) -> PartitionLog:
+        """The partition's log, loaded from the metadata store on first use."""
+        key = (topic, partition)
+        plog = self.logs.get(key)
+        if plog is not None:
+            return plog
+        lock = self._load_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            plog = self.logs.get(key)
+            if plog is None:
+                plog = await self._load(topic, partition)
+                self.logs[key] = plog
+        return plog
+
+    async def _load(self, topic: str, partition: int) -> PartitionLog:
+        state_key = self.topics.partition_key(topic, partition)
+        plog = PartitionLog(topic, partition, state_key)
+        kv = await self.meta.get(state_key)
+        if kv is not None:
+            state = json.loads(kv.value)
+            plog.log_start, plog.hw, plog.revision = (
+                state["log_start"],
+                state["hw"],
+                kv.mod_revision,
+            )
+        prefix = self.topics.segments_prefix(topic, partition)
+        for seg in await self.meta.range(prefix):
+            d = json.loads(seg.value)
+            base = int(seg.key[len(prefix) :])
+            plog.segments.append(SegmentMeta(base, d["last"], d["size"], d["max_ts"], d["key"]))
+        plog.segments.sort(key=lambda s: s.base)
+        return plog
+
+    def forget_topic(self, topic: str) -> None:
+        for key in [k for k in self.logs if k[0] == topic]:
+            plog = self.logs.pop(key)
+            for p in plog.pending:
+                if not p.future.done():
+                    p.future.set_exception(FlushError(3, f"topic {topic} was deleted"))
+
+    # --- produce ---------------------------------------------------------------------------
+
+    async def append(self, plog: PartitionLog, data: bytes, max_batch_bytes: int) -> int:
+        """Validate ``data`` (record batches), wait until it is durable, return its base offset.
+
+        Raises :class:`kafscale.protocol.records.RecordError` (with its Kafka error code) for
+        bad batches and :class:`FlushError` when the flush failed.
+        """
+        batches = parse_batches(data, max_batch_bytes, produce=True)
+        records = sum(b.last_offset_delta + 1 for b in batches)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        plog.pending.append(_Pending(data, batches, records, future))
+        plog.pending_bytes += len(data)
+        self.pending_bytes += len(data)
+        if self.pending_bytes >= self.config.flush_bytes:
+            self._wake.set()
+        return await future
+
+    async def _run_flusher(self) -> None:
+        interval = self.config.flush_interval_ms / 1000
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:  # the flusher must outlive any one failure
+                log.exception("flush failed")
+            if self._closing and not self.pending_bytes:
+                return
+
+    async def flush(self) -> None:
+        """Make every partition's pending data durable, concurrently; wake fetchers."""
+        work = [plog for plog in self.logs.values() if plog.pending]
+        if not work:
+            return
+        results = await asyncio.gather(*(self._flush_partition(p) for p in work))
+        if any(results):
+            async with self._committed:
+                self._committed.notify_all()
+
+    async def _flush_partition(self, plog: PartitionLog) -> bool:
+        entries, plog.pending = plog.pending, []
+        size = sum(len(e.data) for e in entries)
+        plog.pending_bytes -= size
+        self.pending_bytes -= size
+        first = plog.hw
+        chunks: list[Buffer] = []
+        batches: list[BatchInfo] = []
+        bases: list[int] = []
+        offset = first
+        for e in entries:
+            bases.append(offset)
+            assigned = assign_offsets(e.data, e.batches, offset, partition_leader_epoch=0)
+            chunks += assigned.chunks
+            batches += assigned.batches
+            offset = assigned.next_offset
+        try:
+            segment = build_segment(
+                first, chunks, batches, int(time.time() * 1000), self.config.index_interval_bytes
+            )
+            key = segment_key(self.config.namespace, plog.topic, plog.partition, first)
+            body = b"".join(segment.chunks)
+            # Both objects before the commit: a crash in between leaves orphans that are never
+            # served (nothing points at them), not a gap.
+            await asyncio.gather(
+                self.objects.put(key, body),
+                self.objects.put(
+                    index_key(self.config.namespace, plog.topic, plog.partition, first),
+                    segment.index,
+                ),
+            )
+            meta = SegmentMeta(first, segment.last_offset, segment.size, segment.max_timestamp, key)
+            state = json.dumps({"log_start": plog.log_start, "hw": offset}).encode()
+            seg_key = self.topics.segments_prefix(plog.topic, plog.partition) + (
+                f"{first:020d}".encode()
+            )
+            result = await self.meta.txn(
+                [Compare(plog.state_key, "mod_revision", "==", plog.revision)],
+                [Put(plog.state_key, state), Put(seg_key, meta.to_json())],
+            )
+            if not result.succeeded:
+                raise FlushError(
+                    NOT_LEADER_OR_FOLLOWER,
+                    f"{plog.topic}-{plog.partition}: partition state changed under us",
+                )
+        except Exception as error:
+            code = error.code if isinstance(error, FlushError) else KAFKA_STORAGE_ERROR
+            log.warning("flush of %s-%d failed: %s", plog.topic, plog.partition, error)
+            if code == NOT_LEADER_OR_FOLLOWER:
+                self.logs.pop((plog.topic, plog.partition), None)  # reload on next use
+            for e in entries:
+                if not e.future.done():
+                    e.future.set_exception(FlushError(code, str(error)))
+            return False
+        plog.revision = result.revision
+        plog.hw = offset
+        plog.segments.append(meta)
+        self.cache.put(key, body)
+        self._remember_index(key, segment.index)
+        for e, base in zip(entries, bases, strict=True):
+            if not e.future.done():
+                e.future.set_result(base)
+        return True
+
+    # --- fetch -----------------------------------------------------------------------------
+
+    async def wait_for_commit(self, timeout: float) -> None:
+        """Sleep until the next commit (or ``timeout`` seconds): long-poll fetches."""
+        async with self._committed:
+            try:
+                await asyncio.wait_for(self._committed.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def read(self, plog: PartitionLog, offset: int, max_bytes: int) -> bytes:
+        """Whole committed batches from ``offset`` on: at most ``max_bytes``, except that the
+        first batch is returned whole however large (KIP-74), so a consumer always progresses.
+        The caller has checked ``log_start <= offset <= hw``."""
+        if offset >= plog.hw:
+            return b""
+        seg = plog.segment_for(offset)
+        if seg is None:
+            return b""
+        data_end = seg.size - 16  # footer
+        cached = self.cache.get(seg.key)
+        if cached is not None:
+            start = await self._position(seg, offset)
+            return _whole_batches(cached, start, data_end, max_bytes, offset)
+        start = await self._position(seg, offset)
+        want = min(data_end, start + max(max_bytes, _BATCH_PREFIX))
+        chunk = await self.objects.get_range(seg.key, start, want)
+        out = _whole_batches(chunk, 0, len(chunk), max_bytes, offset)
+        if not out and len(chunk) >= _BATCH_PREFIX:  # first batch larger than max_bytes
+            first = int.from_bytes(chunk[8:12], "big", signed=True) + _BATCH_PREFIX
+            chunk = await self.objects.get_range(seg.key, start, min(data_end, start + first))
+            out = _whole_batches(chunk, 0, len(chunk), first, offset)
+        return out
+
+    async def _position(self, seg: SegmentMeta, offset: int) -> int:
+        index = await self._index(seg)
+        if index is None:
+            return HEADER_SIZE
+        return find_position(index, offset)
+
+    async def _index(self, seg: SegmentMeta) -> SegmentIndex | None:
+        raw = self.indexes.get(seg.key)
+        if raw is None:
+            try:
+                raw = await self.objects.get(seg.key.removesuffix(".kfs") + ".index")
+            except NotFound:
+                return None
+            self._remember_index(seg.key, raw)
+        return parse_index(raw)
+
+    def _remember_index(self, key: str, raw: bytes) -> None:
+        self.indexes[key] = raw
+        self.indexes.move_to_end(key)
+        while len(self.indexes) > 10000:
+            self.indexes.popitem(last=False)
+
+    async def offset_for_timestamp(self, plog: PartitionLog, timestamp: int) -> int | None:
+        """The first committed offset whose batch holds a timestamp >= ``timestamp``."""
+        for seg in plog.segments:
+            if seg.last < plog.log_start or seg.max_timestamp < timestamp:
+                continue
+            index = await self._index(seg)
+            found = find_by_timestamp(index, timestamp) if index is not None else seg.base
+            if found is not None:
+                return max(found, plog.log_start)
+        return None
+
+    def max_timestamp_offset(self, plog: PartitionLog) -> tuple[int, int]:
+        """(timestamp, offset) of the batch with the largest timestamp (ListOffsets -3)."""
+        best = (-1, -1)
+        for seg in plog.segments:
+            if seg.last >= plog.log_start and seg.max_timestamp > best[0]:
+                best = (seg.max_timestamp, seg.last)
+        return best
+
+    async def delete_records(self, plog: PartitionLog, before: int) -> int:
+        """Advance the log start offset (DeleteRecords); returns the new low watermark."""
+        new_start = plog.hw if before == -1 else before
+        if new_start > plog.hw or new_start < 0:
+            raise FlushError(OFFSET_OUT_OF_RANGE, f"offset {before} is beyond the high watermark")
+        if new_start <= plog.log_start:
+            return plog.log_start
+        state = json.dumps({"log_start": new_start, "hw": plog.hw}).encode()
+        result = await self.meta.txn(
+            [Compare(plog.state_key, "mod_revision", "==", plog.revision)],
+            [Put(plog.state_key, state)],
+        )
+        if not result.succeeded:
+            self.logs.pop((plog.topic, plog.partition), None)
+            raise FlushError(NOT_LEADER_OR_FOLLOWER, "partition state changed under us")
+        plog.revision = result.revision
+        plog.log_start = new_start
+        return new_start
+
+
+def _whole_batches(data: bytes, start: int, end: int, max_bytes: int, offset: int) -> bytes:
+    """The complete batches of ``data[start:end]`` that fit ``max_bytes`` (the first always),
+    skipping batches that end before ``offset``."""
+    pos = start
+    out_start = -1
+    while pos + _BATCH_PREFIX <= end:
+        base = int.from_bytes(data[pos : pos + 8], "big", signed=True)
+        size = int.from_bytes(data[pos + 8 : pos + 12], "big", signed=True) + _BATCH_PREFIX
+        if pos + size > end:
+            break
+        last = base + int.from_bytes(data[pos + 23 : pos + 27], "big", signed=True)
+        if last < offset:
+            pos += size
+            continue
+        if out_start < 0:
+            out_start = pos
+        elif pos + size - out_start > max_bytes:
+            break
+        pos += size
+    return bytes(data[out_start:pos]) if out_start >= 0 else b""

@@ -1,0 +1,51 @@
+"""``kafscale serve``: run a broker on the embedded default (local object store + sqlite)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Any
+
+from kafscale.broker import config as broker_config
+
+
+def add_serve(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run a broker (default: 127.0.0.1:9092, data in ./kafscale-data)",
+        description="Run a KafScale broker. With no options it uses the embedded default: a "
+        "local object store and a sqlite metadata store under --data-dir, so one broker is "
+        "durable with nothing else running. Every option also reads KAFSCALE_<NAME> from the "
+        "environment (e.g. KAFSCALE_MESSAGE_MAX_BYTES) and Kafka-named keys from --config.",
+    )
+    broker_config.add_arguments(serve)
+    serve.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from kafscale.metadata.sqlite import SqliteMetadataStore
+    from kafscale.storage.local import LocalObjectStore
+
+    from kafscale.broker.server import Broker
+    from kafscale.cli import CliError
+
+    try:
+        config = broker_config.load(args)
+    except (ValueError, OSError) as e:
+        raise CliError(str(e)) from None
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    objects = LocalObjectStore(config.data_dir / "objects")
+    meta = SqliteMetadataStore(config.data_dir / "metadata.sqlite3")
+    broker = Broker(config, objects, meta)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(broker.serve_forever())
+    else:
+        uvloop.run(broker.serve_forever())
+    return 0

@@ -1,0 +1,233 @@
+"""The asyncio server: connections, pipelined requests answered in order, limits.
+
+Per connection, a reader loop takes frames off the socket (size checked before anything is
+allocated) and starts a task per request, so a client's pipelined requests (up to 5 in flight
+for the Java client) are processed concurrently; a writer loop sends the responses in request
+order. A global budget on request bytes in flight stops reading sockets when full. A malformed
+request closes only its own connection, as Kafka does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import struct
+from typing import Any
+
+from generated.api_versions_response import ApiVersion, ApiVersionsResponse
+from generated.registry import BROKER_APIS
+from kafscale.broker.config import BrokerConfig
+from kafscale.broker.handlers import HANDLERS, RequestContext
+from kafscale.broker.log import LogManager
+from kafscale.broker.topics import Topics
+from kafscale.metadata import MetadataStore
+from kafscale.protocol import ProtocolError
+from kafscale.protocol.framing import Request, decode_request, encode_response
+from kafscale.protocol.wire import Buffer
+from kafscale.storage import ObjectStore
+
+log = logging.getLogger("kafscale.broker")
+
+_SIZE = struct.Struct(">i")
+MAX_PIPELINE = 64
+"""Requests one connection may have in flight before we stop reading it."""
+
+
+class ByteBudget:
+    """Bytes of requests being processed, across connections (back-pressure, not an error)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._freed = asyncio.Condition()
+
+    async def acquire(self, n: int) -> None:
+        n = min(n, self.capacity)  # one huge (but allowed) request may use the whole budget
+        async with self._freed:
+            await self._freed.wait_for(lambda: self.used + n <= self.capacity)
+            self.used += n
+
+    async def release(self, n: int) -> None:
+        n = min(n, self.capacity)
+        async with self._freed:
+            self.used -= n
+            self._freed.notify_all()
+
+
+class Broker:
+    """One KafScale broker: stores, topic table, logs, listener."""
+
+    def __init__(self, config: BrokerConfig, objects: ObjectStore, meta: MetadataStore) -> None:
+        self.config = config
+        self.objects = objects
+        self.meta = meta
+        self.topics = Topics(meta, config.namespace)
+        self.logs = LogManager(config, objects, meta, self.topics)
+        self.budget = ByteBudget(config.in_flight_bytes)
+        self.server: asyncio.Server | None = None
+        self.port = config.listen_port
+        self._connections: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.topics.load()
+        self.logs.start()
+        self.server = await asyncio.start_server(
+            self._connection, self.config.listen_host, self.config.listen_port, limit=2**16
+        )
+        self.port = self.server.sockets[0].getsockname()[1]
+        if not self.config.advertised_port:
+            self.config.advertised_port = self.port
+        log.info(
+            "listening on %s:%d (advertised %s:%d), data in %s",
+            self.config.listen_host,
+            self.port,
+            *self.config.advertised,
+            self.config.data_dir,
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting, flush what is pending, answer in-flight requests, close."""
+        if self.server is not None:
+            self.server.close()
+        self._stopping.set()
+        await self.logs.close()
+        if self._connections:
+            await asyncio.wait(self._connections, timeout=10)
+        await self.meta.close()
+        await self.objects.close()
+        log.info("stopped")
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        log.info("shutting down")
+        await self.stop()
+
+    # --- connections -----------------------------------------------------------------------
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        peer = writer.get_extra_info("peername")
+        responses: asyncio.Queue[asyncio.Task[list[Buffer] | None] | None] = asyncio.Queue(
+            MAX_PIPELINE
+        )
+        sender = asyncio.create_task(self._send(writer, responses))
+        try:
+            await self._read_requests(reader, responses, peer)
+        except (ProtocolError, asyncio.IncompleteReadError, ConnectionError, TimeoutError) as e:
+            if not isinstance(e, asyncio.IncompleteReadError) or e.partial:
+                log.info("closing connection from %s: %s", peer, e)
+        finally:
+            await responses.put(None)  # the sender finishes what was queued, then stops
+            with contextlib.suppress(Exception):
+                await sender
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            self._connections.discard(task)
+
+    async def _read_requests(
+        self,
+        reader: asyncio.StreamReader,
+        responses: asyncio.Queue[asyncio.Task[list[Buffer] | None] | None],
+        peer: Any,
+    ) -> None:
+        idle = self.config.idle_timeout_ms / 1000
+        limit = self.config.socket_request_max_bytes
+        while not self._stopping.is_set():
+            head = await asyncio.wait_for(reader.readexactly(4), idle)
+            size = _SIZE.unpack(head)[0]
+            if size < 0 or size > limit:
+                raise ProtocolError(f"request size {size} is outside 0..{limit}")
+            await self.budget.acquire(size)
+            try:
+                # A client that sends a frame one byte at a time cannot hold it open forever.
+                frame = await asyncio.wait_for(reader.readexactly(size), idle)
+            except BaseException:
+                await self.budget.release(size)
+                raise
+            request = decode_request(frame)  # ProtocolError closes the connection
+            if not is_served(request) and request.api.api_key != API_VERSIONS:
+                await self.budget.release(size)
+                # Kafka closes the connection on a request it does not serve.
+                raise ProtocolError(f"{request.api.name} v{request.version} is not served")
+            await responses.put(asyncio.create_task(self._handle(request, size)))
+
+    async def respond(self, frame: bytes) -> list[Buffer] | None:
+        """Answer one request frame (without its size prefix), as a connection would: the
+        response frame's chunks, or None when no response is sent (acks=0). Raises
+        :class:`ProtocolError` where the connection would be closed. For tests and tools."""
+        request = decode_request(frame)
+        if not is_served(request) and request.api.api_key != API_VERSIONS:
+            raise ProtocolError(f"{request.api.name} v{request.version} is not served")
+        return await self._dispatch(request)
+
+    async def _handle(self, request: Request, size: int) -> list[Buffer] | None:
+        try:
+            return await self._dispatch(request)
+        finally:
+            await self.budget.release(size)
+
+    async def _dispatch(self, request: Request) -> list[Buffer] | None:
+        api, version, header = request.api, request.version, request.header
+        if not is_served(request):  # only ApiVersions gets here (KIP-511 fallback)
+            body = ApiVersionsResponse(error_code=35, api_keys=advertised_apis())
+            return encode_response(header.correlation_id, api, 0, body)
+        handler = HANDLERS[api.api_key]
+        assert request.body is not None
+        ctx = RequestContext(self, header, version)
+        response = await handler(ctx, request.body)
+        if response is None:  # acks=0 produce: no response at all
+            return None
+        return encode_response(header.correlation_id, api, version, response)
+
+    async def _send(
+        self,
+        writer: asyncio.StreamWriter,
+        responses: asyncio.Queue[asyncio.Task[list[Buffer] | None] | None],
+    ) -> None:
+        while True:
+            task = await responses.get()
+            if task is None:
+                return
+            try:
+                chunks = await task
+            except Exception:
+                log.exception("request failed")
+                writer.close()
+                return
+            if chunks is None:
+                continue
+            writer.writelines(chunks)
+            await writer.drain()
+
+
+API_VERSIONS = 18
+
+
+def is_served(request: Request) -> bool:
+    served = BROKER_APIS.get(request.api.api_key)
+    return (
+        not request.unsupported
+        and served is not None
+        and served[0] <= request.version <= served[1]
+        and request.api.api_key in HANDLERS
+    )
+
+
+def advertised_apis() -> list[ApiVersion]:
+    """What ApiVersions advertises: exactly the served table (protocol_specs/broker-apis.yaml)."""
+    return [
+        ApiVersion(api_key=k, min_version=lo, max_version=hi)
+        for k, (lo, hi) in BROKER_APIS.items()
+        if k in HANDLERS
+    ]

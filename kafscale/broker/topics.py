@@ -1,0 +1,191 @@
+"""Topics and their partitions, kept in the metadata store.
+
+Keys (values are JSON):
+- ``/{ns}/topics/{name}``: ``{"id": uuid, "partitions": n, "configs": {...}}``
+- ``/{ns}/partitions/{topic}/{p:05d}``: ``{"log_start": offset, "hw": offset}`` — the committed
+  log end offset (high watermark) moves only by a compare-and-swap transaction on this key.
+- ``/{ns}/segments/{topic}/{p:05d}/{base:020d}``: one committed segment object.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafscale.metadata import Compare, Delete, MetadataStore, Put
+
+# Kafka's topic name rule: legal characters, at most 249, not "." or "..".
+_LEGAL = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+# Topic configs we store and report; DescribeConfigs answers these, with Kafka's defaults
+# coming from the broker configuration.
+TOPIC_CONFIG_DEFAULTS: dict[str, str] = {
+    "cleanup.policy": "delete",
+    "compression.type": "producer",
+    "max.message.bytes": "1048588",
+    "message.timestamp.type": "CreateTime",
+    "retention.bytes": "-1",
+    "retention.ms": "604800000",
+    "segment.bytes": "67108864",
+    "min.insync.replicas": "1",
+}
+
+
+class TopicError(Exception):
+    """A topic operation refused with a Kafka error code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Topic:
+    name: str
+    id: uuid.UUID
+    partitions: int
+    configs: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {"id": str(self.id), "partitions": self.partitions, "configs": self.configs},
+            sort_keys=True,
+        ).encode()
+
+    @staticmethod
+    def from_json(name: str, data: bytes) -> Topic:
+        d = json.loads(data)
+        return Topic(name, uuid.UUID(d["id"]), int(d["partitions"]), dict(d.get("configs", {})))
+
+    def config(self, name: str, default: str | None = None) -> str | None:
+        return self.configs.get(name, default)
+
+
+def validate_topic_name(name: str) -> None:
+    """Kafka's rules (INVALID_TOPIC_EXCEPTION = 17)."""
+    if name in (".", "..") or not _LEGAL.fullmatch(name):
+        raise TopicError(17, f"topic name {name!r} is illegal (characters [a-zA-Z0-9._-], 1-249)")
+
+
+class Topics:
+    """The topic table, cached in memory and written through to the metadata store."""
+
+    def __init__(self, store: MetadataStore, namespace: str) -> None:
+        self.store = store
+        self.ns = namespace
+        self.by_name: dict[str, Topic] = {}
+        self.by_id: dict[uuid.UUID, Topic] = {}
+
+    def topic_key(self, name: str) -> bytes:
+        return f"/{self.ns}/topics/{name}".encode()
+
+    def partition_key(self, topic: str, partition: int) -> bytes:
+        return f"/{self.ns}/partitions/{topic}/{partition:05d}".encode()
+
+    def segments_prefix(self, topic: str, partition: int) -> bytes:
+        return f"/{self.ns}/segments/{topic}/{partition:05d}/".encode()
+
+    async def load(self) -> None:
+        prefix = f"/{self.ns}/topics/".encode()
+        for kv in await self.store.range(prefix):
+            topic = Topic.from_json(kv.key[len(prefix) :].decode(), kv.value)
+            self._remember(topic)
+
+    def _remember(self, topic: Topic) -> None:
+        self.by_name[topic.name] = topic
+        self.by_id[topic.id] = topic
+
+    def get(self, name: str) -> Topic | None:
+        return self.by_name.get(name)
+
+    async def create(
+        self, name: str, partitions: int, configs: dict[str, str], validate_only: bool = False
+    ) -> Topic:
+        validate_topic_name(name)
+        if partitions < 1:
+            raise TopicError(37, f"number of partitions must be at least 1, got {partitions}")
+        if partitions > 10000:
+            raise TopicError(37, f"at most 10000 partitions per topic, got {partitions}")
+        for key, value in configs.items():
+            if key not in TOPIC_CONFIG_DEFAULTS:
+                raise TopicError(40, f"unknown topic config {key!r}")
+            check_config_value(key, value)
+        if name in self.by_name:
+            raise TopicError(36, f"topic {name!r} already exists")
+        topic = Topic(name, uuid.uuid4(), partitions, dict(configs))
+        if validate_only:
+            return topic
+        state = json.dumps({"log_start": 0, "hw": 0}).encode()
+        ops: list[Put | Delete] = [Put(self.topic_key(name), topic.to_json())]
+        ops += [Put(self.partition_key(name, p), state) for p in range(partitions)]
+        result = await self.store.txn([Compare(self.topic_key(name), "version", "==", 0)], ops)
+        if not result.succeeded:
+            await self.load()
+            raise TopicError(36, f"topic {name!r} already exists")
+        self._remember(topic)
+        return topic
+
+    async def delete(self, name: str) -> Topic:
+        topic = self.by_name.get(name)
+        if topic is None:
+            raise TopicError(3, f"topic {name!r} does not exist")
+        await self.store.txn(
+            [],
+            [
+                Delete(self.topic_key(name)),
+                Delete(f"/{self.ns}/partitions/{name}/".encode(), prefix=True),
+                Delete(f"/{self.ns}/segments/{name}/".encode(), prefix=True),
+            ],
+        )
+        del self.by_name[name]
+        self.by_id.pop(topic.id, None)
+        return topic
+
+    async def add_partitions(self, name: str, total: int, validate_only: bool = False) -> None:
+        topic = self.by_name.get(name)
+        if topic is None:
+            raise TopicError(3, f"topic {name!r} does not exist")
+        if total <= topic.partitions:
+            raise TopicError(
+                37, f"topic {name!r} has {topic.partitions} partitions; cannot go to {total}"
+            )
+        if total > 10000:
+            raise TopicError(37, f"at most 10000 partitions per topic, got {total}")
+        if validate_only:
+            return
+        grown = Topic(topic.name, topic.id, total, topic.configs)
+        state = json.dumps({"log_start": 0, "hw": 0}).encode()
+        ops: list[Put | Delete] = [Put(self.topic_key(name), grown.to_json())]
+        ops += [Put(self.partition_key(name, p), state) for p in range(topic.partitions, total)]
+        await self.store.txn([], ops)
+        self._remember(grown)
+
+    async def set_configs(self, name: str, configs: dict[str, str], validate_only: bool) -> None:
+        topic = self.by_name.get(name)
+        if topic is None:
+            raise TopicError(3, f"topic {name!r} does not exist")
+        for key, value in configs.items():
+            if key not in TOPIC_CONFIG_DEFAULTS:
+                raise TopicError(40, f"unknown topic config {key!r}")
+            check_config_value(key, value)
+        if validate_only:
+            return
+        updated = Topic(topic.name, topic.id, topic.partitions, dict(configs))
+        await self.store.put(self.topic_key(name), updated.to_json())
+        self._remember(updated)
+
+
+def check_config_value(key: str, value: Any) -> None:
+    """INVALID_CONFIG (40) for a value Kafka would refuse."""
+    default = TOPIC_CONFIG_DEFAULTS[key]
+    if default.lstrip("-").isdigit():
+        try:
+            int(value)
+        except (TypeError, ValueError):
+            raise TopicError(40, f"{key} must be an integer, got {value!r}") from None
+    elif key == "cleanup.policy" and value not in ("delete", "compact", "compact,delete"):
+        raise TopicError(40, f"cleanup.policy must be delete or compact, got {value!r}")
