@@ -27,6 +27,7 @@ from kafscale.protocol.records import BatchInfo, assign_offsets, parse_batches
 from kafscale.protocol.wire import Buffer
 from kafscale.storage import NotFound, ObjectStore
 from kafscale.storage.segment import (
+    FOOTER_SIZE,
     HEADER_SIZE,
     build_segment,
     find_by_timestamp,
@@ -318,27 +319,38 @@ class LogManager:
                 pass
 
     async def read(self, plog: PartitionLog, offset: int, max_bytes: int) -> bytes:
-        """Whole committed batches from ``offset`` on: at most ``max_bytes``, except that the
-        first batch is returned whole however large (KIP-74), so a consumer always progresses.
-        The caller has checked ``log_start <= offset <= hw``."""
-        if offset >= plog.hw:
-            return b""
-        seg = plog.segment_for(offset)
-        if seg is None:
-            return b""
-        data_end = seg.size - 16  # footer
+        """Whole committed batches from ``offset`` on, across segments: at most ``max_bytes``,
+        except that the first batch is returned whole however large (KIP-74), so a consumer
+        always progresses. The caller has checked ``log_start <= offset <= hw``."""
+        parts: list[bytes] = []
+        total = 0
+        while offset < plog.hw and (not parts or total < max_bytes):
+            seg = plog.segment_for(offset)
+            if seg is None:
+                break
+            data, offset = await self._read_segment(seg, offset, max_bytes - total, not parts)
+            if not data:
+                break
+            parts.append(data)
+            total += len(data)
+        return b"".join(parts)
+
+    async def _read_segment(
+        self, seg: SegmentMeta, offset: int, max_bytes: int, first: bool
+    ) -> tuple[bytes, int]:
+        """(whole batches of ``seg`` from ``offset``, the offset after them)."""
+        data_end = seg.size - FOOTER_SIZE
+        start = await self._position(seg, offset)
         cached = self.cache.get(seg.key)
         if cached is not None:
-            start = await self._position(seg, offset)
-            return _whole_batches(cached, start, data_end, max_bytes, offset)
-        start = await self._position(seg, offset)
+            return _whole_batches(cached, start, data_end, max_bytes, offset, first)
         want = min(data_end, start + max(max_bytes, _BATCH_PREFIX))
         chunk = await self.objects.get_range(seg.key, start, want)
-        out = _whole_batches(chunk, 0, len(chunk), max_bytes, offset)
-        if not out and len(chunk) >= _BATCH_PREFIX:  # first batch larger than max_bytes
-            first = int.from_bytes(chunk[8:12], "big", signed=True) + _BATCH_PREFIX
-            chunk = await self.objects.get_range(seg.key, start, min(data_end, start + first))
-            out = _whole_batches(chunk, 0, len(chunk), first, offset)
+        out = _whole_batches(chunk, 0, len(chunk), max_bytes, offset, first)
+        if first and not out[0] and len(chunk) >= _BATCH_PREFIX:  # first batch > max_bytes
+            size = int.from_bytes(chunk[8:12], "big", signed=True) + _BATCH_PREFIX
+            chunk = await self.objects.get_range(seg.key, start, min(data_end, start + size))
+            out = _whole_batches(chunk, 0, len(chunk), size, offset, first)
         return out
 
     async def _position(self, seg: SegmentMeta, offset: int) -> int:
@@ -402,11 +414,15 @@ class LogManager:
         return new_start
 
 
-def _whole_batches(data: bytes, start: int, end: int, max_bytes: int, offset: int) -> bytes:
-    """The complete batches of ``data[start:end]`` that fit ``max_bytes`` (the first always),
-    skipping batches that end before ``offset``."""
+def _whole_batches(
+    data: bytes, start: int, end: int, max_bytes: int, offset: int, first: bool
+) -> tuple[bytes, int]:
+    """The complete batches of ``data[start:end]`` that fit ``max_bytes`` (with ``first``,
+    the first one whatever its size), skipping batches that end before ``offset``; and the
+    offset after the last one returned."""
     pos = start
     out_start = -1
+    next_offset = offset
     while pos + _BATCH_PREFIX <= end:
         base = int.from_bytes(data[pos : pos + 8], "big", signed=True)
         size = int.from_bytes(data[pos + 8 : pos + 12], "big", signed=True) + _BATCH_PREFIX
@@ -417,8 +433,11 @@ def _whole_batches(data: bytes, start: int, end: int, max_bytes: int, offset: in
             pos += size
             continue
         if out_start < 0:
+            if size > max_bytes and not first:
+                break
             out_start = pos
         elif pos + size - out_start > max_bytes:
             break
         pos += size
-    return bytes(data[out_start:pos]) if out_start >= 0 else b""
+        next_offset = last + 1
+    return (bytes(data[out_start:pos]) if out_start >= 0 else b""), next_offset

@@ -24,7 +24,7 @@ from kafscale.broker.log import LogManager
 from kafscale.broker.topics import Topics
 from kafscale.metadata import MetadataStore
 from kafscale.protocol import ProtocolError
-from kafscale.protocol.framing import Request, decode_request, encode_response
+from kafscale.protocol.framing import Request, decode_request, encode_response, peek_api
 from kafscale.protocol.wire import Buffer
 from kafscale.storage import ObjectStore
 
@@ -155,21 +155,30 @@ class Broker:
             except BaseException:
                 await self.budget.release(size)
                 raise
-            request = decode_request(frame)  # ProtocolError closes the connection
-            if not is_served(request) and request.api.api_key != API_VERSIONS:
+            try:
+                request = self.parse(frame)  # ProtocolError closes the connection
+            except BaseException:
                 await self.budget.release(size)
-                # Kafka closes the connection on a request it does not serve.
-                raise ProtocolError(f"{request.api.name} v{request.version} is not served")
+                raise
             await responses.put(asyncio.create_task(self._handle(request, size)))
 
     async def respond(self, frame: bytes) -> list[Buffer] | None:
         """Answer one request frame (without its size prefix), as a connection would: the
         response frame's chunks, or None when no response is sent (acks=0). Raises
         :class:`ProtocolError` where the connection would be closed. For tests and tools."""
-        request = decode_request(frame)
-        if not is_served(request) and request.api.api_key != API_VERSIONS:
-            raise ProtocolError(f"{request.api.name} v{request.version} is not served")
-        return await self._dispatch(request)
+        return await self._dispatch(self.parse(frame))
+
+    @staticmethod
+    def parse(frame: bytes) -> Request:
+        """Parse a request frame, refusing (before its body is read) an API or version this
+        broker does not serve; ApiVersions is always parsed (KIP-511 fallback)."""
+        api, version = peek_api(frame)
+        if api is not None and api.api_key != API_VERSIONS:
+            served = BROKER_APIS.get(api.api_key)
+            if served is None or not served[0] <= version <= served[1]:
+                # Kafka closes the connection on a request it does not serve.
+                raise ProtocolError(f"{api.name} v{version} is not served")
+        return decode_request(frame)
 
     async def _handle(self, request: Request, size: int) -> list[Buffer] | None:
         try:

@@ -74,6 +74,15 @@ class Request:
     ApiVersions with UNSUPPORTED_VERSION and its API list, and drops other such requests)."""
 
 
+def peek_api(frame: bytes) -> tuple[ApiSpec | None, int]:
+    """The API (None if the key is unknown) and version of a request frame, read before the
+    rest so that a request the broker does not serve is refused without parsing its body."""
+    if len(frame) < 4:
+        raise ProtocolError("request header is truncated", message="RequestHeader", offset=0)
+    key, version = _KEY_VERSION.unpack_from(frame, 0)
+    return APIS.get(key), version
+
+
 def decode_request(frame: bytes) -> Request:
     """Parse a request frame payload (header + body).
 
@@ -81,11 +90,9 @@ def decode_request(frame: bytes) -> Request:
     this API does not define yields ``unsupported=True`` with the header parsed as far as it can
     be: an ApiVersions request of a newer version than ours must still be answered (KIP-511).
     """
-    if len(frame) < 4:
-        raise ProtocolError("request header is truncated", message="RequestHeader", offset=0)
-    key, version = _KEY_VERSION.unpack_from(frame, 0)
-    api = APIS.get(key)
+    api, version = peek_api(frame)
     if api is None:
+        key = _KEY_VERSION.unpack_from(frame, 0)[0]
         raise ProtocolError(f"unknown API key {key}", message="RequestHeader", offset=0)
     if not api.is_valid(version):
         # Header versions are only defined for known versions; a newer version of a flexible

@@ -1,0 +1,338 @@
+"""The broker core driven with in-memory frames (no sockets): produce, fetch, offsets, the
+ApiVersions fallback, bad batches, and acked-means-durable across a restart and a failed flush."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from generated.api_versions_request import ApiVersionsRequest
+from generated.api_versions_response import ApiVersionsResponse
+from generated.create_topics_request import CreatableTopic, CreateTopicsRequest
+from generated.create_topics_response import CreateTopicsResponse
+from generated.fetch_request import FetchPartition, FetchRequest, FetchTopic
+from generated.fetch_response import FetchResponse
+from generated.list_offsets_request import (
+    ListOffsetsPartition,
+    ListOffsetsRequest,
+    ListOffsetsTopic,
+)
+from generated.list_offsets_response import ListOffsetsResponse
+from generated.metadata_request import MetadataRequest, MetadataRequestTopic
+from generated.metadata_response import MetadataResponse
+from generated.produce_request import PartitionProduceData, ProduceRequest, TopicProduceData
+from generated.produce_response import ProduceResponse
+from generated.registry import APIS, BROKER_APIS
+from kafscale.broker.config import BrokerConfig
+from kafscale.broker.handlers import HANDLERS
+from kafscale.broker.server import Broker
+from kafscale.metadata.sqlite import SqliteMetadataStore
+from kafscale.protocol import ProtocolError
+from kafscale.protocol.framing import encode_request
+from kafscale.protocol.message import Message
+from kafscale.protocol.records import NewRecord, build_batch, iter_records
+from kafscale.protocol.wire import Buffer
+from kafscale.storage.local import LocalObjectStore
+
+Scenario = Callable[["Client"], Awaitable[None]]
+
+
+class Client:
+    """Frames requests for one broker and decodes its answers."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.correlation = 0
+
+    async def call(self, key: int, version: int, body: Message) -> Any:
+        self.correlation += 1
+        correlation = self.correlation  # calls may overlap (long polls)
+        frame = b"".join(encode_request(APIS[key], version, correlation, "t", body))[4:]
+        chunks = await self.broker.respond(frame)
+        if chunks is None:
+            return None
+        data = b"".join(chunks)
+        assert struct.unpack_from(">i", data, 0)[0] == len(data) - 4
+        assert struct.unpack_from(">i", data, 4)[0] == correlation
+        header = 4 if APIS[key].response_header_version(version) == 0 else 5
+        return APIS[key].response_type().decode(data[4 + header :], version)
+
+    async def create(self, name: str, partitions: int = 1) -> None:
+        resp: CreateTopicsResponse = await self.call(
+            19,
+            7,
+            CreateTopicsRequest(
+                topics=[CreatableTopic(name=name, num_partitions=partitions, replication_factor=1)]
+            ),
+        )
+        assert resp.topics[0].error_code == 0, resp
+
+    async def produce(
+        self, topic: str, data: bytes, partition: int = 0, acks: int = -1, version: int = 9
+    ) -> Any:
+        body = ProduceRequest(
+            acks=acks,
+            timeout_ms=5000,
+            topic_data=[
+                TopicProduceData(
+                    name=topic, partition_data=[PartitionProduceData(index=partition, records=data)]
+                )
+            ],
+        )
+        resp: ProduceResponse | None = await self.call(0, version, body)
+        return None if resp is None else resp.responses[0].partition_responses[0]
+
+    async def fetch(
+        self,
+        topic: str,
+        offset: int,
+        partition: int = 0,
+        wait_ms: int = 0,
+        min_bytes: int = 1,
+        max_bytes: int = 1 << 20,
+    ) -> Any:
+        body = FetchRequest(
+            max_wait_ms=wait_ms,
+            min_bytes=min_bytes,
+            max_bytes=max_bytes,
+            topics=[
+                FetchTopic(
+                    topic=topic,
+                    partitions=[
+                        FetchPartition(
+                            partition=partition, fetch_offset=offset, partition_max_bytes=max_bytes
+                        )
+                    ],
+                )
+            ],
+        )
+        resp: FetchResponse = await self.call(1, 12, body)
+        return resp.responses[0].partitions[0]
+
+    async def list_offset(self, topic: str, timestamp: int, version: int = 8) -> Any:
+        body = ListOffsetsRequest(
+            topics=[
+                ListOffsetsTopic(
+                    name=topic,
+                    partitions=[ListOffsetsPartition(partition_index=0, timestamp=timestamp)],
+                )
+            ]
+        )
+        resp: ListOffsetsResponse = await self.call(2, version, body)
+        return resp.topics[0].partitions[0]
+
+
+def run(tmp_path: Path, scenario: Scenario, objects: Any = None, **config: Any) -> None:
+    async def main() -> None:
+        cfg = BrokerConfig(data_dir=tmp_path, flush_interval_ms=5, **config)
+        store = objects if objects is not None else LocalObjectStore(tmp_path / "objects")
+        broker = Broker(cfg, store, SqliteMetadataStore(tmp_path / "metadata.sqlite3"))
+        await broker.topics.load()
+        broker.logs.start()
+        try:
+            await scenario(Client(broker))
+        finally:
+            await broker.logs.close()
+            await broker.meta.close()
+
+    asyncio.run(main())
+
+
+def values(records: bytes | memoryview) -> list[tuple[int, bytes | None]]:
+    out = []
+    pos, data = 0, bytes(records)
+    while pos < len(data):
+        size = struct.unpack_from(">i", data, pos + 8)[0] + 12
+        out += [
+            (r.offset, None if r.value is None else bytes(r.value))
+            for r in iter_records(data[pos : pos + size])
+        ]
+        pos += size
+    return out
+
+
+def test_served_table_matches_handlers() -> None:
+    assert set(BROKER_APIS) == set(HANDLERS)
+    for key, (lo, hi) in BROKER_APIS.items():
+        assert APIS[key].valid_versions[0] <= lo <= hi <= APIS[key].valid_versions[1]
+
+
+def test_api_versions_advertises_the_served_table_and_falls_back(tmp_path: Path) -> None:
+    async def scenario(c: Client) -> None:
+        resp: ApiVersionsResponse = await c.call(18, 3, ApiVersionsRequest())
+        assert resp.error_code == 0
+        assert {a.api_key: (a.min_version, a.max_version) for a in resp.api_keys} == BROKER_APIS
+        # A future ApiVersions v99: answered as v0 with UNSUPPORTED_VERSION (KIP-511).
+        frame = struct.pack(">hhih", 18, 99, 7, 1) + b"x" + b"\x00" + b"future"
+        data = b"".join(await c.broker.respond(frame) or [])
+        assert struct.unpack_from(">i", data, 4)[0] == 7
+        fallback = ApiVersionsResponse.decode(data[8:], 0)
+        assert fallback.error_code == 35
+        assert {a.api_key for a in fallback.api_keys} == set(BROKER_APIS)
+
+    run(tmp_path, scenario)
+
+
+def test_unserved_api_closes_the_connection(tmp_path: Path) -> None:
+    async def scenario(c: Client) -> None:
+        join_group = struct.pack(">hhih", 11, 5, 1, 1) + b"x"
+        with pytest.raises(ProtocolError, match="not served"):
+            await c.broker.respond(join_group + b"\x00" * 20)
+        old_produce = struct.pack(">hhih", 0, 2, 1, 1) + b"x"  # Produce v2: magic 0/1 era
+        with pytest.raises(ProtocolError, match="not served"):
+            await c.broker.respond(old_produce + b"\x00" * 20)
+
+    run(tmp_path, scenario)
+
+
+def test_produce_fetch_round_trip_with_consecutive_offsets(tmp_path: Path) -> None:
+    async def scenario(c: Client) -> None:
+        await c.create("orders", partitions=2)
+        first = await c.produce("orders", build_batch([b"a", b"b", b"c"]))
+        second = await c.produce("orders", build_batch([NewRecord(b"d", key=b"k")]))
+        other = await c.produce("orders", build_batch([b"x"]), partition=1)
+        assert (first.error_code, first.base_offset) == (0, 0)
+        assert (second.error_code, second.base_offset) == (0, 3)
+        assert (other.error_code, other.base_offset) == (0, 0)
+        got = await c.fetch("orders", 0)
+        assert got.error_code == 0 and got.high_watermark == 4
+        assert values(got.records) == [(0, b"a"), (1, b"b"), (2, b"c"), (3, b"d")]
+        middle = await c.fetch("orders", 3)
+        assert values(middle.records) == [(3, b"d")]
+        end = await c.fetch("orders", 4)
+        assert (end.error_code, bytes(end.records)) == (0, b"")
+        beyond = await c.fetch("orders", 5)
+        assert beyond.error_code == 1  # OFFSET_OUT_OF_RANGE
+
+    run(tmp_path, scenario)
+
+
+def test_long_poll_wakes_on_commit(tmp_path: Path) -> None:
+    async def scenario(c: Client) -> None:
+        await c.create("t")
+        waiting = asyncio.create_task(c.fetch("t", 0, wait_ms=5000))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await c.produce("t", build_batch([b"late"]))
+        got = await asyncio.wait_for(waiting, 2)
+        assert values(got.records) == [(0, b"late")]
+        empty = await c.fetch("t", 1, wait_ms=50)  # nothing comes: answered at the deadline
+        assert bytes(empty.records) == b""
+
+    run(tmp_path, scenario)
+
+
+def test_bad_batches_get_kafka_error_codes(tmp_path: Path) -> None:
+    async def scenario(c: Client) -> None:
+        await c.create("t")
+        good = build_batch([b"v"])
+        corrupt = bytearray(good)
+        corrupt[-1] ^= 0xFF
+        assert (await c.produce("t", bytes(corrupt))).error_code == 2  # CORRUPT_MESSAGE
+        magic1 = bytearray(good)
+        magic1[16] = 1
+        assert (await c.produce("t", bytes(magic1))).error_code == 87  # INVALID_RECORD
+        big = build_batch([b"x" * 2000])
+        assert (await c.produce("t", big)).error_code == 10  # MESSAGE_TOO_LARGE (1000 bytes)
+        assert (await c.produce("t", good, acks=2)).error_code == 21  # INVALID_REQUIRED_ACKS
+        assert (await c.produce("nope", good)).error_code == 3  # UNKNOWN_TOPIC_OR_PARTITION
+        # Nothing above was stored: the next good batch gets offset 0.
+        assert (await c.produce("t", good)).base_offset == 0
+
+    run(tmp_path, scenario, message_max_bytes=1000)
+
+
+def test_acks_zero_gets_no_response_but_is_stored(tmp_path: Path) -> None:
+    async def scenario(c: Client) -> None:
+        await c.create("t")
+        assert await c.produce("t", build_batch([b"quiet"]), acks=0) is None
+        got = await c.fetch("t", 0)
+        assert values(got.records) == [(0, b"quiet")]
+
+    run(tmp_path, scenario)
+
+
+def test_list_offsets(tmp_path: Path) -> None:
+    async def scenario(c: Client) -> None:
+        await c.create("t")
+        await c.produce("t", build_batch([b"a", b"b"], timestamp=1000))
+        await c.produce("t", build_batch([b"c"], timestamp=5000))
+        assert (await c.list_offset("t", -2)).offset == 0
+        assert (await c.list_offset("t", -1)).offset == 3
+        by_time = await c.list_offset("t", 3000)
+        assert (by_time.offset, by_time.timestamp) == (2, 3000)
+        assert (await c.list_offset("t", 9000)).offset == -1
+        newest = await c.list_offset("t", -3)
+        assert (newest.timestamp, newest.offset) == (5000, 2)
+        old = await c.list_offset("t", -1, version=1)  # no LeaderEpoch before v4
+        assert old.offset == 3
+
+    run(tmp_path, scenario)
+
+
+def test_metadata_auto_create_follows_the_request(tmp_path: Path) -> None:
+    async def scenario(c: Client) -> None:
+        no = MetadataRequest(
+            topics=[MetadataRequestTopic(name="a")], allow_auto_topic_creation=False
+        )
+        resp: MetadataResponse = await c.call(3, 12, no)
+        assert resp.topics[0].error_code == 3
+        yes = MetadataRequest(
+            topics=[MetadataRequestTopic(name="a")], allow_auto_topic_creation=True
+        )
+        resp = await c.call(3, 12, yes)
+        topic = resp.topics[0]
+        assert topic.error_code == 0 and topic.topic_id.int != 0
+        assert [p.leader_id for p in topic.partitions] == [0]
+        everything: MetadataResponse = await c.call(3, 1, MetadataRequest(topics=None))
+        assert [t.name for t in everything.topics] == ["a"]
+        assert everything.brokers[0].port == c.broker.config.advertised[1]
+
+    run(tmp_path, scenario)
+
+
+def test_acked_data_survives_a_restart(tmp_path: Path) -> None:
+    async def write(c: Client) -> None:
+        await c.create("t")
+        for i in range(5):
+            assert (await c.produce("t", build_batch([b"%d" % i]))).base_offset == i
+
+    async def read(c: Client) -> None:
+        got = await c.fetch("t", 0)
+        assert values(got.records) == [(i, b"%d" % i) for i in range(5)]
+        assert (await c.produce("t", build_batch([b"next"]))).base_offset == 5
+
+    run(tmp_path, write)
+    run(tmp_path, read)  # a new broker on the same data dir, with a cold segment cache
+
+
+class FailingStore(LocalObjectStore):
+    """Fails the first ``failures`` puts (a flaky S3), then works."""
+
+    def __init__(self, root: Path, failures: int) -> None:
+        super().__init__(root)
+        self.failures = failures
+
+    async def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError("injected upload failure")
+        await super().put(key, data)
+
+
+def test_failed_upload_fails_the_request_and_leaves_no_gap(tmp_path: Path) -> None:
+    async def scenario(c: Client) -> None:
+        await c.create("t")
+        failed = await c.produce("t", build_batch([b"lost"]))
+        assert failed.error_code == 56  # KAFKA_STORAGE_ERROR: retriable, nothing committed
+        ok = await c.produce("t", build_batch([b"kept"]))
+        assert (ok.error_code, ok.base_offset) == (0, 0)
+        got = await c.fetch("t", 0)
+        assert values(got.records) == [(0, b"kept")]
+
+    run(tmp_path, scenario, objects=FailingStore(tmp_path / "objects", failures=2))
