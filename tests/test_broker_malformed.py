@@ -185,3 +185,50 @@ def test_fetch_response_is_capped_by_the_server(tmp_path: Path) -> None:
         writer.close()
 
     run(tmp_path, scenario, fetch_max_bytes=3000)
+
+
+def test_stop_answers_in_flight_produce_and_does_not_wait_for_idle_clients(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        from generated.produce_request import (
+            PartitionProduceData,
+            ProduceRequest,
+            TopicProduceData,
+        )
+        from generated.produce_response import ProduceResponse
+        from kafscale.protocol.records import build_batch
+
+        cfg = BrokerConfig(data_dir=tmp_path, listen_port=0, flush_interval_ms=60_000)
+        broker = Broker(
+            cfg, LocalObjectStore(tmp_path / "o"), SqliteMetadataStore(tmp_path / "m.sqlite3")
+        )
+        await broker.start()
+        await broker.topics.create("t", 1, {})
+        _, idle_writer = await asyncio.open_connection("127.0.0.1", broker.port)  # idle client
+        reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+        produce = ProduceRequest(
+            acks=-1,
+            timeout_ms=30_000,
+            topic_data=[
+                TopicProduceData(
+                    name="t",
+                    partition_data=[PartitionProduceData(index=0, records=build_batch([b"v"]))],
+                )
+            ],
+        )
+        writer.write(request(0, 9, produce, correlation=5))
+        await writer.drain()
+        await asyncio.sleep(0.1)  # the produce now waits for a flush 60 s away
+        started = asyncio.get_running_loop().time()
+        stopping = asyncio.create_task(broker.stop())
+        body = await asyncio.wait_for(read_response(reader), 5)
+        await asyncio.wait_for(stopping, 5)
+        assert asyncio.get_running_loop().time() - started < 3
+        resp = ProduceResponse.decode(body[5:], 9)
+        part = resp.responses[0].partition_responses[0]
+        assert (part.error_code, part.base_offset) == (0, 0)  # flushed on the way out
+        idle_writer.close()
+        writer.close()
+
+    asyncio.run(main())

@@ -93,6 +93,10 @@ class Broker:
         if self.server is not None:
             self.server.close()
         self._stopping.set()
+        # Stop reading requests; each connection still sends the answers it owes (its
+        # cleanup waits for them), and those produce answers need the final flush below.
+        for connection in self._connections:
+            connection.cancel()
         await self.logs.close()
         if self._connections:
             await asyncio.wait(self._connections, timeout=10)
@@ -126,6 +130,9 @@ class Broker:
         except (ProtocolError, asyncio.IncompleteReadError, ConnectionError, TimeoutError) as e:
             if not isinstance(e, asyncio.IncompleteReadError) or e.partial:
                 log.info("closing connection from %s: %s", peer, e)
+        except asyncio.CancelledError:
+            if not self._stopping.is_set():
+                raise
         finally:
             await responses.put(None)  # the sender finishes what was queued, then stops
             with contextlib.suppress(Exception):
