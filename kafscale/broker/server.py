@@ -135,7 +135,8 @@ class Broker:
                 raise
         finally:
             await responses.put(None)  # the sender finishes what was queued, then stops
-            with contextlib.suppress(Exception):
+            # A stop() cancelling us here must not leave the sender (or a traceback) behind.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await sender
             writer.close()
             with contextlib.suppress(Exception):

@@ -26,7 +26,7 @@ async def handle(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
     while True:
         response, size = await _read_all(ctx, request)
         remaining = deadline - time.monotonic()
-        if size >= max(request.min_bytes, 1) or remaining <= 0 or response.error_code:
+        if size >= max(request.min_bytes, 1) or remaining <= 0 or ctx.broker.logs.closing:
             return response
         await ctx.broker.logs.wait_for_commit(remaining)
 
