@@ -362,9 +362,9 @@ def render_registry(messages: Iterable[Message], release: str, strict: bool = Tr
             }
         )
     others = [m for m in msgs if m.api_key is None]
-    served = sorted(
-        (key, versions.as_tuple()) for key, versions in load_broker_apis(msgs, strict).items()
-    )
+    table = sorted(load_broker_apis(msgs, strict).items())
+    served = [(key, s.as_tuple()) for key, (s, _) in table]
+    advertised = [(key, a.as_tuple()) for key, (_, a) in table]
     return _ENV.get_template("registry.py.j2").render(
         release=release,
         rows=rows,
@@ -372,6 +372,7 @@ def render_registry(messages: Iterable[Message], release: str, strict: bool = Tr
         others=others,
         exceptions=SPECIAL_CASES,
         served=served,
+        advertised=advertised,
     )
 
 

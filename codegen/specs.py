@@ -132,34 +132,45 @@ def load_lock() -> dict[str, Any]:
     return lock
 
 
-def load_broker_apis(messages: list[Message], strict: bool = True) -> dict[int, Versions]:
-    """``protocol_specs/broker-apis.yaml`` checked against the definitions: API key -> versions.
+def load_broker_apis(
+    messages: list[Message], strict: bool = True
+) -> dict[int, tuple[Versions, Versions]]:
+    """``protocol_specs/broker-apis.yaml`` checked against the definitions:
+    API key -> (versions served, versions advertised).
 
-    ``strict`` (generating the repository's own code): a range outside Kafka's validVersions is
-    an error. Otherwise (trying another release into a scratch directory) it is narrowed to
-    what that release defines, with a warning.
+    ``advertise`` widens only what ApiVersions lists (KAFKA-18659: librdkafka enables
+    compression only when Produce v0 is listed); requests outside ``versions`` are still
+    refused. ``strict`` (generating the repository's own code): a range outside Kafka's
+    validVersions is an error. Otherwise (trying another release into a scratch directory) it
+    is narrowed to what that release defines, with a warning.
     """
     data = load_declaration(SPECS_DIR / "broker-apis.yaml", "broker-apis.schema.json")
     requests = {m.name.removesuffix("Request"): m for m in messages if m.kind == "request"}
-    served: dict[int, Versions] = {}
+    table: dict[int, tuple[Versions, Versions]] = {}
     for entry in data["apis"]:
         m = requests.get(entry["name"])
         where = f"broker-apis.yaml: {entry['name']}"
         if m is None or m.api_key is None:
             raise SpecError(f"{where}: no such Kafka API")
-        versions = Versions.parse(entry["versions"])
-        if versions & m.valid != versions:
-            problem = f"{where}: versions {versions} are not within Kafka's {m.valid}"
-            if strict:
-                raise SpecError(problem)
-            versions &= m.valid
-            print(f"warning: {problem}; serving {versions}", file=sys.stderr)
+        ranges = []
+        for key in ("versions", "advertise"):
+            versions = Versions.parse(entry.get(key, entry["versions"]))
+            if versions & m.valid != versions:
+                problem = f"{where}: {key} {versions} are not within Kafka's {m.valid}"
+                if strict:
+                    raise SpecError(problem)
+                versions &= m.valid
+                print(f"warning: {problem}; using {versions}", file=sys.stderr)
+            ranges.append(versions)
+        served, advertised = ranges
+        if served & advertised != served:
+            raise SpecError(f"{where}: advertise {advertised} must include versions {served}")
         if "broker" not in m.listeners:
             raise SpecError(f"{where}: Kafka does not serve this API on brokers")
-        if m.api_key in served:
+        if m.api_key in table:
             raise SpecError(f"{where}: listed twice")
-        served[m.api_key] = versions
-    return served
+        table[m.api_key] = (served, advertised)
+    return table
 
 
 def parse_spec(spec: SpecFile) -> Message:

@@ -1416,10 +1416,37 @@ BROKER_APIS: dict[int, tuple[int, int]] = {
     1: (4, 16),  # Fetch
     2: (1, 8),  # ListOffsets
     3: (0, 12),  # Metadata
+    10: (0, 6),  # FindCoordinator
     18: (0, 4),  # ApiVersions
     19: (2, 7),  # CreateTopics
+    20: (1, 6),  # DeleteTopics
+    21: (0, 2),  # DeleteRecords
+    32: (1, 4),  # DescribeConfigs
+    33: (0, 2),  # AlterConfigs
+    37: (0, 3),  # CreatePartitions
+    44: (0, 1),  # IncrementalAlterConfigs
+    60: (0, 1),  # DescribeCluster
 }
 """API key -> versions the KafScale broker serves (from protocol_specs/broker-apis.yaml)."""
+
+ADVERTISED_APIS: dict[int, tuple[int, int]] = {
+    0: (0, 11),  # Produce
+    1: (4, 16),  # Fetch
+    2: (1, 8),  # ListOffsets
+    3: (0, 12),  # Metadata
+    10: (0, 6),  # FindCoordinator
+    18: (0, 4),  # ApiVersions
+    19: (2, 7),  # CreateTopics
+    20: (1, 6),  # DeleteTopics
+    21: (0, 2),  # DeleteRecords
+    32: (1, 4),  # DescribeConfigs
+    33: (0, 2),  # AlterConfigs
+    37: (0, 3),  # CreatePartitions
+    44: (0, 1),  # IncrementalAlterConfigs
+    60: (0, 1),  # DescribeCluster
+}
+"""API key -> versions listed in ApiVersions: the served ones, widened where clients need it
+(KAFKA-18659: librdkafka compresses only when Produce v0 is listed)."""
 
 MESSAGES: dict[str, str] = {
     "ProduceRequest": "produce_request",

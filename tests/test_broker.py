@@ -27,7 +27,7 @@ from generated.metadata_request import MetadataRequest, MetadataRequestTopic
 from generated.metadata_response import MetadataResponse
 from generated.produce_request import PartitionProduceData, ProduceRequest, TopicProduceData
 from generated.produce_response import ProduceResponse
-from generated.registry import APIS, BROKER_APIS
+from generated.registry import ADVERTISED_APIS, APIS, BROKER_APIS
 from kafscale.broker.config import BrokerConfig
 from kafscale.broker.handlers import HANDLERS
 from kafscale.broker.server import Broker
@@ -129,7 +129,7 @@ class Client:
 
 def run(tmp_path: Path, scenario: Scenario, objects: Any = None, **config: Any) -> None:
     async def main() -> None:
-        cfg = BrokerConfig(data_dir=tmp_path, flush_interval_ms=5, **config)
+        cfg = BrokerConfig(data_dir=tmp_path, **{"flush_interval_ms": 5, **config})
         store = objects if objects is not None else LocalObjectStore(tmp_path / "objects")
         broker = Broker(cfg, store, SqliteMetadataStore(tmp_path / "metadata.sqlite3"))
         await broker.topics.load()
@@ -166,7 +166,9 @@ def test_api_versions_advertises_the_served_table_and_falls_back(tmp_path: Path)
     async def scenario(c: Client) -> None:
         resp: ApiVersionsResponse = await c.call(18, 3, ApiVersionsRequest())
         assert resp.error_code == 0
-        assert {a.api_key: (a.min_version, a.max_version) for a in resp.api_keys} == BROKER_APIS
+        listed = {a.api_key: (a.min_version, a.max_version) for a in resp.api_keys}
+        assert listed == ADVERTISED_APIS
+        assert listed[0] == (0, 11) and BROKER_APIS[0] == (3, 11)  # KAFKA-18659
         # A future ApiVersions v99: answered as v0 with UNSUPPORTED_VERSION (KIP-511).
         frame = struct.pack(">hhih", 18, 99, 7, 1) + b"x" + b"\x00" + b"future"
         data = b"".join(await c.broker.respond(frame) or [])
@@ -336,3 +338,20 @@ def test_failed_upload_fails_the_request_and_leaves_no_gap(tmp_path: Path) -> No
         assert values(got.records) == [(0, b"kept")]
 
     run(tmp_path, scenario, objects=FailingStore(tmp_path / "objects", failures=2))
+
+
+def test_one_flush_splits_into_segments_of_segment_bytes(tmp_path: Path) -> None:
+    async def scenario(c: Client) -> None:
+        await c.create("t")
+        batches = [build_batch([b"%03d" % i + b"." * 100]) for i in range(6)]
+        results = await asyncio.gather(*(c.produce("t", b) for b in batches))
+        assert sorted(r.base_offset for r in results) == list(range(6))
+        plog = await c.broker.logs.get("t", 0)
+        assert len(plog.segments) >= 3  # ~180-byte batches, 400-byte segments
+        assert all(s.size <= 400 + 48 for s in plog.segments)
+        keys = await c.broker.objects.list("kafscale/t/0/")
+        assert len([k for k in keys if k.endswith(".kfs")]) == len(plog.segments)
+        got = await c.fetch("t", 0)
+        assert [o for o, _ in values(got.records)] == list(range(6))
+
+    run(tmp_path, scenario, segment_bytes=400, flush_interval_ms=200)

@@ -101,7 +101,6 @@ def test_malformed_frames_close_only_their_connection(tmp_path: Path, payload: b
     [
         pytest.param(b"\x00\x01\x00", id="truncated-body"),
         pytest.param(b"\x0effff" + b"\xff\xfe", id="non-utf8-client-software-name"),
-        pytest.param(b"\x01\x01\x00" + b"\x00trailing", id="trailing-bytes"),
         pytest.param(b"\xff\xff\xff\xff\xff\x01", id="overlong-varint"),
     ],
 )

@@ -155,6 +155,8 @@ class LogManager:
         """Flush what is pending (its requests are answered), then stop the flusher."""
         self._closing = True
         self._wake.set()
+        async with self._committed:  # long polls answer now instead of at their deadline
+            self._committed.notify_all()
         if self._flusher is not None:
             await self._flusher
             self._flusher = None
@@ -197,7 +199,12 @@ class LogManager:
     def forget_topic(self, topic: str) -> None:
         for key in [k for k in self.logs if k[0] == topic]:
             plog = self.logs.pop(key)
-            for p in plog.pending:
+            # Its pending data will never be flushed: stop counting it (close() waits for the
+            # count to reach 0) and fail its requests.
+            self.pending_bytes -= plog.pending_bytes
+            plog.pending_bytes = 0
+            pending, plog.pending = plog.pending, []
+            for p in pending:
                 if not p.future.done():
                     p.future.set_exception(FlushError(3, f"topic {topic} was deleted"))
 
@@ -249,40 +256,54 @@ class LogManager:
         size = sum(len(e.data) for e in entries)
         plog.pending_bytes -= size
         self.pending_bytes -= size
-        first = plog.hw
-        chunks: list[Buffer] = []
-        batches: list[BatchInfo] = []
+        offset = plog.hw
         bases: list[int] = []
-        offset = first
-        for e in entries:
-            bases.append(offset)
-            assigned = assign_offsets(e.data, e.batches, offset, partition_leader_epoch=0)
-            chunks += assigned.chunks
-            batches += assigned.batches
-            offset = assigned.next_offset
+        built: list[tuple[SegmentMeta, bytes, bytes]] = []  # (meta, object, index object)
         try:
-            segment = build_segment(
-                first, chunks, batches, int(time.time() * 1000), self.config.index_interval_bytes
-            )
-            key = segment_key(self.config.namespace, plog.topic, plog.partition, first)
-            body = b"".join(segment.chunks)
-            # Both objects before the commit: a crash in between leaves orphans that are never
+            # One segment object per segment.bytes of data (a lone bigger request gets its own).
+            for group in _split(entries, self.config.segment_bytes):
+                first = offset
+                chunks: list[Buffer] = []
+                batches: list[BatchInfo] = []
+                for e in group:
+                    bases.append(offset)
+                    assigned = assign_offsets(e.data, e.batches, offset, partition_leader_epoch=0)
+                    chunks += assigned.chunks
+                    batches += assigned.batches
+                    offset = assigned.next_offset
+                segment = build_segment(
+                    first,
+                    chunks,
+                    batches,
+                    int(time.time() * 1000),
+                    self.config.index_interval_bytes,
+                )
+                key = segment_key(self.config.namespace, plog.topic, plog.partition, first)
+                meta = SegmentMeta(
+                    first, segment.last_offset, segment.size, segment.max_timestamp, key
+                )
+                built.append((meta, b"".join(segment.chunks), segment.index))
+            # Every object before the commit: a crash in between leaves orphans that are never
             # served (nothing points at them), not a gap.
             await asyncio.gather(
-                self.objects.put(key, body),
-                self.objects.put(
-                    index_key(self.config.namespace, plog.topic, plog.partition, first),
-                    segment.index,
+                *(self.objects.put(meta.key, body) for meta, body, _ in built),
+                *(
+                    self.objects.put(
+                        index_key(self.config.namespace, plog.topic, plog.partition, meta.base),
+                        index,
+                    )
+                    for meta, _, index in built
                 ),
             )
-            meta = SegmentMeta(first, segment.last_offset, segment.size, segment.max_timestamp, key)
             state = json.dumps({"log_start": plog.log_start, "hw": offset}).encode()
-            seg_key = self.topics.segments_prefix(plog.topic, plog.partition) + (
-                f"{first:020d}".encode()
-            )
+            prefix = self.topics.segments_prefix(plog.topic, plog.partition)
             result = await self.meta.txn(
                 [Compare(plog.state_key, "mod_revision", "==", plog.revision)],
-                [Put(plog.state_key, state), Put(seg_key, meta.to_json())],
+                [Put(plog.state_key, state)]
+                + [
+                    Put(prefix + f"{meta.base:020d}".encode(), meta.to_json())
+                    for meta, _, _ in built
+                ],
             )
             if not result.succeeded:
                 raise FlushError(
@@ -300,9 +321,10 @@ class LogManager:
             return False
         plog.revision = result.revision
         plog.hw = offset
-        plog.segments.append(meta)
-        self.cache.put(key, body)
-        self._remember_index(key, segment.index)
+        for meta, body, index in built:
+            plog.segments.append(meta)
+            self.cache.put(meta.key, body)
+            self._remember_index(meta.key, index)
         for e, base in zip(entries, bases, strict=True):
             if not e.future.done():
                 e.future.set_result(base)
@@ -310,8 +332,14 @@ class LogManager:
 
     # --- fetch -----------------------------------------------------------------------------
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     async def wait_for_commit(self, timeout: float) -> None:
-        """Sleep until the next commit (or ``timeout`` seconds): long-poll fetches."""
+        """Sleep until the next commit (or ``timeout`` seconds, or shutdown): long polls."""
+        if self._closing:
+            return
         async with self._committed:
             try:
                 await asyncio.wait_for(self._committed.wait(), timeout)
@@ -412,6 +440,19 @@ class LogManager:
         plog.revision = result.revision
         plog.log_start = new_start
         return new_start
+
+
+def _split(entries: list[_Pending], limit: int) -> list[list[_Pending]]:
+    """Consecutive groups of at most ``limit`` bytes (at least one entry each)."""
+    groups: list[list[_Pending]] = [[]]
+    size = 0
+    for e in entries:
+        if groups[-1] and size + len(e.data) > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(e)
+        size += len(e.data)
+    return groups
 
 
 def _whole_batches(

@@ -17,7 +17,7 @@ import struct
 from typing import Any
 
 from generated.api_versions_response import ApiVersion, ApiVersionsResponse
-from generated.registry import BROKER_APIS
+from generated.registry import ADVERTISED_APIS, BROKER_APIS
 from kafscale.broker.config import BrokerConfig
 from kafscale.broker.handlers import HANDLERS, RequestContext
 from kafscale.broker.log import LogManager
@@ -242,9 +242,10 @@ def is_served(request: Request) -> bool:
 
 
 def advertised_apis() -> list[ApiVersion]:
-    """What ApiVersions advertises: exactly the served table (protocol_specs/broker-apis.yaml)."""
+    """What ApiVersions advertises (protocol_specs/broker-apis.yaml): the served versions, and
+    for Produce also v0-2, which are listed but refused (KAFKA-18659)."""
     return [
         ApiVersion(api_key=k, min_version=lo, max_version=hi)
-        for k, (lo, hi) in BROKER_APIS.items()
+        for k, (lo, hi) in ADVERTISED_APIS.items()
         if k in HANDLERS
     ]

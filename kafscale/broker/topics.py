@@ -187,5 +187,8 @@ def check_config_value(key: str, value: Any) -> None:
             int(value)
         except (TypeError, ValueError):
             raise TopicError(40, f"{key} must be an integer, got {value!r}") from None
-    elif key == "cleanup.policy" and value not in ("delete", "compact", "compact,delete"):
-        raise TopicError(40, f"cleanup.policy must be delete or compact, got {value!r}")
+    elif key == "cleanup.policy":
+        # A list: "delete", "compact", or both in either order (IncrementalAlterConfigs APPEND).
+        items = [i.strip() for i in str(value).split(",")]
+        if not items or not set(items) <= {"delete", "compact"} or len(set(items)) != len(items):
+            raise TopicError(40, f"cleanup.policy must be delete and/or compact, got {value!r}")

@@ -28,9 +28,17 @@ class RequestContext:
 Handler = Callable[[RequestContext, Any], Awaitable[Message | None]]
 
 from kafscale.broker.handlers import (  # noqa: E402 - the modules import RequestContext
+    alter_configs,
     api_versions,
+    create_partitions,
     create_topics,
+    delete_records,
+    delete_topics,
+    describe_cluster,
+    describe_configs,
     fetch,
+    find_coordinator,
+    incremental_alter_configs,
     list_offsets,
     metadata,
     produce,
@@ -43,4 +51,12 @@ HANDLERS: dict[int, Handler] = {
     1: fetch.handle,
     2: list_offsets.handle,
     19: create_topics.handle,
+    20: delete_topics.handle,
+    21: delete_records.handle,
+    32: describe_configs.handle,
+    33: alter_configs.handle,
+    37: create_partitions.handle,
+    44: incremental_alter_configs.handle,
+    60: describe_cluster.handle,
+    10: find_coordinator.handle,
 }

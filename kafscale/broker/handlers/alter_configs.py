@@ -1,0 +1,77 @@
+# AlterConfigs (key 33), versions 0-2 (the legacy, non-incremental API).
+# - TOPIC resources: the given configs replace the topic's whole override set (a config not
+#   named goes back to its default). Unknown topic -> UNKNOWN_TOPIC_OR_PARTITION (3); unknown
+#   config or bad value -> INVALID_CONFIG (40); a null value or a config named twice ->
+#   INVALID_REQUEST (42), as Kafka's ConfigAdminManager answers.
+# - BROKER (4) and BROKER_LOGGER (8) resources: dynamic broker configs are not supported ->
+#   INVALID_REQUEST with a message; other resource types -> INVALID_REQUEST. A resource named
+#   twice in one request -> INVALID_REQUEST for the later ones.
+# - ValidateOnly checks everything without storing.
+from __future__ import annotations
+
+import logging
+
+from generated.alter_configs_request import AlterConfigsRequest
+from generated.alter_configs_response import AlterConfigsResourceResponse, AlterConfigsResponse
+from kafscale.broker.handlers import RequestContext
+from kafscale.broker.topics import TopicError
+
+log = logging.getLogger("kafscale.broker")
+
+TOPIC, BROKER, BROKER_LOGGER = 2, 4, 8
+UNKNOWN_TOPIC_OR_PARTITION = 3
+INVALID_REQUEST = 42
+
+
+async def handle(ctx: RequestContext, request: AlterConfigsRequest) -> AlterConfigsResponse:
+    results: list[AlterConfigsResourceResponse] = []
+    seen: set[tuple[int, str]] = set()
+    for resource in request.resources:
+        result = AlterConfigsResourceResponse(
+            resource_type=resource.resource_type,
+            resource_name=resource.resource_name,
+            error_code=0,
+            error_message=None,
+        )
+        results.append(result)
+        try:
+            check_resource(ctx, resource.resource_type, resource.resource_name, seen)
+            names = [c.name for c in resource.configs]
+            check_names(names)
+            configs: dict[str, str] = {}
+            for c in resource.configs:
+                if c.value is None:
+                    raise TopicError(INVALID_REQUEST, f"null value not supported for {c.name}")
+                configs[c.name] = c.value
+            await ctx.broker.topics.set_configs(
+                resource.resource_name, configs, request.validate_only
+            )
+        except TopicError as e:
+            result.error_code, result.error_message = e.code, e.message
+            continue
+        if not request.validate_only:
+            log.info("topic %s configs set to %s", resource.resource_name, configs)
+    return AlterConfigsResponse(throttle_time_ms=0, responses=results)
+
+
+def check_resource(ctx: RequestContext, kind: int, name: str, seen: set[tuple[int, str]]) -> None:
+    """Refuse (TopicError) what the config-altering APIs cannot change: all but topics."""
+    if (kind, name) in seen:
+        raise TopicError(INVALID_REQUEST, f"resource {name!r} (type {kind}) appears twice")
+    seen.add((kind, name))
+    if kind in (BROKER, BROKER_LOGGER):
+        raise TopicError(
+            INVALID_REQUEST,
+            "KafScale does not support dynamic broker configs: set them in the broker's "
+            "configuration and restart it",
+        )
+    if kind != TOPIC:
+        raise TopicError(INVALID_REQUEST, f"resource type {kind} is not supported")
+    if ctx.broker.topics.get(name) is None:
+        raise TopicError(UNKNOWN_TOPIC_OR_PARTITION, f"topic {name!r} does not exist")
+
+
+def check_names(names: list[str]) -> None:
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise TopicError(INVALID_REQUEST, f"duplicate config keys: {', '.join(duplicates)}")
