@@ -24,11 +24,10 @@ def add_serve(commands: Any) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from kafscale.metadata.sqlite import SqliteMetadataStore
-    from kafscale.storage.local import LocalObjectStore
-
     from kafscale.broker.server import Broker
     from kafscale.cli import CliError
+    from kafscale.metadata.sqlite import SqliteMetadataStore
+    from kafscale.storage.local import LocalObjectStore
 
     try:
         config = broker_config.load(args)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 
-from kafscale.protocol.records import RecordError
-
 from generated.produce_request import ProduceRequest
 from generated.produce_response import (
     PartitionProduceResponse,
@@ -21,6 +19,7 @@ from generated.produce_response import (
 )
 from kafscale.broker.handlers import RequestContext
 from kafscale.broker.log import FlushError
+from kafscale.protocol.records import RecordError
 
 INVALID_REQUIRED_ACKS = 21
 UNKNOWN_TOPIC_OR_PARTITION = 3
