@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from generated.alter_configs_request import AlterConfigsRequest
+from generated.alter_configs_request import AlterConfigsRequest, AlterConfigsResource
 from generated.alter_configs_response import AlterConfigsResourceResponse, AlterConfigsResponse
 from kafscale.broker.handlers import RequestContext
 from kafscale.broker.topics import TopicError
@@ -24,10 +26,37 @@ INVALID_REQUEST = 42
 
 
 async def handle(ctx: RequestContext, request: AlterConfigsRequest) -> AlterConfigsResponse:
-    results: list[AlterConfigsResourceResponse] = []
+    def replacement(resource: AlterConfigsResource) -> dict[str, str]:
+        configs: dict[str, str] = {}
+        for c in resource.configs:
+            if c.value is None:
+                raise TopicError(INVALID_REQUEST, f"null value not supported for {c.name}")
+            configs[c.name] = c.value
+        return configs
+
+    results = await alter_topic_configs(
+        ctx, request.resources, AlterConfigsResourceResponse, replacement, request.validate_only
+    )
+    return AlterConfigsResponse(throttle_time_ms=0, responses=results)
+
+
+R = TypeVar("R")
+
+
+async def alter_topic_configs(
+    ctx: RequestContext,
+    resources: Sequence[Any],
+    result_type: Callable[..., R],
+    new_configs: Callable[[Any], dict[str, str]],
+    validate_only: bool,
+) -> list[R]:
+    """The loop both config-altering APIs share: per resource, check it, compute the topic's
+    new override set with ``new_configs`` and store it (unless ``validate_only``); a refusal
+    becomes that resource's error code and message."""
+    results: list[R] = []
     seen: set[tuple[int, str]] = set()
-    for resource in request.resources:
-        result = AlterConfigsResourceResponse(
+    for resource in resources:
+        result = result_type(
             resource_type=resource.resource_type,
             resource_name=resource.resource_name,
             error_code=0,
@@ -36,22 +65,15 @@ async def handle(ctx: RequestContext, request: AlterConfigsRequest) -> AlterConf
         results.append(result)
         try:
             check_resource(ctx, resource.resource_type, resource.resource_name, seen)
-            names = [c.name for c in resource.configs]
-            check_names(names)
-            configs: dict[str, str] = {}
-            for c in resource.configs:
-                if c.value is None:
-                    raise TopicError(INVALID_REQUEST, f"null value not supported for {c.name}")
-                configs[c.name] = c.value
-            await ctx.broker.topics.set_configs(
-                resource.resource_name, configs, request.validate_only
-            )
+            check_names([c.name for c in resource.configs])
+            configs = new_configs(resource)
+            await ctx.broker.topics.set_configs(resource.resource_name, configs, validate_only)
         except TopicError as e:
-            result.error_code, result.error_message = e.code, e.message
+            result.error_code, result.error_message = e.code, e.message  # type: ignore[attr-defined]
             continue
-        if not request.validate_only:
+        if not validate_only:
             log.info("topic %s configs set to %s", resource.resource_name, configs)
-    return AlterConfigsResponse(throttle_time_ms=0, responses=results)
+    return results
 
 
 def check_resource(ctx: RequestContext, kind: int, name: str, seen: set[tuple[int, str]]) -> None:

@@ -10,10 +10,9 @@
 #   supported), as in AlterConfigs. ValidateOnly checks without storing.
 from __future__ import annotations
 
-import logging
-
 from generated.incremental_alter_configs_request import (
     AlterableConfig,
+    AlterConfigsResource,
     IncrementalAlterConfigsRequest,
 )
 from generated.incremental_alter_configs_response import (
@@ -22,11 +21,9 @@ from generated.incremental_alter_configs_response import (
 )
 from kafscale.broker.config import BrokerConfig
 from kafscale.broker.handlers import RequestContext
-from kafscale.broker.handlers.alter_configs import check_names, check_resource
+from kafscale.broker.handlers.alter_configs import alter_topic_configs
 from kafscale.broker.handlers.describe_configs import is_list_config, topic_default
 from kafscale.broker.topics import TOPIC_CONFIG_DEFAULTS, TopicError
-
-log = logging.getLogger("kafscale.broker")
 
 SET, DELETE, APPEND, SUBTRACT = 0, 1, 2, 3
 INVALID_CONFIG = 40
@@ -37,30 +34,18 @@ async def handle(
     ctx: RequestContext, request: IncrementalAlterConfigsRequest
 ) -> IncrementalAlterConfigsResponse:
     broker = ctx.broker
-    results: list[AlterConfigsResourceResponse] = []
-    seen: set[tuple[int, str]] = set()
-    for resource in request.resources:
-        result = AlterConfigsResourceResponse(
-            resource_type=resource.resource_type,
-            resource_name=resource.resource_name,
-            error_code=0,
-            error_message=None,
-        )
-        results.append(result)
-        try:
-            check_resource(ctx, resource.resource_type, resource.resource_name, seen)
-            check_names([c.name for c in resource.configs])
-            topic = broker.topics.get(resource.resource_name)
-            assert topic is not None  # check_resource checked it
-            configs = dict(topic.configs)
-            for op in resource.configs:
-                _apply(configs, op, broker.config)
-            await broker.topics.set_configs(topic.name, configs, request.validate_only)
-        except TopicError as e:
-            result.error_code, result.error_message = e.code, e.message
-            continue
-        if not request.validate_only:
-            log.info("topic %s configs set to %s", resource.resource_name, configs)
+
+    def updated(resource: AlterConfigsResource) -> dict[str, str]:
+        topic = broker.topics.get(resource.resource_name)
+        assert topic is not None  # check_resource checked it
+        configs = dict(topic.configs)
+        for op in resource.configs:
+            _apply(configs, op, broker.config)
+        return configs
+
+    results = await alter_topic_configs(
+        ctx, request.resources, AlterConfigsResourceResponse, updated, request.validate_only
+    )
     return IncrementalAlterConfigsResponse(throttle_time_ms=0, responses=results)
 
 
