@@ -266,8 +266,10 @@ def test_list_offsets(tmp_path: Path) -> None:
         await c.produce("t", build_batch([b"c"], timestamp=5000))
         assert (await c.list_offset("t", -2)).offset == 0
         assert (await c.list_offset("t", -1)).offset == 3
-        by_time = await c.list_offset("t", 3000)
-        assert (by_time.offset, by_time.timestamp) == (2, 3000)
+        by_time = await c.list_offset("t", 3000)  # the record's own timestamp comes back
+        assert (by_time.offset, by_time.timestamp) == (2, 5000)
+        exact = await c.list_offset("t", 1000)
+        assert (exact.offset, exact.timestamp) == (0, 1000)
         assert (await c.list_offset("t", 9000)).offset == -1
         newest = await c.list_offset("t", -3)
         assert (newest.timestamp, newest.offset) == (5000, 2)

@@ -23,18 +23,25 @@ from generated.storage.segment_index import SegmentIndex
 from kafscale.broker.config import BrokerConfig
 from kafscale.broker.topics import Topics
 from kafscale.metadata import Compare, MetadataStore, Put
-from kafscale.protocol.records import BatchInfo, assign_offsets, parse_batches
+from kafscale.protocol.records import (
+    BatchInfo,
+    CompressedBatchError,
+    Record,
+    assign_offsets,
+    iter_records,
+    parse_batches,
+)
 from kafscale.protocol.wire import Buffer
 from kafscale.storage import NotFound, ObjectStore
 from kafscale.storage.segment import (
     FOOTER_SIZE,
     HEADER_SIZE,
     build_segment,
-    find_by_timestamp,
     find_position,
     index_key,
     parse_index,
     segment_key,
+    span_for_timestamp,
 )
 
 log = logging.getLogger("kafscale.log")
@@ -403,24 +410,57 @@ class LogManager:
         while len(self.indexes) > 10000:
             self.indexes.popitem(last=False)
 
-    async def offset_for_timestamp(self, plog: PartitionLog, timestamp: int) -> int | None:
-        """The first committed offset whose batch holds a timestamp >= ``timestamp``."""
+    async def offset_for_timestamp(
+        self, plog: PartitionLog, timestamp: int
+    ) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first committed record whose timestamp is >=
+        ``timestamp`` (ListOffsets), exact to the record, compressed batches included."""
         for seg in plog.segments:
             if seg.last < plog.log_start or seg.max_timestamp < timestamp:
                 continue
-            index = await self._index(seg)
-            found = find_by_timestamp(index, timestamp) if index is not None else seg.base
-            if found is not None:
-                return max(found, plog.log_start)
+            for record in await self._records(seg, plog.log_start, timestamp):
+                if record.timestamp >= timestamp:
+                    return record.offset, record.timestamp
         return None
 
-    def max_timestamp_offset(self, plog: PartitionLog) -> tuple[int, int]:
-        """(timestamp, offset) of the batch with the largest timestamp (ListOffsets -3)."""
-        best = (-1, -1)
-        for seg in plog.segments:
-            if seg.last >= plog.log_start and seg.max_timestamp > best[0]:
-                best = (seg.max_timestamp, seg.last)
-        return best
+    async def max_timestamp_offset(self, plog: PartitionLog) -> tuple[int, int]:
+        """(timestamp, offset) of the first record with the largest timestamp (ListOffsets -3,
+        KIP-734; the record's own offset, as Kafka answers since KAFKA-16310)."""
+        live = [s for s in plog.segments if s.last >= plog.log_start]
+        if not live:
+            return (-1, -1)
+        best = max(s.max_timestamp for s in live)
+        seg = next(s for s in live if s.max_timestamp == best)
+        for record in await self._records(seg, plog.log_start, best):
+            if record.timestamp == best:
+                return best, record.offset
+        return best, seg.last  # a batch claimed a max timestamp no record has
+
+    async def _records(self, seg: SegmentMeta, log_start: int, timestamp: int) -> list[Record]:
+        """The committed records of ``seg`` from the first batch that reaches ``timestamp``
+        (found through the index), decompressed."""
+        index = await self._index(seg)
+        span = span_for_timestamp(index, timestamp) if index is not None else None
+        start = span.position if span is not None else HEADER_SIZE
+        end = seg.size - FOOTER_SIZE
+        cached = self.cache.get(seg.key)
+        data = (
+            cached[start:end]
+            if cached is not None
+            else await self.objects.get_range(seg.key, start, end)
+        )
+        out: list[Record] = []
+        for batch in parse_batches(data, len(data), verify_records=False):
+            if batch.base_offset + batch.last_offset_delta < log_start:
+                continue
+            if batch.max_timestamp < timestamp:
+                continue
+            try:
+                records = list(iter_records(memoryview(data)[batch.position : batch.end]))
+            except CompressedBatchError:  # unreadable: answer at batch granularity
+                records = [Record(batch.base_offset, batch.max_timestamp, None, None)]
+            out += [r for r in records if r.offset >= log_start]
+        return out
 
     async def delete_records(self, plog: PartitionLog, before: int) -> int:
         """Advance the log start offset (DeleteRecords); returns the new low watermark."""

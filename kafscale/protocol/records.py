@@ -450,13 +450,12 @@ class Record:
 
 
 def iter_records(batch: Buffer) -> Iterator[Record]:
-    """The records of one uncompressed batch (exactly the bytes of one batch, as validated by
-    :func:`parse_batches`): absolute offsets (base offset + delta) and timestamps (for a
-    LOG_APPEND_TIME batch, its max timestamp, as Kafka's reader gives).
+    """The records of one batch (exactly the bytes of one batch, as validated by
+    :func:`parse_batches`), decompressed if need be: absolute offsets (base offset + delta) and
+    timestamps (for a LOG_APPEND_TIME batch, its max timestamp, as Kafka's reader gives).
 
-    Raises :class:`CompressedBatchError` for a compressed batch (check
-    :attr:`BatchInfo.compression` first) and :class:`RecordError` (INVALID_RECORD) for a
-    malformed record. The CRC is not checked again.
+    Raises :class:`CompressedBatchError` when the records cannot be decompressed and
+    :class:`RecordError` (INVALID_RECORD) for a malformed record. The CRC is not checked again.
     """
     view = _view(batch)
     if len(view) < RECORD_BATCH_OVERHEAD:
@@ -482,12 +481,44 @@ def iter_records(batch: Buffer) -> Iterator[Record]:
         raise RecordError(f"batchLength {length} does not match the {len(view)} bytes", offset=8)
     codec = attributes & _CODEC_MASK
     if codec:
-        name = Compression(codec).name if codec <= Compression.ZSTD else str(codec)
-        raise CompressedBatchError(f"the batch is compressed ({name}): records not readable")
+        view = memoryview(bytes(view[:RECORD_BATCH_OVERHEAD]) + decompress(codec, view))
     log_append = bool(attributes & _TIMESTAMP_TYPE_MASK)
     return _records(
         view, base_offset, first_timestamp, max_timestamp if log_append else None, count
     )
+
+
+_XERIAL_MAGIC = b"\x82SNAPPY\x00"
+_BLOCK_SIZE = struct.Struct(">i")
+
+
+def decompress(codec: int, batch: memoryview) -> bytes:
+    """The records section of a compressed batch, decompressed (gzip from the standard library,
+    snappy/lz4/zstd with cramjam). Kafka's snappy is xerial-framed: a magic header, then
+    length-prefixed raw snappy blocks. :class:`CompressedBatchError` if it cannot be read."""
+    payload = bytes(batch[RECORD_BATCH_OVERHEAD:])
+    try:
+        if codec == Compression.GZIP:
+            return gzip.decompress(payload)
+        import cramjam
+
+        if codec == Compression.SNAPPY:
+            if not payload.startswith(_XERIAL_MAGIC):
+                return bytes(cramjam.snappy.decompress_raw(payload))
+            out = bytearray()
+            pos = len(_XERIAL_MAGIC) + 8  # magic, then version and compatible version
+            while pos < len(payload):
+                (size,) = _BLOCK_SIZE.unpack_from(payload, pos)
+                out += bytes(cramjam.snappy.decompress_raw(payload[pos + 4 : pos + 4 + size]))
+                pos += 4 + size
+            return bytes(out)
+        if codec == Compression.LZ4:
+            return bytes(cramjam.lz4.decompress(payload))
+        if codec == Compression.ZSTD:
+            return bytes(cramjam.zstd.decompress(payload))
+    except Exception as e:  # corrupt data, or a codec library missing
+        raise CompressedBatchError(f"cannot decompress the batch: {e}") from None
+    raise CompressedBatchError(f"unknown compression codec {codec}")
 
 
 def _records(

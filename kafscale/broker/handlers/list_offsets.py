@@ -1,7 +1,8 @@
 # ListOffsets (key 2), versions 1-8.
 # - Timestamp -2: earliest (log start offset); -1: latest (high watermark); -3 (v7+): the
-#   offset of the batch with the largest timestamp; otherwise the first offset whose timestamp
-#   is >= the target (found through the segment index; -1 with timestamp -1 when none is).
+#   first record with the largest timestamp; otherwise the first record whose timestamp is >=
+#   the target, with that record's own timestamp (the segment index finds the batch, its
+#   records are read, compressed ones decompressed); -1 with timestamp -1 when none is.
 # - Unknown topic or partition -> UNKNOWN_TOPIC_OR_PARTITION (3). Leader epoch is 0 (one
 #   broker, never re-elected).
 from __future__ import annotations
@@ -38,9 +39,9 @@ async def handle(ctx: RequestContext, request: ListOffsetsRequest) -> ListOffset
             elif part.timestamp == LATEST:
                 resp.offset = plog.hw
             elif part.timestamp == MAX_TIMESTAMP:
-                resp.timestamp, resp.offset = broker.logs.max_timestamp_offset(plog)
+                resp.timestamp, resp.offset = await broker.logs.max_timestamp_offset(plog)
             else:
                 found = await broker.logs.offset_for_timestamp(plog, part.timestamp)
                 if found is not None:
-                    resp.offset, resp.timestamp = found, part.timestamp
+                    resp.offset, resp.timestamp = found
     return ListOffsetsResponse(throttle_time_ms=0, topics=topics)
