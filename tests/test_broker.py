@@ -357,3 +357,56 @@ def test_one_flush_splits_into_segments_of_segment_bytes(tmp_path: Path) -> None
         assert [o for o, _ in values(got.records)] == list(range(6))
 
     run(tmp_path, scenario, segment_bytes=400, flush_interval_ms=200)
+
+
+def test_more_malformed_batches_are_invalid_record(tmp_path: Path) -> None:
+    import crc32c
+
+    async def scenario(c: Client) -> None:
+        await c.create("t")
+        good = build_batch([b"a", b"b"])
+
+        def patched(offset: int, fmt: str, value: int, fix_crc: bool = True) -> bytes:
+            data = bytearray(good)
+            struct.pack_into(fmt, data, offset, value)
+            if fix_crc:  # the CRC-32C covers attributes onward: make it right again
+                struct.pack_into(">I", data, 17, crc32c.crc32c(bytes(data[21:])))
+            return bytes(data)
+
+        cases = {
+            "batch length too long": (patched(8, ">i", len(good), False), 87),
+            "batch length too short": (patched(8, ">i", 20, False), 87),
+            "impossible record count": (patched(57, ">i", 1_000_000), 87),
+            "unknown codec 7": (patched(21, ">h", 7), 87),
+            "codec bits with a bad CRC": (patched(21, ">h", 7, fix_crc=False), 2),
+            "client base offset not 0": (patched(0, ">q", 5, False), 87),
+            "truncated": (good[:-3], 87),
+            "two batches in one partition": (good + good, 87),
+        }
+        for name, (data, code) in cases.items():
+            resp = await c.produce("t", data)
+            assert (resp.error_code, resp.base_offset) == (code, -1), (name, resp.error_message)
+        assert (await c.produce("t", good)).base_offset == 0  # nothing above was stored
+
+    run(tmp_path, scenario)
+
+
+def test_requests_with_unknown_tagged_fields_are_served(tmp_path: Path) -> None:
+    async def scenario(c: Client) -> None:
+        body = ApiVersionsRequest(client_software_name="x", client_software_version="1")
+        body._unknown_tags = [(7, b"future field")]
+        resp: ApiVersionsResponse = await c.call(18, 3, body)
+        assert resp.error_code == 0
+
+    run(tmp_path, scenario)
+
+
+def test_non_utf8_client_software_name_closes_the_connection(tmp_path: Path) -> None:
+    async def scenario(c: Client) -> None:
+        header = struct.pack(">hhih", 18, 3, 1, 1) + b"c" + b"\x00"
+        body = b"\x03\xff\xfe" + b"\x02x" + b"\x00"  # compact string of 2 bytes, not UTF-8
+        with pytest.raises(ProtocolError, match="UTF-8") as error:
+            await c.broker.respond(header + body)
+        assert error.value.field == "ClientSoftwareName"
+
+    run(tmp_path, scenario)
