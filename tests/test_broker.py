@@ -410,3 +410,24 @@ def test_non_utf8_client_software_name_closes_the_connection(tmp_path: Path) -> 
         assert error.value.field == "ClientSoftwareName"
 
     run(tmp_path, scenario)
+
+
+def test_delete_records_and_flushes_do_not_fence_each_other(tmp_path: Path) -> None:
+    async def scenario(c: Client) -> None:
+        await c.create("t")
+        assert (await c.produce("t", build_batch([b"0"]))).base_offset == 0
+        plog = await c.broker.logs.get("t", 0)
+        for round_ in range(5):
+            produced = [
+                asyncio.create_task(c.produce("t", build_batch([b"%d" % i]))) for i in range(10)
+            ]
+            await asyncio.sleep(0.004)  # land the deletes while flushes are in flight
+            deleted = await asyncio.gather(
+                *(c.broker.logs.delete_records(plog, round_ + 1) for _ in range(3))
+            )
+            results = await asyncio.gather(*produced)
+            assert [r.error_code for r in results] == [0] * 10
+            assert deleted == [round_ + 1] * 3
+        assert plog.log_start == 5 and plog.hw == 51
+
+    run(tmp_path, scenario)

@@ -96,6 +96,9 @@ class PartitionLog:
     segments: list[SegmentMeta] = field(default_factory=list)
     pending: list[_Pending] = field(default_factory=list)
     pending_bytes: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held by whatever moves the partition state (a flush, DeleteRecords): one CAS at a time
+    on this broker, so they never make each other fail."""
 
     def segment_for(self, offset: int) -> SegmentMeta | None:
         """The committed segment holding ``offset`` (or the first one after it)."""
@@ -259,6 +262,10 @@ class LogManager:
                 self._committed.notify_all()
 
     async def _flush_partition(self, plog: PartitionLog) -> bool:
+        async with plog.lock:
+            return await self._flush_locked(plog)
+
+    async def _flush_locked(self, plog: PartitionLog) -> bool:
         entries, plog.pending = plog.pending, []
         size = sum(len(e.data) for e in entries)
         plog.pending_bytes -= size
@@ -464,6 +471,10 @@ class LogManager:
 
     async def delete_records(self, plog: PartitionLog, before: int) -> int:
         """Advance the log start offset (DeleteRecords); returns the new low watermark."""
+        async with plog.lock:
+            return await self._delete_records_locked(plog, before)
+
+    async def _delete_records_locked(self, plog: PartitionLog, before: int) -> int:
         new_start = plog.hw if before == -1 else before
         if new_start > plog.hw or new_start < 0:
             raise FlushError(OFFSET_OUT_OF_RANGE, f"offset {before} is beyond the high watermark")
