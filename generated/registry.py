@@ -1416,6 +1416,8 @@ BROKER_APIS: dict[int, tuple[int, int]] = {
     1: (4, 16),  # Fetch
     2: (1, 8),  # ListOffsets
     3: (0, 12),  # Metadata
+    8: (0, 9),  # OffsetCommit
+    9: (0, 9),  # OffsetFetch
     10: (0, 6),  # FindCoordinator
     18: (0, 4),  # ApiVersions
     19: (2, 7),  # CreateTopics
@@ -1425,6 +1427,7 @@ BROKER_APIS: dict[int, tuple[int, int]] = {
     33: (0, 2),  # AlterConfigs
     37: (0, 3),  # CreatePartitions
     44: (0, 1),  # IncrementalAlterConfigs
+    47: (0, 0),  # OffsetDelete
     60: (0, 1),  # DescribeCluster
 }
 """API key -> versions the KafScale broker serves (from protocol_specs/broker-apis.yaml)."""
@@ -1434,6 +1437,8 @@ ADVERTISED_APIS: dict[int, tuple[int, int]] = {
     1: (4, 16),  # Fetch
     2: (1, 8),  # ListOffsets
     3: (0, 12),  # Metadata
+    8: (0, 9),  # OffsetCommit
+    9: (0, 9),  # OffsetFetch
     10: (0, 6),  # FindCoordinator
     18: (0, 4),  # ApiVersions
     19: (2, 7),  # CreateTopics
@@ -1443,6 +1448,7 @@ ADVERTISED_APIS: dict[int, tuple[int, int]] = {
     33: (0, 2),  # AlterConfigs
     37: (0, 3),  # CreatePartitions
     44: (0, 1),  # IncrementalAlterConfigs
+    47: (0, 0),  # OffsetDelete
     60: (0, 1),  # DescribeCluster
 }
 """API key -> versions listed in ApiVersions: the served ones, widened where clients need it

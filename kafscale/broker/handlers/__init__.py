@@ -41,6 +41,9 @@ from kafscale.broker.handlers import (  # noqa: E402 - the modules import Reques
     incremental_alter_configs,
     list_offsets,
     metadata,
+    offset_commit,
+    offset_delete,
+    offset_fetch,
     produce,
 )
 
@@ -59,4 +62,7 @@ HANDLERS: dict[int, Handler] = {
     44: incremental_alter_configs.handle,
     60: describe_cluster.handle,
     10: find_coordinator.handle,
+    8: offset_commit.handle,
+    9: offset_fetch.handle,
+    47: offset_delete.handle,
 }

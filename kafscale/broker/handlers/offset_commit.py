@@ -1,0 +1,85 @@
+# OffsetCommit (key 8), versions 0-9.
+# - Offsets are stored in the metadata store (kafscale/broker/offsets.py), all partitions of
+#   a request in one transaction (chunked above 128 operations). Kafka 3.9's default (classic)
+#   GroupCoordinator semantics for a group with no live members, which is every group until
+#   group membership (JoinGroup/SyncGroup/Heartbeat) is served:
+#   - generation -1, empty member id and no group instance id (a consumer using assign(), or
+#     the admin client): accepted; the offset, metadata (null -> "") and leader epoch (v6+)
+#     are kept. v0 has no member fields, so it is always such a commit.
+#   - generation >= 0: ILLEGAL_GENERATION (22) when the group has no committed offsets (does
+#     not exist), else UNKNOWN_MEMBER_ID (25): the member is not in the group. Kafka's newer
+#     coordinator (4.0) answers GROUP_ID_NOT_FOUND (69) here from v9; 3.9's default does not.
+#   - generation -1 with a member id or a group instance id: UNKNOWN_MEMBER_ID (25), as the
+#     classic coordinator (the new one accepts it on an empty group).
+#   - An empty group id is accepted, as Kafka does for OffsetCommit/OffsetFetch ("for
+#     backwards compatibility"); only the other group APIs answer INVALID_GROUP_ID (24).
+# - Unknown topic or partition: UNKNOWN_TOPIC_OR_PARTITION (3) for that partition only (checked
+#   before the group, as KafkaApis does); metadata over 4096 characters
+#   (offset.metadata.max.bytes): OFFSET_METADATA_TOO_LARGE (12).
+# - v1 CommitTimestamp (-1: now) is kept as commit_ms; v2-4 RetentionTimeMs is ignored
+#   (committed offsets do not expire yet).
+from __future__ import annotations
+
+from generated.offset_commit_request import OffsetCommitRequest
+from generated.offset_commit_response import (
+    OffsetCommitResponse,
+    OffsetCommitResponsePartition,
+    OffsetCommitResponseTopic,
+)
+from kafscale.broker.handlers import RequestContext
+from kafscale.broker.offsets import CommittedOffset, Offsets, TopicPartition, now_ms
+
+UNKNOWN_TOPIC_OR_PARTITION = 3
+OFFSET_METADATA_TOO_LARGE = 12
+ILLEGAL_GENERATION = 22
+UNKNOWN_MEMBER_ID = 25
+MAX_METADATA = 4096
+"""offset.metadata.max.bytes (Kafka's default; it counts characters)."""
+
+
+async def handle(ctx: RequestContext, request: OffsetCommitRequest) -> OffsetCommitResponse:
+    broker = ctx.broker
+    offsets = Offsets(broker.meta, broker.config.namespace)
+    now = now_ms()
+    out: list[OffsetCommitResponseTopic] = []
+    pending: list[tuple[TopicPartition, OffsetCommitResponsePartition, CommittedOffset]] = []
+    for wanted in request.topics:
+        topic = broker.topics.get(wanted.name)
+        result = OffsetCommitResponseTopic(name=wanted.name)
+        out.append(result)
+        for part in wanted.partitions:
+            resp = OffsetCommitResponsePartition(partition_index=part.partition_index)
+            result.partitions.append(resp)
+            metadata = part.committed_metadata or ""
+            if topic is None or not 0 <= part.partition_index < topic.partitions:
+                resp.error_code = UNKNOWN_TOPIC_OR_PARTITION
+            elif len(metadata) > MAX_METADATA:
+                resp.error_code = OFFSET_METADATA_TOO_LARGE
+            else:
+                stamp = part.commit_timestamp if part.commit_timestamp != -1 else now
+                committed = CommittedOffset(
+                    part.committed_offset,
+                    part.committed_leader_epoch,
+                    metadata,
+                    stamp,
+                    str(topic.id),
+                )
+                pending.append(((wanted.name, part.partition_index), resp, committed))
+    if pending:
+        error = await _membership_error(offsets, request)
+        if error:
+            for _, resp, _ in pending:
+                resp.error_code = error
+        else:  # a partition named twice: the last one counts
+            await offsets.commit(request.group_id, {tp: c for tp, _, c in pending})
+    return OffsetCommitResponse(throttle_time_ms=0, topics=out)
+
+
+async def _membership_error(offsets: Offsets, request: OffsetCommitRequest) -> int:
+    """Kafka's validateOffsetCommit for a group without members (0: a simple commit)."""
+    generation = request.generation_id_or_member_epoch
+    if generation < 0 and not request.member_id and request.group_instance_id is None:
+        return 0
+    if generation < 0 or await offsets.exists(request.group_id):
+        return UNKNOWN_MEMBER_ID
+    return ILLEGAL_GENERATION

@@ -1,0 +1,45 @@
+# OffsetDelete (key 47), version 0.
+# - Removes the group's committed offsets of the given partitions (one metadata transaction,
+#   chunked above 128 operations); a partition with no commit is no error. Every group is
+#   empty (no membership yet), so GROUP_SUBSCRIBED_TO_TOPIC (86) never arises.
+# - Empty group id: INVALID_GROUP_ID (24); a group with no committed offsets:
+#   GROUP_ID_NOT_FOUND (69). A group error is the top-level ErrorCode with no topics, as Kafka
+#   answers. Unknown topic or partition: UNKNOWN_TOPIC_OR_PARTITION (3) for that partition.
+from __future__ import annotations
+
+from generated.offset_delete_request import OffsetDeleteRequest
+from generated.offset_delete_response import (
+    OffsetDeleteResponse,
+    OffsetDeleteResponsePartition,
+    OffsetDeleteResponseTopic,
+)
+from kafscale.broker.handlers import RequestContext
+from kafscale.broker.offsets import Offsets, TopicPartition
+
+UNKNOWN_TOPIC_OR_PARTITION = 3
+INVALID_GROUP_ID = 24
+GROUP_ID_NOT_FOUND = 69
+
+
+async def handle(ctx: RequestContext, request: OffsetDeleteRequest) -> OffsetDeleteResponse:
+    broker = ctx.broker
+    offsets = Offsets(broker.meta, broker.config.namespace)
+    if not request.group_id:
+        return OffsetDeleteResponse(error_code=INVALID_GROUP_ID, throttle_time_ms=0)
+    if not await offsets.exists(request.group_id):
+        return OffsetDeleteResponse(error_code=GROUP_ID_NOT_FOUND, throttle_time_ms=0)
+    out: list[OffsetDeleteResponseTopic] = []
+    doomed: list[TopicPartition] = []
+    for wanted in request.topics:
+        topic = broker.topics.get(wanted.name)
+        result = OffsetDeleteResponseTopic(name=wanted.name)
+        out.append(result)
+        for part in wanted.partitions:
+            resp = OffsetDeleteResponsePartition(partition_index=part.partition_index)
+            result.partitions.append(resp)
+            if topic is None or not 0 <= part.partition_index < topic.partitions:
+                resp.error_code = UNKNOWN_TOPIC_OR_PARTITION
+            else:
+                doomed.append((wanted.name, part.partition_index))
+    await offsets.delete(request.group_id, doomed)
+    return OffsetDeleteResponse(error_code=0, throttle_time_ms=0, topics=out)

@@ -1,0 +1,97 @@
+# OffsetFetch (key 9), versions 0-9.
+# - Reads the committed offsets kept by OffsetCommit (kafscale/broker/offsets.py). A partition
+#   with no commit answers offset -1, metadata "" and leader epoch -1 (never 0), error 0, as
+#   Kafka does; so does a partition of an unknown topic. Topics null (v2+) returns every
+#   committed partition of the group. Commits made for a since-deleted topic are not reported.
+# - v0-7: one group (GroupId/Topics); v8+: several groups per request (Groups), each answered
+#   on its own. The top-level ErrorCode exists in v2-7 only (v8+ has one per group); no group
+#   error can arise yet (an empty group id is accepted, as Kafka does for OffsetFetch).
+# - RequireStable (v7+) is ignored: without transactions no offset is ever pending.
+# - v9 MemberId/MemberEpoch are not checked (Kafka 3.9's classic coordinator ignores them; they
+#   matter for KIP-848 groups, not served).
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from generated.offset_fetch_request import OffsetFetchRequest
+from generated.offset_fetch_response import (
+    OffsetFetchResponse,
+    OffsetFetchResponseGroup,
+    OffsetFetchResponsePartition,
+    OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic,
+    OffsetFetchResponseTopics,
+)
+from kafscale.broker.handlers import RequestContext
+from kafscale.broker.offsets import CommittedOffset, Offsets, live
+
+Wanted = Sequence[tuple[str, Sequence[int]]]
+Found = list[tuple[str, list[tuple[int, CommittedOffset | None]]]]
+
+
+async def handle(ctx: RequestContext, request: OffsetFetchRequest) -> OffsetFetchResponse:
+    if ctx.version >= 8:
+        groups = []
+        for group in request.groups:
+            wanted = (
+                None
+                if group.topics is None
+                else [(t.name, t.partition_indexes) for t in group.topics]
+            )
+            found = await _fetch(ctx, group.group_id, wanted)
+            topics = [
+                OffsetFetchResponseTopics(
+                    name=name,
+                    partitions=[
+                        OffsetFetchResponsePartitions(
+                            partition_index=p,
+                            committed_offset=c.offset if c else -1,
+                            committed_leader_epoch=c.leader_epoch if c else -1,
+                            metadata=c.metadata if c else "",
+                        )
+                        for p, c in parts
+                    ],
+                )
+                for name, parts in found
+            ]
+            groups.append(OffsetFetchResponseGroup(group_id=group.group_id, topics=topics))
+        return OffsetFetchResponse(throttle_time_ms=0, groups=groups)
+    wanted = (
+        None if request.topics is None else [(t.name, t.partition_indexes) for t in request.topics]
+    )
+    found = await _fetch(ctx, request.group_id, wanted)
+    return OffsetFetchResponse(
+        throttle_time_ms=0,
+        topics=[
+            OffsetFetchResponseTopic(
+                name=name,
+                partitions=[
+                    OffsetFetchResponsePartition(
+                        partition_index=p,
+                        committed_offset=c.offset if c else -1,
+                        committed_leader_epoch=c.leader_epoch if c else -1,
+                        metadata=c.metadata if c else "",
+                    )
+                    for p, c in parts
+                ],
+            )
+            for name, parts in found
+        ],
+    )
+
+
+async def _fetch(ctx: RequestContext, group: str, wanted: Wanted | None) -> Found:
+    """The commits of the wanted partitions (None where there is none), in request order; or
+    with ``wanted`` None, every live commit of the group, by topic and partition."""
+    broker = ctx.broker
+    offsets = Offsets(broker.meta, broker.config.namespace)
+    stored = await offsets.fetch(group, None if wanted is None else [t for t, _ in wanted])
+    current = {tp: c for tp, c in stored.items() if live(broker.topics, tp, c)}
+    if wanted is not None:
+        return [(t, [(p, current.get((t, p))) for p in parts]) for t, parts in wanted]
+    found: Found = []
+    for (topic, p), committed in current.items():
+        if not found or found[-1][0] != topic:
+            found.append((topic, []))
+        found[-1][1].append((p, committed))
+    return found

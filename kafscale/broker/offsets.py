@@ -1,0 +1,136 @@
+"""Committed offsets of consumer groups, kept in the metadata store.
+
+Key (value is JSON):
+- ``/{ns}/offsets/{group}/{topic}/{p:05d}``:
+  ``{"offset", "leader_epoch", "metadata", "commit_ms", "topic_id"}``. ``{group}`` is
+  percent-encoded (only ``%`` and ``/`` change), so a group id holding ``/`` can never make
+  its keys fall under another group's prefix; topic names cannot hold ``/``.
+
+A commit of many partitions is one transaction, or several of at most ``MAX_TXN_OPS`` operations
+each (etcd's default limit): each chunk is atomic, the whole commit is not. ``topic_id`` ties a
+commit to the topic it was made for: an offset committed for a topic that was deleted (and
+perhaps created again) is not reported, as Kafka removes such offsets on deletion. Such stale
+keys stay in the store until the group commits that partition again or deletes it.
+
+A group "exists" (for Kafka's ILLEGAL_GENERATION / UNKNOWN_MEMBER_ID / GROUP_ID_NOT_FOUND
+choices) while it has at least one committed offset, as a Kafka group with no members does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from kafscale.broker.topics import Topics
+from kafscale.metadata import Delete, MetadataStore, Put
+
+MAX_TXN_OPS = 128
+"""Operations per metadata transaction (etcd's --max-txn-ops default)."""
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class CommittedOffset:
+    offset: int
+    leader_epoch: int = -1
+    metadata: str = ""
+    commit_ms: int = 0
+    topic_id: str = ""
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "offset": self.offset,
+                "leader_epoch": self.leader_epoch,
+                "metadata": self.metadata,
+                "commit_ms": self.commit_ms,
+                "topic_id": self.topic_id,
+            },
+            sort_keys=True,
+        ).encode()
+
+    @staticmethod
+    def from_json(data: bytes) -> CommittedOffset:
+        d = json.loads(data)
+        return CommittedOffset(
+            int(d["offset"]),
+            int(d.get("leader_epoch", -1)),
+            str(d.get("metadata", "")),
+            int(d.get("commit_ms", 0)),
+            str(d.get("topic_id", "")),
+        )
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Offsets:
+    """Committed offsets of every group in one namespace (stateless: reads the store)."""
+
+    def __init__(self, store: MetadataStore, namespace: str) -> None:
+        self.store = store
+        self.ns = namespace
+
+    @property
+    def prefix(self) -> bytes:
+        return f"/{self.ns}/offsets/".encode()
+
+    def group_prefix(self, group: str) -> bytes:
+        return self.prefix + quote(group, safe="").encode() + b"/"
+
+    def key(self, group: str, topic: str, partition: int) -> bytes:
+        return self.group_prefix(group) + f"{topic}/{partition:05d}".encode()
+
+    async def exists(self, group: str) -> bool:
+        return bool(await self.store.range(self.group_prefix(group), limit=1))
+
+    async def commit(self, group: str, offsets: Mapping[TopicPartition, CommittedOffset]) -> None:
+        ops = [Put(self.key(group, t, p), c.to_json()) for (t, p), c in offsets.items()]
+        await self._apply(ops)
+
+    async def fetch(
+        self, group: str, topics: Collection[str] | None = None
+    ) -> dict[TopicPartition, CommittedOffset]:
+        """Every committed offset of ``group`` (of ``topics`` only, unless None), including
+        stale ones (see :func:`live`)."""
+        base = self.group_prefix(group)
+        prefixes = [base] if topics is None else [base + f"{t}/".encode() for t in set(topics)]
+        out: dict[TopicPartition, CommittedOffset] = {}
+        for prefix in prefixes:
+            for kv in await self.store.range(prefix):
+                parts = kv.key[len(base) :].decode().split("/")
+                if len(parts) != 2 or not parts[1].isdigit():
+                    continue
+                out[(parts[0], int(parts[1]))] = CommittedOffset.from_json(kv.value)
+        return dict(sorted(out.items()))
+
+    async def delete(self, group: str, partitions: Iterable[TopicPartition]) -> None:
+        """OffsetDelete: forget these partitions' commits (absent ones are no error)."""
+        await self._apply([Delete(self.key(group, t, p)) for t, p in partitions])
+
+    async def delete_topic(self, topic: str) -> int:
+        """Forget every group's commits for ``topic`` (for topic deletion); how many."""
+        keys = [
+            kv.key
+            for kv in await self.store.range(self.prefix)
+            if kv.key.rsplit(b"/", 2)[-2] == topic.encode()
+        ]
+        await self._apply([Delete(k) for k in keys])
+        return len(keys)
+
+    async def _apply(self, ops: Sequence[Put | Delete]) -> None:
+        for start in range(0, len(ops), MAX_TXN_OPS):
+            await self.store.txn([], ops[start : start + MAX_TXN_OPS])
+
+
+def live(topics: Topics, tp: TopicPartition, committed: CommittedOffset) -> bool:
+    """Whether a stored commit belongs to the topic now bearing that name."""
+    topic = topics.get(tp[0])
+    return (
+        topic is not None and str(topic.id) == committed.topic_id and 0 <= tp[1] < topic.partitions
+    )
