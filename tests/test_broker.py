@@ -431,3 +431,21 @@ def test_delete_records_and_flushes_do_not_fence_each_other(tmp_path: Path) -> N
         assert plog.log_start == 5 and plog.hw == 51
 
     run(tmp_path, scenario)
+
+
+def test_a_foreign_write_to_the_partition_state_fences_this_broker(tmp_path: Path) -> None:
+    """Another writer moved the high watermark (as a second broker would): our compare-and-swap
+    fails, the requests get a retriable error, and after reloading we continue after its data."""
+
+    async def scenario(c: Client) -> None:
+        await c.create("t")
+        assert (await c.produce("t", build_batch([b"a"]))).base_offset == 0
+        plog = await c.broker.logs.get("t", 0)
+        await c.broker.meta.put(plog.state_key, b'{"log_start": 0, "hw": 7}')
+        fenced = await asyncio.gather(*(c.produce("t", build_batch([b"x"])) for _ in range(3)))
+        assert [r.error_code for r in fenced] == [6, 6, 6]  # NOT_LEADER_OR_FOLLOWER
+        assert c.broker.logs.pending_bytes == 0
+        again = await c.produce("t", build_batch([b"b"]))
+        assert (again.error_code, again.base_offset) == (0, 7)
+
+    run(tmp_path, scenario)

@@ -328,7 +328,13 @@ class LogManager:
             code = error.code if isinstance(error, FlushError) else KAFKA_STORAGE_ERROR
             log.warning("flush of %s-%d failed: %s", plog.topic, plog.partition, error)
             if code == NOT_LEADER_OR_FOLLOWER:
-                self.logs.pop((plog.topic, plog.partition), None)  # reload on next use
+                # Reload on next use; what was appended meanwhile to this stale log fails too
+                # (retriable), or it would wait forever and hold up shutdown.
+                self.logs.pop((plog.topic, plog.partition), None)
+                entries += plog.pending
+                stale = sum(len(e.data) for e in plog.pending)
+                plog.pending, plog.pending_bytes = [], 0
+                self.pending_bytes -= stale
             for e in entries:
                 if not e.future.done():
                     e.future.set_exception(FlushError(code, str(error)))
