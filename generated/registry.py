@@ -1419,6 +1419,8 @@ BROKER_APIS: dict[int, tuple[int, int]] = {
     8: (0, 9),  # OffsetCommit
     9: (0, 9),  # OffsetFetch
     10: (0, 6),  # FindCoordinator
+    15: (0, 5),  # DescribeGroups
+    16: (0, 5),  # ListGroups
     18: (0, 4),  # ApiVersions
     19: (2, 7),  # CreateTopics
     20: (1, 6),  # DeleteTopics
@@ -1426,6 +1428,7 @@ BROKER_APIS: dict[int, tuple[int, int]] = {
     32: (1, 4),  # DescribeConfigs
     33: (0, 2),  # AlterConfigs
     37: (0, 3),  # CreatePartitions
+    42: (0, 2),  # DeleteGroups
     44: (0, 1),  # IncrementalAlterConfigs
     47: (0, 0),  # OffsetDelete
     60: (0, 1),  # DescribeCluster
@@ -1440,6 +1443,8 @@ ADVERTISED_APIS: dict[int, tuple[int, int]] = {
     8: (0, 9),  # OffsetCommit
     9: (0, 9),  # OffsetFetch
     10: (0, 6),  # FindCoordinator
+    15: (0, 5),  # DescribeGroups
+    16: (0, 5),  # ListGroups
     18: (0, 4),  # ApiVersions
     19: (2, 7),  # CreateTopics
     20: (1, 6),  # DeleteTopics
@@ -1447,6 +1452,7 @@ ADVERTISED_APIS: dict[int, tuple[int, int]] = {
     32: (1, 4),  # DescribeConfigs
     33: (0, 2),  # AlterConfigs
     37: (0, 3),  # CreatePartitions
+    42: (0, 2),  # DeleteGroups
     44: (0, 1),  # IncrementalAlterConfigs
     47: (0, 0),  # OffsetDelete
     60: (0, 1),  # DescribeCluster

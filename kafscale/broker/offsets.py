@@ -22,7 +22,7 @@ import json
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from kafscale.broker.topics import Topics
 from kafscale.metadata import Delete, MetadataStore, Put
@@ -89,6 +89,13 @@ class Offsets:
     async def exists(self, group: str) -> bool:
         return bool(await self.store.range(self.group_prefix(group), limit=1))
 
+    async def groups(self) -> list[str]:
+        """Every group with at least one stored commit (stale ones included), sorted."""
+        found: set[str] = set()
+        for kv in await self.store.range(self.prefix):
+            found.add(unquote(kv.key[len(self.prefix) :].split(b"/", 1)[0].decode()))
+        return sorted(found)
+
     async def commit(self, group: str, offsets: Mapping[TopicPartition, CommittedOffset]) -> None:
         ops = [Put(self.key(group, t, p), c.to_json()) for (t, p), c in offsets.items()]
         await self._apply(ops)
@@ -112,6 +119,12 @@ class Offsets:
     async def delete(self, group: str, partitions: Iterable[TopicPartition]) -> None:
         """OffsetDelete: forget these partitions' commits (absent ones are no error)."""
         await self._apply([Delete(self.key(group, t, p)) for t, p in partitions])
+
+    async def delete_group(self, group: str) -> int:
+        """DeleteGroups: forget every commit of ``group``; how many."""
+        keys = [kv.key for kv in await self.store.range(self.group_prefix(group))]
+        await self._apply([Delete(k) for k in keys])
+        return len(keys)
 
     async def delete_topic(self, topic: str) -> int:
         """Forget every group's commits for ``topic`` (for topic deletion); how many."""

@@ -12,7 +12,8 @@
 #   - generation -1 with a member id or a group instance id: UNKNOWN_MEMBER_ID (25), as the
 #     classic coordinator (the new one accepts it on an empty group).
 #   - An empty group id is accepted, as Kafka does for OffsetCommit/OffsetFetch ("for
-#     backwards compatibility"); only the other group APIs answer INVALID_GROUP_ID (24).
+#     backwards compatibility"); of the group APIs served so far only OffsetDelete answers
+#     INVALID_GROUP_ID (24) for it.
 # - Unknown topic or partition: UNKNOWN_TOPIC_OR_PARTITION (3) for that partition only (checked
 #   before the group, as KafkaApis does); metadata over 4096 characters
 #   (offset.metadata.max.bytes): OFFSET_METADATA_TOO_LARGE (12).
