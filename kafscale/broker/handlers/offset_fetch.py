@@ -11,7 +11,8 @@
 #   matter for KIP-848 groups, not served).
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from generated.offset_fetch_request import OffsetFetchRequest
 from generated.offset_fetch_response import (
@@ -39,21 +40,7 @@ async def handle(ctx: RequestContext, request: OffsetFetchRequest) -> OffsetFetc
                 else [(t.name, t.partition_indexes) for t in group.topics]
             )
             found = await _fetch(ctx, group.group_id, wanted)
-            topics = [
-                OffsetFetchResponseTopics(
-                    name=name,
-                    partitions=[
-                        OffsetFetchResponsePartitions(
-                            partition_index=p,
-                            committed_offset=c.offset if c else -1,
-                            committed_leader_epoch=c.leader_epoch if c else -1,
-                            metadata=c.metadata if c else "",
-                        )
-                        for p, c in parts
-                    ],
-                )
-                for name, parts in found
-            ]
+            topics = _topics(found, OffsetFetchResponseTopics, OffsetFetchResponsePartitions)
             groups.append(OffsetFetchResponseGroup(group_id=group.group_id, topics=topics))
         return OffsetFetchResponse(throttle_time_ms=0, groups=groups)
     wanted = (
@@ -62,22 +49,31 @@ async def handle(ctx: RequestContext, request: OffsetFetchRequest) -> OffsetFetc
     found = await _fetch(ctx, request.group_id, wanted)
     return OffsetFetchResponse(
         throttle_time_ms=0,
-        topics=[
-            OffsetFetchResponseTopic(
-                name=name,
-                partitions=[
-                    OffsetFetchResponsePartition(
-                        partition_index=p,
-                        committed_offset=c.offset if c else -1,
-                        committed_leader_epoch=c.leader_epoch if c else -1,
-                        metadata=c.metadata if c else "",
-                    )
-                    for p, c in parts
-                ],
-            )
-            for name, parts in found
-        ],
+        topics=_topics(found, OffsetFetchResponseTopic, OffsetFetchResponsePartition),
     )
+
+
+T = TypeVar("T")
+
+
+def _topics(found: Found, topic: Callable[..., T], partition: Callable[..., Any]) -> list[T]:
+    """The response topics, in the v0-7 (one group) or v8+ (per group) classes, which have the
+    same fields under different names."""
+    return [
+        topic(
+            name=name,
+            partitions=[
+                partition(
+                    partition_index=p,
+                    committed_offset=c.offset if c else -1,
+                    committed_leader_epoch=c.leader_epoch if c else -1,
+                    metadata=c.metadata if c else "",
+                )
+                for p, c in parts
+            ],
+        )
+        for name, parts in found
+    ]
 
 
 async def _fetch(ctx: RequestContext, group: str, wanted: Wanted | None) -> Found:
