@@ -5,161 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from generated.api_versions_request import ApiVersionsRequest
 from generated.api_versions_response import ApiVersionsResponse
-from generated.create_topics_request import CreatableTopic, CreateTopicsRequest
-from generated.create_topics_response import CreateTopicsResponse
-from generated.fetch_request import FetchPartition, FetchRequest, FetchTopic
-from generated.fetch_response import FetchResponse
-from generated.list_offsets_request import (
-    ListOffsetsPartition,
-    ListOffsetsRequest,
-    ListOffsetsTopic,
-)
-from generated.list_offsets_response import ListOffsetsResponse
 from generated.metadata_request import MetadataRequest, MetadataRequestTopic
 from generated.metadata_response import MetadataResponse
-from generated.produce_request import PartitionProduceData, ProduceRequest, TopicProduceData
-from generated.produce_response import ProduceResponse
-from generated.registry import ADVERTISED_APIS, APIS, BROKER_APIS
-from kafscale.broker.config import BrokerConfig
-from kafscale.broker.handlers import HANDLERS
-from kafscale.broker.server import Broker
-from kafscale.metadata.sqlite import SqliteMetadataStore
+from generated.registry import ADVERTISED_APIS, BROKER_APIS
 from kafscale.protocol import ProtocolError
-from kafscale.protocol.framing import encode_request
-from kafscale.protocol.message import Message
-from kafscale.protocol.records import NewRecord, build_batch, iter_records
+from kafscale.protocol.records import NewRecord, build_batch
 from kafscale.protocol.wire import Buffer
 from kafscale.storage.local import LocalObjectStore
-
-Scenario = Callable[["Client"], Awaitable[None]]
-
-
-class Client:
-    """Frames requests for one broker and decodes its answers."""
-
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        self.correlation = 0
-
-    async def call(self, key: int, version: int, body: Message) -> Any:
-        self.correlation += 1
-        correlation = self.correlation  # calls may overlap (long polls)
-        frame = b"".join(encode_request(APIS[key], version, correlation, "t", body))[4:]
-        chunks = await self.broker.respond(frame)
-        if chunks is None:
-            return None
-        data = b"".join(chunks)
-        assert struct.unpack_from(">i", data, 0)[0] == len(data) - 4
-        assert struct.unpack_from(">i", data, 4)[0] == correlation
-        header = 4 if APIS[key].response_header_version(version) == 0 else 5
-        return APIS[key].response_type().decode(data[4 + header :], version)
-
-    async def create(self, name: str, partitions: int = 1) -> None:
-        resp: CreateTopicsResponse = await self.call(
-            19,
-            7,
-            CreateTopicsRequest(
-                topics=[CreatableTopic(name=name, num_partitions=partitions, replication_factor=1)]
-            ),
-        )
-        assert resp.topics[0].error_code == 0, resp
-
-    async def produce(
-        self, topic: str, data: bytes, partition: int = 0, acks: int = -1, version: int = 9
-    ) -> Any:
-        body = ProduceRequest(
-            acks=acks,
-            timeout_ms=5000,
-            topic_data=[
-                TopicProduceData(
-                    name=topic, partition_data=[PartitionProduceData(index=partition, records=data)]
-                )
-            ],
-        )
-        resp: ProduceResponse | None = await self.call(0, version, body)
-        return None if resp is None else resp.responses[0].partition_responses[0]
-
-    async def fetch(
-        self,
-        topic: str,
-        offset: int,
-        partition: int = 0,
-        wait_ms: int = 0,
-        min_bytes: int = 1,
-        max_bytes: int = 1 << 20,
-    ) -> Any:
-        body = FetchRequest(
-            max_wait_ms=wait_ms,
-            min_bytes=min_bytes,
-            max_bytes=max_bytes,
-            topics=[
-                FetchTopic(
-                    topic=topic,
-                    partitions=[
-                        FetchPartition(
-                            partition=partition, fetch_offset=offset, partition_max_bytes=max_bytes
-                        )
-                    ],
-                )
-            ],
-        )
-        resp: FetchResponse = await self.call(1, 12, body)
-        return resp.responses[0].partitions[0]
-
-    async def list_offset(self, topic: str, timestamp: int, version: int = 8) -> Any:
-        body = ListOffsetsRequest(
-            topics=[
-                ListOffsetsTopic(
-                    name=topic,
-                    partitions=[ListOffsetsPartition(partition_index=0, timestamp=timestamp)],
-                )
-            ]
-        )
-        resp: ListOffsetsResponse = await self.call(2, version, body)
-        return resp.topics[0].partitions[0]
-
-
-def run(tmp_path: Path, scenario: Scenario, objects: Any = None, **config: Any) -> None:
-    async def main() -> None:
-        cfg = BrokerConfig(data_dir=tmp_path, **{"flush_interval_ms": 5, **config})
-        store = objects if objects is not None else LocalObjectStore(tmp_path / "objects")
-        broker = Broker(cfg, store, SqliteMetadataStore(tmp_path / "metadata.sqlite3"))
-        await broker.topics.load()
-        broker.logs.start()
-        try:
-            await scenario(Client(broker))
-        finally:
-            await broker.logs.close()
-            await broker.meta.close()
-
-    asyncio.run(main())
-
-
-def values(records: bytes | memoryview) -> list[tuple[int, bytes | None]]:
-    out = []
-    pos, data = 0, bytes(records)
-    while pos < len(data):
-        size = struct.unpack_from(">i", data, pos + 8)[0] + 12
-        out += [
-            (r.offset, None if r.value is None else bytes(r.value))
-            for r in iter_records(data[pos : pos + size])
-        ]
-        pos += size
-    return out
-
-
-def test_served_table_matches_handlers() -> None:
-    assert set(BROKER_APIS) == set(HANDLERS)
-    for key, (lo, hi) in BROKER_APIS.items():
-        assert APIS[key].valid_versions[0] <= lo <= hi <= APIS[key].valid_versions[1]
+from tests.broker_harness import Client, run, values
 
 
 def test_api_versions_advertises_the_served_table_and_falls_back(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ at its lowest and highest served version, with their error cases."""
 from __future__ import annotations
 
 import asyncio
-import struct
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,12 +22,6 @@ from generated.create_partitions_request import (
     CreatePartitionsTopic,
 )
 from generated.create_partitions_response import CreatePartitionsResponse
-from generated.create_topics_request import (
-    CreatableTopic,
-    CreatableTopicConfig,
-    CreateTopicsRequest,
-)
-from generated.create_topics_response import CreateTopicsResponse
 from generated.delete_records_request import (
     DeleteRecordsPartition,
     DeleteRecordsRequest,
@@ -41,34 +34,19 @@ from generated.describe_cluster_request import DescribeClusterRequest
 from generated.describe_cluster_response import DescribeClusterResponse
 from generated.describe_configs_request import DescribeConfigsRequest, DescribeConfigsResource
 from generated.describe_configs_response import DescribeConfigsResponse, DescribeConfigsResult
-from generated.fetch_request import FetchPartition, FetchRequest, FetchTopic
-from generated.fetch_response import FetchResponse
 from generated.incremental_alter_configs_request import (
     AlterableConfig,
     AlterConfigsResource,
     IncrementalAlterConfigsRequest,
 )
 from generated.incremental_alter_configs_response import IncrementalAlterConfigsResponse
-from generated.list_offsets_request import (
-    ListOffsetsPartition,
-    ListOffsetsRequest,
-    ListOffsetsTopic,
-)
-from generated.list_offsets_response import ListOffsetsResponse
-from generated.metadata_request import MetadataRequest
-from generated.metadata_response import MetadataResponse
-from generated.produce_request import PartitionProduceData, ProduceRequest, TopicProduceData
-from generated.produce_response import ProduceResponse
 from generated.registry import APIS, BROKER_APIS
-from kafscale.broker.config import BrokerConfig
 from kafscale.broker.handlers import HANDLERS
-from kafscale.broker.server import Broker
 from kafscale.broker.topics import TOPIC_CONFIG_DEFAULTS
-from kafscale.metadata.sqlite import SqliteMetadataStore
-from kafscale.protocol.framing import encode_request
-from kafscale.protocol.message import Message
-from kafscale.protocol.records import build_batch, iter_records
-from kafscale.storage.local import LocalObjectStore
+from kafscale.protocol.records import build_batch
+from tests.broker_harness import Client as HarnessClient
+from tests.broker_harness import run as harness_run
+from tests.broker_harness import values
 
 DELETE_TOPICS, DELETE_RECORDS, DESCRIBE_CONFIGS, ALTER_CONFIGS = 20, 21, 32, 33
 CREATE_PARTITIONS, INCREMENTAL_ALTER_CONFIGS, DESCRIBE_CLUSTER = 37, 44, 60
@@ -98,86 +76,8 @@ def both(key: int) -> Any:
     return pytest.mark.parametrize("version", sorted({lowest(key), highest(key)}))
 
 
-class Client:
-    """Frames requests for one broker and decodes its answers."""
-
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        self.correlation = 0
-
-    async def call(self, key: int, version: int, body: Message) -> Any:
-        self.correlation += 1
-        correlation = self.correlation  # calls may overlap
-        frame = b"".join(encode_request(APIS[key], version, correlation, "t", body))[4:]
-        chunks = await self.broker.respond(frame)
-        assert chunks is not None
-        data = b"".join(chunks)
-        assert struct.unpack_from(">i", data, 0)[0] == len(data) - 4
-        assert struct.unpack_from(">i", data, 4)[0] == correlation
-        header = 4 if APIS[key].response_header_version(version) == 0 else 5
-        return APIS[key].response_type().decode(data[4 + header :], version)
-
-    async def create(self, name: str, partitions: int = 1, **configs: str) -> uuid.UUID:
-        resp: CreateTopicsResponse = await self.call(
-            19,
-            7,
-            CreateTopicsRequest(
-                topics=[
-                    CreatableTopic(
-                        name=name,
-                        num_partitions=partitions,
-                        replication_factor=1,
-                        configs=[
-                            CreatableTopicConfig(name=k.replace("_", "."), value=v)
-                            for k, v in configs.items()
-                        ],
-                    )
-                ]
-            ),
-        )
-        assert resp.topics[0].error_code == 0, resp
-        return resp.topics[0].topic_id
-
-    async def topics(self) -> dict[str, int]:
-        resp: MetadataResponse = await self.call(3, 12, MetadataRequest(topics=None))
-        return {t.name: len(t.partitions) for t in resp.topics if t.name is not None}
-
-    async def produce(self, topic: str, data: bytes, partition: int = 0) -> Any:
-        body = ProduceRequest(
-            acks=-1,
-            timeout_ms=5000,
-            topic_data=[
-                TopicProduceData(
-                    name=topic, partition_data=[PartitionProduceData(index=partition, records=data)]
-                )
-            ],
-        )
-        resp: ProduceResponse = await self.call(0, 9, body)
-        return resp.responses[0].partition_responses[0]
-
-    async def fetch(self, topic: str, offset: int) -> Any:
-        part = FetchPartition(partition=0, fetch_offset=offset, partition_max_bytes=1 << 20)
-        body = FetchRequest(
-            max_wait_ms=0,
-            min_bytes=1,
-            max_bytes=1 << 20,
-            topics=[FetchTopic(topic=topic, partitions=[part])],
-        )
-        resp: FetchResponse = await self.call(1, 12, body)
-        return resp.responses[0].partitions[0]
-
-    async def earliest(self, topic: str) -> int:
-        body = ListOffsetsRequest(
-            topics=[
-                ListOffsetsTopic(
-                    name=topic, partitions=[ListOffsetsPartition(partition_index=0, timestamp=-2)]
-                )
-            ]
-        )
-        resp: ListOffsetsResponse = await self.call(2, 8, body)
-        part = resp.topics[0].partitions[0]
-        assert part.error_code == 0
-        return int(part.offset)
+class Client(HarnessClient):
+    """The harness client, with the config APIs' requests."""
 
     async def describe(
         self,
@@ -240,37 +140,8 @@ class Client:
         return result.error_code, result.error_message
 
 
-Scenario = Callable[[Client], Awaitable[None]]
-
-
-def run(tmp_path: Path, scenario: Scenario, **config: Any) -> None:
-    async def main() -> None:
-        cfg = BrokerConfig(data_dir=tmp_path, **{"flush_interval_ms": 5, **config})
-        broker = Broker(
-            cfg, LocalObjectStore(tmp_path / "objects"), SqliteMetadataStore(tmp_path / "m.db")
-        )
-        await broker.topics.load()
-        broker.logs.start()
-        try:
-            await scenario(Client(broker))
-        finally:
-            await asyncio.wait_for(broker.logs.close(), 10)
-            await broker.meta.close()
-
-    asyncio.run(main())
-
-
-def values(records: Any) -> list[tuple[int, bytes | None]]:
-    out = []
-    pos, data = 0, bytes(records)
-    while pos < len(data):
-        size = struct.unpack_from(">i", data, pos + 8)[0] + 12
-        out += [
-            (r.offset, None if r.value is None else bytes(r.value))
-            for r in iter_records(data[pos : pos + size])
-        ]
-        pos += size
-    return out
+def run(tmp_path: Path, scenario: Callable[[Client], Awaitable[None]], **config: Any) -> None:
+    harness_run(tmp_path, scenario, client=Client, **config)
 
 
 # --- the served table ---------------------------------------------------------------------
