@@ -77,7 +77,8 @@ class SegmentMeta:
 
 @dataclass
 class _Pending:
-    data: bytes
+    data: Buffer
+    """The request's records as decoded: a view of the request frame, not a copy."""
     batches: list[BatchInfo]
     records: int
     future: asyncio.Future[int]
@@ -220,7 +221,7 @@ class LogManager:
 
     # --- produce ---------------------------------------------------------------------------
 
-    async def append(self, plog: PartitionLog, data: bytes, max_batch_bytes: int) -> int:
+    async def append(self, plog: PartitionLog, data: Buffer, max_batch_bytes: int) -> int:
         """Validate ``data`` (record batches), wait until it is durable, return its base offset.
 
         Raises :class:`kafscale.protocol.records.RecordError` (with its Kafka error code) for

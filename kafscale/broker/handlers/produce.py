@@ -20,6 +20,7 @@ from generated.produce_response import (
 from kafscale.broker.handlers import RequestContext
 from kafscale.broker.log import FlushError
 from kafscale.protocol.records import RecordError
+from kafscale.protocol.wire import Buffer
 
 INVALID_REQUIRED_ACKS = 21
 UNKNOWN_TOPIC_OR_PARTITION = 3
@@ -49,7 +50,7 @@ async def handle(ctx: RequestContext, request: ProduceRequest) -> ProduceRespons
                     topic.config("max.message.bytes") or broker.config.message_max_bytes
                 )
                 job = asyncio.ensure_future(
-                    _append(ctx, topic_data.name, resp, bytes(part.records), max_bytes)
+                    _append(ctx, topic_data.name, resp, part.records, max_bytes)
                 )
             jobs.append((topic_data.name, resp, job))
     pending = [j for _, _, j in jobs if j is not None]
@@ -67,7 +68,7 @@ async def handle(ctx: RequestContext, request: ProduceRequest) -> ProduceRespons
 
 
 async def _append(
-    ctx: RequestContext, topic: str, resp: PartitionProduceResponse, data: bytes, max_bytes: int
+    ctx: RequestContext, topic: str, resp: PartitionProduceResponse, data: Buffer, max_bytes: int
 ) -> None:
     logs = ctx.broker.logs
     plog = await logs.get(topic, resp.index)
