@@ -4,6 +4,7 @@ closes only its own connection, and the broker keeps answering a well-behaved on
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -229,5 +230,75 @@ def test_stop_answers_in_flight_produce_and_does_not_wait_for_idle_clients(
         assert (part.error_code, part.base_offset) == (0, 0)  # flushed on the way out
         idle_writer.close()
         writer.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.001, 0.005])
+def test_stop_while_connections_are_reset_logs_no_traceback(tmp_path: Path, delay: float) -> None:
+    """A stop() racing with clients that reset their connections (CI saw this): every
+    connection task ends normally, so asyncio's stream callback reports nothing."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        unhandled: list[dict[str, object]] = []
+        loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+        cfg = BrokerConfig(data_dir=tmp_path, listen_port=0, flush_interval_ms=5)
+        broker = Broker(
+            cfg, LocalObjectStore(tmp_path / "o"), SqliteMetadataStore(tmp_path / "m.sqlite3")
+        )
+        await broker.start()
+        writers = [(await asyncio.open_connection("127.0.0.1", broker.port))[1] for _ in range(40)]
+        for writer in writers[::2]:
+            writer.write(request(18, 3, ApiVersionsRequest()))
+        await asyncio.sleep(0.02)
+        for writer in writers:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()  # RST, as a killed client does
+        await asyncio.sleep(delay)
+        await asyncio.wait_for(broker.stop(), 10)
+        await asyncio.sleep(0.05)
+        assert not unhandled, unhandled
+        assert not broker._connections
+
+    asyncio.run(main())
+
+
+def test_stop_is_not_held_up_by_a_client_that_never_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pipelined requests from a client that never reads fill the socket buffers and the
+    response queue; stop() waits its grace period for them, then drops the connection."""
+    monkeypatch.setattr("kafscale.broker.server.STOP_GRACE_S", 0.5)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        unhandled: list[dict[str, object]] = []
+        loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+        cfg = BrokerConfig(data_dir=tmp_path, listen_port=0, flush_interval_ms=5)
+        broker = Broker(
+            cfg, LocalObjectStore(tmp_path / "o"), SqliteMetadataStore(tmp_path / "m.sqlite3")
+        )
+        await broker.start()
+        sock = socket.create_connection(("127.0.0.1", broker.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        one = request(18, 3, ApiVersionsRequest())
+        sent = 0
+        for _ in range(200):  # until the broker stops reading (its queue and buffers are full)
+            try:
+                sent += sock.send(one * 200)
+            except BlockingIOError:
+                await asyncio.sleep(0.05)
+                continue
+            await asyncio.sleep(0)
+        assert sent > 0
+        started = loop.time()
+        await asyncio.wait_for(broker.stop(), 10)
+        assert loop.time() - started < 3
+        assert not broker._connections
+        assert not unhandled, unhandled
+        sock.close()
 
     asyncio.run(main())

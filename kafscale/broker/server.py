@@ -32,6 +32,8 @@ log = logging.getLogger("kafscale.broker")
 
 _SIZE = struct.Struct(">i")
 MAX_PIPELINE = 64
+# How long stop() waits for connections to send the answers they owe before dropping them.
+STOP_GRACE_S = 5.0
 """Requests one connection may have in flight before we stop reading it."""
 
 
@@ -68,7 +70,10 @@ class Broker:
         self.budget = ByteBudget(config.in_flight_bytes)
         self.server: asyncio.Server | None = None
         self.port = config.listen_port
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        # Only the request readers are cancelled at stop(): a cancelled connection task would
+        # make asyncio's stream callback log a traceback, and its cleanup would be cut short.
+        self._readers: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
@@ -95,11 +100,16 @@ class Broker:
         self._stopping.set()
         # Stop reading requests; each connection still sends the answers it owes (its
         # cleanup waits for them), and those produce answers need the final flush below.
-        for connection in self._connections:
-            connection.cancel()
+        for reading in self._readers:
+            reading.cancel()
         await self.logs.close()
         if self._connections:
-            await asyncio.wait(self._connections, timeout=10)
+            await asyncio.wait(self._connections, timeout=STOP_GRACE_S)
+        # A client that stops reading must not hold the broker up: drop what it did not take.
+        for writer in self._connections.values():
+            writer.transport.abort()
+        if self._connections:
+            await asyncio.wait(self._connections, timeout=STOP_GRACE_S)
         await self.meta.close()
         await self.objects.close()
         log.info("stopped")
@@ -119,29 +129,32 @@ class Broker:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
+        self._connections[task] = writer
         peer = writer.get_extra_info("peername")
         responses: asyncio.Queue[asyncio.Task[list[Buffer] | None] | None] = asyncio.Queue(
             MAX_PIPELINE
         )
         sender = asyncio.create_task(self._send(writer, responses))
+        reading = asyncio.create_task(self._read_requests(reader, responses, peer))
+        self._readers.add(reading)
         try:
-            await self._read_requests(reader, responses, peer)
+            await reading
         except (ProtocolError, asyncio.IncompleteReadError, ConnectionError, TimeoutError) as e:
             if not isinstance(e, asyncio.IncompleteReadError) or e.partial:
                 log.info("closing connection from %s: %s", peer, e)
         except asyncio.CancelledError:
-            if not self._stopping.is_set():
-                raise
+            if not reading.cancelled():
+                raise  # this connection task itself was cancelled: not by stop()
         finally:
+            self._readers.discard(reading)
+            reading.cancel()
             await responses.put(None)  # the sender finishes what was queued, then stops
-            # A stop() cancelling us here must not leave the sender (or a traceback) behind.
-            with contextlib.suppress(Exception, asyncio.CancelledError):
+            with contextlib.suppress(Exception):
                 await sender
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
-            self._connections.discard(task)
+            self._connections.pop(task, None)
 
     async def _read_requests(
         self,
