@@ -42,9 +42,9 @@ def test_api_versions_advertises_the_served_table_and_falls_back(tmp_path: Path)
 
 def test_unserved_api_closes_the_connection(tmp_path: Path) -> None:
     async def scenario(c: Client) -> None:
-        join_group = struct.pack(">hhih", 11, 5, 1, 1) + b"x"
+        leader_and_isr = struct.pack(">hhih", 4, 5, 1, 1) + b"x"  # a controller's API
         with pytest.raises(ProtocolError, match="not served"):
-            await c.broker.respond(join_group + b"\x00" * 20)
+            await c.broker.respond(leader_and_isr + b"\x00" * 20)
         old_produce = struct.pack(">hhih", 0, 2, 1, 1) + b"x"  # Produce v2: magic 0/1 era
         with pytest.raises(ProtocolError, match="not served"):
             await c.broker.respond(old_produce + b"\x00" * 20)

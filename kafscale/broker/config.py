@@ -50,6 +50,15 @@ class BrokerConfig:
     """connections.max.idle.ms."""
     segment_cache_bytes: int = 256 * 1024 * 1024
     index_interval_bytes: int = 4096
+    group_min_session_timeout_ms: int = 6000
+    group_max_session_timeout_ms: int = 1800000
+    group_initial_rebalance_delay_ms: int = 3000
+    """An Empty group's first rebalance waits this long for more members to join."""
+    group_max_size: int = 2**31 - 1
+    offsets_retention_minutes: int = 10080
+    """Committed offsets of a group empty this long (or of a simple consumer, since the last
+    commit) are deleted."""
+    offsets_retention_check_interval_ms: int = 600000
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -84,6 +93,12 @@ _OPTIONS: dict[str, str] = {
     "connections.max.idle.ms": "idle_timeout_ms",
     "segment-cache-bytes": "segment_cache_bytes",
     "index.interval.bytes": "index_interval_bytes",
+    "group.min.session.timeout.ms": "group_min_session_timeout_ms",
+    "group.max.session.timeout.ms": "group_max_session_timeout_ms",
+    "group.initial.rebalance.delay.ms": "group_initial_rebalance_delay_ms",
+    "group.max.size": "group_max_size",
+    "offsets.retention.minutes": "offsets_retention_minutes",
+    "offsets.retention.check.interval.ms": "offsets_retention_check_interval_ms",
     "log-level": "log_level",
 }
 

@@ -40,6 +40,8 @@ class CommittedOffset:
     metadata: str = ""
     commit_ms: int = 0
     topic_id: str = ""
+    expire_ms: int = -1
+    """OffsetCommit v2-4's RetentionTimeMs made absolute (-1: the broker's retention rules)."""
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -49,6 +51,7 @@ class CommittedOffset:
                 "metadata": self.metadata,
                 "commit_ms": self.commit_ms,
                 "topic_id": self.topic_id,
+                "expire_ms": self.expire_ms,
             },
             sort_keys=True,
         ).encode()
@@ -62,6 +65,7 @@ class CommittedOffset:
             str(d.get("metadata", "")),
             int(d.get("commit_ms", 0)),
             str(d.get("topic_id", "")),
+            int(d.get("expire_ms", -1)),
         )
 
 

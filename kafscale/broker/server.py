@@ -19,8 +19,11 @@ from typing import Any
 from generated.api_versions_response import ApiVersion, ApiVersionsResponse
 from generated.registry import ADVERTISED_APIS, BROKER_APIS
 from kafscale.broker.config import BrokerConfig
+from kafscale.broker.coordinator import GroupCoordinator
+from kafscale.broker.group import GroupSettings
 from kafscale.broker.handlers import HANDLERS, RequestContext
 from kafscale.broker.log import LogManager
+from kafscale.broker.offsets import Offsets
 from kafscale.broker.topics import Topics
 from kafscale.metadata import MetadataStore
 from kafscale.protocol import ProtocolError
@@ -67,6 +70,17 @@ class Broker:
         self.meta = meta
         self.topics = Topics(meta, config.namespace)
         self.logs = LogManager(config, objects, meta, self.topics)
+        self.offsets = Offsets(meta, config.namespace)
+        self.groups = GroupCoordinator(
+            self.offsets,
+            GroupSettings(config.group_initial_rebalance_delay_ms, config.group_max_size),
+            session_timeout_bounds_ms=(
+                config.group_min_session_timeout_ms,
+                config.group_max_session_timeout_ms,
+            ),
+            offsets_retention_ms=config.offsets_retention_minutes * 60_000,
+            retention_check_interval_ms=config.offsets_retention_check_interval_ms,
+        )
         self.budget = ByteBudget(config.in_flight_bytes)
         self.server: asyncio.Server | None = None
         self.port = config.listen_port
@@ -79,6 +93,7 @@ class Broker:
     async def start(self) -> None:
         await self.topics.load()
         self.logs.start()
+        await self.groups.start()
         self.server = await asyncio.start_server(
             self._connection, self.config.listen_host, self.config.listen_port, limit=2**16
         )
@@ -102,6 +117,7 @@ class Broker:
         # cleanup waits for them), and those produce answers need the final flush below.
         for reading in self._readers:
             reading.cancel()
+        await self.groups.close()  # parked JoinGroups are answered (NOT_COORDINATOR)
         await self.logs.close()
         if self._connections:
             await asyncio.wait(self._connections, timeout=STOP_GRACE_S)
@@ -181,7 +197,8 @@ class Broker:
             except BaseException:
                 await self.budget.release(size)
                 raise
-            await responses.put(asyncio.create_task(self._handle(request, size)))
+            host = peer[0] if isinstance(peer, tuple) else ""
+            await responses.put(asyncio.create_task(self._handle(request, size, host)))
 
     async def respond(self, frame: bytes) -> list[Buffer] | None:
         """Answer one request frame (without its size prefix), as a connection would: the
@@ -201,20 +218,20 @@ class Broker:
                 raise ProtocolError(f"{api.name} v{version} is not served")
         return decode_request(frame)
 
-    async def _handle(self, request: Request, size: int) -> list[Buffer] | None:
+    async def _handle(self, request: Request, size: int, host: str) -> list[Buffer] | None:
         try:
-            return await self._dispatch(request)
+            return await self._dispatch(request, host)
         finally:
             await self.budget.release(size)
 
-    async def _dispatch(self, request: Request) -> list[Buffer] | None:
+    async def _dispatch(self, request: Request, client_host: str = "") -> list[Buffer] | None:
         api, version, header = request.api, request.version, request.header
         if not is_served(request):  # only ApiVersions gets here (KIP-511 fallback)
             body = ApiVersionsResponse(error_code=35, api_keys=advertised_apis())
             return encode_response(header.correlation_id, api, 0, body)
         handler = HANDLERS[api.api_key]
         assert request.body is not None
-        ctx = RequestContext(self, header, version)
+        ctx = RequestContext(self, header, version, client_host)
         response = await handler(ctx, request.body)
         if response is None:  # acks=0 produce: no response at all
             return None

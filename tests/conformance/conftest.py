@@ -56,6 +56,8 @@ class BrokerProcess:
     """stderr of each run, in order; the last is the running broker's."""
     checked: int = 0
     """How much of the last log was already checked for tracebacks (by ``checked_broker``)."""
+    args: list[str] = field(default_factory=list)
+    """Extra ``kafscale serve`` options (after the defaults below, so they win)."""
 
     @property
     def bootstrap(self) -> str:
@@ -91,6 +93,14 @@ class BrokerProcess:
             str(self.data_dir),
             "--flush.interval.ms",
             str(FLUSH_INTERVAL_MS),
+            # Group tests kill members: a short minimum session timeout lets them use 1-2 s
+            # sessions, and a short initial delay keeps the first rebalance quick (Kafka's
+            # own test setups use 0; we keep some delay so members arriving together meet).
+            "--group.min.session.timeout.ms",
+            "1000",
+            "--group.initial.rebalance.delay.ms",
+            "200",
+            *self.args,
         ]
         with log.open("wb") as err:
             self.proc = subprocess.Popen(
@@ -164,11 +174,12 @@ class BrokerProcess:
 
 
 @contextlib.contextmanager
-def running_broker(tmp: Path) -> Iterator[BrokerProcess]:
-    """A started broker using ``tmp/data``; stopped cleanly (and checked) on exit."""
+def running_broker(tmp: Path, *args: str) -> Iterator[BrokerProcess]:
+    """A started broker using ``tmp/data`` (``args``: extra ``kafscale serve`` options);
+    stopped cleanly (and checked) on exit."""
     data_dir = tmp / "data"
     data_dir.mkdir()
-    broker = BrokerProcess("127.0.0.1", free_port(), data_dir, tmp)
+    broker = BrokerProcess("127.0.0.1", free_port(), data_dir, tmp, args=list(args))
     broker.start()
     try:
         yield broker

@@ -16,7 +16,6 @@ import uuid
 from generated.delete_topics_request import DeleteTopicsRequest, DeleteTopicState
 from generated.delete_topics_response import DeletableTopicResult, DeleteTopicsResponse
 from kafscale.broker.handlers import RequestContext
-from kafscale.broker.offsets import Offsets
 from kafscale.broker.topics import Topic, TopicError
 
 log = logging.getLogger("kafscale.broker")
@@ -52,7 +51,7 @@ async def handle(ctx: RequestContext, request: DeleteTopicsRequest) -> DeleteTop
             continue
         broker.logs.forget_topic(topic.name)
         # Kafka drops a deleted topic's committed offsets too (a re-created topic starts clean).
-        await Offsets(broker.meta, broker.config.namespace).delete_topic(topic.name)
+        await broker.offsets.delete_topic(topic.name)
         log.info("deleted topic %s", topic.name)
     return DeleteTopicsResponse(throttle_time_ms=0, responses=results)
 

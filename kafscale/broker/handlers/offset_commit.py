@@ -1,25 +1,31 @@
 # OffsetCommit (key 8), versions 0-9.
 # - Offsets are stored in the metadata store (kafscale/broker/offsets.py), all partitions of
-#   a request in one transaction (chunked above 128 operations). Kafka 3.9's default (classic)
-#   GroupCoordinator semantics for a group with no live members, which is every group until
-#   group membership (JoinGroup/SyncGroup/Heartbeat) is served:
+#   a request in one transaction (chunked above 128 operations), checked as Kafka 3.9's
+#   default (classic) GroupCoordinator checks them (validateOffsetCommit):
 #   - generation -1, empty member id and no group instance id (a consumer using assign(), or
-#     the admin client): accepted; the offset, metadata (null -> "") and leader epoch (v6+)
-#     are kept. v0 has no member fields, so it is always such a commit.
-#   - generation >= 0: ILLEGAL_GENERATION (22) when the group has no committed offsets (does
-#     not exist), else UNKNOWN_MEMBER_ID (25): the member is not in the group. Kafka's newer
-#     coordinator (4.0) answers GROUP_ID_NOT_FOUND (69) here from v9; 3.9's default does not.
-#   - generation -1 with a member id or a group instance id: UNKNOWN_MEMBER_ID (25), as the
-#     classic coordinator (the new one accepts it on an empty group).
+#     the admin client): accepted while the group has no members (else UNKNOWN_MEMBER_ID
+#     (25)); the offset, metadata (null -> "") and leader epoch (v6+) are kept. v0 has no
+#     member fields, so it is always such a commit.
+#   - a member's commit: the member id must be in the group (UNKNOWN_MEMBER_ID), a group
+#     instance id must be that member's (FENCED_INSTANCE_ID (82)), the generation the
+#     group's (ILLEGAL_GENERATION (22): a zombie of an older generation; its offset is not
+#     stored); during CompletingRebalance REBALANCE_IN_PROGRESS (27); in Stable and
+#     PreparingRebalance the commit also counts as the member's heartbeat.
+#   - a group that does not exist (not in the coordinator's memory, no committed offsets)
+#     and generation >= 0: ILLEGAL_GENERATION. Kafka's newer coordinator (4.0) answers
+#     GROUP_ID_NOT_FOUND (69) here from v9; 3.9's default does not.
 #   - An empty group id is accepted, as Kafka does for OffsetCommit/OffsetFetch ("for
 #     backwards compatibility"); of the group APIs served so far only OffsetDelete answers
 #     INVALID_GROUP_ID (24) for it.
 # - Unknown topic or partition: UNKNOWN_TOPIC_OR_PARTITION (3) for that partition only (checked
 #   before the group, as KafkaApis does); metadata over 4096 characters
 #   (offset.metadata.max.bytes): OFFSET_METADATA_TOO_LARGE (12).
-# - v1 CommitTimestamp (-1: now) is kept as commit_ms; v2-4 RetentionTimeMs is ignored
-#   (committed offsets do not expire yet).
+# - v1 CommitTimestamp (-1: now) is kept as commit_ms; v2-4 RetentionTimeMs (other than -1)
+#   sets this commit's expiry, as Kafka's old expiration semantics; otherwise
+#   offsets.retention.minutes applies (kafscale/broker/coordinator.py).
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from generated.offset_commit_request import OffsetCommitRequest
 from generated.offset_commit_response import (
@@ -29,6 +35,9 @@ from generated.offset_commit_response import (
 )
 from kafscale.broker.handlers import RequestContext
 from kafscale.broker.offsets import CommittedOffset, Offsets, TopicPartition, now_ms
+
+if TYPE_CHECKING:
+    from kafscale.broker.server import Broker
 
 UNKNOWN_TOPIC_OR_PARTITION = 3
 OFFSET_METADATA_TOO_LARGE = 12
@@ -40,8 +49,9 @@ MAX_METADATA = 4096
 
 async def handle(ctx: RequestContext, request: OffsetCommitRequest) -> OffsetCommitResponse:
     broker = ctx.broker
-    offsets = Offsets(broker.meta, broker.config.namespace)
+    offsets = broker.offsets
     now = now_ms()
+    retention = request.retention_time_ms if 2 <= ctx.version <= 4 else -1
     out: list[OffsetCommitResponseTopic] = []
     pending: list[tuple[TopicPartition, OffsetCommitResponsePartition, CommittedOffset]] = []
     for wanted in request.topics:
@@ -64,10 +74,11 @@ async def handle(ctx: RequestContext, request: OffsetCommitRequest) -> OffsetCom
                     metadata,
                     stamp,
                     str(topic.id),
+                    now + retention if retention != -1 else -1,
                 )
                 pending.append(((wanted.name, part.partition_index), resp, committed))
     if pending:
-        error = await _membership_error(offsets, request)
+        error = await _membership_error(broker, offsets, request)
         if error:
             for _, resp, _ in pending:
                 resp.error_code = error
@@ -76,9 +87,18 @@ async def handle(ctx: RequestContext, request: OffsetCommitRequest) -> OffsetCom
     return OffsetCommitResponse(throttle_time_ms=0, topics=out)
 
 
-async def _membership_error(offsets: Offsets, request: OffsetCommitRequest) -> int:
-    """Kafka's validateOffsetCommit for a group without members (0: a simple commit)."""
+async def _membership_error(broker: Broker, offsets: Offsets, request: OffsetCommitRequest) -> int:
+    """Kafka's validateOffsetCommit (0: the commit may be stored)."""
     generation = request.generation_id_or_member_epoch
+    error = broker.groups.validate_commit(
+        request.group_id,
+        member_id=request.member_id,
+        instance_id=request.group_instance_id,
+        generation=generation,
+    )
+    if error is not None:
+        return error
+    # Not in the coordinator's memory: a group without members, known by its offsets or not.
     if generation < 0 and not request.member_id and request.group_instance_id is None:
         return 0
     if generation < 0 or await offsets.exists(request.group_id):

@@ -24,7 +24,7 @@ from generated.offset_fetch_response import (
     OffsetFetchResponseTopics,
 )
 from kafscale.broker.handlers import RequestContext
-from kafscale.broker.offsets import CommittedOffset, Offsets, live
+from kafscale.broker.offsets import CommittedOffset, live
 
 Wanted = Sequence[tuple[str, Sequence[int]]]
 Found = list[tuple[str, list[tuple[int, CommittedOffset | None]]]]
@@ -80,7 +80,7 @@ async def _fetch(ctx: RequestContext, group: str, wanted: Wanted | None) -> Foun
     """The commits of the wanted partitions (None where there is none), in request order; or
     with ``wanted`` None, every live commit of the group, by topic and partition."""
     broker = ctx.broker
-    offsets = Offsets(broker.meta, broker.config.namespace)
+    offsets = broker.offsets
     stored = await offsets.fetch(group, None if wanted is None else [t for t, _ in wanted])
     current = {tp: c for tp, c in stored.items() if live(broker.topics, tp, c)}
     if wanted is not None:
