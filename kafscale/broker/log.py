@@ -7,6 +7,12 @@ segment object per partition concurrently, then commits the new high watermark a
 entry in one compare-and-swap transaction per partition. Only then are the waiting requests
 answered. A failed upload or commit fails exactly the requests of that flush with a retriable
 error and commits nothing, so there is never an offset gap. Readers only see committed offsets.
+
+Leader epochs: the committed partition state also holds the partition's current leader epoch
+and its epoch history (Kafka's leader-epoch checkpoint: the first offset written under each
+epoch). Every flushed batch is stamped with the current epoch; :meth:`LogManager.bump_leader_epoch`
+starts a new epoch at the high watermark (a takeover), and OffsetForLeaderEpoch, Fetch and
+ListOffsets answer from the history kept in memory (no extra metadata read).
 """
 
 from __future__ import annotations
@@ -49,6 +55,10 @@ log = logging.getLogger("kafscale.log")
 KAFKA_STORAGE_ERROR = 56  # retriable: the client resends, nothing was committed
 NOT_LEADER_OR_FOLLOWER = 6
 OFFSET_OUT_OF_RANGE = 1
+FENCED_LEADER_EPOCH = 74
+UNKNOWN_LEADER_EPOCH = 76
+UNDEFINED_EPOCH = -1
+"""Kafka's UNDEFINED_EPOCH and UNDEFINED_EPOCH_OFFSET: OffsetForLeaderEpoch's "not known"."""
 
 _BATCH_PREFIX = 12  # base offset int64 + batch length int32
 
@@ -98,8 +108,56 @@ class PartitionLog:
     pending: list[_Pending] = field(default_factory=list)
     pending_bytes: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    """Held by whatever moves the partition state (a flush, DeleteRecords): one CAS at a time
-    on this broker, so they never make each other fail."""
+    """Held by whatever moves the partition state (a flush, DeleteRecords, an epoch bump): one
+    CAS at a time on this broker, so they never make each other fail."""
+    epoch: int = 0
+    """The partition's current leader epoch, stamped into every batch flushed under it."""
+    epochs: list[tuple[int, int]] = field(default_factory=lambda: [(0, 0)])
+    """Epoch history, ascending: (epoch, first offset written under it), as Kafka's
+    leader-epoch checkpoint; the last entry is the current epoch."""
+
+    def epoch_error(self, current_leader_epoch: int) -> int:
+        """Kafka's check of a request's CurrentLeaderEpoch against ours: 0 when equal,
+        FENCED_LEADER_EPOCH when the client's is older, UNKNOWN_LEADER_EPOCH when newer."""
+        if current_leader_epoch < self.epoch:
+            return FENCED_LEADER_EPOCH
+        if current_leader_epoch > self.epoch:
+            return UNKNOWN_LEADER_EPOCH
+        return 0
+
+    def end_offset_for_epoch(self, requested: int) -> tuple[int, int]:
+        """(epoch, end offset) for OffsetForLeaderEpoch, as Kafka's
+        ``LeaderEpochFileCache.endOffsetFor``: the current epoch ends at the log end offset
+        (our high watermark: nothing above it is visible); an older epoch ends where the first
+        later epoch starts, answered with the largest known epoch <= the requested one (or the
+        requested one itself when it is below every known epoch, whose data is deleted); -1 or
+        an epoch above every known one is (-1, -1)."""
+        if requested == UNDEFINED_EPOCH:
+            return UNDEFINED_EPOCH, UNDEFINED_EPOCH
+        if self.epochs and self.epochs[-1][0] == requested:
+            return requested, self.hw
+        i = bisect.bisect_right([e for e, _ in self.epochs], requested)
+        if i == len(self.epochs):  # no higher epoch
+            return UNDEFINED_EPOCH, UNDEFINED_EPOCH
+        higher_start = self.epochs[i][1]
+        return (self.epochs[i - 1][0] if i > 0 else requested), higher_start
+
+    def epoch_for_offset(self, offset: int) -> int:
+        """The epoch the batch holding ``offset`` was written under (Kafka's
+        ``epochForOffset``); -1 when before every known epoch."""
+        epoch = UNDEFINED_EPOCH
+        for e, start in self.epochs:
+            if start > offset:
+                break
+            epoch = e
+        return epoch
+
+    def earliest_epoch(self) -> int:
+        """The epoch ListOffsets answers with the log start offset (Kafka: the first cached
+        epoch, when it starts at or before the log start)."""
+        if self.epochs and self.epochs[0][1] <= self.log_start:
+            return self.epochs[0][0]
+        return UNDEFINED_EPOCH
 
     def segment_for(self, offset: int) -> SegmentMeta | None:
         """The committed segment holding ``offset`` (or the first one after it)."""
@@ -199,6 +257,14 @@ class LogManager:
                 state["hw"],
                 kv.mod_revision,
             )
+            # States written before leader epochs: epoch 0 from the log start on.
+            plog.epoch = int(state.get("epoch", 0))
+            history = state.get("epochs")
+            plog.epochs = (
+                [(int(e), int(s)) for e, s in history]
+                if history
+                else [(plog.epoch, plog.log_start)]
+            )
         prefix = self.topics.segments_prefix(topic, partition)
         for seg in await self.meta.range(prefix):
             d = json.loads(seg.value)
@@ -264,6 +330,8 @@ class LogManager:
 
     async def _flush_partition(self, plog: PartitionLog) -> bool:
         async with plog.lock:
+            if not plog.pending:  # failed while we waited for the lock (a fenced epoch bump)
+                return False
             return await self._flush_locked(plog)
 
     async def _flush_locked(self, plog: PartitionLog) -> bool:
@@ -282,7 +350,9 @@ class LogManager:
                 batches: list[BatchInfo] = []
                 for e in group:
                     bases.append(offset)
-                    assigned = assign_offsets(e.data, e.batches, offset, partition_leader_epoch=0)
+                    assigned = assign_offsets(
+                        e.data, e.batches, offset, partition_leader_epoch=plog.epoch
+                    )
                     chunks += assigned.chunks
                     batches += assigned.batches
                     offset = assigned.next_offset
@@ -310,7 +380,7 @@ class LogManager:
                     for meta, _, index in built
                 ),
             )
-            state = json.dumps({"log_start": plog.log_start, "hw": offset}).encode()
+            state = _state(plog.log_start, offset, plog.epoch, plog.epochs)
             prefix = self.topics.segments_prefix(plog.topic, plog.partition)
             result = await self.meta.txn(
                 [Compare(plog.state_key, "mod_revision", "==", plog.revision)],
@@ -487,7 +557,8 @@ class LogManager:
             raise FlushError(OFFSET_OUT_OF_RANGE, f"offset {before} is beyond the high watermark")
         if new_start <= plog.log_start:
             return plog.log_start
-        state = json.dumps({"log_start": new_start, "hw": plog.hw}).encode()
+        epochs = _truncate_epochs_from_start(plog.epochs, new_start)
+        state = _state(new_start, plog.hw, plog.epoch, epochs)
         result = await self.meta.txn(
             [Compare(plog.state_key, "mod_revision", "==", plog.revision)],
             [Put(plog.state_key, state)],
@@ -497,7 +568,88 @@ class LogManager:
             raise FlushError(NOT_LEADER_OR_FOLLOWER, "partition state changed under us")
         plog.revision = result.revision
         plog.log_start = new_start
+        plog.epochs = epochs
         return new_start
+
+    # --- leader epochs ---------------------------------------------------------------------
+
+    async def end_offset_for_epoch(self, topic: str, partition: int, epoch: int) -> tuple[int, int]:
+        """(epoch, end offset) of ``epoch`` in the partition (see
+        :meth:`PartitionLog.end_offset_for_epoch`)."""
+        return (await self.get(topic, partition)).end_offset_for_epoch(epoch)
+
+    async def bump_leader_epoch(self, topic: str, partition: int) -> int:
+        """Start the next leader epoch at the high watermark (what a broker taking the
+        partition over does), committed with one compare-and-swap on the partition state;
+        returns the new epoch. Data flushed from now on is stamped with it. Raises
+        :class:`FlushError` (NOT_LEADER_OR_FOLLOWER) when the state changed under us."""
+        plog = await self.get(topic, partition)
+        async with plog.lock:
+            epoch = plog.epoch + 1
+            epochs = _assign_epoch(plog.epochs, epoch, plog.hw)
+            result = await self.meta.txn(
+                [Compare(plog.state_key, "mod_revision", "==", plog.revision)],
+                [Put(plog.state_key, _state(plog.log_start, plog.hw, epoch, epochs))],
+            )
+            if not result.succeeded:
+                # Reload on next use; what was appended to this stale log fails (retriable).
+                self.logs.pop((topic, partition), None)
+                pending, plog.pending = plog.pending, []
+                self.pending_bytes -= plog.pending_bytes
+                plog.pending_bytes = 0
+                error = FlushError(NOT_LEADER_OR_FOLLOWER, "partition state changed under us")
+                for p in pending:
+                    if not p.future.done():
+                        p.future.set_exception(error)
+                raise error
+            plog.revision = result.revision
+            plog.epoch, plog.epochs = epoch, epochs
+            log.info("%s-%d: leader epoch %d from offset %d", topic, partition, epoch, plog.hw)
+            return epoch
+
+    async def leader_epochs(self, topic: str, partitions: int) -> list[int]:
+        """The current leader epoch of each of the topic's partitions (Metadata): from the
+        loaded logs, else from one range read of the topic's partition states (nothing is
+        loaded or cached by it)."""
+        loaded = [self.logs.get((topic, p)) for p in range(partitions)]
+        if all(plog is not None for plog in loaded):
+            return [plog.epoch for plog in loaded if plog is not None]
+        prefix = self.topics.partition_key(topic, 0).rsplit(b"/", 1)[0] + b"/"
+        stored = {kv.key: kv.value for kv in await self.meta.range(prefix)}
+        out = []
+        for p, plog in enumerate(loaded):
+            if plog is not None:
+                out.append(plog.epoch)
+                continue
+            value = stored.get(self.topics.partition_key(topic, p))
+            out.append(int(json.loads(value).get("epoch", 0)) if value is not None else 0)
+        return out
+
+
+def _state(log_start: int, hw: int, epoch: int, epochs: list[tuple[int, int]]) -> bytes:
+    """The committed partition state (the value of its ``state_key``)."""
+    return json.dumps({"log_start": log_start, "hw": hw, "epoch": epoch, "epochs": epochs}).encode()
+
+
+def _assign_epoch(epochs: list[tuple[int, int]], epoch: int, start: int) -> list[tuple[int, int]]:
+    """The history with ``epoch`` starting at ``start`` appended, as Kafka's
+    ``LeaderEpochFileCache.assign``: later entries that would break monotonicity (an epoch not
+    below the new one, or a start offset not below ``start``: epochs that wrote nothing) go."""
+    kept = list(epochs)
+    while kept and (kept[-1][0] >= epoch or kept[-1][1] >= start):
+        kept.pop()
+    return [*kept, (epoch, start)]
+
+
+def _truncate_epochs_from_start(
+    epochs: list[tuple[int, int]], log_start: int
+) -> list[tuple[int, int]]:
+    """The history after the log start moved to ``log_start`` (Kafka's ``truncateFromStart``):
+    the epochs starting at or before it collapse into the last of them, starting there."""
+    before = [e for e in epochs if e[1] <= log_start]
+    if not before:
+        return list(epochs)
+    return [(before[-1][0], log_start), *epochs[len(before) :]]
 
 
 def _split(entries: list[_Pending], limit: int) -> list[list[_Pending]]:

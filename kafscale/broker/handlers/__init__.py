@@ -47,6 +47,7 @@ from kafscale.broker.handlers import (  # noqa: E402 - the modules import Reques
     offset_commit,
     offset_delete,
     offset_fetch,
+    offset_for_leader_epoch,
     produce,
 )
 
@@ -56,6 +57,7 @@ HANDLERS: dict[int, Handler] = {
     0: produce.handle,
     1: fetch.handle,
     2: list_offsets.handle,
+    23: offset_for_leader_epoch.handle,
     19: create_topics.handle,
     20: delete_topics.handle,
     21: delete_records.handle,

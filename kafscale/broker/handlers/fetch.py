@@ -3,18 +3,33 @@
 #   holding FetchOffset on. The first batch is returned whole even past the byte limits
 #   (KIP-74) so consumers always progress; after it, PartitionMaxBytes, the request's MaxBytes
 #   and the server's fetch.max.bytes cap the response whatever the request says.
-# - MaxWaitMs / MinBytes: long poll, woken by commits.
+# - MaxWaitMs / MinBytes: long poll, woken by commits. A partition answered with an error or a
+#   diverging epoch answers the whole request at once, as Kafka does.
 # - FetchOffset outside [log start, high watermark] -> OFFSET_OUT_OF_RANGE (1).
 # - Topic ids (v13+) -> UNKNOWN_TOPIC_ID (100) when unknown; names (v4-12) ->
 #   UNKNOWN_TOPIC_OR_PARTITION (3). Fetch sessions (KIP-227) are not kept: SessionId 0 always,
 #   so clients send full fetch requests.
+# - CurrentLeaderEpoch (v9+, when >= 0) is checked against the partition's leader epoch:
+#   older -> FENCED_LEADER_EPOCH (74), newer -> UNKNOWN_LEADER_EPOCH (76), with -1 offsets.
+# - LastFetchedEpoch (v12+, when >= 0), as Kafka's leader: its end offset is looked up in the
+#   epoch history (OffsetForLeaderEpoch's answer); unknown -> OFFSET_OUT_OF_RANGE; FetchOffset
+#   below the log start -> OFFSET_OUT_OF_RANGE; when the answered epoch is older than
+#   LastFetchedEpoch or ends before FetchOffset, no records and DivergingEpoch = (epoch, end
+#   offset), which is where the client must truncate to. We never truncate committed data, so
+#   only a client with a log we never served can diverge.
 from __future__ import annotations
 
 import time
 
 from generated.fetch_request import FetchRequest
-from generated.fetch_response import FetchableTopicResponse, FetchResponse, PartitionData
+from generated.fetch_response import (
+    EpochEndOffset,
+    FetchableTopicResponse,
+    FetchResponse,
+    PartitionData,
+)
 from kafscale.broker.handlers import RequestContext
+from kafscale.broker.log import UNDEFINED_EPOCH
 
 OFFSET_OUT_OF_RANGE = 1
 UNKNOWN_TOPIC_OR_PARTITION = 3
@@ -24,19 +39,22 @@ UNKNOWN_TOPIC_ID = 100
 async def handle(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
     deadline = time.monotonic() + max(request.max_wait_ms, 0) / 1000
     while True:
-        response, size = await _read_all(ctx, request)
+        response, size, urgent = await _read_all(ctx, request)
         remaining = deadline - time.monotonic()
-        if size >= max(request.min_bytes, 1) or remaining <= 0 or ctx.broker.logs.closing:
+        if urgent or size >= max(request.min_bytes, 1) or remaining <= 0 or ctx.broker.logs.closing:
             return response
         await ctx.broker.logs.wait_for_commit(remaining)
 
 
-async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[FetchResponse, int]:
+async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[FetchResponse, int, bool]:
+    """The response, its record bytes, and whether a partition must be answered now (an error
+    or a diverging epoch)."""
     broker = ctx.broker
     budget = min(
         request.max_bytes if request.max_bytes > 0 else 2**31 - 1, broker.config.fetch_max_bytes
     )
     total = 0
+    urgent = False
     out: list[FetchableTopicResponse] = []
     for wanted in request.topics:
         if ctx.version >= 13:
@@ -58,12 +76,29 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[FetchRe
             resp_topic.partitions.append(pd)
             if topic is None or not 0 <= part.partition < topic.partitions:
                 pd.error_code = missing
+                urgent = True
                 continue
             plog = await broker.logs.get(topic.name, part.partition)
+            if ctx.version >= 9 and part.current_leader_epoch >= 0:
+                pd.error_code = plog.epoch_error(part.current_leader_epoch)
+                if pd.error_code:
+                    urgent = True
+                    continue
             pd.high_watermark = pd.last_stable_offset = plog.hw
             pd.log_start_offset = plog.log_start
+            if ctx.version >= 12 and part.last_fetched_epoch >= 0:
+                epoch, end = plog.end_offset_for_epoch(part.last_fetched_epoch)
+                if UNDEFINED_EPOCH in (epoch, end) or part.fetch_offset < plog.log_start:
+                    pd.error_code = OFFSET_OUT_OF_RANGE
+                    urgent = True
+                    continue
+                if epoch < part.last_fetched_epoch or end < part.fetch_offset:
+                    pd.diverging_epoch = EpochEndOffset(epoch=epoch, end_offset=end)
+                    urgent = True
+                    continue
             if not plog.log_start <= part.fetch_offset <= plog.hw:
                 pd.error_code = OFFSET_OUT_OF_RANGE
+                urgent = True
                 continue
             limit = min(max(part.partition_max_bytes, 0), budget - total)
             if limit <= 0 and total > 0:
@@ -71,4 +106,5 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[FetchRe
             data = await broker.logs.read(plog, part.fetch_offset, max(limit, 1))
             pd.records = data
             total += len(data)
-    return FetchResponse(throttle_time_ms=0, error_code=0, session_id=0, responses=out), total
+    response = FetchResponse(throttle_time_ms=0, error_code=0, session_id=0, responses=out)
+    return response, total, urgent

@@ -3,8 +3,12 @@
 #   first record with the largest timestamp; otherwise the first record whose timestamp is >=
 #   the target, with that record's own timestamp (the segment index finds the batch, its
 #   records are read, compressed ones decompressed); -1 with timestamp -1 when none is.
-# - Unknown topic or partition -> UNKNOWN_TOPIC_OR_PARTITION (3). Leader epoch is 0 (one
-#   broker, never re-elected).
+# - Unknown topic or partition -> UNKNOWN_TOPIC_OR_PARTITION (3).
+# - LeaderEpoch (v4+), as Kafka: latest -> the partition's current leader epoch; earliest ->
+#   the first epoch of the history; a record found -> the epoch its batch was written under;
+#   -1 with errors and when nothing is found.
+# - CurrentLeaderEpoch (v4+, unless -1) is checked against the partition's leader epoch:
+#   older -> FENCED_LEADER_EPOCH (74), newer -> UNKNOWN_LEADER_EPOCH (76).
 from __future__ import annotations
 
 from generated.list_offsets_request import ListOffsetsRequest
@@ -14,6 +18,7 @@ from generated.list_offsets_response import (
     ListOffsetsTopicResponse,
 )
 from kafscale.broker.handlers import RequestContext
+from kafscale.broker.log import UNDEFINED_EPOCH
 
 EARLIEST, LATEST, MAX_TIMESTAMP = -2, -1, -3
 
@@ -27,21 +32,31 @@ async def handle(ctx: RequestContext, request: ListOffsetsRequest) -> ListOffset
         topics.append(out)
         for part in wanted.partitions:
             resp = ListOffsetsPartitionResponse(partition_index=part.partition_index)
-            if ctx.version >= 4:  # not ignorable: it may only be set where it exists
-                resp.leader_epoch = 0
             out.partitions.append(resp)
             if topic is None or not 0 <= part.partition_index < topic.partitions:
                 resp.error_code = 3
                 continue
             plog = await broker.logs.get(topic.name, part.partition_index)
+            if ctx.version >= 4 and part.current_leader_epoch != UNDEFINED_EPOCH:
+                resp.error_code = plog.epoch_error(part.current_leader_epoch)
+                if resp.error_code:
+                    continue
+            epoch = UNDEFINED_EPOCH
             if part.timestamp == EARLIEST:
                 resp.offset = plog.log_start
+                epoch = plog.earliest_epoch()
             elif part.timestamp == LATEST:
                 resp.offset = plog.hw
+                epoch = plog.epoch
             elif part.timestamp == MAX_TIMESTAMP:
                 resp.timestamp, resp.offset = await broker.logs.max_timestamp_offset(plog)
+                if resp.offset >= 0:
+                    epoch = plog.epoch_for_offset(resp.offset)
             else:
                 found = await broker.logs.offset_for_timestamp(plog, part.timestamp)
                 if found is not None:
                     resp.offset, resp.timestamp = found
+                    epoch = plog.epoch_for_offset(resp.offset)
+            if ctx.version >= 4:  # not ignorable: it may only be set where it exists
+                resp.leader_epoch = epoch
     return ListOffsetsResponse(throttle_time_ms=0, topics=topics)

@@ -5,6 +5,8 @@
 #   allowed by the request), else UNKNOWN_TOPIC_OR_PARTITION (3). Lookups by topic id (v10+)
 #   answer UNKNOWN_TOPIC_ID (100) when unknown.
 # - Topic ids are real UUIDs (Kafka's); authorized operations are not computed (-2147483648).
+# - LeaderEpoch (v7+) is each partition's current leader epoch (from the loaded partition log,
+#   else one read of the topic's partition states).
 from __future__ import annotations
 
 import logging
@@ -18,12 +20,14 @@ from generated.metadata_response import (
     MetadataResponseTopic,
 )
 from kafscale.broker.handlers import RequestContext
+from kafscale.broker.log import LogManager
 from kafscale.broker.topics import Topic, TopicError
 
 log = logging.getLogger("kafscale.broker")
 
 
-def _topic(topic: Topic, broker_id: int) -> MetadataResponseTopic:
+async def _topic(topic: Topic, broker_id: int, logs: LogManager) -> MetadataResponseTopic:
+    epochs = await logs.leader_epochs(topic.name, topic.partitions)
     return MetadataResponseTopic(
         error_code=0,
         name=topic.name,
@@ -34,12 +38,12 @@ def _topic(topic: Topic, broker_id: int) -> MetadataResponseTopic:
                 error_code=0,
                 partition_index=p,
                 leader_id=broker_id,
-                leader_epoch=0,
+                leader_epoch=epoch,
                 replica_nodes=[broker_id],
                 isr_nodes=[broker_id],
                 offline_replicas=[],
             )
-            for p in range(topic.partitions)
+            for p, epoch in enumerate(epochs)
         ],
     )
 
@@ -52,7 +56,7 @@ async def handle(ctx: RequestContext, request: MetadataRequest) -> MetadataRespo
     out: list[MetadataResponseTopic] = []
     if request.topics is None or (ctx.version == 0 and not request.topics):
         out = [
-            _topic(t, config.broker_id)
+            await _topic(t, config.broker_id, broker.logs)
             for t in sorted(topics.by_name.values(), key=lambda t: t.name)
         ]
     else:
@@ -65,7 +69,7 @@ async def handle(ctx: RequestContext, request: MetadataRequest) -> MetadataRespo
                         MetadataResponseTopic(error_code=100, name=None, topic_id=wanted.topic_id)
                     )
                 else:
-                    out.append(_topic(topic, config.broker_id))
+                    out.append(await _topic(topic, config.broker_id, broker.logs))
                 continue
             topic = topics.get(wanted.name)
             if topic is None and allow and config.auto_create_topics_enable:
@@ -86,7 +90,7 @@ async def handle(ctx: RequestContext, request: MetadataRequest) -> MetadataRespo
                     MetadataResponseTopic(error_code=3, name=wanted.name, topic_id=uuid.UUID(int=0))
                 )
             else:
-                out.append(_topic(topic, config.broker_id))
+                out.append(await _topic(topic, config.broker_id, broker.logs))
     return MetadataResponse(
         throttle_time_ms=0,
         brokers=[MetadataResponseBroker(node_id=config.broker_id, host=host, port=port, rack=None)],
