@@ -1419,6 +1419,10 @@ BROKER_APIS: dict[int, tuple[int, int]] = {
     8: (0, 9),  # OffsetCommit
     9: (0, 9),  # OffsetFetch
     10: (0, 6),  # FindCoordinator
+    11: (0, 9),  # JoinGroup
+    12: (0, 4),  # Heartbeat
+    13: (0, 5),  # LeaveGroup
+    14: (0, 5),  # SyncGroup
     15: (0, 5),  # DescribeGroups
     16: (0, 5),  # ListGroups
     18: (0, 4),  # ApiVersions
@@ -1444,6 +1448,10 @@ ADVERTISED_APIS: dict[int, tuple[int, int]] = {
     8: (0, 9),  # OffsetCommit
     9: (0, 9),  # OffsetFetch
     10: (0, 6),  # FindCoordinator
+    11: (0, 9),  # JoinGroup
+    12: (0, 4),  # Heartbeat
+    13: (0, 5),  # LeaveGroup
+    14: (0, 5),  # SyncGroup
     15: (0, 5),  # DescribeGroups
     16: (0, 5),  # ListGroups
     18: (0, 4),  # ApiVersions

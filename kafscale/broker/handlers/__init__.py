@@ -23,6 +23,8 @@ class RequestContext:
     broker: Broker
     header: RequestHeader
     version: int
+    client_host: str = ""
+    """The client's address (JoinGroup members report it; Kafka shows "/" + the IP)."""
 
 
 Handler = Callable[[RequestContext, Any], Awaitable[Message | None]]
@@ -40,7 +42,10 @@ from kafscale.broker.handlers import (  # noqa: E402 - the modules import Reques
     describe_groups,
     fetch,
     find_coordinator,
+    heartbeat,
     incremental_alter_configs,
+    join_group,
+    leave_group,
     list_groups,
     list_offsets,
     metadata,
@@ -49,6 +54,7 @@ from kafscale.broker.handlers import (  # noqa: E402 - the modules import Reques
     offset_fetch,
     offset_for_leader_epoch,
     produce,
+    sync_group,
 )
 
 HANDLERS: dict[int, Handler] = {
@@ -73,4 +79,8 @@ HANDLERS: dict[int, Handler] = {
     16: list_groups.handle,
     15: describe_groups.handle,
     42: delete_groups.handle,
+    11: join_group.handle,
+    14: sync_group.handle,
+    12: heartbeat.handle,
+    13: leave_group.handle,
 }
