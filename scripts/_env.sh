@@ -12,25 +12,30 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
   "$PY" -m pip install -q --disable-pip-version-check -e "$ROOT[test]"
   touch "$stamp"
 fi
-# kcat, for the conformance tests (Debian package `kcat`). Silent when it is already there.
-# Without it those tests skip locally and fail under CI.
-if ! command -v kcat >/dev/null 2>&1; then
+# Debian packages the tests need: kcat (conformance) and etcd-server (the etcd metadata store
+# tests; 3.4). Silent when they are already there. Without them those tests skip locally and
+# fail under CI.
+apt_need() {  # apt_need COMMAND PACKAGE
+  command -v "$1" >/dev/null 2>&1 && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "== installing kcat (apt-get install kcat)" >&2
+    echo "== installing $2 (apt-get install $2)" >&2
+    local apt_log
     apt_log="$(mktemp)"
     export DEBIAN_FRONTEND=noninteractive
     # Try without `apt-get update` first: the package lists are often already there.
-    if ! apt-get install -y -q kcat >"$apt_log" 2>&1; then
+    if ! apt-get install -y -q "$2" >"$apt_log" 2>&1; then
       apt-get update -q >>"$apt_log" 2>&1 || true
-      apt-get install -y -q kcat >>"$apt_log" 2>&1 || true
+      apt-get install -y -q "$2" >>"$apt_log" 2>&1 || true
     fi
-    if ! command -v kcat >/dev/null 2>&1; then
+    if ! command -v "$1" >/dev/null 2>&1; then
       cat "$apt_log" >&2
-      echo "warning: could not install kcat; the kcat conformance tests will skip (fail in CI)" >&2
+      echo "warning: could not install $2; the tests that need it will skip (fail in CI)" >&2
     fi
     rm -f "$apt_log"
   else
-    echo "note: kcat is not installed and we are not root; the kcat conformance tests will" \
-      "skip (fail in CI). Install it with: sudo apt-get install kcat" >&2
+    echo "note: $2 is not installed and we are not root; the tests that need it will skip" \
+      "(fail in CI). Install it with: sudo apt-get install $2" >&2
   fi
-fi
+}
+apt_need kcat kcat
+apt_need etcd etcd-server
