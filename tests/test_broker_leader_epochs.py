@@ -6,6 +6,7 @@ restart."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import time
 from pathlib import Path
@@ -405,3 +406,33 @@ def test_a_bump_is_fenced_by_a_foreign_write(tmp_path: Path) -> None:
         assert await produce(c, "t", b"b") == 1
 
     run(tmp_path, scenario)
+
+
+def test_a_fenced_delete_records_fails_the_pending_produces_too(tmp_path: Path) -> None:
+    """DeleteRecords whose compare-and-swap fails drops the stale log; produce requests
+    waiting in it get a retriable error instead of waiting forever."""
+
+    async def scenario(c: Client) -> None:
+        await c.create("t")
+        first = asyncio.ensure_future(produce(c, "t", b"a", b"b"))
+        await asyncio.sleep(0.05)
+        await c.broker.logs.flush()  # the flusher's own interval is a minute away
+        assert await first == 0
+        plog = await c.broker.logs.get("t", 0)
+        waiting = asyncio.ensure_future(c.broker.logs.append(plog, build_batch([b"c"]), 1 << 20))
+        await asyncio.sleep(0)
+        foreign = b'{"log_start": 0, "hw": 2, "epoch": 3, "epochs": [[0, 0], [3, 2]]}'
+        await c.broker.meta.put(plog.state_key, foreign)
+        with pytest.raises(FlushError) as error:
+            await c.broker.logs.delete_records(plog, 1)
+        assert error.value.code == 6  # NOT_LEADER_OR_FOLLOWER
+        with pytest.raises(FlushError) as failed:
+            await asyncio.wait_for(waiting, 5)
+        assert failed.value.code == 6
+        assert c.broker.logs.pending_bytes == 0
+        again = asyncio.ensure_future(produce(c, "t", b"c"))
+        await asyncio.sleep(0.05)
+        await c.broker.logs.flush()
+        assert await again == 2  # the reloaded log goes on
+
+    run(tmp_path, scenario, flush_interval_ms=60_000)

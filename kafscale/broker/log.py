@@ -275,15 +275,20 @@ class LogManager:
 
     def forget_topic(self, topic: str) -> None:
         for key in [k for k in self.logs if k[0] == topic]:
-            plog = self.logs.pop(key)
-            # Its pending data will never be flushed: stop counting it (close() waits for the
-            # count to reach 0) and fail its requests.
-            self.pending_bytes -= plog.pending_bytes
-            plog.pending_bytes = 0
-            pending, plog.pending = plog.pending, []
-            for p in pending:
-                if not p.future.done():
-                    p.future.set_exception(FlushError(3, f"topic {topic} was deleted"))
+            self._drop(self.logs[key], FlushError(3, f"topic {topic} was deleted"))
+
+    def _drop(self, plog: PartitionLog, error: FlushError, *also: _Pending) -> None:
+        """Forget a log whose state is stale (reloaded on next use) or gone. Its pending data
+        will never be flushed: stop counting it (close() waits for the count to reach 0) and
+        fail its requests (and ``also``'s) with ``error``, or they would wait forever."""
+        if self.logs.get((plog.topic, plog.partition)) is plog:
+            del self.logs[(plog.topic, plog.partition)]
+        self.pending_bytes -= plog.pending_bytes
+        plog.pending_bytes = 0
+        pending, plog.pending = plog.pending, []
+        for p in (*also, *pending):
+            if not p.future.done():
+                p.future.set_exception(error)
 
     # --- produce ---------------------------------------------------------------------------
 
@@ -398,17 +403,13 @@ class LogManager:
         except Exception as error:
             code = error.code if isinstance(error, FlushError) else KAFKA_STORAGE_ERROR
             log.warning("flush of %s-%d failed: %s", plog.topic, plog.partition, error)
+            failure = FlushError(code, str(error))
             if code == NOT_LEADER_OR_FOLLOWER:
-                # Reload on next use; what was appended meanwhile to this stale log fails too
-                # (retriable), or it would wait forever and hold up shutdown.
-                self.logs.pop((plog.topic, plog.partition), None)
-                entries += plog.pending
-                stale = sum(len(e.data) for e in plog.pending)
-                plog.pending, plog.pending_bytes = [], 0
-                self.pending_bytes -= stale
+                # Stale: what was appended meanwhile fails too (retriable).
+                self._drop(plog, failure, *entries)
             for e in entries:
                 if not e.future.done():
-                    e.future.set_exception(FlushError(code, str(error)))
+                    e.future.set_exception(failure)
             return False
         plog.revision = result.revision
         plog.hw = offset
@@ -564,8 +565,9 @@ class LogManager:
             [Put(plog.state_key, state)],
         )
         if not result.succeeded:
-            self.logs.pop((plog.topic, plog.partition), None)
-            raise FlushError(NOT_LEADER_OR_FOLLOWER, "partition state changed under us")
+            error = FlushError(NOT_LEADER_OR_FOLLOWER, "partition state changed under us")
+            self._drop(plog, error)
+            raise error
         plog.revision = result.revision
         plog.log_start = new_start
         plog.epochs = epochs
@@ -592,15 +594,8 @@ class LogManager:
                 [Put(plog.state_key, _state(plog.log_start, plog.hw, epoch, epochs))],
             )
             if not result.succeeded:
-                # Reload on next use; what was appended to this stale log fails (retriable).
-                self.logs.pop((topic, partition), None)
-                pending, plog.pending = plog.pending, []
-                self.pending_bytes -= plog.pending_bytes
-                plog.pending_bytes = 0
                 error = FlushError(NOT_LEADER_OR_FOLLOWER, "partition state changed under us")
-                for p in pending:
-                    if not p.future.done():
-                        p.future.set_exception(error)
+                self._drop(plog, error)
                 raise error
             plog.revision = result.revision
             plog.epoch, plog.epochs = epoch, epochs
