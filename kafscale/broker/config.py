@@ -29,6 +29,9 @@ class BrokerConfig:
     broker_id: int = 0
     namespace: str = "kafscale"
     cluster_id: str = "kafscale-local-cluster"
+    etcd_endpoints: str = ""
+    """etcd ``host:port,...`` for the metadata store (a cluster of brokers); empty: sqlite
+    in ``data_dir``."""
     segment_bytes: int = 64 * 1024 * 1024
     """segment.bytes: the largest segment object one flush writes per partition."""
     flush_interval_ms: int = 50
@@ -78,6 +81,7 @@ _OPTIONS: dict[str, str] = {
     "broker-id": "broker_id",
     "namespace": "namespace",
     "cluster-id": "cluster_id",
+    "etcd": "etcd_endpoints",
     "segment.bytes": "segment_bytes",
     "flush.interval.ms": "flush_interval_ms",
     "flush.bytes": "flush_bytes",

@@ -27,6 +27,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from kafscale.broker.server import Broker
     from kafscale.cli import CliError
     from kafscale.metadata.sqlite import SqliteMetadataStore
+    from kafscale.metadata.store import MetadataStore
     from kafscale.storage.local import LocalObjectStore
 
     try:
@@ -39,7 +40,16 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     config.data_dir.mkdir(parents=True, exist_ok=True)
     objects = LocalObjectStore(config.data_dir / "objects")
-    meta = SqliteMetadataStore(config.data_dir / "metadata.sqlite3")
+    meta: MetadataStore
+    if config.etcd_endpoints:
+        from kafscale.metadata.etcd import EtcdMetadataStore
+
+        try:
+            meta = EtcdMetadataStore(config.etcd_endpoints)
+        except ValueError as e:
+            raise CliError(f"--etcd: {e}") from None
+    else:
+        meta = SqliteMetadataStore(config.data_dir / "metadata.sqlite3")
     broker = Broker(config, objects, meta)
     try:
         import uvloop

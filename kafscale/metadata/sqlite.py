@@ -50,11 +50,17 @@ from kafscale.metadata.store import (
     Compare,
     Delete,
     KeyValue,
+    LeaseNotFound,
     MetadataStore,
     Put,
+    StoreClosed,
     TxnResult,
+    WatchCompacted,
     WatchEvent,
+    prefix_end,
 )
+from kafscale.metadata.store import check_compare as _check_compare
+from kafscale.metadata.store import check_ops as _check_ops
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -104,36 +110,6 @@ CREATE TABLE IF NOT EXISTS leases (
 """
 # AUTOINCREMENT: a lease id is never reused, even after the newest lease is revoked, so a
 # stale id held by a restarted client cannot alias a new lease.
-
-
-class LeaseNotFound(LookupError):
-    """A put named a lease that does not exist (never granted, revoked or expired)."""
-
-
-class WatchCompacted(Exception):
-    """The watch needs events older than the store keeps (see ``history_limit``)."""
-
-    def __init__(self, start_revision: int, compact_revision: int) -> None:
-        super().__init__(
-            f"cannot watch after revision {start_revision}: history is compacted up to "
-            f"revision {compact_revision}"
-        )
-        self.start_revision = start_revision
-        self.compact_revision = compact_revision
-
-
-class StoreClosed(RuntimeError):
-    """The store was used after :meth:`SqliteMetadataStore.close`."""
-
-
-def prefix_end(prefix: bytes) -> bytes | None:
-    """The smallest key greater than every key starting with ``prefix`` (etcd's range end):
-    drop trailing 0xff bytes and increment the last remaining byte. None if there is no such
-    key (an empty or all-0xff prefix), meaning "no upper bound"."""
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        return None
-    return stripped[:-1] + bytes((stripped[-1] + 1,))
 
 
 def _range_sql(prefix: bytes) -> tuple[str, tuple[bytes, ...]]:
@@ -327,6 +303,7 @@ class SqliteMetadataStore(MetadataStore):
         if self._closed:
             return
         self._closed = True
+        self._lose_held_leases()
         if self._sweeper is not None:
             self._sweeper.cancel()
         with self._watchers_lock:  # _register checks _closed under this lock
@@ -778,49 +755,6 @@ def _compare(actual: int | bytes, op: str, expected: int | bytes) -> bool:
     if op == "<":
         return actual < expected  # type: ignore[operator]  # types checked in _check_compare
     return actual > expected  # type: ignore[operator]
-
-
-def _check_compare(c: Compare) -> None:
-    if c.op not in ("==", "!=", "<", ">"):
-        raise ValueError(f"unknown compare op {c.op!r}")
-    if not isinstance(c.key, bytes):
-        raise TypeError(f"compare key must be bytes, not {type(c.key).__name__}")
-    if c.target == "value":
-        if not isinstance(c.value, bytes):
-            raise TypeError(f"a value compare needs bytes, not {type(c.value).__name__}")
-    elif c.target in ("mod_revision", "version"):
-        if not isinstance(c.value, int) or isinstance(c.value, bool):
-            raise TypeError(f"a {c.target} compare needs an int, not {type(c.value).__name__}")
-    else:
-        raise ValueError(f"unknown compare target {c.target!r}")
-
-
-def _check_ops(ops: Sequence[Put | Delete]) -> None:
-    """etcd's rules for one branch: keys and values are bytes, put keys are non-empty and
-    distinct, and no put key is also deleted by the branch."""
-    puts: set[bytes] = set()
-    deletes: list[Delete] = []
-    for op in ops:
-        if isinstance(op, Put):
-            if not isinstance(op.key, bytes) or not isinstance(op.value, bytes):
-                raise TypeError("put key and value must be bytes")
-            if not op.key:
-                raise ValueError("empty key")
-            if op.lease < 0:
-                raise ValueError(f"negative lease id {op.lease}")
-            if op.key in puts:
-                raise ValueError(f"key {op.key!r} is put twice in one transaction branch")
-            puts.add(op.key)
-        elif isinstance(op, Delete):
-            if not isinstance(op.key, bytes):
-                raise TypeError("delete key must be bytes")
-            deletes.append(op)
-        else:
-            raise TypeError(f"not a Put or Delete: {op!r}")
-    for d in deletes:
-        for key in puts:
-            if key.startswith(d.key) if d.prefix else key == d.key:
-                raise ValueError(f"key {key!r} is both put and deleted in one branch")
 
 
 def _rollback(db: sqlite3.Connection) -> None:
