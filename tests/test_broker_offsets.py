@@ -259,13 +259,16 @@ def test_commit_errors(tmp_path: Path, version: int) -> None:
                 c, "g", ("t", 0, 5, -1, ""), version=version, generation=1, member="m"
             )
             assert known == {("t", 0): UNKNOWN_MEMBER_ID}  # group known, member not in it
-            named = await commit(c, "fresh", ("t", 0, 5, -1, ""), version=version, member="m")
-            assert named == {("t", 0): UNKNOWN_MEMBER_ID}  # generation -1 naming a member
             assert (await fetch(c, "fresh", None))[1] == {}
+            # Generation -1 on a group with no members passes whatever member it names
+            # (Kafka's ClassicGroup.validateOffsetCommit).
+            named = await commit(c, "fresh", ("t", 0, 5, -1, ""), version=version, member="m")
+            assert named == {("t", 0): 0}
         if version >= 7:
-            static = await commit(c, "g", ("t", 0, 5, -1, ""), version=version, instance="i")
-            assert static == {("t", 0): UNKNOWN_MEMBER_ID}
-        assert (await fetch(c, "g", {"t": [0]}))[1] == {("t", 0): (1, -1, "", 0)}
+            static = await commit(c, "g", ("t", 0, 6, -1, ""), version=version, instance="i")
+            assert static == {("t", 0): 0}
+        expected = 6 if version >= 7 else 1
+        assert (await fetch(c, "g", {"t": [0]}))[1] == {("t", 0): (expected, -1, "", 0)}
         # An empty group id is accepted by OffsetCommit/OffsetFetch, as Kafka does.
         assert await commit(c, "", ("t", 0, 8, -1, ""), version=version) == {("t", 0): 0}
         assert (await fetch(c, "", {"t": [0]}, version=version))[1][("t", 0)][0] == 8

@@ -323,11 +323,17 @@ def test_generation_and_member_fencing() -> None:
 def test_simple_commits_are_accepted_only_while_the_group_is_empty() -> None:
     d = Driver.new()
     assert d.group.validate_commit(0, member_id="", instance_id=None, generation=-1) == 0
-    assert d.group.validate_commit(0, member_id="m", instance_id=None, generation=-1) == (
-        UNKNOWN_MEMBER_ID
-    )
+    # Kafka's ClassicGroup: generation -1 on an Empty group passes whatever member it names.
+    assert d.group.validate_commit(0, member_id="m", instance_id="i", generation=-1) == 0
     assert d.group.validate_commit(0, member_id="", instance_id=None, generation=0) == (
         UNKNOWN_MEMBER_ID
+    )
+    (member,), _ = d.stable_group(1)
+    assert d.group.validate_commit(0, member_id="", instance_id=None, generation=-1) == (
+        UNKNOWN_MEMBER_ID
+    )
+    assert d.group.validate_commit(0, member_id=member, instance_id=None, generation=-1) == (
+        ILLEGAL_GENERATION
     )
 
 

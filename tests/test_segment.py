@@ -363,3 +363,17 @@ def test_generated_index_codec_round_trips() -> None:
     assert isinstance(index, SegmentIndex)
     assert SegmentIndex.decode(index.encode(0), 0) == index
     assert index.encode(0) == seg.index
+
+
+def test_keys_with_the_writers_tag() -> None:
+    from kafscale.storage.segment import epoch_of, writer_tag
+
+    key = segment_key("ns", "orders", 3, 42, writer_tag(7, "00ff"))
+    assert key == "ns/orders/3/segment-00000000000000000042-e7-00ff.kfs"
+    assert index_key("ns", "orders", 3, 42, "e7-00ff") == key.removesuffix(".kfs") + ".index"
+    assert (base_offset_of(key), epoch_of(key)) == (42, 7)
+    assert epoch_of(segment_key("ns", "orders", 3, 42)) is None
+    with pytest.raises(ValueError):
+        writer_tag(1, "not hex")
+    keys = [segment_key("n", "t", 0, b, writer_tag(e, "a")) for b, e in ((10, 2), (9, 1), (100, 3))]
+    assert [base_offset_of(k) for k in sorted(keys)] == [9, 10, 100]

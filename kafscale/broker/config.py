@@ -26,6 +26,14 @@ class BrokerConfig:
     advertised_port: int = 0
     """Port clients are told (0: the listen port, or the bound port when listening on 0)."""
     data_dir: Path = Path("./kafscale-data")
+    s3_bucket: str = ""
+    """Keep the log in this S3 bucket (S3ObjectStore); empty: in ``data_dir/objects``."""
+    s3_endpoint: str = ""
+    """URL of an S3-compatible server (MinIO, Ceph, moto...); empty: AWS."""
+    s3_region: str = ""
+    """Empty: from the AWS configuration (AWS_REGION, the profile)."""
+    s3_path_style: bool = False
+    """Path-style addressing (``endpoint/bucket/key``), which most non-AWS servers need."""
     broker_id: int = 0
     namespace: str = "kafscale"
     cluster_id: str = "kafscale-local-cluster"
@@ -62,6 +70,9 @@ class BrokerConfig:
     """Committed offsets of a group empty this long (or of a simple consumer, since the last
     commit) are deleted."""
     offsets_retention_check_interval_ms: int = 600000
+    lease_ttl_ms: int = 9000
+    """How long a broker that stopped renewing its lease (killed, hung, cut off) keeps its
+    partitions and groups before others take them (Kafka's broker.session.timeout.ms)."""
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -78,6 +89,10 @@ _OPTIONS: dict[str, str] = {
     "advertised-host": "advertised_host",
     "advertised-port": "advertised_port",
     "data-dir": "data_dir",
+    "s3-bucket": "s3_bucket",
+    "s3-endpoint": "s3_endpoint",
+    "s3-region": "s3_region",
+    "s3-path-style": "s3_path_style",
     "broker-id": "broker_id",
     "namespace": "namespace",
     "cluster-id": "cluster_id",
@@ -103,6 +118,7 @@ _OPTIONS: dict[str, str] = {
     "group.max.size": "group_max_size",
     "offsets.retention.minutes": "offsets_retention_minutes",
     "offsets.retention.check.interval.ms": "offsets_retention_check_interval_ms",
+    "lease.ttl.ms": "lease_ttl_ms",
     "log-level": "log_level",
 }
 

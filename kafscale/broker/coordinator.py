@@ -78,10 +78,7 @@ class GroupCoordinator:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for group in self.groups.values():
-            group.close(NOT_COORDINATOR)
-            self._deliver(group)
-        self.groups.clear()
+        self.forget_all()
 
     # --- the APIs --------------------------------------------------------------------------
 
@@ -201,6 +198,14 @@ class GroupCoordinator:
         self._settle(group)
         return error
 
+    def forget_all(self) -> None:
+        """This broker no longer coordinates any group (its lease was lost): parked requests
+        get NOT_COORDINATOR and members go find the new coordinator."""
+        for group_id in list(self.groups):
+            group = self.groups.pop(group_id)
+            group.close(NOT_COORDINATOR)
+            self._deliver(group)
+
     def get(self, group_id: str) -> Group | None:
         """The group's membership, if this coordinator holds it in memory."""
         return self.groups.get(group_id)
@@ -239,10 +244,11 @@ class GroupCoordinator:
             self._timer_at = min(deadlines, default=None)
             timeout = None if self._timer_at is None else max(0.0, self._timer_at - self.now())
             self._wake.clear()
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives
+            # after the wake-up was set but before this task ran, and close() would hang.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._wake.wait(), None if timeout is None else timeout / 1000
-                )
+                async with asyncio.timeout(None if timeout is None else timeout / 1000):
+                    await self._wake.wait()
             now = self.now()
             for group in list(self.groups.values()):
                 deadline = group.next_deadline()

@@ -249,8 +249,10 @@ class Group:
                     rebalance_timeout_ms,
                 )
             elif self.state == COMPLETING_REBALANCE and member.matches(protocols):
-                # A rejoin with unchanged metadata (a lost JoinGroup response): this generation.
-                self.completed.append((waiter, self._join_result(member, with_members=True)))
+                # A rejoin with unchanged metadata (a lost JoinGroup response): this generation;
+                # the members again for the leader only.
+                is_leader = member_id == self.leader
+                self.completed.append((waiter, self._join_result(member, with_members=is_leader)))
             elif self.state == STABLE and member_id != self.leader and member.matches(protocols):
                 # A follower with nothing new: this generation, so it can SyncGroup again.
                 self.completed.append((waiter, self._join_result(member, with_members=False)))
@@ -637,6 +639,8 @@ class Group:
         """Kafka's validateOffsetCommit: 0 when an OffsetCommit may be stored."""
         if self.state == DEAD:
             return COORDINATOR_NOT_AVAILABLE
+        if generation < 0 and self.state == EMPTY:
+            return NONE  # the admin client, or a consumer not using group management
         if generation >= 0 or member_id or instance_id is not None:
             error = self._validate(member_id, instance_id, generation)
             if error:

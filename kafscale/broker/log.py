@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import json
 import logging
+import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from generated.storage.segment_index import SegmentIndex
+from kafscale.broker.cluster import Cluster
 from kafscale.broker.config import BrokerConfig
 from kafscale.broker.topics import Topics
-from kafscale.metadata import Compare, MetadataStore, Put
+from kafscale.metadata import Compare, Delete, KeyValue, MetadataStore, Put
 from kafscale.protocol.records import (
     BatchInfo,
     CompressedBatchError,
@@ -44,10 +47,10 @@ from kafscale.storage.segment import (
     HEADER_SIZE,
     build_segment,
     find_position,
-    index_key,
     parse_index,
     segment_key,
     span_for_timestamp,
+    writer_tag,
 )
 
 log = logging.getLogger("kafscale.log")
@@ -69,6 +72,24 @@ class FlushError(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def not_owner(topic: str, partition: int, why: str = "") -> FlushError:
+    """NOT_LEADER_OR_FOLLOWER (retriable): the client refreshes metadata and goes to the
+    owner."""
+    return FlushError(NOT_LEADER_OR_FOLLOWER, f"{topic}-{partition}: not owned by this broker{why}")
+
+
+@dataclass
+class Claim:
+    """This broker owns a partition: it holds the owner key (``owner_revision`` is that key's
+    mod_revision, compared by every commit) since it took the partition at ``epoch``."""
+
+    epoch: int
+    owner_key: bytes
+    owner_revision: int
+    releasing: bool = False
+    """Handing the partition over: new appends are refused, pending ones are flushed."""
 
 
 @dataclass
@@ -115,6 +136,8 @@ class PartitionLog:
     epochs: list[tuple[int, int]] = field(default_factory=lambda: [(0, 0)])
     """Epoch history, ascending: (epoch, first offset written under it), as Kafka's
     leader-epoch checkpoint; the last entry is the current epoch."""
+    claim: Claim | None = None
+    """Our ownership, under which this log was loaded."""
 
     def epoch_error(self, current_leader_epoch: int) -> int:
         """Kafka's check of a request's CurrentLeaderEpoch against ours: 0 when equal,
@@ -214,11 +237,25 @@ class LogManager:
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
         self._load_locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self.cluster: Cluster | None = None
+        """Set by :meth:`attach`; without it this broker owns every partition (unit tests)."""
+        self.claims: dict[tuple[str, int], Claim] = {}
+        self._ownership_wake = asyncio.Event()
+        self._ownership: asyncio.Task[None] | None = None
+
+    def attach(self, cluster: Cluster) -> None:
+        """Own partitions through ``cluster`` (started): claim what should be ours, hand over
+        what should move, drop everything if our lease is lost."""
+        self.cluster = cluster
+        cluster.listeners.append(self._ownership_wake.set)
+        cluster.lost_listeners.append(self.lose_all)
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
         self._flusher = asyncio.create_task(self._run_flusher(), name="kafscale-flusher")
+        if self.cluster is not None:
+            self._ownership = asyncio.create_task(self._run_ownership(), name="kafscale-owner")
 
     async def close(self) -> None:
         """Flush what is pending (its requests are answered), then stop the flusher."""
@@ -229,22 +266,180 @@ class LogManager:
         if self._flusher is not None:
             await self._flusher
             self._flusher = None
+        if self._ownership is not None:
+            self._ownership.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ownership
+            self._ownership = None
 
     # --- partition state -------------------------------------------------------------------
 
     async def get(self, topic: str, partition: int) -> PartitionLog:
-        """The partition's log, loaded from the metadata store on first use."""
+        """The partition's log, loaded from the metadata store on first use. In a cluster
+        only the owner has it: raises :class:`FlushError` NOT_LEADER_OR_FOLLOWER elsewhere
+        (claiming the partition first when it should be ours and nobody holds it)."""
         key = (topic, partition)
         plog = self.logs.get(key)
-        if plog is not None:
+        if plog is not None and (plog.claim is None or not plog.claim.releasing):
             return plog
         lock = self._load_locks.setdefault(key, asyncio.Lock())
         async with lock:
+            claim: Claim | None = None
+            if self.cluster is not None:
+                claim = self.claims.get(key) or await self._claim(topic, partition)
+                if claim.releasing:
+                    raise not_owner(topic, partition, " (handing it over)")
             plog = self.logs.get(key)
             if plog is None:
                 plog = await self._load(topic, partition)
+                if claim is not None and (
+                    claim.epoch != plog.epoch or self.claims.get(key) is not claim
+                ):
+                    # The state moved after our claim: somebody else owns it now.
+                    self.claims.pop(key, None)
+                    raise not_owner(topic, partition, " (taken over)")
+                plog.claim = claim
                 self.logs[key] = plog
         return plog
+
+    # --- ownership -------------------------------------------------------------------------
+
+    async def _claim(self, topic: str, partition: int) -> Claim:
+        """Take the partition if it should be ours and nobody owns it: one transaction puts
+        our owner key (on our lease) and starts the next leader epoch at the high watermark,
+        guarded by the state's revision, so two claimants can never both win."""
+        cluster = self.cluster
+        assert cluster is not None
+        if self.topics.get(topic) is None:
+            raise FlushError(3, f"topic {topic} does not exist")
+        owner = cluster.owner(topic, partition)
+        if owner is not None or cluster.desired_owner(topic, partition) != cluster.me:
+            raise not_owner(topic, partition)
+        state_key = self.topics.partition_key(topic, partition)
+        kv = await self.meta.get(state_key)
+        if kv is None:
+            raise FlushError(3, f"{topic}-{partition} does not exist")
+        state = json.loads(kv.value)
+        log_start, hw = int(state["log_start"]), int(state["hw"])
+        epoch = int(state.get("epoch", 0)) + 1
+        history = [(int(e), int(s)) for e, s in state.get("epochs") or [(epoch - 1, log_start)]]
+        epochs = _assign_epoch(history, epoch, hw)
+        owner_key = cluster.owner_key(topic, partition)
+        value = json.dumps({"broker": cluster.me, "epoch": epoch}).encode()
+        result = await self.meta.txn(
+            [
+                Compare(owner_key, "version", "==", 0),
+                Compare(state_key, "mod_revision", "==", kv.mod_revision),
+            ],
+            [
+                Put(owner_key, value, cluster.lease),
+                Put(state_key, _state(log_start, hw, epoch, epochs)),
+            ],
+        )
+        if not result.succeeded:
+            raise not_owner(topic, partition, " (claimed by another broker)")
+        cluster.owners.note(
+            owner_key[len(cluster.owners.prefix) :],
+            KeyValue(owner_key, value, result.revision, 1, cluster.lease),
+        )
+        claim = Claim(epoch, owner_key, result.revision)
+        self.claims[(topic, partition)] = claim
+        log.info("%s-%d: owned from offset %d at leader epoch %d", topic, partition, hw, epoch)
+        return claim
+
+    def _guard(self, plog: PartitionLog) -> list[Compare]:
+        """What every commit to the partition compares: its state is the one we read, and
+        (in a cluster) we still own it."""
+        guard = [Compare(plog.state_key, "mod_revision", "==", plog.revision)]
+        claim = plog.claim
+        if claim is not None:
+            if self.claims.get((plog.topic, plog.partition)) is not claim:
+                raise not_owner(plog.topic, plog.partition, " (no longer)")
+            guard.append(Compare(claim.owner_key, "mod_revision", "==", claim.owner_revision))
+        return guard
+
+    async def release(self, topic: str, partition: int) -> None:
+        """Hand the partition over: refuse new appends, flush what is pending (its requests
+        are answered), then delete our owner key so that the broker it should move to can
+        claim it at once."""
+        key = (topic, partition)
+        claim = self.claims.get(key)
+        if claim is None or claim.releasing:
+            return
+        claim.releasing = True
+        plog = self.logs.get(key)
+        if plog is not None:
+            async with plog.lock:
+                if plog.pending:
+                    await self._flush_locked(plog)
+        try:
+            result = await self.meta.txn(
+                [Compare(claim.owner_key, "mod_revision", "==", claim.owner_revision)],
+                [Delete(claim.owner_key)],
+            )
+            if result.succeeded and self.cluster is not None:
+                self.cluster.owners.note(claim.owner_key[len(self.cluster.owners.prefix) :], None)
+        finally:
+            if self.claims.get(key) is claim:
+                del self.claims[key]
+            if plog is not None:
+                self._drop(plog, not_owner(topic, partition, " (handed over)"))
+        log.info("%s-%d: handed over", topic, partition)
+
+    def lose_all(self) -> None:
+        """Our lease is gone, and with it every owner key: stop acting as owner now (pending
+        appends fail, retriable; nothing more can commit since the keys' revisions moved)."""
+        self.claims.clear()
+        for plog in list(self.logs.values()):
+            self._drop(plog, not_owner(plog.topic, plog.partition, " (lease lost)"))
+
+    async def release_all(self) -> None:
+        """Drain (SIGTERM): hand every partition over."""
+        for topic, partition in list(self.claims):
+            try:
+                await self.release(topic, partition)
+            except Exception:
+                log.warning("handing over %s-%d failed", topic, partition, exc_info=True)
+
+    async def _run_ownership(self) -> None:
+        """Claim what should be ours and is free, hand over what should move: on every
+        change of brokers, owners or topics, and once a second."""
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ownership_wake.wait(), 1.0)
+            self._ownership_wake.clear()
+            try:
+                await self.rebalance()
+            except Exception:
+                log.warning("ownership round failed", exc_info=True)
+
+    async def rebalance(self) -> None:
+        cluster = self.cluster
+        if cluster is None or self._closing:
+            return
+        me = cluster.me
+        for key in [k for k in self.claims if self.topics.get(k[0]) is None]:
+            self.claims.pop(key, None)  # the topic was deleted
+        for topic in list(self.topics.by_name.values()):
+            for partition in range(topic.partitions):
+                key = (topic.name, partition)
+                want = cluster.desired_owner(topic.name, partition)
+                claim = self.claims.get(key)
+                if claim is not None:
+                    owner = cluster.owner(topic.name, partition)
+                    if owner is None or owner[0] != me:
+                        # Our key is gone (expired, or deleted with the topic): not ours.
+                        self.claims.pop(key, None)
+                        plog = self.logs.get(key)
+                        if plog is not None:
+                            self._drop(plog, not_owner(topic.name, partition, " (lost)"))
+                    elif want != me:
+                        await self.release(topic.name, partition)
+                elif want == me and cluster.owner(topic.name, partition) is None:
+                    with contextlib.suppress(FlushError):
+                        async with self._load_locks.setdefault(key, asyncio.Lock()):
+                            if key not in self.claims:
+                                await self._claim(topic.name, partition)
 
     async def _load(self, topic: str, partition: int) -> PartitionLog:
         state_key = self.topics.partition_key(topic, partition)
@@ -345,9 +540,11 @@ class LogManager:
         plog.pending_bytes -= size
         self.pending_bytes -= size
         offset = plog.hw
+        committing = False
         bases: list[int] = []
         built: list[tuple[SegmentMeta, bytes, bytes]] = []  # (meta, object, index object)
         try:
+            tag = writer_tag(plog.epoch, secrets.token_hex(4))
             # One segment object per segment.bytes of data (a lone bigger request gets its own).
             for group in _split(entries, self.config.segment_bytes):
                 first = offset
@@ -368,7 +565,7 @@ class LogManager:
                     int(time.time() * 1000),
                     self.config.index_interval_bytes,
                 )
-                key = segment_key(self.config.namespace, plog.topic, plog.partition, first)
+                key = segment_key(self.config.namespace, plog.topic, plog.partition, first, tag)
                 meta = SegmentMeta(
                     first, segment.last_offset, segment.size, segment.max_timestamp, key
                 )
@@ -378,17 +575,15 @@ class LogManager:
             await asyncio.gather(
                 *(self.objects.put(meta.key, body) for meta, body, _ in built),
                 *(
-                    self.objects.put(
-                        index_key(self.config.namespace, plog.topic, plog.partition, meta.base),
-                        index,
-                    )
+                    self.objects.put(meta.key.removesuffix(".kfs") + ".index", index)
                     for meta, _, index in built
                 ),
             )
             state = _state(plog.log_start, offset, plog.epoch, plog.epochs)
             prefix = self.topics.segments_prefix(plog.topic, plog.partition)
+            committing = True
             result = await self.meta.txn(
-                [Compare(plog.state_key, "mod_revision", "==", plog.revision)],
+                self._guard(plog),
                 [Put(plog.state_key, state)]
                 + [
                     Put(prefix + f"{meta.base:020d}".encode(), meta.to_json())
@@ -396,16 +591,16 @@ class LogManager:
                 ],
             )
             if not result.succeeded:
-                raise FlushError(
-                    NOT_LEADER_OR_FOLLOWER,
-                    f"{plog.topic}-{plog.partition}: partition state changed under us",
-                )
+                raise not_owner(plog.topic, plog.partition, " (its state changed under us)")
         except Exception as error:
             code = error.code if isinstance(error, FlushError) else KAFKA_STORAGE_ERROR
             log.warning("flush of %s-%d failed: %s", plog.topic, plog.partition, error)
             failure = FlushError(code, str(error))
-            if code == NOT_LEADER_OR_FOLLOWER:
-                # Stale: what was appended meanwhile fails too (retriable).
+            if code == NOT_LEADER_OR_FOLLOWER or committing:
+                # Stale, or the commit's outcome is unknown (it may have applied): reload the
+                # state before the next flush. What was appended meanwhile fails too
+                # (retriable); a client resending data that did commit makes a duplicate,
+                # never a gap or a lost record.
                 self._drop(plog, failure, *entries)
             for e in entries:
                 if not e.future.done():
@@ -560,10 +755,7 @@ class LogManager:
             return plog.log_start
         epochs = _truncate_epochs_from_start(plog.epochs, new_start)
         state = _state(new_start, plog.hw, plog.epoch, epochs)
-        result = await self.meta.txn(
-            [Compare(plog.state_key, "mod_revision", "==", plog.revision)],
-            [Put(plog.state_key, state)],
-        )
+        result = await self.meta.txn(self._guard(plog), [Put(plog.state_key, state)])
         if not result.succeeded:
             error = FlushError(NOT_LEADER_OR_FOLLOWER, "partition state changed under us")
             self._drop(plog, error)
@@ -589,16 +781,22 @@ class LogManager:
         async with plog.lock:
             epoch = plog.epoch + 1
             epochs = _assign_epoch(plog.epochs, epoch, plog.hw)
-            result = await self.meta.txn(
-                [Compare(plog.state_key, "mod_revision", "==", plog.revision)],
-                [Put(plog.state_key, _state(plog.log_start, plog.hw, epoch, epochs))],
-            )
+            ops: list[Put | Delete] = [
+                Put(plog.state_key, _state(plog.log_start, plog.hw, epoch, epochs))
+            ]
+            claim, cluster = plog.claim, self.cluster
+            if claim is not None and cluster is not None:  # the owner key carries the epoch
+                value = json.dumps({"broker": cluster.me, "epoch": epoch}).encode()
+                ops.append(Put(claim.owner_key, value, cluster.lease))
+            result = await self.meta.txn(self._guard(plog), ops)
             if not result.succeeded:
                 error = FlushError(NOT_LEADER_OR_FOLLOWER, "partition state changed under us")
                 self._drop(plog, error)
                 raise error
             plog.revision = result.revision
             plog.epoch, plog.epochs = epoch, epochs
+            if claim is not None:
+                claim.epoch, claim.owner_revision = epoch, result.revision
             log.info("%s-%d: leader epoch %d from offset %d", topic, partition, epoch, plog.hw)
             return epoch
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from kafscale.broker.topics import Topics
-from kafscale.metadata import Delete, MetadataStore, Put
+from kafscale.metadata import Compare, Delete, MetadataStore, Put
 
 MAX_TXN_OPS = 128
 """Operations per metadata transaction (etcd's --max-txn-ops default)."""
@@ -100,9 +100,17 @@ class Offsets:
             found.add(unquote(kv.key[len(self.prefix) :].split(b"/", 1)[0].decode()))
         return sorted(found)
 
-    async def commit(self, group: str, offsets: Mapping[TopicPartition, CommittedOffset]) -> None:
+    async def commit(
+        self,
+        group: str,
+        offsets: Mapping[TopicPartition, CommittedOffset],
+        guard: Sequence[Compare] = (),
+    ) -> bool:
+        """Store the commits (all in one transaction up to 128, else in chunks); each
+        transaction also checks ``guard`` (that we still coordinate the group). False, with
+        nothing stored, when the first chunk's guard fails."""
         ops = [Put(self.key(group, t, p), c.to_json()) for (t, p), c in offsets.items()]
-        await self._apply(ops)
+        return await self._apply(ops, guard)
 
     async def fetch(
         self, group: str, topics: Collection[str] | None = None
@@ -140,9 +148,12 @@ class Offsets:
         await self._apply([Delete(k) for k in keys])
         return len(keys)
 
-    async def _apply(self, ops: Sequence[Put | Delete]) -> None:
+    async def _apply(self, ops: Sequence[Put | Delete], guard: Sequence[Compare] = ()) -> bool:
         for start in range(0, len(ops), MAX_TXN_OPS):
-            await self.store.txn([], ops[start : start + MAX_TXN_OPS])
+            result = await self.store.txn(guard, ops[start : start + MAX_TXN_OPS])
+            if not result.succeeded:
+                return False
+        return True
 
 
 def live(topics: Topics, tp: TopicPartition, committed: CommittedOffset) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 from generated.api_versions_response import ApiVersion, ApiVersionsResponse
 from generated.registry import ADVERTISED_APIS, BROKER_APIS
+from kafscale.broker.cluster import Cluster
 from kafscale.broker.config import BrokerConfig
 from kafscale.broker.coordinator import GroupCoordinator
 from kafscale.broker.group import GroupSettings
@@ -69,6 +70,7 @@ class Broker:
         self.objects = objects
         self.meta = meta
         self.topics = Topics(meta, config.namespace)
+        self.cluster = Cluster(config, meta)
         self.logs = LogManager(config, objects, meta, self.topics)
         self.offsets = Offsets(meta, config.namespace)
         self.groups = GroupCoordinator(
@@ -91,15 +93,25 @@ class Broker:
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
-        await self.topics.load()
-        self.logs.start()
-        await self.groups.start()
+        await self.topics.follow()
+        self.topics.listeners.append(self._topics_gone)
+        # Listen first, so that the advertised port is known when we register.
         self.server = await asyncio.start_server(
-            self._connection, self.config.listen_host, self.config.listen_port, limit=2**16
+            self._connection,
+            self.config.listen_host,
+            self.config.listen_port,
+            limit=2**16,
+            start_serving=False,
         )
         self.port = self.server.sockets[0].getsockname()[1]
         if not self.config.advertised_port:
             self.config.advertised_port = self.port
+        await self.cluster.start()
+        self.logs.attach(self.cluster)
+        self.cluster.lost_listeners.append(self.groups.forget_all)
+        self.logs.start()
+        await self.groups.start()
+        await self.server.start_serving()
         log.info(
             "listening on %s:%d (advertised %s:%d), data in %s",
             self.config.listen_host,
@@ -119,6 +131,10 @@ class Broker:
             reading.cancel()
         await self.groups.close()  # parked JoinGroups are answered (NOT_COORDINATOR)
         await self.logs.close()
+        # Drain: revoking the lease drops our registration and every partition and group we
+        # held at once, so other brokers take them over without waiting for it to expire.
+        await self.cluster.close(release=True)
+        await self.topics.close()
         if self._connections:
             await asyncio.wait(self._connections, timeout=STOP_GRACE_S)
         # A client that stops reading must not hold the broker up: drop what it did not take.
@@ -129,6 +145,10 @@ class Broker:
         await self.meta.close()
         await self.objects.close()
         log.info("stopped")
+
+    def _topics_gone(self, names: set[str]) -> None:
+        for name in names:
+            self.logs.forget_topic(name)
 
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()

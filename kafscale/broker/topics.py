@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kafscale.broker.cluster import Mirror
 from kafscale.metadata import Compare, Delete, MetadataStore, Put
 
 # Kafka's topic name rule: legal characters, at most 249, not "." or "..".
@@ -79,6 +81,37 @@ class Topics:
         self.ns = namespace
         self.by_name: dict[str, Topic] = {}
         self.by_id: dict[uuid.UUID, Topic] = {}
+        self.listeners: list[Callable[[set[str]], None]] = []
+        """Called with the names of topics that disappeared (deleted, maybe by another
+        broker) whenever the table changes under :meth:`follow`."""
+        self._mirror: Mirror | None = None
+
+    async def follow(self) -> None:
+        """Keep the table current with the store (topics created, changed or deleted by other
+        brokers) through a watch."""
+        self._mirror = Mirror(self.store, f"/{self.ns}/topics/".encode(), self._mirrored)
+        await self._mirror.start()
+        self._mirrored()
+
+    async def close(self) -> None:
+        if self._mirror is not None:
+            await self._mirror.close()
+            self._mirror = None
+
+    def _mirrored(self) -> None:
+        assert self._mirror is not None
+        by_name: dict[str, Topic] = {}
+        for name, kv in self._mirror.items.items():
+            try:
+                by_name[name.decode()] = Topic.from_json(name.decode(), kv.value)
+            except (ValueError, KeyError):
+                continue
+        gone = set(self.by_name) - set(by_name)
+        self.by_name = by_name
+        self.by_id = {t.id: t for t in by_name.values()}
+        if gone:
+            for listener in self.listeners:
+                listener(gone)
 
     def topic_key(self, name: str) -> bytes:
         return f"/{self.ns}/topics/{name}".encode()
@@ -139,9 +172,10 @@ class Topics:
                 Delete(self.topic_key(name)),
                 Delete(f"/{self.ns}/partitions/{name}/".encode(), prefix=True),
                 Delete(f"/{self.ns}/segments/{name}/".encode(), prefix=True),
+                Delete(f"/{self.ns}/owners/{name}/".encode(), prefix=True),
             ],
         )
-        del self.by_name[name]
+        self.by_name.pop(name, None)  # the watch may have removed it already
         self.by_id.pop(topic.id, None)
         return topic
 

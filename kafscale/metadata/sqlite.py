@@ -183,6 +183,8 @@ class SqliteMetadataStore(MetadataStore):
     process to release the file.
     """
 
+    exclusive = True  # the file is locked by its one process
+
     def __init__(
         self,
         path: Path | str,

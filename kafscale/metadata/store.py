@@ -277,6 +277,10 @@ class HeldLease:
 class MetadataStore(ABC):
     """get, put, compare-and-swap transactions, range by prefix, leases, watch."""
 
+    exclusive: bool = False
+    """True when only one process can use the store at a time (the embedded sqlite file):
+    a lease found in it at start belongs to a previous, dead run of that process."""
+
     @abstractmethod
     async def get(self, key: bytes) -> KeyValue | None: ...
 

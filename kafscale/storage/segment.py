@@ -50,7 +50,7 @@ _PREFIX = struct.Struct(">qi")  # a batch's baseOffset and batchLength
 _V = 0  # every storage definition has the one version 0 ("validVersions": "0")
 _SEGMENT_SUFFIX = ".kfs"
 _INDEX_SUFFIX = ".index"
-_KEY_RE = re.compile(r"segment-(\d{20})\.(?:kfs|index)")
+_KEY_RE = re.compile(r"segment-(\d{20})(?:-e(\d+)-[0-9a-f]+)?\.(?:kfs|index)")
 
 
 class SegmentCorrupt(ValueError):
@@ -58,21 +58,46 @@ class SegmentCorrupt(ValueError):
     sizes, offsets): damaged in storage, or cut short on the way (a truncated download)."""
 
 
-def segment_key(namespace: str, topic: str, partition: int, base_offset: int) -> str:
-    """``{namespace}/{topic}/{partition}/segment-{base_offset:020d}.kfs``: zero-padded so that
-    keys sort (and list) in offset order."""
-    return _key(namespace, topic, partition, base_offset) + _SEGMENT_SUFFIX
+def segment_key(
+    namespace: str, topic: str, partition: int, base_offset: int, writer: str | None = None
+) -> str:
+    """``{namespace}/{topic}/{partition}/segment-{base_offset:020d}-{writer}.kfs``: zero-padded
+    so that keys sort (and list) in offset order. ``writer`` (see :func:`writer_tag`: the
+    writer's leader epoch and a nonce unique to the upload) makes every upload's key new, so
+    no upload ever replaces an object: not a deposed owner's late one (another epoch), and not
+    a retry after a commit whose outcome was unknown (another nonce). ``writer`` None gives the
+    plain name (segments written before ownership existed, still readable: readers follow the
+    key each committed entry records)."""
+    return _key(namespace, topic, partition, base_offset, writer) + _SEGMENT_SUFFIX
 
 
-def index_key(namespace: str, topic: str, partition: int, base_offset: int) -> str:
+def index_key(
+    namespace: str, topic: str, partition: int, base_offset: int, writer: str | None = None
+) -> str:
     """The key of the segment's index: the segment key with ``.index`` for ``.kfs``."""
-    return _key(namespace, topic, partition, base_offset) + _INDEX_SUFFIX
+    return _key(namespace, topic, partition, base_offset, writer) + _INDEX_SUFFIX
 
 
-def _key(namespace: str, topic: str, partition: int, base_offset: int) -> str:
+def writer_tag(epoch: int, nonce: str) -> str:
+    """``e{epoch}-{nonce}`` (nonce: lowercase hex)."""
+    if epoch < 0 or not re.fullmatch(r"[0-9a-f]{1,32}", nonce):
+        raise ValueError(f"bad writer tag parts: epoch {epoch}, nonce {nonce!r}")
+    return f"e{epoch}-{nonce}"
+
+
+def _key(namespace: str, topic: str, partition: int, base_offset: int, writer: str | None) -> str:
     if base_offset < 0 or partition < 0:
         raise ValueError(f"negative partition {partition} or base offset {base_offset}")
-    return f"{namespace}/{topic}/{partition}/segment-{base_offset:020d}"
+    tail = "" if writer is None else f"-{writer}"
+    return f"{namespace}/{topic}/{partition}/segment-{base_offset:020d}{tail}"
+
+
+def epoch_of(key: str) -> int | None:
+    """The writer's leader epoch in a segment or index key (None for the plain name)."""
+    m = _KEY_RE.fullmatch(key.rsplit("/", 1)[-1])
+    if m is None:
+        raise ValueError(f"{key!r} is not a segment or index key")
+    return None if m.group(2) is None else int(m.group(2))
 
 
 def base_offset_of(key: str) -> int:

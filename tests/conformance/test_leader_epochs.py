@@ -7,16 +7,14 @@ record consumed; an end offset below the position would be reported as log trunc
 ``auto.offset.reset`` = error / none: an error, not a silent reset). kafka-python also sends
 LastFetchedEpoch in every Fetch (v12+), which the broker checks for divergence.
 
-Until partitions move between brokers (the next milestone bumps the epoch on takeover), the
-epoch is bumped while the broker is stopped, with the broker's own ``bump_leader_epoch`` on its
-data directory: exactly what the next owner will commit. The consumer lives across the restart
-and must read every record, with no error and no truncation reported, and must have sent
-OffsetForLeaderEpoch (seen in its own logs).
+A broker taking a partition over starts a new leader epoch, and so does the same broker
+restarted (a new incarnation takes the partition again), as a Kafka leader re-election does.
+The consumer lives across the restart and must read every record, with no error and no
+truncation reported, and must have sent OffsetForLeaderEpoch (seen in its own logs).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -25,11 +23,6 @@ import confluent_kafka
 import kafka
 import pytest
 
-from kafscale.broker.config import BrokerConfig
-from kafscale.broker.log import LogManager
-from kafscale.broker.topics import Topics
-from kafscale.metadata.sqlite import SqliteMetadataStore
-from kafscale.storage.local import LocalObjectStore
 from tests.conformance.clients import TIMEOUT, ConfluentKafka, Msg
 from tests.conformance.conftest import BrokerProcess
 
@@ -37,27 +30,8 @@ BEFORE = 30
 AFTER = 30
 
 
-def bump_offline(broker: BrokerProcess, topic: str) -> int:
-    """With the broker stopped: start the next leader epoch of ``topic``-0, committed to the
-    broker's metadata store as a broker taking the partition over will. The new epoch."""
-
-    async def main() -> int:
-        config = BrokerConfig(data_dir=broker.data_dir)
-        meta = SqliteMetadataStore(broker.data_dir / "metadata.sqlite3")
-        try:
-            topics = Topics(meta, config.namespace)
-            await topics.load()
-            objects = LocalObjectStore(broker.data_dir / "objects")
-            return await LogManager(config, objects, meta, topics).bump_leader_epoch(topic, 0)
-        finally:
-            await meta.close()
-
-    return asyncio.run(main())
-
-
-def restart_with_new_epoch(broker: BrokerProcess, topic: str) -> None:
+def restart_with_new_epoch(broker: BrokerProcess) -> None:
     broker.stop_cleanly()
-    assert bump_offline(broker, topic) == 1
     broker.start()
 
 
@@ -120,7 +94,7 @@ def test_confluent_kafka_validates_its_position_across_an_epoch_change(
         consumer.assign([confluent_kafka.TopicPartition(topic, 0, 0)])
         read_until(BEFORE)
         assert len(got) == BEFORE
-        restart_with_new_epoch(fresh_broker, topic)
+        restart_with_new_epoch(fresh_broker)
         acked = client.produce(topic, messages("after", AFTER), "none")
         assert acked == [(0, BEFORE + i) for i in range(AFTER)]
         read_until(BEFORE + AFTER)
@@ -129,7 +103,7 @@ def test_confluent_kafka_validates_its_position_across_an_epoch_change(
         librdkafka_log.removeHandler(lines)
     expected = [m.value for m in messages("before", BEFORE) + messages("after", AFTER)]
     assert got == list(enumerate(expected))
-    assert epochs == [0] * BEFORE + [1] * AFTER
+    assert epochs == [1] * BEFORE + [2] * AFTER  # taken at epoch 1, again at 2
     sent = [line for line in lines.lines if "OffsetForLeaderEpoch" in line]
     assert sent, "librdkafka never sent OffsetForLeaderEpoch"
     truncation = [line for line in lines.lines if "truncat" in line.lower()]
@@ -167,14 +141,14 @@ def test_kafka_python_validates_its_position_across_an_epoch_change(
         consumer.seek(tp, 0)
         read_until(BEFORE)
         assert len(got) == BEFORE
-        restart_with_new_epoch(fresh_broker, topic)
+        restart_with_new_epoch(fresh_broker)
         client.produce(topic, messages("after", AFTER), "none")
         read_until(BEFORE + AFTER)
     finally:
         consumer.close()
     expected = [m.value for m in messages("before", BEFORE) + messages("after", AFTER)]
     assert [(r.offset, r.value) for r in got] == list(enumerate(expected))
-    assert [r.leader_epoch for r in got] == [0] * BEFORE + [1] * AFTER
+    assert [r.leader_epoch for r in got] == [1] * BEFORE + [2] * AFTER
     log = [r.getMessage() for r in caplog.records]
     assert any("Sending OffsetForLeaderEpochRequest" in line for line in log), (
         "kafka-python never sent OffsetForLeaderEpoch"

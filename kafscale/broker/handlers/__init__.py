@@ -29,6 +29,22 @@ class RequestContext:
 
 Handler = Callable[[RequestContext, Any], Awaitable[Message | None]]
 
+NOT_COORDINATOR = 16
+
+
+async def coordinator_error(ctx: RequestContext, group_id: str, *, claim: bool = False) -> int:
+    """0 when this broker coordinates ``group_id`` (with ``claim``, for requests that create
+    group state, taking it when it should and nobody does), else NOT_COORDINATOR (16): the
+    client asks FindCoordinator again."""
+    from kafscale.broker.cluster import NotCoordinator
+
+    try:
+        await ctx.broker.cluster.hold_group(group_id, claim=claim)
+    except NotCoordinator:
+        return NOT_COORDINATOR
+    return 0
+
+
 from kafscale.broker.handlers import (  # noqa: E402 - the modules import RequestContext
     alter_configs,
     api_versions,

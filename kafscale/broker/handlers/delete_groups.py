@@ -6,13 +6,14 @@
 # - Neither: GROUP_ID_NOT_FOUND (69), as Kafka answers for a "Dead" group. An empty group id
 #   is handled like any other, as Kafka 3.9 does ("for backwards compatibility"; only a null
 #   id, impossible here, is INVALID_GROUP_ID (24)).
+# - A group another broker coordinates: NOT_COORDINATOR (16).
 # - One result per distinct group id (the response is keyed by group id).
 from __future__ import annotations
 
 from generated.delete_groups_request import DeleteGroupsRequest
 from generated.delete_groups_response import DeletableGroupResult, DeleteGroupsResponse
 from kafscale.broker.group import EMPTY
-from kafscale.broker.handlers import RequestContext
+from kafscale.broker.handlers import RequestContext, coordinator_error
 
 NON_EMPTY_GROUP = 68
 GROUP_ID_NOT_FOUND = 69
@@ -23,6 +24,9 @@ async def handle(ctx: RequestContext, request: DeleteGroupsRequest) -> DeleteGro
     results: dict[str, int] = {}
     for group_id in request.groups_names:
         if group_id in results:
+            continue
+        if error := await coordinator_error(ctx, group_id, claim=True):
+            results[group_id] = error
             continue
         group = broker.groups.get(group_id)
         if group is not None and group.state != EMPTY:

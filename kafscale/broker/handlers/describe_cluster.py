@@ -1,5 +1,5 @@
 # DescribeCluster (key 60), versions 0-1.
-# - One broker: this one (advertised host and port), which is also the controller.
+# - Every live broker (registered with a lease); the controller is the one with the lowest id.
 # - v1 EndpointType: BROKER (1) is answered; CONTROLLER (2) -> MISMATCHED_ENDPOINT_TYPE (114),
 #   anything else -> UNSUPPORTED_ENDPOINT_TYPE (115), as a Kafka broker answers.
 # - Cluster authorized operations are not computed (-2147483648), as in Metadata.
@@ -27,15 +27,16 @@ async def handle(ctx: RequestContext, request: DescribeClusterRequest) -> Descri
             code = UNSUPPORTED_ENDPOINT_TYPE
             message = f"Unsupported endpoint type {request.endpoint_type}"
         return DescribeClusterResponse(throttle_time_ms=0, error_code=code, error_message=message)
-    host, port = config.advertised
+    live = ctx.broker.cluster.live()
     return DescribeClusterResponse(
         throttle_time_ms=0,
         error_code=0,
         error_message=None,
         endpoint_type=BROKER_ENDPOINT,
         cluster_id=config.cluster_id,
-        controller_id=config.broker_id,
+        controller_id=min(live, default=-1),
         brokers=[
-            DescribeClusterBroker(broker_id=config.broker_id, host=host, port=port, rack=None)
+            DescribeClusterBroker(broker_id=b.id, host=b.host, port=b.port, rack=None)
+            for b in live.values()
         ],
     )

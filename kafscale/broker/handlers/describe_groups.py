@@ -9,6 +9,7 @@
 # - Neither: error 0 and GroupState "Dead", everything else empty, as Kafka 3.9 answers
 #   (GROUP_ID_NOT_FOUND is for ConsumerGroupDescribe, not this API). An empty group id is
 #   described like any other, as Kafka does ("for backwards compatibility").
+# - A group another broker coordinates: NOT_COORDINATOR (16) for it.
 # - AuthorizedOperations (v3+) is always -2147483648 ("not provided"), even when
 #   IncludeAuthorizedOperations asks for it: there are no ACLs to report yet.
 from __future__ import annotations
@@ -20,7 +21,7 @@ from generated.describe_groups_response import (
     DescribeGroupsResponse,
 )
 from kafscale.broker.group import DEAD, EMPTY, STABLE
-from kafscale.broker.handlers import RequestContext
+from kafscale.broker.handlers import RequestContext, coordinator_error
 
 AUTHORIZED_OPERATIONS_OMITTED = -2147483648
 
@@ -39,6 +40,9 @@ async def handle(ctx: RequestContext, request: DescribeGroupsRequest) -> Describ
             authorized_operations=AUTHORIZED_OPERATIONS_OMITTED,
         )
         out.append(described)
+        if error := await coordinator_error(ctx, group_id):
+            described.error_code, described.group_state = error, ""
+            continue
         group = broker.groups.get(group_id)
         if group is None:
             if await broker.offsets.exists(group_id):

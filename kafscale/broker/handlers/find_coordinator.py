@@ -1,5 +1,7 @@
 # FindCoordinator (key 10), versions 0-6.
-# - Group keys (KeyType 0): this broker coordinates every group (one broker).
+# - Group keys (KeyType 0): the group's one coordinator — the live broker holding its
+#   coordinator key, else the broker that will take it on the group's first request
+#   (kafscale/broker/cluster.py); no live broker: COORDINATOR_NOT_AVAILABLE (15).
 # - Transaction keys (KeyType 1): transactions are not supported yet: COORDINATOR_NOT_AVAILABLE
 #   (15), as a cluster without a transaction coordinator answers.
 # - v0-3 carry one key in the top-level fields; v4+ (KIP-699) a list of coordinators.
@@ -16,32 +18,32 @@ INVALID_REQUEST = 42
 
 
 async def handle(ctx: RequestContext, request: FindCoordinatorRequest) -> FindCoordinatorResponse:
-    node = ctx.broker.config.broker_id
-    host, port = ctx.broker.config.advertised
-    if request.key_type == GROUP:
-        error, message = 0, None
-    elif request.key_type == TRANSACTION:
-        error, message = COORDINATOR_NOT_AVAILABLE, "transactions are not supported"
-    else:
-        error, message = INVALID_REQUEST, f"unknown key type {request.key_type}"
+    keys = request.coordinator_keys if ctx.version >= 4 else [request.key]
+    found = [_find(ctx, request.key_type, key) for key in keys]
     if ctx.version >= 4:
         return FindCoordinatorResponse(
             coordinators=[
                 Coordinator(
-                    key=key,
-                    node_id=node if not error else -1,
-                    host=host if not error else "",
-                    port=port if not error else -1,
-                    error_code=error,
-                    error_message=message,
+                    key=key, node_id=node, host=host, port=port, error_code=error, error_message=msg
                 )
-                for key in request.coordinator_keys
+                for key, (error, msg, node, host, port) in zip(keys, found, strict=True)
             ]
         )
+    error, message, node, host, port = found[0]
     return FindCoordinatorResponse(
-        error_code=error,
-        error_message=message,
-        node_id=node if not error else -1,
-        host=host if not error else "",
-        port=port if not error else -1,
+        error_code=error, error_message=message, node_id=node, host=host, port=port
     )
+
+
+def _find(ctx: RequestContext, key_type: int, key: str) -> tuple[int, str | None, int, str, int]:
+    """(error, message, node id, host, port) for one key."""
+    if key_type == GROUP:
+        coordinator = ctx.broker.cluster.coordinator(key)
+        if coordinator is not None:
+            return 0, None, coordinator.id, coordinator.host, coordinator.port
+        error, message = COORDINATOR_NOT_AVAILABLE, "no live broker"
+    elif key_type == TRANSACTION:
+        error, message = COORDINATOR_NOT_AVAILABLE, "transactions are not supported"
+    else:
+        error, message = INVALID_REQUEST, f"unknown key type {key_type}"
+    return error, message, -1, "", -1

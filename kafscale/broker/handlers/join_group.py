@@ -5,7 +5,8 @@
 # group.initial.rebalance.delay.ms for more members) — and then every member gets the
 # generation, the chosen protocol and the leader; the leader also gets each member's metadata
 # for that protocol, passed through unparsed, so that it computes the assignment.
-# - Empty group id: INVALID_GROUP_ID (24). Session timeout outside
+# - Empty group id: INVALID_GROUP_ID (24). Another broker coordinates the group:
+#   NOT_COORDINATOR (16). Session timeout outside
 #   group.min/max.session.timeout.ms: INVALID_SESSION_TIMEOUT (26).
 # - v4+ first join without a member id (and without a group instance id): MEMBER_ID_REQUIRED
 #   (79) carrying the new member id (KIP-394); the client joins again with it.
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 from generated.join_group_request import JoinGroupRequest
 from generated.join_group_response import JoinGroupResponse, JoinGroupResponseMember
-from kafscale.broker.handlers import RequestContext
+from kafscale.broker.handlers import RequestContext, coordinator_error
 
 INVALID_REQUEST = 42
 MAX_PROTOCOL_METADATA = 1024 * 1024
@@ -32,6 +33,8 @@ MAX_PROTOCOL_METADATA = 1024 * 1024
 
 async def handle(ctx: RequestContext, request: JoinGroupRequest) -> JoinGroupResponse:
     version = ctx.version
+    if request.group_id and (error := await coordinator_error(ctx, request.group_id, claim=True)):
+        return _response(version, error, request.member_id)
     protocols = [(p.name, bytes(p.metadata)) for p in request.protocols]
     if sum(len(name) + len(metadata) for name, metadata in protocols) > MAX_PROTOCOL_METADATA:
         return _response(version, INVALID_REQUEST, request.member_id)

@@ -4,6 +4,8 @@
 #   restart) as Kafka lists such a group: ProtocolType "" and GroupState "Empty". GroupType
 #   (v5+) is always "classic". Commits for a since-deleted topic still count until the group
 #   is deleted.
+# - In a cluster each broker lists the groups it coordinates (or would, for a group known only
+#   by its offsets), as Kafka's brokers do: admin clients ask every broker.
 # - StatesFilter (v4+) / TypesFilter (v5+): only groups whose state / type is listed; an empty
 #   filter lists all. Matched case-insensitively, as Kafka's new coordinator does (the classic
 #   one compares exactly; clients send "Empty" / "classic", which match either way).
@@ -22,8 +24,11 @@ async def handle(ctx: RequestContext, request: ListGroupsRequest) -> ListGroupsR
     states = {s.lower() for s in request.states_filter} if ctx.version >= 4 else set()
     types = {t.lower() for t in request.types_filter} if ctx.version >= 5 else set()
     found: dict[str, tuple[str, str]] = {}  # group id -> (state, protocol type)
+    me = broker.cluster.me
     for group_id in await broker.offsets.groups():
-        found[group_id] = (EMPTY, "")
+        coordinator = broker.cluster.coordinator(group_id)
+        if coordinator is not None and coordinator.id == me:
+            found[group_id] = (EMPTY, "")
     for group_id, group in list(broker.groups.groups.items()):
         found[group_id] = (group.state, group.protocol_type or "")
     out: list[ListedGroup] = []

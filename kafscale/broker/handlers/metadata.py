@@ -1,12 +1,15 @@
 # Metadata (key 3), versions 0-12.
-# - One broker: it leads every partition, is the controller, and is every replica and ISR.
+# - Brokers: every live broker (registered with a lease). Each partition's leader is its
+#   owner (the broker holding its owner key) with the epoch it took it at; a partition nobody
+#   owns yet names the broker that should take it (it claims the partition on the first
+#   request), with the epoch last committed; with no live broker to name,
+#   LEADER_NOT_AVAILABLE (5). Replicas and ISR are the leader alone: the object store
+#   replicates. The controller is the live broker with the lowest id.
 # - Topics null (v1+) = all topics; an empty list = none. Unknown topics are auto-created when
 #   the broker allows it AND the request's AllowAutoTopicCreation (v4+) says so (v0-3: always
 #   allowed by the request), else UNKNOWN_TOPIC_OR_PARTITION (3). Lookups by topic id (v10+)
 #   answer UNKNOWN_TOPIC_ID (100) when unknown.
 # - Topic ids are real UUIDs (Kafka's); authorized operations are not computed (-2147483648).
-# - LeaderEpoch (v7+) is each partition's current leader epoch (from the loaded partition log,
-#   else one read of the topic's partition states).
 from __future__ import annotations
 
 import logging
@@ -19,32 +22,41 @@ from generated.metadata_response import (
     MetadataResponsePartition,
     MetadataResponseTopic,
 )
+from kafscale.broker.cluster import Cluster
 from kafscale.broker.handlers import RequestContext
 from kafscale.broker.log import LogManager
 from kafscale.broker.topics import Topic, TopicError
 
 log = logging.getLogger("kafscale.broker")
 
+LEADER_NOT_AVAILABLE = 5
 
-async def _topic(topic: Topic, broker_id: int, logs: LogManager) -> MetadataResponseTopic:
-    epochs = await logs.leader_epochs(topic.name, topic.partitions)
-    return MetadataResponseTopic(
-        error_code=0,
-        name=topic.name,
-        topic_id=topic.id,
-        is_internal=False,
-        partitions=[
+
+async def _topic(topic: Topic, cluster: Cluster, logs: LogManager) -> MetadataResponseTopic:
+    stored: list[int] | None = None
+    partitions = []
+    for p in range(topic.partitions):
+        owner = cluster.owner(topic.name, p)
+        if owner is not None:
+            leader, epoch = owner
+        else:
+            if stored is None:
+                stored = await logs.leader_epochs(topic.name, topic.partitions)
+            desired = cluster.desired_owner(topic.name, p)
+            leader, epoch = (desired, stored[p]) if desired is not None else (-1, -1)
+        partitions.append(
             MetadataResponsePartition(
-                error_code=0,
+                error_code=0 if leader >= 0 else LEADER_NOT_AVAILABLE,
                 partition_index=p,
-                leader_id=broker_id,
+                leader_id=leader,
                 leader_epoch=epoch,
-                replica_nodes=[broker_id],
-                isr_nodes=[broker_id],
+                replica_nodes=[leader] if leader >= 0 else [],
+                isr_nodes=[leader] if leader >= 0 else [],
                 offline_replicas=[],
             )
-            for p, epoch in enumerate(epochs)
-        ],
+        )
+    return MetadataResponseTopic(
+        error_code=0, name=topic.name, topic_id=topic.id, is_internal=False, partitions=partitions
     )
 
 
@@ -52,11 +64,10 @@ async def handle(ctx: RequestContext, request: MetadataRequest) -> MetadataRespo
     broker = ctx.broker
     config = broker.config
     topics = broker.topics
-    host, port = config.advertised
     out: list[MetadataResponseTopic] = []
     if request.topics is None or (ctx.version == 0 and not request.topics):
         out = [
-            await _topic(t, config.broker_id, broker.logs)
+            await _topic(t, broker.cluster, broker.logs)
             for t in sorted(topics.by_name.values(), key=lambda t: t.name)
         ]
     else:
@@ -69,7 +80,7 @@ async def handle(ctx: RequestContext, request: MetadataRequest) -> MetadataRespo
                         MetadataResponseTopic(error_code=100, name=None, topic_id=wanted.topic_id)
                     )
                 else:
-                    out.append(await _topic(topic, config.broker_id, broker.logs))
+                    out.append(await _topic(topic, broker.cluster, broker.logs))
                 continue
             topic = topics.get(wanted.name)
             if topic is None and allow and config.auto_create_topics_enable:
@@ -90,11 +101,15 @@ async def handle(ctx: RequestContext, request: MetadataRequest) -> MetadataRespo
                     MetadataResponseTopic(error_code=3, name=wanted.name, topic_id=uuid.UUID(int=0))
                 )
             else:
-                out.append(await _topic(topic, config.broker_id, broker.logs))
+                out.append(await _topic(topic, broker.cluster, broker.logs))
+    live = broker.cluster.live()
     return MetadataResponse(
         throttle_time_ms=0,
-        brokers=[MetadataResponseBroker(node_id=config.broker_id, host=host, port=port, rack=None)],
+        brokers=[
+            MetadataResponseBroker(node_id=b.id, host=b.host, port=b.port, rack=None)
+            for b in live.values()
+        ],
         cluster_id=config.cluster_id,
-        controller_id=config.broker_id,
+        controller_id=min(live, default=-1),
         topics=out,
     )

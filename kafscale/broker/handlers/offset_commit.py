@@ -2,10 +2,11 @@
 # - Offsets are stored in the metadata store (kafscale/broker/offsets.py), all partitions of
 #   a request in one transaction (chunked above 128 operations), checked as Kafka 3.9's
 #   default (classic) GroupCoordinator checks them (validateOffsetCommit):
-#   - generation -1, empty member id and no group instance id (a consumer using assign(), or
-#     the admin client): accepted while the group has no members (else UNKNOWN_MEMBER_ID
-#     (25)); the offset, metadata (null -> "") and leader epoch (v6+) are kept. v0 has no
-#     member fields, so it is always such a commit.
+#   - generation -1 (a consumer using assign(), or the admin client): accepted while the group
+#     has no members, whatever member id it names (Kafka's ClassicGroup.validateOffsetCommit;
+#     the older Scala coordinator checked a named member even then); else UNKNOWN_MEMBER_ID
+#     (25) without a member id. The offset, metadata (null -> "") and leader epoch (v6+) are
+#     kept. v0 has no member fields, so it is always such a commit.
 #   - a member's commit: the member id must be in the group (UNKNOWN_MEMBER_ID), a group
 #     instance id must be that member's (FENCED_INSTANCE_ID (82)), the generation the
 #     group's (ILLEGAL_GENERATION (22): a zombie of an older generation; its offset is not
@@ -17,6 +18,9 @@
 #   - An empty group id is accepted, as Kafka does for OffsetCommit/OffsetFetch ("for
 #     backwards compatibility"); of the group APIs served so far only OffsetDelete answers
 #     INVALID_GROUP_ID (24) for it.
+# - Another broker coordinates the group: NOT_COORDINATOR (16) for every partition (also
+#   when it took the group over while this commit was being written: the transaction compares
+#   our coordinator key, so a deposed coordinator never writes a commit).
 # - Unknown topic or partition: UNKNOWN_TOPIC_OR_PARTITION (3) for that partition only (checked
 #   before the group, as KafkaApis does); metadata over 4096 characters
 #   (offset.metadata.max.bytes): OFFSET_METADATA_TOO_LARGE (12).
@@ -33,7 +37,7 @@ from generated.offset_commit_response import (
     OffsetCommitResponsePartition,
     OffsetCommitResponseTopic,
 )
-from kafscale.broker.handlers import RequestContext
+from kafscale.broker.handlers import NOT_COORDINATOR, RequestContext, coordinator_error
 from kafscale.broker.offsets import CommittedOffset, Offsets, TopicPartition, now_ms
 
 if TYPE_CHECKING:
@@ -78,17 +82,24 @@ async def handle(ctx: RequestContext, request: OffsetCommitRequest) -> OffsetCom
                 )
                 pending.append(((wanted.name, part.partition_index), resp, committed))
     if pending:
-        error = await _membership_error(broker, offsets, request)
+        error = await _membership_error(ctx, broker, offsets, request)
         if error:
             for _, resp, _ in pending:
                 resp.error_code = error
         else:  # a partition named twice: the last one counts
-            await offsets.commit(request.group_id, {tp: c for tp, _, c in pending})
+            guard = broker.cluster.group_guard(request.group_id)
+            if not await offsets.commit(request.group_id, {tp: c for tp, _, c in pending}, guard):
+                for _, resp, _ in pending:  # another broker took the group over meanwhile
+                    resp.error_code = NOT_COORDINATOR
     return OffsetCommitResponse(throttle_time_ms=0, topics=out)
 
 
-async def _membership_error(broker: Broker, offsets: Offsets, request: OffsetCommitRequest) -> int:
+async def _membership_error(
+    ctx: RequestContext, broker: Broker, offsets: Offsets, request: OffsetCommitRequest
+) -> int:
     """Kafka's validateOffsetCommit (0: the commit may be stored)."""
+    if refused := await coordinator_error(ctx, request.group_id, claim=True):
+        return refused
     generation = request.generation_id_or_member_epoch
     error = broker.groups.validate_commit(
         request.group_id,
@@ -99,8 +110,6 @@ async def _membership_error(broker: Broker, offsets: Offsets, request: OffsetCom
     if error is not None:
         return error
     # Not in the coordinator's memory: a group without members, known by its offsets or not.
-    if generation < 0 and not request.member_id and request.group_instance_id is None:
+    if generation < 0:
         return 0
-    if generation < 0 or await offsets.exists(request.group_id):
-        return UNKNOWN_MEMBER_ID
-    return ILLEGAL_GENERATION
+    return UNKNOWN_MEMBER_ID if await offsets.exists(request.group_id) else ILLEGAL_GENERATION

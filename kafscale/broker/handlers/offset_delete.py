@@ -5,6 +5,7 @@
 #   to (GROUP_SUBSCRIBED_TO_TOPIC (86) for those partitions; all of them when a member's
 #   subscription does not parse, as Kafka); a group of another protocol type: NON_EMPTY_GROUP
 #   (68).
+# - Another broker coordinates the group: NOT_COORDINATOR (16).
 # - Empty group id: INVALID_GROUP_ID (24); a group neither in the coordinator's memory nor
 #   with committed offsets: GROUP_ID_NOT_FOUND (69). A group error is the top-level ErrorCode
 #   with no topics, as Kafka answers. Unknown topic or partition: UNKNOWN_TOPIC_OR_PARTITION
@@ -18,7 +19,7 @@ from generated.offset_delete_response import (
     OffsetDeleteResponseTopic,
 )
 from kafscale.broker.group import CONSUMER, EMPTY
-from kafscale.broker.handlers import RequestContext
+from kafscale.broker.handlers import RequestContext, coordinator_error
 from kafscale.broker.offsets import TopicPartition
 
 UNKNOWN_TOPIC_OR_PARTITION = 3
@@ -33,6 +34,8 @@ async def handle(ctx: RequestContext, request: OffsetDeleteRequest) -> OffsetDel
     offsets = broker.offsets
     if not request.group_id:
         return OffsetDeleteResponse(error_code=INVALID_GROUP_ID, throttle_time_ms=0)
+    if error := await coordinator_error(ctx, request.group_id, claim=True):
+        return OffsetDeleteResponse(error_code=error, throttle_time_ms=0)
     group = broker.groups.get(request.group_id)
     if group is None and not await offsets.exists(request.group_id):
         return OffsetDeleteResponse(error_code=GROUP_ID_NOT_FOUND, throttle_time_ms=0)

@@ -4,8 +4,9 @@
 #   Kafka does; so does a partition of an unknown topic. Topics null (v2+) returns every
 #   committed partition of the group. Commits made for a since-deleted topic are not reported.
 # - v0-7: one group (GroupId/Topics); v8+: several groups per request (Groups), each answered
-#   on its own. The top-level ErrorCode exists in v2-7 only (v8+ has one per group); no group
-#   error can arise yet (an empty group id is accepted, as Kafka does for OffsetFetch).
+#   on its own. A group another broker coordinates: NOT_COORDINATOR (16) — v8+ for that
+#   group, v2-7 as the top-level ErrorCode, v0-1 for every partition asked (those versions
+#   have no top-level error). An empty group id is accepted, as Kafka does for OffsetFetch.
 # - RequireStable (v7+) is ignored: without transactions no offset is ever pending.
 # - v9 MemberId/MemberEpoch are not checked (Kafka 3.9's classic coordinator ignores them; they
 #   matter for KIP-848 groups, not served).
@@ -23,7 +24,7 @@ from generated.offset_fetch_response import (
     OffsetFetchResponseTopic,
     OffsetFetchResponseTopics,
 )
-from kafscale.broker.handlers import RequestContext
+from kafscale.broker.handlers import RequestContext, coordinator_error
 from kafscale.broker.offsets import CommittedOffset, live
 
 Wanted = Sequence[tuple[str, Sequence[int]]]
@@ -39,6 +40,9 @@ async def handle(ctx: RequestContext, request: OffsetFetchRequest) -> OffsetFetc
                 if group.topics is None
                 else [(t.name, t.partition_indexes) for t in group.topics]
             )
+            if error := await coordinator_error(ctx, group.group_id):
+                groups.append(OffsetFetchResponseGroup(group_id=group.group_id, error_code=error))
+                continue
             found = await _fetch(ctx, group.group_id, wanted)
             topics = _topics(found, OffsetFetchResponseTopics, OffsetFetchResponsePartitions)
             groups.append(OffsetFetchResponseGroup(group_id=group.group_id, topics=topics))
@@ -46,6 +50,22 @@ async def handle(ctx: RequestContext, request: OffsetFetchRequest) -> OffsetFetc
     wanted = (
         None if request.topics is None else [(t.name, t.partition_indexes) for t in request.topics]
     )
+    if error := await coordinator_error(ctx, request.group_id):
+        if ctx.version >= 2:
+            return OffsetFetchResponse(throttle_time_ms=0, error_code=error, topics=[])
+        refused = [
+            OffsetFetchResponseTopic(
+                name=name,
+                partitions=[
+                    OffsetFetchResponsePartition(
+                        partition_index=p, committed_offset=-1, metadata="", error_code=error
+                    )
+                    for p in parts
+                ],
+            )
+            for name, parts in wanted or []
+        ]
+        return OffsetFetchResponse(throttle_time_ms=0, topics=refused)
     found = await _fetch(ctx, request.group_id, wanted)
     return OffsetFetchResponse(
         throttle_time_ms=0,

@@ -3,7 +3,8 @@
 #   each member unchanged (a member the leader left out gets an empty assignment; entries for
 #   unknown member ids are ignored), and the group becomes Stable. Followers' requests park
 #   until then. In a Stable group a member gets its current assignment at once.
-# - Empty group id: INVALID_GROUP_ID (24); unknown group or member: UNKNOWN_MEMBER_ID (25);
+# - Empty group id: INVALID_GROUP_ID (24); another broker coordinates the group:
+#   NOT_COORDINATOR (16); unknown group or member: UNKNOWN_MEMBER_ID (25);
 #   instance id of another member: FENCED_INSTANCE_ID (82); another generation:
 #   ILLEGAL_GENERATION (22); v5 ProtocolType/ProtocolName not the group's:
 #   INCONSISTENT_GROUP_PROTOCOL (23); a rebalance started: REBALANCE_IN_PROGRESS (27), also
@@ -13,10 +14,12 @@ from __future__ import annotations
 
 from generated.sync_group_request import SyncGroupRequest
 from generated.sync_group_response import SyncGroupResponse
-from kafscale.broker.handlers import RequestContext
+from kafscale.broker.handlers import RequestContext, coordinator_error
 
 
 async def handle(ctx: RequestContext, request: SyncGroupRequest) -> SyncGroupResponse:
+    if request.group_id and (error := await coordinator_error(ctx, request.group_id)):
+        return SyncGroupResponse(throttle_time_ms=0, error_code=error, assignment=b"")
     result = await ctx.broker.groups.sync(
         request.group_id,
         member_id=request.member_id,

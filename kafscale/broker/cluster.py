@@ -1,0 +1,385 @@
+"""Brokers of one cluster, and who owns what: membership through a metadata-store lease,
+partition ownership (read here, claimed by the log manager), group coordination.
+
+Keys (values JSON; every one attached to its broker's lease, so it vanishes when the broker
+dies or drains):
+
+- ``/{ns}/brokers/{id}``: ``{"host", "port"}`` — a live broker.
+- ``/{ns}/owners/{topic}/{p:05d}``: ``{"broker", "epoch"}`` — the partition's owner and the
+  leader epoch it took the partition at. Only the owner appends to a partition, and every
+  commit of new data compares this key's revision, so a deposed owner's commit fails.
+- ``/{ns}/group-owners/{group}``: ``{"broker"}`` — the group's one coordinator.
+
+Where things should live is a pure function of the live brokers (sorted ids; a partition goes
+to ``(crc32(topic) + partition) % n``, a group to ``crc32(group) % n``), so every broker agrees
+on it once it sees the same brokers. The lease-held keys make it safe while they disagree:
+nobody acts as owner without holding the key, and a key is only created when absent.
+
+With the embedded default (one broker, sqlite) this is the same code with one live broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from kafscale.broker.config import BrokerConfig
+from kafscale.metadata import (
+    Compare,
+    HeldLease,
+    KeyValue,
+    MetadataStore,
+    Put,
+    StoreClosed,
+    WatchCompacted,
+)
+
+log = logging.getLogger("kafscale.cluster")
+
+NOT_COORDINATOR = 16
+
+
+class NotCoordinator(Exception):
+    """This broker does not coordinate the group (NOT_COORDINATOR)."""
+
+    code = NOT_COORDINATOR
+
+
+@dataclass(frozen=True)
+class BrokerInfo:
+    id: int
+    host: str
+    port: int
+
+
+class Mirror:
+    """An in-memory copy of every key under a prefix, kept current by a watch (and by our own
+    writes, which :meth:`note` applies at once). Keys are relative to the prefix."""
+
+    def __init__(
+        self, meta: MetadataStore, prefix: bytes, on_change: Callable[[], None] | None = None
+    ) -> None:
+        self.meta = meta
+        self.prefix = prefix
+        self.on_change = on_change
+        self.items: dict[bytes, KeyValue] = {}
+        self.revision = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._snapshot()
+        self._task = asyncio.create_task(self._follow(), name=f"mirror {self.prefix!r}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def get(self, key: bytes) -> KeyValue | None:
+        return self.items.get(key)
+
+    def note(self, key: bytes, kv: KeyValue | None) -> None:
+        """Apply a write of ours now (the watch brings it again later, harmlessly)."""
+        if kv is None:
+            self.items.pop(key, None)
+        else:
+            self.items[key] = kv
+        self._changed()
+
+    async def _snapshot(self) -> None:
+        # Events after this revision are replayed by the watch: applied in order over the
+        # snapshot they converge on the current state.
+        revision = await self.meta.revision()
+        kvs = await self.meta.range(self.prefix)
+        self.items = {kv.key[len(self.prefix) :]: kv for kv in kvs}
+        self.revision = revision
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                async for event in self.meta.watch(self.prefix, self.revision):
+                    key = event.kv.key[len(self.prefix) :]
+                    if event.kind == "put":
+                        current = self.items.get(key)
+                        if current is None or current.mod_revision <= event.kv.mod_revision:
+                            self.items[key] = event.kv
+                    else:
+                        current = self.items.get(key)
+                        if current is not None and current.mod_revision <= event.kv.mod_revision:
+                            del self.items[key]
+                    self.revision = max(self.revision, event.kv.mod_revision)
+                    self._changed()
+                return  # the store closed the watch
+            except StoreClosed:
+                return
+            except WatchCompacted:
+                await self._resnapshot()
+            except Exception:  # a store hiccup: start over from a fresh snapshot
+                log.warning("watch of %r failed; resubscribing", self.prefix, exc_info=True)
+                await asyncio.sleep(0.5)
+                await self._resnapshot()
+
+    async def _resnapshot(self) -> None:
+        while True:
+            try:
+                await self._snapshot()
+                self._changed()
+                return
+            except StoreClosed:
+                raise
+            except Exception:
+                log.warning("snapshot of %r failed; retrying", self.prefix, exc_info=True)
+                await asyncio.sleep(0.5)
+
+
+def _spread(key: str, ids: list[int], offset: int = 0) -> int | None:
+    if not ids:
+        return None
+    return ids[(zlib.crc32(key.encode()) + offset) % len(ids)]
+
+
+class Cluster:
+    """This broker's membership and view of the cluster."""
+
+    def __init__(self, config: BrokerConfig, meta: MetadataStore) -> None:
+        self.config = config
+        self.meta = meta
+        self.me = config.broker_id
+        ns = config.namespace
+        self.broker_key = f"/{ns}/brokers/{self.me}".encode()
+        self.brokers = Mirror(meta, f"/{ns}/brokers/".encode(), self._changed)
+        self.owners = Mirror(meta, f"/{ns}/owners/".encode(), self._changed)
+        self.group_owners = Mirror(meta, f"/{ns}/group-owners/".encode())
+        self.ns = ns
+        self.lease = 0
+        self.held: HeldLease | None = None
+        self.held_groups: dict[str, int] = {}
+        """Groups we coordinate: group -> mod_revision of our owner key (commits compare it)."""
+        self.listeners: list[Callable[[], None]] = []
+        """Called (synchronously) when brokers or owners change."""
+        self.lost_listeners: list[Callable[[], None]] = []
+        """Called when our lease is lost: every claim and group we held is gone."""
+        self._keepalive: asyncio.Task[None] | None = None
+        self._registered = asyncio.Event()
+        self._claiming: dict[str, asyncio.Lock] = {}
+
+    @property
+    def lease_ttl(self) -> float:
+        return self.config.lease_ttl_ms / 1000
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.brokers.start()
+        await self.owners.start()
+        await self.group_owners.start()
+        await self._register()
+        self._keepalive = asyncio.create_task(self._follow_lease(), name="kafscale-lease")
+
+    async def close(self, *, release: bool = True) -> None:
+        """Stop; with ``release`` revoke the lease so every key of ours (registration,
+        partitions, groups) goes at once and other brokers take over without waiting."""
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive
+            self._keepalive = None
+        if self.held is not None:
+            if release:
+                with contextlib.suppress(Exception):
+                    await self.held.revoke()
+            self.held = None
+            self.lease = 0
+        for mirror in (self.brokers, self.owners, self.group_owners):
+            await mirror.close()
+
+    async def _register(self) -> None:
+        host, port = self.config.advertised
+        info = json.dumps({"host": host, "port": port}).encode()
+        await self._hold_lease()
+        waited = 0.0
+        while True:
+            result = await self.meta.txn(
+                [Compare(self.broker_key, "version", "==", 0)],
+                [Put(self.broker_key, info, self.lease)],
+            )
+            if result.succeeded:
+                self.brokers.note(
+                    self.broker_key[len(self.brokers.prefix) :],
+                    KeyValue(self.broker_key, info, result.revision, 1, self.lease),
+                )
+                self._registered.set()
+                log.info("registered as broker %d (lease %x)", self.me, self.lease)
+                return
+            existing = await self.meta.get(self.broker_key)
+            if existing is None:
+                continue
+            if self.meta.exclusive:
+                # Only one process can open this store, so that registration is a previous
+                # run of ours (killed): take its place at once.
+                with contextlib.suppress(Exception):
+                    await self.meta.lease_revoke(existing.lease)
+                continue
+            if waited == 0:
+                log.warning(
+                    "broker id %d is registered by another process (or a previous run whose "
+                    "lease has not expired yet): waiting",
+                    self.me,
+                )
+            await asyncio.sleep(0.2)
+            waited += 0.2
+            if self.held is None or not self.held.alive:
+                await self._hold_lease()
+
+    async def _hold_lease(self) -> None:
+        """A new lease, kept alive in the background by the store (HeldLease)."""
+        self.held = await self.meta.lease_hold(self.lease_ttl)
+        self.lease = self.held.id
+
+    async def _follow_lease(self) -> None:
+        """When our lease is lost (the store expired it, or no renewal was acknowledged for a
+        whole TTL, so it may have), everything we held is gone: tell the listeners at once —
+        no partition or group is acted on past that point — then register again with a new
+        lease."""
+        while True:
+            held = self.held
+            assert held is not None
+            await held.lost.wait()
+            if held.reason is not None and "closed" in held.reason:
+                return
+            log.error(
+                "lease %x lost (%s): giving up every partition and group", held.id, held.reason
+            )
+            self._lose_everything()
+            while True:
+                try:
+                    await self._register()
+                    break
+                except StoreClosed:
+                    return
+                except Exception:
+                    log.warning("registering again failed; retrying", exc_info=True)
+                    await asyncio.sleep(self.lease_ttl / 3)
+            self._changed()
+
+    def _lose_everything(self) -> None:
+        self.held_groups.clear()
+        for listener in self.lost_listeners:
+            listener()
+
+    def _changed(self) -> None:
+        for listener in self.listeners:
+            listener()
+
+    # --- views -----------------------------------------------------------------------------
+
+    def live(self) -> dict[int, BrokerInfo]:
+        """Live brokers by id (just this one before :meth:`start`: a broker used without
+        the cluster machinery, as unit tests do, stands alone)."""
+        if not self._registered.is_set():
+            host, port = self.config.advertised
+            return {self.me: BrokerInfo(self.me, host, port)}
+        out: dict[int, BrokerInfo] = {}
+        for key, kv in self.brokers.items.items():
+            try:
+                d = json.loads(kv.value)
+                out[int(key)] = BrokerInfo(int(key), str(d["host"]), int(d["port"]))
+            except (ValueError, KeyError):
+                log.warning("ignoring malformed broker registration %r", kv.key)
+        return dict(sorted(out.items()))
+
+    def owner_key(self, topic: str, partition: int) -> bytes:
+        return f"/{self.ns}/owners/{topic}/{partition:05d}".encode()
+
+    def owner(self, topic: str, partition: int) -> tuple[int, int] | None:
+        """(broker id, leader epoch) of the partition's current owner, if any."""
+        kv = self.owners.get(f"{topic}/{partition:05d}".encode())
+        if kv is None:
+            return None
+        d = json.loads(kv.value)
+        return int(d["broker"]), int(d["epoch"])
+
+    def desired_owner(self, topic: str, partition: int) -> int | None:
+        return _spread(topic, list(self.live()), partition)
+
+    def group_key(self, group: str) -> bytes:
+        return f"/{self.ns}/group-owners/{quote(group, safe='')}".encode()
+
+    def coordinator(self, group: str) -> BrokerInfo | None:
+        """The group's coordinator: its current owner, else the broker that should take it."""
+        live = self.live()
+        kv = self.group_owners.get(self.group_key(group)[len(self.group_owners.prefix) :])
+        if kv is not None:
+            owner = live.get(int(json.loads(kv.value)["broker"]))
+            if owner is not None:
+                return owner
+        chosen = _spread(group, list(live))
+        return None if chosen is None else live[chosen]
+
+    # --- groups ----------------------------------------------------------------------------
+
+    async def hold_group(self, group: str, *, claim: bool = True) -> int:
+        """Make sure this broker coordinates ``group``: the mod_revision of our coordinator
+        key. Raises :class:`NotCoordinator`. With ``claim`` (the requests that create group
+        state: JoinGroup, OffsetCommit, deletions) the key is created when this broker should
+        coordinate the group and nobody does; without (heartbeats, reads), nothing is written
+        — a storm of requests for made-up groups must not fill the store — and 0 is returned
+        for such an unclaimed group."""
+        held = self.held_groups.get(group)
+        if held is not None:
+            return held
+        if not self._registered.is_set():
+            return 0  # standing alone (not started): every group is ours, nothing to fence
+        lock = self._claiming.setdefault(group, asyncio.Lock())
+        try:
+            async with lock:
+                return await self._hold_group(group, claim)
+        finally:
+            if not lock.locked() and self._claiming.get(group) is lock:
+                del self._claiming[group]
+
+    async def _hold_group(self, group: str, claim: bool) -> int:
+        held = self.held_groups.get(group)
+        if held is not None:
+            return held
+        key = self.group_key(group)
+        relative = key[len(self.group_owners.prefix) :]
+        kv = self.group_owners.get(relative)
+        if kv is not None:
+            if int(json.loads(kv.value)["broker"]) == self.me and kv.lease == self.lease:
+                self.held_groups[group] = kv.mod_revision
+                return kv.mod_revision
+            raise NotCoordinator(f"group {group!r} is coordinated by another broker")
+        coordinator = self.coordinator(group)
+        if coordinator is None or coordinator.id != self.me:
+            raise NotCoordinator(f"group {group!r} belongs to another broker")
+        if not claim:
+            return 0
+        value = json.dumps({"broker": self.me}).encode()
+        result = await self.meta.txn(
+            [Compare(key, "version", "==", 0)], [Put(key, value, self.lease)]
+        )
+        if not result.succeeded:
+            raise NotCoordinator(f"group {group!r} was just claimed by another broker")
+        self.group_owners.note(relative, KeyValue(key, value, result.revision, 1, self.lease))
+        self.held_groups[group] = result.revision
+        return result.revision
+
+    def group_guard(self, group: str) -> list[Compare]:
+        """The compare that fences a write for ``group`` to its current coordinator (us)."""
+        held = self.held_groups.get(group)
+        if held is None:
+            return []
+        return [Compare(self.group_key(group), "mod_revision", "==", held)]
