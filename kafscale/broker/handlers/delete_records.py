@@ -40,8 +40,8 @@ async def handle(ctx: RequestContext, request: DeleteRecordsRequest) -> DeleteRe
             if part.offset < -1:
                 resp.error_code = OFFSET_OUT_OF_RANGE
                 continue
-            plog = await broker.logs.get(topic.name, part.partition_index)
             try:
+                plog = await broker.logs.get(topic.name, part.partition_index)
                 resp.low_watermark = await broker.logs.delete_records(plog, part.offset)
             except FlushError as e:
                 resp.error_code = e.code

@@ -29,7 +29,7 @@ from generated.fetch_response import (
     PartitionData,
 )
 from kafscale.broker.handlers import RequestContext
-from kafscale.broker.log import UNDEFINED_EPOCH
+from kafscale.broker.log import UNDEFINED_EPOCH, FlushError
 
 OFFSET_OUT_OF_RANGE = 1
 UNKNOWN_TOPIC_OR_PARTITION = 3
@@ -78,7 +78,12 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[FetchRe
                 pd.error_code = missing
                 urgent = True
                 continue
-            plog = await broker.logs.get(topic.name, part.partition)
+            try:
+                plog = await broker.logs.get(topic.name, part.partition)
+            except FlushError as e:  # not the owner: NOT_LEADER_OR_FOLLOWER
+                pd.error_code = e.code
+                urgent = True
+                continue
             if ctx.version >= 9 and part.current_leader_epoch >= 0:
                 pd.error_code = plog.epoch_error(part.current_leader_epoch)
                 if pd.error_code:

@@ -18,7 +18,7 @@ from generated.list_offsets_response import (
     ListOffsetsTopicResponse,
 )
 from kafscale.broker.handlers import RequestContext
-from kafscale.broker.log import UNDEFINED_EPOCH
+from kafscale.broker.log import UNDEFINED_EPOCH, FlushError
 
 EARLIEST, LATEST, MAX_TIMESTAMP = -2, -1, -3
 
@@ -36,7 +36,11 @@ async def handle(ctx: RequestContext, request: ListOffsetsRequest) -> ListOffset
             if topic is None or not 0 <= part.partition_index < topic.partitions:
                 resp.error_code = 3
                 continue
-            plog = await broker.logs.get(topic.name, part.partition_index)
+            try:
+                plog = await broker.logs.get(topic.name, part.partition_index)
+            except FlushError as e:  # not the owner: NOT_LEADER_OR_FOLLOWER
+                resp.error_code = e.code
+                continue
             if ctx.version >= 4 and part.current_leader_epoch != UNDEFINED_EPOCH:
                 resp.error_code = plog.epoch_error(part.current_leader_epoch)
                 if resp.error_code:

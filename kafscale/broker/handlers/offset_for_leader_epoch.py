@@ -22,7 +22,7 @@ from generated.offset_for_leader_epoch_response import (
     OffsetForLeaderTopicResult,
 )
 from kafscale.broker.handlers import RequestContext
-from kafscale.broker.log import UNDEFINED_EPOCH
+from kafscale.broker.log import UNDEFINED_EPOCH, FlushError
 from kafscale.protocol.message import in_range
 
 UNKNOWN_TOPIC_OR_PARTITION = 3
@@ -47,7 +47,11 @@ async def handle(
             if topic is None or not 0 <= part.partition < topic.partitions:
                 resp.error_code = UNKNOWN_TOPIC_OR_PARTITION
                 continue
-            plog = await broker.logs.get(topic.name, part.partition)
+            try:
+                plog = await broker.logs.get(topic.name, part.partition)
+            except FlushError as e:  # not the owner: NOT_LEADER_OR_FOLLOWER
+                resp.error_code = e.code
+                continue
             if ctx.version >= 2 and part.current_leader_epoch != UNDEFINED_EPOCH:
                 resp.error_code = plog.epoch_error(part.current_leader_epoch)
                 if resp.error_code:

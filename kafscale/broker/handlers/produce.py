@@ -71,8 +71,8 @@ async def _append(
     ctx: RequestContext, topic: str, resp: PartitionProduceResponse, data: Buffer, max_bytes: int
 ) -> None:
     logs = ctx.broker.logs
-    plog = await logs.get(topic, resp.index)
     try:
+        plog = await logs.get(topic, resp.index)  # NOT_LEADER_OR_FOLLOWER unless we own it
         resp.base_offset = await logs.append(plog, data, max_bytes)
         resp.log_start_offset = plog.log_start
     except RecordError as e:
