@@ -225,6 +225,10 @@ def test_a_deposed_owner_cannot_commit(tmp_path: Path) -> None:
         }
         stored = {k for k in await cluster.objects.list(f"{ns}/t/0/") if k.endswith(".kfs")}
         assert len(committed) == 1 and committed < stored  # the late upload: referenced by none
+        # The garbage collection a takeover runs deletes it (and its index), nothing else.
+        assert await cluster.brokers[1].logs.collect_garbage("t", 0, 2) == 2
+        left = {k for k in await cluster.objects.list(f"{ns}/t/0/") if k.endswith(".kfs")}
+        assert left == committed
         resp = await cluster.client(1).produce("t", build_batch([b"new"]))
         assert (resp.error_code, resp.base_offset) == (0, 1)
 

@@ -28,6 +28,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from generated.storage.segment_index import SegmentIndex
+from kafscale.broker import failpoints
 from kafscale.broker.cluster import Cluster
 from kafscale.broker.config import BrokerConfig
 from kafscale.broker.topics import Topics
@@ -46,6 +47,7 @@ from kafscale.storage.segment import (
     FOOTER_SIZE,
     HEADER_SIZE,
     build_segment,
+    epoch_of,
     find_position,
     parse_index,
     segment_key,
@@ -241,6 +243,7 @@ class LogManager:
         """Set by :meth:`attach`; without it this broker owns every partition (unit tests)."""
         self.claims: dict[tuple[str, int], Claim] = {}
         self._ownership_wake = asyncio.Event()
+        self._background: set[asyncio.Task[int]] = set()
         self._ownership: asyncio.Task[None] | None = None
 
     def attach(self, cluster: Cluster) -> None:
@@ -345,7 +348,40 @@ class LogManager:
         claim = Claim(epoch, owner_key, result.revision)
         self.claims[(topic, partition)] = claim
         log.info("%s-%d: owned from offset %d at leader epoch %d", topic, partition, hw, epoch)
+        task = asyncio.create_task(self.collect_garbage(topic, partition, epoch))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         return claim
+
+    async def collect_garbage(self, topic: str, partition: int, epoch: int) -> int:
+        """Delete the partition's objects that no committed segment entry references and that
+        no one can commit any more: written under an older epoch (by a previous owner that
+        crashed or was deposed between upload and commit). Run when the partition is taken
+        over at ``epoch``: the one place a listing is made (never on the fetch path). How
+        many objects were deleted."""
+        try:
+            prefix = self.topics.segments_prefix(topic, partition)
+            referenced: set[str] = set()
+            for kv in await self.meta.range(prefix):
+                key = json.loads(kv.value)["key"]
+                referenced.update((key, key.removesuffix(".kfs") + ".index"))
+            listed = await self.objects.list(f"{self.config.namespace}/{topic}/{partition}/")
+            doomed = []
+            for key in listed:
+                try:
+                    written = epoch_of(key)
+                except ValueError:
+                    continue  # not ours to judge
+                if key not in referenced and (written is None or written < epoch):
+                    doomed.append(key)
+            for key in doomed:
+                await self.objects.delete(key)
+            if doomed:
+                log.info("%s-%d: deleted %d uncommitted objects", topic, partition, len(doomed))
+            return len(doomed)
+        except Exception:
+            log.warning("%s-%d: garbage collection failed", topic, partition, exc_info=True)
+            return 0
 
     def _guard(self, plog: PartitionLog) -> list[Compare]:
         """What every commit to the partition compares: its state is the one we read, and
@@ -579,6 +615,7 @@ class LogManager:
                     for meta, _, index in built
                 ),
             )
+            failpoints.hit("after_object_put")
             state = _state(plog.log_start, offset, plog.epoch, plog.epochs)
             prefix = self.topics.segments_prefix(plog.topic, plog.partition)
             committing = True
@@ -606,6 +643,7 @@ class LogManager:
                 if not e.future.done():
                     e.future.set_exception(failure)
             return False
+        failpoints.hit("after_metadata_commit")
         plog.revision = result.revision
         plog.hw = offset
         for meta, body, index in built:

@@ -18,6 +18,7 @@ from typing import Any
 
 from generated.api_versions_response import ApiVersion, ApiVersionsResponse
 from generated.registry import ADVERTISED_APIS, BROKER_APIS
+from kafscale.broker import failpoints
 from kafscale.broker.cluster import Cluster
 from kafscale.broker.config import BrokerConfig
 from kafscale.broker.coordinator import GroupCoordinator
@@ -274,6 +275,12 @@ class Broker:
                 return
             if chunks is None:
                 continue
+            if failpoints.armed("mid_response"):
+                data = b"".join(chunks)
+                writer.write(data[: len(data) // 2])
+                await writer.drain()
+                failpoints.hit("mid_response")
+                chunks = [data[len(data) // 2 :]]
             writer.writelines(chunks)
             await writer.drain()
 

@@ -58,6 +58,8 @@ class BrokerProcess:
     """How much of the last log was already checked for tracebacks (by ``checked_broker``)."""
     args: list[str] = field(default_factory=list)
     """Extra ``kafscale serve`` options (after the defaults below, so they win)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment for the next start (e.g. ``KAFSCALE_FAILPOINTS``)."""
 
     @property
     def bootstrap(self) -> str:
@@ -104,7 +106,11 @@ class BrokerProcess:
         ]
         with log.open("wb") as err:
             self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
             )
         self._wait_until_listening()
 

@@ -19,6 +19,7 @@
 #   only a client with a log we never served can diverge.
 from __future__ import annotations
 
+import logging
 import time
 
 from generated.fetch_request import FetchRequest
@@ -32,6 +33,8 @@ from kafscale.broker.handlers import RequestContext
 from kafscale.broker.log import UNDEFINED_EPOCH, FlushError
 
 OFFSET_OUT_OF_RANGE = 1
+KAFKA_STORAGE_ERROR = 56
+log = logging.getLogger("kafscale.broker")
 UNKNOWN_TOPIC_OR_PARTITION = 3
 UNKNOWN_TOPIC_ID = 100
 
@@ -108,7 +111,13 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[FetchRe
             limit = min(max(part.partition_max_bytes, 0), budget - total)
             if limit <= 0 and total > 0:
                 continue
-            data = await broker.logs.read(plog, part.fetch_offset, max(limit, 1))
+            try:
+                data = await broker.logs.read(plog, part.fetch_offset, max(limit, 1))
+            except Exception as e:  # the object store failed (after its retries): retriable
+                log.warning("fetch %s-%d: %s", topic.name, part.partition, e)
+                pd.error_code = KAFKA_STORAGE_ERROR
+                urgent = True
+                continue
             pd.records = data
             total += len(data)
     response = FetchResponse(throttle_time_ms=0, error_code=0, session_id=0, responses=out)

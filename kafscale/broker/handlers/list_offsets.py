@@ -18,7 +18,7 @@ from generated.list_offsets_response import (
     ListOffsetsTopicResponse,
 )
 from kafscale.broker.handlers import RequestContext
-from kafscale.broker.log import UNDEFINED_EPOCH, FlushError
+from kafscale.broker.log import KAFKA_STORAGE_ERROR, UNDEFINED_EPOCH, FlushError
 
 EARLIEST, LATEST, MAX_TIMESTAMP = -2, -1, -3
 
@@ -52,12 +52,17 @@ async def handle(ctx: RequestContext, request: ListOffsetsRequest) -> ListOffset
             elif part.timestamp == LATEST:
                 resp.offset = plog.hw
                 epoch = plog.epoch
-            elif part.timestamp == MAX_TIMESTAMP:
-                resp.timestamp, resp.offset = await broker.logs.max_timestamp_offset(plog)
-                if resp.offset >= 0:
-                    epoch = plog.epoch_for_offset(resp.offset)
             else:
-                found = await broker.logs.offset_for_timestamp(plog, part.timestamp)
+                found: tuple[int, int] | None
+                try:
+                    if part.timestamp == MAX_TIMESTAMP:
+                        timestamp, offset = await broker.logs.max_timestamp_offset(plog)
+                        found = (offset, timestamp) if offset >= 0 else None
+                    else:
+                        found = await broker.logs.offset_for_timestamp(plog, part.timestamp)
+                except Exception:  # the object store failed (after its retries): retriable
+                    resp.error_code = KAFKA_STORAGE_ERROR
+                    continue
                 if found is not None:
                     resp.offset, resp.timestamp = found
                     epoch = plog.epoch_for_offset(resp.offset)

@@ -1,0 +1,56 @@
+"""Failpoints: make the process die at an exact step, for fault tests.
+
+``KAFSCALE_FAILPOINTS=after_object_put:exit,after_metadata_commit:exit`` (read once, at
+import) arms the named points; the code calls :func:`hit` at each step. An armed point with
+action ``exit`` ends the process at once with status 86 (``os._exit``: no cleanup, no flush,
+as a crash), after writing one line to stderr so a test can tell it happened. ``exit@N`` fires
+on the N-th hit instead of the first.
+
+The points:
+
+- ``after_object_put``: a flush uploaded its segment objects, before the metadata commit.
+- ``after_metadata_commit``: the commit succeeded, before any produce request is answered.
+- ``mid_response``: half of a response's bytes are written to the socket.
+
+Disarmed (the normal case) a hit is one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+EXIT_STATUS = 86
+
+_armed: dict[str, list[int]] = {}  # point -> [hits left before it fires]
+
+
+def arm(spec: str) -> None:
+    """Arm the points of a ``name:action[@n],...`` spec (replacing what was armed)."""
+    _armed.clear()
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, action = item.partition(":")
+        action, _, count = action.partition("@")
+        if action != "exit":
+            raise ValueError(f"failpoint {name!r}: unknown action {action!r} (only 'exit')")
+        _armed[name] = [int(count) if count else 1]
+
+
+def armed(name: str) -> bool:
+    return name in _armed
+
+
+def hit(name: str) -> None:
+    """Pass the failpoint ``name``: die here if it is armed (and its count is reached)."""
+    left = _armed.get(name)
+    if left is None:
+        return
+    left[0] -= 1
+    if left[0] > 0:
+        return
+    sys.stderr.write(f"failpoint {name}: exiting\n")
+    sys.stderr.flush()
+    os._exit(EXIT_STATUS)
+
+
+arm(os.environ.get("KAFSCALE_FAILPOINTS", ""))
