@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from kafscale.broker import config as broker_config
+from kafscale.storage.objectstore import ObjectStore
 
 
 def add_serve(commands: Any) -> None:
@@ -28,7 +29,6 @@ def run_serve(args: argparse.Namespace) -> int:
     from kafscale.cli import CliError
     from kafscale.metadata.sqlite import SqliteMetadataStore
     from kafscale.metadata.store import MetadataStore
-    from kafscale.storage.local import LocalObjectStore
 
     try:
         config = broker_config.load(args)
@@ -39,7 +39,7 @@ def run_serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    objects = LocalObjectStore(config.data_dir / "objects")
+    objects = object_store(config)
     meta: MetadataStore
     if config.etcd_endpoints:
         from kafscale.metadata.etcd import EtcdMetadataStore
@@ -58,3 +58,20 @@ def run_serve(args: argparse.Namespace) -> int:
     else:
         uvloop.run(broker.serve_forever())
     return 0
+
+
+def object_store(config: broker_config.BrokerConfig) -> ObjectStore:
+    """S3 when a bucket is configured (credentials from the standard AWS chain), else the
+    local store in ``data_dir/objects``."""
+    if config.s3_bucket:
+        from kafscale.storage.s3 import S3ObjectStore
+
+        return S3ObjectStore(
+            config.s3_bucket,
+            endpoint_url=config.s3_endpoint or None,
+            region=config.s3_region or None,
+            path_style=config.s3_path_style,
+        )
+    from kafscale.storage.local import LocalObjectStore
+
+    return LocalObjectStore(config.data_dir / "objects")

@@ -17,6 +17,26 @@ class NotFound(KeyError):
     """The object does not exist."""
 
 
+class ObjectStoreError(Exception):
+    """A backend failure (bad keys raise ValueError, missing objects NotFound). Raised as
+    itself, the store refused the request for good (access denied, no such bucket, a feature
+    the endpoint lacks): retrying will not help, the configuration or the store must change."""
+
+
+class ObjectStoreUnavailable(ObjectStoreError):
+    """Transient failures (5xx, throttling, timeouts, broken connections, bodies that failed
+    verification) outlasted the backend's bounded retries. Nothing is known to be wrong with the
+    request: the broker answers with a retriable Kafka error and the client tries again.
+
+    ``attempts`` is how many times the request was tried; ``__cause__`` is the last failure.
+    A write that raised this may or may not have happened.
+    """
+
+    def __init__(self, message: str, attempts: int) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
 class ObjectStore(ABC):
     """Put, conditional create, get, ranged get, list, delete."""
 
