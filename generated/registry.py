@@ -1429,6 +1429,7 @@ BROKER_APIS: dict[int, tuple[int, int]] = {
     19: (2, 7),  # CreateTopics
     20: (1, 6),  # DeleteTopics
     21: (0, 2),  # DeleteRecords
+    22: (0, 5),  # InitProducerId
     23: (0, 4),  # OffsetForLeaderEpoch
     32: (1, 4),  # DescribeConfigs
     33: (0, 2),  # AlterConfigs
@@ -1437,6 +1438,7 @@ BROKER_APIS: dict[int, tuple[int, int]] = {
     44: (0, 1),  # IncrementalAlterConfigs
     47: (0, 0),  # OffsetDelete
     60: (0, 1),  # DescribeCluster
+    61: (0, 0),  # DescribeProducers
 }
 """API key -> versions the KafScale broker serves (from protocol_specs/broker-apis.yaml)."""
 
@@ -1458,6 +1460,7 @@ ADVERTISED_APIS: dict[int, tuple[int, int]] = {
     19: (2, 7),  # CreateTopics
     20: (1, 6),  # DeleteTopics
     21: (0, 2),  # DeleteRecords
+    22: (0, 5),  # InitProducerId
     23: (0, 4),  # OffsetForLeaderEpoch
     32: (1, 4),  # DescribeConfigs
     33: (0, 2),  # AlterConfigs
@@ -1466,6 +1469,7 @@ ADVERTISED_APIS: dict[int, tuple[int, int]] = {
     44: (0, 1),  # IncrementalAlterConfigs
     47: (0, 0),  # OffsetDelete
     60: (0, 1),  # DescribeCluster
+    61: (0, 0),  # DescribeProducers
 }
 """API key -> versions listed in ApiVersions: the served ones, widened where clients need it
 (KAFKA-18659: librdkafka compresses only when Produce v0 is listed)."""

@@ -70,6 +70,8 @@ class BrokerConfig:
     """Committed offsets of a group empty this long (or of a simple consumer, since the last
     commit) are deleted."""
     offsets_retention_check_interval_ms: int = 600000
+    producer_id_expiration_ms: int = 86400000
+    """producer.id.expiration.ms: an idempotent producer idle this long is forgotten."""
     lease_ttl_ms: int = 9000
     """How long a broker that stopped renewing its lease (killed, hung, cut off) keeps its
     partitions and groups before others take them (Kafka's broker.session.timeout.ms)."""
@@ -119,6 +121,7 @@ _OPTIONS: dict[str, str] = {
     "offsets.retention.minutes": "offsets_retention_minutes",
     "offsets.retention.check.interval.ms": "offsets_retention_check_interval_ms",
     "lease.ttl.ms": "lease_ttl_ms",
+    "producer.id.expiration.ms": "producer_id_expiration_ms",
     "log-level": "log_level",
 }
 

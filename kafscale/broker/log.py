@@ -25,12 +25,23 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import Any
 
 from generated.storage.segment_index import SegmentIndex
 from kafscale.broker import failpoints
 from kafscale.broker.cluster import Cluster
 from kafscale.broker.config import BrokerConfig
+from kafscale.broker.producers import (
+    Duplicate,
+    ProducerBatch,
+    ProducerEntry,
+    SequenceError,
+    last_sequence,
+)
+from kafscale.broker.producers import check as check_producer
+from kafscale.broker.producers import commit as commit_producers
 from kafscale.broker.topics import Topics
 from kafscale.metadata import Compare, Delete, KeyValue, MetadataStore, Put
 from kafscale.protocol.records import (
@@ -57,7 +68,8 @@ from kafscale.storage.segment import (
 
 log = logging.getLogger("kafscale.log")
 
-KAFKA_STORAGE_ERROR = 56  # retriable: the client resends, nothing was committed
+KAFKA_STORAGE_ERROR = 56
+TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53  # retriable: the client resends, nothing was committed
 NOT_LEADER_OR_FOLLOWER = 6
 OFFSET_OUT_OF_RANGE = 1
 FENCED_LEADER_EPOCH = 74
@@ -115,6 +127,8 @@ class _Pending:
     batches: list[BatchInfo]
     records: int
     future: asyncio.Future[int]
+    producers: list[ProducerBatch] = field(default_factory=list)
+    """Its idempotent batches (sequence ranges), in flight until the flush commits them."""
 
 
 @dataclass
@@ -140,6 +154,10 @@ class PartitionLog:
     leader-epoch checkpoint; the last entry is the current epoch."""
     claim: Claim | None = None
     """Our ownership, under which this log was loaded."""
+    producers: dict[int, ProducerEntry] = field(default_factory=dict)
+    """Committed idempotent-producer state (committed with the data it describes)."""
+    flushing: list[_Pending] = field(default_factory=list)
+    """Entries of the flush in progress: still in flight for sequence checks."""
 
     def epoch_error(self, current_leader_epoch: int) -> int:
         """Kafka's check of a request's CurrentLeaderEpoch against ours: 0 when equal,
@@ -336,7 +354,7 @@ class LogManager:
             ],
             [
                 Put(owner_key, value, cluster.lease),
-                Put(state_key, _state(log_start, hw, epoch, epochs)),
+                Put(state_key, _state(log_start, hw, epoch, epochs, state.get("producers", {}))),
             ],
         )
         if not result.succeeded:
@@ -496,6 +514,10 @@ class LogManager:
                 if history
                 else [(plog.epoch, plog.log_start)]
             )
+            plog.producers = {
+                int(pid): ProducerEntry.from_json(entry)
+                for pid, entry in state.get("producers", {}).items()
+            }
         prefix = self.topics.segments_prefix(topic, partition)
         for seg in await self.meta.range(prefix):
             d = json.loads(seg.value)
@@ -531,13 +553,53 @@ class LogManager:
         """
         batches = parse_batches(data, max_batch_bytes, produce=True)
         records = sum(b.last_offset_delta + 1 for b in batches)
+        idempotent: list[ProducerBatch] = []
+        if any(b.producer_id >= 0 for b in batches):
+            duplicate = self._check_producers(plog, batches, idempotent)
+            if duplicate is not None:
+                return await duplicate
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        plog.pending.append(_Pending(data, batches, records, future))
+        plog.pending.append(_Pending(data, batches, records, future, idempotent))
         plog.pending_bytes += len(data)
         self.pending_bytes += len(data)
         if self.pending_bytes >= self.config.flush_bytes:
             self._wake.set()
         return await future
+
+    def _check_producers(
+        self, plog: PartitionLog, batches: list[BatchInfo], accepted: list[ProducerBatch]
+    ) -> Awaitable[int] | None:
+        """Check the idempotent batches of one request (see ``producers.py``), filling
+        ``accepted``; for a retry of a batch already accepted, an awaitable of this request's
+        base offset as the original was (or will be) written. Raises :class:`FlushError`."""
+        delta = 0
+        for batch in batches:
+            count = batch.last_offset_delta + 1
+            if batch.is_transactional:
+                raise FlushError(
+                    TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "transactions are not supported"
+                )
+            if batch.producer_id >= 0:
+                candidate = ProducerBatch(
+                    batch.producer_id,
+                    batch.producer_epoch,
+                    batch.base_sequence,
+                    last_sequence(batch.base_sequence, count),
+                    count,
+                    delta,
+                )
+                in_flight = [
+                    (b, e) for e in (*plog.flushing, *plog.pending) for b in e.producers
+                ] + [(b, None) for b in accepted]
+                try:
+                    duplicate = check_producer(plog.producers, in_flight, candidate)
+                except SequenceError as e:
+                    raise FlushError(e.code, str(e)) from None
+                if duplicate is not None:
+                    return _answer_duplicate(duplicate, delta)
+                accepted.append(candidate)
+            delta += count
+        return None
 
     async def _run_flusher(self) -> None:
         interval = self.config.flush_interval_ms / 1000
@@ -572,6 +634,13 @@ class LogManager:
 
     async def _flush_locked(self, plog: PartitionLog) -> bool:
         entries, plog.pending = plog.pending, []
+        plog.flushing = entries
+        try:
+            return await self._flush_entries(plog, entries)
+        finally:
+            plog.flushing = []
+
+    async def _flush_entries(self, plog: PartitionLog, entries: list[_Pending]) -> bool:
         size = sum(len(e.data) for e in entries)
         plog.pending_bytes -= size
         self.pending_bytes -= size
@@ -616,7 +685,20 @@ class LogManager:
                 ),
             )
             failpoints.hit("after_object_put")
-            state = _state(plog.log_start, offset, plog.epoch, plog.epochs)
+            producers = plog.producers
+            written = [
+                (b, base + b.delta)
+                for e, base in zip(entries, bases, strict=True)
+                for b in e.producers
+            ]
+            if written or producers:
+                producers = commit_producers(
+                    plog.producers,
+                    written,
+                    int(time.time() * 1000),
+                    self.config.producer_id_expiration_ms,
+                )
+            state = _state(plog.log_start, offset, plog.epoch, plog.epochs, _json(producers))
             prefix = self.topics.segments_prefix(plog.topic, plog.partition)
             committing = True
             result = await self.meta.txn(
@@ -646,6 +728,7 @@ class LogManager:
         failpoints.hit("after_metadata_commit")
         plog.revision = result.revision
         plog.hw = offset
+        plog.producers = producers
         for meta, body, index in built:
             plog.segments.append(meta)
             self.cache.put(meta.key, body)
@@ -792,7 +875,7 @@ class LogManager:
         if new_start <= plog.log_start:
             return plog.log_start
         epochs = _truncate_epochs_from_start(plog.epochs, new_start)
-        state = _state(new_start, plog.hw, plog.epoch, epochs)
+        state = _state(new_start, plog.hw, plog.epoch, epochs, _json(plog.producers))
         result = await self.meta.txn(self._guard(plog), [Put(plog.state_key, state)])
         if not result.succeeded:
             error = FlushError(NOT_LEADER_OR_FOLLOWER, "partition state changed under us")
@@ -820,7 +903,10 @@ class LogManager:
             epoch = plog.epoch + 1
             epochs = _assign_epoch(plog.epochs, epoch, plog.hw)
             ops: list[Put | Delete] = [
-                Put(plog.state_key, _state(plog.log_start, plog.hw, epoch, epochs))
+                Put(
+                    plog.state_key,
+                    _state(plog.log_start, plog.hw, epoch, epochs, _json(plog.producers)),
+                )
             ]
             claim, cluster = plog.claim, self.cluster
             if claim is not None and cluster is not None:  # the owner key carries the epoch
@@ -857,9 +943,32 @@ class LogManager:
         return out
 
 
-def _state(log_start: int, hw: int, epoch: int, epochs: list[tuple[int, int]]) -> bytes:
-    """The committed partition state (the value of its ``state_key``)."""
-    return json.dumps({"log_start": log_start, "hw": hw, "epoch": epoch, "epochs": epochs}).encode()
+def _state(
+    log_start: int,
+    hw: int,
+    epoch: int,
+    epochs: list[tuple[int, int]],
+    producers: dict[str, Any],
+) -> bytes:
+    """The committed partition state (the value of its ``state_key``); ``producers`` is the
+    idempotent-producer state in its JSON form (see :func:`_json`)."""
+    state: dict[str, Any] = {"log_start": log_start, "hw": hw, "epoch": epoch, "epochs": epochs}
+    if producers:
+        state["producers"] = producers
+    return json.dumps(state).encode()
+
+
+def _json(producers: dict[int, ProducerEntry]) -> dict[str, Any]:
+    return {str(pid): entry.to_json() for pid, entry in producers.items()}
+
+
+async def _answer_duplicate(duplicate: Duplicate, delta: int) -> int:
+    """This request's base offset, given that its batch at ``delta`` repeats ``duplicate``."""
+    if duplicate.offset is not None:
+        return duplicate.offset - delta
+    original = duplicate.original
+    assert isinstance(original, _Pending)
+    return await asyncio.shield(original.future) + duplicate.delta - delta
 
 
 def _assign_epoch(epochs: list[tuple[int, int]], epoch: int, start: int) -> list[tuple[int, int]]:

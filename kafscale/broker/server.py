@@ -26,6 +26,7 @@ from kafscale.broker.group import GroupSettings
 from kafscale.broker.handlers import HANDLERS, RequestContext
 from kafscale.broker.log import LogManager
 from kafscale.broker.offsets import Offsets
+from kafscale.broker.producer_ids import ProducerIds
 from kafscale.broker.topics import Topics
 from kafscale.metadata import MetadataStore
 from kafscale.protocol import ProtocolError
@@ -74,6 +75,7 @@ class Broker:
         self.cluster = Cluster(config, meta)
         self.logs = LogManager(config, objects, meta, self.topics)
         self.offsets = Offsets(meta, config.namespace)
+        self.producer_ids = ProducerIds(meta, config.namespace)
         self.groups = GroupCoordinator(
             self.offsets,
             GroupSettings(config.group_initial_rebalance_delay_ms, config.group_max_size),

@@ -2,8 +2,9 @@
 # - Group keys (KeyType 0): the group's one coordinator — the live broker holding its
 #   coordinator key, else the broker that will take it on the group's first request
 #   (kafscale/broker/cluster.py); no live broker: COORDINATOR_NOT_AVAILABLE (15).
-# - Transaction keys (KeyType 1): transactions are not supported yet: COORDINATOR_NOT_AVAILABLE
-#   (15), as a cluster without a transaction coordinator answers.
+# - Transaction keys (KeyType 1): transactions are not supported:
+#   TRANSACTIONAL_ID_AUTHORIZATION_FAILED (53), which clients treat as fatal (a clear error at
+#   initTransactions rather than retrying until a timeout).
 # - v0-3 carry one key in the top-level fields; v4+ (KIP-699) a list of coordinators.
 # - Listed from v0 because librdkafka only enables LZ4 once FindCoordinator v0 is advertised.
 from __future__ import annotations
@@ -14,6 +15,7 @@ from kafscale.broker.handlers import RequestContext
 
 GROUP, TRANSACTION = 0, 1
 COORDINATOR_NOT_AVAILABLE = 15
+TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 INVALID_REQUEST = 42
 
 
@@ -43,7 +45,7 @@ def _find(ctx: RequestContext, key_type: int, key: str) -> tuple[int, str | None
             return 0, None, coordinator.id, coordinator.host, coordinator.port
         error, message = COORDINATOR_NOT_AVAILABLE, "no live broker"
     elif key_type == TRANSACTION:
-        error, message = COORDINATOR_NOT_AVAILABLE, "transactions are not supported"
+        error, message = TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "transactions are not supported"
     else:
         error, message = INVALID_REQUEST, f"unknown key type {key_type}"
     return error, message, -1, "", -1

@@ -1,0 +1,52 @@
+# DescribeProducers (key 61), version 0 (Kafka 3.9's only).
+# - For each partition this broker owns: the idempotent producers it remembers (committed
+#   state: producer id, epoch, last sequence, last write time); CoordinatorEpoch and
+#   CurrentTxnStartOffset are -1 (no transactions). Owned elsewhere: NOT_LEADER_OR_FOLLOWER
+#   (6); unknown topic or partition: UNKNOWN_TOPIC_OR_PARTITION (3).
+from __future__ import annotations
+
+from generated.describe_producers_request import DescribeProducersRequest
+from generated.describe_producers_response import (
+    DescribeProducersResponse,
+    PartitionResponse,
+    ProducerState,
+    TopicResponse,
+)
+from kafscale.broker.handlers import RequestContext
+from kafscale.broker.log import FlushError
+
+UNKNOWN_TOPIC_OR_PARTITION = 3
+
+
+async def handle(
+    ctx: RequestContext, request: DescribeProducersRequest
+) -> DescribeProducersResponse:
+    broker = ctx.broker
+    out: list[TopicResponse] = []
+    for wanted in request.topics:
+        topic = broker.topics.get(wanted.name)
+        result = TopicResponse(name=wanted.name)
+        out.append(result)
+        for index in wanted.partition_indexes:
+            part = PartitionResponse(partition_index=index)
+            result.partitions.append(part)
+            if topic is None or not 0 <= index < topic.partitions:
+                part.error_code = UNKNOWN_TOPIC_OR_PARTITION
+                continue
+            try:
+                plog = await broker.logs.get(topic.name, index)
+            except FlushError as e:
+                part.error_code, part.error_message = e.code, str(e)
+                continue
+            part.active_producers = [
+                ProducerState(
+                    producer_id=pid,
+                    producer_epoch=entry.epoch,
+                    last_sequence=entry.batches[-1].last_seq if entry.batches else -1,
+                    last_timestamp=entry.last_ms,
+                    coordinator_epoch=-1,
+                    current_txn_start_offset=-1,
+                )
+                for pid, entry in sorted(plog.producers.items())
+            ]
+    return DescribeProducersResponse(throttle_time_ms=0, topics=out)
