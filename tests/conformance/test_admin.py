@@ -905,7 +905,9 @@ def test_offsets_for_times(admin: Admin) -> None:
     recs = [(0, v, t) for v, t in zip(values, ts, strict=True)]
     acked = admin.produce(topic, [recs[:3], recs[3:4], recs[4:]])
     assert acked == [(0, i) for i in range(5)]
-    assert len(batch_codecs(admin.broker, topic, 0)) == 3, "record batches stored"
+    # Three batches as sent; librdkafka now and then splits the first (a send already under
+    # way when the others are queued): the answers below hold either way.
+    assert 3 <= len(batch_codecs(admin.broker, topic, 0)) <= 4, "record batches stored"
     assert admin.consume_from_beginning(topic, 0, 5) == [
         (i, v, t) for i, (v, t) in enumerate(zip(values, ts, strict=True))
     ]
