@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -109,10 +110,8 @@ class GroupCoordinator:
             if member_id and not await self.offsets.exists(group_id):
                 return JoinResult(UNKNOWN_MEMBER_ID, member_id)
             group = self.groups.setdefault(group_id, Group(group_id, self.settings, self.now()))
-        waiter: asyncio.Future[JoinResult] = asyncio.get_running_loop().create_future()
-        group.join(
-            self.now(),
-            waiter,
+        join = functools.partial(
+            group.join,
             member_id=member_id,
             instance_id=instance_id,
             protocol_type=protocol_type,
@@ -123,8 +122,9 @@ class GroupCoordinator:
             client_host=client_host,
             version=version,
         )
-        self._settle(group)
-        return await waiter
+        result = await self._parked(group, join)
+        assert isinstance(result, JoinResult)
+        return result
 
     async def sync(
         self,
@@ -142,10 +142,8 @@ class GroupCoordinator:
         group = self.groups.get(group_id)
         if group is None:
             return SyncResult(UNKNOWN_MEMBER_ID)
-        waiter: asyncio.Future[SyncResult] = asyncio.get_running_loop().create_future()
-        group.sync(
-            self.now(),
-            waiter,
+        sync = functools.partial(
+            group.sync,
             member_id=member_id,
             instance_id=instance_id,
             generation=generation,
@@ -153,8 +151,9 @@ class GroupCoordinator:
             protocol_name=protocol_name,
             assignments=assignments,
         )
-        self._settle(group)
-        return await waiter
+        result = await self._parked(group, sync)
+        assert isinstance(result, SyncResult)
+        return result
 
     def heartbeat(
         self, group_id: str, *, member_id: str, instance_id: str | None, generation: int
@@ -218,6 +217,16 @@ class GroupCoordinator:
             self._deliver(group)
 
     # --- completions and time --------------------------------------------------------------
+
+    async def _parked(
+        self, group: Group, call: Callable[[float, object], None]
+    ) -> JoinResult | SyncResult:
+        """Make a call that may park its request (JoinGroup, SyncGroup) with a future as its
+        waiter token, and wait for whatever completes it."""
+        waiter: asyncio.Future[JoinResult | SyncResult] = asyncio.get_running_loop().create_future()
+        call(self.now(), waiter)
+        self._settle(group)
+        return await waiter
 
     def _settle(self, group: Group) -> None:
         """Fire the deadlines a call made due at once (e.g. a zero initial rebalance delay),

@@ -238,35 +238,22 @@ class Group:
             fail(error)
         else:
             member = self.members[member_id]
-            if self.state == PREPARING_REBALANCE:
-                self._update_and_rebalance(
-                    now,
-                    member,
-                    waiter,
-                    version,
-                    protocols,
-                    session_timeout_ms,
-                    rebalance_timeout_ms,
-                )
-            elif self.state == COMPLETING_REBALANCE and member.matches(protocols):
+            unchanged = member.matches(protocols)
+            if self.state == COMPLETING_REBALANCE and unchanged:
                 # A rejoin with unchanged metadata (a lost JoinGroup response): this generation;
                 # the members again for the leader only.
                 is_leader = member_id == self.leader
                 self.completed.append((waiter, self._join_result(member, with_members=is_leader)))
-            elif self.state == STABLE and member_id != self.leader and member.matches(protocols):
+            elif self.state == STABLE and member_id != self.leader and unchanged:
                 # A follower with nothing new: this generation, so it can SyncGroup again.
                 self.completed.append((waiter, self._join_result(member, with_members=False)))
-            elif self.state in (COMPLETING_REBALANCE, STABLE):
-                # Changed metadata, or the leader asking for a rebalance (e.g. topics changed).
-                self._update_and_rebalance(
-                    now,
-                    member,
-                    waiter,
-                    version,
-                    protocols,
-                    session_timeout_ms,
-                    rebalance_timeout_ms,
+            elif self.state in (PREPARING_REBALANCE, COMPLETING_REBALANCE, STABLE):
+                # Joining a rebalance; or changed metadata, or the leader asking for one (e.g.
+                # the topics changed).
+                self._update_member(
+                    member, waiter, version, protocols, session_timeout_ms, rebalance_timeout_ms
                 )
+                self._maybe_prepare_rebalance(now)
             else:
                 fail(UNKNOWN_MEMBER_ID)
         if self.state == PREPARING_REBALANCE:
@@ -350,21 +337,6 @@ class Group:
             self.leader = member_id
         self.members[member_id] = member
         self.pending_members.pop(member_id, None)
-        self._maybe_prepare_rebalance(now)
-
-    def _update_and_rebalance(
-        self,
-        now: float,
-        member: Member,
-        waiter: object,
-        version: int,
-        protocols: list[tuple[str, bytes]],
-        session_timeout_ms: int,
-        rebalance_timeout_ms: int,
-    ) -> None:
-        self._update_member(
-            member, waiter, version, protocols, session_timeout_ms, rebalance_timeout_ms
-        )
         self._maybe_prepare_rebalance(now)
 
     def _update_member(

@@ -15,6 +15,7 @@ from generated.request_header import RequestHeader
 from kafscale.protocol.message import Message
 
 if TYPE_CHECKING:
+    from kafscale.broker.log import PartitionLog
     from kafscale.broker.server import Broker
 
 
@@ -30,6 +31,28 @@ class RequestContext:
 Handler = Callable[[RequestContext, Any], Awaitable[Message | None]]
 
 NOT_COORDINATOR = 16
+UNKNOWN_TOPIC_OR_PARTITION = 3
+
+
+async def owned_log(
+    ctx: RequestContext, topic: str, partition: int, current_leader_epoch: int | None = None
+) -> PartitionLog | int:
+    """The partition's log, or the error code to answer for it: UNKNOWN_TOPIC_OR_PARTITION
+    (3); NOT_LEADER_OR_FOLLOWER (6) when another broker owns it; with ``current_leader_epoch``
+    (the request's CurrentLeaderEpoch, when it sent one) FENCED_LEADER_EPOCH (74) or
+    UNKNOWN_LEADER_EPOCH (76) when it is not the partition's."""
+    from kafscale.broker.log import FlushError
+
+    known = ctx.broker.topics.get(topic)
+    if known is None or not 0 <= partition < known.partitions:
+        return UNKNOWN_TOPIC_OR_PARTITION
+    try:
+        plog = await ctx.broker.logs.get(topic, partition)
+    except FlushError as e:
+        return e.code
+    if current_leader_epoch is not None and (error := plog.epoch_error(current_leader_epoch)):
+        return error
+    return plog
 
 
 async def coordinator_error(ctx: RequestContext, group_id: str, *, claim: bool = False) -> int:

@@ -15,18 +15,16 @@ from generated.delete_records_response import (
     DeleteRecordsResponse,
     DeleteRecordsTopicResult,
 )
-from kafscale.broker.handlers import RequestContext
+from kafscale.broker.handlers import RequestContext, owned_log
 from kafscale.broker.log import FlushError
 
 OFFSET_OUT_OF_RANGE = 1
-UNKNOWN_TOPIC_OR_PARTITION = 3
 
 
 async def handle(ctx: RequestContext, request: DeleteRecordsRequest) -> DeleteRecordsResponse:
     broker = ctx.broker
     out: list[DeleteRecordsTopicResult] = []
     for wanted in request.topics:
-        topic = broker.topics.get(wanted.name)
         result = DeleteRecordsTopicResult(name=wanted.name)
         out.append(result)
         for part in wanted.partitions:
@@ -34,14 +32,14 @@ async def handle(ctx: RequestContext, request: DeleteRecordsRequest) -> DeleteRe
                 partition_index=part.partition_index, low_watermark=-1, error_code=0
             )
             result.partitions.append(resp)
-            if topic is None or not 0 <= part.partition_index < topic.partitions:
-                resp.error_code = UNKNOWN_TOPIC_OR_PARTITION
+            plog = await owned_log(ctx, wanted.name, part.partition_index)
+            if isinstance(plog, int):
+                resp.error_code = plog
                 continue
             if part.offset < -1:
                 resp.error_code = OFFSET_OUT_OF_RANGE
                 continue
             try:
-                plog = await broker.logs.get(topic.name, part.partition_index)
                 resp.low_watermark = await broker.logs.delete_records(plog, part.offset)
             except FlushError as e:
                 resp.error_code = e.code

@@ -12,31 +12,22 @@ from generated.describe_producers_response import (
     ProducerState,
     TopicResponse,
 )
-from kafscale.broker.handlers import RequestContext
-from kafscale.broker.log import FlushError
-
-UNKNOWN_TOPIC_OR_PARTITION = 3
+from kafscale.broker.handlers import RequestContext, owned_log
 
 
 async def handle(
     ctx: RequestContext, request: DescribeProducersRequest
 ) -> DescribeProducersResponse:
-    broker = ctx.broker
     out: list[TopicResponse] = []
     for wanted in request.topics:
-        topic = broker.topics.get(wanted.name)
         result = TopicResponse(name=wanted.name)
         out.append(result)
         for index in wanted.partition_indexes:
             part = PartitionResponse(partition_index=index)
             result.partitions.append(part)
-            if topic is None or not 0 <= index < topic.partitions:
-                part.error_code = UNKNOWN_TOPIC_OR_PARTITION
-                continue
-            try:
-                plog = await broker.logs.get(topic.name, index)
-            except FlushError as e:
-                part.error_code, part.error_message = e.code, str(e)
+            plog = await owned_log(ctx, wanted.name, index)
+            if isinstance(plog, int):
+                part.error_code = plog
                 continue
             part.active_producers = [
                 ProducerState(

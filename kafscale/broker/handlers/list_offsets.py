@@ -17,8 +17,8 @@ from generated.list_offsets_response import (
     ListOffsetsResponse,
     ListOffsetsTopicResponse,
 )
-from kafscale.broker.handlers import RequestContext
-from kafscale.broker.log import KAFKA_STORAGE_ERROR, UNDEFINED_EPOCH, FlushError
+from kafscale.broker.handlers import RequestContext, owned_log
+from kafscale.broker.log import KAFKA_STORAGE_ERROR, UNDEFINED_EPOCH
 
 EARLIEST, LATEST, MAX_TIMESTAMP = -2, -1, -3
 
@@ -27,24 +27,18 @@ async def handle(ctx: RequestContext, request: ListOffsetsRequest) -> ListOffset
     broker = ctx.broker
     topics: list[ListOffsetsTopicResponse] = []
     for wanted in request.topics:
-        topic = broker.topics.get(wanted.name)
         out = ListOffsetsTopicResponse(name=wanted.name)
         topics.append(out)
         for part in wanted.partitions:
             resp = ListOffsetsPartitionResponse(partition_index=part.partition_index)
             out.partitions.append(resp)
-            if topic is None or not 0 <= part.partition_index < topic.partitions:
-                resp.error_code = 3
+            sent = ctx.version >= 4 and part.current_leader_epoch != UNDEFINED_EPOCH
+            plog = await owned_log(
+                ctx, wanted.name, part.partition_index, part.current_leader_epoch if sent else None
+            )
+            if isinstance(plog, int):
+                resp.error_code = plog
                 continue
-            try:
-                plog = await broker.logs.get(topic.name, part.partition_index)
-            except FlushError as e:  # not the owner: NOT_LEADER_OR_FOLLOWER
-                resp.error_code = e.code
-                continue
-            if ctx.version >= 4 and part.current_leader_epoch != UNDEFINED_EPOCH:
-                resp.error_code = plog.epoch_error(part.current_leader_epoch)
-                if resp.error_code:
-                    continue
             epoch = UNDEFINED_EPOCH
             if part.timestamp == EARLIEST:
                 resp.offset = plog.log_start

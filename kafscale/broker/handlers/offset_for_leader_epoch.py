@@ -21,41 +21,32 @@ from generated.offset_for_leader_epoch_response import (
     OffsetForLeaderEpochResponse,
     OffsetForLeaderTopicResult,
 )
-from kafscale.broker.handlers import RequestContext
-from kafscale.broker.log import UNDEFINED_EPOCH, FlushError
+from kafscale.broker.handlers import RequestContext, owned_log
+from kafscale.broker.log import UNDEFINED_EPOCH
 from kafscale.protocol.message import in_range
-
-UNKNOWN_TOPIC_OR_PARTITION = 3
 
 
 async def handle(
     ctx: RequestContext, request: OffsetForLeaderEpochRequest
 ) -> OffsetForLeaderEpochResponse:
-    broker = ctx.broker
     with_epoch = any(
         f.name == "leader_epoch" and in_range(ctx.version, f.versions)
         for f in EpochEndOffset._fields
     )
     out: list[OffsetForLeaderTopicResult] = []
     for wanted in request.topics:
-        topic = broker.topics.get(wanted.topic)
         result = OffsetForLeaderTopicResult(topic=wanted.topic)
         out.append(result)
         for part in wanted.partitions:
             resp = EpochEndOffset(partition=part.partition)  # epoch -1, end offset -1
             result.partitions.append(resp)
-            if topic is None or not 0 <= part.partition < topic.partitions:
-                resp.error_code = UNKNOWN_TOPIC_OR_PARTITION
+            sent = ctx.version >= 2 and part.current_leader_epoch != UNDEFINED_EPOCH
+            plog = await owned_log(
+                ctx, wanted.topic, part.partition, part.current_leader_epoch if sent else None
+            )
+            if isinstance(plog, int):
+                resp.error_code = plog
                 continue
-            try:
-                plog = await broker.logs.get(topic.name, part.partition)
-            except FlushError as e:  # not the owner: NOT_LEADER_OR_FOLLOWER
-                resp.error_code = e.code
-                continue
-            if ctx.version >= 2 and part.current_leader_epoch != UNDEFINED_EPOCH:
-                resp.error_code = plog.epoch_error(part.current_leader_epoch)
-                if resp.error_code:
-                    continue
             epoch, resp.end_offset = plog.end_offset_for_epoch(part.leader_epoch)
             if with_epoch:
                 resp.leader_epoch = epoch
