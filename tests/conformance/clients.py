@@ -2,8 +2,8 @@
 
 Each adapter creates topics with the client's own admin API (kcat has none: it borrows
 confluent-kafka's), produces with acks=all and reports the (partition, offset) each record was
-acked at where the client tells it, consumes one partition with assign() (no consumer group:
-groups are not served yet) and asks ListOffsets for a partition's end offset.
+acked at where the client tells it, consumes one partition with assign() (groups have their
+own tests: test_groups.py) and asks ListOffsets for a partition's end offset.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ class KafkaPython(Client):
         producer = kafka.KafkaProducer(
             bootstrap_servers=self.bootstrap,
             acks="all",
-            # InitProducerId is not served yet (kafka-python defaults to idempotence).
+            # The plain produce path (kafka-python defaults to idempotence: test_idempotence.py).
             enable_idempotence=False,
             compression_type=self.codec_names[codec],
             max_request_size=MAX_REQUEST,

@@ -261,7 +261,7 @@ class KafkaPythonAdmin(Admin):
         producer = kafka.KafkaProducer(
             bootstrap_servers=self.bootstrap,
             acks="all",
-            enable_idempotence=False,  # InitProducerId is not served yet
+            enable_idempotence=False,  # the plain path; idempotence: test_idempotence.py
             compression_type=codec,
             linger_ms=1000,  # a batch goes when flushed
             request_timeout_ms=int(TIMEOUT * 1000),

@@ -6,7 +6,7 @@ every compression codec, headers, null keys and values, a 1 MiB record, keyed me
 headers), offsets consecutive from 0 in every partition, the offsets the producer was told,
 and the partition's end offset (ListOffsets), so nothing extra can hide.
 
-Consumer groups are not served yet: consumers use assign() with no committed offsets.
+Consumers use assign() with no committed offsets here (groups: test_groups.py).
 """
 
 from __future__ import annotations

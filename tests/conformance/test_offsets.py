@@ -1,6 +1,6 @@
 """Committed offsets through the clients' consumers, against a real broker process.
 
-Consumers with a group.id that use assign() (no group membership: JoinGroup is not served yet)
+Consumers with a group.id that use assign() (no group membership: test_groups.py has that)
 commit offsets and read them back with committed(); the commits survive a broker restart.
 Only FindCoordinator, OffsetCommit and OffsetFetch are needed for that.
 """
