@@ -265,6 +265,11 @@ class Broker:
         writer: asyncio.StreamWriter,
         responses: asyncio.Queue[asyncio.Task[list[Buffer] | None] | None],
     ) -> None:
+        """Write the answers in request order until the None that ends the connection. Once
+        the connection is broken (a handler failed, or a write did: the client went away)
+        the rest of the queue is still taken, unanswered: the connection's final put(None)
+        must find room, or it would wait forever on a full queue."""
+        broken = False
         while True:
             task = await responses.get()
             if task is None:
@@ -272,19 +277,26 @@ class Broker:
             try:
                 chunks = await task
             except Exception:
-                log.exception("request failed")
-                writer.close()
-                return
-            if chunks is None:
+                if not broken:
+                    log.exception("request failed")
+                    broken = True
+                    writer.close()
                 continue
-            if failpoints.armed("mid_response"):
-                data = b"".join(chunks)
-                writer.write(data[: len(data) // 2])
+            if chunks is None or broken:
+                continue
+            try:
+                if failpoints.armed("mid_response"):
+                    data = b"".join(chunks)
+                    writer.write(data[: len(data) // 2])
+                    await writer.drain()
+                    failpoints.hit("mid_response")
+                    chunks = [data[len(data) // 2 :]]
+                writer.writelines(chunks)
                 await writer.drain()
-                failpoints.hit("mid_response")
-                chunks = [data[len(data) // 2 :]]
-            writer.writelines(chunks)
-            await writer.drain()
+            except Exception as e:  # the connection is gone (reset, aborted by stop())
+                log.info("closing connection: writing an answer failed: %r", e)
+                broken = True
+                writer.close()
 
 
 API_VERSIONS = 18
