@@ -301,7 +301,9 @@ class LogManager:
         (claiming the partition first when it should be ours and nobody holds it)."""
         key = (topic, partition)
         plog = self.logs.get(key)
-        if plog is not None and (plog.claim is None or not plog.claim.releasing):
+        if plog is not None and (
+            plog.claim is None or (not plog.claim.releasing and self.claims.get(key) is plog.claim)
+        ):
             return plog
         lock = self._load_locks.setdefault(key, asyncio.Lock())
         async with lock:
@@ -311,6 +313,11 @@ class LogManager:
                 if claim.releasing:
                     raise not_owner(topic, partition, " (handing it over)")
             plog = self.logs.get(key)
+            if plog is not None and plog.claim is not claim:
+                # Loaded under an earlier claim of ours (a hand-over ended while it loaded):
+                # its state (high watermark, epochs) is stale. Load it again under this one.
+                self._drop(plog, not_owner(topic, partition, " (owned again)"))
+                plog = None
             if plog is None:
                 plog = await self._load(topic, partition)
                 if claim is not None and (
@@ -436,6 +443,9 @@ class LogManager:
         finally:
             if self.claims.get(key) is claim:
                 del self.claims[key]
+            current = self.logs.get(key)
+            if current is not None and current.claim is claim:
+                plog = current  # also a log a request loaded while we were handing over
             if plog is not None:
                 self._drop(plog, not_owner(topic, partition, " (handed over)"))
         log.info("%s-%d: handed over", topic, partition)
