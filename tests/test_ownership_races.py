@@ -7,17 +7,41 @@ log left over from an earlier ownership)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from kafscale.broker.config import BrokerConfig
 from kafscale.broker.log import FlushError, PartitionLog
 from kafscale.broker.server import Broker
-from kafscale.metadata import Delete
+from kafscale.metadata import Delete, TxnOutcomeUnknown
 from kafscale.metadata.sqlite import SqliteMetadataStore
 from kafscale.protocol.records import build_batch
 from kafscale.storage.local import LocalObjectStore
 from tests.broker_harness import Client
+
+
+@contextlib.contextmanager
+def caplog_errors() -> Iterator[list[str]]:
+    """Warnings and errors logged with a traceback while the block runs."""
+    logged: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.exc_info and record.levelno >= logging.WARNING:
+                logged.append(record.getMessage())
+
+    handler = Collect()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield logged
+    finally:
+        root.removeHandler(handler)
 
 
 def test_a_log_loaded_during_a_hand_over_is_not_reused_by_the_next_claim(tmp_path: Path) -> None:
@@ -79,3 +103,86 @@ def test_a_log_loaded_during_a_hand_over_is_not_reused_by_the_next_claim(tmp_pat
             await asyncio.wait_for(broker.stop(), 15)
 
     asyncio.run(main())
+
+
+def test_a_hand_over_whose_delete_failed_is_tried_again(tmp_path: Path) -> None:
+    """The owner key's delete fails (the metadata store unreachable, or the outcome unknown,
+    as when the etcd leader is killed): the key is still ours, on our live lease, and nobody
+    else can claim the partition while it is. The broker must stay the owner and hand the
+    partition over again, not forget it (which left the partition without a usable owner for
+    as long as this broker lived)."""
+
+    async def main() -> None:
+        config = BrokerConfig(data_dir=tmp_path, listen_port=0, flush_interval_ms=5)
+        meta = SqliteMetadataStore(tmp_path / "metadata.sqlite3")
+        broker = Broker(config, LocalObjectStore(tmp_path / "objects"), meta)
+        await broker.start()
+        logs = broker.logs
+        assert logs._ownership is not None
+        logs._ownership.cancel()
+        logs._ownership = None
+        try:
+            client = Client(broker)
+            await client.create("t")
+            assert (await client.produce("t", build_batch([b"a"]))).error_code == 0
+            real_txn = meta.txn
+
+            async def failing_txn(compares: Any, ops: Any) -> Any:
+                if any(isinstance(op, Delete) for op in ops):
+                    raise TxnOutcomeUnknown("test: no answer; it may or may not have applied")
+                return await real_txn(compares, ops)
+
+            meta.txn = failing_txn  # type: ignore[method-assign]
+            with pytest.raises(TxnOutcomeUnknown):
+                await logs.release("t", 0)
+            meta.txn = real_txn  # type: ignore[method-assign]
+            # Still the owner, and serving.
+            claim = logs.claims.get(("t", 0))
+            assert claim is not None and not claim.releasing
+            assert broker.cluster.owner("t", 0) == (broker.cluster.me, claim.epoch)
+            assert (await client.produce("t", build_batch([b"b"]))).base_offset == 1
+            # The next attempt hands it over.
+            await logs.release("t", 0)
+            assert ("t", 0) not in logs.claims
+            assert await meta.get(claim.owner_key) is None
+        finally:
+            await asyncio.wait_for(broker.stop(), 15)
+
+    asyncio.run(main())
+
+
+def test_stopping_cancels_the_takeover_garbage_collection(tmp_path: Path) -> None:
+    """A takeover's collection of orphaned objects still running when the broker stops must
+    not run on into the closed stores (it logged a StoreClosed traceback at every such stop;
+    the next takeover collects again)."""
+    problems: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: problems.append(str(context)))
+        config = BrokerConfig(data_dir=tmp_path, listen_port=0, flush_interval_ms=5)
+        meta = SqliteMetadataStore(tmp_path / "metadata.sqlite3")
+        broker = Broker(config, LocalObjectStore(tmp_path / "objects"), meta)
+        await broker.start()
+        logs = broker.logs
+        listing = asyncio.Event()
+        real_list = broker.objects.list
+
+        async def slow_list(prefix: str) -> Any:
+            listing.set()
+            await asyncio.sleep(1)
+            return await real_list(prefix)
+
+        broker.objects.list = slow_list  # type: ignore[method-assign]
+        try:
+            await Client(broker).create("t")
+            await logs.get("t", 0)  # claimed: its garbage collection starts
+            await asyncio.wait_for(listing.wait(), 5)
+        finally:
+            await asyncio.wait_for(broker.stop(), 15)
+        assert not logs._background
+
+    with caplog_errors() as logged:
+        asyncio.run(main())
+    assert not problems, problems
+    assert not logged, logged

@@ -292,6 +292,11 @@ class LogManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ownership
             self._ownership = None
+        # Garbage collections still running would go on into the closed stores; the next
+        # takeover of their partitions collects again.
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     # --- partition state -------------------------------------------------------------------
 
@@ -373,9 +378,10 @@ class LogManager:
         claim = Claim(epoch, owner_key, result.revision)
         self.claims[(topic, partition)] = claim
         log.info("%s-%d: owned from offset %d at leader epoch %d", topic, partition, hw, epoch)
-        task = asyncio.create_task(self.collect_garbage(topic, partition, epoch))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        if not self._closing:
+            task = asyncio.create_task(self.collect_garbage(topic, partition, epoch))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         return claim
 
     async def collect_garbage(self, topic: str, partition: int, epoch: int) -> int:
@@ -438,16 +444,23 @@ class LogManager:
                 [Compare(claim.owner_key, "mod_revision", "==", claim.owner_revision)],
                 [Delete(claim.owner_key)],
             )
-            if result.succeeded and self.cluster is not None:
-                self.cluster.owners.note(claim.owner_key[len(self.cluster.owners.prefix) :], None)
-        finally:
-            if self.claims.get(key) is claim:
-                del self.claims[key]
-            current = self.logs.get(key)
-            if current is not None and current.claim is claim:
-                plog = current  # also a log a request loaded while we were handing over
-            if plog is not None:
-                self._drop(plog, not_owner(topic, partition, " (handed over)"))
+        except Exception:
+            # The delete may not have happened (the store unreachable, or the outcome
+            # unknown): the owner key may still be ours, on our live lease, and then nobody
+            # else can claim the partition. Stay its owner; the next ownership round hands it
+            # over again (if this delete did apply, that one's compare fails and the key's
+            # absence ends the claim).
+            claim.releasing = False
+            raise
+        if result.succeeded and self.cluster is not None:
+            self.cluster.owners.note(claim.owner_key[len(self.cluster.owners.prefix) :], None)
+        if self.claims.get(key) is claim:
+            del self.claims[key]
+        current = self.logs.get(key)
+        if current is not None and current.claim is claim:
+            plog = current  # also a log a request loaded while we were handing over
+        if plog is not None:
+            self._drop(plog, not_owner(topic, partition, " (handed over)"))
         log.info("%s-%d: handed over", topic, partition)
 
     def lose_all(self) -> None:
