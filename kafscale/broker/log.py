@@ -78,6 +78,11 @@ UNDEFINED_EPOCH = -1
 """Kafka's UNDEFINED_EPOCH and UNDEFINED_EPOCH_OFFSET: OffsetForLeaderEpoch's "not known"."""
 
 _BATCH_PREFIX = 12  # base offset int64 + batch length int32
+READ_BUDGET_S = 0.5
+"""A read stops taking further segments after this long (having taken at least one batch):
+many small segments that are not cached cost an object-store read or two each, and one Fetch
+reading them all up to its byte limit could outlast the client's request timeout and never
+be answered in time. Fewer bytes than asked for is a normal Fetch answer."""
 
 
 class FlushError(Exception):
@@ -783,7 +788,9 @@ class LogManager:
         always progresses. The caller has checked ``log_start <= offset <= hw``."""
         parts: list[bytes] = []
         total = 0
-        while offset < plog.hw and (not parts or total < max_bytes):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READ_BUDGET_S
+        while offset < plog.hw and (not parts or (total < max_bytes and loop.time() < deadline)):
             seg = plog.segment_for(offset)
             if seg is None:
                 break
