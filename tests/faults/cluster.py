@@ -195,6 +195,12 @@ class Traceback:
     """The log line the traceback belongs to (the one before it)."""
     text: str
 
+    @property
+    def last(self) -> str:
+        """The traceback's last line: the exception."""
+        lines = self.text.rstrip().splitlines()
+        return lines[-1] if lines else ""
+
 
 @dataclass
 class Audit:
@@ -311,8 +317,13 @@ class Cluster:
         return found
 
     def unexpected_tracebacks(self, expected: Sequence[str] = ()) -> list[Traceback]:
-        """Tracebacks whose log line matches none of the ``expected`` regexes."""
-        return [t for t in self.tracebacks() if not any(re.search(p, t.header) for p in expected)]
+        """Tracebacks matching none of the ``expected`` regexes, each searched in the log line
+        the traceback belongs to, a newline, and the traceback's last line (the exception)."""
+        return [
+            t
+            for t in self.tracebacks()
+            if not any(re.search(p, f"{t.header}\n{t.last}") for p in expected)
+        ]
 
     def logs_text(self) -> str:
         return "\n".join(b.tail() for b in self.brokers)
