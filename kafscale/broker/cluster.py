@@ -34,6 +34,7 @@ from kafscale.metadata import (
     Compare,
     HeldLease,
     KeyValue,
+    LeaseNotFound,
     MetadataStore,
     Put,
     StoreClosed,
@@ -201,7 +202,10 @@ class Cluster:
                 with contextlib.suppress(Exception):
                     await self.held.revoke()
             self.held = None
-            self.lease = 0
+            # ``lease`` keeps the ended lease's id: a claim still in flight (a request read
+            # before the drain) then fails with LeaseNotFound. Lease 0 would mean no lease:
+            # its owner key would outlive this broker and keep the partition or group from
+            # everyone, this broker included once restarted.
         for mirror in (self.brokers, self.owners, self.group_owners):
             await mirror.close()
 
@@ -368,9 +372,12 @@ class Cluster:
         if not claim:
             return 0
         value = json.dumps({"broker": self.me}).encode()
-        result = await self.meta.txn(
-            [Compare(key, "version", "==", 0)], [Put(key, value, self.lease)]
-        )
+        try:
+            result = await self.meta.txn(
+                [Compare(key, "version", "==", 0)], [Put(key, value, self.lease)]
+            )
+        except LeaseNotFound:  # our lease ended (a drain, or lost): nothing is ours
+            raise NotCoordinator(f"group {group!r}: this broker's lease has ended") from None
         if not result.succeeded:
             raise NotCoordinator(f"group {group!r} was just claimed by another broker")
         self.group_owners.note(relative, KeyValue(key, value, result.revision, 1, self.lease))

@@ -43,7 +43,7 @@ from kafscale.broker.producers import (
 from kafscale.broker.producers import check as check_producer
 from kafscale.broker.producers import commit as commit_producers
 from kafscale.broker.topics import Topics
-from kafscale.metadata import Compare, Delete, KeyValue, MetadataStore, Put
+from kafscale.metadata import Compare, Delete, KeyValue, LeaseNotFound, MetadataStore, Put
 from kafscale.protocol.records import (
     BatchInfo,
     CompressedBatchError,
@@ -364,16 +364,21 @@ class LogManager:
         epochs = _assign_epoch(history, epoch, hw)
         owner_key = cluster.owner_key(topic, partition)
         value = json.dumps({"broker": cluster.me, "epoch": epoch}).encode()
-        result = await self.meta.txn(
-            [
-                Compare(owner_key, "version", "==", 0),
-                Compare(state_key, "mod_revision", "==", kv.mod_revision),
-            ],
-            [
-                Put(owner_key, value, cluster.lease),
-                Put(state_key, _state(log_start, hw, epoch, epochs, state.get("producers", {}))),
-            ],
-        )
+        try:
+            result = await self.meta.txn(
+                [
+                    Compare(owner_key, "version", "==", 0),
+                    Compare(state_key, "mod_revision", "==", kv.mod_revision),
+                ],
+                [
+                    Put(owner_key, value, cluster.lease),
+                    Put(
+                        state_key, _state(log_start, hw, epoch, epochs, state.get("producers", {}))
+                    ),
+                ],
+            )
+        except LeaseNotFound:  # our lease ended while we claimed (a drain, or lost)
+            raise not_owner(topic, partition, " (this broker's lease has ended)") from None
         if not result.succeeded:
             raise not_owner(topic, partition, " (claimed by another broker)")
         cluster.owners.note(
