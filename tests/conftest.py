@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,26 @@ def shared_path(*parts: str) -> Path:
             pytest.fail(f"CI: {reason}")
         pytest.skip(reason)
     return path
+
+
+# --- a summary section of numbers the tests want seen (acked vs read, checker counts) --------
+
+_REPORT_LINES: list[str] = []
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """``report("...")`` prints a line under "kafscale report" at the end of the run."""
+
+    def add(line: str) -> None:
+        _REPORT_LINES.append(f"{request.node.name}: {line}")
+        print(line)
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _REPORT_LINES:
+        terminalreporter.section("kafscale report")
+        for line in _REPORT_LINES:
+            terminalreporter.write_line(line)

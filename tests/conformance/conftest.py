@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,26 +237,3 @@ def require_kcat() -> str:
             pytest.fail(f"CI: {reason}")
         pytest.skip(reason)
     return path
-
-
-# --- a summary section of numbers the tests want seen (e.g. records acked vs read) ---------
-
-_REPORT_LINES: list[str] = []
-
-
-@pytest.fixture
-def report(request: pytest.FixtureRequest) -> Callable[[str], None]:
-    """``report("...")`` prints a line under "kafscale conformance" at the end of the run."""
-
-    def add(line: str) -> None:
-        _REPORT_LINES.append(f"{request.node.name}: {line}")
-        print(line)
-
-    return add
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _REPORT_LINES:
-        terminalreporter.section("kafscale conformance")
-        for line in _REPORT_LINES:
-            terminalreporter.write_line(line)
