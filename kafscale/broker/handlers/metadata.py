@@ -2,7 +2,11 @@
 # - Brokers: every live broker (registered with a lease). Each partition's leader is its
 #   owner (the broker holding its owner key) with the epoch it took it at; a partition nobody
 #   owns yet names the broker that should take it (it claims the partition on the first
-#   request), with the epoch last committed; with no live broker to name,
+#   request) with the epoch that claim will start (the last committed + 1; a broker used
+#   without the cluster machinery never claims: the last committed). Naming a new leader
+#   with the previous leader's epoch would tell clients two leaders for one epoch, which
+#   Kafka never does, and librdkafka can then leave the partition on the wrong broker until
+#   its messages time out (librdkafka issue 4976, PR 5593). With no live broker to name,
 #   LEADER_NOT_AVAILABLE (5). Replicas and ISR are the leader alone: the object store
 #   replicates. The controller is the live broker with the lowest id.
 # - Topics null (v1+) = all topics; an empty list = none. Unknown topics are auto-created when
@@ -43,7 +47,8 @@ async def _topic(topic: Topic, cluster: Cluster, logs: LogManager) -> MetadataRe
             if stored is None:
                 stored = await logs.leader_epochs(topic.name, topic.partitions)
             desired = cluster.desired_owner(topic.name, p)
-            leader, epoch = (desired, stored[p]) if desired is not None else (-1, -1)
+            claimed = 1 if logs.cluster is not None else 0  # a claim starts the next epoch
+            leader, epoch = (desired, stored[p] + claimed) if desired is not None else (-1, -1)
         partitions.append(
             MetadataResponsePartition(
                 error_code=0 if leader >= 0 else LEADER_NOT_AVAILABLE,
