@@ -281,12 +281,16 @@ def test_stalled_member_write_is_reported_unknown_not_resent() -> None:
         async def body() -> None:
             store = await fresh(cluster.endpoints, request_timeout=0.5, retry_timeout=1.5)
             loop = asyncio.get_running_loop()
+            # The channel must be up before the pause, or the put could not even be sent
+            # (a refused connection is "certainly not applied", not unknown).
+            await store.get(b"warm-up")
             member.pause()
             try:
                 start = loop.time()
                 with pytest.raises(TxnOutcomeUnknown):
                     await store.put(b"k", b"v")
-                assert 0.4 < loop.time() - start < 1.2
+                # One request timeout, not the retry budget (0.5 + 1.5 s): not re-sent.
+                assert 0.4 < loop.time() - start < 1.9
                 start = loop.time()
                 with pytest.raises(MetadataUnavailable) as info:
                     await store.get(b"k")
