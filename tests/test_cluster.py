@@ -18,6 +18,7 @@ from generated.join_group_request import JoinGroupRequest, JoinGroupRequestProto
 from generated.join_group_response import JoinGroupResponse
 from generated.metadata_request import MetadataRequest, MetadataRequestTopic
 from generated.metadata_response import MetadataResponse
+from kafscale.broker.cluster import placement
 from kafscale.broker.config import BrokerConfig
 from kafscale.broker.server import Broker
 from kafscale.metadata.sqlite import SqliteMetadataStore
@@ -84,7 +85,7 @@ class Cluster:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             owners = self.owners(topic, partitions)
-            wanted = [view.desired_owner(topic, p) for p in range(partitions)]
+            wanted = [view.desired_owner(topic, p, partitions) for p in range(partitions)]
             live = set(self.brokers)
             if owners == wanted and set(wanted) <= live:
                 return [o for o in owners if o is not None]
@@ -113,6 +114,33 @@ async def metadata(c: Client, topic: str) -> list[tuple[int, int]]:
         3, 12, MetadataRequest(topics=[MetadataRequestTopic(name=topic)])
     )
     return [(p.leader_id, p.leader_epoch) for p in resp.topics[0].partitions]
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 6, 12, 100, 1000])
+def test_placement_is_balanced_and_moves_only_what_it_must(partitions: int) -> None:
+    """Rendezvous placement with bounded loads: at most ceil(P / B) partitions per broker; when
+    a broker leaves, mostly its partitions move, and when it comes back the placement is the
+    one it had (so a restart moves a partition away and back, never elsewhere). Bounded
+    loads cost a few extra moves: a partition whose first choice was full takes it when a
+    leaver's capacity frees it."""
+    three = placement("t", partitions, [0, 1, 2])
+    cap = -(-partitions // 3)
+    assert max(three.count(b) for b in range(3)) == cap
+    assert sum(three.count(b) for b in range(3)) == partitions
+    for gone in range(3):
+        rest = [b for b in range(3) if b != gone]
+        two = placement("t", partitions, rest)
+        assert max(two.count(b) for b in rest) == -(-partitions // 2)
+        moved = [p for p in range(partitions) if two[p] != three[p]]
+        extra = [p for p in moved if three[p] != gone]
+        # Bounded loads: a refugee landing on a broker can push at most a partition or two
+        # off it (modulo placement moves about two thirds of everything).
+        assert len(extra) <= 2 * three.count(gone), (len(extra), three.count(gone))
+    assert placement("t", partitions, [0, 1, 2]) == three
+    assert placement("t", partitions, [2, 0, 1]) == three  # the order ids are seen in is moot
+    four = placement("t", partitions, [0, 1, 2, 3])
+    stayed_off_3 = [p for p in range(partitions) if four[p] != 3 and four[p] != three[p]]
+    assert len(stayed_off_3) <= max(1, partitions // 20)  # a join takes a share, little else
 
 
 def test_each_partition_has_one_owner_spread_evenly(tmp_path: Path) -> None:
@@ -157,6 +185,8 @@ def test_a_draining_broker_hands_its_partitions_over_at_once(tmp_path: Path) -> 
         took = loop.time() - started
         assert took < 3, f"takeover took {took:.1f}s (the lease TTL is 30 s: it must not wait)"
         assert 1 not in after
+        moved = [p for p in range(6) if after[p] != owners[p]]
+        assert moved == [p for p in range(6) if owners[p] == 1]  # only the drained broker's
         for p, owner in enumerate(after):
             epochs = await metadata(cluster.client(owner), "t")
             assert epochs[p][1] == (1 if owners[p] == owner else 2)  # moved: a new epoch

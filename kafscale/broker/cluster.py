@@ -10,10 +10,15 @@ dies or drains):
   commit of new data compares this key's revision, so a deposed owner's commit fails.
 - ``/{ns}/group-owners/{group}``: ``{"broker"}`` — the group's one coordinator.
 
-Where things should live is a pure function of the live brokers (sorted ids; a partition goes
-to ``(crc32(topic) + partition) % n``, a group to ``crc32(group) % n``), so every broker agrees
-on it once it sees the same brokers. The lease-held keys make it safe while they disagree:
-nobody acts as owner without holding the key, and a key is only created when absent.
+Where things should live is a pure function of the live brokers, so every broker agrees on it
+once it sees the same brokers: rendezvous (highest-random-weight) hashing, so that a broker
+leaving moves only its own partitions and groups and a broker coming back takes back the same
+ones. Partitions additionally have bounded loads (no broker gets more than ceil(partitions /
+brokers) of a topic): each takes its highest-scoring broker that still has room. Placement
+that reshuffles on every membership change (``hash % n``) moves most partitions twice when one
+broker restarts, and clients that see a leader change twice within moments can stay stuck on
+the wrong broker (librdkafka issue 4976). The lease-held keys make it safe while brokers
+disagree: nobody acts as owner without holding the key, and a key is only created when absent.
 
 With the embedded default (one broker, sqlite) this is the same code with one live broker.
 """
@@ -22,9 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
-import zlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -145,10 +151,30 @@ class Mirror:
                 await asyncio.sleep(0.5)
 
 
-def _spread(key: str, ids: list[int], offset: int = 0) -> int | None:
+def _score(key: str, broker: int) -> int:
+    """The broker's weight for ``key`` (rendezvous hashing): a keyed 64-bit hash, the same on
+    every broker and every Python process (unlike ``hash``)."""
+    digest = hashlib.blake2b(f"{key}\0{broker}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _ranked(key: str, ids: list[int]) -> list[int]:
+    return sorted(ids, key=lambda b: (_score(key, b), b), reverse=True)
+
+
+def placement(topic: str, partitions: int, ids: list[int]) -> list[int]:
+    """Each partition's desired owner among ``ids``: in partition order, the highest-ranked
+    broker for ``topic/partition`` that has fewer than ceil(partitions / brokers) already."""
     if not ids:
-        return None
-    return ids[(zlib.crc32(key.encode()) + offset) % len(ids)]
+        return []
+    cap = math.ceil(partitions / len(ids))
+    load = dict.fromkeys(ids, 0)
+    out = []
+    for p in range(partitions):
+        chosen = next(b for b in _ranked(f"{topic}/{p}", ids) if load[b] < cap)
+        load[chosen] += 1
+        out.append(chosen)
+    return out
 
 
 class Cluster:
@@ -175,6 +201,8 @@ class Cluster:
         self._keepalive: asyncio.Task[None] | None = None
         self._registered = asyncio.Event()
         self._claiming: dict[str, asyncio.Lock] = {}
+        self._placements: dict[str, tuple[tuple[int, tuple[int, ...]], list[int]]] = {}
+        """topic -> ((partitions, live ids), desired owners): recomputed when either changes."""
 
     @property
     def lease_ttl(self) -> float:
@@ -315,8 +343,16 @@ class Cluster:
         d = json.loads(kv.value)
         return int(d["broker"]), int(d["epoch"])
 
-    def desired_owner(self, topic: str, partition: int) -> int | None:
-        return _spread(topic, list(self.live()), partition)
+    def desired_owner(self, topic: str, partition: int, partitions: int) -> int | None:
+        """Where ``partition`` of ``topic`` (of ``partitions``) should live now."""
+        ids = tuple(self.live())
+        cache_key = (partitions, ids)
+        cached = self._placements.get(topic)
+        if cached is None or cached[0] != cache_key:
+            cached = (cache_key, placement(topic, partitions, list(ids)))
+            self._placements[topic] = cached
+        owners = cached[1]
+        return owners[partition] if partition < len(owners) else None
 
     def group_key(self, group: str) -> bytes:
         return f"/{self.ns}/group-owners/{quote(group, safe='')}".encode()
@@ -329,8 +365,7 @@ class Cluster:
             owner = live.get(int(json.loads(kv.value)["broker"]))
             if owner is not None:
                 return owner
-        chosen = _spread(group, list(live))
-        return None if chosen is None else live[chosen]
+        return live[_ranked(group, list(live))[0]] if live else None
 
     # --- groups ----------------------------------------------------------------------------
 

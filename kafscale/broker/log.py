@@ -348,10 +348,12 @@ class LogManager:
         guarded by the state's revision, so two claimants can never both win."""
         cluster = self.cluster
         assert cluster is not None
-        if self.topics.get(topic) is None:
+        meta_topic = self.topics.get(topic)
+        if meta_topic is None:
             raise FlushError(3, f"topic {topic} does not exist")
         owner = cluster.owner(topic, partition)
-        if owner is not None or cluster.desired_owner(topic, partition) != cluster.me:
+        desired = cluster.desired_owner(topic, partition, meta_topic.partitions)
+        if owner is not None or desired != cluster.me:
             raise not_owner(topic, partition)
         state_key = self.topics.partition_key(topic, partition)
         kv = await self.meta.get(state_key)
@@ -510,7 +512,7 @@ class LogManager:
         for topic in list(self.topics.by_name.values()):
             for partition in range(topic.partitions):
                 key = (topic.name, partition)
-                want = cluster.desired_owner(topic.name, partition)
+                want = cluster.desired_owner(topic.name, partition, topic.partitions)
                 claim = self.claims.get(key)
                 if claim is not None:
                     owner = cluster.owner(topic.name, partition)

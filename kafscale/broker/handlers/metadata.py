@@ -46,7 +46,7 @@ async def _topic(topic: Topic, cluster: Cluster, logs: LogManager) -> MetadataRe
         else:
             if stored is None:
                 stored = await logs.leader_epochs(topic.name, topic.partitions)
-            desired = cluster.desired_owner(topic.name, p)
+            desired = cluster.desired_owner(topic.name, p, topic.partitions)
             claimed = 1 if logs.cluster is not None else 0  # a claim starts the next epoch
             leader, epoch = (desired, stored[p] + claimed) if desired is not None else (-1, -1)
         partitions.append(
