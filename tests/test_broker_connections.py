@@ -1,19 +1,29 @@
 """Connections over real sockets: a client that goes away while its pipeline of requests is
 full must not leave its connection task behind (found by the etcd-leader fault scenario, where
 flushes stalled for seconds, librdkafka pipelined more than MAX_PIPELINE produce requests and
-then timed out and closed its connection)."""
+then timed out and closed its connection). Pipelining is bounded per connection by bytes in
+flight and by a generous count: a client may pipeline hundreds of requests (librdkafka with
+linger 1 ms sends one per millisecond, each waiting for the next flush), and a client that
+never reads its answers is still held to the bound."""
 
 from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from generated.fetch_request import FetchPartition, FetchRequest, FetchTopic
+from generated.fetch_response import FetchResponse
 from generated.produce_request import PartitionProduceData, ProduceRequest, TopicProduceData
+from generated.produce_response import ProduceResponse
 from generated.registry import APIS
+from kafscale.broker import server
 from kafscale.broker.config import BrokerConfig
-from kafscale.broker.server import MAX_PIPELINE, Broker
+from kafscale.broker.server import Broker
 from kafscale.metadata.sqlite import SqliteMetadataStore
 from kafscale.protocol.framing import encode_request
 from kafscale.protocol.records import build_batch
@@ -47,7 +57,162 @@ def produce_frame(correlation: int, topic: str) -> bytes:
     return b"".join(encode_request(APIS[0], 9, correlation, "pipeline", body))
 
 
-def test_a_client_gone_with_a_full_pipeline_leaves_no_connection_behind(tmp_path: Path) -> None:
+def fetch_frame(correlation: int, topic: str, max_bytes: int) -> bytes:
+    part = FetchPartition(partition=0, fetch_offset=0, partition_max_bytes=max_bytes)
+    body = FetchRequest(
+        max_wait_ms=0,
+        min_bytes=1,
+        max_bytes=max_bytes,
+        topics=[FetchTopic(topic=topic, partitions=[part])],
+    )
+    return b"".join(encode_request(APIS[1], 12, correlation, "pipeline", body))
+
+
+async def read_answer(reader: asyncio.StreamReader) -> bytes:
+    size = struct.unpack(">i", await reader.readexactly(4))[0]
+    return await reader.readexactly(size)
+
+
+def with_broker(
+    tmp_path: Path, scenario: Callable[[Broker, GatedStore], Awaitable[None]]
+) -> list[str]:
+    """Run ``scenario`` against a started broker on a gated store; the loop's problems."""
+    problems: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: problems.append(str(context)))
+        store = GatedStore(tmp_path / "objects")
+        config = BrokerConfig(data_dir=tmp_path, listen_port=0, flush_interval_ms=5)
+        broker = Broker(config, store, SqliteMetadataStore(tmp_path / "metadata.sqlite3"))
+        await broker.start()
+        try:
+            await scenario(broker, store)
+        finally:
+            await asyncio.wait_for(broker.stop(), 15)
+
+    asyncio.run(main())
+    return problems
+
+
+def pipeline_of(broker: Broker) -> server._Pipeline:
+    (pipeline,) = broker._pipelines.values()
+    return pipeline
+
+
+async def eventually(check: Callable[[], bool], seconds: float = 10) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    assert check()
+
+
+def test_a_client_pipelining_hundreds_of_requests_gets_every_answer_in_order(
+    tmp_path: Path,
+) -> None:
+    n = 1000  # far more than the old cap of 64 requests per connection
+
+    async def scenario(broker: Broker, store: GatedStore) -> None:
+        store.gate.set()
+        client = Client(broker)
+        await client.create("t")
+        # Load the partition first: requests that arrive while a partition is first loaded
+        # may be appended out of order (LogManager.get), which is not what this test is about.
+        assert (await client.produce("t", build_batch([b"first"]))).base_offset == 0
+        store.gate.clear()  # every produce now waits for the stalled flush
+        reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+        for i in range(n):
+            writer.write(produce_frame(i + 1, "t"))
+        await writer.drain()
+        # The broker reads them all while the flush is stalled: nothing holds them back.
+        await eventually(lambda: pipeline_of(broker).count == n)
+        store.gate.set()
+        for i in range(n):
+            answer = await asyncio.wait_for(read_answer(reader), 10)
+            assert struct.unpack(">i", answer[:4])[0] == i + 1  # in request order
+            body = ProduceResponse.decode(answer[5:], 9)  # v9: flexible header, no tags
+            part = body.responses[0].partition_responses[0]
+            assert (part.error_code, part.base_offset) == (0, i + 1)
+        await eventually(lambda: pipeline_of(broker).count == 0)
+        assert pipeline_of(broker).bytes == 0
+        writer.close()
+
+    problems = with_broker(tmp_path, scenario)
+    assert not problems, problems
+
+
+def test_a_client_that_never_reads_its_answers_is_held_to_the_byte_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cap = 1024 * 1024
+    monkeypatch.setattr(server, "CONNECTION_IN_FLIGHT_BYTES", cap)
+    value = b"x" * 100_000
+    sent = 400  # 400 answers of 100 kB: 40 MB if nothing held the client back
+
+    async def scenario(broker: Broker, store: GatedStore) -> None:
+        store.gate.set()
+        client = Client(broker)
+        await client.create("t")
+        assert (await client.produce("t", build_batch([value]))).error_code == 0
+        reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+        frames = b"".join(fetch_frame(i + 1, "t", 1 << 20) for i in range(sent))
+        writer.write(frames)  # and never read: the broker's writes fill the socket buffers
+        await asyncio.sleep(1)
+        pipeline = pipeline_of(broker)
+        # It stopped reading: each Fetch reserves cap / 2, so two or three are in flight; the
+        # rest of what we wrote waits in the socket buffers, and so do some answers.
+        assert 0 < pipeline.count <= 3, pipeline.count
+        assert reader._buffer, "no answer was sent"  # type: ignore[attr-defined]
+        # In flight: below the bound, plus at most one Fetch's reserve (cap / 2) and one answer.
+        assert 0 < pipeline.peak_bytes <= cap + cap // 2 + 2 * len(value), pipeline.peak_bytes
+        assert pipeline.bytes <= cap + cap // 2 + 2 * len(value)
+        # Reading the answers lets it go on, and every one comes in order.
+        for i in range(sent):
+            answer = await asyncio.wait_for(read_answer(reader), 10)
+            assert struct.unpack(">i", answer[:4])[0] == i + 1
+            if i == 0:
+                body = FetchResponse.decode(answer[5:], 12)  # v12: flexible header, no tags
+                records = body.responses[0].partitions[0].records
+                assert records is not None and bytes(value) in bytes(records)
+        assert pipeline.peak_bytes <= cap + cap // 2 + 2 * len(value), pipeline.peak_bytes
+        writer.close()
+
+    problems = with_broker(tmp_path, scenario)
+    assert not problems, problems
+
+
+def test_a_flood_of_tiny_requests_is_held_to_the_count_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "MAX_PIPELINE", 100)
+
+    async def scenario(broker: Broker, store: GatedStore) -> None:
+        store.gate.set()
+        await Client(broker).create("t")
+        store.gate.clear()
+        reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+        for i in range(300):
+            writer.write(produce_frame(i + 1, "t"))
+        await writer.drain()
+        await eventually(lambda: pipeline_of(broker).count == 100)
+        await asyncio.sleep(0.3)
+        assert pipeline_of(broker).peak_count == 100
+        store.gate.set()
+        for i in range(300):
+            answer = await asyncio.wait_for(read_answer(reader), 10)
+            assert struct.unpack(">i", answer[:4])[0] == i + 1
+        assert pipeline_of(broker).peak_count == 100
+        writer.close()
+
+    problems = with_broker(tmp_path, scenario)
+    assert not problems, problems
+
+
+def test_a_client_gone_with_a_full_pipeline_leaves_no_connection_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "MAX_PIPELINE", 64)  # the count bound fills quickly
     problems: list[str] = []
 
     async def main() -> None:
@@ -62,7 +227,7 @@ def test_a_client_gone_with_a_full_pipeline_leaves_no_connection_behind(tmp_path
             reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
             # More requests than the pipeline holds: the broker stops reading at MAX_PIPELINE
             # (every one waits for the stalled flush).
-            for i in range(MAX_PIPELINE + 8):
+            for i in range(server.MAX_PIPELINE + 8):
                 writer.write(produce_frame(i + 1, "t"))
             await writer.drain()
             await asyncio.sleep(0.5)

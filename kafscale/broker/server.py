@@ -1,10 +1,15 @@
 """The asyncio server: connections, pipelined requests answered in order, limits.
 
 Per connection, a reader loop takes frames off the socket (size checked before anything is
-allocated) and starts a task per request, so a client's pipelined requests (up to 5 in flight
-for the Java client) are processed concurrently; a writer loop sends the responses in request
-order. A global budget on request bytes in flight stops reading sockets when full. A malformed
-request closes only its own connection, as Kafka does.
+allocated) and starts a task per request, so a client's pipelined requests are processed
+concurrently; a writer loop sends the responses in request order. Two bounds stop reading a
+socket: per connection, the bytes in flight (requests read and not yet answered, their answers,
+and a reserve for each Fetch's answer; :data:`CONNECTION_IN_FLIGHT_BYTES`) and their number
+(:data:`MAX_PIPELINE`, generous: a flood of tiny requests costs a task each); across
+connections, a budget on request bytes being processed. librdkafka pipelines without limit
+(with linger 1 ms, one small ProduceRequest per millisecond, each waiting for the next group
+commit), so a count of a few dozen would cap what one flush can acknowledge. A malformed request
+closes only its own connection, as Kafka does.
 """
 
 from __future__ import annotations
@@ -37,10 +42,64 @@ from kafscale.storage import ObjectStore
 log = logging.getLogger("kafscale.broker")
 
 _SIZE = struct.Struct(">i")
-MAX_PIPELINE = 64
+MAX_PIPELINE = 4096
+"""Requests one connection may have in flight (read, answer not yet sent) before we stop
+reading it. Generous: the byte bound below is the one that normally applies; this one keeps a
+flood of tiny requests (a task and an answer each) from growing memory without limit."""
+CONNECTION_IN_FLIGHT_BYTES = 64 * 1024 * 1024
+"""Bytes one connection may have in flight before we stop reading it: its requests from being
+read until their answers are sent, plus each answer's size (a Fetch reserves its limit while
+it runs, at most half of this). A single request larger than this is read when nothing else
+of its connection is in flight."""
+FETCH = 1
 # How long stop() waits for connections to send the answers they owe before dropping them.
 STOP_GRACE_S = 5.0
-"""Requests one connection may have in flight before we stop reading it."""
+
+
+class _Pipeline:
+    """One connection's requests in flight (read, answer not yet sent): count and bytes."""
+
+    __slots__ = ("_room", "bytes", "count", "max_bytes", "max_count", "peak_bytes", "peak_count")
+
+    def __init__(self, max_bytes: int, max_count: int) -> None:
+        self.bytes = 0
+        self.count = 0
+        self.max_bytes = max_bytes
+        self.max_count = max_count
+        self.peak_bytes = 0
+        self.peak_count = 0
+        self._room = asyncio.Event()
+
+    async def admit(self, n: int) -> None:
+        """Wait until a request of ``n`` bytes fits (always, when nothing is in flight)."""
+        while self.count and (self.count >= self.max_count or self.bytes + n > self.max_bytes):
+            self._room.clear()
+            await self._room.wait()
+        self.count += 1
+        self.grow(n)
+
+    def grow(self, n: int) -> None:
+        self.bytes += n
+        if self.bytes > self.peak_bytes:
+            self.peak_bytes = self.bytes
+        if self.count > self.peak_count:
+            self.peak_count = self.count
+
+    def done(self, n: int) -> None:
+        """A request of (by now) ``n`` bytes is answered, or dropped."""
+        self.bytes -= n
+        self.count -= 1
+        self._room.set()
+
+
+class _InFlight:
+    """A request being answered: its task, and what it holds of its connection's bound."""
+
+    __slots__ = ("charge", "task")
+
+    def __init__(self, charge: int) -> None:
+        self.charge = charge
+        self.task: asyncio.Task[list[Buffer] | None] | None = None
 
 
 class ByteBudget:
@@ -90,6 +149,7 @@ class Broker:
         self.server: asyncio.Server | None = None
         self.port = config.listen_port
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._pipelines: dict[asyncio.Task[None], _Pipeline] = {}
         # Only the request readers are cancelled at stop(): a cancelled connection task would
         # make asyncio's stream callback log a traceback, and its cleanup would be cut short.
         self._readers: set[asyncio.Task[None]] = set()
@@ -170,11 +230,12 @@ class Broker:
         assert task is not None
         self._connections[task] = writer
         peer = writer.get_extra_info("peername")
-        responses: asyncio.Queue[asyncio.Task[list[Buffer] | None] | None] = asyncio.Queue(
-            MAX_PIPELINE
-        )
-        sender = asyncio.create_task(self._send(writer, responses))
-        reading = asyncio.create_task(self._read_requests(reader, responses, peer))
+        # Not bounded itself: the pipeline's bounds are checked before a request is queued.
+        responses: asyncio.Queue[_InFlight | None] = asyncio.Queue()
+        pipeline = _Pipeline(CONNECTION_IN_FLIGHT_BYTES, MAX_PIPELINE)
+        self._pipelines[task] = pipeline
+        sender = asyncio.create_task(self._send(writer, responses, pipeline))
+        reading = asyncio.create_task(self._read_requests(reader, responses, pipeline, peer))
         self._readers.add(reading)
         try:
             await reading
@@ -187,41 +248,58 @@ class Broker:
         finally:
             self._readers.discard(reading)
             reading.cancel()
-            await responses.put(None)  # the sender finishes what was queued, then stops
+            responses.put_nowait(None)  # the sender finishes what was queued, then stops
             with contextlib.suppress(Exception):
                 await sender
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
             self._connections.pop(task, None)
+            self._pipelines.pop(task, None)
 
     async def _read_requests(
         self,
         reader: asyncio.StreamReader,
-        responses: asyncio.Queue[asyncio.Task[list[Buffer] | None] | None],
+        responses: asyncio.Queue[_InFlight | None],
+        pipeline: _Pipeline,
         peer: Any,
     ) -> None:
         idle = self.config.idle_timeout_ms / 1000
         limit = self.config.socket_request_max_bytes
+        host = peer[0] if isinstance(peer, tuple) else ""
         while not self._stopping.is_set():
             head = await asyncio.wait_for(reader.readexactly(4), idle)
             size = _SIZE.unpack(head)[0]
             if size < 0 or size > limit:
                 raise ProtocolError(f"request size {size} is outside 0..{limit}")
-            await self.budget.acquire(size)
+            await pipeline.admit(size)
+            try:
+                await self.budget.acquire(size)
+            except BaseException:
+                pipeline.done(size)
+                raise
             try:
                 # A client that sends a frame one byte at a time cannot hold it open forever.
                 frame = await asyncio.wait_for(reader.readexactly(size), idle)
-            except BaseException:
-                await self.budget.release(size)
-                raise
-            try:
                 request = self.parse(frame)  # ProtocolError closes the connection
             except BaseException:
                 await self.budget.release(size)
+                pipeline.done(size)
                 raise
-            host = peer[0] if isinstance(peer, tuple) else ""
-            await responses.put(asyncio.create_task(self._handle(request, size, host)))
+            flight = _InFlight(size)
+            if request.api.api_key == FETCH and request.body is not None:
+                # Its answer may be up to the Fetch's limit: reserved while it runs, so that
+                # pipelined Fetches cannot build more answers at once than the bound allows.
+                asked = getattr(request.body, "max_bytes", 0)
+                reserve = min(
+                    asked if asked > 0 else 2**31 - 1,
+                    self.config.fetch_max_bytes,
+                    pipeline.max_bytes // 2,
+                )
+                flight.charge += reserve
+                pipeline.grow(reserve)
+            flight.task = asyncio.create_task(self._handle(request, size, host, flight, pipeline))
+            responses.put_nowait(flight)
 
     async def respond(self, frame: bytes) -> list[Buffer] | None:
         """Answer one request frame (without its size prefix), as a connection would: the
@@ -241,11 +319,26 @@ class Broker:
                 raise ProtocolError(f"{api.name} v{version} is not served")
         return decode_request(frame)
 
-    async def _handle(self, request: Request, size: int, host: str) -> list[Buffer] | None:
+    async def _handle(
+        self,
+        request: Request,
+        size: int,
+        host: str,
+        flight: _InFlight | None = None,
+        pipeline: _Pipeline | None = None,
+    ) -> list[Buffer] | None:
         try:
-            return await self._dispatch(request, host)
+            chunks = await self._dispatch(request, host)
         finally:
             await self.budget.release(size)
+        if chunks is not None and flight is not None and pipeline is not None:
+            # The answer waits in memory until it is sent: count what it holds beyond the
+            # request and any reserve.
+            extra = sum(map(len, chunks)) - (flight.charge - size)
+            if extra > 0:
+                flight.charge += extra
+                pipeline.grow(extra)
+        return chunks
 
     async def _dispatch(self, request: Request, client_host: str = "") -> list[Buffer] | None:
         api, version, header = request.api, request.version, request.header
@@ -263,40 +356,50 @@ class Broker:
     async def _send(
         self,
         writer: asyncio.StreamWriter,
-        responses: asyncio.Queue[asyncio.Task[list[Buffer] | None] | None],
+        responses: asyncio.Queue[_InFlight | None],
+        pipeline: _Pipeline,
     ) -> None:
         """Write the answers in request order until the None that ends the connection. Once
         the connection is broken (a handler failed, or a write did: the client went away)
-        the rest of the queue is still taken, unanswered: the connection's final put(None)
-        must find room, or it would wait forever on a full queue."""
+        the rest of the queue is still taken, unanswered, and each request leaves the
+        connection's pipeline once it is answered or dropped."""
         broken = False
         while True:
-            task = await responses.get()
-            if task is None:
+            flight = await responses.get()
+            if flight is None:
                 return
             try:
-                chunks = await task
-            except Exception:
-                if not broken:
-                    log.exception("request failed")
-                    broken = True
-                    writer.close()
-                continue
-            if chunks is None or broken:
-                continue
-            try:
-                if failpoints.armed("mid_response"):
-                    data = b"".join(chunks)
-                    writer.write(data[: len(data) // 2])
-                    await writer.drain()
-                    failpoints.hit("mid_response")
-                    chunks = [data[len(data) // 2 :]]
-                writer.writelines(chunks)
-                await writer.drain()
-            except Exception as e:  # the connection is gone (reset, aborted by stop())
-                log.info("closing connection: writing an answer failed: %r", e)
-                broken = True
+                broken = await self._send_one(writer, flight, broken)
+            finally:
+                pipeline.done(flight.charge)
+
+    @staticmethod
+    async def _send_one(writer: asyncio.StreamWriter, flight: _InFlight, broken: bool) -> bool:
+        """Send one answer (unless the connection is broken); whether it is broken now."""
+        assert flight.task is not None
+        try:
+            chunks = await flight.task
+        except Exception:
+            if not broken:
+                log.exception("request failed")
                 writer.close()
+            return True
+        if chunks is None or broken:
+            return broken
+        try:
+            if failpoints.armed("mid_response"):
+                data = b"".join(chunks)
+                writer.write(data[: len(data) // 2])
+                await writer.drain()
+                failpoints.hit("mid_response")
+                chunks = [data[len(data) // 2 :]]
+            writer.writelines(chunks)
+            await writer.drain()
+        except Exception as e:  # the connection is gone (reset, aborted by stop())
+            log.info("closing connection: writing an answer failed: %r", e)
+            writer.close()
+            return True
+        return False
 
 
 API_VERSIONS = 18
