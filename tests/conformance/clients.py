@@ -28,7 +28,7 @@ import kafka
 import pytest
 
 from generated.fetch_request import FetchPartition, FetchRequest, FetchTopic
-from generated.fetch_response import FetchResponse
+from generated.fetch_response import FetchResponse, PartitionData
 from generated.registry import api
 from kafscale.protocol.framing import encode_request
 from tests.conformance.conftest import BrokerProcess, require_kcat
@@ -513,33 +513,7 @@ def batch_codecs(broker: BrokerProcess, topic: str, partition: int) -> list[int]
     """The codec of every record batch in the partition, as the broker serves them (one Fetch v4
     from offset 0, sent with the project's own codecs): proof the client really compressed
     and the broker kept the batches as they were."""
-    request = FetchRequest(
-        replica_id=-1,
-        max_wait_ms=0,
-        min_bytes=0,
-        max_bytes=64 * 1024 * 1024,
-        isolation_level=0,
-        topics=[
-            FetchTopic(
-                topic=topic,
-                partitions=[
-                    FetchPartition(
-                        partition=partition, fetch_offset=0, partition_max_bytes=64 * 1024 * 1024
-                    )
-                ],
-            )
-        ],
-    )
-    with socket.create_connection((broker.host, broker.port), timeout=TIMEOUT) as sock:
-        sock.sendall(b"".join(encode_request(api("Fetch"), 4, 1, "conformance", request)))
-        size = struct.unpack(">i", _recv_exactly(sock, 4))[0]
-        frame = _recv_exactly(sock, size)
-    assert struct.unpack(">i", frame[:4])[0] == 1, "correlation id"
-    response = FetchResponse.decode(frame[4:], 4)  # v4 response header: correlation id only
-    [topic_response] = response.responses
-    [data] = topic_response.partitions
-    assert data.error_code == 0, f"Fetch {topic}-{partition}: error {data.error_code}"
-    records = bytes(data.records or b"")
+    records = bytes(fetch_v4(broker.host, broker.port, topic, partition).records or b"")
     codecs = []
     position = 0
     while position + 12 <= len(records):
@@ -550,6 +524,46 @@ def batch_codecs(broker: BrokerProcess, topic: str, partition: int) -> list[int]
         position += 12 + length
     assert position == len(records), "the Fetch response ends with a partial batch"
     return codecs
+
+
+def fetch_v4(
+    host: str, port: int, topic: str, partition: int, offset: int = 0, max_bytes: int = 64 << 20
+) -> PartitionData:
+    """One raw Fetch v4 of one partition from ``offset`` (no wait): the partition's answer,
+    which must carry no error. Batches come back as stored (producer id, epoch, sequence)."""
+    request = FetchRequest(
+        replica_id=-1,
+        max_wait_ms=0,
+        min_bytes=0,
+        max_bytes=max_bytes,
+        isolation_level=0,
+        topics=[
+            FetchTopic(
+                topic=topic,
+                partitions=[
+                    FetchPartition(
+                        partition=partition, fetch_offset=offset, partition_max_bytes=max_bytes
+                    )
+                ],
+            )
+        ],
+    )
+    response = FetchResponse.decode(raw_request(host, port, "Fetch", 4, request), 4)
+    [topic_response] = response.responses
+    [data] = topic_response.partitions
+    assert data.error_code == 0, f"Fetch {topic}-{partition} at {offset}: error {data.error_code}"
+    return data
+
+
+def raw_request(host: str, port: int, api_name: str, version: int, body: Any) -> bytes:
+    """One request of a non-flexible ``version`` (its response header is the correlation id
+    alone) on a connection of its own: the response body."""
+    with socket.create_connection((host, port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"".join(encode_request(api(api_name), version, 1, "conformance", body)))
+        size = struct.unpack(">i", _recv_exactly(sock, 4))[0]
+        frame = _recv_exactly(sock, size)
+    assert struct.unpack(">i", frame[:4])[0] == 1, "correlation id"
+    return frame[4:]
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:

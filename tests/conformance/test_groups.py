@@ -396,6 +396,9 @@ class NumberedProducer:
     Retries are on and the message timeout long, so records outlive a broker restart (a
     retried record may be in the log twice, at two offsets: both are then to be consumed)."""
 
+    rate: float = PRODUCE_RATE
+    """Records per second."""
+
     def __init__(self, broker: BrokerProcess, topic: str) -> None:
         self.topic = topic
         self.producer = confluent_kafka.Producer(
@@ -425,7 +428,7 @@ class NumberedProducer:
     def _run(self) -> None:
         seq = 0
         tick = time.monotonic()
-        interval = PARTITIONS / PRODUCE_RATE
+        interval = PARTITIONS / self.rate
         while not self.stopping.is_set():
             for partition in range(PARTITIONS):
                 self.producer.produce(
