@@ -25,11 +25,13 @@ from kafscale.protocol.records import (
     NewRecord,
     RecordError,
     TimestampType,
+    _walk_records,
     assign_offsets,
     build_batch,
     iter_records,
     parse_batches,
 )
+from kafscale.protocol.wire import read_varint, varint
 
 # kafka-python's package import loads its protocol schemas with a deprecated importlib API.
 pytestmark = pytest.mark.filterwarnings("ignore:.*Use files\\(\\) instead:DeprecationWarning")
@@ -539,3 +541,97 @@ def test_mutations_raise_only_record_errors(flips: list[tuple[int, int]], cut: i
         for b in infos:
             if b.compression is Compression.NONE:
                 list(iter_records(mutated[b.position : b.end]))
+
+
+# --- the record-length walk: inline 1- and 2-byte varints, the wire reader beyond ----------
+
+
+def reference_walk(records: bytes, count: int) -> tuple[int, int | None] | None:
+    """What the walk of a batch's records must report, written the plain way (every length
+    through the wire reader): None when ``count`` records fill ``records`` exactly, else the
+    error's (code, offset) as parse_batches reports it for a batch at position 0."""
+    pos = 0
+    seen = 0
+    while pos < len(records):
+        try:
+            length, after = read_varint(records, pos)
+        except (IndexError, ProtocolError):
+            return INVALID_RECORD, RECORD_BATCH_OVERHEAD + pos
+        if length < 6 or length > len(records) - after:
+            return INVALID_RECORD, RECORD_BATCH_OVERHEAD + pos
+        pos = after + length
+        seen += 1
+    if seen != count:
+        return INVALID_RECORD, RECORD_BATCH_OVERHEAD - 4
+    return None
+
+
+def walk(records: bytes, count: int) -> tuple[int, int | None] | None:
+    try:
+        _walk_records(memoryview(records), count, "batch 0", 0)
+    except RecordError as e:
+        return e.error_code, e.offset
+    return None
+
+
+def record_bytes(length: int) -> bytes:
+    """A record of ``length`` bytes after its length varint (the walk reads only lengths)."""
+    return varint(length) + b"r" * length
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [
+        [6, 63],  # one-byte varints (zigzag < 0x80)
+        [64, 1000, 1043, 8191],  # two bytes: the 64 B - 8 KiB records
+        [8192, 20000, 6, 100],  # three bytes, mixed with the others
+    ],
+)
+def test_record_lengths_of_one_two_and_three_varint_bytes(lengths: list[int]) -> None:
+    block = b"".join(record_bytes(n) for n in lengths)
+    assert [len(varint(n)) for n in (63, 64, 8191, 8192)] == [1, 2, 2, 3]
+    assert walk(block, len(lengths)) is None
+    assert walk(block, len(lengths) + 1) == reference_walk(block, len(lengths) + 1)
+    # And through parse_batches and iter_records, with values of those sizes.
+    values = [b"v" * n for n in lengths]
+    batch = build_batch(values)
+    [info] = parse_batches(batch, produce=True)
+    assert info.record_count == len(values)
+    assert [r.value for r in iter_records(batch)] == values
+
+
+@pytest.mark.parametrize(
+    ("block", "count"),
+    [
+        (b"\x80", 1),  # a two-byte varint cut after its first byte
+        (b"\xff", 1),
+        (record_bytes(100) + b"\x80", 2),
+        (b"\x80\x80", 1),  # a three-byte varint cut after two bytes
+        (b"\x80\x80\x80\x80\x80\x01", 1),  # six bytes: longer than a varint may be
+        (b"\xff\xff\xff\xff\x7f", 1),  # five bytes whose value needs more than 32 bits
+        (b"\x90\x01" + b"r" * 71, 1),  # length 72 with 71 bytes left
+        (b"\x81\x01" + b"r" * 200, 1),  # zigzag: length -65
+        (b"\x8c\x00" + b"r" * 6, 1),  # a non-minimal two-byte varint (6): allowed, as Kafka
+        (b"\x8c\x80\x00" + b"r" * 6, 1),  # the same in three bytes
+        (record_bytes(64), 2),  # fewer records than counted
+        (record_bytes(64) * 3, 2),  # more
+    ],
+)
+def test_malformed_and_unusual_record_lengths(block: bytes, count: int) -> None:
+    assert walk(block, count) == reference_walk(block, count)
+
+
+@given(
+    parts=st.lists(
+        st.one_of(
+            st.integers(0, 20_000).map(record_bytes),  # well-formed records of any length
+            st.binary(min_size=1, max_size=6),  # arbitrary bytes: broken varints and records
+        ),
+        max_size=6,
+    ),
+    extra=st.integers(-1, 1),
+)
+def test_the_walk_agrees_with_the_plain_reader(parts: list[bytes], extra: int) -> None:
+    block = b"".join(parts)
+    count = max(len(parts) + extra, 0)
+    assert walk(block, count) == reference_walk(block, count)

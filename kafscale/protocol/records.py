@@ -347,8 +347,9 @@ def _parse_one(
 def _walk_records(records: memoryview, count: int, what: str, batch_pos: int) -> None:
     """Check that ``count`` records, skipped by their length prefixes, fill ``records`` exactly.
 
-    The hot loop of produce validation for uncompressed batches: one varint per record (a
-    one-byte fast path; longer ones go through the wire reader, which bounds them).
+    The hot loop of produce validation for uncompressed batches: one varint per record, read
+    inline when it is one byte (a record of up to 63 bytes) or two (up to 8191 bytes: the
+    common 64 B - 8 KiB records); longer ones go through the wire reader, which bounds them.
     """
     base = batch_pos + RECORD_BATCH_OVERHEAD
     end = len(records)
@@ -363,7 +364,12 @@ def _walk_records(records: memoryview, count: int, what: str, batch_pos: int) ->
                 raw = b
                 pos += 1
             else:
-                raw, pos = read_uvarint(buf, pos)  # still zigzag-encoded
+                b2 = records[pos + 1]  # IndexError past the end: malformed, as below
+                if b2 < 0x80:
+                    raw = (b & 0x7F) | (b2 << 7)
+                    pos += 2
+                else:
+                    raw, pos = read_uvarint(buf, pos)  # still zigzag-encoded
             length = (raw >> 1) ^ -(raw & 1)
             if length < MIN_RECORD_SIZE - 1 or length > end - pos:
                 raise RecordError(
