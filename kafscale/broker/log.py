@@ -1,12 +1,20 @@
 """Partition logs: pending produce data, the group-commit flusher, and committed reads.
 
 Acked means durable. A produce request's batches wait in their partition's pending list; the
-flusher (one task for the broker, woken by a timer or by enough pending bytes) takes every
-partition's pending data, assigns offsets from the committed high watermark, uploads one
-segment object per partition concurrently, then commits the new high watermark and the segment
-entry in one compare-and-swap transaction per partition. Only then are the waiting requests
-answered. A failed upload or commit fails exactly the requests of that flush with a retriable
-error and commits nothing, so there is never an offset gap. Readers only see committed offsets.
+flusher (one task for the broker, woken by a timer or by enough pending bytes) runs flush
+cycles. A cycle takes every partition's pending data, assigns offsets (from the committed high
+watermark, or right after the partition's previous flush still in flight), uploads one segment
+object (and its index) per partition concurrently, then commits all its partitions together:
+one compare-and-swap metadata transaction per group of partitions that fits etcd's limits
+(:data:`MAX_TXN_OPS`), comparing every partition's guard (its state's revision and our owner
+key's) and putting every partition's new state (high watermark, idempotent-producer state) and
+segment entries. Only then are the waiting requests answered. When a group's compares fail
+(one partition's owner or state moved), each partition of it is committed on its own, so only
+the deposed one fails (NOT_LEADER_OR_FOLLOWER). A failed upload or commit fails exactly the
+requests of that partition's flush with a retriable error and commits nothing; a commit whose
+outcome is unknown also makes the log reload before its next flush. So there is never an
+offset gap, and nothing is acknowledged before it is durable. Readers only see committed
+offsets.
 
 Leader epochs: the committed partition state also holds the partition's current leader epoch
 and its epoch history (Kafka's leader-epoch checkpoint: the first offset written under each
@@ -78,6 +86,12 @@ UNDEFINED_EPOCH = -1
 """Kafka's UNDEFINED_EPOCH and UNDEFINED_EPOCH_OFFSET: OffsetForLeaderEpoch's "not known"."""
 
 _BATCH_PREFIX = 12  # base offset int64 + batch length int32
+MAX_TXN_OPS = 128
+"""Compares and puts of one metadata transaction, counted together (the safe side of etcd's
+default ``--max-txn-ops``, which bounds each list): a flush cycle commits its partitions in
+transactions of at most this many (about 30 partitions each)."""
+MAX_TXN_BYTES = 1 << 20
+"""Keys and values of one transaction, below etcd's default ``--max-request-bytes`` (1.5 MiB)."""
 READ_BUDGET_S = 0.5
 """A read stops taking further segments after this long (having taken at least one batch):
 many small segments that are not cached cost an object-store read or two each, and one Fetch
@@ -136,6 +150,41 @@ class _Pending:
     """Its idempotent batches (sequence ranges), in flight until the flush commits them."""
 
 
+@dataclass(eq=False)
+class _Flush:
+    """One partition's share of a flush cycle: the entries it took, the offsets they get
+    (assigned when it was taken: after the partition's previous flush still in flight, else at
+    the high watermark), the objects built from them, and how it ended."""
+
+    plog: PartitionLog
+    entries: list[_Pending]
+    first: int
+    end: int
+    """The offset after its last record: the high watermark once it commits."""
+    epoch: int
+    """The leader epoch stamped into its batches (it commits only while still current)."""
+    bases: list[int]
+    """Each entry's base offset."""
+    built: list[tuple[SegmentMeta, bytes, bytes]] = field(default_factory=list)
+    """(meta, segment object, index object), once uploaded."""
+    failed: bool = False
+    """Answered with an error (or aborted because an earlier flush of its partition failed):
+    it never commits."""
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once committed or failed, its requests answered."""
+
+
+@dataclass(eq=False)
+class _Commit:
+    """What committing one uploaded flush takes: its partition's guard, the new state and
+    segment entries, and the idempotent-producer state that becomes current with it."""
+
+    flush: _Flush
+    compares: list[Compare]
+    puts: list[Put]
+    producers: dict[int, ProducerEntry]
+
+
 @dataclass
 class PartitionLog:
     topic: str
@@ -161,8 +210,14 @@ class PartitionLog:
     """Our ownership, under which this log was loaded."""
     producers: dict[int, ProducerEntry] = field(default_factory=dict)
     """Committed idempotent-producer state (committed with the data it describes)."""
-    flushing: list[_Pending] = field(default_factory=list)
-    """Entries of the flush in progress: still in flight for sequence checks."""
+    inflight: list[_Flush] = field(default_factory=list)
+    """Its flushes taken and not yet committed or failed, in offset order (a flush cycle may
+    start while the previous one still commits). Each starts where the previous one ends."""
+
+    @property
+    def flushing(self) -> list[_Pending]:
+        """Entries of the flushes in progress: still in flight for sequence checks."""
+        return [e for f in self.inflight for e in f.entries]
 
     def epoch_error(self, current_leader_epoch: int) -> int:
         """Kafka's check of a request's CurrentLeaderEpoch against ours: 0 when equal,
@@ -260,6 +315,8 @@ class LogManager:
         self._wake = asyncio.Event()
         self._committed = asyncio.Condition()
         self._flusher: asyncio.Task[None] | None = None
+        self._last_commit: asyncio.Task[bool] | None = None
+        """The commit task of the latest flush cycle (each waits for the one before)."""
         self._closing = False
         self._load_locks: dict[tuple[str, int], asyncio.Lock] = {}
         self.cluster: Cluster | None = None
@@ -292,6 +349,8 @@ class LogManager:
         if self._flusher is not None:
             await self._flusher
             self._flusher = None
+        if self._last_commit is not None:  # cycles that release() or flush() started
+            await asyncio.wait([self._last_commit])
         if self._ownership is not None:
             self._ownership.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -448,9 +507,9 @@ class LogManager:
         claim.releasing = True
         plog = self.logs.get(key)
         if plog is not None:
-            async with plog.lock:
-                if plog.pending:
-                    await self._flush_locked(plog)
+            if plog.pending:
+                self._start_cycle([plog])
+            await self._settle(plog)
         try:
             result = await self.meta.txn(
                 [Compare(claim.owner_key, "mod_revision", "==", claim.owner_revision)],
@@ -638,6 +697,7 @@ class LogManager:
 
     async def _run_flusher(self) -> None:
         interval = self.config.flush_interval_ms / 1000
+        committing: asyncio.Task[bool] | None = None
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=interval)
@@ -645,55 +705,79 @@ class LogManager:
                 pass
             self._wake.clear()
             try:
-                await self.flush()
+                cycle = self._start_cycle([p for p in self.logs.values() if p.pending])
+                if cycle is not None:
+                    _, commit = cycle
+                    await asyncio.wait([commit])
+                    committing = commit
             except Exception:  # the flusher must outlive any one failure
                 log.exception("flush failed")
             if self._closing and not self.pending_bytes:
+                if committing is not None:
+                    await asyncio.wait([committing])
                 return
 
     async def flush(self) -> None:
-        """Make every partition's pending data durable, concurrently; wake fetchers."""
-        work = [plog for plog in self.logs.values() if plog.pending]
-        if not work:
-            return
-        results = await asyncio.gather(*(self._flush_partition(p) for p in work))
-        if any(results):
-            async with self._committed:
-                self._committed.notify_all()
+        """Make every partition's pending data durable (one flush cycle, committed after the
+        cycles started before it); wake fetchers."""
+        cycle = self._start_cycle([p for p in self.logs.values() if p.pending])
+        if cycle is not None:
+            await cycle[1]
 
-    async def _flush_partition(self, plog: PartitionLog) -> bool:
-        async with plog.lock:
-            if not plog.pending:  # failed while we waited for the lock (a fenced epoch bump)
-                return False
-            return await self._flush_locked(plog)
+    def _start_cycle(
+        self, plogs: list[PartitionLog]
+    ) -> tuple[asyncio.Future[list[None]], asyncio.Task[bool]] | None:
+        """Take the pending data of ``plogs`` as one flush cycle: their uploads start now, and
+        one task commits them all (in as few metadata transactions as the store takes) once
+        they are uploaded and every earlier cycle has committed. (The uploads, that task), or
+        None when nothing was pending."""
+        flushes = [f for f in map(self._take, plogs) if f is not None]
+        if not flushes:
+            return None
+        uploads = asyncio.gather(*map(self._upload, flushes))
+        commit = asyncio.create_task(
+            self._commit_cycle(flushes, uploads, self._last_commit), name="kafscale-commit"
+        )
+        self._last_commit = commit
+        return uploads, commit
 
-    async def _flush_locked(self, plog: PartitionLog) -> bool:
+    def _take(self, plog: PartitionLog) -> _Flush | None:
+        """A flush of the partition's pending data, its offsets assigned: right after its
+        previous flush still in flight, else from the high watermark."""
         entries, plog.pending = plog.pending, []
-        plog.flushing = entries
-        try:
-            return await self._flush_entries(plog, entries)
-        finally:
-            plog.flushing = []
-
-    async def _flush_entries(self, plog: PartitionLog, entries: list[_Pending]) -> bool:
+        if not entries:
+            return None
         size = sum(len(e.data) for e in entries)
         plog.pending_bytes -= size
         self.pending_bytes -= size
-        offset = plog.hw
-        committing = False
+        first = plog.inflight[-1].end if plog.inflight else plog.hw
         bases: list[int] = []
-        built: list[tuple[SegmentMeta, bytes, bytes]] = []  # (meta, object, index object)
+        offset = first
+        for e in entries:
+            bases.append(offset)
+            offset += e.records
+        flush = _Flush(plog, entries, first, offset, plog.epoch, bases)
+        plog.inflight.append(flush)
+        return flush
+
+    async def _upload(self, flush: _Flush) -> None:
+        """Build the flush's segment objects (one per segment.bytes of data; a lone bigger
+        request gets its own) and upload them with their indexes. A failure answers its
+        requests (and those of its partition's later flushes) with a retriable error."""
+        if flush.failed:
+            return
+        plog = flush.plog
         try:
-            tag = writer_tag(plog.epoch, secrets.token_hex(4))
-            # One segment object per segment.bytes of data (a lone bigger request gets its own).
-            for group in _split(entries, self.config.segment_bytes):
+            tag = writer_tag(flush.epoch, secrets.token_hex(4))
+            built: list[tuple[SegmentMeta, bytes, bytes]] = []
+            offset = flush.first
+            for group in _split(flush.entries, self.config.segment_bytes):
                 first = offset
                 chunks: list[Buffer] = []
                 batches: list[BatchInfo] = []
                 for e in group:
-                    bases.append(offset)
                     assigned = assign_offsets(
-                        e.data, e.batches, offset, partition_leader_epoch=plog.epoch
+                        e.data, e.batches, offset, partition_leader_epoch=flush.epoch
                     )
                     chunks += assigned.chunks
                     batches += assigned.batches
@@ -710,6 +794,8 @@ class LogManager:
                     first, segment.last_offset, segment.size, segment.max_timestamp, key
                 )
                 built.append((meta, b"".join(segment.chunks), segment.index))
+            if offset != flush.end:
+                raise RuntimeError(f"offsets assigned up to {offset}, expected {flush.end}")
             # Every object before the commit: a crash in between leaves orphans that are never
             # served (nothing points at them), not a gap.
             await asyncio.gather(
@@ -720,58 +806,171 @@ class LogManager:
                 ),
             )
             failpoints.hit("after_object_put")
-            producers = plog.producers
-            written = [
-                (b, base + b.delta)
-                for e, base in zip(entries, bases, strict=True)
-                for b in e.producers
-            ]
-            if written or producers:
-                producers = commit_producers(
-                    plog.producers,
-                    written,
-                    int(time.time() * 1000),
-                    self.config.producer_id_expiration_ms,
-                )
-            state = _state(plog.log_start, offset, plog.epoch, plog.epochs, _json(producers))
-            prefix = self.topics.segments_prefix(plog.topic, plog.partition)
-            committing = True
-            result = await self.meta.txn(
-                self._guard(plog),
-                [Put(plog.state_key, state)]
-                + [
-                    Put(prefix + f"{meta.base:020d}".encode(), meta.to_json())
-                    for meta, _, _ in built
-                ],
-            )
-            if not result.succeeded:
-                raise not_owner(plog.topic, plog.partition, " (its state changed under us)")
+            flush.built = built
         except Exception as error:
-            code = error.code if isinstance(error, FlushError) else KAFKA_STORAGE_ERROR
-            log.warning("flush of %s-%d failed: %s", plog.topic, plog.partition, error)
-            failure = FlushError(code, str(error))
-            if code == NOT_LEADER_OR_FOLLOWER or committing:
-                # Stale, or the commit's outcome is unknown (it may have applied): reload the
-                # state before the next flush. What was appended meanwhile fails too
-                # (retriable); a client resending data that did commit makes a duplicate,
-                # never a gap or a lost record.
-                self._drop(plog, failure, *entries)
-            for e in entries:
-                if not e.future.done():
-                    e.future.set_exception(failure)
+            self._fail(flush, error, committing=False)
+
+    async def _commit_cycle(
+        self,
+        flushes: list[_Flush],
+        uploads: asyncio.Future[list[None]],
+        previous: asyncio.Task[bool] | None,
+    ) -> bool:
+        """Commit a cycle's flushes once their uploads are done and ``previous`` (the cycle
+        before) has committed, so that each partition commits in offset order; answer their
+        requests and wake fetchers. Whether anything was committed."""
+        with contextlib.suppress(Exception):
+            await uploads
+        if previous is not None:
+            await asyncio.wait([previous])
+        committed = False
+        try:
+            committed = await self._commit(flushes)
+        finally:
+            for f in flushes:  # nothing may wait forever, whatever went wrong
+                if not f.settled.is_set():
+                    self._fail(f, FlushError(KAFKA_STORAGE_ERROR, "flush abandoned"), True)
+        if committed:
+            async with self._committed:
+                self._committed.notify_all()
+        return committed
+
+    async def _commit(self, flushes: list[_Flush]) -> bool:
+        """Commit the uploaded ``flushes`` (each of a different partition), holding their
+        partitions' locks: their states and segment entries go in one metadata transaction per
+        group of partitions that fits the store's limits. Whether any committed."""
+        ready = [f for f in flushes if not f.failed]
+        if not ready:
             return False
-        failpoints.hit("after_metadata_commit")
-        plog.revision = result.revision
-        plog.hw = offset
-        plog.producers = producers
-        for meta, body, index in built:
+        async with contextlib.AsyncExitStack() as locks:
+            for f in ready:
+                await locks.enter_async_context(f.plog.lock)
+            prepared: list[_Commit] = []
+            for f in ready:
+                if f.failed:
+                    continue
+                try:
+                    prepared.append(self._prepare(f))
+                except Exception as error:
+                    self._fail(f, error, committing=False)
+            committed = False
+            for group in _txn_groups(prepared):
+                if await self._commit_group(group):
+                    committed = True
+            return committed
+
+    def _prepare(self, flush: _Flush) -> _Commit:
+        """What committing ``flush`` compares and puts: its partition's guard; the new state
+        (high watermark, idempotent-producer state) and its segment entries."""
+        plog = flush.plog
+        if self.logs.get((plog.topic, plog.partition)) is not plog:
+            raise not_owner(plog.topic, plog.partition, " (its log was dropped)")
+        if plog.hw != flush.first or plog.epoch != flush.epoch:
+            raise not_owner(plog.topic, plog.partition, " (its state changed under us)")
+        guard = self._guard(plog)
+        producers = plog.producers
+        written = [
+            (b, base + b.delta)
+            for e, base in zip(flush.entries, flush.bases, strict=True)
+            for b in e.producers
+        ]
+        if written or producers:
+            producers = commit_producers(
+                plog.producers,
+                written,
+                int(time.time() * 1000),
+                self.config.producer_id_expiration_ms,
+            )
+        state = _state(plog.log_start, flush.end, plog.epoch, plog.epochs, _json(producers))
+        prefix = self.topics.segments_prefix(plog.topic, plog.partition)
+        puts = [Put(plog.state_key, state)] + [
+            Put(prefix + f"{meta.base:020d}".encode(), meta.to_json()) for meta, _, _ in flush.built
+        ]
+        return _Commit(flush, guard, puts, producers)
+
+    async def _commit_group(self, group: list[_Commit]) -> bool:
+        """One transaction for ``group``; if its compares fail (some partition's owner or
+        state moved), each partition again on its own, so that only that one fails. Whether
+        any committed."""
+        try:
+            result = await self.meta.txn(
+                [c for x in group for c in x.compares], [p for x in group for p in x.puts]
+            )
+        except Exception as error:
+            # The outcome may be unknown (it may have applied): every partition of the group
+            # reloads its state before its next flush. Their requests fail (retriable); a
+            # client resending data that did commit makes a duplicate, never a gap or a lost
+            # record.
+            for x in group:
+                self._fail(x.flush, error, committing=True)
+            return False
+        if not result.succeeded:
+            if len(group) > 1:
+                committed = False
+                for x in group:
+                    if await self._commit_group([x]):
+                        committed = True
+                return committed
+            plog = group[0].flush.plog
+            stale = not_owner(plog.topic, plog.partition, " (its state changed under us)")
+            self._fail(group[0].flush, stale, committing=True)
+            return False
+        for _ in group:  # every flush of the group is committed, none answered yet
+            failpoints.hit("after_metadata_commit")
+        for x in group:
+            self._applied(x, result.revision)
+        return True
+
+    def _applied(self, commit: _Commit, revision: int) -> None:
+        """``commit`` succeeded at ``revision``: move the partition on, answer the requests."""
+        flush = commit.flush
+        plog = flush.plog
+        plog.revision = revision
+        plog.hw = flush.end
+        plog.producers = commit.producers
+        for meta, body, index in flush.built:
             plog.segments.append(meta)
             self.cache.put(meta.key, body)
             self._remember_index(meta.key, index)
-        for e, base in zip(entries, bases, strict=True):
+        if flush in plog.inflight:
+            plog.inflight.remove(flush)
+        for e, base in zip(flush.entries, flush.bases, strict=True):
             if not e.future.done():
                 e.future.set_result(base)
-        return True
+        flush.settled.set()
+
+    def _fail(self, flush: _Flush, error: Exception, committing: bool) -> None:
+        """``flush`` failed: answer its requests with a retriable error, and those of its
+        partition's later flushes in flight too (their offsets follow its own: they could only
+        leave a gap). Stale (NOT_LEADER_OR_FOLLOWER), or ``committing`` (the commit's outcome
+        is unknown: it may have applied): also drop the log, reloaded before the next flush;
+        what was appended meanwhile fails too."""
+        if flush.failed:
+            return
+        plog = flush.plog
+        code = error.code if isinstance(error, FlushError) else KAFKA_STORAGE_ERROR
+        log.warning("flush of %s-%d failed: %s", plog.topic, plog.partition, error)
+        failure = FlushError(code, str(error))
+        doomed = [flush]
+        if flush in plog.inflight:
+            i = plog.inflight.index(flush)
+            doomed = plog.inflight[i:]
+            del plog.inflight[i:]
+        entries = [e for f in doomed for e in f.entries]
+        for f in doomed:
+            f.failed = True
+        if code == NOT_LEADER_OR_FOLLOWER or committing:
+            self._drop(plog, failure, *entries)
+        for e in entries:
+            if not e.future.done():
+                e.future.set_exception(failure)
+        for f in doomed:
+            f.settled.set()
+
+    async def _settle(self, plog: PartitionLog) -> None:
+        """Wait until the partition's flushes in flight have committed or failed."""
+        for f in list(plog.inflight):
+            await f.settled.wait()
 
     # --- fetch -----------------------------------------------------------------------------
 
@@ -936,6 +1135,7 @@ class LogManager:
         returns the new epoch. Data flushed from now on is stamped with it. Raises
         :class:`FlushError` (NOT_LEADER_OR_FOLLOWER) when the state changed under us."""
         plog = await self.get(topic, partition)
+        await self._settle(plog)  # what is in flight was stamped with the current epoch
         async with plog.lock:
             epoch = plog.epoch + 1
             epochs = _assign_epoch(plog.epochs, epoch, plog.hw)
@@ -1027,6 +1227,25 @@ def _truncate_epochs_from_start(
     if not before:
         return list(epochs)
     return [(before[-1][0], log_start), *epochs[len(before) :]]
+
+
+def _txn_groups(commits: list[_Commit]) -> list[list[_Commit]]:
+    """Consecutive groups of commits that fit one transaction (:data:`MAX_TXN_OPS`,
+    :data:`MAX_TXN_BYTES`; one that does not fit alone gets its own)."""
+    groups: list[list[_Commit]] = []
+    ops = size = 0
+    for c in commits:
+        n = len(c.compares) + len(c.puts)
+        b = sum(len(p.key) + len(p.value) for p in c.puts) + sum(
+            len(x.key) + 16 for x in c.compares
+        )
+        if groups and ops + n <= MAX_TXN_OPS and size + b <= MAX_TXN_BYTES:
+            groups[-1].append(c)
+            ops, size = ops + n, size + b
+        else:
+            groups.append([c])
+            ops, size = n, b
+    return groups
 
 
 def _split(entries: list[_Pending], limit: int) -> list[list[_Pending]]:

@@ -1,0 +1,356 @@
+"""The flush path: one metadata transaction per flush cycle for all its partitions (in groups
+that fit etcd's limits), a fenced partition failing alone, and flush cycles that overlap (the
+next one uploads while the previous one commits) keeping every partition's commits in offset
+order, with no gap when an earlier flush fails."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kafscale.broker.config import BrokerConfig
+from kafscale.broker.log import MAX_TXN_OPS, LogManager
+from kafscale.broker.server import Broker
+from kafscale.metadata import Compare, Delete, MetadataUnavailable, Put, TxnResult
+from kafscale.metadata.sqlite import SqliteMetadataStore
+from kafscale.protocol.records import build_batch
+from kafscale.storage.local import LocalObjectStore
+from tests.broker_harness import Client, run, values
+
+NOT_LEADER_OR_FOLLOWER = 6
+KAFKA_STORAGE_ERROR = 56
+
+
+class Recording:
+    """The log manager's metadata store, recording every transaction (and its outcome); an
+    optional ``before`` hook runs ahead of each one and may raise instead of it."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.txns: list[tuple[list[Compare], list[Put | Delete], bool | None]] = []
+        self.before: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[Put | Delete],
+        failure: Sequence[Put | Delete] = (),
+    ) -> TxnResult:
+        entry: tuple[list[Compare], list[Put | Delete], bool | None] = (
+            list(compares),
+            list(success),
+            None,
+        )
+        try:
+            if self.before is not None:
+                await self.before(list(compares), list(success))
+            result: TxnResult = await self.store.txn(compares, success, failure)
+        except BaseException:
+            self.txns.append(entry)
+            raise
+        self.txns.append((entry[0], entry[1], result.succeeded))
+        return result
+
+    def states(self, txn: int) -> list[bytes]:
+        """The partition-state keys the ``txn``-th transaction put."""
+        return [p.key for p in self.txns[txn][1] if b"/partitions/" in p.key]
+
+
+class Gated:
+    """The log manager's object store; puts started while :attr:`hold` is set wait for it,
+    and then fail if :attr:`fail` is set."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.hold: asyncio.Event | None = None
+        self.fail = False
+        self.waiting = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def put(self, key: str, data: Any) -> None:
+        hold = self.hold
+        if hold is not None:
+            self.waiting += 1
+            await hold.wait()
+            if self.fail:
+                raise OSError("injected upload failure")
+        await self.store.put(key, data)
+
+
+async def until(condition: Any, timeout: float = 5) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def pending(logs: LogManager) -> int:
+    return sum(len(p.pending) for p in logs.logs.values())
+
+
+def produce(c: Client, partition: int, *vals: bytes) -> asyncio.Future[Any]:
+    return asyncio.ensure_future(c.produce("t", build_batch(list(vals)), partition=partition))
+
+
+async def fetched(c: Client, partition: int) -> list[tuple[int, bytes | None]]:
+    part = await c.fetch("t", 0, partition=partition)
+    assert part.error_code == 0
+    return values(part.records)
+
+
+def wrap(c: Client) -> tuple[LogManager, Recording, Gated]:
+    logs = c.broker.logs
+    meta, objects = Recording(logs.meta), Gated(logs.objects)
+    logs.meta = meta  # type: ignore[assignment]
+    logs.objects = objects  # type: ignore[assignment]
+    return logs, meta, objects
+
+
+# --- group commit ------------------------------------------------------------------------------
+
+
+def test_a_flush_of_several_partitions_is_one_transaction(tmp_path: Path) -> None:
+    async def scenario(c: Client) -> None:
+        await c.create("t", 8)
+        logs, meta, _ = wrap(c)
+        produces = [produce(c, p, b"v%d" % p, b"w%d" % p) for p in range(8)]
+        await until(lambda: pending(logs) == 8)
+        await logs.flush()
+        for r in await asyncio.gather(*produces):
+            assert (r.error_code, r.base_offset) == (0, 0)
+        assert len(meta.txns) == 1, meta.txns
+        compares, puts, ok = meta.txns[0]
+        assert ok
+        assert len(compares) == 8  # every partition's guard
+        assert len(puts) == 16  # every partition's state and segment entry
+        for p in range(8):
+            assert await fetched(c, p) == [(0, b"v%d" % p), (1, b"w%d" % p)]
+        # The next flush goes on from the new revisions and high watermarks.
+        again = [produce(c, p, b"x") for p in range(8)]
+        await until(lambda: pending(logs) == 8)
+        await logs.flush()
+        assert [r.base_offset for r in await asyncio.gather(*again)] == [2] * 8
+        assert len(meta.txns) == 2
+
+    run(tmp_path, scenario, flush_interval_ms=60_000)
+
+
+def test_a_flush_of_many_partitions_is_split_into_transactions_within_etcds_limit(
+    tmp_path: Path,
+) -> None:
+    async def scenario(c: Client) -> None:
+        await c.create("t", 100)
+        logs, meta, _ = wrap(c)
+        # Two requests per partition, each bigger than segment.bytes: two segments each.
+        produces = [produce(c, p, b"a" * 300) for p in range(100)]
+        await until(lambda: pending(logs) == 100)
+        produces += [produce(c, p, b"b" * 300) for p in range(100)]
+        await until(lambda: pending(logs) == 200)
+        await logs.flush()
+        assert all(r.error_code == 0 for r in await asyncio.gather(*produces))
+        assert all(ok for _, _, ok in meta.txns)
+        sizes = [len(compares) + len(puts) for compares, puts, _ in meta.txns]
+        assert all(n <= MAX_TXN_OPS for n in sizes), sizes
+        assert len(meta.txns) == 4, sizes  # 4 ops per partition: 32 partitions a transaction
+        assert sum(len(meta.states(i)) for i in range(len(meta.txns))) == 100
+        for p in (0, 57, 99):
+            assert [v for _, v in await fetched(c, p)] == [b"a" * 300, b"b" * 300]
+
+    run(tmp_path, scenario, flush_interval_ms=60_000, segment_bytes=256)
+
+
+def test_a_fenced_partition_in_a_combined_commit_fails_alone(tmp_path: Path) -> None:
+    """Another broker takes partition 2's owner key just before the combined commit: that
+    transaction's compares fail; each partition is then committed on its own, so only
+    partition 2's produce fails (NOT_LEADER_OR_FOLLOWER, nothing of it committed) while the
+    others are acknowledged and durable."""
+
+    async def main() -> None:
+        config = BrokerConfig(
+            data_dir=tmp_path, listen_port=0, flush_interval_ms=60_000, lease_ttl_ms=30_000
+        )
+        store = SqliteMetadataStore(tmp_path / "metadata.sqlite3")
+        broker = Broker(config, LocalObjectStore(tmp_path / "objects"), store)
+        await broker.start()
+        logs = broker.logs
+        assert logs._ownership is not None  # no ownership rounds: the test fences by hand
+        logs._ownership.cancel()
+        logs._ownership = None
+        try:
+            c = Client(broker)
+            await c.create("t", 4)
+            _, meta, _ = wrap(c)
+            produces = [produce(c, p, b"v%d" % p) for p in range(4)]
+            await until(lambda: pending(logs) == 4)
+            fenced = logs.claims[("t", 2)].owner_key
+            meta.txns.clear()  # the claims
+
+            async def take_over(compares: list[Compare], puts: list[Put | Delete]) -> None:
+                if len(meta.txns) == 0:  # the combined commit
+                    await store.put(fenced, b'{"broker": 7, "epoch": 9}')
+
+            meta.before = take_over
+            await logs.flush()
+            got = await asyncio.gather(*produces)
+            assert [r.error_code for r in got] == [0, 0, NOT_LEADER_OR_FOLLOWER, 0]
+            assert [r.base_offset for r in got if r.error_code == 0] == [0, 0, 0]
+            # One combined transaction (refused), then one per partition.
+            assert [ok for _, _, ok in meta.txns] == [False, True, True, False, True]
+            assert len(meta.states(0)) == 4
+            for p in range(4):
+                state = await store.get(logs.topics.partition_key("t", p))
+                assert state is not None
+                assert (b'"hw": 1' in state.value) == (p != 2), (p, state.value)
+                segments = await store.range(logs.topics.segments_prefix("t", p))
+                assert len(segments) == (0 if p == 2 else 1)
+            assert ("t", 2) not in logs.logs  # dropped: reloaded before any next flush
+        finally:
+            await asyncio.wait_for(broker.stop(), 15)
+
+    asyncio.run(main())
+
+
+def test_a_combined_commit_whose_outcome_is_unknown_fails_every_partition_of_it(
+    tmp_path: Path,
+) -> None:
+    async def scenario(c: Client) -> None:
+        await c.create("t", 3)
+        logs, meta, _ = wrap(c)
+
+        async def unavailable(compares: list[Compare], puts: list[Put | Delete]) -> None:
+            raise MetadataUnavailable("injected")
+
+        meta.before = unavailable
+        produces = [produce(c, p, b"v") for p in range(3)]
+        await until(lambda: pending(logs) == 3)
+        await logs.flush()
+        assert [r.error_code for r in await asyncio.gather(*produces)] == [KAFKA_STORAGE_ERROR] * 3
+        assert not logs.logs  # every log reloads before its next flush
+        meta.before = None
+        again = [produce(c, p, b"w") for p in range(3)]
+        await until(lambda: pending(logs) == 3)
+        await logs.flush()
+        assert [r.base_offset for r in await asyncio.gather(*again)] == [0, 0, 0]
+        assert await fetched(c, 1) == [(0, b"w")]
+
+    run(tmp_path, scenario, flush_interval_ms=60_000)
+
+
+# --- overlapping flush cycles ------------------------------------------------------------------
+
+
+def test_overlapping_flushes_commit_each_partition_in_offset_order(tmp_path: Path) -> None:
+    """A second flush cycle is taken while the first is still uploading: its offsets follow
+    the first one's, and although its uploads finish first it commits (and answers) only
+    after the first cycle has committed."""
+
+    async def scenario(c: Client) -> None:
+        await c.create("t", 2)
+        logs, meta, objects = wrap(c)
+        first = produce(c, 0, b"a1", b"a2")
+        await until(lambda: pending(logs) == 1)
+        gate = objects.hold = asyncio.Event()
+        cycle1 = asyncio.ensure_future(logs.flush())
+        await until(lambda: objects.waiting == 2)  # segment and index, held
+        objects.hold = None
+        second, other = produce(c, 0, b"b"), produce(c, 1, b"c")
+        await until(lambda: pending(logs) == 2)
+        cycle2 = asyncio.ensure_future(logs.flush())
+        await asyncio.sleep(0.1)  # its uploads are done; it waits for cycle 1
+        assert not second.done() and not other.done() and not meta.txns
+        gate.set()
+        await asyncio.gather(cycle1, cycle2)
+        assert (await first).base_offset == 0
+        assert (await second).base_offset == 2
+        assert (await other).base_offset == 0
+        assert [len(meta.states(i)) for i in range(len(meta.txns))] == [1, 2]
+        assert await fetched(c, 0) == [(0, b"a1"), (1, b"a2"), (2, b"b")]
+        assert await fetched(c, 1) == [(0, b"c")]
+
+    run(tmp_path, scenario, flush_interval_ms=60_000)
+
+
+def test_a_failed_upload_fails_the_later_flushes_of_its_partition_in_flight(
+    tmp_path: Path,
+) -> None:
+    """The first cycle's upload fails after a second cycle took more of the same partition
+    (offsets after the first's): both fail, so nothing leaves a gap; the other partition of
+    the second cycle commits; the partition goes on from its high watermark."""
+
+    async def scenario(c: Client) -> None:
+        await c.create("t", 2)
+        logs, meta, objects = wrap(c)
+        first = produce(c, 0, b"a1", b"a2")
+        await until(lambda: pending(logs) == 1)
+        gate = objects.hold = asyncio.Event()
+        cycle1 = asyncio.ensure_future(logs.flush())
+        await until(lambda: objects.waiting == 2)
+        objects.hold = None
+        second, other = produce(c, 0, b"b"), produce(c, 1, b"c")
+        await until(lambda: pending(logs) == 2)
+        cycle2 = asyncio.ensure_future(logs.flush())
+        await asyncio.sleep(0.05)
+        objects.fail = True
+        gate.set()
+        await asyncio.gather(cycle1, cycle2)
+        objects.fail = False
+        assert (await first).error_code == KAFKA_STORAGE_ERROR
+        assert (await second).error_code == KAFKA_STORAGE_ERROR
+        assert (await other).base_offset == 0
+        assert [len(meta.states(i)) for i in range(len(meta.txns))] == [1]  # partition 1 only
+        third = produce(c, 0, b"d")
+        await until(lambda: pending(logs) == 1)
+        await logs.flush()
+        assert (await third).base_offset == 0
+        assert await fetched(c, 0) == [(0, b"d")]
+
+    run(tmp_path, scenario, flush_interval_ms=60_000)
+
+
+def test_a_failed_commit_fails_the_later_flushes_of_its_partition_in_flight(
+    tmp_path: Path,
+) -> None:
+    """The first cycle's commit fails (outcome unknown) while a second cycle of the same
+    partition is uploaded and waiting to commit: the second fails too (never committed above
+    a gap); its other partition commits; the partition reloads and goes on without a gap."""
+
+    async def scenario(c: Client) -> None:
+        await c.create("t", 2)
+        logs, meta, objects = wrap(c)
+        first = produce(c, 0, b"a1", b"a2")
+        await until(lambda: pending(logs) == 1)
+        gate = objects.hold = asyncio.Event()
+        cycle1 = asyncio.ensure_future(logs.flush())
+        await until(lambda: objects.waiting == 2)
+        objects.hold = None
+        second, other = produce(c, 0, b"b"), produce(c, 1, b"c")
+        await until(lambda: pending(logs) == 2)
+        cycle2 = asyncio.ensure_future(logs.flush())
+        await asyncio.sleep(0.05)
+
+        async def unknown(compares: list[Compare], puts: list[Put | Delete]) -> None:
+            if not meta.txns:
+                raise MetadataUnavailable("injected: outcome unknown")
+
+        meta.before = unknown
+        gate.set()
+        await asyncio.gather(cycle1, cycle2)
+        assert (await first).error_code == KAFKA_STORAGE_ERROR
+        assert (await second).error_code == KAFKA_STORAGE_ERROR
+        assert (await other).base_offset == 0
+        assert [ok for _, _, ok in meta.txns] == [None, True]
+        assert meta.states(1) == [logs.topics.partition_key("t", 1)]
+        third = produce(c, 0, b"d")
+        await until(lambda: pending(logs) == 1)
+        await logs.flush()
+        assert (await third).base_offset == 0
+        assert await fetched(c, 0) == [(0, b"d")]
+
+    run(tmp_path, scenario, flush_interval_ms=60_000)
