@@ -70,6 +70,7 @@ class Gated:
         self.hold: asyncio.Event | None = None
         self.fail = False
         self.waiting = 0
+        self.puts = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
@@ -82,6 +83,7 @@ class Gated:
             if self.fail:
                 raise OSError("injected upload failure")
         await self.store.put(key, data)
+        self.puts += 1
 
 
 async def until(condition: Any, timeout: float = 5) -> None:
@@ -354,3 +356,33 @@ def test_a_failed_commit_fails_the_later_flushes_of_its_partition_in_flight(
         assert await fetched(c, 0) == [(0, b"d")]
 
     run(tmp_path, scenario, flush_interval_ms=60_000)
+
+
+def test_the_flusher_uploads_the_next_cycle_while_the_previous_one_commits(
+    tmp_path: Path,
+) -> None:
+    async def scenario(c: Client) -> None:
+        await c.create("t", 1)
+        _, meta, objects = wrap(c)
+        committing, proceed = asyncio.Event(), asyncio.Event()
+
+        async def hold(compares: list[Compare], puts: list[Put | Delete]) -> None:
+            if not committing.is_set():
+                committing.set()
+                await proceed.wait()
+
+        meta.before = hold
+        first = produce(c, 0, b"a")
+        await committing.wait()  # the first cycle commits (held)
+        uploaded = objects.puts
+        second = produce(c, 0, b"b")
+        await until(lambda: objects.puts == uploaded + 2)  # the next cycle uploaded meanwhile
+        await asyncio.sleep(0.05)
+        assert not first.done() and not second.done()
+        proceed.set()
+        assert (await first).base_offset == 0
+        assert (await second).base_offset == 1
+        assert [ok for _, _, ok in meta.txns] == [True, True]
+        assert await fetched(c, 0) == [(0, b"a"), (1, b"b")]
+
+    run(tmp_path, scenario)  # the flusher's own cycles, every 5 ms

@@ -16,6 +16,13 @@ outcome is unknown also makes the log reload before its next flush. So there is 
 offset gap, and nothing is acknowledged before it is durable. Readers only see committed
 offsets.
 
+Cycles overlap: the next one starts (takes what is pending and uploads it) as soon as the
+previous one's uploads are done, while that one still commits and answers, so the object-store
+link does not idle during commits. Cycles commit in the order they started, each partition's
+flushes therefore in offset order, and a partition's flush commits only right at its high
+watermark: when one fails, its partition's later flushes in flight fail with it (their offsets
+follow its own), and the partition goes on from its high watermark.
+
 Leader epochs: the committed partition state also holds the partition's current leader epoch
 and its epoch history (Kafka's leader-epoch checkpoint: the first offset written under each
 epoch). Every flushed batch is stamped with the current epoch; :meth:`LogManager.bump_leader_epoch`
@@ -696,6 +703,10 @@ class LogManager:
         return None
 
     async def _run_flusher(self) -> None:
+        """Flush cycles, overlapped: the next cycle may start (take what is pending and
+        upload it) as soon as the previous cycle's uploads are done, while that one still
+        commits and answers; it commits after it. At most one cycle is committing while
+        another uploads."""
         interval = self.config.flush_interval_ms / 1000
         committing: asyncio.Task[bool] | None = None
         while True:
@@ -707,8 +718,10 @@ class LogManager:
             try:
                 cycle = self._start_cycle([p for p in self.logs.values() if p.pending])
                 if cycle is not None:
-                    _, commit = cycle
-                    await asyncio.wait([commit])
+                    uploads, commit = cycle
+                    await asyncio.wait([uploads])
+                    if committing is not None:  # the cycle before this one
+                        await asyncio.wait([committing])
                     committing = commit
             except Exception:  # the flusher must outlive any one failure
                 log.exception("flush failed")
