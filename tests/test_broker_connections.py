@@ -252,3 +252,26 @@ def test_a_client_gone_with_a_full_pipeline_leaves_no_connection_behind(
 
     asyncio.run(main())
     assert not problems, problems
+
+
+def test_the_broker_opens_its_object_store_at_start(tmp_path: Path) -> None:
+    """An object store with an ``open`` (S3: its client, ~0.25 s to make) is opened before the
+    broker listens, not on the first produce."""
+
+    class Opened(LocalObjectStore):
+        opened = 0
+
+        async def open(self) -> None:
+            self.opened += 1
+
+    async def main() -> None:
+        store = Opened(tmp_path / "objects")
+        config = BrokerConfig(data_dir=tmp_path, listen_port=0)
+        broker = Broker(config, store, SqliteMetadataStore(tmp_path / "metadata.sqlite3"))
+        await broker.start()
+        try:
+            assert store.opened == 1
+        finally:
+            await asyncio.wait_for(broker.stop(), 15)
+
+    asyncio.run(main())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
 import random
 import socket
 import time
@@ -21,6 +22,7 @@ import pytest
 from kafscale.broker import config as broker_config
 from kafscale.broker.main import object_store
 from kafscale.storage import LocalObjectStore, ObjectStoreError, ObjectStoreUnavailable
+from kafscale.storage import s3 as s3_module
 from kafscale.storage.s3 import S3ObjectStore
 from tests import s3faults, s3server
 from tests.s3faults import FaultProxy
@@ -163,6 +165,12 @@ def test_put_stores_crc32c_metadata_and_sends_the_checksum(
         assert put.headers["x-amz-meta-crc32c"] == f"{crc:08x}"
         assert base64.b64decode(put.headers["x-amz-checksum-crc32c"]) == crc.to_bytes(4, "big")
         assert put.headers["content-length"] == str(len(data))
+        # The body is not hashed for the signature (S3 checks it against the signed CRC32C
+        # header), and goes out at once: no Expect: 100-continue round trip first.
+        assert put.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+        assert "x-amz-content-sha256" in put.headers["authorization"]  # a signed header
+        assert "x-amz-checksum-crc32c" in put.headers["authorization"]
+        assert "expect" not in put.headers
 
     run_proxied(server, bucket, body)
     stored = raw_client(server).get_object(Bucket=bucket, Key="ns/t/0/a")
@@ -173,8 +181,29 @@ def test_put_stores_crc32c_metadata_and_sends_the_checksum(
         await store.put("b", b"x")
         assert "x-amz-checksum-crc32c" not in proxy.seen[0].headers
         assert proxy.seen[0].headers["x-amz-meta-crc32c"] == f"{crc32c.crc32c(b'x'):08x}"
+        # Then nothing else lets the server check the body: it is hashed for the signature.
+        assert proxy.seen[0].headers["x-amz-content-sha256"] == hashlib.sha256(b"x").hexdigest()
 
     run_proxied(server, bucket, no_checksum, upload_checksum=False)
+
+
+def test_payload_signing_set_in_the_aws_configuration_is_left_to_it(
+    server: s3server.S3Server, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "aws-config"
+    config.write_text("[default]\ns3 =\n    payload_signing_enabled = true\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    data = b"y" * 5000
+
+    async def body(store: S3ObjectStore, proxy: FaultProxy) -> None:
+        await store.put("k", data)
+        assert proxy.seen[0].headers["x-amz-content-sha256"] == hashlib.sha256(data).hexdigest()
+
+    s3_module._sessions.session = None  # this thread's session read the previous file
+    try:
+        run_proxied(server, bucket, body)
+    finally:
+        s3_module._sessions.session = None
 
 
 def test_objects_without_crc_metadata_are_read_with_the_length_check(
@@ -587,6 +616,22 @@ def test_close_releases_the_client_and_a_later_call_reopens(
         await store.close()
         assert await store.get("k") == b"v"
         assert store._s3 is not None and store._s3 is not client
+
+    run_direct(server, bucket, body)
+
+
+def test_open_makes_the_client_before_the_first_request(
+    server: s3server.S3Server, bucket: str
+) -> None:
+    async def body(store: S3ObjectStore) -> None:
+        assert store._s3 is None
+        await store.open()
+        client = store._s3
+        assert client is not None
+        await store.open()  # once is enough
+        await store.put("k", b"v")
+        assert store._s3 is client
+        assert await store.get("k") == b"v"
 
     run_direct(server, bucket, body)
 

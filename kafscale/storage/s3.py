@@ -63,9 +63,26 @@ answer for an existing key is ``412 PreconditionFailed``, which means False). Th
   that reject the header (501) give the same error.
 
 ``put`` takes a buffer or a sequence of buffers; a sequence is joined into one body (one
-copy; a body must be re-sendable for retries, and botocore takes no memoryviews). The client
-(HTTP session and connection pool) is made on first use and released by :meth:`close`; a later
-call makes a new one.
+copy; a body must be re-sendable for retries, and botocore takes no memoryviews). That body goes
+out as it is: botocore's handler that wraps a ``bytes`` body of PutObject in a ``BytesIO`` is
+removed from our client, since the wrapper made aiohttp copy the body out again in 64 KiB
+reads and made botocore add ``Expect: 100-continue``, a round trip to the server before every
+body (it only saves sending a body that the server refuses: the answer is the same).
+
+The body is not hashed for the signature when ``upload_checksum`` is on (the default): requests
+are signed with ``x-amz-content-sha256: UNSIGNED-PAYLOAD`` (botocore's ``payload_signing_enabled
+= False``; valid for S3 over HTTPS and HTTP alike), because the signed ``x-amz-checksum-crc32c``
+header already makes S3 refuse a body damaged on the way. What the SHA-256 would add is a
+defence against someone who rewrites bodies on a plain-HTTP path, where they could also read
+them and rewrite every answer; use HTTPS for that. Without ``upload_checksum`` botocore's
+default stays (the body is hashed over plain HTTP), as the server then has nothing else to
+check the body against; and so it does when the AWS configuration sets
+``payload_signing_enabled`` (``s3 =`` section of the profile), for an S3-compatible server
+that wants a hashed body on PUT.
+
+The client (HTTP session and connection pool) is made by :meth:`open` (the broker calls it at
+start: making it takes about 0.25 s, which the first produce would otherwise wait for) or on
+first use, and released by :meth:`close`; a later call makes a new one.
 """
 
 from __future__ import annotations
@@ -92,6 +109,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
     IncompleteReadError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.handlers import convert_body_to_file_like_object  # type: ignore[import-untyped]
 from botocore.parsers import ResponseParserError  # type: ignore[import-untyped]
 
 from kafscale.protocol.wire import Buffer
@@ -147,6 +165,16 @@ def _session() -> Any:
     if session is None:
         session = _sessions.session = get_session()
     return session
+
+
+def _payload_signing_configured() -> bool:
+    """Whether the AWS configuration (``s3 = payload_signing_enabled = ...`` in the profile)
+    decides payload signing: then it is left to it."""
+    try:
+        s3 = _session().get_config_variable("s3") or {}
+    except Exception:  # a broken profile fails the client later, with botocore's message
+        return False
+    return "payload_signing_enabled" in s3
 
 
 class _BadBody(Exception):
@@ -298,12 +326,16 @@ class S3ObjectStore(ObjectStore):
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._upload_checksum = upload_checksum
+        s3_options: dict[str, Any] = {"addressing_style": "path" if path_style else "auto"}
+        if upload_checksum and not _payload_signing_configured():
+            # S3 checks the body against the signed CRC32C header: no SHA-256 of every body.
+            s3_options["payload_signing_enabled"] = False
         self._config = Config(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             retries={"total_max_attempts": 1, "mode": "standard"},
             max_pool_connections=max_concurrency,
-            s3={"addressing_style": "path" if path_style else "auto"},
+            s3=s3_options,
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
@@ -323,12 +355,17 @@ class S3ObjectStore(ObjectStore):
 
     # -- plumbing ----------------------------------------------------------------------------
 
+    async def open(self) -> None:
+        """Make the client (HTTP session, S3 model, endpoint rules) now rather than on the
+        first request; :meth:`close` releases it."""
+        await self._client()
+
     async def _client(self) -> Any:
         if self._s3 is None:
             async with self._client_lock:
                 if self._s3 is None:
                     stack = AsyncExitStack()
-                    self._s3 = await stack.enter_async_context(
+                    client = await stack.enter_async_context(
                         _session().create_client(
                             "s3",
                             endpoint_url=self._endpoint_url,
@@ -336,7 +373,11 @@ class S3ObjectStore(ObjectStore):
                             config=self._config,
                         )
                     )
-                    self._stack = stack
+                    # A bytes body is sent as it is (see the module docstring).
+                    client.meta.events.unregister(
+                        "before-parameter-build.s3.PutObject", convert_body_to_file_like_object
+                    )
+                    self._s3, self._stack = client, stack
         return self._s3
 
     def backoff(self, retry: int) -> float:
