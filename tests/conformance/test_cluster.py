@@ -80,6 +80,7 @@ from tests.conformance.test_groups_admin import (
 from tests.conformance.test_offsets import confluent_consumer
 from tests.conformance.three_brokers import (
     LEASE_TTL_MS,
+    OWNERS_TIMEOUT,
     MetadataView,
     bootstrap_of,
     find_coordinator,
@@ -271,7 +272,7 @@ class SlowerProducer(NumberedProducer):
     rate = GROUP_RATE
 
 
-def coordinator_of(cluster: Cluster, group: str, timeout: float = 15.0) -> int:
+def coordinator_of(cluster: Cluster, group: str, timeout: float = OWNERS_TIMEOUT) -> int:
     """The group's coordinator, once every running broker's FindCoordinator names the same
     live broker and that broker holds the group's owner key."""
     deadline = time.monotonic() + timeout
@@ -379,7 +380,7 @@ def test_group_survives_its_coordinator_kill(
 Snapshot = dict[tuple[str, int], list[tuple[int, bytes | None, bytes | None]]]
 
 
-def read_everything(cluster: Cluster, timeout: float = 30.0) -> Snapshot:
+def read_everything(cluster: Cluster, timeout: float = 60.0) -> Snapshot:
     """Every partition of every topic, from offset 0 (nothing here deletes records) to its
     high watermark: (offset, key, value) of each record. librdkafka's debug log of the
     reading consumer goes to ``read-everything-N.log`` next to the brokers' logs."""
