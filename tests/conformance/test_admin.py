@@ -450,6 +450,10 @@ class ConfluentAdmin(Admin):
                 "message.timeout.ms": int(TIMEOUT * 1000),
             }
         )
+        # Know the partitions' leaders first: records produced while the topic's metadata is
+        # still unknown wait in librdkafka's unassigned queue and can leave it in separate
+        # batches (one gzip batch is what test_list_offsets_admin needs).
+        producer.list_topics(topic, timeout=TIMEOUT)
         results: dict[int, tuple[int, int] | str] = {}
 
         def delivered(i: int) -> Any:
