@@ -385,4 +385,35 @@ def test_the_flusher_uploads_the_next_cycle_while_the_previous_one_commits(
         assert [ok for _, _, ok in meta.txns] == [True, True]
         assert await fetched(c, 0) == [(0, b"a"), (1, b"b")]
 
-    run(tmp_path, scenario)  # the flusher's own cycles, every 5 ms
+    # The flusher's own cycles, every 5 ms or once flush.bytes are pending (here at once).
+    run(tmp_path, scenario, flush_bytes=1)
+
+
+def test_with_little_pending_the_flusher_lets_a_cycle_commit_before_the_next(
+    tmp_path: Path,
+) -> None:
+    """Less than flush.bytes pending: no overlap (with many partitions and little data each,
+    it would only double the objects per byte); the next cycle starts after the commit."""
+
+    async def scenario(c: Client) -> None:
+        await c.create("t", 1)
+        _, meta, objects = wrap(c)
+        committing, proceed = asyncio.Event(), asyncio.Event()
+
+        async def hold(compares: list[Compare], puts: list[Put | Delete]) -> None:
+            if not committing.is_set():
+                committing.set()
+                await proceed.wait()
+
+        meta.before = hold
+        first = produce(c, 0, b"a")
+        await committing.wait()
+        uploaded = objects.puts
+        second = produce(c, 0, b"b")
+        await asyncio.sleep(0.1)  # twenty flush intervals
+        assert objects.puts == uploaded and not first.done() and not second.done()
+        proceed.set()
+        assert (await first).base_offset == 0
+        assert (await second).base_offset == 1
+
+    run(tmp_path, scenario)

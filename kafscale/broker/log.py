@@ -16,12 +16,13 @@ outcome is unknown also makes the log reload before its next flush. So there is 
 offset gap, and nothing is acknowledged before it is durable. Readers only see committed
 offsets.
 
-Cycles overlap: the next one starts (takes what is pending and uploads it) as soon as the
-previous one's uploads are done, while that one still commits and answers, so the object-store
-link does not idle during commits. Cycles commit in the order they started, each partition's
-flushes therefore in offset order, and a partition's flush commits only right at its high
-watermark: when one fails, its partition's later flushes in flight fail with it (their offsets
-follow its own), and the partition goes on from its high watermark.
+Cycles overlap when ``flush.bytes`` are pending: the next one starts (takes what is pending
+and uploads it) as soon as the previous one's uploads are done, while that one still commits
+and answers, so the object-store link does not idle during commits (with less pending, a cycle
+commits first: see :meth:`LogManager._run_flusher`). Cycles commit in the order they
+started, each partition's flushes therefore in offset order, and a partition's flush commits
+only right at its high watermark: when one fails, its partition's later flushes in flight fail
+with it (their offsets follow its own), and the partition goes on from its high watermark.
 
 Leader epochs: the committed partition state also holds the partition's current leader epoch
 and its epoch history (Kafka's leader-epoch checkpoint: the first offset written under each
@@ -703,10 +704,14 @@ class LogManager:
         return None
 
     async def _run_flusher(self) -> None:
-        """Flush cycles, overlapped: the next cycle may start (take what is pending and
-        upload it) as soon as the previous cycle's uploads are done, while that one still
-        commits and answers; it commits after it. At most one cycle is committing while
-        another uploads."""
+        """Flush cycles, overlapped when that pays: once a cycle's uploads are done and
+        ``flush.bytes`` are already pending again, the next cycle starts (takes what is pending
+        and uploads it) while that one still commits and answers, and commits after it; at
+        most one cycle commits while another uploads. With less pending, the cycle commits
+        and answers first, so that its producers' next requests join the next cycle: a cycle
+        costs two objects per partition whatever their size, and with many partitions and
+        little data each, splitting what the clients have in flight across two cycles would
+        double the objects per byte."""
         interval = self.config.flush_interval_ms / 1000
         committing: asyncio.Task[bool] | None = None
         while True:
@@ -722,6 +727,12 @@ class LogManager:
                     await asyncio.wait([uploads])
                     if committing is not None:  # the cycle before this one
                         await asyncio.wait([committing])
+                    if not self._wake.is_set():
+                        # The next cycle starts once this one has committed, or as soon as
+                        # flush.bytes are pending.
+                        woken = asyncio.ensure_future(self._wake.wait())
+                        await asyncio.wait([commit, woken], return_when=asyncio.FIRST_COMPLETED)
+                        woken.cancel()
                     committing = commit
             except Exception:  # the flusher must outlive any one failure
                 log.exception("flush failed")
