@@ -142,6 +142,37 @@ def test_a_client_pipelining_hundreds_of_requests_gets_every_answer_in_order(
     assert not problems, problems
 
 
+def test_pipelined_produces_to_a_partition_not_loaded_yet_keep_their_order(
+    tmp_path: Path,
+) -> None:
+    """Kafka appends one connection's produce requests in the order they were sent. The first
+    requests for a partition wait while it is loaded (or claimed); one that arrives as the load
+    ends must not overtake them (it found the log loaded and appended at once: 63 of the first
+    65 pipelined requests got shifted offsets)."""
+    n = 200
+
+    async def scenario(broker: Broker, store: GatedStore) -> None:
+        store.gate.set()
+        client = Client(broker)
+        await client.create("t")
+        reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+        for i in range(n):
+            writer.write(produce_frame(i + 1, "t"))
+            if i % 10 == 0:
+                await writer.drain()
+                await asyncio.sleep(0)  # let some arrive while the partition loads
+        await writer.drain()
+        for i in range(n):
+            answer = await asyncio.wait_for(read_answer(reader), 10)
+            assert struct.unpack(">i", answer[:4])[0] == i + 1
+            part = ProduceResponse.decode(answer[5:], 9).responses[0].partition_responses[0]
+            assert (part.error_code, part.base_offset) == (0, i), f"request {i + 1}"
+        writer.close()
+
+    problems = with_broker(tmp_path, scenario)
+    assert not problems, problems
+
+
 def test_a_client_that_never_reads_its_answers_is_held_to_the_byte_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -327,6 +327,8 @@ class LogManager:
         """The commit task of the latest flush cycle (each waits for the one before)."""
         self._closing = False
         self._load_locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._getting: dict[tuple[str, int], int] = {}
+        """Callers of :meth:`get` queued on (or holding) a partition's load lock."""
         self.cluster: Cluster | None = None
         """Set by :meth:`attach`; without it this broker owns every partition (unit tests)."""
         self.claims: dict[tuple[str, int], Claim] = {}
@@ -378,12 +380,30 @@ class LogManager:
         (claiming the partition first when it should be ours and nobody holds it)."""
         key = (topic, partition)
         plog = self.logs.get(key)
-        if plog is not None and (
-            plog.claim is None or (not plog.claim.releasing and self.claims.get(key) is plog.claim)
+        if (
+            plog is not None
+            and not self._getting.get(key)
+            and (
+                plog.claim is None
+                or (not plog.claim.releasing and self.claims.get(key) is plog.claim)
+            )
         ):
             return plog
-        lock = self._load_locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        # Callers queue on the lock in arrival order, and while any is queued a later caller
+        # queues too instead of taking the loaded log at once: one connection's produce
+        # requests are appended in the order they were sent (Kafka's guarantee), also the first
+        # ones for a partition, which wait while it is loaded or claimed.
+        self._getting[key] = self._getting.get(key, 0) + 1
+        try:
+            return await self._get_locked(topic, partition)
+        finally:
+            self._getting[key] -= 1
+            if not self._getting[key]:
+                del self._getting[key]
+
+    async def _get_locked(self, topic: str, partition: int) -> PartitionLog:
+        key = (topic, partition)
+        async with self._load_locks.setdefault(key, asyncio.Lock()):
             claim: Claim | None = None
             if self.cluster is not None:
                 claim = self.claims.get(key) or await self._claim(topic, partition)
