@@ -417,3 +417,38 @@ def test_with_little_pending_the_flusher_lets_a_cycle_commit_before_the_next(
         assert (await second).base_offset == 1
 
     run(tmp_path, scenario)
+
+
+def test_a_flush_of_many_partitions_commits_on_etcd_within_its_limits(tmp_path: Path) -> None:
+    """On a real etcd (which refuses a transaction of more than 128 operations), with owner
+    keys in every guard: 100 partitions in one flush are 4 transactions of 128 operations."""
+    from kafscale.metadata.etcd import EtcdMetadataStore
+    from tests.etcdserver import require_etcd
+
+    with require_etcd(1) as etcd:
+
+        async def main() -> None:
+            config = BrokerConfig(
+                data_dir=tmp_path, listen_port=0, flush_interval_ms=60_000, lease_ttl_ms=30_000
+            )
+            store = EtcdMetadataStore(etcd.endpoints)
+            broker = Broker(config, LocalObjectStore(tmp_path / "objects"), store)
+            await broker.start()
+            try:
+                c = Client(broker)
+                await c.create("t", 100)
+                logs, meta, _ = wrap(c)
+                produces = [produce(c, p, b"v%d" % p) for p in range(100)]
+                await until(lambda: pending(logs) == 100, timeout=60)
+                meta.txns.clear()  # the claims
+                await logs.flush()
+                got = await asyncio.gather(*produces)
+                assert [(r.error_code, r.base_offset) for r in got] == [(0, 0)] * 100
+                sizes = [len(compares) + len(puts) for compares, puts, _ in meta.txns]
+                assert sizes == [128, 128, 128, 16], sizes
+                assert all(ok for _, _, ok in meta.txns)
+                assert await fetched(c, 99) == [(0, b"v99")]
+            finally:
+                await asyncio.wait_for(broker.stop(), 30)
+
+        asyncio.run(main())
