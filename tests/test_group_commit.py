@@ -435,6 +435,9 @@ def test_a_flush_of_many_partitions_commits_on_etcd_within_its_limits(tmp_path: 
             broker = Broker(config, LocalObjectStore(tmp_path / "objects"), store)
             await broker.start()
             try:
+                cluster = broker.logs.cluster
+                assert cluster is not None
+                await until(lambda: not cluster.settling())  # claims begin a moment after start
                 c = Client(broker)
                 await c.create("t", 100)
                 logs, meta, _ = wrap(c)

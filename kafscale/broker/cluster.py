@@ -48,6 +48,9 @@ from kafscale.metadata import (
 )
 
 log = logging.getLogger("kafscale.cluster")
+CLAIM_SETTLE_S = 1.0
+"""After (re)registering, a broker claims no partition for this long (at most half the lease
+TTL): long enough to see the brokers that register with it (see ``Cluster.settling``)."""
 
 NOT_COORDINATOR = 16
 
@@ -201,8 +204,21 @@ class Cluster:
         self._keepalive: asyncio.Task[None] | None = None
         self._registered = asyncio.Event()
         self._claiming: dict[str, asyncio.Lock] = {}
+        self._claims_from = 0.0
+        """Loop time before which we claim no partition (see :meth:`settling`)."""
         self._placements: dict[str, tuple[tuple[int, tuple[int, ...]], list[int]]] = {}
         """topic -> ((partitions, live ids), desired owners): recomputed when either changes."""
+
+    def settling(self) -> bool:
+        """Whether this broker (re)registered moments ago and does not claim partitions yet.
+
+        Brokers that start together, or register again together after an etcd outage cost
+        them all their leases, come up moments apart: the first would claim every partition
+        and hand most over again a second later. Each partition would change leader twice in
+        a moment, and librdkafka can stay stuck on the former leader then (librdkafka issue
+        4976). So a broker claims nothing for a short while after registering, by which time
+        it sees the others. (A single broker on an exclusive store has nobody to wait for.)"""
+        return asyncio.get_running_loop().time() < self._claims_from
 
     @property
     def lease_ttl(self) -> float:
@@ -254,6 +270,11 @@ class Cluster:
                 )
                 self._registered.set()
                 log.info("registered as broker %d (lease %x)", self.me, self.lease)
+                if not self.meta.exclusive:
+                    loop = asyncio.get_running_loop()
+                    settle = min(CLAIM_SETTLE_S, self.lease_ttl / 2)
+                    self._claims_from = loop.time() + settle
+                    loop.call_later(settle, self._changed)  # the ownership round claims then
                 return
             existing = await self.meta.get(self.broker_key)
             if existing is None:

@@ -442,6 +442,8 @@ class LogManager:
         desired = cluster.desired_owner(topic, partition, meta_topic.partitions)
         if owner is not None or desired != cluster.me:
             raise not_owner(topic, partition)
+        if cluster.settling():
+            raise not_owner(topic, partition, " (just registered: claiming shortly)")
         state_key = self.topics.partition_key(topic, partition)
         kv = await self.meta.get(state_key)
         if kv is None:
