@@ -73,6 +73,22 @@ async def read_answer(reader: asyncio.StreamReader) -> bytes:
     return await reader.readexactly(size)
 
 
+async def answers_in_order(reader: asyncio.StreamReader, n: int) -> list[bytes]:
+    """The next ``n`` answers (correlation id, header and body), checked to answer requests
+    1 to ``n`` in order."""
+    answers = [await asyncio.wait_for(read_answer(reader), 10) for _ in range(n)]
+    ids = [struct.unpack(">i", answer[:4])[0] for answer in answers]
+    assert ids == list(range(1, n + 1))
+    return answers
+
+
+def produced(answer: bytes) -> tuple[int, int]:
+    """(error code, base offset) of a one-partition Produce v9 answer."""
+    body = ProduceResponse.decode(answer[5:], 9)  # v9: flexible header, no tags
+    part = body.responses[0].partition_responses[0]
+    return part.error_code, part.base_offset
+
+
 def with_broker(
     tmp_path: Path, scenario: Callable[[Broker, GatedStore], Awaitable[None]]
 ) -> list[str]:
@@ -128,12 +144,9 @@ def test_a_client_pipelining_hundreds_of_requests_gets_every_answer_in_order(
         # The broker reads them all while the flush is stalled: nothing holds them back.
         await eventually(lambda: pipeline_of(broker).count == n)
         store.gate.set()
-        for i in range(n):
-            answer = await asyncio.wait_for(read_answer(reader), 10)
-            assert struct.unpack(">i", answer[:4])[0] == i + 1  # in request order
-            body = ProduceResponse.decode(answer[5:], 9)  # v9: flexible header, no tags
-            part = body.responses[0].partition_responses[0]
-            assert (part.error_code, part.base_offset) == (0, i + 1)
+        answers = await answers_in_order(reader, n)
+        offsets = [produced(answer) for answer in answers]
+        assert offsets == [(0, i + 1) for i in range(n)]
         await eventually(lambda: pipeline_of(broker).count == 0)
         assert pipeline_of(broker).bytes == 0
         writer.close()
@@ -162,11 +175,8 @@ def test_pipelined_produces_to_a_partition_not_loaded_yet_keep_their_order(
                 await writer.drain()
                 await asyncio.sleep(0)  # let some arrive while the partition loads
         await writer.drain()
-        for i in range(n):
-            answer = await asyncio.wait_for(read_answer(reader), 10)
-            assert struct.unpack(">i", answer[:4])[0] == i + 1
-            part = ProduceResponse.decode(answer[5:], 9).responses[0].partition_responses[0]
-            assert (part.error_code, part.base_offset) == (0, i), f"request {i + 1}"
+        offsets = [produced(answer) for answer in await answers_in_order(reader, n)]
+        assert offsets == [(0, i) for i in range(n)]
         writer.close()
 
     problems = with_broker(tmp_path, scenario)
@@ -203,13 +213,10 @@ def test_a_client_that_never_reads_its_answers_is_held_to_the_byte_bound(
         assert 0 < pipeline.peak_bytes <= cap + cap // 2 + 2 * len(value), pipeline.peak_bytes
         assert pipeline.bytes <= cap + cap // 2 + 2 * len(value)
         # Reading the answers lets it go on, and every one comes in order.
-        for i in range(sent):
-            answer = await asyncio.wait_for(read_answer(reader), 10)
-            assert struct.unpack(">i", answer[:4])[0] == i + 1
-            if i == 0:
-                body = FetchResponse.decode(answer[5:], 12)  # v12: flexible header, no tags
-                records = body.responses[0].partitions[0].records
-                assert records is not None and bytes(value) in bytes(records)
+        answers = await answers_in_order(reader, sent)
+        body = FetchResponse.decode(answers[0][5:], 12)  # v12: flexible header, no tags
+        records = body.responses[0].partitions[0].records
+        assert records is not None and bytes(value) in bytes(records)
         assert pipeline.peak_bytes <= cap + cap // 2 + 2 * len(value), pipeline.peak_bytes
         writer.close()
 
@@ -234,9 +241,7 @@ def test_a_flood_of_tiny_requests_is_held_to_the_count_bound(
         await asyncio.sleep(0.3)
         assert pipeline_of(broker).peak_count == 100
         store.gate.set()
-        for i in range(300):
-            answer = await asyncio.wait_for(read_answer(reader), 10)
-            assert struct.unpack(">i", answer[:4])[0] == i + 1
+        await answers_in_order(reader, 300)
         assert pipeline_of(broker).peak_count == 100
         writer.close()
 
@@ -248,44 +253,34 @@ def test_a_client_gone_with_a_full_pipeline_leaves_no_connection_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(server, "MAX_PIPELINE", 64)  # the count bound fills quickly
-    problems: list[str] = []
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        loop.set_exception_handler(lambda _loop, context: problems.append(str(context)))
-        store = GatedStore(tmp_path / "objects")
-        config = BrokerConfig(data_dir=tmp_path, listen_port=0, flush_interval_ms=5)
-        broker = Broker(config, store, SqliteMetadataStore(tmp_path / "metadata.sqlite3"))
-        await broker.start()
-        try:
-            await Client(broker).create("t")
-            reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
-            # More requests than the pipeline holds: the broker stops reading at MAX_PIPELINE
-            # (every one waits for the stalled flush).
-            for i in range(server.MAX_PIPELINE + 8):
-                writer.write(produce_frame(i + 1, "t"))
-            await writer.drain()
-            await asyncio.sleep(0.5)
-            assert len(broker._connections) == 1
-            writer.transport.abort()  # the client gives up (reset), the broker does not know
+    async def scenario(broker: Broker, store: GatedStore) -> None:
+        await Client(broker).create("t")
+        reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+        # More requests than the pipeline holds: the broker stops reading at MAX_PIPELINE
+        # (every one waits for the stalled flush).
+        for i in range(server.MAX_PIPELINE + 8):
+            writer.write(produce_frame(i + 1, "t"))
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        assert len(broker._connections) == 1
+        writer.transport.abort()  # the client gives up (reset), the broker does not know
+        await asyncio.sleep(0.1)
+        store.gate.set()  # the flush completes: its answers go to a closed connection
+        for _ in range(50):
+            if not broker._connections:
+                break
             await asyncio.sleep(0.1)
-            store.gate.set()  # the flush completes: its answers go to a closed connection
-            for _ in range(50):
-                if not broker._connections:
-                    break
-                await asyncio.sleep(0.1)
-            assert not broker._connections, "the connection task never finished"
-            # A new client is served as usual.
-            reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
-            writer.write(produce_frame(1, "t"))
-            size = struct.unpack(">i", await reader.readexactly(4))[0]
-            answer = await reader.readexactly(size)
-            assert struct.unpack(">i", answer[:4])[0] == 1  # its correlation id
-            writer.close()
-        finally:
-            await asyncio.wait_for(broker.stop(), 15)
+        assert not broker._connections, "the connection task never finished"
+        # A new client is served as usual.
+        reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+        writer.write(produce_frame(1, "t"))
+        size = struct.unpack(">i", await reader.readexactly(4))[0]
+        answer = await reader.readexactly(size)
+        assert struct.unpack(">i", answer[:4])[0] == 1  # its correlation id
+        writer.close()
 
-    asyncio.run(main())
+    problems = with_broker(tmp_path, scenario)
     assert not problems, problems
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +280,52 @@ def test_overlapping_flushes_commit_each_partition_in_offset_order(tmp_path: Pat
     run(tmp_path, scenario, flush_interval_ms=60_000)
 
 
+@dataclass
+class TwoCycles:
+    first: asyncio.Future[Any]
+    """Partition 0's produce in the first cycle, whose uploads wait for :attr:`gate`."""
+    second: asyncio.Future[Any]
+    """Partition 0's produce in the second cycle (offsets after the first's)."""
+    other: asyncio.Future[Any]
+    """Partition 1's produce in the second cycle."""
+    gate: asyncio.Event
+    cycles: asyncio.Future[Any]
+    """Both flushes."""
+
+    async def partition_0_failed(self) -> None:
+        """Both flushes end: partition 0's produces failed (retriable), partition 1's one
+        committed."""
+        await self.cycles
+        assert (await self.first).error_code == KAFKA_STORAGE_ERROR
+        assert (await self.second).error_code == KAFKA_STORAGE_ERROR
+        assert (await self.other).base_offset == 0
+
+
+async def goes_on_from_0(c: Client, logs: LogManager) -> None:
+    """Partition 0 has no gap: the next produce gets offset 0 and is all there is."""
+    third = produce(c, 0, b"d")
+    await until(lambda: pending(logs) == 1)
+    await logs.flush()
+    assert (await third).base_offset == 0
+    assert await fetched(c, 0) == [(0, b"d")]
+
+
+async def two_cycles_in_flight(c: Client, logs: LogManager, objects: Gated) -> TwoCycles:
+    """Two flush cycles in flight on topic ``t`` (2 partitions): the first's uploads held at
+    the gate, the second's taken after it."""
+    first = produce(c, 0, b"a1", b"a2")
+    await until(lambda: pending(logs) == 1)
+    gate = objects.hold = asyncio.Event()
+    cycle1 = asyncio.ensure_future(logs.flush())
+    await until(lambda: objects.waiting == 2)
+    objects.hold = None
+    second, other = produce(c, 0, b"b"), produce(c, 1, b"c")
+    await until(lambda: pending(logs) == 2)
+    cycle2 = asyncio.ensure_future(logs.flush())
+    await asyncio.sleep(0.05)
+    return TwoCycles(first, second, other, gate, asyncio.gather(cycle1, cycle2))
+
+
 def test_a_failed_upload_fails_the_later_flushes_of_its_partition_in_flight(
     tmp_path: Path,
 ) -> None:
@@ -289,29 +336,13 @@ def test_a_failed_upload_fails_the_later_flushes_of_its_partition_in_flight(
     async def scenario(c: Client) -> None:
         await c.create("t", 2)
         logs, meta, objects = wrap(c)
-        first = produce(c, 0, b"a1", b"a2")
-        await until(lambda: pending(logs) == 1)
-        gate = objects.hold = asyncio.Event()
-        cycle1 = asyncio.ensure_future(logs.flush())
-        await until(lambda: objects.waiting == 2)
-        objects.hold = None
-        second, other = produce(c, 0, b"b"), produce(c, 1, b"c")
-        await until(lambda: pending(logs) == 2)
-        cycle2 = asyncio.ensure_future(logs.flush())
-        await asyncio.sleep(0.05)
+        f = await two_cycles_in_flight(c, logs, objects)
         objects.fail = True
-        gate.set()
-        await asyncio.gather(cycle1, cycle2)
+        f.gate.set()
+        await f.partition_0_failed()
         objects.fail = False
-        assert (await first).error_code == KAFKA_STORAGE_ERROR
-        assert (await second).error_code == KAFKA_STORAGE_ERROR
-        assert (await other).base_offset == 0
         assert [len(meta.states(i)) for i in range(len(meta.txns))] == [1]  # partition 1 only
-        third = produce(c, 0, b"d")
-        await until(lambda: pending(logs) == 1)
-        await logs.flush()
-        assert (await third).base_offset == 0
-        assert await fetched(c, 0) == [(0, b"d")]
+        await goes_on_from_0(c, logs)
 
     run(tmp_path, scenario, flush_interval_ms=60_000)
 
@@ -326,56 +357,49 @@ def test_a_failed_commit_fails_the_later_flushes_of_its_partition_in_flight(
     async def scenario(c: Client) -> None:
         await c.create("t", 2)
         logs, meta, objects = wrap(c)
-        first = produce(c, 0, b"a1", b"a2")
-        await until(lambda: pending(logs) == 1)
-        gate = objects.hold = asyncio.Event()
-        cycle1 = asyncio.ensure_future(logs.flush())
-        await until(lambda: objects.waiting == 2)
-        objects.hold = None
-        second, other = produce(c, 0, b"b"), produce(c, 1, b"c")
-        await until(lambda: pending(logs) == 2)
-        cycle2 = asyncio.ensure_future(logs.flush())
-        await asyncio.sleep(0.05)
+        f = await two_cycles_in_flight(c, logs, objects)
 
         async def unknown(compares: list[Compare], puts: list[Put | Delete]) -> None:
             if not meta.txns:
                 raise MetadataUnavailable("injected: outcome unknown")
 
         meta.before = unknown
-        gate.set()
-        await asyncio.gather(cycle1, cycle2)
-        assert (await first).error_code == KAFKA_STORAGE_ERROR
-        assert (await second).error_code == KAFKA_STORAGE_ERROR
-        assert (await other).base_offset == 0
+        f.gate.set()
+        await f.partition_0_failed()
         assert [ok for _, _, ok in meta.txns] == [None, True]
         assert meta.states(1) == [logs.topics.partition_key("t", 1)]
-        third = produce(c, 0, b"d")
-        await until(lambda: pending(logs) == 1)
-        await logs.flush()
-        assert (await third).base_offset == 0
-        assert await fetched(c, 0) == [(0, b"d")]
+        await goes_on_from_0(c, logs)
 
     run(tmp_path, scenario, flush_interval_ms=60_000)
+
+
+async def first_commit_held(
+    c: Client,
+) -> tuple[Recording, Gated, asyncio.Future[Any], asyncio.Future[Any], int, asyncio.Event]:
+    """Topic ``t`` (1 partition): a first produce whose cycle's commit is held until the
+    returned event is set, then a second produce. (store, objects, first, second, objects
+    uploaded when the first commit began, the event)."""
+    await c.create("t", 1)
+    _, meta, objects = wrap(c)
+    committing, proceed = asyncio.Event(), asyncio.Event()
+
+    async def hold(compares: list[Compare], puts: list[Put | Delete]) -> None:
+        if not committing.is_set():
+            committing.set()
+            await proceed.wait()
+
+    meta.before = hold
+    first = produce(c, 0, b"a")
+    await committing.wait()  # the first cycle commits (held)
+    uploaded = objects.puts
+    return meta, objects, first, produce(c, 0, b"b"), uploaded, proceed
 
 
 def test_the_flusher_uploads_the_next_cycle_while_the_previous_one_commits(
     tmp_path: Path,
 ) -> None:
     async def scenario(c: Client) -> None:
-        await c.create("t", 1)
-        _, meta, objects = wrap(c)
-        committing, proceed = asyncio.Event(), asyncio.Event()
-
-        async def hold(compares: list[Compare], puts: list[Put | Delete]) -> None:
-            if not committing.is_set():
-                committing.set()
-                await proceed.wait()
-
-        meta.before = hold
-        first = produce(c, 0, b"a")
-        await committing.wait()  # the first cycle commits (held)
-        uploaded = objects.puts
-        second = produce(c, 0, b"b")
+        meta, objects, first, second, uploaded, proceed = await first_commit_held(c)
         await until(lambda: objects.puts == uploaded + 2)  # the next cycle uploaded meanwhile
         await asyncio.sleep(0.05)
         assert not first.done() and not second.done()
@@ -396,20 +420,7 @@ def test_with_little_pending_the_flusher_lets_a_cycle_commit_before_the_next(
     it would only double the objects per byte); the next cycle starts after the commit."""
 
     async def scenario(c: Client) -> None:
-        await c.create("t", 1)
-        _, meta, objects = wrap(c)
-        committing, proceed = asyncio.Event(), asyncio.Event()
-
-        async def hold(compares: list[Compare], puts: list[Put | Delete]) -> None:
-            if not committing.is_set():
-                committing.set()
-                await proceed.wait()
-
-        meta.before = hold
-        first = produce(c, 0, b"a")
-        await committing.wait()
-        uploaded = objects.puts
-        second = produce(c, 0, b"b")
+        _, objects, first, second, uploaded, proceed = await first_commit_held(c)
         await asyncio.sleep(0.1)  # twenty flush intervals
         assert objects.puts == uploaded and not first.done() and not second.done()
         proceed.set()
