@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +44,30 @@ def caplog_errors() -> Iterator[list[str]]:
         root.removeHandler(handler)
 
 
+@contextlib.asynccontextmanager
+async def without_ownership_rounds(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[Broker, SqliteMetadataStore]]:
+    """A started broker (and its store) whose ownership rounds are stopped: the test drives
+    hand-overs and claims itself."""
+    config = BrokerConfig(data_dir=tmp_path, listen_port=0, flush_interval_ms=5)
+    meta = SqliteMetadataStore(tmp_path / "metadata.sqlite3")
+    broker = Broker(config, LocalObjectStore(tmp_path / "objects"), meta)
+    await broker.start()
+    logs = broker.logs
+    assert logs._ownership is not None
+    logs._ownership.cancel()
+    logs._ownership = None
+    try:
+        yield broker, meta
+    finally:
+        await asyncio.wait_for(broker.stop(), 15)
+
+
 def test_a_log_loaded_during_a_hand_over_is_not_reused_by_the_next_claim(tmp_path: Path) -> None:
     async def main() -> None:
-        config = BrokerConfig(data_dir=tmp_path, listen_port=0, flush_interval_ms=5)
-        meta = SqliteMetadataStore(tmp_path / "metadata.sqlite3")
-        broker = Broker(config, LocalObjectStore(tmp_path / "objects"), meta)
-        await broker.start()
-        logs = broker.logs
-        # This test drives the hand-over and the next claim itself: no ownership rounds.
-        assert logs._ownership is not None
-        logs._ownership.cancel()
-        logs._ownership = None
-        try:
+        async with without_ownership_rounds(tmp_path) as (broker, meta):
+            logs = broker.logs
             client = Client(broker)
             await client.create("t")
             assert (await client.produce("t", build_batch([b"a", b"b"]))).error_code == 0
@@ -99,8 +111,6 @@ def test_a_log_loaded_during_a_hand_over_is_not_reused_by_the_next_claim(tmp_pat
             assert plog.epochs[-1] == (epoch + 1, hw)
             assert plog.end_offset_for_epoch(epoch) == (epoch, hw)
             assert (await client.produce("t", build_batch([b"c"]))).base_offset == hw
-        finally:
-            await asyncio.wait_for(broker.stop(), 15)
 
     asyncio.run(main())
 
@@ -113,15 +123,8 @@ def test_a_hand_over_whose_delete_failed_is_tried_again(tmp_path: Path) -> None:
     as long as this broker lived)."""
 
     async def main() -> None:
-        config = BrokerConfig(data_dir=tmp_path, listen_port=0, flush_interval_ms=5)
-        meta = SqliteMetadataStore(tmp_path / "metadata.sqlite3")
-        broker = Broker(config, LocalObjectStore(tmp_path / "objects"), meta)
-        await broker.start()
-        logs = broker.logs
-        assert logs._ownership is not None
-        logs._ownership.cancel()
-        logs._ownership = None
-        try:
+        async with without_ownership_rounds(tmp_path) as (broker, meta):
+            logs = broker.logs
             client = Client(broker)
             await client.create("t")
             assert (await client.produce("t", build_batch([b"a"]))).error_code == 0
@@ -145,8 +148,6 @@ def test_a_hand_over_whose_delete_failed_is_tried_again(tmp_path: Path) -> None:
             await logs.release("t", 0)
             assert ("t", 0) not in logs.claims
             assert await meta.get(claim.owner_key) is None
-        finally:
-            await asyncio.wait_for(broker.stop(), 15)
 
     asyncio.run(main())
 
