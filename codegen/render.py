@@ -363,8 +363,9 @@ def render_registry(messages: Iterable[Message], release: str, strict: bool = Tr
         )
     others = [m for m in msgs if m.api_key is None]
     table = sorted(load_broker_apis(msgs, strict).items())
-    served = [(key, s.as_tuple()) for key, (s, _) in table]
-    advertised = [(key, a.as_tuple()) for key, (_, a) in table]
+    served = [(key, b.served.as_tuple()) for key, b in table]
+    advertised = [(key, b.advertised.as_tuple()) for key, b in table]
+    effects = [(key, b.effects) for key, b in table if b.effects != "ordered"]
     return _ENV.get_template("registry.py.j2").render(
         release=release,
         rows=rows,
@@ -373,6 +374,7 @@ def render_registry(messages: Iterable[Message], release: str, strict: bool = Tr
         exceptions=SPECIAL_CASES,
         served=served,
         advertised=advertised,
+        effects=effects,
     )
 
 

@@ -132,11 +132,21 @@ def load_lock() -> dict[str, Any]:
     return lock
 
 
-def load_broker_apis(
-    messages: list[Message], strict: bool = True
-) -> dict[int, tuple[Versions, Versions]]:
-    """``protocol_specs/broker-apis.yaml`` checked against the definitions:
-    API key -> (versions served, versions advertised).
+@dataclass(frozen=True)
+class BrokerApi:
+    """One entry of ``protocol_specs/broker-apis.yaml``, checked against the definitions."""
+
+    served: Versions
+    advertised: Versions
+    effects: str
+    """How its requests order against the earlier ones of their connection: ``ordered`` (after
+    all of them), ``read`` (no effects: alongside earlier reads), ``append`` (Produce: alongside
+    earlier appends, which keep their order)."""
+
+
+def load_broker_apis(messages: list[Message], strict: bool = True) -> dict[int, BrokerApi]:
+    """``protocol_specs/broker-apis.yaml`` checked against the definitions: API key -> what
+    the broker serves of it.
 
     ``advertise`` widens only what ApiVersions lists (KAFKA-18659: librdkafka enables
     compression only when Produce v0 is listed); requests outside ``versions`` are still
@@ -146,7 +156,7 @@ def load_broker_apis(
     """
     data = load_declaration(SPECS_DIR / "broker-apis.yaml", "broker-apis.schema.json")
     requests = {m.name.removesuffix("Request"): m for m in messages if m.kind == "request"}
-    table: dict[int, tuple[Versions, Versions]] = {}
+    table: dict[int, BrokerApi] = {}
     for entry in data["apis"]:
         m = requests.get(entry["name"])
         where = f"broker-apis.yaml: {entry['name']}"
@@ -169,7 +179,7 @@ def load_broker_apis(
             raise SpecError(f"{where}: Kafka does not serve this API on brokers")
         if m.api_key in table:
             raise SpecError(f"{where}: listed twice")
-        table[m.api_key] = (served, advertised)
+        table[m.api_key] = BrokerApi(served, advertised, entry.get("effects", "ordered"))
     return table
 
 

@@ -1474,6 +1474,25 @@ ADVERTISED_APIS: dict[int, tuple[int, int]] = {
 """API key -> versions listed in ApiVersions: the served ones, widened where clients need it
 (KAFKA-18659: librdkafka compresses only when Produce v0 is listed)."""
 
+API_EFFECTS: dict[int, str] = {
+    0: "append",  # Produce
+    1: "read",  # Fetch
+    2: "read",  # ListOffsets
+    3: "read",  # Metadata
+    9: "read",  # OffsetFetch
+    10: "read",  # FindCoordinator
+    15: "read",  # DescribeGroups
+    16: "read",  # ListGroups
+    18: "read",  # ApiVersions
+    23: "read",  # OffsetForLeaderEpoch
+    32: "read",  # DescribeConfigs
+    60: "read",  # DescribeCluster
+    61: "read",  # DescribeProducers
+}
+"""How a request orders against the earlier requests of its connection, where not "ordered"
+(it starts once every earlier one is done): "read" (no effects) starts alongside earlier
+reads, "append" (Produce) alongside earlier appends (protocol_specs/broker-apis.yaml)."""
+
 MESSAGES: dict[str, str] = {
     "ProduceRequest": "produce_request",
     "ProduceResponse": "produce_response",

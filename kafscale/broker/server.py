@@ -1,8 +1,10 @@
 """The asyncio server: connections, pipelined requests answered in order, limits.
 
 Per connection, a reader loop takes frames off the socket (size checked before anything is
-allocated) and starts a task per request, so a client's pipelined requests are processed
-concurrently; a writer loop sends the responses in request order. Two bounds stop reading a
+allocated) and starts a task per request; each request starts once the earlier requests whose
+effects it could observe are done (:mod:`kafscale.broker.ordering`: Kafka's one request at a
+time, except that reads overlap reads and produces overlap produces); a writer loop sends the
+responses in request order. Two bounds stop reading a
 socket: per connection, the bytes in flight (requests read and not yet answered, their answers,
 and a reserve for each Fetch's answer; :data:`CONNECTION_IN_FLIGHT_BYTES`) and their number
 (:data:`MAX_PIPELINE`, generous: a flood of tiny requests costs a task each); across
@@ -19,6 +21,7 @@ import contextlib
 import logging
 import signal
 import struct
+from collections.abc import Awaitable
 from typing import Any
 
 from generated.api_versions_response import ApiVersion, ApiVersionsResponse
@@ -31,6 +34,7 @@ from kafscale.broker.group import GroupSettings
 from kafscale.broker.handlers import HANDLERS, RequestContext
 from kafscale.broker.log import LogManager
 from kafscale.broker.offsets import Offsets
+from kafscale.broker.ordering import ConnectionOrder
 from kafscale.broker.producer_ids import ProducerIds
 from kafscale.broker.topics import Topics
 from kafscale.metadata import MetadataStore
@@ -271,6 +275,7 @@ class Broker:
         idle = self.config.idle_timeout_ms / 1000
         limit = self.config.socket_request_max_bytes
         host = peer[0] if isinstance(peer, tuple) else ""
+        order = ConnectionOrder()
         while not self._stopping.is_set():
             head = await asyncio.wait_for(reader.readexactly(4), idle)
             size = _SIZE.unpack(head)[0]
@@ -302,7 +307,11 @@ class Broker:
                 )
                 flight.charge += reserve
                 pipeline.grow(reserve)
-            flight.task = asyncio.create_task(self._handle(request, size, host, flight, pipeline))
+            before = order.admit(request.api.api_key)
+            flight.task = asyncio.create_task(
+                self._handle(request, size, host, flight, pipeline, before)
+            )
+            order.started(flight.task)
             responses.put_nowait(flight)
 
     async def respond(self, frame: bytes) -> list[Buffer] | None:
@@ -330,8 +339,11 @@ class Broker:
         host: str,
         flight: _InFlight | None = None,
         pipeline: _Pipeline | None = None,
+        before: Awaitable[object] | None = None,
     ) -> list[Buffer] | None:
         try:
+            if before is not None:  # the earlier requests whose effects this one must see
+                await before
             chunks = await self._dispatch(request, host)
         finally:
             await self.budget.release(size)
