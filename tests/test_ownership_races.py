@@ -74,7 +74,7 @@ def test_a_log_loaded_during_a_hand_over_is_not_reused_by_the_next_claim(tmp_pat
             first = await logs.get("t", 0)
             epoch, hw = first.epoch, first.hw
             # Forget the loaded log (as after a restart), keeping the claim.
-            logs._drop(first, FlushError(6, "test"))
+            logs.drop(first, FlushError(6, "test"))
 
             # A request loads the log while the partition is being handed over: the load
             # finishes while the hand-over's delete of the owner key is in flight.

@@ -42,6 +42,15 @@ class BrokerConfig:
     in ``data_dir``."""
     segment_bytes: int = 64 * 1024 * 1024
     """segment.bytes: the largest segment object one flush writes per partition."""
+    segment_ms: int = 604800000
+    """segment.ms: a segment is not rewritten (merged) any more this long after its first
+    record, so retention can drop it whole."""
+    log_retention_check_interval_ms: int = 15000
+    """How often the owner applies retention (Kafka's default is 5 minutes; ours is shorter,
+    so an expired segment is gone within a minute of its deadline)."""
+    log_segment_delete_delay_ms: int = 30000
+    """Grace period before an object nothing references any more is deleted: longer than any
+    Fetch that may still read it (Kafka's file.delete.delay.ms default is 60 s)."""
     flush_interval_ms: int = 50
     """How long produced data may wait before the flusher uploads and commits it."""
     flush_bytes: int = 4 * 1024 * 1024
@@ -100,6 +109,9 @@ _OPTIONS: dict[str, str] = {
     "cluster-id": "cluster_id",
     "etcd": "etcd_endpoints",
     "segment.bytes": "segment_bytes",
+    "segment.ms": "segment_ms",
+    "log.retention.check.interval.ms": "log_retention_check_interval_ms",
+    "log.segment.delete.delay.ms": "log_segment_delete_delay_ms",
     "flush.interval.ms": "flush_interval_ms",
     "flush.bytes": "flush_bytes",
     "auto.create.topics.enable": "auto_create_topics_enable",

@@ -41,7 +41,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,7 @@ from generated.storage.segment_index import SegmentIndex
 from kafscale.broker import failpoints
 from kafscale.broker.cluster import Cluster
 from kafscale.broker.config import BrokerConfig
+from kafscale.broker.janitor import Janitor
 from kafscale.broker.producers import (
     Duplicate,
     ProducerBatch,
@@ -73,13 +74,13 @@ from kafscale.storage import NotFound, ObjectStore
 from kafscale.storage.segment import (
     FOOTER_SIZE,
     HEADER_SIZE,
+    MAX_SEGMENT_SIZE,
     build_segment,
     epoch_of,
     find_position,
+    ingest_key,
     parse_index,
-    segment_key,
     span_for_timestamp,
-    writer_tag,
 )
 
 log = logging.getLogger("kafscale.log")
@@ -98,8 +99,18 @@ MAX_TXN_OPS = 128
 """Compares and puts of one metadata transaction, counted together (the safe side of etcd's
 default ``--max-txn-ops``, which bounds each list): a flush cycle commits its partitions in
 transactions of at most this many (about 30 partitions each)."""
+INGEST_OBJECT_BYTES = 16 * 1024 * 1024
+"""A flush cycle's data goes into ingest objects of at most this many bytes (a partition's
+piece is never split; a bigger one gets an object of its own): one object per cycle in the
+common case, several uploaded concurrently for a big cycle."""
+DROP_PER_TXN = 100
+"""Entries one transaction drops at most (below etcd's 128 operations)."""
 MAX_TXN_BYTES = 1 << 20
 """Keys and values of one transaction, below etcd's default ``--max-request-bytes`` (1.5 MiB)."""
+READ_CHUNK = 2 * 1024 * 1024
+"""Segments not in the cache are read in aligned chunks of this many bytes (one ranged GET
+each), and the next chunk is fetched ahead: a consumer catching up reads large objects with a
+few large GETs instead of one small GET per Fetch."""
 READ_BUDGET_S = 0.5
 """A read stops taking further segments after this long (having taken at least one batch):
 many small segments that are not cached cost an object-store read or two each, and one Fetch
@@ -135,16 +146,63 @@ class Claim:
 
 @dataclass
 class SegmentMeta:
+    """One committed entry of a partition's log: a KAFS segment (``pos`` 0, an ``.index``
+    object beside it) or a *piece*: one flush's data of the partition inside a shared ingest
+    object, at ``pos`` (no index: pieces are small, and compaction soon merges them into
+    segments)."""
+
     base: int
     last: int
     size: int
     max_timestamp: int
     key: str
+    pos: int = 0
+    """Where the segment starts in its object (pieces of an ingest object)."""
+    piece: bool = False
+    created: int = 0
+    """When its first record was written (ms): a segment closes at ``segment.ms`` after it."""
 
     def to_json(self) -> bytes:
-        return json.dumps(
-            {"last": self.last, "size": self.size, "max_ts": self.max_timestamp, "key": self.key}
-        ).encode()
+        d: dict[str, Any] = {
+            "last": self.last,
+            "size": self.size,
+            "max_ts": self.max_timestamp,
+            "key": self.key,
+        }
+        if self.piece:
+            d["pos"] = self.pos
+            d["piece"] = 1
+        if self.created:
+            d["created"] = self.created
+        return json.dumps(d).encode()
+
+    @staticmethod
+    def from_json(base: int, data: bytes) -> SegmentMeta:
+        d = json.loads(data)
+        return SegmentMeta(
+            base,
+            int(d["last"]),
+            int(d["size"]),
+            int(d["max_ts"]),
+            str(d["key"]),
+            int(d.get("pos", 0)),
+            bool(d.get("piece", 0)),
+            int(d.get("created", 0)),
+        )
+
+    @property
+    def cache_key(self) -> str:
+        return f"{self.key}#{self.pos}" if self.piece else self.key
+
+    @property
+    def index_key(self) -> str | None:
+        """Its ``.index`` object (None for a piece)."""
+        return None if self.piece else self.key.removesuffix(".kfs") + ".index"
+
+    @property
+    def objects(self) -> list[str]:
+        """The objects it alone owns (a piece owns none: its ingest object is shared)."""
+        return [] if self.piece else [self.key, self.key.removesuffix(".kfs") + ".index"]
 
 
 @dataclass
@@ -173,8 +231,8 @@ class _Flush:
     """The leader epoch stamped into its batches (it commits only while still current)."""
     bases: list[int]
     """Each entry's base offset."""
-    built: list[tuple[SegmentMeta, bytes, bytes]] = field(default_factory=list)
-    """(meta, segment object, index object), once uploaded."""
+    built: list[tuple[SegmentMeta, bytes, bytes | None]] = field(default_factory=list)
+    """(meta, its bytes, its index object or None for a piece), once uploaded."""
     failed: bool = False
     """Answered with an error (or aborted because an earlier flush of its partition failed):
     it never commits."""
@@ -218,6 +276,10 @@ class PartitionLog:
     """Our ownership, under which this log was loaded."""
     producers: dict[int, ProducerEntry] = field(default_factory=dict)
     """Committed idempotent-producer state (committed with the data it describes)."""
+    pieces_from: int = 0
+    """Every piece of this partition's with a base offset below this is no longer part of its
+    log (compacted into a segment, or deleted): what lets the janitor delete an ingest object
+    once no partition in it needs it."""
     inflight: list[_Flush] = field(default_factory=list)
     """Its flushes taken and not yet committed or failed, in offset order (a flush cycle may
     start while the previous one still commits). Each starts where the previous one ends."""
@@ -319,6 +381,8 @@ class LogManager:
         self.logs: dict[tuple[str, int], PartitionLog] = {}
         self.cache = SegmentCache(config.segment_cache_bytes)
         self.indexes: OrderedDict[str, bytes] = OrderedDict()
+        self._reading: dict[str, asyncio.Future[bytes]] = {}
+        """Object reads in progress by cache key (a read-ahead and a read share one GET)."""
         self.pending_bytes = 0
         self._wake = asyncio.Event()
         self._committed = asyncio.Condition()
@@ -331,6 +395,15 @@ class LogManager:
         """Callers of :meth:`get` queued on (or holding) a partition's load lock."""
         self.cluster: Cluster | None = None
         """Set by :meth:`attach`; without it this broker owns every partition (unit tests)."""
+        self.janitor = Janitor(
+            config.namespace,
+            objects,
+            meta,
+            topics,
+            None,
+            config.log_segment_delete_delay_ms,
+        )
+        """Deletes what is no longer needed (its records are written by our transactions)."""
         self.claims: dict[tuple[str, int], Claim] = {}
         self._ownership_wake = asyncio.Event()
         self._background: set[asyncio.Task[int]] = set()
@@ -340,6 +413,7 @@ class LogManager:
         """Own partitions through ``cluster`` (started): claim what should be ours, hand over
         what should move, drop everything if our lease is lost."""
         self.cluster = cluster
+        self.janitor.cluster = cluster
         cluster.listeners.append(self._ownership_wake.set)
         cluster.lost_listeners.append(self.lose_all)
 
@@ -413,7 +487,7 @@ class LogManager:
             if plog is not None and plog.claim is not claim:
                 # Loaded under an earlier claim of ours (a hand-over ended while it loaded):
                 # its state (high watermark, epochs) is stale. Load it again under this one.
-                self._drop(plog, not_owner(topic, partition, " (owned again)"))
+                self.drop(plog, not_owner(topic, partition, " (owned again)"))
                 plog = None
             if plog is None:
                 plog = await self._load(topic, partition)
@@ -464,7 +538,7 @@ class LogManager:
                 [
                     Put(owner_key, value, cluster.lease),
                     Put(
-                        state_key, _state(log_start, hw, epoch, epochs, state.get("producers", {}))
+                        state_key, json.dumps({**state, "epoch": epoch, "epochs": epochs}).encode()
                     ),
                 ],
             )
@@ -515,7 +589,7 @@ class LogManager:
             log.warning("%s-%d: garbage collection failed", topic, partition, exc_info=True)
             return 0
 
-    def _guard(self, plog: PartitionLog) -> list[Compare]:
+    def guard(self, plog: PartitionLog) -> list[Compare]:
         """What every commit to the partition compares: its state is the one we read, and
         (in a cluster) we still own it."""
         guard = [Compare(plog.state_key, "mod_revision", "==", plog.revision)]
@@ -561,7 +635,7 @@ class LogManager:
         if current is not None and current.claim is claim:
             plog = current  # also a log a request loaded while we were handing over
         if plog is not None:
-            self._drop(plog, not_owner(topic, partition, " (handed over)"))
+            self.drop(plog, not_owner(topic, partition, " (handed over)"))
         log.info("%s-%d: handed over", topic, partition)
 
     def lose_all(self) -> None:
@@ -569,7 +643,7 @@ class LogManager:
         appends fail, retriable; nothing more can commit since the keys' revisions moved)."""
         self.claims.clear()
         for plog in list(self.logs.values()):
-            self._drop(plog, not_owner(plog.topic, plog.partition, " (lease lost)"))
+            self.drop(plog, not_owner(plog.topic, plog.partition, " (lease lost)"))
 
     async def release_all(self) -> None:
         """Drain (SIGTERM): hand every partition over."""
@@ -610,7 +684,7 @@ class LogManager:
                         self.claims.pop(key, None)
                         plog = self.logs.get(key)
                         if plog is not None:
-                            self._drop(plog, not_owner(topic.name, partition, " (lost)"))
+                            self.drop(plog, not_owner(topic.name, partition, " (lost)"))
                     elif want != me:
                         await self.release(topic.name, partition)
                 elif want == me and cluster.owner(topic.name, partition) is None:
@@ -642,19 +716,18 @@ class LogManager:
                 int(pid): ProducerEntry.from_json(entry)
                 for pid, entry in state.get("producers", {}).items()
             }
+            plog.pieces_from = int(state.get("pieces_from", 0))
         prefix = self.topics.segments_prefix(topic, partition)
         for seg in await self.meta.range(prefix):
-            d = json.loads(seg.value)
-            base = int(seg.key[len(prefix) :])
-            plog.segments.append(SegmentMeta(base, d["last"], d["size"], d["max_ts"], d["key"]))
+            plog.segments.append(SegmentMeta.from_json(int(seg.key[len(prefix) :]), seg.value))
         plog.segments.sort(key=lambda s: s.base)
         return plog
 
     def forget_topic(self, topic: str) -> None:
         for key in [k for k in self.logs if k[0] == topic]:
-            self._drop(self.logs[key], FlushError(3, f"topic {topic} was deleted"))
+            self.drop(self.logs[key], FlushError(3, f"topic {topic} was deleted"))
 
-    def _drop(self, plog: PartitionLog, error: FlushError, *also: _Pending) -> None:
+    def drop(self, plog: PartitionLog, error: FlushError, *also: _Pending) -> None:
         """Forget a log whose state is stale (reloaded on next use) or gone. Its pending data
         will never be flushed: stop counting it (close() waits for the count to reach 0) and
         fail its requests (and ``also``'s) with ``error``, or they would wait forever."""
@@ -772,7 +845,7 @@ class LogManager:
 
     def _start_cycle(
         self, plogs: list[PartitionLog]
-    ) -> tuple[asyncio.Future[list[None]], asyncio.Task[bool]] | None:
+    ) -> tuple[asyncio.Future[None], asyncio.Task[bool]] | None:
         """Take the pending data of ``plogs`` as one flush cycle: their uploads start now, and
         one task commits them all (in as few metadata transactions as the store takes) once
         they are uploaded and every earlier cycle has committed. (The uploads, that task), or
@@ -780,7 +853,7 @@ class LogManager:
         flushes = [f for f in map(self._take, plogs) if f is not None]
         if not flushes:
             return None
-        uploads = asyncio.gather(*map(self._upload, flushes))
+        uploads = asyncio.ensure_future(self._upload(flushes))
         commit = asyncio.create_task(
             self._commit_cycle(flushes, uploads, self._last_commit), name="kafscale-commit"
         )
@@ -806,60 +879,84 @@ class LogManager:
         plog.inflight.append(flush)
         return flush
 
-    async def _upload(self, flush: _Flush) -> None:
-        """Build the flush's segment objects (one per segment.bytes of data; a lone bigger
-        request gets its own) and upload them with their indexes. A failure answers its
-        requests (and those of its partition's later flushes) with a retriable error."""
-        if flush.failed:
-            return
-        plog = flush.plog
-        try:
-            tag = writer_tag(flush.epoch, secrets.token_hex(4))
-            built: list[tuple[SegmentMeta, bytes, bytes]] = []
-            offset = flush.first
-            for group in _split(flush.entries, self.config.segment_bytes):
-                first = offset
-                chunks: list[Buffer] = []
-                batches: list[BatchInfo] = []
-                for e in group:
-                    assigned = assign_offsets(
-                        e.data, e.batches, offset, partition_leader_epoch=flush.epoch
-                    )
-                    chunks += assigned.chunks
-                    batches += assigned.batches
-                    offset = assigned.next_offset
-                segment = build_segment(
-                    first,
-                    chunks,
-                    batches,
-                    int(time.time() * 1000),
-                    self.config.index_interval_bytes,
+    def _pieces(self, flush: _Flush) -> list[tuple[SegmentMeta, bytes]]:
+        """The flush's data as KAFS pieces (one per ``segment.bytes`` of data; a lone bigger
+        request gets its own), offsets assigned and stamped with its epoch; their keys and
+        positions are set once they are packed into ingest objects."""
+        built: list[tuple[SegmentMeta, bytes]] = []
+        offset = flush.first
+        now = int(time.time() * 1000)
+        for group in _split(flush.entries, self.config.segment_bytes):
+            first = offset
+            chunks: list[Buffer] = []
+            batches: list[BatchInfo] = []
+            for e in group:
+                assigned = assign_offsets(
+                    e.data, e.batches, offset, partition_leader_epoch=flush.epoch
                 )
-                key = segment_key(self.config.namespace, plog.topic, plog.partition, first, tag)
-                meta = SegmentMeta(
-                    first, segment.last_offset, segment.size, segment.max_timestamp, key
-                )
-                built.append((meta, b"".join(segment.chunks), segment.index))
-            if offset != flush.end:
-                raise RuntimeError(f"offsets assigned up to {offset}, expected {flush.end}")
-            # Every object before the commit: a crash in between leaves orphans that are never
-            # served (nothing points at them), not a gap.
-            await asyncio.gather(
-                *(self.objects.put(meta.key, body) for meta, body, _ in built),
-                *(
-                    self.objects.put(meta.key.removesuffix(".kfs") + ".index", index)
-                    for meta, _, index in built
-                ),
+                chunks += assigned.chunks
+                batches += assigned.batches
+                offset = assigned.next_offset
+            # Pieces are read whole (no index): a single index entry is all they need.
+            segment = build_segment(first, chunks, batches, now, MAX_SEGMENT_SIZE)
+            meta = SegmentMeta(
+                first, segment.last_offset, segment.size, segment.max_timestamp, "", 0, True, now
             )
+            built.append((meta, b"".join(segment.chunks)))
+        if offset != flush.end:
+            raise RuntimeError(f"offsets assigned up to {offset}, expected {flush.end}")
+        return built
+
+    async def _upload(self, flushes: list[_Flush]) -> None:
+        """Upload a cycle's data: every partition's pieces packed into as few ingest objects
+        as :data:`INGEST_OBJECT_BYTES` allows (the objects per cycle do not grow with the
+        partitions), uploaded concurrently. A failure answers the requests of the flushes in
+        that object (and of their partitions' later flushes) with a retriable error."""
+        packs: list[list[tuple[_Flush, list[tuple[SegmentMeta, bytes]]]]] = [[]]
+        size = 0
+        for flush in flushes:
+            if flush.failed:
+                continue
+            try:
+                pieces = self._pieces(flush)
+            except Exception as error:
+                self._fail(flush, error, committing=False)
+                continue
+            bytes_ = sum(len(body) for _, body in pieces)
+            if packs[-1] and size + bytes_ > INGEST_OBJECT_BYTES:
+                packs.append([])
+                size = 0
+            packs[-1].append((flush, pieces))
+            size += bytes_
+        await asyncio.gather(*(self._upload_pack(pack) for pack in packs if pack))
+
+    async def _upload_pack(
+        self, pack: list[tuple[_Flush, list[tuple[SegmentMeta, bytes]]]]
+    ) -> None:
+        key = ingest_key(self.config.namespace, self.config.broker_id, secrets.token_hex(6))
+        chunks: list[bytes] = []
+        pos = 0
+        for _, pieces in pack:
+            for meta, body in pieces:
+                meta.key, meta.pos = key, pos
+                chunks.append(body)
+                pos += len(body)
+        try:
+            # Every object before the commit: a crash in between leaves an orphan that is
+            # never served (nothing points at it; the janitor collects it), not a gap.
+            await self.objects.put(key, chunks)
             failpoints.hit("after_object_put")
-            flush.built = built
         except Exception as error:
-            self._fail(flush, error, committing=False)
+            for flush, _ in pack:
+                self._fail(flush, error, committing=False)
+            return
+        for flush, pieces in pack:
+            flush.built = [(meta, body, None) for meta, body in pieces]
 
     async def _commit_cycle(
         self,
         flushes: list[_Flush],
-        uploads: asyncio.Future[list[None]],
+        uploads: asyncio.Future[None],
         previous: asyncio.Task[bool] | None,
     ) -> bool:
         """Commit a cycle's flushes once their uploads are done and ``previous`` (the cycle
@@ -913,7 +1010,7 @@ class LogManager:
             raise not_owner(plog.topic, plog.partition, " (its log was dropped)")
         if plog.hw != flush.first or plog.epoch != flush.epoch:
             raise not_owner(plog.topic, plog.partition, " (its state changed under us)")
-        guard = self._guard(plog)
+        guard = self.guard(plog)
         producers = plog.producers
         written = [
             (b, base + b.delta)
@@ -927,7 +1024,7 @@ class LogManager:
                 int(time.time() * 1000),
                 self.config.producer_id_expiration_ms,
             )
-        state = _state(plog.log_start, flush.end, plog.epoch, plog.epochs, _json(producers))
+        state = _state(plog, hw=flush.end, producers=producers)
         prefix = self.topics.segments_prefix(plog.topic, plog.partition)
         puts = [Put(plog.state_key, state)] + [
             Put(prefix + f"{meta.base:020d}".encode(), meta.to_json()) for meta, _, _ in flush.built
@@ -940,7 +1037,8 @@ class LogManager:
         any committed."""
         try:
             result = await self.meta.txn(
-                [c for x in group for c in x.compares], [p for x in group for p in x.puts]
+                [c for x in group for c in x.compares],
+                [p for x in group for p in x.puts] + self._registry(group),
             )
         except Exception as error:
             # The outcome may be unknown (it may have applied): every partition of the group
@@ -967,6 +1065,30 @@ class LogManager:
             self._applied(x, result.revision)
         return True
 
+    def _registry(self, group: list[_Commit]) -> list[Put]:
+        """The ingest registry entries of a commit: per ingest object, the pieces this
+        transaction commits in it (topic, topic id, partition, base offset). Written in the
+        same transaction as the pieces, so an entry exists only for committed pieces; the
+        janitor deletes an object once none of its pieces is still part of a log."""
+        pieces: dict[str, list[list[Any]]] = {}
+        for x in group:
+            plog = x.flush.plog
+            topic = self.topics.get(plog.topic)
+            topic_id = str(topic.id) if topic is not None else ""
+            for meta, _, _ in x.flush.built:
+                if meta.piece:
+                    pieces.setdefault(meta.key, []).append(
+                        [plog.topic, topic_id, plog.partition, meta.base]
+                    )
+        now = int(time.time() * 1000)
+        return [
+            Put(
+                self.topics.ingest_entry_key(key, secrets.token_hex(4)),
+                json.dumps({"created": now, "pieces": entries}).encode(),
+            )
+            for key, entries in pieces.items()
+        ]
+
     def _applied(self, commit: _Commit, revision: int) -> None:
         """``commit`` succeeded at ``revision``: move the partition on, answer the requests."""
         flush = commit.flush
@@ -976,8 +1098,9 @@ class LogManager:
         plog.producers = commit.producers
         for meta, body, index in flush.built:
             plog.segments.append(meta)
-            self.cache.put(meta.key, body)
-            self._remember_index(meta.key, index)
+            self.cache.put(meta.cache_key, body)
+            if index is not None:
+                self.remember_index(meta.key, index)
         if flush in plog.inflight:
             plog.inflight.remove(flush)
         for e, base in zip(flush.entries, flush.bases, strict=True):
@@ -1006,7 +1129,7 @@ class LogManager:
         for f in doomed:
             f.failed = True
         if code == NOT_LEADER_OR_FOLLOWER or committing:
-            self._drop(plog, failure, *entries)
+            self.drop(plog, failure, *entries)
         for e in entries:
             if not e.future.done():
                 e.future.set_exception(failure)
@@ -1051,6 +1174,8 @@ class LogManager:
                 break
             parts.append(data)
             total += len(data)
+        if parts and offset < plog.hw:
+            self.read_ahead_next(plog, offset)
         return b"".join(parts)
 
     async def _read_segment(
@@ -1059,20 +1184,80 @@ class LogManager:
         """(whole batches of ``seg`` from ``offset``, the offset after them)."""
         data_end = seg.size - FOOTER_SIZE
         start = await self._position(seg, offset)
-        cached = self.cache.get(seg.key)
-        if cached is not None:
-            return _whole_batches(cached, start, data_end, max_bytes, offset, first)
         want = min(data_end, start + max(max_bytes, _BATCH_PREFIX))
-        chunk = await self.objects.get_range(seg.key, start, want)
+        chunk = await self.read_entry(seg, start, want)
         out = _whole_batches(chunk, 0, len(chunk), max_bytes, offset, first)
         if first and not out[0] and len(chunk) >= _BATCH_PREFIX:  # first batch > max_bytes
             size = int.from_bytes(chunk[8:12], "big", signed=True) + _BATCH_PREFIX
-            chunk = await self.objects.get_range(seg.key, start, min(data_end, start + size))
+            chunk = await self.read_entry(seg, start, min(data_end, start + size))
             out = _whole_batches(chunk, 0, len(chunk), size, offset, first)
         return out
 
+    async def read_entry(self, seg: SegmentMeta, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of ``seg``: from the cache (segments written or read
+        recently), else a piece whole with one ranged GET, a segment in aligned chunks of
+        :data:`READ_CHUNK` (ranged GETs), the chunk after the last one read fetched ahead in
+        the background, so a consumer reading on finds it ready."""
+        whole = self.cache.get(seg.cache_key)
+        if whole is not None:
+            return whole[start:end]
+        if seg.piece:
+            whole = await self._cached(
+                seg.cache_key, lambda: self.objects.get_range(seg.key, seg.pos, seg.pos + seg.size)
+            )
+            return whole[start:end]
+        if end <= start:
+            return b""
+        first, last = start // READ_CHUNK, (end - 1) // READ_CHUNK
+        chunks = [await self._chunk(seg, i) for i in range(first, last + 1)]
+        if (last + 1) * READ_CHUNK < seg.size:
+            self._read_ahead(seg, last + 1)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        base = first * READ_CHUNK
+        return data[start - base : end - base]
+
+    def _chunk(self, seg: SegmentMeta, i: int) -> Awaitable[bytes]:
+        lo = i * READ_CHUNK
+        hi = min(seg.size, lo + READ_CHUNK)
+        return self._cached(f"{seg.key}@{i}", lambda: self.objects.get_range(seg.key, lo, hi))
+
+    def _read_ahead(self, seg: SegmentMeta, i: int) -> None:
+        key = f"{seg.key}@{i}"
+        if self.cache.get(key) is None and key not in self._reading:
+            task = asyncio.ensure_future(self._chunk(seg, i))
+            task.add_done_callback(_quiet)
+
+    async def _cached(self, key: str, get: Callable[[], Awaitable[bytes]]) -> bytes:
+        """The cached bytes under ``key``, else ``get()``'s, cached; concurrent callers (a
+        read-ahead and the read that wants it) share one GET."""
+        data = self.cache.get(key)
+        if data is not None:
+            return data
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = asyncio.ensure_future(get())
+            self._reading[key] = reading
+            try:
+                data = await asyncio.shield(reading)
+            finally:
+                self._reading.pop(key, None)
+            self.cache.put(key, data)
+            return data
+        return await asyncio.shield(reading)
+
+    def read_ahead_next(self, plog: PartitionLog, offset: int) -> None:
+        """A read stopped at ``offset``: when that is the start of another segment, fetch
+        its index and first chunk ahead (a consumer catching up reads on from there)."""
+        seg = plog.segment_for(offset)
+        if seg is None or seg.piece or seg.base != offset or self.cache.get(seg.key):
+            return
+        self._read_ahead(seg, 0)
+        if seg.key not in self.indexes:
+            task = asyncio.ensure_future(self._index(seg))
+            task.add_done_callback(_quiet)
+
     async def _position(self, seg: SegmentMeta, offset: int) -> int:
-        index = await self._index(seg)
+        index = await self._index(seg) if not seg.piece else None
         if index is None:
             return HEADER_SIZE
         return find_position(index, offset)
@@ -1084,10 +1269,10 @@ class LogManager:
                 raw = await self.objects.get(seg.key.removesuffix(".kfs") + ".index")
             except NotFound:
                 return None
-            self._remember_index(seg.key, raw)
+            self.remember_index(seg.key, raw)
         return parse_index(raw)
 
-    def _remember_index(self, key: str, raw: bytes) -> None:
+    def remember_index(self, key: str, raw: bytes) -> None:
         self.indexes[key] = raw
         self.indexes.move_to_end(key)
         while len(self.indexes) > 10000:
@@ -1122,16 +1307,10 @@ class LogManager:
     async def _records(self, seg: SegmentMeta, log_start: int, timestamp: int) -> list[Record]:
         """The committed records of ``seg`` from the first batch that reaches ``timestamp``
         (found through the index), decompressed."""
-        index = await self._index(seg)
+        index = await self._index(seg) if not seg.piece else None
         span = span_for_timestamp(index, timestamp) if index is not None else None
         start = span.position if span is not None else HEADER_SIZE
-        end = seg.size - FOOTER_SIZE
-        cached = self.cache.get(seg.key)
-        data = (
-            cached[start:end]
-            if cached is not None
-            else await self.objects.get_range(seg.key, start, end)
-        )
+        data = await self.read_entry(seg, start, seg.size - FOOTER_SIZE)
         out: list[Record] = []
         for batch in parse_batches(data, len(data), verify_records=False):
             if batch.base_offset + batch.last_offset_delta < log_start:
@@ -1156,17 +1335,47 @@ class LogManager:
             raise FlushError(OFFSET_OUT_OF_RANGE, f"offset {before} is beyond the high watermark")
         if new_start <= plog.log_start:
             return plog.log_start
-        epochs = _truncate_epochs_from_start(plog.epochs, new_start)
-        state = _state(new_start, plog.hw, plog.epoch, epochs, _json(plog.producers))
-        result = await self.meta.txn(self._guard(plog), [Put(plog.state_key, state)])
-        if not result.succeeded:
-            error = FlushError(NOT_LEADER_OR_FOLLOWER, "partition state changed under us")
-            self._drop(plog, error)
-            raise error
-        plog.revision = result.revision
-        plog.log_start = new_start
-        plog.epochs = epochs
+        await self.advance_log_start(plog, new_start)
         return new_start
+
+    async def advance_log_start(self, plog: PartitionLog, new_start: int) -> None:
+        """Move the log start offset to ``new_start`` (DeleteRecords, retention; the caller
+        holds the partition's lock), and drop the entries wholly below it: their keys go in
+        the same fenced transaction, their objects are recorded as garbage (deleted after the
+        grace period), and ``pieces_from`` passes the pieces among them. Many entries take
+        several transactions of at most :data:`DROP_PER_TXN`; the first moves the log start,
+        so readers never see what the later ones drop."""
+        epochs = _truncate_epochs_from_start(plog.epochs, new_start)
+        doomed = [s for s in plog.segments if s.last < new_start]
+        prefix = self.topics.segments_prefix(plog.topic, plog.partition)
+        while True:
+            chunk, doomed = doomed[:DROP_PER_TXN], doomed[DROP_PER_TXN:]
+            pieces_from = max([plog.pieces_from] + [s.last + 1 for s in chunk if s.piece])
+            ops: list[Put | Delete] = [
+                Put(
+                    plog.state_key,
+                    _state(plog, log_start=new_start, epochs=epochs, pieces_from=pieces_from),
+                )
+            ]
+            ops += [Delete(prefix + f"{s.base:020d}".encode()) for s in chunk]
+            garbage = [name for s in chunk for name in s.objects]
+            if garbage:
+                ops.append(self.janitor.record(garbage))
+            result = await self.meta.txn(self.guard(plog), ops)
+            if not result.succeeded:
+                error = FlushError(NOT_LEADER_OR_FOLLOWER, "partition state changed under us")
+                self.drop(plog, error)
+                raise error
+            plog.revision = result.revision
+            plog.log_start, plog.epochs, plog.pieces_from = new_start, epochs, pieces_from
+            gone = {id(s) for s in chunk}
+            plog.segments = [s for s in plog.segments if id(s) not in gone]
+            if not doomed:
+                return
+
+    def state(self, plog: PartitionLog, **changes: Any) -> bytes:
+        """The partition's committed state value, with ``changes`` (see :func:`_state`)."""
+        return _state(plog, **changes)
 
     # --- leader epochs ---------------------------------------------------------------------
 
@@ -1188,17 +1397,17 @@ class LogManager:
             ops: list[Put | Delete] = [
                 Put(
                     plog.state_key,
-                    _state(plog.log_start, plog.hw, epoch, epochs, _json(plog.producers)),
+                    _state(plog, epoch=epoch, epochs=epochs),
                 )
             ]
             claim, cluster = plog.claim, self.cluster
             if claim is not None and cluster is not None:  # the owner key carries the epoch
                 value = json.dumps({"broker": cluster.me, "epoch": epoch}).encode()
                 ops.append(Put(claim.owner_key, value, cluster.lease))
-            result = await self.meta.txn(self._guard(plog), ops)
+            result = await self.meta.txn(self.guard(plog), ops)
             if not result.succeeded:
                 error = FlushError(NOT_LEADER_OR_FOLLOWER, "partition state changed under us")
-                self._drop(plog, error)
+                self.drop(plog, error)
                 raise error
             plog.revision = result.revision
             plog.epoch, plog.epochs = epoch, epochs
@@ -1227,17 +1436,29 @@ class LogManager:
 
 
 def _state(
-    log_start: int,
-    hw: int,
-    epoch: int,
-    epochs: list[tuple[int, int]],
-    producers: dict[str, Any],
+    plog: PartitionLog,
+    *,
+    log_start: int | None = None,
+    hw: int | None = None,
+    epoch: int | None = None,
+    epochs: list[tuple[int, int]] | None = None,
+    producers: dict[int, ProducerEntry] | None = None,
+    pieces_from: int | None = None,
 ) -> bytes:
-    """The committed partition state (the value of its ``state_key``); ``producers`` is the
-    idempotent-producer state in its JSON form (see :func:`_json`)."""
-    state: dict[str, Any] = {"log_start": log_start, "hw": hw, "epoch": epoch, "epochs": epochs}
-    if producers:
-        state["producers"] = producers
+    """The committed partition state (the value of its ``state_key``): ``plog``'s, with the
+    fields given changed."""
+    state: dict[str, Any] = {
+        "log_start": plog.log_start if log_start is None else log_start,
+        "hw": plog.hw if hw is None else hw,
+        "epoch": plog.epoch if epoch is None else epoch,
+        "epochs": plog.epochs if epochs is None else epochs,
+    }
+    entries = _json(plog.producers if producers is None else producers)
+    if entries:
+        state["producers"] = entries
+    floor = plog.pieces_from if pieces_from is None else pieces_from
+    if floor:
+        state["pieces_from"] = floor
     return json.dumps(state).encode()
 
 
@@ -1252,6 +1473,12 @@ async def _answer_duplicate(duplicate: Duplicate, delta: int) -> int:
     original = duplicate.original
     assert isinstance(original, _Pending)
     return await asyncio.shield(original.future) + duplicate.delta - delta
+
+
+def _quiet(task: asyncio.Future[Any]) -> None:
+    """Done callback of a read-ahead: its failure is the later read's to see, not a log."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _assign_epoch(epochs: list[tuple[int, int]], epoch: int, start: int) -> list[tuple[int, int]]:
@@ -1277,20 +1504,27 @@ def _truncate_epochs_from_start(
 
 def _txn_groups(commits: list[_Commit]) -> list[list[_Commit]]:
     """Consecutive groups of commits that fit one transaction (:data:`MAX_TXN_OPS`,
-    :data:`MAX_TXN_BYTES`; one that does not fit alone gets its own)."""
+    :data:`MAX_TXN_BYTES`, counting the ingest registry entries the group adds: one put per
+    object, about a hundred bytes per piece; one that does not fit alone gets its own)."""
     groups: list[list[_Commit]] = []
+    objects: set[str] = set()
     ops = size = 0
     for c in commits:
+        keys = {meta.key for meta, _, _ in c.flush.built if meta.piece}
         n = len(c.compares) + len(c.puts)
-        b = sum(len(p.key) + len(p.value) for p in c.puts) + sum(
-            len(x.key) + 16 for x in c.compares
+        b = (
+            sum(len(p.key) + len(p.value) for p in c.puts)
+            + sum(len(x.key) + 16 for x in c.compares)
+            + 100 * len(c.flush.built)
         )
-        if groups and ops + n <= MAX_TXN_OPS and size + b <= MAX_TXN_BYTES:
+        new = len(keys - objects) if groups else len(keys)
+        if groups and ops + n + new <= MAX_TXN_OPS and size + b <= MAX_TXN_BYTES:
             groups[-1].append(c)
-            ops, size = ops + n, size + b
+            ops, size = ops + n + new, size + b
+            objects |= keys
         else:
             groups.append([c])
-            ops, size = n, b
+            ops, size, objects = n + len(keys), b, keys
     return groups
 
 

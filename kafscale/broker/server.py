@@ -28,6 +28,7 @@ from generated.api_versions_response import ApiVersion, ApiVersionsResponse
 from generated.registry import ADVERTISED_APIS, BROKER_APIS
 from kafscale.broker import failpoints
 from kafscale.broker.cluster import Cluster
+from kafscale.broker.compaction import Compactor
 from kafscale.broker.config import BrokerConfig
 from kafscale.broker.coordinator import GroupCoordinator
 from kafscale.broker.group import GroupSettings
@@ -137,6 +138,7 @@ class Broker:
         self.topics = Topics(meta, config.namespace)
         self.cluster = Cluster(config, meta)
         self.logs = LogManager(config, objects, meta, self.topics)
+        self.compactor = Compactor(self.logs)
         self.offsets = Offsets(meta, config.namespace)
         self.producer_ids = ProducerIds(meta, config.namespace)
         self.groups = GroupCoordinator(
@@ -181,6 +183,8 @@ class Broker:
         self.logs.attach(self.cluster)
         self.cluster.lost_listeners.append(self.groups.forget_all)
         self.logs.start()
+        self.compactor.start()
+        self.logs.janitor.start()
         await self.groups.start()
         await self.server.start_serving()
         log.info(
@@ -201,6 +205,8 @@ class Broker:
         for reading in self._readers:
             reading.cancel()
         await self.groups.close()  # parked JoinGroups are answered (NOT_COORDINATOR)
+        await self.compactor.close()
+        await self.logs.janitor.close()
         await self.logs.close()
         # Drain: revoking the lease drops our registration and every partition and group we
         # held at once, so other brokers take them over without waiting for it to expire.

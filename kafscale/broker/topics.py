@@ -32,6 +32,7 @@ TOPIC_CONFIG_DEFAULTS: dict[str, str] = {
     "retention.bytes": "-1",
     "retention.ms": "604800000",
     "segment.bytes": "67108864",
+    "segment.ms": "604800000",
     "min.insync.replicas": "1",
 }
 
@@ -122,6 +123,15 @@ class Topics:
     def segments_prefix(self, topic: str, partition: int) -> bytes:
         return f"/{self.ns}/segments/{topic}/{partition:05d}/".encode()
 
+    @property
+    def ingest_prefix(self) -> bytes:
+        """The ingest registry: ``/{ns}/ingest/{object key}/{nonce}``, one entry per commit
+        transaction that put pieces into the object."""
+        return f"/{self.ns}/ingest/".encode()
+
+    def ingest_entry_key(self, object_key: str, nonce: str) -> bytes:
+        return self.ingest_prefix + f"{object_key}/{nonce}".encode()
+
     async def load(self) -> None:
         prefix = f"/{self.ns}/topics/".encode()
         for kv in await self.store.range(prefix):
@@ -162,13 +172,16 @@ class Topics:
         self._remember(topic)
         return topic
 
-    async def delete(self, name: str) -> Topic:
+    async def delete(self, name: str, tombstone: Callable[[str, str], Put] | None = None) -> Topic:
+        """Delete the topic and its metadata at once; ``tombstone(topic id, name)`` (in the
+        same transaction) makes the janitor delete its objects."""
         topic = self.by_name.get(name)
         if topic is None:
             raise TopicError(3, f"topic {name!r} does not exist")
         await self.store.txn(
             [],
-            [
+            ([tombstone(str(topic.id), name)] if tombstone is not None else [])
+            + [
                 Delete(self.topic_key(name)),
                 Delete(f"/{self.ns}/partitions/{name}/".encode(), prefix=True),
                 Delete(f"/{self.ns}/segments/{name}/".encode(), prefix=True),

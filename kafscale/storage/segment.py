@@ -17,6 +17,7 @@ import bisect
 import itertools
 import re
 import struct
+import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -90,6 +91,38 @@ def _key(namespace: str, topic: str, partition: int, base_offset: int, writer: s
         raise ValueError(f"negative partition {partition} or base offset {base_offset}")
     tail = "" if writer is None else f"-{writer}"
     return f"{namespace}/{topic}/{partition}/segment-{base_offset:020d}{tail}"
+
+
+_INGEST_RE = re.compile(r"(\d{13})-b(\d+)-([0-9a-f]+)\.kfi")
+
+
+def ingest_key(namespace: str, broker_id: int, nonce: str, now_ms: int | None = None) -> str:
+    """``{namespace}/ingest/{written_ms:013d}-b{broker_id}-{nonce}.kfi``: one flush cycle's
+    data of many partitions, each partition's piece a complete KAFS segment at a byte range
+    its committed entry records. The write time leads the name, so a listing says how old
+    an object is without reading it."""
+    if now_ms is None:
+        now_ms = int(time.time() * 1000)
+    if broker_id < 0 or not re.fullmatch(r"[0-9a-f]{1,32}", nonce):
+        raise ValueError(f"bad ingest key parts: broker {broker_id}, nonce {nonce!r}")
+    return f"{namespace}/ingest/{now_ms:013d}-b{broker_id}-{nonce}.kfi"
+
+
+def ingest_written_ms(key: str) -> int | None:
+    """When an ingest object was written (from its key); None when ``key`` is not one."""
+    m = _INGEST_RE.fullmatch(key.rsplit("/", 1)[-1])
+    return None if m is None else int(m.group(1))
+
+
+def compacted_key(
+    namespace: str, topic_id: str, partition: int, base_offset: int, writer: str
+) -> str:
+    """``{namespace}/topics/{topic_id}/{partition}/segment-{base_offset:020d}-{writer}.kfs``:
+    a segment compaction wrote. Under the topic's id, not its name, so a deleted topic's
+    segments are told apart from those of a topic created again under the same name."""
+    if base_offset < 0 or partition < 0:
+        raise ValueError(f"negative partition {partition} or base offset {base_offset}")
+    return f"{namespace}/topics/{topic_id}/{partition}/segment-{base_offset:020d}-{writer}.kfs"
 
 
 def epoch_of(key: str) -> int | None:

@@ -374,8 +374,15 @@ class Cluster:
         return keys
 
     def audit(self, topic: str, partitions: int) -> Audit:
+        """Every partition's committed entries: contiguous from the log start to the high
+        watermark, each object in the bucket, flush segments written under the epoch in
+        force at their base offset; orphans: the partition's own objects (compacted or
+        flush segments) no entry references (shared ingest objects are the janitor's)."""
         ns = self.namespace
         audit = Audit()
+        raw_topic = self.etcd_range(f"/{ns}/topics/{topic}").get(f"/{ns}/topics/{topic}")
+        topic_id = json.loads(raw_topic)["id"] if raw_topic is not None else "-"
+        ingest = self.bucket_keys(f"{ns}/ingest/")
         for p in range(partitions):
             raw = self.etcd_range(f"/{ns}/partitions/{topic}/{p:05d}").get(
                 f"/{ns}/partitions/{topic}/{p:05d}"
@@ -390,16 +397,19 @@ class Cluster:
             segments = sorted(
                 (int(k[len(prefix) :]), json.loads(v)) for k, v in self.etcd_range(prefix).items()
             )
-            objects = self.bucket_keys(f"{ns}/{topic}/{p}/")
+            legacy = f"{ns}/{topic}/{p}/"
+            objects = self.bucket_keys(legacy) | self.bucket_keys(f"{ns}/topics/{topic_id}/{p}/")
             audit.segments += len(segments)
             audit.objects += len(objects)
             referenced: set[str] = set()
             expected_base = log_start
             for base, seg in segments:
                 key = str(seg["key"])
-                referenced.update((key, key.removesuffix(".kfs") + ".index"))
+                piece = bool(seg.get("piece"))
+                names = [key] if piece else [key, key.removesuffix(".kfs") + ".index"]
+                referenced.update(names)
                 if int(seg["last"]) < log_start:
-                    continue  # deleted by DeleteRecords (not done here)
+                    continue  # deleted by DeleteRecords or retention, dropped soon
                 if base > expected_base or (base < expected_base and expected_base != log_start):
                     audit.problems.append(
                         f"partition {p}: segment at {base} but the previous one ended at "
@@ -407,9 +417,7 @@ class Cluster:
                     )
                 expected_base = int(seg["last"]) + 1
                 m = re.search(r"-e(\d+)-[0-9a-f]+\.kfs$", key)
-                if m is None:
-                    audit.problems.append(f"partition {p}: segment key {key} has no writer epoch")
-                else:
+                if key.startswith(legacy) and m is not None:
                     in_force = max((e for e, s in epochs if s <= base), default=None)
                     if in_force is not None and int(m.group(1)) != in_force:
                         audit.problems.append(
@@ -417,8 +425,10 @@ class Cluster:
                             f"{m.group(1)} but epoch {in_force} was in force there "
                             f"(history {epochs}): a deposed owner's commit"
                         )
-                for k in (key, key.removesuffix(".kfs") + ".index"):
-                    if k not in objects:
+                elif not piece and m is None:
+                    audit.problems.append(f"partition {p}: segment key {key} has no writer epoch")
+                for k in names:
+                    if k not in (ingest if piece else objects):
                         audit.problems.append(f"partition {p}: committed {k} is not in the bucket")
             if expected_base != hw and not (hw == log_start and not segments):
                 audit.problems.append(

@@ -45,7 +45,7 @@ async def handle(ctx: RequestContext, request: DeleteTopicsRequest) -> DeleteTop
             topic = _find(broker.topics.by_name, broker.topics.by_id, entry)
             result.name, result.topic_id = topic.name, topic.id
             seen |= {topic.name, topic.id}
-            await broker.topics.delete(topic.name)
+            await broker.topics.delete(topic.name, broker.logs.janitor.topic_deleted)
         except TopicError as e:
             result.error_code, result.error_message = e.code, e.message
             continue

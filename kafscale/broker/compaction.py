@@ -1,0 +1,289 @@
+"""The owner's background maintenance of its partitions: compaction and retention.
+
+Every :data:`CHECK_INTERVAL_S` the broker looks at each partition it owns:
+
+- **Retention** (every ``log.retention.check.interval.ms``): ``retention.ms`` /
+  ``retention.bytes`` (the topic's, else the broker's; ``-1`` = unlimited) move the log start
+  offset past whole expired entries (``kafscale/broker/layout.py``), in one fenced metadata
+  transaction that also deletes their entries and records their objects as garbage.
+- **Compaction**: a run of pieces (and small open segments) chosen by
+  :func:`~kafscale.broker.layout.compaction_run` is rewritten into KAFS segments of up to
+  ``segment.bytes`` with their sparse indexes, in four steps, each safe to die after:
+
+  1. an *intent*: a garbage record naming the objects about to be written, due far ahead;
+  2. the upload of the new segments and indexes (failpoint ``after_compaction_put``);
+  3. the *swap*: one transaction guarded like every commit of the partition (its state's
+     revision and our owner key: a deposed owner's swap fails) deletes the inputs' entries,
+     puts the new ones and the state (``pieces_from`` past the merged pieces), deletes the
+     intent and records the replaced segments' objects as garbage, due after the grace
+     period (failpoint ``after_compaction_commit``);
+  4. the in-memory entry list is replaced in one step, so a reader sees either the old
+     entries or the new ones (whose bytes are the same batches), never a gap or a repeat.
+
+  The replaced pieces' ingest objects are deleted by the janitor once every partition in
+  them has moved past them. A swap whose outcome is unknown reloads the partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+from kafscale.broker import failpoints
+from kafscale.broker.layout import Policy, compaction_run, retention_start
+from kafscale.metadata import Delete, Put
+from kafscale.protocol.records import BatchInfo, parse_batches
+from kafscale.protocol.wire import Buffer
+from kafscale.storage.segment import (
+    FOOTER_SIZE,
+    HEADER_SIZE,
+    MAX_SEGMENT_SIZE,
+    build_segment,
+    compacted_key,
+    writer_tag,
+)
+
+if TYPE_CHECKING:
+    from kafscale.broker.log import LogManager, PartitionLog, SegmentMeta
+
+log = logging.getLogger("kafscale.compaction")
+
+CHECK_INTERVAL_S = 1.0
+
+
+class Compactor:
+    """Compaction and retention of the partitions this broker owns (one background task)."""
+
+    def __init__(self, logs: LogManager) -> None:
+        self.logs = logs
+        self._task: asyncio.Task[None] | None = None
+        self._last_retention = 0.0
+        self.compactions = 0
+        """Swaps committed so far (for tests and logs)."""
+
+    def policy(self, topic: str) -> Policy:
+        config = self.logs.config
+        t = self.logs.topics.get(topic)
+        segment_bytes = int((t and t.config("segment.bytes")) or config.segment_bytes)
+        segment_ms = int((t and t.config("segment.ms")) or config.segment_ms)
+        return Policy(segment_bytes, segment_ms)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="kafscale-compaction")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL_S)
+            try:
+                await self.run_once()
+            except Exception:
+                log.warning("maintenance pass failed", exc_info=True)
+
+    async def run_once(self, retention: bool | None = None) -> None:
+        """One pass over the partitions we own (``retention``: check it now, by default when
+        its interval has passed)."""
+        clock = time.monotonic()
+        interval = self.logs.config.log_retention_check_interval_ms / 1000
+        if retention is None:
+            retention = clock - self._last_retention >= interval
+        if retention:
+            self._last_retention = clock
+        for plog in await self._owned():
+            if self.logs.closing:
+                return
+            try:
+                if retention:
+                    await self.retain(plog)
+                await self.compact(plog)
+            except Exception:
+                log.warning("%s-%d: maintenance failed", plog.topic, plog.partition, exc_info=True)
+
+    async def _owned(self) -> list[PartitionLog]:
+        """The partitions we own, loaded (retention applies to those nobody reads too)."""
+        logs = self.logs
+        out = []
+        for topic in list(logs.topics.by_name.values()):
+            for p in range(topic.partitions):
+                key = (topic.name, p)
+                if logs.cluster is not None and key not in logs.claims:
+                    continue
+                plog = logs.logs.get(key)
+                if plog is None:
+                    try:
+                        plog = await logs.get(topic.name, p)
+                    except Exception:
+                        continue
+                out.append(plog)
+        return out
+
+    # --- retention ---------------------------------------------------------------------------
+
+    async def retain(self, plog: PartitionLog) -> int:
+        """Apply the partition's retention; the new log start offset."""
+        config = self.logs.config
+        topic = self.logs.topics.get(plog.topic)
+        if topic is None:
+            return plog.log_start
+        retention_ms = int(topic.config("retention.ms") or config.retention_ms)
+        retention_bytes = int(topic.config("retention.bytes") or config.retention_bytes)
+        policy = topic.config("cleanup.policy") or "delete"
+        if "delete" not in policy.split(","):
+            return plog.log_start  # compact-only topics keep everything (no key compaction)
+        now = int(time.time() * 1000)
+        start = retention_start(plog.segments, plog.log_start, now, retention_ms, retention_bytes)
+        if start <= plog.log_start:
+            return plog.log_start
+        async with plog.lock:
+            if start > plog.log_start and self.logs.logs.get((plog.topic, plog.partition)) is plog:
+                await self.logs.advance_log_start(plog, min(start, plog.hw))
+        log.info("%s-%d: retention moved the log start to %d", plog.topic, plog.partition, start)
+        return plog.log_start
+
+    # --- compaction --------------------------------------------------------------------------
+
+    async def compact(self, plog: PartitionLog) -> bool:
+        """Merge the run of entries that is due, if any; whether a swap was committed."""
+        logs = self.logs
+        topic = logs.topics.get(plog.topic)
+        if topic is None:
+            return False
+        policy = self.policy(plog.topic)
+        now = int(time.time() * 1000)
+        run = compaction_run(plog.segments, now, policy)
+        if run is None:
+            return False
+        inputs = plog.segments[run[0] : run[1]]
+        outputs = await self._build(plog, inputs, str(topic.id), policy.segment_bytes)
+        names = [name for meta, _, _ in outputs for name in meta.objects]
+        intent = await logs.janitor.intend(names)
+        await asyncio.gather(
+            *(logs.objects.put(meta.key, body) for meta, body, _ in outputs),
+            *(logs.objects.put(meta.objects[1], index) for meta, _, index in outputs),
+        )
+        failpoints.hit("after_compaction_put")
+        async with plog.lock:
+            swapped = await self._swap(plog, inputs, outputs, intent)
+        if swapped:
+            failpoints.hit("after_compaction_commit")
+            self.compactions += 1
+        return swapped
+
+    async def _build(
+        self, plog: PartitionLog, inputs: list[SegmentMeta], topic_id: str, segment_bytes: int
+    ) -> list[tuple[SegmentMeta, list[Buffer], bytes]]:
+        """The new segments (meta, chunks, index) holding the batches of ``inputs``."""
+        from kafscale.broker.log import SegmentMeta
+
+        logs = self.logs
+        batches: list[tuple[memoryview, BatchInfo]] = []
+        for seg in inputs:
+            body = memoryview(await logs.read_entry(seg, HEADER_SIZE, seg.size - FOOTER_SIZE))
+            batches += [
+                (body, b) for b in parse_batches(body, MAX_SEGMENT_SIZE, verify_records=False)
+            ]
+        created = min((s.created for s in inputs if s.created), default=int(time.time() * 1000))
+        groups: list[list[tuple[memoryview, BatchInfo]]] = [[]]
+        size = 0
+        for item in batches:
+            if groups[-1] and size + item[1].size > segment_bytes - HEADER_SIZE - FOOTER_SIZE:
+                groups.append([])
+                size = 0
+            groups[-1].append(item)
+            size += item[1].size
+        tag = writer_tag(plog.epoch, secrets.token_hex(4))
+        out = []
+        for group in groups:
+            first = group[0][1].base_offset
+            chunks = [body[b.position : b.end] for body, b in group]
+            segment = build_segment(
+                first, chunks, [b for _, b in group], created, logs.config.index_interval_bytes
+            )
+            key = compacted_key(logs.config.namespace, topic_id, plog.partition, first, tag)
+            meta = SegmentMeta(
+                first,
+                segment.last_offset,
+                segment.size,
+                segment.max_timestamp,
+                key,
+                0,
+                False,
+                created,
+            )
+            out.append((meta, segment.chunks, segment.index))
+        if out[0][0].base != inputs[0].base or out[-1][0].last != inputs[-1].last:
+            raise RuntimeError(f"{plog.topic}-{plog.partition}: a merge must keep its offsets")
+        return out
+
+    async def _swap(
+        self,
+        plog: PartitionLog,
+        inputs: list[SegmentMeta],
+        outputs: list[tuple[SegmentMeta, list[Buffer], bytes]],
+        intent: bytes,
+    ) -> bool:
+        """Step 3 and 4 (the caller holds the partition's lock)."""
+        from kafscale.broker.log import FlushError, not_owner
+
+        logs = self.logs
+        key = (plog.topic, plog.partition)
+        current = plog.segments
+        at = next((i for i, s in enumerate(current) if s is inputs[0]), -1)
+        run = current[at : at + len(inputs)] if at >= 0 else []
+        if (
+            logs.logs.get(key) is not plog
+            or len(run) != len(inputs)
+            or any(a is not b for a, b in zip(run, inputs, strict=True))
+        ):
+            return False  # dropped, or retention or DeleteRecords took some inputs meanwhile
+        try:
+            guard = logs.guard(plog)
+        except FlushError:
+            return False
+        prefix = logs.topics.segments_prefix(plog.topic, plog.partition)
+        kept = {meta.base for meta, _, _ in outputs}
+        pieces_from = max([plog.pieces_from] + [s.last + 1 for s in inputs if s.piece])
+        replaced = [name for s in inputs for name in s.objects]
+        ops: list[Put | Delete] = [
+            Delete(prefix + f"{s.base:020d}".encode()) for s in inputs if s.base not in kept
+        ]
+        ops += [
+            Put(prefix + f"{meta.base:020d}".encode(), meta.to_json()) for meta, _, _ in outputs
+        ]
+        ops += [Put(plog.state_key, logs.state(plog, pieces_from=pieces_from)), Delete(intent)]
+        if replaced:
+            ops.append(logs.janitor.record(replaced))
+        try:
+            result = await logs.meta.txn(guard, ops)
+        except Exception as error:  # the outcome is unknown: reload before going on
+            logs.drop(plog, FlushError(56, f"compaction commit failed: {error}"))
+            raise
+        if not result.succeeded:
+            logs.drop(plog, not_owner(plog.topic, plog.partition, " (state changed under us)"))
+            return False
+        plog.revision = result.revision
+        plog.pieces_from = pieces_from
+        plog.segments = (
+            current[:at] + [meta for meta, _, _ in outputs] + current[at + len(inputs) :]
+        )
+        for meta, chunks, index in outputs:
+            logs.cache.put(meta.key, b"".join(chunks))
+            logs.remember_index(meta.key, index)
+        log.debug(
+            "%s-%d: compacted %d entries into %d segments",
+            plog.topic,
+            plog.partition,
+            len(inputs),
+            len(outputs),
+        )
+        return True

@@ -1,0 +1,281 @@
+"""The janitor: deletes what no log needs any more, crash-safe, and keeps etcd's history short.
+
+Nothing is deleted without a durable record first. Whoever makes objects unreachable (a
+compaction swap, retention, DeleteRecords) writes, in the same metadata transaction, a
+*garbage record* ``/{ns}/gc/{deadline_ms:013d}-{nonce}`` naming them, with a deadline one grace
+period (``log.segment.delete.delay.ms``) ahead: longer than any Fetch that may still read an
+entry it looked up before the swap. A compaction also writes one *before* it uploads, naming
+its new objects with a deadline far ahead (an intent), and deletes it in its swap: if it dies
+or is deposed in between, the intent deletes its uploads later. The janitor (one broker: the
+live broker with the lowest id, as Kafka's controller; every broker with the embedded store)
+then, every few seconds:
+
+1. deletes the objects of every record past its deadline, then the record (a crash in
+   between deletes them again: deleting is idempotent);
+2. sweeps the ingest registry ``/{ns}/ingest/{object}/{nonce}`` (written by each flush commit
+   with the pieces it put in the object): an object none of whose pieces is part of a log
+   any more (its partition's ``pieces_from`` passed it, or its topic is gone) gets a garbage
+   record and loses its registry entries in one transaction;
+3. deletes the objects of deleted topics (``/{ns}/deleted-topics/{topic id}``, written with
+   the deletion) once their grace period is over, then the tombstone;
+4. once a minute, deletes ingest objects older than :data:`ORPHAN_AGE_MS` that no registry
+   entry or record names: uploads whose commit never happened (a crash or a failed commit);
+   and compacts the metadata store's revision history to what it was a minute ago (etcd keeps
+   every revision until compacted: without it the database grows with every commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections import deque
+from typing import Any
+
+from kafscale.broker import failpoints
+from kafscale.broker.cluster import Cluster
+from kafscale.broker.topics import Topics
+from kafscale.metadata import Compare, Delete, MetadataStore, Put
+from kafscale.storage import NotFound, ObjectStore
+from kafscale.storage.segment import ingest_written_ms
+
+log = logging.getLogger("kafscale.janitor")
+
+INTERVAL_S = 2.0
+"""How often the janitor looks for due work."""
+INTENT_MS = 10 * 60_000
+"""An intent's deadline: far past any compaction's upload and swap."""
+SWEEP_MIN_AGE_MS = 15_000
+"""Registry entries younger than this are not judged: a flush cycle commits its partitions in
+several transactions in a row, and all of them must be in before its object is."""
+ORPHAN_AGE_MS = 10 * 60_000
+"""An ingest object no registry entry names is deleted once this old: its commit cannot
+still happen (a commit needs its broker's lease, which ends within a TTL of a hang)."""
+SLOW_EVERY_S = 60.0
+"""The orphan listing and the history compaction run this often."""
+HISTORY_KEEP_S = 60.0
+"""Metadata revisions kept: a watch that falls further behind re-reads its prefix."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Janitor:
+    """Garbage records, the ingest sweep, deleted topics and history compaction."""
+
+    def __init__(
+        self,
+        namespace: str,
+        objects: ObjectStore,
+        meta: MetadataStore,
+        topics: Topics,
+        cluster: Cluster | None,
+        grace_ms: int,
+    ) -> None:
+        self.ns = namespace
+        self.objects = objects
+        self.meta = meta
+        self.topics = topics
+        self.cluster = cluster
+        self.grace_ms = grace_ms
+        self._task: asyncio.Task[None] | None = None
+        self._last_slow = 0.0
+        self._revisions: deque[tuple[float, int]] = deque()
+        self.deleted = 0
+        """Objects deleted so far (for tests and logs)."""
+
+    # --- records -----------------------------------------------------------------------------
+
+    @property
+    def gc_prefix(self) -> bytes:
+        return f"/{self.ns}/gc/".encode()
+
+    def record(self, objects: list[str], delay_ms: int | None = None) -> Put:
+        """A garbage record for ``objects`` (deleted ``delay_ms`` from now, the grace period
+        by default): put it in the transaction that makes them unreachable."""
+        deadline = now_ms() + (self.grace_ms if delay_ms is None else delay_ms)
+        key = self.gc_prefix + f"{deadline:013d}-{secrets.token_hex(6)}".encode()
+        return Put(key, json.dumps({"objects": objects}).encode())
+
+    async def intend(self, objects: list[str]) -> bytes:
+        """Record ``objects`` as garbage far ahead, before they are uploaded; the upload's
+        commit deletes the record (its key, returned) if it succeeds."""
+        put = self.record(objects, INTENT_MS)
+        await self.meta.put(put.key, put.value)
+        return put.key
+
+    def topic_deleted(self, topic_id: str, name: str) -> Put:
+        """The tombstone that deletes a deleted topic's objects after the grace period."""
+        value = {"name": name, "deadline": now_ms() + self.grace_ms}
+        return Put(f"/{self.ns}/deleted-topics/{topic_id}".encode(), json.dumps(value).encode())
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="kafscale-janitor")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def on_duty(self) -> bool:
+        """Whether this broker is the janitor: the live broker with the lowest id."""
+        cluster = self.cluster
+        if cluster is None:
+            return True
+        return min(cluster.live(), default=cluster.me) == cluster.me
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(INTERVAL_S)
+            if not self.on_duty():
+                continue
+            try:
+                await self.run_once()
+            except Exception:
+                log.warning("janitor pass failed", exc_info=True)
+
+    async def run_once(self, now: int | None = None, slow: bool | None = None) -> None:
+        """One pass (``now`` in ms; ``slow``: also the orphan listing and history
+        compaction, by default when their time has come)."""
+        now = now_ms() if now is None else now
+        await self.delete_due(now)
+        await self.sweep_ingest(now)
+        await self.finish_deleted_topics(now)
+        clock = time.monotonic()
+        if slow or (slow is None and clock - self._last_slow >= SLOW_EVERY_S):
+            self._last_slow = clock
+            await self.collect_orphans(now)
+            await self.compact_history()
+
+    # --- 1. due records ----------------------------------------------------------------------
+
+    async def delete_due(self, now: int) -> int:
+        """Delete the objects of every garbage record past its deadline, then the record."""
+        done = 0
+        for kv in await self.meta.range(self.gc_prefix):
+            deadline = int(kv.key[len(self.gc_prefix) :].split(b"-", 1)[0])
+            if deadline > now:
+                continue
+            for i, key in enumerate(json.loads(kv.value)["objects"]):
+                await self._delete(key)
+                if i == 0:
+                    failpoints.hit("mid_delete")
+            await self.meta.txn(
+                [Compare(kv.key, "mod_revision", "==", kv.mod_revision)], [Delete(kv.key)]
+            )
+            done += 1
+        return done
+
+    async def _delete(self, key: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self.objects.delete(key)
+        self.deleted += 1
+
+    # --- 2. the ingest registry --------------------------------------------------------------
+
+    async def sweep_ingest(self, now: int) -> int:
+        """Turn every ingest object no log needs into a garbage record; how many."""
+        prefix = self.topics.ingest_prefix
+        by_object: dict[str, list[Any]] = {}
+        for kv in await self.meta.range(prefix):
+            name = kv.key[len(prefix) :].decode().rsplit("/", 1)[0]
+            by_object.setdefault(name, []).append(kv)
+        states: dict[str, dict[int, int]] = {}
+        swept = 0
+        for name, entries in by_object.items():
+            values = [json.loads(kv.value) for kv in entries]
+            if any(now - int(v["created"]) < SWEEP_MIN_AGE_MS for v in values):
+                continue
+            pieces = [piece for v in values for piece in v["pieces"]]
+            if any([await self._needed(piece, states) for piece in pieces]):
+                continue
+            result = await self.meta.txn(
+                [Compare(kv.key, "mod_revision", "==", kv.mod_revision) for kv in entries],
+                [Delete(kv.key) for kv in entries] + [self.record([name])],
+            )
+            swept += result.succeeded
+        return swept
+
+    async def _needed(self, piece: list[Any], states: dict[str, dict[int, int]]) -> bool:
+        """Whether a piece (topic, topic id, partition, base offset) is still part of a log."""
+        name, topic_id, partition, base = piece
+        topic = self.topics.get(name)
+        if topic is None or str(topic.id) != topic_id or partition >= topic.partitions:
+            return False
+        floors = states.get(name)
+        if floors is None:
+            floors = states[name] = {}
+            head = self.topics.partition_key(name, 0).rsplit(b"/", 1)[0] + b"/"
+            for kv in await self.meta.range(head):
+                floors[int(kv.key[len(head) :])] = int(json.loads(kv.value).get("pieces_from", 0))
+        return bool(base >= floors.get(partition, 0))
+
+    # --- 3. deleted topics -------------------------------------------------------------------
+
+    async def finish_deleted_topics(self, now: int) -> int:
+        """Delete the objects of deleted topics whose grace period is over."""
+        prefix = f"/{self.ns}/deleted-topics/".encode()
+        done = 0
+        for kv in await self.meta.range(prefix):
+            tomb = json.loads(kv.value)
+            if int(tomb["deadline"]) > now:
+                continue
+            topic_id, name = kv.key[len(prefix) :].decode(), str(tomb["name"])
+            doomed = await self.objects.list(f"{self.ns}/topics/{topic_id}/")
+            if self.topics.get(name) is None:
+                # Segments written before compaction existed are under the topic's name; a
+                # topic of that name created since writes none there.
+                doomed += await self.objects.list(f"{self.ns}/{name}/")
+            for i, key in enumerate(doomed):
+                await self._delete(key)
+                if i == 0:
+                    failpoints.hit("mid_delete")
+            await self.meta.txn(
+                [Compare(kv.key, "mod_revision", "==", kv.mod_revision)], [Delete(kv.key)]
+            )
+            log.info("deleted topic %s (%s): %d objects deleted", name, topic_id, len(doomed))
+            done += 1
+        return done
+
+    # --- 4. orphans and history --------------------------------------------------------------
+
+    async def collect_orphans(self, now: int) -> int:
+        """Delete old ingest objects that nothing names (their commit never happened)."""
+        named: set[str] = set()
+        prefix = self.topics.ingest_prefix
+        for kv in await self.meta.range(prefix):
+            named.add(kv.key[len(prefix) :].decode().rsplit("/", 1)[0])
+        for kv in await self.meta.range(self.gc_prefix):
+            named.update(json.loads(kv.value)["objects"])
+        orphans = 0
+        for key in await self.objects.list(f"{self.ns}/ingest/"):
+            written = ingest_written_ms(key)
+            if written is None or key in named or now - written < ORPHAN_AGE_MS:
+                continue
+            await self._delete(key)
+            orphans += 1
+        if orphans:
+            log.info("deleted %d ingest objects no commit referenced", orphans)
+        return orphans
+
+    async def compact_history(self) -> None:
+        """Compact the store's revisions older than :data:`HISTORY_KEEP_S` (etcd; the
+        embedded store bounds its own history)."""
+        compact = getattr(self.meta, "compact", None)
+        if compact is None:
+            return
+        clock = time.monotonic()
+        self._revisions.append((clock, await self.meta.revision()))
+        target = 0
+        while self._revisions and clock - self._revisions[0][0] >= HISTORY_KEEP_S:
+            target = self._revisions.popleft()[1]
+        if target:
+            await compact(target)
