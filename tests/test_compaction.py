@@ -1,0 +1,274 @@
+"""Compaction, retention and the janitor on the embedded stores (issue: a log that lives for
+months). Pieces of many flushes become a few segments; readers see the same records before,
+during and after; what nothing references any more is deleted only after the grace period,
+through a durable record; retention and DeleteRecords drop whole entries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+from kafscale.broker.compaction import Compactor
+from kafscale.broker.janitor import ORPHAN_AGE_MS, SWEEP_MIN_AGE_MS, now_ms
+from kafscale.broker.layout import Policy
+from kafscale.protocol.records import build_batch
+from tests.broker_harness import Client, run, values
+
+LATER = SWEEP_MIN_AGE_MS + 1
+"""Milliseconds after which the janitor judges the registry entries written now."""
+
+
+async def produce_flushes(c: Client, n: int, topic: str = "t", size: int = 100) -> None:
+    """``n`` records, each in a flush of its own (a piece each)."""
+    for i in range(n):
+        batch = build_batch([b"%05d" % i + b"." * size], timestamp=now_ms())
+        resp = await c.produce(topic, batch)
+        assert resp.error_code == 0
+        await c.broker.logs.flush()
+
+
+async def all_values(c: Client, topic: str = "t", start: int = 0) -> list[tuple[int, bytes | None]]:
+    out: list[tuple[int, bytes | None]] = []
+    offset = start
+    while True:
+        got = await c.fetch(topic, offset, max_bytes=1 << 20)
+        assert got.error_code == 0, got
+        batch = values(got.records)
+        if not batch:
+            return out
+        out += batch
+        offset = batch[-1][0] + 1
+
+
+async def keys(c: Client, prefix: str) -> list[bytes]:
+    return [kv.key for kv in await c.broker.meta.range(prefix.encode())]
+
+
+def test_pieces_are_compacted_into_one_segment_and_ingest_objects_deleted(tmp_path: Path) -> None:
+    async def scenario(c: Client) -> None:
+        await c.create("t", 2)
+        await produce_flushes(c, 30)
+        logs = c.broker.logs
+        plog = await logs.get("t", 0)
+        assert len(plog.segments) == 30 and all(s.piece for s in plog.segments)
+        before = await all_values(c)
+        compactor = Compactor(logs)
+        compactor.policy = lambda topic: Policy(1 << 20, 1 << 40, idle_ms=0)  # type: ignore
+        assert await compactor.compact(plog)
+        assert len(plog.segments) == 1 and not plog.segments[0].piece
+        assert plog.pieces_from == 30
+        assert await all_values(c) == before  # the same records at the same offsets
+        # A broker loading the partition afresh finds the same log.
+        logs.drop(plog, Exception("reload"))  # type: ignore[arg-type]
+        assert await all_values(c) == before
+        # The ingest objects: swept once old enough, deleted after the grace period.
+        ingest = await c.broker.objects.list("kafscale/ingest/")
+        assert len(ingest) == 30
+        janitor = logs.janitor
+        assert await janitor.sweep_ingest(now_ms()) == 0  # too young to judge
+        assert await janitor.sweep_ingest(now_ms() + LATER) == 30
+        assert await keys(c, "/kafscale/ingest/") == []
+        assert await janitor.delete_due(now_ms()) == 0  # the grace period
+        assert len(await c.broker.objects.list("kafscale/ingest/")) == 30
+        deadline = now_ms() + logs.config.log_segment_delete_delay_ms + 1
+        assert await janitor.delete_due(deadline) == 30  # a record per swept object
+        assert await c.broker.objects.list("kafscale/ingest/") == []
+        assert await keys(c, "/kafscale/gc/") == []
+        assert await all_values(c) == before
+        # What is left per partition: one segment and its index; one entry key.
+        left = await c.broker.objects.list("kafscale/")
+        assert len(left) == 2 and all("/topics/" in k for k in left), left
+        assert len(await keys(c, "/kafscale/segments/t/00000/")) == 1
+
+    run(tmp_path, scenario)
+
+
+def test_an_ingest_object_waits_for_every_partition_in_it(tmp_path: Path) -> None:
+    async def scenario(c: Client) -> None:
+        await c.create("t", 2)
+        produces = [  # one flush, both partitions: one object
+            asyncio.ensure_future(c.produce("t", build_batch([b"p%d" % p]), partition=p))
+            for p in (0, 1)
+        ]
+        await asyncio.sleep(0.01)
+        await c.broker.logs.flush()
+        assert [r.error_code for r in await asyncio.gather(*produces)] == [0, 0]
+        (ingest,) = await c.broker.objects.list("kafscale/ingest/")
+        logs = c.broker.logs
+        compactor = Compactor(logs)
+        compactor.policy = lambda topic: Policy(1 << 20, 1 << 40, idle_ms=0)  # type: ignore
+        assert await compactor.compact(await logs.get("t", 0))
+        assert await logs.janitor.sweep_ingest(now_ms() + LATER) == 0  # partition 1 needs it
+        assert await compactor.compact(await logs.get("t", 1))
+        assert await logs.janitor.sweep_ingest(now_ms() + LATER) == 1
+        assert await logs.janitor.delete_due(now_ms() + 10**9) == 1
+        assert ingest not in await c.broker.objects.list("kafscale/")
+        assert [v for _, v in await all_values(c)] == [b"p0"]
+
+    run(tmp_path, scenario, flush_interval_ms=60_000)
+
+
+def test_a_deposed_compaction_swap_changes_nothing_and_its_uploads_are_collected(
+    tmp_path: Path,
+) -> None:
+    async def scenario(c: Client) -> None:
+        await c.create("t")
+        await produce_flushes(c, 5)
+        logs = c.broker.logs
+        plog = await logs.get("t", 0)
+        before = await all_values(c)
+        plog.revision -= 1  # as if another writer had moved the state under us
+        compactor = Compactor(logs)
+        compactor.policy = lambda topic: Policy(1 << 20, 1 << 40, idle_ms=0)  # type: ignore
+        assert not await compactor.compact(plog)
+        assert ("t", 0) not in logs.logs  # dropped: reloaded on next use
+        plog = await logs.get("t", 0)
+        assert len(plog.segments) == 5 and all(s.piece for s in plog.segments)
+        assert await all_values(c) == before
+        uploaded = await c.broker.objects.list("kafscale/topics/")
+        assert len(uploaded) == 2  # the segment and index of the failed swap
+        # The intent deletes them, far ahead.
+        assert (
+            await logs.janitor.delete_due(now_ms() + logs.config.log_segment_delete_delay_ms) == 0
+        )
+        assert await logs.janitor.delete_due(now_ms() + ORPHAN_AGE_MS + 1) == 1
+        assert await c.broker.objects.list("kafscale/topics/") == []
+
+    run(tmp_path, scenario)
+
+
+def test_segments_merge_geometrically_and_fully_once_idle(tmp_path: Path) -> None:
+    """Compaction rounds of 4 pieces each: open segments merge with those about their size,
+    so fewer than one segment per round stays; once idle every open segment joins."""
+
+    async def scenario(c: Client) -> None:
+        await c.create("t")
+        logs = c.broker.logs
+        compactor = Compactor(logs)
+        busy = Policy(1 << 20, 1 << 40, max_pieces=4, idle_ms=1 << 40)
+        compactor.policy = lambda topic: busy  # type: ignore
+        plog = await logs.get("t", 0)
+        for _ in range(16):
+            await produce_flushes(c, 4)
+            plog = await logs.get("t", 0)
+            assert await compactor.compact(plog)
+        assert all(not s.piece for s in plog.segments)
+        assert len(plog.segments) <= 5, [s.size for s in plog.segments]
+        idle = Policy(1 << 20, 1 << 40, idle_ms=0)
+        compactor.policy = lambda topic: idle  # type: ignore
+        assert await compactor.compact(plog)
+        assert len(plog.segments) == 1
+        assert [o for o, _ in await all_values(c)] == list(range(64))
+
+    run(tmp_path, scenario)
+
+
+def test_retention_by_time_and_size_drops_whole_segments(tmp_path: Path) -> None:
+    async def scenario(c: Client) -> None:
+        await c.create("t", 1, retention_bytes="500")
+        await produce_flushes(c, 10)  # 10 pieces of about 170 bytes
+        logs = c.broker.logs
+        plog = await logs.get("t", 0)
+        compactor = Compactor(logs)
+        start = await compactor.retain(plog)
+        # Kafka's rule: the oldest entries go while the log keeps retention.bytes without them.
+        sizes = [e.size for e in plog.segments]
+        assert sum(sizes) >= 500 > sum(sizes) - sizes[0], sizes
+        assert 0 < start == plog.segments[0].base and plog.pieces_from == start
+        assert await c.earliest("t") == start
+        got = await c.fetch("t", 0)
+        assert got.error_code == 1  # OFFSET_OUT_OF_RANGE: the consumer resets
+        assert [o for o, _ in await all_values(c, start=start)] == list(range(start, 10))
+        assert len(await keys(c, "/kafscale/segments/t/00000/")) == 10 - start
+
+    run(tmp_path, scenario)
+
+
+def test_retention_by_time(tmp_path: Path) -> None:
+    async def scenario(c: Client) -> None:
+        await c.create("t", 1, retention_ms="60000")
+        old = int(time.time() * 1000) - 120_000
+        for i in range(3):
+            batch = build_batch([b"old%d" % i], timestamp=old)
+            assert (await c.produce("t", batch)).error_code == 0
+            await c.broker.logs.flush()
+        await produce_flushes(c, 2)
+        compactor = Compactor(c.broker.logs)
+        assert await compactor.retain(await c.broker.logs.get("t", 0)) == 3
+        assert [o for o, _ in await all_values(c, start=3)] == [3, 4]
+
+    run(tmp_path, scenario)
+
+
+def test_delete_records_drops_entries_and_records_their_objects(tmp_path: Path) -> None:
+    async def scenario(c: Client) -> None:
+        await c.create("t")
+        await produce_flushes(c, 6)
+        logs = c.broker.logs
+        compactor = Compactor(logs)
+        compactor.policy = lambda topic: Policy(1 << 20, 1 << 40, idle_ms=0)  # type: ignore
+        plog = await logs.get("t", 0)
+        assert await compactor.compact(plog)
+        (segment,) = plog.segments
+        await produce_flushes(c, 2)  # pieces 6 and 7 after the segment
+        assert await logs.delete_records(plog, 7) == 7
+        assert [e.base for e in plog.segments] == [7]
+        records = [
+            json.loads(kv.value)["objects"] for kv in await c.broker.meta.range(b"/kafscale/gc/")
+        ]
+        assert sorted(name for names in records for name in names) == sorted(segment.objects)
+        assert [o for o, _ in await all_values(c, start=7)] == [7]
+
+    run(tmp_path, scenario)
+
+
+def test_a_deleted_topic_leaves_no_object_and_no_key(tmp_path: Path) -> None:
+    async def scenario(c: Client) -> None:
+        from generated.delete_topics_request import DeleteTopicsRequest, DeleteTopicState
+
+        await c.create("t", 2)
+        await produce_flushes(c, 4)
+        logs = c.broker.logs
+        compactor = Compactor(logs)
+        compactor.policy = lambda topic: Policy(1 << 20, 1 << 40, idle_ms=0)  # type: ignore
+        assert await compactor.compact(await logs.get("t", 0))
+        await produce_flushes(c, 2)
+        resp = await c.call(20, 6, DeleteTopicsRequest(topics=[DeleteTopicState(name="t")]))
+        assert resp.responses[0].error_code == 0
+        await c.create("t", 1)  # the same name again: its objects are not the old ones'
+        await produce_flushes(c, 1)
+        janitor = logs.janitor
+        later = now_ms() + logs.config.log_segment_delete_delay_ms + LATER
+        await janitor.run_once(later, slow=False)
+        await janitor.run_once(later + logs.config.log_segment_delete_delay_ms, slow=False)
+        left = await c.broker.objects.list("kafscale/")
+        new = await logs.get("t", 0)
+        assert set(left) == {new.segments[0].key}, left
+        assert await keys(c, "/kafscale/deleted-topics/") == []
+        assert [v for _, v in await all_values(c)] == [b"00000" + b"." * 100]
+
+    run(tmp_path, scenario)
+
+
+def test_the_broker_compacts_on_its_own(tmp_path: Path) -> None:
+    """The background task: pieces become a segment once the partition is idle."""
+
+    async def scenario(c: Client) -> None:
+        await c.create("t")
+        await produce_flushes(c, 3)
+        compactor = Compactor(c.broker.logs)
+        compactor.policy = lambda topic: Policy(1 << 20, 1 << 40, idle_ms=100)  # type: ignore
+        compactor.start()
+        try:
+            plog = await c.broker.logs.get("t", 0)
+            for _ in range(100):
+                if plog.segments and not plog.segments[0].piece:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(plog.segments) == 1 and not plog.segments[0].piece
+        finally:
+            await compactor.close()
+
+    run(tmp_path, scenario)
