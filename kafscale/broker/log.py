@@ -3,12 +3,15 @@
 Acked means durable. A produce request's batches wait in their partition's pending list; the
 flusher (one task for the broker, woken by a timer or by enough pending bytes) runs flush
 cycles. A cycle takes every partition's pending data, assigns offsets (from the committed high
-watermark, or right after the partition's previous flush still in flight), uploads one segment
-object (and its index) per partition concurrently, then commits all its partitions together:
+watermark, or right after the partition's previous flush still in flight), packs every
+partition's data (a *piece*: a complete KAFS segment) into one shared ingest object and uploads
+it (objects per cycle do not grow with the partitions), then commits all its partitions together:
 one compare-and-swap metadata transaction per group of partitions that fits etcd's limits
 (:data:`MAX_TXN_OPS`), comparing every partition's guard (its state's revision and our owner
-key's) and putting every partition's new state (high watermark, idempotent-producer state) and
-segment entries. Only then are the waiting requests answered. When a group's compares fail
+key's) and putting every partition's new state (high watermark, idempotent-producer state),
+its piece entries (object key and byte range) and the ingest registry entry that names them
+(the janitor deletes the object once compaction has moved every partition past its piece:
+``compaction.py``, ``janitor.py``). Only then are the waiting requests answered. When a group's compares fail
 (one partition's owner or state moved), each partition of it is committed on its own, so only
 the deposed one fails (NOT_LEADER_OR_FOLLOWER). A failed upload or commit fails exactly the
 requests of that partition's flush with a retriable error and commits nothing; a commit whose
