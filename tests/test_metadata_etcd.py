@@ -554,3 +554,30 @@ def test_cluster_fixture_finds_the_leader(etcd3: EtcdCluster) -> None:
         assert time.monotonic() - started < 10
     finally:
         _restore(etcd3)
+
+
+def test_the_janitor_keeps_the_revision_history_short(etcd1: EtcdCluster) -> None:
+    """etcd keeps every revision until compacted: the janitor compacts to the revision it saw
+    HISTORY_KEEP_S earlier, so a watch from before that is told it was compacted."""
+    from kafscale.broker.janitor import HISTORY_KEEP_S, Janitor
+    from kafscale.broker.topics import Topics
+
+    async def body() -> None:
+        store = await fresh(etcd1.endpoints)
+        janitor = Janitor("ns", None, store, Topics(store, "ns"), None, 1000)  # type: ignore[arg-type]
+        first = await store.put(b"/ns/k", b"1")
+        for value in (b"2", b"3"):
+            await store.put(b"/ns/k", value)
+        await janitor.compact_history()  # remembers the revision: nothing old enough yet
+        await store.put(b"/ns/k", b"4")
+        await anext(store.watch(b"/ns/", start_revision=first))  # all history still there
+        seen, revision = janitor._revisions[0]
+        janitor._revisions[0] = (seen - HISTORY_KEEP_S, revision)  # a minute went by
+        await janitor.compact_history()  # compacts to the revision seen a minute ago
+        with pytest.raises(WatchCompacted):
+            await anext(store.watch(b"/ns/", start_revision=first))
+        events = await take(store.watch(b"/ns/", start_revision=revision + 1), 1)
+        assert [e.kv.value for e in events] == [b"4"]  # the last minute is kept
+        await store.close()
+
+    asyncio.run(body())
