@@ -272,3 +272,25 @@ def test_the_broker_compacts_on_its_own(tmp_path: Path) -> None:
             await compactor.close()
 
     run(tmp_path, scenario)
+
+
+def test_a_large_batch_after_small_ones_in_one_segment_is_read_whole(tmp_path: Path) -> None:
+    """KIP-74 on a compacted segment read from the store: the 1 MiB batch shares its index
+    span with the small batch before it, and comes whole to a Fetch of 1 MiB."""
+
+    async def scenario(c: Client) -> None:
+        await c.create("t", 1, max_message_bytes=str(2 << 20))
+        big = bytes(i * 7 % 251 for i in range(1 << 20))
+        for v in (b"small before", big, b"small after"):
+            assert (await c.produce("t", build_batch([v], timestamp=now_ms()))).error_code == 0
+        logs = c.broker.logs
+        compactor = Compactor(logs)
+        compactor.policy = lambda topic: Policy(1 << 26, 1 << 40, idle_ms=0)  # type: ignore
+        assert await compactor.compact(await logs.get("t", 0))
+        logs.cache.items.clear()
+        logs.cache.used = 0
+        got = await c.fetch("t", 1, max_bytes=1 << 20)
+        assert values(got.records) == [(1, big)]
+        assert [v for _, v in await all_values(c)] == [b"small before", big, b"small after"]
+
+    run(tmp_path, scenario)

@@ -2,7 +2,8 @@
 
 Every :data:`CHECK_INTERVAL_S` the broker looks at each partition it owns:
 
-- **Retention** (every ``log.retention.check.interval.ms``): ``retention.ms`` /
+- **Retention** (every ``log.retention.check.interval.ms``, the first time
+  ``log.initial.task.delay.ms`` after the start, as Kafka): ``retention.ms`` /
   ``retention.bytes`` (the topic's, else the broker's; ``-1`` = unlimited) move the log start
   offset past whole expired entries (``kafscale/broker/layout.py``), in one fenced metadata
   transaction that also deletes their entries and records their objects as garbage.
@@ -62,6 +63,8 @@ class Compactor:
         self.logs = logs
         self._task: asyncio.Task[None] | None = None
         self._last_retention = 0.0
+        """When retention was last applied (monotonic); the first time waits for
+        ``log.initial.task.delay.ms`` after :meth:`start`."""
         self.compactions = 0
         """Swaps committed so far (for tests and logs)."""
 
@@ -73,6 +76,9 @@ class Compactor:
         return Policy(segment_bytes, segment_ms)
 
     def start(self) -> None:
+        config = self.logs.config
+        delay = config.log_initial_task_delay_ms - config.log_retention_check_interval_ms
+        self._last_retention = time.monotonic() + delay / 1000
         self._task = asyncio.create_task(self._run(), name="kafscale-compaction")
 
     async def close(self) -> None:

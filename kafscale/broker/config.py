@@ -48,6 +48,8 @@ class BrokerConfig:
     log_retention_check_interval_ms: int = 15000
     """How often the owner applies retention (Kafka's default is 5 minutes; ours is shorter,
     so an expired segment is gone within a minute of its deadline)."""
+    log_initial_task_delay_ms: int = 30000
+    """Retention is first applied this long after the broker starts (Kafka's default)."""
     log_segment_delete_delay_ms: int = 30000
     """Grace period before an object nothing references any more is deleted: longer than any
     Fetch that may still read it (Kafka's file.delete.delay.ms default is 60 s)."""
@@ -112,6 +114,7 @@ _OPTIONS: dict[str, str] = {
     "segment.ms": "segment_ms",
     "log.retention.check.interval.ms": "log_retention_check_interval_ms",
     "log.segment.delete.delay.ms": "log_segment_delete_delay_ms",
+    "log.initial.task.delay.ms": "log_initial_task_delay_ms",
     "flush.interval.ms": "flush_interval_ms",
     "flush.bytes": "flush_bytes",
     "auto.create.topics.enable": "auto_create_topics_enable",

@@ -18,10 +18,15 @@ then, every few seconds:
    record and loses its registry entries in one transaction;
 3. deletes the objects of deleted topics (``/{ns}/deleted-topics/{topic id}``, written with
    the deletion) once their grace period is over, then the tombstone;
-4. once a minute, deletes ingest objects older than :data:`ORPHAN_AGE_MS` that no registry
-   entry or record names: uploads whose commit never happened (a crash or a failed commit);
-   and compacts the metadata store's revision history to what it was a minute ago (etcd keeps
-   every revision until compacted: without it the database grows with every commit).
+4. every :data:`ORPHAN_SCAN_S`, deletes the ingest objects that no registry entry or record
+   names and whose commit can no longer happen: written under a lease no live broker holds
+   (the writer crashed or lost its lease: every commit compares an owner key on that lease)
+   and older than two lease TTLs (so a registration the janitor has not seen yet is not taken
+   for a dead one), or older than :data:`ORPHAN_AGE_MS` whoever wrote them (a commit that
+   failed while its broker lived on);
+5. once a minute, compacts the metadata store's revision history to what it was a minute ago
+   (etcd keeps every revision until compacted: without it the database grows with every
+   commit).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from kafscale.broker.cluster import Cluster
 from kafscale.broker.topics import Topics
 from kafscale.metadata import Compare, Delete, MetadataStore, Put
 from kafscale.storage import NotFound, ObjectStore
-from kafscale.storage.segment import ingest_written_ms
+from kafscale.storage.segment import parse_ingest_key
 
 log = logging.getLogger("kafscale.janitor")
 
@@ -52,8 +57,10 @@ SWEEP_MIN_AGE_MS = 15_000
 """Registry entries younger than this are not judged: a flush cycle commits its partitions in
 several transactions in a row, and all of them must be in before its object is."""
 ORPHAN_AGE_MS = 10 * 60_000
-"""An ingest object no registry entry names is deleted once this old: its commit cannot
-still happen (a commit needs its broker's lease, which ends within a TTL of a hang)."""
+"""An ingest object no registry entry names is deleted once this old, whoever wrote it: a
+commit is tried right after the upload, and needs its broker's lease."""
+ORPHAN_SCAN_S = 10.0
+"""How often the janitor lists the ingest objects to find orphans."""
 SLOW_EVERY_S = 60.0
 """The orphan listing and the history compaction run this often."""
 HISTORY_KEEP_S = 60.0
@@ -75,6 +82,7 @@ class Janitor:
         topics: Topics,
         cluster: Cluster | None,
         grace_ms: int,
+        lease_ttl_ms: int = 9000,
     ) -> None:
         self.ns = namespace
         self.objects = objects
@@ -82,6 +90,8 @@ class Janitor:
         self.topics = topics
         self.cluster = cluster
         self.grace_ms = grace_ms
+        self.lease_ttl_ms = lease_ttl_ms
+        self._last_orphans = 0.0
         self._task: asyncio.Task[None] | None = None
         self._last_slow = 0.0
         self._revisions: deque[tuple[float, int]] = deque()
@@ -150,9 +160,11 @@ class Janitor:
         await self.sweep_ingest(now)
         await self.finish_deleted_topics(now)
         clock = time.monotonic()
+        if slow or (slow is None and clock - self._last_orphans >= ORPHAN_SCAN_S):
+            self._last_orphans = clock
+            await self.collect_orphans(now)
         if slow or (slow is None and clock - self._last_slow >= SLOW_EVERY_S):
             self._last_slow = clock
-            await self.collect_orphans(now)
             await self.compact_history()
 
     # --- 1. due records ----------------------------------------------------------------------
@@ -247,18 +259,30 @@ class Janitor:
 
     # --- 4. orphans and history --------------------------------------------------------------
 
+    def live_leases(self) -> set[int]:
+        """The leases of the live brokers (registrations are kept on them)."""
+        if self.cluster is None:
+            return set()
+        return {kv.lease for kv in self.cluster.brokers.items.values()}
+
     async def collect_orphans(self, now: int) -> int:
-        """Delete old ingest objects that nothing names (their commit never happened)."""
+        """Delete the ingest objects that nothing names and whose commit can no longer
+        happen (see the module's docstring, step 4)."""
         named: set[str] = set()
         prefix = self.topics.ingest_prefix
         for kv in await self.meta.range(prefix):
             named.add(kv.key[len(prefix) :].decode().rsplit("/", 1)[0])
         for kv in await self.meta.range(self.gc_prefix):
             named.update(json.loads(kv.value)["objects"])
+        live = self.live_leases()
         orphans = 0
         for key in await self.objects.list(f"{self.ns}/ingest/"):
-            written = ingest_written_ms(key)
-            if written is None or key in named or now - written < ORPHAN_AGE_MS:
+            name = parse_ingest_key(key)
+            if name is None or key in named:
+                continue
+            age = now - name.written_ms
+            dead = name.lease not in live and age >= 2 * self.lease_ttl_ms
+            if not dead and age < ORPHAN_AGE_MS:
                 continue
             await self._delete(key)
             orphans += 1

@@ -5,19 +5,19 @@ flusher (one task for the broker, woken by a timer or by enough pending bytes) r
 cycles. A cycle takes every partition's pending data, assigns offsets (from the committed high
 watermark, or right after the partition's previous flush still in flight), packs every
 partition's data (a *piece*: a complete KAFS segment) into one shared ingest object and uploads
-it (objects per cycle do not grow with the partitions), then commits all its partitions together:
-one compare-and-swap metadata transaction per group of partitions that fits etcd's limits
-(:data:`MAX_TXN_OPS`), comparing every partition's guard (its state's revision and our owner
-key's) and putting every partition's new state (high watermark, idempotent-producer state),
-its piece entries (object key and byte range) and the ingest registry entry that names them
-(the janitor deletes the object once compaction has moved every partition past its piece:
-``compaction.py``, ``janitor.py``). Only then are the waiting requests answered. When a group's compares fail
-(one partition's owner or state moved), each partition of it is committed on its own, so only
-the deposed one fails (NOT_LEADER_OR_FOLLOWER). A failed upload or commit fails exactly the
-requests of that partition's flush with a retriable error and commits nothing; a commit whose
-outcome is unknown also makes the log reload before its next flush. So there is never an
-offset gap, and nothing is acknowledged before it is durable. Readers only see committed
-offsets.
+it (objects per cycle do not grow with the partitions), then commits all its partitions
+together: one compare-and-swap metadata transaction per group of partitions that fits etcd's
+limits (:data:`MAX_TXN_OPS`), comparing every partition's guard (its state's revision and our
+owner key's) and putting every partition's new state (high watermark, idempotent-producer
+state), its piece entries (object key and byte range) and the ingest registry entry that names
+them (the janitor deletes the object once compaction has moved every partition past its piece:
+``compaction.py``, ``janitor.py``). Only then are the waiting requests answered. When a group's
+compares fail (one partition's owner or state moved), each partition of it is committed on its
+own, so only the deposed one fails (NOT_LEADER_OR_FOLLOWER). A failed upload or commit fails
+exactly the requests of that partition's flush with a retriable error and commits nothing; a
+commit whose outcome is unknown also makes the log reload before its next flush. So there is
+never an offset gap, and nothing is acknowledged before it is durable. Readers only see
+committed offsets.
 
 Cycles overlap when ``flush.bytes`` are pending: the next one starts (takes what is pending
 and uploads it) as soon as the previous one's uploads are done, while that one still commits
@@ -98,6 +98,7 @@ UNDEFINED_EPOCH = -1
 """Kafka's UNDEFINED_EPOCH and UNDEFINED_EPOCH_OFFSET: OffsetForLeaderEpoch's "not known"."""
 
 _BATCH_PREFIX = 12  # base offset int64 + batch length int32
+_BATCH_HEAD = 27  # ... + partition leader epoch, magic, crc, attributes, last offset delta
 MAX_TXN_OPS = 128
 """Compares and puts of one metadata transaction, counted together (the safe side of etcd's
 default ``--max-txn-ops``, which bounds each list): a flush cycle commits its partitions in
@@ -405,6 +406,7 @@ class LogManager:
             topics,
             None,
             config.log_segment_delete_delay_ms,
+            config.lease_ttl_ms,
         )
         """Deletes what is no longer needed (its records are written by our transactions)."""
         self.claims: dict[tuple[str, int], Claim] = {}
@@ -936,7 +938,8 @@ class LogManager:
     async def _upload_pack(
         self, pack: list[tuple[_Flush, list[tuple[SegmentMeta, bytes]]]]
     ) -> None:
-        key = ingest_key(self.config.namespace, self.config.broker_id, secrets.token_hex(6))
+        lease = self.cluster.lease if self.cluster is not None else 0
+        key = ingest_key(self.config.namespace, self.config.broker_id, lease, secrets.token_hex(6))
         chunks: list[bytes] = []
         pos = 0
         for _, pieces in pack:
@@ -1190,10 +1193,18 @@ class LogManager:
         want = min(data_end, start + max(max_bytes, _BATCH_PREFIX))
         chunk = await self.read_entry(seg, start, want)
         out = _whole_batches(chunk, 0, len(chunk), max_bytes, offset, first)
-        if first and not out[0] and len(chunk) >= _BATCH_PREFIX:  # first batch > max_bytes
-            size = int.from_bytes(chunk[8:12], "big", signed=True) + _BATCH_PREFIX
-            chunk = await self.read_entry(seg, start, min(data_end, start + size))
-            out = _whole_batches(chunk, 0, len(chunk), size, offset, first)
+        if first and not out[0]:
+            # The batch holding ``offset`` is larger than max_bytes (KIP-74: it goes whole), and
+            # smaller batches before it may share its index span: walk their headers to it.
+            pos = start
+            while pos + _BATCH_HEAD <= data_end:
+                head = await self.read_entry(seg, pos, pos + _BATCH_HEAD)
+                size = int.from_bytes(head[8:12], "big", signed=True) + _BATCH_PREFIX
+                base = int.from_bytes(head[0:8], "big", signed=True)
+                if base + int.from_bytes(head[23:27], "big", signed=True) >= offset:
+                    chunk = await self.read_entry(seg, pos, min(data_end, pos + size))
+                    return _whole_batches(chunk, 0, len(chunk), size, offset, first)
+                pos += size
         return out
 
     async def read_entry(self, seg: SegmentMeta, start: int, end: int) -> bytes:

@@ -93,25 +93,42 @@ def _key(namespace: str, topic: str, partition: int, base_offset: int, writer: s
     return f"{namespace}/{topic}/{partition}/segment-{base_offset:020d}{tail}"
 
 
-_INGEST_RE = re.compile(r"(\d{13})-b(\d+)-([0-9a-f]+)\.kfi")
+_INGEST_RE = re.compile(r"(\d{13})-b(\d+)-l([0-9a-f]+)-([0-9a-f]+)\.kfi")
 
 
-def ingest_key(namespace: str, broker_id: int, nonce: str, now_ms: int | None = None) -> str:
-    """``{namespace}/ingest/{written_ms:013d}-b{broker_id}-{nonce}.kfi``: one flush cycle's
-    data of many partitions, each partition's piece a complete KAFS segment at a byte range
-    its committed entry records. The write time leads the name, so a listing says how old
-    an object is without reading it."""
+def ingest_key(
+    namespace: str, broker_id: int, lease: int, nonce: str, now_ms: int | None = None
+) -> str:
+    """``{namespace}/ingest/{written_ms:013d}-b{broker_id}-l{lease:x}-{nonce}.kfi``: one flush
+    cycle's data of many partitions, each partition's piece a complete KAFS segment at a byte
+    range its committed entry records. The write time leads the name, so a listing says how
+    old an object is without reading it; the writer's lease (0 without one) says whether its
+    commit can still happen (only while that lease lives)."""
     if now_ms is None:
         now_ms = int(time.time() * 1000)
-    if broker_id < 0 or not re.fullmatch(r"[0-9a-f]{1,32}", nonce):
-        raise ValueError(f"bad ingest key parts: broker {broker_id}, nonce {nonce!r}")
-    return f"{namespace}/ingest/{now_ms:013d}-b{broker_id}-{nonce}.kfi"
+    if broker_id < 0 or lease < 0 or not re.fullmatch(r"[0-9a-f]{1,32}", nonce):
+        raise ValueError(f"bad ingest key parts: broker {broker_id}, lease {lease}, {nonce!r}")
+    return f"{namespace}/ingest/{now_ms:013d}-b{broker_id}-l{lease:x}-{nonce}.kfi"
+
+
+class IngestName(NamedTuple):
+    written_ms: int
+    broker_id: int
+    lease: int
+
+
+def parse_ingest_key(key: str) -> IngestName | None:
+    """What an ingest object's key says; None when ``key`` is not one."""
+    m = _INGEST_RE.fullmatch(key.rsplit("/", 1)[-1])
+    if m is None:
+        return None
+    return IngestName(int(m.group(1)), int(m.group(2)), int(m.group(3), 16))
 
 
 def ingest_written_ms(key: str) -> int | None:
     """When an ingest object was written (from its key); None when ``key`` is not one."""
-    m = _INGEST_RE.fullmatch(key.rsplit("/", 1)[-1])
-    return None if m is None else int(m.group(1))
+    name = parse_ingest_key(key)
+    return None if name is None else name.written_ms
 
 
 def compacted_key(
