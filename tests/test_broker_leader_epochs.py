@@ -42,7 +42,7 @@ from tests.broker_harness import Client, run, values
 
 OFFSET_FOR_LEADER_EPOCH = 23
 OFFSET_OUT_OF_RANGE, UNKNOWN_TOPIC_OR_PARTITION = 1, 3
-FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH = 74, 76
+FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH = 74, 75
 
 
 def batch_epochs(records: Any) -> list[tuple[int, int]]:
@@ -436,3 +436,15 @@ def test_a_fenced_delete_records_fails_the_pending_produces_too(tmp_path: Path) 
         assert await again == 2  # the reloaded log goes on
 
     run(tmp_path, scenario, flush_interval_ms=60_000)
+
+
+def test_the_epoch_error_codes_are_kafkas() -> None:
+    """The broker's codes, checked against a client's table (KafScale answered 76,
+    UNSUPPORTED_COMPRESSION_TYPE, for UNKNOWN_LEADER_EPOCH: librdkafka then never refreshed
+    its metadata and a partition stayed unread)."""
+    import kafka.errors
+
+    from kafscale.broker import log
+
+    assert kafka.errors.for_code(log.FENCED_LEADER_EPOCH) is kafka.errors.FencedLeaderEpochError
+    assert kafka.errors.for_code(log.UNKNOWN_LEADER_EPOCH) is kafka.errors.UnknownLeaderEpochError

@@ -40,7 +40,7 @@ async def owned_log(
     """The partition's log, or the error code to answer for it: UNKNOWN_TOPIC_OR_PARTITION
     (3); NOT_LEADER_OR_FOLLOWER (6) when another broker owns it; with ``current_leader_epoch``
     (the request's CurrentLeaderEpoch, when it sent one) FENCED_LEADER_EPOCH (74) or
-    UNKNOWN_LEADER_EPOCH (76) when it is not the partition's."""
+    UNKNOWN_LEADER_EPOCH (75) when it is not the partition's."""
     from kafscale.broker.log import FlushError
 
     known = ctx.broker.topics.get(topic)

@@ -10,7 +10,7 @@
 #   UNKNOWN_TOPIC_OR_PARTITION (3). Fetch sessions (KIP-227) are not kept: SessionId 0 always,
 #   so clients send full fetch requests.
 # - CurrentLeaderEpoch (v9+, when >= 0) is checked against the partition's leader epoch:
-#   older -> FENCED_LEADER_EPOCH (74), newer -> UNKNOWN_LEADER_EPOCH (76), with -1 offsets.
+#   older -> FENCED_LEADER_EPOCH (74), newer -> UNKNOWN_LEADER_EPOCH (75), with -1 offsets.
 # - LastFetchedEpoch (v12+, when >= 0), as Kafka's leader: its end offset is looked up in the
 #   epoch history (OffsetForLeaderEpoch's answer); unknown -> OFFSET_OUT_OF_RANGE; FetchOffset
 #   below the log start -> OFFSET_OUT_OF_RANGE; when the answered epoch is older than

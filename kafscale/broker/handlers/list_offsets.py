@@ -8,7 +8,7 @@
 #   the first epoch of the history; a record found -> the epoch its batch was written under;
 #   -1 with errors and when nothing is found.
 # - CurrentLeaderEpoch (v4+, unless -1) is checked against the partition's leader epoch:
-#   older -> FENCED_LEADER_EPOCH (74), newer -> UNKNOWN_LEADER_EPOCH (76).
+#   older -> FENCED_LEADER_EPOCH (74), newer -> UNKNOWN_LEADER_EPOCH (75).
 from __future__ import annotations
 
 from generated.list_offsets_request import ListOffsetsRequest

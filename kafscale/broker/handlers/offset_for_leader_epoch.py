@@ -8,7 +8,7 @@
 #   Consumers use it to validate their position after a leader change (KIP-320): an end offset
 #   below the position means the log was truncated there.
 # - CurrentLeaderEpoch (v2+, unless -1) is checked against the partition's leader epoch first:
-#   older -> FENCED_LEADER_EPOCH (74), newer -> UNKNOWN_LEADER_EPOCH (76).
+#   older -> FENCED_LEADER_EPOCH (74), newer -> UNKNOWN_LEADER_EPOCH (75).
 # - ReplicaId (v3+) is accepted and not used, as in Kafka: consumers (-1), followers and debug
 #   clients (-2) get the same answer from the leader.
 # - Unknown topic or partition -> UNKNOWN_TOPIC_OR_PARTITION (3). LeaderEpoch exists from v1
