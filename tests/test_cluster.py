@@ -22,6 +22,7 @@ from kafscale.broker.cluster import placement
 from kafscale.broker.config import BrokerConfig
 from kafscale.broker.janitor import ORPHAN_AGE_MS, now_ms
 from kafscale.broker.server import Broker
+from kafscale.metadata import Put
 from kafscale.metadata.sqlite import SqliteMetadataStore
 from kafscale.protocol.records import build_batch
 from kafscale.storage.local import LocalObjectStore
@@ -295,5 +296,38 @@ def test_a_group_has_one_coordinator(tmp_path: Path, version: int) -> None:
             resp2: JoinGroupResponse = await cluster.client(i).call(11, 5, join)
             expected = 25 if i == coordinator else NOT_COORDINATOR  # UNKNOWN_MEMBER_ID there
             assert resp2.error_code == expected
+
+    run(tmp_path, scenario)
+
+
+def test_metadata_names_a_claim_its_mirror_has_not_seen_yet(tmp_path: Path) -> None:
+    """Another broker's claim committed (owner key and next epoch) but our watch has not
+    brought it yet: Metadata names that owner and epoch, not the stored epoch + 1 (an epoch
+    no broker ever takes: clients then got UNKNOWN_LEADER_EPOCH from the real owner)."""
+
+    async def scenario(cluster: Cluster) -> None:
+        broker = await cluster.start(0)
+        await cluster.client(0).create("t", 1)
+        assert await cluster.settled("t", 1) == [0]
+        assert broker.logs._ownership is not None
+        broker.logs._ownership.cancel()  # we do not take it back
+        await broker.logs.release("t", 0)  # handed over: nobody owns it now
+        await broker.cluster.owners.close()  # nor hear of the claim below
+        state_key = broker.topics.partition_key("t", 0)
+        state = json.loads((await cluster.store.get(state_key)).value)  # type: ignore[union-attr]
+        claimed = int(state["epoch"]) + 1
+        await cluster.store.txn(
+            [],
+            [
+                Put(
+                    broker.cluster.owner_key("t", 0),
+                    json.dumps({"broker": 7, "epoch": claimed}).encode(),
+                ),
+                Put(state_key, json.dumps({**state, "epoch": claimed}).encode()),
+            ],
+        )
+        resp = await cluster.client(0).call(3, 12, MetadataRequest(topics=None))
+        (part,) = resp.topics[0].partitions
+        assert (part.leader_id, part.leader_epoch) == (7, claimed)
 
     run(tmp_path, scenario)

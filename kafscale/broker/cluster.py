@@ -364,6 +364,16 @@ class Cluster:
         d = json.loads(kv.value)
         return int(d["broker"]), int(d["epoch"])
 
+    async def stored_owners(self, topic: str) -> dict[int, tuple[int, int]]:
+        """(broker id, leader epoch) of each owned partition of ``topic``, read from the store
+        (the mirror may not have seen a claim that just committed)."""
+        prefix = f"/{self.ns}/owners/{topic}/".encode()
+        out: dict[int, tuple[int, int]] = {}
+        for kv in await self.meta.range(prefix):
+            d = json.loads(kv.value)
+            out[int(kv.key[len(prefix) :])] = int(d["broker"]), int(d["epoch"])
+        return out
+
     def desired_owner(self, topic: str, partition: int, partitions: int) -> int | None:
         """Where ``partition`` of ``topic`` (of ``partitions``) should live now."""
         ids = tuple(self.live())

@@ -1,14 +1,15 @@
 # Metadata (key 3), versions 0-12.
-# - Brokers: every live broker (registered with a lease). Each partition's leader is its
-#   owner (the broker holding its owner key) with the epoch it took it at; a partition nobody
-#   owns yet names the broker that should take it (it claims the partition on the first
-#   request) with the epoch that claim will start (the last committed + 1; a broker used
-#   without the cluster machinery never claims: the last committed). Naming a new leader
-#   with the previous leader's epoch would tell clients two leaders for one epoch, which
-#   Kafka never does, and librdkafka can then leave the partition on the wrong broker until
-#   its messages time out (librdkafka issue 4976, PR 5593). With no live broker to name,
-#   LEADER_NOT_AVAILABLE (5). Replicas and ISR are the leader alone: the object store
-#   replicates. The controller is the live broker with the lowest id.
+# - Brokers: every live broker (registered with a lease). Each partition's leader is its owner
+#   (the broker holding its owner key; read from the store when our mirror knows none, so a claim
+#   that just committed is not announced as a later epoch) with the epoch it took it at; a
+#   partition nobody owns yet names the broker that should take it (it claims the partition on the
+#   first request) with the epoch that claim will start (the last committed + 1; a broker used
+#   without the cluster machinery never claims: the last committed). Naming a new leader with the
+#   previous leader's epoch would tell clients two leaders for one epoch, which Kafka never does,
+#   and librdkafka can then leave the partition on the wrong broker until its messages time out
+#   (librdkafka issue 4976, PR 5593). With no live broker to name, LEADER_NOT_AVAILABLE (5).
+#   Replicas and ISR are the leader alone: the object store replicates. The controller is the live
+#   broker with the lowest id.
 # - Topics null (v1+) = all topics; an empty list = none. Unknown topics are auto-created when
 #   the broker allows it AND the request's AllowAutoTopicCreation (v4+) says so (v0-3: always
 #   allowed by the request), else UNKNOWN_TOPIC_OR_PARTITION (3). Lookups by topic id (v10+)
@@ -38,14 +39,22 @@ LEADER_NOT_AVAILABLE = 5
 
 async def _topic(topic: Topic, cluster: Cluster, logs: LogManager) -> MetadataResponseTopic:
     stored: list[int] | None = None
+    in_store: dict[int, tuple[int, int]] = {}
     partitions = []
     for p in range(topic.partitions):
         owner = cluster.owner(topic.name, p)
+        if owner is None and stored is None:
+            # The epochs, then the owners: a claim that committed since our mirror last heard
+            # has started the epoch we would otherwise name as the next one (read in this
+            # order, a claim committing in between is seen as an owner).
+            stored = await logs.leader_epochs(topic.name, topic.partitions)
+            if logs.cluster is not None:
+                in_store = await cluster.stored_owners(topic.name)
+        owner = owner or in_store.get(p)
         if owner is not None:
             leader, epoch = owner
         else:
-            if stored is None:
-                stored = await logs.leader_epochs(topic.name, topic.partitions)
+            assert stored is not None
             desired = cluster.desired_owner(topic.name, p, topic.partitions)
             claimed = 1 if logs.cluster is not None else 0  # a claim starts the next epoch
             leader, epoch = (desired, stored[p] + claimed) if desired is not None else (-1, -1)
