@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from kafscale.broker.compaction import Compactor
-from kafscale.broker.janitor import ORPHAN_AGE_MS, SWEEP_MIN_AGE_MS, now_ms
+from kafscale.broker.janitor import INTENT_MS, SWEEP_MIN_AGE_MS, now_ms
 from kafscale.broker.layout import Policy
 from kafscale.protocol.records import build_batch
 from tests.broker_harness import Client, run, values
@@ -110,7 +110,7 @@ def test_an_ingest_object_waits_for_every_partition_in_it(tmp_path: Path) -> Non
     run(tmp_path, scenario, flush_interval_ms=60_000)
 
 
-def test_a_deposed_compaction_swap_changes_nothing_and_its_uploads_are_collected(
+def test_a_deposed_compaction_swap_changes_nothing_and_its_uploads_are_deleted(
     tmp_path: Path,
 ) -> None:
     async def scenario(c: Client) -> None:
@@ -127,14 +127,9 @@ def test_a_deposed_compaction_swap_changes_nothing_and_its_uploads_are_collected
         plog = await logs.get("t", 0)
         assert len(plog.segments) == 5 and all(s.piece for s in plog.segments)
         assert await all_values(c) == before
-        uploaded = await c.broker.objects.list("kafscale/topics/")
-        assert len(uploaded) == 2  # the segment and index of the failed swap
-        # The intent deletes them, far ahead.
-        assert (
-            await logs.janitor.delete_due(now_ms() + logs.config.log_segment_delete_delay_ms) == 0
-        )
-        assert await logs.janitor.delete_due(now_ms() + ORPHAN_AGE_MS + 1) == 1
+        # The failed swap's uploads and their intent are gone at once.
         assert await c.broker.objects.list("kafscale/topics/") == []
+        assert await keys(c, "/kafscale/gc/") == []
 
     run(tmp_path, scenario)
 
@@ -292,5 +287,41 @@ def test_a_large_batch_after_small_ones_in_one_segment_is_read_whole(tmp_path: P
         got = await c.fetch("t", 1, max_bytes=1 << 20)
         assert values(got.records) == [(1, big)]
         assert [v for _, v in await all_values(c)] == [b"small before", big, b"small after"]
+
+    run(tmp_path, scenario)
+
+
+def test_an_intent_deletes_the_uploads_of_a_compaction_that_died_before_its_swap(
+    tmp_path: Path,
+) -> None:
+    """A crash after the merged PUT (the process gone: no clean-up ran): the intent written
+    before the upload deletes the new objects at its deadline; the log is untouched."""
+
+    async def scenario(c: Client) -> None:
+        await c.create("t")
+        await produce_flushes(c, 5)
+        logs = c.broker.logs
+        plog = await logs.get("t", 0)
+        before = await all_values(c)
+        compactor = Compactor(logs)
+        compactor.policy = lambda topic: Policy(1 << 20, 1 << 40, idle_ms=0)  # type: ignore
+
+        class Died(BaseException):
+            pass
+
+        async def die(*_: object) -> bool:
+            raise Died
+
+        compactor._swap = die  # type: ignore[method-assign]
+        try:
+            await compactor.compact(plog)
+        except Died:
+            pass
+        assert len(await c.broker.objects.list("kafscale/topics/")) == 2
+        assert await all_values(c) == before
+        janitor = logs.janitor
+        assert await janitor.delete_due(now_ms() + logs.config.log_segment_delete_delay_ms) == 0
+        assert await janitor.delete_due(now_ms() + INTENT_MS + 1) == 1
+        assert await c.broker.objects.list("kafscale/topics/") == []
 
     run(tmp_path, scenario)

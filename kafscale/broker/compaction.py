@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("kafscale.compaction")
 
 CHECK_INTERVAL_S = 1.0
+PARALLEL = 8
+"""Partitions maintained at once (their uploads and transactions overlap)."""
 
 
 class Compactor:
@@ -105,15 +107,22 @@ class Compactor:
             retention = clock - self._last_retention >= interval
         if retention:
             self._last_retention = clock
-        for plog in await self._owned():
-            if self.logs.closing:
-                return
-            try:
-                if retention:
-                    await self.retain(plog)
-                await self.compact(plog)
-            except Exception:
-                log.warning("%s-%d: maintenance failed", plog.topic, plog.partition, exc_info=True)
+        room = asyncio.Semaphore(PARALLEL)
+
+        async def maintain(plog: PartitionLog) -> None:
+            async with room:
+                if self.logs.closing:
+                    return
+                try:
+                    if retention:
+                        await self.retain(plog)
+                    await self.compact(plog)
+                except Exception:
+                    log.warning(
+                        "%s-%d: maintenance failed", plog.topic, plog.partition, exc_info=True
+                    )
+
+        await asyncio.gather(*map(maintain, await self._owned()))
 
     async def _owned(self) -> list[PartitionLog]:
         """The partitions we own, loaded (retention applies to those nobody reads too)."""
@@ -183,6 +192,13 @@ class Compactor:
         if swapped:
             failpoints.hit("after_compaction_commit")
             self.compactions += 1
+        else:
+            # Certainly not swapped (a swap of unknown outcome raised): nothing references
+            # the uploads, so they and their intent go now rather than at its deadline.
+            with contextlib.suppress(Exception):
+                for name in names:
+                    await logs.objects.delete(name)
+                await logs.meta.txn([], [Delete(intent)])
         return swapped
 
     async def _build(
