@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from kafscale.broker import failpoints
 from kafscale.broker.layout import Policy, compaction_run, retention_start
+from kafscale.broker.periodic import Periodic
 from kafscale.metadata import Delete, Put
 from kafscale.protocol.records import BatchInfo, parse_batches
 from kafscale.protocol.wire import Buffer
@@ -63,7 +64,7 @@ class Compactor:
 
     def __init__(self, logs: LogManager) -> None:
         self.logs = logs
-        self._task: asyncio.Task[None] | None = None
+        self._task = Periodic("kafscale-compaction", CHECK_INTERVAL_S, self.run_once, log)
         self._last_retention = 0.0
         """When retention was last applied (monotonic); the first time waits for
         ``log.initial.task.delay.ms`` after :meth:`start`."""
@@ -81,22 +82,10 @@ class Compactor:
         config = self.logs.config
         delay = config.log_initial_task_delay_ms - config.log_retention_check_interval_ms
         self._last_retention = time.monotonic() + delay / 1000
-        self._task = asyncio.create_task(self._run(), name="kafscale-compaction")
+        self._task.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(CHECK_INTERVAL_S)
-            try:
-                await self.run_once()
-            except Exception:
-                log.warning("maintenance pass failed", exc_info=True)
+        await self._task.close()
 
     async def run_once(self, retention: bool | None = None) -> None:
         """One pass over the partitions we own (``retention``: check it now, by default when

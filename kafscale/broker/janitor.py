@@ -31,7 +31,6 @@ then, every few seconds:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -42,6 +41,7 @@ from typing import Any
 
 from kafscale.broker import failpoints
 from kafscale.broker.cluster import Cluster
+from kafscale.broker.periodic import Periodic
 from kafscale.broker.topics import Topics
 from kafscale.metadata import Compare, Delete, MetadataStore, Put
 from kafscale.storage import NotFound, ObjectStore
@@ -92,7 +92,7 @@ class Janitor:
         self.grace_ms = grace_ms
         self.lease_ttl_ms = lease_ttl_ms
         self._last_orphans = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._task = Periodic("kafscale-janitor", INTERVAL_S, self._step, log)
         self._last_slow = 0.0
         self._revisions: deque[tuple[float, int]] = deque()
         self.deleted = 0
@@ -126,14 +126,10 @@ class Janitor:
     # --- the loop ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="kafscale-janitor")
+        self._task.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.close()
 
     def on_duty(self) -> bool:
         """Whether this broker is the janitor: the live broker with the lowest id."""
@@ -142,15 +138,9 @@ class Janitor:
             return True
         return min(cluster.live(), default=cluster.me) == cluster.me
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(INTERVAL_S)
-            if not self.on_duty():
-                continue
-            try:
-                await self.run_once()
-            except Exception:
-                log.warning("janitor pass failed", exc_info=True)
+    async def _step(self) -> None:
+        if self.on_duty():
+            await self.run_once()
 
     async def run_once(self, now: int | None = None, slow: bool | None = None) -> None:
         """One pass (``now`` in ms; ``slow``: also the orphan listing and history

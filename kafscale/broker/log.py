@@ -1375,17 +1375,23 @@ class LogManager:
             garbage = [name for s in chunk for name in s.objects]
             if garbage:
                 ops.append(self.janitor.record(garbage))
-            result = await self.meta.txn(self.guard(plog), ops)
-            if not result.succeeded:
-                error = FlushError(NOT_LEADER_OR_FOLLOWER, "partition state changed under us")
-                self.drop(plog, error)
-                raise error
-            plog.revision = result.revision
+            plog.revision = await self._guarded(plog, ops)
             plog.log_start, plog.epochs, plog.pieces_from = new_start, epochs, pieces_from
             gone = {id(s) for s in chunk}
             plog.segments = [s for s in plog.segments if id(s) not in gone]
             if not doomed:
                 return
+
+    async def _guarded(self, plog: PartitionLog, ops: list[Put | Delete]) -> int:
+        """Apply ``ops`` guarded by the partition's guard (the caller holds its lock); the new
+        revision. Raises :class:`FlushError` NOT_LEADER_OR_FOLLOWER (and drops the log) when
+        the state or our ownership moved."""
+        result = await self.meta.txn(self.guard(plog), ops)
+        if not result.succeeded:
+            error = FlushError(NOT_LEADER_OR_FOLLOWER, "partition state changed under us")
+            self.drop(plog, error)
+            raise error
+        return result.revision
 
     def state(self, plog: PartitionLog, **changes: Any) -> bytes:
         """The partition's committed state value, with ``changes`` (see :func:`_state`)."""
@@ -1418,15 +1424,10 @@ class LogManager:
             if claim is not None and cluster is not None:  # the owner key carries the epoch
                 value = json.dumps({"broker": cluster.me, "epoch": epoch}).encode()
                 ops.append(Put(claim.owner_key, value, cluster.lease))
-            result = await self.meta.txn(self.guard(plog), ops)
-            if not result.succeeded:
-                error = FlushError(NOT_LEADER_OR_FOLLOWER, "partition state changed under us")
-                self.drop(plog, error)
-                raise error
-            plog.revision = result.revision
+            plog.revision = await self._guarded(plog, ops)
             plog.epoch, plog.epochs = epoch, epochs
             if claim is not None:
-                claim.epoch, claim.owner_revision = epoch, result.revision
+                claim.epoch, claim.owner_revision = epoch, plog.revision
             log.info("%s-%d: leader epoch %d from offset %d", topic, partition, epoch, plog.hw)
             return epoch
 
