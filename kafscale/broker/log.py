@@ -1259,6 +1259,16 @@ class LogManager:
             return data
         return await asyncio.shield(reading)
 
+    async def warm(self, plog: PartitionLog, offset: int, max_bytes: int) -> None:
+        """Bring what a read of ``max_bytes`` at ``offset`` takes into the cache (a Fetch
+        does this for all its partitions at once); failures are left to the read itself."""
+        seg = plog.segment_for(offset)
+        if seg is None or self.cache.get(seg.cache_key) is not None:
+            return
+        with contextlib.suppress(Exception):
+            start = await self._position(seg, offset)
+            await self.read_entry(seg, start, min(seg.size - FOOTER_SIZE, start + max_bytes))
+
     def read_ahead_next(self, plog: PartitionLog, offset: int) -> None:
         """A read stopped at ``offset``: when that is the start of another segment, fetch
         its index and first chunk ahead (a consumer catching up reads on from there)."""

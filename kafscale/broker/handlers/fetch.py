@@ -3,6 +3,8 @@
 #   holding FetchOffset on. The first batch is returned whole even past the byte limits
 #   (KIP-74) so consumers always progress; after it, PartitionMaxBytes, the request's MaxBytes
 #   and the server's fetch.max.bytes cap the response whatever the request says.
+# - Partitions whose data is not cached are read from the object store concurrently (within the
+#   request's byte budget), then the answer is built in request order.
 # - MaxWaitMs / MinBytes: long poll, woken by commits. A partition answered with an error or a
 #   diverging epoch answers the whole request at once, as Kafka does.
 # - FetchOffset outside [log start, high watermark] -> OFFSET_OUT_OF_RANGE (1).
@@ -19,6 +21,7 @@
 #   only a client with a log we never served can diverge.
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -49,13 +52,45 @@ async def handle(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
         await ctx.broker.logs.wait_for_commit(remaining)
 
 
+def _budget(ctx: RequestContext, request: FetchRequest) -> int:
+    asked = request.max_bytes if request.max_bytes > 0 else 2**31 - 1
+    return min(asked, ctx.broker.config.fetch_max_bytes)
+
+
+async def _warm(ctx: RequestContext, request: FetchRequest) -> None:
+    """Start reading, all at once, what the partitions will take from the object store (as
+    far as the request's budget goes): the answer is then built in order from the cache, so
+    a consumer catching up on many partitions does not wait for one GET after another."""
+    logs = ctx.broker.logs
+    planned, budget = 0, _budget(ctx, request)
+    jobs = []
+    for wanted in request.topics:
+        topic = (
+            ctx.broker.topics.by_id.get(wanted.topic_id)
+            if ctx.version >= 13
+            else ctx.broker.topics.get(wanted.topic)
+        )
+        if topic is None:
+            continue
+        for part in wanted.partitions:
+            plog = logs.logs.get((topic.name, part.partition))
+            if plog is None or not plog.log_start <= part.fetch_offset < plog.hw:
+                continue
+            if planned >= budget:
+                break
+            limit = min(max(part.partition_max_bytes, 1), budget - planned)
+            planned += limit
+            jobs.append((plog, part.fetch_offset, limit))
+    if len(jobs) > 1:  # one partition: its read is all there is
+        await asyncio.gather(*(logs.warm(*job) for job in jobs))
+
+
 async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[FetchResponse, int, bool]:
     """The response, its record bytes, and whether a partition must be answered now (an error
     or a diverging epoch)."""
     broker = ctx.broker
-    budget = min(
-        request.max_bytes if request.max_bytes > 0 else 2**31 - 1, broker.config.fetch_max_bytes
-    )
+    await _warm(ctx, request)
+    budget = _budget(ctx, request)
     total = 0
     urgent = False
     out: list[FetchableTopicResponse] = []
