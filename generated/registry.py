@@ -1413,8 +1413,8 @@ APIS_BY_NAME: dict[str, ApiSpec] = {api.name: api for api in APIS.values()}
 
 BROKER_APIS: dict[int, tuple[int, int]] = {
     0: (3, 11),  # Produce
-    1: (4, 16),  # Fetch
-    2: (1, 8),  # ListOffsets
+    1: (4, 17),  # Fetch
+    2: (1, 9),  # ListOffsets
     3: (0, 12),  # Metadata
     8: (0, 9),  # OffsetCommit
     9: (0, 9),  # OffsetFetch
@@ -1444,8 +1444,8 @@ BROKER_APIS: dict[int, tuple[int, int]] = {
 
 ADVERTISED_APIS: dict[int, tuple[int, int]] = {
     0: (0, 11),  # Produce
-    1: (4, 16),  # Fetch
-    2: (1, 8),  # ListOffsets
+    1: (4, 17),  # Fetch
+    2: (1, 9),  # ListOffsets
     3: (0, 12),  # Metadata
     8: (0, 9),  # OffsetCommit
     9: (0, 9),  # OffsetFetch

@@ -311,3 +311,47 @@ def test_a_foreign_write_to_the_partition_state_fences_this_broker(tmp_path: Pat
         assert (again.error_code, again.base_offset) == (0, 7)
 
     run(tmp_path, scenario)
+
+
+def test_every_served_api_reaches_kafkas_highest_version() -> None:
+    """The highest version of every API we serve is Kafka's (of the pinned release: a client
+    such as kafka-python infers the broker's version from them); where we refuse Kafka's
+    lowest versions, broker-apis.yaml says why."""
+    import yaml
+
+    from codegen.specs import SPECS_DIR
+    from generated.registry import APIS_BY_NAME
+
+    declared = yaml.safe_load((SPECS_DIR / "broker-apis.yaml").read_text())["apis"]
+    for entry in declared:
+        api = APIS_BY_NAME[entry["name"]]
+        lo, hi = BROKER_APIS[api.api_key]
+        assert hi == api.valid_versions[1], f"{api.name}: we serve up to v{hi}"
+        if lo > api.valid_versions[0]:
+            assert entry.get("note"), f"{api.name}: v{api.valid_versions[0]}-{lo - 1} refused"
+
+
+@pytest.mark.parametrize(("timestamp", "expected"), [(-4, 2), (-5, -1)])
+def test_list_offsets_v9_local_and_tiered_offsets(
+    tmp_path: Path, timestamp: int, expected: int
+) -> None:
+    """-4 (earliest local, KIP-405) is the log start; -5 (latest tiered, KIP-1005) is -1, as
+    Kafka answers for a topic without remote storage."""
+
+    async def scenario(c: Client) -> None:
+        from generated.delete_records_request import (
+            DeleteRecordsPartition,
+            DeleteRecordsRequest,
+            DeleteRecordsTopic,
+        )
+
+        await c.create("t")
+        await c.produce("t", build_batch([b"a", b"b", b"c"]))
+        parts = [DeleteRecordsPartition(partition_index=0, offset=2)]
+        body = DeleteRecordsRequest(topics=[DeleteRecordsTopic(name="t", partitions=parts)])
+        await c.call(21, 2, body)
+        answer = await c.list_offset("t", timestamp, version=9)
+        assert (answer.error_code, answer.offset) == (0, expected)
+        assert answer.leader_epoch == (0 if expected >= 0 else -1)
+
+    run(tmp_path, scenario)

@@ -1,4 +1,4 @@
-# Fetch (key 1), versions 4-16.
+# Fetch (key 1), versions 4-17 (v17 adds only a replica's directory id, tagged: ignored).
 # - Reads committed data only (below the high watermark), whole record batches from the batch
 #   holding FetchOffset on. The first batch is returned whole even past the byte limits
 #   (KIP-74) so consumers always progress; after it, PartitionMaxBytes, the request's MaxBytes

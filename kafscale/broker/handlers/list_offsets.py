@@ -1,6 +1,9 @@
-# ListOffsets (key 2), versions 1-8.
+# ListOffsets (key 2), versions 1-9.
 # - Timestamp -2: earliest (log start offset); -1: latest (high watermark); -3 (v7+): the
-#   first record with the largest timestamp; otherwise the first record whose timestamp is >=
+#   first record with the largest timestamp; -4 (v8+, KIP-405's earliest local offset): the log
+#   start offset, as Kafka answers for a topic without remote storage; -5 (v9+, KIP-1005's
+#   latest tiered offset): -1 with epoch -1, as Kafka answers when remote.storage.enable is
+#   false (our object store is the log itself, not a tier behind a local one); otherwise the first record whose timestamp is >=
 #   the target, with that record's own timestamp (the segment index finds the batch, its
 #   records are read, compressed ones decompressed); -1 with timestamp -1 when none is.
 # - Unknown topic or partition -> UNKNOWN_TOPIC_OR_PARTITION (3).
@@ -20,7 +23,7 @@ from generated.list_offsets_response import (
 from kafscale.broker.handlers import RequestContext, owned_log
 from kafscale.broker.log import KAFKA_STORAGE_ERROR, UNDEFINED_EPOCH
 
-EARLIEST, LATEST, MAX_TIMESTAMP = -2, -1, -3
+EARLIEST, LATEST, MAX_TIMESTAMP, EARLIEST_LOCAL, LATEST_TIERED = -2, -1, -3, -4, -5
 
 
 async def handle(ctx: RequestContext, request: ListOffsetsRequest) -> ListOffsetsResponse:
@@ -40,9 +43,11 @@ async def handle(ctx: RequestContext, request: ListOffsetsRequest) -> ListOffset
                 resp.error_code = plog
                 continue
             epoch = UNDEFINED_EPOCH
-            if part.timestamp == EARLIEST:
+            if part.timestamp in (EARLIEST, EARLIEST_LOCAL):
                 resp.offset = plog.log_start
                 epoch = plog.earliest_epoch()
+            elif part.timestamp == LATEST_TIERED:
+                resp.offset = -1
             elif part.timestamp == LATEST:
                 resp.offset = plog.hw
                 epoch = plog.epoch
