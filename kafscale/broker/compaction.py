@@ -169,6 +169,8 @@ class Compactor:
             return False
         inputs = plog.segments[run[0] : run[1]]
         outputs = await self._build(plog, inputs, str(topic.id), policy.segment_bytes)
+        if not outputs:
+            return False  # all below the log start: DeleteRecords or retention drops them
         names = [name for meta, _, _ in outputs for name in meta.objects]
         intent = await logs.janitor.intend(names)
         await asyncio.gather(
@@ -232,7 +234,7 @@ class Compactor:
                 created,
             )
             out.append((meta, segment.chunks, segment.index))
-        if out[0][0].base != inputs[0].base or out[-1][0].last != inputs[-1].last:
+        if out[0][0].base < inputs[0].base or out[-1][0].last != inputs[-1].last:
             raise RuntimeError(f"{plog.topic}-{plog.partition}: a merge must keep its offsets")
         return out
 
@@ -262,9 +264,13 @@ class Compactor:
         except FlushError:
             return False
         prefix = logs.topics.segments_prefix(plog.topic, plog.partition)
+        # Outputs wholly below a log start that moved since they were built are not kept.
+        below = [o for o in outputs if o[0].last < plog.log_start]
+        outputs = [o for o in outputs if o[0].last >= plog.log_start]
         kept = {meta.base for meta, _, _ in outputs}
         pieces_from = max([plog.pieces_from] + [s.last + 1 for s in inputs if s.piece])
         replaced = [name for s in inputs for name in s.objects]
+        replaced += [name for meta, _, _ in below for name in meta.objects]
         ops: list[Put | Delete] = [
             Delete(prefix + f"{s.base:020d}".encode()) for s in inputs if s.base not in kept
         ]

@@ -7,9 +7,12 @@ pieces; the owner's background maintenance (``kafscale/broker/compaction.py``) a
 
 - which run of entries to merge (:func:`compaction_run`): every piece once there are enough of
   them (or they are old, or the partition went idle), together with the open segments before
-  them that are small enough to join, each at most about as large as what it joins, so that a
-  record is rewritten O(log(segment.bytes / piece size)) times in all and a partition keeps
-  only a few segments below ``segment.bytes``; once idle, every open segment joins;
+  them that are small enough to join, each at most twice as large as what it joins, so that a
+  record is rewritten O(log(segment.bytes / piece size)) times in all. The segments a merge can
+  still take are the last 1 + log2(segment.bytes / piece size) at most; those before them are
+  never rewritten again and, two by two, hold more than ``segment.bytes`` or halve in size, so
+  a partition keeps about two segments per ``segment.bytes`` of data (the properties are
+  proved and tested in ``tests/test_layout.py``); once idle, every open segment that fits joins;
 - where retention moves the log start (:func:`retention_start`): past the oldest entries that
   are whole older than ``retention.ms`` (their largest timestamp) or that leave the log at
   least ``retention.bytes`` without them, as Kafka deletes whole segments;

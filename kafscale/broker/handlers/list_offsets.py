@@ -3,9 +3,10 @@
 #   first record with the largest timestamp; -4 (v8+, KIP-405's earliest local offset): the log
 #   start offset, as Kafka answers for a topic without remote storage; -5 (v9+, KIP-1005's
 #   latest tiered offset): -1 with epoch -1, as Kafka answers when remote.storage.enable is
-#   false (our object store is the log itself, not a tier behind a local one); otherwise the first record whose timestamp is >=
-#   the target, with that record's own timestamp (the segment index finds the batch, its
-#   records are read, compressed ones decompressed); -1 with timestamp -1 when none is.
+#   false (our object store is the log itself, not a tier behind a local one); otherwise the
+#   first record whose timestamp is >= the target, with that record's own timestamp (the
+#   segment index finds the batch, its records are read, compressed ones decompressed); -1
+#   with timestamp -1 when none is.
 # - Unknown topic or partition -> UNKNOWN_TOPIC_OR_PARTITION (3).
 # - LeaderEpoch (v4+), as Kafka: latest -> the partition's current leader epoch; earliest ->
 #   the first epoch of the history; a record found -> the epoch its batch was written under;
