@@ -9,6 +9,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from kafscale.broker.compaction import Compactor
 from kafscale.broker.janitor import INTENT_MS, SWEEP_MIN_AGE_MS, now_ms
@@ -73,7 +74,7 @@ def test_pieces_are_compacted_into_one_segment_and_ingest_objects_deleted(tmp_pa
         assert await janitor.delete_due(now_ms()) == 0  # the grace period
         assert len(await c.broker.objects.list("kafscale/ingest/")) == 30
         deadline = now_ms() + logs.config.log_segment_delete_delay_ms + 1
-        assert await janitor.delete_due(deadline) == 30  # a record per swept object
+        assert await janitor.delete_due(deadline) == 1  # one record names the swept objects
         assert await c.broker.objects.list("kafscale/ingest/") == []
         assert await keys(c, "/kafscale/gc/") == []
         assert await all_values(c) == before
@@ -323,5 +324,34 @@ def test_an_intent_deletes_the_uploads_of_a_compaction_that_died_before_its_swap
         assert await janitor.delete_due(now_ms() + logs.config.log_segment_delete_delay_ms) == 0
         assert await janitor.delete_due(now_ms() + INTENT_MS + 1) == 1
         assert await c.broker.objects.list("kafscale/topics/") == []
+
+    run(tmp_path, scenario)
+
+
+def test_a_merge_stays_within_one_transaction_of_etcd(tmp_path: Path) -> None:
+    """64 pieces whose batches are each larger than segment.bytes: at most MAX_OUTPUTS
+    segments (larger ones), so the swap fits etcd's 128 operations (it was refused there for
+    good: the partition was never compacted)."""
+    from kafscale.broker.compaction import MAX_OUTPUTS
+    from kafscale.broker.log import MAX_TXN_OPS
+
+    async def scenario(c: Client) -> None:
+        await c.create("t", 1, segment_bytes="1024")
+        await produce_flushes(c, 64, size=1500)
+        logs = c.broker.logs
+        sizes: list[int] = []
+        txn = logs.meta.txn
+
+        async def counted(compares: Any, ops: Any) -> Any:
+            sizes.append(len(compares) + len(ops))
+            return await txn(compares, ops)
+
+        logs.meta.txn = counted  # type: ignore[method-assign]
+        compactor = Compactor(logs)
+        plog = await logs.get("t", 0)
+        assert await compactor.compact(plog)
+        assert max(sizes) <= MAX_TXN_OPS, sizes
+        assert len(plog.segments) <= MAX_OUTPUTS and not any(s.piece for s in plog.segments)
+        assert [o for o, _ in await all_values(c)] == list(range(64))
 
     run(tmp_path, scenario)

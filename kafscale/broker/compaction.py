@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 from kafscale.broker import failpoints
 from kafscale.broker.layout import Policy, compaction_run, retention_start
 from kafscale.broker.periodic import Periodic
-from kafscale.metadata import Delete, Put
+from kafscale.metadata import Delete, MetadataUnavailable, Put, TxnOutcomeUnknown
 from kafscale.protocol.records import BatchInfo, parse_batches
 from kafscale.protocol.wire import Buffer
 from kafscale.storage.segment import (
@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("kafscale.compaction")
 
 CHECK_INTERVAL_S = 1.0
+MAX_OUTPUTS = 48
+"""Segments one merge writes at most: with the inputs (Policy.max_run) and the state, intent
+and garbage record, one swap stays within etcd's 128 operations per transaction."""
 PARALLEL = 8
 """Partitions maintained at once (their uploads and transactions overlap)."""
 
@@ -206,10 +209,16 @@ class Compactor:
                 (body, b) for b in parse_batches(body, MAX_SEGMENT_SIZE, verify_records=False)
             ]
         created = min((s.created for s in inputs if s.created), default=int(time.time() * 1000))
+        # At most MAX_OUTPUTS segments (one swap transaction deletes the inputs and puts the
+        # outputs within etcd's 128 operations): past that, segments exceed segment.bytes, as
+        # Kafka's do when a batch is larger.
+        # (Any two groups in a row hold more than ``limit``: fewer than 2 * total / limit + 1.)
+        total = sum(b.size for _, b in batches)
+        limit = max(segment_bytes - HEADER_SIZE - FOOTER_SIZE, -(-2 * total // (MAX_OUTPUTS - 1)))
         groups: list[list[tuple[memoryview, BatchInfo]]] = [[]]
         size = 0
         for item in batches:
-            if groups[-1] and size + item[1].size > segment_bytes - HEADER_SIZE - FOOTER_SIZE:
+            if groups[-1] and size + item[1].size > limit:
                 groups.append([])
                 size = 0
             groups[-1].append(item)
@@ -282,9 +291,12 @@ class Compactor:
             ops.append(logs.janitor.record(replaced))
         try:
             result = await logs.meta.txn(guard, ops)
-        except Exception as error:  # the outcome is unknown: reload before going on
+        except TxnOutcomeUnknown as error:  # it may have applied: reload before going on
             logs.drop(plog, FlushError(56, f"compaction commit failed: {error}"))
             raise
+        except (ValueError, MetadataUnavailable):  # certainly not applied (refused, or down)
+            log.warning("%s-%d: compaction swap refused", plog.topic, plog.partition, exc_info=True)
+            return False
         if not result.succeeded:
             logs.drop(plog, not_owner(plog.topic, plog.partition, " (state changed under us)"))
             return False

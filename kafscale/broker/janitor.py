@@ -10,7 +10,7 @@ or is deposed in between, the intent deletes its uploads later. The janitor (one
 live broker with the lowest id, as Kafka's controller; every broker with the embedded store)
 then, every few seconds:
 
-1. deletes the objects of every record past its deadline, then the record (a crash in
+1. deletes the objects of every record past its deadline, then the records (a crash in
    between deletes them again: deleting is idempotent);
 2. sweeps the ingest registry ``/{ns}/ingest/{object}/{nonce}`` (written by each flush commit
    with the pieces it put in the object): an object none of whose pieces is part of a log
@@ -31,6 +31,7 @@ then, every few seconds:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -64,6 +65,10 @@ ORPHAN_SCAN_S = 10.0
 SLOW_EVERY_S = 60.0
 """The orphan listing and the history compaction run this often."""
 HISTORY_KEEP_S = 60.0
+RECORDS_PER_TXN = 100
+"""Operations of one of the janitor's transactions (below etcd's 128)."""
+PARALLEL_DELETES = 16
+"""Object deletions in flight at once."""
 """Metadata revisions kept: a watch that falls further behind re-reads its prefix."""
 
 
@@ -160,21 +165,34 @@ class Janitor:
     # --- 1. due records ----------------------------------------------------------------------
 
     async def delete_due(self, now: int) -> int:
-        """Delete the objects of every garbage record past its deadline, then the record."""
-        done = 0
+        """Delete the objects of every garbage record past its deadline (concurrently), then
+        the records (a transaction per :data:`RECORDS_PER_TXN`); how many records."""
+        due = []
         for kv in await self.meta.range(self.gc_prefix):
             deadline = int(kv.key[len(self.gc_prefix) :].split(b"-", 1)[0])
-            if deadline > now:
-                continue
-            for i, key in enumerate(json.loads(kv.value)["objects"]):
-                await self._delete(key)
-                if i == 0:
-                    failpoints.hit("mid_delete")
+            if deadline <= now:
+                due.append(kv)
+        objects = [key for kv in due for key in json.loads(kv.value)["objects"]]
+        if objects:
+            await self._delete(objects[0])
+            failpoints.hit("mid_delete")
+            await self._delete_all(objects[1:])
+        for i in range(0, len(due), RECORDS_PER_TXN):
+            chunk = due[i : i + RECORDS_PER_TXN]
             await self.meta.txn(
-                [Compare(kv.key, "mod_revision", "==", kv.mod_revision)], [Delete(kv.key)]
+                [Compare(kv.key, "mod_revision", "==", kv.mod_revision) for kv in chunk],
+                [Delete(kv.key) for kv in chunk],
             )
-            done += 1
-        return done
+        return len(due)
+
+    async def _delete_all(self, keys: list[str]) -> None:
+        room = asyncio.Semaphore(PARALLEL_DELETES)
+
+        async def one(key: str) -> None:
+            async with room:
+                await self._delete(key)
+
+        await asyncio.gather(*map(one, keys))
 
     async def _delete(self, key: str) -> None:
         with contextlib.suppress(NotFound):
@@ -184,27 +202,48 @@ class Janitor:
     # --- 2. the ingest registry --------------------------------------------------------------
 
     async def sweep_ingest(self, now: int) -> int:
-        """Turn every ingest object no log needs into a garbage record; how many."""
+        """Turn every ingest object no log needs into garbage: its registry entries go and one
+        record names it, in one transaction with other such objects (up to
+        :data:`RECORDS_PER_TXN` operations; one by one if a batch's compares fail); how many."""
         prefix = self.topics.ingest_prefix
         by_object: dict[str, list[Any]] = {}
         for kv in await self.meta.range(prefix):
             name = kv.key[len(prefix) :].decode().rsplit("/", 1)[0]
             by_object.setdefault(name, []).append(kv)
         states: dict[str, dict[int, int]] = {}
-        swept = 0
+        unneeded: list[tuple[str, list[Any]]] = []
         for name, entries in by_object.items():
             values = [json.loads(kv.value) for kv in entries]
             if any(now - int(v["created"]) < SWEEP_MIN_AGE_MS for v in values):
                 continue
             pieces = [piece for v in values for piece in v["pieces"]]
-            if any([await self._needed(piece, states) for piece in pieces]):
-                continue
-            result = await self.meta.txn(
-                [Compare(kv.key, "mod_revision", "==", kv.mod_revision) for kv in entries],
-                [Delete(kv.key) for kv in entries] + [self.record([name])],
-            )
-            swept += result.succeeded
+            if not any([await self._needed(piece, states) for piece in pieces]):
+                unneeded.append((name, entries))
+        batches: list[list[tuple[str, list[Any]]]] = [[]]
+        ops = 1
+        for item in unneeded:
+            n = 2 * len(item[1])
+            if batches[-1] and ops + n > RECORDS_PER_TXN:
+                batches.append([])
+                ops = 1
+            batches[-1].append(item)
+            ops += n
+        swept = 0
+        for batch in batches:
+            if batch and await self._swept(batch):
+                swept += len(batch)
+            elif len(batch) > 1:
+                for item in batch:
+                    swept += await self._swept([item])
         return swept
+
+    async def _swept(self, batch: list[tuple[str, list[Any]]]) -> bool:
+        entries = [kv for _, kvs in batch for kv in kvs]
+        result = await self.meta.txn(
+            [Compare(kv.key, "mod_revision", "==", kv.mod_revision) for kv in entries],
+            [Delete(kv.key) for kv in entries] + [self.record([name for name, _ in batch])],
+        )
+        return result.succeeded
 
     async def _needed(self, piece: list[Any], states: dict[str, dict[int, int]]) -> bool:
         """Whether a piece (topic, topic id, partition, base offset) is still part of a log."""

@@ -56,8 +56,9 @@ class Policy:
     """... or its oldest piece is this old ..."""
     idle_ms: int = 5_000
     """... or nothing was written to it for this long (then every open segment joins)."""
-    max_run: int = 100
-    """Entries merged at most at once (one metadata transaction deletes them)."""
+    max_run: int = 64
+    """Entries merged at most at once (one metadata transaction deletes them, and puts the new
+    segments: compaction.MAX_OUTPUTS)."""
 
 
 def sealed(entry: Entry, now: int, policy: Policy) -> bool:
