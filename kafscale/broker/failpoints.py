@@ -8,9 +8,16 @@ on the N-th hit instead of the first.
 
 The points:
 
-- ``after_object_put``: a flush uploaded its segment objects, before the metadata commit.
+- ``after_object_put``: a flush uploaded its ingest object, before the metadata commit.
 - ``after_metadata_commit``: the commit succeeded, before any produce request is answered.
 - ``mid_response``: half of a response's bytes are written to the socket.
+- ``after_compaction_put``: a compaction uploaded its merged segments (its intent recorded),
+  before the swap (``kafscale/broker/compaction.py``).
+- ``after_compaction_commit``: a compaction's swap committed, before anything else.
+- ``mid_delete``: the janitor deleted the first object of a due garbage record or of a
+  deleted topic, before the others and the record (``kafscale/broker/janitor.py``).
+
+``tests/faults/test_faults.py`` crashes a broker at each of them under load.
 
 Disarmed (the normal case) a hit is one dictionary lookup.
 """

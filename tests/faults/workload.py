@@ -16,9 +16,18 @@ operation recorded in a :class:`~tests.checker.History`.
   (read_after_fail); a connection refused is a definite failure too (nothing was sent);
   every other answer, or none, is unknown (KAFKA_STORAGE_ERROR also answers a commit whose
   outcome is unknown).
+- Producers ``i0..`` (confluent-kafka, only when asked for: ``idempotent=``): like ``p0..``
+  but idempotent (one request in flight per connection, see :data:`IDEMPOTENT`), so that a
+  value of theirs stored twice is a failure (the checker's ``exactly_once``), whatever
+  crashed.
 - Consumers ``c0`` (confluent-kafka) and ``c1`` (kafka-python): assign mode, every
   partition from offset 0, no group, no commits. A consumer restarted (see
   :meth:`Workload.caught_up`) starts a new session where the last one stopped.
+
+:class:`Churn` is unchecked traffic beside the workload that makes garbage for the janitor: a
+producer on a topic whose ``retention.bytes`` is small (retention drops its oldest entries
+while the run goes on), and short-lived topics written one record per request (a piece per
+request: enough for a compaction) and then deleted.
 
 Every loop is bounded in time. :meth:`Workload.round_trip` (one value per partition written and
 read back) is how readiness and recovery are measured; :meth:`Workload.final_read` is the
@@ -78,6 +87,15 @@ CONSUMER = {
     "topic.metadata.refresh.interval.ms": 1_000,
     "metadata.max.age.ms": 5_000,
 }
+IDEMPOTENT = {
+    "enable.idempotence": True,
+    # One request in flight per connection: with several, a batch refused with
+    # NOT_LEADER_OR_FOLLOWER is followed by one answered OUT_OF_ORDER_SEQUENCE_NUMBER, and
+    # librdkafka (2.16) then bumps the epoch and re-sequences a batch an earlier attempt may
+    # have written: a duplicate no broker can tell from a new record (librdkafka issue 4953;
+    # see tests/conformance/test_cluster_idempotence.py).
+    "max.in.flight.requests.per.connection": 1,
+}
 DRAIN_TIMEOUT = 15.0
 """After the producers stop: longer than message.timeout.ms, so every send gets its outcome."""
 CONSUMERS = ("c0", "c1")
@@ -88,12 +106,19 @@ RAW_TIMEOUT = 5.0
 """Seconds a raw produce waits for its answer (its request says 4 s)."""
 
 
-def create_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 30) -> None:
+def create_topic(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    timeout: float = 30,
+    config: dict[str, str] | None = None,
+) -> None:
     admin = confluent_kafka.admin.AdminClient({"bootstrap.servers": bootstrap})
     deadline = time.monotonic() + timeout
     while True:
         futures = admin.create_topics(
-            [confluent_kafka.admin.NewTopic(topic, partitions, 1)], request_timeout=10
+            [confluent_kafka.admin.NewTopic(topic, partitions, 1, config=config or {})],
+            request_timeout=10,
         )
         try:
             futures[topic].result(timeout=10)
@@ -116,6 +141,7 @@ class Workload:
         history: History,
         *,
         producers: int = 4,
+        idempotent: int = 0,
         rate: float = 40.0,
         seed: int = 0,
     ) -> None:
@@ -124,6 +150,8 @@ class Workload:
         self.partitions = partitions
         self.history = history
         self.producers = producers
+        self.idempotent = [f"i{i}" for i in range(idempotent)]
+        """The idempotent producers' names: their values must be stored once."""
         self.interval = 1 / rate
         self.seed = seed
         self._stop_producing = threading.Event()
@@ -147,6 +175,8 @@ class Workload:
         for i in range(self.producers):
             name = f"p{i}"
             self._producer_threads.append(self._spawn(name, self._produce, name))
+        for name in self.idempotent:
+            self._producer_threads.append(self._spawn(name, self._produce, name, IDEMPOTENT))
         self._producer_threads.append(self._spawn("r0", self._produce_raw, "r0"))
         self._spawn("c0", self._consume_confluent, "c0")
         self._spawn("c1", self._consume_kafka_python, "c1")
@@ -190,8 +220,8 @@ class Workload:
             logger=logging.getLogger("kafscale.faults.librdkafka"),
         )
 
-    def _produce(self, name: str) -> None:
-        producer = self._producer()
+    def _produce(self, name: str, extra: dict[str, Any] | None = None) -> None:
+        producer = self._producer(**(extra or {}))
         rng = random.Random(f"{self.seed}-{name}")
         seq = 0
         next_at = time.monotonic()
@@ -504,7 +534,12 @@ class RawProducer:
                 TopicProduceData(
                     name=topic,
                     partition_data=[
-                        PartitionProduceData(index=partition, records=build_batch([value.encode()]))
+                        PartitionProduceData(
+                            index=partition,
+                            # Stamped now: build_batch's default (2023) is older than any
+                            # retention.ms, which would let retention drop its entries.
+                            records=build_batch([value.encode()], timestamp=_now_ms()),
+                        )
                     ],
                 )
             ],
@@ -530,6 +565,10 @@ class RawProducer:
         return "unknown", -1, f"error {answer.error_code}"
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def _read_frame(sock: socket.socket) -> bytes | None:
     """One size-prefixed frame's payload (None: the connection ended first)."""
     data = b""
@@ -539,3 +578,172 @@ def _read_frame(sock: socket.socket) -> bytes | None:
             return None
         data += chunk
     return data[4:]
+
+
+def delete_topic(bootstrap: str, topic: str, timeout: float = 15) -> None:
+    admin = confluent_kafka.admin.AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.delete_topics([topic], operation_timeout=10, request_timeout=10)
+    futures[topic].result(timeout=timeout)
+
+
+class Churn:
+    """Unchecked traffic that makes garbage for the janitor (none of it is in the history):
+
+    - a producer writing ``value_bytes`` values at ``rate`` per second to random partitions of
+      ``retained``, a topic created with a small ``retention.bytes`` (and ``segment.bytes``):
+      compaction merges its pieces into segments and retention drops the oldest ones, whose
+      objects become garbage records;
+    - with ``doomed``: topics ``{doomed}-{i}`` (one partition, created with ``doomed_config``)
+      each written :data:`DOOMED_RECORDS` records one request at a time (a piece each: a
+      compaction is due at once), left :data:`DOOMED_SETTLE` seconds to be compacted, then
+      deleted (a tombstone: the janitor deletes their objects after the grace period), one
+      after the other.
+
+    Errors (a broker crashed, a partition moving) are counted and otherwise ignored."""
+
+    DOOMED_RECORDS = 80
+    """More than a compaction's ``max_pieces`` (64, kafscale/broker/layout.py)."""
+    DOOMED_SETTLE = 2.0
+    """Seconds a doomed topic lives after its last record (compaction checks every second)."""
+    DOOMED_WRITE_S = 15.0
+    """Seconds a doomed topic's records may take at most (a takeover on the way)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        retained: str,
+        partitions: int,
+        *,
+        doomed: str | None = None,
+        doomed_config: dict[str, str] | None = None,
+        rate: float = 40.0,
+        value_bytes: int = 200,
+        seed: int = 0,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.retained = retained
+        self.partitions = partitions
+        self.doomed = doomed
+        self.doomed_config = doomed_config or {}
+        self.interval = 1 / rate
+        self.value_bytes = value_bytes
+        self.seed = seed
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.acked = 0
+        """Records of ``retained`` acknowledged."""
+        self.errors = 0
+        self.created = 0
+        self.deleted = 0
+        """Doomed topics created and deleted."""
+        self.failures: list[str] = []
+
+    def start(self) -> None:
+        targets: list[Any] = [self._produce]
+        if self.doomed is not None:
+            targets.append(self._doom)
+        for target in targets:
+            t = threading.Thread(target=self._guard, args=(target,), daemon=True)
+            t.name = f"churn-{target.__name__.strip('_')}"
+            self._threads.append(t)
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(DRAIN_TIMEOUT + 10)
+            if t.is_alive():
+                self.failures.append(f"{t.name}: did not stop")
+        self._threads.clear()
+
+    def line(self) -> str:
+        return (
+            f"churn_acked={self.acked} churn_errors={self.errors} "
+            f"doomed_created={self.created} doomed_deleted={self.deleted}"
+        )
+
+    def _guard(self, target: Any) -> None:
+        try:
+            target()
+        except BaseException as e:
+            self.failures.append(f"{target.__name__}: {type(e).__name__}: {e}")
+            raise
+
+    def _produce(self) -> None:
+        producer = confluent_kafka.Producer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                **PRODUCER,
+                "message.timeout.ms": 5_000,
+            },
+            logger=logging.getLogger("kafscale.faults.librdkafka"),
+        )
+        rng = random.Random(f"{self.seed}-churn")
+        value = b"x" * self.value_bytes
+
+        def delivered(err: Any, msg: Any) -> None:
+            if err is None:
+                self.acked += 1
+            else:
+                self.errors += 1
+
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            with contextlib.suppress(BufferError, confluent_kafka.KafkaException):
+                producer.produce(
+                    self.retained,
+                    value=value,
+                    partition=rng.randrange(self.partitions),
+                    on_delivery=delivered,
+                )
+            next_at += self.interval
+            producer.poll(max(0.0, next_at - time.monotonic()))
+        producer.flush(6)
+
+    def _doom(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            name = f"{self.doomed}-{i}"
+            i += 1
+            try:
+                create_topic(self.bootstrap, name, 1, timeout=10, config=self.doomed_config)
+            except confluent_kafka.KafkaException:
+                self.errors += 1
+                continue
+            self.created += 1
+            self._write_pieces(name)
+            self._stop.wait(self.DOOMED_SETTLE)
+            try:
+                delete_topic(self.bootstrap, name)
+                self.deleted += 1
+            except confluent_kafka.KafkaException:
+                self.errors += 1
+            self._stop.wait(0.5)
+
+    def _write_pieces(self, topic: str) -> None:
+        admin = confluent_kafka.admin.AdminClient({"bootstrap.servers": self.bootstrap})
+        raw = RawProducer(timeout=3)
+        deadline = time.monotonic() + self.DOOMED_WRITE_S
+        owner: str | None = None
+        written = 0
+        try:
+            while (
+                written < self.DOOMED_RECORDS
+                and not self._stop.is_set()
+                and time.monotonic() < deadline
+            ):
+                if owner is None:
+                    with contextlib.suppress(confluent_kafka.KafkaException):
+                        owner = owners_of(admin, topic).get(0)
+                    if owner is None:
+                        time.sleep(0.1)
+                        continue
+                outcome, _, _ = raw.produce(owner, topic, 0, f"{topic}:{written}")
+                if outcome == "ok":
+                    written += 1
+                else:
+                    self.errors += 1
+                    owner = None
+                    time.sleep(0.1)
+        finally:
+            raw.close()
