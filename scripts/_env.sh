@@ -6,10 +6,13 @@ PY="$ROOT/.venv/bin/python"
 if [ ! -x "$PY" ]; then
   "${PYTHON:-python3}" -m venv "$ROOT/.venv"
 fi
+# What to install: KAFSCALE_EXTRAS names the project's extras ("test" by default: everything
+# the suite needs; scripts/serve asks for none, scripts/serve --cluster for "cluster").
 # Reinstall only when the dependency list changed (pip takes seconds even when idle).
-stamp="$ROOT/.venv/.kafscale-installed"
+extras="${KAFSCALE_EXTRAS-test}"
+stamp="$ROOT/.venv/.kafscale-installed${extras:+-$extras}"
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
-  "$PY" -m pip install -q --disable-pip-version-check -e "$ROOT[test]"
+  "$PY" -m pip install -q --disable-pip-version-check -e "$ROOT${extras:+[$extras]}"
   touch "$stamp"
 fi
 # Debian packages the tests need: kcat (conformance) and etcd-server (the etcd metadata store
@@ -37,5 +40,5 @@ apt_need() {  # apt_need COMMAND PACKAGE
       "(fail in CI). Install it with: sudo apt-get install $2" >&2
   fi
 }
-apt_need kcat kcat
-apt_need etcd etcd-server
+case " ${KAFSCALE_APT-kcat etcd} " in *" kcat "*) apt_need kcat kcat ;; esac
+case " ${KAFSCALE_APT-kcat etcd} " in *" etcd "*) apt_need etcd etcd-server ;; esac

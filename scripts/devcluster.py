@@ -2,10 +2,11 @@
 
     scripts/serve --cluster [--brokers 3] [--base-port 9092] [--dir ./kafscale-cluster]
 
-Brokers listen on 127.0.0.1:9092, 9093, ... and keep their log in the bucket ``kafscale`` of
+Brokers listen on 127.0.0.1:9092, 9094, 9096, ... (every other port: the one after each is
+its HTTP port for health and metrics) and keep their log in the bucket ``kafscale`` of
 the S3 server, their metadata in etcd. Kill one (``kill -9 PID``, printed at start) and watch
 its partitions move to the others within the lease TTL; ``kill -TERM`` drains it at once.
-Ctrl-C stops everything (the data stays in --dir until you delete it).
+Ctrl-C or SIGTERM stops everything (the data stays in --dir until you delete it).
 """
 
 from __future__ import annotations
@@ -43,7 +44,15 @@ def wait_port(port: int, what: str, proc: subprocess.Popen[bytes], timeout: floa
     sys.exit(f"{what} did not listen on port {port} within {timeout:.0f}s")
 
 
+def broker_port(base: int, i: int) -> int:
+    """Broker ``i``'s Kafka port: every other port from ``base`` (9092, 9094, 9096, ...), so
+    the one after each (9093, ...: KafScale's HTTP port for health and metrics) stays free."""
+    return base + 2 * i
+
+
 def main() -> int:
+    # SIGTERM (a service manager, `kill`) stops everything as Ctrl-C does: no orphans.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--brokers", type=int, default=3)
     parser.add_argument("--base-port", type=int, default=9092)
@@ -95,7 +104,7 @@ def main() -> int:
             "AWS_DEFAULT_REGION": "us-east-1",
         }
         for i in range(args.brokers):
-            port = args.base_port + i
+            port = broker_port(args.base_port, i)
             proc = spawn(
                 f"broker-{i}",
                 [
@@ -115,7 +124,9 @@ def main() -> int:
                 aws,
             )
             wait_port(port, f"broker {i}", proc)
-        bootstrap = ",".join(f"127.0.0.1:{args.base_port + i}" for i in range(args.brokers))
+        bootstrap = ",".join(
+            f"127.0.0.1:{broker_port(args.base_port, i)}" for i in range(args.brokers)
+        )
         print(f"KafScale cluster up: bootstrap {bootstrap}")
         print(f"  etcd 127.0.0.1:{client}, S3 http://127.0.0.1:{s3} (bucket {BUCKET})")
         for name, proc in procs:
@@ -130,6 +141,7 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut this short
         for _, proc in reversed(procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
