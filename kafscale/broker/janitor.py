@@ -43,7 +43,7 @@ from typing import Any
 from kafscale.broker import failpoints
 from kafscale.broker.cluster import Cluster
 from kafscale.broker.periodic import Periodic
-from kafscale.broker.topics import Topics
+from kafscale.broker.topics import Topic, Topics
 from kafscale.metadata import Compare, Delete, MetadataStore, Put
 from kafscale.storage import NotFound, ObjectStore
 from kafscale.storage.segment import parse_ingest_key
@@ -210,7 +210,7 @@ class Janitor:
         for kv in await self.meta.range(prefix):
             name = kv.key[len(prefix) :].decode().rsplit("/", 1)[0]
             by_object.setdefault(name, []).append(kv)
-        states: dict[str, dict[int, int]] = {}
+        states: dict[tuple[str, str], dict[int, int]] = {}
         unneeded: list[tuple[str, list[Any]]] = []
         for name, entries in by_object.items():
             values = [json.loads(kv.value) for kv in entries]
@@ -245,19 +245,28 @@ class Janitor:
         )
         return result.succeeded
 
-    async def _needed(self, piece: list[Any], states: dict[str, dict[int, int]]) -> bool:
+    async def _needed(
+        self, piece: list[Any], states: dict[tuple[str, str], dict[int, int]]
+    ) -> bool:
         """Whether a piece (topic, topic id, partition, base offset) is still part of a log."""
         name, topic_id, partition, base = piece
-        topic = self.topics.get(name)
-        if topic is None or str(topic.id) != topic_id or partition >= topic.partitions:
-            return False
-        floors = states.get(name)
+        floors = states.get((name, topic_id))
         if floors is None:
-            floors = states[name] = {}
-            head = self.topics.partition_key(name, 0).rsplit(b"/", 1)[0] + b"/"
-            for kv in await self.meta.range(head):
-                floors[int(kv.key[len(head) :])] = int(json.loads(kv.value).get("pieces_from", 0))
-        return bool(base >= floors.get(partition, 0))
+            floors = states[name, topic_id] = await self._floors(name, topic_id)
+        return bool(base >= floors.get(partition, 1 << 63))
+
+    async def _floors(self, name: str, topic_id: str) -> dict[int, int]:
+        """``pieces_from`` of each partition of the topic ``name`` while it has the id
+        ``topic_id`` (none when it is gone: read from the store, not from our copy of the
+        topic table, which may lag)."""
+        kv = await self.meta.get(self.topics.topic_key(name))
+        if kv is None or str(Topic.from_json(name, kv.value).id) != topic_id:
+            return {}
+        head = self.topics.partition_key(name, 0).rsplit(b"/", 1)[0] + b"/"
+        return {
+            int(kv.key[len(head) :]): int(json.loads(kv.value).get("pieces_from", 0))
+            for kv in await self.meta.range(head)
+        }
 
     # --- 3. deleted topics -------------------------------------------------------------------
 
