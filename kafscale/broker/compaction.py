@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 from kafscale.broker import failpoints
 from kafscale.broker.layout import Policy, compaction_run, retention_start
 from kafscale.broker.periodic import Periodic
+from kafscale.broker.topic_configs import topic_value
 from kafscale.metadata import Delete, MetadataUnavailable, Put, TxnOutcomeUnknown
 from kafscale.protocol.records import BatchInfo, parse_batches
 from kafscale.protocol.wire import Buffer
@@ -67,7 +68,9 @@ class Compactor:
 
     def __init__(self, logs: LogManager) -> None:
         self.logs = logs
-        self._task = Periodic("kafscale-compaction", CHECK_INTERVAL_S, self.run_once, log)
+        self._task = Periodic(
+            "kafscale-compaction", CHECK_INTERVAL_S, self.run_once, log, "maintenance pass"
+        )
         self._last_retention = 0.0
         """When retention was last applied (monotonic); the first time waits for
         ``log.initial.task.delay.ms`` after :meth:`start`."""
@@ -77,9 +80,11 @@ class Compactor:
     def policy(self, topic: str) -> Policy:
         config = self.logs.config
         t = self.logs.topics.get(topic)
-        segment_bytes = int((t and t.config("segment.bytes")) or config.segment_bytes)
-        segment_ms = int((t and t.config("segment.ms")) or config.segment_ms)
-        return Policy(segment_bytes, segment_ms)
+        configs = t.configs if t is not None else {}
+        return Policy(
+            topic_value(configs, "segment.bytes", config),
+            topic_value(configs, "segment.ms", config),
+        )
 
     def start(self) -> None:
         config = self.logs.config
@@ -142,11 +147,12 @@ class Compactor:
         topic = self.logs.topics.get(plog.topic)
         if topic is None:
             return plog.log_start
-        retention_ms = int(topic.config("retention.ms") or config.retention_ms)
-        retention_bytes = int(topic.config("retention.bytes") or config.retention_bytes)
-        policy = topic.config("cleanup.policy") or "delete"
-        if "delete" not in policy.split(","):
-            return plog.log_start  # compact-only topics keep everything (no key compaction)
+        retention_ms = topic_value(topic.configs, "retention.ms", config)
+        retention_bytes = topic_value(topic.configs, "retention.bytes", config)
+        if "delete" not in topic_value(topic.configs, "cleanup.policy", config):
+            # Compact-only topics (and an empty policy, which Kafka 3.9 accepts) keep everything:
+            # there is no key compaction, and retention applies only with "delete".
+            return plog.log_start
         now = int(time.time() * 1000)
         start = retention_start(plog.segments, plog.log_start, now, retention_ms, retention_bytes)
         if start <= plog.log_start:
@@ -202,6 +208,10 @@ class Compactor:
         from kafscale.broker.log import SegmentMeta
 
         logs = self.logs
+        topic = logs.topics.get(plog.topic)
+        index_interval = topic_value(
+            topic.configs if topic is not None else {}, "index.interval.bytes", logs.config
+        )
         batches: list[tuple[memoryview, BatchInfo]] = []
         for seg in inputs:
             body = memoryview(await logs.read_entry(seg, HEADER_SIZE, seg.size - FOOTER_SIZE))
@@ -228,9 +238,7 @@ class Compactor:
         for group in groups:
             first = group[0][1].base_offset
             chunks = [body[b.position : b.end] for body, b in group]
-            segment = build_segment(
-                first, chunks, [b for _, b in group], created, logs.config.index_interval_bytes
-            )
+            segment = build_segment(first, chunks, [b for _, b in group], created, index_interval)
             key = compacted_key(logs.config.namespace, topic_id, plog.partition, first, tag)
             meta = SegmentMeta(
                 first,

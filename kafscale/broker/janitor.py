@@ -97,7 +97,7 @@ class Janitor:
         self.grace_ms = grace_ms
         self.lease_ttl_ms = lease_ttl_ms
         self._last_orphans = 0.0
-        self._task = Periodic("kafscale-janitor", INTERVAL_S, self._step, log)
+        self._task = Periodic("kafscale-janitor", INTERVAL_S, self._step, log, "janitor pass")
         self._last_slow = 0.0
         self._revisions: deque[tuple[float, int]] = deque()
         self.deleted = 0

@@ -13,9 +13,15 @@ class Periodic:
     logged and the next one runs as usual (background work must outlive any one failure)."""
 
     def __init__(
-        self, name: str, interval: float, step: Callable[[], Awaitable[object]], log: logging.Logger
+        self,
+        name: str,
+        interval: float,
+        step: Callable[[], Awaitable[object]],
+        log: logging.Logger,
+        what: str,
     ) -> None:
         self.name = name
+        self.what = what
         self.interval = interval
         self.step = step
         self.log = log
@@ -37,4 +43,4 @@ class Periodic:
             try:
                 await self.step()
             except Exception:
-                self.log.warning("%s failed", self.name, exc_info=True)
+                self.log.warning("%s failed", self.what, exc_info=True)
