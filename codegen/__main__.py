@@ -2,6 +2,7 @@
 
     python -m codegen [--specs PATH] [--out DIR] [--check]
     python -m codegen diff OLD NEW      (paths, or release names next to the pinned one)
+    python -m codegen configs [--out DIR] [--check]
 
 PATH is a directory of Kafka JSON definitions or a kafka-clients jar (default:
 ``$KAFSCALE_KAFKA_SPECS``, else the release pinned in ``protocol_specs/kafka-specs.lock.json``).
@@ -9,7 +10,8 @@ Writing into the repository's ``generated/`` also rewrites the lock file.
 
 A directory under ``protocol_specs/`` holds KafScale's own definitions in Kafka's format (e.g.
 ``protocol_specs/storage`` -> ``generated/storage``): the lock file does not cover them, and
-they get no API table.
+they get no API table. ``configs`` writes the config tables (``protocol_specs/topic-configs.yaml``
+and ``broker-configs.yaml``: ``codegen/configs.py``) into ``generated/``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import re
 import sys
 from pathlib import Path
 
+from codegen.configs import DEFAULT_OUT as CONFIGS_OUT
+from codegen.configs import OUTPUTS as CONFIG_TABLES
+from codegen.configs import generate_tables
 from codegen.diff import diff_messages
 from codegen.model import SpecError
 from codegen.render import KAFKA, KAFSCALE, render_all
@@ -35,7 +40,9 @@ from codegen.specs import (
 
 GENERATED = REPO_ROOT / "generated"
 LOCK = SPECS_DIR / "kafka-specs.lock.json"
-KEEP = {"py.typed"}
+KEEP = {"py.typed", *CONFIG_TABLES}
+"""Files of ``generated/`` the codecs' generation leaves alone (the config tables are
+``python -m codegen configs``'s)."""
 
 
 def release_name(path: Path) -> str:
@@ -94,7 +101,7 @@ def generate(specs: Path, out: Path, check: bool) -> int:
     if check:
         problems = check_lock(specs) if out.resolve() == GENERATED.resolve() else []
         existing = {p.name for p in out.glob("*.py")} if out.is_dir() else set()
-        for name in sorted(existing - files.keys()):
+        for name in sorted(existing - files.keys() - KEEP):
             problems.append(f"{out / name}: not produced by the specs (stale)")
         for name, text in sorted(files.items()):
             target = out / name
@@ -130,6 +137,12 @@ def generate(specs: Path, out: Path, check: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv[:1] == ["configs"]:
+            p = argparse.ArgumentParser(prog="python -m codegen configs")
+            p.add_argument("--out", type=Path, default=CONFIGS_OUT, help="output directory")
+            p.add_argument("--check", action="store_true", help="fail if --out differs")
+            a = p.parse_args(argv[1:])
+            return generate_tables(a.out, a.check)
         if argv[:1] == ["diff"]:
             p = argparse.ArgumentParser(prog="python -m codegen diff")
             p.add_argument("old", type=Path)

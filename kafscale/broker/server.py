@@ -135,7 +135,7 @@ class Broker:
         self.config = config
         self.objects = objects
         self.meta = meta
-        self.topics = Topics(meta, config.namespace)
+        self.topics = Topics(meta, config.namespace, config)
         self.cluster = Cluster(config, meta)
         self.logs = LogManager(config, objects, meta, self.topics)
         self.compactor = Compactor(self.logs)

@@ -14,27 +14,15 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from kafscale.broker.cluster import Mirror
+from kafscale.broker.config import BrokerConfig
+from kafscale.broker.topic_configs import AppendRules, ConfigError, append_rules
+from kafscale.broker.topic_configs import validate as validate_configs
 from kafscale.metadata import Compare, Delete, MetadataStore, Put
 
 # Kafka's topic name rule: legal characters, at most 249, not "." or "..".
 _LEGAL = re.compile(r"[a-zA-Z0-9._-]{1,249}")
-
-# Topic configs we store and report; DescribeConfigs answers these, with Kafka's defaults
-# coming from the broker configuration.
-TOPIC_CONFIG_DEFAULTS: dict[str, str] = {
-    "cleanup.policy": "delete",
-    "compression.type": "producer",
-    "max.message.bytes": "1048588",
-    "message.timestamp.type": "CreateTime",
-    "retention.bytes": "-1",
-    "retention.ms": "604800000",
-    "segment.bytes": "67108864",
-    "segment.ms": "604800000",
-    "min.insync.replicas": "1",
-}
 
 
 class TopicError(Exception):
@@ -52,6 +40,9 @@ class Topic:
     id: uuid.UUID
     partitions: int
     configs: dict[str, str] = field(default_factory=dict)
+    """The overrides (as given: ``topic_configs`` parses them; a Topic is replaced, never
+    changed, when they change)."""
+    _rules: AppendRules | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -67,6 +58,12 @@ class Topic:
     def config(self, name: str, default: str | None = None) -> str | None:
         return self.configs.get(name, default)
 
+    def append_rules(self, broker: BrokerConfig) -> AppendRules:
+        """What the topic's configs ask of produced batches (computed once per Topic)."""
+        if self._rules is None:
+            self._rules = append_rules(self.configs, broker)
+        return self._rules
+
 
 def validate_topic_name(name: str) -> None:
     """Kafka's rules (INVALID_TOPIC_EXCEPTION = 17)."""
@@ -77,9 +74,13 @@ def validate_topic_name(name: str) -> None:
 class Topics:
     """The topic table, cached in memory and written through to the metadata store."""
 
-    def __init__(self, store: MetadataStore, namespace: str) -> None:
+    def __init__(
+        self, store: MetadataStore, namespace: str, config: BrokerConfig | None = None
+    ) -> None:
         self.store = store
         self.ns = namespace
+        self.config = config or BrokerConfig()
+        """The broker's settings: the defaults configs are validated with."""
         self.by_name: dict[str, Topic] = {}
         self.by_id: dict[uuid.UUID, Topic] = {}
         self.listeners: list[Callable[[set[str]], None]] = []
@@ -149,16 +150,13 @@ class Topics:
         self, name: str, partitions: int, configs: dict[str, str], validate_only: bool = False
     ) -> Topic:
         validate_topic_name(name)
+        if name in self.by_name:
+            raise TopicError(36, f"topic {name!r} already exists")
+        self.check_configs(configs)  # before the partitions, as Kafka's controller
         if partitions < 1:
             raise TopicError(37, f"number of partitions must be at least 1, got {partitions}")
         if partitions > 10000:
             raise TopicError(37, f"at most 10000 partitions per topic, got {partitions}")
-        for key, value in configs.items():
-            if key not in TOPIC_CONFIG_DEFAULTS:
-                raise TopicError(40, f"unknown topic config {key!r}")
-            check_config_value(key, value)
-        if name in self.by_name:
-            raise TopicError(36, f"topic {name!r} already exists")
         topic = Topic(name, uuid.uuid4(), partitions, dict(configs))
         if validate_only:
             return topic
@@ -211,31 +209,21 @@ class Topics:
         await self.store.txn([], ops)
         self._remember(grown)
 
+    def check_configs(self, configs: dict[str, str]) -> None:
+        """A topic's whole override set as Kafka validates it: INVALID_CONFIG (40) with
+        Kafka's message otherwise (``topic_configs.validate``)."""
+        try:
+            validate_configs(configs, self.config)
+        except ConfigError as e:
+            raise TopicError(e.code, e.message) from None
+
     async def set_configs(self, name: str, configs: dict[str, str], validate_only: bool) -> None:
         topic = self.by_name.get(name)
         if topic is None:
             raise TopicError(3, f"topic {name!r} does not exist")
-        for key, value in configs.items():
-            if key not in TOPIC_CONFIG_DEFAULTS:
-                raise TopicError(40, f"unknown topic config {key!r}")
-            check_config_value(key, value)
+        self.check_configs(configs)
         if validate_only:
             return
         updated = Topic(topic.name, topic.id, topic.partitions, dict(configs))
         await self.store.put(self.topic_key(name), updated.to_json())
         self._remember(updated)
-
-
-def check_config_value(key: str, value: Any) -> None:
-    """INVALID_CONFIG (40) for a value Kafka would refuse."""
-    default = TOPIC_CONFIG_DEFAULTS[key]
-    if default.lstrip("-").isdigit():
-        try:
-            int(value)
-        except (TypeError, ValueError):
-            raise TopicError(40, f"{key} must be an integer, got {value!r}") from None
-    elif key == "cleanup.policy":
-        # A list: "delete", "compact", or both in either order (IncrementalAlterConfigs APPEND).
-        items = [i.strip() for i in str(value).split(",")]
-        if not items or not set(items) <= {"delete", "compact"} or len(set(items)) != len(items):
-            raise TopicError(40, f"cleanup.policy must be delete and/or compact, got {value!r}")

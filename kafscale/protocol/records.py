@@ -74,6 +74,7 @@ MAGIC = 2
 _MAGIC_AT = 16
 _CRC_AT = 17
 _ATTRIBUTES_AT = 21  # the CRC covers everything from here to the end of the batch
+_MAX_TIMESTAMP_AT = 35
 _HEADER = struct.Struct(">qiibIhiqqqhii")  # the whole 61-byte batch header
 _OFFSET = struct.Struct(">q")
 _OFFSET_LENGTH_EPOCH = struct.Struct(">qii")
@@ -591,6 +592,68 @@ def _bytes_field(
     return view[pos : pos + n], pos + n
 
 
+_XERIAL_HEADER = _XERIAL_MAGIC + struct.pack(">ii", 1, 1)  # version 1, compatible with 1
+_XERIAL_BLOCK = 32 * 1024  # uncompressed bytes per block, as Kafka's Java client writes them
+
+
+def compress(codec: int, data: bytes, level: int | None = None) -> bytes:
+    """``data`` (a batch's records section) compressed as Kafka clients write it: gzip (level -1
+    or None: zlib's default), snappy in xerial framing (the Java client's), lz4 frames, zstd
+    frames. NONE returns ``data``. ``level`` as Kafka's compression.<codec>.level."""
+    if codec == Compression.NONE:
+        return data
+    if codec == Compression.GZIP:
+        gzip_level = 6 if level is None or level < 0 else level
+        return gzip.compress(data, compresslevel=gzip_level, mtime=0)  # mtime 0: reproducible
+    import cramjam
+
+    if codec == Compression.SNAPPY:
+        out = bytearray(_XERIAL_HEADER)
+        for start in range(0, len(data), _XERIAL_BLOCK) or [0]:
+            block = bytes(cramjam.snappy.compress_raw(data[start : start + _XERIAL_BLOCK]))
+            out += _BLOCK_SIZE.pack(len(block)) + block
+        return bytes(out)
+    if codec == Compression.LZ4:
+        return bytes(cramjam.lz4.compress(data, level=9 if level is None else level))
+    if codec == Compression.ZSTD:
+        return bytes(cramjam.zstd.compress(data, level=3 if level is None else level))
+    raise ValueError(f"unknown compression codec {codec}")
+
+
+def rewrite_batch(
+    batch: Buffer,
+    *,
+    compression: int | None = None,
+    level: int | None = None,
+    timestamp_type: int | None = None,
+    max_timestamp: int | None = None,
+) -> bytes:
+    """A copy of one validated batch (its exact bytes) with its records re-compressed into
+    ``compression`` (with ``level``) and/or its timestamp type and max timestamp replaced, its
+    length and CRC-32C recomputed: what Kafka's broker does for a topic's compression.type and
+    message.timestamp.type=LogAppendTime (``DefaultRecordBatch.setMaxTimestamp``). Records,
+    producer fields and base timestamp are kept. Raises :class:`CompressedBatchError` when the
+    records cannot be decompressed."""
+    view = _view(batch)
+    header = bytearray(view[:RECORD_BATCH_OVERHEAD])
+    (attributes,) = struct.unpack_from(">h", header, _ATTRIBUTES_AT)
+    codec = attributes & _CODEC_MASK
+    payload: Buffer = view[RECORD_BATCH_OVERHEAD:]
+    if compression is not None and compression != codec:
+        records = decompress(codec, view) if codec else bytes(payload)
+        payload = compress(compression, records, level)
+        attributes = (attributes & ~_CODEC_MASK) | compression
+    if timestamp_type is not None:
+        attributes = (attributes & ~_TIMESTAMP_TYPE_MASK) | (timestamp_type << 3)
+    struct.pack_into(">h", header, _ATTRIBUTES_AT, attributes)
+    if max_timestamp is not None:
+        struct.pack_into(">q", header, _MAX_TIMESTAMP_AT, max_timestamp)
+    _LENGTH.pack_into(header, 8, RECORD_BATCH_OVERHEAD - LOG_OVERHEAD + len(payload))
+    crc = crc32c.crc32c(payload, value=crc32c.crc32c(memoryview(header)[_ATTRIBUTES_AT:]))
+    struct.pack_into(">I", header, _CRC_AT, crc)
+    return bytes(header) + bytes(payload)
+
+
 @dataclass(frozen=True, slots=True)
 class NewRecord:
     """A record for :func:`build_batch`; ``timestamp`` None takes the batch's ``timestamp``."""
@@ -618,8 +681,8 @@ def build_batch(
     """A valid v2 batch of ``records`` (a plain ``bytes`` is a value without key), as a client
     would send it: offset deltas 0..n-1, timestamp deltas from the first record, the CRC.
 
-    For tests and tools. ``compression`` may be NONE or GZIP (the other codecs need third-party
-    packages). No records gives an empty batch (count 0, timestamps -1), as Kafka writes them.
+    For tests and tools; any codec (:func:`compress`). No records gives an empty batch (count 0,
+    timestamps -1), as Kafka writes them.
     """
     items = [r if isinstance(r, NewRecord) else NewRecord(r) for r in records]
     stamps = [timestamp if r.timestamp is None else r.timestamp for r in items]
@@ -640,12 +703,7 @@ def build_batch(
             rec += varint(len(raw)) + raw
             rec += varint(-1) if hvalue is None else varint(len(hvalue)) + hvalue
         body += varint(len(rec)) + rec
-    if compression == Compression.GZIP:
-        payload = gzip.compress(bytes(body), mtime=0)  # mtime 0: the same bytes every time
-    elif compression == Compression.NONE:
-        payload = bytes(body)
-    else:
-        raise ValueError(f"build_batch cannot compress with codec {compression}")
+    payload = compress(compression, bytes(body))
     attributes = compression | (timestamp_type << 3)
     if transactional:
         attributes |= _TRANSACTIONAL_MASK

@@ -1,8 +1,9 @@
 # AlterConfigs (key 33), versions 0-2 (the legacy, non-incremental API).
 # - TOPIC resources: the given configs replace the topic's whole override set (a config not
 #   named goes back to its default). Unknown topic -> UNKNOWN_TOPIC_OR_PARTITION (3); unknown
-#   config or bad value -> INVALID_CONFIG (40); a null value or a config named twice ->
-#   INVALID_REQUEST (42), as Kafka's ConfigAdminManager answers.
+#   config or bad value -> INVALID_CONFIG (40) with Kafka's message (the whole new override set
+#   is validated as Kafka 3.9 does: kafscale/broker/topic_configs.py); a null value or a config
+#   named twice -> INVALID_REQUEST (42), as Kafka's ConfigAdminManager answers.
 # - BROKER (4) and BROKER_LOGGER (8) resources: dynamic broker configs are not supported ->
 #   INVALID_REQUEST with a message; other resource types -> INVALID_REQUEST. A resource named
 #   twice in one request -> INVALID_REQUEST for the later ones.
@@ -27,12 +28,10 @@ INVALID_REQUEST = 42
 
 async def handle(ctx: RequestContext, request: AlterConfigsRequest) -> AlterConfigsResponse:
     def replacement(resource: AlterConfigsResource) -> dict[str, str]:
-        configs: dict[str, str] = {}
-        for c in resource.configs:
-            if c.value is None:
-                raise TopicError(INVALID_REQUEST, f"null value not supported for {c.name}")
-            configs[c.name] = c.value
-        return configs
+        nulls = [c.name for c in resource.configs if c.value is None]
+        if nulls:
+            raise TopicError(INVALID_REQUEST, "Null value not supported for : " + ", ".join(nulls))
+        return {c.name: c.value for c in resource.configs if c.value is not None}
 
     results = await alter_topic_configs(
         ctx, request.resources, AlterConfigsResourceResponse, replacement, request.validate_only

@@ -1,10 +1,14 @@
 # CreateTopics (key 19), versions 2-7.
 # - NumPartitions -1 (v4+) takes num.partitions; ReplicationFactor must be -1 or 1 (one broker:
 #   anything else is INVALID_REPLICATION_FACTOR, 38); manual assignments must name this broker.
-# - Configs are validated (unknown -> INVALID_CONFIG, 40) and stored with the topic.
+# - Configs are validated as Kafka 3.9 validates them (kafscale/broker/topic_configs.py: every
+#   topic config of protocol_specs/topic-configs.yaml; an unknown name, a bad value or a null
+#   value -> INVALID_CONFIG, 40, with Kafka's message) and stored with the topic.
 # - ValidateOnly checks without creating. Existing topic -> TOPIC_ALREADY_EXISTS (36); bad
 #   name -> INVALID_TOPIC_EXCEPTION (17); bad count -> INVALID_PARTITIONS (37).
-# - v5+ returns the topic's partitions, replication factor and configs; v7 its topic id.
+# - v5+ returns the topic's partitions, replication factor and every topic config with its
+#   value and source (as DescribeConfigs); v7 its topic id. A created topic's error message
+#   is null, as Kafka's.
 from __future__ import annotations
 
 import logging
@@ -15,8 +19,10 @@ from generated.create_topics_response import (
     CreatableTopicResult,
     CreateTopicsResponse,
 )
+from generated.topic_configs import TOPIC_CONFIGS
 from kafscale.broker.handlers import RequestContext
-from kafscale.broker.topics import TOPIC_CONFIG_DEFAULTS, TopicError
+from kafscale.broker.topic_configs import describe_topic_config
+from kafscale.broker.topics import TopicError
 
 log = logging.getLogger("kafscale.broker")
 
@@ -26,7 +32,9 @@ async def handle(ctx: RequestContext, request: CreateTopicsRequest) -> CreateTop
     results: list[CreatableTopicResult] = []
     seen: set[str] = set()
     for wanted in request.topics:
-        result = CreatableTopicResult(name=wanted.name, num_partitions=-1, replication_factor=-1)
+        result = CreatableTopicResult(
+            name=wanted.name, error_message=None, num_partitions=-1, replication_factor=-1
+        )
         results.append(result)
         try:
             if wanted.name in seen:
@@ -45,6 +53,11 @@ async def handle(ctx: RequestContext, request: CreateTopicsRequest) -> CreateTop
                 )
             if partitions == -1:
                 partitions = broker.config.num_partitions
+            nulls = [c.name for c in wanted.configs if c.value is None]
+            if nulls:
+                raise TopicError(
+                    40, "Null value not supported for topic configs: " + ",".join(nulls)
+                )
             configs = {c.name: c.value for c in wanted.configs if c.value is not None}
             topic = await broker.topics.create(
                 wanted.name, partitions, configs, request.validate_only
@@ -57,14 +70,18 @@ async def handle(ctx: RequestContext, request: CreateTopicsRequest) -> CreateTop
         result.topic_id = topic.id
         result.num_partitions = topic.partitions
         result.replication_factor = 1
+        described = [
+            describe_topic_config(broker.config, name, topic.configs)
+            for name in sorted(TOPIC_CONFIGS)
+        ]
         result.configs = [
             CreatableTopicConfigs(
-                name=name,
-                value=topic.configs.get(name, default),
+                name=d.name,
+                value=d.value,
                 read_only=False,
-                config_source=1 if name in topic.configs else 5,
+                config_source=d.source,
                 is_sensitive=False,
             )
-            for name, default in sorted(TOPIC_CONFIG_DEFAULTS.items())
+            for d in described
         ]
     return CreateTopicsResponse(throttle_time_ms=0, topics=results)

@@ -2,6 +2,10 @@
 # - Batches are stored byte for byte; only their base offsets are assigned. Each is validated
 #   (magic 2, CRC32C, lengths, record count, codec) -> CORRUPT_MESSAGE (2), INVALID_RECORD (87),
 #   MESSAGE_TOO_LARGE (10, against the topic's max.message.bytes).
+# - The topic's configs apply (kafscale/broker/append_rules.py): records outside the
+#   message.timestamp.before/after.max.ms bounds -> INVALID_TIMESTAMP (32) with RecordErrors;
+#   compression.type other than producer re-compresses the batch; LogAppendTime stamps it with
+#   the broker's clock, which the response carries (LogAppendTimeMs; -1 for CreateTime).
 # - acks=1/-1: answered only after the data is in the object store and the new high watermark
 #   is committed in the metadata store (group commit by the log's flusher). acks=0: no response.
 # - A failed flush answers KAFKA_STORAGE_ERROR (56, retriable) and commits nothing (no gap).
@@ -10,15 +14,20 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from generated.produce_request import ProduceRequest
 from generated.produce_response import (
+    BatchIndexAndErrorMessage,
     PartitionProduceResponse,
     ProduceResponse,
     TopicProduceResponse,
 )
+from kafscale.broker.append_rules import TimestampError
+from kafscale.broker.append_rules import apply as apply_rules
 from kafscale.broker.handlers import RequestContext
 from kafscale.broker.log import FlushError
+from kafscale.broker.topic_configs import AppendRules
 from kafscale.protocol.records import RecordError
 from kafscale.protocol.wire import Buffer
 
@@ -46,11 +55,9 @@ async def handle(ctx: RequestContext, request: ProduceRequest) -> ProduceRespons
                 resp.error_code = INVALID_RECORD
                 resp.error_message = "no record batches"
             else:
-                max_bytes = int(
-                    topic.config("max.message.bytes") or broker.config.message_max_bytes
-                )
+                rules = topic.append_rules(broker.config)
                 job = asyncio.ensure_future(
-                    _append(ctx, topic_data.name, resp, part.records, max_bytes)
+                    _append(ctx, topic_data.name, resp, part.records, rules)
                 )
             jobs.append((topic_data.name, resp, job))
     pending = [j for _, _, j in jobs if j is not None]
@@ -68,13 +75,26 @@ async def handle(ctx: RequestContext, request: ProduceRequest) -> ProduceRespons
 
 
 async def _append(
-    ctx: RequestContext, topic: str, resp: PartitionProduceResponse, data: Buffer, max_bytes: int
+    ctx: RequestContext,
+    topic: str,
+    resp: PartitionProduceResponse,
+    data: Buffer,
+    rules: AppendRules,
 ) -> None:
     logs = ctx.broker.logs
     try:
         plog = await logs.get(topic, resp.index)  # NOT_LEADER_OR_FOLLOWER unless we own it
-        resp.base_offset = await logs.append(plog, data, max_bytes)
+        applied = apply_rules(data, rules, int(time.time() * 1000))
+        resp.base_offset = await logs.append(plog, applied.data, rules.max_batch_bytes)
+        resp.log_append_time_ms = applied.log_append_time
         resp.log_start_offset = plog.log_start
+    except TimestampError as e:
+        resp.error_code = e.error_code
+        resp.error_message = e.reason
+        resp.record_errors = [
+            BatchIndexAndErrorMessage(batch_index=i, batch_index_error_message=message)
+            for i, message in e.record_errors
+        ]
     except RecordError as e:
         resp.error_code = e.error_code
         resp.error_message = e.reason
