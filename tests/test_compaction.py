@@ -355,3 +355,27 @@ def test_a_merge_stays_within_one_transaction_of_etcd(tmp_path: Path) -> None:
         assert [o for o, _ in await all_values(c)] == list(range(64))
 
     run(tmp_path, scenario)
+
+
+def test_the_janitor_on_duty_sweeps_from_its_watched_copy_of_the_registry(
+    tmp_path: Path,
+) -> None:
+    async def scenario(c: Client) -> None:
+        await c.create("t")
+        await produce_flushes(c, 4)
+        logs = c.broker.logs
+        compactor = Compactor(logs)
+        compactor.policy = lambda topic: Policy(1 << 20, 1 << 40, idle_ms=0)  # type: ignore
+        assert await compactor.compact(await logs.get("t", 0))
+        janitor = logs.janitor
+        await janitor._step()  # on duty (one broker): the copy is made, a pass runs
+        try:
+            assert janitor._registry is not None and len(janitor._registry.items) == 4
+            assert await janitor.sweep_ingest(now_ms() + LATER) == 4
+            assert janitor._registry.items == {}  # what it swept is gone from the copy at once
+            assert await janitor.sweep_ingest(now_ms() + LATER) == 0
+            assert await keys(c, "/kafscale/ingest/") == []
+        finally:
+            await janitor.close()
+
+    run(tmp_path, scenario)

@@ -379,7 +379,10 @@ class Harness:
         ingest = self.logs.topics.ingest_prefix
         for kv in await meta.range(ingest):
             name = kv.key[len(ingest) :].decode().rsplit("/", 1)[0]
-            registry.setdefault(name, []).extend(json.loads(kv.value)["pieces"])
+            for topic_name, entry in json.loads(kv.value)["topics"].items():
+                registry.setdefault(name, []).extend(
+                    [topic_name, entry["id"], p, base] for p, base in entry["pieces"]
+                )
         topic = self.logs.topics.get(TOPIC)
         assert topic is not None
         for s in segs:

@@ -41,7 +41,7 @@ from collections import deque
 from typing import Any
 
 from kafscale.broker import failpoints
-from kafscale.broker.cluster import Cluster
+from kafscale.broker.cluster import Cluster, Mirror
 from kafscale.broker.periodic import Periodic
 from kafscale.broker.topics import Topic, Topics
 from kafscale.metadata import Compare, Delete, MetadataStore, Put
@@ -98,6 +98,9 @@ class Janitor:
         self.lease_ttl_ms = lease_ttl_ms
         self._last_orphans = 0.0
         self._task = Periodic("kafscale-janitor", INTERVAL_S, self._step, log, "janitor pass")
+        self._registry: Mirror | None = None
+        """A watched copy of the ingest registry, kept while we are on duty."""
+        self._parsed_cache: dict[bytes, tuple[int, Any]] = {}
         self._last_slow = 0.0
         self._revisions: deque[tuple[float, int]] = deque()
         self.deleted = 0
@@ -135,6 +138,13 @@ class Janitor:
 
     async def close(self) -> None:
         await self._task.close()
+        await self._off_duty()
+
+    async def _off_duty(self) -> None:
+        if self._registry is not None:
+            await self._registry.close()
+            self._registry = None
+        self._parsed_cache.clear()
 
     def on_duty(self) -> bool:
         """Whether this broker is the janitor: the live broker with the lowest id."""
@@ -144,8 +154,14 @@ class Janitor:
         return min(cluster.live(), default=cluster.me) == cluster.me
 
     async def _step(self) -> None:
-        if self.on_duty():
-            await self.run_once()
+        if not self.on_duty():
+            await self._off_duty()
+            return
+        if self._registry is None:
+            registry = Mirror(self.meta, self.topics.ingest_prefix)
+            await registry.start()
+            self._registry = registry
+        await self.run_once()
 
     async def run_once(self, now: int | None = None, slow: bool | None = None) -> None:
         """One pass (``now`` in ms; ``slow``: also the orphan listing and history
@@ -204,20 +220,26 @@ class Janitor:
     async def sweep_ingest(self, now: int) -> int:
         """Turn every ingest object no log needs into garbage: its registry entries go and one
         record names it, in one transaction with other such objects (up to
-        :data:`RECORDS_PER_TXN` operations; one by one if a batch's compares fail); how many."""
+        :data:`RECORDS_PER_TXN` operations; one by one if a batch's compares fail); how many.
+        The registry is read from a watched copy while on duty (its entries are parsed once),
+        else with one range."""
         prefix = self.topics.ingest_prefix
+        kvs = (
+            list(self._registry.items.values())
+            if self._registry is not None
+            else await self.meta.range(prefix)
+        )
         by_object: dict[str, list[Any]] = {}
-        for kv in await self.meta.range(prefix):
-            name = kv.key[len(prefix) :].decode().rsplit("/", 1)[0]
+        for kv in kvs:
+            name = kv.key.decode().rsplit("/", 1)[0].removeprefix(prefix.decode())
             by_object.setdefault(name, []).append(kv)
         states: dict[tuple[str, str], dict[int, int]] = {}
         unneeded: list[tuple[str, list[Any]]] = []
         for name, entries in by_object.items():
-            values = [json.loads(kv.value) for kv in entries]
-            if any(now - int(v["created"]) < SWEEP_MIN_AGE_MS for v in values):
+            parsed = [self._parsed(kv) for kv in entries]
+            if any(now - created < SWEEP_MIN_AGE_MS for created, _ in parsed):
                 continue
-            pieces = [piece for v in values for piece in v["pieces"]]
-            if not any([await self._needed(piece, states) for piece in pieces]):
+            if not await self._any_needed([p for _, pieces in parsed for p in pieces], states):
                 unneeded.append((name, entries))
         batches: list[list[tuple[str, list[Any]]]] = [[]]
         ops = 1
@@ -235,7 +257,40 @@ class Janitor:
             elif len(batch) > 1:
                 for item in batch:
                     swept += await self._swept([item])
+        for _, entries in unneeded:
+            for kv in entries:
+                self._parsed_cache.pop(kv.key, None)
         return swept
+
+    def _parsed(self, kv: Any) -> tuple[int, list[tuple[str, str, list[list[int]]]]]:
+        """(created, [(topic, topic id, [[partition, base], ...]), ...]) of a registry entry,
+        parsed once per revision of it."""
+        cached = self._parsed_cache.get(kv.key)
+        if cached is not None and cached[0] == kv.mod_revision:
+            hit: tuple[int, list[tuple[str, str, list[list[int]]]]] = cached[1]
+            return hit
+        value = json.loads(kv.value)
+        if "topics" in value:
+            pieces = [(t, e["id"], e["pieces"]) for t, e in value["topics"].items()]
+        else:  # the first format: [topic, topic id, partition, base] per piece
+            pieces = [(t, i, [[p, b]]) for t, i, p, b in value["pieces"]]
+        out = (int(value["created"]), pieces)
+        self._parsed_cache[kv.key] = (kv.mod_revision, out)
+        return out
+
+    async def _any_needed(
+        self,
+        pieces: list[tuple[str, str, list[list[int]]]],
+        states: dict[tuple[str, str], dict[int, int]],
+    ) -> bool:
+        """Whether any of the pieces is still part of a log."""
+        for name, topic_id, parts in pieces:
+            floors = states.get((name, topic_id))
+            if floors is None:
+                floors = states[name, topic_id] = await self._floors(name, topic_id)
+            if any(base >= floors.get(p, 1 << 63) for p, base in parts):
+                return True
+        return False
 
     async def _swept(self, batch: list[tuple[str, list[Any]]]) -> bool:
         entries = [kv for _, kvs in batch for kv in kvs]
@@ -243,17 +298,10 @@ class Janitor:
             [Compare(kv.key, "mod_revision", "==", kv.mod_revision) for kv in entries],
             [Delete(kv.key) for kv in entries] + [self.record([name for name, _ in batch])],
         )
+        if result.succeeded and self._registry is not None:
+            for kv in entries:  # gone now: the next pass must not see them before the watch
+                self._registry.note(kv.key[len(self._registry.prefix) :], None)
         return result.succeeded
-
-    async def _needed(
-        self, piece: list[Any], states: dict[tuple[str, str], dict[int, int]]
-    ) -> bool:
-        """Whether a piece (topic, topic id, partition, base offset) is still part of a log."""
-        name, topic_id, partition, base = piece
-        floors = states.get((name, topic_id))
-        if floors is None:
-            floors = states[name, topic_id] = await self._floors(name, topic_id)
-        return bool(base >= floors.get(partition, 1 << 63))
 
     async def _floors(self, name: str, topic_id: str) -> dict[int, int]:
         """``pieces_from`` of each partition of the topic ``name`` while it has the id

@@ -1073,26 +1073,32 @@ class LogManager:
 
     def _registry(self, group: list[_Commit]) -> list[Put]:
         """The ingest registry entries of a commit: per ingest object, the pieces this
-        transaction commits in it (topic, topic id, partition, base offset). Written in the
-        same transaction as the pieces, so an entry exists only for committed pieces; the
-        janitor deletes an object once none of its pieces is still part of a log."""
-        pieces: dict[str, list[list[Any]]] = {}
+        transaction commits in it (by topic: its id, and each piece's partition and base
+        offset). Written in the same transaction as the pieces, so an entry exists only for
+        committed pieces; the janitor deletes an object once none of its pieces is still part
+        of a log."""
+        objects: dict[str, dict[str, dict[str, Any]]] = {}
         for x in group:
             plog = x.flush.plog
-            topic = self.topics.get(plog.topic)
-            topic_id = str(topic.id) if topic is not None else ""
             for meta, _, _ in x.flush.built:
-                if meta.piece:
-                    pieces.setdefault(meta.key, []).append(
-                        [plog.topic, topic_id, plog.partition, meta.base]
-                    )
+                if not meta.piece:
+                    continue
+                topics = objects.setdefault(meta.key, {})
+                entry = topics.get(plog.topic)
+                if entry is None:
+                    topic = self.topics.get(plog.topic)
+                    entry = topics[plog.topic] = {
+                        "id": str(topic.id) if topic is not None else "",
+                        "pieces": [],
+                    }
+                entry["pieces"].append([plog.partition, meta.base])
         now = int(time.time() * 1000)
         return [
             Put(
                 self.topics.ingest_entry_key(key, secrets.token_hex(4)),
-                json.dumps({"created": now, "pieces": entries}).encode(),
+                json.dumps({"created": now, "topics": topics}, separators=(",", ":")).encode(),
             )
-            for key, entries in pieces.items()
+            for key, topics in objects.items()
         ]
 
     def _applied(self, commit: _Commit, revision: int) -> None:
