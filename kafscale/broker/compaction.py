@@ -213,11 +213,16 @@ class Compactor:
             topic.configs if topic is not None else {}, "index.interval.bytes", logs.config
         )
         batches: list[tuple[memoryview, BatchInfo]] = []
-        for seg in inputs:
-            body = memoryview(await logs.read_entry(seg, HEADER_SIZE, seg.size - FOOTER_SIZE))
-            batches += [
-                (body, b) for b in parse_batches(body, MAX_SEGMENT_SIZE, verify_records=False)
-            ]
+        floor = plog.log_start  # batches wholly below it are deleted: not copied
+        bodies = await asyncio.gather(  # the inputs not cached: their GETs at once
+            *(logs.read_entry(seg, HEADER_SIZE, seg.size - FOOTER_SIZE) for seg in inputs)
+        )
+        for data in bodies:
+            body = memoryview(data)
+            parsed = parse_batches(body, MAX_SEGMENT_SIZE, verify_records=False)
+            batches += [(body, b) for b in parsed if b.base_offset + b.last_offset_delta >= floor]
+        if not batches:
+            return []
         created = min((s.created for s in inputs if s.created), default=int(time.time() * 1000))
         # At most MAX_OUTPUTS segments (one swap transaction deletes the inputs and puts the
         # outputs within etcd's 128 operations): past that, segments exceed segment.bytes, as
