@@ -7,6 +7,7 @@
 # - Offset beyond the high watermark (or below -1) -> OFFSET_OUT_OF_RANGE (1); unknown topic or
 #   partition -> UNKNOWN_TOPIC_OR_PARTITION (3); a concurrent change of the partition state ->
 #   NOT_LEADER_OR_FOLLOWER (6, retriable). LowWatermark is -1 on error.
+# - An internal topic (__consumer_offsets, ...) -> INVALID_TOPIC_EXCEPTION (17), as Kafka.
 from __future__ import annotations
 
 from generated.delete_records_request import DeleteRecordsRequest
@@ -16,6 +17,7 @@ from generated.delete_records_response import (
     DeleteRecordsTopicResult,
 )
 from kafscale.broker.handlers import RequestContext, owned_log
+from kafscale.broker.internal_topics import INVALID_TOPIC_EXCEPTION, is_internal
 from kafscale.broker.log import FlushError
 
 OFFSET_OUT_OF_RANGE = 1
@@ -32,6 +34,9 @@ async def handle(ctx: RequestContext, request: DeleteRecordsRequest) -> DeleteRe
                 partition_index=part.partition_index, low_watermark=-1, error_code=0
             )
             result.partitions.append(resp)
+            if is_internal(wanted.name):
+                resp.error_code = INVALID_TOPIC_EXCEPTION
+                continue
             plog = await owned_log(ctx, wanted.name, part.partition_index)
             if isinstance(plog, int):
                 resp.error_code = plog

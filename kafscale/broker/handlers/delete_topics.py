@@ -7,6 +7,10 @@
 #   store in one transaction, and drops the broker's partition logs (produce requests still
 #   waiting for a flush get UNKNOWN_TOPIC_OR_PARTITION). Segment objects are left in the object
 #   store: nothing points at them any more, so they are never served.
+# - An internal topic (__consumer_offsets, ...: kafscale/broker/internal_topics.py) is not
+#   deleted: INVALID_TOPIC_EXCEPTION (17). Kafka 3.9 would delete it, and every group's
+#   committed offsets with it; here the offsets are not in it, so deleting the empty topic would
+#   do nothing a client asked for (DeleteGroups and OffsetDelete remove offsets).
 # - Results carry the topic id from v6 (the field is ignorable below), an ErrorMessage from v5.
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import uuid
 from generated.delete_topics_request import DeleteTopicsRequest, DeleteTopicState
 from generated.delete_topics_response import DeletableTopicResult, DeleteTopicsResponse
 from kafscale.broker.handlers import RequestContext
+from kafscale.broker.internal_topics import INVALID_TOPIC_EXCEPTION, is_internal
 from kafscale.broker.topics import Topic, TopicError
 
 log = logging.getLogger("kafscale.broker")
@@ -45,6 +50,13 @@ async def handle(ctx: RequestContext, request: DeleteTopicsRequest) -> DeleteTop
             topic = _find(broker.topics.by_name, broker.topics.by_id, entry)
             result.name, result.topic_id = topic.name, topic.id
             seen |= {topic.name, topic.id}
+            if is_internal(topic.name):
+                raise TopicError(
+                    INVALID_TOPIC_EXCEPTION,
+                    f"Cannot delete internal topic {topic.name} (committed offsets are kept in "
+                    "the metadata store, not in a topic: DeleteGroups and OffsetDelete remove "
+                    "them)",
+                )
             await broker.topics.delete(topic.name, broker.logs.janitor.topic_deleted)
         except TopicError as e:
             result.error_code, result.error_message = e.code, e.message

@@ -1,7 +1,10 @@
 # FindCoordinator (key 10), versions 0-6.
 # - Group keys (KeyType 0): the group's one coordinator — the live broker holding its
 #   coordinator key, else the broker that will take it on the group's first request
-#   (kafscale/broker/cluster.py); no live broker: COORDINATOR_NOT_AVAILABLE (15).
+#   (kafscale/broker/cluster.py); no live broker: COORDINATOR_NOT_AVAILABLE (15). The first
+#   group lookup creates the (empty) internal topic __consumer_offsets, as Kafka creates it
+#   then (kafscale/broker/internal_topics.py); unlike Kafka, the lookup is answered at once,
+#   not with COORDINATOR_NOT_AVAILABLE (the offsets are not kept in that topic).
 # - Transaction keys (KeyType 1): transactions are not supported:
 #   TRANSACTIONAL_ID_AUTHORIZATION_FAILED (53), which clients treat as fatal (a clear error at
 #   initTransactions rather than retrying until a timeout).
@@ -12,6 +15,7 @@ from __future__ import annotations
 from generated.find_coordinator_request import FindCoordinatorRequest
 from generated.find_coordinator_response import Coordinator, FindCoordinatorResponse
 from kafscale.broker.handlers import RequestContext
+from kafscale.broker.internal_topics import ensure_offsets_topic
 
 GROUP, TRANSACTION = 0, 1
 COORDINATOR_NOT_AVAILABLE = 15
@@ -22,6 +26,8 @@ INVALID_REQUEST = 42
 async def handle(ctx: RequestContext, request: FindCoordinatorRequest) -> FindCoordinatorResponse:
     keys = request.coordinator_keys if ctx.version >= 4 else [request.key]
     found = [_find(ctx, request.key_type, key) for key in keys]
+    if request.key_type == GROUP and any(error == 0 for error, *_ in found):
+        await ensure_offsets_topic(ctx.broker.topics)
     if ctx.version >= 4:
         return FindCoordinatorResponse(
             coordinators=[

@@ -15,10 +15,20 @@
 #   allowed by the request), else UNKNOWN_TOPIC_OR_PARTITION (3). Lookups by topic id (v10+)
 #   answer UNKNOWN_TOPIC_ID (100) when unknown.
 # - Topic ids are real UUIDs (Kafka's); authorized operations are not computed (-2147483648).
+# - Internal topics (kafscale/broker/internal_topics.py): IsInternal is true for Kafka's
+#   internal names (__consumer_offsets, __transaction_state, __share_group_state), in answers
+#   for unknown names too, as Kafka sets it. __consumer_offsets exists once a group has been
+#   looked up (FindCoordinator creates it, as Kafka does): an empty topic of one partition,
+#   listed with the others (so ListTopics, DescribeTopics and a consumer's
+#   exclude.internal.topics see it as on Kafka), while the offsets live in the metadata store.
+#   Asked for by name, it is auto-created like that (one partition, compacted); the other two
+#   names are never auto-created (no transactions, no share groups):
+#   UNKNOWN_TOPIC_OR_PARTITION.
 from __future__ import annotations
 
 import logging
 import uuid
+from typing import TYPE_CHECKING
 
 from generated.metadata_request import MetadataRequest
 from generated.metadata_response import (
@@ -29,12 +39,18 @@ from generated.metadata_response import (
 )
 from kafscale.broker.cluster import Cluster
 from kafscale.broker.handlers import RequestContext
+from kafscale.broker.internal_topics import GROUP_METADATA_TOPIC, ensure_offsets_topic, is_internal
 from kafscale.broker.log import LogManager
 from kafscale.broker.topics import Topic, TopicError
 
+if TYPE_CHECKING:
+    from kafscale.broker.server import Broker
+
 log = logging.getLogger("kafscale.broker")
 
+UNKNOWN_TOPIC_OR_PARTITION = 3
 LEADER_NOT_AVAILABLE = 5
+TOPIC_ALREADY_EXISTS = 36
 
 
 async def _topic(topic: Topic, cluster: Cluster, logs: LogManager) -> MetadataResponseTopic:
@@ -70,7 +86,11 @@ async def _topic(topic: Topic, cluster: Cluster, logs: LogManager) -> MetadataRe
             )
         )
     return MetadataResponseTopic(
-        error_code=0, name=topic.name, topic_id=topic.id, is_internal=False, partitions=partitions
+        error_code=0,
+        name=topic.name,
+        topic_id=topic.id,
+        is_internal=is_internal(topic.name),
+        partitions=partitions,
     )
 
 
@@ -97,22 +117,17 @@ async def handle(ctx: RequestContext, request: MetadataRequest) -> MetadataRespo
                     out.append(await _topic(topic, broker.cluster, broker.logs))
                 continue
             topic = topics.get(wanted.name)
+            error = UNKNOWN_TOPIC_OR_PARTITION
             if topic is None and allow and config.auto_create_topics_enable:
-                try:
-                    topic = await topics.create(wanted.name, config.num_partitions, {})
-                    log.info("auto-created topic %s (%d partitions)", topic.name, topic.partitions)
-                except TopicError as e:
-                    if e.code != 36:  # lost a creation race: the topic exists now
-                        out.append(
-                            MetadataResponseTopic(
-                                error_code=e.code, name=wanted.name, topic_id=uuid.UUID(int=0)
-                            )
-                        )
-                        continue
-                    topic = topics.get(wanted.name)
+                topic, error = await _auto_create(broker, wanted.name)
             if topic is None:
                 out.append(
-                    MetadataResponseTopic(error_code=3, name=wanted.name, topic_id=uuid.UUID(int=0))
+                    MetadataResponseTopic(
+                        error_code=error,
+                        name=wanted.name,
+                        topic_id=uuid.UUID(int=0),
+                        is_internal=is_internal(wanted.name),
+                    )
                 )
             else:
                 out.append(await _topic(topic, broker.cluster, broker.logs))
@@ -127,3 +142,20 @@ async def handle(ctx: RequestContext, request: MetadataRequest) -> MetadataRespo
         controller_id=min(live, default=-1),
         topics=out,
     )
+
+
+async def _auto_create(broker: Broker, name: str) -> tuple[Topic | None, int]:
+    """The topic a Metadata request auto-creates, or None and the error to answer."""
+    topics = broker.topics
+    if name == GROUP_METADATA_TOPIC:
+        return await ensure_offsets_topic(topics), UNKNOWN_TOPIC_OR_PARTITION
+    if is_internal(name):  # __transaction_state, __share_group_state: not served here
+        return None, UNKNOWN_TOPIC_OR_PARTITION
+    try:
+        topic = await topics.create(name, broker.config.num_partitions, {})
+    except TopicError as e:
+        if e.code != TOPIC_ALREADY_EXISTS:
+            return None, e.code
+        return topics.get(name), UNKNOWN_TOPIC_OR_PARTITION  # lost a creation race
+    log.info("auto-created topic %s (%d partitions)", topic.name, topic.partitions)
+    return topic, 0

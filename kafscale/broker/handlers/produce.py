@@ -11,6 +11,9 @@
 # - A failed flush answers KAFKA_STORAGE_ERROR (56, retriable) and commits nothing (no gap).
 # - Partitions of one request are appended concurrently; a slow flush past TimeoutMs answers
 #   REQUEST_TIMED_OUT (7) (the data may still be committed, as in Kafka).
+# - An internal topic (__consumer_offsets, ...: kafscale/broker/internal_topics.py) ->
+#   INVALID_TOPIC_EXCEPTION (17) with no message, as Kafka answers a client ("Cannot append to
+#   internal topic"), before the partition is looked up.
 from __future__ import annotations
 
 import asyncio
@@ -26,6 +29,7 @@ from generated.produce_response import (
 from kafscale.broker.append_rules import TimestampError
 from kafscale.broker.append_rules import apply as apply_rules
 from kafscale.broker.handlers import RequestContext
+from kafscale.broker.internal_topics import INVALID_TOPIC_EXCEPTION, is_internal
 from kafscale.broker.log import FlushError
 from kafscale.broker.topic_configs import AppendRules
 from kafscale.protocol.records import RecordError
@@ -49,6 +53,8 @@ async def handle(ctx: RequestContext, request: ProduceRequest) -> ProduceRespons
             job: asyncio.Future[None] | None = None
             if bad_acks:
                 resp.error_code = INVALID_REQUIRED_ACKS
+            elif is_internal(topic_data.name):
+                resp.error_code = INVALID_TOPIC_EXCEPTION
             elif topic is None or not 0 <= part.index < topic.partitions:
                 resp.error_code = UNKNOWN_TOPIC_OR_PARTITION
             elif part.records is None or len(part.records) == 0:
