@@ -1433,9 +1433,14 @@ BROKER_APIS: dict[int, tuple[int, int]] = {
     23: (0, 4),  # OffsetForLeaderEpoch
     32: (1, 4),  # DescribeConfigs
     33: (0, 2),  # AlterConfigs
+    34: (0, 2),  # AlterReplicaLogDirs
+    35: (0, 4),  # DescribeLogDirs
     37: (0, 3),  # CreatePartitions
     42: (0, 2),  # DeleteGroups
+    43: (0, 2),  # ElectLeaders
     44: (0, 1),  # IncrementalAlterConfigs
+    45: (0, 0),  # AlterPartitionReassignments
+    46: (0, 0),  # ListPartitionReassignments
     47: (0, 0),  # OffsetDelete
     60: (0, 1),  # DescribeCluster
     61: (0, 0),  # DescribeProducers
@@ -1464,9 +1469,14 @@ ADVERTISED_APIS: dict[int, tuple[int, int]] = {
     23: (0, 4),  # OffsetForLeaderEpoch
     32: (1, 4),  # DescribeConfigs
     33: (0, 2),  # AlterConfigs
+    34: (0, 2),  # AlterReplicaLogDirs
+    35: (0, 4),  # DescribeLogDirs
     37: (0, 3),  # CreatePartitions
     42: (0, 2),  # DeleteGroups
+    43: (0, 2),  # ElectLeaders
     44: (0, 1),  # IncrementalAlterConfigs
+    45: (0, 0),  # AlterPartitionReassignments
+    46: (0, 0),  # ListPartitionReassignments
     47: (0, 0),  # OffsetDelete
     60: (0, 1),  # DescribeCluster
     61: (0, 0),  # DescribeProducers
@@ -1486,6 +1496,8 @@ API_EFFECTS: dict[int, str] = {
     18: "read",  # ApiVersions
     23: "read",  # OffsetForLeaderEpoch
     32: "read",  # DescribeConfigs
+    35: "read",  # DescribeLogDirs
+    46: "read",  # ListPartitionReassignments
     60: "read",  # DescribeCluster
     61: "read",  # DescribeProducers
 }

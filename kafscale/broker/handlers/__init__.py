@@ -70,6 +70,8 @@ async def coordinator_error(ctx: RequestContext, group_id: str, *, claim: bool =
 
 from kafscale.broker.handlers import (  # noqa: E402 - the modules import RequestContext
     alter_configs,
+    alter_partition_reassignments,
+    alter_replica_log_dirs,
     api_versions,
     create_partitions,
     create_topics,
@@ -79,7 +81,9 @@ from kafscale.broker.handlers import (  # noqa: E402 - the modules import Reques
     describe_cluster,
     describe_configs,
     describe_groups,
+    describe_log_dirs,
     describe_producers,
+    elect_leaders,
     fetch,
     find_coordinator,
     heartbeat,
@@ -89,6 +93,7 @@ from kafscale.broker.handlers import (  # noqa: E402 - the modules import Reques
     leave_group,
     list_groups,
     list_offsets,
+    list_partition_reassignments,
     metadata,
     offset_commit,
     offset_delete,
@@ -126,4 +131,9 @@ HANDLERS: dict[int, Handler] = {
     13: leave_group.handle,
     22: init_producer_id.handle,
     61: describe_producers.handle,
+    35: describe_log_dirs.handle,
+    43: elect_leaders.handle,
+    46: list_partition_reassignments.handle,
+    45: alter_partition_reassignments.handle,
+    34: alter_replica_log_dirs.handle,
 }
