@@ -307,7 +307,10 @@ def test_broker_configs_with_this_brokers_values(tmp_path: Path) -> None:
         assert values["node.id"] == ("7", 4)
         assert values["listeners"] == ("PLAINTEXT://127.0.0.1:9092", 4)
         assert values["advertised.listeners"] == ("PLAINTEXT://broker.example:19092", 4)
-        assert values["log.dirs"] == (str(tmp_path / "objects"), 4)
+        assert values["log.dirs"] == (
+            str(tmp_path / "objects" / "kafscale"),
+            4,
+        )  # DescribeLogDirs's dir
         assert values["log.segment.bytes"] == ("67108864", 5)
         assert values["log.retention.ms"] == ("604800000", 5)
         assert values["log.retention.hours"] == ("168", 5)

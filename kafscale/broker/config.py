@@ -90,6 +90,13 @@ class BrokerConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def log_dir(self) -> str:
+        """The one log dir (DescribeLogDirs, log.dirs): where this cluster's log lives."""
+        if self.s3_bucket:
+            return f"s3://{self.s3_bucket}/{self.namespace}"
+        return os.path.abspath(Path(self.data_dir) / "objects" / self.namespace)
+
+    @property
     def advertised(self) -> tuple[str, int]:
         return (self.advertised_host or self.listen_host, self.advertised_port or self.listen_port)
 

@@ -27,7 +27,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from generated.broker_configs import BROKER_CONFIGS, BrokerConfigDef
@@ -275,9 +274,7 @@ def _computed(config: BrokerConfig, what: str) -> str:
         host, port = config.advertised
         return f"PLAINTEXT://{host}:{port}"
     if what == "log.dirs":  # where the log is: the bucket, or the local object directory
-        if config.s3_bucket:
-            return f"s3://{config.s3_bucket}"
-        return str(Path(config.data_dir) / "objects")
+        return config.log_dir
     raise AssertionError(f"no computed broker value {what}")
 
 

@@ -14,8 +14,6 @@
 # - TotalBytes / UsableBytes (v4+): -1, Kafka's "unknown" (an object store has no volume).
 from __future__ import annotations
 
-import os
-
 from generated.describe_log_dirs_request import DescribeLogDirsRequest
 from generated.describe_log_dirs_response import (
     DescribeLogDirsPartition,
@@ -31,10 +29,8 @@ UNKNOWN_BYTES = -1
 
 
 def log_dir(config: BrokerConfig) -> str:
-    """The one log dir: where this cluster's log lives."""
-    if config.s3_bucket:
-        return f"s3://{config.s3_bucket}/{config.namespace}"
-    return os.path.abspath(config.data_dir / "objects" / config.namespace)
+    """The one log dir: where this cluster's log lives (also the broker's log.dirs)."""
+    return config.log_dir
 
 
 def partition_size(plog: PartitionLog) -> int:
