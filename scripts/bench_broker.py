@@ -1698,22 +1698,35 @@ def run_lifecycle(
         if dead:
             raise RuntimeError(f"{', '.join(dead)} died during the run")
     except Exception as e:
-        result["error"] = f"{type(e).__name__}: {e}"
-        tail = deployment.procs[0].tail(1500) if deployment and deployment.procs else ""
-        say(f"!! {target} lifecycle run {index}: {result['error']}\n{tail}")
+        cluster_run_failed(result, e, deployment, f"{target} lifecycle run {index}")
     finally:
         if sampler is not None:
             sampler.stop()
-        if deployment is not None:
-            _, codes = deployment.stop()
-            if codes:
-                result["final_exit_codes"] = codes
-            result |= log_problems(deployment.logs)
-        if proxy is not None:
-            proxy.proc.stop()
-        if etcd is not None:
-            etcd.proc.stop()
+        stop_cluster_run(result, deployment, proxy, etcd)
     return result
+
+
+def cluster_run_failed(
+    result: dict[str, Any], error: Exception, deployment: Any, what: str
+) -> None:
+    """Record a failed cluster run's error and show the first broker's log tail."""
+    result["error"] = f"{type(error).__name__}: {error}"
+    tail = deployment.procs[0].tail(1500) if deployment and deployment.procs else ""
+    say(f"!! {what}: {result['error']}\n{tail}")
+
+
+def stop_cluster_run(result: dict[str, Any], deployment: Any, proxy: Any, etcd: Any) -> None:
+    """Stop what a cluster run started (brokers, the counting proxy, etcd), noting the brokers'
+    exit codes and the problems their logs show."""
+    if deployment is not None:
+        _, codes = deployment.stop()
+        if codes:
+            result["final_exit_codes"] = codes
+        result |= log_problems(deployment.logs)
+    if proxy is not None:
+        proxy.proc.stop()
+    if etcd is not None:
+        etcd.proc.stop()
 
 
 # --- the retention scenario: how soon an expired segment leaves S3 ------------------------------
@@ -2086,21 +2099,11 @@ def run_retention(
         if dead:
             raise RuntimeError(f"{', '.join(dead)} died during the run")
     except Exception as e:
-        result["error"] = f"{type(e).__name__}: {e}"
-        tail = deployment.procs[0].tail(1500) if deployment and deployment.procs else ""
-        say(f"!! {target} retention run {index}: {result['error']}\n{tail}")
+        cluster_run_failed(result, e, deployment, f"{target} retention run {index}")
     finally:
         if watch is not None:
             watch.stop()
-        if deployment is not None:
-            _, codes = deployment.stop()
-            if codes:
-                result["final_exit_codes"] = codes
-            result |= log_problems(deployment.logs)
-        if proxy is not None:
-            proxy.proc.stop()
-        if etcd is not None:
-            etcd.proc.stop()
+        stop_cluster_run(result, deployment, proxy, etcd)
     return result
 
 

@@ -43,6 +43,13 @@ async def all_values(c: Client, topic: str = "t", start: int = 0) -> list[tuple[
         offset = batch[-1][0] + 1
 
 
+def idle_compactor(logs: Any, segment_bytes: int = 1 << 20) -> Compactor:
+    """A compactor that merges everything at once (every partition counts as idle)."""
+    compactor = Compactor(logs)
+    compactor.policy = lambda topic: Policy(segment_bytes, 1 << 40, idle_ms=0)  # type: ignore
+    return compactor
+
+
 async def keys(c: Client, prefix: str) -> list[bytes]:
     return [kv.key for kv in await c.broker.meta.range(prefix.encode())]
 
@@ -55,8 +62,7 @@ def test_pieces_are_compacted_into_one_segment_and_ingest_objects_deleted(tmp_pa
         plog = await logs.get("t", 0)
         assert len(plog.segments) == 30 and all(s.piece for s in plog.segments)
         before = await all_values(c)
-        compactor = Compactor(logs)
-        compactor.policy = lambda topic: Policy(1 << 20, 1 << 40, idle_ms=0)  # type: ignore
+        compactor = idle_compactor(logs)
         assert await compactor.compact(plog)
         assert len(plog.segments) == 1 and not plog.segments[0].piece
         assert plog.pieces_from == 30
@@ -98,8 +104,7 @@ def test_an_ingest_object_waits_for_every_partition_in_it(tmp_path: Path) -> Non
         assert [r.error_code for r in await asyncio.gather(*produces)] == [0, 0]
         (ingest,) = await c.broker.objects.list("kafscale/ingest/")
         logs = c.broker.logs
-        compactor = Compactor(logs)
-        compactor.policy = lambda topic: Policy(1 << 20, 1 << 40, idle_ms=0)  # type: ignore
+        compactor = idle_compactor(logs)
         assert await compactor.compact(await logs.get("t", 0))
         assert await logs.janitor.sweep_ingest(now_ms() + LATER) == 0  # partition 1 needs it
         assert await compactor.compact(await logs.get("t", 1))
@@ -121,8 +126,7 @@ def test_a_deposed_compaction_swap_changes_nothing_and_its_uploads_are_deleted(
         plog = await logs.get("t", 0)
         before = await all_values(c)
         plog.revision -= 1  # as if another writer had moved the state under us
-        compactor = Compactor(logs)
-        compactor.policy = lambda topic: Policy(1 << 20, 1 << 40, idle_ms=0)  # type: ignore
+        compactor = idle_compactor(logs)
         assert not await compactor.compact(plog)
         assert ("t", 0) not in logs.logs  # dropped: reloaded on next use
         plog = await logs.get("t", 0)
@@ -203,8 +207,7 @@ def test_delete_records_drops_entries_and_records_their_objects(tmp_path: Path) 
         await c.create("t")
         await produce_flushes(c, 6)
         logs = c.broker.logs
-        compactor = Compactor(logs)
-        compactor.policy = lambda topic: Policy(1 << 20, 1 << 40, idle_ms=0)  # type: ignore
+        compactor = idle_compactor(logs)
         plog = await logs.get("t", 0)
         assert await compactor.compact(plog)
         (segment,) = plog.segments
@@ -227,8 +230,7 @@ def test_a_deleted_topic_leaves_no_object_and_no_key(tmp_path: Path) -> None:
         await c.create("t", 2)
         await produce_flushes(c, 4)
         logs = c.broker.logs
-        compactor = Compactor(logs)
-        compactor.policy = lambda topic: Policy(1 << 20, 1 << 40, idle_ms=0)  # type: ignore
+        compactor = idle_compactor(logs)
         assert await compactor.compact(await logs.get("t", 0))
         await produce_flushes(c, 2)
         resp = await c.call(20, 6, DeleteTopicsRequest(topics=[DeleteTopicState(name="t")]))
@@ -304,8 +306,7 @@ def test_an_intent_deletes_the_uploads_of_a_compaction_that_died_before_its_swap
         logs = c.broker.logs
         plog = await logs.get("t", 0)
         before = await all_values(c)
-        compactor = Compactor(logs)
-        compactor.policy = lambda topic: Policy(1 << 20, 1 << 40, idle_ms=0)  # type: ignore
+        compactor = idle_compactor(logs)
 
         class Died(BaseException):
             pass
@@ -364,8 +365,7 @@ def test_the_janitor_on_duty_sweeps_from_its_watched_copy_of_the_registry(
         await c.create("t")
         await produce_flushes(c, 4)
         logs = c.broker.logs
-        compactor = Compactor(logs)
-        compactor.policy = lambda topic: Policy(1 << 20, 1 << 40, idle_ms=0)  # type: ignore
+        compactor = idle_compactor(logs)
         assert await compactor.compact(await logs.get("t", 0))
         janitor = logs.janitor
         await janitor._step()  # on duty (one broker): the copy is made, a pass runs
