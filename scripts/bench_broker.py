@@ -1694,9 +1694,7 @@ def run_lifecycle(
         ]
         if etcd is not None:
             result["metadata_keys_end"] = len(etcd.keys(f"/{NAMESPACE}/"))
-        dead = [p.name for p in deployment.procs if not p.alive()]
-        if dead:
-            raise RuntimeError(f"{', '.join(dead)} died during the run")
+        require_alive(deployment)
     except Exception as e:
         cluster_run_failed(result, e, deployment, f"{target} lifecycle run {index}")
     finally:
@@ -1704,6 +1702,13 @@ def run_lifecycle(
             sampler.stop()
         stop_cluster_run(result, deployment, proxy, etcd)
     return result
+
+
+def require_alive(deployment: Any) -> None:
+    """Fail the run if a process of the deployment died during it."""
+    dead = [p.name for p in deployment.procs if not p.alive()]
+    if dead:
+        raise RuntimeError(f"{', '.join(dead)} died during the run")
 
 
 def cluster_run_failed(
@@ -2095,9 +2100,7 @@ def run_retention(
         result["rss_peak_kib"] = deployment.rss_peak_kib()
         if not result["retention_objects"]:
             raise RuntimeError("no entry of the topic was seen in etcd")
-        dead = [p.name for p in deployment.procs if not p.alive()]
-        if dead:
-            raise RuntimeError(f"{', '.join(dead)} died during the run")
+        require_alive(deployment)
     except Exception as e:
         cluster_run_failed(result, e, deployment, f"{target} retention run {index}")
     finally:

@@ -310,7 +310,7 @@ class Janitor:
         kv = await self.meta.get(self.topics.topic_key(name))
         if kv is None or str(Topic.from_json(name, kv.value).id) != topic_id:
             return {}
-        head = self.topics.partition_key(name, 0).rsplit(b"/", 1)[0] + b"/"
+        head = self.topics.partitions_prefix(name)
         return {
             int(kv.key[len(head) :]): int(json.loads(kv.value).get("pieces_from", 0))
             for kv in await self.meta.range(head)

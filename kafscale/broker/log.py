@@ -1454,7 +1454,7 @@ class LogManager:
         loaded = [self.logs.get((topic, p)) for p in range(partitions)]
         if all(plog is not None for plog in loaded):
             return [plog.epoch for plog in loaded if plog is not None]
-        prefix = self.topics.partition_key(topic, 0).rsplit(b"/", 1)[0] + b"/"
+        prefix = self.topics.partitions_prefix(topic)
         stored = {kv.key: kv.value for kv in await self.meta.range(prefix)}
         out = []
         for p, plog in enumerate(loaded):

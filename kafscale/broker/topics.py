@@ -118,8 +118,12 @@ class Topics:
     def topic_key(self, name: str) -> bytes:
         return f"/{self.ns}/topics/{name}".encode()
 
+    def partitions_prefix(self, topic: str) -> bytes:
+        """The prefix of every partition state key of ``topic``."""
+        return f"/{self.ns}/partitions/{topic}/".encode()
+
     def partition_key(self, topic: str, partition: int) -> bytes:
-        return f"/{self.ns}/partitions/{topic}/{partition:05d}".encode()
+        return self.partitions_prefix(topic) + f"{partition:05d}".encode()
 
     def segments_prefix(self, topic: str, partition: int) -> bytes:
         return f"/{self.ns}/segments/{topic}/{partition:05d}/".encode()
@@ -181,7 +185,7 @@ class Topics:
             ([tombstone(str(topic.id), name)] if tombstone is not None else [])
             + [
                 Delete(self.topic_key(name)),
-                Delete(f"/{self.ns}/partitions/{name}/".encode(), prefix=True),
+                Delete(self.partitions_prefix(name), prefix=True),
                 Delete(f"/{self.ns}/segments/{name}/".encode(), prefix=True),
                 Delete(f"/{self.ns}/owners/{name}/".encode(), prefix=True),
             ],
