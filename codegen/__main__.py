@@ -3,6 +3,8 @@
     python -m codegen [--specs PATH] [--out DIR] [--check]
     python -m codegen diff OLD NEW      (paths, or release names next to the pinned one)
     python -m codegen configs [--out DIR] [--check]
+    python -m codegen errors [--out DIR] [--check]
+    python -m codegen errors --extract KAFKA_SOURCE_TREE
 
 PATH is a directory of Kafka JSON definitions or a kafka-clients jar (default:
 ``$KAFSCALE_KAFKA_SPECS``, else the release pinned in ``protocol_specs/kafka-specs.lock.json``).
@@ -11,7 +13,9 @@ Writing into the repository's ``generated/`` also rewrites the lock file.
 A directory under ``protocol_specs/`` holds KafScale's own definitions in Kafka's format (e.g.
 ``protocol_specs/storage`` -> ``generated/storage``): the lock file does not cover them, and
 they get no API table. ``configs`` writes the config tables (``protocol_specs/topic-configs.yaml``
-and ``broker-configs.yaml``: ``codegen/configs.py``) into ``generated/``.
+and ``broker-configs.yaml``: ``codegen/configs.py``) into ``generated/``; ``errors`` writes
+Kafka's error codes (``protocol_specs/errors.yaml`` -> ``generated/errors.py``:
+``codegen/errors.py``), and ``errors --extract`` rebuilds that table from Kafka's source tree.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from codegen.configs import DEFAULT_OUT as CONFIGS_OUT
 from codegen.configs import OUTPUTS as CONFIG_TABLES
 from codegen.configs import generate_tables
 from codegen.diff import diff_messages
+from codegen.errors import DEFAULT_OUT as ERRORS_OUT
+from codegen.errors import OUTPUT as ERRORS_MODULE
+from codegen.errors import generate_errors, write_spec
 from codegen.model import SpecError
 from codegen.render import KAFKA, KAFSCALE, render_all
 from codegen.specs import (
@@ -40,9 +47,9 @@ from codegen.specs import (
 
 GENERATED = REPO_ROOT / "generated"
 LOCK = SPECS_DIR / "kafka-specs.lock.json"
-KEEP = {"py.typed", *CONFIG_TABLES}
+KEEP = {"py.typed", *CONFIG_TABLES, ERRORS_MODULE}
 """Files of ``generated/`` the codecs' generation leaves alone (the config tables are
-``python -m codegen configs``'s)."""
+``python -m codegen configs``'s, the error codes ``python -m codegen errors``')."""
 
 
 def release_name(path: Path) -> str:
@@ -143,6 +150,21 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--check", action="store_true", help="fail if --out differs")
             a = p.parse_args(argv[1:])
             return generate_tables(a.out, a.check)
+        if argv[:1] == ["errors"]:
+            p = argparse.ArgumentParser(prog="python -m codegen errors")
+            p.add_argument("--out", type=Path, default=ERRORS_OUT, help="output directory")
+            p.add_argument("--check", action="store_true", help="fail if --out differs")
+            p.add_argument(
+                "--extract",
+                type=Path,
+                metavar="KAFKA_SOURCE_TREE",
+                help="rewrite protocol_specs/errors.yaml from Kafka's source (of the pinned "
+                "release) instead",
+            )
+            a = p.parse_args(argv[1:])
+            if a.extract is not None:
+                return write_spec(a.extract)
+            return generate_errors(a.out, a.check)
         if argv[:1] == ["diff"]:
             p = argparse.ArgumentParser(prog="python -m codegen diff")
             p.add_argument("old", type=Path)
