@@ -9,8 +9,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from generated.consumer_protocol_subscription import ConsumerProtocolSubscription
+from generated.errors import ErrorCode
 from kafscale.broker.coordinator import GroupCoordinator
-from kafscale.broker.group import EMPTY, NOT_COORDINATOR, STABLE, GroupSettings, JoinResult
+from kafscale.broker.group import EMPTY, STABLE, GroupSettings, JoinResult
 from kafscale.broker.offsets import CommittedOffset, Offsets
 from kafscale.metadata.sqlite import SqliteMetadataStore
 
@@ -158,7 +159,7 @@ def test_close_answers_parked_joins_with_not_coordinator(tmp_path: Path) -> None
         assert not parked.done()  # waiting out the initial delay
         await c.close()
         result = await asyncio.wait_for(parked, 1)
-        assert result.error == NOT_COORDINATOR
+        assert result.error == ErrorCode.NOT_COORDINATOR
         await store.close()
 
     asyncio.run(main())

@@ -10,19 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from generated.consumer_protocol_subscription import ConsumerProtocolSubscription
+from generated.errors import ErrorCode
 from kafscale.broker.group import (
     COMPLETING_REBALANCE,
     EMPTY,
-    FENCED_INSTANCE_ID,
-    ILLEGAL_GENERATION,
-    INCONSISTENT_GROUP_PROTOCOL,
-    MEMBER_ID_REQUIRED,
     NEW_MEMBER_JOIN_TIMEOUT_MS,
-    NOT_COORDINATOR,
     PREPARING_REBALANCE,
-    REBALANCE_IN_PROGRESS,
     STABLE,
-    UNKNOWN_MEMBER_ID,
     Group,
     GroupSettings,
     JoinResult,
@@ -137,7 +131,7 @@ class Driver:
     def member(self, version: int = 5, **kwargs: object) -> str:
         """A dynamic member through MEMBER_ID_REQUIRED (v4+) — its join parked."""
         first = self.joined(self.join(version=version, **kwargs))  # type: ignore[arg-type]
-        assert first.error == MEMBER_ID_REQUIRED
+        assert first.error == ErrorCode.MEMBER_ID_REQUIRED
         return first.member_id
 
     def stable_group(self, n: int) -> tuple[list[str], int]:
@@ -160,7 +154,7 @@ class Driver:
 def test_first_join_from_v4_needs_the_member_id_then_completes_after_the_initial_delay() -> None:
     d = Driver.new(delay=3000)
     first = d.joined(d.join(version=4))
-    assert (first.error, first.generation, first.leader) == (MEMBER_ID_REQUIRED, -1, "")
+    assert (first.error, first.generation, first.leader) == (ErrorCode.MEMBER_ID_REQUIRED, -1, "")
     assert first.member_id.startswith("client-")
     assert d.group.state == EMPTY and first.member_id in d.group.pending_members
     token = d.join(first.member_id, version=4)
@@ -227,14 +221,14 @@ def test_a_new_member_rebalances_a_stable_group_and_stragglers_are_removed() -> 
     waiting = d.join(newcomer)
     assert d.group.state == PREPARING_REBALANCE and waiting not in d.answers
     hb = d.group.heartbeat(d.now, member_id=follower, instance_id=None, generation=gen)
-    assert hb == REBALANCE_IN_PROGRESS
+    assert hb == ErrorCode.REBALANCE_IN_PROGRESS
     rejoin = d.join(leader)
     assert rejoin not in d.answers  # the follower has not rejoined yet
     d.tick(REBALANCE)  # the follower never rejoins: removed at the rebalance timeout
     assert d.joined(rejoin).generation == gen + 1
     assert set(d.group.members) == {leader, newcomer}
     assert d.group.heartbeat(d.now, member_id=follower, instance_id=None, generation=gen) == (
-        UNKNOWN_MEMBER_ID
+        ErrorCode.UNKNOWN_MEMBER_ID
     )
 
 
@@ -267,7 +261,7 @@ def test_session_timeout_expires_a_silent_member() -> None:
         assert d.beat(leader, gen) == 0
         d.tick(SESSION / 4)
     assert d.now >= SESSION  # not before its session timeout
-    assert d.beat(leader, gen) == REBALANCE_IN_PROGRESS  # the leader must rejoin
+    assert d.beat(leader, gen) == ErrorCode.REBALANCE_IN_PROGRESS  # the leader must rejoin
     assert d.group.state == PREPARING_REBALANCE
     rejoin = d.join(leader)
     assert d.joined(rejoin).members == [(leader, None, b"meta")]
@@ -299,24 +293,26 @@ def test_generation_and_member_fencing() -> None:
     d = Driver.new()
     (leader, follower), gen = d.stable_group(2)
     assert d.group.heartbeat(d.now, member_id=follower, instance_id=None, generation=gen - 1) == (
-        ILLEGAL_GENERATION
+        ErrorCode.ILLEGAL_GENERATION
     )
-    assert d.synced(d.sync(follower, gen + 1)).error == ILLEGAL_GENERATION
-    assert d.synced(d.sync("nobody", gen)).error == UNKNOWN_MEMBER_ID
+    assert d.synced(d.sync(follower, gen + 1)).error == ErrorCode.ILLEGAL_GENERATION
+    assert d.synced(d.sync("nobody", gen)).error == ErrorCode.UNKNOWN_MEMBER_ID
     commit = d.group.validate_commit
     assert commit(d.now, member_id=follower, instance_id=None, generation=gen) == 0
     assert commit(d.now, member_id=follower, instance_id=None, generation=gen - 1) == (
-        ILLEGAL_GENERATION
+        ErrorCode.ILLEGAL_GENERATION
     )
-    assert commit(d.now, member_id="", instance_id=None, generation=-1) == UNKNOWN_MEMBER_ID
+    assert (
+        commit(d.now, member_id="", instance_id=None, generation=-1) == ErrorCode.UNKNOWN_MEMBER_ID
+    )
     assert commit(d.now, member_id="zombie", instance_id=None, generation=gen) == (
-        UNKNOWN_MEMBER_ID
+        ErrorCode.UNKNOWN_MEMBER_ID
     )
     d.join(leader)
     d.join(follower)
     assert d.group.state == COMPLETING_REBALANCE
     assert commit(d.now, member_id=follower, instance_id=None, generation=gen + 1) == (
-        REBALANCE_IN_PROGRESS
+        ErrorCode.REBALANCE_IN_PROGRESS
     )
 
 
@@ -326,14 +322,14 @@ def test_simple_commits_are_accepted_only_while_the_group_is_empty() -> None:
     # Kafka's ClassicGroup: generation -1 on an Empty group passes whatever member it names.
     assert d.group.validate_commit(0, member_id="m", instance_id="i", generation=-1) == 0
     assert d.group.validate_commit(0, member_id="", instance_id=None, generation=0) == (
-        UNKNOWN_MEMBER_ID
+        ErrorCode.UNKNOWN_MEMBER_ID
     )
     (member,), _ = d.stable_group(1)
     assert d.group.validate_commit(0, member_id="", instance_id=None, generation=-1) == (
-        UNKNOWN_MEMBER_ID
+        ErrorCode.UNKNOWN_MEMBER_ID
     )
     assert d.group.validate_commit(0, member_id=member, instance_id=None, generation=-1) == (
-        ILLEGAL_GENERATION
+        ErrorCode.ILLEGAL_GENERATION
     )
 
 
@@ -344,12 +340,12 @@ def test_protocol_selection_and_inconsistent_protocols() -> None:
     c = d.join(version=3, protocols=[("range", b"c"), ("sticky", b"c")])
     bad_type = d.joined(d.join(version=3, protocol_type="connect"))
     bad_protocols = d.joined(d.join(version=3, protocols=[("sticky", b"")]))
-    assert bad_type.error == bad_protocols.error == INCONSISTENT_GROUP_PROTOCOL
+    assert bad_type.error == bad_protocols.error == ErrorCode.INCONSISTENT_GROUP_PROTOCOL
     d.initial_delay()
     assert {d.joined(t).protocol_name for t in (a, b, c)} == {"range"}  # 2 votes to 1
     empty = Driver.new()
-    assert empty.joined(empty.join(protocol_type="")).error == INCONSISTENT_GROUP_PROTOCOL
-    assert empty.joined(empty.join(protocols=[])).error == INCONSISTENT_GROUP_PROTOCOL
+    assert empty.joined(empty.join(protocol_type="")).error == ErrorCode.INCONSISTENT_GROUP_PROTOCOL
+    assert empty.joined(empty.join(protocols=[])).error == ErrorCode.INCONSISTENT_GROUP_PROTOCOL
     assert empty.group.state == EMPTY and not empty.group.members
 
 
@@ -374,7 +370,7 @@ def test_static_member_restart_in_stable_keeps_the_assignment_without_rebalance(
         first.member_id.encode()
     )
     old = d.group.heartbeat(d.now, member_id=first.member_id, instance_id="i1", generation=2)
-    assert old == FENCED_INSTANCE_ID
+    assert old == ErrorCode.FENCED_INSTANCE_ID
     if leader == first.member_id:  # before v9 a rejoining leader is told the old leader id
         assert again.leader == first.member_id and again.members == []
 
@@ -396,7 +392,7 @@ def test_static_replacement_fences_the_parked_request_of_the_old_incarnation() -
     old = d.join(instance_id="s", version=5)
     assert old not in d.answers  # parked in the initial delay
     new = d.join(instance_id="s", version=5)
-    assert d.joined(old).error == FENCED_INSTANCE_ID
+    assert d.joined(old).error == ErrorCode.FENCED_INSTANCE_ID
     d.tick(1000)
     assert d.joined(new).error == 0 and len(d.group.members) == 1
 
@@ -406,14 +402,14 @@ def test_leave_group_by_member_by_instance_and_pending() -> None:
     (_leader, follower), _gen = d.stable_group(2)
     assert d.leave(follower) == 0
     assert d.group.state == PREPARING_REBALANCE
-    assert d.leave(follower) == UNKNOWN_MEMBER_ID
+    assert d.leave(follower) == ErrorCode.UNKNOWN_MEMBER_ID
     pending = d.member()
     assert d.leave(pending) == 0
     assert pending not in d.group.pending_members
     static = Driver.new(delay=0)
     s = static.joined(static.join(instance_id="x"))
-    assert static.leave("", "y") == UNKNOWN_MEMBER_ID
-    assert static.leave("other", "x") == FENCED_INSTANCE_ID
+    assert static.leave("", "y") == ErrorCode.UNKNOWN_MEMBER_ID
+    assert static.leave("other", "x") == ErrorCode.FENCED_INSTANCE_ID
     assert static.leave("", "x") == 0
     assert s.member_id not in static.group.members and static.group.state == EMPTY
 
@@ -428,7 +424,7 @@ def test_leave_during_completing_rebalance_sends_parked_syncs_back_to_join() -> 
     followers = [m for m in (a, b, c) if m != leader]
     parked = d.sync(followers[0], 1)
     assert d.leave(followers[1]) == 0
-    assert d.synced(parked).error == REBALANCE_IN_PROGRESS
+    assert d.synced(parked).error == ErrorCode.REBALANCE_IN_PROGRESS
     assert d.group.state == PREPARING_REBALANCE
 
 
@@ -453,7 +449,7 @@ def test_second_join_while_parked_answers_the_first() -> None:
     m = d.member()
     first = d.join(m)
     second = d.join(m)
-    assert d.joined(first).error == REBALANCE_IN_PROGRESS and second not in d.answers
+    assert d.joined(first).error == ErrorCode.REBALANCE_IN_PROGRESS and second not in d.answers
 
 
 def test_group_max_size() -> None:
@@ -465,9 +461,9 @@ def test_group_max_size() -> None:
 def test_close_answers_every_parked_request() -> None:
     d = Driver.new(delay=5000)
     parked = [d.join(version=3) for _ in range(3)]
-    d.group.close(NOT_COORDINATOR)
+    d.group.close(ErrorCode.NOT_COORDINATOR)
     d.settle()
-    assert all(d.joined(t).error == NOT_COORDINATOR for t in parked)
+    assert all(d.joined(t).error == ErrorCode.NOT_COORDINATOR for t in parked)
 
 
 def test_subscribed_topics_from_the_consumer_protocol() -> None:
@@ -539,7 +535,7 @@ def test_random_operations_keep_the_invariants(ops: list[tuple[str, int, int]]) 
         if group.state == STABLE:
             assert not any(m.join_waiter for m in parked)
     issued = set(range(next(d.tokens)))
-    d.group.close(NOT_COORDINATOR)
+    d.group.close(ErrorCode.NOT_COORDINATOR)
     d.settle()
     assert set(d.answers) == issued  # every request got exactly one answer
     assert d.now < NEW_MEMBER_JOIN_TIMEOUT_MS * 100

@@ -1,14 +1,14 @@
 """Kafka's internal topics as a client sees them (kafscale/broker/internal_topics.py), driven with
 in-memory frames: ``__consumer_offsets`` appears, internal and empty, once a group is looked up
 (or when asked for by name), the same in every Metadata form, and the requests that would change
-it get Kafka's answers. Every code answered is checked against a client's error table."""
+it get Kafka's answers (codes from generated.errors, checked against the client libraries'
+tables in tests/test_errors.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import kafka.errors
 import pytest
 
 from generated.create_topics_request import CreatableTopic, CreateTopicsRequest
@@ -21,27 +21,17 @@ from generated.delete_records_request import (
 from generated.delete_records_response import DeleteRecordsResponse
 from generated.delete_topics_request import DeleteTopicsRequest, DeleteTopicState
 from generated.delete_topics_response import DeleteTopicsResponse
+from generated.errors import ErrorCode
 from generated.find_coordinator_request import FindCoordinatorRequest
 from generated.find_coordinator_response import FindCoordinatorResponse
 from generated.metadata_request import MetadataRequest, MetadataRequestTopic
 from generated.metadata_response import MetadataResponse, MetadataResponseTopic
-from kafscale.broker.internal_topics import INVALID_TOPIC_EXCEPTION, OFFSETS_TOPIC_CONFIGS
+from kafscale.broker.internal_topics import OFFSETS_TOPIC_CONFIGS
 from kafscale.protocol.records import build_batch
 from tests.broker_harness import Client, run
 
 OFFSETS = "__consumer_offsets"
-UNKNOWN_TOPIC_OR_PARTITION = 3
-TOPIC_ALREADY_EXISTS = 36
 GROUP, TRANSACTION = 0, 1
-
-
-def test_codes_are_kafkas() -> None:
-    assert kafka.errors.for_code(INVALID_TOPIC_EXCEPTION) is kafka.errors.InvalidTopicError
-    assert kafka.errors.for_code(TOPIC_ALREADY_EXISTS) is kafka.errors.TopicAlreadyExistsError
-    assert (
-        kafka.errors.for_code(UNKNOWN_TOPIC_OR_PARTITION)
-        is kafka.errors.UnknownTopicOrPartitionError
-    )
 
 
 async def find_coordinator(c: Client, version: int, key_type: int = GROUP) -> int:
@@ -104,10 +94,16 @@ def test_consumer_offsets_appears_at_the_first_group_lookup(tmp_path: Path, vers
 def test_metadata_by_name_creates_only_consumer_offsets(tmp_path: Path) -> None:
     async def scenario(c: Client) -> None:
         refused = await by_name(c, OFFSETS, allow=False)
-        assert (refused.error_code, refused.is_internal) == (UNKNOWN_TOPIC_OR_PARTITION, True)
+        assert (refused.error_code, refused.is_internal) == (
+            ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+            True,
+        )
         for name in ("__transaction_state", "__share_group_state"):
             unknown = await by_name(c, name)
-            assert (unknown.error_code, unknown.is_internal) == (UNKNOWN_TOPIC_OR_PARTITION, True)
+            assert (unknown.error_code, unknown.is_internal) == (
+                ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+                True,
+            )
         assert not (await by_name(c, "missing", allow=False)).is_internal
         created = await by_name(c, OFFSETS)
         assert (created.error_code, created.is_internal, len(created.partitions)) == (0, True, 1)
@@ -130,7 +126,7 @@ def test_consumer_offsets_reads_as_an_empty_topic_and_refuses_changes(tmp_path: 
         # Produce, at the lowest and highest version: refused as Kafka refuses a client.
         for version in (3, 11):
             part = await c.produce(OFFSETS, build_batch([b"x"]), version=version)
-            assert (part.error_code, part.base_offset) == (INVALID_TOPIC_EXCEPTION, -1)
+            assert (part.error_code, part.base_offset) == (ErrorCode.INVALID_TOPIC_EXCEPTION, -1)
         assert (await c.fetch(OFFSETS, 0)).high_watermark == 0
         # DeleteRecords.
         body = DeleteRecordsRequest(
@@ -142,7 +138,7 @@ def test_consumer_offsets_reads_as_an_empty_topic_and_refuses_changes(tmp_path: 
             timeout_ms=1000,
         )
         deleted: DeleteRecordsResponse = await c.call(21, 2, body)
-        assert deleted.topics[0].partitions[0].error_code == INVALID_TOPIC_EXCEPTION
+        assert deleted.topics[0].partitions[0].error_code == ErrorCode.INVALID_TOPIC_EXCEPTION
         # DeleteTopics, by name and by id.
         for version, entry in [
             (1, None),
@@ -157,7 +153,7 @@ def test_consumer_offsets_reads_as_an_empty_topic_and_refuses_changes(tmp_path: 
             )
             dropped: DeleteTopicsResponse = await c.call(20, version, request)
             (result,) = dropped.responses
-            assert (result.name, result.error_code) == (OFFSETS, INVALID_TOPIC_EXCEPTION)
+            assert (result.name, result.error_code) == (OFFSETS, ErrorCode.INVALID_TOPIC_EXCEPTION)
             if version >= 5:
                 assert result.error_message and "internal topic" in result.error_message
         # CreateTopics: it exists.
@@ -168,7 +164,7 @@ def test_consumer_offsets_reads_as_an_empty_topic_and_refuses_changes(tmp_path: 
                 topics=[CreatableTopic(name=OFFSETS, num_partitions=3, replication_factor=-1)]
             ),
         )
-        assert made.topics[0].error_code == TOPIC_ALREADY_EXISTS
+        assert made.topics[0].error_code == ErrorCode.TOPIC_ALREADY_EXISTS
         topics = await listed(c)
         assert topics[OFFSETS].topic_id == topic_id and len(topics[OFFSETS].partitions) == 1
 
@@ -185,6 +181,6 @@ def test_a_topic_created_under_an_internal_name_is_internal(tmp_path: Path) -> N
         topic: Any = (await listed(c))[OFFSETS]
         assert topic.is_internal and len(topic.partitions) == 2
         part = await c.produce(OFFSETS, build_batch([b"x"]), partition=1)
-        assert part.error_code == INVALID_TOPIC_EXCEPTION
+        assert part.error_code == ErrorCode.INVALID_TOPIC_EXCEPTION
 
     run(tmp_path, scenario)

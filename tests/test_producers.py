@@ -11,14 +11,12 @@ import pytest
 
 from generated.describe_producers_request import DescribeProducersRequest, TopicRequest
 from generated.describe_producers_response import DescribeProducersResponse
+from generated.errors import ErrorCode
 from generated.init_producer_id_request import InitProducerIdRequest
 from generated.init_producer_id_response import InitProducerIdResponse
 from kafscale.broker.producers import (
-    INVALID_PRODUCER_EPOCH,
     MAX_CACHED_BATCHES,
     MAX_SEQUENCE,
-    OUT_OF_ORDER_SEQUENCE_NUMBER,
-    UNKNOWN_PRODUCER_ID,
     Duplicate,
     ProducerBatch,
     ProducerEntry,
@@ -49,14 +47,16 @@ def refused(committed: dict[int, ProducerEntry], candidate: ProducerBatch) -> in
 
 def test_first_batch_of_a_new_producer_must_start_at_zero() -> None:
     assert check({}, [], batch(0)) is None
-    assert refused({}, batch(5)) == UNKNOWN_PRODUCER_ID  # unknown: new, or state expired
+    assert refused({}, batch(5)) == ErrorCode.UNKNOWN_PRODUCER_ID  # unknown: new, or state expired
 
 
 def test_sequences_must_follow_and_a_gap_is_refused() -> None:
     committed = state_after((batch(0, 3), 0))
     assert check(committed, [], batch(3)) is None
-    assert refused(committed, batch(4)) == OUT_OF_ORDER_SEQUENCE_NUMBER  # gap
-    assert refused(committed, batch(1)) == OUT_OF_ORDER_SEQUENCE_NUMBER  # overlaps, not equal
+    assert refused(committed, batch(4)) == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER  # gap
+    assert (
+        refused(committed, batch(1)) == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
+    )  # overlaps, not equal
 
 
 def test_a_retry_gets_its_original_offset_and_old_duplicates_are_refused() -> None:
@@ -68,7 +68,7 @@ def test_a_retry_gets_its_original_offset_and_old_duplicates_are_refused() -> No
     oldest_cached = written[2]
     assert check(committed, [], oldest_cached[0]) == Duplicate(oldest_cached[1])
     too_old = written[1][0]  # older than the last 5: not recognised, so out of order
-    assert refused(committed, too_old) == OUT_OF_ORDER_SEQUENCE_NUMBER
+    assert refused(committed, too_old) == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
 
 
 def test_a_retry_of_a_batch_in_flight_waits_for_it() -> None:
@@ -83,9 +83,9 @@ def test_a_retry_of_a_batch_in_flight_waits_for_it() -> None:
 
 def test_stale_epoch_and_epoch_bump() -> None:
     committed = state_after((batch(0, 1, epoch=3), 0))
-    assert refused(committed, batch(1, epoch=2)) == INVALID_PRODUCER_EPOCH
+    assert refused(committed, batch(1, epoch=2)) == ErrorCode.INVALID_PRODUCER_EPOCH
     assert check(committed, [], batch(0, epoch=4)) is None  # a bumped epoch restarts at 0
-    assert refused(committed, batch(1, epoch=4)) == OUT_OF_ORDER_SEQUENCE_NUMBER
+    assert refused(committed, batch(1, epoch=4)) == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
     bumped = commit(committed, [(batch(0, epoch=4), 1)], now_ms=2000, expiration_ms=10_000)
     assert bumped[PID].epoch == 4 and len(bumped[PID].batches) == 1
     assert committed[PID].epoch == 3  # commit() returns a new state, the old one unchanged
@@ -99,7 +99,7 @@ def test_sequence_wraps_around_at_2_31() -> None:
     assert check(committed, [], near_end) is None
     wrapped = commit(committed, [(near_end, 10)], 1000, 10_000)
     assert check(wrapped, [], batch(0)) is None  # 2^31-1 is followed by 0
-    assert refused(wrapped, batch(1)) == OUT_OF_ORDER_SEQUENCE_NUMBER
+    assert refused(wrapped, batch(1)) == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
     assert batch(MAX_SEQUENCE, 3).last_seq == 1  # a batch spanning the wrap
 
 
@@ -109,7 +109,7 @@ def test_idle_producers_expire() -> None:
     assert PID in kept
     gone = commit(committed, [], now_ms=11_000, expiration_ms=10_000)
     assert PID not in gone
-    assert refused(gone, batch(1)) == UNKNOWN_PRODUCER_ID
+    assert refused(gone, batch(1)) == ErrorCode.UNKNOWN_PRODUCER_ID
 
 
 # --- through the broker ---------------------------------------------------------------------
@@ -140,10 +140,10 @@ def test_broker_deduplicates_retries_and_refuses_without_advancing(tmp_path: Pat
         assert await send(c, pid, 2, b"c") == (0, 2)
         assert await send(c, pid, 0, b"a", b"b") == (0, 0)  # a retry: its original offset
         assert await send(c, pid, 2, b"c") == (0, 2)
-        assert (await send(c, pid, 5, b"gap"))[0] == OUT_OF_ORDER_SEQUENCE_NUMBER
+        assert (await send(c, pid, 5, b"gap"))[0] == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
         assert await send(c, pid, 3, b"d") == (0, 3)  # the refused batch advanced nothing
-        assert (await send(c, pid, 4, b"x", epoch=-1))[0] == INVALID_PRODUCER_EPOCH
-        assert (await send(c, 10**9, 3, b"who"))[0] == UNKNOWN_PRODUCER_ID
+        assert (await send(c, pid, 4, b"x", epoch=-1))[0] == ErrorCode.INVALID_PRODUCER_EPOCH
+        assert (await send(c, 10**9, 3, b"who"))[0] == ErrorCode.UNKNOWN_PRODUCER_ID
         got = await c.fetch("t", 0)
         assert values(got.records) == [(0, b"a"), (1, b"b"), (2, b"c"), (3, b"d")]
         described: DescribeProducersResponse = await c.call(
@@ -190,7 +190,7 @@ def test_producer_state_is_committed_with_the_data(tmp_path: Path) -> None:
 
     async def after_restart(c: Client) -> None:
         assert await send(c, pid[0], 1, b"b") == (0, 1)  # deduplicated by the reloaded state
-        assert (await send(c, pid[0], 3, b"gap"))[0] == OUT_OF_ORDER_SEQUENCE_NUMBER
+        assert (await send(c, pid[0], 3, b"gap"))[0] == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
         assert await send(c, pid[0], 2, b"c") == (0, 2)
         _, other, _ = await init_producer(c)
         assert other > pid[0]  # ids are never handed out twice, across restarts too

@@ -12,12 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from generated.errors import ErrorCode
 from kafscale.protocol import ProtocolError
 from kafscale.protocol.records import (
-    CORRUPT_MESSAGE,
     DEFAULT_MAX_BATCH_BYTES,
-    INVALID_RECORD,
-    MESSAGE_TOO_LARGE,
     RECORD_BATCH_OVERHEAD,
     BatchInfo,
     CompressedBatchError,
@@ -158,7 +156,7 @@ def test_empty_batch() -> None:
 
 def test_empty_buffer() -> None:
     e = error_of(b"")
-    assert e.error_code == INVALID_RECORD and "empty" in str(e)
+    assert e.error_code == ErrorCode.INVALID_RECORD and "empty" in str(e)
 
 
 @pytest.mark.parametrize("at", [21, 30, 61, -1])
@@ -166,20 +164,20 @@ def test_flipped_byte_is_corrupt_message(at: int) -> None:
     data = bytearray(build_batch(records(3)))
     data[at] ^= 0x01
     e = error_of(bytes(data))
-    assert e.error_code == CORRUPT_MESSAGE and "CRC" in str(e)
+    assert e.error_code == ErrorCode.CORRUPT_MESSAGE and "CRC" in str(e)
     assert e.offset == 17
 
 
 def test_flipped_crc_is_corrupt_message() -> None:
     data = bytearray(build_batch(records(3)))
     data[18] ^= 0x80
-    assert error_of(bytes(data)).error_code == CORRUPT_MESSAGE
+    assert error_of(bytes(data)).error_code == ErrorCode.CORRUPT_MESSAGE
 
 
 @pytest.mark.parametrize("magic", [0, 1])
 def test_old_message_formats(magic: int) -> None:
     e = error_of(patch(build_batch(records(1)), "b", 16, magic, fix_crc=False))
-    assert e.error_code == INVALID_RECORD
+    assert e.error_code == ErrorCode.INVALID_RECORD
     assert f"message format v0/v1 (magic {magic}) is not supported; use a client that sends " in (
         str(e)
     )
@@ -189,7 +187,7 @@ def test_old_message_formats(magic: int) -> None:
 @pytest.mark.parametrize("magic", [3, -1, 127])
 def test_unknown_magic(magic: int) -> None:
     e = error_of(patch(build_batch(records(1)), "b", 16, magic, fix_crc=False))
-    assert e.error_code == INVALID_RECORD and f"magic {magic}" in str(e)
+    assert e.error_code == ErrorCode.INVALID_RECORD and f"magic {magic}" in str(e)
 
 
 @pytest.mark.parametrize("cut", [1, 10, 50])
@@ -197,7 +195,7 @@ def test_truncated_batch(cut: int) -> None:
     data = build_batch(records(3))
     for produce in (False, True):
         e = error_of(data[:-cut], produce=produce)
-        assert e.error_code == INVALID_RECORD
+        assert e.error_code == ErrorCode.INVALID_RECORD
 
 
 @pytest.mark.parametrize("keep", [1, 11, 16, 17, 40, 61])
@@ -205,13 +203,15 @@ def test_trailing_partial_batch(keep: int) -> None:
     first = build_batch(records(2))
     data = first + build_batch(records(2), base_offset=2)[:keep]
     e = error_of(data)
-    assert e.error_code == INVALID_RECORD and e.offset is not None and e.offset >= len(first)
+    assert (
+        e.error_code == ErrorCode.INVALID_RECORD and e.offset is not None and e.offset >= len(first)
+    )
 
 
 def test_batch_length_too_big() -> None:
     data = build_batch(records(3))
     e = error_of(patch(data, "i", 8, len(data) - 12 + 1, fix_crc=False))
-    assert e.error_code == INVALID_RECORD and "runs past" in str(e)
+    assert e.error_code == ErrorCode.INVALID_RECORD and "runs past" in str(e)
 
 
 def test_batch_length_too_small() -> None:
@@ -219,37 +219,37 @@ def test_batch_length_too_small() -> None:
     short = patch(data, "i", 8, len(data) - 12 - 1, fix_crc=False)
     # A produce's one batch must fill its records: malformed, whatever the CRC says.
     e = error_of(short, produce=True)
-    assert e.error_code == INVALID_RECORD and "exactly one record batch" in str(e)
+    assert e.error_code == ErrorCode.INVALID_RECORD and "exactly one record batch" in str(e)
     # In a buffer of several batches the shorter extent fails its CRC first.
-    assert error_of(short).error_code == CORRUPT_MESSAGE
+    assert error_of(short).error_code == ErrorCode.CORRUPT_MESSAGE
 
 
 @pytest.mark.parametrize("length", [-1, 0, 13, 48])
 def test_batch_length_below_the_header(length: int) -> None:
     e = error_of(patch(build_batch(records(1)), "i", 8, length, fix_crc=False))
-    assert e.error_code == INVALID_RECORD and "batch header" in str(e)
+    assert e.error_code == ErrorCode.INVALID_RECORD and "batch header" in str(e)
 
 
 @pytest.mark.parametrize("count", [-1, -(2**31), 2**31 - 1, 100])
 def test_impossible_record_count(count: int) -> None:
     data = patch(build_batch(records(3)), "i", 57, count)
     e = error_of(data)
-    assert e.error_code == INVALID_RECORD and "recordsCount" in str(e)
+    assert e.error_code == ErrorCode.INVALID_RECORD and "recordsCount" in str(e)
 
 
 def test_record_count_disagrees_with_the_records() -> None:
     data = build_batch(records(3))
     fewer = patch(patch(data, "i", 57, 2), "i", 23, 1)  # count and lastOffsetDelta agree
     e = error_of(fewer)
-    assert e.error_code == INVALID_RECORD and "holds 3 records" in str(e)
+    assert e.error_code == ErrorCode.INVALID_RECORD and "holds 3 records" in str(e)
     more = patch(patch(data, "i", 57, 4), "i", 23, 3)
-    assert error_of(more).error_code == INVALID_RECORD
+    assert error_of(more).error_code == ErrorCode.INVALID_RECORD
 
 
 @pytest.mark.parametrize("delta", [0, 1, 3, -1])
 def test_last_offset_delta_must_be_count_minus_one(delta: int) -> None:
     e = error_of(patch(build_batch(records(3)), "i", 23, delta))
-    assert e.error_code == INVALID_RECORD and "lastOffsetDelta" in str(e)
+    assert e.error_code == ErrorCode.INVALID_RECORD and "lastOffsetDelta" in str(e)
 
 
 def test_malformed_record_length() -> None:
@@ -257,10 +257,10 @@ def test_malformed_record_length() -> None:
     data[61] = 0x02  # first record's length varint: zigzag 1, shorter than any record
     data[17:21] = struct.pack(">I", crc32c.crc32c(bytes(data[21:])))
     e = error_of(bytes(data))
-    assert e.error_code == INVALID_RECORD and "record 0" in str(e) and e.offset == 61
+    assert e.error_code == ErrorCode.INVALID_RECORD and "record 0" in str(e) and e.offset == 61
     data[61] = 0xFF  # a varint that runs on
     data[17:21] = struct.pack(">I", crc32c.crc32c(bytes(data[21:])))
-    assert error_of(bytes(data)).error_code == INVALID_RECORD
+    assert error_of(bytes(data)).error_code == ErrorCode.INVALID_RECORD
     # Kafka walks the records of an uncompressed batch; verify_records=False skips that.
     assert parse_batches(bytes(data), verify_records=False)
 
@@ -268,25 +268,25 @@ def test_malformed_record_length() -> None:
 @pytest.mark.parametrize("codec", [5, 6, 7])
 def test_unknown_compression_codec(codec: int) -> None:
     e = error_of(patch(build_batch(records(1)), "h", 21, codec))
-    assert e.error_code == INVALID_RECORD and f"codec {codec}" in str(e)
+    assert e.error_code == ErrorCode.INVALID_RECORD and f"codec {codec}" in str(e)
 
 
 def test_oversize_batch_is_message_too_large() -> None:
     data = build_batch([b"x" * 1000])
     assert parse_batches(data, len(data))  # the limit counts the 12-byte prefix too
     e = error_of(data, max_batch_bytes=len(data) - 1)
-    assert e.error_code == MESSAGE_TOO_LARGE and str(len(data)) in str(e)
+    assert e.error_code == ErrorCode.MESSAGE_TOO_LARGE and str(len(data)) in str(e)
     big = build_batch([b"x" * DEFAULT_MAX_BATCH_BYTES])
-    assert error_of(big, produce=True).error_code == MESSAGE_TOO_LARGE
+    assert error_of(big, produce=True).error_code == ErrorCode.MESSAGE_TOO_LARGE
 
 
 def test_checks_run_in_kafkas_order() -> None:
     """Size before CRC (MESSAGE_TOO_LARGE wins), CRC before the header fields."""
     data = bytearray(build_batch([b"x" * 100]))
     data[-1] ^= 1
-    assert error_of(bytes(data), max_batch_bytes=100).error_code == MESSAGE_TOO_LARGE
+    assert error_of(bytes(data), max_batch_bytes=100).error_code == ErrorCode.MESSAGE_TOO_LARGE
     bad_codec_and_crc = patch(bytes(data), "h", 21, 7, fix_crc=False)
-    assert error_of(bad_codec_and_crc).error_code == CORRUPT_MESSAGE
+    assert error_of(bad_codec_and_crc).error_code == ErrorCode.CORRUPT_MESSAGE
 
 
 # --- Produce (client origin) rules -----------------------------------------------------------
@@ -296,24 +296,24 @@ def test_produce_requires_base_offset_zero() -> None:
     data = build_batch(records(1), base_offset=5)
     assert parse_batches(data)[0].base_offset == 5  # stored batches keep their offsets
     e = error_of(data, produce=True)
-    assert e.error_code == INVALID_RECORD and "base offset 5" in str(e)
+    assert e.error_code == ErrorCode.INVALID_RECORD and "base offset 5" in str(e)
 
 
 def test_produce_carries_exactly_one_batch() -> None:
     data = build_batch(records(1)) + build_batch(records(1), base_offset=1)
     assert len(parse_batches(data)) == 2
-    assert error_of(data, produce=True).error_code == INVALID_RECORD
+    assert error_of(data, produce=True).error_code == ErrorCode.INVALID_RECORD
 
 
 def test_produce_refuses_empty_and_control_batches() -> None:
-    assert error_of(build_batch([]), produce=True).error_code == INVALID_RECORD
+    assert error_of(build_batch([]), produce=True).error_code == ErrorCode.INVALID_RECORD
     e = error_of(build_batch(records(1), control=True), produce=True)
-    assert e.error_code == INVALID_RECORD and "control" in str(e)
+    assert e.error_code == ErrorCode.INVALID_RECORD and "control" in str(e)
 
 
 def test_produce_refuses_a_producer_id_without_sequence() -> None:
     data = build_batch(records(1), producer_id=7, producer_epoch=0, base_sequence=-1)
-    assert error_of(data, produce=True).error_code == INVALID_RECORD
+    assert error_of(data, produce=True).error_code == ErrorCode.INVALID_RECORD
     ok = build_batch(records(1), producer_id=7, producer_epoch=0, base_sequence=0)
     assert parse_batches(ok, produce=True)[0].producer_id == 7
 
@@ -391,7 +391,7 @@ def test_iter_records_refuses_malformed_records(
     data = mutate(build_batch([NewRecord(b"v", key=b"k")]))
     with pytest.raises(RecordError) as info:
         list(iter_records(data))
-    assert info.value.error_code == INVALID_RECORD, name
+    assert info.value.error_code == ErrorCode.INVALID_RECORD, name
 
 
 def test_iter_records_checks_the_batch_length() -> None:
@@ -564,7 +564,11 @@ def test_mutations_raise_only_record_errors(flips: list[tuple[int, int]], cut: i
         try:
             infos = parse_batches(mutated, produce=mode)
         except RecordError as e:
-            assert e.error_code in (INVALID_RECORD, CORRUPT_MESSAGE, MESSAGE_TOO_LARGE)
+            assert e.error_code in (
+                ErrorCode.INVALID_RECORD,
+                ErrorCode.CORRUPT_MESSAGE,
+                ErrorCode.MESSAGE_TOO_LARGE,
+            )
             continue
         for b in infos:
             if b.compression is Compression.NONE:
@@ -584,13 +588,13 @@ def reference_walk(records: bytes, count: int) -> tuple[int, int | None] | None:
         try:
             length, after = read_varint(records, pos)
         except (IndexError, ProtocolError):
-            return INVALID_RECORD, RECORD_BATCH_OVERHEAD + pos
+            return ErrorCode.INVALID_RECORD, RECORD_BATCH_OVERHEAD + pos
         if length < 6 or length > len(records) - after:
-            return INVALID_RECORD, RECORD_BATCH_OVERHEAD + pos
+            return ErrorCode.INVALID_RECORD, RECORD_BATCH_OVERHEAD + pos
         pos = after + length
         seen += 1
     if seen != count:
-        return INVALID_RECORD, RECORD_BATCH_OVERHEAD - 4
+        return ErrorCode.INVALID_RECORD, RECORD_BATCH_OVERHEAD - 4
     return None
 
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from generated.errors import ErrorCode
 from kafscale.broker.topic_configs import LONG_MAX, AppendRules
 from kafscale.protocol.records import (
-    MESSAGE_TOO_LARGE,
     NO_TIMESTAMP,
     BatchInfo,
     CompressedBatchError,
@@ -38,15 +38,14 @@ from kafscale.protocol.records import (
 )
 from kafscale.protocol.wire import Buffer
 
-INVALID_TIMESTAMP = 32
-
 
 class TimestampError(RecordError):
     """A batch refused with INVALID_TIMESTAMP; ``record_errors``: (record index, message)."""
 
     def __init__(self, record_errors: list[tuple[int, str]]) -> None:
         super().__init__(
-            "One or more records have been rejected due to invalid timestamp", INVALID_TIMESTAMP
+            "One or more records have been rejected due to invalid timestamp",
+            ErrorCode.INVALID_TIMESTAMP,
         )
         self.record_errors = record_errors
 
@@ -95,7 +94,7 @@ def apply(data: Buffer, rules: AppendRules, now: int) -> Applied:
                 f"the batch is {len(rewritten)} bytes once compressed as the topic's "
                 f"compression.type, more than the {rules.max_batch_bytes} allowed "
                 "(max.message.bytes)",
-                MESSAGE_TOO_LARGE,
+                ErrorCode.MESSAGE_TOO_LARGE,
             )
         out.append(rewritten)
         changed = True

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from generated.errors import ErrorCode
 from kafscale.broker.config import BrokerConfig
 from kafscale.metadata import (
     Compare,
@@ -52,13 +53,11 @@ CLAIM_SETTLE_S = 1.0
 """After (re)registering, a broker claims no partition for this long (at most half the lease
 TTL): long enough to see the brokers that register with it (see ``Cluster.settling``)."""
 
-NOT_COORDINATOR = 16
-
 
 class NotCoordinator(Exception):
     """This broker does not coordinate the group (NOT_COORDINATOR)."""
 
-    code = NOT_COORDINATOR
+    code = ErrorCode.NOT_COORDINATOR
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
+from generated.errors import ErrorCode
 from kafscale.broker import failpoints
 from kafscale.broker.layout import Policy, compaction_run, retention_start
 from kafscale.broker.periodic import Periodic
@@ -305,7 +306,10 @@ class Compactor:
         try:
             result = await logs.meta.txn(guard, ops)
         except TxnOutcomeUnknown as error:  # it may have applied: reload before going on
-            logs.drop(plog, FlushError(56, f"compaction commit failed: {error}"))
+            logs.drop(
+                plog,
+                FlushError(ErrorCode.KAFKA_STORAGE_ERROR, f"compaction commit failed: {error}"),
+            )
             raise
         except (ValueError, MetadataUnavailable):  # certainly not applied (refused, or down)
             log.warning("%s-%d: compaction swap refused", plog.topic, plog.partition, exc_info=True)

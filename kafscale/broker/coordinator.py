@@ -18,22 +18,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from kafscale.broker.group import (
-    EMPTY,
-    INVALID_SESSION_TIMEOUT,
-    NOT_COORDINATOR,
-    STABLE,
-    UNKNOWN_MEMBER_ID,
-    Group,
-    GroupSettings,
-    JoinResult,
-    SyncResult,
-)
+from generated.errors import ErrorCode
+from kafscale.broker.group import EMPTY, STABLE, Group, GroupSettings, JoinResult, SyncResult
 from kafscale.broker.offsets import Offsets, TopicPartition
 
 log = logging.getLogger("kafscale.broker")
-
-INVALID_GROUP_ID = 24
 
 
 class GroupCoordinator:
@@ -98,17 +87,17 @@ class GroupCoordinator:
         version: int,
     ) -> JoinResult:
         if not group_id:
-            return JoinResult(INVALID_GROUP_ID, member_id)
+            return JoinResult(ErrorCode.INVALID_GROUP_ID, member_id)
         low, high = self.session_timeout_bounds_ms
         if not low <= session_timeout_ms <= high:
-            return JoinResult(INVALID_SESSION_TIMEOUT, member_id)
+            return JoinResult(ErrorCode.INVALID_SESSION_TIMEOUT, member_id)
         group = self.groups.get(group_id)
         if group is None:
             # The group is created by a first join (no member id). A known member id for a
             # group not in memory (e.g. after a restart): Kafka would find the group from its
             # committed offsets, Empty, and answer through the same checks.
             if member_id and not await self.offsets.exists(group_id):
-                return JoinResult(UNKNOWN_MEMBER_ID, member_id)
+                return JoinResult(ErrorCode.UNKNOWN_MEMBER_ID, member_id)
             group = self.groups.setdefault(group_id, Group(group_id, self.settings, self.now()))
         join = functools.partial(
             group.join,
@@ -138,10 +127,10 @@ class GroupCoordinator:
         assignments: Sequence[tuple[str, bytes]],
     ) -> SyncResult:
         if not group_id:
-            return SyncResult(INVALID_GROUP_ID)
+            return SyncResult(ErrorCode.INVALID_GROUP_ID)
         group = self.groups.get(group_id)
         if group is None:
-            return SyncResult(UNKNOWN_MEMBER_ID)
+            return SyncResult(ErrorCode.UNKNOWN_MEMBER_ID)
         sync = functools.partial(
             group.sync,
             member_id=member_id,
@@ -159,10 +148,10 @@ class GroupCoordinator:
         self, group_id: str, *, member_id: str, instance_id: str | None, generation: int
     ) -> int:
         if not group_id:
-            return INVALID_GROUP_ID
+            return ErrorCode.INVALID_GROUP_ID
         group = self.groups.get(group_id)
         if group is None:
-            return UNKNOWN_MEMBER_ID
+            return ErrorCode.UNKNOWN_MEMBER_ID
         error = group.heartbeat(
             self.now(), member_id=member_id, instance_id=instance_id, generation=generation
         )
@@ -174,10 +163,10 @@ class GroupCoordinator:
     ) -> tuple[int, list[int]]:
         """The request's error and each leaving (member id, group instance id)'s error."""
         if not group_id:
-            return INVALID_GROUP_ID, []
+            return ErrorCode.INVALID_GROUP_ID, []
         group = self.groups.get(group_id)
         if group is None:
-            return 0, [UNKNOWN_MEMBER_ID for _ in members]
+            return 0, [ErrorCode.UNKNOWN_MEMBER_ID for _ in members]
         now = self.now()
         errors = [group.leave(now, member_id=m, instance_id=i) for m, i in members]
         self._settle(group)
@@ -202,7 +191,7 @@ class GroupCoordinator:
         get NOT_COORDINATOR and members go find the new coordinator."""
         for group_id in list(self.groups):
             group = self.groups.pop(group_id)
-            group.close(NOT_COORDINATOR)
+            group.close(ErrorCode.NOT_COORDINATOR)
             self._deliver(group)
 
     def get(self, group_id: str) -> Group | None:
@@ -213,7 +202,7 @@ class GroupCoordinator:
         """DeleteGroups removed an Empty group."""
         group = self.groups.pop(group_id, None)
         if group is not None:
-            group.close(UNKNOWN_MEMBER_ID)
+            group.close(ErrorCode.UNKNOWN_MEMBER_ID)
             self._deliver(group)
 
     # --- completions and time --------------------------------------------------------------

@@ -20,19 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from generated.consumer_protocol_subscription import ConsumerProtocolSubscription
-
-# Kafka error codes the group protocol answers.
-NONE = 0
-COORDINATOR_NOT_AVAILABLE = 15
-NOT_COORDINATOR = 16
-ILLEGAL_GENERATION = 22
-INCONSISTENT_GROUP_PROTOCOL = 23
-UNKNOWN_MEMBER_ID = 25
-INVALID_SESSION_TIMEOUT = 26
-REBALANCE_IN_PROGRESS = 27
-GROUP_MAX_SIZE_REACHED = 81
-MEMBER_ID_REQUIRED = 79
-FENCED_INSTANCE_ID = 82
+from generated.errors import ErrorCode
 
 EMPTY = "Empty"
 PREPARING_REBALANCE = "PreparingRebalance"
@@ -201,11 +189,11 @@ class Group:
         names = {name for name, _ in protocols}
         if not self._accepts_joining_member(member_id):
             self._remove(member_id)
-            fail(GROUP_MAX_SIZE_REACHED, "")
+            fail(ErrorCode.GROUP_MAX_SIZE_REACHED, "")
         elif self.state == DEAD:
-            fail(COORDINATOR_NOT_AVAILABLE)
+            fail(ErrorCode.COORDINATOR_NOT_AVAILABLE)
         elif not self._supports_protocols(protocol_type, names):
-            fail(INCONSISTENT_GROUP_PROTOCOL)
+            fail(ErrorCode.INCONSISTENT_GROUP_PROTOCOL)
         elif not member_id:
             new_id = f"{instance_id or client_id}-{uuid.uuid4()}"
             args = (session_timeout_ms, rebalance_timeout_ms, protocol_type, protocols)
@@ -221,14 +209,14 @@ class Group:
                     )
             elif version >= 4:  # KIP-394: the member id comes back first, the member rejoins
                 self.pending_members[new_id] = now + session_timeout_ms
-                fail(MEMBER_ID_REQUIRED, new_id)
+                fail(ErrorCode.MEMBER_ID_REQUIRED, new_id)
             else:
                 self._add_and_rebalance(
                     now, waiter, version, new_id, None, client_id, client_host, *args
                 )
         elif member_id in self.pending_members:
             if instance_id is not None:  # Kafka: IllegalStateException; a pending id is dynamic
-                fail(UNKNOWN_MEMBER_ID)
+                fail(ErrorCode.UNKNOWN_MEMBER_ID)
             else:
                 args = (session_timeout_ms, rebalance_timeout_ms, protocol_type, protocols)
                 self._add_and_rebalance(
@@ -255,7 +243,7 @@ class Group:
                 )
                 self._maybe_prepare_rebalance(now)
             else:
-                fail(UNKNOWN_MEMBER_ID)
+                fail(ErrorCode.UNKNOWN_MEMBER_ID)
         if self.state == PREPARING_REBALANCE:
             self._try_complete_join(now)
 
@@ -351,7 +339,7 @@ class Group:
         if member.join_waiter is not None:
             # A second JoinGroup while one is parked (a retry on another connection): the
             # first is answered so that its connection is not held forever.
-            answer = JoinResult(REBALANCE_IN_PROGRESS, member.member_id)
+            answer = JoinResult(ErrorCode.REBALANCE_IN_PROGRESS, member.member_id)
             self.completed.append((member.join_waiter, answer))
         member.protocols = protocols
         member.session_timeout_ms = session_timeout_ms
@@ -377,10 +365,12 @@ class Group:
         previous_leader = self.leader
         member = self.members.pop(old_id)
         if member.join_waiter is not None:
-            self.completed.append((member.join_waiter, JoinResult(FENCED_INSTANCE_ID, old_id)))
+            self.completed.append(
+                (member.join_waiter, JoinResult(ErrorCode.FENCED_INSTANCE_ID, old_id))
+            )
             member.join_waiter = None
         if member.sync_waiter is not None:
-            self.completed.append((member.sync_waiter, SyncResult(FENCED_INSTANCE_ID)))
+            self.completed.append((member.sync_waiter, SyncResult(ErrorCode.FENCED_INSTANCE_ID)))
             member.sync_waiter = None
         member.member_id = new_id
         self.members[new_id] = member
@@ -423,7 +413,7 @@ class Group:
 
     def _prepare_rebalance(self, now: float) -> None:
         if self.state == COMPLETING_REBALANCE:
-            self._propagate_assignment(now, REBALANCE_IN_PROGRESS, reset=True)
+            self._propagate_assignment(now, ErrorCode.REBALANCE_IN_PROGRESS, reset=True)
         self.sync_deadline = None
         timeout = self._rebalance_timeout_ms()
         if self.state == EMPTY:
@@ -496,7 +486,7 @@ class Group:
     def _join_result(self, member: Member, *, with_members: bool) -> JoinResult:
         protocol = self.protocol_name or ""
         return JoinResult(
-            NONE,
+            ErrorCode.NONE,
             member.member_id,
             self.generation,
             self.protocol_type,
@@ -528,13 +518,13 @@ class Group:
         """Handle a SyncGroup; its result is queued in :attr:`completed` now or later."""
         error = self._validate(member_id, instance_id, generation)
         if not error and protocol_type is not None and protocol_type != self.protocol_type:
-            error = INCONSISTENT_GROUP_PROTOCOL
+            error = ErrorCode.INCONSISTENT_GROUP_PROTOCOL
         if not error and protocol_name is not None and protocol_name != self.protocol_name:
-            error = INCONSISTENT_GROUP_PROTOCOL
+            error = ErrorCode.INCONSISTENT_GROUP_PROTOCOL
         if not error and self.state == EMPTY:
-            error = UNKNOWN_MEMBER_ID
+            error = ErrorCode.UNKNOWN_MEMBER_ID
         if not error and self.state == PREPARING_REBALANCE:
-            error = REBALANCE_IN_PROGRESS
+            error = ErrorCode.REBALANCE_IN_PROGRESS
         if error:
             self.completed.append((waiter, SyncResult(error)))
             return
@@ -545,19 +535,21 @@ class Group:
             self._heartbeat(now, member)
         else:  # CompletingRebalance: wait for the leader's assignment
             if member.sync_waiter is not None:
-                self.completed.append((member.sync_waiter, SyncResult(REBALANCE_IN_PROGRESS)))
+                self.completed.append(
+                    (member.sync_waiter, SyncResult(ErrorCode.REBALANCE_IN_PROGRESS))
+                )
             member.sync_waiter = waiter
             if member_id == self.leader:
                 given = dict(assignments)  # the leader's, unchanged; a member it missed gets b""
                 for each in self.members.values():
                     each.assignment = given.get(each.member_id, b"")
-                self._propagate_assignment(now, NONE, reset=False)
+                self._propagate_assignment(now, ErrorCode.NONE, reset=False)
                 self._transition(STABLE, now)
         if not self.pending_sync:
             self.sync_deadline = None
 
     def _sync_result(self, member: Member) -> SyncResult:
-        return SyncResult(NONE, member.assignment, self.protocol_type, self.protocol_name)
+        return SyncResult(ErrorCode.NONE, member.assignment, self.protocol_type, self.protocol_name)
 
     def _propagate_assignment(self, now: float, error: int, *, reset: bool) -> None:
         for member in self.members.values():
@@ -579,83 +571,85 @@ class Group:
         if error:
             return error
         if self.state == EMPTY:
-            return UNKNOWN_MEMBER_ID
+            return ErrorCode.UNKNOWN_MEMBER_ID
         self._heartbeat(now, self.members[member_id])
-        return REBALANCE_IN_PROGRESS if self.state == PREPARING_REBALANCE else NONE
+        return (
+            ErrorCode.REBALANCE_IN_PROGRESS if self.state == PREPARING_REBALANCE else ErrorCode.NONE
+        )
 
     def leave(self, now: float, *, member_id: str, instance_id: str | None) -> int:
         """One leaving member (LeaveGroup names several from v3); administrative removal by
         group instance id alone (member id "") is allowed, as in Kafka (KIP-345)."""
         if self.state == DEAD:
-            return COORDINATOR_NOT_AVAILABLE
+            return ErrorCode.COORDINATOR_NOT_AVAILABLE
         if not member_id:
             current = self.static_members.get(instance_id) if instance_id is not None else None
             if current is None:
-                return UNKNOWN_MEMBER_ID
+                return ErrorCode.UNKNOWN_MEMBER_ID
             self._remove_and_update(now, self.members[current])
-            return NONE
+            return ErrorCode.NONE
         if member_id in self.pending_members:
             del self.pending_members[member_id]
             if self.state == PREPARING_REBALANCE:
                 self._try_complete_join(now)
-            return NONE
+            return ErrorCode.NONE
         error = self._validate_member(member_id, instance_id)
         if error:
             return error
         self._remove_and_update(now, self.members[member_id])
-        return NONE
+        return ErrorCode.NONE
 
     def validate_commit(
         self, now: float, *, member_id: str, instance_id: str | None, generation: int
     ) -> int:
         """Kafka's validateOffsetCommit: 0 when an OffsetCommit may be stored."""
         if self.state == DEAD:
-            return COORDINATOR_NOT_AVAILABLE
+            return ErrorCode.COORDINATOR_NOT_AVAILABLE
         if generation < 0 and self.state == EMPTY:
-            return NONE  # the admin client, or a consumer not using group management
+            return ErrorCode.NONE  # the admin client, or a consumer not using group management
         if generation >= 0 or member_id or instance_id is not None:
             error = self._validate(member_id, instance_id, generation)
             if error:
                 return error
         elif self.state != EMPTY:
-            return UNKNOWN_MEMBER_ID  # only members may commit for a group with members
+            return ErrorCode.UNKNOWN_MEMBER_ID  # only members may commit for a group with members
         else:
-            return NONE
+            return ErrorCode.NONE
         if self.state == COMPLETING_REBALANCE:
             # The member has its new generation but not its assignment yet.
-            return REBALANCE_IN_PROGRESS
+            return ErrorCode.REBALANCE_IN_PROGRESS
         if self.state == EMPTY:
-            return NONE
+            return ErrorCode.NONE
         self._heartbeat(now, self.members[member_id])
-        return NONE
+        return ErrorCode.NONE
 
     def _validate(self, member_id: str, instance_id: str | None, generation: int) -> int:
         if self.state == DEAD:
-            return COORDINATOR_NOT_AVAILABLE
+            return ErrorCode.COORDINATOR_NOT_AVAILABLE
         error = self._validate_member(member_id, instance_id)
         if error:
             return error
-        return ILLEGAL_GENERATION if generation != self.generation else NONE
+        return ErrorCode.ILLEGAL_GENERATION if generation != self.generation else ErrorCode.NONE
 
     def _validate_member(self, member_id: str, instance_id: str | None) -> int:
         """A group instance id must map to this member id; the member id must be known."""
         if instance_id is not None:
             current = self.static_members.get(instance_id)
             if current is None:
-                return UNKNOWN_MEMBER_ID
+                return ErrorCode.UNKNOWN_MEMBER_ID
             if current != member_id:
-                return FENCED_INSTANCE_ID
-        return NONE if member_id in self.members else UNKNOWN_MEMBER_ID
+                return ErrorCode.FENCED_INSTANCE_ID
+        return ErrorCode.NONE if member_id in self.members else ErrorCode.UNKNOWN_MEMBER_ID
 
     def _heartbeat(self, now: float, member: Member) -> None:
         member.deadline = now + member.session_timeout_ms
 
     def _remove_and_update(self, now: float, member: Member) -> None:
         if member.join_waiter is not None:  # the client retries its JoinGroup if still alive
-            self.completed.append((member.join_waiter, JoinResult(UNKNOWN_MEMBER_ID, "")))
+            self.completed.append((member.join_waiter, JoinResult(ErrorCode.UNKNOWN_MEMBER_ID, "")))
             member.join_waiter = None
         if member.sync_waiter is not None:
-            self.completed.append((member.sync_waiter, SyncResult(UNKNOWN_MEMBER_ID)))
+            self.completed.append((member.sync_waiter, SyncResult(ErrorCode.UNKNOWN_MEMBER_ID)))
             member.sync_waiter = None
         self._remove(member.member_id)
         if self.state in (STABLE, COMPLETING_REBALANCE):

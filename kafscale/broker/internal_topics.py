@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 
+from generated.errors import ErrorCode
 from kafscale.broker.topics import Topic, TopicError, Topics
 
 log = logging.getLogger("kafscale.broker")
@@ -42,9 +43,6 @@ INTERNAL_TOPICS = frozenset(
 
 OFFSETS_TOPIC_PARTITIONS = 1
 OFFSETS_TOPIC_CONFIGS = {"cleanup.policy": "compact", "segment.bytes": "104857600"}
-
-INVALID_TOPIC_EXCEPTION = 17
-TOPIC_ALREADY_EXISTS = 36
 
 
 def is_internal(name: str | None) -> bool:
@@ -63,7 +61,7 @@ async def ensure_offsets_topic(topics: Topics) -> Topic | None:
             GROUP_METADATA_TOPIC, OFFSETS_TOPIC_PARTITIONS, dict(OFFSETS_TOPIC_CONFIGS)
         )
     except TopicError as e:
-        if e.code != TOPIC_ALREADY_EXISTS:
+        if e.code != ErrorCode.TOPIC_ALREADY_EXISTS:
             log.warning("could not create %s: %s", GROUP_METADATA_TOPIC, e.message)
         return topics.get(GROUP_METADATA_TOPIC)
     except Exception:

@@ -48,6 +48,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from generated.errors import ErrorCode
 from generated.storage.segment_index import SegmentIndex
 from kafscale.broker import failpoints
 from kafscale.broker.cluster import Cluster
@@ -88,12 +89,6 @@ from kafscale.storage.segment import (
 
 log = logging.getLogger("kafscale.log")
 
-KAFKA_STORAGE_ERROR = 56
-TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53  # retriable: the client resends, nothing was committed
-NOT_LEADER_OR_FOLLOWER = 6
-OFFSET_OUT_OF_RANGE = 1
-FENCED_LEADER_EPOCH = 74
-UNKNOWN_LEADER_EPOCH = 75
 UNDEFINED_EPOCH = -1
 """Kafka's UNDEFINED_EPOCH and UNDEFINED_EPOCH_OFFSET: OffsetForLeaderEpoch's "not known"."""
 
@@ -133,7 +128,9 @@ class FlushError(Exception):
 def not_owner(topic: str, partition: int, why: str = "") -> FlushError:
     """NOT_LEADER_OR_FOLLOWER (retriable): the client refreshes metadata and goes to the
     owner."""
-    return FlushError(NOT_LEADER_OR_FOLLOWER, f"{topic}-{partition}: not owned by this broker{why}")
+    return FlushError(
+        ErrorCode.NOT_LEADER_OR_FOLLOWER, f"{topic}-{partition}: not owned by this broker{why}"
+    )
 
 
 @dataclass
@@ -297,9 +294,9 @@ class PartitionLog:
         """Kafka's check of a request's CurrentLeaderEpoch against ours: 0 when equal,
         FENCED_LEADER_EPOCH when the client's is older, UNKNOWN_LEADER_EPOCH when newer."""
         if current_leader_epoch < self.epoch:
-            return FENCED_LEADER_EPOCH
+            return ErrorCode.FENCED_LEADER_EPOCH
         if current_leader_epoch > self.epoch:
-            return UNKNOWN_LEADER_EPOCH
+            return ErrorCode.UNKNOWN_LEADER_EPOCH
         return 0
 
     def end_offset_for_epoch(self, requested: int) -> tuple[int, int]:
@@ -516,7 +513,7 @@ class LogManager:
         assert cluster is not None
         meta_topic = self.topics.get(topic)
         if meta_topic is None:
-            raise FlushError(3, f"topic {topic} does not exist")
+            raise FlushError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic} does not exist")
         owner = cluster.owner(topic, partition)
         desired = cluster.desired_owner(topic, partition, meta_topic.partitions)
         if owner is not None or desired != cluster.me:
@@ -526,7 +523,9 @@ class LogManager:
         state_key = self.topics.partition_key(topic, partition)
         kv = await self.meta.get(state_key)
         if kv is None:
-            raise FlushError(3, f"{topic}-{partition} does not exist")
+            raise FlushError(
+                ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"{topic}-{partition} does not exist"
+            )
         state = json.loads(kv.value)
         log_start, hw = int(state["log_start"]), int(state["hw"])
         epoch = int(state.get("epoch", 0)) + 1
@@ -730,7 +729,10 @@ class LogManager:
 
     def forget_topic(self, topic: str) -> None:
         for key in [k for k in self.logs if k[0] == topic]:
-            self.drop(self.logs[key], FlushError(3, f"topic {topic} was deleted"))
+            self.drop(
+                self.logs[key],
+                FlushError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic} was deleted"),
+            )
 
     def drop(self, plog: PartitionLog, error: FlushError, *also: _Pending) -> None:
         """Forget a log whose state is stale (reloaded on next use) or gone. Its pending data
@@ -779,7 +781,8 @@ class LogManager:
             count = batch.last_offset_delta + 1
             if batch.is_transactional:
                 raise FlushError(
-                    TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "transactions are not supported"
+                    ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                    "transactions are not supported",
                 )
             if batch.producer_id >= 0:
                 candidate = ProducerBatch(
@@ -978,7 +981,9 @@ class LogManager:
         finally:
             for f in flushes:  # nothing may wait forever, whatever went wrong
                 if not f.settled.is_set():
-                    self._fail(f, FlushError(KAFKA_STORAGE_ERROR, "flush abandoned"), True)
+                    self._fail(
+                        f, FlushError(ErrorCode.KAFKA_STORAGE_ERROR, "flush abandoned"), True
+                    )
         if committed:
             async with self._committed:
                 self._committed.notify_all()
@@ -1129,7 +1134,7 @@ class LogManager:
         if flush.failed:
             return
         plog = flush.plog
-        code = error.code if isinstance(error, FlushError) else KAFKA_STORAGE_ERROR
+        code = error.code if isinstance(error, FlushError) else ErrorCode.KAFKA_STORAGE_ERROR
         log.warning("flush of %s-%d failed: %s", plog.topic, plog.partition, error)
         failure = FlushError(code, str(error))
         doomed = [flush]
@@ -1140,7 +1145,7 @@ class LogManager:
         entries = [e for f in doomed for e in f.entries]
         for f in doomed:
             f.failed = True
-        if code == NOT_LEADER_OR_FOLLOWER or committing:
+        if code == ErrorCode.NOT_LEADER_OR_FOLLOWER or committing:
             self.drop(plog, failure, *entries)
         for e in entries:
             if not e.future.done():
@@ -1362,7 +1367,9 @@ class LogManager:
     async def _delete_records_locked(self, plog: PartitionLog, before: int) -> int:
         new_start = plog.hw if before == -1 else before
         if new_start > plog.hw or new_start < 0:
-            raise FlushError(OFFSET_OUT_OF_RANGE, f"offset {before} is beyond the high watermark")
+            raise FlushError(
+                ErrorCode.OFFSET_OUT_OF_RANGE, f"offset {before} is beyond the high watermark"
+            )
         if new_start <= plog.log_start:
             return plog.log_start
         await self.advance_log_start(plog, new_start)
@@ -1404,7 +1411,7 @@ class LogManager:
         the state or our ownership moved."""
         result = await self.meta.txn(self.guard(plog), ops)
         if not result.succeeded:
-            error = FlushError(NOT_LEADER_OR_FOLLOWER, "partition state changed under us")
+            error = FlushError(ErrorCode.NOT_LEADER_OR_FOLLOWER, "partition state changed under us")
             self.drop(plog, error)
             raise error
         return result.revision

@@ -27,12 +27,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from generated.errors import ErrorCode
+
 MAX_CACHED_BATCHES = 5
 MAX_SEQUENCE = 2**31 - 1
-
-OUT_OF_ORDER_SEQUENCE_NUMBER = 45
-INVALID_PRODUCER_EPOCH = 47
-UNKNOWN_PRODUCER_ID = 59
 
 
 class SequenceError(Exception):
@@ -130,7 +128,7 @@ def check(
     recent = recent[-MAX_CACHED_BATCHES:]
     if epoch is not None and batch.epoch < epoch:
         raise SequenceError(
-            INVALID_PRODUCER_EPOCH,
+            ErrorCode.INVALID_PRODUCER_EPOCH,
             f"producer {pid}: epoch {batch.epoch} is older than the current {epoch}",
         )
     if epoch is not None and batch.epoch == epoch:
@@ -140,24 +138,24 @@ def check(
         last_seq = recent[-1][1] if recent else None
         if last_seq is not None and not _follows(last_seq, batch.first_seq):
             raise SequenceError(
-                OUT_OF_ORDER_SEQUENCE_NUMBER,
+                ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER,
                 f"producer {pid}: sequence {batch.first_seq} does not follow {last_seq}",
             )
         if last_seq is None and batch.first_seq != 0:
             raise SequenceError(
-                OUT_OF_ORDER_SEQUENCE_NUMBER,
+                ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER,
                 f"producer {pid}: sequence {batch.first_seq}, expected 0",
             )
         return None
     if batch.first_seq != 0:  # a new epoch, or a producer we do not know
         if epoch is None:
             raise SequenceError(
-                UNKNOWN_PRODUCER_ID,
+                ErrorCode.UNKNOWN_PRODUCER_ID,
                 f"producer {pid} is unknown here (new, or its state expired): its first "
                 f"sequence must be 0, not {batch.first_seq}",
             )
         raise SequenceError(
-            OUT_OF_ORDER_SEQUENCE_NUMBER,
+            ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER,
             f"producer {pid}: new epoch {batch.epoch} must start at sequence 0, "
             f"not {batch.first_seq}",
         )

@@ -30,11 +30,10 @@ from decimal import Decimal
 from typing import Any
 
 from generated.broker_configs import BROKER_CONFIGS, BrokerConfigDef
+from generated.errors import ErrorCode
 from generated.topic_configs import TOPIC_CONFIGS, TopicConfigDef
 from kafscale.broker.config import BrokerConfig
 from kafscale.protocol.records import Compression
-
-INVALID_CONFIG = 40
 
 # ConfigSource (DescribeConfigs).
 DYNAMIC_TOPIC_CONFIG, STATIC_BROKER_CONFIG, DEFAULT_CONFIG = 1, 4, 5
@@ -66,7 +65,7 @@ _BROKER_DEFAULTS = BrokerConfig()
 class ConfigError(Exception):
     """A config Kafka would refuse: INVALID_CONFIG with Kafka's message."""
 
-    code = INVALID_CONFIG
+    code = ErrorCode.INVALID_CONFIG
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

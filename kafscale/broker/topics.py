@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from generated.errors import ErrorCode
 from kafscale.broker.cluster import Mirror
 from kafscale.broker.config import BrokerConfig
 from kafscale.broker.topic_configs import AppendRules, ConfigError, append_rules
@@ -68,7 +69,10 @@ class Topic:
 def validate_topic_name(name: str) -> None:
     """Kafka's rules (INVALID_TOPIC_EXCEPTION = 17)."""
     if name in (".", "..") or not _LEGAL.fullmatch(name):
-        raise TopicError(17, f"topic name {name!r} is illegal (characters [a-zA-Z0-9._-], 1-249)")
+        raise TopicError(
+            ErrorCode.INVALID_TOPIC_EXCEPTION,
+            f"topic name {name!r} is illegal (characters [a-zA-Z0-9._-], 1-249)",
+        )
 
 
 class Topics:
@@ -155,12 +159,18 @@ class Topics:
     ) -> Topic:
         validate_topic_name(name)
         if name in self.by_name:
-            raise TopicError(36, f"topic {name!r} already exists")
+            raise TopicError(ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
         self.check_configs(configs)  # before the partitions, as Kafka's controller
         if partitions < 1:
-            raise TopicError(37, f"number of partitions must be at least 1, got {partitions}")
+            raise TopicError(
+                ErrorCode.INVALID_PARTITIONS,
+                f"number of partitions must be at least 1, got {partitions}",
+            )
         if partitions > 10000:
-            raise TopicError(37, f"at most 10000 partitions per topic, got {partitions}")
+            raise TopicError(
+                ErrorCode.INVALID_PARTITIONS,
+                f"at most 10000 partitions per topic, got {partitions}",
+            )
         topic = Topic(name, uuid.uuid4(), partitions, dict(configs))
         if validate_only:
             return topic
@@ -170,7 +180,7 @@ class Topics:
         result = await self.store.txn([Compare(self.topic_key(name), "version", "==", 0)], ops)
         if not result.succeeded:
             await self.load()
-            raise TopicError(36, f"topic {name!r} already exists")
+            raise TopicError(ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
         self._remember(topic)
         return topic
 
@@ -179,7 +189,7 @@ class Topics:
         same transaction) makes the janitor delete its objects."""
         topic = self.by_name.get(name)
         if topic is None:
-            raise TopicError(3, f"topic {name!r} does not exist")
+            raise TopicError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {name!r} does not exist")
         await self.store.txn(
             [],
             ([tombstone(str(topic.id), name)] if tombstone is not None else [])
@@ -197,13 +207,16 @@ class Topics:
     async def add_partitions(self, name: str, total: int, validate_only: bool = False) -> None:
         topic = self.by_name.get(name)
         if topic is None:
-            raise TopicError(3, f"topic {name!r} does not exist")
+            raise TopicError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {name!r} does not exist")
         if total <= topic.partitions:
             raise TopicError(
-                37, f"topic {name!r} has {topic.partitions} partitions; cannot go to {total}"
+                ErrorCode.INVALID_PARTITIONS,
+                f"topic {name!r} has {topic.partitions} partitions; cannot go to {total}",
             )
         if total > 10000:
-            raise TopicError(37, f"at most 10000 partitions per topic, got {total}")
+            raise TopicError(
+                ErrorCode.INVALID_PARTITIONS, f"at most 10000 partitions per topic, got {total}"
+            )
         if validate_only:
             return
         grown = Topic(topic.name, topic.id, total, topic.configs)
@@ -224,7 +237,7 @@ class Topics:
     async def set_configs(self, name: str, configs: dict[str, str], validate_only: bool) -> None:
         topic = self.by_name.get(name)
         if topic is None:
-            raise TopicError(3, f"topic {name!r} does not exist")
+            raise TopicError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {name!r} does not exist")
         self.check_configs(configs)
         if validate_only:
             return

@@ -48,15 +48,9 @@ from typing import NamedTuple, cast
 
 import crc32c
 
+from generated.errors import ErrorCode
 from kafscale.protocol.errors import ProtocolError
 from kafscale.protocol.wire import Buffer, read_uvarint, read_varint, read_varlong, varint, varlong
-
-CORRUPT_MESSAGE = 2
-"""Kafka error code: the batch's CRC-32C does not match its bytes."""
-MESSAGE_TOO_LARGE = 10
-"""Kafka error code: a batch is larger than ``message.max.bytes``."""
-INVALID_RECORD = 87
-"""Kafka error code: the batch or a record in it is malformed."""
 
 DEFAULT_MAX_BATCH_BYTES = 1048588
 """Kafka's default ``message.max.bytes`` (1 MiB + the 12-byte log overhead). It limits a batch's
@@ -109,10 +103,14 @@ class TimestampType(enum.IntEnum):
 
 class RecordError(ProtocolError):
     """A record batch the broker must refuse; ``error_code`` is the Kafka error to answer with
-    (:data:`CORRUPT_MESSAGE`, :data:`MESSAGE_TOO_LARGE` or :data:`INVALID_RECORD`) and
-    ``offset`` the byte position in the buffer where the problem is."""
+    (``ErrorCode.CORRUPT_MESSAGE``: the CRC-32C does not match the bytes;
+    ``MESSAGE_TOO_LARGE``: larger than ``message.max.bytes``; ``INVALID_RECORD``: the batch or a
+    record in it is malformed) and ``offset`` the byte position in the buffer where the problem
+    is."""
 
-    def __init__(self, reason: str, error_code: int = INVALID_RECORD, offset: int | None = None):
+    def __init__(
+        self, reason: str, error_code: int = ErrorCode.INVALID_RECORD, offset: int | None = None
+    ):
         super().__init__(reason, message="RecordBatch", offset=offset)
         self.error_code = error_code
 
@@ -272,7 +270,7 @@ def _parse_one(
         raise RecordError(
             f"{what}: the batch is {size} bytes, more than the {max_batch_bytes} allowed "
             "(message.max.bytes)",
-            MESSAGE_TOO_LARGE,
+            ErrorCode.MESSAGE_TOO_LARGE,
             offset=pos,
         )
     end = pos + size
@@ -295,7 +293,7 @@ def _parse_one(
     if computed != stored_crc:
         raise RecordError(
             f"{what}: CRC-32C mismatch (stored {stored_crc:#010x}, computed {computed:#010x})",
-            CORRUPT_MESSAGE,
+            ErrorCode.CORRUPT_MESSAGE,
             offset=pos + _CRC_AT,
         )
     # From here on the bytes are what the client meant to send: what is wrong is malformed.

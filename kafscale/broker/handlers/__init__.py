@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from generated.errors import ErrorCode
 from generated.request_header import RequestHeader
 from kafscale.protocol.message import Message
 
@@ -30,9 +31,6 @@ class RequestContext:
 
 Handler = Callable[[RequestContext, Any], Awaitable[Message | None]]
 
-NOT_COORDINATOR = 16
-UNKNOWN_TOPIC_OR_PARTITION = 3
-
 
 async def owned_log(
     ctx: RequestContext, topic: str, partition: int, current_leader_epoch: int | None = None
@@ -45,7 +43,7 @@ async def owned_log(
 
     known = ctx.broker.topics.get(topic)
     if known is None or not 0 <= partition < known.partitions:
-        return UNKNOWN_TOPIC_OR_PARTITION
+        return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
     try:
         plog = await ctx.broker.logs.get(topic, partition)
     except FlushError as e:
@@ -64,7 +62,7 @@ async def coordinator_error(ctx: RequestContext, group_id: str, *, claim: bool =
     try:
         await ctx.broker.cluster.hold_group(group_id, claim=claim)
     except NotCoordinator:
-        return NOT_COORDINATOR
+        return ErrorCode.NOT_COORDINATOR
     return 0
 
 

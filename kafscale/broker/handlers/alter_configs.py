@@ -16,21 +16,22 @@ from typing import Any, TypeVar
 
 from generated.alter_configs_request import AlterConfigsRequest, AlterConfigsResource
 from generated.alter_configs_response import AlterConfigsResourceResponse, AlterConfigsResponse
+from generated.errors import ErrorCode
 from kafscale.broker.handlers import RequestContext
 from kafscale.broker.topics import TopicError
 
 log = logging.getLogger("kafscale.broker")
 
 TOPIC, BROKER, BROKER_LOGGER = 2, 4, 8
-UNKNOWN_TOPIC_OR_PARTITION = 3
-INVALID_REQUEST = 42
 
 
 async def handle(ctx: RequestContext, request: AlterConfigsRequest) -> AlterConfigsResponse:
     def replacement(resource: AlterConfigsResource) -> dict[str, str]:
         nulls = [c.name for c in resource.configs if c.value is None]
         if nulls:
-            raise TopicError(INVALID_REQUEST, "Null value not supported for : " + ", ".join(nulls))
+            raise TopicError(
+                ErrorCode.INVALID_REQUEST, "Null value not supported for : " + ", ".join(nulls)
+            )
         return {c.name: c.value for c in resource.configs if c.value is not None}
 
     results = await alter_topic_configs(
@@ -78,21 +79,25 @@ async def alter_topic_configs(
 def check_resource(ctx: RequestContext, kind: int, name: str, seen: set[tuple[int, str]]) -> None:
     """Refuse (TopicError) what the config-altering APIs cannot change: all but topics."""
     if (kind, name) in seen:
-        raise TopicError(INVALID_REQUEST, f"resource {name!r} (type {kind}) appears twice")
+        raise TopicError(
+            ErrorCode.INVALID_REQUEST, f"resource {name!r} (type {kind}) appears twice"
+        )
     seen.add((kind, name))
     if kind in (BROKER, BROKER_LOGGER):
         raise TopicError(
-            INVALID_REQUEST,
+            ErrorCode.INVALID_REQUEST,
             "KafScale does not support dynamic broker configs: set them in the broker's "
             "configuration and restart it",
         )
     if kind != TOPIC:
-        raise TopicError(INVALID_REQUEST, f"resource type {kind} is not supported")
+        raise TopicError(ErrorCode.INVALID_REQUEST, f"resource type {kind} is not supported")
     if ctx.broker.topics.get(name) is None:
-        raise TopicError(UNKNOWN_TOPIC_OR_PARTITION, f"topic {name!r} does not exist")
+        raise TopicError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {name!r} does not exist")
 
 
 def check_names(names: list[str]) -> None:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise TopicError(INVALID_REQUEST, f"duplicate config keys: {', '.join(duplicates)}")
+        raise TopicError(
+            ErrorCode.INVALID_REQUEST, f"duplicate config keys: {', '.join(duplicates)}"
+        )

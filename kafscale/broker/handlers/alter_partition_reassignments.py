@@ -19,12 +19,9 @@ from generated.alter_partition_reassignments_response import (
     ReassignablePartitionResponse,
     ReassignableTopicResponse,
 )
+from generated.errors import ErrorCode
 from kafscale.broker.handlers import RequestContext
 from kafscale.broker.handlers.elect_leaders import leader_of
-
-UNKNOWN_TOPIC_OR_PARTITION = 3
-INVALID_REPLICA_ASSIGNMENT = 39
-NO_REASSIGNMENT_IN_PROGRESS = 85
 
 
 async def handle(
@@ -52,14 +49,14 @@ def _check(ctx: RequestContext, name: str, part: ReassignablePartition) -> tuple
     topic = broker.topics.get(name)
     index = part.partition_index
     if topic is None:
-        return UNKNOWN_TOPIC_OR_PARTITION, f"Unable to find a topic named {name}."
+        return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"Unable to find a topic named {name}."
     if not 0 <= index < topic.partitions:
-        return UNKNOWN_TOPIC_OR_PARTITION, f"Unable to find partition {name}:{index}."
+        return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"Unable to find partition {name}:{index}."
     if part.replicas is None:
-        return NO_REASSIGNMENT_IN_PROGRESS, "No partition reassignment is in progress."
+        return ErrorCode.NO_REASSIGNMENT_IN_PROGRESS, "No partition reassignment is in progress."
     if not part.replicas:
         return (
-            INVALID_REPLICA_ASSIGNMENT,
+            ErrorCode.INVALID_REPLICA_ASSIGNMENT,
             "The manual partition assignment includes an empty replica list.",
         )
     live = broker.cluster.live()
@@ -67,13 +64,13 @@ def _check(ctx: RequestContext, name: str, part: ReassignablePartition) -> tuple
     for broker_id in sorted(part.replicas):
         if broker_id not in live:
             return (
-                INVALID_REPLICA_ASSIGNMENT,
+                ErrorCode.INVALID_REPLICA_ASSIGNMENT,
                 f"The manual partition assignment includes broker {broker_id}, but no such "
                 "broker is registered.",
             )
         if broker_id == previous:
             return (
-                INVALID_REPLICA_ASSIGNMENT,
+                ErrorCode.INVALID_REPLICA_ASSIGNMENT,
                 f"The manual partition assignment includes the broker {broker_id} more than once.",
             )
         previous = broker_id
@@ -81,7 +78,7 @@ def _check(ctx: RequestContext, name: str, part: ReassignablePartition) -> tuple
     if part.replicas == [leader]:
         return 0, None
     return (
-        INVALID_REPLICA_ASSIGNMENT,
+        ErrorCode.INVALID_REPLICA_ASSIGNMENT,
         f"{name}-{index} has one replica, its leader, placed by the cluster on broker {leader}: "
         "the object store keeps its data durable, so replicas cannot be added or moved "
         f"(the only assignment accepted is [{leader}])",

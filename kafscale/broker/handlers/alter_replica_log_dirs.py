@@ -15,12 +15,9 @@ from generated.alter_replica_log_dirs_response import (
     AlterReplicaLogDirsResponse,
     AlterReplicaLogDirTopicResult,
 )
+from generated.errors import ErrorCode
 from kafscale.broker.handlers import RequestContext, owned_log
 from kafscale.broker.handlers.describe_log_dirs import log_dir
-
-REPLICA_NOT_AVAILABLE = 9
-NOT_LEADER_OR_FOLLOWER = 6
-LOG_DIR_NOT_FOUND = 57
 
 
 async def handle(
@@ -34,13 +31,14 @@ async def handle(
                 wanted[(topic.name, index)] = entry.path
     results: dict[str, AlterReplicaLogDirTopicResult] = {}
     for (name, index), path in wanted.items():
+        code: int
         if path != ours:
-            code = LOG_DIR_NOT_FOUND
+            code = ErrorCode.LOG_DIR_NOT_FOUND
         else:
             plog = await owned_log(ctx, name, index)
             code = 0 if not isinstance(plog, int) else plog
-            if code == NOT_LEADER_OR_FOLLOWER:
-                code = REPLICA_NOT_AVAILABLE
+            if code == ErrorCode.NOT_LEADER_OR_FOLLOWER:
+                code = ErrorCode.REPLICA_NOT_AVAILABLE
         result = results.setdefault(name, AlterReplicaLogDirTopicResult(topic_name=name))
         result.partitions.append(
             AlterReplicaLogDirPartitionResult(partition_index=index, error_code=code)

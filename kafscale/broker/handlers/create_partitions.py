@@ -14,13 +14,11 @@ from generated.create_partitions_response import (
     CreatePartitionsResponse,
     CreatePartitionsTopicResult,
 )
+from generated.errors import ErrorCode
 from kafscale.broker.handlers import RequestContext
 from kafscale.broker.topics import TopicError
 
 log = logging.getLogger("kafscale.broker")
-
-INVALID_REPLICA_ASSIGNMENT = 39
-INVALID_REQUEST = 42
 
 
 async def handle(ctx: RequestContext, request: CreatePartitionsRequest) -> CreatePartitionsResponse:
@@ -32,7 +30,7 @@ async def handle(ctx: RequestContext, request: CreatePartitionsRequest) -> Creat
         results.append(result)
         try:
             if wanted.name in seen:
-                raise TopicError(INVALID_REQUEST, f"topic {wanted.name!r} appears twice")
+                raise TopicError(ErrorCode.INVALID_REQUEST, f"topic {wanted.name!r} appears twice")
             seen.add(wanted.name)
             # Existence and count first (validate only), then the assignments against them.
             await broker.topics.add_partitions(wanted.name, wanted.count, validate_only=True)
@@ -53,13 +51,13 @@ def _check_assignments(wanted: CreatePartitionsTopic, current: int, broker_id: i
     added = wanted.count - current
     if len(wanted.assignments) != added:
         raise TopicError(
-            INVALID_REPLICA_ASSIGNMENT,
+            ErrorCode.INVALID_REPLICA_ASSIGNMENT,
             f"adding {added} partition(s) but {len(wanted.assignments)} assignment(s) given",
         )
     for assignment in wanted.assignments:
         if assignment.broker_ids != [broker_id]:
             raise TopicError(
-                INVALID_REPLICA_ASSIGNMENT,
+                ErrorCode.INVALID_REPLICA_ASSIGNMENT,
                 f"replicas {assignment.broker_ids}: each new partition's only replica must be "
                 f"broker {broker_id}",
             )

@@ -19,6 +19,7 @@ from generated.create_topics_response import (
     CreatableTopicResult,
     CreateTopicsResponse,
 )
+from generated.errors import ErrorCode
 from generated.topic_configs import TOPIC_CONFIGS
 from kafscale.broker.handlers import RequestContext
 from kafscale.broker.topic_configs import describe_topic_config
@@ -38,25 +39,34 @@ async def handle(ctx: RequestContext, request: CreateTopicsRequest) -> CreateTop
         results.append(result)
         try:
             if wanted.name in seen:
-                raise TopicError(42, f"topic {wanted.name!r} appears twice in the request")
+                raise TopicError(
+                    ErrorCode.INVALID_REQUEST, f"topic {wanted.name!r} appears twice in the request"
+                )
             seen.add(wanted.name)
             partitions = wanted.num_partitions
             if wanted.assignments:
                 if partitions != -1 or wanted.replication_factor != -1:
-                    raise TopicError(42, "give either assignments or partitions/replication")
+                    raise TopicError(
+                        ErrorCode.INVALID_REQUEST,
+                        "give either assignments or partitions/replication",
+                    )
                 if any(a.broker_ids != [broker.config.broker_id] for a in wanted.assignments):
-                    raise TopicError(39, "replicas must be exactly this broker")
+                    raise TopicError(
+                        ErrorCode.INVALID_REPLICA_ASSIGNMENT, "replicas must be exactly this broker"
+                    )
                 partitions = len(wanted.assignments)
             elif wanted.replication_factor not in (-1, 1):
                 raise TopicError(
-                    38, f"replication factor {wanted.replication_factor}: this cluster has 1 broker"
+                    ErrorCode.INVALID_REPLICATION_FACTOR,
+                    f"replication factor {wanted.replication_factor}: this cluster has 1 broker",
                 )
             if partitions == -1:
                 partitions = broker.config.num_partitions
             nulls = [c.name for c in wanted.configs if c.value is None]
             if nulls:
                 raise TopicError(
-                    40, "Null value not supported for topic configs: " + ",".join(nulls)
+                    ErrorCode.INVALID_CONFIG,
+                    "Null value not supported for topic configs: " + ",".join(nulls),
                 )
             configs = {c.name: c.value for c in wanted.configs if c.value is not None}
             topic = await broker.topics.create(

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from generated.delete_groups_request import DeleteGroupsRequest
 from generated.delete_groups_response import DeletableGroupResult, DeleteGroupsResponse
+from generated.errors import ErrorCode
 from kafscale.broker.group import EMPTY
 from kafscale.broker.handlers import RequestContext, coordinator_error
-
-NON_EMPTY_GROUP = 68
-GROUP_ID_NOT_FOUND = 69
 
 
 async def handle(ctx: RequestContext, request: DeleteGroupsRequest) -> DeleteGroupsResponse:
@@ -30,12 +28,12 @@ async def handle(ctx: RequestContext, request: DeleteGroupsRequest) -> DeleteGro
             continue
         group = broker.groups.get(group_id)
         if group is not None and group.state != EMPTY:
-            results[group_id] = NON_EMPTY_GROUP
+            results[group_id] = ErrorCode.NON_EMPTY_GROUP
             continue
         if group is not None:
             broker.groups.forget(group_id)  # Dead before the await, as Kafka under its lock
         deleted = await broker.offsets.delete_group(group_id)
-        results[group_id] = 0 if deleted or group is not None else GROUP_ID_NOT_FOUND
+        results[group_id] = 0 if deleted or group is not None else ErrorCode.GROUP_ID_NOT_FOUND
     return DeleteGroupsResponse(
         throttle_time_ms=0,
         results=[DeletableGroupResult(group_id=g, error_code=e) for g, e in results.items()],

@@ -16,11 +16,10 @@ from generated.delete_records_response import (
     DeleteRecordsResponse,
     DeleteRecordsTopicResult,
 )
+from generated.errors import ErrorCode
 from kafscale.broker.handlers import RequestContext, owned_log
-from kafscale.broker.internal_topics import INVALID_TOPIC_EXCEPTION, is_internal
+from kafscale.broker.internal_topics import is_internal
 from kafscale.broker.log import FlushError
-
-OFFSET_OUT_OF_RANGE = 1
 
 
 async def handle(ctx: RequestContext, request: DeleteRecordsRequest) -> DeleteRecordsResponse:
@@ -35,14 +34,14 @@ async def handle(ctx: RequestContext, request: DeleteRecordsRequest) -> DeleteRe
             )
             result.partitions.append(resp)
             if is_internal(wanted.name):
-                resp.error_code = INVALID_TOPIC_EXCEPTION
+                resp.error_code = ErrorCode.INVALID_TOPIC_EXCEPTION
                 continue
             plog = await owned_log(ctx, wanted.name, part.partition_index)
             if isinstance(plog, int):
                 resp.error_code = plog
                 continue
             if part.offset < -1:
-                resp.error_code = OFFSET_OUT_OF_RANGE
+                resp.error_code = ErrorCode.OFFSET_OUT_OF_RANGE
                 continue
             try:
                 resp.low_watermark = await broker.logs.delete_records(plog, part.offset)

@@ -19,16 +19,14 @@ import uuid
 
 from generated.delete_topics_request import DeleteTopicsRequest, DeleteTopicState
 from generated.delete_topics_response import DeletableTopicResult, DeleteTopicsResponse
+from generated.errors import ErrorCode
 from kafscale.broker.handlers import RequestContext
-from kafscale.broker.internal_topics import INVALID_TOPIC_EXCEPTION, is_internal
+from kafscale.broker.internal_topics import is_internal
 from kafscale.broker.topics import Topic, TopicError
 
 log = logging.getLogger("kafscale.broker")
 
 ZERO = uuid.UUID(int=0)
-UNKNOWN_TOPIC_OR_PARTITION = 3
-UNKNOWN_TOPIC_ID = 100
-INVALID_REQUEST = 42
 
 
 async def handle(ctx: RequestContext, request: DeleteTopicsRequest) -> DeleteTopicsResponse:
@@ -45,14 +43,16 @@ async def handle(ctx: RequestContext, request: DeleteTopicsRequest) -> DeleteTop
         try:
             key = entry.name if entry.name is not None else entry.topic_id
             if key in seen:
-                raise TopicError(INVALID_REQUEST, f"topic {key} appears twice in the request")
+                raise TopicError(
+                    ErrorCode.INVALID_REQUEST, f"topic {key} appears twice in the request"
+                )
             seen.add(key)
             topic = _find(broker.topics.by_name, broker.topics.by_id, entry)
             result.name, result.topic_id = topic.name, topic.id
             seen |= {topic.name, topic.id}
             if is_internal(topic.name):
                 raise TopicError(
-                    INVALID_TOPIC_EXCEPTION,
+                    ErrorCode.INVALID_TOPIC_EXCEPTION,
                     f"Cannot delete internal topic {topic.name} (committed offsets are kept in "
                     "the metadata store, not in a topic: DeleteGroups and OffsetDelete remove "
                     "them)",
@@ -73,12 +73,16 @@ def _find(
 ) -> Topic:
     if entry.name is not None:
         if entry.topic_id != ZERO:
-            raise TopicError(INVALID_REQUEST, "give either a topic name or a topic id, not both")
+            raise TopicError(
+                ErrorCode.INVALID_REQUEST, "give either a topic name or a topic id, not both"
+            )
         topic = by_name.get(entry.name)
         if topic is None:
-            raise TopicError(UNKNOWN_TOPIC_OR_PARTITION, f"topic {entry.name!r} does not exist")
+            raise TopicError(
+                ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {entry.name!r} does not exist"
+            )
         return topic
     topic = by_id.get(entry.topic_id)
     if topic is None:
-        raise TopicError(UNKNOWN_TOPIC_ID, f"no topic has id {entry.topic_id}")
+        raise TopicError(ErrorCode.UNKNOWN_TOPIC_ID, f"no topic has id {entry.topic_id}")
     return topic

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from generated.describe_cluster_request import DescribeClusterRequest
 from generated.describe_cluster_response import DescribeClusterBroker, DescribeClusterResponse
+from generated.errors import ErrorCode
 from kafscale.broker.handlers import RequestContext
 
 BROKER_ENDPOINT, CONTROLLER_ENDPOINT = 1, 2
-MISMATCHED_ENDPOINT_TYPE = 114
-UNSUPPORTED_ENDPOINT_TYPE = 115
 
 
 async def handle(ctx: RequestContext, request: DescribeClusterRequest) -> DescribeClusterResponse:
@@ -19,12 +18,12 @@ async def handle(ctx: RequestContext, request: DescribeClusterRequest) -> Descri
     if ctx.version >= 1 and request.endpoint_type != BROKER_ENDPOINT:
         if request.endpoint_type == CONTROLLER_ENDPOINT:
             code, message = (
-                MISMATCHED_ENDPOINT_TYPE,
+                ErrorCode.MISMATCHED_ENDPOINT_TYPE,
                 "The request was sent to an endpoint of type BROKER, but we wanted an endpoint "
                 "of type CONTROLLER",
             )
         else:
-            code = UNSUPPORTED_ENDPOINT_TYPE
+            code = ErrorCode.UNSUPPORTED_ENDPOINT_TYPE
             message = f"Unsupported endpoint type {request.endpoint_type}"
         return DescribeClusterResponse(throttle_time_ms=0, error_code=code, error_message=message)
     live = ctx.broker.cluster.live()

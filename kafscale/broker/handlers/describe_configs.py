@@ -28,14 +28,13 @@ from generated.describe_configs_response import (
     DescribeConfigsResult,
     DescribeConfigsSynonym,
 )
+from generated.errors import ErrorCode
 from generated.topic_configs import TOPIC_CONFIGS
 from kafscale.broker.handlers import RequestContext
 from kafscale.broker.topic_configs import Described, describe_broker_config, describe_topic_config
 from kafscale.broker.topics import TopicError, validate_topic_name
 
 TOPIC, BROKER = 2, 4
-UNKNOWN_TOPIC_OR_PARTITION = 3
-INVALID_REQUEST = 42
 
 
 async def handle(ctx: RequestContext, request: DescribeConfigsRequest) -> DescribeConfigsResponse:
@@ -68,7 +67,8 @@ def _describe(
         topic = ctx.broker.topics.get(resource.resource_name)
         if topic is None:
             raise TopicError(
-                UNKNOWN_TOPIC_OR_PARTITION, f"topic {resource.resource_name!r} does not exist"
+                ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+                f"topic {resource.resource_name!r} does not exist",
             )
         for name in sorted(TOPIC_CONFIGS):
             if keys is None or name in keys:
@@ -81,11 +81,12 @@ def _describe(
             broker_id = int(resource.resource_name)
         except ValueError:
             raise TopicError(
-                INVALID_REQUEST, f"broker id must be an integer, got {resource.resource_name!r}"
+                ErrorCode.INVALID_REQUEST,
+                f"broker id must be an integer, got {resource.resource_name!r}",
             ) from None
         if broker_id != config.broker_id:
             raise TopicError(
-                INVALID_REQUEST,
+                ErrorCode.INVALID_REQUEST,
                 f"unexpected broker id, expected {config.broker_id} or empty string, "
                 f"but received {resource.resource_name}",
             )
@@ -94,7 +95,7 @@ def _describe(
                 out.append(_entry(describe_broker_config(config, name), True, synonyms, docs))
     else:
         raise TopicError(
-            INVALID_REQUEST, f"resource type {resource.resource_type} is not supported"
+            ErrorCode.INVALID_REQUEST, f"resource type {resource.resource_type} is not supported"
         )
     return out
 

@@ -26,17 +26,13 @@ from generated.elect_leaders_response import (
     PartitionResult,
     ReplicaElectionResult,
 )
+from generated.errors import ErrorCode
 from kafscale.broker.cluster import Cluster
 from kafscale.broker.handlers import RequestContext
 
 log = logging.getLogger("kafscale.broker")
 
 PREFERRED, UNCLEAN = 0, 1
-UNKNOWN_TOPIC_OR_PARTITION = 3
-INVALID_REQUEST = 42
-PREFERRED_LEADER_NOT_AVAILABLE = 80
-ELIGIBLE_LEADERS_NOT_AVAILABLE = 83
-ELECTION_NOT_NEEDED = 84
 
 
 async def handle(ctx: RequestContext, request: ElectLeadersRequest) -> ElectLeadersResponse:
@@ -45,13 +41,13 @@ async def handle(ctx: RequestContext, request: ElectLeadersRequest) -> ElectLead
         why = f"Unknown election type {election}"
         return ElectLeadersResponse(
             throttle_time_ms=0,
-            error_code=INVALID_REQUEST,
+            error_code=ErrorCode.INVALID_REQUEST,
             replica_election_results=[
                 ReplicaElectionResult(
                     topic=t.topic,
                     partition_result=[
                         PartitionResult(
-                            partition_id=p, error_code=INVALID_REQUEST, error_message=why
+                            partition_id=p, error_code=ErrorCode.INVALID_REQUEST, error_message=why
                         )
                         for p in t.partitions
                     ],
@@ -66,7 +62,7 @@ async def handle(ctx: RequestContext, request: ElectLeadersRequest) -> ElectLead
             results.append(result)
             for index in range(topic.partitions):
                 code, message = await _elect(ctx, topic.name, index, election)
-                if code != ELECTION_NOT_NEEDED:
+                if code != ErrorCode.ELECTION_NOT_NEEDED:
                     result.partition_result.append(
                         PartitionResult(partition_id=index, error_code=code, error_message=message)
                     )
@@ -96,29 +92,32 @@ async def _elect(
     broker = ctx.broker
     known = broker.topics.get(topic)
     if known is None:
-        return UNKNOWN_TOPIC_OR_PARTITION, f"No such topic as {topic}"
+        return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"No such topic as {topic}"
     if not 0 <= index < known.partitions:
-        return UNKNOWN_TOPIC_OR_PARTITION, f"No such partition as {topic}-{index}"
+        return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"No such partition as {topic}-{index}"
     cluster = broker.cluster
     preferred = cluster.desired_owner(topic, index, known.partitions)
     leader = leader_of(cluster, topic, index, known.partitions)
     if election == UNCLEAN:
         if leader is None:
-            return ELIGIBLE_LEADERS_NOT_AVAILABLE, "no live broker to lead it"
-        return ELECTION_NOT_NEEDED, "Leader election not needed for topic partition."
+            return ErrorCode.ELIGIBLE_LEADERS_NOT_AVAILABLE, "no live broker to lead it"
+        return ErrorCode.ELECTION_NOT_NEEDED, "Leader election not needed for topic partition."
     if leader is not None and leader == preferred:
-        return ELECTION_NOT_NEEDED, "Leader election not needed for topic partition."
+        return ErrorCode.ELECTION_NOT_NEEDED, "Leader election not needed for topic partition."
     if preferred is None:
-        return PREFERRED_LEADER_NOT_AVAILABLE, "no live broker to lead it"
+        return ErrorCode.PREFERRED_LEADER_NOT_AVAILABLE, "no live broker to lead it"
     if leader == cluster.me:
         try:
             await broker.logs.release(topic, index)
         except Exception as e:
             log.warning("handing %s-%d over failed", topic, index, exc_info=True)
-            return PREFERRED_LEADER_NOT_AVAILABLE, f"handing it over to broker {preferred}: {e}"
+            return (
+                ErrorCode.PREFERRED_LEADER_NOT_AVAILABLE,
+                f"handing it over to broker {preferred}: {e}",
+            )
         return 0, None
     return (
-        PREFERRED_LEADER_NOT_AVAILABLE,
+        ErrorCode.PREFERRED_LEADER_NOT_AVAILABLE,
         f"broker {leader} hands it over to the preferred leader, broker {preferred}, at its "
         "next ownership round",
     )

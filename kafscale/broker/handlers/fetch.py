@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 
+from generated.errors import ErrorCode
 from generated.fetch_request import FetchRequest
 from generated.fetch_response import (
     EpochEndOffset,
@@ -35,11 +36,7 @@ from generated.fetch_response import (
 from kafscale.broker.handlers import RequestContext
 from kafscale.broker.log import UNDEFINED_EPOCH, FlushError
 
-OFFSET_OUT_OF_RANGE = 1
-KAFKA_STORAGE_ERROR = 56
 log = logging.getLogger("kafscale.broker")
-UNKNOWN_TOPIC_OR_PARTITION = 3
-UNKNOWN_TOPIC_ID = 100
 
 
 async def handle(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
@@ -97,10 +94,10 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[FetchRe
     for wanted in request.topics:
         if ctx.version >= 13:
             topic = broker.topics.by_id.get(wanted.topic_id)
-            missing = UNKNOWN_TOPIC_ID
+            missing = ErrorCode.UNKNOWN_TOPIC_ID
         else:
             topic = broker.topics.get(wanted.topic)
-            missing = UNKNOWN_TOPIC_OR_PARTITION
+            missing = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
         resp_topic = FetchableTopicResponse(topic=wanted.topic, topic_id=wanted.topic_id)
         out.append(resp_topic)
         for part in wanted.partitions:
@@ -132,7 +129,7 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[FetchRe
             if ctx.version >= 12 and part.last_fetched_epoch >= 0:
                 epoch, end = plog.end_offset_for_epoch(part.last_fetched_epoch)
                 if UNDEFINED_EPOCH in (epoch, end) or part.fetch_offset < plog.log_start:
-                    pd.error_code = OFFSET_OUT_OF_RANGE
+                    pd.error_code = ErrorCode.OFFSET_OUT_OF_RANGE
                     urgent = True
                     continue
                 if epoch < part.last_fetched_epoch or end < part.fetch_offset:
@@ -140,7 +137,7 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[FetchRe
                     urgent = True
                     continue
             if not plog.log_start <= part.fetch_offset <= plog.hw:
-                pd.error_code = OFFSET_OUT_OF_RANGE
+                pd.error_code = ErrorCode.OFFSET_OUT_OF_RANGE
                 urgent = True
                 continue
             limit = min(max(part.partition_max_bytes, 0), budget - total)
@@ -150,7 +147,7 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[FetchRe
                 data = await broker.logs.read(plog, part.fetch_offset, max(limit, 1))
             except Exception as e:  # the object store failed (after its retries): retriable
                 log.warning("fetch %s-%d: %s", topic.name, part.partition, e)
-                pd.error_code = KAFKA_STORAGE_ERROR
+                pd.error_code = ErrorCode.KAFKA_STORAGE_ERROR
                 urgent = True
                 continue
             pd.records = data

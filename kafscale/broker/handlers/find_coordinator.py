@@ -12,15 +12,13 @@
 # - Listed from v0 because librdkafka only enables LZ4 once FindCoordinator v0 is advertised.
 from __future__ import annotations
 
+from generated.errors import ErrorCode
 from generated.find_coordinator_request import FindCoordinatorRequest
 from generated.find_coordinator_response import Coordinator, FindCoordinatorResponse
 from kafscale.broker.handlers import RequestContext
 from kafscale.broker.internal_topics import ensure_offsets_topic
 
 GROUP, TRANSACTION = 0, 1
-COORDINATOR_NOT_AVAILABLE = 15
-TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
-INVALID_REQUEST = 42
 
 
 async def handle(ctx: RequestContext, request: FindCoordinatorRequest) -> FindCoordinatorResponse:
@@ -49,9 +47,12 @@ def _find(ctx: RequestContext, key_type: int, key: str) -> tuple[int, str | None
         coordinator = ctx.broker.cluster.coordinator(key)
         if coordinator is not None:
             return 0, None, coordinator.id, coordinator.host, coordinator.port
-        error, message = COORDINATOR_NOT_AVAILABLE, "no live broker"
+        error, message = ErrorCode.COORDINATOR_NOT_AVAILABLE, "no live broker"
     elif key_type == TRANSACTION:
-        error, message = TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "transactions are not supported"
+        error, message = (
+            ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+            "transactions are not supported",
+        )
     else:
-        error, message = INVALID_REQUEST, f"unknown key type {key_type}"
+        error, message = ErrorCode.INVALID_REQUEST, f"unknown key type {key_type}"
     return error, message, -1, "", -1

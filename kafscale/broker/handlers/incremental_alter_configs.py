@@ -14,6 +14,7 @@
 #   supported), as in AlterConfigs. ValidateOnly checks without storing.
 from __future__ import annotations
 
+from generated.errors import ErrorCode
 from generated.incremental_alter_configs_request import (
     AlterableConfig,
     AlterConfigsResource,
@@ -31,8 +32,6 @@ from kafscale.broker.topics import TopicError
 
 SET, DELETE, APPEND, SUBTRACT = 0, 1, 2, 3
 OPERATIONS = {SET: "SET", DELETE: "DELETE", APPEND: "APPEND", SUBTRACT: "SUBTRACT"}
-INVALID_CONFIG = 40
-INVALID_REQUEST = 42
 
 
 async def handle(
@@ -48,7 +47,9 @@ async def handle(
             op.name for op in resource.configs if op.config_operation != DELETE and op.value is None
         ]
         if nulls:  # before anything else, as Kafka's broker checks them
-            raise TopicError(INVALID_REQUEST, "Null value not supported for : " + ", ".join(nulls))
+            raise TopicError(
+                ErrorCode.INVALID_REQUEST, "Null value not supported for : " + ", ".join(nulls)
+            )
         for op in resource.configs:
             _apply(configs, op)
         return configs
@@ -64,7 +65,9 @@ def _apply(configs: dict[str, str], op: AlterableConfig) -> None:
     validated as a whole afterwards)."""
     name, value = op.name, op.value
     if op.config_operation not in OPERATIONS:
-        raise TopicError(INVALID_REQUEST, f"unknown config operation {op.config_operation}")
+        raise TopicError(
+            ErrorCode.INVALID_REQUEST, f"unknown config operation {op.config_operation}"
+        )
     if op.config_operation == DELETE:
         configs.pop(name, None)
         return
@@ -76,7 +79,7 @@ def _apply(configs: dict[str, str], op: AlterableConfig) -> None:
     if definition is None or definition.type != "LIST":
         verb = OPERATIONS[op.config_operation]
         raise TopicError(
-            INVALID_CONFIG, f"Can't {verb} to key {name} because its type is not LIST."
+            ErrorCode.INVALID_CONFIG, f"Can't {verb} to key {name} because its type is not LIST."
         )
     current = configs.get(name, definition.default)
     items = [i for i in java_split(current, ",") if i]

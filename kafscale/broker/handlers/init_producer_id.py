@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import logging
 
+from generated.errors import ErrorCode
 from generated.init_producer_id_request import InitProducerIdRequest
 from generated.init_producer_id_response import InitProducerIdResponse
 from kafscale.broker.handlers import RequestContext
 
 log = logging.getLogger("kafscale.broker")
 
-COORDINATOR_NOT_AVAILABLE = 15
-TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
-
 
 async def handle(ctx: RequestContext, request: InitProducerIdRequest) -> InitProducerIdResponse:
     if request.transactional_id is not None:
         return InitProducerIdResponse(
             throttle_time_ms=0,
-            error_code=TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+            error_code=ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
             producer_id=-1,
             producer_epoch=-1,
         )
@@ -35,7 +33,7 @@ async def handle(ctx: RequestContext, request: InitProducerIdRequest) -> InitPro
         log.warning("allocating a producer id failed: %s", e)
         return InitProducerIdResponse(
             throttle_time_ms=0,
-            error_code=COORDINATOR_NOT_AVAILABLE,
+            error_code=ErrorCode.COORDINATOR_NOT_AVAILABLE,
             producer_id=-1,
             producer_epoch=-1,
         )

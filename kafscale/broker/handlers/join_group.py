@@ -23,11 +23,11 @@
 #   for the group's life.
 from __future__ import annotations
 
+from generated.errors import ErrorCode
 from generated.join_group_request import JoinGroupRequest
 from generated.join_group_response import JoinGroupResponse, JoinGroupResponseMember
 from kafscale.broker.handlers import RequestContext, coordinator_error
 
-INVALID_REQUEST = 42
 MAX_PROTOCOL_METADATA = 1024 * 1024
 
 
@@ -37,7 +37,7 @@ async def handle(ctx: RequestContext, request: JoinGroupRequest) -> JoinGroupRes
         return _response(version, error, request.member_id)
     protocols = [(p.name, bytes(p.metadata)) for p in request.protocols]
     if sum(len(name) + len(metadata) for name, metadata in protocols) > MAX_PROTOCOL_METADATA:
-        return _response(version, INVALID_REQUEST, request.member_id)
+        return _response(version, ErrorCode.INVALID_REQUEST, request.member_id)
     result = await ctx.broker.groups.join(
         request.group_id,
         member_id=request.member_id,

@@ -15,6 +15,7 @@
 #   older -> FENCED_LEADER_EPOCH (74), newer -> UNKNOWN_LEADER_EPOCH (75).
 from __future__ import annotations
 
+from generated.errors import ErrorCode
 from generated.list_offsets_request import ListOffsetsRequest
 from generated.list_offsets_response import (
     ListOffsetsPartitionResponse,
@@ -22,7 +23,7 @@ from generated.list_offsets_response import (
     ListOffsetsTopicResponse,
 )
 from kafscale.broker.handlers import RequestContext, owned_log
-from kafscale.broker.log import KAFKA_STORAGE_ERROR, UNDEFINED_EPOCH
+from kafscale.broker.log import UNDEFINED_EPOCH
 
 EARLIEST, LATEST, MAX_TIMESTAMP, EARLIEST_LOCAL, LATEST_TIERED = -2, -1, -3, -4, -5
 
@@ -61,7 +62,7 @@ async def handle(ctx: RequestContext, request: ListOffsetsRequest) -> ListOffset
                     else:
                         found = await broker.logs.offset_for_timestamp(plog, part.timestamp)
                 except Exception:  # the object store failed (after its retries): retriable
-                    resp.error_code = KAFKA_STORAGE_ERROR
+                    resp.error_code = ErrorCode.KAFKA_STORAGE_ERROR
                     continue
                 if found is not None:
                     resp.offset, resp.timestamp = found

@@ -30,6 +30,7 @@ import logging
 import uuid
 from typing import TYPE_CHECKING
 
+from generated.errors import ErrorCode
 from generated.metadata_request import MetadataRequest
 from generated.metadata_response import (
     MetadataResponse,
@@ -47,10 +48,6 @@ if TYPE_CHECKING:
     from kafscale.broker.server import Broker
 
 log = logging.getLogger("kafscale.broker")
-
-UNKNOWN_TOPIC_OR_PARTITION = 3
-LEADER_NOT_AVAILABLE = 5
-TOPIC_ALREADY_EXISTS = 36
 
 
 async def _topic(topic: Topic, cluster: Cluster, logs: LogManager) -> MetadataResponseTopic:
@@ -76,7 +73,7 @@ async def _topic(topic: Topic, cluster: Cluster, logs: LogManager) -> MetadataRe
             leader, epoch = (desired, stored[p] + claimed) if desired is not None else (-1, -1)
         partitions.append(
             MetadataResponsePartition(
-                error_code=0 if leader >= 0 else LEADER_NOT_AVAILABLE,
+                error_code=0 if leader >= 0 else ErrorCode.LEADER_NOT_AVAILABLE,
                 partition_index=p,
                 leader_id=leader,
                 leader_epoch=epoch,
@@ -111,13 +108,17 @@ async def handle(ctx: RequestContext, request: MetadataRequest) -> MetadataRespo
                 topic = topics.by_id.get(wanted.topic_id)
                 if topic is None:
                     out.append(
-                        MetadataResponseTopic(error_code=100, name=None, topic_id=wanted.topic_id)
+                        MetadataResponseTopic(
+                            error_code=ErrorCode.UNKNOWN_TOPIC_ID,
+                            name=None,
+                            topic_id=wanted.topic_id,
+                        )
                     )
                 else:
                     out.append(await _topic(topic, broker.cluster, broker.logs))
                 continue
             topic = topics.get(wanted.name)
-            error = UNKNOWN_TOPIC_OR_PARTITION
+            error: int = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
             if topic is None and allow and config.auto_create_topics_enable:
                 topic, error = await _auto_create(broker, wanted.name)
             if topic is None:
@@ -148,14 +149,14 @@ async def _auto_create(broker: Broker, name: str) -> tuple[Topic | None, int]:
     """The topic a Metadata request auto-creates, or None and the error to answer."""
     topics = broker.topics
     if name == GROUP_METADATA_TOPIC:
-        return await ensure_offsets_topic(topics), UNKNOWN_TOPIC_OR_PARTITION
+        return await ensure_offsets_topic(topics), ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
     if is_internal(name):  # __transaction_state, __share_group_state: not served here
-        return None, UNKNOWN_TOPIC_OR_PARTITION
+        return None, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
     try:
         topic = await topics.create(name, broker.config.num_partitions, {})
     except TopicError as e:
-        if e.code != TOPIC_ALREADY_EXISTS:
+        if e.code != ErrorCode.TOPIC_ALREADY_EXISTS:
             return None, e.code
-        return topics.get(name), UNKNOWN_TOPIC_OR_PARTITION  # lost a creation race
+        return topics.get(name), ErrorCode.UNKNOWN_TOPIC_OR_PARTITION  # lost a creation race
     log.info("auto-created topic %s (%d partitions)", topic.name, topic.partitions)
     return topic, 0

@@ -31,22 +31,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from generated.errors import ErrorCode
 from generated.offset_commit_request import OffsetCommitRequest
 from generated.offset_commit_response import (
     OffsetCommitResponse,
     OffsetCommitResponsePartition,
     OffsetCommitResponseTopic,
 )
-from kafscale.broker.handlers import NOT_COORDINATOR, RequestContext, coordinator_error
+from kafscale.broker.handlers import RequestContext, coordinator_error
 from kafscale.broker.offsets import CommittedOffset, Offsets, TopicPartition, now_ms
 
 if TYPE_CHECKING:
     from kafscale.broker.server import Broker
 
-UNKNOWN_TOPIC_OR_PARTITION = 3
-OFFSET_METADATA_TOO_LARGE = 12
-ILLEGAL_GENERATION = 22
-UNKNOWN_MEMBER_ID = 25
 MAX_METADATA = 4096
 """offset.metadata.max.bytes (Kafka's default; it counts characters)."""
 
@@ -67,9 +64,9 @@ async def handle(ctx: RequestContext, request: OffsetCommitRequest) -> OffsetCom
             result.partitions.append(resp)
             metadata = part.committed_metadata or ""
             if topic is None or not 0 <= part.partition_index < topic.partitions:
-                resp.error_code = UNKNOWN_TOPIC_OR_PARTITION
+                resp.error_code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
             elif len(metadata) > MAX_METADATA:
-                resp.error_code = OFFSET_METADATA_TOO_LARGE
+                resp.error_code = ErrorCode.OFFSET_METADATA_TOO_LARGE
             else:
                 stamp = part.commit_timestamp if part.commit_timestamp != -1 else now
                 committed = CommittedOffset(
@@ -90,7 +87,7 @@ async def handle(ctx: RequestContext, request: OffsetCommitRequest) -> OffsetCom
             guard = broker.cluster.group_guard(request.group_id)
             if not await offsets.commit(request.group_id, {tp: c for tp, _, c in pending}, guard):
                 for _, resp, _ in pending:  # another broker took the group over meanwhile
-                    resp.error_code = NOT_COORDINATOR
+                    resp.error_code = ErrorCode.NOT_COORDINATOR
     return OffsetCommitResponse(throttle_time_ms=0, topics=out)
 
 
@@ -112,4 +109,8 @@ async def _membership_error(
     # Not in the coordinator's memory: a group without members, known by its offsets or not.
     if generation < 0:
         return 0
-    return UNKNOWN_MEMBER_ID if await offsets.exists(request.group_id) else ILLEGAL_GENERATION
+    return (
+        ErrorCode.UNKNOWN_MEMBER_ID
+        if await offsets.exists(request.group_id)
+        else ErrorCode.ILLEGAL_GENERATION
+    )

@@ -12,6 +12,7 @@
 #   (3) for that partition.
 from __future__ import annotations
 
+from generated.errors import ErrorCode
 from generated.offset_delete_request import OffsetDeleteRequest
 from generated.offset_delete_response import (
     OffsetDeleteResponse,
@@ -22,27 +23,21 @@ from kafscale.broker.group import CONSUMER, EMPTY
 from kafscale.broker.handlers import RequestContext, coordinator_error
 from kafscale.broker.offsets import TopicPartition
 
-UNKNOWN_TOPIC_OR_PARTITION = 3
-INVALID_GROUP_ID = 24
-NON_EMPTY_GROUP = 68
-GROUP_ID_NOT_FOUND = 69
-GROUP_SUBSCRIBED_TO_TOPIC = 86
-
 
 async def handle(ctx: RequestContext, request: OffsetDeleteRequest) -> OffsetDeleteResponse:
     broker = ctx.broker
     offsets = broker.offsets
     if not request.group_id:
-        return OffsetDeleteResponse(error_code=INVALID_GROUP_ID, throttle_time_ms=0)
+        return OffsetDeleteResponse(error_code=ErrorCode.INVALID_GROUP_ID, throttle_time_ms=0)
     if error := await coordinator_error(ctx, request.group_id, claim=True):
         return OffsetDeleteResponse(error_code=error, throttle_time_ms=0)
     group = broker.groups.get(request.group_id)
     if group is None and not await offsets.exists(request.group_id):
-        return OffsetDeleteResponse(error_code=GROUP_ID_NOT_FOUND, throttle_time_ms=0)
+        return OffsetDeleteResponse(error_code=ErrorCode.GROUP_ID_NOT_FOUND, throttle_time_ms=0)
     subscribed: set[str] | None = set()  # None: unknown, every topic counts as subscribed
     if group is not None and group.state != EMPTY:
         if group.protocol_type != CONSUMER:
-            return OffsetDeleteResponse(error_code=NON_EMPTY_GROUP, throttle_time_ms=0)
+            return OffsetDeleteResponse(error_code=ErrorCode.NON_EMPTY_GROUP, throttle_time_ms=0)
         subscribed = group.subscribed_topics()
     out: list[OffsetDeleteResponseTopic] = []
     doomed: list[TopicPartition] = []
@@ -54,9 +49,9 @@ async def handle(ctx: RequestContext, request: OffsetDeleteRequest) -> OffsetDel
             resp = OffsetDeleteResponsePartition(partition_index=part.partition_index)
             result.partitions.append(resp)
             if topic is None or not 0 <= part.partition_index < topic.partitions:
-                resp.error_code = UNKNOWN_TOPIC_OR_PARTITION
+                resp.error_code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
             elif subscribed is None or wanted.name in subscribed:
-                resp.error_code = GROUP_SUBSCRIBED_TO_TOPIC
+                resp.error_code = ErrorCode.GROUP_SUBSCRIBED_TO_TOPIC
             else:
                 doomed.append((wanted.name, part.partition_index))
     await offsets.delete(request.group_id, doomed)

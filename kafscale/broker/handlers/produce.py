@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from generated.errors import ErrorCode
 from generated.produce_request import ProduceRequest
 from generated.produce_response import (
     BatchIndexAndErrorMessage,
@@ -29,16 +30,11 @@ from generated.produce_response import (
 from kafscale.broker.append_rules import TimestampError
 from kafscale.broker.append_rules import apply as apply_rules
 from kafscale.broker.handlers import RequestContext
-from kafscale.broker.internal_topics import INVALID_TOPIC_EXCEPTION, is_internal
+from kafscale.broker.internal_topics import is_internal
 from kafscale.broker.log import FlushError
 from kafscale.broker.topic_configs import AppendRules
 from kafscale.protocol.records import RecordError
 from kafscale.protocol.wire import Buffer
-
-INVALID_REQUIRED_ACKS = 21
-UNKNOWN_TOPIC_OR_PARTITION = 3
-INVALID_RECORD = 87
-REQUEST_TIMED_OUT = 7
 
 
 async def handle(ctx: RequestContext, request: ProduceRequest) -> ProduceResponse | None:
@@ -52,13 +48,13 @@ async def handle(ctx: RequestContext, request: ProduceRequest) -> ProduceRespons
             resp = PartitionProduceResponse(index=part.index, base_offset=-1, log_start_offset=-1)
             job: asyncio.Future[None] | None = None
             if bad_acks:
-                resp.error_code = INVALID_REQUIRED_ACKS
+                resp.error_code = ErrorCode.INVALID_REQUIRED_ACKS
             elif is_internal(topic_data.name):
-                resp.error_code = INVALID_TOPIC_EXCEPTION
+                resp.error_code = ErrorCode.INVALID_TOPIC_EXCEPTION
             elif topic is None or not 0 <= part.index < topic.partitions:
-                resp.error_code = UNKNOWN_TOPIC_OR_PARTITION
+                resp.error_code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
             elif part.records is None or len(part.records) == 0:
-                resp.error_code = INVALID_RECORD
+                resp.error_code = ErrorCode.INVALID_RECORD
                 resp.error_message = "no record batches"
             else:
                 rules = topic.append_rules(broker.config)
@@ -71,7 +67,7 @@ async def handle(ctx: RequestContext, request: ProduceRequest) -> ProduceRespons
         done, _ = await asyncio.wait(pending, timeout=timeout if request.acks != 0 else None)
         for _, resp, job in jobs:
             if job is not None and job not in done:
-                resp.error_code = REQUEST_TIMED_OUT
+                resp.error_code = ErrorCode.REQUEST_TIMED_OUT
     if request.acks == 0:
         return None
     by_topic: dict[str, TopicProduceResponse] = {}
