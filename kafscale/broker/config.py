@@ -87,6 +87,23 @@ class BrokerConfig:
     """How long a broker that stopped renewing its lease (killed, hung, cut off) keeps its
     partitions and groups before others take them (Kafka's broker.session.timeout.ms)."""
     log_level: str = "INFO"
+    log_format: str = "text"
+    """Log lines as text, or ``json``: one JSON object per line (time, broker id, logger,
+    level, message, exception)."""
+    http_listen: str = "127.0.0.1:9093"
+    """``host:port`` of the HTTP port (``/healthz``, ``/readyz``, ``/metrics``, ``/api/...``);
+    empty: no HTTP port. Port 0 picks a free port (``Broker.http_port`` has it)."""
+    object_store_health_window_ms: int = 60000
+    """Object-store health is judged from the requests of this sliding window."""
+    object_store_latency_degraded_ms: int = 1000
+    """Median request latency in the window at which the object store counts as degraded."""
+    object_store_latency_unavailable_ms: int = 5000
+    """Median request latency in the window at which it counts as unavailable."""
+    object_store_error_rate_degraded: float = 0.01
+    """Share of failed requests in the window at which it counts as degraded."""
+    object_store_error_rate_unavailable: float = 0.05
+    """Share of failed requests in the window at which it counts as unavailable (the broker
+    is then not ready)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -99,6 +116,14 @@ class BrokerConfig:
     @property
     def advertised(self) -> tuple[str, int]:
         return (self.advertised_host or self.listen_host, self.advertised_port or self.listen_port)
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        """(host, port) of the HTTP port, None when disabled (``http_listen`` empty)."""
+        if not self.http_listen:
+            return None
+        host, port = _split_host_port("http-listen", self.http_listen)
+        return host.removeprefix("[").removesuffix("]"), port  # [::]:9093 is host ::
 
 
 # Option name (as in YAML/Kafka) -> dataclass field. The environment variable is
@@ -145,7 +170,15 @@ _OPTIONS: dict[str, str] = {
     "lease.ttl.ms": "lease_ttl_ms",
     "producer.id.expiration.ms": "producer_id_expiration_ms",
     "log-level": "log_level",
+    "log-format": "log_format",
+    "http-listen": "http_listen",
+    "object-store.health.window.ms": "object_store_health_window_ms",
+    "object-store.latency.degraded.ms": "object_store_latency_degraded_ms",
+    "object-store.latency.unavailable.ms": "object_store_latency_unavailable_ms",
+    "object-store.error-rate.degraded": "object_store_error_rate_degraded",
+    "object-store.error-rate.unavailable": "object_store_error_rate_unavailable",
 }
+LOG_FORMATS = ("text", "json")
 
 
 def env_name(option: str) -> str:
@@ -163,6 +196,8 @@ def _convert(name: str, value: Any) -> Any:
         return text in ("true", "1", "yes")
     if kind in ("int", int):
         return int(value)
+    if kind in ("float", float):
+        return float(value)
     if kind in ("Path", Path):
         return Path(value)
     return str(value)
@@ -221,14 +256,23 @@ def load(
             setattr(config, name, _convert(name, value))
         except ValueError as e:
             raise ValueError(f"setting {name}: {e}") from None
+    if config.log_format not in LOG_FORMATS:
+        raise ValueError(f"setting log_format: expected text or json, got {config.log_format!r}")
+    if config.http_listen:
+        _split_host_port("http-listen", config.http_listen)
     return config
 
 
-def _host_port(key: str, text: str) -> dict[str, Any]:
+def _split_host_port(key: str, text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"{key}: expected host:port, got {text!r}")
+    return host, int(port)
+
+
+def _host_port(key: str, text: str) -> dict[str, Any]:
+    host, port = _split_host_port(key, text)
     return {
         f"{key}_host" if key == "listen" else "advertised_host": host,
-        f"{key}_port" if key == "listen" else "advertised_port": int(port),
+        f"{key}_port" if key == "listen" else "advertised_port": port,
     }
