@@ -6,8 +6,11 @@ leaf with ``set_defaults``; :func:`build_parser` calls those functions. A new co
 serve``) is one more ``_add_serve(commands)`` call.
 
 A handler signals a user error by raising :class:`CliError`: :func:`main` prints it as one line
-``kafscale: error: ...`` on stderr and exits with status 2 (no traceback). Anything else that
-escapes a handler is a bug and keeps its traceback.
+``kafscale: error: ...`` on stderr and exits with status 2 (no traceback). ``kafscale serve``'s
+broker reports what it cannot start with as its own
+:class:`~kafscale.broker.startup.BrokerStartError`, which :func:`main` answers the same way (the
+broker never imports this module). Anything else that escapes a handler is a bug and keeps its
+traceback.
 
 ``kafscale proto`` is the protocol inspector:
 
@@ -31,12 +34,14 @@ from typing import Any, Literal
 from generated import registry
 from generated.registry import ApiSpec
 from kafscale.broker.main import add_serve
+from kafscale.broker.startup import BrokerStartError
 from kafscale.protocol.errors import ProtocolError
 from kafscale.protocol.message import Message
 
 PROG = "kafscale"
 EXIT_USAGE = 2
-"""Exit status of every user error (bad arguments, bad input)."""
+"""Exit status of every user error (bad arguments, bad input, settings a broker cannot start
+with)."""
 
 Kind = Literal["request", "response"]
 Handler = Callable[[argparse.Namespace], int]
@@ -79,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status = handler(args)
         sys.stdout.flush()
-    except CliError as error:
+    except (CliError, BrokerStartError) as error:
         _print_error(str(error))
         return EXIT_USAGE
     except BrokenPipeError:

@@ -372,6 +372,31 @@ def test_usage_errors_exit_2(
     assert status == 0 and "--with-header" in out
 
 
+def test_broker_start_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kafscale serve`` with what a broker cannot start with: the broker raises its own
+    BrokerStartError, the command line prints one line and exits with status 2."""
+    for name in [n for n in os.environ if n.startswith("KAFSCALE_")]:
+        monkeypatch.delenv(name)
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("no.such.setting: 1\n")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    data = ["--data-dir", str(tmp_path / "data")]
+    cases = [
+        (["--config", str(settings)], "unknown setting 'no.such.setting'"),
+        (["--listen", "9092", *data], "listen: expected host:port, got '9092'"),
+        (["--data-dir", str(a_file / "data")], f"data dir {a_file / 'data'}: "),
+        (["--etcd", "https://127.0.0.1:2379", *data], "--etcd: etcd endpoint"),
+    ]
+    for argv, expected in cases:
+        status, out, err = run(capsys, monkeypatch, "serve", *argv)
+        assert (status, out) == (2, ""), argv
+        assert err.startswith("kafscale: error: ") and expected in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+
+
 # --- real processes ----------------------------------------------------------------------------
 
 

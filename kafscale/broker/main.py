@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from kafscale.broker import config as broker_config
+from kafscale.broker.startup import BrokerStartError
 from kafscale.storage.objectstore import ObjectStore
 
 
@@ -25,20 +26,24 @@ def add_serve(commands: Any) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    """Run a broker until it stops; :class:`BrokerStartError` if it cannot start with what it
+    was given (settings, metadata store address, data directory)."""
     from kafscale.broker.server import Broker
-    from kafscale.cli import CliError
     from kafscale.metadata.sqlite import SqliteMetadataStore
     from kafscale.metadata.store import MetadataStore
 
     try:
         config = broker_config.load(args)
     except (ValueError, OSError) as e:
-        raise CliError(str(e)) from None
+        raise BrokerStartError(str(e)) from None
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BrokerStartError(f"data dir {config.data_dir}: {e.strerror or e}") from None
     objects = object_store(config)
     meta: MetadataStore
     if config.etcd_endpoints:
@@ -47,7 +52,7 @@ def run_serve(args: argparse.Namespace) -> int:
         try:
             meta = EtcdMetadataStore(config.etcd_endpoints)
         except ValueError as e:
-            raise CliError(f"--etcd: {e}") from None
+            raise BrokerStartError(f"--etcd: {e}") from None
     else:
         meta = SqliteMetadataStore(config.data_dir / "metadata.sqlite3")
     broker = Broker(config, objects, meta)
