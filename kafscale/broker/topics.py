@@ -129,8 +129,12 @@ class Topics:
     def partition_key(self, topic: str, partition: int) -> bytes:
         return self.partitions_prefix(topic) + f"{partition:05d}".encode()
 
+    def topic_segments_prefix(self, topic: str) -> bytes:
+        """The prefix of every committed entry of every partition of ``topic``."""
+        return f"/{self.ns}/segments/{topic}/".encode()
+
     def segments_prefix(self, topic: str, partition: int) -> bytes:
-        return f"/{self.ns}/segments/{topic}/{partition:05d}/".encode()
+        return self.topic_segments_prefix(topic) + f"{partition:05d}/".encode()
 
     @property
     def ingest_prefix(self) -> bytes:
@@ -196,7 +200,7 @@ class Topics:
             + [
                 Delete(self.topic_key(name)),
                 Delete(self.partitions_prefix(name), prefix=True),
-                Delete(f"/{self.ns}/segments/{name}/".encode(), prefix=True),
+                Delete(self.topic_segments_prefix(name), prefix=True),
                 Delete(f"/{self.ns}/owners/{name}/".encode(), prefix=True),
             ],
         )
