@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 from typing import Any
 
 from kafscale.broker import config as broker_config
+from kafscale.broker import logformat
 from kafscale.broker.startup import BrokerStartError
 from kafscale.storage.objectstore import ObjectStore
 
@@ -36,10 +36,7 @@ def run_serve(args: argparse.Namespace) -> int:
         config = broker_config.load(args)
     except (ValueError, OSError) as e:
         raise BrokerStartError(str(e)) from None
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logformat.configure(config.log_level, config.log_format, config.broker_id)
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
