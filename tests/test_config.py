@@ -67,3 +67,24 @@ def test_bad_settings_name_themselves(
         argv = [*argv, "--config", str(path)]
     with pytest.raises(ValueError, match=message):
         config.load(parse(argv), environ=env)
+
+
+def test_operations_settings() -> None:
+    # kafscale serve opens KafScale's HTTP port by default; a broker built in code does not.
+    assert config.load(parse([]), environ={}).http_address == ("127.0.0.1", 9093)
+    assert config.BrokerConfig().http_address is None
+    assert config.load(parse([]), environ={"KAFSCALE_HTTP_LISTEN": ""}).http_address is None
+    cfg = config.load(
+        parse(["--http-listen", "[::]:0", "--log-format", "json"]),
+        environ={"KAFSCALE_OBJECT_STORE_ERROR_RATE_UNAVAILABLE": "0.25"},
+    )
+    assert cfg.http_address == ("::", 0)
+    assert cfg.log_format == "json"
+    assert cfg.object_store_error_rate_unavailable == 0.25
+    assert config.load(parse([]), environ={}).log_format == "text"
+    with pytest.raises(ValueError, match="http-listen: expected host:port"):
+        config.load(parse(["--http-listen", "9093"]), environ={})
+    with pytest.raises(ValueError, match="log_format"):
+        config.load(parse(["--log-format", "xml"]), environ={})
+    with pytest.raises(ValueError, match="object_store_error_rate_degraded"):
+        config.load(parse(["--object-store.error-rate.degraded", "often"]), environ={})

@@ -90,9 +90,12 @@ class BrokerConfig:
     log_format: str = "text"
     """Log lines as text, or ``json``: one JSON object per line (time, broker id, logger,
     level, message, exception)."""
-    http_listen: str = "127.0.0.1:9093"
+    http_listen: str = ""
     """``host:port`` of the HTTP port (``/healthz``, ``/readyz``, ``/metrics``, ``/api/...``);
-    empty: no HTTP port. Port 0 picks a free port (``Broker.http_port`` has it)."""
+    empty: no HTTP port. Port 0 picks a free port (``Broker.http_port`` has it). The setting
+    (``load``: ``kafscale serve``, the environment, a YAML file) defaults to
+    :data:`DEFAULT_HTTP_LISTEN`; a broker built in code (tests, tools: often several in one
+    process) has none unless it is given one."""
     object_store_health_window_ms: int = 60000
     """Object-store health is judged from the requests of this sliding window."""
     object_store_latency_degraded_ms: int = 1000
@@ -179,6 +182,10 @@ _OPTIONS: dict[str, str] = {
     "object-store.error-rate.unavailable": "object_store_error_rate_unavailable",
 }
 LOG_FORMATS = ("text", "json")
+DEFAULT_HTTP_LISTEN = "127.0.0.1:9093"
+"""KafScale's HTTP port: the one after the Kafka port."""
+_LOAD_DEFAULTS: dict[str, Any] = {"http_listen": DEFAULT_HTTP_LISTEN}
+"""Defaults of :func:`load` that a ``BrokerConfig()`` built in code does not have."""
 
 
 def env_name(option: str) -> str:
@@ -224,7 +231,7 @@ def load(
 ) -> BrokerConfig:
     """Build the configuration; raises ValueError naming the bad setting."""
     environ = dict(os.environ if environ is None else environ)
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(_LOAD_DEFAULTS)
     config_file = getattr(args, "config", None) or environ.get("KAFSCALE_CONFIG")
     if config_file:
         data = yaml.safe_load(Path(config_file).read_text()) or {}
