@@ -15,8 +15,10 @@ traceback.
 ``kafscale proto`` is the protocol inspector:
 
 * ``decode``: hex bytes of a request or response body (optionally preceded by its header) to
-  JSON;
-* ``encode``: that JSON back to the identical bytes;
+  JSON, with Kafka's name of every error code beside it (``"error_code": 3, "error_name":
+  "UNKNOWN_TOPIC_OR_PARTITION"``);
+* ``encode``: that JSON back to the identical bytes (an error code given by its number or its
+  name);
 * ``list``: the API table (keys, names, versions, header versions).
 """
 
@@ -32,11 +34,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from generated import registry
+from generated.errors import ErrorCode, error_name
 from generated.registry import ApiSpec
 from kafscale.broker.main import add_serve
 from kafscale.broker.startup import BrokerStartError
 from kafscale.protocol.errors import ProtocolError
-from kafscale.protocol.message import Message
+from kafscale.protocol.message import FieldSpec, Message, Struct
 
 PROG = "kafscale"
 EXIT_USAGE = 2
@@ -257,7 +260,7 @@ def decode_message(
     """
     cls = body_class(spec, kind)
     if not with_header:
-        return cls.decode(data, version).to_dict(version)
+        return with_error_names(cls, cls.decode(data, version).to_dict(version))
     header_cls, header_version = header_class_and_version(spec, version, kind)
     if kind == "request" and len(data) >= _API_KEY_AND_VERSION.size:
         # Every request header version starts with the key and version: check them before
@@ -272,7 +275,10 @@ def decode_message(
             message=f"{cls.NAME} v{version}",
             offset=end,
         )
-    return {"header": header.to_dict(header_version), "body": body.to_dict(version)}
+    return {
+        "header": header.to_dict(header_version),
+        "body": with_error_names(cls, body.to_dict(version)),
+    }
 
 
 def encode_message(
@@ -280,7 +286,9 @@ def encode_message(
 ) -> bytes:
     """Encode the JSON document that :func:`decode_message` returns back into bytes.
 
-    Missing fields take their defaults. With ``with_header``, ``doc`` must be
+    Missing fields take their defaults. An error code may be given by its Kafka name instead of
+    its number (``"error_code": "NOT_COORDINATOR"``, or ``"error_name"`` alone); an
+    ``error_name`` next to a code must name it. With ``with_header``, ``doc`` must be
     ``{"header": {...}, "body": {...}}``; a request header's ``request_api_key`` and
     ``request_api_version`` default to ``spec``/``version`` and must agree with them when
     given (:class:`CliError` if not). Raises
@@ -317,7 +325,7 @@ def encode_message(
 
 def _encode_one(cls: type[Message], doc: Any, version: int) -> bytes:
     try:
-        obj: Message = cls.from_dict(doc)
+        obj: Message = cls.from_dict(without_error_names(cls, doc))
         return obj.encode(version)
     except ProtocolError as error:
         if error.message:
@@ -327,6 +335,94 @@ def _encode_one(cls: type[Message], doc: Any, version: int) -> bytes:
         ) from None
     except (ValueError, TypeError) as error:  # from_dict on malformed "_unknown_tags"
         raise ProtocolError(f"bad value: {error}", message=f"{cls.NAME} v{version}") from None
+
+
+def is_error_code(field: FieldSpec) -> bool:
+    """Whether a field holds a Kafka error code: an int16 Kafka names ``ErrorCode`` or
+    ``...ErrorCode`` (``TopicConfigErrorCode``, ``PartitionErrorCode``...)."""
+    return field.kafka_type == "int16" and field.kafka_name.endswith("ErrorCode")
+
+
+def error_name_key(field: FieldSpec) -> str:
+    """The JSON key of an error code field's name: ``error_code`` -> ``error_name``."""
+    return field.name.removesuffix("_code") + "_name"
+
+
+def with_error_names(cls: type[Struct], doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` (``cls``'s ``to_dict``) with ``error_name`` right after every error code, in
+    nested structs too: Kafka's name, or null for a code Kafka does not define."""
+    fields = {f.name: f for f in cls._fields}
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        out[key] = value
+        f = fields.get(key)
+        if f is None or value is None:
+            continue
+        if is_error_code(f):
+            out[error_name_key(f)] = error_name(value)
+        elif f.struct is not None:
+            sub = f.struct
+            out[key] = (
+                [with_error_names(sub, item) for item in value]
+                if f.is_array
+                else with_error_names(sub, value)
+            )
+    return out
+
+
+def without_error_names(cls: type[Struct], doc: Any, path: str = "") -> Any:
+    """Inverse of :func:`with_error_names`: every error code as its number (a name given as
+    the code, or as ``error_name`` alone, is looked up), each ``error_name`` checked against
+    its code and dropped. Raises :class:`ProtocolError` naming the field of a name Kafka does
+    not define or one that disagrees with its code. What is not a JSON object is left for
+    ``from_dict`` to refuse."""
+    if not isinstance(doc, dict):
+        return doc
+    out = dict(doc)
+    for f in cls._fields:
+        where = f"{path}.{f.name}" if path else f.name
+        if is_error_code(f):
+            name_key = error_name_key(f)
+            has_name = name_key in out
+            name = out.pop(name_key, None)
+            code = out.get(f.name)
+            if isinstance(code, str):
+                code = _error_code_of(code, where)
+                out[f.name] = code
+            if name is None:
+                # decode prints null for a code Kafka does not define, so null names no code.
+                if has_name and isinstance(code, int) and error_name(code) is not None:
+                    raise ProtocolError(
+                        f"{name_key} is null but {code} is {error_name(code)}", field=where
+                    )
+                continue
+            name_where = f"{path}.{name_key}" if path else name_key
+            if not isinstance(name, str):
+                raise ProtocolError(f"expected an error name, got {name!r}", field=name_where)
+            named = _error_code_of(name, name_where)
+            if f.name not in out:
+                out[f.name] = int(named)
+            elif code != named:
+                raise ProtocolError(
+                    f"{name_key} {name} does not match {f.name} {code!r}"
+                    f" ({error_name(code) if isinstance(code, int) else 'not a code'})",
+                    field=where,
+                )
+        elif f.struct is not None and isinstance(out.get(f.name), list | dict):
+            value = out[f.name]
+            out[f.name] = (
+                [without_error_names(f.struct, v, f"{where}[{i}]") for i, v in enumerate(value)]
+                if isinstance(value, list)
+                else without_error_names(f.struct, value, where)
+            )
+    return out
+
+
+def _error_code_of(name: str, where: str) -> int:
+    try:
+        return int(ErrorCode[name])
+    except KeyError:
+        raise ProtocolError(f"{name!r} is not a Kafka error name", field=where) from None
 
 
 def _check_request_header(

@@ -15,7 +15,11 @@ from typing import Any
 
 import pytest
 
-from kafscale.cli import main, parse_hex
+from generated import registry
+from generated.api_versions_response import ApiVersion, ApiVersionsResponse
+from generated.create_topics_response import CreatableTopicResult, CreateTopicsResponse
+from kafscale.cli import error_name_key, is_error_code, main, parse_hex
+from kafscale.protocol.message import Struct
 from tests.conftest import REPO, SHARED, shared_path
 
 GOLDEN = SHARED / "protocol-golden"
@@ -395,6 +399,158 @@ def test_broker_start_errors_are_one_line(
         assert (status, out) == (2, ""), argv
         assert err.startswith("kafscale: error: ") and expected in err, err
         assert err.count("\n") == 1 and "Traceback" not in err, err
+
+
+# --- error names -------------------------------------------------------------------------------
+
+
+def _create_topics_response_hex() -> str:
+    """CreateTopicsResponse v5 (flexible): a created topic whose config describe failed
+    (TopicConfigErrorCode), an existing one, and a code Kafka does not define."""
+    topics = [
+        CreatableTopicResult(name="ok", error_code=0, topic_config_error_code=40),
+        CreatableTopicResult(name="dup", error_code=36, error_message="exists"),
+        CreatableTopicResult(name="odd", error_code=999),
+    ]
+    return CreateTopicsResponse(throttle_time_ms=0, topics=topics).encode(5).hex()
+
+
+CREATE_TOPICS_V5 = ["--api", "CreateTopics", "--version", "5", "--response"]
+
+
+def test_decode_names_every_error_code(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _create_topics_response_hex()
+    status, out, err = run(capsys, monkeypatch, "proto", "decode", *CREATE_TOPICS_V5, data)
+    assert (status, err) == (0, "")
+    ok, dup, odd = json.loads(out)["topics"]
+    # The name sits right after its code, in the same object, nested structs included.
+    assert list(ok)[:3] == ["name", "error_code", "error_name"]
+    assert (ok["error_code"], ok["error_name"]) == (0, "NONE")
+    assert (ok["topic_config_error_code"], ok["topic_config_error_name"]) == (40, "INVALID_CONFIG")
+    assert (dup["error_code"], dup["error_name"]) == (36, "TOPIC_ALREADY_EXISTS")
+    assert (odd["error_code"], odd["error_name"]) == (999, None)  # not Kafka's: null
+    status, hex_out, err = run(capsys, monkeypatch, "proto", "encode", *CREATE_TOPICS_V5, stdin=out)
+    assert (status, hex_out, err) == (0, data + "\n", "")
+
+
+def test_decode_names_a_top_level_error_code_with_the_header(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = ApiVersionsResponse(error_code=35, api_keys=[ApiVersion(api_key=18, max_version=3)])
+    data = "00000001" + body.encode(0).hex()
+    opts = ["--api", "ApiVersions", "--version", "0", "--response", "--with-header"]
+    status, out, err = run(capsys, monkeypatch, "proto", "decode", *opts, data)
+    assert (status, err) == (0, "")
+    doc = json.loads(out)
+    assert doc["header"] == {"correlation_id": 1}
+    assert list(doc["body"])[:2] == ["error_code", "error_name"]
+    assert doc["body"]["error_name"] == "UNSUPPORTED_VERSION"
+
+
+def _encode(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, topic: dict[str, Any]
+) -> tuple[int, str, str]:
+    doc = json.dumps({"throttle_time_ms": 0, "topics": [{"name": "t", **topic}]})
+    return run(capsys, monkeypatch, "proto", "encode", *CREATE_TOPICS_V5, stdin=doc)
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        pytest.param({"error_code": 36}, id="code"),
+        pytest.param({"error_code": "TOPIC_ALREADY_EXISTS"}, id="name-as-code"),
+        pytest.param({"error_name": "TOPIC_ALREADY_EXISTS"}, id="name-alone"),
+        pytest.param(
+            {"error_code": 36, "error_name": "TOPIC_ALREADY_EXISTS"}, id="code-and-its-name"
+        ),
+        pytest.param(
+            {"error_code": "TOPIC_ALREADY_EXISTS", "error_name": "TOPIC_ALREADY_EXISTS"},
+            id="name-twice",
+        ),
+    ],
+)
+def test_encode_takes_the_code_or_the_name(
+    topic: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = CreateTopicsResponse(
+        throttle_time_ms=0, topics=[CreatableTopicResult(name="t", error_code=36)]
+    ).encode(5)
+    assert _encode(capsys, monkeypatch, topic) == (0, expected.hex() + "\n", "")
+
+
+@pytest.mark.parametrize(
+    ("topic", "message"),
+    [
+        pytest.param(
+            {"error_code": 3, "error_name": "NOT_COORDINATOR"},
+            "field topics[0].error_code: error_name NOT_COORDINATOR does not match error_code 3"
+            " (UNKNOWN_TOPIC_OR_PARTITION)",
+            id="name-disagrees",
+        ),
+        pytest.param(
+            {"error_code": "NOT_AN_ERROR"},
+            "field topics[0].error_code: 'NOT_AN_ERROR' is not a Kafka error name",
+            id="unknown-name-as-code",
+        ),
+        pytest.param(
+            {"topic_config_error_name": "no_such"},
+            "field topics[0].topic_config_error_name: 'no_such' is not a Kafka error name",
+            id="unknown-name",
+        ),
+        pytest.param(
+            {"error_code": 3, "error_name": None},
+            "error_name is null but 3 is UNKNOWN_TOPIC_OR_PARTITION",
+            id="null-name-of-a-known-code",
+        ),
+        pytest.param(
+            {"error_code": 3, "error_name": 3},
+            "field topics[0].error_name: expected an error name, got 3",
+            id="name-not-a-string",
+        ),
+    ],
+)
+def test_encode_refuses_a_bad_error_name(
+    topic: dict[str, Any],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    status, out, err = _encode(capsys, monkeypatch, topic)
+    assert (status, out) == (2, "")
+    assert err.startswith("kafscale: error: CreateTopicsResponse v5, ") and message in err, err
+    assert err.count("\n") == 1
+
+
+def test_every_error_code_field_is_named() -> None:
+    """Every int16 field Kafka calls ``...ErrorCode`` gets a name, in every message; no message
+    has a field of its own where the name would go."""
+    seen: set[type[Struct]] = set()
+    found: set[str] = set()
+
+    def walk(cls: type[Struct]) -> None:
+        if cls in seen:
+            return
+        seen.add(cls)
+        names = {f.name for f in cls._fields}
+        for f in cls._fields:
+            if f.kafka_name.endswith("ErrorCode"):
+                assert is_error_code(f), f"{cls.__name__}.{f.name}: {f.kafka_type}"
+                assert error_name_key(f) not in names, f"{cls.__name__}.{f.name}"
+                found.add(f.kafka_name)
+            if f.struct is not None:
+                walk(f.struct)
+
+    for spec in registry.APIS.values():
+        walk(spec.request_type())
+        walk(spec.response_type())
+    assert found == {
+        "ErrorCode",
+        "TopicConfigErrorCode",
+        "PartitionErrorCode",
+        "AcknowledgeErrorCode",
+    }
 
 
 # --- real processes ----------------------------------------------------------------------------
