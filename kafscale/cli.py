@@ -36,6 +36,7 @@ from typing import Any, Literal
 from generated import registry
 from generated.errors import ErrorCode, error_name
 from generated.registry import ApiSpec
+from kafscale.admin.commands import add_admin_commands
 from kafscale.broker.main import add_serve
 from kafscale.broker.startup import BrokerStartError
 from kafscale.protocol.errors import ProtocolError
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_proto(commands)
     add_serve(commands)
+    add_admin_commands(commands)  # topic, group, cluster, produce, consume
     return parser
 
 
