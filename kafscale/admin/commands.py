@@ -747,7 +747,14 @@ def group_seek(args: argparse.Namespace, client: Client) -> int:
     if args.to_timestamp is not None:
         found = client.list_offsets({tp: args.to_timestamp for tp in tps})
         # No record at or after the timestamp: the end of the log (as Kafka's tool does).
-        new = {tp: found[tp].offset if found[tp].offset >= 0 else latest[tp].offset for tp in tps}
+        # Kafka answers offset -1 then; tansu 0.6.0 offset 0 with timestamp -1, which a found
+        # record never has.
+        new = {
+            tp: found[tp].offset
+            if found[tp].offset >= 0 and found[tp].timestamp >= 0
+            else latest[tp].offset
+            for tp in tps
+        }
     elif args.to == "earliest":
         new = {tp: earliest[tp].offset for tp in tps}
     elif args.to == "latest":
