@@ -47,6 +47,19 @@ def test_nothing_under_broker_imports_the_command_line() -> None:
     assert offenders == []
 
 
+def test_nothing_under_broker_imports_the_admin_commands() -> None:
+    """kafscale/admin (the admin commands' Kafka client) sits beside the command line, above
+    the broker: the server never needs it."""
+    offenders = [
+        str(path.relative_to(REPO))
+        for path in sorted(BROKER.rglob("*.py"))
+        if any(
+            m == "kafscale.admin" or m.startswith("kafscale.admin.") for m in imported_modules(path)
+        )
+    ]
+    assert offenders == []
+
+
 def test_the_check_sees_every_form(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     forms = [
@@ -72,6 +85,7 @@ def test_importing_the_broker_loads_no_command_line() -> None:
         "        importlib.import_module(m.name)\n"
         "import kafscale.broker.main\n"
         "assert 'kafscale.cli' not in sys.modules, 'kafscale.cli was imported'\n"
+        "assert 'kafscale.admin' not in sys.modules, 'kafscale.admin was imported'\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
