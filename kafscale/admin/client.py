@@ -196,7 +196,11 @@ class Connection:
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.versions: dict[int, tuple[int, int]] = {}
         """The broker's served versions per API key, from ApiVersions."""
-        self._negotiate()
+        try:
+            self._negotiate()
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def address(self) -> str:

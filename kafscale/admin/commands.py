@@ -11,6 +11,7 @@ input). docs/operations.md shows every command with an example.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -1057,58 +1058,79 @@ def consume(args: argparse.Namespace, client: Client) -> int:
     tps = [(info.name, p) for p in parts]
     positions = _start_positions(args, client, tps)
     started = dict(positions)
+
+    def commit() -> None:
+        moved = {tp: o for tp, o in positions.items() if o != started[tp]}
+        if args.group and moved:
+            client.commit_offsets(args.group, moved)
+
+    try:
+        _consume_loop(args, client, info, tps, positions)
+    except BaseException:
+        # Interrupted (Ctrl-C) or failed: still commit what was printed, but report the
+        # original failure rather than one of the commit.
+        with contextlib.suppress(AdminError):
+            commit()
+        raise
+    commit()
+    return 0
+
+
+def _consume_loop(
+    args: argparse.Namespace,
+    client: Client,
+    info: TopicInfo,
+    tps: list[tuple[str, int]],
+    positions: dict[tuple[str, int], int],
+) -> None:
+    """Fetch from each leader in turn and print, until --count records or --timeout idle
+    seconds; ``positions`` follows what was printed."""
     topic_ids = {info.name: info.topic_id}
     printed = 0
     last_record = time.monotonic()
     leaders = client._by_leader(tps)
     failures = 0
-    try:
-        while args.count is None or printed < args.count:
-            idle = time.monotonic() - last_record
-            if args.timeout is not None and idle >= args.timeout:
-                break
-            wait = MAX_WAIT_MS
-            if args.timeout is not None:
-                wait = max(0, min(wait, int((args.timeout - idle) * 1000)))
-            stale = False
-            for leader, owned in leaders.items():
-                answers = client.fetch(
-                    leader, {tp: positions[tp] for tp in owned}, topic_ids, max_wait_ms=wait
-                )
-                for answer in answers:
-                    tp = (info.name, answer.partition)
-                    if tp not in positions:
-                        continue
-                    if answer.error_code:
-                        error = KafkaError(
-                            answer.error_code,
-                            f"topic {_q(info.name)} partition {answer.partition}",
-                        )
-                        if not error.retriable:
-                            raise error
-                        failures += 1
-                        if failures >= client.attempts:
-                            raise error
-                        stale = True
-                        continue
-                    for record in _records(answer.records, positions, tp):
-                        _print_record(args.format, info.name, answer.partition, record)
-                        printed += 1
-                        last_record = time.monotonic()
-                        if args.count is not None and printed >= args.count:
-                            return 0
-                wait = 0 if printed else wait  # the next leader: no second long wait
-            if stale:
-                time.sleep(client.backoff)
-                leaders = client._by_leader(tps)
-            else:
-                failures = 0
-    finally:
-        if args.group:
-            moved = {tp: o for tp, o in positions.items() if o != started[tp]}
-            if moved:
-                client.commit_offsets(args.group, moved)
-    return 0
+    while args.count is None or printed < args.count:
+        idle = time.monotonic() - last_record
+        if args.timeout is not None and idle >= args.timeout:
+            return
+        wait = MAX_WAIT_MS
+        if args.timeout is not None:
+            wait = max(0, min(wait, int((args.timeout - idle) * 1000)))
+        stale = False
+        printed_before = printed
+        for leader, owned in leaders.items():
+            # Once this round printed something, the other leaders are not waited on.
+            answers = client.fetch(
+                leader,
+                {tp: positions[tp] for tp in owned},
+                topic_ids,
+                max_wait_ms=0 if printed > printed_before else wait,
+            )
+            for answer in answers:
+                tp = (info.name, answer.partition)
+                if tp not in positions:
+                    continue
+                if answer.error_code:
+                    error = KafkaError(
+                        answer.error_code, f"topic {_q(info.name)} partition {answer.partition}"
+                    )
+                    failures += 1
+                    if not error.retriable or failures >= client.attempts:
+                        raise error
+                    stale = True
+                    continue
+                for record in _records(answer.records, positions, tp):
+                    _print_record(args.format, info.name, answer.partition, record)
+                    printed += 1
+                    last_record = time.monotonic()
+                    if args.count is not None and printed >= args.count:
+                        return
+        if stale:
+            time.sleep(client.backoff)
+            leaders = client._by_leader(tps)
+        else:
+            failures = 0
 
 
 def _start_positions(
