@@ -1086,6 +1086,7 @@ def _consume_loop(
     """Fetch from each leader in turn and print, until --count records or --timeout idle
     seconds; ``positions`` follows what was printed."""
     topic_ids = {info.name: info.topic_id}
+    fmt = "json" if args.json else args.format  # --json: JSON lines, as --format json
     printed = 0
     last_record = time.monotonic()
     leaders = client._by_leader(tps)
@@ -1121,7 +1122,7 @@ def _consume_loop(
                     stale = True
                     continue
                 for record in _records(answer.records, positions, tp):
-                    _print_record(args.format, info.name, answer.partition, record)
+                    _print_record(fmt, info.name, answer.partition, record)
                     printed += 1
                     last_record = time.monotonic()
                     if args.count is not None and printed >= args.count:
