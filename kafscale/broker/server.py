@@ -11,7 +11,8 @@ and a reserve for each Fetch's answer; :data:`CONNECTION_IN_FLIGHT_BYTES`) and t
 connections, a budget on request bytes being processed. librdkafka pipelines without limit
 (with linger 1 ms, one small ProduceRequest per millisecond, each waiting for the next group
 commit), so a count of a few dozen would cap what one flush can acknowledge. A malformed request
-closes only its own connection, as Kafka does.
+closes only its own connection, as Kafka does; a request whose handler fails is answered with
+the API's error response (:mod:`kafscale.broker.error_response`) and the connection stays.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from kafscale.broker.cluster import Cluster
 from kafscale.broker.compaction import Compactor
 from kafscale.broker.config import BrokerConfig
 from kafscale.broker.coordinator import GroupCoordinator
+from kafscale.broker.error_response import error_response
 from kafscale.broker.group import GroupSettings
 from kafscale.broker.handlers import HANDLERS, RequestContext
 from kafscale.broker.log import LogManager
@@ -38,7 +40,7 @@ from kafscale.broker.offsets import Offsets
 from kafscale.broker.ordering import ConnectionOrder
 from kafscale.broker.producer_ids import ProducerIds
 from kafscale.broker.topics import Topics
-from kafscale.metadata import MetadataStore
+from kafscale.metadata import MetadataStore, MetadataUnavailable
 from kafscale.protocol import ProtocolError
 from kafscale.protocol.framing import Request, decode_request, encode_response, peek_api
 from kafscale.protocol.wire import Buffer
@@ -370,10 +372,25 @@ class Broker:
         handler = HANDLERS[api.api_key]
         assert request.body is not None
         ctx = RequestContext(self, header, version, client_host)
-        response = await handler(ctx, request.body)
-        if response is None:  # acks=0 produce: no response at all
-            return None
-        return encode_response(header.correlation_id, api, version, response)
+        try:
+            response = await handler(ctx, request.body)
+            if response is None:  # acks=0 produce: no response at all
+                return None
+            return encode_response(header.correlation_id, api, version, response)
+        except Exception as e:
+            if api.api_key == PRODUCE and getattr(request.body, "acks", None) == 0:
+                raise  # nothing to answer with: closing tells the producer (as Kafka does)
+            code, text = failure_code(e)
+            what = (
+                f"{api.name} v{version} (correlation id {header.correlation_id}, "
+                f"client {header.client_id!r}, {client_host or '-'})"
+            )
+            if code == UNKNOWN_SERVER_ERROR:  # a bug: once, with the request and the trace
+                log.exception("%s failed; answering %d: %s", what, code, text)
+            else:  # a refusal raised from deep inside (it carries its Kafka error)
+                log.info("%s refused: %d: %s", what, code, text)
+            answer = error_response(request.body, api.response_type(), version, code, text)
+            return encode_response(header.correlation_id, api, version, answer)
 
     async def _send(
         self,
@@ -425,6 +442,21 @@ class Broker:
 
 
 API_VERSIONS = 18
+PRODUCE = 0
+UNKNOWN_SERVER_ERROR = -1
+REQUEST_TIMED_OUT = 7
+
+
+def failure_code(error: Exception) -> tuple[int, str]:
+    """The Kafka error code and message answering a request whose handler raised ``error``:
+    the code it carries (a refusal such as :class:`FlushError`), REQUEST_TIMED_OUT (retriable)
+    when the metadata store did not answer, else UNKNOWN_SERVER_ERROR."""
+    code = getattr(error, "code", None)
+    if isinstance(code, int) and not isinstance(code, bool) and -1 <= code < 2**15:
+        return code, str(error) or type(error).__name__
+    if isinstance(error, MetadataUnavailable):
+        return REQUEST_TIMED_OUT, f"the metadata store did not answer: {error}"
+    return UNKNOWN_SERVER_ERROR, f"unexpected server error: {type(error).__name__}"
 
 
 def is_served(request: Request) -> bool:

@@ -6,7 +6,8 @@
 # - Partitions whose data is not cached are read from the object store concurrently (within the
 #   request's byte budget), then the answer is built in request order.
 # - MaxWaitMs / MinBytes: long poll, woken by commits. A partition answered with an error or a
-#   diverging epoch answers the whole request at once, as Kafka does.
+#   diverging epoch answers the whole request at once, as Kafka does; so does one that names no
+#   partition.
 # - FetchOffset outside [log start, high watermark] -> OFFSET_OUT_OF_RANGE (1).
 # - Topic ids (v13+) -> UNKNOWN_TOPIC_ID (100) when unknown; names (v4-12) ->
 #   UNKNOWN_TOPIC_OR_PARTITION (3). Fetch sessions (KIP-227) are not kept: SessionId 0 always,
@@ -41,6 +42,8 @@ log = logging.getLogger("kafscale.broker")
 
 async def handle(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
     deadline = time.monotonic() + max(request.max_wait_ms, 0) / 1000
+    if not any(topic.partitions for topic in request.topics):
+        deadline = 0  # nothing to wait for: answered at once, as Kafka does
     while True:
         response, size, urgent = await _read_all(ctx, request)
         remaining = deadline - time.monotonic()

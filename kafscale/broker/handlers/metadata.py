@@ -13,7 +13,8 @@
 # - Topics null (v1+) = all topics; an empty list = none. Unknown topics are auto-created when
 #   the broker allows it AND the request's AllowAutoTopicCreation (v4+) says so (v0-3: always
 #   allowed by the request), else UNKNOWN_TOPIC_OR_PARTITION (3). Lookups by topic id (v10+)
-#   answer UNKNOWN_TOPIC_ID (100) when unknown.
+#   answer UNKNOWN_TOPIC_ID (100) when unknown; before v12 a request naming a topic id (or a
+#   null name) is INVALID_REQUEST (42) for every topic, as Kafka answers it.
 # - Topic ids are real UUIDs (Kafka's); authorized operations are not computed (-2147483648).
 # - Internal topics (kafscale/broker/internal_topics.py): IsInternal is true for Kafka's
 #   internal names (__consumer_offsets, __transaction_state, __share_group_state), in answers
@@ -103,6 +104,13 @@ async def handle(ctx: RequestContext, request: MetadataRequest) -> MetadataRespo
         ]
     else:
         allow = request.allow_auto_topic_creation if ctx.version >= 4 else True
+        if ctx.version < 12:  # v10-11 carry topic ids, but Kafka refuses lookups by id
+            for wanted in request.topics:
+                if wanted.name is None or wanted.topic_id != uuid.UUID(int=0):
+                    raise TopicError(
+                        ErrorCode.INVALID_REQUEST,
+                        f"topic ids are not supported in Metadata v{ctx.version} requests",
+                    )
         for wanted in request.topics:
             if wanted.name is None:
                 topic = topics.by_id.get(wanted.topic_id)
