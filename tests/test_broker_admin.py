@@ -278,7 +278,7 @@ def test_create_partitions(tmp_path: Path, version: int) -> None:
         for bad in ([[0], [1]], [[0]], [[0, 0], [0]]):  # another broker, too few, two replicas
             assert await grow(want("t", 5, *bad)) == [(39, ANY_MESSAGE)]
         assert await grow(want("u", 3)) == [(37, ANY_MESSAGE)]  # no change
-        assert await grow(want("u", 10001)) == [(37, ANY_MESSAGE)]
+        assert await grow(want("u", 100_001)) == [(37, ANY_MESSAGE)]  # max.partitions.per.topic
         assert await grow(want("t", 5, [0], [0])) == [(0, None)]
         assert await c.topics() == {"t": 5, "u": 3}
 

@@ -86,6 +86,10 @@ class BrokerConfig:
     lease_ttl_ms: int = 9000
     """How long a broker that stopped renewing its lease (killed, hung, cut off) keeps its
     partitions and groups before others take them (Kafka's broker.session.timeout.ms)."""
+    max_partitions_per_topic: int = 100000
+    """The most partitions one topic may have (CreateTopics, CreatePartitions answer
+    INVALID_PARTITIONS beyond it). A topic of any size is one metadata key; the bound is what
+    one Metadata answer and one broker's claim loop should carry."""
     log_level: str = "INFO"
     log_format: str = "text"
     """Log lines as text, or ``json``: one JSON object per line (time, broker id, logger,
@@ -171,6 +175,7 @@ _OPTIONS: dict[str, str] = {
     "offsets.retention.minutes": "offsets_retention_minutes",
     "offsets.retention.check.interval.ms": "offsets_retention_check_interval_ms",
     "lease.ttl.ms": "lease_ttl_ms",
+    "max.partitions.per.topic": "max_partitions_per_topic",
     "producer.id.expiration.ms": "producer_id_expiration_ms",
     "log-level": "log_level",
     "log-format": "log_format",

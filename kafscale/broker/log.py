@@ -106,6 +106,9 @@ DROP_PER_TXN = 100
 """Entries one transaction drops at most (below etcd's 128 operations)."""
 MAX_TXN_BYTES = 1 << 20
 """Keys and values of one transaction, below etcd's default ``--max-request-bytes`` (1.5 MiB)."""
+CLAIMS_PER_TXN = (MAX_TXN_OPS - 1) // 4
+"""Partitions claimed in one transaction: two compares and two puts each, and one compare for
+the topic (:data:`MAX_TXN_OPS`)."""
 READ_CHUNK = 2 * 1024 * 1024
 """Segments not in the cache are read in aligned chunks of this many bytes (one ranged GET
 each), and the next chunk is fetched ahead: a consumer catching up reads large objects with a
@@ -409,6 +412,7 @@ class LogManager:
         self.claims: dict[tuple[str, int], Claim] = {}
         self._ownership_wake = asyncio.Event()
         self._background: set[asyncio.Task[int]] = set()
+        self._collecting = asyncio.Semaphore(4)
         self._ownership: asyncio.Task[None] | None = None
 
     def attach(self, cluster: Cluster) -> None:
@@ -506,62 +510,99 @@ class LogManager:
     # --- ownership -------------------------------------------------------------------------
 
     async def _claim(self, topic: str, partition: int) -> Claim:
-        """Take the partition if it should be ours and nobody owns it: one transaction puts
-        our owner key (on our lease) and starts the next leader epoch at the high watermark,
-        guarded by the state's revision, so two claimants can never both win."""
+        """Take the partition if it should be ours and nobody owns it (:meth:`_claim_batch`);
+        NOT_LEADER_OR_FOLLOWER otherwise."""
         cluster = self.cluster
         assert cluster is not None
         meta_topic = self.topics.get(topic)
-        if meta_topic is None:
-            raise FlushError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic} does not exist")
+        if meta_topic is None or not 0 <= partition < meta_topic.partitions:
+            raise FlushError(
+                ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"{topic}-{partition} does not exist"
+            )
         owner = cluster.owner(topic, partition)
         desired = cluster.desired_owner(topic, partition, meta_topic.partitions)
         if owner is not None or desired != cluster.me:
             raise not_owner(topic, partition)
         if cluster.settling():
             raise not_owner(topic, partition, " (just registered: claiming shortly)")
-        state_key = self.topics.partition_key(topic, partition)
-        kv = await self.meta.get(state_key)
-        if kv is None:
-            raise FlushError(
-                ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"{topic}-{partition} does not exist"
-            )
-        state = json.loads(kv.value)
-        log_start, hw = int(state["log_start"]), int(state["hw"])
-        epoch = int(state.get("epoch", 0)) + 1
-        history = [(int(e), int(s)) for e, s in state.get("epochs") or [(epoch - 1, log_start)]]
-        epochs = _assign_epoch(history, epoch, hw)
-        owner_key = cluster.owner_key(topic, partition)
-        value = json.dumps({"broker": cluster.me, "epoch": epoch}).encode()
-        try:
-            result = await self.meta.txn(
-                [
-                    Compare(owner_key, "version", "==", 0),
-                    Compare(state_key, "mod_revision", "==", kv.mod_revision),
-                ],
-                [
-                    Put(owner_key, value, cluster.lease),
-                    Put(
-                        state_key, json.dumps({**state, "epoch": epoch, "epochs": epochs}).encode()
-                    ),
-                ],
-            )
-        except LeaseNotFound:  # our lease ended while we claimed (a drain, or lost)
-            raise not_owner(topic, partition, " (this broker's lease has ended)") from None
-        if not result.succeeded:
+        kv = await self.meta.get(self.topics.partition_key(topic, partition))
+        claim = (await self._claim_batch(topic, {partition: kv})).get(partition)
+        if claim is None:
             raise not_owner(topic, partition, " (claimed by another broker)")
-        cluster.owners.note(
-            owner_key[len(cluster.owners.prefix) :],
-            KeyValue(owner_key, value, result.revision, 1, cluster.lease),
-        )
-        claim = Claim(epoch, owner_key, result.revision)
-        self.claims[(topic, partition)] = claim
-        log.info("%s-%d: owned from offset %d at leader epoch %d", topic, partition, hw, epoch)
-        if not self._closing:
-            task = asyncio.create_task(self.collect_garbage(topic, partition, epoch))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
         return claim
+
+    async def _claim_batch(
+        self, topic: str, states: dict[int, KeyValue | None]
+    ) -> dict[int, Claim]:
+        """Take the partitions of ``states`` (each with its state as read: None for a partition
+        never claimed, whose log is empty from offset 0) in one transaction: our owner key (on
+        our lease) and the next leader epoch starting at the high watermark, for each, guarded
+        by each state's revision (and, for a state never written, by the topic's existence),
+        so two claimants can never both win. All or none: the claims won, or {} when another
+        broker got there first (or the topic went)."""
+        cluster = self.cluster
+        assert cluster is not None
+        compares: list[Compare] = []
+        ops: list[Put | Delete] = []
+        taken: list[tuple[int, int, int, bytes, bytes]] = []  # partition, hw, epoch, key, value
+        for partition, kv in states.items():
+            state_key = self.topics.partition_key(topic, partition)
+            state: dict[str, Any] = (
+                json.loads(kv.value) if kv is not None else {"log_start": 0, "hw": 0}
+            )
+            log_start, hw = int(state["log_start"]), int(state["hw"])
+            epoch = int(state.get("epoch", 0)) + 1
+            history = [(int(e), int(s)) for e, s in state.get("epochs") or [(epoch - 1, log_start)]]
+            epochs = _assign_epoch(history, epoch, hw)
+            owner_key = cluster.owner_key(topic, partition)
+            value = json.dumps({"broker": cluster.me, "epoch": epoch}).encode()
+            compares += [
+                Compare(owner_key, "version", "==", 0),
+                Compare(state_key, "mod_revision", "==", kv.mod_revision if kv else 0),
+            ]
+            ops += [
+                Put(owner_key, value, cluster.lease),
+                Put(state_key, json.dumps({**state, "epoch": epoch, "epochs": epochs}).encode()),
+            ]
+            taken.append((partition, hw, epoch, owner_key, value))
+        if any(kv is None for kv in states.values()):
+            # A state is written by the partition's first claim (a topic of any size is one
+            # key): never for a topic that is gone.
+            compares.append(Compare(self.topics.topic_key(topic), "version", ">", 0))
+        try:
+            result = await self.meta.txn(compares, ops)
+        except LeaseNotFound:  # our lease ended while we claimed (a drain, or lost)
+            first = next(iter(states))
+            raise not_owner(topic, first, " (this broker's lease has ended)") from None
+        if not result.succeeded:
+            return {}
+        won: dict[int, Claim] = {}
+        for partition, hw, epoch, owner_key, value in taken:
+            cluster.owners.note(
+                owner_key[len(cluster.owners.prefix) :],
+                KeyValue(owner_key, value, result.revision, 1, cluster.lease),
+            )
+            claim = won[partition] = Claim(epoch, owner_key, result.revision)
+            self.claims[(topic, partition)] = claim
+            if len(taken) == 1:
+                log.info(
+                    "%s-%d: owned from offset %d at leader epoch %d", topic, partition, hw, epoch
+                )
+            if not self._closing:
+                task = asyncio.create_task(self._collect_bounded(topic, partition, epoch))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+        if len(taken) > 1:
+            log.info(
+                "%s: owned %d partitions (%d..%d)", topic, len(taken), taken[0][0], taken[-1][0]
+            )
+        return won
+
+    async def _collect_bounded(self, topic: str, partition: int, epoch: int) -> int:
+        """:meth:`collect_garbage`, a few at a time: a takeover of thousands of partitions must
+        not start thousands of listings at once."""
+        async with self._collecting:
+            return await self.collect_garbage(topic, partition, epoch)
 
     async def collect_garbage(self, topic: str, partition: int, epoch: int) -> int:
         """Delete the partition's objects that no committed segment entry references and that
@@ -677,6 +718,7 @@ class LogManager:
         for key in [k for k in self.claims if self.topics.get(k[0]) is None]:
             self.claims.pop(key, None)  # the topic was deleted
         for topic in list(self.topics.by_name.values()):
+            free: list[int] = []
             for partition in range(topic.partitions):
                 key = (topic.name, partition)
                 want = cluster.desired_owner(topic.name, partition, topic.partitions)
@@ -692,10 +734,51 @@ class LogManager:
                     elif want != me:
                         await self.release(topic.name, partition)
                 elif want == me and cluster.owner(topic.name, partition) is None:
+                    free.append(partition)
+            if free and not cluster.settling():
+                await self._claim_free(topic.name, free)
+
+    async def _claim_free(self, topic: str, partitions: list[int]) -> None:
+        """Claim the free partitions of ``topic`` that should be ours: their states in one
+        range read, then as many per transaction as etcd allows (two compares and two puts
+        each), so a takeover of thousands of partitions is a few dozen round trips. A
+        transaction that loses a race is retried one partition at a time."""
+        stored = {kv.key: kv for kv in await self.meta.range(self.topics.partitions_prefix(topic))}
+        batch: dict[int, KeyValue | None] = {}
+        size = 0
+        for partition in partitions:
+            kv = stored.get(self.topics.partition_key(topic, partition))
+            n = 256 + (len(kv.value) if kv is not None else 0)
+            if batch and (len(batch) >= CLAIMS_PER_TXN or size + n > MAX_TXN_BYTES):
+                await self._claim_locked(topic, batch)
+                batch, size = {}, 0
+            batch[partition] = kv
+            size += n
+        if batch:
+            await self._claim_locked(topic, batch)
+
+    async def _claim_locked(self, topic: str, batch: dict[int, KeyValue | None]) -> None:
+        """:meth:`_claim_batch` under the partitions' load locks (a request may be claiming
+        one of them right now: those are left to it)."""
+        locks = [self._load_locks.setdefault((topic, p), asyncio.Lock()) for p in batch]
+        held = [lock for lock in locks if not lock.locked()]
+        for lock in held:
+            await lock.acquire()
+        try:
+            mine = {
+                p: kv
+                for (p, kv), lock in zip(batch.items(), locks, strict=True)
+                if lock in held and (topic, p) not in self.claims
+            }
+            if mine and not await self._claim_batch(topic, mine) and len(mine) > 1:
+                for partition in mine:  # someone took some: claim the rest one by one
                     with contextlib.suppress(FlushError):
-                        async with self._load_locks.setdefault(key, asyncio.Lock()):
-                            if key not in self.claims:
-                                await self._claim(topic.name, partition)
+                        await self._claim(topic, partition)
+        except FlushError:
+            pass
+        finally:
+            for lock in held:
+                lock.release()
 
     async def _load(self, topic: str, partition: int) -> PartitionLog:
         state_key = self.topics.partition_key(topic, partition)

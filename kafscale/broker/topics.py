@@ -4,6 +4,9 @@ Keys (values are JSON):
 - ``/{ns}/topics/{name}``: ``{"id": uuid, "partitions": n, "configs": {...}}``
 - ``/{ns}/partitions/{topic}/{p:05d}``: ``{"log_start": offset, "hw": offset}`` — the committed
   log end offset (high watermark) moves only by a compare-and-swap transaction on this key.
+  Written by the partition's first claim: absent, the partition is empty from offset 0. So a
+  topic of any number of partitions is created (and grown) by writing its one topic key, which
+  is atomic whatever the count and within etcd's 128 operations per transaction.
 - ``/{ns}/segments/{topic}/{p:05d}/{base:020d}``: one committed segment object.
 """
 
@@ -165,28 +168,35 @@ class Topics:
         if name in self.by_name:
             raise TopicError(ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
         self.check_configs(configs)  # before the partitions, as Kafka's controller
-        if partitions < 1:
-            raise TopicError(
-                ErrorCode.INVALID_PARTITIONS,
-                f"number of partitions must be at least 1, got {partitions}",
-            )
-        if partitions > 10000:
-            raise TopicError(
-                ErrorCode.INVALID_PARTITIONS,
-                f"at most 10000 partitions per topic, got {partitions}",
-            )
+        self.check_partitions(partitions)
         topic = Topic(name, uuid.uuid4(), partitions, dict(configs))
         if validate_only:
             return topic
-        state = json.dumps({"log_start": 0, "hw": 0}).encode()
-        ops: list[Put | Delete] = [Put(self.topic_key(name), topic.to_json())]
-        ops += [Put(self.partition_key(name, p), state) for p in range(partitions)]
-        result = await self.store.txn([Compare(self.topic_key(name), "version", "==", 0)], ops)
+        result = await self.store.txn(
+            [Compare(self.topic_key(name), "version", "==", 0)],
+            [Put(self.topic_key(name), topic.to_json())],
+        )
         if not result.succeeded:
             await self.load()
             raise TopicError(ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
         self._remember(topic)
         return topic
+
+    def check_partitions(self, count: int) -> None:
+        """A topic's partition count: at least 1, at most ``max.partitions.per.topic``
+        (INVALID_PARTITIONS, 37)."""
+        if count < 1:
+            raise TopicError(
+                ErrorCode.INVALID_PARTITIONS,
+                f"number of partitions must be at least 1, got {count}",
+            )
+        limit = self.config.max_partitions_per_topic
+        if count > limit:
+            raise TopicError(
+                ErrorCode.INVALID_PARTITIONS,
+                f"{count} partitions is more than this cluster allows per topic"
+                f" (max.partitions.per.topic={limit})",
+            )
 
     async def delete(self, name: str, tombstone: Callable[[str, str], Put] | None = None) -> Topic:
         """Delete the topic and its metadata at once; ``tombstone(topic id, name)`` (in the
@@ -217,18 +227,45 @@ class Topics:
                 ErrorCode.INVALID_PARTITIONS,
                 f"topic {name!r} has {topic.partitions} partitions; cannot go to {total}",
             )
-        if total > 10000:
-            raise TopicError(
-                ErrorCode.INVALID_PARTITIONS, f"at most 10000 partitions per topic, got {total}"
-            )
+        self.check_partitions(total)
         if validate_only:
             return
-        grown = Topic(topic.name, topic.id, total, topic.configs)
-        state = json.dumps({"log_start": 0, "hw": 0}).encode()
-        ops: list[Put | Delete] = [Put(self.topic_key(name), grown.to_json())]
-        ops += [Put(self.partition_key(name, p), state) for p in range(topic.partitions, total)]
-        await self.store.txn([], ops)
-        self._remember(grown)
+
+        def grow(stored: Topic) -> Topic:
+            if total <= stored.partitions:  # another broker grew it meanwhile
+                raise TopicError(
+                    ErrorCode.INVALID_PARTITIONS,
+                    f"topic {name!r} has {stored.partitions} partitions; cannot go to {total}",
+                )
+            return Topic(stored.name, stored.id, total, stored.configs)
+
+        await self._update(name, topic.id, grow)
+
+    async def _update(
+        self, name: str, topic_id: uuid.UUID, change: Callable[[Topic], Topic]
+    ) -> None:
+        """Replace the stored topic ``name`` (while it has ``topic_id``) by ``change`` of it, by
+        compare-and-swap: another broker changing the same topic at the same time (its configs
+        while we add partitions) is never overwritten."""
+        key = self.topic_key(name)
+        for _ in range(10):
+            kv = await self.store.get(key)
+            stored = Topic.from_json(name, kv.value) if kv is not None else None
+            if kv is None or stored is None or stored.id != topic_id:
+                raise TopicError(
+                    ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {name!r} does not exist"
+                )
+            updated = change(stored)
+            result = await self.store.txn(
+                [Compare(key, "mod_revision", "==", kv.mod_revision)],
+                [Put(key, updated.to_json())],
+            )
+            if result.succeeded:
+                self._remember(updated)
+                return
+        raise TopicError(
+            ErrorCode.REQUEST_TIMED_OUT, f"topic {name!r} is being changed by others: try again"
+        )
 
     def check_configs(self, configs: dict[str, str]) -> None:
         """A topic's whole override set as Kafka validates it: INVALID_CONFIG (40) with
@@ -245,6 +282,8 @@ class Topics:
         self.check_configs(configs)
         if validate_only:
             return
-        updated = Topic(topic.name, topic.id, topic.partitions, dict(configs))
-        await self.store.put(self.topic_key(name), updated.to_json())
-        self._remember(updated)
+        await self._update(
+            name,
+            topic.id,
+            lambda stored: Topic(stored.name, stored.id, stored.partitions, dict(configs)),
+        )

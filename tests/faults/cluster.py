@@ -497,10 +497,8 @@ class Cluster:
             raw = self.etcd_range(f"/{ns}/partitions/{topic}/{p:05d}").get(
                 f"/{ns}/partitions/{topic}/{p:05d}"
             )
-            if raw is None:
-                audit.problems.append(f"partition {p}: no committed state")
-                continue
-            state = json.loads(raw)
+            # No state: never claimed, so empty from offset 0 (and it must have no entries).
+            state = json.loads(raw) if raw is not None else {"log_start": 0, "hw": 0}
             log_start, hw = int(state["log_start"]), int(state["hw"])
             epochs = [(int(e), int(s)) for e, s in state.get("epochs") or [(0, 0)]]
             prefix = f"/{ns}/segments/{topic}/{p:05d}/"

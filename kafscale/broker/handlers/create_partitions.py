@@ -1,7 +1,8 @@
 # CreatePartitions (key 37), versions 0-3.
 # - Only increases: a count at or below the current one -> INVALID_PARTITIONS (37), as is a
-#   count above 10000; unknown topic -> UNKNOWN_TOPIC_OR_PARTITION (3); a topic named twice in
-#   the request -> INVALID_REQUEST (42).
+#   count above max.partitions.per.topic (any count up to it: a topic is one metadata key);
+#   unknown topic -> UNKNOWN_TOPIC_OR_PARTITION (3); a topic named twice in the request ->
+#   INVALID_REQUEST (42).
 # - Assignments (nullable) must give one replica list per new partition, each exactly this
 #   broker; anything else -> INVALID_REPLICA_ASSIGNMENT (39).
 # - ValidateOnly checks without creating. New partitions start empty (log start 0).
