@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import socket
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -39,6 +40,10 @@ import confluent_kafka
 import confluent_kafka.admin
 import pytest
 
+from generated.create_topics_request import CreatableTopic, CreateTopicsRequest
+from generated.errors import ErrorCode
+from generated.registry import api
+from kafscale.protocol.framing import encode_request
 from tests.checker import History, check
 from tests.conformance import test_groups, three_brokers
 from tests.conformance.clients import (
@@ -260,6 +265,72 @@ def test_admin_across_brokers(
     finally:
         admin.close()
     report(f"{admin.name}: leaders {owned} ({time.monotonic() - started:.1f}s)")
+
+
+@pytest.mark.parametrize("admin_cls", [ConfluentAdmin, KafkaPythonAdmin], ids=lambda c: c.name)
+def test_topics_of_thousands_of_partitions(
+    checked: Cluster, admin_cls: type[Admin], report: Callable[[str], None]
+) -> None:
+    """On etcd (128 operations per transaction: CreateTopics of 128 partitions and more used
+    to drop the client's connection), through the client's admin API: a topic of 1,000
+    partitions, and one grown from 10 to 2,000; every partition is listed and gets an owner,
+    and the last partition of each takes a record and gives it back."""
+    cluster = checked
+    started = time.monotonic()
+    admin = admin_cls(bootstrap_of(cluster))
+    wide, grown = new_topic(admin.name, "wide"), new_topic(admin.name, "grown")
+    try:
+        admin.create_topic(wide, 1000, {})
+        admin.create_topic(grown, 10, {})
+        admin.create_partitions(grown, 2000)
+        listed = admin.topics()
+        assert [p for p, *_ in listed[wide]] == list(range(1000))
+        assert [p for p, *_ in listed[grown]] == list(range(2000))
+        for topic, last in ((wide, 999), (grown, 1999)):
+            assert admin.produce(topic, [[(last, b"the last one", None)]]) == [(last, 0)]
+            got = admin.consume_from_beginning(topic, last, 1)
+            assert [(o, v) for o, v, _ in got] == [(0, b"the last one")]
+        placed = wait_placed(cluster, {wide: 1000, grown: 2000}, timeout=60)
+        assert len(placed[wide]) == 1000 and len(placed[grown]) == 2000
+        took = time.monotonic() - started
+        admin.delete_topic(wide)
+        admin.delete_topic(grown)
+    finally:
+        admin.close()
+    report(f"{admin.name}: 1,000 + 10 -> 2,000 partitions created, owned, used ({took:.1f}s)")
+
+
+def test_a_broker_killed_during_a_large_create_leaves_no_half_topic(checked: Cluster) -> None:
+    """CreateTopics of 5,000 partitions sent to a broker that is killed (-9) at once: after
+    its restart every broker either does not know the topic or knows all 5,000 partitions
+    (a topic is one metadata key, whatever its size), and a second create settles it."""
+    cluster = checked
+    victim = cluster.brokers[1]
+    topic = new_topic("raw", "killed-create")
+    body = CreateTopicsRequest(
+        topics=[CreatableTopic(name=topic, num_partitions=5000, replication_factor=1)],
+        timeout_ms=30000,
+    )
+    with socket.create_connection(("127.0.0.1", victim.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"".join(encode_request(api("CreateTopics"), 4, 1, "kill", body)))
+        victim.kill()
+    cluster.heal()
+    seen = {b.id: metadata(b.address, topic) for b in cluster.brokers}
+    for broker, view in seen.items():
+        if view.error == 0:
+            assert sorted({*view.leaders, *view.errors}) == list(range(5000)), broker
+        else:
+            assert view.error == UNKNOWN_TOPIC_OR_PARTITION, (broker, view.error)
+    admin = ConfluentAdmin(bootstrap_of(cluster))
+    try:
+        try:
+            admin.create_topic(topic, 5000, {})
+        except admin.Error as e:  # the killed broker had created it
+            assert admin.code(e) == ErrorCode.TOPIC_ALREADY_EXISTS
+        assert len(admin.topics()[topic]) == 5000
+        admin.delete_topic(topic)
+    finally:
+        admin.close()
 
 
 # --- 3. a consumer group through the kill of its coordinator --------------------------------
