@@ -34,6 +34,7 @@ from generated.describe_log_dirs_request import DescribableLogDirTopic, Describe
 from generated.describe_log_dirs_response import DescribeLogDirsResponse
 from generated.elect_leaders_request import ElectLeadersRequest, TopicPartitions
 from generated.elect_leaders_response import ElectLeadersResponse
+from generated.errors import ErrorCode
 from generated.list_partition_reassignments_request import (
     ListPartitionReassignmentsRequest,
     ListPartitionReassignmentsTopics,
@@ -42,9 +43,6 @@ from generated.list_partition_reassignments_response import ListPartitionReassig
 from generated.registry import APIS, BROKER_APIS
 from kafscale.broker.cluster import BrokerInfo
 from kafscale.broker.config import BrokerConfig
-from kafscale.broker.handlers import alter_partition_reassignments as apr
-from kafscale.broker.handlers import alter_replica_log_dirs as arld
-from kafscale.broker.handlers import elect_leaders as el
 from kafscale.broker.handlers.describe_log_dirs import log_dir
 from kafscale.broker.log import not_owner
 from kafscale.protocol.records import build_batch
@@ -52,7 +50,6 @@ from tests.broker_harness import Client, run
 
 ALTER_REPLICA_LOG_DIRS, DESCRIBE_LOG_DIRS, ELECT_LEADERS = 34, 35, 43
 ALTER_PARTITION_REASSIGNMENTS, LIST_PARTITION_REASSIGNMENTS = 45, 46
-UNKNOWN_TOPIC_OR_PARTITION = 3
 PREFERRED, UNCLEAN = 0, 1
 NOT_NEEDED = "Leader election not needed for topic partition."
 
@@ -69,17 +66,19 @@ def test_served_at_kafkas_whole_range() -> None:
 
 def test_codes_are_kafkas() -> None:
     e = kafka.errors
-    assert e.for_code(UNKNOWN_TOPIC_OR_PARTITION) is e.UnknownTopicOrPartitionError
-    assert e.for_code(el.INVALID_REQUEST) is e.InvalidRequestError
-    assert e.for_code(el.PREFERRED_LEADER_NOT_AVAILABLE) is e.PreferredLeaderNotAvailableError
-    assert e.for_code(el.ELIGIBLE_LEADERS_NOT_AVAILABLE) is e.EligibleLeadersNotAvailableError
-    assert e.for_code(el.ELECTION_NOT_NEEDED) is e.ElectionNotNeededError
-    assert e.for_code(apr.INVALID_REPLICA_ASSIGNMENT) is e.InvalidReplicationAssignmentError
-    assert e.for_code(apr.NO_REASSIGNMENT_IN_PROGRESS) is e.NoReassignmentInProgressError
-    assert e.for_code(arld.LOG_DIR_NOT_FOUND) is e.LogDirNotFoundError
-    assert e.for_code(arld.REPLICA_NOT_AVAILABLE) is e.ReplicaNotAvailableError
-    for module in (el, apr):
-        assert module.UNKNOWN_TOPIC_OR_PARTITION == UNKNOWN_TOPIC_OR_PARTITION
+    assert e.for_code(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION) is e.UnknownTopicOrPartitionError
+    assert e.for_code(ErrorCode.INVALID_REQUEST) is e.InvalidRequestError
+    assert (
+        e.for_code(ErrorCode.PREFERRED_LEADER_NOT_AVAILABLE) is e.PreferredLeaderNotAvailableError
+    )
+    assert (
+        e.for_code(ErrorCode.ELIGIBLE_LEADERS_NOT_AVAILABLE) is e.EligibleLeadersNotAvailableError
+    )
+    assert e.for_code(ErrorCode.ELECTION_NOT_NEEDED) is e.ElectionNotNeededError
+    assert e.for_code(ErrorCode.INVALID_REPLICA_ASSIGNMENT) is e.InvalidReplicationAssignmentError
+    assert e.for_code(ErrorCode.NO_REASSIGNMENT_IN_PROGRESS) is e.NoReassignmentInProgressError
+    assert e.for_code(ErrorCode.LOG_DIR_NOT_FOUND) is e.LogDirNotFoundError
+    assert e.for_code(ErrorCode.REPLICA_NOT_AVAILABLE) is e.ReplicaNotAvailableError
 
 
 def test_the_log_dir_names_the_object_store(tmp_path: Path) -> None:
@@ -199,22 +198,22 @@ def test_elect_leaders_when_placement_already_holds(tmp_path: Path, version: int
         assert error == 0
         assert results == {
             "a": {
-                0: (el.ELECTION_NOT_NEEDED, NOT_NEEDED),
-                1: (el.ELECTION_NOT_NEEDED, NOT_NEEDED),
-                2: (UNKNOWN_TOPIC_OR_PARTITION, "No such partition as a-2"),
+                0: (ErrorCode.ELECTION_NOT_NEEDED, NOT_NEEDED),
+                1: (ErrorCode.ELECTION_NOT_NEEDED, NOT_NEEDED),
+                2: (ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, "No such partition as a-2"),
             },
-            "zz": {0: (UNKNOWN_TOPIC_OR_PARTITION, "No such topic as zz")},
+            "zz": {0: (ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, "No such topic as zz")},
         }
         # Every partition: those needing no election are left out, as Kafka does.
         assert await elect(c, version, None) == (0, {"a": {}, "b": {}})
         if version >= 1:
             assert await elect(c, version, {"b": [0]}, UNCLEAN) == (
                 0,
-                {"b": {0: (el.ELECTION_NOT_NEEDED, NOT_NEEDED)}},
+                {"b": {0: (ErrorCode.ELECTION_NOT_NEEDED, NOT_NEEDED)}},
             )
-            bad = (el.INVALID_REQUEST, "Unknown election type 7")
+            bad = (ErrorCode.INVALID_REQUEST, "Unknown election type 7")
             assert await elect(c, version, {"a": [0, 1]}, 7) == (
-                el.INVALID_REQUEST,
+                ErrorCode.INVALID_REQUEST,
                 {"a": {0: bad, 1: bad}},
             )
 
@@ -242,8 +241,8 @@ def test_elect_leaders_hands_over_what_placement_moved(
         assert error == 0 and released == [("a", 0)]
         assert results["a"][0] == (0, None)
         code, message = results["a"][1]
-        assert code == el.PREFERRED_LEADER_NOT_AVAILABLE and "broker 2" in (message or "")
-        assert results["a"][2] == (el.ELECTION_NOT_NEEDED, NOT_NEEDED)
+        assert code == ErrorCode.PREFERRED_LEADER_NOT_AVAILABLE and "broker 2" in (message or "")
+        assert results["a"][2] == (ErrorCode.ELECTION_NOT_NEEDED, NOT_NEEDED)
         # With every partition asked for, the one needing no election is left out.
         released.clear()
         _, results = await elect(c, 2, None)
@@ -251,16 +250,16 @@ def test_elect_leaders_hands_over_what_placement_moved(
         # Unclean: a partition with a leader needs none.
         _, results = await elect(c, 2, {"a": [0, 1]}, UNCLEAN)
         assert {p: code for p, (code, _) in results["a"].items()} == {
-            0: el.ELECTION_NOT_NEEDED,
-            1: el.ELECTION_NOT_NEEDED,
+            0: ErrorCode.ELECTION_NOT_NEEDED,
+            1: ErrorCode.ELECTION_NOT_NEEDED,
         }
         # No live broker at all (only reachable through a broken view): nobody to elect.
         monkeypatch.setattr(cluster, "owner", lambda topic, p: None)
         monkeypatch.setattr(cluster, "desired_owner", lambda topic, p, n: None)
         _, results = await elect(c, 2, {"a": [0]}, UNCLEAN)
-        assert results["a"][0][0] == el.ELIGIBLE_LEADERS_NOT_AVAILABLE
+        assert results["a"][0][0] == ErrorCode.ELIGIBLE_LEADERS_NOT_AVAILABLE
         _, results = await elect(c, 2, {"a": [0]})
-        assert results["a"][0][0] == el.PREFERRED_LEADER_NOT_AVAILABLE
+        assert results["a"][0][0] == ErrorCode.PREFERRED_LEADER_NOT_AVAILABLE
 
     run(tmp_path, scenario)
 
@@ -319,24 +318,29 @@ def test_alter_partition_reassignments(tmp_path: Path, monkeypatch: pytest.Monke
         assert results == {
             "a": {
                 0: (0, None),
-                1: (apr.NO_REASSIGNMENT_IN_PROGRESS, "No partition reassignment is in progress."),
+                1: (
+                    ErrorCode.NO_REASSIGNMENT_IN_PROGRESS,
+                    "No partition reassignment is in progress.",
+                ),
                 2: (
-                    apr.INVALID_REPLICA_ASSIGNMENT,
+                    ErrorCode.INVALID_REPLICA_ASSIGNMENT,
                     "The manual partition assignment includes an empty replica list.",
                 ),
-                3: (UNKNOWN_TOPIC_OR_PARTITION, "Unable to find partition a:3."),
+                3: (ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, "Unable to find partition a:3."),
             },
-            "nope": {0: (UNKNOWN_TOPIC_OR_PARTITION, "Unable to find a topic named nope.")},
+            "nope": {
+                0: (ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, "Unable to find a topic named nope.")
+            },
         }
         results = await reassign(c, {"a": {0: [1], 1: [0, 0]}})
         assert results["a"] == {
             0: (
-                apr.INVALID_REPLICA_ASSIGNMENT,
+                ErrorCode.INVALID_REPLICA_ASSIGNMENT,
                 "The manual partition assignment includes broker 1, but no such broker is "
                 "registered.",
             ),
             1: (
-                apr.INVALID_REPLICA_ASSIGNMENT,
+                ErrorCode.INVALID_REPLICA_ASSIGNMENT,
                 "The manual partition assignment includes the broker 0 more than once.",
             ),
         }
@@ -347,7 +351,7 @@ def test_alter_partition_reassignments(tmp_path: Path, monkeypatch: pytest.Monke
         results = await reassign(c, {"a": {0: [0, 1], 1: [1], 2: [0]}})
         for p in (0, 1):
             code, message = results["a"][p]
-            assert code == apr.INVALID_REPLICA_ASSIGNMENT
+            assert code == ErrorCode.INVALID_REPLICA_ASSIGNMENT
             assert message and "one replica" in message and "[0]" in message
         assert results["a"][2] == (0, None)
 
@@ -381,19 +385,19 @@ def test_alter_replica_log_dirs(
             }
 
         assert await call([(ours, "a", [0, 1, 4]), (ours, "nope", [0])]) == {
-            "a": {0: 0, 1: 0, 4: UNKNOWN_TOPIC_OR_PARTITION},
-            "nope": {0: UNKNOWN_TOPIC_OR_PARTITION},
+            "a": {0: 0, 1: 0, 4: ErrorCode.UNKNOWN_TOPIC_OR_PARTITION},
+            "nope": {0: ErrorCode.UNKNOWN_TOPIC_OR_PARTITION},
         }
         # Another dir is not found, whatever the partition (checked first, as Kafka).
         assert await call([("/var/lib/kafka", "a", [0]), (ours + "/x", "nope", [0])]) == {
-            "a": {0: arld.LOG_DIR_NOT_FOUND},
-            "nope": {0: arld.LOG_DIR_NOT_FOUND},
+            "a": {0: ErrorCode.LOG_DIR_NOT_FOUND},
+            "nope": {0: ErrorCode.LOG_DIR_NOT_FOUND},
         }
 
         async def get(topic: str, partition: int) -> Any:
             raise not_owner(topic, partition)
 
         monkeypatch.setattr(c.broker.logs, "get", get)
-        assert await call([(ours, "a", [1])]) == {"a": {1: arld.REPLICA_NOT_AVAILABLE}}
+        assert await call([(ours, "a", [1])]) == {"a": {1: ErrorCode.REPLICA_NOT_AVAILABLE}}
 
     run(tmp_path, scenario)

@@ -444,7 +444,10 @@ def test_the_epoch_error_codes_are_kafkas() -> None:
     its metadata and a partition stayed unread)."""
     import kafka.errors
 
-    from kafscale.broker import log
+    from kafscale.broker.log import PartitionLog
 
-    assert kafka.errors.for_code(log.FENCED_LEADER_EPOCH) is kafka.errors.FencedLeaderEpochError
-    assert kafka.errors.for_code(log.UNKNOWN_LEADER_EPOCH) is kafka.errors.UnknownLeaderEpochError
+    plog = PartitionLog("t", 0, b"k", epoch=5)
+    assert plog.epoch_error(5) == 0
+    fenced, unknown = plog.epoch_error(4), plog.epoch_error(6)
+    assert kafka.errors.for_code(fenced) is kafka.errors.FencedLeaderEpochError
+    assert kafka.errors.for_code(unknown) is kafka.errors.UnknownLeaderEpochError
