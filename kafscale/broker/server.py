@@ -26,6 +26,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from generated.api_versions_response import ApiVersion, ApiVersionsResponse
+from generated.errors import ErrorCode
 from generated.registry import ADVERTISED_APIS, BROKER_APIS
 from kafscale.broker import failpoints
 from kafscale.broker.cluster import Cluster
@@ -367,7 +368,9 @@ class Broker:
     async def _dispatch(self, request: Request, client_host: str = "") -> list[Buffer] | None:
         api, version, header = request.api, request.version, request.header
         if not is_served(request):  # only ApiVersions gets here (KIP-511 fallback)
-            body = ApiVersionsResponse(error_code=35, api_keys=advertised_apis())
+            body = ApiVersionsResponse(
+                error_code=ErrorCode.UNSUPPORTED_VERSION, api_keys=advertised_apis()
+            )
             return encode_response(header.correlation_id, api, 0, body)
         handler = HANDLERS[api.api_key]
         assert request.body is not None
@@ -385,7 +388,8 @@ class Broker:
                 f"{api.name} v{version} (correlation id {header.correlation_id}, "
                 f"client {header.client_id!r}, {client_host or '-'})"
             )
-            if code == UNKNOWN_SERVER_ERROR:  # a bug: once, with the request and the trace
+            # A bug: logged once, with the request and the trace.
+            if code == ErrorCode.UNKNOWN_SERVER_ERROR:
                 log.exception("%s failed; answering %d: %s", what, code, text)
             else:  # a refusal raised from deep inside (it carries its Kafka error)
                 log.info("%s refused: %d: %s", what, code, text)
@@ -443,8 +447,6 @@ class Broker:
 
 API_VERSIONS = 18
 PRODUCE = 0
-UNKNOWN_SERVER_ERROR = -1
-REQUEST_TIMED_OUT = 7
 
 
 def failure_code(error: Exception) -> tuple[int, str]:
@@ -455,8 +457,8 @@ def failure_code(error: Exception) -> tuple[int, str]:
     if isinstance(code, int) and not isinstance(code, bool) and -1 <= code < 2**15:
         return code, str(error) or type(error).__name__
     if isinstance(error, MetadataUnavailable):
-        return REQUEST_TIMED_OUT, f"the metadata store did not answer: {error}"
-    return UNKNOWN_SERVER_ERROR, f"unexpected server error: {type(error).__name__}"
+        return ErrorCode.REQUEST_TIMED_OUT, f"the metadata store did not answer: {error}"
+    return ErrorCode.UNKNOWN_SERVER_ERROR, f"unexpected server error: {type(error).__name__}"
 
 
 def is_served(request: Request) -> bool:
