@@ -137,7 +137,8 @@ def _add_proto(commands: Any) -> None:
         "JSON. The bytes have no size prefix. With --with-header they start with the "
         "request or response header of the header version this API version uses, and the "
         'output is {"header": ..., "body": ...}; a request header must name the same API '
-        "and version as --api and --version.",
+        "and version as --api and --version. Every error code has Kafka's name beside it "
+        '("error_code": 3, "error_name": "UNKNOWN_TOPIC_OR_PARTITION").',
     )
     _add_message_options(decode)
     decode.add_argument(
@@ -155,7 +156,8 @@ def _add_proto(commands: Any) -> None:
         description="Read the JSON that `kafscale proto decode` prints (same options) from "
         "stdin and print the encoded bytes in hex: decode then encode gives the same bytes. "
         "Missing fields take their defaults; with --with-header a request header's API key "
-        "and version default to --api and --version.",
+        "and version default to --api and --version. An error code may be given by its "
+        "number or its Kafka name; an error_name beside it must name it.",
     )
     _add_message_options(encode)
     encode.set_defaults(handler=_run_encode)
