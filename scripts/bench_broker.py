@@ -1299,28 +1299,37 @@ class KafscaleCluster(Deployment):
     def start(self, endpoint: str) -> float:
         self.starts += 1
         start = time.perf_counter()
-        for i, port in enumerate(self.ports):
-            name = f"{self.run_id}-broker-{i}-start-{self.starts}"
-            data = self.workdir / name  # fresh local directory every start
-            data.mkdir(parents=True)
-            log = self.workdir / f"{name}.log"
-            cmd = [
-                PYTHON,
-                *("-m", "kafscale", "serve"),
-                f"--broker-id={i}",
-                f"--listen=127.0.0.1:{port}",
-                f"--data-dir={data}",
-                f"--etcd={self.etcd.endpoint}",
-                f"--s3-bucket={self.bucket}",
-                f"--s3-endpoint={endpoint}",
-                "--s3-path-style=true",
-                *self.extra,
-            ]
-            self.procs.append(Proc(f"kafscale broker {i}", cmd, dict(AWS_ENV), log))
-            self.logs.append(log)
+        self.procs += [self._spawn(i, endpoint) for i in range(len(self.ports))]
         for proc, port in zip(self.procs, self.ports, strict=True):
             wait_port(port, proc, 90)
         return time.perf_counter() - start
+
+    def restart_broker(self, i: int, endpoint: str) -> Proc:
+        """Start broker ``i`` again (after a kill); it listens when this returns."""
+        self.starts += 1
+        proc = self._spawn(i, endpoint)
+        wait_port(self.ports[i], proc, 90)
+        return proc
+
+    def _spawn(self, i: int, endpoint: str) -> Proc:
+        name = f"{self.run_id}-broker-{i}-start-{self.starts}"
+        data = self.workdir / name  # fresh local directory every start
+        data.mkdir(parents=True)
+        log = self.workdir / f"{name}.log"
+        cmd = [
+            PYTHON,
+            *("-m", "kafscale", "serve"),
+            f"--broker-id={i}",
+            f"--listen=127.0.0.1:{self.ports[i]}",
+            f"--data-dir={data}",
+            f"--etcd={self.etcd.endpoint}",
+            f"--s3-bucket={self.bucket}",
+            f"--s3-endpoint={endpoint}",
+            "--s3-path-style=true",
+            *self.extra,
+        ]
+        self.logs.append(log)
+        return Proc(f"kafscale broker {i}", cmd, dict(AWS_ENV), log)
 
 
 class TansuS3(Deployment):
@@ -2946,9 +2955,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peer", choices=["tansu", "none"], default="none")
     p.add_argument(
         "--mode",
-        choices=["throughput", "latency", "rss", "lifecycle", "retention"],
+        choices=["throughput", "latency", "rss", "lifecycle", "retention", "scale"],
         default="throughput",
-        help="with --target, or lifecycle or retention alone (their target is kafscale-cluster)",
+        help="with --target, or lifecycle, retention or scale alone (their target is "
+        "kafscale-cluster; scale: scripts/bench_scale.py)",
+    )
+    p.add_argument(
+        "--topics",
+        type=int,
+        default=1_000,
+        help="scale mode: topics of 10 partitions created after the big topic (of "
+        "--partitions, default 10,000)",
     )
     p.add_argument("--records", type=int, help="records per run (default 100,000; quick 2,000)")
     p.add_argument("--size", type=int, default=1024, help="record value bytes")
@@ -3162,6 +3179,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             chart(summary, Path(args.chart))
         if args.markdown:
             Path(args.markdown).write_text(markdown(summary, results))
+        return 0
+    if args.mode == "scale":
+        import bench_scale
+
+        with workdir(args.keep) as path:
+            bench_scale.run(path, args.partitions or 10_000, args.topics, args.out)
         return 0
     scenarios = scenarios_for(args)
     if args.peer == "tansu":

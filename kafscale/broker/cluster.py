@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -79,6 +80,13 @@ class Mirror:
         self.on_change = on_change
         self.items: dict[bytes, KeyValue] = {}
         self.revision = 0
+        self.version = 0
+        """Counts the changes applied (a cheap "has anything changed since" for caches)."""
+        self.touched: dict[bytes, int] = {}
+        """The :attr:`version` at which a key under each group (the key up to its last "/":
+        an owner key's topic) last changed; :attr:`reset` covers every group."""
+        self.reset = 0
+        """The :attr:`version` of the last snapshot (when any key may have changed)."""
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -101,7 +109,16 @@ class Mirror:
             self.items.pop(key, None)
         else:
             self.items[key] = kv
+        self._touch(key)
         self._changed()
+
+    def group_version(self, group: bytes) -> int:
+        """The :attr:`version` at which a key of ``group`` may last have changed."""
+        return max(self.touched.get(group, 0), self.reset)
+
+    def _touch(self, key: bytes) -> None:
+        self.version += 1
+        self.touched[key.rpartition(b"/")[0]] = self.version
 
     async def _snapshot(self) -> None:
         # Events after this revision are replayed by the watch: applied in order over the
@@ -110,6 +127,9 @@ class Mirror:
         kvs = await self.meta.range(self.prefix)
         self.items = {kv.key[len(self.prefix) :]: kv for kv in kvs}
         self.revision = revision
+        self.version += 1
+        self.reset = self.version
+        self.touched.clear()
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -129,6 +149,7 @@ class Mirror:
                         if current is not None and current.mod_revision <= event.kv.mod_revision:
                             del self.items[key]
                     self.revision = max(self.revision, event.kv.mod_revision)
+                    self._touch(key)
                     self._changed()
                 return  # the store closed the watch
             except StoreClosed:
@@ -162,6 +183,14 @@ def _score(key: str, broker: int) -> int:
 
 def _ranked(key: str, ids: list[int]) -> list[int]:
     return sorted(ids, key=lambda b: (_score(key, b), b), reverse=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def _owner_value(value: bytes) -> tuple[int, int]:
+    """(broker id, leader epoch) of an owner key's value. Cached: thousands of partitions
+    share a handful of distinct values (one per broker and epoch)."""
+    d = json.loads(value)
+    return int(d["broker"]), int(d["epoch"])
 
 
 def placement(topic: str, partitions: int, ids: list[int]) -> list[int]:
@@ -206,6 +235,7 @@ class Cluster:
         self._claims_from = 0.0
         """Loop time before which we claim no partition (see :meth:`settling`)."""
         self._placements: dict[str, tuple[tuple[int, tuple[int, ...]], list[int]]] = {}
+        self._live: tuple[tuple[tuple[bytes, int], ...], dict[int, BrokerInfo]] | None = None
         """topic -> ((partitions, live ids), desired owners): recomputed when either changes."""
 
     def settling(self) -> bool:
@@ -343,6 +373,10 @@ class Cluster:
         if not self._registered.is_set():
             host, port = self.config.advertised
             return {self.me: BrokerInfo(self.me, host, port)}
+        # Asked per partition (Metadata, ownership rounds): parsed once per registration.
+        registrations = tuple((key, kv.mod_revision) for key, kv in self.brokers.items.items())
+        if self._live is not None and self._live[0] == registrations:
+            return self._live[1]
         out: dict[int, BrokerInfo] = {}
         for key, kv in self.brokers.items.items():
             try:
@@ -350,7 +384,9 @@ class Cluster:
                 out[int(key)] = BrokerInfo(int(key), str(d["host"]), int(d["port"]))
             except (ValueError, KeyError):
                 log.warning("ignoring malformed broker registration %r", kv.key)
-        return dict(sorted(out.items()))
+        live = dict(sorted(out.items()))
+        self._live = (registrations, live)
+        return live
 
     def owner_key(self, topic: str, partition: int) -> bytes:
         return f"/{self.ns}/owners/{topic}/{partition:05d}".encode()
@@ -358,10 +394,7 @@ class Cluster:
     def owner(self, topic: str, partition: int) -> tuple[int, int] | None:
         """(broker id, leader epoch) of the partition's current owner, if any."""
         kv = self.owners.get(f"{topic}/{partition:05d}".encode())
-        if kv is None:
-            return None
-        d = json.loads(kv.value)
-        return int(d["broker"]), int(d["epoch"])
+        return None if kv is None else _owner_value(kv.value)
 
     async def stored_owners(self, topic: str) -> dict[int, tuple[int, int]]:
         """(broker id, leader epoch) of each owned partition of ``topic``, read from the store
@@ -375,14 +408,19 @@ class Cluster:
 
     def desired_owner(self, topic: str, partition: int, partitions: int) -> int | None:
         """Where ``partition`` of ``topic`` (of ``partitions``) should live now."""
+        owners = self.desired_owners(topic, partitions)
+        return owners[partition] if partition < len(owners) else None
+
+    def desired_owners(self, topic: str, partitions: int) -> list[int]:
+        """Where each partition of ``topic`` (of ``partitions``) should live now (empty with
+        no live broker)."""
         ids = tuple(self.live())
         cache_key = (partitions, ids)
         cached = self._placements.get(topic)
         if cached is None or cached[0] != cache_key:
             cached = (cache_key, placement(topic, partitions, list(ids)))
             self._placements[topic] = cached
-        owners = cached[1]
-        return owners[partition] if partition < len(owners) else None
+        return cached[1]
 
     def group_key(self, group: str) -> bytes:
         return f"/{self.ns}/group-owners/{quote(group, safe='')}".encode()

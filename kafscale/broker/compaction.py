@@ -53,6 +53,7 @@ from kafscale.storage.segment import (
 
 if TYPE_CHECKING:
     from kafscale.broker.log import LogManager, PartitionLog, SegmentMeta
+    from kafscale.broker.topics import Topic
 
 log = logging.getLogger("kafscale.compaction")
 
@@ -72,6 +73,7 @@ class Compactor:
         self._task = Periodic(
             "kafscale-compaction", CHECK_INTERVAL_S, self.run_once, log, "maintenance pass"
         )
+        self._policies: dict[str, tuple[Topic | None, Policy]] = {}
         self._last_retention = 0.0
         """When retention was last applied (monotonic); the first time waits for
         ``log.initial.task.delay.ms`` after :meth:`start`."""
@@ -79,13 +81,18 @@ class Compactor:
         """Swaps committed so far (for tests and logs)."""
 
     def policy(self, topic: str) -> Policy:
-        config = self.logs.config
         t = self.logs.topics.get(topic)
+        cached = self._policies.get(topic)
+        if cached is not None and cached[0] is t:  # a Topic is replaced when its configs change
+            return cached[1]
+        config = self.logs.config
         configs = t.configs if t is not None else {}
-        return Policy(
+        policy = Policy(
             topic_value(configs, "segment.bytes", config),
             topic_value(configs, "segment.ms", config),
         )
+        self._policies[topic] = (t, policy)
+        return policy
 
     def start(self) -> None:
         config = self.logs.config
@@ -129,9 +136,12 @@ class Compactor:
         for topic in list(logs.topics.by_name.values()):
             for p in range(topic.partitions):
                 key = (topic.name, p)
-                if logs.cluster is not None and key not in logs.claims:
+                claim = logs.claims.get(key)
+                if logs.cluster is not None and claim is None:
                     continue
                 plog = logs.logs.get(key)
+                if plog is None and claim is not None and claim.empty:
+                    continue  # never written: loading thousands of idle partitions buys nothing
                 if plog is None:
                     try:
                         plog = await logs.get(topic.name, p)

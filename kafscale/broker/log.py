@@ -80,7 +80,6 @@ from kafscale.storage.segment import (
     HEADER_SIZE,
     MAX_SEGMENT_SIZE,
     build_segment,
-    epoch_of,
     find_position,
     ingest_key,
     parse_index,
@@ -146,6 +145,9 @@ class Claim:
     owner_revision: int
     releasing: bool = False
     """Handing the partition over: new appends are refused, pending ones are flushed."""
+    empty: bool = False
+    """Its state had never been written (a new partition): until it is loaded (which any
+    request does) there is nothing to compact or retain."""
 
 
 @dataclass
@@ -411,8 +413,6 @@ class LogManager:
         """Deletes what is no longer needed (its records are written by our transactions)."""
         self.claims: dict[tuple[str, int], Claim] = {}
         self._ownership_wake = asyncio.Event()
-        self._background: set[asyncio.Task[int]] = set()
-        self._collecting = asyncio.Semaphore(4)
         self._ownership: asyncio.Task[None] | None = None
 
     def attach(self, cluster: Cluster) -> None:
@@ -446,11 +446,6 @@ class LogManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ownership
             self._ownership = None
-        # Garbage collections still running would go on into the closed stores; the next
-        # takeover of their partitions collects again.
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
 
     # --- partition state -------------------------------------------------------------------
 
@@ -582,57 +577,19 @@ class LogManager:
                 owner_key[len(cluster.owners.prefix) :],
                 KeyValue(owner_key, value, result.revision, 1, cluster.lease),
             )
-            claim = won[partition] = Claim(epoch, owner_key, result.revision)
+            claim = won[partition] = Claim(
+                epoch, owner_key, result.revision, empty=states[partition] is None
+            )
             self.claims[(topic, partition)] = claim
             if len(taken) == 1:
                 log.info(
                     "%s-%d: owned from offset %d at leader epoch %d", topic, partition, hw, epoch
                 )
-            if not self._closing:
-                task = asyncio.create_task(self._collect_bounded(topic, partition, epoch))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
         if len(taken) > 1:
             log.info(
                 "%s: owned %d partitions (%d..%d)", topic, len(taken), taken[0][0], taken[-1][0]
             )
         return won
-
-    async def _collect_bounded(self, topic: str, partition: int, epoch: int) -> int:
-        """:meth:`collect_garbage`, a few at a time: a takeover of thousands of partitions must
-        not start thousands of listings at once."""
-        async with self._collecting:
-            return await self.collect_garbage(topic, partition, epoch)
-
-    async def collect_garbage(self, topic: str, partition: int, epoch: int) -> int:
-        """Delete the partition's objects that no committed segment entry references and that
-        no one can commit any more: written under an older epoch (by a previous owner that
-        crashed or was deposed between upload and commit). Run when the partition is taken
-        over at ``epoch``: the one place a listing is made (never on the fetch path). How
-        many objects were deleted."""
-        try:
-            prefix = self.topics.segments_prefix(topic, partition)
-            referenced: set[str] = set()
-            for kv in await self.meta.range(prefix):
-                key = json.loads(kv.value)["key"]
-                referenced.update((key, key.removesuffix(".kfs") + ".index"))
-            listed = await self.objects.list(f"{self.config.namespace}/{topic}/{partition}/")
-            doomed = []
-            for key in listed:
-                try:
-                    written = epoch_of(key)
-                except ValueError:
-                    continue  # not ours to judge
-                if key not in referenced and (written is None or written < epoch):
-                    doomed.append(key)
-            for key in doomed:
-                await self.objects.delete(key)
-            if doomed:
-                log.info("%s-%d: deleted %d uncommitted objects", topic, partition, len(doomed))
-            return len(doomed)
-        except Exception:
-            log.warning("%s-%d: garbage collection failed", topic, partition, exc_info=True)
-            return 0
 
     def guard(self, plog: PartitionLog) -> list[Compare]:
         """What every commit to the partition compares: its state is the one we read, and

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+import weakref
 from typing import TYPE_CHECKING
 
 from generated.errors import ErrorCode
@@ -51,7 +52,47 @@ if TYPE_CHECKING:
 log = logging.getLogger("kafscale.broker")
 
 
+_Partitions = list[MetadataResponsePartition]
+_CACHE: weakref.WeakKeyDictionary[Cluster, dict[str, tuple[tuple[object, ...], _Partitions]]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Per cluster view, each topic's partition list while neither its owner keys nor the live
+brokers changed: clients ask for thousands of partitions, and the answer only changes with
+ownership. Only lists where every partition had an owner are kept (the others read the
+store)."""
+
+
 async def _topic(topic: Topic, cluster: Cluster, logs: LogManager) -> MetadataResponseTopic:
+    cache = _CACHE.setdefault(cluster, {})
+    key = (
+        topic.id,
+        topic.partitions,
+        cluster.owners.group_version(topic.name.encode()),
+        cluster.brokers.version,
+    )
+    hit = cache.get(topic.name)
+    if hit is not None and hit[0] == key:
+        partitions = hit[1]
+    else:
+        partitions, complete = await _partitions(topic, cluster, logs)
+        if complete:
+            if len(cache) > 2 * len(logs.topics.by_name) + 16:  # forget deleted topics
+                for name in [n for n in cache if n not in logs.topics.by_name]:
+                    del cache[name]
+            cache[topic.name] = (key, partitions)
+        else:
+            cache.pop(topic.name, None)
+    return MetadataResponseTopic(
+        error_code=0,
+        name=topic.name,
+        topic_id=topic.id,
+        is_internal=is_internal(topic.name),
+        partitions=partitions,
+    )
+
+
+async def _partitions(topic: Topic, cluster: Cluster, logs: LogManager) -> tuple[_Partitions, bool]:
+    """The topic's partitions as Metadata lists them, and whether every one had an owner."""
     stored: list[int] | None = None
     in_store: dict[int, tuple[int, int]] = {}
     partitions = []
@@ -83,13 +124,7 @@ async def _topic(topic: Topic, cluster: Cluster, logs: LogManager) -> MetadataRe
                 offline_replicas=[],
             )
         )
-    return MetadataResponseTopic(
-        error_code=0,
-        name=topic.name,
-        topic_id=topic.id,
-        is_internal=is_internal(topic.name),
-        partitions=partitions,
-    )
+    return partitions, stored is None
 
 
 async def handle(ctx: RequestContext, request: MetadataRequest) -> MetadataResponse:
