@@ -105,9 +105,8 @@ DROP_PER_TXN = 100
 """Entries one transaction drops at most (below etcd's 128 operations)."""
 MAX_TXN_BYTES = 1 << 20
 """Keys and values of one transaction, below etcd's default ``--max-request-bytes`` (1.5 MiB)."""
-CLAIMS_PER_TXN = (MAX_TXN_OPS - 1) // 4
-"""Partitions claimed in one transaction: two compares and two puts each, and one compare for
-the topic (:data:`MAX_TXN_OPS`)."""
+RELEASES_PER_TXN = MAX_TXN_OPS // 2
+"""Partitions handed over in one transaction: a compare and a delete each."""
 READ_CHUNK = 2 * 1024 * 1024
 """Segments not in the cache are read in aligned chunks of this many bytes (one ranged GET
 each), and the next chunk is fetched ahead: a consumer catching up reads large objects with a
@@ -520,27 +519,28 @@ class LogManager:
             raise not_owner(topic, partition)
         if cluster.settling():
             raise not_owner(topic, partition, " (just registered: claiming shortly)")
+        key = (topic, partition)
         kv = await self.meta.get(self.topics.partition_key(topic, partition))
-        claim = (await self._claim_batch(topic, {partition: kv})).get(partition)
+        claim = (await self._claim_batch({key: kv})).get(key)
         if claim is None:
             raise not_owner(topic, partition, " (claimed by another broker)")
         return claim
 
     async def _claim_batch(
-        self, topic: str, states: dict[int, KeyValue | None]
-    ) -> dict[int, Claim]:
+        self, states: dict[tuple[str, int], KeyValue | None]
+    ) -> dict[tuple[str, int], Claim]:
         """Take the partitions of ``states`` (each with its state as read: None for a partition
         never claimed, whose log is empty from offset 0) in one transaction: our owner key (on
         our lease) and the next leader epoch starting at the high watermark, for each, guarded
-        by each state's revision (and, for a state never written, by the topic's existence),
+        by each state's revision (and, for a state never written, by its topic's existence),
         so two claimants can never both win. All or none: the claims won, or {} when another
-        broker got there first (or the topic went)."""
+        broker got there first (or a topic went)."""
         cluster = self.cluster
         assert cluster is not None
         compares: list[Compare] = []
         ops: list[Put | Delete] = []
-        taken: list[tuple[int, int, int, bytes, bytes]] = []  # partition, hw, epoch, key, value
-        for partition, kv in states.items():
+        taken: list[tuple[tuple[str, int], int, int, bytes, bytes]] = []
+        for (topic, partition), kv in states.items():
             state_key = self.topics.partition_key(topic, partition)
             state: dict[str, Any] = (
                 json.loads(kv.value) if kv is not None else {"log_start": 0, "hw": 0}
@@ -559,36 +559,31 @@ class LogManager:
                 Put(owner_key, value, cluster.lease),
                 Put(state_key, json.dumps({**state, "epoch": epoch, "epochs": epochs}).encode()),
             ]
-            taken.append((partition, hw, epoch, owner_key, value))
-        if any(kv is None for kv in states.values()):
-            # A state is written by the partition's first claim (a topic of any size is one
-            # key): never for a topic that is gone.
+            taken.append(((topic, partition), hw, epoch, owner_key, value))
+        # A state is written by the partition's first claim (a topic of any size is one key):
+        # never for a topic that is gone.
+        for topic in sorted({t for (t, _), kv in states.items() if kv is None}):
             compares.append(Compare(self.topics.topic_key(topic), "version", ">", 0))
         try:
             result = await self.meta.txn(compares, ops)
         except LeaseNotFound:  # our lease ended while we claimed (a drain, or lost)
-            first = next(iter(states))
-            raise not_owner(topic, first, " (this broker's lease has ended)") from None
+            topic, partition = next(iter(states))
+            raise not_owner(topic, partition, " (this broker's lease has ended)") from None
         if not result.succeeded:
             return {}
-        won: dict[int, Claim] = {}
-        for partition, hw, epoch, owner_key, value in taken:
+        won: dict[tuple[str, int], Claim] = {}
+        for key, hw, epoch, owner_key, value in taken:
             cluster.owners.note(
                 owner_key[len(cluster.owners.prefix) :],
                 KeyValue(owner_key, value, result.revision, 1, cluster.lease),
             )
-            claim = won[partition] = Claim(
-                epoch, owner_key, result.revision, empty=states[partition] is None
-            )
-            self.claims[(topic, partition)] = claim
+            claim = won[key] = Claim(epoch, owner_key, result.revision, empty=states[key] is None)
+            self.claims[key] = claim
             if len(taken) == 1:
-                log.info(
-                    "%s-%d: owned from offset %d at leader epoch %d", topic, partition, hw, epoch
-                )
+                log.info("%s-%d: owned from offset %d at leader epoch %d", *key, hw, epoch)
         if len(taken) > 1:
-            log.info(
-                "%s: owned %d partitions (%d..%d)", topic, len(taken), taken[0][0], taken[-1][0]
-            )
+            topics = len({topic for (topic, _), *_ in taken})
+            log.info("owned %d partitions of %d topics", len(taken), topics)
         return won
 
     def guard(self, plog: PartitionLog) -> list[Compare]:
@@ -616,29 +611,68 @@ class LogManager:
             if plog.pending:
                 self._start_cycle([plog])
             await self._settle(plog)
+        if await self._delete_owner_keys([(key, claim)]):
+            log.info("%s-%d: handed over", topic, partition)
+
+    async def release_many(self, keys: list[tuple[str, int]]) -> None:
+        """Hand over many partitions (a broker joined, or we drain): those with a log loaded
+        one by one (:meth:`release` flushes what is pending first), the idle ones, which have
+        nothing to flush, by deleting their owner keys in transactions of many, so handing
+        back thousands of partitions is a few dozen round trips."""
+        idle: list[tuple[tuple[str, int], Claim]] = []
+        for key in keys:
+            claim = self.claims.get(key)
+            if claim is None or claim.releasing:
+                continue
+            lock = self._load_locks.get(key)
+            if key in self.logs or self._getting.get(key) or (lock is not None and lock.locked()):
+                try:
+                    await self.release(*key)
+                except Exception:
+                    log.warning("handing over %s-%d failed", *key, exc_info=True)
+            else:
+                claim.releasing = True  # from here no request loads it (_get_locked)
+                idle.append((key, claim))
+        for start in range(0, len(idle), RELEASES_PER_TXN):
+            chunk = idle[start : start + RELEASES_PER_TXN]
+            try:
+                if await self._delete_owner_keys(chunk) and len(chunk) > 1:
+                    log.info("handed over %d partitions", len(chunk))
+            except Exception:
+                log.warning("handing over %d partitions failed", len(chunk), exc_info=True)
+
+    async def _delete_owner_keys(self, claims: list[tuple[tuple[str, int], Claim]]) -> bool:
+        """Delete the owner keys of ``claims`` (each marked releasing) in one transaction and
+        forget them; a key that moved meanwhile (expired) makes that partition's key absent
+        anyway: the others are then deleted one by one. Whether the transaction succeeded."""
         try:
             result = await self.meta.txn(
-                [Compare(claim.owner_key, "mod_revision", "==", claim.owner_revision)],
-                [Delete(claim.owner_key)],
+                [Compare(c.owner_key, "mod_revision", "==", c.owner_revision) for _, c in claims],
+                [Delete(c.owner_key) for _, c in claims],
             )
         except Exception:
             # The delete may not have happened (the store unreachable, or the outcome
-            # unknown): the owner key may still be ours, on our live lease, and then nobody
-            # else can claim the partition. Stay its owner; the next ownership round hands it
-            # over again (if this delete did apply, that one's compare fails and the key's
+            # unknown): the owner keys may still be ours, on our live lease, and then nobody
+            # else can claim those partitions. Stay their owner; the next ownership round hands
+            # them over again (if this delete did apply, that one's compare fails and the key's
             # absence ends the claim).
-            claim.releasing = False
+            for _, claim in claims:
+                claim.releasing = False
             raise
-        if result.succeeded and self.cluster is not None:
-            self.cluster.owners.note(claim.owner_key[len(self.cluster.owners.prefix) :], None)
-        if self.claims.get(key) is claim:
-            del self.claims[key]
-        current = self.logs.get(key)
-        if current is not None and current.claim is claim:
-            plog = current  # also a log a request loaded while we were handing over
-        if plog is not None:
-            self.drop(plog, not_owner(topic, partition, " (handed over)"))
-        log.info("%s-%d: handed over", topic, partition)
+        if not result.succeeded and len(claims) > 1:
+            for one in claims:
+                await self._delete_owner_keys([one])
+            return False
+        for key, claim in claims:
+            if result.succeeded and self.cluster is not None:
+                self.cluster.owners.note(claim.owner_key[len(self.cluster.owners.prefix) :], None)
+            if self.claims.get(key) is claim:
+                del self.claims[key]
+            current = self.logs.get(key)
+            if current is not None and current.claim is claim:
+                # Also a log a request loaded while we were handing over.
+                self.drop(current, not_owner(*key, " (handed over)"))
+        return result.succeeded
 
     def lose_all(self) -> None:
         """Our lease is gone, and with it every owner key: stop acting as owner now (pending
@@ -646,14 +680,6 @@ class LogManager:
         self.claims.clear()
         for plog in list(self.logs.values()):
             self.drop(plog, not_owner(plog.topic, plog.partition, " (lease lost)"))
-
-    async def release_all(self) -> None:
-        """Drain (SIGTERM): hand every partition over."""
-        for topic, partition in list(self.claims):
-            try:
-                await self.release(topic, partition)
-            except Exception:
-                log.warning("handing over %s-%d failed", topic, partition, exc_info=True)
 
     async def _run_ownership(self) -> None:
         """Claim what should be ours and is free, hand over what should move: on every
@@ -674,11 +700,13 @@ class LogManager:
         me = cluster.me
         for key in [k for k in self.claims if self.topics.get(k[0]) is None]:
             self.claims.pop(key, None)  # the topic was deleted
+        free: list[tuple[str, int]] = []
+        moving: list[tuple[str, int]] = []
         for topic in list(self.topics.by_name.values()):
-            free: list[int] = []
+            wanted = cluster.desired_owners(topic.name, topic.partitions)
             for partition in range(topic.partitions):
                 key = (topic.name, partition)
-                want = cluster.desired_owner(topic.name, partition, topic.partitions)
+                want = wanted[partition] if partition < len(wanted) else None
                 claim = self.claims.get(key)
                 if claim is not None:
                     owner = cluster.owner(topic.name, partition)
@@ -689,48 +717,63 @@ class LogManager:
                         if plog is not None:
                             self.drop(plog, not_owner(topic.name, partition, " (lost)"))
                     elif want != me:
-                        await self.release(topic.name, partition)
+                        moving.append(key)
                 elif want == me and cluster.owner(topic.name, partition) is None:
-                    free.append(partition)
-            if free and not cluster.settling():
-                await self._claim_free(topic.name, free)
+                    free.append(key)
+        if moving:
+            await self.release_many(moving)
+        if free and not cluster.settling():
+            await self._claim_free(free)
 
-    async def _claim_free(self, topic: str, partitions: list[int]) -> None:
-        """Claim the free partitions of ``topic`` that should be ours: their states in one
-        range read, then as many per transaction as etcd allows (two compares and two puts
-        each), so a takeover of thousands of partitions is a few dozen round trips. A
-        transaction that loses a race is retried one partition at a time."""
-        stored = {kv.key: kv for kv in await self.meta.range(self.topics.partitions_prefix(topic))}
-        batch: dict[int, KeyValue | None] = {}
-        size = 0
-        for partition in partitions:
-            kv = stored.get(self.topics.partition_key(topic, partition))
+    async def _claim_free(self, free: list[tuple[str, int]]) -> None:
+        """Claim the free partitions that should be ours: their states in one range read (of
+        their topic, or of every topic when they span several), then as many per transaction
+        as :data:`MAX_TXN_OPS` allows (two compares and two puts each, and a compare of each
+        topic a partition is claimed of for the first time), so a takeover of thousands of
+        partitions is a few dozen round trips. A transaction that loses a race is retried one
+        by one."""
+        topics = {topic for topic, _ in free}
+        prefix = (
+            self.topics.partitions_prefix(next(iter(topics)))
+            if len(topics) == 1
+            else self.topics.partitions_root
+        )
+        stored = {kv.key: kv for kv in await self.meta.range(prefix)}
+        batch: dict[tuple[str, int], KeyValue | None] = {}
+        guarded: set[str] = set()  # topics whose existence the batch compares
+        size = ops = 0
+        for key in free:
+            kv = stored.get(self.topics.partition_key(*key))
             n = 256 + (len(kv.value) if kv is not None else 0)
-            if batch and (len(batch) >= CLAIMS_PER_TXN or size + n > MAX_TXN_BYTES):
-                await self._claim_locked(topic, batch)
-                batch, size = {}, 0
-            batch[partition] = kv
-            size += n
+            more = 4 + (kv is None and key[0] not in guarded)
+            if batch and (ops + more > MAX_TXN_OPS or size + n > MAX_TXN_BYTES):
+                await self._claim_locked(batch)
+                batch, guarded, size, ops = {}, set(), 0, 0
+                more = 4 + (kv is None)
+            batch[key] = kv
+            if kv is None:
+                guarded.add(key[0])
+            size, ops = size + n, ops + more
         if batch:
-            await self._claim_locked(topic, batch)
+            await self._claim_locked(batch)
 
-    async def _claim_locked(self, topic: str, batch: dict[int, KeyValue | None]) -> None:
+    async def _claim_locked(self, batch: dict[tuple[str, int], KeyValue | None]) -> None:
         """:meth:`_claim_batch` under the partitions' load locks (a request may be claiming
         one of them right now: those are left to it)."""
-        locks = [self._load_locks.setdefault((topic, p), asyncio.Lock()) for p in batch]
+        locks = [self._load_locks.setdefault(key, asyncio.Lock()) for key in batch]
         held = [lock for lock in locks if not lock.locked()]
         for lock in held:
             await lock.acquire()
         try:
             mine = {
-                p: kv
-                for (p, kv), lock in zip(batch.items(), locks, strict=True)
-                if lock in held and (topic, p) not in self.claims
+                key: kv
+                for (key, kv), lock in zip(batch.items(), locks, strict=True)
+                if lock in held and key not in self.claims
             }
-            if mine and not await self._claim_batch(topic, mine) and len(mine) > 1:
-                for partition in mine:  # someone took some: claim the rest one by one
+            if mine and not await self._claim_batch(mine) and len(mine) > 1:
+                for key in mine:  # someone took some: claim the rest one by one
                     with contextlib.suppress(FlushError):
-                        await self._claim(topic, partition)
+                        await self._claim(*key)
         except FlushError:
             pass
         finally:

@@ -125,9 +125,14 @@ class Topics:
     def topic_key(self, name: str) -> bytes:
         return f"/{self.ns}/topics/{name}".encode()
 
+    @property
+    def partitions_root(self) -> bytes:
+        """The prefix of every topic's partition state keys."""
+        return f"/{self.ns}/partitions/".encode()
+
     def partitions_prefix(self, topic: str) -> bytes:
         """The prefix of every partition state key of ``topic``."""
-        return f"/{self.ns}/partitions/{topic}/".encode()
+        return self.partitions_root + f"{topic}/".encode()
 
     def partition_key(self, topic: str, partition: int) -> bytes:
         return self.partitions_prefix(topic) + f"{partition:05d}".encode()

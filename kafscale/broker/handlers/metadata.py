@@ -27,6 +27,7 @@
 #   UNKNOWN_TOPIC_OR_PARTITION.
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 import weakref
@@ -62,26 +63,16 @@ ownership. Only lists where every partition had an owner are kept (the others re
 store)."""
 
 
-async def _topic(topic: Topic, cluster: Cluster, logs: LogManager) -> MetadataResponseTopic:
-    cache = _CACHE.setdefault(cluster, {})
-    key = (
+def _cache_key(topic: Topic, cluster: Cluster) -> tuple[object, ...]:
+    return (
         topic.id,
         topic.partitions,
         cluster.owners.group_version(topic.name.encode()),
         cluster.brokers.version,
     )
-    hit = cache.get(topic.name)
-    if hit is not None and hit[0] == key:
-        partitions = hit[1]
-    else:
-        partitions, complete = await _partitions(topic, cluster, logs)
-        if complete:
-            if len(cache) > 2 * len(logs.topics.by_name) + 16:  # forget deleted topics
-                for name in [n for n in cache if n not in logs.topics.by_name]:
-                    del cache[name]
-            cache[topic.name] = (key, partitions)
-        else:
-            cache.pop(topic.name, None)
+
+
+def _answer(topic: Topic, partitions: _Partitions) -> MetadataResponseTopic:
     return MetadataResponseTopic(
         error_code=0,
         name=topic.name,
@@ -89,6 +80,36 @@ async def _topic(topic: Topic, cluster: Cluster, logs: LogManager) -> MetadataRe
         is_internal=is_internal(topic.name),
         partitions=partitions,
     )
+
+
+async def _topic(topic: Topic, cluster: Cluster, logs: LogManager) -> MetadataResponseTopic:
+    return (await _topics([topic], cluster, logs))[0]
+
+
+async def _topics(
+    topics: list[Topic], cluster: Cluster, logs: LogManager
+) -> list[MetadataResponseTopic]:
+    """The answers for ``topics``: from the cache, the others built concurrently (each may
+    read the store: thousands of topics must not wait for one read after another)."""
+    cache = _CACHE.setdefault(cluster, {})
+    out: list[MetadataResponseTopic | None] = []
+    for topic in topics:
+        hit = cache.get(topic.name)
+        fresh = hit is not None and hit[0] == _cache_key(topic, cluster)
+        out.append(_answer(topic, hit[1]) if hit is not None and fresh else None)
+    missing = [i for i, answer in enumerate(out) if answer is None]
+    built = await asyncio.gather(*(_partitions(topics[i], cluster, logs) for i in missing))
+    for i, (partitions, complete) in zip(missing, built, strict=True):
+        topic = topics[i]
+        out[i] = _answer(topic, partitions)
+        if complete:
+            cache[topic.name] = (_cache_key(topic, cluster), partitions)
+        else:
+            cache.pop(topic.name, None)
+    if len(cache) > 2 * len(logs.topics.by_name) + 16:  # forget deleted topics
+        for name in [n for n in cache if n not in logs.topics.by_name]:
+            del cache[name]
+    return [answer for answer in out if answer is not None]
 
 
 async def _partitions(topic: Topic, cluster: Cluster, logs: LogManager) -> tuple[_Partitions, bool]:
@@ -133,10 +154,8 @@ async def handle(ctx: RequestContext, request: MetadataRequest) -> MetadataRespo
     topics = broker.topics
     out: list[MetadataResponseTopic] = []
     if request.topics is None or (ctx.version == 0 and not request.topics):
-        out = [
-            await _topic(t, broker.cluster, broker.logs)
-            for t in sorted(topics.by_name.values(), key=lambda t: t.name)
-        ]
+        every = sorted(topics.by_name.values(), key=lambda t: t.name)
+        out = await _topics(every, broker.cluster, broker.logs)
     else:
         allow = request.allow_auto_topic_creation if ctx.version >= 4 else True
         if ctx.version < 12:  # v10-11 carry topic ids, but Kafka refuses lookups by id
