@@ -113,6 +113,7 @@ def main() -> int:
                     "kafscale",
                     "serve",
                     f"--listen=127.0.0.1:{port}",
+                    f"--http-listen=127.0.0.1:{port + 1}",
                     f"--broker-id={i}",
                     f"--data-dir={args.dir / f'broker-{i}'}",
                     f"--etcd=127.0.0.1:{client}",
@@ -129,6 +130,10 @@ def main() -> int:
         )
         print(f"KafScale cluster up: bootstrap {bootstrap}")
         print(f"  etcd 127.0.0.1:{client}, S3 http://127.0.0.1:{s3} (bucket {BUCKET})")
+        http = ", ".join(
+            f"http://127.0.0.1:{broker_port(args.base_port, i) + 1}" for i in range(args.brokers)
+        )
+        print(f"  health, metrics and the cluster API: {http} (/readyz /metrics /api/cluster)")
         for name, proc in procs:
             print(f"  {name:10} pid {proc.pid}")
         print(f"logs in {logs}; kill -9 a broker's pid to watch its partitions move")

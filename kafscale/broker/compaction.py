@@ -78,7 +78,11 @@ class Compactor:
         """When retention was last applied (monotonic); the first time waits for
         ``log.initial.task.delay.ms`` after :meth:`start`."""
         self.compactions = 0
-        """Swaps committed so far (for tests and logs)."""
+        """Swaps committed so far (for tests, logs and metrics)."""
+        self.compacted_bytes = 0
+        """Bytes of the segments those swaps wrote (metrics)."""
+        self.retention_moves = 0
+        """Times retention moved a partition's log start (metrics)."""
 
     def policy(self, topic: str) -> Policy:
         t = self.logs.topics.get(topic)
@@ -171,6 +175,7 @@ class Compactor:
         async with plog.lock:
             if start > plog.log_start and self.logs.logs.get((plog.topic, plog.partition)) is plog:
                 await self.logs.advance_log_start(plog, min(start, plog.hw))
+        self.retention_moves += 1
         log.info("%s-%d: retention moved the log start to %d", plog.topic, plog.partition, start)
         return plog.log_start
 
@@ -203,6 +208,7 @@ class Compactor:
         if swapped:
             failpoints.hit("after_compaction_commit")
             self.compactions += 1
+            self.compacted_bytes += sum(meta.size for meta, _, _ in outputs)
         else:
             # Certainly not swapped (a swap of unknown outcome raised): nothing references
             # the uploads, so they and their intent go now rather than at its deadline.

@@ -45,6 +45,8 @@ class GroupCoordinator:
         self.retention_check_interval_ms = retention_check_interval_ms
         self.clock = clock
         self.groups: dict[str, Group] = {}
+        self.transition_listeners: list[Callable[[str, str, str], None]] = []
+        """Called with (group id, old state, new state) when a group changes state."""
         self._wake = asyncio.Event()
         self._timer_at: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -98,7 +100,10 @@ class GroupCoordinator:
             # committed offsets, Empty, and answer through the same checks.
             if member_id and not await self.offsets.exists(group_id):
                 return JoinResult(ErrorCode.UNKNOWN_MEMBER_ID, member_id)
-            group = self.groups.setdefault(group_id, Group(group_id, self.settings, self.now()))
+            group = self.groups.get(group_id)
+            if group is None:
+                group = self.groups[group_id] = Group(group_id, self.settings, self.now())
+                group.on_transition = self._transitioned
         join = functools.partial(
             group.join,
             member_id=member_id,
@@ -193,6 +198,10 @@ class GroupCoordinator:
             group = self.groups.pop(group_id)
             group.close(ErrorCode.NOT_COORDINATOR)
             self._deliver(group)
+
+    def _transitioned(self, group_id: str, old: str, new: str) -> None:
+        for listener in self.transition_listeners:
+            listener(group_id, old, new)
 
     def get(self, group_id: str) -> Group | None:
         """The group's membership, if this coordinator holds it in memory."""

@@ -16,7 +16,7 @@ the caller to deliver. :meth:`Group.next_deadline` says when ``advance`` must ru
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from generated.consumer_protocol_subscription import ConsumerProtocolSubscription
@@ -119,6 +119,8 @@ class Group:
         self.new_member_added = False
         self.sync_deadline: float | None = None
         self.completed: list[Completion] = []
+        self.on_transition: Callable[[str, str, str], None] | None = None
+        """Called with (group id, old state, new state) on every state change (metrics)."""
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -498,8 +500,10 @@ class Group:
         )
 
     def _transition(self, state: str, now: float) -> None:
-        self.state = state
+        old, self.state = self.state, state
         self.state_since = now
+        if self.on_transition is not None and old != state:
+            self.on_transition(self.group_id, old, state)
 
     # --- SyncGroup -------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -245,6 +246,23 @@ class _Flush:
     """Set once committed or failed, its requests answered."""
 
 
+@dataclass(frozen=True)
+class FlushCycle:
+    """What one flush cycle did, for ``LogManager.cycle_listeners`` (metrics)."""
+
+    seconds: float
+    """From taking the pending data to the end of its commit (or failure)."""
+    partitions: int
+    objects: int
+    """Ingest objects uploaded."""
+    bytes: int
+    """Record bytes taken (committed or not)."""
+    failed: int
+    """Partitions whose flush failed (their requests were answered with an error)."""
+    committed: dict[str, tuple[int, int]]
+    """Topic -> (record bytes, records) committed."""
+
+
 @dataclass(eq=False)
 class _Commit:
     """What committing one uploaded flush takes: its partition's guard, the new state and
@@ -353,6 +371,10 @@ class SegmentCache:
         self.capacity = capacity
         self.used = 0
         self.items: OrderedDict[str, bytes] = OrderedDict()
+        self.hits = 0
+        """Reads served from the cache, or by joining a read in progress (metrics)."""
+        self.misses = 0
+        """Reads that started an object-store read (read-aheads included)."""
 
     def get(self, key: str) -> bytes | None:
         data = self.items.get(key)
@@ -413,6 +435,10 @@ class LogManager:
         self.claims: dict[tuple[str, int], Claim] = {}
         self._ownership_wake = asyncio.Event()
         self._ownership: asyncio.Task[None] | None = None
+        self.cycle_listeners: list[Callable[[FlushCycle], None]] = []
+        """Called with what each flush cycle did, once it ended (metrics)."""
+        self.epochs_started = 0
+        """Leader epochs this broker started: partitions claimed, epochs bumped (metrics)."""
 
     def attach(self, cluster: Cluster) -> None:
         """Own partitions through ``cluster`` (started): claim what should be ours, hand over
@@ -571,6 +597,7 @@ class LogManager:
             raise not_owner(topic, partition, " (this broker's lease has ended)") from None
         if not result.succeeded:
             return {}
+        self.epochs_started += len(taken)
         won: dict[tuple[str, int], Claim] = {}
         for key, hw, epoch, owner_key, value in taken:
             cluster.owners.note(
@@ -941,6 +968,7 @@ class LogManager:
         one task commits them all (in as few metadata transactions as the store takes) once
         they are uploaded and every earlier cycle has committed. (The uploads, that task), or
         None when nothing was pending."""
+        started = time.monotonic()
         flushes = [f for f in map(self._take, plogs) if f is not None]
         if not flushes:
             return None
@@ -949,7 +977,29 @@ class LogManager:
             self._commit_cycle(flushes, uploads, self._last_commit), name="kafscale-commit"
         )
         self._last_commit = commit
+        if self.cycle_listeners:
+            commit.add_done_callback(functools.partial(self._cycle_done, flushes, started))
         return uploads, commit
+
+    def _cycle_done(self, flushes: list[_Flush], started: float, _: object) -> None:
+        """Tell the cycle listeners what the cycle of ``flushes`` did (it has ended)."""
+        committed: dict[str, tuple[int, int]] = {}
+        total = failed = 0
+        for f in flushes:
+            size = sum(len(e.data) for e in f.entries)
+            total += size
+            if f.failed:
+                failed += 1
+                continue
+            before = committed.get(f.plog.topic, (0, 0))
+            records = sum(e.records for e in f.entries)
+            committed[f.plog.topic] = (before[0] + size, before[1] + records)
+        objects = len({meta.key for f in flushes for meta, _, _ in f.built})
+        cycle = FlushCycle(
+            time.monotonic() - started, len(flushes), objects, total, failed, committed
+        )
+        for listener in self.cycle_listeners:
+            listener(cycle)
 
     def _take(self, plog: PartitionLog) -> _Flush | None:
         """A flush of the partition's pending data, its offsets assigned: right after its
@@ -1308,6 +1358,7 @@ class LogManager:
         the background, so a consumer reading on finds it ready."""
         whole = self.cache.get(seg.cache_key)
         if whole is not None:
+            self.cache.hits += 1
             return whole[start:end]
         if seg.piece:
             whole = await self._cached(
@@ -1340,9 +1391,11 @@ class LogManager:
         read-ahead and the read that wants it) share one GET."""
         data = self.cache.get(key)
         if data is not None:
+            self.cache.hits += 1
             return data
         reading = self._reading.get(key)
         if reading is None:
+            self.cache.misses += 1
             reading = asyncio.ensure_future(get())
             self._reading[key] = reading
             try:
@@ -1351,6 +1404,7 @@ class LogManager:
                 self._reading.pop(key, None)
             self.cache.put(key, data)
             return data
+        self.cache.hits += 1  # a read-ahead got there first
         return await asyncio.shield(reading)
 
     async def warm(self, plog: PartitionLog, offset: int, max_bytes: int) -> None:
@@ -1534,6 +1588,7 @@ class LogManager:
             plog.epoch, plog.epochs = epoch, epochs
             if claim is not None:
                 claim.epoch, claim.owner_revision = epoch, plog.revision
+            self.epochs_started += 1
             log.info("%s-%d: leader epoch %d from offset %d", topic, partition, epoch, plog.hw)
             return epoch
 

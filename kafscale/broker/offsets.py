@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
@@ -31,6 +31,10 @@ MAX_TXN_OPS = 128
 """Operations per metadata transaction (etcd's --max-txn-ops default)."""
 
 TopicPartition = tuple[str, int]
+OffsetsListener = Callable[[str | None, Mapping[TopicPartition, "CommittedOffset"] | None], None]
+"""Called after offsets changed through :class:`Offsets`: (group, the commits stored), or
+(group, None) when anything of the group may have changed (a deletion, a commit that failed
+midway), or (None, None) for every group (a topic's offsets were deleted)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,14 @@ class Offsets:
     def __init__(self, store: MetadataStore, namespace: str) -> None:
         self.store = store
         self.ns = namespace
+        self.listeners: list[OffsetsListener] = []
+        """Told of every change made through this object (the lag cache follows them)."""
+
+    def _changed(
+        self, group: str | None, committed: Mapping[TopicPartition, CommittedOffset] | None
+    ) -> None:
+        for listener in self.listeners:
+            listener(group, committed)
 
     @property
     def prefix(self) -> bytes:
@@ -110,7 +122,13 @@ class Offsets:
         transaction also checks ``guard`` (that we still coordinate the group). False, with
         nothing stored, when the first chunk's guard fails."""
         ops = [Put(self.key(group, t, p), c.to_json()) for (t, p), c in offsets.items()]
-        return await self._apply(ops, guard)
+        try:
+            stored = await self._apply(ops, guard)
+        except BaseException:
+            self._changed(group, None)  # some chunks may have been stored
+            raise
+        self._changed(group, offsets if stored else None)
+        return stored
 
     async def fetch(
         self, group: str, topics: Collection[str] | None = None
@@ -130,12 +148,18 @@ class Offsets:
 
     async def delete(self, group: str, partitions: Iterable[TopicPartition]) -> None:
         """OffsetDelete: forget these partitions' commits (absent ones are no error)."""
-        await self._apply([Delete(self.key(group, t, p)) for t, p in partitions])
+        try:
+            await self._apply([Delete(self.key(group, t, p)) for t, p in partitions])
+        finally:
+            self._changed(group, None)
 
     async def delete_group(self, group: str) -> int:
         """DeleteGroups: forget every commit of ``group``; how many."""
         keys = [kv.key for kv in await self.store.range(self.group_prefix(group))]
-        await self._apply([Delete(k) for k in keys])
+        try:
+            await self._apply([Delete(k) for k in keys])
+        finally:
+            self._changed(group, None)
         return len(keys)
 
     async def delete_topic(self, topic: str) -> int:
@@ -145,7 +169,10 @@ class Offsets:
             for kv in await self.store.range(self.prefix)
             if kv.key.rsplit(b"/", 2)[-2] == topic.encode()
         ]
-        await self._apply([Delete(k) for k in keys])
+        try:
+            await self._apply([Delete(k) for k in keys])
+        finally:
+            self._changed(None, None)
         return len(keys)
 
     async def _apply(self, ops: Sequence[Put | Delete], guard: Sequence[Compare] = ()) -> bool:

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import signal
 import struct
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -36,7 +37,12 @@ from kafscale.broker.coordinator import GroupCoordinator
 from kafscale.broker.error_response import error_response
 from kafscale.broker.group import GroupSettings
 from kafscale.broker.handlers import HANDLERS, RequestContext
+from kafscale.broker.health import HealthThresholds, ObjectStoreHealth, Readiness
+from kafscale.broker.http import HttpServer
+from kafscale.broker.instrumented import InstrumentedMetadataStore, InstrumentedObjectStore
+from kafscale.broker.lag import ConsumerLag, PartitionStates
 from kafscale.broker.log import LogManager
+from kafscale.broker.metrics import BrokerCollector, BrokerMetrics
 from kafscale.broker.offsets import Offsets
 from kafscale.broker.ordering import ConnectionOrder
 from kafscale.broker.producer_ids import ProducerIds
@@ -136,8 +142,13 @@ class Broker:
 
     def __init__(self, config: BrokerConfig, objects: ObjectStore, meta: MetadataStore) -> None:
         self.config = config
-        self.objects = objects
-        self.meta = meta
+        self.metrics = BrokerMetrics()
+        self.health = ObjectStoreHealth(HealthThresholds.from_config(config))
+        # Every component gets the instrumented stores: each request is counted and timed
+        # wherever it comes from (and feeds the object store's health).
+        self.objects: ObjectStore = InstrumentedObjectStore(objects, self.metrics, self.health)
+        self.meta: MetadataStore = InstrumentedMetadataStore(meta, self.metrics)
+        objects, meta = self.objects, self.meta
         self.topics = Topics(meta, config.namespace, config)
         self.cluster = Cluster(config, meta)
         self.logs = LogManager(config, objects, meta, self.topics)
@@ -155,6 +166,16 @@ class Broker:
             retention_check_interval_ms=config.offsets_retention_check_interval_ms,
         )
         self.budget = ByteBudget(config.in_flight_bytes)
+        self.logs.cycle_listeners.append(self.metrics.flush_cycle)
+        self.groups.transition_listeners.append(self.metrics.group_transition)
+        self.partition_states = PartitionStates(self)
+        self.lag = ConsumerLag(self, self.partition_states)
+        self.offsets.listeners.append(self.lag.offsets_changed)
+        self.readiness = Readiness(self, self.health)
+        self.metrics.register(BrokerCollector(self))
+        self.http: HttpServer | None = None
+        self.http_port: int | None = None
+        """The HTTP port once started (None: no HTTP port)."""
         self.server: asyncio.Server | None = None
         self.port = config.listen_port
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
@@ -164,7 +185,18 @@ class Broker:
         self._readers: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 
+    @property
+    def draining(self) -> bool:
+        """Shutting down (SIGTERM): no longer ready, handing its partitions over."""
+        return self._stopping.is_set()
+
     async def start(self) -> None:
+        # HTTP first: /healthz answers while the broker starts, /readyz says why it is not
+        # ready yet, and a taken port fails the start before anything is claimed.
+        address = self.config.http_address
+        if address is not None:
+            self.http = HttpServer(self, *address)
+            self.http_port = await self.http.start()
         # The object store's client now, not on the first produce (S3: about 0.25 s).
         open_store = getattr(self.objects, "open", None)
         if open_store is not None:
@@ -224,11 +256,15 @@ class Broker:
             await asyncio.wait(self._connections, timeout=STOP_GRACE_S)
         await self.meta.close()
         await self.objects.close()
+        if self.http is not None:  # last: /readyz answers "draining" until the end
+            await self.http.close()
         log.info("stopped")
 
     def _topics_gone(self, names: set[str]) -> None:
         for name in names:
             self.logs.forget_topic(name)
+            self.metrics.forget_topic(name)
+            self.partition_states.forget(name)
 
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -350,12 +386,23 @@ class Broker:
         pipeline: _Pipeline | None = None,
         before: Awaitable[object] | None = None,
     ) -> list[Buffer] | None:
+        started = time.perf_counter()
         try:
             if before is not None:  # the earlier requests whose effects this one must see
                 await before
             chunks = await self._dispatch(request, host)
+        except Exception:
+            # Not answered (an acks=0 produce that failed): the connection closes.
+            self.metrics.error(request.api.name, ErrorCode.UNKNOWN_SERVER_ERROR)
+            raise
         finally:
             await self.budget.release(size)
+            self.metrics.request(
+                request.api.api_key,
+                request.api.name,
+                request.version,
+                time.perf_counter() - started,
+            )
         if chunks is not None and flight is not None and pipeline is not None:
             # The answer waits in memory until it is sent: count what it holds beyond the
             # request and any reserve.
@@ -379,6 +426,7 @@ class Broker:
             response = await handler(ctx, request.body)
             if response is None:  # acks=0 produce: no response at all
                 return None
+            self.metrics.response(api.name, response)
             return encode_response(header.correlation_id, api, version, response)
         except Exception as e:
             if api.api_key == PRODUCE and getattr(request.body, "acks", None) == 0:
@@ -394,6 +442,7 @@ class Broker:
             else:  # a refusal raised from deep inside (it carries its Kafka error)
                 log.info("%s refused: %d: %s", what, code, text)
             answer = error_response(request.body, api.response_type(), version, code, text)
+            self.metrics.response(api.name, answer)
             return encode_response(header.correlation_id, api, version, answer)
 
     async def _send(

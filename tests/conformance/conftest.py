@@ -102,6 +102,10 @@ class BrokerProcess:
             "1000",
             "--group.initial.rebalance.delay.ms",
             "200",
+            # Many brokers run at once (and pytest processes in parallel): not KafScale's
+            # fixed HTTP port 9093, a free one each.
+            "--http-listen",
+            "127.0.0.1:0",
             *self.args,
         ]
         with log.open("wb") as err:

@@ -327,6 +327,7 @@ class Cluster:
                 f"--lease.ttl.ms={lease_ttl_ms}",
                 f"--flush.interval.ms={flush_interval_ms}",
                 f"--namespace={namespace}",
+                "--http-listen=127.0.0.1:0",  # not the fixed 9093: several brokers at once
                 *(f"--{name}={value}" for name, value in self.options.items()),
             ]
             self.brokers.append(Broker(i, port, args, root))

@@ -36,6 +36,7 @@ from generated.fetch_response import (
 )
 from kafscale.broker.handlers import RequestContext
 from kafscale.broker.log import UNDEFINED_EPOCH, FlushError
+from kafscale.broker.metrics import count_records
 
 log = logging.getLogger("kafscale.broker")
 
@@ -48,8 +49,23 @@ async def handle(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
         response, size, urgent = await _read_all(ctx, request)
         remaining = deadline - time.monotonic()
         if urgent or size >= max(request.min_bytes, 1) or remaining <= 0 or ctx.broker.logs.closing:
+            if size:
+                _count_out(ctx, response)
             return response
         await ctx.broker.logs.wait_for_commit(remaining)
+
+
+def _count_out(ctx: RequestContext, response: FetchResponse) -> None:
+    """The bytes and records this answer carries, per topic (metrics: bytes out)."""
+    topics = ctx.broker.topics
+    for resp_topic in response.responses:
+        name = resp_topic.topic
+        if ctx.version >= 13:
+            known = topics.by_id.get(resp_topic.topic_id)
+            name = known.name if known is not None else ""
+        for pd in resp_topic.partitions:
+            if pd.records:
+                ctx.broker.metrics.fetched(name, len(pd.records), count_records(pd.records))
 
 
 def _budget(ctx: RequestContext, request: FetchRequest) -> int:

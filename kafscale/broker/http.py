@@ -1,0 +1,183 @@
+"""The broker's HTTP port (``--http-listen``, default 127.0.0.1:9093): health, metrics, and
+the read-only JSON API the web console reads.
+
+Served with aiohttp on the broker's own event loop, started first and stopped last by the
+broker (so ``/healthz`` answers while it starts and ``/readyz`` says why it is not ready while
+it starts or drains). Routes:
+
+- ``GET /healthz``: 200 ``{"status": "ok"}`` while the process serves HTTP at all;
+- ``GET /readyz``: 200 when ready, else 503; both with the checks as JSON
+  (:class:`kafscale.broker.health.Readiness`);
+- ``GET /metrics``: Prometheus text exposition, or OpenMetrics when the ``Accept`` header asks
+  for ``application/openmetrics-text``;
+- ``GET /api/cluster``, ``/api/topics``, ``/api/topics/{name}``, ``/api/groups``,
+  ``/api/groups/{group}``, ``/api/rates[?seconds=N]``: see :mod:`kafscale.broker.ops_api`.
+
+A scrape first refreshes what the lag collector needs and runs the readiness checks (both
+bounded in time), then renders the registry without awaiting anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+
+from kafscale.broker.ops_api import ClusterView
+from kafscale.metadata import MetadataUnavailable, StoreClosed
+from kafscale.storage import ObjectStoreError
+
+if TYPE_CHECKING:
+    from kafscale.broker.server import Broker
+
+log = logging.getLogger("kafscale.http")
+
+RATE_TICK_S = 1.0
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class HttpServer:
+    """The HTTP port of one broker."""
+
+    def __init__(self, broker: Broker, host: str, port: int) -> None:
+        self.broker = broker
+        self.host = host
+        self.port = port
+        """The bound port once started (the configured one may be 0)."""
+        self.view = ClusterView(broker)
+        self._runner: web.AppRunner | None = None
+        self._ticker: asyncio.Task[None] | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[_errors_as_json])
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/api/cluster", self.api_cluster)
+        app.router.add_get("/api/topics", self.api_topics)
+        app.router.add_get("/api/topics/{name}", self.api_topic)
+        app.router.add_get("/api/groups", self.api_groups)
+        app.router.add_get("/api/groups/{group}", self.api_group)
+        app.router.add_get("/api/rates", self.api_rates)
+        return app
+
+    async def start(self) -> int:
+        """Listen; the bound port (raises OSError when the address is taken)."""
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        if runner.addresses:
+            self.port = runner.addresses[0][1]
+        self._ticker = asyncio.create_task(self._tick(), name="kafscale-rates")
+        log.info("HTTP on %s:%d (/healthz /readyz /metrics /api)", self.host, self.port)
+        return self.port
+
+    async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _tick(self) -> None:
+        """One rate sample a second, at whole seconds of the loop's clock (no drift)."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + RATE_TICK_S
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at += RATE_TICK_S
+            if next_at < loop.time():  # the loop stalled: skip, do not catch up
+                next_at = loop.time() + RATE_TICK_S
+            self.broker.metrics.rates.tick()
+
+    # --- health ----------------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "broker_id": self.broker.config.broker_id})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        report = await self.broker.readiness.check()
+        return web.json_response(report.to_json(), status=200 if report.ready else 503)
+
+    # --- metrics ---------------------------------------------------------------------------
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        broker = self.broker
+        started = time.perf_counter()
+        if not broker.draining:
+            await broker.lag.refresh()
+        await broker.readiness.check()
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        body = encoder(broker.metrics.registry)
+        broker.metrics.scrape_seconds.observe(time.perf_counter() - started)
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type
+        return response
+
+    # --- the console's API -----------------------------------------------------------------
+
+    async def api_cluster(self, request: web.Request) -> web.Response:
+        return _json(await self.view.cluster())
+
+    async def api_topics(self, request: web.Request) -> web.Response:
+        return _json(await self.view.topics())
+
+    async def api_topic(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        topic = await self.view.topics(name)
+        if topic is None:
+            return _json({"error": f"no topic {name!r}"}, status=404)
+        return _json(topic)
+
+    async def api_groups(self, request: web.Request) -> web.Response:
+        return _json(await self.view.groups())
+
+    async def api_group(self, request: web.Request) -> web.Response:
+        group_id = request.match_info["group"]
+        group = await self.view.groups(group_id)
+        if group is None:
+            return _json({"error": f"no group {group_id!r}"}, status=404)
+        return _json(group)
+
+    async def api_rates(self, request: web.Request) -> web.Response:
+        seconds: int | None = None
+        if "seconds" in request.query:
+            try:
+                seconds = int(request.query["seconds"])
+            except ValueError:
+                return _json({"error": "seconds: expected an integer"}, status=400)
+        return _json(self.view.rates(seconds))
+
+
+@web.middleware
+async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A failure answers JSON, not aiohttp's HTML: 503 when a store did not answer (the
+    console retries), 500 (logged) for anything else."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except (MetadataUnavailable, StoreClosed, ObjectStoreError, TimeoutError) as e:
+        return _json({"error": f"{type(e).__name__}: {e}"}, status=503)
+    except Exception as e:
+        log.exception("%s %s failed", request.method, request.path)
+        return _json({"error": f"{type(e).__name__}: {e}"}, status=500)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)

@@ -1,0 +1,369 @@
+"""Read-only JSON views of the whole cluster for the web console (``/api/...``).
+
+Any broker answers for the whole cluster, not only for what it owns:
+
+- **brokers and ownership** from the cluster's mirrors (registrations, partition owner keys,
+  group coordinator keys), kept current by watches: no store read;
+- **partition offsets** (log start, high watermark, leader epoch) from memory for owned
+  partitions, else one range read of the topic's partition states (cached a few seconds,
+  :class:`kafscale.broker.lag.PartitionStates`); **sizes** likewise from memory, else one
+  range read of the topic's committed entries;
+- **groups**: every group with a coordinator (the mirror), one in this coordinator's memory, or
+  committed offsets (one range over the offsets, cached :data:`GROUP_LIST_MAX_AGE_S`); their
+  state and members are asked of each group's coordinator with a Kafka DescribeGroups request
+  (from memory when that is this broker); their committed offsets are read per group.
+
+Every store read is bounded by the requests that need it (nothing runs between requests), and
+a coordinator that does not answer within :data:`PEER_TIMEOUT_S` leaves its groups' state
+"unknown" with the reason, rather than failing the whole answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from generated.consumer_protocol_assignment import ConsumerProtocolAssignment
+from generated.describe_groups_request import DescribeGroupsRequest
+from generated.describe_groups_response import DescribedGroup, DescribeGroupsResponse
+from generated.registry import APIS
+from generated.request_header import RequestHeader
+from generated.response_header import ResponseHeader
+from kafscale.broker.handlers import RequestContext
+from kafscale.broker.handlers import describe_groups as describe_groups_handler
+from kafscale.broker.internal_topics import is_internal
+from kafscale.broker.lag import PartitionState
+from kafscale.broker.offsets import live
+from kafscale.protocol.framing import encode_request
+from kafscale.protocol.message import Message
+from kafscale.protocol.wire import Buffer
+
+if TYPE_CHECKING:
+    from kafscale.broker.server import Broker
+
+PEER_TIMEOUT_S = 2.0
+"""How long a coordinator has to answer DescribeGroups for the console."""
+GROUP_LIST_MAX_AGE_S = 30.0
+"""The list of groups known only by their committed offsets is re-read after this long."""
+SIZES_MAX_AGE_S = 5.0
+"""Partition sizes read from the store (partitions owned elsewhere) are kept this long."""
+DESCRIBE_GROUPS = 15
+DESCRIBE_GROUPS_VERSION = 5
+_SIZE = struct.Struct(">i")
+
+
+class ClusterView:
+    """The ``/api`` answers of one broker (JSON-ready dicts)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self._stored_groups: tuple[float, list[str]] | None = None
+        self._sizes: dict[str, tuple[float, dict[int, int]]] = {}
+
+    # --- cluster ---------------------------------------------------------------------------
+
+    async def cluster(self) -> dict[str, Any]:
+        """Brokers, who owns which partitions and coordinates how many groups, and this
+        broker's readiness."""
+        b = self.broker
+        live_brokers = b.cluster.live()
+        owned: dict[int, int] = {}
+        owners: dict[str, list[int | None]] = {}
+        for topic in sorted(b.topics.by_name):
+            known = b.topics.by_name[topic]
+            row: list[int | None] = []
+            for p in range(known.partitions):
+                owner = b.cluster.owner(topic, p)
+                row.append(None if owner is None else owner[0])
+                if owner is not None:
+                    owned[owner[0]] = owned.get(owner[0], 0) + 1
+            owners[topic] = row
+        coordinated: dict[int, int] = {}
+        for kv in list(b.cluster.group_owners.items.values()):
+            broker_id = int(json.loads(kv.value)["broker"])
+            coordinated[broker_id] = coordinated.get(broker_id, 0) + 1
+        report = await b.readiness.check()
+        return {
+            "cluster_id": b.config.cluster_id,
+            "broker_id": b.config.broker_id,
+            "janitor": min(live_brokers, default=None),
+            "brokers": [
+                {
+                    "id": info.id,
+                    "host": info.host,
+                    "port": info.port,
+                    "this": info.id == b.config.broker_id,
+                    "partitions": owned.get(info.id, 0),
+                    "groups": coordinated.get(info.id, 0),
+                }
+                for info in sorted(live_brokers.values(), key=lambda i: i.id)
+            ],
+            "owners": owners,
+            "unowned_partitions": sum(row.count(None) for row in owners.values()),
+            "health": report.to_json(),
+        }
+
+    # --- topics ----------------------------------------------------------------------------
+
+    async def topics(self, name: str | None = None) -> dict[str, Any] | None:
+        """Every topic (or only ``name``; None when it does not exist) with its configs and
+        partitions: leader, leader epoch, log start, high watermark, size."""
+        b = self.broker
+        names = sorted(b.topics.by_name) if name is None else [name]
+        out = []
+        for topic_name in names:
+            topic = b.topics.get(topic_name)
+            if topic is None:
+                if name is not None:
+                    return None
+                continue
+            states = await b.partition_states.topic(topic_name)
+            sizes = await self._topic_sizes(topic_name, topic.partitions)
+            partitions = []
+            records = 0
+            for p in range(topic.partitions):
+                owner = b.cluster.owner(topic_name, p)
+                state = states.get(p, PartitionState(0, 0, 0))
+                records += state.hw - state.log_start
+                partitions.append(
+                    {
+                        "partition": p,
+                        "leader": None if owner is None else owner[0],
+                        "leader_epoch": state.epoch if owner is None else owner[1],
+                        "log_start_offset": state.log_start,
+                        "high_watermark": state.hw,
+                        "size_bytes": sizes.get(p, 0),
+                    }
+                )
+            out.append(
+                {
+                    "name": topic_name,
+                    "id": str(topic.id),
+                    "internal": is_internal(topic_name),
+                    "partitions": partitions,
+                    "configs": dict(sorted(topic.configs.items())),
+                    "size_bytes": sum(sizes.values()),
+                    "records": records,
+                }
+            )
+        if name is not None:
+            return out[0]
+        return {"topics": out}
+
+    async def _topic_sizes(self, topic: str, partitions: int) -> dict[int, int]:
+        """Bytes of each partition's committed entries from its log start on (as
+        DescribeLogDirs reports them): from memory when owned here, else from the store."""
+        b = self.broker
+        out: dict[int, int] = {}
+        missing = False
+        for p in range(partitions):
+            plog = b.logs.logs.get((topic, p))
+            if plog is None:
+                missing = True
+                continue
+            out[p] = sum(s.size for s in plog.segments if s.last >= plog.log_start)
+        if not missing:
+            return out
+        cached = self._sizes.get(topic)
+        if cached is None or time.monotonic() - cached[0] > SIZES_MAX_AGE_S:
+            cached = (time.monotonic(), await self._read_sizes(topic))
+            self._sizes[topic] = cached
+        for p, size in cached[1].items():
+            out.setdefault(p, size)
+        return out
+
+    async def _read_sizes(self, topic: str) -> dict[int, int]:
+        b = self.broker
+        states = await b.partition_states.topic(topic)
+        prefix = b.topics.topic_segments_prefix(topic)
+        out: dict[int, int] = {}
+        for kv in await b.meta.range(prefix):
+            parts = kv.key[len(prefix) :].split(b"/")
+            if len(parts) != 2 or not parts[0].isdigit():
+                continue
+            p = int(parts[0])
+            entry = json.loads(kv.value)
+            start = states[p].log_start if p in states else 0
+            if int(entry.get("last", 0)) >= start:
+                out[p] = out.get(p, 0) + int(entry.get("size", 0))
+        return out
+
+    # --- groups ----------------------------------------------------------------------------
+
+    async def groups(self, name: str | None = None) -> dict[str, Any] | None:
+        """Every group (or only ``name``; None when unknown): coordinator, state, protocol,
+        members with their assignments, and per partition the committed offset, the high
+        watermark and the lag."""
+        b = self.broker
+        names = sorted(await self._group_names()) if name is None else [name]
+        by_coordinator: dict[int, list[str]] = {}
+        for group in names:
+            info = b.cluster.coordinator(group)
+            if info is not None:
+                by_coordinator.setdefault(info.id, []).append(group)
+        described: dict[str, DescribedGroup | str] = {}
+        answers = await asyncio.gather(
+            *(self._describe(broker_id, groups) for broker_id, groups in by_coordinator.items())
+        )
+        for answer in answers:
+            described.update(answer)
+        committed = await asyncio.gather(*(b.offsets.fetch(g) for g in names))
+        out = []
+        for group, offsets in zip(names, committed, strict=True):
+            entry = await self._group(group, described.get(group), offsets)
+            if name is not None and entry["state"] == "Dead" and not offsets:
+                return None
+            out.append(entry)
+        if name is not None:
+            return out[0]
+        return {"groups": out}
+
+    async def _group_names(self) -> set[str]:
+        b = self.broker
+        prefix = b.cluster.group_owners.prefix
+        held = list(b.cluster.group_owners.items.values())
+        names = {unquote(kv.key[len(prefix) :].decode()) for kv in held}
+        names |= set(b.groups.groups)
+        if (
+            self._stored_groups is None
+            or time.monotonic() - self._stored_groups[0] > GROUP_LIST_MAX_AGE_S
+        ):
+            self._stored_groups = (time.monotonic(), await b.offsets.groups())
+        return names | set(self._stored_groups[1])
+
+    async def _group(
+        self, group: str, described: DescribedGroup | str | None, offsets: dict[Any, Any]
+    ) -> dict[str, Any]:
+        b = self.broker
+        coordinator = b.cluster.coordinator(group)
+        entry: dict[str, Any] = {
+            "group": group,
+            "coordinator": None if coordinator is None else coordinator.id,
+            "state": "unknown",
+            "protocol_type": "",
+            "protocol": "",
+            "members": [],
+        }
+        if isinstance(described, str):
+            entry["error"] = described
+        elif described is not None:
+            if described.error_code:
+                entry["error"] = f"DescribeGroups error {described.error_code}"
+            else:
+                entry["state"] = described.group_state
+                entry["protocol_type"] = described.protocol_type
+                entry["protocol"] = described.protocol_data
+                entry["members"] = [
+                    {
+                        "member_id": m.member_id,
+                        "group_instance_id": m.group_instance_id,
+                        "client_id": m.client_id,
+                        "client_host": m.client_host,
+                        "assignment": _assignment(described.protocol_type, m.member_assignment),
+                    }
+                    for m in described.members
+                ]
+        partitions = []
+        for (topic, partition), c in sorted(offsets.items()):
+            if not live(b.topics, (topic, partition), c):
+                continue
+            states = await b.partition_states.topic(topic)
+            state = states.get(partition)
+            hw = None if state is None else state.hw
+            partitions.append(
+                {
+                    "topic": topic,
+                    "partition": partition,
+                    "committed_offset": c.offset,
+                    "high_watermark": hw,
+                    "lag": None if hw is None else max(0, hw - c.offset),
+                    "metadata": c.metadata,
+                    "commit_ms": c.commit_ms,
+                }
+            )
+        entry["partitions"] = partitions
+        entry["lag"] = sum(p["lag"] or 0 for p in partitions)
+        return entry
+
+    async def _describe(self, broker_id: int, groups: list[str]) -> dict[str, DescribedGroup | str]:
+        """DescribeGroups of ``groups`` by their coordinator (this broker: from memory); a
+        coordinator that cannot be asked gives each group the reason instead."""
+        b = self.broker
+        request = DescribeGroupsRequest(groups=groups)
+        try:
+            if broker_id == b.config.broker_id:
+                header = RequestHeader(
+                    request_api_key=DESCRIBE_GROUPS,
+                    request_api_version=DESCRIBE_GROUPS_VERSION,
+                    correlation_id=0,
+                    client_id="kafscale-console",
+                )
+                ctx = RequestContext(b, header, DESCRIBE_GROUPS_VERSION)
+                response = await describe_groups_handler.handle(ctx, request)
+            else:
+                info = b.cluster.live().get(broker_id)
+                if info is None:
+                    raise ConnectionError(f"broker {broker_id} is not live")
+                answer = await kafka_request(
+                    info.host, info.port, DESCRIBE_GROUPS, DESCRIBE_GROUPS_VERSION, request
+                )
+                assert isinstance(answer, DescribeGroupsResponse)
+                response = answer
+        except Exception as e:
+            reason = f"coordinator {broker_id} did not answer: {type(e).__name__}: {e}"
+            return dict.fromkeys(groups, reason)
+        return {g.group_id: g for g in response.groups}
+
+    # --- rates -----------------------------------------------------------------------------
+
+    def rates(self, seconds: int | None = None) -> dict[str, Any]:
+        """The last ``seconds`` (default all kept) per-second samples of this broker's
+        traffic and flush latency, oldest first."""
+        samples = list(self.broker.metrics.rates.samples)
+        if seconds is not None:
+            samples = samples[-seconds:] if seconds > 0 else []
+        return {
+            "broker_id": self.broker.config.broker_id,
+            "interval_s": 1,
+            "samples": [s.to_json() for s in samples],
+        }
+
+
+def _assignment(protocol_type: str, data: Buffer) -> dict[str, list[int]] | None:
+    """A consumer group member's assignment (topic -> partitions), None when it is not a
+    consumer group's or does not parse."""
+    if protocol_type != "consumer" or len(data) < 2:
+        return None
+    try:
+        version = int.from_bytes(data[:2], "big", signed=True)
+        low, high = ConsumerProtocolAssignment.VALID_VERSIONS
+        if version < low:
+            return None
+        # A newer version is read as the newest we know (fields are only ever appended).
+        decoded, _ = ConsumerProtocolAssignment.read(bytes(data), 2, min(version, high))
+    except Exception:
+        return None
+    return {tp.topic: sorted(tp.partitions) for tp in decoded.assigned_partitions}
+
+
+async def kafka_request(
+    host: str, port: int, api_key: int, version: int, body: Message, timeout: float = PEER_TIMEOUT_S
+) -> Message:
+    """One request to a Kafka broker over a connection of its own: the decoded answer."""
+    api = APIS[api_key]
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.writelines(encode_request(api, version, 1, "kafscale-console", body))
+            await writer.drain()
+            size = _SIZE.unpack(await reader.readexactly(4))[0]
+            frame = await reader.readexactly(size)
+        finally:
+            writer.close()
+    _, pos = ResponseHeader.read(frame, 0, api.response_header_version(version))
+    answer, _ = api.response_type().read(frame, pos, version)
+    return answer
