@@ -4,7 +4,8 @@ partition ownership (read here, claimed by the log manager), group coordination.
 Keys (values JSON; every one attached to its broker's lease, so it vanishes when the broker
 dies or drains):
 
-- ``/{ns}/brokers/{id}``: ``{"host", "port"}`` — a live broker.
+- ``/{ns}/brokers/{id}``: ``{"host", "port"}`` (and ``"http"``, its HTTP port's ``host:port``,
+  when it has one) — a live broker.
 - ``/{ns}/owners/{topic}/{p:05d}``: ``{"broker", "epoch"}`` — the partition's owner and the
   leader epoch it took the partition at. Only the owner appends to a partition, and every
   commit of new data compares this key's revision, so a deposed owner's commit fails.
@@ -66,6 +67,9 @@ class BrokerInfo:
     id: int
     host: str
     port: int
+    http: str = ""
+    """The broker's HTTP port as ``host:port`` ("" when it has none): the console asks each
+    broker's ``/readyz`` there."""
 
 
 class Mirror:
@@ -229,6 +233,9 @@ class Cluster:
         """Called (synchronously) when brokers or owners change."""
         self.lost_listeners: list[Callable[[], None]] = []
         """Called when our lease is lost: every claim and group we held is gone."""
+        self.http_address = ""
+        """``host:port`` of this broker's HTTP port, set by the HTTP server once bound (it
+        starts before registering): advertised in the registration."""
         self._keepalive: asyncio.Task[None] | None = None
         self._registered = asyncio.Event()
         self._claiming: dict[str, asyncio.Lock] = {}
@@ -284,7 +291,10 @@ class Cluster:
 
     async def _register(self) -> None:
         host, port = self.config.advertised
-        info = json.dumps({"host": host, "port": port}).encode()
+        fields: dict[str, str | int] = {"host": host, "port": port}
+        if self.http_address:
+            fields["http"] = self.http_address
+        info = json.dumps(fields).encode()
         await self._hold_lease()
         waited = 0.0
         while True:
@@ -372,7 +382,7 @@ class Cluster:
         the cluster machinery, as unit tests do, stands alone)."""
         if not self._registered.is_set():
             host, port = self.config.advertised
-            return {self.me: BrokerInfo(self.me, host, port)}
+            return {self.me: BrokerInfo(self.me, host, port, self.http_address)}
         # Asked per partition (Metadata, ownership rounds): parsed once per registration.
         registrations = tuple((key, kv.mod_revision) for key, kv in self.brokers.items.items())
         if self._live is not None and self._live[0] == registrations:
@@ -381,7 +391,8 @@ class Cluster:
         for key, kv in self.brokers.items.items():
             try:
                 d = json.loads(kv.value)
-                out[int(key)] = BrokerInfo(int(key), str(d["host"]), int(d["port"]))
+                http = str(d.get("http", ""))  # absent: a broker without HTTP, or older
+                out[int(key)] = BrokerInfo(int(key), str(d["host"]), int(d["port"]), http)
             except (ValueError, KeyError):
                 log.warning("ignoring malformed broker registration %r", kv.key)
         live = dict(sorted(out.items()))
