@@ -11,7 +11,10 @@ it starts or drains). Routes:
 - ``GET /metrics``: Prometheus text exposition, or OpenMetrics when the ``Accept`` header asks
   for ``application/openmetrics-text``;
 - ``GET /api/cluster``, ``/api/topics``, ``/api/topics/{name}``, ``/api/groups``,
-  ``/api/groups/{group}``, ``/api/rates[?seconds=N]``: see :mod:`kafscale.broker.ops_api`.
+  ``/api/groups/{group}``, ``/api/rates[?seconds=N]``, ``/api/cluster/rates[?seconds=N]``
+  (every broker's): see :mod:`kafscale.broker.ops_api`;
+- ``GET /``: the web console (static files of ``kafscale/broker/console/``, served under
+  ``/console/``), a read-only page over the ``/api`` answers.
 
 A scrape first refreshes what the lag collector needs and runs the readiness checks (both
 bounded in time), then renders the registry without awaiting anything.
@@ -24,6 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -40,6 +44,16 @@ log = logging.getLogger("kafscale.http")
 
 RATE_TICK_S = 1.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CONSOLE_DIR = Path(__file__).with_name("console")
+"""The web console's static files (package data: an installed wheel has them)."""
+CONSOLE_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript"}
+# The console inserts cluster data (topic names, client ids: anyone's input) into the page as
+# text only; the policy is the second line of defence: no inline or foreign script, no
+# framing, requests to this origin only.
+CONSOLE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 class HttpServer:
@@ -65,6 +79,9 @@ class HttpServer:
         app.router.add_get("/api/groups", self.api_groups)
         app.router.add_get("/api/groups/{group}", self.api_group)
         app.router.add_get("/api/rates", self.api_rates)
+        app.router.add_get("/api/cluster/rates", self.api_cluster_rates)
+        app.router.add_get("/", self.console_index)
+        app.router.add_get("/console/{file}", self.console_file)
         return app
 
     async def start(self) -> int:
@@ -80,9 +97,18 @@ class HttpServer:
         self._runner = runner
         if runner.addresses:
             self.port = runner.addresses[0][1]
+        self.broker.cluster.http_address = self.advertised()
         self._ticker = asyncio.create_task(self._tick(), name="kafscale-rates")
         log.info("HTTP on %s:%d (/healthz /readyz /metrics /api)", self.host, self.port)
         return self.port
+
+    def advertised(self) -> str:
+        """``host:port`` other brokers reach this port at: the bound host, or the broker's
+        advertised Kafka host when bound to every address."""
+        host = self.host
+        if host in ("", "0.0.0.0", "::"):
+            host = self.broker.config.advertised[0]
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     async def close(self) -> None:
         if self._ticker is not None:
@@ -163,6 +189,23 @@ class HttpServer:
                 return _json({"error": "seconds: expected an integer"}, status=400)
         return _json(self.view.rates(seconds))
 
+    async def api_cluster_rates(self, request: web.Request) -> web.Response:
+        seconds: int | None = None
+        if "seconds" in request.query:
+            try:
+                seconds = int(request.query["seconds"])
+            except ValueError:
+                return _json({"error": "seconds: expected an integer"}, status=400)
+        return _json(await self.view.cluster_rates(seconds))
+
+    # --- the console -----------------------------------------------------------------------
+
+    async def console_index(self, request: web.Request) -> web.Response:
+        return _console_file("index.html")
+
+    async def console_file(self, request: web.Request) -> web.Response:
+        return _console_file(request.match_info["file"])
+
 
 @web.middleware
 async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -177,6 +220,21 @@ async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamR
     except Exception as e:
         log.exception("%s %s failed", request.method, request.path)
         return _json({"error": f"{type(e).__name__}: {e}"}, status=500)
+
+
+def _console_file(name: str) -> web.Response:
+    """One of the console's files (a name of :data:`CONSOLE_DIR`, no path), never cached
+    (an upgraded broker serves its own console at once)."""
+    path = CONSOLE_DIR / name
+    kind = CONSOLE_TYPES.get(path.suffix)
+    if kind is None or "/" in name or name.startswith(".") or not path.is_file():
+        return _json({"error": f"no console file {name!r}"}, status=404)
+    response = web.Response(body=path.read_bytes(), content_type=kind, charset="utf-8")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["Content-Security-Policy"] = CONSOLE_CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

@@ -3,11 +3,15 @@
 Any broker answers for the whole cluster, not only for what it owns:
 
 - **brokers and ownership** from the cluster's mirrors (registrations, partition owner keys,
-  group coordinator keys), kept current by watches: no store read;
+  group coordinator keys), kept current by watches: no store read; each broker's
+  **readiness** from its own ``/readyz`` (the HTTP address its registration advertises),
+  asked concurrently;
 - **partition offsets** (log start, high watermark, leader epoch) from memory for owned
   partitions, else one range read of the topic's partition states (cached a few seconds,
   :class:`kafscale.broker.lag.PartitionStates`); **sizes** likewise from memory, else one
   range read of the topic's committed entries;
+- **rates**: ``/api/rates`` is this broker's; :meth:`ClusterView.cluster_rates` asks every
+  broker's ``/api/rates`` (the console's charts);
 - **groups**: every group with a coordinator (the mirror), one in this coordinator's memory, or
   committed offsets (one range over the offsets, cached :data:`GROUP_LIST_MAX_AGE_S`); their
   state and members are asked of each group's coordinator with a Kafka DescribeGroups request
@@ -27,6 +31,8 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+import aiohttp
+
 from generated.consumer_protocol_assignment import ConsumerProtocolAssignment
 from generated.describe_groups_request import DescribeGroupsRequest
 from generated.describe_groups_response import DescribedGroup, DescribeGroupsResponse
@@ -43,10 +49,12 @@ from kafscale.protocol.message import Message
 from kafscale.protocol.wire import Buffer
 
 if TYPE_CHECKING:
+    from kafscale.broker.cluster import BrokerInfo
     from kafscale.broker.server import Broker
 
 PEER_TIMEOUT_S = 2.0
-"""How long a coordinator has to answer DescribeGroups for the console."""
+"""How long a coordinator has to answer DescribeGroups for the console (and a broker its
+``/readyz`` or ``/api/rates``)."""
 GROUP_LIST_MAX_AGE_S = 30.0
 """The list of groups known only by their committed offsets is re-read after this long."""
 SIZES_MAX_AGE_S = 5.0
@@ -86,7 +94,11 @@ class ClusterView:
         for kv in list(b.cluster.group_owners.items.values()):
             broker_id = int(json.loads(kv.value)["broker"])
             coordinated[broker_id] = coordinated.get(broker_id, 0) + 1
-        report = await b.readiness.check()
+        report, peers = await asyncio.gather(
+            b.readiness.check(), self._peers_json(live_brokers, "/readyz")
+        )
+        ready = {broker_id: _readiness(answer) for broker_id, answer in peers.items()}
+        ready[b.config.broker_id] = _readiness(report.to_json())
         return {
             "cluster_id": b.config.cluster_id,
             "broker_id": b.config.broker_id,
@@ -99,6 +111,8 @@ class ClusterView:
                     "this": info.id == b.config.broker_id,
                     "partitions": owned.get(info.id, 0),
                     "groups": coordinated.get(info.id, 0),
+                    "http": info.http,
+                    **ready[info.id],
                 }
                 for info in sorted(live_brokers.values(), key=lambda i: i.id)
             ],
@@ -331,6 +345,69 @@ class ClusterView:
             "interval_s": 1,
             "samples": [s.to_json() for s in samples],
         }
+
+    async def cluster_rates(self, seconds: int | None = None) -> dict[str, Any]:
+        """:meth:`rates` of every live broker (asked at their ``/api/rates``), by broker; a
+        broker that does not answer has no samples and an ``error``."""
+        live_brokers = self.broker.cluster.live()
+        query = "" if seconds is None else f"?seconds={seconds}"
+        peers = await self._peers_json(live_brokers, "/api/rates" + query)
+        peers[self.broker.config.broker_id] = self.rates(seconds)
+        out = []
+        for broker_id in sorted(live_brokers):
+            answer = peers[broker_id]
+            samples = answer.get("samples")
+            entry: dict[str, Any] = {
+                "broker_id": broker_id,
+                "samples": samples if isinstance(samples, list) else [],
+            }
+            if "error" in answer:
+                entry["error"] = answer["error"]
+            out.append(entry)
+        return {"interval_s": 1, "brokers": out}
+
+    async def _peers_json(
+        self, brokers: dict[int, BrokerInfo], path: str
+    ) -> dict[int, dict[str, Any]]:
+        """GET ``path`` of every broker but this one at its advertised HTTP address,
+        concurrently (one session); by broker id the JSON answer (any status: ``/readyz``
+        answers 503 with its reasons), or ``{"error": why}``."""
+        me = self.broker.config.broker_id
+        others = [info for info in brokers.values() if info.id != me]
+        if not others:
+            return {}
+
+        async def one(session: aiohttp.ClientSession, info: BrokerInfo) -> dict[str, Any]:
+            if not info.http:
+                return {"error": "no HTTP port advertised"}
+            try:
+                async with (
+                    asyncio.timeout(PEER_TIMEOUT_S),
+                    session.get(f"http://{info.http}{path}") as response,
+                ):
+                    answer = await response.json(content_type=None)
+            except Exception as e:
+                return {"error": f"{info.http} did not answer: {type(e).__name__}: {e}"}
+            if not isinstance(answer, dict):
+                return {"error": f"{info.http}: unexpected answer"}
+            return answer
+
+        async with aiohttp.ClientSession() as session:
+            answers = await asyncio.gather(*(one(session, info) for info in others))
+        return {info.id: answer for info, answer in zip(others, answers, strict=True)}
+
+
+def _readiness(answer: dict[str, Any]) -> dict[str, Any]:
+    """A broker's ``/readyz`` answer as the console shows it: ready (None when it could not be
+    asked), the reason, and its object store's health state."""
+    if "ready" not in answer:
+        return {"ready": None, "reason": str(answer.get("error", "no answer")), "object_store": ""}
+    store = answer.get("checks", {}).get("object_store", {})
+    return {
+        "ready": bool(answer["ready"]),
+        "reason": str(answer.get("reason", "")),
+        "object_store": str(store.get("state", "")) if isinstance(store, dict) else "",
+    }
 
 
 def _assignment(protocol_type: str, data: Buffer) -> dict[str, list[int]] | None:
