@@ -88,3 +88,23 @@ def test_operations_settings() -> None:
         config.load(parse(["--log-format", "xml"]), environ={})
     with pytest.raises(ValueError, match="object_store_error_rate_degraded"):
         config.load(parse(["--object-store.error-rate.degraded", "often"]), environ={})
+
+
+def test_broker_id_from_the_pod_ordinal(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A StatefulSet gives every pod the same settings: KAFSCALE_BROKER_ID=ordinal takes the
+    # number after the last '-' of the pod's host name.
+    env = {"KAFSCALE_BROKER_ID": "ordinal", "HOSTNAME": "kfs-broker-12"}
+    assert config.load(parse([]), environ=env).broker_id == 12
+    assert (
+        config.load(parse(["--broker-id", "ordinal"]), environ={"HOSTNAME": "a-b-0"}).broker_id == 0
+    )
+    # A fully qualified name: the first label counts.
+    env["HOSTNAME"] = "kfs-broker-3.kfs-broker-headless.ns.svc.cluster.local"
+    assert config.load(parse([]), environ=env).broker_id == 3
+    # The command line still wins over the environment.
+    assert config.load(parse(["--broker-id", "7"]), environ=env).broker_id == 7
+    with pytest.raises(ValueError, match="'laptop' has none"):
+        config.load(parse([]), environ={"KAFSCALE_BROKER_ID": "ordinal", "HOSTNAME": "laptop"})
+    # Without $HOSTNAME, the kernel's host name (a pod's is its name).
+    monkeypatch.setattr(config.socket, "gethostname", lambda: "kfs-broker-5")
+    assert config.load(parse([]), environ={"KAFSCALE_BROKER_ID": "ordinal"}).broker_id == 5

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,6 +264,8 @@ def load(
         for name in _OPTIONS.values():
             if getattr(args, name, None) is not None:
                 values[name] = getattr(args, name)
+    if str(values.get("broker_id", "")).strip().lower() == BROKER_ID_ORDINAL:
+        values["broker_id"] = broker_id_from_hostname(environ)
     config = BrokerConfig()
     for name, value in values.items():
         try:
@@ -273,6 +277,25 @@ def load(
     if config.http_listen:
         _split_host_port("http-listen", config.http_listen)
     return config
+
+
+BROKER_ID_ORDINAL = "ordinal"
+"""``--broker-id ordinal`` (``KAFSCALE_BROKER_ID=ordinal``): the id is the trailing number of
+the host name, the pod ordinal of a StatefulSet (``kfs-broker-2`` is broker 2): every pod of a
+Kubernetes StatefulSet gets the same settings, and its name is the one thing that differs."""
+
+
+def broker_id_from_hostname(environ: dict[str, str]) -> int:
+    """The trailing ``-N`` of ``$HOSTNAME`` (else the kernel's host name, which Kubernetes
+    sets to the pod name); ValueError naming the host name when it has none."""
+    host = environ.get("HOSTNAME") or socket.gethostname()
+    match = re.search(r"-([0-9]+)$", host.split(".", 1)[0])
+    if match is None:
+        raise ValueError(
+            f"setting broker_id: {BROKER_ID_ORDINAL!r} takes the number after the last '-' of"
+            f" the host name (a StatefulSet pod's ordinal), and {host!r} has none"
+        )
+    return int(match.group(1))
 
 
 def _split_host_port(key: str, text: str) -> tuple[str, int]:
