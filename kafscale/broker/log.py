@@ -108,6 +108,8 @@ MAX_TXN_BYTES = 1 << 20
 """Keys and values of one transaction, below etcd's default ``--max-request-bytes`` (1.5 MiB)."""
 RELEASES_PER_TXN = MAX_TXN_OPS // 2
 """Partitions handed over in one transaction: a compare and a delete each."""
+RELEASES_AT_ONCE = 16
+"""Partitions with a loaded log handed over concurrently (each flushes, then commits)."""
 READ_CHUNK = 2 * 1024 * 1024
 """Segments not in the cache are read in aligned chunks of this many bytes (one ranged GET
 each), and the next chunk is fetched ahead: a consumer catching up reads large objects with a
@@ -146,8 +148,8 @@ class Claim:
     releasing: bool = False
     """Handing the partition over: new appends are refused, pending ones are flushed."""
     empty: bool = False
-    """Its state had never been written (a new partition): until it is loaded (which any
-    request does) there is nothing to compact or retain."""
+    """Nothing was ever committed to it (high watermark 0 when claimed): until it is loaded
+    (which any request does) there is nothing to compact or retain."""
 
 
 @dataclass
@@ -604,7 +606,7 @@ class LogManager:
                 owner_key[len(cluster.owners.prefix) :],
                 KeyValue(owner_key, value, result.revision, 1, cluster.lease),
             )
-            claim = won[key] = Claim(epoch, owner_key, result.revision, empty=states[key] is None)
+            claim = won[key] = Claim(epoch, owner_key, result.revision, empty=hw == 0)
             self.claims[key] = claim
             if len(taken) == 1:
                 log.info("%s-%d: owned from offset %d at leader epoch %d", *key, hw, epoch)
@@ -647,19 +649,27 @@ class LogManager:
         nothing to flush, by deleting their owner keys in transactions of many, so handing
         back thousands of partitions is a few dozen round trips."""
         idle: list[tuple[tuple[str, int], Claim]] = []
+        loaded: list[tuple[str, int]] = []
         for key in keys:
             claim = self.claims.get(key)
             if claim is None or claim.releasing:
                 continue
             lock = self._load_locks.get(key)
             if key in self.logs or self._getting.get(key) or (lock is not None and lock.locked()):
+                loaded.append(key)
+            else:
+                claim.releasing = True  # from here no request loads it (_get_locked)
+                idle.append((key, claim))
+        room = asyncio.Semaphore(RELEASES_AT_ONCE)
+
+        async def release(key: tuple[str, int]) -> None:
+            async with room:
                 try:
                     await self.release(*key)
                 except Exception:
                     log.warning("handing over %s-%d failed", *key, exc_info=True)
-            else:
-                claim.releasing = True  # from here no request loads it (_get_locked)
-                idle.append((key, claim))
+
+        await asyncio.gather(*map(release, loaded))
         for start in range(0, len(idle), RELEASES_PER_TXN):
             chunk = idle[start : start + RELEASES_PER_TXN]
             try:

@@ -94,6 +94,7 @@ class Topics:
         """Called with the names of topics that disappeared (deleted, maybe by another
         broker) whenever the table changes under :meth:`follow`."""
         self._mirror: Mirror | None = None
+        self._parsed: dict[bytes, tuple[int, Topic]] = {}
 
     async def follow(self) -> None:
         """Keep the table current with the store (topics created, changed or deleted by other
@@ -110,11 +111,19 @@ class Topics:
     def _mirrored(self) -> None:
         assert self._mirror is not None
         by_name: dict[str, Topic] = {}
+        parsed: dict[bytes, tuple[int, Topic]] = {}
         for name, kv in self._mirror.items.items():
-            try:
-                by_name[name.decode()] = Topic.from_json(name.decode(), kv.value)
-            except (ValueError, KeyError):
-                continue
+            known = self._parsed.get(name)
+            if known is not None and known[0] == kv.mod_revision:
+                topic = known[1]  # unchanged: a thousand topics created at once are parsed
+            else:  # once each, not once per change
+                try:
+                    topic = Topic.from_json(name.decode(), kv.value)
+                except (ValueError, KeyError):
+                    continue
+            parsed[name] = (kv.mod_revision, topic)
+            by_name[topic.name] = topic
+        self._parsed = parsed
         gone = set(self.by_name) - set(by_name)
         self.by_name = by_name
         self.by_id = {t.id: t for t in by_name.values()}
