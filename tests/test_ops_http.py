@@ -34,6 +34,7 @@ from generated.offset_commit_request import (
     OffsetCommitRequestTopic,
 )
 from generated.produce_request import PartitionProduceData, ProduceRequest, TopicProduceData
+from kafscale.broker import metrics as metrics_module
 from kafscale.broker.config import BrokerConfig
 from kafscale.broker.health import (
     DEGRADED,
@@ -203,7 +204,11 @@ async def produce_all(c: Client, topic: str, batches: dict[int, bytes]) -> None:
 # --- every endpoint, and metrics that move with their events -----------------------------------
 
 
-def test_endpoints_and_metrics_move_with_their_events(tmp_path: Path) -> None:
+def test_endpoints_and_metrics_move_with_their_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics_module, "LAG_RENDER_S", 0.0)  # every scrape computes lag
+
     async def main() -> None:
         async with started(tmp_path) as broker:
             c = TcpClient(broker)
@@ -505,9 +510,11 @@ def registry_names(tmp_path: Path) -> set[str]:
         meta = SqliteMetadataStore(tmp_path / "metadata.sqlite3")
         broker = Broker(BrokerConfig(data_dir=tmp_path), LocalObjectStore(tmp_path / "o"), meta)
         try:
+            metrics = broker.metrics
             return {
                 family.name + suffix
-                for family in broker.metrics.registry.collect()
+                for registry in (metrics.registry, metrics.lag_registry)
+                for family in registry.collect()
                 for suffix in suffixes.get(family.type, [""])
             }
         finally:
@@ -663,3 +670,54 @@ def test_error_codes_are_found_wherever_a_response_holds_them() -> None:
     )
     assert "'error': 'NOT_LEADER_OR_FOLLOWER'} 2.0" in text
     assert count_records(build_batch([b"1", b"2"]) + build_batch([b"3"])) == 3
+
+
+# --- any broker shows the whole cluster --------------------------------------------------------
+
+
+def test_any_broker_shows_the_whole_cluster(tmp_path: Path) -> None:
+    """Two brokers sharing their stores: each one's /api answers for both (partitions owned by
+    the other from the store, a group the other coordinates through DescribeGroups)."""
+    from tests.test_cluster import Cluster
+
+    async def main() -> None:
+        cluster = Cluster(tmp_path, http_listen="127.0.0.1:0", group_min_session_timeout_ms=100)
+        try:
+            a, b = await cluster.start(0), await cluster.start(1)
+            await TcpClient(a).create("shared", 4)
+            owners = await cluster.settled("shared", 4)
+            assert set(owners) == {0, 1}
+            by_id = {0: a, 1: b}
+            batch = build_batch([b"x", b"y"])
+            for p, owner in enumerate(owners):
+                assert (await TcpClient(by_id[owner]).produce("shared", batch, p)).error_code == 0
+            group = "console-group"
+            coordinator = by_id[a.cluster.coordinator(group).id]  # type: ignore[union-attr]
+            other = b if coordinator is a else a
+            c = TcpClient(coordinator)
+            await commit(c, group, "shared", {0: 1, 1: 2})  # before it has members
+            assert (await join(c, group)).error_code == 0
+
+            for broker in (a, b):
+                _, view = await get_json(broker, "/api/cluster")
+                assert [x["id"] for x in view["brokers"]] == [0, 1]
+                assert view["owners"]["shared"] == owners
+                _, topic = await get_json(broker, "/api/topics/shared")
+                assert [p["high_watermark"] for p in topic["partitions"]] == [2, 2, 2, 2]
+                assert all(p["size_bytes"] > 0 for p in topic["partitions"])
+            _, described = await get_json(other, f"/api/groups/{group}")
+            assert described["coordinator"] == coordinator.config.broker_id
+            assert described["state"] == "CompletingRebalance", described
+            assert len(described["members"]) == 1
+            assert [p["lag"] for p in described["partitions"]] == [1, 0]
+            # Lag is exported once, by the coordinator.
+            samples = await scrape(coordinator)
+            lag = {"group": group, "topic": "shared"}
+            assert value(samples, "kafscale_consumer_group_lag_sum", **lag) == 1
+            assert ("kafscale_consumer_group_lag_sum", frozenset(lag.items())) not in (
+                await scrape(other)
+            )
+        finally:
+            await asyncio.wait_for(cluster.close(), 30)
+
+    asyncio.run(main())

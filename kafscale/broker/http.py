@@ -16,8 +16,9 @@ it starts or drains). Routes:
 - ``GET /``: the web console (static files of ``kafscale/broker/console/``, served under
   ``/console/``), a read-only page over the ``/api`` answers.
 
-A scrape first refreshes what the lag collector needs and runs the readiness checks (both
-bounded in time), then renders the registry without awaiting anything.
+A scrape first refreshes what the lag collector needs (when lag is due to be rendered again)
+and runs the readiness checks (both bounded in time), then renders the registry without
+awaiting anything.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client.exposition import choose_encoder
 
 from kafscale.broker.ops_api import ClusterView
 from kafscale.metadata import MetadataUnavailable, StoreClosed
@@ -145,11 +145,10 @@ class HttpServer:
     async def metrics(self, request: web.Request) -> web.Response:
         broker = self.broker
         started = time.perf_counter()
-        if not broker.draining:
+        if not broker.draining and broker.metrics.lag_due():
             await broker.lag.refresh()
         await broker.readiness.check()
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = encoder(broker.metrics.registry)
+        body, content_type = broker.metrics.exposition(request.headers.get("Accept", ""))
         broker.metrics.scrape_seconds.observe(time.perf_counter() - started)
         response = web.Response(body=body)
         response.headers["Content-Type"] = content_type

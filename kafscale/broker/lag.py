@@ -193,11 +193,17 @@ class ConsumerLag:
         """(group, topic, partition, lag) for every cached commit of a live topic whose high
         watermark is known, by group."""
         topics = self.broker.topics
+        logs = self.broker.logs.logs
         for group in sorted(self._committed):
             for tp, committed in self._committed[group][1].items():
                 if not live(topics, tp, committed):
                     continue
-                state = self.states.cached(*tp)
-                if state is None:
-                    continue
-                yield group, tp[0], tp[1], max(0, state.hw - committed.offset)
+                plog = logs.get(tp)  # owned here: the high watermark in memory (most often)
+                if plog is not None:
+                    hw = plog.hw
+                else:
+                    state = self.states.cached(*tp)
+                    if state is None:
+                        continue
+                    hw = state.hw
+                yield group, tp[0], tp[1], max(0, hw - committed.offset)

@@ -42,6 +42,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 
 from generated.errors import error_name
 from kafscale.protocol.message import Struct
@@ -65,6 +66,9 @@ PARTITIONS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 1000
 MAX_LAG_SERIES = 10_000
 """Per-partition consumer-lag series one broker exports at most; past this only the per-topic
 sums are exported (Prometheus copes with many more, but a scrape should stay cheap)."""
+LAG_RENDER_S = 5.0
+"""Consumer lag is computed and rendered at most this often (scrapes in between reuse it): with
+1,000 partitions and 100 groups it is two thirds of a scrape's series, and it moves slowly."""
 RATE_SECONDS = 300
 """Seconds of per-second samples kept for ``/api/rates`` (live charts)."""
 FLUSH_SAMPLES = 4096
@@ -231,6 +235,10 @@ class BrokerMetrics:
         Python's version): one set per process, so tools running several brokers in one
         process still get one each (each registry is scraped on its own)."""
         r = self.registry = CollectorRegistry()
+        self.lag_registry = CollectorRegistry()
+        """Consumer lag (:class:`LagCollector`): rendered apart, see :meth:`exposition`."""
+        self._lag_rendered: dict[str, bytes] = {}
+        self._lag_at = float("-inf")
         self.requests = Counter(
             "kafscale_requests",
             "Requests handled, by API and version.",
@@ -385,6 +393,32 @@ class BrokerMetrics:
         """Export a collector's metrics with these (``collect()`` runs on every scrape)."""
         self.registry.register(collector)
 
+    def register_lag(self, collector: Any) -> None:
+        """Export the consumer-lag collector (rendered at most every :data:`LAG_RENDER_S`)."""
+        self.lag_registry.register(collector)
+
+    def lag_due(self) -> bool:
+        """Whether the next scrape renders consumer lag again (its caches should be fresh)."""
+        return time.monotonic() - self._lag_at >= LAG_RENDER_S
+
+    def exposition(self, accept: str) -> tuple[bytes, str]:
+        """The answer to a scrape with this ``Accept`` header, and its content type: the
+        text format, or OpenMetrics when asked for (prometheus-client's encoders). Consumer
+        lag is rendered again only once :data:`LAG_RENDER_S` have passed."""
+        encoder, content_type = choose_encoder(accept)
+        now = time.monotonic()
+        if now - self._lag_at >= LAG_RENDER_S:
+            self._lag_rendered.clear()
+            self._lag_at = now
+        lag = self._lag_rendered.get(content_type)
+        if lag is None:
+            lag = self._lag_rendered[content_type] = encoder(self.lag_registry)
+        body = encoder(self.registry)
+        eof = b"# EOF\n"
+        if body.endswith(eof):  # OpenMetrics: one end marker, at the very end
+            return body[: -len(eof)] + lag.removesuffix(eof) + eof, content_type
+        return body + lag, content_type
+
 
 def _store_family(
     registry: CollectorRegistry, name: str, what: str
@@ -516,29 +550,6 @@ class BrokerCollector:
         yield _gauge(
             "kafscale_group_members", "Members of the groups this broker coordinates.", members
         )
-        lag = GaugeMetricFamily(
-            "kafscale_consumer_group_lag",
-            "High watermark minus committed offset, per group and partition (groups this "
-            "broker coordinates).",
-            labels=["group", "topic", "partition"],
-        )
-        lag_sum = GaugeMetricFamily(
-            "kafscale_consumer_group_lag_sum",
-            "Consumer lag summed over a topic's partitions, per group.",
-            labels=["group", "topic"],
-        )
-        sums: dict[tuple[str, str], int] = {}
-        series = 0
-        for group_id, topic, partition, value in b.lag.lags():
-            key = (group_id, topic)
-            sums[key] = sums.get(key, 0) + value
-            if series < MAX_LAG_SERIES:
-                lag.add_metric([group_id, topic, str(partition)], value)
-                series += 1
-        for (group_id, topic), value in sorted(sums.items()):
-            lag_sum.add_metric([group_id, topic], value)
-        yield lag
-        yield lag_sum
 
     def _cache_and_maintenance(self) -> Iterator[Metric]:
         b = self.broker
@@ -603,6 +614,39 @@ class BrokerCollector:
             "Median object-store request latency in the health window (bin upper edge).",
             snap.median_latency_s,
         )
+
+
+class LagCollector:
+    """Consumer lag of the groups this broker coordinates (its own registry: a scrape renders
+    it at most every :data:`LAG_RENDER_S`, see :meth:`BrokerMetrics.exposition`)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def collect(self) -> Iterable[Metric]:
+        lag = GaugeMetricFamily(
+            "kafscale_consumer_group_lag",
+            "High watermark minus committed offset, per group and partition (groups this "
+            "broker coordinates).",
+            labels=["group", "topic", "partition"],
+        )
+        lag_sum = GaugeMetricFamily(
+            "kafscale_consumer_group_lag_sum",
+            "Consumer lag summed over a topic's partitions, per group.",
+            labels=["group", "topic"],
+        )
+        sums: dict[tuple[str, str], int] = {}
+        series = 0
+        for group_id, topic, partition, value in self.broker.lag.lags():
+            key = (group_id, topic)
+            sums[key] = sums.get(key, 0) + value
+            if series < MAX_LAG_SERIES:
+                lag.add_metric([group_id, topic, str(partition)], value)
+                series += 1
+        for (group_id, topic), value in sorted(sums.items()):
+            lag_sum.add_metric([group_id, topic], value)
+        yield lag
+        yield lag_sum
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

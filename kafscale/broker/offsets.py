@@ -146,6 +146,19 @@ class Offsets:
                 out[(parts[0], int(parts[1]))] = CommittedOffset.from_json(kv.value)
         return dict(sorted(out.items()))
 
+    async def fetch_all(self) -> dict[str, dict[TopicPartition, CommittedOffset]]:
+        """Every group's committed offsets (stale ones included), by group: one range read."""
+        out: dict[str, dict[TopicPartition, CommittedOffset]] = {}
+        for kv in await self.store.range(self.prefix):
+            parts = kv.key[len(self.prefix) :].decode().split("/")
+            if len(parts) != 3 or not parts[2].isdigit():
+                continue
+            group = unquote(parts[0])
+            out.setdefault(group, {})[(parts[1], int(parts[2]))] = CommittedOffset.from_json(
+                kv.value
+            )
+        return out
+
     async def delete(self, group: str, partitions: Iterable[TopicPartition]) -> None:
         """OffsetDelete: forget these partitions' commits (absent ones are no error)."""
         try:

@@ -12,10 +12,10 @@ Any broker answers for the whole cluster, not only for what it owns:
   range read of the topic's committed entries;
 - **rates**: ``/api/rates`` is this broker's; :meth:`ClusterView.cluster_rates` asks every
   broker's ``/api/rates`` (the console's charts);
-- **groups**: every group with a coordinator (the mirror), one in this coordinator's memory, or
-  committed offsets (one range over the offsets, cached :data:`GROUP_LIST_MAX_AGE_S`); their
-  state and members are asked of each group's coordinator with a Kafka DescribeGroups request
-  (from memory when that is this broker); their committed offsets are read per group.
+- **groups**: every group with a coordinator (the mirror), in this coordinator's memory, or with
+  committed offsets (one range read of every group's offsets); the state and members of a
+  group another broker coordinates are asked of it with a Kafka DescribeGroups request, this
+  broker's own come from its coordinator's memory.
 
 Every store read is bounded by the requests that need it (nothing runs between requests), and
 a coordinator that does not answer within :data:`PEER_TIMEOUT_S` leaves its groups' state
@@ -35,15 +35,14 @@ import aiohttp
 
 from generated.consumer_protocol_assignment import ConsumerProtocolAssignment
 from generated.describe_groups_request import DescribeGroupsRequest
-from generated.describe_groups_response import DescribedGroup, DescribeGroupsResponse
+from generated.describe_groups_response import DescribeGroupsResponse
 from generated.registry import APIS
-from generated.request_header import RequestHeader
 from generated.response_header import ResponseHeader
-from kafscale.broker.handlers import RequestContext
-from kafscale.broker.handlers import describe_groups as describe_groups_handler
+from kafscale.broker.group import DEAD, EMPTY, STABLE
 from kafscale.broker.internal_topics import is_internal
 from kafscale.broker.lag import PartitionState
-from kafscale.broker.offsets import live
+from kafscale.broker.metrics import error_label
+from kafscale.broker.offsets import CommittedOffset, TopicPartition, live
 from kafscale.protocol.framing import encode_request
 from kafscale.protocol.message import Message
 from kafscale.protocol.wire import Buffer
@@ -55,8 +54,6 @@ if TYPE_CHECKING:
 PEER_TIMEOUT_S = 2.0
 """How long a coordinator has to answer DescribeGroups for the console (and a broker its
 ``/readyz`` or ``/api/rates``)."""
-GROUP_LIST_MAX_AGE_S = 30.0
-"""The list of groups known only by their committed offsets is re-read after this long."""
 SIZES_MAX_AGE_S = 5.0
 """Partition sizes read from the store (partitions owned elsewhere) are kept this long."""
 DESCRIBE_GROUPS = 15
@@ -69,7 +66,6 @@ class ClusterView:
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self._stored_groups: tuple[float, list[str]] | None = None
         self._sizes: dict[str, tuple[float, dict[int, int]]] = {}
 
     # --- cluster ---------------------------------------------------------------------------
@@ -213,22 +209,30 @@ class ClusterView:
         members with their assignments, and per partition the committed offset, the high
         watermark and the lag."""
         b = self.broker
-        names = sorted(await self._group_names()) if name is None else [name]
-        by_coordinator: dict[int, list[str]] = {}
+        if name is None:
+            committed = await b.offsets.fetch_all()  # one range read for every group
+            prefix = b.cluster.group_owners.prefix
+            held = list(b.cluster.group_owners.items.values())
+            coordinated = {unquote(kv.key[len(prefix) :].decode()) for kv in held}
+            names = sorted(coordinated | set(b.groups.groups) | set(committed))
+        else:
+            committed = {name: await b.offsets.fetch(name)}
+            names = [name]
+        described: dict[str, dict[str, Any]] = {}
+        remote: dict[int, list[str]] = {}
         for group in names:
             info = b.cluster.coordinator(group)
-            if info is not None:
-                by_coordinator.setdefault(info.id, []).append(group)
-        described: dict[str, DescribedGroup | str] = {}
-        answers = await asyncio.gather(
-            *(self._describe(broker_id, groups) for broker_id, groups in by_coordinator.items())
-        )
-        for answer in answers:
+            if info is None or info.id == b.config.broker_id:
+                described[group] = self._local(group, bool(committed.get(group)))
+            else:
+                remote.setdefault(info.id, []).append(group)
+        for answer in await asyncio.gather(*(self._describe(i, g) for i, g in remote.items())):
             described.update(answer)
-        committed = await asyncio.gather(*(b.offsets.fetch(g) for g in names))
+        states: dict[str, dict[int, PartitionState]] = {}
         out = []
-        for group, offsets in zip(names, committed, strict=True):
-            entry = await self._group(group, described.get(group), offsets)
+        for group in names:
+            offsets = committed.get(group, {})
+            entry = await self._group(group, described[group], offsets, states)
             if name is not None and entry["state"] == "Dead" and not offsets:
                 return None
             out.append(entry)
@@ -236,57 +240,53 @@ class ClusterView:
             return out[0]
         return {"groups": out}
 
-    async def _group_names(self) -> set[str]:
-        b = self.broker
-        prefix = b.cluster.group_owners.prefix
-        held = list(b.cluster.group_owners.items.values())
-        names = {unquote(kv.key[len(prefix) :].decode()) for kv in held}
-        names |= set(b.groups.groups)
-        if (
-            self._stored_groups is None
-            or time.monotonic() - self._stored_groups[0] > GROUP_LIST_MAX_AGE_S
-        ):
-            self._stored_groups = (time.monotonic(), await b.offsets.groups())
-        return names | set(self._stored_groups[1])
+    def _local(self, group_id: str, has_offsets: bool) -> dict[str, Any]:
+        """A group this broker coordinates (or should), from its coordinator's memory, as
+        DescribeGroups describes it: a group known only by its offsets is Empty, an unknown
+        one Dead; protocol and assignments only once Stable."""
+        group = self.broker.groups.get(group_id)
+        if group is None:
+            state = EMPTY if has_offsets else DEAD
+            return {"state": state, "protocol_type": "", "protocol": "", "members": []}
+        stable = group.state == STABLE and group.protocol_name is not None
+        protocol_type = group.protocol_type or ""
+        return {
+            "state": group.state,
+            "protocol_type": protocol_type,
+            "protocol": (group.protocol_name or "") if stable else "",
+            "members": [
+                {
+                    "member_id": m.member_id,
+                    "group_instance_id": m.instance_id,
+                    "client_id": m.client_id,
+                    "client_host": m.client_host,
+                    "assignment": _assignment(protocol_type, m.assignment) if stable else None,
+                }
+                for m in group.members.values()
+            ],
+        }
 
     async def _group(
-        self, group: str, described: DescribedGroup | str | None, offsets: dict[Any, Any]
+        self,
+        group: str,
+        described: dict[str, Any],
+        offsets: dict[TopicPartition, CommittedOffset],
+        states: dict[str, dict[int, PartitionState]],
     ) -> dict[str, Any]:
         b = self.broker
         coordinator = b.cluster.coordinator(group)
         entry: dict[str, Any] = {
             "group": group,
             "coordinator": None if coordinator is None else coordinator.id,
-            "state": "unknown",
-            "protocol_type": "",
-            "protocol": "",
-            "members": [],
+            **described,
         }
-        if isinstance(described, str):
-            entry["error"] = described
-        elif described is not None:
-            if described.error_code:
-                entry["error"] = f"DescribeGroups error {described.error_code}"
-            else:
-                entry["state"] = described.group_state
-                entry["protocol_type"] = described.protocol_type
-                entry["protocol"] = described.protocol_data
-                entry["members"] = [
-                    {
-                        "member_id": m.member_id,
-                        "group_instance_id": m.group_instance_id,
-                        "client_id": m.client_id,
-                        "client_host": m.client_host,
-                        "assignment": _assignment(described.protocol_type, m.member_assignment),
-                    }
-                    for m in described.members
-                ]
         partitions = []
         for (topic, partition), c in sorted(offsets.items()):
             if not live(b.topics, (topic, partition), c):
                 continue
-            states = await b.partition_states.topic(topic)
-            state = states.get(partition)
+            if topic not in states:
+                states[topic] = await b.partition_states.topic(topic)
+            state = states[topic].get(partition)
             hw = None if state is None else state.hw
             partitions.append(
                 {
@@ -303,34 +303,50 @@ class ClusterView:
         entry["lag"] = sum(p["lag"] or 0 for p in partitions)
         return entry
 
-    async def _describe(self, broker_id: int, groups: list[str]) -> dict[str, DescribedGroup | str]:
-        """DescribeGroups of ``groups`` by their coordinator (this broker: from memory); a
-        coordinator that cannot be asked gives each group the reason instead."""
+    async def _describe(self, broker_id: int, groups: list[str]) -> dict[str, dict[str, Any]]:
+        """DescribeGroups of ``groups`` by their coordinator, another broker; one that cannot
+        be asked leaves their state "unknown", with the reason."""
         b = self.broker
-        request = DescribeGroupsRequest(groups=groups)
         try:
-            if broker_id == b.config.broker_id:
-                header = RequestHeader(
-                    request_api_key=DESCRIBE_GROUPS,
-                    request_api_version=DESCRIBE_GROUPS_VERSION,
-                    correlation_id=0,
-                    client_id="kafscale-console",
-                )
-                ctx = RequestContext(b, header, DESCRIBE_GROUPS_VERSION)
-                response = await describe_groups_handler.handle(ctx, request)
-            else:
-                info = b.cluster.live().get(broker_id)
-                if info is None:
-                    raise ConnectionError(f"broker {broker_id} is not live")
-                answer = await kafka_request(
-                    info.host, info.port, DESCRIBE_GROUPS, DESCRIBE_GROUPS_VERSION, request
-                )
-                assert isinstance(answer, DescribeGroupsResponse)
-                response = answer
+            info = b.cluster.live().get(broker_id)
+            if info is None:
+                raise ConnectionError(f"broker {broker_id} is not live")
+            answer = await kafka_request(
+                info.host,
+                info.port,
+                DESCRIBE_GROUPS,
+                DESCRIBE_GROUPS_VERSION,
+                DescribeGroupsRequest(groups=groups),
+            )
+            assert isinstance(answer, DescribeGroupsResponse)
         except Exception as e:
             reason = f"coordinator {broker_id} did not answer: {type(e).__name__}: {e}"
-            return dict.fromkeys(groups, reason)
-        return {g.group_id: g for g in response.groups}
+            return {g: _unknown(reason) for g in groups}
+        out: dict[str, dict[str, Any]] = {}
+        for g in answer.groups:
+            if g.error_code:
+                out[g.group_id] = _unknown(f"DescribeGroups: {error_label(g.error_code)}")
+                continue
+            out[g.group_id] = {
+                "state": g.group_state,
+                "protocol_type": g.protocol_type,
+                "protocol": g.protocol_data,
+                "members": [
+                    {
+                        "member_id": m.member_id,
+                        "group_instance_id": m.group_instance_id,
+                        "client_id": m.client_id,
+                        "client_host": m.client_host,
+                        "assignment": _assignment(g.protocol_type, m.member_assignment)
+                        if g.group_state == STABLE
+                        else None,
+                    }
+                    for m in g.members
+                ],
+            }
+        for group in groups:
+            out.setdefault(group, _unknown("not in the coordinator's answer"))
+        return out
 
     # --- rates -----------------------------------------------------------------------------
 
@@ -408,6 +424,10 @@ def _readiness(answer: dict[str, Any]) -> dict[str, Any]:
         "reason": str(answer.get("reason", "")),
         "object_store": str(store.get("state", "")) if isinstance(store, dict) else "",
     }
+
+
+def _unknown(reason: str) -> dict[str, Any]:
+    return {"state": "unknown", "protocol_type": "", "protocol": "", "members": [], "error": reason}
 
 
 def _assignment(protocol_type: str, data: Buffer) -> dict[str, list[int]] | None:

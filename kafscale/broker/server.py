@@ -42,7 +42,7 @@ from kafscale.broker.http import HttpServer
 from kafscale.broker.instrumented import InstrumentedMetadataStore, InstrumentedObjectStore
 from kafscale.broker.lag import ConsumerLag, PartitionStates
 from kafscale.broker.log import LogManager
-from kafscale.broker.metrics import BrokerCollector, BrokerMetrics
+from kafscale.broker.metrics import BrokerCollector, BrokerMetrics, LagCollector
 from kafscale.broker.offsets import Offsets
 from kafscale.broker.ordering import ConnectionOrder
 from kafscale.broker.producer_ids import ProducerIds
@@ -173,6 +173,7 @@ class Broker:
         self.offsets.listeners.append(self.lag.offsets_changed)
         self.readiness = Readiness(self, self.health)
         self.metrics.register(BrokerCollector(self))
+        self.metrics.register_lag(LagCollector(self))
         self.http: HttpServer | None = None
         self.http_port: int | None = None
         """The HTTP port once started (None: no HTTP port)."""
