@@ -15,9 +15,9 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
   "$PY" -m pip install -q --disable-pip-version-check -e "$ROOT${extras:+[$extras]}"
   touch "$stamp"
 fi
-# Debian packages the tests need: kcat (conformance) and etcd-server (the etcd metadata store
-# tests; 3.4). Silent when they are already there. Without them those tests skip locally and
-# fail under CI.
+# Debian packages the tests need: kcat (conformance), etcd-server (the etcd metadata store
+# tests; 3.4), chromium and chromium-driver (the web console in a real browser). Silent when
+# they are already there. Without them those tests skip locally and fail under CI.
 apt_need() {  # apt_need COMMAND PACKAGE
   command -v "$1" >/dev/null 2>&1 && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -40,5 +40,9 @@ apt_need() {  # apt_need COMMAND PACKAGE
       "(fail in CI). Install it with: sudo apt-get install $2" >&2
   fi
 }
-case " ${KAFSCALE_APT-kcat etcd} " in *" kcat "*) apt_need kcat kcat ;; esac
-case " ${KAFSCALE_APT-kcat etcd} " in *" etcd "*) apt_need etcd etcd-server ;; esac
+case " ${KAFSCALE_APT-kcat etcd chromium} " in *" kcat "*) apt_need kcat kcat ;; esac
+case " ${KAFSCALE_APT-kcat etcd chromium} " in *" etcd "*) apt_need etcd etcd-server ;; esac
+case " ${KAFSCALE_APT-kcat etcd chromium} " in *" chromium "*)
+  apt_need chromium chromium
+  apt_need chromedriver chromium-driver ;;
+esac
