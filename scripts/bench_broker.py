@@ -307,6 +307,7 @@ def start_broker(
             f"--listen=127.0.0.1:{port}",
             f"--data-dir={rundir}",
             "--log-level=WARNING",
+            "--http-listen=",  # no HTTP port (9093 is one per machine); --mode scrape sets one
             *extra,
         ]
         env: dict[str, str] = {}
@@ -1326,6 +1327,7 @@ class KafscaleCluster(Deployment):
             f"--s3-bucket={self.bucket}",
             f"--s3-endpoint={endpoint}",
             "--s3-path-style=true",
+            "--http-listen=",  # three brokers on one machine: no fixed HTTP port
             *self.extra,
         ]
         self.logs.append(log)
@@ -2955,10 +2957,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peer", choices=["tansu", "none"], default="none")
     p.add_argument(
         "--mode",
-        choices=["throughput", "latency", "rss", "lifecycle", "retention", "scale"],
+        choices=["throughput", "latency", "rss", "lifecycle", "retention", "scale", "scrape"],
         default="throughput",
         help="with --target, or lifecycle, retention or scale alone (their target is "
-        "kafscale-cluster; scale: scripts/bench_scale.py)",
+        "kafscale-cluster; scale: scripts/bench_scale.py); scrape: the cost of /metrics "
+        "(scripts/bench_scrape.py)",
     )
     p.add_argument(
         "--topics",
@@ -3179,6 +3182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             chart(summary, Path(args.chart))
         if args.markdown:
             Path(args.markdown).write_text(markdown(summary, results))
+        return 0
+    if args.mode == "scrape":
+        import bench_scrape
+
+        with workdir(args.keep) as path:
+            bench_scrape.run(path, args)
         return 0
     if args.mode == "scale":
         import bench_scale
