@@ -5,6 +5,7 @@
     python -m codegen configs [--out DIR] [--check]
     python -m codegen errors [--out DIR] [--check]
     python -m codegen errors --extract KAFKA_SOURCE_TREE
+    python -m codegen crds [--check]
 
 PATH is a directory of Kafka JSON definitions or a kafka-clients jar (default:
 ``$KAFSCALE_KAFKA_SPECS``, else the release pinned in ``protocol_specs/kafka-specs.lock.json``).
@@ -16,6 +17,8 @@ they get no API table. ``configs`` writes the config tables (``protocol_specs/to
 and ``broker-configs.yaml``: ``codegen/configs.py``) into ``generated/``; ``errors`` writes
 Kafka's error codes (``protocol_specs/errors.yaml`` -> ``generated/errors.py``:
 ``codegen/errors.py``), and ``errors --extract`` rebuilds that table from Kafka's source tree.
+``crds`` writes the Kubernetes artefacts declared in ``protocol_specs/crds/`` (the CRDs of
+``deploy/helm/kafscale``, ``generated/crds.py``, the plain manifests: ``codegen/crds.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from pathlib import Path
 from codegen.configs import DEFAULT_OUT as CONFIGS_OUT
 from codegen.configs import OUTPUTS as CONFIG_TABLES
 from codegen.configs import generate_tables
+from codegen.crds import MODULE_NAME as CRDS_MODULE
+from codegen.crds import generate_crds
 from codegen.diff import diff_messages
 from codegen.errors import DEFAULT_OUT as ERRORS_OUT
 from codegen.errors import OUTPUT as ERRORS_MODULE
@@ -47,7 +52,7 @@ from codegen.specs import (
 
 GENERATED = REPO_ROOT / "generated"
 LOCK = SPECS_DIR / "kafka-specs.lock.json"
-KEEP = {"py.typed", *CONFIG_TABLES, ERRORS_MODULE}
+KEEP = {"py.typed", *CONFIG_TABLES, ERRORS_MODULE, CRDS_MODULE}
 """Files of ``generated/`` the codecs' generation leaves alone (the config tables are
 ``python -m codegen configs``'s, the error codes ``python -m codegen errors``')."""
 
@@ -150,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--check", action="store_true", help="fail if --out differs")
             a = p.parse_args(argv[1:])
             return generate_tables(a.out, a.check)
+        if argv[:1] == ["crds"]:
+            p = argparse.ArgumentParser(prog="python -m codegen crds")
+            p.add_argument("--check", action="store_true", help="fail if the files differ")
+            a = p.parse_args(argv[1:])
+            return generate_crds(a.check)
         if argv[:1] == ["errors"]:
             p = argparse.ArgumentParser(prog="python -m codegen errors")
             p.add_argument("--out", type=Path, default=ERRORS_OUT, help="output directory")

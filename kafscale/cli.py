@@ -39,6 +39,7 @@ from generated.registry import ApiSpec
 from kafscale.admin.commands import add_admin_commands
 from kafscale.broker.main import add_serve
 from kafscale.broker.startup import BrokerStartError
+from kafscale.operator.command import add_operator
 from kafscale.protocol.errors import ProtocolError
 from kafscale.protocol.message import FieldSpec, Message, Struct
 
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_proto(commands)
     add_serve(commands)
     add_admin_commands(commands)  # topic, group, cluster, produce, consume
+    add_operator(commands)  # kopf is imported only when it runs
     return parser
 
 

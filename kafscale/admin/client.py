@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from generated.api_versions_request import ApiVersionsRequest
 from generated.api_versions_response import ApiVersionsResponse
+from generated.create_partitions_request import CreatePartitionsRequest, CreatePartitionsTopic
 from generated.create_topics_request import (
     CreatableTopic,
     CreatableTopicConfig,
@@ -103,7 +104,7 @@ _COORDINATOR_MOVED = frozenset(
 PRODUCE, FETCH, LIST_OFFSETS, METADATA, OFFSET_COMMIT, OFFSET_FETCH = 0, 1, 2, 3, 8, 9
 FIND_COORDINATOR, DESCRIBE_GROUPS, LIST_GROUPS, API_VERSIONS = 10, 15, 16, 18
 CREATE_TOPICS, DELETE_TOPICS, DESCRIBE_CONFIGS, DELETE_GROUPS = 19, 20, 32, 42
-INCREMENTAL_ALTER_CONFIGS = 44
+INCREMENTAL_ALTER_CONFIGS, CREATE_PARTITIONS = 44, 37
 
 CLIENT_VERSIONS: dict[int, tuple[int, int]] = {
     PRODUCE: (3, 11),  # record batch v2 (magic 2) needs Produce v3+
@@ -121,6 +122,7 @@ CLIENT_VERSIONS: dict[int, tuple[int, int]] = {
     DESCRIBE_CONFIGS: (1, 4),  # v1+: config source
     DELETE_GROUPS: (0, 2),
     INCREMENTAL_ALTER_CONFIGS: (0, 1),
+    CREATE_PARTITIONS: (0, 3),
 }
 """Per API, the versions this client's code handles (every one our codecs have, from the
 first whose semantics the commands need)."""
@@ -642,6 +644,30 @@ class Client:
             }
             for name, (code, message, _) in results.items():
                 if code == ErrorCode.NOT_CONTROLLER:  # the controller moved: ask again
+                    raise KafkaError(code, f"topic {_q(name)}", message)
+            return results
+
+        return self.retrying(attempt)
+
+    def create_partitions(
+        self, counts: dict[str, int], *, validate_only: bool = False
+    ) -> dict[str, tuple[int, str | None]]:
+        """CreatePartitions: grow each topic to its new total count (the broker places the new
+        partitions); per topic (error code, error message)."""
+        topics = [
+            CreatePartitionsTopic(name=n, count=c, assignments=None) for n, c in counts.items()
+        ]
+
+        def attempt() -> dict[str, tuple[int, str | None]]:
+            _, resp = self.controller().call(
+                CREATE_PARTITIONS,
+                lambda v: CreatePartitionsRequest(
+                    topics=topics, timeout_ms=BROKER_TIMEOUT_MS, validate_only=validate_only
+                ),
+            )
+            results = {r.name: (r.error_code, r.error_message) for r in resp.results}
+            for name, (code, message) in results.items():
+                if code == ErrorCode.NOT_CONTROLLER:
                     raise KafkaError(code, f"topic {_q(name)}", message)
             return results
 

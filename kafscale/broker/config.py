@@ -188,6 +188,9 @@ _OPTIONS: dict[str, str] = {
     "object-store.error-rate.degraded": "object_store_error_rate_degraded",
     "object-store.error-rate.unavailable": "object_store_error_rate_unavailable",
 }
+SETTINGS: tuple[str, ...] = tuple(_OPTIONS)
+"""Every setting's name as ``kafscale serve`` and a YAML file spell it (``KAFSCALE_<NAME>`` in
+the environment): the operator checks a KafscaleCluster's ``spec.config`` against it."""
 LOG_FORMATS = ("text", "json")
 DEFAULT_HTTP_LISTEN = "127.0.0.1:9093"
 """KafScale's HTTP port: the one after the Kafka port."""
