@@ -133,7 +133,8 @@ def main() -> int:
         http = ", ".join(
             f"http://127.0.0.1:{broker_port(args.base_port, i) + 1}" for i in range(args.brokers)
         )
-        print(f"  health, metrics and the cluster API: {http} (/readyz /metrics /api/cluster)")
+        print(f"  the web console, health, metrics and the cluster API: {http}")
+        print("    (/ in a browser; /readyz /metrics /api/cluster)")
         for name, proc in procs:
             print(f"  {name:10} pid {proc.pid}")
         print(f"logs in {logs}; kill -9 a broker's pid to watch its partitions move")

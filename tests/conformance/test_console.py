@@ -133,17 +133,12 @@ class Console:
         """Load the console afresh at ``#/route`` (a new query string: a new document, not a
         hash change) and wait until the CSS selector ``ready`` matches."""
         self.driver.get(f"{self.base}?load={next(self._loads)}#/{route}")
-        self.wait(lambda: self.all(ready), f"{ready!r} on #/{route}")
+        self.wait(lambda: self.count(ready), f"{ready!r} on #/{route}")
 
     def wait(self, check: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                result = check()
-            except Exception as e:  # an element replaced under us by a refresh: look again
-                if "stale element" not in str(e).lower():
-                    raise
-                result = None
+            result = check()
             if result:
                 return result
             if time.monotonic() > deadline:
@@ -151,14 +146,24 @@ class Console:
                 pytest.fail(f"console: no {what} after {timeout}s (status: {status!r})")
             time.sleep(0.1)
 
-    def all(self, css: str) -> list[Any]:
-        from selenium.webdriver.common.by import By
+    # Everything is read by one script call each, never through element handles: the page
+    # replaces its content on every refresh (the charts' every second), and a handle to the
+    # replaced content would be stale.
 
-        return list(self.driver.find_elements(By.CSS_SELECTOR, css))
+    def count(self, css: str) -> int:
+        return int(
+            self.driver.execute_script("return document.querySelectorAll(arguments[0]).length", css)
+        )
 
     def text(self, css: str) -> str:
-        found = self.all(css)
-        return str(found[0].text) if found else ""
+        """The shown text of the first match ("" when none)."""
+        script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : ''"
+        return str(self.driver.execute_script(script, css)).strip()
+
+    def texts(self, css: str) -> list[str]:
+        """The text content of every match (SVG text too, which has no innerText)."""
+        script = "return [...document.querySelectorAll(arguments[0])].map((e) => e.textContent)"
+        return [str(t) for t in self.driver.execute_script(script, css)]
 
     def rows(self, table: str) -> list[dict[str, str]]:
         """The rows of a table of the page: column key (``data-col``) -> shown text, read in
@@ -171,7 +176,9 @@ class Console:
         return list(self.driver.execute_script(script, f"#{table}"))
 
     def screenshot(self, path: Path) -> None:
-        # The whole page, not only the window: the tallest pages are cut otherwise.
+        # The whole page, not only the window (the tallest pages are cut otherwise), and not
+        # more (measured in a short window: the page is at least as tall as the window).
+        self.driver.set_window_size(1280, 400)
         height, chrome = self.driver.execute_script(
             "return [document.documentElement.scrollHeight, outerHeight - innerHeight]"
         )
@@ -332,15 +339,15 @@ def test_console_pages(browser: Any, checked: Cluster, tmp_path: Path) -> None:
     row = console.wait(group_row, f"the group with lag {total_lag}")
     assert row["state"] == "Empty" and row["members"] == "0" and row["topics"] == topic, row
     assert row["coordinator"] == f"broker {three_brokers.group_owner(cluster, group)}", row
-    assert not console.all("#view b.x"), "the group's name was inserted as HTML"
+    assert not console.count("#view b.x"), "the group's name was inserted as HTML"
     console.screenshot(tmp_path / "console-groups.png")
 
     console.open(f"groups/{_quote(group)}", "#group-partitions tbody tr")
     assert console.text("#group-name") == group
-    assert not console.all("#view b.x"), "the group's name was inserted as HTML"
+    assert not console.count("#view b.x"), "the group's name was inserted as HTML"
     console.wait(lambda: console.text("#group-lag") == str(total_lag), "the total lag")
     assert "Empty" in console.text("#group-state")
-    assert console.all("#members.empty"), "a stopped consumer is still a member"
+    assert console.count("#members.empty"), "a stopped consumer is still a member"
     rows = console.rows("group-partitions")
     assert {int(r["partition"]): int(r["committed"]) for r in rows} == committed
     assert {int(r["partition"]): int(r["hw"]) for r in rows} == {p: produced[p] for p in lag}
@@ -361,12 +368,16 @@ def test_console_pages(browser: Any, checked: Cluster, tmp_path: Path) -> None:
     for name in charts:
         legend = console.text(f"#chart-{name} .legend")
         assert [int(i) for i in re.findall(r"broker (\d+):", legend)] == ids, (name, legend)
-        assert len(console.all(f"#chart-{name} path.line")) == 3, name
+        assert console.count(f"#chart-{name} path.line") == 3, name
+
     # The y axis' top label is the scale: "1" only when nothing was produced in the window.
-    # The 5 grid labels come first: 0, ..., the top.
-    labels = [e.text for e in console.all("#chart-produce-records svg text")]
-    assert labels[4] != "1", labels
-    assert console.all("#chart-flush-max circle"), "no flush drawn (the records were flushed)"
+    # The grid labels come first (0, ..., the top), then the time axis' (-5m, ..., now).
+    def produce_drawn() -> bool:
+        labels = console.texts("#chart-produce-records svg text")
+        return labels[labels.index("-5m") - 1] != "1"
+
+    console.wait(produce_drawn, "the records produced on the produce chart")
+    console.wait(lambda: console.count("#chart-flush-max circle"), "a flush on the flush chart")
     console.screenshot(tmp_path / "console-charts.png")
 
     shots_dir = os.environ.get("KAFSCALE_CONSOLE_SCREENSHOTS")

@@ -427,14 +427,15 @@
   // --- charts --------------------------------------------------------------------------------
 
   const rates = new Map(); // broker id -> samples (oldest first), the last WINDOW_S seconds
-  let ratesPolled = 0;
+  let ratesPolled = 0; // when the last poll that every broker answered was (0: none yet)
 
   async function pollRates() {
     // The first poll takes everything the brokers keep, later ones the seconds since the
-    // previous poll (and some overlap: samples already held are skipped by their time).
+    // previous poll (and some overlap: samples already held are skipped by their time). After
+    // a broker did not answer, everything again: its history is not lost.
     const since = ratesPolled ? Math.ceil((Date.now() - ratesPolled) / 1000) + 2 : WINDOW_S;
     const answer = await api(`/api/cluster/rates?seconds=${Math.min(since, WINDOW_S)}`);
-    ratesPolled = Date.now();
+    const polled = Date.now();
     const errors = [];
     const live = new Set();
     for (const b of answer.brokers) {
@@ -448,6 +449,7 @@
       rates.set(b.broker_id, held);
     }
     for (const id of [...rates.keys()]) if (!live.has(id)) rates.delete(id);
+    ratesPolled = errors.length ? 0 : polled;
     return errors;
   }
 
@@ -487,12 +489,15 @@
     const x0 = now - WINDOW_S;
     let max = 0;
     for (const s of series) for (const [, v] of s.points) max = Math.max(max, v);
-    const top = niceCeil(max);
+    // Grid lines at a round step, 3 to 4 of them above zero (so labels stay round numbers).
+    const step = max > 0 ? niceCeil(max / 4) : 0.25;
+    const steps = max > 0 ? Math.max(1, Math.ceil(max / step - 1e-9)) : 4;
+    const top = step * steps;
     const x = (t) => L + ((t - x0) / WINDOW_S) * (W - L - R);
     const y = (v) => T + (1 - v / top) * (H - T - B);
     const grid = [];
-    for (let i = 0; i <= 4; i++) {
-      const v = (top * i) / 4;
+    for (let i = 0; i <= steps; i++) {
+      const v = step * i;
       grid.push(svg("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "grid" }));
       grid.push(svg("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" }, short(v)));
     }
@@ -533,8 +538,8 @@
     return d || "M0,0";
   }
 
+  /** The smallest of 1, 2, 2.5, 5 times a power of ten that is at least ``v`` (> 0). */
   function niceCeil(v) {
-    if (!(v > 0)) return 1;
     const p = 10 ** Math.floor(Math.log10(v));
     for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p;
     return 10 * p;
