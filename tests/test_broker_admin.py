@@ -22,6 +22,7 @@ from generated.create_partitions_request import (
     CreatePartitionsTopic,
 )
 from generated.create_partitions_response import CreatePartitionsResponse
+from generated.create_topics_request import CreatableTopic, CreateTopicsRequest
 from generated.delete_records_request import (
     DeleteRecordsPartition,
     DeleteRecordsRequest,
@@ -283,6 +284,39 @@ def test_create_partitions(tmp_path: Path, version: int) -> None:
         assert await c.topics() == {"t": 5, "u": 3}
 
     run(tmp_path, scenario)
+
+
+def test_max_partitions_per_topic(tmp_path: Path) -> None:
+    """max.partitions.per.topic bounds CreateTopics and CreatePartitions with
+    INVALID_PARTITIONS and a message naming the setting; up to it, any count is fine."""
+
+    async def scenario(c: Client) -> None:
+        created = await c.call(
+            19,
+            7,
+            CreateTopicsRequest(
+                topics=[
+                    CreatableTopic(name="ok", num_partitions=50, replication_factor=1),
+                    CreatableTopic(name="big", num_partitions=51, replication_factor=1),
+                ]
+            ),
+        )
+        assert [(t.name, t.error_code) for t in created.topics] == [("ok", 0), ("big", 37)]
+        assert "max.partitions.per.topic=50" in created.topics[1].error_message
+        grown = await c.call(
+            37,
+            3,
+            CreatePartitionsRequest(
+                topics=[CreatePartitionsTopic(name="ok", count=51, assignments=None)],
+                timeout_ms=1000,
+                validate_only=False,
+            ),
+        )
+        assert [r.error_code for r in grown.results] == [37]
+        assert "max.partitions.per.topic=50" in grown.results[0].error_message
+        assert await c.topics() == {"ok": 50}
+
+    run(tmp_path, scenario, max_partitions_per_topic=50)
 
 
 # --- DescribeConfigs ----------------------------------------------------------------------
