@@ -38,6 +38,7 @@ from generated.errors import ErrorCode, error_name
 from generated.registry import ApiSpec
 from kafscale.admin.commands import add_admin_commands
 from kafscale.broker.main import add_serve
+from kafscale.broker.security.user_cli import add_user
 from kafscale.broker.startup import BrokerStartError
 from kafscale.operator.command import add_operator
 from kafscale.protocol.errors import ProtocolError
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_proto(commands)
     add_serve(commands)
+    add_user(commands)  # SCRAM users in the metadata store
     add_admin_commands(commands)  # topic, group, cluster, produce, consume
     add_operator(commands)  # kopf is imported only when it runs
     return parser

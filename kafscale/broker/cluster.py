@@ -70,6 +70,17 @@ class BrokerInfo:
     http: str = ""
     """The broker's HTTP port as ``host:port`` ("" when it has none): the console asks each
     broker's ``/readyz`` there."""
+    listeners: tuple[tuple[str, str, int], ...] = ()
+    """(listener name, advertised host, port) of each listener (empty: one, host:port)."""
+
+    def endpoint(self, listener: str) -> tuple[str, int]:
+        """The (host, port) this broker advertises on ``listener`` (a client is told the
+        addresses of the listener it connected through, as Kafka does); a broker without
+        that listener answers its plain host and port."""
+        for name, host, port in self.listeners:
+            if name == listener:
+                return host, port
+        return self.host, self.port
 
 
 class Mirror:
@@ -236,6 +247,9 @@ class Cluster:
         self.http_address = ""
         """``host:port`` of this broker's HTTP port, set by the HTTP server once bound (it
         starts before registering): advertised in the registration."""
+        self.endpoints: dict[str, tuple[str, int]] = {}
+        """Advertised (host, port) per listener name, set by the broker once bound:
+        registered as ``"listeners"``."""
         self._keepalive: asyncio.Task[None] | None = None
         self._registered = asyncio.Event()
         self._claiming: dict[str, asyncio.Lock] = {}
@@ -294,7 +308,10 @@ class Cluster:
         fields: dict[str, str | int] = {"host": host, "port": port}
         if self.http_address:
             fields["http"] = self.http_address
-        info = json.dumps(fields).encode()
+        info_fields: dict[str, object] = dict(fields)
+        if self.endpoints:
+            info_fields["listeners"] = {n: [h, p] for n, (h, p) in self.endpoints.items()}
+        info = json.dumps(info_fields).encode()
         await self._hold_lease()
         waited = 0.0
         while True:
@@ -382,7 +399,15 @@ class Cluster:
         the cluster machinery, as unit tests do, stands alone)."""
         if not self._registered.is_set():
             host, port = self.config.advertised
-            return {self.me: BrokerInfo(self.me, host, port, self.http_address)}
+            return {
+                self.me: BrokerInfo(
+                    self.me,
+                    host,
+                    port,
+                    self.http_address,
+                    tuple((n, h, p) for n, (h, p) in self.endpoints.items()),
+                )
+            }
         # Asked per partition (Metadata, ownership rounds): parsed once per registration.
         registrations = tuple((key, kv.mod_revision) for key, kv in self.brokers.items.items())
         if self._live is not None and self._live[0] == registrations:
@@ -392,7 +417,12 @@ class Cluster:
             try:
                 d = json.loads(kv.value)
                 http = str(d.get("http", ""))  # absent: a broker without HTTP, or older
-                out[int(key)] = BrokerInfo(int(key), str(d["host"]), int(d["port"]), http)
+                endpoints = tuple(
+                    (str(n), str(hp[0]), int(hp[1])) for n, hp in d.get("listeners", {}).items()
+                )
+                out[int(key)] = BrokerInfo(
+                    int(key), str(d["host"]), int(d["port"]), http, endpoints
+                )
             except (ValueError, KeyError):
                 log.warning("ignoring malformed broker registration %r", kv.key)
         live = dict(sorted(out.items()))

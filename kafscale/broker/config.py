@@ -14,9 +14,12 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from kafscale.broker.security.listeners import Listener
 
 
 @dataclass
@@ -113,6 +116,49 @@ class BrokerConfig:
     object_store_error_rate_unavailable: float = 0.05
     """Share of failed requests in the window at which it counts as unavailable (the broker
     is then not ready)."""
+    listeners: str = ""
+    """Kafka's ``listeners``: ``NAME://host:port,...`` (docs/security.md); empty: one
+    PLAINTEXT listener on ``listen_host:listen_port`` (``--listen``)."""
+    advertised_listeners: str = ""
+    """Kafka's ``advertised.listeners``: the address clients are told per listener."""
+    listener_security_protocol_map: str = ""
+    """``NAME:PROTOCOL,...`` for listener names that are not protocol names."""
+    ssl_keystore_location: str = ""
+    """PEM file with the server's certificate chain and PKCS#8 private key."""
+    ssl_keystore_certificate_chain: str = ""
+    ssl_keystore_key: str = ""
+    ssl_key_password: str = ""
+    ssl_truststore_location: str = ""
+    """PEM file of the CAs whose client certificates are accepted (mTLS)."""
+    ssl_truststore_certificates: str = ""
+    ssl_client_auth: str = "none"
+    """none, requested or required (SSL listeners; SASL_SSL ones ask for no certificate)."""
+    ssl_principal_mapping_rules: str = "DEFAULT"
+    sasl_enabled_mechanisms: str = "SCRAM-SHA-256,SCRAM-SHA-512"
+    """Offered on SASL listeners: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512."""
+    connections_max_reauth_ms: int = 0
+    """KIP-368: a SASL session lasts this long, then the client re-authenticates (0: forever)."""
+    connection_failed_authentication_delay_ms: int = 100
+    """A failed authentication is answered this late (doubled per repeated failure)."""
+    sasl_server_max_receive_size: int = 524288
+    """The largest frame read before authentication."""
+    authorizer_class_name: str = ""
+    """Any non-empty value turns the ACL authorizer on (Kafka's setting)."""
+    super_users: str = ""
+    """``User:a;User:b``: allowed everything."""
+    allow_everyone_if_no_acl_found: bool = False
+    etcd_cacert: str = ""
+    """CA (PEM) to verify etcd's server certificate; set: etcd over TLS."""
+    etcd_cert: str = ""
+    """Client certificate (PEM) for etcd (with etcd_key)."""
+    etcd_key: str = ""
+    etcd_user: str = ""
+    """etcd username (with etcd_password): authenticated requests."""
+    etcd_password: str = ""
+    s3_sse: str = ""
+    """Server-side encryption of every object written: ``AES256`` (SSE-S3) or ``aws:kms``."""
+    s3_sse_kms_key_id: str = ""
+    """The KMS key of ``aws:kms`` (empty: the bucket's default key)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -125,6 +171,31 @@ class BrokerConfig:
     @property
     def advertised(self) -> tuple[str, int]:
         return (self.advertised_host or self.listen_host, self.advertised_port or self.listen_port)
+
+    def listener_list(self) -> list[Listener]:
+        """The listeners: ``listeners`` when set, else PLAINTEXT on ``listen_host:port``."""
+        from kafscale.broker.security.listeners import (
+            Listener,
+            parse_advertised,
+            parse_listeners,
+            parse_protocol_map,
+        )
+
+        protocols = parse_protocol_map(self.listener_security_protocol_map)
+        if not self.listeners:
+            return [Listener("PLAINTEXT", "PLAINTEXT", self.listen_host, self.listen_port)]
+        listeners = parse_listeners(self.listeners, protocols)
+        if not listeners:
+            raise ValueError("listeners: no listener given")
+        parse_advertised(self.advertised_listeners, listeners, protocols)
+        return listeners
+
+    def advertised_listener_map(self) -> dict[str, tuple[str, int]]:
+        """``advertised.listeners`` as {listener name: (host, port)}."""
+        from kafscale.broker.security.listeners import parse_advertised, parse_protocol_map
+
+        protocols = parse_protocol_map(self.listener_security_protocol_map)
+        return parse_advertised(self.advertised_listeners, self.listener_list(), protocols)
 
     @property
     def http_address(self) -> tuple[str, int] | None:
@@ -187,6 +258,31 @@ _OPTIONS: dict[str, str] = {
     "object-store.latency.unavailable.ms": "object_store_latency_unavailable_ms",
     "object-store.error-rate.degraded": "object_store_error_rate_degraded",
     "object-store.error-rate.unavailable": "object_store_error_rate_unavailable",
+    "listeners": "listeners",
+    "advertised.listeners": "advertised_listeners",
+    "listener.security.protocol.map": "listener_security_protocol_map",
+    "ssl.keystore.location": "ssl_keystore_location",
+    "ssl.keystore.certificate.chain": "ssl_keystore_certificate_chain",
+    "ssl.keystore.key": "ssl_keystore_key",
+    "ssl.key.password": "ssl_key_password",
+    "ssl.truststore.location": "ssl_truststore_location",
+    "ssl.truststore.certificates": "ssl_truststore_certificates",
+    "ssl.client.auth": "ssl_client_auth",
+    "ssl.principal.mapping.rules": "ssl_principal_mapping_rules",
+    "sasl.enabled.mechanisms": "sasl_enabled_mechanisms",
+    "connections.max.reauth.ms": "connections_max_reauth_ms",
+    "connection.failed.authentication.delay.ms": "connection_failed_authentication_delay_ms",
+    "sasl.server.max.receive.size": "sasl_server_max_receive_size",
+    "authorizer.class.name": "authorizer_class_name",
+    "super.users": "super_users",
+    "allow.everyone.if.no.acl.found": "allow_everyone_if_no_acl_found",
+    "etcd.cacert": "etcd_cacert",
+    "etcd.cert": "etcd_cert",
+    "etcd.key": "etcd_key",
+    "etcd.user": "etcd_user",
+    "etcd.password": "etcd_password",
+    "s3.sse": "s3_sse",
+    "s3.sse.kms.key.id": "s3_sse_kms_key_id",
 }
 SETTINGS: tuple[str, ...] = tuple(_OPTIONS)
 """Every setting's name as ``kafscale serve`` and a YAML file spell it (``KAFSCALE_<NAME>`` in
@@ -279,6 +375,9 @@ def load(
         raise ValueError(f"setting log_format: expected text or json, got {config.log_format!r}")
     if config.http_listen:
         _split_host_port("http-listen", config.http_listen)
+    if config.s3_sse not in ("", "AES256", "aws:kms"):
+        raise ValueError(f"setting s3.sse: expected AES256 or aws:kms, got {config.s3_sse!r}")
+    config.listener_list()  # raises ValueError naming what is wrong
     return config
 
 

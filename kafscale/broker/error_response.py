@@ -154,3 +154,23 @@ def _element(
         return out
     _mirror(item, out, version, code, message, copy_keys=True)
     return out
+
+
+def error_elements(
+    request: Struct,
+    request_field: str,
+    items: list[Any],
+    response_cls: type[Message],
+    response_field: str,
+    version: int,
+    code: int,
+    message: str | None,
+) -> list[Struct]:
+    """The elements of ``response_cls``'s array ``response_field`` answering ``items`` (some
+    elements of ``request``'s array ``request_field``) with error ``code``: the keys copied,
+    every error code set, as :func:`error_response` fills a whole answer. The authorizer
+    answers the items it refuses this way and lets the handler answer the rest."""
+    source = next(f for f in _fields(type(request), version) if f.name == request_field)
+    target = next(f for f in _fields(response_cls, version) if f.name == response_field)
+    assert target.struct is not None
+    return [_element(item, source, target.struct, version, code, message) for item in items]  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from typing import Any
 from kafscale.broker import config as broker_config
 from kafscale.broker import logformat
 from kafscale.broker.startup import BrokerStartError
+from kafscale.metadata.store import MetadataStore
 from kafscale.storage.objectstore import ObjectStore
 
 
@@ -29,8 +30,6 @@ def run_serve(args: argparse.Namespace) -> int:
     """Run a broker until it stops; :class:`BrokerStartError` if it cannot start with what it
     was given (settings, metadata store address, data directory)."""
     from kafscale.broker.server import Broker
-    from kafscale.metadata.sqlite import SqliteMetadataStore
-    from kafscale.metadata.store import MetadataStore
 
     try:
         config = broker_config.load(args)
@@ -42,17 +41,11 @@ def run_serve(args: argparse.Namespace) -> int:
     except OSError as e:
         raise BrokerStartError(f"data dir {config.data_dir}: {e.strerror or e}") from None
     objects = object_store(config)
-    meta: MetadataStore
-    if config.etcd_endpoints:
-        from kafscale.metadata.etcd import EtcdMetadataStore
-
-        try:
-            meta = EtcdMetadataStore(config.etcd_endpoints)
-        except ValueError as e:
-            raise BrokerStartError(f"--etcd: {e}") from None
-    else:
-        meta = SqliteMetadataStore(config.data_dir / "metadata.sqlite3")
-    broker = Broker(config, objects, meta)
+    meta = metadata_store(config)
+    try:
+        broker = Broker(config, objects, meta)
+    except ValueError as e:  # settings only checked with the broker's parts (mechanisms)
+        raise BrokerStartError(str(e)) from None
     try:
         import uvloop
     except ImportError:
@@ -60,6 +53,29 @@ def run_serve(args: argparse.Namespace) -> int:
     else:
         uvloop.run(broker.serve_forever())
     return 0
+
+
+def metadata_store(config: broker_config.BrokerConfig) -> MetadataStore:
+    """etcd when endpoints are configured (TLS and username/password from the ``etcd.*``
+    settings), else sqlite in ``data_dir``. Raises :class:`BrokerStartError` on bad
+    settings."""
+    if config.etcd_endpoints:
+        from kafscale.metadata.etcd import EtcdMetadataStore
+
+        try:
+            return EtcdMetadataStore(
+                config.etcd_endpoints,
+                cacert=config.etcd_cacert or None,
+                cert=config.etcd_cert or None,
+                key=config.etcd_key or None,
+                user=config.etcd_user or None,
+                password=config.etcd_password or None,
+            )
+        except (ValueError, OSError) as e:
+            raise BrokerStartError(f"--etcd: {e}") from None
+    from kafscale.metadata.sqlite import SqliteMetadataStore
+
+    return SqliteMetadataStore(config.data_dir / "metadata.sqlite3")
 
 
 def object_store(config: broker_config.BrokerConfig) -> ObjectStore:
@@ -73,6 +89,8 @@ def object_store(config: broker_config.BrokerConfig) -> ObjectStore:
             endpoint_url=config.s3_endpoint or None,
             region=config.s3_region or None,
             path_style=config.s3_path_style,
+            sse=config.s3_sse or None,
+            sse_kms_key_id=config.s3_sse_kms_key_id or None,
         )
     from kafscale.storage.local import LocalObjectStore
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
+import socket
 import struct
 import time
 from collections.abc import Awaitable
@@ -46,6 +48,13 @@ from kafscale.broker.metrics import BrokerCollector, BrokerMetrics, LagCollector
 from kafscale.broker.offsets import Offsets
 from kafscale.broker.ordering import ConnectionOrder
 from kafscale.broker.producer_ids import ProducerIds
+from kafscale.broker.security.acl import AclStore
+from kafscale.broker.security.authorizer import Authorizer
+from kafscale.broker.security.credentials import CredentialStore
+from kafscale.broker.security.listeners import Listener
+from kafscale.broker.security.rules import authorized_handle
+from kafscale.broker.security.sasl import Authenticator, Session, normalize_host
+from kafscale.broker.security.tls import TlsServer, TlsSettings
 from kafscale.broker.topics import Topics
 from kafscale.metadata import MetadataStore, MetadataUnavailable
 from kafscale.protocol import ProtocolError
@@ -166,6 +175,29 @@ class Broker:
             retention_check_interval_ms=config.offsets_retention_check_interval_ms,
         )
         self.budget = ByteBudget(config.in_flight_bytes)
+        self.listeners: list[Listener] = config.listener_list()
+        self.credentials = CredentialStore(meta, config.namespace)
+        self.acls = AclStore(meta, config.namespace)
+        self.authorizer: Authorizer | None = None
+        """The ACL authorizer (``authorizer.class.name`` set), else None: everything allowed."""
+        if config.authorizer_class_name:
+            self.authorizer = Authorizer(
+                self.acls, config.super_users, config.allow_everyone_if_no_acl_found
+            )
+        mechanisms = [m.strip() for m in config.sasl_enabled_mechanisms.split(",") if m.strip()]
+        self.authenticator = Authenticator(
+            self.credentials,
+            mechanisms,
+            config.connections_max_reauth_ms,
+            config.connection_failed_authentication_delay_ms,
+        )
+        self.tls: dict[str, TlsServer] = {}
+        """The TLS context of each SSL/SASL_SSL listener (reloadable)."""
+        self.servers: dict[str, asyncio.Server] = {}
+        self.ports: dict[str, int] = {}
+        """Each listener's bound port."""
+        self.endpoints: dict[str, tuple[str, int]] = {}
+        """Each listener's advertised (host, port)."""
         self.logs.cycle_listeners.append(self.metrics.flush_cycle)
         self.groups.transition_listeners.append(self.metrics.group_transition)
         self.partition_states = PartitionStates(self)
@@ -204,17 +236,11 @@ class Broker:
             await open_store()
         await self.topics.follow()
         self.topics.listeners.append(self._topics_gone)
-        # Listen first, so that the advertised port is known when we register.
-        self.server = await asyncio.start_server(
-            self._connection,
-            self.config.listen_host,
-            self.config.listen_port,
-            limit=2**16,
-            start_serving=False,
-        )
-        self.port = self.server.sockets[0].getsockname()[1]
-        if not self.config.advertised_port:
-            self.config.advertised_port = self.port
+        await self.credentials.follow()
+        if self.authorizer is not None:
+            await self.acls.start()
+        # Listen first, so that the advertised ports are known when we register.
+        await self._listen()
         await self.cluster.start()
         self.logs.attach(self.cluster)
         self.cluster.lost_listeners.append(self.groups.forget_all)
@@ -222,19 +248,88 @@ class Broker:
         self.compactor.start()
         self.logs.janitor.start()
         await self.groups.start()
-        await self.server.start_serving()
-        log.info(
-            "listening on %s:%d (advertised %s:%d), data in %s",
-            self.config.listen_host,
-            self.port,
-            *self.config.advertised,
-            self.config.data_dir,
+        for server in self.servers.values():
+            await server.start_serving()
+        for tls in self.tls.values():
+            tls.start()
+        for listener in self.listeners:
+            log.info(
+                "listening on %s://%s:%d (advertised %s:%d)",
+                listener.name,
+                listener.bind_host,
+                self.ports[listener.name],
+                *self.endpoints[listener.name],
+            )
+        log.info("data in %s", self.config.data_dir)
+
+    def _tls_settings(self, listener: Listener) -> TlsSettings:
+        c = self.config
+        return TlsSettings(
+            keystore_location=c.ssl_keystore_location,
+            keystore_certificate_chain=c.ssl_keystore_certificate_chain,
+            keystore_key=c.ssl_keystore_key,
+            key_password=c.ssl_key_password,
+            truststore_location=c.ssl_truststore_location,
+            truststore_certificates=c.ssl_truststore_certificates,
+            # As Kafka (KIP-684): a SASL_SSL listener authenticates with SASL, asking no
+            # client certificate.
+            client_auth=c.ssl_client_auth if listener.protocol == "SSL" else "none",
+            principal_mapping_rules=c.ssl_principal_mapping_rules,
         )
+
+    async def _listen(self) -> None:
+        """Bind every listener (not serving yet) and work out what each advertises."""
+        advertised = self.config.advertised_listener_map()
+        for listener in self.listeners:
+            context = None
+            if listener.tls:
+                tls = self.tls[listener.name] = TlsServer(
+                    listener.name, self._tls_settings(listener)
+                )
+                context = tls.context
+            server = await asyncio.start_server(
+                functools.partial(self._connection, listener=listener),
+                listener.bind_host,
+                listener.port,
+                limit=2**16,
+                ssl=context,
+                ssl_handshake_timeout=10.0 if context is not None else None,
+                start_serving=False,
+            )
+            self.servers[listener.name] = server
+            port = server.sockets[0].getsockname()[1]
+            self.ports[listener.name] = port
+            if listener.name in advertised:
+                self.endpoints[listener.name] = advertised[listener.name]
+            elif not self.config.listeners:  # --listen / --advertised
+                if not self.config.advertised_port:
+                    self.config.advertised_port = port
+                self.endpoints[listener.name] = self.config.advertised
+            else:
+                host = listener.host.removeprefix("[").removesuffix("]")
+                if host in ("", "0.0.0.0", "::"):
+                    host = self.config.advertised_host or socket.getfqdn()
+                self.endpoints[listener.name] = (host, port)
+        first = self.listeners[0].name
+        self.server = self.servers[first]
+        self.port = self.ports[first]
+        if self.config.listeners:  # the registration's plain host/port: the first listener
+            self.config.advertised_host, self.config.advertised_port = self.endpoints[first]
+        self.cluster.endpoints = dict(self.endpoints)
+
+    def reload_tls(self) -> None:
+        """Load every TLS listener's certificates again (SIGHUP)."""
+        for tls in self.tls.values():
+            tls.reload()
 
     async def stop(self) -> None:
         """Stop accepting, flush what is pending, answer in-flight requests, close."""
+        for server in self.servers.values():
+            server.close()
         if self.server is not None:
             self.server.close()
+        for tls in self.tls.values():
+            await tls.close()
         self._stopping.set()
         # Stop reading requests; each connection still sends the answers it owes (its
         # cleanup waits for them), and those produce answers need the final flush below.
@@ -248,6 +343,8 @@ class Broker:
         # held at once, so other brokers take them over without waiting for it to expire.
         await self.cluster.close(release=True)
         await self.topics.close()
+        await self.credentials.close()
+        await self.acls.close()
         if self._connections:
             await asyncio.wait(self._connections, timeout=STOP_GRACE_S)
         # A client that stops reading must not hold the broker up: drop what it did not take.
@@ -272,6 +369,7 @@ class Broker:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
         await self.start()
         await stop.wait()
         log.info("shutting down")
@@ -279,17 +377,40 @@ class Broker:
 
     # --- connections -----------------------------------------------------------------------
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _connection(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        listener: Listener | None = None,
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._connections[task] = writer
         peer = writer.get_extra_info("peername")
+        listener = listener or self.listeners[0]
+        session = Session(
+            listener,
+            normalize_host(peer[0] if isinstance(peer, tuple) else ""),
+            authenticated=not listener.sasl,
+        )
+        if listener.protocol == "SSL":
+            try:
+                session.principal = self.tls[listener.name].principal(
+                    writer.get_extra_info("ssl_object")
+                )
+            except ValueError as e:  # no ssl.principal.mapping.rules rule matches
+                log.info("closing connection from %s: %s", peer, e)
+                self._connections.pop(task, None)
+                writer.transport.abort()
+                return
         # Not bounded itself: the pipeline's bounds are checked before a request is queued.
         responses: asyncio.Queue[_InFlight | None] = asyncio.Queue()
         pipeline = _Pipeline(CONNECTION_IN_FLIGHT_BYTES, MAX_PIPELINE)
         self._pipelines[task] = pipeline
-        sender = asyncio.create_task(self._send(writer, responses, pipeline))
-        reading = asyncio.create_task(self._read_requests(reader, responses, pipeline, peer))
+        sender = asyncio.create_task(self._send(writer, responses, pipeline, session))
+        reading = asyncio.create_task(
+            self._read_requests(reader, responses, pipeline, peer, writer, session)
+        )
         self._readers.add(reading)
         try:
             await reading
@@ -317,11 +438,16 @@ class Broker:
         responses: asyncio.Queue[_InFlight | None],
         pipeline: _Pipeline,
         peer: Any,
+        writer: asyncio.StreamWriter | None = None,
+        session: Session | None = None,
     ) -> None:
         idle = self.config.idle_timeout_ms / 1000
         limit = self.config.socket_request_max_bytes
         host = peer[0] if isinstance(peer, tuple) else ""
         order = ConnectionOrder()
+        if session is not None and not session.authenticated:
+            assert writer is not None
+            await self._authenticate(reader, writer, session)
         while not self._stopping.is_set():
             head = await asyncio.wait_for(reader.readexactly(4), idle)
             size = _SIZE.unpack(head)[0]
@@ -336,6 +462,10 @@ class Broker:
             try:
                 # A client that sends a frame one byte at a time cannot hold it open forever.
                 frame = await asyncio.wait_for(reader.readexactly(size), idle)
+                if session is not None and session.expired and session.exchange is None:
+                    # KIP-368: past the session's lifetime only a re-authentication is served.
+                    if size < 2 or _KEY.unpack_from(frame)[0] != SASL_HANDSHAKE:
+                        raise ProtocolError("the SASL session expired (connections.max.reauth.ms)")
                 request = self.parse(frame)  # ProtocolError closes the connection
             except BaseException:
                 await self.budget.release(size)
@@ -355,10 +485,75 @@ class Broker:
                 pipeline.grow(reserve)
             before = order.admit(request.api.api_key)
             flight.task = asyncio.create_task(
-                self._handle(request, size, host, flight, pipeline, before)
+                self._handle(request, size, host, flight, pipeline, before, session)
             )
             order.started(flight.task)
             responses.put_nowait(flight)
+
+    async def _authenticate(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: Session
+    ) -> None:
+        """Serve a SASL listener's connection until it has authenticated, one request at a
+        time (:mod:`kafscale.broker.security.sasl`): ApiVersions and SaslHandshake, then
+        SaslAuthenticate (handshake v1) or raw tokens (v0). Anything else, a frame above
+        ``sasl.server.max.receive.size`` or a failed exchange closes the connection (the
+        failure answered first, after the failure delay). Raises ProtocolError to close."""
+        idle = self.config.idle_timeout_ms / 1000
+        limit = self.config.sasl_server_max_receive_size
+        while not session.authenticated:
+            head = await asyncio.wait_for(reader.readexactly(4), idle)
+            size = _SIZE.unpack(head)[0]
+            if size < 0 or size > limit:
+                raise ProtocolError(f"a {size}-byte frame before authentication (limit {limit})")
+            frame = await asyncio.wait_for(reader.readexactly(size), idle)
+            if session.handshake_version == 0:  # raw tokens, no Kafka header
+                code, message, token, _ = await self.authenticator.authenticate(session, frame)
+                if code:
+                    await asyncio.sleep(session.failure_delay)
+                    raise ProtocolError(f"SASL authentication failed: {message}")
+                writer.write(_SIZE.pack(len(token)) + token)
+                await writer.drain()
+                continue
+            api, _ = peek_api(frame)
+            key = api.api_key if api is not None else None
+            if session.handshake_version is None:
+                allowed = {SASL_HANDSHAKE} | (
+                    set() if session.api_versions_answered else {API_VERSIONS}
+                )
+            else:
+                allowed = {SASL_AUTHENTICATE}
+            request = self.parse(frame)  # ProtocolError closes the connection
+            if key not in allowed:
+                if session.handshake_version is None or request.body is None:
+                    raise ProtocolError(
+                        f"{api.name if api else 'an unknown API'} before SASL authentication"
+                    )
+                # After SaslHandshake v1 Kafka answers that API's error and closes.
+                answer = error_response(
+                    request.body,
+                    request.api.response_type(),
+                    request.version,
+                    ErrorCode.ILLEGAL_SASL_STATE,
+                    "unexpected request during SASL authentication",
+                )
+                session.close_after_answer = True
+                session.failure_delay = self.authenticator.delays.failed(session.host)
+                chunks: list[Buffer] | None = encode_response(
+                    request.header.correlation_id, request.api, request.version, answer
+                )
+            else:
+                chunks = await self._dispatch(request, session.host, session)
+                if key == API_VERSIONS and is_served(request):
+                    session.api_versions_answered = True  # an unsupported version may retry
+            if session.close_after_answer:
+                await asyncio.sleep(session.failure_delay)
+            if chunks is not None:
+                writer.writelines(chunks)
+                await writer.drain()
+            if session.close_after_answer:
+                raise ProtocolError("SASL authentication failed")
+        if session.principal:
+            log.debug("authenticated %s from %s", session.principal, session.host)
 
     async def respond(self, frame: bytes) -> list[Buffer] | None:
         """Answer one request frame (without its size prefix), as a connection would: the
@@ -386,12 +581,13 @@ class Broker:
         flight: _InFlight | None = None,
         pipeline: _Pipeline | None = None,
         before: Awaitable[object] | None = None,
+        session: Session | None = None,
     ) -> list[Buffer] | None:
         started = time.perf_counter()
         try:
             if before is not None:  # the earlier requests whose effects this one must see
                 await before
-            chunks = await self._dispatch(request, host)
+            chunks = await self._dispatch(request, host, session)
         except Exception:
             # Not answered (an acks=0 produce that failed): the connection closes.
             self.metrics.error(request.api.name, ErrorCode.UNKNOWN_SERVER_ERROR)
@@ -413,7 +609,9 @@ class Broker:
                 pipeline.grow(extra)
         return chunks
 
-    async def _dispatch(self, request: Request, client_host: str = "") -> list[Buffer] | None:
+    async def _dispatch(
+        self, request: Request, client_host: str = "", session: Session | None = None
+    ) -> list[Buffer] | None:
         api, version, header = request.api, request.version, request.header
         if not is_served(request):  # only ApiVersions gets here (KIP-511 fallback)
             body = ApiVersionsResponse(
@@ -422,9 +620,12 @@ class Broker:
             return encode_response(header.correlation_id, api, 0, body)
         handler = HANDLERS[api.api_key]
         assert request.body is not None
-        ctx = RequestContext(self, header, version, client_host)
+        ctx = RequestContext(self, header, version, client_host, session)
         try:
-            response = await handler(ctx, request.body)
+            if self.authorizer is not None:
+                response = await authorized_handle(ctx, handler, request.body)
+            else:
+                response = await handler(ctx, request.body)
             if response is None:  # acks=0 produce: no response at all
                 return None
             self.metrics.response(api.name, response)
@@ -451,6 +652,7 @@ class Broker:
         writer: asyncio.StreamWriter,
         responses: asyncio.Queue[_InFlight | None],
         pipeline: _Pipeline,
+        session: Session | None = None,
     ) -> None:
         """Write the answers in request order until the None that ends the connection. Once
         the connection is broken (a handler failed, or a write did: the client went away)
@@ -463,6 +665,9 @@ class Broker:
                 return
             try:
                 broken = await self._send_one(writer, flight, broken)
+                if session is not None and session.close_after_answer and not broken:
+                    writer.close()  # a failed re-authentication: its answer was the last
+                    broken = True
             finally:
                 pipeline.done(flight.charge)
 
@@ -497,6 +702,9 @@ class Broker:
 
 API_VERSIONS = 18
 PRODUCE = 0
+SASL_HANDSHAKE = 17
+SASL_AUTHENTICATE = 36
+_KEY = struct.Struct(">h")
 
 
 def failure_code(error: Exception) -> tuple[int, str]:

@@ -136,6 +136,105 @@ class _StreamEnded(Exception):
     """The server ended a stream without the answer we waited for (internal, retriable)."""
 
 
+class _Security:
+    """etcd over TLS (``cacert``, client ``cert``/``key``) and with a username/password: the
+    password buys a token (Auth.Authenticate) sent as ``token`` metadata with every call,
+    fetched again when etcd says it is no longer valid (its tokens expire)."""
+
+    def __init__(
+        self,
+        cacert: str | None,
+        cert: str | None,
+        key: str | None,
+        user: str | None,
+        password: str | None,
+    ) -> None:
+        if bool(cert) != bool(key):
+            raise ValueError("an etcd client certificate needs both cert and key")
+        if bool(user) != bool(password):
+            raise ValueError("etcd authentication needs both user and password")
+        self.credentials: grpc.ChannelCredentials | None = None
+        if cacert or cert:
+
+            def read(path: str | None) -> bytes | None:
+                return open(path, "rb").read() if path else None
+
+            self.credentials = grpc.ssl_channel_credentials(
+                root_certificates=read(cacert),
+                private_key=read(key),
+                certificate_chain=read(cert),
+            )
+        self.user = user
+        self.password = password
+        self.token: str | None = None
+        self._lock: asyncio.Lock | None = None
+
+    def interceptors(self, target: str) -> list[Any] | None:
+        if not self.user:
+            return None
+        return [
+            _TokenUnary(self, target),
+            _TokenStream(self, target),
+            _TokenStreamStream(self, target),
+        ]
+
+    async def metadata(self, target: str, details: Any) -> Any:
+        """The call's details with the auth token added (fetched first if needed)."""
+        if self.token is None:
+            if self._lock is None:
+                self._lock = asyncio.Lock()
+            async with self._lock:
+                if self.token is None:
+                    # A channel of its own without interceptors: the Authenticate call itself
+                    # carries no token.
+                    if self.credentials is not None:
+                        channel = grpc.aio.secure_channel(target, self.credentials)
+                    else:
+                        channel = grpc.aio.insecure_channel(target)
+                    try:
+                        reply = await rpc.AuthStub(channel).Authenticate(
+                            rpc.AuthenticateRequest(name=self.user, password=self.password),
+                            timeout=DEFAULT_REQUEST_TIMEOUT,
+                        )
+                    finally:
+                        await channel.close()
+                    self.token = str(reply.token)
+        metadata = [*(details.metadata or []), ("token", self.token)]
+        return details._replace(metadata=grpc.aio.Metadata(*metadata))
+
+    def invalid(self, error: BaseException) -> None:
+        """Forget the token when etcd refused it (the next call fetches a new one)."""
+        if isinstance(error, grpc.aio.AioRpcError) and "token" in (error.details() or ""):
+            self.token = None
+
+
+class _TokenUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, security: _Security, target: str) -> None:
+        self.security, self.target = security, target
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(await self.security.metadata(self.target, details), request)
+
+
+class _TokenStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    def __init__(self, security: _Security, target: str) -> None:
+        self.security, self.target = security, target
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(await self.security.metadata(self.target, details), request)
+
+
+class _TokenStreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    def __init__(self, security: _Security, target: str) -> None:
+        self.security, self.target = security, target
+
+    async def intercept_stream_stream(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
+        details = await self.security.metadata(self.target, details)
+        return await continuation(details, request_iterator)
+
+
 @dataclass
 class _Endpoint:
     host: str
@@ -144,6 +243,7 @@ class _Endpoint:
     kv: Any = None
     lease: Any = None
     watch: Any = None
+    security: _Security | None = None
 
     @property
     def target(self) -> str:
@@ -152,7 +252,19 @@ class _Endpoint:
     def connect(self) -> None:
         """Create the channel and stubs (no I/O: gRPC connects on the first request)."""
         if self.channel is None:
-            self.channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+            security = self.security
+            interceptors = security.interceptors(self.target) if security is not None else None
+            if security is not None and security.credentials is not None:
+                self.channel = grpc.aio.secure_channel(
+                    self.target,
+                    security.credentials,
+                    options=_CHANNEL_OPTIONS,
+                    interceptors=interceptors,
+                )
+            else:
+                self.channel = grpc.aio.insecure_channel(
+                    self.target, options=_CHANNEL_OPTIONS, interceptors=interceptors
+                )
             self.kv = rpc.KVStub(self.channel)
             self.lease = rpc.LeaseStub(self.channel)
             self.watch = rpc.WatchStub(self.channel)
@@ -163,18 +275,18 @@ class _Endpoint:
             await channel.close()
 
 
-def parse_endpoints(endpoints: str | Sequence[str]) -> list[tuple[str, int]]:
+def parse_endpoints(endpoints: str | Sequence[str], tls: bool = False) -> list[tuple[str, int]]:
     """``"host:port,host:port"`` (or a list of ``host:port``; an ``http://`` prefix is
-    accepted) as (host, port) pairs."""
+    accepted, ``https://`` with ``tls``) as (host, port) pairs."""
     items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
     result: list[tuple[str, int]] = []
     for item in items:
         text = item.strip()
         if not text:
             continue
-        if text.startswith("https://"):
-            raise ValueError(f"etcd endpoint {text!r}: TLS is not supported")
-        text = text.removeprefix("http://").rstrip("/")
+        if text.startswith("https://") and not tls:
+            raise ValueError(f"etcd endpoint {text!r}: https needs etcd.cacert (TLS settings)")
+        text = text.removeprefix("https://").removeprefix("http://").rstrip("/")
         host, sep, port = text.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"etcd endpoint {item.strip()!r}: expected host:port")
@@ -192,6 +304,8 @@ def _classify(error: BaseException) -> Literal["not_applied", "unknown", "fatal"
     if not isinstance(error, grpc.aio.AioRpcError):
         return "fatal"
     code, details = error.code(), error.details() or ""
+    if code == grpc.StatusCode.UNAUTHENTICATED and "invalid auth token" in details:
+        return "not_applied"  # an expired token: refused before anything ran; a new one next
     if code in (
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -305,10 +419,22 @@ class EtcdMetadataStore(MetadataStore):
         *,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
+        cacert: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
     ) -> None:
         if not (request_timeout > 0 and retry_timeout >= 0):
             raise ValueError("request_timeout must be positive, retry_timeout not negative")
-        self._endpoints = [_Endpoint(host, port) for host, port in parse_endpoints(endpoints)]
+        security = None
+        if cacert or cert or key or user or password:
+            security = _Security(cacert, cert, key, user, password)
+        self._security = security
+        self._endpoints = [
+            _Endpoint(host, port, security=security)
+            for host, port in parse_endpoints(endpoints, tls=bool(cacert or cert))
+        ]
         self._current = 0
         self._request_timeout = request_timeout
         self._retry_timeout = retry_timeout
@@ -382,6 +508,8 @@ class EtcdMetadataStore(MetadataStore):
             except (grpc.aio.AioRpcError, _StreamEnded, TimeoutError) as e:
                 if self._closed:
                     raise StoreClosed("the metadata store is closed") from e
+                if self._security is not None:
+                    self._security.invalid(e)
                 kind = _classify(e)
                 if kind == "fatal":
                     raise _fatal(e) from None

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from generated.errors import ErrorCode
 from generated.request_header import RequestHeader
+from kafscale.broker.security.sasl import ANONYMOUS, Session
 from kafscale.protocol.message import Message
 
 if TYPE_CHECKING:
@@ -27,6 +28,38 @@ class RequestContext:
     version: int
     client_host: str = ""
     """The client's address (JoinGroup members report it; Kafka shows "/" + the IP)."""
+    session: Session | None = None
+    """The connection's security state (None: a request without a connection, in tests)."""
+
+    @property
+    def principal(self) -> str:
+        """``User:name`` of the connection (``User:ANONYMOUS`` when unauthenticated)."""
+        return self.session.principal if self.session is not None else ANONYMOUS
+
+    @property
+    def listener_name(self) -> str:
+        """The listener the request came through (answers advertise its addresses)."""
+        if self.session is not None:
+            return self.session.listener.name
+        return self.broker.listeners[0].name
+
+    def authorize(self, operation: int, resource_type: int, name: str) -> bool:
+        """Whether the connection's principal may perform ``operation`` on the resource
+        (always, when no authorizer is configured)."""
+        authorizer = self.broker.authorizer
+        if authorizer is None:
+            return True
+        host = self.session.host if self.session is not None else self.client_host
+        return authorizer.authorize(self.principal, host, operation, resource_type, name)
+
+    def authorize_any(self, operation: int, resource_type: int) -> bool:
+        """Whether ``operation`` is allowed on some resource of the type (Kafka's
+        authorizeByResourceType)."""
+        authorizer = self.broker.authorizer
+        if authorizer is None:
+            return True
+        host = self.session.host if self.session is not None else self.client_host
+        return authorizer.authorize_any(self.principal, host, operation, resource_type)
 
 
 Handler = Callable[[RequestContext, Any], Awaitable[Message | None]]
@@ -70,17 +103,22 @@ from kafscale.broker.handlers import (  # noqa: E402 - the modules import Reques
     alter_configs,
     alter_partition_reassignments,
     alter_replica_log_dirs,
+    alter_user_scram_credentials,
     api_versions,
+    create_acls,
     create_partitions,
     create_topics,
+    delete_acls,
     delete_groups,
     delete_records,
     delete_topics,
+    describe_acls,
     describe_cluster,
     describe_configs,
     describe_groups,
     describe_log_dirs,
     describe_producers,
+    describe_user_scram_credentials,
     elect_leaders,
     fetch,
     find_coordinator,
@@ -98,6 +136,8 @@ from kafscale.broker.handlers import (  # noqa: E402 - the modules import Reques
     offset_fetch,
     offset_for_leader_epoch,
     produce,
+    sasl_authenticate,
+    sasl_handshake,
     sync_group,
 )
 
@@ -134,4 +174,11 @@ HANDLERS: dict[int, Handler] = {
     46: list_partition_reassignments.handle,
     45: alter_partition_reassignments.handle,
     34: alter_replica_log_dirs.handle,
+    17: sasl_handshake.handle,
+    36: sasl_authenticate.handle,
+    29: describe_acls.handle,
+    30: create_acls.handle,
+    31: delete_acls.handle,
+    50: describe_user_scram_credentials.handle,
+    51: alter_user_scram_credentials.handle,
 }

@@ -35,7 +35,8 @@ async def handle(ctx: RequestContext, request: DescribeClusterRequest) -> Descri
         cluster_id=config.cluster_id,
         controller_id=min(live, default=-1),
         brokers=[
-            DescribeClusterBroker(broker_id=b.id, host=b.host, port=b.port, rack=None)
+            DescribeClusterBroker(broker_id=b.id, host=h, port=p, rack=None)
             for b in live.values()
+            for h, p in [b.endpoint(ctx.listener_name)]
         ],
     )

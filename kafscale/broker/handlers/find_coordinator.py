@@ -46,7 +46,7 @@ def _find(ctx: RequestContext, key_type: int, key: str) -> tuple[int, str | None
     if key_type == GROUP:
         coordinator = ctx.broker.cluster.coordinator(key)
         if coordinator is not None:
-            return 0, None, coordinator.id, coordinator.host, coordinator.port
+            return 0, None, coordinator.id, *coordinator.endpoint(ctx.listener_name)
         error, message = ErrorCode.COORDINATOR_NOT_AVAILABLE, "no live broker"
     elif key_type == TRANSACTION:
         error, message = (

@@ -198,8 +198,9 @@ async def handle(ctx: RequestContext, request: MetadataRequest) -> MetadataRespo
     return MetadataResponse(
         throttle_time_ms=0,
         brokers=[
-            MetadataResponseBroker(node_id=b.id, host=b.host, port=b.port, rack=None)
+            MetadataResponseBroker(node_id=b.id, host=h, port=p, rack=None)
             for b in live.values()
+            for h, p in [b.endpoint(ctx.listener_name)]
         ],
         cluster_id=config.cluster_id,
         controller_id=min(live, default=-1),
