@@ -721,3 +721,24 @@ def test_any_broker_shows_the_whole_cluster(tmp_path: Path) -> None:
             await asyncio.wait_for(cluster.close(), 30)
 
     asyncio.run(main())
+
+
+def test_a_taken_http_port_fails_the_start_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    from kafscale.broker.startup import BrokerStartError
+
+    async def main() -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            meta = SqliteMetadataStore(tmp_path / "metadata.sqlite3")
+            config = BrokerConfig(data_dir=tmp_path, listen_port=0, http_listen=f"127.0.0.1:{port}")
+            broker = Broker(config, LocalObjectStore(tmp_path / "objects"), meta)
+            with pytest.raises(BrokerStartError, match=f"http-listen 127.0.0.1:{port}: "):
+                await broker.start()
+            assert broker.server is None  # nothing else was started
+            await meta.close()
+
+    asyncio.run(main())

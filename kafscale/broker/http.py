@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from kafscale.broker.ops_api import ClusterView
+from kafscale.broker.startup import BrokerStartError
 from kafscale.metadata import MetadataUnavailable, StoreClosed
 from kafscale.storage import ObjectStoreError
 
@@ -85,12 +86,16 @@ class HttpServer:
         return app
 
     async def start(self) -> int:
-        """Listen; the bound port (raises OSError when the address is taken)."""
+        """Listen; the bound port (:class:`BrokerStartError` when the address is taken)."""
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
         try:
             await site.start()
+        except OSError as e:  # taken, or not an address of this host: the user's setting
+            await runner.cleanup()
+            where = f"{self.host}:{self.port}"
+            raise BrokerStartError(f"http-listen {where}: {e.strerror or e}") from None
         except BaseException:
             await runner.cleanup()
             raise
