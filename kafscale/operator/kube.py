@@ -64,7 +64,7 @@ def object_path(obj: Mapping[str, Any], with_name: bool = True) -> str:
     meta = obj["metadata"]
     return path(
         obj["apiVersion"],
-        PLURALS[obj["kind"]],
+        PLURALS.get(obj["kind"]) or obj["kind"].lower() + "s",
         meta.get("namespace"),
         meta["name"] if with_name else None,
     )
