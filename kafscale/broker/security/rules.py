@@ -67,9 +67,10 @@ async def _split(
     response_field: str,
     check: Check,
     message: str | None = None,
+    fix: Callable[[Any], None] | None = None,
 ) -> Message | None:
     """Answer the refused items of ``request_field`` with their codes, the rest by the
-    handler (not called when nothing is left)."""
+    handler (not called when nothing is left); ``fix`` adjusts each refused answer."""
     items = list(getattr(request, request_field) or [])
     codes = [check(ctx, item) for item in items]
     if not any(codes):
@@ -81,6 +82,9 @@ async def _split(
         denied += error_elements(
             request, request_field, chosen, response_cls, response_field, ctx.version, code, message
         )
+    if fix is not None:
+        for element in denied:
+            fix(element)
     allowed = [item for item, c in zip(items, codes, strict=True) if not c]
     if allowed:
         narrowed = copy.copy(request)
@@ -97,7 +101,7 @@ async def _split(
 def _topic(op: int) -> Check:
     def check(ctx: RequestContext, item: Any) -> int:
         name = getattr(item, "name", None) or getattr(item, "topic", None)
-        if name is None and getattr(item, "topic_id", None) is not None:
+        if not name and getattr(item, "topic_id", None) is not None:  # by id (Fetch v13+)
             topic = ctx.broker.topics.by_id.get(item.topic_id)
             if topic is None:
                 return 0  # unknown id: the handler answers UNKNOWN_TOPIC_ID (ids are not secret)
@@ -162,11 +166,19 @@ async def _produce(ctx: RequestContext, handler: Handler, request: Any) -> Messa
     return await _split(ctx, handler, request, "topic_data", "responses", check)
 
 
+def _empty_records(topic: Any) -> None:
+    # A refused partition carries empty records, not null ones (Kafka's MemoryRecords.EMPTY:
+    # librdkafka cannot parse a null record set).
+    for p in topic.partitions:
+        p.records = b""
+
+
 async def _fetch(ctx: RequestContext, handler: Handler, request: Any) -> Message | None:
     replica = request.replica_id if ctx.version < 15 else request.replica_state.replica_id
+    check = _topic(Op.READ)
     if replica >= 0 and not _cluster(ctx, Op.CLUSTER_ACTION):
-        return await _split(ctx, handler, request, "topics", "responses", lambda c, i: TOPIC_DENIED)
-    return await _split(ctx, handler, request, "topics", "responses", _topic(Op.READ))
+        check = lambda c, i: TOPIC_DENIED  # noqa: E731 - a follower: every topic refused
+    return await _split(ctx, handler, request, "topics", "responses", check, fix=_empty_records)
 
 
 async def _metadata(ctx: RequestContext, handler: Handler, request: Any) -> Message | None:
@@ -388,6 +400,69 @@ async def _describe_log_dirs(ctx: RequestContext, handler: Handler, request: Any
     return response  # type: ignore[no-any-return]
 
 
+async def _add_partitions_to_txn(
+    ctx: RequestContext, handler: Handler, request: Any
+) -> Message | None:
+    # Clients send v0-3 (one transaction); v4+ is broker-to-broker (CLUSTER_ACTION).
+    if ctx.version >= 4:
+        if not _cluster(ctx, Op.CLUSTER_ACTION):
+            return _whole(ctx, request, CLUSTER_DENIED)
+        return await handler(ctx, request)
+    if not ctx.authorize(Op.WRITE, RT.TRANSACTIONAL_ID, request.v3_and_below_transactional_id):
+        return _whole(ctx, request, TXN_DENIED)
+    return await _split(
+        ctx,
+        handler,
+        request,
+        "v3_and_below_topics",
+        "results_by_topic_v3_and_below",
+        _topic(Op.WRITE),
+    )
+
+
+async def _add_offsets_to_txn(
+    ctx: RequestContext, handler: Handler, request: Any
+) -> Message | None:
+    if not ctx.authorize(Op.WRITE, RT.TRANSACTIONAL_ID, request.transactional_id):
+        return _whole(ctx, request, TXN_DENIED)
+    if not ctx.authorize(Op.READ, RT.GROUP, request.group_id):
+        return _whole(ctx, request, GROUP_DENIED)
+    return await handler(ctx, request)
+
+
+async def _end_txn(ctx: RequestContext, handler: Handler, request: Any) -> Message | None:
+    if not ctx.authorize(Op.WRITE, RT.TRANSACTIONAL_ID, request.transactional_id):
+        return _whole(ctx, request, TXN_DENIED)
+    return await handler(ctx, request)
+
+
+async def _txn_offset_commit(ctx: RequestContext, handler: Handler, request: Any) -> Message | None:
+    if not ctx.authorize(Op.WRITE, RT.TRANSACTIONAL_ID, request.transactional_id):
+        return _whole(ctx, request, TXN_DENIED)
+    if not ctx.authorize(Op.READ, RT.GROUP, request.group_id):
+        return _whole(ctx, request, GROUP_DENIED)
+    return await _split(ctx, handler, request, "topics", "topics", _topic(Op.READ))
+
+
+async def _describe_transactions(
+    ctx: RequestContext, handler: Handler, request: Any
+) -> Message | None:
+    def check(c: RequestContext, txn_id: str) -> int:
+        return 0 if c.authorize(Op.DESCRIBE, RT.TRANSACTIONAL_ID, txn_id) else TXN_DENIED
+
+    return await _split(ctx, handler, request, "transactional_ids", "transaction_states", check)
+
+
+async def _list_transactions(ctx: RequestContext, handler: Handler, request: Any) -> Message | None:
+    response: Any = await handler(ctx, request)
+    response.transaction_states = [
+        t
+        for t in response.transaction_states
+        if ctx.authorize(Op.DESCRIBE, RT.TRANSACTIONAL_ID, t.transactional_id)
+    ]
+    return response  # type: ignore[no-any-return]
+
+
 async def _unlisted(ctx: RequestContext, handler: Handler, request: Any) -> Message | None:
     if not _cluster(ctx, Op.CLUSTER_ACTION):
         return _whole(ctx, request, CLUSTER_DENIED)
@@ -427,6 +502,12 @@ RULES: dict[int, Rule] = {
     45: cluster_rule(Op.ALTER),
     46: cluster_rule(Op.DESCRIBE),
     34: cluster_rule(Op.ALTER),
+    24: _add_partitions_to_txn,
+    25: _add_offsets_to_txn,
+    26: _end_txn,
+    28: _txn_offset_commit,
+    65: _describe_transactions,
+    66: _list_transactions,
 }
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -35,6 +36,7 @@ from kafscale.broker.security.scram import (
     password_matches,
 )
 
+log = logging.getLogger("kafscale.security")
 SUPPORTED = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 MAX_FAILURE_DELAY_S = 5.0
 FAILURE_MEMORY_S = 60.0
@@ -259,6 +261,12 @@ class Authenticator:
                 )
             answer = await exchange.step_async(token)
         except SaslFailure as e:
+            log.info(
+                "SASL/%s authentication from %s failed: %s",
+                exchange.mechanism,
+                session.host,
+                e.reason,
+            )
             self._fail(session)
             session.extra.pop("switched", None)
             text = str(e)

@@ -9,7 +9,7 @@ kept. No SASLprep: the password's UTF-8 bytes are hashed (Kafka's ScramFormatter
 :class:`ScramServer` is one server-side exchange: client-first -> server-first ->
 client-final -> server-final. It refuses channel binding (gs2 flag ``y`` or ``p=``), a bad
 user name escape, a nonce with a comma or outside printable ASCII, an unknown user (on the
-first message), a client-final whose nonce is not the combined nonce, and a wrong proof (on
+first message), a client-final whose nonce does not end with the combined nonce (as Kafka checks), and a wrong proof (on
 the second message; compared in constant time). Every refusal but an authorization id
 different from the user name carries Kafka's one fixed text, so an unknown user and a wrong
 password look the same to the client.
@@ -36,13 +36,19 @@ MAX_MESSAGE = 4096
 
 
 class SaslFailure(Exception):
-    """The authentication failed; ``str()`` is the text the client is sent."""
+    """The authentication failed; ``str()`` is the text the client is sent, ``reason``
+    what the broker logs (the client is not told which check failed)."""
+
+    def __init__(self, text: str, reason: str = "") -> None:
+        super().__init__(text)
+        self.reason = reason or text
 
 
-def invalid_credentials(mechanism: str) -> SaslFailure:
+def invalid_credentials(mechanism: str, reason: str) -> SaslFailure:
     return SaslFailure(
         "Authentication failed during authentication due to invalid credentials with SASL "
-        f"mechanism {mechanism}"
+        f"mechanism {mechanism}",
+        reason,
     )
 
 
@@ -159,7 +165,7 @@ class ScramServer:
     def step(self, token: bytes) -> bytes:
         """The answer to the client's next message; raises :class:`SaslFailure`."""
         if len(token) > MAX_MESSAGE:
-            raise invalid_credentials(self.mechanism)
+            raise invalid_credentials(self.mechanism, f"a {len(token)}-byte SCRAM message")
         try:
             text = token.decode("utf-8")
         except UnicodeDecodeError:
@@ -198,7 +204,9 @@ class ScramServer:
             )
         credential = self._lookup(username)
         if credential is None or credential.iterations < MIN_ITERATIONS:
-            raise invalid_credentials(self.mechanism)
+            raise invalid_credentials(
+                self.mechanism, f"no {self.mechanism} credential of {username!r}"
+            )
         self.username = username
         self._credential = credential
         self._client_first_bare = bare
@@ -215,8 +223,10 @@ class ScramServer:
         attrs = _attributes(without_proof) if sep else []
         if not sep or len(attrs) < 2 or attrs[0][0] != "c" or attrs[1][0] != "r":
             raise SaslFailure("Invalid SCRAM client final message")
-        if attrs[1][1] != self._nonce:
-            raise invalid_credentials(self.mechanism)
+        # Kafka checks that the nonce *ends with* the combined one: librdkafka before 2.1
+        # sends the client nonce twice (client + combined), and Kafka accepts it.
+        if not attrs[1][1].endswith(self._nonce):
+            raise invalid_credentials(self.mechanism, "the client final nonce is not ours")
         try:
             proof = base64.b64decode(proof_attr, validate=True)
             base64.b64decode(attrs[0][1], validate=True)
@@ -226,12 +236,12 @@ class ScramServer:
         credential = self._credential
         signature = hmac.new(credential.stored_key, auth_message, self._hash).digest()
         if len(proof) != len(signature):
-            raise invalid_credentials(self.mechanism)
+            raise invalid_credentials(self.mechanism, "a proof of the wrong length")
         client_key = bytes(a ^ b for a, b in zip(proof, signature, strict=True))
         if not hmac.compare_digest(
             hashlib.new(self._hash, client_key).digest(), credential.stored_key
         ):
-            raise invalid_credentials(self.mechanism)
+            raise invalid_credentials(self.mechanism, f"a wrong proof for {self.username!r}")
         server_signature = hmac.new(credential.server_key, auth_message, self._hash).digest()
         self._state = "done"
         self.complete = True
