@@ -1432,6 +1432,10 @@ BROKER_APIS: dict[int, tuple[int, int]] = {
     21: (0, 2),  # DeleteRecords
     22: (0, 5),  # InitProducerId
     23: (0, 4),  # OffsetForLeaderEpoch
+    24: (0, 5),  # AddPartitionsToTxn
+    25: (0, 4),  # AddOffsetsToTxn
+    26: (0, 4),  # EndTxn
+    28: (0, 4),  # TxnOffsetCommit
     29: (0, 3),  # DescribeAcls
     30: (0, 3),  # CreateAcls
     31: (0, 3),  # DeleteAcls
@@ -1451,6 +1455,8 @@ BROKER_APIS: dict[int, tuple[int, int]] = {
     51: (0, 0),  # AlterUserScramCredentials
     60: (0, 1),  # DescribeCluster
     61: (0, 0),  # DescribeProducers
+    65: (0, 0),  # DescribeTransactions
+    66: (0, 1),  # ListTransactions
 }
 """API key -> versions the KafScale broker serves (from protocol_specs/broker-apis.yaml)."""
 
@@ -1475,6 +1481,10 @@ ADVERTISED_APIS: dict[int, tuple[int, int]] = {
     21: (0, 2),  # DeleteRecords
     22: (0, 5),  # InitProducerId
     23: (0, 4),  # OffsetForLeaderEpoch
+    24: (0, 5),  # AddPartitionsToTxn
+    25: (0, 4),  # AddOffsetsToTxn
+    26: (0, 4),  # EndTxn
+    28: (0, 4),  # TxnOffsetCommit
     29: (0, 3),  # DescribeAcls
     30: (0, 3),  # CreateAcls
     31: (0, 3),  # DeleteAcls
@@ -1494,6 +1504,8 @@ ADVERTISED_APIS: dict[int, tuple[int, int]] = {
     51: (0, 0),  # AlterUserScramCredentials
     60: (0, 1),  # DescribeCluster
     61: (0, 0),  # DescribeProducers
+    65: (0, 0),  # DescribeTransactions
+    66: (0, 1),  # ListTransactions
 }
 """API key -> versions listed in ApiVersions: the served ones, widened where clients need it
 (KAFKA-18659: librdkafka compresses only when Produce v0 is listed)."""
@@ -1516,6 +1528,8 @@ API_EFFECTS: dict[int, str] = {
     50: "read",  # DescribeUserScramCredentials
     60: "read",  # DescribeCluster
     61: "read",  # DescribeProducers
+    65: "read",  # DescribeTransactions
+    66: "read",  # ListTransactions
 }
 """How a request orders against the earlier requests of its connection, where not "ordered"
 (it starts once every earlier one is done): "read" (no effects) starts alongside earlier

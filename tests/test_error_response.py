@@ -46,7 +46,7 @@ def error_codes(obj: Any, version: int) -> list[int]:
             if not in_range(version, f.versions):
                 continue
             value = getattr(obj, f.name)
-            if f.name == "error_code":
+            if f.name in ("error_code", "partition_error_code"):
                 found.append(value)
             elif f.struct is not None:
                 found += error_codes(value, version)

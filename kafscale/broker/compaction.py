@@ -39,6 +39,7 @@ from kafscale.broker import failpoints
 from kafscale.broker.layout import Policy, compaction_run, retention_start
 from kafscale.broker.periodic import Periodic
 from kafscale.broker.topic_configs import topic_value
+from kafscale.broker.txn_index import assign as assign_aborted
 from kafscale.metadata import Delete, MetadataUnavailable, Put, TxnOutcomeUnknown
 from kafscale.protocol.records import BatchInfo, parse_batches
 from kafscale.protocol.wire import Buffer
@@ -275,6 +276,12 @@ class Compactor:
             out.append((meta, segment.chunks, segment.index))
         if out[0][0].base < inputs[0].base or out[-1][0].last != inputs[-1].last:
             raise RuntimeError(f"{plog.topic}-{plog.partition}: a merge must keep its offsets")
+        # The aborted-transaction index goes with the markers: each aborted transaction to
+        # the output holding its abort marker (one below the log start went with its data).
+        assign_aborted(
+            [txn for seg in inputs for txn in seg.aborted if txn[2] >= floor],
+            [meta for meta, _, _ in out],
+        )
         return out
 
     async def _swap(

@@ -88,6 +88,11 @@ class BrokerConfig:
     offsets_retention_check_interval_ms: int = 600000
     producer_id_expiration_ms: int = 86400000
     """producer.id.expiration.ms: an idempotent producer idle this long is forgotten."""
+    transaction_max_timeout_ms: int = 900000
+    """transaction.max.timeout.ms: the longest transaction timeout a producer may ask for."""
+    transaction_cleanup_interval_ms: int = 10000
+    """transaction.abort.timed.out.transaction.cleanup.interval.ms: how often the coordinator
+    aborts transactions past their timeout (and finishes decided ones it took over)."""
     lease_ttl_ms: int = 9000
     """How long a broker that stopped renewing its lease (killed, hung, cut off) keeps its
     partitions and groups before others take them (Kafka's broker.session.timeout.ms)."""
@@ -250,6 +255,10 @@ _OPTIONS: dict[str, str] = {
     "lease.ttl.ms": "lease_ttl_ms",
     "max.partitions.per.topic": "max_partitions_per_topic",
     "producer.id.expiration.ms": "producer_id_expiration_ms",
+    "transaction.max.timeout.ms": "transaction_max_timeout_ms",
+    "transaction.abort.timed.out.transaction.cleanup.interval.ms": (
+        "transaction_cleanup_interval_ms"
+    ),
     "log-level": "log_level",
     "log-format": "log_format",
     "http-listen": "http_listen",

@@ -30,7 +30,10 @@ _ALIASES: tuple[frozenset[str], ...] = (
     frozenset({"partition_index", "partition", "index", "partition_id"}),
     frozenset({"group_id", "key"}),
 )
-_ERROR_FIELDS = ("error_code", "error_message")
+_CODES = ("error_code", "partition_error_code")
+"""Names of an error code field (AddPartitionsToTxn's partitions call theirs
+PartitionErrorCode)."""
+_ERROR_FIELDS = (*_CODES, "error_message")
 # What identifies an entity (copied from the request's element into the answer's); other
 # same-named fields (NumPartitions, CommittedOffset) are answers, left at their defaults.
 _KEYS = frozenset().union(*_ALIASES) | {
@@ -68,7 +71,7 @@ def _fields(cls: type[Struct], version: int) -> list[FieldSpec]:
 def _holds_error(cls: type[Struct], version: int) -> bool:
     """Whether elements of ``cls`` carry an error code, themselves or in a nested array."""
     return any(
-        f.name == "error_code" or (f.struct is not None and _holds_error(f.struct, version))
+        f.name in _CODES or (f.struct is not None and _holds_error(f.struct, version))
         for f in _fields(cls, version)
     )
 
@@ -83,7 +86,7 @@ def _mirror(
     req_fields = [f for f in _fields(type(request), version) if f.is_array]
     used: set[str] = set()
     for f in _fields(type(response), version):
-        if f.name == "error_code":
+        if f.name in _CODES:
             setattr(response, f.name, code)
         elif f.name == "error_message" and f.kafka_type == "string":
             setattr(response, f.name, message)

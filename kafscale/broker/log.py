@@ -56,6 +56,8 @@ from kafscale.broker.cluster import Cluster
 from kafscale.broker.config import BrokerConfig
 from kafscale.broker.janitor import Janitor
 from kafscale.broker.producers import (
+    ABORT,
+    COMMIT,
     Duplicate,
     ProducerBatch,
     ProducerEntry,
@@ -65,6 +67,8 @@ from kafscale.broker.producers import (
 from kafscale.broker.producers import check as check_producer
 from kafscale.broker.producers import commit as commit_producers
 from kafscale.broker.topics import Topics
+from kafscale.broker.txn_index import assign as assign_aborted
+from kafscale.broker.txn_index import last_stable_offset
 from kafscale.metadata import Compare, Delete, KeyValue, LeaseNotFound, MetadataStore, Put
 from kafscale.protocol.records import (
     BatchInfo,
@@ -169,6 +173,9 @@ class SegmentMeta:
     piece: bool = False
     created: int = 0
     """When its first record was written (ms): a segment closes at ``segment.ms`` after it."""
+    aborted: list[tuple[int, int, int]] = field(default_factory=list)
+    """The aborted transactions whose abort marker it holds: (producer id, first offset,
+    marker offset), its part of the aborted-transaction index (``txn_index.py``)."""
 
     def to_json(self) -> bytes:
         d: dict[str, Any] = {
@@ -182,6 +189,8 @@ class SegmentMeta:
             d["piece"] = 1
         if self.created:
             d["created"] = self.created
+        if self.aborted:
+            d["aborted"] = self.aborted
         return json.dumps(d).encode()
 
     @staticmethod
@@ -196,6 +205,7 @@ class SegmentMeta:
             int(d.get("pos", 0)),
             bool(d.get("piece", 0)),
             int(d.get("created", 0)),
+            [(int(p), int(f), int(m)) for p, f, m in d.get("aborted", ())],
         )
 
     @property
@@ -222,6 +232,10 @@ class _Pending:
     future: asyncio.Future[int]
     producers: list[ProducerBatch] = field(default_factory=list)
     """Its idempotent batches (sequence ranges), in flight until the flush commits them."""
+    compares: list[Compare] = field(default_factory=list)
+    puts: list[Put] = field(default_factory=list)
+    """Compared and written in the transaction that commits it (a transaction marker: its
+    marker request done, in the same transaction as the marker itself)."""
 
 
 @dataclass(eq=False)
@@ -308,6 +322,17 @@ class PartitionLog:
     inflight: list[_Flush] = field(default_factory=list)
     """Its flushes taken and not yet committed or failed, in offset order (a flush cycle may
     start while the previous one still commits). Each starts where the previous one ends."""
+    txn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held by a transactional append from its verification to its place in ``pending``, so
+    a producer's pipelined transactional requests keep their order."""
+    markers: int = 0
+    """Transaction markers appended so far: a verification that saw it change starts over
+    (the transaction it verified may have ended meanwhile)."""
+
+    @property
+    def lso(self) -> int:
+        """The last stable offset: read_committed consumers read below it."""
+        return last_stable_offset(self.producers, self.hw)
 
     @property
     def flushing(self) -> list[_Pending]:
@@ -441,6 +466,10 @@ class LogManager:
         """Called with what each flush cycle did, once it ended (metrics)."""
         self.epochs_started = 0
         """Leader epochs this broker started: partitions claimed, epochs bumped (metrics)."""
+        self.verify_txn: Callable[[str, int, int, str, int], Awaitable[None]] | None = None
+        """Checks that a transactional producer's first batch in a partition belongs to an
+        ongoing transaction that holds the partition (transactional id, producer id, epoch,
+        topic, partition); raises :class:`FlushError`. Set by the transaction coordinator."""
 
     def attach(self, cluster: Cluster) -> None:
         """Own partitions through ``cluster`` (started): claim what should be ours, hand over
@@ -869,13 +898,25 @@ class LogManager:
 
     # --- produce ---------------------------------------------------------------------------
 
-    async def append(self, plog: PartitionLog, data: Buffer, max_batch_bytes: int) -> int:
+    async def append(
+        self,
+        plog: PartitionLog,
+        data: Buffer,
+        max_batch_bytes: int,
+        transactional_id: str | None = None,
+    ) -> int:
         """Validate ``data`` (record batches), wait until it is durable, return its base offset.
 
         Raises :class:`kafscale.protocol.records.RecordError` (with its Kafka error code) for
         bad batches and :class:`FlushError` when the flush failed.
         """
         batches = parse_batches(data, max_batch_bytes, produce=True)
+        if any(b.is_transactional for b in batches):
+            # The lock keeps a producer's pipelined requests in order while the first one
+            # is verified (uncontended, acquiring it does not yield).
+            async with plog.txn_lock:
+                offset = await self._append_transactional(plog, data, batches, transactional_id)
+            return await offset
         records = sum(b.last_offset_delta + 1 for b in batches)
         idempotent: list[ProducerBatch] = []
         if any(b.producer_id >= 0 for b in batches):
@@ -890,6 +931,95 @@ class LogManager:
             self._wake.set()
         return await future
 
+    async def _append_transactional(
+        self,
+        plog: PartitionLog,
+        data: Buffer,
+        batches: list[BatchInfo],
+        transactional_id: str | None,
+    ) -> Awaitable[int]:
+        """Append a transactional request (the caller holds ``plog.txn_lock``); an awaitable
+        of its base offset. The first batch of a producer's transaction in the partition is
+        verified with the coordinator's committed state first (KIP-890's check, here a read
+        of the metadata store): a zombie, or a batch arriving after its transaction ended,
+        can never open a transaction nobody will end (a "hanging" one would hold the last
+        stable offset back for ever)."""
+        pid, epoch = batches[0].producer_id, batches[0].producer_epoch
+        for _ in range(3):
+            entry = plog.producers.get(pid)
+            flying = any(
+                b.producer_id == pid and b.transactional and b.marker is None
+                for e in (*plog.flushing, *plog.pending)
+                for b in e.producers
+            )
+            if (entry is not None and entry.txn_first is not None) or flying:
+                break  # its transaction is already open here
+            verify = self.verify_txn
+            if verify is None:
+                raise FlushError(ErrorCode.INVALID_TXN_STATE, "no transaction coordinator")
+            if transactional_id is None:
+                raise FlushError(
+                    ErrorCode.INVALID_TXN_STATE, "a transactional batch without transactional id"
+                )
+            markers = plog.markers
+            await verify(transactional_id, pid, epoch, plog.topic, plog.partition)
+            if plog.markers == markers:
+                break
+        else:
+            raise FlushError(ErrorCode.CONCURRENT_TRANSACTIONS, "its transaction is ending")
+        if self.logs.get((plog.topic, plog.partition)) is not plog:
+            raise not_owner(plog.topic, plog.partition, " (its log was dropped)")
+        accepted: list[ProducerBatch] = []
+        duplicate = self._check_producers(plog, batches, accepted)
+        if duplicate is not None:
+            return duplicate
+        return self._enqueue(plog, data, batches, accepted)
+
+    def _enqueue(
+        self,
+        plog: PartitionLog,
+        data: Buffer,
+        batches: list[BatchInfo],
+        producers: list[ProducerBatch],
+        compares: list[Compare] | None = None,
+        puts: list[Put] | None = None,
+    ) -> asyncio.Future[int]:
+        """Add checked batches to the partition's pending data; the future of its base
+        offset, set once committed."""
+        records = sum(b.last_offset_delta + 1 for b in batches)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        plog.pending.append(
+            _Pending(data, batches, records, future, producers, compares or [], puts or [])
+        )
+        plog.pending_bytes += len(data)
+        self.pending_bytes += len(data)
+        if self.pending_bytes >= self.config.flush_bytes:
+            self._wake.set()
+        return future
+
+    async def append_marker(
+        self,
+        plog: PartitionLog,
+        data: bytes,
+        producer_id: int,
+        epoch: int,
+        commit: bool,
+        compares: list[Compare],
+        puts: list[Put],
+    ) -> int:
+        """Append a transaction marker (a control batch: ``txn_index.marker_batch``), committed
+        together with ``compares`` and ``puts`` (the marker request it answers); its offset.
+        The producer's transaction in the partition ends with it (an abort joins the
+        aborted-transaction index). Raises :class:`FlushError`."""
+        if plog.claim is not None and plog.claim.releasing:
+            raise not_owner(plog.topic, plog.partition, " (handing it over)")
+        batches = parse_batches(data)
+        marker = ProducerBatch(producer_id, epoch, -1, -1, 1, 0, True, COMMIT if commit else ABORT)
+        plog.markers += 1
+        future = self._enqueue(plog, data, batches, [marker], compares, puts)
+        self._wake.set()  # a commit waits on it: no need to wait for the flush interval
+        return await future
+
     def _check_producers(
         self, plog: PartitionLog, batches: list[BatchInfo], accepted: list[ProducerBatch]
     ) -> Awaitable[int] | None:
@@ -899,11 +1029,6 @@ class LogManager:
         delta = 0
         for batch in batches:
             count = batch.last_offset_delta + 1
-            if batch.is_transactional:
-                raise FlushError(
-                    ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-                    "transactions are not supported",
-                )
             if batch.producer_id >= 0:
                 candidate = ProducerBatch(
                     batch.producer_id,
@@ -912,6 +1037,7 @@ class LogManager:
                     last_sequence(batch.base_sequence, count),
                     count,
                     delta,
+                    batch.is_transactional,
                 )
                 in_flight = [
                     (b, e) for e in (*plog.flushing, *plog.pending) for b in e.producers
@@ -1171,18 +1297,25 @@ class LogManager:
             for e, base in zip(flush.entries, flush.bases, strict=True)
             for b in e.producers
         ]
+        aborted: list[tuple[int, int, int]] = []
         if written or producers:
             producers = commit_producers(
                 plog.producers,
                 written,
                 int(time.time() * 1000),
                 self.config.producer_id_expiration_ms,
+                aborted,
             )
+        if aborted:  # the aborted-transaction index travels with the entry of each marker
+            assign_aborted(aborted, [meta for meta, _, _ in flush.built])
         state = _state(plog, hw=flush.end, producers=producers)
         prefix = self.topics.segments_prefix(plog.topic, plog.partition)
         puts = [Put(plog.state_key, state)] + [
             Put(prefix + f"{meta.base:020d}".encode(), meta.to_json()) for meta, _, _ in flush.built
         ]
+        for e in flush.entries:
+            guard += e.compares
+            puts += e.puts
         return _Commit(flush, guard, puts, producers)
 
     async def _commit_group(self, group: list[_Commit]) -> bool:
@@ -1317,19 +1450,24 @@ class LogManager:
             except TimeoutError:
                 pass
 
-    async def read(self, plog: PartitionLog, offset: int, max_bytes: int) -> bytes:
+    async def read(
+        self, plog: PartitionLog, offset: int, max_bytes: int, end: int | None = None
+    ) -> bytes:
         """Whole committed batches from ``offset`` on, across segments: at most ``max_bytes``,
         except that the first batch is returned whole however large (KIP-74), so a consumer
-        always progresses. The caller has checked ``log_start <= offset <= hw``."""
+        always progresses; only batches starting below ``end`` (default the high watermark:
+        read_committed reads below the last stable offset, a batch boundary). The caller has
+        checked ``log_start <= offset <= hw``."""
         parts: list[bytes] = []
         total = 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READ_BUDGET_S
-        while offset < plog.hw and (not parts or (total < max_bytes and loop.time() < deadline)):
+        stop = plog.hw if end is None else min(end, plog.hw)
+        while offset < stop and (not parts or (total < max_bytes and loop.time() < deadline)):
             seg = plog.segment_for(offset)
             if seg is None:
                 break
-            data, offset = await self._read_segment(seg, offset, max_bytes - total, not parts)
+            data, offset = await self._read_segment(seg, offset, max_bytes - total, not parts, stop)
             if not data:
                 break
             parts.append(data)
@@ -1339,14 +1477,15 @@ class LogManager:
         return b"".join(parts)
 
     async def _read_segment(
-        self, seg: SegmentMeta, offset: int, max_bytes: int, first: bool
+        self, seg: SegmentMeta, offset: int, max_bytes: int, first: bool, stop: int | None = None
     ) -> tuple[bytes, int]:
-        """(whole batches of ``seg`` from ``offset``, the offset after them)."""
+        """(whole batches of ``seg`` from ``offset`` starting below ``stop``, the offset after
+        them)."""
         data_end = seg.size - FOOTER_SIZE
         start = await self._position(seg, offset)
         want = min(data_end, start + max(max_bytes, _BATCH_PREFIX))
         chunk = await self.read_entry(seg, start, want)
-        out = _whole_batches(chunk, 0, len(chunk), max_bytes, offset, first)
+        out = _whole_batches(chunk, 0, len(chunk), max_bytes, offset, first, stop)
         if first and not out[0]:
             # The batch holding ``offset`` is larger than max_bytes (KIP-74: it goes whole), and
             # smaller batches before it may share its index span: walk their headers to it.
@@ -1357,7 +1496,7 @@ class LogManager:
                 base = int.from_bytes(head[0:8], "big", signed=True)
                 if base + int.from_bytes(head[23:27], "big", signed=True) >= offset:
                     chunk = await self.read_entry(seg, pos, min(data_end, pos + size))
-                    return _whole_batches(chunk, 0, len(chunk), size, offset, first)
+                    return _whole_batches(chunk, 0, len(chunk), size, offset, first, stop)
                 pos += size
         return out
 
@@ -1728,11 +1867,18 @@ def _split(entries: list[_Pending], limit: int) -> list[list[_Pending]]:
 
 
 def _whole_batches(
-    data: bytes, start: int, end: int, max_bytes: int, offset: int, first: bool
+    data: bytes,
+    start: int,
+    end: int,
+    max_bytes: int,
+    offset: int,
+    first: bool,
+    stop: int | None = None,
 ) -> tuple[bytes, int]:
     """The complete batches of ``data[start:end]`` that fit ``max_bytes`` (with ``first``,
-    the first one whatever its size), skipping batches that end before ``offset``; and the
-    offset after the last one returned."""
+    the first one whatever its size), skipping batches that end before ``offset`` and
+    stopping at the first that starts at or after ``stop``; and the offset after the last one
+    returned."""
     pos = start
     out_start = -1
     next_offset = offset
@@ -1745,6 +1891,8 @@ def _whole_batches(
         if last < offset:
             pos += size
             continue
+        if stop is not None and base >= stop:
+            break
         if out_start < 0:
             if size > max_bytes and not first:
                 break

@@ -52,6 +52,16 @@ class ProducerBatch:
     last_seq: int
     records: int
     delta: int = 0
+    transactional: bool = False
+    """Part of a transaction: the first one of the producer's in a partition starts it there
+    (the last stable offset stays at or below it until its marker is written)."""
+    marker: int | None = None
+    """A transaction marker (a control batch the broker writes; ``first_seq`` -1): 1 commit,
+    0 abort (Kafka's ControlRecordType). Never sequence-checked."""
+
+
+COMMIT, ABORT = 1, 0
+"""Kafka's ControlRecordType of a transaction marker."""
 
 
 @dataclass(slots=True)
@@ -67,22 +77,29 @@ class ProducerEntry:
     epoch: int
     batches: list[CommittedBatch] = field(default_factory=list)
     last_ms: int = 0
+    txn_first: int | None = None
+    """The first offset of its ongoing transaction in this partition (None: none ongoing)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "epoch": self.epoch,
             "ms": self.last_ms,
             "batches": [
                 [b.first_seq, b.last_seq, b.first_offset, b.last_offset] for b in self.batches
             ],
         }
+        if self.txn_first is not None:
+            d["txn"] = self.txn_first
+        return d
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> ProducerEntry:
+        txn = d.get("txn")
         return ProducerEntry(
             int(d["epoch"]),
             [CommittedBatch(*(int(x) for x in b)) for b in d.get("batches", [])],
             int(d.get("ms", 0)),
+            None if txn is None else int(txn),
         )
 
 
@@ -120,7 +137,7 @@ def check(
         (b.first_seq, b.last_seq, b.first_offset, None, 0) for b in (entry.batches if entry else [])
     ]
     for flying, owner in in_flight:
-        if flying.producer_id != pid:
+        if flying.producer_id != pid or flying.marker is not None:
             continue
         if epoch is None or flying.epoch > epoch:
             epoch, recent = flying.epoch, []
@@ -167,19 +184,36 @@ def commit(
     batches: Sequence[tuple[ProducerBatch, int]],
     now_ms: int,
     expiration_ms: int,
+    aborted: list[tuple[int, int, int]] | None = None,
 ) -> dict[int, ProducerEntry]:
     """The committed state after ``batches`` (each with its assigned first offset) were
-    written, producers idle for ``expiration_ms`` dropped. ``committed`` is not changed: the
-    caller keeps the new state only once the metadata transaction succeeded."""
+    written, producers idle for ``expiration_ms`` dropped (never one with a transaction
+    ongoing, as Kafka keeps them). ``committed`` is not changed: the caller keeps the new state
+    only once the metadata transaction succeeded. A transactional batch starts its producer's
+    transaction here unless one is ongoing; a marker ends it (an abort marker appends
+    (producer id, first offset, marker offset) to ``aborted``: the aborted-transaction index)."""
     out = {
-        pid: ProducerEntry(e.epoch, list(e.batches), e.last_ms)
+        pid: ProducerEntry(e.epoch, list(e.batches), e.last_ms, e.txn_first)
         for pid, e in committed.items()
-        if now_ms - e.last_ms < expiration_ms
+        if now_ms - e.last_ms < expiration_ms or e.txn_first is not None
     }
     for batch, offset in batches:
         entry = out.get(batch.producer_id)
+        if batch.marker is not None:
+            if entry is None:  # a marker for a producer that wrote nothing here
+                continue
+            if entry.txn_first is not None and batch.marker == ABORT and aborted is not None:
+                aborted.append((batch.producer_id, entry.txn_first, offset))
+            entry.txn_first = None
+            if batch.epoch > entry.epoch:  # the coordinator bumped it (a timeout abort):
+                entry.epoch, entry.batches = batch.epoch, []  # older epochs are fenced
+            entry.last_ms = now_ms
+            continue
         if entry is None or batch.epoch > entry.epoch:
-            entry = out[batch.producer_id] = ProducerEntry(batch.epoch)
+            txn_first = entry.txn_first if entry is not None else None
+            entry = out[batch.producer_id] = ProducerEntry(batch.epoch, txn_first=txn_first)
+        if batch.transactional and entry.txn_first is None:
+            entry.txn_first = offset
         entry.batches.append(
             CommittedBatch(batch.first_seq, batch.last_seq, offset, offset + batch.records - 1)
         )

@@ -56,6 +56,8 @@ from kafscale.broker.security.rules import authorized_handle
 from kafscale.broker.security.sasl import Authenticator, Session, normalize_host
 from kafscale.broker.security.tls import TlsServer, TlsSettings
 from kafscale.broker.topics import Topics
+from kafscale.broker.transactions import TransactionCoordinator
+from kafscale.broker.txn_markers import MarkerWriter
 from kafscale.metadata import MetadataStore, MetadataUnavailable
 from kafscale.protocol import ProtocolError
 from kafscale.protocol.framing import Request, decode_request, encode_response, peek_api
@@ -164,6 +166,18 @@ class Broker:
         self.compactor = Compactor(self.logs)
         self.offsets = Offsets(meta, config.namespace)
         self.producer_ids = ProducerIds(meta, config.namespace)
+        self.markers = MarkerWriter(meta, config.namespace, self.logs)
+        self.transactions = TransactionCoordinator(
+            config,
+            meta,
+            self.cluster,
+            self.topics,
+            self.offsets,
+            self.producer_ids,
+            self.markers.mirror,
+        )
+        self.markers.listeners.append(self.transactions.markers_changed)
+        self.logs.verify_txn = self.transactions.verify
         self.groups = GroupCoordinator(
             self.offsets,
             GroupSettings(config.group_initial_rebalance_delay_ms, config.group_max_size),
@@ -248,6 +262,8 @@ class Broker:
         self.compactor.start()
         self.logs.janitor.start()
         await self.groups.start()
+        await self.markers.start()
+        await self.transactions.start()
         for server in self.servers.values():
             await server.start_serving()
         for tls in self.tls.values():
@@ -336,6 +352,8 @@ class Broker:
         for reading in self._readers:
             reading.cancel()
         await self.groups.close()  # parked JoinGroups are answered (NOT_COORDINATOR)
+        await self.transactions.close()
+        await self.markers.close()
         await self.compactor.close()
         await self.logs.janitor.close()
         await self.logs.close()

@@ -100,6 +100,8 @@ async def coordinator_error(ctx: RequestContext, group_id: str, *, claim: bool =
 
 
 from kafscale.broker.handlers import (  # noqa: E402 - the modules import RequestContext
+    add_offsets_to_txn,
+    add_partitions_to_txn,
     alter_configs,
     alter_partition_reassignments,
     alter_replica_log_dirs,
@@ -118,8 +120,10 @@ from kafscale.broker.handlers import (  # noqa: E402 - the modules import Reques
     describe_groups,
     describe_log_dirs,
     describe_producers,
+    describe_transactions,
     describe_user_scram_credentials,
     elect_leaders,
+    end_txn,
     fetch,
     find_coordinator,
     heartbeat,
@@ -130,6 +134,7 @@ from kafscale.broker.handlers import (  # noqa: E402 - the modules import Reques
     list_groups,
     list_offsets,
     list_partition_reassignments,
+    list_transactions,
     metadata,
     offset_commit,
     offset_delete,
@@ -139,6 +144,7 @@ from kafscale.broker.handlers import (  # noqa: E402 - the modules import Reques
     sasl_authenticate,
     sasl_handshake,
     sync_group,
+    txn_offset_commit,
 )
 
 HANDLERS: dict[int, Handler] = {
@@ -174,6 +180,12 @@ HANDLERS: dict[int, Handler] = {
     46: list_partition_reassignments.handle,
     45: alter_partition_reassignments.handle,
     34: alter_replica_log_dirs.handle,
+    24: add_partitions_to_txn.handle,
+    25: add_offsets_to_txn.handle,
+    26: end_txn.handle,
+    28: txn_offset_commit.handle,
+    65: describe_transactions.handle,
+    66: list_transactions.handle,
     17: sasl_handshake.handle,
     36: sasl_authenticate.handle,
     29: describe_acls.handle,

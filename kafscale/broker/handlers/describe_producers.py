@@ -1,8 +1,10 @@
 # DescribeProducers (key 61), version 0 (Kafka 3.9's only).
 # - For each partition this broker owns: the idempotent producers it remembers (committed
-#   state: producer id, epoch, last sequence, last write time); CoordinatorEpoch and
-#   CurrentTxnStartOffset are -1 (no transactions). Owned elsewhere: NOT_LEADER_OR_FOLLOWER
-#   (6); unknown topic or partition: UNKNOWN_TOPIC_OR_PARTITION (3).
+#   state: producer id, epoch, last sequence, last write time) and CurrentTxnStartOffset,
+#   the first offset of its transaction ongoing in the partition (-1: none); CoordinatorEpoch
+#   is -1 (the coordinator is fenced through the metadata store, not by epochs). Owned
+#   elsewhere: NOT_LEADER_OR_FOLLOWER (6); unknown topic or partition:
+#   UNKNOWN_TOPIC_OR_PARTITION (3).
 from __future__ import annotations
 
 from generated.describe_producers_request import DescribeProducersRequest
@@ -36,7 +38,7 @@ async def handle(
                     last_sequence=entry.batches[-1].last_seq if entry.batches else -1,
                     last_timestamp=entry.last_ms,
                     coordinator_epoch=-1,
-                    current_txn_start_offset=-1,
+                    current_txn_start_offset=-1 if entry.txn_first is None else entry.txn_first,
                 )
                 for pid, entry in sorted(plog.producers.items())
             ]

@@ -1,6 +1,11 @@
 # Fetch (key 1), versions 4-17 (v17 adds only a replica's directory id, tagged: ignored).
 # - Reads committed data only (below the high watermark), whole record batches from the batch
-#   holding FetchOffset on. The first batch is returned whole even past the byte limits
+#   holding FetchOffset on. IsolationLevel read_committed reads below the last stable offset
+#   (LastStableOffset: the first offset of the earliest undecided transaction) and answers the
+#   aborted transactions overlapping the records returned (AbortedTransactions, from the index
+#   kept with the log's entries), so the client drops their batches; read_uncommitted gets
+#   everything below the high watermark. Control batches (transaction markers) are returned
+#   as stored; clients skip them. The first batch is returned whole even past the byte limits
 #   (KIP-74) so consumers always progress; after it, PartitionMaxBytes, the request's MaxBytes
 #   and the server's fetch.max.bytes cap the response whatever the request says.
 # - Partitions whose data is not cached are read from the object store concurrently (within the
@@ -23,20 +28,26 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 
 from generated.errors import ErrorCode
 from generated.fetch_request import FetchRequest
 from generated.fetch_response import (
+    AbortedTransaction,
     EpochEndOffset,
     FetchableTopicResponse,
     FetchResponse,
     PartitionData,
 )
 from kafscale.broker.handlers import RequestContext
-from kafscale.broker.log import UNDEFINED_EPOCH, FlushError
+from kafscale.broker.log import UNDEFINED_EPOCH, FlushError, PartitionLog
 from kafscale.broker.metrics import count_records
+from kafscale.broker.txn_index import aborted_between
+from kafscale.protocol.records import parse_batches
+
+READ_COMMITTED = 1
 
 log = logging.getLogger("kafscale.broker")
 
@@ -143,7 +154,7 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[FetchRe
                 if pd.error_code:
                     urgent = True
                     continue
-            pd.high_watermark = pd.last_stable_offset = plog.hw
+            pd.high_watermark, pd.last_stable_offset = plog.hw, plog.lso
             pd.log_start_offset = plog.log_start
             if ctx.version >= 12 and part.last_fetched_epoch >= 0:
                 epoch, end = plog.end_offset_for_epoch(part.last_fetched_epoch)
@@ -162,8 +173,16 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[FetchRe
             limit = min(max(part.partition_max_bytes, 0), budget - total)
             if limit <= 0 and total > 0:
                 continue
+            committed = request.isolation_level == READ_COMMITTED
             try:
-                data = await broker.logs.read(plog, part.fetch_offset, max(limit, 1))
+                data = await broker.logs.read(
+                    plog,
+                    part.fetch_offset,
+                    max(limit, 1),
+                    pd.last_stable_offset if committed else None,
+                )
+                if committed:
+                    pd.aborted_transactions = _aborted(plog, part.fetch_offset, data)
             except Exception as e:  # the object store failed (after its retries): retriable
                 log.warning("fetch %s-%d: %s", topic.name, part.partition, e)
                 pd.error_code = ErrorCode.KAFKA_STORAGE_ERROR
@@ -173,3 +192,20 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[FetchRe
             total += len(data)
     response = FetchResponse(throttle_time_ms=0, error_code=0, session_id=0, responses=out)
     return response, total, urgent
+
+
+def _aborted(plog: PartitionLog, fetch_offset: int, data: bytes) -> list[AbortedTransaction]:
+    """The aborted transactions overlapping what a read_committed Fetch returns (from the
+    aborted-transaction index kept with the log's entries; Kafka answers an empty list, not
+    null, when there are none)."""
+    if not data:
+        return []
+    upper = fetch_offset
+    for batch in parse_batches(data, len(data), verify_records=False):
+        upper = batch.next_offset
+    segments = plog.segments
+    start = bisect.bisect_right([s.base for s in segments], fetch_offset) - 1
+    return [
+        AbortedTransaction(producer_id=pid, first_offset=first)
+        for pid, first in aborted_between(segments, start, fetch_offset, upper)
+    ]

@@ -5,9 +5,10 @@
 #   group lookup creates the (empty) internal topic __consumer_offsets, as Kafka creates it
 #   then (kafscale/broker/internal_topics.py); unlike Kafka, the lookup is answered at once,
 #   not with COORDINATOR_NOT_AVAILABLE (the offsets are not kept in that topic).
-# - Transaction keys (KeyType 1): transactions are not supported:
-#   TRANSACTIONAL_ID_AUTHORIZATION_FAILED (53), which clients treat as fatal (a clear error at
-#   initTransactions rather than retrying until a timeout).
+# - Transaction keys (KeyType 1): the transactional id's one coordinator — the live broker
+#   holding its coordinator key, else the broker that will take it
+#   (kafscale/broker/transactions.py); no live broker: COORDINATOR_NOT_AVAILABLE (15).
+#   __transaction_state is never created (the state lives in the metadata store).
 # - v0-3 carry one key in the top-level fields; v4+ (KIP-699) a list of coordinators.
 # - Listed from v0 because librdkafka only enables LZ4 once FindCoordinator v0 is advertised.
 from __future__ import annotations
@@ -49,10 +50,10 @@ def _find(ctx: RequestContext, key_type: int, key: str) -> tuple[int, str | None
             return 0, None, coordinator.id, *coordinator.endpoint(ctx.listener_name)
         error, message = ErrorCode.COORDINATOR_NOT_AVAILABLE, "no live broker"
     elif key_type == TRANSACTION:
-        error, message = (
-            ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-            "transactions are not supported",
-        )
+        coordinator = ctx.broker.transactions.coordinator(key)
+        if coordinator is not None:
+            return 0, None, coordinator.id, *coordinator.endpoint(ctx.listener_name)
+        error, message = ErrorCode.COORDINATOR_NOT_AVAILABLE, "no live broker"
     else:
         error, message = ErrorCode.INVALID_REQUEST, f"unknown key type {key_type}"
     return error, message, -1, "", -1

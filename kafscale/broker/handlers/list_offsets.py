@@ -1,5 +1,7 @@
 # ListOffsets (key 2), versions 1-9.
-# - Timestamp -2: earliest (log start offset); -1: latest (high watermark); -3 (v7+): the
+# - Timestamp -2: earliest (log start offset); -1: latest (high watermark; with
+#   IsolationLevel read_committed (v2+) the last stable offset: the first offset of the
+#   earliest transaction still undecided in the partition); -3 (v7+): the
 #   first record with the largest timestamp; -4 (v8+, KIP-405's earliest local offset): the log
 #   start offset, as Kafka answers for a topic without remote storage; -5 (v9+, KIP-1005's
 #   latest tiered offset): -1 with epoch -1, as Kafka answers when remote.storage.enable is
@@ -26,6 +28,7 @@ from kafscale.broker.handlers import RequestContext, owned_log
 from kafscale.broker.log import UNDEFINED_EPOCH
 
 EARLIEST, LATEST, MAX_TIMESTAMP, EARLIEST_LOCAL, LATEST_TIERED = -2, -1, -3, -4, -5
+READ_COMMITTED = 1
 
 
 async def handle(ctx: RequestContext, request: ListOffsetsRequest) -> ListOffsetsResponse:
@@ -51,7 +54,9 @@ async def handle(ctx: RequestContext, request: ListOffsetsRequest) -> ListOffset
             elif part.timestamp == LATEST_TIERED:
                 resp.offset = -1
             elif part.timestamp == LATEST:
-                resp.offset = plog.hw
+                # read_committed (v2+): the last stable offset, as Kafka answers
+                committed = ctx.version >= 2 and request.isolation_level == READ_COMMITTED
+                resp.offset = plog.lso if committed else plog.hw
                 epoch = plog.epoch
             else:
                 found: tuple[int, int] | None

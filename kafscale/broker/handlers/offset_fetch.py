@@ -7,7 +7,9 @@
 #   on its own. A group another broker coordinates: NOT_COORDINATOR (16) — v8+ for that
 #   group, v2-7 as the top-level ErrorCode, v0-1 for every partition asked (those versions
 #   have no top-level error). An empty group id is accepted, as Kafka does for OffsetFetch.
-# - RequireStable (v7+) is ignored: without transactions no offset is ever pending.
+# - RequireStable (v7+): a partition with offsets a transaction staged (TxnOffsetCommit) and
+#   has not decided yet answers UNSTABLE_OFFSET_COMMIT (88, retriable) with offset -1, as
+#   Kafka does (read_committed consumers ask so); without it the last committed offset.
 # - v9 MemberId/MemberEpoch are not checked (Kafka 3.9's classic coordinator ignores them; they
 #   matter for KIP-848 groups, not served).
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from generated.errors import ErrorCode
 from generated.offset_fetch_request import OffsetFetchRequest
 from generated.offset_fetch_response import (
     OffsetFetchResponse,
@@ -44,7 +47,10 @@ async def handle(ctx: RequestContext, request: OffsetFetchRequest) -> OffsetFetc
                 groups.append(OffsetFetchResponseGroup(group_id=group.group_id, error_code=error))
                 continue
             found = await _fetch(ctx, group.group_id, wanted)
-            topics = _topics(found, OffsetFetchResponseTopics, OffsetFetchResponsePartitions)
+            unstable = await _unstable(ctx, group.group_id, request.require_stable)
+            topics = _topics(
+                found, OffsetFetchResponseTopics, OffsetFetchResponsePartitions, unstable
+            )
             groups.append(OffsetFetchResponseGroup(group_id=group.group_id, topics=topics))
         return OffsetFetchResponse(throttle_time_ms=0, groups=groups)
     wanted = (
@@ -67,27 +73,42 @@ async def handle(ctx: RequestContext, request: OffsetFetchRequest) -> OffsetFetc
         ]
         return OffsetFetchResponse(throttle_time_ms=0, topics=refused)
     found = await _fetch(ctx, request.group_id, wanted)
+    unstable = await _unstable(ctx, request.group_id, ctx.version >= 7 and request.require_stable)
     return OffsetFetchResponse(
         throttle_time_ms=0,
-        topics=_topics(found, OffsetFetchResponseTopic, OffsetFetchResponsePartition),
+        topics=_topics(found, OffsetFetchResponseTopic, OffsetFetchResponsePartition, unstable),
     )
+
+
+async def _unstable(ctx: RequestContext, group: str, require_stable: bool) -> set[tuple[str, int]]:
+    """The partitions whose offsets a transaction has staged (with RequireStable)."""
+    if not require_stable:
+        return set()
+    return await ctx.broker.transactions.pending_groups(group)
 
 
 T = TypeVar("T")
 
 
-def _topics(found: Found, topic: Callable[..., T], partition: Callable[..., Any]) -> list[T]:
+def _topics(
+    found: Found,
+    topic: Callable[..., T],
+    partition: Callable[..., Any],
+    unstable: set[tuple[str, int]] | None = None,
+) -> list[T]:
     """The response topics, in the v0-7 (one group) or v8+ (per group) classes, which have the
-    same fields under different names."""
+    same fields under different names; ``unstable`` partitions answer UNSTABLE_OFFSET_COMMIT."""
+    pending = unstable or set()
     return [
         topic(
             name=name,
             partitions=[
                 partition(
                     partition_index=p,
-                    committed_offset=c.offset if c else -1,
+                    committed_offset=-1 if (name, p) in pending else c.offset if c else -1,
                     committed_leader_epoch=c.leader_epoch if c else -1,
                     metadata=c.metadata if c else "",
+                    error_code=ErrorCode.UNSTABLE_OFFSET_COMMIT if (name, p) in pending else 0,
                 )
                 for p, c in parts
             ],

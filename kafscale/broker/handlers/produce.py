@@ -11,6 +11,11 @@
 # - A failed flush answers KAFKA_STORAGE_ERROR (56, retriable) and commits nothing (no gap).
 # - Partitions of one request are appended concurrently; a slow flush past TimeoutMs answers
 #   REQUEST_TIMED_OUT (7) (the data may still be committed, as in Kafka).
+# - Transactional batches are stored like others; a producer's first batch of a transaction in
+#   a partition is verified against its coordinator's committed state (the transaction ongoing
+#   with this partition added, KIP-890's check): INVALID_TXN_STATE (48), INVALID_PRODUCER_EPOCH
+#   (47) or INVALID_PRODUCER_ID_MAPPING (49) otherwise (kafscale/broker/log.py). Until its
+#   marker is written the transaction holds the partition's last stable offset.
 # - An internal topic (__consumer_offsets, ...: kafscale/broker/internal_topics.py) ->
 #   INVALID_TOPIC_EXCEPTION (17) with no message, as Kafka answers a client ("Cannot append to
 #   internal topic"), before the partition is looked up.
@@ -59,7 +64,7 @@ async def handle(ctx: RequestContext, request: ProduceRequest) -> ProduceRespons
             else:
                 rules = topic.append_rules(broker.config)
                 job = asyncio.ensure_future(
-                    _append(ctx, topic_data.name, resp, part.records, rules)
+                    _append(ctx, topic_data.name, resp, part.records, rules, request)
                 )
             jobs.append((topic_data.name, resp, job))
     pending = [j for _, _, j in jobs if j is not None]
@@ -82,12 +87,15 @@ async def _append(
     resp: PartitionProduceResponse,
     data: Buffer,
     rules: AppendRules,
+    request: ProduceRequest,
 ) -> None:
     logs = ctx.broker.logs
     try:
         plog = await logs.get(topic, resp.index)  # NOT_LEADER_OR_FOLLOWER unless we own it
         applied = apply_rules(data, rules, int(time.time() * 1000))
-        resp.base_offset = await logs.append(plog, applied.data, rules.max_batch_bytes)
+        resp.base_offset = await logs.append(
+            plog, applied.data, rules.max_batch_bytes, request.transactional_id
+        )
         resp.log_append_time_ms = applied.log_append_time
         resp.log_start_offset = plog.log_start
     except TimestampError as e:
