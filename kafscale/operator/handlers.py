@@ -34,6 +34,7 @@ import kopf
 
 from kafscale.admin.errors import AdminError
 from kafscale.operator import topics
+from kafscale.operator.cluster import Emit
 from kafscale.operator.cluster import reconcile as reconcile_cluster
 from kafscale.operator.kube import Kube, KubeError, path
 from kafscale.operator.resources import Names, OperatorOptions
@@ -77,6 +78,8 @@ class _State:
     kube: Kube | None = None
     session: aiohttp.ClientSession | None = None
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    warned: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Per object uid, the last Warning event posted (reason, message)."""
 
     def clients(self) -> tuple[Kube, aiohttp.ClientSession]:
         """The API client and the HTTP session for the brokers' /readyz (made in the loop)."""
@@ -90,6 +93,21 @@ class _State:
 
     def lock(self, uid: str) -> asyncio.Lock:
         return self.locks.setdefault(uid, asyncio.Lock())
+
+    def emitter(self, kube: Kube, obj: dict[str, Any]) -> Emit:
+        """Posts events about ``obj``; a Warning the same as the last one about it is posted
+        once (a bad spec is seen by every pass until it is fixed; passes started together
+        both see the status from before either wrote it)."""
+        key = str(obj["metadata"].get("uid") or obj["metadata"]["name"])
+
+        async def emit(type_: str, reason: str, message: str) -> None:
+            if type_ == "Warning":
+                if self.warned.get(key) == (reason, message):
+                    return
+                self.warned[key] = (reason, message)
+            await kube.event(obj, reason, message, type_)
+
+        return emit
 
     async def close(self) -> None:
         if self.kube is not None:
@@ -147,10 +165,7 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
     async def cluster_pass(body: kopf.Body, patch: kopf.Patch, roll: bool) -> None:
         kube, session = state.clients()
         obj = _plain(body)
-
-        async def emit(type_: str, reason: str, message: str) -> None:
-            await kube.event(obj, reason, message, type_)
-
+        emit = state.emitter(kube, obj)
         async with state.lock(obj["metadata"].get("uid") or obj["metadata"]["name"]):
             try:
                 result = await reconcile_cluster(
@@ -178,7 +193,8 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         kube = state.clients()[0]
         obj = _plain(body)
         old = dict(obj.get("status") or {})
-        _status_patch(patch, old, await _topic_status(kube, obj, settings.options))
+        emit = state.emitter(kube, obj)
+        _status_patch(patch, old, await _topic_status(kube, obj, settings.options, emit))
 
     @kopf.on.resume(GROUP, VERSION, TOPICS, registry=registry)
     @kopf.on.create(GROUP, VERSION, TOPICS, registry=registry)
@@ -248,7 +264,7 @@ def _bootstrap(cluster: dict[str, Any], options: OperatorOptions) -> str:
 
 
 async def _topic_status(
-    kube: Kube, obj: dict[str, Any], options: OperatorOptions
+    kube: Kube, obj: dict[str, Any], options: OperatorOptions, emit: Emit
 ) -> dict[str, Any]:
     """One topic pass: the status to write (events posted on transitions)."""
     meta = obj["metadata"]
@@ -262,7 +278,7 @@ async def _topic_status(
         before = condition(old, "Ready")
         changed = not before or before.get("reason") != ready.reason
         if ready.status != "True" and changed:
-            await kube.event(obj, ready.reason, ready.message, "Warning")
+            await emit("Warning", ready.reason, ready.message)
         return {
             **old,
             **(extra or {}),
@@ -306,7 +322,7 @@ async def _topic_status(
             Condition("Ready", "False", "ClusterUnavailable", f"through {bootstrap}: {e}"),
         )
     for action in state.actions:
-        await kube.event(obj, "Reconciled", f"topic {name!r}: {action}")
+        await emit("Normal", "Reconciled", f"topic {name!r}: {action}")
     partitions = state.partitions
     return await result(
         "Ready",
