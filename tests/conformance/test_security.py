@@ -465,8 +465,9 @@ def _recv_all(sock: socket.socket) -> bytes:
 class Raw:
     """One connection to the SASL_PLAINTEXT listener, request by request."""
 
-    def __init__(self, sec: Secure, listener: str = "SASL_PLAINTEXT") -> None:
-        self.sock = socket.create_connection(("127.0.0.1", sec.ports[listener]), timeout=TIMEOUT)
+    def __init__(self, sec: Secure | int, listener: str = "SASL_PLAINTEXT") -> None:
+        port = sec if isinstance(sec, int) else sec.ports[listener]
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
         self.correlation = 0
 
     def close(self) -> None:

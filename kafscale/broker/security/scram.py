@@ -9,10 +9,10 @@ kept. No SASLprep: the password's UTF-8 bytes are hashed (Kafka's ScramFormatter
 :class:`ScramServer` is one server-side exchange: client-first -> server-first ->
 client-final -> server-final. It refuses channel binding (gs2 flag ``y`` or ``p=``), a bad
 user name escape, a nonce with a comma or outside printable ASCII, an unknown user (on the
-first message), a client-final whose nonce does not end with the combined nonce (as Kafka checks), and a wrong proof (on
-the second message; compared in constant time). Every refusal but an authorization id
-different from the user name carries Kafka's one fixed text, so an unknown user and a wrong
-password look the same to the client.
+first message), a client-final whose nonce does not end with the combined nonce (Kafka's
+check), and a wrong proof (on the second message; compared in constant time). Every
+refusal but an authorization id different from the user name carries Kafka's one fixed text,
+so an unknown user and a wrong password look the same to the client.
 """
 
 from __future__ import annotations

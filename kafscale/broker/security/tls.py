@@ -31,6 +31,7 @@ import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("kafscale.security")
 
@@ -170,18 +171,45 @@ class TlsServer:
     def principal(self, ssl_object: ssl.SSLObject | None) -> str:
         """``User:`` + the mapped subject of the client certificate; ``User:ANONYMOUS``
         without one. Raises ValueError when no mapping rule matches."""
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        if not der:
+        if ssl_object is None or not ssl_object.getpeercert(binary_form=True):
             return "User:ANONYMOUS"
-        return "User:" + self.mapper.map(subject_dn(der))
+        # A certificate is only here once verified, so the decoded form is available.
+        return "User:" + self.mapper.map(subject_dn(ssl_object.getpeercert()))
 
 
-def subject_dn(der: bytes) -> str:
+# Java's X500Principal keywords (RFC 2253 plus the ones Java adds); other attributes are
+# written with their names here (Java writes their OIDs: name them in mapping rules then).
+_KEYWORDS = {
+    "commonName": "CN",
+    "countryName": "C",
+    "localityName": "L",
+    "stateOrProvinceName": "ST",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "streetAddress": "STREET",
+    "domainComponent": "DC",
+    "userId": "UID",
+}
+
+
+def _escape(value: str) -> str:
+    out = "".join("\\" + c if c in ',+"\\<>;' else c for c in value)
+    if out.startswith((" ", "#")):
+        out = "\\" + out
+    if out.endswith(" ") and not out.endswith("\\ "):
+        out = out[:-1] + "\\ "
+    return out
+
+
+def subject_dn(cert: Any) -> str:
     """The certificate's subject in RFC 2253 form, as Java's X500Principal.getName() gives
-    it (the form Kafka's principals and ACLs use)."""
-    from cryptography import x509
-
-    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    it (the form Kafka's principals and ACLs use): its RDNs in reverse of their encoded order
+    (usually CN first), joined by commas without spaces, multi-valued ones by ``+``."""
+    subject = cert.get("subject", ()) if isinstance(cert, dict) else ()
+    rdns = []
+    for rdn in reversed(list(subject)):
+        rdns.append("+".join(f"{_KEYWORDS.get(k, k)}={_escape(str(v))}" for k, v in rdn))
+    return ",".join(rdns)
 
 
 _RULE = re.compile(r"^RULE:((?:\\.|[^\\/])*)/((?:\\.|[^\\/])*)/([LU]?)$")
