@@ -2957,11 +2957,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peer", choices=["tansu", "none"], default="none")
     p.add_argument(
         "--mode",
-        choices=["throughput", "latency", "rss", "lifecycle", "retention", "scale", "scrape"],
+        choices=[
+            "throughput",
+            "latency",
+            "rss",
+            "lifecycle",
+            "retention",
+            "scale",
+            "scrape",
+            "tls",
+        ],
         default="throughput",
         help="with --target, or lifecycle, retention or scale alone (their target is "
         "kafscale-cluster; scale: scripts/bench_scale.py); scrape: the cost of /metrics "
-        "(scripts/bench_scrape.py)",
+        "(scripts/bench_scrape.py); tls: SASL_SSL against PLAINTEXT throughput and connection "
+        "set-up on one broker (scripts/bench_tls.py)",
     )
     p.add_argument(
         "--topics",
@@ -3188,6 +3198,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         with workdir(args.keep) as path:
             bench_scrape.run(path, args)
+        return 0
+    if args.mode == "tls":
+        import bench_tls
+
+        with workdir(args.keep) as path:
+            records = args.records or (20_000 if args.quick else 100_000)
+            rounds = 1 if args.quick else 3
+            bench_tls.run(path, records, args.size, rounds, 20 if args.quick else 100, args.out)
         return 0
     if args.mode == "scale":
         import bench_scale
