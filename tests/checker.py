@@ -424,3 +424,101 @@ def check(history: History, exactly_once: Iterable[str] = ()) -> Result:
     }
     summary["valid"] = not any(problems.counts[k] for k in failing)
     return Result(summary, {k: v for k, v in problems.examples.items() if v})
+
+
+# --- transactions ---------------------------------------------------------------------------
+
+
+@dataclass
+class Txn:
+    """One transaction of a transactional producer: its values and how it ended:
+    ``committed`` (commit_transaction returned), ``aborted`` (abort_transaction returned, or
+    the producer was killed before it committed: its timeout aborts it), ``unknown`` (the
+    commit's answer was lost: either outcome is fine, but all or nothing)."""
+
+    name: str
+    values: list[str] = field(default_factory=list)
+    outcome: str = "unknown"
+
+
+@dataclass
+class TxnResult:
+    summary: dict[str, int]
+    problems: list[str]
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+    def line(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.summary.items())
+
+
+def check_transactions(
+    txns: Iterable[Txn],
+    committed_reads: Iterable[tuple[int, int, str]],
+    uncommitted_reads: Iterable[tuple[int, int, str]],
+    lso_stuck: int,
+) -> TxnResult:
+    """The transactional invariants on a final read of the whole log with a read_committed
+    consumer (``committed_reads``: partition, offset, value) and a read_uncommitted one:
+
+    - 0 committed records lost: every value of a committed transaction is read_committed;
+    - 0 aborted records visible: no value of an aborted transaction is read_committed;
+    - no partial transaction visible: of an unknown transaction, all values or none;
+    - no duplicate: each value read_committed once (transactional producers are idempotent);
+    - nothing read that was never sent;
+    - the last stable offset reached the high watermark on every partition after recovery
+      (``lso_stuck``: partitions where it did not: a hanging transaction).
+    The read_uncommitted read counts the aborted values stored (they are, until retention)."""
+    txns = list(txns)
+    owner = {v: t for t in txns for v in t.values}
+    seen: dict[str, int] = {}
+    for _, _, value in committed_reads:
+        seen[value] = seen.get(value, 0) + 1
+    raw = {value for _, _, value in uncommitted_reads}
+    problems: list[str] = []
+    counts = {
+        "txns": len(txns),
+        "committed": 0,
+        "aborted": 0,
+        "unknown": 0,
+        "unknown_visible": 0,
+        "lost": 0,
+        "aborted_visible": 0,
+        "partial": 0,
+        "duplicates": 0,
+        "never_sent": 0,
+        "aborted_stored": 0,
+        "lso_stuck": lso_stuck,
+    }
+    for t in txns:
+        counts[t.outcome] += 1
+        visible = [v for v in t.values if v in seen]
+        if t.outcome == "committed":
+            missing = [v for v in t.values if v not in seen]
+            counts["lost"] += len(missing)
+            if missing:
+                problems.append(
+                    f"committed {t.name}: {len(missing)} values lost, e.g. {missing[0]}"
+                )
+        elif t.outcome == "aborted":
+            counts["aborted_visible"] += len(visible)
+            counts["aborted_stored"] += sum(v in raw for v in t.values)
+            if visible:
+                problems.append(f"aborted {t.name}: {len(visible)} visible, e.g. {visible[0]}")
+        else:
+            if visible and len(visible) != len(t.values):
+                counts["partial"] += 1
+                problems.append(f"{t.name}: {len(visible)} of {len(t.values)} values visible")
+            counts["unknown_visible"] += bool(visible)
+    for value, n in seen.items():
+        if n > 1:
+            counts["duplicates"] += 1
+            problems.append(f"{value} read_committed {n} times")
+        if value not in owner:
+            counts["never_sent"] += 1
+            problems.append(f"{value} read but never sent")
+    if lso_stuck:
+        problems.append(f"{lso_stuck} partitions' last stable offset never reached the end")
+    return TxnResult(counts, problems)

@@ -16,8 +16,13 @@ The points:
 - ``after_compaction_commit``: a compaction's swap committed, before anything else.
 - ``mid_delete``: the janitor deleted the first object of a due garbage record or of a
   deleted topic, before the others and the record (``kafscale/broker/janitor.py``).
-
-``tests/faults/test_faults.py`` crashes a broker at each of them under load.
+- ``after_txn_decision``: a transaction coordinator committed its decision (PrepareCommit or
+  PrepareAbort and the marker requests), before any marker is written or EndTxn answered
+  (``kafscale/broker/transactions.py``).
+- ``before_txn_complete``: every marker of a decided transaction is written, before its
+  offsets move and it completes.
+``tests/faults/test_faults.py`` crashes a broker at each of them under load
+(``tests/faults/test_txn_faults.py`` the transaction ones).
 
 Disarmed (the normal case) a hit is one dictionary lookup.
 """

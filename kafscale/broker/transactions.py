@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
 from generated.errors import ErrorCode
+from kafscale.broker import failpoints
 from kafscale.broker.cluster import BrokerInfo, Cluster, Mirror
 from kafscale.broker.config import BrokerConfig
 from kafscale.broker.log import MAX_TXN_OPS, FlushError
@@ -496,6 +497,7 @@ class TransactionCoordinator:
         done = self._done.setdefault(tid, asyncio.Event())
         done.clear()
         await self._write(tid, meta, revision, compares, ops)
+        failpoints.hit("after_txn_decision")  # decided, no marker written, nobody answered
         log.info(
             "transaction %r (producer %d epoch %d): %s of %d partitions, %d groups",
             tid,
@@ -590,6 +592,7 @@ class TransactionCoordinator:
                 if not result.succeeded:
                     self.held.pop(tid, None)
                     raise TxnError(ErrorCode.NOT_COORDINATOR, f"{tid!r}: no longer ours")
+            failpoints.hit("before_txn_complete")  # every marker written, not yet complete
             groups = list(meta.groups)
             meta.state = COMPLETE_COMMIT if commit else COMPLETE_ABORT
             meta.partitions, meta.groups, meta.markers_written = [], [], False
