@@ -52,7 +52,7 @@ from kafscale.broker.security.acl import AclStore
 from kafscale.broker.security.authorizer import Authorizer
 from kafscale.broker.security.credentials import CredentialStore
 from kafscale.broker.security.listeners import Listener
-from kafscale.broker.security.rules import authorized_handle
+from kafscale.broker.security.rules import AuthorizationClose, authorized_handle
 from kafscale.broker.security.sasl import Authenticator, Session, normalize_host
 from kafscale.broker.security.tls import TlsServer, TlsSettings
 from kafscale.broker.topics import Topics
@@ -698,6 +698,11 @@ class Broker:
         assert flight.task is not None
         try:
             chunks = await flight.task
+        except AuthorizationClose as e:  # Kafka's answer to a refused acks=0 produce
+            if not broken:
+                log.info("closing connection: %s", e)
+                writer.close()
+            return True
         except Exception:
             if not broken:
                 log.exception("request failed")

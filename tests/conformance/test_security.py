@@ -638,6 +638,21 @@ def test_plain_raw_tokens_after_handshake_v0(secure: Secure, raw: Raw) -> None:
     assert raw.call("Metadata", 12, MetadataRequest(topics=None)).throttle_time_ms == 0
 
 
+def test_a_refused_acks_0_produce_closes_the_connection(secure: Secure) -> None:
+    # User:ANONYMOUS (the PLAINTEXT listener) may write nothing: with acks=0 there is no
+    # answer to carry the refusal, so the broker closes the connection, as Kafka does.
+    from generated.produce_request import PartitionProduceData, ProduceRequest, TopicProduceData
+
+    conn = Raw(secure, "PLAINTEXT")
+    data = TopicProduceData(
+        name="sec-x", partition_data=[PartitionProduceData(index=0, records=b"")]
+    )
+    body = ProduceRequest(acks=0, timeout_ms=1000, topic_data=[data])
+    conn.sock.sendall(_frame("Produce", 9, body))
+    assert conn.closed()
+    conn.close()
+
+
 def test_oversize_frame_before_authentication(secure: Secure, raw: Raw) -> None:
     raw.sock.sendall(struct.pack(">i", 600 * 1024) + b"\0" * 1024)
     assert raw.closed()
