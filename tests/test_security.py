@@ -351,6 +351,18 @@ def test_authorizer_rules_through_the_broker(tmp_path: Path) -> None:
         assert broker.topics.get("absent") is None
         listing: Any = await client.call(3, 12, MetadataRequest(topics=None))
         assert sorted(t.name for t in listing.topics) == ["free", "mine"]
+        # Bitfields: ALTER on the cluster (and DESCRIBE, which it implies); "mine": all 8.
+        ops: Any = await client.call(
+            3,
+            10,
+            MetadataRequest(
+                topics=[MetadataRequestTopic(name="mine")],
+                include_cluster_authorized_operations=True,
+                include_topic_authorized_operations=True,
+            ),
+        )
+        assert ops.cluster_authorized_operations == 1 << 7 | 1 << 8
+        assert ops.topics[0].topic_authorized_operations == 3576
         await broker.acls.close()
 
     run(tmp_path, scenario, authorizer_class_name="on", allow_everyone_if_no_acl_found=True)

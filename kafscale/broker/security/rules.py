@@ -40,9 +40,9 @@ GROUP_DENIED = ErrorCode.GROUP_AUTHORIZATION_FAILED
 CLUSTER_DENIED = ErrorCode.CLUSTER_AUTHORIZATION_FAILED
 TXN_DENIED = ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
 INT_MIN = -(2**31)
-UNCHECKED = frozenset({17, 18, 36, 60, 29, 30, 31, 50, 51})
-"""ApiVersions, the SASL APIs and DescribeCluster need nothing (as in Kafka); the ACL and
-SCRAM APIs check in their handlers."""
+UNCHECKED = frozenset({17, 18, 36, 29, 30, 31, 50, 51})
+"""ApiVersions and the SASL APIs need nothing (as in Kafka); the ACL and SCRAM APIs check in
+their handlers."""
 
 
 class AuthorizationClose(Exception):
@@ -198,6 +198,7 @@ async def _metadata(ctx: RequestContext, handler: Handler, request: Any) -> Mess
                     )
                 listed.append(topic)
         response.topics = listed
+        _cluster_operations(ctx, request, response)
         return response  # type: ignore[no-any-return]
     may_create = (
         request.allow_auto_topic_creation if ctx.version >= 4 else True
@@ -238,7 +239,23 @@ async def _metadata(ctx: RequestContext, handler: Handler, request: Any) -> Mess
     merged = answered + list(denied.values())
     merged.sort(key=lambda t: order.get(t.name, len(order)))
     response.topics = merged
+    _cluster_operations(ctx, request, response)
     return response  # type: ignore[no-any-return]
+
+
+def _cluster_operations(ctx: RequestContext, request: Any, response: Any) -> None:
+    """Metadata v8-10 and DescribeCluster: the cluster's authorized-operations bitfield, when
+    asked (else it stays INT_MIN, as Kafka leaves it)."""
+    if getattr(request, "include_cluster_authorized_operations", False):
+        name = CLUSTER_NAME
+        response.cluster_authorized_operations = authorized_operations(ctx, RT.CLUSTER, name)
+
+
+async def _describe_cluster(ctx: RequestContext, handler: Handler, request: Any) -> Message | None:
+    # No check (as on Kafka's brokers): only the bitfield, when asked.
+    response = await handler(ctx, request)
+    _cluster_operations(ctx, request, response)
+    return response
 
 
 def authorized_operations(ctx: RequestContext, resource_type: int, name: str) -> int:
@@ -508,6 +525,7 @@ RULES: dict[int, Rule] = {
     28: _txn_offset_commit,
     65: _describe_transactions,
     66: _list_transactions,
+    60: _describe_cluster,
 }
 
 
