@@ -127,6 +127,8 @@ class Compactor:
                     if retention:
                         await self.retain(plog)
                     await self.compact(plog)
+                except MetadataUnavailable as e:  # an etcd outage: the next pass tries again
+                    log.warning("%s-%d: maintenance put off: %s", plog.topic, plog.partition, e)
                 except Exception:
                     log.warning(
                         "%s-%d: maintenance failed", plog.topic, plog.partition, exc_info=True
@@ -334,7 +336,10 @@ class Compactor:
                 FlushError(ErrorCode.KAFKA_STORAGE_ERROR, f"compaction commit failed: {error}"),
             )
             raise
-        except (ValueError, MetadataUnavailable):  # certainly not applied (refused, or down)
+        except MetadataUnavailable as e:  # certainly not applied (the store is down)
+            log.warning("%s-%d: compaction swap put off: %s", plog.topic, plog.partition, e)
+            return False
+        except ValueError:  # certainly not applied (refused)
             log.warning("%s-%d: compaction swap refused", plog.topic, plog.partition, exc_info=True)
             return False
         if not result.succeeded:
