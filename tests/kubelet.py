@@ -146,7 +146,10 @@ class Kubelet:
         return statuses
 
     def kill_all(self) -> None:
-        """SIGKILL whatever still runs (a test that failed half-way)."""
+        """SIGKILL whatever still runs (a test that failed half-way). The loop is cancelled
+        first: it would restart a killed container whose pod still exists."""
+        if self._task is not None:
+            self._task.cancel()
         for run in [*self.pods.values(), *self.finished]:
             if run.proc is not None and run.proc.poll() is None:
                 run.proc.kill()

@@ -165,8 +165,15 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
     async def cluster_pass(body: kopf.Body, patch: kopf.Patch, roll: bool) -> None:
         kube, session = state.clients()
         obj = _plain(body)
-        emit = state.emitter(kube, obj)
         async with state.lock(obj["metadata"].get("uid") or obj["metadata"]["name"]):
+            # The object as it is now: a timer's body can be one event old, and a pass from
+            # an old spec (or writing an old observedGeneration back) would undo a newer one.
+            meta = obj["metadata"]
+            fresh = await kube.get(path(API_VERSION, CLUSTERS, meta["namespace"], meta["name"]))
+            if fresh is None:
+                return
+            obj = fresh
+            emit = state.emitter(kube, obj)
             try:
                 result = await reconcile_cluster(
                     kube, obj, settings.options, emit, session, roll=roll
@@ -175,13 +182,15 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
                 raise kopf.TemporaryError(f"API server: {e}", delay=interval) from e
         _status_patch(patch, obj.get("status"), result.status)
 
-    @kopf.on.resume(GROUP, VERSION, CLUSTERS, registry=registry)
-    @kopf.on.create(GROUP, VERSION, CLUSTERS, registry=registry)
-    @kopf.on.update(GROUP, VERSION, CLUSTERS, field="spec", registry=registry)
+    # Explicit ids: kopf keeps each handler's progress in an annotation named after its id,
+    # and a nested function's default id (build_registry.<locals>...) is no valid key.
+    @kopf.on.resume(GROUP, VERSION, CLUSTERS, id="cluster-resumed", registry=registry)
+    @kopf.on.create(GROUP, VERSION, CLUSTERS, id="cluster-created", registry=registry)
+    @kopf.on.update(GROUP, VERSION, CLUSTERS, field="spec", id="cluster-changed", registry=registry)
     async def cluster_changed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         await cluster_pass(body, patch, roll=True)
 
-    @kopf.timer(GROUP, VERSION, CLUSTERS, interval=interval, registry=registry)
+    @kopf.timer(GROUP, VERSION, CLUSTERS, interval=interval, id="cluster-tick", registry=registry)
     async def cluster_tick(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         if body.meta.get("deletionTimestamp"):
             return
@@ -191,24 +200,28 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
 
     async def topic_pass(body: kopf.Body, patch: kopf.Patch) -> None:
         kube = state.clients()[0]
-        obj = _plain(body)
+        meta = body.meta
+        fresh = await kube.get(path(API_VERSION, TOPICS, str(meta["namespace"]), str(meta["name"])))
+        if fresh is None:  # deleted meanwhile
+            return
+        obj = fresh  # as it is now (see cluster_pass)
         old = dict(obj.get("status") or {})
         emit = state.emitter(kube, obj)
         _status_patch(patch, old, await _topic_status(kube, obj, settings.options, emit))
 
-    @kopf.on.resume(GROUP, VERSION, TOPICS, registry=registry)
-    @kopf.on.create(GROUP, VERSION, TOPICS, registry=registry)
-    @kopf.on.update(GROUP, VERSION, TOPICS, field="spec", registry=registry)
+    @kopf.on.resume(GROUP, VERSION, TOPICS, id="topic-resumed", registry=registry)
+    @kopf.on.create(GROUP, VERSION, TOPICS, id="topic-created", registry=registry)
+    @kopf.on.update(GROUP, VERSION, TOPICS, field="spec", id="topic-changed", registry=registry)
     async def topic_changed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         await topic_pass(body, patch)
 
-    @kopf.timer(GROUP, VERSION, TOPICS, interval=interval, registry=registry)
+    @kopf.timer(GROUP, VERSION, TOPICS, interval=interval, id="topic-tick", registry=registry)
     async def topic_tick(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         if body.meta.get("deletionTimestamp"):
             return
         await topic_pass(body, patch)
 
-    @kopf.on.delete(GROUP, VERSION, TOPICS, registry=registry)
+    @kopf.on.delete(GROUP, VERSION, TOPICS, id="topic-deleted", registry=registry)
     async def topic_deleted(body: kopf.Body, **_: Any) -> None:
         kube = state.clients()[0]
         obj = _plain(body)
