@@ -2966,12 +2966,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "scale",
             "scrape",
             "tls",
+            "txn",
         ],
         default="throughput",
         help="with --target, or lifecycle, retention or scale alone (their target is "
         "kafscale-cluster; scale: scripts/bench_scale.py); scrape: the cost of /metrics "
         "(scripts/bench_scrape.py); tls: SASL_SSL against PLAINTEXT throughput and connection "
-        "set-up on one broker (scripts/bench_tls.py)",
+        "set-up on one broker (scripts/bench_tls.py); txn: transactional against "
+        "non-transactional produce and commit latency (scripts/bench_txn.py)",
     )
     p.add_argument(
         "--topics",
@@ -3206,6 +3208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             records = args.records or (20_000 if args.quick else 100_000)
             rounds = 1 if args.quick else 3
             bench_tls.run(path, records, args.size, rounds, 20 if args.quick else 100, args.out)
+        return 0
+    if args.mode == "txn":
+        import bench_txn
+
+        with workdir(args.keep) as path:
+            bench_txn.run(path, args)
         return 0
     if args.mode == "scale":
         import bench_scale

@@ -325,9 +325,9 @@ class PartitionLog:
     txn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held by a transactional append from its verification to its place in ``pending``, so
     a producer's pipelined transactional requests keep their order."""
-    markers: int = 0
-    """Transaction markers appended so far: a verification that saw it change starts over
-    (the transaction it verified may have ended meanwhile)."""
+    markers: dict[int, int] = field(default_factory=dict)
+    """Transaction markers appended so far, per producer id: a verification that saw its
+    producer's count change starts over (the transaction it verified may have ended)."""
 
     @property
     def lso(self) -> int:
@@ -961,9 +961,9 @@ class LogManager:
                 raise FlushError(
                     ErrorCode.INVALID_TXN_STATE, "a transactional batch without transactional id"
                 )
-            markers = plog.markers
+            markers = plog.markers.get(pid, 0)
             await verify(transactional_id, pid, epoch, plog.topic, plog.partition)
-            if plog.markers == markers:
+            if plog.markers.get(pid, 0) == markers:
                 break
         else:
             raise FlushError(ErrorCode.CONCURRENT_TRANSACTIONS, "its transaction is ending")
@@ -1015,7 +1015,7 @@ class LogManager:
             raise not_owner(plog.topic, plog.partition, " (handing it over)")
         batches = parse_batches(data)
         marker = ProducerBatch(producer_id, epoch, -1, -1, 1, 0, True, COMMIT if commit else ABORT)
-        plog.markers += 1
+        plog.markers[producer_id] = plog.markers.get(producer_id, 0) + 1
         future = self._enqueue(plog, data, batches, [marker], compares, puts)
         self._wake.set()  # a commit waits on it: no need to wait for the flush interval
         return await future

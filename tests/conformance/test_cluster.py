@@ -561,6 +561,40 @@ def committed_offsets(bootstrap: str) -> dict[str, dict[tuple[str, int], int]]:
     return {group: confluent_committed(admin, group) for group in GROUPS}
 
 
+def test_transaction_across_brokers(checked: Cluster, report: Callable[[str], None]) -> None:
+    """A confluent-kafka transaction over 6 partitions owned by all 3 brokers commits all or
+    none: a committed one is read whole by read_committed, an aborted one (its records
+    stored first) not at all, both by read_uncommitted; the markers make every partition's
+    last stable offset its high watermark (issue 17)."""
+    from tests.conformance.test_transactions import consume_all, end_offsets
+
+    cluster = checked
+    bootstrap = cluster.bootstrap
+    topic = "cluster-txn"
+    admin = confluent_kafka.admin.AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([confluent_kafka.admin.NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
+    owned = wait_owned(cluster, topic, PARTITIONS)
+    assert len({b for b, _ in owned.values()}) == 3, owned
+    p = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "transactional.id": "spread"})
+    p.init_transactions(30)
+    p.begin_transaction()
+    for i in range(PARTITIONS * 4):
+        p.produce(topic, value=b"yes-%d" % i, partition=i % PARTITIONS)
+    p.commit_transaction(30)
+    p.begin_transaction()
+    for i in range(PARTITIONS * 4):
+        p.produce(topic, value=b"no-%d" % i, partition=i % PARTITIONS)
+    p.flush(30)
+    p.abort_transaction(30)
+    committed = consume_all(bootstrap, topic, "read_committed", PARTITIONS * 4, PARTITIONS)
+    assert sorted(v for _, _, v in committed) == sorted(b"yes-%d" % i for i in range(24))
+    everything = consume_all(bootstrap, topic, "read_uncommitted", 48, PARTITIONS)
+    assert len(everything) == 48
+    ends = end_offsets(bootstrap, topic, "read_committed", PARTITIONS)
+    assert ends == end_offsets(bootstrap, topic, "read_uncommitted", PARTITIONS) == [10] * 6
+    report(f"transaction over partitions by broker {owned}: all or none, markers everywhere")
+
+
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_cold_restart_keeps_records_and_offsets(
     checked: Cluster, how: str, report: Callable[[str], None]
