@@ -225,12 +225,18 @@ async def _metadata(ctx: RequestContext, handler: Handler, request: Any) -> Mess
     narrowed = copy.copy(request)
     narrowed.topics = keep
     response = await handler(ctx, narrowed)
+    by_name = {w.name for w in keep if w.name is not None}
     answered = []
     for topic in response.topics if keep else []:
         if topic.error_code == 0 and topic.name is not None:
-            if not ctx.authorize(Op.DESCRIBE, RT.TOPIC, topic.name):  # looked up by id
+            # Asked for by id (v12), or an ACL that changed since the check above.
+            if not ctx.authorize(Op.DESCRIBE, RT.TOPIC, topic.name):
                 topic = MetadataResponseTopic(
-                    error_code=TOPIC_DENIED, name=None, topic_id=topic.topic_id, partitions=[]
+                    error_code=TOPIC_DENIED,
+                    name=topic.name if topic.name in by_name else None,
+                    topic_id=topic.topic_id if topic.name not in by_name else uuid.UUID(int=0),
+                    is_internal=topic.is_internal,
+                    partitions=[],
                 )
             elif ops:
                 topic.topic_authorized_operations = authorized_operations(ctx, RT.TOPIC, topic.name)
