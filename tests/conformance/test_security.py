@@ -800,3 +800,57 @@ def test_users_through_the_admin_api(secure: Secure) -> None:
     with pytest.raises(confluent_kafka.KafkaException) as raised:
         admin.alter_user_scram_credentials([low])["dave"].result(TIMEOUT)
     assert raised.value.args[0].code() == confluent_kafka.KafkaError.UNACCEPTABLE_CREDENTIAL
+
+
+# --- KIP-368: sessions that expire -----------------------------------------------------------
+
+
+def test_sessions_expire_and_clients_reauthenticate(tmp_path: Path) -> None:
+    # A broker of its own whose sessions last 1.5 s (the module's last 10 minutes); its one
+    # user comes from kafscale user add.
+    data_dir = tmp_path / "data"
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "kafscale", "user", "add", ALICE[0]),
+            *("--password", ALICE[1], "--data-dir", str(data_dir)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    plain, sasl = free_port(), free_port()
+    args = [
+        f"--listeners=PLAINTEXT://127.0.0.1:{plain},SASL_PLAINTEXT://127.0.0.1:{sasl}",
+        "--sasl.enabled.mechanisms=SCRAM-SHA-256",
+        "--connections.max.reauth.ms=1500",
+    ]
+    broker = BrokerProcess("127.0.0.1", plain, data_dir, tmp_path, args=args)
+    broker.start()
+    try:
+        raw = Raw(sasl)
+        assert raw.scram(*ALICE).session_lifetime_ms == 1500
+        assert raw.call("Metadata", 12, MetadataRequest(topics=None)).throttle_time_ms == 0
+        time.sleep(1.6)
+        raw.sock.sendall(_frame("Metadata", 12, MetadataRequest(topics=None), 9))
+        assert raw.closed()  # expired: only a re-authentication would have been served
+        raw.close()
+        # librdkafka re-authenticates at 90 % of the lifetime: a producer keeps working.
+        conf = {
+            "bootstrap.servers": f"127.0.0.1:{sasl}",
+            "security.protocol": "sasl_plaintext",
+            "sasl.mechanism": "SCRAM-SHA-256",
+            "sasl.username": ALICE[0],
+            "sasl.password": ALICE[1],
+        }
+        producer = confluent_kafka.Producer(conf)
+        errors: list[Any] = []
+        for i in range(8):
+            producer.produce("reauth", f"{i}".encode(), on_delivery=lambda e, _m: errors.append(e))
+            producer.flush(TIMEOUT)
+            time.sleep(0.5)
+        assert errors == [None] * 8
+    except BaseException:
+        if broker.proc is not None and broker.proc.poll() is None:
+            broker.proc.kill()
+            broker.proc.wait()
+        raise
+    broker.stop_cleanly()
