@@ -321,9 +321,11 @@ class ReadEmitter:
                 b(f"{target} = [*{packer}.unpack_from(buf, pos)] if n else []")
                 b(f"pos += {FIXED_SIZES[elem]} * n")
                 return
-            items, item = b.tmp("items"), b.tmp("item")
+            items, item, count = b.tmp("items"), b.tmp("item"), b.tmp("count")
             b(f"{items}: list[_Any] = []")
-            b("for _ in range(n):")
+            # The body reuses n: range() gets a copy (mypyc re-reads a local loop bound).
+            b(f"{count} = n")
+            b(f"for _ in range({count}):")
             with b.indent():
                 if f.struct is not None and is_leaf(f.struct, v):
                     self.struct_into(b, f.struct, v, item)

@@ -46,13 +46,17 @@ _ENV = jinja2.Environment(
 _IMPORTS: dict[str, str] = {
     "_Packer": "from struct import Struct as _Packer",
     "_Any": "from typing import Any as _Any",
+    "_Final": "from typing import Final as _Final",
     "_UUID": "from uuid import UUID as _UUID",
-    "": "",  # isort's section break: standard library above, first party below
+    " ": "",  # isort's section break: standard library above, third party below
+    "_mypyc_attr": "from mypy_extensions import mypyc_attr as _mypyc_attr",
+    "": "",  # isort's section break: third party above, first party below
     "_ProtocolError": "from kafscale.protocol.errors import ProtocolError as _ProtocolError",
     "_UNSET": "from kafscale.protocol.message import UNSET as _UNSET",
     "_F": "from kafscale.protocol.message import FieldSpec as _F",
     "_Message": "from kafscale.protocol.message import Message as _Message",
     "_StructBase": "from kafscale.protocol.message import Struct as _StructBase",
+    "_Unset": "from kafscale.protocol.message import Unset as _Unset",
     "_BOOL": "from kafscale.protocol.wire import BOOL as _BOOL",
     "_UVARINT_1": "from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1",
     "_ZERO_UUID": "from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID",
@@ -143,17 +147,24 @@ def _class(msg: Message, s: Struct, root: bool, vendor: str) -> dict[str, Any]:
     fields = []
     for f in s.fields:
         ann = annotation(f)
-        mutable = f.type.is_array or f.type.is_struct
+        optional = annotation_is_optional(f)
+        fresh = (f.type.is_array or f.type.is_struct) and f.default is not None
         fields.append(
             {
                 "py_name": f.py_name,
                 "annotation": ann,
                 "doc": _field_doc(f),
-                "param_annotation": ann,
-                "param_default": "_UNSET" if mutable and f.default is not None else default_expr(f),
+                # A fresh default is marked by the UNSET sentinel: admitted by the annotation,
+                # since compiled (mypyc) code checks argument types at run time.
+                "param_annotation": (
+                    ann.replace(" | None", "") + " | _Unset" + (" | None" if optional else "")
+                    if fresh
+                    else ann
+                ),
+                "param_default": "_UNSET" if fresh else default_expr(f),
                 "init_expr": (
-                    f"{default_expr(f)} if {f.py_name} is _UNSET else {f.py_name}"
-                    if mutable and f.default is not None
+                    f"{default_expr(f)} if isinstance({f.py_name}, _Unset) else {f.py_name}"
+                    if fresh
                     else f.py_name
                 ),
                 "spec": _spec(f),
@@ -282,7 +293,9 @@ def render_message(msg: Message, release: str, vendor: str = KAFKA) -> str:
     roots = [read_names[(msg.root.name, v)] for v in msg.versions()]
     roots += [write_names[(msg.root.name, v)] for v in msg.versions()]
     functions = _reachable(functions, roots)
-    classes = [_class(msg, s, s is msg.root, vendor) for s in msg.structs]
+    # Each class after the structs it contains: compiled (mypyc) class bodies evaluate their
+    # annotations, so a struct field's class must exist already.
+    classes = [_class(msg, s, s is msg.root, vendor) for s in _post_order(msg)]
     tag_sets = [
         (s.name, "{" + ", ".join(map(str, s.known_tags)) + "}" if s.known_tags else "")
         for s in msg.structs
@@ -312,7 +325,7 @@ def render_message(msg: Message, release: str, vendor: str = KAFKA) -> str:
     used = [
         line
         for alias, line in _IMPORTS.items()
-        if not alias or re.search(rf"\b{re.escape(alias)}\b", text)
+        if not alias.strip() or re.search(rf"\b{re.escape(alias)}\b", text)
     ]
     return text.replace("{{IMPORTS}}", "\n".join(used).strip())
 

@@ -5,4 +5,6 @@ One module per message (``generated.metadata_response`` ...); import them lazily
 :mod:`generated.registry` so that a process pays only for the APIs it uses.
 """
 
+import kafscale.protocol  # noqa: F401  # first: it installs the compiled codecs when asked for
+
 KAFKA_RELEASE = "3.9.1"

@@ -8,6 +8,9 @@ Generated from AddOffsetsToTxnRequest.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -25,12 +28,13 @@ __all__ = [
     "AddOffsetsToTxnRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_qh = _Packer(">qh")
+_S_h: _Final = _Packer(">h")
+_S_qh: _Final = _Packer(">qh")
 
 
+@_mypyc_attr(native_class=False)
 class AddOffsetsToTxnRequest(_Message):
     """Kafka AddOffsetsToTxnRequest (request, API key 25), versions 0-4, flexible 3+.
 
@@ -92,7 +96,7 @@ class AddOffsetsToTxnRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_AddOffsetsToTxnRequest: frozenset[int] = frozenset()
+_TAGS_AddOffsetsToTxnRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_AddOffsetsToTxnRequest_v0(buf: bytes, pos: int) -> tuple[AddOffsetsToTxnRequest, int]:

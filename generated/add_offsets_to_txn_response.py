@@ -8,6 +8,9 @@ Generated from AddOffsetsToTxnResponse.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -20,11 +23,12 @@ __all__ = [
     "AddOffsetsToTxnResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_ih = _Packer(">ih")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
 class AddOffsetsToTxnResponse(_Message):
     """Kafka AddOffsetsToTxnResponse (response, API key 25), versions 0-4, flexible 3+.
 
@@ -70,7 +74,7 @@ class AddOffsetsToTxnResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_AddOffsetsToTxnResponse: frozenset[int] = frozenset()
+_TAGS_AddOffsetsToTxnResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_AddOffsetsToTxnResponse_v0(buf: bytes, pos: int) -> tuple[AddOffsetsToTxnResponse, int]:

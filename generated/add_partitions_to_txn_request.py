@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -33,15 +37,102 @@ __all__ = [
     "AddPartitionsToTxnTransaction",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_qh = _Packer(">qh")
-_S_qhz = _Packer(">qh?")
-_A_i = _small_arrays("i", 32)
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_qh: _Final = _Packer(">qh")
+_S_qhz: _Final = _Packer(">qh?")
+_A_i: _Final = _small_arrays("i", 32)
 
 
+@_mypyc_attr(native_class=False)
+class AddPartitionsToTxnTopic(_StructBase):
+    """AddPartitionsToTxnTopic (part of AddPartitionsToTxnRequest)."""
+
+    __slots__ = (
+        "name",
+        "partitions",
+    )
+
+    name: str
+    """The name of the topic.
+
+    Versions 0-5.
+    """
+    partitions: list[int]
+    """The partition indexes to add to the transaction
+
+    Versions 0-5.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partitions: list[int] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class AddPartitionsToTxnTransaction(_StructBase):
+    """List of transactions to add partitions to."""
+
+    __slots__ = (
+        "producer_epoch",
+        "producer_id",
+        "topics",
+        "transactional_id",
+        "verify_only",
+    )
+
+    transactional_id: str
+    """The transactional id corresponding to the transaction.
+
+    Versions 4-5.
+    """
+    producer_id: int
+    """Current producer id in use by the transactional id.
+
+    Versions 4-5.
+    """
+    producer_epoch: int
+    """Current epoch associated with the producer id.
+
+    Versions 4-5.
+    """
+    verify_only: bool
+    """Boolean to signify if we want to check if the partition is in the transaction rather than add it.
+
+    Versions 4-5.
+    """
+    topics: list[AddPartitionsToTxnTopic]
+    """The partitions to add to the transaction.
+
+    Versions 4-5.
+    """
+
+    def __init__(
+        self,
+        *,
+        transactional_id: str = "",
+        producer_id: int = 0,
+        producer_epoch: int = 0,
+        verify_only: bool = False,
+        topics: list[AddPartitionsToTxnTopic] | _Unset = _UNSET,
+    ) -> None:
+        self.transactional_id = transactional_id
+        self.producer_id = producer_id
+        self.producer_epoch = producer_epoch
+        self.verify_only = verify_only
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class AddPartitionsToTxnRequest(_Message):
     """Kafka AddPartitionsToTxnRequest (request, API key 24), versions 0-5, flexible 3+.
 
@@ -100,107 +191,25 @@ class AddPartitionsToTxnRequest(_Message):
     def __init__(
         self,
         *,
-        transactions: list[AddPartitionsToTxnTransaction] = _UNSET,
+        transactions: list[AddPartitionsToTxnTransaction] | _Unset = _UNSET,
         v3_and_below_transactional_id: str = "",
         v3_and_below_producer_id: int = 0,
         v3_and_below_producer_epoch: int = 0,
-        v3_and_below_topics: list[AddPartitionsToTxnTopic] = _UNSET,
+        v3_and_below_topics: list[AddPartitionsToTxnTopic] | _Unset = _UNSET,
     ) -> None:
-        self.transactions = [] if transactions is _UNSET else transactions
+        self.transactions = [] if isinstance(transactions, _Unset) else transactions
         self.v3_and_below_transactional_id = v3_and_below_transactional_id
         self.v3_and_below_producer_id = v3_and_below_producer_id
         self.v3_and_below_producer_epoch = v3_and_below_producer_epoch
-        self.v3_and_below_topics = [] if v3_and_below_topics is _UNSET else v3_and_below_topics
+        self.v3_and_below_topics = (
+            [] if isinstance(v3_and_below_topics, _Unset) else v3_and_below_topics
+        )
         self._unknown_tags = None
 
 
-class AddPartitionsToTxnTransaction(_StructBase):
-    """List of transactions to add partitions to."""
-
-    __slots__ = (
-        "producer_epoch",
-        "producer_id",
-        "topics",
-        "transactional_id",
-        "verify_only",
-    )
-
-    transactional_id: str
-    """The transactional id corresponding to the transaction.
-
-    Versions 4-5.
-    """
-    producer_id: int
-    """Current producer id in use by the transactional id.
-
-    Versions 4-5.
-    """
-    producer_epoch: int
-    """Current epoch associated with the producer id.
-
-    Versions 4-5.
-    """
-    verify_only: bool
-    """Boolean to signify if we want to check if the partition is in the transaction rather than add it.
-
-    Versions 4-5.
-    """
-    topics: list[AddPartitionsToTxnTopic]
-    """The partitions to add to the transaction.
-
-    Versions 4-5.
-    """
-
-    def __init__(
-        self,
-        *,
-        transactional_id: str = "",
-        producer_id: int = 0,
-        producer_epoch: int = 0,
-        verify_only: bool = False,
-        topics: list[AddPartitionsToTxnTopic] = _UNSET,
-    ) -> None:
-        self.transactional_id = transactional_id
-        self.producer_id = producer_id
-        self.producer_epoch = producer_epoch
-        self.verify_only = verify_only
-        self.topics = [] if topics is _UNSET else topics
-        self._unknown_tags = None
-
-
-class AddPartitionsToTxnTopic(_StructBase):
-    """AddPartitionsToTxnTopic (part of AddPartitionsToTxnRequest)."""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The name of the topic.
-
-    Versions 0-5.
-    """
-    partitions: list[int]
-    """The partition indexes to add to the transaction
-
-    Versions 0-5.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partitions: list[int] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-_TAGS_AddPartitionsToTxnRequest: frozenset[int] = frozenset()
-_TAGS_AddPartitionsToTxnTransaction: frozenset[int] = frozenset()
-_TAGS_AddPartitionsToTxnTopic: frozenset[int] = frozenset()
+_TAGS_AddPartitionsToTxnRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_AddPartitionsToTxnTransaction: _Final[frozenset[int]] = frozenset()
+_TAGS_AddPartitionsToTxnTopic: _Final[frozenset[int]] = frozenset()
 
 
 def _read_AddPartitionsToTxnTransaction_v4(
@@ -236,7 +245,8 @@ def _read_AddPartitionsToTxnTransaction_v4(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AddPartitionsToTxnTopic)
             n = buf[pos] - 1
             if n < 127:
@@ -341,7 +351,8 @@ def _read_AddPartitionsToTxnRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AddPartitionsToTxnTopic)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -407,7 +418,8 @@ def _read_AddPartitionsToTxnRequest_v3(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AddPartitionsToTxnTopic)
             n = buf[pos] - 1
             if n < 127:
@@ -478,7 +490,8 @@ def _read_AddPartitionsToTxnRequest_v4(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_AddPartitionsToTxnTransaction_v4(buf, pos)
             items1.append(item2)
         o.transactions = items1
@@ -644,6 +657,53 @@ def _write_AddPartitionsToTxnRequest_v5(o: AddPartitionsToTxnRequest, w: _Writer
         w(b"\x00")
 
 
+AddPartitionsToTxnTopic._fields = (
+    _F("name", "Name", "string", None, (0, 5), (1, 0), (1, 0), None, False, "", None),
+    _F("partitions", "Partitions", "[]int32", None, (0, 5), (1, 0), (1, 0), None, False, (), None),
+)
+AddPartitionsToTxnTransaction._fields = (
+    _F(
+        "transactional_id",
+        "TransactionalId",
+        "string",
+        None,
+        (4, 5),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        "",
+        None,
+    ),
+    _F("producer_id", "ProducerId", "int64", None, (4, 5), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "producer_epoch",
+        "ProducerEpoch",
+        "int16",
+        None,
+        (4, 5),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F("verify_only", "VerifyOnly", "bool", None, (4, 5), (1, 0), (1, 0), None, False, False, None),
+    _F(
+        "topics",
+        "Topics",
+        "[]AddPartitionsToTxnTopic",
+        AddPartitionsToTxnTopic,
+        (4, 5),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
 AddPartitionsToTxnRequest._fields = (
     _F(
         "transactions",
@@ -710,53 +770,6 @@ AddPartitionsToTxnRequest._fields = (
         (),
         None,
     ),
-)
-AddPartitionsToTxnTransaction._fields = (
-    _F(
-        "transactional_id",
-        "TransactionalId",
-        "string",
-        None,
-        (4, 5),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        "",
-        None,
-    ),
-    _F("producer_id", "ProducerId", "int64", None, (4, 5), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "producer_epoch",
-        "ProducerEpoch",
-        "int16",
-        None,
-        (4, 5),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F("verify_only", "VerifyOnly", "bool", None, (4, 5), (1, 0), (1, 0), None, False, False, None),
-    _F(
-        "topics",
-        "Topics",
-        "[]AddPartitionsToTxnTopic",
-        AddPartitionsToTxnTopic,
-        (4, 5),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-AddPartitionsToTxnTopic._fields = (
-    _F("name", "Name", "string", None, (0, 5), (1, 0), (1, 0), None, False, "", None),
-    _F("partitions", "Partitions", "[]int32", None, (0, 5), (1, 0), (1, 0), None, False, (), None),
 )
 AddPartitionsToTxnRequest._readers = {
     0: _read_AddPartitionsToTxnRequest_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -31,13 +35,109 @@ __all__ = [
     "AddPartitionsToTxnTopicResult",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
+class AddPartitionsToTxnPartitionResult(_StructBase):
+    """AddPartitionsToTxnPartitionResult (part of AddPartitionsToTxnResponse)."""
+
+    __slots__ = (
+        "partition_error_code",
+        "partition_index",
+    )
+
+    partition_index: int
+    """The partition indexes.
+
+    Versions 0-5.
+    """
+    partition_error_code: int
+    """The response error code.
+
+    Versions 0-5.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        partition_error_code: int = 0,
+    ) -> None:
+        self.partition_index = partition_index
+        self.partition_error_code = partition_error_code
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class AddPartitionsToTxnTopicResult(_StructBase):
+    """AddPartitionsToTxnTopicResult (part of AddPartitionsToTxnResponse)."""
+
+    __slots__ = (
+        "name",
+        "results_by_partition",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 0-5.
+    """
+    results_by_partition: list[AddPartitionsToTxnPartitionResult]
+    """The results for each partition
+
+    Versions 0-5.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        results_by_partition: list[AddPartitionsToTxnPartitionResult] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.results_by_partition = (
+            [] if isinstance(results_by_partition, _Unset) else results_by_partition
+        )
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class AddPartitionsToTxnResult(_StructBase):
+    """Results categorized by transactional ID."""
+
+    __slots__ = (
+        "topic_results",
+        "transactional_id",
+    )
+
+    transactional_id: str
+    """The transactional id corresponding to the transaction.
+
+    Versions 4-5.
+    """
+    topic_results: list[AddPartitionsToTxnTopicResult]
+    """The results for each topic.
+
+    Versions 4-5.
+    """
+
+    def __init__(
+        self,
+        *,
+        transactional_id: str = "",
+        topic_results: list[AddPartitionsToTxnTopicResult] | _Unset = _UNSET,
+    ) -> None:
+        self.transactional_id = transactional_id
+        self.topic_results = [] if isinstance(topic_results, _Unset) else topic_results
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class AddPartitionsToTxnResponse(_Message):
     """Kafka AddPartitionsToTxnResponse (response, API key 24), versions 0-5, flexible 3+.
 
@@ -91,114 +191,26 @@ class AddPartitionsToTxnResponse(_Message):
         *,
         throttle_time_ms: int = 0,
         error_code: int = 0,
-        results_by_transaction: list[AddPartitionsToTxnResult] = _UNSET,
-        results_by_topic_v3_and_below: list[AddPartitionsToTxnTopicResult] = _UNSET,
+        results_by_transaction: list[AddPartitionsToTxnResult] | _Unset = _UNSET,
+        results_by_topic_v3_and_below: list[AddPartitionsToTxnTopicResult] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
         self.results_by_transaction = (
-            [] if results_by_transaction is _UNSET else results_by_transaction
+            [] if isinstance(results_by_transaction, _Unset) else results_by_transaction
         )
         self.results_by_topic_v3_and_below = (
-            [] if results_by_topic_v3_and_below is _UNSET else results_by_topic_v3_and_below
+            []
+            if isinstance(results_by_topic_v3_and_below, _Unset)
+            else results_by_topic_v3_and_below
         )
         self._unknown_tags = None
 
 
-class AddPartitionsToTxnResult(_StructBase):
-    """Results categorized by transactional ID."""
-
-    __slots__ = (
-        "topic_results",
-        "transactional_id",
-    )
-
-    transactional_id: str
-    """The transactional id corresponding to the transaction.
-
-    Versions 4-5.
-    """
-    topic_results: list[AddPartitionsToTxnTopicResult]
-    """The results for each topic.
-
-    Versions 4-5.
-    """
-
-    def __init__(
-        self,
-        *,
-        transactional_id: str = "",
-        topic_results: list[AddPartitionsToTxnTopicResult] = _UNSET,
-    ) -> None:
-        self.transactional_id = transactional_id
-        self.topic_results = [] if topic_results is _UNSET else topic_results
-        self._unknown_tags = None
-
-
-class AddPartitionsToTxnTopicResult(_StructBase):
-    """AddPartitionsToTxnTopicResult (part of AddPartitionsToTxnResponse)."""
-
-    __slots__ = (
-        "name",
-        "results_by_partition",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 0-5.
-    """
-    results_by_partition: list[AddPartitionsToTxnPartitionResult]
-    """The results for each partition
-
-    Versions 0-5.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        results_by_partition: list[AddPartitionsToTxnPartitionResult] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.results_by_partition = [] if results_by_partition is _UNSET else results_by_partition
-        self._unknown_tags = None
-
-
-class AddPartitionsToTxnPartitionResult(_StructBase):
-    """AddPartitionsToTxnPartitionResult (part of AddPartitionsToTxnResponse)."""
-
-    __slots__ = (
-        "partition_error_code",
-        "partition_index",
-    )
-
-    partition_index: int
-    """The partition indexes.
-
-    Versions 0-5.
-    """
-    partition_error_code: int
-    """The response error code.
-
-    Versions 0-5.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        partition_error_code: int = 0,
-    ) -> None:
-        self.partition_index = partition_index
-        self.partition_error_code = partition_error_code
-        self._unknown_tags = None
-
-
-_TAGS_AddPartitionsToTxnResponse: frozenset[int] = frozenset()
-_TAGS_AddPartitionsToTxnResult: frozenset[int] = frozenset()
-_TAGS_AddPartitionsToTxnTopicResult: frozenset[int] = frozenset()
-_TAGS_AddPartitionsToTxnPartitionResult: frozenset[int] = frozenset()
+_TAGS_AddPartitionsToTxnResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_AddPartitionsToTxnResult: _Final[frozenset[int]] = frozenset()
+_TAGS_AddPartitionsToTxnTopicResult: _Final[frozenset[int]] = frozenset()
+_TAGS_AddPartitionsToTxnPartitionResult: _Final[frozenset[int]] = frozenset()
 
 
 def _read_AddPartitionsToTxnTopicResult_v0(
@@ -224,7 +236,8 @@ def _read_AddPartitionsToTxnTopicResult_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AddPartitionsToTxnPartitionResult)
             item2.partition_index, item2.partition_error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
@@ -266,7 +279,8 @@ def _read_AddPartitionsToTxnTopicResult_v3(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AddPartitionsToTxnPartitionResult)
             item2.partition_index, item2.partition_error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
@@ -354,7 +368,8 @@ def _read_AddPartitionsToTxnResult_v4(buf: bytes, pos: int) -> tuple[AddPartitio
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_AddPartitionsToTxnTopicResult_v3(buf, pos)
             items1.append(item2)
         o.topic_results = items1
@@ -400,7 +415,8 @@ def _read_AddPartitionsToTxnResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_AddPartitionsToTxnTopicResult_v0(buf, pos)
             items1.append(item2)
         o.results_by_topic_v3_and_below = items1
@@ -429,7 +445,8 @@ def _read_AddPartitionsToTxnResponse_v3(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_AddPartitionsToTxnTopicResult_v3(buf, pos)
             items1.append(item2)
         o.results_by_topic_v3_and_below = items1
@@ -461,7 +478,8 @@ def _read_AddPartitionsToTxnResponse_v4(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_AddPartitionsToTxnResult_v4(buf, pos)
             items1.append(item2)
         o.results_by_transaction = items1
@@ -563,6 +581,78 @@ def _write_AddPartitionsToTxnResponse_v5(o: AddPartitionsToTxnResponse, w: _Writ
         w(b"\x00")
 
 
+AddPartitionsToTxnPartitionResult._fields = (
+    _F(
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
+        (0, 5),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F(
+        "partition_error_code",
+        "PartitionErrorCode",
+        "int16",
+        None,
+        (0, 5),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+)
+AddPartitionsToTxnTopicResult._fields = (
+    _F("name", "Name", "string", None, (0, 5), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "results_by_partition",
+        "ResultsByPartition",
+        "[]AddPartitionsToTxnPartitionResult",
+        AddPartitionsToTxnPartitionResult,
+        (0, 5),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+AddPartitionsToTxnResult._fields = (
+    _F(
+        "transactional_id",
+        "TransactionalId",
+        "string",
+        None,
+        (4, 5),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        "",
+        None,
+    ),
+    _F(
+        "topic_results",
+        "TopicResults",
+        "[]AddPartitionsToTxnTopicResult",
+        AddPartitionsToTxnTopicResult,
+        (4, 5),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
 AddPartitionsToTxnResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -602,78 +692,6 @@ AddPartitionsToTxnResponse._fields = (
         None,
         False,
         (),
-        None,
-    ),
-)
-AddPartitionsToTxnResult._fields = (
-    _F(
-        "transactional_id",
-        "TransactionalId",
-        "string",
-        None,
-        (4, 5),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        "",
-        None,
-    ),
-    _F(
-        "topic_results",
-        "TopicResults",
-        "[]AddPartitionsToTxnTopicResult",
-        AddPartitionsToTxnTopicResult,
-        (4, 5),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-AddPartitionsToTxnTopicResult._fields = (
-    _F("name", "Name", "string", None, (0, 5), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "results_by_partition",
-        "ResultsByPartition",
-        "[]AddPartitionsToTxnPartitionResult",
-        AddPartitionsToTxnPartitionResult,
-        (0, 5),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-AddPartitionsToTxnPartitionResult._fields = (
-    _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
-        (0, 5),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F(
-        "partition_error_code",
-        "PartitionErrorCode",
-        "int16",
-        None,
-        (0, 5),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
         None,
     ),
 )

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -31,12 +35,52 @@ __all__ = [
     "Listener",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_H = _Packer(">H")
-_S_ii = _Packer(">ii")
+_S_H: _Final = _Packer(">H")
+_S_ii: _Final = _Packer(">ii")
 
 
+@_mypyc_attr(native_class=False)
+class Listener(_StructBase):
+    """The endpoints that can be used to communicate with the voter"""
+
+    __slots__ = (
+        "host",
+        "name",
+        "port",
+    )
+
+    name: str
+    """The name of the endpoint
+
+    Versions 0.
+    """
+    host: str
+    """The hostname
+
+    Versions 0.
+    """
+    port: int
+    """The port
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        host: str = "",
+        port: int = 0,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class AddRaftVoterRequest(_Message):
     """Kafka AddRaftVoterRequest (request, API key 80), versions 0, flexible 0+."""
 
@@ -87,56 +131,18 @@ class AddRaftVoterRequest(_Message):
         timeout_ms: int = 0,
         voter_id: int = 0,
         voter_directory_id: _UUID = _ZERO_UUID,
-        listeners: list[Listener] = _UNSET,
+        listeners: list[Listener] | _Unset = _UNSET,
     ) -> None:
         self.cluster_id = cluster_id
         self.timeout_ms = timeout_ms
         self.voter_id = voter_id
         self.voter_directory_id = voter_directory_id
-        self.listeners = [] if listeners is _UNSET else listeners
+        self.listeners = [] if isinstance(listeners, _Unset) else listeners
         self._unknown_tags = None
 
 
-class Listener(_StructBase):
-    """The endpoints that can be used to communicate with the voter"""
-
-    __slots__ = (
-        "host",
-        "name",
-        "port",
-    )
-
-    name: str
-    """The name of the endpoint
-
-    Versions 0.
-    """
-    host: str
-    """The hostname
-
-    Versions 0.
-    """
-    port: int
-    """The port
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        host: str = "",
-        port: int = 0,
-    ) -> None:
-        self.name = name
-        self.host = host
-        self.port = port
-        self._unknown_tags = None
-
-
-_TAGS_AddRaftVoterRequest: frozenset[int] = frozenset()
-_TAGS_Listener: frozenset[int] = frozenset()
+_TAGS_AddRaftVoterRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_Listener: _Final[frozenset[int]] = frozenset()
 
 
 def _read_AddRaftVoterRequest_v0(buf: bytes, pos: int) -> tuple[AddRaftVoterRequest, int]:
@@ -172,7 +178,8 @@ def _read_AddRaftVoterRequest_v0(buf: bytes, pos: int) -> tuple[AddRaftVoterRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(Listener)
             n = buf[pos] - 1
             if n < 127:
@@ -254,6 +261,11 @@ def _write_AddRaftVoterRequest_v0(o: AddRaftVoterRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
+Listener._fields = (
+    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F("host", "Host", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F("port", "Port", "uint16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+)
 AddRaftVoterRequest._fields = (
     _F("cluster_id", "ClusterId", "string", None, (0, 0), (0, 0), (1, 0), None, False, "", None),
     _F("timeout_ms", "TimeoutMs", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
@@ -284,11 +296,6 @@ AddRaftVoterRequest._fields = (
         (),
         None,
     ),
-)
-Listener._fields = (
-    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F("host", "Host", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F("port", "Port", "uint16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
 )
 AddRaftVoterRequest._readers = {
     0: _read_AddRaftVoterRequest_v0,

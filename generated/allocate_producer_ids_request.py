@@ -8,6 +8,9 @@ Generated from AllocateProducerIdsRequest.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -19,11 +22,12 @@ __all__ = [
     "AllocateProducerIdsRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_iq = _Packer(">iq")
+_S_iq: _Final = _Packer(">iq")
 
 
+@_mypyc_attr(native_class=False)
 class AllocateProducerIdsRequest(_Message):
     """Kafka AllocateProducerIdsRequest (request, API key 67), versions 0, flexible 0+."""
 
@@ -60,7 +64,7 @@ class AllocateProducerIdsRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_AllocateProducerIdsRequest: frozenset[int] = frozenset()
+_TAGS_AllocateProducerIdsRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_AllocateProducerIdsRequest_v0(

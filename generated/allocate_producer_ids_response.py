@@ -8,6 +8,9 @@ Generated from AllocateProducerIdsResponse.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -19,11 +22,12 @@ __all__ = [
     "AllocateProducerIdsResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_ihqi = _Packer(">ihqi")
+_S_ihqi: _Final = _Packer(">ihqi")
 
 
+@_mypyc_attr(native_class=False)
 class AllocateProducerIdsResponse(_Message):
     """Kafka AllocateProducerIdsResponse (response, API key 67), versions 0, flexible 0+."""
 
@@ -76,7 +80,7 @@ class AllocateProducerIdsResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_AllocateProducerIdsResponse: frozenset[int] = frozenset()
+_TAGS_AllocateProducerIdsResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_AllocateProducerIdsResponse_v0(

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -32,83 +36,15 @@ __all__ = [
     "OpData",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_dz = _Packer(">d?")
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_z = _Packer(">?")
-
-
-class AlterClientQuotasRequest(_Message):
-    """Kafka AlterClientQuotasRequest (request, API key 49), versions 0-1, flexible 1+.
-
-    Version 1 enables flexible versions.
-    """
-
-    __slots__ = (
-        "entries",
-        "validate_only",
-    )
-
-    NAME = "AlterClientQuotasRequest"
-    API_KEY = 49
-    TYPE = "request"
-    VALID_VERSIONS = (0, 1)
-    FLEXIBLE_VERSIONS = (1, 32767)
-
-    entries: list[EntryData]
-    """The quota configuration entries to alter.
-
-    Versions 0-1.
-    """
-    validate_only: bool
-    """Whether the alteration should be validated, but not performed.
-
-    Versions 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        entries: list[EntryData] = _UNSET,
-        validate_only: bool = False,
-    ) -> None:
-        self.entries = [] if entries is _UNSET else entries
-        self.validate_only = validate_only
-        self._unknown_tags = None
+_S_dz: _Final = _Packer(">d?")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_z: _Final = _Packer(">?")
 
 
-class EntryData(_StructBase):
-    """The quota configuration entries to alter."""
-
-    __slots__ = (
-        "entity",
-        "ops",
-    )
-
-    entity: list[EntityData]
-    """The quota entity to alter.
-
-    Versions 0-1.
-    """
-    ops: list[OpData]
-    """An individual quota configuration entry to alter.
-
-    Versions 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        entity: list[EntityData] = _UNSET,
-        ops: list[OpData] = _UNSET,
-    ) -> None:
-        self.entity = [] if entity is _UNSET else entity
-        self.ops = [] if ops is _UNSET else ops
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class EntityData(_StructBase):
     """The quota entity to alter."""
 
@@ -139,6 +75,7 @@ class EntityData(_StructBase):
         self._unknown_tags = None
 
 
+@_mypyc_attr(native_class=False)
 class OpData(_StructBase):
     """An individual quota configuration entry to alter."""
 
@@ -177,10 +114,81 @@ class OpData(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_AlterClientQuotasRequest: frozenset[int] = frozenset()
-_TAGS_EntryData: frozenset[int] = frozenset()
-_TAGS_EntityData: frozenset[int] = frozenset()
-_TAGS_OpData: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class EntryData(_StructBase):
+    """The quota configuration entries to alter."""
+
+    __slots__ = (
+        "entity",
+        "ops",
+    )
+
+    entity: list[EntityData]
+    """The quota entity to alter.
+
+    Versions 0-1.
+    """
+    ops: list[OpData]
+    """An individual quota configuration entry to alter.
+
+    Versions 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        entity: list[EntityData] | _Unset = _UNSET,
+        ops: list[OpData] | _Unset = _UNSET,
+    ) -> None:
+        self.entity = [] if isinstance(entity, _Unset) else entity
+        self.ops = [] if isinstance(ops, _Unset) else ops
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class AlterClientQuotasRequest(_Message):
+    """Kafka AlterClientQuotasRequest (request, API key 49), versions 0-1, flexible 1+.
+
+    Version 1 enables flexible versions.
+    """
+
+    __slots__ = (
+        "entries",
+        "validate_only",
+    )
+
+    NAME = "AlterClientQuotasRequest"
+    API_KEY = 49
+    TYPE = "request"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 32767)
+
+    entries: list[EntryData]
+    """The quota configuration entries to alter.
+
+    Versions 0-1.
+    """
+    validate_only: bool
+    """Whether the alteration should be validated, but not performed.
+
+    Versions 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        entries: list[EntryData] | _Unset = _UNSET,
+        validate_only: bool = False,
+    ) -> None:
+        self.entries = [] if isinstance(entries, _Unset) else entries
+        self.validate_only = validate_only
+        self._unknown_tags = None
+
+
+_TAGS_AlterClientQuotasRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_EntryData: _Final[frozenset[int]] = frozenset()
+_TAGS_EntityData: _Final[frozenset[int]] = frozenset()
+_TAGS_OpData: _Final[frozenset[int]] = frozenset()
 
 
 def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
@@ -194,7 +202,8 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(EntityData)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -228,9 +237,10 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(OpData)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(OpData)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -239,13 +249,13 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.key = buf[pos:end].decode()
+                item5.key = buf[pos:end].decode()
                 pos = end
-            item4.value, item4.remove = _S_dz.unpack_from(buf, pos)
+            item5.value, item5.remove = _S_dz.unpack_from(buf, pos)
             pos += 9
-            item4._unknown_tags = None
-            items3.append(item4)
-        o.ops = items3
+            item5._unknown_tags = None
+            items4.append(item5)
+        o.ops = items4
     o._unknown_tags = None
     return o, pos
 
@@ -265,7 +275,8 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(EntityData)
             n = buf[pos] - 1
             if n < 127:
@@ -313,9 +324,10 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(OpData)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(OpData)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -328,17 +340,17 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.key = buf[pos:end].decode()
+                item5.key = buf[pos:end].decode()
                 pos = end
-            item4.value, item4.remove = _S_dz.unpack_from(buf, pos)
+            item5.value, item5.remove = _S_dz.unpack_from(buf, pos)
             pos += 9
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_OpData)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_OpData)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.ops = items3
+            items4.append(item5)
+        o.ops = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_EntryData)
     else:
@@ -434,7 +446,8 @@ def _read_AlterClientQuotasRequest_v0(buf: bytes, pos: int) -> tuple[AlterClient
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_EntryData_v0(buf, pos)
             items1.append(item2)
         o.entries = items1
@@ -459,7 +472,8 @@ def _read_AlterClientQuotasRequest_v1(buf: bytes, pos: int) -> tuple[AlterClient
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_EntryData_v1(buf, pos)
             items1.append(item2)
         o.entries = items1
@@ -499,6 +513,31 @@ def _write_AlterClientQuotasRequest_v1(o: AlterClientQuotasRequest, w: _Writer) 
         w(b"\x00")
 
 
+EntityData._fields = (
+    _F("entity_type", "EntityType", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
+    _F("entity_name", "EntityName", "string", None, (0, 1), (0, 1), (1, 0), None, False, "", None),
+)
+OpData._fields = (
+    _F("key", "Key", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
+    _F("value", "Value", "float64", None, (0, 1), (1, 0), (1, 0), None, False, 0.0, None),
+    _F("remove", "Remove", "bool", None, (0, 1), (1, 0), (1, 0), None, False, False, None),
+)
+EntryData._fields = (
+    _F(
+        "entity",
+        "Entity",
+        "[]EntityData",
+        EntityData,
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F("ops", "Ops", "[]OpData", OpData, (0, 1), (1, 0), (1, 0), None, False, (), None),
+)
 AlterClientQuotasRequest._fields = (
     _F(
         "entries",
@@ -526,31 +565,6 @@ AlterClientQuotasRequest._fields = (
         False,
         None,
     ),
-)
-EntryData._fields = (
-    _F(
-        "entity",
-        "Entity",
-        "[]EntityData",
-        EntityData,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-    _F("ops", "Ops", "[]OpData", OpData, (0, 1), (1, 0), (1, 0), None, False, (), None),
-)
-EntityData._fields = (
-    _F("entity_type", "EntityType", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
-    _F("entity_name", "EntityName", "string", None, (0, 1), (0, 1), (1, 0), None, False, "", None),
-)
-OpData._fields = (
-    _F("key", "Key", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
-    _F("value", "Value", "float64", None, (0, 1), (1, 0), (1, 0), None, False, 0.0, None),
-    _F("remove", "Remove", "bool", None, (0, 1), (1, 0), (1, 0), None, False, False, None),
 )
 AlterClientQuotasRequest._readers = {
     0: _read_AlterClientQuotasRequest_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -30,12 +34,83 @@ __all__ = [
     "EntryData",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
+class EntityData(_StructBase):
+    """The quota entity to alter."""
+
+    __slots__ = (
+        "entity_name",
+        "entity_type",
+    )
+
+    entity_type: str
+    """The entity type.
+
+    Versions 0-1.
+    """
+    entity_name: str | None
+    """The name of the entity, or null if the default.
+
+    Versions 0-1, nullable 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        entity_type: str = "",
+        entity_name: str | None = "",
+    ) -> None:
+        self.entity_type = entity_type
+        self.entity_name = entity_name
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class EntryData(_StructBase):
+    """The quota configuration entries to alter."""
+
+    __slots__ = (
+        "entity",
+        "error_code",
+        "error_message",
+    )
+
+    error_code: int
+    """The error code, or `0` if the quota alteration succeeded.
+
+    Versions 0-1.
+    """
+    error_message: str | None
+    """The error message, or `null` if the quota alteration succeeded.
+
+    Versions 0-1, nullable 0-1.
+    """
+    entity: list[EntityData]
+    """The quota entity to alter.
+
+    Versions 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        error_code: int = 0,
+        error_message: str | None = "",
+        entity: list[EntityData] | _Unset = _UNSET,
+    ) -> None:
+        self.error_code = error_code
+        self.error_message = error_message
+        self.entity = [] if isinstance(entity, _Unset) else entity
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class AlterClientQuotasResponse(_Message):
     """Kafka AlterClientQuotasResponse (response, API key 49), versions 0-1, flexible 1+.
 
@@ -68,84 +143,16 @@ class AlterClientQuotasResponse(_Message):
         self,
         *,
         throttle_time_ms: int = 0,
-        entries: list[EntryData] = _UNSET,
+        entries: list[EntryData] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
-        self.entries = [] if entries is _UNSET else entries
+        self.entries = [] if isinstance(entries, _Unset) else entries
         self._unknown_tags = None
 
 
-class EntryData(_StructBase):
-    """The quota configuration entries to alter."""
-
-    __slots__ = (
-        "entity",
-        "error_code",
-        "error_message",
-    )
-
-    error_code: int
-    """The error code, or `0` if the quota alteration succeeded.
-
-    Versions 0-1.
-    """
-    error_message: str | None
-    """The error message, or `null` if the quota alteration succeeded.
-
-    Versions 0-1, nullable 0-1.
-    """
-    entity: list[EntityData]
-    """The quota entity to alter.
-
-    Versions 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        error_code: int = 0,
-        error_message: str | None = "",
-        entity: list[EntityData] = _UNSET,
-    ) -> None:
-        self.error_code = error_code
-        self.error_message = error_message
-        self.entity = [] if entity is _UNSET else entity
-        self._unknown_tags = None
-
-
-class EntityData(_StructBase):
-    """The quota entity to alter."""
-
-    __slots__ = (
-        "entity_name",
-        "entity_type",
-    )
-
-    entity_type: str
-    """The entity type.
-
-    Versions 0-1.
-    """
-    entity_name: str | None
-    """The name of the entity, or null if the default.
-
-    Versions 0-1, nullable 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        entity_type: str = "",
-        entity_name: str | None = "",
-    ) -> None:
-        self.entity_type = entity_type
-        self.entity_name = entity_name
-        self._unknown_tags = None
-
-
-_TAGS_AlterClientQuotasResponse: frozenset[int] = frozenset()
-_TAGS_EntryData: frozenset[int] = frozenset()
-_TAGS_EntityData: frozenset[int] = frozenset()
+_TAGS_AlterClientQuotasResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_EntryData: _Final[frozenset[int]] = frozenset()
+_TAGS_EntityData: _Final[frozenset[int]] = frozenset()
 
 
 def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
@@ -173,7 +180,8 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(EntityData)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -235,7 +243,8 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(EntityData)
             n = buf[pos] - 1
             if n < 127:
@@ -365,7 +374,8 @@ def _read_AlterClientQuotasResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_EntryData_v0(buf, pos)
             items1.append(item2)
         o.entries = items1
@@ -392,7 +402,8 @@ def _read_AlterClientQuotasResponse_v1(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_EntryData_v1(buf, pos)
             items1.append(item2)
         o.entries = items1
@@ -430,33 +441,9 @@ def _write_AlterClientQuotasResponse_v1(o: AlterClientQuotasResponse, w: _Writer
         w(b"\x00")
 
 
-AlterClientQuotasResponse._fields = (
-    _F(
-        "throttle_time_ms",
-        "ThrottleTimeMs",
-        "int32",
-        None,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F(
-        "entries",
-        "Entries",
-        "[]EntryData",
-        EntryData,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
+EntityData._fields = (
+    _F("entity_type", "EntityType", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
+    _F("entity_name", "EntityName", "string", None, (0, 1), (0, 1), (1, 0), None, False, "", None),
 )
 EntryData._fields = (
     _F("error_code", "ErrorCode", "int16", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
@@ -487,9 +474,33 @@ EntryData._fields = (
         None,
     ),
 )
-EntityData._fields = (
-    _F("entity_type", "EntityType", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
-    _F("entity_name", "EntityName", "string", None, (0, 1), (0, 1), (1, 0), None, False, "", None),
+AlterClientQuotasResponse._fields = (
+    _F(
+        "throttle_time_ms",
+        "ThrottleTimeMs",
+        "int32",
+        None,
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F(
+        "entries",
+        "Entries",
+        "[]EntryData",
+        EntryData,
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
 )
 AlterClientQuotasResponse._readers = {
     0: _read_AlterClientQuotasResponse_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -31,14 +35,85 @@ __all__ = [
     "AlterableConfig",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_b = _Packer(">b")
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_z = _Packer(">?")
+_S_b: _Final = _Packer(">b")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_z: _Final = _Packer(">?")
 
 
+@_mypyc_attr(native_class=False)
+class AlterableConfig(_StructBase):
+    """The configurations."""
+
+    __slots__ = (
+        "name",
+        "value",
+    )
+
+    name: str
+    """The configuration key name.
+
+    Versions 0-2.
+    """
+    value: str | None
+    """The value to set for the configuration key.
+
+    Versions 0-2, nullable 0-2.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        value: str | None = "",
+    ) -> None:
+        self.name = name
+        self.value = value
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class AlterConfigsResource(_StructBase):
+    """The updates for each resource."""
+
+    __slots__ = (
+        "configs",
+        "resource_name",
+        "resource_type",
+    )
+
+    resource_type: int
+    """The resource type.
+
+    Versions 0-2.
+    """
+    resource_name: str
+    """The resource name.
+
+    Versions 0-2.
+    """
+    configs: list[AlterableConfig]
+    """The configurations.
+
+    Versions 0-2.
+    """
+
+    def __init__(
+        self,
+        *,
+        resource_type: int = 0,
+        resource_name: str = "",
+        configs: list[AlterableConfig] | _Unset = _UNSET,
+    ) -> None:
+        self.resource_type = resource_type
+        self.resource_name = resource_name
+        self.configs = [] if isinstance(configs, _Unset) else configs
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class AlterConfigsRequest(_Message):
     """Kafka AlterConfigsRequest (request, API key 33), versions 0-2, flexible 2+.
 
@@ -71,85 +146,17 @@ class AlterConfigsRequest(_Message):
     def __init__(
         self,
         *,
-        resources: list[AlterConfigsResource] = _UNSET,
+        resources: list[AlterConfigsResource] | _Unset = _UNSET,
         validate_only: bool = False,
     ) -> None:
-        self.resources = [] if resources is _UNSET else resources
+        self.resources = [] if isinstance(resources, _Unset) else resources
         self.validate_only = validate_only
         self._unknown_tags = None
 
 
-class AlterConfigsResource(_StructBase):
-    """The updates for each resource."""
-
-    __slots__ = (
-        "configs",
-        "resource_name",
-        "resource_type",
-    )
-
-    resource_type: int
-    """The resource type.
-
-    Versions 0-2.
-    """
-    resource_name: str
-    """The resource name.
-
-    Versions 0-2.
-    """
-    configs: list[AlterableConfig]
-    """The configurations.
-
-    Versions 0-2.
-    """
-
-    def __init__(
-        self,
-        *,
-        resource_type: int = 0,
-        resource_name: str = "",
-        configs: list[AlterableConfig] = _UNSET,
-    ) -> None:
-        self.resource_type = resource_type
-        self.resource_name = resource_name
-        self.configs = [] if configs is _UNSET else configs
-        self._unknown_tags = None
-
-
-class AlterableConfig(_StructBase):
-    """The configurations."""
-
-    __slots__ = (
-        "name",
-        "value",
-    )
-
-    name: str
-    """The configuration key name.
-
-    Versions 0-2.
-    """
-    value: str | None
-    """The value to set for the configuration key.
-
-    Versions 0-2, nullable 0-2.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        value: str | None = "",
-    ) -> None:
-        self.name = name
-        self.value = value
-        self._unknown_tags = None
-
-
-_TAGS_AlterConfigsRequest: frozenset[int] = frozenset()
-_TAGS_AlterConfigsResource: frozenset[int] = frozenset()
-_TAGS_AlterableConfig: frozenset[int] = frozenset()
+_TAGS_AlterConfigsRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_AlterConfigsResource: _Final[frozenset[int]] = frozenset()
+_TAGS_AlterableConfig: _Final[frozenset[int]] = frozenset()
 
 
 def _read_AlterConfigsResource_v0(buf: bytes, pos: int) -> tuple[AlterConfigsResource, int]:
@@ -175,7 +182,8 @@ def _read_AlterConfigsResource_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AlterableConfig)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -237,7 +245,8 @@ def _read_AlterConfigsResource_v2(buf: bytes, pos: int) -> tuple[AlterConfigsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AlterableConfig)
             n = buf[pos] - 1
             if n < 127:
@@ -355,7 +364,8 @@ def _read_AlterConfigsRequest_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_AlterConfigsResource_v0(buf, pos)
             items1.append(item2)
         o.resources = items1
@@ -380,7 +390,8 @@ def _read_AlterConfigsRequest_v2(buf: bytes, pos: int) -> tuple[AlterConfigsRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_AlterConfigsResource_v2(buf, pos)
             items1.append(item2)
         o.resources = items1
@@ -420,33 +431,9 @@ def _write_AlterConfigsRequest_v2(o: AlterConfigsRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
-AlterConfigsRequest._fields = (
-    _F(
-        "resources",
-        "Resources",
-        "[]AlterConfigsResource",
-        AlterConfigsResource,
-        (0, 2),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-    _F(
-        "validate_only",
-        "ValidateOnly",
-        "bool",
-        None,
-        (0, 2),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        False,
-        None,
-    ),
+AlterableConfig._fields = (
+    _F("name", "Name", "string", None, (0, 2), (1, 0), (1, 0), None, False, "", None),
+    _F("value", "Value", "string", None, (0, 2), (0, 2), (1, 0), None, False, "", None),
 )
 AlterConfigsResource._fields = (
     _F("resource_type", "ResourceType", "int8", None, (0, 2), (1, 0), (1, 0), None, False, 0, None),
@@ -477,9 +464,33 @@ AlterConfigsResource._fields = (
         None,
     ),
 )
-AlterableConfig._fields = (
-    _F("name", "Name", "string", None, (0, 2), (1, 0), (1, 0), None, False, "", None),
-    _F("value", "Value", "string", None, (0, 2), (0, 2), (1, 0), None, False, "", None),
+AlterConfigsRequest._fields = (
+    _F(
+        "resources",
+        "Resources",
+        "[]AlterConfigsResource",
+        AlterConfigsResource,
+        (0, 2),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F(
+        "validate_only",
+        "ValidateOnly",
+        "bool",
+        None,
+        (0, 2),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        False,
+        None,
+    ),
 )
 AlterConfigsRequest._readers = {
     0: _read_AlterConfigsRequest_v0,

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
@@ -31,78 +35,13 @@ __all__ = [
     "ReassignableTopic",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_i = _Packer(">i")
-_A_i = _small_arrays("i", 32)
-
-
-class AlterPartitionReassignmentsRequest(_Message):
-    """Kafka AlterPartitionReassignmentsRequest (request, API key 45), versions 0, flexible 0+."""
-
-    __slots__ = (
-        "timeout_ms",
-        "topics",
-    )
-
-    NAME = "AlterPartitionReassignmentsRequest"
-    API_KEY = 45
-    TYPE = "request"
-    VALID_VERSIONS = (0, 0)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    timeout_ms: int
-    """The time in ms to wait for the request to complete.
-
-    Versions 0.
-    """
-    topics: list[ReassignableTopic]
-    """The topics to reassign.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        timeout_ms: int = 60000,
-        topics: list[ReassignableTopic] = _UNSET,
-    ) -> None:
-        self.timeout_ms = timeout_ms
-        self.topics = [] if topics is _UNSET else topics
-        self._unknown_tags = None
+_S_i: _Final = _Packer(">i")
+_A_i: _Final = _small_arrays("i", 32)
 
 
-class ReassignableTopic(_StructBase):
-    """The topics to reassign."""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 0.
-    """
-    partitions: list[ReassignablePartition]
-    """The partitions to reassign.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partitions: list[ReassignablePartition] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class ReassignablePartition(_StructBase):
     """The partitions to reassign."""
 
@@ -133,9 +72,77 @@ class ReassignablePartition(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_AlterPartitionReassignmentsRequest: frozenset[int] = frozenset()
-_TAGS_ReassignableTopic: frozenset[int] = frozenset()
-_TAGS_ReassignablePartition: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class ReassignableTopic(_StructBase):
+    """The topics to reassign."""
+
+    __slots__ = (
+        "name",
+        "partitions",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 0.
+    """
+    partitions: list[ReassignablePartition]
+    """The partitions to reassign.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partitions: list[ReassignablePartition] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class AlterPartitionReassignmentsRequest(_Message):
+    """Kafka AlterPartitionReassignmentsRequest (request, API key 45), versions 0, flexible 0+."""
+
+    __slots__ = (
+        "timeout_ms",
+        "topics",
+    )
+
+    NAME = "AlterPartitionReassignmentsRequest"
+    API_KEY = 45
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    timeout_ms: int
+    """The time in ms to wait for the request to complete.
+
+    Versions 0.
+    """
+    topics: list[ReassignableTopic]
+    """The topics to reassign.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout_ms: int = 60000,
+        topics: list[ReassignableTopic] | _Unset = _UNSET,
+    ) -> None:
+        self.timeout_ms = timeout_ms
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self._unknown_tags = None
+
+
+_TAGS_AlterPartitionReassignmentsRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_ReassignableTopic: _Final[frozenset[int]] = frozenset()
+_TAGS_ReassignablePartition: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ReassignableTopic_v0(buf: bytes, pos: int) -> tuple[ReassignableTopic, int]:
@@ -167,7 +174,8 @@ def _read_ReassignableTopic_v0(buf: bytes, pos: int) -> tuple[ReassignableTopic,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ReassignablePartition)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -251,7 +259,8 @@ def _read_AlterPartitionReassignmentsRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_ReassignableTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -279,21 +288,21 @@ def _write_AlterPartitionReassignmentsRequest_v0(
         w(b"\x00")
 
 
-AlterPartitionReassignmentsRequest._fields = (
-    _F("timeout_ms", "TimeoutMs", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 60000, None),
+ReassignablePartition._fields = (
     _F(
-        "topics",
-        "Topics",
-        "[]ReassignableTopic",
-        ReassignableTopic,
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
         (0, 0),
         (1, 0),
         (1, 0),
         None,
         False,
-        (),
+        0,
         None,
     ),
+    _F("replicas", "Replicas", "[]int32", None, (0, 0), (0, 0), (1, 0), None, False, None, None),
 )
 ReassignableTopic._fields = (
     _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
@@ -311,21 +320,21 @@ ReassignableTopic._fields = (
         None,
     ),
 )
-ReassignablePartition._fields = (
+AlterPartitionReassignmentsRequest._fields = (
+    _F("timeout_ms", "TimeoutMs", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 60000, None),
     _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
+        "topics",
+        "Topics",
+        "[]ReassignableTopic",
+        ReassignableTopic,
         (0, 0),
         (1, 0),
         (1, 0),
         None,
         False,
-        0,
+        (),
         None,
     ),
-    _F("replicas", "Replicas", "[]int32", None, (0, 0), (0, 0), (1, 0), None, False, None, None),
 )
 AlterPartitionReassignmentsRequest._readers = {
     0: _read_AlterPartitionReassignmentsRequest_v0,

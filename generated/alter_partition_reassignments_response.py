@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -29,11 +33,82 @@ __all__ = [
     "ReassignableTopicResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_ih = _Packer(">ih")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
+class ReassignablePartitionResponse(_StructBase):
+    """The responses to partitions to reassign"""
+
+    __slots__ = (
+        "error_code",
+        "error_message",
+        "partition_index",
+    )
+
+    partition_index: int
+    """The partition index.
+
+    Versions 0.
+    """
+    error_code: int
+    """The error code for this partition, or 0 if there was no error.
+
+    Versions 0.
+    """
+    error_message: str | None
+    """The error message for this partition, or null if there was no error.
+
+    Versions 0, nullable 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        error_code: int = 0,
+        error_message: str | None = "",
+    ) -> None:
+        self.partition_index = partition_index
+        self.error_code = error_code
+        self.error_message = error_message
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class ReassignableTopicResponse(_StructBase):
+    """The responses to topics to reassign."""
+
+    __slots__ = (
+        "name",
+        "partitions",
+    )
+
+    name: str
+    """The topic name
+
+    Versions 0.
+    """
+    partitions: list[ReassignablePartitionResponse]
+    """The responses to partitions to reassign
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partitions: list[ReassignablePartitionResponse] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class AlterPartitionReassignmentsResponse(_Message):
     """Kafka AlterPartitionReassignmentsResponse (response, API key 45), versions 0, flexible 0+."""
 
@@ -77,86 +152,18 @@ class AlterPartitionReassignmentsResponse(_Message):
         throttle_time_ms: int = 0,
         error_code: int = 0,
         error_message: str | None = "",
-        responses: list[ReassignableTopicResponse] = _UNSET,
+        responses: list[ReassignableTopicResponse] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
         self.error_message = error_message
-        self.responses = [] if responses is _UNSET else responses
+        self.responses = [] if isinstance(responses, _Unset) else responses
         self._unknown_tags = None
 
 
-class ReassignableTopicResponse(_StructBase):
-    """The responses to topics to reassign."""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The topic name
-
-    Versions 0.
-    """
-    partitions: list[ReassignablePartitionResponse]
-    """The responses to partitions to reassign
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partitions: list[ReassignablePartitionResponse] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class ReassignablePartitionResponse(_StructBase):
-    """The responses to partitions to reassign"""
-
-    __slots__ = (
-        "error_code",
-        "error_message",
-        "partition_index",
-    )
-
-    partition_index: int
-    """The partition index.
-
-    Versions 0.
-    """
-    error_code: int
-    """The error code for this partition, or 0 if there was no error.
-
-    Versions 0.
-    """
-    error_message: str | None
-    """The error message for this partition, or null if there was no error.
-
-    Versions 0, nullable 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        error_code: int = 0,
-        error_message: str | None = "",
-    ) -> None:
-        self.partition_index = partition_index
-        self.error_code = error_code
-        self.error_message = error_message
-        self._unknown_tags = None
-
-
-_TAGS_AlterPartitionReassignmentsResponse: frozenset[int] = frozenset()
-_TAGS_ReassignableTopicResponse: frozenset[int] = frozenset()
-_TAGS_ReassignablePartitionResponse: frozenset[int] = frozenset()
+_TAGS_AlterPartitionReassignmentsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_ReassignableTopicResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_ReassignablePartitionResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ReassignableTopicResponse_v0(
@@ -190,7 +197,8 @@ def _read_ReassignableTopicResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ReassignablePartitionResponse)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
@@ -287,7 +295,8 @@ def _read_AlterPartitionReassignmentsResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_ReassignableTopicResponse_v0(buf, pos)
             items1.append(item2)
         o.responses = items1
@@ -325,6 +334,51 @@ def _write_AlterPartitionReassignmentsResponse_v0(
         w(b"\x00")
 
 
+ReassignablePartitionResponse._fields = (
+    _F(
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "error_message",
+        "ErrorMessage",
+        "string",
+        None,
+        (0, 0),
+        (0, 0),
+        (1, 0),
+        None,
+        False,
+        "",
+        None,
+    ),
+)
+ReassignableTopicResponse._fields = (
+    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]ReassignablePartitionResponse",
+        ReassignablePartitionResponse,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
 AlterPartitionReassignmentsResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -364,51 +418,6 @@ AlterPartitionReassignmentsResponse._fields = (
         None,
         False,
         (),
-        None,
-    ),
-)
-ReassignableTopicResponse._fields = (
-    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]ReassignablePartitionResponse",
-        ReassignablePartitionResponse,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-ReassignablePartitionResponse._fields = (
-    _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "error_message",
-        "ErrorMessage",
-        "string",
-        None,
-        (0, 0),
-        (0, 0),
-        (1, 0),
-        None,
-        False,
-        "",
         None,
     ),
 )

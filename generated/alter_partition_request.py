@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -36,51 +40,33 @@ __all__ = [
     "TopicData",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_bi = _Packer(">bi")
-_S_i = _Packer(">i")
-_S_ii = _Packer(">ii")
-_S_iq = _Packer(">iq")
-_A_i = _small_arrays("i", 32)
+_S_bi: _Final = _Packer(">bi")
+_S_i: _Final = _Packer(">i")
+_S_ii: _Final = _Packer(">ii")
+_S_iq: _Final = _Packer(">iq")
+_A_i: _Final = _small_arrays("i", 32)
 
 
-class AlterPartitionRequest(_Message):
-    """Kafka AlterPartitionRequest (request, API key 56), versions 0-3, flexible 0+.
-
-    Version 1 adds LeaderRecoveryState field (KIP-704).
-
-    Version 2 adds TopicId field to replace TopicName field (KIP-841).
-
-    Version 3 adds the NewIsrEpochs field and deprecates the NewIsr field (KIP-903).
-    """
+@_mypyc_attr(native_class=False)
+class BrokerState(_StructBase):
+    """BrokerState (part of AlterPartitionRequest)."""
 
     __slots__ = (
         "broker_epoch",
         "broker_id",
-        "topics",
     )
 
-    NAME = "AlterPartitionRequest"
-    API_KEY = 56
-    TYPE = "request"
-    VALID_VERSIONS = (0, 3)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
     broker_id: int
-    """The ID of the requesting broker
+    """The ID of the broker.
 
-    Versions 0-3.
+    Versions 3.
     """
     broker_epoch: int
-    """The epoch of the requesting broker
+    """The epoch of the broker. It will be -1 if the epoch check is not supported.
 
-    Versions 0-3.
-    """
-    topics: list[TopicData]
-    """Topics
-
-    Versions 0-3.
+    Versions 3.
     """
 
     def __init__(
@@ -88,52 +74,13 @@ class AlterPartitionRequest(_Message):
         *,
         broker_id: int = 0,
         broker_epoch: int = -1,
-        topics: list[TopicData] = _UNSET,
     ) -> None:
         self.broker_id = broker_id
         self.broker_epoch = broker_epoch
-        self.topics = [] if topics is _UNSET else topics
         self._unknown_tags = None
 
 
-class TopicData(_StructBase):
-    """TopicData (part of AlterPartitionRequest)."""
-
-    __slots__ = (
-        "partitions",
-        "topic_id",
-        "topic_name",
-    )
-
-    topic_name: str
-    """The name of the topic to alter ISRs for
-
-    Versions 0-1, ignorable.
-    """
-    topic_id: _UUID
-    """The ID of the topic to alter ISRs for
-
-    Versions 2-3, ignorable.
-    """
-    partitions: list[PartitionData]
-    """Partitions
-
-    Versions 0-3.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_name: str = "",
-        topic_id: _UUID = _ZERO_UUID,
-        partitions: list[PartitionData] = _UNSET,
-    ) -> None:
-        self.topic_name = topic_name
-        self.topic_id = topic_id
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class PartitionData(_StructBase):
     """PartitionData (part of AlterPartitionRequest)."""
 
@@ -182,37 +129,98 @@ class PartitionData(_StructBase):
         *,
         partition_index: int = 0,
         leader_epoch: int = 0,
-        new_isr: list[int] = _UNSET,
-        new_isr_with_epochs: list[BrokerState] = _UNSET,
+        new_isr: list[int] | _Unset = _UNSET,
+        new_isr_with_epochs: list[BrokerState] | _Unset = _UNSET,
         leader_recovery_state: int = 0,
         partition_epoch: int = 0,
     ) -> None:
         self.partition_index = partition_index
         self.leader_epoch = leader_epoch
-        self.new_isr = [] if new_isr is _UNSET else new_isr
-        self.new_isr_with_epochs = [] if new_isr_with_epochs is _UNSET else new_isr_with_epochs
+        self.new_isr = [] if isinstance(new_isr, _Unset) else new_isr
+        self.new_isr_with_epochs = (
+            [] if isinstance(new_isr_with_epochs, _Unset) else new_isr_with_epochs
+        )
         self.leader_recovery_state = leader_recovery_state
         self.partition_epoch = partition_epoch
         self._unknown_tags = None
 
 
-class BrokerState(_StructBase):
-    """BrokerState (part of AlterPartitionRequest)."""
+@_mypyc_attr(native_class=False)
+class TopicData(_StructBase):
+    """TopicData (part of AlterPartitionRequest)."""
+
+    __slots__ = (
+        "partitions",
+        "topic_id",
+        "topic_name",
+    )
+
+    topic_name: str
+    """The name of the topic to alter ISRs for
+
+    Versions 0-1, ignorable.
+    """
+    topic_id: _UUID
+    """The ID of the topic to alter ISRs for
+
+    Versions 2-3, ignorable.
+    """
+    partitions: list[PartitionData]
+    """Partitions
+
+    Versions 0-3.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_name: str = "",
+        topic_id: _UUID = _ZERO_UUID,
+        partitions: list[PartitionData] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_name = topic_name
+        self.topic_id = topic_id
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class AlterPartitionRequest(_Message):
+    """Kafka AlterPartitionRequest (request, API key 56), versions 0-3, flexible 0+.
+
+    Version 1 adds LeaderRecoveryState field (KIP-704).
+
+    Version 2 adds TopicId field to replace TopicName field (KIP-841).
+
+    Version 3 adds the NewIsrEpochs field and deprecates the NewIsr field (KIP-903).
+    """
 
     __slots__ = (
         "broker_epoch",
         "broker_id",
+        "topics",
     )
 
-    broker_id: int
-    """The ID of the broker.
+    NAME = "AlterPartitionRequest"
+    API_KEY = 56
+    TYPE = "request"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (0, 32767)
 
-    Versions 3.
+    broker_id: int
+    """The ID of the requesting broker
+
+    Versions 0-3.
     """
     broker_epoch: int
-    """The epoch of the broker. It will be -1 if the epoch check is not supported.
+    """The epoch of the requesting broker
 
-    Versions 3.
+    Versions 0-3.
+    """
+    topics: list[TopicData]
+    """Topics
+
+    Versions 0-3.
     """
 
     def __init__(
@@ -220,16 +228,18 @@ class BrokerState(_StructBase):
         *,
         broker_id: int = 0,
         broker_epoch: int = -1,
+        topics: list[TopicData] | _Unset = _UNSET,
     ) -> None:
         self.broker_id = broker_id
         self.broker_epoch = broker_epoch
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self._unknown_tags = None
 
 
-_TAGS_AlterPartitionRequest: frozenset[int] = frozenset()
-_TAGS_TopicData: frozenset[int] = frozenset()
-_TAGS_PartitionData: frozenset[int] = frozenset()
-_TAGS_BrokerState: frozenset[int] = frozenset()
+_TAGS_AlterPartitionRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_TopicData: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
+_TAGS_BrokerState: _Final[frozenset[int]] = frozenset()
 
 
 def _read_PartitionData_v3(buf: bytes, pos: int) -> tuple[PartitionData, int]:
@@ -250,7 +260,8 @@ def _read_PartitionData_v3(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(BrokerState)
             item2.broker_id, item2.broker_epoch = _S_iq.unpack_from(buf, pos)
             pos += 12
@@ -322,7 +333,8 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionData)
             item2.new_isr_with_epochs = []
             item2.leader_recovery_state = 0
@@ -392,7 +404,8 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionData)
             item2.new_isr_with_epochs = []
             item2.partition_index, item2.leader_epoch = _S_ii.unpack_from(buf, pos)
@@ -449,7 +462,8 @@ def _read_TopicData_v2(buf: bytes, pos: int) -> tuple[TopicData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionData)
             item2.new_isr_with_epochs = []
             item2.partition_index, item2.leader_epoch = _S_ii.unpack_from(buf, pos)
@@ -506,7 +520,8 @@ def _read_TopicData_v3(buf: bytes, pos: int) -> tuple[TopicData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_PartitionData_v3(buf, pos)
             items1.append(item2)
         o.partitions = items1
@@ -632,7 +647,8 @@ def _read_AlterPartitionRequest_v0(buf: bytes, pos: int) -> tuple[AlterPartition
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicData_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -661,7 +677,8 @@ def _read_AlterPartitionRequest_v1(buf: bytes, pos: int) -> tuple[AlterPartition
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicData_v1(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -690,7 +707,8 @@ def _read_AlterPartitionRequest_v2(buf: bytes, pos: int) -> tuple[AlterPartition
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicData_v2(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -719,7 +737,8 @@ def _read_AlterPartitionRequest_v3(buf: bytes, pos: int) -> tuple[AlterPartition
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicData_v3(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -787,27 +806,9 @@ def _write_AlterPartitionRequest_v3(o: AlterPartitionRequest, w: _Writer) -> Non
         w(b"\x00")
 
 
-AlterPartitionRequest._fields = (
-    _F("broker_id", "BrokerId", "int32", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
-    _F("broker_epoch", "BrokerEpoch", "int64", None, (0, 3), (1, 0), (1, 0), None, False, -1, None),
-    _F("topics", "Topics", "[]TopicData", TopicData, (0, 3), (1, 0), (1, 0), None, False, (), None),
-)
-TopicData._fields = (
-    _F("topic_name", "TopicName", "string", None, (0, 1), (1, 0), (1, 0), None, True, "", None),
-    _F("topic_id", "TopicId", "uuid", None, (2, 3), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]PartitionData",
-        PartitionData,
-        (0, 3),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
+BrokerState._fields = (
+    _F("broker_id", "BrokerId", "int32", None, (3, 3), (1, 0), (1, 0), None, False, 0, None),
+    _F("broker_epoch", "BrokerEpoch", "int64", None, (3, 3), (1, 0), (1, 0), None, False, -1, None),
 )
 PartitionData._fields = (
     _F(
@@ -865,9 +866,27 @@ PartitionData._fields = (
         None,
     ),
 )
-BrokerState._fields = (
-    _F("broker_id", "BrokerId", "int32", None, (3, 3), (1, 0), (1, 0), None, False, 0, None),
-    _F("broker_epoch", "BrokerEpoch", "int64", None, (3, 3), (1, 0), (1, 0), None, False, -1, None),
+TopicData._fields = (
+    _F("topic_name", "TopicName", "string", None, (0, 1), (1, 0), (1, 0), None, True, "", None),
+    _F("topic_id", "TopicId", "uuid", None, (2, 3), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]PartitionData",
+        PartitionData,
+        (0, 3),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+AlterPartitionRequest._fields = (
+    _F("broker_id", "BrokerId", "int32", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
+    _F("broker_epoch", "BrokerEpoch", "int64", None, (0, 3), (1, 0), (1, 0), None, False, -1, None),
+    _F("topics", "Topics", "[]TopicData", TopicData, (0, 3), (1, 0), (1, 0), None, False, (), None),
 )
 AlterPartitionRequest._readers = {
     0: _read_AlterPartitionRequest_v0,

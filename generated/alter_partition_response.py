@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -34,105 +38,16 @@ __all__ = [
     "TopicData",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_bi = _Packer(">bi")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
-_S_ihii = _Packer(">ihii")
-_A_i = _small_arrays("i", 32)
-
-
-class AlterPartitionResponse(_Message):
-    """Kafka AlterPartitionResponse (response, API key 56), versions 0-3, flexible 0+.
-
-    Version 1 adds LeaderRecoveryState field (KIP-704).
-
-    Version 2 adds TopicId field to replace TopicName field, can return the following new errors:
-    INELIGIBLE_REPLICA, NEW_LEADER_ELECTED and UNKNOWN_TOPIC_ID (KIP-841).
-
-    Version 3 is the same as version 2 (KIP-903).
-    """
-
-    __slots__ = (
-        "error_code",
-        "throttle_time_ms",
-        "topics",
-    )
-
-    NAME = "AlterPartitionResponse"
-    API_KEY = 56
-    TYPE = "response"
-    VALID_VERSIONS = (0, 3)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    throttle_time_ms: int
-    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
-
-    Versions 0-3.
-    """
-    error_code: int
-    """The top level response error code
-
-    Versions 0-3.
-    """
-    topics: list[TopicData]
-    """Topics
-
-    Versions 0-3.
-    """
-
-    def __init__(
-        self,
-        *,
-        throttle_time_ms: int = 0,
-        error_code: int = 0,
-        topics: list[TopicData] = _UNSET,
-    ) -> None:
-        self.throttle_time_ms = throttle_time_ms
-        self.error_code = error_code
-        self.topics = [] if topics is _UNSET else topics
-        self._unknown_tags = None
+_S_bi: _Final = _Packer(">bi")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
+_S_ihii: _Final = _Packer(">ihii")
+_A_i: _Final = _small_arrays("i", 32)
 
 
-class TopicData(_StructBase):
-    """TopicData (part of AlterPartitionResponse)."""
-
-    __slots__ = (
-        "partitions",
-        "topic_id",
-        "topic_name",
-    )
-
-    topic_name: str
-    """The name of the topic
-
-    Versions 0-1, ignorable.
-    """
-    topic_id: _UUID
-    """The ID of the topic
-
-    Versions 2-3, ignorable.
-    """
-    partitions: list[PartitionData]
-    """Partitions
-
-    Versions 0-3.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_name: str = "",
-        topic_id: _UUID = _ZERO_UUID,
-        partitions: list[PartitionData] = _UNSET,
-    ) -> None:
-        self.topic_name = topic_name
-        self.topic_id = topic_id
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class PartitionData(_StructBase):
     """PartitionData (part of AlterPartitionResponse)."""
 
@@ -189,7 +104,7 @@ class PartitionData(_StructBase):
         error_code: int = 0,
         leader_id: int = 0,
         leader_epoch: int = 0,
-        isr: list[int] = _UNSET,
+        isr: list[int] | _Unset = _UNSET,
         leader_recovery_state: int = 0,
         partition_epoch: int = 0,
     ) -> None:
@@ -197,15 +112,107 @@ class PartitionData(_StructBase):
         self.error_code = error_code
         self.leader_id = leader_id
         self.leader_epoch = leader_epoch
-        self.isr = [] if isr is _UNSET else isr
+        self.isr = [] if isinstance(isr, _Unset) else isr
         self.leader_recovery_state = leader_recovery_state
         self.partition_epoch = partition_epoch
         self._unknown_tags = None
 
 
-_TAGS_AlterPartitionResponse: frozenset[int] = frozenset()
-_TAGS_TopicData: frozenset[int] = frozenset()
-_TAGS_PartitionData: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class TopicData(_StructBase):
+    """TopicData (part of AlterPartitionResponse)."""
+
+    __slots__ = (
+        "partitions",
+        "topic_id",
+        "topic_name",
+    )
+
+    topic_name: str
+    """The name of the topic
+
+    Versions 0-1, ignorable.
+    """
+    topic_id: _UUID
+    """The ID of the topic
+
+    Versions 2-3, ignorable.
+    """
+    partitions: list[PartitionData]
+    """Partitions
+
+    Versions 0-3.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_name: str = "",
+        topic_id: _UUID = _ZERO_UUID,
+        partitions: list[PartitionData] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_name = topic_name
+        self.topic_id = topic_id
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class AlterPartitionResponse(_Message):
+    """Kafka AlterPartitionResponse (response, API key 56), versions 0-3, flexible 0+.
+
+    Version 1 adds LeaderRecoveryState field (KIP-704).
+
+    Version 2 adds TopicId field to replace TopicName field, can return the following new errors:
+    INELIGIBLE_REPLICA, NEW_LEADER_ELECTED and UNKNOWN_TOPIC_ID (KIP-841).
+
+    Version 3 is the same as version 2 (KIP-903).
+    """
+
+    __slots__ = (
+        "error_code",
+        "throttle_time_ms",
+        "topics",
+    )
+
+    NAME = "AlterPartitionResponse"
+    API_KEY = 56
+    TYPE = "response"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    throttle_time_ms: int
+    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+
+    Versions 0-3.
+    """
+    error_code: int
+    """The top level response error code
+
+    Versions 0-3.
+    """
+    topics: list[TopicData]
+    """Topics
+
+    Versions 0-3.
+    """
+
+    def __init__(
+        self,
+        *,
+        throttle_time_ms: int = 0,
+        error_code: int = 0,
+        topics: list[TopicData] | _Unset = _UNSET,
+    ) -> None:
+        self.throttle_time_ms = throttle_time_ms
+        self.error_code = error_code
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self._unknown_tags = None
+
+
+_TAGS_AlterPartitionResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_TopicData: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
@@ -238,7 +245,8 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionData)
             item2.leader_recovery_state = 0
             item2.partition_index, item2.error_code, item2.leader_id, item2.leader_epoch = (
@@ -309,7 +317,8 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionData)
             item2.partition_index, item2.error_code, item2.leader_id, item2.leader_epoch = (
                 _S_ihii.unpack_from(buf, pos)
@@ -367,7 +376,8 @@ def _read_TopicData_v2(buf: bytes, pos: int) -> tuple[TopicData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionData)
             item2.partition_index, item2.error_code, item2.leader_id, item2.leader_epoch = (
                 _S_ihii.unpack_from(buf, pos)
@@ -511,7 +521,8 @@ def _read_AlterPartitionResponse_v0(buf: bytes, pos: int) -> tuple[AlterPartitio
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicData_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -540,7 +551,8 @@ def _read_AlterPartitionResponse_v1(buf: bytes, pos: int) -> tuple[AlterPartitio
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicData_v1(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -569,7 +581,8 @@ def _read_AlterPartitionResponse_v2(buf: bytes, pos: int) -> tuple[AlterPartitio
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicData_v2(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -623,40 +636,6 @@ def _write_AlterPartitionResponse_v2(o: AlterPartitionResponse, w: _Writer) -> N
         w(b"\x00")
 
 
-AlterPartitionResponse._fields = (
-    _F(
-        "throttle_time_ms",
-        "ThrottleTimeMs",
-        "int32",
-        None,
-        (0, 3),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F("error_code", "ErrorCode", "int16", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
-    _F("topics", "Topics", "[]TopicData", TopicData, (0, 3), (1, 0), (1, 0), None, False, (), None),
-)
-TopicData._fields = (
-    _F("topic_name", "TopicName", "string", None, (0, 1), (1, 0), (1, 0), None, True, "", None),
-    _F("topic_id", "TopicId", "uuid", None, (2, 3), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]PartitionData",
-        PartitionData,
-        (0, 3),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 PartitionData._fields = (
     _F(
         "partition_index",
@@ -701,6 +680,40 @@ PartitionData._fields = (
         0,
         None,
     ),
+)
+TopicData._fields = (
+    _F("topic_name", "TopicName", "string", None, (0, 1), (1, 0), (1, 0), None, True, "", None),
+    _F("topic_id", "TopicId", "uuid", None, (2, 3), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]PartitionData",
+        PartitionData,
+        (0, 3),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+AlterPartitionResponse._fields = (
+    _F(
+        "throttle_time_ms",
+        "ThrottleTimeMs",
+        "int32",
+        None,
+        (0, 3),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F("error_code", "ErrorCode", "int16", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
+    _F("topics", "Topics", "[]TopicData", TopicData, (0, 3), (1, 0), (1, 0), None, False, (), None),
 )
 AlterPartitionResponse._readers = {
     0: _read_AlterPartitionResponse_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
@@ -32,13 +36,76 @@ __all__ = [
     "AlterReplicaLogDirsRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_A_i = _small_arrays("i", 32)
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_A_i: _Final = _small_arrays("i", 32)
 
 
+@_mypyc_attr(native_class=False)
+class AlterReplicaLogDirTopic(_StructBase):
+    """The topics to add to the directory."""
+
+    __slots__ = (
+        "name",
+        "partitions",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 0-2.
+    """
+    partitions: list[int]
+    """The partition indexes.
+
+    Versions 0-2.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partitions: list[int] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class AlterReplicaLogDir(_StructBase):
+    """The alterations to make for each directory."""
+
+    __slots__ = (
+        "path",
+        "topics",
+    )
+
+    path: str
+    """The absolute directory path.
+
+    Versions 0-2.
+    """
+    topics: list[AlterReplicaLogDirTopic]
+    """The topics to add to the directory.
+
+    Versions 0-2.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: str = "",
+        topics: list[AlterReplicaLogDirTopic] | _Unset = _UNSET,
+    ) -> None:
+        self.path = path
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class AlterReplicaLogDirsRequest(_Message):
     """Kafka AlterReplicaLogDirsRequest (request, API key 34), versions 0-2, flexible 2+.
 
@@ -63,75 +130,15 @@ class AlterReplicaLogDirsRequest(_Message):
     def __init__(
         self,
         *,
-        dirs: list[AlterReplicaLogDir] = _UNSET,
+        dirs: list[AlterReplicaLogDir] | _Unset = _UNSET,
     ) -> None:
-        self.dirs = [] if dirs is _UNSET else dirs
+        self.dirs = [] if isinstance(dirs, _Unset) else dirs
         self._unknown_tags = None
 
 
-class AlterReplicaLogDir(_StructBase):
-    """The alterations to make for each directory."""
-
-    __slots__ = (
-        "path",
-        "topics",
-    )
-
-    path: str
-    """The absolute directory path.
-
-    Versions 0-2.
-    """
-    topics: list[AlterReplicaLogDirTopic]
-    """The topics to add to the directory.
-
-    Versions 0-2.
-    """
-
-    def __init__(
-        self,
-        *,
-        path: str = "",
-        topics: list[AlterReplicaLogDirTopic] = _UNSET,
-    ) -> None:
-        self.path = path
-        self.topics = [] if topics is _UNSET else topics
-        self._unknown_tags = None
-
-
-class AlterReplicaLogDirTopic(_StructBase):
-    """The topics to add to the directory."""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 0-2.
-    """
-    partitions: list[int]
-    """The partition indexes.
-
-    Versions 0-2.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partitions: list[int] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-_TAGS_AlterReplicaLogDirsRequest: frozenset[int] = frozenset()
-_TAGS_AlterReplicaLogDir: frozenset[int] = frozenset()
-_TAGS_AlterReplicaLogDirTopic: frozenset[int] = frozenset()
+_TAGS_AlterReplicaLogDirsRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_AlterReplicaLogDir: _Final[frozenset[int]] = frozenset()
+_TAGS_AlterReplicaLogDirTopic: _Final[frozenset[int]] = frozenset()
 
 
 def _read_AlterReplicaLogDir_v0(buf: bytes, pos: int) -> tuple[AlterReplicaLogDir, int]:
@@ -155,7 +162,8 @@ def _read_AlterReplicaLogDir_v0(buf: bytes, pos: int) -> tuple[AlterReplicaLogDi
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AlterReplicaLogDirTopic)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -216,7 +224,8 @@ def _read_AlterReplicaLogDir_v2(buf: bytes, pos: int) -> tuple[AlterReplicaLogDi
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AlterReplicaLogDirTopic)
             n = buf[pos] - 1
             if n < 127:
@@ -331,7 +340,8 @@ def _read_AlterReplicaLogDirsRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_AlterReplicaLogDir_v0(buf, pos)
             items1.append(item2)
         o.dirs = items1
@@ -356,7 +366,8 @@ def _read_AlterReplicaLogDirsRequest_v2(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_AlterReplicaLogDir_v2(buf, pos)
             items1.append(item2)
         o.dirs = items1
@@ -392,20 +403,9 @@ def _write_AlterReplicaLogDirsRequest_v2(o: AlterReplicaLogDirsRequest, w: _Writ
         w(b"\x00")
 
 
-AlterReplicaLogDirsRequest._fields = (
-    _F(
-        "dirs",
-        "Dirs",
-        "[]AlterReplicaLogDir",
-        AlterReplicaLogDir,
-        (0, 2),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
+AlterReplicaLogDirTopic._fields = (
+    _F("name", "Name", "string", None, (0, 2), (1, 0), (1, 0), None, False, "", None),
+    _F("partitions", "Partitions", "[]int32", None, (0, 2), (1, 0), (1, 0), None, False, (), None),
 )
 AlterReplicaLogDir._fields = (
     _F("path", "Path", "string", None, (0, 2), (1, 0), (1, 0), None, False, "", None),
@@ -423,9 +423,20 @@ AlterReplicaLogDir._fields = (
         None,
     ),
 )
-AlterReplicaLogDirTopic._fields = (
-    _F("name", "Name", "string", None, (0, 2), (1, 0), (1, 0), None, False, "", None),
-    _F("partitions", "Partitions", "[]int32", None, (0, 2), (1, 0), (1, 0), None, False, (), None),
+AlterReplicaLogDirsRequest._fields = (
+    _F(
+        "dirs",
+        "Dirs",
+        "[]AlterReplicaLogDir",
+        AlterReplicaLogDir,
+        (0, 2),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
 )
 AlterReplicaLogDirsRequest._readers = {
     0: _read_AlterReplicaLogDirsRequest_v0,

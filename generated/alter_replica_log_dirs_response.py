@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -30,13 +34,76 @@ __all__ = [
     "AlterReplicaLogDirsResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
+class AlterReplicaLogDirPartitionResult(_StructBase):
+    """The results for each partition."""
+
+    __slots__ = (
+        "error_code",
+        "partition_index",
+    )
+
+    partition_index: int
+    """The partition index.
+
+    Versions 0-2.
+    """
+    error_code: int
+    """The error code, or 0 if there was no error.
+
+    Versions 0-2.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        error_code: int = 0,
+    ) -> None:
+        self.partition_index = partition_index
+        self.error_code = error_code
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class AlterReplicaLogDirTopicResult(_StructBase):
+    """The results for each topic."""
+
+    __slots__ = (
+        "partitions",
+        "topic_name",
+    )
+
+    topic_name: str
+    """The name of the topic.
+
+    Versions 0-2.
+    """
+    partitions: list[AlterReplicaLogDirPartitionResult]
+    """The results for each partition.
+
+    Versions 0-2.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_name: str = "",
+        partitions: list[AlterReplicaLogDirPartitionResult] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_name = topic_name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class AlterReplicaLogDirsResponse(_Message):
     """Kafka AlterReplicaLogDirsResponse (response, API key 34), versions 0-2, flexible 2+.
 
@@ -70,76 +137,16 @@ class AlterReplicaLogDirsResponse(_Message):
         self,
         *,
         throttle_time_ms: int = 0,
-        results: list[AlterReplicaLogDirTopicResult] = _UNSET,
+        results: list[AlterReplicaLogDirTopicResult] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
-        self.results = [] if results is _UNSET else results
+        self.results = [] if isinstance(results, _Unset) else results
         self._unknown_tags = None
 
 
-class AlterReplicaLogDirTopicResult(_StructBase):
-    """The results for each topic."""
-
-    __slots__ = (
-        "partitions",
-        "topic_name",
-    )
-
-    topic_name: str
-    """The name of the topic.
-
-    Versions 0-2.
-    """
-    partitions: list[AlterReplicaLogDirPartitionResult]
-    """The results for each partition.
-
-    Versions 0-2.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_name: str = "",
-        partitions: list[AlterReplicaLogDirPartitionResult] = _UNSET,
-    ) -> None:
-        self.topic_name = topic_name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class AlterReplicaLogDirPartitionResult(_StructBase):
-    """The results for each partition."""
-
-    __slots__ = (
-        "error_code",
-        "partition_index",
-    )
-
-    partition_index: int
-    """The partition index.
-
-    Versions 0-2.
-    """
-    error_code: int
-    """The error code, or 0 if there was no error.
-
-    Versions 0-2.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        error_code: int = 0,
-    ) -> None:
-        self.partition_index = partition_index
-        self.error_code = error_code
-        self._unknown_tags = None
-
-
-_TAGS_AlterReplicaLogDirsResponse: frozenset[int] = frozenset()
-_TAGS_AlterReplicaLogDirTopicResult: frozenset[int] = frozenset()
-_TAGS_AlterReplicaLogDirPartitionResult: frozenset[int] = frozenset()
+_TAGS_AlterReplicaLogDirsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_AlterReplicaLogDirTopicResult: _Final[frozenset[int]] = frozenset()
+_TAGS_AlterReplicaLogDirPartitionResult: _Final[frozenset[int]] = frozenset()
 
 
 def _read_AlterReplicaLogDirTopicResult_v0(
@@ -165,7 +172,8 @@ def _read_AlterReplicaLogDirTopicResult_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AlterReplicaLogDirPartitionResult)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
@@ -207,7 +215,8 @@ def _read_AlterReplicaLogDirTopicResult_v2(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AlterReplicaLogDirPartitionResult)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
@@ -281,7 +290,8 @@ def _read_AlterReplicaLogDirsResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_AlterReplicaLogDirTopicResult_v0(buf, pos)
             items1.append(item2)
         o.results = items1
@@ -308,7 +318,8 @@ def _read_AlterReplicaLogDirsResponse_v2(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_AlterReplicaLogDirTopicResult_v2(buf, pos)
             items1.append(item2)
         o.results = items1
@@ -346,6 +357,38 @@ def _write_AlterReplicaLogDirsResponse_v2(o: AlterReplicaLogDirsResponse, w: _Wr
         w(b"\x00")
 
 
+AlterReplicaLogDirPartitionResult._fields = (
+    _F(
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
+        (0, 2),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F("error_code", "ErrorCode", "int16", None, (0, 2), (1, 0), (1, 0), None, False, 0, None),
+)
+AlterReplicaLogDirTopicResult._fields = (
+    _F("topic_name", "TopicName", "string", None, (0, 2), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]AlterReplicaLogDirPartitionResult",
+        AlterReplicaLogDirPartitionResult,
+        (0, 2),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
 AlterReplicaLogDirsResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -373,38 +416,6 @@ AlterReplicaLogDirsResponse._fields = (
         (),
         None,
     ),
-)
-AlterReplicaLogDirTopicResult._fields = (
-    _F("topic_name", "TopicName", "string", None, (0, 2), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]AlterReplicaLogDirPartitionResult",
-        AlterReplicaLogDirPartitionResult,
-        (0, 2),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-AlterReplicaLogDirPartitionResult._fields = (
-    _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
-        (0, 2),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F("error_code", "ErrorCode", "int16", None, (0, 2), (1, 0), (1, 0), None, False, 0, None),
 )
 AlterReplicaLogDirsResponse._readers = {
     0: _read_AlterReplicaLogDirsResponse_v0,

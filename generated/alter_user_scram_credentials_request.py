@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
@@ -31,48 +35,13 @@ __all__ = [
     "ScramCredentialUpsertion",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_b = _Packer(">b")
-_S_bi = _Packer(">bi")
-
-
-class AlterUserScramCredentialsRequest(_Message):
-    """Kafka AlterUserScramCredentialsRequest (request, API key 51), versions 0, flexible 0+."""
-
-    __slots__ = (
-        "deletions",
-        "upsertions",
-    )
-
-    NAME = "AlterUserScramCredentialsRequest"
-    API_KEY = 51
-    TYPE = "request"
-    VALID_VERSIONS = (0, 0)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    deletions: list[ScramCredentialDeletion]
-    """The SCRAM credentials to remove.
-
-    Versions 0.
-    """
-    upsertions: list[ScramCredentialUpsertion]
-    """The SCRAM credentials to update/insert.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        deletions: list[ScramCredentialDeletion] = _UNSET,
-        upsertions: list[ScramCredentialUpsertion] = _UNSET,
-    ) -> None:
-        self.deletions = [] if deletions is _UNSET else deletions
-        self.upsertions = [] if upsertions is _UNSET else upsertions
-        self._unknown_tags = None
+_S_b: _Final = _Packer(">b")
+_S_bi: _Final = _Packer(">bi")
 
 
+@_mypyc_attr(native_class=False)
 class ScramCredentialDeletion(_StructBase):
     """The SCRAM credentials to remove."""
 
@@ -103,6 +72,7 @@ class ScramCredentialDeletion(_StructBase):
         self._unknown_tags = None
 
 
+@_mypyc_attr(native_class=False)
 class ScramCredentialUpsertion(_StructBase):
     """The SCRAM credentials to update/insert."""
 
@@ -157,9 +127,46 @@ class ScramCredentialUpsertion(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_AlterUserScramCredentialsRequest: frozenset[int] = frozenset()
-_TAGS_ScramCredentialDeletion: frozenset[int] = frozenset()
-_TAGS_ScramCredentialUpsertion: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class AlterUserScramCredentialsRequest(_Message):
+    """Kafka AlterUserScramCredentialsRequest (request, API key 51), versions 0, flexible 0+."""
+
+    __slots__ = (
+        "deletions",
+        "upsertions",
+    )
+
+    NAME = "AlterUserScramCredentialsRequest"
+    API_KEY = 51
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    deletions: list[ScramCredentialDeletion]
+    """The SCRAM credentials to remove.
+
+    Versions 0.
+    """
+    upsertions: list[ScramCredentialUpsertion]
+    """The SCRAM credentials to update/insert.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        deletions: list[ScramCredentialDeletion] | _Unset = _UNSET,
+        upsertions: list[ScramCredentialUpsertion] | _Unset = _UNSET,
+    ) -> None:
+        self.deletions = [] if isinstance(deletions, _Unset) else deletions
+        self.upsertions = [] if isinstance(upsertions, _Unset) else upsertions
+        self._unknown_tags = None
+
+
+_TAGS_AlterUserScramCredentialsRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_ScramCredentialDeletion: _Final[frozenset[int]] = frozenset()
+_TAGS_ScramCredentialUpsertion: _Final[frozenset[int]] = frozenset()
 
 
 def _read_AlterUserScramCredentialsRequest_v0(
@@ -179,7 +186,8 @@ def _read_AlterUserScramCredentialsRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ScramCredentialDeletion)
             n = buf[pos] - 1
             if n < 127:
@@ -217,9 +225,10 @@ def _read_AlterUserScramCredentialsRequest_v0(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(ScramCredentialUpsertion)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(ScramCredentialUpsertion)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -232,9 +241,9 @@ def _read_AlterUserScramCredentialsRequest_v0(
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.name = buf[pos:end].decode()
+                item5.name = buf[pos:end].decode()
                 pos = end
-            item4.mechanism, item4.iterations = _S_bi.unpack_from(buf, pos)
+            item5.mechanism, item5.iterations = _S_bi.unpack_from(buf, pos)
             pos += 5
             n = buf[pos] - 1
             if n < 127:
@@ -248,7 +257,7 @@ def _read_AlterUserScramCredentialsRequest_v0(
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("bytes", n, len(buf) - pos, pos)
-                item4.salt = bytes(buf[pos:end])
+                item5.salt = bytes(buf[pos:end])
                 pos = end
             n = buf[pos] - 1
             if n < 127:
@@ -262,17 +271,17 @@ def _read_AlterUserScramCredentialsRequest_v0(
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("bytes", n, len(buf) - pos, pos)
-                item4.salted_password = bytes(buf[pos:end])
+                item5.salted_password = bytes(buf[pos:end])
                 pos = end
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(
+                item5._unknown_tags, pos = _read_tag_section(
                     buf, pos, _TAGS_ScramCredentialUpsertion
                 )
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.upsertions = items3
+            items4.append(item5)
+        o.upsertions = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_AlterUserScramCredentialsRequest)
     else:
@@ -329,6 +338,29 @@ def _write_AlterUserScramCredentialsRequest_v0(
         w(b"\x00")
 
 
+ScramCredentialDeletion._fields = (
+    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F("mechanism", "Mechanism", "int8", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+)
+ScramCredentialUpsertion._fields = (
+    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F("mechanism", "Mechanism", "int8", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("iterations", "Iterations", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("salt", "Salt", "bytes", None, (0, 0), (1, 0), (1, 0), None, False, b"", None),
+    _F(
+        "salted_password",
+        "SaltedPassword",
+        "bytes",
+        None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        b"",
+        None,
+    ),
+)
 AlterUserScramCredentialsRequest._fields = (
     _F(
         "deletions",
@@ -354,29 +386,6 @@ AlterUserScramCredentialsRequest._fields = (
         None,
         False,
         (),
-        None,
-    ),
-)
-ScramCredentialDeletion._fields = (
-    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F("mechanism", "Mechanism", "int8", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-)
-ScramCredentialUpsertion._fields = (
-    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F("mechanism", "Mechanism", "int8", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("iterations", "Iterations", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("salt", "Salt", "bytes", None, (0, 0), (1, 0), (1, 0), None, False, b"", None),
-    _F(
-        "salted_password",
-        "SaltedPassword",
-        "bytes",
-        None,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        b"",
         None,
     ),
 )

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -28,48 +32,13 @@ __all__ = [
     "AlterUserScramCredentialsResult",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-
-
-class AlterUserScramCredentialsResponse(_Message):
-    """Kafka AlterUserScramCredentialsResponse (response, API key 51), versions 0, flexible 0+."""
-
-    __slots__ = (
-        "results",
-        "throttle_time_ms",
-    )
-
-    NAME = "AlterUserScramCredentialsResponse"
-    API_KEY = 51
-    TYPE = "response"
-    VALID_VERSIONS = (0, 0)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    throttle_time_ms: int
-    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
-
-    Versions 0.
-    """
-    results: list[AlterUserScramCredentialsResult]
-    """The results for deletions and alterations, one per affected user.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        throttle_time_ms: int = 0,
-        results: list[AlterUserScramCredentialsResult] = _UNSET,
-    ) -> None:
-        self.throttle_time_ms = throttle_time_ms
-        self.results = [] if results is _UNSET else results
-        self._unknown_tags = None
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
 class AlterUserScramCredentialsResult(_StructBase):
     """The results for deletions and alterations, one per affected user."""
 
@@ -108,8 +77,45 @@ class AlterUserScramCredentialsResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_AlterUserScramCredentialsResponse: frozenset[int] = frozenset()
-_TAGS_AlterUserScramCredentialsResult: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class AlterUserScramCredentialsResponse(_Message):
+    """Kafka AlterUserScramCredentialsResponse (response, API key 51), versions 0, flexible 0+."""
+
+    __slots__ = (
+        "results",
+        "throttle_time_ms",
+    )
+
+    NAME = "AlterUserScramCredentialsResponse"
+    API_KEY = 51
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    throttle_time_ms: int
+    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+
+    Versions 0.
+    """
+    results: list[AlterUserScramCredentialsResult]
+    """The results for deletions and alterations, one per affected user.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        throttle_time_ms: int = 0,
+        results: list[AlterUserScramCredentialsResult] | _Unset = _UNSET,
+    ) -> None:
+        self.throttle_time_ms = throttle_time_ms
+        self.results = [] if isinstance(results, _Unset) else results
+        self._unknown_tags = None
+
+
+_TAGS_AlterUserScramCredentialsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_AlterUserScramCredentialsResult: _Final[frozenset[int]] = frozenset()
 
 
 def _read_AlterUserScramCredentialsResponse_v0(
@@ -131,7 +137,8 @@ def _read_AlterUserScramCredentialsResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AlterUserScramCredentialsResult)
             n = buf[pos] - 1
             if n < 127:
@@ -212,6 +219,23 @@ def _write_AlterUserScramCredentialsResponse_v0(
         w(b"\x00")
 
 
+AlterUserScramCredentialsResult._fields = (
+    _F("user", "User", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "error_message",
+        "ErrorMessage",
+        "string",
+        None,
+        (0, 0),
+        (0, 0),
+        (1, 0),
+        None,
+        False,
+        "",
+        None,
+    ),
+)
 AlterUserScramCredentialsResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -237,23 +261,6 @@ AlterUserScramCredentialsResponse._fields = (
         None,
         False,
         (),
-        None,
-    ),
-)
-AlterUserScramCredentialsResult._fields = (
-    _F("user", "User", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "error_message",
-        "ErrorMessage",
-        "string",
-        None,
-        (0, 0),
-        (0, 0),
-        (1, 0),
-        None,
-        False,
-        "",
         None,
     ),
 )

@@ -7,6 +7,10 @@ Generated from ApiVersionsRequest.json of Kafka 3.9.1.
 
 from __future__ import annotations
 
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
+
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -23,9 +27,10 @@ __all__ = [
     "ApiVersionsRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
 
+@_mypyc_attr(native_class=False)
 class ApiVersionsRequest(_Message):
     """Kafka ApiVersionsRequest (request, API key 18), versions 0-4, flexible 3+.
 
@@ -69,7 +74,7 @@ class ApiVersionsRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_ApiVersionsRequest: frozenset[int] = frozenset()
+_TAGS_ApiVersionsRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ApiVersionsRequest_v0(buf: bytes, pos: int) -> tuple[ApiVersionsRequest, int]:

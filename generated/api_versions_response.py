@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
@@ -37,16 +41,134 @@ __all__ = [
     "SupportedFeatureKey",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_hh = _Packer(">hh")
-_S_hhh = _Packer(">hhh")
-_S_i = _Packer(">i")
-_S_q = _Packer(">q")
-_S_z = _Packer(">?")
+_S_h: _Final = _Packer(">h")
+_S_hh: _Final = _Packer(">hh")
+_S_hhh: _Final = _Packer(">hhh")
+_S_i: _Final = _Packer(">i")
+_S_q: _Final = _Packer(">q")
+_S_z: _Final = _Packer(">?")
 
 
+@_mypyc_attr(native_class=False)
+class ApiVersion(_StructBase):
+    """The APIs supported by the broker."""
+
+    __slots__ = (
+        "api_key",
+        "max_version",
+        "min_version",
+    )
+
+    api_key: int
+    """The API index.
+
+    Versions 0-4.
+    """
+    min_version: int
+    """The minimum supported version, inclusive.
+
+    Versions 0-4.
+    """
+    max_version: int
+    """The maximum supported version, inclusive.
+
+    Versions 0-4.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: int = 0,
+        min_version: int = 0,
+        max_version: int = 0,
+    ) -> None:
+        self.api_key = api_key
+        self.min_version = min_version
+        self.max_version = max_version
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class SupportedFeatureKey(_StructBase):
+    """Features supported by the broker. Note: in v0-v3, features with MinSupportedVersion = 0 are omitted."""
+
+    __slots__ = (
+        "max_version",
+        "min_version",
+        "name",
+    )
+
+    name: str
+    """The name of the feature.
+
+    Versions 3-4.
+    """
+    min_version: int
+    """The minimum supported version for the feature.
+
+    Versions 3-4.
+    """
+    max_version: int
+    """The maximum supported version for the feature.
+
+    Versions 3-4.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        min_version: int = 0,
+        max_version: int = 0,
+    ) -> None:
+        self.name = name
+        self.min_version = min_version
+        self.max_version = max_version
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class FinalizedFeatureKey(_StructBase):
+    """List of cluster-wide finalized features. The information is valid only if FinalizedFeaturesEpoch >= 0."""
+
+    __slots__ = (
+        "max_version_level",
+        "min_version_level",
+        "name",
+    )
+
+    name: str
+    """The name of the feature.
+
+    Versions 3-4.
+    """
+    max_version_level: int
+    """The cluster-wide finalized max version level for the feature.
+
+    Versions 3-4.
+    """
+    min_version_level: int
+    """The cluster-wide finalized min version level for the feature.
+
+    Versions 3-4.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        max_version_level: int = 0,
+        min_version_level: int = 0,
+    ) -> None:
+        self.name = name
+        self.max_version_level = max_version_level
+        self.min_version_level = min_version_level
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class ApiVersionsResponse(_Message):
     """Kafka ApiVersionsResponse (response, API key 18), versions 0-4, flexible 3+.
 
@@ -120,141 +242,31 @@ class ApiVersionsResponse(_Message):
         self,
         *,
         error_code: int = 0,
-        api_keys: list[ApiVersion] = _UNSET,
+        api_keys: list[ApiVersion] | _Unset = _UNSET,
         throttle_time_ms: int = 0,
-        supported_features: list[SupportedFeatureKey] = _UNSET,
+        supported_features: list[SupportedFeatureKey] | _Unset = _UNSET,
         finalized_features_epoch: int = -1,
-        finalized_features: list[FinalizedFeatureKey] = _UNSET,
+        finalized_features: list[FinalizedFeatureKey] | _Unset = _UNSET,
         zk_migration_ready: bool = False,
     ) -> None:
         self.error_code = error_code
-        self.api_keys = [] if api_keys is _UNSET else api_keys
+        self.api_keys = [] if isinstance(api_keys, _Unset) else api_keys
         self.throttle_time_ms = throttle_time_ms
-        self.supported_features = [] if supported_features is _UNSET else supported_features
+        self.supported_features = (
+            [] if isinstance(supported_features, _Unset) else supported_features
+        )
         self.finalized_features_epoch = finalized_features_epoch
-        self.finalized_features = [] if finalized_features is _UNSET else finalized_features
+        self.finalized_features = (
+            [] if isinstance(finalized_features, _Unset) else finalized_features
+        )
         self.zk_migration_ready = zk_migration_ready
         self._unknown_tags = None
 
 
-class ApiVersion(_StructBase):
-    """The APIs supported by the broker."""
-
-    __slots__ = (
-        "api_key",
-        "max_version",
-        "min_version",
-    )
-
-    api_key: int
-    """The API index.
-
-    Versions 0-4.
-    """
-    min_version: int
-    """The minimum supported version, inclusive.
-
-    Versions 0-4.
-    """
-    max_version: int
-    """The maximum supported version, inclusive.
-
-    Versions 0-4.
-    """
-
-    def __init__(
-        self,
-        *,
-        api_key: int = 0,
-        min_version: int = 0,
-        max_version: int = 0,
-    ) -> None:
-        self.api_key = api_key
-        self.min_version = min_version
-        self.max_version = max_version
-        self._unknown_tags = None
-
-
-class SupportedFeatureKey(_StructBase):
-    """Features supported by the broker. Note: in v0-v3, features with MinSupportedVersion = 0 are omitted."""
-
-    __slots__ = (
-        "max_version",
-        "min_version",
-        "name",
-    )
-
-    name: str
-    """The name of the feature.
-
-    Versions 3-4.
-    """
-    min_version: int
-    """The minimum supported version for the feature.
-
-    Versions 3-4.
-    """
-    max_version: int
-    """The maximum supported version for the feature.
-
-    Versions 3-4.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        min_version: int = 0,
-        max_version: int = 0,
-    ) -> None:
-        self.name = name
-        self.min_version = min_version
-        self.max_version = max_version
-        self._unknown_tags = None
-
-
-class FinalizedFeatureKey(_StructBase):
-    """List of cluster-wide finalized features. The information is valid only if FinalizedFeaturesEpoch >= 0."""
-
-    __slots__ = (
-        "max_version_level",
-        "min_version_level",
-        "name",
-    )
-
-    name: str
-    """The name of the feature.
-
-    Versions 3-4.
-    """
-    max_version_level: int
-    """The cluster-wide finalized max version level for the feature.
-
-    Versions 3-4.
-    """
-    min_version_level: int
-    """The cluster-wide finalized min version level for the feature.
-
-    Versions 3-4.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        max_version_level: int = 0,
-        min_version_level: int = 0,
-    ) -> None:
-        self.name = name
-        self.max_version_level = max_version_level
-        self.min_version_level = min_version_level
-        self._unknown_tags = None
-
-
-_TAGS_ApiVersionsResponse: frozenset[int] = frozenset({0, 1, 2, 3})
-_TAGS_ApiVersion: frozenset[int] = frozenset()
-_TAGS_SupportedFeatureKey: frozenset[int] = frozenset()
-_TAGS_FinalizedFeatureKey: frozenset[int] = frozenset()
+_TAGS_ApiVersionsResponse: _Final[frozenset[int]] = frozenset({0, 1, 2, 3})
+_TAGS_ApiVersion: _Final[frozenset[int]] = frozenset()
+_TAGS_SupportedFeatureKey: _Final[frozenset[int]] = frozenset()
+_TAGS_FinalizedFeatureKey: _Final[frozenset[int]] = frozenset()
 
 
 def _read_tags_ApiVersionsResponse_v3(o: ApiVersionsResponse, buf: bytes, pos: int) -> int:
@@ -281,7 +293,8 @@ def _read_tags_ApiVersionsResponse_v3(o: ApiVersionsResponse, buf: bytes, pos: i
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
                 items1: list[_Any] = []
-                for _ in range(n):
+                count3 = n
+                for _ in range(count3):
                     item2 = _new(SupportedFeatureKey)
                     n = buf[pos] - 1
                     if n < 127:
@@ -325,9 +338,10 @@ def _read_tags_ApiVersionsResponse_v3(o: ApiVersionsResponse, buf: bytes, pos: i
             elif n > len(buf) - pos:
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
-                items3: list[_Any] = []
-                for _ in range(n):
-                    item4 = _new(FinalizedFeatureKey)
+                items4: list[_Any] = []
+                count6 = n
+                for _ in range(count6):
+                    item5 = _new(FinalizedFeatureKey)
                     n = buf[pos] - 1
                     if n < 127:
                         pos += 1
@@ -340,19 +354,19 @@ def _read_tags_ApiVersionsResponse_v3(o: ApiVersionsResponse, buf: bytes, pos: i
                         end = pos + n
                         if end > len(buf):
                             raise _too_long("string", n, len(buf) - pos, pos)
-                        item4.name = buf[pos:end].decode()
+                        item5.name = buf[pos:end].decode()
                         pos = end
-                    item4.max_version_level, item4.min_version_level = _S_hh.unpack_from(buf, pos)
+                    item5.max_version_level, item5.min_version_level = _S_hh.unpack_from(buf, pos)
                     pos += 4
                     if buf[pos]:
-                        item4._unknown_tags, pos = _read_tag_section(
+                        item5._unknown_tags, pos = _read_tag_section(
                             buf, pos, _TAGS_FinalizedFeatureKey
                         )
                     else:
-                        item4._unknown_tags = None
+                        item5._unknown_tags = None
                         pos += 1
-                    items3.append(item4)
-                o.finalized_features = items3
+                    items4.append(item5)
+                o.finalized_features = items4
             _check_tag_end(pos, tend, 2)
         elif tag == 3:
             o.zk_migration_ready = _S_z.unpack_from(buf, pos)[0]
@@ -387,7 +401,8 @@ def _read_ApiVersionsResponse_v0(buf: bytes, pos: int) -> tuple[ApiVersionsRespo
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ApiVersion)
             item2.api_key, item2.min_version, item2.max_version = _S_hhh.unpack_from(buf, pos)
             pos += 6
@@ -415,7 +430,8 @@ def _read_ApiVersionsResponse_v1(buf: bytes, pos: int) -> tuple[ApiVersionsRespo
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ApiVersion)
             item2.api_key, item2.min_version, item2.max_version = _S_hhh.unpack_from(buf, pos)
             pos += 6
@@ -449,7 +465,8 @@ def _read_ApiVersionsResponse_v3(buf: bytes, pos: int) -> tuple[ApiVersionsRespo
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ApiVersion)
             item2.api_key, item2.min_version, item2.max_version = _S_hhh.unpack_from(buf, pos)
             pos += 6
@@ -559,6 +576,45 @@ def _write_ApiVersionsResponse_v3(o: ApiVersionsResponse, w: _Writer) -> None:
         w(b"\x00")
 
 
+ApiVersion._fields = (
+    _F("api_key", "ApiKey", "int16", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
+    _F("min_version", "MinVersion", "int16", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
+    _F("max_version", "MaxVersion", "int16", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
+)
+SupportedFeatureKey._fields = (
+    _F("name", "Name", "string", None, (3, 4), (1, 0), (1, 0), None, False, "", None),
+    _F("min_version", "MinVersion", "int16", None, (3, 4), (1, 0), (1, 0), None, False, 0, None),
+    _F("max_version", "MaxVersion", "int16", None, (3, 4), (1, 0), (1, 0), None, False, 0, None),
+)
+FinalizedFeatureKey._fields = (
+    _F("name", "Name", "string", None, (3, 4), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "max_version_level",
+        "MaxVersionLevel",
+        "int16",
+        None,
+        (3, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F(
+        "min_version_level",
+        "MinVersionLevel",
+        "int16",
+        None,
+        (3, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+)
 ApiVersionsResponse._fields = (
     _F("error_code", "ErrorCode", "int16", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
     _F(
@@ -637,45 +693,6 @@ ApiVersionsResponse._fields = (
         3,
         True,
         False,
-        None,
-    ),
-)
-ApiVersion._fields = (
-    _F("api_key", "ApiKey", "int16", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
-    _F("min_version", "MinVersion", "int16", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
-    _F("max_version", "MaxVersion", "int16", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
-)
-SupportedFeatureKey._fields = (
-    _F("name", "Name", "string", None, (3, 4), (1, 0), (1, 0), None, False, "", None),
-    _F("min_version", "MinVersion", "int16", None, (3, 4), (1, 0), (1, 0), None, False, 0, None),
-    _F("max_version", "MaxVersion", "int16", None, (3, 4), (1, 0), (1, 0), None, False, 0, None),
-)
-FinalizedFeatureKey._fields = (
-    _F("name", "Name", "string", None, (3, 4), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "max_version_level",
-        "MaxVersionLevel",
-        "int16",
-        None,
-        (3, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F(
-        "min_version_level",
-        "MinVersionLevel",
-        "int16",
-        None,
-        (3, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
         None,
     ),
 )

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -33,12 +37,96 @@ __all__ = [
     "TopicData",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_i = _Packer(">i")
-_S_iq = _Packer(">iq")
+_S_i: _Final = _Packer(">i")
+_S_iq: _Final = _Packer(">iq")
 
 
+@_mypyc_attr(native_class=False)
+class PartitionData(_StructBase):
+    """PartitionData (part of AssignReplicasToDirsRequest)."""
+
+    __slots__ = ("partition_index",)
+
+    partition_index: int
+    """The partition index
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+    ) -> None:
+        self.partition_index = partition_index
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class TopicData(_StructBase):
+    """TopicData (part of AssignReplicasToDirsRequest)."""
+
+    __slots__ = (
+        "partitions",
+        "topic_id",
+    )
+
+    topic_id: _UUID
+    """The ID of the assigned topic
+
+    Versions 0.
+    """
+    partitions: list[PartitionData]
+    """Partitions
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_id: _UUID = _ZERO_UUID,
+        partitions: list[PartitionData] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_id = topic_id
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class DirectoryData(_StructBase):
+    """DirectoryData (part of AssignReplicasToDirsRequest)."""
+
+    __slots__ = (
+        "id",
+        "topics",
+    )
+
+    id: _UUID
+    """The ID of the directory
+
+    Versions 0.
+    """
+    topics: list[TopicData]
+    """Topics
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        id: _UUID = _ZERO_UUID,
+        topics: list[TopicData] | _Unset = _UNSET,
+    ) -> None:
+        self.id = id
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class AssignReplicasToDirsRequest(_Message):
     """Kafka AssignReplicasToDirsRequest (request, API key 73), versions 0, flexible 0+."""
 
@@ -75,98 +163,18 @@ class AssignReplicasToDirsRequest(_Message):
         *,
         broker_id: int = 0,
         broker_epoch: int = -1,
-        directories: list[DirectoryData] = _UNSET,
+        directories: list[DirectoryData] | _Unset = _UNSET,
     ) -> None:
         self.broker_id = broker_id
         self.broker_epoch = broker_epoch
-        self.directories = [] if directories is _UNSET else directories
+        self.directories = [] if isinstance(directories, _Unset) else directories
         self._unknown_tags = None
 
 
-class DirectoryData(_StructBase):
-    """DirectoryData (part of AssignReplicasToDirsRequest)."""
-
-    __slots__ = (
-        "id",
-        "topics",
-    )
-
-    id: _UUID
-    """The ID of the directory
-
-    Versions 0.
-    """
-    topics: list[TopicData]
-    """Topics
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        id: _UUID = _ZERO_UUID,
-        topics: list[TopicData] = _UNSET,
-    ) -> None:
-        self.id = id
-        self.topics = [] if topics is _UNSET else topics
-        self._unknown_tags = None
-
-
-class TopicData(_StructBase):
-    """TopicData (part of AssignReplicasToDirsRequest)."""
-
-    __slots__ = (
-        "partitions",
-        "topic_id",
-    )
-
-    topic_id: _UUID
-    """The ID of the assigned topic
-
-    Versions 0.
-    """
-    partitions: list[PartitionData]
-    """Partitions
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_id: _UUID = _ZERO_UUID,
-        partitions: list[PartitionData] = _UNSET,
-    ) -> None:
-        self.topic_id = topic_id
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class PartitionData(_StructBase):
-    """PartitionData (part of AssignReplicasToDirsRequest)."""
-
-    __slots__ = ("partition_index",)
-
-    partition_index: int
-    """The partition index
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-    ) -> None:
-        self.partition_index = partition_index
-        self._unknown_tags = None
-
-
-_TAGS_AssignReplicasToDirsRequest: frozenset[int] = frozenset()
-_TAGS_DirectoryData: frozenset[int] = frozenset()
-_TAGS_TopicData: frozenset[int] = frozenset()
-_TAGS_PartitionData: frozenset[int] = frozenset()
+_TAGS_AssignReplicasToDirsRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_DirectoryData: _Final[frozenset[int]] = frozenset()
+_TAGS_TopicData: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
@@ -186,7 +194,8 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionData)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -240,7 +249,8 @@ def _read_DirectoryData_v0(buf: bytes, pos: int) -> tuple[DirectoryData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicData_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -285,7 +295,8 @@ def _read_AssignReplicasToDirsRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DirectoryData_v0(buf, pos)
             items1.append(item2)
         o.directories = items1
@@ -311,26 +322,20 @@ def _write_AssignReplicasToDirsRequest_v0(o: AssignReplicasToDirsRequest, w: _Wr
         w(b"\x00")
 
 
-AssignReplicasToDirsRequest._fields = (
-    _F("broker_id", "BrokerId", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("broker_epoch", "BrokerEpoch", "int64", None, (0, 0), (1, 0), (1, 0), None, False, -1, None),
+PartitionData._fields = (
     _F(
-        "directories",
-        "Directories",
-        "[]DirectoryData",
-        DirectoryData,
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
         (0, 0),
         (1, 0),
         (1, 0),
         None,
         False,
-        (),
+        0,
         None,
     ),
-)
-DirectoryData._fields = (
-    _F("id", "Id", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
-    _F("topics", "Topics", "[]TopicData", TopicData, (0, 0), (1, 0), (1, 0), None, False, (), None),
 )
 TopicData._fields = (
     _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
@@ -348,18 +353,24 @@ TopicData._fields = (
         None,
     ),
 )
-PartitionData._fields = (
+DirectoryData._fields = (
+    _F("id", "Id", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
+    _F("topics", "Topics", "[]TopicData", TopicData, (0, 0), (1, 0), (1, 0), None, False, (), None),
+)
+AssignReplicasToDirsRequest._fields = (
+    _F("broker_id", "BrokerId", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("broker_epoch", "BrokerEpoch", "int64", None, (0, 0), (1, 0), (1, 0), None, False, -1, None),
     _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
+        "directories",
+        "Directories",
+        "[]DirectoryData",
+        DirectoryData,
         (0, 0),
         (1, 0),
         (1, 0),
         None,
         False,
-        0,
+        (),
         None,
     ),
 )

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -33,11 +37,105 @@ __all__ = [
     "TopicData",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_ih = _Packer(">ih")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
+class PartitionData(_StructBase):
+    """PartitionData (part of AssignReplicasToDirsResponse)."""
+
+    __slots__ = (
+        "error_code",
+        "partition_index",
+    )
+
+    partition_index: int
+    """The partition index
+
+    Versions 0.
+    """
+    error_code: int
+    """The partition level error code
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        error_code: int = 0,
+    ) -> None:
+        self.partition_index = partition_index
+        self.error_code = error_code
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class TopicData(_StructBase):
+    """TopicData (part of AssignReplicasToDirsResponse)."""
+
+    __slots__ = (
+        "partitions",
+        "topic_id",
+    )
+
+    topic_id: _UUID
+    """The ID of the assigned topic
+
+    Versions 0.
+    """
+    partitions: list[PartitionData]
+    """Partitions
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_id: _UUID = _ZERO_UUID,
+        partitions: list[PartitionData] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_id = topic_id
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class DirectoryData(_StructBase):
+    """DirectoryData (part of AssignReplicasToDirsResponse)."""
+
+    __slots__ = (
+        "id",
+        "topics",
+    )
+
+    id: _UUID
+    """The ID of the directory
+
+    Versions 0.
+    """
+    topics: list[TopicData]
+    """Topics
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        id: _UUID = _ZERO_UUID,
+        topics: list[TopicData] | _Unset = _UNSET,
+    ) -> None:
+        self.id = id
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class AssignReplicasToDirsResponse(_Message):
     """Kafka AssignReplicasToDirsResponse (response, API key 73), versions 0, flexible 0+."""
 
@@ -74,108 +172,18 @@ class AssignReplicasToDirsResponse(_Message):
         *,
         throttle_time_ms: int = 0,
         error_code: int = 0,
-        directories: list[DirectoryData] = _UNSET,
+        directories: list[DirectoryData] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
-        self.directories = [] if directories is _UNSET else directories
+        self.directories = [] if isinstance(directories, _Unset) else directories
         self._unknown_tags = None
 
 
-class DirectoryData(_StructBase):
-    """DirectoryData (part of AssignReplicasToDirsResponse)."""
-
-    __slots__ = (
-        "id",
-        "topics",
-    )
-
-    id: _UUID
-    """The ID of the directory
-
-    Versions 0.
-    """
-    topics: list[TopicData]
-    """Topics
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        id: _UUID = _ZERO_UUID,
-        topics: list[TopicData] = _UNSET,
-    ) -> None:
-        self.id = id
-        self.topics = [] if topics is _UNSET else topics
-        self._unknown_tags = None
-
-
-class TopicData(_StructBase):
-    """TopicData (part of AssignReplicasToDirsResponse)."""
-
-    __slots__ = (
-        "partitions",
-        "topic_id",
-    )
-
-    topic_id: _UUID
-    """The ID of the assigned topic
-
-    Versions 0.
-    """
-    partitions: list[PartitionData]
-    """Partitions
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_id: _UUID = _ZERO_UUID,
-        partitions: list[PartitionData] = _UNSET,
-    ) -> None:
-        self.topic_id = topic_id
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class PartitionData(_StructBase):
-    """PartitionData (part of AssignReplicasToDirsResponse)."""
-
-    __slots__ = (
-        "error_code",
-        "partition_index",
-    )
-
-    partition_index: int
-    """The partition index
-
-    Versions 0.
-    """
-    error_code: int
-    """The partition level error code
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        error_code: int = 0,
-    ) -> None:
-        self.partition_index = partition_index
-        self.error_code = error_code
-        self._unknown_tags = None
-
-
-_TAGS_AssignReplicasToDirsResponse: frozenset[int] = frozenset()
-_TAGS_DirectoryData: frozenset[int] = frozenset()
-_TAGS_TopicData: frozenset[int] = frozenset()
-_TAGS_PartitionData: frozenset[int] = frozenset()
+_TAGS_AssignReplicasToDirsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_DirectoryData: _Final[frozenset[int]] = frozenset()
+_TAGS_TopicData: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
@@ -195,7 +203,8 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionData)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
@@ -249,7 +258,8 @@ def _read_DirectoryData_v0(buf: bytes, pos: int) -> tuple[DirectoryData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicData_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -294,7 +304,8 @@ def _read_AssignReplicasToDirsResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DirectoryData_v0(buf, pos)
             items1.append(item2)
         o.directories = items1
@@ -320,6 +331,42 @@ def _write_AssignReplicasToDirsResponse_v0(o: AssignReplicasToDirsResponse, w: _
         w(b"\x00")
 
 
+PartitionData._fields = (
+    _F(
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+)
+TopicData._fields = (
+    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]PartitionData",
+        PartitionData,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+DirectoryData._fields = (
+    _F("id", "Id", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
+    _F("topics", "Topics", "[]TopicData", TopicData, (0, 0), (1, 0), (1, 0), None, False, (), None),
+)
 AssignReplicasToDirsResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -348,42 +395,6 @@ AssignReplicasToDirsResponse._fields = (
         (),
         None,
     ),
-)
-DirectoryData._fields = (
-    _F("id", "Id", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
-    _F("topics", "Topics", "[]TopicData", TopicData, (0, 0), (1, 0), (1, 0), None, False, (), None),
-)
-TopicData._fields = (
-    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]PartitionData",
-        PartitionData,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-PartitionData._fields = (
-    _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
 )
 AssignReplicasToDirsResponse._readers = {
     0: _read_AssignReplicasToDirsResponse_v0,

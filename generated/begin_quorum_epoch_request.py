@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -34,100 +38,16 @@ __all__ = [
     "TopicData",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_H = _Packer(">H")
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ii = _Packer(">ii")
-_S_iii = _Packer(">iii")
-
-
-class BeginQuorumEpochRequest(_Message):
-    """Kafka BeginQuorumEpochRequest (request, API key 53), versions 0-1, flexible 1+.
-
-    Version 1 adds flexible versions, voter key and leader endpoints (KIP-853)
-    """
-
-    __slots__ = (
-        "cluster_id",
-        "leader_endpoints",
-        "topics",
-        "voter_id",
-    )
-
-    NAME = "BeginQuorumEpochRequest"
-    API_KEY = 53
-    TYPE = "request"
-    VALID_VERSIONS = (0, 1)
-    FLEXIBLE_VERSIONS = (1, 32767)
-
-    cluster_id: str | None
-    """ClusterId
-
-    Versions 0-1, nullable 0-1.
-    """
-    voter_id: int
-    """The replica id of the voter receiving the request
-
-    Versions 1, ignorable.
-    """
-    topics: list[TopicData]
-    """Topics
-
-    Versions 0-1.
-    """
-    leader_endpoints: list[LeaderEndpoint]
-    """Endpoints for the leader
-
-    Versions 1, ignorable.
-    """
-
-    def __init__(
-        self,
-        *,
-        cluster_id: str | None = None,
-        voter_id: int = -1,
-        topics: list[TopicData] = _UNSET,
-        leader_endpoints: list[LeaderEndpoint] = _UNSET,
-    ) -> None:
-        self.cluster_id = cluster_id
-        self.voter_id = voter_id
-        self.topics = [] if topics is _UNSET else topics
-        self.leader_endpoints = [] if leader_endpoints is _UNSET else leader_endpoints
-        self._unknown_tags = None
+_S_H: _Final = _Packer(">H")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ii: _Final = _Packer(">ii")
+_S_iii: _Final = _Packer(">iii")
 
 
-class TopicData(_StructBase):
-    """TopicData (part of BeginQuorumEpochRequest)."""
-
-    __slots__ = (
-        "partitions",
-        "topic_name",
-    )
-
-    topic_name: str
-    """The topic name
-
-    Versions 0-1.
-    """
-    partitions: list[PartitionData]
-    """Partitions
-
-    Versions 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_name: str = "",
-        partitions: list[PartitionData] = _UNSET,
-    ) -> None:
-        self.topic_name = topic_name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class PartitionData(_StructBase):
     """PartitionData (part of BeginQuorumEpochRequest)."""
 
@@ -174,6 +94,38 @@ class PartitionData(_StructBase):
         self._unknown_tags = None
 
 
+@_mypyc_attr(native_class=False)
+class TopicData(_StructBase):
+    """TopicData (part of BeginQuorumEpochRequest)."""
+
+    __slots__ = (
+        "partitions",
+        "topic_name",
+    )
+
+    topic_name: str
+    """The topic name
+
+    Versions 0-1.
+    """
+    partitions: list[PartitionData]
+    """Partitions
+
+    Versions 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_name: str = "",
+        partitions: list[PartitionData] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_name = topic_name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class LeaderEndpoint(_StructBase):
     """Endpoints for the leader"""
 
@@ -212,10 +164,66 @@ class LeaderEndpoint(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_BeginQuorumEpochRequest: frozenset[int] = frozenset()
-_TAGS_TopicData: frozenset[int] = frozenset()
-_TAGS_PartitionData: frozenset[int] = frozenset()
-_TAGS_LeaderEndpoint: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class BeginQuorumEpochRequest(_Message):
+    """Kafka BeginQuorumEpochRequest (request, API key 53), versions 0-1, flexible 1+.
+
+    Version 1 adds flexible versions, voter key and leader endpoints (KIP-853)
+    """
+
+    __slots__ = (
+        "cluster_id",
+        "leader_endpoints",
+        "topics",
+        "voter_id",
+    )
+
+    NAME = "BeginQuorumEpochRequest"
+    API_KEY = 53
+    TYPE = "request"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 32767)
+
+    cluster_id: str | None
+    """ClusterId
+
+    Versions 0-1, nullable 0-1.
+    """
+    voter_id: int
+    """The replica id of the voter receiving the request
+
+    Versions 1, ignorable.
+    """
+    topics: list[TopicData]
+    """Topics
+
+    Versions 0-1.
+    """
+    leader_endpoints: list[LeaderEndpoint]
+    """Endpoints for the leader
+
+    Versions 1, ignorable.
+    """
+
+    def __init__(
+        self,
+        *,
+        cluster_id: str | None = None,
+        voter_id: int = -1,
+        topics: list[TopicData] | _Unset = _UNSET,
+        leader_endpoints: list[LeaderEndpoint] | _Unset = _UNSET,
+    ) -> None:
+        self.cluster_id = cluster_id
+        self.voter_id = voter_id
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self.leader_endpoints = [] if isinstance(leader_endpoints, _Unset) else leader_endpoints
+        self._unknown_tags = None
+
+
+_TAGS_BeginQuorumEpochRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_TopicData: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
+_TAGS_LeaderEndpoint: _Final[frozenset[int]] = frozenset()
 
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
@@ -239,7 +247,8 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionData)
             item2.voter_directory_id = _ZERO_UUID
             item2.partition_index, item2.leader_id, item2.leader_epoch = _S_iii.unpack_from(
@@ -282,7 +291,8 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionData)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -370,7 +380,8 @@ def _read_BeginQuorumEpochRequest_v0(buf: bytes, pos: int) -> tuple[BeginQuorumE
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicData_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -409,7 +420,8 @@ def _read_BeginQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[BeginQuorumE
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicData_v1(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -424,9 +436,10 @@ def _read_BeginQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[BeginQuorumE
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(LeaderEndpoint)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(LeaderEndpoint)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -439,7 +452,7 @@ def _read_BeginQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[BeginQuorumE
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.name = buf[pos:end].decode()
+                item5.name = buf[pos:end].decode()
                 pos = end
             n = buf[pos] - 1
             if n < 127:
@@ -453,17 +466,17 @@ def _read_BeginQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[BeginQuorumE
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.host = buf[pos:end].decode()
+                item5.host = buf[pos:end].decode()
                 pos = end
-            item4.port = _S_H.unpack_from(buf, pos)[0]
+            item5.port = _S_H.unpack_from(buf, pos)[0]
             pos += 2
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderEndpoint)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderEndpoint)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.leader_endpoints = items3
+            items4.append(item5)
+        o.leader_endpoints = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_BeginQuorumEpochRequest)
     else:
@@ -530,40 +543,6 @@ def _write_BeginQuorumEpochRequest_v1(o: BeginQuorumEpochRequest, w: _Writer) ->
         w(b"\x00")
 
 
-BeginQuorumEpochRequest._fields = (
-    _F("cluster_id", "ClusterId", "string", None, (0, 1), (0, 1), (1, 0), None, False, None, None),
-    _F("voter_id", "VoterId", "int32", None, (1, 1), (1, 0), (1, 0), None, True, -1, None),
-    _F("topics", "Topics", "[]TopicData", TopicData, (0, 1), (1, 0), (1, 0), None, False, (), None),
-    _F(
-        "leader_endpoints",
-        "LeaderEndpoints",
-        "[]LeaderEndpoint",
-        LeaderEndpoint,
-        (1, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        True,
-        (),
-        None,
-    ),
-)
-TopicData._fields = (
-    _F("topic_name", "TopicName", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]PartitionData",
-        PartitionData,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 PartitionData._fields = (
     _F(
         "partition_index",
@@ -594,10 +573,44 @@ PartitionData._fields = (
     _F("leader_id", "LeaderId", "int32", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
     _F("leader_epoch", "LeaderEpoch", "int32", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
 )
+TopicData._fields = (
+    _F("topic_name", "TopicName", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]PartitionData",
+        PartitionData,
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
 LeaderEndpoint._fields = (
     _F("name", "Name", "string", None, (1, 1), (1, 0), (1, 0), None, False, "", None),
     _F("host", "Host", "string", None, (1, 1), (1, 0), (1, 0), None, False, "", None),
     _F("port", "Port", "uint16", None, (1, 1), (1, 0), (1, 0), None, False, 0, None),
+)
+BeginQuorumEpochRequest._fields = (
+    _F("cluster_id", "ClusterId", "string", None, (0, 1), (0, 1), (1, 0), None, False, None, None),
+    _F("voter_id", "VoterId", "int32", None, (1, 1), (1, 0), (1, 0), None, True, -1, None),
+    _F("topics", "Topics", "[]TopicData", TopicData, (0, 1), (1, 0), (1, 0), None, False, (), None),
+    _F(
+        "leader_endpoints",
+        "LeaderEndpoints",
+        "[]LeaderEndpoint",
+        LeaderEndpoint,
+        (1, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        True,
+        (),
+        None,
+    ),
 )
 BeginQuorumEpochRequest._readers = {
     0: _read_BeginQuorumEpochRequest_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
@@ -35,11 +39,12 @@ __all__ = [
     "BrokerHeartbeatRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_iqqzz = _Packer(">iqq??")
+_S_iqqzz: _Final = _Packer(">iqq??")
 
 
+@_mypyc_attr(native_class=False)
 class BrokerHeartbeatRequest(_Message):
     """Kafka BrokerHeartbeatRequest (request, API key 63), versions 0-1, flexible 0+."""
 
@@ -97,18 +102,18 @@ class BrokerHeartbeatRequest(_Message):
         current_metadata_offset: int = 0,
         want_fence: bool = False,
         want_shut_down: bool = False,
-        offline_log_dirs: list[_UUID] = _UNSET,
+        offline_log_dirs: list[_UUID] | _Unset = _UNSET,
     ) -> None:
         self.broker_id = broker_id
         self.broker_epoch = broker_epoch
         self.current_metadata_offset = current_metadata_offset
         self.want_fence = want_fence
         self.want_shut_down = want_shut_down
-        self.offline_log_dirs = [] if offline_log_dirs is _UNSET else offline_log_dirs
+        self.offline_log_dirs = [] if isinstance(offline_log_dirs, _Unset) else offline_log_dirs
         self._unknown_tags = None
 
 
-_TAGS_BrokerHeartbeatRequest: frozenset[int] = frozenset({0})
+_TAGS_BrokerHeartbeatRequest: _Final[frozenset[int]] = frozenset({0})
 
 
 def _read_tags_BrokerHeartbeatRequest_v1(o: BrokerHeartbeatRequest, buf: bytes, pos: int) -> int:
@@ -135,7 +140,8 @@ def _read_tags_BrokerHeartbeatRequest_v1(o: BrokerHeartbeatRequest, buf: bytes, 
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
                 items1: list[_Any] = []
-                for _ in range(n):
+                count3 = n
+                for _ in range(count3):
                     item2 = _read_uuid(buf, pos)
                     pos += 16
                     items1.append(item2)

@@ -8,6 +8,9 @@ Generated from BrokerHeartbeatResponse.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -20,11 +23,12 @@ __all__ = [
     "BrokerHeartbeatResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_ihzzz = _Packer(">ih???")
+_S_ihzzz: _Final = _Packer(">ih???")
 
 
+@_mypyc_attr(native_class=False)
 class BrokerHeartbeatResponse(_Message):
     """Kafka BrokerHeartbeatResponse (response, API key 63), versions 0-1, flexible 0+."""
 
@@ -85,7 +89,7 @@ class BrokerHeartbeatResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_BrokerHeartbeatResponse: frozenset[int] = frozenset()
+_TAGS_BrokerHeartbeatResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_BrokerHeartbeatResponse_v0(buf: bytes, pos: int) -> tuple[BrokerHeartbeatResponse, int]:

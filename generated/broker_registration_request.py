@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
@@ -34,15 +38,102 @@ __all__ = [
     "Listener",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_Hh = _Packer(">Hh")
-_S_hh = _Packer(">hh")
-_S_i = _Packer(">i")
-_S_q = _Packer(">q")
-_S_z = _Packer(">?")
+_S_Hh: _Final = _Packer(">Hh")
+_S_hh: _Final = _Packer(">hh")
+_S_i: _Final = _Packer(">i")
+_S_q: _Final = _Packer(">q")
+_S_z: _Final = _Packer(">?")
 
 
+@_mypyc_attr(native_class=False)
+class Listener(_StructBase):
+    """The listeners of this broker"""
+
+    __slots__ = (
+        "host",
+        "name",
+        "port",
+        "security_protocol",
+    )
+
+    name: str
+    """The name of the endpoint.
+
+    Versions 0-4.
+    """
+    host: str
+    """The hostname.
+
+    Versions 0-4.
+    """
+    port: int
+    """The port.
+
+    Versions 0-4.
+    """
+    security_protocol: int
+    """The security protocol.
+
+    Versions 0-4.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        host: str = "",
+        port: int = 0,
+        security_protocol: int = 0,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self.security_protocol = security_protocol
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class Feature(_StructBase):
+    """The features on this broker. Note: in v0-v3, features with MinSupportedVersion = 0 are omitted."""
+
+    __slots__ = (
+        "max_supported_version",
+        "min_supported_version",
+        "name",
+    )
+
+    name: str
+    """The feature name.
+
+    Versions 0-4.
+    """
+    min_supported_version: int
+    """The minimum supported feature level.
+
+    Versions 0-4.
+    """
+    max_supported_version: int
+    """The maximum supported feature level.
+
+    Versions 0-4.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        min_supported_version: int = 0,
+        max_supported_version: int = 0,
+    ) -> None:
+        self.name = name
+        self.min_supported_version = min_supported_version
+        self.max_supported_version = max_supported_version
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class BrokerRegistrationRequest(_Message):
     """Kafka BrokerRegistrationRequest (request, API key 62), versions 0-4, flexible 0+."""
 
@@ -116,112 +207,28 @@ class BrokerRegistrationRequest(_Message):
         broker_id: int = 0,
         cluster_id: str = "",
         incarnation_id: _UUID = _ZERO_UUID,
-        listeners: list[Listener] = _UNSET,
-        features: list[Feature] = _UNSET,
+        listeners: list[Listener] | _Unset = _UNSET,
+        features: list[Feature] | _Unset = _UNSET,
         rack: str | None = "",
         is_migrating_zk_broker: bool = False,
-        log_dirs: list[_UUID] = _UNSET,
+        log_dirs: list[_UUID] | _Unset = _UNSET,
         previous_broker_epoch: int = -1,
     ) -> None:
         self.broker_id = broker_id
         self.cluster_id = cluster_id
         self.incarnation_id = incarnation_id
-        self.listeners = [] if listeners is _UNSET else listeners
-        self.features = [] if features is _UNSET else features
+        self.listeners = [] if isinstance(listeners, _Unset) else listeners
+        self.features = [] if isinstance(features, _Unset) else features
         self.rack = rack
         self.is_migrating_zk_broker = is_migrating_zk_broker
-        self.log_dirs = [] if log_dirs is _UNSET else log_dirs
+        self.log_dirs = [] if isinstance(log_dirs, _Unset) else log_dirs
         self.previous_broker_epoch = previous_broker_epoch
         self._unknown_tags = None
 
 
-class Listener(_StructBase):
-    """The listeners of this broker"""
-
-    __slots__ = (
-        "host",
-        "name",
-        "port",
-        "security_protocol",
-    )
-
-    name: str
-    """The name of the endpoint.
-
-    Versions 0-4.
-    """
-    host: str
-    """The hostname.
-
-    Versions 0-4.
-    """
-    port: int
-    """The port.
-
-    Versions 0-4.
-    """
-    security_protocol: int
-    """The security protocol.
-
-    Versions 0-4.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        host: str = "",
-        port: int = 0,
-        security_protocol: int = 0,
-    ) -> None:
-        self.name = name
-        self.host = host
-        self.port = port
-        self.security_protocol = security_protocol
-        self._unknown_tags = None
-
-
-class Feature(_StructBase):
-    """The features on this broker. Note: in v0-v3, features with MinSupportedVersion = 0 are omitted."""
-
-    __slots__ = (
-        "max_supported_version",
-        "min_supported_version",
-        "name",
-    )
-
-    name: str
-    """The feature name.
-
-    Versions 0-4.
-    """
-    min_supported_version: int
-    """The minimum supported feature level.
-
-    Versions 0-4.
-    """
-    max_supported_version: int
-    """The maximum supported feature level.
-
-    Versions 0-4.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        min_supported_version: int = 0,
-        max_supported_version: int = 0,
-    ) -> None:
-        self.name = name
-        self.min_supported_version = min_supported_version
-        self.max_supported_version = max_supported_version
-        self._unknown_tags = None
-
-
-_TAGS_BrokerRegistrationRequest: frozenset[int] = frozenset()
-_TAGS_Listener: frozenset[int] = frozenset()
-_TAGS_Feature: frozenset[int] = frozenset()
+_TAGS_BrokerRegistrationRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_Listener: _Final[frozenset[int]] = frozenset()
+_TAGS_Feature: _Final[frozenset[int]] = frozenset()
 
 
 def _read_BrokerRegistrationRequest_v0(
@@ -262,7 +269,8 @@ def _read_BrokerRegistrationRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(Listener)
             n = buf[pos] - 1
             if n < 127:
@@ -312,9 +320,10 @@ def _read_BrokerRegistrationRequest_v0(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(Feature)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(Feature)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -327,17 +336,17 @@ def _read_BrokerRegistrationRequest_v0(
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.name = buf[pos:end].decode()
+                item5.name = buf[pos:end].decode()
                 pos = end
-            item4.min_supported_version, item4.max_supported_version = _S_hh.unpack_from(buf, pos)
+            item5.min_supported_version, item5.max_supported_version = _S_hh.unpack_from(buf, pos)
             pos += 4
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Feature)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Feature)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.features = items3
+            items4.append(item5)
+        o.features = items4
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -397,7 +406,8 @@ def _read_BrokerRegistrationRequest_v1(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(Listener)
             n = buf[pos] - 1
             if n < 127:
@@ -447,9 +457,10 @@ def _read_BrokerRegistrationRequest_v1(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(Feature)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(Feature)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -462,17 +473,17 @@ def _read_BrokerRegistrationRequest_v1(
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.name = buf[pos:end].decode()
+                item5.name = buf[pos:end].decode()
                 pos = end
-            item4.min_supported_version, item4.max_supported_version = _S_hh.unpack_from(buf, pos)
+            item5.min_supported_version, item5.max_supported_version = _S_hh.unpack_from(buf, pos)
             pos += 4
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Feature)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Feature)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.features = items3
+            items4.append(item5)
+        o.features = items4
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -533,7 +544,8 @@ def _read_BrokerRegistrationRequest_v2(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(Listener)
             n = buf[pos] - 1
             if n < 127:
@@ -583,9 +595,10 @@ def _read_BrokerRegistrationRequest_v2(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(Feature)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(Feature)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -598,17 +611,17 @@ def _read_BrokerRegistrationRequest_v2(
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.name = buf[pos:end].decode()
+                item5.name = buf[pos:end].decode()
                 pos = end
-            item4.min_supported_version, item4.max_supported_version = _S_hh.unpack_from(buf, pos)
+            item5.min_supported_version, item5.max_supported_version = _S_hh.unpack_from(buf, pos)
             pos += 4
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Feature)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Feature)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.features = items3
+            items4.append(item5)
+        o.features = items4
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -636,12 +649,13 @@ def _read_BrokerRegistrationRequest_v2(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items5: list[_Any] = []
-        for _ in range(n):
-            item6 = _read_uuid(buf, pos)
+        items7: list[_Any] = []
+        count9 = n
+        for _ in range(count9):
+            item8 = _read_uuid(buf, pos)
             pos += 16
-            items5.append(item6)
-        o.log_dirs = items5
+            items7.append(item8)
+        o.log_dirs = items7
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_BrokerRegistrationRequest)
     else:
@@ -685,7 +699,8 @@ def _read_BrokerRegistrationRequest_v3(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(Listener)
             n = buf[pos] - 1
             if n < 127:
@@ -735,9 +750,10 @@ def _read_BrokerRegistrationRequest_v3(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(Feature)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(Feature)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -750,17 +766,17 @@ def _read_BrokerRegistrationRequest_v3(
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.name = buf[pos:end].decode()
+                item5.name = buf[pos:end].decode()
                 pos = end
-            item4.min_supported_version, item4.max_supported_version = _S_hh.unpack_from(buf, pos)
+            item5.min_supported_version, item5.max_supported_version = _S_hh.unpack_from(buf, pos)
             pos += 4
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Feature)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Feature)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.features = items3
+            items4.append(item5)
+        o.features = items4
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -788,12 +804,13 @@ def _read_BrokerRegistrationRequest_v3(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items5: list[_Any] = []
-        for _ in range(n):
-            item6 = _read_uuid(buf, pos)
+        items7: list[_Any] = []
+        count9 = n
+        for _ in range(count9):
+            item8 = _read_uuid(buf, pos)
             pos += 16
-            items5.append(item6)
-        o.log_dirs = items5
+            items7.append(item8)
+        o.log_dirs = items7
     o.previous_broker_epoch = _S_q.unpack_from(buf, pos)[0]
     pos += 8
     if buf[pos]:
@@ -1028,6 +1045,53 @@ def _write_BrokerRegistrationRequest_v3(o: BrokerRegistrationRequest, w: _Writer
         w(b"\x00")
 
 
+Listener._fields = (
+    _F("name", "Name", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
+    _F("host", "Host", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
+    _F("port", "Port", "uint16", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "security_protocol",
+        "SecurityProtocol",
+        "int16",
+        None,
+        (0, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+)
+Feature._fields = (
+    _F("name", "Name", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "min_supported_version",
+        "MinSupportedVersion",
+        "int16",
+        None,
+        (0, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F(
+        "max_supported_version",
+        "MaxSupportedVersion",
+        "int16",
+        None,
+        (0, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+)
 BrokerRegistrationRequest._fields = (
     _F("broker_id", "BrokerId", "int32", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
     _F("cluster_id", "ClusterId", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
@@ -1084,53 +1148,6 @@ BrokerRegistrationRequest._fields = (
         None,
         True,
         -1,
-        None,
-    ),
-)
-Listener._fields = (
-    _F("name", "Name", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
-    _F("host", "Host", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
-    _F("port", "Port", "uint16", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "security_protocol",
-        "SecurityProtocol",
-        "int16",
-        None,
-        (0, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-)
-Feature._fields = (
-    _F("name", "Name", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "min_supported_version",
-        "MinSupportedVersion",
-        "int16",
-        None,
-        (0, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F(
-        "max_supported_version",
-        "MaxSupportedVersion",
-        "int16",
-        None,
-        (0, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
         None,
     ),
 )

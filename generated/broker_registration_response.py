@@ -8,6 +8,9 @@ Generated from BrokerRegistrationResponse.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -19,11 +22,12 @@ __all__ = [
     "BrokerRegistrationResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_ihq = _Packer(">ihq")
+_S_ihq: _Final = _Packer(">ihq")
 
 
+@_mypyc_attr(native_class=False)
 class BrokerRegistrationResponse(_Message):
     """Kafka BrokerRegistrationResponse (response, API key 62), versions 0-4, flexible 0+."""
 
@@ -68,7 +72,7 @@ class BrokerRegistrationResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_BrokerRegistrationResponse: frozenset[int] = frozenset()
+_TAGS_BrokerRegistrationResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_BrokerRegistrationResponse_v0(

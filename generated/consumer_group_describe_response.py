@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -37,45 +41,36 @@ __all__ = [
     "TopicPartitions",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ii = _Packer(">ii")
-_A_i = _small_arrays("i", 32)
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ii: _Final = _Packer(">ii")
+_A_i: _Final = _small_arrays("i", 32)
 
 
-class ConsumerGroupDescribeResponse(_Message):
-    """Kafka ConsumerGroupDescribeResponse (response, API key 69), versions 0, flexible 0+.
-
-    Supported errors:
-    - GROUP_AUTHORIZATION_FAILED (version 0+)
-    - NOT_COORDINATOR (version 0+)
-    - COORDINATOR_NOT_AVAILABLE (version 0+)
-    - COORDINATOR_LOAD_IN_PROGRESS (version 0+)
-    - INVALID_REQUEST (version 0+)
-    - INVALID_GROUP_ID (version 0+)
-    - GROUP_ID_NOT_FOUND (version 0+)
-    """
+@_mypyc_attr(native_class=False)
+class TopicPartitions(_StructBase):
+    """TopicPartitions (part of ConsumerGroupDescribeResponse)."""
 
     __slots__ = (
-        "groups",
-        "throttle_time_ms",
+        "partitions",
+        "topic_id",
+        "topic_name",
     )
 
-    NAME = "ConsumerGroupDescribeResponse"
-    API_KEY = 69
-    TYPE = "response"
-    VALID_VERSIONS = (0, 0)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    throttle_time_ms: int
-    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+    topic_id: _UUID
+    """The topic ID.
 
     Versions 0.
     """
-    groups: list[DescribedGroup]
-    """Each described group.
+    topic_name: str
+    """The topic name.
+
+    Versions 0.
+    """
+    partitions: list[int]
+    """The partitions.
 
     Versions 0.
     """
@@ -83,71 +78,24 @@ class ConsumerGroupDescribeResponse(_Message):
     def __init__(
         self,
         *,
-        throttle_time_ms: int = 0,
-        groups: list[DescribedGroup] = _UNSET,
+        topic_id: _UUID = _ZERO_UUID,
+        topic_name: str = "",
+        partitions: list[int] | _Unset = _UNSET,
     ) -> None:
-        self.throttle_time_ms = throttle_time_ms
-        self.groups = [] if groups is _UNSET else groups
+        self.topic_id = topic_id
+        self.topic_name = topic_name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
         self._unknown_tags = None
 
 
-class DescribedGroup(_StructBase):
-    """Each described group."""
+@_mypyc_attr(native_class=False)
+class Assignment(_StructBase):
+    """Assignment (part of ConsumerGroupDescribeResponse)."""
 
-    __slots__ = (
-        "assignment_epoch",
-        "assignor_name",
-        "authorized_operations",
-        "error_code",
-        "error_message",
-        "group_epoch",
-        "group_id",
-        "group_state",
-        "members",
-    )
+    __slots__ = ("topic_partitions",)
 
-    error_code: int
-    """The describe error, or 0 if there was no error.
-
-    Versions 0.
-    """
-    error_message: str | None
-    """The top-level error message, or null if there was no error.
-
-    Versions 0, nullable 0.
-    """
-    group_id: str
-    """The group ID string.
-
-    Versions 0.
-    """
-    group_state: str
-    """The group state string, or the empty string.
-
-    Versions 0.
-    """
-    group_epoch: int
-    """The group epoch.
-
-    Versions 0.
-    """
-    assignment_epoch: int
-    """The assignment epoch.
-
-    Versions 0.
-    """
-    assignor_name: str
-    """The selected assignor.
-
-    Versions 0.
-    """
-    members: list[Member]
-    """The members.
-
-    Versions 0.
-    """
-    authorized_operations: int
-    """32-bit bitfield to represent authorized operations for this group.
+    topic_partitions: list[TopicPartitions]
+    """The assigned topic-partitions to the member.
 
     Versions 0.
     """
@@ -155,28 +103,13 @@ class DescribedGroup(_StructBase):
     def __init__(
         self,
         *,
-        error_code: int = 0,
-        error_message: str | None = None,
-        group_id: str = "",
-        group_state: str = "",
-        group_epoch: int = 0,
-        assignment_epoch: int = 0,
-        assignor_name: str = "",
-        members: list[Member] = _UNSET,
-        authorized_operations: int = -2147483648,
+        topic_partitions: list[TopicPartitions] | _Unset = _UNSET,
     ) -> None:
-        self.error_code = error_code
-        self.error_message = error_message
-        self.group_id = group_id
-        self.group_state = group_state
-        self.group_epoch = group_epoch
-        self.assignment_epoch = assignment_epoch
-        self.assignor_name = assignor_name
-        self.members = [] if members is _UNSET else members
-        self.authorized_operations = authorized_operations
+        self.topic_partitions = [] if isinstance(topic_partitions, _Unset) else topic_partitions
         self._unknown_tags = None
 
 
+@_mypyc_attr(native_class=False)
 class Member(_StructBase):
     """The members."""
 
@@ -253,10 +186,10 @@ class Member(_StructBase):
         member_epoch: int = 0,
         client_id: str = "",
         client_host: str = "",
-        subscribed_topic_names: list[str] = _UNSET,
+        subscribed_topic_names: list[str] | _Unset = _UNSET,
         subscribed_topic_regex: str | None = None,
-        assignment: Assignment = _UNSET,
-        target_assignment: Assignment = _UNSET,
+        assignment: Assignment | _Unset = _UNSET,
+        target_assignment: Assignment | _Unset = _UNSET,
     ) -> None:
         self.member_id = member_id
         self.instance_id = instance_id
@@ -265,55 +198,74 @@ class Member(_StructBase):
         self.client_id = client_id
         self.client_host = client_host
         self.subscribed_topic_names = (
-            [] if subscribed_topic_names is _UNSET else subscribed_topic_names
+            [] if isinstance(subscribed_topic_names, _Unset) else subscribed_topic_names
         )
         self.subscribed_topic_regex = subscribed_topic_regex
-        self.assignment = Assignment() if assignment is _UNSET else assignment
-        self.target_assignment = Assignment() if target_assignment is _UNSET else target_assignment
+        self.assignment = Assignment() if isinstance(assignment, _Unset) else assignment
+        self.target_assignment = (
+            Assignment() if isinstance(target_assignment, _Unset) else target_assignment
+        )
         self._unknown_tags = None
 
 
-class Assignment(_StructBase):
-    """Assignment (part of ConsumerGroupDescribeResponse)."""
-
-    __slots__ = ("topic_partitions",)
-
-    topic_partitions: list[TopicPartitions]
-    """The assigned topic-partitions to the member.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_partitions: list[TopicPartitions] = _UNSET,
-    ) -> None:
-        self.topic_partitions = [] if topic_partitions is _UNSET else topic_partitions
-        self._unknown_tags = None
-
-
-class TopicPartitions(_StructBase):
-    """TopicPartitions (part of ConsumerGroupDescribeResponse)."""
+@_mypyc_attr(native_class=False)
+class DescribedGroup(_StructBase):
+    """Each described group."""
 
     __slots__ = (
-        "partitions",
-        "topic_id",
-        "topic_name",
+        "assignment_epoch",
+        "assignor_name",
+        "authorized_operations",
+        "error_code",
+        "error_message",
+        "group_epoch",
+        "group_id",
+        "group_state",
+        "members",
     )
 
-    topic_id: _UUID
-    """The topic ID.
+    error_code: int
+    """The describe error, or 0 if there was no error.
 
     Versions 0.
     """
-    topic_name: str
-    """The topic name.
+    error_message: str | None
+    """The top-level error message, or null if there was no error.
+
+    Versions 0, nullable 0.
+    """
+    group_id: str
+    """The group ID string.
 
     Versions 0.
     """
-    partitions: list[int]
-    """The partitions.
+    group_state: str
+    """The group state string, or the empty string.
+
+    Versions 0.
+    """
+    group_epoch: int
+    """The group epoch.
+
+    Versions 0.
+    """
+    assignment_epoch: int
+    """The assignment epoch.
+
+    Versions 0.
+    """
+    assignor_name: str
+    """The selected assignor.
+
+    Versions 0.
+    """
+    members: list[Member]
+    """The members.
+
+    Versions 0.
+    """
+    authorized_operations: int
+    """32-bit bitfield to represent authorized operations for this group.
 
     Versions 0.
     """
@@ -321,21 +273,80 @@ class TopicPartitions(_StructBase):
     def __init__(
         self,
         *,
-        topic_id: _UUID = _ZERO_UUID,
-        topic_name: str = "",
-        partitions: list[int] = _UNSET,
+        error_code: int = 0,
+        error_message: str | None = None,
+        group_id: str = "",
+        group_state: str = "",
+        group_epoch: int = 0,
+        assignment_epoch: int = 0,
+        assignor_name: str = "",
+        members: list[Member] | _Unset = _UNSET,
+        authorized_operations: int = -2147483648,
     ) -> None:
-        self.topic_id = topic_id
-        self.topic_name = topic_name
-        self.partitions = [] if partitions is _UNSET else partitions
+        self.error_code = error_code
+        self.error_message = error_message
+        self.group_id = group_id
+        self.group_state = group_state
+        self.group_epoch = group_epoch
+        self.assignment_epoch = assignment_epoch
+        self.assignor_name = assignor_name
+        self.members = [] if isinstance(members, _Unset) else members
+        self.authorized_operations = authorized_operations
         self._unknown_tags = None
 
 
-_TAGS_ConsumerGroupDescribeResponse: frozenset[int] = frozenset()
-_TAGS_DescribedGroup: frozenset[int] = frozenset()
-_TAGS_Member: frozenset[int] = frozenset()
-_TAGS_Assignment: frozenset[int] = frozenset()
-_TAGS_TopicPartitions: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class ConsumerGroupDescribeResponse(_Message):
+    """Kafka ConsumerGroupDescribeResponse (response, API key 69), versions 0, flexible 0+.
+
+    Supported errors:
+    - GROUP_AUTHORIZATION_FAILED (version 0+)
+    - NOT_COORDINATOR (version 0+)
+    - COORDINATOR_NOT_AVAILABLE (version 0+)
+    - COORDINATOR_LOAD_IN_PROGRESS (version 0+)
+    - INVALID_REQUEST (version 0+)
+    - INVALID_GROUP_ID (version 0+)
+    - GROUP_ID_NOT_FOUND (version 0+)
+    """
+
+    __slots__ = (
+        "groups",
+        "throttle_time_ms",
+    )
+
+    NAME = "ConsumerGroupDescribeResponse"
+    API_KEY = 69
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    throttle_time_ms: int
+    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+
+    Versions 0.
+    """
+    groups: list[DescribedGroup]
+    """Each described group.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        throttle_time_ms: int = 0,
+        groups: list[DescribedGroup] | _Unset = _UNSET,
+    ) -> None:
+        self.throttle_time_ms = throttle_time_ms
+        self.groups = [] if isinstance(groups, _Unset) else groups
+        self._unknown_tags = None
+
+
+_TAGS_ConsumerGroupDescribeResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_DescribedGroup: _Final[frozenset[int]] = frozenset()
+_TAGS_Member: _Final[frozenset[int]] = frozenset()
+_TAGS_Assignment: _Final[frozenset[int]] = frozenset()
+_TAGS_TopicPartitions: _Final[frozenset[int]] = frozenset()
 
 
 def _read_Assignment_v0(buf: bytes, pos: int) -> tuple[Assignment, int]:
@@ -353,7 +364,8 @@ def _read_Assignment_v0(buf: bytes, pos: int) -> tuple[Assignment, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(TopicPartitions)
             item2.topic_id = _read_uuid(buf, pos)
             pos += 16
@@ -515,7 +527,8 @@ def _read_Member_v0(buf: bytes, pos: int) -> tuple[Member, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -688,7 +701,8 @@ def _read_DescribedGroup_v0(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_Member_v0(buf, pos)
             items1.append(item2)
         o.members = items1
@@ -757,7 +771,8 @@ def _read_ConsumerGroupDescribeResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribedGroup_v0(buf, pos)
             items1.append(item2)
         o.groups = items1
@@ -783,25 +798,79 @@ def _write_ConsumerGroupDescribeResponse_v0(o: ConsumerGroupDescribeResponse, w:
         w(b"\x00")
 
 
-ConsumerGroupDescribeResponse._fields = (
+TopicPartitions._fields = (
+    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
+    _F("topic_name", "TopicName", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F("partitions", "Partitions", "[]int32", None, (0, 0), (1, 0), (1, 0), None, False, (), None),
+)
+Assignment._fields = (
     _F(
-        "throttle_time_ms",
-        "ThrottleTimeMs",
-        "int32",
+        "topic_partitions",
+        "TopicPartitions",
+        "[]TopicPartitions",
+        TopicPartitions,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+Member._fields = (
+    _F("member_id", "MemberId", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "instance_id", "InstanceId", "string", None, (0, 0), (0, 0), (1, 0), None, False, None, None
+    ),
+    _F("rack_id", "RackId", "string", None, (0, 0), (0, 0), (1, 0), None, False, None, None),
+    _F("member_epoch", "MemberEpoch", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("client_id", "ClientId", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F("client_host", "ClientHost", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "subscribed_topic_names",
+        "SubscribedTopicNames",
+        "[]string",
         None,
         (0, 0),
         (1, 0),
         (1, 0),
         None,
         False,
-        0,
+        (),
         None,
     ),
     _F(
-        "groups",
-        "Groups",
-        "[]DescribedGroup",
-        DescribedGroup,
+        "subscribed_topic_regex",
+        "SubscribedTopicRegex",
+        "string",
+        None,
+        (0, 0),
+        (0, 0),
+        (1, 0),
+        None,
+        False,
+        None,
+        None,
+    ),
+    _F(
+        "assignment",
+        "Assignment",
+        "Assignment",
+        Assignment,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F(
+        "target_assignment",
+        "TargetAssignment",
+        "Assignment",
+        Assignment,
         (0, 0),
         (1, 0),
         (1, 0),
@@ -870,20 +939,25 @@ DescribedGroup._fields = (
         None,
     ),
 )
-Member._fields = (
-    _F("member_id", "MemberId", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+ConsumerGroupDescribeResponse._fields = (
     _F(
-        "instance_id", "InstanceId", "string", None, (0, 0), (0, 0), (1, 0), None, False, None, None
-    ),
-    _F("rack_id", "RackId", "string", None, (0, 0), (0, 0), (1, 0), None, False, None, None),
-    _F("member_epoch", "MemberEpoch", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("client_id", "ClientId", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F("client_host", "ClientHost", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "subscribed_topic_names",
-        "SubscribedTopicNames",
-        "[]string",
+        "throttle_time_ms",
+        "ThrottleTimeMs",
+        "int32",
         None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F(
+        "groups",
+        "Groups",
+        "[]DescribedGroup",
+        DescribedGroup,
         (0, 0),
         (1, 0),
         (1, 0),
@@ -892,65 +966,6 @@ Member._fields = (
         (),
         None,
     ),
-    _F(
-        "subscribed_topic_regex",
-        "SubscribedTopicRegex",
-        "string",
-        None,
-        (0, 0),
-        (0, 0),
-        (1, 0),
-        None,
-        False,
-        None,
-        None,
-    ),
-    _F(
-        "assignment",
-        "Assignment",
-        "Assignment",
-        Assignment,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-    _F(
-        "target_assignment",
-        "TargetAssignment",
-        "Assignment",
-        Assignment,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-Assignment._fields = (
-    _F(
-        "topic_partitions",
-        "TopicPartitions",
-        "[]TopicPartitions",
-        TopicPartitions,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-TopicPartitions._fields = (
-    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
-    _F("topic_name", "TopicName", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F("partitions", "Partitions", "[]int32", None, (0, 0), (1, 0), (1, 0), None, False, (), None),
 )
 ConsumerGroupDescribeResponse._readers = {
     0: _read_ConsumerGroupDescribeResponse_v0,

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -34,12 +38,44 @@ __all__ = [
     "TopicPartitions",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_i = _Packer(">i")
-_A_i = _small_arrays("i", 32)
+_S_i: _Final = _Packer(">i")
+_A_i: _Final = _small_arrays("i", 32)
 
 
+@_mypyc_attr(native_class=False)
+class TopicPartitions(_StructBase):
+    """null if it didn't change since the last heartbeat; the partitions owned by the member."""
+
+    __slots__ = (
+        "partitions",
+        "topic_id",
+    )
+
+    topic_id: _UUID
+    """The topic ID.
+
+    Versions 0.
+    """
+    partitions: list[int]
+    """The partitions.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_id: _UUID = _ZERO_UUID,
+        partitions: list[int] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_id = topic_id
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class ConsumerGroupHeartbeatRequest(_Message):
     """Kafka ConsumerGroupHeartbeatRequest (request, API key 68), versions 0, flexible 0+."""
 
@@ -132,38 +168,8 @@ class ConsumerGroupHeartbeatRequest(_Message):
         self._unknown_tags = None
 
 
-class TopicPartitions(_StructBase):
-    """null if it didn't change since the last heartbeat; the partitions owned by the member."""
-
-    __slots__ = (
-        "partitions",
-        "topic_id",
-    )
-
-    topic_id: _UUID
-    """The topic ID.
-
-    Versions 0.
-    """
-    partitions: list[int]
-    """The partitions.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_id: _UUID = _ZERO_UUID,
-        partitions: list[int] = _UNSET,
-    ) -> None:
-        self.topic_id = topic_id
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-_TAGS_ConsumerGroupHeartbeatRequest: frozenset[int] = frozenset()
-_TAGS_TopicPartitions: frozenset[int] = frozenset()
+_TAGS_ConsumerGroupHeartbeatRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_TopicPartitions: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ConsumerGroupHeartbeatRequest_v0(
@@ -243,7 +249,8 @@ def _read_ConsumerGroupHeartbeatRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -285,10 +292,11 @@ def _read_ConsumerGroupHeartbeatRequest_v0(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(TopicPartitions)
-            item4.topic_id = _read_uuid(buf, pos)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(TopicPartitions)
+            item5.topic_id = _read_uuid(buf, pos)
             pos += 16
             n = buf[pos] - 1
             if n < 127:
@@ -301,19 +309,19 @@ def _read_ConsumerGroupHeartbeatRequest_v0(
             elif n > len(buf) - pos:
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
-                item4.partitions = (
+                item5.partitions = (
                     [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
                     if n
                     else []
                 )
                 pos += 4 * n
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_TopicPartitions)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_TopicPartitions)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.topic_partitions = items3
+            items4.append(item5)
+        o.topic_partitions = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ConsumerGroupHeartbeatRequest)
     else:
@@ -395,6 +403,10 @@ def _write_ConsumerGroupHeartbeatRequest_v0(o: ConsumerGroupHeartbeatRequest, w:
         w(b"\x00")
 
 
+TopicPartitions._fields = (
+    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
+    _F("partitions", "Partitions", "[]int32", None, (0, 0), (1, 0), (1, 0), None, False, (), None),
+)
 ConsumerGroupHeartbeatRequest._fields = (
     _F("group_id", "GroupId", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
     _F("member_id", "MemberId", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
@@ -455,10 +467,6 @@ ConsumerGroupHeartbeatRequest._fields = (
         None,
         None,
     ),
-)
-TopicPartitions._fields = (
-    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
-    _F("partitions", "Partitions", "[]int32", None, (0, 0), (1, 0), (1, 0), None, False, (), None),
 )
 ConsumerGroupHeartbeatRequest._readers = {
     0: _read_ConsumerGroupHeartbeatRequest_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -34,13 +38,66 @@ __all__ = [
     "TopicPartitions",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_ih = _Packer(">ih")
-_S_ii = _Packer(">ii")
-_A_i = _small_arrays("i", 32)
+_S_ih: _Final = _Packer(">ih")
+_S_ii: _Final = _Packer(">ii")
+_A_i: _Final = _small_arrays("i", 32)
 
 
+@_mypyc_attr(native_class=False)
+class TopicPartitions(_StructBase):
+    """TopicPartitions (part of ConsumerGroupHeartbeatResponse)."""
+
+    __slots__ = (
+        "partitions",
+        "topic_id",
+    )
+
+    topic_id: _UUID
+    """The topic ID.
+
+    Versions 0.
+    """
+    partitions: list[int]
+    """The partitions.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_id: _UUID = _ZERO_UUID,
+        partitions: list[int] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_id = topic_id
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class Assignment(_StructBase):
+    """null if not provided; the assignment otherwise."""
+
+    __slots__ = ("topic_partitions",)
+
+    topic_partitions: list[TopicPartitions]
+    """The partitions assigned to the member that can be used immediately.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_partitions: list[TopicPartitions] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_partitions = [] if isinstance(topic_partitions, _Unset) else topic_partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class ConsumerGroupHeartbeatResponse(_Message):
     """Kafka ConsumerGroupHeartbeatResponse (response, API key 68), versions 0, flexible 0+.
 
@@ -130,59 +187,9 @@ class ConsumerGroupHeartbeatResponse(_Message):
         self._unknown_tags = None
 
 
-class Assignment(_StructBase):
-    """null if not provided; the assignment otherwise."""
-
-    __slots__ = ("topic_partitions",)
-
-    topic_partitions: list[TopicPartitions]
-    """The partitions assigned to the member that can be used immediately.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_partitions: list[TopicPartitions] = _UNSET,
-    ) -> None:
-        self.topic_partitions = [] if topic_partitions is _UNSET else topic_partitions
-        self._unknown_tags = None
-
-
-class TopicPartitions(_StructBase):
-    """TopicPartitions (part of ConsumerGroupHeartbeatResponse)."""
-
-    __slots__ = (
-        "partitions",
-        "topic_id",
-    )
-
-    topic_id: _UUID
-    """The topic ID.
-
-    Versions 0.
-    """
-    partitions: list[int]
-    """The partitions.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_id: _UUID = _ZERO_UUID,
-        partitions: list[int] = _UNSET,
-    ) -> None:
-        self.topic_id = topic_id
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-_TAGS_ConsumerGroupHeartbeatResponse: frozenset[int] = frozenset()
-_TAGS_Assignment: frozenset[int] = frozenset()
-_TAGS_TopicPartitions: frozenset[int] = frozenset()
+_TAGS_ConsumerGroupHeartbeatResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_Assignment: _Final[frozenset[int]] = frozenset()
+_TAGS_TopicPartitions: _Final[frozenset[int]] = frozenset()
 
 
 def _read_Assignment_v0(buf: bytes, pos: int) -> tuple[Assignment, int]:
@@ -200,7 +207,8 @@ def _read_Assignment_v0(buf: bytes, pos: int) -> tuple[Assignment, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(TopicPartitions)
             item2.topic_id = _read_uuid(buf, pos)
             pos += 16
@@ -339,6 +347,25 @@ def _write_ConsumerGroupHeartbeatResponse_v0(o: ConsumerGroupHeartbeatResponse, 
         w(b"\x00")
 
 
+TopicPartitions._fields = (
+    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
+    _F("partitions", "Partitions", "[]int32", None, (0, 0), (1, 0), (1, 0), None, False, (), None),
+)
+Assignment._fields = (
+    _F(
+        "topic_partitions",
+        "TopicPartitions",
+        "[]TopicPartitions",
+        TopicPartitions,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
 ConsumerGroupHeartbeatResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -395,25 +422,6 @@ ConsumerGroupHeartbeatResponse._fields = (
         None,
         None,
     ),
-)
-Assignment._fields = (
-    _F(
-        "topic_partitions",
-        "TopicPartitions",
-        "[]TopicPartitions",
-        TopicPartitions,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-TopicPartitions._fields = (
-    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
-    _F("partitions", "Partitions", "[]int32", None, (0, 0), (1, 0), (1, 0), None, False, (), None),
 )
 ConsumerGroupHeartbeatResponse._readers = {
     0: _read_ConsumerGroupHeartbeatResponse_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
@@ -28,13 +32,45 @@ __all__ = [
     "TopicPartition",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_A_i = _small_arrays("i", 32)
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_A_i: _Final = _small_arrays("i", 32)
 
 
+@_mypyc_attr(native_class=False)
+class TopicPartition(_StructBase):
+    """TopicPartition (part of ConsumerProtocolAssignment)."""
+
+    __slots__ = (
+        "partitions",
+        "topic",
+    )
+
+    topic: str
+    """Topic
+
+    Versions 0-3.
+    """
+    partitions: list[int]
+    """Partitions
+
+    Versions 0-3.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic: str = "",
+        partitions: list[int] | _Unset = _UNSET,
+    ) -> None:
+        self.topic = topic
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class ConsumerProtocolAssignment(_Message):
     """Kafka ConsumerProtocolAssignment (data), versions 0-3, flexible none.
 
@@ -73,41 +109,13 @@ class ConsumerProtocolAssignment(_Message):
     def __init__(
         self,
         *,
-        assigned_partitions: list[TopicPartition] = _UNSET,
+        assigned_partitions: list[TopicPartition] | _Unset = _UNSET,
         user_data: _Buffer | None = None,
     ) -> None:
-        self.assigned_partitions = [] if assigned_partitions is _UNSET else assigned_partitions
+        self.assigned_partitions = (
+            [] if isinstance(assigned_partitions, _Unset) else assigned_partitions
+        )
         self.user_data = user_data
-        self._unknown_tags = None
-
-
-class TopicPartition(_StructBase):
-    """TopicPartition (part of ConsumerProtocolAssignment)."""
-
-    __slots__ = (
-        "partitions",
-        "topic",
-    )
-
-    topic: str
-    """Topic
-
-    Versions 0-3.
-    """
-    partitions: list[int]
-    """Partitions
-
-    Versions 0-3.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic: str = "",
-        partitions: list[int] = _UNSET,
-    ) -> None:
-        self.topic = topic
-        self.partitions = [] if partitions is _UNSET else partitions
         self._unknown_tags = None
 
 
@@ -124,7 +132,8 @@ def _read_ConsumerProtocolAssignment_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(TopicPartition)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -198,6 +207,10 @@ def _write_ConsumerProtocolAssignment_v0(o: ConsumerProtocolAssignment, w: _Writ
         raise _ProtocolError("tagged fields need a flexible version")
 
 
+TopicPartition._fields = (
+    _F("topic", "Topic", "string", None, (0, 3), (1, 0), (1, 0), None, False, "", None),
+    _F("partitions", "Partitions", "[]int32", None, (0, 3), (1, 0), (1, 0), None, False, (), None),
+)
 ConsumerProtocolAssignment._fields = (
     _F(
         "assigned_partitions",
@@ -213,10 +226,6 @@ ConsumerProtocolAssignment._fields = (
         None,
     ),
     _F("user_data", "UserData", "bytes", None, (0, 3), (0, 3), (1, 0), None, False, None, None),
-)
-TopicPartition._fields = (
-    _F("topic", "Topic", "string", None, (0, 3), (1, 0), (1, 0), None, False, "", None),
-    _F("partitions", "Partitions", "[]int32", None, (0, 3), (1, 0), (1, 0), None, False, (), None),
 )
 ConsumerProtocolAssignment._readers = {
     0: _read_ConsumerProtocolAssignment_v0,

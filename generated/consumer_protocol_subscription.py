@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
@@ -28,13 +32,45 @@ __all__ = [
     "TopicPartition",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_A_i = _small_arrays("i", 32)
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_A_i: _Final = _small_arrays("i", 32)
 
 
+@_mypyc_attr(native_class=False)
+class TopicPartition(_StructBase):
+    """TopicPartition (part of ConsumerProtocolSubscription)."""
+
+    __slots__ = (
+        "partitions",
+        "topic",
+    )
+
+    topic: str
+    """Topic
+
+    Versions 1-3.
+    """
+    partitions: list[int]
+    """Partitions
+
+    Versions 1-3.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic: str = "",
+        partitions: list[int] | _Unset = _UNSET,
+    ) -> None:
+        self.topic = topic
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class ConsumerProtocolSubscription(_Message):
     """Kafka ConsumerProtocolSubscription (data), versions 0-3, flexible none.
 
@@ -91,47 +127,17 @@ class ConsumerProtocolSubscription(_Message):
     def __init__(
         self,
         *,
-        topics: list[str] = _UNSET,
+        topics: list[str] | _Unset = _UNSET,
         user_data: _Buffer | None = None,
-        owned_partitions: list[TopicPartition] = _UNSET,
+        owned_partitions: list[TopicPartition] | _Unset = _UNSET,
         generation_id: int = -1,
         rack_id: str | None = None,
     ) -> None:
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self.user_data = user_data
-        self.owned_partitions = [] if owned_partitions is _UNSET else owned_partitions
+        self.owned_partitions = [] if isinstance(owned_partitions, _Unset) else owned_partitions
         self.generation_id = generation_id
         self.rack_id = rack_id
-        self._unknown_tags = None
-
-
-class TopicPartition(_StructBase):
-    """TopicPartition (part of ConsumerProtocolSubscription)."""
-
-    __slots__ = (
-        "partitions",
-        "topic",
-    )
-
-    topic: str
-    """Topic
-
-    Versions 1-3.
-    """
-    partitions: list[int]
-    """Partitions
-
-    Versions 1-3.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic: str = "",
-        partitions: list[int] = _UNSET,
-    ) -> None:
-        self.topic = topic
-        self.partitions = [] if partitions is _UNSET else partitions
         self._unknown_tags = None
 
 
@@ -151,7 +157,8 @@ def _read_ConsumerProtocolSubscription_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -195,7 +202,8 @@ def _read_ConsumerProtocolSubscription_v1(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -227,9 +235,10 @@ def _read_ConsumerProtocolSubscription_v1(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(TopicPartition)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(TopicPartition)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -238,7 +247,7 @@ def _read_ConsumerProtocolSubscription_v1(
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.topic = buf[pos:end].decode()
+                item5.topic = buf[pos:end].decode()
                 pos = end
             n = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -247,15 +256,15 @@ def _read_ConsumerProtocolSubscription_v1(
             elif n > len(buf) - pos:
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
-                item4.partitions = (
+                item5.partitions = (
                     [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
                     if n
                     else []
                 )
                 pos += 4 * n
-            item4._unknown_tags = None
-            items3.append(item4)
-        o.owned_partitions = items3
+            item5._unknown_tags = None
+            items4.append(item5)
+        o.owned_partitions = items4
     o._unknown_tags = None
     return o, pos
 
@@ -274,7 +283,8 @@ def _read_ConsumerProtocolSubscription_v2(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -306,9 +316,10 @@ def _read_ConsumerProtocolSubscription_v2(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(TopicPartition)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(TopicPartition)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -317,7 +328,7 @@ def _read_ConsumerProtocolSubscription_v2(
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.topic = buf[pos:end].decode()
+                item5.topic = buf[pos:end].decode()
                 pos = end
             n = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -326,15 +337,15 @@ def _read_ConsumerProtocolSubscription_v2(
             elif n > len(buf) - pos:
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
-                item4.partitions = (
+                item5.partitions = (
                     [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
                     if n
                     else []
                 )
                 pos += 4 * n
-            item4._unknown_tags = None
-            items3.append(item4)
-        o.owned_partitions = items3
+            item5._unknown_tags = None
+            items4.append(item5)
+        o.owned_partitions = items4
     o.generation_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     o._unknown_tags = None
@@ -354,7 +365,8 @@ def _read_ConsumerProtocolSubscription_v3(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -386,9 +398,10 @@ def _read_ConsumerProtocolSubscription_v3(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(TopicPartition)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(TopicPartition)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -397,7 +410,7 @@ def _read_ConsumerProtocolSubscription_v3(
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.topic = buf[pos:end].decode()
+                item5.topic = buf[pos:end].decode()
                 pos = end
             n = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -406,15 +419,15 @@ def _read_ConsumerProtocolSubscription_v3(
             elif n > len(buf) - pos:
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
-                item4.partitions = (
+                item5.partitions = (
                     [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
                     if n
                     else []
                 )
                 pos += 4 * n
-            item4._unknown_tags = None
-            items3.append(item4)
-        o.owned_partitions = items3
+            item5._unknown_tags = None
+            items4.append(item5)
+        o.owned_partitions = items4
     o.generation_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_h.unpack_from(buf, pos)[0]
@@ -589,6 +602,10 @@ def _write_ConsumerProtocolSubscription_v3(o: ConsumerProtocolSubscription, w: _
         raise _ProtocolError("tagged fields need a flexible version")
 
 
+TopicPartition._fields = (
+    _F("topic", "Topic", "string", None, (1, 3), (1, 0), (1, 0), None, False, "", None),
+    _F("partitions", "Partitions", "[]int32", None, (1, 3), (1, 0), (1, 0), None, False, (), None),
+)
 ConsumerProtocolSubscription._fields = (
     _F("topics", "Topics", "[]string", None, (0, 3), (1, 0), (1, 0), None, False, (), None),
     _F("user_data", "UserData", "bytes", None, (0, 3), (0, 3), (1, 0), None, False, None, None),
@@ -609,10 +626,6 @@ ConsumerProtocolSubscription._fields = (
         "generation_id", "GenerationId", "int32", None, (2, 3), (1, 0), (1, 0), None, True, -1, None
     ),
     _F("rack_id", "RackId", "string", None, (3, 3), (3, 3), (1, 0), None, True, None, None),
-)
-TopicPartition._fields = (
-    _F("topic", "Topic", "string", None, (1, 3), (1, 0), (1, 0), None, False, "", None),
-    _F("partitions", "Partitions", "[]int32", None, (1, 3), (1, 0), (1, 0), None, False, (), None),
 )
 ConsumerProtocolSubscription._readers = {
     0: _read_ConsumerProtocolSubscription_v0,

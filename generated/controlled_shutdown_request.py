@@ -8,6 +8,9 @@ Generated from ControlledShutdownRequest.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -20,12 +23,13 @@ __all__ = [
     "ControlledShutdownRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_i = _Packer(">i")
-_S_iq = _Packer(">iq")
+_S_i: _Final = _Packer(">i")
+_S_iq: _Final = _Packer(">iq")
 
 
+@_mypyc_attr(native_class=False)
 class ControlledShutdownRequest(_Message):
     """Kafka ControlledShutdownRequest (request, API key 7), versions 0-3, flexible 3+.
 
@@ -71,7 +75,7 @@ class ControlledShutdownRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_ControlledShutdownRequest: frozenset[int] = frozenset()
+_TAGS_ControlledShutdownRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ControlledShutdownRequest_v0(

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -29,12 +33,44 @@ __all__ = [
     "RemainingPartition",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
+class RemainingPartition(_StructBase):
+    """The partitions that the broker still leads."""
+
+    __slots__ = (
+        "partition_index",
+        "topic_name",
+    )
+
+    topic_name: str
+    """The name of the topic.
+
+    Versions 0-3.
+    """
+    partition_index: int
+    """The index of the partition.
+
+    Versions 0-3.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_name: str = "",
+        partition_index: int = 0,
+    ) -> None:
+        self.topic_name = topic_name
+        self.partition_index = partition_index
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class ControlledShutdownResponse(_Message):
     """Kafka ControlledShutdownResponse (response, API key 7), versions 0-3, flexible 3+.
 
@@ -67,45 +103,17 @@ class ControlledShutdownResponse(_Message):
         self,
         *,
         error_code: int = 0,
-        remaining_partitions: list[RemainingPartition] = _UNSET,
+        remaining_partitions: list[RemainingPartition] | _Unset = _UNSET,
     ) -> None:
         self.error_code = error_code
-        self.remaining_partitions = [] if remaining_partitions is _UNSET else remaining_partitions
+        self.remaining_partitions = (
+            [] if isinstance(remaining_partitions, _Unset) else remaining_partitions
+        )
         self._unknown_tags = None
 
 
-class RemainingPartition(_StructBase):
-    """The partitions that the broker still leads."""
-
-    __slots__ = (
-        "partition_index",
-        "topic_name",
-    )
-
-    topic_name: str
-    """The name of the topic.
-
-    Versions 0-3.
-    """
-    partition_index: int
-    """The index of the partition.
-
-    Versions 0-3.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_name: str = "",
-        partition_index: int = 0,
-    ) -> None:
-        self.topic_name = topic_name
-        self.partition_index = partition_index
-        self._unknown_tags = None
-
-
-_TAGS_ControlledShutdownResponse: frozenset[int] = frozenset()
-_TAGS_RemainingPartition: frozenset[int] = frozenset()
+_TAGS_ControlledShutdownResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_RemainingPartition: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ControlledShutdownResponse_v0(
@@ -123,7 +131,8 @@ def _read_ControlledShutdownResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(RemainingPartition)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -163,7 +172,8 @@ def _read_ControlledShutdownResponse_v3(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(RemainingPartition)
             n = buf[pos] - 1
             if n < 127:
@@ -236,22 +246,6 @@ def _write_ControlledShutdownResponse_v3(o: ControlledShutdownResponse, w: _Writ
         w(b"\x00")
 
 
-ControlledShutdownResponse._fields = (
-    _F("error_code", "ErrorCode", "int16", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "remaining_partitions",
-        "RemainingPartitions",
-        "[]RemainingPartition",
-        RemainingPartition,
-        (0, 3),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 RemainingPartition._fields = (
     _F("topic_name", "TopicName", "string", None, (0, 3), (1, 0), (1, 0), None, False, "", None),
     _F(
@@ -265,6 +259,22 @@ RemainingPartition._fields = (
         None,
         False,
         0,
+        None,
+    ),
+)
+ControlledShutdownResponse._fields = (
+    _F("error_code", "ErrorCode", "int16", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "remaining_partitions",
+        "RemainingPartitions",
+        "[]RemainingPartition",
+        RemainingPartition,
+        (0, 3),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
         None,
     ),
 )

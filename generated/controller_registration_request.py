@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
@@ -33,14 +37,101 @@ __all__ = [
     "Listener",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_Hh = _Packer(">Hh")
-_S_hh = _Packer(">hh")
-_S_i = _Packer(">i")
-_S_z = _Packer(">?")
+_S_Hh: _Final = _Packer(">Hh")
+_S_hh: _Final = _Packer(">hh")
+_S_i: _Final = _Packer(">i")
+_S_z: _Final = _Packer(">?")
 
 
+@_mypyc_attr(native_class=False)
+class Listener(_StructBase):
+    """The listeners of this controller"""
+
+    __slots__ = (
+        "host",
+        "name",
+        "port",
+        "security_protocol",
+    )
+
+    name: str
+    """The name of the endpoint.
+
+    Versions 0.
+    """
+    host: str
+    """The hostname.
+
+    Versions 0.
+    """
+    port: int
+    """The port.
+
+    Versions 0.
+    """
+    security_protocol: int
+    """The security protocol.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        host: str = "",
+        port: int = 0,
+        security_protocol: int = 0,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self.security_protocol = security_protocol
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class Feature(_StructBase):
+    """The features on this controller"""
+
+    __slots__ = (
+        "max_supported_version",
+        "min_supported_version",
+        "name",
+    )
+
+    name: str
+    """The feature name.
+
+    Versions 0.
+    """
+    min_supported_version: int
+    """The minimum supported feature level.
+
+    Versions 0.
+    """
+    max_supported_version: int
+    """The maximum supported feature level.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        min_supported_version: int = 0,
+        max_supported_version: int = 0,
+    ) -> None:
+        self.name = name
+        self.min_supported_version = min_supported_version
+        self.max_supported_version = max_supported_version
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class ControllerRegistrationRequest(_Message):
     """Kafka ControllerRegistrationRequest (request, API key 70), versions 0, flexible 0+."""
 
@@ -90,104 +181,20 @@ class ControllerRegistrationRequest(_Message):
         controller_id: int = 0,
         incarnation_id: _UUID = _ZERO_UUID,
         zk_migration_ready: bool = False,
-        listeners: list[Listener] = _UNSET,
-        features: list[Feature] = _UNSET,
+        listeners: list[Listener] | _Unset = _UNSET,
+        features: list[Feature] | _Unset = _UNSET,
     ) -> None:
         self.controller_id = controller_id
         self.incarnation_id = incarnation_id
         self.zk_migration_ready = zk_migration_ready
-        self.listeners = [] if listeners is _UNSET else listeners
-        self.features = [] if features is _UNSET else features
+        self.listeners = [] if isinstance(listeners, _Unset) else listeners
+        self.features = [] if isinstance(features, _Unset) else features
         self._unknown_tags = None
 
 
-class Listener(_StructBase):
-    """The listeners of this controller"""
-
-    __slots__ = (
-        "host",
-        "name",
-        "port",
-        "security_protocol",
-    )
-
-    name: str
-    """The name of the endpoint.
-
-    Versions 0.
-    """
-    host: str
-    """The hostname.
-
-    Versions 0.
-    """
-    port: int
-    """The port.
-
-    Versions 0.
-    """
-    security_protocol: int
-    """The security protocol.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        host: str = "",
-        port: int = 0,
-        security_protocol: int = 0,
-    ) -> None:
-        self.name = name
-        self.host = host
-        self.port = port
-        self.security_protocol = security_protocol
-        self._unknown_tags = None
-
-
-class Feature(_StructBase):
-    """The features on this controller"""
-
-    __slots__ = (
-        "max_supported_version",
-        "min_supported_version",
-        "name",
-    )
-
-    name: str
-    """The feature name.
-
-    Versions 0.
-    """
-    min_supported_version: int
-    """The minimum supported feature level.
-
-    Versions 0.
-    """
-    max_supported_version: int
-    """The maximum supported feature level.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        min_supported_version: int = 0,
-        max_supported_version: int = 0,
-    ) -> None:
-        self.name = name
-        self.min_supported_version = min_supported_version
-        self.max_supported_version = max_supported_version
-        self._unknown_tags = None
-
-
-_TAGS_ControllerRegistrationRequest: frozenset[int] = frozenset()
-_TAGS_Listener: frozenset[int] = frozenset()
-_TAGS_Feature: frozenset[int] = frozenset()
+_TAGS_ControllerRegistrationRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_Listener: _Final[frozenset[int]] = frozenset()
+_TAGS_Feature: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ControllerRegistrationRequest_v0(
@@ -213,7 +220,8 @@ def _read_ControllerRegistrationRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(Listener)
             n = buf[pos] - 1
             if n < 127:
@@ -263,9 +271,10 @@ def _read_ControllerRegistrationRequest_v0(
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(Feature)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(Feature)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -278,17 +287,17 @@ def _read_ControllerRegistrationRequest_v0(
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.name = buf[pos:end].decode()
+                item5.name = buf[pos:end].decode()
                 pos = end
-            item4.min_supported_version, item4.max_supported_version = _S_hh.unpack_from(buf, pos)
+            item5.min_supported_version, item5.max_supported_version = _S_hh.unpack_from(buf, pos)
             pos += 4
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Feature)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Feature)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.features = items3
+            items4.append(item5)
+        o.features = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ControllerRegistrationRequest)
     else:
@@ -338,51 +347,6 @@ def _write_ControllerRegistrationRequest_v0(o: ControllerRegistrationRequest, w:
         w(b"\x00")
 
 
-ControllerRegistrationRequest._fields = (
-    _F(
-        "controller_id", "ControllerId", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None
-    ),
-    _F(
-        "incarnation_id",
-        "IncarnationId",
-        "uuid",
-        None,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        _ZERO_UUID,
-        None,
-    ),
-    _F(
-        "zk_migration_ready",
-        "ZkMigrationReady",
-        "bool",
-        None,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        False,
-        None,
-    ),
-    _F(
-        "listeners",
-        "Listeners",
-        "[]Listener",
-        Listener,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-    _F("features", "Features", "[]Feature", Feature, (0, 0), (1, 0), (1, 0), None, False, (), None),
-)
 Listener._fields = (
     _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
     _F("host", "Host", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
@@ -429,6 +393,51 @@ Feature._fields = (
         0,
         None,
     ),
+)
+ControllerRegistrationRequest._fields = (
+    _F(
+        "controller_id", "ControllerId", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None
+    ),
+    _F(
+        "incarnation_id",
+        "IncarnationId",
+        "uuid",
+        None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        _ZERO_UUID,
+        None,
+    ),
+    _F(
+        "zk_migration_ready",
+        "ZkMigrationReady",
+        "bool",
+        None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        False,
+        None,
+    ),
+    _F(
+        "listeners",
+        "Listeners",
+        "[]Listener",
+        Listener,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F("features", "Features", "[]Feature", Feature, (0, 0), (1, 0), (1, 0), None, False, (), None),
 )
 ControllerRegistrationRequest._readers = {
     0: _read_ControllerRegistrationRequest_v0,

@@ -8,6 +8,9 @@ Generated from ControllerRegistrationResponse.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -23,11 +26,12 @@ __all__ = [
     "ControllerRegistrationResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_ih = _Packer(">ih")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
 class ControllerRegistrationResponse(_Message):
     """Kafka ControllerRegistrationResponse (response, API key 70), versions 0, flexible 0+."""
 
@@ -72,7 +76,7 @@ class ControllerRegistrationResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_ControllerRegistrationResponse: frozenset[int] = frozenset()
+_TAGS_ControllerRegistrationResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ControllerRegistrationResponse_v0(

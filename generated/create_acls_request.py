@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -29,45 +33,15 @@ __all__ = [
     "CreateAclsRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_b = _Packer(">b")
-_S_bb = _Packer(">bb")
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-
-
-class CreateAclsRequest(_Message):
-    """Kafka CreateAclsRequest (request, API key 30), versions 0-3, flexible 2+.
-
-    Version 1 adds resource pattern type.
-    Version 2 enables flexible versions.
-    Version 3 adds user resource type.
-    """
-
-    __slots__ = ("creations",)
-
-    NAME = "CreateAclsRequest"
-    API_KEY = 30
-    TYPE = "request"
-    VALID_VERSIONS = (0, 3)
-    FLEXIBLE_VERSIONS = (2, 32767)
-
-    creations: list[AclCreation]
-    """The ACLs that we want to create.
-
-    Versions 0-3.
-    """
-
-    def __init__(
-        self,
-        *,
-        creations: list[AclCreation] = _UNSET,
-    ) -> None:
-        self.creations = [] if creations is _UNSET else creations
-        self._unknown_tags = None
+_S_b: _Final = _Packer(">b")
+_S_bb: _Final = _Packer(">bb")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
 class AclCreation(_StructBase):
     """The ACLs that we want to create."""
 
@@ -138,8 +112,40 @@ class AclCreation(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_CreateAclsRequest: frozenset[int] = frozenset()
-_TAGS_AclCreation: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class CreateAclsRequest(_Message):
+    """Kafka CreateAclsRequest (request, API key 30), versions 0-3, flexible 2+.
+
+    Version 1 adds resource pattern type.
+    Version 2 enables flexible versions.
+    Version 3 adds user resource type.
+    """
+
+    __slots__ = ("creations",)
+
+    NAME = "CreateAclsRequest"
+    API_KEY = 30
+    TYPE = "request"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (2, 32767)
+
+    creations: list[AclCreation]
+    """The ACLs that we want to create.
+
+    Versions 0-3.
+    """
+
+    def __init__(
+        self,
+        *,
+        creations: list[AclCreation] | _Unset = _UNSET,
+    ) -> None:
+        self.creations = [] if isinstance(creations, _Unset) else creations
+        self._unknown_tags = None
+
+
+_TAGS_CreateAclsRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_AclCreation: _Final[frozenset[int]] = frozenset()
 
 
 def _read_CreateAclsRequest_v0(buf: bytes, pos: int) -> tuple[CreateAclsRequest, int]:
@@ -153,7 +159,8 @@ def _read_CreateAclsRequest_v0(buf: bytes, pos: int) -> tuple[CreateAclsRequest,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AclCreation)
             item2.resource_pattern_type = 3
             item2.resource_type = _S_b.unpack_from(buf, pos)[0]
@@ -208,7 +215,8 @@ def _read_CreateAclsRequest_v1(buf: bytes, pos: int) -> tuple[CreateAclsRequest,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AclCreation)
             item2.resource_type = _S_b.unpack_from(buf, pos)[0]
             pos += 1
@@ -268,7 +276,8 @@ def _read_CreateAclsRequest_v2(buf: bytes, pos: int) -> tuple[CreateAclsRequest,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AclCreation)
             item2.resource_type = _S_b.unpack_from(buf, pos)[0]
             pos += 1
@@ -419,21 +428,6 @@ def _write_CreateAclsRequest_v2(o: CreateAclsRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
-CreateAclsRequest._fields = (
-    _F(
-        "creations",
-        "Creations",
-        "[]AclCreation",
-        AclCreation,
-        (0, 3),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 AclCreation._fields = (
     _F("resource_type", "ResourceType", "int8", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
     _F(
@@ -476,6 +470,21 @@ AclCreation._fields = (
         None,
         False,
         0,
+        None,
+    ),
+)
+CreateAclsRequest._fields = (
+    _F(
+        "creations",
+        "Creations",
+        "[]AclCreation",
+        AclCreation,
+        (0, 3),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
         None,
     ),
 )

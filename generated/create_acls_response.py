@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -29,12 +33,44 @@ __all__ = [
     "CreateAclsResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
+class AclCreationResult(_StructBase):
+    """The results for each ACL creation."""
+
+    __slots__ = (
+        "error_code",
+        "error_message",
+    )
+
+    error_code: int
+    """The result error, or zero if there was no error.
+
+    Versions 0-3.
+    """
+    error_message: str | None
+    """The result message, or null if there was no error.
+
+    Versions 0-3, nullable 0-3.
+    """
+
+    def __init__(
+        self,
+        *,
+        error_code: int = 0,
+        error_message: str | None = "",
+    ) -> None:
+        self.error_code = error_code
+        self.error_message = error_message
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class CreateAclsResponse(_Message):
     """Kafka CreateAclsResponse (response, API key 30), versions 0-3, flexible 2+.
 
@@ -69,45 +105,15 @@ class CreateAclsResponse(_Message):
         self,
         *,
         throttle_time_ms: int = 0,
-        results: list[AclCreationResult] = _UNSET,
+        results: list[AclCreationResult] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
-        self.results = [] if results is _UNSET else results
+        self.results = [] if isinstance(results, _Unset) else results
         self._unknown_tags = None
 
 
-class AclCreationResult(_StructBase):
-    """The results for each ACL creation."""
-
-    __slots__ = (
-        "error_code",
-        "error_message",
-    )
-
-    error_code: int
-    """The result error, or zero if there was no error.
-
-    Versions 0-3.
-    """
-    error_message: str | None
-    """The result message, or null if there was no error.
-
-    Versions 0-3, nullable 0-3.
-    """
-
-    def __init__(
-        self,
-        *,
-        error_code: int = 0,
-        error_message: str | None = "",
-    ) -> None:
-        self.error_code = error_code
-        self.error_message = error_message
-        self._unknown_tags = None
-
-
-_TAGS_CreateAclsResponse: frozenset[int] = frozenset()
-_TAGS_AclCreationResult: frozenset[int] = frozenset()
+_TAGS_CreateAclsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_AclCreationResult: _Final[frozenset[int]] = frozenset()
 
 
 def _read_CreateAclsResponse_v0(buf: bytes, pos: int) -> tuple[CreateAclsResponse, int]:
@@ -123,7 +129,8 @@ def _read_CreateAclsResponse_v0(buf: bytes, pos: int) -> tuple[CreateAclsRespons
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AclCreationResult)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -163,7 +170,8 @@ def _read_CreateAclsResponse_v2(buf: bytes, pos: int) -> tuple[CreateAclsRespons
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AclCreationResult)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -244,6 +252,22 @@ def _write_CreateAclsResponse_v2(o: CreateAclsResponse, w: _Writer) -> None:
         w(b"\x00")
 
 
+AclCreationResult._fields = (
+    _F("error_code", "ErrorCode", "int16", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "error_message",
+        "ErrorMessage",
+        "string",
+        None,
+        (0, 3),
+        (0, 3),
+        (1, 0),
+        None,
+        False,
+        "",
+        None,
+    ),
+)
 CreateAclsResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -269,22 +293,6 @@ CreateAclsResponse._fields = (
         None,
         False,
         (),
-        None,
-    ),
-)
-AclCreationResult._fields = (
-    _F("error_code", "ErrorCode", "int16", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "error_message",
-        "ErrorMessage",
-        "string",
-        None,
-        (0, 3),
-        (0, 3),
-        (1, 0),
-        None,
-        False,
-        "",
         None,
     ),
 )

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -29,13 +33,45 @@ __all__ = [
     "CreateDelegationTokenRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_q = _Packer(">q")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_q: _Final = _Packer(">q")
 
 
+@_mypyc_attr(native_class=False)
+class CreatableRenewers(_StructBase):
+    """A list of those who are allowed to renew this token before it expires."""
+
+    __slots__ = (
+        "principal_name",
+        "principal_type",
+    )
+
+    principal_type: str
+    """The type of the Kafka principal.
+
+    Versions 0-3.
+    """
+    principal_name: str
+    """The name of the Kafka principal.
+
+    Versions 0-3.
+    """
+
+    def __init__(
+        self,
+        *,
+        principal_type: str = "",
+        principal_name: str = "",
+    ) -> None:
+        self.principal_type = principal_type
+        self.principal_name = principal_name
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class CreateDelegationTokenRequest(_Message):
     """Kafka CreateDelegationTokenRequest (request, API key 38), versions 0-3, flexible 2+.
 
@@ -85,48 +121,18 @@ class CreateDelegationTokenRequest(_Message):
         *,
         owner_principal_type: str | None = "",
         owner_principal_name: str | None = "",
-        renewers: list[CreatableRenewers] = _UNSET,
+        renewers: list[CreatableRenewers] | _Unset = _UNSET,
         max_lifetime_ms: int = 0,
     ) -> None:
         self.owner_principal_type = owner_principal_type
         self.owner_principal_name = owner_principal_name
-        self.renewers = [] if renewers is _UNSET else renewers
+        self.renewers = [] if isinstance(renewers, _Unset) else renewers
         self.max_lifetime_ms = max_lifetime_ms
         self._unknown_tags = None
 
 
-class CreatableRenewers(_StructBase):
-    """A list of those who are allowed to renew this token before it expires."""
-
-    __slots__ = (
-        "principal_name",
-        "principal_type",
-    )
-
-    principal_type: str
-    """The type of the Kafka principal.
-
-    Versions 0-3.
-    """
-    principal_name: str
-    """The name of the Kafka principal.
-
-    Versions 0-3.
-    """
-
-    def __init__(
-        self,
-        *,
-        principal_type: str = "",
-        principal_name: str = "",
-    ) -> None:
-        self.principal_type = principal_type
-        self.principal_name = principal_name
-        self._unknown_tags = None
-
-
-_TAGS_CreateDelegationTokenRequest: frozenset[int] = frozenset()
-_TAGS_CreatableRenewers: frozenset[int] = frozenset()
+_TAGS_CreateDelegationTokenRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_CreatableRenewers: _Final[frozenset[int]] = frozenset()
 
 
 def _read_CreateDelegationTokenRequest_v0(
@@ -144,7 +150,8 @@ def _read_CreateDelegationTokenRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(CreatableRenewers)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -194,7 +201,8 @@ def _read_CreateDelegationTokenRequest_v2(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(CreatableRenewers)
             n = buf[pos] - 1
             if n < 127:
@@ -286,7 +294,8 @@ def _read_CreateDelegationTokenRequest_v3(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(CreatableRenewers)
             n = buf[pos] - 1
             if n < 127:
@@ -453,6 +462,34 @@ def _write_CreateDelegationTokenRequest_v3(o: CreateDelegationTokenRequest, w: _
         w(b"\x00")
 
 
+CreatableRenewers._fields = (
+    _F(
+        "principal_type",
+        "PrincipalType",
+        "string",
+        None,
+        (0, 3),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        "",
+        None,
+    ),
+    _F(
+        "principal_name",
+        "PrincipalName",
+        "string",
+        None,
+        (0, 3),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        "",
+        None,
+    ),
+)
 CreateDelegationTokenRequest._fields = (
     _F(
         "owner_principal_type",
@@ -504,34 +541,6 @@ CreateDelegationTokenRequest._fields = (
         None,
         False,
         0,
-        None,
-    ),
-)
-CreatableRenewers._fields = (
-    _F(
-        "principal_type",
-        "PrincipalType",
-        "string",
-        None,
-        (0, 3),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        "",
-        None,
-    ),
-    _F(
-        "principal_name",
-        "PrincipalName",
-        "string",
-        None,
-        (0, 3),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        "",
         None,
     ),
 )

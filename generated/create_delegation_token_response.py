@@ -8,6 +8,9 @@ Generated from CreateDelegationTokenResponse.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -27,13 +30,14 @@ __all__ = [
     "CreateDelegationTokenResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_qqq = _Packer(">qqq")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_qqq: _Final = _Packer(">qqq")
 
 
+@_mypyc_attr(native_class=False)
 class CreateDelegationTokenResponse(_Message):
     """Kafka CreateDelegationTokenResponse (response, API key 38), versions 0-3, flexible 2+.
 
@@ -149,7 +153,7 @@ class CreateDelegationTokenResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_CreateDelegationTokenResponse: frozenset[int] = frozenset()
+_TAGS_CreateDelegationTokenResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_CreateDelegationTokenResponse_v0(

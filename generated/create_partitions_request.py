@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -33,14 +37,75 @@ __all__ = [
     "CreatePartitionsTopic",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_iz = _Packer(">i?")
-_A_i = _small_arrays("i", 32)
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_iz: _Final = _Packer(">i?")
+_A_i: _Final = _small_arrays("i", 32)
 
 
+@_mypyc_attr(native_class=False)
+class CreatePartitionsAssignment(_StructBase):
+    """The new partition assignments."""
+
+    __slots__ = ("broker_ids",)
+
+    broker_ids: list[int]
+    """The assigned broker IDs.
+
+    Versions 0-3.
+    """
+
+    def __init__(
+        self,
+        *,
+        broker_ids: list[int] | _Unset = _UNSET,
+    ) -> None:
+        self.broker_ids = [] if isinstance(broker_ids, _Unset) else broker_ids
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class CreatePartitionsTopic(_StructBase):
+    """Each topic that we want to create new partitions inside."""
+
+    __slots__ = (
+        "assignments",
+        "count",
+        "name",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 0-3.
+    """
+    count: int
+    """The new partition count.
+
+    Versions 0-3.
+    """
+    assignments: list[CreatePartitionsAssignment] | None
+    """The new partition assignments.
+
+    Versions 0-3, nullable 0-3.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        count: int = 0,
+        assignments: list[CreatePartitionsAssignment] | _Unset | None = _UNSET,
+    ) -> None:
+        self.name = name
+        self.count = count
+        self.assignments = [] if isinstance(assignments, _Unset) else assignments
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class CreatePartitionsRequest(_Message):
     """Kafka CreatePartitionsRequest (request, API key 37), versions 0-3, flexible 2+.
 
@@ -83,77 +148,19 @@ class CreatePartitionsRequest(_Message):
     def __init__(
         self,
         *,
-        topics: list[CreatePartitionsTopic] = _UNSET,
+        topics: list[CreatePartitionsTopic] | _Unset = _UNSET,
         timeout_ms: int = 0,
         validate_only: bool = False,
     ) -> None:
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self.timeout_ms = timeout_ms
         self.validate_only = validate_only
         self._unknown_tags = None
 
 
-class CreatePartitionsTopic(_StructBase):
-    """Each topic that we want to create new partitions inside."""
-
-    __slots__ = (
-        "assignments",
-        "count",
-        "name",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 0-3.
-    """
-    count: int
-    """The new partition count.
-
-    Versions 0-3.
-    """
-    assignments: list[CreatePartitionsAssignment] | None
-    """The new partition assignments.
-
-    Versions 0-3, nullable 0-3.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        count: int = 0,
-        assignments: list[CreatePartitionsAssignment] | None = _UNSET,
-    ) -> None:
-        self.name = name
-        self.count = count
-        self.assignments = [] if assignments is _UNSET else assignments
-        self._unknown_tags = None
-
-
-class CreatePartitionsAssignment(_StructBase):
-    """The new partition assignments."""
-
-    __slots__ = ("broker_ids",)
-
-    broker_ids: list[int]
-    """The assigned broker IDs.
-
-    Versions 0-3.
-    """
-
-    def __init__(
-        self,
-        *,
-        broker_ids: list[int] = _UNSET,
-    ) -> None:
-        self.broker_ids = [] if broker_ids is _UNSET else broker_ids
-        self._unknown_tags = None
-
-
-_TAGS_CreatePartitionsRequest: frozenset[int] = frozenset()
-_TAGS_CreatePartitionsTopic: frozenset[int] = frozenset()
-_TAGS_CreatePartitionsAssignment: frozenset[int] = frozenset()
+_TAGS_CreatePartitionsRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_CreatePartitionsTopic: _Final[frozenset[int]] = frozenset()
+_TAGS_CreatePartitionsAssignment: _Final[frozenset[int]] = frozenset()
 
 
 def _read_CreatePartitionsTopic_v0(buf: bytes, pos: int) -> tuple[CreatePartitionsTopic, int]:
@@ -181,7 +188,8 @@ def _read_CreatePartitionsTopic_v0(buf: bytes, pos: int) -> tuple[CreatePartitio
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(CreatePartitionsAssignment)
             n = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -234,7 +242,8 @@ def _read_CreatePartitionsTopic_v2(buf: bytes, pos: int) -> tuple[CreatePartitio
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(CreatePartitionsAssignment)
             n = buf[pos] - 1
             if n < 127:
@@ -335,7 +344,8 @@ def _read_CreatePartitionsRequest_v0(buf: bytes, pos: int) -> tuple[CreatePartit
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_CreatePartitionsTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -360,7 +370,8 @@ def _read_CreatePartitionsRequest_v2(buf: bytes, pos: int) -> tuple[CreatePartit
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_CreatePartitionsTopic_v2(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -400,6 +411,26 @@ def _write_CreatePartitionsRequest_v2(o: CreatePartitionsRequest, w: _Writer) ->
         w(b"\x00")
 
 
+CreatePartitionsAssignment._fields = (
+    _F("broker_ids", "BrokerIds", "[]int32", None, (0, 3), (1, 0), (1, 0), None, False, (), None),
+)
+CreatePartitionsTopic._fields = (
+    _F("name", "Name", "string", None, (0, 3), (1, 0), (1, 0), None, False, "", None),
+    _F("count", "Count", "int32", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "assignments",
+        "Assignments",
+        "[]CreatePartitionsAssignment",
+        CreatePartitionsAssignment,
+        (0, 3),
+        (0, 3),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
 CreatePartitionsRequest._fields = (
     _F(
         "topics",
@@ -428,26 +459,6 @@ CreatePartitionsRequest._fields = (
         False,
         None,
     ),
-)
-CreatePartitionsTopic._fields = (
-    _F("name", "Name", "string", None, (0, 3), (1, 0), (1, 0), None, False, "", None),
-    _F("count", "Count", "int32", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "assignments",
-        "Assignments",
-        "[]CreatePartitionsAssignment",
-        CreatePartitionsAssignment,
-        (0, 3),
-        (0, 3),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-CreatePartitionsAssignment._fields = (
-    _F("broker_ids", "BrokerIds", "[]int32", None, (0, 3), (1, 0), (1, 0), None, False, (), None),
 )
 CreatePartitionsRequest._readers = {
     0: _read_CreatePartitionsRequest_v0,

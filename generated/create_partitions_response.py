@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -29,56 +33,13 @@ __all__ = [
     "CreatePartitionsTopicResult",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-
-
-class CreatePartitionsResponse(_Message):
-    """Kafka CreatePartitionsResponse (response, API key 37), versions 0-3, flexible 2+.
-
-    Starting in version 1, on quota violation, brokers send out responses before throttling.
-
-    Version 2 adds flexible version support
-
-    Version 3 is identical to version 2 but may return a THROTTLING_QUOTA_EXCEEDED error
-    in the response if the partitions creation is throttled (KIP-599).
-    """
-
-    __slots__ = (
-        "results",
-        "throttle_time_ms",
-    )
-
-    NAME = "CreatePartitionsResponse"
-    API_KEY = 37
-    TYPE = "response"
-    VALID_VERSIONS = (0, 3)
-    FLEXIBLE_VERSIONS = (2, 32767)
-
-    throttle_time_ms: int
-    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
-
-    Versions 0-3.
-    """
-    results: list[CreatePartitionsTopicResult]
-    """The partition creation results for each topic.
-
-    Versions 0-3.
-    """
-
-    def __init__(
-        self,
-        *,
-        throttle_time_ms: int = 0,
-        results: list[CreatePartitionsTopicResult] = _UNSET,
-    ) -> None:
-        self.throttle_time_ms = throttle_time_ms
-        self.results = [] if results is _UNSET else results
-        self._unknown_tags = None
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
 class CreatePartitionsTopicResult(_StructBase):
     """The partition creation results for each topic."""
 
@@ -117,8 +78,53 @@ class CreatePartitionsTopicResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_CreatePartitionsResponse: frozenset[int] = frozenset()
-_TAGS_CreatePartitionsTopicResult: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class CreatePartitionsResponse(_Message):
+    """Kafka CreatePartitionsResponse (response, API key 37), versions 0-3, flexible 2+.
+
+    Starting in version 1, on quota violation, brokers send out responses before throttling.
+
+    Version 2 adds flexible version support
+
+    Version 3 is identical to version 2 but may return a THROTTLING_QUOTA_EXCEEDED error
+    in the response if the partitions creation is throttled (KIP-599).
+    """
+
+    __slots__ = (
+        "results",
+        "throttle_time_ms",
+    )
+
+    NAME = "CreatePartitionsResponse"
+    API_KEY = 37
+    TYPE = "response"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (2, 32767)
+
+    throttle_time_ms: int
+    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+
+    Versions 0-3.
+    """
+    results: list[CreatePartitionsTopicResult]
+    """The partition creation results for each topic.
+
+    Versions 0-3.
+    """
+
+    def __init__(
+        self,
+        *,
+        throttle_time_ms: int = 0,
+        results: list[CreatePartitionsTopicResult] | _Unset = _UNSET,
+    ) -> None:
+        self.throttle_time_ms = throttle_time_ms
+        self.results = [] if isinstance(results, _Unset) else results
+        self._unknown_tags = None
+
+
+_TAGS_CreatePartitionsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_CreatePartitionsTopicResult: _Final[frozenset[int]] = frozenset()
 
 
 def _read_CreatePartitionsResponse_v0(buf: bytes, pos: int) -> tuple[CreatePartitionsResponse, int]:
@@ -134,7 +140,8 @@ def _read_CreatePartitionsResponse_v0(buf: bytes, pos: int) -> tuple[CreateParti
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(CreatePartitionsTopicResult)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -184,7 +191,8 @@ def _read_CreatePartitionsResponse_v2(buf: bytes, pos: int) -> tuple[CreateParti
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(CreatePartitionsTopicResult)
             n = buf[pos] - 1
             if n < 127:
@@ -289,6 +297,23 @@ def _write_CreatePartitionsResponse_v2(o: CreatePartitionsResponse, w: _Writer) 
         w(b"\x00")
 
 
+CreatePartitionsTopicResult._fields = (
+    _F("name", "Name", "string", None, (0, 3), (1, 0), (1, 0), None, False, "", None),
+    _F("error_code", "ErrorCode", "int16", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "error_message",
+        "ErrorMessage",
+        "string",
+        None,
+        (0, 3),
+        (0, 3),
+        (1, 0),
+        None,
+        False,
+        None,
+        None,
+    ),
+)
 CreatePartitionsResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -314,23 +339,6 @@ CreatePartitionsResponse._fields = (
         None,
         False,
         (),
-        None,
-    ),
-)
-CreatePartitionsTopicResult._fields = (
-    _F("name", "Name", "string", None, (0, 3), (1, 0), (1, 0), None, False, "", None),
-    _F("error_code", "ErrorCode", "int16", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "error_message",
-        "ErrorMessage",
-        "string",
-        None,
-        (0, 3),
-        (0, 3),
-        (1, 0),
-        None,
-        False,
-        None,
         None,
     ),
 )

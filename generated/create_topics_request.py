@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -34,15 +38,133 @@ __all__ = [
     "CreateTopicsRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
-_S_iz = _Packer(">i?")
-_A_i = _small_arrays("i", 32)
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
+_S_iz: _Final = _Packer(">i?")
+_A_i: _Final = _small_arrays("i", 32)
 
 
+@_mypyc_attr(native_class=False)
+class CreatableReplicaAssignment(_StructBase):
+    """The manual partition assignment, or the empty array if we are using automatic assignment."""
+
+    __slots__ = (
+        "broker_ids",
+        "partition_index",
+    )
+
+    partition_index: int
+    """The partition index.
+
+    Versions 0-7.
+    """
+    broker_ids: list[int]
+    """The brokers to place the partition on.
+
+    Versions 0-7.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        broker_ids: list[int] | _Unset = _UNSET,
+    ) -> None:
+        self.partition_index = partition_index
+        self.broker_ids = [] if isinstance(broker_ids, _Unset) else broker_ids
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class CreatableTopicConfig(_StructBase):
+    """The custom topic configurations to set."""
+
+    __slots__ = (
+        "name",
+        "value",
+    )
+
+    name: str
+    """The configuration name.
+
+    Versions 0-7.
+    """
+    value: str | None
+    """The configuration value.
+
+    Versions 0-7, nullable 0-7.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        value: str | None = "",
+    ) -> None:
+        self.name = name
+        self.value = value
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class CreatableTopic(_StructBase):
+    """The topics to create."""
+
+    __slots__ = (
+        "assignments",
+        "configs",
+        "name",
+        "num_partitions",
+        "replication_factor",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 0-7.
+    """
+    num_partitions: int
+    """The number of partitions to create in the topic, or -1 if we are either specifying a manual partition assignment or using the default partitions.
+
+    Versions 0-7.
+    """
+    replication_factor: int
+    """The number of replicas to create for each partition in the topic, or -1 if we are either specifying a manual partition assignment or using the default replication factor.
+
+    Versions 0-7.
+    """
+    assignments: list[CreatableReplicaAssignment]
+    """The manual partition assignment, or the empty array if we are using automatic assignment.
+
+    Versions 0-7.
+    """
+    configs: list[CreatableTopicConfig]
+    """The custom topic configurations to set.
+
+    Versions 0-7.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        num_partitions: int = 0,
+        replication_factor: int = 0,
+        assignments: list[CreatableReplicaAssignment] | _Unset = _UNSET,
+        configs: list[CreatableTopicConfig] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.num_partitions = num_partitions
+        self.replication_factor = replication_factor
+        self.assignments = [] if isinstance(assignments, _Unset) else assignments
+        self.configs = [] if isinstance(configs, _Unset) else configs
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class CreateTopicsRequest(_Message):
     """Kafka CreateTopicsRequest (request, API key 19), versions 0-7, flexible 5+.
 
@@ -90,134 +212,20 @@ class CreateTopicsRequest(_Message):
     def __init__(
         self,
         *,
-        topics: list[CreatableTopic] = _UNSET,
+        topics: list[CreatableTopic] | _Unset = _UNSET,
         timeout_ms: int = 60000,
         validate_only: bool = False,
     ) -> None:
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self.timeout_ms = timeout_ms
         self.validate_only = validate_only
         self._unknown_tags = None
 
 
-class CreatableTopic(_StructBase):
-    """The topics to create."""
-
-    __slots__ = (
-        "assignments",
-        "configs",
-        "name",
-        "num_partitions",
-        "replication_factor",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 0-7.
-    """
-    num_partitions: int
-    """The number of partitions to create in the topic, or -1 if we are either specifying a manual partition assignment or using the default partitions.
-
-    Versions 0-7.
-    """
-    replication_factor: int
-    """The number of replicas to create for each partition in the topic, or -1 if we are either specifying a manual partition assignment or using the default replication factor.
-
-    Versions 0-7.
-    """
-    assignments: list[CreatableReplicaAssignment]
-    """The manual partition assignment, or the empty array if we are using automatic assignment.
-
-    Versions 0-7.
-    """
-    configs: list[CreatableTopicConfig]
-    """The custom topic configurations to set.
-
-    Versions 0-7.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        num_partitions: int = 0,
-        replication_factor: int = 0,
-        assignments: list[CreatableReplicaAssignment] = _UNSET,
-        configs: list[CreatableTopicConfig] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.num_partitions = num_partitions
-        self.replication_factor = replication_factor
-        self.assignments = [] if assignments is _UNSET else assignments
-        self.configs = [] if configs is _UNSET else configs
-        self._unknown_tags = None
-
-
-class CreatableReplicaAssignment(_StructBase):
-    """The manual partition assignment, or the empty array if we are using automatic assignment."""
-
-    __slots__ = (
-        "broker_ids",
-        "partition_index",
-    )
-
-    partition_index: int
-    """The partition index.
-
-    Versions 0-7.
-    """
-    broker_ids: list[int]
-    """The brokers to place the partition on.
-
-    Versions 0-7.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        broker_ids: list[int] = _UNSET,
-    ) -> None:
-        self.partition_index = partition_index
-        self.broker_ids = [] if broker_ids is _UNSET else broker_ids
-        self._unknown_tags = None
-
-
-class CreatableTopicConfig(_StructBase):
-    """The custom topic configurations to set."""
-
-    __slots__ = (
-        "name",
-        "value",
-    )
-
-    name: str
-    """The configuration name.
-
-    Versions 0-7.
-    """
-    value: str | None
-    """The configuration value.
-
-    Versions 0-7, nullable 0-7.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        value: str | None = "",
-    ) -> None:
-        self.name = name
-        self.value = value
-        self._unknown_tags = None
-
-
-_TAGS_CreateTopicsRequest: frozenset[int] = frozenset()
-_TAGS_CreatableTopic: frozenset[int] = frozenset()
-_TAGS_CreatableReplicaAssignment: frozenset[int] = frozenset()
-_TAGS_CreatableTopicConfig: frozenset[int] = frozenset()
+_TAGS_CreateTopicsRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_CreatableTopic: _Final[frozenset[int]] = frozenset()
+_TAGS_CreatableReplicaAssignment: _Final[frozenset[int]] = frozenset()
+_TAGS_CreatableTopicConfig: _Final[frozenset[int]] = frozenset()
 
 
 def _read_CreatableTopic_v0(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
@@ -243,7 +251,8 @@ def _read_CreatableTopic_v0(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(CreatableReplicaAssignment)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -270,9 +279,10 @@ def _read_CreatableTopic_v0(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(CreatableTopicConfig)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(CreatableTopicConfig)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -281,23 +291,23 @@ def _read_CreatableTopic_v0(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.name = buf[pos:end].decode()
+                item5.name = buf[pos:end].decode()
                 pos = end
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
                 if n != -1:
                     raise _ProtocolError(f"bad string length {n}", offset=pos)
-                item4.value = None
+                item5.value = None
             else:
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.value = buf[pos:end].decode()
+                item5.value = buf[pos:end].decode()
                 pos = end
-            item4._unknown_tags = None
-            items3.append(item4)
-        o.configs = items3
+            item5._unknown_tags = None
+            items4.append(item5)
+        o.configs = items4
     o._unknown_tags = None
     return o, pos
 
@@ -333,7 +343,8 @@ def _read_CreatableTopic_v5(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(CreatableReplicaAssignment)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -374,9 +385,10 @@ def _read_CreatableTopic_v5(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(CreatableTopicConfig)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(CreatableTopicConfig)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -389,7 +401,7 @@ def _read_CreatableTopic_v5(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.name = buf[pos:end].decode()
+                item5.name = buf[pos:end].decode()
                 pos = end
             n = buf[pos] - 1
             if n < 127:
@@ -398,20 +410,20 @@ def _read_CreatableTopic_v5(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                item4.value = None
+                item5.value = None
             else:
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.value = buf[pos:end].decode()
+                item5.value = buf[pos:end].decode()
                 pos = end
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_CreatableTopicConfig)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_CreatableTopicConfig)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.configs = items3
+            items4.append(item5)
+        o.configs = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_CreatableTopic)
     else:
@@ -518,7 +530,8 @@ def _read_CreateTopicsRequest_v0(buf: bytes, pos: int) -> tuple[CreateTopicsRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_CreatableTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -539,7 +552,8 @@ def _read_CreateTopicsRequest_v1(buf: bytes, pos: int) -> tuple[CreateTopicsRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_CreatableTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -564,7 +578,8 @@ def _read_CreateTopicsRequest_v5(buf: bytes, pos: int) -> tuple[CreateTopicsRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_CreatableTopic_v5(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -618,34 +633,25 @@ def _write_CreateTopicsRequest_v5(o: CreateTopicsRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
-CreateTopicsRequest._fields = (
+CreatableReplicaAssignment._fields = (
     _F(
-        "topics",
-        "Topics",
-        "[]CreatableTopic",
-        CreatableTopic,
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
         (0, 7),
         (1, 0),
         (1, 0),
         None,
         False,
-        (),
+        0,
         None,
     ),
-    _F("timeout_ms", "timeoutMs", "int32", None, (0, 7), (1, 0), (1, 0), None, False, 60000, None),
-    _F(
-        "validate_only",
-        "validateOnly",
-        "bool",
-        None,
-        (1, 7),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        False,
-        None,
-    ),
+    _F("broker_ids", "BrokerIds", "[]int32", None, (0, 7), (1, 0), (1, 0), None, False, (), None),
+)
+CreatableTopicConfig._fields = (
+    _F("name", "Name", "string", None, (0, 7), (1, 0), (1, 0), None, False, "", None),
+    _F("value", "Value", "string", None, (0, 7), (0, 7), (1, 0), None, False, "", None),
 )
 CreatableTopic._fields = (
     _F("name", "Name", "string", None, (0, 7), (1, 0), (1, 0), None, False, "", None),
@@ -702,25 +708,34 @@ CreatableTopic._fields = (
         None,
     ),
 )
-CreatableReplicaAssignment._fields = (
+CreateTopicsRequest._fields = (
     _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
+        "topics",
+        "Topics",
+        "[]CreatableTopic",
+        CreatableTopic,
         (0, 7),
         (1, 0),
         (1, 0),
         None,
         False,
-        0,
+        (),
         None,
     ),
-    _F("broker_ids", "BrokerIds", "[]int32", None, (0, 7), (1, 0), (1, 0), None, False, (), None),
-)
-CreatableTopicConfig._fields = (
-    _F("name", "Name", "string", None, (0, 7), (1, 0), (1, 0), None, False, "", None),
-    _F("value", "Value", "string", None, (0, 7), (0, 7), (1, 0), None, False, "", None),
+    _F("timeout_ms", "timeoutMs", "int32", None, (0, 7), (1, 0), (1, 0), None, False, 60000, None),
+    _F(
+        "validate_only",
+        "validateOnly",
+        "bool",
+        None,
+        (1, 7),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        False,
+        None,
+    ),
 )
 CreateTopicsRequest._readers = {
     0: _read_CreateTopicsRequest_v0,

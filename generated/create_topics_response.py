@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
@@ -39,67 +43,70 @@ __all__ = [
     "CreateTopicsResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
-_S_zbz = _Packer(">?b?")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
+_S_zbz: _Final = _Packer(">?b?")
 
 
-class CreateTopicsResponse(_Message):
-    """Kafka CreateTopicsResponse (response, API key 19), versions 0-7, flexible 5+.
-
-    Version 1 adds a per-topic error message string.
-
-    Version 2 adds the throttle time.
-
-    Starting in version 3, on quota violation, brokers send out responses before throttling.
-
-    Version 4 makes partitions/replicationFactor optional even when assignments are not present (KIP-464).
-
-    Version 5 is the first flexible version.
-    Version 5 also returns topic configs in the response (KIP-525).
-
-    Version 6 is identical to version 5 but may return a THROTTLING_QUOTA_EXCEEDED error
-    in the response if the topics creation is throttled (KIP-599).
-
-    Version 7 returns the topic ID of the newly created topic if creation is successful.
-    """
+@_mypyc_attr(native_class=False)
+class CreatableTopicConfigs(_StructBase):
+    """Configuration of the topic."""
 
     __slots__ = (
-        "throttle_time_ms",
-        "topics",
+        "config_source",
+        "is_sensitive",
+        "name",
+        "read_only",
+        "value",
     )
 
-    NAME = "CreateTopicsResponse"
-    API_KEY = 19
-    TYPE = "response"
-    VALID_VERSIONS = (0, 7)
-    FLEXIBLE_VERSIONS = (5, 32767)
+    name: str
+    """The configuration name.
 
-    throttle_time_ms: int
-    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
-
-    Versions 2-7, ignorable.
+    Versions 5-7.
     """
-    topics: list[CreatableTopicResult]
-    """Results for each topic we tried to create.
+    value: str | None
+    """The configuration value.
 
-    Versions 0-7.
+    Versions 5-7, nullable 5-7.
+    """
+    read_only: bool
+    """True if the configuration is read-only.
+
+    Versions 5-7.
+    """
+    config_source: int
+    """The configuration source.
+
+    Versions 5-7, ignorable.
+    """
+    is_sensitive: bool
+    """True if this configuration is sensitive.
+
+    Versions 5-7.
     """
 
     def __init__(
         self,
         *,
-        throttle_time_ms: int = 0,
-        topics: list[CreatableTopicResult] = _UNSET,
+        name: str = "",
+        value: str | None = "",
+        read_only: bool = False,
+        config_source: int = -1,
+        is_sensitive: bool = False,
     ) -> None:
-        self.throttle_time_ms = throttle_time_ms
-        self.topics = [] if topics is _UNSET else topics
+        self.name = name
+        self.value = value
+        self.read_only = read_only
+        self.config_source = config_source
+        self.is_sensitive = is_sensitive
         self._unknown_tags = None
 
 
+@_mypyc_attr(native_class=False)
 class CreatableTopicResult(_StructBase):
     """Results for each topic we tried to create."""
 
@@ -165,7 +172,7 @@ class CreatableTopicResult(_StructBase):
         topic_config_error_code: int = 0,
         num_partitions: int = -1,
         replication_factor: int = -1,
-        configs: list[CreatableTopicConfigs] | None = _UNSET,
+        configs: list[CreatableTopicConfigs] | _Unset | None = _UNSET,
     ) -> None:
         self.name = name
         self.topic_id = topic_id
@@ -174,67 +181,67 @@ class CreatableTopicResult(_StructBase):
         self.topic_config_error_code = topic_config_error_code
         self.num_partitions = num_partitions
         self.replication_factor = replication_factor
-        self.configs = [] if configs is _UNSET else configs
+        self.configs = [] if isinstance(configs, _Unset) else configs
         self._unknown_tags = None
 
 
-class CreatableTopicConfigs(_StructBase):
-    """Configuration of the topic."""
+@_mypyc_attr(native_class=False)
+class CreateTopicsResponse(_Message):
+    """Kafka CreateTopicsResponse (response, API key 19), versions 0-7, flexible 5+.
+
+    Version 1 adds a per-topic error message string.
+
+    Version 2 adds the throttle time.
+
+    Starting in version 3, on quota violation, brokers send out responses before throttling.
+
+    Version 4 makes partitions/replicationFactor optional even when assignments are not present (KIP-464).
+
+    Version 5 is the first flexible version.
+    Version 5 also returns topic configs in the response (KIP-525).
+
+    Version 6 is identical to version 5 but may return a THROTTLING_QUOTA_EXCEEDED error
+    in the response if the topics creation is throttled (KIP-599).
+
+    Version 7 returns the topic ID of the newly created topic if creation is successful.
+    """
 
     __slots__ = (
-        "config_source",
-        "is_sensitive",
-        "name",
-        "read_only",
-        "value",
+        "throttle_time_ms",
+        "topics",
     )
 
-    name: str
-    """The configuration name.
+    NAME = "CreateTopicsResponse"
+    API_KEY = 19
+    TYPE = "response"
+    VALID_VERSIONS = (0, 7)
+    FLEXIBLE_VERSIONS = (5, 32767)
 
-    Versions 5-7.
+    throttle_time_ms: int
+    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+
+    Versions 2-7, ignorable.
     """
-    value: str | None
-    """The configuration value.
+    topics: list[CreatableTopicResult]
+    """Results for each topic we tried to create.
 
-    Versions 5-7, nullable 5-7.
-    """
-    read_only: bool
-    """True if the configuration is read-only.
-
-    Versions 5-7.
-    """
-    config_source: int
-    """The configuration source.
-
-    Versions 5-7, ignorable.
-    """
-    is_sensitive: bool
-    """True if this configuration is sensitive.
-
-    Versions 5-7.
+    Versions 0-7.
     """
 
     def __init__(
         self,
         *,
-        name: str = "",
-        value: str | None = "",
-        read_only: bool = False,
-        config_source: int = -1,
-        is_sensitive: bool = False,
+        throttle_time_ms: int = 0,
+        topics: list[CreatableTopicResult] | _Unset = _UNSET,
     ) -> None:
-        self.name = name
-        self.value = value
-        self.read_only = read_only
-        self.config_source = config_source
-        self.is_sensitive = is_sensitive
+        self.throttle_time_ms = throttle_time_ms
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self._unknown_tags = None
 
 
-_TAGS_CreateTopicsResponse: frozenset[int] = frozenset()
-_TAGS_CreatableTopicResult: frozenset[int] = frozenset({0})
-_TAGS_CreatableTopicConfigs: frozenset[int] = frozenset()
+_TAGS_CreateTopicsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_CreatableTopicResult: _Final[frozenset[int]] = frozenset({0})
+_TAGS_CreatableTopicConfigs: _Final[frozenset[int]] = frozenset()
 
 
 def _read_tags_CreatableTopicResult_v5(o: CreatableTopicResult, buf: bytes, pos: int) -> int:
@@ -312,7 +319,8 @@ def _read_CreatableTopicResult_v5(buf: bytes, pos: int) -> tuple[CreatableTopicR
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(CreatableTopicConfigs)
             n = buf[pos] - 1
             if n < 127:
@@ -409,7 +417,8 @@ def _read_CreatableTopicResult_v7(buf: bytes, pos: int) -> tuple[CreatableTopicR
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(CreatableTopicConfigs)
             n = buf[pos] - 1
             if n < 127:
@@ -573,7 +582,8 @@ def _read_CreateTopicsResponse_v0(buf: bytes, pos: int) -> tuple[CreateTopicsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(CreatableTopicResult)
             item2.topic_id = _ZERO_UUID
             item2.error_message = ""
@@ -612,7 +622,8 @@ def _read_CreateTopicsResponse_v1(buf: bytes, pos: int) -> tuple[CreateTopicsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(CreatableTopicResult)
             item2.topic_id = _ZERO_UUID
             item2.topic_config_error_code = 0
@@ -663,7 +674,8 @@ def _read_CreateTopicsResponse_v2(buf: bytes, pos: int) -> tuple[CreateTopicsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(CreatableTopicResult)
             item2.topic_id = _ZERO_UUID
             item2.topic_config_error_code = 0
@@ -718,7 +730,8 @@ def _read_CreateTopicsResponse_v5(buf: bytes, pos: int) -> tuple[CreateTopicsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_CreatableTopicResult_v5(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -747,7 +760,8 @@ def _read_CreateTopicsResponse_v7(buf: bytes, pos: int) -> tuple[CreateTopicsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_CreatableTopicResult_v7(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -855,31 +869,22 @@ def _write_CreateTopicsResponse_v7(o: CreateTopicsResponse, w: _Writer) -> None:
         w(b"\x00")
 
 
-CreateTopicsResponse._fields = (
+CreatableTopicConfigs._fields = (
+    _F("name", "Name", "string", None, (5, 7), (1, 0), (1, 0), None, False, "", None),
+    _F("value", "Value", "string", None, (5, 7), (5, 7), (1, 0), None, False, "", None),
+    _F("read_only", "ReadOnly", "bool", None, (5, 7), (1, 0), (1, 0), None, False, False, None),
+    _F("config_source", "ConfigSource", "int8", None, (5, 7), (1, 0), (1, 0), None, True, -1, None),
     _F(
-        "throttle_time_ms",
-        "ThrottleTimeMs",
-        "int32",
+        "is_sensitive",
+        "IsSensitive",
+        "bool",
         None,
-        (2, 7),
-        (1, 0),
-        (1, 0),
-        None,
-        True,
-        0,
-        None,
-    ),
-    _F(
-        "topics",
-        "Topics",
-        "[]CreatableTopicResult",
-        CreatableTopicResult,
-        (0, 7),
+        (5, 7),
         (1, 0),
         (1, 0),
         None,
         False,
-        (),
+        False,
         None,
     ),
 )
@@ -953,22 +958,31 @@ CreatableTopicResult._fields = (
         None,
     ),
 )
-CreatableTopicConfigs._fields = (
-    _F("name", "Name", "string", None, (5, 7), (1, 0), (1, 0), None, False, "", None),
-    _F("value", "Value", "string", None, (5, 7), (5, 7), (1, 0), None, False, "", None),
-    _F("read_only", "ReadOnly", "bool", None, (5, 7), (1, 0), (1, 0), None, False, False, None),
-    _F("config_source", "ConfigSource", "int8", None, (5, 7), (1, 0), (1, 0), None, True, -1, None),
+CreateTopicsResponse._fields = (
     _F(
-        "is_sensitive",
-        "IsSensitive",
-        "bool",
+        "throttle_time_ms",
+        "ThrottleTimeMs",
+        "int32",
         None,
-        (5, 7),
+        (2, 7),
+        (1, 0),
+        (1, 0),
+        None,
+        True,
+        0,
+        None,
+    ),
+    _F(
+        "topics",
+        "Topics",
+        "[]CreatableTopicResult",
+        CreatableTopicResult,
+        (0, 7),
         (1, 0),
         (1, 0),
         None,
         False,
-        False,
+        (),
         None,
     ),
 )

@@ -8,6 +8,9 @@ Generated from DefaultPrincipalData.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -25,11 +28,12 @@ __all__ = [
     "DefaultPrincipalData",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_z = _Packer(">?")
+_S_z: _Final = _Packer(">?")
 
 
+@_mypyc_attr(native_class=False)
 class DefaultPrincipalData(_Message):
     """Kafka DefaultPrincipalData (data), versions 0, flexible 0+.
 
@@ -78,7 +82,7 @@ class DefaultPrincipalData(_Message):
         self._unknown_tags = None
 
 
-_TAGS_DefaultPrincipalData: frozenset[int] = frozenset()
+_TAGS_DefaultPrincipalData: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DefaultPrincipalData_v0(buf: bytes, pos: int) -> tuple[DefaultPrincipalData, int]:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -29,45 +33,15 @@ __all__ = [
     "DeleteAclsRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_b = _Packer(">b")
-_S_bb = _Packer(">bb")
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-
-
-class DeleteAclsRequest(_Message):
-    """Kafka DeleteAclsRequest (request, API key 31), versions 0-3, flexible 2+.
-
-    Version 1 adds the pattern type.
-    Version 2 enables flexible versions.
-    Version 3 adds the user resource type.
-    """
-
-    __slots__ = ("filters",)
-
-    NAME = "DeleteAclsRequest"
-    API_KEY = 31
-    TYPE = "request"
-    VALID_VERSIONS = (0, 3)
-    FLEXIBLE_VERSIONS = (2, 32767)
-
-    filters: list[DeleteAclsFilter]
-    """The filters to use when deleting ACLs.
-
-    Versions 0-3.
-    """
-
-    def __init__(
-        self,
-        *,
-        filters: list[DeleteAclsFilter] = _UNSET,
-    ) -> None:
-        self.filters = [] if filters is _UNSET else filters
-        self._unknown_tags = None
+_S_b: _Final = _Packer(">b")
+_S_bb: _Final = _Packer(">bb")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
 class DeleteAclsFilter(_StructBase):
     """The filters to use when deleting ACLs."""
 
@@ -138,8 +112,40 @@ class DeleteAclsFilter(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DeleteAclsRequest: frozenset[int] = frozenset()
-_TAGS_DeleteAclsFilter: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class DeleteAclsRequest(_Message):
+    """Kafka DeleteAclsRequest (request, API key 31), versions 0-3, flexible 2+.
+
+    Version 1 adds the pattern type.
+    Version 2 enables flexible versions.
+    Version 3 adds the user resource type.
+    """
+
+    __slots__ = ("filters",)
+
+    NAME = "DeleteAclsRequest"
+    API_KEY = 31
+    TYPE = "request"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (2, 32767)
+
+    filters: list[DeleteAclsFilter]
+    """The filters to use when deleting ACLs.
+
+    Versions 0-3.
+    """
+
+    def __init__(
+        self,
+        *,
+        filters: list[DeleteAclsFilter] | _Unset = _UNSET,
+    ) -> None:
+        self.filters = [] if isinstance(filters, _Unset) else filters
+        self._unknown_tags = None
+
+
+_TAGS_DeleteAclsRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_DeleteAclsFilter: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DeleteAclsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteAclsRequest, int]:
@@ -153,7 +159,8 @@ def _read_DeleteAclsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteAclsRequest,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DeleteAclsFilter)
             item2.pattern_type_filter = 3
             item2.resource_type_filter = _S_b.unpack_from(buf, pos)[0]
@@ -214,7 +221,8 @@ def _read_DeleteAclsRequest_v1(buf: bytes, pos: int) -> tuple[DeleteAclsRequest,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DeleteAclsFilter)
             item2.resource_type_filter = _S_b.unpack_from(buf, pos)[0]
             pos += 1
@@ -280,7 +288,8 @@ def _read_DeleteAclsRequest_v2(buf: bytes, pos: int) -> tuple[DeleteAclsRequest,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DeleteAclsFilter)
             item2.resource_type_filter = _S_b.unpack_from(buf, pos)[0]
             pos += 1
@@ -467,21 +476,6 @@ def _write_DeleteAclsRequest_v2(o: DeleteAclsRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
-DeleteAclsRequest._fields = (
-    _F(
-        "filters",
-        "Filters",
-        "[]DeleteAclsFilter",
-        DeleteAclsFilter,
-        (0, 3),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 DeleteAclsFilter._fields = (
     _F(
         "resource_type_filter",
@@ -548,6 +542,21 @@ DeleteAclsFilter._fields = (
         None,
         False,
         0,
+        None,
+    ),
+)
+DeleteAclsRequest._fields = (
+    _F(
+        "filters",
+        "Filters",
+        "[]DeleteAclsFilter",
+        DeleteAclsFilter,
+        (0, 3),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
         None,
     ),
 )

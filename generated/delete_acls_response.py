@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -30,94 +34,15 @@ __all__ = [
     "DeleteAclsResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_b = _Packer(">b")
-_S_bb = _Packer(">bb")
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-
-
-class DeleteAclsResponse(_Message):
-    """Kafka DeleteAclsResponse (response, API key 31), versions 0-3, flexible 2+.
-
-    Version 1 adds the resource pattern type.
-    Starting in version 1, on quota violation, brokers send out responses before throttling.
-    Version 2 enables flexible versions.
-    Version 3 adds the user resource type.
-    """
-
-    __slots__ = (
-        "filter_results",
-        "throttle_time_ms",
-    )
-
-    NAME = "DeleteAclsResponse"
-    API_KEY = 31
-    TYPE = "response"
-    VALID_VERSIONS = (0, 3)
-    FLEXIBLE_VERSIONS = (2, 32767)
-
-    throttle_time_ms: int
-    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
-
-    Versions 0-3.
-    """
-    filter_results: list[DeleteAclsFilterResult]
-    """The results for each filter.
-
-    Versions 0-3.
-    """
-
-    def __init__(
-        self,
-        *,
-        throttle_time_ms: int = 0,
-        filter_results: list[DeleteAclsFilterResult] = _UNSET,
-    ) -> None:
-        self.throttle_time_ms = throttle_time_ms
-        self.filter_results = [] if filter_results is _UNSET else filter_results
-        self._unknown_tags = None
+_S_b: _Final = _Packer(">b")
+_S_bb: _Final = _Packer(">bb")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
 
 
-class DeleteAclsFilterResult(_StructBase):
-    """The results for each filter."""
-
-    __slots__ = (
-        "error_code",
-        "error_message",
-        "matching_acls",
-    )
-
-    error_code: int
-    """The error code, or 0 if the filter succeeded.
-
-    Versions 0-3.
-    """
-    error_message: str | None
-    """The error message, or null if the filter succeeded.
-
-    Versions 0-3, nullable 0-3.
-    """
-    matching_acls: list[DeleteAclsMatchingAcl]
-    """The ACLs which matched this filter.
-
-    Versions 0-3.
-    """
-
-    def __init__(
-        self,
-        *,
-        error_code: int = 0,
-        error_message: str | None = "",
-        matching_acls: list[DeleteAclsMatchingAcl] = _UNSET,
-    ) -> None:
-        self.error_code = error_code
-        self.error_message = error_message
-        self.matching_acls = [] if matching_acls is _UNSET else matching_acls
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class DeleteAclsMatchingAcl(_StructBase):
     """The ACLs which matched this filter."""
 
@@ -204,9 +129,91 @@ class DeleteAclsMatchingAcl(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DeleteAclsResponse: frozenset[int] = frozenset()
-_TAGS_DeleteAclsFilterResult: frozenset[int] = frozenset()
-_TAGS_DeleteAclsMatchingAcl: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class DeleteAclsFilterResult(_StructBase):
+    """The results for each filter."""
+
+    __slots__ = (
+        "error_code",
+        "error_message",
+        "matching_acls",
+    )
+
+    error_code: int
+    """The error code, or 0 if the filter succeeded.
+
+    Versions 0-3.
+    """
+    error_message: str | None
+    """The error message, or null if the filter succeeded.
+
+    Versions 0-3, nullable 0-3.
+    """
+    matching_acls: list[DeleteAclsMatchingAcl]
+    """The ACLs which matched this filter.
+
+    Versions 0-3.
+    """
+
+    def __init__(
+        self,
+        *,
+        error_code: int = 0,
+        error_message: str | None = "",
+        matching_acls: list[DeleteAclsMatchingAcl] | _Unset = _UNSET,
+    ) -> None:
+        self.error_code = error_code
+        self.error_message = error_message
+        self.matching_acls = [] if isinstance(matching_acls, _Unset) else matching_acls
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class DeleteAclsResponse(_Message):
+    """Kafka DeleteAclsResponse (response, API key 31), versions 0-3, flexible 2+.
+
+    Version 1 adds the resource pattern type.
+    Starting in version 1, on quota violation, brokers send out responses before throttling.
+    Version 2 enables flexible versions.
+    Version 3 adds the user resource type.
+    """
+
+    __slots__ = (
+        "filter_results",
+        "throttle_time_ms",
+    )
+
+    NAME = "DeleteAclsResponse"
+    API_KEY = 31
+    TYPE = "response"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (2, 32767)
+
+    throttle_time_ms: int
+    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+
+    Versions 0-3.
+    """
+    filter_results: list[DeleteAclsFilterResult]
+    """The results for each filter.
+
+    Versions 0-3.
+    """
+
+    def __init__(
+        self,
+        *,
+        throttle_time_ms: int = 0,
+        filter_results: list[DeleteAclsFilterResult] | _Unset = _UNSET,
+    ) -> None:
+        self.throttle_time_ms = throttle_time_ms
+        self.filter_results = [] if isinstance(filter_results, _Unset) else filter_results
+        self._unknown_tags = None
+
+
+_TAGS_DeleteAclsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_DeleteAclsFilterResult: _Final[frozenset[int]] = frozenset()
+_TAGS_DeleteAclsMatchingAcl: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DeleteAclsFilterResult_v0(buf: bytes, pos: int) -> tuple[DeleteAclsFilterResult, int]:
@@ -234,7 +241,8 @@ def _read_DeleteAclsFilterResult_v0(buf: bytes, pos: int) -> tuple[DeleteAclsFil
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DeleteAclsMatchingAcl)
             item2.pattern_type = 3
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
@@ -317,7 +325,8 @@ def _read_DeleteAclsFilterResult_v1(buf: bytes, pos: int) -> tuple[DeleteAclsFil
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DeleteAclsMatchingAcl)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -407,7 +416,8 @@ def _read_DeleteAclsFilterResult_v2(buf: bytes, pos: int) -> tuple[DeleteAclsFil
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DeleteAclsMatchingAcl)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -641,7 +651,8 @@ def _read_DeleteAclsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteAclsRespons
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DeleteAclsFilterResult_v0(buf, pos)
             items1.append(item2)
         o.filter_results = items1
@@ -662,7 +673,8 @@ def _read_DeleteAclsResponse_v1(buf: bytes, pos: int) -> tuple[DeleteAclsRespons
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DeleteAclsFilterResult_v1(buf, pos)
             items1.append(item2)
         o.filter_results = items1
@@ -687,7 +699,8 @@ def _read_DeleteAclsResponse_v2(buf: bytes, pos: int) -> tuple[DeleteAclsRespons
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DeleteAclsFilterResult_v2(buf, pos)
             items1.append(item2)
         o.filter_results = items1
@@ -737,63 +750,6 @@ def _write_DeleteAclsResponse_v2(o: DeleteAclsResponse, w: _Writer) -> None:
         w(b"\x00")
 
 
-DeleteAclsResponse._fields = (
-    _F(
-        "throttle_time_ms",
-        "ThrottleTimeMs",
-        "int32",
-        None,
-        (0, 3),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F(
-        "filter_results",
-        "FilterResults",
-        "[]DeleteAclsFilterResult",
-        DeleteAclsFilterResult,
-        (0, 3),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-DeleteAclsFilterResult._fields = (
-    _F("error_code", "ErrorCode", "int16", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "error_message",
-        "ErrorMessage",
-        "string",
-        None,
-        (0, 3),
-        (0, 3),
-        (1, 0),
-        None,
-        False,
-        "",
-        None,
-    ),
-    _F(
-        "matching_acls",
-        "MatchingAcls",
-        "[]DeleteAclsMatchingAcl",
-        DeleteAclsMatchingAcl,
-        (0, 3),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 DeleteAclsMatchingAcl._fields = (
     _F("error_code", "ErrorCode", "int16", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
     _F(
@@ -838,6 +794,63 @@ DeleteAclsMatchingAcl._fields = (
         None,
         False,
         0,
+        None,
+    ),
+)
+DeleteAclsFilterResult._fields = (
+    _F("error_code", "ErrorCode", "int16", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "error_message",
+        "ErrorMessage",
+        "string",
+        None,
+        (0, 3),
+        (0, 3),
+        (1, 0),
+        None,
+        False,
+        "",
+        None,
+    ),
+    _F(
+        "matching_acls",
+        "MatchingAcls",
+        "[]DeleteAclsMatchingAcl",
+        DeleteAclsMatchingAcl,
+        (0, 3),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+DeleteAclsResponse._fields = (
+    _F(
+        "throttle_time_ms",
+        "ThrottleTimeMs",
+        "int32",
+        None,
+        (0, 3),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F(
+        "filter_results",
+        "FilterResults",
+        "[]DeleteAclsFilterResult",
+        DeleteAclsFilterResult,
+        (0, 3),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
         None,
     ),
 )

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -27,12 +31,13 @@ __all__ = [
     "DeleteGroupsRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
 class DeleteGroupsRequest(_Message):
     """Kafka DeleteGroupsRequest (request, API key 42), versions 0-2, flexible 2+.
 
@@ -58,13 +63,13 @@ class DeleteGroupsRequest(_Message):
     def __init__(
         self,
         *,
-        groups_names: list[str] = _UNSET,
+        groups_names: list[str] | _Unset = _UNSET,
     ) -> None:
-        self.groups_names = [] if groups_names is _UNSET else groups_names
+        self.groups_names = [] if isinstance(groups_names, _Unset) else groups_names
         self._unknown_tags = None
 
 
-_TAGS_DeleteGroupsRequest: frozenset[int] = frozenset()
+_TAGS_DeleteGroupsRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DeleteGroupsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteGroupsRequest, int]:
@@ -78,7 +83,8 @@ def _read_DeleteGroupsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteGroupsRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -110,7 +116,8 @@ def _read_DeleteGroupsRequest_v2(buf: bytes, pos: int) -> tuple[DeleteGroupsRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -29,12 +33,44 @@ __all__ = [
     "DeleteGroupsResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
+class DeletableGroupResult(_StructBase):
+    """The deletion results"""
+
+    __slots__ = (
+        "error_code",
+        "group_id",
+    )
+
+    group_id: str
+    """The group id
+
+    Versions 0-2.
+    """
+    error_code: int
+    """The deletion error, or 0 if the deletion succeeded.
+
+    Versions 0-2.
+    """
+
+    def __init__(
+        self,
+        *,
+        group_id: str = "",
+        error_code: int = 0,
+    ) -> None:
+        self.group_id = group_id
+        self.error_code = error_code
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class DeleteGroupsResponse(_Message):
     """Kafka DeleteGroupsResponse (response, API key 42), versions 0-2, flexible 2+.
 
@@ -69,45 +105,15 @@ class DeleteGroupsResponse(_Message):
         self,
         *,
         throttle_time_ms: int = 0,
-        results: list[DeletableGroupResult] = _UNSET,
+        results: list[DeletableGroupResult] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
-        self.results = [] if results is _UNSET else results
+        self.results = [] if isinstance(results, _Unset) else results
         self._unknown_tags = None
 
 
-class DeletableGroupResult(_StructBase):
-    """The deletion results"""
-
-    __slots__ = (
-        "error_code",
-        "group_id",
-    )
-
-    group_id: str
-    """The group id
-
-    Versions 0-2.
-    """
-    error_code: int
-    """The deletion error, or 0 if the deletion succeeded.
-
-    Versions 0-2.
-    """
-
-    def __init__(
-        self,
-        *,
-        group_id: str = "",
-        error_code: int = 0,
-    ) -> None:
-        self.group_id = group_id
-        self.error_code = error_code
-        self._unknown_tags = None
-
-
-_TAGS_DeleteGroupsResponse: frozenset[int] = frozenset()
-_TAGS_DeletableGroupResult: frozenset[int] = frozenset()
+_TAGS_DeleteGroupsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_DeletableGroupResult: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DeleteGroupsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteGroupsResponse, int]:
@@ -123,7 +129,8 @@ def _read_DeleteGroupsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteGroupsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DeletableGroupResult)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -161,7 +168,8 @@ def _read_DeleteGroupsResponse_v2(buf: bytes, pos: int) -> tuple[DeleteGroupsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DeletableGroupResult)
             n = buf[pos] - 1
             if n < 127:
@@ -234,6 +242,10 @@ def _write_DeleteGroupsResponse_v2(o: DeleteGroupsResponse, w: _Writer) -> None:
         w(b"\x00")
 
 
+DeletableGroupResult._fields = (
+    _F("group_id", "GroupId", "string", None, (0, 2), (1, 0), (1, 0), None, False, "", None),
+    _F("error_code", "ErrorCode", "int16", None, (0, 2), (1, 0), (1, 0), None, False, 0, None),
+)
 DeleteGroupsResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -261,10 +273,6 @@ DeleteGroupsResponse._fields = (
         (),
         None,
     ),
-)
-DeletableGroupResult._fields = (
-    _F("group_id", "GroupId", "string", None, (0, 2), (1, 0), (1, 0), None, False, "", None),
-    _F("error_code", "ErrorCode", "int16", None, (0, 2), (1, 0), (1, 0), None, False, 0, None),
 )
 DeleteGroupsResponse._readers = {
     0: _read_DeleteGroupsResponse_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -30,13 +34,76 @@ __all__ = [
     "DeleteRecordsTopic",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_iq = _Packer(">iq")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_iq: _Final = _Packer(">iq")
 
 
+@_mypyc_attr(native_class=False)
+class DeleteRecordsPartition(_StructBase):
+    """Each partition that we want to delete records from."""
+
+    __slots__ = (
+        "offset",
+        "partition_index",
+    )
+
+    partition_index: int
+    """The partition index.
+
+    Versions 0-2.
+    """
+    offset: int
+    """The deletion offset.
+
+    Versions 0-2.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        offset: int = 0,
+    ) -> None:
+        self.partition_index = partition_index
+        self.offset = offset
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class DeleteRecordsTopic(_StructBase):
+    """Each topic that we want to delete records from."""
+
+    __slots__ = (
+        "name",
+        "partitions",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 0-2.
+    """
+    partitions: list[DeleteRecordsPartition]
+    """Each partition that we want to delete records from.
+
+    Versions 0-2.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partitions: list[DeleteRecordsPartition] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class DeleteRecordsRequest(_Message):
     """Kafka DeleteRecordsRequest (request, API key 21), versions 0-2, flexible 2+.
 
@@ -69,77 +136,17 @@ class DeleteRecordsRequest(_Message):
     def __init__(
         self,
         *,
-        topics: list[DeleteRecordsTopic] = _UNSET,
+        topics: list[DeleteRecordsTopic] | _Unset = _UNSET,
         timeout_ms: int = 0,
     ) -> None:
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self.timeout_ms = timeout_ms
         self._unknown_tags = None
 
 
-class DeleteRecordsTopic(_StructBase):
-    """Each topic that we want to delete records from."""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 0-2.
-    """
-    partitions: list[DeleteRecordsPartition]
-    """Each partition that we want to delete records from.
-
-    Versions 0-2.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partitions: list[DeleteRecordsPartition] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class DeleteRecordsPartition(_StructBase):
-    """Each partition that we want to delete records from."""
-
-    __slots__ = (
-        "offset",
-        "partition_index",
-    )
-
-    partition_index: int
-    """The partition index.
-
-    Versions 0-2.
-    """
-    offset: int
-    """The deletion offset.
-
-    Versions 0-2.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        offset: int = 0,
-    ) -> None:
-        self.partition_index = partition_index
-        self.offset = offset
-        self._unknown_tags = None
-
-
-_TAGS_DeleteRecordsRequest: frozenset[int] = frozenset()
-_TAGS_DeleteRecordsTopic: frozenset[int] = frozenset()
-_TAGS_DeleteRecordsPartition: frozenset[int] = frozenset()
+_TAGS_DeleteRecordsRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_DeleteRecordsTopic: _Final[frozenset[int]] = frozenset()
+_TAGS_DeleteRecordsPartition: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DeleteRecordsTopic_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsTopic, int]:
@@ -163,7 +170,8 @@ def _read_DeleteRecordsTopic_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsTopi
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DeleteRecordsPartition)
             item2.partition_index, item2.offset = _S_iq.unpack_from(buf, pos)
             pos += 12
@@ -203,7 +211,8 @@ def _read_DeleteRecordsTopic_v2(buf: bytes, pos: int) -> tuple[DeleteRecordsTopi
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DeleteRecordsPartition)
             item2.partition_index, item2.offset = _S_iq.unpack_from(buf, pos)
             pos += 12
@@ -271,7 +280,8 @@ def _read_DeleteRecordsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsRe
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DeleteRecordsTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -296,7 +306,8 @@ def _read_DeleteRecordsRequest_v2(buf: bytes, pos: int) -> tuple[DeleteRecordsRe
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DeleteRecordsTopic_v2(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -336,21 +347,21 @@ def _write_DeleteRecordsRequest_v2(o: DeleteRecordsRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
-DeleteRecordsRequest._fields = (
+DeleteRecordsPartition._fields = (
     _F(
-        "topics",
-        "Topics",
-        "[]DeleteRecordsTopic",
-        DeleteRecordsTopic,
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
         (0, 2),
         (1, 0),
         (1, 0),
         None,
         False,
-        (),
+        0,
         None,
     ),
-    _F("timeout_ms", "TimeoutMs", "int32", None, (0, 2), (1, 0), (1, 0), None, False, 0, None),
+    _F("offset", "Offset", "int64", None, (0, 2), (1, 0), (1, 0), None, False, 0, None),
 )
 DeleteRecordsTopic._fields = (
     _F("name", "Name", "string", None, (0, 2), (1, 0), (1, 0), None, False, "", None),
@@ -368,21 +379,21 @@ DeleteRecordsTopic._fields = (
         None,
     ),
 )
-DeleteRecordsPartition._fields = (
+DeleteRecordsRequest._fields = (
     _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
+        "topics",
+        "Topics",
+        "[]DeleteRecordsTopic",
+        DeleteRecordsTopic,
         (0, 2),
         (1, 0),
         (1, 0),
         None,
         False,
-        0,
+        (),
         None,
     ),
-    _F("offset", "Offset", "int64", None, (0, 2), (1, 0), (1, 0), None, False, 0, None),
+    _F("timeout_ms", "TimeoutMs", "int32", None, (0, 2), (1, 0), (1, 0), None, False, 0, None),
 )
 DeleteRecordsRequest._readers = {
     0: _read_DeleteRecordsRequest_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -30,83 +34,14 @@ __all__ = [
     "DeleteRecordsTopicResult",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_iqh = _Packer(">iqh")
-
-
-class DeleteRecordsResponse(_Message):
-    """Kafka DeleteRecordsResponse (response, API key 21), versions 0-2, flexible 2+.
-
-    Starting in version 1, on quota violation, brokers send out responses before throttling.
-    Version 2 is the first flexible version.
-    """
-
-    __slots__ = (
-        "throttle_time_ms",
-        "topics",
-    )
-
-    NAME = "DeleteRecordsResponse"
-    API_KEY = 21
-    TYPE = "response"
-    VALID_VERSIONS = (0, 2)
-    FLEXIBLE_VERSIONS = (2, 32767)
-
-    throttle_time_ms: int
-    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
-
-    Versions 0-2.
-    """
-    topics: list[DeleteRecordsTopicResult]
-    """Each topic that we wanted to delete records from.
-
-    Versions 0-2.
-    """
-
-    def __init__(
-        self,
-        *,
-        throttle_time_ms: int = 0,
-        topics: list[DeleteRecordsTopicResult] = _UNSET,
-    ) -> None:
-        self.throttle_time_ms = throttle_time_ms
-        self.topics = [] if topics is _UNSET else topics
-        self._unknown_tags = None
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_iqh: _Final = _Packer(">iqh")
 
 
-class DeleteRecordsTopicResult(_StructBase):
-    """Each topic that we wanted to delete records from."""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 0-2.
-    """
-    partitions: list[DeleteRecordsPartitionResult]
-    """Each partition that we wanted to delete records from.
-
-    Versions 0-2.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partitions: list[DeleteRecordsPartitionResult] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class DeleteRecordsPartitionResult(_StructBase):
     """Each partition that we wanted to delete records from."""
 
@@ -145,9 +80,81 @@ class DeleteRecordsPartitionResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DeleteRecordsResponse: frozenset[int] = frozenset()
-_TAGS_DeleteRecordsTopicResult: frozenset[int] = frozenset()
-_TAGS_DeleteRecordsPartitionResult: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class DeleteRecordsTopicResult(_StructBase):
+    """Each topic that we wanted to delete records from."""
+
+    __slots__ = (
+        "name",
+        "partitions",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 0-2.
+    """
+    partitions: list[DeleteRecordsPartitionResult]
+    """Each partition that we wanted to delete records from.
+
+    Versions 0-2.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partitions: list[DeleteRecordsPartitionResult] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class DeleteRecordsResponse(_Message):
+    """Kafka DeleteRecordsResponse (response, API key 21), versions 0-2, flexible 2+.
+
+    Starting in version 1, on quota violation, brokers send out responses before throttling.
+    Version 2 is the first flexible version.
+    """
+
+    __slots__ = (
+        "throttle_time_ms",
+        "topics",
+    )
+
+    NAME = "DeleteRecordsResponse"
+    API_KEY = 21
+    TYPE = "response"
+    VALID_VERSIONS = (0, 2)
+    FLEXIBLE_VERSIONS = (2, 32767)
+
+    throttle_time_ms: int
+    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+
+    Versions 0-2.
+    """
+    topics: list[DeleteRecordsTopicResult]
+    """Each topic that we wanted to delete records from.
+
+    Versions 0-2.
+    """
+
+    def __init__(
+        self,
+        *,
+        throttle_time_ms: int = 0,
+        topics: list[DeleteRecordsTopicResult] | _Unset = _UNSET,
+    ) -> None:
+        self.throttle_time_ms = throttle_time_ms
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self._unknown_tags = None
+
+
+_TAGS_DeleteRecordsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_DeleteRecordsTopicResult: _Final[frozenset[int]] = frozenset()
+_TAGS_DeleteRecordsPartitionResult: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DeleteRecordsTopicResult_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsTopicResult, int]:
@@ -171,7 +178,8 @@ def _read_DeleteRecordsTopicResult_v0(buf: bytes, pos: int) -> tuple[DeleteRecor
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DeleteRecordsPartitionResult)
             item2.partition_index, item2.low_watermark, item2.error_code = _S_iqh.unpack_from(
                 buf, pos
@@ -213,7 +221,8 @@ def _read_DeleteRecordsTopicResult_v2(buf: bytes, pos: int) -> tuple[DeleteRecor
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DeleteRecordsPartitionResult)
             item2.partition_index, item2.low_watermark, item2.error_code = _S_iqh.unpack_from(
                 buf, pos
@@ -287,7 +296,8 @@ def _read_DeleteRecordsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsR
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DeleteRecordsTopicResult_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -312,7 +322,8 @@ def _read_DeleteRecordsResponse_v2(buf: bytes, pos: int) -> tuple[DeleteRecordsR
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DeleteRecordsTopicResult_v2(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -350,6 +361,41 @@ def _write_DeleteRecordsResponse_v2(o: DeleteRecordsResponse, w: _Writer) -> Non
         w(b"\x00")
 
 
+DeleteRecordsPartitionResult._fields = (
+    _F(
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
+        (0, 2),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F(
+        "low_watermark", "LowWatermark", "int64", None, (0, 2), (1, 0), (1, 0), None, False, 0, None
+    ),
+    _F("error_code", "ErrorCode", "int16", None, (0, 2), (1, 0), (1, 0), None, False, 0, None),
+)
+DeleteRecordsTopicResult._fields = (
+    _F("name", "Name", "string", None, (0, 2), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]DeleteRecordsPartitionResult",
+        DeleteRecordsPartitionResult,
+        (0, 2),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
 DeleteRecordsResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -377,41 +423,6 @@ DeleteRecordsResponse._fields = (
         (),
         None,
     ),
-)
-DeleteRecordsTopicResult._fields = (
-    _F("name", "Name", "string", None, (0, 2), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]DeleteRecordsPartitionResult",
-        DeleteRecordsPartitionResult,
-        (0, 2),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-DeleteRecordsPartitionResult._fields = (
-    _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
-        (0, 2),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F(
-        "low_watermark", "LowWatermark", "int64", None, (0, 2), (1, 0), (1, 0), None, False, 0, None
-    ),
-    _F("error_code", "ErrorCode", "int16", None, (0, 2), (1, 0), (1, 0), None, False, 0, None),
 )
 DeleteRecordsResponse._readers = {
     0: _read_DeleteRecordsResponse_v0,

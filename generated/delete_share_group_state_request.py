@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -32,11 +36,64 @@ __all__ = [
     "PartitionData",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_i = _Packer(">i")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
+class PartitionData(_StructBase):
+    """The data for the partitions."""
+
+    __slots__ = ("partition",)
+
+    partition: int
+    """The partition index.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition: int = 0,
+    ) -> None:
+        self.partition = partition
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class DeleteStateData(_StructBase):
+    """The data for the topics."""
+
+    __slots__ = (
+        "partitions",
+        "topic_id",
+    )
+
+    topic_id: _UUID
+    """The topic identifier.
+
+    Versions 0.
+    """
+    partitions: list[PartitionData]
+    """The data for the partitions.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_id: _UUID = _ZERO_UUID,
+        partitions: list[PartitionData] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_id = topic_id
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class DeleteShareGroupStateRequest(_Message):
     """Kafka DeleteShareGroupStateRequest (request, API key 86), versions 0, flexible 0+."""
 
@@ -66,66 +123,16 @@ class DeleteShareGroupStateRequest(_Message):
         self,
         *,
         group_id: str = "",
-        topics: list[DeleteStateData] = _UNSET,
+        topics: list[DeleteStateData] | _Unset = _UNSET,
     ) -> None:
         self.group_id = group_id
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self._unknown_tags = None
 
 
-class DeleteStateData(_StructBase):
-    """The data for the topics."""
-
-    __slots__ = (
-        "partitions",
-        "topic_id",
-    )
-
-    topic_id: _UUID
-    """The topic identifier.
-
-    Versions 0.
-    """
-    partitions: list[PartitionData]
-    """The data for the partitions.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_id: _UUID = _ZERO_UUID,
-        partitions: list[PartitionData] = _UNSET,
-    ) -> None:
-        self.topic_id = topic_id
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class PartitionData(_StructBase):
-    """The data for the partitions."""
-
-    __slots__ = ("partition",)
-
-    partition: int
-    """The partition index.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition: int = 0,
-    ) -> None:
-        self.partition = partition
-        self._unknown_tags = None
-
-
-_TAGS_DeleteShareGroupStateRequest: frozenset[int] = frozenset()
-_TAGS_DeleteStateData: frozenset[int] = frozenset()
-_TAGS_PartitionData: frozenset[int] = frozenset()
+_TAGS_DeleteShareGroupStateRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_DeleteStateData: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DeleteStateData_v0(buf: bytes, pos: int) -> tuple[DeleteStateData, int]:
@@ -145,7 +152,8 @@ def _read_DeleteStateData_v0(buf: bytes, pos: int) -> tuple[DeleteStateData, int
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionData)
             item2.partition = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -213,7 +221,8 @@ def _read_DeleteShareGroupStateRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DeleteStateData_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -242,21 +251,8 @@ def _write_DeleteShareGroupStateRequest_v0(o: DeleteShareGroupStateRequest, w: _
         w(b"\x00")
 
 
-DeleteShareGroupStateRequest._fields = (
-    _F("group_id", "GroupId", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "topics",
-        "Topics",
-        "[]DeleteStateData",
-        DeleteStateData,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
+PartitionData._fields = (
+    _F("partition", "Partition", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
 )
 DeleteStateData._fields = (
     _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
@@ -274,8 +270,21 @@ DeleteStateData._fields = (
         None,
     ),
 )
-PartitionData._fields = (
-    _F("partition", "Partition", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+DeleteShareGroupStateRequest._fields = (
+    _F("group_id", "GroupId", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "topics",
+        "Topics",
+        "[]DeleteStateData",
+        DeleteStateData,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
 )
 DeleteShareGroupStateRequest._readers = {
     0: _read_DeleteShareGroupStateRequest_v0,

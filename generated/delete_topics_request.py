@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -32,12 +36,44 @@ __all__ = [
     "DeleteTopicsRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
+class DeleteTopicState(_StructBase):
+    """The name or topic ID of the topic"""
+
+    __slots__ = (
+        "name",
+        "topic_id",
+    )
+
+    name: str | None
+    """The topic name
+
+    Versions 6, nullable 6.
+    """
+    topic_id: _UUID
+    """The unique topic ID
+
+    Versions 6.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        topic_id: _UUID = _ZERO_UUID,
+    ) -> None:
+        self.name = name
+        self.topic_id = topic_id
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class DeleteTopicsRequest(_Message):
     """Kafka DeleteTopicsRequest (request, API key 20), versions 0-6, flexible 4+.
 
@@ -82,48 +118,18 @@ class DeleteTopicsRequest(_Message):
     def __init__(
         self,
         *,
-        topics: list[DeleteTopicState] = _UNSET,
-        topic_names: list[str] = _UNSET,
+        topics: list[DeleteTopicState] | _Unset = _UNSET,
+        topic_names: list[str] | _Unset = _UNSET,
         timeout_ms: int = 0,
     ) -> None:
-        self.topics = [] if topics is _UNSET else topics
-        self.topic_names = [] if topic_names is _UNSET else topic_names
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self.topic_names = [] if isinstance(topic_names, _Unset) else topic_names
         self.timeout_ms = timeout_ms
         self._unknown_tags = None
 
 
-class DeleteTopicState(_StructBase):
-    """The name or topic ID of the topic"""
-
-    __slots__ = (
-        "name",
-        "topic_id",
-    )
-
-    name: str | None
-    """The topic name
-
-    Versions 6, nullable 6.
-    """
-    topic_id: _UUID
-    """The unique topic ID
-
-    Versions 6.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str | None = None,
-        topic_id: _UUID = _ZERO_UUID,
-    ) -> None:
-        self.name = name
-        self.topic_id = topic_id
-        self._unknown_tags = None
-
-
-_TAGS_DeleteTopicsRequest: frozenset[int] = frozenset()
-_TAGS_DeleteTopicState: frozenset[int] = frozenset()
+_TAGS_DeleteTopicsRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_DeleteTopicState: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DeleteTopicsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteTopicsRequest, int]:
@@ -138,7 +144,8 @@ def _read_DeleteTopicsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteTopicsRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -173,7 +180,8 @@ def _read_DeleteTopicsRequest_v4(buf: bytes, pos: int) -> tuple[DeleteTopicsRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -216,7 +224,8 @@ def _read_DeleteTopicsRequest_v6(buf: bytes, pos: int) -> tuple[DeleteTopicsRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DeleteTopicState)
             n = buf[pos] - 1
             if n < 127:
@@ -395,6 +404,10 @@ def _write_DeleteTopicsRequest_v6(o: DeleteTopicsRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
+DeleteTopicState._fields = (
+    _F("name", "Name", "string", None, (6, 6), (6, 6), (1, 0), None, False, None, None),
+    _F("topic_id", "TopicId", "uuid", None, (6, 6), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
+)
 DeleteTopicsRequest._fields = (
     _F(
         "topics",
@@ -411,10 +424,6 @@ DeleteTopicsRequest._fields = (
     ),
     _F("topic_names", "TopicNames", "[]string", None, (0, 5), (1, 0), (1, 0), None, True, (), None),
     _F("timeout_ms", "TimeoutMs", "int32", None, (0, 6), (1, 0), (1, 0), None, False, 0, None),
-)
-DeleteTopicState._fields = (
-    _F("name", "Name", "string", None, (6, 6), (6, 6), (1, 0), None, False, None, None),
-    _F("topic_id", "TopicId", "uuid", None, (6, 6), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
 )
 DeleteTopicsRequest._readers = {
     0: _read_DeleteTopicsRequest_v0,

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -32,64 +36,13 @@ __all__ = [
     "DeleteTopicsResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-
-
-class DeleteTopicsResponse(_Message):
-    """Kafka DeleteTopicsResponse (response, API key 20), versions 0-6, flexible 4+.
-
-    Version 1 adds the throttle time.
-
-    Starting in version 2, on quota violation, brokers send out responses before throttling.
-
-    Starting in version 3, a TOPIC_DELETION_DISABLED error code may be returned.
-
-    Version 4 is the first flexible version.
-
-    Version 5 adds ErrorMessage in the response and may return a THROTTLING_QUOTA_EXCEEDED error
-    in the response if the topics deletion is throttled (KIP-599).
-
-    Version 6 adds topic ID to responses. An UNSUPPORTED_VERSION error code will be returned when attempting to
-    delete using topic IDs when IBP < 2.8. UNKNOWN_TOPIC_ID error code will be returned when IBP is at least 2.8, but
-    the topic ID was not found.
-    """
-
-    __slots__ = (
-        "responses",
-        "throttle_time_ms",
-    )
-
-    NAME = "DeleteTopicsResponse"
-    API_KEY = 20
-    TYPE = "response"
-    VALID_VERSIONS = (0, 6)
-    FLEXIBLE_VERSIONS = (4, 32767)
-
-    throttle_time_ms: int
-    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
-
-    Versions 1-6, ignorable.
-    """
-    responses: list[DeletableTopicResult]
-    """The results for each topic we tried to delete.
-
-    Versions 0-6.
-    """
-
-    def __init__(
-        self,
-        *,
-        throttle_time_ms: int = 0,
-        responses: list[DeletableTopicResult] = _UNSET,
-    ) -> None:
-        self.throttle_time_ms = throttle_time_ms
-        self.responses = [] if responses is _UNSET else responses
-        self._unknown_tags = None
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
 class DeletableTopicResult(_StructBase):
     """The results for each topic we tried to delete."""
 
@@ -136,8 +89,61 @@ class DeletableTopicResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DeleteTopicsResponse: frozenset[int] = frozenset()
-_TAGS_DeletableTopicResult: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class DeleteTopicsResponse(_Message):
+    """Kafka DeleteTopicsResponse (response, API key 20), versions 0-6, flexible 4+.
+
+    Version 1 adds the throttle time.
+
+    Starting in version 2, on quota violation, brokers send out responses before throttling.
+
+    Starting in version 3, a TOPIC_DELETION_DISABLED error code may be returned.
+
+    Version 4 is the first flexible version.
+
+    Version 5 adds ErrorMessage in the response and may return a THROTTLING_QUOTA_EXCEEDED error
+    in the response if the topics deletion is throttled (KIP-599).
+
+    Version 6 adds topic ID to responses. An UNSUPPORTED_VERSION error code will be returned when attempting to
+    delete using topic IDs when IBP < 2.8. UNKNOWN_TOPIC_ID error code will be returned when IBP is at least 2.8, but
+    the topic ID was not found.
+    """
+
+    __slots__ = (
+        "responses",
+        "throttle_time_ms",
+    )
+
+    NAME = "DeleteTopicsResponse"
+    API_KEY = 20
+    TYPE = "response"
+    VALID_VERSIONS = (0, 6)
+    FLEXIBLE_VERSIONS = (4, 32767)
+
+    throttle_time_ms: int
+    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+
+    Versions 1-6, ignorable.
+    """
+    responses: list[DeletableTopicResult]
+    """The results for each topic we tried to delete.
+
+    Versions 0-6.
+    """
+
+    def __init__(
+        self,
+        *,
+        throttle_time_ms: int = 0,
+        responses: list[DeletableTopicResult] | _Unset = _UNSET,
+    ) -> None:
+        self.throttle_time_ms = throttle_time_ms
+        self.responses = [] if isinstance(responses, _Unset) else responses
+        self._unknown_tags = None
+
+
+_TAGS_DeleteTopicsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_DeletableTopicResult: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DeleteTopicsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteTopicsResponse, int]:
@@ -152,7 +158,8 @@ def _read_DeleteTopicsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DeletableTopicResult)
             item2.topic_id = _ZERO_UUID
             item2.error_message = None
@@ -188,7 +195,8 @@ def _read_DeleteTopicsResponse_v1(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DeletableTopicResult)
             item2.topic_id = _ZERO_UUID
             item2.error_message = None
@@ -228,7 +236,8 @@ def _read_DeleteTopicsResponse_v4(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DeletableTopicResult)
             item2.topic_id = _ZERO_UUID
             item2.error_message = None
@@ -280,7 +289,8 @@ def _read_DeleteTopicsResponse_v5(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DeletableTopicResult)
             item2.topic_id = _ZERO_UUID
             n = buf[pos] - 1
@@ -345,7 +355,8 @@ def _read_DeleteTopicsResponse_v6(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DeletableTopicResult)
             n = buf[pos] - 1
             if n < 127:
@@ -570,6 +581,24 @@ def _write_DeleteTopicsResponse_v6(o: DeleteTopicsResponse, w: _Writer) -> None:
         w(b"\x00")
 
 
+DeletableTopicResult._fields = (
+    _F("name", "Name", "string", None, (0, 6), (6, 6), (1, 0), None, False, "", None),
+    _F("topic_id", "TopicId", "uuid", None, (6, 6), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
+    _F("error_code", "ErrorCode", "int16", None, (0, 6), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "error_message",
+        "ErrorMessage",
+        "string",
+        None,
+        (5, 6),
+        (5, 6),
+        (1, 0),
+        None,
+        True,
+        None,
+        None,
+    ),
+)
 DeleteTopicsResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -595,24 +624,6 @@ DeleteTopicsResponse._fields = (
         None,
         False,
         (),
-        None,
-    ),
-)
-DeletableTopicResult._fields = (
-    _F("name", "Name", "string", None, (0, 6), (6, 6), (1, 0), None, False, "", None),
-    _F("topic_id", "TopicId", "uuid", None, (6, 6), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
-    _F("error_code", "ErrorCode", "int16", None, (0, 6), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "error_message",
-        "ErrorMessage",
-        "string",
-        None,
-        (5, 6),
-        (5, 6),
-        (1, 0),
-        None,
-        True,
-        None,
         None,
     ),
 )

@@ -8,6 +8,9 @@ Generated from DescribeAclsRequest.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -24,13 +27,14 @@ __all__ = [
     "DescribeAclsRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_b = _Packer(">b")
-_S_bb = _Packer(">bb")
-_S_h = _Packer(">h")
+_S_b: _Final = _Packer(">b")
+_S_bb: _Final = _Packer(">bb")
+_S_h: _Final = _Packer(">h")
 
 
+@_mypyc_attr(native_class=False)
 class DescribeAclsRequest(_Message):
     """Kafka DescribeAclsRequest (request, API key 29), versions 0-3, flexible 2+.
 
@@ -112,7 +116,7 @@ class DescribeAclsRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_DescribeAclsRequest: frozenset[int] = frozenset()
+_TAGS_DescribeAclsRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DescribeAclsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeAclsRequest, int]:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -30,15 +34,110 @@ __all__ = [
     "DescribeAclsResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_b = _Packer(">b")
-_S_bb = _Packer(">bb")
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
+_S_b: _Final = _Packer(">b")
+_S_bb: _Final = _Packer(">bb")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
+class AclDescription(_StructBase):
+    """The ACLs."""
+
+    __slots__ = (
+        "host",
+        "operation",
+        "permission_type",
+        "principal",
+    )
+
+    principal: str
+    """The ACL principal.
+
+    Versions 0-3.
+    """
+    host: str
+    """The ACL host.
+
+    Versions 0-3.
+    """
+    operation: int
+    """The ACL operation.
+
+    Versions 0-3.
+    """
+    permission_type: int
+    """The ACL permission type.
+
+    Versions 0-3.
+    """
+
+    def __init__(
+        self,
+        *,
+        principal: str = "",
+        host: str = "",
+        operation: int = 0,
+        permission_type: int = 0,
+    ) -> None:
+        self.principal = principal
+        self.host = host
+        self.operation = operation
+        self.permission_type = permission_type
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class DescribeAclsResource(_StructBase):
+    """Each Resource that is referenced in an ACL."""
+
+    __slots__ = (
+        "acls",
+        "pattern_type",
+        "resource_name",
+        "resource_type",
+    )
+
+    resource_type: int
+    """The resource type.
+
+    Versions 0-3.
+    """
+    resource_name: str
+    """The resource name.
+
+    Versions 0-3.
+    """
+    pattern_type: int
+    """The resource pattern type.
+
+    Versions 1-3.
+    """
+    acls: list[AclDescription]
+    """The ACLs.
+
+    Versions 0-3.
+    """
+
+    def __init__(
+        self,
+        *,
+        resource_type: int = 0,
+        resource_name: str = "",
+        pattern_type: int = 3,
+        acls: list[AclDescription] | _Unset = _UNSET,
+    ) -> None:
+        self.resource_type = resource_type
+        self.resource_name = resource_name
+        self.pattern_type = pattern_type
+        self.acls = [] if isinstance(acls, _Unset) else acls
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class DescribeAclsResponse(_Message):
     """Kafka DescribeAclsResponse (response, API key 29), versions 0-3, flexible 2+.
 
@@ -88,110 +187,18 @@ class DescribeAclsResponse(_Message):
         throttle_time_ms: int = 0,
         error_code: int = 0,
         error_message: str | None = "",
-        resources: list[DescribeAclsResource] = _UNSET,
+        resources: list[DescribeAclsResource] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
         self.error_message = error_message
-        self.resources = [] if resources is _UNSET else resources
+        self.resources = [] if isinstance(resources, _Unset) else resources
         self._unknown_tags = None
 
 
-class DescribeAclsResource(_StructBase):
-    """Each Resource that is referenced in an ACL."""
-
-    __slots__ = (
-        "acls",
-        "pattern_type",
-        "resource_name",
-        "resource_type",
-    )
-
-    resource_type: int
-    """The resource type.
-
-    Versions 0-3.
-    """
-    resource_name: str
-    """The resource name.
-
-    Versions 0-3.
-    """
-    pattern_type: int
-    """The resource pattern type.
-
-    Versions 1-3.
-    """
-    acls: list[AclDescription]
-    """The ACLs.
-
-    Versions 0-3.
-    """
-
-    def __init__(
-        self,
-        *,
-        resource_type: int = 0,
-        resource_name: str = "",
-        pattern_type: int = 3,
-        acls: list[AclDescription] = _UNSET,
-    ) -> None:
-        self.resource_type = resource_type
-        self.resource_name = resource_name
-        self.pattern_type = pattern_type
-        self.acls = [] if acls is _UNSET else acls
-        self._unknown_tags = None
-
-
-class AclDescription(_StructBase):
-    """The ACLs."""
-
-    __slots__ = (
-        "host",
-        "operation",
-        "permission_type",
-        "principal",
-    )
-
-    principal: str
-    """The ACL principal.
-
-    Versions 0-3.
-    """
-    host: str
-    """The ACL host.
-
-    Versions 0-3.
-    """
-    operation: int
-    """The ACL operation.
-
-    Versions 0-3.
-    """
-    permission_type: int
-    """The ACL permission type.
-
-    Versions 0-3.
-    """
-
-    def __init__(
-        self,
-        *,
-        principal: str = "",
-        host: str = "",
-        operation: int = 0,
-        permission_type: int = 0,
-    ) -> None:
-        self.principal = principal
-        self.host = host
-        self.operation = operation
-        self.permission_type = permission_type
-        self._unknown_tags = None
-
-
-_TAGS_DescribeAclsResponse: frozenset[int] = frozenset()
-_TAGS_DescribeAclsResource: frozenset[int] = frozenset()
-_TAGS_AclDescription: frozenset[int] = frozenset()
+_TAGS_DescribeAclsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_DescribeAclsResource: _Final[frozenset[int]] = frozenset()
+_TAGS_AclDescription: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DescribeAclsResource_v0(buf: bytes, pos: int) -> tuple[DescribeAclsResource, int]:
@@ -218,7 +225,8 @@ def _read_DescribeAclsResource_v0(buf: bytes, pos: int) -> tuple[DescribeAclsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AclDescription)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -274,7 +282,8 @@ def _read_DescribeAclsResource_v1(buf: bytes, pos: int) -> tuple[DescribeAclsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AclDescription)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -338,7 +347,8 @@ def _read_DescribeAclsResource_v2(buf: bytes, pos: int) -> tuple[DescribeAclsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AclDescription)
             n = buf[pos] - 1
             if n < 127:
@@ -496,7 +506,8 @@ def _read_DescribeAclsResponse_v0(buf: bytes, pos: int) -> tuple[DescribeAclsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribeAclsResource_v0(buf, pos)
             items1.append(item2)
         o.resources = items1
@@ -529,7 +540,8 @@ def _read_DescribeAclsResponse_v1(buf: bytes, pos: int) -> tuple[DescribeAclsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribeAclsResource_v1(buf, pos)
             items1.append(item2)
         o.resources = items1
@@ -568,7 +580,8 @@ def _read_DescribeAclsResponse_v2(buf: bytes, pos: int) -> tuple[DescribeAclsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribeAclsResource_v2(buf, pos)
             items1.append(item2)
         o.resources = items1
@@ -642,6 +655,54 @@ def _write_DescribeAclsResponse_v2(o: DescribeAclsResponse, w: _Writer) -> None:
         w(b"\x00")
 
 
+AclDescription._fields = (
+    _F("principal", "Principal", "string", None, (0, 3), (1, 0), (1, 0), None, False, "", None),
+    _F("host", "Host", "string", None, (0, 3), (1, 0), (1, 0), None, False, "", None),
+    _F("operation", "Operation", "int8", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "permission_type",
+        "PermissionType",
+        "int8",
+        None,
+        (0, 3),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+)
+DescribeAclsResource._fields = (
+    _F("resource_type", "ResourceType", "int8", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "resource_name",
+        "ResourceName",
+        "string",
+        None,
+        (0, 3),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        "",
+        None,
+    ),
+    _F("pattern_type", "PatternType", "int8", None, (1, 3), (1, 0), (1, 0), None, False, 3, None),
+    _F(
+        "acls",
+        "Acls",
+        "[]AclDescription",
+        AclDescription,
+        (0, 3),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
 DescribeAclsResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -681,54 +742,6 @@ DescribeAclsResponse._fields = (
         None,
         False,
         (),
-        None,
-    ),
-)
-DescribeAclsResource._fields = (
-    _F("resource_type", "ResourceType", "int8", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "resource_name",
-        "ResourceName",
-        "string",
-        None,
-        (0, 3),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        "",
-        None,
-    ),
-    _F("pattern_type", "PatternType", "int8", None, (1, 3), (1, 0), (1, 0), None, False, 3, None),
-    _F(
-        "acls",
-        "Acls",
-        "[]AclDescription",
-        AclDescription,
-        (0, 3),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-AclDescription._fields = (
-    _F("principal", "Principal", "string", None, (0, 3), (1, 0), (1, 0), None, False, "", None),
-    _F("host", "Host", "string", None, (0, 3), (1, 0), (1, 0), None, False, "", None),
-    _F("operation", "Operation", "int8", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "permission_type",
-        "PermissionType",
-        "int8",
-        None,
-        (0, 3),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
         None,
     ),
 )

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -30,53 +34,15 @@ __all__ = [
     "DescribeClientQuotasRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_b = _Packer(">b")
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_z = _Packer(">?")
-
-
-class DescribeClientQuotasRequest(_Message):
-    """Kafka DescribeClientQuotasRequest (request, API key 48), versions 0-1, flexible 1+.
-
-    Version 1 enables flexible versions.
-    """
-
-    __slots__ = (
-        "components",
-        "strict",
-    )
-
-    NAME = "DescribeClientQuotasRequest"
-    API_KEY = 48
-    TYPE = "request"
-    VALID_VERSIONS = (0, 1)
-    FLEXIBLE_VERSIONS = (1, 32767)
-
-    components: list[ComponentData]
-    """Filter components to apply to quota entities.
-
-    Versions 0-1.
-    """
-    strict: bool
-    """Whether the match is strict, i.e. should exclude entities with unspecified entity types.
-
-    Versions 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        components: list[ComponentData] = _UNSET,
-        strict: bool = False,
-    ) -> None:
-        self.components = [] if components is _UNSET else components
-        self.strict = strict
-        self._unknown_tags = None
+_S_b: _Final = _Packer(">b")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_z: _Final = _Packer(">?")
 
 
+@_mypyc_attr(native_class=False)
 class ComponentData(_StructBase):
     """Filter components to apply to quota entities."""
 
@@ -115,8 +81,48 @@ class ComponentData(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeClientQuotasRequest: frozenset[int] = frozenset()
-_TAGS_ComponentData: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class DescribeClientQuotasRequest(_Message):
+    """Kafka DescribeClientQuotasRequest (request, API key 48), versions 0-1, flexible 1+.
+
+    Version 1 enables flexible versions.
+    """
+
+    __slots__ = (
+        "components",
+        "strict",
+    )
+
+    NAME = "DescribeClientQuotasRequest"
+    API_KEY = 48
+    TYPE = "request"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 32767)
+
+    components: list[ComponentData]
+    """Filter components to apply to quota entities.
+
+    Versions 0-1.
+    """
+    strict: bool
+    """Whether the match is strict, i.e. should exclude entities with unspecified entity types.
+
+    Versions 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        components: list[ComponentData] | _Unset = _UNSET,
+        strict: bool = False,
+    ) -> None:
+        self.components = [] if isinstance(components, _Unset) else components
+        self.strict = strict
+        self._unknown_tags = None
+
+
+_TAGS_DescribeClientQuotasRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_ComponentData: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DescribeClientQuotasRequest_v0(
@@ -132,7 +138,8 @@ def _read_DescribeClientQuotasRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ComponentData)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -184,7 +191,8 @@ def _read_DescribeClientQuotasRequest_v1(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ComponentData)
             n = buf[pos] - 1
             if n < 127:
@@ -289,6 +297,11 @@ def _write_DescribeClientQuotasRequest_v1(o: DescribeClientQuotasRequest, w: _Wr
         w(b"\x00")
 
 
+ComponentData._fields = (
+    _F("entity_type", "EntityType", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
+    _F("match_type", "MatchType", "int8", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
+    _F("match", "Match", "string", None, (0, 1), (0, 1), (1, 0), None, False, "", None),
+)
 DescribeClientQuotasRequest._fields = (
     _F(
         "components",
@@ -304,11 +317,6 @@ DescribeClientQuotasRequest._fields = (
         None,
     ),
     _F("strict", "Strict", "bool", None, (0, 1), (1, 0), (1, 0), None, False, False, None),
-)
-ComponentData._fields = (
-    _F("entity_type", "EntityType", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
-    _F("match_type", "MatchType", "int8", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
-    _F("match", "Match", "string", None, (0, 1), (0, 1), (1, 0), None, False, "", None),
 )
 DescribeClientQuotasRequest._readers = {
     0: _read_DescribeClientQuotasRequest_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -31,14 +35,108 @@ __all__ = [
     "ValueData",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_d = _Packer(">d")
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
+_S_d: _Final = _Packer(">d")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
+class EntityData(_StructBase):
+    """The quota entity description."""
+
+    __slots__ = (
+        "entity_name",
+        "entity_type",
+    )
+
+    entity_type: str
+    """The entity type.
+
+    Versions 0-1.
+    """
+    entity_name: str | None
+    """The entity name, or null if the default.
+
+    Versions 0-1, nullable 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        entity_type: str = "",
+        entity_name: str | None = "",
+    ) -> None:
+        self.entity_type = entity_type
+        self.entity_name = entity_name
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class ValueData(_StructBase):
+    """The quota values for the entity."""
+
+    __slots__ = (
+        "key",
+        "value",
+    )
+
+    key: str
+    """The quota configuration key.
+
+    Versions 0-1.
+    """
+    value: float
+    """The quota configuration value.
+
+    Versions 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        key: str = "",
+        value: float = 0.0,
+    ) -> None:
+        self.key = key
+        self.value = value
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class EntryData(_StructBase):
+    """A result entry."""
+
+    __slots__ = (
+        "entity",
+        "values",
+    )
+
+    entity: list[EntityData]
+    """The quota entity description.
+
+    Versions 0-1.
+    """
+    values: list[ValueData]
+    """The quota values for the entity.
+
+    Versions 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        entity: list[EntityData] | _Unset = _UNSET,
+        values: list[ValueData] | _Unset = _UNSET,
+    ) -> None:
+        self.entity = [] if isinstance(entity, _Unset) else entity
+        self.values = [] if isinstance(values, _Unset) else values
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class DescribeClientQuotasResponse(_Message):
     """Kafka DescribeClientQuotasResponse (response, API key 48), versions 0-1, flexible 1+.
 
@@ -85,109 +183,19 @@ class DescribeClientQuotasResponse(_Message):
         throttle_time_ms: int = 0,
         error_code: int = 0,
         error_message: str | None = "",
-        entries: list[EntryData] | None = _UNSET,
+        entries: list[EntryData] | _Unset | None = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
         self.error_message = error_message
-        self.entries = [] if entries is _UNSET else entries
+        self.entries = [] if isinstance(entries, _Unset) else entries
         self._unknown_tags = None
 
 
-class EntryData(_StructBase):
-    """A result entry."""
-
-    __slots__ = (
-        "entity",
-        "values",
-    )
-
-    entity: list[EntityData]
-    """The quota entity description.
-
-    Versions 0-1.
-    """
-    values: list[ValueData]
-    """The quota values for the entity.
-
-    Versions 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        entity: list[EntityData] = _UNSET,
-        values: list[ValueData] = _UNSET,
-    ) -> None:
-        self.entity = [] if entity is _UNSET else entity
-        self.values = [] if values is _UNSET else values
-        self._unknown_tags = None
-
-
-class EntityData(_StructBase):
-    """The quota entity description."""
-
-    __slots__ = (
-        "entity_name",
-        "entity_type",
-    )
-
-    entity_type: str
-    """The entity type.
-
-    Versions 0-1.
-    """
-    entity_name: str | None
-    """The entity name, or null if the default.
-
-    Versions 0-1, nullable 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        entity_type: str = "",
-        entity_name: str | None = "",
-    ) -> None:
-        self.entity_type = entity_type
-        self.entity_name = entity_name
-        self._unknown_tags = None
-
-
-class ValueData(_StructBase):
-    """The quota values for the entity."""
-
-    __slots__ = (
-        "key",
-        "value",
-    )
-
-    key: str
-    """The quota configuration key.
-
-    Versions 0-1.
-    """
-    value: float
-    """The quota configuration value.
-
-    Versions 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        key: str = "",
-        value: float = 0.0,
-    ) -> None:
-        self.key = key
-        self.value = value
-        self._unknown_tags = None
-
-
-_TAGS_DescribeClientQuotasResponse: frozenset[int] = frozenset()
-_TAGS_EntryData: frozenset[int] = frozenset()
-_TAGS_EntityData: frozenset[int] = frozenset()
-_TAGS_ValueData: frozenset[int] = frozenset()
+_TAGS_DescribeClientQuotasResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_EntryData: _Final[frozenset[int]] = frozenset()
+_TAGS_EntityData: _Final[frozenset[int]] = frozenset()
+_TAGS_ValueData: _Final[frozenset[int]] = frozenset()
 
 
 def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
@@ -201,7 +209,8 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(EntityData)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -235,9 +244,10 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(ValueData)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(ValueData)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -246,13 +256,13 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.key = buf[pos:end].decode()
+                item5.key = buf[pos:end].decode()
                 pos = end
-            item4.value = _S_d.unpack_from(buf, pos)[0]
+            item5.value = _S_d.unpack_from(buf, pos)[0]
             pos += 8
-            item4._unknown_tags = None
-            items3.append(item4)
-        o.values = items3
+            item5._unknown_tags = None
+            items4.append(item5)
+        o.values = items4
     o._unknown_tags = None
     return o, pos
 
@@ -272,7 +282,8 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(EntityData)
             n = buf[pos] - 1
             if n < 127:
@@ -320,9 +331,10 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(ValueData)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(ValueData)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -335,17 +347,17 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.key = buf[pos:end].decode()
+                item5.key = buf[pos:end].decode()
                 pos = end
-            item4.value = _S_d.unpack_from(buf, pos)[0]
+            item5.value = _S_d.unpack_from(buf, pos)[0]
             pos += 8
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ValueData)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ValueData)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.values = items3
+            items4.append(item5)
+        o.values = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_EntryData)
     else:
@@ -459,7 +471,8 @@ def _read_DescribeClientQuotasResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_EntryData_v0(buf, pos)
             items1.append(item2)
         o.entries = items1
@@ -500,7 +513,8 @@ def _read_DescribeClientQuotasResponse_v1(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_EntryData_v1(buf, pos)
             items1.append(item2)
         o.entries = items1
@@ -562,6 +576,30 @@ def _write_DescribeClientQuotasResponse_v1(o: DescribeClientQuotasResponse, w: _
         w(b"\x00")
 
 
+EntityData._fields = (
+    _F("entity_type", "EntityType", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
+    _F("entity_name", "EntityName", "string", None, (0, 1), (0, 1), (1, 0), None, False, "", None),
+)
+ValueData._fields = (
+    _F("key", "Key", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
+    _F("value", "Value", "float64", None, (0, 1), (1, 0), (1, 0), None, False, 0.0, None),
+)
+EntryData._fields = (
+    _F(
+        "entity",
+        "Entity",
+        "[]EntityData",
+        EntityData,
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F("values", "Values", "[]ValueData", ValueData, (0, 1), (1, 0), (1, 0), None, False, (), None),
+)
 DescribeClientQuotasResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -603,30 +641,6 @@ DescribeClientQuotasResponse._fields = (
         (),
         None,
     ),
-)
-EntryData._fields = (
-    _F(
-        "entity",
-        "Entity",
-        "[]EntityData",
-        EntityData,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-    _F("values", "Values", "[]ValueData", ValueData, (0, 1), (1, 0), (1, 0), None, False, (), None),
-)
-EntityData._fields = (
-    _F("entity_type", "EntityType", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
-    _F("entity_name", "EntityName", "string", None, (0, 1), (0, 1), (1, 0), None, False, "", None),
-)
-ValueData._fields = (
-    _F("key", "Key", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
-    _F("value", "Value", "float64", None, (0, 1), (1, 0), (1, 0), None, False, 0.0, None),
 )
 DescribeClientQuotasResponse._readers = {
     0: _read_DescribeClientQuotasResponse_v0,

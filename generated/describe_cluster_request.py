@@ -8,6 +8,9 @@ Generated from DescribeClusterRequest.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -21,12 +24,13 @@ __all__ = [
     "DescribeClusterRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_z = _Packer(">?")
-_S_zb = _Packer(">?b")
+_S_z: _Final = _Packer(">?")
+_S_zb: _Final = _Packer(">?b")
 
 
+@_mypyc_attr(native_class=False)
 class DescribeClusterRequest(_Message):
     """Kafka DescribeClusterRequest (request, API key 60), versions 0-1, flexible 0+.
 
@@ -66,7 +70,7 @@ class DescribeClusterRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_DescribeClusterRequest: frozenset[int] = frozenset()
+_TAGS_DescribeClusterRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DescribeClusterRequest_v0(buf: bytes, pos: int) -> tuple[DescribeClusterRequest, int]:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -29,13 +33,61 @@ __all__ = [
     "DescribeClusterResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_b = _Packer(">b")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
+_S_b: _Final = _Packer(">b")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
+class DescribeClusterBroker(_StructBase):
+    """Each broker in the response."""
+
+    __slots__ = (
+        "broker_id",
+        "host",
+        "port",
+        "rack",
+    )
+
+    broker_id: int
+    """The broker ID.
+
+    Versions 0-1.
+    """
+    host: str
+    """The broker hostname.
+
+    Versions 0-1.
+    """
+    port: int
+    """The broker port.
+
+    Versions 0-1.
+    """
+    rack: str | None
+    """The rack of the broker, or null if it has not been assigned to a rack.
+
+    Versions 0-1, nullable 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        broker_id: int = 0,
+        host: str = "",
+        port: int = 0,
+        rack: str | None = None,
+    ) -> None:
+        self.broker_id = broker_id
+        self.host = host
+        self.port = port
+        self.rack = rack
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class DescribeClusterResponse(_Message):
     """Kafka DescribeClusterResponse (response, API key 60), versions 0-1, flexible 0+.
 
@@ -110,7 +162,7 @@ class DescribeClusterResponse(_Message):
         endpoint_type: int = 1,
         cluster_id: str = "",
         controller_id: int = -1,
-        brokers: list[DescribeClusterBroker] = _UNSET,
+        brokers: list[DescribeClusterBroker] | _Unset = _UNSET,
         cluster_authorized_operations: int = -2147483648,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
@@ -119,59 +171,13 @@ class DescribeClusterResponse(_Message):
         self.endpoint_type = endpoint_type
         self.cluster_id = cluster_id
         self.controller_id = controller_id
-        self.brokers = [] if brokers is _UNSET else brokers
+        self.brokers = [] if isinstance(brokers, _Unset) else brokers
         self.cluster_authorized_operations = cluster_authorized_operations
         self._unknown_tags = None
 
 
-class DescribeClusterBroker(_StructBase):
-    """Each broker in the response."""
-
-    __slots__ = (
-        "broker_id",
-        "host",
-        "port",
-        "rack",
-    )
-
-    broker_id: int
-    """The broker ID.
-
-    Versions 0-1.
-    """
-    host: str
-    """The broker hostname.
-
-    Versions 0-1.
-    """
-    port: int
-    """The broker port.
-
-    Versions 0-1.
-    """
-    rack: str | None
-    """The rack of the broker, or null if it has not been assigned to a rack.
-
-    Versions 0-1, nullable 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        broker_id: int = 0,
-        host: str = "",
-        port: int = 0,
-        rack: str | None = None,
-    ) -> None:
-        self.broker_id = broker_id
-        self.host = host
-        self.port = port
-        self.rack = rack
-        self._unknown_tags = None
-
-
-_TAGS_DescribeClusterResponse: frozenset[int] = frozenset()
-_TAGS_DescribeClusterBroker: frozenset[int] = frozenset()
+_TAGS_DescribeClusterResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_DescribeClusterBroker: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DescribeClusterResponse_v0(buf: bytes, pos: int) -> tuple[DescribeClusterResponse, int]:
@@ -222,7 +228,8 @@ def _read_DescribeClusterResponse_v0(buf: bytes, pos: int) -> tuple[DescribeClus
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribeClusterBroker)
             item2.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -322,7 +329,8 @@ def _read_DescribeClusterResponse_v1(buf: bytes, pos: int) -> tuple[DescribeClus
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribeClusterBroker)
             item2.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -466,6 +474,12 @@ def _write_DescribeClusterResponse_v1(o: DescribeClusterResponse, w: _Writer) ->
         w(b"\x00")
 
 
+DescribeClusterBroker._fields = (
+    _F("broker_id", "BrokerId", "int32", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
+    _F("host", "Host", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
+    _F("port", "Port", "int32", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
+    _F("rack", "Rack", "string", None, (0, 1), (0, 1), (1, 0), None, False, None, None),
+)
 DescribeClusterResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -535,12 +549,6 @@ DescribeClusterResponse._fields = (
         -2147483648,
         None,
     ),
-)
-DescribeClusterBroker._fields = (
-    _F("broker_id", "BrokerId", "int32", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
-    _F("host", "Host", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
-    _F("port", "Port", "int32", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
-    _F("rack", "Rack", "string", None, (0, 1), (0, 1), (1, 0), None, False, None, None),
 )
 DescribeClusterResponse._readers = {
     0: _read_DescribeClusterResponse_v0,

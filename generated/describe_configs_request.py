@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -30,15 +34,57 @@ __all__ = [
     "DescribeConfigsResource",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_b = _Packer(">b")
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_z = _Packer(">?")
-_S_zz = _Packer(">??")
+_S_b: _Final = _Packer(">b")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_z: _Final = _Packer(">?")
+_S_zz: _Final = _Packer(">??")
 
 
+@_mypyc_attr(native_class=False)
+class DescribeConfigsResource(_StructBase):
+    """The resources whose configurations we want to describe."""
+
+    __slots__ = (
+        "configuration_keys",
+        "resource_name",
+        "resource_type",
+    )
+
+    resource_type: int
+    """The resource type.
+
+    Versions 0-4.
+    """
+    resource_name: str
+    """The resource name.
+
+    Versions 0-4.
+    """
+    configuration_keys: list[str] | None
+    """The configuration keys to list, or null to list all configuration keys.
+
+    Versions 0-4, nullable 0-4.
+    """
+
+    def __init__(
+        self,
+        *,
+        resource_type: int = 0,
+        resource_name: str = "",
+        configuration_keys: list[str] | _Unset | None = _UNSET,
+    ) -> None:
+        self.resource_type = resource_type
+        self.resource_name = resource_name
+        self.configuration_keys = (
+            [] if isinstance(configuration_keys, _Unset) else configuration_keys
+        )
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class DescribeConfigsRequest(_Message):
     """Kafka DescribeConfigsRequest (request, API key 32), versions 0-4, flexible 4+.
 
@@ -78,56 +124,18 @@ class DescribeConfigsRequest(_Message):
     def __init__(
         self,
         *,
-        resources: list[DescribeConfigsResource] = _UNSET,
+        resources: list[DescribeConfigsResource] | _Unset = _UNSET,
         include_synonyms: bool = False,
         include_documentation: bool = False,
     ) -> None:
-        self.resources = [] if resources is _UNSET else resources
+        self.resources = [] if isinstance(resources, _Unset) else resources
         self.include_synonyms = include_synonyms
         self.include_documentation = include_documentation
         self._unknown_tags = None
 
 
-class DescribeConfigsResource(_StructBase):
-    """The resources whose configurations we want to describe."""
-
-    __slots__ = (
-        "configuration_keys",
-        "resource_name",
-        "resource_type",
-    )
-
-    resource_type: int
-    """The resource type.
-
-    Versions 0-4.
-    """
-    resource_name: str
-    """The resource name.
-
-    Versions 0-4.
-    """
-    configuration_keys: list[str] | None
-    """The configuration keys to list, or null to list all configuration keys.
-
-    Versions 0-4, nullable 0-4.
-    """
-
-    def __init__(
-        self,
-        *,
-        resource_type: int = 0,
-        resource_name: str = "",
-        configuration_keys: list[str] | None = _UNSET,
-    ) -> None:
-        self.resource_type = resource_type
-        self.resource_name = resource_name
-        self.configuration_keys = [] if configuration_keys is _UNSET else configuration_keys
-        self._unknown_tags = None
-
-
-_TAGS_DescribeConfigsRequest: frozenset[int] = frozenset()
-_TAGS_DescribeConfigsResource: frozenset[int] = frozenset()
+_TAGS_DescribeConfigsRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_DescribeConfigsResource: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DescribeConfigsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeConfigsRequest, int]:
@@ -143,7 +151,8 @@ def _read_DescribeConfigsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeConfi
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribeConfigsResource)
             item2.resource_type = _S_b.unpack_from(buf, pos)[0]
             pos += 1
@@ -166,8 +175,9 @@ def _read_DescribeConfigsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeConfi
             elif n > len(buf) - pos:
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
-                items3: list[_Any] = []
-                for _ in range(n):
+                items4: list[_Any] = []
+                count6 = n
+                for _ in range(count6):
                     n = _S_h.unpack_from(buf, pos)[0]
                     pos += 2
                     if n < 0:
@@ -176,10 +186,10 @@ def _read_DescribeConfigsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeConfi
                         end = pos + n
                         if end > len(buf):
                             raise _too_long("string", n, len(buf) - pos, pos)
-                        item4 = buf[pos:end].decode()
+                        item5 = buf[pos:end].decode()
                         pos = end
-                    items3.append(item4)
-                item2.configuration_keys = items3
+                    items4.append(item5)
+                item2.configuration_keys = items4
             item2._unknown_tags = None
             items1.append(item2)
         o.resources = items1
@@ -199,7 +209,8 @@ def _read_DescribeConfigsRequest_v1(buf: bytes, pos: int) -> tuple[DescribeConfi
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribeConfigsResource)
             item2.resource_type = _S_b.unpack_from(buf, pos)[0]
             pos += 1
@@ -222,8 +233,9 @@ def _read_DescribeConfigsRequest_v1(buf: bytes, pos: int) -> tuple[DescribeConfi
             elif n > len(buf) - pos:
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
-                items3: list[_Any] = []
-                for _ in range(n):
+                items4: list[_Any] = []
+                count6 = n
+                for _ in range(count6):
                     n = _S_h.unpack_from(buf, pos)[0]
                     pos += 2
                     if n < 0:
@@ -232,10 +244,10 @@ def _read_DescribeConfigsRequest_v1(buf: bytes, pos: int) -> tuple[DescribeConfi
                         end = pos + n
                         if end > len(buf):
                             raise _too_long("string", n, len(buf) - pos, pos)
-                        item4 = buf[pos:end].decode()
+                        item5 = buf[pos:end].decode()
                         pos = end
-                    items3.append(item4)
-                item2.configuration_keys = items3
+                    items4.append(item5)
+                item2.configuration_keys = items4
             item2._unknown_tags = None
             items1.append(item2)
         o.resources = items1
@@ -256,7 +268,8 @@ def _read_DescribeConfigsRequest_v3(buf: bytes, pos: int) -> tuple[DescribeConfi
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribeConfigsResource)
             item2.resource_type = _S_b.unpack_from(buf, pos)[0]
             pos += 1
@@ -279,8 +292,9 @@ def _read_DescribeConfigsRequest_v3(buf: bytes, pos: int) -> tuple[DescribeConfi
             elif n > len(buf) - pos:
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
-                items3: list[_Any] = []
-                for _ in range(n):
+                items4: list[_Any] = []
+                count6 = n
+                for _ in range(count6):
                     n = _S_h.unpack_from(buf, pos)[0]
                     pos += 2
                     if n < 0:
@@ -289,10 +303,10 @@ def _read_DescribeConfigsRequest_v3(buf: bytes, pos: int) -> tuple[DescribeConfi
                         end = pos + n
                         if end > len(buf):
                             raise _too_long("string", n, len(buf) - pos, pos)
-                        item4 = buf[pos:end].decode()
+                        item5 = buf[pos:end].decode()
                         pos = end
-                    items3.append(item4)
-                item2.configuration_keys = items3
+                    items4.append(item5)
+                item2.configuration_keys = items4
             item2._unknown_tags = None
             items1.append(item2)
         o.resources = items1
@@ -317,7 +331,8 @@ def _read_DescribeConfigsRequest_v4(buf: bytes, pos: int) -> tuple[DescribeConfi
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribeConfigsResource)
             item2.resource_type = _S_b.unpack_from(buf, pos)[0]
             pos += 1
@@ -346,8 +361,9 @@ def _read_DescribeConfigsRequest_v4(buf: bytes, pos: int) -> tuple[DescribeConfi
             elif n > len(buf) - pos:
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
-                items3: list[_Any] = []
-                for _ in range(n):
+                items4: list[_Any] = []
+                count6 = n
+                for _ in range(count6):
                     n = buf[pos] - 1
                     if n < 127:
                         pos += 1
@@ -360,10 +376,10 @@ def _read_DescribeConfigsRequest_v4(buf: bytes, pos: int) -> tuple[DescribeConfi
                         end = pos + n
                         if end > len(buf):
                             raise _too_long("string", n, len(buf) - pos, pos)
-                        item4 = buf[pos:end].decode()
+                        item5 = buf[pos:end].decode()
                         pos = end
-                    items3.append(item4)
-                item2.configuration_keys = items3
+                    items4.append(item5)
+                item2.configuration_keys = items4
             if buf[pos]:
                 item2._unknown_tags, pos = _read_tag_section(
                     buf, pos, _TAGS_DescribeConfigsResource
@@ -554,6 +570,35 @@ def _write_DescribeConfigsRequest_v4(o: DescribeConfigsRequest, w: _Writer) -> N
         w(b"\x00")
 
 
+DescribeConfigsResource._fields = (
+    _F("resource_type", "ResourceType", "int8", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "resource_name",
+        "ResourceName",
+        "string",
+        None,
+        (0, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        "",
+        None,
+    ),
+    _F(
+        "configuration_keys",
+        "ConfigurationKeys",
+        "[]string",
+        None,
+        (0, 4),
+        (0, 4),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
 DescribeConfigsRequest._fields = (
     _F(
         "resources",
@@ -592,35 +637,6 @@ DescribeConfigsRequest._fields = (
         None,
         False,
         False,
-        None,
-    ),
-)
-DescribeConfigsResource._fields = (
-    _F("resource_type", "ResourceType", "int8", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "resource_name",
-        "ResourceName",
-        "string",
-        None,
-        (0, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        "",
-        None,
-    ),
-    _F(
-        "configuration_keys",
-        "ConfigurationKeys",
-        "[]string",
-        None,
-        (0, 4),
-        (0, 4),
-        (1, 0),
-        None,
-        False,
-        (),
         None,
     ),
 )

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -32,113 +36,55 @@ __all__ = [
     "DescribeConfigsSynonym",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_b = _Packer(">b")
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_zbz = _Packer(">?b?")
-_S_zzz = _Packer(">???")
+_S_b: _Final = _Packer(">b")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_zbz: _Final = _Packer(">?b?")
+_S_zzz: _Final = _Packer(">???")
 
 
-class DescribeConfigsResponse(_Message):
-    """Kafka DescribeConfigsResponse (response, API key 32), versions 0-4, flexible 4+.
-
-    Version 1 adds ConfigSource and the synonyms.
-    Starting in version 2, on quota violation, brokers send out responses before throttling.
-    Version 4 enables flexible versions.
-    Note: the v0 default for this field that should be exposed to callers is
-    context-dependent. For example, if the resource is a broker, this should default to 4.
-    -1 is just a placeholder value.
-    """
+@_mypyc_attr(native_class=False)
+class DescribeConfigsSynonym(_StructBase):
+    """The synonyms for this configuration key."""
 
     __slots__ = (
-        "results",
-        "throttle_time_ms",
+        "name",
+        "source",
+        "value",
     )
 
-    NAME = "DescribeConfigsResponse"
-    API_KEY = 32
-    TYPE = "response"
-    VALID_VERSIONS = (0, 4)
-    FLEXIBLE_VERSIONS = (4, 32767)
+    name: str
+    """The synonym name.
 
-    throttle_time_ms: int
-    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
-
-    Versions 0-4.
+    Versions 1-4.
     """
-    results: list[DescribeConfigsResult]
-    """The results for each resource.
+    value: str | None
+    """The synonym value.
 
-    Versions 0-4.
+    Versions 1-4, nullable 1-4.
+    """
+    source: int
+    """The synonym source.
+
+    Versions 1-4.
     """
 
     def __init__(
         self,
         *,
-        throttle_time_ms: int = 0,
-        results: list[DescribeConfigsResult] = _UNSET,
+        name: str = "",
+        value: str | None = "",
+        source: int = 0,
     ) -> None:
-        self.throttle_time_ms = throttle_time_ms
-        self.results = [] if results is _UNSET else results
+        self.name = name
+        self.value = value
+        self.source = source
         self._unknown_tags = None
 
 
-class DescribeConfigsResult(_StructBase):
-    """The results for each resource."""
-
-    __slots__ = (
-        "configs",
-        "error_code",
-        "error_message",
-        "resource_name",
-        "resource_type",
-    )
-
-    error_code: int
-    """The error code, or 0 if we were able to successfully describe the configurations.
-
-    Versions 0-4.
-    """
-    error_message: str | None
-    """The error message, or null if we were able to successfully describe the configurations.
-
-    Versions 0-4, nullable 0-4.
-    """
-    resource_type: int
-    """The resource type.
-
-    Versions 0-4.
-    """
-    resource_name: str
-    """The resource name.
-
-    Versions 0-4.
-    """
-    configs: list[DescribeConfigsResourceResult]
-    """Each listed configuration.
-
-    Versions 0-4.
-    """
-
-    def __init__(
-        self,
-        *,
-        error_code: int = 0,
-        error_message: str | None = "",
-        resource_type: int = 0,
-        resource_name: str = "",
-        configs: list[DescribeConfigsResourceResult] = _UNSET,
-    ) -> None:
-        self.error_code = error_code
-        self.error_message = error_message
-        self.resource_type = resource_type
-        self.resource_name = resource_name
-        self.configs = [] if configs is _UNSET else configs
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class DescribeConfigsResourceResult(_StructBase):
     """Each listed configuration."""
 
@@ -209,7 +155,7 @@ class DescribeConfigsResourceResult(_StructBase):
         is_default: bool = False,
         config_source: int = -1,
         is_sensitive: bool = False,
-        synonyms: list[DescribeConfigsSynonym] = _UNSET,
+        synonyms: list[DescribeConfigsSynonym] | _Unset = _UNSET,
         config_type: int = 0,
         documentation: str | None = "",
     ) -> None:
@@ -219,54 +165,116 @@ class DescribeConfigsResourceResult(_StructBase):
         self.is_default = is_default
         self.config_source = config_source
         self.is_sensitive = is_sensitive
-        self.synonyms = [] if synonyms is _UNSET else synonyms
+        self.synonyms = [] if isinstance(synonyms, _Unset) else synonyms
         self.config_type = config_type
         self.documentation = documentation
         self._unknown_tags = None
 
 
-class DescribeConfigsSynonym(_StructBase):
-    """The synonyms for this configuration key."""
+@_mypyc_attr(native_class=False)
+class DescribeConfigsResult(_StructBase):
+    """The results for each resource."""
 
     __slots__ = (
-        "name",
-        "source",
-        "value",
+        "configs",
+        "error_code",
+        "error_message",
+        "resource_name",
+        "resource_type",
     )
 
-    name: str
-    """The synonym name.
+    error_code: int
+    """The error code, or 0 if we were able to successfully describe the configurations.
 
-    Versions 1-4.
+    Versions 0-4.
     """
-    value: str | None
-    """The synonym value.
+    error_message: str | None
+    """The error message, or null if we were able to successfully describe the configurations.
 
-    Versions 1-4, nullable 1-4.
+    Versions 0-4, nullable 0-4.
     """
-    source: int
-    """The synonym source.
+    resource_type: int
+    """The resource type.
 
-    Versions 1-4.
+    Versions 0-4.
+    """
+    resource_name: str
+    """The resource name.
+
+    Versions 0-4.
+    """
+    configs: list[DescribeConfigsResourceResult]
+    """Each listed configuration.
+
+    Versions 0-4.
     """
 
     def __init__(
         self,
         *,
-        name: str = "",
-        value: str | None = "",
-        source: int = 0,
+        error_code: int = 0,
+        error_message: str | None = "",
+        resource_type: int = 0,
+        resource_name: str = "",
+        configs: list[DescribeConfigsResourceResult] | _Unset = _UNSET,
     ) -> None:
-        self.name = name
-        self.value = value
-        self.source = source
+        self.error_code = error_code
+        self.error_message = error_message
+        self.resource_type = resource_type
+        self.resource_name = resource_name
+        self.configs = [] if isinstance(configs, _Unset) else configs
         self._unknown_tags = None
 
 
-_TAGS_DescribeConfigsResponse: frozenset[int] = frozenset()
-_TAGS_DescribeConfigsResult: frozenset[int] = frozenset()
-_TAGS_DescribeConfigsResourceResult: frozenset[int] = frozenset()
-_TAGS_DescribeConfigsSynonym: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class DescribeConfigsResponse(_Message):
+    """Kafka DescribeConfigsResponse (response, API key 32), versions 0-4, flexible 4+.
+
+    Version 1 adds ConfigSource and the synonyms.
+    Starting in version 2, on quota violation, brokers send out responses before throttling.
+    Version 4 enables flexible versions.
+    Note: the v0 default for this field that should be exposed to callers is
+    context-dependent. For example, if the resource is a broker, this should default to 4.
+    -1 is just a placeholder value.
+    """
+
+    __slots__ = (
+        "results",
+        "throttle_time_ms",
+    )
+
+    NAME = "DescribeConfigsResponse"
+    API_KEY = 32
+    TYPE = "response"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (4, 32767)
+
+    throttle_time_ms: int
+    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+
+    Versions 0-4.
+    """
+    results: list[DescribeConfigsResult]
+    """The results for each resource.
+
+    Versions 0-4.
+    """
+
+    def __init__(
+        self,
+        *,
+        throttle_time_ms: int = 0,
+        results: list[DescribeConfigsResult] | _Unset = _UNSET,
+    ) -> None:
+        self.throttle_time_ms = throttle_time_ms
+        self.results = [] if isinstance(results, _Unset) else results
+        self._unknown_tags = None
+
+
+_TAGS_DescribeConfigsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_DescribeConfigsResult: _Final[frozenset[int]] = frozenset()
+_TAGS_DescribeConfigsResourceResult: _Final[frozenset[int]] = frozenset()
+_TAGS_DescribeConfigsSynonym: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DescribeConfigsResourceResult_v1(
@@ -309,7 +317,8 @@ def _read_DescribeConfigsResourceResult_v1(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribeConfigsSynonym)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -380,7 +389,8 @@ def _read_DescribeConfigsResourceResult_v3(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribeConfigsSynonym)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -475,7 +485,8 @@ def _read_DescribeConfigsResourceResult_v4(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribeConfigsSynonym)
             n = buf[pos] - 1
             if n < 127:
@@ -757,7 +768,8 @@ def _read_DescribeConfigsResult_v0(buf: bytes, pos: int) -> tuple[DescribeConfig
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribeConfigsResourceResult)
             item2.config_source = -1
             item2.synonyms = []
@@ -831,7 +843,8 @@ def _read_DescribeConfigsResult_v1(buf: bytes, pos: int) -> tuple[DescribeConfig
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribeConfigsResourceResult_v1(buf, pos)
             items1.append(item2)
         o.configs = items1
@@ -876,7 +889,8 @@ def _read_DescribeConfigsResult_v3(buf: bytes, pos: int) -> tuple[DescribeConfig
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribeConfigsResourceResult_v3(buf, pos)
             items1.append(item2)
         o.configs = items1
@@ -931,7 +945,8 @@ def _read_DescribeConfigsResult_v4(buf: bytes, pos: int) -> tuple[DescribeConfig
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribeConfigsResourceResult_v4(buf, pos)
             items1.append(item2)
         o.configs = items1
@@ -1097,7 +1112,8 @@ def _read_DescribeConfigsResponse_v0(buf: bytes, pos: int) -> tuple[DescribeConf
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribeConfigsResult_v0(buf, pos)
             items1.append(item2)
         o.results = items1
@@ -1118,7 +1134,8 @@ def _read_DescribeConfigsResponse_v1(buf: bytes, pos: int) -> tuple[DescribeConf
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribeConfigsResult_v1(buf, pos)
             items1.append(item2)
         o.results = items1
@@ -1139,7 +1156,8 @@ def _read_DescribeConfigsResponse_v3(buf: bytes, pos: int) -> tuple[DescribeConf
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribeConfigsResult_v3(buf, pos)
             items1.append(item2)
         o.results = items1
@@ -1164,7 +1182,8 @@ def _read_DescribeConfigsResponse_v4(buf: bytes, pos: int) -> tuple[DescribeConf
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribeConfigsResult_v4(buf, pos)
             items1.append(item2)
         o.results = items1
@@ -1238,76 +1257,10 @@ def _write_DescribeConfigsResponse_v4(o: DescribeConfigsResponse, w: _Writer) ->
         w(b"\x00")
 
 
-DescribeConfigsResponse._fields = (
-    _F(
-        "throttle_time_ms",
-        "ThrottleTimeMs",
-        "int32",
-        None,
-        (0, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F(
-        "results",
-        "Results",
-        "[]DescribeConfigsResult",
-        DescribeConfigsResult,
-        (0, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-DescribeConfigsResult._fields = (
-    _F("error_code", "ErrorCode", "int16", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "error_message",
-        "ErrorMessage",
-        "string",
-        None,
-        (0, 4),
-        (0, 4),
-        (1, 0),
-        None,
-        False,
-        "",
-        None,
-    ),
-    _F("resource_type", "ResourceType", "int8", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "resource_name",
-        "ResourceName",
-        "string",
-        None,
-        (0, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        "",
-        None,
-    ),
-    _F(
-        "configs",
-        "Configs",
-        "[]DescribeConfigsResourceResult",
-        DescribeConfigsResourceResult,
-        (0, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
+DescribeConfigsSynonym._fields = (
+    _F("name", "Name", "string", None, (1, 4), (1, 0), (1, 0), None, False, "", None),
+    _F("value", "Value", "string", None, (1, 4), (1, 4), (1, 0), None, False, "", None),
+    _F("source", "Source", "int8", None, (1, 4), (1, 0), (1, 0), None, False, 0, None),
 )
 DescribeConfigsResourceResult._fields = (
     _F("name", "Name", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
@@ -1356,10 +1309,76 @@ DescribeConfigsResourceResult._fields = (
         None,
     ),
 )
-DescribeConfigsSynonym._fields = (
-    _F("name", "Name", "string", None, (1, 4), (1, 0), (1, 0), None, False, "", None),
-    _F("value", "Value", "string", None, (1, 4), (1, 4), (1, 0), None, False, "", None),
-    _F("source", "Source", "int8", None, (1, 4), (1, 0), (1, 0), None, False, 0, None),
+DescribeConfigsResult._fields = (
+    _F("error_code", "ErrorCode", "int16", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "error_message",
+        "ErrorMessage",
+        "string",
+        None,
+        (0, 4),
+        (0, 4),
+        (1, 0),
+        None,
+        False,
+        "",
+        None,
+    ),
+    _F("resource_type", "ResourceType", "int8", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "resource_name",
+        "ResourceName",
+        "string",
+        None,
+        (0, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        "",
+        None,
+    ),
+    _F(
+        "configs",
+        "Configs",
+        "[]DescribeConfigsResourceResult",
+        DescribeConfigsResourceResult,
+        (0, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+DescribeConfigsResponse._fields = (
+    _F(
+        "throttle_time_ms",
+        "ThrottleTimeMs",
+        "int32",
+        None,
+        (0, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F(
+        "results",
+        "Results",
+        "[]DescribeConfigsResult",
+        DescribeConfigsResult,
+        (0, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
 )
 DescribeConfigsResponse._readers = {
     0: _read_DescribeConfigsResponse_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -29,43 +33,13 @@ __all__ = [
     "DescribeDelegationTokenRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-
-
-class DescribeDelegationTokenRequest(_Message):
-    """Kafka DescribeDelegationTokenRequest (request, API key 41), versions 0-3, flexible 2+.
-
-    Version 1 is the same as version 0.
-    Version 2 adds flexible version support
-    Version 3 adds token requester into the response
-    """
-
-    __slots__ = ("owners",)
-
-    NAME = "DescribeDelegationTokenRequest"
-    API_KEY = 41
-    TYPE = "request"
-    VALID_VERSIONS = (0, 3)
-    FLEXIBLE_VERSIONS = (2, 32767)
-
-    owners: list[DescribeDelegationTokenOwner] | None
-    """Each owner that we want to describe delegation tokens for, or null to describe all tokens.
-
-    Versions 0-3, nullable 0-3.
-    """
-
-    def __init__(
-        self,
-        *,
-        owners: list[DescribeDelegationTokenOwner] | None = _UNSET,
-    ) -> None:
-        self.owners = [] if owners is _UNSET else owners
-        self._unknown_tags = None
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
 class DescribeDelegationTokenOwner(_StructBase):
     """Each owner that we want to describe delegation tokens for, or null to describe all tokens."""
 
@@ -96,8 +70,40 @@ class DescribeDelegationTokenOwner(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeDelegationTokenRequest: frozenset[int] = frozenset()
-_TAGS_DescribeDelegationTokenOwner: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class DescribeDelegationTokenRequest(_Message):
+    """Kafka DescribeDelegationTokenRequest (request, API key 41), versions 0-3, flexible 2+.
+
+    Version 1 is the same as version 0.
+    Version 2 adds flexible version support
+    Version 3 adds token requester into the response
+    """
+
+    __slots__ = ("owners",)
+
+    NAME = "DescribeDelegationTokenRequest"
+    API_KEY = 41
+    TYPE = "request"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (2, 32767)
+
+    owners: list[DescribeDelegationTokenOwner] | None
+    """Each owner that we want to describe delegation tokens for, or null to describe all tokens.
+
+    Versions 0-3, nullable 0-3.
+    """
+
+    def __init__(
+        self,
+        *,
+        owners: list[DescribeDelegationTokenOwner] | _Unset | None = _UNSET,
+    ) -> None:
+        self.owners = [] if isinstance(owners, _Unset) else owners
+        self._unknown_tags = None
+
+
+_TAGS_DescribeDelegationTokenRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_DescribeDelegationTokenOwner: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DescribeDelegationTokenRequest_v0(
@@ -115,7 +121,8 @@ def _read_DescribeDelegationTokenRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribeDelegationTokenOwner)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -161,7 +168,8 @@ def _read_DescribeDelegationTokenRequest_v2(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribeDelegationTokenOwner)
             n = buf[pos] - 1
             if n < 127:
@@ -260,21 +268,6 @@ def _write_DescribeDelegationTokenRequest_v2(o: DescribeDelegationTokenRequest, 
         w(b"\x00")
 
 
-DescribeDelegationTokenRequest._fields = (
-    _F(
-        "owners",
-        "Owners",
-        "[]DescribeDelegationTokenOwner",
-        DescribeDelegationTokenOwner,
-        (0, 3),
-        (0, 3),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 DescribeDelegationTokenOwner._fields = (
     _F(
         "principal_type",
@@ -300,6 +293,21 @@ DescribeDelegationTokenOwner._fields = (
         None,
         False,
         "",
+        None,
+    ),
+)
+DescribeDelegationTokenRequest._fields = (
+    _F(
+        "owners",
+        "Owners",
+        "[]DescribeDelegationTokenOwner",
+        DescribeDelegationTokenOwner,
+        (0, 3),
+        (0, 3),
+        (1, 0),
+        None,
+        False,
+        (),
         None,
     ),
 )

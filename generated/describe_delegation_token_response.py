@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
@@ -32,45 +36,29 @@ __all__ = [
     "DescribedDelegationTokenRenewer",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_qqq = _Packer(">qqq")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_qqq: _Final = _Packer(">qqq")
 
 
-class DescribeDelegationTokenResponse(_Message):
-    """Kafka DescribeDelegationTokenResponse (response, API key 41), versions 0-3, flexible 2+.
-
-    Starting in version 1, on quota violation, brokers send out responses before throttling.
-    Version 2 adds flexible version support
-    Version 3 adds token requester details
-    """
+@_mypyc_attr(native_class=False)
+class DescribedDelegationTokenRenewer(_StructBase):
+    """Those who are able to renew this token before it expires."""
 
     __slots__ = (
-        "error_code",
-        "throttle_time_ms",
-        "tokens",
+        "principal_name",
+        "principal_type",
     )
 
-    NAME = "DescribeDelegationTokenResponse"
-    API_KEY = 41
-    TYPE = "response"
-    VALID_VERSIONS = (0, 3)
-    FLEXIBLE_VERSIONS = (2, 32767)
-
-    error_code: int
-    """The error code, or 0 if there was no error.
+    principal_type: str
+    """The renewer principal type
 
     Versions 0-3.
     """
-    tokens: list[DescribedDelegationToken]
-    """The tokens.
-
-    Versions 0-3.
-    """
-    throttle_time_ms: int
-    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+    principal_name: str
+    """The renewer principal name
 
     Versions 0-3.
     """
@@ -78,16 +66,15 @@ class DescribeDelegationTokenResponse(_Message):
     def __init__(
         self,
         *,
-        error_code: int = 0,
-        tokens: list[DescribedDelegationToken] = _UNSET,
-        throttle_time_ms: int = 0,
+        principal_type: str = "",
+        principal_name: str = "",
     ) -> None:
-        self.error_code = error_code
-        self.tokens = [] if tokens is _UNSET else tokens
-        self.throttle_time_ms = throttle_time_ms
+        self.principal_type = principal_type
+        self.principal_name = principal_name
         self._unknown_tags = None
 
 
+@_mypyc_attr(native_class=False)
 class DescribedDelegationToken(_StructBase):
     """The tokens."""
 
@@ -167,7 +154,7 @@ class DescribedDelegationToken(_StructBase):
         max_timestamp: int = 0,
         token_id: str = "",
         hmac: _Buffer = b"",
-        renewers: list[DescribedDelegationTokenRenewer] = _UNSET,
+        renewers: list[DescribedDelegationTokenRenewer] | _Unset = _UNSET,
     ) -> None:
         self.principal_type = principal_type
         self.principal_name = principal_name
@@ -178,25 +165,43 @@ class DescribedDelegationToken(_StructBase):
         self.max_timestamp = max_timestamp
         self.token_id = token_id
         self.hmac = hmac
-        self.renewers = [] if renewers is _UNSET else renewers
+        self.renewers = [] if isinstance(renewers, _Unset) else renewers
         self._unknown_tags = None
 
 
-class DescribedDelegationTokenRenewer(_StructBase):
-    """Those who are able to renew this token before it expires."""
+@_mypyc_attr(native_class=False)
+class DescribeDelegationTokenResponse(_Message):
+    """Kafka DescribeDelegationTokenResponse (response, API key 41), versions 0-3, flexible 2+.
+
+    Starting in version 1, on quota violation, brokers send out responses before throttling.
+    Version 2 adds flexible version support
+    Version 3 adds token requester details
+    """
 
     __slots__ = (
-        "principal_name",
-        "principal_type",
+        "error_code",
+        "throttle_time_ms",
+        "tokens",
     )
 
-    principal_type: str
-    """The renewer principal type
+    NAME = "DescribeDelegationTokenResponse"
+    API_KEY = 41
+    TYPE = "response"
+    VALID_VERSIONS = (0, 3)
+    FLEXIBLE_VERSIONS = (2, 32767)
+
+    error_code: int
+    """The error code, or 0 if there was no error.
 
     Versions 0-3.
     """
-    principal_name: str
-    """The renewer principal name
+    tokens: list[DescribedDelegationToken]
+    """The tokens.
+
+    Versions 0-3.
+    """
+    throttle_time_ms: int
+    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
 
     Versions 0-3.
     """
@@ -204,17 +209,19 @@ class DescribedDelegationTokenRenewer(_StructBase):
     def __init__(
         self,
         *,
-        principal_type: str = "",
-        principal_name: str = "",
+        error_code: int = 0,
+        tokens: list[DescribedDelegationToken] | _Unset = _UNSET,
+        throttle_time_ms: int = 0,
     ) -> None:
-        self.principal_type = principal_type
-        self.principal_name = principal_name
+        self.error_code = error_code
+        self.tokens = [] if isinstance(tokens, _Unset) else tokens
+        self.throttle_time_ms = throttle_time_ms
         self._unknown_tags = None
 
 
-_TAGS_DescribeDelegationTokenResponse: frozenset[int] = frozenset()
-_TAGS_DescribedDelegationToken: frozenset[int] = frozenset()
-_TAGS_DescribedDelegationTokenRenewer: frozenset[int] = frozenset()
+_TAGS_DescribeDelegationTokenResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_DescribedDelegationToken: _Final[frozenset[int]] = frozenset()
+_TAGS_DescribedDelegationTokenRenewer: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DescribedDelegationToken_v0(buf: bytes, pos: int) -> tuple[DescribedDelegationToken, int]:
@@ -272,7 +279,8 @@ def _read_DescribedDelegationToken_v0(buf: bytes, pos: int) -> tuple[DescribedDe
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribedDelegationTokenRenewer)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -376,7 +384,8 @@ def _read_DescribedDelegationToken_v2(buf: bytes, pos: int) -> tuple[DescribedDe
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribedDelegationTokenRenewer)
             n = buf[pos] - 1
             if n < 127:
@@ -524,7 +533,8 @@ def _read_DescribedDelegationToken_v3(buf: bytes, pos: int) -> tuple[DescribedDe
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribedDelegationTokenRenewer)
             n = buf[pos] - 1
             if n < 127:
@@ -770,7 +780,8 @@ def _read_DescribeDelegationTokenResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribedDelegationToken_v0(buf, pos)
             items1.append(item2)
         o.tokens = items1
@@ -799,7 +810,8 @@ def _read_DescribeDelegationTokenResponse_v2(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribedDelegationToken_v2(buf, pos)
             items1.append(item2)
         o.tokens = items1
@@ -832,7 +844,8 @@ def _read_DescribeDelegationTokenResponse_v3(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribedDelegationToken_v3(buf, pos)
             items1.append(item2)
         o.tokens = items1
@@ -910,32 +923,31 @@ def _write_DescribeDelegationTokenResponse_v3(
         w(b"\x00")
 
 
-DescribeDelegationTokenResponse._fields = (
-    _F("error_code", "ErrorCode", "int16", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
+DescribedDelegationTokenRenewer._fields = (
     _F(
-        "tokens",
-        "Tokens",
-        "[]DescribedDelegationToken",
-        DescribedDelegationToken,
+        "principal_type",
+        "PrincipalType",
+        "string",
+        None,
         (0, 3),
         (1, 0),
         (1, 0),
         None,
         False,
-        (),
+        "",
         None,
     ),
     _F(
-        "throttle_time_ms",
-        "ThrottleTimeMs",
-        "int32",
+        "principal_name",
+        "PrincipalName",
+        "string",
         None,
         (0, 3),
         (1, 0),
         (1, 0),
         None,
         False,
-        0,
+        "",
         None,
     ),
 )
@@ -1037,31 +1049,32 @@ DescribedDelegationToken._fields = (
         None,
     ),
 )
-DescribedDelegationTokenRenewer._fields = (
+DescribeDelegationTokenResponse._fields = (
+    _F("error_code", "ErrorCode", "int16", None, (0, 3), (1, 0), (1, 0), None, False, 0, None),
     _F(
-        "principal_type",
-        "PrincipalType",
-        "string",
-        None,
+        "tokens",
+        "Tokens",
+        "[]DescribedDelegationToken",
+        DescribedDelegationToken,
         (0, 3),
         (1, 0),
         (1, 0),
         None,
         False,
-        "",
+        (),
         None,
     ),
     _F(
-        "principal_name",
-        "PrincipalName",
-        "string",
+        "throttle_time_ms",
+        "ThrottleTimeMs",
+        "int32",
         None,
         (0, 3),
         (1, 0),
         (1, 0),
         None,
         False,
-        "",
+        0,
         None,
     ),
 )

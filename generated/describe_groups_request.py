@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -28,13 +32,14 @@ __all__ = [
     "DescribeGroupsRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_z = _Packer(">?")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_z: _Final = _Packer(">?")
 
 
+@_mypyc_attr(native_class=False)
 class DescribeGroupsRequest(_Message):
     """Kafka DescribeGroupsRequest (request, API key 15), versions 0-5, flexible 5+.
 
@@ -72,15 +77,15 @@ class DescribeGroupsRequest(_Message):
     def __init__(
         self,
         *,
-        groups: list[str] = _UNSET,
+        groups: list[str] | _Unset = _UNSET,
         include_authorized_operations: bool = False,
     ) -> None:
-        self.groups = [] if groups is _UNSET else groups
+        self.groups = [] if isinstance(groups, _Unset) else groups
         self.include_authorized_operations = include_authorized_operations
         self._unknown_tags = None
 
 
-_TAGS_DescribeGroupsRequest: frozenset[int] = frozenset()
+_TAGS_DescribeGroupsRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DescribeGroupsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeGroupsRequest, int]:
@@ -95,7 +100,8 @@ def _read_DescribeGroupsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeGroups
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -123,7 +129,8 @@ def _read_DescribeGroupsRequest_v3(buf: bytes, pos: int) -> tuple[DescribeGroups
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -157,7 +164,8 @@ def _read_DescribeGroupsRequest_v5(buf: bytes, pos: int) -> tuple[DescribeGroups
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
@@ -32,133 +36,13 @@ __all__ = [
     "DescribedGroupMember",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-
-
-class DescribeGroupsResponse(_Message):
-    """Kafka DescribeGroupsResponse (response, API key 15), versions 0-5, flexible 5+.
-
-    Version 1 added throttle time.
-
-    Starting in version 2, on quota violation, brokers send out responses before throttling.
-
-    Starting in version 3, brokers can send authorized operations.
-
-    Starting in version 4, the response will optionally include group.instance.id info for members.
-
-    Version 5 is the first flexible version.
-    ProtocolData is currently only filled in if the group state is in the Stable state.
-    N.B. If the group is in the Dead state, the members array will always be empty.
-    This is currently only provided if the group is in the Stable state.
-    This is currently only provided if the group is in the Stable state.
-    """
-
-    __slots__ = (
-        "groups",
-        "throttle_time_ms",
-    )
-
-    NAME = "DescribeGroupsResponse"
-    API_KEY = 15
-    TYPE = "response"
-    VALID_VERSIONS = (0, 5)
-    FLEXIBLE_VERSIONS = (5, 32767)
-
-    throttle_time_ms: int
-    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
-
-    Versions 1-5, ignorable.
-    """
-    groups: list[DescribedGroup]
-    """Each described group.
-
-    Versions 0-5.
-    """
-
-    def __init__(
-        self,
-        *,
-        throttle_time_ms: int = 0,
-        groups: list[DescribedGroup] = _UNSET,
-    ) -> None:
-        self.throttle_time_ms = throttle_time_ms
-        self.groups = [] if groups is _UNSET else groups
-        self._unknown_tags = None
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
 
 
-class DescribedGroup(_StructBase):
-    """Each described group."""
-
-    __slots__ = (
-        "authorized_operations",
-        "error_code",
-        "group_id",
-        "group_state",
-        "members",
-        "protocol_data",
-        "protocol_type",
-    )
-
-    error_code: int
-    """The describe error, or 0 if there was no error.
-
-    Versions 0-5.
-    """
-    group_id: str
-    """The group ID string.
-
-    Versions 0-5.
-    """
-    group_state: str
-    """The group state string, or the empty string.
-
-    Versions 0-5.
-    """
-    protocol_type: str
-    """The group protocol type, or the empty string.
-
-    Versions 0-5.
-    """
-    protocol_data: str
-    """The group protocol data, or the empty string.
-
-    Versions 0-5.
-    """
-    members: list[DescribedGroupMember]
-    """The group members.
-
-    Versions 0-5.
-    """
-    authorized_operations: int
-    """32-bit bitfield to represent authorized operations for this group.
-
-    Versions 3-5.
-    """
-
-    def __init__(
-        self,
-        *,
-        error_code: int = 0,
-        group_id: str = "",
-        group_state: str = "",
-        protocol_type: str = "",
-        protocol_data: str = "",
-        members: list[DescribedGroupMember] = _UNSET,
-        authorized_operations: int = -2147483648,
-    ) -> None:
-        self.error_code = error_code
-        self.group_id = group_id
-        self.group_state = group_state
-        self.protocol_type = protocol_type
-        self.protocol_data = protocol_data
-        self.members = [] if members is _UNSET else members
-        self.authorized_operations = authorized_operations
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class DescribedGroupMember(_StructBase):
     """The group members."""
 
@@ -221,9 +105,132 @@ class DescribedGroupMember(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeGroupsResponse: frozenset[int] = frozenset()
-_TAGS_DescribedGroup: frozenset[int] = frozenset()
-_TAGS_DescribedGroupMember: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class DescribedGroup(_StructBase):
+    """Each described group."""
+
+    __slots__ = (
+        "authorized_operations",
+        "error_code",
+        "group_id",
+        "group_state",
+        "members",
+        "protocol_data",
+        "protocol_type",
+    )
+
+    error_code: int
+    """The describe error, or 0 if there was no error.
+
+    Versions 0-5.
+    """
+    group_id: str
+    """The group ID string.
+
+    Versions 0-5.
+    """
+    group_state: str
+    """The group state string, or the empty string.
+
+    Versions 0-5.
+    """
+    protocol_type: str
+    """The group protocol type, or the empty string.
+
+    Versions 0-5.
+    """
+    protocol_data: str
+    """The group protocol data, or the empty string.
+
+    Versions 0-5.
+    """
+    members: list[DescribedGroupMember]
+    """The group members.
+
+    Versions 0-5.
+    """
+    authorized_operations: int
+    """32-bit bitfield to represent authorized operations for this group.
+
+    Versions 3-5.
+    """
+
+    def __init__(
+        self,
+        *,
+        error_code: int = 0,
+        group_id: str = "",
+        group_state: str = "",
+        protocol_type: str = "",
+        protocol_data: str = "",
+        members: list[DescribedGroupMember] | _Unset = _UNSET,
+        authorized_operations: int = -2147483648,
+    ) -> None:
+        self.error_code = error_code
+        self.group_id = group_id
+        self.group_state = group_state
+        self.protocol_type = protocol_type
+        self.protocol_data = protocol_data
+        self.members = [] if isinstance(members, _Unset) else members
+        self.authorized_operations = authorized_operations
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class DescribeGroupsResponse(_Message):
+    """Kafka DescribeGroupsResponse (response, API key 15), versions 0-5, flexible 5+.
+
+    Version 1 added throttle time.
+
+    Starting in version 2, on quota violation, brokers send out responses before throttling.
+
+    Starting in version 3, brokers can send authorized operations.
+
+    Starting in version 4, the response will optionally include group.instance.id info for members.
+
+    Version 5 is the first flexible version.
+    ProtocolData is currently only filled in if the group state is in the Stable state.
+    N.B. If the group is in the Dead state, the members array will always be empty.
+    This is currently only provided if the group is in the Stable state.
+    This is currently only provided if the group is in the Stable state.
+    """
+
+    __slots__ = (
+        "groups",
+        "throttle_time_ms",
+    )
+
+    NAME = "DescribeGroupsResponse"
+    API_KEY = 15
+    TYPE = "response"
+    VALID_VERSIONS = (0, 5)
+    FLEXIBLE_VERSIONS = (5, 32767)
+
+    throttle_time_ms: int
+    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+
+    Versions 1-5, ignorable.
+    """
+    groups: list[DescribedGroup]
+    """Each described group.
+
+    Versions 0-5.
+    """
+
+    def __init__(
+        self,
+        *,
+        throttle_time_ms: int = 0,
+        groups: list[DescribedGroup] | _Unset = _UNSET,
+    ) -> None:
+        self.throttle_time_ms = throttle_time_ms
+        self.groups = [] if isinstance(groups, _Unset) else groups
+        self._unknown_tags = None
+
+
+_TAGS_DescribeGroupsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_DescribedGroup: _Final[frozenset[int]] = frozenset()
+_TAGS_DescribedGroupMember: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DescribedGroup_v0(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
@@ -280,7 +287,8 @@ def _read_DescribedGroup_v0(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribedGroupMember)
             item2.group_instance_id = None
             n = _S_h.unpack_from(buf, pos)[0]
@@ -393,7 +401,8 @@ def _read_DescribedGroup_v3(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribedGroupMember)
             item2.group_instance_id = None
             n = _S_h.unpack_from(buf, pos)[0]
@@ -508,7 +517,8 @@ def _read_DescribedGroup_v4(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribedGroupMember)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -654,7 +664,8 @@ def _read_DescribedGroup_v5(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribedGroupMember)
             n = buf[pos] - 1
             if n < 127:
@@ -1116,7 +1127,8 @@ def _read_DescribeGroupsResponse_v0(buf: bytes, pos: int) -> tuple[DescribeGroup
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribedGroup_v0(buf, pos)
             items1.append(item2)
         o.groups = items1
@@ -1137,7 +1149,8 @@ def _read_DescribeGroupsResponse_v1(buf: bytes, pos: int) -> tuple[DescribeGroup
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribedGroup_v0(buf, pos)
             items1.append(item2)
         o.groups = items1
@@ -1158,7 +1171,8 @@ def _read_DescribeGroupsResponse_v3(buf: bytes, pos: int) -> tuple[DescribeGroup
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribedGroup_v3(buf, pos)
             items1.append(item2)
         o.groups = items1
@@ -1179,7 +1193,8 @@ def _read_DescribeGroupsResponse_v4(buf: bytes, pos: int) -> tuple[DescribeGroup
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribedGroup_v4(buf, pos)
             items1.append(item2)
         o.groups = items1
@@ -1204,7 +1219,8 @@ def _read_DescribeGroupsResponse_v5(buf: bytes, pos: int) -> tuple[DescribeGroup
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribedGroup_v5(buf, pos)
             items1.append(item2)
         o.groups = items1
@@ -1289,31 +1305,47 @@ def _write_DescribeGroupsResponse_v5(o: DescribeGroupsResponse, w: _Writer) -> N
         w(b"\x00")
 
 
-DescribeGroupsResponse._fields = (
+DescribedGroupMember._fields = (
+    _F("member_id", "MemberId", "string", None, (0, 5), (1, 0), (1, 0), None, False, "", None),
     _F(
-        "throttle_time_ms",
-        "ThrottleTimeMs",
-        "int32",
+        "group_instance_id",
+        "GroupInstanceId",
+        "string",
         None,
-        (1, 5),
-        (1, 0),
+        (4, 5),
+        (4, 5),
         (1, 0),
         None,
         True,
-        0,
+        None,
         None,
     ),
+    _F("client_id", "ClientId", "string", None, (0, 5), (1, 0), (1, 0), None, False, "", None),
+    _F("client_host", "ClientHost", "string", None, (0, 5), (1, 0), (1, 0), None, False, "", None),
     _F(
-        "groups",
-        "Groups",
-        "[]DescribedGroup",
-        DescribedGroup,
+        "member_metadata",
+        "MemberMetadata",
+        "bytes",
+        None,
         (0, 5),
         (1, 0),
         (1, 0),
         None,
         False,
-        (),
+        b"",
+        None,
+    ),
+    _F(
+        "member_assignment",
+        "MemberAssignment",
+        "bytes",
+        None,
+        (0, 5),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        b"",
         None,
     ),
 )
@@ -1374,47 +1406,31 @@ DescribedGroup._fields = (
         None,
     ),
 )
-DescribedGroupMember._fields = (
-    _F("member_id", "MemberId", "string", None, (0, 5), (1, 0), (1, 0), None, False, "", None),
+DescribeGroupsResponse._fields = (
     _F(
-        "group_instance_id",
-        "GroupInstanceId",
-        "string",
+        "throttle_time_ms",
+        "ThrottleTimeMs",
+        "int32",
         None,
-        (4, 5),
-        (4, 5),
+        (1, 5),
+        (1, 0),
         (1, 0),
         None,
         True,
-        None,
+        0,
         None,
     ),
-    _F("client_id", "ClientId", "string", None, (0, 5), (1, 0), (1, 0), None, False, "", None),
-    _F("client_host", "ClientHost", "string", None, (0, 5), (1, 0), (1, 0), None, False, "", None),
     _F(
-        "member_metadata",
-        "MemberMetadata",
-        "bytes",
-        None,
+        "groups",
+        "Groups",
+        "[]DescribedGroup",
+        DescribedGroup,
         (0, 5),
         (1, 0),
         (1, 0),
         None,
         False,
-        b"",
-        None,
-    ),
-    _F(
-        "member_assignment",
-        "MemberAssignment",
-        "bytes",
-        None,
-        (0, 5),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        b"",
+        (),
         None,
     ),
 )

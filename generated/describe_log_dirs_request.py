@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
@@ -31,13 +35,45 @@ __all__ = [
     "DescribeLogDirsRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_A_i = _small_arrays("i", 32)
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_A_i: _Final = _small_arrays("i", 32)
 
 
+@_mypyc_attr(native_class=False)
+class DescribableLogDirTopic(_StructBase):
+    """Each topic that we want to describe log directories for, or null for all topics."""
+
+    __slots__ = (
+        "partitions",
+        "topic",
+    )
+
+    topic: str
+    """The topic name
+
+    Versions 0-4.
+    """
+    partitions: list[int]
+    """The partition indexes.
+
+    Versions 0-4.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic: str = "",
+        partitions: list[int] | _Unset = _UNSET,
+    ) -> None:
+        self.topic = topic
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class DescribeLogDirsRequest(_Message):
     """Kafka DescribeLogDirsRequest (request, API key 35), versions 0-4, flexible 2+.
 
@@ -64,44 +100,14 @@ class DescribeLogDirsRequest(_Message):
     def __init__(
         self,
         *,
-        topics: list[DescribableLogDirTopic] | None = _UNSET,
+        topics: list[DescribableLogDirTopic] | _Unset | None = _UNSET,
     ) -> None:
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self._unknown_tags = None
 
 
-class DescribableLogDirTopic(_StructBase):
-    """Each topic that we want to describe log directories for, or null for all topics."""
-
-    __slots__ = (
-        "partitions",
-        "topic",
-    )
-
-    topic: str
-    """The topic name
-
-    Versions 0-4.
-    """
-    partitions: list[int]
-    """The partition indexes.
-
-    Versions 0-4.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic: str = "",
-        partitions: list[int] = _UNSET,
-    ) -> None:
-        self.topic = topic
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-_TAGS_DescribeLogDirsRequest: frozenset[int] = frozenset()
-_TAGS_DescribableLogDirTopic: frozenset[int] = frozenset()
+_TAGS_DescribeLogDirsRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_DescribableLogDirTopic: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DescribeLogDirsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeLogDirsRequest, int]:
@@ -117,7 +123,8 @@ def _read_DescribeLogDirsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeLogDi
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribableLogDirTopic)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -164,7 +171,8 @@ def _read_DescribeLogDirsRequest_v2(buf: bytes, pos: int) -> tuple[DescribeLogDi
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribableLogDirTopic)
             n = buf[pos] - 1
             if n < 127:
@@ -264,6 +272,10 @@ def _write_DescribeLogDirsRequest_v2(o: DescribeLogDirsRequest, w: _Writer) -> N
         w(b"\x00")
 
 
+DescribableLogDirTopic._fields = (
+    _F("topic", "Topic", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
+    _F("partitions", "Partitions", "[]int32", None, (0, 4), (1, 0), (1, 0), None, False, (), None),
+)
 DescribeLogDirsRequest._fields = (
     _F(
         "topics",
@@ -278,10 +290,6 @@ DescribeLogDirsRequest._fields = (
         (),
         None,
     ),
-)
-DescribableLogDirTopic._fields = (
-    _F("topic", "Topic", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
-    _F("partitions", "Partitions", "[]int32", None, (0, 4), (1, 0), (1, 0), None, False, (), None),
 )
 DescribeLogDirsRequest._readers = {
     0: _read_DescribeLogDirsRequest_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -32,149 +36,16 @@ __all__ = [
     "DescribeLogDirsTopic",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
-_S_iqqz = _Packer(">iqq?")
-_S_qq = _Packer(">qq")
-
-
-class DescribeLogDirsResponse(_Message):
-    """Kafka DescribeLogDirsResponse (response, API key 35), versions 0-4, flexible 2+.
-
-    Starting in version 1, on quota violation, brokers send out responses before throttling.
-    Version 2 is the first flexible version.
-    Version 3 adds the top-level ErrorCode field
-    Version 4 adds the TotalBytes and UsableBytes fields
-    """
-
-    __slots__ = (
-        "error_code",
-        "results",
-        "throttle_time_ms",
-    )
-
-    NAME = "DescribeLogDirsResponse"
-    API_KEY = 35
-    TYPE = "response"
-    VALID_VERSIONS = (0, 4)
-    FLEXIBLE_VERSIONS = (2, 32767)
-
-    throttle_time_ms: int
-    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
-
-    Versions 0-4.
-    """
-    error_code: int
-    """The error code, or 0 if there was no error.
-
-    Versions 3-4, ignorable.
-    """
-    results: list[DescribeLogDirsResult]
-    """The log directories.
-
-    Versions 0-4.
-    """
-
-    def __init__(
-        self,
-        *,
-        throttle_time_ms: int = 0,
-        error_code: int = 0,
-        results: list[DescribeLogDirsResult] = _UNSET,
-    ) -> None:
-        self.throttle_time_ms = throttle_time_ms
-        self.error_code = error_code
-        self.results = [] if results is _UNSET else results
-        self._unknown_tags = None
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
+_S_iqqz: _Final = _Packer(">iqq?")
+_S_qq: _Final = _Packer(">qq")
 
 
-class DescribeLogDirsResult(_StructBase):
-    """The log directories."""
-
-    __slots__ = (
-        "error_code",
-        "log_dir",
-        "topics",
-        "total_bytes",
-        "usable_bytes",
-    )
-
-    error_code: int
-    """The error code, or 0 if there was no error.
-
-    Versions 0-4.
-    """
-    log_dir: str
-    """The absolute log directory path.
-
-    Versions 0-4.
-    """
-    topics: list[DescribeLogDirsTopic]
-    """Each topic.
-
-    Versions 0-4.
-    """
-    total_bytes: int
-    """The total size in bytes of the volume the log directory is in.
-
-    Versions 4, ignorable.
-    """
-    usable_bytes: int
-    """The usable size in bytes of the volume the log directory is in.
-
-    Versions 4, ignorable.
-    """
-
-    def __init__(
-        self,
-        *,
-        error_code: int = 0,
-        log_dir: str = "",
-        topics: list[DescribeLogDirsTopic] = _UNSET,
-        total_bytes: int = -1,
-        usable_bytes: int = -1,
-    ) -> None:
-        self.error_code = error_code
-        self.log_dir = log_dir
-        self.topics = [] if topics is _UNSET else topics
-        self.total_bytes = total_bytes
-        self.usable_bytes = usable_bytes
-        self._unknown_tags = None
-
-
-class DescribeLogDirsTopic(_StructBase):
-    """Each topic."""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 0-4.
-    """
-    partitions: list[DescribeLogDirsPartition]
-    """Partitions
-
-    Versions 0-4.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partitions: list[DescribeLogDirsPartition] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class DescribeLogDirsPartition(_StructBase):
     """DescribeLogDirsPartition (part of DescribeLogDirsResponse)."""
 
@@ -221,10 +92,147 @@ class DescribeLogDirsPartition(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeLogDirsResponse: frozenset[int] = frozenset()
-_TAGS_DescribeLogDirsResult: frozenset[int] = frozenset()
-_TAGS_DescribeLogDirsTopic: frozenset[int] = frozenset()
-_TAGS_DescribeLogDirsPartition: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class DescribeLogDirsTopic(_StructBase):
+    """Each topic."""
+
+    __slots__ = (
+        "name",
+        "partitions",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 0-4.
+    """
+    partitions: list[DescribeLogDirsPartition]
+    """Partitions
+
+    Versions 0-4.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partitions: list[DescribeLogDirsPartition] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class DescribeLogDirsResult(_StructBase):
+    """The log directories."""
+
+    __slots__ = (
+        "error_code",
+        "log_dir",
+        "topics",
+        "total_bytes",
+        "usable_bytes",
+    )
+
+    error_code: int
+    """The error code, or 0 if there was no error.
+
+    Versions 0-4.
+    """
+    log_dir: str
+    """The absolute log directory path.
+
+    Versions 0-4.
+    """
+    topics: list[DescribeLogDirsTopic]
+    """Each topic.
+
+    Versions 0-4.
+    """
+    total_bytes: int
+    """The total size in bytes of the volume the log directory is in.
+
+    Versions 4, ignorable.
+    """
+    usable_bytes: int
+    """The usable size in bytes of the volume the log directory is in.
+
+    Versions 4, ignorable.
+    """
+
+    def __init__(
+        self,
+        *,
+        error_code: int = 0,
+        log_dir: str = "",
+        topics: list[DescribeLogDirsTopic] | _Unset = _UNSET,
+        total_bytes: int = -1,
+        usable_bytes: int = -1,
+    ) -> None:
+        self.error_code = error_code
+        self.log_dir = log_dir
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self.total_bytes = total_bytes
+        self.usable_bytes = usable_bytes
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class DescribeLogDirsResponse(_Message):
+    """Kafka DescribeLogDirsResponse (response, API key 35), versions 0-4, flexible 2+.
+
+    Starting in version 1, on quota violation, brokers send out responses before throttling.
+    Version 2 is the first flexible version.
+    Version 3 adds the top-level ErrorCode field
+    Version 4 adds the TotalBytes and UsableBytes fields
+    """
+
+    __slots__ = (
+        "error_code",
+        "results",
+        "throttle_time_ms",
+    )
+
+    NAME = "DescribeLogDirsResponse"
+    API_KEY = 35
+    TYPE = "response"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (2, 32767)
+
+    throttle_time_ms: int
+    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+
+    Versions 0-4.
+    """
+    error_code: int
+    """The error code, or 0 if there was no error.
+
+    Versions 3-4, ignorable.
+    """
+    results: list[DescribeLogDirsResult]
+    """The log directories.
+
+    Versions 0-4.
+    """
+
+    def __init__(
+        self,
+        *,
+        throttle_time_ms: int = 0,
+        error_code: int = 0,
+        results: list[DescribeLogDirsResult] | _Unset = _UNSET,
+    ) -> None:
+        self.throttle_time_ms = throttle_time_ms
+        self.error_code = error_code
+        self.results = [] if isinstance(results, _Unset) else results
+        self._unknown_tags = None
+
+
+_TAGS_DescribeLogDirsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_DescribeLogDirsResult: _Final[frozenset[int]] = frozenset()
+_TAGS_DescribeLogDirsTopic: _Final[frozenset[int]] = frozenset()
+_TAGS_DescribeLogDirsPartition: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DescribeLogDirsTopic_v0(buf: bytes, pos: int) -> tuple[DescribeLogDirsTopic, int]:
@@ -248,7 +256,8 @@ def _read_DescribeLogDirsTopic_v0(buf: bytes, pos: int) -> tuple[DescribeLogDirs
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribeLogDirsPartition)
             item2.partition_index, item2.partition_size, item2.offset_lag, item2.is_future_key = (
                 _S_iqqz.unpack_from(buf, pos)
@@ -290,7 +299,8 @@ def _read_DescribeLogDirsTopic_v2(buf: bytes, pos: int) -> tuple[DescribeLogDirs
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribeLogDirsPartition)
             item2.partition_index, item2.partition_size, item2.offset_lag, item2.is_future_key = (
                 _S_iqqz.unpack_from(buf, pos)
@@ -390,7 +400,8 @@ def _read_DescribeLogDirsResult_v0(buf: bytes, pos: int) -> tuple[DescribeLogDir
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribeLogDirsTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -431,7 +442,8 @@ def _read_DescribeLogDirsResult_v2(buf: bytes, pos: int) -> tuple[DescribeLogDir
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribeLogDirsTopic_v2(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -474,7 +486,8 @@ def _read_DescribeLogDirsResult_v4(buf: bytes, pos: int) -> tuple[DescribeLogDir
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribeLogDirsTopic_v2(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -555,7 +568,8 @@ def _read_DescribeLogDirsResponse_v0(buf: bytes, pos: int) -> tuple[DescribeLogD
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribeLogDirsResult_v0(buf, pos)
             items1.append(item2)
         o.results = items1
@@ -581,7 +595,8 @@ def _read_DescribeLogDirsResponse_v2(buf: bytes, pos: int) -> tuple[DescribeLogD
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribeLogDirsResult_v2(buf, pos)
             items1.append(item2)
         o.results = items1
@@ -610,7 +625,8 @@ def _read_DescribeLogDirsResponse_v3(buf: bytes, pos: int) -> tuple[DescribeLogD
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribeLogDirsResult_v2(buf, pos)
             items1.append(item2)
         o.results = items1
@@ -639,7 +655,8 @@ def _read_DescribeLogDirsResponse_v4(buf: bytes, pos: int) -> tuple[DescribeLogD
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribeLogDirsResult_v4(buf, pos)
             items1.append(item2)
         o.results = items1
@@ -705,70 +722,6 @@ def _write_DescribeLogDirsResponse_v4(o: DescribeLogDirsResponse, w: _Writer) ->
         w(b"\x00")
 
 
-DescribeLogDirsResponse._fields = (
-    _F(
-        "throttle_time_ms",
-        "ThrottleTimeMs",
-        "int32",
-        None,
-        (0, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F("error_code", "ErrorCode", "int16", None, (3, 4), (1, 0), (1, 0), None, True, 0, None),
-    _F(
-        "results",
-        "Results",
-        "[]DescribeLogDirsResult",
-        DescribeLogDirsResult,
-        (0, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-DescribeLogDirsResult._fields = (
-    _F("error_code", "ErrorCode", "int16", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
-    _F("log_dir", "LogDir", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "topics",
-        "Topics",
-        "[]DescribeLogDirsTopic",
-        DescribeLogDirsTopic,
-        (0, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-    _F("total_bytes", "TotalBytes", "int64", None, (4, 4), (1, 0), (1, 0), None, True, -1, None),
-    _F("usable_bytes", "UsableBytes", "int64", None, (4, 4), (1, 0), (1, 0), None, True, -1, None),
-)
-DescribeLogDirsTopic._fields = (
-    _F("name", "Name", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]DescribeLogDirsPartition",
-        DescribeLogDirsPartition,
-        (0, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 DescribeLogDirsPartition._fields = (
     _F(
         "partition_index",
@@ -808,6 +761,70 @@ DescribeLogDirsPartition._fields = (
         None,
         False,
         False,
+        None,
+    ),
+)
+DescribeLogDirsTopic._fields = (
+    _F("name", "Name", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]DescribeLogDirsPartition",
+        DescribeLogDirsPartition,
+        (0, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+DescribeLogDirsResult._fields = (
+    _F("error_code", "ErrorCode", "int16", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
+    _F("log_dir", "LogDir", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "topics",
+        "Topics",
+        "[]DescribeLogDirsTopic",
+        DescribeLogDirsTopic,
+        (0, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F("total_bytes", "TotalBytes", "int64", None, (4, 4), (1, 0), (1, 0), None, True, -1, None),
+    _F("usable_bytes", "UsableBytes", "int64", None, (4, 4), (1, 0), (1, 0), None, True, -1, None),
+)
+DescribeLogDirsResponse._fields = (
+    _F(
+        "throttle_time_ms",
+        "ThrottleTimeMs",
+        "int32",
+        None,
+        (0, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F("error_code", "ErrorCode", "int16", None, (3, 4), (1, 0), (1, 0), None, True, 0, None),
+    _F(
+        "results",
+        "Results",
+        "[]DescribeLogDirsResult",
+        DescribeLogDirsResult,
+        (0, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
         None,
     ),
 )

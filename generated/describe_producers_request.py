@@ -8,11 +8,15 @@ Generated from DescribeProducersRequest.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
@@ -29,37 +33,12 @@ __all__ = [
     "TopicRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_A_i = _small_arrays("i", 32)
-
-
-class DescribeProducersRequest(_Message):
-    """Kafka DescribeProducersRequest (request, API key 61), versions 0, flexible 0+."""
-
-    __slots__ = ("topics",)
-
-    NAME = "DescribeProducersRequest"
-    API_KEY = 61
-    TYPE = "request"
-    VALID_VERSIONS = (0, 0)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    topics: list[TopicRequest]
-    """Topics
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        topics: list[TopicRequest] = _UNSET,
-    ) -> None:
-        self.topics = [] if topics is _UNSET else topics
-        self._unknown_tags = None
+_A_i: _Final = _small_arrays("i", 32)
 
 
+@_mypyc_attr(native_class=False)
 class TopicRequest(_StructBase):
     """TopicRequest (part of DescribeProducersRequest)."""
 
@@ -83,15 +62,42 @@ class TopicRequest(_StructBase):
         self,
         *,
         name: str = "",
-        partition_indexes: list[int] = _UNSET,
+        partition_indexes: list[int] | _Unset = _UNSET,
     ) -> None:
         self.name = name
-        self.partition_indexes = [] if partition_indexes is _UNSET else partition_indexes
+        self.partition_indexes = [] if isinstance(partition_indexes, _Unset) else partition_indexes
         self._unknown_tags = None
 
 
-_TAGS_DescribeProducersRequest: frozenset[int] = frozenset()
-_TAGS_TopicRequest: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class DescribeProducersRequest(_Message):
+    """Kafka DescribeProducersRequest (request, API key 61), versions 0, flexible 0+."""
+
+    __slots__ = ("topics",)
+
+    NAME = "DescribeProducersRequest"
+    API_KEY = 61
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    topics: list[TopicRequest]
+    """Topics
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        topics: list[TopicRequest] | _Unset = _UNSET,
+    ) -> None:
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self._unknown_tags = None
+
+
+_TAGS_DescribeProducersRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_TopicRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DescribeProducersRequest_v0(buf: bytes, pos: int) -> tuple[DescribeProducersRequest, int]:
@@ -109,7 +115,8 @@ def _read_DescribeProducersRequest_v0(buf: bytes, pos: int) -> tuple[DescribePro
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(TopicRequest)
             n = buf[pos] - 1
             if n < 127:
@@ -181,12 +188,13 @@ def _write_DescribeProducersRequest_v0(o: DescribeProducersRequest, w: _Writer) 
         w(b"\x00")
 
 
-DescribeProducersRequest._fields = (
+TopicRequest._fields = (
+    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
     _F(
-        "topics",
-        "Topics",
-        "[]TopicRequest",
-        TopicRequest,
+        "partition_indexes",
+        "PartitionIndexes",
+        "[]int32",
+        None,
         (0, 0),
         (1, 0),
         (1, 0),
@@ -196,13 +204,12 @@ DescribeProducersRequest._fields = (
         None,
     ),
 )
-TopicRequest._fields = (
-    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+DescribeProducersRequest._fields = (
     _F(
-        "partition_indexes",
-        "PartitionIndexes",
-        "[]int32",
-        None,
+        "topics",
+        "Topics",
+        "[]TopicRequest",
+        TopicRequest,
         (0, 0),
         (1, 0),
         (1, 0),

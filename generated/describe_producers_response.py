@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -30,125 +34,14 @@ __all__ = [
     "TopicResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
-_S_qiiqiq = _Packer(">qiiqiq")
-
-
-class DescribeProducersResponse(_Message):
-    """Kafka DescribeProducersResponse (response, API key 61), versions 0, flexible 0+."""
-
-    __slots__ = (
-        "throttle_time_ms",
-        "topics",
-    )
-
-    NAME = "DescribeProducersResponse"
-    API_KEY = 61
-    TYPE = "response"
-    VALID_VERSIONS = (0, 0)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    throttle_time_ms: int
-    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
-
-    Versions 0.
-    """
-    topics: list[TopicResponse]
-    """Each topic in the response.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        throttle_time_ms: int = 0,
-        topics: list[TopicResponse] = _UNSET,
-    ) -> None:
-        self.throttle_time_ms = throttle_time_ms
-        self.topics = [] if topics is _UNSET else topics
-        self._unknown_tags = None
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
+_S_qiiqiq: _Final = _Packer(">qiiqiq")
 
 
-class TopicResponse(_StructBase):
-    """Each topic in the response."""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The topic name
-
-    Versions 0.
-    """
-    partitions: list[PartitionResponse]
-    """Each partition in the response.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partitions: list[PartitionResponse] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class PartitionResponse(_StructBase):
-    """Each partition in the response."""
-
-    __slots__ = (
-        "active_producers",
-        "error_code",
-        "error_message",
-        "partition_index",
-    )
-
-    partition_index: int
-    """The partition index.
-
-    Versions 0.
-    """
-    error_code: int
-    """The partition error code, or 0 if there was no error.
-
-    Versions 0.
-    """
-    error_message: str | None
-    """The partition error message, which may be null if no additional details are available
-
-    Versions 0, nullable 0.
-    """
-    active_producers: list[ProducerState]
-    """ActiveProducers
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        error_code: int = 0,
-        error_message: str | None = None,
-        active_producers: list[ProducerState] = _UNSET,
-    ) -> None:
-        self.partition_index = partition_index
-        self.error_code = error_code
-        self.error_message = error_message
-        self.active_producers = [] if active_producers is _UNSET else active_producers
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class ProducerState(_StructBase):
     """ProducerState (part of DescribeProducersResponse)."""
 
@@ -211,10 +104,125 @@ class ProducerState(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeProducersResponse: frozenset[int] = frozenset()
-_TAGS_TopicResponse: frozenset[int] = frozenset()
-_TAGS_PartitionResponse: frozenset[int] = frozenset()
-_TAGS_ProducerState: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class PartitionResponse(_StructBase):
+    """Each partition in the response."""
+
+    __slots__ = (
+        "active_producers",
+        "error_code",
+        "error_message",
+        "partition_index",
+    )
+
+    partition_index: int
+    """The partition index.
+
+    Versions 0.
+    """
+    error_code: int
+    """The partition error code, or 0 if there was no error.
+
+    Versions 0.
+    """
+    error_message: str | None
+    """The partition error message, which may be null if no additional details are available
+
+    Versions 0, nullable 0.
+    """
+    active_producers: list[ProducerState]
+    """ActiveProducers
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        error_code: int = 0,
+        error_message: str | None = None,
+        active_producers: list[ProducerState] | _Unset = _UNSET,
+    ) -> None:
+        self.partition_index = partition_index
+        self.error_code = error_code
+        self.error_message = error_message
+        self.active_producers = [] if isinstance(active_producers, _Unset) else active_producers
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class TopicResponse(_StructBase):
+    """Each topic in the response."""
+
+    __slots__ = (
+        "name",
+        "partitions",
+    )
+
+    name: str
+    """The topic name
+
+    Versions 0.
+    """
+    partitions: list[PartitionResponse]
+    """Each partition in the response.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partitions: list[PartitionResponse] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class DescribeProducersResponse(_Message):
+    """Kafka DescribeProducersResponse (response, API key 61), versions 0, flexible 0+."""
+
+    __slots__ = (
+        "throttle_time_ms",
+        "topics",
+    )
+
+    NAME = "DescribeProducersResponse"
+    API_KEY = 61
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    throttle_time_ms: int
+    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+
+    Versions 0.
+    """
+    topics: list[TopicResponse]
+    """Each topic in the response.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        throttle_time_ms: int = 0,
+        topics: list[TopicResponse] | _Unset = _UNSET,
+    ) -> None:
+        self.throttle_time_ms = throttle_time_ms
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self._unknown_tags = None
+
+
+_TAGS_DescribeProducersResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_TopicResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_ProducerState: _Final[frozenset[int]] = frozenset()
 
 
 def _read_PartitionResponse_v0(buf: bytes, pos: int) -> tuple[PartitionResponse, int]:
@@ -248,7 +256,8 @@ def _read_PartitionResponse_v0(buf: bytes, pos: int) -> tuple[PartitionResponse,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ProducerState)
             (
                 item2.producer_id,
@@ -338,7 +347,8 @@ def _read_TopicResponse_v0(buf: bytes, pos: int) -> tuple[TopicResponse, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_PartitionResponse_v0(buf, pos)
             items1.append(item2)
         o.partitions = items1
@@ -386,7 +396,8 @@ def _read_DescribeProducersResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicResponse_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -412,92 +423,6 @@ def _write_DescribeProducersResponse_v0(o: DescribeProducersResponse, w: _Writer
         w(b"\x00")
 
 
-DescribeProducersResponse._fields = (
-    _F(
-        "throttle_time_ms",
-        "ThrottleTimeMs",
-        "int32",
-        None,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F(
-        "topics",
-        "Topics",
-        "[]TopicResponse",
-        TopicResponse,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-TopicResponse._fields = (
-    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]PartitionResponse",
-        PartitionResponse,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-PartitionResponse._fields = (
-    _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "error_message",
-        "ErrorMessage",
-        "string",
-        None,
-        (0, 0),
-        (0, 0),
-        (1, 0),
-        None,
-        False,
-        None,
-        None,
-    ),
-    _F(
-        "active_producers",
-        "ActiveProducers",
-        "[]ProducerState",
-        ProducerState,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 ProducerState._fields = (
     _F("producer_id", "ProducerId", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
     _F(
@@ -563,6 +488,92 @@ ProducerState._fields = (
         None,
         False,
         -1,
+        None,
+    ),
+)
+PartitionResponse._fields = (
+    _F(
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "error_message",
+        "ErrorMessage",
+        "string",
+        None,
+        (0, 0),
+        (0, 0),
+        (1, 0),
+        None,
+        False,
+        None,
+        None,
+    ),
+    _F(
+        "active_producers",
+        "ActiveProducers",
+        "[]ProducerState",
+        ProducerState,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+TopicResponse._fields = (
+    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]PartitionResponse",
+        PartitionResponse,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+DescribeProducersResponse._fields = (
+    _F(
+        "throttle_time_ms",
+        "ThrottleTimeMs",
+        "int32",
+        None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F(
+        "topics",
+        "Topics",
+        "[]TopicResponse",
+        TopicResponse,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
         None,
     ),
 )

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -29,11 +33,64 @@ __all__ = [
     "TopicData",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_i = _Packer(">i")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
+class PartitionData(_StructBase):
+    """PartitionData (part of DescribeQuorumRequest)."""
+
+    __slots__ = ("partition_index",)
+
+    partition_index: int
+    """The partition index.
+
+    Versions 0-2.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+    ) -> None:
+        self.partition_index = partition_index
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class TopicData(_StructBase):
+    """TopicData (part of DescribeQuorumRequest)."""
+
+    __slots__ = (
+        "partitions",
+        "topic_name",
+    )
+
+    topic_name: str
+    """The topic name.
+
+    Versions 0-2.
+    """
+    partitions: list[PartitionData]
+    """Partitions
+
+    Versions 0-2.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_name: str = "",
+        partitions: list[PartitionData] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_name = topic_name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class DescribeQuorumRequest(_Message):
     """Kafka DescribeQuorumRequest (request, API key 55), versions 0-2, flexible 0+.
 
@@ -58,65 +115,15 @@ class DescribeQuorumRequest(_Message):
     def __init__(
         self,
         *,
-        topics: list[TopicData] = _UNSET,
+        topics: list[TopicData] | _Unset = _UNSET,
     ) -> None:
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self._unknown_tags = None
 
 
-class TopicData(_StructBase):
-    """TopicData (part of DescribeQuorumRequest)."""
-
-    __slots__ = (
-        "partitions",
-        "topic_name",
-    )
-
-    topic_name: str
-    """The topic name.
-
-    Versions 0-2.
-    """
-    partitions: list[PartitionData]
-    """Partitions
-
-    Versions 0-2.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_name: str = "",
-        partitions: list[PartitionData] = _UNSET,
-    ) -> None:
-        self.topic_name = topic_name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class PartitionData(_StructBase):
-    """PartitionData (part of DescribeQuorumRequest)."""
-
-    __slots__ = ("partition_index",)
-
-    partition_index: int
-    """The partition index.
-
-    Versions 0-2.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-    ) -> None:
-        self.partition_index = partition_index
-        self._unknown_tags = None
-
-
-_TAGS_DescribeQuorumRequest: frozenset[int] = frozenset()
-_TAGS_TopicData: frozenset[int] = frozenset()
-_TAGS_PartitionData: frozenset[int] = frozenset()
+_TAGS_DescribeQuorumRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_TopicData: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
@@ -148,7 +155,8 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionData)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -203,7 +211,8 @@ def _read_DescribeQuorumRequest_v0(buf: bytes, pos: int) -> tuple[DescribeQuorum
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicData_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -228,8 +237,20 @@ def _write_DescribeQuorumRequest_v0(o: DescribeQuorumRequest, w: _Writer) -> Non
         w(b"\x00")
 
 
-DescribeQuorumRequest._fields = (
-    _F("topics", "Topics", "[]TopicData", TopicData, (0, 2), (1, 0), (1, 0), None, False, (), None),
+PartitionData._fields = (
+    _F(
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
+        (0, 2),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
 )
 TopicData._fields = (
     _F("topic_name", "TopicName", "string", None, (0, 2), (1, 0), (1, 0), None, False, "", None),
@@ -247,20 +268,8 @@ TopicData._fields = (
         None,
     ),
 )
-PartitionData._fields = (
-    _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
-        (0, 2),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
+DescribeQuorumRequest._fields = (
+    _F("topics", "Topics", "[]TopicData", TopicData, (0, 2), (1, 0), (1, 0), None, False, (), None),
 )
 DescribeQuorumRequest._readers = {
     0: _read_DescribeQuorumRequest_v0,

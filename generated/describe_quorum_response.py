@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -36,105 +40,75 @@ __all__ = [
     "TopicData",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_H = _Packer(">H")
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
-_S_ihiiq = _Packer(">ihiiq")
-_S_iiq = _Packer(">iiq")
-_S_iq = _Packer(">iq")
-_S_iqqq = _Packer(">iqqq")
-_S_qqq = _Packer(">qqq")
+_S_H: _Final = _Packer(">H")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
+_S_ihiiq: _Final = _Packer(">ihiiq")
+_S_iiq: _Final = _Packer(">iiq")
+_S_iq: _Final = _Packer(">iq")
+_S_iqqq: _Final = _Packer(">iqqq")
+_S_qqq: _Final = _Packer(">qqq")
 
 
-class DescribeQuorumResponse(_Message):
-    """Kafka DescribeQuorumResponse (response, API key 55), versions 0-2, flexible 0+.
-
-    Version 1 adds LastFetchTimeStamp and LastCaughtUpTimestamp in ReplicaState (KIP-836).
-    Version 2 adds ErrorMessage, Nodes, ErrorMessage in ParitionData, ReplicaDirectoryId in ReplicaState (KIP-853).
-    """
+@_mypyc_attr(native_class=False)
+class ReplicaState(_StructBase):
+    """ReplicaState (part of DescribeQuorumResponse)."""
 
     __slots__ = (
-        "error_code",
-        "error_message",
-        "nodes",
-        "topics",
+        "last_caught_up_timestamp",
+        "last_fetch_timestamp",
+        "log_end_offset",
+        "replica_directory_id",
+        "replica_id",
     )
 
-    NAME = "DescribeQuorumResponse"
-    API_KEY = 55
-    TYPE = "response"
-    VALID_VERSIONS = (0, 2)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    error_code: int
-    """The top level error code.
+    replica_id: int
+    """ReplicaId
 
     Versions 0-2.
     """
-    error_message: str | None
-    """The error message, or null if there was no error.
-
-    Versions 2, nullable 2, ignorable.
-    """
-    topics: list[TopicData]
-    """Topics
-
-    Versions 0-2.
-    """
-    nodes: list[Node]
-    """Nodes
+    replica_directory_id: _UUID
+    """ReplicaDirectoryId
 
     Versions 2.
     """
-
-    def __init__(
-        self,
-        *,
-        error_code: int = 0,
-        error_message: str | None = "",
-        topics: list[TopicData] = _UNSET,
-        nodes: list[Node] = _UNSET,
-    ) -> None:
-        self.error_code = error_code
-        self.error_message = error_message
-        self.topics = [] if topics is _UNSET else topics
-        self.nodes = [] if nodes is _UNSET else nodes
-        self._unknown_tags = None
-
-
-class TopicData(_StructBase):
-    """TopicData (part of DescribeQuorumResponse)."""
-
-    __slots__ = (
-        "partitions",
-        "topic_name",
-    )
-
-    topic_name: str
-    """The topic name.
+    log_end_offset: int
+    """The last known log end offset of the follower or -1 if it is unknown
 
     Versions 0-2.
     """
-    partitions: list[PartitionData]
-    """Partitions
+    last_fetch_timestamp: int
+    """The last known leader wall clock time time when a follower fetched from the leader. This is reported as -1 both for the current leader or if it is unknown for a voter
 
-    Versions 0-2.
+    Versions 1-2, ignorable.
+    """
+    last_caught_up_timestamp: int
+    """The leader wall clock append time of the offset for which the follower made the most recent fetch request. This is reported as the current time for the leader and -1 if unknown for a voter
+
+    Versions 1-2, ignorable.
     """
 
     def __init__(
         self,
         *,
-        topic_name: str = "",
-        partitions: list[PartitionData] = _UNSET,
+        replica_id: int = 0,
+        replica_directory_id: _UUID = _ZERO_UUID,
+        log_end_offset: int = 0,
+        last_fetch_timestamp: int = -1,
+        last_caught_up_timestamp: int = -1,
     ) -> None:
-        self.topic_name = topic_name
-        self.partitions = [] if partitions is _UNSET else partitions
+        self.replica_id = replica_id
+        self.replica_directory_id = replica_directory_id
+        self.log_end_offset = log_end_offset
+        self.last_fetch_timestamp = last_fetch_timestamp
+        self.last_caught_up_timestamp = last_caught_up_timestamp
         self._unknown_tags = None
 
 
+@_mypyc_attr(native_class=False)
 class PartitionData(_StructBase):
     """PartitionData (part of DescribeQuorumResponse)."""
 
@@ -199,8 +173,8 @@ class PartitionData(_StructBase):
         leader_id: int = 0,
         leader_epoch: int = 0,
         high_watermark: int = 0,
-        current_voters: list[ReplicaState] = _UNSET,
-        observers: list[ReplicaState] = _UNSET,
+        current_voters: list[ReplicaState] | _Unset = _UNSET,
+        observers: list[ReplicaState] | _Unset = _UNSET,
     ) -> None:
         self.partition_index = partition_index
         self.error_code = error_code
@@ -208,95 +182,43 @@ class PartitionData(_StructBase):
         self.leader_id = leader_id
         self.leader_epoch = leader_epoch
         self.high_watermark = high_watermark
-        self.current_voters = [] if current_voters is _UNSET else current_voters
-        self.observers = [] if observers is _UNSET else observers
+        self.current_voters = [] if isinstance(current_voters, _Unset) else current_voters
+        self.observers = [] if isinstance(observers, _Unset) else observers
         self._unknown_tags = None
 
 
-class ReplicaState(_StructBase):
-    """ReplicaState (part of DescribeQuorumResponse)."""
+@_mypyc_attr(native_class=False)
+class TopicData(_StructBase):
+    """TopicData (part of DescribeQuorumResponse)."""
 
     __slots__ = (
-        "last_caught_up_timestamp",
-        "last_fetch_timestamp",
-        "log_end_offset",
-        "replica_directory_id",
-        "replica_id",
+        "partitions",
+        "topic_name",
     )
 
-    replica_id: int
-    """ReplicaId
+    topic_name: str
+    """The topic name.
 
     Versions 0-2.
     """
-    replica_directory_id: _UUID
-    """ReplicaDirectoryId
-
-    Versions 2.
-    """
-    log_end_offset: int
-    """The last known log end offset of the follower or -1 if it is unknown
+    partitions: list[PartitionData]
+    """Partitions
 
     Versions 0-2.
-    """
-    last_fetch_timestamp: int
-    """The last known leader wall clock time time when a follower fetched from the leader. This is reported as -1 both for the current leader or if it is unknown for a voter
-
-    Versions 1-2, ignorable.
-    """
-    last_caught_up_timestamp: int
-    """The leader wall clock append time of the offset for which the follower made the most recent fetch request. This is reported as the current time for the leader and -1 if unknown for a voter
-
-    Versions 1-2, ignorable.
     """
 
     def __init__(
         self,
         *,
-        replica_id: int = 0,
-        replica_directory_id: _UUID = _ZERO_UUID,
-        log_end_offset: int = 0,
-        last_fetch_timestamp: int = -1,
-        last_caught_up_timestamp: int = -1,
+        topic_name: str = "",
+        partitions: list[PartitionData] | _Unset = _UNSET,
     ) -> None:
-        self.replica_id = replica_id
-        self.replica_directory_id = replica_directory_id
-        self.log_end_offset = log_end_offset
-        self.last_fetch_timestamp = last_fetch_timestamp
-        self.last_caught_up_timestamp = last_caught_up_timestamp
+        self.topic_name = topic_name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
         self._unknown_tags = None
 
 
-class Node(_StructBase):
-    """Node (part of DescribeQuorumResponse)."""
-
-    __slots__ = (
-        "listeners",
-        "node_id",
-    )
-
-    node_id: int
-    """The ID of the associated node
-
-    Versions 2.
-    """
-    listeners: list[Listener]
-    """The listeners of this controller
-
-    Versions 2.
-    """
-
-    def __init__(
-        self,
-        *,
-        node_id: int = 0,
-        listeners: list[Listener] = _UNSET,
-    ) -> None:
-        self.node_id = node_id
-        self.listeners = [] if listeners is _UNSET else listeners
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class Listener(_StructBase):
     """The listeners of this controller"""
 
@@ -335,12 +257,100 @@ class Listener(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeQuorumResponse: frozenset[int] = frozenset()
-_TAGS_TopicData: frozenset[int] = frozenset()
-_TAGS_PartitionData: frozenset[int] = frozenset()
-_TAGS_ReplicaState: frozenset[int] = frozenset()
-_TAGS_Node: frozenset[int] = frozenset()
-_TAGS_Listener: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class Node(_StructBase):
+    """Node (part of DescribeQuorumResponse)."""
+
+    __slots__ = (
+        "listeners",
+        "node_id",
+    )
+
+    node_id: int
+    """The ID of the associated node
+
+    Versions 2.
+    """
+    listeners: list[Listener]
+    """The listeners of this controller
+
+    Versions 2.
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: int = 0,
+        listeners: list[Listener] | _Unset = _UNSET,
+    ) -> None:
+        self.node_id = node_id
+        self.listeners = [] if isinstance(listeners, _Unset) else listeners
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class DescribeQuorumResponse(_Message):
+    """Kafka DescribeQuorumResponse (response, API key 55), versions 0-2, flexible 0+.
+
+    Version 1 adds LastFetchTimeStamp and LastCaughtUpTimestamp in ReplicaState (KIP-836).
+    Version 2 adds ErrorMessage, Nodes, ErrorMessage in ParitionData, ReplicaDirectoryId in ReplicaState (KIP-853).
+    """
+
+    __slots__ = (
+        "error_code",
+        "error_message",
+        "nodes",
+        "topics",
+    )
+
+    NAME = "DescribeQuorumResponse"
+    API_KEY = 55
+    TYPE = "response"
+    VALID_VERSIONS = (0, 2)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    error_code: int
+    """The top level error code.
+
+    Versions 0-2.
+    """
+    error_message: str | None
+    """The error message, or null if there was no error.
+
+    Versions 2, nullable 2, ignorable.
+    """
+    topics: list[TopicData]
+    """Topics
+
+    Versions 0-2.
+    """
+    nodes: list[Node]
+    """Nodes
+
+    Versions 2.
+    """
+
+    def __init__(
+        self,
+        *,
+        error_code: int = 0,
+        error_message: str | None = "",
+        topics: list[TopicData] | _Unset = _UNSET,
+        nodes: list[Node] | _Unset = _UNSET,
+    ) -> None:
+        self.error_code = error_code
+        self.error_message = error_message
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self.nodes = [] if isinstance(nodes, _Unset) else nodes
+        self._unknown_tags = None
+
+
+_TAGS_DescribeQuorumResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_TopicData: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
+_TAGS_ReplicaState: _Final[frozenset[int]] = frozenset()
+_TAGS_Node: _Final[frozenset[int]] = frozenset()
+_TAGS_Listener: _Final[frozenset[int]] = frozenset()
 
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
@@ -363,7 +373,8 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ReplicaState)
             item2.replica_directory_id = _ZERO_UUID
             item2.last_fetch_timestamp = -1
@@ -388,21 +399,22 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(ReplicaState)
-            item4.replica_directory_id = _ZERO_UUID
-            item4.last_fetch_timestamp = -1
-            item4.last_caught_up_timestamp = -1
-            item4.replica_id, item4.log_end_offset = _S_iq.unpack_from(buf, pos)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(ReplicaState)
+            item5.replica_directory_id = _ZERO_UUID
+            item5.last_fetch_timestamp = -1
+            item5.last_caught_up_timestamp = -1
+            item5.replica_id, item5.log_end_offset = _S_iq.unpack_from(buf, pos)
             pos += 12
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ReplicaState)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ReplicaState)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.observers = items3
+            items4.append(item5)
+        o.observers = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
     else:
@@ -431,7 +443,8 @@ def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ReplicaState)
             item2.replica_directory_id = _ZERO_UUID
             (
@@ -459,24 +472,25 @@ def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(ReplicaState)
-            item4.replica_directory_id = _ZERO_UUID
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(ReplicaState)
+            item5.replica_directory_id = _ZERO_UUID
             (
-                item4.replica_id,
-                item4.log_end_offset,
-                item4.last_fetch_timestamp,
-                item4.last_caught_up_timestamp,
+                item5.replica_id,
+                item5.log_end_offset,
+                item5.last_fetch_timestamp,
+                item5.last_caught_up_timestamp,
             ) = _S_iqqq.unpack_from(buf, pos)
             pos += 28
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ReplicaState)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ReplicaState)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.observers = items3
+            items4.append(item5)
+        o.observers = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
     else:
@@ -518,7 +532,8 @@ def _read_PartitionData_v2(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ReplicaState)
             item2.replica_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -546,24 +561,25 @@ def _read_PartitionData_v2(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(ReplicaState)
-            item4.replica_id = _S_i.unpack_from(buf, pos)[0]
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(ReplicaState)
+            item5.replica_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
-            item4.replica_directory_id = _read_uuid(buf, pos)
+            item5.replica_directory_id = _read_uuid(buf, pos)
             pos += 16
-            item4.log_end_offset, item4.last_fetch_timestamp, item4.last_caught_up_timestamp = (
+            item5.log_end_offset, item5.last_fetch_timestamp, item5.last_caught_up_timestamp = (
                 _S_qqq.unpack_from(buf, pos)
             )
             pos += 24
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ReplicaState)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ReplicaState)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.observers = items3
+            items4.append(item5)
+        o.observers = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_PartitionData)
     else:
@@ -725,7 +741,8 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_PartitionData_v0(buf, pos)
             items1.append(item2)
         o.partitions = items1
@@ -766,7 +783,8 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_PartitionData_v1(buf, pos)
             items1.append(item2)
         o.partitions = items1
@@ -807,7 +825,8 @@ def _read_TopicData_v2(buf: bytes, pos: int) -> tuple[TopicData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_PartitionData_v2(buf, pos)
             items1.append(item2)
         o.partitions = items1
@@ -887,7 +906,8 @@ def _read_Node_v2(buf: bytes, pos: int) -> tuple[Node, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(Listener)
             n = buf[pos] - 1
             if n < 127:
@@ -979,7 +999,8 @@ def _read_DescribeQuorumResponse_v0(buf: bytes, pos: int) -> tuple[DescribeQuoru
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicData_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -1010,7 +1031,8 @@ def _read_DescribeQuorumResponse_v1(buf: bytes, pos: int) -> tuple[DescribeQuoru
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicData_v1(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -1053,7 +1075,8 @@ def _read_DescribeQuorumResponse_v2(buf: bytes, pos: int) -> tuple[DescribeQuoru
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicData_v2(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -1068,11 +1091,12 @@ def _read_DescribeQuorumResponse_v2(buf: bytes, pos: int) -> tuple[DescribeQuoru
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4, pos = _read_Node_v2(buf, pos)
-            items3.append(item4)
-        o.nodes = items3
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5, pos = _read_Node_v2(buf, pos)
+            items4.append(item5)
+        o.nodes = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_DescribeQuorumResponse)
     else:
@@ -1140,37 +1164,58 @@ def _write_DescribeQuorumResponse_v2(o: DescribeQuorumResponse, w: _Writer) -> N
         w(b"\x00")
 
 
-DescribeQuorumResponse._fields = (
-    _F("error_code", "ErrorCode", "int16", None, (0, 2), (1, 0), (1, 0), None, False, 0, None),
+ReplicaState._fields = (
+    _F("replica_id", "ReplicaId", "int32", None, (0, 2), (1, 0), (1, 0), None, False, 0, None),
     _F(
-        "error_message",
-        "ErrorMessage",
-        "string",
+        "replica_directory_id",
+        "ReplicaDirectoryId",
+        "uuid",
         None,
-        (2, 2),
         (2, 2),
         (1, 0),
+        (1, 0),
         None,
-        True,
-        "",
+        False,
+        _ZERO_UUID,
         None,
     ),
-    _F("topics", "Topics", "[]TopicData", TopicData, (0, 2), (1, 0), (1, 0), None, False, (), None),
-    _F("nodes", "Nodes", "[]Node", Node, (2, 2), (1, 0), (1, 0), None, False, (), None),
-)
-TopicData._fields = (
-    _F("topic_name", "TopicName", "string", None, (0, 2), (1, 0), (1, 0), None, False, "", None),
     _F(
-        "partitions",
-        "Partitions",
-        "[]PartitionData",
-        PartitionData,
+        "log_end_offset",
+        "LogEndOffset",
+        "int64",
+        None,
         (0, 2),
         (1, 0),
         (1, 0),
         None,
         False,
-        (),
+        0,
+        None,
+    ),
+    _F(
+        "last_fetch_timestamp",
+        "LastFetchTimestamp",
+        "int64",
+        None,
+        (1, 2),
+        (1, 0),
+        (1, 0),
+        None,
+        True,
+        -1,
+        None,
+    ),
+    _F(
+        "last_caught_up_timestamp",
+        "LastCaughtUpTimestamp",
+        "int64",
+        None,
+        (1, 2),
+        (1, 0),
+        (1, 0),
+        None,
+        True,
+        -1,
         None,
     ),
 )
@@ -1244,60 +1289,26 @@ PartitionData._fields = (
         None,
     ),
 )
-ReplicaState._fields = (
-    _F("replica_id", "ReplicaId", "int32", None, (0, 2), (1, 0), (1, 0), None, False, 0, None),
+TopicData._fields = (
+    _F("topic_name", "TopicName", "string", None, (0, 2), (1, 0), (1, 0), None, False, "", None),
     _F(
-        "replica_directory_id",
-        "ReplicaDirectoryId",
-        "uuid",
-        None,
-        (2, 2),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        _ZERO_UUID,
-        None,
-    ),
-    _F(
-        "log_end_offset",
-        "LogEndOffset",
-        "int64",
-        None,
+        "partitions",
+        "Partitions",
+        "[]PartitionData",
+        PartitionData,
         (0, 2),
         (1, 0),
         (1, 0),
         None,
         False,
-        0,
+        (),
         None,
     ),
-    _F(
-        "last_fetch_timestamp",
-        "LastFetchTimestamp",
-        "int64",
-        None,
-        (1, 2),
-        (1, 0),
-        (1, 0),
-        None,
-        True,
-        -1,
-        None,
-    ),
-    _F(
-        "last_caught_up_timestamp",
-        "LastCaughtUpTimestamp",
-        "int64",
-        None,
-        (1, 2),
-        (1, 0),
-        (1, 0),
-        None,
-        True,
-        -1,
-        None,
-    ),
+)
+Listener._fields = (
+    _F("name", "Name", "string", None, (2, 2), (1, 0), (1, 0), None, False, "", None),
+    _F("host", "Host", "string", None, (2, 2), (1, 0), (1, 0), None, False, "", None),
+    _F("port", "Port", "uint16", None, (2, 2), (1, 0), (1, 0), None, False, 0, None),
 )
 Node._fields = (
     _F("node_id", "NodeId", "int32", None, (2, 2), (1, 0), (1, 0), None, False, 0, None),
@@ -1315,10 +1326,23 @@ Node._fields = (
         None,
     ),
 )
-Listener._fields = (
-    _F("name", "Name", "string", None, (2, 2), (1, 0), (1, 0), None, False, "", None),
-    _F("host", "Host", "string", None, (2, 2), (1, 0), (1, 0), None, False, "", None),
-    _F("port", "Port", "uint16", None, (2, 2), (1, 0), (1, 0), None, False, 0, None),
+DescribeQuorumResponse._fields = (
+    _F("error_code", "ErrorCode", "int16", None, (0, 2), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "error_message",
+        "ErrorMessage",
+        "string",
+        None,
+        (2, 2),
+        (2, 2),
+        (1, 0),
+        None,
+        True,
+        "",
+        None,
+    ),
+    _F("topics", "Topics", "[]TopicData", TopicData, (0, 2), (1, 0), (1, 0), None, False, (), None),
+    _F("nodes", "Nodes", "[]Node", Node, (2, 2), (1, 0), (1, 0), None, False, (), None),
 )
 DescribeQuorumResponse._readers = {
     0: _read_DescribeQuorumResponse_v0,

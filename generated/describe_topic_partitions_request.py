@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -29,11 +33,64 @@ __all__ = [
     "TopicRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_i = _Packer(">i")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
+class TopicRequest(_StructBase):
+    """The topics to fetch details for."""
+
+    __slots__ = ("name",)
+
+    name: str
+    """The topic name
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+    ) -> None:
+        self.name = name
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class Cursor(_StructBase):
+    """The first topic and partition index to fetch details for."""
+
+    __slots__ = (
+        "partition_index",
+        "topic_name",
+    )
+
+    topic_name: str
+    """The name for the first topic to process
+
+    Versions 0.
+    """
+    partition_index: int
+    """The partition index to start with
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_name: str = "",
+        partition_index: int = 0,
+    ) -> None:
+        self.topic_name = topic_name
+        self.partition_index = partition_index
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class DescribeTopicPartitionsRequest(_Message):
     """Kafka DescribeTopicPartitionsRequest (request, API key 75), versions 0, flexible 0+."""
 
@@ -68,69 +125,19 @@ class DescribeTopicPartitionsRequest(_Message):
     def __init__(
         self,
         *,
-        topics: list[TopicRequest] = _UNSET,
+        topics: list[TopicRequest] | _Unset = _UNSET,
         response_partition_limit: int = 2000,
         cursor: Cursor | None = None,
     ) -> None:
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self.response_partition_limit = response_partition_limit
         self.cursor = cursor
         self._unknown_tags = None
 
 
-class TopicRequest(_StructBase):
-    """The topics to fetch details for."""
-
-    __slots__ = ("name",)
-
-    name: str
-    """The topic name
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-    ) -> None:
-        self.name = name
-        self._unknown_tags = None
-
-
-class Cursor(_StructBase):
-    """The first topic and partition index to fetch details for."""
-
-    __slots__ = (
-        "partition_index",
-        "topic_name",
-    )
-
-    topic_name: str
-    """The name for the first topic to process
-
-    Versions 0.
-    """
-    partition_index: int
-    """The partition index to start with
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_name: str = "",
-        partition_index: int = 0,
-    ) -> None:
-        self.topic_name = topic_name
-        self.partition_index = partition_index
-        self._unknown_tags = None
-
-
-_TAGS_DescribeTopicPartitionsRequest: frozenset[int] = frozenset()
-_TAGS_TopicRequest: frozenset[int] = frozenset()
-_TAGS_Cursor: frozenset[int] = frozenset()
+_TAGS_DescribeTopicPartitionsRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_TopicRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_Cursor: _Final[frozenset[int]] = frozenset()
 
 
 def _read_Cursor_v0(buf: bytes, pos: int) -> tuple[Cursor, int]:
@@ -190,7 +197,8 @@ def _read_DescribeTopicPartitionsRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(TopicRequest)
             n = buf[pos] - 1
             if n < 127:
@@ -255,6 +263,25 @@ def _write_DescribeTopicPartitionsRequest_v0(o: DescribeTopicPartitionsRequest, 
         w(b"\x00")
 
 
+TopicRequest._fields = (
+    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+)
+Cursor._fields = (
+    _F("topic_name", "TopicName", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+)
 DescribeTopicPartitionsRequest._fields = (
     _F(
         "topics",
@@ -283,25 +310,6 @@ DescribeTopicPartitionsRequest._fields = (
         None,
     ),
     _F("cursor", "Cursor", "Cursor", Cursor, (0, 0), (0, 0), (1, 0), None, False, None, None),
-)
-TopicRequest._fields = (
-    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-)
-Cursor._fields = (
-    _F("topic_name", "TopicName", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
 )
 DescribeTopicPartitionsRequest._readers = {
     0: _read_DescribeTopicPartitionsRequest_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
@@ -36,121 +40,16 @@ __all__ = [
     "DescribeTopicPartitionsResponseTopic",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_hiii = _Packer(">hiii")
-_S_i = _Packer(">i")
-_S_z = _Packer(">?")
-_A_i = _small_arrays("i", 32)
-
-
-class DescribeTopicPartitionsResponse(_Message):
-    """Kafka DescribeTopicPartitionsResponse (response, API key 75), versions 0, flexible 0+."""
-
-    __slots__ = (
-        "next_cursor",
-        "throttle_time_ms",
-        "topics",
-    )
-
-    NAME = "DescribeTopicPartitionsResponse"
-    API_KEY = 75
-    TYPE = "response"
-    VALID_VERSIONS = (0, 0)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    throttle_time_ms: int
-    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
-
-    Versions 0, ignorable.
-    """
-    topics: list[DescribeTopicPartitionsResponseTopic]
-    """Each topic in the response.
-
-    Versions 0.
-    """
-    next_cursor: Cursor | None
-    """The next topic and partition index to fetch details for.
-
-    Versions 0, nullable 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        throttle_time_ms: int = 0,
-        topics: list[DescribeTopicPartitionsResponseTopic] = _UNSET,
-        next_cursor: Cursor | None = None,
-    ) -> None:
-        self.throttle_time_ms = throttle_time_ms
-        self.topics = [] if topics is _UNSET else topics
-        self.next_cursor = next_cursor
-        self._unknown_tags = None
+_S_h: _Final = _Packer(">h")
+_S_hiii: _Final = _Packer(">hiii")
+_S_i: _Final = _Packer(">i")
+_S_z: _Final = _Packer(">?")
+_A_i: _Final = _small_arrays("i", 32)
 
 
-class DescribeTopicPartitionsResponseTopic(_StructBase):
-    """Each topic in the response."""
-
-    __slots__ = (
-        "error_code",
-        "is_internal",
-        "name",
-        "partitions",
-        "topic_authorized_operations",
-        "topic_id",
-    )
-
-    error_code: int
-    """The topic error, or 0 if there was no error.
-
-    Versions 0.
-    """
-    name: str | None
-    """The topic name.
-
-    Versions 0, nullable 0.
-    """
-    topic_id: _UUID
-    """The topic id.
-
-    Versions 0, ignorable.
-    """
-    is_internal: bool
-    """True if the topic is internal.
-
-    Versions 0, ignorable.
-    """
-    partitions: list[DescribeTopicPartitionsResponsePartition]
-    """Each partition in the topic.
-
-    Versions 0.
-    """
-    topic_authorized_operations: int
-    """32-bit bitfield to represent authorized operations for this topic.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        error_code: int = 0,
-        name: str | None = "",
-        topic_id: _UUID = _ZERO_UUID,
-        is_internal: bool = False,
-        partitions: list[DescribeTopicPartitionsResponsePartition] = _UNSET,
-        topic_authorized_operations: int = -2147483648,
-    ) -> None:
-        self.error_code = error_code
-        self.name = name
-        self.topic_id = topic_id
-        self.is_internal = is_internal
-        self.partitions = [] if partitions is _UNSET else partitions
-        self.topic_authorized_operations = topic_authorized_operations
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class DescribeTopicPartitionsResponsePartition(_StructBase):
     """Each partition in the topic."""
 
@@ -219,24 +118,88 @@ class DescribeTopicPartitionsResponsePartition(_StructBase):
         partition_index: int = 0,
         leader_id: int = 0,
         leader_epoch: int = -1,
-        replica_nodes: list[int] = _UNSET,
-        isr_nodes: list[int] = _UNSET,
+        replica_nodes: list[int] | _Unset = _UNSET,
+        isr_nodes: list[int] | _Unset = _UNSET,
         eligible_leader_replicas: list[int] | None = None,
         last_known_elr: list[int] | None = None,
-        offline_replicas: list[int] = _UNSET,
+        offline_replicas: list[int] | _Unset = _UNSET,
     ) -> None:
         self.error_code = error_code
         self.partition_index = partition_index
         self.leader_id = leader_id
         self.leader_epoch = leader_epoch
-        self.replica_nodes = [] if replica_nodes is _UNSET else replica_nodes
-        self.isr_nodes = [] if isr_nodes is _UNSET else isr_nodes
+        self.replica_nodes = [] if isinstance(replica_nodes, _Unset) else replica_nodes
+        self.isr_nodes = [] if isinstance(isr_nodes, _Unset) else isr_nodes
         self.eligible_leader_replicas = eligible_leader_replicas
         self.last_known_elr = last_known_elr
-        self.offline_replicas = [] if offline_replicas is _UNSET else offline_replicas
+        self.offline_replicas = [] if isinstance(offline_replicas, _Unset) else offline_replicas
         self._unknown_tags = None
 
 
+@_mypyc_attr(native_class=False)
+class DescribeTopicPartitionsResponseTopic(_StructBase):
+    """Each topic in the response."""
+
+    __slots__ = (
+        "error_code",
+        "is_internal",
+        "name",
+        "partitions",
+        "topic_authorized_operations",
+        "topic_id",
+    )
+
+    error_code: int
+    """The topic error, or 0 if there was no error.
+
+    Versions 0.
+    """
+    name: str | None
+    """The topic name.
+
+    Versions 0, nullable 0.
+    """
+    topic_id: _UUID
+    """The topic id.
+
+    Versions 0, ignorable.
+    """
+    is_internal: bool
+    """True if the topic is internal.
+
+    Versions 0, ignorable.
+    """
+    partitions: list[DescribeTopicPartitionsResponsePartition]
+    """Each partition in the topic.
+
+    Versions 0.
+    """
+    topic_authorized_operations: int
+    """32-bit bitfield to represent authorized operations for this topic.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        error_code: int = 0,
+        name: str | None = "",
+        topic_id: _UUID = _ZERO_UUID,
+        is_internal: bool = False,
+        partitions: list[DescribeTopicPartitionsResponsePartition] | _Unset = _UNSET,
+        topic_authorized_operations: int = -2147483648,
+    ) -> None:
+        self.error_code = error_code
+        self.name = name
+        self.topic_id = topic_id
+        self.is_internal = is_internal
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self.topic_authorized_operations = topic_authorized_operations
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class Cursor(_StructBase):
     """The next topic and partition index to fetch details for."""
 
@@ -267,10 +230,55 @@ class Cursor(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeTopicPartitionsResponse: frozenset[int] = frozenset()
-_TAGS_DescribeTopicPartitionsResponseTopic: frozenset[int] = frozenset()
-_TAGS_DescribeTopicPartitionsResponsePartition: frozenset[int] = frozenset()
-_TAGS_Cursor: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class DescribeTopicPartitionsResponse(_Message):
+    """Kafka DescribeTopicPartitionsResponse (response, API key 75), versions 0, flexible 0+."""
+
+    __slots__ = (
+        "next_cursor",
+        "throttle_time_ms",
+        "topics",
+    )
+
+    NAME = "DescribeTopicPartitionsResponse"
+    API_KEY = 75
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    throttle_time_ms: int
+    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+
+    Versions 0, ignorable.
+    """
+    topics: list[DescribeTopicPartitionsResponseTopic]
+    """Each topic in the response.
+
+    Versions 0.
+    """
+    next_cursor: Cursor | None
+    """The next topic and partition index to fetch details for.
+
+    Versions 0, nullable 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        throttle_time_ms: int = 0,
+        topics: list[DescribeTopicPartitionsResponseTopic] | _Unset = _UNSET,
+        next_cursor: Cursor | None = None,
+    ) -> None:
+        self.throttle_time_ms = throttle_time_ms
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self.next_cursor = next_cursor
+        self._unknown_tags = None
+
+
+_TAGS_DescribeTopicPartitionsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_DescribeTopicPartitionsResponseTopic: _Final[frozenset[int]] = frozenset()
+_TAGS_DescribeTopicPartitionsResponsePartition: _Final[frozenset[int]] = frozenset()
+_TAGS_Cursor: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DescribeTopicPartitionsResponseTopic_v0(
@@ -310,7 +318,8 @@ def _read_DescribeTopicPartitionsResponseTopic_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(DescribeTopicPartitionsResponsePartition)
             item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
                 _S_hiii.unpack_from(buf, pos)
@@ -544,7 +553,8 @@ def _read_DescribeTopicPartitionsResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribeTopicPartitionsResponseTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -583,79 +593,6 @@ def _write_DescribeTopicPartitionsResponse_v0(
         w(b"\x00")
 
 
-DescribeTopicPartitionsResponse._fields = (
-    _F(
-        "throttle_time_ms",
-        "ThrottleTimeMs",
-        "int32",
-        None,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        True,
-        0,
-        None,
-    ),
-    _F(
-        "topics",
-        "Topics",
-        "[]DescribeTopicPartitionsResponseTopic",
-        DescribeTopicPartitionsResponseTopic,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-    _F(
-        "next_cursor",
-        "NextCursor",
-        "Cursor",
-        Cursor,
-        (0, 0),
-        (0, 0),
-        (1, 0),
-        None,
-        False,
-        None,
-        None,
-    ),
-)
-DescribeTopicPartitionsResponseTopic._fields = (
-    _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("name", "Name", "string", None, (0, 0), (0, 0), (1, 0), None, False, "", None),
-    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
-    _F("is_internal", "IsInternal", "bool", None, (0, 0), (1, 0), (1, 0), None, True, False, None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]DescribeTopicPartitionsResponsePartition",
-        DescribeTopicPartitionsResponsePartition,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-    _F(
-        "topic_authorized_operations",
-        "TopicAuthorizedOperations",
-        "int32",
-        None,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        -2147483648,
-        None,
-    ),
-)
 DescribeTopicPartitionsResponsePartition._fields = (
     _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
     _F(
@@ -727,6 +664,38 @@ DescribeTopicPartitionsResponsePartition._fields = (
         None,
     ),
 )
+DescribeTopicPartitionsResponseTopic._fields = (
+    _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("name", "Name", "string", None, (0, 0), (0, 0), (1, 0), None, False, "", None),
+    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
+    _F("is_internal", "IsInternal", "bool", None, (0, 0), (1, 0), (1, 0), None, True, False, None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]DescribeTopicPartitionsResponsePartition",
+        DescribeTopicPartitionsResponsePartition,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F(
+        "topic_authorized_operations",
+        "TopicAuthorizedOperations",
+        "int32",
+        None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        -2147483648,
+        None,
+    ),
+)
 Cursor._fields = (
     _F("topic_name", "TopicName", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
     _F(
@@ -740,6 +709,47 @@ Cursor._fields = (
         None,
         False,
         0,
+        None,
+    ),
+)
+DescribeTopicPartitionsResponse._fields = (
+    _F(
+        "throttle_time_ms",
+        "ThrottleTimeMs",
+        "int32",
+        None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        True,
+        0,
+        None,
+    ),
+    _F(
+        "topics",
+        "Topics",
+        "[]DescribeTopicPartitionsResponseTopic",
+        DescribeTopicPartitionsResponseTopic,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F(
+        "next_cursor",
+        "NextCursor",
+        "Cursor",
+        Cursor,
+        (0, 0),
+        (0, 0),
+        (1, 0),
+        None,
+        False,
+        None,
         None,
     ),
 )

@@ -8,11 +8,15 @@ Generated from DescribeTransactionsRequest.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -26,9 +30,10 @@ __all__ = [
     "DescribeTransactionsRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
 
+@_mypyc_attr(native_class=False)
 class DescribeTransactionsRequest(_Message):
     """Kafka DescribeTransactionsRequest (request, API key 65), versions 0, flexible 0+."""
 
@@ -49,13 +54,13 @@ class DescribeTransactionsRequest(_Message):
     def __init__(
         self,
         *,
-        transactional_ids: list[str] = _UNSET,
+        transactional_ids: list[str] | _Unset = _UNSET,
     ) -> None:
-        self.transactional_ids = [] if transactional_ids is _UNSET else transactional_ids
+        self.transactional_ids = [] if isinstance(transactional_ids, _Unset) else transactional_ids
         self._unknown_tags = None
 
 
-_TAGS_DescribeTransactionsRequest: frozenset[int] = frozenset()
+_TAGS_DescribeTransactionsRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DescribeTransactionsRequest_v0(
@@ -75,7 +80,8 @@ def _read_DescribeTransactionsRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
@@ -31,35 +35,30 @@ __all__ = [
     "TransactionState",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_iqqh = _Packer(">iqqh")
-_A_i = _small_arrays("i", 32)
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_iqqh: _Final = _Packer(">iqqh")
+_A_i: _Final = _small_arrays("i", 32)
 
 
-class DescribeTransactionsResponse(_Message):
-    """Kafka DescribeTransactionsResponse (response, API key 65), versions 0, flexible 0+."""
+@_mypyc_attr(native_class=False)
+class TopicData(_StructBase):
+    """The set of partitions included in the current transaction (if active). When a transaction is preparing to commit or abort, this will include only partitions which do not have markers."""
 
     __slots__ = (
-        "throttle_time_ms",
-        "transaction_states",
+        "partitions",
+        "topic",
     )
 
-    NAME = "DescribeTransactionsResponse"
-    API_KEY = 65
-    TYPE = "response"
-    VALID_VERSIONS = (0, 0)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    throttle_time_ms: int
-    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+    topic: str
+    """Topic
 
     Versions 0.
     """
-    transaction_states: list[TransactionState]
-    """TransactionStates
+    partitions: list[int]
+    """Partitions
 
     Versions 0.
     """
@@ -67,14 +66,15 @@ class DescribeTransactionsResponse(_Message):
     def __init__(
         self,
         *,
-        throttle_time_ms: int = 0,
-        transaction_states: list[TransactionState] = _UNSET,
+        topic: str = "",
+        partitions: list[int] | _Unset = _UNSET,
     ) -> None:
-        self.throttle_time_ms = throttle_time_ms
-        self.transaction_states = [] if transaction_states is _UNSET else transaction_states
+        self.topic = topic
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
         self._unknown_tags = None
 
 
+@_mypyc_attr(native_class=False)
 class TransactionState(_StructBase):
     """TransactionState (part of DescribeTransactionsResponse)."""
 
@@ -140,7 +140,7 @@ class TransactionState(_StructBase):
         transaction_start_time_ms: int = 0,
         producer_id: int = 0,
         producer_epoch: int = 0,
-        topics: list[TopicData] = _UNSET,
+        topics: list[TopicData] | _Unset = _UNSET,
     ) -> None:
         self.error_code = error_code
         self.transactional_id = transactional_id
@@ -149,25 +149,32 @@ class TransactionState(_StructBase):
         self.transaction_start_time_ms = transaction_start_time_ms
         self.producer_id = producer_id
         self.producer_epoch = producer_epoch
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self._unknown_tags = None
 
 
-class TopicData(_StructBase):
-    """The set of partitions included in the current transaction (if active). When a transaction is preparing to commit or abort, this will include only partitions which do not have markers."""
+@_mypyc_attr(native_class=False)
+class DescribeTransactionsResponse(_Message):
+    """Kafka DescribeTransactionsResponse (response, API key 65), versions 0, flexible 0+."""
 
     __slots__ = (
-        "partitions",
-        "topic",
+        "throttle_time_ms",
+        "transaction_states",
     )
 
-    topic: str
-    """Topic
+    NAME = "DescribeTransactionsResponse"
+    API_KEY = 65
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    throttle_time_ms: int
+    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
 
     Versions 0.
     """
-    partitions: list[int]
-    """Partitions
+    transaction_states: list[TransactionState]
+    """TransactionStates
 
     Versions 0.
     """
@@ -175,17 +182,19 @@ class TopicData(_StructBase):
     def __init__(
         self,
         *,
-        topic: str = "",
-        partitions: list[int] = _UNSET,
+        throttle_time_ms: int = 0,
+        transaction_states: list[TransactionState] | _Unset = _UNSET,
     ) -> None:
-        self.topic = topic
-        self.partitions = [] if partitions is _UNSET else partitions
+        self.throttle_time_ms = throttle_time_ms
+        self.transaction_states = (
+            [] if isinstance(transaction_states, _Unset) else transaction_states
+        )
         self._unknown_tags = None
 
 
-_TAGS_DescribeTransactionsResponse: frozenset[int] = frozenset()
-_TAGS_TransactionState: frozenset[int] = frozenset()
-_TAGS_TopicData: frozenset[int] = frozenset()
+_TAGS_DescribeTransactionsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_TransactionState: _Final[frozenset[int]] = frozenset()
+_TAGS_TopicData: _Final[frozenset[int]] = frozenset()
 
 
 def _read_TransactionState_v0(buf: bytes, pos: int) -> tuple[TransactionState, int]:
@@ -237,7 +246,8 @@ def _read_TransactionState_v0(buf: bytes, pos: int) -> tuple[TransactionState, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(TopicData)
             n = buf[pos] - 1
             if n < 127:
@@ -342,7 +352,8 @@ def _read_DescribeTransactionsResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TransactionState_v0(buf, pos)
             items1.append(item2)
         o.transaction_states = items1
@@ -368,33 +379,9 @@ def _write_DescribeTransactionsResponse_v0(o: DescribeTransactionsResponse, w: _
         w(b"\x00")
 
 
-DescribeTransactionsResponse._fields = (
-    _F(
-        "throttle_time_ms",
-        "ThrottleTimeMs",
-        "int32",
-        None,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F(
-        "transaction_states",
-        "TransactionStates",
-        "[]TransactionState",
-        TransactionState,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
+TopicData._fields = (
+    _F("topic", "Topic", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F("partitions", "Partitions", "[]int32", None, (0, 0), (1, 0), (1, 0), None, False, (), None),
 )
 TransactionState._fields = (
     _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
@@ -466,9 +453,33 @@ TransactionState._fields = (
     ),
     _F("topics", "Topics", "[]TopicData", TopicData, (0, 0), (1, 0), (1, 0), None, False, (), None),
 )
-TopicData._fields = (
-    _F("topic", "Topic", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F("partitions", "Partitions", "[]int32", None, (0, 0), (1, 0), (1, 0), None, False, (), None),
+DescribeTransactionsResponse._fields = (
+    _F(
+        "throttle_time_ms",
+        "ThrottleTimeMs",
+        "int32",
+        None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F(
+        "transaction_states",
+        "TransactionStates",
+        "[]TransactionState",
+        TransactionState,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
 )
 DescribeTransactionsResponse._readers = {
     0: _read_DescribeTransactionsResponse_v0,

@@ -8,11 +8,15 @@ Generated from DescribeUserScramCredentialsRequest.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -27,35 +31,10 @@ __all__ = [
     "UserName",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
 
-class DescribeUserScramCredentialsRequest(_Message):
-    """Kafka DescribeUserScramCredentialsRequest (request, API key 50), versions 0, flexible 0+."""
-
-    __slots__ = ("users",)
-
-    NAME = "DescribeUserScramCredentialsRequest"
-    API_KEY = 50
-    TYPE = "request"
-    VALID_VERSIONS = (0, 0)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    users: list[UserName] | None
-    """The users to describe, or null/empty to describe all users.
-
-    Versions 0, nullable 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        users: list[UserName] | None = _UNSET,
-    ) -> None:
-        self.users = [] if users is _UNSET else users
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class UserName(_StructBase):
     """The users to describe, or null/empty to describe all users."""
 
@@ -76,8 +55,35 @@ class UserName(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_DescribeUserScramCredentialsRequest: frozenset[int] = frozenset()
-_TAGS_UserName: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class DescribeUserScramCredentialsRequest(_Message):
+    """Kafka DescribeUserScramCredentialsRequest (request, API key 50), versions 0, flexible 0+."""
+
+    __slots__ = ("users",)
+
+    NAME = "DescribeUserScramCredentialsRequest"
+    API_KEY = 50
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    users: list[UserName] | None
+    """The users to describe, or null/empty to describe all users.
+
+    Versions 0, nullable 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        users: list[UserName] | _Unset | None = _UNSET,
+    ) -> None:
+        self.users = [] if isinstance(users, _Unset) else users
+        self._unknown_tags = None
+
+
+_TAGS_DescribeUserScramCredentialsRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_UserName: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DescribeUserScramCredentialsRequest_v0(
@@ -97,7 +103,8 @@ def _read_DescribeUserScramCredentialsRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(UserName)
             n = buf[pos] - 1
             if n < 127:
@@ -156,11 +163,11 @@ def _write_DescribeUserScramCredentialsRequest_v0(
         w(b"\x00")
 
 
-DescribeUserScramCredentialsRequest._fields = (
-    _F("users", "Users", "[]UserName", UserName, (0, 0), (0, 0), (1, 0), None, False, (), None),
-)
 UserName._fields = (
     _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+)
+DescribeUserScramCredentialsRequest._fields = (
+    _F("users", "Users", "[]UserName", UserName, (0, 0), (0, 0), (1, 0), None, False, (), None),
 )
 DescribeUserScramCredentialsRequest._readers = {
     0: _read_DescribeUserScramCredentialsRequest_v0,

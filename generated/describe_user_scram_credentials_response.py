@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -29,13 +33,92 @@ __all__ = [
     "DescribeUserScramCredentialsResult",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_bi = _Packer(">bi")
-_S_h = _Packer(">h")
-_S_ih = _Packer(">ih")
+_S_bi: _Final = _Packer(">bi")
+_S_h: _Final = _Packer(">h")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
+class CredentialInfo(_StructBase):
+    """The mechanism and related information associated with the user's SCRAM credentials."""
+
+    __slots__ = (
+        "iterations",
+        "mechanism",
+    )
+
+    mechanism: int
+    """The SCRAM mechanism.
+
+    Versions 0.
+    """
+    iterations: int
+    """The number of iterations used in the SCRAM credential.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        mechanism: int = 0,
+        iterations: int = 0,
+    ) -> None:
+        self.mechanism = mechanism
+        self.iterations = iterations
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class DescribeUserScramCredentialsResult(_StructBase):
+    """The results for descriptions, one per user."""
+
+    __slots__ = (
+        "credential_infos",
+        "error_code",
+        "error_message",
+        "user",
+    )
+
+    user: str
+    """The user name.
+
+    Versions 0.
+    """
+    error_code: int
+    """The user-level error code.
+
+    Versions 0.
+    """
+    error_message: str | None
+    """The user-level error message, if any.
+
+    Versions 0, nullable 0.
+    """
+    credential_infos: list[CredentialInfo]
+    """The mechanism and related information associated with the user's SCRAM credentials.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        user: str = "",
+        error_code: int = 0,
+        error_message: str | None = "",
+        credential_infos: list[CredentialInfo] | _Unset = _UNSET,
+    ) -> None:
+        self.user = user
+        self.error_code = error_code
+        self.error_message = error_message
+        self.credential_infos = [] if isinstance(credential_infos, _Unset) else credential_infos
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class DescribeUserScramCredentialsResponse(_Message):
     """Kafka DescribeUserScramCredentialsResponse (response, API key 50), versions 0, flexible 0+."""
 
@@ -79,94 +162,18 @@ class DescribeUserScramCredentialsResponse(_Message):
         throttle_time_ms: int = 0,
         error_code: int = 0,
         error_message: str | None = "",
-        results: list[DescribeUserScramCredentialsResult] = _UNSET,
+        results: list[DescribeUserScramCredentialsResult] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
         self.error_message = error_message
-        self.results = [] if results is _UNSET else results
+        self.results = [] if isinstance(results, _Unset) else results
         self._unknown_tags = None
 
 
-class DescribeUserScramCredentialsResult(_StructBase):
-    """The results for descriptions, one per user."""
-
-    __slots__ = (
-        "credential_infos",
-        "error_code",
-        "error_message",
-        "user",
-    )
-
-    user: str
-    """The user name.
-
-    Versions 0.
-    """
-    error_code: int
-    """The user-level error code.
-
-    Versions 0.
-    """
-    error_message: str | None
-    """The user-level error message, if any.
-
-    Versions 0, nullable 0.
-    """
-    credential_infos: list[CredentialInfo]
-    """The mechanism and related information associated with the user's SCRAM credentials.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        user: str = "",
-        error_code: int = 0,
-        error_message: str | None = "",
-        credential_infos: list[CredentialInfo] = _UNSET,
-    ) -> None:
-        self.user = user
-        self.error_code = error_code
-        self.error_message = error_message
-        self.credential_infos = [] if credential_infos is _UNSET else credential_infos
-        self._unknown_tags = None
-
-
-class CredentialInfo(_StructBase):
-    """The mechanism and related information associated with the user's SCRAM credentials."""
-
-    __slots__ = (
-        "iterations",
-        "mechanism",
-    )
-
-    mechanism: int
-    """The SCRAM mechanism.
-
-    Versions 0.
-    """
-    iterations: int
-    """The number of iterations used in the SCRAM credential.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        mechanism: int = 0,
-        iterations: int = 0,
-    ) -> None:
-        self.mechanism = mechanism
-        self.iterations = iterations
-        self._unknown_tags = None
-
-
-_TAGS_DescribeUserScramCredentialsResponse: frozenset[int] = frozenset()
-_TAGS_DescribeUserScramCredentialsResult: frozenset[int] = frozenset()
-_TAGS_CredentialInfo: frozenset[int] = frozenset()
+_TAGS_DescribeUserScramCredentialsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_DescribeUserScramCredentialsResult: _Final[frozenset[int]] = frozenset()
+_TAGS_CredentialInfo: _Final[frozenset[int]] = frozenset()
 
 
 def _read_DescribeUserScramCredentialsResult_v0(
@@ -216,7 +223,8 @@ def _read_DescribeUserScramCredentialsResult_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(CredentialInfo)
             item2.mechanism, item2.iterations = _S_bi.unpack_from(buf, pos)
             pos += 5
@@ -300,7 +308,8 @@ def _read_DescribeUserScramCredentialsResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribeUserScramCredentialsResult_v0(buf, pos)
             items1.append(item2)
         o.results = items1
@@ -338,6 +347,40 @@ def _write_DescribeUserScramCredentialsResponse_v0(
         w(b"\x00")
 
 
+CredentialInfo._fields = (
+    _F("mechanism", "Mechanism", "int8", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("iterations", "Iterations", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+)
+DescribeUserScramCredentialsResult._fields = (
+    _F("user", "User", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "error_message",
+        "ErrorMessage",
+        "string",
+        None,
+        (0, 0),
+        (0, 0),
+        (1, 0),
+        None,
+        False,
+        "",
+        None,
+    ),
+    _F(
+        "credential_infos",
+        "CredentialInfos",
+        "[]CredentialInfo",
+        CredentialInfo,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
 DescribeUserScramCredentialsResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -379,40 +422,6 @@ DescribeUserScramCredentialsResponse._fields = (
         (),
         None,
     ),
-)
-DescribeUserScramCredentialsResult._fields = (
-    _F("user", "User", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "error_message",
-        "ErrorMessage",
-        "string",
-        None,
-        (0, 0),
-        (0, 0),
-        (1, 0),
-        None,
-        False,
-        "",
-        None,
-    ),
-    _F(
-        "credential_infos",
-        "CredentialInfos",
-        "[]CredentialInfo",
-        CredentialInfo,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-CredentialInfo._fields = (
-    _F("mechanism", "Mechanism", "int8", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("iterations", "Iterations", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
 )
 DescribeUserScramCredentialsResponse._readers = {
     0: _read_DescribeUserScramCredentialsResponse_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
@@ -31,14 +35,46 @@ __all__ = [
     "TopicPartitions",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_b = _Packer(">b")
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_A_i = _small_arrays("i", 32)
+_S_b: _Final = _Packer(">b")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_A_i: _Final = _small_arrays("i", 32)
 
 
+@_mypyc_attr(native_class=False)
+class TopicPartitions(_StructBase):
+    """The topic partitions to elect leaders."""
+
+    __slots__ = (
+        "partitions",
+        "topic",
+    )
+
+    topic: str
+    """The name of a topic.
+
+    Versions 0-2.
+    """
+    partitions: list[int]
+    """The partitions of this topic whose leader should be elected.
+
+    Versions 0-2.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic: str = "",
+        partitions: list[int] | _Unset = _UNSET,
+    ) -> None:
+        self.topic = topic
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class ElectLeadersRequest(_Message):
     """Kafka ElectLeadersRequest (request, API key 43), versions 0-2, flexible 2+.
 
@@ -79,47 +115,17 @@ class ElectLeadersRequest(_Message):
         self,
         *,
         election_type: int = 0,
-        topic_partitions: list[TopicPartitions] | None = _UNSET,
+        topic_partitions: list[TopicPartitions] | _Unset | None = _UNSET,
         timeout_ms: int = 60000,
     ) -> None:
         self.election_type = election_type
-        self.topic_partitions = [] if topic_partitions is _UNSET else topic_partitions
+        self.topic_partitions = [] if isinstance(topic_partitions, _Unset) else topic_partitions
         self.timeout_ms = timeout_ms
         self._unknown_tags = None
 
 
-class TopicPartitions(_StructBase):
-    """The topic partitions to elect leaders."""
-
-    __slots__ = (
-        "partitions",
-        "topic",
-    )
-
-    topic: str
-    """The name of a topic.
-
-    Versions 0-2.
-    """
-    partitions: list[int]
-    """The partitions of this topic whose leader should be elected.
-
-    Versions 0-2.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic: str = "",
-        partitions: list[int] = _UNSET,
-    ) -> None:
-        self.topic = topic
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-_TAGS_ElectLeadersRequest: frozenset[int] = frozenset()
-_TAGS_TopicPartitions: frozenset[int] = frozenset()
+_TAGS_ElectLeadersRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_TopicPartitions: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ElectLeadersRequest_v0(buf: bytes, pos: int) -> tuple[ElectLeadersRequest, int]:
@@ -136,7 +142,8 @@ def _read_ElectLeadersRequest_v0(buf: bytes, pos: int) -> tuple[ElectLeadersRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(TopicPartitions)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -185,7 +192,8 @@ def _read_ElectLeadersRequest_v1(buf: bytes, pos: int) -> tuple[ElectLeadersRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(TopicPartitions)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -236,7 +244,8 @@ def _read_ElectLeadersRequest_v2(buf: bytes, pos: int) -> tuple[ElectLeadersRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(TopicPartitions)
             n = buf[pos] - 1
             if n < 127:
@@ -369,6 +378,10 @@ def _write_ElectLeadersRequest_v2(o: ElectLeadersRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
+TopicPartitions._fields = (
+    _F("topic", "Topic", "string", None, (0, 2), (1, 0), (1, 0), None, False, "", None),
+    _F("partitions", "Partitions", "[]int32", None, (0, 2), (1, 0), (1, 0), None, False, (), None),
+)
 ElectLeadersRequest._fields = (
     _F("election_type", "ElectionType", "int8", None, (1, 2), (1, 0), (1, 0), None, False, 0, None),
     _F(
@@ -385,10 +398,6 @@ ElectLeadersRequest._fields = (
         None,
     ),
     _F("timeout_ms", "TimeoutMs", "int32", None, (0, 2), (1, 0), (1, 0), None, False, 60000, None),
-)
-TopicPartitions._fields = (
-    _F("topic", "Topic", "string", None, (0, 2), (1, 0), (1, 0), None, False, "", None),
-    _F("partitions", "Partitions", "[]int32", None, (0, 2), (1, 0), (1, 0), None, False, (), None),
 )
 ElectLeadersRequest._readers = {
     0: _read_ElectLeadersRequest_v0,

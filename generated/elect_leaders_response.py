@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -30,13 +34,84 @@ __all__ = [
     "ReplicaElectionResult",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
+class PartitionResult(_StructBase):
+    """The results for each partition"""
+
+    __slots__ = (
+        "error_code",
+        "error_message",
+        "partition_id",
+    )
+
+    partition_id: int
+    """The partition id
+
+    Versions 0-2.
+    """
+    error_code: int
+    """The result error, or zero if there was no error.
+
+    Versions 0-2.
+    """
+    error_message: str | None
+    """The result message, or null if there was no error.
+
+    Versions 0-2, nullable 0-2.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_id: int = 0,
+        error_code: int = 0,
+        error_message: str | None = "",
+    ) -> None:
+        self.partition_id = partition_id
+        self.error_code = error_code
+        self.error_message = error_message
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class ReplicaElectionResult(_StructBase):
+    """The election results, or an empty array if the requester did not have permission and the request asks for all partitions."""
+
+    __slots__ = (
+        "partition_result",
+        "topic",
+    )
+
+    topic: str
+    """The topic name
+
+    Versions 0-2.
+    """
+    partition_result: list[PartitionResult]
+    """The results for each partition
+
+    Versions 0-2.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic: str = "",
+        partition_result: list[PartitionResult] | _Unset = _UNSET,
+    ) -> None:
+        self.topic = topic
+        self.partition_result = [] if isinstance(partition_result, _Unset) else partition_result
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class ElectLeadersResponse(_Message):
     """Kafka ElectLeadersResponse (response, API key 43), versions 0-2, flexible 2+.
 
@@ -78,87 +153,19 @@ class ElectLeadersResponse(_Message):
         *,
         throttle_time_ms: int = 0,
         error_code: int = 0,
-        replica_election_results: list[ReplicaElectionResult] = _UNSET,
+        replica_election_results: list[ReplicaElectionResult] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
         self.replica_election_results = (
-            [] if replica_election_results is _UNSET else replica_election_results
+            [] if isinstance(replica_election_results, _Unset) else replica_election_results
         )
         self._unknown_tags = None
 
 
-class ReplicaElectionResult(_StructBase):
-    """The election results, or an empty array if the requester did not have permission and the request asks for all partitions."""
-
-    __slots__ = (
-        "partition_result",
-        "topic",
-    )
-
-    topic: str
-    """The topic name
-
-    Versions 0-2.
-    """
-    partition_result: list[PartitionResult]
-    """The results for each partition
-
-    Versions 0-2.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic: str = "",
-        partition_result: list[PartitionResult] = _UNSET,
-    ) -> None:
-        self.topic = topic
-        self.partition_result = [] if partition_result is _UNSET else partition_result
-        self._unknown_tags = None
-
-
-class PartitionResult(_StructBase):
-    """The results for each partition"""
-
-    __slots__ = (
-        "error_code",
-        "error_message",
-        "partition_id",
-    )
-
-    partition_id: int
-    """The partition id
-
-    Versions 0-2.
-    """
-    error_code: int
-    """The result error, or zero if there was no error.
-
-    Versions 0-2.
-    """
-    error_message: str | None
-    """The result message, or null if there was no error.
-
-    Versions 0-2, nullable 0-2.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_id: int = 0,
-        error_code: int = 0,
-        error_message: str | None = "",
-    ) -> None:
-        self.partition_id = partition_id
-        self.error_code = error_code
-        self.error_message = error_message
-        self._unknown_tags = None
-
-
-_TAGS_ElectLeadersResponse: frozenset[int] = frozenset()
-_TAGS_ReplicaElectionResult: frozenset[int] = frozenset()
-_TAGS_PartitionResult: frozenset[int] = frozenset()
+_TAGS_ElectLeadersResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_ReplicaElectionResult: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionResult: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ReplicaElectionResult_v0(buf: bytes, pos: int) -> tuple[ReplicaElectionResult, int]:
@@ -182,7 +189,8 @@ def _read_ReplicaElectionResult_v0(buf: bytes, pos: int) -> tuple[ReplicaElectio
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionResult)
             item2.partition_id, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
@@ -234,7 +242,8 @@ def _read_ReplicaElectionResult_v2(buf: bytes, pos: int) -> tuple[ReplicaElectio
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionResult)
             item2.partition_id, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
@@ -335,7 +344,8 @@ def _read_ElectLeadersResponse_v0(buf: bytes, pos: int) -> tuple[ElectLeadersRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_ReplicaElectionResult_v0(buf, pos)
             items1.append(item2)
         o.replica_election_results = items1
@@ -356,7 +366,8 @@ def _read_ElectLeadersResponse_v1(buf: bytes, pos: int) -> tuple[ElectLeadersRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_ReplicaElectionResult_v0(buf, pos)
             items1.append(item2)
         o.replica_election_results = items1
@@ -381,7 +392,8 @@ def _read_ElectLeadersResponse_v2(buf: bytes, pos: int) -> tuple[ElectLeadersRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_ReplicaElectionResult_v2(buf, pos)
             items1.append(item2)
         o.replica_election_results = items1
@@ -433,6 +445,39 @@ def _write_ElectLeadersResponse_v2(o: ElectLeadersResponse, w: _Writer) -> None:
         w(b"\x00")
 
 
+PartitionResult._fields = (
+    _F("partition_id", "PartitionId", "int32", None, (0, 2), (1, 0), (1, 0), None, False, 0, None),
+    _F("error_code", "ErrorCode", "int16", None, (0, 2), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "error_message",
+        "ErrorMessage",
+        "string",
+        None,
+        (0, 2),
+        (0, 2),
+        (1, 0),
+        None,
+        False,
+        "",
+        None,
+    ),
+)
+ReplicaElectionResult._fields = (
+    _F("topic", "Topic", "string", None, (0, 2), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partition_result",
+        "PartitionResult",
+        "[]PartitionResult",
+        PartitionResult,
+        (0, 2),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
 ElectLeadersResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -459,39 +504,6 @@ ElectLeadersResponse._fields = (
         None,
         False,
         (),
-        None,
-    ),
-)
-ReplicaElectionResult._fields = (
-    _F("topic", "Topic", "string", None, (0, 2), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partition_result",
-        "PartitionResult",
-        "[]PartitionResult",
-        PartitionResult,
-        (0, 2),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-PartitionResult._fields = (
-    _F("partition_id", "PartitionId", "int32", None, (0, 2), (1, 0), (1, 0), None, False, 0, None),
-    _F("error_code", "ErrorCode", "int16", None, (0, 2), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "error_message",
-        "ErrorMessage",
-        "string",
-        None,
-        (0, 2),
-        (0, 2),
-        (1, 0),
-        None,
-        False,
-        "",
         None,
     ),
 )

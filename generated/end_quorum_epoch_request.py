@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -37,93 +41,47 @@ __all__ = [
     "TopicData",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_H = _Packer(">H")
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_iii = _Packer(">iii")
-_A_i = _small_arrays("i", 32)
+_S_H: _Final = _Packer(">H")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_iii: _Final = _Packer(">iii")
+_A_i: _Final = _small_arrays("i", 32)
 
 
-class EndQuorumEpochRequest(_Message):
-    """Kafka EndQuorumEpochRequest (request, API key 54), versions 0-1, flexible 1+.
-
-    Version 1 adds flexible versions, replaces preferred successors with preferred candidates
-    and adds leader endpoints (KIP-853)
-    """
+@_mypyc_attr(native_class=False)
+class ReplicaInfo(_StructBase):
+    """A sorted list of preferred candidates to start the election"""
 
     __slots__ = (
-        "cluster_id",
-        "leader_endpoints",
-        "topics",
+        "candidate_directory_id",
+        "candidate_id",
     )
 
-    NAME = "EndQuorumEpochRequest"
-    API_KEY = 54
-    TYPE = "request"
-    VALID_VERSIONS = (0, 1)
-    FLEXIBLE_VERSIONS = (1, 32767)
+    candidate_id: int
+    """CandidateId
 
-    cluster_id: str | None
-    """ClusterId
-
-    Versions 0-1, nullable 0-1.
+    Versions 1.
     """
-    topics: list[TopicData]
-    """Topics
+    candidate_directory_id: _UUID
+    """CandidateDirectoryId
 
-    Versions 0-1.
-    """
-    leader_endpoints: list[LeaderEndpoint]
-    """Endpoints for the leader
-
-    Versions 1, ignorable.
+    Versions 1.
     """
 
     def __init__(
         self,
         *,
-        cluster_id: str | None = None,
-        topics: list[TopicData] = _UNSET,
-        leader_endpoints: list[LeaderEndpoint] = _UNSET,
+        candidate_id: int = 0,
+        candidate_directory_id: _UUID = _ZERO_UUID,
     ) -> None:
-        self.cluster_id = cluster_id
-        self.topics = [] if topics is _UNSET else topics
-        self.leader_endpoints = [] if leader_endpoints is _UNSET else leader_endpoints
+        self.candidate_id = candidate_id
+        self.candidate_directory_id = candidate_directory_id
         self._unknown_tags = None
 
 
-class TopicData(_StructBase):
-    """TopicData (part of EndQuorumEpochRequest)."""
-
-    __slots__ = (
-        "partitions",
-        "topic_name",
-    )
-
-    topic_name: str
-    """The topic name.
-
-    Versions 0-1.
-    """
-    partitions: list[PartitionData]
-    """Partitions
-
-    Versions 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_name: str = "",
-        partitions: list[PartitionData] = _UNSET,
-    ) -> None:
-        self.topic_name = topic_name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class PartitionData(_StructBase):
     """PartitionData (part of EndQuorumEpochRequest)."""
 
@@ -167,47 +125,53 @@ class PartitionData(_StructBase):
         partition_index: int = 0,
         leader_id: int = 0,
         leader_epoch: int = 0,
-        preferred_successors: list[int] = _UNSET,
-        preferred_candidates: list[ReplicaInfo] = _UNSET,
+        preferred_successors: list[int] | _Unset = _UNSET,
+        preferred_candidates: list[ReplicaInfo] | _Unset = _UNSET,
     ) -> None:
         self.partition_index = partition_index
         self.leader_id = leader_id
         self.leader_epoch = leader_epoch
-        self.preferred_successors = [] if preferred_successors is _UNSET else preferred_successors
-        self.preferred_candidates = [] if preferred_candidates is _UNSET else preferred_candidates
+        self.preferred_successors = (
+            [] if isinstance(preferred_successors, _Unset) else preferred_successors
+        )
+        self.preferred_candidates = (
+            [] if isinstance(preferred_candidates, _Unset) else preferred_candidates
+        )
         self._unknown_tags = None
 
 
-class ReplicaInfo(_StructBase):
-    """A sorted list of preferred candidates to start the election"""
+@_mypyc_attr(native_class=False)
+class TopicData(_StructBase):
+    """TopicData (part of EndQuorumEpochRequest)."""
 
     __slots__ = (
-        "candidate_directory_id",
-        "candidate_id",
+        "partitions",
+        "topic_name",
     )
 
-    candidate_id: int
-    """CandidateId
+    topic_name: str
+    """The topic name.
 
-    Versions 1.
+    Versions 0-1.
     """
-    candidate_directory_id: _UUID
-    """CandidateDirectoryId
+    partitions: list[PartitionData]
+    """Partitions
 
-    Versions 1.
+    Versions 0-1.
     """
 
     def __init__(
         self,
         *,
-        candidate_id: int = 0,
-        candidate_directory_id: _UUID = _ZERO_UUID,
+        topic_name: str = "",
+        partitions: list[PartitionData] | _Unset = _UNSET,
     ) -> None:
-        self.candidate_id = candidate_id
-        self.candidate_directory_id = candidate_directory_id
+        self.topic_name = topic_name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
         self._unknown_tags = None
 
 
+@_mypyc_attr(native_class=False)
 class LeaderEndpoint(_StructBase):
     """Endpoints for the leader"""
 
@@ -246,11 +210,60 @@ class LeaderEndpoint(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_EndQuorumEpochRequest: frozenset[int] = frozenset()
-_TAGS_TopicData: frozenset[int] = frozenset()
-_TAGS_PartitionData: frozenset[int] = frozenset()
-_TAGS_ReplicaInfo: frozenset[int] = frozenset()
-_TAGS_LeaderEndpoint: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class EndQuorumEpochRequest(_Message):
+    """Kafka EndQuorumEpochRequest (request, API key 54), versions 0-1, flexible 1+.
+
+    Version 1 adds flexible versions, replaces preferred successors with preferred candidates
+    and adds leader endpoints (KIP-853)
+    """
+
+    __slots__ = (
+        "cluster_id",
+        "leader_endpoints",
+        "topics",
+    )
+
+    NAME = "EndQuorumEpochRequest"
+    API_KEY = 54
+    TYPE = "request"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 32767)
+
+    cluster_id: str | None
+    """ClusterId
+
+    Versions 0-1, nullable 0-1.
+    """
+    topics: list[TopicData]
+    """Topics
+
+    Versions 0-1.
+    """
+    leader_endpoints: list[LeaderEndpoint]
+    """Endpoints for the leader
+
+    Versions 1, ignorable.
+    """
+
+    def __init__(
+        self,
+        *,
+        cluster_id: str | None = None,
+        topics: list[TopicData] | _Unset = _UNSET,
+        leader_endpoints: list[LeaderEndpoint] | _Unset = _UNSET,
+    ) -> None:
+        self.cluster_id = cluster_id
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self.leader_endpoints = [] if isinstance(leader_endpoints, _Unset) else leader_endpoints
+        self._unknown_tags = None
+
+
+_TAGS_EndQuorumEpochRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_TopicData: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
+_TAGS_ReplicaInfo: _Final[frozenset[int]] = frozenset()
+_TAGS_LeaderEndpoint: _Final[frozenset[int]] = frozenset()
 
 
 def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
@@ -271,7 +284,8 @@ def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ReplicaInfo)
             item2.candidate_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -332,7 +346,8 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionData)
             item2.preferred_candidates = []
             item2.partition_index, item2.leader_id, item2.leader_epoch = _S_iii.unpack_from(
@@ -388,7 +403,8 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_PartitionData_v1(buf, pos)
             items1.append(item2)
         o.partitions = items1
@@ -462,7 +478,8 @@ def _read_EndQuorumEpochRequest_v0(buf: bytes, pos: int) -> tuple[EndQuorumEpoch
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicData_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -499,7 +516,8 @@ def _read_EndQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[EndQuorumEpoch
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicData_v1(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -514,9 +532,10 @@ def _read_EndQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[EndQuorumEpoch
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(LeaderEndpoint)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(LeaderEndpoint)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -529,7 +548,7 @@ def _read_EndQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[EndQuorumEpoch
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.name = buf[pos:end].decode()
+                item5.name = buf[pos:end].decode()
                 pos = end
             n = buf[pos] - 1
             if n < 127:
@@ -543,17 +562,17 @@ def _read_EndQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[EndQuorumEpoch
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.host = buf[pos:end].decode()
+                item5.host = buf[pos:end].decode()
                 pos = end
-            item4.port = _S_H.unpack_from(buf, pos)[0]
+            item5.port = _S_H.unpack_from(buf, pos)[0]
             pos += 2
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderEndpoint)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderEndpoint)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.leader_endpoints = items3
+            items4.append(item5)
+        o.leader_endpoints = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_EndQuorumEpochRequest)
     else:
@@ -619,36 +638,19 @@ def _write_EndQuorumEpochRequest_v1(o: EndQuorumEpochRequest, w: _Writer) -> Non
         w(b"\x00")
 
 
-EndQuorumEpochRequest._fields = (
-    _F("cluster_id", "ClusterId", "string", None, (0, 1), (0, 1), (1, 0), None, False, None, None),
-    _F("topics", "Topics", "[]TopicData", TopicData, (0, 1), (1, 0), (1, 0), None, False, (), None),
+ReplicaInfo._fields = (
+    _F("candidate_id", "CandidateId", "int32", None, (1, 1), (1, 0), (1, 0), None, False, 0, None),
     _F(
-        "leader_endpoints",
-        "LeaderEndpoints",
-        "[]LeaderEndpoint",
-        LeaderEndpoint,
+        "candidate_directory_id",
+        "CandidateDirectoryId",
+        "uuid",
+        None,
         (1, 1),
         (1, 0),
         (1, 0),
         None,
-        True,
-        (),
-        None,
-    ),
-)
-TopicData._fields = (
-    _F("topic_name", "TopicName", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]PartitionData",
-        PartitionData,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
         False,
-        (),
+        _ZERO_UUID,
         None,
     ),
 )
@@ -695,19 +697,19 @@ PartitionData._fields = (
         None,
     ),
 )
-ReplicaInfo._fields = (
-    _F("candidate_id", "CandidateId", "int32", None, (1, 1), (1, 0), (1, 0), None, False, 0, None),
+TopicData._fields = (
+    _F("topic_name", "TopicName", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
     _F(
-        "candidate_directory_id",
-        "CandidateDirectoryId",
-        "uuid",
-        None,
-        (1, 1),
+        "partitions",
+        "Partitions",
+        "[]PartitionData",
+        PartitionData,
+        (0, 1),
         (1, 0),
         (1, 0),
         None,
         False,
-        _ZERO_UUID,
+        (),
         None,
     ),
 )
@@ -715,6 +717,23 @@ LeaderEndpoint._fields = (
     _F("name", "Name", "string", None, (1, 1), (1, 0), (1, 0), None, False, "", None),
     _F("host", "Host", "string", None, (1, 1), (1, 0), (1, 0), None, False, "", None),
     _F("port", "Port", "uint16", None, (1, 1), (1, 0), (1, 0), None, False, 0, None),
+)
+EndQuorumEpochRequest._fields = (
+    _F("cluster_id", "ClusterId", "string", None, (0, 1), (0, 1), (1, 0), None, False, None, None),
+    _F("topics", "Topics", "[]TopicData", TopicData, (0, 1), (1, 0), (1, 0), None, False, (), None),
+    _F(
+        "leader_endpoints",
+        "LeaderEndpoints",
+        "[]LeaderEndpoint",
+        LeaderEndpoint,
+        (1, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        True,
+        (),
+        None,
+    ),
 )
 EndQuorumEpochRequest._readers = {
     0: _read_EndQuorumEpochRequest_v0,

@@ -8,6 +8,9 @@ Generated from EndTxnRequest.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -26,12 +29,13 @@ __all__ = [
     "EndTxnRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_qhz = _Packer(">qh?")
+_S_h: _Final = _Packer(">h")
+_S_qhz: _Final = _Packer(">qh?")
 
 
+@_mypyc_attr(native_class=False)
 class EndTxnRequest(_Message):
     """Kafka EndTxnRequest (request, API key 26), versions 0-4, flexible 3+.
 
@@ -93,7 +97,7 @@ class EndTxnRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_EndTxnRequest: frozenset[int] = frozenset()
+_TAGS_EndTxnRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_EndTxnRequest_v0(buf: bytes, pos: int) -> tuple[EndTxnRequest, int]:

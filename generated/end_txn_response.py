@@ -8,6 +8,9 @@ Generated from EndTxnResponse.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -20,11 +23,12 @@ __all__ = [
     "EndTxnResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_ih = _Packer(">ih")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
 class EndTxnResponse(_Message):
     """Kafka EndTxnResponse (response, API key 26), versions 0-4, flexible 3+.
 
@@ -70,7 +74,7 @@ class EndTxnResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_EndTxnResponse: frozenset[int] = frozenset()
+_TAGS_EndTxnResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_EndTxnResponse_v0(buf: bytes, pos: int) -> tuple[EndTxnResponse, int]:

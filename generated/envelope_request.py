@@ -7,6 +7,10 @@ Generated from EnvelopeRequest.json of Kafka 3.9.1.
 
 from __future__ import annotations
 
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
+
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
@@ -24,9 +28,10 @@ __all__ = [
     "EnvelopeRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
 
+@_mypyc_attr(native_class=False)
 class EnvelopeRequest(_Message):
     """Kafka EnvelopeRequest (request, API key 58), versions 0, flexible 0+.
 
@@ -74,7 +79,7 @@ class EnvelopeRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_EnvelopeRequest: frozenset[int] = frozenset()
+_TAGS_EnvelopeRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_EnvelopeRequest_v0(buf: bytes, pos: int) -> tuple[EnvelopeRequest, int]:

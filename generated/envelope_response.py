@@ -8,6 +8,9 @@ Generated from EnvelopeResponse.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -25,11 +28,12 @@ __all__ = [
     "EnvelopeResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
+_S_h: _Final = _Packer(">h")
 
 
+@_mypyc_attr(native_class=False)
 class EnvelopeResponse(_Message):
     """Kafka EnvelopeResponse (response, API key 58), versions 0, flexible 0+.
 
@@ -69,7 +73,7 @@ class EnvelopeResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_EnvelopeResponse: frozenset[int] = frozenset()
+_TAGS_EnvelopeResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_EnvelopeResponse_v0(buf: bytes, pos: int) -> tuple[EnvelopeResponse, int]:

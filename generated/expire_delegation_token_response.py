@@ -8,6 +8,9 @@ Generated from ExpireDelegationTokenResponse.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -20,11 +23,12 @@ __all__ = [
     "ExpireDelegationTokenResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_hqi = _Packer(">hqi")
+_S_hqi: _Final = _Packer(">hqi")
 
 
+@_mypyc_attr(native_class=False)
 class ExpireDelegationTokenResponse(_Message):
     """Kafka ExpireDelegationTokenResponse (response, API key 40), versions 0-2, flexible 2+.
 
@@ -73,7 +77,7 @@ class ExpireDelegationTokenResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_ExpireDelegationTokenResponse: frozenset[int] = frozenset()
+_TAGS_ExpireDelegationTokenResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ExpireDelegationTokenResponse_v0(

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Buffer as _Buffer
@@ -42,23 +46,204 @@ __all__ = [
     "ReplicaState",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_iii = _Packer(">iii")
-_S_iiibii = _Packer(">iiibii")
-_S_iiii = _Packer(">iiii")
-_S_iiiib = _Packer(">iiiib")
-_S_iiiibii = _Packer(">iiiibii")
-_S_iiqiqi = _Packer(">iiqiqi")
-_S_iiqqi = _Packer(">iiqqi")
-_S_iq = _Packer(">iq")
-_S_iqi = _Packer(">iqi")
-_S_iqqi = _Packer(">iqqi")
-_A_i = _small_arrays("i", 32)
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_iii: _Final = _Packer(">iii")
+_S_iiibii: _Final = _Packer(">iiibii")
+_S_iiii: _Final = _Packer(">iiii")
+_S_iiiib: _Final = _Packer(">iiiib")
+_S_iiiibii: _Final = _Packer(">iiiibii")
+_S_iiqiqi: _Final = _Packer(">iiqiqi")
+_S_iiqqi: _Final = _Packer(">iiqqi")
+_S_iq: _Final = _Packer(">iq")
+_S_iqi: _Final = _Packer(">iqi")
+_S_iqqi: _Final = _Packer(">iqqi")
+_A_i: _Final = _small_arrays("i", 32)
 
 
+@_mypyc_attr(native_class=False)
+class ReplicaState(_StructBase):
+    """ReplicaState (part of FetchRequest)."""
+
+    __slots__ = (
+        "replica_epoch",
+        "replica_id",
+    )
+
+    replica_id: int
+    """The replica ID of the follower, or -1 if this request is from a consumer.
+
+    Versions 15-17.
+    """
+    replica_epoch: int
+    """The epoch of this follower, or -1 if not available.
+
+    Versions 15-17.
+    """
+
+    def __init__(
+        self,
+        *,
+        replica_id: int = -1,
+        replica_epoch: int = -1,
+    ) -> None:
+        self.replica_id = replica_id
+        self.replica_epoch = replica_epoch
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class FetchPartition(_StructBase):
+    """The partitions to fetch."""
+
+    __slots__ = (
+        "current_leader_epoch",
+        "fetch_offset",
+        "last_fetched_epoch",
+        "log_start_offset",
+        "partition",
+        "partition_max_bytes",
+        "replica_directory_id",
+    )
+
+    partition: int
+    """The partition index.
+
+    Versions 0-17.
+    """
+    current_leader_epoch: int
+    """The current leader epoch of the partition.
+
+    Versions 9-17, ignorable.
+    """
+    fetch_offset: int
+    """The message offset.
+
+    Versions 0-17.
+    """
+    last_fetched_epoch: int
+    """The epoch of the last fetched record or -1 if there is none
+
+    Versions 12-17.
+    """
+    log_start_offset: int
+    """The earliest available offset of the follower replica.  The field is only used when the request is sent by the follower.
+
+    Versions 5-17, ignorable.
+    """
+    partition_max_bytes: int
+    """The maximum bytes to fetch from this partition.  See KIP-74 for cases where this limit may not be honored.
+
+    Versions 0-17.
+    """
+    replica_directory_id: _UUID
+    """The directory id of the follower fetching
+
+    Versions 17, tag 0 in 17, ignorable.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition: int = 0,
+        current_leader_epoch: int = -1,
+        fetch_offset: int = 0,
+        last_fetched_epoch: int = -1,
+        log_start_offset: int = -1,
+        partition_max_bytes: int = 0,
+        replica_directory_id: _UUID = _ZERO_UUID,
+    ) -> None:
+        self.partition = partition
+        self.current_leader_epoch = current_leader_epoch
+        self.fetch_offset = fetch_offset
+        self.last_fetched_epoch = last_fetched_epoch
+        self.log_start_offset = log_start_offset
+        self.partition_max_bytes = partition_max_bytes
+        self.replica_directory_id = replica_directory_id
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class FetchTopic(_StructBase):
+    """The topics to fetch."""
+
+    __slots__ = (
+        "partitions",
+        "topic",
+        "topic_id",
+    )
+
+    topic: str
+    """The name of the topic to fetch.
+
+    Versions 0-12, ignorable.
+    """
+    topic_id: _UUID
+    """The unique topic ID
+
+    Versions 13-17, ignorable.
+    """
+    partitions: list[FetchPartition]
+    """The partitions to fetch.
+
+    Versions 0-17.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic: str = "",
+        topic_id: _UUID = _ZERO_UUID,
+        partitions: list[FetchPartition] | _Unset = _UNSET,
+    ) -> None:
+        self.topic = topic
+        self.topic_id = topic_id
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class ForgottenTopic(_StructBase):
+    """In an incremental fetch request, the partitions to remove."""
+
+    __slots__ = (
+        "partitions",
+        "topic",
+        "topic_id",
+    )
+
+    topic: str
+    """The topic name.
+
+    Versions 7-12, ignorable.
+    """
+    topic_id: _UUID
+    """The unique topic ID
+
+    Versions 13-17, ignorable.
+    """
+    partitions: list[int]
+    """The partitions indexes to forget.
+
+    Versions 7-17.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic: str = "",
+        topic_id: _UUID = _ZERO_UUID,
+        partitions: list[int] | _Unset = _UNSET,
+    ) -> None:
+        self.topic = topic
+        self.topic_id = topic_id
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class FetchRequest(_Message):
     """Kafka FetchRequest (request, API key 1), versions 0-17, flexible 12+.
 
@@ -189,215 +374,39 @@ class FetchRequest(_Message):
         *,
         cluster_id: str | None = None,
         replica_id: int = -1,
-        replica_state: ReplicaState = _UNSET,
+        replica_state: ReplicaState | _Unset = _UNSET,
         max_wait_ms: int = 0,
         min_bytes: int = 0,
         max_bytes: int = 2147483647,
         isolation_level: int = 0,
         session_id: int = 0,
         session_epoch: int = -1,
-        topics: list[FetchTopic] = _UNSET,
-        forgotten_topics_data: list[ForgottenTopic] = _UNSET,
+        topics: list[FetchTopic] | _Unset = _UNSET,
+        forgotten_topics_data: list[ForgottenTopic] | _Unset = _UNSET,
         rack_id: str = "",
     ) -> None:
         self.cluster_id = cluster_id
         self.replica_id = replica_id
-        self.replica_state = ReplicaState() if replica_state is _UNSET else replica_state
+        self.replica_state = ReplicaState() if isinstance(replica_state, _Unset) else replica_state
         self.max_wait_ms = max_wait_ms
         self.min_bytes = min_bytes
         self.max_bytes = max_bytes
         self.isolation_level = isolation_level
         self.session_id = session_id
         self.session_epoch = session_epoch
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self.forgotten_topics_data = (
-            [] if forgotten_topics_data is _UNSET else forgotten_topics_data
+            [] if isinstance(forgotten_topics_data, _Unset) else forgotten_topics_data
         )
         self.rack_id = rack_id
         self._unknown_tags = None
 
 
-class ReplicaState(_StructBase):
-    """ReplicaState (part of FetchRequest)."""
-
-    __slots__ = (
-        "replica_epoch",
-        "replica_id",
-    )
-
-    replica_id: int
-    """The replica ID of the follower, or -1 if this request is from a consumer.
-
-    Versions 15-17.
-    """
-    replica_epoch: int
-    """The epoch of this follower, or -1 if not available.
-
-    Versions 15-17.
-    """
-
-    def __init__(
-        self,
-        *,
-        replica_id: int = -1,
-        replica_epoch: int = -1,
-    ) -> None:
-        self.replica_id = replica_id
-        self.replica_epoch = replica_epoch
-        self._unknown_tags = None
-
-
-class FetchTopic(_StructBase):
-    """The topics to fetch."""
-
-    __slots__ = (
-        "partitions",
-        "topic",
-        "topic_id",
-    )
-
-    topic: str
-    """The name of the topic to fetch.
-
-    Versions 0-12, ignorable.
-    """
-    topic_id: _UUID
-    """The unique topic ID
-
-    Versions 13-17, ignorable.
-    """
-    partitions: list[FetchPartition]
-    """The partitions to fetch.
-
-    Versions 0-17.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic: str = "",
-        topic_id: _UUID = _ZERO_UUID,
-        partitions: list[FetchPartition] = _UNSET,
-    ) -> None:
-        self.topic = topic
-        self.topic_id = topic_id
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class FetchPartition(_StructBase):
-    """The partitions to fetch."""
-
-    __slots__ = (
-        "current_leader_epoch",
-        "fetch_offset",
-        "last_fetched_epoch",
-        "log_start_offset",
-        "partition",
-        "partition_max_bytes",
-        "replica_directory_id",
-    )
-
-    partition: int
-    """The partition index.
-
-    Versions 0-17.
-    """
-    current_leader_epoch: int
-    """The current leader epoch of the partition.
-
-    Versions 9-17, ignorable.
-    """
-    fetch_offset: int
-    """The message offset.
-
-    Versions 0-17.
-    """
-    last_fetched_epoch: int
-    """The epoch of the last fetched record or -1 if there is none
-
-    Versions 12-17.
-    """
-    log_start_offset: int
-    """The earliest available offset of the follower replica.  The field is only used when the request is sent by the follower.
-
-    Versions 5-17, ignorable.
-    """
-    partition_max_bytes: int
-    """The maximum bytes to fetch from this partition.  See KIP-74 for cases where this limit may not be honored.
-
-    Versions 0-17.
-    """
-    replica_directory_id: _UUID
-    """The directory id of the follower fetching
-
-    Versions 17, tag 0 in 17, ignorable.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition: int = 0,
-        current_leader_epoch: int = -1,
-        fetch_offset: int = 0,
-        last_fetched_epoch: int = -1,
-        log_start_offset: int = -1,
-        partition_max_bytes: int = 0,
-        replica_directory_id: _UUID = _ZERO_UUID,
-    ) -> None:
-        self.partition = partition
-        self.current_leader_epoch = current_leader_epoch
-        self.fetch_offset = fetch_offset
-        self.last_fetched_epoch = last_fetched_epoch
-        self.log_start_offset = log_start_offset
-        self.partition_max_bytes = partition_max_bytes
-        self.replica_directory_id = replica_directory_id
-        self._unknown_tags = None
-
-
-class ForgottenTopic(_StructBase):
-    """In an incremental fetch request, the partitions to remove."""
-
-    __slots__ = (
-        "partitions",
-        "topic",
-        "topic_id",
-    )
-
-    topic: str
-    """The topic name.
-
-    Versions 7-12, ignorable.
-    """
-    topic_id: _UUID
-    """The unique topic ID
-
-    Versions 13-17, ignorable.
-    """
-    partitions: list[int]
-    """The partitions indexes to forget.
-
-    Versions 7-17.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic: str = "",
-        topic_id: _UUID = _ZERO_UUID,
-        partitions: list[int] = _UNSET,
-    ) -> None:
-        self.topic = topic
-        self.topic_id = topic_id
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-_TAGS_FetchRequest: frozenset[int] = frozenset({0, 1})
-_TAGS_ReplicaState: frozenset[int] = frozenset()
-_TAGS_FetchTopic: frozenset[int] = frozenset()
-_TAGS_FetchPartition: frozenset[int] = frozenset({0})
-_TAGS_ForgottenTopic: frozenset[int] = frozenset()
+_TAGS_FetchRequest: _Final[frozenset[int]] = frozenset({0, 1})
+_TAGS_ReplicaState: _Final[frozenset[int]] = frozenset()
+_TAGS_FetchTopic: _Final[frozenset[int]] = frozenset()
+_TAGS_FetchPartition: _Final[frozenset[int]] = frozenset({0})
+_TAGS_ForgottenTopic: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ReplicaState_v15(buf: bytes, pos: int) -> tuple[ReplicaState, int]:
@@ -470,7 +479,8 @@ def _read_FetchTopic_v0(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(FetchPartition)
             item2.current_leader_epoch = -1
             item2.last_fetched_epoch = -1
@@ -509,7 +519,8 @@ def _read_FetchTopic_v5(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(FetchPartition)
             item2.current_leader_epoch = -1
             item2.last_fetched_epoch = -1
@@ -550,7 +561,8 @@ def _read_FetchTopic_v9(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(FetchPartition)
             item2.last_fetched_epoch = -1
             item2.replica_directory_id = _ZERO_UUID
@@ -599,7 +611,8 @@ def _read_FetchTopic_v12(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(FetchPartition)
             item2.replica_directory_id = _ZERO_UUID
             (
@@ -644,7 +657,8 @@ def _read_FetchTopic_v13(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(FetchPartition)
             item2.replica_directory_id = _ZERO_UUID
             (
@@ -689,7 +703,8 @@ def _read_FetchTopic_v17(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(FetchPartition)
             item2.replica_directory_id = _ZERO_UUID
             (
@@ -1185,7 +1200,8 @@ def _read_FetchRequest_v0(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -1213,7 +1229,8 @@ def _read_FetchRequest_v3(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -1242,7 +1259,8 @@ def _read_FetchRequest_v4(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -1271,7 +1289,8 @@ def _read_FetchRequest_v5(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchTopic_v5(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -1303,7 +1322,8 @@ def _read_FetchRequest_v7(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchTopic_v5(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -1314,10 +1334,11 @@ def _read_FetchRequest_v7(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(ForgottenTopic)
-            item4.topic_id = _ZERO_UUID
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(ForgottenTopic)
+            item5.topic_id = _ZERO_UUID
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -1326,7 +1347,7 @@ def _read_FetchRequest_v7(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.topic = buf[pos:end].decode()
+                item5.topic = buf[pos:end].decode()
                 pos = end
             n = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -1335,15 +1356,15 @@ def _read_FetchRequest_v7(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
             elif n > len(buf) - pos:
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
-                item4.partitions = (
+                item5.partitions = (
                     [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
                     if n
                     else []
                 )
                 pos += 4 * n
-            item4._unknown_tags = None
-            items3.append(item4)
-        o.forgotten_topics_data = items3
+            item5._unknown_tags = None
+            items4.append(item5)
+        o.forgotten_topics_data = items4
     o._unknown_tags = None
     return o, pos
 
@@ -1372,7 +1393,8 @@ def _read_FetchRequest_v9(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchTopic_v9(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -1383,10 +1405,11 @@ def _read_FetchRequest_v9(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(ForgottenTopic)
-            item4.topic_id = _ZERO_UUID
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(ForgottenTopic)
+            item5.topic_id = _ZERO_UUID
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -1395,7 +1418,7 @@ def _read_FetchRequest_v9(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.topic = buf[pos:end].decode()
+                item5.topic = buf[pos:end].decode()
                 pos = end
             n = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -1404,15 +1427,15 @@ def _read_FetchRequest_v9(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
             elif n > len(buf) - pos:
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
-                item4.partitions = (
+                item5.partitions = (
                     [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
                     if n
                     else []
                 )
                 pos += 4 * n
-            item4._unknown_tags = None
-            items3.append(item4)
-        o.forgotten_topics_data = items3
+            item5._unknown_tags = None
+            items4.append(item5)
+        o.forgotten_topics_data = items4
     o._unknown_tags = None
     return o, pos
 
@@ -1440,7 +1463,8 @@ def _read_FetchRequest_v11(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchTopic_v9(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -1451,10 +1475,11 @@ def _read_FetchRequest_v11(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(ForgottenTopic)
-            item4.topic_id = _ZERO_UUID
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(ForgottenTopic)
+            item5.topic_id = _ZERO_UUID
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -1463,7 +1488,7 @@ def _read_FetchRequest_v11(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.topic = buf[pos:end].decode()
+                item5.topic = buf[pos:end].decode()
                 pos = end
             n = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -1472,15 +1497,15 @@ def _read_FetchRequest_v11(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
             elif n > len(buf) - pos:
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
-                item4.partitions = (
+                item5.partitions = (
                     [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
                     if n
                     else []
                 )
                 pos += 4 * n
-            item4._unknown_tags = None
-            items3.append(item4)
-        o.forgotten_topics_data = items3
+            item5._unknown_tags = None
+            items4.append(item5)
+        o.forgotten_topics_data = items4
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -1522,7 +1547,8 @@ def _read_FetchRequest_v12(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchTopic_v12(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -1537,10 +1563,11 @@ def _read_FetchRequest_v12(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(ForgottenTopic)
-            item4.topic_id = _ZERO_UUID
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(ForgottenTopic)
+            item5.topic_id = _ZERO_UUID
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -1553,7 +1580,7 @@ def _read_FetchRequest_v12(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.topic = buf[pos:end].decode()
+                item5.topic = buf[pos:end].decode()
                 pos = end
             n = buf[pos] - 1
             if n < 127:
@@ -1566,19 +1593,19 @@ def _read_FetchRequest_v12(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
             elif n > len(buf) - pos:
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
-                item4.partitions = (
+                item5.partitions = (
                     [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
                     if n
                     else []
                 )
                 pos += 4 * n
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ForgottenTopic)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ForgottenTopic)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.forgotten_topics_data = items3
+            items4.append(item5)
+        o.forgotten_topics_data = items4
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -1628,7 +1655,8 @@ def _read_FetchRequest_v13(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchTopic_v13(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -1643,11 +1671,12 @@ def _read_FetchRequest_v13(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(ForgottenTopic)
-            item4.topic = ""
-            item4.topic_id = _read_uuid(buf, pos)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(ForgottenTopic)
+            item5.topic = ""
+            item5.topic_id = _read_uuid(buf, pos)
             pos += 16
             n = buf[pos] - 1
             if n < 127:
@@ -1660,19 +1689,19 @@ def _read_FetchRequest_v13(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
             elif n > len(buf) - pos:
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
-                item4.partitions = (
+                item5.partitions = (
                     [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
                     if n
                     else []
                 )
                 pos += 4 * n
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ForgottenTopic)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ForgottenTopic)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.forgotten_topics_data = items3
+            items4.append(item5)
+        o.forgotten_topics_data = items4
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -1717,7 +1746,8 @@ def _read_FetchRequest_v15(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchTopic_v13(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -1732,11 +1762,12 @@ def _read_FetchRequest_v15(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(ForgottenTopic)
-            item4.topic = ""
-            item4.topic_id = _read_uuid(buf, pos)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(ForgottenTopic)
+            item5.topic = ""
+            item5.topic_id = _read_uuid(buf, pos)
             pos += 16
             n = buf[pos] - 1
             if n < 127:
@@ -1749,19 +1780,19 @@ def _read_FetchRequest_v15(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
             elif n > len(buf) - pos:
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
-                item4.partitions = (
+                item5.partitions = (
                     [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
                     if n
                     else []
                 )
                 pos += 4 * n
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ForgottenTopic)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ForgottenTopic)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.forgotten_topics_data = items3
+            items4.append(item5)
+        o.forgotten_topics_data = items4
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -1806,7 +1837,8 @@ def _read_FetchRequest_v17(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchTopic_v17(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -1821,11 +1853,12 @@ def _read_FetchRequest_v17(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(ForgottenTopic)
-            item4.topic = ""
-            item4.topic_id = _read_uuid(buf, pos)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(ForgottenTopic)
+            item5.topic = ""
+            item5.topic_id = _read_uuid(buf, pos)
             pos += 16
             n = buf[pos] - 1
             if n < 127:
@@ -1838,19 +1871,19 @@ def _read_FetchRequest_v17(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
             elif n > len(buf) - pos:
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
-                item4.partitions = (
+                item5.partitions = (
                     [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
                     if n
                     else []
                 )
                 pos += 4 * n
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ForgottenTopic)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ForgottenTopic)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.forgotten_topics_data = items3
+            items4.append(item5)
+        o.forgotten_topics_data = items4
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -2593,6 +2626,113 @@ def _write_FetchRequest_v17(o: FetchRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
+ReplicaState._fields = (
+    _F("replica_id", "ReplicaId", "int32", None, (15, 17), (1, 0), (1, 0), None, False, -1, None),
+    _F(
+        "replica_epoch",
+        "ReplicaEpoch",
+        "int64",
+        None,
+        (15, 17),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        -1,
+        None,
+    ),
+)
+FetchPartition._fields = (
+    _F("partition", "Partition", "int32", None, (0, 17), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "current_leader_epoch",
+        "CurrentLeaderEpoch",
+        "int32",
+        None,
+        (9, 17),
+        (1, 0),
+        (1, 0),
+        None,
+        True,
+        -1,
+        None,
+    ),
+    _F("fetch_offset", "FetchOffset", "int64", None, (0, 17), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "last_fetched_epoch",
+        "LastFetchedEpoch",
+        "int32",
+        None,
+        (12, 17),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        -1,
+        None,
+    ),
+    _F(
+        "log_start_offset",
+        "LogStartOffset",
+        "int64",
+        None,
+        (5, 17),
+        (1, 0),
+        (1, 0),
+        None,
+        True,
+        -1,
+        None,
+    ),
+    _F(
+        "partition_max_bytes",
+        "PartitionMaxBytes",
+        "int32",
+        None,
+        (0, 17),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F(
+        "replica_directory_id",
+        "ReplicaDirectoryId",
+        "uuid",
+        None,
+        (17, 17),
+        (1, 0),
+        (17, 17),
+        0,
+        True,
+        _ZERO_UUID,
+        None,
+    ),
+)
+FetchTopic._fields = (
+    _F("topic", "Topic", "string", None, (0, 12), (1, 0), (1, 0), None, True, "", None),
+    _F("topic_id", "TopicId", "uuid", None, (13, 17), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]FetchPartition",
+        FetchPartition,
+        (0, 17),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+ForgottenTopic._fields = (
+    _F("topic", "Topic", "string", None, (7, 12), (1, 0), (1, 0), None, True, "", None),
+    _F("topic_id", "TopicId", "uuid", None, (13, 17), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
+    _F("partitions", "Partitions", "[]int32", None, (7, 17), (1, 0), (1, 0), None, False, (), None),
+)
 FetchRequest._fields = (
     _F(
         "cluster_id", "ClusterId", "string", None, (12, 17), (12, 17), (12, 17), 0, True, None, None
@@ -2680,113 +2820,6 @@ FetchRequest._fields = (
         None,
     ),
     _F("rack_id", "RackId", "string", None, (11, 17), (1, 0), (1, 0), None, True, "", None),
-)
-ReplicaState._fields = (
-    _F("replica_id", "ReplicaId", "int32", None, (15, 17), (1, 0), (1, 0), None, False, -1, None),
-    _F(
-        "replica_epoch",
-        "ReplicaEpoch",
-        "int64",
-        None,
-        (15, 17),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        -1,
-        None,
-    ),
-)
-FetchTopic._fields = (
-    _F("topic", "Topic", "string", None, (0, 12), (1, 0), (1, 0), None, True, "", None),
-    _F("topic_id", "TopicId", "uuid", None, (13, 17), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]FetchPartition",
-        FetchPartition,
-        (0, 17),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-FetchPartition._fields = (
-    _F("partition", "Partition", "int32", None, (0, 17), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "current_leader_epoch",
-        "CurrentLeaderEpoch",
-        "int32",
-        None,
-        (9, 17),
-        (1, 0),
-        (1, 0),
-        None,
-        True,
-        -1,
-        None,
-    ),
-    _F("fetch_offset", "FetchOffset", "int64", None, (0, 17), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "last_fetched_epoch",
-        "LastFetchedEpoch",
-        "int32",
-        None,
-        (12, 17),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        -1,
-        None,
-    ),
-    _F(
-        "log_start_offset",
-        "LogStartOffset",
-        "int64",
-        None,
-        (5, 17),
-        (1, 0),
-        (1, 0),
-        None,
-        True,
-        -1,
-        None,
-    ),
-    _F(
-        "partition_max_bytes",
-        "PartitionMaxBytes",
-        "int32",
-        None,
-        (0, 17),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F(
-        "replica_directory_id",
-        "ReplicaDirectoryId",
-        "uuid",
-        None,
-        (17, 17),
-        (1, 0),
-        (17, 17),
-        0,
-        True,
-        _ZERO_UUID,
-        None,
-    ),
-)
-ForgottenTopic._fields = (
-    _F("topic", "Topic", "string", None, (7, 12), (1, 0), (1, 0), None, True, "", None),
-    _F("topic_id", "TopicId", "uuid", None, (13, 17), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
-    _F("partitions", "Partitions", "[]int32", None, (7, 17), (1, 0), (1, 0), None, False, (), None),
 )
 FetchRequest._readers = {
     0: _read_FetchRequest_v0,

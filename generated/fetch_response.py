@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Buffer as _Buffer
@@ -44,20 +48,340 @@ __all__ = [
     "SnapshotId",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ihi = _Packer(">ihi")
-_S_ihq = _Packer(">ihq")
-_S_ihqq = _Packer(">ihqq")
-_S_ihqqq = _Packer(">ihqqq")
-_S_ii = _Packer(">ii")
-_S_iq = _Packer(">iq")
-_S_qi = _Packer(">qi")
-_S_qq = _Packer(">qq")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ihi: _Final = _Packer(">ihi")
+_S_ihq: _Final = _Packer(">ihq")
+_S_ihqq: _Final = _Packer(">ihqq")
+_S_ihqqq: _Final = _Packer(">ihqqq")
+_S_ii: _Final = _Packer(">ii")
+_S_iq: _Final = _Packer(">iq")
+_S_qi: _Final = _Packer(">qi")
+_S_qq: _Final = _Packer(">qq")
 
 
+@_mypyc_attr(native_class=False)
+class EpochEndOffset(_StructBase):
+    """In case divergence is detected based on the `LastFetchedEpoch` and `FetchOffset` in the request, this field indicates the largest epoch and its end offset such that subsequent records are known to diverge"""
+
+    __slots__ = (
+        "end_offset",
+        "epoch",
+    )
+
+    epoch: int
+    """Epoch
+
+    Versions 12-17.
+    """
+    end_offset: int
+    """EndOffset
+
+    Versions 12-17.
+    """
+
+    def __init__(
+        self,
+        *,
+        epoch: int = -1,
+        end_offset: int = -1,
+    ) -> None:
+        self.epoch = epoch
+        self.end_offset = end_offset
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class LeaderIdAndEpoch(_StructBase):
+    """LeaderIdAndEpoch (part of FetchResponse)."""
+
+    __slots__ = (
+        "leader_epoch",
+        "leader_id",
+    )
+
+    leader_id: int
+    """The ID of the current leader or -1 if the leader is unknown.
+
+    Versions 12-17.
+    """
+    leader_epoch: int
+    """The latest known leader epoch
+
+    Versions 12-17.
+    """
+
+    def __init__(
+        self,
+        *,
+        leader_id: int = -1,
+        leader_epoch: int = -1,
+    ) -> None:
+        self.leader_id = leader_id
+        self.leader_epoch = leader_epoch
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class SnapshotId(_StructBase):
+    """In the case of fetching an offset less than the LogStartOffset, this is the end offset and epoch that should be used in the FetchSnapshot request."""
+
+    __slots__ = (
+        "end_offset",
+        "epoch",
+    )
+
+    end_offset: int
+    """EndOffset
+
+    Versions 12-17.
+    """
+    epoch: int
+    """Epoch
+
+    Versions 12-17.
+    """
+
+    def __init__(
+        self,
+        *,
+        end_offset: int = -1,
+        epoch: int = -1,
+    ) -> None:
+        self.end_offset = end_offset
+        self.epoch = epoch
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class AbortedTransaction(_StructBase):
+    """The aborted transactions."""
+
+    __slots__ = (
+        "first_offset",
+        "producer_id",
+    )
+
+    producer_id: int
+    """The producer id associated with the aborted transaction.
+
+    Versions 4-17.
+    """
+    first_offset: int
+    """The first offset in the aborted transaction.
+
+    Versions 4-17.
+    """
+
+    def __init__(
+        self,
+        *,
+        producer_id: int = 0,
+        first_offset: int = 0,
+    ) -> None:
+        self.producer_id = producer_id
+        self.first_offset = first_offset
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class PartitionData(_StructBase):
+    """The topic partitions."""
+
+    __slots__ = (
+        "aborted_transactions",
+        "current_leader",
+        "diverging_epoch",
+        "error_code",
+        "high_watermark",
+        "last_stable_offset",
+        "log_start_offset",
+        "partition_index",
+        "preferred_read_replica",
+        "records",
+        "snapshot_id",
+    )
+
+    partition_index: int
+    """The partition index.
+
+    Versions 0-17.
+    """
+    error_code: int
+    """The error code, or 0 if there was no fetch error.
+
+    Versions 0-17.
+    """
+    high_watermark: int
+    """The current high water mark.
+
+    Versions 0-17.
+    """
+    last_stable_offset: int
+    """The last stable offset (or LSO) of the partition. This is the last offset such that the state of all transactional records prior to this offset have been decided (ABORTED or COMMITTED)
+
+    Versions 4-17, ignorable.
+    """
+    log_start_offset: int
+    """The current log start offset.
+
+    Versions 5-17, ignorable.
+    """
+    diverging_epoch: EpochEndOffset
+    """In case divergence is detected based on the `LastFetchedEpoch` and `FetchOffset` in the request, this field indicates the largest epoch and its end offset such that subsequent records are known to diverge
+
+    Versions 12-17, tag 0 in 12-17.
+    """
+    current_leader: LeaderIdAndEpoch
+    """CurrentLeader
+
+    Versions 12-17, tag 1 in 12-17.
+    """
+    snapshot_id: SnapshotId
+    """In the case of fetching an offset less than the LogStartOffset, this is the end offset and epoch that should be used in the FetchSnapshot request.
+
+    Versions 12-17, tag 2 in 12-17.
+    """
+    aborted_transactions: list[AbortedTransaction] | None
+    """The aborted transactions.
+
+    Versions 4-17, nullable 4-17, ignorable.
+    """
+    preferred_read_replica: int
+    """The preferred read replica for the consumer to use on its next fetch request
+
+    Versions 11-17.
+    """
+    records: _Buffer | None
+    """The record data.
+
+    Versions 0-17, nullable 0-17.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        error_code: int = 0,
+        high_watermark: int = 0,
+        last_stable_offset: int = -1,
+        log_start_offset: int = -1,
+        diverging_epoch: EpochEndOffset | _Unset = _UNSET,
+        current_leader: LeaderIdAndEpoch | _Unset = _UNSET,
+        snapshot_id: SnapshotId | _Unset = _UNSET,
+        aborted_transactions: list[AbortedTransaction] | _Unset | None = _UNSET,
+        preferred_read_replica: int = -1,
+        records: _Buffer | None = None,
+    ) -> None:
+        self.partition_index = partition_index
+        self.error_code = error_code
+        self.high_watermark = high_watermark
+        self.last_stable_offset = last_stable_offset
+        self.log_start_offset = log_start_offset
+        self.diverging_epoch = (
+            EpochEndOffset() if isinstance(diverging_epoch, _Unset) else diverging_epoch
+        )
+        self.current_leader = (
+            LeaderIdAndEpoch() if isinstance(current_leader, _Unset) else current_leader
+        )
+        self.snapshot_id = SnapshotId() if isinstance(snapshot_id, _Unset) else snapshot_id
+        self.aborted_transactions = (
+            [] if isinstance(aborted_transactions, _Unset) else aborted_transactions
+        )
+        self.preferred_read_replica = preferred_read_replica
+        self.records = records
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class FetchableTopicResponse(_StructBase):
+    """The response topics."""
+
+    __slots__ = (
+        "partitions",
+        "topic",
+        "topic_id",
+    )
+
+    topic: str
+    """The topic name.
+
+    Versions 0-12, ignorable.
+    """
+    topic_id: _UUID
+    """The unique topic ID
+
+    Versions 13-17, ignorable.
+    """
+    partitions: list[PartitionData]
+    """The topic partitions.
+
+    Versions 0-17.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic: str = "",
+        topic_id: _UUID = _ZERO_UUID,
+        partitions: list[PartitionData] | _Unset = _UNSET,
+    ) -> None:
+        self.topic = topic
+        self.topic_id = topic_id
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class NodeEndpoint(_StructBase):
+    """Endpoints for all current-leaders enumerated in PartitionData, with errors NOT_LEADER_OR_FOLLOWER & FENCED_LEADER_EPOCH."""
+
+    __slots__ = (
+        "host",
+        "node_id",
+        "port",
+        "rack",
+    )
+
+    node_id: int
+    """The ID of the associated node.
+
+    Versions 16-17.
+    """
+    host: str
+    """The node's hostname.
+
+    Versions 16-17.
+    """
+    port: int
+    """The node's port.
+
+    Versions 16-17.
+    """
+    rack: str | None
+    """The rack of the node, or null if it has not been assigned to a rack.
+
+    Versions 16-17, nullable 16-17.
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: int = 0,
+        host: str = "",
+        port: int = 0,
+        rack: str | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.host = host
+        self.port = port
+        self.rack = rack
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class FetchResponse(_Message):
     """Kafka FetchResponse (response, API key 1), versions 0-17, flexible 12+.
 
@@ -140,331 +464,25 @@ class FetchResponse(_Message):
         throttle_time_ms: int = 0,
         error_code: int = 0,
         session_id: int = 0,
-        responses: list[FetchableTopicResponse] = _UNSET,
-        node_endpoints: list[NodeEndpoint] = _UNSET,
+        responses: list[FetchableTopicResponse] | _Unset = _UNSET,
+        node_endpoints: list[NodeEndpoint] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
         self.session_id = session_id
-        self.responses = [] if responses is _UNSET else responses
-        self.node_endpoints = [] if node_endpoints is _UNSET else node_endpoints
+        self.responses = [] if isinstance(responses, _Unset) else responses
+        self.node_endpoints = [] if isinstance(node_endpoints, _Unset) else node_endpoints
         self._unknown_tags = None
 
 
-class FetchableTopicResponse(_StructBase):
-    """The response topics."""
-
-    __slots__ = (
-        "partitions",
-        "topic",
-        "topic_id",
-    )
-
-    topic: str
-    """The topic name.
-
-    Versions 0-12, ignorable.
-    """
-    topic_id: _UUID
-    """The unique topic ID
-
-    Versions 13-17, ignorable.
-    """
-    partitions: list[PartitionData]
-    """The topic partitions.
-
-    Versions 0-17.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic: str = "",
-        topic_id: _UUID = _ZERO_UUID,
-        partitions: list[PartitionData] = _UNSET,
-    ) -> None:
-        self.topic = topic
-        self.topic_id = topic_id
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class PartitionData(_StructBase):
-    """The topic partitions."""
-
-    __slots__ = (
-        "aborted_transactions",
-        "current_leader",
-        "diverging_epoch",
-        "error_code",
-        "high_watermark",
-        "last_stable_offset",
-        "log_start_offset",
-        "partition_index",
-        "preferred_read_replica",
-        "records",
-        "snapshot_id",
-    )
-
-    partition_index: int
-    """The partition index.
-
-    Versions 0-17.
-    """
-    error_code: int
-    """The error code, or 0 if there was no fetch error.
-
-    Versions 0-17.
-    """
-    high_watermark: int
-    """The current high water mark.
-
-    Versions 0-17.
-    """
-    last_stable_offset: int
-    """The last stable offset (or LSO) of the partition. This is the last offset such that the state of all transactional records prior to this offset have been decided (ABORTED or COMMITTED)
-
-    Versions 4-17, ignorable.
-    """
-    log_start_offset: int
-    """The current log start offset.
-
-    Versions 5-17, ignorable.
-    """
-    diverging_epoch: EpochEndOffset
-    """In case divergence is detected based on the `LastFetchedEpoch` and `FetchOffset` in the request, this field indicates the largest epoch and its end offset such that subsequent records are known to diverge
-
-    Versions 12-17, tag 0 in 12-17.
-    """
-    current_leader: LeaderIdAndEpoch
-    """CurrentLeader
-
-    Versions 12-17, tag 1 in 12-17.
-    """
-    snapshot_id: SnapshotId
-    """In the case of fetching an offset less than the LogStartOffset, this is the end offset and epoch that should be used in the FetchSnapshot request.
-
-    Versions 12-17, tag 2 in 12-17.
-    """
-    aborted_transactions: list[AbortedTransaction] | None
-    """The aborted transactions.
-
-    Versions 4-17, nullable 4-17, ignorable.
-    """
-    preferred_read_replica: int
-    """The preferred read replica for the consumer to use on its next fetch request
-
-    Versions 11-17.
-    """
-    records: _Buffer | None
-    """The record data.
-
-    Versions 0-17, nullable 0-17.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        error_code: int = 0,
-        high_watermark: int = 0,
-        last_stable_offset: int = -1,
-        log_start_offset: int = -1,
-        diverging_epoch: EpochEndOffset = _UNSET,
-        current_leader: LeaderIdAndEpoch = _UNSET,
-        snapshot_id: SnapshotId = _UNSET,
-        aborted_transactions: list[AbortedTransaction] | None = _UNSET,
-        preferred_read_replica: int = -1,
-        records: _Buffer | None = None,
-    ) -> None:
-        self.partition_index = partition_index
-        self.error_code = error_code
-        self.high_watermark = high_watermark
-        self.last_stable_offset = last_stable_offset
-        self.log_start_offset = log_start_offset
-        self.diverging_epoch = EpochEndOffset() if diverging_epoch is _UNSET else diverging_epoch
-        self.current_leader = LeaderIdAndEpoch() if current_leader is _UNSET else current_leader
-        self.snapshot_id = SnapshotId() if snapshot_id is _UNSET else snapshot_id
-        self.aborted_transactions = [] if aborted_transactions is _UNSET else aborted_transactions
-        self.preferred_read_replica = preferred_read_replica
-        self.records = records
-        self._unknown_tags = None
-
-
-class EpochEndOffset(_StructBase):
-    """In case divergence is detected based on the `LastFetchedEpoch` and `FetchOffset` in the request, this field indicates the largest epoch and its end offset such that subsequent records are known to diverge"""
-
-    __slots__ = (
-        "end_offset",
-        "epoch",
-    )
-
-    epoch: int
-    """Epoch
-
-    Versions 12-17.
-    """
-    end_offset: int
-    """EndOffset
-
-    Versions 12-17.
-    """
-
-    def __init__(
-        self,
-        *,
-        epoch: int = -1,
-        end_offset: int = -1,
-    ) -> None:
-        self.epoch = epoch
-        self.end_offset = end_offset
-        self._unknown_tags = None
-
-
-class LeaderIdAndEpoch(_StructBase):
-    """LeaderIdAndEpoch (part of FetchResponse)."""
-
-    __slots__ = (
-        "leader_epoch",
-        "leader_id",
-    )
-
-    leader_id: int
-    """The ID of the current leader or -1 if the leader is unknown.
-
-    Versions 12-17.
-    """
-    leader_epoch: int
-    """The latest known leader epoch
-
-    Versions 12-17.
-    """
-
-    def __init__(
-        self,
-        *,
-        leader_id: int = -1,
-        leader_epoch: int = -1,
-    ) -> None:
-        self.leader_id = leader_id
-        self.leader_epoch = leader_epoch
-        self._unknown_tags = None
-
-
-class SnapshotId(_StructBase):
-    """In the case of fetching an offset less than the LogStartOffset, this is the end offset and epoch that should be used in the FetchSnapshot request."""
-
-    __slots__ = (
-        "end_offset",
-        "epoch",
-    )
-
-    end_offset: int
-    """EndOffset
-
-    Versions 12-17.
-    """
-    epoch: int
-    """Epoch
-
-    Versions 12-17.
-    """
-
-    def __init__(
-        self,
-        *,
-        end_offset: int = -1,
-        epoch: int = -1,
-    ) -> None:
-        self.end_offset = end_offset
-        self.epoch = epoch
-        self._unknown_tags = None
-
-
-class AbortedTransaction(_StructBase):
-    """The aborted transactions."""
-
-    __slots__ = (
-        "first_offset",
-        "producer_id",
-    )
-
-    producer_id: int
-    """The producer id associated with the aborted transaction.
-
-    Versions 4-17.
-    """
-    first_offset: int
-    """The first offset in the aborted transaction.
-
-    Versions 4-17.
-    """
-
-    def __init__(
-        self,
-        *,
-        producer_id: int = 0,
-        first_offset: int = 0,
-    ) -> None:
-        self.producer_id = producer_id
-        self.first_offset = first_offset
-        self._unknown_tags = None
-
-
-class NodeEndpoint(_StructBase):
-    """Endpoints for all current-leaders enumerated in PartitionData, with errors NOT_LEADER_OR_FOLLOWER & FENCED_LEADER_EPOCH."""
-
-    __slots__ = (
-        "host",
-        "node_id",
-        "port",
-        "rack",
-    )
-
-    node_id: int
-    """The ID of the associated node.
-
-    Versions 16-17.
-    """
-    host: str
-    """The node's hostname.
-
-    Versions 16-17.
-    """
-    port: int
-    """The node's port.
-
-    Versions 16-17.
-    """
-    rack: str | None
-    """The rack of the node, or null if it has not been assigned to a rack.
-
-    Versions 16-17, nullable 16-17.
-    """
-
-    def __init__(
-        self,
-        *,
-        node_id: int = 0,
-        host: str = "",
-        port: int = 0,
-        rack: str | None = None,
-    ) -> None:
-        self.node_id = node_id
-        self.host = host
-        self.port = port
-        self.rack = rack
-        self._unknown_tags = None
-
-
-_TAGS_FetchResponse: frozenset[int] = frozenset({0})
-_TAGS_FetchableTopicResponse: frozenset[int] = frozenset()
-_TAGS_PartitionData: frozenset[int] = frozenset({0, 1, 2})
-_TAGS_EpochEndOffset: frozenset[int] = frozenset()
-_TAGS_LeaderIdAndEpoch: frozenset[int] = frozenset()
-_TAGS_SnapshotId: frozenset[int] = frozenset()
-_TAGS_AbortedTransaction: frozenset[int] = frozenset()
-_TAGS_NodeEndpoint: frozenset[int] = frozenset()
+_TAGS_FetchResponse: _Final[frozenset[int]] = frozenset({0})
+_TAGS_FetchableTopicResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionData: _Final[frozenset[int]] = frozenset({0, 1, 2})
+_TAGS_EpochEndOffset: _Final[frozenset[int]] = frozenset()
+_TAGS_LeaderIdAndEpoch: _Final[frozenset[int]] = frozenset()
+_TAGS_SnapshotId: _Final[frozenset[int]] = frozenset()
+_TAGS_AbortedTransaction: _Final[frozenset[int]] = frozenset()
+_TAGS_NodeEndpoint: _Final[frozenset[int]] = frozenset()
 
 
 def _read_EpochEndOffset_v12(buf: bytes, pos: int) -> tuple[EpochEndOffset, int]:
@@ -586,7 +604,8 @@ def _read_PartitionData_v4(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AbortedTransaction)
             item2.producer_id, item2.first_offset = _S_qq.unpack_from(buf, pos)
             pos += 16
@@ -630,7 +649,8 @@ def _read_PartitionData_v5(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AbortedTransaction)
             item2.producer_id, item2.first_offset = _S_qq.unpack_from(buf, pos)
             pos += 16
@@ -673,7 +693,8 @@ def _read_PartitionData_v11(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AbortedTransaction)
             item2.producer_id, item2.first_offset = _S_qq.unpack_from(buf, pos)
             pos += 16
@@ -720,7 +741,8 @@ def _read_PartitionData_v12(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AbortedTransaction)
             item2.producer_id, item2.first_offset = _S_qq.unpack_from(buf, pos)
             pos += 16
@@ -1282,7 +1304,8 @@ def _read_FetchableTopicResponse_v0(buf: bytes, pos: int) -> tuple[FetchableTopi
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionData)
             item2.last_stable_offset = -1
             item2.log_start_offset = -1
@@ -1336,7 +1359,8 @@ def _read_FetchableTopicResponse_v4(buf: bytes, pos: int) -> tuple[FetchableTopi
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_PartitionData_v4(buf, pos)
             items1.append(item2)
         o.partitions = items1
@@ -1366,7 +1390,8 @@ def _read_FetchableTopicResponse_v5(buf: bytes, pos: int) -> tuple[FetchableTopi
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_PartitionData_v5(buf, pos)
             items1.append(item2)
         o.partitions = items1
@@ -1396,7 +1421,8 @@ def _read_FetchableTopicResponse_v11(buf: bytes, pos: int) -> tuple[FetchableTop
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_PartitionData_v11(buf, pos)
             items1.append(item2)
         o.partitions = items1
@@ -1434,7 +1460,8 @@ def _read_FetchableTopicResponse_v12(buf: bytes, pos: int) -> tuple[FetchableTop
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_PartitionData_v12(buf, pos)
             items1.append(item2)
         o.partitions = items1
@@ -1464,7 +1491,8 @@ def _read_FetchableTopicResponse_v13(buf: bytes, pos: int) -> tuple[FetchableTop
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_PartitionData_v12(buf, pos)
             items1.append(item2)
         o.partitions = items1
@@ -1839,7 +1867,8 @@ def _read_tags_FetchResponse_v16(o: FetchResponse, buf: bytes, pos: int) -> int:
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
                 items1: list[_Any] = []
-                for _ in range(n):
+                count3 = n
+                for _ in range(count3):
                     item2 = _new(NodeEndpoint)
                     item2.node_id = _S_i.unpack_from(buf, pos)[0]
                     pos += 4
@@ -1907,7 +1936,8 @@ def _read_FetchResponse_v0(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchableTopicResponse_v0(buf, pos)
             items1.append(item2)
         o.responses = items1
@@ -1931,7 +1961,8 @@ def _read_FetchResponse_v1(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchableTopicResponse_v0(buf, pos)
             items1.append(item2)
         o.responses = items1
@@ -1955,7 +1986,8 @@ def _read_FetchResponse_v4(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchableTopicResponse_v4(buf, pos)
             items1.append(item2)
         o.responses = items1
@@ -1979,7 +2011,8 @@ def _read_FetchResponse_v5(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchableTopicResponse_v5(buf, pos)
             items1.append(item2)
         o.responses = items1
@@ -2001,7 +2034,8 @@ def _read_FetchResponse_v7(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchableTopicResponse_v5(buf, pos)
             items1.append(item2)
         o.responses = items1
@@ -2023,7 +2057,8 @@ def _read_FetchResponse_v11(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchableTopicResponse_v11(buf, pos)
             items1.append(item2)
         o.responses = items1
@@ -2049,7 +2084,8 @@ def _read_FetchResponse_v12(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchableTopicResponse_v12(buf, pos)
             items1.append(item2)
         o.responses = items1
@@ -2079,7 +2115,8 @@ def _read_FetchResponse_v13(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchableTopicResponse_v13(buf, pos)
             items1.append(item2)
         o.responses = items1
@@ -2109,7 +2146,8 @@ def _read_FetchResponse_v16(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchableTopicResponse_v13(buf, pos)
             items1.append(item2)
         o.responses = items1
@@ -2406,65 +2444,33 @@ def _write_FetchResponse_v16(o: FetchResponse, w: _Writer) -> None:
         w(b"\x00")
 
 
-FetchResponse._fields = (
+EpochEndOffset._fields = (
+    _F("epoch", "Epoch", "int32", None, (12, 17), (1, 0), (1, 0), None, False, -1, None),
+    _F("end_offset", "EndOffset", "int64", None, (12, 17), (1, 0), (1, 0), None, False, -1, None),
+)
+LeaderIdAndEpoch._fields = (
+    _F("leader_id", "LeaderId", "int32", None, (12, 17), (1, 0), (1, 0), None, False, -1, None),
     _F(
-        "throttle_time_ms",
-        "ThrottleTimeMs",
+        "leader_epoch",
+        "LeaderEpoch",
         "int32",
         None,
-        (1, 17),
-        (1, 0),
-        (1, 0),
-        None,
-        True,
-        0,
-        None,
-    ),
-    _F("error_code", "ErrorCode", "int16", None, (7, 17), (1, 0), (1, 0), None, True, 0, None),
-    _F("session_id", "SessionId", "int32", None, (7, 17), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "responses",
-        "Responses",
-        "[]FetchableTopicResponse",
-        FetchableTopicResponse,
-        (0, 17),
+        (12, 17),
         (1, 0),
         (1, 0),
         None,
         False,
-        (),
-        None,
-    ),
-    _F(
-        "node_endpoints",
-        "NodeEndpoints",
-        "[]NodeEndpoint",
-        NodeEndpoint,
-        (16, 17),
-        (1, 0),
-        (16, 17),
-        0,
-        False,
-        (),
+        -1,
         None,
     ),
 )
-FetchableTopicResponse._fields = (
-    _F("topic", "Topic", "string", None, (0, 12), (1, 0), (1, 0), None, True, "", None),
-    _F("topic_id", "TopicId", "uuid", None, (13, 17), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]PartitionData",
-        PartitionData,
-        (0, 17),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
+SnapshotId._fields = (
+    _F("end_offset", "EndOffset", "int64", None, (12, 17), (1, 0), (1, 0), None, False, -1, None),
+    _F("epoch", "Epoch", "int32", None, (12, 17), (1, 0), (1, 0), None, False, -1, None),
+)
+AbortedTransaction._fields = (
+    _F("producer_id", "ProducerId", "int64", None, (4, 17), (1, 0), (1, 0), None, False, 0, None),
+    _F("first_offset", "FirstOffset", "int64", None, (4, 17), (1, 0), (1, 0), None, False, 0, None),
 )
 PartitionData._fields = (
     _F(
@@ -2587,39 +2593,71 @@ PartitionData._fields = (
     ),
     _F("records", "Records", "records", None, (0, 17), (0, 17), (1, 0), None, False, None, None),
 )
-EpochEndOffset._fields = (
-    _F("epoch", "Epoch", "int32", None, (12, 17), (1, 0), (1, 0), None, False, -1, None),
-    _F("end_offset", "EndOffset", "int64", None, (12, 17), (1, 0), (1, 0), None, False, -1, None),
-)
-LeaderIdAndEpoch._fields = (
-    _F("leader_id", "LeaderId", "int32", None, (12, 17), (1, 0), (1, 0), None, False, -1, None),
+FetchableTopicResponse._fields = (
+    _F("topic", "Topic", "string", None, (0, 12), (1, 0), (1, 0), None, True, "", None),
+    _F("topic_id", "TopicId", "uuid", None, (13, 17), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
     _F(
-        "leader_epoch",
-        "LeaderEpoch",
-        "int32",
-        None,
-        (12, 17),
+        "partitions",
+        "Partitions",
+        "[]PartitionData",
+        PartitionData,
+        (0, 17),
         (1, 0),
         (1, 0),
         None,
         False,
-        -1,
+        (),
         None,
     ),
-)
-SnapshotId._fields = (
-    _F("end_offset", "EndOffset", "int64", None, (12, 17), (1, 0), (1, 0), None, False, -1, None),
-    _F("epoch", "Epoch", "int32", None, (12, 17), (1, 0), (1, 0), None, False, -1, None),
-)
-AbortedTransaction._fields = (
-    _F("producer_id", "ProducerId", "int64", None, (4, 17), (1, 0), (1, 0), None, False, 0, None),
-    _F("first_offset", "FirstOffset", "int64", None, (4, 17), (1, 0), (1, 0), None, False, 0, None),
 )
 NodeEndpoint._fields = (
     _F("node_id", "NodeId", "int32", None, (16, 17), (1, 0), (1, 0), None, False, 0, None),
     _F("host", "Host", "string", None, (16, 17), (1, 0), (1, 0), None, False, "", None),
     _F("port", "Port", "int32", None, (16, 17), (1, 0), (1, 0), None, False, 0, None),
     _F("rack", "Rack", "string", None, (16, 17), (16, 17), (1, 0), None, False, None, None),
+)
+FetchResponse._fields = (
+    _F(
+        "throttle_time_ms",
+        "ThrottleTimeMs",
+        "int32",
+        None,
+        (1, 17),
+        (1, 0),
+        (1, 0),
+        None,
+        True,
+        0,
+        None,
+    ),
+    _F("error_code", "ErrorCode", "int16", None, (7, 17), (1, 0), (1, 0), None, True, 0, None),
+    _F("session_id", "SessionId", "int32", None, (7, 17), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "responses",
+        "Responses",
+        "[]FetchableTopicResponse",
+        FetchableTopicResponse,
+        (0, 17),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F(
+        "node_endpoints",
+        "NodeEndpoints",
+        "[]NodeEndpoint",
+        NodeEndpoint,
+        (16, 17),
+        (1, 0),
+        (16, 17),
+        0,
+        False,
+        (),
+        None,
+    ),
 )
 FetchResponse._readers = {
     0: _read_FetchResponse_v0,

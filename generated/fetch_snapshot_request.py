@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Buffer as _Buffer
@@ -39,13 +43,131 @@ __all__ = [
     "TopicSnapshot",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_ii = _Packer(">ii")
-_S_q = _Packer(">q")
-_S_qi = _Packer(">qi")
+_S_ii: _Final = _Packer(">ii")
+_S_q: _Final = _Packer(">q")
+_S_qi: _Final = _Packer(">qi")
 
 
+@_mypyc_attr(native_class=False)
+class SnapshotId(_StructBase):
+    """The snapshot endOffset and epoch to fetch"""
+
+    __slots__ = (
+        "end_offset",
+        "epoch",
+    )
+
+    end_offset: int
+    """EndOffset
+
+    Versions 0-1.
+    """
+    epoch: int
+    """Epoch
+
+    Versions 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        end_offset: int = 0,
+        epoch: int = 0,
+    ) -> None:
+        self.end_offset = end_offset
+        self.epoch = epoch
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class PartitionSnapshot(_StructBase):
+    """The partitions to fetch"""
+
+    __slots__ = (
+        "current_leader_epoch",
+        "partition",
+        "position",
+        "replica_directory_id",
+        "snapshot_id",
+    )
+
+    partition: int
+    """The partition index
+
+    Versions 0-1.
+    """
+    current_leader_epoch: int
+    """The current leader epoch of the partition, -1 for unknown leader epoch
+
+    Versions 0-1.
+    """
+    snapshot_id: SnapshotId
+    """The snapshot endOffset and epoch to fetch
+
+    Versions 0-1.
+    """
+    position: int
+    """The byte position within the snapshot to start fetching from
+
+    Versions 0-1.
+    """
+    replica_directory_id: _UUID
+    """The directory id of the follower fetching
+
+    Versions 1, tag 0 in 1, ignorable.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition: int = 0,
+        current_leader_epoch: int = 0,
+        snapshot_id: SnapshotId | _Unset = _UNSET,
+        position: int = 0,
+        replica_directory_id: _UUID = _ZERO_UUID,
+    ) -> None:
+        self.partition = partition
+        self.current_leader_epoch = current_leader_epoch
+        self.snapshot_id = SnapshotId() if isinstance(snapshot_id, _Unset) else snapshot_id
+        self.position = position
+        self.replica_directory_id = replica_directory_id
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class TopicSnapshot(_StructBase):
+    """The topics to fetch"""
+
+    __slots__ = (
+        "name",
+        "partitions",
+    )
+
+    name: str
+    """The name of the topic to fetch
+
+    Versions 0-1.
+    """
+    partitions: list[PartitionSnapshot]
+    """The partitions to fetch
+
+    Versions 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partitions: list[PartitionSnapshot] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class FetchSnapshotRequest(_Message):
     """Kafka FetchSnapshotRequest (request, API key 59), versions 0-1, flexible 0+.
 
@@ -92,133 +214,19 @@ class FetchSnapshotRequest(_Message):
         cluster_id: str | None = None,
         replica_id: int = -1,
         max_bytes: int = 2147483647,
-        topics: list[TopicSnapshot] = _UNSET,
+        topics: list[TopicSnapshot] | _Unset = _UNSET,
     ) -> None:
         self.cluster_id = cluster_id
         self.replica_id = replica_id
         self.max_bytes = max_bytes
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self._unknown_tags = None
 
 
-class TopicSnapshot(_StructBase):
-    """The topics to fetch"""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The name of the topic to fetch
-
-    Versions 0-1.
-    """
-    partitions: list[PartitionSnapshot]
-    """The partitions to fetch
-
-    Versions 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partitions: list[PartitionSnapshot] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class PartitionSnapshot(_StructBase):
-    """The partitions to fetch"""
-
-    __slots__ = (
-        "current_leader_epoch",
-        "partition",
-        "position",
-        "replica_directory_id",
-        "snapshot_id",
-    )
-
-    partition: int
-    """The partition index
-
-    Versions 0-1.
-    """
-    current_leader_epoch: int
-    """The current leader epoch of the partition, -1 for unknown leader epoch
-
-    Versions 0-1.
-    """
-    snapshot_id: SnapshotId
-    """The snapshot endOffset and epoch to fetch
-
-    Versions 0-1.
-    """
-    position: int
-    """The byte position within the snapshot to start fetching from
-
-    Versions 0-1.
-    """
-    replica_directory_id: _UUID
-    """The directory id of the follower fetching
-
-    Versions 1, tag 0 in 1, ignorable.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition: int = 0,
-        current_leader_epoch: int = 0,
-        snapshot_id: SnapshotId = _UNSET,
-        position: int = 0,
-        replica_directory_id: _UUID = _ZERO_UUID,
-    ) -> None:
-        self.partition = partition
-        self.current_leader_epoch = current_leader_epoch
-        self.snapshot_id = SnapshotId() if snapshot_id is _UNSET else snapshot_id
-        self.position = position
-        self.replica_directory_id = replica_directory_id
-        self._unknown_tags = None
-
-
-class SnapshotId(_StructBase):
-    """The snapshot endOffset and epoch to fetch"""
-
-    __slots__ = (
-        "end_offset",
-        "epoch",
-    )
-
-    end_offset: int
-    """EndOffset
-
-    Versions 0-1.
-    """
-    epoch: int
-    """Epoch
-
-    Versions 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        end_offset: int = 0,
-        epoch: int = 0,
-    ) -> None:
-        self.end_offset = end_offset
-        self.epoch = epoch
-        self._unknown_tags = None
-
-
-_TAGS_FetchSnapshotRequest: frozenset[int] = frozenset({0})
-_TAGS_TopicSnapshot: frozenset[int] = frozenset()
-_TAGS_PartitionSnapshot: frozenset[int] = frozenset({0})
-_TAGS_SnapshotId: frozenset[int] = frozenset()
+_TAGS_FetchSnapshotRequest: _Final[frozenset[int]] = frozenset({0})
+_TAGS_TopicSnapshot: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionSnapshot: _Final[frozenset[int]] = frozenset({0})
+_TAGS_SnapshotId: _Final[frozenset[int]] = frozenset()
 
 
 def _read_SnapshotId_v0(buf: bytes, pos: int) -> tuple[SnapshotId, int]:
@@ -359,7 +367,8 @@ def _read_TopicSnapshot_v0(buf: bytes, pos: int) -> tuple[TopicSnapshot, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_PartitionSnapshot_v0(buf, pos)
             items1.append(item2)
         o.partitions = items1
@@ -400,7 +409,8 @@ def _read_TopicSnapshot_v1(buf: bytes, pos: int) -> tuple[TopicSnapshot, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_PartitionSnapshot_v1(buf, pos)
             items1.append(item2)
         o.partitions = items1
@@ -502,7 +512,8 @@ def _read_FetchSnapshotRequest_v0(buf: bytes, pos: int) -> tuple[FetchSnapshotRe
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicSnapshot_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -532,7 +543,8 @@ def _read_FetchSnapshotRequest_v1(buf: bytes, pos: int) -> tuple[FetchSnapshotRe
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicSnapshot_v1(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -596,51 +608,9 @@ def _write_FetchSnapshotRequest_v1(o: FetchSnapshotRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
-FetchSnapshotRequest._fields = (
-    _F("cluster_id", "ClusterId", "string", None, (0, 1), (0, 1), (0, 1), 0, False, None, None),
-    _F("replica_id", "ReplicaId", "int32", None, (0, 1), (1, 0), (1, 0), None, False, -1, None),
-    _F(
-        "max_bytes",
-        "MaxBytes",
-        "int32",
-        None,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        2147483647,
-        None,
-    ),
-    _F(
-        "topics",
-        "Topics",
-        "[]TopicSnapshot",
-        TopicSnapshot,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-TopicSnapshot._fields = (
-    _F("name", "Name", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]PartitionSnapshot",
-        PartitionSnapshot,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
+SnapshotId._fields = (
+    _F("end_offset", "EndOffset", "int64", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
+    _F("epoch", "Epoch", "int32", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
 )
 PartitionSnapshot._fields = (
     _F("partition", "Partition", "int32", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
@@ -685,9 +655,51 @@ PartitionSnapshot._fields = (
         None,
     ),
 )
-SnapshotId._fields = (
-    _F("end_offset", "EndOffset", "int64", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
-    _F("epoch", "Epoch", "int32", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
+TopicSnapshot._fields = (
+    _F("name", "Name", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]PartitionSnapshot",
+        PartitionSnapshot,
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+FetchSnapshotRequest._fields = (
+    _F("cluster_id", "ClusterId", "string", None, (0, 1), (0, 1), (0, 1), 0, False, None, None),
+    _F("replica_id", "ReplicaId", "int32", None, (0, 1), (1, 0), (1, 0), None, False, -1, None),
+    _F(
+        "max_bytes",
+        "MaxBytes",
+        "int32",
+        None,
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        2147483647,
+        None,
+    ),
+    _F(
+        "topics",
+        "Topics",
+        "[]TopicSnapshot",
+        TopicSnapshot,
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
 )
 FetchSnapshotRequest._readers = {
     0: _read_FetchSnapshotRequest_v0,

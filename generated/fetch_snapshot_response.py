@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import UnknownTags as _UnknownTags
@@ -39,86 +43,32 @@ __all__ = [
     "TopicSnapshot",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_H = _Packer(">H")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
-_S_ii = _Packer(">ii")
-_S_qi = _Packer(">qi")
-_S_qq = _Packer(">qq")
+_S_H: _Final = _Packer(">H")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
+_S_ii: _Final = _Packer(">ii")
+_S_qi: _Final = _Packer(">qi")
+_S_qq: _Final = _Packer(">qq")
 
 
-class FetchSnapshotResponse(_Message):
-    """Kafka FetchSnapshotResponse (response, API key 59), versions 0-1, flexible 0+.
-
-    Version 1 adds leader endpoint (KIP-853)
-    """
+@_mypyc_attr(native_class=False)
+class SnapshotId(_StructBase):
+    """The snapshot endOffset and epoch fetched"""
 
     __slots__ = (
-        "error_code",
-        "node_endpoints",
-        "throttle_time_ms",
-        "topics",
+        "end_offset",
+        "epoch",
     )
 
-    NAME = "FetchSnapshotResponse"
-    API_KEY = 59
-    TYPE = "response"
-    VALID_VERSIONS = (0, 1)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    throttle_time_ms: int
-    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
-
-    Versions 0-1, ignorable.
-    """
-    error_code: int
-    """The top level response error code.
+    end_offset: int
+    """EndOffset
 
     Versions 0-1.
     """
-    topics: list[TopicSnapshot]
-    """The topics to fetch.
-
-    Versions 0-1.
-    """
-    node_endpoints: list[NodeEndpoint]
-    """Endpoints for all current-leaders enumerated in PartitionSnapshot
-
-    Versions 1, tag 0 in 1.
-    """
-
-    def __init__(
-        self,
-        *,
-        throttle_time_ms: int = 0,
-        error_code: int = 0,
-        topics: list[TopicSnapshot] = _UNSET,
-        node_endpoints: list[NodeEndpoint] = _UNSET,
-    ) -> None:
-        self.throttle_time_ms = throttle_time_ms
-        self.error_code = error_code
-        self.topics = [] if topics is _UNSET else topics
-        self.node_endpoints = [] if node_endpoints is _UNSET else node_endpoints
-        self._unknown_tags = None
-
-
-class TopicSnapshot(_StructBase):
-    """The topics to fetch."""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The name of the topic to fetch.
-
-    Versions 0-1.
-    """
-    partitions: list[PartitionSnapshot]
-    """The partitions to fetch.
+    epoch: int
+    """Epoch
 
     Versions 0-1.
     """
@@ -126,14 +76,46 @@ class TopicSnapshot(_StructBase):
     def __init__(
         self,
         *,
-        name: str = "",
-        partitions: list[PartitionSnapshot] = _UNSET,
+        end_offset: int = 0,
+        epoch: int = 0,
     ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
+        self.end_offset = end_offset
+        self.epoch = epoch
         self._unknown_tags = None
 
 
+@_mypyc_attr(native_class=False)
+class LeaderIdAndEpoch(_StructBase):
+    """LeaderIdAndEpoch (part of FetchSnapshotResponse)."""
+
+    __slots__ = (
+        "leader_epoch",
+        "leader_id",
+    )
+
+    leader_id: int
+    """The ID of the current leader or -1 if the leader is unknown.
+
+    Versions 0-1.
+    """
+    leader_epoch: int
+    """The latest known leader epoch
+
+    Versions 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        leader_id: int = 0,
+        leader_epoch: int = 0,
+    ) -> None:
+        self.leader_id = leader_id
+        self.leader_epoch = leader_epoch
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class PartitionSnapshot(_StructBase):
     """The partitions to fetch."""
 
@@ -188,37 +170,40 @@ class PartitionSnapshot(_StructBase):
         *,
         index: int = 0,
         error_code: int = 0,
-        snapshot_id: SnapshotId = _UNSET,
-        current_leader: LeaderIdAndEpoch = _UNSET,
+        snapshot_id: SnapshotId | _Unset = _UNSET,
+        current_leader: LeaderIdAndEpoch | _Unset = _UNSET,
         size: int = 0,
         position: int = 0,
         unaligned_records: _Buffer | None = None,
     ) -> None:
         self.index = index
         self.error_code = error_code
-        self.snapshot_id = SnapshotId() if snapshot_id is _UNSET else snapshot_id
-        self.current_leader = LeaderIdAndEpoch() if current_leader is _UNSET else current_leader
+        self.snapshot_id = SnapshotId() if isinstance(snapshot_id, _Unset) else snapshot_id
+        self.current_leader = (
+            LeaderIdAndEpoch() if isinstance(current_leader, _Unset) else current_leader
+        )
         self.size = size
         self.position = position
         self.unaligned_records = unaligned_records
         self._unknown_tags = None
 
 
-class SnapshotId(_StructBase):
-    """The snapshot endOffset and epoch fetched"""
+@_mypyc_attr(native_class=False)
+class TopicSnapshot(_StructBase):
+    """The topics to fetch."""
 
     __slots__ = (
-        "end_offset",
-        "epoch",
+        "name",
+        "partitions",
     )
 
-    end_offset: int
-    """EndOffset
+    name: str
+    """The name of the topic to fetch.
 
     Versions 0-1.
     """
-    epoch: int
-    """Epoch
+    partitions: list[PartitionSnapshot]
+    """The partitions to fetch.
 
     Versions 0-1.
     """
@@ -226,44 +211,15 @@ class SnapshotId(_StructBase):
     def __init__(
         self,
         *,
-        end_offset: int = 0,
-        epoch: int = 0,
+        name: str = "",
+        partitions: list[PartitionSnapshot] | _Unset = _UNSET,
     ) -> None:
-        self.end_offset = end_offset
-        self.epoch = epoch
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
         self._unknown_tags = None
 
 
-class LeaderIdAndEpoch(_StructBase):
-    """LeaderIdAndEpoch (part of FetchSnapshotResponse)."""
-
-    __slots__ = (
-        "leader_epoch",
-        "leader_id",
-    )
-
-    leader_id: int
-    """The ID of the current leader or -1 if the leader is unknown.
-
-    Versions 0-1.
-    """
-    leader_epoch: int
-    """The latest known leader epoch
-
-    Versions 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        leader_id: int = 0,
-        leader_epoch: int = 0,
-    ) -> None:
-        self.leader_id = leader_id
-        self.leader_epoch = leader_epoch
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class NodeEndpoint(_StructBase):
     """Endpoints for all current-leaders enumerated in PartitionSnapshot"""
 
@@ -302,12 +258,68 @@ class NodeEndpoint(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_FetchSnapshotResponse: frozenset[int] = frozenset({0})
-_TAGS_TopicSnapshot: frozenset[int] = frozenset()
-_TAGS_PartitionSnapshot: frozenset[int] = frozenset({0})
-_TAGS_SnapshotId: frozenset[int] = frozenset()
-_TAGS_LeaderIdAndEpoch: frozenset[int] = frozenset()
-_TAGS_NodeEndpoint: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class FetchSnapshotResponse(_Message):
+    """Kafka FetchSnapshotResponse (response, API key 59), versions 0-1, flexible 0+.
+
+    Version 1 adds leader endpoint (KIP-853)
+    """
+
+    __slots__ = (
+        "error_code",
+        "node_endpoints",
+        "throttle_time_ms",
+        "topics",
+    )
+
+    NAME = "FetchSnapshotResponse"
+    API_KEY = 59
+    TYPE = "response"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    throttle_time_ms: int
+    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+
+    Versions 0-1, ignorable.
+    """
+    error_code: int
+    """The top level response error code.
+
+    Versions 0-1.
+    """
+    topics: list[TopicSnapshot]
+    """The topics to fetch.
+
+    Versions 0-1.
+    """
+    node_endpoints: list[NodeEndpoint]
+    """Endpoints for all current-leaders enumerated in PartitionSnapshot
+
+    Versions 1, tag 0 in 1.
+    """
+
+    def __init__(
+        self,
+        *,
+        throttle_time_ms: int = 0,
+        error_code: int = 0,
+        topics: list[TopicSnapshot] | _Unset = _UNSET,
+        node_endpoints: list[NodeEndpoint] | _Unset = _UNSET,
+    ) -> None:
+        self.throttle_time_ms = throttle_time_ms
+        self.error_code = error_code
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self.node_endpoints = [] if isinstance(node_endpoints, _Unset) else node_endpoints
+        self._unknown_tags = None
+
+
+_TAGS_FetchSnapshotResponse: _Final[frozenset[int]] = frozenset({0})
+_TAGS_TopicSnapshot: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionSnapshot: _Final[frozenset[int]] = frozenset({0})
+_TAGS_SnapshotId: _Final[frozenset[int]] = frozenset()
+_TAGS_LeaderIdAndEpoch: _Final[frozenset[int]] = frozenset()
+_TAGS_NodeEndpoint: _Final[frozenset[int]] = frozenset()
 
 
 def _read_SnapshotId_v0(buf: bytes, pos: int) -> tuple[SnapshotId, int]:
@@ -497,7 +509,8 @@ def _read_TopicSnapshot_v0(buf: bytes, pos: int) -> tuple[TopicSnapshot, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_PartitionSnapshot_v0(buf, pos)
             items1.append(item2)
         o.partitions = items1
@@ -567,7 +580,8 @@ def _read_tags_FetchSnapshotResponse_v1(o: FetchSnapshotResponse, buf: bytes, po
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
                 items1: list[_Any] = []
-                for _ in range(n):
+                count3 = n
+                for _ in range(count3):
                     item2 = _new(NodeEndpoint)
                     item2.node_id = _S_i.unpack_from(buf, pos)[0]
                     pos += 4
@@ -624,7 +638,8 @@ def _read_FetchSnapshotResponse_v0(buf: bytes, pos: int) -> tuple[FetchSnapshotR
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicSnapshot_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -654,7 +669,8 @@ def _read_FetchSnapshotResponse_v1(buf: bytes, pos: int) -> tuple[FetchSnapshotR
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicSnapshot_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -714,63 +730,13 @@ def _write_FetchSnapshotResponse_v1(o: FetchSnapshotResponse, w: _Writer) -> Non
         w(b"\x00")
 
 
-FetchSnapshotResponse._fields = (
-    _F(
-        "throttle_time_ms",
-        "ThrottleTimeMs",
-        "int32",
-        None,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        True,
-        0,
-        None,
-    ),
-    _F("error_code", "ErrorCode", "int16", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "topics",
-        "Topics",
-        "[]TopicSnapshot",
-        TopicSnapshot,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-    _F(
-        "node_endpoints",
-        "NodeEndpoints",
-        "[]NodeEndpoint",
-        NodeEndpoint,
-        (1, 1),
-        (1, 0),
-        (1, 1),
-        0,
-        False,
-        (),
-        None,
-    ),
+SnapshotId._fields = (
+    _F("end_offset", "EndOffset", "int64", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
+    _F("epoch", "Epoch", "int32", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
 )
-TopicSnapshot._fields = (
-    _F("name", "Name", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]PartitionSnapshot",
-        PartitionSnapshot,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
+LeaderIdAndEpoch._fields = (
+    _F("leader_id", "LeaderId", "int32", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
+    _F("leader_epoch", "LeaderEpoch", "int32", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
 )
 PartitionSnapshot._fields = (
     _F("index", "Index", "int32", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
@@ -817,18 +783,68 @@ PartitionSnapshot._fields = (
         None,
     ),
 )
-SnapshotId._fields = (
-    _F("end_offset", "EndOffset", "int64", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
-    _F("epoch", "Epoch", "int32", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
-)
-LeaderIdAndEpoch._fields = (
-    _F("leader_id", "LeaderId", "int32", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
-    _F("leader_epoch", "LeaderEpoch", "int32", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
+TopicSnapshot._fields = (
+    _F("name", "Name", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]PartitionSnapshot",
+        PartitionSnapshot,
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
 )
 NodeEndpoint._fields = (
     _F("node_id", "NodeId", "int32", None, (1, 1), (1, 0), (1, 0), None, False, 0, None),
     _F("host", "Host", "string", None, (1, 1), (1, 0), (1, 0), None, False, "", None),
     _F("port", "Port", "uint16", None, (1, 1), (1, 0), (1, 0), None, False, 0, None),
+)
+FetchSnapshotResponse._fields = (
+    _F(
+        "throttle_time_ms",
+        "ThrottleTimeMs",
+        "int32",
+        None,
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        True,
+        0,
+        None,
+    ),
+    _F("error_code", "ErrorCode", "int16", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "topics",
+        "Topics",
+        "[]TopicSnapshot",
+        TopicSnapshot,
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F(
+        "node_endpoints",
+        "NodeEndpoints",
+        "[]NodeEndpoint",
+        NodeEndpoint,
+        (1, 1),
+        (1, 0),
+        (1, 1),
+        0,
+        False,
+        (),
+        None,
+    ),
 )
 FetchSnapshotResponse._readers = {
     0: _read_FetchSnapshotResponse_v0,

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -27,12 +31,13 @@ __all__ = [
     "FindCoordinatorRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_b = _Packer(">b")
-_S_h = _Packer(">h")
+_S_b: _Final = _Packer(">b")
+_S_h: _Final = _Packer(">h")
 
 
+@_mypyc_attr(native_class=False)
 class FindCoordinatorRequest(_Message):
     """Kafka FindCoordinatorRequest (request, API key 10), versions 0-6, flexible 3+.
 
@@ -82,15 +87,15 @@ class FindCoordinatorRequest(_Message):
         *,
         key: str = "",
         key_type: int = 0,
-        coordinator_keys: list[str] = _UNSET,
+        coordinator_keys: list[str] | _Unset = _UNSET,
     ) -> None:
         self.key = key
         self.key_type = key_type
-        self.coordinator_keys = [] if coordinator_keys is _UNSET else coordinator_keys
+        self.coordinator_keys = [] if isinstance(coordinator_keys, _Unset) else coordinator_keys
         self._unknown_tags = None
 
 
-_TAGS_FindCoordinatorRequest: frozenset[int] = frozenset()
+_TAGS_FindCoordinatorRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_FindCoordinatorRequest_v0(buf: bytes, pos: int) -> tuple[FindCoordinatorRequest, int]:
@@ -178,7 +183,8 @@ def _read_FindCoordinatorRequest_v4(buf: bytes, pos: int) -> tuple[FindCoordinat
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

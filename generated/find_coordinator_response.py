@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -29,14 +33,78 @@ __all__ = [
     "FindCoordinatorResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_hi = _Packer(">hi")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
+_S_h: _Final = _Packer(">h")
+_S_hi: _Final = _Packer(">hi")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
+class Coordinator(_StructBase):
+    """Each coordinator result in the response"""
+
+    __slots__ = (
+        "error_code",
+        "error_message",
+        "host",
+        "key",
+        "node_id",
+        "port",
+    )
+
+    key: str
+    """The coordinator key.
+
+    Versions 4-6.
+    """
+    node_id: int
+    """The node id.
+
+    Versions 4-6.
+    """
+    host: str
+    """The host name.
+
+    Versions 4-6.
+    """
+    port: int
+    """The port.
+
+    Versions 4-6.
+    """
+    error_code: int
+    """The error code, or 0 if there was no error.
+
+    Versions 4-6.
+    """
+    error_message: str | None
+    """The error message, or null if there was no error.
+
+    Versions 4-6, nullable 4-6, ignorable.
+    """
+
+    def __init__(
+        self,
+        *,
+        key: str = "",
+        node_id: int = 0,
+        host: str = "",
+        port: int = 0,
+        error_code: int = 0,
+        error_message: str | None = "",
+    ) -> None:
+        self.key = key
+        self.node_id = node_id
+        self.host = host
+        self.port = port
+        self.error_code = error_code
+        self.error_message = error_message
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class FindCoordinatorResponse(_Message):
     """Kafka FindCoordinatorResponse (response, API key 10), versions 0-6, flexible 3+.
 
@@ -114,7 +182,7 @@ class FindCoordinatorResponse(_Message):
         node_id: int = 0,
         host: str = "",
         port: int = 0,
-        coordinators: list[Coordinator] = _UNSET,
+        coordinators: list[Coordinator] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
@@ -122,74 +190,12 @@ class FindCoordinatorResponse(_Message):
         self.node_id = node_id
         self.host = host
         self.port = port
-        self.coordinators = [] if coordinators is _UNSET else coordinators
+        self.coordinators = [] if isinstance(coordinators, _Unset) else coordinators
         self._unknown_tags = None
 
 
-class Coordinator(_StructBase):
-    """Each coordinator result in the response"""
-
-    __slots__ = (
-        "error_code",
-        "error_message",
-        "host",
-        "key",
-        "node_id",
-        "port",
-    )
-
-    key: str
-    """The coordinator key.
-
-    Versions 4-6.
-    """
-    node_id: int
-    """The node id.
-
-    Versions 4-6.
-    """
-    host: str
-    """The host name.
-
-    Versions 4-6.
-    """
-    port: int
-    """The port.
-
-    Versions 4-6.
-    """
-    error_code: int
-    """The error code, or 0 if there was no error.
-
-    Versions 4-6.
-    """
-    error_message: str | None
-    """The error message, or null if there was no error.
-
-    Versions 4-6, nullable 4-6, ignorable.
-    """
-
-    def __init__(
-        self,
-        *,
-        key: str = "",
-        node_id: int = 0,
-        host: str = "",
-        port: int = 0,
-        error_code: int = 0,
-        error_message: str | None = "",
-    ) -> None:
-        self.key = key
-        self.node_id = node_id
-        self.host = host
-        self.port = port
-        self.error_code = error_code
-        self.error_message = error_message
-        self._unknown_tags = None
-
-
-_TAGS_FindCoordinatorResponse: frozenset[int] = frozenset()
-_TAGS_Coordinator: frozenset[int] = frozenset()
+_TAGS_FindCoordinatorResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_Coordinator: _Final[frozenset[int]] = frozenset()
 
 
 def _read_FindCoordinatorResponse_v0(buf: bytes, pos: int) -> tuple[FindCoordinatorResponse, int]:
@@ -320,7 +326,8 @@ def _read_FindCoordinatorResponse_v4(buf: bytes, pos: int) -> tuple[FindCoordina
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(Coordinator)
             n = buf[pos] - 1
             if n < 127:
@@ -597,6 +604,26 @@ def _write_FindCoordinatorResponse_v6(o: FindCoordinatorResponse, w: _Writer) ->
         w(b"\x00")
 
 
+Coordinator._fields = (
+    _F("key", "Key", "string", None, (4, 6), (1, 0), (1, 0), None, False, "", None),
+    _F("node_id", "NodeId", "int32", None, (4, 6), (1, 0), (1, 0), None, False, 0, None),
+    _F("host", "Host", "string", None, (4, 6), (1, 0), (1, 0), None, False, "", None),
+    _F("port", "Port", "int32", None, (4, 6), (1, 0), (1, 0), None, False, 0, None),
+    _F("error_code", "ErrorCode", "int16", None, (4, 6), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "error_message",
+        "ErrorMessage",
+        "string",
+        None,
+        (4, 6),
+        (4, 6),
+        (1, 0),
+        None,
+        True,
+        "",
+        None,
+    ),
+)
 FindCoordinatorResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -639,26 +666,6 @@ FindCoordinatorResponse._fields = (
         None,
         False,
         (),
-        None,
-    ),
-)
-Coordinator._fields = (
-    _F("key", "Key", "string", None, (4, 6), (1, 0), (1, 0), None, False, "", None),
-    _F("node_id", "NodeId", "int32", None, (4, 6), (1, 0), (1, 0), None, False, 0, None),
-    _F("host", "Host", "string", None, (4, 6), (1, 0), (1, 0), None, False, "", None),
-    _F("port", "Port", "int32", None, (4, 6), (1, 0), (1, 0), None, False, 0, None),
-    _F("error_code", "ErrorCode", "int16", None, (4, 6), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "error_message",
-        "ErrorMessage",
-        "string",
-        None,
-        (4, 6),
-        (4, 6),
-        (1, 0),
-        None,
-        True,
-        "",
         None,
     ),
 )

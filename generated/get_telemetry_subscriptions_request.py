@@ -7,7 +7,10 @@ Generated from GetTelemetrySubscriptionsRequest.json of Kafka 3.9.1.
 
 from __future__ import annotations
 
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -21,9 +24,10 @@ __all__ = [
     "GetTelemetrySubscriptionsRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
 
+@_mypyc_attr(native_class=False)
 class GetTelemetrySubscriptionsRequest(_Message):
     """Kafka GetTelemetrySubscriptionsRequest (request, API key 71), versions 0, flexible 0+."""
 
@@ -50,7 +54,7 @@ class GetTelemetrySubscriptionsRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_GetTelemetrySubscriptionsRequest: frozenset[int] = frozenset()
+_TAGS_GetTelemetrySubscriptionsRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_GetTelemetrySubscriptionsRequest_v0(

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
@@ -33,14 +37,15 @@ __all__ = [
     "GetTelemetrySubscriptionsResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
-_S_iiz = _Packer(">ii?")
-_A_b = _small_arrays("b", 32)
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
+_S_iiz: _Final = _Packer(">ii?")
+_A_b: _Final = _small_arrays("b", 32)
 
 
+@_mypyc_attr(native_class=False)
 class GetTelemetrySubscriptionsResponse(_Message):
     """Kafka GetTelemetrySubscriptionsResponse (response, API key 71), versions 0, flexible 0+."""
 
@@ -115,27 +120,27 @@ class GetTelemetrySubscriptionsResponse(_Message):
         error_code: int = 0,
         client_instance_id: _UUID = _ZERO_UUID,
         subscription_id: int = 0,
-        accepted_compression_types: list[int] = _UNSET,
+        accepted_compression_types: list[int] | _Unset = _UNSET,
         push_interval_ms: int = 0,
         telemetry_max_bytes: int = 0,
         delta_temporality: bool = False,
-        requested_metrics: list[str] = _UNSET,
+        requested_metrics: list[str] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
         self.client_instance_id = client_instance_id
         self.subscription_id = subscription_id
         self.accepted_compression_types = (
-            [] if accepted_compression_types is _UNSET else accepted_compression_types
+            [] if isinstance(accepted_compression_types, _Unset) else accepted_compression_types
         )
         self.push_interval_ms = push_interval_ms
         self.telemetry_max_bytes = telemetry_max_bytes
         self.delta_temporality = delta_temporality
-        self.requested_metrics = [] if requested_metrics is _UNSET else requested_metrics
+        self.requested_metrics = [] if isinstance(requested_metrics, _Unset) else requested_metrics
         self._unknown_tags = None
 
 
-_TAGS_GetTelemetrySubscriptionsResponse: frozenset[int] = frozenset()
+_TAGS_GetTelemetrySubscriptionsResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_GetTelemetrySubscriptionsResponse_v0(
@@ -178,7 +183,8 @@ def _read_GetTelemetrySubscriptionsResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -8,6 +8,9 @@ Generated from HeartbeatRequest.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -25,12 +28,13 @@ __all__ = [
     "HeartbeatRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
 class HeartbeatRequest(_Message):
     """Kafka HeartbeatRequest (request, API key 12), versions 0-4, flexible 4+.
 
@@ -90,7 +94,7 @@ class HeartbeatRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_HeartbeatRequest: frozenset[int] = frozenset()
+_TAGS_HeartbeatRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_HeartbeatRequest_v0(buf: bytes, pos: int) -> tuple[HeartbeatRequest, int]:

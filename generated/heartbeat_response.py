@@ -8,6 +8,9 @@ Generated from HeartbeatResponse.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -20,12 +23,13 @@ __all__ = [
     "HeartbeatResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_ih = _Packer(">ih")
+_S_h: _Final = _Packer(">h")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
 class HeartbeatResponse(_Message):
     """Kafka HeartbeatResponse (response, API key 12), versions 0-4, flexible 4+.
 
@@ -71,7 +75,7 @@ class HeartbeatResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_HeartbeatResponse: frozenset[int] = frozenset()
+_TAGS_HeartbeatResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_HeartbeatResponse_v0(buf: bytes, pos: int) -> tuple[HeartbeatResponse, int]:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -31,91 +35,15 @@ __all__ = [
     "IncrementalAlterConfigsRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_b = _Packer(">b")
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_z = _Packer(">?")
-
-
-class IncrementalAlterConfigsRequest(_Message):
-    """Kafka IncrementalAlterConfigsRequest (request, API key 44), versions 0-1, flexible 1+.
-
-    Version 1 is the first flexible version.
-    """
-
-    __slots__ = (
-        "resources",
-        "validate_only",
-    )
-
-    NAME = "IncrementalAlterConfigsRequest"
-    API_KEY = 44
-    TYPE = "request"
-    VALID_VERSIONS = (0, 1)
-    FLEXIBLE_VERSIONS = (1, 32767)
-
-    resources: list[AlterConfigsResource]
-    """The incremental updates for each resource.
-
-    Versions 0-1.
-    """
-    validate_only: bool
-    """True if we should validate the request, but not change the configurations.
-
-    Versions 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        resources: list[AlterConfigsResource] = _UNSET,
-        validate_only: bool = False,
-    ) -> None:
-        self.resources = [] if resources is _UNSET else resources
-        self.validate_only = validate_only
-        self._unknown_tags = None
+_S_b: _Final = _Packer(">b")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_z: _Final = _Packer(">?")
 
 
-class AlterConfigsResource(_StructBase):
-    """The incremental updates for each resource."""
-
-    __slots__ = (
-        "configs",
-        "resource_name",
-        "resource_type",
-    )
-
-    resource_type: int
-    """The resource type.
-
-    Versions 0-1.
-    """
-    resource_name: str
-    """The resource name.
-
-    Versions 0-1.
-    """
-    configs: list[AlterableConfig]
-    """The configurations.
-
-    Versions 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        resource_type: int = 0,
-        resource_name: str = "",
-        configs: list[AlterableConfig] = _UNSET,
-    ) -> None:
-        self.resource_type = resource_type
-        self.resource_name = resource_name
-        self.configs = [] if configs is _UNSET else configs
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class AlterableConfig(_StructBase):
     """The configurations."""
 
@@ -154,9 +82,88 @@ class AlterableConfig(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_IncrementalAlterConfigsRequest: frozenset[int] = frozenset()
-_TAGS_AlterConfigsResource: frozenset[int] = frozenset()
-_TAGS_AlterableConfig: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class AlterConfigsResource(_StructBase):
+    """The incremental updates for each resource."""
+
+    __slots__ = (
+        "configs",
+        "resource_name",
+        "resource_type",
+    )
+
+    resource_type: int
+    """The resource type.
+
+    Versions 0-1.
+    """
+    resource_name: str
+    """The resource name.
+
+    Versions 0-1.
+    """
+    configs: list[AlterableConfig]
+    """The configurations.
+
+    Versions 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        resource_type: int = 0,
+        resource_name: str = "",
+        configs: list[AlterableConfig] | _Unset = _UNSET,
+    ) -> None:
+        self.resource_type = resource_type
+        self.resource_name = resource_name
+        self.configs = [] if isinstance(configs, _Unset) else configs
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class IncrementalAlterConfigsRequest(_Message):
+    """Kafka IncrementalAlterConfigsRequest (request, API key 44), versions 0-1, flexible 1+.
+
+    Version 1 is the first flexible version.
+    """
+
+    __slots__ = (
+        "resources",
+        "validate_only",
+    )
+
+    NAME = "IncrementalAlterConfigsRequest"
+    API_KEY = 44
+    TYPE = "request"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 32767)
+
+    resources: list[AlterConfigsResource]
+    """The incremental updates for each resource.
+
+    Versions 0-1.
+    """
+    validate_only: bool
+    """True if we should validate the request, but not change the configurations.
+
+    Versions 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        resources: list[AlterConfigsResource] | _Unset = _UNSET,
+        validate_only: bool = False,
+    ) -> None:
+        self.resources = [] if isinstance(resources, _Unset) else resources
+        self.validate_only = validate_only
+        self._unknown_tags = None
+
+
+_TAGS_IncrementalAlterConfigsRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_AlterConfigsResource: _Final[frozenset[int]] = frozenset()
+_TAGS_AlterableConfig: _Final[frozenset[int]] = frozenset()
 
 
 def _read_AlterConfigsResource_v0(buf: bytes, pos: int) -> tuple[AlterConfigsResource, int]:
@@ -182,7 +189,8 @@ def _read_AlterConfigsResource_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AlterableConfig)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -246,7 +254,8 @@ def _read_AlterConfigsResource_v1(buf: bytes, pos: int) -> tuple[AlterConfigsRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AlterableConfig)
             n = buf[pos] - 1
             if n < 127:
@@ -370,7 +379,8 @@ def _read_IncrementalAlterConfigsRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_AlterConfigsResource_v0(buf, pos)
             items1.append(item2)
         o.resources = items1
@@ -397,7 +407,8 @@ def _read_IncrementalAlterConfigsRequest_v1(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_AlterConfigsResource_v1(buf, pos)
             items1.append(item2)
         o.resources = items1
@@ -437,33 +448,22 @@ def _write_IncrementalAlterConfigsRequest_v1(o: IncrementalAlterConfigsRequest, 
         w(b"\x00")
 
 
-IncrementalAlterConfigsRequest._fields = (
+AlterableConfig._fields = (
+    _F("name", "Name", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
     _F(
-        "resources",
-        "Resources",
-        "[]AlterConfigsResource",
-        AlterConfigsResource,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-    _F(
-        "validate_only",
-        "ValidateOnly",
-        "bool",
+        "config_operation",
+        "ConfigOperation",
+        "int8",
         None,
         (0, 1),
         (1, 0),
         (1, 0),
         None,
         False,
-        False,
+        0,
         None,
     ),
+    _F("value", "Value", "string", None, (0, 1), (0, 1), (1, 0), None, False, "", None),
 )
 AlterConfigsResource._fields = (
     _F("resource_type", "ResourceType", "int8", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
@@ -494,22 +494,33 @@ AlterConfigsResource._fields = (
         None,
     ),
 )
-AlterableConfig._fields = (
-    _F("name", "Name", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
+IncrementalAlterConfigsRequest._fields = (
     _F(
-        "config_operation",
-        "ConfigOperation",
-        "int8",
+        "resources",
+        "Resources",
+        "[]AlterConfigsResource",
+        AlterConfigsResource,
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F(
+        "validate_only",
+        "ValidateOnly",
+        "bool",
         None,
         (0, 1),
         (1, 0),
         (1, 0),
         None,
         False,
-        0,
+        False,
         None,
     ),
-    _F("value", "Value", "string", None, (0, 1), (0, 1), (1, 0), None, False, "", None),
 )
 IncrementalAlterConfigsRequest._readers = {
     0: _read_IncrementalAlterConfigsRequest_v0,

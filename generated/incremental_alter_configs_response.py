@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -29,52 +33,14 @@ __all__ = [
     "IncrementalAlterConfigsResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_b = _Packer(">b")
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-
-
-class IncrementalAlterConfigsResponse(_Message):
-    """Kafka IncrementalAlterConfigsResponse (response, API key 44), versions 0-1, flexible 1+.
-
-    Version 1 is the first flexible version.
-    """
-
-    __slots__ = (
-        "responses",
-        "throttle_time_ms",
-    )
-
-    NAME = "IncrementalAlterConfigsResponse"
-    API_KEY = 44
-    TYPE = "response"
-    VALID_VERSIONS = (0, 1)
-    FLEXIBLE_VERSIONS = (1, 32767)
-
-    throttle_time_ms: int
-    """Duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
-
-    Versions 0-1.
-    """
-    responses: list[AlterConfigsResourceResponse]
-    """The responses for each resource.
-
-    Versions 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        throttle_time_ms: int = 0,
-        responses: list[AlterConfigsResourceResponse] = _UNSET,
-    ) -> None:
-        self.throttle_time_ms = throttle_time_ms
-        self.responses = [] if responses is _UNSET else responses
-        self._unknown_tags = None
+_S_b: _Final = _Packer(">b")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
 class AlterConfigsResourceResponse(_StructBase):
     """The responses for each resource."""
 
@@ -121,8 +87,48 @@ class AlterConfigsResourceResponse(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_IncrementalAlterConfigsResponse: frozenset[int] = frozenset()
-_TAGS_AlterConfigsResourceResponse: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class IncrementalAlterConfigsResponse(_Message):
+    """Kafka IncrementalAlterConfigsResponse (response, API key 44), versions 0-1, flexible 1+.
+
+    Version 1 is the first flexible version.
+    """
+
+    __slots__ = (
+        "responses",
+        "throttle_time_ms",
+    )
+
+    NAME = "IncrementalAlterConfigsResponse"
+    API_KEY = 44
+    TYPE = "response"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 32767)
+
+    throttle_time_ms: int
+    """Duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+
+    Versions 0-1.
+    """
+    responses: list[AlterConfigsResourceResponse]
+    """The responses for each resource.
+
+    Versions 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        throttle_time_ms: int = 0,
+        responses: list[AlterConfigsResourceResponse] | _Unset = _UNSET,
+    ) -> None:
+        self.throttle_time_ms = throttle_time_ms
+        self.responses = [] if isinstance(responses, _Unset) else responses
+        self._unknown_tags = None
+
+
+_TAGS_IncrementalAlterConfigsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_AlterConfigsResourceResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_IncrementalAlterConfigsResponse_v0(
@@ -140,7 +146,8 @@ def _read_IncrementalAlterConfigsResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AlterConfigsResourceResponse)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -194,7 +201,8 @@ def _read_IncrementalAlterConfigsResponse_v1(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AlterConfigsResourceResponse)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -307,34 +315,6 @@ def _write_IncrementalAlterConfigsResponse_v1(
         w(b"\x00")
 
 
-IncrementalAlterConfigsResponse._fields = (
-    _F(
-        "throttle_time_ms",
-        "ThrottleTimeMs",
-        "int32",
-        None,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F(
-        "responses",
-        "Responses",
-        "[]AlterConfigsResourceResponse",
-        AlterConfigsResourceResponse,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 AlterConfigsResourceResponse._fields = (
     _F("error_code", "ErrorCode", "int16", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
     _F(
@@ -362,6 +342,34 @@ AlterConfigsResourceResponse._fields = (
         None,
         False,
         "",
+        None,
+    ),
+)
+IncrementalAlterConfigsResponse._fields = (
+    _F(
+        "throttle_time_ms",
+        "ThrottleTimeMs",
+        "int32",
+        None,
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F(
+        "responses",
+        "Responses",
+        "[]AlterConfigsResourceResponse",
+        AlterConfigsResourceResponse,
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
         None,
     ),
 )

@@ -8,6 +8,9 @@ Generated from InitProducerIdRequest.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -24,13 +27,14 @@ __all__ = [
     "InitProducerIdRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_iqh = _Packer(">iqh")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_iqh: _Final = _Packer(">iqh")
 
 
+@_mypyc_attr(native_class=False)
 class InitProducerIdRequest(_Message):
     """Kafka InitProducerIdRequest (request, API key 22), versions 0-5, flexible 2+.
 
@@ -94,7 +98,7 @@ class InitProducerIdRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_InitProducerIdRequest: frozenset[int] = frozenset()
+_TAGS_InitProducerIdRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_InitProducerIdRequest_v0(buf: bytes, pos: int) -> tuple[InitProducerIdRequest, int]:

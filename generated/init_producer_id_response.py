@@ -8,6 +8,9 @@ Generated from InitProducerIdResponse.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -20,11 +23,12 @@ __all__ = [
     "InitProducerIdResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_ihqh = _Packer(">ihqh")
+_S_ihqh: _Final = _Packer(">ihqh")
 
 
+@_mypyc_attr(native_class=False)
 class InitProducerIdResponse(_Message):
     """Kafka InitProducerIdResponse (response, API key 22), versions 0-5, flexible 2+.
 
@@ -88,7 +92,7 @@ class InitProducerIdResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_InitProducerIdResponse: frozenset[int] = frozenset()
+_TAGS_InitProducerIdResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_InitProducerIdResponse_v0(buf: bytes, pos: int) -> tuple[InitProducerIdResponse, int]:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -32,77 +36,12 @@ __all__ = [
     "PartitionData",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_iiq = _Packer(">iiq")
-
-
-class InitializeShareGroupStateRequest(_Message):
-    """Kafka InitializeShareGroupStateRequest (request, API key 83), versions 0, flexible 0+."""
-
-    __slots__ = (
-        "group_id",
-        "topics",
-    )
-
-    NAME = "InitializeShareGroupStateRequest"
-    API_KEY = 83
-    TYPE = "request"
-    VALID_VERSIONS = (0, 0)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    group_id: str
-    """The group identifier.
-
-    Versions 0.
-    """
-    topics: list[InitializeStateData]
-    """The data for the topics.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        group_id: str = "",
-        topics: list[InitializeStateData] = _UNSET,
-    ) -> None:
-        self.group_id = group_id
-        self.topics = [] if topics is _UNSET else topics
-        self._unknown_tags = None
+_S_iiq: _Final = _Packer(">iiq")
 
 
-class InitializeStateData(_StructBase):
-    """The data for the topics."""
-
-    __slots__ = (
-        "partitions",
-        "topic_id",
-    )
-
-    topic_id: _UUID
-    """The topic identifier.
-
-    Versions 0.
-    """
-    partitions: list[PartitionData]
-    """The data for the partitions.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_id: _UUID = _ZERO_UUID,
-        partitions: list[PartitionData] = _UNSET,
-    ) -> None:
-        self.topic_id = topic_id
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class PartitionData(_StructBase):
     """The data for the partitions."""
 
@@ -141,9 +80,77 @@ class PartitionData(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_InitializeShareGroupStateRequest: frozenset[int] = frozenset()
-_TAGS_InitializeStateData: frozenset[int] = frozenset()
-_TAGS_PartitionData: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class InitializeStateData(_StructBase):
+    """The data for the topics."""
+
+    __slots__ = (
+        "partitions",
+        "topic_id",
+    )
+
+    topic_id: _UUID
+    """The topic identifier.
+
+    Versions 0.
+    """
+    partitions: list[PartitionData]
+    """The data for the partitions.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_id: _UUID = _ZERO_UUID,
+        partitions: list[PartitionData] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_id = topic_id
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class InitializeShareGroupStateRequest(_Message):
+    """Kafka InitializeShareGroupStateRequest (request, API key 83), versions 0, flexible 0+."""
+
+    __slots__ = (
+        "group_id",
+        "topics",
+    )
+
+    NAME = "InitializeShareGroupStateRequest"
+    API_KEY = 83
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    group_id: str
+    """The group identifier.
+
+    Versions 0.
+    """
+    topics: list[InitializeStateData]
+    """The data for the topics.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        group_id: str = "",
+        topics: list[InitializeStateData] | _Unset = _UNSET,
+    ) -> None:
+        self.group_id = group_id
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self._unknown_tags = None
+
+
+_TAGS_InitializeShareGroupStateRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_InitializeStateData: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 
 def _read_InitializeStateData_v0(buf: bytes, pos: int) -> tuple[InitializeStateData, int]:
@@ -163,7 +170,8 @@ def _read_InitializeStateData_v0(buf: bytes, pos: int) -> tuple[InitializeStateD
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionData)
             item2.partition, item2.state_epoch, item2.start_offset = _S_iiq.unpack_from(buf, pos)
             pos += 16
@@ -231,7 +239,8 @@ def _read_InitializeShareGroupStateRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_InitializeStateData_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -262,21 +271,10 @@ def _write_InitializeShareGroupStateRequest_v0(
         w(b"\x00")
 
 
-InitializeShareGroupStateRequest._fields = (
-    _F("group_id", "GroupId", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "topics",
-        "Topics",
-        "[]InitializeStateData",
-        InitializeStateData,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
+PartitionData._fields = (
+    _F("partition", "Partition", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("state_epoch", "StateEpoch", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("start_offset", "StartOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
 )
 InitializeStateData._fields = (
     _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
@@ -294,10 +292,21 @@ InitializeStateData._fields = (
         None,
     ),
 )
-PartitionData._fields = (
-    _F("partition", "Partition", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("state_epoch", "StateEpoch", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("start_offset", "StartOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+InitializeShareGroupStateRequest._fields = (
+    _F("group_id", "GroupId", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "topics",
+        "Topics",
+        "[]InitializeStateData",
+        InitializeStateData,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
 )
 InitializeShareGroupStateRequest._readers = {
     0: _read_InitializeShareGroupStateRequest_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -32,74 +36,12 @@ __all__ = [
     "PartitionResult",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_ih = _Packer(">ih")
-
-
-class InitializeShareGroupStateResponse(_Message):
-    """Kafka InitializeShareGroupStateResponse (response, API key 83), versions 0, flexible 0+.
-
-    - NOT_COORDINATOR (version 0+)
-    - COORDINATOR_NOT_AVAILABLE (version 0+)
-    - COORDINATOR_LOAD_IN_PROGRESS (version 0+)
-    - FENCED_STATE_EPOCH (version 0+)
-    - INVALID_REQUEST (version 0+)
-    """
-
-    __slots__ = ("results",)
-
-    NAME = "InitializeShareGroupStateResponse"
-    API_KEY = 83
-    TYPE = "response"
-    VALID_VERSIONS = (0, 0)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    results: list[InitializeStateResult]
-    """The initialization results
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        results: list[InitializeStateResult] = _UNSET,
-    ) -> None:
-        self.results = [] if results is _UNSET else results
-        self._unknown_tags = None
+_S_ih: _Final = _Packer(">ih")
 
 
-class InitializeStateResult(_StructBase):
-    """The initialization results"""
-
-    __slots__ = (
-        "partitions",
-        "topic_id",
-    )
-
-    topic_id: _UUID
-    """The topic identifier
-
-    Versions 0.
-    """
-    partitions: list[PartitionResult]
-    """The results for the partitions.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_id: _UUID = _ZERO_UUID,
-        partitions: list[PartitionResult] = _UNSET,
-    ) -> None:
-        self.topic_id = topic_id
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class PartitionResult(_StructBase):
     """The results for the partitions."""
 
@@ -138,9 +80,74 @@ class PartitionResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_InitializeShareGroupStateResponse: frozenset[int] = frozenset()
-_TAGS_InitializeStateResult: frozenset[int] = frozenset()
-_TAGS_PartitionResult: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class InitializeStateResult(_StructBase):
+    """The initialization results"""
+
+    __slots__ = (
+        "partitions",
+        "topic_id",
+    )
+
+    topic_id: _UUID
+    """The topic identifier
+
+    Versions 0.
+    """
+    partitions: list[PartitionResult]
+    """The results for the partitions.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_id: _UUID = _ZERO_UUID,
+        partitions: list[PartitionResult] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_id = topic_id
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class InitializeShareGroupStateResponse(_Message):
+    """Kafka InitializeShareGroupStateResponse (response, API key 83), versions 0, flexible 0+.
+
+    - NOT_COORDINATOR (version 0+)
+    - COORDINATOR_NOT_AVAILABLE (version 0+)
+    - COORDINATOR_LOAD_IN_PROGRESS (version 0+)
+    - FENCED_STATE_EPOCH (version 0+)
+    - INVALID_REQUEST (version 0+)
+    """
+
+    __slots__ = ("results",)
+
+    NAME = "InitializeShareGroupStateResponse"
+    API_KEY = 83
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    results: list[InitializeStateResult]
+    """The initialization results
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        results: list[InitializeStateResult] | _Unset = _UNSET,
+    ) -> None:
+        self.results = [] if isinstance(results, _Unset) else results
+        self._unknown_tags = None
+
+
+_TAGS_InitializeShareGroupStateResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_InitializeStateResult: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionResult: _Final[frozenset[int]] = frozenset()
 
 
 def _read_InitializeStateResult_v0(buf: bytes, pos: int) -> tuple[InitializeStateResult, int]:
@@ -160,7 +167,8 @@ def _read_InitializeStateResult_v0(buf: bytes, pos: int) -> tuple[InitializeStat
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionResult)
             item2.partition, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
@@ -236,7 +244,8 @@ def _read_InitializeShareGroupStateResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_InitializeStateResult_v0(buf, pos)
             items1.append(item2)
         o.results = items1
@@ -263,18 +272,20 @@ def _write_InitializeShareGroupStateResponse_v0(
         w(b"\x00")
 
 
-InitializeShareGroupStateResponse._fields = (
+PartitionResult._fields = (
+    _F("partition", "Partition", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
     _F(
-        "results",
-        "Results",
-        "[]InitializeStateResult",
-        InitializeStateResult,
+        "error_message",
+        "ErrorMessage",
+        "string",
+        None,
         (0, 0),
-        (1, 0),
+        (0, 0),
         (1, 0),
         None,
         False,
-        (),
+        None,
         None,
     ),
 )
@@ -294,20 +305,18 @@ InitializeStateResult._fields = (
         None,
     ),
 )
-PartitionResult._fields = (
-    _F("partition", "Partition", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+InitializeShareGroupStateResponse._fields = (
     _F(
-        "error_message",
-        "ErrorMessage",
-        "string",
-        None,
+        "results",
+        "Results",
+        "[]InitializeStateResult",
+        InitializeStateResult,
         (0, 0),
-        (0, 0),
+        (1, 0),
         (1, 0),
         None,
         False,
-        None,
+        (),
         None,
     ),
 )

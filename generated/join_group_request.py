@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
@@ -31,13 +35,45 @@ __all__ = [
     "JoinGroupRequestProtocol",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ii = _Packer(">ii")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ii: _Final = _Packer(">ii")
 
 
+@_mypyc_attr(native_class=False)
+class JoinGroupRequestProtocol(_StructBase):
+    """The list of protocols that the member supports."""
+
+    __slots__ = (
+        "metadata",
+        "name",
+    )
+
+    name: str
+    """The protocol name.
+
+    Versions 0-9.
+    """
+    metadata: _Buffer
+    """The protocol metadata.
+
+    Versions 0-9.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        metadata: _Buffer = b"",
+    ) -> None:
+        self.name = name
+        self.metadata = metadata
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class JoinGroupRequest(_Message):
     """Kafka JoinGroupRequest (request, API key 11), versions 0-9, flexible 6+.
 
@@ -128,7 +164,7 @@ class JoinGroupRequest(_Message):
         member_id: str = "",
         group_instance_id: str | None = None,
         protocol_type: str = "",
-        protocols: list[JoinGroupRequestProtocol] = _UNSET,
+        protocols: list[JoinGroupRequestProtocol] | _Unset = _UNSET,
         reason: str | None = None,
     ) -> None:
         self.group_id = group_id
@@ -137,43 +173,13 @@ class JoinGroupRequest(_Message):
         self.member_id = member_id
         self.group_instance_id = group_instance_id
         self.protocol_type = protocol_type
-        self.protocols = [] if protocols is _UNSET else protocols
+        self.protocols = [] if isinstance(protocols, _Unset) else protocols
         self.reason = reason
         self._unknown_tags = None
 
 
-class JoinGroupRequestProtocol(_StructBase):
-    """The list of protocols that the member supports."""
-
-    __slots__ = (
-        "metadata",
-        "name",
-    )
-
-    name: str
-    """The protocol name.
-
-    Versions 0-9.
-    """
-    metadata: _Buffer
-    """The protocol metadata.
-
-    Versions 0-9.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        metadata: _Buffer = b"",
-    ) -> None:
-        self.name = name
-        self.metadata = metadata
-        self._unknown_tags = None
-
-
-_TAGS_JoinGroupRequest: frozenset[int] = frozenset()
-_TAGS_JoinGroupRequestProtocol: frozenset[int] = frozenset()
+_TAGS_JoinGroupRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_JoinGroupRequestProtocol: _Final[frozenset[int]] = frozenset()
 
 
 def _read_JoinGroupRequest_v0(buf: bytes, pos: int) -> tuple[JoinGroupRequest, int]:
@@ -222,7 +228,8 @@ def _read_JoinGroupRequest_v0(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(JoinGroupRequestProtocol)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -296,7 +303,8 @@ def _read_JoinGroupRequest_v1(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(JoinGroupRequestProtocol)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -381,7 +389,8 @@ def _read_JoinGroupRequest_v5(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(JoinGroupRequestProtocol)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -484,7 +493,8 @@ def _read_JoinGroupRequest_v6(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(JoinGroupRequestProtocol)
             n = buf[pos] - 1
             if n < 127:
@@ -604,7 +614,8 @@ def _read_JoinGroupRequest_v8(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(JoinGroupRequestProtocol)
             n = buf[pos] - 1
             if n < 127:
@@ -995,6 +1006,10 @@ def _write_JoinGroupRequest_v8(o: JoinGroupRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
+JoinGroupRequestProtocol._fields = (
+    _F("name", "Name", "string", None, (0, 9), (1, 0), (1, 0), None, False, "", None),
+    _F("metadata", "Metadata", "bytes", None, (0, 9), (1, 0), (1, 0), None, False, b"", None),
+)
 JoinGroupRequest._fields = (
     _F("group_id", "GroupId", "string", None, (0, 9), (1, 0), (1, 0), None, False, "", None),
     _F(
@@ -1064,10 +1079,6 @@ JoinGroupRequest._fields = (
         None,
     ),
     _F("reason", "Reason", "string", None, (8, 9), (8, 9), (1, 0), None, True, None, None),
-)
-JoinGroupRequestProtocol._fields = (
-    _F("name", "Name", "string", None, (0, 9), (1, 0), (1, 0), None, False, "", None),
-    _F("metadata", "Metadata", "bytes", None, (0, 9), (1, 0), (1, 0), None, False, b"", None),
 )
 JoinGroupRequest._readers = {
     0: _read_JoinGroupRequest_v0,

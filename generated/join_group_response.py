@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
@@ -32,15 +36,55 @@ __all__ = [
     "JoinGroupResponseMember",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_hi = _Packer(">hi")
-_S_i = _Packer(">i")
-_S_ihi = _Packer(">ihi")
-_S_z = _Packer(">?")
+_S_h: _Final = _Packer(">h")
+_S_hi: _Final = _Packer(">hi")
+_S_i: _Final = _Packer(">i")
+_S_ihi: _Final = _Packer(">ihi")
+_S_z: _Final = _Packer(">?")
 
 
+@_mypyc_attr(native_class=False)
+class JoinGroupResponseMember(_StructBase):
+    """JoinGroupResponseMember (part of JoinGroupResponse)."""
+
+    __slots__ = (
+        "group_instance_id",
+        "member_id",
+        "metadata",
+    )
+
+    member_id: str
+    """The group member ID.
+
+    Versions 0-9.
+    """
+    group_instance_id: str | None
+    """The unique identifier of the consumer instance provided by end user.
+
+    Versions 5-9, nullable 5-9, ignorable.
+    """
+    metadata: _Buffer
+    """The group member metadata.
+
+    Versions 0-9.
+    """
+
+    def __init__(
+        self,
+        *,
+        member_id: str = "",
+        group_instance_id: str | None = None,
+        metadata: _Buffer = b"",
+    ) -> None:
+        self.member_id = member_id
+        self.group_instance_id = group_instance_id
+        self.metadata = metadata
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class JoinGroupResponse(_Message):
     """Kafka JoinGroupResponse (response, API key 11), versions 0-9, flexible 6+.
 
@@ -139,7 +183,7 @@ class JoinGroupResponse(_Message):
         leader: str = "",
         skip_assignment: bool = False,
         member_id: str = "",
-        members: list[JoinGroupResponseMember] = _UNSET,
+        members: list[JoinGroupResponseMember] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
@@ -149,50 +193,12 @@ class JoinGroupResponse(_Message):
         self.leader = leader
         self.skip_assignment = skip_assignment
         self.member_id = member_id
-        self.members = [] if members is _UNSET else members
+        self.members = [] if isinstance(members, _Unset) else members
         self._unknown_tags = None
 
 
-class JoinGroupResponseMember(_StructBase):
-    """JoinGroupResponseMember (part of JoinGroupResponse)."""
-
-    __slots__ = (
-        "group_instance_id",
-        "member_id",
-        "metadata",
-    )
-
-    member_id: str
-    """The group member ID.
-
-    Versions 0-9.
-    """
-    group_instance_id: str | None
-    """The unique identifier of the consumer instance provided by end user.
-
-    Versions 5-9, nullable 5-9, ignorable.
-    """
-    metadata: _Buffer
-    """The group member metadata.
-
-    Versions 0-9.
-    """
-
-    def __init__(
-        self,
-        *,
-        member_id: str = "",
-        group_instance_id: str | None = None,
-        metadata: _Buffer = b"",
-    ) -> None:
-        self.member_id = member_id
-        self.group_instance_id = group_instance_id
-        self.metadata = metadata
-        self._unknown_tags = None
-
-
-_TAGS_JoinGroupResponse: frozenset[int] = frozenset()
-_TAGS_JoinGroupResponseMember: frozenset[int] = frozenset()
+_TAGS_JoinGroupResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_JoinGroupResponseMember: _Final[frozenset[int]] = frozenset()
 
 
 def _read_JoinGroupResponse_v0(buf: bytes, pos: int) -> tuple[JoinGroupResponse, int]:
@@ -241,7 +247,8 @@ def _read_JoinGroupResponse_v0(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(JoinGroupResponseMember)
             item2.group_instance_id = None
             n = _S_h.unpack_from(buf, pos)[0]
@@ -316,7 +323,8 @@ def _read_JoinGroupResponse_v2(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(JoinGroupResponseMember)
             item2.group_instance_id = None
             n = _S_h.unpack_from(buf, pos)[0]
@@ -391,7 +399,8 @@ def _read_JoinGroupResponse_v5(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(JoinGroupResponseMember)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -493,7 +502,8 @@ def _read_JoinGroupResponse_v6(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(JoinGroupResponseMember)
             n = buf[pos] - 1
             if n < 127:
@@ -628,7 +638,8 @@ def _read_JoinGroupResponse_v7(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(JoinGroupResponseMember)
             n = buf[pos] - 1
             if n < 127:
@@ -764,7 +775,8 @@ def _read_JoinGroupResponse_v9(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(JoinGroupResponseMember)
             n = buf[pos] - 1
             if n < 127:
@@ -1307,6 +1319,23 @@ def _write_JoinGroupResponse_v9(o: JoinGroupResponse, w: _Writer) -> None:
         w(b"\x00")
 
 
+JoinGroupResponseMember._fields = (
+    _F("member_id", "MemberId", "string", None, (0, 9), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "group_instance_id",
+        "GroupInstanceId",
+        "string",
+        None,
+        (5, 9),
+        (5, 9),
+        (1, 0),
+        None,
+        True,
+        None,
+        None,
+    ),
+    _F("metadata", "Metadata", "bytes", None, (0, 9), (1, 0), (1, 0), None, False, b"", None),
+)
 JoinGroupResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -1389,23 +1418,6 @@ JoinGroupResponse._fields = (
         (),
         None,
     ),
-)
-JoinGroupResponseMember._fields = (
-    _F("member_id", "MemberId", "string", None, (0, 9), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "group_instance_id",
-        "GroupInstanceId",
-        "string",
-        None,
-        (5, 9),
-        (5, 9),
-        (1, 0),
-        None,
-        True,
-        None,
-        None,
-    ),
-    _F("metadata", "Metadata", "bytes", None, (0, 9), (1, 0), (1, 0), None, False, b"", None),
 )
 JoinGroupResponse._readers = {
     0: _read_JoinGroupResponse_v0,

@@ -8,6 +8,9 @@ Generated from KRaftVersionRecord.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -19,11 +22,12 @@ __all__ = [
     "KRaftVersionRecord",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_hh = _Packer(">hh")
+_S_hh: _Final = _Packer(">hh")
 
 
+@_mypyc_attr(native_class=False)
 class KRaftVersionRecord(_Message):
     """Kafka KRaftVersionRecord (data), versions 0, flexible 0+."""
 
@@ -60,7 +64,7 @@ class KRaftVersionRecord(_Message):
         self._unknown_tags = None
 
 
-_TAGS_KRaftVersionRecord: frozenset[int] = frozenset()
+_TAGS_KRaftVersionRecord: _Final[frozenset[int]] = frozenset()
 
 
 def _read_KRaftVersionRecord_v0(buf: bytes, pos: int) -> tuple[KRaftVersionRecord, int]:

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
@@ -37,124 +41,21 @@ __all__ = [
     "LeaderAndIsrTopicState",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ii = _Packer(">ii")
-_S_iiii = _Packer(">iiii")
-_S_iiq = _Packer(">iiq")
-_S_iiqb = _Packer(">iiqb")
-_S_iziqb = _Packer(">i?iqb")
-_S_z = _Packer(">?")
-_S_zb = _Packer(">?b")
-_A_i = _small_arrays("i", 32)
-
-
-class LeaderAndIsrRequest(_Message):
-    """Kafka LeaderAndIsrRequest (request, API key 4), versions 0-7, flexible 4+.
-
-    Version 1 adds IsNew.
-
-    Version 2 adds broker epoch and reorganizes the partitions by topic.
-
-    Version 3 adds AddingReplicas and RemovingReplicas.
-
-    Version 4 is the first flexible version.
-
-    Version 5 adds Topic ID and Type to the TopicStates, as described in KIP-516.
-
-    Version 6 adds LeaderRecoveryState as described in KIP-704.
-
-    Version 7 adds KRaft Controller ID field as part of KIP-866
-    In v0 or v1 requests, each partition is listed alongside its topic name.
-    In v2+ requests, partitions are organized by topic, so that each topic name
-    only needs to be listed once.
-    """
-
-    __slots__ = (
-        "broker_epoch",
-        "controller_epoch",
-        "controller_id",
-        "is_kraft_controller",
-        "live_leaders",
-        "topic_states",
-        "type",
-        "ungrouped_partition_states",
-    )
-
-    NAME = "LeaderAndIsrRequest"
-    API_KEY = 4
-    TYPE = "request"
-    VALID_VERSIONS = (0, 7)
-    FLEXIBLE_VERSIONS = (4, 32767)
-
-    controller_id: int
-    """The current controller ID.
-
-    Versions 0-7.
-    """
-    is_kraft_controller: bool
-    """If KRaft controller id is used during migration. See KIP-866
-
-    Versions 7.
-    """
-    controller_epoch: int
-    """The current controller epoch.
-
-    Versions 0-7.
-    """
-    broker_epoch: int
-    """The current broker epoch.
-
-    Versions 2-7, ignorable.
-    """
-    type: int
-    """The type that indicates whether all topics are included in the request
-
-    Versions 5-7.
-    """
-    ungrouped_partition_states: list[LeaderAndIsrPartitionState]
-    """The state of each partition, in a v0 or v1 message.
-
-    Versions 0-1.
-    """
-    topic_states: list[LeaderAndIsrTopicState]
-    """Each topic.
-
-    Versions 2-7.
-    """
-    live_leaders: list[LeaderAndIsrLiveLeader]
-    """The current live leaders.
-
-    Versions 0-7.
-    """
-
-    def __init__(
-        self,
-        *,
-        controller_id: int = 0,
-        is_kraft_controller: bool = False,
-        controller_epoch: int = 0,
-        broker_epoch: int = -1,
-        type: int = 0,
-        ungrouped_partition_states: list[LeaderAndIsrPartitionState] = _UNSET,
-        topic_states: list[LeaderAndIsrTopicState] = _UNSET,
-        live_leaders: list[LeaderAndIsrLiveLeader] = _UNSET,
-    ) -> None:
-        self.controller_id = controller_id
-        self.is_kraft_controller = is_kraft_controller
-        self.controller_epoch = controller_epoch
-        self.broker_epoch = broker_epoch
-        self.type = type
-        self.ungrouped_partition_states = (
-            [] if ungrouped_partition_states is _UNSET else ungrouped_partition_states
-        )
-        self.topic_states = [] if topic_states is _UNSET else topic_states
-        self.live_leaders = [] if live_leaders is _UNSET else live_leaders
-        self._unknown_tags = None
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ii: _Final = _Packer(">ii")
+_S_iiii: _Final = _Packer(">iiii")
+_S_iiq: _Final = _Packer(">iiq")
+_S_iiqb: _Final = _Packer(">iiqb")
+_S_iziqb: _Final = _Packer(">i?iqb")
+_S_z: _Final = _Packer(">?")
+_S_zb: _Final = _Packer(">?b")
+_A_i: _Final = _small_arrays("i", 32)
 
 
+@_mypyc_attr(native_class=False)
 class LeaderAndIsrPartitionState(_StructBase):
     """LeaderAndIsrPartitionState (part of LeaderAndIsrRequest)."""
 
@@ -242,11 +143,11 @@ class LeaderAndIsrPartitionState(_StructBase):
         controller_epoch: int = 0,
         leader: int = 0,
         leader_epoch: int = 0,
-        isr: list[int] = _UNSET,
+        isr: list[int] | _Unset = _UNSET,
         partition_epoch: int = 0,
-        replicas: list[int] = _UNSET,
-        adding_replicas: list[int] = _UNSET,
-        removing_replicas: list[int] = _UNSET,
+        replicas: list[int] | _Unset = _UNSET,
+        adding_replicas: list[int] | _Unset = _UNSET,
+        removing_replicas: list[int] | _Unset = _UNSET,
         is_new: bool = False,
         leader_recovery_state: int = 0,
     ) -> None:
@@ -255,16 +156,17 @@ class LeaderAndIsrPartitionState(_StructBase):
         self.controller_epoch = controller_epoch
         self.leader = leader
         self.leader_epoch = leader_epoch
-        self.isr = [] if isr is _UNSET else isr
+        self.isr = [] if isinstance(isr, _Unset) else isr
         self.partition_epoch = partition_epoch
-        self.replicas = [] if replicas is _UNSET else replicas
-        self.adding_replicas = [] if adding_replicas is _UNSET else adding_replicas
-        self.removing_replicas = [] if removing_replicas is _UNSET else removing_replicas
+        self.replicas = [] if isinstance(replicas, _Unset) else replicas
+        self.adding_replicas = [] if isinstance(adding_replicas, _Unset) else adding_replicas
+        self.removing_replicas = [] if isinstance(removing_replicas, _Unset) else removing_replicas
         self.is_new = is_new
         self.leader_recovery_state = leader_recovery_state
         self._unknown_tags = None
 
 
+@_mypyc_attr(native_class=False)
 class LeaderAndIsrTopicState(_StructBase):
     """Each topic."""
 
@@ -295,14 +197,15 @@ class LeaderAndIsrTopicState(_StructBase):
         *,
         topic_name: str = "",
         topic_id: _UUID = _ZERO_UUID,
-        partition_states: list[LeaderAndIsrPartitionState] = _UNSET,
+        partition_states: list[LeaderAndIsrPartitionState] | _Unset = _UNSET,
     ) -> None:
         self.topic_name = topic_name
         self.topic_id = topic_id
-        self.partition_states = [] if partition_states is _UNSET else partition_states
+        self.partition_states = [] if isinstance(partition_states, _Unset) else partition_states
         self._unknown_tags = None
 
 
+@_mypyc_attr(native_class=False)
 class LeaderAndIsrLiveLeader(_StructBase):
     """The current live leaders."""
 
@@ -341,10 +244,115 @@ class LeaderAndIsrLiveLeader(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_LeaderAndIsrRequest: frozenset[int] = frozenset()
-_TAGS_LeaderAndIsrPartitionState: frozenset[int] = frozenset()
-_TAGS_LeaderAndIsrTopicState: frozenset[int] = frozenset()
-_TAGS_LeaderAndIsrLiveLeader: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class LeaderAndIsrRequest(_Message):
+    """Kafka LeaderAndIsrRequest (request, API key 4), versions 0-7, flexible 4+.
+
+    Version 1 adds IsNew.
+
+    Version 2 adds broker epoch and reorganizes the partitions by topic.
+
+    Version 3 adds AddingReplicas and RemovingReplicas.
+
+    Version 4 is the first flexible version.
+
+    Version 5 adds Topic ID and Type to the TopicStates, as described in KIP-516.
+
+    Version 6 adds LeaderRecoveryState as described in KIP-704.
+
+    Version 7 adds KRaft Controller ID field as part of KIP-866
+    In v0 or v1 requests, each partition is listed alongside its topic name.
+    In v2+ requests, partitions are organized by topic, so that each topic name
+    only needs to be listed once.
+    """
+
+    __slots__ = (
+        "broker_epoch",
+        "controller_epoch",
+        "controller_id",
+        "is_kraft_controller",
+        "live_leaders",
+        "topic_states",
+        "type",
+        "ungrouped_partition_states",
+    )
+
+    NAME = "LeaderAndIsrRequest"
+    API_KEY = 4
+    TYPE = "request"
+    VALID_VERSIONS = (0, 7)
+    FLEXIBLE_VERSIONS = (4, 32767)
+
+    controller_id: int
+    """The current controller ID.
+
+    Versions 0-7.
+    """
+    is_kraft_controller: bool
+    """If KRaft controller id is used during migration. See KIP-866
+
+    Versions 7.
+    """
+    controller_epoch: int
+    """The current controller epoch.
+
+    Versions 0-7.
+    """
+    broker_epoch: int
+    """The current broker epoch.
+
+    Versions 2-7, ignorable.
+    """
+    type: int
+    """The type that indicates whether all topics are included in the request
+
+    Versions 5-7.
+    """
+    ungrouped_partition_states: list[LeaderAndIsrPartitionState]
+    """The state of each partition, in a v0 or v1 message.
+
+    Versions 0-1.
+    """
+    topic_states: list[LeaderAndIsrTopicState]
+    """Each topic.
+
+    Versions 2-7.
+    """
+    live_leaders: list[LeaderAndIsrLiveLeader]
+    """The current live leaders.
+
+    Versions 0-7.
+    """
+
+    def __init__(
+        self,
+        *,
+        controller_id: int = 0,
+        is_kraft_controller: bool = False,
+        controller_epoch: int = 0,
+        broker_epoch: int = -1,
+        type: int = 0,
+        ungrouped_partition_states: list[LeaderAndIsrPartitionState] | _Unset = _UNSET,
+        topic_states: list[LeaderAndIsrTopicState] | _Unset = _UNSET,
+        live_leaders: list[LeaderAndIsrLiveLeader] | _Unset = _UNSET,
+    ) -> None:
+        self.controller_id = controller_id
+        self.is_kraft_controller = is_kraft_controller
+        self.controller_epoch = controller_epoch
+        self.broker_epoch = broker_epoch
+        self.type = type
+        self.ungrouped_partition_states = (
+            [] if isinstance(ungrouped_partition_states, _Unset) else ungrouped_partition_states
+        )
+        self.topic_states = [] if isinstance(topic_states, _Unset) else topic_states
+        self.live_leaders = [] if isinstance(live_leaders, _Unset) else live_leaders
+        self._unknown_tags = None
+
+
+_TAGS_LeaderAndIsrRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_LeaderAndIsrPartitionState: _Final[frozenset[int]] = frozenset()
+_TAGS_LeaderAndIsrTopicState: _Final[frozenset[int]] = frozenset()
+_TAGS_LeaderAndIsrLiveLeader: _Final[frozenset[int]] = frozenset()
 
 
 def _read_LeaderAndIsrTopicState_v2(buf: bytes, pos: int) -> tuple[LeaderAndIsrTopicState, int]:
@@ -369,7 +377,8 @@ def _read_LeaderAndIsrTopicState_v2(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(LeaderAndIsrPartitionState)
             item2.topic_name = ""
             item2.adding_replicas = []
@@ -438,7 +447,8 @@ def _read_LeaderAndIsrTopicState_v3(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(LeaderAndIsrPartitionState)
             item2.topic_name = ""
             item2.leader_recovery_state = 0
@@ -539,7 +549,8 @@ def _read_LeaderAndIsrTopicState_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(LeaderAndIsrPartitionState)
             item2.topic_name = ""
             item2.leader_recovery_state = 0
@@ -667,7 +678,8 @@ def _read_LeaderAndIsrTopicState_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(LeaderAndIsrPartitionState)
             item2.topic_name = ""
             item2.leader_recovery_state = 0
@@ -795,7 +807,8 @@ def _read_LeaderAndIsrTopicState_v6(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(LeaderAndIsrPartitionState)
             item2.topic_name = ""
             item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
@@ -1117,7 +1130,8 @@ def _read_LeaderAndIsrRequest_v0(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(LeaderAndIsrPartitionState)
             item2.adding_replicas = []
             item2.removing_replicas = []
@@ -1175,10 +1189,11 @@ def _read_LeaderAndIsrRequest_v0(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(LeaderAndIsrLiveLeader)
-            item4.broker_id = _S_i.unpack_from(buf, pos)[0]
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(LeaderAndIsrLiveLeader)
+            item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -1188,13 +1203,13 @@ def _read_LeaderAndIsrRequest_v0(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.host_name = buf[pos:end].decode()
+                item5.host_name = buf[pos:end].decode()
                 pos = end
-            item4.port = _S_i.unpack_from(buf, pos)[0]
+            item5.port = _S_i.unpack_from(buf, pos)[0]
             pos += 4
-            item4._unknown_tags = None
-            items3.append(item4)
-        o.live_leaders = items3
+            item5._unknown_tags = None
+            items4.append(item5)
+        o.live_leaders = items4
     o._unknown_tags = None
     return o, pos
 
@@ -1216,7 +1231,8 @@ def _read_LeaderAndIsrRequest_v1(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(LeaderAndIsrPartitionState)
             item2.adding_replicas = []
             item2.removing_replicas = []
@@ -1275,10 +1291,11 @@ def _read_LeaderAndIsrRequest_v1(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(LeaderAndIsrLiveLeader)
-            item4.broker_id = _S_i.unpack_from(buf, pos)[0]
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(LeaderAndIsrLiveLeader)
+            item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -1288,13 +1305,13 @@ def _read_LeaderAndIsrRequest_v1(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.host_name = buf[pos:end].decode()
+                item5.host_name = buf[pos:end].decode()
                 pos = end
-            item4.port = _S_i.unpack_from(buf, pos)[0]
+            item5.port = _S_i.unpack_from(buf, pos)[0]
             pos += 4
-            item4._unknown_tags = None
-            items3.append(item4)
-        o.live_leaders = items3
+            item5._unknown_tags = None
+            items4.append(item5)
+        o.live_leaders = items4
     o._unknown_tags = None
     return o, pos
 
@@ -1315,7 +1332,8 @@ def _read_LeaderAndIsrRequest_v2(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_LeaderAndIsrTopicState_v2(buf, pos)
             items1.append(item2)
         o.topic_states = items1
@@ -1326,10 +1344,11 @@ def _read_LeaderAndIsrRequest_v2(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(LeaderAndIsrLiveLeader)
-            item4.broker_id = _S_i.unpack_from(buf, pos)[0]
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(LeaderAndIsrLiveLeader)
+            item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -1339,13 +1358,13 @@ def _read_LeaderAndIsrRequest_v2(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.host_name = buf[pos:end].decode()
+                item5.host_name = buf[pos:end].decode()
                 pos = end
-            item4.port = _S_i.unpack_from(buf, pos)[0]
+            item5.port = _S_i.unpack_from(buf, pos)[0]
             pos += 4
-            item4._unknown_tags = None
-            items3.append(item4)
-        o.live_leaders = items3
+            item5._unknown_tags = None
+            items4.append(item5)
+        o.live_leaders = items4
     o._unknown_tags = None
     return o, pos
 
@@ -1366,7 +1385,8 @@ def _read_LeaderAndIsrRequest_v3(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_LeaderAndIsrTopicState_v3(buf, pos)
             items1.append(item2)
         o.topic_states = items1
@@ -1377,10 +1397,11 @@ def _read_LeaderAndIsrRequest_v3(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(LeaderAndIsrLiveLeader)
-            item4.broker_id = _S_i.unpack_from(buf, pos)[0]
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(LeaderAndIsrLiveLeader)
+            item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -1390,13 +1411,13 @@ def _read_LeaderAndIsrRequest_v3(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.host_name = buf[pos:end].decode()
+                item5.host_name = buf[pos:end].decode()
                 pos = end
-            item4.port = _S_i.unpack_from(buf, pos)[0]
+            item5.port = _S_i.unpack_from(buf, pos)[0]
             pos += 4
-            item4._unknown_tags = None
-            items3.append(item4)
-        o.live_leaders = items3
+            item5._unknown_tags = None
+            items4.append(item5)
+        o.live_leaders = items4
     o._unknown_tags = None
     return o, pos
 
@@ -1421,7 +1442,8 @@ def _read_LeaderAndIsrRequest_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_LeaderAndIsrTopicState_v4(buf, pos)
             items1.append(item2)
         o.topic_states = items1
@@ -1436,10 +1458,11 @@ def _read_LeaderAndIsrRequest_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(LeaderAndIsrLiveLeader)
-            item4.broker_id = _S_i.unpack_from(buf, pos)[0]
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(LeaderAndIsrLiveLeader)
+            item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
             if n < 127:
@@ -1453,17 +1476,17 @@ def _read_LeaderAndIsrRequest_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.host_name = buf[pos:end].decode()
+                item5.host_name = buf[pos:end].decode()
                 pos = end
-            item4.port = _S_i.unpack_from(buf, pos)[0]
+            item5.port = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderAndIsrLiveLeader)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderAndIsrLiveLeader)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.live_leaders = items3
+            items4.append(item5)
+        o.live_leaders = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderAndIsrRequest)
     else:
@@ -1491,7 +1514,8 @@ def _read_LeaderAndIsrRequest_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_LeaderAndIsrTopicState_v5(buf, pos)
             items1.append(item2)
         o.topic_states = items1
@@ -1506,10 +1530,11 @@ def _read_LeaderAndIsrRequest_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(LeaderAndIsrLiveLeader)
-            item4.broker_id = _S_i.unpack_from(buf, pos)[0]
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(LeaderAndIsrLiveLeader)
+            item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
             if n < 127:
@@ -1523,17 +1548,17 @@ def _read_LeaderAndIsrRequest_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.host_name = buf[pos:end].decode()
+                item5.host_name = buf[pos:end].decode()
                 pos = end
-            item4.port = _S_i.unpack_from(buf, pos)[0]
+            item5.port = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderAndIsrLiveLeader)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderAndIsrLiveLeader)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.live_leaders = items3
+            items4.append(item5)
+        o.live_leaders = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderAndIsrRequest)
     else:
@@ -1561,7 +1586,8 @@ def _read_LeaderAndIsrRequest_v6(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_LeaderAndIsrTopicState_v6(buf, pos)
             items1.append(item2)
         o.topic_states = items1
@@ -1576,10 +1602,11 @@ def _read_LeaderAndIsrRequest_v6(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(LeaderAndIsrLiveLeader)
-            item4.broker_id = _S_i.unpack_from(buf, pos)[0]
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(LeaderAndIsrLiveLeader)
+            item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
             if n < 127:
@@ -1593,17 +1620,17 @@ def _read_LeaderAndIsrRequest_v6(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.host_name = buf[pos:end].decode()
+                item5.host_name = buf[pos:end].decode()
                 pos = end
-            item4.port = _S_i.unpack_from(buf, pos)[0]
+            item5.port = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderAndIsrLiveLeader)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderAndIsrLiveLeader)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.live_leaders = items3
+            items4.append(item5)
+        o.live_leaders = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderAndIsrRequest)
     else:
@@ -1632,7 +1659,8 @@ def _read_LeaderAndIsrRequest_v7(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_LeaderAndIsrTopicState_v6(buf, pos)
             items1.append(item2)
         o.topic_states = items1
@@ -1647,10 +1675,11 @@ def _read_LeaderAndIsrRequest_v7(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(LeaderAndIsrLiveLeader)
-            item4.broker_id = _S_i.unpack_from(buf, pos)[0]
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(LeaderAndIsrLiveLeader)
+            item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
             if n < 127:
@@ -1664,17 +1693,17 @@ def _read_LeaderAndIsrRequest_v7(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.host_name = buf[pos:end].decode()
+                item5.host_name = buf[pos:end].decode()
                 pos = end
-            item4.port = _S_i.unpack_from(buf, pos)[0]
+            item5.port = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderAndIsrLiveLeader)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderAndIsrLiveLeader)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.live_leaders = items3
+            items4.append(item5)
+        o.live_leaders = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderAndIsrRequest)
     else:
@@ -1982,78 +2011,6 @@ def _write_LeaderAndIsrRequest_v7(o: LeaderAndIsrRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
-LeaderAndIsrRequest._fields = (
-    _F(
-        "controller_id", "ControllerId", "int32", None, (0, 7), (1, 0), (1, 0), None, False, 0, None
-    ),
-    _F(
-        "is_kraft_controller",
-        "isKRaftController",
-        "bool",
-        None,
-        (7, 7),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        False,
-        None,
-    ),
-    _F(
-        "controller_epoch",
-        "ControllerEpoch",
-        "int32",
-        None,
-        (0, 7),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F("broker_epoch", "BrokerEpoch", "int64", None, (2, 7), (1, 0), (1, 0), None, True, -1, None),
-    _F("type", "Type", "int8", None, (5, 7), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "ungrouped_partition_states",
-        "UngroupedPartitionStates",
-        "[]LeaderAndIsrPartitionState",
-        LeaderAndIsrPartitionState,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-    _F(
-        "topic_states",
-        "TopicStates",
-        "[]LeaderAndIsrTopicState",
-        LeaderAndIsrTopicState,
-        (2, 7),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-    _F(
-        "live_leaders",
-        "LiveLeaders",
-        "[]LeaderAndIsrLiveLeader",
-        LeaderAndIsrLiveLeader,
-        (0, 7),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 LeaderAndIsrPartitionState._fields = (
     _F("topic_name", "TopicName", "string", None, (0, 1), (1, 0), (1, 0), None, True, "", None),
     _F(
@@ -2161,6 +2118,78 @@ LeaderAndIsrLiveLeader._fields = (
     _F("broker_id", "BrokerId", "int32", None, (0, 7), (1, 0), (1, 0), None, False, 0, None),
     _F("host_name", "HostName", "string", None, (0, 7), (1, 0), (1, 0), None, False, "", None),
     _F("port", "Port", "int32", None, (0, 7), (1, 0), (1, 0), None, False, 0, None),
+)
+LeaderAndIsrRequest._fields = (
+    _F(
+        "controller_id", "ControllerId", "int32", None, (0, 7), (1, 0), (1, 0), None, False, 0, None
+    ),
+    _F(
+        "is_kraft_controller",
+        "isKRaftController",
+        "bool",
+        None,
+        (7, 7),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        False,
+        None,
+    ),
+    _F(
+        "controller_epoch",
+        "ControllerEpoch",
+        "int32",
+        None,
+        (0, 7),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F("broker_epoch", "BrokerEpoch", "int64", None, (2, 7), (1, 0), (1, 0), None, True, -1, None),
+    _F("type", "Type", "int8", None, (5, 7), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "ungrouped_partition_states",
+        "UngroupedPartitionStates",
+        "[]LeaderAndIsrPartitionState",
+        LeaderAndIsrPartitionState,
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F(
+        "topic_states",
+        "TopicStates",
+        "[]LeaderAndIsrTopicState",
+        LeaderAndIsrTopicState,
+        (2, 7),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F(
+        "live_leaders",
+        "LiveLeaders",
+        "[]LeaderAndIsrLiveLeader",
+        LeaderAndIsrLiveLeader,
+        (0, 7),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
 )
 LeaderAndIsrRequest._readers = {
     0: _read_LeaderAndIsrRequest_v0,

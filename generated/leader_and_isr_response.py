@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -33,13 +37,84 @@ __all__ = [
     "LeaderAndIsrTopicError",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
+class LeaderAndIsrPartitionError(_StructBase):
+    """LeaderAndIsrPartitionError (part of LeaderAndIsrResponse)."""
+
+    __slots__ = (
+        "error_code",
+        "partition_index",
+        "topic_name",
+    )
+
+    topic_name: str
+    """The topic name.
+
+    Versions 0-4, ignorable.
+    """
+    partition_index: int
+    """The partition index.
+
+    Versions 0-7.
+    """
+    error_code: int
+    """The partition error code, or 0 if there was no error.
+
+    Versions 0-7.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_name: str = "",
+        partition_index: int = 0,
+        error_code: int = 0,
+    ) -> None:
+        self.topic_name = topic_name
+        self.partition_index = partition_index
+        self.error_code = error_code
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class LeaderAndIsrTopicError(_StructBase):
+    """Each topic"""
+
+    __slots__ = (
+        "partition_errors",
+        "topic_id",
+    )
+
+    topic_id: _UUID
+    """The unique topic ID
+
+    Versions 5-7.
+    """
+    partition_errors: list[LeaderAndIsrPartitionError]
+    """Each partition.
+
+    Versions 5-7.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_id: _UUID = _ZERO_UUID,
+        partition_errors: list[LeaderAndIsrPartitionError] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_id = topic_id
+        self.partition_errors = [] if isinstance(partition_errors, _Unset) else partition_errors
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class LeaderAndIsrResponse(_Message):
     """Kafka LeaderAndIsrResponse (response, API key 4), versions 0-7, flexible 4+.
 
@@ -87,86 +162,18 @@ class LeaderAndIsrResponse(_Message):
         self,
         *,
         error_code: int = 0,
-        partition_errors: list[LeaderAndIsrPartitionError] = _UNSET,
-        topics: list[LeaderAndIsrTopicError] = _UNSET,
+        partition_errors: list[LeaderAndIsrPartitionError] | _Unset = _UNSET,
+        topics: list[LeaderAndIsrTopicError] | _Unset = _UNSET,
     ) -> None:
         self.error_code = error_code
-        self.partition_errors = [] if partition_errors is _UNSET else partition_errors
-        self.topics = [] if topics is _UNSET else topics
+        self.partition_errors = [] if isinstance(partition_errors, _Unset) else partition_errors
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self._unknown_tags = None
 
 
-class LeaderAndIsrPartitionError(_StructBase):
-    """LeaderAndIsrPartitionError (part of LeaderAndIsrResponse)."""
-
-    __slots__ = (
-        "error_code",
-        "partition_index",
-        "topic_name",
-    )
-
-    topic_name: str
-    """The topic name.
-
-    Versions 0-4, ignorable.
-    """
-    partition_index: int
-    """The partition index.
-
-    Versions 0-7.
-    """
-    error_code: int
-    """The partition error code, or 0 if there was no error.
-
-    Versions 0-7.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_name: str = "",
-        partition_index: int = 0,
-        error_code: int = 0,
-    ) -> None:
-        self.topic_name = topic_name
-        self.partition_index = partition_index
-        self.error_code = error_code
-        self._unknown_tags = None
-
-
-class LeaderAndIsrTopicError(_StructBase):
-    """Each topic"""
-
-    __slots__ = (
-        "partition_errors",
-        "topic_id",
-    )
-
-    topic_id: _UUID
-    """The unique topic ID
-
-    Versions 5-7.
-    """
-    partition_errors: list[LeaderAndIsrPartitionError]
-    """Each partition.
-
-    Versions 5-7.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_id: _UUID = _ZERO_UUID,
-        partition_errors: list[LeaderAndIsrPartitionError] = _UNSET,
-    ) -> None:
-        self.topic_id = topic_id
-        self.partition_errors = [] if partition_errors is _UNSET else partition_errors
-        self._unknown_tags = None
-
-
-_TAGS_LeaderAndIsrResponse: frozenset[int] = frozenset()
-_TAGS_LeaderAndIsrPartitionError: frozenset[int] = frozenset()
-_TAGS_LeaderAndIsrTopicError: frozenset[int] = frozenset()
+_TAGS_LeaderAndIsrResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_LeaderAndIsrPartitionError: _Final[frozenset[int]] = frozenset()
+_TAGS_LeaderAndIsrTopicError: _Final[frozenset[int]] = frozenset()
 
 
 def _read_LeaderAndIsrTopicError_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrTopicError, int]:
@@ -186,7 +193,8 @@ def _read_LeaderAndIsrTopicError_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(LeaderAndIsrPartitionError)
             item2.topic_name = ""
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
@@ -240,7 +248,8 @@ def _read_LeaderAndIsrResponse_v0(buf: bytes, pos: int) -> tuple[LeaderAndIsrRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(LeaderAndIsrPartitionError)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -279,7 +288,8 @@ def _read_LeaderAndIsrResponse_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(LeaderAndIsrPartitionError)
             n = buf[pos] - 1
             if n < 127:
@@ -332,7 +342,8 @@ def _read_LeaderAndIsrResponse_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_LeaderAndIsrTopicError_v5(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -496,35 +507,6 @@ def _write_LeaderAndIsrResponse_v7(o: LeaderAndIsrResponse, w: _Writer) -> None:
         w(b"\x00")
 
 
-LeaderAndIsrResponse._fields = (
-    _F("error_code", "ErrorCode", "int16", None, (0, 7), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "partition_errors",
-        "PartitionErrors",
-        "[]LeaderAndIsrPartitionError",
-        LeaderAndIsrPartitionError,
-        (0, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-    _F(
-        "topics",
-        "Topics",
-        "[]LeaderAndIsrTopicError",
-        LeaderAndIsrTopicError,
-        (5, 7),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 LeaderAndIsrPartitionError._fields = (
     _F("topic_name", "TopicName", "string", None, (0, 4), (1, 0), (1, 0), None, True, "", None),
     _F(
@@ -549,6 +531,35 @@ LeaderAndIsrTopicError._fields = (
         "PartitionErrors",
         "[]LeaderAndIsrPartitionError",
         LeaderAndIsrPartitionError,
+        (5, 7),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+LeaderAndIsrResponse._fields = (
+    _F("error_code", "ErrorCode", "int16", None, (0, 7), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "partition_errors",
+        "PartitionErrors",
+        "[]LeaderAndIsrPartitionError",
+        LeaderAndIsrPartitionError,
+        (0, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F(
+        "topics",
+        "Topics",
+        "[]LeaderAndIsrTopicError",
+        LeaderAndIsrTopicError,
         (5, 7),
         (1, 0),
         (1, 0),

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -32,12 +36,44 @@ __all__ = [
     "Voter",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_hi = _Packer(">hi")
-_S_i = _Packer(">i")
+_S_hi: _Final = _Packer(">hi")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
+class Voter(_StructBase):
+    """Voter (part of LeaderChangeMessage)."""
+
+    __slots__ = (
+        "voter_directory_id",
+        "voter_id",
+    )
+
+    voter_id: int
+    """VoterId
+
+    Versions 0-1.
+    """
+    voter_directory_id: _UUID
+    """The directory id of the voter
+
+    Versions 1.
+    """
+
+    def __init__(
+        self,
+        *,
+        voter_id: int = 0,
+        voter_directory_id: _UUID = _ZERO_UUID,
+    ) -> None:
+        self.voter_id = voter_id
+        self.voter_directory_id = voter_directory_id
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class LeaderChangeMessage(_Message):
     """Kafka LeaderChangeMessage (data), versions 0-1, flexible 0+.
 
@@ -83,48 +119,18 @@ class LeaderChangeMessage(_Message):
         *,
         version: int = 0,
         leader_id: int = 0,
-        voters: list[Voter] = _UNSET,
-        granting_voters: list[Voter] = _UNSET,
+        voters: list[Voter] | _Unset = _UNSET,
+        granting_voters: list[Voter] | _Unset = _UNSET,
     ) -> None:
         self.version = version
         self.leader_id = leader_id
-        self.voters = [] if voters is _UNSET else voters
-        self.granting_voters = [] if granting_voters is _UNSET else granting_voters
+        self.voters = [] if isinstance(voters, _Unset) else voters
+        self.granting_voters = [] if isinstance(granting_voters, _Unset) else granting_voters
         self._unknown_tags = None
 
 
-class Voter(_StructBase):
-    """Voter (part of LeaderChangeMessage)."""
-
-    __slots__ = (
-        "voter_directory_id",
-        "voter_id",
-    )
-
-    voter_id: int
-    """VoterId
-
-    Versions 0-1.
-    """
-    voter_directory_id: _UUID
-    """The directory id of the voter
-
-    Versions 1.
-    """
-
-    def __init__(
-        self,
-        *,
-        voter_id: int = 0,
-        voter_directory_id: _UUID = _ZERO_UUID,
-    ) -> None:
-        self.voter_id = voter_id
-        self.voter_directory_id = voter_directory_id
-        self._unknown_tags = None
-
-
-_TAGS_LeaderChangeMessage: frozenset[int] = frozenset()
-_TAGS_Voter: frozenset[int] = frozenset()
+_TAGS_LeaderChangeMessage: _Final[frozenset[int]] = frozenset()
+_TAGS_Voter: _Final[frozenset[int]] = frozenset()
 
 
 def _read_LeaderChangeMessage_v0(buf: bytes, pos: int) -> tuple[LeaderChangeMessage, int]:
@@ -144,7 +150,8 @@ def _read_LeaderChangeMessage_v0(buf: bytes, pos: int) -> tuple[LeaderChangeMess
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(Voter)
             item2.voter_directory_id = _ZERO_UUID
             item2.voter_id = _S_i.unpack_from(buf, pos)[0]
@@ -167,19 +174,20 @@ def _read_LeaderChangeMessage_v0(buf: bytes, pos: int) -> tuple[LeaderChangeMess
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(Voter)
-            item4.voter_directory_id = _ZERO_UUID
-            item4.voter_id = _S_i.unpack_from(buf, pos)[0]
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(Voter)
+            item5.voter_directory_id = _ZERO_UUID
+            item5.voter_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Voter)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Voter)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.granting_voters = items3
+            items4.append(item5)
+        o.granting_voters = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderChangeMessage)
     else:
@@ -205,7 +213,8 @@ def _read_LeaderChangeMessage_v1(buf: bytes, pos: int) -> tuple[LeaderChangeMess
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(Voter)
             item2.voter_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -229,20 +238,21 @@ def _read_LeaderChangeMessage_v1(buf: bytes, pos: int) -> tuple[LeaderChangeMess
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(Voter)
-            item4.voter_id = _S_i.unpack_from(buf, pos)[0]
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(Voter)
+            item5.voter_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
-            item4.voter_directory_id = _read_uuid(buf, pos)
+            item5.voter_directory_id = _read_uuid(buf, pos)
             pos += 16
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Voter)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_Voter)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.granting_voters = items3
+            items4.append(item5)
+        o.granting_voters = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_LeaderChangeMessage)
     else:
@@ -311,6 +321,22 @@ def _write_LeaderChangeMessage_v1(o: LeaderChangeMessage, w: _Writer) -> None:
         w(b"\x00")
 
 
+Voter._fields = (
+    _F("voter_id", "VoterId", "int32", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "voter_directory_id",
+        "VoterDirectoryId",
+        "uuid",
+        None,
+        (1, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        _ZERO_UUID,
+        None,
+    ),
+)
 LeaderChangeMessage._fields = (
     _F("version", "Version", "int16", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
     _F("leader_id", "LeaderId", "int32", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
@@ -326,22 +352,6 @@ LeaderChangeMessage._fields = (
         None,
         False,
         (),
-        None,
-    ),
-)
-Voter._fields = (
-    _F("voter_id", "VoterId", "int32", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "voter_directory_id",
-        "VoterDirectoryId",
-        "uuid",
-        None,
-        (1, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        _ZERO_UUID,
         None,
     ),
 )

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -29,12 +33,52 @@ __all__ = [
     "MemberIdentity",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
+class MemberIdentity(_StructBase):
+    """List of leaving member identities."""
+
+    __slots__ = (
+        "group_instance_id",
+        "member_id",
+        "reason",
+    )
+
+    member_id: str
+    """The member ID to remove from the group.
+
+    Versions 3-5.
+    """
+    group_instance_id: str | None
+    """The group instance ID to remove from the group.
+
+    Versions 3-5, nullable 3-5.
+    """
+    reason: str | None
+    """The reason why the member left the group.
+
+    Versions 5, nullable 5, ignorable.
+    """
+
+    def __init__(
+        self,
+        *,
+        member_id: str = "",
+        group_instance_id: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        self.member_id = member_id
+        self.group_instance_id = group_instance_id
+        self.reason = reason
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class LeaveGroupRequest(_Message):
     """Kafka LeaveGroupRequest (request, API key 13), versions 0-5, flexible 4+.
 
@@ -80,54 +124,16 @@ class LeaveGroupRequest(_Message):
         *,
         group_id: str = "",
         member_id: str = "",
-        members: list[MemberIdentity] = _UNSET,
+        members: list[MemberIdentity] | _Unset = _UNSET,
     ) -> None:
         self.group_id = group_id
         self.member_id = member_id
-        self.members = [] if members is _UNSET else members
+        self.members = [] if isinstance(members, _Unset) else members
         self._unknown_tags = None
 
 
-class MemberIdentity(_StructBase):
-    """List of leaving member identities."""
-
-    __slots__ = (
-        "group_instance_id",
-        "member_id",
-        "reason",
-    )
-
-    member_id: str
-    """The member ID to remove from the group.
-
-    Versions 3-5.
-    """
-    group_instance_id: str | None
-    """The group instance ID to remove from the group.
-
-    Versions 3-5, nullable 3-5.
-    """
-    reason: str | None
-    """The reason why the member left the group.
-
-    Versions 5, nullable 5, ignorable.
-    """
-
-    def __init__(
-        self,
-        *,
-        member_id: str = "",
-        group_instance_id: str | None = None,
-        reason: str | None = None,
-    ) -> None:
-        self.member_id = member_id
-        self.group_instance_id = group_instance_id
-        self.reason = reason
-        self._unknown_tags = None
-
-
-_TAGS_LeaveGroupRequest: frozenset[int] = frozenset()
-_TAGS_MemberIdentity: frozenset[int] = frozenset()
+_TAGS_LeaveGroupRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_MemberIdentity: _Final[frozenset[int]] = frozenset()
 
 
 def _read_LeaveGroupRequest_v0(buf: bytes, pos: int) -> tuple[LeaveGroupRequest, int]:
@@ -180,7 +186,8 @@ def _read_LeaveGroupRequest_v3(buf: bytes, pos: int) -> tuple[LeaveGroupRequest,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MemberIdentity)
             item2.reason = None
             n = _S_h.unpack_from(buf, pos)[0]
@@ -242,7 +249,8 @@ def _read_LeaveGroupRequest_v4(buf: bytes, pos: int) -> tuple[LeaveGroupRequest,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MemberIdentity)
             item2.reason = None
             n = buf[pos] - 1
@@ -318,7 +326,8 @@ def _read_LeaveGroupRequest_v5(buf: bytes, pos: int) -> tuple[LeaveGroupRequest,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MemberIdentity)
             n = buf[pos] - 1
             if n < 127:
@@ -531,23 +540,6 @@ def _write_LeaveGroupRequest_v5(o: LeaveGroupRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
-LeaveGroupRequest._fields = (
-    _F("group_id", "GroupId", "string", None, (0, 5), (1, 0), (1, 0), None, False, "", None),
-    _F("member_id", "MemberId", "string", None, (0, 2), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "members",
-        "Members",
-        "[]MemberIdentity",
-        MemberIdentity,
-        (3, 5),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 MemberIdentity._fields = (
     _F("member_id", "MemberId", "string", None, (3, 5), (1, 0), (1, 0), None, False, "", None),
     _F(
@@ -564,6 +556,23 @@ MemberIdentity._fields = (
         None,
     ),
     _F("reason", "Reason", "string", None, (5, 5), (5, 5), (1, 0), None, True, None, None),
+)
+LeaveGroupRequest._fields = (
+    _F("group_id", "GroupId", "string", None, (0, 5), (1, 0), (1, 0), None, False, "", None),
+    _F("member_id", "MemberId", "string", None, (0, 2), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "members",
+        "Members",
+        "[]MemberIdentity",
+        MemberIdentity,
+        (3, 5),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
 )
 LeaveGroupRequest._readers = {
     0: _read_LeaveGroupRequest_v0,

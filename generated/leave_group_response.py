@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -29,13 +33,53 @@ __all__ = [
     "MemberResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
+class MemberResponse(_StructBase):
+    """List of leaving member responses."""
+
+    __slots__ = (
+        "error_code",
+        "group_instance_id",
+        "member_id",
+    )
+
+    member_id: str
+    """The member ID to remove from the group.
+
+    Versions 3-5.
+    """
+    group_instance_id: str | None
+    """The group instance ID to remove from the group.
+
+    Versions 3-5, nullable 3-5.
+    """
+    error_code: int
+    """The error code, or 0 if there was no error.
+
+    Versions 3-5.
+    """
+
+    def __init__(
+        self,
+        *,
+        member_id: str = "",
+        group_instance_id: str | None = "",
+        error_code: int = 0,
+    ) -> None:
+        self.member_id = member_id
+        self.group_instance_id = group_instance_id
+        self.error_code = error_code
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class LeaveGroupResponse(_Message):
     """Kafka LeaveGroupResponse (response, API key 13), versions 0-5, flexible 4+.
 
@@ -83,54 +127,16 @@ class LeaveGroupResponse(_Message):
         *,
         throttle_time_ms: int = 0,
         error_code: int = 0,
-        members: list[MemberResponse] = _UNSET,
+        members: list[MemberResponse] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
-        self.members = [] if members is _UNSET else members
+        self.members = [] if isinstance(members, _Unset) else members
         self._unknown_tags = None
 
 
-class MemberResponse(_StructBase):
-    """List of leaving member responses."""
-
-    __slots__ = (
-        "error_code",
-        "group_instance_id",
-        "member_id",
-    )
-
-    member_id: str
-    """The member ID to remove from the group.
-
-    Versions 3-5.
-    """
-    group_instance_id: str | None
-    """The group instance ID to remove from the group.
-
-    Versions 3-5, nullable 3-5.
-    """
-    error_code: int
-    """The error code, or 0 if there was no error.
-
-    Versions 3-5.
-    """
-
-    def __init__(
-        self,
-        *,
-        member_id: str = "",
-        group_instance_id: str | None = "",
-        error_code: int = 0,
-    ) -> None:
-        self.member_id = member_id
-        self.group_instance_id = group_instance_id
-        self.error_code = error_code
-        self._unknown_tags = None
-
-
-_TAGS_LeaveGroupResponse: frozenset[int] = frozenset()
-_TAGS_MemberResponse: frozenset[int] = frozenset()
+_TAGS_LeaveGroupResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_MemberResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_LeaveGroupResponse_v0(buf: bytes, pos: int) -> tuple[LeaveGroupResponse, int]:
@@ -167,7 +173,8 @@ def _read_LeaveGroupResponse_v3(buf: bytes, pos: int) -> tuple[LeaveGroupRespons
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MemberResponse)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -217,7 +224,8 @@ def _read_LeaveGroupResponse_v4(buf: bytes, pos: int) -> tuple[LeaveGroupRespons
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MemberResponse)
             n = buf[pos] - 1
             if n < 127:
@@ -347,6 +355,23 @@ def _write_LeaveGroupResponse_v4(o: LeaveGroupResponse, w: _Writer) -> None:
         w(b"\x00")
 
 
+MemberResponse._fields = (
+    _F("member_id", "MemberId", "string", None, (3, 5), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "group_instance_id",
+        "GroupInstanceId",
+        "string",
+        None,
+        (3, 5),
+        (3, 5),
+        (1, 0),
+        None,
+        False,
+        "",
+        None,
+    ),
+    _F("error_code", "ErrorCode", "int16", None, (3, 5), (1, 0), (1, 0), None, False, 0, None),
+)
 LeaveGroupResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -375,23 +400,6 @@ LeaveGroupResponse._fields = (
         (),
         None,
     ),
-)
-MemberResponse._fields = (
-    _F("member_id", "MemberId", "string", None, (3, 5), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "group_instance_id",
-        "GroupInstanceId",
-        "string",
-        None,
-        (3, 5),
-        (3, 5),
-        (1, 0),
-        None,
-        False,
-        "",
-        None,
-    ),
-    _F("error_code", "ErrorCode", "int16", None, (3, 5), (1, 0), (1, 0), None, False, 0, None),
 )
 LeaveGroupResponse._readers = {
     0: _read_LeaveGroupResponse_v0,

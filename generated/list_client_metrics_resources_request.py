@@ -7,6 +7,10 @@ Generated from ListClientMetricsResourcesRequest.json of Kafka 3.9.1.
 
 from __future__ import annotations
 
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
+
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
@@ -16,9 +20,10 @@ __all__ = [
     "ListClientMetricsResourcesRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
 
+@_mypyc_attr(native_class=False)
 class ListClientMetricsResourcesRequest(_Message):
     """Kafka ListClientMetricsResourcesRequest (request, API key 74), versions 0, flexible 0+."""
 
@@ -36,7 +41,7 @@ class ListClientMetricsResourcesRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_ListClientMetricsResourcesRequest: frozenset[int] = frozenset()
+_TAGS_ListClientMetricsResourcesRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ListClientMetricsResourcesRequest_v0(

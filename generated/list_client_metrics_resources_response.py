@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -28,11 +32,33 @@ __all__ = [
     "ListClientMetricsResourcesResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_ih = _Packer(">ih")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
+class ClientMetricsResource(_StructBase):
+    """Each client metrics resource in the response."""
+
+    __slots__ = ("name",)
+
+    name: str
+    """The resource name.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+    ) -> None:
+        self.name = name
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class ListClientMetricsResourcesResponse(_Message):
     """Kafka ListClientMetricsResourcesResponse (response, API key 74), versions 0, flexible 0+."""
 
@@ -69,38 +95,18 @@ class ListClientMetricsResourcesResponse(_Message):
         *,
         throttle_time_ms: int = 0,
         error_code: int = 0,
-        client_metrics_resources: list[ClientMetricsResource] = _UNSET,
+        client_metrics_resources: list[ClientMetricsResource] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
         self.client_metrics_resources = (
-            [] if client_metrics_resources is _UNSET else client_metrics_resources
+            [] if isinstance(client_metrics_resources, _Unset) else client_metrics_resources
         )
         self._unknown_tags = None
 
 
-class ClientMetricsResource(_StructBase):
-    """Each client metrics resource in the response."""
-
-    __slots__ = ("name",)
-
-    name: str
-    """The resource name.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-    ) -> None:
-        self.name = name
-        self._unknown_tags = None
-
-
-_TAGS_ListClientMetricsResourcesResponse: frozenset[int] = frozenset()
-_TAGS_ClientMetricsResource: frozenset[int] = frozenset()
+_TAGS_ListClientMetricsResourcesResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_ClientMetricsResource: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ListClientMetricsResourcesResponse_v0(
@@ -122,7 +128,8 @@ def _read_ListClientMetricsResourcesResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ClientMetricsResource)
             n = buf[pos] - 1
             if n < 127:
@@ -176,6 +183,9 @@ def _write_ListClientMetricsResourcesResponse_v0(
         w(b"\x00")
 
 
+ClientMetricsResource._fields = (
+    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+)
 ListClientMetricsResourcesResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -204,9 +214,6 @@ ListClientMetricsResourcesResponse._fields = (
         (),
         None,
     ),
-)
-ClientMetricsResource._fields = (
-    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
 )
 ListClientMetricsResourcesResponse._readers = {
     0: _read_ListClientMetricsResourcesResponse_v0,

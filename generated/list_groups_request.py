@@ -8,11 +8,15 @@ Generated from ListGroupsRequest.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -26,9 +30,10 @@ __all__ = [
     "ListGroupsRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
 
+@_mypyc_attr(native_class=False)
 class ListGroupsRequest(_Message):
     """Kafka ListGroupsRequest (request, API key 16), versions 0-5, flexible 3+.
 
@@ -66,15 +71,15 @@ class ListGroupsRequest(_Message):
     def __init__(
         self,
         *,
-        states_filter: list[str] = _UNSET,
-        types_filter: list[str] = _UNSET,
+        states_filter: list[str] | _Unset = _UNSET,
+        types_filter: list[str] | _Unset = _UNSET,
     ) -> None:
-        self.states_filter = [] if states_filter is _UNSET else states_filter
-        self.types_filter = [] if types_filter is _UNSET else types_filter
+        self.states_filter = [] if isinstance(states_filter, _Unset) else states_filter
+        self.types_filter = [] if isinstance(types_filter, _Unset) else types_filter
         self._unknown_tags = None
 
 
-_TAGS_ListGroupsRequest: frozenset[int] = frozenset()
+_TAGS_ListGroupsRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ListGroupsRequest_v0(buf: bytes, pos: int) -> tuple[ListGroupsRequest, int]:
@@ -115,7 +120,8 @@ def _read_ListGroupsRequest_v4(buf: bytes, pos: int) -> tuple[ListGroupsRequest,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -155,7 +161,8 @@ def _read_ListGroupsRequest_v5(buf: bytes, pos: int) -> tuple[ListGroupsRequest,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -183,8 +190,9 @@ def _read_ListGroupsRequest_v5(buf: bytes, pos: int) -> tuple[ListGroupsRequest,
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -197,10 +205,10 @@ def _read_ListGroupsRequest_v5(buf: bytes, pos: int) -> tuple[ListGroupsRequest,
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4 = buf[pos:end].decode()
+                item5 = buf[pos:end].decode()
                 pos = end
-            items3.append(item4)
-        o.types_filter = items3
+            items4.append(item5)
+        o.types_filter = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ListGroupsRequest)
     else:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -29,13 +33,61 @@ __all__ = [
     "ListedGroup",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
+class ListedGroup(_StructBase):
+    """Each group in the response."""
+
+    __slots__ = (
+        "group_id",
+        "group_state",
+        "group_type",
+        "protocol_type",
+    )
+
+    group_id: str
+    """The group ID.
+
+    Versions 0-5.
+    """
+    protocol_type: str
+    """The group protocol type.
+
+    Versions 0-5.
+    """
+    group_state: str
+    """The group state name.
+
+    Versions 4-5, ignorable.
+    """
+    group_type: str
+    """The group type name.
+
+    Versions 5, ignorable.
+    """
+
+    def __init__(
+        self,
+        *,
+        group_id: str = "",
+        protocol_type: str = "",
+        group_state: str = "",
+        group_type: str = "",
+    ) -> None:
+        self.group_id = group_id
+        self.protocol_type = protocol_type
+        self.group_state = group_state
+        self.group_type = group_type
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class ListGroupsResponse(_Message):
     """Kafka ListGroupsResponse (response, API key 16), versions 0-5, flexible 3+.
 
@@ -84,62 +136,16 @@ class ListGroupsResponse(_Message):
         *,
         throttle_time_ms: int = 0,
         error_code: int = 0,
-        groups: list[ListedGroup] = _UNSET,
+        groups: list[ListedGroup] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
-        self.groups = [] if groups is _UNSET else groups
+        self.groups = [] if isinstance(groups, _Unset) else groups
         self._unknown_tags = None
 
 
-class ListedGroup(_StructBase):
-    """Each group in the response."""
-
-    __slots__ = (
-        "group_id",
-        "group_state",
-        "group_type",
-        "protocol_type",
-    )
-
-    group_id: str
-    """The group ID.
-
-    Versions 0-5.
-    """
-    protocol_type: str
-    """The group protocol type.
-
-    Versions 0-5.
-    """
-    group_state: str
-    """The group state name.
-
-    Versions 4-5, ignorable.
-    """
-    group_type: str
-    """The group type name.
-
-    Versions 5, ignorable.
-    """
-
-    def __init__(
-        self,
-        *,
-        group_id: str = "",
-        protocol_type: str = "",
-        group_state: str = "",
-        group_type: str = "",
-    ) -> None:
-        self.group_id = group_id
-        self.protocol_type = protocol_type
-        self.group_state = group_state
-        self.group_type = group_type
-        self._unknown_tags = None
-
-
-_TAGS_ListGroupsResponse: frozenset[int] = frozenset()
-_TAGS_ListedGroup: frozenset[int] = frozenset()
+_TAGS_ListGroupsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_ListedGroup: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ListGroupsResponse_v0(buf: bytes, pos: int) -> tuple[ListGroupsResponse, int]:
@@ -156,7 +162,8 @@ def _read_ListGroupsResponse_v0(buf: bytes, pos: int) -> tuple[ListGroupsRespons
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ListedGroup)
             item2.group_state = ""
             item2.group_type = ""
@@ -200,7 +207,8 @@ def _read_ListGroupsResponse_v1(buf: bytes, pos: int) -> tuple[ListGroupsRespons
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ListedGroup)
             item2.group_state = ""
             item2.group_type = ""
@@ -248,7 +256,8 @@ def _read_ListGroupsResponse_v3(buf: bytes, pos: int) -> tuple[ListGroupsRespons
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ListedGroup)
             item2.group_state = ""
             item2.group_type = ""
@@ -312,7 +321,8 @@ def _read_ListGroupsResponse_v4(buf: bytes, pos: int) -> tuple[ListGroupsRespons
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ListedGroup)
             item2.group_type = ""
             n = buf[pos] - 1
@@ -389,7 +399,8 @@ def _read_ListGroupsResponse_v5(buf: bytes, pos: int) -> tuple[ListGroupsRespons
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ListedGroup)
             n = buf[pos] - 1
             if n < 127:
@@ -591,6 +602,24 @@ def _write_ListGroupsResponse_v5(o: ListGroupsResponse, w: _Writer) -> None:
         w(b"\x00")
 
 
+ListedGroup._fields = (
+    _F("group_id", "GroupId", "string", None, (0, 5), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "protocol_type",
+        "ProtocolType",
+        "string",
+        None,
+        (0, 5),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        "",
+        None,
+    ),
+    _F("group_state", "GroupState", "string", None, (4, 5), (1, 0), (1, 0), None, True, "", None),
+    _F("group_type", "GroupType", "string", None, (5, 5), (1, 0), (1, 0), None, True, "", None),
+)
 ListGroupsResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -619,24 +648,6 @@ ListGroupsResponse._fields = (
         (),
         None,
     ),
-)
-ListedGroup._fields = (
-    _F("group_id", "GroupId", "string", None, (0, 5), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "protocol_type",
-        "ProtocolType",
-        "string",
-        None,
-        (0, 5),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        "",
-        None,
-    ),
-    _F("group_state", "GroupState", "string", None, (4, 5), (1, 0), (1, 0), None, True, "", None),
-    _F("group_type", "GroupType", "string", None, (5, 5), (1, 0), (1, 0), None, True, "", None),
 )
 ListGroupsResponse._readers = {
     0: _read_ListGroupsResponse_v0,

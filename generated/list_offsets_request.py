@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -30,16 +34,95 @@ __all__ = [
     "ListOffsetsTopic",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ib = _Packer(">ib")
-_S_iiq = _Packer(">iiq")
-_S_iq = _Packer(">iq")
-_S_iqi = _Packer(">iqi")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ib: _Final = _Packer(">ib")
+_S_iiq: _Final = _Packer(">iiq")
+_S_iq: _Final = _Packer(">iq")
+_S_iqi: _Final = _Packer(">iqi")
 
 
+@_mypyc_attr(native_class=False)
+class ListOffsetsPartition(_StructBase):
+    """Each partition in the request."""
+
+    __slots__ = (
+        "current_leader_epoch",
+        "max_num_offsets",
+        "partition_index",
+        "timestamp",
+    )
+
+    partition_index: int
+    """The partition index.
+
+    Versions 0-9.
+    """
+    current_leader_epoch: int
+    """The current leader epoch.
+
+    Versions 4-9, ignorable.
+    """
+    timestamp: int
+    """The current timestamp.
+
+    Versions 0-9.
+    """
+    max_num_offsets: int
+    """The maximum number of offsets to report.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        current_leader_epoch: int = -1,
+        timestamp: int = 0,
+        max_num_offsets: int = 1,
+    ) -> None:
+        self.partition_index = partition_index
+        self.current_leader_epoch = current_leader_epoch
+        self.timestamp = timestamp
+        self.max_num_offsets = max_num_offsets
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class ListOffsetsTopic(_StructBase):
+    """Each topic in the request."""
+
+    __slots__ = (
+        "name",
+        "partitions",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 0-9.
+    """
+    partitions: list[ListOffsetsPartition]
+    """Each partition in the request.
+
+    Versions 0-9.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partitions: list[ListOffsetsPartition] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class ListOffsetsRequest(_Message):
     """Kafka ListOffsetsRequest (request, API key 2), versions 0-9, flexible 6+.
 
@@ -96,93 +179,17 @@ class ListOffsetsRequest(_Message):
         *,
         replica_id: int = 0,
         isolation_level: int = 0,
-        topics: list[ListOffsetsTopic] = _UNSET,
+        topics: list[ListOffsetsTopic] | _Unset = _UNSET,
     ) -> None:
         self.replica_id = replica_id
         self.isolation_level = isolation_level
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self._unknown_tags = None
 
 
-class ListOffsetsTopic(_StructBase):
-    """Each topic in the request."""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 0-9.
-    """
-    partitions: list[ListOffsetsPartition]
-    """Each partition in the request.
-
-    Versions 0-9.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partitions: list[ListOffsetsPartition] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class ListOffsetsPartition(_StructBase):
-    """Each partition in the request."""
-
-    __slots__ = (
-        "current_leader_epoch",
-        "max_num_offsets",
-        "partition_index",
-        "timestamp",
-    )
-
-    partition_index: int
-    """The partition index.
-
-    Versions 0-9.
-    """
-    current_leader_epoch: int
-    """The current leader epoch.
-
-    Versions 4-9, ignorable.
-    """
-    timestamp: int
-    """The current timestamp.
-
-    Versions 0-9.
-    """
-    max_num_offsets: int
-    """The maximum number of offsets to report.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        current_leader_epoch: int = -1,
-        timestamp: int = 0,
-        max_num_offsets: int = 1,
-    ) -> None:
-        self.partition_index = partition_index
-        self.current_leader_epoch = current_leader_epoch
-        self.timestamp = timestamp
-        self.max_num_offsets = max_num_offsets
-        self._unknown_tags = None
-
-
-_TAGS_ListOffsetsRequest: frozenset[int] = frozenset()
-_TAGS_ListOffsetsTopic: frozenset[int] = frozenset()
-_TAGS_ListOffsetsPartition: frozenset[int] = frozenset()
+_TAGS_ListOffsetsRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_ListOffsetsTopic: _Final[frozenset[int]] = frozenset()
+_TAGS_ListOffsetsPartition: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ListOffsetsTopic_v0(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, int]:
@@ -206,7 +213,8 @@ def _read_ListOffsetsTopic_v0(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ListOffsetsPartition)
             item2.current_leader_epoch = -1
             item2.partition_index, item2.timestamp, item2.max_num_offsets = _S_iqi.unpack_from(
@@ -241,7 +249,8 @@ def _read_ListOffsetsTopic_v1(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ListOffsetsPartition)
             item2.current_leader_epoch = -1
             item2.max_num_offsets = 1
@@ -275,7 +284,8 @@ def _read_ListOffsetsTopic_v4(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ListOffsetsPartition)
             item2.max_num_offsets = 1
             item2.partition_index, item2.current_leader_epoch, item2.timestamp = _S_iiq.unpack_from(
@@ -318,7 +328,8 @@ def _read_ListOffsetsTopic_v6(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ListOffsetsPartition)
             item2.max_num_offsets = 1
             item2.partition_index, item2.current_leader_epoch, item2.timestamp = _S_iiq.unpack_from(
@@ -558,7 +569,8 @@ def _read_ListOffsetsRequest_v0(buf: bytes, pos: int) -> tuple[ListOffsetsReques
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_ListOffsetsTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -580,7 +592,8 @@ def _read_ListOffsetsRequest_v1(buf: bytes, pos: int) -> tuple[ListOffsetsReques
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_ListOffsetsTopic_v1(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -601,7 +614,8 @@ def _read_ListOffsetsRequest_v2(buf: bytes, pos: int) -> tuple[ListOffsetsReques
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_ListOffsetsTopic_v1(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -622,7 +636,8 @@ def _read_ListOffsetsRequest_v4(buf: bytes, pos: int) -> tuple[ListOffsetsReques
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_ListOffsetsTopic_v4(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -647,7 +662,8 @@ def _read_ListOffsetsRequest_v6(buf: bytes, pos: int) -> tuple[ListOffsetsReques
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_ListOffsetsTopic_v6(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -791,51 +807,6 @@ def _write_ListOffsetsRequest_v9(o: ListOffsetsRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
-ListOffsetsRequest._fields = (
-    _F("replica_id", "ReplicaId", "int32", None, (0, 9), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "isolation_level",
-        "IsolationLevel",
-        "int8",
-        None,
-        (2, 9),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F(
-        "topics",
-        "Topics",
-        "[]ListOffsetsTopic",
-        ListOffsetsTopic,
-        (0, 9),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-ListOffsetsTopic._fields = (
-    _F("name", "Name", "string", None, (0, 9), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]ListOffsetsPartition",
-        ListOffsetsPartition,
-        (0, 9),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 ListOffsetsPartition._fields = (
     _F(
         "partition_index",
@@ -875,6 +846,51 @@ ListOffsetsPartition._fields = (
         None,
         False,
         1,
+        None,
+    ),
+)
+ListOffsetsTopic._fields = (
+    _F("name", "Name", "string", None, (0, 9), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]ListOffsetsPartition",
+        ListOffsetsPartition,
+        (0, 9),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+ListOffsetsRequest._fields = (
+    _F("replica_id", "ReplicaId", "int32", None, (0, 9), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "isolation_level",
+        "IsolationLevel",
+        "int8",
+        None,
+        (2, 9),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F(
+        "topics",
+        "Topics",
+        "[]ListOffsetsTopic",
+        ListOffsetsTopic,
+        (0, 9),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
         None,
     ),
 )

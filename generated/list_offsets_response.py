@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
@@ -32,16 +36,111 @@ __all__ = [
     "ListOffsetsTopicResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
-_S_ihqq = _Packer(">ihqq")
-_S_ihqqi = _Packer(">ihqqi")
-_A_q = _small_arrays("q", 32)
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
+_S_ihqq: _Final = _Packer(">ihqq")
+_S_ihqqi: _Final = _Packer(">ihqqi")
+_A_q: _Final = _small_arrays("q", 32)
 
 
+@_mypyc_attr(native_class=False)
+class ListOffsetsPartitionResponse(_StructBase):
+    """Each partition in the response."""
+
+    __slots__ = (
+        "error_code",
+        "leader_epoch",
+        "offset",
+        "old_style_offsets",
+        "partition_index",
+        "timestamp",
+    )
+
+    partition_index: int
+    """The partition index.
+
+    Versions 0-9.
+    """
+    error_code: int
+    """The partition error code, or 0 if there was no error.
+
+    Versions 0-9.
+    """
+    old_style_offsets: list[int]
+    """The result offsets.
+
+    Versions 0.
+    """
+    timestamp: int
+    """The timestamp associated with the returned offset.
+
+    Versions 1-9.
+    """
+    offset: int
+    """The returned offset.
+
+    Versions 1-9.
+    """
+    leader_epoch: int
+    """LeaderEpoch
+
+    Versions 4-9.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        error_code: int = 0,
+        old_style_offsets: list[int] | _Unset = _UNSET,
+        timestamp: int = -1,
+        offset: int = -1,
+        leader_epoch: int = -1,
+    ) -> None:
+        self.partition_index = partition_index
+        self.error_code = error_code
+        self.old_style_offsets = [] if isinstance(old_style_offsets, _Unset) else old_style_offsets
+        self.timestamp = timestamp
+        self.offset = offset
+        self.leader_epoch = leader_epoch
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class ListOffsetsTopicResponse(_StructBase):
+    """Each topic in the response."""
+
+    __slots__ = (
+        "name",
+        "partitions",
+    )
+
+    name: str
+    """The topic name
+
+    Versions 0-9.
+    """
+    partitions: list[ListOffsetsPartitionResponse]
+    """Each partition in the response.
+
+    Versions 0-9.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partitions: list[ListOffsetsPartitionResponse] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class ListOffsetsResponse(_Message):
     """Kafka ListOffsetsResponse (response, API key 2), versions 0-9, flexible 6+.
 
@@ -92,108 +191,16 @@ class ListOffsetsResponse(_Message):
         self,
         *,
         throttle_time_ms: int = 0,
-        topics: list[ListOffsetsTopicResponse] = _UNSET,
+        topics: list[ListOffsetsTopicResponse] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self._unknown_tags = None
 
 
-class ListOffsetsTopicResponse(_StructBase):
-    """Each topic in the response."""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The topic name
-
-    Versions 0-9.
-    """
-    partitions: list[ListOffsetsPartitionResponse]
-    """Each partition in the response.
-
-    Versions 0-9.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partitions: list[ListOffsetsPartitionResponse] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class ListOffsetsPartitionResponse(_StructBase):
-    """Each partition in the response."""
-
-    __slots__ = (
-        "error_code",
-        "leader_epoch",
-        "offset",
-        "old_style_offsets",
-        "partition_index",
-        "timestamp",
-    )
-
-    partition_index: int
-    """The partition index.
-
-    Versions 0-9.
-    """
-    error_code: int
-    """The partition error code, or 0 if there was no error.
-
-    Versions 0-9.
-    """
-    old_style_offsets: list[int]
-    """The result offsets.
-
-    Versions 0.
-    """
-    timestamp: int
-    """The timestamp associated with the returned offset.
-
-    Versions 1-9.
-    """
-    offset: int
-    """The returned offset.
-
-    Versions 1-9.
-    """
-    leader_epoch: int
-    """LeaderEpoch
-
-    Versions 4-9.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        error_code: int = 0,
-        old_style_offsets: list[int] = _UNSET,
-        timestamp: int = -1,
-        offset: int = -1,
-        leader_epoch: int = -1,
-    ) -> None:
-        self.partition_index = partition_index
-        self.error_code = error_code
-        self.old_style_offsets = [] if old_style_offsets is _UNSET else old_style_offsets
-        self.timestamp = timestamp
-        self.offset = offset
-        self.leader_epoch = leader_epoch
-        self._unknown_tags = None
-
-
-_TAGS_ListOffsetsResponse: frozenset[int] = frozenset()
-_TAGS_ListOffsetsTopicResponse: frozenset[int] = frozenset()
-_TAGS_ListOffsetsPartitionResponse: frozenset[int] = frozenset()
+_TAGS_ListOffsetsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_ListOffsetsTopicResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_ListOffsetsPartitionResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ListOffsetsTopicResponse_v0(buf: bytes, pos: int) -> tuple[ListOffsetsTopicResponse, int]:
@@ -217,7 +224,8 @@ def _read_ListOffsetsTopicResponse_v0(buf: bytes, pos: int) -> tuple[ListOffsets
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ListOffsetsPartitionResponse)
             item2.timestamp = -1
             item2.offset = -1
@@ -265,7 +273,8 @@ def _read_ListOffsetsTopicResponse_v1(buf: bytes, pos: int) -> tuple[ListOffsets
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ListOffsetsPartitionResponse)
             item2.old_style_offsets = []
             item2.leader_epoch = -1
@@ -301,7 +310,8 @@ def _read_ListOffsetsTopicResponse_v4(buf: bytes, pos: int) -> tuple[ListOffsets
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ListOffsetsPartitionResponse)
             item2.old_style_offsets = []
             (
@@ -348,7 +358,8 @@ def _read_ListOffsetsTopicResponse_v6(buf: bytes, pos: int) -> tuple[ListOffsets
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ListOffsetsPartitionResponse)
             item2.old_style_offsets = []
             (
@@ -656,7 +667,8 @@ def _read_ListOffsetsResponse_v0(buf: bytes, pos: int) -> tuple[ListOffsetsRespo
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_ListOffsetsTopicResponse_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -676,7 +688,8 @@ def _read_ListOffsetsResponse_v1(buf: bytes, pos: int) -> tuple[ListOffsetsRespo
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_ListOffsetsTopicResponse_v1(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -697,7 +710,8 @@ def _read_ListOffsetsResponse_v2(buf: bytes, pos: int) -> tuple[ListOffsetsRespo
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_ListOffsetsTopicResponse_v1(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -718,7 +732,8 @@ def _read_ListOffsetsResponse_v4(buf: bytes, pos: int) -> tuple[ListOffsetsRespo
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_ListOffsetsTopicResponse_v4(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -743,7 +758,8 @@ def _read_ListOffsetsResponse_v6(buf: bytes, pos: int) -> tuple[ListOffsetsRespo
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_ListOffsetsTopicResponse_v6(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -881,50 +897,6 @@ def _write_ListOffsetsResponse_v9(o: ListOffsetsResponse, w: _Writer) -> None:
         w(b"\x00")
 
 
-ListOffsetsResponse._fields = (
-    _F(
-        "throttle_time_ms",
-        "ThrottleTimeMs",
-        "int32",
-        None,
-        (2, 9),
-        (1, 0),
-        (1, 0),
-        None,
-        True,
-        0,
-        None,
-    ),
-    _F(
-        "topics",
-        "Topics",
-        "[]ListOffsetsTopicResponse",
-        ListOffsetsTopicResponse,
-        (0, 9),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-ListOffsetsTopicResponse._fields = (
-    _F("name", "Name", "string", None, (0, 9), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]ListOffsetsPartitionResponse",
-        ListOffsetsPartitionResponse,
-        (0, 9),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 ListOffsetsPartitionResponse._fields = (
     _F(
         "partition_index",
@@ -956,6 +928,50 @@ ListOffsetsPartitionResponse._fields = (
     _F("timestamp", "Timestamp", "int64", None, (1, 9), (1, 0), (1, 0), None, False, -1, None),
     _F("offset", "Offset", "int64", None, (1, 9), (1, 0), (1, 0), None, False, -1, None),
     _F("leader_epoch", "LeaderEpoch", "int32", None, (4, 9), (1, 0), (1, 0), None, False, -1, None),
+)
+ListOffsetsTopicResponse._fields = (
+    _F("name", "Name", "string", None, (0, 9), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]ListOffsetsPartitionResponse",
+        ListOffsetsPartitionResponse,
+        (0, 9),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+ListOffsetsResponse._fields = (
+    _F(
+        "throttle_time_ms",
+        "ThrottleTimeMs",
+        "int32",
+        None,
+        (2, 9),
+        (1, 0),
+        (1, 0),
+        None,
+        True,
+        0,
+        None,
+    ),
+    _F(
+        "topics",
+        "Topics",
+        "[]ListOffsetsTopicResponse",
+        ListOffsetsTopicResponse,
+        (0, 9),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
 )
 ListOffsetsResponse._readers = {
     0: _read_ListOffsetsResponse_v0,

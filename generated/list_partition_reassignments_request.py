@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
@@ -30,12 +34,44 @@ __all__ = [
     "ListPartitionReassignmentsTopics",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_i = _Packer(">i")
-_A_i = _small_arrays("i", 32)
+_S_i: _Final = _Packer(">i")
+_A_i: _Final = _small_arrays("i", 32)
 
 
+@_mypyc_attr(native_class=False)
+class ListPartitionReassignmentsTopics(_StructBase):
+    """The topics to list partition reassignments for, or null to list everything."""
+
+    __slots__ = (
+        "name",
+        "partition_indexes",
+    )
+
+    name: str
+    """The topic name
+
+    Versions 0.
+    """
+    partition_indexes: list[int]
+    """The partitions to list partition reassignments for.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partition_indexes: list[int] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partition_indexes = [] if isinstance(partition_indexes, _Unset) else partition_indexes
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class ListPartitionReassignmentsRequest(_Message):
     """Kafka ListPartitionReassignmentsRequest (request, API key 46), versions 0, flexible 0+."""
 
@@ -72,38 +108,8 @@ class ListPartitionReassignmentsRequest(_Message):
         self._unknown_tags = None
 
 
-class ListPartitionReassignmentsTopics(_StructBase):
-    """The topics to list partition reassignments for, or null to list everything."""
-
-    __slots__ = (
-        "name",
-        "partition_indexes",
-    )
-
-    name: str
-    """The topic name
-
-    Versions 0.
-    """
-    partition_indexes: list[int]
-    """The partitions to list partition reassignments for.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partition_indexes: list[int] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partition_indexes = [] if partition_indexes is _UNSET else partition_indexes
-        self._unknown_tags = None
-
-
-_TAGS_ListPartitionReassignmentsRequest: frozenset[int] = frozenset()
-_TAGS_ListPartitionReassignmentsTopics: frozenset[int] = frozenset()
+_TAGS_ListPartitionReassignmentsRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_ListPartitionReassignmentsTopics: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ListPartitionReassignmentsRequest_v0(
@@ -125,7 +131,8 @@ def _read_ListPartitionReassignmentsRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(ListPartitionReassignmentsTopics)
             n = buf[pos] - 1
             if n < 127:
@@ -206,22 +213,6 @@ def _write_ListPartitionReassignmentsRequest_v0(
         w(b"\x00")
 
 
-ListPartitionReassignmentsRequest._fields = (
-    _F("timeout_ms", "TimeoutMs", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 60000, None),
-    _F(
-        "topics",
-        "Topics",
-        "[]ListPartitionReassignmentsTopics",
-        ListPartitionReassignmentsTopics,
-        (0, 0),
-        (0, 0),
-        (1, 0),
-        None,
-        False,
-        None,
-        None,
-    ),
-)
 ListPartitionReassignmentsTopics._fields = (
     _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
     _F(
@@ -235,6 +226,22 @@ ListPartitionReassignmentsTopics._fields = (
         None,
         False,
         (),
+        None,
+    ),
+)
+ListPartitionReassignmentsRequest._fields = (
+    _F("timeout_ms", "TimeoutMs", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 60000, None),
+    _F(
+        "topics",
+        "Topics",
+        "[]ListPartitionReassignmentsTopics",
+        ListPartitionReassignmentsTopics,
+        (0, 0),
+        (0, 0),
+        (1, 0),
+        None,
+        False,
+        None,
         None,
     ),
 )

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
@@ -31,13 +35,92 @@ __all__ = [
     "OngoingTopicReassignment",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
-_A_i = _small_arrays("i", 32)
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
+_A_i: _Final = _small_arrays("i", 32)
 
 
+@_mypyc_attr(native_class=False)
+class OngoingPartitionReassignment(_StructBase):
+    """The ongoing reassignments for each partition."""
+
+    __slots__ = (
+        "adding_replicas",
+        "partition_index",
+        "removing_replicas",
+        "replicas",
+    )
+
+    partition_index: int
+    """The index of the partition.
+
+    Versions 0.
+    """
+    replicas: list[int]
+    """The current replica set.
+
+    Versions 0.
+    """
+    adding_replicas: list[int]
+    """The set of replicas we are currently adding.
+
+    Versions 0.
+    """
+    removing_replicas: list[int]
+    """The set of replicas we are currently removing.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        replicas: list[int] | _Unset = _UNSET,
+        adding_replicas: list[int] | _Unset = _UNSET,
+        removing_replicas: list[int] | _Unset = _UNSET,
+    ) -> None:
+        self.partition_index = partition_index
+        self.replicas = [] if isinstance(replicas, _Unset) else replicas
+        self.adding_replicas = [] if isinstance(adding_replicas, _Unset) else adding_replicas
+        self.removing_replicas = [] if isinstance(removing_replicas, _Unset) else removing_replicas
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class OngoingTopicReassignment(_StructBase):
+    """The ongoing reassignments for each topic."""
+
+    __slots__ = (
+        "name",
+        "partitions",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 0.
+    """
+    partitions: list[OngoingPartitionReassignment]
+    """The ongoing reassignments for each partition.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partitions: list[OngoingPartitionReassignment] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class ListPartitionReassignmentsResponse(_Message):
     """Kafka ListPartitionReassignmentsResponse (response, API key 46), versions 0, flexible 0+."""
 
@@ -81,94 +164,18 @@ class ListPartitionReassignmentsResponse(_Message):
         throttle_time_ms: int = 0,
         error_code: int = 0,
         error_message: str | None = "",
-        topics: list[OngoingTopicReassignment] = _UNSET,
+        topics: list[OngoingTopicReassignment] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
         self.error_message = error_message
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self._unknown_tags = None
 
 
-class OngoingTopicReassignment(_StructBase):
-    """The ongoing reassignments for each topic."""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 0.
-    """
-    partitions: list[OngoingPartitionReassignment]
-    """The ongoing reassignments for each partition.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partitions: list[OngoingPartitionReassignment] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class OngoingPartitionReassignment(_StructBase):
-    """The ongoing reassignments for each partition."""
-
-    __slots__ = (
-        "adding_replicas",
-        "partition_index",
-        "removing_replicas",
-        "replicas",
-    )
-
-    partition_index: int
-    """The index of the partition.
-
-    Versions 0.
-    """
-    replicas: list[int]
-    """The current replica set.
-
-    Versions 0.
-    """
-    adding_replicas: list[int]
-    """The set of replicas we are currently adding.
-
-    Versions 0.
-    """
-    removing_replicas: list[int]
-    """The set of replicas we are currently removing.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        replicas: list[int] = _UNSET,
-        adding_replicas: list[int] = _UNSET,
-        removing_replicas: list[int] = _UNSET,
-    ) -> None:
-        self.partition_index = partition_index
-        self.replicas = [] if replicas is _UNSET else replicas
-        self.adding_replicas = [] if adding_replicas is _UNSET else adding_replicas
-        self.removing_replicas = [] if removing_replicas is _UNSET else removing_replicas
-        self._unknown_tags = None
-
-
-_TAGS_ListPartitionReassignmentsResponse: frozenset[int] = frozenset()
-_TAGS_OngoingTopicReassignment: frozenset[int] = frozenset()
-_TAGS_OngoingPartitionReassignment: frozenset[int] = frozenset()
+_TAGS_ListPartitionReassignmentsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_OngoingTopicReassignment: _Final[frozenset[int]] = frozenset()
+_TAGS_OngoingPartitionReassignment: _Final[frozenset[int]] = frozenset()
 
 
 def _read_OngoingTopicReassignment_v0(buf: bytes, pos: int) -> tuple[OngoingTopicReassignment, int]:
@@ -200,7 +207,8 @@ def _read_OngoingTopicReassignment_v0(buf: bytes, pos: int) -> tuple[OngoingTopi
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OngoingPartitionReassignment)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -338,7 +346,8 @@ def _read_ListPartitionReassignmentsResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OngoingTopicReassignment_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -374,64 +383,6 @@ def _write_ListPartitionReassignmentsResponse_v0(
         w(b"\x00")
 
 
-ListPartitionReassignmentsResponse._fields = (
-    _F(
-        "throttle_time_ms",
-        "ThrottleTimeMs",
-        "int32",
-        None,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "error_message",
-        "ErrorMessage",
-        "string",
-        None,
-        (0, 0),
-        (0, 0),
-        (1, 0),
-        None,
-        False,
-        "",
-        None,
-    ),
-    _F(
-        "topics",
-        "Topics",
-        "[]OngoingTopicReassignment",
-        OngoingTopicReassignment,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-OngoingTopicReassignment._fields = (
-    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]OngoingPartitionReassignment",
-        OngoingPartitionReassignment,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 OngoingPartitionReassignment._fields = (
     _F(
         "partition_index",
@@ -465,6 +416,64 @@ OngoingPartitionReassignment._fields = (
         "RemovingReplicas",
         "[]int32",
         None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+OngoingTopicReassignment._fields = (
+    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]OngoingPartitionReassignment",
+        OngoingPartitionReassignment,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+ListPartitionReassignmentsResponse._fields = (
+    _F(
+        "throttle_time_ms",
+        "ThrottleTimeMs",
+        "int32",
+        None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "error_message",
+        "ErrorMessage",
+        "string",
+        None,
+        (0, 0),
+        (0, 0),
+        (1, 0),
+        None,
+        False,
+        "",
+        None,
+    ),
+    _F(
+        "topics",
+        "Topics",
+        "[]OngoingTopicReassignment",
+        OngoingTopicReassignment,
         (0, 0),
         (1, 0),
         (1, 0),

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import array_struct as _array_struct
@@ -29,12 +33,13 @@ __all__ = [
     "ListTransactionsRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_q = _Packer(">q")
-_A_q = _small_arrays("q", 32)
+_S_q: _Final = _Packer(">q")
+_A_q: _Final = _small_arrays("q", 32)
 
 
+@_mypyc_attr(native_class=False)
 class ListTransactionsRequest(_Message):
     """Kafka ListTransactionsRequest (request, API key 66), versions 0-1, flexible 0+.
 
@@ -72,17 +77,19 @@ class ListTransactionsRequest(_Message):
     def __init__(
         self,
         *,
-        state_filters: list[str] = _UNSET,
-        producer_id_filters: list[int] = _UNSET,
+        state_filters: list[str] | _Unset = _UNSET,
+        producer_id_filters: list[int] | _Unset = _UNSET,
         duration_filter: int = -1,
     ) -> None:
-        self.state_filters = [] if state_filters is _UNSET else state_filters
-        self.producer_id_filters = [] if producer_id_filters is _UNSET else producer_id_filters
+        self.state_filters = [] if isinstance(state_filters, _Unset) else state_filters
+        self.producer_id_filters = (
+            [] if isinstance(producer_id_filters, _Unset) else producer_id_filters
+        )
         self.duration_filter = duration_filter
         self._unknown_tags = None
 
 
-_TAGS_ListTransactionsRequest: frozenset[int] = frozenset()
+_TAGS_ListTransactionsRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ListTransactionsRequest_v0(buf: bytes, pos: int) -> tuple[ListTransactionsRequest, int]:
@@ -101,7 +108,8 @@ def _read_ListTransactionsRequest_v0(buf: bytes, pos: int) -> tuple[ListTransact
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -156,7 +164,8 @@ def _read_ListTransactionsRequest_v1(buf: bytes, pos: int) -> tuple[ListTransact
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

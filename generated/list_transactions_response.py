@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -29,12 +33,52 @@ __all__ = [
     "TransactionState",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_ih = _Packer(">ih")
-_S_q = _Packer(">q")
+_S_ih: _Final = _Packer(">ih")
+_S_q: _Final = _Packer(">q")
 
 
+@_mypyc_attr(native_class=False)
+class TransactionState(_StructBase):
+    """TransactionState (part of ListTransactionsResponse)."""
+
+    __slots__ = (
+        "producer_id",
+        "transaction_state",
+        "transactional_id",
+    )
+
+    transactional_id: str
+    """TransactionalId
+
+    Versions 0-1.
+    """
+    producer_id: int
+    """ProducerId
+
+    Versions 0-1.
+    """
+    transaction_state: str
+    """The current transaction state of the producer
+
+    Versions 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        transactional_id: str = "",
+        producer_id: int = 0,
+        transaction_state: str = "",
+    ) -> None:
+        self.transactional_id = transactional_id
+        self.producer_id = producer_id
+        self.transaction_state = transaction_state
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class ListTransactionsResponse(_Message):
     """Kafka ListTransactionsResponse (response, API key 66), versions 0-1, flexible 0+.
 
@@ -80,58 +124,22 @@ class ListTransactionsResponse(_Message):
         *,
         throttle_time_ms: int = 0,
         error_code: int = 0,
-        unknown_state_filters: list[str] = _UNSET,
-        transaction_states: list[TransactionState] = _UNSET,
+        unknown_state_filters: list[str] | _Unset = _UNSET,
+        transaction_states: list[TransactionState] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
         self.unknown_state_filters = (
-            [] if unknown_state_filters is _UNSET else unknown_state_filters
+            [] if isinstance(unknown_state_filters, _Unset) else unknown_state_filters
         )
-        self.transaction_states = [] if transaction_states is _UNSET else transaction_states
+        self.transaction_states = (
+            [] if isinstance(transaction_states, _Unset) else transaction_states
+        )
         self._unknown_tags = None
 
 
-class TransactionState(_StructBase):
-    """TransactionState (part of ListTransactionsResponse)."""
-
-    __slots__ = (
-        "producer_id",
-        "transaction_state",
-        "transactional_id",
-    )
-
-    transactional_id: str
-    """TransactionalId
-
-    Versions 0-1.
-    """
-    producer_id: int
-    """ProducerId
-
-    Versions 0-1.
-    """
-    transaction_state: str
-    """The current transaction state of the producer
-
-    Versions 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        transactional_id: str = "",
-        producer_id: int = 0,
-        transaction_state: str = "",
-    ) -> None:
-        self.transactional_id = transactional_id
-        self.producer_id = producer_id
-        self.transaction_state = transaction_state
-        self._unknown_tags = None
-
-
-_TAGS_ListTransactionsResponse: frozenset[int] = frozenset()
-_TAGS_TransactionState: frozenset[int] = frozenset()
+_TAGS_ListTransactionsResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_TransactionState: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ListTransactionsResponse_v0(buf: bytes, pos: int) -> tuple[ListTransactionsResponse, int]:
@@ -151,7 +159,8 @@ def _read_ListTransactionsResponse_v0(buf: bytes, pos: int) -> tuple[ListTransac
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -179,9 +188,10 @@ def _read_ListTransactionsResponse_v0(buf: bytes, pos: int) -> tuple[ListTransac
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(TransactionState)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(TransactionState)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -194,9 +204,9 @@ def _read_ListTransactionsResponse_v0(buf: bytes, pos: int) -> tuple[ListTransac
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.transactional_id = buf[pos:end].decode()
+                item5.transactional_id = buf[pos:end].decode()
                 pos = end
-            item4.producer_id = _S_q.unpack_from(buf, pos)[0]
+            item5.producer_id = _S_q.unpack_from(buf, pos)[0]
             pos += 8
             n = buf[pos] - 1
             if n < 127:
@@ -210,15 +220,15 @@ def _read_ListTransactionsResponse_v0(buf: bytes, pos: int) -> tuple[ListTransac
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.transaction_state = buf[pos:end].decode()
+                item5.transaction_state = buf[pos:end].decode()
                 pos = end
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_TransactionState)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_TransactionState)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.transaction_states = items3
+            items4.append(item5)
+        o.transaction_states = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ListTransactionsResponse)
     else:
@@ -263,6 +273,35 @@ def _write_ListTransactionsResponse_v0(o: ListTransactionsResponse, w: _Writer) 
         w(b"\x00")
 
 
+TransactionState._fields = (
+    _F(
+        "transactional_id",
+        "TransactionalId",
+        "string",
+        None,
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        "",
+        None,
+    ),
+    _F("producer_id", "ProducerId", "int64", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "transaction_state",
+        "TransactionState",
+        "string",
+        None,
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        "",
+        None,
+    ),
+)
 ListTransactionsResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -302,35 +341,6 @@ ListTransactionsResponse._fields = (
         None,
         False,
         (),
-        None,
-    ),
-)
-TransactionState._fields = (
-    _F(
-        "transactional_id",
-        "TransactionalId",
-        "string",
-        None,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        "",
-        None,
-    ),
-    _F("producer_id", "ProducerId", "int64", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "transaction_state",
-        "TransactionState",
-        "string",
-        None,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        "",
         None,
     ),
 )

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
@@ -33,15 +37,47 @@ __all__ = [
     "MetadataRequestTopic",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_z = _Packer(">?")
-_S_zz = _Packer(">??")
-_S_zzz = _Packer(">???")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_z: _Final = _Packer(">?")
+_S_zz: _Final = _Packer(">??")
+_S_zzz: _Final = _Packer(">???")
 
 
+@_mypyc_attr(native_class=False)
+class MetadataRequestTopic(_StructBase):
+    """The topics to fetch metadata for."""
+
+    __slots__ = (
+        "name",
+        "topic_id",
+    )
+
+    topic_id: _UUID
+    """The topic id.
+
+    Versions 10-12, ignorable.
+    """
+    name: str | None
+    """The topic name.
+
+    Versions 0-12, nullable 10-12.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_id: _UUID = _ZERO_UUID,
+        name: str | None = "",
+    ) -> None:
+        self.topic_id = topic_id
+        self.name = name
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class MetadataRequest(_Message):
     """Kafka MetadataRequest (request, API key 3), versions 0-12, flexible 9+.
 
@@ -102,50 +138,20 @@ class MetadataRequest(_Message):
     def __init__(
         self,
         *,
-        topics: list[MetadataRequestTopic] | None = _UNSET,
+        topics: list[MetadataRequestTopic] | _Unset | None = _UNSET,
         allow_auto_topic_creation: bool = True,
         include_cluster_authorized_operations: bool = False,
         include_topic_authorized_operations: bool = False,
     ) -> None:
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self.allow_auto_topic_creation = allow_auto_topic_creation
         self.include_cluster_authorized_operations = include_cluster_authorized_operations
         self.include_topic_authorized_operations = include_topic_authorized_operations
         self._unknown_tags = None
 
 
-class MetadataRequestTopic(_StructBase):
-    """The topics to fetch metadata for."""
-
-    __slots__ = (
-        "name",
-        "topic_id",
-    )
-
-    topic_id: _UUID
-    """The topic id.
-
-    Versions 10-12, ignorable.
-    """
-    name: str | None
-    """The topic name.
-
-    Versions 0-12, nullable 10-12.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_id: _UUID = _ZERO_UUID,
-        name: str | None = "",
-    ) -> None:
-        self.topic_id = topic_id
-        self.name = name
-        self._unknown_tags = None
-
-
-_TAGS_MetadataRequest: frozenset[int] = frozenset()
-_TAGS_MetadataRequestTopic: frozenset[int] = frozenset()
+_TAGS_MetadataRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_MetadataRequestTopic: _Final[frozenset[int]] = frozenset()
 
 
 def _read_MetadataRequest_v0(buf: bytes, pos: int) -> tuple[MetadataRequest, int]:
@@ -162,7 +168,8 @@ def _read_MetadataRequest_v0(buf: bytes, pos: int) -> tuple[MetadataRequest, int
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataRequestTopic)
             item2.topic_id = _ZERO_UUID
             n = _S_h.unpack_from(buf, pos)[0]
@@ -198,7 +205,8 @@ def _read_MetadataRequest_v1(buf: bytes, pos: int) -> tuple[MetadataRequest, int
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataRequestTopic)
             item2.topic_id = _ZERO_UUID
             n = _S_h.unpack_from(buf, pos)[0]
@@ -233,7 +241,8 @@ def _read_MetadataRequest_v4(buf: bytes, pos: int) -> tuple[MetadataRequest, int
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataRequestTopic)
             item2.topic_id = _ZERO_UUID
             n = _S_h.unpack_from(buf, pos)[0]
@@ -268,7 +277,8 @@ def _read_MetadataRequest_v8(buf: bytes, pos: int) -> tuple[MetadataRequest, int
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataRequestTopic)
             item2.topic_id = _ZERO_UUID
             n = _S_h.unpack_from(buf, pos)[0]
@@ -309,7 +319,8 @@ def _read_MetadataRequest_v9(buf: bytes, pos: int) -> tuple[MetadataRequest, int
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataRequestTopic)
             item2.topic_id = _ZERO_UUID
             n = buf[pos] - 1
@@ -362,7 +373,8 @@ def _read_MetadataRequest_v10(buf: bytes, pos: int) -> tuple[MetadataRequest, in
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataRequestTopic)
             item2.topic_id = _read_uuid(buf, pos)
             pos += 16
@@ -417,7 +429,8 @@ def _read_MetadataRequest_v11(buf: bytes, pos: int) -> tuple[MetadataRequest, in
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataRequestTopic)
             item2.topic_id = _read_uuid(buf, pos)
             pos += 16
@@ -843,6 +856,10 @@ def _write_MetadataRequest_v12(o: MetadataRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
+MetadataRequestTopic._fields = (
+    _F("topic_id", "TopicId", "uuid", None, (10, 12), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
+    _F("name", "Name", "string", None, (0, 12), (10, 12), (1, 0), None, False, "", None),
+)
 MetadataRequest._fields = (
     _F(
         "topics",
@@ -896,10 +913,6 @@ MetadataRequest._fields = (
         False,
         None,
     ),
-)
-MetadataRequestTopic._fields = (
-    _F("topic_id", "TopicId", "uuid", None, (10, 12), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
-    _F("name", "Name", "string", None, (0, 12), (10, 12), (1, 0), None, False, "", None),
 )
 MetadataRequest._readers = {
     0: _read_MetadataRequest_v0,

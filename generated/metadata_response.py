@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
@@ -37,16 +41,198 @@ __all__ = [
     "MetadataResponseTopic",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_hii = _Packer(">hii")
-_S_hiii = _Packer(">hiii")
-_S_i = _Packer(">i")
-_S_z = _Packer(">?")
-_A_i = _small_arrays("i", 32)
+_S_h: _Final = _Packer(">h")
+_S_hii: _Final = _Packer(">hii")
+_S_hiii: _Final = _Packer(">hiii")
+_S_i: _Final = _Packer(">i")
+_S_z: _Final = _Packer(">?")
+_A_i: _Final = _small_arrays("i", 32)
 
 
+@_mypyc_attr(native_class=False)
+class MetadataResponseBroker(_StructBase):
+    """A list of brokers present in the cluster."""
+
+    __slots__ = (
+        "host",
+        "node_id",
+        "port",
+        "rack",
+    )
+
+    node_id: int
+    """The broker ID.
+
+    Versions 0-12.
+    """
+    host: str
+    """The broker hostname.
+
+    Versions 0-12.
+    """
+    port: int
+    """The broker port.
+
+    Versions 0-12.
+    """
+    rack: str | None
+    """The rack of the broker, or null if it has not been assigned to a rack.
+
+    Versions 1-12, nullable 1-12, ignorable.
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: int = 0,
+        host: str = "",
+        port: int = 0,
+        rack: str | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.host = host
+        self.port = port
+        self.rack = rack
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class MetadataResponsePartition(_StructBase):
+    """Each partition in the topic."""
+
+    __slots__ = (
+        "error_code",
+        "isr_nodes",
+        "leader_epoch",
+        "leader_id",
+        "offline_replicas",
+        "partition_index",
+        "replica_nodes",
+    )
+
+    error_code: int
+    """The partition error, or 0 if there was no error.
+
+    Versions 0-12.
+    """
+    partition_index: int
+    """The partition index.
+
+    Versions 0-12.
+    """
+    leader_id: int
+    """The ID of the leader broker.
+
+    Versions 0-12.
+    """
+    leader_epoch: int
+    """The leader epoch of this partition.
+
+    Versions 7-12, ignorable.
+    """
+    replica_nodes: list[int]
+    """The set of all nodes that host this partition.
+
+    Versions 0-12.
+    """
+    isr_nodes: list[int]
+    """The set of nodes that are in sync with the leader for this partition.
+
+    Versions 0-12.
+    """
+    offline_replicas: list[int]
+    """The set of offline replicas of this partition.
+
+    Versions 5-12, ignorable.
+    """
+
+    def __init__(
+        self,
+        *,
+        error_code: int = 0,
+        partition_index: int = 0,
+        leader_id: int = 0,
+        leader_epoch: int = -1,
+        replica_nodes: list[int] | _Unset = _UNSET,
+        isr_nodes: list[int] | _Unset = _UNSET,
+        offline_replicas: list[int] | _Unset = _UNSET,
+    ) -> None:
+        self.error_code = error_code
+        self.partition_index = partition_index
+        self.leader_id = leader_id
+        self.leader_epoch = leader_epoch
+        self.replica_nodes = [] if isinstance(replica_nodes, _Unset) else replica_nodes
+        self.isr_nodes = [] if isinstance(isr_nodes, _Unset) else isr_nodes
+        self.offline_replicas = [] if isinstance(offline_replicas, _Unset) else offline_replicas
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class MetadataResponseTopic(_StructBase):
+    """Each topic in the response."""
+
+    __slots__ = (
+        "error_code",
+        "is_internal",
+        "name",
+        "partitions",
+        "topic_authorized_operations",
+        "topic_id",
+    )
+
+    error_code: int
+    """The topic error, or 0 if there was no error.
+
+    Versions 0-12.
+    """
+    name: str | None
+    """The topic name. Null for non-existing topics queried by ID. This is never null when ErrorCode is zero. One of Name and TopicId is always populated.
+
+    Versions 0-12, nullable 12.
+    """
+    topic_id: _UUID
+    """The topic id. Zero for non-existing topics queried by name. This is never zero when ErrorCode is zero. One of Name and TopicId is always populated.
+
+    Versions 10-12, ignorable.
+    """
+    is_internal: bool
+    """True if the topic is internal.
+
+    Versions 1-12, ignorable.
+    """
+    partitions: list[MetadataResponsePartition]
+    """Each partition in the topic.
+
+    Versions 0-12.
+    """
+    topic_authorized_operations: int
+    """32-bit bitfield to represent authorized operations for this topic.
+
+    Versions 8-12.
+    """
+
+    def __init__(
+        self,
+        *,
+        error_code: int = 0,
+        name: str | None = "",
+        topic_id: _UUID = _ZERO_UUID,
+        is_internal: bool = False,
+        partitions: list[MetadataResponsePartition] | _Unset = _UNSET,
+        topic_authorized_operations: int = -2147483648,
+    ) -> None:
+        self.error_code = error_code
+        self.name = name
+        self.topic_id = topic_id
+        self.is_internal = is_internal
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self.topic_authorized_operations = topic_authorized_operations
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class MetadataResponse(_Message):
     """Kafka MetadataResponse (response, API key 3), versions 0-12, flexible 9+.
 
@@ -127,203 +313,25 @@ class MetadataResponse(_Message):
         self,
         *,
         throttle_time_ms: int = 0,
-        brokers: list[MetadataResponseBroker] = _UNSET,
+        brokers: list[MetadataResponseBroker] | _Unset = _UNSET,
         cluster_id: str | None = None,
         controller_id: int = -1,
-        topics: list[MetadataResponseTopic] = _UNSET,
+        topics: list[MetadataResponseTopic] | _Unset = _UNSET,
         cluster_authorized_operations: int = -2147483648,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
-        self.brokers = [] if brokers is _UNSET else brokers
+        self.brokers = [] if isinstance(brokers, _Unset) else brokers
         self.cluster_id = cluster_id
         self.controller_id = controller_id
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self.cluster_authorized_operations = cluster_authorized_operations
         self._unknown_tags = None
 
 
-class MetadataResponseBroker(_StructBase):
-    """A list of brokers present in the cluster."""
-
-    __slots__ = (
-        "host",
-        "node_id",
-        "port",
-        "rack",
-    )
-
-    node_id: int
-    """The broker ID.
-
-    Versions 0-12.
-    """
-    host: str
-    """The broker hostname.
-
-    Versions 0-12.
-    """
-    port: int
-    """The broker port.
-
-    Versions 0-12.
-    """
-    rack: str | None
-    """The rack of the broker, or null if it has not been assigned to a rack.
-
-    Versions 1-12, nullable 1-12, ignorable.
-    """
-
-    def __init__(
-        self,
-        *,
-        node_id: int = 0,
-        host: str = "",
-        port: int = 0,
-        rack: str | None = None,
-    ) -> None:
-        self.node_id = node_id
-        self.host = host
-        self.port = port
-        self.rack = rack
-        self._unknown_tags = None
-
-
-class MetadataResponseTopic(_StructBase):
-    """Each topic in the response."""
-
-    __slots__ = (
-        "error_code",
-        "is_internal",
-        "name",
-        "partitions",
-        "topic_authorized_operations",
-        "topic_id",
-    )
-
-    error_code: int
-    """The topic error, or 0 if there was no error.
-
-    Versions 0-12.
-    """
-    name: str | None
-    """The topic name. Null for non-existing topics queried by ID. This is never null when ErrorCode is zero. One of Name and TopicId is always populated.
-
-    Versions 0-12, nullable 12.
-    """
-    topic_id: _UUID
-    """The topic id. Zero for non-existing topics queried by name. This is never zero when ErrorCode is zero. One of Name and TopicId is always populated.
-
-    Versions 10-12, ignorable.
-    """
-    is_internal: bool
-    """True if the topic is internal.
-
-    Versions 1-12, ignorable.
-    """
-    partitions: list[MetadataResponsePartition]
-    """Each partition in the topic.
-
-    Versions 0-12.
-    """
-    topic_authorized_operations: int
-    """32-bit bitfield to represent authorized operations for this topic.
-
-    Versions 8-12.
-    """
-
-    def __init__(
-        self,
-        *,
-        error_code: int = 0,
-        name: str | None = "",
-        topic_id: _UUID = _ZERO_UUID,
-        is_internal: bool = False,
-        partitions: list[MetadataResponsePartition] = _UNSET,
-        topic_authorized_operations: int = -2147483648,
-    ) -> None:
-        self.error_code = error_code
-        self.name = name
-        self.topic_id = topic_id
-        self.is_internal = is_internal
-        self.partitions = [] if partitions is _UNSET else partitions
-        self.topic_authorized_operations = topic_authorized_operations
-        self._unknown_tags = None
-
-
-class MetadataResponsePartition(_StructBase):
-    """Each partition in the topic."""
-
-    __slots__ = (
-        "error_code",
-        "isr_nodes",
-        "leader_epoch",
-        "leader_id",
-        "offline_replicas",
-        "partition_index",
-        "replica_nodes",
-    )
-
-    error_code: int
-    """The partition error, or 0 if there was no error.
-
-    Versions 0-12.
-    """
-    partition_index: int
-    """The partition index.
-
-    Versions 0-12.
-    """
-    leader_id: int
-    """The ID of the leader broker.
-
-    Versions 0-12.
-    """
-    leader_epoch: int
-    """The leader epoch of this partition.
-
-    Versions 7-12, ignorable.
-    """
-    replica_nodes: list[int]
-    """The set of all nodes that host this partition.
-
-    Versions 0-12.
-    """
-    isr_nodes: list[int]
-    """The set of nodes that are in sync with the leader for this partition.
-
-    Versions 0-12.
-    """
-    offline_replicas: list[int]
-    """The set of offline replicas of this partition.
-
-    Versions 5-12, ignorable.
-    """
-
-    def __init__(
-        self,
-        *,
-        error_code: int = 0,
-        partition_index: int = 0,
-        leader_id: int = 0,
-        leader_epoch: int = -1,
-        replica_nodes: list[int] = _UNSET,
-        isr_nodes: list[int] = _UNSET,
-        offline_replicas: list[int] = _UNSET,
-    ) -> None:
-        self.error_code = error_code
-        self.partition_index = partition_index
-        self.leader_id = leader_id
-        self.leader_epoch = leader_epoch
-        self.replica_nodes = [] if replica_nodes is _UNSET else replica_nodes
-        self.isr_nodes = [] if isr_nodes is _UNSET else isr_nodes
-        self.offline_replicas = [] if offline_replicas is _UNSET else offline_replicas
-        self._unknown_tags = None
-
-
-_TAGS_MetadataResponse: frozenset[int] = frozenset()
-_TAGS_MetadataResponseBroker: frozenset[int] = frozenset()
-_TAGS_MetadataResponseTopic: frozenset[int] = frozenset()
-_TAGS_MetadataResponsePartition: frozenset[int] = frozenset()
+_TAGS_MetadataResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_MetadataResponseBroker: _Final[frozenset[int]] = frozenset()
+_TAGS_MetadataResponseTopic: _Final[frozenset[int]] = frozenset()
+_TAGS_MetadataResponsePartition: _Final[frozenset[int]] = frozenset()
 
 
 def _read_MetadataResponseTopic_v0(buf: bytes, pos: int) -> tuple[MetadataResponseTopic, int]:
@@ -352,7 +360,8 @@ def _read_MetadataResponseTopic_v0(buf: bytes, pos: int) -> tuple[MetadataRespon
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataResponsePartition)
             item2.leader_epoch = -1
             item2.offline_replicas = []
@@ -418,7 +427,8 @@ def _read_MetadataResponseTopic_v1(buf: bytes, pos: int) -> tuple[MetadataRespon
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataResponsePartition)
             item2.leader_epoch = -1
             item2.offline_replicas = []
@@ -484,7 +494,8 @@ def _read_MetadataResponseTopic_v5(buf: bytes, pos: int) -> tuple[MetadataRespon
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataResponsePartition)
             item2.leader_epoch = -1
             item2.error_code, item2.partition_index, item2.leader_id = _S_hii.unpack_from(buf, pos)
@@ -562,7 +573,8 @@ def _read_MetadataResponseTopic_v7(buf: bytes, pos: int) -> tuple[MetadataRespon
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataResponsePartition)
             item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
                 _S_hiii.unpack_from(buf, pos)
@@ -640,7 +652,8 @@ def _read_MetadataResponseTopic_v8(buf: bytes, pos: int) -> tuple[MetadataRespon
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataResponsePartition)
             item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
                 _S_hiii.unpack_from(buf, pos)
@@ -728,7 +741,8 @@ def _read_MetadataResponseTopic_v9(buf: bytes, pos: int) -> tuple[MetadataRespon
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataResponsePartition)
             item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
                 _S_hiii.unpack_from(buf, pos)
@@ -839,7 +853,8 @@ def _read_MetadataResponseTopic_v10(buf: bytes, pos: int) -> tuple[MetadataRespo
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataResponsePartition)
             item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
                 _S_hiii.unpack_from(buf, pos)
@@ -950,7 +965,8 @@ def _read_MetadataResponseTopic_v12(buf: bytes, pos: int) -> tuple[MetadataRespo
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataResponsePartition)
             item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
                 _S_hiii.unpack_from(buf, pos)
@@ -1527,7 +1543,8 @@ def _read_MetadataResponse_v0(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataResponseBroker)
             item2.rack = None
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
@@ -1554,11 +1571,12 @@ def _read_MetadataResponse_v0(buf: bytes, pos: int) -> tuple[MetadataResponse, i
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4, pos = _read_MetadataResponseTopic_v0(buf, pos)
-            items3.append(item4)
-        o.topics = items3
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5, pos = _read_MetadataResponseTopic_v0(buf, pos)
+            items4.append(item5)
+        o.topics = items4
     o._unknown_tags = None
     return o, pos
 
@@ -1577,7 +1595,8 @@ def _read_MetadataResponse_v1(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -1617,11 +1636,12 @@ def _read_MetadataResponse_v1(buf: bytes, pos: int) -> tuple[MetadataResponse, i
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4, pos = _read_MetadataResponseTopic_v1(buf, pos)
-            items3.append(item4)
-        o.topics = items3
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5, pos = _read_MetadataResponseTopic_v1(buf, pos)
+            items4.append(item5)
+        o.topics = items4
     o._unknown_tags = None
     return o, pos
 
@@ -1639,7 +1659,8 @@ def _read_MetadataResponse_v2(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -1691,11 +1712,12 @@ def _read_MetadataResponse_v2(buf: bytes, pos: int) -> tuple[MetadataResponse, i
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4, pos = _read_MetadataResponseTopic_v1(buf, pos)
-            items3.append(item4)
-        o.topics = items3
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5, pos = _read_MetadataResponseTopic_v1(buf, pos)
+            items4.append(item5)
+        o.topics = items4
     o._unknown_tags = None
     return o, pos
 
@@ -1714,7 +1736,8 @@ def _read_MetadataResponse_v3(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -1766,11 +1789,12 @@ def _read_MetadataResponse_v3(buf: bytes, pos: int) -> tuple[MetadataResponse, i
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4, pos = _read_MetadataResponseTopic_v1(buf, pos)
-            items3.append(item4)
-        o.topics = items3
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5, pos = _read_MetadataResponseTopic_v1(buf, pos)
+            items4.append(item5)
+        o.topics = items4
     o._unknown_tags = None
     return o, pos
 
@@ -1789,7 +1813,8 @@ def _read_MetadataResponse_v5(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -1841,11 +1866,12 @@ def _read_MetadataResponse_v5(buf: bytes, pos: int) -> tuple[MetadataResponse, i
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4, pos = _read_MetadataResponseTopic_v5(buf, pos)
-            items3.append(item4)
-        o.topics = items3
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5, pos = _read_MetadataResponseTopic_v5(buf, pos)
+            items4.append(item5)
+        o.topics = items4
     o._unknown_tags = None
     return o, pos
 
@@ -1864,7 +1890,8 @@ def _read_MetadataResponse_v7(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -1916,11 +1943,12 @@ def _read_MetadataResponse_v7(buf: bytes, pos: int) -> tuple[MetadataResponse, i
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4, pos = _read_MetadataResponseTopic_v7(buf, pos)
-            items3.append(item4)
-        o.topics = items3
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5, pos = _read_MetadataResponseTopic_v7(buf, pos)
+            items4.append(item5)
+        o.topics = items4
     o._unknown_tags = None
     return o, pos
 
@@ -1938,7 +1966,8 @@ def _read_MetadataResponse_v8(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -1990,11 +2019,12 @@ def _read_MetadataResponse_v8(buf: bytes, pos: int) -> tuple[MetadataResponse, i
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4, pos = _read_MetadataResponseTopic_v8(buf, pos)
-            items3.append(item4)
-        o.topics = items3
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5, pos = _read_MetadataResponseTopic_v8(buf, pos)
+            items4.append(item5)
+        o.topics = items4
     o.cluster_authorized_operations = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     o._unknown_tags = None
@@ -2018,7 +2048,8 @@ def _read_MetadataResponse_v9(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -2086,11 +2117,12 @@ def _read_MetadataResponse_v9(buf: bytes, pos: int) -> tuple[MetadataResponse, i
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4, pos = _read_MetadataResponseTopic_v9(buf, pos)
-            items3.append(item4)
-        o.topics = items3
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5, pos = _read_MetadataResponseTopic_v9(buf, pos)
+            items4.append(item5)
+        o.topics = items4
     o.cluster_authorized_operations = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if buf[pos]:
@@ -2118,7 +2150,8 @@ def _read_MetadataResponse_v10(buf: bytes, pos: int) -> tuple[MetadataResponse, 
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -2186,11 +2219,12 @@ def _read_MetadataResponse_v10(buf: bytes, pos: int) -> tuple[MetadataResponse, 
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4, pos = _read_MetadataResponseTopic_v10(buf, pos)
-            items3.append(item4)
-        o.topics = items3
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5, pos = _read_MetadataResponseTopic_v10(buf, pos)
+            items4.append(item5)
+        o.topics = items4
     o.cluster_authorized_operations = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if buf[pos]:
@@ -2219,7 +2253,8 @@ def _read_MetadataResponse_v11(buf: bytes, pos: int) -> tuple[MetadataResponse, 
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -2287,11 +2322,12 @@ def _read_MetadataResponse_v11(buf: bytes, pos: int) -> tuple[MetadataResponse, 
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4, pos = _read_MetadataResponseTopic_v10(buf, pos)
-            items3.append(item4)
-        o.topics = items3
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5, pos = _read_MetadataResponseTopic_v10(buf, pos)
+            items4.append(item5)
+        o.topics = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_MetadataResponse)
     else:
@@ -2318,7 +2354,8 @@ def _read_MetadataResponse_v12(buf: bytes, pos: int) -> tuple[MetadataResponse, 
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -2386,11 +2423,12 @@ def _read_MetadataResponse_v12(buf: bytes, pos: int) -> tuple[MetadataResponse, 
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4, pos = _read_MetadataResponseTopic_v12(buf, pos)
-            items3.append(item4)
-        o.topics = items3
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5, pos = _read_MetadataResponseTopic_v12(buf, pos)
+            items4.append(item5)
+        o.topics = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_MetadataResponse)
     else:
@@ -2943,6 +2981,89 @@ def _write_MetadataResponse_v12(o: MetadataResponse, w: _Writer) -> None:
         w(b"\x00")
 
 
+MetadataResponseBroker._fields = (
+    _F("node_id", "NodeId", "int32", None, (0, 12), (1, 0), (1, 0), None, False, 0, None),
+    _F("host", "Host", "string", None, (0, 12), (1, 0), (1, 0), None, False, "", None),
+    _F("port", "Port", "int32", None, (0, 12), (1, 0), (1, 0), None, False, 0, None),
+    _F("rack", "Rack", "string", None, (1, 12), (1, 12), (1, 0), None, True, None, None),
+)
+MetadataResponsePartition._fields = (
+    _F("error_code", "ErrorCode", "int16", None, (0, 12), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
+        (0, 12),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F("leader_id", "LeaderId", "int32", None, (0, 12), (1, 0), (1, 0), None, False, 0, None),
+    _F("leader_epoch", "LeaderEpoch", "int32", None, (7, 12), (1, 0), (1, 0), None, True, -1, None),
+    _F(
+        "replica_nodes",
+        "ReplicaNodes",
+        "[]int32",
+        None,
+        (0, 12),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F("isr_nodes", "IsrNodes", "[]int32", None, (0, 12), (1, 0), (1, 0), None, False, (), None),
+    _F(
+        "offline_replicas",
+        "OfflineReplicas",
+        "[]int32",
+        None,
+        (5, 12),
+        (1, 0),
+        (1, 0),
+        None,
+        True,
+        (),
+        None,
+    ),
+)
+MetadataResponseTopic._fields = (
+    _F("error_code", "ErrorCode", "int16", None, (0, 12), (1, 0), (1, 0), None, False, 0, None),
+    _F("name", "Name", "string", None, (0, 12), (12, 12), (1, 0), None, False, "", None),
+    _F("topic_id", "TopicId", "uuid", None, (10, 12), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
+    _F("is_internal", "IsInternal", "bool", None, (1, 12), (1, 0), (1, 0), None, True, False, None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]MetadataResponsePartition",
+        MetadataResponsePartition,
+        (0, 12),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F(
+        "topic_authorized_operations",
+        "TopicAuthorizedOperations",
+        "int32",
+        None,
+        (8, 12),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        -2147483648,
+        None,
+    ),
+)
 MetadataResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -3008,89 +3129,6 @@ MetadataResponse._fields = (
         None,
         False,
         -2147483648,
-        None,
-    ),
-)
-MetadataResponseBroker._fields = (
-    _F("node_id", "NodeId", "int32", None, (0, 12), (1, 0), (1, 0), None, False, 0, None),
-    _F("host", "Host", "string", None, (0, 12), (1, 0), (1, 0), None, False, "", None),
-    _F("port", "Port", "int32", None, (0, 12), (1, 0), (1, 0), None, False, 0, None),
-    _F("rack", "Rack", "string", None, (1, 12), (1, 12), (1, 0), None, True, None, None),
-)
-MetadataResponseTopic._fields = (
-    _F("error_code", "ErrorCode", "int16", None, (0, 12), (1, 0), (1, 0), None, False, 0, None),
-    _F("name", "Name", "string", None, (0, 12), (12, 12), (1, 0), None, False, "", None),
-    _F("topic_id", "TopicId", "uuid", None, (10, 12), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
-    _F("is_internal", "IsInternal", "bool", None, (1, 12), (1, 0), (1, 0), None, True, False, None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]MetadataResponsePartition",
-        MetadataResponsePartition,
-        (0, 12),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-    _F(
-        "topic_authorized_operations",
-        "TopicAuthorizedOperations",
-        "int32",
-        None,
-        (8, 12),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        -2147483648,
-        None,
-    ),
-)
-MetadataResponsePartition._fields = (
-    _F("error_code", "ErrorCode", "int16", None, (0, 12), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
-        (0, 12),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F("leader_id", "LeaderId", "int32", None, (0, 12), (1, 0), (1, 0), None, False, 0, None),
-    _F("leader_epoch", "LeaderEpoch", "int32", None, (7, 12), (1, 0), (1, 0), None, True, -1, None),
-    _F(
-        "replica_nodes",
-        "ReplicaNodes",
-        "[]int32",
-        None,
-        (0, 12),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-    _F("isr_nodes", "IsrNodes", "[]int32", None, (0, 12), (1, 0), (1, 0), None, False, (), None),
-    _F(
-        "offline_replicas",
-        "OfflineReplicas",
-        "[]int32",
-        None,
-        (5, 12),
-        (1, 0),
-        (1, 0),
-        None,
-        True,
-        (),
         None,
     ),
 )

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -30,16 +34,103 @@ __all__ = [
     "OffsetCommitRequestTopic",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_iq = _Packer(">iq")
-_S_iqi = _Packer(">iqi")
-_S_iqq = _Packer(">iqq")
-_S_q = _Packer(">q")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_iq: _Final = _Packer(">iq")
+_S_iqi: _Final = _Packer(">iqi")
+_S_iqq: _Final = _Packer(">iqq")
+_S_q: _Final = _Packer(">q")
 
 
+@_mypyc_attr(native_class=False)
+class OffsetCommitRequestPartition(_StructBase):
+    """Each partition to commit offsets for."""
+
+    __slots__ = (
+        "commit_timestamp",
+        "committed_leader_epoch",
+        "committed_metadata",
+        "committed_offset",
+        "partition_index",
+    )
+
+    partition_index: int
+    """The partition index.
+
+    Versions 0-9.
+    """
+    committed_offset: int
+    """The message offset to be committed.
+
+    Versions 0-9.
+    """
+    committed_leader_epoch: int
+    """The leader epoch of this partition.
+
+    Versions 6-9, ignorable.
+    """
+    commit_timestamp: int
+    """The timestamp of the commit.
+
+    Versions 1.
+    """
+    committed_metadata: str | None
+    """Any associated metadata the client wants to keep.
+
+    Versions 0-9, nullable 0-9.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        committed_offset: int = 0,
+        committed_leader_epoch: int = -1,
+        commit_timestamp: int = -1,
+        committed_metadata: str | None = "",
+    ) -> None:
+        self.partition_index = partition_index
+        self.committed_offset = committed_offset
+        self.committed_leader_epoch = committed_leader_epoch
+        self.commit_timestamp = commit_timestamp
+        self.committed_metadata = committed_metadata
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class OffsetCommitRequestTopic(_StructBase):
+    """The topics to commit offsets for."""
+
+    __slots__ = (
+        "name",
+        "partitions",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 0-9.
+    """
+    partitions: list[OffsetCommitRequestPartition]
+    """Each partition to commit offsets for.
+
+    Versions 0-9.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partitions: list[OffsetCommitRequestPartition] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class OffsetCommitRequest(_Message):
     """Kafka OffsetCommitRequest (request, API key 8), versions 0-9, flexible 8+.
 
@@ -116,104 +207,20 @@ class OffsetCommitRequest(_Message):
         member_id: str = "",
         group_instance_id: str | None = None,
         retention_time_ms: int = -1,
-        topics: list[OffsetCommitRequestTopic] = _UNSET,
+        topics: list[OffsetCommitRequestTopic] | _Unset = _UNSET,
     ) -> None:
         self.group_id = group_id
         self.generation_id_or_member_epoch = generation_id_or_member_epoch
         self.member_id = member_id
         self.group_instance_id = group_instance_id
         self.retention_time_ms = retention_time_ms
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self._unknown_tags = None
 
 
-class OffsetCommitRequestTopic(_StructBase):
-    """The topics to commit offsets for."""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 0-9.
-    """
-    partitions: list[OffsetCommitRequestPartition]
-    """Each partition to commit offsets for.
-
-    Versions 0-9.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partitions: list[OffsetCommitRequestPartition] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class OffsetCommitRequestPartition(_StructBase):
-    """Each partition to commit offsets for."""
-
-    __slots__ = (
-        "commit_timestamp",
-        "committed_leader_epoch",
-        "committed_metadata",
-        "committed_offset",
-        "partition_index",
-    )
-
-    partition_index: int
-    """The partition index.
-
-    Versions 0-9.
-    """
-    committed_offset: int
-    """The message offset to be committed.
-
-    Versions 0-9.
-    """
-    committed_leader_epoch: int
-    """The leader epoch of this partition.
-
-    Versions 6-9, ignorable.
-    """
-    commit_timestamp: int
-    """The timestamp of the commit.
-
-    Versions 1.
-    """
-    committed_metadata: str | None
-    """Any associated metadata the client wants to keep.
-
-    Versions 0-9, nullable 0-9.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        committed_offset: int = 0,
-        committed_leader_epoch: int = -1,
-        commit_timestamp: int = -1,
-        committed_metadata: str | None = "",
-    ) -> None:
-        self.partition_index = partition_index
-        self.committed_offset = committed_offset
-        self.committed_leader_epoch = committed_leader_epoch
-        self.commit_timestamp = commit_timestamp
-        self.committed_metadata = committed_metadata
-        self._unknown_tags = None
-
-
-_TAGS_OffsetCommitRequest: frozenset[int] = frozenset()
-_TAGS_OffsetCommitRequestTopic: frozenset[int] = frozenset()
-_TAGS_OffsetCommitRequestPartition: frozenset[int] = frozenset()
+_TAGS_OffsetCommitRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_OffsetCommitRequestTopic: _Final[frozenset[int]] = frozenset()
+_TAGS_OffsetCommitRequestPartition: _Final[frozenset[int]] = frozenset()
 
 
 def _read_OffsetCommitRequestTopic_v0(buf: bytes, pos: int) -> tuple[OffsetCommitRequestTopic, int]:
@@ -237,7 +244,8 @@ def _read_OffsetCommitRequestTopic_v0(buf: bytes, pos: int) -> tuple[OffsetCommi
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OffsetCommitRequestPartition)
             item2.committed_leader_epoch = -1
             item2.commit_timestamp = -1
@@ -283,7 +291,8 @@ def _read_OffsetCommitRequestTopic_v1(buf: bytes, pos: int) -> tuple[OffsetCommi
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OffsetCommitRequestPartition)
             item2.committed_leader_epoch = -1
             item2.partition_index, item2.committed_offset, item2.commit_timestamp = (
@@ -330,7 +339,8 @@ def _read_OffsetCommitRequestTopic_v6(buf: bytes, pos: int) -> tuple[OffsetCommi
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OffsetCommitRequestPartition)
             item2.commit_timestamp = -1
             item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
@@ -385,7 +395,8 @@ def _read_OffsetCommitRequestTopic_v8(buf: bytes, pos: int) -> tuple[OffsetCommi
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OffsetCommitRequestPartition)
             item2.commit_timestamp = -1
             item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
@@ -724,7 +735,8 @@ def _read_OffsetCommitRequest_v0(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetCommitRequestTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -767,7 +779,8 @@ def _read_OffsetCommitRequest_v1(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetCommitRequestTopic_v1(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -811,7 +824,8 @@ def _read_OffsetCommitRequest_v2(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetCommitRequestTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -854,7 +868,8 @@ def _read_OffsetCommitRequest_v5(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetCommitRequestTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -897,7 +912,8 @@ def _read_OffsetCommitRequest_v6(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetCommitRequestTopic_v6(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -951,7 +967,8 @@ def _read_OffsetCommitRequest_v7(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetCommitRequestTopic_v6(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -1019,7 +1036,8 @@ def _read_OffsetCommitRequest_v8(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetCommitRequestTopic_v8(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -1271,78 +1289,6 @@ def _write_OffsetCommitRequest_v9(o: OffsetCommitRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
-OffsetCommitRequest._fields = (
-    _F("group_id", "GroupId", "string", None, (0, 9), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "generation_id_or_member_epoch",
-        "GenerationIdOrMemberEpoch",
-        "int32",
-        None,
-        (1, 9),
-        (1, 0),
-        (1, 0),
-        None,
-        True,
-        -1,
-        None,
-    ),
-    _F("member_id", "MemberId", "string", None, (1, 9), (1, 0), (1, 0), None, True, "", None),
-    _F(
-        "group_instance_id",
-        "GroupInstanceId",
-        "string",
-        None,
-        (7, 9),
-        (7, 9),
-        (1, 0),
-        None,
-        False,
-        None,
-        None,
-    ),
-    _F(
-        "retention_time_ms",
-        "RetentionTimeMs",
-        "int64",
-        None,
-        (2, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        True,
-        -1,
-        None,
-    ),
-    _F(
-        "topics",
-        "Topics",
-        "[]OffsetCommitRequestTopic",
-        OffsetCommitRequestTopic,
-        (0, 9),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-OffsetCommitRequestTopic._fields = (
-    _F("name", "Name", "string", None, (0, 9), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]OffsetCommitRequestPartition",
-        OffsetCommitRequestPartition,
-        (0, 9),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 OffsetCommitRequestPartition._fields = (
     _F(
         "partition_index",
@@ -1407,6 +1353,78 @@ OffsetCommitRequestPartition._fields = (
         None,
         False,
         "",
+        None,
+    ),
+)
+OffsetCommitRequestTopic._fields = (
+    _F("name", "Name", "string", None, (0, 9), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]OffsetCommitRequestPartition",
+        OffsetCommitRequestPartition,
+        (0, 9),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+OffsetCommitRequest._fields = (
+    _F("group_id", "GroupId", "string", None, (0, 9), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "generation_id_or_member_epoch",
+        "GenerationIdOrMemberEpoch",
+        "int32",
+        None,
+        (1, 9),
+        (1, 0),
+        (1, 0),
+        None,
+        True,
+        -1,
+        None,
+    ),
+    _F("member_id", "MemberId", "string", None, (1, 9), (1, 0), (1, 0), None, True, "", None),
+    _F(
+        "group_instance_id",
+        "GroupInstanceId",
+        "string",
+        None,
+        (7, 9),
+        (7, 9),
+        (1, 0),
+        None,
+        False,
+        None,
+        None,
+    ),
+    _F(
+        "retention_time_ms",
+        "RetentionTimeMs",
+        "int64",
+        None,
+        (2, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        True,
+        -1,
+        None,
+    ),
+    _F(
+        "topics",
+        "Topics",
+        "[]OffsetCommitRequestTopic",
+        OffsetCommitRequestTopic,
+        (0, 9),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
         None,
     ),
 )

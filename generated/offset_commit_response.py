@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -30,13 +34,76 @@ __all__ = [
     "OffsetCommitResponseTopic",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
+class OffsetCommitResponsePartition(_StructBase):
+    """The responses for each partition in the topic."""
+
+    __slots__ = (
+        "error_code",
+        "partition_index",
+    )
+
+    partition_index: int
+    """The partition index.
+
+    Versions 0-9.
+    """
+    error_code: int
+    """The error code, or 0 if there was no error.
+
+    Versions 0-9.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        error_code: int = 0,
+    ) -> None:
+        self.partition_index = partition_index
+        self.error_code = error_code
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class OffsetCommitResponseTopic(_StructBase):
+    """The responses for each topic."""
+
+    __slots__ = (
+        "name",
+        "partitions",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 0-9.
+    """
+    partitions: list[OffsetCommitResponsePartition]
+    """The responses for each partition in the topic.
+
+    Versions 0-9.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partitions: list[OffsetCommitResponsePartition] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class OffsetCommitResponse(_Message):
     """Kafka OffsetCommitResponse (response, API key 8), versions 0-9, flexible 8+.
 
@@ -94,76 +161,16 @@ class OffsetCommitResponse(_Message):
         self,
         *,
         throttle_time_ms: int = 0,
-        topics: list[OffsetCommitResponseTopic] = _UNSET,
+        topics: list[OffsetCommitResponseTopic] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self._unknown_tags = None
 
 
-class OffsetCommitResponseTopic(_StructBase):
-    """The responses for each topic."""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 0-9.
-    """
-    partitions: list[OffsetCommitResponsePartition]
-    """The responses for each partition in the topic.
-
-    Versions 0-9.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partitions: list[OffsetCommitResponsePartition] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class OffsetCommitResponsePartition(_StructBase):
-    """The responses for each partition in the topic."""
-
-    __slots__ = (
-        "error_code",
-        "partition_index",
-    )
-
-    partition_index: int
-    """The partition index.
-
-    Versions 0-9.
-    """
-    error_code: int
-    """The error code, or 0 if there was no error.
-
-    Versions 0-9.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        error_code: int = 0,
-    ) -> None:
-        self.partition_index = partition_index
-        self.error_code = error_code
-        self._unknown_tags = None
-
-
-_TAGS_OffsetCommitResponse: frozenset[int] = frozenset()
-_TAGS_OffsetCommitResponseTopic: frozenset[int] = frozenset()
-_TAGS_OffsetCommitResponsePartition: frozenset[int] = frozenset()
+_TAGS_OffsetCommitResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_OffsetCommitResponseTopic: _Final[frozenset[int]] = frozenset()
+_TAGS_OffsetCommitResponsePartition: _Final[frozenset[int]] = frozenset()
 
 
 def _read_OffsetCommitResponseTopic_v0(
@@ -189,7 +196,8 @@ def _read_OffsetCommitResponseTopic_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OffsetCommitResponsePartition)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
@@ -231,7 +239,8 @@ def _read_OffsetCommitResponseTopic_v8(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OffsetCommitResponsePartition)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
@@ -302,7 +311,8 @@ def _read_OffsetCommitResponse_v0(buf: bytes, pos: int) -> tuple[OffsetCommitRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetCommitResponseTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -323,7 +333,8 @@ def _read_OffsetCommitResponse_v3(buf: bytes, pos: int) -> tuple[OffsetCommitRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetCommitResponseTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -348,7 +359,8 @@ def _read_OffsetCommitResponse_v8(buf: bytes, pos: int) -> tuple[OffsetCommitRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetCommitResponseTopic_v8(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -397,6 +409,38 @@ def _write_OffsetCommitResponse_v8(o: OffsetCommitResponse, w: _Writer) -> None:
         w(b"\x00")
 
 
+OffsetCommitResponsePartition._fields = (
+    _F(
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
+        (0, 9),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F("error_code", "ErrorCode", "int16", None, (0, 9), (1, 0), (1, 0), None, False, 0, None),
+)
+OffsetCommitResponseTopic._fields = (
+    _F("name", "Name", "string", None, (0, 9), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]OffsetCommitResponsePartition",
+        OffsetCommitResponsePartition,
+        (0, 9),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
 OffsetCommitResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -424,38 +468,6 @@ OffsetCommitResponse._fields = (
         (),
         None,
     ),
-)
-OffsetCommitResponseTopic._fields = (
-    _F("name", "Name", "string", None, (0, 9), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]OffsetCommitResponsePartition",
-        OffsetCommitResponsePartition,
-        (0, 9),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-OffsetCommitResponsePartition._fields = (
-    _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
-        (0, 9),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F("error_code", "ErrorCode", "int16", None, (0, 9), (1, 0), (1, 0), None, False, 0, None),
 )
 OffsetCommitResponse._readers = {
     0: _read_OffsetCommitResponse_v0,

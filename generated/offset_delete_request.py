@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import too_long as _too_long
@@ -25,12 +29,65 @@ __all__ = [
     "OffsetDeleteRequestTopic",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
+class OffsetDeleteRequestPartition(_StructBase):
+    """Each partition to delete offsets for."""
+
+    __slots__ = ("partition_index",)
+
+    partition_index: int
+    """The partition index.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+    ) -> None:
+        self.partition_index = partition_index
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class OffsetDeleteRequestTopic(_StructBase):
+    """The topics to delete offsets for"""
+
+    __slots__ = (
+        "name",
+        "partitions",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 0.
+    """
+    partitions: list[OffsetDeleteRequestPartition]
+    """Each partition to delete offsets for.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partitions: list[OffsetDeleteRequestPartition] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class OffsetDeleteRequest(_Message):
     """Kafka OffsetDeleteRequest (request, API key 47), versions 0, flexible none."""
 
@@ -60,60 +117,10 @@ class OffsetDeleteRequest(_Message):
         self,
         *,
         group_id: str = "",
-        topics: list[OffsetDeleteRequestTopic] = _UNSET,
+        topics: list[OffsetDeleteRequestTopic] | _Unset = _UNSET,
     ) -> None:
         self.group_id = group_id
-        self.topics = [] if topics is _UNSET else topics
-        self._unknown_tags = None
-
-
-class OffsetDeleteRequestTopic(_StructBase):
-    """The topics to delete offsets for"""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 0.
-    """
-    partitions: list[OffsetDeleteRequestPartition]
-    """Each partition to delete offsets for.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partitions: list[OffsetDeleteRequestPartition] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class OffsetDeleteRequestPartition(_StructBase):
-    """Each partition to delete offsets for."""
-
-    __slots__ = ("partition_index",)
-
-    partition_index: int
-    """The partition index.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-    ) -> None:
-        self.partition_index = partition_index
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self._unknown_tags = None
 
 
@@ -138,7 +145,8 @@ def _read_OffsetDeleteRequestTopic_v0(buf: bytes, pos: int) -> tuple[OffsetDelet
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OffsetDeleteRequestPartition)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -187,7 +195,8 @@ def _read_OffsetDeleteRequest_v0(buf: bytes, pos: int) -> tuple[OffsetDeleteRequ
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetDeleteRequestTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -210,19 +219,18 @@ def _write_OffsetDeleteRequest_v0(o: OffsetDeleteRequest, w: _Writer) -> None:
         raise _ProtocolError("tagged fields need a flexible version")
 
 
-OffsetDeleteRequest._fields = (
-    _F("group_id", "GroupId", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+OffsetDeleteRequestPartition._fields = (
     _F(
-        "topics",
-        "Topics",
-        "[]OffsetDeleteRequestTopic",
-        OffsetDeleteRequestTopic,
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
         (0, 0),
         (1, 0),
         (1, 0),
         None,
         False,
-        (),
+        0,
         None,
     ),
 )
@@ -242,18 +250,19 @@ OffsetDeleteRequestTopic._fields = (
         None,
     ),
 )
-OffsetDeleteRequestPartition._fields = (
+OffsetDeleteRequest._fields = (
+    _F("group_id", "GroupId", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
     _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
+        "topics",
+        "Topics",
+        "[]OffsetDeleteRequestTopic",
+        OffsetDeleteRequestTopic,
         (0, 0),
         (1, 0),
         (1, 0),
         None,
         False,
-        0,
+        (),
         None,
     ),
 )

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import too_long as _too_long
@@ -25,14 +29,77 @@ __all__ = [
     "OffsetDeleteResponseTopic",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_hi = _Packer(">hi")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
+_S_h: _Final = _Packer(">h")
+_S_hi: _Final = _Packer(">hi")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
+class OffsetDeleteResponsePartition(_StructBase):
+    """The responses for each partition in the topic."""
+
+    __slots__ = (
+        "error_code",
+        "partition_index",
+    )
+
+    partition_index: int
+    """The partition index.
+
+    Versions 0.
+    """
+    error_code: int
+    """The error code, or 0 if there was no error.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        error_code: int = 0,
+    ) -> None:
+        self.partition_index = partition_index
+        self.error_code = error_code
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class OffsetDeleteResponseTopic(_StructBase):
+    """The responses for each topic."""
+
+    __slots__ = (
+        "name",
+        "partitions",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 0.
+    """
+    partitions: list[OffsetDeleteResponsePartition]
+    """The responses for each partition in the topic.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partitions: list[OffsetDeleteResponsePartition] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class OffsetDeleteResponse(_Message):
     """Kafka OffsetDeleteResponse (response, API key 47), versions 0, flexible none."""
 
@@ -69,71 +136,11 @@ class OffsetDeleteResponse(_Message):
         *,
         error_code: int = 0,
         throttle_time_ms: int = 0,
-        topics: list[OffsetDeleteResponseTopic] = _UNSET,
+        topics: list[OffsetDeleteResponseTopic] | _Unset = _UNSET,
     ) -> None:
         self.error_code = error_code
         self.throttle_time_ms = throttle_time_ms
-        self.topics = [] if topics is _UNSET else topics
-        self._unknown_tags = None
-
-
-class OffsetDeleteResponseTopic(_StructBase):
-    """The responses for each topic."""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 0.
-    """
-    partitions: list[OffsetDeleteResponsePartition]
-    """The responses for each partition in the topic.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partitions: list[OffsetDeleteResponsePartition] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class OffsetDeleteResponsePartition(_StructBase):
-    """The responses for each partition in the topic."""
-
-    __slots__ = (
-        "error_code",
-        "partition_index",
-    )
-
-    partition_index: int
-    """The partition index.
-
-    Versions 0.
-    """
-    error_code: int
-    """The error code, or 0 if there was no error.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        error_code: int = 0,
-    ) -> None:
-        self.partition_index = partition_index
-        self.error_code = error_code
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self._unknown_tags = None
 
 
@@ -160,7 +167,8 @@ def _read_OffsetDeleteResponseTopic_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OffsetDeleteResponsePartition)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
@@ -201,7 +209,8 @@ def _read_OffsetDeleteResponse_v0(buf: bytes, pos: int) -> tuple[OffsetDeleteRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetDeleteResponseTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -221,6 +230,38 @@ def _write_OffsetDeleteResponse_v0(o: OffsetDeleteResponse, w: _Writer) -> None:
         raise _ProtocolError("tagged fields need a flexible version")
 
 
+OffsetDeleteResponsePartition._fields = (
+    _F(
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+)
+OffsetDeleteResponseTopic._fields = (
+    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]OffsetDeleteResponsePartition",
+        OffsetDeleteResponsePartition,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
 OffsetDeleteResponse._fields = (
     _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
     _F(
@@ -249,38 +290,6 @@ OffsetDeleteResponse._fields = (
         (),
         None,
     ),
-)
-OffsetDeleteResponseTopic._fields = (
-    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]OffsetDeleteResponsePartition",
-        OffsetDeleteResponsePartition,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-OffsetDeleteResponsePartition._fields = (
-    _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
 )
 OffsetDeleteResponse._readers = {
     0: _read_OffsetDeleteResponse_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -34,14 +38,124 @@ __all__ = [
     "OffsetFetchRequestTopics",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_z = _Packer(">?")
-_A_i = _small_arrays("i", 32)
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_z: _Final = _Packer(">?")
+_A_i: _Final = _small_arrays("i", 32)
 
 
+@_mypyc_attr(native_class=False)
+class OffsetFetchRequestTopic(_StructBase):
+    """Each topic we would like to fetch offsets for, or null to fetch offsets for all topics."""
+
+    __slots__ = (
+        "name",
+        "partition_indexes",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 0-7.
+    """
+    partition_indexes: list[int]
+    """The partition indexes we would like to fetch offsets for.
+
+    Versions 0-7.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partition_indexes: list[int] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partition_indexes = [] if isinstance(partition_indexes, _Unset) else partition_indexes
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class OffsetFetchRequestTopics(_StructBase):
+    """Each topic we would like to fetch offsets for, or null to fetch offsets for all topics."""
+
+    __slots__ = (
+        "name",
+        "partition_indexes",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 8-9.
+    """
+    partition_indexes: list[int]
+    """The partition indexes we would like to fetch offsets for.
+
+    Versions 8-9.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partition_indexes: list[int] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partition_indexes = [] if isinstance(partition_indexes, _Unset) else partition_indexes
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class OffsetFetchRequestGroup(_StructBase):
+    """Each group we would like to fetch offsets for"""
+
+    __slots__ = (
+        "group_id",
+        "member_epoch",
+        "member_id",
+        "topics",
+    )
+
+    group_id: str
+    """The group ID.
+
+    Versions 8-9.
+    """
+    member_id: str | None
+    """The member ID assigned by the group coordinator if using the new consumer protocol (KIP-848).
+
+    Versions 9, nullable 9, ignorable.
+    """
+    member_epoch: int
+    """The member epoch if using the new consumer protocol (KIP-848).
+
+    Versions 9, ignorable.
+    """
+    topics: list[OffsetFetchRequestTopics] | None
+    """Each topic we would like to fetch offsets for, or null to fetch offsets for all topics.
+
+    Versions 8-9, nullable 8-9.
+    """
+
+    def __init__(
+        self,
+        *,
+        group_id: str = "",
+        member_id: str | None = None,
+        member_epoch: int = -1,
+        topics: list[OffsetFetchRequestTopics] | _Unset | None = _UNSET,
+    ) -> None:
+        self.group_id = group_id
+        self.member_id = member_id
+        self.member_epoch = member_epoch
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class OffsetFetchRequest(_Message):
     """Kafka OffsetFetchRequest (request, API key 9), versions 0-9, flexible 6+.
 
@@ -103,127 +217,21 @@ class OffsetFetchRequest(_Message):
         self,
         *,
         group_id: str = "",
-        topics: list[OffsetFetchRequestTopic] | None = _UNSET,
-        groups: list[OffsetFetchRequestGroup] = _UNSET,
+        topics: list[OffsetFetchRequestTopic] | _Unset | None = _UNSET,
+        groups: list[OffsetFetchRequestGroup] | _Unset = _UNSET,
         require_stable: bool = False,
     ) -> None:
         self.group_id = group_id
-        self.topics = [] if topics is _UNSET else topics
-        self.groups = [] if groups is _UNSET else groups
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self.groups = [] if isinstance(groups, _Unset) else groups
         self.require_stable = require_stable
         self._unknown_tags = None
 
 
-class OffsetFetchRequestTopic(_StructBase):
-    """Each topic we would like to fetch offsets for, or null to fetch offsets for all topics."""
-
-    __slots__ = (
-        "name",
-        "partition_indexes",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 0-7.
-    """
-    partition_indexes: list[int]
-    """The partition indexes we would like to fetch offsets for.
-
-    Versions 0-7.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partition_indexes: list[int] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partition_indexes = [] if partition_indexes is _UNSET else partition_indexes
-        self._unknown_tags = None
-
-
-class OffsetFetchRequestGroup(_StructBase):
-    """Each group we would like to fetch offsets for"""
-
-    __slots__ = (
-        "group_id",
-        "member_epoch",
-        "member_id",
-        "topics",
-    )
-
-    group_id: str
-    """The group ID.
-
-    Versions 8-9.
-    """
-    member_id: str | None
-    """The member ID assigned by the group coordinator if using the new consumer protocol (KIP-848).
-
-    Versions 9, nullable 9, ignorable.
-    """
-    member_epoch: int
-    """The member epoch if using the new consumer protocol (KIP-848).
-
-    Versions 9, ignorable.
-    """
-    topics: list[OffsetFetchRequestTopics] | None
-    """Each topic we would like to fetch offsets for, or null to fetch offsets for all topics.
-
-    Versions 8-9, nullable 8-9.
-    """
-
-    def __init__(
-        self,
-        *,
-        group_id: str = "",
-        member_id: str | None = None,
-        member_epoch: int = -1,
-        topics: list[OffsetFetchRequestTopics] | None = _UNSET,
-    ) -> None:
-        self.group_id = group_id
-        self.member_id = member_id
-        self.member_epoch = member_epoch
-        self.topics = [] if topics is _UNSET else topics
-        self._unknown_tags = None
-
-
-class OffsetFetchRequestTopics(_StructBase):
-    """Each topic we would like to fetch offsets for, or null to fetch offsets for all topics."""
-
-    __slots__ = (
-        "name",
-        "partition_indexes",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 8-9.
-    """
-    partition_indexes: list[int]
-    """The partition indexes we would like to fetch offsets for.
-
-    Versions 8-9.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partition_indexes: list[int] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partition_indexes = [] if partition_indexes is _UNSET else partition_indexes
-        self._unknown_tags = None
-
-
-_TAGS_OffsetFetchRequest: frozenset[int] = frozenset()
-_TAGS_OffsetFetchRequestTopic: frozenset[int] = frozenset()
-_TAGS_OffsetFetchRequestGroup: frozenset[int] = frozenset()
-_TAGS_OffsetFetchRequestTopics: frozenset[int] = frozenset()
+_TAGS_OffsetFetchRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_OffsetFetchRequestTopic: _Final[frozenset[int]] = frozenset()
+_TAGS_OffsetFetchRequestGroup: _Final[frozenset[int]] = frozenset()
+_TAGS_OffsetFetchRequestTopics: _Final[frozenset[int]] = frozenset()
 
 
 def _read_OffsetFetchRequestGroup_v8(buf: bytes, pos: int) -> tuple[OffsetFetchRequestGroup, int]:
@@ -257,7 +265,8 @@ def _read_OffsetFetchRequestGroup_v8(buf: bytes, pos: int) -> tuple[OffsetFetchR
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OffsetFetchRequestTopics)
             n = buf[pos] - 1
             if n < 127:
@@ -352,7 +361,8 @@ def _read_OffsetFetchRequestGroup_v9(buf: bytes, pos: int) -> tuple[OffsetFetchR
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OffsetFetchRequestTopics)
             n = buf[pos] - 1
             if n < 127:
@@ -498,7 +508,8 @@ def _read_OffsetFetchRequest_v0(buf: bytes, pos: int) -> tuple[OffsetFetchReques
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OffsetFetchRequestTopic)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -555,7 +566,8 @@ def _read_OffsetFetchRequest_v2(buf: bytes, pos: int) -> tuple[OffsetFetchReques
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OffsetFetchRequestTopic)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -618,7 +630,8 @@ def _read_OffsetFetchRequest_v6(buf: bytes, pos: int) -> tuple[OffsetFetchReques
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OffsetFetchRequestTopic)
             n = buf[pos] - 1
             if n < 127:
@@ -698,7 +711,8 @@ def _read_OffsetFetchRequest_v7(buf: bytes, pos: int) -> tuple[OffsetFetchReques
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OffsetFetchRequestTopic)
             n = buf[pos] - 1
             if n < 127:
@@ -767,7 +781,8 @@ def _read_OffsetFetchRequest_v8(buf: bytes, pos: int) -> tuple[OffsetFetchReques
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetFetchRequestGroup_v8(buf, pos)
             items1.append(item2)
         o.groups = items1
@@ -798,7 +813,8 @@ def _read_OffsetFetchRequest_v9(buf: bytes, pos: int) -> tuple[OffsetFetchReques
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetFetchRequestGroup_v9(buf, pos)
             items1.append(item2)
         o.groups = items1
@@ -1109,6 +1125,56 @@ def _write_OffsetFetchRequest_v9(o: OffsetFetchRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
+OffsetFetchRequestTopic._fields = (
+    _F("name", "Name", "string", None, (0, 7), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partition_indexes",
+        "PartitionIndexes",
+        "[]int32",
+        None,
+        (0, 7),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+OffsetFetchRequestTopics._fields = (
+    _F("name", "Name", "string", None, (8, 9), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partition_indexes",
+        "PartitionIndexes",
+        "[]int32",
+        None,
+        (8, 9),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+OffsetFetchRequestGroup._fields = (
+    _F("group_id", "GroupId", "string", None, (8, 9), (1, 0), (1, 0), None, False, "", None),
+    _F("member_id", "MemberId", "string", None, (9, 9), (9, 9), (1, 0), None, True, None, None),
+    _F("member_epoch", "MemberEpoch", "int32", None, (9, 9), (1, 0), (1, 0), None, True, -1, None),
+    _F(
+        "topics",
+        "Topics",
+        "[]OffsetFetchRequestTopics",
+        OffsetFetchRequestTopics,
+        (8, 9),
+        (8, 9),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
 OffsetFetchRequest._fields = (
     _F("group_id", "GroupId", "string", None, (0, 7), (1, 0), (1, 0), None, False, "", None),
     _F(
@@ -1148,56 +1214,6 @@ OffsetFetchRequest._fields = (
         None,
         False,
         False,
-        None,
-    ),
-)
-OffsetFetchRequestTopic._fields = (
-    _F("name", "Name", "string", None, (0, 7), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partition_indexes",
-        "PartitionIndexes",
-        "[]int32",
-        None,
-        (0, 7),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-OffsetFetchRequestGroup._fields = (
-    _F("group_id", "GroupId", "string", None, (8, 9), (1, 0), (1, 0), None, False, "", None),
-    _F("member_id", "MemberId", "string", None, (9, 9), (9, 9), (1, 0), None, True, None, None),
-    _F("member_epoch", "MemberEpoch", "int32", None, (9, 9), (1, 0), (1, 0), None, True, -1, None),
-    _F(
-        "topics",
-        "Topics",
-        "[]OffsetFetchRequestTopics",
-        OffsetFetchRequestTopics,
-        (8, 9),
-        (8, 9),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-OffsetFetchRequestTopics._fields = (
-    _F("name", "Name", "string", None, (8, 9), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partition_indexes",
-        "PartitionIndexes",
-        "[]int32",
-        None,
-        (8, 9),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
         None,
     ),
 )

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -33,14 +37,226 @@ __all__ = [
     "OffsetFetchResponseTopics",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_iq = _Packer(">iq")
-_S_iqi = _Packer(">iqi")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_iq: _Final = _Packer(">iq")
+_S_iqi: _Final = _Packer(">iqi")
 
 
+@_mypyc_attr(native_class=False)
+class OffsetFetchResponsePartition(_StructBase):
+    """The responses per partition"""
+
+    __slots__ = (
+        "committed_leader_epoch",
+        "committed_offset",
+        "error_code",
+        "metadata",
+        "partition_index",
+    )
+
+    partition_index: int
+    """The partition index.
+
+    Versions 0-7.
+    """
+    committed_offset: int
+    """The committed message offset.
+
+    Versions 0-7.
+    """
+    committed_leader_epoch: int
+    """The leader epoch.
+
+    Versions 5-7, ignorable.
+    """
+    metadata: str | None
+    """The partition metadata.
+
+    Versions 0-7, nullable 0-7.
+    """
+    error_code: int
+    """The error code, or 0 if there was no error.
+
+    Versions 0-7.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        committed_offset: int = 0,
+        committed_leader_epoch: int = -1,
+        metadata: str | None = "",
+        error_code: int = 0,
+    ) -> None:
+        self.partition_index = partition_index
+        self.committed_offset = committed_offset
+        self.committed_leader_epoch = committed_leader_epoch
+        self.metadata = metadata
+        self.error_code = error_code
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class OffsetFetchResponseTopic(_StructBase):
+    """The responses per topic."""
+
+    __slots__ = (
+        "name",
+        "partitions",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 0-7.
+    """
+    partitions: list[OffsetFetchResponsePartition]
+    """The responses per partition
+
+    Versions 0-7.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partitions: list[OffsetFetchResponsePartition] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class OffsetFetchResponsePartitions(_StructBase):
+    """The responses per partition"""
+
+    __slots__ = (
+        "committed_leader_epoch",
+        "committed_offset",
+        "error_code",
+        "metadata",
+        "partition_index",
+    )
+
+    partition_index: int
+    """The partition index.
+
+    Versions 8-9.
+    """
+    committed_offset: int
+    """The committed message offset.
+
+    Versions 8-9.
+    """
+    committed_leader_epoch: int
+    """The leader epoch.
+
+    Versions 8-9, ignorable.
+    """
+    metadata: str | None
+    """The partition metadata.
+
+    Versions 8-9, nullable 8-9.
+    """
+    error_code: int
+    """The partition-level error code, or 0 if there was no error.
+
+    Versions 8-9.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        committed_offset: int = 0,
+        committed_leader_epoch: int = -1,
+        metadata: str | None = "",
+        error_code: int = 0,
+    ) -> None:
+        self.partition_index = partition_index
+        self.committed_offset = committed_offset
+        self.committed_leader_epoch = committed_leader_epoch
+        self.metadata = metadata
+        self.error_code = error_code
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class OffsetFetchResponseTopics(_StructBase):
+    """The responses per topic."""
+
+    __slots__ = (
+        "name",
+        "partitions",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 8-9.
+    """
+    partitions: list[OffsetFetchResponsePartitions]
+    """The responses per partition
+
+    Versions 8-9.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partitions: list[OffsetFetchResponsePartitions] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class OffsetFetchResponseGroup(_StructBase):
+    """The responses per group id."""
+
+    __slots__ = (
+        "error_code",
+        "group_id",
+        "topics",
+    )
+
+    group_id: str
+    """The group ID.
+
+    Versions 8-9.
+    """
+    topics: list[OffsetFetchResponseTopics]
+    """The responses per topic.
+
+    Versions 8-9.
+    """
+    error_code: int
+    """The group-level error code, or 0 if there was no error.
+
+    Versions 8-9.
+    """
+
+    def __init__(
+        self,
+        *,
+        group_id: str = "",
+        topics: list[OffsetFetchResponseTopics] | _Unset = _UNSET,
+        error_code: int = 0,
+    ) -> None:
+        self.group_id = group_id
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self.error_code = error_code
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class OffsetFetchResponse(_Message):
     """Kafka OffsetFetchResponse (response, API key 9), versions 0-9, flexible 6+.
 
@@ -112,229 +328,23 @@ class OffsetFetchResponse(_Message):
         self,
         *,
         throttle_time_ms: int = 0,
-        topics: list[OffsetFetchResponseTopic] = _UNSET,
+        topics: list[OffsetFetchResponseTopic] | _Unset = _UNSET,
         error_code: int = 0,
-        groups: list[OffsetFetchResponseGroup] = _UNSET,
+        groups: list[OffsetFetchResponseGroup] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self.error_code = error_code
-        self.groups = [] if groups is _UNSET else groups
+        self.groups = [] if isinstance(groups, _Unset) else groups
         self._unknown_tags = None
 
 
-class OffsetFetchResponseTopic(_StructBase):
-    """The responses per topic."""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 0-7.
-    """
-    partitions: list[OffsetFetchResponsePartition]
-    """The responses per partition
-
-    Versions 0-7.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partitions: list[OffsetFetchResponsePartition] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class OffsetFetchResponsePartition(_StructBase):
-    """The responses per partition"""
-
-    __slots__ = (
-        "committed_leader_epoch",
-        "committed_offset",
-        "error_code",
-        "metadata",
-        "partition_index",
-    )
-
-    partition_index: int
-    """The partition index.
-
-    Versions 0-7.
-    """
-    committed_offset: int
-    """The committed message offset.
-
-    Versions 0-7.
-    """
-    committed_leader_epoch: int
-    """The leader epoch.
-
-    Versions 5-7, ignorable.
-    """
-    metadata: str | None
-    """The partition metadata.
-
-    Versions 0-7, nullable 0-7.
-    """
-    error_code: int
-    """The error code, or 0 if there was no error.
-
-    Versions 0-7.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        committed_offset: int = 0,
-        committed_leader_epoch: int = -1,
-        metadata: str | None = "",
-        error_code: int = 0,
-    ) -> None:
-        self.partition_index = partition_index
-        self.committed_offset = committed_offset
-        self.committed_leader_epoch = committed_leader_epoch
-        self.metadata = metadata
-        self.error_code = error_code
-        self._unknown_tags = None
-
-
-class OffsetFetchResponseGroup(_StructBase):
-    """The responses per group id."""
-
-    __slots__ = (
-        "error_code",
-        "group_id",
-        "topics",
-    )
-
-    group_id: str
-    """The group ID.
-
-    Versions 8-9.
-    """
-    topics: list[OffsetFetchResponseTopics]
-    """The responses per topic.
-
-    Versions 8-9.
-    """
-    error_code: int
-    """The group-level error code, or 0 if there was no error.
-
-    Versions 8-9.
-    """
-
-    def __init__(
-        self,
-        *,
-        group_id: str = "",
-        topics: list[OffsetFetchResponseTopics] = _UNSET,
-        error_code: int = 0,
-    ) -> None:
-        self.group_id = group_id
-        self.topics = [] if topics is _UNSET else topics
-        self.error_code = error_code
-        self._unknown_tags = None
-
-
-class OffsetFetchResponseTopics(_StructBase):
-    """The responses per topic."""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 8-9.
-    """
-    partitions: list[OffsetFetchResponsePartitions]
-    """The responses per partition
-
-    Versions 8-9.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partitions: list[OffsetFetchResponsePartitions] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class OffsetFetchResponsePartitions(_StructBase):
-    """The responses per partition"""
-
-    __slots__ = (
-        "committed_leader_epoch",
-        "committed_offset",
-        "error_code",
-        "metadata",
-        "partition_index",
-    )
-
-    partition_index: int
-    """The partition index.
-
-    Versions 8-9.
-    """
-    committed_offset: int
-    """The committed message offset.
-
-    Versions 8-9.
-    """
-    committed_leader_epoch: int
-    """The leader epoch.
-
-    Versions 8-9, ignorable.
-    """
-    metadata: str | None
-    """The partition metadata.
-
-    Versions 8-9, nullable 8-9.
-    """
-    error_code: int
-    """The partition-level error code, or 0 if there was no error.
-
-    Versions 8-9.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        committed_offset: int = 0,
-        committed_leader_epoch: int = -1,
-        metadata: str | None = "",
-        error_code: int = 0,
-    ) -> None:
-        self.partition_index = partition_index
-        self.committed_offset = committed_offset
-        self.committed_leader_epoch = committed_leader_epoch
-        self.metadata = metadata
-        self.error_code = error_code
-        self._unknown_tags = None
-
-
-_TAGS_OffsetFetchResponse: frozenset[int] = frozenset()
-_TAGS_OffsetFetchResponseTopic: frozenset[int] = frozenset()
-_TAGS_OffsetFetchResponsePartition: frozenset[int] = frozenset()
-_TAGS_OffsetFetchResponseGroup: frozenset[int] = frozenset()
-_TAGS_OffsetFetchResponseTopics: frozenset[int] = frozenset()
-_TAGS_OffsetFetchResponsePartitions: frozenset[int] = frozenset()
+_TAGS_OffsetFetchResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_OffsetFetchResponseTopic: _Final[frozenset[int]] = frozenset()
+_TAGS_OffsetFetchResponsePartition: _Final[frozenset[int]] = frozenset()
+_TAGS_OffsetFetchResponseGroup: _Final[frozenset[int]] = frozenset()
+_TAGS_OffsetFetchResponseTopics: _Final[frozenset[int]] = frozenset()
+_TAGS_OffsetFetchResponsePartitions: _Final[frozenset[int]] = frozenset()
 
 
 def _read_OffsetFetchResponseTopic_v0(buf: bytes, pos: int) -> tuple[OffsetFetchResponseTopic, int]:
@@ -358,7 +368,8 @@ def _read_OffsetFetchResponseTopic_v0(buf: bytes, pos: int) -> tuple[OffsetFetch
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OffsetFetchResponsePartition)
             item2.committed_leader_epoch = -1
             item2.partition_index, item2.committed_offset = _S_iq.unpack_from(buf, pos)
@@ -405,7 +416,8 @@ def _read_OffsetFetchResponseTopic_v5(buf: bytes, pos: int) -> tuple[OffsetFetch
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OffsetFetchResponsePartition)
             item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
                 _S_iqi.unpack_from(buf, pos)
@@ -461,7 +473,8 @@ def _read_OffsetFetchResponseTopic_v6(buf: bytes, pos: int) -> tuple[OffsetFetch
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OffsetFetchResponsePartition)
             item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
                 _S_iqi.unpack_from(buf, pos)
@@ -613,7 +626,8 @@ def _read_OffsetFetchResponseTopics_v8(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OffsetFetchResponsePartitions)
             item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
                 _S_iqi.unpack_from(buf, pos)
@@ -711,7 +725,8 @@ def _read_OffsetFetchResponseGroup_v8(buf: bytes, pos: int) -> tuple[OffsetFetch
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetFetchResponseTopics_v8(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -757,7 +772,8 @@ def _read_OffsetFetchResponse_v0(buf: bytes, pos: int) -> tuple[OffsetFetchRespo
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetFetchResponseTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -778,7 +794,8 @@ def _read_OffsetFetchResponse_v2(buf: bytes, pos: int) -> tuple[OffsetFetchRespo
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetFetchResponseTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -802,7 +819,8 @@ def _read_OffsetFetchResponse_v3(buf: bytes, pos: int) -> tuple[OffsetFetchRespo
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetFetchResponseTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -826,7 +844,8 @@ def _read_OffsetFetchResponse_v5(buf: bytes, pos: int) -> tuple[OffsetFetchRespo
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetFetchResponseTopic_v5(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -854,7 +873,8 @@ def _read_OffsetFetchResponse_v6(buf: bytes, pos: int) -> tuple[OffsetFetchRespo
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetFetchResponseTopic_v6(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -887,7 +907,8 @@ def _read_OffsetFetchResponse_v8(buf: bytes, pos: int) -> tuple[OffsetFetchRespo
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetFetchResponseGroup_v8(buf, pos)
             items1.append(item2)
         o.groups = items1
@@ -1050,64 +1071,6 @@ def _write_OffsetFetchResponse_v9(o: OffsetFetchResponse, w: _Writer) -> None:
         w(b"\x00")
 
 
-OffsetFetchResponse._fields = (
-    _F(
-        "throttle_time_ms",
-        "ThrottleTimeMs",
-        "int32",
-        None,
-        (3, 9),
-        (1, 0),
-        (1, 0),
-        None,
-        True,
-        0,
-        None,
-    ),
-    _F(
-        "topics",
-        "Topics",
-        "[]OffsetFetchResponseTopic",
-        OffsetFetchResponseTopic,
-        (0, 7),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-    _F("error_code", "ErrorCode", "int16", None, (2, 7), (1, 0), (1, 0), None, True, 0, None),
-    _F(
-        "groups",
-        "Groups",
-        "[]OffsetFetchResponseGroup",
-        OffsetFetchResponseGroup,
-        (8, 9),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-OffsetFetchResponseTopic._fields = (
-    _F("name", "Name", "string", None, (0, 7), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]OffsetFetchResponsePartition",
-        OffsetFetchResponsePartition,
-        (0, 7),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 OffsetFetchResponsePartition._fields = (
     _F(
         "partition_index",
@@ -1151,31 +1114,14 @@ OffsetFetchResponsePartition._fields = (
     _F("metadata", "Metadata", "string", None, (0, 7), (0, 7), (1, 0), None, False, "", None),
     _F("error_code", "ErrorCode", "int16", None, (0, 7), (1, 0), (1, 0), None, False, 0, None),
 )
-OffsetFetchResponseGroup._fields = (
-    _F("group_id", "GroupId", "string", None, (8, 9), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "topics",
-        "Topics",
-        "[]OffsetFetchResponseTopics",
-        OffsetFetchResponseTopics,
-        (8, 9),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-    _F("error_code", "ErrorCode", "int16", None, (8, 9), (1, 0), (1, 0), None, False, 0, None),
-)
-OffsetFetchResponseTopics._fields = (
-    _F("name", "Name", "string", None, (8, 9), (1, 0), (1, 0), None, False, "", None),
+OffsetFetchResponseTopic._fields = (
+    _F("name", "Name", "string", None, (0, 7), (1, 0), (1, 0), None, False, "", None),
     _F(
         "partitions",
         "Partitions",
-        "[]OffsetFetchResponsePartitions",
-        OffsetFetchResponsePartitions,
-        (8, 9),
+        "[]OffsetFetchResponsePartition",
+        OffsetFetchResponsePartition,
+        (0, 7),
         (1, 0),
         (1, 0),
         None,
@@ -1226,6 +1172,81 @@ OffsetFetchResponsePartitions._fields = (
     ),
     _F("metadata", "Metadata", "string", None, (8, 9), (8, 9), (1, 0), None, False, "", None),
     _F("error_code", "ErrorCode", "int16", None, (8, 9), (1, 0), (1, 0), None, False, 0, None),
+)
+OffsetFetchResponseTopics._fields = (
+    _F("name", "Name", "string", None, (8, 9), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]OffsetFetchResponsePartitions",
+        OffsetFetchResponsePartitions,
+        (8, 9),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+OffsetFetchResponseGroup._fields = (
+    _F("group_id", "GroupId", "string", None, (8, 9), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "topics",
+        "Topics",
+        "[]OffsetFetchResponseTopics",
+        OffsetFetchResponseTopics,
+        (8, 9),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F("error_code", "ErrorCode", "int16", None, (8, 9), (1, 0), (1, 0), None, False, 0, None),
+)
+OffsetFetchResponse._fields = (
+    _F(
+        "throttle_time_ms",
+        "ThrottleTimeMs",
+        "int32",
+        None,
+        (3, 9),
+        (1, 0),
+        (1, 0),
+        None,
+        True,
+        0,
+        None,
+    ),
+    _F(
+        "topics",
+        "Topics",
+        "[]OffsetFetchResponseTopic",
+        OffsetFetchResponseTopic,
+        (0, 7),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F("error_code", "ErrorCode", "int16", None, (2, 7), (1, 0), (1, 0), None, True, 0, None),
+    _F(
+        "groups",
+        "Groups",
+        "[]OffsetFetchResponseGroup",
+        OffsetFetchResponseGroup,
+        (8, 9),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
 )
 OffsetFetchResponse._readers = {
     0: _read_OffsetFetchResponse_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -30,14 +34,85 @@ __all__ = [
     "OffsetForLeaderTopic",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ii = _Packer(">ii")
-_S_iii = _Packer(">iii")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ii: _Final = _Packer(">ii")
+_S_iii: _Final = _Packer(">iii")
 
 
+@_mypyc_attr(native_class=False)
+class OffsetForLeaderPartition(_StructBase):
+    """Each partition to get offsets for."""
+
+    __slots__ = (
+        "current_leader_epoch",
+        "leader_epoch",
+        "partition",
+    )
+
+    partition: int
+    """The partition index.
+
+    Versions 0-4.
+    """
+    current_leader_epoch: int
+    """An epoch used to fence consumers/replicas with old metadata. If the epoch provided by the client is larger than the current epoch known to the broker, then the UNKNOWN_LEADER_EPOCH error code will be returned. If the provided epoch is smaller, then the FENCED_LEADER_EPOCH error code will be returned.
+
+    Versions 2-4, ignorable.
+    """
+    leader_epoch: int
+    """The epoch to look up an offset for.
+
+    Versions 0-4.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition: int = 0,
+        current_leader_epoch: int = -1,
+        leader_epoch: int = 0,
+    ) -> None:
+        self.partition = partition
+        self.current_leader_epoch = current_leader_epoch
+        self.leader_epoch = leader_epoch
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class OffsetForLeaderTopic(_StructBase):
+    """Each topic to get offsets for."""
+
+    __slots__ = (
+        "partitions",
+        "topic",
+    )
+
+    topic: str
+    """The topic name.
+
+    Versions 0-4.
+    """
+    partitions: list[OffsetForLeaderPartition]
+    """Each partition to get offsets for.
+
+    Versions 0-4.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic: str = "",
+        partitions: list[OffsetForLeaderPartition] | _Unset = _UNSET,
+    ) -> None:
+        self.topic = topic
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class OffsetForLeaderEpochRequest(_Message):
     """Kafka OffsetForLeaderEpochRequest (request, API key 23), versions 0-4, flexible 4+.
 
@@ -78,84 +153,16 @@ class OffsetForLeaderEpochRequest(_Message):
         self,
         *,
         replica_id: int = -2,
-        topics: list[OffsetForLeaderTopic] = _UNSET,
+        topics: list[OffsetForLeaderTopic] | _Unset = _UNSET,
     ) -> None:
         self.replica_id = replica_id
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self._unknown_tags = None
 
 
-class OffsetForLeaderTopic(_StructBase):
-    """Each topic to get offsets for."""
-
-    __slots__ = (
-        "partitions",
-        "topic",
-    )
-
-    topic: str
-    """The topic name.
-
-    Versions 0-4.
-    """
-    partitions: list[OffsetForLeaderPartition]
-    """Each partition to get offsets for.
-
-    Versions 0-4.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic: str = "",
-        partitions: list[OffsetForLeaderPartition] = _UNSET,
-    ) -> None:
-        self.topic = topic
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class OffsetForLeaderPartition(_StructBase):
-    """Each partition to get offsets for."""
-
-    __slots__ = (
-        "current_leader_epoch",
-        "leader_epoch",
-        "partition",
-    )
-
-    partition: int
-    """The partition index.
-
-    Versions 0-4.
-    """
-    current_leader_epoch: int
-    """An epoch used to fence consumers/replicas with old metadata. If the epoch provided by the client is larger than the current epoch known to the broker, then the UNKNOWN_LEADER_EPOCH error code will be returned. If the provided epoch is smaller, then the FENCED_LEADER_EPOCH error code will be returned.
-
-    Versions 2-4, ignorable.
-    """
-    leader_epoch: int
-    """The epoch to look up an offset for.
-
-    Versions 0-4.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition: int = 0,
-        current_leader_epoch: int = -1,
-        leader_epoch: int = 0,
-    ) -> None:
-        self.partition = partition
-        self.current_leader_epoch = current_leader_epoch
-        self.leader_epoch = leader_epoch
-        self._unknown_tags = None
-
-
-_TAGS_OffsetForLeaderEpochRequest: frozenset[int] = frozenset()
-_TAGS_OffsetForLeaderTopic: frozenset[int] = frozenset()
-_TAGS_OffsetForLeaderPartition: frozenset[int] = frozenset()
+_TAGS_OffsetForLeaderEpochRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_OffsetForLeaderTopic: _Final[frozenset[int]] = frozenset()
+_TAGS_OffsetForLeaderPartition: _Final[frozenset[int]] = frozenset()
 
 
 def _read_OffsetForLeaderTopic_v0(buf: bytes, pos: int) -> tuple[OffsetForLeaderTopic, int]:
@@ -179,7 +186,8 @@ def _read_OffsetForLeaderTopic_v0(buf: bytes, pos: int) -> tuple[OffsetForLeader
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OffsetForLeaderPartition)
             item2.current_leader_epoch = -1
             item2.partition, item2.leader_epoch = _S_ii.unpack_from(buf, pos)
@@ -212,7 +220,8 @@ def _read_OffsetForLeaderTopic_v2(buf: bytes, pos: int) -> tuple[OffsetForLeader
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OffsetForLeaderPartition)
             item2.partition, item2.current_leader_epoch, item2.leader_epoch = _S_iii.unpack_from(
                 buf, pos
@@ -254,7 +263,8 @@ def _read_OffsetForLeaderTopic_v4(buf: bytes, pos: int) -> tuple[OffsetForLeader
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(OffsetForLeaderPartition)
             item2.partition, item2.current_leader_epoch, item2.leader_epoch = _S_iii.unpack_from(
                 buf, pos
@@ -346,7 +356,8 @@ def _read_OffsetForLeaderEpochRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetForLeaderTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -368,7 +379,8 @@ def _read_OffsetForLeaderEpochRequest_v2(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetForLeaderTopic_v2(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -391,7 +403,8 @@ def _read_OffsetForLeaderEpochRequest_v3(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetForLeaderTopic_v2(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -418,7 +431,8 @@ def _read_OffsetForLeaderEpochRequest_v4(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetForLeaderTopic_v4(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -478,21 +492,22 @@ def _write_OffsetForLeaderEpochRequest_v4(o: OffsetForLeaderEpochRequest, w: _Wr
         w(b"\x00")
 
 
-OffsetForLeaderEpochRequest._fields = (
-    _F("replica_id", "ReplicaId", "int32", None, (3, 4), (1, 0), (1, 0), None, True, -2, None),
+OffsetForLeaderPartition._fields = (
+    _F("partition", "Partition", "int32", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
     _F(
-        "topics",
-        "Topics",
-        "[]OffsetForLeaderTopic",
-        OffsetForLeaderTopic,
-        (0, 4),
+        "current_leader_epoch",
+        "CurrentLeaderEpoch",
+        "int32",
+        None,
+        (2, 4),
         (1, 0),
         (1, 0),
         None,
-        False,
-        (),
+        True,
+        -1,
         None,
     ),
+    _F("leader_epoch", "LeaderEpoch", "int32", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
 )
 OffsetForLeaderTopic._fields = (
     _F("topic", "Topic", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
@@ -510,22 +525,21 @@ OffsetForLeaderTopic._fields = (
         None,
     ),
 )
-OffsetForLeaderPartition._fields = (
-    _F("partition", "Partition", "int32", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
+OffsetForLeaderEpochRequest._fields = (
+    _F("replica_id", "ReplicaId", "int32", None, (3, 4), (1, 0), (1, 0), None, True, -2, None),
     _F(
-        "current_leader_epoch",
-        "CurrentLeaderEpoch",
-        "int32",
-        None,
-        (2, 4),
+        "topics",
+        "Topics",
+        "[]OffsetForLeaderTopic",
+        OffsetForLeaderTopic,
+        (0, 4),
         (1, 0),
         (1, 0),
         None,
-        True,
-        -1,
+        False,
+        (),
         None,
     ),
-    _F("leader_epoch", "LeaderEpoch", "int32", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
 )
 OffsetForLeaderEpochRequest._readers = {
     0: _read_OffsetForLeaderEpochRequest_v0,

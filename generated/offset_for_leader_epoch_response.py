@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -30,89 +34,15 @@ __all__ = [
     "OffsetForLeaderTopicResult",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_hiiq = _Packer(">hiiq")
-_S_hiq = _Packer(">hiq")
-_S_i = _Packer(">i")
-
-
-class OffsetForLeaderEpochResponse(_Message):
-    """Kafka OffsetForLeaderEpochResponse (response, API key 23), versions 0-4, flexible 4+.
-
-    Version 1 added the leader epoch to the response.
-
-    Version 2 added the throttle time.
-
-    Version 3 is the same as version 2.
-
-    Version 4 enables flexible versions.
-    """
-
-    __slots__ = (
-        "throttle_time_ms",
-        "topics",
-    )
-
-    NAME = "OffsetForLeaderEpochResponse"
-    API_KEY = 23
-    TYPE = "response"
-    VALID_VERSIONS = (0, 4)
-    FLEXIBLE_VERSIONS = (4, 32767)
-
-    throttle_time_ms: int
-    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
-
-    Versions 2-4, ignorable.
-    """
-    topics: list[OffsetForLeaderTopicResult]
-    """Each topic we fetched offsets for.
-
-    Versions 0-4.
-    """
-
-    def __init__(
-        self,
-        *,
-        throttle_time_ms: int = 0,
-        topics: list[OffsetForLeaderTopicResult] = _UNSET,
-    ) -> None:
-        self.throttle_time_ms = throttle_time_ms
-        self.topics = [] if topics is _UNSET else topics
-        self._unknown_tags = None
+_S_h: _Final = _Packer(">h")
+_S_hiiq: _Final = _Packer(">hiiq")
+_S_hiq: _Final = _Packer(">hiq")
+_S_i: _Final = _Packer(">i")
 
 
-class OffsetForLeaderTopicResult(_StructBase):
-    """Each topic we fetched offsets for."""
-
-    __slots__ = (
-        "partitions",
-        "topic",
-    )
-
-    topic: str
-    """The topic name.
-
-    Versions 0-4.
-    """
-    partitions: list[EpochEndOffset]
-    """Each partition in the topic we fetched offsets for.
-
-    Versions 0-4.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic: str = "",
-        partitions: list[EpochEndOffset] = _UNSET,
-    ) -> None:
-        self.topic = topic
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class EpochEndOffset(_StructBase):
     """Each partition in the topic we fetched offsets for."""
 
@@ -159,9 +89,86 @@ class EpochEndOffset(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_OffsetForLeaderEpochResponse: frozenset[int] = frozenset()
-_TAGS_OffsetForLeaderTopicResult: frozenset[int] = frozenset()
-_TAGS_EpochEndOffset: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class OffsetForLeaderTopicResult(_StructBase):
+    """Each topic we fetched offsets for."""
+
+    __slots__ = (
+        "partitions",
+        "topic",
+    )
+
+    topic: str
+    """The topic name.
+
+    Versions 0-4.
+    """
+    partitions: list[EpochEndOffset]
+    """Each partition in the topic we fetched offsets for.
+
+    Versions 0-4.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic: str = "",
+        partitions: list[EpochEndOffset] | _Unset = _UNSET,
+    ) -> None:
+        self.topic = topic
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class OffsetForLeaderEpochResponse(_Message):
+    """Kafka OffsetForLeaderEpochResponse (response, API key 23), versions 0-4, flexible 4+.
+
+    Version 1 added the leader epoch to the response.
+
+    Version 2 added the throttle time.
+
+    Version 3 is the same as version 2.
+
+    Version 4 enables flexible versions.
+    """
+
+    __slots__ = (
+        "throttle_time_ms",
+        "topics",
+    )
+
+    NAME = "OffsetForLeaderEpochResponse"
+    API_KEY = 23
+    TYPE = "response"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (4, 32767)
+
+    throttle_time_ms: int
+    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+
+    Versions 2-4, ignorable.
+    """
+    topics: list[OffsetForLeaderTopicResult]
+    """Each topic we fetched offsets for.
+
+    Versions 0-4.
+    """
+
+    def __init__(
+        self,
+        *,
+        throttle_time_ms: int = 0,
+        topics: list[OffsetForLeaderTopicResult] | _Unset = _UNSET,
+    ) -> None:
+        self.throttle_time_ms = throttle_time_ms
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self._unknown_tags = None
+
+
+_TAGS_OffsetForLeaderEpochResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_OffsetForLeaderTopicResult: _Final[frozenset[int]] = frozenset()
+_TAGS_EpochEndOffset: _Final[frozenset[int]] = frozenset()
 
 
 def _read_OffsetForLeaderTopicResult_v0(
@@ -187,7 +194,8 @@ def _read_OffsetForLeaderTopicResult_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(EpochEndOffset)
             item2.leader_epoch = -1
             item2.error_code, item2.partition, item2.end_offset = _S_hiq.unpack_from(buf, pos)
@@ -222,7 +230,8 @@ def _read_OffsetForLeaderTopicResult_v1(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(EpochEndOffset)
             item2.error_code, item2.partition, item2.leader_epoch, item2.end_offset = (
                 _S_hiiq.unpack_from(buf, pos)
@@ -266,7 +275,8 @@ def _read_OffsetForLeaderTopicResult_v4(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(EpochEndOffset)
             item2.error_code, item2.partition, item2.leader_epoch, item2.end_offset = (
                 _S_hiiq.unpack_from(buf, pos)
@@ -356,7 +366,8 @@ def _read_OffsetForLeaderEpochResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetForLeaderTopicResult_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -378,7 +389,8 @@ def _read_OffsetForLeaderEpochResponse_v1(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetForLeaderTopicResult_v1(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -401,7 +413,8 @@ def _read_OffsetForLeaderEpochResponse_v2(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetForLeaderTopicResult_v1(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -428,7 +441,8 @@ def _read_OffsetForLeaderEpochResponse_v4(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_OffsetForLeaderTopicResult_v4(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -488,6 +502,28 @@ def _write_OffsetForLeaderEpochResponse_v4(o: OffsetForLeaderEpochResponse, w: _
         w(b"\x00")
 
 
+EpochEndOffset._fields = (
+    _F("error_code", "ErrorCode", "int16", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
+    _F("partition", "Partition", "int32", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
+    _F("leader_epoch", "LeaderEpoch", "int32", None, (1, 4), (1, 0), (1, 0), None, True, -1, None),
+    _F("end_offset", "EndOffset", "int64", None, (0, 4), (1, 0), (1, 0), None, False, -1, None),
+)
+OffsetForLeaderTopicResult._fields = (
+    _F("topic", "Topic", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]EpochEndOffset",
+        EpochEndOffset,
+        (0, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
 OffsetForLeaderEpochResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -515,28 +551,6 @@ OffsetForLeaderEpochResponse._fields = (
         (),
         None,
     ),
-)
-OffsetForLeaderTopicResult._fields = (
-    _F("topic", "Topic", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]EpochEndOffset",
-        EpochEndOffset,
-        (0, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-EpochEndOffset._fields = (
-    _F("error_code", "ErrorCode", "int16", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
-    _F("partition", "Partition", "int32", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
-    _F("leader_epoch", "LeaderEpoch", "int32", None, (1, 4), (1, 0), (1, 0), None, True, -1, None),
-    _F("end_offset", "EndOffset", "int64", None, (0, 4), (1, 0), (1, 0), None, False, -1, None),
 )
 OffsetForLeaderEpochResponse._readers = {
     0: _read_OffsetForLeaderEpochResponse_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
@@ -32,13 +36,76 @@ __all__ = [
     "TopicProduceData",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_hi = _Packer(">hi")
-_S_i = _Packer(">i")
+_S_h: _Final = _Packer(">h")
+_S_hi: _Final = _Packer(">hi")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
+class PartitionProduceData(_StructBase):
+    """Each partition to produce to."""
+
+    __slots__ = (
+        "index",
+        "records",
+    )
+
+    index: int
+    """The partition index.
+
+    Versions 0-11.
+    """
+    records: _Buffer | None
+    """The record data to be produced.
+
+    Versions 0-11, nullable 0-11.
+    """
+
+    def __init__(
+        self,
+        *,
+        index: int = 0,
+        records: _Buffer | None = None,
+    ) -> None:
+        self.index = index
+        self.records = records
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class TopicProduceData(_StructBase):
+    """Each topic to produce to."""
+
+    __slots__ = (
+        "name",
+        "partition_data",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 0-11.
+    """
+    partition_data: list[PartitionProduceData]
+    """Each partition to produce to.
+
+    Versions 0-11.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partition_data: list[PartitionProduceData] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partition_data = [] if isinstance(partition_data, _Unset) else partition_data
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class ProduceRequest(_Message):
     """Kafka ProduceRequest (request, API key 0), versions 0-11, flexible 9+.
 
@@ -103,78 +170,18 @@ class ProduceRequest(_Message):
         transactional_id: str | None = None,
         acks: int = 0,
         timeout_ms: int = 0,
-        topic_data: list[TopicProduceData] = _UNSET,
+        topic_data: list[TopicProduceData] | _Unset = _UNSET,
     ) -> None:
         self.transactional_id = transactional_id
         self.acks = acks
         self.timeout_ms = timeout_ms
-        self.topic_data = [] if topic_data is _UNSET else topic_data
+        self.topic_data = [] if isinstance(topic_data, _Unset) else topic_data
         self._unknown_tags = None
 
 
-class TopicProduceData(_StructBase):
-    """Each topic to produce to."""
-
-    __slots__ = (
-        "name",
-        "partition_data",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 0-11.
-    """
-    partition_data: list[PartitionProduceData]
-    """Each partition to produce to.
-
-    Versions 0-11.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partition_data: list[PartitionProduceData] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partition_data = [] if partition_data is _UNSET else partition_data
-        self._unknown_tags = None
-
-
-class PartitionProduceData(_StructBase):
-    """Each partition to produce to."""
-
-    __slots__ = (
-        "index",
-        "records",
-    )
-
-    index: int
-    """The partition index.
-
-    Versions 0-11.
-    """
-    records: _Buffer | None
-    """The record data to be produced.
-
-    Versions 0-11, nullable 0-11.
-    """
-
-    def __init__(
-        self,
-        *,
-        index: int = 0,
-        records: _Buffer | None = None,
-    ) -> None:
-        self.index = index
-        self.records = records
-        self._unknown_tags = None
-
-
-_TAGS_ProduceRequest: frozenset[int] = frozenset()
-_TAGS_TopicProduceData: frozenset[int] = frozenset()
-_TAGS_PartitionProduceData: frozenset[int] = frozenset()
+_TAGS_ProduceRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_TopicProduceData: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionProduceData: _Final[frozenset[int]] = frozenset()
 
 
 def _read_TopicProduceData_v0(buf: bytes, pos: int) -> tuple[TopicProduceData, int]:
@@ -198,7 +205,8 @@ def _read_TopicProduceData_v0(buf: bytes, pos: int) -> tuple[TopicProduceData, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionProduceData)
             item2.index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -250,7 +258,8 @@ def _read_TopicProduceData_v9(buf: bytes, pos: int) -> tuple[TopicProduceData, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionProduceData)
             item2.index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -355,7 +364,8 @@ def _read_ProduceRequest_v0(buf: bytes, pos: int) -> tuple[ProduceRequest, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicProduceData_v0(buf, pos)
             items1.append(item2)
         o.topic_data = items1
@@ -388,7 +398,8 @@ def _read_ProduceRequest_v3(buf: bytes, pos: int) -> tuple[ProduceRequest, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicProduceData_v0(buf, pos)
             items1.append(item2)
         o.topic_data = items1
@@ -427,7 +438,8 @@ def _read_ProduceRequest_v9(buf: bytes, pos: int) -> tuple[ProduceRequest, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicProduceData_v9(buf, pos)
             items1.append(item2)
         o.topic_data = items1
@@ -523,6 +535,26 @@ def _write_ProduceRequest_v9(o: ProduceRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
+PartitionProduceData._fields = (
+    _F("index", "Index", "int32", None, (0, 11), (1, 0), (1, 0), None, False, 0, None),
+    _F("records", "Records", "records", None, (0, 11), (0, 11), (1, 0), None, False, None, None),
+)
+TopicProduceData._fields = (
+    _F("name", "Name", "string", None, (0, 11), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partition_data",
+        "PartitionData",
+        "[]PartitionProduceData",
+        PartitionProduceData,
+        (0, 11),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
 ProduceRequest._fields = (
     _F(
         "transactional_id",
@@ -552,26 +584,6 @@ ProduceRequest._fields = (
         (),
         None,
     ),
-)
-TopicProduceData._fields = (
-    _F("name", "Name", "string", None, (0, 11), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partition_data",
-        "PartitionData",
-        "[]PartitionProduceData",
-        PartitionProduceData,
-        (0, 11),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-PartitionProduceData._fields = (
-    _F("index", "Index", "int32", None, (0, 11), (1, 0), (1, 0), None, False, 0, None),
-    _F("records", "Records", "records", None, (0, 11), (0, 11), (1, 0), None, False, None, None),
 )
 ProduceRequest._readers = {
     0: _read_ProduceRequest_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import UnknownTags as _UnknownTags
@@ -38,111 +42,79 @@ __all__ = [
     "TopicProduceResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ihq = _Packer(">ihq")
-_S_ihqq = _Packer(">ihqq")
-_S_ihqqq = _Packer(">ihqqq")
-_S_ii = _Packer(">ii")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ihq: _Final = _Packer(">ihq")
+_S_ihqq: _Final = _Packer(">ihqq")
+_S_ihqqq: _Final = _Packer(">ihqqq")
+_S_ii: _Final = _Packer(">ii")
 
 
-class ProduceResponse(_Message):
-    """Kafka ProduceResponse (response, API key 0), versions 0-11, flexible 9+.
-
-    Version 1 added the throttle time.
-
-    Version 2 added the log append time.
-
-    Version 3 is the same as version 2.
-
-    Version 4 added KAFKA_STORAGE_ERROR as a possible error code.
-
-    Version 5 added LogStartOffset to filter out spurious
-    OutOfOrderSequenceExceptions on the client.
-
-    Version 8 added RecordErrors and ErrorMessage to include information about
-    records that cause the whole batch to be dropped.  See KIP-467 for details.
-
-    Version 9 enables flexible versions.
-
-    Version 10 adds 'CurrentLeader' and 'NodeEndpoints' as tagged fields (KIP-951)
-
-    Version 11 adds support for new error code TRANSACTION_ABORTABLE (KIP-890).
-    """
+@_mypyc_attr(native_class=False)
+class BatchIndexAndErrorMessage(_StructBase):
+    """The batch indices of records that caused the batch to be dropped"""
 
     __slots__ = (
-        "node_endpoints",
-        "responses",
-        "throttle_time_ms",
+        "batch_index",
+        "batch_index_error_message",
     )
 
-    NAME = "ProduceResponse"
-    API_KEY = 0
-    TYPE = "response"
-    VALID_VERSIONS = (0, 11)
-    FLEXIBLE_VERSIONS = (9, 32767)
+    batch_index: int
+    """The batch index of the record that cause the batch to be dropped
 
-    responses: list[TopicProduceResponse]
-    """Each produce response
-
-    Versions 0-11.
+    Versions 8-11.
     """
-    throttle_time_ms: int
-    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+    batch_index_error_message: str | None
+    """The error message of the record that caused the batch to be dropped
 
-    Versions 1-11, ignorable.
-    """
-    node_endpoints: list[NodeEndpoint]
-    """Endpoints for all current-leaders enumerated in PartitionProduceResponses, with errors NOT_LEADER_OR_FOLLOWER.
-
-    Versions 10-11, tag 0 in 10-11.
+    Versions 8-11, nullable 8-11.
     """
 
     def __init__(
         self,
         *,
-        responses: list[TopicProduceResponse] = _UNSET,
-        throttle_time_ms: int = 0,
-        node_endpoints: list[NodeEndpoint] = _UNSET,
+        batch_index: int = 0,
+        batch_index_error_message: str | None = None,
     ) -> None:
-        self.responses = [] if responses is _UNSET else responses
-        self.throttle_time_ms = throttle_time_ms
-        self.node_endpoints = [] if node_endpoints is _UNSET else node_endpoints
+        self.batch_index = batch_index
+        self.batch_index_error_message = batch_index_error_message
         self._unknown_tags = None
 
 
-class TopicProduceResponse(_StructBase):
-    """Each produce response"""
+@_mypyc_attr(native_class=False)
+class LeaderIdAndEpoch(_StructBase):
+    """LeaderIdAndEpoch (part of ProduceResponse)."""
 
     __slots__ = (
-        "name",
-        "partition_responses",
+        "leader_epoch",
+        "leader_id",
     )
 
-    name: str
-    """The topic name
+    leader_id: int
+    """The ID of the current leader or -1 if the leader is unknown.
 
-    Versions 0-11.
+    Versions 10-11.
     """
-    partition_responses: list[PartitionProduceResponse]
-    """Each partition that we produced to within the topic.
+    leader_epoch: int
+    """The latest known leader epoch
 
-    Versions 0-11.
+    Versions 10-11.
     """
 
     def __init__(
         self,
         *,
-        name: str = "",
-        partition_responses: list[PartitionProduceResponse] = _UNSET,
+        leader_id: int = -1,
+        leader_epoch: int = -1,
     ) -> None:
-        self.name = name
-        self.partition_responses = [] if partition_responses is _UNSET else partition_responses
+        self.leader_id = leader_id
+        self.leader_epoch = leader_epoch
         self._unknown_tags = None
 
 
+@_mypyc_attr(native_class=False)
 class PartitionProduceResponse(_StructBase):
     """Each partition that we produced to within the topic."""
 
@@ -206,81 +178,57 @@ class PartitionProduceResponse(_StructBase):
         base_offset: int = 0,
         log_append_time_ms: int = -1,
         log_start_offset: int = -1,
-        record_errors: list[BatchIndexAndErrorMessage] = _UNSET,
+        record_errors: list[BatchIndexAndErrorMessage] | _Unset = _UNSET,
         error_message: str | None = None,
-        current_leader: LeaderIdAndEpoch = _UNSET,
+        current_leader: LeaderIdAndEpoch | _Unset = _UNSET,
     ) -> None:
         self.index = index
         self.error_code = error_code
         self.base_offset = base_offset
         self.log_append_time_ms = log_append_time_ms
         self.log_start_offset = log_start_offset
-        self.record_errors = [] if record_errors is _UNSET else record_errors
+        self.record_errors = [] if isinstance(record_errors, _Unset) else record_errors
         self.error_message = error_message
-        self.current_leader = LeaderIdAndEpoch() if current_leader is _UNSET else current_leader
+        self.current_leader = (
+            LeaderIdAndEpoch() if isinstance(current_leader, _Unset) else current_leader
+        )
         self._unknown_tags = None
 
 
-class BatchIndexAndErrorMessage(_StructBase):
-    """The batch indices of records that caused the batch to be dropped"""
+@_mypyc_attr(native_class=False)
+class TopicProduceResponse(_StructBase):
+    """Each produce response"""
 
     __slots__ = (
-        "batch_index",
-        "batch_index_error_message",
+        "name",
+        "partition_responses",
     )
 
-    batch_index: int
-    """The batch index of the record that cause the batch to be dropped
+    name: str
+    """The topic name
 
-    Versions 8-11.
+    Versions 0-11.
     """
-    batch_index_error_message: str | None
-    """The error message of the record that caused the batch to be dropped
+    partition_responses: list[PartitionProduceResponse]
+    """Each partition that we produced to within the topic.
 
-    Versions 8-11, nullable 8-11.
+    Versions 0-11.
     """
 
     def __init__(
         self,
         *,
-        batch_index: int = 0,
-        batch_index_error_message: str | None = None,
+        name: str = "",
+        partition_responses: list[PartitionProduceResponse] | _Unset = _UNSET,
     ) -> None:
-        self.batch_index = batch_index
-        self.batch_index_error_message = batch_index_error_message
+        self.name = name
+        self.partition_responses = (
+            [] if isinstance(partition_responses, _Unset) else partition_responses
+        )
         self._unknown_tags = None
 
 
-class LeaderIdAndEpoch(_StructBase):
-    """LeaderIdAndEpoch (part of ProduceResponse)."""
-
-    __slots__ = (
-        "leader_epoch",
-        "leader_id",
-    )
-
-    leader_id: int
-    """The ID of the current leader or -1 if the leader is unknown.
-
-    Versions 10-11.
-    """
-    leader_epoch: int
-    """The latest known leader epoch
-
-    Versions 10-11.
-    """
-
-    def __init__(
-        self,
-        *,
-        leader_id: int = -1,
-        leader_epoch: int = -1,
-    ) -> None:
-        self.leader_id = leader_id
-        self.leader_epoch = leader_epoch
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class NodeEndpoint(_StructBase):
     """Endpoints for all current-leaders enumerated in PartitionProduceResponses, with errors NOT_LEADER_OR_FOLLOWER."""
 
@@ -327,12 +275,78 @@ class NodeEndpoint(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ProduceResponse: frozenset[int] = frozenset({0})
-_TAGS_TopicProduceResponse: frozenset[int] = frozenset()
-_TAGS_PartitionProduceResponse: frozenset[int] = frozenset({0})
-_TAGS_BatchIndexAndErrorMessage: frozenset[int] = frozenset()
-_TAGS_LeaderIdAndEpoch: frozenset[int] = frozenset()
-_TAGS_NodeEndpoint: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class ProduceResponse(_Message):
+    """Kafka ProduceResponse (response, API key 0), versions 0-11, flexible 9+.
+
+    Version 1 added the throttle time.
+
+    Version 2 added the log append time.
+
+    Version 3 is the same as version 2.
+
+    Version 4 added KAFKA_STORAGE_ERROR as a possible error code.
+
+    Version 5 added LogStartOffset to filter out spurious
+    OutOfOrderSequenceExceptions on the client.
+
+    Version 8 added RecordErrors and ErrorMessage to include information about
+    records that cause the whole batch to be dropped.  See KIP-467 for details.
+
+    Version 9 enables flexible versions.
+
+    Version 10 adds 'CurrentLeader' and 'NodeEndpoints' as tagged fields (KIP-951)
+
+    Version 11 adds support for new error code TRANSACTION_ABORTABLE (KIP-890).
+    """
+
+    __slots__ = (
+        "node_endpoints",
+        "responses",
+        "throttle_time_ms",
+    )
+
+    NAME = "ProduceResponse"
+    API_KEY = 0
+    TYPE = "response"
+    VALID_VERSIONS = (0, 11)
+    FLEXIBLE_VERSIONS = (9, 32767)
+
+    responses: list[TopicProduceResponse]
+    """Each produce response
+
+    Versions 0-11.
+    """
+    throttle_time_ms: int
+    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+
+    Versions 1-11, ignorable.
+    """
+    node_endpoints: list[NodeEndpoint]
+    """Endpoints for all current-leaders enumerated in PartitionProduceResponses, with errors NOT_LEADER_OR_FOLLOWER.
+
+    Versions 10-11, tag 0 in 10-11.
+    """
+
+    def __init__(
+        self,
+        *,
+        responses: list[TopicProduceResponse] | _Unset = _UNSET,
+        throttle_time_ms: int = 0,
+        node_endpoints: list[NodeEndpoint] | _Unset = _UNSET,
+    ) -> None:
+        self.responses = [] if isinstance(responses, _Unset) else responses
+        self.throttle_time_ms = throttle_time_ms
+        self.node_endpoints = [] if isinstance(node_endpoints, _Unset) else node_endpoints
+        self._unknown_tags = None
+
+
+_TAGS_ProduceResponse: _Final[frozenset[int]] = frozenset({0})
+_TAGS_TopicProduceResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionProduceResponse: _Final[frozenset[int]] = frozenset({0})
+_TAGS_BatchIndexAndErrorMessage: _Final[frozenset[int]] = frozenset()
+_TAGS_LeaderIdAndEpoch: _Final[frozenset[int]] = frozenset()
+_TAGS_NodeEndpoint: _Final[frozenset[int]] = frozenset()
 
 
 def _read_LeaderIdAndEpoch_v10(buf: bytes, pos: int) -> tuple[LeaderIdAndEpoch, int]:
@@ -400,7 +414,8 @@ def _read_PartitionProduceResponse_v8(buf: bytes, pos: int) -> tuple[PartitionPr
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(BatchIndexAndErrorMessage)
             item2.batch_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -455,7 +470,8 @@ def _read_PartitionProduceResponse_v9(buf: bytes, pos: int) -> tuple[PartitionPr
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(BatchIndexAndErrorMessage)
             item2.batch_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -526,7 +542,8 @@ def _read_PartitionProduceResponse_v10(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(BatchIndexAndErrorMessage)
             item2.batch_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -715,7 +732,8 @@ def _read_TopicProduceResponse_v0(buf: bytes, pos: int) -> tuple[TopicProduceRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionProduceResponse)
             item2.log_append_time_ms = -1
             item2.log_start_offset = -1
@@ -752,7 +770,8 @@ def _read_TopicProduceResponse_v2(buf: bytes, pos: int) -> tuple[TopicProduceRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionProduceResponse)
             item2.log_start_offset = -1
             item2.record_errors = []
@@ -790,7 +809,8 @@ def _read_TopicProduceResponse_v5(buf: bytes, pos: int) -> tuple[TopicProduceRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionProduceResponse)
             item2.record_errors = []
             item2.error_message = None
@@ -831,7 +851,8 @@ def _read_TopicProduceResponse_v8(buf: bytes, pos: int) -> tuple[TopicProduceRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_PartitionProduceResponse_v8(buf, pos)
             items1.append(item2)
         o.partition_responses = items1
@@ -868,7 +889,8 @@ def _read_TopicProduceResponse_v9(buf: bytes, pos: int) -> tuple[TopicProduceRes
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_PartitionProduceResponse_v9(buf, pos)
             items1.append(item2)
         o.partition_responses = items1
@@ -909,7 +931,8 @@ def _read_TopicProduceResponse_v10(buf: bytes, pos: int) -> tuple[TopicProduceRe
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_PartitionProduceResponse_v10(buf, pos)
             items1.append(item2)
         o.partition_responses = items1
@@ -1202,7 +1225,8 @@ def _read_tags_ProduceResponse_v10(o: ProduceResponse, buf: bytes, pos: int) -> 
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
                 items1: list[_Any] = []
-                for _ in range(n):
+                count3 = n
+                for _ in range(count3):
                     item2 = _new(NodeEndpoint)
                     item2.node_id = _S_i.unpack_from(buf, pos)[0]
                     pos += 4
@@ -1268,7 +1292,8 @@ def _read_ProduceResponse_v0(buf: bytes, pos: int) -> tuple[ProduceResponse, int
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicProduceResponse_v0(buf, pos)
             items1.append(item2)
         o.responses = items1
@@ -1288,7 +1313,8 @@ def _read_ProduceResponse_v1(buf: bytes, pos: int) -> tuple[ProduceResponse, int
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicProduceResponse_v0(buf, pos)
             items1.append(item2)
         o.responses = items1
@@ -1310,7 +1336,8 @@ def _read_ProduceResponse_v2(buf: bytes, pos: int) -> tuple[ProduceResponse, int
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicProduceResponse_v2(buf, pos)
             items1.append(item2)
         o.responses = items1
@@ -1332,7 +1359,8 @@ def _read_ProduceResponse_v5(buf: bytes, pos: int) -> tuple[ProduceResponse, int
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicProduceResponse_v5(buf, pos)
             items1.append(item2)
         o.responses = items1
@@ -1354,7 +1382,8 @@ def _read_ProduceResponse_v8(buf: bytes, pos: int) -> tuple[ProduceResponse, int
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicProduceResponse_v8(buf, pos)
             items1.append(item2)
         o.responses = items1
@@ -1380,7 +1409,8 @@ def _read_ProduceResponse_v9(buf: bytes, pos: int) -> tuple[ProduceResponse, int
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicProduceResponse_v9(buf, pos)
             items1.append(item2)
         o.responses = items1
@@ -1410,7 +1440,8 @@ def _read_ProduceResponse_v10(buf: bytes, pos: int) -> tuple[ProduceResponse, in
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicProduceResponse_v10(buf, pos)
             items1.append(item2)
         o.responses = items1
@@ -1605,60 +1636,35 @@ def _write_ProduceResponse_v10(o: ProduceResponse, w: _Writer) -> None:
         w(b"\x00")
 
 
-ProduceResponse._fields = (
+BatchIndexAndErrorMessage._fields = (
+    _F("batch_index", "BatchIndex", "int32", None, (8, 11), (1, 0), (1, 0), None, False, 0, None),
     _F(
-        "responses",
-        "Responses",
-        "[]TopicProduceResponse",
-        TopicProduceResponse,
-        (0, 11),
-        (1, 0),
+        "batch_index_error_message",
+        "BatchIndexErrorMessage",
+        "string",
+        None,
+        (8, 11),
+        (8, 11),
         (1, 0),
         None,
         False,
-        (),
         None,
-    ),
-    _F(
-        "throttle_time_ms",
-        "ThrottleTimeMs",
-        "int32",
-        None,
-        (1, 11),
-        (1, 0),
-        (1, 0),
-        None,
-        True,
-        0,
-        None,
-    ),
-    _F(
-        "node_endpoints",
-        "NodeEndpoints",
-        "[]NodeEndpoint",
-        NodeEndpoint,
-        (10, 11),
-        (1, 0),
-        (10, 11),
-        0,
-        False,
-        (),
         None,
     ),
 )
-TopicProduceResponse._fields = (
-    _F("name", "Name", "string", None, (0, 11), (1, 0), (1, 0), None, False, "", None),
+LeaderIdAndEpoch._fields = (
+    _F("leader_id", "LeaderId", "int32", None, (10, 11), (1, 0), (1, 0), None, False, -1, None),
     _F(
-        "partition_responses",
-        "PartitionResponses",
-        "[]PartitionProduceResponse",
-        PartitionProduceResponse,
-        (0, 11),
+        "leader_epoch",
+        "LeaderEpoch",
+        "int32",
+        None,
+        (10, 11),
         (1, 0),
         (1, 0),
         None,
         False,
-        (),
+        -1,
         None,
     ),
 )
@@ -1732,35 +1738,19 @@ PartitionProduceResponse._fields = (
         None,
     ),
 )
-BatchIndexAndErrorMessage._fields = (
-    _F("batch_index", "BatchIndex", "int32", None, (8, 11), (1, 0), (1, 0), None, False, 0, None),
+TopicProduceResponse._fields = (
+    _F("name", "Name", "string", None, (0, 11), (1, 0), (1, 0), None, False, "", None),
     _F(
-        "batch_index_error_message",
-        "BatchIndexErrorMessage",
-        "string",
-        None,
-        (8, 11),
-        (8, 11),
-        (1, 0),
-        None,
-        False,
-        None,
-        None,
-    ),
-)
-LeaderIdAndEpoch._fields = (
-    _F("leader_id", "LeaderId", "int32", None, (10, 11), (1, 0), (1, 0), None, False, -1, None),
-    _F(
-        "leader_epoch",
-        "LeaderEpoch",
-        "int32",
-        None,
-        (10, 11),
+        "partition_responses",
+        "PartitionResponses",
+        "[]PartitionProduceResponse",
+        PartitionProduceResponse,
+        (0, 11),
         (1, 0),
         (1, 0),
         None,
         False,
-        -1,
+        (),
         None,
     ),
 )
@@ -1769,6 +1759,47 @@ NodeEndpoint._fields = (
     _F("host", "Host", "string", None, (10, 11), (1, 0), (1, 0), None, False, "", None),
     _F("port", "Port", "int32", None, (10, 11), (1, 0), (1, 0), None, False, 0, None),
     _F("rack", "Rack", "string", None, (10, 11), (10, 11), (1, 0), None, False, None, None),
+)
+ProduceResponse._fields = (
+    _F(
+        "responses",
+        "Responses",
+        "[]TopicProduceResponse",
+        TopicProduceResponse,
+        (0, 11),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F(
+        "throttle_time_ms",
+        "ThrottleTimeMs",
+        "int32",
+        None,
+        (1, 11),
+        (1, 0),
+        (1, 0),
+        None,
+        True,
+        0,
+        None,
+    ),
+    _F(
+        "node_endpoints",
+        "NodeEndpoints",
+        "[]NodeEndpoint",
+        NodeEndpoint,
+        (10, 11),
+        (1, 0),
+        (10, 11),
+        0,
+        False,
+        (),
+        None,
+    ),
 )
 ProduceResponse._readers = {
     0: _read_ProduceResponse_v0,

@@ -8,7 +8,10 @@ Generated from PushTelemetryRequest.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -30,11 +33,12 @@ __all__ = [
     "PushTelemetryRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_izb = _Packer(">i?b")
+_S_izb: _Final = _Packer(">i?b")
 
 
+@_mypyc_attr(native_class=False)
 class PushTelemetryRequest(_Message):
     """Kafka PushTelemetryRequest (request, API key 72), versions 0, flexible 0+."""
 
@@ -95,7 +99,7 @@ class PushTelemetryRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_PushTelemetryRequest: frozenset[int] = frozenset()
+_TAGS_PushTelemetryRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_PushTelemetryRequest_v0(buf: bytes, pos: int) -> tuple[PushTelemetryRequest, int]:

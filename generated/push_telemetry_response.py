@@ -8,6 +8,9 @@ Generated from PushTelemetryResponse.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -19,11 +22,12 @@ __all__ = [
     "PushTelemetryResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_ih = _Packer(">ih")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
 class PushTelemetryResponse(_Message):
     """Kafka PushTelemetryResponse (response, API key 72), versions 0, flexible 0+."""
 
@@ -60,7 +64,7 @@ class PushTelemetryResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_PushTelemetryResponse: frozenset[int] = frozenset()
+_TAGS_PushTelemetryResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_PushTelemetryResponse_v0(buf: bytes, pos: int) -> tuple[PushTelemetryResponse, int]:

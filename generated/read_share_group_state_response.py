@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -33,62 +37,41 @@ __all__ = [
     "StateBatch",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_ih = _Packer(">ih")
-_S_iq = _Packer(">iq")
-_S_qqbh = _Packer(">qqbh")
-
-
-class ReadShareGroupStateResponse(_Message):
-    """Kafka ReadShareGroupStateResponse (response, API key 84), versions 0, flexible 0+.
-
-    - NOT_COORDINATOR (version 0+)
-    - COORDINATOR_NOT_AVAILABLE (version 0+)
-    - COORDINATOR_LOAD_IN_PROGRESS (version 0+)
-    - GROUP_ID_NOT_FOUND (version 0+)
-    - UNKNOWN_TOPIC_OR_PARTITION (version 0+)
-    - INVALID_REQUEST (version 0+)
-    """
-
-    __slots__ = ("results",)
-
-    NAME = "ReadShareGroupStateResponse"
-    API_KEY = 84
-    TYPE = "response"
-    VALID_VERSIONS = (0, 0)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    results: list[ReadStateResult]
-    """The read results
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        results: list[ReadStateResult] = _UNSET,
-    ) -> None:
-        self.results = [] if results is _UNSET else results
-        self._unknown_tags = None
+_S_ih: _Final = _Packer(">ih")
+_S_iq: _Final = _Packer(">iq")
+_S_qqbh: _Final = _Packer(">qqbh")
 
 
-class ReadStateResult(_StructBase):
-    """The read results"""
+@_mypyc_attr(native_class=False)
+class StateBatch(_StructBase):
+    """StateBatch (part of ReadShareGroupStateResponse)."""
 
     __slots__ = (
-        "partitions",
-        "topic_id",
+        "delivery_count",
+        "delivery_state",
+        "first_offset",
+        "last_offset",
     )
 
-    topic_id: _UUID
-    """The topic identifier
+    first_offset: int
+    """The base offset of this state batch.
 
     Versions 0.
     """
-    partitions: list[PartitionResult]
-    """The results for the partitions.
+    last_offset: int
+    """The last offset of this state batch.
+
+    Versions 0.
+    """
+    delivery_state: int
+    """The state - 0:Available,2:Acked,4:Archived.
+
+    Versions 0.
+    """
+    delivery_count: int
+    """The delivery count.
 
     Versions 0.
     """
@@ -96,14 +79,19 @@ class ReadStateResult(_StructBase):
     def __init__(
         self,
         *,
-        topic_id: _UUID = _ZERO_UUID,
-        partitions: list[PartitionResult] = _UNSET,
+        first_offset: int = 0,
+        last_offset: int = 0,
+        delivery_state: int = 0,
+        delivery_count: int = 0,
     ) -> None:
-        self.topic_id = topic_id
-        self.partitions = [] if partitions is _UNSET else partitions
+        self.first_offset = first_offset
+        self.last_offset = last_offset
+        self.delivery_state = delivery_state
+        self.delivery_count = delivery_count
         self._unknown_tags = None
 
 
+@_mypyc_attr(native_class=False)
 class PartitionResult(_StructBase):
     """The results for the partitions."""
 
@@ -155,44 +143,33 @@ class PartitionResult(_StructBase):
         error_message: str | None = None,
         state_epoch: int = 0,
         start_offset: int = 0,
-        state_batches: list[StateBatch] = _UNSET,
+        state_batches: list[StateBatch] | _Unset = _UNSET,
     ) -> None:
         self.partition = partition
         self.error_code = error_code
         self.error_message = error_message
         self.state_epoch = state_epoch
         self.start_offset = start_offset
-        self.state_batches = [] if state_batches is _UNSET else state_batches
+        self.state_batches = [] if isinstance(state_batches, _Unset) else state_batches
         self._unknown_tags = None
 
 
-class StateBatch(_StructBase):
-    """StateBatch (part of ReadShareGroupStateResponse)."""
+@_mypyc_attr(native_class=False)
+class ReadStateResult(_StructBase):
+    """The read results"""
 
     __slots__ = (
-        "delivery_count",
-        "delivery_state",
-        "first_offset",
-        "last_offset",
+        "partitions",
+        "topic_id",
     )
 
-    first_offset: int
-    """The base offset of this state batch.
+    topic_id: _UUID
+    """The topic identifier
 
     Versions 0.
     """
-    last_offset: int
-    """The last offset of this state batch.
-
-    Versions 0.
-    """
-    delivery_state: int
-    """The state - 0:Available,2:Acked,4:Archived.
-
-    Versions 0.
-    """
-    delivery_count: int
-    """The delivery count.
+    partitions: list[PartitionResult]
+    """The results for the partitions.
 
     Versions 0.
     """
@@ -200,22 +177,53 @@ class StateBatch(_StructBase):
     def __init__(
         self,
         *,
-        first_offset: int = 0,
-        last_offset: int = 0,
-        delivery_state: int = 0,
-        delivery_count: int = 0,
+        topic_id: _UUID = _ZERO_UUID,
+        partitions: list[PartitionResult] | _Unset = _UNSET,
     ) -> None:
-        self.first_offset = first_offset
-        self.last_offset = last_offset
-        self.delivery_state = delivery_state
-        self.delivery_count = delivery_count
+        self.topic_id = topic_id
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
         self._unknown_tags = None
 
 
-_TAGS_ReadShareGroupStateResponse: frozenset[int] = frozenset()
-_TAGS_ReadStateResult: frozenset[int] = frozenset()
-_TAGS_PartitionResult: frozenset[int] = frozenset()
-_TAGS_StateBatch: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class ReadShareGroupStateResponse(_Message):
+    """Kafka ReadShareGroupStateResponse (response, API key 84), versions 0, flexible 0+.
+
+    - NOT_COORDINATOR (version 0+)
+    - COORDINATOR_NOT_AVAILABLE (version 0+)
+    - COORDINATOR_LOAD_IN_PROGRESS (version 0+)
+    - GROUP_ID_NOT_FOUND (version 0+)
+    - UNKNOWN_TOPIC_OR_PARTITION (version 0+)
+    - INVALID_REQUEST (version 0+)
+    """
+
+    __slots__ = ("results",)
+
+    NAME = "ReadShareGroupStateResponse"
+    API_KEY = 84
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    results: list[ReadStateResult]
+    """The read results
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        results: list[ReadStateResult] | _Unset = _UNSET,
+    ) -> None:
+        self.results = [] if isinstance(results, _Unset) else results
+        self._unknown_tags = None
+
+
+_TAGS_ReadShareGroupStateResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_ReadStateResult: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionResult: _Final[frozenset[int]] = frozenset()
+_TAGS_StateBatch: _Final[frozenset[int]] = frozenset()
 
 
 def _read_PartitionResult_v0(buf: bytes, pos: int) -> tuple[PartitionResult, int]:
@@ -251,7 +259,8 @@ def _read_PartitionResult_v0(buf: bytes, pos: int) -> tuple[PartitionResult, int
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(StateBatch)
             item2.first_offset, item2.last_offset, item2.delivery_state, item2.delivery_count = (
                 _S_qqbh.unpack_from(buf, pos)
@@ -320,7 +329,8 @@ def _read_ReadStateResult_v0(buf: bytes, pos: int) -> tuple[ReadStateResult, int
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_PartitionResult_v0(buf, pos)
             items1.append(item2)
         o.partitions = items1
@@ -363,7 +373,8 @@ def _read_ReadShareGroupStateResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_ReadStateResult_v0(buf, pos)
             items1.append(item2)
         o.results = items1
@@ -388,34 +399,33 @@ def _write_ReadShareGroupStateResponse_v0(o: ReadShareGroupStateResponse, w: _Wr
         w(b"\x00")
 
 
-ReadShareGroupStateResponse._fields = (
+StateBatch._fields = (
+    _F("first_offset", "FirstOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("last_offset", "LastOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
     _F(
-        "results",
-        "Results",
-        "[]ReadStateResult",
-        ReadStateResult,
+        "delivery_state",
+        "DeliveryState",
+        "int8",
+        None,
         (0, 0),
         (1, 0),
         (1, 0),
         None,
         False,
-        (),
+        0,
         None,
     ),
-)
-ReadStateResult._fields = (
-    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
     _F(
-        "partitions",
-        "Partitions",
-        "[]PartitionResult",
-        PartitionResult,
+        "delivery_count",
+        "DeliveryCount",
+        "int16",
+        None,
         (0, 0),
         (1, 0),
         (1, 0),
         None,
         False,
-        (),
+        0,
         None,
     ),
 )
@@ -451,33 +461,34 @@ PartitionResult._fields = (
         None,
     ),
 )
-StateBatch._fields = (
-    _F("first_offset", "FirstOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("last_offset", "LastOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+ReadStateResult._fields = (
+    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
     _F(
-        "delivery_state",
-        "DeliveryState",
-        "int8",
-        None,
+        "partitions",
+        "Partitions",
+        "[]PartitionResult",
+        PartitionResult,
         (0, 0),
         (1, 0),
         (1, 0),
         None,
         False,
-        0,
+        (),
         None,
     ),
+)
+ReadShareGroupStateResponse._fields = (
     _F(
-        "delivery_count",
-        "DeliveryCount",
-        "int16",
-        None,
+        "results",
+        "Results",
+        "[]ReadStateResult",
+        ReadStateResult,
         (0, 0),
         (1, 0),
         (1, 0),
         None,
         False,
-        0,
+        (),
         None,
     ),
 )

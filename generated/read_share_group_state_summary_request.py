@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -32,77 +36,12 @@ __all__ = [
     "ReadStateSummaryData",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_ii = _Packer(">ii")
-
-
-class ReadShareGroupStateSummaryRequest(_Message):
-    """Kafka ReadShareGroupStateSummaryRequest (request, API key 87), versions 0, flexible 0+."""
-
-    __slots__ = (
-        "group_id",
-        "topics",
-    )
-
-    NAME = "ReadShareGroupStateSummaryRequest"
-    API_KEY = 87
-    TYPE = "request"
-    VALID_VERSIONS = (0, 0)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    group_id: str
-    """The group identifier.
-
-    Versions 0.
-    """
-    topics: list[ReadStateSummaryData]
-    """The data for the topics.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        group_id: str = "",
-        topics: list[ReadStateSummaryData] = _UNSET,
-    ) -> None:
-        self.group_id = group_id
-        self.topics = [] if topics is _UNSET else topics
-        self._unknown_tags = None
+_S_ii: _Final = _Packer(">ii")
 
 
-class ReadStateSummaryData(_StructBase):
-    """The data for the topics."""
-
-    __slots__ = (
-        "partitions",
-        "topic_id",
-    )
-
-    topic_id: _UUID
-    """The topic identifier.
-
-    Versions 0.
-    """
-    partitions: list[PartitionData]
-    """The data for the partitions.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_id: _UUID = _ZERO_UUID,
-        partitions: list[PartitionData] = _UNSET,
-    ) -> None:
-        self.topic_id = topic_id
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class PartitionData(_StructBase):
     """The data for the partitions."""
 
@@ -133,9 +72,77 @@ class PartitionData(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ReadShareGroupStateSummaryRequest: frozenset[int] = frozenset()
-_TAGS_ReadStateSummaryData: frozenset[int] = frozenset()
-_TAGS_PartitionData: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class ReadStateSummaryData(_StructBase):
+    """The data for the topics."""
+
+    __slots__ = (
+        "partitions",
+        "topic_id",
+    )
+
+    topic_id: _UUID
+    """The topic identifier.
+
+    Versions 0.
+    """
+    partitions: list[PartitionData]
+    """The data for the partitions.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_id: _UUID = _ZERO_UUID,
+        partitions: list[PartitionData] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_id = topic_id
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class ReadShareGroupStateSummaryRequest(_Message):
+    """Kafka ReadShareGroupStateSummaryRequest (request, API key 87), versions 0, flexible 0+."""
+
+    __slots__ = (
+        "group_id",
+        "topics",
+    )
+
+    NAME = "ReadShareGroupStateSummaryRequest"
+    API_KEY = 87
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    group_id: str
+    """The group identifier.
+
+    Versions 0.
+    """
+    topics: list[ReadStateSummaryData]
+    """The data for the topics.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        group_id: str = "",
+        topics: list[ReadStateSummaryData] | _Unset = _UNSET,
+    ) -> None:
+        self.group_id = group_id
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self._unknown_tags = None
+
+
+_TAGS_ReadShareGroupStateSummaryRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_ReadStateSummaryData: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ReadStateSummaryData_v0(buf: bytes, pos: int) -> tuple[ReadStateSummaryData, int]:
@@ -155,7 +162,8 @@ def _read_ReadStateSummaryData_v0(buf: bytes, pos: int) -> tuple[ReadStateSummar
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionData)
             item2.partition, item2.leader_epoch = _S_ii.unpack_from(buf, pos)
             pos += 8
@@ -223,7 +231,8 @@ def _read_ReadShareGroupStateSummaryRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_ReadStateSummaryData_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -254,21 +263,9 @@ def _write_ReadShareGroupStateSummaryRequest_v0(
         w(b"\x00")
 
 
-ReadShareGroupStateSummaryRequest._fields = (
-    _F("group_id", "GroupId", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "topics",
-        "Topics",
-        "[]ReadStateSummaryData",
-        ReadStateSummaryData,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
+PartitionData._fields = (
+    _F("partition", "Partition", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("leader_epoch", "LeaderEpoch", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
 )
 ReadStateSummaryData._fields = (
     _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
@@ -286,9 +283,21 @@ ReadStateSummaryData._fields = (
         None,
     ),
 )
-PartitionData._fields = (
-    _F("partition", "Partition", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("leader_epoch", "LeaderEpoch", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+ReadShareGroupStateSummaryRequest._fields = (
+    _F("group_id", "GroupId", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "topics",
+        "Topics",
+        "[]ReadStateSummaryData",
+        ReadStateSummaryData,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
 )
 ReadShareGroupStateSummaryRequest._readers = {
     0: _read_ReadShareGroupStateSummaryRequest_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -32,77 +36,13 @@ __all__ = [
     "ReadStateSummaryResult",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_ih = _Packer(">ih")
-_S_iq = _Packer(">iq")
-
-
-class ReadShareGroupStateSummaryResponse(_Message):
-    """Kafka ReadShareGroupStateSummaryResponse (response, API key 87), versions 0, flexible 0+.
-
-    - NOT_COORDINATOR (version 0+)
-    - COORDINATOR_NOT_AVAILABLE (version 0+)
-    - COORDINATOR_LOAD_IN_PROGRESS (version 0+)
-    - GROUP_ID_NOT_FOUND (version 0+)
-    - UNKNOWN_TOPIC_OR_PARTITION (version 0+)
-    - FENCED_LEADER_EPOCH (version 0+)
-    - INVALID_REQUEST (version 0+)
-    """
-
-    __slots__ = ("results",)
-
-    NAME = "ReadShareGroupStateSummaryResponse"
-    API_KEY = 87
-    TYPE = "response"
-    VALID_VERSIONS = (0, 0)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    results: list[ReadStateSummaryResult]
-    """The read results
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        results: list[ReadStateSummaryResult] = _UNSET,
-    ) -> None:
-        self.results = [] if results is _UNSET else results
-        self._unknown_tags = None
+_S_ih: _Final = _Packer(">ih")
+_S_iq: _Final = _Packer(">iq")
 
 
-class ReadStateSummaryResult(_StructBase):
-    """The read results"""
-
-    __slots__ = (
-        "partitions",
-        "topic_id",
-    )
-
-    topic_id: _UUID
-    """The topic identifier
-
-    Versions 0.
-    """
-    partitions: list[PartitionResult]
-    """The results for the partitions.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_id: _UUID = _ZERO_UUID,
-        partitions: list[PartitionResult] = _UNSET,
-    ) -> None:
-        self.topic_id = topic_id
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class PartitionResult(_StructBase):
     """The results for the partitions."""
 
@@ -157,9 +97,76 @@ class PartitionResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_ReadShareGroupStateSummaryResponse: frozenset[int] = frozenset()
-_TAGS_ReadStateSummaryResult: frozenset[int] = frozenset()
-_TAGS_PartitionResult: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class ReadStateSummaryResult(_StructBase):
+    """The read results"""
+
+    __slots__ = (
+        "partitions",
+        "topic_id",
+    )
+
+    topic_id: _UUID
+    """The topic identifier
+
+    Versions 0.
+    """
+    partitions: list[PartitionResult]
+    """The results for the partitions.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_id: _UUID = _ZERO_UUID,
+        partitions: list[PartitionResult] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_id = topic_id
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class ReadShareGroupStateSummaryResponse(_Message):
+    """Kafka ReadShareGroupStateSummaryResponse (response, API key 87), versions 0, flexible 0+.
+
+    - NOT_COORDINATOR (version 0+)
+    - COORDINATOR_NOT_AVAILABLE (version 0+)
+    - COORDINATOR_LOAD_IN_PROGRESS (version 0+)
+    - GROUP_ID_NOT_FOUND (version 0+)
+    - UNKNOWN_TOPIC_OR_PARTITION (version 0+)
+    - FENCED_LEADER_EPOCH (version 0+)
+    - INVALID_REQUEST (version 0+)
+    """
+
+    __slots__ = ("results",)
+
+    NAME = "ReadShareGroupStateSummaryResponse"
+    API_KEY = 87
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    results: list[ReadStateSummaryResult]
+    """The read results
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        results: list[ReadStateSummaryResult] | _Unset = _UNSET,
+    ) -> None:
+        self.results = [] if isinstance(results, _Unset) else results
+        self._unknown_tags = None
+
+
+_TAGS_ReadShareGroupStateSummaryResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_ReadStateSummaryResult: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionResult: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ReadStateSummaryResult_v0(buf: bytes, pos: int) -> tuple[ReadStateSummaryResult, int]:
@@ -179,7 +186,8 @@ def _read_ReadStateSummaryResult_v0(buf: bytes, pos: int) -> tuple[ReadStateSumm
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionResult)
             item2.partition, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
@@ -258,7 +266,8 @@ def _read_ReadShareGroupStateSummaryResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_ReadStateSummaryResult_v0(buf, pos)
             items1.append(item2)
         o.results = items1
@@ -285,37 +294,6 @@ def _write_ReadShareGroupStateSummaryResponse_v0(
         w(b"\x00")
 
 
-ReadShareGroupStateSummaryResponse._fields = (
-    _F(
-        "results",
-        "Results",
-        "[]ReadStateSummaryResult",
-        ReadStateSummaryResult,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-ReadStateSummaryResult._fields = (
-    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]PartitionResult",
-        PartitionResult,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 PartitionResult._fields = (
     _F("partition", "Partition", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
     _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
@@ -334,6 +312,37 @@ PartitionResult._fields = (
     ),
     _F("state_epoch", "StateEpoch", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
     _F("start_offset", "StartOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+)
+ReadStateSummaryResult._fields = (
+    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]PartitionResult",
+        PartitionResult,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+ReadShareGroupStateSummaryResponse._fields = (
+    _F(
+        "results",
+        "Results",
+        "[]ReadStateSummaryResult",
+        ReadStateSummaryResult,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
 )
 ReadShareGroupStateSummaryResponse._readers = {
     0: _read_ReadShareGroupStateSummaryResponse_v0,

@@ -8,7 +8,10 @@ Generated from RemoveRaftVoterRequest.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -26,11 +29,12 @@ __all__ = [
     "RemoveRaftVoterRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_i = _Packer(">i")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
 class RemoveRaftVoterRequest(_Message):
     """Kafka RemoveRaftVoterRequest (request, API key 81), versions 0, flexible 0+."""
 
@@ -75,7 +79,7 @@ class RemoveRaftVoterRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_RemoveRaftVoterRequest: frozenset[int] = frozenset()
+_TAGS_RemoveRaftVoterRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_RemoveRaftVoterRequest_v0(buf: bytes, pos: int) -> tuple[RemoveRaftVoterRequest, int]:

@@ -8,6 +8,9 @@ Generated from RemoveRaftVoterResponse.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -23,11 +26,12 @@ __all__ = [
     "RemoveRaftVoterResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_ih = _Packer(">ih")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
 class RemoveRaftVoterResponse(_Message):
     """Kafka RemoveRaftVoterResponse (response, API key 81), versions 0, flexible 0+."""
 
@@ -72,7 +76,7 @@ class RemoveRaftVoterResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_RemoveRaftVoterResponse: frozenset[int] = frozenset()
+_TAGS_RemoveRaftVoterResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_RemoveRaftVoterResponse_v0(buf: bytes, pos: int) -> tuple[RemoveRaftVoterResponse, int]:

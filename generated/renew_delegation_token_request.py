@@ -8,6 +8,9 @@ Generated from RenewDelegationTokenRequest.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -27,12 +30,13 @@ __all__ = [
     "RenewDelegationTokenRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_i = _Packer(">i")
-_S_q = _Packer(">q")
+_S_i: _Final = _Packer(">i")
+_S_q: _Final = _Packer(">q")
 
 
+@_mypyc_attr(native_class=False)
 class RenewDelegationTokenRequest(_Message):
     """Kafka RenewDelegationTokenRequest (request, API key 39), versions 0-2, flexible 2+.
 
@@ -73,7 +77,7 @@ class RenewDelegationTokenRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_RenewDelegationTokenRequest: frozenset[int] = frozenset()
+_TAGS_RenewDelegationTokenRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_RenewDelegationTokenRequest_v0(

@@ -8,6 +8,9 @@ Generated from RenewDelegationTokenResponse.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -20,11 +23,12 @@ __all__ = [
     "RenewDelegationTokenResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_hqi = _Packer(">hqi")
+_S_hqi: _Final = _Packer(">hqi")
 
 
+@_mypyc_attr(native_class=False)
 class RenewDelegationTokenResponse(_Message):
     """Kafka RenewDelegationTokenResponse (response, API key 39), versions 0-2, flexible 2+.
 
@@ -73,7 +77,7 @@ class RenewDelegationTokenResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_RenewDelegationTokenResponse: frozenset[int] = frozenset()
+_TAGS_RenewDelegationTokenResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_RenewDelegationTokenResponse_v0(

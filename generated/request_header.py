@@ -8,6 +8,9 @@ Generated from RequestHeader.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -21,12 +24,13 @@ __all__ = [
     "RequestHeader",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_hhi = _Packer(">hhi")
+_S_h: _Final = _Packer(">h")
+_S_hhi: _Final = _Packer(">hhi")
 
 
+@_mypyc_attr(native_class=False)
 class RequestHeader(_Message):
     """Kafka RequestHeader (header), versions 0-2, flexible 2+.
 
@@ -91,7 +95,7 @@ class RequestHeader(_Message):
         self._unknown_tags = None
 
 
-_TAGS_RequestHeader: frozenset[int] = frozenset()
+_TAGS_RequestHeader: _Final[frozenset[int]] = frozenset()
 
 
 def _read_RequestHeader_v0(buf: bytes, pos: int) -> tuple[RequestHeader, int]:

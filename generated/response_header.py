@@ -8,6 +8,9 @@ Generated from ResponseHeader.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -20,11 +23,12 @@ __all__ = [
     "ResponseHeader",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_i = _Packer(">i")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
 class ResponseHeader(_Message):
     """Kafka ResponseHeader (header), versions 0-1, flexible 1+.
 
@@ -54,7 +58,7 @@ class ResponseHeader(_Message):
         self._unknown_tags = None
 
 
-_TAGS_ResponseHeader: frozenset[int] = frozenset()
+_TAGS_ResponseHeader: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ResponseHeader_v0(buf: bytes, pos: int) -> tuple[ResponseHeader, int]:

@@ -8,6 +8,9 @@ Generated from SaslAuthenticateRequest.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -27,11 +30,12 @@ __all__ = [
     "SaslAuthenticateRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_i = _Packer(">i")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
 class SaslAuthenticateRequest(_Message):
     """Kafka SaslAuthenticateRequest (request, API key 36), versions 0-2, flexible 2+.
 
@@ -62,7 +66,7 @@ class SaslAuthenticateRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_SaslAuthenticateRequest: frozenset[int] = frozenset()
+_TAGS_SaslAuthenticateRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_SaslAuthenticateRequest_v0(buf: bytes, pos: int) -> tuple[SaslAuthenticateRequest, int]:

@@ -8,6 +8,9 @@ Generated from SaslAuthenticateResponse.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -27,13 +30,14 @@ __all__ = [
     "SaslAuthenticateResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_q = _Packer(">q")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_q: _Final = _Packer(">q")
 
 
+@_mypyc_attr(native_class=False)
 class SaslAuthenticateResponse(_Message):
     """Kafka SaslAuthenticateResponse (response, API key 36), versions 0-2, flexible 2+.
 
@@ -90,7 +94,7 @@ class SaslAuthenticateResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_SaslAuthenticateResponse: frozenset[int] = frozenset()
+_TAGS_SaslAuthenticateResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_SaslAuthenticateResponse_v0(buf: bytes, pos: int) -> tuple[SaslAuthenticateResponse, int]:

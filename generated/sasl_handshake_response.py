@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import too_long as _too_long
@@ -22,12 +26,13 @@ __all__ = [
     "SaslHandshakeResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
 class SaslHandshakeResponse(_Message):
     """Kafka SaslHandshakeResponse (response, API key 17), versions 0-1, flexible none.
 
@@ -63,10 +68,10 @@ class SaslHandshakeResponse(_Message):
         self,
         *,
         error_code: int = 0,
-        mechanisms: list[str] = _UNSET,
+        mechanisms: list[str] | _Unset = _UNSET,
     ) -> None:
         self.error_code = error_code
-        self.mechanisms = [] if mechanisms is _UNSET else mechanisms
+        self.mechanisms = [] if isinstance(mechanisms, _Unset) else mechanisms
         self._unknown_tags = None
 
 
@@ -83,7 +88,8 @@ def _read_SaslHandshakeResponse_v0(buf: bytes, pos: int) -> tuple[SaslHandshakeR
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -35,13 +39,117 @@ __all__ = [
     "ShareAcknowledgeRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_i = _Packer(">i")
-_S_qq = _Packer(">qq")
-_A_b = _small_arrays("b", 32)
+_S_i: _Final = _Packer(">i")
+_S_qq: _Final = _Packer(">qq")
+_A_b: _Final = _small_arrays("b", 32)
 
 
+@_mypyc_attr(native_class=False)
+class AcknowledgementBatch(_StructBase):
+    """Record batches to acknowledge."""
+
+    __slots__ = (
+        "acknowledge_types",
+        "first_offset",
+        "last_offset",
+    )
+
+    first_offset: int
+    """First offset of batch of records to acknowledge.
+
+    Versions 0.
+    """
+    last_offset: int
+    """Last offset (inclusive) of batch of records to acknowledge.
+
+    Versions 0.
+    """
+    acknowledge_types: list[int]
+    """Array of acknowledge types - 0:Gap,1:Accept,2:Release,3:Reject.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        first_offset: int = 0,
+        last_offset: int = 0,
+        acknowledge_types: list[int] | _Unset = _UNSET,
+    ) -> None:
+        self.first_offset = first_offset
+        self.last_offset = last_offset
+        self.acknowledge_types = [] if isinstance(acknowledge_types, _Unset) else acknowledge_types
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class AcknowledgePartition(_StructBase):
+    """The partitions containing records to acknowledge."""
+
+    __slots__ = (
+        "acknowledgement_batches",
+        "partition_index",
+    )
+
+    partition_index: int
+    """The partition index.
+
+    Versions 0.
+    """
+    acknowledgement_batches: list[AcknowledgementBatch]
+    """Record batches to acknowledge.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        acknowledgement_batches: list[AcknowledgementBatch] | _Unset = _UNSET,
+    ) -> None:
+        self.partition_index = partition_index
+        self.acknowledgement_batches = (
+            [] if isinstance(acknowledgement_batches, _Unset) else acknowledgement_batches
+        )
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class AcknowledgeTopic(_StructBase):
+    """The topics containing records to acknowledge."""
+
+    __slots__ = (
+        "partitions",
+        "topic_id",
+    )
+
+    topic_id: _UUID
+    """The unique topic ID.
+
+    Versions 0.
+    """
+    partitions: list[AcknowledgePartition]
+    """The partitions containing records to acknowledge.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_id: _UUID = _ZERO_UUID,
+        partitions: list[AcknowledgePartition] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_id = topic_id
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class ShareAcknowledgeRequest(_Message):
     """Kafka ShareAcknowledgeRequest (request, API key 79), versions 0, flexible 0+.
 
@@ -90,119 +198,19 @@ class ShareAcknowledgeRequest(_Message):
         group_id: str | None = None,
         member_id: str | None = "",
         share_session_epoch: int = 0,
-        topics: list[AcknowledgeTopic] = _UNSET,
+        topics: list[AcknowledgeTopic] | _Unset = _UNSET,
     ) -> None:
         self.group_id = group_id
         self.member_id = member_id
         self.share_session_epoch = share_session_epoch
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self._unknown_tags = None
 
 
-class AcknowledgeTopic(_StructBase):
-    """The topics containing records to acknowledge."""
-
-    __slots__ = (
-        "partitions",
-        "topic_id",
-    )
-
-    topic_id: _UUID
-    """The unique topic ID.
-
-    Versions 0.
-    """
-    partitions: list[AcknowledgePartition]
-    """The partitions containing records to acknowledge.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_id: _UUID = _ZERO_UUID,
-        partitions: list[AcknowledgePartition] = _UNSET,
-    ) -> None:
-        self.topic_id = topic_id
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class AcknowledgePartition(_StructBase):
-    """The partitions containing records to acknowledge."""
-
-    __slots__ = (
-        "acknowledgement_batches",
-        "partition_index",
-    )
-
-    partition_index: int
-    """The partition index.
-
-    Versions 0.
-    """
-    acknowledgement_batches: list[AcknowledgementBatch]
-    """Record batches to acknowledge.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        acknowledgement_batches: list[AcknowledgementBatch] = _UNSET,
-    ) -> None:
-        self.partition_index = partition_index
-        self.acknowledgement_batches = (
-            [] if acknowledgement_batches is _UNSET else acknowledgement_batches
-        )
-        self._unknown_tags = None
-
-
-class AcknowledgementBatch(_StructBase):
-    """Record batches to acknowledge."""
-
-    __slots__ = (
-        "acknowledge_types",
-        "first_offset",
-        "last_offset",
-    )
-
-    first_offset: int
-    """First offset of batch of records to acknowledge.
-
-    Versions 0.
-    """
-    last_offset: int
-    """Last offset (inclusive) of batch of records to acknowledge.
-
-    Versions 0.
-    """
-    acknowledge_types: list[int]
-    """Array of acknowledge types - 0:Gap,1:Accept,2:Release,3:Reject.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        first_offset: int = 0,
-        last_offset: int = 0,
-        acknowledge_types: list[int] = _UNSET,
-    ) -> None:
-        self.first_offset = first_offset
-        self.last_offset = last_offset
-        self.acknowledge_types = [] if acknowledge_types is _UNSET else acknowledge_types
-        self._unknown_tags = None
-
-
-_TAGS_ShareAcknowledgeRequest: frozenset[int] = frozenset()
-_TAGS_AcknowledgeTopic: frozenset[int] = frozenset()
-_TAGS_AcknowledgePartition: frozenset[int] = frozenset()
-_TAGS_AcknowledgementBatch: frozenset[int] = frozenset()
+_TAGS_ShareAcknowledgeRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_AcknowledgeTopic: _Final[frozenset[int]] = frozenset()
+_TAGS_AcknowledgePartition: _Final[frozenset[int]] = frozenset()
+_TAGS_AcknowledgementBatch: _Final[frozenset[int]] = frozenset()
 
 
 def _read_AcknowledgePartition_v0(buf: bytes, pos: int) -> tuple[AcknowledgePartition, int]:
@@ -222,7 +230,8 @@ def _read_AcknowledgePartition_v0(buf: bytes, pos: int) -> tuple[AcknowledgePart
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AcknowledgementBatch)
             item2.first_offset, item2.last_offset = _S_qq.unpack_from(buf, pos)
             pos += 16
@@ -297,7 +306,8 @@ def _read_AcknowledgeTopic_v0(buf: bytes, pos: int) -> tuple[AcknowledgeTopic, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_AcknowledgePartition_v0(buf, pos)
             items1.append(item2)
         o.partitions = items1
@@ -368,7 +378,8 @@ def _read_ShareAcknowledgeRequest_v0(buf: bytes, pos: int) -> tuple[ShareAcknowl
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_AcknowledgeTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -410,43 +421,14 @@ def _write_ShareAcknowledgeRequest_v0(o: ShareAcknowledgeRequest, w: _Writer) ->
         w(b"\x00")
 
 
-ShareAcknowledgeRequest._fields = (
-    _F("group_id", "GroupId", "string", None, (0, 0), (0, 0), (1, 0), None, False, None, None),
-    _F("member_id", "MemberId", "string", None, (0, 0), (0, 0), (1, 0), None, False, "", None),
+AcknowledgementBatch._fields = (
+    _F("first_offset", "FirstOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("last_offset", "LastOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
     _F(
-        "share_session_epoch",
-        "ShareSessionEpoch",
-        "int32",
+        "acknowledge_types",
+        "AcknowledgeTypes",
+        "[]int8",
         None,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F(
-        "topics",
-        "Topics",
-        "[]AcknowledgeTopic",
-        AcknowledgeTopic,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-AcknowledgeTopic._fields = (
-    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]AcknowledgePartition",
-        AcknowledgePartition,
         (0, 0),
         (1, 0),
         (1, 0),
@@ -484,14 +466,43 @@ AcknowledgePartition._fields = (
         None,
     ),
 )
-AcknowledgementBatch._fields = (
-    _F("first_offset", "FirstOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("last_offset", "LastOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+AcknowledgeTopic._fields = (
+    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
     _F(
-        "acknowledge_types",
-        "AcknowledgeTypes",
-        "[]int8",
+        "partitions",
+        "Partitions",
+        "[]AcknowledgePartition",
+        AcknowledgePartition,
+        (0, 0),
+        (1, 0),
+        (1, 0),
         None,
+        False,
+        (),
+        None,
+    ),
+)
+ShareAcknowledgeRequest._fields = (
+    _F("group_id", "GroupId", "string", None, (0, 0), (0, 0), (1, 0), None, False, None, None),
+    _F("member_id", "MemberId", "string", None, (0, 0), (0, 0), (1, 0), None, False, "", None),
+    _F(
+        "share_session_epoch",
+        "ShareSessionEpoch",
+        "int32",
+        None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F(
+        "topics",
+        "Topics",
+        "[]AcknowledgeTopic",
+        AcknowledgeTopic,
         (0, 0),
         (1, 0),
         (1, 0),

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -36,15 +40,158 @@ __all__ = [
     "ShareFetchRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_ii = _Packer(">ii")
-_S_iiii = _Packer(">iiii")
-_S_qq = _Packer(">qq")
-_A_b = _small_arrays("b", 32)
-_A_i = _small_arrays("i", 32)
+_S_ii: _Final = _Packer(">ii")
+_S_iiii: _Final = _Packer(">iiii")
+_S_qq: _Final = _Packer(">qq")
+_A_b: _Final = _small_arrays("b", 32)
+_A_i: _Final = _small_arrays("i", 32)
 
 
+@_mypyc_attr(native_class=False)
+class AcknowledgementBatch(_StructBase):
+    """Record batches to acknowledge."""
+
+    __slots__ = (
+        "acknowledge_types",
+        "first_offset",
+        "last_offset",
+    )
+
+    first_offset: int
+    """First offset of batch of records to acknowledge.
+
+    Versions 0.
+    """
+    last_offset: int
+    """Last offset (inclusive) of batch of records to acknowledge.
+
+    Versions 0.
+    """
+    acknowledge_types: list[int]
+    """Array of acknowledge types - 0:Gap,1:Accept,2:Release,3:Reject.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        first_offset: int = 0,
+        last_offset: int = 0,
+        acknowledge_types: list[int] | _Unset = _UNSET,
+    ) -> None:
+        self.first_offset = first_offset
+        self.last_offset = last_offset
+        self.acknowledge_types = [] if isinstance(acknowledge_types, _Unset) else acknowledge_types
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class FetchPartition(_StructBase):
+    """The partitions to fetch."""
+
+    __slots__ = (
+        "acknowledgement_batches",
+        "partition_index",
+        "partition_max_bytes",
+    )
+
+    partition_index: int
+    """The partition index.
+
+    Versions 0.
+    """
+    partition_max_bytes: int
+    """The maximum bytes to fetch from this partition. 0 when only acknowledgement with no fetching is required. See KIP-74 for cases where this limit may not be honored.
+
+    Versions 0.
+    """
+    acknowledgement_batches: list[AcknowledgementBatch]
+    """Record batches to acknowledge.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        partition_max_bytes: int = 0,
+        acknowledgement_batches: list[AcknowledgementBatch] | _Unset = _UNSET,
+    ) -> None:
+        self.partition_index = partition_index
+        self.partition_max_bytes = partition_max_bytes
+        self.acknowledgement_batches = (
+            [] if isinstance(acknowledgement_batches, _Unset) else acknowledgement_batches
+        )
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class FetchTopic(_StructBase):
+    """The topics to fetch."""
+
+    __slots__ = (
+        "partitions",
+        "topic_id",
+    )
+
+    topic_id: _UUID
+    """The unique topic ID.
+
+    Versions 0, ignorable.
+    """
+    partitions: list[FetchPartition]
+    """The partitions to fetch.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_id: _UUID = _ZERO_UUID,
+        partitions: list[FetchPartition] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_id = topic_id
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class ForgottenTopic(_StructBase):
+    """The partitions to remove from this share session."""
+
+    __slots__ = (
+        "partitions",
+        "topic_id",
+    )
+
+    topic_id: _UUID
+    """The unique topic ID.
+
+    Versions 0, ignorable.
+    """
+    partitions: list[int]
+    """The partitions indexes to forget.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_id: _UUID = _ZERO_UUID,
+        partitions: list[int] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_id = topic_id
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class ShareFetchRequest(_Message):
     """Kafka ShareFetchRequest (request, API key 78), versions 0, flexible 0+.
 
@@ -120,8 +267,8 @@ class ShareFetchRequest(_Message):
         max_wait_ms: int = 0,
         min_bytes: int = 0,
         max_bytes: int = 2147483647,
-        topics: list[FetchTopic] = _UNSET,
-        forgotten_topics_data: list[ForgottenTopic] = _UNSET,
+        topics: list[FetchTopic] | _Unset = _UNSET,
+        forgotten_topics_data: list[ForgottenTopic] | _Unset = _UNSET,
     ) -> None:
         self.group_id = group_id
         self.member_id = member_id
@@ -129,156 +276,18 @@ class ShareFetchRequest(_Message):
         self.max_wait_ms = max_wait_ms
         self.min_bytes = min_bytes
         self.max_bytes = max_bytes
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self.forgotten_topics_data = (
-            [] if forgotten_topics_data is _UNSET else forgotten_topics_data
+            [] if isinstance(forgotten_topics_data, _Unset) else forgotten_topics_data
         )
         self._unknown_tags = None
 
 
-class FetchTopic(_StructBase):
-    """The topics to fetch."""
-
-    __slots__ = (
-        "partitions",
-        "topic_id",
-    )
-
-    topic_id: _UUID
-    """The unique topic ID.
-
-    Versions 0, ignorable.
-    """
-    partitions: list[FetchPartition]
-    """The partitions to fetch.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_id: _UUID = _ZERO_UUID,
-        partitions: list[FetchPartition] = _UNSET,
-    ) -> None:
-        self.topic_id = topic_id
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class FetchPartition(_StructBase):
-    """The partitions to fetch."""
-
-    __slots__ = (
-        "acknowledgement_batches",
-        "partition_index",
-        "partition_max_bytes",
-    )
-
-    partition_index: int
-    """The partition index.
-
-    Versions 0.
-    """
-    partition_max_bytes: int
-    """The maximum bytes to fetch from this partition. 0 when only acknowledgement with no fetching is required. See KIP-74 for cases where this limit may not be honored.
-
-    Versions 0.
-    """
-    acknowledgement_batches: list[AcknowledgementBatch]
-    """Record batches to acknowledge.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        partition_max_bytes: int = 0,
-        acknowledgement_batches: list[AcknowledgementBatch] = _UNSET,
-    ) -> None:
-        self.partition_index = partition_index
-        self.partition_max_bytes = partition_max_bytes
-        self.acknowledgement_batches = (
-            [] if acknowledgement_batches is _UNSET else acknowledgement_batches
-        )
-        self._unknown_tags = None
-
-
-class AcknowledgementBatch(_StructBase):
-    """Record batches to acknowledge."""
-
-    __slots__ = (
-        "acknowledge_types",
-        "first_offset",
-        "last_offset",
-    )
-
-    first_offset: int
-    """First offset of batch of records to acknowledge.
-
-    Versions 0.
-    """
-    last_offset: int
-    """Last offset (inclusive) of batch of records to acknowledge.
-
-    Versions 0.
-    """
-    acknowledge_types: list[int]
-    """Array of acknowledge types - 0:Gap,1:Accept,2:Release,3:Reject.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        first_offset: int = 0,
-        last_offset: int = 0,
-        acknowledge_types: list[int] = _UNSET,
-    ) -> None:
-        self.first_offset = first_offset
-        self.last_offset = last_offset
-        self.acknowledge_types = [] if acknowledge_types is _UNSET else acknowledge_types
-        self._unknown_tags = None
-
-
-class ForgottenTopic(_StructBase):
-    """The partitions to remove from this share session."""
-
-    __slots__ = (
-        "partitions",
-        "topic_id",
-    )
-
-    topic_id: _UUID
-    """The unique topic ID.
-
-    Versions 0, ignorable.
-    """
-    partitions: list[int]
-    """The partitions indexes to forget.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_id: _UUID = _ZERO_UUID,
-        partitions: list[int] = _UNSET,
-    ) -> None:
-        self.topic_id = topic_id
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-_TAGS_ShareFetchRequest: frozenset[int] = frozenset()
-_TAGS_FetchTopic: frozenset[int] = frozenset()
-_TAGS_FetchPartition: frozenset[int] = frozenset()
-_TAGS_AcknowledgementBatch: frozenset[int] = frozenset()
-_TAGS_ForgottenTopic: frozenset[int] = frozenset()
+_TAGS_ShareFetchRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_FetchTopic: _Final[frozenset[int]] = frozenset()
+_TAGS_FetchPartition: _Final[frozenset[int]] = frozenset()
+_TAGS_AcknowledgementBatch: _Final[frozenset[int]] = frozenset()
+_TAGS_ForgottenTopic: _Final[frozenset[int]] = frozenset()
 
 
 def _read_FetchPartition_v0(buf: bytes, pos: int) -> tuple[FetchPartition, int]:
@@ -298,7 +307,8 @@ def _read_FetchPartition_v0(buf: bytes, pos: int) -> tuple[FetchPartition, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AcknowledgementBatch)
             item2.first_offset, item2.last_offset = _S_qq.unpack_from(buf, pos)
             pos += 16
@@ -373,7 +383,8 @@ def _read_FetchTopic_v0(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchPartition_v0(buf, pos)
             items1.append(item2)
         o.partitions = items1
@@ -444,7 +455,8 @@ def _read_ShareFetchRequest_v0(buf: bytes, pos: int) -> tuple[ShareFetchRequest,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_FetchTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -459,10 +471,11 @@ def _read_ShareFetchRequest_v0(buf: bytes, pos: int) -> tuple[ShareFetchRequest,
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(ForgottenTopic)
-            item4.topic_id = _read_uuid(buf, pos)
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(ForgottenTopic)
+            item5.topic_id = _read_uuid(buf, pos)
             pos += 16
             n = buf[pos] - 1
             if n < 127:
@@ -475,19 +488,19 @@ def _read_ShareFetchRequest_v0(buf: bytes, pos: int) -> tuple[ShareFetchRequest,
             elif n > len(buf) - pos:
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
-                item4.partitions = (
+                item5.partitions = (
                     [*(_A_i[n] if n < 32 else _array_struct("i", n)).unpack_from(buf, pos)]
                     if n
                     else []
                 )
                 pos += 4 * n
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ForgottenTopic)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ForgottenTopic)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.forgotten_topics_data = items3
+            items4.append(item5)
+        o.forgotten_topics_data = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ShareFetchRequest)
     else:
@@ -539,61 +552,14 @@ def _write_ShareFetchRequest_v0(o: ShareFetchRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
-ShareFetchRequest._fields = (
-    _F("group_id", "GroupId", "string", None, (0, 0), (0, 0), (1, 0), None, False, None, None),
-    _F("member_id", "MemberId", "string", None, (0, 0), (0, 0), (1, 0), None, False, "", None),
+AcknowledgementBatch._fields = (
+    _F("first_offset", "FirstOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("last_offset", "LastOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
     _F(
-        "share_session_epoch",
-        "ShareSessionEpoch",
-        "int32",
+        "acknowledge_types",
+        "AcknowledgeTypes",
+        "[]int8",
         None,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F("max_wait_ms", "MaxWaitMs", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("min_bytes", "MinBytes", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "max_bytes", "MaxBytes", "int32", None, (0, 0), (1, 0), (1, 0), None, True, 2147483647, None
-    ),
-    _F(
-        "topics",
-        "Topics",
-        "[]FetchTopic",
-        FetchTopic,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-    _F(
-        "forgotten_topics_data",
-        "ForgottenTopicsData",
-        "[]ForgottenTopic",
-        ForgottenTopic,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-FetchTopic._fields = (
-    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]FetchPartition",
-        FetchPartition,
         (0, 0),
         (1, 0),
         (1, 0),
@@ -644,14 +610,13 @@ FetchPartition._fields = (
         None,
     ),
 )
-AcknowledgementBatch._fields = (
-    _F("first_offset", "FirstOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("last_offset", "LastOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+FetchTopic._fields = (
+    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
     _F(
-        "acknowledge_types",
-        "AcknowledgeTypes",
-        "[]int8",
-        None,
+        "partitions",
+        "Partitions",
+        "[]FetchPartition",
+        FetchPartition,
         (0, 0),
         (1, 0),
         (1, 0),
@@ -664,6 +629,54 @@ AcknowledgementBatch._fields = (
 ForgottenTopic._fields = (
     _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
     _F("partitions", "Partitions", "[]int32", None, (0, 0), (1, 0), (1, 0), None, False, (), None),
+)
+ShareFetchRequest._fields = (
+    _F("group_id", "GroupId", "string", None, (0, 0), (0, 0), (1, 0), None, False, None, None),
+    _F("member_id", "MemberId", "string", None, (0, 0), (0, 0), (1, 0), None, False, "", None),
+    _F(
+        "share_session_epoch",
+        "ShareSessionEpoch",
+        "int32",
+        None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F("max_wait_ms", "MaxWaitMs", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("min_bytes", "MinBytes", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "max_bytes", "MaxBytes", "int32", None, (0, 0), (1, 0), (1, 0), None, True, 2147483647, None
+    ),
+    _F(
+        "topics",
+        "Topics",
+        "[]FetchTopic",
+        FetchTopic,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F(
+        "forgotten_topics_data",
+        "ForgottenTopicsData",
+        "[]ForgottenTopic",
+        ForgottenTopic,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
 )
 ShareFetchRequest._readers = {
     0: _read_ShareFetchRequest_v0,

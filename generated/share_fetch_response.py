@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Buffer as _Buffer
@@ -37,15 +41,245 @@ __all__ = [
     "ShareFetchableTopicResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
-_S_ii = _Packer(">ii")
-_S_qqh = _Packer(">qqh")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
+_S_ii: _Final = _Packer(">ii")
+_S_qqh: _Final = _Packer(">qqh")
 
 
+@_mypyc_attr(native_class=False)
+class LeaderIdAndEpoch(_StructBase):
+    """LeaderIdAndEpoch (part of ShareFetchResponse)."""
+
+    __slots__ = (
+        "leader_epoch",
+        "leader_id",
+    )
+
+    leader_id: int
+    """The ID of the current leader or -1 if the leader is unknown.
+
+    Versions 0.
+    """
+    leader_epoch: int
+    """The latest known leader epoch.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        leader_id: int = 0,
+        leader_epoch: int = 0,
+    ) -> None:
+        self.leader_id = leader_id
+        self.leader_epoch = leader_epoch
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class AcquiredRecords(_StructBase):
+    """The acquired records."""
+
+    __slots__ = (
+        "delivery_count",
+        "first_offset",
+        "last_offset",
+    )
+
+    first_offset: int
+    """The earliest offset in this batch of acquired records.
+
+    Versions 0.
+    """
+    last_offset: int
+    """The last offset of this batch of acquired records.
+
+    Versions 0.
+    """
+    delivery_count: int
+    """The delivery count of this batch of acquired records.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        first_offset: int = 0,
+        last_offset: int = 0,
+        delivery_count: int = 0,
+    ) -> None:
+        self.first_offset = first_offset
+        self.last_offset = last_offset
+        self.delivery_count = delivery_count
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class PartitionData(_StructBase):
+    """The topic partitions."""
+
+    __slots__ = (
+        "acknowledge_error_code",
+        "acknowledge_error_message",
+        "acquired_records",
+        "current_leader",
+        "error_code",
+        "error_message",
+        "partition_index",
+        "records",
+    )
+
+    partition_index: int
+    """The partition index.
+
+    Versions 0.
+    """
+    error_code: int
+    """The fetch error code, or 0 if there was no fetch error.
+
+    Versions 0.
+    """
+    error_message: str | None
+    """The fetch error message, or null if there was no fetch error.
+
+    Versions 0, nullable 0.
+    """
+    acknowledge_error_code: int
+    """The acknowledge error code, or 0 if there was no acknowledge error.
+
+    Versions 0.
+    """
+    acknowledge_error_message: str | None
+    """The acknowledge error message, or null if there was no acknowledge error.
+
+    Versions 0, nullable 0.
+    """
+    current_leader: LeaderIdAndEpoch
+    """CurrentLeader
+
+    Versions 0.
+    """
+    records: _Buffer | None
+    """The record data.
+
+    Versions 0, nullable 0.
+    """
+    acquired_records: list[AcquiredRecords]
+    """The acquired records.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        error_code: int = 0,
+        error_message: str | None = None,
+        acknowledge_error_code: int = 0,
+        acknowledge_error_message: str | None = None,
+        current_leader: LeaderIdAndEpoch | _Unset = _UNSET,
+        records: _Buffer | None = None,
+        acquired_records: list[AcquiredRecords] | _Unset = _UNSET,
+    ) -> None:
+        self.partition_index = partition_index
+        self.error_code = error_code
+        self.error_message = error_message
+        self.acknowledge_error_code = acknowledge_error_code
+        self.acknowledge_error_message = acknowledge_error_message
+        self.current_leader = (
+            LeaderIdAndEpoch() if isinstance(current_leader, _Unset) else current_leader
+        )
+        self.records = records
+        self.acquired_records = [] if isinstance(acquired_records, _Unset) else acquired_records
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class ShareFetchableTopicResponse(_StructBase):
+    """The response topics."""
+
+    __slots__ = (
+        "partitions",
+        "topic_id",
+    )
+
+    topic_id: _UUID
+    """The unique topic ID.
+
+    Versions 0, ignorable.
+    """
+    partitions: list[PartitionData]
+    """The topic partitions.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_id: _UUID = _ZERO_UUID,
+        partitions: list[PartitionData] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_id = topic_id
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class NodeEndpoint(_StructBase):
+    """Endpoints for all current leaders enumerated in PartitionData with error NOT_LEADER_OR_FOLLOWER."""
+
+    __slots__ = (
+        "host",
+        "node_id",
+        "port",
+        "rack",
+    )
+
+    node_id: int
+    """The ID of the associated node.
+
+    Versions 0.
+    """
+    host: str
+    """The node's hostname.
+
+    Versions 0.
+    """
+    port: int
+    """The node's port.
+
+    Versions 0.
+    """
+    rack: str | None
+    """The rack of the node, or null if it has not been assigned to a rack.
+
+    Versions 0, nullable 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: int = 0,
+        host: str = "",
+        port: int = 0,
+        rack: str | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.host = host
+        self.port = port
+        self.rack = rack
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class ShareFetchResponse(_Message):
     """Kafka ShareFetchResponse (response, API key 78), versions 0, flexible 0+.
 
@@ -110,245 +344,23 @@ class ShareFetchResponse(_Message):
         throttle_time_ms: int = 0,
         error_code: int = 0,
         error_message: str | None = None,
-        responses: list[ShareFetchableTopicResponse] = _UNSET,
-        node_endpoints: list[NodeEndpoint] = _UNSET,
+        responses: list[ShareFetchableTopicResponse] | _Unset = _UNSET,
+        node_endpoints: list[NodeEndpoint] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
         self.error_message = error_message
-        self.responses = [] if responses is _UNSET else responses
-        self.node_endpoints = [] if node_endpoints is _UNSET else node_endpoints
+        self.responses = [] if isinstance(responses, _Unset) else responses
+        self.node_endpoints = [] if isinstance(node_endpoints, _Unset) else node_endpoints
         self._unknown_tags = None
 
 
-class ShareFetchableTopicResponse(_StructBase):
-    """The response topics."""
-
-    __slots__ = (
-        "partitions",
-        "topic_id",
-    )
-
-    topic_id: _UUID
-    """The unique topic ID.
-
-    Versions 0, ignorable.
-    """
-    partitions: list[PartitionData]
-    """The topic partitions.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_id: _UUID = _ZERO_UUID,
-        partitions: list[PartitionData] = _UNSET,
-    ) -> None:
-        self.topic_id = topic_id
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class PartitionData(_StructBase):
-    """The topic partitions."""
-
-    __slots__ = (
-        "acknowledge_error_code",
-        "acknowledge_error_message",
-        "acquired_records",
-        "current_leader",
-        "error_code",
-        "error_message",
-        "partition_index",
-        "records",
-    )
-
-    partition_index: int
-    """The partition index.
-
-    Versions 0.
-    """
-    error_code: int
-    """The fetch error code, or 0 if there was no fetch error.
-
-    Versions 0.
-    """
-    error_message: str | None
-    """The fetch error message, or null if there was no fetch error.
-
-    Versions 0, nullable 0.
-    """
-    acknowledge_error_code: int
-    """The acknowledge error code, or 0 if there was no acknowledge error.
-
-    Versions 0.
-    """
-    acknowledge_error_message: str | None
-    """The acknowledge error message, or null if there was no acknowledge error.
-
-    Versions 0, nullable 0.
-    """
-    current_leader: LeaderIdAndEpoch
-    """CurrentLeader
-
-    Versions 0.
-    """
-    records: _Buffer | None
-    """The record data.
-
-    Versions 0, nullable 0.
-    """
-    acquired_records: list[AcquiredRecords]
-    """The acquired records.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        error_code: int = 0,
-        error_message: str | None = None,
-        acknowledge_error_code: int = 0,
-        acknowledge_error_message: str | None = None,
-        current_leader: LeaderIdAndEpoch = _UNSET,
-        records: _Buffer | None = None,
-        acquired_records: list[AcquiredRecords] = _UNSET,
-    ) -> None:
-        self.partition_index = partition_index
-        self.error_code = error_code
-        self.error_message = error_message
-        self.acknowledge_error_code = acknowledge_error_code
-        self.acknowledge_error_message = acknowledge_error_message
-        self.current_leader = LeaderIdAndEpoch() if current_leader is _UNSET else current_leader
-        self.records = records
-        self.acquired_records = [] if acquired_records is _UNSET else acquired_records
-        self._unknown_tags = None
-
-
-class LeaderIdAndEpoch(_StructBase):
-    """LeaderIdAndEpoch (part of ShareFetchResponse)."""
-
-    __slots__ = (
-        "leader_epoch",
-        "leader_id",
-    )
-
-    leader_id: int
-    """The ID of the current leader or -1 if the leader is unknown.
-
-    Versions 0.
-    """
-    leader_epoch: int
-    """The latest known leader epoch.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        leader_id: int = 0,
-        leader_epoch: int = 0,
-    ) -> None:
-        self.leader_id = leader_id
-        self.leader_epoch = leader_epoch
-        self._unknown_tags = None
-
-
-class AcquiredRecords(_StructBase):
-    """The acquired records."""
-
-    __slots__ = (
-        "delivery_count",
-        "first_offset",
-        "last_offset",
-    )
-
-    first_offset: int
-    """The earliest offset in this batch of acquired records.
-
-    Versions 0.
-    """
-    last_offset: int
-    """The last offset of this batch of acquired records.
-
-    Versions 0.
-    """
-    delivery_count: int
-    """The delivery count of this batch of acquired records.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        first_offset: int = 0,
-        last_offset: int = 0,
-        delivery_count: int = 0,
-    ) -> None:
-        self.first_offset = first_offset
-        self.last_offset = last_offset
-        self.delivery_count = delivery_count
-        self._unknown_tags = None
-
-
-class NodeEndpoint(_StructBase):
-    """Endpoints for all current leaders enumerated in PartitionData with error NOT_LEADER_OR_FOLLOWER."""
-
-    __slots__ = (
-        "host",
-        "node_id",
-        "port",
-        "rack",
-    )
-
-    node_id: int
-    """The ID of the associated node.
-
-    Versions 0.
-    """
-    host: str
-    """The node's hostname.
-
-    Versions 0.
-    """
-    port: int
-    """The node's port.
-
-    Versions 0.
-    """
-    rack: str | None
-    """The rack of the node, or null if it has not been assigned to a rack.
-
-    Versions 0, nullable 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        node_id: int = 0,
-        host: str = "",
-        port: int = 0,
-        rack: str | None = None,
-    ) -> None:
-        self.node_id = node_id
-        self.host = host
-        self.port = port
-        self.rack = rack
-        self._unknown_tags = None
-
-
-_TAGS_ShareFetchResponse: frozenset[int] = frozenset()
-_TAGS_ShareFetchableTopicResponse: frozenset[int] = frozenset()
-_TAGS_PartitionData: frozenset[int] = frozenset()
-_TAGS_LeaderIdAndEpoch: frozenset[int] = frozenset()
-_TAGS_AcquiredRecords: frozenset[int] = frozenset()
-_TAGS_NodeEndpoint: frozenset[int] = frozenset()
+_TAGS_ShareFetchResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_ShareFetchableTopicResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
+_TAGS_LeaderIdAndEpoch: _Final[frozenset[int]] = frozenset()
+_TAGS_AcquiredRecords: _Final[frozenset[int]] = frozenset()
+_TAGS_NodeEndpoint: _Final[frozenset[int]] = frozenset()
 
 
 def _read_LeaderIdAndEpoch_v0(buf: bytes, pos: int) -> tuple[LeaderIdAndEpoch, int]:
@@ -435,7 +447,8 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(AcquiredRecords)
             item2.first_offset, item2.last_offset, item2.delivery_count = _S_qqh.unpack_from(
                 buf, pos
@@ -521,7 +534,8 @@ def _read_ShareFetchableTopicResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_PartitionData_v0(buf, pos)
             items1.append(item2)
         o.partitions = items1
@@ -578,7 +592,8 @@ def _read_ShareFetchResponse_v0(buf: bytes, pos: int) -> tuple[ShareFetchRespons
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_ShareFetchableTopicResponse_v0(buf, pos)
             items1.append(item2)
         o.responses = items1
@@ -593,10 +608,11 @@ def _read_ShareFetchResponse_v0(buf: bytes, pos: int) -> tuple[ShareFetchRespons
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(NodeEndpoint)
-            item4.node_id = _S_i.unpack_from(buf, pos)[0]
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(NodeEndpoint)
+            item5.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
             if n < 127:
@@ -610,9 +626,9 @@ def _read_ShareFetchResponse_v0(buf: bytes, pos: int) -> tuple[ShareFetchRespons
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.host = buf[pos:end].decode()
+                item5.host = buf[pos:end].decode()
                 pos = end
-            item4.port = _S_i.unpack_from(buf, pos)[0]
+            item5.port = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
             if n < 127:
@@ -621,20 +637,20 @@ def _read_ShareFetchResponse_v0(buf: bytes, pos: int) -> tuple[ShareFetchRespons
                 n, pos = _uvarint(buf, pos)
                 n -= 1
             if n < 0:
-                item4.rack = None
+                item5.rack = None
             else:
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.rack = buf[pos:end].decode()
+                item5.rack = buf[pos:end].decode()
                 pos = end
             if buf[pos]:
-                item4._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_NodeEndpoint)
+                item5._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_NodeEndpoint)
             else:
-                item4._unknown_tags = None
+                item5._unknown_tags = None
                 pos += 1
-            items3.append(item4)
-        o.node_endpoints = items3
+            items4.append(item5)
+        o.node_endpoints = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ShareFetchResponse)
     else:
@@ -687,74 +703,24 @@ def _write_ShareFetchResponse_v0(o: ShareFetchResponse, w: _Writer) -> None:
         w(b"\x00")
 
 
-ShareFetchResponse._fields = (
-    _F(
-        "throttle_time_ms",
-        "ThrottleTimeMs",
-        "int32",
-        None,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        True,
-        0,
-        None,
-    ),
-    _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, True, 0, None),
-    _F(
-        "error_message",
-        "ErrorMessage",
-        "string",
-        None,
-        (0, 0),
-        (0, 0),
-        (1, 0),
-        None,
-        False,
-        None,
-        None,
-    ),
-    _F(
-        "responses",
-        "Responses",
-        "[]ShareFetchableTopicResponse",
-        ShareFetchableTopicResponse,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-    _F(
-        "node_endpoints",
-        "NodeEndpoints",
-        "[]NodeEndpoint",
-        NodeEndpoint,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
+LeaderIdAndEpoch._fields = (
+    _F("leader_id", "LeaderId", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("leader_epoch", "LeaderEpoch", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
 )
-ShareFetchableTopicResponse._fields = (
-    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
+AcquiredRecords._fields = (
+    _F("first_offset", "FirstOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("last_offset", "LastOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
     _F(
-        "partitions",
-        "Partitions",
-        "[]PartitionData",
-        PartitionData,
+        "delivery_count",
+        "DeliveryCount",
+        "int16",
+        None,
         (0, 0),
         (1, 0),
         (1, 0),
         None,
         False,
-        (),
+        0,
         None,
     ),
 )
@@ -840,24 +806,19 @@ PartitionData._fields = (
         None,
     ),
 )
-LeaderIdAndEpoch._fields = (
-    _F("leader_id", "LeaderId", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("leader_epoch", "LeaderEpoch", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-)
-AcquiredRecords._fields = (
-    _F("first_offset", "FirstOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("last_offset", "LastOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+ShareFetchableTopicResponse._fields = (
+    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
     _F(
-        "delivery_count",
-        "DeliveryCount",
-        "int16",
-        None,
+        "partitions",
+        "Partitions",
+        "[]PartitionData",
+        PartitionData,
         (0, 0),
         (1, 0),
         (1, 0),
         None,
         False,
-        0,
+        (),
         None,
     ),
 )
@@ -866,6 +827,61 @@ NodeEndpoint._fields = (
     _F("host", "Host", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
     _F("port", "Port", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
     _F("rack", "Rack", "string", None, (0, 0), (0, 0), (1, 0), None, False, None, None),
+)
+ShareFetchResponse._fields = (
+    _F(
+        "throttle_time_ms",
+        "ThrottleTimeMs",
+        "int32",
+        None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        True,
+        0,
+        None,
+    ),
+    _F("error_code", "ErrorCode", "int16", None, (0, 0), (1, 0), (1, 0), None, True, 0, None),
+    _F(
+        "error_message",
+        "ErrorMessage",
+        "string",
+        None,
+        (0, 0),
+        (0, 0),
+        (1, 0),
+        None,
+        False,
+        None,
+        None,
+    ),
+    _F(
+        "responses",
+        "Responses",
+        "[]ShareFetchableTopicResponse",
+        ShareFetchableTopicResponse,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F(
+        "node_endpoints",
+        "NodeEndpoints",
+        "[]NodeEndpoint",
+        NodeEndpoint,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
 )
 ShareFetchResponse._readers = {
     0: _read_ShareFetchResponse_v0,

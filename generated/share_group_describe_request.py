@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -28,11 +32,12 @@ __all__ = [
     "ShareGroupDescribeRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_z = _Packer(">?")
+_S_z: _Final = _Packer(">?")
 
 
+@_mypyc_attr(native_class=False)
 class ShareGroupDescribeRequest(_Message):
     """Kafka ShareGroupDescribeRequest (request, API key 77), versions 0, flexible 0+.
 
@@ -66,15 +71,15 @@ class ShareGroupDescribeRequest(_Message):
     def __init__(
         self,
         *,
-        group_ids: list[str] = _UNSET,
+        group_ids: list[str] | _Unset = _UNSET,
         include_authorized_operations: bool = False,
     ) -> None:
-        self.group_ids = [] if group_ids is _UNSET else group_ids
+        self.group_ids = [] if isinstance(group_ids, _Unset) else group_ids
         self.include_authorized_operations = include_authorized_operations
         self._unknown_tags = None
 
 
-_TAGS_ShareGroupDescribeRequest: frozenset[int] = frozenset()
+_TAGS_ShareGroupDescribeRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ShareGroupDescribeRequest_v0(
@@ -94,7 +99,8 @@ def _read_ShareGroupDescribeRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -37,45 +41,36 @@ __all__ = [
     "TopicPartitions",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ii = _Packer(">ii")
-_A_i = _small_arrays("i", 32)
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ii: _Final = _Packer(">ii")
+_A_i: _Final = _small_arrays("i", 32)
 
 
-class ShareGroupDescribeResponse(_Message):
-    """Kafka ShareGroupDescribeResponse (response, API key 77), versions 0, flexible 0+.
-
-    Supported errors:
-    - GROUP_AUTHORIZATION_FAILED (version 0+)
-    - NOT_COORDINATOR (version 0+)
-    - COORDINATOR_NOT_AVAILABLE (version 0+)
-    - COORDINATOR_LOAD_IN_PROGRESS (version 0+)
-    - INVALID_REQUEST (version 0+)
-    - INVALID_GROUP_ID (version 0+)
-    - GROUP_ID_NOT_FOUND (version 0+)
-    """
+@_mypyc_attr(native_class=False)
+class TopicPartitions(_StructBase):
+    """TopicPartitions (part of ShareGroupDescribeResponse)."""
 
     __slots__ = (
-        "groups",
-        "throttle_time_ms",
+        "partitions",
+        "topic_id",
+        "topic_name",
     )
 
-    NAME = "ShareGroupDescribeResponse"
-    API_KEY = 77
-    TYPE = "response"
-    VALID_VERSIONS = (0, 0)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    throttle_time_ms: int
-    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+    topic_id: _UUID
+    """The topic ID.
 
     Versions 0.
     """
-    groups: list[DescribedGroup]
-    """Each described group.
+    topic_name: str
+    """The topic name.
+
+    Versions 0.
+    """
+    partitions: list[int]
+    """The partitions.
 
     Versions 0.
     """
@@ -83,14 +78,111 @@ class ShareGroupDescribeResponse(_Message):
     def __init__(
         self,
         *,
-        throttle_time_ms: int = 0,
-        groups: list[DescribedGroup] = _UNSET,
+        topic_id: _UUID = _ZERO_UUID,
+        topic_name: str = "",
+        partitions: list[int] | _Unset = _UNSET,
     ) -> None:
-        self.throttle_time_ms = throttle_time_ms
-        self.groups = [] if groups is _UNSET else groups
+        self.topic_id = topic_id
+        self.topic_name = topic_name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
         self._unknown_tags = None
 
 
+@_mypyc_attr(native_class=False)
+class Assignment(_StructBase):
+    """Assignment (part of ShareGroupDescribeResponse)."""
+
+    __slots__ = ("topic_partitions",)
+
+    topic_partitions: list[TopicPartitions]
+    """The assigned topic-partitions to the member.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_partitions: list[TopicPartitions] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_partitions = [] if isinstance(topic_partitions, _Unset) else topic_partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class Member(_StructBase):
+    """The members."""
+
+    __slots__ = (
+        "assignment",
+        "client_host",
+        "client_id",
+        "member_epoch",
+        "member_id",
+        "rack_id",
+        "subscribed_topic_names",
+    )
+
+    member_id: str
+    """The member ID.
+
+    Versions 0.
+    """
+    rack_id: str | None
+    """The member rack ID.
+
+    Versions 0, nullable 0.
+    """
+    member_epoch: int
+    """The current member epoch.
+
+    Versions 0.
+    """
+    client_id: str
+    """The client ID.
+
+    Versions 0.
+    """
+    client_host: str
+    """The client host.
+
+    Versions 0.
+    """
+    subscribed_topic_names: list[str]
+    """The subscribed topic names.
+
+    Versions 0.
+    """
+    assignment: Assignment
+    """The current assignment.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        member_id: str = "",
+        rack_id: str | None = None,
+        member_epoch: int = 0,
+        client_id: str = "",
+        client_host: str = "",
+        subscribed_topic_names: list[str] | _Unset = _UNSET,
+        assignment: Assignment | _Unset = _UNSET,
+    ) -> None:
+        self.member_id = member_id
+        self.rack_id = rack_id
+        self.member_epoch = member_epoch
+        self.client_id = client_id
+        self.client_host = client_host
+        self.subscribed_topic_names = (
+            [] if isinstance(subscribed_topic_names, _Unset) else subscribed_topic_names
+        )
+        self.assignment = Assignment() if isinstance(assignment, _Unset) else assignment
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class DescribedGroup(_StructBase):
     """Each described group."""
 
@@ -162,7 +254,7 @@ class DescribedGroup(_StructBase):
         group_epoch: int = 0,
         assignment_epoch: int = 0,
         assignor_name: str = "",
-        members: list[Member] = _UNSET,
+        members: list[Member] | _Unset = _UNSET,
         authorized_operations: int = -2147483648,
     ) -> None:
         self.error_code = error_code
@@ -172,56 +264,43 @@ class DescribedGroup(_StructBase):
         self.group_epoch = group_epoch
         self.assignment_epoch = assignment_epoch
         self.assignor_name = assignor_name
-        self.members = [] if members is _UNSET else members
+        self.members = [] if isinstance(members, _Unset) else members
         self.authorized_operations = authorized_operations
         self._unknown_tags = None
 
 
-class Member(_StructBase):
-    """The members."""
+@_mypyc_attr(native_class=False)
+class ShareGroupDescribeResponse(_Message):
+    """Kafka ShareGroupDescribeResponse (response, API key 77), versions 0, flexible 0+.
+
+    Supported errors:
+    - GROUP_AUTHORIZATION_FAILED (version 0+)
+    - NOT_COORDINATOR (version 0+)
+    - COORDINATOR_NOT_AVAILABLE (version 0+)
+    - COORDINATOR_LOAD_IN_PROGRESS (version 0+)
+    - INVALID_REQUEST (version 0+)
+    - INVALID_GROUP_ID (version 0+)
+    - GROUP_ID_NOT_FOUND (version 0+)
+    """
 
     __slots__ = (
-        "assignment",
-        "client_host",
-        "client_id",
-        "member_epoch",
-        "member_id",
-        "rack_id",
-        "subscribed_topic_names",
+        "groups",
+        "throttle_time_ms",
     )
 
-    member_id: str
-    """The member ID.
+    NAME = "ShareGroupDescribeResponse"
+    API_KEY = 77
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    throttle_time_ms: int
+    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
 
     Versions 0.
     """
-    rack_id: str | None
-    """The member rack ID.
-
-    Versions 0, nullable 0.
-    """
-    member_epoch: int
-    """The current member epoch.
-
-    Versions 0.
-    """
-    client_id: str
-    """The client ID.
-
-    Versions 0.
-    """
-    client_host: str
-    """The client host.
-
-    Versions 0.
-    """
-    subscribed_topic_names: list[str]
-    """The subscribed topic names.
-
-    Versions 0.
-    """
-    assignment: Assignment
-    """The current assignment.
+    groups: list[DescribedGroup]
+    """Each described group.
 
     Versions 0.
     """
@@ -229,89 +308,19 @@ class Member(_StructBase):
     def __init__(
         self,
         *,
-        member_id: str = "",
-        rack_id: str | None = None,
-        member_epoch: int = 0,
-        client_id: str = "",
-        client_host: str = "",
-        subscribed_topic_names: list[str] = _UNSET,
-        assignment: Assignment = _UNSET,
+        throttle_time_ms: int = 0,
+        groups: list[DescribedGroup] | _Unset = _UNSET,
     ) -> None:
-        self.member_id = member_id
-        self.rack_id = rack_id
-        self.member_epoch = member_epoch
-        self.client_id = client_id
-        self.client_host = client_host
-        self.subscribed_topic_names = (
-            [] if subscribed_topic_names is _UNSET else subscribed_topic_names
-        )
-        self.assignment = Assignment() if assignment is _UNSET else assignment
+        self.throttle_time_ms = throttle_time_ms
+        self.groups = [] if isinstance(groups, _Unset) else groups
         self._unknown_tags = None
 
 
-class Assignment(_StructBase):
-    """Assignment (part of ShareGroupDescribeResponse)."""
-
-    __slots__ = ("topic_partitions",)
-
-    topic_partitions: list[TopicPartitions]
-    """The assigned topic-partitions to the member.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_partitions: list[TopicPartitions] = _UNSET,
-    ) -> None:
-        self.topic_partitions = [] if topic_partitions is _UNSET else topic_partitions
-        self._unknown_tags = None
-
-
-class TopicPartitions(_StructBase):
-    """TopicPartitions (part of ShareGroupDescribeResponse)."""
-
-    __slots__ = (
-        "partitions",
-        "topic_id",
-        "topic_name",
-    )
-
-    topic_id: _UUID
-    """The topic ID.
-
-    Versions 0.
-    """
-    topic_name: str
-    """The topic name.
-
-    Versions 0.
-    """
-    partitions: list[int]
-    """The partitions.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_id: _UUID = _ZERO_UUID,
-        topic_name: str = "",
-        partitions: list[int] = _UNSET,
-    ) -> None:
-        self.topic_id = topic_id
-        self.topic_name = topic_name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-_TAGS_ShareGroupDescribeResponse: frozenset[int] = frozenset()
-_TAGS_DescribedGroup: frozenset[int] = frozenset()
-_TAGS_Member: frozenset[int] = frozenset()
-_TAGS_Assignment: frozenset[int] = frozenset()
-_TAGS_TopicPartitions: frozenset[int] = frozenset()
+_TAGS_ShareGroupDescribeResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_DescribedGroup: _Final[frozenset[int]] = frozenset()
+_TAGS_Member: _Final[frozenset[int]] = frozenset()
+_TAGS_Assignment: _Final[frozenset[int]] = frozenset()
+_TAGS_TopicPartitions: _Final[frozenset[int]] = frozenset()
 
 
 def _read_Assignment_v0(buf: bytes, pos: int) -> tuple[Assignment, int]:
@@ -329,7 +338,8 @@ def _read_Assignment_v0(buf: bytes, pos: int) -> tuple[Assignment, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(TopicPartitions)
             item2.topic_id = _read_uuid(buf, pos)
             pos += 16
@@ -477,7 +487,8 @@ def _read_Member_v0(buf: bytes, pos: int) -> tuple[Member, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -618,7 +629,8 @@ def _read_DescribedGroup_v0(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_Member_v0(buf, pos)
             items1.append(item2)
         o.members = items1
@@ -687,7 +699,8 @@ def _read_ShareGroupDescribeResponse_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_DescribedGroup_v0(buf, pos)
             items1.append(item2)
         o.groups = items1
@@ -713,25 +726,50 @@ def _write_ShareGroupDescribeResponse_v0(o: ShareGroupDescribeResponse, w: _Writ
         w(b"\x00")
 
 
-ShareGroupDescribeResponse._fields = (
+TopicPartitions._fields = (
+    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
+    _F("topic_name", "TopicName", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F("partitions", "Partitions", "[]int32", None, (0, 0), (1, 0), (1, 0), None, False, (), None),
+)
+Assignment._fields = (
     _F(
-        "throttle_time_ms",
-        "ThrottleTimeMs",
-        "int32",
+        "topic_partitions",
+        "TopicPartitions",
+        "[]TopicPartitions",
+        TopicPartitions,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+Member._fields = (
+    _F("member_id", "MemberId", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F("rack_id", "RackId", "string", None, (0, 0), (0, 0), (1, 0), None, False, None, None),
+    _F("member_epoch", "MemberEpoch", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("client_id", "ClientId", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F("client_host", "ClientHost", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "subscribed_topic_names",
+        "SubscribedTopicNames",
+        "[]string",
         None,
         (0, 0),
         (1, 0),
         (1, 0),
         None,
         False,
-        0,
+        (),
         None,
     ),
     _F(
-        "groups",
-        "Groups",
-        "[]DescribedGroup",
-        DescribedGroup,
+        "assignment",
+        "Assignment",
+        "Assignment",
+        Assignment,
         (0, 0),
         (1, 0),
         (1, 0),
@@ -800,17 +838,25 @@ DescribedGroup._fields = (
         None,
     ),
 )
-Member._fields = (
-    _F("member_id", "MemberId", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F("rack_id", "RackId", "string", None, (0, 0), (0, 0), (1, 0), None, False, None, None),
-    _F("member_epoch", "MemberEpoch", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("client_id", "ClientId", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F("client_host", "ClientHost", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+ShareGroupDescribeResponse._fields = (
     _F(
-        "subscribed_topic_names",
-        "SubscribedTopicNames",
-        "[]string",
+        "throttle_time_ms",
+        "ThrottleTimeMs",
+        "int32",
         None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F(
+        "groups",
+        "Groups",
+        "[]DescribedGroup",
+        DescribedGroup,
         (0, 0),
         (1, 0),
         (1, 0),
@@ -819,39 +865,6 @@ Member._fields = (
         (),
         None,
     ),
-    _F(
-        "assignment",
-        "Assignment",
-        "Assignment",
-        Assignment,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-Assignment._fields = (
-    _F(
-        "topic_partitions",
-        "TopicPartitions",
-        "[]TopicPartitions",
-        TopicPartitions,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-TopicPartitions._fields = (
-    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
-    _F("topic_name", "TopicName", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F("partitions", "Partitions", "[]int32", None, (0, 0), (1, 0), (1, 0), None, False, (), None),
 )
 ShareGroupDescribeResponse._readers = {
     0: _read_ShareGroupDescribeResponse_v0,

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -26,11 +29,12 @@ __all__ = [
     "ShareGroupHeartbeatRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_i = _Packer(">i")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
 class ShareGroupHeartbeatRequest(_Message):
     """Kafka ShareGroupHeartbeatRequest (request, API key 76), versions 0, flexible 0+.
 
@@ -96,7 +100,7 @@ class ShareGroupHeartbeatRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_ShareGroupHeartbeatRequest: frozenset[int] = frozenset()
+_TAGS_ShareGroupHeartbeatRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_ShareGroupHeartbeatRequest_v0(
@@ -160,7 +164,8 @@ def _read_ShareGroupHeartbeatRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -8,6 +8,9 @@ Generated from SnapshotFooterRecord.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -19,11 +22,12 @@ __all__ = [
     "SnapshotFooterRecord",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
+_S_h: _Final = _Packer(">h")
 
 
+@_mypyc_attr(native_class=False)
 class SnapshotFooterRecord(_Message):
     """Kafka SnapshotFooterRecord (data), versions 0, flexible 0+."""
 
@@ -50,7 +54,7 @@ class SnapshotFooterRecord(_Message):
         self._unknown_tags = None
 
 
-_TAGS_SnapshotFooterRecord: frozenset[int] = frozenset()
+_TAGS_SnapshotFooterRecord: _Final[frozenset[int]] = frozenset()
 
 
 def _read_SnapshotFooterRecord_v0(buf: bytes, pos: int) -> tuple[SnapshotFooterRecord, int]:

@@ -8,6 +8,9 @@ Generated from SnapshotHeaderRecord.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -19,11 +22,12 @@ __all__ = [
     "SnapshotHeaderRecord",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_hq = _Packer(">hq")
+_S_hq: _Final = _Packer(">hq")
 
 
+@_mypyc_attr(native_class=False)
 class SnapshotHeaderRecord(_Message):
     """Kafka SnapshotHeaderRecord (data), versions 0, flexible 0+."""
 
@@ -60,7 +64,7 @@ class SnapshotHeaderRecord(_Message):
         self._unknown_tags = None
 
 
-_TAGS_SnapshotHeaderRecord: frozenset[int] = frozenset()
+_TAGS_SnapshotHeaderRecord: _Final[frozenset[int]] = frozenset()
 
 
 def _read_SnapshotHeaderRecord_v0(buf: bytes, pos: int) -> tuple[SnapshotHeaderRecord, int]:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -35,17 +39,150 @@ __all__ = [
     "StopReplicaTopicV1",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_iiq = _Packer(">iiq")
-_S_iiqz = _Packer(">iiq?")
-_S_iiz = _Packer(">ii?")
-_S_iziq = _Packer(">i?iq")
-_A_i = _small_arrays("i", 32)
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_iiq: _Final = _Packer(">iiq")
+_S_iiqz: _Final = _Packer(">iiq?")
+_S_iiz: _Final = _Packer(">ii?")
+_S_iziq: _Final = _Packer(">i?iq")
+_A_i: _Final = _small_arrays("i", 32)
 
 
+@_mypyc_attr(native_class=False)
+class StopReplicaPartitionV0(_StructBase):
+    """The partitions to stop."""
+
+    __slots__ = (
+        "partition_index",
+        "topic_name",
+    )
+
+    topic_name: str
+    """The topic name.
+
+    Versions 0.
+    """
+    partition_index: int
+    """The partition index.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_name: str = "",
+        partition_index: int = 0,
+    ) -> None:
+        self.topic_name = topic_name
+        self.partition_index = partition_index
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class StopReplicaTopicV1(_StructBase):
+    """The topics to stop."""
+
+    __slots__ = (
+        "name",
+        "partition_indexes",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 1-2.
+    """
+    partition_indexes: list[int]
+    """The partition indexes.
+
+    Versions 1-2.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partition_indexes: list[int] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partition_indexes = [] if isinstance(partition_indexes, _Unset) else partition_indexes
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class StopReplicaPartitionState(_StructBase):
+    """The state of each partition"""
+
+    __slots__ = (
+        "delete_partition",
+        "leader_epoch",
+        "partition_index",
+    )
+
+    partition_index: int
+    """The partition index.
+
+    Versions 3-4.
+    """
+    leader_epoch: int
+    """The leader epoch.
+
+    Versions 3-4.
+    """
+    delete_partition: bool
+    """Whether this partition should be deleted.
+
+    Versions 3-4.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        leader_epoch: int = -1,
+        delete_partition: bool = False,
+    ) -> None:
+        self.partition_index = partition_index
+        self.leader_epoch = leader_epoch
+        self.delete_partition = delete_partition
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class StopReplicaTopicState(_StructBase):
+    """Each topic."""
+
+    __slots__ = (
+        "partition_states",
+        "topic_name",
+    )
+
+    topic_name: str
+    """The topic name.
+
+    Versions 3-4.
+    """
+    partition_states: list[StopReplicaPartitionState]
+    """The state of each partition
+
+    Versions 3-4.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_name: str = "",
+        partition_states: list[StopReplicaPartitionState] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_name = topic_name
+        self.partition_states = [] if isinstance(partition_states, _Unset) else partition_states
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class StopReplicaRequest(_Message):
     """Kafka StopReplicaRequest (request, API key 5), versions 0-4, flexible 2+.
 
@@ -125,153 +262,27 @@ class StopReplicaRequest(_Message):
         controller_epoch: int = 0,
         broker_epoch: int = -1,
         delete_partitions: bool = False,
-        ungrouped_partitions: list[StopReplicaPartitionV0] = _UNSET,
-        topics: list[StopReplicaTopicV1] = _UNSET,
-        topic_states: list[StopReplicaTopicState] = _UNSET,
+        ungrouped_partitions: list[StopReplicaPartitionV0] | _Unset = _UNSET,
+        topics: list[StopReplicaTopicV1] | _Unset = _UNSET,
+        topic_states: list[StopReplicaTopicState] | _Unset = _UNSET,
     ) -> None:
         self.controller_id = controller_id
         self.is_kraft_controller = is_kraft_controller
         self.controller_epoch = controller_epoch
         self.broker_epoch = broker_epoch
         self.delete_partitions = delete_partitions
-        self.ungrouped_partitions = [] if ungrouped_partitions is _UNSET else ungrouped_partitions
-        self.topics = [] if topics is _UNSET else topics
-        self.topic_states = [] if topic_states is _UNSET else topic_states
+        self.ungrouped_partitions = (
+            [] if isinstance(ungrouped_partitions, _Unset) else ungrouped_partitions
+        )
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self.topic_states = [] if isinstance(topic_states, _Unset) else topic_states
         self._unknown_tags = None
 
 
-class StopReplicaPartitionV0(_StructBase):
-    """The partitions to stop."""
-
-    __slots__ = (
-        "partition_index",
-        "topic_name",
-    )
-
-    topic_name: str
-    """The topic name.
-
-    Versions 0.
-    """
-    partition_index: int
-    """The partition index.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_name: str = "",
-        partition_index: int = 0,
-    ) -> None:
-        self.topic_name = topic_name
-        self.partition_index = partition_index
-        self._unknown_tags = None
-
-
-class StopReplicaTopicV1(_StructBase):
-    """The topics to stop."""
-
-    __slots__ = (
-        "name",
-        "partition_indexes",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 1-2.
-    """
-    partition_indexes: list[int]
-    """The partition indexes.
-
-    Versions 1-2.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partition_indexes: list[int] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partition_indexes = [] if partition_indexes is _UNSET else partition_indexes
-        self._unknown_tags = None
-
-
-class StopReplicaTopicState(_StructBase):
-    """Each topic."""
-
-    __slots__ = (
-        "partition_states",
-        "topic_name",
-    )
-
-    topic_name: str
-    """The topic name.
-
-    Versions 3-4.
-    """
-    partition_states: list[StopReplicaPartitionState]
-    """The state of each partition
-
-    Versions 3-4.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_name: str = "",
-        partition_states: list[StopReplicaPartitionState] = _UNSET,
-    ) -> None:
-        self.topic_name = topic_name
-        self.partition_states = [] if partition_states is _UNSET else partition_states
-        self._unknown_tags = None
-
-
-class StopReplicaPartitionState(_StructBase):
-    """The state of each partition"""
-
-    __slots__ = (
-        "delete_partition",
-        "leader_epoch",
-        "partition_index",
-    )
-
-    partition_index: int
-    """The partition index.
-
-    Versions 3-4.
-    """
-    leader_epoch: int
-    """The leader epoch.
-
-    Versions 3-4.
-    """
-    delete_partition: bool
-    """Whether this partition should be deleted.
-
-    Versions 3-4.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        leader_epoch: int = -1,
-        delete_partition: bool = False,
-    ) -> None:
-        self.partition_index = partition_index
-        self.leader_epoch = leader_epoch
-        self.delete_partition = delete_partition
-        self._unknown_tags = None
-
-
-_TAGS_StopReplicaRequest: frozenset[int] = frozenset()
-_TAGS_StopReplicaTopicV1: frozenset[int] = frozenset()
-_TAGS_StopReplicaTopicState: frozenset[int] = frozenset()
-_TAGS_StopReplicaPartitionState: frozenset[int] = frozenset()
+_TAGS_StopReplicaRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_StopReplicaTopicV1: _Final[frozenset[int]] = frozenset()
+_TAGS_StopReplicaTopicState: _Final[frozenset[int]] = frozenset()
+_TAGS_StopReplicaPartitionState: _Final[frozenset[int]] = frozenset()
 
 
 def _read_StopReplicaTopicState_v3(buf: bytes, pos: int) -> tuple[StopReplicaTopicState, int]:
@@ -303,7 +314,8 @@ def _read_StopReplicaTopicState_v3(buf: bytes, pos: int) -> tuple[StopReplicaTop
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(StopReplicaPartitionState)
             item2.partition_index, item2.leader_epoch, item2.delete_partition = _S_iiz.unpack_from(
                 buf, pos
@@ -364,7 +376,8 @@ def _read_StopReplicaRequest_v0(buf: bytes, pos: int) -> tuple[StopReplicaReques
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(StopReplicaPartitionV0)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -403,7 +416,8 @@ def _read_StopReplicaRequest_v1(buf: bytes, pos: int) -> tuple[StopReplicaReques
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(StopReplicaTopicV1)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -457,7 +471,8 @@ def _read_StopReplicaRequest_v2(buf: bytes, pos: int) -> tuple[StopReplicaReques
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(StopReplicaTopicV1)
             n = buf[pos] - 1
             if n < 127:
@@ -526,7 +541,8 @@ def _read_StopReplicaRequest_v3(buf: bytes, pos: int) -> tuple[StopReplicaReques
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_StopReplicaTopicState_v3(buf, pos)
             items1.append(item2)
         o.topic_states = items1
@@ -560,7 +576,8 @@ def _read_StopReplicaRequest_v4(buf: bytes, pos: int) -> tuple[StopReplicaReques
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_StopReplicaTopicState_v3(buf, pos)
             items1.append(item2)
         o.topic_states = items1
@@ -700,6 +717,83 @@ def _write_StopReplicaRequest_v4(o: StopReplicaRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
+StopReplicaPartitionV0._fields = (
+    _F("topic_name", "TopicName", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+)
+StopReplicaTopicV1._fields = (
+    _F("name", "Name", "string", None, (1, 2), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partition_indexes",
+        "PartitionIndexes",
+        "[]int32",
+        None,
+        (1, 2),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+StopReplicaPartitionState._fields = (
+    _F(
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
+        (3, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F("leader_epoch", "LeaderEpoch", "int32", None, (3, 4), (1, 0), (1, 0), None, False, -1, None),
+    _F(
+        "delete_partition",
+        "DeletePartition",
+        "bool",
+        None,
+        (3, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        False,
+        None,
+    ),
+)
+StopReplicaTopicState._fields = (
+    _F("topic_name", "TopicName", "string", None, (3, 4), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partition_states",
+        "PartitionStates",
+        "[]StopReplicaPartitionState",
+        StopReplicaPartitionState,
+        (3, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
 StopReplicaRequest._fields = (
     _F(
         "controller_id", "ControllerId", "int32", None, (0, 4), (1, 0), (1, 0), None, False, 0, None
@@ -781,83 +875,6 @@ StopReplicaRequest._fields = (
         None,
         False,
         (),
-        None,
-    ),
-)
-StopReplicaPartitionV0._fields = (
-    _F("topic_name", "TopicName", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-)
-StopReplicaTopicV1._fields = (
-    _F("name", "Name", "string", None, (1, 2), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partition_indexes",
-        "PartitionIndexes",
-        "[]int32",
-        None,
-        (1, 2),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-StopReplicaTopicState._fields = (
-    _F("topic_name", "TopicName", "string", None, (3, 4), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partition_states",
-        "PartitionStates",
-        "[]StopReplicaPartitionState",
-        StopReplicaPartitionState,
-        (3, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-StopReplicaPartitionState._fields = (
-    _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
-        (3, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F("leader_epoch", "LeaderEpoch", "int32", None, (3, 4), (1, 0), (1, 0), None, False, -1, None),
-    _F(
-        "delete_partition",
-        "DeletePartition",
-        "bool",
-        None,
-        (3, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        False,
         None,
     ),
 )

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -29,56 +33,14 @@ __all__ = [
     "StopReplicaResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
-
-
-class StopReplicaResponse(_Message):
-    """Kafka StopReplicaResponse (response, API key 5), versions 0-4, flexible 2+.
-
-    Version 1 is the same as version 0.
-
-    Version 2 is the first flexible version.
-
-    Version 3 returns FENCED_LEADER_EPOCH if the epoch of the leader is stale (KIP-570).
-    """
-
-    __slots__ = (
-        "error_code",
-        "partition_errors",
-    )
-
-    NAME = "StopReplicaResponse"
-    API_KEY = 5
-    TYPE = "response"
-    VALID_VERSIONS = (0, 4)
-    FLEXIBLE_VERSIONS = (2, 32767)
-
-    error_code: int
-    """The top-level error code, or 0 if there was no top-level error.
-
-    Versions 0-4.
-    """
-    partition_errors: list[StopReplicaPartitionError]
-    """The responses for each partition.
-
-    Versions 0-4.
-    """
-
-    def __init__(
-        self,
-        *,
-        error_code: int = 0,
-        partition_errors: list[StopReplicaPartitionError] = _UNSET,
-    ) -> None:
-        self.error_code = error_code
-        self.partition_errors = [] if partition_errors is _UNSET else partition_errors
-        self._unknown_tags = None
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
 class StopReplicaPartitionError(_StructBase):
     """The responses for each partition."""
 
@@ -117,8 +79,52 @@ class StopReplicaPartitionError(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_StopReplicaResponse: frozenset[int] = frozenset()
-_TAGS_StopReplicaPartitionError: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class StopReplicaResponse(_Message):
+    """Kafka StopReplicaResponse (response, API key 5), versions 0-4, flexible 2+.
+
+    Version 1 is the same as version 0.
+
+    Version 2 is the first flexible version.
+
+    Version 3 returns FENCED_LEADER_EPOCH if the epoch of the leader is stale (KIP-570).
+    """
+
+    __slots__ = (
+        "error_code",
+        "partition_errors",
+    )
+
+    NAME = "StopReplicaResponse"
+    API_KEY = 5
+    TYPE = "response"
+    VALID_VERSIONS = (0, 4)
+    FLEXIBLE_VERSIONS = (2, 32767)
+
+    error_code: int
+    """The top-level error code, or 0 if there was no top-level error.
+
+    Versions 0-4.
+    """
+    partition_errors: list[StopReplicaPartitionError]
+    """The responses for each partition.
+
+    Versions 0-4.
+    """
+
+    def __init__(
+        self,
+        *,
+        error_code: int = 0,
+        partition_errors: list[StopReplicaPartitionError] | _Unset = _UNSET,
+    ) -> None:
+        self.error_code = error_code
+        self.partition_errors = [] if isinstance(partition_errors, _Unset) else partition_errors
+        self._unknown_tags = None
+
+
+_TAGS_StopReplicaResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_StopReplicaPartitionError: _Final[frozenset[int]] = frozenset()
 
 
 def _read_StopReplicaResponse_v0(buf: bytes, pos: int) -> tuple[StopReplicaResponse, int]:
@@ -134,7 +140,8 @@ def _read_StopReplicaResponse_v0(buf: bytes, pos: int) -> tuple[StopReplicaRespo
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(StopReplicaPartitionError)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -172,7 +179,8 @@ def _read_StopReplicaResponse_v2(buf: bytes, pos: int) -> tuple[StopReplicaRespo
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(StopReplicaPartitionError)
             n = buf[pos] - 1
             if n < 127:
@@ -247,22 +255,6 @@ def _write_StopReplicaResponse_v2(o: StopReplicaResponse, w: _Writer) -> None:
         w(b"\x00")
 
 
-StopReplicaResponse._fields = (
-    _F("error_code", "ErrorCode", "int16", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "partition_errors",
-        "PartitionErrors",
-        "[]StopReplicaPartitionError",
-        StopReplicaPartitionError,
-        (0, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 StopReplicaPartitionError._fields = (
     _F("topic_name", "TopicName", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
     _F(
@@ -279,6 +271,22 @@ StopReplicaPartitionError._fields = (
         None,
     ),
     _F("error_code", "ErrorCode", "int16", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
+)
+StopReplicaResponse._fields = (
+    _F("error_code", "ErrorCode", "int16", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "partition_errors",
+        "PartitionErrors",
+        "[]StopReplicaPartitionError",
+        StopReplicaPartitionError,
+        (0, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
 )
 StopReplicaResponse._readers = {
     0: _read_StopReplicaResponse_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
@@ -31,12 +35,44 @@ __all__ = [
     "SyncGroupRequestAssignment",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
+class SyncGroupRequestAssignment(_StructBase):
+    """Each assignment."""
+
+    __slots__ = (
+        "assignment",
+        "member_id",
+    )
+
+    member_id: str
+    """The ID of the member to assign.
+
+    Versions 0-5.
+    """
+    assignment: _Buffer
+    """The member assignment.
+
+    Versions 0-5.
+    """
+
+    def __init__(
+        self,
+        *,
+        member_id: str = "",
+        assignment: _Buffer = b"",
+    ) -> None:
+        self.member_id = member_id
+        self.assignment = assignment
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class SyncGroupRequest(_Message):
     """Kafka SyncGroupRequest (request, API key 14), versions 0-5, flexible 4+.
 
@@ -112,7 +148,7 @@ class SyncGroupRequest(_Message):
         group_instance_id: str | None = None,
         protocol_type: str | None = None,
         protocol_name: str | None = None,
-        assignments: list[SyncGroupRequestAssignment] = _UNSET,
+        assignments: list[SyncGroupRequestAssignment] | _Unset = _UNSET,
     ) -> None:
         self.group_id = group_id
         self.generation_id = generation_id
@@ -120,42 +156,12 @@ class SyncGroupRequest(_Message):
         self.group_instance_id = group_instance_id
         self.protocol_type = protocol_type
         self.protocol_name = protocol_name
-        self.assignments = [] if assignments is _UNSET else assignments
+        self.assignments = [] if isinstance(assignments, _Unset) else assignments
         self._unknown_tags = None
 
 
-class SyncGroupRequestAssignment(_StructBase):
-    """Each assignment."""
-
-    __slots__ = (
-        "assignment",
-        "member_id",
-    )
-
-    member_id: str
-    """The ID of the member to assign.
-
-    Versions 0-5.
-    """
-    assignment: _Buffer
-    """The member assignment.
-
-    Versions 0-5.
-    """
-
-    def __init__(
-        self,
-        *,
-        member_id: str = "",
-        assignment: _Buffer = b"",
-    ) -> None:
-        self.member_id = member_id
-        self.assignment = assignment
-        self._unknown_tags = None
-
-
-_TAGS_SyncGroupRequest: frozenset[int] = frozenset()
-_TAGS_SyncGroupRequestAssignment: frozenset[int] = frozenset()
+_TAGS_SyncGroupRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_SyncGroupRequestAssignment: _Final[frozenset[int]] = frozenset()
 
 
 def _read_SyncGroupRequest_v0(buf: bytes, pos: int) -> tuple[SyncGroupRequest, int]:
@@ -194,7 +200,8 @@ def _read_SyncGroupRequest_v0(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(SyncGroupRequestAssignment)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -270,7 +277,8 @@ def _read_SyncGroupRequest_v3(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(SyncGroupRequestAssignment)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -360,7 +368,8 @@ def _read_SyncGroupRequest_v4(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(SyncGroupRequestAssignment)
             n = buf[pos] - 1
             if n < 127:
@@ -494,7 +503,8 @@ def _read_SyncGroupRequest_v5(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(SyncGroupRequestAssignment)
             n = buf[pos] - 1
             if n < 127:
@@ -781,6 +791,10 @@ def _write_SyncGroupRequest_v5(o: SyncGroupRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
+SyncGroupRequestAssignment._fields = (
+    _F("member_id", "MemberId", "string", None, (0, 5), (1, 0), (1, 0), None, False, "", None),
+    _F("assignment", "Assignment", "bytes", None, (0, 5), (1, 0), (1, 0), None, False, b"", None),
+)
 SyncGroupRequest._fields = (
     _F("group_id", "GroupId", "string", None, (0, 5), (1, 0), (1, 0), None, False, "", None),
     _F(
@@ -839,10 +853,6 @@ SyncGroupRequest._fields = (
         (),
         None,
     ),
-)
-SyncGroupRequestAssignment._fields = (
-    _F("member_id", "MemberId", "string", None, (0, 5), (1, 0), (1, 0), None, False, "", None),
-    _F("assignment", "Assignment", "bytes", None, (0, 5), (1, 0), (1, 0), None, False, b"", None),
 )
 SyncGroupRequest._readers = {
     0: _read_SyncGroupRequest_v0,

@@ -8,6 +8,9 @@ Generated from SyncGroupResponse.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -27,13 +30,14 @@ __all__ = [
     "SyncGroupResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
 class SyncGroupResponse(_Message):
     """Kafka SyncGroupResponse (response, API key 14), versions 0-5, flexible 4+.
 
@@ -106,7 +110,7 @@ class SyncGroupResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_SyncGroupResponse: frozenset[int] = frozenset()
+_TAGS_SyncGroupResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_SyncGroupResponse_v0(buf: bytes, pos: int) -> tuple[SyncGroupResponse, int]:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -30,16 +34,95 @@ __all__ = [
     "TxnOffsetCommitRequestTopic",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_iq = _Packer(">iq")
-_S_iqi = _Packer(">iqi")
-_S_qh = _Packer(">qh")
-_S_qhi = _Packer(">qhi")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_iq: _Final = _Packer(">iq")
+_S_iqi: _Final = _Packer(">iqi")
+_S_qh: _Final = _Packer(">qh")
+_S_qhi: _Final = _Packer(">qhi")
 
 
+@_mypyc_attr(native_class=False)
+class TxnOffsetCommitRequestPartition(_StructBase):
+    """The partitions inside the topic that we want to commit offsets for."""
+
+    __slots__ = (
+        "committed_leader_epoch",
+        "committed_metadata",
+        "committed_offset",
+        "partition_index",
+    )
+
+    partition_index: int
+    """The index of the partition within the topic.
+
+    Versions 0-4.
+    """
+    committed_offset: int
+    """The message offset to be committed.
+
+    Versions 0-4.
+    """
+    committed_leader_epoch: int
+    """The leader epoch of the last consumed record.
+
+    Versions 2-4, ignorable.
+    """
+    committed_metadata: str | None
+    """Any associated metadata the client wants to keep.
+
+    Versions 0-4, nullable 0-4.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        committed_offset: int = 0,
+        committed_leader_epoch: int = -1,
+        committed_metadata: str | None = "",
+    ) -> None:
+        self.partition_index = partition_index
+        self.committed_offset = committed_offset
+        self.committed_leader_epoch = committed_leader_epoch
+        self.committed_metadata = committed_metadata
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class TxnOffsetCommitRequestTopic(_StructBase):
+    """Each topic that we want to commit offsets for."""
+
+    __slots__ = (
+        "name",
+        "partitions",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 0-4.
+    """
+    partitions: list[TxnOffsetCommitRequestPartition]
+    """The partitions inside the topic that we want to commit offsets for.
+
+    Versions 0-4.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partitions: list[TxnOffsetCommitRequestPartition] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class TxnOffsetCommitRequest(_Message):
     """Kafka TxnOffsetCommitRequest (request, API key 28), versions 0-4, flexible 3+.
 
@@ -120,7 +203,7 @@ class TxnOffsetCommitRequest(_Message):
         generation_id: int = -1,
         member_id: str = "",
         group_instance_id: str | None = None,
-        topics: list[TxnOffsetCommitRequestTopic] = _UNSET,
+        topics: list[TxnOffsetCommitRequestTopic] | _Unset = _UNSET,
     ) -> None:
         self.transactional_id = transactional_id
         self.group_id = group_id
@@ -129,89 +212,13 @@ class TxnOffsetCommitRequest(_Message):
         self.generation_id = generation_id
         self.member_id = member_id
         self.group_instance_id = group_instance_id
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self._unknown_tags = None
 
 
-class TxnOffsetCommitRequestTopic(_StructBase):
-    """Each topic that we want to commit offsets for."""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 0-4.
-    """
-    partitions: list[TxnOffsetCommitRequestPartition]
-    """The partitions inside the topic that we want to commit offsets for.
-
-    Versions 0-4.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partitions: list[TxnOffsetCommitRequestPartition] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class TxnOffsetCommitRequestPartition(_StructBase):
-    """The partitions inside the topic that we want to commit offsets for."""
-
-    __slots__ = (
-        "committed_leader_epoch",
-        "committed_metadata",
-        "committed_offset",
-        "partition_index",
-    )
-
-    partition_index: int
-    """The index of the partition within the topic.
-
-    Versions 0-4.
-    """
-    committed_offset: int
-    """The message offset to be committed.
-
-    Versions 0-4.
-    """
-    committed_leader_epoch: int
-    """The leader epoch of the last consumed record.
-
-    Versions 2-4, ignorable.
-    """
-    committed_metadata: str | None
-    """Any associated metadata the client wants to keep.
-
-    Versions 0-4, nullable 0-4.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        committed_offset: int = 0,
-        committed_leader_epoch: int = -1,
-        committed_metadata: str | None = "",
-    ) -> None:
-        self.partition_index = partition_index
-        self.committed_offset = committed_offset
-        self.committed_leader_epoch = committed_leader_epoch
-        self.committed_metadata = committed_metadata
-        self._unknown_tags = None
-
-
-_TAGS_TxnOffsetCommitRequest: frozenset[int] = frozenset()
-_TAGS_TxnOffsetCommitRequestTopic: frozenset[int] = frozenset()
-_TAGS_TxnOffsetCommitRequestPartition: frozenset[int] = frozenset()
+_TAGS_TxnOffsetCommitRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_TxnOffsetCommitRequestTopic: _Final[frozenset[int]] = frozenset()
+_TAGS_TxnOffsetCommitRequestPartition: _Final[frozenset[int]] = frozenset()
 
 
 def _read_TxnOffsetCommitRequestTopic_v0(
@@ -237,7 +244,8 @@ def _read_TxnOffsetCommitRequestTopic_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(TxnOffsetCommitRequestPartition)
             item2.committed_leader_epoch = -1
             item2.partition_index, item2.committed_offset = _S_iq.unpack_from(buf, pos)
@@ -284,7 +292,8 @@ def _read_TxnOffsetCommitRequestTopic_v2(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(TxnOffsetCommitRequestPartition)
             item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
                 _S_iqi.unpack_from(buf, pos)
@@ -340,7 +349,8 @@ def _read_TxnOffsetCommitRequestTopic_v3(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(TxnOffsetCommitRequestPartition)
             item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
                 _S_iqi.unpack_from(buf, pos)
@@ -492,7 +502,8 @@ def _read_TxnOffsetCommitRequest_v0(buf: bytes, pos: int) -> tuple[TxnOffsetComm
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TxnOffsetCommitRequestTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -536,7 +547,8 @@ def _read_TxnOffsetCommitRequest_v2(buf: bytes, pos: int) -> tuple[TxnOffsetComm
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TxnOffsetCommitRequestTopic_v2(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -617,7 +629,8 @@ def _read_TxnOffsetCommitRequest_v3(buf: bytes, pos: int) -> tuple[TxnOffsetComm
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TxnOffsetCommitRequestTopic_v3(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -741,6 +754,76 @@ def _write_TxnOffsetCommitRequest_v3(o: TxnOffsetCommitRequest, w: _Writer) -> N
         w(b"\x00")
 
 
+TxnOffsetCommitRequestPartition._fields = (
+    _F(
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
+        (0, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F(
+        "committed_offset",
+        "CommittedOffset",
+        "int64",
+        None,
+        (0, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F(
+        "committed_leader_epoch",
+        "CommittedLeaderEpoch",
+        "int32",
+        None,
+        (2, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        True,
+        -1,
+        None,
+    ),
+    _F(
+        "committed_metadata",
+        "CommittedMetadata",
+        "string",
+        None,
+        (0, 4),
+        (0, 4),
+        (1, 0),
+        None,
+        False,
+        "",
+        None,
+    ),
+)
+TxnOffsetCommitRequestTopic._fields = (
+    _F("name", "Name", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]TxnOffsetCommitRequestPartition",
+        TxnOffsetCommitRequestPartition,
+        (0, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
 TxnOffsetCommitRequest._fields = (
     _F(
         "transactional_id",
@@ -808,76 +891,6 @@ TxnOffsetCommitRequest._fields = (
         None,
         False,
         (),
-        None,
-    ),
-)
-TxnOffsetCommitRequestTopic._fields = (
-    _F("name", "Name", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]TxnOffsetCommitRequestPartition",
-        TxnOffsetCommitRequestPartition,
-        (0, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-TxnOffsetCommitRequestPartition._fields = (
-    _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
-        (0, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F(
-        "committed_offset",
-        "CommittedOffset",
-        "int64",
-        None,
-        (0, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F(
-        "committed_leader_epoch",
-        "CommittedLeaderEpoch",
-        "int32",
-        None,
-        (2, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        True,
-        -1,
-        None,
-    ),
-    _F(
-        "committed_metadata",
-        "CommittedMetadata",
-        "string",
-        None,
-        (0, 4),
-        (0, 4),
-        (1, 0),
-        None,
-        False,
-        "",
         None,
     ),
 )

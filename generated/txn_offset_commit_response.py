@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -30,13 +34,76 @@ __all__ = [
     "TxnOffsetCommitResponseTopic",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
+class TxnOffsetCommitResponsePartition(_StructBase):
+    """The responses for each partition in the topic."""
+
+    __slots__ = (
+        "error_code",
+        "partition_index",
+    )
+
+    partition_index: int
+    """The partition index.
+
+    Versions 0-4.
+    """
+    error_code: int
+    """The error code, or 0 if there was no error.
+
+    Versions 0-4.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition_index: int = 0,
+        error_code: int = 0,
+    ) -> None:
+        self.partition_index = partition_index
+        self.error_code = error_code
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class TxnOffsetCommitResponseTopic(_StructBase):
+    """The responses for each topic."""
+
+    __slots__ = (
+        "name",
+        "partitions",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 0-4.
+    """
+    partitions: list[TxnOffsetCommitResponsePartition]
+    """The responses for each partition in the topic.
+
+    Versions 0-4.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partitions: list[TxnOffsetCommitResponsePartition] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class TxnOffsetCommitResponse(_Message):
     """Kafka TxnOffsetCommitResponse (response, API key 28), versions 0-4, flexible 3+.
 
@@ -75,76 +142,16 @@ class TxnOffsetCommitResponse(_Message):
         self,
         *,
         throttle_time_ms: int = 0,
-        topics: list[TxnOffsetCommitResponseTopic] = _UNSET,
+        topics: list[TxnOffsetCommitResponseTopic] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self._unknown_tags = None
 
 
-class TxnOffsetCommitResponseTopic(_StructBase):
-    """The responses for each topic."""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 0-4.
-    """
-    partitions: list[TxnOffsetCommitResponsePartition]
-    """The responses for each partition in the topic.
-
-    Versions 0-4.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partitions: list[TxnOffsetCommitResponsePartition] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class TxnOffsetCommitResponsePartition(_StructBase):
-    """The responses for each partition in the topic."""
-
-    __slots__ = (
-        "error_code",
-        "partition_index",
-    )
-
-    partition_index: int
-    """The partition index.
-
-    Versions 0-4.
-    """
-    error_code: int
-    """The error code, or 0 if there was no error.
-
-    Versions 0-4.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition_index: int = 0,
-        error_code: int = 0,
-    ) -> None:
-        self.partition_index = partition_index
-        self.error_code = error_code
-        self._unknown_tags = None
-
-
-_TAGS_TxnOffsetCommitResponse: frozenset[int] = frozenset()
-_TAGS_TxnOffsetCommitResponseTopic: frozenset[int] = frozenset()
-_TAGS_TxnOffsetCommitResponsePartition: frozenset[int] = frozenset()
+_TAGS_TxnOffsetCommitResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_TxnOffsetCommitResponseTopic: _Final[frozenset[int]] = frozenset()
+_TAGS_TxnOffsetCommitResponsePartition: _Final[frozenset[int]] = frozenset()
 
 
 def _read_TxnOffsetCommitResponseTopic_v0(
@@ -170,7 +177,8 @@ def _read_TxnOffsetCommitResponseTopic_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(TxnOffsetCommitResponsePartition)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
@@ -212,7 +220,8 @@ def _read_TxnOffsetCommitResponseTopic_v3(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(TxnOffsetCommitResponsePartition)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
@@ -284,7 +293,8 @@ def _read_TxnOffsetCommitResponse_v0(buf: bytes, pos: int) -> tuple[TxnOffsetCom
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TxnOffsetCommitResponseTopic_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -309,7 +319,8 @@ def _read_TxnOffsetCommitResponse_v3(buf: bytes, pos: int) -> tuple[TxnOffsetCom
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TxnOffsetCommitResponseTopic_v3(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -347,6 +358,38 @@ def _write_TxnOffsetCommitResponse_v3(o: TxnOffsetCommitResponse, w: _Writer) ->
         w(b"\x00")
 
 
+TxnOffsetCommitResponsePartition._fields = (
+    _F(
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
+        (0, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F("error_code", "ErrorCode", "int16", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
+)
+TxnOffsetCommitResponseTopic._fields = (
+    _F("name", "Name", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]TxnOffsetCommitResponsePartition",
+        TxnOffsetCommitResponsePartition,
+        (0, 4),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
 TxnOffsetCommitResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -374,38 +417,6 @@ TxnOffsetCommitResponse._fields = (
         (),
         None,
     ),
-)
-TxnOffsetCommitResponseTopic._fields = (
-    _F("name", "Name", "string", None, (0, 4), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]TxnOffsetCommitResponsePartition",
-        TxnOffsetCommitResponsePartition,
-        (0, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-TxnOffsetCommitResponsePartition._fields = (
-    _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
-        (0, 4),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F("error_code", "ErrorCode", "int16", None, (0, 4), (1, 0), (1, 0), None, False, 0, None),
 )
 TxnOffsetCommitResponse._readers = {
     0: _read_TxnOffsetCommitResponse_v0,

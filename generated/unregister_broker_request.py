@@ -8,6 +8,9 @@ Generated from UnregisterBrokerRequest.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
@@ -19,11 +22,12 @@ __all__ = [
     "UnregisterBrokerRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_i = _Packer(">i")
+_S_i: _Final = _Packer(">i")
 
 
+@_mypyc_attr(native_class=False)
 class UnregisterBrokerRequest(_Message):
     """Kafka UnregisterBrokerRequest (request, API key 64), versions 0, flexible 0+."""
 
@@ -50,7 +54,7 @@ class UnregisterBrokerRequest(_Message):
         self._unknown_tags = None
 
 
-_TAGS_UnregisterBrokerRequest: frozenset[int] = frozenset()
+_TAGS_UnregisterBrokerRequest: _Final[frozenset[int]] = frozenset()
 
 
 def _read_UnregisterBrokerRequest_v0(buf: bytes, pos: int) -> tuple[UnregisterBrokerRequest, int]:

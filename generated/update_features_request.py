@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -30,58 +34,15 @@ __all__ = [
     "UpdateFeaturesRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_hb = _Packer(">hb")
-_S_hz = _Packer(">h?")
-_S_i = _Packer(">i")
-_S_z = _Packer(">?")
-
-
-class UpdateFeaturesRequest(_Message):
-    """Kafka UpdateFeaturesRequest (request, API key 57), versions 0-1, flexible 0+."""
-
-    __slots__ = (
-        "feature_updates",
-        "timeout_ms",
-        "validate_only",
-    )
-
-    NAME = "UpdateFeaturesRequest"
-    API_KEY = 57
-    TYPE = "request"
-    VALID_VERSIONS = (0, 1)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    timeout_ms: int
-    """How long to wait in milliseconds before timing out the request.
-
-    Versions 0-1.
-    """
-    feature_updates: list[FeatureUpdateKey]
-    """The list of updates to finalized features.
-
-    Versions 0-1.
-    """
-    validate_only: bool
-    """True if we should validate the request, but not perform the upgrade or downgrade.
-
-    Versions 1.
-    """
-
-    def __init__(
-        self,
-        *,
-        timeout_ms: int = 60000,
-        feature_updates: list[FeatureUpdateKey] = _UNSET,
-        validate_only: bool = False,
-    ) -> None:
-        self.timeout_ms = timeout_ms
-        self.feature_updates = [] if feature_updates is _UNSET else feature_updates
-        self.validate_only = validate_only
-        self._unknown_tags = None
+_S_hb: _Final = _Packer(">hb")
+_S_hz: _Final = _Packer(">h?")
+_S_i: _Final = _Packer(">i")
+_S_z: _Final = _Packer(">?")
 
 
+@_mypyc_attr(native_class=False)
 class FeatureUpdateKey(_StructBase):
     """The list of updates to finalized features."""
 
@@ -128,8 +89,53 @@ class FeatureUpdateKey(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_UpdateFeaturesRequest: frozenset[int] = frozenset()
-_TAGS_FeatureUpdateKey: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class UpdateFeaturesRequest(_Message):
+    """Kafka UpdateFeaturesRequest (request, API key 57), versions 0-1, flexible 0+."""
+
+    __slots__ = (
+        "feature_updates",
+        "timeout_ms",
+        "validate_only",
+    )
+
+    NAME = "UpdateFeaturesRequest"
+    API_KEY = 57
+    TYPE = "request"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    timeout_ms: int
+    """How long to wait in milliseconds before timing out the request.
+
+    Versions 0-1.
+    """
+    feature_updates: list[FeatureUpdateKey]
+    """The list of updates to finalized features.
+
+    Versions 0-1.
+    """
+    validate_only: bool
+    """True if we should validate the request, but not perform the upgrade or downgrade.
+
+    Versions 1.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout_ms: int = 60000,
+        feature_updates: list[FeatureUpdateKey] | _Unset = _UNSET,
+        validate_only: bool = False,
+    ) -> None:
+        self.timeout_ms = timeout_ms
+        self.feature_updates = [] if isinstance(feature_updates, _Unset) else feature_updates
+        self.validate_only = validate_only
+        self._unknown_tags = None
+
+
+_TAGS_UpdateFeaturesRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_FeatureUpdateKey: _Final[frozenset[int]] = frozenset()
 
 
 def _read_UpdateFeaturesRequest_v0(buf: bytes, pos: int) -> tuple[UpdateFeaturesRequest, int]:
@@ -150,7 +156,8 @@ def _read_UpdateFeaturesRequest_v0(buf: bytes, pos: int) -> tuple[UpdateFeatures
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(FeatureUpdateKey)
             item2.upgrade_type = 1
             n = buf[pos] - 1
@@ -201,7 +208,8 @@ def _read_UpdateFeaturesRequest_v1(buf: bytes, pos: int) -> tuple[UpdateFeatures
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(FeatureUpdateKey)
             item2.allow_downgrade = False
             n = buf[pos] - 1
@@ -288,35 +296,6 @@ def _write_UpdateFeaturesRequest_v1(o: UpdateFeaturesRequest, w: _Writer) -> Non
         w(b"\x00")
 
 
-UpdateFeaturesRequest._fields = (
-    _F("timeout_ms", "timeoutMs", "int32", None, (0, 1), (1, 0), (1, 0), None, False, 60000, None),
-    _F(
-        "feature_updates",
-        "FeatureUpdates",
-        "[]FeatureUpdateKey",
-        FeatureUpdateKey,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-    _F(
-        "validate_only",
-        "ValidateOnly",
-        "bool",
-        None,
-        (1, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        False,
-        None,
-    ),
-)
 FeatureUpdateKey._fields = (
     _F("feature", "Feature", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
     _F(
@@ -346,6 +325,35 @@ FeatureUpdateKey._fields = (
         None,
     ),
     _F("upgrade_type", "UpgradeType", "int8", None, (1, 1), (1, 0), (1, 0), None, False, 1, None),
+)
+UpdateFeaturesRequest._fields = (
+    _F("timeout_ms", "timeoutMs", "int32", None, (0, 1), (1, 0), (1, 0), None, False, 60000, None),
+    _F(
+        "feature_updates",
+        "FeatureUpdates",
+        "[]FeatureUpdateKey",
+        FeatureUpdateKey,
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+    _F(
+        "validate_only",
+        "ValidateOnly",
+        "bool",
+        None,
+        (1, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        False,
+        None,
+    ),
 )
 UpdateFeaturesRequest._readers = {
     0: _read_UpdateFeaturesRequest_v0,

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -28,12 +32,52 @@ __all__ = [
     "UpdateFeaturesResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_ih = _Packer(">ih")
+_S_h: _Final = _Packer(">h")
+_S_ih: _Final = _Packer(">ih")
 
 
+@_mypyc_attr(native_class=False)
+class UpdatableFeatureResult(_StructBase):
+    """Results for each feature update."""
+
+    __slots__ = (
+        "error_code",
+        "error_message",
+        "feature",
+    )
+
+    feature: str
+    """The name of the finalized feature.
+
+    Versions 0-1.
+    """
+    error_code: int
+    """The feature update error code or `0` if the feature update succeeded.
+
+    Versions 0-1.
+    """
+    error_message: str | None
+    """The feature update error, or `null` if the feature update succeeded.
+
+    Versions 0-1, nullable 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        feature: str = "",
+        error_code: int = 0,
+        error_message: str | None = "",
+    ) -> None:
+        self.feature = feature
+        self.error_code = error_code
+        self.error_message = error_message
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class UpdateFeaturesResponse(_Message):
     """Kafka UpdateFeaturesResponse (response, API key 57), versions 0-1, flexible 0+."""
 
@@ -77,55 +121,17 @@ class UpdateFeaturesResponse(_Message):
         throttle_time_ms: int = 0,
         error_code: int = 0,
         error_message: str | None = "",
-        results: list[UpdatableFeatureResult] = _UNSET,
+        results: list[UpdatableFeatureResult] | _Unset = _UNSET,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
         self.error_message = error_message
-        self.results = [] if results is _UNSET else results
+        self.results = [] if isinstance(results, _Unset) else results
         self._unknown_tags = None
 
 
-class UpdatableFeatureResult(_StructBase):
-    """Results for each feature update."""
-
-    __slots__ = (
-        "error_code",
-        "error_message",
-        "feature",
-    )
-
-    feature: str
-    """The name of the finalized feature.
-
-    Versions 0-1.
-    """
-    error_code: int
-    """The feature update error code or `0` if the feature update succeeded.
-
-    Versions 0-1.
-    """
-    error_message: str | None
-    """The feature update error, or `null` if the feature update succeeded.
-
-    Versions 0-1, nullable 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        feature: str = "",
-        error_code: int = 0,
-        error_message: str | None = "",
-    ) -> None:
-        self.feature = feature
-        self.error_code = error_code
-        self.error_message = error_message
-        self._unknown_tags = None
-
-
-_TAGS_UpdateFeaturesResponse: frozenset[int] = frozenset()
-_TAGS_UpdatableFeatureResult: frozenset[int] = frozenset()
+_TAGS_UpdateFeaturesResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_UpdatableFeatureResult: _Final[frozenset[int]] = frozenset()
 
 
 def _read_UpdateFeaturesResponse_v0(buf: bytes, pos: int) -> tuple[UpdateFeaturesResponse, int]:
@@ -159,7 +165,8 @@ def _read_UpdateFeaturesResponse_v0(buf: bytes, pos: int) -> tuple[UpdateFeature
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(UpdatableFeatureResult)
             n = buf[pos] - 1
             if n < 127:
@@ -244,6 +251,23 @@ def _write_UpdateFeaturesResponse_v0(o: UpdateFeaturesResponse, w: _Writer) -> N
         w(b"\x00")
 
 
+UpdatableFeatureResult._fields = (
+    _F("feature", "Feature", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
+    _F("error_code", "ErrorCode", "int16", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "error_message",
+        "ErrorMessage",
+        "string",
+        None,
+        (0, 1),
+        (0, 1),
+        (1, 0),
+        None,
+        False,
+        "",
+        None,
+    ),
+)
 UpdateFeaturesResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -283,23 +307,6 @@ UpdateFeaturesResponse._fields = (
         None,
         False,
         (),
-        None,
-    ),
-)
-UpdatableFeatureResult._fields = (
-    _F("feature", "Feature", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
-    _F("error_code", "ErrorCode", "int16", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "error_message",
-        "ErrorMessage",
-        "string",
-        None,
-        (0, 1),
-        (0, 1),
-        (1, 0),
-        None,
-        False,
-        "",
         None,
     ),
 )

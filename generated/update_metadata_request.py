@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
@@ -43,18 +47,247 @@ __all__ = [
     "UpdateMetadataTopicState",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_b = _Packer(">b")
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ii = _Packer(">ii")
-_S_iiii = _Packer(">iiii")
-_S_iiq = _Packer(">iiq")
-_S_iziq = _Packer(">i?iq")
-_A_i = _small_arrays("i", 32)
+_S_b: _Final = _Packer(">b")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ii: _Final = _Packer(">ii")
+_S_iiii: _Final = _Packer(">iiii")
+_S_iiq: _Final = _Packer(">iiq")
+_S_iziq: _Final = _Packer(">i?iq")
+_A_i: _Final = _small_arrays("i", 32)
 
 
+@_mypyc_attr(native_class=False)
+class UpdateMetadataPartitionState(_StructBase):
+    """UpdateMetadataPartitionState (part of UpdateMetadataRequest)."""
+
+    __slots__ = (
+        "controller_epoch",
+        "isr",
+        "leader",
+        "leader_epoch",
+        "offline_replicas",
+        "partition_index",
+        "replicas",
+        "topic_name",
+        "zk_version",
+    )
+
+    topic_name: str
+    """In older versions of this RPC, the topic name.
+
+    Versions 0-4, ignorable.
+    """
+    partition_index: int
+    """The partition index.
+
+    Versions 0-8.
+    """
+    controller_epoch: int
+    """The controller epoch.
+
+    Versions 0-8.
+    """
+    leader: int
+    """The ID of the broker which is the current partition leader.
+
+    Versions 0-8.
+    """
+    leader_epoch: int
+    """The leader epoch of this partition.
+
+    Versions 0-8.
+    """
+    isr: list[int]
+    """The brokers which are in the ISR for this partition.
+
+    Versions 0-8.
+    """
+    zk_version: int
+    """The Zookeeper version.
+
+    Versions 0-8.
+    """
+    replicas: list[int]
+    """All the replicas of this partition.
+
+    Versions 0-8.
+    """
+    offline_replicas: list[int]
+    """The replicas of this partition which are offline.
+
+    Versions 4-8, ignorable.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_name: str = "",
+        partition_index: int = 0,
+        controller_epoch: int = 0,
+        leader: int = 0,
+        leader_epoch: int = 0,
+        isr: list[int] | _Unset = _UNSET,
+        zk_version: int = 0,
+        replicas: list[int] | _Unset = _UNSET,
+        offline_replicas: list[int] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_name = topic_name
+        self.partition_index = partition_index
+        self.controller_epoch = controller_epoch
+        self.leader = leader
+        self.leader_epoch = leader_epoch
+        self.isr = [] if isinstance(isr, _Unset) else isr
+        self.zk_version = zk_version
+        self.replicas = [] if isinstance(replicas, _Unset) else replicas
+        self.offline_replicas = [] if isinstance(offline_replicas, _Unset) else offline_replicas
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class UpdateMetadataTopicState(_StructBase):
+    """In newer versions of this RPC, each topic that we would like to update."""
+
+    __slots__ = (
+        "partition_states",
+        "topic_id",
+        "topic_name",
+    )
+
+    topic_name: str
+    """The topic name.
+
+    Versions 5-8.
+    """
+    topic_id: _UUID
+    """The topic id.
+
+    Versions 7-8, ignorable.
+    """
+    partition_states: list[UpdateMetadataPartitionState]
+    """The partition that we would like to update.
+
+    Versions 5-8.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_name: str = "",
+        topic_id: _UUID = _ZERO_UUID,
+        partition_states: list[UpdateMetadataPartitionState] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_name = topic_name
+        self.topic_id = topic_id
+        self.partition_states = [] if isinstance(partition_states, _Unset) else partition_states
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class UpdateMetadataEndpoint(_StructBase):
+    """The broker endpoints."""
+
+    __slots__ = (
+        "host",
+        "listener",
+        "port",
+        "security_protocol",
+    )
+
+    port: int
+    """The port of this endpoint
+
+    Versions 1-8.
+    """
+    host: str
+    """The hostname of this endpoint
+
+    Versions 1-8.
+    """
+    listener: str
+    """The listener name.
+
+    Versions 3-8, ignorable.
+    """
+    security_protocol: int
+    """The security protocol type.
+
+    Versions 1-8.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        host: str = "",
+        listener: str = "",
+        security_protocol: int = 0,
+    ) -> None:
+        self.port = port
+        self.host = host
+        self.listener = listener
+        self.security_protocol = security_protocol
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class UpdateMetadataBroker(_StructBase):
+    """UpdateMetadataBroker (part of UpdateMetadataRequest)."""
+
+    __slots__ = (
+        "endpoints",
+        "id",
+        "rack",
+        "v0_host",
+        "v0_port",
+    )
+
+    id: int
+    """The broker id.
+
+    Versions 0-8.
+    """
+    v0_host: str
+    """The broker hostname.
+
+    Versions 0, ignorable.
+    """
+    v0_port: int
+    """The broker port.
+
+    Versions 0, ignorable.
+    """
+    endpoints: list[UpdateMetadataEndpoint]
+    """The broker endpoints.
+
+    Versions 1-8, ignorable.
+    """
+    rack: str | None
+    """The rack which this broker belongs to.
+
+    Versions 2-8, nullable 2-8, ignorable.
+    """
+
+    def __init__(
+        self,
+        *,
+        id: int = 0,
+        v0_host: str = "",
+        v0_port: int = 0,
+        endpoints: list[UpdateMetadataEndpoint] | _Unset = _UNSET,
+        rack: str | None = "",
+    ) -> None:
+        self.id = id
+        self.v0_host = v0_host
+        self.v0_port = v0_port
+        self.endpoints = [] if isinstance(endpoints, _Unset) else endpoints
+        self.rack = rack
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class UpdateMetadataRequest(_Message):
     """Kafka UpdateMetadataRequest (request, API key 6), versions 0-8, flexible 6+.
 
@@ -141,9 +374,9 @@ class UpdateMetadataRequest(_Message):
         type: int = 0,
         controller_epoch: int = 0,
         broker_epoch: int = -1,
-        ungrouped_partition_states: list[UpdateMetadataPartitionState] = _UNSET,
-        topic_states: list[UpdateMetadataTopicState] = _UNSET,
-        live_brokers: list[UpdateMetadataBroker] = _UNSET,
+        ungrouped_partition_states: list[UpdateMetadataPartitionState] | _Unset = _UNSET,
+        topic_states: list[UpdateMetadataTopicState] | _Unset = _UNSET,
+        live_brokers: list[UpdateMetadataBroker] | _Unset = _UNSET,
     ) -> None:
         self.controller_id = controller_id
         self.is_kraft_controller = is_kraft_controller
@@ -151,242 +384,18 @@ class UpdateMetadataRequest(_Message):
         self.controller_epoch = controller_epoch
         self.broker_epoch = broker_epoch
         self.ungrouped_partition_states = (
-            [] if ungrouped_partition_states is _UNSET else ungrouped_partition_states
+            [] if isinstance(ungrouped_partition_states, _Unset) else ungrouped_partition_states
         )
-        self.topic_states = [] if topic_states is _UNSET else topic_states
-        self.live_brokers = [] if live_brokers is _UNSET else live_brokers
+        self.topic_states = [] if isinstance(topic_states, _Unset) else topic_states
+        self.live_brokers = [] if isinstance(live_brokers, _Unset) else live_brokers
         self._unknown_tags = None
 
 
-class UpdateMetadataPartitionState(_StructBase):
-    """UpdateMetadataPartitionState (part of UpdateMetadataRequest)."""
-
-    __slots__ = (
-        "controller_epoch",
-        "isr",
-        "leader",
-        "leader_epoch",
-        "offline_replicas",
-        "partition_index",
-        "replicas",
-        "topic_name",
-        "zk_version",
-    )
-
-    topic_name: str
-    """In older versions of this RPC, the topic name.
-
-    Versions 0-4, ignorable.
-    """
-    partition_index: int
-    """The partition index.
-
-    Versions 0-8.
-    """
-    controller_epoch: int
-    """The controller epoch.
-
-    Versions 0-8.
-    """
-    leader: int
-    """The ID of the broker which is the current partition leader.
-
-    Versions 0-8.
-    """
-    leader_epoch: int
-    """The leader epoch of this partition.
-
-    Versions 0-8.
-    """
-    isr: list[int]
-    """The brokers which are in the ISR for this partition.
-
-    Versions 0-8.
-    """
-    zk_version: int
-    """The Zookeeper version.
-
-    Versions 0-8.
-    """
-    replicas: list[int]
-    """All the replicas of this partition.
-
-    Versions 0-8.
-    """
-    offline_replicas: list[int]
-    """The replicas of this partition which are offline.
-
-    Versions 4-8, ignorable.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_name: str = "",
-        partition_index: int = 0,
-        controller_epoch: int = 0,
-        leader: int = 0,
-        leader_epoch: int = 0,
-        isr: list[int] = _UNSET,
-        zk_version: int = 0,
-        replicas: list[int] = _UNSET,
-        offline_replicas: list[int] = _UNSET,
-    ) -> None:
-        self.topic_name = topic_name
-        self.partition_index = partition_index
-        self.controller_epoch = controller_epoch
-        self.leader = leader
-        self.leader_epoch = leader_epoch
-        self.isr = [] if isr is _UNSET else isr
-        self.zk_version = zk_version
-        self.replicas = [] if replicas is _UNSET else replicas
-        self.offline_replicas = [] if offline_replicas is _UNSET else offline_replicas
-        self._unknown_tags = None
-
-
-class UpdateMetadataTopicState(_StructBase):
-    """In newer versions of this RPC, each topic that we would like to update."""
-
-    __slots__ = (
-        "partition_states",
-        "topic_id",
-        "topic_name",
-    )
-
-    topic_name: str
-    """The topic name.
-
-    Versions 5-8.
-    """
-    topic_id: _UUID
-    """The topic id.
-
-    Versions 7-8, ignorable.
-    """
-    partition_states: list[UpdateMetadataPartitionState]
-    """The partition that we would like to update.
-
-    Versions 5-8.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_name: str = "",
-        topic_id: _UUID = _ZERO_UUID,
-        partition_states: list[UpdateMetadataPartitionState] = _UNSET,
-    ) -> None:
-        self.topic_name = topic_name
-        self.topic_id = topic_id
-        self.partition_states = [] if partition_states is _UNSET else partition_states
-        self._unknown_tags = None
-
-
-class UpdateMetadataBroker(_StructBase):
-    """UpdateMetadataBroker (part of UpdateMetadataRequest)."""
-
-    __slots__ = (
-        "endpoints",
-        "id",
-        "rack",
-        "v0_host",
-        "v0_port",
-    )
-
-    id: int
-    """The broker id.
-
-    Versions 0-8.
-    """
-    v0_host: str
-    """The broker hostname.
-
-    Versions 0, ignorable.
-    """
-    v0_port: int
-    """The broker port.
-
-    Versions 0, ignorable.
-    """
-    endpoints: list[UpdateMetadataEndpoint]
-    """The broker endpoints.
-
-    Versions 1-8, ignorable.
-    """
-    rack: str | None
-    """The rack which this broker belongs to.
-
-    Versions 2-8, nullable 2-8, ignorable.
-    """
-
-    def __init__(
-        self,
-        *,
-        id: int = 0,
-        v0_host: str = "",
-        v0_port: int = 0,
-        endpoints: list[UpdateMetadataEndpoint] = _UNSET,
-        rack: str | None = "",
-    ) -> None:
-        self.id = id
-        self.v0_host = v0_host
-        self.v0_port = v0_port
-        self.endpoints = [] if endpoints is _UNSET else endpoints
-        self.rack = rack
-        self._unknown_tags = None
-
-
-class UpdateMetadataEndpoint(_StructBase):
-    """The broker endpoints."""
-
-    __slots__ = (
-        "host",
-        "listener",
-        "port",
-        "security_protocol",
-    )
-
-    port: int
-    """The port of this endpoint
-
-    Versions 1-8.
-    """
-    host: str
-    """The hostname of this endpoint
-
-    Versions 1-8.
-    """
-    listener: str
-    """The listener name.
-
-    Versions 3-8, ignorable.
-    """
-    security_protocol: int
-    """The security protocol type.
-
-    Versions 1-8.
-    """
-
-    def __init__(
-        self,
-        *,
-        port: int = 0,
-        host: str = "",
-        listener: str = "",
-        security_protocol: int = 0,
-    ) -> None:
-        self.port = port
-        self.host = host
-        self.listener = listener
-        self.security_protocol = security_protocol
-        self._unknown_tags = None
-
-
-_TAGS_UpdateMetadataRequest: frozenset[int] = frozenset({0})
-_TAGS_UpdateMetadataPartitionState: frozenset[int] = frozenset()
-_TAGS_UpdateMetadataTopicState: frozenset[int] = frozenset()
-_TAGS_UpdateMetadataBroker: frozenset[int] = frozenset()
-_TAGS_UpdateMetadataEndpoint: frozenset[int] = frozenset()
+_TAGS_UpdateMetadataRequest: _Final[frozenset[int]] = frozenset({0})
+_TAGS_UpdateMetadataPartitionState: _Final[frozenset[int]] = frozenset()
+_TAGS_UpdateMetadataTopicState: _Final[frozenset[int]] = frozenset()
+_TAGS_UpdateMetadataBroker: _Final[frozenset[int]] = frozenset()
+_TAGS_UpdateMetadataEndpoint: _Final[frozenset[int]] = frozenset()
 
 
 def _read_UpdateMetadataTopicState_v5(buf: bytes, pos: int) -> tuple[UpdateMetadataTopicState, int]:
@@ -411,7 +420,8 @@ def _read_UpdateMetadataTopicState_v5(buf: bytes, pos: int) -> tuple[UpdateMetad
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(UpdateMetadataPartitionState)
             item2.topic_name = ""
             item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
@@ -496,7 +506,8 @@ def _read_UpdateMetadataTopicState_v6(buf: bytes, pos: int) -> tuple[UpdateMetad
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(UpdateMetadataPartitionState)
             item2.topic_name = ""
             item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
@@ -604,7 +615,8 @@ def _read_UpdateMetadataTopicState_v7(buf: bytes, pos: int) -> tuple[UpdateMetad
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(UpdateMetadataPartitionState)
             item2.topic_name = ""
             item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
@@ -808,7 +820,8 @@ def _read_UpdateMetadataBroker_v1(buf: bytes, pos: int) -> tuple[UpdateMetadataB
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(UpdateMetadataEndpoint)
             item2.listener = ""
             item2.port = _S_i.unpack_from(buf, pos)[0]
@@ -847,7 +860,8 @@ def _read_UpdateMetadataBroker_v2(buf: bytes, pos: int) -> tuple[UpdateMetadataB
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(UpdateMetadataEndpoint)
             item2.listener = ""
             item2.port = _S_i.unpack_from(buf, pos)[0]
@@ -898,7 +912,8 @@ def _read_UpdateMetadataBroker_v3(buf: bytes, pos: int) -> tuple[UpdateMetadataB
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(UpdateMetadataEndpoint)
             item2.port = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -962,7 +977,8 @@ def _read_UpdateMetadataBroker_v6(buf: bytes, pos: int) -> tuple[UpdateMetadataB
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(UpdateMetadataEndpoint)
             item2.port = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -1180,7 +1196,8 @@ def _read_UpdateMetadataRequest_v0(buf: bytes, pos: int) -> tuple[UpdateMetadata
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(UpdateMetadataPartitionState)
             item2.offline_replicas = []
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1235,12 +1252,13 @@ def _read_UpdateMetadataRequest_v0(buf: bytes, pos: int) -> tuple[UpdateMetadata
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4 = _new(UpdateMetadataBroker)
-            item4.endpoints = []
-            item4.rack = ""
-            item4.id = _S_i.unpack_from(buf, pos)[0]
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5 = _new(UpdateMetadataBroker)
+            item5.endpoints = []
+            item5.rack = ""
+            item5.id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -1250,13 +1268,13 @@ def _read_UpdateMetadataRequest_v0(buf: bytes, pos: int) -> tuple[UpdateMetadata
                 end = pos + n
                 if end > len(buf):
                     raise _too_long("string", n, len(buf) - pos, pos)
-                item4.v0_host = buf[pos:end].decode()
+                item5.v0_host = buf[pos:end].decode()
                 pos = end
-            item4.v0_port = _S_i.unpack_from(buf, pos)[0]
+            item5.v0_port = _S_i.unpack_from(buf, pos)[0]
             pos += 4
-            item4._unknown_tags = None
-            items3.append(item4)
-        o.live_brokers = items3
+            item5._unknown_tags = None
+            items4.append(item5)
+        o.live_brokers = items4
     o._unknown_tags = None
     return o, pos
 
@@ -1278,7 +1296,8 @@ def _read_UpdateMetadataRequest_v1(buf: bytes, pos: int) -> tuple[UpdateMetadata
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(UpdateMetadataPartitionState)
             item2.offline_replicas = []
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1333,11 +1352,12 @@ def _read_UpdateMetadataRequest_v1(buf: bytes, pos: int) -> tuple[UpdateMetadata
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4, pos = _read_UpdateMetadataBroker_v1(buf, pos)
-            items3.append(item4)
-        o.live_brokers = items3
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5, pos = _read_UpdateMetadataBroker_v1(buf, pos)
+            items4.append(item5)
+        o.live_brokers = items4
     o._unknown_tags = None
     return o, pos
 
@@ -1359,7 +1379,8 @@ def _read_UpdateMetadataRequest_v2(buf: bytes, pos: int) -> tuple[UpdateMetadata
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(UpdateMetadataPartitionState)
             item2.offline_replicas = []
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1414,11 +1435,12 @@ def _read_UpdateMetadataRequest_v2(buf: bytes, pos: int) -> tuple[UpdateMetadata
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4, pos = _read_UpdateMetadataBroker_v2(buf, pos)
-            items3.append(item4)
-        o.live_brokers = items3
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5, pos = _read_UpdateMetadataBroker_v2(buf, pos)
+            items4.append(item5)
+        o.live_brokers = items4
     o._unknown_tags = None
     return o, pos
 
@@ -1440,7 +1462,8 @@ def _read_UpdateMetadataRequest_v3(buf: bytes, pos: int) -> tuple[UpdateMetadata
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(UpdateMetadataPartitionState)
             item2.offline_replicas = []
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1495,11 +1518,12 @@ def _read_UpdateMetadataRequest_v3(buf: bytes, pos: int) -> tuple[UpdateMetadata
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4, pos = _read_UpdateMetadataBroker_v3(buf, pos)
-            items3.append(item4)
-        o.live_brokers = items3
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5, pos = _read_UpdateMetadataBroker_v3(buf, pos)
+            items4.append(item5)
+        o.live_brokers = items4
     o._unknown_tags = None
     return o, pos
 
@@ -1521,7 +1545,8 @@ def _read_UpdateMetadataRequest_v4(buf: bytes, pos: int) -> tuple[UpdateMetadata
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(UpdateMetadataPartitionState)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -1588,11 +1613,12 @@ def _read_UpdateMetadataRequest_v4(buf: bytes, pos: int) -> tuple[UpdateMetadata
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4, pos = _read_UpdateMetadataBroker_v3(buf, pos)
-            items3.append(item4)
-        o.live_brokers = items3
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5, pos = _read_UpdateMetadataBroker_v3(buf, pos)
+            items4.append(item5)
+        o.live_brokers = items4
     o._unknown_tags = None
     return o, pos
 
@@ -1613,7 +1639,8 @@ def _read_UpdateMetadataRequest_v5(buf: bytes, pos: int) -> tuple[UpdateMetadata
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_UpdateMetadataTopicState_v5(buf, pos)
             items1.append(item2)
         o.topic_states = items1
@@ -1624,11 +1651,12 @@ def _read_UpdateMetadataRequest_v5(buf: bytes, pos: int) -> tuple[UpdateMetadata
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4, pos = _read_UpdateMetadataBroker_v3(buf, pos)
-            items3.append(item4)
-        o.live_brokers = items3
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5, pos = _read_UpdateMetadataBroker_v3(buf, pos)
+            items4.append(item5)
+        o.live_brokers = items4
     o._unknown_tags = None
     return o, pos
 
@@ -1653,7 +1681,8 @@ def _read_UpdateMetadataRequest_v6(buf: bytes, pos: int) -> tuple[UpdateMetadata
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_UpdateMetadataTopicState_v6(buf, pos)
             items1.append(item2)
         o.topic_states = items1
@@ -1668,11 +1697,12 @@ def _read_UpdateMetadataRequest_v6(buf: bytes, pos: int) -> tuple[UpdateMetadata
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4, pos = _read_UpdateMetadataBroker_v6(buf, pos)
-            items3.append(item4)
-        o.live_brokers = items3
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5, pos = _read_UpdateMetadataBroker_v6(buf, pos)
+            items4.append(item5)
+        o.live_brokers = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_UpdateMetadataRequest)
     else:
@@ -1701,7 +1731,8 @@ def _read_UpdateMetadataRequest_v7(buf: bytes, pos: int) -> tuple[UpdateMetadata
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_UpdateMetadataTopicState_v7(buf, pos)
             items1.append(item2)
         o.topic_states = items1
@@ -1716,11 +1747,12 @@ def _read_UpdateMetadataRequest_v7(buf: bytes, pos: int) -> tuple[UpdateMetadata
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4, pos = _read_UpdateMetadataBroker_v6(buf, pos)
-            items3.append(item4)
-        o.live_brokers = items3
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5, pos = _read_UpdateMetadataBroker_v6(buf, pos)
+            items4.append(item5)
+        o.live_brokers = items4
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_UpdateMetadataRequest)
     else:
@@ -1750,7 +1782,8 @@ def _read_UpdateMetadataRequest_v8(buf: bytes, pos: int) -> tuple[UpdateMetadata
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_UpdateMetadataTopicState_v7(buf, pos)
             items1.append(item2)
         o.topic_states = items1
@@ -1765,11 +1798,12 @@ def _read_UpdateMetadataRequest_v8(buf: bytes, pos: int) -> tuple[UpdateMetadata
     elif n > len(buf) - pos:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
-        items3: list[_Any] = []
-        for _ in range(n):
-            item4, pos = _read_UpdateMetadataBroker_v6(buf, pos)
-            items3.append(item4)
-        o.live_brokers = items3
+        items4: list[_Any] = []
+        count6 = n
+        for _ in range(count6):
+            item5, pos = _read_UpdateMetadataBroker_v6(buf, pos)
+            items4.append(item5)
+        o.live_brokers = items4
     if buf[pos]:
         pos = _read_tags_UpdateMetadataRequest_v8(o, buf, pos)
     else:
@@ -2102,6 +2136,107 @@ def _write_UpdateMetadataRequest_v8(o: UpdateMetadataRequest, w: _Writer) -> Non
         w(b"\x00")
 
 
+UpdateMetadataPartitionState._fields = (
+    _F("topic_name", "TopicName", "string", None, (0, 4), (1, 0), (1, 0), None, True, "", None),
+    _F(
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
+        (0, 8),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F(
+        "controller_epoch",
+        "ControllerEpoch",
+        "int32",
+        None,
+        (0, 8),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F("leader", "Leader", "int32", None, (0, 8), (1, 0), (1, 0), None, False, 0, None),
+    _F("leader_epoch", "LeaderEpoch", "int32", None, (0, 8), (1, 0), (1, 0), None, False, 0, None),
+    _F("isr", "Isr", "[]int32", None, (0, 8), (1, 0), (1, 0), None, False, (), None),
+    _F("zk_version", "ZkVersion", "int32", None, (0, 8), (1, 0), (1, 0), None, False, 0, None),
+    _F("replicas", "Replicas", "[]int32", None, (0, 8), (1, 0), (1, 0), None, False, (), None),
+    _F(
+        "offline_replicas",
+        "OfflineReplicas",
+        "[]int32",
+        None,
+        (4, 8),
+        (1, 0),
+        (1, 0),
+        None,
+        True,
+        (),
+        None,
+    ),
+)
+UpdateMetadataTopicState._fields = (
+    _F("topic_name", "TopicName", "string", None, (5, 8), (1, 0), (1, 0), None, False, "", None),
+    _F("topic_id", "TopicId", "uuid", None, (7, 8), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
+    _F(
+        "partition_states",
+        "PartitionStates",
+        "[]UpdateMetadataPartitionState",
+        UpdateMetadataPartitionState,
+        (5, 8),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+UpdateMetadataEndpoint._fields = (
+    _F("port", "Port", "int32", None, (1, 8), (1, 0), (1, 0), None, False, 0, None),
+    _F("host", "Host", "string", None, (1, 8), (1, 0), (1, 0), None, False, "", None),
+    _F("listener", "Listener", "string", None, (3, 8), (1, 0), (1, 0), None, True, "", None),
+    _F(
+        "security_protocol",
+        "SecurityProtocol",
+        "int16",
+        None,
+        (1, 8),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+)
+UpdateMetadataBroker._fields = (
+    _F("id", "Id", "int32", None, (0, 8), (1, 0), (1, 0), None, False, 0, None),
+    _F("v0_host", "V0Host", "string", None, (0, 0), (1, 0), (1, 0), None, True, "", None),
+    _F("v0_port", "V0Port", "int32", None, (0, 0), (1, 0), (1, 0), None, True, 0, None),
+    _F(
+        "endpoints",
+        "Endpoints",
+        "[]UpdateMetadataEndpoint",
+        UpdateMetadataEndpoint,
+        (1, 8),
+        (1, 0),
+        (1, 0),
+        None,
+        True,
+        (),
+        None,
+    ),
+    _F("rack", "Rack", "string", None, (2, 8), (2, 8), (1, 0), None, True, "", None),
+)
 UpdateMetadataRequest._fields = (
     _F(
         "controller_id", "ControllerId", "int32", None, (0, 8), (1, 0), (1, 0), None, False, 0, None
@@ -2171,107 +2306,6 @@ UpdateMetadataRequest._fields = (
         None,
         False,
         (),
-        None,
-    ),
-)
-UpdateMetadataPartitionState._fields = (
-    _F("topic_name", "TopicName", "string", None, (0, 4), (1, 0), (1, 0), None, True, "", None),
-    _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
-        (0, 8),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F(
-        "controller_epoch",
-        "ControllerEpoch",
-        "int32",
-        None,
-        (0, 8),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F("leader", "Leader", "int32", None, (0, 8), (1, 0), (1, 0), None, False, 0, None),
-    _F("leader_epoch", "LeaderEpoch", "int32", None, (0, 8), (1, 0), (1, 0), None, False, 0, None),
-    _F("isr", "Isr", "[]int32", None, (0, 8), (1, 0), (1, 0), None, False, (), None),
-    _F("zk_version", "ZkVersion", "int32", None, (0, 8), (1, 0), (1, 0), None, False, 0, None),
-    _F("replicas", "Replicas", "[]int32", None, (0, 8), (1, 0), (1, 0), None, False, (), None),
-    _F(
-        "offline_replicas",
-        "OfflineReplicas",
-        "[]int32",
-        None,
-        (4, 8),
-        (1, 0),
-        (1, 0),
-        None,
-        True,
-        (),
-        None,
-    ),
-)
-UpdateMetadataTopicState._fields = (
-    _F("topic_name", "TopicName", "string", None, (5, 8), (1, 0), (1, 0), None, False, "", None),
-    _F("topic_id", "TopicId", "uuid", None, (7, 8), (1, 0), (1, 0), None, True, _ZERO_UUID, None),
-    _F(
-        "partition_states",
-        "PartitionStates",
-        "[]UpdateMetadataPartitionState",
-        UpdateMetadataPartitionState,
-        (5, 8),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-UpdateMetadataBroker._fields = (
-    _F("id", "Id", "int32", None, (0, 8), (1, 0), (1, 0), None, False, 0, None),
-    _F("v0_host", "V0Host", "string", None, (0, 0), (1, 0), (1, 0), None, True, "", None),
-    _F("v0_port", "V0Port", "int32", None, (0, 0), (1, 0), (1, 0), None, True, 0, None),
-    _F(
-        "endpoints",
-        "Endpoints",
-        "[]UpdateMetadataEndpoint",
-        UpdateMetadataEndpoint,
-        (1, 8),
-        (1, 0),
-        (1, 0),
-        None,
-        True,
-        (),
-        None,
-    ),
-    _F("rack", "Rack", "string", None, (2, 8), (2, 8), (1, 0), None, True, "", None),
-)
-UpdateMetadataEndpoint._fields = (
-    _F("port", "Port", "int32", None, (1, 8), (1, 0), (1, 0), None, False, 0, None),
-    _F("host", "Host", "string", None, (1, 8), (1, 0), (1, 0), None, False, "", None),
-    _F("listener", "Listener", "string", None, (3, 8), (1, 0), (1, 0), None, True, "", None),
-    _F(
-        "security_protocol",
-        "SecurityProtocol",
-        "int16",
-        None,
-        (1, 8),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
         None,
     ),
 )

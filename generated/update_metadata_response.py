@@ -8,6 +8,9 @@ Generated from UpdateMetadataResponse.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -20,11 +23,12 @@ __all__ = [
     "UpdateMetadataResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
+_S_h: _Final = _Packer(">h")
 
 
+@_mypyc_attr(native_class=False)
 class UpdateMetadataResponse(_Message):
     """Kafka UpdateMetadataResponse (response, API key 6), versions 0-8, flexible 6+.
 
@@ -54,7 +58,7 @@ class UpdateMetadataResponse(_Message):
         self._unknown_tags = None
 
 
-_TAGS_UpdateMetadataResponse: frozenset[int] = frozenset()
+_TAGS_UpdateMetadataResponse: _Final[frozenset[int]] = frozenset()
 
 
 def _read_UpdateMetadataResponse_v0(buf: bytes, pos: int) -> tuple[UpdateMetadataResponse, int]:

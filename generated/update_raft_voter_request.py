@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -32,13 +36,84 @@ __all__ = [
     "UpdateRaftVoterRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_H = _Packer(">H")
-_S_hh = _Packer(">hh")
-_S_ii = _Packer(">ii")
+_S_H: _Final = _Packer(">H")
+_S_hh: _Final = _Packer(">hh")
+_S_ii: _Final = _Packer(">ii")
 
 
+@_mypyc_attr(native_class=False)
+class Listener(_StructBase):
+    """The endpoint that can be used to communicate with the leader"""
+
+    __slots__ = (
+        "host",
+        "name",
+        "port",
+    )
+
+    name: str
+    """The name of the endpoint
+
+    Versions 0.
+    """
+    host: str
+    """The hostname
+
+    Versions 0.
+    """
+    port: int
+    """The port
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        host: str = "",
+        port: int = 0,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class KRaftVersionFeature(_StructBase):
+    """The range of versions of the protocol that the replica supports"""
+
+    __slots__ = (
+        "max_supported_version",
+        "min_supported_version",
+    )
+
+    min_supported_version: int
+    """The minimum supported KRaft protocol version
+
+    Versions 0.
+    """
+    max_supported_version: int
+    """The maximum supported KRaft protocol version
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        min_supported_version: int = 0,
+        max_supported_version: int = 0,
+    ) -> None:
+        self.min_supported_version = min_supported_version
+        self.max_supported_version = max_supported_version
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class UpdateRaftVoterRequest(_Message):
     """Kafka UpdateRaftVoterRequest (request, API key 82), versions 0, flexible 0+."""
 
@@ -95,91 +170,25 @@ class UpdateRaftVoterRequest(_Message):
         current_leader_epoch: int = 0,
         voter_id: int = 0,
         voter_directory_id: _UUID = _ZERO_UUID,
-        listeners: list[Listener] = _UNSET,
-        kraft_version_feature: KRaftVersionFeature = _UNSET,
+        listeners: list[Listener] | _Unset = _UNSET,
+        kraft_version_feature: KRaftVersionFeature | _Unset = _UNSET,
     ) -> None:
         self.cluster_id = cluster_id
         self.current_leader_epoch = current_leader_epoch
         self.voter_id = voter_id
         self.voter_directory_id = voter_directory_id
-        self.listeners = [] if listeners is _UNSET else listeners
+        self.listeners = [] if isinstance(listeners, _Unset) else listeners
         self.kraft_version_feature = (
-            KRaftVersionFeature() if kraft_version_feature is _UNSET else kraft_version_feature
+            KRaftVersionFeature()
+            if isinstance(kraft_version_feature, _Unset)
+            else kraft_version_feature
         )
         self._unknown_tags = None
 
 
-class Listener(_StructBase):
-    """The endpoint that can be used to communicate with the leader"""
-
-    __slots__ = (
-        "host",
-        "name",
-        "port",
-    )
-
-    name: str
-    """The name of the endpoint
-
-    Versions 0.
-    """
-    host: str
-    """The hostname
-
-    Versions 0.
-    """
-    port: int
-    """The port
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        host: str = "",
-        port: int = 0,
-    ) -> None:
-        self.name = name
-        self.host = host
-        self.port = port
-        self._unknown_tags = None
-
-
-class KRaftVersionFeature(_StructBase):
-    """The range of versions of the protocol that the replica supports"""
-
-    __slots__ = (
-        "max_supported_version",
-        "min_supported_version",
-    )
-
-    min_supported_version: int
-    """The minimum supported KRaft protocol version
-
-    Versions 0.
-    """
-    max_supported_version: int
-    """The maximum supported KRaft protocol version
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        min_supported_version: int = 0,
-        max_supported_version: int = 0,
-    ) -> None:
-        self.min_supported_version = min_supported_version
-        self.max_supported_version = max_supported_version
-        self._unknown_tags = None
-
-
-_TAGS_UpdateRaftVoterRequest: frozenset[int] = frozenset()
-_TAGS_Listener: frozenset[int] = frozenset()
-_TAGS_KRaftVersionFeature: frozenset[int] = frozenset()
+_TAGS_UpdateRaftVoterRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_Listener: _Final[frozenset[int]] = frozenset()
+_TAGS_KRaftVersionFeature: _Final[frozenset[int]] = frozenset()
 
 
 def _read_KRaftVersionFeature_v0(buf: bytes, pos: int) -> tuple[KRaftVersionFeature, int]:
@@ -237,7 +246,8 @@ def _read_UpdateRaftVoterRequest_v0(buf: bytes, pos: int) -> tuple[UpdateRaftVot
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(Listener)
             n = buf[pos] - 1
             if n < 127:
@@ -321,6 +331,39 @@ def _write_UpdateRaftVoterRequest_v0(o: UpdateRaftVoterRequest, w: _Writer) -> N
         w(b"\x00")
 
 
+Listener._fields = (
+    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F("host", "Host", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F("port", "Port", "uint16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+)
+KRaftVersionFeature._fields = (
+    _F(
+        "min_supported_version",
+        "MinSupportedVersion",
+        "int16",
+        None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F(
+        "max_supported_version",
+        "MaxSupportedVersion",
+        "int16",
+        None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+)
 UpdateRaftVoterRequest._fields = (
     _F("cluster_id", "ClusterId", "string", None, (0, 0), (0, 0), (1, 0), None, False, "", None),
     _F(
@@ -374,39 +417,6 @@ UpdateRaftVoterRequest._fields = (
         None,
         False,
         (),
-        None,
-    ),
-)
-Listener._fields = (
-    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F("host", "Host", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F("port", "Port", "uint16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-)
-KRaftVersionFeature._fields = (
-    _F(
-        "min_supported_version",
-        "MinSupportedVersion",
-        "int16",
-        None,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F(
-        "max_supported_version",
-        "MaxSupportedVersion",
-        "int16",
-        None,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
         None,
     ),
 )

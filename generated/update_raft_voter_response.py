@@ -8,12 +8,16 @@ Generated from UpdateRaftVoterResponse.json of Kafka 3.9.1.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import UnknownTags as _UnknownTags
@@ -33,57 +37,14 @@ __all__ = [
     "UpdateRaftVoterResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
-_S_ii = _Packer(">ii")
-
-
-class UpdateRaftVoterResponse(_Message):
-    """Kafka UpdateRaftVoterResponse (response, API key 82), versions 0, flexible 0+."""
-
-    __slots__ = (
-        "current_leader",
-        "error_code",
-        "throttle_time_ms",
-    )
-
-    NAME = "UpdateRaftVoterResponse"
-    API_KEY = 82
-    TYPE = "response"
-    VALID_VERSIONS = (0, 0)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    throttle_time_ms: int
-    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
-
-    Versions 0.
-    """
-    error_code: int
-    """The error code, or 0 if there was no error
-
-    Versions 0.
-    """
-    current_leader: CurrentLeader
-    """CurrentLeader
-
-    Versions 0, tag 0 in 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        throttle_time_ms: int = 0,
-        error_code: int = 0,
-        current_leader: CurrentLeader = _UNSET,
-    ) -> None:
-        self.throttle_time_ms = throttle_time_ms
-        self.error_code = error_code
-        self.current_leader = CurrentLeader() if current_leader is _UNSET else current_leader
-        self._unknown_tags = None
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
+_S_ii: _Final = _Packer(">ii")
 
 
+@_mypyc_attr(native_class=False)
 class CurrentLeader(_StructBase):
     """CurrentLeader (part of UpdateRaftVoterResponse)."""
 
@@ -130,8 +91,55 @@ class CurrentLeader(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_UpdateRaftVoterResponse: frozenset[int] = frozenset({0})
-_TAGS_CurrentLeader: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class UpdateRaftVoterResponse(_Message):
+    """Kafka UpdateRaftVoterResponse (response, API key 82), versions 0, flexible 0+."""
+
+    __slots__ = (
+        "current_leader",
+        "error_code",
+        "throttle_time_ms",
+    )
+
+    NAME = "UpdateRaftVoterResponse"
+    API_KEY = 82
+    TYPE = "response"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    throttle_time_ms: int
+    """The duration in milliseconds for which the request was throttled due to a quota violation, or zero if the request did not violate any quota.
+
+    Versions 0.
+    """
+    error_code: int
+    """The error code, or 0 if there was no error
+
+    Versions 0.
+    """
+    current_leader: CurrentLeader
+    """CurrentLeader
+
+    Versions 0, tag 0 in 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        throttle_time_ms: int = 0,
+        error_code: int = 0,
+        current_leader: CurrentLeader | _Unset = _UNSET,
+    ) -> None:
+        self.throttle_time_ms = throttle_time_ms
+        self.error_code = error_code
+        self.current_leader = (
+            CurrentLeader() if isinstance(current_leader, _Unset) else current_leader
+        )
+        self._unknown_tags = None
+
+
+_TAGS_UpdateRaftVoterResponse: _Final[frozenset[int]] = frozenset({0})
+_TAGS_CurrentLeader: _Final[frozenset[int]] = frozenset()
 
 
 def _read_CurrentLeader_v0(buf: bytes, pos: int) -> tuple[CurrentLeader, int]:
@@ -236,6 +244,12 @@ def _write_UpdateRaftVoterResponse_v0(o: UpdateRaftVoterResponse, w: _Writer) ->
         w(b"\x00")
 
 
+CurrentLeader._fields = (
+    _F("leader_id", "LeaderId", "int32", None, (0, 0), (1, 0), (1, 0), None, False, -1, None),
+    _F("leader_epoch", "LeaderEpoch", "int32", None, (0, 0), (1, 0), (1, 0), None, False, -1, None),
+    _F("host", "Host", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F("port", "Port", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+)
 UpdateRaftVoterResponse._fields = (
     _F(
         "throttle_time_ms",
@@ -264,12 +278,6 @@ UpdateRaftVoterResponse._fields = (
         (),
         None,
     ),
-)
-CurrentLeader._fields = (
-    _F("leader_id", "LeaderId", "int32", None, (0, 0), (1, 0), (1, 0), None, False, -1, None),
-    _F("leader_epoch", "LeaderEpoch", "int32", None, (0, 0), (1, 0), (1, 0), None, False, -1, None),
-    _F("host", "Host", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F("port", "Port", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
 )
 UpdateRaftVoterResponse._readers = {
     0: _read_UpdateRaftVoterResponse_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -32,91 +36,15 @@ __all__ = [
     "VoteRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_i = _Packer(">i")
-_S_iii = _Packer(">iii")
-_S_iiiiq = _Packer(">iiiiq")
-_S_iq = _Packer(">iq")
-
-
-class VoteRequest(_Message):
-    """Kafka VoteRequest (request, API key 52), versions 0-1, flexible 0+.
-
-    Version 1 adds voter key and candidate directory id (KIP-853)
-    """
-
-    __slots__ = (
-        "cluster_id",
-        "topics",
-        "voter_id",
-    )
-
-    NAME = "VoteRequest"
-    API_KEY = 52
-    TYPE = "request"
-    VALID_VERSIONS = (0, 1)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    cluster_id: str | None
-    """ClusterId
-
-    Versions 0-1, nullable 0-1.
-    """
-    voter_id: int
-    """The replica id of the voter receiving the request
-
-    Versions 1, ignorable.
-    """
-    topics: list[TopicData]
-    """Topics
-
-    Versions 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        cluster_id: str | None = None,
-        voter_id: int = -1,
-        topics: list[TopicData] = _UNSET,
-    ) -> None:
-        self.cluster_id = cluster_id
-        self.voter_id = voter_id
-        self.topics = [] if topics is _UNSET else topics
-        self._unknown_tags = None
+_S_i: _Final = _Packer(">i")
+_S_iii: _Final = _Packer(">iii")
+_S_iiiiq: _Final = _Packer(">iiiiq")
+_S_iq: _Final = _Packer(">iq")
 
 
-class TopicData(_StructBase):
-    """TopicData (part of VoteRequest)."""
-
-    __slots__ = (
-        "partitions",
-        "topic_name",
-    )
-
-    topic_name: str
-    """The topic name.
-
-    Versions 0-1.
-    """
-    partitions: list[PartitionData]
-    """Partitions
-
-    Versions 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_name: str = "",
-        partitions: list[PartitionData] = _UNSET,
-    ) -> None:
-        self.topic_name = topic_name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class PartitionData(_StructBase):
     """PartitionData (part of VoteRequest)."""
 
@@ -187,9 +115,88 @@ class PartitionData(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_VoteRequest: frozenset[int] = frozenset()
-_TAGS_TopicData: frozenset[int] = frozenset()
-_TAGS_PartitionData: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class TopicData(_StructBase):
+    """TopicData (part of VoteRequest)."""
+
+    __slots__ = (
+        "partitions",
+        "topic_name",
+    )
+
+    topic_name: str
+    """The topic name.
+
+    Versions 0-1.
+    """
+    partitions: list[PartitionData]
+    """Partitions
+
+    Versions 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_name: str = "",
+        partitions: list[PartitionData] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_name = topic_name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class VoteRequest(_Message):
+    """Kafka VoteRequest (request, API key 52), versions 0-1, flexible 0+.
+
+    Version 1 adds voter key and candidate directory id (KIP-853)
+    """
+
+    __slots__ = (
+        "cluster_id",
+        "topics",
+        "voter_id",
+    )
+
+    NAME = "VoteRequest"
+    API_KEY = 52
+    TYPE = "request"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    cluster_id: str | None
+    """ClusterId
+
+    Versions 0-1, nullable 0-1.
+    """
+    voter_id: int
+    """The replica id of the voter receiving the request
+
+    Versions 1, ignorable.
+    """
+    topics: list[TopicData]
+    """Topics
+
+    Versions 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        cluster_id: str | None = None,
+        voter_id: int = -1,
+        topics: list[TopicData] | _Unset = _UNSET,
+    ) -> None:
+        self.cluster_id = cluster_id
+        self.voter_id = voter_id
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self._unknown_tags = None
+
+
+_TAGS_VoteRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_TopicData: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
@@ -221,7 +228,8 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionData)
             item2.candidate_directory_id = _ZERO_UUID
             item2.voter_directory_id = _ZERO_UUID
@@ -277,7 +285,8 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionData)
             item2.partition_index, item2.candidate_epoch, item2.candidate_id = _S_iii.unpack_from(
                 buf, pos
@@ -387,7 +396,8 @@ def _read_VoteRequest_v0(buf: bytes, pos: int) -> tuple[VoteRequest, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicData_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -430,7 +440,8 @@ def _read_VoteRequest_v1(buf: bytes, pos: int) -> tuple[VoteRequest, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicData_v1(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -485,27 +496,6 @@ def _write_VoteRequest_v1(o: VoteRequest, w: _Writer) -> None:
         w(b"\x00")
 
 
-VoteRequest._fields = (
-    _F("cluster_id", "ClusterId", "string", None, (0, 1), (0, 1), (1, 0), None, False, None, None),
-    _F("voter_id", "VoterId", "int32", None, (1, 1), (1, 0), (1, 0), None, True, -1, None),
-    _F("topics", "Topics", "[]TopicData", TopicData, (0, 1), (1, 0), (1, 0), None, False, (), None),
-)
-TopicData._fields = (
-    _F("topic_name", "TopicName", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]PartitionData",
-        PartitionData,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 PartitionData._fields = (
     _F(
         "partition_index",
@@ -574,6 +564,27 @@ PartitionData._fields = (
         None,
     ),
     _F("last_offset", "LastOffset", "int64", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
+)
+TopicData._fields = (
+    _F("topic_name", "TopicName", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]PartitionData",
+        PartitionData,
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+VoteRequest._fields = (
+    _F("cluster_id", "ClusterId", "string", None, (0, 1), (0, 1), (1, 0), None, False, None, None),
+    _F("voter_id", "VoterId", "int32", None, (1, 1), (1, 0), (1, 0), None, True, -1, None),
+    _F("topics", "Topics", "[]TopicData", TopicData, (0, 1), (1, 0), (1, 0), None, False, (), None),
 )
 VoteRequest._readers = {
     0: _read_VoteRequest_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
@@ -37,91 +41,15 @@ __all__ = [
     "VoteResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_H = _Packer(">H")
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ihiiz = _Packer(">ihii?")
-
-
-class VoteResponse(_Message):
-    """Kafka VoteResponse (response, API key 52), versions 0-1, flexible 0+.
-
-    Version 1 adds leader endpoint (KIP-853)
-    """
-
-    __slots__ = (
-        "error_code",
-        "node_endpoints",
-        "topics",
-    )
-
-    NAME = "VoteResponse"
-    API_KEY = 52
-    TYPE = "response"
-    VALID_VERSIONS = (0, 1)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    error_code: int
-    """The top level error code.
-
-    Versions 0-1.
-    """
-    topics: list[TopicData]
-    """Topics
-
-    Versions 0-1.
-    """
-    node_endpoints: list[NodeEndpoint]
-    """Endpoints for all current-leaders enumerated in PartitionData
-
-    Versions 1, tag 0 in 1.
-    """
-
-    def __init__(
-        self,
-        *,
-        error_code: int = 0,
-        topics: list[TopicData] = _UNSET,
-        node_endpoints: list[NodeEndpoint] = _UNSET,
-    ) -> None:
-        self.error_code = error_code
-        self.topics = [] if topics is _UNSET else topics
-        self.node_endpoints = [] if node_endpoints is _UNSET else node_endpoints
-        self._unknown_tags = None
+_S_H: _Final = _Packer(">H")
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ihiiz: _Final = _Packer(">ihii?")
 
 
-class TopicData(_StructBase):
-    """TopicData (part of VoteResponse)."""
-
-    __slots__ = (
-        "partitions",
-        "topic_name",
-    )
-
-    topic_name: str
-    """The topic name.
-
-    Versions 0-1.
-    """
-    partitions: list[PartitionData]
-    """Partitions
-
-    Versions 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_name: str = "",
-        partitions: list[PartitionData] = _UNSET,
-    ) -> None:
-        self.topic_name = topic_name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class PartitionData(_StructBase):
     """PartitionData (part of VoteResponse)."""
 
@@ -176,6 +104,38 @@ class PartitionData(_StructBase):
         self._unknown_tags = None
 
 
+@_mypyc_attr(native_class=False)
+class TopicData(_StructBase):
+    """TopicData (part of VoteResponse)."""
+
+    __slots__ = (
+        "partitions",
+        "topic_name",
+    )
+
+    topic_name: str
+    """The topic name.
+
+    Versions 0-1.
+    """
+    partitions: list[PartitionData]
+    """Partitions
+
+    Versions 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_name: str = "",
+        partitions: list[PartitionData] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_name = topic_name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class NodeEndpoint(_StructBase):
     """Endpoints for all current-leaders enumerated in PartitionData"""
 
@@ -214,10 +174,58 @@ class NodeEndpoint(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_VoteResponse: frozenset[int] = frozenset({0})
-_TAGS_TopicData: frozenset[int] = frozenset()
-_TAGS_PartitionData: frozenset[int] = frozenset()
-_TAGS_NodeEndpoint: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class VoteResponse(_Message):
+    """Kafka VoteResponse (response, API key 52), versions 0-1, flexible 0+.
+
+    Version 1 adds leader endpoint (KIP-853)
+    """
+
+    __slots__ = (
+        "error_code",
+        "node_endpoints",
+        "topics",
+    )
+
+    NAME = "VoteResponse"
+    API_KEY = 52
+    TYPE = "response"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    error_code: int
+    """The top level error code.
+
+    Versions 0-1.
+    """
+    topics: list[TopicData]
+    """Topics
+
+    Versions 0-1.
+    """
+    node_endpoints: list[NodeEndpoint]
+    """Endpoints for all current-leaders enumerated in PartitionData
+
+    Versions 1, tag 0 in 1.
+    """
+
+    def __init__(
+        self,
+        *,
+        error_code: int = 0,
+        topics: list[TopicData] | _Unset = _UNSET,
+        node_endpoints: list[NodeEndpoint] | _Unset = _UNSET,
+    ) -> None:
+        self.error_code = error_code
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self.node_endpoints = [] if isinstance(node_endpoints, _Unset) else node_endpoints
+        self._unknown_tags = None
+
+
+_TAGS_VoteResponse: _Final[frozenset[int]] = frozenset({0})
+_TAGS_TopicData: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
+_TAGS_NodeEndpoint: _Final[frozenset[int]] = frozenset()
 
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
@@ -249,7 +257,8 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(PartitionData)
             (
                 item2.partition_index,
@@ -327,7 +336,8 @@ def _read_tags_VoteResponse_v1(o: VoteResponse, buf: bytes, pos: int) -> int:
                 raise _too_long("array", n, len(buf) - pos, pos)
             else:
                 items1: list[_Any] = []
-                for _ in range(n):
+                count3 = n
+                for _ in range(count3):
                     item2 = _new(NodeEndpoint)
                     item2.node_id = _S_i.unpack_from(buf, pos)[0]
                     pos += 4
@@ -384,7 +394,8 @@ def _read_VoteResponse_v0(buf: bytes, pos: int) -> tuple[VoteResponse, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicData_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -414,7 +425,8 @@ def _read_VoteResponse_v1(buf: bytes, pos: int) -> tuple[VoteResponse, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_TopicData_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -474,39 +486,6 @@ def _write_VoteResponse_v1(o: VoteResponse, w: _Writer) -> None:
         w(b"\x00")
 
 
-VoteResponse._fields = (
-    _F("error_code", "ErrorCode", "int16", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
-    _F("topics", "Topics", "[]TopicData", TopicData, (0, 1), (1, 0), (1, 0), None, False, (), None),
-    _F(
-        "node_endpoints",
-        "NodeEndpoints",
-        "[]NodeEndpoint",
-        NodeEndpoint,
-        (1, 1),
-        (1, 0),
-        (1, 1),
-        0,
-        False,
-        (),
-        None,
-    ),
-)
-TopicData._fields = (
-    _F("topic_name", "TopicName", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]PartitionData",
-        PartitionData,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 PartitionData._fields = (
     _F(
         "partition_index",
@@ -538,10 +517,43 @@ PartitionData._fields = (
         None,
     ),
 )
+TopicData._fields = (
+    _F("topic_name", "TopicName", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]PartitionData",
+        PartitionData,
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
 NodeEndpoint._fields = (
     _F("node_id", "NodeId", "int32", None, (1, 1), (1, 0), (1, 0), None, False, 0, None),
     _F("host", "Host", "string", None, (1, 1), (1, 0), (1, 0), None, False, "", None),
     _F("port", "Port", "uint16", None, (1, 1), (1, 0), (1, 0), None, False, 0, None),
+)
+VoteResponse._fields = (
+    _F("error_code", "ErrorCode", "int16", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
+    _F("topics", "Topics", "[]TopicData", TopicData, (0, 1), (1, 0), (1, 0), None, False, (), None),
+    _F(
+        "node_endpoints",
+        "NodeEndpoints",
+        "[]NodeEndpoint",
+        NodeEndpoint,
+        (1, 1),
+        (1, 0),
+        (1, 1),
+        0,
+        False,
+        (),
+        None,
+    ),
 )
 VoteResponse._readers = {
     0: _read_VoteResponse_v0,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -33,98 +37,15 @@ __all__ = [
     "VotersRecord",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_H = _Packer(">H")
-_S_h = _Packer(">h")
-_S_hh = _Packer(">hh")
-_S_i = _Packer(">i")
-
-
-class VotersRecord(_Message):
-    """Kafka VotersRecord (data), versions 0, flexible 0+."""
-
-    __slots__ = (
-        "version",
-        "voters",
-    )
-
-    NAME = "VotersRecord"
-    API_KEY = None
-    TYPE = "data"
-    VALID_VERSIONS = (0, 0)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    version: int
-    """The version of the voters record
-
-    Versions 0.
-    """
-    voters: list[Voter]
-    """Voters
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        version: int = 0,
-        voters: list[Voter] = _UNSET,
-    ) -> None:
-        self.version = version
-        self.voters = [] if voters is _UNSET else voters
-        self._unknown_tags = None
+_S_H: _Final = _Packer(">H")
+_S_h: _Final = _Packer(">h")
+_S_hh: _Final = _Packer(">hh")
+_S_i: _Final = _Packer(">i")
 
 
-class Voter(_StructBase):
-    """Voter (part of VotersRecord)."""
-
-    __slots__ = (
-        "endpoints",
-        "kraft_version_feature",
-        "voter_directory_id",
-        "voter_id",
-    )
-
-    voter_id: int
-    """The replica id of the voter in the topic partition
-
-    Versions 0.
-    """
-    voter_directory_id: _UUID
-    """The directory id of the voter in the topic partition
-
-    Versions 0.
-    """
-    endpoints: list[Endpoint]
-    """The endpoint that can be used to communicate with the voter
-
-    Versions 0.
-    """
-    kraft_version_feature: KRaftVersionFeature
-    """The range of versions of the protocol that the replica supports
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        voter_id: int = 0,
-        voter_directory_id: _UUID = _ZERO_UUID,
-        endpoints: list[Endpoint] = _UNSET,
-        kraft_version_feature: KRaftVersionFeature = _UNSET,
-    ) -> None:
-        self.voter_id = voter_id
-        self.voter_directory_id = voter_directory_id
-        self.endpoints = [] if endpoints is _UNSET else endpoints
-        self.kraft_version_feature = (
-            KRaftVersionFeature() if kraft_version_feature is _UNSET else kraft_version_feature
-        )
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class Endpoint(_StructBase):
     """The endpoint that can be used to communicate with the voter"""
 
@@ -163,6 +84,7 @@ class Endpoint(_StructBase):
         self._unknown_tags = None
 
 
+@_mypyc_attr(native_class=False)
 class KRaftVersionFeature(_StructBase):
     """The range of versions of the protocol that the replica supports"""
 
@@ -193,10 +115,98 @@ class KRaftVersionFeature(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_VotersRecord: frozenset[int] = frozenset()
-_TAGS_Voter: frozenset[int] = frozenset()
-_TAGS_Endpoint: frozenset[int] = frozenset()
-_TAGS_KRaftVersionFeature: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class Voter(_StructBase):
+    """Voter (part of VotersRecord)."""
+
+    __slots__ = (
+        "endpoints",
+        "kraft_version_feature",
+        "voter_directory_id",
+        "voter_id",
+    )
+
+    voter_id: int
+    """The replica id of the voter in the topic partition
+
+    Versions 0.
+    """
+    voter_directory_id: _UUID
+    """The directory id of the voter in the topic partition
+
+    Versions 0.
+    """
+    endpoints: list[Endpoint]
+    """The endpoint that can be used to communicate with the voter
+
+    Versions 0.
+    """
+    kraft_version_feature: KRaftVersionFeature
+    """The range of versions of the protocol that the replica supports
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        voter_id: int = 0,
+        voter_directory_id: _UUID = _ZERO_UUID,
+        endpoints: list[Endpoint] | _Unset = _UNSET,
+        kraft_version_feature: KRaftVersionFeature | _Unset = _UNSET,
+    ) -> None:
+        self.voter_id = voter_id
+        self.voter_directory_id = voter_directory_id
+        self.endpoints = [] if isinstance(endpoints, _Unset) else endpoints
+        self.kraft_version_feature = (
+            KRaftVersionFeature()
+            if isinstance(kraft_version_feature, _Unset)
+            else kraft_version_feature
+        )
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class VotersRecord(_Message):
+    """Kafka VotersRecord (data), versions 0, flexible 0+."""
+
+    __slots__ = (
+        "version",
+        "voters",
+    )
+
+    NAME = "VotersRecord"
+    API_KEY = None
+    TYPE = "data"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    version: int
+    """The version of the voters record
+
+    Versions 0.
+    """
+    voters: list[Voter]
+    """Voters
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        version: int = 0,
+        voters: list[Voter] | _Unset = _UNSET,
+    ) -> None:
+        self.version = version
+        self.voters = [] if isinstance(voters, _Unset) else voters
+        self._unknown_tags = None
+
+
+_TAGS_VotersRecord: _Final[frozenset[int]] = frozenset()
+_TAGS_Voter: _Final[frozenset[int]] = frozenset()
+_TAGS_Endpoint: _Final[frozenset[int]] = frozenset()
+_TAGS_KRaftVersionFeature: _Final[frozenset[int]] = frozenset()
 
 
 def _read_KRaftVersionFeature_v0(buf: bytes, pos: int) -> tuple[KRaftVersionFeature, int]:
@@ -240,7 +250,8 @@ def _read_Voter_v0(buf: bytes, pos: int) -> tuple[Voter, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(Endpoint)
             n = buf[pos] - 1
             if n < 127:
@@ -333,7 +344,8 @@ def _read_VotersRecord_v0(buf: bytes, pos: int) -> tuple[VotersRecord, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_Voter_v0(buf, pos)
             items1.append(item2)
         o.voters = items1
@@ -359,9 +371,38 @@ def _write_VotersRecord_v0(o: VotersRecord, w: _Writer) -> None:
         w(b"\x00")
 
 
-VotersRecord._fields = (
-    _F("version", "Version", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("voters", "Voters", "[]Voter", Voter, (0, 0), (1, 0), (1, 0), None, False, (), None),
+Endpoint._fields = (
+    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F("host", "Host", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F("port", "Port", "uint16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+)
+KRaftVersionFeature._fields = (
+    _F(
+        "min_supported_version",
+        "MinSupportedVersion",
+        "int16",
+        None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F(
+        "max_supported_version",
+        "MaxSupportedVersion",
+        "int16",
+        None,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
 )
 Voter._fields = (
     _F("voter_id", "VoterId", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
@@ -405,38 +446,9 @@ Voter._fields = (
         None,
     ),
 )
-Endpoint._fields = (
-    _F("name", "Name", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F("host", "Host", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F("port", "Port", "uint16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-)
-KRaftVersionFeature._fields = (
-    _F(
-        "min_supported_version",
-        "MinSupportedVersion",
-        "int16",
-        None,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F(
-        "max_supported_version",
-        "MaxSupportedVersion",
-        "int16",
-        None,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
+VotersRecord._fields = (
+    _F("version", "Version", "int16", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("voters", "Voters", "[]Voter", Voter, (0, 0), (1, 0), (1, 0), None, False, (), None),
 )
 VotersRecord._readers = {
     0: _read_VotersRecord_v0,

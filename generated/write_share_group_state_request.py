@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
 from uuid import UUID as _UUID
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
@@ -33,132 +37,13 @@ __all__ = [
     "WriteStateData",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_iiiq = _Packer(">iiiq")
-_S_qqbh = _Packer(">qqbh")
-
-
-class WriteShareGroupStateRequest(_Message):
-    """Kafka WriteShareGroupStateRequest (request, API key 85), versions 0, flexible 0+."""
-
-    __slots__ = (
-        "group_id",
-        "topics",
-    )
-
-    NAME = "WriteShareGroupStateRequest"
-    API_KEY = 85
-    TYPE = "request"
-    VALID_VERSIONS = (0, 0)
-    FLEXIBLE_VERSIONS = (0, 32767)
-
-    group_id: str
-    """The group identifier.
-
-    Versions 0.
-    """
-    topics: list[WriteStateData]
-    """The data for the topics.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        group_id: str = "",
-        topics: list[WriteStateData] = _UNSET,
-    ) -> None:
-        self.group_id = group_id
-        self.topics = [] if topics is _UNSET else topics
-        self._unknown_tags = None
+_S_iiiq: _Final = _Packer(">iiiq")
+_S_qqbh: _Final = _Packer(">qqbh")
 
 
-class WriteStateData(_StructBase):
-    """The data for the topics."""
-
-    __slots__ = (
-        "partitions",
-        "topic_id",
-    )
-
-    topic_id: _UUID
-    """The topic identifier.
-
-    Versions 0.
-    """
-    partitions: list[PartitionData]
-    """The data for the partitions.
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        topic_id: _UUID = _ZERO_UUID,
-        partitions: list[PartitionData] = _UNSET,
-    ) -> None:
-        self.topic_id = topic_id
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
-class PartitionData(_StructBase):
-    """The data for the partitions."""
-
-    __slots__ = (
-        "leader_epoch",
-        "partition",
-        "start_offset",
-        "state_batches",
-        "state_epoch",
-    )
-
-    partition: int
-    """The partition index.
-
-    Versions 0.
-    """
-    state_epoch: int
-    """The state epoch for this share-partition.
-
-    Versions 0.
-    """
-    leader_epoch: int
-    """The leader epoch of the share-partition.
-
-    Versions 0.
-    """
-    start_offset: int
-    """The share-partition start offset, or -1 if the start offset is not being written.
-
-    Versions 0.
-    """
-    state_batches: list[StateBatch]
-    """StateBatches
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        partition: int = 0,
-        state_epoch: int = 0,
-        leader_epoch: int = 0,
-        start_offset: int = 0,
-        state_batches: list[StateBatch] = _UNSET,
-    ) -> None:
-        self.partition = partition
-        self.state_epoch = state_epoch
-        self.leader_epoch = leader_epoch
-        self.start_offset = start_offset
-        self.state_batches = [] if state_batches is _UNSET else state_batches
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class StateBatch(_StructBase):
     """StateBatch (part of WriteShareGroupStateRequest)."""
 
@@ -205,10 +90,133 @@ class StateBatch(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_WriteShareGroupStateRequest: frozenset[int] = frozenset()
-_TAGS_WriteStateData: frozenset[int] = frozenset()
-_TAGS_PartitionData: frozenset[int] = frozenset()
-_TAGS_StateBatch: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class PartitionData(_StructBase):
+    """The data for the partitions."""
+
+    __slots__ = (
+        "leader_epoch",
+        "partition",
+        "start_offset",
+        "state_batches",
+        "state_epoch",
+    )
+
+    partition: int
+    """The partition index.
+
+    Versions 0.
+    """
+    state_epoch: int
+    """The state epoch for this share-partition.
+
+    Versions 0.
+    """
+    leader_epoch: int
+    """The leader epoch of the share-partition.
+
+    Versions 0.
+    """
+    start_offset: int
+    """The share-partition start offset, or -1 if the start offset is not being written.
+
+    Versions 0.
+    """
+    state_batches: list[StateBatch]
+    """StateBatches
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        partition: int = 0,
+        state_epoch: int = 0,
+        leader_epoch: int = 0,
+        start_offset: int = 0,
+        state_batches: list[StateBatch] | _Unset = _UNSET,
+    ) -> None:
+        self.partition = partition
+        self.state_epoch = state_epoch
+        self.leader_epoch = leader_epoch
+        self.start_offset = start_offset
+        self.state_batches = [] if isinstance(state_batches, _Unset) else state_batches
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class WriteStateData(_StructBase):
+    """The data for the topics."""
+
+    __slots__ = (
+        "partitions",
+        "topic_id",
+    )
+
+    topic_id: _UUID
+    """The topic identifier.
+
+    Versions 0.
+    """
+    partitions: list[PartitionData]
+    """The data for the partitions.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_id: _UUID = _ZERO_UUID,
+        partitions: list[PartitionData] | _Unset = _UNSET,
+    ) -> None:
+        self.topic_id = topic_id
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class WriteShareGroupStateRequest(_Message):
+    """Kafka WriteShareGroupStateRequest (request, API key 85), versions 0, flexible 0+."""
+
+    __slots__ = (
+        "group_id",
+        "topics",
+    )
+
+    NAME = "WriteShareGroupStateRequest"
+    API_KEY = 85
+    TYPE = "request"
+    VALID_VERSIONS = (0, 0)
+    FLEXIBLE_VERSIONS = (0, 32767)
+
+    group_id: str
+    """The group identifier.
+
+    Versions 0.
+    """
+    topics: list[WriteStateData]
+    """The data for the topics.
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        group_id: str = "",
+        topics: list[WriteStateData] | _Unset = _UNSET,
+    ) -> None:
+        self.group_id = group_id
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self._unknown_tags = None
+
+
+_TAGS_WriteShareGroupStateRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_WriteStateData: _Final[frozenset[int]] = frozenset()
+_TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
+_TAGS_StateBatch: _Final[frozenset[int]] = frozenset()
 
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
@@ -228,7 +236,8 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(StateBatch)
             item2.first_offset, item2.last_offset, item2.delivery_state, item2.delivery_count = (
                 _S_qqbh.unpack_from(buf, pos)
@@ -288,7 +297,8 @@ def _read_WriteStateData_v0(buf: bytes, pos: int) -> tuple[WriteStateData, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_PartitionData_v0(buf, pos)
             items1.append(item2)
         o.partitions = items1
@@ -345,7 +355,8 @@ def _read_WriteShareGroupStateRequest_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_WriteStateData_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -374,57 +385,6 @@ def _write_WriteShareGroupStateRequest_v0(o: WriteShareGroupStateRequest, w: _Wr
         w(b"\x00")
 
 
-WriteShareGroupStateRequest._fields = (
-    _F("group_id", "GroupId", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
-    _F(
-        "topics",
-        "Topics",
-        "[]WriteStateData",
-        WriteStateData,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-WriteStateData._fields = (
-    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
-    _F(
-        "partitions",
-        "Partitions",
-        "[]PartitionData",
-        PartitionData,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
-PartitionData._fields = (
-    _F("partition", "Partition", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("state_epoch", "StateEpoch", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("leader_epoch", "LeaderEpoch", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("start_offset", "StartOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "state_batches",
-        "StateBatches",
-        "[]StateBatch",
-        StateBatch,
-        (0, 0),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        (),
-        None,
-    ),
-)
 StateBatch._fields = (
     _F("first_offset", "FirstOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
     _F("last_offset", "LastOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
@@ -452,6 +412,57 @@ StateBatch._fields = (
         None,
         False,
         0,
+        None,
+    ),
+)
+PartitionData._fields = (
+    _F("partition", "Partition", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("state_epoch", "StateEpoch", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("leader_epoch", "LeaderEpoch", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("start_offset", "StartOffset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "state_batches",
+        "StateBatches",
+        "[]StateBatch",
+        StateBatch,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+WriteStateData._fields = (
+    _F("topic_id", "TopicId", "uuid", None, (0, 0), (1, 0), (1, 0), None, False, _ZERO_UUID, None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]PartitionData",
+        PartitionData,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
+        None,
+    ),
+)
+WriteShareGroupStateRequest._fields = (
+    _F("group_id", "GroupId", "string", None, (0, 0), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "topics",
+        "Topics",
+        "[]WriteStateData",
+        WriteStateData,
+        (0, 0),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        (),
         None,
     ),
 )

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -33,30 +37,30 @@ __all__ = [
     "WriteTxnMarkersRequest",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_qhz = _Packer(">qh?")
-_A_i = _small_arrays("i", 32)
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_qhz: _Final = _Packer(">qh?")
+_A_i: _Final = _small_arrays("i", 32)
 
 
-class WriteTxnMarkersRequest(_Message):
-    """Kafka WriteTxnMarkersRequest (request, API key 27), versions 0-1, flexible 1+.
+@_mypyc_attr(native_class=False)
+class WritableTxnMarkerTopic(_StructBase):
+    """Each topic that we want to write transaction marker(s) for."""
 
-    Version 1 enables flexible versions.
+    __slots__ = (
+        "name",
+        "partition_indexes",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 0-1.
     """
-
-    __slots__ = ("markers",)
-
-    NAME = "WriteTxnMarkersRequest"
-    API_KEY = 27
-    TYPE = "request"
-    VALID_VERSIONS = (0, 1)
-    FLEXIBLE_VERSIONS = (1, 32767)
-
-    markers: list[WritableTxnMarker]
-    """The transaction markers to be written.
+    partition_indexes: list[int]
+    """The indexes of the partitions to write transaction markers for.
 
     Versions 0-1.
     """
@@ -64,12 +68,15 @@ class WriteTxnMarkersRequest(_Message):
     def __init__(
         self,
         *,
-        markers: list[WritableTxnMarker] = _UNSET,
+        name: str = "",
+        partition_indexes: list[int] | _Unset = _UNSET,
     ) -> None:
-        self.markers = [] if markers is _UNSET else markers
+        self.name = name
+        self.partition_indexes = [] if isinstance(partition_indexes, _Unset) else partition_indexes
         self._unknown_tags = None
 
 
+@_mypyc_attr(native_class=False)
 class WritableTxnMarker(_StructBase):
     """The transaction markers to be written."""
 
@@ -113,32 +120,34 @@ class WritableTxnMarker(_StructBase):
         producer_id: int = 0,
         producer_epoch: int = 0,
         transaction_result: bool = False,
-        topics: list[WritableTxnMarkerTopic] = _UNSET,
+        topics: list[WritableTxnMarkerTopic] | _Unset = _UNSET,
         coordinator_epoch: int = 0,
     ) -> None:
         self.producer_id = producer_id
         self.producer_epoch = producer_epoch
         self.transaction_result = transaction_result
-        self.topics = [] if topics is _UNSET else topics
+        self.topics = [] if isinstance(topics, _Unset) else topics
         self.coordinator_epoch = coordinator_epoch
         self._unknown_tags = None
 
 
-class WritableTxnMarkerTopic(_StructBase):
-    """Each topic that we want to write transaction marker(s) for."""
+@_mypyc_attr(native_class=False)
+class WriteTxnMarkersRequest(_Message):
+    """Kafka WriteTxnMarkersRequest (request, API key 27), versions 0-1, flexible 1+.
 
-    __slots__ = (
-        "name",
-        "partition_indexes",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 0-1.
+    Version 1 enables flexible versions.
     """
-    partition_indexes: list[int]
-    """The indexes of the partitions to write transaction markers for.
+
+    __slots__ = ("markers",)
+
+    NAME = "WriteTxnMarkersRequest"
+    API_KEY = 27
+    TYPE = "request"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 32767)
+
+    markers: list[WritableTxnMarker]
+    """The transaction markers to be written.
 
     Versions 0-1.
     """
@@ -146,17 +155,15 @@ class WritableTxnMarkerTopic(_StructBase):
     def __init__(
         self,
         *,
-        name: str = "",
-        partition_indexes: list[int] = _UNSET,
+        markers: list[WritableTxnMarker] | _Unset = _UNSET,
     ) -> None:
-        self.name = name
-        self.partition_indexes = [] if partition_indexes is _UNSET else partition_indexes
+        self.markers = [] if isinstance(markers, _Unset) else markers
         self._unknown_tags = None
 
 
-_TAGS_WriteTxnMarkersRequest: frozenset[int] = frozenset()
-_TAGS_WritableTxnMarker: frozenset[int] = frozenset()
-_TAGS_WritableTxnMarkerTopic: frozenset[int] = frozenset()
+_TAGS_WriteTxnMarkersRequest: _Final[frozenset[int]] = frozenset()
+_TAGS_WritableTxnMarker: _Final[frozenset[int]] = frozenset()
+_TAGS_WritableTxnMarkerTopic: _Final[frozenset[int]] = frozenset()
 
 
 def _read_WritableTxnMarker_v0(buf: bytes, pos: int) -> tuple[WritableTxnMarker, int]:
@@ -172,7 +179,8 @@ def _read_WritableTxnMarker_v0(buf: bytes, pos: int) -> tuple[WritableTxnMarker,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(WritableTxnMarkerTopic)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -223,7 +231,8 @@ def _read_WritableTxnMarker_v1(buf: bytes, pos: int) -> tuple[WritableTxnMarker,
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(WritableTxnMarkerTopic)
             n = buf[pos] - 1
             if n < 127:
@@ -332,7 +341,8 @@ def _read_WriteTxnMarkersRequest_v0(buf: bytes, pos: int) -> tuple[WriteTxnMarke
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_WritableTxnMarker_v0(buf, pos)
             items1.append(item2)
         o.markers = items1
@@ -355,7 +365,8 @@ def _read_WriteTxnMarkersRequest_v1(buf: bytes, pos: int) -> tuple[WriteTxnMarke
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_WritableTxnMarker_v1(buf, pos)
             items1.append(item2)
         o.markers = items1
@@ -391,12 +402,13 @@ def _write_WriteTxnMarkersRequest_v1(o: WriteTxnMarkersRequest, w: _Writer) -> N
         w(b"\x00")
 
 
-WriteTxnMarkersRequest._fields = (
+WritableTxnMarkerTopic._fields = (
+    _F("name", "Name", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
     _F(
-        "markers",
-        "Markers",
-        "[]WritableTxnMarker",
-        WritableTxnMarker,
+        "partition_indexes",
+        "PartitionIndexes",
+        "[]int32",
+        None,
         (0, 1),
         (1, 0),
         (1, 0),
@@ -461,13 +473,12 @@ WritableTxnMarker._fields = (
         None,
     ),
 )
-WritableTxnMarkerTopic._fields = (
-    _F("name", "Name", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
+WriteTxnMarkersRequest._fields = (
     _F(
-        "partition_indexes",
-        "PartitionIndexes",
-        "[]int32",
-        None,
+        "markers",
+        "Markers",
+        "[]WritableTxnMarker",
+        WritableTxnMarker,
         (0, 1),
         (1, 0),
         (1, 0),

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -31,103 +35,15 @@ __all__ = [
     "WriteTxnMarkersResponse",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_h = _Packer(">h")
-_S_i = _Packer(">i")
-_S_ih = _Packer(">ih")
-_S_q = _Packer(">q")
-
-
-class WriteTxnMarkersResponse(_Message):
-    """Kafka WriteTxnMarkersResponse (response, API key 27), versions 0-1, flexible 1+.
-
-    Version 1 enables flexible versions.
-    """
-
-    __slots__ = ("markers",)
-
-    NAME = "WriteTxnMarkersResponse"
-    API_KEY = 27
-    TYPE = "response"
-    VALID_VERSIONS = (0, 1)
-    FLEXIBLE_VERSIONS = (1, 32767)
-
-    markers: list[WritableTxnMarkerResult]
-    """The results for writing makers.
-
-    Versions 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        markers: list[WritableTxnMarkerResult] = _UNSET,
-    ) -> None:
-        self.markers = [] if markers is _UNSET else markers
-        self._unknown_tags = None
+_S_h: _Final = _Packer(">h")
+_S_i: _Final = _Packer(">i")
+_S_ih: _Final = _Packer(">ih")
+_S_q: _Final = _Packer(">q")
 
 
-class WritableTxnMarkerResult(_StructBase):
-    """The results for writing makers."""
-
-    __slots__ = (
-        "producer_id",
-        "topics",
-    )
-
-    producer_id: int
-    """The current producer ID in use by the transactional ID.
-
-    Versions 0-1.
-    """
-    topics: list[WritableTxnMarkerTopicResult]
-    """The results by topic.
-
-    Versions 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        producer_id: int = 0,
-        topics: list[WritableTxnMarkerTopicResult] = _UNSET,
-    ) -> None:
-        self.producer_id = producer_id
-        self.topics = [] if topics is _UNSET else topics
-        self._unknown_tags = None
-
-
-class WritableTxnMarkerTopicResult(_StructBase):
-    """The results by topic."""
-
-    __slots__ = (
-        "name",
-        "partitions",
-    )
-
-    name: str
-    """The topic name.
-
-    Versions 0-1.
-    """
-    partitions: list[WritableTxnMarkerPartitionResult]
-    """The results by partition.
-
-    Versions 0-1.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "",
-        partitions: list[WritableTxnMarkerPartitionResult] = _UNSET,
-    ) -> None:
-        self.name = name
-        self.partitions = [] if partitions is _UNSET else partitions
-        self._unknown_tags = None
-
-
+@_mypyc_attr(native_class=False)
 class WritableTxnMarkerPartitionResult(_StructBase):
     """The results by partition."""
 
@@ -158,10 +74,102 @@ class WritableTxnMarkerPartitionResult(_StructBase):
         self._unknown_tags = None
 
 
-_TAGS_WriteTxnMarkersResponse: frozenset[int] = frozenset()
-_TAGS_WritableTxnMarkerResult: frozenset[int] = frozenset()
-_TAGS_WritableTxnMarkerTopicResult: frozenset[int] = frozenset()
-_TAGS_WritableTxnMarkerPartitionResult: frozenset[int] = frozenset()
+@_mypyc_attr(native_class=False)
+class WritableTxnMarkerTopicResult(_StructBase):
+    """The results by topic."""
+
+    __slots__ = (
+        "name",
+        "partitions",
+    )
+
+    name: str
+    """The topic name.
+
+    Versions 0-1.
+    """
+    partitions: list[WritableTxnMarkerPartitionResult]
+    """The results by partition.
+
+    Versions 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        partitions: list[WritableTxnMarkerPartitionResult] | _Unset = _UNSET,
+    ) -> None:
+        self.name = name
+        self.partitions = [] if isinstance(partitions, _Unset) else partitions
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class WritableTxnMarkerResult(_StructBase):
+    """The results for writing makers."""
+
+    __slots__ = (
+        "producer_id",
+        "topics",
+    )
+
+    producer_id: int
+    """The current producer ID in use by the transactional ID.
+
+    Versions 0-1.
+    """
+    topics: list[WritableTxnMarkerTopicResult]
+    """The results by topic.
+
+    Versions 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        producer_id: int = 0,
+        topics: list[WritableTxnMarkerTopicResult] | _Unset = _UNSET,
+    ) -> None:
+        self.producer_id = producer_id
+        self.topics = [] if isinstance(topics, _Unset) else topics
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
+class WriteTxnMarkersResponse(_Message):
+    """Kafka WriteTxnMarkersResponse (response, API key 27), versions 0-1, flexible 1+.
+
+    Version 1 enables flexible versions.
+    """
+
+    __slots__ = ("markers",)
+
+    NAME = "WriteTxnMarkersResponse"
+    API_KEY = 27
+    TYPE = "response"
+    VALID_VERSIONS = (0, 1)
+    FLEXIBLE_VERSIONS = (1, 32767)
+
+    markers: list[WritableTxnMarkerResult]
+    """The results for writing makers.
+
+    Versions 0-1.
+    """
+
+    def __init__(
+        self,
+        *,
+        markers: list[WritableTxnMarkerResult] | _Unset = _UNSET,
+    ) -> None:
+        self.markers = [] if isinstance(markers, _Unset) else markers
+        self._unknown_tags = None
+
+
+_TAGS_WriteTxnMarkersResponse: _Final[frozenset[int]] = frozenset()
+_TAGS_WritableTxnMarkerResult: _Final[frozenset[int]] = frozenset()
+_TAGS_WritableTxnMarkerTopicResult: _Final[frozenset[int]] = frozenset()
+_TAGS_WritableTxnMarkerPartitionResult: _Final[frozenset[int]] = frozenset()
 
 
 def _read_WritableTxnMarkerTopicResult_v0(
@@ -187,7 +195,8 @@ def _read_WritableTxnMarkerTopicResult_v0(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(WritableTxnMarkerPartitionResult)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
@@ -229,7 +238,8 @@ def _read_WritableTxnMarkerTopicResult_v1(
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(WritableTxnMarkerPartitionResult)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
@@ -301,7 +311,8 @@ def _read_WritableTxnMarkerResult_v0(buf: bytes, pos: int) -> tuple[WritableTxnM
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_WritableTxnMarkerTopicResult_v0(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -326,7 +337,8 @@ def _read_WritableTxnMarkerResult_v1(buf: bytes, pos: int) -> tuple[WritableTxnM
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_WritableTxnMarkerTopicResult_v1(buf, pos)
             items1.append(item2)
         o.topics = items1
@@ -375,7 +387,8 @@ def _read_WriteTxnMarkersResponse_v0(buf: bytes, pos: int) -> tuple[WriteTxnMark
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_WritableTxnMarkerResult_v0(buf, pos)
             items1.append(item2)
         o.markers = items1
@@ -398,7 +411,8 @@ def _read_WriteTxnMarkersResponse_v1(buf: bytes, pos: int) -> tuple[WriteTxnMark
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2, pos = _read_WritableTxnMarkerResult_v1(buf, pos)
             items1.append(item2)
         o.markers = items1
@@ -434,12 +448,29 @@ def _write_WriteTxnMarkersResponse_v1(o: WriteTxnMarkersResponse, w: _Writer) ->
         w(b"\x00")
 
 
-WriteTxnMarkersResponse._fields = (
+WritableTxnMarkerPartitionResult._fields = (
     _F(
-        "markers",
-        "Markers",
-        "[]WritableTxnMarkerResult",
-        WritableTxnMarkerResult,
+        "partition_index",
+        "PartitionIndex",
+        "int32",
+        None,
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        None,
+        False,
+        0,
+        None,
+    ),
+    _F("error_code", "ErrorCode", "int16", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
+)
+WritableTxnMarkerTopicResult._fields = (
+    _F("name", "Name", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
+    _F(
+        "partitions",
+        "Partitions",
+        "[]WritableTxnMarkerPartitionResult",
+        WritableTxnMarkerPartitionResult,
         (0, 1),
         (1, 0),
         (1, 0),
@@ -465,13 +496,12 @@ WritableTxnMarkerResult._fields = (
         None,
     ),
 )
-WritableTxnMarkerTopicResult._fields = (
-    _F("name", "Name", "string", None, (0, 1), (1, 0), (1, 0), None, False, "", None),
+WriteTxnMarkersResponse._fields = (
     _F(
-        "partitions",
-        "Partitions",
-        "[]WritableTxnMarkerPartitionResult",
-        WritableTxnMarkerPartitionResult,
+        "markers",
+        "Markers",
+        "[]WritableTxnMarkerResult",
+        WritableTxnMarkerResult,
         (0, 1),
         (1, 0),
         (1, 0),
@@ -480,22 +510,6 @@ WritableTxnMarkerTopicResult._fields = (
         (),
         None,
     ),
-)
-WritableTxnMarkerPartitionResult._fields = (
-    _F(
-        "partition_index",
-        "PartitionIndex",
-        "int32",
-        None,
-        (0, 1),
-        (1, 0),
-        (1, 0),
-        None,
-        False,
-        0,
-        None,
-    ),
-    _F("error_code", "ErrorCode", "int16", None, (0, 1), (1, 0), (1, 0), None, False, 0, None),
 )
 WriteTxnMarkersResponse._readers = {
     0: _read_WriteTxnMarkersResponse_v0,

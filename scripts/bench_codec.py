@@ -24,6 +24,7 @@ import gc
 import importlib
 import io
 import itertools
+import os
 import platform
 import random
 import statistics
@@ -43,10 +44,19 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 KAFSCALE = "kafscale"
+KAFSCALE_COMPILED = "kafscale-compiled"
+"""The same generated modules compiled with mypyc (scripts/accelerate; KAFSCALE_ACCELERATE)."""
 KAFKA_PYTHON = "kafka-python"
 KIO = "kio"
 PEERS = (KAFKA_PYTHON, KIO)
-LIBRARIES = (KAFSCALE, *PEERS)
+LIBRARIES = (KAFSCALE, KAFSCALE_COMPILED, *PEERS)
+RATIOS = (
+    (KAFKA_PYTHON, KAFSCALE),
+    (KIO, KAFSCALE),
+    (KAFSCALE, KAFSCALE_COMPILED),
+    (KIO, KAFSCALE_COMPILED),
+)
+"""Ratio columns (numerator, denominator): > 1 means the denominator is faster."""
 
 TIMES = "\N{MULTIPLICATION SIGN}"
 KIB = 1024
@@ -353,15 +363,16 @@ def build_from_schema(
 
 
 class KafScale(Library):
-    """Our generated codecs (``generated.<snake_case message name>``)."""
+    """Our generated codecs (``generated.<snake_case message name>``), pure or compiled."""
 
     name = KAFSCALE
     EXTRA_FIELDS: ClassVar[dict[str, dict[str, Any]]] = {
         "MetadataResponseTopic": {"topic_authorized_operations": -(2**31)},
     }
 
-    def __init__(self, modules: dict[str, ModuleType]) -> None:
+    def __init__(self, modules: dict[str, ModuleType], name: str = KAFSCALE) -> None:
         self._modules = modules
+        self.name = name
 
     def _struct(self, scenario: Scenario, *path: str) -> Any:
         # Every struct is a top-level class of the message's module.
@@ -710,16 +721,16 @@ def _check_zero_copy(
     encode_ok = all(id(records) in chunk_bases for records in scenario.spec.records)
     if decode_ok and encode_ok:
         report.checks.append(
-            f"ok    {scenario.label}: kafscale decode and encode_chunks do not copy records"
+            f"ok    {scenario.label}: {kafscale.name} decode and encode_chunks do not copy records"
         )
     if not decode_ok:
         report.warnings.append(
-            f"{scenario.label}: kafscale decode copies records "
+            f"{scenario.label}: {kafscale.name} decode copies records "
             "(expected memoryview slices of the input)"
         )
     if not encode_ok:
         report.warnings.append(
-            f"{scenario.label}: kafscale encode_chunks copies records "
+            f"{scenario.label}: {kafscale.name} encode_chunks copies records "
             "(expected each records buffer, or a view of it, as its own chunk)"
         )
 
@@ -743,11 +754,11 @@ def run_scenario(
     # 1. Build the message with every library and encode it.
     objects: dict[str, Any] = {}
     encodings: dict[str, bytes] = {}
-    kafscale: KafScale | None = None
+    ours: list[KafScale] = []
     for lib in libraries:
         if isinstance(lib, KafScale):
             # Our own codec: any failure here is a bug and must be loud.
-            kafscale = lib
+            ours.append(lib)
             obj = lib.build(scenario)
             encoded = lib.encode(scenario, obj)
             if scenario.has_records:
@@ -809,8 +820,9 @@ def run_scenario(
             note(lib.name, DIFFERS_MARK, decode_row)
         decodable.append(lib.name)
 
-    if kafscale is not None and scenario.has_records:
-        _check_zero_copy(scenario, kafscale, objects[KAFSCALE], reference, report)
+    if scenario.has_records:
+        for kafscale in ours:
+            _check_zero_copy(scenario, kafscale, objects[kafscale.name], reference, report)
 
     # 4. Time it.
     def timed(lib_name: str, op: str, call: Call) -> float:
@@ -871,12 +883,11 @@ def format_cell(row: Row, lib: str) -> str:
 
 def table(report: Report) -> tuple[list[str], list[list[str]]]:
     header = ["message", "op", *(f"{lib} median" for lib in LIBRARIES)]
-    header += [f"{peer}/{KAFSCALE}" for peer in PEERS]
+    header += [f"{a}/{b}" for a, b in RATIOS]
     body = []
     for row in report.rows:
-        ours = row.times_ns[KAFSCALE]
         cells = [row.message, row.op, *(format_cell(row, lib) for lib in LIBRARIES)]
-        cells += [format_ratio(row.times_ns[peer], ours) for peer in PEERS]
+        cells += [format_ratio(row.times_ns[a], row.times_ns[b]) for a, b in RATIOS]
         body.append(cells)
     return header, body
 
@@ -927,13 +938,16 @@ def environment_lines(settings: Settings, peers_only: bool) -> list[str]:
     return lines
 
 
-def print_report(report: Report, settings: Settings, peers_only: bool, markdown: bool) -> None:
+def print_report(
+    report: Report, settings: Settings, peers_only: bool, markdown: bool, compiled: str
+) -> None:
     header, body = table(report)
     notes = [
-        f"¹ The {KAFSCALE} column times `encode_chunks` (what the broker passes to writelines; "
+        f"¹ The {KAFSCALE} columns time `encode_chunks` (what the broker passes to writelines; "
         f"record buffers are not copied); the {' and '.join(PEERS)} columns repeat their "
         "normal encode timing from the encode row.",
-        "Ratios are peer median / kafscale median: > 1 means kafscale is faster.",
+        f"{KAFSCALE}: the pure Python modules (the default); {KAFSCALE_COMPILED}: {compiled}.",
+        "Ratios are a / b of the medians: > 1 means b is faster.",
     ]
     if any(DIFFERS_MARK in note for row in report.rows for note in row.notes.values()):
         notes.append(f"{DIFFERS_MARK} Output differs from the reference encoding; see warnings.")
@@ -962,15 +976,37 @@ def print_report(report: Report, settings: Settings, peers_only: bool, markdown:
 # --------------------------------------------------------------------------------------
 
 
-def load_kafscale() -> tuple[dict[str, ModuleType], list[str]]:
+def load_kafscale(pure: bool) -> tuple[dict[str, ModuleType], list[str]]:
+    """The benchmarked modules: as this process imports them (compiled when the accelerated
+    build is in use), or ``pure`` private copies of them."""
+    from kafscale.protocol import accelerated
+
     modules: dict[str, ModuleType] = {}
     errors: list[str] = []
     for message, module_name in KAFSCALE_MODULES.items():
         try:
-            modules[message] = importlib.import_module(module_name)
+            if pure:
+                modules[message] = accelerated.load_pure(module_name)
+            else:
+                modules[message] = importlib.import_module(module_name)
         except Exception as exc:  # not generated yet, or broken generated code
             errors.append(f"{module_name}: {type(exc).__name__}: {exc}")
     return modules, errors
+
+
+def use_compiled(wanted: bool) -> str:
+    """Ask for the accelerated build before anything imports a codec; says what it is."""
+    from kafscale.protocol import accelerated
+
+    if not wanted:
+        return "not benchmarked (--pure-only)"
+    try:
+        accelerated.check()
+    except ValueError as e:
+        return f"not benchmarked: {e}"
+    os.environ[accelerated.ENV] = "require"
+    accelerated.install()
+    return f"mypyc-compiled {', '.join(accelerated.MODULES)} ({accelerated.build_dir()})"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -983,6 +1019,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, help="timed batches per measurement")
     parser.add_argument("--min-time", type=float, help="minimum seconds per timed batch")
+    parser.add_argument(
+        "--pure-only",
+        action="store_true",
+        help="do not benchmark the compiled build (default: when scripts/accelerate built it)",
+    )
     parser.add_argument(
         "--peers-only",
         action="store_true",
@@ -1007,8 +1048,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     libraries: list[Library] = []
+    compiled = use_compiled(not (args.pure_only or args.peers_only))
     if not args.peers_only:
-        modules, errors = load_kafscale()
+        modules, errors = load_kafscale(pure=True)
+        if compiled.startswith("mypyc") and not errors:
+            compiled_modules, errors = load_kafscale(pure=False)
         if errors:
             print(
                 "error: KafScale's generated codecs are not importable:\n  "
@@ -1019,13 +1063,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
         libraries.append(KafScale(modules))
+        if compiled.startswith("mypyc"):
+            libraries.append(KafScale(compiled_modules, KAFSCALE_COMPILED))
     libraries += [KafkaPython(), Kio()]
 
     settle_allocator()
     report = Report()
     for scenario in build_scenarios():
         run_scenario(scenario, libraries, settings, report)
-    print_report(report, settings, args.peers_only, args.markdown)
+    print_report(report, settings, args.peers_only, args.markdown, compiled)
     return 0
 
 

@@ -8,6 +8,9 @@ Generated from SegmentFooter.json of KafScale protocol_specs/storage.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -18,11 +21,12 @@ __all__ = [
     "SegmentFooter",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_IqI = _Packer(">IqI")
+_S_IqI: _Final = _Packer(">IqI")
 
 
+@_mypyc_attr(native_class=False)
 class SegmentFooter(_Message):
     """KafScale SegmentFooter (data), versions 0, flexible none."""
 

@@ -8,6 +8,9 @@ Generated from SegmentHeader.json of KafScale protocol_specs/storage.
 from __future__ import annotations
 
 from struct import Struct as _Packer
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
@@ -18,11 +21,12 @@ __all__ = [
     "SegmentHeader",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_Ihhqiqi = _Packer(">Ihhqiqi")
+_S_Ihhqiqi: _Final = _Packer(">Ihhqiqi")
 
 
+@_mypyc_attr(native_class=False)
 class SegmentHeader(_Message):
     """KafScale SegmentHeader (data), versions 0, flexible none."""
 

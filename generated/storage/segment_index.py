@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from struct import Struct as _Packer
 from typing import Any as _Any
+from typing import Final as _Final
+
+from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
 from kafscale.protocol.message import Struct as _StructBase
+from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import too_long as _too_long
@@ -24,13 +28,53 @@ __all__ = [
     "SegmentIndex",
 ]
 
-_new = object.__new__
+_new: _Final = object.__new__
 
-_S_Iiqqqi = _Packer(">Iiqqqi")
-_S_i = _Packer(">i")
-_S_qiq = _Packer(">qiq")
+_S_Iiqqqi: _Final = _Packer(">Iiqqqi")
+_S_i: _Final = _Packer(">i")
+_S_qiq: _Final = _Packer(">qiq")
 
 
+@_mypyc_attr(native_class=False)
+class IndexEntry(_StructBase):
+    """One entry per indexed batch, in offset order; the first batch always has one."""
+
+    __slots__ = (
+        "max_timestamp",
+        "offset",
+        "position",
+    )
+
+    offset: int
+    """Base offset of the batch.
+
+    Versions 0.
+    """
+    position: int
+    """Byte position of the batch from the start of the segment object (the 32-byte header included).
+
+    Versions 0.
+    """
+    max_timestamp: int
+    """Largest batch max timestamp from the start of the segment up to the next entry (non-decreasing).
+
+    Versions 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        offset: int = 0,
+        position: int = 0,
+        max_timestamp: int = 0,
+    ) -> None:
+        self.offset = offset
+        self.position = position
+        self.max_timestamp = max_timestamp
+        self._unknown_tags = None
+
+
+@_mypyc_attr(native_class=False)
 class SegmentIndex(_Message):
     """KafScale SegmentIndex (data), versions 0, flexible none."""
 
@@ -95,7 +139,7 @@ class SegmentIndex(_Message):
         last_offset: int = 0,
         max_timestamp: int = -1,
         batches_end: int = 0,
-        entries: list[IndexEntry] = _UNSET,
+        entries: list[IndexEntry] | _Unset = _UNSET,
     ) -> None:
         self.magic = magic
         self.interval = interval
@@ -103,45 +147,7 @@ class SegmentIndex(_Message):
         self.last_offset = last_offset
         self.max_timestamp = max_timestamp
         self.batches_end = batches_end
-        self.entries = [] if entries is _UNSET else entries
-        self._unknown_tags = None
-
-
-class IndexEntry(_StructBase):
-    """One entry per indexed batch, in offset order; the first batch always has one."""
-
-    __slots__ = (
-        "max_timestamp",
-        "offset",
-        "position",
-    )
-
-    offset: int
-    """Base offset of the batch.
-
-    Versions 0.
-    """
-    position: int
-    """Byte position of the batch from the start of the segment object (the 32-byte header included).
-
-    Versions 0.
-    """
-    max_timestamp: int
-    """Largest batch max timestamp from the start of the segment up to the next entry (non-decreasing).
-
-    Versions 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        offset: int = 0,
-        position: int = 0,
-        max_timestamp: int = 0,
-    ) -> None:
-        self.offset = offset
-        self.position = position
-        self.max_timestamp = max_timestamp
+        self.entries = [] if isinstance(entries, _Unset) else entries
         self._unknown_tags = None
 
 
@@ -160,7 +166,8 @@ def _read_SegmentIndex_v0(buf: bytes, pos: int) -> tuple[SegmentIndex, int]:
         raise _too_long("array", n, len(buf) - pos, pos)
     else:
         items1: list[_Any] = []
-        for _ in range(n):
+        count3 = n
+        for _ in range(count3):
             item2 = _new(IndexEntry)
             item2.offset, item2.position, item2.max_timestamp = _S_qiq.unpack_from(buf, pos)
             pos += 20
@@ -189,6 +196,13 @@ def _write_SegmentIndex_v0(o: SegmentIndex, w: _Writer) -> None:
         raise _ProtocolError("tagged fields need a flexible version")
 
 
+IndexEntry._fields = (
+    _F("offset", "Offset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F("position", "Position", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
+    _F(
+        "max_timestamp", "MaxTimestamp", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None
+    ),
+)
 SegmentIndex._fields = (
     _F("magic", "Magic", "uint32", None, (0, 0), (1, 0), (1, 0), None, False, 1229215745, None),
     _F("interval", "Interval", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 4096, None),
@@ -220,13 +234,6 @@ SegmentIndex._fields = (
         False,
         (),
         None,
-    ),
-)
-IndexEntry._fields = (
-    _F("offset", "Offset", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F("position", "Position", "int32", None, (0, 0), (1, 0), (1, 0), None, False, 0, None),
-    _F(
-        "max_timestamp", "MaxTimestamp", "int64", None, (0, 0), (1, 0), (1, 0), None, False, 0, None
     ),
 )
 SegmentIndex._readers = {

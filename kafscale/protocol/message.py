@@ -28,12 +28,14 @@ WriterFn = Callable[[Any, Writer], None]
 M = TypeVar("M", bound="Message")
 
 
-class _Unset:
+class Unset:
+    """Type of :data:`UNSET` (constructor annotations admit it: compiled code checks them)."""
+
     def __repr__(self) -> str:
         return "UNSET"
 
 
-UNSET: Any = _Unset()
+UNSET: Any = Unset()
 """Default of constructor arguments whose default is a fresh list or struct (None may be a
 legitimate value of those fields: a null array)."""
 

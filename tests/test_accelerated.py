@@ -1,0 +1,130 @@
+"""The optional accelerated (mypyc-compiled) codecs: selection, fallback, staleness.
+
+The codec tests themselves (test_golden, test_roundtrip_hypothesis, test_corners, test_framing)
+run against the compiled build with ``KAFSCALE_ACCELERATE=require`` after ``scripts/accelerate``;
+here: that the pure modules are the default, that a missing or stale build is refused (a
+warning and the pure modules, or an ImportError under ``require``), and that the compiled
+modules really are in use when required.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kafscale.protocol import accelerated
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PROBE = (
+    "import warnings; warnings.simplefilter('always')\n"
+    "import generated.metadata_response as m, kafscale.protocol.wire as w\n"
+    "from kafscale.protocol import accelerated as a\n"
+    "print(a.active, m.__file__.endswith('.py'), w.__file__.endswith('.py'))\n"
+)
+
+
+def probe(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KAFSCALE_ACCELERATE")}
+    return subprocess.run(
+        [sys.executable, "-c", PROBE],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_pure_modules_by_default() -> None:
+    done = probe({})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "True"]
+
+
+def fake_build(tmp_path: Path, sources: dict[str, str]) -> Path:
+    (tmp_path / accelerated.MANIFEST).write_text(
+        json.dumps({"interpreter": accelerated.interpreter_tag(), "sources": sources})
+    )
+    return tmp_path
+
+
+def test_missing_build_falls_back_or_fails(tmp_path: Path) -> None:
+    env = {accelerated.DIR_ENV: str(tmp_path / "none")}
+    done = probe({**env, accelerated.ENV: "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "True"]
+    assert "no accelerated build" in done.stderr
+    done = probe({**env, accelerated.ENV: "require"})
+    assert done.returncode != 0
+    assert "ImportError" in done.stderr and "no accelerated build" in done.stderr
+
+
+def test_stale_build_is_refused(tmp_path: Path) -> None:
+    build = fake_build(tmp_path, {"generated.metadata_response": "0" * 64})
+    with pytest.raises(ValueError, match=r"generated\.metadata_response is stale"):
+        accelerated.check(build)
+    done = probe({accelerated.DIR_ENV: str(build), accelerated.ENV: "auto"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "True"]
+    assert "stale" in done.stderr
+
+
+def test_build_for_another_interpreter_is_refused(tmp_path: Path) -> None:
+    (tmp_path / accelerated.MANIFEST).write_text(json.dumps({"interpreter": "cpython-10"}))
+    with pytest.raises(ValueError, match="is for cpython-10"):
+        accelerated.check(tmp_path)
+
+
+def test_current_manifest_without_files_is_refused(tmp_path: Path) -> None:
+    module = "generated.metadata_response"
+    build = fake_build(tmp_path, {module: accelerated.source_hash(module)})
+    with pytest.raises(ValueError, match="lacks"):
+        accelerated.check(build)
+
+
+def test_unknown_mode_is_an_error() -> None:
+    done = probe({accelerated.ENV: "fast"})
+    assert done.returncode != 0 and "expected pure, auto or require" in done.stderr
+
+
+@pytest.mark.skipif(
+    os.environ.get(accelerated.ENV) != "require", reason="the suite runs the pure modules"
+)
+def test_compiled_modules_in_use() -> None:
+    """Under KAFSCALE_ACCELERATE=require every module of the build is the compiled one."""
+    import importlib
+
+    assert accelerated.active
+    for name in accelerated.MODULES:
+        module = importlib.import_module(name)
+        assert not (module.__file__ or "").endswith(".py"), name
+
+
+def test_pure_copy_decodes_the_same() -> None:
+    """The benchmark's private pure copy (whatever this process imported) agrees byte for
+    byte with the imported module, and is pure Python."""
+    import generated.metadata_response as imported
+
+    pure = accelerated.load_pure("generated.metadata_response")
+    assert pure.__file__ is not None and pure.__file__.endswith(".py")
+    wire = sys.modules["_kafscale_pure.kafscale.protocol.wire"]
+    assert wire.__file__ is not None and wire.__file__.endswith(".py")
+    msg = pure.MetadataResponse(
+        brokers=[pure.MetadataResponseBroker(node_id=1, host="h", port=9092)],
+        topics=[
+            pure.MetadataResponseTopic(
+                name="t",
+                partitions=[pure.MetadataResponsePartition(replica_nodes=[1], isr_nodes=[1])],
+            )
+        ],
+    )
+    data = msg.encode(12)
+    again = imported.MetadataResponse.decode(data, 12)
+    assert again.encode(12) == data
+    assert pure.MetadataResponse.decode(data, 12) == msg
