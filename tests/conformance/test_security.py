@@ -524,6 +524,18 @@ def raw(secure: Secure) -> Iterator[Raw]:
     conn.close()
 
 
+def test_answers_advertise_the_listener_connected_through(secure: Secure, raw: Raw) -> None:
+    plain = Raw(secure, "PLAINTEXT")
+    meta = plain.call("Metadata", 12, MetadataRequest(topics=[]))
+    assert [(b.host, b.port) for b in meta.brokers] == [("127.0.0.1", secure.ports["PLAINTEXT"])]
+    plain.close()
+    assert raw.scram(*ALICE).error_code == 0
+    meta = raw.call("Metadata", 12, MetadataRequest(topics=[]))
+    assert [b.port for b in meta.brokers] == [secure.ports["SASL_PLAINTEXT"]]
+    cluster = raw.call("DescribeCluster", 0, api("DescribeCluster").request_type()())
+    assert [b.port for b in cluster.brokers] == [secure.ports["SASL_PLAINTEXT"]]
+
+
 def test_only_api_versions_and_sasl_before_authentication(secure: Secure, raw: Raw) -> None:
     raw.sock.sendall(_frame("Metadata", 12, MetadataRequest(topics=None)))
     assert raw.closed()
