@@ -866,3 +866,28 @@ def test_sessions_expire_and_clients_reauthenticate(tmp_path: Path) -> None:
             broker.proc.wait()
         raise
     broker.stop_cleanly()
+
+
+def test_certificates_reload_on_sighup_and_on_change(secure: Secure) -> None:
+    import signal
+
+    assert secure.broker.proc is not None
+    log = secure.broker.logs[-1]
+
+    def reloads() -> int:
+        return log.read_text(errors="replace").count("listener SASL_SSL: certificates reloaded")
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while reloads() < count:
+            assert time.monotonic() < deadline, "no reload logged"
+            time.sleep(0.1)
+
+    before = reloads()
+    secure.broker.proc.send_signal(signal.SIGHUP)
+    wait_for(before + 1)
+    keystore = next(a for a in secure.broker.args if a.startswith("--ssl.keystore.location="))
+    path = Path(keystore.split("=", 1)[1])
+    os.utime(path, (time.time() + 5, time.time() + 5))  # a new file (here: a new mtime)
+    wait_for(before + 2)
+    _still_serving(secure)  # over SASL_SSL, with the reloaded context
