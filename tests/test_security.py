@@ -366,3 +366,13 @@ def test_authorizer_rules_through_the_broker(tmp_path: Path) -> None:
         await broker.acls.close()
 
     run(tmp_path, scenario, authorizer_class_name="on", allow_everyone_if_no_acl_found=True)
+
+
+def test_every_served_api_has_an_authorization_rule() -> None:
+    # An API without one is refused unless the principal may CLUSTER_ACTION the cluster:
+    # a new API must say what Kafka checks for it (kafscale/broker/security/rules.py).
+    from generated.registry import APIS, BROKER_APIS
+    from kafscale.broker.security.rules import RULES, UNCHECKED
+
+    missing = [APIS[k].name for k in BROKER_APIS if k not in RULES and k not in UNCHECKED]
+    assert not missing, f"no authorization rule for {missing}"
