@@ -29,6 +29,8 @@ CLUSTER_NAME = "kafka-cluster"
 
 
 class ResourceType(IntEnum):
+    """Kafka's ResourceType codes."""
+
     UNKNOWN = 0
     ANY = 1
     TOPIC = 2
@@ -40,6 +42,8 @@ class ResourceType(IntEnum):
 
 
 class PatternType(IntEnum):
+    """Kafka's PatternType codes (ANY and MATCH in filters only)."""
+
     UNKNOWN = 0
     ANY = 1
     MATCH = 2
@@ -48,6 +52,8 @@ class PatternType(IntEnum):
 
 
 class AclOperation(IntEnum):
+    """Kafka's AclOperation codes (ANY in filters only)."""
+
     UNKNOWN = 0
     ANY = 1
     ALL = 2
@@ -66,6 +72,8 @@ class AclOperation(IntEnum):
 
 
 class AclPermission(IntEnum):
+    """Kafka's AclPermissionType codes (ANY in filters only)."""
+
     UNKNOWN = 0
     ANY = 1
     DENY = 2
@@ -88,12 +96,14 @@ class AclBinding:
     permission: int
 
     def key(self, prefix: bytes) -> bytes:
+        """The binding's metadata-store key under ``prefix`` (one key per ACL)."""
         entry = f"{self.principal}\0{self.host}\0{self.operation}\0{self.permission}"
         digest = hashlib.sha256(entry.encode()).hexdigest()[:32]
         name = quote(self.resource_name, safe="")
         return prefix + f"{self.resource_type}/{self.pattern_type}/{name}/{digest}".encode()
 
     def to_json(self) -> bytes:
+        """The stored value."""
         return json.dumps(
             {
                 "resource_type": self.resource_type,
@@ -108,6 +118,7 @@ class AclBinding:
 
     @classmethod
     def from_json(cls, value: bytes) -> AclBinding:
+        """The binding of a stored value."""
         d = json.loads(value)
         return cls(
             int(d["resource_type"]),
@@ -160,6 +171,7 @@ class AclFilter:
     permission: int
 
     def matches(self, acl: AclBinding) -> bool:
+        """Whether the filter selects ``acl`` (Kafka's AclBindingFilter.matches)."""
         if self.resource_type != ResourceType.ANY and acl.resource_type != self.resource_type:
             return False
         if not self._pattern_matches(acl):
@@ -210,9 +222,11 @@ class AclStore:
         self._acls: list[AclBinding] | None = None
 
     async def start(self) -> None:
+        """Load the ACLs and follow their changes."""
         await self.mirror.start()
 
     async def close(self) -> None:
+        """Stop following."""
         await self.mirror.close()
 
     def _changed(self) -> None:
@@ -241,6 +255,7 @@ class AclStore:
                 self._note(b.key(self.prefix), b.to_json(), result.revision)
 
     async def delete(self, bindings: list[AclBinding]) -> None:
+        """Remove ``bindings`` (one transaction of at most 64 deletions at a time)."""
         for i in range(0, len(bindings), 64):
             chunk = bindings[i : i + 64]
             result = await self.meta.txn([], [Delete(b.key(self.prefix)) for b in chunk])

@@ -39,6 +39,7 @@ _IMPLIED: dict[int, frozenset[int]] = {
 
 
 def parse_super_users(text: str) -> frozenset[str]:
+    """``super.users``: principals separated by ``;`` (names may hold commas)."""
     return frozenset(part.strip() for part in text.split(";") if part.strip())
 
 
@@ -82,6 +83,8 @@ class Authorizer:
     def authorize(
         self, principal: str, host: str, operation: int, resource_type: int, name: str
     ) -> bool:
+        """Whether ``principal`` from ``host`` may perform ``operation`` on the resource
+        (the procedure of the module docstring)."""
         if principal in self.super_users:
             return True
         acls = self.candidates(resource_type, name)

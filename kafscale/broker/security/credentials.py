@@ -23,6 +23,7 @@ UserCredentials = dict[str, ScramCredential]
 
 
 def users_prefix(namespace: str) -> bytes:
+    """The metadata-store prefix of the users of ``namespace``."""
     return f"/{namespace}/scram-users/".encode()
 
 
@@ -49,6 +50,7 @@ class CredentialStore:
         await self.mirror.start()
 
     async def close(self) -> None:
+        """Stop following."""
         if self.mirror is not None:
             await self.mirror.close()
 

@@ -72,6 +72,7 @@ class PlainServer:
         self.username = ""
 
     async def step_async(self, token: bytes) -> bytes:
+        """Check ``authzid NUL user NUL password``; raises :class:`SaslFailure`."""
         parts = token.decode("utf-8", errors="replace").split("\0", 3)
         if len(parts) != 3:
             raise SaslFailure(f"Invalid SASL/PLAIN response: expected 3 tokens, got {len(parts)}")

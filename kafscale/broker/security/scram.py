@@ -45,6 +45,7 @@ class SaslFailure(Exception):
 
 
 def invalid_credentials(mechanism: str, reason: str) -> SaslFailure:
+    """Kafka's one failure text for ``mechanism`` (``reason`` is only logged)."""
     return SaslFailure(
         "Authentication failed during authentication due to invalid credentials with SASL "
         f"mechanism {mechanism}",
@@ -86,6 +87,7 @@ def _hash(mechanism: str) -> str:
 
 
 def salted_password(mechanism: str, password: bytes, salt: bytes, iterations: int) -> bytes:
+    """RFC 5802's SaltedPassword: PBKDF2 with the mechanism's hash."""
     return hashlib.pbkdf2_hmac(_hash(mechanism), password, salt, iterations)
 
 

@@ -157,6 +157,7 @@ class TlsServer:
         self._task = asyncio.create_task(self._watch(), name=f"tls reload {self.name}")
 
     async def close(self) -> None:
+        """Stop watching the files."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -236,6 +237,7 @@ class PrincipalMapper:
             self.rules.append((pattern, replacement, m.group(3)))
 
     def map(self, dn: str) -> str:
+        """The principal name of ``dn``; raises ValueError when no rule matches."""
         for rule in self.rules:
             if rule is None:
                 return dn

@@ -32,6 +32,7 @@ _STORE_OPTIONS = (
 
 
 def add_user(commands: Any) -> None:
+    """Register ``kafscale user add|delete|list``."""
     user = commands.add_parser(
         "user",
         help="add, delete or list SCRAM users in the metadata store",
@@ -67,6 +68,7 @@ def add_user(commands: Any) -> None:
 
 
 def run_user(args: argparse.Namespace) -> int:
+    """Run one ``kafscale user`` action against the configured metadata store."""
     from kafscale.broker.main import metadata_store
 
     try:
