@@ -568,9 +568,7 @@ class TransactionCoordinator:
                 if kv.key.startswith(prefix) and not self._marker_done(kv, prefix)
             ]
             if not waiting:
-                stored = await self.meta.range(prefix)
-                if all(self._marker_done(kv, prefix) for kv in stored):
-                    break
+                break  # checked against the store below
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._markers_changed.wait(), 1.0)
             if self._closing:

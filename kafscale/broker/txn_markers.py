@@ -25,7 +25,7 @@ from collections.abc import Callable
 from kafscale.broker.cluster import Mirror
 from kafscale.broker.log import FlushError, LogManager
 from kafscale.broker.txn_index import marker_batch
-from kafscale.metadata import Compare, MetadataStore, Put
+from kafscale.metadata import Compare, KeyValue, MetadataStore, Put
 
 log = logging.getLogger("kafscale.transactions")
 
@@ -91,7 +91,7 @@ class MarkerWriter:
             if request.get("done") or not self._mine(topic, int(partition)):
                 continue
             self._writing[relative] = asyncio.create_task(
-                self._write(relative, topic, int(partition))
+                self._write(relative, kv, topic, int(partition))
             )
 
     def _mine(self, topic: str, partition: int) -> bool:
@@ -100,16 +100,14 @@ class MarkerWriter:
         claim = self.logs.claims.get((topic, partition))
         return claim is not None and not claim.releasing
 
-    async def _write(self, relative: bytes, topic: str, partition: int) -> None:
+    async def _write(self, relative: bytes, current: KeyValue, topic: str, partition: int) -> None:
+        """Write one marker. The request as the mirror has it is compared on its revision in
+        the marker's commit: a request already done (a mirror lagging behind a write of ours
+        is brought up to date by :meth:`Mirror.note` below) can never be written twice."""
         key = self.mirror.prefix + relative
         try:
             plog = await self.logs.get(topic, partition)
-            current = await self.meta.get(key)  # the mirror may lag: the store decides
-            if current is None:
-                return
             request = json.loads(current.value)
-            if request.get("done"):
-                return
             done = json.dumps({**request, "done": True}).encode()
             data = marker_batch(
                 int(request["pid"]),
@@ -127,6 +125,10 @@ class MarkerWriter:
                 [Put(key, done)],
             )
             self.written += 1
+            if plog.revision > current.mod_revision:  # committed at plog.revision
+                self.mirror.note(
+                    relative, KeyValue(key, done, plog.revision, current.version + 1, 0)
+                )
         except FlushError as e:
             log.info("marker for %s-%d not written yet: %s", topic, partition, e)
         except Exception:
