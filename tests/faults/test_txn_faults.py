@@ -8,7 +8,7 @@ while
   decision and the markers, partition owners while writing them (test_txn_kill_brokers);
 - one broker crashes again and again at ``after_txn_decision`` (the decision committed, no
   marker written, EndTxn unanswered) or ``before_txn_complete`` (every marker written, the
-  transaction not completed) (test_txn_failpoints);
+  transaction not completed), both armed in each run (test_txn_failpoints);
 - in each, a producer process opens a transaction, writes to it and is killed with SIGKILL:
   the coordinator's timeout must abort it.
 
@@ -24,15 +24,14 @@ them longer with ``KAFSCALE_FAULTS_SECONDS``.
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from kafscale.broker.failpoints import EXIT_STATUS
 from tests.checker import check_transactions
-from tests.faults.test_faults import SEED, Scenario, armed, heal, scenario
+from tests.faults.test_faults import SEED, Scenario, heal, scenario
 from tests.faults.txn_workload import TxnWorkload
 from tests.faults.workload import create_topic
 
@@ -107,23 +106,35 @@ def test_txn_kill_brokers(tmp_path: Path, report: Callable[[str], None]) -> None
         assert kills >= 2
 
 
-@pytest.mark.parametrize("point", ["after_txn_decision", "before_txn_complete"])
-def test_txn_failpoints(tmp_path: Path, report: Callable[[str], None], point: str) -> None:
+POINTS = ("after_txn_decision", "before_txn_complete")
+
+
+def _armed_both(rng: random.Random) -> dict[str, str]:
+    """Both transaction failpoints armed, each to fire at a random hit: the broker dies at
+    whichever comes first."""
+    return {"KAFSCALE_FAILPOINTS": ",".join(f"{p}:exit@{rng.randint(1, 4)}" for p in POINTS)}
+
+
+def test_txn_failpoints(tmp_path: Path, report: Callable[[str], None]) -> None:
+    """One broker crashes again and again between a decision and its markers, or between
+    the markers and the completion (each run armed at both points, at random hits)."""
     victim_id = 1
-    with scenario(tmp_path, options=OPTIONS, first_env={victim_id: armed(point, 2)}) as s:
+    first = {"KAFSCALE_FAILPOINTS": ",".join(f"{p}:exit@2" for p in POINTS)}
+    with scenario(tmp_path, options=OPTIONS, first_env={victim_id: first}) as s:
         victim = s.cluster.brokers[victim_id]
-        fired = 0
+        fired: dict[str, int] = dict.fromkeys(POINTS, 0)
 
         def faults(deadline: float) -> None:
-            nonlocal fired
             while time.monotonic() < deadline - 1:
                 status = victim.exit_within(max(0.5, deadline - time.monotonic()))
                 if status is None:
                     break
                 assert status == EXIT_STATUS, victim.tail()
-                fired += 1
-                victim.start(env=armed(point, s.rng.randint(1, 4)), wait=False)
-            s.notes.append(f"failpoint_exits={fired}")
+                log = victim.logs[-1].read_text()
+                for point in POINTS:
+                    fired[point] += f"failpoint {point}: exiting" in log
+                victim.start(env=_armed_both(s.rng), wait=False)
+            s.notes.append(" ".join(f"{p}_exits={n}" for p, n in fired.items()))
 
         run(s, faults, report)
-        assert fired >= 1, f"the failpoint {point} never fired"
+        assert sum(fired.values()) >= 1, "no transaction failpoint fired"
