@@ -170,12 +170,15 @@ def load_pure(module: str) -> ModuleType:
         return sys.modules[name]
     wire_name = "_kafscale_pure.kafscale.protocol.wire"
     wire = sys.modules.get(wire_name) or _exec_copy(wire_name, "kafscale.protocol.wire")
-    saved = sys.modules["kafscale.protocol.wire"]
+    saved = sys.modules.get("kafscale.protocol.wire")
     sys.modules["kafscale.protocol.wire"] = wire  # what the copy's imports bind to
     try:
         return _exec_copy(name, module)
     finally:
-        sys.modules["kafscale.protocol.wire"] = saved
+        if saved is None:
+            del sys.modules["kafscale.protocol.wire"]
+        else:
+            sys.modules["kafscale.protocol.wire"] = saved
 
 
 def _exec_copy(name: str, module: str) -> ModuleType:

@@ -40,7 +40,7 @@ _from_bytes = int.from_bytes
 _SAFE_UNKNOWN = uuid.SafeUUID.unknown
 
 
-def _read_unsigned(buf: bytes, pos: int, max_bytes: int, bits: int) -> tuple[int, int]:
+def _read_unsigned(buf: Buffer, pos: int, max_bytes: int, bits: int) -> tuple[int, int]:
     start = pos
     b = buf[pos]
     value = b & 0x7F
@@ -59,23 +59,26 @@ def _read_unsigned(buf: bytes, pos: int, max_bytes: int, bits: int) -> tuple[int
     return value, pos
 
 
-def read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
-    """Unsigned 32-bit varint at ``pos``: (value, next position). At most 5 bytes."""
+def read_uvarint(buf: Buffer, pos: int) -> tuple[int, int]:
+    """Unsigned 32-bit varint at ``pos``: (value, next position). At most 5 bytes.
+
+    The varint readers take any buffer (records are read from memoryviews): compiled, the
+    annotation is checked at run time."""
     return _read_unsigned(buf, pos, 5, 32)
 
 
-def read_uvarlong(buf: bytes, pos: int) -> tuple[int, int]:
+def read_uvarlong(buf: Buffer, pos: int) -> tuple[int, int]:
     """Unsigned 64-bit varint at ``pos``: (value, next position). At most 10 bytes."""
     return _read_unsigned(buf, pos, 10, 64)
 
 
-def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+def read_varint(buf: Buffer, pos: int) -> tuple[int, int]:
     """Zigzag-encoded signed 32-bit varint (record fields)."""
     raw, pos = read_uvarint(buf, pos)
     return (raw >> 1) ^ -(raw & 1), pos
 
 
-def read_varlong(buf: bytes, pos: int) -> tuple[int, int]:
+def read_varlong(buf: Buffer, pos: int) -> tuple[int, int]:
     """Zigzag-encoded signed 64-bit varint (record fields)."""
     raw, pos = read_uvarlong(buf, pos)
     return (raw >> 1) ^ -(raw & 1), pos
