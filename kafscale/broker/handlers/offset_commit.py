@@ -43,9 +43,20 @@ from kafscale.broker.offsets import CommittedOffset, Offsets, TopicPartition, no
 
 if TYPE_CHECKING:
     from kafscale.broker.server import Broker
+    from kafscale.broker.topics import Topic
 
 MAX_METADATA = 4096
 """offset.metadata.max.bytes (Kafka's default; it counts characters)."""
+
+
+def partition_error(topic: Topic | None, partition: int, metadata: str) -> int:
+    """0, or why one partition's offset cannot be committed (OffsetCommit and
+    TxnOffsetCommit): UNKNOWN_TOPIC_OR_PARTITION, OFFSET_METADATA_TOO_LARGE."""
+    if topic is None or not 0 <= partition < topic.partitions:
+        return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+    if len(metadata) > MAX_METADATA:
+        return ErrorCode.OFFSET_METADATA_TOO_LARGE
+    return 0
 
 
 async def handle(ctx: RequestContext, request: OffsetCommitRequest) -> OffsetCommitResponse:
@@ -63,11 +74,8 @@ async def handle(ctx: RequestContext, request: OffsetCommitRequest) -> OffsetCom
             resp = OffsetCommitResponsePartition(partition_index=part.partition_index)
             result.partitions.append(resp)
             metadata = part.committed_metadata or ""
-            if topic is None or not 0 <= part.partition_index < topic.partitions:
-                resp.error_code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
-            elif len(metadata) > MAX_METADATA:
-                resp.error_code = ErrorCode.OFFSET_METADATA_TOO_LARGE
-            else:
+            resp.error_code = partition_error(topic, part.partition_index, metadata)
+            if topic is not None and not resp.error_code:
                 stamp = part.commit_timestamp if part.commit_timestamp != -1 else now
                 committed = CommittedOffset(
                     part.committed_offset,

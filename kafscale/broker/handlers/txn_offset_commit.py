@@ -17,7 +17,6 @@
 #   over 4096 characters: OFFSET_METADATA_TOO_LARGE (12).
 from __future__ import annotations
 
-from generated.errors import ErrorCode
 from generated.txn_offset_commit_request import TxnOffsetCommitRequest
 from generated.txn_offset_commit_response import (
     TxnOffsetCommitResponse,
@@ -25,7 +24,7 @@ from generated.txn_offset_commit_response import (
     TxnOffsetCommitResponseTopic,
 )
 from kafscale.broker.handlers import RequestContext, coordinator_error
-from kafscale.broker.handlers.offset_commit import MAX_METADATA
+from kafscale.broker.handlers.offset_commit import partition_error
 from kafscale.broker.offsets import CommittedOffset, TopicPartition, now_ms
 from kafscale.broker.transactions import TxnError, answer_code
 
@@ -43,11 +42,8 @@ async def handle(ctx: RequestContext, request: TxnOffsetCommitRequest) -> TxnOff
             resp = TxnOffsetCommitResponsePartition(partition_index=part.partition_index)
             result.partitions.append(resp)
             metadata = part.committed_metadata or ""
-            if topic is None or not 0 <= part.partition_index < topic.partitions:
-                resp.error_code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
-            elif len(metadata) > MAX_METADATA:
-                resp.error_code = ErrorCode.OFFSET_METADATA_TOO_LARGE
-            else:
+            resp.error_code = partition_error(topic, part.partition_index, metadata)
+            if topic is not None and not resp.error_code:
                 committed = CommittedOffset(
                     part.committed_offset,
                     part.committed_leader_epoch,
