@@ -4,10 +4,12 @@ other port free for their HTTP port."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,12 +32,27 @@ def alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
 
 
+def free_ports_from(count: int) -> int:
+    """A port from which ``count`` consecutive ports are free (devcluster gives broker i the
+    Kafka port base + 2i and the HTTP port after it)."""
+    while True:
+        base = free_port()
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(base, base + count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+
+
 def test_sigterm_stops_everything_it_started(tmp_path: Path) -> None:
     if shutil.which("etcd") is None:
         if os.environ.get("CI"):
             pytest.fail("etcd is not installed (scripts/_env.sh installs etcd-server)")
         pytest.skip("etcd is not installed (apt-get install etcd-server)")
-    base = free_port()
+    base = free_ports_from(4)  # each broker's Kafka port and its HTTP port right after it
     directory = str(tmp_path / "cluster")
     proc = subprocess.Popen(
         [
