@@ -256,8 +256,9 @@ class Cluster:
         self._claims_from = 0.0
         """Loop time before which we claim no partition (see :meth:`settling`)."""
         self._placements: dict[str, tuple[tuple[int, tuple[int, ...]], list[int]]] = {}
-        self._live: tuple[tuple[tuple[bytes, int], ...], dict[int, BrokerInfo]] | None = None
         """topic -> ((partitions, live ids), desired owners): recomputed when either changes."""
+        self._live: tuple[tuple[tuple[bytes, int], ...], dict[int, BrokerInfo]] | None = None
+        """((key, mod revision) of each registration, the live brokers parsed from them)."""
 
     def settling(self) -> bool:
         """Whether this broker (re)registered moments ago and does not claim partitions yet.
@@ -305,13 +306,12 @@ class Cluster:
 
     async def _register(self) -> None:
         host, port = self.config.advertised
-        fields: dict[str, str | int] = {"host": host, "port": port}
+        fields: dict[str, object] = {"host": host, "port": port}
         if self.http_address:
             fields["http"] = self.http_address
-        info_fields: dict[str, object] = dict(fields)
         if self.endpoints:
-            info_fields["listeners"] = {n: [h, p] for n, (h, p) in self.endpoints.items()}
-        info = json.dumps(info_fields).encode()
+            fields["listeners"] = {n: [h, p] for n, (h, p) in self.endpoints.items()}
+        info = json.dumps(fields).encode()
         await self._hold_lease()
         waited = 0.0
         while True:

@@ -93,17 +93,23 @@ async def _topics(
     read the store: thousands of topics must not wait for one read after another)."""
     cache = _CACHE.setdefault(cluster, {})
     out: list[MetadataResponseTopic | None] = []
-    for topic in topics:
+    missing: list[tuple[int, tuple[object, ...]]] = []  # index, cache key before building
+    for i, topic in enumerate(topics):
+        key = _cache_key(topic, cluster)
         hit = cache.get(topic.name)
-        fresh = hit is not None and hit[0] == _cache_key(topic, cluster)
-        out.append(_answer(topic, hit[1]) if hit is not None and fresh else None)
-    missing = [i for i, answer in enumerate(out) if answer is None]
-    built = await asyncio.gather(*(_partitions(topics[i], cluster, logs) for i in missing))
-    for i, (partitions, complete) in zip(missing, built, strict=True):
+        if hit is not None and hit[0] == key:
+            out.append(_answer(topic, hit[1]))
+        else:
+            out.append(None)
+            missing.append((i, key))
+    built = await asyncio.gather(*(_partitions(topics[i], cluster, logs) for i, _ in missing))
+    for (i, key), (partitions, complete) in zip(missing, built, strict=True):
         topic = topics[i]
         out[i] = _answer(topic, partitions)
+        # Kept under the key read before building: a change while it was built (the builds
+        # of other topics read the store) makes the next ask build it again.
         if complete:
-            cache[topic.name] = (_cache_key(topic, cluster), partitions)
+            cache[topic.name] = (key, partitions)
         else:
             cache.pop(topic.name, None)
     if len(cache) > 2 * len(logs.topics.by_name) + 16:  # forget deleted topics
