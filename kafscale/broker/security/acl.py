@@ -216,10 +216,9 @@ class AclStore:
     def __init__(self, meta: MetadataStore, namespace: str) -> None:
         self.meta = meta
         self.prefix = f"/{namespace}/acls/".encode()
-        self.mirror = Mirror(meta, self.prefix, self._changed)
-        self.version = 0
-        """Changes whenever the ACLs may have (the authorizer rebuilds its index then)."""
-        self._acls: list[AclBinding] | None = None
+        self.mirror = Mirror(meta, self.prefix)
+        self._acls: tuple[int, list[AclBinding]] = (-1, [])
+        """(the mirror's version, the ACLs parsed from it)."""
 
     async def start(self) -> None:
         """Load the ACLs and follow their changes."""
@@ -229,21 +228,23 @@ class AclStore:
         """Stop following."""
         await self.mirror.close()
 
-    def _changed(self) -> None:
-        self.version += 1
-        self._acls = None
+    @property
+    def version(self) -> int:
+        """Changes whenever the ACLs may have (the authorizer rebuilds its index then)."""
+        return self.mirror.version
 
     def acls(self) -> list[AclBinding]:
-        """Every ACL (from the mirror)."""
-        if self._acls is None:
-            out = []
+        """Every ACL (from the mirror; parsed again only after it changed)."""
+        version, acls = self._acls
+        if version != self.mirror.version:
+            acls = []
             for kv in self.mirror.items.values():
                 try:
-                    out.append(AclBinding.from_json(kv.value))
+                    acls.append(AclBinding.from_json(kv.value))
                 except (ValueError, KeyError, TypeError):
                     continue
-            self._acls = out
-        return self._acls
+            self._acls = (self.mirror.version, acls)
+        return acls
 
     async def create(self, bindings: list[AclBinding]) -> None:
         """Store ``bindings`` (one transaction of at most 64 puts at a time)."""
