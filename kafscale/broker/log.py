@@ -917,19 +917,12 @@ class LogManager:
             async with plog.txn_lock:
                 offset = await self._append_transactional(plog, data, batches, transactional_id)
             return await offset
-        records = sum(b.last_offset_delta + 1 for b in batches)
         idempotent: list[ProducerBatch] = []
         if any(b.producer_id >= 0 for b in batches):
             duplicate = self._check_producers(plog, batches, idempotent)
             if duplicate is not None:
                 return await duplicate
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        plog.pending.append(_Pending(data, batches, records, future, idempotent))
-        plog.pending_bytes += len(data)
-        self.pending_bytes += len(data)
-        if self.pending_bytes >= self.config.flush_bytes:
-            self._wake.set()
-        return await future
+        return await self._enqueue(plog, data, batches, idempotent)
 
     async def _append_transactional(
         self,
