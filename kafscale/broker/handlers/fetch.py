@@ -200,11 +200,15 @@ def _aborted(plog: PartitionLog, fetch_offset: int, data: bytes) -> list[Aborted
     null, when there are none)."""
     if not data:
         return []
+    segments = plog.segments
+    start = bisect.bisect_right([s.base for s in segments], fetch_offset) - 1
+    # Bounded by the high watermark first: a partition without aborted transactions past
+    # ``fetch_offset`` (no transaction at all, the usual case) needs no walk of ``data``.
+    if not aborted_between(segments, start, fetch_offset, plog.hw):
+        return []
     upper = fetch_offset
     for batch in parse_batches(data, len(data), verify_records=False):
         upper = batch.next_offset
-    segments = plog.segments
-    start = bisect.bisect_right([s.base for s in segments], fetch_offset) - 1
     return [
         AbortedTransaction(producer_id=pid, first_offset=first)
         for pid, first in aborted_between(segments, start, fetch_offset, upper)
