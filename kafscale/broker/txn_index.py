@@ -44,11 +44,6 @@ def last_stable_offset(producers: Mapping[int, ProducerEntry], hw: int) -> int:
     return min([hw, *firsts])
 
 
-def ongoing(producers: Mapping[int, ProducerEntry]) -> list[tuple[int, int]]:
-    """(producer id, first offset) of every transaction ongoing in the partition."""
-    return sorted((pid, e.txn_first) for pid, e in producers.items() if e.txn_first is not None)
-
-
 def aborted_between(
     entries: Sequence[_Entry], start: int, fetch_offset: int, upper: int
 ) -> list[tuple[int, int]]:
