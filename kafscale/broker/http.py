@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -185,22 +186,10 @@ class HttpServer:
         return _json(group)
 
     async def api_rates(self, request: web.Request) -> web.Response:
-        seconds: int | None = None
-        if "seconds" in request.query:
-            try:
-                seconds = int(request.query["seconds"])
-            except ValueError:
-                return _json({"error": "seconds: expected an integer"}, status=400)
-        return _json(self.view.rates(seconds))
+        return _json(self.view.rates(_seconds(request)))
 
     async def api_cluster_rates(self, request: web.Request) -> web.Response:
-        seconds: int | None = None
-        if "seconds" in request.query:
-            try:
-                seconds = int(request.query["seconds"])
-            except ValueError:
-                return _json({"error": "seconds: expected an integer"}, status=400)
-        return _json(await self.view.cluster_rates(seconds))
+        return _json(await self.view.cluster_rates(_seconds(request)))
 
     # --- the console -----------------------------------------------------------------------
 
@@ -239,6 +228,20 @@ def _console_file(name: str) -> web.Response:
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
     return response
+
+
+def _seconds(request: web.Request) -> int | None:
+    """The rates' ``?seconds=N`` (None when absent); 400 with a JSON error when not an
+    integer."""
+    if "seconds" not in request.query:
+        return None
+    try:
+        return int(request.query["seconds"])
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "seconds: expected an integer"}),
+            content_type="application/json",
+        ) from None
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
