@@ -37,7 +37,7 @@ from kafscale.admin.client import (
     _q,
 )
 from kafscale.admin.errors import AdminError, KafkaError, UnsupportedApi, UsageError, error_name
-from kafscale.protocol.records import NewRecord, build_batch, iter_records
+from kafscale.protocol.records import NewRecord, Record, build_batch, iter_records
 
 PROG = "kafscale"
 BOOTSTRAP_ENV = "KAFSCALE_BOOTSTRAP"
@@ -1147,21 +1147,12 @@ def _start_positions(
     return {tp: committed[tp] if tp in committed else earliest[tp].offset for tp in tps}
 
 
-@dataclass(frozen=True)
-class _Out:
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes | None], ...]
-
-
 _CONTROL = 0x20
 
 
 def _records(
     data: bytes, positions: dict[tuple[str, int], int], tp: tuple[str, int]
-) -> Iterator[_Out]:
+) -> Iterator[Record]:
     """The records of a Fetch answer at or after the partition's position (which moves past
     every whole batch, control batches included); a partial last batch is left for later."""
     pos = 0
@@ -1184,17 +1175,11 @@ def _records(
                 if r.offset < positions[tp]:
                     continue  # a compressed batch starts before the position asked for
                 positions[tp] = r.offset + 1
-                yield _Out(
-                    r.offset,
-                    r.timestamp,
-                    None if r.key is None else bytes(r.key),
-                    None if r.value is None else bytes(r.value),
-                    tuple((k, None if v is None else bytes(v)) for k, v in r.headers),
-                )
+                yield r
         positions[tp] = max(positions[tp], base + last_delta + 1)
 
 
-def _print_record(fmt: str, topic: str, partition: int, r: _Out) -> None:
+def _print_record(fmt: str, topic: str, partition: int, r: Record) -> None:
     if fmt == "text":
         output.write(_text(r.value) + "\n")
         return
@@ -1213,5 +1198,5 @@ def _print_record(fmt: str, topic: str, partition: int, r: _Out) -> None:
     )
 
 
-def _text(data: bytes | None) -> str:
-    return "" if data is None else data.decode("utf-8", errors="replace")
+def _text(data: memoryview | None) -> str:
+    return "" if data is None else str(data, "utf-8", errors="replace")
