@@ -17,6 +17,12 @@ import sys
 from typing import Any
 
 from kafscale.broker import config as broker_config
+from kafscale.broker.security.scram import (
+    DEFAULT_ITERATIONS,
+    MAX_ITERATIONS,
+    MECHANISMS,
+    MIN_ITERATIONS,
+)
 from kafscale.broker.startup import BrokerStartError
 
 _STORE_OPTIONS = (
@@ -46,13 +52,18 @@ def add_user(commands: Any) -> None:
     add.add_argument(
         "--mechanism",
         action="append",
-        choices=["SCRAM-SHA-256", "SCRAM-SHA-512"],
+        choices=list(MECHANISMS),
         help="a mechanism to store (repeatable; default both)",
     )
-    add.add_argument("--iterations", type=int, default=4096, help="PBKDF2 rounds (4096-16384)")
+    add.add_argument(
+        "--iterations",
+        type=int,
+        default=DEFAULT_ITERATIONS,
+        help=f"PBKDF2 rounds ({MIN_ITERATIONS}-{MAX_ITERATIONS})",
+    )
     delete = actions.add_parser("delete", help="delete a user's credentials")
     delete.add_argument("name")
-    delete.add_argument("--mechanism", action="append", choices=["SCRAM-SHA-256", "SCRAM-SHA-512"])
+    delete.add_argument("--mechanism", action="append", choices=list(MECHANISMS))
     listing = actions.add_parser("list", help="list the users and their mechanisms")
     listing.add_argument("--json", action="store_true", help="JSON instead of a table")
     for parser in (add, delete, listing):
@@ -86,8 +97,10 @@ def run_user(args: argparse.Namespace) -> int:
             )
         if not password:
             raise BrokerStartError("the password is empty")
-        if not 4096 <= args.iterations <= 16384:
-            raise BrokerStartError("--iterations must be within 4096..16384 (Kafka's bounds)")
+        if not MIN_ITERATIONS <= args.iterations <= MAX_ITERATIONS:
+            raise BrokerStartError(
+                f"--iterations must be within {MIN_ITERATIONS}..{MAX_ITERATIONS} (Kafka's bounds)"
+            )
     if args.action != "list" and not args.name:
         raise BrokerStartError("the user name is empty")
     if not config.etcd_endpoints:
@@ -104,7 +117,7 @@ async def _run(args: argparse.Namespace, config: Any, meta: Any, password: str |
     try:
         if args.action == "add":
             assert password is not None
-            mechanisms = args.mechanism or ["SCRAM-SHA-256", "SCRAM-SHA-512"]
+            mechanisms = args.mechanism or list(MECHANISMS)
             upserts = {m: make_credential(m, password, args.iterations) for m in mechanisms}
             await store.change(args.name, upserts, set())
             print(f"user {args.name}: {', '.join(sorted(upserts))} stored")
