@@ -24,7 +24,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from generated.errors import ErrorCode
 from kafscale.broker.security.credentials import CredentialStore
@@ -143,7 +143,8 @@ class Session:
     """The answer being sent is the last (a failed authentication)."""
     failure_delay: float = 0.0
     """Seconds to hold the failure answer (set with close_after_answer)."""
-    extra: dict[str, object] = field(default_factory=dict)
+    switched: bool = False
+    """A re-authentication asked for another mechanism: its exchange fails (as Kafka's)."""
 
     @property
     def expired(self) -> bool:
@@ -221,7 +222,7 @@ class Authenticator:
             return ErrorCode.UNSUPPORTED_SASL_MECHANISM, list(self.mechanisms)
         if session.authenticated and mechanism != session.mechanism:
             # Kafka answers the handshake and fails the exchange that follows.
-            session.extra["switched"] = mechanism
+            session.switched = True
         session.handshake_version = version
         session.exchange = self._new(mechanism)
         return 0, list(self.mechanisms)
@@ -255,7 +256,7 @@ class Authenticator:
             return ErrorCode.ILLEGAL_SASL_STATE, "Unexpected SaslAuthenticate request", b"", 0
         reauth = session.authenticated
         try:
-            if "switched" in session.extra:
+            if session.switched:
                 raise SaslFailure(
                     "Authentication failed during re-authentication due to invalid credentials "
                     f"with SASL mechanism {exchange.mechanism}"
@@ -269,7 +270,7 @@ class Authenticator:
                 e.reason,
             )
             self._fail(session)
-            session.extra.pop("switched", None)
+            session.switched = False
             text = str(e)
             if reauth:
                 text = text.replace("during authentication", "during re-authentication")
