@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -50,7 +49,7 @@ from urllib.parse import quote, unquote
 
 from generated.errors import ErrorCode
 from kafscale.broker import failpoints
-from kafscale.broker.cluster import BrokerInfo, Cluster, Mirror
+from kafscale.broker.cluster import BrokerInfo, Cluster, Mirror, _ranked
 from kafscale.broker.config import BrokerConfig
 from kafscale.broker.log import MAX_TXN_OPS, FlushError
 from kafscale.broker.offsets import CommittedOffset, Offsets
@@ -133,16 +132,6 @@ class TxnMeta:
     @property
     def deciding(self) -> bool:
         return self.state in (PREPARE_COMMIT, PREPARE_ABORT)
-
-
-def _rank(key: str, ids: list[int]) -> list[int]:
-    """Rendezvous order of the brokers for a transactional id (the same on every broker)."""
-
-    def score(broker: int) -> int:
-        digest = hashlib.blake2b(f"txn\0{key}\0{broker}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big")
-
-    return sorted(ids, key=lambda b: (score(b), b), reverse=True)
 
 
 class TransactionCoordinator:
@@ -230,7 +219,8 @@ class TransactionCoordinator:
             owner = live.get(int(json.loads(kv.value)["broker"]))
             if owner is not None:
                 return owner
-        return live[_rank(tid, list(live))[0]] if live else None
+        # Rendezvous hashing as for groups, keyed apart from them ("txn\0" before the id).
+        return live[_ranked(f"txn\0{tid}", list(live))[0]] if live else None
 
     async def _hold(self, tid: str) -> int:
         """Make sure we coordinate ``tid`` (claiming it when we should and nobody does): our
