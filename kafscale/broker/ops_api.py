@@ -39,6 +39,7 @@ from generated.describe_groups_response import DescribeGroupsResponse
 from generated.registry import APIS
 from generated.response_header import ResponseHeader
 from kafscale.broker.group import DEAD, EMPTY, STABLE
+from kafscale.broker.handlers.describe_log_dirs import partition_size
 from kafscale.broker.internal_topics import is_internal
 from kafscale.broker.lag import PartitionState
 from kafscale.broker.metrics import error_label
@@ -175,7 +176,7 @@ class ClusterView:
             if plog is None:
                 missing = True
                 continue
-            out[p] = sum(s.size for s in plog.segments if s.last >= plog.log_start)
+            out[p] = partition_size(plog)
         if not missing:
             return out
         cached = self._sizes.get(topic)
