@@ -67,6 +67,7 @@ class Secure:
     untrusted: Pem
     expired: Pem
     root: Path
+    authority: TestCA
 
     def address(self, listener: str) -> str:
         return f"127.0.0.1:{self.ports[listener]}"
@@ -108,7 +109,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
     ]
     broker = BrokerProcess("127.0.0.1", ports["PLAINTEXT"], data_dir, root, args=args)
     broker.start()
-    sec = Secure(broker, ports, ca.ca_file, client, untrusted, expired, root)
+    sec = Secure(broker, ports, ca.ca_file, client, untrusted, expired, root, ca)
     try:
         _grant_alice(sec)
         yield sec
@@ -883,11 +884,27 @@ def test_certificates_reload_on_sighup_and_on_change(secure: Secure) -> None:
             assert time.monotonic() < deadline, "no reload logged"
             time.sleep(0.1)
 
+    def served() -> bytes:
+        """The certificate a new connection to the SSL listener is given (DER)."""
+        ctx = ssl.create_default_context(cafile=str(secure.ca))
+        with socket.create_connection(("127.0.0.1", secure.ports["SSL"]), timeout=TIMEOUT) as s:
+            with ctx.wrap_socket(s, server_hostname="localhost") as tls:
+                der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+
+    keystore = next(a for a in secure.broker.args if a.startswith("--ssl.keystore.location="))
+    path = Path(keystore.split("=", 1)[1])
+    first = served()
     before = reloads()
     secure.broker.proc.send_signal(signal.SIGHUP)
     wait_for(before + 1)
-    keystore = next(a for a in secure.broker.args if a.startswith("--ssl.keystore.location="))
-    path = Path(keystore.split("=", 1)[1])
-    os.utime(path, (time.time() + 5, time.time() + 5))  # a new file (here: a new mtime)
+    assert served() == first  # the same files
+    renewed = secure.authority.issue("server-renewed", "localhost", server=True)
+    path.write_bytes(renewed.both.read_bytes())  # a new file: new certificate, new key
+    os.utime(path, (time.time() + 5, time.time() + 5))
     wait_for(before + 2)
+    now = served()
+    assert now != first
+    assert now == ssl.PEM_cert_to_DER_cert(renewed.cert.read_text())
     _still_serving(secure)  # over SASL_SSL, with the reloaded context

@@ -8,10 +8,11 @@ encrypted), or ``ssl.keystore.certificate.chain`` and ``ssl.keystore.key`` hold 
 certificates are accepted. Only TLS 1.2 and 1.3 are offered. ``ssl.client.auth``: ``none``
 (no client certificate asked), ``requested`` (asked, optional) or ``required``.
 
-Every connection takes the context current when it is accepted (``start_tls`` per
-connection, not a context fixed into the listening socket), so :meth:`TlsServer.reload`
-(SIGHUP, or a change of a file's modification time, checked every second) applies to the
-next connection, and a reload that fails keeps the working context (logged).
+The listening socket keeps the context it started with, so every context a listener loads
+switches each handshake to the current one (its ``sni_callback``, which OpenSSL calls on
+every ClientHello, with or without a server name): :meth:`TlsServer.reload` (SIGHUP, or a
+change of a file's modification time, checked every second) applies to the next connection,
+and a reload that fails keeps the working context (logged).
 
 A client certificate's principal is ``User:`` + ``ssl.principal.mapping.rules`` applied to
 its subject in RFC 2253 form (Java's, with the most specific part first: ``CN=client,O=acme``).
@@ -119,12 +120,23 @@ class TlsServer:
         settings.check()
         self.name = name
         self.settings = settings
-        self.context = server_context(settings)
+        self.context = self._load()
         self.mapper = PrincipalMapper(settings.principal_mapping_rules)
         self.reloads = 0
         """Successful reloads so far (tests and logs)."""
         self._stamps = self._mtimes()
         self._task: asyncio.Task[None] | None = None
+
+    def _load(self) -> ssl.SSLContext:
+        context = server_context(self.settings)
+        context.sni_callback = self._current
+        return context
+
+    def _current(self, ssl_object: Any, server_name: str | None, context: ssl.SSLContext) -> None:
+        """Hand the handshake to the current context (a reload replaced the one the listening
+        socket was started with)."""
+        if context is not self.context:
+            ssl_object.context = self.context
 
     def _mtimes(self) -> tuple[float, ...]:
         stamps = []
@@ -139,7 +151,7 @@ class TlsServer:
         """Load the certificates again; on failure keep the current ones (logged)."""
         self._stamps = self._mtimes()
         try:
-            context = server_context(self.settings)
+            context = self._load()
         except (OSError, ssl.SSLError, ValueError) as e:
             log.error(
                 "listener %s: reloading the certificates failed, keeping the current ones: %s",
