@@ -39,7 +39,7 @@ from codegen.errors import DEFAULT_OUT as ERRORS_OUT
 from codegen.errors import OUTPUT as ERRORS_MODULE
 from codegen.errors import generate_errors, write_spec
 from codegen.model import SpecError
-from codegen.render import KAFKA, KAFSCALE, render_all
+from codegen.render import KAFKA, KAFSCALE, render_all, stale_files, write_files
 from codegen.specs import (
     REPO_ROOT,
     SPECS_DIR,
@@ -115,12 +115,7 @@ def generate(specs: Path, out: Path, check: bool) -> int:
         existing = {p.name for p in out.glob("*.py")} if out.is_dir() else set()
         for name in sorted(existing - files.keys() - KEEP):
             problems.append(f"{out / name}: not produced by the specs (stale)")
-        for name, text in sorted(files.items()):
-            target = out / name
-            if not target.is_file():
-                problems.append(f"{target}: missing")
-            elif target.read_text(encoding="utf-8") != text:
-                problems.append(f"{target}: differs from what the specs give")
+        problems += stale_files({out / n: t for n, t in files.items()}, "the specs give")
         for p in problems:
             print(p, file=sys.stderr)
         if problems:
@@ -135,10 +130,7 @@ def generate(specs: Path, out: Path, check: bool) -> int:
     for stale in out.glob("*.py"):
         if stale.name not in files and stale.name not in KEEP:
             stale.unlink()
-    for name, text in files.items():
-        target = out / name
-        if not target.is_file() or target.read_text(encoding="utf-8") != text:
-            target.write_text(text, encoding="utf-8")
+    write_files({out / n: t for n, t in files.items()})
     (out / "py.typed").touch()
     if out.resolve() == GENERATED.resolve():
         LOCK.write_text(json.dumps(lock_data(specs), indent=2, sort_keys=True) + "\n")

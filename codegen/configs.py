@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 
 from codegen.model import SpecError
-from codegen.render import TEMPLATES, format_source
+from codegen.render import TEMPLATES, format_source, stale_files, write_files
 from codegen.specs import REPO_ROOT, SPECS_DIR, load_declaration
 
 TOPIC_SPEC = SPECS_DIR / "topic-configs.yaml"
@@ -138,15 +138,9 @@ def render_tables() -> dict[str, str]:
 
 
 def generate_tables(out: Path, check: bool) -> int:
-    files = render_tables()
+    files = {out / name: text for name, text in render_tables().items()}
     if check:
-        problems = []
-        for name, text in sorted(files.items()):
-            target = out / name
-            if not target.is_file():
-                problems.append(f"{target}: missing")
-            elif target.read_text(encoding="utf-8") != text:
-                problems.append(f"{target}: differs from what the config tables give")
+        problems = stale_files(files, "the config tables give")
         for p in problems:
             print(p, file=sys.stderr)
         if problems:
@@ -155,10 +149,7 @@ def generate_tables(out: Path, check: bool) -> int:
         print(f"{len(files)} files match {TOPIC_SPEC.name} and {BROKER_SPEC.name}")
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        target = out / name
-        if not target.is_file() or target.read_text(encoding="utf-8") != text:
-            target.write_text(text, encoding="utf-8")
+    write_files(files)
     print(f"wrote {len(files)} files to {out} from {TOPIC_SPEC.name} and {BROKER_SPEC.name}")
     return 0
 

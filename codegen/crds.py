@@ -35,7 +35,7 @@ import jsonschema
 import yaml
 
 from codegen.model import SpecError
-from codegen.render import format_source
+from codegen.render import format_source, stale_files, write_files
 from codegen.specs import REPO_ROOT, SPECS_DIR, load_declaration
 
 CRD_SPECS = SPECS_DIR / "crds"
@@ -333,12 +333,7 @@ def generate_crds(check: bool) -> int:
         )
         for stale in sorted(owned - files.keys()):
             problems.append(f"{stale.relative_to(REPO_ROOT)}: not produced by the specs (stale)")
-        for target, text in sorted(files.items()):
-            rel = target.relative_to(REPO_ROOT)
-            if not target.is_file():
-                problems.append(f"{rel}: missing")
-            elif target.read_text(encoding="utf-8") != text:
-                problems.append(f"{rel}: differs from what protocol_specs/crds and the chart give")
+        problems += stale_files(files, "protocol_specs/crds and the chart give", REPO_ROOT)
         if note:
             print(f"note: {note}", file=sys.stderr)
         for p in problems:
@@ -352,10 +347,7 @@ def generate_crds(check: bool) -> int:
         for stale in CHART_CRDS.glob("*.yaml"):
             if stale not in files:
                 stale.unlink()
-    for target, text in files.items():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.is_file() or target.read_text(encoding="utf-8") != text:
-            target.write_text(text, encoding="utf-8")
+    write_files(files)
     if note:
         print(f"note: {note}", file=sys.stderr)
     print(f"wrote {len(files)} Kubernetes files from protocol_specs/crds ({len(crds)} CRDs)")

@@ -26,7 +26,7 @@ from typing import Any
 import jinja2
 
 from codegen.model import SpecError
-from codegen.render import TEMPLATES, format_source
+from codegen.render import TEMPLATES, format_source, stale_files, write_files
 from codegen.specs import REPO_ROOT, SPECS_DIR, load_declaration, load_lock
 
 ERRORS_SPEC = SPECS_DIR / "errors.yaml"
@@ -91,22 +91,18 @@ def render_errors(path: Path = ERRORS_SPEC) -> str:
 
 def generate_errors(out: Path, check: bool) -> int:
     """Write (or with ``check`` compare) ``out/errors.py``; the exit status."""
-    text = render_errors()
     target = out / OUTPUT
+    files = {target: render_errors()}
     if check:
-        if not target.is_file():
-            problem = f"{target}: missing"
-        elif target.read_text(encoding="utf-8") != text:
-            problem = f"{target}: differs from what {ERRORS_SPEC.name} gives"
-        else:
+        problems = stale_files(files, f"{ERRORS_SPEC.name} gives")
+        if not problems:
             print(f"{target.name} matches {ERRORS_SPEC.name}")
             return 0
-        print(problem, file=sys.stderr)
+        for p in problems:
+            print(p, file=sys.stderr)
         print("generated error codes are stale: run scripts/regen", file=sys.stderr)
         return 1
-    out.mkdir(parents=True, exist_ok=True)
-    if not target.is_file() or target.read_text(encoding="utf-8") != text:
-        target.write_text(text, encoding="utf-8")
+    write_files(files)
     print(f"wrote {target} from {ERRORS_SPEC.name}")
     return 0
 

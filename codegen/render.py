@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -393,6 +393,27 @@ def render_registry(messages: Iterable[Message], release: str, strict: bool = Tr
 
 def format_source(text: str) -> str:
     return black.format_str(text, mode=black.Mode(line_length=100))
+
+
+def stale_files(files: Mapping[Path, str], source: str, root: Path | None = None) -> list[str]:
+    """``--check``: each file that does not hold its text, in path order, as ``PATH: missing``
+    or ``PATH: differs from what SOURCE`` (``PATH`` relative to ``root`` when given)."""
+    problems = []
+    for target, text in sorted(files.items()):
+        shown = target.relative_to(root) if root else target
+        if not target.is_file():
+            problems.append(f"{shown}: missing")
+        elif target.read_text(encoding="utf-8") != text:
+            problems.append(f"{shown}: differs from what {source}")
+    return problems
+
+
+def write_files(files: Mapping[Path, str]) -> None:
+    """Write each file whose text differs (or that is missing), with its directory."""
+    for target, text in files.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.is_file() or target.read_text(encoding="utf-8") != text:
+            target.write_text(text, encoding="utf-8")
 
 
 def _format_item(item: tuple[str, str]) -> tuple[str, str]:
