@@ -136,6 +136,7 @@ RESOURCE_TOPIC = 2
 """DescribeConfigs / IncrementalAlterConfigs resource type of a topic."""
 
 T = TypeVar("T")
+R = TypeVar("R", bound=tuple[Any, ...])
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -642,10 +643,7 @@ class Client:
             results = {
                 r.name: (r.error_code, r.error_message, r.num_partitions) for r in resp.topics
             }
-            for name, (code, message, _) in results.items():
-                if code == ErrorCode.NOT_CONTROLLER:  # the controller moved: ask again
-                    raise KafkaError(code, f"topic {_q(name)}", message)
-            return results
+            return _controller_answered(results)
 
         return self.retrying(attempt)
 
@@ -666,10 +664,7 @@ class Client:
                 ),
             )
             results = {r.name: (r.error_code, r.error_message) for r in resp.results}
-            for name, (code, message) in results.items():
-                if code == ErrorCode.NOT_CONTROLLER:
-                    raise KafkaError(code, f"topic {_q(name)}", message)
-            return results
+            return _controller_answered(results)
 
         return self.retrying(attempt)
 
@@ -687,10 +682,7 @@ class Client:
         def attempt() -> dict[str, tuple[int, str | None]]:
             _, resp = self.controller().call(DELETE_TOPICS, build)
             results = {r.name: (r.error_code, r.error_message) for r in resp.responses}
-            for name, (code, message) in results.items():
-                if code == ErrorCode.NOT_CONTROLLER:
-                    raise KafkaError(code, f"topic {_q(name)}", message)
-            return results
+            return _controller_answered(results)
 
         return self.retrying(attempt)
 
@@ -1071,6 +1063,16 @@ class Client:
 
             out[group] = self.retrying(attempt)
         return out
+
+
+def _controller_answered(results: dict[str, R]) -> dict[str, R]:
+    """``results`` of a controller request (per topic: error code, error message, ...);
+    :class:`KafkaError` NOT_CONTROLLER (retriable: ``retrying`` asks the new controller) when
+    the controller moved."""
+    for name, (code, message, *_) in results.items():
+        if code == ErrorCode.NOT_CONTROLLER:
+            raise KafkaError(code, f"topic {_q(name)}", message)
+    return results
 
 
 def _fixed(body: Message) -> Callable[[int], Message]:
