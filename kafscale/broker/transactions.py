@@ -320,9 +320,7 @@ class TransactionCoordinator:
                 meta = TxnMeta(await self.producer_ids.next(), 0, timeout_ms)
                 await self._write(tid, meta, 0)
                 return meta.producer_id, meta.epoch
-            if meta.deciding:
-                self._complete_later(tid)
-                raise TxnError(ErrorCode.CONCURRENT_TRANSACTIONS, "its last transaction is ending")
+            self._refuse_while_deciding(tid, meta)
             if producer_id != -1:
                 if producer_id == meta.prev_producer_id and meta.epoch == 0:
                     return meta.producer_id, meta.epoch  # a retry of the init that rolled it
@@ -360,6 +358,13 @@ class TransactionCoordinator:
             )
         return meta
 
+    def _refuse_while_deciding(self, tid: str, meta: TxnMeta) -> None:
+        """CONCURRENT_TRANSACTIONS while the last transaction is ending (the client retries);
+        its completion is driven on meanwhile."""
+        if meta.deciding:
+            self._complete_later(tid)
+            raise TxnError(ErrorCode.CONCURRENT_TRANSACTIONS, "its last transaction is ending")
+
     async def add_partitions(
         self, tid: str, producer_id: int, epoch: int, partitions: list[tuple[str, int]]
     ) -> dict[tuple[str, int], int]:
@@ -377,9 +382,7 @@ class TransactionCoordinator:
         async with self._lock(tid):
             loaded, revision = await self.load(tid)
             meta = self._check(tid, loaded, producer_id, epoch)
-            if meta.deciding:
-                self._complete_later(tid)
-                raise TxnError(ErrorCode.CONCURRENT_TRANSACTIONS, "its last transaction is ending")
+            self._refuse_while_deciding(tid, meta)
             changed = meta.state != ONGOING
             self._begin(meta)
             new = [tp for tp in dict.fromkeys(partitions) if tp not in meta.partitions]
@@ -410,9 +413,7 @@ class TransactionCoordinator:
         async with self._lock(tid):
             loaded, revision = await self.load(tid)
             meta = self._check(tid, loaded, producer_id, epoch)
-            if meta.deciding:
-                self._complete_later(tid)
-                raise TxnError(ErrorCode.CONCURRENT_TRANSACTIONS, "its last transaction is ending")
+            self._refuse_while_deciding(tid, meta)
             started = meta.state == ONGOING
             self._begin(meta)
             if group not in meta.groups or not started:
