@@ -197,11 +197,11 @@ def check_node(node: dict[str, Any], where: str) -> None:
     plain = {k: v for k, v in node.items() if not k.startswith("x-")}
     if int_or_string:
         plain["type"] = ["integer", "string"]
-    for label, values in (("default", [node["default"]] if "default" in node else []),):
-        for value in values:
-            errors = list(jsonschema.Draft202012Validator(plain).iter_errors(value))
-            if errors:
-                raise SpecError(f"{where}: {label} {value!r}: {errors[0].message}")
+    if "default" in node:
+        value = node["default"]
+        errors = list(jsonschema.Draft202012Validator(plain).iter_errors(value))
+        if errors:
+            raise SpecError(f"{where}: default {value!r}: {errors[0].message}")
     for value in node.get("enum", []):
         without_enum = {k: v for k, v in plain.items() if k != "enum"}
         if list(jsonschema.Draft202012Validator(without_enum).iter_errors(value)):
