@@ -49,22 +49,11 @@ def path(
     return f"{base}/{name}" if name else base
 
 
-PLURALS = {
-    "StatefulSet": "statefulsets",
-    "Service": "services",
-    "PodDisruptionBudget": "poddisruptionbudgets",
-    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
-    "Pod": "pods",
-    "Event": "events",
-    "Secret": "secrets",
-}
-
-
 def object_path(obj: Mapping[str, Any], with_name: bool = True) -> str:
     meta = obj["metadata"]
     return path(
         obj["apiVersion"],
-        PLURALS.get(obj["kind"]) or obj["kind"].lower() + "s",
+        obj["kind"].lower() + "s",  # every kind the operator writes pluralises so
         meta.get("namespace"),
         meta["name"] if with_name else None,
     )
