@@ -38,7 +38,7 @@ from generated.errors import ErrorCode
 from generated.registry import APIS
 from kafscale.admin.client import FETCH, METADATA, Client, Connection, parse_address
 from kafscale.admin.commands import _default_partition, murmur2
-from kafscale.admin.errors import KafkaError, UnsupportedApi, UsageError
+from kafscale.admin.errors import AdminError, KafkaError, UnsupportedApi, UsageError
 from kafscale.admin.output import table
 from kafscale.cli import main
 from kafscale.protocol.framing import FrameReader, decode_request, encode_response
@@ -510,3 +510,23 @@ def test_parse_address_and_table() -> None:
         with pytest.raises(UsageError):
             parse_address(bad)
     assert table(("A", "BB"), [("xyz", None), (1, [2, 3])]) == "A    BB\nxyz  -\n1    2,3\n"
+
+
+def test_a_malformed_fetched_batch_is_one_error_line() -> None:
+    """A batch whose records cannot be read, or one shorter than a batch header, is an
+    AdminError naming the partition (one line), not a traceback."""
+    from kafscale.admin.commands import _records
+    from kafscale.protocol.records import build_batch
+
+    good = build_batch([b"a", b"b"])
+    positions = {("t", 0): 0}
+    assert [bytes(r.value or b"") for r in _records(good, positions, ("t", 0))] == [b"a", b"b"]
+    corrupt = bytearray(good)
+    corrupt[61:] = b"\xff" * (len(good) - 61)  # the records section: varints that never end
+    with pytest.raises(AdminError, match='topic "t" partition 0: '):
+        list(_records(bytes(corrupt), {("t", 0): 0}, ("t", 0)))
+    short = bytearray(20)
+    short[8:12] = (8).to_bytes(4, "big")  # a batch length that leaves no room for a header
+    short[16] = 2
+    with pytest.raises(AdminError, match="shorter than its 61-byte header"):
+        list(_records(bytes(short), {("t", 0): 0}, ("t", 0)))

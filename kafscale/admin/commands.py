@@ -37,7 +37,15 @@ from kafscale.admin.client import (
     _q,
 )
 from kafscale.admin.errors import AdminError, KafkaError, UnsupportedApi, UsageError, error_name
-from kafscale.protocol.records import NewRecord, Record, build_batch, iter_records
+from kafscale.protocol.errors import ProtocolError
+from kafscale.protocol.records import (
+    RECORD_BATCH_OVERHEAD,
+    CompressedBatchError,
+    NewRecord,
+    Record,
+    build_batch,
+    iter_records,
+)
 
 PROG = "kafscale"
 BOOTSTRAP_ENV = "KAFSCALE_BOOTSTRAP"
@@ -1167,11 +1175,20 @@ def _records(
                 f"topic {_q(tp[0])} partition {tp[1]}: a message format v0/v1 batch; "
                 "this client reads record batch v2 only"
             )
+        if size < RECORD_BATCH_OVERHEAD:
+            raise AdminError(
+                f"topic {_q(tp[0])} partition {tp[1]}: a record batch of {size} bytes"
+                f" (shorter than its {RECORD_BATCH_OVERHEAD}-byte header)"
+            )
         base = int.from_bytes(batch[0:8], "big", signed=True)
         last_delta = int.from_bytes(batch[23:27], "big", signed=True)
         attributes = int.from_bytes(batch[21:23], "big")
         if not attributes & _CONTROL:
-            for r in iter_records(batch):
+            try:
+                records = list(iter_records(batch))
+            except (ProtocolError, CompressedBatchError) as e:  # corrupt, or unknown codec
+                raise AdminError(f"topic {_q(tp[0])} partition {tp[1]}: {e}") from None
+            for r in records:
                 if r.offset < positions[tp]:
                     continue  # a compressed batch starts before the position asked for
                 positions[tp] = r.offset + 1
