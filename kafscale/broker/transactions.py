@@ -613,14 +613,10 @@ class TransactionCoordinator:
     async def _write_missing_markers(self, tid: str, meta: TxnMeta, commit: bool) -> None:
         """The marker requests of a decision too big for one transaction, each written only
         where absent (a request already done is never written again)."""
-        requests = self._marker_requests(tid, meta, commit)
-        per_txn = (MAX_TXN_OPS - 2) // 2
-        for start in range(0, len(requests), per_txn):
-            chunk = requests[start : start + per_txn]
-            for key, value in chunk:
-                await self.meta.txn(
-                    [Compare(key, "version", "==", 0), *self._guard(tid)], [Put(key, value)]
-                )
+        for key, value in self._marker_requests(tid, meta, commit):
+            await self.meta.txn(
+                [Compare(key, "version", "==", 0), *self._guard(tid)], [Put(key, value)]
+            )
 
     async def _offset_ops(self, meta: TxnMeta, commit: bool) -> list[Put | Delete]:
         """The transaction's pending offsets: moved to the groups' committed offsets
