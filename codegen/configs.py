@@ -15,10 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from codegen.model import SpecError
-from codegen.render import TEMPLATES, format_source, stale_files, write_files
+from codegen.render import format_source, stale_files, template_env, write_files
 from codegen.specs import REPO_ROOT, SPECS_DIR, load_declaration
 
 TOPIC_SPEC = SPECS_DIR / "topic-configs.yaml"
@@ -26,12 +24,7 @@ BROKER_SPEC = SPECS_DIR / "broker-configs.yaml"
 OUTPUTS = ("topic_configs.py", "broker_configs.py")
 """Modules of ``generated/`` this generator owns (the Kafka codecs' generator leaves them)."""
 
-_ENV = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-    keep_trailing_newline=True,
-    undefined=jinja2.StrictUndefined,
-    autoescape=False,
-)
+_ENV = template_env()
 _ENV.filters["py"] = repr
 _ENV.filters["tuple"] = tuple
 

@@ -23,10 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from codegen.model import SpecError
-from codegen.render import TEMPLATES, format_source, stale_files, write_files
+from codegen.render import format_source, stale_files, template_env, write_files
 from codegen.specs import REPO_ROOT, SPECS_DIR, load_declaration, load_lock
 
 ERRORS_SPEC = SPECS_DIR / "errors.yaml"
@@ -39,12 +37,7 @@ JAVA_ROOT = Path("clients/src/main/java")
 ERRORS_JAVA = JAVA_ROOT / "org/apache/kafka/common/protocol/Errors.java"
 RETRIABLE_ROOT = "org.apache.kafka.common.errors.RetriableException"
 
-_ENV = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-    keep_trailing_newline=True,
-    undefined=jinja2.StrictUndefined,
-    autoescape=False,
-)
+_ENV = template_env()
 _ENV.filters["py"] = repr
 
 

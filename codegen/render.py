@@ -34,12 +34,19 @@ KAFKA = "Kafka"
 KAFSCALE = "KafScale"
 """Vendor of KafScale's own definitions (``protocol_specs/storage``): no API table, our license."""
 
-_ENV = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-    keep_trailing_newline=True,
-    undefined=jinja2.StrictUndefined,
-    autoescape=False,
-)
+
+def template_env() -> jinja2.Environment:
+    """The jinja environment every generator renders ``codegen/templates`` with (strict:
+    an undefined name is an error; no escaping: the output is Python)."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+    )
+
+
+_ENV = template_env()
 
 # Runtime names a generated module may need: alias -> import line. Only the ones a module
 # uses are imported (ruff would flag the rest).
