@@ -986,7 +986,13 @@ class LogManager:
         )
         plog.pending_bytes += len(data)
         self.pending_bytes += len(data)
-        if self.pending_bytes >= self.config.flush_bytes:
+        if self.pending_bytes >= self.config.flush_bytes or (
+            producers and producers[0].transactional
+        ):
+            # A transactional producer waits for these records' acknowledgement before
+            # every commit: its throughput is one transaction per round trip, so its data
+            # does not wait for flush.interval.ms (what arrives meanwhile joins the next
+            # cycle, so cycles still carry everything pending).
             self._wake.set()
         return future
 

@@ -163,6 +163,11 @@ class TransactionCoordinator:
         are done."""
         self.held: dict[str, int] = {}
         """Transactional ids we coordinate: id -> mod_revision of our owner key."""
+        self._states: dict[str, tuple[int, bytes, int]] = {}
+        """The last state we read or wrote of each id we coordinate: id -> (our owner key's
+        revision then, the state, its mod_revision). While we hold the id nobody else writes
+        its state, so this saves a store read per request; should it ever be stale, the next
+        write's compare of the state's revision fails (NOT_COORDINATOR) as it would anyway."""
         self._locks: dict[str, asyncio.Lock] = {}
         self._completing: dict[str, asyncio.Task[None]] = {}
         self._done: dict[str, asyncio.Event] = {}
@@ -265,12 +270,27 @@ class TransactionCoordinator:
 
     # --- state -----------------------------------------------------------------------------
 
-    async def load(self, tid: str) -> tuple[TxnMeta | None, int]:
-        """The id's committed state and its revision (None, 0 when it has none)."""
+    async def load(self, tid: str, *, fresh: bool = False) -> tuple[TxnMeta | None, int]:
+        """The id's committed state and its revision (None, 0 when it has none): the one we
+        last wrote while we hold the id, unless ``fresh``."""
+        held = self.held.get(tid)
+        cached = self._states.get(tid)
+        if not fresh and held is not None and cached is not None and cached[0] == held:
+            return TxnMeta.from_json(cached[1]), cached[2]
         kv = await self.meta.get(self.state_key(tid))
         if kv is None:
             return None, 0
+        self._remember(tid, held, kv.value, kv.mod_revision)
         return TxnMeta.from_json(kv.value), kv.mod_revision
+
+    def _remember(self, tid: str, held: int | None, state: bytes, revision: int) -> None:
+        """Cache ``state`` (read or written while our owner key was at ``held``) unless a
+        newer one is cached: a read answered after one of our writes must not undo it."""
+        if held is None or self.held.get(tid) != held:
+            return
+        cached = self._states.get(tid)
+        if cached is None or cached[0] != held or cached[2] < revision:
+            self._states[tid] = (held, state, revision)
 
     async def _write(
         self,
@@ -291,10 +311,13 @@ class TransactionCoordinator:
             *(compares or []),
         ]
         meta.update_ms = _now()
-        result = await self.meta.txn(guard, [Put(key, meta.to_json()), *(ops or [])])
+        held = self.held.get(tid)
+        state = meta.to_json()
+        result = await self.meta.txn(guard, [Put(key, state), *(ops or [])])
         if not result.succeeded:
             self.held.pop(tid, None)
             raise TxnError(ErrorCode.NOT_COORDINATOR, f"{tid!r}: its state moved under us")
+        self._remember(tid, held, state, result.revision)
         return result.revision
 
     # --- requests --------------------------------------------------------------------------
@@ -487,7 +510,14 @@ class TransactionCoordinator:
                 ops.append(Put(key, value))
         done = self._done.setdefault(tid, asyncio.Event())
         done.clear()
-        await self._write(tid, meta, revision, compares, ops)
+        decided = await self._write(tid, meta, revision, compares, ops)
+        if meta.markers_written:
+            # The marker writers of this broker start at once, not when the watch brings
+            # the requests back.
+            for key, value in requests:
+                self.markers.note(
+                    key[len(self.markers.prefix) :], KeyValue(key, value, decided, 1, 0)
+                )
         failpoints.hit("after_txn_decision")  # decided, no marker written, nobody answered
         log.info(
             "transaction %r (producer %d epoch %d): %s of %d partitions, %d groups",
@@ -671,7 +701,7 @@ class TransactionCoordinator:
                     break
             if ok:
                 return
-            if (await self.load(tid))[1] == revision:  # the group's coordinator key moved
+            if (await self.load(tid, fresh=True))[1] == revision:  # the group key moved
                 raise TxnError(ErrorCode.NOT_COORDINATOR, f"group {group!r} moved")
         raise TxnError(ErrorCode.CONCURRENT_TRANSACTIONS, f"{tid!r} kept changing; retry")
 
