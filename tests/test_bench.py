@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,11 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "bench_broker.py"
 
 
-def test_bench_quick_embedded_round_trip() -> None:
+def _quick_run(target: str) -> dict[str, Any]:
+    """A 200-record --quick run of ``target``: its run line, checked for a verified round trip
+    (the summary line last)."""
     pytest.importorskip("confluent_kafka")
     done = subprocess.run(
         [
-            *(sys.executable, str(SCRIPT), "--quick", "--target", "kafscale-embedded"),
+            *(sys.executable, str(SCRIPT), "--quick", "--target", target),
             *("--records", "200", "--runs", "1"),
         ],
         cwd=REPO,
@@ -38,10 +41,15 @@ def test_bench_quick_embedded_round_trip() -> None:
     assert len(runs) == 1, lines
     run = runs[0]
     assert "error" not in run, run
-    assert run["target"] == "kafscale-embedded"
+    assert run["target"] == target
     assert run["records"] == 200 and run["consumed"] == 200
     assert run["ok"] and run["exactly_once"], run
     assert lines[-1]["kind"] == "summary"
+    return run
+
+
+def test_bench_quick_embedded_round_trip() -> None:
+    _quick_run("kafscale-embedded")
 
 
 def _bench() -> ModuleType:
@@ -293,3 +301,122 @@ def test_retention_mode_selects_the_cluster() -> None:
     assert (scenario.runs, scenario.workload.partitions, scenario.workload.seconds) == (2, 3, 20)
     with pytest.raises(SystemExit):
         bench.scenarios_for(bench.parse_args(["--target", "kafscale-s3", "--mode", "retention"]))
+
+
+def test_bench_quick_etcd_round_trip() -> None:
+    """The headline's single broker on etcd: etcd, the S3 server and the broker started and
+    stopped by the bench, CPU per MB of each reported."""
+    pytest.importorskip("moto")
+    if not Path("/usr/bin/etcd").exists() and shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed (Debian's etcd-server)")
+    run = _quick_run("kafscale-etcd")
+    assert (run["scenario"], run["brokers"]) == ("s3-throughput", 1)
+    for part in ("broker", "s3", "etcd", "client", "other"):
+        for phase in ("produce", "consume"):
+            assert run[f"{part}_cpu_s_per_mb_{phase}"] >= 0, (part, phase, run)
+    assert len(run["partition_leaders"]) == 3 and run["s3_objects"] > 0
+
+
+def _throughput_run(scenario: str, target: str, mb_s: float, **more: Any) -> dict[str, Any]:
+    run = {"kind": "run", "scenario": scenario, "target": target, "run": 0, "ok": True}
+    run |= {"mode": "throughput", "produce_mb_s": mb_s, "consume_mb_s": 2 * mb_s}
+    return run | more
+
+
+def test_headline_leads_the_summary_and_the_table() -> None:
+    """The cluster and one broker on etcd against tansu-S3 in the same scenarios: the summary's
+    headline, the table and the markdown start with them; issue 15's targets are judged."""
+    bench = _bench()
+    cpu = {"broker_cpu_s_per_mb_produce": 0.004, "etcd_cpu_s_per_mb_produce": 0.0005}
+    runs = [
+        _throughput_run("s3-throughput", "kafscale-cluster", 30.0, **cpu),
+        _throughput_run("s3-throughput", "kafscale-etcd", 25.0, **cpu),
+        _throughput_run("s3-throughput", "kafscale-s3", 20.0),
+        _throughput_run("s3-throughput", "tansu-s3", 10.0, s3_cpu_s_per_mb_produce=0.01),
+    ]
+    paced = {"mode": "latency", "rate": 10_000.0, "ack_rate": 9_990.0, "sustained": True}
+    runs += [
+        _throughput_run("s3-latency-10000", t, 10.0, ack_p99_ms=p99, ack_max_ms=400.0, **paced)
+        for t, p99 in (("kafscale-etcd", 200.0), ("tansu-s3", 800.0))
+    ]
+    summary = bench.summarize(runs)
+    assert json.dumps(summary, sort_keys=True).startswith('{"headline": [')
+    heads = [(h["scenario"], h["target"], h["peer"]) for h in summary["headline"]]
+    assert heads == [
+        ("s3-throughput", "kafscale-cluster", "tansu-s3"),
+        ("s3-throughput", "kafscale-etcd", "tansu-s3"),
+        ("s3-latency-10000", "kafscale-etcd", "tansu-s3"),
+    ]
+    assert summary["headline"][0]["produce_mb_s"] == 3.0
+    assert summary["headline"][2]["ack_p99_peer_over_ours"] == 4.0
+    goals = {g["target"]: (g["value"], g["met"]) for g in summary["targets"]}
+    assert goals["etcd: produce vs tansu-S3"] == (2.5, True)
+    assert goals["3-broker cluster produce vs 1 broker on etcd"] == (1.2, True)
+    assert goals["etcd: broker CPU per produced MB"] == (4.0, False)
+    assert goals["etcd: paced 10,000/s ack p99"] == (200.0, True)
+    assert goals["etcd: paced 10,000/s sustained (runs)"] == (1, True)
+    assert goals["S3 produce vs tansu-S3"] == (2.0, True)
+    text = bench.table(summary)
+    assert text.strip().startswith("headline s3-throughput: kafscale-cluster / tansu-s3: produce")
+    md = bench.markdown(summary, runs)
+    x = bench.TIMES
+    cluster = f"S3 (moto), 3 brokers on one etcd, 100,000 {x} 1 KiB, 3 partitions"
+    assert (
+        md.splitlines()[2] == f"| {cluster} | produce MB/s (higher is better) | 30 | 10 | 3.00{x} |"
+    )
+    assert f"| {cluster} | etcd CPU ms per produced MB (lower is better) | 0.5 | — | — |" in md
+    paced_label = f"S3, 1 broker on etcd, paced 10,000/s {x} 1 KiB, linger 1 ms"
+    assert f"| {paced_label} | ack p99 ms (lower is better) | 200 | 800 | 0.25{x} |" in md
+    assert "3 brokers on one etcd, paced" not in md  # not run: no rows
+
+
+def test_headline_targets_and_scenarios() -> None:
+    bench = _bench()
+    [first, *_] = bench.suite(quick=True)
+    assert (first.name, first.targets, first.peers()) == (
+        "s3-throughput",
+        ["kafscale-cluster", "kafscale-etcd", "kafscale-s3"],
+        ["tansu-s3"],
+    )
+    args = bench.parse_args(["--target", "kafscale-etcd", "--mode", "latency", "--rate", "10000"])
+    [sc] = bench.scenarios_for(args)
+    w = sc.workload
+    assert (sc.name, sc.target, sc.targets) == (
+        "s3-latency-10000",
+        "kafscale-etcd",
+        ["kafscale-etcd"],
+    )
+    assert (w.mode, w.rate, w.records, w.linger_ms) == ("latency", 10_000, 100_000, 1.0)
+    [sc] = bench.scenarios_for(
+        bench.parse_args(["--target", "kafscale-cluster", "--peer", "tansu"])
+    )
+    assert (sc.name, sc.workload.records, sc.peers()) == ("s3-throughput", 100_000, ["tansu-s3"])
+    [sc] = bench.scenarios_for(
+        bench.parse_args(["--target", "kafscale-cluster", "--mode", "latency"])
+    )
+    assert (sc.name, sc.workload.rate, sc.workload.records) == ("s3-latency", 2000, 20_000)
+
+
+def test_cpu_meter_splits_the_machine() -> None:
+    """Per MB of each part, the client, and the rest of the machine's busy time (other work)."""
+    bench = _bench()
+
+    class Part:
+        def __init__(self, *seconds: float) -> None:
+            self.seconds = list(seconds)
+
+        def cpu_seconds(self) -> float:
+            return self.seconds.pop(0)
+
+    meter = bench.CpuMeter(broker=Part(1.0, 3.0), s3=Part(0.0, 0.5), etcd=None)
+    figures = meter.phase("produce", 10.0)
+    assert set(figures) == {
+        "broker_cpu_s_per_mb_produce",
+        "s3_cpu_s_per_mb_produce",
+        "client_cpu_s_per_mb_produce",
+        "other_cpu_s_per_mb_produce",
+        "other_cpu_share_produce",
+    }
+    assert figures["broker_cpu_s_per_mb_produce"] == 0.2
+    assert figures["s3_cpu_s_per_mb_produce"] == 0.05
+    assert figures["other_cpu_s_per_mb_produce"] >= 0 and figures["other_cpu_share_produce"] >= 0
