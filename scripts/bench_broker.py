@@ -2416,8 +2416,8 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
                 ratios.setdefault(scenario, {})[ours] = pair
     summary["headline"] = [
         {"scenario": scenario, "target": ours, "peer": PEERS[ours], **ratios[scenario][ours]}
-        for ours in HEADLINE
         for scenario in medians
+        for ours in HEADLINE
         if ours in ratios.get(scenario, {})
     ]
     goals = summary["targets"]
@@ -3064,23 +3064,38 @@ def chart(summary: dict[str, Any], path: Path) -> None:
         v = med.get(scenario, {}).get(target, {}).get(key)
         return float(v) if isinstance(v, int | float) else 0.0
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
     groups = [
         ("S3 produce", "s3-throughput", "produce_mb_s"),
         ("S3 consume", "s3-throughput", "consume_mb_s"),
         ("embedded/memory\nproduce", "embedded-throughput", "produce_mb_s"),
         ("embedded/memory\nconsume", "embedded-throughput", "consume_mb_s"),
     ]
-    xs = range(len(groups))
-    ours = [
-        m(s, "kafscale-s3" if s.startswith("s3") else "kafscale-embedded", k) for _, s, k in groups
+    # (label, colour, target on S3, target in the embedded groups): the headline first.
+    series = [
+        ("KafScale, 3 brokers on etcd", "#1b4f7a", "kafscale-cluster", None),
+        ("KafScale, 1 broker on etcd", "#2a7ab9", "kafscale-etcd", None),
+        (
+            "KafScale, 1 broker, sqlite (and the embedded default)",
+            "#7fb3dc",
+            "kafscale-s3",
+            "kafscale-embedded",
+        ),
+        ("tansu 0.6.0", "#e07b39", "tansu-s3", "tansu-memory"),
     ]
-    peer = [m(s, "tansu-s3" if s.startswith("s3") else "tansu-memory", k) for _, s, k in groups]
-    width = 0.38
-    bars1 = ax1.bar([x - width / 2 for x in xs], ours, width, label="KafScale", color="#2a7ab9")
-    bars2 = ax1.bar([x + width / 2 for x in xs], peer, width, label="tansu 0.6.0", color="#e07b39")
-    ax1.bar_label(bars1, fmt="%.1f", fontsize=8)
-    ax1.bar_label(bars2, fmt="%.1f", fontsize=8)
+    width = 0.8 / len(series)
+    tallest = 1.0
+    for i, (label, colour, on_s3, embedded) in enumerate(series):
+        xs, values = [], []
+        for x, (_, scenario, key) in enumerate(groups):
+            target = on_s3 if scenario.startswith("s3") else embedded
+            if target is not None and (value := m(scenario, target, key)):
+                xs.append(x + (i - (len(series) - 1) / 2) * width)
+                values.append(value)
+        if values:
+            bars = ax1.bar(xs, values, width, label=label, color=colour)
+            ax1.bar_label(bars, fmt="%.0f", fontsize=7)
+            tallest = max(tallest, *values)
     put = m("s3-put-loop", "put-loop-c1", "put_mb_s")
     if put:
         ax1.hlines(
@@ -3091,27 +3106,28 @@ def chart(summary: dict[str, Any], path: Path) -> None:
             linestyles="dashed",
             label=f"S3 server alone: 4 MiB PUT loop ({put:.0f} MB/s)",
         )
-    ax1.set_xticks(list(xs), [g[0] for g in groups])
+    ax1.set_xticks(range(len(groups)), [g[0] for g in groups])
     ax1.set_ylabel("MB/s (median)")
     ax1.set_title(f"100,000 {TIMES} 1 KiB records, 3 partitions, acks=all")
-    ax1.set_ylim(0, max([*ours, *peer, put, 1.0]) * 1.35)
-    ax1.legend(fontsize=8, loc="upper left", ncol=2)
+    ax1.set_ylim(0, max(tallest, put) * 1.45)
+    ax1.legend(fontsize=7, loc="upper left", ncol=2)
     labels = ["p50", "p99", "max"]
     keys = ["ack_p50_ms", "ack_p99_ms", "ack_max_ms"]
-    o = [m("s3-latency", "kafscale-s3", k) for k in keys]
-    p = [m("s3-latency", "tansu-s3", k) for k in keys]
-    xs2 = range(len(labels))
-    b1 = ax2.bar([x - width / 2 for x in xs2], o, width, label="KafScale", color="#2a7ab9")
-    b2 = ax2.bar([x + width / 2 for x in xs2], p, width, label="tansu 0.6.0", color="#e07b39")
-    ax2.bar_label(b1, fmt="%.0f", fontsize=8)
-    ax2.bar_label(b2, fmt="%.0f", fontsize=8)
+    highest = 1000.0
+    for i, (label, colour, target, _) in enumerate(series):
+        values = [m("s3-latency", target, k) for k in keys]
+        if any(values):
+            xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(labels))]
+            bars = ax2.bar(xs, values, width, label=label, color=colour)
+            ax2.bar_label(bars, fmt="%.0f", fontsize=7)
+            highest = max(highest, *values)
     ax2.axhline(250, color="grey", linestyle="dashed", label="p99 target 250 ms")
     ax2.set_yscale("log")
-    ax2.set_ylim(10, max([*o, *p, 1000.0]) * 20)
-    ax2.set_xticks(list(xs2), labels)
+    ax2.set_ylim(10, highest * 20)
+    ax2.set_xticks(range(len(labels)), labels)
     ax2.set_ylabel("ack latency, ms (log)")
     ax2.set_title(f"S3, paced 2,000 records/s {TIMES} 1 KiB, linger 1 ms")
-    ax2.legend(fontsize=8, loc="upper left", ncol=2)
+    ax2.legend(fontsize=7, loc="upper left", ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
