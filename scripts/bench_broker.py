@@ -882,9 +882,8 @@ def run_once(
     etcd: Etcd | None = None
     try:
         # Logs at WARNING on etcd too, as start_broker's single brokers (a throughput figure).
-        deployment, etcd = deployment_for(
-            target, workdir, s3, run_id, ["--log-level=WARNING", *extra]
-        )
+        quiet = ["--log-level=WARNING"] if target in ON_ETCD else []
+        deployment, etcd = deployment_for(target, workdir, s3, run_id, [*quiet, *extra])
         result["start_listen_s"] = deployment.start(s3.endpoint if s3 else None)
         result["brokers"] = len(deployment.procs)
         create_topic(deployment.bootstrap, topic, w.partitions)
