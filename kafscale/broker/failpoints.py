@@ -21,8 +21,12 @@ The points:
   (``kafscale/broker/transactions.py``).
 - ``before_txn_complete``: every marker of a decided transaction is written, before its
   offsets move and it completes.
+- ``before_txn_markers_commit``: a coordinator ending a transaction in one step (it owns every
+  partition) uploaded the markers, before the one commit that writes them all and completes
+  it (``LogManager.append_markers``).
 ``tests/faults/test_faults.py`` crashes a broker at each of them under load
-(``tests/faults/test_txn_faults.py`` the transaction ones).
+(``tests/faults/test_txn_faults.py`` the transaction ones;
+``tests/conformance/test_transactions.py`` the one-step ending).
 
 Disarmed (the normal case) a hit is one dictionary lookup.
 """

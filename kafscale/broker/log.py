@@ -110,6 +110,9 @@ DROP_PER_TXN = 100
 """Entries one transaction drops at most (below etcd's 128 operations)."""
 MAX_TXN_BYTES = 1 << 20
 """Keys and values of one transaction, below etcd's default ``--max-request-bytes`` (1.5 MiB)."""
+MAX_ATOMIC_MARKERS = 16
+"""Partitions :meth:`LogManager.append_markers` takes at once: with a transaction's state and
+its offsets, well within one metadata transaction (a bigger transaction ends in steps)."""
 RELEASES_PER_TXN = MAX_TXN_OPS // 2
 """Partitions handed over in one transaction: a compare and a delete each."""
 RELEASES_AT_ONCE = 16
@@ -233,9 +236,11 @@ class _Pending:
     producers: list[ProducerBatch] = field(default_factory=list)
     """Its idempotent batches (sequence ranges), in flight until the flush commits them."""
     compares: list[Compare] = field(default_factory=list)
-    puts: list[Put] = field(default_factory=list)
+    puts: list[Put | Delete] = field(default_factory=list)
     """Compared and written in the transaction that commits it (a transaction marker: its
     marker request done, in the same transaction as the marker itself)."""
+    revision: int = 0
+    """The metadata revision that committed it (0 until then)."""
 
 
 @dataclass(eq=False)
@@ -286,7 +291,7 @@ class _Commit:
 
     flush: _Flush
     compares: list[Compare]
-    puts: list[Put]
+    puts: list[Put | Delete]
     producers: dict[int, ProducerEntry]
 
 
@@ -505,10 +510,9 @@ class LogManager:
 
     # --- partition state -------------------------------------------------------------------
 
-    async def get(self, topic: str, partition: int) -> PartitionLog:
-        """The partition's log, loaded from the metadata store on first use. In a cluster
-        only the owner has it: raises :class:`FlushError` NOT_LEADER_OR_FOLLOWER elsewhere
-        (claiming the partition first when it should be ours and nobody holds it)."""
+    def owned(self, topic: str, partition: int) -> PartitionLog | None:
+        """The partition's log if it is loaded, ours and not being handed over (and nobody
+        waits to load it), else None."""
         key = (topic, partition)
         plog = self.logs.get(key)
         if (
@@ -520,6 +524,16 @@ class LogManager:
             )
         ):
             return plog
+        return None
+
+    async def get(self, topic: str, partition: int) -> PartitionLog:
+        """The partition's log, loaded from the metadata store on first use. In a cluster
+        only the owner has it: raises :class:`FlushError` NOT_LEADER_OR_FOLLOWER elsewhere
+        (claiming the partition first when it should be ours and nobody holds it)."""
+        plog = self.owned(topic, partition)
+        if plog is not None:
+            return plog
+        key = (topic, partition)
         # Callers queue on the lock in arrival order, and while any is queued a later caller
         # queues too instead of taking the loaded log at once: one connection's produce
         # requests are appended in the order they were sent (Kafka's guarantee), also the first
@@ -975,7 +989,7 @@ class LogManager:
         batches: list[BatchInfo],
         producers: list[ProducerBatch],
         compares: list[Compare] | None = None,
-        puts: list[Put] | None = None,
+        puts: list[Put | Delete] | None = None,
     ) -> asyncio.Future[int]:
         """Add checked batches to the partition's pending data; the future of its base
         offset, set once committed."""
@@ -1004,20 +1018,75 @@ class LogManager:
         epoch: int,
         commit: bool,
         compares: list[Compare],
-        puts: list[Put],
+        puts: list[Put | Delete],
     ) -> int:
         """Append a transaction marker (a control batch: ``txn_index.marker_batch``), committed
         together with ``compares`` and ``puts`` (the marker request it answers); its offset.
         The producer's transaction in the partition ends with it (an abort joins the
         aborted-transaction index). Raises :class:`FlushError`."""
-        if plog.claim is not None and plog.claim.releasing:
-            raise not_owner(plog.topic, plog.partition, " (handing it over)")
-        batches = parse_batches(data)
-        marker = ProducerBatch(producer_id, epoch, -1, -1, 1, 0, True, COMMIT if commit else ABORT)
-        plog.markers[producer_id] = plog.markers.get(producer_id, 0) + 1
-        future = self._enqueue(plog, data, batches, [marker], compares, puts)
+        marker = self._marker(plog, producer_id, epoch, commit)
+        future = self._enqueue(plog, data, parse_batches(data), [marker], compares, puts)
         self._wake.set()  # a commit waits on it: no need to wait for the flush interval
         return await future
+
+    async def append_markers(
+        self,
+        plogs: list[PartitionLog],
+        data: bytes,
+        producer_id: int,
+        epoch: int,
+        commit: bool,
+        compares: list[Compare],
+        puts: list[Put | Delete],
+    ) -> int:
+        """Append one producer's transaction marker (``data``) to each of ``plogs`` (at most
+        :data:`MAX_ATOMIC_MARKERS`) in a flush cycle of their own, committed in **one** metadata
+        transaction together with ``compares`` and ``puts``: all of them or none (a
+        coordinator that owns every partition of a transaction decides and completes it in
+        that one commit). Other pending data of those partitions is left to the next cycle;
+        the markers go right after what is already in flight. The commit's revision. Raises
+        :class:`FlushError` (then nothing of it was committed, or, for a commit whose outcome
+        is unknown, its partitions reload)."""
+        if not 0 < len(plogs) <= MAX_ATOMIC_MARKERS:
+            raise ValueError(f"{len(plogs)} markers: 1 to {MAX_ATOMIC_MARKERS} at once")
+        loop = asyncio.get_running_loop()
+        batches = parse_batches(data)
+        for plog in plogs:  # all checked before any is taken
+            if self.logs.get((plog.topic, plog.partition)) is not plog:
+                raise not_owner(plog.topic, plog.partition, " (its log was dropped)")
+            if plog.claim is not None and plog.claim.releasing:
+                raise not_owner(plog.topic, plog.partition, " (handing it over)")
+        flushes: list[_Flush] = []
+        for i, plog in enumerate(plogs):
+            marker = self._marker(plog, producer_id, epoch, commit)
+            entry = _Pending(
+                data,
+                batches,
+                1,
+                loop.create_future(),
+                [marker],
+                compares if i == 0 else [],
+                puts if i == 0 else [],
+            )
+            flushes.append(self._take(plog, [entry]))
+        self._launch(flushes, atomic=True)
+        outcomes = await asyncio.gather(
+            *(e.future for f in flushes for e in f.entries), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return flushes[0].entries[0].revision
+
+    @staticmethod
+    def _marker(plog: PartitionLog, producer_id: int, epoch: int, commit: bool) -> ProducerBatch:
+        """The producer-state entry of a marker about to be appended (it ends the producer's
+        transaction in the partition when committed). Counted at once: a first transactional
+        batch verified meanwhile is verified again (see :meth:`_append_transactional`)."""
+        if plog.claim is not None and plog.claim.releasing:
+            raise not_owner(plog.topic, plog.partition, " (handing it over)")
+        plog.markers[producer_id] = plog.markers.get(producer_id, 0) + 1
+        return ProducerBatch(producer_id, epoch, -1, -1, 1, 0, True, COMMIT if commit else ABORT)
 
     def _check_producers(
         self, plog: PartitionLog, batches: list[BatchInfo], accepted: list[ProducerBatch]
@@ -1103,13 +1172,21 @@ class LogManager:
         one task commits them all (in as few metadata transactions as the store takes) once
         they are uploaded and every earlier cycle has committed. (The uploads, that task), or
         None when nothing was pending."""
-        started = time.monotonic()
-        flushes = [f for f in map(self._take, plogs) if f is not None]
+        flushes = [self._take(p, p.pending) for p in plogs if p.pending]
         if not flushes:
             return None
+        return self._launch(flushes)
+
+    def _launch(
+        self, flushes: list[_Flush], *, atomic: bool = False
+    ) -> tuple[asyncio.Future[None], asyncio.Task[bool]]:
+        """Start a cycle of ``flushes``: their uploads now, their commit after the cycles
+        started before (``atomic``: all in one metadata transaction, or none)."""
+        started = time.monotonic()
         uploads = asyncio.ensure_future(self._upload(flushes))
         commit = asyncio.create_task(
-            self._commit_cycle(flushes, uploads, self._last_commit), name="kafscale-commit"
+            self._commit_cycle(flushes, uploads, self._last_commit, atomic),
+            name="kafscale-commit",
         )
         self._last_commit = commit
         if self.cycle_listeners:
@@ -1136,15 +1213,15 @@ class LogManager:
         for listener in self.cycle_listeners:
             listener(cycle)
 
-    def _take(self, plog: PartitionLog) -> _Flush | None:
-        """A flush of the partition's pending data, its offsets assigned: right after its
-        previous flush still in flight, else from the high watermark."""
-        entries, plog.pending = plog.pending, []
-        if not entries:
-            return None
-        size = sum(len(e.data) for e in entries)
-        plog.pending_bytes -= size
-        self.pending_bytes -= size
+    def _take(self, plog: PartitionLog, entries: list[_Pending]) -> _Flush:
+        """A flush of ``entries`` (the partition's pending data, or entries of its own), their
+        offsets assigned: right after its previous flush still in flight, else from the high
+        watermark."""
+        if entries is plog.pending:
+            plog.pending = []
+            size = sum(len(e.data) for e in entries)
+            plog.pending_bytes -= size
+            self.pending_bytes -= size
         first = plog.inflight[-1].end if plog.inflight else plog.hw
         bases: list[int] = []
         offset = first
@@ -1235,6 +1312,7 @@ class LogManager:
         flushes: list[_Flush],
         uploads: asyncio.Future[None],
         previous: asyncio.Task[bool] | None,
+        atomic: bool = False,
     ) -> bool:
         """Commit a cycle's flushes once their uploads are done and ``previous`` (the cycle
         before) has committed, so that each partition commits in offset order; answer their
@@ -1245,7 +1323,7 @@ class LogManager:
             await asyncio.wait([previous])
         committed = False
         try:
-            committed = await self._commit(flushes)
+            committed = await self._commit(flushes, atomic)
         finally:
             for f in flushes:  # nothing may wait forever, whatever went wrong
                 if not f.settled.is_set():
@@ -1257,12 +1335,14 @@ class LogManager:
                 self._committed.notify_all()
         return committed
 
-    async def _commit(self, flushes: list[_Flush]) -> bool:
+    async def _commit(self, flushes: list[_Flush], atomic: bool = False) -> bool:
         """Commit the uploaded ``flushes`` (each of a different partition), holding their
         partitions' locks: their states and segment entries go in one metadata transaction per
-        group of partitions that fits the store's limits. Whether any committed."""
+        group of partitions that fits the store's limits (``atomic``: all in one, or none
+        commits). Whether any committed."""
         ready = [f for f in flushes if not f.failed]
-        if not ready:
+        if not ready or (atomic and len(ready) < len(flushes)):
+            self._fail_all(flushes, "another partition's markers failed")
             return False
         async with contextlib.AsyncExitStack() as locks:
             for f in ready:
@@ -1275,11 +1355,22 @@ class LogManager:
                     prepared.append(self._prepare(f))
                 except Exception as error:
                     self._fail(f, error, committing=False)
+            groups = _txn_groups(prepared)
+            if atomic and (len(prepared) < len(ready) or len(groups) > 1):
+                self._fail_all(flushes, "the markers do not fit one metadata transaction")
+                return False
+            if atomic:
+                failpoints.hit("before_txn_markers_commit")
             committed = False
-            for group in _txn_groups(prepared):
-                if await self._commit_group(group):
+            for group in groups:
+                if await self._commit_group(group, atomic):
                     committed = True
             return committed
+
+    def _fail_all(self, flushes: list[_Flush], why: str) -> None:
+        """Fail every flush of an atomic cycle still standing (one of them cannot commit)."""
+        for f in flushes:
+            self._fail(f, FlushError(ErrorCode.KAFKA_STORAGE_ERROR, why), committing=False)
 
     def _prepare(self, flush: _Flush) -> _Commit:
         """What committing ``flush`` compares and puts: its partition's guard; the new state
@@ -1309,7 +1400,8 @@ class LogManager:
             assign_aborted(aborted, [meta for meta, _, _ in flush.built])
         state = _state(plog, hw=flush.end, producers=producers)
         prefix = self.topics.segments_prefix(plog.topic, plog.partition)
-        puts = [Put(plog.state_key, state)] + [
+        puts: list[Put | Delete] = [Put(plog.state_key, state)]
+        puts += [
             Put(prefix + f"{meta.base:020d}".encode(), meta.to_json()) for meta, _, _ in flush.built
         ]
         for e in flush.entries:
@@ -1317,14 +1409,14 @@ class LogManager:
             puts += e.puts
         return _Commit(flush, guard, puts, producers)
 
-    async def _commit_group(self, group: list[_Commit]) -> bool:
+    async def _commit_group(self, group: list[_Commit], atomic: bool = False) -> bool:
         """One transaction for ``group``; if its compares fail (some partition's owner or
-        state moved), each partition again on its own, so that only that one fails. Whether
-        any committed."""
+        state moved), each partition again on its own (unless ``atomic``), so that only that
+        one fails. Whether any committed."""
         try:
             result = await self.meta.txn(
                 [c for x in group for c in x.compares],
-                [p for x in group for p in x.puts] + self._registry(group),
+                [*(p for x in group for p in x.puts), *self._registry(group)],
             )
         except Exception as error:
             # The outcome may be unknown (it may have applied): every partition of the group
@@ -1335,15 +1427,16 @@ class LogManager:
                 self._fail(x.flush, error, committing=True)
             return False
         if not result.succeeded:
-            if len(group) > 1:
+            if len(group) > 1 and not atomic:
                 committed = False
                 for x in group:
                     if await self._commit_group([x]):
                         committed = True
                 return committed
-            plog = group[0].flush.plog
-            stale = not_owner(plog.topic, plog.partition, " (its state changed under us)")
-            self._fail(group[0].flush, stale, committing=True)
+            for x in group:  # one partition alone, or an atomic group: all fail
+                plog = x.flush.plog
+                stale = not_owner(plog.topic, plog.partition, " (its state changed under us)")
+                self._fail(x.flush, stale, committing=True)
             return False
         for _ in group:  # every flush of the group is committed, none answered yet
             failpoints.hit("after_metadata_commit")
@@ -1396,6 +1489,7 @@ class LogManager:
         if flush in plog.inflight:
             plog.inflight.remove(flush)
         for e, base in zip(flush.entries, flush.bases, strict=True):
+            e.revision = revision
             if not e.future.done():
                 e.future.set_result(base)
         flush.settled.set()
@@ -1837,7 +1931,7 @@ def _txn_groups(commits: list[_Commit]) -> list[list[_Commit]]:
         keys = {meta.key for meta, _, _ in c.flush.built if meta.piece}
         n = len(c.compares) + len(c.puts)
         b = (
-            sum(len(p.key) + len(p.value) for p in c.puts)
+            sum(len(p.key) + (len(p.value) if isinstance(p, Put) else 0) for p in c.puts)
             + sum(len(x.key) + 16 for x in c.compares)
             + 100 * len(c.flush.built)
         )

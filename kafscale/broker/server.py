@@ -175,6 +175,7 @@ class Broker:
             self.offsets,
             self.producer_ids,
             self.markers.mirror,
+            self.logs,
         )
         self.markers.listeners.append(self.transactions.markers_changed)
         self.logs.verify_txn = self.transactions.verify

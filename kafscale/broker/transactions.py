@@ -51,10 +51,11 @@ from generated.errors import ErrorCode
 from kafscale.broker import failpoints
 from kafscale.broker.cluster import BrokerInfo, Cluster, Mirror, _ranked
 from kafscale.broker.config import BrokerConfig
-from kafscale.broker.log import MAX_TXN_OPS, FlushError
+from kafscale.broker.log import MAX_ATOMIC_MARKERS, MAX_TXN_OPS, FlushError, LogManager
 from kafscale.broker.offsets import CommittedOffset, Offsets
 from kafscale.broker.producer_ids import ProducerIds
 from kafscale.broker.topics import Topics
+from kafscale.broker.txn_index import marker_batch
 from kafscale.metadata import Compare, Delete, KeyValue, LeaseNotFound, MetadataStore, Put
 
 log = logging.getLogger("kafscale.transactions")
@@ -146,6 +147,7 @@ class TransactionCoordinator:
         offsets: Offsets,
         producer_ids: ProducerIds,
         markers: Mirror,
+        logs: LogManager | None = None,
     ) -> None:
         self.config = config
         self.meta = meta
@@ -158,6 +160,9 @@ class TransactionCoordinator:
         self.marker_prefix = f"/{ns}/txn-markers/".encode()
         self.pending_prefix = f"/{ns}/txn-offsets/".encode()
         self.owners = Mirror(meta, f"/{ns}/txn-owners/".encode())
+        self.logs = logs
+        """This broker's partition logs: a transaction all of whose partitions are ours ends
+        in one step (:meth:`_end_here`)."""
         self.markers = markers
         """The marker requests (followed by ``txn_markers.MarkerWriter``): tells us when they
         are done."""
@@ -176,6 +181,8 @@ class TransactionCoordinator:
         self._closing = False
         self.completed = 0
         """Transactions completed by this broker (metrics, tests)."""
+        self.ended_here = 0
+        """Of those, the ones ended in one step (:meth:`_end_here`)."""
         self.timed_out = 0
         """Transactions this broker aborted because they outlived their timeout."""
 
@@ -302,23 +309,28 @@ class TransactionCoordinator:
     ) -> int:
         """Put ``meta`` (and ``ops``) if the state is still at ``revision`` and we still
         coordinate the id; the new revision. Raises :class:`TxnError` NOT_COORDINATOR."""
-        key = self.state_key(tid)
-        guard = [
-            Compare(key, "mod_revision", "==", revision)
-            if revision
-            else Compare(key, "version", "==", 0),
-            *self._guard(tid),
-            *(compares or []),
-        ]
-        meta.update_ms = _now()
+        guard, put = self._state_write(tid, meta, revision)
         held = self.held.get(tid)
-        state = meta.to_json()
-        result = await self.meta.txn(guard, [Put(key, state), *(ops or [])])
+        result = await self.meta.txn([*guard, *(compares or [])], [put, *(ops or [])])
+        state = put.value
         if not result.succeeded:
             self.held.pop(tid, None)
             raise TxnError(ErrorCode.NOT_COORDINATOR, f"{tid!r}: its state moved under us")
         self._remember(tid, held, state, result.revision)
         return result.revision
+
+    def _state_write(self, tid: str, meta: TxnMeta, revision: int) -> tuple[list[Compare], Put]:
+        """What writing ``meta`` compares (the state still at ``revision``, our owner key) and
+        puts."""
+        key = self.state_key(tid)
+        meta.update_ms = _now()
+        guard = [
+            Compare(key, "mod_revision", "==", revision)
+            if revision
+            else Compare(key, "version", "==", 0),
+            *self._guard(tid),
+        ]
+        return guard, Put(key, meta.to_json())
 
     # --- requests --------------------------------------------------------------------------
 
@@ -462,6 +474,8 @@ class TransactionCoordinator:
             meta = self._check(tid, loaded, producer_id, epoch)
             wanted = PREPARE_COMMIT if commit else PREPARE_ABORT
             if meta.state == ONGOING:
+                if await self._end_here(tid, meta, revision, commit):
+                    return
                 done = await self._decide(tid, meta, revision, commit=commit, fence=False)
             elif meta.deciding:
                 self._complete_later(tid)
@@ -530,6 +544,71 @@ class TransactionCoordinator:
         )
         self._complete_later(tid)
         return done
+
+    async def _end_here(self, tid: str, meta: TxnMeta, revision: int, commit: bool) -> bool:
+        """End the transaction in one step when this broker owns every one of its partitions
+        (at most :data:`MAX_ATOMIC_MARKERS`) and nothing of the producer waits to be flushed in
+        them: the markers, the state Complete and the offsets go in one flush cycle of their
+        own, committed in one metadata transaction (``LogManager.append_markers``), so there
+        is no decision to recover: a crash before that commit leaves the transaction ongoing
+        (the client retries EndTxn, or the timeout aborts it). Whether it was ended here
+        (False: end it in steps). The caller holds the id's lock. Raises :class:`TxnError`."""
+        logs = self.logs
+        if logs is None or not 0 < len(meta.partitions) <= MAX_ATOMIC_MARKERS:
+            return False
+        plogs = [logs.owned(topic, partition) for topic, partition in meta.partitions]
+        if any(
+            plog is None
+            or any(b.producer_id == meta.producer_id for e in plog.pending for b in e.producers)
+            for plog in plogs
+        ):
+            return False
+        ops = await self._offset_ops(meta, commit)
+        if len(ops) > MAX_TXN_OPS // 2:
+            return False
+        groups = list(meta.groups)
+        partitions = len(meta.partitions)
+        meta.state = COMPLETE_COMMIT if commit else COMPLETE_ABORT
+        meta.partitions, meta.groups, meta.markers_written = [], [], False
+        guard, put = self._state_write(tid, meta, revision)
+        held = self.held.get(tid)
+        data = marker_batch(meta.producer_id, meta.epoch, commit, (held or 0) % 2**31)
+        try:
+            written = await logs.append_markers(
+                [p for p in plogs if p is not None],
+                data,
+                meta.producer_id,
+                meta.epoch,
+                commit,
+                guard,
+                [put, *ops],
+            )
+        except FlushError as e:
+            # Not ended (or, if the commit's outcome is unknown, perhaps ended): read the
+            # state again before anything else, and let the client retry.
+            self._states.pop(tid, None)
+            raise TxnError(ErrorCode.NOT_COORDINATOR, f"ending {tid!r} failed: {e}") from None
+        self._remember(tid, held, put.value, written)
+        self.completed += 1
+        self.ended_here += 1
+        log.info(
+            "transaction %r (producer %d epoch %d): %s of %d partitions, %d groups (one step)",
+            tid,
+            meta.producer_id,
+            meta.epoch,
+            "commit" if commit else "abort",
+            partitions,
+            len(groups),
+        )
+        if commit:
+            self._offsets_visible(groups)
+        return True
+
+    def _offsets_visible(self, groups: list[str]) -> None:
+        """A commit made the transaction's offsets of ``groups`` visible."""
+        for group in groups:
+            for listener in self.offsets.listeners:
+                listener(group, None)
 
     def _marker_requests(self, tid: str, meta: TxnMeta, commit: bool) -> list[tuple[bytes, bytes]]:
         value = json.dumps(
@@ -618,9 +697,7 @@ class TransactionCoordinator:
             await self._write(tid, meta, revision, ops=ops)
             self.completed += 1
             if commit:
-                for group in groups:
-                    for listener in self.offsets.listeners:
-                        listener(group, None)
+                self._offsets_visible(groups)
             self._finished(tid)
             return True
 

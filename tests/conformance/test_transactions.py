@@ -26,7 +26,8 @@ import kafka
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.conformance.conftest import BrokerProcess, running_broker
+from kafscale.broker.failpoints import EXIT_STATUS
+from tests.conformance.conftest import BrokerProcess, free_port, running_broker
 
 TIMEOUT = 30.0
 
@@ -261,6 +262,61 @@ def test_timeout_aborts_a_dead_producers_transaction(txn_broker: BrokerProcess) 
         time.sleep(0.2)
     assert consume_all(bootstrap, topic, "read_committed", 0, 1) == []
     assert len(consume_all(bootstrap, topic, "read_uncommitted", 1, 1)) == 1
+
+
+def test_one_step_ending_is_all_or_nothing(tmp_path: Path) -> None:
+    """A broker owning every partition of a transaction ends it in one commit (markers,
+    state, offsets): crashed between uploading the markers and that commit, it leaves no
+    marker anywhere; after the restart the transaction is still open, and its timeout
+    aborts it in every partition."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    broker = BrokerProcess(
+        "127.0.0.1",
+        free_port(),
+        data_dir,
+        tmp_path,
+        args=["--transaction.abort.timed.out.transaction.cleanup.interval.ms", "300"],
+        env={"KAFSCALE_FAILPOINTS": "before_txn_markers_commit:exit@3"},
+    )
+    broker.start()
+    topic = "txn-one-step"
+    try:
+        create(broker.bootstrap, topic)
+        p = producer(broker.bootstrap, "one-step", **{"transaction.timeout.ms": 2000})
+        for n in range(3):  # the third ending crashes the broker before its commit
+            p.begin_transaction()
+            for i in range(30):
+                p.produce(topic, value=b"t%d-%d" % (n, i), partition=i % 3)
+            if n < 2:
+                p.commit_transaction(TIMEOUT)
+        p.flush(TIMEOUT)
+        with pytest.raises(confluent_kafka.KafkaException):
+            p.commit_transaction(5)
+        assert broker.proc is not None and broker.proc.wait(TIMEOUT) == EXIT_STATUS
+        del p  # gone: nothing retries the EndTxn
+        log = broker.logs[-1].read_text()
+        assert "failpoint before_txn_markers_commit: exiting" in log
+        assert log.count("(one step)") == 2, "the first two did not end in one step"
+        broker.env = {}
+        broker.start()
+        # The open transaction holds every partition's last stable offset until its timeout
+        # aborts it: then markers follow the 10 records of each of the three transactions.
+        deadline = time.monotonic() + 20
+        while end_offsets(broker.bootstrap, topic, "read_committed") != [33, 33, 33]:
+            assert time.monotonic() < deadline, "the open transaction was not aborted"
+            time.sleep(0.2)
+        committed = consume_all(broker.bootstrap, topic, "read_committed", 60)
+        assert sorted(v for _, _, v in committed) == sorted(
+            b"t%d-%d" % (n, i) for n in range(2) for i in range(30)
+        )
+        uncommitted = consume_all(broker.bootstrap, topic, "read_uncommitted", 90)
+        assert len(uncommitted) == 90
+        broker.stop_cleanly()
+    finally:
+        if broker.proc is not None and broker.proc.poll() is None:
+            broker.proc.kill()
+            broker.proc.wait()
 
 
 def test_aiokafka_transactions(txn_broker: BrokerProcess) -> None:
