@@ -685,6 +685,11 @@ def consume(
             "enable.auto.commit": False,
             "enable.partition.eof": False,
             "auto.offset.reset": "earliest",
+            # A broker serving faster than this loop drains fills librdkafka's 64 MiB queue
+            # (queued.max.messages.kbytes), and librdkafka then stops fetching for
+            # fetch.queue.backoff.ms (1 s by default) even once the queue is empty: that was
+            # the "consume stall" of the first round. Every peer gets the same setting.
+            "fetch.queue.backoff.ms": 10,
         }
     )
     received: list[tuple[int, bytes]] = []
