@@ -244,6 +244,14 @@ class _Pending:
 
 
 @dataclass(eq=False)
+class _Bundle:
+    """One coordinator's markers (a partition log and its marker entry each) that commit
+    together or not at all."""
+
+    entries: list[tuple[PartitionLog, _Pending]]
+
+
+@dataclass(eq=False)
 class _Flush:
     """One partition's share of a flush cycle: the entries it took, the offsets they get
     (assigned when it was taken: after the partition's previous flush still in flight, else at
@@ -447,6 +455,9 @@ class LogManager:
         self._committed = asyncio.Condition()
         self._flusher: asyncio.Task[None] | None = None
         self._last_commit: asyncio.Task[bool] | None = None
+        self._bundles: list[_Bundle] = []
+        """Markers waiting for a cycle of their own (:meth:`append_markers`)."""
+        self._marker_cycle: asyncio.Task[bool] | None = None
         """The commit task of the latest flush cycle (each waits for the one before)."""
         self._closing = False
         self._load_locks: dict[tuple[str, int], asyncio.Lock] = {}
@@ -1049,34 +1060,77 @@ class LogManager:
         is unknown, its partitions reload)."""
         if not 0 < len(plogs) <= MAX_ATOMIC_MARKERS:
             raise ValueError(f"{len(plogs)} markers: 1 to {MAX_ATOMIC_MARKERS} at once")
+        for plog in plogs:  # all checked before any is counted
+            self._check_bundled(plog)
         loop = asyncio.get_running_loop()
         batches = parse_batches(data)
-        for plog in plogs:  # all checked before any is taken
-            if self.logs.get((plog.topic, plog.partition)) is not plog:
-                raise not_owner(plog.topic, plog.partition, " (its log was dropped)")
-            if plog.claim is not None and plog.claim.releasing:
-                raise not_owner(plog.topic, plog.partition, " (handing it over)")
-        flushes: list[_Flush] = []
-        for i, plog in enumerate(plogs):
-            marker = self._marker(plog, producer_id, epoch, commit)
-            entry = _Pending(
-                data,
-                batches,
-                1,
-                loop.create_future(),
-                [marker],
-                compares if i == 0 else [],
-                puts if i == 0 else [],
-            )
-            flushes.append(self._take(plog, [entry]))
-        self._launch(flushes, atomic=True)
+        bundle = _Bundle(
+            [
+                (
+                    plog,
+                    _Pending(
+                        data,
+                        batches,
+                        1,
+                        loop.create_future(),
+                        [self._marker(plog, producer_id, epoch, commit)],
+                        compares if i == 0 else [],
+                        puts if i == 0 else [],
+                    ),
+                )
+                for i, plog in enumerate(plogs)
+            ]
+        )
+        self._bundles.append(bundle)
+        self._start_marker_cycle()
         outcomes = await asyncio.gather(
-            *(e.future for f in flushes for e in f.entries), return_exceptions=True
+            *(e.future for _, e in bundle.entries), return_exceptions=True
         )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-        return flushes[0].entries[0].revision
+        return bundle.entries[0][1].revision
+
+    def _check_bundled(self, plog: PartitionLog) -> None:
+        if self.logs.get((plog.topic, plog.partition)) is not plog:
+            raise not_owner(plog.topic, plog.partition, " (its log was dropped)")
+        if plog.claim is not None and plog.claim.releasing:
+            raise not_owner(plog.topic, plog.partition, " (handing it over)")
+
+    def _start_marker_cycle(self) -> None:
+        """Start a cycle of the waiting bundles (:meth:`append_markers`) unless one is in
+        flight (this runs again when it has committed: bundles arriving meanwhile share the
+        next one, one upload and one commit for all). A cycle takes, for each of its
+        partitions, the pending data first (a batch accepted before the marker stays before
+        it) and the markers after, as many bundles as one metadata transaction holds with
+        room to spare, and commits them all or none."""
+        if self._marker_cycle is not None and not self._marker_cycle.done():
+            return
+        taken: dict[tuple[str, int], tuple[PartitionLog, list[_Pending]]] = {}
+        budget = MAX_TXN_OPS // 2
+        while self._bundles:
+            bundle = self._bundles[0]
+            new = {(p.topic, p.partition) for p, _ in bundle.entries} - taken.keys()
+            cost = 4 * len(new) + sum(len(e.compares) + len(e.puts) for _, e in bundle.entries)
+            if taken and cost > budget:
+                break
+            self._bundles.pop(0)
+            try:
+                for plog, _ in bundle.entries:
+                    self._check_bundled(plog)
+            except FlushError as error:
+                for _, e in bundle.entries:
+                    if not e.future.done():
+                        e.future.set_exception(error)
+                continue
+            budget -= cost
+            for plog, entry in bundle.entries:
+                taken.setdefault((plog.topic, plog.partition), (plog, []))[1].append(entry)
+        if not taken:
+            return
+        flushes = [self._take(plog, plog.pending, markers) for plog, markers in taken.values()]
+        self._marker_cycle = self._launch(flushes, atomic=True)[1]
+        self._marker_cycle.add_done_callback(lambda _: self._start_marker_cycle())
 
     @staticmethod
     def _marker(plog: PartitionLog, producer_id: int, epoch: int, commit: bool) -> ProducerBatch:
@@ -1213,15 +1267,17 @@ class LogManager:
         for listener in self.cycle_listeners:
             listener(cycle)
 
-    def _take(self, plog: PartitionLog, entries: list[_Pending]) -> _Flush:
-        """A flush of ``entries`` (the partition's pending data, or entries of its own), their
+    def _take(
+        self, plog: PartitionLog, entries: list[_Pending], markers: list[_Pending] | None = None
+    ) -> _Flush:
+        """A flush of the partition's pending ``entries`` (and ``markers`` after them), their
         offsets assigned: right after its previous flush still in flight, else from the high
         watermark."""
-        if entries is plog.pending:
-            plog.pending = []
-            size = sum(len(e.data) for e in entries)
-            plog.pending_bytes -= size
-            self.pending_bytes -= size
+        plog.pending = []
+        size = sum(len(e.data) for e in entries)
+        plog.pending_bytes -= size
+        self.pending_bytes -= size
+        entries = entries + (markers or [])
         first = plog.inflight[-1].end if plog.inflight else plog.hw
         bases: list[int] = []
         offset = first

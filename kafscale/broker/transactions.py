@@ -183,6 +183,8 @@ class TransactionCoordinator:
         """Transactions completed by this broker (metrics, tests)."""
         self.ended_here = 0
         """Of those, the ones ended in one step (:meth:`_end_here`)."""
+        self._stepwise: set[str] = set()
+        """Ids whose one-step ending failed: their next EndTxn ends in steps."""
         self.timed_out = 0
         """Transactions this broker aborted because they outlived their timeout."""
 
@@ -474,8 +476,9 @@ class TransactionCoordinator:
             meta = self._check(tid, loaded, producer_id, epoch)
             wanted = PREPARE_COMMIT if commit else PREPARE_ABORT
             if meta.state == ONGOING:
-                if await self._end_here(tid, meta, revision, commit):
+                if tid not in self._stepwise and await self._end_here(tid, meta, revision, commit):
                     return
+                self._stepwise.discard(tid)
                 done = await self._decide(tid, meta, revision, commit=commit, fence=False)
             elif meta.deciding:
                 self._complete_later(tid)
@@ -547,25 +550,21 @@ class TransactionCoordinator:
 
     async def _end_here(self, tid: str, meta: TxnMeta, revision: int, commit: bool) -> bool:
         """End the transaction in one step when this broker owns every one of its partitions
-        (at most :data:`MAX_ATOMIC_MARKERS`) and nothing of the producer waits to be flushed in
-        them: the markers, the state Complete and the offsets go in one flush cycle of their
-        own, committed in one metadata transaction (``LogManager.append_markers``), so there
-        is no decision to recover: a crash before that commit leaves the transaction ongoing
-        (the client retries EndTxn, or the timeout aborts it). Whether it was ended here
+        (at most :data:`MAX_ATOMIC_MARKERS`): the markers, the state Complete and the offsets
+        go in one flush cycle of markers, committed in one metadata transaction
+        (``LogManager.append_markers``), so there is no decision to recover: a crash before
+        that commit leaves the transaction ongoing (the client retries EndTxn, or the timeout
+        aborts it). Whether it was ended here
         (False: end it in steps). The caller holds the id's lock. Raises :class:`TxnError`."""
         logs = self.logs
         if logs is None or not 0 < len(meta.partitions) <= MAX_ATOMIC_MARKERS:
             return False
         plogs = [logs.owned(topic, partition) for topic, partition in meta.partitions]
-        if any(
-            plog is None
-            or any(b.producer_id == meta.producer_id for e in plog.pending for b in e.producers)
-            for plog in plogs
-        ):
+        if any(plog is None for plog in plogs):
             return False
         ops = await self._offset_ops(meta, commit)
-        if len(ops) > MAX_TXN_OPS // 2:
-            return False
+        if 4 * len(plogs) + len(ops) + 4 > MAX_TXN_OPS // 2:
+            return False  # more than a cycle of markers takes (LogManager)
         groups = list(meta.groups)
         partitions = len(meta.partitions)
         meta.state = COMPLETE_COMMIT if commit else COMPLETE_ABORT
@@ -585,8 +584,10 @@ class TransactionCoordinator:
             )
         except FlushError as e:
             # Not ended (or, if the commit's outcome is unknown, perhaps ended): read the
-            # state again before anything else, and let the client retry.
+            # state again before anything else, and let the client retry, in steps (should
+            # the one step never fit, retrying it would never end).
             self._states.pop(tid, None)
+            self._stepwise.add(tid)
             raise TxnError(ErrorCode.NOT_COORDINATOR, f"ending {tid!r} failed: {e}") from None
         self._remember(tid, held, put.value, written)
         self.completed += 1
