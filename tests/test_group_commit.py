@@ -6,14 +6,16 @@ order, with no gap when an earlier flush fails."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kafscale.broker.config import BrokerConfig
-from kafscale.broker.log import MAX_TXN_OPS, LogManager
+from kafscale.broker.log import MAX_TXN_OPS, FlushError, LogManager
 from kafscale.broker.server import Broker
+from kafscale.broker.txn_index import marker_batch
 from kafscale.metadata import Compare, Delete, MetadataUnavailable, Put, TxnResult
 from kafscale.metadata.sqlite import SqliteMetadataStore
 from kafscale.protocol.records import build_batch
@@ -467,3 +469,76 @@ def test_a_flush_of_many_partitions_commits_on_etcd_within_its_limits(tmp_path: 
                 await asyncio.wait_for(broker.stop(), 30)
 
         asyncio.run(main())
+
+
+# --- cycles of transaction markers (LogManager.append_markers) ---------------------------------
+
+
+def _markers(logs: LogManager, plogs: list[Any], pid: int, puts: list[Put | Delete]) -> Any:
+    return asyncio.ensure_future(
+        logs.append_markers(plogs, marker_batch(pid, 0, True, 0), pid, 0, True, [], puts)
+    )
+
+
+def test_markers_waiting_together_share_one_atomic_commit(tmp_path: Path) -> None:
+    """Markers of one ending commit in one metadata transaction with the puts they carry; the
+    endings that arrive while a cycle of markers is in flight share the next one (one upload,
+    one commit); a partition's pending data goes before the markers taken with it."""
+
+    async def scenario(c: Client) -> None:
+        await c.create("t", 3)
+        logs, meta, objects = wrap(c)
+        plogs = [await logs.get("t", p) for p in range(3)]
+        objects.hold = asyncio.Event()
+        first = _markers(logs, plogs[:2], 1, [Put(b"/test/a", b"1")])
+        await until(lambda: objects.waiting == 1)  # its cycle uploads (held)
+        data = produce(c, 2, b"d")
+        await until(lambda: pending(logs) == 1)
+        second = _markers(logs, plogs, 2, [Put(b"/test/b", b"2")])
+        third = _markers(logs, plogs[2:], 3, [Put(b"/test/c", b"3")])
+        await asyncio.sleep(0.05)
+        assert objects.waiting == 1  # both wait for the cycle in flight
+        meta.txns.clear()
+        objects.hold.set()
+        objects.hold = None
+        a, b, c3 = await asyncio.gather(first, second, third)
+        assert b == c3 and a < b  # the second and third in one commit, after the first
+        assert [ok for _, _, ok in meta.txns] == [True, True]
+        keys = [[p.key for p in puts] for _, puts, _ in meta.txns]
+        assert b"/test/a" in keys[0] and {b"/test/b", b"/test/c"} <= set(keys[1])
+        assert (await data).base_offset == 0  # before the markers
+        assert [plog.hw for plog in plogs] == [2, 2, 3]
+        assert objects.puts == 2
+
+    run(tmp_path, scenario, flush_interval_ms=60_000)
+
+
+def test_markers_commit_all_or_none(tmp_path: Path) -> None:
+    """One partition of a cycle of markers moves just before its commit: no partition
+    gets its marker (no retry partition by partition), and the ending fails."""
+
+    async def scenario(c: Client) -> None:
+        await c.create("t", 3)
+        logs, meta, _ = wrap(c)
+        plogs = [await logs.get("t", p) for p in range(3)]
+        fenced = logs.topics.partition_key("t", 1)
+
+        async def take_over(compares: list[Compare], puts: list[Put | Delete]) -> None:
+            if any(p.key == b"/test/x" for p in puts):  # someone else writes its state
+                await logs.meta.store.put(fenced, json.dumps({"log_start": 0, "hw": 0}).encode())
+
+        meta.before = take_over
+        ending = _markers(logs, plogs, 1, [Put(b"/test/x", b"1")])
+        try:
+            await ending
+        except FlushError as e:
+            assert e.code == NOT_LEADER_OR_FOLLOWER
+        else:
+            raise AssertionError("a fenced cycle of markers committed")
+        assert [ok for _, _, ok in meta.txns][-1:] == [False]  # and nothing after it
+        assert await logs.meta.store.get(b"/test/x") is None
+        for p in range(3):
+            state = await logs.meta.store.get(logs.topics.partition_key("t", p))
+            assert state is None or b'"hw": 0' in state.value, state
+
+    run(tmp_path, scenario, flush_interval_ms=60_000)
