@@ -110,6 +110,8 @@ DROP_PER_TXN = 100
 """Entries one transaction drops at most (below etcd's 128 operations)."""
 MAX_TXN_BYTES = 1 << 20
 """Keys and values of one transaction, below etcd's default ``--max-request-bytes`` (1.5 MiB)."""
+TXN_FLUSH_DELAY_S = 0.001
+"""How long transactional data waits for a flush cycle (instead of ``flush.interval.ms``)."""
 MAX_ATOMIC_MARKERS = 16
 """Partitions :meth:`LogManager.append_markers` takes at once: with a transaction's state and
 its offsets, well within one metadata transaction (a bigger transaction ends in steps)."""
@@ -455,6 +457,8 @@ class LogManager:
         self._committed = asyncio.Condition()
         self._flusher: asyncio.Task[None] | None = None
         self._last_commit: asyncio.Task[bool] | None = None
+        self._soon: asyncio.TimerHandle | None = None
+        """A wake-up of the flusher already due for transactional data."""
         self._bundles: list[_Bundle] = []
         """Markers waiting for a cycle of their own (:meth:`append_markers`)."""
         self._marker_cycle: asyncio.Task[bool] | None = None
@@ -1011,15 +1015,19 @@ class LogManager:
         )
         plog.pending_bytes += len(data)
         self.pending_bytes += len(data)
-        if self.pending_bytes >= self.config.flush_bytes or (
-            producers and producers[0].transactional
-        ):
+        if self.pending_bytes >= self.config.flush_bytes:
+            self._wake.set()
+        elif producers and producers[0].transactional and self._soon is None:
             # A transactional producer waits for these records' acknowledgement before
             # every commit: its throughput is one transaction per round trip, so its data
-            # does not wait for flush.interval.ms (what arrives meanwhile joins the next
-            # cycle, so cycles still carry everything pending).
-            self._wake.set()
+            # does not wait for flush.interval.ms, only for the rest of its burst (its
+            # requests to the other partitions, sent together) to join the same cycle.
+            self._soon = asyncio.get_running_loop().call_later(TXN_FLUSH_DELAY_S, self._wake_soon)
         return future
+
+    def _wake_soon(self) -> None:
+        self._soon = None
+        self._wake.set()
 
     async def append_marker(
         self,

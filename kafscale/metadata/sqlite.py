@@ -44,7 +44,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from kafscale.metadata.store import (
     Compare,
@@ -72,6 +72,9 @@ DEFAULT_WATCH_QUEUE_LIMIT: Final = 10_000
 DEFAULT_SWEEP_INTERVAL: Final = 0.5
 """Longest sleep of the lease-expiry task (it wakes earlier for a nearer deadline)."""
 _HISTORY_PAGE: Final = 1000
+_PARAMETERS: Final = 999
+"""Parameters per statement: sqlite's oldest limit (``SQLITE_MAX_VARIABLE_NUMBER``)."""
+_IN_CHUNK: Final = _PARAMETERS
 _END: Final = 1 << 62
 """A sub-revision index past any real one: the cursor ``(r, _END)`` means "all of r seen"."""
 
@@ -389,7 +392,7 @@ class SqliteMetadataStore(MetadataStore):
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            succeeded = all(self._holds(c) for c in compare)
+            succeeded = self._all_hold(compare)
             revision = self._revision + 1
             events = self._apply(success if succeeded else failure, revision)
             self._commit(events)
@@ -398,35 +401,57 @@ class SqliteMetadataStore(MetadataStore):
             raise
         return TxnResult(succeeded, self._revision)
 
-    def _holds(self, c: Compare) -> bool:
-        row = self._db.execute(
-            "SELECT mod_revision, version, value FROM kv WHERE key = ?", (c.key,)
-        ).fetchone()
-        if c.target == "value":
-            if row is None:
-                return False  # etcd: a value compare against a missing key never holds
-            return _compare(row[2], c.op, c.value)
-        actual = 0 if row is None else row[0 if c.target == "mod_revision" else 1]
-        return _compare(actual, c.op, c.value)
+    def _all_hold(self, compares: Sequence[Compare]) -> bool:
+        """Whether every compare holds: the keys read in one statement (every statement is a
+        round trip through the GIL, which a busy event loop makes slow)."""
+        if not compares:
+            return True
+        rows = self._rows(
+            "SELECT key, mod_revision, version, value FROM kv WHERE key IN ({})",
+            list({c.key for c in compares}),
+        )
+        for c in compares:
+            row = rows.get(c.key)
+            if c.target == "value":
+                if row is None:
+                    return False  # etcd: a value compare against a missing key never holds
+                if not _compare(row[2], c.op, c.value):
+                    return False
+                continue
+            actual = 0 if row is None else row[0 if c.target == "mod_revision" else 1]
+            if not _compare(actual, c.op, c.value):
+                return False
+        return True
+
+    def _rows(self, sql: str, keys: list[bytes]) -> dict[bytes, tuple[Any, ...]]:
+        """``sql`` (a SELECT of ``key, ...`` with ``IN ({})``) for ``keys``, in as few
+        statements as sqlite's parameter limit allows: key -> the rest of its row."""
+        out: dict[bytes, tuple[Any, ...]] = {}
+        for start in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[start : start + _IN_CHUNK]
+            for key, *rest in self._db.execute(sql.format(",".join("?" * len(chunk))), chunk):
+                out[key] = tuple(rest)
+        return out
 
     def _apply(self, ops: Sequence[Put | Delete], revision: int) -> list[_Event]:
-        """Write ``ops`` at ``revision`` inside the open transaction; the resulting events."""
+        """Write ``ops`` at ``revision`` inside the open transaction; the resulting events.
+        The puts' current versions are read in one statement and written in one (a branch
+        never touches a key twice, so their order among themselves does not matter)."""
         db = self._db
+        puts = [op for op in ops if isinstance(op, Put)]
+        for put in puts:
+            if put.lease and put.lease not in self._leases:
+                raise LeaseNotFound(put.lease)
+        existing = self._rows(
+            "SELECT key, create_revision, version FROM kv WHERE key IN ({})", [p.key for p in puts]
+        )
+        rows: list[tuple[bytes, bytes, int, int, int, int]] = []
         events: list[_Event] = []
         for op in ops:
             if isinstance(op, Put):
-                if op.lease and op.lease not in self._leases:
-                    raise LeaseNotFound(op.lease)
-                row = db.execute(
-                    "SELECT create_revision, version FROM kv WHERE key = ?", (op.key,)
-                ).fetchone()
+                row = existing.get(op.key)
                 create_revision, version = (revision, 1) if row is None else (row[0], row[1] + 1)
-                db.execute(
-                    "INSERT OR REPLACE INTO kv "
-                    "(key, value, create_revision, mod_revision, version, lease) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (op.key, op.value, create_revision, revision, version, op.lease),
-                )
+                rows.append((op.key, op.value, create_revision, revision, version, op.lease))
                 kv = KeyValue(op.key, op.value, revision, version, op.lease)
                 events.append(_Event(revision, len(events), WatchEvent("put", kv)))
             else:
@@ -438,8 +463,15 @@ class SqliteMetadataStore(MetadataStore):
                     k
                     for (k,) in db.execute(f"SELECT key FROM kv WHERE {where} ORDER BY key", params)
                 ]
-                db.execute(f"DELETE FROM kv WHERE {where}", params)
+                if keys:
+                    db.execute(f"DELETE FROM kv WHERE {where}", params)
                 events.extend(_deletions(keys, revision, len(events)))
+        _insert_many(
+            db,
+            "INSERT OR REPLACE INTO kv "
+            "(key, value, create_revision, mod_revision, version, lease) VALUES ",
+            rows,
+        )
         return events
 
     def _commit(self, events: list[_Event]) -> None:
@@ -450,9 +482,9 @@ class SqliteMetadataStore(MetadataStore):
         if not events:
             db.execute("ROLLBACK")
             return
-        db.executemany(
-            "INSERT INTO history (revision, sub, kind, key, value, version, lease) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        _insert_many(
+            db,
+            "INSERT INTO history (revision, sub, kind, key, value, version, lease) VALUES ",
             [
                 (
                     e.revision,
@@ -740,6 +772,18 @@ class SqliteMetadataStore(MetadataStore):
             )
             for rev, s, kind, key, value, version, lease in rows
         ]
+
+
+def _insert_many(db: sqlite3.Connection, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
+    """``sql`` (an INSERT ending in ``VALUES ``) for every row, many rows a statement."""
+    if not rows:
+        return
+    width = len(rows[0])
+    per = max(1, _PARAMETERS // width)
+    one = "(" + ",".join("?" * width) + ")"
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        db.execute(sql + ",".join([one] * len(chunk)), [v for row in chunk for v in row])
 
 
 def _deletions(keys: Iterable[bytes], revision: int, first_sub: int) -> list[_Event]:
