@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import pytest
 
 from kafscale.metadata import (
+    Compare,
     Delete,
     KeyValue,
     LeaseNotFound,
@@ -163,6 +164,77 @@ def test_sqlite_runs_on_one_worker_thread(monkeypatch: pytest.MonkeyPatch) -> No
     loop_thread = threading.get_ident()
     run(body)
     assert len(threads) == 1 and loop_thread not in threads
+
+
+def test_queued_transactions_share_a_commit_each_with_its_own_revision(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Group commit: transactions waiting for the worker run in one sqlite transaction (fewer
+    COMMITs than transactions), in submission order, each with its own revision and outcome;
+    one that fails (an unknown lease) fails alone, and its writes are not applied."""
+    commits = 0
+    real_connect = sqlite3.connect
+
+    class CountingConnection(sqlite3.Connection):
+        def execute(self, sql: str, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
+            nonlocal commits
+            commits += sql == "COMMIT"
+            return super().execute(sql, *args, **kwargs)
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        return real_connect(*args, factory=CountingConnection, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+
+    async def body(store: SqliteMetadataStore) -> None:
+        await store.start()
+        before = commits
+        gate = threading.Event()
+        held = asyncio.wrap_future(store._submit(gate.wait))  # the worker waits meanwhile
+        asyncio.get_running_loop().call_later(0.05, gate.set)
+        results = await asyncio.gather(
+            *(store.put(b"k%02d" % i, b"v") for i in range(10)),
+            store.txn([], [Put(b"bad", b"x", lease=12345)]),
+            *(
+                store.txn([Compare(b"k%02d" % i, "version", "==", 1)], [Delete(b"k%02d" % i)])
+                for i in range(5)
+            ),
+            return_exceptions=True,
+        )
+        await held
+        assert commits - before == 1  # all queued together: one COMMIT
+        assert results[:10] == list(range(1, 11))  # puts: the new revision, in order
+        assert isinstance(results[10], LeaseNotFound)
+        assert [(r.succeeded, r.revision) for r in results[11:]] == [  # type: ignore[union-attr]
+            (True, 11 + i) for i in range(5)
+        ]
+        assert await store.get(b"bad") is None
+        assert [kv.key for kv in await store.range(b"k")] == [b"k%02d" % i for i in range(5, 10)]
+        assert await store.revision() == 15
+
+    run(body)
+
+
+def test_a_watch_sees_exactly_the_transactions_submitted_after_it() -> None:
+    """A batch of queued transactions never runs past a job submitted between them: a watch
+    started between two transactions sees the second, not the first."""
+
+    async def body(store: SqliteMetadataStore) -> None:
+        await store.start()
+        gate = threading.Event()
+        held = asyncio.wrap_future(store._submit(gate.wait))  # all three queue behind it
+        first = asyncio.ensure_future(store.put(b"w/1", b"a"))
+        await asyncio.sleep(0.01)  # submitted
+        watch = store.watch(b"w/")
+        second = asyncio.ensure_future(store.put(b"w/2", b"b"))
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(held, first, second)
+        events = await take(watch, 1)
+        assert [e.kv.key for e in events] == [b"w/2"]
+        await watch.aclose()  # type: ignore[attr-defined]
+
+    run(body)
 
 
 # -- leases --------------------------------------------------------------------------------

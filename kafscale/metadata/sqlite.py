@@ -27,19 +27,23 @@ Model (as etcd's):
 Threading: sqlite calls (and their fsyncs) run in one dedicated worker thread, so the event
 loop never blocks on disk and every operation is serialized without locks in sqlite. The
 worker runs jobs in submission order, which is what makes "watch from now" precise: a watch
-sees exactly the writes submitted after it.
+sees exactly the writes submitted after it. Group commit: transactions queued one after
+another run in one sqlite transaction (one fsync), each with its own revision and a savepoint
+of its own (one failing fails alone), never past another kind of job. Few statements per
+transaction (its keys read in one, written in one): each is a round trip through the GIL,
+which a busy event loop makes slow for the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import heapq
 import logging
 import math
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -122,6 +126,18 @@ def _range_sql(prefix: bytes) -> tuple[str, tuple[bytes, ...]]:
     if end is None:
         return "key >= ?", (prefix,)
     return "key >= ? AND key < ?", (prefix, end)
+
+
+@dataclass(eq=False)
+class _TxnJob:
+    """A transaction waiting for the worker, and once run its result or error."""
+
+    compare: tuple[Compare, ...]
+    success: tuple[Put | Delete, ...]
+    failure: tuple[Put | Delete, ...]
+    seq: int
+    """Its place among every job submitted (a batch never passes another kind of job)."""
+    outcome: TxnResult | BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +234,12 @@ class SqliteMetadataStore(MetadataStore):
         self._watchers_lock = threading.Lock()
         self._closed = False
         self._sweeper: asyncio.Task[None] | None = None
+        self._seq = 0
+        """Jobs submitted so far (numbers them)."""
+        self._txns: deque[_TxnJob] = deque()
+        """Transactions submitted and not yet run."""
+        self._barriers: deque[int] = deque()
+        """The numbers of the other jobs submitted and not yet run."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafscale-sqlite")
         self._opened: Future[None] = self._executor.submit(self._open)
 
@@ -232,9 +254,19 @@ class SqliteMetadataStore(MetadataStore):
         """Run ``fn(*args)`` as the next job of the worker thread."""
         if self._closed:
             raise StoreClosed("the metadata store is closed")
-        loop = asyncio.get_running_loop()
-        self._ensure_sweeper(loop)
-        return await loop.run_in_executor(self._executor, functools.partial(self._job, fn, *args))
+        self._ensure_sweeper(asyncio.get_running_loop())
+        return await asyncio.wrap_future(self._submit(self._job, fn, *args))
+
+    def _submit(self, fn: Callable[..., _T], *args: object) -> Future[_T]:
+        """Queue a job for the worker that no batch of transactions may overtake (see
+        :meth:`_txn_job`)."""
+        self._seq += 1
+        self._barriers.append(self._seq)
+        return self._executor.submit(self._barrier_job, fn, *args)
+
+    def _barrier_job(self, fn: Callable[..., _T], *args: object) -> _T:
+        self._barriers.popleft()  # jobs run in submission order: it is this one's
+        return fn(*args)
 
     def _job(self, fn: Callable[..., _T], *args: object) -> _T:
         self._opened.result()  # already done (jobs run in order); re-raises an open error
@@ -286,13 +318,10 @@ class SqliteMetadataStore(MetadataStore):
         """Expire leases when nobody else calls in: wake at the nearest deadline (at most
         ``interval`` later, since a new lease may have a nearer one) and run an empty job,
         which expires whatever is due first."""
-        loop = asyncio.get_running_loop()
         while not self._closed:
             delay = interval
             try:
-                delay = await loop.run_in_executor(
-                    self._executor, functools.partial(self._job, self._next_expiry)
-                )
+                delay = await asyncio.wrap_future(self._submit(self._job, self._next_expiry))
             except Exception:
                 if self._closed or self._opened.exception() is not None:
                     return  # closed under us, or never opened (operations raise that error)
@@ -316,9 +345,8 @@ class SqliteMetadataStore(MetadataStore):
             self._watchers.clear()
         for watcher in watchers:
             _call_on(watcher.loop, watcher.close)
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._close_db)
+            await asyncio.wrap_future(self._submit(self._close_db))
         finally:
             self._executor.shutdown(wait=False)
 
@@ -381,7 +409,63 @@ class SqliteMetadataStore(MetadataStore):
             _check_compare(c)
         _check_ops(success)
         _check_ops(failure)
-        return await self._run(self._txn, compare, success, failure)
+        if self._closed:
+            raise StoreClosed("the metadata store is closed")
+        self._ensure_sweeper(asyncio.get_running_loop())
+        self._seq += 1
+        job = _TxnJob(compare, success, failure, self._seq)
+        self._txns.append(job)
+        return await asyncio.wrap_future(self._executor.submit(self._job, self._txn_job, job))
+
+    def _txn_job(self, job: _TxnJob) -> TxnResult:
+        """Run ``job`` (group commit): with it, every transaction queued after it up to the
+        next other job, in order, in one sqlite transaction (one fsync, one BEGIN/COMMIT),
+        each with its own revision, one failing alone (a savepoint each). A job already run
+        by an earlier batch just returns its outcome."""
+        if job.outcome is None:
+            barrier = self._barriers[0] if self._barriers else None
+            batch: list[_TxnJob] = []
+            while self._txns and (barrier is None or self._txns[0].seq < barrier):
+                batch.append(self._txns.popleft())
+            assert batch and batch[0] is job, "transactions run in submission order"
+            if len(batch) == 1:
+                try:
+                    job.outcome = self._txn(job.compare, job.success, job.failure)
+                except BaseException as error:
+                    job.outcome = error
+            else:
+                self._txn_batch(batch)
+        if isinstance(job.outcome, BaseException):
+            raise job.outcome
+        assert job.outcome is not None
+        return job.outcome
+
+    def _txn_batch(self, batch: list[_TxnJob]) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            revision = self._revision
+            events: list[_Event] = []
+            for job in batch:
+                db.execute("SAVEPOINT job")
+                try:
+                    succeeded = self._all_hold(job.compare)
+                    mine = self._apply(job.success if succeeded else job.failure, revision + 1)
+                except Exception as error:  # this one alone fails (LeaseNotFound, ...)
+                    db.execute("ROLLBACK TO job")
+                    db.execute("RELEASE job")
+                    job.outcome = error
+                    continue
+                db.execute("RELEASE job")
+                if mine:
+                    revision += 1
+                    events += mine
+                job.outcome = TxnResult(succeeded, revision)
+            self._commit(events)
+        except BaseException as error:
+            _rollback(db)
+            for job in batch:
+                job.outcome = error
 
     def _txn(
         self,
@@ -671,7 +755,7 @@ class SqliteMetadataStore(MetadataStore):
         if self._closed:
             return None
         try:
-            return self._executor.submit(self._register, watcher, after)
+            return self._submit(self._register, watcher, after)
         except RuntimeError:  # the executor shut down since the check
             return None
 
