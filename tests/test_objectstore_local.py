@@ -230,3 +230,23 @@ def test_io_runs_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     loop_thread = threading.get_ident()  # asyncio.run runs the loop in this thread
     run(body, tmp_path)
     assert threads and loop_thread not in threads
+
+
+def test_put_writes_every_chunk_despite_short_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put's chunks go out in few writev calls; a short write (allowed for any write) is
+    resumed where it stopped, and more chunks than one call takes are written in turns."""
+    calls: list[int] = []
+
+    def short_writev(fd: int, buffers: list[memoryview]) -> int:
+        calls.append(len(buffers))
+        data = b"".join(bytes(b) for b in buffers)
+        return os.write(fd, data[: max(1, len(data) // 3)])  # a prefix of what was asked
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    chunks = [bytes([i % 251]) * (i % 13) for i in range(3000)]  # some empty
+    store = LocalObjectStore(tmp_path)
+    asyncio.run(store.put("a/b", chunks))
+    assert (tmp_path / "a" / "b").read_bytes() == b"".join(chunks)
+    assert max(calls) <= 1024

@@ -71,6 +71,28 @@ def _chunks(data: Buffer | Sequence[Buffer]) -> Sequence[Buffer]:
     return data
 
 
+_IOV_MAX = 1024
+"""Buffers per ``writev`` call (POSIX's minimum IOV_MAX on Linux)."""
+
+
+def _write_all(fd: int, chunks: Sequence[Buffer]) -> None:
+    """Write every chunk to ``fd`` with as few system calls as possible (``writev``): each
+    call from this worker thread is a round trip through the GIL, slow while the event loop
+    is busy."""
+    views = [v for v in (memoryview(c).cast("B") for c in chunks) if len(v)]
+    while views:
+        written = os.writev(fd, views[:_IOV_MAX])
+        if written <= 0:
+            raise OSError(errno.EIO, "writev wrote nothing")
+        done = 0
+        while done < len(views) and written >= len(views[done]):
+            written -= len(views[done])
+            done += 1
+        del views[:done]
+        if written:
+            views[0] = views[0][written:]
+
+
 def _fsync_dir(path: Path) -> None:
     """Make the directory's entries (names created, renamed or removed in it) durable."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -166,11 +188,11 @@ class LocalObjectStore(ObjectStore):
                 self._forget_dirs(path.parent)
                 continue
             try:
-                with os.fdopen(fd, "wb") as f:
-                    for chunk in chunks:
-                        f.write(chunk)
-                    f.flush()
-                    os.fsync(f.fileno())
+                try:
+                    _write_all(fd, chunks)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             except BaseException:
                 _unlink_quietly(temp)
                 raise
