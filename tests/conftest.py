@@ -30,6 +30,29 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
+# --- opt-in scenarios: deselected unless their script asks for them -------------------------
+
+SOAK = "KAFSCALE_SOAK"
+"""``KAFSCALE_SOAK=1`` (set by scripts/soak) selects the tests marked ``soak``: long scenarios
+that CI's time budget cannot hold, covered there by shorter relatives. Without it they are
+deselected (reported as such, never counted as passed or skipped)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"soak: an opt-in scenario, run only with {SOAK}=1 (scripts/soak)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get(SOAK) == "1":
+        return
+    opt_in = [item for item in items if item.get_closest_marker("soak") is not None]
+    if opt_in:
+        config.hook.pytest_deselected(items=opt_in)
+        items[:] = [item for item in items if item.get_closest_marker("soak") is None]
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared; skip visibly when it is absent, fail when ``CI`` is set."""
     path = SHARED.joinpath(*parts)
