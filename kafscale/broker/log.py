@@ -461,7 +461,8 @@ class LogManager:
         """A wake-up of the flusher already due for transactional data."""
         self._bundles: list[_Bundle] = []
         """Markers waiting for a cycle of their own (:meth:`append_markers`)."""
-        self._marker_cycle: asyncio.Task[bool] | None = None
+        self._marker_cycle: asyncio.Future[None] | None = None
+        """The uploads of the last cycle of markers."""
         """The commit task of the latest flush cycle (each waits for the one before)."""
         self._closing = False
         self._load_locks: dict[tuple[str, int], asyncio.Lock] = {}
@@ -1106,12 +1107,12 @@ class LogManager:
             raise not_owner(plog.topic, plog.partition, " (handing it over)")
 
     def _start_marker_cycle(self) -> None:
-        """Start a cycle of the waiting bundles (:meth:`append_markers`) unless one is in
-        flight (this runs again when it has committed: bundles arriving meanwhile share the
-        next one, one upload and one commit for all). A cycle takes, for each of its
-        partitions, the pending data first (a batch accepted before the marker stays before
-        it) and the markers after, as many bundles as one metadata transaction holds with
-        room to spare, and commits them all or none."""
+        """Start a cycle of the waiting bundles (:meth:`append_markers`) unless one is
+        uploading (this runs again when its upload is done: bundles arriving meanwhile share
+        the next one, one upload and one commit for all; commits stay in cycle order). A
+        cycle takes, for each of its partitions, the pending data first (a batch accepted
+        before the marker stays before it) and the markers after, as many bundles as one
+        metadata transaction holds with room to spare, and commits them all or none."""
         if self._marker_cycle is not None and not self._marker_cycle.done():
             return
         taken: dict[tuple[str, int], tuple[PartitionLog, list[_Pending]]] = {}
@@ -1137,7 +1138,7 @@ class LogManager:
         if not taken:
             return
         flushes = [self._take(plog, plog.pending, markers) for plog, markers in taken.values()]
-        self._marker_cycle = self._launch(flushes, atomic=True)[1]
+        self._marker_cycle = self._launch(flushes, atomic=True)[0]
         self._marker_cycle.add_done_callback(lambda _: self._start_marker_cycle())
 
     @staticmethod
