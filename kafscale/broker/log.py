@@ -42,6 +42,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -1194,15 +1195,23 @@ class LogManager:
         double the objects per byte."""
         interval = self.config.flush_interval_ms / 1000
         committing: asyncio.Task[bool] | None = None
+        started = -math.inf
         while True:
+            # Cycles start flush.interval.ms apart (or as soon as the last one is done, if it
+            # took longer), not flush.interval.ms after the last one ended: data pending waits
+            # at most the interval for its cycle.
+            wait = interval
+            if self.pending_bytes:
+                wait = max(0.0, started + interval - time.monotonic())
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
             except TimeoutError:
                 pass
             self._wake.clear()
             try:
                 cycle = self._start_cycle([p for p in self.logs.values() if p.pending])
                 if cycle is not None:
+                    started = time.monotonic()
                     uploads, commit = cycle
                     await asyncio.wait([uploads])
                     if committing is not None:  # the cycle before this one
