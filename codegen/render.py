@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import importlib.metadata
+import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -25,7 +30,7 @@ from codegen.special_cases import (
     request_header_version,
     response_header_version,
 )
-from codegen.specs import load_broker_apis
+from codegen.specs import REPO_ROOT, load_broker_apis
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -398,7 +403,50 @@ def render_registry(messages: Iterable[Message], release: str, strict: bool = Tr
     )
 
 
+FORMAT_CACHE_ENV = "KAFSCALE_CODEGEN_CACHE"
+"""Where :func:`format_source` keeps black's output (default ``build/codegen-cache``, never
+committed; empty: no cache)."""
+
+
+_BLACK_VERSION = importlib.metadata.version("black")
+
+
+def format_cache_dir() -> Path | None:
+    value = os.environ.get(FORMAT_CACHE_ENV)
+    if value is None:
+        return REPO_ROOT / "build" / "codegen-cache"
+    return Path(value) if value else None
+
+
 def format_source(text: str) -> str:
+    """``text`` formatted by black (line length 100).
+
+    Black is nearly all of a generator run's time (~190 modules, tens of seconds of CPU), and
+    ``--check`` (scripts/regen --check, then tests/test_releases.py again) formats the same
+    texts as the last run did: the result is kept under :func:`format_cache_dir`, keyed by the
+    sha256 of the text, black's version and the interpreter's (an entry is written whole, by
+    rename, so a reader sees all of it or nothing)."""
+    cache = format_cache_dir()
+    if cache is None:
+        return _black(text)
+    version = f"black {_BLACK_VERSION} py{sys.version_info[0]}.{sys.version_info[1]} 100"
+    key = hashlib.sha256(f"{version}\0{text}".encode()).hexdigest()
+    entry = cache / key[:2] / f"{key}.py"
+    with contextlib.suppress(OSError):
+        return entry.read_text(encoding="utf-8")
+    out = _black(text)
+    partial = entry.with_name(f"{key}.{os.getpid()}.tmp")
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(out, encoding="utf-8")
+        os.replace(partial, entry)
+    except OSError:  # a read-only tree or a full disk: no cache, the same result
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+    return out
+
+
+def _black(text: str) -> str:
     return black.format_str(text, mode=black.Mode(line_length=100))
 
 

@@ -2,7 +2,10 @@
 
 Generating runs black over ~190 modules (~30 s of CPU each time), so the three generator runs
 (3.8.0, the 4.0.0 trunk snapshot, and ``--check`` of the pinned release) start together as
-subprocesses when the module's first test needs them, and each test waits for its own.
+subprocesses when the module's first test needs them, and each test waits for its own. Black's
+output is cached (codegen/render.py ``format_source``, ``build/codegen-cache``): after
+``scripts/regen --check`` (which scripts/test runs first) the ``--check`` run here formats
+nothing again.
 """
 
 from __future__ import annotations
