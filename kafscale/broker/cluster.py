@@ -119,10 +119,15 @@ class Mirror:
         return self.items.get(key)
 
     def note(self, key: bytes, kv: KeyValue | None) -> None:
-        """Apply a write of ours now (the watch brings it again later, harmlessly)."""
+        """Apply a write of ours now (the watch brings it again later, harmlessly). A put
+        older than what the mirror holds (the watch was quicker, and brought a later write
+        too) changes nothing."""
         if kv is None:
             self.items.pop(key, None)
         else:
+            current = self.items.get(key)
+            if current is not None and current.mod_revision > kv.mod_revision:
+                return
             self.items[key] = kv
         self._touch(key)
         self._changed()

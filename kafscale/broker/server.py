@@ -178,6 +178,7 @@ class Broker:
             self.logs,
         )
         self.markers.listeners.append(self.transactions.markers_changed)
+        self.transactions.write_marker = self.markers.write_now
         self.logs.verify_txn = self.transactions.verify
         self.groups = GroupCoordinator(
             self.offsets,

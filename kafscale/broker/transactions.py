@@ -44,6 +44,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
@@ -163,6 +164,9 @@ class TransactionCoordinator:
         self.logs = logs
         """This broker's partition logs: a transaction all of whose partitions are ours ends
         in one step (:meth:`_end_here`)."""
+        self.write_marker: Callable[[bytes, KeyValue], None] = lambda key, kv: None
+        """Hands a marker request just written to this broker's marker writer
+        (``txn_markers.MarkerWriter.write_now``)."""
         self.markers = markers
         """The marker requests (followed by ``txn_markers.MarkerWriter``): tells us when they
         are done."""
@@ -529,12 +533,11 @@ class TransactionCoordinator:
         done.clear()
         decided = await self._write(tid, meta, revision, compares, ops)
         if meta.markers_written:
-            # The marker writers of this broker start at once, not when the watch brings
-            # the requests back.
+            # This broker's marker writer starts at once, not when the watch brings the
+            # requests back (the mirror itself is left to the watch: noting a write of ours
+            # there could undo a later one the watch already brought).
             for key, value in requests:
-                self.markers.note(
-                    key[len(self.markers.prefix) :], KeyValue(key, value, decided, 1, 0)
-                )
+                self.write_marker(key, KeyValue(key, value, decided, 1, 0))
         failpoints.hit("after_txn_decision")  # decided, no marker written, nobody answered
         log.info(
             "transaction %r (producer %d epoch %d): %s of %d partitions, %d groups",

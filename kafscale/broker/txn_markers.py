@@ -81,18 +81,26 @@ class MarkerWriter:
     def scan(self) -> None:
         """Start writing every waiting request of a partition we own."""
         for relative, kv in list(self.mirror.items.items()):
-            if relative in self._writing:
-                continue
-            try:
-                request = json.loads(kv.value)
-                _, topic, partition = relative.decode().rsplit("/", 2)
-            except ValueError:
-                continue
-            if request.get("done") or not self._mine(topic, int(partition)):
-                continue
-            self._writing[relative] = asyncio.create_task(
-                self._write(relative, kv, topic, int(partition))
-            )
+            self._start(relative, kv)
+
+    def write_now(self, key: bytes, kv: KeyValue) -> None:
+        """A request this broker's coordinator just wrote (``kv``, as committed): write its
+        marker now if the partition is ours, without waiting for the watch to bring it."""
+        self._start(key[len(self.mirror.prefix) :], kv)
+
+    def _start(self, relative: bytes, kv: KeyValue) -> None:
+        if relative in self._writing:
+            return
+        try:
+            request = json.loads(kv.value)
+            _, topic, partition = relative.decode().rsplit("/", 2)
+        except ValueError:
+            return
+        if request.get("done") or not self._mine(topic, int(partition)):
+            return
+        self._writing[relative] = asyncio.create_task(
+            self._write(relative, kv, topic, int(partition))
+        )
 
     def _mine(self, topic: str, partition: int) -> bool:
         if self.logs.cluster is None:
