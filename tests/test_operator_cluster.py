@@ -249,7 +249,8 @@ async def run(
         gone = await kube.get(scratch_path) is None
         return gone and not await asyncio.to_thread(_exists, "scratch")
 
-    await wait_for(scratch_gone, 60, "topic scratch deleted", env)
+    # kopf sees the deletion late on kmock (no resourceVersion bumps): a generous bound.
+    await wait_for(scratch_gone, 120, "topic scratch deleted", env)
     phase("topic grown, decrease refused, a topic deleted")
 
 
