@@ -458,13 +458,13 @@ class LogManager:
         self._committed = asyncio.Condition()
         self._flusher: asyncio.Task[None] | None = None
         self._last_commit: asyncio.Task[bool] | None = None
+        """The commit task of the latest flush cycle (each waits for the one before)."""
         self._soon: asyncio.TimerHandle | None = None
         """A wake-up of the flusher already due for transactional data."""
         self._bundles: list[_Bundle] = []
-        """Markers waiting for a cycle of their own (:meth:`append_markers`)."""
+        """Markers waiting for a cycle of markers (:meth:`append_markers`)."""
         self._marker_cycle: asyncio.Future[None] | None = None
         """The uploads of the last cycle of markers."""
-        """The commit task of the latest flush cycle (each waits for the one before)."""
         self._closing = False
         self._load_locks: dict[tuple[str, int], asyncio.Lock] = {}
         self._getting: dict[tuple[str, int], int] = {}
@@ -1061,13 +1061,13 @@ class LogManager:
         puts: list[Put | Delete],
     ) -> int:
         """Append one producer's transaction marker (``data``) to each of ``plogs`` (at most
-        :data:`MAX_ATOMIC_MARKERS`) in a flush cycle of their own, committed in **one** metadata
-        transaction together with ``compares`` and ``puts``: all of them or none (a
+        :data:`MAX_ATOMIC_MARKERS`) in a cycle of markers (:meth:`_start_marker_cycle`: after
+        those partitions' pending data, maybe with other such endings), committed in **one**
+        metadata transaction together with ``compares`` and ``puts``: all of them or none (a
         coordinator that owns every partition of a transaction decides and completes it in
-        that one commit). Other pending data of those partitions is left to the next cycle;
-        the markers go right after what is already in flight. The commit's revision. Raises
-        :class:`FlushError` (then nothing of it was committed, or, for a commit whose outcome
-        is unknown, its partitions reload)."""
+        that one commit). The commit's revision. Raises :class:`FlushError` (then nothing of
+        it was committed, or, for a commit whose outcome is unknown, its partitions
+        reload)."""
         if not 0 < len(plogs) <= MAX_ATOMIC_MARKERS:
             raise ValueError(f"{len(plogs)} markers: 1 to {MAX_ATOMIC_MARKERS} at once")
         for plog in plogs:  # all checked before any is counted
@@ -1138,7 +1138,7 @@ class LogManager:
                 taken.setdefault((plog.topic, plog.partition), (plog, []))[1].append(entry)
         if not taken:
             return
-        flushes = [self._take(plog, plog.pending, markers) for plog, markers in taken.values()]
+        flushes = [self._take(plog, markers) for plog, markers in taken.values()]
         self._marker_cycle = self._launch(flushes, atomic=True)[0]
         self._marker_cycle.add_done_callback(lambda _: self._start_marker_cycle())
 
@@ -1244,7 +1244,7 @@ class LogManager:
         one task commits them all (in as few metadata transactions as the store takes) once
         they are uploaded and every earlier cycle has committed. (The uploads, that task), or
         None when nothing was pending."""
-        flushes = [self._take(p, p.pending) for p in plogs if p.pending]
+        flushes = [self._take(p) for p in plogs if p.pending]
         if not flushes:
             return None
         return self._launch(flushes)
@@ -1285,17 +1285,15 @@ class LogManager:
         for listener in self.cycle_listeners:
             listener(cycle)
 
-    def _take(
-        self, plog: PartitionLog, entries: list[_Pending], markers: list[_Pending] | None = None
-    ) -> _Flush:
-        """A flush of the partition's pending ``entries`` (and ``markers`` after them), their
-        offsets assigned: right after its previous flush still in flight, else from the high
+    def _take(self, plog: PartitionLog, markers: list[_Pending] | None = None) -> _Flush:
+        """A flush of the partition's pending data (and ``markers`` after it), its offsets
+        assigned: right after its previous flush still in flight, else from the high
         watermark."""
-        plog.pending = []
+        entries, plog.pending = plog.pending, []
         size = sum(len(e.data) for e in entries)
         plog.pending_bytes -= size
         self.pending_bytes -= size
-        entries = entries + (markers or [])
+        entries += markers or []
         first = plog.inflight[-1].end if plog.inflight else plog.hw
         bases: list[int] = []
         offset = first
@@ -1415,8 +1413,10 @@ class LogManager:
         group of partitions that fits the store's limits (``atomic``: all in one, or none
         commits). Whether any committed."""
         ready = [f for f in flushes if not f.failed]
-        if not ready or (atomic and len(ready) < len(flushes)):
+        if atomic and len(ready) < len(flushes):
             self._fail_all(flushes, "another partition's markers failed")
+            return False
+        if not ready:
             return False
         async with contextlib.AsyncExitStack() as locks:
             for f in ready:

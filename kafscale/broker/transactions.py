@@ -52,7 +52,13 @@ from generated.errors import ErrorCode
 from kafscale.broker import failpoints
 from kafscale.broker.cluster import BrokerInfo, Cluster, Mirror, _ranked
 from kafscale.broker.config import BrokerConfig
-from kafscale.broker.log import MAX_ATOMIC_MARKERS, MAX_TXN_OPS, FlushError, LogManager
+from kafscale.broker.log import (
+    MAX_ATOMIC_MARKERS,
+    MAX_TXN_OPS,
+    FlushError,
+    LogManager,
+    PartitionLog,
+)
 from kafscale.broker.offsets import CommittedOffset, Offsets
 from kafscale.broker.producer_ids import ProducerIds
 from kafscale.broker.topics import Topics
@@ -557,14 +563,17 @@ class TransactionCoordinator:
         go in one flush cycle of markers, committed in one metadata transaction
         (``LogManager.append_markers``), so there is no decision to recover: a crash before
         that commit leaves the transaction ongoing (the client retries EndTxn, or the timeout
-        aborts it). Whether it was ended here
-        (False: end it in steps). The caller holds the id's lock. Raises :class:`TxnError`."""
+        aborts it). Whether it was ended here (False: end it in steps). The caller holds the
+        id's lock. Raises :class:`TxnError`."""
         logs = self.logs
         if logs is None or not 0 < len(meta.partitions) <= MAX_ATOMIC_MARKERS:
             return False
-        plogs = [logs.owned(topic, partition) for topic, partition in meta.partitions]
-        if any(plog is None for plog in plogs):
-            return False
+        plogs: list[PartitionLog] = []
+        for topic, partition in meta.partitions:
+            plog = logs.owned(topic, partition)
+            if plog is None:
+                return False
+            plogs.append(plog)
         ops = await self._offset_ops(meta, commit)
         if 4 * len(plogs) + len(ops) + 4 > MAX_TXN_OPS // 2:
             return False  # more than a cycle of markers takes (LogManager)
@@ -577,7 +586,7 @@ class TransactionCoordinator:
         data = marker_batch(meta.producer_id, meta.epoch, commit, (held or 0) % 2**31)
         try:
             written = await logs.append_markers(
-                [p for p in plogs if p is not None],
+                plogs,
                 data,
                 meta.producer_id,
                 meta.epoch,

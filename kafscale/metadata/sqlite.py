@@ -78,7 +78,6 @@ DEFAULT_SWEEP_INTERVAL: Final = 0.5
 _HISTORY_PAGE: Final = 1000
 _PARAMETERS: Final = 999
 """Parameters per statement: sqlite's oldest limit (``SQLITE_MAX_VARIABLE_NUMBER``)."""
-_IN_CHUNK: Final = _PARAMETERS
 _END: Final = 1 << 62
 """A sub-revision index past any real one: the cursor ``(r, _END)`` means "all of r seen"."""
 
@@ -428,35 +427,36 @@ class SqliteMetadataStore(MetadataStore):
             while self._txns and (barrier is None or self._txns[0].seq < barrier):
                 batch.append(self._txns.popleft())
             assert batch and batch[0] is job, "transactions run in submission order"
-            if len(batch) == 1:
-                try:
-                    job.outcome = self._txn(job.compare, job.success, job.failure)
-                except BaseException as error:
-                    job.outcome = error
-            else:
-                self._txn_batch(batch)
+            self._txn_batch(batch)
         if isinstance(job.outcome, BaseException):
             raise job.outcome
         assert job.outcome is not None
         return job.outcome
 
     def _txn_batch(self, batch: list[_TxnJob]) -> None:
+        """Run ``batch`` in one sqlite transaction, setting each job's outcome (a savepoint
+        each when there are several, so that one failing fails alone)."""
         db = self._db
+        several = len(batch) > 1
         db.execute("BEGIN IMMEDIATE")
         try:
             revision = self._revision
             events: list[_Event] = []
             for job in batch:
-                db.execute("SAVEPOINT job")
+                if several:
+                    db.execute("SAVEPOINT job")
                 try:
                     succeeded = self._all_hold(job.compare)
                     mine = self._apply(job.success if succeeded else job.failure, revision + 1)
                 except Exception as error:  # this one alone fails (LeaseNotFound, ...)
+                    if not several:
+                        raise
                     db.execute("ROLLBACK TO job")
                     db.execute("RELEASE job")
                     job.outcome = error
                     continue
-                db.execute("RELEASE job")
+                if several:
+                    db.execute("RELEASE job")
                 if mine:
                     revision += 1
                     events += mine
@@ -466,24 +466,6 @@ class SqliteMetadataStore(MetadataStore):
             _rollback(db)
             for job in batch:
                 job.outcome = error
-
-    def _txn(
-        self,
-        compare: tuple[Compare, ...],
-        success: tuple[Put | Delete, ...],
-        failure: tuple[Put | Delete, ...],
-    ) -> TxnResult:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            succeeded = self._all_hold(compare)
-            revision = self._revision + 1
-            events = self._apply(success if succeeded else failure, revision)
-            self._commit(events)
-        except BaseException:
-            _rollback(db)
-            raise
-        return TxnResult(succeeded, self._revision)
 
     def _all_hold(self, compares: Sequence[Compare]) -> bool:
         """Whether every compare holds: the keys read in one statement (every statement is a
@@ -511,8 +493,8 @@ class SqliteMetadataStore(MetadataStore):
         """``sql`` (a SELECT of ``key, ...`` with ``IN ({})``) for ``keys``, in as few
         statements as sqlite's parameter limit allows: key -> the rest of its row."""
         out: dict[bytes, tuple[Any, ...]] = {}
-        for start in range(0, len(keys), _IN_CHUNK):
-            chunk = keys[start : start + _IN_CHUNK]
+        for start in range(0, len(keys), _PARAMETERS):
+            chunk = keys[start : start + _PARAMETERS]
             for key, *rest in self._db.execute(sql.format(",".join("?" * len(chunk))), chunk):
                 out[key] = tuple(rest)
         return out
