@@ -312,6 +312,13 @@ def test_metadata_names_a_claim_its_mirror_has_not_seen_yet(tmp_path: Path) -> N
         assert broker.logs._ownership is not None
         broker.logs._ownership.cancel()  # we do not take it back
         await broker.logs.release("t", 0)  # handed over: nobody owns it now
+        # The watch may still bring our own claim's put (then the release's delete): let it
+        # catch up before it stops, so that the mirror holds no owner.
+        for _ in range(500):
+            if broker.cluster.owner("t", 0) is None:
+                break
+            await asyncio.sleep(0.01)
+        assert broker.cluster.owner("t", 0) is None
         await broker.cluster.owners.close()  # nor hear of the claim below
         state_key = broker.topics.partition_key("t", 0)
         state = json.loads((await cluster.store.get(state_key)).value)  # type: ignore[union-attr]
