@@ -60,6 +60,9 @@ class BrokerProcess:
     """Extra ``kafscale serve`` options (after the defaults below, so they win)."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment for the next start (e.g. ``KAFSCALE_FAILPOINTS``)."""
+    http_port: int = field(default_factory=free_port)
+    """The HTTP port, the same in every run: with port 0 a restarted broker's HTTP listener
+    could be given the Kafka port its killed predecessor just freed (it happened in CI)."""
 
     @property
     def bootstrap(self) -> str:
@@ -105,7 +108,7 @@ class BrokerProcess:
             # Many brokers run at once (and pytest processes in parallel): not KafScale's
             # fixed HTTP port 9093, a free one each.
             "--http-listen",
-            "127.0.0.1:0",
+            f"127.0.0.1:{self.http_port}",
             *self.args,
         ]
         with log.open("wb") as err:

@@ -315,7 +315,11 @@ class Cluster:
         self.options = dict(options or {})
         """Further broker settings (``--{name}={value}`` on every broker's command line)."""
         self.brokers: list[Broker] = []
-        for i, port in enumerate(free_ports(size)):
+        ports = free_ports(2 * size)
+        for i in range(size):
+            # A fixed HTTP port per broker, not port 0: a restarted broker's HTTP listener
+            # could otherwise be given the Kafka port a killed broker just freed.
+            port, http_port = ports[2 * i], ports[2 * i + 1]
             args = [
                 f"--broker-id={i}",
                 f"--listen=127.0.0.1:{port}",
@@ -327,7 +331,7 @@ class Cluster:
                 f"--lease.ttl.ms={lease_ttl_ms}",
                 f"--flush.interval.ms={flush_interval_ms}",
                 f"--namespace={namespace}",
-                "--http-listen=127.0.0.1:0",  # not the fixed 9093: several brokers at once
+                f"--http-listen=127.0.0.1:{http_port}",  # not the fixed 9093: several at once
                 *(f"--{name}={value}" for name, value in self.options.items()),
             ]
             self.brokers.append(Broker(i, port, args, root))
