@@ -31,7 +31,7 @@ from typing import Any
 from generated.api_versions_response import ApiVersion, ApiVersionsResponse
 from generated.errors import ErrorCode
 from generated.registry import ADVERTISED_APIS, BROKER_APIS
-from kafscale.broker import failpoints
+from kafscale.broker import diagnostics, failpoints
 from kafscale.broker.cluster import Cluster
 from kafscale.broker.compaction import Compactor
 from kafscale.broker.config import BrokerConfig
@@ -393,6 +393,7 @@ class Broker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
+        loop.add_signal_handler(signal.SIGUSR1, diagnostics.dump)
         await self.start()
         await stop.wait()
         log.info("shutting down")

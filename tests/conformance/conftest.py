@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.hung import kill_and_describe
+
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 FLUSH_INTERVAL_MS = 5
@@ -159,9 +161,13 @@ class BrokerProcess:
         try:
             return self.proc.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            pytest.fail(f"broker did not exit within {STOP_TIMEOUT}s of SIGTERM\n" + self.stderr())
+            dump = kill_and_describe(self.proc, self.logs[-1])
+            pytest.fail(
+                f"broker did not exit within {STOP_TIMEOUT}s of SIGTERM\n"
+                + self.stderr()
+                + "\n----- what it was doing\n"
+                + dump
+            )
 
     def stop_cleanly(self) -> None:
         """Stop with SIGTERM and require status 0 and no traceback in the log."""

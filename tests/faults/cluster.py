@@ -49,6 +49,7 @@ from kafscale.broker import janitor
 from kafscale.broker.failpoints import EXIT_STATUS
 from kafscale.storage.segment import parse_ingest_key
 from tests.etcdserver import EtcdCluster
+from tests.hung import kill_and_describe
 from tests.s3server import TEST_ENV
 
 REPO = Path(__file__).resolve().parents[2]
@@ -185,9 +186,13 @@ class Broker:
         try:
             status = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            pytest.fail(f"broker {self.id} did not exit within {timeout}s\n" + self.tail())
+            dump = kill_and_describe(self.proc, self.logs[-1])
+            pytest.fail(
+                f"broker {self.id} did not exit within {timeout}s\n"
+                + self.tail()
+                + "\n----- what it was doing\n"
+                + dump
+            )
         self._reap()
         return status
 
