@@ -35,6 +35,7 @@ from kafscale.broker import diagnostics, failpoints
 from kafscale.broker.cluster import Cluster
 from kafscale.broker.compaction import Compactor
 from kafscale.broker.config import BrokerConfig
+from kafscale.broker.connection import ConnectionWriter, FrameProtocol
 from kafscale.broker.coordinator import GroupCoordinator
 from kafscale.broker.error_response import error_response
 from kafscale.broker.group import GroupSettings
@@ -227,7 +228,7 @@ class Broker:
         """The HTTP port once started (None: no HTTP port)."""
         self.server: asyncio.Server | None = None
         self.port = config.listen_port
-        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._connections: dict[asyncio.Task[None], ConnectionWriter] = {}
         self._pipelines: dict[asyncio.Task[None], _Pipeline] = {}
         # Only the request readers are cancelled at stop(): a cancelled connection task would
         # make asyncio's stream callback log a traceback, and its cleanup would be cut short.
@@ -305,14 +306,15 @@ class Broker:
                     listener.name, self._tls_settings(listener)
                 )
                 context = tls.context
-            server = await asyncio.start_server(
-                functools.partial(self._connection, listener=listener),
+            # TLS delivers data in records of up to 16 KiB through a protocol whose pause and
+            # resume are costly: a larger bound keeps a produce request's bytes flowing
+            # without pausing the transport every 64 KiB.
+            limit = 2**20 if listener.tls else 2**16
+            connect = functools.partial(self._connection, listener=listener)
+            server = await asyncio.get_running_loop().create_server(
+                functools.partial(FrameProtocol, connect, limit),
                 listener.bind_host,
                 listener.port,
-                # TLS delivers data in records of up to 16 KiB through a protocol whose pause
-                # and resume are costly: a larger buffer keeps a produce request's bytes
-                # flowing without pausing the transport every 128 KiB.
-                limit=2**20 if listener.tls else 2**16,
                 ssl=context,
                 ssl_handshake_timeout=10.0 if context is not None else None,
                 start_serving=False,
@@ -403,8 +405,8 @@ class Broker:
 
     async def _connection(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        reader: FrameProtocol,
+        writer: ConnectionWriter,
         listener: Listener | None = None,
     ) -> None:
         task = asyncio.current_task()
@@ -458,11 +460,11 @@ class Broker:
 
     async def _read_requests(
         self,
-        reader: asyncio.StreamReader,
+        reader: FrameProtocol,
         responses: asyncio.Queue[_InFlight | None],
         pipeline: _Pipeline,
         peer: Any,
-        writer: asyncio.StreamWriter | None = None,
+        writer: ConnectionWriter | None = None,
         session: Session | None = None,
     ) -> None:
         idle = self.config.idle_timeout_ms / 1000
@@ -515,7 +517,7 @@ class Broker:
             responses.put_nowait(flight)
 
     async def _authenticate(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: Session
+        self, reader: FrameProtocol, writer: ConnectionWriter, session: Session
     ) -> None:
         """Serve a SASL listener's connection until it has authenticated, one request at a
         time (:mod:`kafscale.broker.security.sasl`): ApiVersions and SaslHandshake, then
@@ -529,7 +531,8 @@ class Broker:
             size = _SIZE.unpack(head)[0]
             if size < 0 or size > limit:
                 raise ProtocolError(f"a {size}-byte frame before authentication (limit {limit})")
-            frame = await asyncio.wait_for(reader.readexactly(size), idle)
+            # Small, and a token the mechanisms keep and compare: bytes.
+            frame = bytes(await asyncio.wait_for(reader.readexactly(size), idle))
             if session.handshake_version == 0:  # raw tokens, no Kafka header
                 code, message, token, _ = await self.authenticator.authenticate(session, frame)
                 if code:
@@ -586,7 +589,7 @@ class Broker:
         return await self._dispatch(self.parse(frame))
 
     @staticmethod
-    def parse(frame: bytes) -> Request:
+    def parse(frame: bytes | bytearray) -> Request:
         """Parse a request frame, refusing (before its body is read) an API or version this
         broker does not serve; ApiVersions is always parsed (KIP-511 fallback)."""
         api, version = peek_api(frame)
@@ -673,7 +676,7 @@ class Broker:
 
     async def _send(
         self,
-        writer: asyncio.StreamWriter,
+        writer: ConnectionWriter,
         responses: asyncio.Queue[_InFlight | None],
         pipeline: _Pipeline,
         session: Session | None = None,
@@ -696,7 +699,7 @@ class Broker:
                 pipeline.done(flight.charge)
 
     @staticmethod
-    async def _send_one(writer: asyncio.StreamWriter, flight: _InFlight, broken: bool) -> bool:
+    async def _send_one(writer: ConnectionWriter, flight: _InFlight, broken: bool) -> bool:
         """Send one answer (unless the connection is broken); whether it is broken now."""
         assert flight.task is not None
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import cast
 
 from generated.registry import APIS, ApiSpec
 from generated.request_header import RequestHeader
@@ -74,7 +75,7 @@ class Request:
     ApiVersions with UNSUPPORTED_VERSION and its API list, and drops other such requests)."""
 
 
-def peek_api(frame: bytes) -> tuple[ApiSpec | None, int]:
+def peek_api(frame: bytes | bytearray) -> tuple[ApiSpec | None, int]:
     """The API (None if the key is unknown) and version of a request frame, read before the
     rest so that a request the broker does not serve is refused without parsing its body."""
     if len(frame) < 4:
@@ -83,8 +84,11 @@ def peek_api(frame: bytes) -> tuple[ApiSpec | None, int]:
     return APIS.get(key), version
 
 
-def decode_request(frame: bytes) -> Request:
-    """Parse a request frame payload (header + body).
+def decode_request(frame: bytes | bytearray) -> Request:
+    """Parse a request frame payload (header + body): ``bytes``, or the ``bytearray`` the
+    broker receives a frame into (the decoders only slice, ``.decode()`` and unpack it, which a
+    bytearray does as bytes do; ``bytes`` fields are copied out as ``bytes``, records are
+    memoryviews of the frame).
 
     An unknown API key is a :class:`ProtocolError` (Kafka closes the connection). A version
     this API does not define yields ``unsupported=True`` with the header parsed as far as it can
@@ -94,6 +98,7 @@ def decode_request(frame: bytes) -> Request:
     if api is None:
         key = _KEY_VERSION.unpack_from(frame, 0)[0]
         raise ProtocolError(f"unknown API key {key}", message="RequestHeader", offset=0)
+    frame = cast(bytes, frame)  # the generated decoders are typed for bytes (see above)
     if not api.is_valid(version):
         # Header versions are only defined for known versions; a newer version of a flexible
         # API uses header v2, whose ClientId is still int16-length (KIP-482), so reading the
