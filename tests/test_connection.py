@@ -203,3 +203,18 @@ def test_over_real_sockets_on_uvloop_a_pipelined_burst_echoes_back() -> None:
         await server.wait_closed()
 
     uvloop.run(scenario())
+
+
+def test_a_read_that_takes_longer_than_its_timeout_fails() -> None:
+    async def scenario() -> None:
+        protocol, _ = await _connected()
+        with pytest.raises(TimeoutError):
+            await protocol.readexactly(4, timeout=0.02)  # nothing came
+        deliver(protocol, b"ab", 2)
+        with pytest.raises(TimeoutError):
+            await protocol.readexactly(4, timeout=0.02)  # a frame one byte at a time
+        # In time (or already there): no timer gets in the way.
+        deliver(protocol, b"cdef", 4)
+        assert bytes(await protocol.readexactly(4, timeout=0.02)) == b"cdef"
+
+    asyncio.run(scenario())

@@ -173,27 +173,41 @@ class FrameProtocol(asyncio.BufferedProtocol):
 
     # --- reading ------------------------------------------------------------------------------
 
-    async def readexactly(self, n: int) -> bytearray:
+    async def readexactly(self, n: int, timeout: float | None = None) -> bytearray:
         """The next ``n`` bytes, in a buffer of their own (request data may keep views of
-        it). Raises :class:`asyncio.IncompleteReadError` at the end of the stream, or the
-        error that broke the connection."""
+        it). Raises :class:`TimeoutError` when they took longer than ``timeout`` seconds
+        (as ``asyncio.wait_for`` would, without a task per read),
+        :class:`asyncio.IncompleteReadError` at the end of the stream, or the error that broke
+        the connection."""
         buf = bytearray(n)
         filled = 0
-        while True:
-            filled += self._take(buf, filled)
-            if filled == n:
-                return buf
-            if self._error is not None:
-                raise self._error
-            if self._eof:
-                raise asyncio.IncompleteReadError(bytes(buf[:filled]), n)
-            self._target, self._filled = buf, filled
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                filled = self._filled
-                self._target = self._waiter = None
+        timer: asyncio.TimerHandle | None = None
+        try:
+            while True:
+                filled += self._take(buf, filled)
+                if filled == n:
+                    return buf
+                if self._error is not None:
+                    raise self._error
+                if self._eof:
+                    raise asyncio.IncompleteReadError(bytes(buf[:filled]), n)
+                if timeout is not None and timer is None:
+                    timer = self._loop.call_later(timeout, self._expire)
+                self._target, self._filled = buf, filled
+                self._waiter = self._loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    filled = self._filled
+                    self._target = self._waiter = None
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError())
 
     def _take(self, buf: bytearray, filled: int) -> int:
         """Move what was received before it was asked for into ``buf`` (from ``filled``);

@@ -475,7 +475,7 @@ class Broker:
             assert writer is not None
             await self._authenticate(reader, writer, session)
         while not self._stopping.is_set():
-            head = await asyncio.wait_for(reader.readexactly(4), idle)
+            head = await reader.readexactly(4, idle)
             size = _SIZE.unpack(head)[0]
             if size < 0 or size > limit:
                 raise ProtocolError(f"request size {size} is outside 0..{limit}")
@@ -487,7 +487,7 @@ class Broker:
                 raise
             try:
                 # A client that sends a frame one byte at a time cannot hold it open forever.
-                frame = await asyncio.wait_for(reader.readexactly(size), idle)
+                frame = await reader.readexactly(size, idle)
                 if session is not None and session.expired and session.exchange is None:
                     # KIP-368: past the session's lifetime only a re-authentication is served.
                     if size < 2 or _KEY.unpack_from(frame)[0] != SASL_HANDSHAKE:
@@ -527,12 +527,12 @@ class Broker:
         idle = self.config.idle_timeout_ms / 1000
         limit = self.config.sasl_server_max_receive_size
         while not session.authenticated:
-            head = await asyncio.wait_for(reader.readexactly(4), idle)
+            head = await reader.readexactly(4, idle)
             size = _SIZE.unpack(head)[0]
             if size < 0 or size > limit:
                 raise ProtocolError(f"a {size}-byte frame before authentication (limit {limit})")
             # Small, and a token the mechanisms keep and compare: bytes.
-            frame = bytes(await asyncio.wait_for(reader.readexactly(size), idle))
+            frame = bytes(await reader.readexactly(size, idle))
             if session.handshake_version == 0:  # raw tokens, no Kafka header
                 code, message, token, _ = await self.authenticator.authenticate(session, frame)
                 if code:
