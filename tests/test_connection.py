@@ -218,3 +218,24 @@ def test_a_read_that_takes_longer_than_its_timeout_fails() -> None:
         assert bytes(await protocol.readexactly(4, timeout=0.02)) == b"cdef"
 
     asyncio.run(scenario())
+
+
+def test_what_is_written_in_one_turn_of_the_loop_goes_out_in_one_write() -> None:
+    async def scenario() -> None:
+        protocol, transport = await _connected()
+        writer = ConnectionWriter(transport, protocol)
+        writer.writelines([b"a", b"b"])
+        writer.write(b"c")
+        assert transport.written == []  # not yet: at the end of this turn
+        await asyncio.sleep(0)
+        assert transport.written == [b"abc"]
+        writer.write(b"d")
+        writer.flush()  # at once when asked
+        assert transport.written == [b"abc", b"d"]
+        writer.write(b"e")
+        writer.close()  # what was written goes before the close
+        assert transport.written == [b"abc", b"d", b"e"] and transport.closing
+        with pytest.raises(ConnectionResetError):
+            writer.write(b"f")
+
+    asyncio.run(scenario())

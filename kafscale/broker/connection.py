@@ -31,17 +31,39 @@ DIRECT_MIN_BYTES = 16 * 1024
 
 
 class ConnectionWriter:
-    """The writing side of a connection: what the broker uses of ``asyncio.StreamWriter``."""
+    """The writing side of a connection: what the broker uses of ``asyncio.StreamWriter``.
+
+    What is written during one turn of the event loop goes out in one system call at its
+    end: the answers a flush cycle completes at once (a producer's requests to several
+    partitions) leave together, not one ``send`` each (on loopback each costs the sender the
+    receiver's TCP processing and wake-up too).
+    """
 
     def __init__(self, transport: asyncio.Transport, protocol: FrameProtocol) -> None:
         self.transport = transport
         self._protocol = protocol
+        self._pending: list[Buffer] = []
 
     def write(self, data: Buffer) -> None:
-        self.transport.write(data)
+        self.writelines((data,))
 
     def writelines(self, chunks: Iterable[Buffer]) -> None:
-        self.transport.writelines(chunks)
+        if self.transport.is_closing():
+            raise ConnectionResetError("the connection is closing")
+        if not self._pending:
+            self._protocol.loop.call_soon(self.flush)
+        self._pending.extend(chunks)
+
+    def flush(self) -> None:
+        """Send what was written now, not at the end of this turn of the event loop."""
+        chunks, self._pending = self._pending, []
+        if not chunks or self.transport.is_closing():
+            return
+        try:
+            self.transport.writelines(chunks)
+        except Exception as e:  # the peer went away meanwhile: as a failed write would
+            log.info("closing connection: writing an answer failed: %r", e)
+            self.transport.abort()
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its high-water mark; raises
@@ -49,6 +71,8 @@ class ConnectionWriter:
         await self._protocol.drained()
 
     def close(self) -> None:
+        """Close once what was written is sent."""
+        self.flush()
         self.transport.close()
 
     def is_closing(self) -> bool:
@@ -76,11 +100,11 @@ class FrameProtocol(asyncio.BufferedProtocol):
     ) -> None:
         self._on_connect = on_connect
         self._limit = limit
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._over_ssl = False
         self.task: asyncio.Task[None] | None = None
-        self.closed: asyncio.Future[None] = self._loop.create_future()
+        self.closed: asyncio.Future[None] = self.loop.create_future()
         self._scratch = bytearray(SCRATCH_BYTES)
         self._surplus = bytearray()  # received, not yet read
         self._target: bytearray | None = None  # the buffer of the read waiting for data
@@ -101,7 +125,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
         # uvloop's transports are not asyncio.Transport subclasses, but are the same thing.
         self._transport = cast(asyncio.Transport, transport)
         self._over_ssl = transport.get_extra_info("sslcontext") is not None
-        self.task = self._loop.create_task(
+        self.task = self.loop.create_task(
             self._on_connect(self, ConnectionWriter(self._transport, self))
         )
         self.task.add_done_callback(_log_failure)
@@ -192,9 +216,9 @@ class FrameProtocol(asyncio.BufferedProtocol):
                 if self._eof:
                     raise asyncio.IncompleteReadError(bytes(buf[:filled]), n)
                 if timeout is not None and timer is None:
-                    timer = self._loop.call_later(timeout, self._expire)
+                    timer = self.loop.call_later(timeout, self._expire)
                 self._target, self._filled = buf, filled
-                self._waiter = self._loop.create_future()
+                self._waiter = self.loop.create_future()
                 try:
                     await self._waiter
                 finally:
@@ -234,7 +258,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
             raise ConnectionResetError("Connection lost")
         if not self._writing_paused:
             return
-        waiter = self._loop.create_future()
+        waiter = self.loop.create_future()
         self._drain_waiters.append(waiter)
         await waiter
 

@@ -720,6 +720,7 @@ class Broker:
             if failpoints.armed("mid_response"):
                 data = b"".join(chunks)
                 writer.write(data[: len(data) // 2])
+                writer.flush()  # on the wire before the failpoint ends the process
                 await writer.drain()
                 failpoints.hit("mid_response")
                 chunks = [data[len(data) // 2 :]]
