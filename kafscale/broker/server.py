@@ -135,18 +135,26 @@ class ByteBudget:
         self.capacity = capacity
         self.used = 0
         self._freed = asyncio.Condition()
+        self._waiting = 0
 
     async def acquire(self, n: int) -> None:
         n = min(n, self.capacity)  # one huge (but allowed) request may use the whole budget
-        async with self._freed:
-            await self._freed.wait_for(lambda: self.used + n <= self.capacity)
-            self.used += n
+        if not self._waiting and self.used + n <= self.capacity:
+            self.used += n  # the common case: no lock, no wait (nobody queues before us)
+            return
+        self._waiting += 1
+        try:
+            async with self._freed:
+                await self._freed.wait_for(lambda: self.used + n <= self.capacity)
+                self.used += n
+        finally:
+            self._waiting -= 1
 
     async def release(self, n: int) -> None:
-        n = min(n, self.capacity)
-        async with self._freed:
-            self.used -= n
-            self._freed.notify_all()
+        self.used -= min(n, self.capacity)
+        if self._waiting:
+            async with self._freed:
+                self._freed.notify_all()
 
 
 class Broker:
