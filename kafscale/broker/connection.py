@@ -108,6 +108,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._scratch = bytearray(SCRATCH_BYTES)
         self._surplus = bytearray()  # received, not yet read
         self._target: bytearray | None = None  # the buffer of the read waiting for data
+        self._in_place = False  # the last get_buffer handed out the target's free part
         self._filled = 0
         self._waiter: asyncio.Future[None] | None = None
         self._eof = False
@@ -132,22 +133,22 @@ class FrameProtocol(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         target = self._target
-        if (
+        # In place while enough of the frame is missing (and nothing received before it
+        # waits to go first); else into the scratch buffer.
+        self._in_place = (
             target is not None
             and not self._surplus
-            and len(target) - self._filled >= (DIRECT_MIN_BYTES)
-        ):
+            and len(target) - self._filled >= DIRECT_MIN_BYTES
+        )
+        if self._in_place:
+            assert target is not None
             return memoryview(target)[self._filled :]
         return memoryview(self._scratch)
 
     def buffer_updated(self, nbytes: int) -> None:
         target = self._target
-        if (
-            target is not None
-            and not self._surplus
-            and len(target) - self._filled >= (DIRECT_MIN_BYTES)
-        ):
-            self._filled += nbytes  # received in place (see get_buffer)
+        if self._in_place:  # as get_buffer, just before, decided
+            self._filled += nbytes
         else:
             data = memoryview(self._scratch)[:nbytes]
             self.copied += nbytes
