@@ -54,6 +54,17 @@ def test_request_round_trip_with_flexible_header() -> None:
     assert req.body == body
 
 
+def test_a_frame_received_into_a_bytearray_decodes_as_bytes_do() -> None:
+    """The broker receives frames into bytearrays (kafscale.broker.connection): the pure
+    decoders and the compiled ones (this test runs against both in CI) read them alike, and
+    bytes fields stay bytes."""
+    body = MetadataRequest(topics=[MetadataRequestTopic(name="a")], allow_auto_topic_creation=True)
+    frame = _bytes(encode_request(APIS[3], 12, 42, "client-1", body))[4:]
+    req = decode_request(bytearray(frame))
+    assert req.header.client_id == "client-1" and req.body == body
+    assert decode_request(bytearray(frame)).body == decode_request(frame).body
+
+
 def test_unknown_api_key_is_a_protocol_error() -> None:
     frame = struct.pack(">hhi", 999, 0, 1) + b"\x00\x00"
     with pytest.raises(ProtocolError, match="unknown API key 999"):

@@ -14,6 +14,7 @@ from typing import cast
 from generated.registry import APIS, ApiSpec
 from generated.request_header import RequestHeader
 from generated.response_header import ResponseHeader
+from kafscale.protocol import accelerated
 from kafscale.protocol.errors import ProtocolError
 from kafscale.protocol.message import Message
 from kafscale.protocol.wire import Buffer
@@ -98,6 +99,9 @@ def decode_request(frame: bytes | bytearray) -> Request:
     if api is None:
         key = _KEY_VERSION.unpack_from(frame, 0)[0]
         raise ProtocolError(f"unknown API key {key}", message="RequestHeader", offset=0)
+    if isinstance(frame, bytearray) and accelerated.active:
+        # The compiled decoders take bytes only (mypyc checks the type): one copy there.
+        frame = bytes(frame)
     frame = cast(bytes, frame)  # the generated decoders are typed for bytes (see above)
     if not api.is_valid(version):
         # Header versions are only defined for known versions; a newer version of a flexible
