@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 
 class Periodic:
@@ -32,9 +33,7 @@ class Periodic:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
 
     async def _run(self) -> None:
@@ -44,3 +43,15 @@ class Periodic:
                 await self.step()
             except Exception:
                 self.log.warning("%s failed", self.what, exc_info=True)
+
+
+async def stop_task(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling again while it has not:
+    Python 3.11's ``asyncio.wait_for`` swallows a cancellation that arrives as the awaited
+    thing completes, and a loop around it then never ends (a broker that did not exit after
+    SIGTERM, seen in CI: its marker writer's loop). Its outcome is not raised."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.1)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()

@@ -531,6 +531,10 @@ class Broker:
             )
             order.started(flight.task)
             responses.put_nowait(flight)
+            # A pipelined burst is read without waiting (its bytes are already here): let
+            # the other connections and the requests just started run between two requests,
+            # or one client's thousands of heartbeats hold every other client up.
+            await asyncio.sleep(0)
 
     async def _authenticate(
         self, reader: FrameProtocol, writer: ConnectionWriter, session: Session

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from kafscale.broker.cluster import Mirror
 from kafscale.broker.log import FlushError, LogManager
+from kafscale.broker.periodic import stop_task
 from kafscale.broker.txn_index import marker_batch
 from kafscale.metadata import Compare, KeyValue, MetadataStore, Put
 
@@ -59,8 +60,7 @@ class MarkerWriter:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await stop_task(task)
         await self.mirror.close()
 
     def _changed(self) -> None:

@@ -1,0 +1,44 @@
+"""kafscale.broker.periodic.stop_task: a task that swallows a cancellation still ends (as a
+loop around Python 3.11's asyncio.wait_for can)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from kafscale.broker.periodic import stop_task
+
+
+def test_a_loop_that_swallows_the_first_cancellation_is_stopped() -> None:
+    async def scenario() -> int:
+        swallowed = 0
+
+        async def loop() -> None:
+            nonlocal swallowed
+            while True:
+                try:
+                    await asyncio.sleep(10)
+                except asyncio.CancelledError:
+                    if swallowed:
+                        raise
+                    swallowed += 1  # as wait_for does when its future completes meanwhile
+
+        task = asyncio.create_task(loop())
+        await asyncio.sleep(0)
+        await asyncio.wait_for(stop_task(task), 5)
+        assert task.done()
+        return swallowed
+
+    assert asyncio.run(scenario()) == 1
+
+
+def test_a_task_already_failed_or_done_is_not_raised() -> None:
+    async def scenario() -> None:
+        async def fail() -> None:
+            raise RuntimeError("boom")
+
+        task = asyncio.create_task(fail())
+        await asyncio.sleep(0)
+        await stop_task(task)  # its error is not raised here
+        assert task.done()
+
+    asyncio.run(scenario())
