@@ -239,8 +239,8 @@ class Broker:
         self.port = config.listen_port
         self._connections: dict[asyncio.Task[None], ConnectionWriter] = {}
         self._pipelines: dict[asyncio.Task[None], _Pipeline] = {}
-        # Only the request readers are cancelled at stop(): a cancelled connection task would
-        # make asyncio's stream callback log a traceback, and its cleanup would be cut short.
+        # Only the request readers are cancelled at stop(): a cancelled connection task
+        # would cut its cleanup short (the answers it still owes, closing its writer).
         self._readers: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 

@@ -5,29 +5,17 @@ from __future__ import annotations
 
 import signal
 import socket
-import time
 from pathlib import Path
 
 from tests.conformance.conftest import BrokerProcess, free_port, running_broker
-from tests.hung import MARK, kill_and_describe
-
-
-def _wait_for(path: Path, text: str, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = path.read_text(errors="replace")
-        if text in log:
-            return log
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} not logged within {timeout}s:\n{path.read_text()}")
+from tests.hung import MARK, ask_for_dump, kill_and_describe
 
 
 def test_sigusr1_logs_tasks_and_threads_and_the_broker_goes_on(tmp_path: Path) -> None:
     with running_broker(tmp_path) as broker:
         assert broker.proc is not None
-        broker.proc.send_signal(signal.SIGUSR1)
-        log = _wait_for(broker.logs[-1], "most recent call first")
-        dump = log.split(MARK)[1]
+        dump = ask_for_dump(broker.proc, broker.logs[-1], timeout=10)
+        assert dump is not None, broker.stderr()
         # The flusher's task, with where it waits, and the event loop's thread.
         assert "--- kafscale-flusher" in dump, dump
         assert "_run_flusher" in dump, dump
