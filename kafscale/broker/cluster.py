@@ -39,6 +39,7 @@ from urllib.parse import quote
 
 from generated.errors import ErrorCode
 from kafscale.broker.config import BrokerConfig
+from kafscale.broker.periodic import stop_task
 from kafscale.metadata import (
     Compare,
     HeldLease,
@@ -110,9 +111,7 @@ class Mirror:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
 
     def get(self, key: bytes) -> KeyValue | None:
@@ -293,9 +292,7 @@ class Cluster:
         """Stop; with ``release`` revoke the lease so every key of ours (registration,
         partitions, groups) goes at once and other brokers take over without waiting."""
         if self._keepalive is not None:
-            self._keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keepalive
+            await stop_task(self._keepalive)
             self._keepalive = None
         if self.held is not None:
             if release:

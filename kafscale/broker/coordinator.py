@@ -21,6 +21,7 @@ from typing import Any, cast
 from generated.errors import ErrorCode
 from kafscale.broker.group import EMPTY, STABLE, Group, GroupSettings, JoinResult, SyncResult
 from kafscale.broker.offsets import Offsets, TopicPartition
+from kafscale.broker.periodic import stop_tasks
 
 log = logging.getLogger("kafscale.broker")
 
@@ -65,11 +66,7 @@ class GroupCoordinator:
         """Stop the timers; parked JoinGroup/SyncGroup requests get NOT_COORDINATOR, which
         sends clients to FindCoordinator and a fresh JoinGroup (Kafka does this when a
         coordinator resigns)."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(self._tasks)
         self.forget_all()
 
     # --- the APIs --------------------------------------------------------------------------

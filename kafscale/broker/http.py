@@ -24,7 +24,6 @@ awaiting anything.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from kafscale.broker.ops_api import ClusterView
+from kafscale.broker.periodic import stop_task
 from kafscale.broker.startup import BrokerStartError
 from kafscale.metadata import MetadataUnavailable, StoreClosed
 from kafscale.storage import ObjectStoreError
@@ -118,9 +118,7 @@ class HttpServer:
 
     async def close(self) -> None:
         if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+            await stop_task(self._ticker)
             self._ticker = None
         if self._runner is not None:
             await self._runner.cleanup()

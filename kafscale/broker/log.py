@@ -56,6 +56,7 @@ from kafscale.broker import failpoints
 from kafscale.broker.cluster import Cluster
 from kafscale.broker.config import BrokerConfig
 from kafscale.broker.janitor import Janitor
+from kafscale.broker.periodic import stop_task
 from kafscale.broker.producers import (
     ABORT,
     COMMIT,
@@ -520,9 +521,7 @@ class LogManager:
         if self._last_commit is not None:  # cycles that release() or flush() started
             await asyncio.wait([self._last_commit])
         if self._ownership is not None:
-            self._ownership.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ownership
+            await stop_task(self._ownership)
             self._ownership = None
 
     # --- partition state -------------------------------------------------------------------

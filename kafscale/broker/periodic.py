@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 
@@ -49,9 +49,23 @@ async def stop_task(task: asyncio.Task[Any]) -> None:
     """Cancel ``task`` and wait until it has ended, cancelling again while it has not:
     Python 3.11's ``asyncio.wait_for`` swallows a cancellation that arrives as the awaited
     thing completes, and a loop around it then never ends (a broker that did not exit after
-    SIGTERM, seen in CI: its marker writer's loop). Its outcome is not raised."""
+    SIGTERM, seen in CI: its marker writer's loop). Its outcome is not raised. A task
+    stopping itself is only cancelled (waiting for itself would never end)."""
+    if task is asyncio.current_task():
+        task.cancel()
+        return
     while not task.done():
         task.cancel()
         await asyncio.wait([task], timeout=0.1)
     with contextlib.suppress(asyncio.CancelledError, Exception):
         task.result()
+
+
+async def stop_tasks(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
+    """:func:`stop_task` for each of ``tasks`` (None skipped), all cancelled first so that
+    they wind down together."""
+    running = [t for t in tasks if t is not None]
+    for task in running:
+        task.cancel()
+    for task in running:
+        await stop_task(task)

@@ -60,6 +60,7 @@ from kafscale.broker.log import (
     PartitionLog,
 )
 from kafscale.broker.offsets import CommittedOffset, Offsets
+from kafscale.broker.periodic import stop_tasks
 from kafscale.broker.producer_ids import ProducerIds
 from kafscale.broker.topics import Topics
 from kafscale.broker.txn_index import marker_batch
@@ -207,12 +208,7 @@ class TransactionCoordinator:
 
     async def close(self) -> None:
         self._closing = True
-        tasks = [t for t in (self._scanner, *self._completing.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks([self._scanner, *self._completing.values()])
         await self.owners.close()
 
     def markers_changed(self) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from kafscale.broker.cluster import Mirror
 from kafscale.broker.log import FlushError, LogManager
-from kafscale.broker.periodic import stop_task
+from kafscale.broker.periodic import stop_tasks
 from kafscale.broker.txn_index import marker_batch
 from kafscale.metadata import Compare, KeyValue, MetadataStore, Put
 
@@ -56,11 +56,7 @@ class MarkerWriter:
         self._task = asyncio.create_task(self._run(), name="kafscale-txn-markers")
 
     async def close(self) -> None:
-        tasks = [t for t in (self._task, *self._writing.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            await stop_task(task)
+        await stop_tasks([self._task, *self._writing.values()])
         await self.mirror.close()
 
     def _changed(self) -> None:

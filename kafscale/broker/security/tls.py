@@ -24,7 +24,6 @@ matches the whole name wins; none matching fails the connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -33,6 +32,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from kafscale.broker.periodic import stop_task
 
 log = logging.getLogger("kafscale.security")
 
@@ -171,9 +172,7 @@ class TlsServer:
     async def close(self) -> None:
         """Stop watching the files."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
 
     async def _watch(self) -> None:
         while True:
