@@ -1,10 +1,11 @@
-"""The broker-wide budget of request bytes being processed (kafscale.broker.server)."""
+"""kafscale.broker.budget.ByteBudget: the broker-wide budget of request bytes being processed,
+and of compactions in progress."""
 
 from __future__ import annotations
 
 import asyncio
 
-from kafscale.broker.server import ByteBudget
+from kafscale.broker.budget import ByteBudget
 
 
 def test_a_request_waits_until_enough_is_released() -> None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kafscale.broker.budget import ByteBudget
 from kafscale.broker.compaction import Compactor
 from kafscale.broker.janitor import INTENT_MS, SWEEP_MIN_AGE_MS, now_ms
 from kafscale.broker.layout import Policy
@@ -270,6 +271,63 @@ def test_the_broker_compacts_on_its_own(tmp_path: Path) -> None:
             await compactor.close()
 
     run(tmp_path, scenario)
+
+
+def test_merges_bigger_than_the_budget_run_one_at_a_time_smaller_ones_overlap(
+    tmp_path: Path,
+) -> None:
+    """Compaction's byte budget: a pass over 4 partitions whose merges each exceed the budget
+    uploads one partition's segment at a time (background work must not pile onto the
+    foreground); with room for all of them, their uploads overlap."""
+
+    async def scenario(c: Client) -> None:
+        await c.create("t", 4)
+        for p in range(4):
+            for i in range(5):
+                resp = await c.produce("t", build_batch([b"%d-%d" % (p, i) * 50]), partition=p)
+                assert resp.error_code == 0
+                await c.broker.logs.flush()
+        logs = c.broker.logs
+        put = logs.objects.put
+        uploading: set[str] = set()
+        most = 0
+
+        async def slow_put(key: str, data: Any) -> None:
+            nonlocal most
+            if "/topics/" not in key:  # not a compaction's output
+                return await put(key, data)
+            partition = key.split("/topics/", 1)[1].split("/")[1]
+            uploading.add(partition)
+            most = max(most, len(uploading))
+            try:
+                await asyncio.sleep(0.05)  # long enough for any other merge to overlap
+                await put(key, data)
+            finally:
+                uploading.discard(partition)
+
+        logs.objects.put = slow_put  # type: ignore[method-assign]
+        before = await all_values(c)
+        for capacity, expected in ((1000, 1), (1 << 20, 4)):
+            compactor = idle_compactor(logs)
+            compactor.budget = ByteBudget(capacity)  # 5 pieces of ~300 bytes: 1,500 each
+            most = 0
+            await compactor.run_once(retention=False)
+            assert compactor.compactions == 4
+            assert most == expected, (capacity, most)
+            assert compactor.budget.used == 0
+            for p in range(4):
+                await produce_flushes_to(c, p)
+        assert (await all_values(c))[: len(before)] == before
+
+    run(tmp_path, scenario)
+
+
+async def produce_flushes_to(c: Client, partition: int) -> None:
+    """Two more pieces in ``partition`` (so that it has something to merge again)."""
+    for i in range(2):
+        resp = await c.produce("t", build_batch([b"more-%d" % i * 50]), partition=partition)
+        assert resp.error_code == 0
+        await c.broker.logs.flush()
 
 
 def test_a_large_batch_after_small_ones_in_one_segment_is_read_whole(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from generated.api_versions_response import ApiVersion, ApiVersionsResponse
 from generated.errors import ErrorCode
 from generated.registry import ADVERTISED_APIS, BROKER_APIS
 from kafscale.broker import diagnostics, failpoints
+from kafscale.broker.budget import ByteBudget
 from kafscale.broker.cluster import Cluster
 from kafscale.broker.compaction import Compactor
 from kafscale.broker.config import BrokerConfig
@@ -127,35 +128,6 @@ class _InFlight:
     def __init__(self, charge: int) -> None:
         self.charge = charge
         self.task: asyncio.Task[list[Buffer] | None] | None = None
-
-
-class ByteBudget:
-    """Bytes of requests being processed, across connections (back-pressure, not an error)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.used = 0
-        self._freed = asyncio.Condition()
-        self._waiting = 0
-
-    async def acquire(self, n: int) -> None:
-        n = min(n, self.capacity)  # one huge (but allowed) request may use the whole budget
-        if not self._waiting and self.used + n <= self.capacity:
-            self.used += n  # the common case: no lock, no wait (nobody queues before us)
-            return
-        self._waiting += 1
-        try:
-            async with self._freed:
-                await self._freed.wait_for(lambda: self.used + n <= self.capacity)
-                self.used += n
-        finally:
-            self._waiting -= 1
-
-    async def release(self, n: int) -> None:
-        self.used -= min(n, self.capacity)
-        if self._waiting:
-            async with self._freed:
-                self._freed.notify_all()
 
 
 class Broker:
