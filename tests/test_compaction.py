@@ -22,11 +22,13 @@ LATER = SWEEP_MIN_AGE_MS + 1
 """Milliseconds after which the janitor judges the registry entries written now."""
 
 
-async def produce_flushes(c: Client, n: int, topic: str = "t", size: int = 100) -> None:
+async def produce_flushes(
+    c: Client, n: int, topic: str = "t", size: int = 100, partition: int = 0
+) -> None:
     """``n`` records, each in a flush of its own (a piece each)."""
     for i in range(n):
         batch = build_batch([b"%05d" % i + b"." * size], timestamp=now_ms())
-        resp = await c.produce(topic, batch)
+        resp = await c.produce(topic, batch, partition=partition)
         assert resp.error_code == 0
         await c.broker.logs.flush()
 
@@ -283,10 +285,7 @@ def test_merges_bigger_than_the_budget_run_one_at_a_time_smaller_ones_overlap(
     async def scenario(c: Client) -> None:
         await c.create("t", 4)
         for p in range(4):
-            for i in range(5):
-                resp = await c.produce("t", build_batch([b"%d-%d" % (p, i) * 50]), partition=p)
-                assert resp.error_code == 0
-                await c.broker.logs.flush()
+            await produce_flushes(c, 5, size=250, partition=p)
         logs = c.broker.logs
         put = logs.objects.put
         uploading: set[str] = set()
@@ -309,25 +308,17 @@ def test_merges_bigger_than_the_budget_run_one_at_a_time_smaller_ones_overlap(
         before = await all_values(c)
         for capacity, expected in ((1000, 1), (1 << 20, 4)):
             compactor = idle_compactor(logs)
-            compactor.budget = ByteBudget(capacity)  # 5 pieces of ~300 bytes: 1,500 each
+            compactor.budget = ByteBudget(capacity)  # 5 pieces of ~350 bytes: 1,750 each
             most = 0
             await compactor.run_once(retention=False)
             assert compactor.compactions == 4
             assert most == expected, (capacity, most)
             assert compactor.budget.used == 0
-            for p in range(4):
-                await produce_flushes_to(c, p)
+            for p in range(4):  # something to merge again
+                await produce_flushes(c, 2, size=250, partition=p)
         assert (await all_values(c))[: len(before)] == before
 
     run(tmp_path, scenario)
-
-
-async def produce_flushes_to(c: Client, partition: int) -> None:
-    """Two more pieces in ``partition`` (so that it has something to merge again)."""
-    for i in range(2):
-        resp = await c.produce("t", build_batch([b"more-%d" % i * 50]), partition=partition)
-        assert resp.error_code == 0
-        await c.broker.logs.flush()
 
 
 def test_a_large_batch_after_small_ones_in_one_segment_is_read_whole(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""A background task that runs a step every few seconds until it is closed."""
+"""A background task that runs a step every few seconds until it is closed, and
+:func:`stop_task`, how every background task of the broker is stopped."""
 
 from __future__ import annotations
 
