@@ -148,14 +148,19 @@ def main() -> int:
         return 0
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut this short
-        for _, proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for _, proc in reversed(procs):
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        # The brokers first (together), then what they need: a broker stopping hands its
+        # partitions over through etcd, and would wait out its timeouts if etcd went first.
+        brokers = [proc for name, proc in procs if name.startswith("broker")]
+        services = [proc for name, proc in reversed(procs) if not name.startswith("broker")]
+        for group in (brokers, services):
+            for proc in group:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in group:
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
 
 
 if __name__ == "__main__":
