@@ -3,7 +3,9 @@
 the topic's six partitions is killed with SIGKILL, restarted, crashes again right after a
 commit, and is restarted again.
 
-Each producer writes unique values round robin over the partitions, with acks=all, while:
+The three producers write one topic at once (one scenario, not one per client: the lease
+waits of the moves are most of its time), each its own unique values round robin over the
+partitions, with acks=all, while:
 
 1. the owner of partition 0 is SIGKILLed (batches in flight to it get no answer; some may
    have been committed: the client resends them); after the lease TTL the other two brokers
@@ -198,10 +200,6 @@ PRODUCERS: dict[str, Callable[[str, str, History, threading.Event, str], None]] 
 }
 
 
-def acked(history: History) -> int:
-    return sum(s.outcome == "ok" for s in list(history.sends))
-
-
 def wait_for(what: str, cond: Callable[[], bool], timeout: float = OWNERS_TIMEOUT) -> float:
     """Seconds until ``cond()`` held."""
     start = time.monotonic()
@@ -218,19 +216,21 @@ COMMITS_BEFORE_CRASH = 5
 traffic to its partitions)."""
 
 
-@pytest.mark.parametrize("client", list(PRODUCERS))
-def test_idempotent_producer_through_broker_crashes(
-    checked: Cluster, client: str, report: Callable[[str], None]
+def test_idempotent_producers_through_broker_crashes(
+    checked: Cluster, report: Callable[[str], None]
 ) -> None:
-    """The owner of partition 0 (and of one more) is SIGKILLed while the producer writes;
-    the survivors take its partitions over. It is restarted with the after_metadata_commit
-    failpoint armed: it takes its partitions back and, at its 5th commit, exits before
-    answering (batches certainly committed and unacknowledged: the survivors must answer
-    their resends with the original offsets). Restarted once more, it takes the same
-    partitions back again."""
+    """The three clients' idempotent producers write one topic at once (each its own values
+    and history, checked on its own). The owner of partition 0 (and of one more) is SIGKILLed
+    while they write; the survivors take its partitions over. It is restarted with the
+    after_metadata_commit failpoint armed: it takes its partitions back and, at its 5th
+    commit, exits before answering (batches certainly committed and unacknowledged: the
+    survivors must answer their resends with the original offsets). Restarted once more, it
+    takes the same partitions back again. (One scenario for the three clients, not one each:
+    the lease waits of the moves are most of its time; one history, each client's values
+    its own process.)"""
     cluster = checked
     began = time.monotonic()
-    topic = f"idempotent-cluster-{client}"
+    topic = "idempotent-cluster"
     KafkaPython(bootstrap_of(cluster)).create_topic(topic, PARTITIONS, {})
     owned = wait_owned(cluster, topic, PARTITIONS)
     victim = cluster.brokers[owned[0][0]]
@@ -241,23 +241,31 @@ def test_idempotent_producer_through_broker_crashes(
     errors: list[BaseException] = []
     phases: list[str] = []
 
-    def produce() -> None:
+    def produce(client: str) -> None:
         try:
             PRODUCERS[client](cluster.bootstrap, topic, history, stop, client)
         except BaseException as e:  # reported by the test
             errors.append(e)
 
+    def acked_by(client: str) -> list[Send]:
+        return [s for s in list(history.sends) if s.process == client and s.outcome == "ok"]
+
     def survivors_take_over(crashed: float, crashed_at: int) -> None:
         """The victim's partitions move to the survivors (after the lease TTL: every partition
-        where the placement over the two puts it), and every partition acknowledges sends
-        made since the crash (the resends among them)."""
+        where the placement over the two puts it), and every partition acknowledges each
+        client's sends made since the crash (the resends among them)."""
         wait_owned(cluster, topic, PARTITIONS)
         taken = time.monotonic() - crashed
         wait_for(
-            "acks on every partition after the crash",
-            lambda: (
-                {s.partition for s in list(history.sends)[crashed_at:] if s.outcome == "ok"}
+            "acks on every partition after the crash, for every client",
+            lambda: all(
+                {
+                    s.partition
+                    for s in list(history.sends)[crashed_at:]
+                    if s.outcome == "ok" and s.process == client
+                }
                 == set(range(PARTITIONS))
+                for client in PRODUCERS
             ),
         )
         phases.append(f"taken over {taken:.1f}s later")
@@ -270,12 +278,22 @@ def test_idempotent_producer_through_broker_crashes(
         wait_owned(cluster, topic, PARTITIONS)
         phases.append(f"restarted, back on it {time.monotonic() - started:.1f}s later")
 
-    worker = threading.Thread(target=produce, name=f"producer-{client}", daemon=True)
-    worker.start()
+    workers = [
+        threading.Thread(target=produce, args=(client,), name=f"producer-{client}", daemon=True)
+        for client in PRODUCERS
+    ]
+    for worker in workers:
+        worker.start()
     try:
         # Writing to every partition, acknowledged: then the kill, with batches in flight.
-        wait_for("100 acks", lambda: acked(history) >= 100 or not worker.is_alive())
-        assert worker.is_alive(), errors
+        wait_for(
+            "100 acks from every client",
+            lambda: (
+                all(len(acked_by(client)) >= 100 for client in PRODUCERS)
+                or not all(w.is_alive() for w in workers)
+            ),
+        )
+        assert all(w.is_alive() for w in workers), errors
         crashed_at = len(history.sends)
         crashed = time.monotonic()
         victim.kill()
@@ -299,14 +317,16 @@ def test_idempotent_producer_through_broker_crashes(
         time.sleep(TAIL_SECONDS)
     finally:
         stop.set()
-        worker.join(DELIVERY_TIMEOUT + 20)
-    assert not worker.is_alive(), "the producer did not finish"
+        for worker in workers:
+            worker.join(DELIVERY_TIMEOUT + 20)
+    assert not [w.name for w in workers if w.is_alive()], "a producer did not finish"
     assert not errors, errors
+
     history.close()
 
     workload = Workload(cluster.bootstrap, topic, PARTITIONS, history)
     workload.final_read(workload.watermarks())
-    result = check(history, exactly_once={client})
+    result = check(history, exactly_once=set(PRODUCERS))
     audit = cluster.audit(topic, PARTITIONS)
     summary = result.summary
     # The broker's own guarantee, whatever the client does: no (producer id, epoch, sequence)
@@ -324,11 +344,12 @@ def test_idempotent_producer_through_broker_crashes(
     repeated = {k: v for k, v in stored.items() if len(v) > 1}
     final = owners(cluster, topic)
     epochs = {p: f"{owned[p][1]}->{final[p][1]}" for p in moved}
+    per_client = {c: len(acked_by(c)) for c in PRODUCERS}
     report(
-        f"{client}: {result.line()} repeated_sequences={len(repeated)}; broker {victim.id} "
-        f"(partitions {moved}, leader epochs {epochs}): {', '.join(phases)}; lease TTL "
-        f"{LEASE_TTL_MS} ms; "
-        f"segments={audit.segments} orphans={audit.orphans}; {time.monotonic() - began:.1f}s"
+        f"{result.line()} acked_per_client={per_client} repeated_sequences={len(repeated)}; "
+        f"broker {victim.id} (partitions {moved}, leader epochs {epochs}): {', '.join(phases)}; "
+        f"lease TTL {LEASE_TTL_MS} ms; segments={audit.segments} orphans={audit.orphans}; "
+        f"{time.monotonic() - began:.1f}s"
     )
     assert not repeated, (
         f"(producer id, epoch, sequence) stored twice: {list(repeated.items())[:5]}"
@@ -342,6 +363,6 @@ def test_idempotent_producer_through_broker_crashes(
     assert result.valid, result.explain()
     assert summary["acked"] == summary["operations"], (
         f"{summary['operations'] - summary['acked']} sends not acknowledged: "
-        + str([(s.value, s.error) for s in history.sends if s.outcome != "ok"][:5])
+        + str([(s.process, s.value, s.error) for s in history.sends if s.outcome != "ok"][:5])
     )
     assert not audit.problems, "\n".join(audit.problems)
