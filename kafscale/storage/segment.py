@@ -18,7 +18,6 @@ import itertools
 import re
 import struct
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import NamedTuple
@@ -36,6 +35,15 @@ from kafscale.protocol.records import (
     parse_batches,
 )
 from kafscale.protocol.wire import Buffer
+
+try:
+    # The footer's checksum is zlib's CRC-32 (IEEE); zlib-ng computes the same one with the
+    # CPU's carry-less multiply, ~13x faster than the system zlib here (0.02 vs 0.26-0.36 ms
+    # per MB): every byte produced is checksummed by build_segment, and again by each
+    # parse_segment (compaction, reads), ~8 % of the broker's CPU per produced MB otherwise.
+    from zlib_ng.zlib_ng import crc32
+except ImportError:  # pragma: no cover - a platform zlib-ng has no wheel for
+    from zlib import crc32
 
 HEADER_SIZE = 32
 FOOTER_SIZE = 16
@@ -243,7 +251,7 @@ def build_segment(
 
     crc = 0
     for c in batch_chunks:
-        crc = zlib.crc32(c, crc)
+        crc = crc32(c, crc)
     header = SegmentHeader(
         base_offset=base_offset, message_count=count, created_ms=created_ms
     ).encode(_V)
@@ -364,7 +372,7 @@ def parse_segment(data: Buffer) -> ParsedSegment:
     if footer.magic != FOOTER_MAGIC:
         raise SegmentCorrupt(f"footer magic {footer.magic:#010x} is not END! (truncated?)")
     body = view[HEADER_SIZE : len(view) - FOOTER_SIZE]
-    crc = zlib.crc32(body)
+    crc = crc32(body)
     if crc != footer.crc:
         raise SegmentCorrupt(
             f"CRC-32 of the batches is {crc:#010x}, the footer says {footer.crc:#010x}"
