@@ -21,6 +21,7 @@ from generated.metadata_response import MetadataResponse
 from kafscale.broker.cluster import placement
 from kafscale.broker.config import BrokerConfig
 from kafscale.broker.janitor import ORPHAN_AGE_MS, now_ms
+from kafscale.broker.periodic import stop_task
 from kafscale.broker.server import Broker
 from kafscale.metadata import Put
 from kafscale.metadata.sqlite import SqliteMetadataStore
@@ -309,8 +310,17 @@ def test_metadata_names_a_claim_its_mirror_has_not_seen_yet(tmp_path: Path) -> N
         broker = await cluster.start(0)
         await cluster.client(0).create("t", 1)
         assert await cluster.settled("t", 1) == [0]
+        # The watch can bring the claim's put before the claim's own transaction has
+        # answered: wait until the broker holds the claim (release() hands over only a claim
+        # it holds), then stop its ownership rounds for good (a mere cancel() could land on
+        # the claim in flight: claimed in the store, never held, never handed over).
+        for _ in range(500):
+            if ("t", 0) in broker.logs.claims:
+                break
+            await asyncio.sleep(0.01)
+        assert ("t", 0) in broker.logs.claims
         assert broker.logs._ownership is not None
-        broker.logs._ownership.cancel()  # we do not take it back
+        await stop_task(broker.logs._ownership)  # we do not take it back
         await broker.logs.release("t", 0)  # handed over: nobody owns it now
         # The watch may still bring our own claim's put (then the release's delete): let it
         # catch up before it stops, so that the mirror holds no owner.
