@@ -219,15 +219,14 @@ traffic to its partitions)."""
 def test_idempotent_producers_through_broker_crashes(
     checked: Cluster, report: Callable[[str], None]
 ) -> None:
-    """The three clients' idempotent producers write one topic at once (each its own values
-    and history, checked on its own). The owner of partition 0 (and of one more) is SIGKILLed
-    while they write; the survivors take its partitions over. It is restarted with the
-    after_metadata_commit failpoint armed: it takes its partitions back and, at its 5th
-    commit, exits before answering (batches certainly committed and unacknowledged: the
-    survivors must answer their resends with the original offsets). Restarted once more, it
-    takes the same partitions back again. (One scenario for the three clients, not one each:
-    the lease waits of the moves are most of its time; one history, each client's values
-    its own process.)"""
+    """The three clients' idempotent producers write one topic at once (each its own values,
+    all in one history where each client is a process of its own). The owner of partition 0
+    (and of one more) is SIGKILLed while they write; the survivors take its partitions over.
+    It is restarted with the after_metadata_commit failpoint armed: it takes its partitions
+    back and, at its 5th commit, exits before answering (batches certainly committed and
+    unacknowledged: the survivors must answer their resends with the original offsets).
+    Restarted once more, it takes the same partitions back again. (One scenario for the
+    three clients, not one each: the lease waits of the moves are most of its time.)"""
     cluster = checked
     began = time.monotonic()
     topic = "idempotent-cluster"
