@@ -28,6 +28,7 @@ from kafscale.metadata.sqlite import SqliteMetadataStore
 from kafscale.protocol.records import build_batch
 from kafscale.storage.local import LocalObjectStore
 from tests.broker_harness import Client, values
+from tests.test_broker_connections import eventually
 
 NOT_LEADER_OR_FOLLOWER = 6
 NOT_COORDINATOR = 16
@@ -314,21 +315,13 @@ def test_metadata_names_a_claim_its_mirror_has_not_seen_yet(tmp_path: Path) -> N
         # answered: wait until the broker holds the claim (release() hands over only a claim
         # it holds), then stop its ownership rounds for good (a mere cancel() could land on
         # the claim in flight: claimed in the store, never held, never handed over).
-        for _ in range(500):
-            if ("t", 0) in broker.logs.claims:
-                break
-            await asyncio.sleep(0.01)
-        assert ("t", 0) in broker.logs.claims
+        await eventually(lambda: ("t", 0) in broker.logs.claims, 5)
         assert broker.logs._ownership is not None
         await stop_task(broker.logs._ownership)  # we do not take it back
         await broker.logs.release("t", 0)  # handed over: nobody owns it now
         # The watch may still bring our own claim's put (then the release's delete): let it
         # catch up before it stops, so that the mirror holds no owner.
-        for _ in range(500):
-            if broker.cluster.owner("t", 0) is None:
-                break
-            await asyncio.sleep(0.01)
-        assert broker.cluster.owner("t", 0) is None
+        await eventually(lambda: broker.cluster.owner("t", 0) is None, 5)
         await broker.cluster.owners.close()  # nor hear of the claim below
         state_key = broker.topics.partition_key("t", 0)
         state = json.loads((await cluster.store.get(state_key)).value)  # type: ignore[union-attr]
