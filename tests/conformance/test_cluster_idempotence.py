@@ -246,8 +246,10 @@ def test_idempotent_producers_through_broker_crashes(
         except BaseException as e:  # reported by the test
             errors.append(e)
 
-    def acked_by(client: str) -> list[Send]:
-        return [s for s in list(history.sends) if s.process == client and s.outcome == "ok"]
+    def acked_by(client: str, since: int = 0) -> list[Send]:
+        """The client's acknowledged sends among the sends from the ``since``-th on."""
+        sends = list(history.sends)[since:]
+        return [s for s in sends if s.process == client and s.outcome == "ok"]
 
     def survivors_take_over(crashed: float, crashed_at: int) -> None:
         """The victim's partitions move to the survivors (after the lease TTL: every partition
@@ -258,12 +260,7 @@ def test_idempotent_producers_through_broker_crashes(
         wait_for(
             "acks on every partition after the crash, for every client",
             lambda: all(
-                {
-                    s.partition
-                    for s in list(history.sends)[crashed_at:]
-                    if s.outcome == "ok" and s.process == client
-                }
-                == set(range(PARTITIONS))
+                {s.partition for s in acked_by(client, crashed_at)} == set(range(PARTITIONS))
                 for client in PRODUCERS
             ),
         )
