@@ -13,8 +13,9 @@ unchanged (``Host`` included, so signatures stay valid) until told otherwise::
 
 A rule applies to matching requests (``method``; ``path_contains``, a substring of the path
 and query, e.g. ``"/bucket/key"`` or ``"continuation-token"``), for the next
-``count`` of them, or for ``seconds`` from now, or (neither) until :meth:`FaultProxy.clear`;
-the first live rule that matches wins. Faults:
+``count`` of them, or for ``seconds`` from now (``from_first=True``: from the first request
+it matches, so a test that stalls before its request still meets the fault), or (neither) until
+:meth:`FaultProxy.clear`; the first live rule that matches wins. Faults:
 
 - :func:`error` (:func:`slow_down`, :func:`internal_error`): an S3 error answer; the request is
   not forwarded.
@@ -107,6 +108,8 @@ class Rule:
     path_contains: str | None = None
     remaining: int | None = None
     until: float | None = None
+    window: float | None = None
+    """Seconds the rule lasts from its first match (``until`` is set then)."""
     hits: int = 0
 
     def live(self, now: float) -> bool:
@@ -193,17 +196,21 @@ class FaultProxy:
         *,
         count: int | None = None,
         seconds: float | None = None,
+        from_first: bool = False,
         method: str | None = None,
         path_contains: str | None = None,
     ) -> Rule:
         """Apply ``fault`` to the next ``count`` matching requests, or to those of the next
-        ``seconds``, or (neither given) until :meth:`clear`."""
+        ``seconds`` (counted from now, or from the first match with ``from_first``), or
+        (neither given) until :meth:`clear`."""
+        timed = seconds is not None and not from_first
         rule = Rule(
             fault,
             method=method,
             path_contains=path_contains,
             remaining=count,
-            until=None if seconds is None else time.monotonic() + seconds,
+            until=time.monotonic() + seconds if timed and seconds is not None else None,
+            window=seconds if from_first else None,
         )
         with self._lock:
             self._rules.append(rule)
@@ -231,6 +238,8 @@ class FaultProxy:
             for rule in self._rules:
                 if rule.live(now) and rule.matches(request.method, request.target):
                     rule.hits += 1
+                    if rule.window is not None and rule.until is None:
+                        rule.until = now + rule.window
                     if rule.remaining is not None:
                         rule.remaining -= 1
                     fault = rule.fault
