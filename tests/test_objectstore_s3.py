@@ -660,3 +660,42 @@ def test_fault_proxy_runs_in_a_thread_for_synchronous_callers(
         proxy.stop_thread()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_put_body_is_not_copied_on_uvloop(
+    server: s3server.S3Server, bucket: str, loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp joins the headers and the body of a request into one new ``bytes`` (a copy of
+    the body) unless told its transport's writelines is safe, which uvloop's is: a PUT on
+    uvloop allocates far less than its body, and on asyncio's loop aiohttp's guard stays."""
+    import tracemalloc
+
+    import aiohttp.http_writer
+    import uvloop
+
+    monkeypatch.setattr(aiohttp.http_writer, "SKIP_WRITELINES", True)
+    body = random.randbytes(8 * 1024 * 1024)
+
+    async def main() -> tuple[int, bytes]:
+        store = S3ObjectStore(bucket, endpoint_url=server.endpoint_url, path_style=True)
+        try:
+            await store.put("warm", b"x")  # the client, its pool and a connection made
+            tracemalloc.start()
+            try:
+                await store.put("big", body)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            return peak, await store.get("big")
+        finally:
+            await store.close()
+
+    peak, back = uvloop.run(main()) if loop == "uvloop" else asyncio.run(main())
+    assert back == body
+    if loop == "uvloop":
+        assert aiohttp.http_writer.SKIP_WRITELINES is False
+        assert peak < len(body) // 2, f"a PUT of {len(body)} bytes allocated {peak}"
+    else:
+        assert aiohttp.http_writer.SKIP_WRITELINES is True
+        assert peak >= len(body), "the copy this test detects was not seen: the test is blind"

@@ -177,6 +177,19 @@ def _payload_signing_configured() -> bool:
     return "payload_signing_enabled" in s3
 
 
+def _write_bodies_in_place() -> None:
+    """Let aiohttp hand a request's headers and body to the transport as they are when the
+    running loop is uvloop's, instead of joining them into a new ``bytes`` first.
+
+    aiohttp joins them (a copy of every uploaded byte: ~8 % of the broker's CPU on produce)
+    whenever Python is older than 3.12.9 or is 3.13.0-3.13.1, because asyncio's own socket
+    transport's ``writelines`` is unsafe there (CVE-2024-12254, 3.12) or joins anyway (3.11).
+    uvloop's transports write a sequence of buffers with one ``writev``, holding references,
+    so the guard only costs a copy; it stays as it is on asyncio's loops."""
+    if type(asyncio.get_running_loop()).__module__.partition(".")[0] == "uvloop":
+        aiohttp.http_writer.SKIP_WRITELINES = False
+
+
 class _BadBody(Exception):
     """A response body failed verification (length, range or CRC32C): retried."""
 
@@ -379,6 +392,7 @@ class S3ObjectStore(ObjectStore):
         if self._s3 is None:
             async with self._client_lock:
                 if self._s3 is None:
+                    _write_bodies_in_place()
                     stack = AsyncExitStack()
                     client = await stack.enter_async_context(
                         _session().create_client(
