@@ -46,7 +46,7 @@ import math
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,7 @@ from kafscale.broker.producers import (
 )
 from kafscale.broker.producers import check as check_producer
 from kafscale.broker.producers import commit as commit_producers
+from kafscale.broker.segment_cache import SegmentCache
 from kafscale.broker.topics import Topics
 from kafscale.broker.txn_index import assign as assign_aborted
 from kafscale.broker.txn_index import last_stable_offset
@@ -270,8 +271,9 @@ class _Flush:
     """The leader epoch stamped into its batches (it commits only while still current)."""
     bases: list[int]
     """Each entry's base offset."""
-    built: list[tuple[SegmentMeta, bytes, bytes | None]] = field(default_factory=list)
-    """(meta, its bytes, its index object or None for a piece), once uploaded."""
+    built: list[tuple[SegmentMeta, Sequence[Buffer], bytes | None]] = field(default_factory=list)
+    """(meta, its bytes as the chunks it was uploaded as, its index object or None for a
+    piece), once uploaded."""
     failed: bool = False
     """Answered with an error (or aborted because an earlier flush of its partition failed):
     it never commits."""
@@ -406,37 +408,6 @@ class PartitionLog:
             return self.segments[i]
         i = max(i + 1, 0)
         return self.segments[i] if i < len(self.segments) else None
-
-
-class SegmentCache:
-    """Recently written or read segment objects, LRU by total bytes."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.used = 0
-        self.items: OrderedDict[str, bytes] = OrderedDict()
-        self.hits = 0
-        """Reads served from the cache, or by joining a read in progress (metrics)."""
-        self.misses = 0
-        """Reads that started an object-store read (read-aheads included)."""
-
-    def get(self, key: str) -> bytes | None:
-        data = self.items.get(key)
-        if data is not None:
-            self.items.move_to_end(key)
-        return data
-
-    def put(self, key: str, data: bytes) -> None:
-        if len(data) > self.capacity:
-            return
-        old = self.items.pop(key, None)
-        if old is not None:
-            self.used -= len(old)
-        self.items[key] = data
-        self.used += len(data)
-        while self.used > self.capacity:
-            _, evicted = self.items.popitem(last=False)
-            self.used -= len(evicted)
 
 
 class LogManager:
@@ -1303,11 +1274,12 @@ class LogManager:
         plog.inflight.append(flush)
         return flush
 
-    def _pieces(self, flush: _Flush) -> list[tuple[SegmentMeta, bytes]]:
+    def _pieces(self, flush: _Flush) -> list[tuple[SegmentMeta, list[Buffer]]]:
         """The flush's data as KAFS pieces (one per ``segment.bytes`` of data; a lone bigger
-        request gets its own), offsets assigned and stamped with its epoch; their keys and
-        positions are set once they are packed into ingest objects."""
-        built: list[tuple[SegmentMeta, bytes]] = []
+        request gets its own), offsets assigned and stamped with its epoch, each as chunks
+        (its header and footer around views of the requests' batches: not copied here); their
+        keys and positions are set once they are packed into ingest objects."""
+        built: list[tuple[SegmentMeta, list[Buffer]]] = []
         offset = flush.first
         now = int(time.time() * 1000)
         for group in _split(flush.entries, self.config.segment_bytes):
@@ -1326,7 +1298,7 @@ class LogManager:
             meta = SegmentMeta(
                 first, segment.last_offset, segment.size, segment.max_timestamp, "", 0, True, now
             )
-            built.append((meta, b"".join(segment.chunks)))
+            built.append((meta, segment.chunks))
         if offset != flush.end:
             raise RuntimeError(f"offsets assigned up to {offset}, expected {flush.end}")
         return built
@@ -1336,7 +1308,7 @@ class LogManager:
         as :data:`INGEST_OBJECT_BYTES` allows (the objects per cycle do not grow with the
         partitions), uploaded concurrently. A failure answers the requests of the flushes in
         that object (and of their partitions' later flushes) with a retriable error."""
-        packs: list[list[tuple[_Flush, list[tuple[SegmentMeta, bytes]]]]] = [[]]
+        packs: list[list[tuple[_Flush, list[tuple[SegmentMeta, list[Buffer]]]]]] = [[]]
         size = 0
         for flush in flushes:
             if flush.failed:
@@ -1346,7 +1318,7 @@ class LogManager:
             except Exception as error:
                 self._fail(flush, error, committing=False)
                 continue
-            bytes_ = sum(len(body) for _, body in pieces)
+            bytes_ = sum(meta.size for meta, _ in pieces)
             if packs[-1] and size + bytes_ > INGEST_OBJECT_BYTES:
                 packs.append([])
                 size = 0
@@ -1355,17 +1327,17 @@ class LogManager:
         await asyncio.gather(*(self._upload_pack(pack) for pack in packs if pack))
 
     async def _upload_pack(
-        self, pack: list[tuple[_Flush, list[tuple[SegmentMeta, bytes]]]]
+        self, pack: list[tuple[_Flush, list[tuple[SegmentMeta, list[Buffer]]]]]
     ) -> None:
         lease = self.cluster.lease if self.cluster is not None else 0
         key = ingest_key(self.config.namespace, self.config.broker_id, lease, secrets.token_hex(6))
-        chunks: list[bytes] = []
+        chunks: list[Buffer] = []
         pos = 0
         for _, pieces in pack:
             for meta, body in pieces:
                 meta.key, meta.pos = key, pos
-                chunks.append(body)
-                pos += len(body)
+                chunks += body
+                pos += meta.size
         try:
             # Every object before the commit: a crash in between leaves an orphan that is
             # never served (nothing points at it; the janitor collects it), not a gap.
@@ -1697,7 +1669,7 @@ class LogManager:
 
     def _read_ahead(self, seg: SegmentMeta, i: int) -> None:
         key = f"{seg.key}@{i}"
-        if self.cache.get(key) is None and key not in self._reading:
+        if key not in self.cache and key not in self._reading:
             task = asyncio.ensure_future(self._chunk(seg, i))
             task.add_done_callback(_quiet)
 
@@ -1726,7 +1698,7 @@ class LogManager:
         """Bring what a read of ``max_bytes`` at ``offset`` takes into the cache (a Fetch
         does this for all its partitions at once); failures are left to the read itself."""
         seg = plog.segment_for(offset)
-        if seg is None or self.cache.get(seg.cache_key) is not None:
+        if seg is None or seg.cache_key in self.cache:
             return
         with contextlib.suppress(Exception):
             start = await self._position(seg, offset)
@@ -1736,7 +1708,7 @@ class LogManager:
         """A read stopped at ``offset``: when that is the start of another segment, fetch
         its index and first chunk ahead (a consumer catching up reads on from there)."""
         seg = plog.segment_for(offset)
-        if seg is None or seg.piece or seg.base != offset or self.cache.get(seg.key):
+        if seg is None or seg.piece or seg.base != offset or seg.key in self.cache:
             return
         self._read_ahead(seg, 0)
         if seg.key not in self.indexes:

@@ -1,0 +1,76 @@
+"""The segment cache's memory budget with entries cached as chunks that view shared buffers
+(kafscale/broker/segment_cache.py): a buffer counts once, at its full size, while any entry
+views it; an entry is joined when first read; LRU eviction keeps ``used`` within capacity."""
+
+from __future__ import annotations
+
+import random
+
+from kafscale.broker.segment_cache import SegmentCache
+
+
+def frame(size: int) -> bytearray:
+    return bytearray(random.randbytes(size))
+
+
+def test_chunks_viewing_one_buffer_count_it_once_at_its_full_size() -> None:
+    cache = SegmentCache(10_000)
+    buf = frame(1_000)
+    view = memoryview(buf)
+    cache.put("a", [b"HEAD", view[0:300], b"FOOT"])
+    cache.put("b", [b"HDR2", view[300:700]])
+    # The frame's 1,000 bytes once, the two headers and the footer (bytes objects).
+    assert cache.used == 1_000 + 4 + 4 + 4
+    assert "a" in cache and len(cache) == 2
+    assert cache.get("b") == b"HDR2" + bytes(buf[300:700])
+    # b was joined: it now holds its own 404 bytes; a still views the frame.
+    assert cache.used == 1_000 + 4 + 4 + 404
+    assert cache.get("a") == b"HEAD" + bytes(buf[0:300]) + b"FOOT"
+    assert cache.used == 404 + 308  # no entry views the frame any more
+    assert all(isinstance(v, bytes) for v in cache.items.values())
+
+
+def test_a_buffer_is_uncounted_only_when_its_last_viewer_is_evicted() -> None:
+    cache = SegmentCache(2_500)
+    one, two = frame(1_000), frame(1_000)
+    cache.put("a1", [memoryview(one)[:500]])
+    cache.put("a2", [memoryview(one)[500:]])
+    cache.put("b1", [memoryview(two)[:500]])
+    assert cache.used == 2_000
+    cache.put("c", b"x" * 400)
+    assert cache.used == 2_400 and len(cache) == 4
+    # 1,000 more: a1 goes first (LRU) but frees nothing; a2 goes too, which frees `one`.
+    cache.put("d", [memoryview(frame(1_000))])
+    assert list(cache.items) == ["b1", "c", "d"]
+    assert cache.used == 1_000 + 400 + 1_000 <= cache.capacity
+
+
+def test_reading_refreshes_recency_and_never_exceeds_capacity() -> None:
+    cache = SegmentCache(3_000)
+    bufs = [frame(1_000) for _ in range(3)]
+    for i, b in enumerate(bufs):
+        cache.put(f"k{i}", [memoryview(b)])
+    assert cache.get("k0") == bytes(bufs[0])  # now most recent
+    cache.put("k3", [memoryview(frame(1_000))])
+    assert "k1" not in cache and "k0" in cache
+    assert cache.used <= cache.capacity
+    assert cache.get("missing") is None
+
+
+def test_entries_too_large_for_their_buffers_are_copied_or_skipped() -> None:
+    cache = SegmentCache(1_000)
+    big = frame(5_000)
+    cache.put("small-view-of-a-big-frame", [memoryview(big)[:100]])
+    assert cache.items["small-view-of-a-big-frame"] == bytes(big[:100])  # a copy of 100 bytes
+    assert cache.used == 100
+    cache.put("too-big", [memoryview(big)[:2_000]])
+    cache.put("too-big-bytes", b"y" * 2_000)
+    assert "too-big" not in cache and "too-big-bytes" not in cache and cache.used == 100
+
+
+def test_replacing_a_key_releases_what_it_held() -> None:
+    cache = SegmentCache(10_000)
+    buf = frame(1_000)
+    cache.put("k", [memoryview(buf)[:10]])
+    cache.put("k", b"new")
+    assert cache.used == 3 and cache.get("k") == b"new"
