@@ -74,3 +74,22 @@ def test_replacing_a_key_releases_what_it_held() -> None:
     cache.put("k", [memoryview(buf)[:10]])
     cache.put("k", b"new")
     assert cache.used == 3 and cache.get("k") == b"new"
+
+
+def test_a_range_of_a_chunked_entry_is_the_range_of_its_joined_bytes() -> None:
+    rng = random.Random(7)
+    cache = SegmentCache(1 << 20)
+    buf = frame(5_000)
+    chunks = [b"H" * 32, memoryview(buf)[100:1_100], b"h" * 8, memoryview(buf)[2_000:4_500]]
+    chunks.append(b"F" * 16)
+    whole = b"".join(chunks)
+    cache.put("k", chunks)
+    for _ in range(300):
+        start = rng.randrange(0, len(whole) + 10)
+        end = rng.randrange(start, len(whole) + 20)
+        assert cache.get_range("k", start, end) == whole[start:end], (start, end)
+    assert cache.get_range("k", 40, 40) == b""
+    assert isinstance(cache.items["k"], tuple)  # ranges are copied out; the entry stays
+    cache.put("b", whole)
+    assert cache.get_range("b", 10, 20) == whole[10:20]
+    assert cache.get_range("missing", 0, 1) is None

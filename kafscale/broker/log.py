@@ -1643,10 +1643,10 @@ class LogManager:
         recently), else a piece whole with one ranged GET, a segment in aligned chunks of
         :data:`READ_CHUNK` (ranged GETs), the chunk after the last one read fetched ahead in
         the background, so a consumer reading on finds it ready."""
-        whole = self.cache.get(seg.cache_key)
-        if whole is not None:
+        cached = self.cache.get_range(seg.cache_key, start, end)
+        if cached is not None:
             self.cache.hits += 1
-            return whole[start:end]
+            return cached
         if seg.piece:
             whole = await self._cached(
                 seg.cache_key, lambda: self.objects.get_range(seg.key, seg.pos, seg.pos + seg.size)

@@ -4,8 +4,8 @@ Entries are read whole segments, chunks of them, and the pieces a flush cycle ju
 piece is cached as it was uploaded, the chunks it is made of (its header and footer, and views
 of the Produce requests' frames holding its batches), not as a copy: the broker's produce path
 then copies a byte only where its object store must (S3: one request body; the local store
-writes the chunks as they are). A piece is joined into one ``bytes`` when it is first read, so
-that a piece read again and again holds no frame in memory.
+writes the chunks as they are). A read of a range of it copies just that range out of the
+chunks, the one copy a read of a ``bytes`` entry makes too (a slice).
 
 The budget counts memory, not entry sizes: the buffers an entry's chunks view (a frame of
 several partitions' batches, say) are counted once, at their full size, for as long as any
@@ -65,6 +65,27 @@ class SegmentCache:
         self.items.move_to_end(key)
         self._evict()
         return data
+
+    def get_range(self, key: str, start: int, end: int) -> bytes | None:
+        """Bytes ``[start, end)`` of the entry under ``key`` (a copy of just those), or None
+        when it is not cached."""
+        data = self.items.get(key)
+        if data is None:
+            return None
+        self.items.move_to_end(key)
+        if isinstance(data, bytes):
+            return data[start:end]
+        parts: list[Buffer] = []
+        pos = 0
+        for chunk in data:
+            size = len(chunk)
+            if pos + size > start and pos < end:
+                view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
+                parts.append(view[max(start - pos, 0) : min(end - pos, size)])
+            pos += size
+            if pos >= end:
+                break
+        return b"".join(parts)
 
     def put(self, key: str, data: bytes | Sequence[Buffer]) -> None:
         """Cache ``data`` (bytes, or the chunks that joined are the bytes) under ``key``,
