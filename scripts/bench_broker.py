@@ -227,6 +227,15 @@ class Proc:
         fields = stat.rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
+    def minor_faults(self) -> int:
+        """Minor page faults of the process so far (memory first touched, or given back and
+        touched again: each costs the kernel a zeroed page)."""
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return 0
+        return int(stat.rsplit(")", 1)[1].split()[7])
+
     def status_kib(self, key: str) -> int:
         """A ``kB`` line of /proc/PID/status (VmHWM: peak RSS, VmRSS: current)."""
         try:
@@ -767,6 +776,8 @@ class CpuMeter:
 
     def snapshot(self) -> dict[str, float]:
         now = {name: part.cpu_seconds() for name, part in self.parts.items()}
+        if (broker := self.parts.get("broker")) is not None:
+            now["broker_faults"] = float(broker.minor_faults())
         now["client"] = client_cpu_seconds()
         now["machine"] = machine_busy_seconds()
         now["wall"] = time.perf_counter()
@@ -788,8 +799,11 @@ class CpuMeter:
         spent = {name: now[name] - self.last[name] for name in now}
         self.last = now
         wall, busy = spent.pop("wall"), spent.pop("machine")
+        faults = spent.pop("broker_faults", None)
         foreign = max(0.0, busy - sum(spent.values()))
         out = {f"{name}_cpu_s_per_mb_{phase}": cpu / mb for name, cpu in spent.items()}
+        if faults is not None:
+            out[f"broker_minor_faults_per_mb_{phase}"] = faults / mb
         out[f"other_cpu_s_per_mb_{phase}"] = foreign / mb
         out[f"other_cpu_share_{phase}"] = foreign / ((os.cpu_count() or 1) * wall)
         return out
@@ -1357,6 +1371,9 @@ class Deployment:
 
     def cpu_seconds(self) -> float:
         return sum(p.cpu_seconds() for p in self.procs)
+
+    def minor_faults(self) -> int:
+        return sum(p.minor_faults() for p in self.procs)
 
     def status_kib(self, key: str) -> int:
         """The largest process's ``key`` (VmRSS, VmHWM) from /proc/PID/status."""
