@@ -6,7 +6,16 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
+from kafscale.broker import segment_cache
 from kafscale.broker.segment_cache import SegmentCache
+
+
+@pytest.fixture(autouse=True)
+def any_chunk_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small buffers stand for big ones here: chunks of any size are kept as they are."""
+    monkeypatch.setattr(segment_cache, "MIN_CHUNK_BYTES", 1)
 
 
 def frame(size: int) -> bytearray:
@@ -93,3 +102,18 @@ def test_a_range_of_a_chunked_entry_is_the_range_of_its_joined_bytes() -> None:
     cache.put("b", whole)
     assert cache.get_range("b", 10, 20) == whole[10:20]
     assert cache.get_range("missing", 0, 1) is None
+
+
+def test_entries_of_small_chunks_are_joined(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each view is an object the garbage collector walks: chunks below MIN_CHUNK_BYTES on
+    average are cached as one ``bytes``; larger ones as they are."""
+    monkeypatch.setattr(segment_cache, "MIN_CHUNK_BYTES", 1_000)
+    cache = SegmentCache(100_000)
+    buf = frame(10_000)
+    small = [b"HEAD", memoryview(buf)[:900], memoryview(buf)[900:1_800]]  # 601 on average
+    cache.put("small", small)
+    assert cache.items["small"] == b"".join(small) and cache.used == 1_804
+    large = [b"HEAD", memoryview(buf)[2_000:9_000]]  # 3,502 on average
+    cache.put("large", large)
+    assert isinstance(cache.items["large"], tuple)
+    assert cache.used == 1_804 + 4 + 10_000
