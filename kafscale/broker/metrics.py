@@ -564,7 +564,11 @@ class BrokerCollector:
             "Segment reads that started an object-store read.",
             cache.misses,
         )
-        yield _gauge("kafscale_segment_cache_bytes", "Bytes in the segment cache.", cache.used)
+        yield _gauge(
+            "kafscale_segment_cache_bytes",
+            "Bytes of memory the segment cache holds (buffers its entries share counted once).",
+            cache.used,
+        )
         yield _gauge(
             "kafscale_segment_cache_capacity_bytes",
             "Capacity of the segment cache (segment-cache-bytes).",
