@@ -92,6 +92,7 @@ import base64
 import logging
 import random
 import re
+import sys
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -185,8 +186,14 @@ def _write_bodies_in_place() -> None:
     whenever Python is older than 3.12.9 or is 3.13.0-3.13.1, because asyncio's own socket
     transport's ``writelines`` is unsafe there (CVE-2024-12254, 3.12) or joins anyway (3.11).
     uvloop's transports write a sequence of buffers with one ``writev``, holding references,
-    so the guard only costs a copy; it stays as it is on asyncio's loops."""
-    if type(asyncio.get_running_loop()).__module__.partition(".")[0] == "uvloop":
+    so the guard only costs a copy. The switch is aiohttp's, for the whole process: it is
+    thrown only before Python 3.12, where asyncio's transports join in ``writelines``
+    themselves (so any other loop of the process is as safe as before), never on the affected
+    3.12s and 3.13s (3.12.9+ and 3.13.2+ do not need it)."""
+    if (
+        sys.version_info < (3, 12)
+        and type(asyncio.get_running_loop()).__module__.partition(".")[0] == "uvloop"
+    ):
         aiohttp.http_writer.SKIP_WRITELINES = False
 
 
