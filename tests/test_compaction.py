@@ -334,8 +334,7 @@ def test_a_large_batch_after_small_ones_in_one_segment_is_read_whole(tmp_path: P
         compactor = Compactor(logs)
         compactor.policy = lambda topic: Policy(1 << 26, 1 << 40, idle_ms=0)  # type: ignore
         assert await compactor.compact(await logs.get("t", 0))
-        logs.cache.items.clear()
-        logs.cache.used = 0
+        logs.cache.clear()
         got = await c.fetch("t", 1, max_bytes=1 << 20)
         assert values(got.records) == [(1, big)]
         assert [v for _, v in await all_values(c)] == [b"small before", big, b"small after"]

@@ -392,8 +392,7 @@ class Harness:
         expected = [(o, v) for o, v in enumerate(values) if o >= log_start]
         assert await self.read_all(partition, log_start, len(values)) == expected
         logs = self.logs
-        logs.cache.items.clear()
-        logs.cache.used = 0
+        logs.cache.clear()
         logs.indexes.clear()
         assert await self.read_all(partition, log_start, len(values)) == expected
         if plog.log_start > 0:

@@ -117,3 +117,13 @@ def test_entries_of_small_chunks_are_joined(monkeypatch: pytest.MonkeyPatch) -> 
     cache.put("large", large)
     assert isinstance(cache.items["large"], tuple)
     assert cache.used == 1_804 + 4 + 10_000
+
+
+def test_clear_forgets_the_buffers_held() -> None:
+    cache = SegmentCache(10_000)
+    cache.put("k", [memoryview(frame(1_000))])
+    cache.clear()
+    assert cache.used == 0 and len(cache) == 0
+    buf = frame(1_000)
+    cache.put("j", [memoryview(buf)])
+    assert cache.used == 1_000  # counted afresh, whatever id the new buffer has

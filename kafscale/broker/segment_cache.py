@@ -60,6 +60,12 @@ class SegmentCache:
     def __len__(self) -> int:
         return len(self.items)
 
+    def clear(self) -> None:
+        """Drop every entry (as after a restart)."""
+        self.items.clear()
+        self._held.clear()
+        self.used = 0
+
     def get(self, key: str) -> bytes | None:
         """The bytes under ``key`` (joined now if they were cached as chunks), or None."""
         data = self.items.get(key)
