@@ -398,25 +398,37 @@ def test_headline_targets_and_scenarios() -> None:
 
 
 def test_cpu_meter_splits_the_machine() -> None:
-    """Per MB of each part, the client, and the rest of the machine's busy time (other work)."""
+    """Per MB of each part, the client, and the rest of the machine's busy time (other work);
+    the broker's minor page faults per MB; a skipped phase (a warm-up) in seconds, outside
+    every per-MB figure."""
     bench = _bench()
 
     class Part:
-        def __init__(self, *seconds: float) -> None:
+        def __init__(self, *seconds: float, faults: tuple[int, ...] = ()) -> None:
             self.seconds = list(seconds)
+            self.faults = list(faults)
 
         def cpu_seconds(self) -> float:
             return self.seconds.pop(0)
 
-    meter = bench.CpuMeter(broker=Part(1.0, 3.0), s3=Part(0.0, 0.5), etcd=None)
+        def minor_faults(self) -> int:
+            return self.faults.pop(0)
+
+    broker = Part(0.5, 1.0, 3.0, faults=(10, 100, 2_100))
+    meter = bench.CpuMeter(broker=broker, s3=Part(0.0, 0.0, 0.5), etcd=None)
+    warm = meter.skip("warmup")
+    assert set(warm) == {"broker_cpu_s_warmup", "s3_cpu_s_warmup", "client_cpu_s_warmup"}
+    assert warm["broker_cpu_s_warmup"] == 0.5 and warm["s3_cpu_s_warmup"] == 0.0
     figures = meter.phase("produce", 10.0)
     assert set(figures) == {
         "broker_cpu_s_per_mb_produce",
+        "broker_minor_faults_per_mb_produce",
         "s3_cpu_s_per_mb_produce",
         "client_cpu_s_per_mb_produce",
         "other_cpu_s_per_mb_produce",
         "other_cpu_share_produce",
     }
     assert figures["broker_cpu_s_per_mb_produce"] == 0.2
+    assert figures["broker_minor_faults_per_mb_produce"] == 200
     assert figures["s3_cpu_s_per_mb_produce"] == 0.05
     assert figures["other_cpu_s_per_mb_produce"] >= 0 and figures["other_cpu_share_produce"] >= 0
