@@ -218,23 +218,27 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the process (all its threads)."""
+    def _stat(self) -> list[str] | None:
+        """The fields of /proc/PID/stat after the command name (None once the process is
+        gone): field 3 of proc(5) is the first."""
         try:
             stat = Path(f"/proc/{self.pid}/stat").read_text()
         except OSError:
+            return None
+        return stat.rsplit(")", 1)[1].split()
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process (all its threads)."""
+        fields = self._stat()
+        if fields is None:
             return float("nan")
-        fields = stat.rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
     def minor_faults(self) -> int:
         """Minor page faults of the process so far (memory first touched, or given back and
         touched again: each costs the kernel a zeroed page)."""
-        try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except OSError:
-            return 0
-        return int(stat.rsplit(")", 1)[1].split()[7])
+        fields = self._stat()
+        return 0 if fields is None else int(fields[7])
 
     def status_kib(self, key: str) -> int:
         """A ``kB`` line of /proc/PID/status (VmHWM: peak RSS, VmRSS: current)."""
@@ -783,21 +787,25 @@ class CpuMeter:
         now["wall"] = time.perf_counter()
         return now
 
-    def skip(self, phase: str) -> dict[str, float]:
-        """Since the previous phase, CPU seconds of each part (``{part}_cpu_s_{phase}``):
-        for a phase that no per-MB figure should include (a warm-up)."""
+    def _since(self) -> dict[str, float]:
+        """What each counter of :meth:`snapshot` grew by since the previous phase; a new
+        phase starts."""
         now = self.snapshot()
         spent = {name: now[name] - self.last[name] for name in now}
         self.last = now
+        return spent
+
+    def skip(self, phase: str) -> dict[str, float]:
+        """Since the previous phase, CPU seconds of each part (``{part}_cpu_s_{phase}``):
+        for a phase that no per-MB figure should include (a warm-up)."""
+        spent = self._since()
         return {f"{name}_cpu_s_{phase}": spent[name] for name in (*self.parts, "client")}
 
     def phase(self, phase: str, mb: float) -> dict[str, float]:
         """Since the previous phase: ``{part}_cpu_s_per_mb_{phase}`` for every part and the
         client, ``other_cpu_s_per_mb_{phase}`` and ``other_cpu_share_{phase}`` (of all cores
         over the wall time)."""
-        now = self.snapshot()
-        spent = {name: now[name] - self.last[name] for name in now}
-        self.last = now
+        spent = self._since()
         wall, busy = spent.pop("wall"), spent.pop("machine")
         faults = spent.pop("broker_faults", None)
         foreign = max(0.0, busy - sum(spent.values()))
