@@ -38,6 +38,11 @@ def _size(buffer: object) -> int:
     return memoryview(buffer).nbytes  # type: ignore[arg-type]
 
 
+def _bases(chunks: tuple[Buffer, ...]) -> dict[int, object]:
+    """The distinct buffers ``chunks`` are views of (or are), by id."""
+    return {id(b): b for b in map(_base, chunks)}
+
+
 class SegmentCache:
     """Recently written or read segment bytes under keys, LRU by the memory they hold."""
 
@@ -142,11 +147,10 @@ class SegmentCache:
 
     def _cost(self, chunks: tuple[Buffer, ...]) -> int:
         """The memory caching ``chunks`` would add: the buffers they view not held yet."""
-        bases = {id(b): b for b in map(_base, chunks)}
-        return sum(_size(b) for i, b in bases.items() if i not in self._held)
+        return sum(_size(b) for i, b in _bases(chunks).items() if i not in self._held)
 
     def _hold(self, chunks: tuple[Buffer, ...]) -> None:
-        for i, b in {id(b): b for b in map(_base, chunks)}.items():
+        for i, b in _bases(chunks).items():
             held = self._held.get(i)
             if held is None:
                 size = _size(b)
@@ -156,7 +160,7 @@ class SegmentCache:
                 held[0] += 1
 
     def _release(self, chunks: tuple[Buffer, ...]) -> None:
-        for i in {id(_base(c)) for c in chunks}:
+        for i in _bases(chunks):
             held = self._held[i]
             held[0] -= 1
             if held[0] == 0:
