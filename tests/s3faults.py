@@ -203,13 +203,12 @@ class FaultProxy:
         """Apply ``fault`` to the next ``count`` matching requests, or to those of the next
         ``seconds`` (counted from now, or from the first match with ``from_first``), or
         (neither given) until :meth:`clear`."""
-        timed = seconds is not None and not from_first
         rule = Rule(
             fault,
             method=method,
             path_contains=path_contains,
             remaining=count,
-            until=time.monotonic() + seconds if timed and seconds is not None else None,
+            until=None if seconds is None or from_first else time.monotonic() + seconds,
             window=seconds if from_first else None,
         )
         with self._lock:
