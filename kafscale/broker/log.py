@@ -427,6 +427,8 @@ class LogManager:
         """Object reads in progress by cache key (a read-ahead and a read share one GET)."""
         self.pending_bytes = 0
         self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        """``flush.bytes`` are pending: the next cycle may start before the last one commits."""
         self._committed = asyncio.Condition()
         self._flusher: asyncio.Task[None] | None = None
         self._last_commit: asyncio.Task[bool] | None = None
@@ -435,8 +437,8 @@ class LogManager:
         """A wake-up of the flusher already due for transactional data."""
         self._bundles: list[_Bundle] = []
         """Markers waiting for a cycle of markers (:meth:`append_markers`)."""
-        self._marker_cycle: asyncio.Future[None] | None = None
-        """The uploads of the last cycle of markers."""
+        self._marker_cycle: asyncio.Task[bool] | None = None
+        """The commit of the last cycle of markers."""
         self._closing = False
         self._load_locks: dict[tuple[str, int], asyncio.Lock] = {}
         self._getting: dict[tuple[str, int], int] = {}
@@ -988,6 +990,7 @@ class LogManager:
         plog.pending_bytes += len(data)
         self.pending_bytes += len(data)
         if self.pending_bytes >= self.config.flush_bytes:
+            self._full.set()
             self._wake.set()
         elif producers and producers[0].transactional and self._soon is None:
             # A transactional producer waits for these records' acknowledgement before
@@ -1079,8 +1082,10 @@ class LogManager:
 
     def _start_marker_cycle(self) -> None:
         """Start a cycle of the waiting bundles (:meth:`append_markers`) unless one is
-        uploading (this runs again when its upload is done: bundles arriving meanwhile share
-        the next one, one upload and one commit for all; commits stay in cycle order). A
+        in flight (this runs again when it has committed: bundles arriving meanwhile share
+        the next one, one upload and one commit for all. Started when the last one had only
+        uploaded, cycles of one ending each kept coming, each with its object and commit:
+        8 transactional producers made ~0.6 cycles of markers per transaction). A
         cycle takes, for each of its partitions, the pending data first (a batch accepted
         before the marker stays before it) and the markers after, as many bundles as one
         metadata transaction holds with room to spare, and commits them all or none."""
@@ -1109,7 +1114,7 @@ class LogManager:
         if not taken:
             return
         flushes = [self._take(plog, markers) for plog, markers in taken.values()]
-        self._marker_cycle = self._launch(flushes, atomic=True)[0]
+        self._marker_cycle = self._launch(flushes, atomic=True)[1]
         self._marker_cycle.add_done_callback(lambda _: self._start_marker_cycle())
 
     @staticmethod
@@ -1178,6 +1183,7 @@ class LogManager:
             except TimeoutError:
                 pass
             self._wake.clear()
+            self._full.clear()
             try:
                 cycle = self._start_cycle([p for p in self.logs.values() if p.pending])
                 if cycle is not None:
@@ -1186,10 +1192,13 @@ class LogManager:
                     await asyncio.wait([uploads])
                     if committing is not None:  # the cycle before this one
                         await asyncio.wait([committing])
-                    if not self._wake.is_set():
+                    if not self._full.is_set():
                         # The next cycle starts once this one has committed, or as soon as
-                        # flush.bytes are pending.
-                        woken = asyncio.ensure_future(self._wake.wait())
+                        # flush.bytes are pending. Transactional data does not start it
+                        # sooner: what arrives meanwhile shares the next cycle (one upload and
+                        # one commit for several producers' transactions, instead of cycles
+                        # that each carry one, all paying for their object and commit).
+                        woken = asyncio.ensure_future(self._full.wait())
                         await asyncio.wait([commit, woken], return_when=asyncio.FIRST_COMPLETED)
                         woken.cancel()
                     committing = commit

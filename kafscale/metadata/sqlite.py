@@ -289,6 +289,9 @@ class SqliteMetadataStore(MetadataStore):
             conn.execute("PRAGMA locking_mode=EXCLUSIVE")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            # The savepoints of a group commit (one per transaction) journal the pages they
+            # change; in memory, not in a temp file written page by page.
+            conn.execute("PRAGMA temp_store=MEMORY")
             conn.execute("BEGIN IMMEDIATE")  # takes the exclusive lock now, not on first write
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
