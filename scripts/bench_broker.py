@@ -2491,7 +2491,8 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     def ratio(scenario: str, ours: str, key: str) -> float:
         return float(ratios.get(scenario, {}).get(ours, {}).get(key, float("nan")))
 
-    # Issue 15's (the cluster as deployed: etcd), then issue 7's (sqlite metadata, embedded).
+    # Issue 15's (the cluster as deployed: etcd; the embedded default, raised from issue 7's
+    # 1.0x to 1.2x), then issue 7's (sqlite metadata).
     for name, scenario, ours, key, want in (
         ("etcd: produce vs tansu-S3", "s3-throughput", "kafscale-etcd", "produce_mb_s", 2.0),
         ("S3 produce vs tansu-S3", "s3-throughput", "kafscale-s3", "produce_mb_s", 1.5),
@@ -2501,7 +2502,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             "embedded-throughput",
             "kafscale-embedded",
             "produce_mb_s",
-            1.0,
+            1.2,
         ),
     ):
         if ours in ratios.get(scenario, {}):
