@@ -22,6 +22,7 @@ loop; each call is one thread hop, which is cheap next to the I/O itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import stat
@@ -91,6 +92,26 @@ def _write_all(fd: int, chunks: Sequence[Buffer]) -> None:
         del views[:done]
         if written:
             views[0] = views[0][written:]
+
+
+_FADVISE = getattr(os, "posix_fadvise", None)
+"""``os.posix_fadvise`` where the platform has it (not macOS)."""
+
+
+def _drop_behind(fd: int) -> None:
+    """Drop the just-written (and fsynced, so clean) file's pages from the page cache.
+
+    An object is written once and read back through the broker's segment cache, which
+    already holds the recent bytes: kept in the page cache too, every byte would be held
+    twice, and the page cache would grow with every object written, each new page taken
+    from free memory. On a virtual machine that hands free memory back to its host (free page
+    reporting, as on these Firecracker machines) the first write to such a page costs a host
+    fault: embedded produce spent 2.7-3.4 ms of system time per MB, most of it copying into
+    new page-cache pages; dropping them behind lets the next object reuse them (1.7 ms).
+    Reads of a dropped object go to the disk (cold reads, compaction's inputs)."""
+    if _FADVISE is not None:
+        with contextlib.suppress(OSError):  # advice only: a filesystem may not take it
+            _FADVISE(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -191,6 +212,7 @@ class LocalObjectStore(ObjectStore):
                 try:
                     _write_all(fd, chunks)
                     os.fsync(fd)
+                    _drop_behind(fd)
                 finally:
                     os.close(fd)
             except BaseException:
