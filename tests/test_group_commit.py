@@ -432,6 +432,30 @@ def test_with_little_pending_the_flusher_lets_a_cycle_commit_before_the_next(
     run(tmp_path, scenario)
 
 
+def test_transactional_data_waits_for_the_cycle_committing_instead_of_overlapping_it(
+    tmp_path: Path,
+) -> None:
+    """Transactional data wakes the flusher 1 ms after it arrives (``_wake_soon``), but while
+    a cycle commits it waits for that commit and shares the next cycle: a cycle of its own
+    beside it would cost another object and commit for the same bytes."""
+
+    async def scenario(c: Client) -> None:
+        _, objects, first, second, uploaded, proceed = await first_commit_held(c)
+        logs = c.broker.logs
+        third = produce(c, 0, b"c")
+        await until(lambda: pending(logs) == 2)
+        for _ in range(5):
+            logs._wake_soon()  # what transactional data's timer calls
+            await asyncio.sleep(0.02)
+        assert objects.puts == uploaded and not first.done() and not second.done()
+        proceed.set()
+        assert (await first).base_offset == 0
+        assert [(await second).base_offset, (await third).base_offset] == [1, 2]
+        assert objects.puts == uploaded + 1  # the two shared one cycle
+
+    run(tmp_path, scenario)
+
+
 def test_a_flush_of_many_partitions_commits_on_etcd_within_its_limits(tmp_path: Path) -> None:
     """On a real etcd (which refuses a transaction of more than 128 operations), with owner
     keys in every guard: 100 partitions in one flush are 4 transactions of 128 operations."""
@@ -509,6 +533,38 @@ def test_markers_waiting_together_share_one_atomic_commit(tmp_path: Path) -> Non
         assert (await data).base_offset == 0  # before the markers
         assert [plog.hw for plog in plogs] == [2, 2, 3]
         assert objects.puts == 2
+
+    run(tmp_path, scenario, flush_interval_ms=60_000)
+
+
+def test_endings_wait_for_the_cycle_of_markers_committing(tmp_path: Path) -> None:
+    """A cycle of markers starts once the last one has committed, not uploaded: endings that
+    arrive while one commits share the next cycle (with 8 transactional producers, starting
+    on the upload made nearly a cycle of markers per ending)."""
+
+    async def scenario(c: Client) -> None:
+        await c.create("t", 3)
+        logs, meta, objects = wrap(c)
+        plogs = [await logs.get("t", p) for p in range(3)]
+        committing, proceed = asyncio.Event(), asyncio.Event()
+
+        async def hold(compares: list[Compare], puts: list[Put | Delete]) -> None:
+            if any(p.key == b"/test/a" for p in puts):
+                committing.set()
+                await proceed.wait()
+
+        meta.before = hold
+        first = _markers(logs, plogs[:2], 1, [Put(b"/test/a", b"1")])
+        await committing.wait()  # uploaded, committing (held)
+        uploaded = objects.puts
+        second = _markers(logs, plogs, 2, [Put(b"/test/b", b"2")])
+        third = _markers(logs, plogs[1:], 3, [Put(b"/test/c", b"3")])
+        await asyncio.sleep(0.05)
+        assert objects.puts == uploaded and not second.done()  # no cycle beside it
+        proceed.set()
+        a, b, c3 = await asyncio.gather(first, second, third)
+        assert a < b == c3  # the two later endings in one commit
+        assert objects.puts == uploaded + 1
 
     run(tmp_path, scenario, flush_interval_ms=60_000)
 

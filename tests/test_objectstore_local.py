@@ -172,6 +172,41 @@ def test_put_fsyncs_file_and_directory(tmp_path: Path, monkeypatch: pytest.Monke
     assert synced[3] == f"{root}/a"
 
 
+def test_a_written_object_is_dropped_from_the_page_cache_after_its_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each put and create advises the kernel to drop the file's pages (DONTNEED), after the
+    file's fsync (its pages are clean then: nothing is lost or written twice); the object
+    reads back whole."""
+    import kafscale.storage.local as local
+
+    if local._FADVISE is None:
+        pytest.skip("no posix_fadvise on this platform")
+    calls: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync")
+        real_fsync(fd)
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        assert (offset, length, advice) == (0, 0, os.POSIX_FADV_DONTNEED)
+        assert os.fstat(fd).st_size == 5  # the whole object, written
+        calls.append("dontneed")
+
+    async def body(store: LocalObjectStore) -> tuple[bytes, bytes]:
+        await store.put("a/first", b"x")  # its directory's fsyncs are not counted below
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(local, "_FADVISE", fadvise)
+        await store.put("a/b", b"hello")
+        await store.create("a/c", b"world")
+        return await store.get("a/b"), await store.get("a/c")
+
+    assert run(body, tmp_path) == (b"hello", b"world")
+    # Each: the file's fsync, the advice, then the directory's fsync.
+    assert calls == ["fsync", "dontneed", "fsync"] * 2
+
+
 def test_new_directories_are_fsynced_into_their_parents(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

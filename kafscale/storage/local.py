@@ -108,7 +108,8 @@ def _drop_behind(fd: int) -> None:
     reporting, as on these Firecracker machines) the first write to such a page costs a host
     fault: embedded produce spent 2.7-3.4 ms of system time per MB, most of it copying into
     new page-cache pages; dropping them behind lets the next object reuse them (1.7 ms).
-    Reads of a dropped object go to the disk (cold reads, compaction's inputs)."""
+    Reads of a dropped object go to the disk (cold reads; compaction's inputs no longer
+    in the segment cache)."""
     if _FADVISE is not None:
         with contextlib.suppress(OSError):  # advice only: a filesystem may not take it
             _FADVISE(fd, 0, 0, os.POSIX_FADV_DONTNEED)
