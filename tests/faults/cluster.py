@@ -396,8 +396,11 @@ class Cluster:
                 if not path.exists():
                     continue
                 lines = path.read_text(errors="replace").splitlines()
+                end = 0
                 for i, line in enumerate(lines):
-                    if line.startswith("Traceback"):
+                    # A chained exception's inner "Traceback" lines belong to the block that
+                    # began at its log line (whose last line is the final exception).
+                    if line.startswith("Traceback") and i >= end:
                         end = i + 1
                         while end < len(lines) and (
                             lines[end].startswith((" ", "\t", "Traceback"))

@@ -508,11 +508,13 @@ def test_etcd_leader_killed(tmp_path: Path, report: Callable[[str], None]) -> No
 
         # Handled paths that log a warning with the traceback of the etcd unavailability
         # this scenario injects: a watch resubscribing, an ownership round (retried a second
-        # later, e.g. a hand-over whose delete's outcome is unknown).
+        # later, e.g. a hand-over whose delete's outcome is unknown), a broker whose lease
+        # lapsed during an election registering again (retried a third of a TTL later).
         unavailable = r"kafscale\.metadata\.store\.(MetadataUnavailable|TxnOutcomeUnknown)"
         expected = [
             r"watch of .* failed; resubscribing",
             rf"WARNING kafscale\.log: ownership round failed\n{unavailable}",
+            rf"WARNING kafscale\.cluster: registering again failed; retrying\n{unavailable}",
         ]
         run(s, faults, report, expected_tracebacks=expected)
         assert kills >= 1
