@@ -427,3 +427,35 @@ def test_the_janitor_on_duty_sweeps_from_its_watched_copy_of_the_registry(
             await janitor.close()
 
     run(tmp_path, scenario)
+
+
+def test_a_partition_moved_under_maintenance_is_logged_without_a_traceback(
+    tmp_path: Path, caplog: Any
+) -> None:
+    """Another writer moves a partition's state while its owner's maintenance commits: the
+    guarded commit fails, the log is dropped, and the pass says so in one line (like an etcd
+    outage's "put off"), not as an unexpected failure with a traceback."""
+    import logging
+
+    async def scenario(c: Client) -> None:
+        await c.create("t", 1)
+        await produce_flushes(c, 2)
+        logs = c.broker.logs
+        plog = await logs.get("t", 0)
+        compactor = idle_compactor(logs)
+
+        async def retain(p: Any) -> None:  # someone else writes the state, then we commit
+            await logs.meta.put(logs.topics.partition_key("t", 0), json.dumps({"hw": 0}).encode())
+            await logs.advance_log_start(p, p.log_start)
+
+        compactor.retain = retain  # type: ignore[method-assign]
+        with caplog.at_level(logging.WARNING, logger="kafscale.compaction"):
+            await compactor.run_once(retention=True)
+        assert logs.logs.get(("t", 0)) is not plog  # dropped
+        records = [r for r in caplog.records if r.name == "kafscale.compaction"]
+        assert [r.getMessage() for r in records] == [
+            "t-0: maintenance stopped: partition state changed under us"
+        ]
+        assert records[0].exc_info is None
+
+    run(tmp_path, scenario)

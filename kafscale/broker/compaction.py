@@ -122,6 +122,8 @@ class Compactor:
     async def run_once(self, retention: bool | None = None) -> None:
         """One pass over the partitions we own (``retention``: check it now, by default when
         its interval has passed)."""
+        from kafscale.broker.log import FlushError
+
         clock = time.monotonic()
         interval = self.logs.config.log_retention_check_interval_ms / 1000
         if retention is None:
@@ -140,6 +142,8 @@ class Compactor:
                     await self.compact(plog)
                 except MetadataUnavailable as e:  # an etcd outage: the next pass tries again
                     log.warning("%s-%d: maintenance put off: %s", plog.topic, plog.partition, e)
+                except FlushError as e:  # the partition moved under us: its log was dropped
+                    log.warning("%s-%d: maintenance stopped: %s", plog.topic, plog.partition, e)
                 except Exception:
                     log.warning(
                         "%s-%d: maintenance failed", plog.topic, plog.partition, exc_info=True
