@@ -4,7 +4,12 @@ What makes pure-Python codecs fast (see ../shared/notes/kafka-protocol-corners.m
 here: consecutive fixed-size fields are read and written by one precompiled ``struct.Struct``,
 one-byte varints and empty tag sections take an inline fast path, arrays of fixed-size values
 are unpacked in bulk, version checks are resolved at generation time, and objects are built with
-``object.__new__`` plus slot stores (no ``__init__`` call per struct).
+``__new__`` plus slot stores (no ``__init__`` call per struct).
+
+:class:`NativeReadEmitter` reads for the compiled build instead (``scripts/accelerate``, mypyc):
+what is fast there is the opposite (a call to a C primitive per integer, a loop per array, the
+constructor of a native class), so its modules are generated from the same definitions in that
+flavor, never committed, and compiled.
 
 Every function body is rendered against a version; identical bodies of different versions are
 merged by the caller, so a message whose layout changed twice has three functions, not eighteen.
@@ -163,7 +168,9 @@ class ReadEmitter:
     def struct_into(self, b: Body, s: Struct, v: int, o: str) -> None:
         """Read struct ``s`` into a new object bound to the local ``o``."""
         flexible = v in self.msg.flexible
-        b(f"{o} = _new({s.name})")
+        # Struct.__new__, not object.__new__: compiled, Struct is a native class whose own
+        # __new__ allocates its interpreted subclasses.
+        b(f"{o} = {s.name}.__new__({s.name})")
         for f in s.fields:
             if not f.present(v) or (flexible and f.is_tagged(v)):
                 b(f"{o}.{f.py_name} = {default_expr(f)}")
@@ -222,6 +229,16 @@ class ReadEmitter:
         b("return pos")
         return b.text()
 
+    def fixed(self, element: str, at: str) -> str:
+        """An expression reading one fixed-size value of type ``element`` at ``at``."""
+        return f"{self.state.struct_for(STRUCT_CODES[element])}.unpack_from(buf, {at})[0]"
+
+    def fixed_array(self, b: Body, element: str, target: str) -> None:
+        """``n`` fixed-size values at ``pos`` into the list ``target``; ``pos`` after them."""
+        packer = self.state.array_packer(STRUCT_CODES[element], "n")
+        b(f"{target} = [*{packer}.unpack_from(buf, pos)] if n else []")
+        b(f"pos += {FIXED_SIZES[element]} * n")
+
     def fixed_run(self, b: Body, run: list[Field], o: str) -> None:
         codes = "".join(STRUCT_CODES[f.type.element] for f in run)
         size = sum(FIXED_SIZES[f.type.element] for f in run)
@@ -245,8 +262,7 @@ class ReadEmitter:
                 b("n, pos = _uvarint(buf, pos)")
                 b("n -= 1")
         else:
-            ident = self.state.struct_for("i" if wide else "h")
-            b(f"n = {ident}.unpack_from(buf, pos)[0]")
+            b(f"n = {self.fixed('int32' if wide else 'int16', 'pos')}")
             b(f"pos += {4 if wide else 2}")
 
     def null_branch(self, b: Body, f: Field, v: int, target: str, what: str) -> None:
@@ -280,8 +296,7 @@ class ReadEmitter:
             else:
                 b(f"{target}, pos = {reader}(buf, pos)")
         elif t.is_fixed:
-            ident = self.state.struct_for(STRUCT_CODES[t.element])
-            b(f"{target} = {ident}.unpack_from(buf, pos)[0]")
+            b(f"{target} = {self.fixed(t.element, 'pos')}")
             b(f"pos += {FIXED_SIZES[t.element]}")
         elif t.element == "uuid":
             b(f"{target} = _read_uuid(buf, pos)")
@@ -317,9 +332,7 @@ class ReadEmitter:
         b("else:")
         with b.indent():
             if elem in FIXED_SIZES:
-                packer = self.state.array_packer(STRUCT_CODES[elem], "n")
-                b(f"{target} = [*{packer}.unpack_from(buf, pos)] if n else []")
-                b(f"pos += {FIXED_SIZES[elem]} * n")
+                self.fixed_array(b, elem, target)
                 return
             items, item, count = b.tmp("items"), b.tmp("item"), b.tmp("count")
             b(f"{items}: list[_Any] = []")
@@ -338,6 +351,83 @@ class ReadEmitter:
                     self.sized(b, _element_field(f), v, item, elem)
                 b(f"{items}.append({item})")
             b(f"{target} = {items}")
+
+
+_NATIVE_READS: dict[str, str] = {
+    "bool": "buf[{at}] != 0",  # what struct's "?" and Kafka's readers do
+    "int8": "(buf[{at}] ^ 128) - 128",
+    "int16": "int(_read_i16_be(buf, {at}))",
+    "uint16": "int(_read_i16_be(buf, {at})) & 0xFFFF",
+    "int32": "int(_read_i32_be(buf, {at}))",
+    "uint32": "int(_read_i32_be(buf, {at})) & 0xFFFFFFFF",
+    "int64": "int(_read_i64_be(buf, {at}))",
+    "float64": "_read_f64_be(buf, {at})",
+}
+"""How the compiled readers read each fixed-size type: mypyc's primitives (``librt.strings``
+C functions it calls directly) and byte arithmetic it compiles to C; ``int()`` so that a local
+reused for several widths (``n``) keeps one type."""
+
+
+class NativeReadEmitter(ReadEmitter):
+    """Readers for the compiled build: what mypyc makes fast, not what the interpreter does.
+
+    Each integer is read by a ``librt.strings`` primitive (a C call instead of a ``struct``
+    tuple), an array of them by a loop, and a struct's fields into typed locals, then passed to
+    its class's constructor (a native class: one C call, direct field stores). The bytes read,
+    the values and the errors raised (through ``Message.read``'s diagnosis) are the pure
+    readers'.
+    """
+
+    def __init__(
+        self,
+        msg: Message,
+        state: ModuleState,
+        names: Names,
+        tag_names: Names,
+        annotate: Callable[[Field], str],
+    ) -> None:
+        super().__init__(msg, state, names, tag_names)
+        self.annotate = annotate
+
+    def fixed(self, element: str, at: str) -> str:
+        return _NATIVE_READS[element].format(at=at)
+
+    def fixed_array(self, b: Body, element: str, target: str) -> None:
+        size = FIXED_SIZES[element]
+        b(f"{target} = [{self.fixed(element, f'pos + {size} * i')} for i in range(n)]")
+        b(f"pos += {size} * n")
+
+    def fixed_run(self, b: Body, run: list[Field], o: str) -> None:
+        at = 0
+        for f in run:
+            b(f"{o}_{f.py_name} = {self.fixed(f.type.element, f'pos + {at}' if at else 'pos')}")
+            at += FIXED_SIZES[f.type.element]
+        b(f"pos += {at}")
+
+    def struct_into(self, b: Body, s: Struct, v: int, o: str) -> None:
+        flexible = v in self.msg.flexible
+        wire = [f for f in s.fields if f.present(v) and not (flexible and f.is_tagged(v))]
+        for f in wire:  # one type per local, whichever branch assigns it
+            b(f"{o}_{f.py_name}: {self.annotate(f)}")
+        for run in _groups(wire):
+            if run[0].type.is_fixed:
+                self.fixed_run(b, run, o)
+            else:
+                self.value(b, run[0], v, f"{o}_{run[0].py_name}")
+        # Absent and tagged fields take the constructor's defaults (the pure readers' values).
+        args = ", ".join(f"{f.py_name}={o}_{f.py_name}" for f in wire)
+        b(f"{o} = {s.name}({args})")
+        if not flexible:
+            return
+        b("if buf[pos]:")
+        with b.indent():
+            if s.tagged_fields(v):
+                b(f"pos = {self.tag_names(s, v)}({o}, buf, pos)")
+            else:
+                b(f"{o}._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_{s.name})")
+        b("else:")
+        with b.indent():
+            b("pos += 1")
 
 
 def _element_field(f: Field) -> Field:

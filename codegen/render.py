@@ -19,12 +19,13 @@ import jinja2
 
 from codegen.emit import (
     ModuleState,
+    NativeReadEmitter,
     ReadEmitter,
     WriteEmitter,
     annotation_is_optional,
     default_expr,
 )
-from codegen.model import Field, Message, Struct, Versions
+from codegen.model import Field, Message, SpecError, Struct, Versions
 from codegen.special_cases import (
     SPECIAL_CASES,
     request_header_version,
@@ -61,6 +62,10 @@ _IMPORTS: dict[str, str] = {
     "_Final": "from typing import Final as _Final",
     "_UUID": "from uuid import UUID as _UUID",
     " ": "",  # isort's section break: standard library above, third party below
+    "_read_f64_be": "from librt.strings import read_f64_be as _read_f64_be",
+    "_read_i16_be": "from librt.strings import read_i16_be as _read_i16_be",
+    "_read_i32_be": "from librt.strings import read_i32_be as _read_i32_be",
+    "_read_i64_be": "from librt.strings import read_i64_be as _read_i64_be",
     "_mypyc_attr": "from mypy_extensions import mypyc_attr as _mypyc_attr",
     "": "",  # isort's section break: third party above, first party below
     "_ProtocolError": "from kafscale.protocol.errors import ProtocolError as _ProtocolError",
@@ -260,16 +265,19 @@ def _dedupe(
     return names, fns
 
 
-def render_message(msg: Message, release: str, vendor: str = KAFKA) -> str:
+def render_message(msg: Message, release: str, vendor: str = KAFKA, native: bool = False) -> str:
+    """The module of one message; ``native``: the compiled build's flavor (see
+    :func:`render_native`), else the committed pure-Python one."""
     state = ModuleState()
     read_names: dict[tuple[str, int], str] = {}
     tag_names: dict[tuple[str, int], str] = {}
     write_names: dict[tuple[str, int], str] = {}
-    reader = ReadEmitter(
+    reader = (NativeReadEmitter if native else ReadEmitter)(
         msg,
         state,
         lambda s, v: read_names[(s.name, v)],
         lambda s, v: tag_names[(s.name, v)],
+        *([annotation] if native else []),
     )
     writer = WriteEmitter(msg, state, lambda s, v: write_names[(s.name, v)])
     functions: list[_Fn] = []
@@ -323,6 +331,7 @@ def render_message(msg: Message, release: str, vendor: str = KAFKA) -> str:
         msg=msg,
         release=release,
         vendor=vendor,
+        native=native,
         module_doc=module_doc,
         imports="{{IMPORTS}}",
         formats=sorted(state.formats.items()),
@@ -340,6 +349,22 @@ def render_message(msg: Message, release: str, vendor: str = KAFKA) -> str:
         if not alias.strip() or re.search(rf"\b{re.escape(alias)}\b", text)
     ]
     return text.replace("{{IMPORTS}}", "\n".join(used).strip())
+
+
+def render_native(modules: Iterable[str]) -> dict[str, str]:
+    """The compiled build's flavor of the named modules of ``generated/`` (``metadata_response``),
+    from the pinned Kafka definitions: native classes (no ``__slots__``, mypyc lays them out) and
+    :class:`NativeReadEmitter`'s readers; the same classes, fields, writers and errors as the
+    committed modules. ``scripts/accelerate`` compiles these, never commits them."""
+    from codegen.specs import default_specs_path, load_lock, load_messages
+
+    wanted = set(modules)
+    release = str(load_lock()["kafka_release"])
+    by_module = {m.module: m for m in load_messages(default_specs_path())}
+    missing = wanted - by_module.keys()
+    if missing:
+        raise SpecError(f"no definition generates {', '.join(sorted(missing))}")
+    return {name: render_message(by_module[name], release, native=True) for name in wanted}
 
 
 def _reachable(functions: list[_Fn], roots: list[str]) -> list[_Fn]:

@@ -28,8 +28,6 @@ __all__ = [
     "AddOffsetsToTxnRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_qh: _Final = _Packer(">qh")
 
@@ -101,7 +99,7 @@ _TAGS_AddOffsetsToTxnRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_AddOffsetsToTxnRequest_v0(buf: bytes, pos: int) -> tuple[AddOffsetsToTxnRequest, int]:
     # versions 0-2
-    o = _new(AddOffsetsToTxnRequest)
+    o = AddOffsetsToTxnRequest.__new__(AddOffsetsToTxnRequest)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -130,7 +128,7 @@ def _read_AddOffsetsToTxnRequest_v0(buf: bytes, pos: int) -> tuple[AddOffsetsToT
 
 def _read_AddOffsetsToTxnRequest_v3(buf: bytes, pos: int) -> tuple[AddOffsetsToTxnRequest, int]:
     # versions 3-4
-    o = _new(AddOffsetsToTxnRequest)
+    o = AddOffsetsToTxnRequest.__new__(AddOffsetsToTxnRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -23,8 +23,6 @@ __all__ = [
     "AddOffsetsToTxnResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_ih: _Final = _Packer(">ih")
 
 
@@ -79,7 +77,7 @@ _TAGS_AddOffsetsToTxnResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_AddOffsetsToTxnResponse_v0(buf: bytes, pos: int) -> tuple[AddOffsetsToTxnResponse, int]:
     # versions 0-2
-    o = _new(AddOffsetsToTxnResponse)
+    o = AddOffsetsToTxnResponse.__new__(AddOffsetsToTxnResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     o._unknown_tags = None
@@ -88,7 +86,7 @@ def _read_AddOffsetsToTxnResponse_v0(buf: bytes, pos: int) -> tuple[AddOffsetsTo
 
 def _read_AddOffsetsToTxnResponse_v3(buf: bytes, pos: int) -> tuple[AddOffsetsToTxnResponse, int]:
     # versions 3-4
-    o = _new(AddOffsetsToTxnResponse)
+    o = AddOffsetsToTxnResponse.__new__(AddOffsetsToTxnResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     if buf[pos]:

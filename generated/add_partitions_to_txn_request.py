@@ -37,8 +37,6 @@ __all__ = [
     "AddPartitionsToTxnTransaction",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_qh: _Final = _Packer(">qh")
@@ -216,7 +214,7 @@ def _read_AddPartitionsToTxnTransaction_v4(
     buf: bytes, pos: int
 ) -> tuple[AddPartitionsToTxnTransaction, int]:
     # versions 4-5
-    o = _new(AddPartitionsToTxnTransaction)
+    o = AddPartitionsToTxnTransaction.__new__(AddPartitionsToTxnTransaction)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -247,7 +245,7 @@ def _read_AddPartitionsToTxnTransaction_v4(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AddPartitionsToTxnTopic)
+            item2 = AddPartitionsToTxnTopic.__new__(AddPartitionsToTxnTopic)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -329,7 +327,7 @@ def _read_AddPartitionsToTxnRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[AddPartitionsToTxnRequest, int]:
     # versions 0-2
-    o = _new(AddPartitionsToTxnRequest)
+    o = AddPartitionsToTxnRequest.__new__(AddPartitionsToTxnRequest)
     o.transactions = []
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -353,7 +351,7 @@ def _read_AddPartitionsToTxnRequest_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AddPartitionsToTxnTopic)
+            item2 = AddPartitionsToTxnTopic.__new__(AddPartitionsToTxnTopic)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -388,7 +386,7 @@ def _read_AddPartitionsToTxnRequest_v3(
     buf: bytes, pos: int
 ) -> tuple[AddPartitionsToTxnRequest, int]:
     # versions 3
-    o = _new(AddPartitionsToTxnRequest)
+    o = AddPartitionsToTxnRequest.__new__(AddPartitionsToTxnRequest)
     o.transactions = []
     n = buf[pos] - 1
     if n < 127:
@@ -420,7 +418,7 @@ def _read_AddPartitionsToTxnRequest_v3(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AddPartitionsToTxnTopic)
+            item2 = AddPartitionsToTxnTopic.__new__(AddPartitionsToTxnTopic)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -473,7 +471,7 @@ def _read_AddPartitionsToTxnRequest_v4(
     buf: bytes, pos: int
 ) -> tuple[AddPartitionsToTxnRequest, int]:
     # versions 4-5
-    o = _new(AddPartitionsToTxnRequest)
+    o = AddPartitionsToTxnRequest.__new__(AddPartitionsToTxnRequest)
     o.v3_and_below_transactional_id = ""
     o.v3_and_below_producer_id = 0
     o.v3_and_below_producer_epoch = 0

@@ -35,8 +35,6 @@ __all__ = [
     "AddPartitionsToTxnTopicResult",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -217,7 +215,7 @@ def _read_AddPartitionsToTxnTopicResult_v0(
     buf: bytes, pos: int
 ) -> tuple[AddPartitionsToTxnTopicResult, int]:
     # versions 0-2
-    o = _new(AddPartitionsToTxnTopicResult)
+    o = AddPartitionsToTxnTopicResult.__new__(AddPartitionsToTxnTopicResult)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -238,7 +236,7 @@ def _read_AddPartitionsToTxnTopicResult_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AddPartitionsToTxnPartitionResult)
+            item2 = AddPartitionsToTxnPartitionResult.__new__(AddPartitionsToTxnPartitionResult)
             item2.partition_index, item2.partition_error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             item2._unknown_tags = None
@@ -252,7 +250,7 @@ def _read_AddPartitionsToTxnTopicResult_v3(
     buf: bytes, pos: int
 ) -> tuple[AddPartitionsToTxnTopicResult, int]:
     # versions 3-5
-    o = _new(AddPartitionsToTxnTopicResult)
+    o = AddPartitionsToTxnTopicResult.__new__(AddPartitionsToTxnTopicResult)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -281,7 +279,7 @@ def _read_AddPartitionsToTxnTopicResult_v3(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AddPartitionsToTxnPartitionResult)
+            item2 = AddPartitionsToTxnPartitionResult.__new__(AddPartitionsToTxnPartitionResult)
             item2.partition_index, item2.partition_error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             if buf[pos]:
@@ -341,7 +339,7 @@ def _write_AddPartitionsToTxnTopicResult_v3(o: AddPartitionsToTxnTopicResult, w:
 
 def _read_AddPartitionsToTxnResult_v4(buf: bytes, pos: int) -> tuple[AddPartitionsToTxnResult, int]:
     # versions 4-5
-    o = _new(AddPartitionsToTxnResult)
+    o = AddPartitionsToTxnResult.__new__(AddPartitionsToTxnResult)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -402,7 +400,7 @@ def _read_AddPartitionsToTxnResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[AddPartitionsToTxnResponse, int]:
     # versions 0-2
-    o = _new(AddPartitionsToTxnResponse)
+    o = AddPartitionsToTxnResponse.__new__(AddPartitionsToTxnResponse)
     o.error_code = 0
     o.results_by_transaction = []
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
@@ -428,7 +426,7 @@ def _read_AddPartitionsToTxnResponse_v3(
     buf: bytes, pos: int
 ) -> tuple[AddPartitionsToTxnResponse, int]:
     # versions 3
-    o = _new(AddPartitionsToTxnResponse)
+    o = AddPartitionsToTxnResponse.__new__(AddPartitionsToTxnResponse)
     o.error_code = 0
     o.results_by_transaction = []
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
@@ -462,7 +460,7 @@ def _read_AddPartitionsToTxnResponse_v4(
     buf: bytes, pos: int
 ) -> tuple[AddPartitionsToTxnResponse, int]:
     # versions 4-5
-    o = _new(AddPartitionsToTxnResponse)
+    o = AddPartitionsToTxnResponse.__new__(AddPartitionsToTxnResponse)
     o.results_by_topic_v3_and_below = []
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6

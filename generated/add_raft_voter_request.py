@@ -35,8 +35,6 @@ __all__ = [
     "Listener",
 ]
 
-_new: _Final = object.__new__
-
 _S_H: _Final = _Packer(">H")
 _S_ii: _Final = _Packer(">ii")
 
@@ -147,7 +145,7 @@ _TAGS_Listener: _Final[frozenset[int]] = frozenset()
 
 def _read_AddRaftVoterRequest_v0(buf: bytes, pos: int) -> tuple[AddRaftVoterRequest, int]:
     # versions 0
-    o = _new(AddRaftVoterRequest)
+    o = AddRaftVoterRequest.__new__(AddRaftVoterRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -180,7 +178,7 @@ def _read_AddRaftVoterRequest_v0(buf: bytes, pos: int) -> tuple[AddRaftVoterRequ
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(Listener)
+            item2 = Listener.__new__(Listener)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -26,8 +26,6 @@ __all__ = [
     "AddRaftVoterResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_ih: _Final = _Packer(">ih")
 
 
@@ -81,7 +79,7 @@ _TAGS_AddRaftVoterResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_AddRaftVoterResponse_v0(buf: bytes, pos: int) -> tuple[AddRaftVoterResponse, int]:
     # versions 0
-    o = _new(AddRaftVoterResponse)
+    o = AddRaftVoterResponse.__new__(AddRaftVoterResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

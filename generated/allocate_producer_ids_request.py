@@ -22,8 +22,6 @@ __all__ = [
     "AllocateProducerIdsRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_iq: _Final = _Packer(">iq")
 
 
@@ -71,7 +69,7 @@ def _read_AllocateProducerIdsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[AllocateProducerIdsRequest, int]:
     # versions 0
-    o = _new(AllocateProducerIdsRequest)
+    o = AllocateProducerIdsRequest.__new__(AllocateProducerIdsRequest)
     o.broker_id, o.broker_epoch = _S_iq.unpack_from(buf, pos)
     pos += 12
     if buf[pos]:

@@ -22,8 +22,6 @@ __all__ = [
     "AllocateProducerIdsResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_ihqi: _Final = _Packer(">ihqi")
 
 
@@ -87,7 +85,7 @@ def _read_AllocateProducerIdsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[AllocateProducerIdsResponse, int]:
     # versions 0
-    o = _new(AllocateProducerIdsResponse)
+    o = AllocateProducerIdsResponse.__new__(AllocateProducerIdsResponse)
     o.throttle_time_ms, o.error_code, o.producer_id_start, o.producer_id_len = _S_ihqi.unpack_from(
         buf, pos
     )

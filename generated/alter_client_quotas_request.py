@@ -36,8 +36,6 @@ __all__ = [
     "OpData",
 ]
 
-_new: _Final = object.__new__
-
 _S_dz: _Final = _Packer(">d?")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -193,7 +191,7 @@ _TAGS_OpData: _Final[frozenset[int]] = frozenset()
 
 def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
     # versions 0
-    o = _new(EntryData)
+    o = EntryData.__new__(EntryData)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -204,7 +202,7 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(EntityData)
+            item2 = EntityData.__new__(EntityData)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -240,7 +238,7 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(OpData)
+            item5 = OpData.__new__(OpData)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -262,7 +260,7 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
 
 def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
     # versions 1
-    o = _new(EntryData)
+    o = EntryData.__new__(EntryData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -277,7 +275,7 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(EntityData)
+            item2 = EntityData.__new__(EntityData)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -327,7 +325,7 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(OpData)
+            item5 = OpData.__new__(OpData)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -437,7 +435,7 @@ def _write_EntryData_v1(o: EntryData, w: _Writer) -> None:
 
 def _read_AlterClientQuotasRequest_v0(buf: bytes, pos: int) -> tuple[AlterClientQuotasRequest, int]:
     # versions 0
-    o = _new(AlterClientQuotasRequest)
+    o = AlterClientQuotasRequest.__new__(AlterClientQuotasRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -459,7 +457,7 @@ def _read_AlterClientQuotasRequest_v0(buf: bytes, pos: int) -> tuple[AlterClient
 
 def _read_AlterClientQuotasRequest_v1(buf: bytes, pos: int) -> tuple[AlterClientQuotasRequest, int]:
     # versions 1
-    o = _new(AlterClientQuotasRequest)
+    o = AlterClientQuotasRequest.__new__(AlterClientQuotasRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -34,8 +34,6 @@ __all__ = [
     "EntryData",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -157,7 +155,7 @@ _TAGS_EntityData: _Final[frozenset[int]] = frozenset()
 
 def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
     # versions 0
-    o = _new(EntryData)
+    o = EntryData.__new__(EntryData)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_h.unpack_from(buf, pos)[0]
@@ -182,7 +180,7 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(EntityData)
+            item2 = EntityData.__new__(EntityData)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -214,7 +212,7 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
 
 def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
     # versions 1
-    o = _new(EntryData)
+    o = EntryData.__new__(EntryData)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -245,7 +243,7 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(EntityData)
+            item2 = EntityData.__new__(EntityData)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -363,7 +361,7 @@ def _read_AlterClientQuotasResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[AlterClientQuotasResponse, int]:
     # versions 0
-    o = _new(AlterClientQuotasResponse)
+    o = AlterClientQuotasResponse.__new__(AlterClientQuotasResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -387,7 +385,7 @@ def _read_AlterClientQuotasResponse_v1(
     buf: bytes, pos: int
 ) -> tuple[AlterClientQuotasResponse, int]:
     # versions 1
-    o = _new(AlterClientQuotasResponse)
+    o = AlterClientQuotasResponse.__new__(AlterClientQuotasResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

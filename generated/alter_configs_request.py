@@ -35,8 +35,6 @@ __all__ = [
     "AlterableConfig",
 ]
 
-_new: _Final = object.__new__
-
 _S_b: _Final = _Packer(">b")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -161,7 +159,7 @@ _TAGS_AlterableConfig: _Final[frozenset[int]] = frozenset()
 
 def _read_AlterConfigsResource_v0(buf: bytes, pos: int) -> tuple[AlterConfigsResource, int]:
     # versions 0-1
-    o = _new(AlterConfigsResource)
+    o = AlterConfigsResource.__new__(AlterConfigsResource)
     o.resource_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -184,7 +182,7 @@ def _read_AlterConfigsResource_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AlterableConfig)
+            item2 = AlterableConfig.__new__(AlterableConfig)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -216,7 +214,7 @@ def _read_AlterConfigsResource_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRes
 
 def _read_AlterConfigsResource_v2(buf: bytes, pos: int) -> tuple[AlterConfigsResource, int]:
     # versions 2
-    o = _new(AlterConfigsResource)
+    o = AlterConfigsResource.__new__(AlterConfigsResource)
     o.resource_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
     n = buf[pos] - 1
@@ -247,7 +245,7 @@ def _read_AlterConfigsResource_v2(buf: bytes, pos: int) -> tuple[AlterConfigsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AlterableConfig)
+            item2 = AlterableConfig.__new__(AlterableConfig)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -355,7 +353,7 @@ def _write_AlterConfigsResource_v2(o: AlterConfigsResource, w: _Writer) -> None:
 
 def _read_AlterConfigsRequest_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRequest, int]:
     # versions 0-1
-    o = _new(AlterConfigsRequest)
+    o = AlterConfigsRequest.__new__(AlterConfigsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -377,7 +375,7 @@ def _read_AlterConfigsRequest_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRequ
 
 def _read_AlterConfigsRequest_v2(buf: bytes, pos: int) -> tuple[AlterConfigsRequest, int]:
     # versions 2
-    o = _new(AlterConfigsRequest)
+    o = AlterConfigsRequest.__new__(AlterConfigsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

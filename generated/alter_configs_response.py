@@ -33,8 +33,6 @@ __all__ = [
     "AlterConfigsResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_b: _Final = _Packer(">b")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -134,7 +132,7 @@ _TAGS_AlterConfigsResourceResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_AlterConfigsResponse_v0(buf: bytes, pos: int) -> tuple[AlterConfigsResponse, int]:
     # versions 0-1
-    o = _new(AlterConfigsResponse)
+    o = AlterConfigsResponse.__new__(AlterConfigsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -147,7 +145,7 @@ def _read_AlterConfigsResponse_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AlterConfigsResourceResponse)
+            item2 = AlterConfigsResourceResponse.__new__(AlterConfigsResourceResponse)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             n = _S_h.unpack_from(buf, pos)[0]
@@ -183,7 +181,7 @@ def _read_AlterConfigsResponse_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRes
 
 def _read_AlterConfigsResponse_v2(buf: bytes, pos: int) -> tuple[AlterConfigsResponse, int]:
     # versions 2
-    o = _new(AlterConfigsResponse)
+    o = AlterConfigsResponse.__new__(AlterConfigsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -200,7 +198,7 @@ def _read_AlterConfigsResponse_v2(buf: bytes, pos: int) -> tuple[AlterConfigsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AlterConfigsResourceResponse)
+            item2 = AlterConfigsResourceResponse.__new__(AlterConfigsResourceResponse)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             n = buf[pos] - 1

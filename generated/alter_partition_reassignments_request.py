@@ -35,8 +35,6 @@ __all__ = [
     "ReassignableTopic",
 ]
 
-_new: _Final = object.__new__
-
 _S_i: _Final = _Packer(">i")
 _A_i: _Final = _small_arrays("i", 32)
 
@@ -147,7 +145,7 @@ _TAGS_ReassignablePartition: _Final[frozenset[int]] = frozenset()
 
 def _read_ReassignableTopic_v0(buf: bytes, pos: int) -> tuple[ReassignableTopic, int]:
     # versions 0
-    o = _new(ReassignableTopic)
+    o = ReassignableTopic.__new__(ReassignableTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -176,7 +174,7 @@ def _read_ReassignableTopic_v0(buf: bytes, pos: int) -> tuple[ReassignableTopic,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ReassignablePartition)
+            item2 = ReassignablePartition.__new__(ReassignablePartition)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -244,7 +242,7 @@ def _read_AlterPartitionReassignmentsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[AlterPartitionReassignmentsRequest, int]:
     # versions 0
-    o = _new(AlterPartitionReassignmentsRequest)
+    o = AlterPartitionReassignmentsRequest.__new__(AlterPartitionReassignmentsRequest)
     o.timeout_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

@@ -33,8 +33,6 @@ __all__ = [
     "ReassignableTopicResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_ih: _Final = _Packer(">ih")
 
 
@@ -170,7 +168,7 @@ def _read_ReassignableTopicResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ReassignableTopicResponse, int]:
     # versions 0
-    o = _new(ReassignableTopicResponse)
+    o = ReassignableTopicResponse.__new__(ReassignableTopicResponse)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -199,7 +197,7 @@ def _read_ReassignableTopicResponse_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ReassignablePartitionResponse)
+            item2 = ReassignablePartitionResponse.__new__(ReassignablePartitionResponse)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             n = buf[pos] - 1
@@ -266,7 +264,7 @@ def _read_AlterPartitionReassignmentsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[AlterPartitionReassignmentsResponse, int]:
     # versions 0
-    o = _new(AlterPartitionReassignmentsResponse)
+    o = AlterPartitionReassignmentsResponse.__new__(AlterPartitionReassignmentsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

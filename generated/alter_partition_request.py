@@ -40,8 +40,6 @@ __all__ = [
     "TopicData",
 ]
 
-_new: _Final = object.__new__
-
 _S_bi: _Final = _Packer(">bi")
 _S_i: _Final = _Packer(">i")
 _S_ii: _Final = _Packer(">ii")
@@ -244,7 +242,7 @@ _TAGS_BrokerState: _Final[frozenset[int]] = frozenset()
 
 def _read_PartitionData_v3(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 3
-    o = _new(PartitionData)
+    o = PartitionData.__new__(PartitionData)
     o.new_isr = []
     o.partition_index, o.leader_epoch = _S_ii.unpack_from(buf, pos)
     pos += 8
@@ -262,7 +260,7 @@ def _read_PartitionData_v3(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(BrokerState)
+            item2 = BrokerState.__new__(BrokerState)
             item2.broker_id, item2.broker_epoch = _S_iq.unpack_from(buf, pos)
             pos += 12
             if buf[pos]:
@@ -305,7 +303,7 @@ def _write_PartitionData_v3(o: PartitionData, w: _Writer) -> None:
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0
-    o = _new(TopicData)
+    o = TopicData.__new__(TopicData)
     o.topic_id = _ZERO_UUID
     n = buf[pos] - 1
     if n < 127:
@@ -335,7 +333,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionData)
+            item2 = PartitionData.__new__(PartitionData)
             item2.new_isr_with_epochs = []
             item2.leader_recovery_state = 0
             item2.partition_index, item2.leader_epoch = _S_ii.unpack_from(buf, pos)
@@ -376,7 +374,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
 
 def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 1
-    o = _new(TopicData)
+    o = TopicData.__new__(TopicData)
     o.topic_id = _ZERO_UUID
     n = buf[pos] - 1
     if n < 127:
@@ -406,7 +404,7 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionData)
+            item2 = PartitionData.__new__(PartitionData)
             item2.new_isr_with_epochs = []
             item2.partition_index, item2.leader_epoch = _S_ii.unpack_from(buf, pos)
             pos += 8
@@ -446,7 +444,7 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
 
 def _read_TopicData_v2(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 2
-    o = _new(TopicData)
+    o = TopicData.__new__(TopicData)
     o.topic_name = ""
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
@@ -464,7 +462,7 @@ def _read_TopicData_v2(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionData)
+            item2 = PartitionData.__new__(PartitionData)
             item2.new_isr_with_epochs = []
             item2.partition_index, item2.leader_epoch = _S_ii.unpack_from(buf, pos)
             pos += 8
@@ -504,7 +502,7 @@ def _read_TopicData_v2(buf: bytes, pos: int) -> tuple[TopicData, int]:
 
 def _read_TopicData_v3(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 3
-    o = _new(TopicData)
+    o = TopicData.__new__(TopicData)
     o.topic_name = ""
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
@@ -632,7 +630,7 @@ def _write_TopicData_v3(o: TopicData, w: _Writer) -> None:
 
 def _read_AlterPartitionRequest_v0(buf: bytes, pos: int) -> tuple[AlterPartitionRequest, int]:
     # versions 0
-    o = _new(AlterPartitionRequest)
+    o = AlterPartitionRequest.__new__(AlterPartitionRequest)
     o.broker_id, o.broker_epoch = _S_iq.unpack_from(buf, pos)
     pos += 12
     n = buf[pos] - 1
@@ -662,7 +660,7 @@ def _read_AlterPartitionRequest_v0(buf: bytes, pos: int) -> tuple[AlterPartition
 
 def _read_AlterPartitionRequest_v1(buf: bytes, pos: int) -> tuple[AlterPartitionRequest, int]:
     # versions 1
-    o = _new(AlterPartitionRequest)
+    o = AlterPartitionRequest.__new__(AlterPartitionRequest)
     o.broker_id, o.broker_epoch = _S_iq.unpack_from(buf, pos)
     pos += 12
     n = buf[pos] - 1
@@ -692,7 +690,7 @@ def _read_AlterPartitionRequest_v1(buf: bytes, pos: int) -> tuple[AlterPartition
 
 def _read_AlterPartitionRequest_v2(buf: bytes, pos: int) -> tuple[AlterPartitionRequest, int]:
     # versions 2
-    o = _new(AlterPartitionRequest)
+    o = AlterPartitionRequest.__new__(AlterPartitionRequest)
     o.broker_id, o.broker_epoch = _S_iq.unpack_from(buf, pos)
     pos += 12
     n = buf[pos] - 1
@@ -722,7 +720,7 @@ def _read_AlterPartitionRequest_v2(buf: bytes, pos: int) -> tuple[AlterPartition
 
 def _read_AlterPartitionRequest_v3(buf: bytes, pos: int) -> tuple[AlterPartitionRequest, int]:
     # versions 3
-    o = _new(AlterPartitionRequest)
+    o = AlterPartitionRequest.__new__(AlterPartitionRequest)
     o.broker_id, o.broker_epoch = _S_iq.unpack_from(buf, pos)
     pos += 12
     n = buf[pos] - 1

@@ -38,8 +38,6 @@ __all__ = [
     "TopicData",
 ]
 
-_new: _Final = object.__new__
-
 _S_bi: _Final = _Packer(">bi")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -217,7 +215,7 @@ _TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0
-    o = _new(TopicData)
+    o = TopicData.__new__(TopicData)
     o.topic_id = _ZERO_UUID
     n = buf[pos] - 1
     if n < 127:
@@ -247,7 +245,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionData)
+            item2 = PartitionData.__new__(PartitionData)
             item2.leader_recovery_state = 0
             item2.partition_index, item2.error_code, item2.leader_id, item2.leader_epoch = (
                 _S_ihii.unpack_from(buf, pos)
@@ -289,7 +287,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
 
 def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 1
-    o = _new(TopicData)
+    o = TopicData.__new__(TopicData)
     o.topic_id = _ZERO_UUID
     n = buf[pos] - 1
     if n < 127:
@@ -319,7 +317,7 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionData)
+            item2 = PartitionData.__new__(PartitionData)
             item2.partition_index, item2.error_code, item2.leader_id, item2.leader_epoch = (
                 _S_ihii.unpack_from(buf, pos)
             )
@@ -360,7 +358,7 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
 
 def _read_TopicData_v2(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 2-3
-    o = _new(TopicData)
+    o = TopicData.__new__(TopicData)
     o.topic_name = ""
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
@@ -378,7 +376,7 @@ def _read_TopicData_v2(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionData)
+            item2 = PartitionData.__new__(PartitionData)
             item2.partition_index, item2.error_code, item2.leader_id, item2.leader_epoch = (
                 _S_ihii.unpack_from(buf, pos)
             )
@@ -506,7 +504,7 @@ def _write_TopicData_v2(o: TopicData, w: _Writer) -> None:
 
 def _read_AlterPartitionResponse_v0(buf: bytes, pos: int) -> tuple[AlterPartitionResponse, int]:
     # versions 0
-    o = _new(AlterPartitionResponse)
+    o = AlterPartitionResponse.__new__(AlterPartitionResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -536,7 +534,7 @@ def _read_AlterPartitionResponse_v0(buf: bytes, pos: int) -> tuple[AlterPartitio
 
 def _read_AlterPartitionResponse_v1(buf: bytes, pos: int) -> tuple[AlterPartitionResponse, int]:
     # versions 1
-    o = _new(AlterPartitionResponse)
+    o = AlterPartitionResponse.__new__(AlterPartitionResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -566,7 +564,7 @@ def _read_AlterPartitionResponse_v1(buf: bytes, pos: int) -> tuple[AlterPartitio
 
 def _read_AlterPartitionResponse_v2(buf: bytes, pos: int) -> tuple[AlterPartitionResponse, int]:
     # versions 2-3
-    o = _new(AlterPartitionResponse)
+    o = AlterPartitionResponse.__new__(AlterPartitionResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

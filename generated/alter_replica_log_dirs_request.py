@@ -36,8 +36,6 @@ __all__ = [
     "AlterReplicaLogDirsRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _A_i: _Final = _small_arrays("i", 32)
@@ -143,7 +141,7 @@ _TAGS_AlterReplicaLogDirTopic: _Final[frozenset[int]] = frozenset()
 
 def _read_AlterReplicaLogDir_v0(buf: bytes, pos: int) -> tuple[AlterReplicaLogDir, int]:
     # versions 0-1
-    o = _new(AlterReplicaLogDir)
+    o = AlterReplicaLogDir.__new__(AlterReplicaLogDir)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -164,7 +162,7 @@ def _read_AlterReplicaLogDir_v0(buf: bytes, pos: int) -> tuple[AlterReplicaLogDi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AlterReplicaLogDirTopic)
+            item2 = AlterReplicaLogDirTopic.__new__(AlterReplicaLogDirTopic)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -197,7 +195,7 @@ def _read_AlterReplicaLogDir_v0(buf: bytes, pos: int) -> tuple[AlterReplicaLogDi
 
 def _read_AlterReplicaLogDir_v2(buf: bytes, pos: int) -> tuple[AlterReplicaLogDir, int]:
     # versions 2
-    o = _new(AlterReplicaLogDir)
+    o = AlterReplicaLogDir.__new__(AlterReplicaLogDir)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -226,7 +224,7 @@ def _read_AlterReplicaLogDir_v2(buf: bytes, pos: int) -> tuple[AlterReplicaLogDi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AlterReplicaLogDirTopic)
+            item2 = AlterReplicaLogDirTopic.__new__(AlterReplicaLogDirTopic)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -331,7 +329,7 @@ def _read_AlterReplicaLogDirsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[AlterReplicaLogDirsRequest, int]:
     # versions 0-1
-    o = _new(AlterReplicaLogDirsRequest)
+    o = AlterReplicaLogDirsRequest.__new__(AlterReplicaLogDirsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -353,7 +351,7 @@ def _read_AlterReplicaLogDirsRequest_v2(
     buf: bytes, pos: int
 ) -> tuple[AlterReplicaLogDirsRequest, int]:
     # versions 2
-    o = _new(AlterReplicaLogDirsRequest)
+    o = AlterReplicaLogDirsRequest.__new__(AlterReplicaLogDirsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -34,8 +34,6 @@ __all__ = [
     "AlterReplicaLogDirsResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -153,7 +151,7 @@ def _read_AlterReplicaLogDirTopicResult_v0(
     buf: bytes, pos: int
 ) -> tuple[AlterReplicaLogDirTopicResult, int]:
     # versions 0-1
-    o = _new(AlterReplicaLogDirTopicResult)
+    o = AlterReplicaLogDirTopicResult.__new__(AlterReplicaLogDirTopicResult)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -174,7 +172,7 @@ def _read_AlterReplicaLogDirTopicResult_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AlterReplicaLogDirPartitionResult)
+            item2 = AlterReplicaLogDirPartitionResult.__new__(AlterReplicaLogDirPartitionResult)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             item2._unknown_tags = None
@@ -188,7 +186,7 @@ def _read_AlterReplicaLogDirTopicResult_v2(
     buf: bytes, pos: int
 ) -> tuple[AlterReplicaLogDirTopicResult, int]:
     # versions 2
-    o = _new(AlterReplicaLogDirTopicResult)
+    o = AlterReplicaLogDirTopicResult.__new__(AlterReplicaLogDirTopicResult)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -217,7 +215,7 @@ def _read_AlterReplicaLogDirTopicResult_v2(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AlterReplicaLogDirPartitionResult)
+            item2 = AlterReplicaLogDirPartitionResult.__new__(AlterReplicaLogDirPartitionResult)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             if buf[pos]:
@@ -279,7 +277,7 @@ def _read_AlterReplicaLogDirsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[AlterReplicaLogDirsResponse, int]:
     # versions 0-1
-    o = _new(AlterReplicaLogDirsResponse)
+    o = AlterReplicaLogDirsResponse.__new__(AlterReplicaLogDirsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -303,7 +301,7 @@ def _read_AlterReplicaLogDirsResponse_v2(
     buf: bytes, pos: int
 ) -> tuple[AlterReplicaLogDirsResponse, int]:
     # versions 2
-    o = _new(AlterReplicaLogDirsResponse)
+    o = AlterReplicaLogDirsResponse.__new__(AlterReplicaLogDirsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

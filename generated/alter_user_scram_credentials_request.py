@@ -35,8 +35,6 @@ __all__ = [
     "ScramCredentialUpsertion",
 ]
 
-_new: _Final = object.__new__
-
 _S_b: _Final = _Packer(">b")
 _S_bi: _Final = _Packer(">bi")
 
@@ -173,7 +171,7 @@ def _read_AlterUserScramCredentialsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[AlterUserScramCredentialsRequest, int]:
     # versions 0
-    o = _new(AlterUserScramCredentialsRequest)
+    o = AlterUserScramCredentialsRequest.__new__(AlterUserScramCredentialsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -188,7 +186,7 @@ def _read_AlterUserScramCredentialsRequest_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ScramCredentialDeletion)
+            item2 = ScramCredentialDeletion.__new__(ScramCredentialDeletion)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -228,7 +226,7 @@ def _read_AlterUserScramCredentialsRequest_v0(
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(ScramCredentialUpsertion)
+            item5 = ScramCredentialUpsertion.__new__(ScramCredentialUpsertion)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -32,8 +32,6 @@ __all__ = [
     "AlterUserScramCredentialsResult",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -122,7 +120,7 @@ def _read_AlterUserScramCredentialsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[AlterUserScramCredentialsResponse, int]:
     # versions 0
-    o = _new(AlterUserScramCredentialsResponse)
+    o = AlterUserScramCredentialsResponse.__new__(AlterUserScramCredentialsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -139,7 +137,7 @@ def _read_AlterUserScramCredentialsResponse_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AlterUserScramCredentialsResult)
+            item2 = AlterUserScramCredentialsResult.__new__(AlterUserScramCredentialsResult)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -27,8 +27,6 @@ __all__ = [
     "ApiVersionsRequest",
 ]
 
-_new: _Final = object.__new__
-
 
 @_mypyc_attr(native_class=False)
 class ApiVersionsRequest(_Message):
@@ -79,7 +77,7 @@ _TAGS_ApiVersionsRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_ApiVersionsRequest_v0(buf: bytes, pos: int) -> tuple[ApiVersionsRequest, int]:
     # versions 0-2
-    o = _new(ApiVersionsRequest)
+    o = ApiVersionsRequest.__new__(ApiVersionsRequest)
     o.client_software_name = ""
     o.client_software_version = ""
     o._unknown_tags = None
@@ -88,7 +86,7 @@ def _read_ApiVersionsRequest_v0(buf: bytes, pos: int) -> tuple[ApiVersionsReques
 
 def _read_ApiVersionsRequest_v3(buf: bytes, pos: int) -> tuple[ApiVersionsRequest, int]:
     # versions 3-4
-    o = _new(ApiVersionsRequest)
+    o = ApiVersionsRequest.__new__(ApiVersionsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

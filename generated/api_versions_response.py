@@ -41,8 +41,6 @@ __all__ = [
     "SupportedFeatureKey",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_hh: _Final = _Packer(">hh")
 _S_hhh: _Final = _Packer(">hhh")
@@ -295,7 +293,7 @@ def _read_tags_ApiVersionsResponse_v3(o: ApiVersionsResponse, buf: bytes, pos: i
                 items1: list[_Any] = []
                 count3 = n
                 for _ in range(count3):
-                    item2 = _new(SupportedFeatureKey)
+                    item2 = SupportedFeatureKey.__new__(SupportedFeatureKey)
                     n = buf[pos] - 1
                     if n < 127:
                         pos += 1
@@ -341,7 +339,7 @@ def _read_tags_ApiVersionsResponse_v3(o: ApiVersionsResponse, buf: bytes, pos: i
                 items4: list[_Any] = []
                 count6 = n
                 for _ in range(count6):
-                    item5 = _new(FinalizedFeatureKey)
+                    item5 = FinalizedFeatureKey.__new__(FinalizedFeatureKey)
                     n = buf[pos] - 1
                     if n < 127:
                         pos += 1
@@ -385,7 +383,7 @@ def _read_tags_ApiVersionsResponse_v3(o: ApiVersionsResponse, buf: bytes, pos: i
 
 def _read_ApiVersionsResponse_v0(buf: bytes, pos: int) -> tuple[ApiVersionsResponse, int]:
     # versions 0
-    o = _new(ApiVersionsResponse)
+    o = ApiVersionsResponse.__new__(ApiVersionsResponse)
     o.throttle_time_ms = 0
     o.supported_features = []
     o.finalized_features_epoch = -1
@@ -403,7 +401,7 @@ def _read_ApiVersionsResponse_v0(buf: bytes, pos: int) -> tuple[ApiVersionsRespo
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ApiVersion)
+            item2 = ApiVersion.__new__(ApiVersion)
             item2.api_key, item2.min_version, item2.max_version = _S_hhh.unpack_from(buf, pos)
             pos += 6
             item2._unknown_tags = None
@@ -415,7 +413,7 @@ def _read_ApiVersionsResponse_v0(buf: bytes, pos: int) -> tuple[ApiVersionsRespo
 
 def _read_ApiVersionsResponse_v1(buf: bytes, pos: int) -> tuple[ApiVersionsResponse, int]:
     # versions 1-2
-    o = _new(ApiVersionsResponse)
+    o = ApiVersionsResponse.__new__(ApiVersionsResponse)
     o.supported_features = []
     o.finalized_features_epoch = -1
     o.finalized_features = []
@@ -432,7 +430,7 @@ def _read_ApiVersionsResponse_v1(buf: bytes, pos: int) -> tuple[ApiVersionsRespo
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ApiVersion)
+            item2 = ApiVersion.__new__(ApiVersion)
             item2.api_key, item2.min_version, item2.max_version = _S_hhh.unpack_from(buf, pos)
             pos += 6
             item2._unknown_tags = None
@@ -446,7 +444,7 @@ def _read_ApiVersionsResponse_v1(buf: bytes, pos: int) -> tuple[ApiVersionsRespo
 
 def _read_ApiVersionsResponse_v3(buf: bytes, pos: int) -> tuple[ApiVersionsResponse, int]:
     # versions 3-4
-    o = _new(ApiVersionsResponse)
+    o = ApiVersionsResponse.__new__(ApiVersionsResponse)
     o.supported_features = []
     o.finalized_features_epoch = -1
     o.finalized_features = []
@@ -467,7 +465,7 @@ def _read_ApiVersionsResponse_v3(buf: bytes, pos: int) -> tuple[ApiVersionsRespo
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ApiVersion)
+            item2 = ApiVersion.__new__(ApiVersion)
             item2.api_key, item2.min_version, item2.max_version = _S_hhh.unpack_from(buf, pos)
             pos += 6
             if buf[pos]:

@@ -37,8 +37,6 @@ __all__ = [
     "TopicData",
 ]
 
-_new: _Final = object.__new__
-
 _S_ih: _Final = _Packer(">ih")
 
 
@@ -188,7 +186,7 @@ _TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0
-    o = _new(TopicData)
+    o = TopicData.__new__(TopicData)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -205,7 +203,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionData)
+            item2 = PartitionData.__new__(PartitionData)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             if buf[pos]:
@@ -243,7 +241,7 @@ def _write_TopicData_v0(o: TopicData, w: _Writer) -> None:
 
 def _read_DirectoryData_v0(buf: bytes, pos: int) -> tuple[DirectoryData, int]:
     # versions 0
-    o = _new(DirectoryData)
+    o = DirectoryData.__new__(DirectoryData)
     o.id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -289,7 +287,7 @@ def _read_AssignReplicasToDirsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[AssignReplicasToDirsResponse, int]:
     # versions 0
-    o = _new(AssignReplicasToDirsResponse)
+    o = AssignReplicasToDirsResponse.__new__(AssignReplicasToDirsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

@@ -38,8 +38,6 @@ __all__ = [
     "TopicData",
 ]
 
-_new: _Final = object.__new__
-
 _S_H: _Final = _Packer(">H")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -228,7 +226,7 @@ _TAGS_LeaderEndpoint: _Final[frozenset[int]] = frozenset()
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0
-    o = _new(TopicData)
+    o = TopicData.__new__(TopicData)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -249,7 +247,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionData)
+            item2 = PartitionData.__new__(PartitionData)
             item2.voter_directory_id = _ZERO_UUID
             item2.partition_index, item2.leader_id, item2.leader_epoch = _S_iii.unpack_from(
                 buf, pos
@@ -264,7 +262,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
 
 def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 1
-    o = _new(TopicData)
+    o = TopicData.__new__(TopicData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -293,7 +291,7 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionData)
+            item2 = PartitionData.__new__(PartitionData)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             item2.voter_directory_id = _read_uuid(buf, pos)
@@ -357,7 +355,7 @@ def _write_TopicData_v1(o: TopicData, w: _Writer) -> None:
 
 def _read_BeginQuorumEpochRequest_v0(buf: bytes, pos: int) -> tuple[BeginQuorumEpochRequest, int]:
     # versions 0
-    o = _new(BeginQuorumEpochRequest)
+    o = BeginQuorumEpochRequest.__new__(BeginQuorumEpochRequest)
     o.voter_id = -1
     o.leader_endpoints = []
     n = _S_h.unpack_from(buf, pos)[0]
@@ -391,7 +389,7 @@ def _read_BeginQuorumEpochRequest_v0(buf: bytes, pos: int) -> tuple[BeginQuorumE
 
 def _read_BeginQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[BeginQuorumEpochRequest, int]:
     # versions 1
-    o = _new(BeginQuorumEpochRequest)
+    o = BeginQuorumEpochRequest.__new__(BeginQuorumEpochRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -439,7 +437,7 @@ def _read_BeginQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[BeginQuorumE
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(LeaderEndpoint)
+            item5 = LeaderEndpoint.__new__(LeaderEndpoint)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

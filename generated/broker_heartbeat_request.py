@@ -39,8 +39,6 @@ __all__ = [
     "BrokerHeartbeatRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_iqqzz: _Final = _Packer(">iqq??")
 
 
@@ -160,7 +158,7 @@ def _read_tags_BrokerHeartbeatRequest_v1(o: BrokerHeartbeatRequest, buf: bytes, 
 
 def _read_BrokerHeartbeatRequest_v0(buf: bytes, pos: int) -> tuple[BrokerHeartbeatRequest, int]:
     # versions 0
-    o = _new(BrokerHeartbeatRequest)
+    o = BrokerHeartbeatRequest.__new__(BrokerHeartbeatRequest)
     o.offline_log_dirs = []
     o.broker_id, o.broker_epoch, o.current_metadata_offset, o.want_fence, o.want_shut_down = (
         _S_iqqzz.unpack_from(buf, pos)
@@ -176,7 +174,7 @@ def _read_BrokerHeartbeatRequest_v0(buf: bytes, pos: int) -> tuple[BrokerHeartbe
 
 def _read_BrokerHeartbeatRequest_v1(buf: bytes, pos: int) -> tuple[BrokerHeartbeatRequest, int]:
     # versions 1
-    o = _new(BrokerHeartbeatRequest)
+    o = BrokerHeartbeatRequest.__new__(BrokerHeartbeatRequest)
     o.offline_log_dirs = []
     o.broker_id, o.broker_epoch, o.current_metadata_offset, o.want_fence, o.want_shut_down = (
         _S_iqqzz.unpack_from(buf, pos)

@@ -23,8 +23,6 @@ __all__ = [
     "BrokerHeartbeatResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_ihzzz: _Final = _Packer(">ih???")
 
 
@@ -94,7 +92,7 @@ _TAGS_BrokerHeartbeatResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_BrokerHeartbeatResponse_v0(buf: bytes, pos: int) -> tuple[BrokerHeartbeatResponse, int]:
     # versions 0-1
-    o = _new(BrokerHeartbeatResponse)
+    o = BrokerHeartbeatResponse.__new__(BrokerHeartbeatResponse)
     o.throttle_time_ms, o.error_code, o.is_caught_up, o.is_fenced, o.should_shut_down = (
         _S_ihzzz.unpack_from(buf, pos)
     )

@@ -38,8 +38,6 @@ __all__ = [
     "Listener",
 ]
 
-_new: _Final = object.__new__
-
 _S_Hh: _Final = _Packer(">Hh")
 _S_hh: _Final = _Packer(">hh")
 _S_i: _Final = _Packer(">i")
@@ -235,7 +233,7 @@ def _read_BrokerRegistrationRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[BrokerRegistrationRequest, int]:
     # versions 0
-    o = _new(BrokerRegistrationRequest)
+    o = BrokerRegistrationRequest.__new__(BrokerRegistrationRequest)
     o.is_migrating_zk_broker = False
     o.log_dirs = []
     o.previous_broker_epoch = -1
@@ -271,7 +269,7 @@ def _read_BrokerRegistrationRequest_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(Listener)
+            item2 = Listener.__new__(Listener)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -323,7 +321,7 @@ def _read_BrokerRegistrationRequest_v0(
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(Feature)
+            item5 = Feature.__new__(Feature)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -373,7 +371,7 @@ def _read_BrokerRegistrationRequest_v1(
     buf: bytes, pos: int
 ) -> tuple[BrokerRegistrationRequest, int]:
     # versions 1
-    o = _new(BrokerRegistrationRequest)
+    o = BrokerRegistrationRequest.__new__(BrokerRegistrationRequest)
     o.log_dirs = []
     o.previous_broker_epoch = -1
     o.broker_id = _S_i.unpack_from(buf, pos)[0]
@@ -408,7 +406,7 @@ def _read_BrokerRegistrationRequest_v1(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(Listener)
+            item2 = Listener.__new__(Listener)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -460,7 +458,7 @@ def _read_BrokerRegistrationRequest_v1(
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(Feature)
+            item5 = Feature.__new__(Feature)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -512,7 +510,7 @@ def _read_BrokerRegistrationRequest_v2(
     buf: bytes, pos: int
 ) -> tuple[BrokerRegistrationRequest, int]:
     # versions 2
-    o = _new(BrokerRegistrationRequest)
+    o = BrokerRegistrationRequest.__new__(BrokerRegistrationRequest)
     o.previous_broker_epoch = -1
     o.broker_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -546,7 +544,7 @@ def _read_BrokerRegistrationRequest_v2(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(Listener)
+            item2 = Listener.__new__(Listener)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -598,7 +596,7 @@ def _read_BrokerRegistrationRequest_v2(
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(Feature)
+            item5 = Feature.__new__(Feature)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -668,7 +666,7 @@ def _read_BrokerRegistrationRequest_v3(
     buf: bytes, pos: int
 ) -> tuple[BrokerRegistrationRequest, int]:
     # versions 3-4
-    o = _new(BrokerRegistrationRequest)
+    o = BrokerRegistrationRequest.__new__(BrokerRegistrationRequest)
     o.broker_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -701,7 +699,7 @@ def _read_BrokerRegistrationRequest_v3(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(Listener)
+            item2 = Listener.__new__(Listener)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -753,7 +751,7 @@ def _read_BrokerRegistrationRequest_v3(
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(Feature)
+            item5 = Feature.__new__(Feature)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

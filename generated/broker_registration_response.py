@@ -22,8 +22,6 @@ __all__ = [
     "BrokerRegistrationResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_ihq: _Final = _Packer(">ihq")
 
 
@@ -79,7 +77,7 @@ def _read_BrokerRegistrationResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[BrokerRegistrationResponse, int]:
     # versions 0-4
-    o = _new(BrokerRegistrationResponse)
+    o = BrokerRegistrationResponse.__new__(BrokerRegistrationResponse)
     o.throttle_time_ms, o.error_code, o.broker_epoch = _S_ihq.unpack_from(buf, pos)
     pos += 14
     if buf[pos]:

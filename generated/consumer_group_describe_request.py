@@ -32,8 +32,6 @@ __all__ = [
     "ConsumerGroupDescribeRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_z: _Final = _Packer(">?")
 
 
@@ -81,7 +79,7 @@ def _read_ConsumerGroupDescribeRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[ConsumerGroupDescribeRequest, int]:
     # versions 0
-    o = _new(ConsumerGroupDescribeRequest)
+    o = ConsumerGroupDescribeRequest.__new__(ConsumerGroupDescribeRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -41,8 +41,6 @@ __all__ = [
     "TopicPartitions",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ii: _Final = _Packer(">ii")
@@ -351,7 +349,7 @@ _TAGS_TopicPartitions: _Final[frozenset[int]] = frozenset()
 
 def _read_Assignment_v0(buf: bytes, pos: int) -> tuple[Assignment, int]:
     # versions 0
-    o = _new(Assignment)
+    o = Assignment.__new__(Assignment)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -366,7 +364,7 @@ def _read_Assignment_v0(buf: bytes, pos: int) -> tuple[Assignment, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(TopicPartitions)
+            item2 = TopicPartitions.__new__(TopicPartitions)
             item2.topic_id = _read_uuid(buf, pos)
             pos += 16
             n = buf[pos] - 1
@@ -442,7 +440,7 @@ def _write_Assignment_v0(o: Assignment, w: _Writer) -> None:
 
 def _read_Member_v0(buf: bytes, pos: int) -> tuple[Member, int]:
     # versions 0
-    o = _new(Member)
+    o = Member.__new__(Member)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -628,7 +626,7 @@ def _write_Member_v0(o: Member, w: _Writer) -> None:
 
 def _read_DescribedGroup_v0(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
     # versions 0
-    o = _new(DescribedGroup)
+    o = DescribedGroup.__new__(DescribedGroup)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -756,7 +754,7 @@ def _read_ConsumerGroupDescribeResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ConsumerGroupDescribeResponse, int]:
     # versions 0
-    o = _new(ConsumerGroupDescribeResponse)
+    o = ConsumerGroupDescribeResponse.__new__(ConsumerGroupDescribeResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

@@ -38,8 +38,6 @@ __all__ = [
     "TopicPartitions",
 ]
 
-_new: _Final = object.__new__
-
 _S_i: _Final = _Packer(">i")
 _A_i: _Final = _small_arrays("i", 32)
 
@@ -176,7 +174,7 @@ def _read_ConsumerGroupHeartbeatRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[ConsumerGroupHeartbeatRequest, int]:
     # versions 0
-    o = _new(ConsumerGroupHeartbeatRequest)
+    o = ConsumerGroupHeartbeatRequest.__new__(ConsumerGroupHeartbeatRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -295,7 +293,7 @@ def _read_ConsumerGroupHeartbeatRequest_v0(
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(TopicPartitions)
+            item5 = TopicPartitions.__new__(TopicPartitions)
             item5.topic_id = _read_uuid(buf, pos)
             pos += 16
             n = buf[pos] - 1

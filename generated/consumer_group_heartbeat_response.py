@@ -38,8 +38,6 @@ __all__ = [
     "TopicPartitions",
 ]
 
-_new: _Final = object.__new__
-
 _S_ih: _Final = _Packer(">ih")
 _S_ii: _Final = _Packer(">ii")
 _A_i: _Final = _small_arrays("i", 32)
@@ -194,7 +192,7 @@ _TAGS_TopicPartitions: _Final[frozenset[int]] = frozenset()
 
 def _read_Assignment_v0(buf: bytes, pos: int) -> tuple[Assignment, int]:
     # versions 0
-    o = _new(Assignment)
+    o = Assignment.__new__(Assignment)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -209,7 +207,7 @@ def _read_Assignment_v0(buf: bytes, pos: int) -> tuple[Assignment, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(TopicPartitions)
+            item2 = TopicPartitions.__new__(TopicPartitions)
             item2.topic_id = _read_uuid(buf, pos)
             pos += 16
             n = buf[pos] - 1
@@ -269,7 +267,7 @@ def _read_ConsumerGroupHeartbeatResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ConsumerGroupHeartbeatResponse, int]:
     # versions 0
-    o = _new(ConsumerGroupHeartbeatResponse)
+    o = ConsumerGroupHeartbeatResponse.__new__(ConsumerGroupHeartbeatResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

@@ -32,8 +32,6 @@ __all__ = [
     "TopicPartition",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _A_i: _Final = _small_arrays("i", 32)
@@ -123,7 +121,7 @@ def _read_ConsumerProtocolAssignment_v0(
     buf: bytes, pos: int
 ) -> tuple[ConsumerProtocolAssignment, int]:
     # versions 0-3
-    o = _new(ConsumerProtocolAssignment)
+    o = ConsumerProtocolAssignment.__new__(ConsumerProtocolAssignment)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -134,7 +132,7 @@ def _read_ConsumerProtocolAssignment_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(TopicPartition)
+            item2 = TopicPartition.__new__(TopicPartition)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:

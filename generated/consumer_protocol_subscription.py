@@ -32,8 +32,6 @@ __all__ = [
     "TopicPartition",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _A_i: _Final = _small_arrays("i", 32)
@@ -145,7 +143,7 @@ def _read_ConsumerProtocolSubscription_v0(
     buf: bytes, pos: int
 ) -> tuple[ConsumerProtocolSubscription, int]:
     # versions 0
-    o = _new(ConsumerProtocolSubscription)
+    o = ConsumerProtocolSubscription.__new__(ConsumerProtocolSubscription)
     o.owned_partitions = []
     o.generation_id = -1
     o.rack_id = None
@@ -191,7 +189,7 @@ def _read_ConsumerProtocolSubscription_v1(
     buf: bytes, pos: int
 ) -> tuple[ConsumerProtocolSubscription, int]:
     # versions 1
-    o = _new(ConsumerProtocolSubscription)
+    o = ConsumerProtocolSubscription.__new__(ConsumerProtocolSubscription)
     o.generation_id = -1
     o.rack_id = None
     n = _S_i.unpack_from(buf, pos)[0]
@@ -238,7 +236,7 @@ def _read_ConsumerProtocolSubscription_v1(
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(TopicPartition)
+            item5 = TopicPartition.__new__(TopicPartition)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -273,7 +271,7 @@ def _read_ConsumerProtocolSubscription_v2(
     buf: bytes, pos: int
 ) -> tuple[ConsumerProtocolSubscription, int]:
     # versions 2
-    o = _new(ConsumerProtocolSubscription)
+    o = ConsumerProtocolSubscription.__new__(ConsumerProtocolSubscription)
     o.rack_id = None
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -319,7 +317,7 @@ def _read_ConsumerProtocolSubscription_v2(
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(TopicPartition)
+            item5 = TopicPartition.__new__(TopicPartition)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -356,7 +354,7 @@ def _read_ConsumerProtocolSubscription_v3(
     buf: bytes, pos: int
 ) -> tuple[ConsumerProtocolSubscription, int]:
     # versions 3
-    o = _new(ConsumerProtocolSubscription)
+    o = ConsumerProtocolSubscription.__new__(ConsumerProtocolSubscription)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -401,7 +399,7 @@ def _read_ConsumerProtocolSubscription_v3(
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(TopicPartition)
+            item5 = TopicPartition.__new__(TopicPartition)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:

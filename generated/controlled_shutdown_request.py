@@ -23,8 +23,6 @@ __all__ = [
     "ControlledShutdownRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_i: _Final = _Packer(">i")
 _S_iq: _Final = _Packer(">iq")
 
@@ -82,7 +80,7 @@ def _read_ControlledShutdownRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[ControlledShutdownRequest, int]:
     # versions 0-1
-    o = _new(ControlledShutdownRequest)
+    o = ControlledShutdownRequest.__new__(ControlledShutdownRequest)
     o.broker_epoch = -1
     o.broker_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -94,7 +92,7 @@ def _read_ControlledShutdownRequest_v2(
     buf: bytes, pos: int
 ) -> tuple[ControlledShutdownRequest, int]:
     # versions 2
-    o = _new(ControlledShutdownRequest)
+    o = ControlledShutdownRequest.__new__(ControlledShutdownRequest)
     o.broker_id, o.broker_epoch = _S_iq.unpack_from(buf, pos)
     pos += 12
     o._unknown_tags = None
@@ -105,7 +103,7 @@ def _read_ControlledShutdownRequest_v3(
     buf: bytes, pos: int
 ) -> tuple[ControlledShutdownRequest, int]:
     # versions 3
-    o = _new(ControlledShutdownRequest)
+    o = ControlledShutdownRequest.__new__(ControlledShutdownRequest)
     o.broker_id, o.broker_epoch = _S_iq.unpack_from(buf, pos)
     pos += 12
     if buf[pos]:

@@ -33,8 +33,6 @@ __all__ = [
     "RemainingPartition",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -120,7 +118,7 @@ def _read_ControlledShutdownResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ControlledShutdownResponse, int]:
     # versions 0-2
-    o = _new(ControlledShutdownResponse)
+    o = ControlledShutdownResponse.__new__(ControlledShutdownResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_i.unpack_from(buf, pos)[0]
@@ -133,7 +131,7 @@ def _read_ControlledShutdownResponse_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(RemainingPartition)
+            item2 = RemainingPartition.__new__(RemainingPartition)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -157,7 +155,7 @@ def _read_ControlledShutdownResponse_v3(
     buf: bytes, pos: int
 ) -> tuple[ControlledShutdownResponse, int]:
     # versions 3
-    o = _new(ControlledShutdownResponse)
+    o = ControlledShutdownResponse.__new__(ControlledShutdownResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -174,7 +172,7 @@ def _read_ControlledShutdownResponse_v3(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(RemainingPartition)
+            item2 = RemainingPartition.__new__(RemainingPartition)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

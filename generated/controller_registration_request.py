@@ -37,8 +37,6 @@ __all__ = [
     "Listener",
 ]
 
-_new: _Final = object.__new__
-
 _S_Hh: _Final = _Packer(">Hh")
 _S_hh: _Final = _Packer(">hh")
 _S_i: _Final = _Packer(">i")
@@ -201,7 +199,7 @@ def _read_ControllerRegistrationRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[ControllerRegistrationRequest, int]:
     # versions 0
-    o = _new(ControllerRegistrationRequest)
+    o = ControllerRegistrationRequest.__new__(ControllerRegistrationRequest)
     o.controller_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     o.incarnation_id = _read_uuid(buf, pos)
@@ -222,7 +220,7 @@ def _read_ControllerRegistrationRequest_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(Listener)
+            item2 = Listener.__new__(Listener)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -274,7 +272,7 @@ def _read_ControllerRegistrationRequest_v0(
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(Feature)
+            item5 = Feature.__new__(Feature)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -26,8 +26,6 @@ __all__ = [
     "ControllerRegistrationResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_ih: _Final = _Packer(">ih")
 
 
@@ -83,7 +81,7 @@ def _read_ControllerRegistrationResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ControllerRegistrationResponse, int]:
     # versions 0
-    o = _new(ControllerRegistrationResponse)
+    o = ControllerRegistrationResponse.__new__(ControllerRegistrationResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

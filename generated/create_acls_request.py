@@ -33,8 +33,6 @@ __all__ = [
     "CreateAclsRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_b: _Final = _Packer(">b")
 _S_bb: _Final = _Packer(">bb")
 _S_h: _Final = _Packer(">h")
@@ -150,7 +148,7 @@ _TAGS_AclCreation: _Final[frozenset[int]] = frozenset()
 
 def _read_CreateAclsRequest_v0(buf: bytes, pos: int) -> tuple[CreateAclsRequest, int]:
     # versions 0
-    o = _new(CreateAclsRequest)
+    o = CreateAclsRequest.__new__(CreateAclsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -161,7 +159,7 @@ def _read_CreateAclsRequest_v0(buf: bytes, pos: int) -> tuple[CreateAclsRequest,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AclCreation)
+            item2 = AclCreation.__new__(AclCreation)
             item2.resource_pattern_type = 3
             item2.resource_type = _S_b.unpack_from(buf, pos)[0]
             pos += 1
@@ -206,7 +204,7 @@ def _read_CreateAclsRequest_v0(buf: bytes, pos: int) -> tuple[CreateAclsRequest,
 
 def _read_CreateAclsRequest_v1(buf: bytes, pos: int) -> tuple[CreateAclsRequest, int]:
     # versions 1
-    o = _new(CreateAclsRequest)
+    o = CreateAclsRequest.__new__(CreateAclsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -217,7 +215,7 @@ def _read_CreateAclsRequest_v1(buf: bytes, pos: int) -> tuple[CreateAclsRequest,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AclCreation)
+            item2 = AclCreation.__new__(AclCreation)
             item2.resource_type = _S_b.unpack_from(buf, pos)[0]
             pos += 1
             n = _S_h.unpack_from(buf, pos)[0]
@@ -263,7 +261,7 @@ def _read_CreateAclsRequest_v1(buf: bytes, pos: int) -> tuple[CreateAclsRequest,
 
 def _read_CreateAclsRequest_v2(buf: bytes, pos: int) -> tuple[CreateAclsRequest, int]:
     # versions 2-3
-    o = _new(CreateAclsRequest)
+    o = CreateAclsRequest.__new__(CreateAclsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -278,7 +276,7 @@ def _read_CreateAclsRequest_v2(buf: bytes, pos: int) -> tuple[CreateAclsRequest,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AclCreation)
+            item2 = AclCreation.__new__(AclCreation)
             item2.resource_type = _S_b.unpack_from(buf, pos)[0]
             pos += 1
             n = buf[pos] - 1

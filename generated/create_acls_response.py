@@ -33,8 +33,6 @@ __all__ = [
     "CreateAclsResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -118,7 +116,7 @@ _TAGS_AclCreationResult: _Final[frozenset[int]] = frozenset()
 
 def _read_CreateAclsResponse_v0(buf: bytes, pos: int) -> tuple[CreateAclsResponse, int]:
     # versions 0-1
-    o = _new(CreateAclsResponse)
+    o = CreateAclsResponse.__new__(CreateAclsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -131,7 +129,7 @@ def _read_CreateAclsResponse_v0(buf: bytes, pos: int) -> tuple[CreateAclsRespons
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AclCreationResult)
+            item2 = AclCreationResult.__new__(AclCreationResult)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             n = _S_h.unpack_from(buf, pos)[0]
@@ -155,7 +153,7 @@ def _read_CreateAclsResponse_v0(buf: bytes, pos: int) -> tuple[CreateAclsRespons
 
 def _read_CreateAclsResponse_v2(buf: bytes, pos: int) -> tuple[CreateAclsResponse, int]:
     # versions 2-3
-    o = _new(CreateAclsResponse)
+    o = CreateAclsResponse.__new__(CreateAclsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -172,7 +170,7 @@ def _read_CreateAclsResponse_v2(buf: bytes, pos: int) -> tuple[CreateAclsRespons
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AclCreationResult)
+            item2 = AclCreationResult.__new__(AclCreationResult)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             n = buf[pos] - 1

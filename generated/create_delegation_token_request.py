@@ -33,8 +33,6 @@ __all__ = [
     "CreateDelegationTokenRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_q: _Final = _Packer(">q")
@@ -139,7 +137,7 @@ def _read_CreateDelegationTokenRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[CreateDelegationTokenRequest, int]:
     # versions 0-1
-    o = _new(CreateDelegationTokenRequest)
+    o = CreateDelegationTokenRequest.__new__(CreateDelegationTokenRequest)
     o.owner_principal_type = ""
     o.owner_principal_name = ""
     n = _S_i.unpack_from(buf, pos)[0]
@@ -152,7 +150,7 @@ def _read_CreateDelegationTokenRequest_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(CreatableRenewers)
+            item2 = CreatableRenewers.__new__(CreatableRenewers)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -186,7 +184,7 @@ def _read_CreateDelegationTokenRequest_v2(
     buf: bytes, pos: int
 ) -> tuple[CreateDelegationTokenRequest, int]:
     # versions 2
-    o = _new(CreateDelegationTokenRequest)
+    o = CreateDelegationTokenRequest.__new__(CreateDelegationTokenRequest)
     o.owner_principal_type = ""
     o.owner_principal_name = ""
     n = buf[pos] - 1
@@ -203,7 +201,7 @@ def _read_CreateDelegationTokenRequest_v2(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(CreatableRenewers)
+            item2 = CreatableRenewers.__new__(CreatableRenewers)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -253,7 +251,7 @@ def _read_CreateDelegationTokenRequest_v3(
     buf: bytes, pos: int
 ) -> tuple[CreateDelegationTokenRequest, int]:
     # versions 3
-    o = _new(CreateDelegationTokenRequest)
+    o = CreateDelegationTokenRequest.__new__(CreateDelegationTokenRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -296,7 +294,7 @@ def _read_CreateDelegationTokenRequest_v3(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(CreatableRenewers)
+            item2 = CreatableRenewers.__new__(CreatableRenewers)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

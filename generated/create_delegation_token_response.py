@@ -30,8 +30,6 @@ __all__ = [
     "CreateDelegationTokenResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_qqq: _Final = _Packer(">qqq")
@@ -160,7 +158,7 @@ def _read_CreateDelegationTokenResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[CreateDelegationTokenResponse, int]:
     # versions 0-1
-    o = _new(CreateDelegationTokenResponse)
+    o = CreateDelegationTokenResponse.__new__(CreateDelegationTokenResponse)
     o.token_requester_principal_type = ""
     o.token_requester_principal_name = ""
     o.error_code = _S_h.unpack_from(buf, pos)[0]
@@ -217,7 +215,7 @@ def _read_CreateDelegationTokenResponse_v2(
     buf: bytes, pos: int
 ) -> tuple[CreateDelegationTokenResponse, int]:
     # versions 2
-    o = _new(CreateDelegationTokenResponse)
+    o = CreateDelegationTokenResponse.__new__(CreateDelegationTokenResponse)
     o.token_requester_principal_type = ""
     o.token_requester_principal_name = ""
     o.error_code = _S_h.unpack_from(buf, pos)[0]
@@ -294,7 +292,7 @@ def _read_CreateDelegationTokenResponse_v3(
     buf: bytes, pos: int
 ) -> tuple[CreateDelegationTokenResponse, int]:
     # versions 3
-    o = _new(CreateDelegationTokenResponse)
+    o = CreateDelegationTokenResponse.__new__(CreateDelegationTokenResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1

@@ -37,8 +37,6 @@ __all__ = [
     "CreatePartitionsTopic",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_iz: _Final = _Packer(">i?")
@@ -165,7 +163,7 @@ _TAGS_CreatePartitionsAssignment: _Final[frozenset[int]] = frozenset()
 
 def _read_CreatePartitionsTopic_v0(buf: bytes, pos: int) -> tuple[CreatePartitionsTopic, int]:
     # versions 0-1
-    o = _new(CreatePartitionsTopic)
+    o = CreatePartitionsTopic.__new__(CreatePartitionsTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -190,7 +188,7 @@ def _read_CreatePartitionsTopic_v0(buf: bytes, pos: int) -> tuple[CreatePartitio
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(CreatePartitionsAssignment)
+            item2 = CreatePartitionsAssignment.__new__(CreatePartitionsAssignment)
             n = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             if n < 0:
@@ -213,7 +211,7 @@ def _read_CreatePartitionsTopic_v0(buf: bytes, pos: int) -> tuple[CreatePartitio
 
 def _read_CreatePartitionsTopic_v2(buf: bytes, pos: int) -> tuple[CreatePartitionsTopic, int]:
     # versions 2-3
-    o = _new(CreatePartitionsTopic)
+    o = CreatePartitionsTopic.__new__(CreatePartitionsTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -244,7 +242,7 @@ def _read_CreatePartitionsTopic_v2(buf: bytes, pos: int) -> tuple[CreatePartitio
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(CreatePartitionsAssignment)
+            item2 = CreatePartitionsAssignment.__new__(CreatePartitionsAssignment)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -335,7 +333,7 @@ def _write_CreatePartitionsTopic_v2(o: CreatePartitionsTopic, w: _Writer) -> Non
 
 def _read_CreatePartitionsRequest_v0(buf: bytes, pos: int) -> tuple[CreatePartitionsRequest, int]:
     # versions 0-1
-    o = _new(CreatePartitionsRequest)
+    o = CreatePartitionsRequest.__new__(CreatePartitionsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -357,7 +355,7 @@ def _read_CreatePartitionsRequest_v0(buf: bytes, pos: int) -> tuple[CreatePartit
 
 def _read_CreatePartitionsRequest_v2(buf: bytes, pos: int) -> tuple[CreatePartitionsRequest, int]:
     # versions 2-3
-    o = _new(CreatePartitionsRequest)
+    o = CreatePartitionsRequest.__new__(CreatePartitionsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -33,8 +33,6 @@ __all__ = [
     "CreatePartitionsTopicResult",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -129,7 +127,7 @@ _TAGS_CreatePartitionsTopicResult: _Final[frozenset[int]] = frozenset()
 
 def _read_CreatePartitionsResponse_v0(buf: bytes, pos: int) -> tuple[CreatePartitionsResponse, int]:
     # versions 0-1
-    o = _new(CreatePartitionsResponse)
+    o = CreatePartitionsResponse.__new__(CreatePartitionsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -142,7 +140,7 @@ def _read_CreatePartitionsResponse_v0(buf: bytes, pos: int) -> tuple[CreateParti
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(CreatePartitionsTopicResult)
+            item2 = CreatePartitionsTopicResult.__new__(CreatePartitionsTopicResult)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -176,7 +174,7 @@ def _read_CreatePartitionsResponse_v0(buf: bytes, pos: int) -> tuple[CreateParti
 
 def _read_CreatePartitionsResponse_v2(buf: bytes, pos: int) -> tuple[CreatePartitionsResponse, int]:
     # versions 2-3
-    o = _new(CreatePartitionsResponse)
+    o = CreatePartitionsResponse.__new__(CreatePartitionsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -193,7 +191,7 @@ def _read_CreatePartitionsResponse_v2(buf: bytes, pos: int) -> tuple[CreateParti
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(CreatePartitionsTopicResult)
+            item2 = CreatePartitionsTopicResult.__new__(CreatePartitionsTopicResult)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -38,8 +38,6 @@ __all__ = [
     "CreateTopicsRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -230,7 +228,7 @@ _TAGS_CreatableTopicConfig: _Final[frozenset[int]] = frozenset()
 
 def _read_CreatableTopic_v0(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
     # versions 0-4
-    o = _new(CreatableTopic)
+    o = CreatableTopic.__new__(CreatableTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -253,7 +251,7 @@ def _read_CreatableTopic_v0(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(CreatableReplicaAssignment)
+            item2 = CreatableReplicaAssignment.__new__(CreatableReplicaAssignment)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_i.unpack_from(buf, pos)[0]
@@ -282,7 +280,7 @@ def _read_CreatableTopic_v0(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(CreatableTopicConfig)
+            item5 = CreatableTopicConfig.__new__(CreatableTopicConfig)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -314,7 +312,7 @@ def _read_CreatableTopic_v0(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
 
 def _read_CreatableTopic_v5(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
     # versions 5-7
-    o = _new(CreatableTopic)
+    o = CreatableTopic.__new__(CreatableTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -345,7 +343,7 @@ def _read_CreatableTopic_v5(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(CreatableReplicaAssignment)
+            item2 = CreatableReplicaAssignment.__new__(CreatableReplicaAssignment)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -388,7 +386,7 @@ def _read_CreatableTopic_v5(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(CreatableTopicConfig)
+            item5 = CreatableTopicConfig.__new__(CreatableTopicConfig)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -520,7 +518,7 @@ def _write_CreatableTopic_v5(o: CreatableTopic, w: _Writer) -> None:
 
 def _read_CreateTopicsRequest_v0(buf: bytes, pos: int) -> tuple[CreateTopicsRequest, int]:
     # versions 0
-    o = _new(CreateTopicsRequest)
+    o = CreateTopicsRequest.__new__(CreateTopicsRequest)
     o.validate_only = False
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -543,7 +541,7 @@ def _read_CreateTopicsRequest_v0(buf: bytes, pos: int) -> tuple[CreateTopicsRequ
 
 def _read_CreateTopicsRequest_v1(buf: bytes, pos: int) -> tuple[CreateTopicsRequest, int]:
     # versions 1-4
-    o = _new(CreateTopicsRequest)
+    o = CreateTopicsRequest.__new__(CreateTopicsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -565,7 +563,7 @@ def _read_CreateTopicsRequest_v1(buf: bytes, pos: int) -> tuple[CreateTopicsRequ
 
 def _read_CreateTopicsRequest_v5(buf: bytes, pos: int) -> tuple[CreateTopicsRequest, int]:
     # versions 5-7
-    o = _new(CreateTopicsRequest)
+    o = CreateTopicsRequest.__new__(CreateTopicsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -43,8 +43,6 @@ __all__ = [
     "CreateTopicsResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -272,7 +270,7 @@ def _read_tags_CreatableTopicResult_v5(o: CreatableTopicResult, buf: bytes, pos:
 
 def _read_CreatableTopicResult_v5(buf: bytes, pos: int) -> tuple[CreatableTopicResult, int]:
     # versions 5-6
-    o = _new(CreatableTopicResult)
+    o = CreatableTopicResult.__new__(CreatableTopicResult)
     o.topic_id = _ZERO_UUID
     o.topic_config_error_code = 0
     n = buf[pos] - 1
@@ -321,7 +319,7 @@ def _read_CreatableTopicResult_v5(buf: bytes, pos: int) -> tuple[CreatableTopicR
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(CreatableTopicConfigs)
+            item2 = CreatableTopicConfigs.__new__(CreatableTopicConfigs)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -369,7 +367,7 @@ def _read_CreatableTopicResult_v5(buf: bytes, pos: int) -> tuple[CreatableTopicR
 
 def _read_CreatableTopicResult_v7(buf: bytes, pos: int) -> tuple[CreatableTopicResult, int]:
     # versions 7
-    o = _new(CreatableTopicResult)
+    o = CreatableTopicResult.__new__(CreatableTopicResult)
     o.topic_config_error_code = 0
     n = buf[pos] - 1
     if n < 127:
@@ -419,7 +417,7 @@ def _read_CreatableTopicResult_v7(buf: bytes, pos: int) -> tuple[CreatableTopicR
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(CreatableTopicConfigs)
+            item2 = CreatableTopicConfigs.__new__(CreatableTopicConfigs)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -572,7 +570,7 @@ def _write_CreatableTopicResult_v7(o: CreatableTopicResult, w: _Writer) -> None:
 
 def _read_CreateTopicsResponse_v0(buf: bytes, pos: int) -> tuple[CreateTopicsResponse, int]:
     # versions 0
-    o = _new(CreateTopicsResponse)
+    o = CreateTopicsResponse.__new__(CreateTopicsResponse)
     o.throttle_time_ms = 0
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -584,7 +582,7 @@ def _read_CreateTopicsResponse_v0(buf: bytes, pos: int) -> tuple[CreateTopicsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(CreatableTopicResult)
+            item2 = CreatableTopicResult.__new__(CreatableTopicResult)
             item2.topic_id = _ZERO_UUID
             item2.error_message = ""
             item2.topic_config_error_code = 0
@@ -612,7 +610,7 @@ def _read_CreateTopicsResponse_v0(buf: bytes, pos: int) -> tuple[CreateTopicsRes
 
 def _read_CreateTopicsResponse_v1(buf: bytes, pos: int) -> tuple[CreateTopicsResponse, int]:
     # versions 1
-    o = _new(CreateTopicsResponse)
+    o = CreateTopicsResponse.__new__(CreateTopicsResponse)
     o.throttle_time_ms = 0
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -624,7 +622,7 @@ def _read_CreateTopicsResponse_v1(buf: bytes, pos: int) -> tuple[CreateTopicsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(CreatableTopicResult)
+            item2 = CreatableTopicResult.__new__(CreatableTopicResult)
             item2.topic_id = _ZERO_UUID
             item2.topic_config_error_code = 0
             item2.num_partitions = -1
@@ -663,7 +661,7 @@ def _read_CreateTopicsResponse_v1(buf: bytes, pos: int) -> tuple[CreateTopicsRes
 
 def _read_CreateTopicsResponse_v2(buf: bytes, pos: int) -> tuple[CreateTopicsResponse, int]:
     # versions 2-4
-    o = _new(CreateTopicsResponse)
+    o = CreateTopicsResponse.__new__(CreateTopicsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -676,7 +674,7 @@ def _read_CreateTopicsResponse_v2(buf: bytes, pos: int) -> tuple[CreateTopicsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(CreatableTopicResult)
+            item2 = CreatableTopicResult.__new__(CreatableTopicResult)
             item2.topic_id = _ZERO_UUID
             item2.topic_config_error_code = 0
             item2.num_partitions = -1
@@ -715,7 +713,7 @@ def _read_CreateTopicsResponse_v2(buf: bytes, pos: int) -> tuple[CreateTopicsRes
 
 def _read_CreateTopicsResponse_v5(buf: bytes, pos: int) -> tuple[CreateTopicsResponse, int]:
     # versions 5-6
-    o = _new(CreateTopicsResponse)
+    o = CreateTopicsResponse.__new__(CreateTopicsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -745,7 +743,7 @@ def _read_CreateTopicsResponse_v5(buf: bytes, pos: int) -> tuple[CreateTopicsRes
 
 def _read_CreateTopicsResponse_v7(buf: bytes, pos: int) -> tuple[CreateTopicsResponse, int]:
     # versions 7
-    o = _new(CreateTopicsResponse)
+    o = CreateTopicsResponse.__new__(CreateTopicsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

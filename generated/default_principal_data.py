@@ -28,8 +28,6 @@ __all__ = [
     "DefaultPrincipalData",
 ]
 
-_new: _Final = object.__new__
-
 _S_z: _Final = _Packer(">?")
 
 
@@ -87,7 +85,7 @@ _TAGS_DefaultPrincipalData: _Final[frozenset[int]] = frozenset()
 
 def _read_DefaultPrincipalData_v0(buf: bytes, pos: int) -> tuple[DefaultPrincipalData, int]:
     # versions 0
-    o = _new(DefaultPrincipalData)
+    o = DefaultPrincipalData.__new__(DefaultPrincipalData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

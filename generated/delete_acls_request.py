@@ -33,8 +33,6 @@ __all__ = [
     "DeleteAclsRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_b: _Final = _Packer(">b")
 _S_bb: _Final = _Packer(">bb")
 _S_h: _Final = _Packer(">h")
@@ -150,7 +148,7 @@ _TAGS_DeleteAclsFilter: _Final[frozenset[int]] = frozenset()
 
 def _read_DeleteAclsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteAclsRequest, int]:
     # versions 0
-    o = _new(DeleteAclsRequest)
+    o = DeleteAclsRequest.__new__(DeleteAclsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -161,7 +159,7 @@ def _read_DeleteAclsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteAclsRequest,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DeleteAclsFilter)
+            item2 = DeleteAclsFilter.__new__(DeleteAclsFilter)
             item2.pattern_type_filter = 3
             item2.resource_type_filter = _S_b.unpack_from(buf, pos)[0]
             pos += 1
@@ -212,7 +210,7 @@ def _read_DeleteAclsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteAclsRequest,
 
 def _read_DeleteAclsRequest_v1(buf: bytes, pos: int) -> tuple[DeleteAclsRequest, int]:
     # versions 1
-    o = _new(DeleteAclsRequest)
+    o = DeleteAclsRequest.__new__(DeleteAclsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -223,7 +221,7 @@ def _read_DeleteAclsRequest_v1(buf: bytes, pos: int) -> tuple[DeleteAclsRequest,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DeleteAclsFilter)
+            item2 = DeleteAclsFilter.__new__(DeleteAclsFilter)
             item2.resource_type_filter = _S_b.unpack_from(buf, pos)[0]
             pos += 1
             n = _S_h.unpack_from(buf, pos)[0]
@@ -275,7 +273,7 @@ def _read_DeleteAclsRequest_v1(buf: bytes, pos: int) -> tuple[DeleteAclsRequest,
 
 def _read_DeleteAclsRequest_v2(buf: bytes, pos: int) -> tuple[DeleteAclsRequest, int]:
     # versions 2-3
-    o = _new(DeleteAclsRequest)
+    o = DeleteAclsRequest.__new__(DeleteAclsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -290,7 +288,7 @@ def _read_DeleteAclsRequest_v2(buf: bytes, pos: int) -> tuple[DeleteAclsRequest,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DeleteAclsFilter)
+            item2 = DeleteAclsFilter.__new__(DeleteAclsFilter)
             item2.resource_type_filter = _S_b.unpack_from(buf, pos)[0]
             pos += 1
             n = buf[pos] - 1

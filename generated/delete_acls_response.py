@@ -34,8 +34,6 @@ __all__ = [
     "DeleteAclsResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_b: _Final = _Packer(">b")
 _S_bb: _Final = _Packer(">bb")
 _S_h: _Final = _Packer(">h")
@@ -218,7 +216,7 @@ _TAGS_DeleteAclsMatchingAcl: _Final[frozenset[int]] = frozenset()
 
 def _read_DeleteAclsFilterResult_v0(buf: bytes, pos: int) -> tuple[DeleteAclsFilterResult, int]:
     # versions 0
-    o = _new(DeleteAclsFilterResult)
+    o = DeleteAclsFilterResult.__new__(DeleteAclsFilterResult)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_h.unpack_from(buf, pos)[0]
@@ -243,7 +241,7 @@ def _read_DeleteAclsFilterResult_v0(buf: bytes, pos: int) -> tuple[DeleteAclsFil
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DeleteAclsMatchingAcl)
+            item2 = DeleteAclsMatchingAcl.__new__(DeleteAclsMatchingAcl)
             item2.pattern_type = 3
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -302,7 +300,7 @@ def _read_DeleteAclsFilterResult_v0(buf: bytes, pos: int) -> tuple[DeleteAclsFil
 
 def _read_DeleteAclsFilterResult_v1(buf: bytes, pos: int) -> tuple[DeleteAclsFilterResult, int]:
     # versions 1
-    o = _new(DeleteAclsFilterResult)
+    o = DeleteAclsFilterResult.__new__(DeleteAclsFilterResult)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_h.unpack_from(buf, pos)[0]
@@ -327,7 +325,7 @@ def _read_DeleteAclsFilterResult_v1(buf: bytes, pos: int) -> tuple[DeleteAclsFil
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DeleteAclsMatchingAcl)
+            item2 = DeleteAclsMatchingAcl.__new__(DeleteAclsMatchingAcl)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             n = _S_h.unpack_from(buf, pos)[0]
@@ -387,7 +385,7 @@ def _read_DeleteAclsFilterResult_v1(buf: bytes, pos: int) -> tuple[DeleteAclsFil
 
 def _read_DeleteAclsFilterResult_v2(buf: bytes, pos: int) -> tuple[DeleteAclsFilterResult, int]:
     # versions 2-3
-    o = _new(DeleteAclsFilterResult)
+    o = DeleteAclsFilterResult.__new__(DeleteAclsFilterResult)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -418,7 +416,7 @@ def _read_DeleteAclsFilterResult_v2(buf: bytes, pos: int) -> tuple[DeleteAclsFil
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DeleteAclsMatchingAcl)
+            item2 = DeleteAclsMatchingAcl.__new__(DeleteAclsMatchingAcl)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             n = buf[pos] - 1
@@ -640,7 +638,7 @@ def _write_DeleteAclsFilterResult_v2(o: DeleteAclsFilterResult, w: _Writer) -> N
 
 def _read_DeleteAclsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteAclsResponse, int]:
     # versions 0
-    o = _new(DeleteAclsResponse)
+    o = DeleteAclsResponse.__new__(DeleteAclsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -662,7 +660,7 @@ def _read_DeleteAclsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteAclsRespons
 
 def _read_DeleteAclsResponse_v1(buf: bytes, pos: int) -> tuple[DeleteAclsResponse, int]:
     # versions 1
-    o = _new(DeleteAclsResponse)
+    o = DeleteAclsResponse.__new__(DeleteAclsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -684,7 +682,7 @@ def _read_DeleteAclsResponse_v1(buf: bytes, pos: int) -> tuple[DeleteAclsRespons
 
 def _read_DeleteAclsResponse_v2(buf: bytes, pos: int) -> tuple[DeleteAclsResponse, int]:
     # versions 2-3
-    o = _new(DeleteAclsResponse)
+    o = DeleteAclsResponse.__new__(DeleteAclsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

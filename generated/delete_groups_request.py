@@ -31,8 +31,6 @@ __all__ = [
     "DeleteGroupsRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -74,7 +72,7 @@ _TAGS_DeleteGroupsRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_DeleteGroupsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteGroupsRequest, int]:
     # versions 0-1
-    o = _new(DeleteGroupsRequest)
+    o = DeleteGroupsRequest.__new__(DeleteGroupsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -103,7 +101,7 @@ def _read_DeleteGroupsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteGroupsRequ
 
 def _read_DeleteGroupsRequest_v2(buf: bytes, pos: int) -> tuple[DeleteGroupsRequest, int]:
     # versions 2
-    o = _new(DeleteGroupsRequest)
+    o = DeleteGroupsRequest.__new__(DeleteGroupsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

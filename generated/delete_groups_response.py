@@ -33,8 +33,6 @@ __all__ = [
     "DeleteGroupsResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -118,7 +116,7 @@ _TAGS_DeletableGroupResult: _Final[frozenset[int]] = frozenset()
 
 def _read_DeleteGroupsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteGroupsResponse, int]:
     # versions 0-1
-    o = _new(DeleteGroupsResponse)
+    o = DeleteGroupsResponse.__new__(DeleteGroupsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -131,7 +129,7 @@ def _read_DeleteGroupsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteGroupsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DeletableGroupResult)
+            item2 = DeletableGroupResult.__new__(DeletableGroupResult)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -153,7 +151,7 @@ def _read_DeleteGroupsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteGroupsRes
 
 def _read_DeleteGroupsResponse_v2(buf: bytes, pos: int) -> tuple[DeleteGroupsResponse, int]:
     # versions 2
-    o = _new(DeleteGroupsResponse)
+    o = DeleteGroupsResponse.__new__(DeleteGroupsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -170,7 +168,7 @@ def _read_DeleteGroupsResponse_v2(buf: bytes, pos: int) -> tuple[DeleteGroupsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DeletableGroupResult)
+            item2 = DeletableGroupResult.__new__(DeletableGroupResult)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -34,8 +34,6 @@ __all__ = [
     "DeleteRecordsTopic",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_iq: _Final = _Packer(">iq")
@@ -151,7 +149,7 @@ _TAGS_DeleteRecordsPartition: _Final[frozenset[int]] = frozenset()
 
 def _read_DeleteRecordsTopic_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsTopic, int]:
     # versions 0-1
-    o = _new(DeleteRecordsTopic)
+    o = DeleteRecordsTopic.__new__(DeleteRecordsTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -172,7 +170,7 @@ def _read_DeleteRecordsTopic_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsTopi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DeleteRecordsPartition)
+            item2 = DeleteRecordsPartition.__new__(DeleteRecordsPartition)
             item2.partition_index, item2.offset = _S_iq.unpack_from(buf, pos)
             pos += 12
             item2._unknown_tags = None
@@ -184,7 +182,7 @@ def _read_DeleteRecordsTopic_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsTopi
 
 def _read_DeleteRecordsTopic_v2(buf: bytes, pos: int) -> tuple[DeleteRecordsTopic, int]:
     # versions 2
-    o = _new(DeleteRecordsTopic)
+    o = DeleteRecordsTopic.__new__(DeleteRecordsTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -213,7 +211,7 @@ def _read_DeleteRecordsTopic_v2(buf: bytes, pos: int) -> tuple[DeleteRecordsTopi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DeleteRecordsPartition)
+            item2 = DeleteRecordsPartition.__new__(DeleteRecordsPartition)
             item2.partition_index, item2.offset = _S_iq.unpack_from(buf, pos)
             pos += 12
             if buf[pos]:
@@ -271,7 +269,7 @@ def _write_DeleteRecordsTopic_v2(o: DeleteRecordsTopic, w: _Writer) -> None:
 
 def _read_DeleteRecordsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsRequest, int]:
     # versions 0-1
-    o = _new(DeleteRecordsRequest)
+    o = DeleteRecordsRequest.__new__(DeleteRecordsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -293,7 +291,7 @@ def _read_DeleteRecordsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsRe
 
 def _read_DeleteRecordsRequest_v2(buf: bytes, pos: int) -> tuple[DeleteRecordsRequest, int]:
     # versions 2
-    o = _new(DeleteRecordsRequest)
+    o = DeleteRecordsRequest.__new__(DeleteRecordsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -36,8 +36,6 @@ __all__ = [
     "PartitionData",
 ]
 
-_new: _Final = object.__new__
-
 _S_i: _Final = _Packer(">i")
 
 
@@ -137,7 +135,7 @@ _TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 def _read_DeleteStateData_v0(buf: bytes, pos: int) -> tuple[DeleteStateData, int]:
     # versions 0
-    o = _new(DeleteStateData)
+    o = DeleteStateData.__new__(DeleteStateData)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -154,7 +152,7 @@ def _read_DeleteStateData_v0(buf: bytes, pos: int) -> tuple[DeleteStateData, int
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionData)
+            item2 = PartitionData.__new__(PartitionData)
             item2.partition = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             if buf[pos]:
@@ -194,7 +192,7 @@ def _read_DeleteShareGroupStateRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[DeleteShareGroupStateRequest, int]:
     # versions 0
-    o = _new(DeleteShareGroupStateRequest)
+    o = DeleteShareGroupStateRequest.__new__(DeleteShareGroupStateRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -36,8 +36,6 @@ __all__ = [
     "PartitionResult",
 ]
 
-_new: _Final = object.__new__
-
 _S_ih: _Final = _Packer(">ih")
 
 
@@ -154,7 +152,7 @@ _TAGS_PartitionResult: _Final[frozenset[int]] = frozenset()
 
 def _read_DeleteStateResult_v0(buf: bytes, pos: int) -> tuple[DeleteStateResult, int]:
     # versions 0
-    o = _new(DeleteStateResult)
+    o = DeleteStateResult.__new__(DeleteStateResult)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -171,7 +169,7 @@ def _read_DeleteStateResult_v0(buf: bytes, pos: int) -> tuple[DeleteStateResult,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionResult)
+            item2 = PartitionResult.__new__(PartitionResult)
             item2.partition, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             n = buf[pos] - 1
@@ -233,7 +231,7 @@ def _read_DeleteShareGroupStateResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[DeleteShareGroupStateResponse, int]:
     # versions 0
-    o = _new(DeleteShareGroupStateResponse)
+    o = DeleteShareGroupStateResponse.__new__(DeleteShareGroupStateResponse)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -36,8 +36,6 @@ __all__ = [
     "DeleteTopicsRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -134,7 +132,7 @@ _TAGS_DeleteTopicState: _Final[frozenset[int]] = frozenset()
 
 def _read_DeleteTopicsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteTopicsRequest, int]:
     # versions 0-3
-    o = _new(DeleteTopicsRequest)
+    o = DeleteTopicsRequest.__new__(DeleteTopicsRequest)
     o.topics = []
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -166,7 +164,7 @@ def _read_DeleteTopicsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteTopicsRequ
 
 def _read_DeleteTopicsRequest_v4(buf: bytes, pos: int) -> tuple[DeleteTopicsRequest, int]:
     # versions 4-5
-    o = _new(DeleteTopicsRequest)
+    o = DeleteTopicsRequest.__new__(DeleteTopicsRequest)
     o.topics = []
     n = buf[pos] - 1
     if n < 127:
@@ -210,7 +208,7 @@ def _read_DeleteTopicsRequest_v4(buf: bytes, pos: int) -> tuple[DeleteTopicsRequ
 
 def _read_DeleteTopicsRequest_v6(buf: bytes, pos: int) -> tuple[DeleteTopicsRequest, int]:
     # versions 6
-    o = _new(DeleteTopicsRequest)
+    o = DeleteTopicsRequest.__new__(DeleteTopicsRequest)
     o.topic_names = []
     n = buf[pos] - 1
     if n < 127:
@@ -226,7 +224,7 @@ def _read_DeleteTopicsRequest_v6(buf: bytes, pos: int) -> tuple[DeleteTopicsRequ
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DeleteTopicState)
+            item2 = DeleteTopicState.__new__(DeleteTopicState)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

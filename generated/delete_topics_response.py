@@ -36,8 +36,6 @@ __all__ = [
     "DeleteTopicsResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -148,7 +146,7 @@ _TAGS_DeletableTopicResult: _Final[frozenset[int]] = frozenset()
 
 def _read_DeleteTopicsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteTopicsResponse, int]:
     # versions 0
-    o = _new(DeleteTopicsResponse)
+    o = DeleteTopicsResponse.__new__(DeleteTopicsResponse)
     o.throttle_time_ms = 0
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -160,7 +158,7 @@ def _read_DeleteTopicsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DeletableTopicResult)
+            item2 = DeletableTopicResult.__new__(DeletableTopicResult)
             item2.topic_id = _ZERO_UUID
             item2.error_message = None
             n = _S_h.unpack_from(buf, pos)[0]
@@ -184,7 +182,7 @@ def _read_DeleteTopicsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
 
 def _read_DeleteTopicsResponse_v1(buf: bytes, pos: int) -> tuple[DeleteTopicsResponse, int]:
     # versions 1-3
-    o = _new(DeleteTopicsResponse)
+    o = DeleteTopicsResponse.__new__(DeleteTopicsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -197,7 +195,7 @@ def _read_DeleteTopicsResponse_v1(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DeletableTopicResult)
+            item2 = DeletableTopicResult.__new__(DeletableTopicResult)
             item2.topic_id = _ZERO_UUID
             item2.error_message = None
             n = _S_h.unpack_from(buf, pos)[0]
@@ -221,7 +219,7 @@ def _read_DeleteTopicsResponse_v1(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
 
 def _read_DeleteTopicsResponse_v4(buf: bytes, pos: int) -> tuple[DeleteTopicsResponse, int]:
     # versions 4
-    o = _new(DeleteTopicsResponse)
+    o = DeleteTopicsResponse.__new__(DeleteTopicsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -238,7 +236,7 @@ def _read_DeleteTopicsResponse_v4(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DeletableTopicResult)
+            item2 = DeletableTopicResult.__new__(DeletableTopicResult)
             item2.topic_id = _ZERO_UUID
             item2.error_message = None
             n = buf[pos] - 1
@@ -274,7 +272,7 @@ def _read_DeleteTopicsResponse_v4(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
 
 def _read_DeleteTopicsResponse_v5(buf: bytes, pos: int) -> tuple[DeleteTopicsResponse, int]:
     # versions 5
-    o = _new(DeleteTopicsResponse)
+    o = DeleteTopicsResponse.__new__(DeleteTopicsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -291,7 +289,7 @@ def _read_DeleteTopicsResponse_v5(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DeletableTopicResult)
+            item2 = DeletableTopicResult.__new__(DeletableTopicResult)
             item2.topic_id = _ZERO_UUID
             n = buf[pos] - 1
             if n < 127:
@@ -340,7 +338,7 @@ def _read_DeleteTopicsResponse_v5(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
 
 def _read_DeleteTopicsResponse_v6(buf: bytes, pos: int) -> tuple[DeleteTopicsResponse, int]:
     # versions 6
-    o = _new(DeleteTopicsResponse)
+    o = DeleteTopicsResponse.__new__(DeleteTopicsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -357,7 +355,7 @@ def _read_DeleteTopicsResponse_v6(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DeletableTopicResult)
+            item2 = DeletableTopicResult.__new__(DeletableTopicResult)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -27,8 +27,6 @@ __all__ = [
     "DescribeAclsRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_b: _Final = _Packer(">b")
 _S_bb: _Final = _Packer(">bb")
 _S_h: _Final = _Packer(">h")
@@ -121,7 +119,7 @@ _TAGS_DescribeAclsRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribeAclsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeAclsRequest, int]:
     # versions 0
-    o = _new(DescribeAclsRequest)
+    o = DescribeAclsRequest.__new__(DescribeAclsRequest)
     o.pattern_type_filter = 3
     o.resource_type_filter = _S_b.unpack_from(buf, pos)[0]
     pos += 1
@@ -169,7 +167,7 @@ def _read_DescribeAclsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeAclsRequ
 
 def _read_DescribeAclsRequest_v1(buf: bytes, pos: int) -> tuple[DescribeAclsRequest, int]:
     # versions 1
-    o = _new(DescribeAclsRequest)
+    o = DescribeAclsRequest.__new__(DescribeAclsRequest)
     o.resource_type_filter = _S_b.unpack_from(buf, pos)[0]
     pos += 1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -218,7 +216,7 @@ def _read_DescribeAclsRequest_v1(buf: bytes, pos: int) -> tuple[DescribeAclsRequ
 
 def _read_DescribeAclsRequest_v2(buf: bytes, pos: int) -> tuple[DescribeAclsRequest, int]:
     # versions 2-3
-    o = _new(DescribeAclsRequest)
+    o = DescribeAclsRequest.__new__(DescribeAclsRequest)
     o.resource_type_filter = _S_b.unpack_from(buf, pos)[0]
     pos += 1
     n = buf[pos] - 1

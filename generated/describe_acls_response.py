@@ -34,8 +34,6 @@ __all__ = [
     "DescribeAclsResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_b: _Final = _Packer(">b")
 _S_bb: _Final = _Packer(">bb")
 _S_h: _Final = _Packer(">h")
@@ -203,7 +201,7 @@ _TAGS_AclDescription: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribeAclsResource_v0(buf: bytes, pos: int) -> tuple[DescribeAclsResource, int]:
     # versions 0
-    o = _new(DescribeAclsResource)
+    o = DescribeAclsResource.__new__(DescribeAclsResource)
     o.pattern_type = 3
     o.resource_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
@@ -227,7 +225,7 @@ def _read_DescribeAclsResource_v0(buf: bytes, pos: int) -> tuple[DescribeAclsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AclDescription)
+            item2 = AclDescription.__new__(AclDescription)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -259,7 +257,7 @@ def _read_DescribeAclsResource_v0(buf: bytes, pos: int) -> tuple[DescribeAclsRes
 
 def _read_DescribeAclsResource_v1(buf: bytes, pos: int) -> tuple[DescribeAclsResource, int]:
     # versions 1
-    o = _new(DescribeAclsResource)
+    o = DescribeAclsResource.__new__(DescribeAclsResource)
     o.resource_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -284,7 +282,7 @@ def _read_DescribeAclsResource_v1(buf: bytes, pos: int) -> tuple[DescribeAclsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AclDescription)
+            item2 = AclDescription.__new__(AclDescription)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -316,7 +314,7 @@ def _read_DescribeAclsResource_v1(buf: bytes, pos: int) -> tuple[DescribeAclsRes
 
 def _read_DescribeAclsResource_v2(buf: bytes, pos: int) -> tuple[DescribeAclsResource, int]:
     # versions 2-3
-    o = _new(DescribeAclsResource)
+    o = DescribeAclsResource.__new__(DescribeAclsResource)
     o.resource_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
     n = buf[pos] - 1
@@ -349,7 +347,7 @@ def _read_DescribeAclsResource_v2(buf: bytes, pos: int) -> tuple[DescribeAclsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AclDescription)
+            item2 = AclDescription.__new__(AclDescription)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -483,7 +481,7 @@ def _write_DescribeAclsResource_v2(o: DescribeAclsResource, w: _Writer) -> None:
 
 def _read_DescribeAclsResponse_v0(buf: bytes, pos: int) -> tuple[DescribeAclsResponse, int]:
     # versions 0
-    o = _new(DescribeAclsResponse)
+    o = DescribeAclsResponse.__new__(DescribeAclsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = _S_h.unpack_from(buf, pos)[0]
@@ -517,7 +515,7 @@ def _read_DescribeAclsResponse_v0(buf: bytes, pos: int) -> tuple[DescribeAclsRes
 
 def _read_DescribeAclsResponse_v1(buf: bytes, pos: int) -> tuple[DescribeAclsResponse, int]:
     # versions 1
-    o = _new(DescribeAclsResponse)
+    o = DescribeAclsResponse.__new__(DescribeAclsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = _S_h.unpack_from(buf, pos)[0]
@@ -551,7 +549,7 @@ def _read_DescribeAclsResponse_v1(buf: bytes, pos: int) -> tuple[DescribeAclsRes
 
 def _read_DescribeAclsResponse_v2(buf: bytes, pos: int) -> tuple[DescribeAclsResponse, int]:
     # versions 2-3
-    o = _new(DescribeAclsResponse)
+    o = DescribeAclsResponse.__new__(DescribeAclsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

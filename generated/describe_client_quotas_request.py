@@ -34,8 +34,6 @@ __all__ = [
     "DescribeClientQuotasRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_b: _Final = _Packer(">b")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -129,7 +127,7 @@ def _read_DescribeClientQuotasRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeClientQuotasRequest, int]:
     # versions 0
-    o = _new(DescribeClientQuotasRequest)
+    o = DescribeClientQuotasRequest.__new__(DescribeClientQuotasRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -140,7 +138,7 @@ def _read_DescribeClientQuotasRequest_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ComponentData)
+            item2 = ComponentData.__new__(ComponentData)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -178,7 +176,7 @@ def _read_DescribeClientQuotasRequest_v1(
     buf: bytes, pos: int
 ) -> tuple[DescribeClientQuotasRequest, int]:
     # versions 1
-    o = _new(DescribeClientQuotasRequest)
+    o = DescribeClientQuotasRequest.__new__(DescribeClientQuotasRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -193,7 +191,7 @@ def _read_DescribeClientQuotasRequest_v1(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ComponentData)
+            item2 = ComponentData.__new__(ComponentData)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -35,8 +35,6 @@ __all__ = [
     "ValueData",
 ]
 
-_new: _Final = object.__new__
-
 _S_d: _Final = _Packer(">d")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -200,7 +198,7 @@ _TAGS_ValueData: _Final[frozenset[int]] = frozenset()
 
 def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
     # versions 0
-    o = _new(EntryData)
+    o = EntryData.__new__(EntryData)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -211,7 +209,7 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(EntityData)
+            item2 = EntityData.__new__(EntityData)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -247,7 +245,7 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(ValueData)
+            item5 = ValueData.__new__(ValueData)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -269,7 +267,7 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
 
 def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
     # versions 1
-    o = _new(EntryData)
+    o = EntryData.__new__(EntryData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -284,7 +282,7 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(EntityData)
+            item2 = EntityData.__new__(EntityData)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -334,7 +332,7 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(ValueData)
+            item5 = ValueData.__new__(ValueData)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -446,7 +444,7 @@ def _read_DescribeClientQuotasResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeClientQuotasResponse, int]:
     # versions 0
-    o = _new(DescribeClientQuotasResponse)
+    o = DescribeClientQuotasResponse.__new__(DescribeClientQuotasResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = _S_h.unpack_from(buf, pos)[0]
@@ -484,7 +482,7 @@ def _read_DescribeClientQuotasResponse_v1(
     buf: bytes, pos: int
 ) -> tuple[DescribeClientQuotasResponse, int]:
     # versions 1
-    o = _new(DescribeClientQuotasResponse)
+    o = DescribeClientQuotasResponse.__new__(DescribeClientQuotasResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

@@ -24,8 +24,6 @@ __all__ = [
     "DescribeClusterRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_z: _Final = _Packer(">?")
 _S_zb: _Final = _Packer(">?b")
 
@@ -75,7 +73,7 @@ _TAGS_DescribeClusterRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribeClusterRequest_v0(buf: bytes, pos: int) -> tuple[DescribeClusterRequest, int]:
     # versions 0
-    o = _new(DescribeClusterRequest)
+    o = DescribeClusterRequest.__new__(DescribeClusterRequest)
     o.endpoint_type = 1
     o.include_cluster_authorized_operations = _S_z.unpack_from(buf, pos)[0]
     pos += 1
@@ -89,7 +87,7 @@ def _read_DescribeClusterRequest_v0(buf: bytes, pos: int) -> tuple[DescribeClust
 
 def _read_DescribeClusterRequest_v1(buf: bytes, pos: int) -> tuple[DescribeClusterRequest, int]:
     # versions 1
-    o = _new(DescribeClusterRequest)
+    o = DescribeClusterRequest.__new__(DescribeClusterRequest)
     o.include_cluster_authorized_operations, o.endpoint_type = _S_zb.unpack_from(buf, pos)
     pos += 2
     if buf[pos]:

@@ -33,8 +33,6 @@ __all__ = [
     "DescribeClusterResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_b: _Final = _Packer(">b")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -182,7 +180,7 @@ _TAGS_DescribeClusterBroker: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribeClusterResponse_v0(buf: bytes, pos: int) -> tuple[DescribeClusterResponse, int]:
     # versions 0
-    o = _new(DescribeClusterResponse)
+    o = DescribeClusterResponse.__new__(DescribeClusterResponse)
     o.endpoint_type = 1
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
@@ -230,7 +228,7 @@ def _read_DescribeClusterResponse_v0(buf: bytes, pos: int) -> tuple[DescribeClus
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribeClusterBroker)
+            item2 = DescribeClusterBroker.__new__(DescribeClusterBroker)
             item2.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -282,7 +280,7 @@ def _read_DescribeClusterResponse_v0(buf: bytes, pos: int) -> tuple[DescribeClus
 
 def _read_DescribeClusterResponse_v1(buf: bytes, pos: int) -> tuple[DescribeClusterResponse, int]:
     # versions 1
-    o = _new(DescribeClusterResponse)
+    o = DescribeClusterResponse.__new__(DescribeClusterResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -331,7 +329,7 @@ def _read_DescribeClusterResponse_v1(buf: bytes, pos: int) -> tuple[DescribeClus
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribeClusterBroker)
+            item2 = DescribeClusterBroker.__new__(DescribeClusterBroker)
             item2.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1

@@ -34,8 +34,6 @@ __all__ = [
     "DescribeConfigsResource",
 ]
 
-_new: _Final = object.__new__
-
 _S_b: _Final = _Packer(">b")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -140,7 +138,7 @@ _TAGS_DescribeConfigsResource: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribeConfigsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeConfigsRequest, int]:
     # versions 0
-    o = _new(DescribeConfigsRequest)
+    o = DescribeConfigsRequest.__new__(DescribeConfigsRequest)
     o.include_synonyms = False
     o.include_documentation = False
     n = _S_i.unpack_from(buf, pos)[0]
@@ -153,7 +151,7 @@ def _read_DescribeConfigsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeConfi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribeConfigsResource)
+            item2 = DescribeConfigsResource.__new__(DescribeConfigsResource)
             item2.resource_type = _S_b.unpack_from(buf, pos)[0]
             pos += 1
             n = _S_h.unpack_from(buf, pos)[0]
@@ -199,7 +197,7 @@ def _read_DescribeConfigsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeConfi
 
 def _read_DescribeConfigsRequest_v1(buf: bytes, pos: int) -> tuple[DescribeConfigsRequest, int]:
     # versions 1-2
-    o = _new(DescribeConfigsRequest)
+    o = DescribeConfigsRequest.__new__(DescribeConfigsRequest)
     o.include_documentation = False
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -211,7 +209,7 @@ def _read_DescribeConfigsRequest_v1(buf: bytes, pos: int) -> tuple[DescribeConfi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribeConfigsResource)
+            item2 = DescribeConfigsResource.__new__(DescribeConfigsResource)
             item2.resource_type = _S_b.unpack_from(buf, pos)[0]
             pos += 1
             n = _S_h.unpack_from(buf, pos)[0]
@@ -259,7 +257,7 @@ def _read_DescribeConfigsRequest_v1(buf: bytes, pos: int) -> tuple[DescribeConfi
 
 def _read_DescribeConfigsRequest_v3(buf: bytes, pos: int) -> tuple[DescribeConfigsRequest, int]:
     # versions 3
-    o = _new(DescribeConfigsRequest)
+    o = DescribeConfigsRequest.__new__(DescribeConfigsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -270,7 +268,7 @@ def _read_DescribeConfigsRequest_v3(buf: bytes, pos: int) -> tuple[DescribeConfi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribeConfigsResource)
+            item2 = DescribeConfigsResource.__new__(DescribeConfigsResource)
             item2.resource_type = _S_b.unpack_from(buf, pos)[0]
             pos += 1
             n = _S_h.unpack_from(buf, pos)[0]
@@ -318,7 +316,7 @@ def _read_DescribeConfigsRequest_v3(buf: bytes, pos: int) -> tuple[DescribeConfi
 
 def _read_DescribeConfigsRequest_v4(buf: bytes, pos: int) -> tuple[DescribeConfigsRequest, int]:
     # versions 4
-    o = _new(DescribeConfigsRequest)
+    o = DescribeConfigsRequest.__new__(DescribeConfigsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -333,7 +331,7 @@ def _read_DescribeConfigsRequest_v4(buf: bytes, pos: int) -> tuple[DescribeConfi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribeConfigsResource)
+            item2 = DescribeConfigsResource.__new__(DescribeConfigsResource)
             item2.resource_type = _S_b.unpack_from(buf, pos)[0]
             pos += 1
             n = buf[pos] - 1

@@ -36,8 +36,6 @@ __all__ = [
     "DescribeConfigsSynonym",
 ]
 
-_new: _Final = object.__new__
-
 _S_b: _Final = _Packer(">b")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -281,7 +279,7 @@ def _read_DescribeConfigsResourceResult_v1(
     buf: bytes, pos: int
 ) -> tuple[DescribeConfigsResourceResult, int]:
     # versions 1-2
-    o = _new(DescribeConfigsResourceResult)
+    o = DescribeConfigsResourceResult.__new__(DescribeConfigsResourceResult)
     o.is_default = False
     o.config_type = 0
     o.documentation = ""
@@ -319,7 +317,7 @@ def _read_DescribeConfigsResourceResult_v1(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribeConfigsSynonym)
+            item2 = DescribeConfigsSynonym.__new__(DescribeConfigsSynonym)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -355,7 +353,7 @@ def _read_DescribeConfigsResourceResult_v3(
     buf: bytes, pos: int
 ) -> tuple[DescribeConfigsResourceResult, int]:
     # versions 3
-    o = _new(DescribeConfigsResourceResult)
+    o = DescribeConfigsResourceResult.__new__(DescribeConfigsResourceResult)
     o.is_default = False
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -391,7 +389,7 @@ def _read_DescribeConfigsResourceResult_v3(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribeConfigsSynonym)
+            item2 = DescribeConfigsSynonym.__new__(DescribeConfigsSynonym)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -441,7 +439,7 @@ def _read_DescribeConfigsResourceResult_v4(
     buf: bytes, pos: int
 ) -> tuple[DescribeConfigsResourceResult, int]:
     # versions 4
-    o = _new(DescribeConfigsResourceResult)
+    o = DescribeConfigsResourceResult.__new__(DescribeConfigsResourceResult)
     o.is_default = False
     n = buf[pos] - 1
     if n < 127:
@@ -487,7 +485,7 @@ def _read_DescribeConfigsResourceResult_v4(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribeConfigsSynonym)
+            item2 = DescribeConfigsSynonym.__new__(DescribeConfigsSynonym)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -733,7 +731,7 @@ def _write_DescribeConfigsResourceResult_v4(o: DescribeConfigsResourceResult, w:
 
 def _read_DescribeConfigsResult_v0(buf: bytes, pos: int) -> tuple[DescribeConfigsResult, int]:
     # versions 0
-    o = _new(DescribeConfigsResult)
+    o = DescribeConfigsResult.__new__(DescribeConfigsResult)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_h.unpack_from(buf, pos)[0]
@@ -770,7 +768,7 @@ def _read_DescribeConfigsResult_v0(buf: bytes, pos: int) -> tuple[DescribeConfig
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribeConfigsResourceResult)
+            item2 = DescribeConfigsResourceResult.__new__(DescribeConfigsResourceResult)
             item2.config_source = -1
             item2.synonyms = []
             item2.config_type = 0
@@ -808,7 +806,7 @@ def _read_DescribeConfigsResult_v0(buf: bytes, pos: int) -> tuple[DescribeConfig
 
 def _read_DescribeConfigsResult_v1(buf: bytes, pos: int) -> tuple[DescribeConfigsResult, int]:
     # versions 1-2
-    o = _new(DescribeConfigsResult)
+    o = DescribeConfigsResult.__new__(DescribeConfigsResult)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_h.unpack_from(buf, pos)[0]
@@ -854,7 +852,7 @@ def _read_DescribeConfigsResult_v1(buf: bytes, pos: int) -> tuple[DescribeConfig
 
 def _read_DescribeConfigsResult_v3(buf: bytes, pos: int) -> tuple[DescribeConfigsResult, int]:
     # versions 3
-    o = _new(DescribeConfigsResult)
+    o = DescribeConfigsResult.__new__(DescribeConfigsResult)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_h.unpack_from(buf, pos)[0]
@@ -900,7 +898,7 @@ def _read_DescribeConfigsResult_v3(buf: bytes, pos: int) -> tuple[DescribeConfig
 
 def _read_DescribeConfigsResult_v4(buf: bytes, pos: int) -> tuple[DescribeConfigsResult, int]:
     # versions 4
-    o = _new(DescribeConfigsResult)
+    o = DescribeConfigsResult.__new__(DescribeConfigsResult)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -1101,7 +1099,7 @@ def _write_DescribeConfigsResult_v4(o: DescribeConfigsResult, w: _Writer) -> Non
 
 def _read_DescribeConfigsResponse_v0(buf: bytes, pos: int) -> tuple[DescribeConfigsResponse, int]:
     # versions 0
-    o = _new(DescribeConfigsResponse)
+    o = DescribeConfigsResponse.__new__(DescribeConfigsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1123,7 +1121,7 @@ def _read_DescribeConfigsResponse_v0(buf: bytes, pos: int) -> tuple[DescribeConf
 
 def _read_DescribeConfigsResponse_v1(buf: bytes, pos: int) -> tuple[DescribeConfigsResponse, int]:
     # versions 1-2
-    o = _new(DescribeConfigsResponse)
+    o = DescribeConfigsResponse.__new__(DescribeConfigsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1145,7 +1143,7 @@ def _read_DescribeConfigsResponse_v1(buf: bytes, pos: int) -> tuple[DescribeConf
 
 def _read_DescribeConfigsResponse_v3(buf: bytes, pos: int) -> tuple[DescribeConfigsResponse, int]:
     # versions 3
-    o = _new(DescribeConfigsResponse)
+    o = DescribeConfigsResponse.__new__(DescribeConfigsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1167,7 +1165,7 @@ def _read_DescribeConfigsResponse_v3(buf: bytes, pos: int) -> tuple[DescribeConf
 
 def _read_DescribeConfigsResponse_v4(buf: bytes, pos: int) -> tuple[DescribeConfigsResponse, int]:
     # versions 4
-    o = _new(DescribeConfigsResponse)
+    o = DescribeConfigsResponse.__new__(DescribeConfigsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

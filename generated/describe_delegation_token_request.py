@@ -33,8 +33,6 @@ __all__ = [
     "DescribeDelegationTokenRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -110,7 +108,7 @@ def _read_DescribeDelegationTokenRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeDelegationTokenRequest, int]:
     # versions 0-1
-    o = _new(DescribeDelegationTokenRequest)
+    o = DescribeDelegationTokenRequest.__new__(DescribeDelegationTokenRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -123,7 +121,7 @@ def _read_DescribeDelegationTokenRequest_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribeDelegationTokenOwner)
+            item2 = DescribeDelegationTokenOwner.__new__(DescribeDelegationTokenOwner)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -155,7 +153,7 @@ def _read_DescribeDelegationTokenRequest_v2(
     buf: bytes, pos: int
 ) -> tuple[DescribeDelegationTokenRequest, int]:
     # versions 2-3
-    o = _new(DescribeDelegationTokenRequest)
+    o = DescribeDelegationTokenRequest.__new__(DescribeDelegationTokenRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -170,7 +168,7 @@ def _read_DescribeDelegationTokenRequest_v2(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribeDelegationTokenOwner)
+            item2 = DescribeDelegationTokenOwner.__new__(DescribeDelegationTokenOwner)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

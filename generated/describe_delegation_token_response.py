@@ -36,8 +36,6 @@ __all__ = [
     "DescribedDelegationTokenRenewer",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_qqq: _Final = _Packer(">qqq")
@@ -226,7 +224,7 @@ _TAGS_DescribedDelegationTokenRenewer: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribedDelegationToken_v0(buf: bytes, pos: int) -> tuple[DescribedDelegationToken, int]:
     # versions 0-1
-    o = _new(DescribedDelegationToken)
+    o = DescribedDelegationToken.__new__(DescribedDelegationToken)
     o.token_requester_principal_type = ""
     o.token_requester_principal_name = ""
     n = _S_h.unpack_from(buf, pos)[0]
@@ -281,7 +279,7 @@ def _read_DescribedDelegationToken_v0(buf: bytes, pos: int) -> tuple[DescribedDe
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribedDelegationTokenRenewer)
+            item2 = DescribedDelegationTokenRenewer.__new__(DescribedDelegationTokenRenewer)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -311,7 +309,7 @@ def _read_DescribedDelegationToken_v0(buf: bytes, pos: int) -> tuple[DescribedDe
 
 def _read_DescribedDelegationToken_v2(buf: bytes, pos: int) -> tuple[DescribedDelegationToken, int]:
     # versions 2
-    o = _new(DescribedDelegationToken)
+    o = DescribedDelegationToken.__new__(DescribedDelegationToken)
     o.token_requester_principal_type = ""
     o.token_requester_principal_name = ""
     n = buf[pos] - 1
@@ -386,7 +384,7 @@ def _read_DescribedDelegationToken_v2(buf: bytes, pos: int) -> tuple[DescribedDe
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribedDelegationTokenRenewer)
+            item2 = DescribedDelegationTokenRenewer.__new__(DescribedDelegationTokenRenewer)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -434,7 +432,7 @@ def _read_DescribedDelegationToken_v2(buf: bytes, pos: int) -> tuple[DescribedDe
 
 def _read_DescribedDelegationToken_v3(buf: bytes, pos: int) -> tuple[DescribedDelegationToken, int]:
     # versions 3
-    o = _new(DescribedDelegationToken)
+    o = DescribedDelegationToken.__new__(DescribedDelegationToken)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -535,7 +533,7 @@ def _read_DescribedDelegationToken_v3(buf: bytes, pos: int) -> tuple[DescribedDe
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribedDelegationTokenRenewer)
+            item2 = DescribedDelegationTokenRenewer.__new__(DescribedDelegationTokenRenewer)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -769,7 +767,7 @@ def _read_DescribeDelegationTokenResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeDelegationTokenResponse, int]:
     # versions 0-1
-    o = _new(DescribeDelegationTokenResponse)
+    o = DescribeDelegationTokenResponse.__new__(DescribeDelegationTokenResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_i.unpack_from(buf, pos)[0]
@@ -795,7 +793,7 @@ def _read_DescribeDelegationTokenResponse_v2(
     buf: bytes, pos: int
 ) -> tuple[DescribeDelegationTokenResponse, int]:
     # versions 2
-    o = _new(DescribeDelegationTokenResponse)
+    o = DescribeDelegationTokenResponse.__new__(DescribeDelegationTokenResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -829,7 +827,7 @@ def _read_DescribeDelegationTokenResponse_v3(
     buf: bytes, pos: int
 ) -> tuple[DescribeDelegationTokenResponse, int]:
     # versions 3
-    o = _new(DescribeDelegationTokenResponse)
+    o = DescribeDelegationTokenResponse.__new__(DescribeDelegationTokenResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1

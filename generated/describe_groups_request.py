@@ -32,8 +32,6 @@ __all__ = [
     "DescribeGroupsRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_z: _Final = _Packer(">?")
@@ -90,7 +88,7 @@ _TAGS_DescribeGroupsRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribeGroupsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeGroupsRequest, int]:
     # versions 0-2
-    o = _new(DescribeGroupsRequest)
+    o = DescribeGroupsRequest.__new__(DescribeGroupsRequest)
     o.include_authorized_operations = False
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -120,7 +118,7 @@ def _read_DescribeGroupsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeGroups
 
 def _read_DescribeGroupsRequest_v3(buf: bytes, pos: int) -> tuple[DescribeGroupsRequest, int]:
     # versions 3-4
-    o = _new(DescribeGroupsRequest)
+    o = DescribeGroupsRequest.__new__(DescribeGroupsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -151,7 +149,7 @@ def _read_DescribeGroupsRequest_v3(buf: bytes, pos: int) -> tuple[DescribeGroups
 
 def _read_DescribeGroupsRequest_v5(buf: bytes, pos: int) -> tuple[DescribeGroupsRequest, int]:
     # versions 5
-    o = _new(DescribeGroupsRequest)
+    o = DescribeGroupsRequest.__new__(DescribeGroupsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

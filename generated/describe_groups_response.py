@@ -36,8 +36,6 @@ __all__ = [
     "DescribedGroupMember",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -235,7 +233,7 @@ _TAGS_DescribedGroupMember: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribedGroup_v0(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
     # versions 0-2
-    o = _new(DescribedGroup)
+    o = DescribedGroup.__new__(DescribedGroup)
     o.authorized_operations = -2147483648
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -289,7 +287,7 @@ def _read_DescribedGroup_v0(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribedGroupMember)
+            item2 = DescribedGroupMember.__new__(DescribedGroupMember)
             item2.group_instance_id = None
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -350,7 +348,7 @@ def _read_DescribedGroup_v0(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
 
 def _read_DescribedGroup_v3(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
     # versions 3
-    o = _new(DescribedGroup)
+    o = DescribedGroup.__new__(DescribedGroup)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_h.unpack_from(buf, pos)[0]
@@ -403,7 +401,7 @@ def _read_DescribedGroup_v3(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribedGroupMember)
+            item2 = DescribedGroupMember.__new__(DescribedGroupMember)
             item2.group_instance_id = None
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -466,7 +464,7 @@ def _read_DescribedGroup_v3(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
 
 def _read_DescribedGroup_v4(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
     # versions 4
-    o = _new(DescribedGroup)
+    o = DescribedGroup.__new__(DescribedGroup)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_h.unpack_from(buf, pos)[0]
@@ -519,7 +517,7 @@ def _read_DescribedGroup_v4(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribedGroupMember)
+            item2 = DescribedGroupMember.__new__(DescribedGroupMember)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -593,7 +591,7 @@ def _read_DescribedGroup_v4(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
 
 def _read_DescribedGroup_v5(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
     # versions 5
-    o = _new(DescribedGroup)
+    o = DescribedGroup.__new__(DescribedGroup)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -666,7 +664,7 @@ def _read_DescribedGroup_v5(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribedGroupMember)
+            item2 = DescribedGroupMember.__new__(DescribedGroupMember)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -1117,7 +1115,7 @@ def _write_DescribedGroup_v5(o: DescribedGroup, w: _Writer) -> None:
 
 def _read_DescribeGroupsResponse_v0(buf: bytes, pos: int) -> tuple[DescribeGroupsResponse, int]:
     # versions 0
-    o = _new(DescribeGroupsResponse)
+    o = DescribeGroupsResponse.__new__(DescribeGroupsResponse)
     o.throttle_time_ms = 0
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -1138,7 +1136,7 @@ def _read_DescribeGroupsResponse_v0(buf: bytes, pos: int) -> tuple[DescribeGroup
 
 def _read_DescribeGroupsResponse_v1(buf: bytes, pos: int) -> tuple[DescribeGroupsResponse, int]:
     # versions 1-2
-    o = _new(DescribeGroupsResponse)
+    o = DescribeGroupsResponse.__new__(DescribeGroupsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1160,7 +1158,7 @@ def _read_DescribeGroupsResponse_v1(buf: bytes, pos: int) -> tuple[DescribeGroup
 
 def _read_DescribeGroupsResponse_v3(buf: bytes, pos: int) -> tuple[DescribeGroupsResponse, int]:
     # versions 3
-    o = _new(DescribeGroupsResponse)
+    o = DescribeGroupsResponse.__new__(DescribeGroupsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1182,7 +1180,7 @@ def _read_DescribeGroupsResponse_v3(buf: bytes, pos: int) -> tuple[DescribeGroup
 
 def _read_DescribeGroupsResponse_v4(buf: bytes, pos: int) -> tuple[DescribeGroupsResponse, int]:
     # versions 4
-    o = _new(DescribeGroupsResponse)
+    o = DescribeGroupsResponse.__new__(DescribeGroupsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1204,7 +1202,7 @@ def _read_DescribeGroupsResponse_v4(buf: bytes, pos: int) -> tuple[DescribeGroup
 
 def _read_DescribeGroupsResponse_v5(buf: bytes, pos: int) -> tuple[DescribeGroupsResponse, int]:
     # versions 5
-    o = _new(DescribeGroupsResponse)
+    o = DescribeGroupsResponse.__new__(DescribeGroupsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

@@ -35,8 +35,6 @@ __all__ = [
     "DescribeLogDirsRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _A_i: _Final = _small_arrays("i", 32)
@@ -112,7 +110,7 @@ _TAGS_DescribableLogDirTopic: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribeLogDirsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeLogDirsRequest, int]:
     # versions 0-1
-    o = _new(DescribeLogDirsRequest)
+    o = DescribeLogDirsRequest.__new__(DescribeLogDirsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -125,7 +123,7 @@ def _read_DescribeLogDirsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeLogDi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribableLogDirTopic)
+            item2 = DescribableLogDirTopic.__new__(DescribableLogDirTopic)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -158,7 +156,7 @@ def _read_DescribeLogDirsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeLogDi
 
 def _read_DescribeLogDirsRequest_v2(buf: bytes, pos: int) -> tuple[DescribeLogDirsRequest, int]:
     # versions 2-4
-    o = _new(DescribeLogDirsRequest)
+    o = DescribeLogDirsRequest.__new__(DescribeLogDirsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -173,7 +171,7 @@ def _read_DescribeLogDirsRequest_v2(buf: bytes, pos: int) -> tuple[DescribeLogDi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribableLogDirTopic)
+            item2 = DescribableLogDirTopic.__new__(DescribableLogDirTopic)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

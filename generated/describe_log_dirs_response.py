@@ -36,8 +36,6 @@ __all__ = [
     "DescribeLogDirsTopic",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -237,7 +235,7 @@ _TAGS_DescribeLogDirsPartition: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribeLogDirsTopic_v0(buf: bytes, pos: int) -> tuple[DescribeLogDirsTopic, int]:
     # versions 0-1
-    o = _new(DescribeLogDirsTopic)
+    o = DescribeLogDirsTopic.__new__(DescribeLogDirsTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -258,7 +256,7 @@ def _read_DescribeLogDirsTopic_v0(buf: bytes, pos: int) -> tuple[DescribeLogDirs
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribeLogDirsPartition)
+            item2 = DescribeLogDirsPartition.__new__(DescribeLogDirsPartition)
             item2.partition_index, item2.partition_size, item2.offset_lag, item2.is_future_key = (
                 _S_iqqz.unpack_from(buf, pos)
             )
@@ -272,7 +270,7 @@ def _read_DescribeLogDirsTopic_v0(buf: bytes, pos: int) -> tuple[DescribeLogDirs
 
 def _read_DescribeLogDirsTopic_v2(buf: bytes, pos: int) -> tuple[DescribeLogDirsTopic, int]:
     # versions 2-4
-    o = _new(DescribeLogDirsTopic)
+    o = DescribeLogDirsTopic.__new__(DescribeLogDirsTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -301,7 +299,7 @@ def _read_DescribeLogDirsTopic_v2(buf: bytes, pos: int) -> tuple[DescribeLogDirs
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribeLogDirsPartition)
+            item2 = DescribeLogDirsPartition.__new__(DescribeLogDirsPartition)
             item2.partition_index, item2.partition_size, item2.offset_lag, item2.is_future_key = (
                 _S_iqqz.unpack_from(buf, pos)
             )
@@ -377,7 +375,7 @@ def _write_DescribeLogDirsTopic_v2(o: DescribeLogDirsTopic, w: _Writer) -> None:
 
 def _read_DescribeLogDirsResult_v0(buf: bytes, pos: int) -> tuple[DescribeLogDirsResult, int]:
     # versions 0-1
-    o = _new(DescribeLogDirsResult)
+    o = DescribeLogDirsResult.__new__(DescribeLogDirsResult)
     o.total_bytes = -1
     o.usable_bytes = -1
     o.error_code = _S_h.unpack_from(buf, pos)[0]
@@ -411,7 +409,7 @@ def _read_DescribeLogDirsResult_v0(buf: bytes, pos: int) -> tuple[DescribeLogDir
 
 def _read_DescribeLogDirsResult_v2(buf: bytes, pos: int) -> tuple[DescribeLogDirsResult, int]:
     # versions 2-3
-    o = _new(DescribeLogDirsResult)
+    o = DescribeLogDirsResult.__new__(DescribeLogDirsResult)
     o.total_bytes = -1
     o.usable_bytes = -1
     o.error_code = _S_h.unpack_from(buf, pos)[0]
@@ -457,7 +455,7 @@ def _read_DescribeLogDirsResult_v2(buf: bytes, pos: int) -> tuple[DescribeLogDir
 
 def _read_DescribeLogDirsResult_v4(buf: bytes, pos: int) -> tuple[DescribeLogDirsResult, int]:
     # versions 4
-    o = _new(DescribeLogDirsResult)
+    o = DescribeLogDirsResult.__new__(DescribeLogDirsResult)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -556,7 +554,7 @@ def _write_DescribeLogDirsResult_v4(o: DescribeLogDirsResult, w: _Writer) -> Non
 
 def _read_DescribeLogDirsResponse_v0(buf: bytes, pos: int) -> tuple[DescribeLogDirsResponse, int]:
     # versions 0-1
-    o = _new(DescribeLogDirsResponse)
+    o = DescribeLogDirsResponse.__new__(DescribeLogDirsResponse)
     o.error_code = 0
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -579,7 +577,7 @@ def _read_DescribeLogDirsResponse_v0(buf: bytes, pos: int) -> tuple[DescribeLogD
 
 def _read_DescribeLogDirsResponse_v2(buf: bytes, pos: int) -> tuple[DescribeLogDirsResponse, int]:
     # versions 2
-    o = _new(DescribeLogDirsResponse)
+    o = DescribeLogDirsResponse.__new__(DescribeLogDirsResponse)
     o.error_code = 0
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -610,7 +608,7 @@ def _read_DescribeLogDirsResponse_v2(buf: bytes, pos: int) -> tuple[DescribeLogD
 
 def _read_DescribeLogDirsResponse_v3(buf: bytes, pos: int) -> tuple[DescribeLogDirsResponse, int]:
     # versions 3
-    o = _new(DescribeLogDirsResponse)
+    o = DescribeLogDirsResponse.__new__(DescribeLogDirsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -640,7 +638,7 @@ def _read_DescribeLogDirsResponse_v3(buf: bytes, pos: int) -> tuple[DescribeLogD
 
 def _read_DescribeLogDirsResponse_v4(buf: bytes, pos: int) -> tuple[DescribeLogDirsResponse, int]:
     # versions 4
-    o = _new(DescribeLogDirsResponse)
+    o = DescribeLogDirsResponse.__new__(DescribeLogDirsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

@@ -33,8 +33,6 @@ __all__ = [
     "TopicRequest",
 ]
 
-_new: _Final = object.__new__
-
 _A_i: _Final = _small_arrays("i", 32)
 
 
@@ -102,7 +100,7 @@ _TAGS_TopicRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribeProducersRequest_v0(buf: bytes, pos: int) -> tuple[DescribeProducersRequest, int]:
     # versions 0
-    o = _new(DescribeProducersRequest)
+    o = DescribeProducersRequest.__new__(DescribeProducersRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -117,7 +115,7 @@ def _read_DescribeProducersRequest_v0(buf: bytes, pos: int) -> tuple[DescribePro
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(TopicRequest)
+            item2 = TopicRequest.__new__(TopicRequest)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

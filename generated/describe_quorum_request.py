@@ -33,8 +33,6 @@ __all__ = [
     "TopicData",
 ]
 
-_new: _Final = object.__new__
-
 _S_i: _Final = _Packer(">i")
 
 
@@ -128,7 +126,7 @@ _TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0-2
-    o = _new(TopicData)
+    o = TopicData.__new__(TopicData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -157,7 +155,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionData)
+            item2 = PartitionData.__new__(PartitionData)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             if buf[pos]:
@@ -198,7 +196,7 @@ def _write_TopicData_v0(o: TopicData, w: _Writer) -> None:
 
 def _read_DescribeQuorumRequest_v0(buf: bytes, pos: int) -> tuple[DescribeQuorumRequest, int]:
     # versions 0-2
-    o = _new(DescribeQuorumRequest)
+    o = DescribeQuorumRequest.__new__(DescribeQuorumRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

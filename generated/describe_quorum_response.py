@@ -40,8 +40,6 @@ __all__ = [
     "TopicData",
 ]
 
-_new: _Final = object.__new__
-
 _S_H: _Final = _Packer(">H")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -355,7 +353,7 @@ _TAGS_Listener: _Final[frozenset[int]] = frozenset()
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 0
-    o = _new(PartitionData)
+    o = PartitionData.__new__(PartitionData)
     o.error_message = ""
     o.partition_index, o.error_code, o.leader_id, o.leader_epoch, o.high_watermark = (
         _S_ihiiq.unpack_from(buf, pos)
@@ -375,7 +373,7 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ReplicaState)
+            item2 = ReplicaState.__new__(ReplicaState)
             item2.replica_directory_id = _ZERO_UUID
             item2.last_fetch_timestamp = -1
             item2.last_caught_up_timestamp = -1
@@ -402,7 +400,7 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(ReplicaState)
+            item5 = ReplicaState.__new__(ReplicaState)
             item5.replica_directory_id = _ZERO_UUID
             item5.last_fetch_timestamp = -1
             item5.last_caught_up_timestamp = -1
@@ -425,7 +423,7 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
 
 def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 1
-    o = _new(PartitionData)
+    o = PartitionData.__new__(PartitionData)
     o.error_message = ""
     o.partition_index, o.error_code, o.leader_id, o.leader_epoch, o.high_watermark = (
         _S_ihiiq.unpack_from(buf, pos)
@@ -445,7 +443,7 @@ def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ReplicaState)
+            item2 = ReplicaState.__new__(ReplicaState)
             item2.replica_directory_id = _ZERO_UUID
             (
                 item2.replica_id,
@@ -475,7 +473,7 @@ def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(ReplicaState)
+            item5 = ReplicaState.__new__(ReplicaState)
             item5.replica_directory_id = _ZERO_UUID
             (
                 item5.replica_id,
@@ -501,7 +499,7 @@ def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
 
 def _read_PartitionData_v2(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 2
-    o = _new(PartitionData)
+    o = PartitionData.__new__(PartitionData)
     o.partition_index, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -534,7 +532,7 @@ def _read_PartitionData_v2(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ReplicaState)
+            item2 = ReplicaState.__new__(ReplicaState)
             item2.replica_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             item2.replica_directory_id = _read_uuid(buf, pos)
@@ -564,7 +562,7 @@ def _read_PartitionData_v2(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(ReplicaState)
+            item5 = ReplicaState.__new__(ReplicaState)
             item5.replica_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             item5.replica_directory_id = _read_uuid(buf, pos)
@@ -714,7 +712,7 @@ def _write_PartitionData_v2(o: PartitionData, w: _Writer) -> None:
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0
-    o = _new(TopicData)
+    o = TopicData.__new__(TopicData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -756,7 +754,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
 
 def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 1
-    o = _new(TopicData)
+    o = TopicData.__new__(TopicData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -798,7 +796,7 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
 
 def _read_TopicData_v2(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 2
-    o = _new(TopicData)
+    o = TopicData.__new__(TopicData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -891,7 +889,7 @@ def _write_TopicData_v2(o: TopicData, w: _Writer) -> None:
 
 def _read_Node_v2(buf: bytes, pos: int) -> tuple[Node, int]:
     # versions 2
-    o = _new(Node)
+    o = Node.__new__(Node)
     o.node_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -908,7 +906,7 @@ def _read_Node_v2(buf: bytes, pos: int) -> tuple[Node, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(Listener)
+            item2 = Listener.__new__(Listener)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -982,7 +980,7 @@ def _write_Node_v2(o: Node, w: _Writer) -> None:
 
 def _read_DescribeQuorumResponse_v0(buf: bytes, pos: int) -> tuple[DescribeQuorumResponse, int]:
     # versions 0
-    o = _new(DescribeQuorumResponse)
+    o = DescribeQuorumResponse.__new__(DescribeQuorumResponse)
     o.error_message = ""
     o.nodes = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
@@ -1014,7 +1012,7 @@ def _read_DescribeQuorumResponse_v0(buf: bytes, pos: int) -> tuple[DescribeQuoru
 
 def _read_DescribeQuorumResponse_v1(buf: bytes, pos: int) -> tuple[DescribeQuorumResponse, int]:
     # versions 1
-    o = _new(DescribeQuorumResponse)
+    o = DescribeQuorumResponse.__new__(DescribeQuorumResponse)
     o.error_message = ""
     o.nodes = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
@@ -1046,7 +1044,7 @@ def _read_DescribeQuorumResponse_v1(buf: bytes, pos: int) -> tuple[DescribeQuoru
 
 def _read_DescribeQuorumResponse_v2(buf: bytes, pos: int) -> tuple[DescribeQuorumResponse, int]:
     # versions 2
-    o = _new(DescribeQuorumResponse)
+    o = DescribeQuorumResponse.__new__(DescribeQuorumResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1

@@ -33,8 +33,6 @@ __all__ = [
     "TopicRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_i: _Final = _Packer(">i")
 
 
@@ -142,7 +140,7 @@ _TAGS_Cursor: _Final[frozenset[int]] = frozenset()
 
 def _read_Cursor_v0(buf: bytes, pos: int) -> tuple[Cursor, int]:
     # versions 0
-    o = _new(Cursor)
+    o = Cursor.__new__(Cursor)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -184,7 +182,7 @@ def _read_DescribeTopicPartitionsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeTopicPartitionsRequest, int]:
     # versions 0
-    o = _new(DescribeTopicPartitionsRequest)
+    o = DescribeTopicPartitionsRequest.__new__(DescribeTopicPartitionsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -199,7 +197,7 @@ def _read_DescribeTopicPartitionsRequest_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(TopicRequest)
+            item2 = TopicRequest.__new__(TopicRequest)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

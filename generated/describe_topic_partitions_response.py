@@ -40,8 +40,6 @@ __all__ = [
     "DescribeTopicPartitionsResponseTopic",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_hiii: _Final = _Packer(">hiii")
 _S_i: _Final = _Packer(">i")
@@ -285,7 +283,7 @@ def _read_DescribeTopicPartitionsResponseTopic_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeTopicPartitionsResponseTopic, int]:
     # versions 0
-    o = _new(DescribeTopicPartitionsResponseTopic)
+    o = DescribeTopicPartitionsResponseTopic.__new__(DescribeTopicPartitionsResponseTopic)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -320,7 +318,9 @@ def _read_DescribeTopicPartitionsResponseTopic_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(DescribeTopicPartitionsResponsePartition)
+            item2 = DescribeTopicPartitionsResponsePartition.__new__(
+                DescribeTopicPartitionsResponsePartition
+            )
             item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
                 _S_hiii.unpack_from(buf, pos)
             )
@@ -496,7 +496,7 @@ def _write_DescribeTopicPartitionsResponseTopic_v0(
 
 def _read_Cursor_v0(buf: bytes, pos: int) -> tuple[Cursor, int]:
     # versions 0
-    o = _new(Cursor)
+    o = Cursor.__new__(Cursor)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -538,7 +538,7 @@ def _read_DescribeTopicPartitionsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeTopicPartitionsResponse, int]:
     # versions 0
-    o = _new(DescribeTopicPartitionsResponse)
+    o = DescribeTopicPartitionsResponse.__new__(DescribeTopicPartitionsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

@@ -30,8 +30,6 @@ __all__ = [
     "DescribeTransactionsRequest",
 ]
 
-_new: _Final = object.__new__
-
 
 @_mypyc_attr(native_class=False)
 class DescribeTransactionsRequest(_Message):
@@ -67,7 +65,7 @@ def _read_DescribeTransactionsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeTransactionsRequest, int]:
     # versions 0
-    o = _new(DescribeTransactionsRequest)
+    o = DescribeTransactionsRequest.__new__(DescribeTransactionsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

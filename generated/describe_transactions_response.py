@@ -35,8 +35,6 @@ __all__ = [
     "TransactionState",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_iqqh: _Final = _Packer(">iqqh")
@@ -199,7 +197,7 @@ _TAGS_TopicData: _Final[frozenset[int]] = frozenset()
 
 def _read_TransactionState_v0(buf: bytes, pos: int) -> tuple[TransactionState, int]:
     # versions 0
-    o = _new(TransactionState)
+    o = TransactionState.__new__(TransactionState)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -248,7 +246,7 @@ def _read_TransactionState_v0(buf: bytes, pos: int) -> tuple[TransactionState, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(TopicData)
+            item2 = TopicData.__new__(TopicData)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -337,7 +335,7 @@ def _read_DescribeTransactionsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeTransactionsResponse, int]:
     # versions 0
-    o = _new(DescribeTransactionsResponse)
+    o = DescribeTransactionsResponse.__new__(DescribeTransactionsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

@@ -31,8 +31,6 @@ __all__ = [
     "UserName",
 ]
 
-_new: _Final = object.__new__
-
 
 @_mypyc_attr(native_class=False)
 class UserName(_StructBase):
@@ -90,7 +88,7 @@ def _read_DescribeUserScramCredentialsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeUserScramCredentialsRequest, int]:
     # versions 0
-    o = _new(DescribeUserScramCredentialsRequest)
+    o = DescribeUserScramCredentialsRequest.__new__(DescribeUserScramCredentialsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -105,7 +103,7 @@ def _read_DescribeUserScramCredentialsRequest_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(UserName)
+            item2 = UserName.__new__(UserName)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

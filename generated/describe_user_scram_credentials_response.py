@@ -33,8 +33,6 @@ __all__ = [
     "DescribeUserScramCredentialsResult",
 ]
 
-_new: _Final = object.__new__
-
 _S_bi: _Final = _Packer(">bi")
 _S_h: _Final = _Packer(">h")
 _S_ih: _Final = _Packer(">ih")
@@ -180,7 +178,7 @@ def _read_DescribeUserScramCredentialsResult_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeUserScramCredentialsResult, int]:
     # versions 0
-    o = _new(DescribeUserScramCredentialsResult)
+    o = DescribeUserScramCredentialsResult.__new__(DescribeUserScramCredentialsResult)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -225,7 +223,7 @@ def _read_DescribeUserScramCredentialsResult_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(CredentialInfo)
+            item2 = CredentialInfo.__new__(CredentialInfo)
             item2.mechanism, item2.iterations = _S_bi.unpack_from(buf, pos)
             pos += 5
             if buf[pos]:
@@ -279,7 +277,7 @@ def _read_DescribeUserScramCredentialsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeUserScramCredentialsResponse, int]:
     # versions 0
-    o = _new(DescribeUserScramCredentialsResponse)
+    o = DescribeUserScramCredentialsResponse.__new__(DescribeUserScramCredentialsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

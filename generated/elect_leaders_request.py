@@ -35,8 +35,6 @@ __all__ = [
     "TopicPartitions",
 ]
 
-_new: _Final = object.__new__
-
 _S_b: _Final = _Packer(">b")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -130,7 +128,7 @@ _TAGS_TopicPartitions: _Final[frozenset[int]] = frozenset()
 
 def _read_ElectLeadersRequest_v0(buf: bytes, pos: int) -> tuple[ElectLeadersRequest, int]:
     # versions 0
-    o = _new(ElectLeadersRequest)
+    o = ElectLeadersRequest.__new__(ElectLeadersRequest)
     o.election_type = 0
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -144,7 +142,7 @@ def _read_ElectLeadersRequest_v0(buf: bytes, pos: int) -> tuple[ElectLeadersRequ
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(TopicPartitions)
+            item2 = TopicPartitions.__new__(TopicPartitions)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -179,7 +177,7 @@ def _read_ElectLeadersRequest_v0(buf: bytes, pos: int) -> tuple[ElectLeadersRequ
 
 def _read_ElectLeadersRequest_v1(buf: bytes, pos: int) -> tuple[ElectLeadersRequest, int]:
     # versions 1
-    o = _new(ElectLeadersRequest)
+    o = ElectLeadersRequest.__new__(ElectLeadersRequest)
     o.election_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
     n = _S_i.unpack_from(buf, pos)[0]
@@ -194,7 +192,7 @@ def _read_ElectLeadersRequest_v1(buf: bytes, pos: int) -> tuple[ElectLeadersRequ
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(TopicPartitions)
+            item2 = TopicPartitions.__new__(TopicPartitions)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -229,7 +227,7 @@ def _read_ElectLeadersRequest_v1(buf: bytes, pos: int) -> tuple[ElectLeadersRequ
 
 def _read_ElectLeadersRequest_v2(buf: bytes, pos: int) -> tuple[ElectLeadersRequest, int]:
     # versions 2
-    o = _new(ElectLeadersRequest)
+    o = ElectLeadersRequest.__new__(ElectLeadersRequest)
     o.election_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
     n = buf[pos] - 1
@@ -246,7 +244,7 @@ def _read_ElectLeadersRequest_v2(buf: bytes, pos: int) -> tuple[ElectLeadersRequ
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(TopicPartitions)
+            item2 = TopicPartitions.__new__(TopicPartitions)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -34,8 +34,6 @@ __all__ = [
     "ReplicaElectionResult",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -170,7 +168,7 @@ _TAGS_PartitionResult: _Final[frozenset[int]] = frozenset()
 
 def _read_ReplicaElectionResult_v0(buf: bytes, pos: int) -> tuple[ReplicaElectionResult, int]:
     # versions 0-1
-    o = _new(ReplicaElectionResult)
+    o = ReplicaElectionResult.__new__(ReplicaElectionResult)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -191,7 +189,7 @@ def _read_ReplicaElectionResult_v0(buf: bytes, pos: int) -> tuple[ReplicaElectio
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionResult)
+            item2 = PartitionResult.__new__(PartitionResult)
             item2.partition_id, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             n = _S_h.unpack_from(buf, pos)[0]
@@ -215,7 +213,7 @@ def _read_ReplicaElectionResult_v0(buf: bytes, pos: int) -> tuple[ReplicaElectio
 
 def _read_ReplicaElectionResult_v2(buf: bytes, pos: int) -> tuple[ReplicaElectionResult, int]:
     # versions 2
-    o = _new(ReplicaElectionResult)
+    o = ReplicaElectionResult.__new__(ReplicaElectionResult)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -244,7 +242,7 @@ def _read_ReplicaElectionResult_v2(buf: bytes, pos: int) -> tuple[ReplicaElectio
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionResult)
+            item2 = PartitionResult.__new__(PartitionResult)
             item2.partition_id, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             n = buf[pos] - 1
@@ -332,7 +330,7 @@ def _write_ReplicaElectionResult_v2(o: ReplicaElectionResult, w: _Writer) -> Non
 
 def _read_ElectLeadersResponse_v0(buf: bytes, pos: int) -> tuple[ElectLeadersResponse, int]:
     # versions 0
-    o = _new(ElectLeadersResponse)
+    o = ElectLeadersResponse.__new__(ElectLeadersResponse)
     o.error_code = 0
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -355,7 +353,7 @@ def _read_ElectLeadersResponse_v0(buf: bytes, pos: int) -> tuple[ElectLeadersRes
 
 def _read_ElectLeadersResponse_v1(buf: bytes, pos: int) -> tuple[ElectLeadersResponse, int]:
     # versions 1
-    o = _new(ElectLeadersResponse)
+    o = ElectLeadersResponse.__new__(ElectLeadersResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = _S_i.unpack_from(buf, pos)[0]
@@ -377,7 +375,7 @@ def _read_ElectLeadersResponse_v1(buf: bytes, pos: int) -> tuple[ElectLeadersRes
 
 def _read_ElectLeadersResponse_v2(buf: bytes, pos: int) -> tuple[ElectLeadersResponse, int]:
     # versions 2
-    o = _new(ElectLeadersResponse)
+    o = ElectLeadersResponse.__new__(ElectLeadersResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

@@ -41,8 +41,6 @@ __all__ = [
     "TopicData",
 ]
 
-_new: _Final = object.__new__
-
 _S_H: _Final = _Packer(">H")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -268,7 +266,7 @@ _TAGS_LeaderEndpoint: _Final[frozenset[int]] = frozenset()
 
 def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 1
-    o = _new(PartitionData)
+    o = PartitionData.__new__(PartitionData)
     o.preferred_successors = []
     o.partition_index, o.leader_id, o.leader_epoch = _S_iii.unpack_from(buf, pos)
     pos += 12
@@ -286,7 +284,7 @@ def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ReplicaInfo)
+            item2 = ReplicaInfo.__new__(ReplicaInfo)
             item2.candidate_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             item2.candidate_directory_id = _read_uuid(buf, pos)
@@ -327,7 +325,7 @@ def _write_PartitionData_v1(o: PartitionData, w: _Writer) -> None:
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0
-    o = _new(TopicData)
+    o = TopicData.__new__(TopicData)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -348,7 +346,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionData)
+            item2 = PartitionData.__new__(PartitionData)
             item2.preferred_candidates = []
             item2.partition_index, item2.leader_id, item2.leader_epoch = _S_iii.unpack_from(
                 buf, pos
@@ -376,7 +374,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
 
 def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 1
-    o = _new(TopicData)
+    o = TopicData.__new__(TopicData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -456,7 +454,7 @@ def _write_TopicData_v1(o: TopicData, w: _Writer) -> None:
 
 def _read_EndQuorumEpochRequest_v0(buf: bytes, pos: int) -> tuple[EndQuorumEpochRequest, int]:
     # versions 0
-    o = _new(EndQuorumEpochRequest)
+    o = EndQuorumEpochRequest.__new__(EndQuorumEpochRequest)
     o.leader_endpoints = []
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -489,7 +487,7 @@ def _read_EndQuorumEpochRequest_v0(buf: bytes, pos: int) -> tuple[EndQuorumEpoch
 
 def _read_EndQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[EndQuorumEpochRequest, int]:
     # versions 1
-    o = _new(EndQuorumEpochRequest)
+    o = EndQuorumEpochRequest.__new__(EndQuorumEpochRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -535,7 +533,7 @@ def _read_EndQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[EndQuorumEpoch
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(LeaderEndpoint)
+            item5 = LeaderEndpoint.__new__(LeaderEndpoint)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -29,8 +29,6 @@ __all__ = [
     "EndTxnRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_qhz: _Final = _Packer(">qh?")
 
@@ -102,7 +100,7 @@ _TAGS_EndTxnRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_EndTxnRequest_v0(buf: bytes, pos: int) -> tuple[EndTxnRequest, int]:
     # versions 0-2
-    o = _new(EndTxnRequest)
+    o = EndTxnRequest.__new__(EndTxnRequest)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -121,7 +119,7 @@ def _read_EndTxnRequest_v0(buf: bytes, pos: int) -> tuple[EndTxnRequest, int]:
 
 def _read_EndTxnRequest_v3(buf: bytes, pos: int) -> tuple[EndTxnRequest, int]:
     # versions 3-4
-    o = _new(EndTxnRequest)
+    o = EndTxnRequest.__new__(EndTxnRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

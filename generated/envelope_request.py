@@ -28,8 +28,6 @@ __all__ = [
     "EnvelopeRequest",
 ]
 
-_new: _Final = object.__new__
-
 
 @_mypyc_attr(native_class=False)
 class EnvelopeRequest(_Message):
@@ -84,7 +82,7 @@ _TAGS_EnvelopeRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_EnvelopeRequest_v0(buf: bytes, pos: int) -> tuple[EnvelopeRequest, int]:
     # versions 0
-    o = _new(EnvelopeRequest)
+    o = EnvelopeRequest.__new__(EnvelopeRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

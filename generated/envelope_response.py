@@ -28,8 +28,6 @@ __all__ = [
     "EnvelopeResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 
 
@@ -78,7 +76,7 @@ _TAGS_EnvelopeResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_EnvelopeResponse_v0(buf: bytes, pos: int) -> tuple[EnvelopeResponse, int]:
     # versions 0
-    o = _new(EnvelopeResponse)
+    o = EnvelopeResponse.__new__(EnvelopeResponse)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

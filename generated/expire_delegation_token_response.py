@@ -23,8 +23,6 @@ __all__ = [
     "ExpireDelegationTokenResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_hqi: _Final = _Packer(">hqi")
 
 
@@ -84,7 +82,7 @@ def _read_ExpireDelegationTokenResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ExpireDelegationTokenResponse, int]:
     # versions 0-1
-    o = _new(ExpireDelegationTokenResponse)
+    o = ExpireDelegationTokenResponse.__new__(ExpireDelegationTokenResponse)
     o.error_code, o.expiry_timestamp_ms, o.throttle_time_ms = _S_hqi.unpack_from(buf, pos)
     pos += 14
     o._unknown_tags = None
@@ -95,7 +93,7 @@ def _read_ExpireDelegationTokenResponse_v2(
     buf: bytes, pos: int
 ) -> tuple[ExpireDelegationTokenResponse, int]:
     # versions 2
-    o = _new(ExpireDelegationTokenResponse)
+    o = ExpireDelegationTokenResponse.__new__(ExpireDelegationTokenResponse)
     o.error_code, o.expiry_timestamp_ms, o.throttle_time_ms = _S_hqi.unpack_from(buf, pos)
     pos += 14
     if buf[pos]:

@@ -46,8 +46,6 @@ __all__ = [
     "ReplicaState",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_iii: _Final = _Packer(">iii")
@@ -411,7 +409,7 @@ _TAGS_ForgottenTopic: _Final[frozenset[int]] = frozenset()
 
 def _read_ReplicaState_v15(buf: bytes, pos: int) -> tuple[ReplicaState, int]:
     # versions 15-17
-    o = _new(ReplicaState)
+    o = ReplicaState.__new__(ReplicaState)
     o.replica_id, o.replica_epoch = _S_iq.unpack_from(buf, pos)
     pos += 12
     if buf[pos]:
@@ -459,7 +457,7 @@ def _read_tags_FetchPartition_v17(o: FetchPartition, buf: bytes, pos: int) -> in
 
 def _read_FetchTopic_v0(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     # versions 0-4
-    o = _new(FetchTopic)
+    o = FetchTopic.__new__(FetchTopic)
     o.topic_id = _ZERO_UUID
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -481,7 +479,7 @@ def _read_FetchTopic_v0(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(FetchPartition)
+            item2 = FetchPartition.__new__(FetchPartition)
             item2.current_leader_epoch = -1
             item2.last_fetched_epoch = -1
             item2.log_start_offset = -1
@@ -499,7 +497,7 @@ def _read_FetchTopic_v0(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
 
 def _read_FetchTopic_v5(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     # versions 5-8
-    o = _new(FetchTopic)
+    o = FetchTopic.__new__(FetchTopic)
     o.topic_id = _ZERO_UUID
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -521,7 +519,7 @@ def _read_FetchTopic_v5(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(FetchPartition)
+            item2 = FetchPartition.__new__(FetchPartition)
             item2.current_leader_epoch = -1
             item2.last_fetched_epoch = -1
             item2.replica_directory_id = _ZERO_UUID
@@ -541,7 +539,7 @@ def _read_FetchTopic_v5(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
 
 def _read_FetchTopic_v9(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     # versions 9-11
-    o = _new(FetchTopic)
+    o = FetchTopic.__new__(FetchTopic)
     o.topic_id = _ZERO_UUID
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -563,7 +561,7 @@ def _read_FetchTopic_v9(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(FetchPartition)
+            item2 = FetchPartition.__new__(FetchPartition)
             item2.last_fetched_epoch = -1
             item2.replica_directory_id = _ZERO_UUID
             (
@@ -583,7 +581,7 @@ def _read_FetchTopic_v9(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
 
 def _read_FetchTopic_v12(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     # versions 12
-    o = _new(FetchTopic)
+    o = FetchTopic.__new__(FetchTopic)
     o.topic_id = _ZERO_UUID
     n = buf[pos] - 1
     if n < 127:
@@ -613,7 +611,7 @@ def _read_FetchTopic_v12(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(FetchPartition)
+            item2 = FetchPartition.__new__(FetchPartition)
             item2.replica_directory_id = _ZERO_UUID
             (
                 item2.partition,
@@ -641,7 +639,7 @@ def _read_FetchTopic_v12(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
 
 def _read_FetchTopic_v13(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     # versions 13-16
-    o = _new(FetchTopic)
+    o = FetchTopic.__new__(FetchTopic)
     o.topic = ""
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
@@ -659,7 +657,7 @@ def _read_FetchTopic_v13(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(FetchPartition)
+            item2 = FetchPartition.__new__(FetchPartition)
             item2.replica_directory_id = _ZERO_UUID
             (
                 item2.partition,
@@ -687,7 +685,7 @@ def _read_FetchTopic_v13(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
 
 def _read_FetchTopic_v17(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     # versions 17
-    o = _new(FetchTopic)
+    o = FetchTopic.__new__(FetchTopic)
     o.topic = ""
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
@@ -705,7 +703,7 @@ def _read_FetchTopic_v17(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(FetchPartition)
+            item2 = FetchPartition.__new__(FetchPartition)
             item2.replica_directory_id = _ZERO_UUID
             (
                 item2.partition,
@@ -1181,7 +1179,7 @@ def _read_tags_FetchRequest_v15(o: FetchRequest, buf: bytes, pos: int) -> int:
 
 def _read_FetchRequest_v0(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 0-2
-    o = _new(FetchRequest)
+    o = FetchRequest.__new__(FetchRequest)
     o.cluster_id = None
     o.replica_state = ReplicaState()
     o.max_bytes = 2147483647
@@ -1211,7 +1209,7 @@ def _read_FetchRequest_v0(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
 
 def _read_FetchRequest_v3(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 3
-    o = _new(FetchRequest)
+    o = FetchRequest.__new__(FetchRequest)
     o.cluster_id = None
     o.replica_state = ReplicaState()
     o.isolation_level = 0
@@ -1240,7 +1238,7 @@ def _read_FetchRequest_v3(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
 
 def _read_FetchRequest_v4(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 4
-    o = _new(FetchRequest)
+    o = FetchRequest.__new__(FetchRequest)
     o.cluster_id = None
     o.replica_state = ReplicaState()
     o.session_id = 0
@@ -1270,7 +1268,7 @@ def _read_FetchRequest_v4(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
 
 def _read_FetchRequest_v5(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 5-6
-    o = _new(FetchRequest)
+    o = FetchRequest.__new__(FetchRequest)
     o.cluster_id = None
     o.replica_state = ReplicaState()
     o.session_id = 0
@@ -1300,7 +1298,7 @@ def _read_FetchRequest_v5(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
 
 def _read_FetchRequest_v7(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 7-8
-    o = _new(FetchRequest)
+    o = FetchRequest.__new__(FetchRequest)
     o.cluster_id = None
     o.replica_state = ReplicaState()
     o.rack_id = ""
@@ -1337,7 +1335,7 @@ def _read_FetchRequest_v7(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(ForgottenTopic)
+            item5 = ForgottenTopic.__new__(ForgottenTopic)
             item5.topic_id = _ZERO_UUID
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -1371,7 +1369,7 @@ def _read_FetchRequest_v7(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
 
 def _read_FetchRequest_v9(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 9-10
-    o = _new(FetchRequest)
+    o = FetchRequest.__new__(FetchRequest)
     o.cluster_id = None
     o.replica_state = ReplicaState()
     o.rack_id = ""
@@ -1408,7 +1406,7 @@ def _read_FetchRequest_v9(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(ForgottenTopic)
+            item5 = ForgottenTopic.__new__(ForgottenTopic)
             item5.topic_id = _ZERO_UUID
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -1442,7 +1440,7 @@ def _read_FetchRequest_v9(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
 
 def _read_FetchRequest_v11(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 11
-    o = _new(FetchRequest)
+    o = FetchRequest.__new__(FetchRequest)
     o.cluster_id = None
     o.replica_state = ReplicaState()
     (
@@ -1478,7 +1476,7 @@ def _read_FetchRequest_v11(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(ForgottenTopic)
+            item5 = ForgottenTopic.__new__(ForgottenTopic)
             item5.topic_id = _ZERO_UUID
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -1522,7 +1520,7 @@ def _read_FetchRequest_v11(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
 
 def _read_FetchRequest_v12(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 12
-    o = _new(FetchRequest)
+    o = FetchRequest.__new__(FetchRequest)
     o.cluster_id = None
     o.replica_state = ReplicaState()
     (
@@ -1566,7 +1564,7 @@ def _read_FetchRequest_v12(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(ForgottenTopic)
+            item5 = ForgottenTopic.__new__(ForgottenTopic)
             item5.topic_id = _ZERO_UUID
             n = buf[pos] - 1
             if n < 127:
@@ -1630,7 +1628,7 @@ def _read_FetchRequest_v12(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
 
 def _read_FetchRequest_v13(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 13-14
-    o = _new(FetchRequest)
+    o = FetchRequest.__new__(FetchRequest)
     o.cluster_id = None
     o.replica_state = ReplicaState()
     (
@@ -1674,7 +1672,7 @@ def _read_FetchRequest_v13(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(ForgottenTopic)
+            item5 = ForgottenTopic.__new__(ForgottenTopic)
             item5.topic = ""
             item5.topic_id = _read_uuid(buf, pos)
             pos += 16
@@ -1726,7 +1724,7 @@ def _read_FetchRequest_v13(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
 
 def _read_FetchRequest_v15(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 15-16
-    o = _new(FetchRequest)
+    o = FetchRequest.__new__(FetchRequest)
     o.cluster_id = None
     o.replica_id = -1
     o.replica_state = ReplicaState()
@@ -1765,7 +1763,7 @@ def _read_FetchRequest_v15(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(ForgottenTopic)
+            item5 = ForgottenTopic.__new__(ForgottenTopic)
             item5.topic = ""
             item5.topic_id = _read_uuid(buf, pos)
             pos += 16
@@ -1817,7 +1815,7 @@ def _read_FetchRequest_v15(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
 
 def _read_FetchRequest_v17(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 17
-    o = _new(FetchRequest)
+    o = FetchRequest.__new__(FetchRequest)
     o.cluster_id = None
     o.replica_id = -1
     o.replica_state = ReplicaState()
@@ -1856,7 +1854,7 @@ def _read_FetchRequest_v17(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(ForgottenTopic)
+            item5 = ForgottenTopic.__new__(ForgottenTopic)
             item5.topic = ""
             item5.topic_id = _read_uuid(buf, pos)
             pos += 16

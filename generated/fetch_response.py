@@ -48,8 +48,6 @@ __all__ = [
     "SnapshotId",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ihi: _Final = _Packer(">ihi")
@@ -487,7 +485,7 @@ _TAGS_NodeEndpoint: _Final[frozenset[int]] = frozenset()
 
 def _read_EpochEndOffset_v12(buf: bytes, pos: int) -> tuple[EpochEndOffset, int]:
     # versions 12-17
-    o = _new(EpochEndOffset)
+    o = EpochEndOffset.__new__(EpochEndOffset)
     o.epoch, o.end_offset = _S_iq.unpack_from(buf, pos)
     pos += 12
     if buf[pos]:
@@ -509,7 +507,7 @@ def _write_EpochEndOffset_v12(o: EpochEndOffset, w: _Writer) -> None:
 
 def _read_LeaderIdAndEpoch_v12(buf: bytes, pos: int) -> tuple[LeaderIdAndEpoch, int]:
     # versions 12-17
-    o = _new(LeaderIdAndEpoch)
+    o = LeaderIdAndEpoch.__new__(LeaderIdAndEpoch)
     o.leader_id, o.leader_epoch = _S_ii.unpack_from(buf, pos)
     pos += 8
     if buf[pos]:
@@ -531,7 +529,7 @@ def _write_LeaderIdAndEpoch_v12(o: LeaderIdAndEpoch, w: _Writer) -> None:
 
 def _read_SnapshotId_v12(buf: bytes, pos: int) -> tuple[SnapshotId, int]:
     # versions 12-17
-    o = _new(SnapshotId)
+    o = SnapshotId.__new__(SnapshotId)
     o.end_offset, o.epoch = _S_qi.unpack_from(buf, pos)
     pos += 12
     if buf[pos]:
@@ -584,7 +582,7 @@ def _read_tags_PartitionData_v12(o: PartitionData, buf: bytes, pos: int) -> int:
 
 def _read_PartitionData_v4(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 4
-    o = _new(PartitionData)
+    o = PartitionData.__new__(PartitionData)
     o.log_start_offset = -1
     o.diverging_epoch = EpochEndOffset()
     o.current_leader = LeaderIdAndEpoch()
@@ -606,7 +604,7 @@ def _read_PartitionData_v4(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AbortedTransaction)
+            item2 = AbortedTransaction.__new__(AbortedTransaction)
             item2.producer_id, item2.first_offset = _S_qq.unpack_from(buf, pos)
             pos += 16
             item2._unknown_tags = None
@@ -630,7 +628,7 @@ def _read_PartitionData_v4(buf: bytes, pos: int) -> tuple[PartitionData, int]:
 
 def _read_PartitionData_v5(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 5-10
-    o = _new(PartitionData)
+    o = PartitionData.__new__(PartitionData)
     o.diverging_epoch = EpochEndOffset()
     o.current_leader = LeaderIdAndEpoch()
     o.snapshot_id = SnapshotId()
@@ -651,7 +649,7 @@ def _read_PartitionData_v5(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AbortedTransaction)
+            item2 = AbortedTransaction.__new__(AbortedTransaction)
             item2.producer_id, item2.first_offset = _S_qq.unpack_from(buf, pos)
             pos += 16
             item2._unknown_tags = None
@@ -675,7 +673,7 @@ def _read_PartitionData_v5(buf: bytes, pos: int) -> tuple[PartitionData, int]:
 
 def _read_PartitionData_v11(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 11
-    o = _new(PartitionData)
+    o = PartitionData.__new__(PartitionData)
     o.diverging_epoch = EpochEndOffset()
     o.current_leader = LeaderIdAndEpoch()
     o.snapshot_id = SnapshotId()
@@ -695,7 +693,7 @@ def _read_PartitionData_v11(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AbortedTransaction)
+            item2 = AbortedTransaction.__new__(AbortedTransaction)
             item2.producer_id, item2.first_offset = _S_qq.unpack_from(buf, pos)
             pos += 16
             item2._unknown_tags = None
@@ -721,7 +719,7 @@ def _read_PartitionData_v11(buf: bytes, pos: int) -> tuple[PartitionData, int]:
 
 def _read_PartitionData_v12(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 12-17
-    o = _new(PartitionData)
+    o = PartitionData.__new__(PartitionData)
     o.diverging_epoch = EpochEndOffset()
     o.current_leader = LeaderIdAndEpoch()
     o.snapshot_id = SnapshotId()
@@ -743,7 +741,7 @@ def _read_PartitionData_v12(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AbortedTransaction)
+            item2 = AbortedTransaction.__new__(AbortedTransaction)
             item2.producer_id, item2.first_offset = _S_qq.unpack_from(buf, pos)
             pos += 16
             if buf[pos]:
@@ -1284,7 +1282,7 @@ def _write_PartitionData_v12(o: PartitionData, w: _Writer) -> None:
 
 def _read_FetchableTopicResponse_v0(buf: bytes, pos: int) -> tuple[FetchableTopicResponse, int]:
     # versions 0-3
-    o = _new(FetchableTopicResponse)
+    o = FetchableTopicResponse.__new__(FetchableTopicResponse)
     o.topic_id = _ZERO_UUID
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -1306,7 +1304,7 @@ def _read_FetchableTopicResponse_v0(buf: bytes, pos: int) -> tuple[FetchableTopi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionData)
+            item2 = PartitionData.__new__(PartitionData)
             item2.last_stable_offset = -1
             item2.log_start_offset = -1
             item2.diverging_epoch = EpochEndOffset()
@@ -1339,7 +1337,7 @@ def _read_FetchableTopicResponse_v0(buf: bytes, pos: int) -> tuple[FetchableTopi
 
 def _read_FetchableTopicResponse_v4(buf: bytes, pos: int) -> tuple[FetchableTopicResponse, int]:
     # versions 4
-    o = _new(FetchableTopicResponse)
+    o = FetchableTopicResponse.__new__(FetchableTopicResponse)
     o.topic_id = _ZERO_UUID
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -1370,7 +1368,7 @@ def _read_FetchableTopicResponse_v4(buf: bytes, pos: int) -> tuple[FetchableTopi
 
 def _read_FetchableTopicResponse_v5(buf: bytes, pos: int) -> tuple[FetchableTopicResponse, int]:
     # versions 5-10
-    o = _new(FetchableTopicResponse)
+    o = FetchableTopicResponse.__new__(FetchableTopicResponse)
     o.topic_id = _ZERO_UUID
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -1401,7 +1399,7 @@ def _read_FetchableTopicResponse_v5(buf: bytes, pos: int) -> tuple[FetchableTopi
 
 def _read_FetchableTopicResponse_v11(buf: bytes, pos: int) -> tuple[FetchableTopicResponse, int]:
     # versions 11
-    o = _new(FetchableTopicResponse)
+    o = FetchableTopicResponse.__new__(FetchableTopicResponse)
     o.topic_id = _ZERO_UUID
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -1432,7 +1430,7 @@ def _read_FetchableTopicResponse_v11(buf: bytes, pos: int) -> tuple[FetchableTop
 
 def _read_FetchableTopicResponse_v12(buf: bytes, pos: int) -> tuple[FetchableTopicResponse, int]:
     # versions 12
-    o = _new(FetchableTopicResponse)
+    o = FetchableTopicResponse.__new__(FetchableTopicResponse)
     o.topic_id = _ZERO_UUID
     n = buf[pos] - 1
     if n < 127:
@@ -1475,7 +1473,7 @@ def _read_FetchableTopicResponse_v12(buf: bytes, pos: int) -> tuple[FetchableTop
 
 def _read_FetchableTopicResponse_v13(buf: bytes, pos: int) -> tuple[FetchableTopicResponse, int]:
     # versions 13-17
-    o = _new(FetchableTopicResponse)
+    o = FetchableTopicResponse.__new__(FetchableTopicResponse)
     o.topic = ""
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
@@ -1869,7 +1867,7 @@ def _read_tags_FetchResponse_v16(o: FetchResponse, buf: bytes, pos: int) -> int:
                 items1: list[_Any] = []
                 count3 = n
                 for _ in range(count3):
-                    item2 = _new(NodeEndpoint)
+                    item2 = NodeEndpoint.__new__(NodeEndpoint)
                     item2.node_id = _S_i.unpack_from(buf, pos)[0]
                     pos += 4
                     n = buf[pos] - 1
@@ -1923,7 +1921,7 @@ def _read_tags_FetchResponse_v16(o: FetchResponse, buf: bytes, pos: int) -> int:
 
 def _read_FetchResponse_v0(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
     # versions 0
-    o = _new(FetchResponse)
+    o = FetchResponse.__new__(FetchResponse)
     o.throttle_time_ms = 0
     o.error_code = 0
     o.session_id = 0
@@ -1947,7 +1945,7 @@ def _read_FetchResponse_v0(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
 
 def _read_FetchResponse_v1(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
     # versions 1-3
-    o = _new(FetchResponse)
+    o = FetchResponse.__new__(FetchResponse)
     o.error_code = 0
     o.session_id = 0
     o.node_endpoints = []
@@ -1972,7 +1970,7 @@ def _read_FetchResponse_v1(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
 
 def _read_FetchResponse_v4(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
     # versions 4
-    o = _new(FetchResponse)
+    o = FetchResponse.__new__(FetchResponse)
     o.error_code = 0
     o.session_id = 0
     o.node_endpoints = []
@@ -1997,7 +1995,7 @@ def _read_FetchResponse_v4(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
 
 def _read_FetchResponse_v5(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
     # versions 5-6
-    o = _new(FetchResponse)
+    o = FetchResponse.__new__(FetchResponse)
     o.error_code = 0
     o.session_id = 0
     o.node_endpoints = []
@@ -2022,7 +2020,7 @@ def _read_FetchResponse_v5(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
 
 def _read_FetchResponse_v7(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
     # versions 7-10
-    o = _new(FetchResponse)
+    o = FetchResponse.__new__(FetchResponse)
     o.node_endpoints = []
     o.throttle_time_ms, o.error_code, o.session_id = _S_ihi.unpack_from(buf, pos)
     pos += 10
@@ -2045,7 +2043,7 @@ def _read_FetchResponse_v7(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
 
 def _read_FetchResponse_v11(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
     # versions 11
-    o = _new(FetchResponse)
+    o = FetchResponse.__new__(FetchResponse)
     o.node_endpoints = []
     o.throttle_time_ms, o.error_code, o.session_id = _S_ihi.unpack_from(buf, pos)
     pos += 10
@@ -2068,7 +2066,7 @@ def _read_FetchResponse_v11(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
 
 def _read_FetchResponse_v12(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
     # versions 12
-    o = _new(FetchResponse)
+    o = FetchResponse.__new__(FetchResponse)
     o.node_endpoints = []
     o.throttle_time_ms, o.error_code, o.session_id = _S_ihi.unpack_from(buf, pos)
     pos += 10
@@ -2099,7 +2097,7 @@ def _read_FetchResponse_v12(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
 
 def _read_FetchResponse_v13(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
     # versions 13-15
-    o = _new(FetchResponse)
+    o = FetchResponse.__new__(FetchResponse)
     o.node_endpoints = []
     o.throttle_time_ms, o.error_code, o.session_id = _S_ihi.unpack_from(buf, pos)
     pos += 10
@@ -2130,7 +2128,7 @@ def _read_FetchResponse_v13(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
 
 def _read_FetchResponse_v16(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
     # versions 16-17
-    o = _new(FetchResponse)
+    o = FetchResponse.__new__(FetchResponse)
     o.node_endpoints = []
     o.throttle_time_ms, o.error_code, o.session_id = _S_ihi.unpack_from(buf, pos)
     pos += 10

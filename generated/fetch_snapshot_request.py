@@ -43,8 +43,6 @@ __all__ = [
     "TopicSnapshot",
 ]
 
-_new: _Final = object.__new__
-
 _S_ii: _Final = _Packer(">ii")
 _S_q: _Final = _Packer(">q")
 _S_qi: _Final = _Packer(">qi")
@@ -231,7 +229,7 @@ _TAGS_SnapshotId: _Final[frozenset[int]] = frozenset()
 
 def _read_SnapshotId_v0(buf: bytes, pos: int) -> tuple[SnapshotId, int]:
     # versions 0-1
-    o = _new(SnapshotId)
+    o = SnapshotId.__new__(SnapshotId)
     o.end_offset, o.epoch = _S_qi.unpack_from(buf, pos)
     pos += 12
     if buf[pos]:
@@ -279,7 +277,7 @@ def _read_tags_PartitionSnapshot_v1(o: PartitionSnapshot, buf: bytes, pos: int) 
 
 def _read_PartitionSnapshot_v0(buf: bytes, pos: int) -> tuple[PartitionSnapshot, int]:
     # versions 0
-    o = _new(PartitionSnapshot)
+    o = PartitionSnapshot.__new__(PartitionSnapshot)
     o.replica_directory_id = _ZERO_UUID
     o.partition, o.current_leader_epoch = _S_ii.unpack_from(buf, pos)
     pos += 8
@@ -296,7 +294,7 @@ def _read_PartitionSnapshot_v0(buf: bytes, pos: int) -> tuple[PartitionSnapshot,
 
 def _read_PartitionSnapshot_v1(buf: bytes, pos: int) -> tuple[PartitionSnapshot, int]:
     # versions 1
-    o = _new(PartitionSnapshot)
+    o = PartitionSnapshot.__new__(PartitionSnapshot)
     o.replica_directory_id = _ZERO_UUID
     o.partition, o.current_leader_epoch = _S_ii.unpack_from(buf, pos)
     pos += 8
@@ -340,7 +338,7 @@ def _write_PartitionSnapshot_v1(o: PartitionSnapshot, w: _Writer) -> None:
 
 def _read_TopicSnapshot_v0(buf: bytes, pos: int) -> tuple[TopicSnapshot, int]:
     # versions 0
-    o = _new(TopicSnapshot)
+    o = TopicSnapshot.__new__(TopicSnapshot)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -382,7 +380,7 @@ def _read_TopicSnapshot_v0(buf: bytes, pos: int) -> tuple[TopicSnapshot, int]:
 
 def _read_TopicSnapshot_v1(buf: bytes, pos: int) -> tuple[TopicSnapshot, int]:
     # versions 1
-    o = _new(TopicSnapshot)
+    o = TopicSnapshot.__new__(TopicSnapshot)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -496,7 +494,7 @@ def _read_tags_FetchSnapshotRequest_v0(o: FetchSnapshotRequest, buf: bytes, pos:
 
 def _read_FetchSnapshotRequest_v0(buf: bytes, pos: int) -> tuple[FetchSnapshotRequest, int]:
     # versions 0
-    o = _new(FetchSnapshotRequest)
+    o = FetchSnapshotRequest.__new__(FetchSnapshotRequest)
     o.cluster_id = None
     o.replica_id, o.max_bytes = _S_ii.unpack_from(buf, pos)
     pos += 8
@@ -527,7 +525,7 @@ def _read_FetchSnapshotRequest_v0(buf: bytes, pos: int) -> tuple[FetchSnapshotRe
 
 def _read_FetchSnapshotRequest_v1(buf: bytes, pos: int) -> tuple[FetchSnapshotRequest, int]:
     # versions 1
-    o = _new(FetchSnapshotRequest)
+    o = FetchSnapshotRequest.__new__(FetchSnapshotRequest)
     o.cluster_id = None
     o.replica_id, o.max_bytes = _S_ii.unpack_from(buf, pos)
     pos += 8

@@ -43,8 +43,6 @@ __all__ = [
     "TopicSnapshot",
 ]
 
-_new: _Final = object.__new__
-
 _S_H: _Final = _Packer(">H")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -324,7 +322,7 @@ _TAGS_NodeEndpoint: _Final[frozenset[int]] = frozenset()
 
 def _read_SnapshotId_v0(buf: bytes, pos: int) -> tuple[SnapshotId, int]:
     # versions 0-1
-    o = _new(SnapshotId)
+    o = SnapshotId.__new__(SnapshotId)
     o.end_offset, o.epoch = _S_qi.unpack_from(buf, pos)
     pos += 12
     if buf[pos]:
@@ -346,7 +344,7 @@ def _write_SnapshotId_v0(o: SnapshotId, w: _Writer) -> None:
 
 def _read_LeaderIdAndEpoch_v0(buf: bytes, pos: int) -> tuple[LeaderIdAndEpoch, int]:
     # versions 0-1
-    o = _new(LeaderIdAndEpoch)
+    o = LeaderIdAndEpoch.__new__(LeaderIdAndEpoch)
     o.leader_id, o.leader_epoch = _S_ii.unpack_from(buf, pos)
     pos += 8
     if buf[pos]:
@@ -393,7 +391,7 @@ def _read_tags_PartitionSnapshot_v0(o: PartitionSnapshot, buf: bytes, pos: int) 
 
 def _read_PartitionSnapshot_v0(buf: bytes, pos: int) -> tuple[PartitionSnapshot, int]:
     # versions 0-1
-    o = _new(PartitionSnapshot)
+    o = PartitionSnapshot.__new__(PartitionSnapshot)
     o.current_leader = LeaderIdAndEpoch()
     o.index, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
@@ -482,7 +480,7 @@ def _write_PartitionSnapshot_v1(o: PartitionSnapshot, w: _Writer) -> None:
 
 def _read_TopicSnapshot_v0(buf: bytes, pos: int) -> tuple[TopicSnapshot, int]:
     # versions 0-1
-    o = _new(TopicSnapshot)
+    o = TopicSnapshot.__new__(TopicSnapshot)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -582,7 +580,7 @@ def _read_tags_FetchSnapshotResponse_v1(o: FetchSnapshotResponse, buf: bytes, po
                 items1: list[_Any] = []
                 count3 = n
                 for _ in range(count3):
-                    item2 = _new(NodeEndpoint)
+                    item2 = NodeEndpoint.__new__(NodeEndpoint)
                     item2.node_id = _S_i.unpack_from(buf, pos)[0]
                     pos += 4
                     n = buf[pos] - 1
@@ -622,7 +620,7 @@ def _read_tags_FetchSnapshotResponse_v1(o: FetchSnapshotResponse, buf: bytes, po
 
 def _read_FetchSnapshotResponse_v0(buf: bytes, pos: int) -> tuple[FetchSnapshotResponse, int]:
     # versions 0
-    o = _new(FetchSnapshotResponse)
+    o = FetchSnapshotResponse.__new__(FetchSnapshotResponse)
     o.node_endpoints = []
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
@@ -653,7 +651,7 @@ def _read_FetchSnapshotResponse_v0(buf: bytes, pos: int) -> tuple[FetchSnapshotR
 
 def _read_FetchSnapshotResponse_v1(buf: bytes, pos: int) -> tuple[FetchSnapshotResponse, int]:
     # versions 1
-    o = _new(FetchSnapshotResponse)
+    o = FetchSnapshotResponse.__new__(FetchSnapshotResponse)
     o.node_endpoints = []
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6

@@ -31,8 +31,6 @@ __all__ = [
     "FindCoordinatorRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_b: _Final = _Packer(">b")
 _S_h: _Final = _Packer(">h")
 
@@ -100,7 +98,7 @@ _TAGS_FindCoordinatorRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_FindCoordinatorRequest_v0(buf: bytes, pos: int) -> tuple[FindCoordinatorRequest, int]:
     # versions 0
-    o = _new(FindCoordinatorRequest)
+    o = FindCoordinatorRequest.__new__(FindCoordinatorRequest)
     o.key_type = 0
     o.coordinator_keys = []
     n = _S_h.unpack_from(buf, pos)[0]
@@ -119,7 +117,7 @@ def _read_FindCoordinatorRequest_v0(buf: bytes, pos: int) -> tuple[FindCoordinat
 
 def _read_FindCoordinatorRequest_v1(buf: bytes, pos: int) -> tuple[FindCoordinatorRequest, int]:
     # versions 1-2
-    o = _new(FindCoordinatorRequest)
+    o = FindCoordinatorRequest.__new__(FindCoordinatorRequest)
     o.coordinator_keys = []
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -139,7 +137,7 @@ def _read_FindCoordinatorRequest_v1(buf: bytes, pos: int) -> tuple[FindCoordinat
 
 def _read_FindCoordinatorRequest_v3(buf: bytes, pos: int) -> tuple[FindCoordinatorRequest, int]:
     # versions 3
-    o = _new(FindCoordinatorRequest)
+    o = FindCoordinatorRequest.__new__(FindCoordinatorRequest)
     o.coordinator_keys = []
     n = buf[pos] - 1
     if n < 127:
@@ -167,7 +165,7 @@ def _read_FindCoordinatorRequest_v3(buf: bytes, pos: int) -> tuple[FindCoordinat
 
 def _read_FindCoordinatorRequest_v4(buf: bytes, pos: int) -> tuple[FindCoordinatorRequest, int]:
     # versions 4-6
-    o = _new(FindCoordinatorRequest)
+    o = FindCoordinatorRequest.__new__(FindCoordinatorRequest)
     o.key = ""
     o.key_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1

@@ -33,8 +33,6 @@ __all__ = [
     "FindCoordinatorResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_hi: _Final = _Packer(">hi")
 _S_i: _Final = _Packer(">i")
@@ -200,7 +198,7 @@ _TAGS_Coordinator: _Final[frozenset[int]] = frozenset()
 
 def _read_FindCoordinatorResponse_v0(buf: bytes, pos: int) -> tuple[FindCoordinatorResponse, int]:
     # versions 0
-    o = _new(FindCoordinatorResponse)
+    o = FindCoordinatorResponse.__new__(FindCoordinatorResponse)
     o.throttle_time_ms = 0
     o.error_message = ""
     o.coordinators = []
@@ -224,7 +222,7 @@ def _read_FindCoordinatorResponse_v0(buf: bytes, pos: int) -> tuple[FindCoordina
 
 def _read_FindCoordinatorResponse_v1(buf: bytes, pos: int) -> tuple[FindCoordinatorResponse, int]:
     # versions 1-2
-    o = _new(FindCoordinatorResponse)
+    o = FindCoordinatorResponse.__new__(FindCoordinatorResponse)
     o.coordinators = []
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
@@ -260,7 +258,7 @@ def _read_FindCoordinatorResponse_v1(buf: bytes, pos: int) -> tuple[FindCoordina
 
 def _read_FindCoordinatorResponse_v3(buf: bytes, pos: int) -> tuple[FindCoordinatorResponse, int]:
     # versions 3
-    o = _new(FindCoordinatorResponse)
+    o = FindCoordinatorResponse.__new__(FindCoordinatorResponse)
     o.coordinators = []
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
@@ -306,7 +304,7 @@ def _read_FindCoordinatorResponse_v3(buf: bytes, pos: int) -> tuple[FindCoordina
 
 def _read_FindCoordinatorResponse_v4(buf: bytes, pos: int) -> tuple[FindCoordinatorResponse, int]:
     # versions 4-6
-    o = _new(FindCoordinatorResponse)
+    o = FindCoordinatorResponse.__new__(FindCoordinatorResponse)
     o.error_code = 0
     o.error_message = ""
     o.node_id = 0
@@ -328,7 +326,7 @@ def _read_FindCoordinatorResponse_v4(buf: bytes, pos: int) -> tuple[FindCoordina
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(Coordinator)
+            item2 = Coordinator.__new__(Coordinator)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

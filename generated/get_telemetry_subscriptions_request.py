@@ -24,8 +24,6 @@ __all__ = [
     "GetTelemetrySubscriptionsRequest",
 ]
 
-_new: _Final = object.__new__
-
 
 @_mypyc_attr(native_class=False)
 class GetTelemetrySubscriptionsRequest(_Message):
@@ -61,7 +59,7 @@ def _read_GetTelemetrySubscriptionsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[GetTelemetrySubscriptionsRequest, int]:
     # versions 0
-    o = _new(GetTelemetrySubscriptionsRequest)
+    o = GetTelemetrySubscriptionsRequest.__new__(GetTelemetrySubscriptionsRequest)
     o.client_instance_id = _read_uuid(buf, pos)
     pos += 16
     if buf[pos]:

@@ -37,8 +37,6 @@ __all__ = [
     "GetTelemetrySubscriptionsResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
 _S_iiz: _Final = _Packer(">ii?")
@@ -147,7 +145,7 @@ def _read_GetTelemetrySubscriptionsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[GetTelemetrySubscriptionsResponse, int]:
     # versions 0
-    o = _new(GetTelemetrySubscriptionsResponse)
+    o = GetTelemetrySubscriptionsResponse.__new__(GetTelemetrySubscriptionsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     o.client_instance_id = _read_uuid(buf, pos)

@@ -28,8 +28,6 @@ __all__ = [
     "HeartbeatRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -99,7 +97,7 @@ _TAGS_HeartbeatRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_HeartbeatRequest_v0(buf: bytes, pos: int) -> tuple[HeartbeatRequest, int]:
     # versions 0-2
-    o = _new(HeartbeatRequest)
+    o = HeartbeatRequest.__new__(HeartbeatRequest)
     o.group_instance_id = None
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -129,7 +127,7 @@ def _read_HeartbeatRequest_v0(buf: bytes, pos: int) -> tuple[HeartbeatRequest, i
 
 def _read_HeartbeatRequest_v3(buf: bytes, pos: int) -> tuple[HeartbeatRequest, int]:
     # versions 3
-    o = _new(HeartbeatRequest)
+    o = HeartbeatRequest.__new__(HeartbeatRequest)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -170,7 +168,7 @@ def _read_HeartbeatRequest_v3(buf: bytes, pos: int) -> tuple[HeartbeatRequest, i
 
 def _read_HeartbeatRequest_v4(buf: bytes, pos: int) -> tuple[HeartbeatRequest, int]:
     # versions 4
-    o = _new(HeartbeatRequest)
+    o = HeartbeatRequest.__new__(HeartbeatRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -23,8 +23,6 @@ __all__ = [
     "HeartbeatResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_ih: _Final = _Packer(">ih")
 
@@ -80,7 +78,7 @@ _TAGS_HeartbeatResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_HeartbeatResponse_v0(buf: bytes, pos: int) -> tuple[HeartbeatResponse, int]:
     # versions 0
-    o = _new(HeartbeatResponse)
+    o = HeartbeatResponse.__new__(HeartbeatResponse)
     o.throttle_time_ms = 0
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -90,7 +88,7 @@ def _read_HeartbeatResponse_v0(buf: bytes, pos: int) -> tuple[HeartbeatResponse,
 
 def _read_HeartbeatResponse_v1(buf: bytes, pos: int) -> tuple[HeartbeatResponse, int]:
     # versions 1-3
-    o = _new(HeartbeatResponse)
+    o = HeartbeatResponse.__new__(HeartbeatResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     o._unknown_tags = None
@@ -99,7 +97,7 @@ def _read_HeartbeatResponse_v1(buf: bytes, pos: int) -> tuple[HeartbeatResponse,
 
 def _read_HeartbeatResponse_v4(buf: bytes, pos: int) -> tuple[HeartbeatResponse, int]:
     # versions 4
-    o = _new(HeartbeatResponse)
+    o = HeartbeatResponse.__new__(HeartbeatResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     if buf[pos]:

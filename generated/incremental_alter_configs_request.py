@@ -35,8 +35,6 @@ __all__ = [
     "IncrementalAlterConfigsRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_b: _Final = _Packer(">b")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -168,7 +166,7 @@ _TAGS_AlterableConfig: _Final[frozenset[int]] = frozenset()
 
 def _read_AlterConfigsResource_v0(buf: bytes, pos: int) -> tuple[AlterConfigsResource, int]:
     # versions 0
-    o = _new(AlterConfigsResource)
+    o = AlterConfigsResource.__new__(AlterConfigsResource)
     o.resource_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -191,7 +189,7 @@ def _read_AlterConfigsResource_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AlterableConfig)
+            item2 = AlterableConfig.__new__(AlterableConfig)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -225,7 +223,7 @@ def _read_AlterConfigsResource_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRes
 
 def _read_AlterConfigsResource_v1(buf: bytes, pos: int) -> tuple[AlterConfigsResource, int]:
     # versions 1
-    o = _new(AlterConfigsResource)
+    o = AlterConfigsResource.__new__(AlterConfigsResource)
     o.resource_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
     n = buf[pos] - 1
@@ -256,7 +254,7 @@ def _read_AlterConfigsResource_v1(buf: bytes, pos: int) -> tuple[AlterConfigsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AlterableConfig)
+            item2 = AlterableConfig.__new__(AlterableConfig)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -370,7 +368,7 @@ def _read_IncrementalAlterConfigsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[IncrementalAlterConfigsRequest, int]:
     # versions 0
-    o = _new(IncrementalAlterConfigsRequest)
+    o = IncrementalAlterConfigsRequest.__new__(IncrementalAlterConfigsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -394,7 +392,7 @@ def _read_IncrementalAlterConfigsRequest_v1(
     buf: bytes, pos: int
 ) -> tuple[IncrementalAlterConfigsRequest, int]:
     # versions 1
-    o = _new(IncrementalAlterConfigsRequest)
+    o = IncrementalAlterConfigsRequest.__new__(IncrementalAlterConfigsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -33,8 +33,6 @@ __all__ = [
     "IncrementalAlterConfigsResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_b: _Final = _Packer(">b")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -135,7 +133,7 @@ def _read_IncrementalAlterConfigsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[IncrementalAlterConfigsResponse, int]:
     # versions 0
-    o = _new(IncrementalAlterConfigsResponse)
+    o = IncrementalAlterConfigsResponse.__new__(IncrementalAlterConfigsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -148,7 +146,7 @@ def _read_IncrementalAlterConfigsResponse_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AlterConfigsResourceResponse)
+            item2 = AlterConfigsResourceResponse.__new__(AlterConfigsResourceResponse)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             n = _S_h.unpack_from(buf, pos)[0]
@@ -186,7 +184,7 @@ def _read_IncrementalAlterConfigsResponse_v1(
     buf: bytes, pos: int
 ) -> tuple[IncrementalAlterConfigsResponse, int]:
     # versions 1
-    o = _new(IncrementalAlterConfigsResponse)
+    o = IncrementalAlterConfigsResponse.__new__(IncrementalAlterConfigsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -203,7 +201,7 @@ def _read_IncrementalAlterConfigsResponse_v1(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AlterConfigsResourceResponse)
+            item2 = AlterConfigsResourceResponse.__new__(AlterConfigsResourceResponse)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             n = buf[pos] - 1

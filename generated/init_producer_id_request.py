@@ -27,8 +27,6 @@ __all__ = [
     "InitProducerIdRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_iqh: _Final = _Packer(">iqh")
@@ -103,7 +101,7 @@ _TAGS_InitProducerIdRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_InitProducerIdRequest_v0(buf: bytes, pos: int) -> tuple[InitProducerIdRequest, int]:
     # versions 0-1
-    o = _new(InitProducerIdRequest)
+    o = InitProducerIdRequest.__new__(InitProducerIdRequest)
     o.producer_id = -1
     o.producer_epoch = -1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -126,7 +124,7 @@ def _read_InitProducerIdRequest_v0(buf: bytes, pos: int) -> tuple[InitProducerId
 
 def _read_InitProducerIdRequest_v2(buf: bytes, pos: int) -> tuple[InitProducerIdRequest, int]:
     # versions 2
-    o = _new(InitProducerIdRequest)
+    o = InitProducerIdRequest.__new__(InitProducerIdRequest)
     o.producer_id = -1
     o.producer_epoch = -1
     n = buf[pos] - 1
@@ -155,7 +153,7 @@ def _read_InitProducerIdRequest_v2(buf: bytes, pos: int) -> tuple[InitProducerId
 
 def _read_InitProducerIdRequest_v3(buf: bytes, pos: int) -> tuple[InitProducerIdRequest, int]:
     # versions 3-5
-    o = _new(InitProducerIdRequest)
+    o = InitProducerIdRequest.__new__(InitProducerIdRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -23,8 +23,6 @@ __all__ = [
     "InitProducerIdResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_ihqh: _Final = _Packer(">ihqh")
 
 
@@ -97,7 +95,7 @@ _TAGS_InitProducerIdResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_InitProducerIdResponse_v0(buf: bytes, pos: int) -> tuple[InitProducerIdResponse, int]:
     # versions 0-1
-    o = _new(InitProducerIdResponse)
+    o = InitProducerIdResponse.__new__(InitProducerIdResponse)
     o.throttle_time_ms, o.error_code, o.producer_id, o.producer_epoch = _S_ihqh.unpack_from(
         buf, pos
     )
@@ -108,7 +106,7 @@ def _read_InitProducerIdResponse_v0(buf: bytes, pos: int) -> tuple[InitProducerI
 
 def _read_InitProducerIdResponse_v2(buf: bytes, pos: int) -> tuple[InitProducerIdResponse, int]:
     # versions 2-5
-    o = _new(InitProducerIdResponse)
+    o = InitProducerIdResponse.__new__(InitProducerIdResponse)
     o.throttle_time_ms, o.error_code, o.producer_id, o.producer_epoch = _S_ihqh.unpack_from(
         buf, pos
     )

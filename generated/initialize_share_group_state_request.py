@@ -36,8 +36,6 @@ __all__ = [
     "PartitionData",
 ]
 
-_new: _Final = object.__new__
-
 _S_iiq: _Final = _Packer(">iiq")
 
 
@@ -155,7 +153,7 @@ _TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 def _read_InitializeStateData_v0(buf: bytes, pos: int) -> tuple[InitializeStateData, int]:
     # versions 0
-    o = _new(InitializeStateData)
+    o = InitializeStateData.__new__(InitializeStateData)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -172,7 +170,7 @@ def _read_InitializeStateData_v0(buf: bytes, pos: int) -> tuple[InitializeStateD
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionData)
+            item2 = PartitionData.__new__(PartitionData)
             item2.partition, item2.state_epoch, item2.start_offset = _S_iiq.unpack_from(buf, pos)
             pos += 16
             if buf[pos]:
@@ -212,7 +210,7 @@ def _read_InitializeShareGroupStateRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[InitializeShareGroupStateRequest, int]:
     # versions 0
-    o = _new(InitializeShareGroupStateRequest)
+    o = InitializeShareGroupStateRequest.__new__(InitializeShareGroupStateRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -36,8 +36,6 @@ __all__ = [
     "PartitionResult",
 ]
 
-_new: _Final = object.__new__
-
 _S_ih: _Final = _Packer(">ih")
 
 
@@ -152,7 +150,7 @@ _TAGS_PartitionResult: _Final[frozenset[int]] = frozenset()
 
 def _read_InitializeStateResult_v0(buf: bytes, pos: int) -> tuple[InitializeStateResult, int]:
     # versions 0
-    o = _new(InitializeStateResult)
+    o = InitializeStateResult.__new__(InitializeStateResult)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -169,7 +167,7 @@ def _read_InitializeStateResult_v0(buf: bytes, pos: int) -> tuple[InitializeStat
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionResult)
+            item2 = PartitionResult.__new__(PartitionResult)
             item2.partition, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             n = buf[pos] - 1
@@ -231,7 +229,7 @@ def _read_InitializeShareGroupStateResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[InitializeShareGroupStateResponse, int]:
     # versions 0
-    o = _new(InitializeShareGroupStateResponse)
+    o = InitializeShareGroupStateResponse.__new__(InitializeShareGroupStateResponse)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

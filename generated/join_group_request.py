@@ -35,8 +35,6 @@ __all__ = [
     "JoinGroupRequestProtocol",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ii: _Final = _Packer(">ii")
@@ -184,7 +182,7 @@ _TAGS_JoinGroupRequestProtocol: _Final[frozenset[int]] = frozenset()
 
 def _read_JoinGroupRequest_v0(buf: bytes, pos: int) -> tuple[JoinGroupRequest, int]:
     # versions 0
-    o = _new(JoinGroupRequest)
+    o = JoinGroupRequest.__new__(JoinGroupRequest)
     o.rebalance_timeout_ms = -1
     o.group_instance_id = None
     o.reason = None
@@ -230,7 +228,7 @@ def _read_JoinGroupRequest_v0(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(JoinGroupRequestProtocol)
+            item2 = JoinGroupRequestProtocol.__new__(JoinGroupRequestProtocol)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -260,7 +258,7 @@ def _read_JoinGroupRequest_v0(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
 
 def _read_JoinGroupRequest_v1(buf: bytes, pos: int) -> tuple[JoinGroupRequest, int]:
     # versions 1-4
-    o = _new(JoinGroupRequest)
+    o = JoinGroupRequest.__new__(JoinGroupRequest)
     o.group_instance_id = None
     o.reason = None
     n = _S_h.unpack_from(buf, pos)[0]
@@ -305,7 +303,7 @@ def _read_JoinGroupRequest_v1(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(JoinGroupRequestProtocol)
+            item2 = JoinGroupRequestProtocol.__new__(JoinGroupRequestProtocol)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -335,7 +333,7 @@ def _read_JoinGroupRequest_v1(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
 
 def _read_JoinGroupRequest_v5(buf: bytes, pos: int) -> tuple[JoinGroupRequest, int]:
     # versions 5
-    o = _new(JoinGroupRequest)
+    o = JoinGroupRequest.__new__(JoinGroupRequest)
     o.reason = None
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -391,7 +389,7 @@ def _read_JoinGroupRequest_v5(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(JoinGroupRequestProtocol)
+            item2 = JoinGroupRequestProtocol.__new__(JoinGroupRequestProtocol)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -421,7 +419,7 @@ def _read_JoinGroupRequest_v5(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
 
 def _read_JoinGroupRequest_v6(buf: bytes, pos: int) -> tuple[JoinGroupRequest, int]:
     # versions 6-7
-    o = _new(JoinGroupRequest)
+    o = JoinGroupRequest.__new__(JoinGroupRequest)
     o.reason = None
     n = buf[pos] - 1
     if n < 127:
@@ -495,7 +493,7 @@ def _read_JoinGroupRequest_v6(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(JoinGroupRequestProtocol)
+            item2 = JoinGroupRequestProtocol.__new__(JoinGroupRequestProtocol)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -543,7 +541,7 @@ def _read_JoinGroupRequest_v6(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
 
 def _read_JoinGroupRequest_v8(buf: bytes, pos: int) -> tuple[JoinGroupRequest, int]:
     # versions 8-9
-    o = _new(JoinGroupRequest)
+    o = JoinGroupRequest.__new__(JoinGroupRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -616,7 +614,7 @@ def _read_JoinGroupRequest_v8(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(JoinGroupRequestProtocol)
+            item2 = JoinGroupRequestProtocol.__new__(JoinGroupRequestProtocol)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -36,8 +36,6 @@ __all__ = [
     "JoinGroupResponseMember",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_hi: _Final = _Packer(">hi")
 _S_i: _Final = _Packer(">i")
@@ -203,7 +201,7 @@ _TAGS_JoinGroupResponseMember: _Final[frozenset[int]] = frozenset()
 
 def _read_JoinGroupResponse_v0(buf: bytes, pos: int) -> tuple[JoinGroupResponse, int]:
     # versions 0-1
-    o = _new(JoinGroupResponse)
+    o = JoinGroupResponse.__new__(JoinGroupResponse)
     o.throttle_time_ms = 0
     o.protocol_type = None
     o.skip_assignment = False
@@ -249,7 +247,7 @@ def _read_JoinGroupResponse_v0(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(JoinGroupResponseMember)
+            item2 = JoinGroupResponseMember.__new__(JoinGroupResponseMember)
             item2.group_instance_id = None
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -280,7 +278,7 @@ def _read_JoinGroupResponse_v0(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
 
 def _read_JoinGroupResponse_v2(buf: bytes, pos: int) -> tuple[JoinGroupResponse, int]:
     # versions 2-4
-    o = _new(JoinGroupResponse)
+    o = JoinGroupResponse.__new__(JoinGroupResponse)
     o.protocol_type = None
     o.skip_assignment = False
     o.throttle_time_ms, o.error_code, o.generation_id = _S_ihi.unpack_from(buf, pos)
@@ -325,7 +323,7 @@ def _read_JoinGroupResponse_v2(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(JoinGroupResponseMember)
+            item2 = JoinGroupResponseMember.__new__(JoinGroupResponseMember)
             item2.group_instance_id = None
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -356,7 +354,7 @@ def _read_JoinGroupResponse_v2(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
 
 def _read_JoinGroupResponse_v5(buf: bytes, pos: int) -> tuple[JoinGroupResponse, int]:
     # versions 5
-    o = _new(JoinGroupResponse)
+    o = JoinGroupResponse.__new__(JoinGroupResponse)
     o.protocol_type = None
     o.skip_assignment = False
     o.throttle_time_ms, o.error_code, o.generation_id = _S_ihi.unpack_from(buf, pos)
@@ -401,7 +399,7 @@ def _read_JoinGroupResponse_v5(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(JoinGroupResponseMember)
+            item2 = JoinGroupResponseMember.__new__(JoinGroupResponseMember)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -443,7 +441,7 @@ def _read_JoinGroupResponse_v5(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
 
 def _read_JoinGroupResponse_v6(buf: bytes, pos: int) -> tuple[JoinGroupResponse, int]:
     # versions 6
-    o = _new(JoinGroupResponse)
+    o = JoinGroupResponse.__new__(JoinGroupResponse)
     o.protocol_type = None
     o.skip_assignment = False
     o.throttle_time_ms, o.error_code, o.generation_id = _S_ihi.unpack_from(buf, pos)
@@ -504,7 +502,7 @@ def _read_JoinGroupResponse_v6(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(JoinGroupResponseMember)
+            item2 = JoinGroupResponseMember.__new__(JoinGroupResponseMember)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -566,7 +564,7 @@ def _read_JoinGroupResponse_v6(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
 
 def _read_JoinGroupResponse_v7(buf: bytes, pos: int) -> tuple[JoinGroupResponse, int]:
     # versions 7-8
-    o = _new(JoinGroupResponse)
+    o = JoinGroupResponse.__new__(JoinGroupResponse)
     o.skip_assignment = False
     o.throttle_time_ms, o.error_code, o.generation_id = _S_ihi.unpack_from(buf, pos)
     pos += 10
@@ -640,7 +638,7 @@ def _read_JoinGroupResponse_v7(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(JoinGroupResponseMember)
+            item2 = JoinGroupResponseMember.__new__(JoinGroupResponseMember)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -702,7 +700,7 @@ def _read_JoinGroupResponse_v7(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
 
 def _read_JoinGroupResponse_v9(buf: bytes, pos: int) -> tuple[JoinGroupResponse, int]:
     # versions 9
-    o = _new(JoinGroupResponse)
+    o = JoinGroupResponse.__new__(JoinGroupResponse)
     o.throttle_time_ms, o.error_code, o.generation_id = _S_ihi.unpack_from(buf, pos)
     pos += 10
     n = buf[pos] - 1
@@ -777,7 +775,7 @@ def _read_JoinGroupResponse_v9(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(JoinGroupResponseMember)
+            item2 = JoinGroupResponseMember.__new__(JoinGroupResponseMember)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -22,8 +22,6 @@ __all__ = [
     "KRaftVersionRecord",
 ]
 
-_new: _Final = object.__new__
-
 _S_hh: _Final = _Packer(">hh")
 
 
@@ -69,7 +67,7 @@ _TAGS_KRaftVersionRecord: _Final[frozenset[int]] = frozenset()
 
 def _read_KRaftVersionRecord_v0(buf: bytes, pos: int) -> tuple[KRaftVersionRecord, int]:
     # versions 0
-    o = _new(KRaftVersionRecord)
+    o = KRaftVersionRecord.__new__(KRaftVersionRecord)
     o.version, o.kraft_version = _S_hh.unpack_from(buf, pos)
     pos += 4
     if buf[pos]:

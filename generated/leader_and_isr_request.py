@@ -41,8 +41,6 @@ __all__ = [
     "LeaderAndIsrTopicState",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ii: _Final = _Packer(">ii")
@@ -357,7 +355,7 @@ _TAGS_LeaderAndIsrLiveLeader: _Final[frozenset[int]] = frozenset()
 
 def _read_LeaderAndIsrTopicState_v2(buf: bytes, pos: int) -> tuple[LeaderAndIsrTopicState, int]:
     # versions 2
-    o = _new(LeaderAndIsrTopicState)
+    o = LeaderAndIsrTopicState.__new__(LeaderAndIsrTopicState)
     o.topic_id = _ZERO_UUID
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -379,7 +377,7 @@ def _read_LeaderAndIsrTopicState_v2(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(LeaderAndIsrPartitionState)
+            item2 = LeaderAndIsrPartitionState.__new__(LeaderAndIsrPartitionState)
             item2.topic_name = ""
             item2.adding_replicas = []
             item2.removing_replicas = []
@@ -427,7 +425,7 @@ def _read_LeaderAndIsrTopicState_v2(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
 
 def _read_LeaderAndIsrTopicState_v3(buf: bytes, pos: int) -> tuple[LeaderAndIsrTopicState, int]:
     # versions 3
-    o = _new(LeaderAndIsrTopicState)
+    o = LeaderAndIsrTopicState.__new__(LeaderAndIsrTopicState)
     o.topic_id = _ZERO_UUID
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -449,7 +447,7 @@ def _read_LeaderAndIsrTopicState_v3(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(LeaderAndIsrPartitionState)
+            item2 = LeaderAndIsrPartitionState.__new__(LeaderAndIsrPartitionState)
             item2.topic_name = ""
             item2.leader_recovery_state = 0
             item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
@@ -521,7 +519,7 @@ def _read_LeaderAndIsrTopicState_v3(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
 
 def _read_LeaderAndIsrTopicState_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrTopicState, int]:
     # versions 4
-    o = _new(LeaderAndIsrTopicState)
+    o = LeaderAndIsrTopicState.__new__(LeaderAndIsrTopicState)
     o.topic_id = _ZERO_UUID
     n = buf[pos] - 1
     if n < 127:
@@ -551,7 +549,7 @@ def _read_LeaderAndIsrTopicState_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(LeaderAndIsrPartitionState)
+            item2 = LeaderAndIsrPartitionState.__new__(LeaderAndIsrPartitionState)
             item2.topic_name = ""
             item2.leader_recovery_state = 0
             item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
@@ -649,7 +647,7 @@ def _read_LeaderAndIsrTopicState_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
 
 def _read_LeaderAndIsrTopicState_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrTopicState, int]:
     # versions 5
-    o = _new(LeaderAndIsrTopicState)
+    o = LeaderAndIsrTopicState.__new__(LeaderAndIsrTopicState)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -680,7 +678,7 @@ def _read_LeaderAndIsrTopicState_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(LeaderAndIsrPartitionState)
+            item2 = LeaderAndIsrPartitionState.__new__(LeaderAndIsrPartitionState)
             item2.topic_name = ""
             item2.leader_recovery_state = 0
             item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
@@ -778,7 +776,7 @@ def _read_LeaderAndIsrTopicState_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
 
 def _read_LeaderAndIsrTopicState_v6(buf: bytes, pos: int) -> tuple[LeaderAndIsrTopicState, int]:
     # versions 6-7
-    o = _new(LeaderAndIsrTopicState)
+    o = LeaderAndIsrTopicState.__new__(LeaderAndIsrTopicState)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -809,7 +807,7 @@ def _read_LeaderAndIsrTopicState_v6(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(LeaderAndIsrPartitionState)
+            item2 = LeaderAndIsrPartitionState.__new__(LeaderAndIsrPartitionState)
             item2.topic_name = ""
             item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
                 _S_iiii.unpack_from(buf, pos)
@@ -1115,7 +1113,7 @@ def _write_LeaderAndIsrTopicState_v6(o: LeaderAndIsrTopicState, w: _Writer) -> N
 
 def _read_LeaderAndIsrRequest_v0(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequest, int]:
     # versions 0
-    o = _new(LeaderAndIsrRequest)
+    o = LeaderAndIsrRequest.__new__(LeaderAndIsrRequest)
     o.is_kraft_controller = False
     o.broker_epoch = -1
     o.type = 0
@@ -1132,7 +1130,7 @@ def _read_LeaderAndIsrRequest_v0(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(LeaderAndIsrPartitionState)
+            item2 = LeaderAndIsrPartitionState.__new__(LeaderAndIsrPartitionState)
             item2.adding_replicas = []
             item2.removing_replicas = []
             item2.is_new = False
@@ -1192,7 +1190,7 @@ def _read_LeaderAndIsrRequest_v0(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(LeaderAndIsrLiveLeader)
+            item5 = LeaderAndIsrLiveLeader.__new__(LeaderAndIsrLiveLeader)
             item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1216,7 +1214,7 @@ def _read_LeaderAndIsrRequest_v0(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
 
 def _read_LeaderAndIsrRequest_v1(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequest, int]:
     # versions 1
-    o = _new(LeaderAndIsrRequest)
+    o = LeaderAndIsrRequest.__new__(LeaderAndIsrRequest)
     o.is_kraft_controller = False
     o.broker_epoch = -1
     o.type = 0
@@ -1233,7 +1231,7 @@ def _read_LeaderAndIsrRequest_v1(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(LeaderAndIsrPartitionState)
+            item2 = LeaderAndIsrPartitionState.__new__(LeaderAndIsrPartitionState)
             item2.adding_replicas = []
             item2.removing_replicas = []
             item2.leader_recovery_state = 0
@@ -1294,7 +1292,7 @@ def _read_LeaderAndIsrRequest_v1(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(LeaderAndIsrLiveLeader)
+            item5 = LeaderAndIsrLiveLeader.__new__(LeaderAndIsrLiveLeader)
             item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1318,7 +1316,7 @@ def _read_LeaderAndIsrRequest_v1(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
 
 def _read_LeaderAndIsrRequest_v2(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequest, int]:
     # versions 2
-    o = _new(LeaderAndIsrRequest)
+    o = LeaderAndIsrRequest.__new__(LeaderAndIsrRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.ungrouped_partition_states = []
@@ -1347,7 +1345,7 @@ def _read_LeaderAndIsrRequest_v2(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(LeaderAndIsrLiveLeader)
+            item5 = LeaderAndIsrLiveLeader.__new__(LeaderAndIsrLiveLeader)
             item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1371,7 +1369,7 @@ def _read_LeaderAndIsrRequest_v2(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
 
 def _read_LeaderAndIsrRequest_v3(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequest, int]:
     # versions 3
-    o = _new(LeaderAndIsrRequest)
+    o = LeaderAndIsrRequest.__new__(LeaderAndIsrRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.ungrouped_partition_states = []
@@ -1400,7 +1398,7 @@ def _read_LeaderAndIsrRequest_v3(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(LeaderAndIsrLiveLeader)
+            item5 = LeaderAndIsrLiveLeader.__new__(LeaderAndIsrLiveLeader)
             item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1424,7 +1422,7 @@ def _read_LeaderAndIsrRequest_v3(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
 
 def _read_LeaderAndIsrRequest_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequest, int]:
     # versions 4
-    o = _new(LeaderAndIsrRequest)
+    o = LeaderAndIsrRequest.__new__(LeaderAndIsrRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.ungrouped_partition_states = []
@@ -1461,7 +1459,7 @@ def _read_LeaderAndIsrRequest_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(LeaderAndIsrLiveLeader)
+            item5 = LeaderAndIsrLiveLeader.__new__(LeaderAndIsrLiveLeader)
             item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -1497,7 +1495,7 @@ def _read_LeaderAndIsrRequest_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
 
 def _read_LeaderAndIsrRequest_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequest, int]:
     # versions 5
-    o = _new(LeaderAndIsrRequest)
+    o = LeaderAndIsrRequest.__new__(LeaderAndIsrRequest)
     o.is_kraft_controller = False
     o.ungrouped_partition_states = []
     o.controller_id, o.controller_epoch, o.broker_epoch, o.type = _S_iiqb.unpack_from(buf, pos)
@@ -1533,7 +1531,7 @@ def _read_LeaderAndIsrRequest_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(LeaderAndIsrLiveLeader)
+            item5 = LeaderAndIsrLiveLeader.__new__(LeaderAndIsrLiveLeader)
             item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -1569,7 +1567,7 @@ def _read_LeaderAndIsrRequest_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
 
 def _read_LeaderAndIsrRequest_v6(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequest, int]:
     # versions 6
-    o = _new(LeaderAndIsrRequest)
+    o = LeaderAndIsrRequest.__new__(LeaderAndIsrRequest)
     o.is_kraft_controller = False
     o.ungrouped_partition_states = []
     o.controller_id, o.controller_epoch, o.broker_epoch, o.type = _S_iiqb.unpack_from(buf, pos)
@@ -1605,7 +1603,7 @@ def _read_LeaderAndIsrRequest_v6(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(LeaderAndIsrLiveLeader)
+            item5 = LeaderAndIsrLiveLeader.__new__(LeaderAndIsrLiveLeader)
             item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -1641,7 +1639,7 @@ def _read_LeaderAndIsrRequest_v6(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
 
 def _read_LeaderAndIsrRequest_v7(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequest, int]:
     # versions 7
-    o = _new(LeaderAndIsrRequest)
+    o = LeaderAndIsrRequest.__new__(LeaderAndIsrRequest)
     o.ungrouped_partition_states = []
     o.controller_id, o.is_kraft_controller, o.controller_epoch, o.broker_epoch, o.type = (
         _S_iziqb.unpack_from(buf, pos)
@@ -1678,7 +1676,7 @@ def _read_LeaderAndIsrRequest_v7(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(LeaderAndIsrLiveLeader)
+            item5 = LeaderAndIsrLiveLeader.__new__(LeaderAndIsrLiveLeader)
             item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1

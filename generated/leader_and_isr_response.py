@@ -37,8 +37,6 @@ __all__ = [
     "LeaderAndIsrTopicError",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -178,7 +176,7 @@ _TAGS_LeaderAndIsrTopicError: _Final[frozenset[int]] = frozenset()
 
 def _read_LeaderAndIsrTopicError_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrTopicError, int]:
     # versions 5-7
-    o = _new(LeaderAndIsrTopicError)
+    o = LeaderAndIsrTopicError.__new__(LeaderAndIsrTopicError)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -195,7 +193,7 @@ def _read_LeaderAndIsrTopicError_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(LeaderAndIsrPartitionError)
+            item2 = LeaderAndIsrPartitionError.__new__(LeaderAndIsrPartitionError)
             item2.topic_name = ""
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
@@ -236,7 +234,7 @@ def _write_LeaderAndIsrTopicError_v5(o: LeaderAndIsrTopicError, w: _Writer) -> N
 
 def _read_LeaderAndIsrResponse_v0(buf: bytes, pos: int) -> tuple[LeaderAndIsrResponse, int]:
     # versions 0-3
-    o = _new(LeaderAndIsrResponse)
+    o = LeaderAndIsrResponse.__new__(LeaderAndIsrResponse)
     o.topics = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -250,7 +248,7 @@ def _read_LeaderAndIsrResponse_v0(buf: bytes, pos: int) -> tuple[LeaderAndIsrRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(LeaderAndIsrPartitionError)
+            item2 = LeaderAndIsrPartitionError.__new__(LeaderAndIsrPartitionError)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -272,7 +270,7 @@ def _read_LeaderAndIsrResponse_v0(buf: bytes, pos: int) -> tuple[LeaderAndIsrRes
 
 def _read_LeaderAndIsrResponse_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrResponse, int]:
     # versions 4
-    o = _new(LeaderAndIsrResponse)
+    o = LeaderAndIsrResponse.__new__(LeaderAndIsrResponse)
     o.topics = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -290,7 +288,7 @@ def _read_LeaderAndIsrResponse_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(LeaderAndIsrPartitionError)
+            item2 = LeaderAndIsrPartitionError.__new__(LeaderAndIsrPartitionError)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -326,7 +324,7 @@ def _read_LeaderAndIsrResponse_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrRes
 
 def _read_LeaderAndIsrResponse_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrResponse, int]:
     # versions 5-7
-    o = _new(LeaderAndIsrResponse)
+    o = LeaderAndIsrResponse.__new__(LeaderAndIsrResponse)
     o.partition_errors = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2

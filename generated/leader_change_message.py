@@ -36,8 +36,6 @@ __all__ = [
     "Voter",
 ]
 
-_new: _Final = object.__new__
-
 _S_hi: _Final = _Packer(">hi")
 _S_i: _Final = _Packer(">i")
 
@@ -135,7 +133,7 @@ _TAGS_Voter: _Final[frozenset[int]] = frozenset()
 
 def _read_LeaderChangeMessage_v0(buf: bytes, pos: int) -> tuple[LeaderChangeMessage, int]:
     # versions 0
-    o = _new(LeaderChangeMessage)
+    o = LeaderChangeMessage.__new__(LeaderChangeMessage)
     o.version, o.leader_id = _S_hi.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -152,7 +150,7 @@ def _read_LeaderChangeMessage_v0(buf: bytes, pos: int) -> tuple[LeaderChangeMess
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(Voter)
+            item2 = Voter.__new__(Voter)
             item2.voter_directory_id = _ZERO_UUID
             item2.voter_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -177,7 +175,7 @@ def _read_LeaderChangeMessage_v0(buf: bytes, pos: int) -> tuple[LeaderChangeMess
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(Voter)
+            item5 = Voter.__new__(Voter)
             item5.voter_directory_id = _ZERO_UUID
             item5.voter_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -198,7 +196,7 @@ def _read_LeaderChangeMessage_v0(buf: bytes, pos: int) -> tuple[LeaderChangeMess
 
 def _read_LeaderChangeMessage_v1(buf: bytes, pos: int) -> tuple[LeaderChangeMessage, int]:
     # versions 1
-    o = _new(LeaderChangeMessage)
+    o = LeaderChangeMessage.__new__(LeaderChangeMessage)
     o.version, o.leader_id = _S_hi.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -215,7 +213,7 @@ def _read_LeaderChangeMessage_v1(buf: bytes, pos: int) -> tuple[LeaderChangeMess
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(Voter)
+            item2 = Voter.__new__(Voter)
             item2.voter_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             item2.voter_directory_id = _read_uuid(buf, pos)
@@ -241,7 +239,7 @@ def _read_LeaderChangeMessage_v1(buf: bytes, pos: int) -> tuple[LeaderChangeMess
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(Voter)
+            item5 = Voter.__new__(Voter)
             item5.voter_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             item5.voter_directory_id = _read_uuid(buf, pos)

@@ -33,8 +33,6 @@ __all__ = [
     "MemberIdentity",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -138,7 +136,7 @@ _TAGS_MemberIdentity: _Final[frozenset[int]] = frozenset()
 
 def _read_LeaveGroupRequest_v0(buf: bytes, pos: int) -> tuple[LeaveGroupRequest, int]:
     # versions 0-2
-    o = _new(LeaveGroupRequest)
+    o = LeaveGroupRequest.__new__(LeaveGroupRequest)
     o.members = []
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -166,7 +164,7 @@ def _read_LeaveGroupRequest_v0(buf: bytes, pos: int) -> tuple[LeaveGroupRequest,
 
 def _read_LeaveGroupRequest_v3(buf: bytes, pos: int) -> tuple[LeaveGroupRequest, int]:
     # versions 3
-    o = _new(LeaveGroupRequest)
+    o = LeaveGroupRequest.__new__(LeaveGroupRequest)
     o.member_id = ""
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -188,7 +186,7 @@ def _read_LeaveGroupRequest_v3(buf: bytes, pos: int) -> tuple[LeaveGroupRequest,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MemberIdentity)
+            item2 = MemberIdentity.__new__(MemberIdentity)
             item2.reason = None
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -221,7 +219,7 @@ def _read_LeaveGroupRequest_v3(buf: bytes, pos: int) -> tuple[LeaveGroupRequest,
 
 def _read_LeaveGroupRequest_v4(buf: bytes, pos: int) -> tuple[LeaveGroupRequest, int]:
     # versions 4
-    o = _new(LeaveGroupRequest)
+    o = LeaveGroupRequest.__new__(LeaveGroupRequest)
     o.member_id = ""
     n = buf[pos] - 1
     if n < 127:
@@ -251,7 +249,7 @@ def _read_LeaveGroupRequest_v4(buf: bytes, pos: int) -> tuple[LeaveGroupRequest,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MemberIdentity)
+            item2 = MemberIdentity.__new__(MemberIdentity)
             item2.reason = None
             n = buf[pos] - 1
             if n < 127:
@@ -298,7 +296,7 @@ def _read_LeaveGroupRequest_v4(buf: bytes, pos: int) -> tuple[LeaveGroupRequest,
 
 def _read_LeaveGroupRequest_v5(buf: bytes, pos: int) -> tuple[LeaveGroupRequest, int]:
     # versions 5
-    o = _new(LeaveGroupRequest)
+    o = LeaveGroupRequest.__new__(LeaveGroupRequest)
     o.member_id = ""
     n = buf[pos] - 1
     if n < 127:
@@ -328,7 +326,7 @@ def _read_LeaveGroupRequest_v5(buf: bytes, pos: int) -> tuple[LeaveGroupRequest,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MemberIdentity)
+            item2 = MemberIdentity.__new__(MemberIdentity)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

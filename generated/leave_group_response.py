@@ -33,8 +33,6 @@ __all__ = [
     "MemberResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -141,7 +139,7 @@ _TAGS_MemberResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_LeaveGroupResponse_v0(buf: bytes, pos: int) -> tuple[LeaveGroupResponse, int]:
     # versions 0
-    o = _new(LeaveGroupResponse)
+    o = LeaveGroupResponse.__new__(LeaveGroupResponse)
     o.throttle_time_ms = 0
     o.members = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
@@ -152,7 +150,7 @@ def _read_LeaveGroupResponse_v0(buf: bytes, pos: int) -> tuple[LeaveGroupRespons
 
 def _read_LeaveGroupResponse_v1(buf: bytes, pos: int) -> tuple[LeaveGroupResponse, int]:
     # versions 1-2
-    o = _new(LeaveGroupResponse)
+    o = LeaveGroupResponse.__new__(LeaveGroupResponse)
     o.members = []
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
@@ -162,7 +160,7 @@ def _read_LeaveGroupResponse_v1(buf: bytes, pos: int) -> tuple[LeaveGroupRespons
 
 def _read_LeaveGroupResponse_v3(buf: bytes, pos: int) -> tuple[LeaveGroupResponse, int]:
     # versions 3
-    o = _new(LeaveGroupResponse)
+    o = LeaveGroupResponse.__new__(LeaveGroupResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = _S_i.unpack_from(buf, pos)[0]
@@ -175,7 +173,7 @@ def _read_LeaveGroupResponse_v3(buf: bytes, pos: int) -> tuple[LeaveGroupRespons
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MemberResponse)
+            item2 = MemberResponse.__new__(MemberResponse)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -209,7 +207,7 @@ def _read_LeaveGroupResponse_v3(buf: bytes, pos: int) -> tuple[LeaveGroupRespons
 
 def _read_LeaveGroupResponse_v4(buf: bytes, pos: int) -> tuple[LeaveGroupResponse, int]:
     # versions 4-5
-    o = _new(LeaveGroupResponse)
+    o = LeaveGroupResponse.__new__(LeaveGroupResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -226,7 +224,7 @@ def _read_LeaveGroupResponse_v4(buf: bytes, pos: int) -> tuple[LeaveGroupRespons
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MemberResponse)
+            item2 = MemberResponse.__new__(MemberResponse)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

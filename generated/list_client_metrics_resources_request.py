@@ -20,8 +20,6 @@ __all__ = [
     "ListClientMetricsResourcesRequest",
 ]
 
-_new: _Final = object.__new__
-
 
 @_mypyc_attr(native_class=False)
 class ListClientMetricsResourcesRequest(_Message):
@@ -48,7 +46,7 @@ def _read_ListClientMetricsResourcesRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[ListClientMetricsResourcesRequest, int]:
     # versions 0
-    o = _new(ListClientMetricsResourcesRequest)
+    o = ListClientMetricsResourcesRequest.__new__(ListClientMetricsResourcesRequest)
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ListClientMetricsResourcesRequest)
     else:

@@ -32,8 +32,6 @@ __all__ = [
     "ListClientMetricsResourcesResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_ih: _Final = _Packer(">ih")
 
 
@@ -113,7 +111,7 @@ def _read_ListClientMetricsResourcesResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ListClientMetricsResourcesResponse, int]:
     # versions 0
-    o = _new(ListClientMetricsResourcesResponse)
+    o = ListClientMetricsResourcesResponse.__new__(ListClientMetricsResourcesResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -130,7 +128,7 @@ def _read_ListClientMetricsResourcesResponse_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ClientMetricsResource)
+            item2 = ClientMetricsResource.__new__(ClientMetricsResource)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -30,8 +30,6 @@ __all__ = [
     "ListGroupsRequest",
 ]
 
-_new: _Final = object.__new__
-
 
 @_mypyc_attr(native_class=False)
 class ListGroupsRequest(_Message):
@@ -84,7 +82,7 @@ _TAGS_ListGroupsRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_ListGroupsRequest_v0(buf: bytes, pos: int) -> tuple[ListGroupsRequest, int]:
     # versions 0-2
-    o = _new(ListGroupsRequest)
+    o = ListGroupsRequest.__new__(ListGroupsRequest)
     o.states_filter = []
     o.types_filter = []
     o._unknown_tags = None
@@ -93,7 +91,7 @@ def _read_ListGroupsRequest_v0(buf: bytes, pos: int) -> tuple[ListGroupsRequest,
 
 def _read_ListGroupsRequest_v3(buf: bytes, pos: int) -> tuple[ListGroupsRequest, int]:
     # versions 3
-    o = _new(ListGroupsRequest)
+    o = ListGroupsRequest.__new__(ListGroupsRequest)
     o.states_filter = []
     o.types_filter = []
     if buf[pos]:
@@ -106,7 +104,7 @@ def _read_ListGroupsRequest_v3(buf: bytes, pos: int) -> tuple[ListGroupsRequest,
 
 def _read_ListGroupsRequest_v4(buf: bytes, pos: int) -> tuple[ListGroupsRequest, int]:
     # versions 4
-    o = _new(ListGroupsRequest)
+    o = ListGroupsRequest.__new__(ListGroupsRequest)
     o.types_filter = []
     n = buf[pos] - 1
     if n < 127:
@@ -148,7 +146,7 @@ def _read_ListGroupsRequest_v4(buf: bytes, pos: int) -> tuple[ListGroupsRequest,
 
 def _read_ListGroupsRequest_v5(buf: bytes, pos: int) -> tuple[ListGroupsRequest, int]:
     # versions 5
-    o = _new(ListGroupsRequest)
+    o = ListGroupsRequest.__new__(ListGroupsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

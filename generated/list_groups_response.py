@@ -33,8 +33,6 @@ __all__ = [
     "ListedGroup",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -150,7 +148,7 @@ _TAGS_ListedGroup: _Final[frozenset[int]] = frozenset()
 
 def _read_ListGroupsResponse_v0(buf: bytes, pos: int) -> tuple[ListGroupsResponse, int]:
     # versions 0
-    o = _new(ListGroupsResponse)
+    o = ListGroupsResponse.__new__(ListGroupsResponse)
     o.throttle_time_ms = 0
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -164,7 +162,7 @@ def _read_ListGroupsResponse_v0(buf: bytes, pos: int) -> tuple[ListGroupsRespons
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ListedGroup)
+            item2 = ListedGroup.__new__(ListedGroup)
             item2.group_state = ""
             item2.group_type = ""
             n = _S_h.unpack_from(buf, pos)[0]
@@ -196,7 +194,7 @@ def _read_ListGroupsResponse_v0(buf: bytes, pos: int) -> tuple[ListGroupsRespons
 
 def _read_ListGroupsResponse_v1(buf: bytes, pos: int) -> tuple[ListGroupsResponse, int]:
     # versions 1-2
-    o = _new(ListGroupsResponse)
+    o = ListGroupsResponse.__new__(ListGroupsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = _S_i.unpack_from(buf, pos)[0]
@@ -209,7 +207,7 @@ def _read_ListGroupsResponse_v1(buf: bytes, pos: int) -> tuple[ListGroupsRespons
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ListedGroup)
+            item2 = ListedGroup.__new__(ListedGroup)
             item2.group_state = ""
             item2.group_type = ""
             n = _S_h.unpack_from(buf, pos)[0]
@@ -241,7 +239,7 @@ def _read_ListGroupsResponse_v1(buf: bytes, pos: int) -> tuple[ListGroupsRespons
 
 def _read_ListGroupsResponse_v3(buf: bytes, pos: int) -> tuple[ListGroupsResponse, int]:
     # versions 3
-    o = _new(ListGroupsResponse)
+    o = ListGroupsResponse.__new__(ListGroupsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -258,7 +256,7 @@ def _read_ListGroupsResponse_v3(buf: bytes, pos: int) -> tuple[ListGroupsRespons
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ListedGroup)
+            item2 = ListedGroup.__new__(ListedGroup)
             item2.group_state = ""
             item2.group_type = ""
             n = buf[pos] - 1
@@ -306,7 +304,7 @@ def _read_ListGroupsResponse_v3(buf: bytes, pos: int) -> tuple[ListGroupsRespons
 
 def _read_ListGroupsResponse_v4(buf: bytes, pos: int) -> tuple[ListGroupsResponse, int]:
     # versions 4
-    o = _new(ListGroupsResponse)
+    o = ListGroupsResponse.__new__(ListGroupsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -323,7 +321,7 @@ def _read_ListGroupsResponse_v4(buf: bytes, pos: int) -> tuple[ListGroupsRespons
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ListedGroup)
+            item2 = ListedGroup.__new__(ListedGroup)
             item2.group_type = ""
             n = buf[pos] - 1
             if n < 127:
@@ -384,7 +382,7 @@ def _read_ListGroupsResponse_v4(buf: bytes, pos: int) -> tuple[ListGroupsRespons
 
 def _read_ListGroupsResponse_v5(buf: bytes, pos: int) -> tuple[ListGroupsResponse, int]:
     # versions 5
-    o = _new(ListGroupsResponse)
+    o = ListGroupsResponse.__new__(ListGroupsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -401,7 +399,7 @@ def _read_ListGroupsResponse_v5(buf: bytes, pos: int) -> tuple[ListGroupsRespons
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ListedGroup)
+            item2 = ListedGroup.__new__(ListedGroup)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -34,8 +34,6 @@ __all__ = [
     "ListOffsetsTopic",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ib: _Final = _Packer(">ib")
@@ -194,7 +192,7 @@ _TAGS_ListOffsetsPartition: _Final[frozenset[int]] = frozenset()
 
 def _read_ListOffsetsTopic_v0(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, int]:
     # versions 0
-    o = _new(ListOffsetsTopic)
+    o = ListOffsetsTopic.__new__(ListOffsetsTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -215,7 +213,7 @@ def _read_ListOffsetsTopic_v0(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ListOffsetsPartition)
+            item2 = ListOffsetsPartition.__new__(ListOffsetsPartition)
             item2.current_leader_epoch = -1
             item2.partition_index, item2.timestamp, item2.max_num_offsets = _S_iqi.unpack_from(
                 buf, pos
@@ -230,7 +228,7 @@ def _read_ListOffsetsTopic_v0(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
 
 def _read_ListOffsetsTopic_v1(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, int]:
     # versions 1-3
-    o = _new(ListOffsetsTopic)
+    o = ListOffsetsTopic.__new__(ListOffsetsTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -251,7 +249,7 @@ def _read_ListOffsetsTopic_v1(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ListOffsetsPartition)
+            item2 = ListOffsetsPartition.__new__(ListOffsetsPartition)
             item2.current_leader_epoch = -1
             item2.max_num_offsets = 1
             item2.partition_index, item2.timestamp = _S_iq.unpack_from(buf, pos)
@@ -265,7 +263,7 @@ def _read_ListOffsetsTopic_v1(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
 
 def _read_ListOffsetsTopic_v4(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, int]:
     # versions 4-5
-    o = _new(ListOffsetsTopic)
+    o = ListOffsetsTopic.__new__(ListOffsetsTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -286,7 +284,7 @@ def _read_ListOffsetsTopic_v4(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ListOffsetsPartition)
+            item2 = ListOffsetsPartition.__new__(ListOffsetsPartition)
             item2.max_num_offsets = 1
             item2.partition_index, item2.current_leader_epoch, item2.timestamp = _S_iiq.unpack_from(
                 buf, pos
@@ -301,7 +299,7 @@ def _read_ListOffsetsTopic_v4(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
 
 def _read_ListOffsetsTopic_v6(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, int]:
     # versions 6-9
-    o = _new(ListOffsetsTopic)
+    o = ListOffsetsTopic.__new__(ListOffsetsTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -330,7 +328,7 @@ def _read_ListOffsetsTopic_v6(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ListOffsetsPartition)
+            item2 = ListOffsetsPartition.__new__(ListOffsetsPartition)
             item2.max_num_offsets = 1
             item2.partition_index, item2.current_leader_epoch, item2.timestamp = _S_iiq.unpack_from(
                 buf, pos
@@ -557,7 +555,7 @@ def _write_ListOffsetsTopic_v9(o: ListOffsetsTopic, w: _Writer) -> None:
 
 def _read_ListOffsetsRequest_v0(buf: bytes, pos: int) -> tuple[ListOffsetsRequest, int]:
     # versions 0
-    o = _new(ListOffsetsRequest)
+    o = ListOffsetsRequest.__new__(ListOffsetsRequest)
     o.isolation_level = 0
     o.replica_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -580,7 +578,7 @@ def _read_ListOffsetsRequest_v0(buf: bytes, pos: int) -> tuple[ListOffsetsReques
 
 def _read_ListOffsetsRequest_v1(buf: bytes, pos: int) -> tuple[ListOffsetsRequest, int]:
     # versions 1
-    o = _new(ListOffsetsRequest)
+    o = ListOffsetsRequest.__new__(ListOffsetsRequest)
     o.isolation_level = 0
     o.replica_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -603,7 +601,7 @@ def _read_ListOffsetsRequest_v1(buf: bytes, pos: int) -> tuple[ListOffsetsReques
 
 def _read_ListOffsetsRequest_v2(buf: bytes, pos: int) -> tuple[ListOffsetsRequest, int]:
     # versions 2-3
-    o = _new(ListOffsetsRequest)
+    o = ListOffsetsRequest.__new__(ListOffsetsRequest)
     o.replica_id, o.isolation_level = _S_ib.unpack_from(buf, pos)
     pos += 5
     n = _S_i.unpack_from(buf, pos)[0]
@@ -625,7 +623,7 @@ def _read_ListOffsetsRequest_v2(buf: bytes, pos: int) -> tuple[ListOffsetsReques
 
 def _read_ListOffsetsRequest_v4(buf: bytes, pos: int) -> tuple[ListOffsetsRequest, int]:
     # versions 4-5
-    o = _new(ListOffsetsRequest)
+    o = ListOffsetsRequest.__new__(ListOffsetsRequest)
     o.replica_id, o.isolation_level = _S_ib.unpack_from(buf, pos)
     pos += 5
     n = _S_i.unpack_from(buf, pos)[0]
@@ -647,7 +645,7 @@ def _read_ListOffsetsRequest_v4(buf: bytes, pos: int) -> tuple[ListOffsetsReques
 
 def _read_ListOffsetsRequest_v6(buf: bytes, pos: int) -> tuple[ListOffsetsRequest, int]:
     # versions 6-9
-    o = _new(ListOffsetsRequest)
+    o = ListOffsetsRequest.__new__(ListOffsetsRequest)
     o.replica_id, o.isolation_level = _S_ib.unpack_from(buf, pos)
     pos += 5
     n = buf[pos] - 1

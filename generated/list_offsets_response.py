@@ -36,8 +36,6 @@ __all__ = [
     "ListOffsetsTopicResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -205,7 +203,7 @@ _TAGS_ListOffsetsPartitionResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_ListOffsetsTopicResponse_v0(buf: bytes, pos: int) -> tuple[ListOffsetsTopicResponse, int]:
     # versions 0
-    o = _new(ListOffsetsTopicResponse)
+    o = ListOffsetsTopicResponse.__new__(ListOffsetsTopicResponse)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -226,7 +224,7 @@ def _read_ListOffsetsTopicResponse_v0(buf: bytes, pos: int) -> tuple[ListOffsets
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ListOffsetsPartitionResponse)
+            item2 = ListOffsetsPartitionResponse.__new__(ListOffsetsPartitionResponse)
             item2.timestamp = -1
             item2.offset = -1
             item2.leader_epoch = -1
@@ -254,7 +252,7 @@ def _read_ListOffsetsTopicResponse_v0(buf: bytes, pos: int) -> tuple[ListOffsets
 
 def _read_ListOffsetsTopicResponse_v1(buf: bytes, pos: int) -> tuple[ListOffsetsTopicResponse, int]:
     # versions 1-3
-    o = _new(ListOffsetsTopicResponse)
+    o = ListOffsetsTopicResponse.__new__(ListOffsetsTopicResponse)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -275,7 +273,7 @@ def _read_ListOffsetsTopicResponse_v1(buf: bytes, pos: int) -> tuple[ListOffsets
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ListOffsetsPartitionResponse)
+            item2 = ListOffsetsPartitionResponse.__new__(ListOffsetsPartitionResponse)
             item2.old_style_offsets = []
             item2.leader_epoch = -1
             item2.partition_index, item2.error_code, item2.timestamp, item2.offset = (
@@ -291,7 +289,7 @@ def _read_ListOffsetsTopicResponse_v1(buf: bytes, pos: int) -> tuple[ListOffsets
 
 def _read_ListOffsetsTopicResponse_v4(buf: bytes, pos: int) -> tuple[ListOffsetsTopicResponse, int]:
     # versions 4-5
-    o = _new(ListOffsetsTopicResponse)
+    o = ListOffsetsTopicResponse.__new__(ListOffsetsTopicResponse)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -312,7 +310,7 @@ def _read_ListOffsetsTopicResponse_v4(buf: bytes, pos: int) -> tuple[ListOffsets
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ListOffsetsPartitionResponse)
+            item2 = ListOffsetsPartitionResponse.__new__(ListOffsetsPartitionResponse)
             item2.old_style_offsets = []
             (
                 item2.partition_index,
@@ -331,7 +329,7 @@ def _read_ListOffsetsTopicResponse_v4(buf: bytes, pos: int) -> tuple[ListOffsets
 
 def _read_ListOffsetsTopicResponse_v6(buf: bytes, pos: int) -> tuple[ListOffsetsTopicResponse, int]:
     # versions 6-9
-    o = _new(ListOffsetsTopicResponse)
+    o = ListOffsetsTopicResponse.__new__(ListOffsetsTopicResponse)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -360,7 +358,7 @@ def _read_ListOffsetsTopicResponse_v6(buf: bytes, pos: int) -> tuple[ListOffsets
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ListOffsetsPartitionResponse)
+            item2 = ListOffsetsPartitionResponse.__new__(ListOffsetsPartitionResponse)
             item2.old_style_offsets = []
             (
                 item2.partition_index,
@@ -657,7 +655,7 @@ def _write_ListOffsetsTopicResponse_v9(o: ListOffsetsTopicResponse, w: _Writer) 
 
 def _read_ListOffsetsResponse_v0(buf: bytes, pos: int) -> tuple[ListOffsetsResponse, int]:
     # versions 0
-    o = _new(ListOffsetsResponse)
+    o = ListOffsetsResponse.__new__(ListOffsetsResponse)
     o.throttle_time_ms = 0
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -678,7 +676,7 @@ def _read_ListOffsetsResponse_v0(buf: bytes, pos: int) -> tuple[ListOffsetsRespo
 
 def _read_ListOffsetsResponse_v1(buf: bytes, pos: int) -> tuple[ListOffsetsResponse, int]:
     # versions 1
-    o = _new(ListOffsetsResponse)
+    o = ListOffsetsResponse.__new__(ListOffsetsResponse)
     o.throttle_time_ms = 0
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -699,7 +697,7 @@ def _read_ListOffsetsResponse_v1(buf: bytes, pos: int) -> tuple[ListOffsetsRespo
 
 def _read_ListOffsetsResponse_v2(buf: bytes, pos: int) -> tuple[ListOffsetsResponse, int]:
     # versions 2-3
-    o = _new(ListOffsetsResponse)
+    o = ListOffsetsResponse.__new__(ListOffsetsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -721,7 +719,7 @@ def _read_ListOffsetsResponse_v2(buf: bytes, pos: int) -> tuple[ListOffsetsRespo
 
 def _read_ListOffsetsResponse_v4(buf: bytes, pos: int) -> tuple[ListOffsetsResponse, int]:
     # versions 4-5
-    o = _new(ListOffsetsResponse)
+    o = ListOffsetsResponse.__new__(ListOffsetsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -743,7 +741,7 @@ def _read_ListOffsetsResponse_v4(buf: bytes, pos: int) -> tuple[ListOffsetsRespo
 
 def _read_ListOffsetsResponse_v6(buf: bytes, pos: int) -> tuple[ListOffsetsResponse, int]:
     # versions 6-9
-    o = _new(ListOffsetsResponse)
+    o = ListOffsetsResponse.__new__(ListOffsetsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

@@ -34,8 +34,6 @@ __all__ = [
     "ListPartitionReassignmentsTopics",
 ]
 
-_new: _Final = object.__new__
-
 _S_i: _Final = _Packer(">i")
 _A_i: _Final = _small_arrays("i", 32)
 
@@ -116,7 +114,7 @@ def _read_ListPartitionReassignmentsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[ListPartitionReassignmentsRequest, int]:
     # versions 0
-    o = _new(ListPartitionReassignmentsRequest)
+    o = ListPartitionReassignmentsRequest.__new__(ListPartitionReassignmentsRequest)
     o.timeout_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -133,7 +131,7 @@ def _read_ListPartitionReassignmentsRequest_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(ListPartitionReassignmentsTopics)
+            item2 = ListPartitionReassignmentsTopics.__new__(ListPartitionReassignmentsTopics)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -35,8 +35,6 @@ __all__ = [
     "OngoingTopicReassignment",
 ]
 
-_new: _Final = object.__new__
-
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
 _A_i: _Final = _small_arrays("i", 32)
@@ -180,7 +178,7 @@ _TAGS_OngoingPartitionReassignment: _Final[frozenset[int]] = frozenset()
 
 def _read_OngoingTopicReassignment_v0(buf: bytes, pos: int) -> tuple[OngoingTopicReassignment, int]:
     # versions 0
-    o = _new(OngoingTopicReassignment)
+    o = OngoingTopicReassignment.__new__(OngoingTopicReassignment)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -209,7 +207,7 @@ def _read_OngoingTopicReassignment_v0(buf: bytes, pos: int) -> tuple[OngoingTopi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OngoingPartitionReassignment)
+            item2 = OngoingPartitionReassignment.__new__(OngoingPartitionReassignment)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -317,7 +315,7 @@ def _read_ListPartitionReassignmentsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ListPartitionReassignmentsResponse, int]:
     # versions 0
-    o = _new(ListPartitionReassignmentsResponse)
+    o = ListPartitionReassignmentsResponse.__new__(ListPartitionReassignmentsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

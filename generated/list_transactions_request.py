@@ -33,8 +33,6 @@ __all__ = [
     "ListTransactionsRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_q: _Final = _Packer(">q")
 _A_q: _Final = _small_arrays("q", 32)
 
@@ -94,7 +92,7 @@ _TAGS_ListTransactionsRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_ListTransactionsRequest_v0(buf: bytes, pos: int) -> tuple[ListTransactionsRequest, int]:
     # versions 0
-    o = _new(ListTransactionsRequest)
+    o = ListTransactionsRequest.__new__(ListTransactionsRequest)
     o.duration_filter = -1
     n = buf[pos] - 1
     if n < 127:
@@ -151,7 +149,7 @@ def _read_ListTransactionsRequest_v0(buf: bytes, pos: int) -> tuple[ListTransact
 
 def _read_ListTransactionsRequest_v1(buf: bytes, pos: int) -> tuple[ListTransactionsRequest, int]:
     # versions 1
-    o = _new(ListTransactionsRequest)
+    o = ListTransactionsRequest.__new__(ListTransactionsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -33,8 +33,6 @@ __all__ = [
     "TransactionState",
 ]
 
-_new: _Final = object.__new__
-
 _S_ih: _Final = _Packer(">ih")
 _S_q: _Final = _Packer(">q")
 
@@ -144,7 +142,7 @@ _TAGS_TransactionState: _Final[frozenset[int]] = frozenset()
 
 def _read_ListTransactionsResponse_v0(buf: bytes, pos: int) -> tuple[ListTransactionsResponse, int]:
     # versions 0-1
-    o = _new(ListTransactionsResponse)
+    o = ListTransactionsResponse.__new__(ListTransactionsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -191,7 +189,7 @@ def _read_ListTransactionsResponse_v0(buf: bytes, pos: int) -> tuple[ListTransac
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(TransactionState)
+            item5 = TransactionState.__new__(TransactionState)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -37,8 +37,6 @@ __all__ = [
     "MetadataRequestTopic",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_z: _Final = _Packer(">?")
@@ -156,7 +154,7 @@ _TAGS_MetadataRequestTopic: _Final[frozenset[int]] = frozenset()
 
 def _read_MetadataRequest_v0(buf: bytes, pos: int) -> tuple[MetadataRequest, int]:
     # versions 0
-    o = _new(MetadataRequest)
+    o = MetadataRequest.__new__(MetadataRequest)
     o.allow_auto_topic_creation = True
     o.include_cluster_authorized_operations = False
     o.include_topic_authorized_operations = False
@@ -170,7 +168,7 @@ def _read_MetadataRequest_v0(buf: bytes, pos: int) -> tuple[MetadataRequest, int
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataRequestTopic)
+            item2 = MetadataRequestTopic.__new__(MetadataRequestTopic)
             item2.topic_id = _ZERO_UUID
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -191,7 +189,7 @@ def _read_MetadataRequest_v0(buf: bytes, pos: int) -> tuple[MetadataRequest, int
 
 def _read_MetadataRequest_v1(buf: bytes, pos: int) -> tuple[MetadataRequest, int]:
     # versions 1-3
-    o = _new(MetadataRequest)
+    o = MetadataRequest.__new__(MetadataRequest)
     o.allow_auto_topic_creation = True
     o.include_cluster_authorized_operations = False
     o.include_topic_authorized_operations = False
@@ -207,7 +205,7 @@ def _read_MetadataRequest_v1(buf: bytes, pos: int) -> tuple[MetadataRequest, int
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataRequestTopic)
+            item2 = MetadataRequestTopic.__new__(MetadataRequestTopic)
             item2.topic_id = _ZERO_UUID
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -228,7 +226,7 @@ def _read_MetadataRequest_v1(buf: bytes, pos: int) -> tuple[MetadataRequest, int
 
 def _read_MetadataRequest_v4(buf: bytes, pos: int) -> tuple[MetadataRequest, int]:
     # versions 4-7
-    o = _new(MetadataRequest)
+    o = MetadataRequest.__new__(MetadataRequest)
     o.include_cluster_authorized_operations = False
     o.include_topic_authorized_operations = False
     n = _S_i.unpack_from(buf, pos)[0]
@@ -243,7 +241,7 @@ def _read_MetadataRequest_v4(buf: bytes, pos: int) -> tuple[MetadataRequest, int
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataRequestTopic)
+            item2 = MetadataRequestTopic.__new__(MetadataRequestTopic)
             item2.topic_id = _ZERO_UUID
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -266,7 +264,7 @@ def _read_MetadataRequest_v4(buf: bytes, pos: int) -> tuple[MetadataRequest, int
 
 def _read_MetadataRequest_v8(buf: bytes, pos: int) -> tuple[MetadataRequest, int]:
     # versions 8
-    o = _new(MetadataRequest)
+    o = MetadataRequest.__new__(MetadataRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -279,7 +277,7 @@ def _read_MetadataRequest_v8(buf: bytes, pos: int) -> tuple[MetadataRequest, int
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataRequestTopic)
+            item2 = MetadataRequestTopic.__new__(MetadataRequestTopic)
             item2.topic_id = _ZERO_UUID
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -306,7 +304,7 @@ def _read_MetadataRequest_v8(buf: bytes, pos: int) -> tuple[MetadataRequest, int
 
 def _read_MetadataRequest_v9(buf: bytes, pos: int) -> tuple[MetadataRequest, int]:
     # versions 9
-    o = _new(MetadataRequest)
+    o = MetadataRequest.__new__(MetadataRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -321,7 +319,7 @@ def _read_MetadataRequest_v9(buf: bytes, pos: int) -> tuple[MetadataRequest, int
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataRequestTopic)
+            item2 = MetadataRequestTopic.__new__(MetadataRequestTopic)
             item2.topic_id = _ZERO_UUID
             n = buf[pos] - 1
             if n < 127:
@@ -360,7 +358,7 @@ def _read_MetadataRequest_v9(buf: bytes, pos: int) -> tuple[MetadataRequest, int
 
 def _read_MetadataRequest_v10(buf: bytes, pos: int) -> tuple[MetadataRequest, int]:
     # versions 10
-    o = _new(MetadataRequest)
+    o = MetadataRequest.__new__(MetadataRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -375,7 +373,7 @@ def _read_MetadataRequest_v10(buf: bytes, pos: int) -> tuple[MetadataRequest, in
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataRequestTopic)
+            item2 = MetadataRequestTopic.__new__(MetadataRequestTopic)
             item2.topic_id = _read_uuid(buf, pos)
             pos += 16
             n = buf[pos] - 1
@@ -415,7 +413,7 @@ def _read_MetadataRequest_v10(buf: bytes, pos: int) -> tuple[MetadataRequest, in
 
 def _read_MetadataRequest_v11(buf: bytes, pos: int) -> tuple[MetadataRequest, int]:
     # versions 11-12
-    o = _new(MetadataRequest)
+    o = MetadataRequest.__new__(MetadataRequest)
     o.include_cluster_authorized_operations = False
     n = buf[pos] - 1
     if n < 127:
@@ -431,7 +429,7 @@ def _read_MetadataRequest_v11(buf: bytes, pos: int) -> tuple[MetadataRequest, in
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataRequestTopic)
+            item2 = MetadataRequestTopic.__new__(MetadataRequestTopic)
             item2.topic_id = _read_uuid(buf, pos)
             pos += 16
             n = buf[pos] - 1

@@ -41,8 +41,6 @@ __all__ = [
     "MetadataResponseTopic",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_hii: _Final = _Packer(">hii")
 _S_hiii: _Final = _Packer(">hiii")
@@ -336,7 +334,7 @@ _TAGS_MetadataResponsePartition: _Final[frozenset[int]] = frozenset()
 
 def _read_MetadataResponseTopic_v0(buf: bytes, pos: int) -> tuple[MetadataResponseTopic, int]:
     # versions 0
-    o = _new(MetadataResponseTopic)
+    o = MetadataResponseTopic.__new__(MetadataResponseTopic)
     o.topic_id = _ZERO_UUID
     o.is_internal = False
     o.topic_authorized_operations = -2147483648
@@ -362,7 +360,7 @@ def _read_MetadataResponseTopic_v0(buf: bytes, pos: int) -> tuple[MetadataRespon
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataResponsePartition)
+            item2 = MetadataResponsePartition.__new__(MetadataResponsePartition)
             item2.leader_epoch = -1
             item2.offline_replicas = []
             item2.error_code, item2.partition_index, item2.leader_id = _S_hii.unpack_from(buf, pos)
@@ -402,7 +400,7 @@ def _read_MetadataResponseTopic_v0(buf: bytes, pos: int) -> tuple[MetadataRespon
 
 def _read_MetadataResponseTopic_v1(buf: bytes, pos: int) -> tuple[MetadataResponseTopic, int]:
     # versions 1-4
-    o = _new(MetadataResponseTopic)
+    o = MetadataResponseTopic.__new__(MetadataResponseTopic)
     o.topic_id = _ZERO_UUID
     o.topic_authorized_operations = -2147483648
     o.error_code = _S_h.unpack_from(buf, pos)[0]
@@ -429,7 +427,7 @@ def _read_MetadataResponseTopic_v1(buf: bytes, pos: int) -> tuple[MetadataRespon
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataResponsePartition)
+            item2 = MetadataResponsePartition.__new__(MetadataResponsePartition)
             item2.leader_epoch = -1
             item2.offline_replicas = []
             item2.error_code, item2.partition_index, item2.leader_id = _S_hii.unpack_from(buf, pos)
@@ -469,7 +467,7 @@ def _read_MetadataResponseTopic_v1(buf: bytes, pos: int) -> tuple[MetadataRespon
 
 def _read_MetadataResponseTopic_v5(buf: bytes, pos: int) -> tuple[MetadataResponseTopic, int]:
     # versions 5-6
-    o = _new(MetadataResponseTopic)
+    o = MetadataResponseTopic.__new__(MetadataResponseTopic)
     o.topic_id = _ZERO_UUID
     o.topic_authorized_operations = -2147483648
     o.error_code = _S_h.unpack_from(buf, pos)[0]
@@ -496,7 +494,7 @@ def _read_MetadataResponseTopic_v5(buf: bytes, pos: int) -> tuple[MetadataRespon
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataResponsePartition)
+            item2 = MetadataResponsePartition.__new__(MetadataResponsePartition)
             item2.leader_epoch = -1
             item2.error_code, item2.partition_index, item2.leader_id = _S_hii.unpack_from(buf, pos)
             pos += 10
@@ -548,7 +546,7 @@ def _read_MetadataResponseTopic_v5(buf: bytes, pos: int) -> tuple[MetadataRespon
 
 def _read_MetadataResponseTopic_v7(buf: bytes, pos: int) -> tuple[MetadataResponseTopic, int]:
     # versions 7
-    o = _new(MetadataResponseTopic)
+    o = MetadataResponseTopic.__new__(MetadataResponseTopic)
     o.topic_id = _ZERO_UUID
     o.topic_authorized_operations = -2147483648
     o.error_code = _S_h.unpack_from(buf, pos)[0]
@@ -575,7 +573,7 @@ def _read_MetadataResponseTopic_v7(buf: bytes, pos: int) -> tuple[MetadataRespon
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataResponsePartition)
+            item2 = MetadataResponsePartition.__new__(MetadataResponsePartition)
             item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
                 _S_hiii.unpack_from(buf, pos)
             )
@@ -628,7 +626,7 @@ def _read_MetadataResponseTopic_v7(buf: bytes, pos: int) -> tuple[MetadataRespon
 
 def _read_MetadataResponseTopic_v8(buf: bytes, pos: int) -> tuple[MetadataResponseTopic, int]:
     # versions 8
-    o = _new(MetadataResponseTopic)
+    o = MetadataResponseTopic.__new__(MetadataResponseTopic)
     o.topic_id = _ZERO_UUID
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -654,7 +652,7 @@ def _read_MetadataResponseTopic_v8(buf: bytes, pos: int) -> tuple[MetadataRespon
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataResponsePartition)
+            item2 = MetadataResponsePartition.__new__(MetadataResponsePartition)
             item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
                 _S_hiii.unpack_from(buf, pos)
             )
@@ -709,7 +707,7 @@ def _read_MetadataResponseTopic_v8(buf: bytes, pos: int) -> tuple[MetadataRespon
 
 def _read_MetadataResponseTopic_v9(buf: bytes, pos: int) -> tuple[MetadataResponseTopic, int]:
     # versions 9
-    o = _new(MetadataResponseTopic)
+    o = MetadataResponseTopic.__new__(MetadataResponseTopic)
     o.topic_id = _ZERO_UUID
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -743,7 +741,7 @@ def _read_MetadataResponseTopic_v9(buf: bytes, pos: int) -> tuple[MetadataRespon
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataResponsePartition)
+            item2 = MetadataResponsePartition.__new__(MetadataResponsePartition)
             item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
                 _S_hiii.unpack_from(buf, pos)
             )
@@ -820,7 +818,7 @@ def _read_MetadataResponseTopic_v9(buf: bytes, pos: int) -> tuple[MetadataRespon
 
 def _read_MetadataResponseTopic_v10(buf: bytes, pos: int) -> tuple[MetadataResponseTopic, int]:
     # versions 10-11
-    o = _new(MetadataResponseTopic)
+    o = MetadataResponseTopic.__new__(MetadataResponseTopic)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -855,7 +853,7 @@ def _read_MetadataResponseTopic_v10(buf: bytes, pos: int) -> tuple[MetadataRespo
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataResponsePartition)
+            item2 = MetadataResponsePartition.__new__(MetadataResponsePartition)
             item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
                 _S_hiii.unpack_from(buf, pos)
             )
@@ -932,7 +930,7 @@ def _read_MetadataResponseTopic_v10(buf: bytes, pos: int) -> tuple[MetadataRespo
 
 def _read_MetadataResponseTopic_v12(buf: bytes, pos: int) -> tuple[MetadataResponseTopic, int]:
     # versions 12
-    o = _new(MetadataResponseTopic)
+    o = MetadataResponseTopic.__new__(MetadataResponseTopic)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -967,7 +965,7 @@ def _read_MetadataResponseTopic_v12(buf: bytes, pos: int) -> tuple[MetadataRespo
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataResponsePartition)
+            item2 = MetadataResponsePartition.__new__(MetadataResponsePartition)
             item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
                 _S_hiii.unpack_from(buf, pos)
             )
@@ -1530,7 +1528,7 @@ def _write_MetadataResponseTopic_v12(o: MetadataResponseTopic, w: _Writer) -> No
 
 def _read_MetadataResponse_v0(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 0
-    o = _new(MetadataResponse)
+    o = MetadataResponse.__new__(MetadataResponse)
     o.throttle_time_ms = 0
     o.cluster_id = None
     o.controller_id = -1
@@ -1545,7 +1543,7 @@ def _read_MetadataResponse_v0(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataResponseBroker)
+            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
             item2.rack = None
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -1583,7 +1581,7 @@ def _read_MetadataResponse_v0(buf: bytes, pos: int) -> tuple[MetadataResponse, i
 
 def _read_MetadataResponse_v1(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 1
-    o = _new(MetadataResponse)
+    o = MetadataResponse.__new__(MetadataResponse)
     o.throttle_time_ms = 0
     o.cluster_id = None
     o.cluster_authorized_operations = -2147483648
@@ -1597,7 +1595,7 @@ def _read_MetadataResponse_v1(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataResponseBroker)
+            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1648,7 +1646,7 @@ def _read_MetadataResponse_v1(buf: bytes, pos: int) -> tuple[MetadataResponse, i
 
 def _read_MetadataResponse_v2(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 2
-    o = _new(MetadataResponse)
+    o = MetadataResponse.__new__(MetadataResponse)
     o.throttle_time_ms = 0
     o.cluster_authorized_operations = -2147483648
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1661,7 +1659,7 @@ def _read_MetadataResponse_v2(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataResponseBroker)
+            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1724,7 +1722,7 @@ def _read_MetadataResponse_v2(buf: bytes, pos: int) -> tuple[MetadataResponse, i
 
 def _read_MetadataResponse_v3(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 3-4
-    o = _new(MetadataResponse)
+    o = MetadataResponse.__new__(MetadataResponse)
     o.cluster_authorized_operations = -2147483648
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -1738,7 +1736,7 @@ def _read_MetadataResponse_v3(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataResponseBroker)
+            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1801,7 +1799,7 @@ def _read_MetadataResponse_v3(buf: bytes, pos: int) -> tuple[MetadataResponse, i
 
 def _read_MetadataResponse_v5(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 5-6
-    o = _new(MetadataResponse)
+    o = MetadataResponse.__new__(MetadataResponse)
     o.cluster_authorized_operations = -2147483648
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -1815,7 +1813,7 @@ def _read_MetadataResponse_v5(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataResponseBroker)
+            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1878,7 +1876,7 @@ def _read_MetadataResponse_v5(buf: bytes, pos: int) -> tuple[MetadataResponse, i
 
 def _read_MetadataResponse_v7(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 7
-    o = _new(MetadataResponse)
+    o = MetadataResponse.__new__(MetadataResponse)
     o.cluster_authorized_operations = -2147483648
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -1892,7 +1890,7 @@ def _read_MetadataResponse_v7(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataResponseBroker)
+            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1955,7 +1953,7 @@ def _read_MetadataResponse_v7(buf: bytes, pos: int) -> tuple[MetadataResponse, i
 
 def _read_MetadataResponse_v8(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 8
-    o = _new(MetadataResponse)
+    o = MetadataResponse.__new__(MetadataResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1968,7 +1966,7 @@ def _read_MetadataResponse_v8(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataResponseBroker)
+            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -2033,7 +2031,7 @@ def _read_MetadataResponse_v8(buf: bytes, pos: int) -> tuple[MetadataResponse, i
 
 def _read_MetadataResponse_v9(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 9
-    o = _new(MetadataResponse)
+    o = MetadataResponse.__new__(MetadataResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -2050,7 +2048,7 @@ def _read_MetadataResponse_v9(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataResponseBroker)
+            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -2135,7 +2133,7 @@ def _read_MetadataResponse_v9(buf: bytes, pos: int) -> tuple[MetadataResponse, i
 
 def _read_MetadataResponse_v10(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 10
-    o = _new(MetadataResponse)
+    o = MetadataResponse.__new__(MetadataResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -2152,7 +2150,7 @@ def _read_MetadataResponse_v10(buf: bytes, pos: int) -> tuple[MetadataResponse, 
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataResponseBroker)
+            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -2237,7 +2235,7 @@ def _read_MetadataResponse_v10(buf: bytes, pos: int) -> tuple[MetadataResponse, 
 
 def _read_MetadataResponse_v11(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 11
-    o = _new(MetadataResponse)
+    o = MetadataResponse.__new__(MetadataResponse)
     o.cluster_authorized_operations = -2147483648
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -2255,7 +2253,7 @@ def _read_MetadataResponse_v11(buf: bytes, pos: int) -> tuple[MetadataResponse, 
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataResponseBroker)
+            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -2338,7 +2336,7 @@ def _read_MetadataResponse_v11(buf: bytes, pos: int) -> tuple[MetadataResponse, 
 
 def _read_MetadataResponse_v12(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 12
-    o = _new(MetadataResponse)
+    o = MetadataResponse.__new__(MetadataResponse)
     o.cluster_authorized_operations = -2147483648
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -2356,7 +2354,7 @@ def _read_MetadataResponse_v12(buf: bytes, pos: int) -> tuple[MetadataResponse, 
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(MetadataResponseBroker)
+            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1

@@ -34,8 +34,6 @@ __all__ = [
     "OffsetCommitRequestTopic",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_iq: _Final = _Packer(">iq")
@@ -225,7 +223,7 @@ _TAGS_OffsetCommitRequestPartition: _Final[frozenset[int]] = frozenset()
 
 def _read_OffsetCommitRequestTopic_v0(buf: bytes, pos: int) -> tuple[OffsetCommitRequestTopic, int]:
     # versions 0, 2-5
-    o = _new(OffsetCommitRequestTopic)
+    o = OffsetCommitRequestTopic.__new__(OffsetCommitRequestTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -246,7 +244,7 @@ def _read_OffsetCommitRequestTopic_v0(buf: bytes, pos: int) -> tuple[OffsetCommi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OffsetCommitRequestPartition)
+            item2 = OffsetCommitRequestPartition.__new__(OffsetCommitRequestPartition)
             item2.committed_leader_epoch = -1
             item2.commit_timestamp = -1
             item2.partition_index, item2.committed_offset = _S_iq.unpack_from(buf, pos)
@@ -272,7 +270,7 @@ def _read_OffsetCommitRequestTopic_v0(buf: bytes, pos: int) -> tuple[OffsetCommi
 
 def _read_OffsetCommitRequestTopic_v1(buf: bytes, pos: int) -> tuple[OffsetCommitRequestTopic, int]:
     # versions 1
-    o = _new(OffsetCommitRequestTopic)
+    o = OffsetCommitRequestTopic.__new__(OffsetCommitRequestTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -293,7 +291,7 @@ def _read_OffsetCommitRequestTopic_v1(buf: bytes, pos: int) -> tuple[OffsetCommi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OffsetCommitRequestPartition)
+            item2 = OffsetCommitRequestPartition.__new__(OffsetCommitRequestPartition)
             item2.committed_leader_epoch = -1
             item2.partition_index, item2.committed_offset, item2.commit_timestamp = (
                 _S_iqq.unpack_from(buf, pos)
@@ -320,7 +318,7 @@ def _read_OffsetCommitRequestTopic_v1(buf: bytes, pos: int) -> tuple[OffsetCommi
 
 def _read_OffsetCommitRequestTopic_v6(buf: bytes, pos: int) -> tuple[OffsetCommitRequestTopic, int]:
     # versions 6-7
-    o = _new(OffsetCommitRequestTopic)
+    o = OffsetCommitRequestTopic.__new__(OffsetCommitRequestTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -341,7 +339,7 @@ def _read_OffsetCommitRequestTopic_v6(buf: bytes, pos: int) -> tuple[OffsetCommi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OffsetCommitRequestPartition)
+            item2 = OffsetCommitRequestPartition.__new__(OffsetCommitRequestPartition)
             item2.commit_timestamp = -1
             item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
                 _S_iqi.unpack_from(buf, pos)
@@ -368,7 +366,7 @@ def _read_OffsetCommitRequestTopic_v6(buf: bytes, pos: int) -> tuple[OffsetCommi
 
 def _read_OffsetCommitRequestTopic_v8(buf: bytes, pos: int) -> tuple[OffsetCommitRequestTopic, int]:
     # versions 8-9
-    o = _new(OffsetCommitRequestTopic)
+    o = OffsetCommitRequestTopic.__new__(OffsetCommitRequestTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -397,7 +395,7 @@ def _read_OffsetCommitRequestTopic_v8(buf: bytes, pos: int) -> tuple[OffsetCommi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OffsetCommitRequestPartition)
+            item2 = OffsetCommitRequestPartition.__new__(OffsetCommitRequestPartition)
             item2.commit_timestamp = -1
             item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
                 _S_iqi.unpack_from(buf, pos)
@@ -712,7 +710,7 @@ def _write_OffsetCommitRequestTopic_v9(o: OffsetCommitRequestTopic, w: _Writer) 
 
 def _read_OffsetCommitRequest_v0(buf: bytes, pos: int) -> tuple[OffsetCommitRequest, int]:
     # versions 0
-    o = _new(OffsetCommitRequest)
+    o = OffsetCommitRequest.__new__(OffsetCommitRequest)
     o.generation_id_or_member_epoch = -1
     o.member_id = ""
     o.group_instance_id = None
@@ -746,7 +744,7 @@ def _read_OffsetCommitRequest_v0(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
 
 def _read_OffsetCommitRequest_v1(buf: bytes, pos: int) -> tuple[OffsetCommitRequest, int]:
     # versions 1
-    o = _new(OffsetCommitRequest)
+    o = OffsetCommitRequest.__new__(OffsetCommitRequest)
     o.group_instance_id = None
     o.retention_time_ms = -1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -790,7 +788,7 @@ def _read_OffsetCommitRequest_v1(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
 
 def _read_OffsetCommitRequest_v2(buf: bytes, pos: int) -> tuple[OffsetCommitRequest, int]:
     # versions 2-4
-    o = _new(OffsetCommitRequest)
+    o = OffsetCommitRequest.__new__(OffsetCommitRequest)
     o.group_instance_id = None
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -835,7 +833,7 @@ def _read_OffsetCommitRequest_v2(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
 
 def _read_OffsetCommitRequest_v5(buf: bytes, pos: int) -> tuple[OffsetCommitRequest, int]:
     # versions 5
-    o = _new(OffsetCommitRequest)
+    o = OffsetCommitRequest.__new__(OffsetCommitRequest)
     o.group_instance_id = None
     o.retention_time_ms = -1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -879,7 +877,7 @@ def _read_OffsetCommitRequest_v5(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
 
 def _read_OffsetCommitRequest_v6(buf: bytes, pos: int) -> tuple[OffsetCommitRequest, int]:
     # versions 6
-    o = _new(OffsetCommitRequest)
+    o = OffsetCommitRequest.__new__(OffsetCommitRequest)
     o.group_instance_id = None
     o.retention_time_ms = -1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -923,7 +921,7 @@ def _read_OffsetCommitRequest_v6(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
 
 def _read_OffsetCommitRequest_v7(buf: bytes, pos: int) -> tuple[OffsetCommitRequest, int]:
     # versions 7
-    o = _new(OffsetCommitRequest)
+    o = OffsetCommitRequest.__new__(OffsetCommitRequest)
     o.retention_time_ms = -1
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -978,7 +976,7 @@ def _read_OffsetCommitRequest_v7(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
 
 def _read_OffsetCommitRequest_v8(buf: bytes, pos: int) -> tuple[OffsetCommitRequest, int]:
     # versions 8-9
-    o = _new(OffsetCommitRequest)
+    o = OffsetCommitRequest.__new__(OffsetCommitRequest)
     o.retention_time_ms = -1
     n = buf[pos] - 1
     if n < 127:

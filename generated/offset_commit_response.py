@@ -34,8 +34,6 @@ __all__ = [
     "OffsetCommitResponseTopic",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -177,7 +175,7 @@ def _read_OffsetCommitResponseTopic_v0(
     buf: bytes, pos: int
 ) -> tuple[OffsetCommitResponseTopic, int]:
     # versions 0-7
-    o = _new(OffsetCommitResponseTopic)
+    o = OffsetCommitResponseTopic.__new__(OffsetCommitResponseTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -198,7 +196,7 @@ def _read_OffsetCommitResponseTopic_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OffsetCommitResponsePartition)
+            item2 = OffsetCommitResponsePartition.__new__(OffsetCommitResponsePartition)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             item2._unknown_tags = None
@@ -212,7 +210,7 @@ def _read_OffsetCommitResponseTopic_v8(
     buf: bytes, pos: int
 ) -> tuple[OffsetCommitResponseTopic, int]:
     # versions 8-9
-    o = _new(OffsetCommitResponseTopic)
+    o = OffsetCommitResponseTopic.__new__(OffsetCommitResponseTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -241,7 +239,7 @@ def _read_OffsetCommitResponseTopic_v8(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OffsetCommitResponsePartition)
+            item2 = OffsetCommitResponsePartition.__new__(OffsetCommitResponsePartition)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             if buf[pos]:
@@ -301,7 +299,7 @@ def _write_OffsetCommitResponseTopic_v8(o: OffsetCommitResponseTopic, w: _Writer
 
 def _read_OffsetCommitResponse_v0(buf: bytes, pos: int) -> tuple[OffsetCommitResponse, int]:
     # versions 0-2
-    o = _new(OffsetCommitResponse)
+    o = OffsetCommitResponse.__new__(OffsetCommitResponse)
     o.throttle_time_ms = 0
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -322,7 +320,7 @@ def _read_OffsetCommitResponse_v0(buf: bytes, pos: int) -> tuple[OffsetCommitRes
 
 def _read_OffsetCommitResponse_v3(buf: bytes, pos: int) -> tuple[OffsetCommitResponse, int]:
     # versions 3-7
-    o = _new(OffsetCommitResponse)
+    o = OffsetCommitResponse.__new__(OffsetCommitResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -344,7 +342,7 @@ def _read_OffsetCommitResponse_v3(buf: bytes, pos: int) -> tuple[OffsetCommitRes
 
 def _read_OffsetCommitResponse_v8(buf: bytes, pos: int) -> tuple[OffsetCommitResponse, int]:
     # versions 8-9
-    o = _new(OffsetCommitResponse)
+    o = OffsetCommitResponse.__new__(OffsetCommitResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

@@ -29,8 +29,6 @@ __all__ = [
     "OffsetDeleteRequestTopic",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -126,7 +124,7 @@ class OffsetDeleteRequest(_Message):
 
 def _read_OffsetDeleteRequestTopic_v0(buf: bytes, pos: int) -> tuple[OffsetDeleteRequestTopic, int]:
     # versions 0
-    o = _new(OffsetDeleteRequestTopic)
+    o = OffsetDeleteRequestTopic.__new__(OffsetDeleteRequestTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -147,7 +145,7 @@ def _read_OffsetDeleteRequestTopic_v0(buf: bytes, pos: int) -> tuple[OffsetDelet
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OffsetDeleteRequestPartition)
+            item2 = OffsetDeleteRequestPartition.__new__(OffsetDeleteRequestPartition)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             item2._unknown_tags = None
@@ -176,7 +174,7 @@ def _write_OffsetDeleteRequestTopic_v0(o: OffsetDeleteRequestTopic, w: _Writer) 
 
 def _read_OffsetDeleteRequest_v0(buf: bytes, pos: int) -> tuple[OffsetDeleteRequest, int]:
     # versions 0
-    o = _new(OffsetDeleteRequest)
+    o = OffsetDeleteRequest.__new__(OffsetDeleteRequest)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:

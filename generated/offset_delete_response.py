@@ -29,8 +29,6 @@ __all__ = [
     "OffsetDeleteResponseTopic",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_hi: _Final = _Packer(">hi")
 _S_i: _Final = _Packer(">i")
@@ -148,7 +146,7 @@ def _read_OffsetDeleteResponseTopic_v0(
     buf: bytes, pos: int
 ) -> tuple[OffsetDeleteResponseTopic, int]:
     # versions 0
-    o = _new(OffsetDeleteResponseTopic)
+    o = OffsetDeleteResponseTopic.__new__(OffsetDeleteResponseTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -169,7 +167,7 @@ def _read_OffsetDeleteResponseTopic_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OffsetDeleteResponsePartition)
+            item2 = OffsetDeleteResponsePartition.__new__(OffsetDeleteResponsePartition)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             item2._unknown_tags = None
@@ -198,7 +196,7 @@ def _write_OffsetDeleteResponseTopic_v0(o: OffsetDeleteResponseTopic, w: _Writer
 
 def _read_OffsetDeleteResponse_v0(buf: bytes, pos: int) -> tuple[OffsetDeleteResponse, int]:
     # versions 0
-    o = _new(OffsetDeleteResponse)
+    o = OffsetDeleteResponse.__new__(OffsetDeleteResponse)
     o.error_code, o.throttle_time_ms = _S_hi.unpack_from(buf, pos)
     pos += 6
     n = _S_i.unpack_from(buf, pos)[0]

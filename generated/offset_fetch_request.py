@@ -38,8 +38,6 @@ __all__ = [
     "OffsetFetchRequestTopics",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_z: _Final = _Packer(">?")
@@ -236,7 +234,7 @@ _TAGS_OffsetFetchRequestTopics: _Final[frozenset[int]] = frozenset()
 
 def _read_OffsetFetchRequestGroup_v8(buf: bytes, pos: int) -> tuple[OffsetFetchRequestGroup, int]:
     # versions 8
-    o = _new(OffsetFetchRequestGroup)
+    o = OffsetFetchRequestGroup.__new__(OffsetFetchRequestGroup)
     o.member_id = None
     o.member_epoch = -1
     n = buf[pos] - 1
@@ -267,7 +265,7 @@ def _read_OffsetFetchRequestGroup_v8(buf: bytes, pos: int) -> tuple[OffsetFetchR
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OffsetFetchRequestTopics)
+            item2 = OffsetFetchRequestTopics.__new__(OffsetFetchRequestTopics)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -318,7 +316,7 @@ def _read_OffsetFetchRequestGroup_v8(buf: bytes, pos: int) -> tuple[OffsetFetchR
 
 def _read_OffsetFetchRequestGroup_v9(buf: bytes, pos: int) -> tuple[OffsetFetchRequestGroup, int]:
     # versions 9
-    o = _new(OffsetFetchRequestGroup)
+    o = OffsetFetchRequestGroup.__new__(OffsetFetchRequestGroup)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -363,7 +361,7 @@ def _read_OffsetFetchRequestGroup_v9(buf: bytes, pos: int) -> tuple[OffsetFetchR
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OffsetFetchRequestTopics)
+            item2 = OffsetFetchRequestTopics.__new__(OffsetFetchRequestTopics)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -487,7 +485,7 @@ def _write_OffsetFetchRequestGroup_v9(o: OffsetFetchRequestGroup, w: _Writer) ->
 
 def _read_OffsetFetchRequest_v0(buf: bytes, pos: int) -> tuple[OffsetFetchRequest, int]:
     # versions 0-1
-    o = _new(OffsetFetchRequest)
+    o = OffsetFetchRequest.__new__(OffsetFetchRequest)
     o.groups = []
     o.require_stable = False
     n = _S_h.unpack_from(buf, pos)[0]
@@ -510,7 +508,7 @@ def _read_OffsetFetchRequest_v0(buf: bytes, pos: int) -> tuple[OffsetFetchReques
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OffsetFetchRequestTopic)
+            item2 = OffsetFetchRequestTopic.__new__(OffsetFetchRequestTopic)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -543,7 +541,7 @@ def _read_OffsetFetchRequest_v0(buf: bytes, pos: int) -> tuple[OffsetFetchReques
 
 def _read_OffsetFetchRequest_v2(buf: bytes, pos: int) -> tuple[OffsetFetchRequest, int]:
     # versions 2-5
-    o = _new(OffsetFetchRequest)
+    o = OffsetFetchRequest.__new__(OffsetFetchRequest)
     o.groups = []
     o.require_stable = False
     n = _S_h.unpack_from(buf, pos)[0]
@@ -568,7 +566,7 @@ def _read_OffsetFetchRequest_v2(buf: bytes, pos: int) -> tuple[OffsetFetchReques
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OffsetFetchRequestTopic)
+            item2 = OffsetFetchRequestTopic.__new__(OffsetFetchRequestTopic)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -601,7 +599,7 @@ def _read_OffsetFetchRequest_v2(buf: bytes, pos: int) -> tuple[OffsetFetchReques
 
 def _read_OffsetFetchRequest_v6(buf: bytes, pos: int) -> tuple[OffsetFetchRequest, int]:
     # versions 6
-    o = _new(OffsetFetchRequest)
+    o = OffsetFetchRequest.__new__(OffsetFetchRequest)
     o.groups = []
     o.require_stable = False
     n = buf[pos] - 1
@@ -632,7 +630,7 @@ def _read_OffsetFetchRequest_v6(buf: bytes, pos: int) -> tuple[OffsetFetchReques
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OffsetFetchRequestTopic)
+            item2 = OffsetFetchRequestTopic.__new__(OffsetFetchRequestTopic)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -683,7 +681,7 @@ def _read_OffsetFetchRequest_v6(buf: bytes, pos: int) -> tuple[OffsetFetchReques
 
 def _read_OffsetFetchRequest_v7(buf: bytes, pos: int) -> tuple[OffsetFetchRequest, int]:
     # versions 7
-    o = _new(OffsetFetchRequest)
+    o = OffsetFetchRequest.__new__(OffsetFetchRequest)
     o.groups = []
     n = buf[pos] - 1
     if n < 127:
@@ -713,7 +711,7 @@ def _read_OffsetFetchRequest_v7(buf: bytes, pos: int) -> tuple[OffsetFetchReques
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OffsetFetchRequestTopic)
+            item2 = OffsetFetchRequestTopic.__new__(OffsetFetchRequestTopic)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -766,7 +764,7 @@ def _read_OffsetFetchRequest_v7(buf: bytes, pos: int) -> tuple[OffsetFetchReques
 
 def _read_OffsetFetchRequest_v8(buf: bytes, pos: int) -> tuple[OffsetFetchRequest, int]:
     # versions 8
-    o = _new(OffsetFetchRequest)
+    o = OffsetFetchRequest.__new__(OffsetFetchRequest)
     o.group_id = ""
     o.topics = []
     n = buf[pos] - 1
@@ -798,7 +796,7 @@ def _read_OffsetFetchRequest_v8(buf: bytes, pos: int) -> tuple[OffsetFetchReques
 
 def _read_OffsetFetchRequest_v9(buf: bytes, pos: int) -> tuple[OffsetFetchRequest, int]:
     # versions 9
-    o = _new(OffsetFetchRequest)
+    o = OffsetFetchRequest.__new__(OffsetFetchRequest)
     o.group_id = ""
     o.topics = []
     n = buf[pos] - 1

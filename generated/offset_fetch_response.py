@@ -37,8 +37,6 @@ __all__ = [
     "OffsetFetchResponseTopics",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_iq: _Final = _Packer(">iq")
@@ -349,7 +347,7 @@ _TAGS_OffsetFetchResponsePartitions: _Final[frozenset[int]] = frozenset()
 
 def _read_OffsetFetchResponseTopic_v0(buf: bytes, pos: int) -> tuple[OffsetFetchResponseTopic, int]:
     # versions 0-4
-    o = _new(OffsetFetchResponseTopic)
+    o = OffsetFetchResponseTopic.__new__(OffsetFetchResponseTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -370,7 +368,7 @@ def _read_OffsetFetchResponseTopic_v0(buf: bytes, pos: int) -> tuple[OffsetFetch
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OffsetFetchResponsePartition)
+            item2 = OffsetFetchResponsePartition.__new__(OffsetFetchResponsePartition)
             item2.committed_leader_epoch = -1
             item2.partition_index, item2.committed_offset = _S_iq.unpack_from(buf, pos)
             pos += 12
@@ -397,7 +395,7 @@ def _read_OffsetFetchResponseTopic_v0(buf: bytes, pos: int) -> tuple[OffsetFetch
 
 def _read_OffsetFetchResponseTopic_v5(buf: bytes, pos: int) -> tuple[OffsetFetchResponseTopic, int]:
     # versions 5
-    o = _new(OffsetFetchResponseTopic)
+    o = OffsetFetchResponseTopic.__new__(OffsetFetchResponseTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -418,7 +416,7 @@ def _read_OffsetFetchResponseTopic_v5(buf: bytes, pos: int) -> tuple[OffsetFetch
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OffsetFetchResponsePartition)
+            item2 = OffsetFetchResponsePartition.__new__(OffsetFetchResponsePartition)
             item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
                 _S_iqi.unpack_from(buf, pos)
             )
@@ -446,7 +444,7 @@ def _read_OffsetFetchResponseTopic_v5(buf: bytes, pos: int) -> tuple[OffsetFetch
 
 def _read_OffsetFetchResponseTopic_v6(buf: bytes, pos: int) -> tuple[OffsetFetchResponseTopic, int]:
     # versions 6-7
-    o = _new(OffsetFetchResponseTopic)
+    o = OffsetFetchResponseTopic.__new__(OffsetFetchResponseTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -475,7 +473,7 @@ def _read_OffsetFetchResponseTopic_v6(buf: bytes, pos: int) -> tuple[OffsetFetch
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OffsetFetchResponsePartition)
+            item2 = OffsetFetchResponsePartition.__new__(OffsetFetchResponsePartition)
             item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
                 _S_iqi.unpack_from(buf, pos)
             )
@@ -599,7 +597,7 @@ def _read_OffsetFetchResponseTopics_v8(
     buf: bytes, pos: int
 ) -> tuple[OffsetFetchResponseTopics, int]:
     # versions 8-9
-    o = _new(OffsetFetchResponseTopics)
+    o = OffsetFetchResponseTopics.__new__(OffsetFetchResponseTopics)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -628,7 +626,7 @@ def _read_OffsetFetchResponseTopics_v8(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OffsetFetchResponsePartitions)
+            item2 = OffsetFetchResponsePartitions.__new__(OffsetFetchResponsePartitions)
             item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
                 _S_iqi.unpack_from(buf, pos)
             )
@@ -698,7 +696,7 @@ def _write_OffsetFetchResponseTopics_v8(o: OffsetFetchResponseTopics, w: _Writer
 
 def _read_OffsetFetchResponseGroup_v8(buf: bytes, pos: int) -> tuple[OffsetFetchResponseGroup, int]:
     # versions 8-9
-    o = _new(OffsetFetchResponseGroup)
+    o = OffsetFetchResponseGroup.__new__(OffsetFetchResponseGroup)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -760,7 +758,7 @@ def _write_OffsetFetchResponseGroup_v8(o: OffsetFetchResponseGroup, w: _Writer) 
 
 def _read_OffsetFetchResponse_v0(buf: bytes, pos: int) -> tuple[OffsetFetchResponse, int]:
     # versions 0-1
-    o = _new(OffsetFetchResponse)
+    o = OffsetFetchResponse.__new__(OffsetFetchResponse)
     o.throttle_time_ms = 0
     o.error_code = 0
     o.groups = []
@@ -783,7 +781,7 @@ def _read_OffsetFetchResponse_v0(buf: bytes, pos: int) -> tuple[OffsetFetchRespo
 
 def _read_OffsetFetchResponse_v2(buf: bytes, pos: int) -> tuple[OffsetFetchResponse, int]:
     # versions 2
-    o = _new(OffsetFetchResponse)
+    o = OffsetFetchResponse.__new__(OffsetFetchResponse)
     o.throttle_time_ms = 0
     o.groups = []
     n = _S_i.unpack_from(buf, pos)[0]
@@ -807,7 +805,7 @@ def _read_OffsetFetchResponse_v2(buf: bytes, pos: int) -> tuple[OffsetFetchRespo
 
 def _read_OffsetFetchResponse_v3(buf: bytes, pos: int) -> tuple[OffsetFetchResponse, int]:
     # versions 3-4
-    o = _new(OffsetFetchResponse)
+    o = OffsetFetchResponse.__new__(OffsetFetchResponse)
     o.groups = []
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -832,7 +830,7 @@ def _read_OffsetFetchResponse_v3(buf: bytes, pos: int) -> tuple[OffsetFetchRespo
 
 def _read_OffsetFetchResponse_v5(buf: bytes, pos: int) -> tuple[OffsetFetchResponse, int]:
     # versions 5
-    o = _new(OffsetFetchResponse)
+    o = OffsetFetchResponse.__new__(OffsetFetchResponse)
     o.groups = []
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -857,7 +855,7 @@ def _read_OffsetFetchResponse_v5(buf: bytes, pos: int) -> tuple[OffsetFetchRespo
 
 def _read_OffsetFetchResponse_v6(buf: bytes, pos: int) -> tuple[OffsetFetchResponse, int]:
     # versions 6-7
-    o = _new(OffsetFetchResponse)
+    o = OffsetFetchResponse.__new__(OffsetFetchResponse)
     o.groups = []
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -890,7 +888,7 @@ def _read_OffsetFetchResponse_v6(buf: bytes, pos: int) -> tuple[OffsetFetchRespo
 
 def _read_OffsetFetchResponse_v8(buf: bytes, pos: int) -> tuple[OffsetFetchResponse, int]:
     # versions 8-9
-    o = _new(OffsetFetchResponse)
+    o = OffsetFetchResponse.__new__(OffsetFetchResponse)
     o.topics = []
     o.error_code = 0
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]

@@ -34,8 +34,6 @@ __all__ = [
     "OffsetForLeaderTopic",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ii: _Final = _Packer(">ii")
@@ -167,7 +165,7 @@ _TAGS_OffsetForLeaderPartition: _Final[frozenset[int]] = frozenset()
 
 def _read_OffsetForLeaderTopic_v0(buf: bytes, pos: int) -> tuple[OffsetForLeaderTopic, int]:
     # versions 0-1
-    o = _new(OffsetForLeaderTopic)
+    o = OffsetForLeaderTopic.__new__(OffsetForLeaderTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -188,7 +186,7 @@ def _read_OffsetForLeaderTopic_v0(buf: bytes, pos: int) -> tuple[OffsetForLeader
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OffsetForLeaderPartition)
+            item2 = OffsetForLeaderPartition.__new__(OffsetForLeaderPartition)
             item2.current_leader_epoch = -1
             item2.partition, item2.leader_epoch = _S_ii.unpack_from(buf, pos)
             pos += 8
@@ -201,7 +199,7 @@ def _read_OffsetForLeaderTopic_v0(buf: bytes, pos: int) -> tuple[OffsetForLeader
 
 def _read_OffsetForLeaderTopic_v2(buf: bytes, pos: int) -> tuple[OffsetForLeaderTopic, int]:
     # versions 2-3
-    o = _new(OffsetForLeaderTopic)
+    o = OffsetForLeaderTopic.__new__(OffsetForLeaderTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -222,7 +220,7 @@ def _read_OffsetForLeaderTopic_v2(buf: bytes, pos: int) -> tuple[OffsetForLeader
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OffsetForLeaderPartition)
+            item2 = OffsetForLeaderPartition.__new__(OffsetForLeaderPartition)
             item2.partition, item2.current_leader_epoch, item2.leader_epoch = _S_iii.unpack_from(
                 buf, pos
             )
@@ -236,7 +234,7 @@ def _read_OffsetForLeaderTopic_v2(buf: bytes, pos: int) -> tuple[OffsetForLeader
 
 def _read_OffsetForLeaderTopic_v4(buf: bytes, pos: int) -> tuple[OffsetForLeaderTopic, int]:
     # versions 4
-    o = _new(OffsetForLeaderTopic)
+    o = OffsetForLeaderTopic.__new__(OffsetForLeaderTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -265,7 +263,7 @@ def _read_OffsetForLeaderTopic_v4(buf: bytes, pos: int) -> tuple[OffsetForLeader
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(OffsetForLeaderPartition)
+            item2 = OffsetForLeaderPartition.__new__(OffsetForLeaderPartition)
             item2.partition, item2.current_leader_epoch, item2.leader_epoch = _S_iii.unpack_from(
                 buf, pos
             )
@@ -346,7 +344,7 @@ def _read_OffsetForLeaderEpochRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderEpochRequest, int]:
     # versions 0-1
-    o = _new(OffsetForLeaderEpochRequest)
+    o = OffsetForLeaderEpochRequest.__new__(OffsetForLeaderEpochRequest)
     o.replica_id = -2
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -369,7 +367,7 @@ def _read_OffsetForLeaderEpochRequest_v2(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderEpochRequest, int]:
     # versions 2
-    o = _new(OffsetForLeaderEpochRequest)
+    o = OffsetForLeaderEpochRequest.__new__(OffsetForLeaderEpochRequest)
     o.replica_id = -2
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -392,7 +390,7 @@ def _read_OffsetForLeaderEpochRequest_v3(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderEpochRequest, int]:
     # versions 3
-    o = _new(OffsetForLeaderEpochRequest)
+    o = OffsetForLeaderEpochRequest.__new__(OffsetForLeaderEpochRequest)
     o.replica_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -416,7 +414,7 @@ def _read_OffsetForLeaderEpochRequest_v4(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderEpochRequest, int]:
     # versions 4
-    o = _new(OffsetForLeaderEpochRequest)
+    o = OffsetForLeaderEpochRequest.__new__(OffsetForLeaderEpochRequest)
     o.replica_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

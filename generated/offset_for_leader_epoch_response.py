@@ -34,8 +34,6 @@ __all__ = [
     "OffsetForLeaderTopicResult",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_hiiq: _Final = _Packer(">hiiq")
 _S_hiq: _Final = _Packer(">hiq")
@@ -175,7 +173,7 @@ def _read_OffsetForLeaderTopicResult_v0(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderTopicResult, int]:
     # versions 0
-    o = _new(OffsetForLeaderTopicResult)
+    o = OffsetForLeaderTopicResult.__new__(OffsetForLeaderTopicResult)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -196,7 +194,7 @@ def _read_OffsetForLeaderTopicResult_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(EpochEndOffset)
+            item2 = EpochEndOffset.__new__(EpochEndOffset)
             item2.leader_epoch = -1
             item2.error_code, item2.partition, item2.end_offset = _S_hiq.unpack_from(buf, pos)
             pos += 14
@@ -211,7 +209,7 @@ def _read_OffsetForLeaderTopicResult_v1(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderTopicResult, int]:
     # versions 1-3
-    o = _new(OffsetForLeaderTopicResult)
+    o = OffsetForLeaderTopicResult.__new__(OffsetForLeaderTopicResult)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -232,7 +230,7 @@ def _read_OffsetForLeaderTopicResult_v1(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(EpochEndOffset)
+            item2 = EpochEndOffset.__new__(EpochEndOffset)
             item2.error_code, item2.partition, item2.leader_epoch, item2.end_offset = (
                 _S_hiiq.unpack_from(buf, pos)
             )
@@ -248,7 +246,7 @@ def _read_OffsetForLeaderTopicResult_v4(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderTopicResult, int]:
     # versions 4
-    o = _new(OffsetForLeaderTopicResult)
+    o = OffsetForLeaderTopicResult.__new__(OffsetForLeaderTopicResult)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -277,7 +275,7 @@ def _read_OffsetForLeaderTopicResult_v4(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(EpochEndOffset)
+            item2 = EpochEndOffset.__new__(EpochEndOffset)
             item2.error_code, item2.partition, item2.leader_epoch, item2.end_offset = (
                 _S_hiiq.unpack_from(buf, pos)
             )
@@ -356,7 +354,7 @@ def _read_OffsetForLeaderEpochResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderEpochResponse, int]:
     # versions 0
-    o = _new(OffsetForLeaderEpochResponse)
+    o = OffsetForLeaderEpochResponse.__new__(OffsetForLeaderEpochResponse)
     o.throttle_time_ms = 0
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -379,7 +377,7 @@ def _read_OffsetForLeaderEpochResponse_v1(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderEpochResponse, int]:
     # versions 1
-    o = _new(OffsetForLeaderEpochResponse)
+    o = OffsetForLeaderEpochResponse.__new__(OffsetForLeaderEpochResponse)
     o.throttle_time_ms = 0
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -402,7 +400,7 @@ def _read_OffsetForLeaderEpochResponse_v2(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderEpochResponse, int]:
     # versions 2-3
-    o = _new(OffsetForLeaderEpochResponse)
+    o = OffsetForLeaderEpochResponse.__new__(OffsetForLeaderEpochResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -426,7 +424,7 @@ def _read_OffsetForLeaderEpochResponse_v4(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderEpochResponse, int]:
     # versions 4
-    o = _new(OffsetForLeaderEpochResponse)
+    o = OffsetForLeaderEpochResponse.__new__(OffsetForLeaderEpochResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

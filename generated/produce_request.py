@@ -36,8 +36,6 @@ __all__ = [
     "TopicProduceData",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_hi: _Final = _Packer(">hi")
 _S_i: _Final = _Packer(">i")
@@ -186,7 +184,7 @@ _TAGS_PartitionProduceData: _Final[frozenset[int]] = frozenset()
 
 def _read_TopicProduceData_v0(buf: bytes, pos: int) -> tuple[TopicProduceData, int]:
     # versions 0-8
-    o = _new(TopicProduceData)
+    o = TopicProduceData.__new__(TopicProduceData)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -207,7 +205,7 @@ def _read_TopicProduceData_v0(buf: bytes, pos: int) -> tuple[TopicProduceData, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionProduceData)
+            item2 = PartitionProduceData.__new__(PartitionProduceData)
             item2.index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_i.unpack_from(buf, pos)[0]
@@ -231,7 +229,7 @@ def _read_TopicProduceData_v0(buf: bytes, pos: int) -> tuple[TopicProduceData, i
 
 def _read_TopicProduceData_v9(buf: bytes, pos: int) -> tuple[TopicProduceData, int]:
     # versions 9-11
-    o = _new(TopicProduceData)
+    o = TopicProduceData.__new__(TopicProduceData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -260,7 +258,7 @@ def _read_TopicProduceData_v9(buf: bytes, pos: int) -> tuple[TopicProduceData, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionProduceData)
+            item2 = PartitionProduceData.__new__(PartitionProduceData)
             item2.index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -352,7 +350,7 @@ def _write_TopicProduceData_v9(o: TopicProduceData, w: _Writer) -> None:
 
 def _read_ProduceRequest_v0(buf: bytes, pos: int) -> tuple[ProduceRequest, int]:
     # versions 0-2
-    o = _new(ProduceRequest)
+    o = ProduceRequest.__new__(ProduceRequest)
     o.transactional_id = None
     o.acks, o.timeout_ms = _S_hi.unpack_from(buf, pos)
     pos += 6
@@ -375,7 +373,7 @@ def _read_ProduceRequest_v0(buf: bytes, pos: int) -> tuple[ProduceRequest, int]:
 
 def _read_ProduceRequest_v3(buf: bytes, pos: int) -> tuple[ProduceRequest, int]:
     # versions 3-8
-    o = _new(ProduceRequest)
+    o = ProduceRequest.__new__(ProduceRequest)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -409,7 +407,7 @@ def _read_ProduceRequest_v3(buf: bytes, pos: int) -> tuple[ProduceRequest, int]:
 
 def _read_ProduceRequest_v9(buf: bytes, pos: int) -> tuple[ProduceRequest, int]:
     # versions 9-11
-    o = _new(ProduceRequest)
+    o = ProduceRequest.__new__(ProduceRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -42,8 +42,6 @@ __all__ = [
     "TopicProduceResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ihq: _Final = _Packer(">ihq")
@@ -351,7 +349,7 @@ _TAGS_NodeEndpoint: _Final[frozenset[int]] = frozenset()
 
 def _read_LeaderIdAndEpoch_v10(buf: bytes, pos: int) -> tuple[LeaderIdAndEpoch, int]:
     # versions 10-11
-    o = _new(LeaderIdAndEpoch)
+    o = LeaderIdAndEpoch.__new__(LeaderIdAndEpoch)
     o.leader_id, o.leader_epoch = _S_ii.unpack_from(buf, pos)
     pos += 8
     if buf[pos]:
@@ -400,7 +398,7 @@ def _read_tags_PartitionProduceResponse_v10(
 
 def _read_PartitionProduceResponse_v8(buf: bytes, pos: int) -> tuple[PartitionProduceResponse, int]:
     # versions 8
-    o = _new(PartitionProduceResponse)
+    o = PartitionProduceResponse.__new__(PartitionProduceResponse)
     o.current_leader = LeaderIdAndEpoch()
     o.index, o.error_code, o.base_offset, o.log_append_time_ms, o.log_start_offset = (
         _S_ihqqq.unpack_from(buf, pos)
@@ -416,7 +414,7 @@ def _read_PartitionProduceResponse_v8(buf: bytes, pos: int) -> tuple[PartitionPr
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(BatchIndexAndErrorMessage)
+            item2 = BatchIndexAndErrorMessage.__new__(BatchIndexAndErrorMessage)
             item2.batch_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -452,7 +450,7 @@ def _read_PartitionProduceResponse_v8(buf: bytes, pos: int) -> tuple[PartitionPr
 
 def _read_PartitionProduceResponse_v9(buf: bytes, pos: int) -> tuple[PartitionProduceResponse, int]:
     # versions 9
-    o = _new(PartitionProduceResponse)
+    o = PartitionProduceResponse.__new__(PartitionProduceResponse)
     o.current_leader = LeaderIdAndEpoch()
     o.index, o.error_code, o.base_offset, o.log_append_time_ms, o.log_start_offset = (
         _S_ihqqq.unpack_from(buf, pos)
@@ -472,7 +470,7 @@ def _read_PartitionProduceResponse_v9(buf: bytes, pos: int) -> tuple[PartitionPr
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(BatchIndexAndErrorMessage)
+            item2 = BatchIndexAndErrorMessage.__new__(BatchIndexAndErrorMessage)
             item2.batch_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -524,7 +522,7 @@ def _read_PartitionProduceResponse_v10(
     buf: bytes, pos: int
 ) -> tuple[PartitionProduceResponse, int]:
     # versions 10-11
-    o = _new(PartitionProduceResponse)
+    o = PartitionProduceResponse.__new__(PartitionProduceResponse)
     o.current_leader = LeaderIdAndEpoch()
     o.index, o.error_code, o.base_offset, o.log_append_time_ms, o.log_start_offset = (
         _S_ihqqq.unpack_from(buf, pos)
@@ -544,7 +542,7 @@ def _read_PartitionProduceResponse_v10(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(BatchIndexAndErrorMessage)
+            item2 = BatchIndexAndErrorMessage.__new__(BatchIndexAndErrorMessage)
             item2.batch_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -713,7 +711,7 @@ def _write_PartitionProduceResponse_v10(o: PartitionProduceResponse, w: _Writer)
 
 def _read_TopicProduceResponse_v0(buf: bytes, pos: int) -> tuple[TopicProduceResponse, int]:
     # versions 0-1
-    o = _new(TopicProduceResponse)
+    o = TopicProduceResponse.__new__(TopicProduceResponse)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -734,7 +732,7 @@ def _read_TopicProduceResponse_v0(buf: bytes, pos: int) -> tuple[TopicProduceRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionProduceResponse)
+            item2 = PartitionProduceResponse.__new__(PartitionProduceResponse)
             item2.log_append_time_ms = -1
             item2.log_start_offset = -1
             item2.record_errors = []
@@ -751,7 +749,7 @@ def _read_TopicProduceResponse_v0(buf: bytes, pos: int) -> tuple[TopicProduceRes
 
 def _read_TopicProduceResponse_v2(buf: bytes, pos: int) -> tuple[TopicProduceResponse, int]:
     # versions 2-4
-    o = _new(TopicProduceResponse)
+    o = TopicProduceResponse.__new__(TopicProduceResponse)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -772,7 +770,7 @@ def _read_TopicProduceResponse_v2(buf: bytes, pos: int) -> tuple[TopicProduceRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionProduceResponse)
+            item2 = PartitionProduceResponse.__new__(PartitionProduceResponse)
             item2.log_start_offset = -1
             item2.record_errors = []
             item2.error_message = None
@@ -790,7 +788,7 @@ def _read_TopicProduceResponse_v2(buf: bytes, pos: int) -> tuple[TopicProduceRes
 
 def _read_TopicProduceResponse_v5(buf: bytes, pos: int) -> tuple[TopicProduceResponse, int]:
     # versions 5-7
-    o = _new(TopicProduceResponse)
+    o = TopicProduceResponse.__new__(TopicProduceResponse)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -811,7 +809,7 @@ def _read_TopicProduceResponse_v5(buf: bytes, pos: int) -> tuple[TopicProduceRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionProduceResponse)
+            item2 = PartitionProduceResponse.__new__(PartitionProduceResponse)
             item2.record_errors = []
             item2.error_message = None
             item2.current_leader = LeaderIdAndEpoch()
@@ -832,7 +830,7 @@ def _read_TopicProduceResponse_v5(buf: bytes, pos: int) -> tuple[TopicProduceRes
 
 def _read_TopicProduceResponse_v8(buf: bytes, pos: int) -> tuple[TopicProduceResponse, int]:
     # versions 8
-    o = _new(TopicProduceResponse)
+    o = TopicProduceResponse.__new__(TopicProduceResponse)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -862,7 +860,7 @@ def _read_TopicProduceResponse_v8(buf: bytes, pos: int) -> tuple[TopicProduceRes
 
 def _read_TopicProduceResponse_v9(buf: bytes, pos: int) -> tuple[TopicProduceResponse, int]:
     # versions 9
-    o = _new(TopicProduceResponse)
+    o = TopicProduceResponse.__new__(TopicProduceResponse)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -904,7 +902,7 @@ def _read_TopicProduceResponse_v9(buf: bytes, pos: int) -> tuple[TopicProduceRes
 
 def _read_TopicProduceResponse_v10(buf: bytes, pos: int) -> tuple[TopicProduceResponse, int]:
     # versions 10-11
-    o = _new(TopicProduceResponse)
+    o = TopicProduceResponse.__new__(TopicProduceResponse)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -1227,7 +1225,7 @@ def _read_tags_ProduceResponse_v10(o: ProduceResponse, buf: bytes, pos: int) -> 
                 items1: list[_Any] = []
                 count3 = n
                 for _ in range(count3):
-                    item2 = _new(NodeEndpoint)
+                    item2 = NodeEndpoint.__new__(NodeEndpoint)
                     item2.node_id = _S_i.unpack_from(buf, pos)[0]
                     pos += 4
                     n = buf[pos] - 1
@@ -1281,7 +1279,7 @@ def _read_tags_ProduceResponse_v10(o: ProduceResponse, buf: bytes, pos: int) -> 
 
 def _read_ProduceResponse_v0(buf: bytes, pos: int) -> tuple[ProduceResponse, int]:
     # versions 0
-    o = _new(ProduceResponse)
+    o = ProduceResponse.__new__(ProduceResponse)
     o.throttle_time_ms = 0
     o.node_endpoints = []
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1303,7 +1301,7 @@ def _read_ProduceResponse_v0(buf: bytes, pos: int) -> tuple[ProduceResponse, int
 
 def _read_ProduceResponse_v1(buf: bytes, pos: int) -> tuple[ProduceResponse, int]:
     # versions 1
-    o = _new(ProduceResponse)
+    o = ProduceResponse.__new__(ProduceResponse)
     o.node_endpoints = []
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -1326,7 +1324,7 @@ def _read_ProduceResponse_v1(buf: bytes, pos: int) -> tuple[ProduceResponse, int
 
 def _read_ProduceResponse_v2(buf: bytes, pos: int) -> tuple[ProduceResponse, int]:
     # versions 2-4
-    o = _new(ProduceResponse)
+    o = ProduceResponse.__new__(ProduceResponse)
     o.node_endpoints = []
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -1349,7 +1347,7 @@ def _read_ProduceResponse_v2(buf: bytes, pos: int) -> tuple[ProduceResponse, int
 
 def _read_ProduceResponse_v5(buf: bytes, pos: int) -> tuple[ProduceResponse, int]:
     # versions 5-7
-    o = _new(ProduceResponse)
+    o = ProduceResponse.__new__(ProduceResponse)
     o.node_endpoints = []
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -1372,7 +1370,7 @@ def _read_ProduceResponse_v5(buf: bytes, pos: int) -> tuple[ProduceResponse, int
 
 def _read_ProduceResponse_v8(buf: bytes, pos: int) -> tuple[ProduceResponse, int]:
     # versions 8
-    o = _new(ProduceResponse)
+    o = ProduceResponse.__new__(ProduceResponse)
     o.node_endpoints = []
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -1395,7 +1393,7 @@ def _read_ProduceResponse_v8(buf: bytes, pos: int) -> tuple[ProduceResponse, int
 
 def _read_ProduceResponse_v9(buf: bytes, pos: int) -> tuple[ProduceResponse, int]:
     # versions 9
-    o = _new(ProduceResponse)
+    o = ProduceResponse.__new__(ProduceResponse)
     o.node_endpoints = []
     n = buf[pos] - 1
     if n < 127:
@@ -1426,7 +1424,7 @@ def _read_ProduceResponse_v9(buf: bytes, pos: int) -> tuple[ProduceResponse, int
 
 def _read_ProduceResponse_v10(buf: bytes, pos: int) -> tuple[ProduceResponse, int]:
     # versions 10-11
-    o = _new(ProduceResponse)
+    o = ProduceResponse.__new__(ProduceResponse)
     o.node_endpoints = []
     n = buf[pos] - 1
     if n < 127:

@@ -33,8 +33,6 @@ __all__ = [
     "PushTelemetryRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_izb: _Final = _Packer(">i?b")
 
 
@@ -104,7 +102,7 @@ _TAGS_PushTelemetryRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_PushTelemetryRequest_v0(buf: bytes, pos: int) -> tuple[PushTelemetryRequest, int]:
     # versions 0
-    o = _new(PushTelemetryRequest)
+    o = PushTelemetryRequest.__new__(PushTelemetryRequest)
     o.client_instance_id = _read_uuid(buf, pos)
     pos += 16
     o.subscription_id, o.terminating, o.compression_type = _S_izb.unpack_from(buf, pos)

@@ -22,8 +22,6 @@ __all__ = [
     "PushTelemetryResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_ih: _Final = _Packer(">ih")
 
 
@@ -69,7 +67,7 @@ _TAGS_PushTelemetryResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_PushTelemetryResponse_v0(buf: bytes, pos: int) -> tuple[PushTelemetryResponse, int]:
     # versions 0
-    o = _new(PushTelemetryResponse)
+    o = PushTelemetryResponse.__new__(PushTelemetryResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     if buf[pos]:

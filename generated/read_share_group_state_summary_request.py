@@ -36,8 +36,6 @@ __all__ = [
     "ReadStateSummaryData",
 ]
 
-_new: _Final = object.__new__
-
 _S_ii: _Final = _Packer(">ii")
 
 
@@ -147,7 +145,7 @@ _TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 def _read_ReadStateSummaryData_v0(buf: bytes, pos: int) -> tuple[ReadStateSummaryData, int]:
     # versions 0
-    o = _new(ReadStateSummaryData)
+    o = ReadStateSummaryData.__new__(ReadStateSummaryData)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -164,7 +162,7 @@ def _read_ReadStateSummaryData_v0(buf: bytes, pos: int) -> tuple[ReadStateSummar
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionData)
+            item2 = PartitionData.__new__(PartitionData)
             item2.partition, item2.leader_epoch = _S_ii.unpack_from(buf, pos)
             pos += 8
             if buf[pos]:
@@ -204,7 +202,7 @@ def _read_ReadShareGroupStateSummaryRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[ReadShareGroupStateSummaryRequest, int]:
     # versions 0
-    o = _new(ReadShareGroupStateSummaryRequest)
+    o = ReadShareGroupStateSummaryRequest.__new__(ReadShareGroupStateSummaryRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -36,8 +36,6 @@ __all__ = [
     "ReadStateSummaryResult",
 ]
 
-_new: _Final = object.__new__
-
 _S_ih: _Final = _Packer(">ih")
 _S_iq: _Final = _Packer(">iq")
 
@@ -171,7 +169,7 @@ _TAGS_PartitionResult: _Final[frozenset[int]] = frozenset()
 
 def _read_ReadStateSummaryResult_v0(buf: bytes, pos: int) -> tuple[ReadStateSummaryResult, int]:
     # versions 0
-    o = _new(ReadStateSummaryResult)
+    o = ReadStateSummaryResult.__new__(ReadStateSummaryResult)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -188,7 +186,7 @@ def _read_ReadStateSummaryResult_v0(buf: bytes, pos: int) -> tuple[ReadStateSumm
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionResult)
+            item2 = PartitionResult.__new__(PartitionResult)
             item2.partition, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             n = buf[pos] - 1
@@ -253,7 +251,7 @@ def _read_ReadShareGroupStateSummaryResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ReadShareGroupStateSummaryResponse, int]:
     # versions 0
-    o = _new(ReadShareGroupStateSummaryResponse)
+    o = ReadShareGroupStateSummaryResponse.__new__(ReadShareGroupStateSummaryResponse)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -29,8 +29,6 @@ __all__ = [
     "RemoveRaftVoterRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_i: _Final = _Packer(">i")
 
 
@@ -84,7 +82,7 @@ _TAGS_RemoveRaftVoterRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_RemoveRaftVoterRequest_v0(buf: bytes, pos: int) -> tuple[RemoveRaftVoterRequest, int]:
     # versions 0
-    o = _new(RemoveRaftVoterRequest)
+    o = RemoveRaftVoterRequest.__new__(RemoveRaftVoterRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

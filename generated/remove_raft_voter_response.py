@@ -26,8 +26,6 @@ __all__ = [
     "RemoveRaftVoterResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_ih: _Final = _Packer(">ih")
 
 
@@ -81,7 +79,7 @@ _TAGS_RemoveRaftVoterResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_RemoveRaftVoterResponse_v0(buf: bytes, pos: int) -> tuple[RemoveRaftVoterResponse, int]:
     # versions 0
-    o = _new(RemoveRaftVoterResponse)
+    o = RemoveRaftVoterResponse.__new__(RemoveRaftVoterResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

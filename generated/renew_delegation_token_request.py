@@ -30,8 +30,6 @@ __all__ = [
     "RenewDelegationTokenRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_i: _Final = _Packer(">i")
 _S_q: _Final = _Packer(">q")
 
@@ -84,7 +82,7 @@ def _read_RenewDelegationTokenRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[RenewDelegationTokenRequest, int]:
     # versions 0-1
-    o = _new(RenewDelegationTokenRequest)
+    o = RenewDelegationTokenRequest.__new__(RenewDelegationTokenRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -105,7 +103,7 @@ def _read_RenewDelegationTokenRequest_v2(
     buf: bytes, pos: int
 ) -> tuple[RenewDelegationTokenRequest, int]:
     # versions 2
-    o = _new(RenewDelegationTokenRequest)
+    o = RenewDelegationTokenRequest.__new__(RenewDelegationTokenRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

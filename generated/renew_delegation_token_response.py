@@ -23,8 +23,6 @@ __all__ = [
     "RenewDelegationTokenResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_hqi: _Final = _Packer(">hqi")
 
 
@@ -84,7 +82,7 @@ def _read_RenewDelegationTokenResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[RenewDelegationTokenResponse, int]:
     # versions 0-1
-    o = _new(RenewDelegationTokenResponse)
+    o = RenewDelegationTokenResponse.__new__(RenewDelegationTokenResponse)
     o.error_code, o.expiry_timestamp_ms, o.throttle_time_ms = _S_hqi.unpack_from(buf, pos)
     pos += 14
     o._unknown_tags = None
@@ -95,7 +93,7 @@ def _read_RenewDelegationTokenResponse_v2(
     buf: bytes, pos: int
 ) -> tuple[RenewDelegationTokenResponse, int]:
     # versions 2
-    o = _new(RenewDelegationTokenResponse)
+    o = RenewDelegationTokenResponse.__new__(RenewDelegationTokenResponse)
     o.error_code, o.expiry_timestamp_ms, o.throttle_time_ms = _S_hqi.unpack_from(buf, pos)
     pos += 14
     if buf[pos]:

@@ -24,8 +24,6 @@ __all__ = [
     "RequestHeader",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_hhi: _Final = _Packer(">hhi")
 
@@ -100,7 +98,7 @@ _TAGS_RequestHeader: _Final[frozenset[int]] = frozenset()
 
 def _read_RequestHeader_v0(buf: bytes, pos: int) -> tuple[RequestHeader, int]:
     # versions 0
-    o = _new(RequestHeader)
+    o = RequestHeader.__new__(RequestHeader)
     o.client_id = ""
     o.request_api_key, o.request_api_version, o.correlation_id = _S_hhi.unpack_from(buf, pos)
     pos += 8
@@ -110,7 +108,7 @@ def _read_RequestHeader_v0(buf: bytes, pos: int) -> tuple[RequestHeader, int]:
 
 def _read_RequestHeader_v1(buf: bytes, pos: int) -> tuple[RequestHeader, int]:
     # versions 1
-    o = _new(RequestHeader)
+    o = RequestHeader.__new__(RequestHeader)
     o.request_api_key, o.request_api_version, o.correlation_id = _S_hhi.unpack_from(buf, pos)
     pos += 8
     n = _S_h.unpack_from(buf, pos)[0]
@@ -131,7 +129,7 @@ def _read_RequestHeader_v1(buf: bytes, pos: int) -> tuple[RequestHeader, int]:
 
 def _read_RequestHeader_v2(buf: bytes, pos: int) -> tuple[RequestHeader, int]:
     # versions 2
-    o = _new(RequestHeader)
+    o = RequestHeader.__new__(RequestHeader)
     o.request_api_key, o.request_api_version, o.correlation_id = _S_hhi.unpack_from(buf, pos)
     pos += 8
     n = _S_h.unpack_from(buf, pos)[0]

@@ -23,8 +23,6 @@ __all__ = [
     "ResponseHeader",
 ]
 
-_new: _Final = object.__new__
-
 _S_i: _Final = _Packer(">i")
 
 
@@ -63,7 +61,7 @@ _TAGS_ResponseHeader: _Final[frozenset[int]] = frozenset()
 
 def _read_ResponseHeader_v0(buf: bytes, pos: int) -> tuple[ResponseHeader, int]:
     # versions 0
-    o = _new(ResponseHeader)
+    o = ResponseHeader.__new__(ResponseHeader)
     o.correlation_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     o._unknown_tags = None
@@ -72,7 +70,7 @@ def _read_ResponseHeader_v0(buf: bytes, pos: int) -> tuple[ResponseHeader, int]:
 
 def _read_ResponseHeader_v1(buf: bytes, pos: int) -> tuple[ResponseHeader, int]:
     # versions 1
-    o = _new(ResponseHeader)
+    o = ResponseHeader.__new__(ResponseHeader)
     o.correlation_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if buf[pos]:

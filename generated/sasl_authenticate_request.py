@@ -30,8 +30,6 @@ __all__ = [
     "SaslAuthenticateRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_i: _Final = _Packer(">i")
 
 
@@ -71,7 +69,7 @@ _TAGS_SaslAuthenticateRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_SaslAuthenticateRequest_v0(buf: bytes, pos: int) -> tuple[SaslAuthenticateRequest, int]:
     # versions 0-1
-    o = _new(SaslAuthenticateRequest)
+    o = SaslAuthenticateRequest.__new__(SaslAuthenticateRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -88,7 +86,7 @@ def _read_SaslAuthenticateRequest_v0(buf: bytes, pos: int) -> tuple[SaslAuthenti
 
 def _read_SaslAuthenticateRequest_v2(buf: bytes, pos: int) -> tuple[SaslAuthenticateRequest, int]:
     # versions 2
-    o = _new(SaslAuthenticateRequest)
+    o = SaslAuthenticateRequest.__new__(SaslAuthenticateRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -30,8 +30,6 @@ __all__ = [
     "SaslAuthenticateResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_q: _Final = _Packer(">q")
@@ -99,7 +97,7 @@ _TAGS_SaslAuthenticateResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_SaslAuthenticateResponse_v0(buf: bytes, pos: int) -> tuple[SaslAuthenticateResponse, int]:
     # versions 0
-    o = _new(SaslAuthenticateResponse)
+    o = SaslAuthenticateResponse.__new__(SaslAuthenticateResponse)
     o.session_lifetime_ms = 0
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -131,7 +129,7 @@ def _read_SaslAuthenticateResponse_v0(buf: bytes, pos: int) -> tuple[SaslAuthent
 
 def _read_SaslAuthenticateResponse_v1(buf: bytes, pos: int) -> tuple[SaslAuthenticateResponse, int]:
     # versions 1
-    o = _new(SaslAuthenticateResponse)
+    o = SaslAuthenticateResponse.__new__(SaslAuthenticateResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_h.unpack_from(buf, pos)[0]
@@ -164,7 +162,7 @@ def _read_SaslAuthenticateResponse_v1(buf: bytes, pos: int) -> tuple[SaslAuthent
 
 def _read_SaslAuthenticateResponse_v2(buf: bytes, pos: int) -> tuple[SaslAuthenticateResponse, int]:
     # versions 2
-    o = _new(SaslAuthenticateResponse)
+    o = SaslAuthenticateResponse.__new__(SaslAuthenticateResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1

@@ -23,8 +23,6 @@ __all__ = [
     "SaslHandshakeRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 
 
@@ -63,7 +61,7 @@ class SaslHandshakeRequest(_Message):
 
 def _read_SaslHandshakeRequest_v0(buf: bytes, pos: int) -> tuple[SaslHandshakeRequest, int]:
     # versions 0-1
-    o = _new(SaslHandshakeRequest)
+    o = SaslHandshakeRequest.__new__(SaslHandshakeRequest)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:

@@ -26,8 +26,6 @@ __all__ = [
     "SaslHandshakeResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -77,7 +75,7 @@ class SaslHandshakeResponse(_Message):
 
 def _read_SaslHandshakeResponse_v0(buf: bytes, pos: int) -> tuple[SaslHandshakeResponse, int]:
     # versions 0-1
-    o = _new(SaslHandshakeResponse)
+    o = SaslHandshakeResponse.__new__(SaslHandshakeResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_i.unpack_from(buf, pos)[0]

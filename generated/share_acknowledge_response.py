@@ -38,8 +38,6 @@ __all__ = [
     "ShareAcknowledgeTopicResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
 _S_ii: _Final = _Packer(">ii")
@@ -287,7 +285,7 @@ _TAGS_NodeEndpoint: _Final[frozenset[int]] = frozenset()
 
 def _read_LeaderIdAndEpoch_v0(buf: bytes, pos: int) -> tuple[LeaderIdAndEpoch, int]:
     # versions 0
-    o = _new(LeaderIdAndEpoch)
+    o = LeaderIdAndEpoch.__new__(LeaderIdAndEpoch)
     o.leader_id, o.leader_epoch = _S_ii.unpack_from(buf, pos)
     pos += 8
     if buf[pos]:
@@ -309,7 +307,7 @@ def _write_LeaderIdAndEpoch_v0(o: LeaderIdAndEpoch, w: _Writer) -> None:
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 0
-    o = _new(PartitionData)
+    o = PartitionData.__new__(PartitionData)
     o.partition_index, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -357,7 +355,7 @@ def _read_ShareAcknowledgeTopicResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ShareAcknowledgeTopicResponse, int]:
     # versions 0
-    o = _new(ShareAcknowledgeTopicResponse)
+    o = ShareAcknowledgeTopicResponse.__new__(ShareAcknowledgeTopicResponse)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -401,7 +399,7 @@ def _write_ShareAcknowledgeTopicResponse_v0(o: ShareAcknowledgeTopicResponse, w:
 
 def _read_ShareAcknowledgeResponse_v0(buf: bytes, pos: int) -> tuple[ShareAcknowledgeResponse, int]:
     # versions 0
-    o = _new(ShareAcknowledgeResponse)
+    o = ShareAcknowledgeResponse.__new__(ShareAcknowledgeResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -449,7 +447,7 @@ def _read_ShareAcknowledgeResponse_v0(buf: bytes, pos: int) -> tuple[ShareAcknow
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(NodeEndpoint)
+            item5 = NodeEndpoint.__new__(NodeEndpoint)
             item5.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1

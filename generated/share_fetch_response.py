@@ -41,8 +41,6 @@ __all__ = [
     "ShareFetchableTopicResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -365,7 +363,7 @@ _TAGS_NodeEndpoint: _Final[frozenset[int]] = frozenset()
 
 def _read_LeaderIdAndEpoch_v0(buf: bytes, pos: int) -> tuple[LeaderIdAndEpoch, int]:
     # versions 0
-    o = _new(LeaderIdAndEpoch)
+    o = LeaderIdAndEpoch.__new__(LeaderIdAndEpoch)
     o.leader_id, o.leader_epoch = _S_ii.unpack_from(buf, pos)
     pos += 8
     if buf[pos]:
@@ -387,7 +385,7 @@ def _write_LeaderIdAndEpoch_v0(o: LeaderIdAndEpoch, w: _Writer) -> None:
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 0
-    o = _new(PartitionData)
+    o = PartitionData.__new__(PartitionData)
     o.partition_index, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -449,7 +447,7 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(AcquiredRecords)
+            item2 = AcquiredRecords.__new__(AcquiredRecords)
             item2.first_offset, item2.last_offset, item2.delivery_count = _S_qqh.unpack_from(
                 buf, pos
             )
@@ -519,7 +517,7 @@ def _read_ShareFetchableTopicResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ShareFetchableTopicResponse, int]:
     # versions 0
-    o = _new(ShareFetchableTopicResponse)
+    o = ShareFetchableTopicResponse.__new__(ShareFetchableTopicResponse)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -563,7 +561,7 @@ def _write_ShareFetchableTopicResponse_v0(o: ShareFetchableTopicResponse, w: _Wr
 
 def _read_ShareFetchResponse_v0(buf: bytes, pos: int) -> tuple[ShareFetchResponse, int]:
     # versions 0
-    o = _new(ShareFetchResponse)
+    o = ShareFetchResponse.__new__(ShareFetchResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -611,7 +609,7 @@ def _read_ShareFetchResponse_v0(buf: bytes, pos: int) -> tuple[ShareFetchRespons
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(NodeEndpoint)
+            item5 = NodeEndpoint.__new__(NodeEndpoint)
             item5.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1

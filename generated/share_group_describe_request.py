@@ -32,8 +32,6 @@ __all__ = [
     "ShareGroupDescribeRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_z: _Final = _Packer(">?")
 
 
@@ -86,7 +84,7 @@ def _read_ShareGroupDescribeRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[ShareGroupDescribeRequest, int]:
     # versions 0
-    o = _new(ShareGroupDescribeRequest)
+    o = ShareGroupDescribeRequest.__new__(ShareGroupDescribeRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -29,8 +29,6 @@ __all__ = [
     "ShareGroupHeartbeatRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_i: _Final = _Packer(">i")
 
 
@@ -107,7 +105,7 @@ def _read_ShareGroupHeartbeatRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[ShareGroupHeartbeatRequest, int]:
     # versions 0
-    o = _new(ShareGroupHeartbeatRequest)
+    o = ShareGroupHeartbeatRequest.__new__(ShareGroupHeartbeatRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

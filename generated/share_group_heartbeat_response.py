@@ -38,8 +38,6 @@ __all__ = [
     "TopicPartitions",
 ]
 
-_new: _Final = object.__new__
-
 _S_ih: _Final = _Packer(">ih")
 _S_ii: _Final = _Packer(">ii")
 _A_i: _Final = _small_arrays("i", 32)
@@ -191,7 +189,7 @@ _TAGS_TopicPartitions: _Final[frozenset[int]] = frozenset()
 
 def _read_Assignment_v0(buf: bytes, pos: int) -> tuple[Assignment, int]:
     # versions 0
-    o = _new(Assignment)
+    o = Assignment.__new__(Assignment)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -206,7 +204,7 @@ def _read_Assignment_v0(buf: bytes, pos: int) -> tuple[Assignment, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(TopicPartitions)
+            item2 = TopicPartitions.__new__(TopicPartitions)
             item2.topic_id = _read_uuid(buf, pos)
             pos += 16
             n = buf[pos] - 1
@@ -266,7 +264,7 @@ def _read_ShareGroupHeartbeatResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ShareGroupHeartbeatResponse, int]:
     # versions 0
-    o = _new(ShareGroupHeartbeatResponse)
+    o = ShareGroupHeartbeatResponse.__new__(ShareGroupHeartbeatResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

@@ -22,8 +22,6 @@ __all__ = [
     "SnapshotFooterRecord",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 
 
@@ -59,7 +57,7 @@ _TAGS_SnapshotFooterRecord: _Final[frozenset[int]] = frozenset()
 
 def _read_SnapshotFooterRecord_v0(buf: bytes, pos: int) -> tuple[SnapshotFooterRecord, int]:
     # versions 0
-    o = _new(SnapshotFooterRecord)
+    o = SnapshotFooterRecord.__new__(SnapshotFooterRecord)
     o.version = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if buf[pos]:

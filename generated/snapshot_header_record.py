@@ -22,8 +22,6 @@ __all__ = [
     "SnapshotHeaderRecord",
 ]
 
-_new: _Final = object.__new__
-
 _S_hq: _Final = _Packer(">hq")
 
 
@@ -69,7 +67,7 @@ _TAGS_SnapshotHeaderRecord: _Final[frozenset[int]] = frozenset()
 
 def _read_SnapshotHeaderRecord_v0(buf: bytes, pos: int) -> tuple[SnapshotHeaderRecord, int]:
     # versions 0
-    o = _new(SnapshotHeaderRecord)
+    o = SnapshotHeaderRecord.__new__(SnapshotHeaderRecord)
     o.version, o.last_contained_log_timestamp = _S_hq.unpack_from(buf, pos)
     pos += 10
     if buf[pos]:

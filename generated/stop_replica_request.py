@@ -39,8 +39,6 @@ __all__ = [
     "StopReplicaTopicV1",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_iiq: _Final = _Packer(">iiq")
@@ -287,7 +285,7 @@ _TAGS_StopReplicaPartitionState: _Final[frozenset[int]] = frozenset()
 
 def _read_StopReplicaTopicState_v3(buf: bytes, pos: int) -> tuple[StopReplicaTopicState, int]:
     # versions 3-4
-    o = _new(StopReplicaTopicState)
+    o = StopReplicaTopicState.__new__(StopReplicaTopicState)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -316,7 +314,7 @@ def _read_StopReplicaTopicState_v3(buf: bytes, pos: int) -> tuple[StopReplicaTop
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(StopReplicaPartitionState)
+            item2 = StopReplicaPartitionState.__new__(StopReplicaPartitionState)
             item2.partition_index, item2.leader_epoch, item2.delete_partition = _S_iiz.unpack_from(
                 buf, pos
             )
@@ -361,7 +359,7 @@ def _write_StopReplicaTopicState_v3(o: StopReplicaTopicState, w: _Writer) -> Non
 
 def _read_StopReplicaRequest_v0(buf: bytes, pos: int) -> tuple[StopReplicaRequest, int]:
     # versions 0
-    o = _new(StopReplicaRequest)
+    o = StopReplicaRequest.__new__(StopReplicaRequest)
     o.is_kraft_controller = False
     o.broker_epoch = -1
     o.topics = []
@@ -378,7 +376,7 @@ def _read_StopReplicaRequest_v0(buf: bytes, pos: int) -> tuple[StopReplicaReques
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(StopReplicaPartitionV0)
+            item2 = StopReplicaPartitionV0.__new__(StopReplicaPartitionV0)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -400,7 +398,7 @@ def _read_StopReplicaRequest_v0(buf: bytes, pos: int) -> tuple[StopReplicaReques
 
 def _read_StopReplicaRequest_v1(buf: bytes, pos: int) -> tuple[StopReplicaRequest, int]:
     # versions 1
-    o = _new(StopReplicaRequest)
+    o = StopReplicaRequest.__new__(StopReplicaRequest)
     o.is_kraft_controller = False
     o.ungrouped_partitions = []
     o.topic_states = []
@@ -418,7 +416,7 @@ def _read_StopReplicaRequest_v1(buf: bytes, pos: int) -> tuple[StopReplicaReques
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(StopReplicaTopicV1)
+            item2 = StopReplicaTopicV1.__new__(StopReplicaTopicV1)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -451,7 +449,7 @@ def _read_StopReplicaRequest_v1(buf: bytes, pos: int) -> tuple[StopReplicaReques
 
 def _read_StopReplicaRequest_v2(buf: bytes, pos: int) -> tuple[StopReplicaRequest, int]:
     # versions 2
-    o = _new(StopReplicaRequest)
+    o = StopReplicaRequest.__new__(StopReplicaRequest)
     o.is_kraft_controller = False
     o.ungrouped_partitions = []
     o.topic_states = []
@@ -473,7 +471,7 @@ def _read_StopReplicaRequest_v2(buf: bytes, pos: int) -> tuple[StopReplicaReques
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(StopReplicaTopicV1)
+            item2 = StopReplicaTopicV1.__new__(StopReplicaTopicV1)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -522,7 +520,7 @@ def _read_StopReplicaRequest_v2(buf: bytes, pos: int) -> tuple[StopReplicaReques
 
 def _read_StopReplicaRequest_v3(buf: bytes, pos: int) -> tuple[StopReplicaRequest, int]:
     # versions 3
-    o = _new(StopReplicaRequest)
+    o = StopReplicaRequest.__new__(StopReplicaRequest)
     o.is_kraft_controller = False
     o.delete_partitions = False
     o.ungrouped_partitions = []
@@ -556,7 +554,7 @@ def _read_StopReplicaRequest_v3(buf: bytes, pos: int) -> tuple[StopReplicaReques
 
 def _read_StopReplicaRequest_v4(buf: bytes, pos: int) -> tuple[StopReplicaRequest, int]:
     # versions 4
-    o = _new(StopReplicaRequest)
+    o = StopReplicaRequest.__new__(StopReplicaRequest)
     o.delete_partitions = False
     o.ungrouped_partitions = []
     o.topics = []

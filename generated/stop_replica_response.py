@@ -33,8 +33,6 @@ __all__ = [
     "StopReplicaResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -129,7 +127,7 @@ _TAGS_StopReplicaPartitionError: _Final[frozenset[int]] = frozenset()
 
 def _read_StopReplicaResponse_v0(buf: bytes, pos: int) -> tuple[StopReplicaResponse, int]:
     # versions 0-1
-    o = _new(StopReplicaResponse)
+    o = StopReplicaResponse.__new__(StopReplicaResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_i.unpack_from(buf, pos)[0]
@@ -142,7 +140,7 @@ def _read_StopReplicaResponse_v0(buf: bytes, pos: int) -> tuple[StopReplicaRespo
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(StopReplicaPartitionError)
+            item2 = StopReplicaPartitionError.__new__(StopReplicaPartitionError)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -164,7 +162,7 @@ def _read_StopReplicaResponse_v0(buf: bytes, pos: int) -> tuple[StopReplicaRespo
 
 def _read_StopReplicaResponse_v2(buf: bytes, pos: int) -> tuple[StopReplicaResponse, int]:
     # versions 2-4
-    o = _new(StopReplicaResponse)
+    o = StopReplicaResponse.__new__(StopReplicaResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -181,7 +179,7 @@ def _read_StopReplicaResponse_v2(buf: bytes, pos: int) -> tuple[StopReplicaRespo
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(StopReplicaPartitionError)
+            item2 = StopReplicaPartitionError.__new__(StopReplicaPartitionError)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -35,8 +35,6 @@ __all__ = [
     "SyncGroupRequestAssignment",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -166,7 +164,7 @@ _TAGS_SyncGroupRequestAssignment: _Final[frozenset[int]] = frozenset()
 
 def _read_SyncGroupRequest_v0(buf: bytes, pos: int) -> tuple[SyncGroupRequest, int]:
     # versions 0-2
-    o = _new(SyncGroupRequest)
+    o = SyncGroupRequest.__new__(SyncGroupRequest)
     o.group_instance_id = None
     o.protocol_type = None
     o.protocol_name = None
@@ -202,7 +200,7 @@ def _read_SyncGroupRequest_v0(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(SyncGroupRequestAssignment)
+            item2 = SyncGroupRequestAssignment.__new__(SyncGroupRequestAssignment)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -232,7 +230,7 @@ def _read_SyncGroupRequest_v0(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
 
 def _read_SyncGroupRequest_v3(buf: bytes, pos: int) -> tuple[SyncGroupRequest, int]:
     # versions 3
-    o = _new(SyncGroupRequest)
+    o = SyncGroupRequest.__new__(SyncGroupRequest)
     o.protocol_type = None
     o.protocol_name = None
     n = _S_h.unpack_from(buf, pos)[0]
@@ -279,7 +277,7 @@ def _read_SyncGroupRequest_v3(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(SyncGroupRequestAssignment)
+            item2 = SyncGroupRequestAssignment.__new__(SyncGroupRequestAssignment)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -309,7 +307,7 @@ def _read_SyncGroupRequest_v3(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
 
 def _read_SyncGroupRequest_v4(buf: bytes, pos: int) -> tuple[SyncGroupRequest, int]:
     # versions 4
-    o = _new(SyncGroupRequest)
+    o = SyncGroupRequest.__new__(SyncGroupRequest)
     o.protocol_type = None
     o.protocol_name = None
     n = buf[pos] - 1
@@ -370,7 +368,7 @@ def _read_SyncGroupRequest_v4(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(SyncGroupRequestAssignment)
+            item2 = SyncGroupRequestAssignment.__new__(SyncGroupRequestAssignment)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -418,7 +416,7 @@ def _read_SyncGroupRequest_v4(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
 
 def _read_SyncGroupRequest_v5(buf: bytes, pos: int) -> tuple[SyncGroupRequest, int]:
     # versions 5
-    o = _new(SyncGroupRequest)
+    o = SyncGroupRequest.__new__(SyncGroupRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -505,7 +503,7 @@ def _read_SyncGroupRequest_v5(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(SyncGroupRequestAssignment)
+            item2 = SyncGroupRequestAssignment.__new__(SyncGroupRequestAssignment)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

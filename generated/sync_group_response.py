@@ -30,8 +30,6 @@ __all__ = [
     "SyncGroupResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -115,7 +113,7 @@ _TAGS_SyncGroupResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_SyncGroupResponse_v0(buf: bytes, pos: int) -> tuple[SyncGroupResponse, int]:
     # versions 0
-    o = _new(SyncGroupResponse)
+    o = SyncGroupResponse.__new__(SyncGroupResponse)
     o.throttle_time_ms = 0
     o.protocol_type = None
     o.protocol_name = None
@@ -137,7 +135,7 @@ def _read_SyncGroupResponse_v0(buf: bytes, pos: int) -> tuple[SyncGroupResponse,
 
 def _read_SyncGroupResponse_v1(buf: bytes, pos: int) -> tuple[SyncGroupResponse, int]:
     # versions 1-3
-    o = _new(SyncGroupResponse)
+    o = SyncGroupResponse.__new__(SyncGroupResponse)
     o.protocol_type = None
     o.protocol_name = None
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
@@ -158,7 +156,7 @@ def _read_SyncGroupResponse_v1(buf: bytes, pos: int) -> tuple[SyncGroupResponse,
 
 def _read_SyncGroupResponse_v4(buf: bytes, pos: int) -> tuple[SyncGroupResponse, int]:
     # versions 4
-    o = _new(SyncGroupResponse)
+    o = SyncGroupResponse.__new__(SyncGroupResponse)
     o.protocol_type = None
     o.protocol_name = None
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
@@ -187,7 +185,7 @@ def _read_SyncGroupResponse_v4(buf: bytes, pos: int) -> tuple[SyncGroupResponse,
 
 def _read_SyncGroupResponse_v5(buf: bytes, pos: int) -> tuple[SyncGroupResponse, int]:
     # versions 5
-    o = _new(SyncGroupResponse)
+    o = SyncGroupResponse.__new__(SyncGroupResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

@@ -34,8 +34,6 @@ __all__ = [
     "TxnOffsetCommitRequestTopic",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_iq: _Final = _Packer(">iq")
@@ -225,7 +223,7 @@ def _read_TxnOffsetCommitRequestTopic_v0(
     buf: bytes, pos: int
 ) -> tuple[TxnOffsetCommitRequestTopic, int]:
     # versions 0-1
-    o = _new(TxnOffsetCommitRequestTopic)
+    o = TxnOffsetCommitRequestTopic.__new__(TxnOffsetCommitRequestTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -246,7 +244,7 @@ def _read_TxnOffsetCommitRequestTopic_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(TxnOffsetCommitRequestPartition)
+            item2 = TxnOffsetCommitRequestPartition.__new__(TxnOffsetCommitRequestPartition)
             item2.committed_leader_epoch = -1
             item2.partition_index, item2.committed_offset = _S_iq.unpack_from(buf, pos)
             pos += 12
@@ -273,7 +271,7 @@ def _read_TxnOffsetCommitRequestTopic_v2(
     buf: bytes, pos: int
 ) -> tuple[TxnOffsetCommitRequestTopic, int]:
     # versions 2
-    o = _new(TxnOffsetCommitRequestTopic)
+    o = TxnOffsetCommitRequestTopic.__new__(TxnOffsetCommitRequestTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -294,7 +292,7 @@ def _read_TxnOffsetCommitRequestTopic_v2(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(TxnOffsetCommitRequestPartition)
+            item2 = TxnOffsetCommitRequestPartition.__new__(TxnOffsetCommitRequestPartition)
             item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
                 _S_iqi.unpack_from(buf, pos)
             )
@@ -322,7 +320,7 @@ def _read_TxnOffsetCommitRequestTopic_v3(
     buf: bytes, pos: int
 ) -> tuple[TxnOffsetCommitRequestTopic, int]:
     # versions 3-4
-    o = _new(TxnOffsetCommitRequestTopic)
+    o = TxnOffsetCommitRequestTopic.__new__(TxnOffsetCommitRequestTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -351,7 +349,7 @@ def _read_TxnOffsetCommitRequestTopic_v3(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(TxnOffsetCommitRequestPartition)
+            item2 = TxnOffsetCommitRequestPartition.__new__(TxnOffsetCommitRequestPartition)
             item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
                 _S_iqi.unpack_from(buf, pos)
             )
@@ -468,7 +466,7 @@ def _write_TxnOffsetCommitRequestTopic_v3(o: TxnOffsetCommitRequestTopic, w: _Wr
 
 def _read_TxnOffsetCommitRequest_v0(buf: bytes, pos: int) -> tuple[TxnOffsetCommitRequest, int]:
     # versions 0-1
-    o = _new(TxnOffsetCommitRequest)
+    o = TxnOffsetCommitRequest.__new__(TxnOffsetCommitRequest)
     o.generation_id = -1
     o.member_id = ""
     o.group_instance_id = None
@@ -513,7 +511,7 @@ def _read_TxnOffsetCommitRequest_v0(buf: bytes, pos: int) -> tuple[TxnOffsetComm
 
 def _read_TxnOffsetCommitRequest_v2(buf: bytes, pos: int) -> tuple[TxnOffsetCommitRequest, int]:
     # versions 2
-    o = _new(TxnOffsetCommitRequest)
+    o = TxnOffsetCommitRequest.__new__(TxnOffsetCommitRequest)
     o.generation_id = -1
     o.member_id = ""
     o.group_instance_id = None
@@ -558,7 +556,7 @@ def _read_TxnOffsetCommitRequest_v2(buf: bytes, pos: int) -> tuple[TxnOffsetComm
 
 def _read_TxnOffsetCommitRequest_v3(buf: bytes, pos: int) -> tuple[TxnOffsetCommitRequest, int]:
     # versions 3-4
-    o = _new(TxnOffsetCommitRequest)
+    o = TxnOffsetCommitRequest.__new__(TxnOffsetCommitRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -22,8 +22,6 @@ __all__ = [
     "UnregisterBrokerRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_i: _Final = _Packer(">i")
 
 
@@ -59,7 +57,7 @@ _TAGS_UnregisterBrokerRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_UnregisterBrokerRequest_v0(buf: bytes, pos: int) -> tuple[UnregisterBrokerRequest, int]:
     # versions 0
-    o = _new(UnregisterBrokerRequest)
+    o = UnregisterBrokerRequest.__new__(UnregisterBrokerRequest)
     o.broker_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if buf[pos]:

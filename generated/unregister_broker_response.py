@@ -26,8 +26,6 @@ __all__ = [
     "UnregisterBrokerResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_ih: _Final = _Packer(">ih")
 
 
@@ -81,7 +79,7 @@ _TAGS_UnregisterBrokerResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_UnregisterBrokerResponse_v0(buf: bytes, pos: int) -> tuple[UnregisterBrokerResponse, int]:
     # versions 0
-    o = _new(UnregisterBrokerResponse)
+    o = UnregisterBrokerResponse.__new__(UnregisterBrokerResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

@@ -34,8 +34,6 @@ __all__ = [
     "UpdateFeaturesRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_hb: _Final = _Packer(">hb")
 _S_hz: _Final = _Packer(">h?")
 _S_i: _Final = _Packer(">i")
@@ -140,7 +138,7 @@ _TAGS_FeatureUpdateKey: _Final[frozenset[int]] = frozenset()
 
 def _read_UpdateFeaturesRequest_v0(buf: bytes, pos: int) -> tuple[UpdateFeaturesRequest, int]:
     # versions 0
-    o = _new(UpdateFeaturesRequest)
+    o = UpdateFeaturesRequest.__new__(UpdateFeaturesRequest)
     o.validate_only = False
     o.timeout_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -158,7 +156,7 @@ def _read_UpdateFeaturesRequest_v0(buf: bytes, pos: int) -> tuple[UpdateFeatures
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(FeatureUpdateKey)
+            item2 = FeatureUpdateKey.__new__(FeatureUpdateKey)
             item2.upgrade_type = 1
             n = buf[pos] - 1
             if n < 127:
@@ -193,7 +191,7 @@ def _read_UpdateFeaturesRequest_v0(buf: bytes, pos: int) -> tuple[UpdateFeatures
 
 def _read_UpdateFeaturesRequest_v1(buf: bytes, pos: int) -> tuple[UpdateFeaturesRequest, int]:
     # versions 1
-    o = _new(UpdateFeaturesRequest)
+    o = UpdateFeaturesRequest.__new__(UpdateFeaturesRequest)
     o.timeout_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -210,7 +208,7 @@ def _read_UpdateFeaturesRequest_v1(buf: bytes, pos: int) -> tuple[UpdateFeatures
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(FeatureUpdateKey)
+            item2 = FeatureUpdateKey.__new__(FeatureUpdateKey)
             item2.allow_downgrade = False
             n = buf[pos] - 1
             if n < 127:

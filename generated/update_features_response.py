@@ -32,8 +32,6 @@ __all__ = [
     "UpdateFeaturesResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_ih: _Final = _Packer(">ih")
 
@@ -136,7 +134,7 @@ _TAGS_UpdatableFeatureResult: _Final[frozenset[int]] = frozenset()
 
 def _read_UpdateFeaturesResponse_v0(buf: bytes, pos: int) -> tuple[UpdateFeaturesResponse, int]:
     # versions 0-1
-    o = _new(UpdateFeaturesResponse)
+    o = UpdateFeaturesResponse.__new__(UpdateFeaturesResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -167,7 +165,7 @@ def _read_UpdateFeaturesResponse_v0(buf: bytes, pos: int) -> tuple[UpdateFeature
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(UpdatableFeatureResult)
+            item2 = UpdatableFeatureResult.__new__(UpdatableFeatureResult)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -47,8 +47,6 @@ __all__ = [
     "UpdateMetadataTopicState",
 ]
 
-_new: _Final = object.__new__
-
 _S_b: _Final = _Packer(">b")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -400,7 +398,7 @@ _TAGS_UpdateMetadataEndpoint: _Final[frozenset[int]] = frozenset()
 
 def _read_UpdateMetadataTopicState_v5(buf: bytes, pos: int) -> tuple[UpdateMetadataTopicState, int]:
     # versions 5
-    o = _new(UpdateMetadataTopicState)
+    o = UpdateMetadataTopicState.__new__(UpdateMetadataTopicState)
     o.topic_id = _ZERO_UUID
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -422,7 +420,7 @@ def _read_UpdateMetadataTopicState_v5(buf: bytes, pos: int) -> tuple[UpdateMetad
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(UpdateMetadataPartitionState)
+            item2 = UpdateMetadataPartitionState.__new__(UpdateMetadataPartitionState)
             item2.topic_name = ""
             item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
                 _S_iiii.unpack_from(buf, pos)
@@ -478,7 +476,7 @@ def _read_UpdateMetadataTopicState_v5(buf: bytes, pos: int) -> tuple[UpdateMetad
 
 def _read_UpdateMetadataTopicState_v6(buf: bytes, pos: int) -> tuple[UpdateMetadataTopicState, int]:
     # versions 6
-    o = _new(UpdateMetadataTopicState)
+    o = UpdateMetadataTopicState.__new__(UpdateMetadataTopicState)
     o.topic_id = _ZERO_UUID
     n = buf[pos] - 1
     if n < 127:
@@ -508,7 +506,7 @@ def _read_UpdateMetadataTopicState_v6(buf: bytes, pos: int) -> tuple[UpdateMetad
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(UpdateMetadataPartitionState)
+            item2 = UpdateMetadataPartitionState.__new__(UpdateMetadataPartitionState)
             item2.topic_name = ""
             item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
                 _S_iiii.unpack_from(buf, pos)
@@ -586,7 +584,7 @@ def _read_UpdateMetadataTopicState_v6(buf: bytes, pos: int) -> tuple[UpdateMetad
 
 def _read_UpdateMetadataTopicState_v7(buf: bytes, pos: int) -> tuple[UpdateMetadataTopicState, int]:
     # versions 7-8
-    o = _new(UpdateMetadataTopicState)
+    o = UpdateMetadataTopicState.__new__(UpdateMetadataTopicState)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -617,7 +615,7 @@ def _read_UpdateMetadataTopicState_v7(buf: bytes, pos: int) -> tuple[UpdateMetad
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(UpdateMetadataPartitionState)
+            item2 = UpdateMetadataPartitionState.__new__(UpdateMetadataPartitionState)
             item2.topic_name = ""
             item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
                 _S_iiii.unpack_from(buf, pos)
@@ -806,7 +804,7 @@ def _write_UpdateMetadataTopicState_v7(o: UpdateMetadataTopicState, w: _Writer) 
 
 def _read_UpdateMetadataBroker_v1(buf: bytes, pos: int) -> tuple[UpdateMetadataBroker, int]:
     # versions 1
-    o = _new(UpdateMetadataBroker)
+    o = UpdateMetadataBroker.__new__(UpdateMetadataBroker)
     o.v0_host = ""
     o.v0_port = 0
     o.rack = ""
@@ -822,7 +820,7 @@ def _read_UpdateMetadataBroker_v1(buf: bytes, pos: int) -> tuple[UpdateMetadataB
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(UpdateMetadataEndpoint)
+            item2 = UpdateMetadataEndpoint.__new__(UpdateMetadataEndpoint)
             item2.listener = ""
             item2.port = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -847,7 +845,7 @@ def _read_UpdateMetadataBroker_v1(buf: bytes, pos: int) -> tuple[UpdateMetadataB
 
 def _read_UpdateMetadataBroker_v2(buf: bytes, pos: int) -> tuple[UpdateMetadataBroker, int]:
     # versions 2
-    o = _new(UpdateMetadataBroker)
+    o = UpdateMetadataBroker.__new__(UpdateMetadataBroker)
     o.v0_host = ""
     o.v0_port = 0
     o.id = _S_i.unpack_from(buf, pos)[0]
@@ -862,7 +860,7 @@ def _read_UpdateMetadataBroker_v2(buf: bytes, pos: int) -> tuple[UpdateMetadataB
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(UpdateMetadataEndpoint)
+            item2 = UpdateMetadataEndpoint.__new__(UpdateMetadataEndpoint)
             item2.listener = ""
             item2.port = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -899,7 +897,7 @@ def _read_UpdateMetadataBroker_v2(buf: bytes, pos: int) -> tuple[UpdateMetadataB
 
 def _read_UpdateMetadataBroker_v3(buf: bytes, pos: int) -> tuple[UpdateMetadataBroker, int]:
     # versions 3-5
-    o = _new(UpdateMetadataBroker)
+    o = UpdateMetadataBroker.__new__(UpdateMetadataBroker)
     o.v0_host = ""
     o.v0_port = 0
     o.id = _S_i.unpack_from(buf, pos)[0]
@@ -914,7 +912,7 @@ def _read_UpdateMetadataBroker_v3(buf: bytes, pos: int) -> tuple[UpdateMetadataB
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(UpdateMetadataEndpoint)
+            item2 = UpdateMetadataEndpoint.__new__(UpdateMetadataEndpoint)
             item2.port = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -960,7 +958,7 @@ def _read_UpdateMetadataBroker_v3(buf: bytes, pos: int) -> tuple[UpdateMetadataB
 
 def _read_UpdateMetadataBroker_v6(buf: bytes, pos: int) -> tuple[UpdateMetadataBroker, int]:
     # versions 6-8
-    o = _new(UpdateMetadataBroker)
+    o = UpdateMetadataBroker.__new__(UpdateMetadataBroker)
     o.v0_host = ""
     o.v0_port = 0
     o.id = _S_i.unpack_from(buf, pos)[0]
@@ -979,7 +977,7 @@ def _read_UpdateMetadataBroker_v6(buf: bytes, pos: int) -> tuple[UpdateMetadataB
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(UpdateMetadataEndpoint)
+            item2 = UpdateMetadataEndpoint.__new__(UpdateMetadataEndpoint)
             item2.port = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -1181,7 +1179,7 @@ def _read_tags_UpdateMetadataRequest_v8(o: UpdateMetadataRequest, buf: bytes, po
 
 def _read_UpdateMetadataRequest_v0(buf: bytes, pos: int) -> tuple[UpdateMetadataRequest, int]:
     # versions 0
-    o = _new(UpdateMetadataRequest)
+    o = UpdateMetadataRequest.__new__(UpdateMetadataRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.broker_epoch = -1
@@ -1198,7 +1196,7 @@ def _read_UpdateMetadataRequest_v0(buf: bytes, pos: int) -> tuple[UpdateMetadata
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(UpdateMetadataPartitionState)
+            item2 = UpdateMetadataPartitionState.__new__(UpdateMetadataPartitionState)
             item2.offline_replicas = []
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -1255,7 +1253,7 @@ def _read_UpdateMetadataRequest_v0(buf: bytes, pos: int) -> tuple[UpdateMetadata
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = _new(UpdateMetadataBroker)
+            item5 = UpdateMetadataBroker.__new__(UpdateMetadataBroker)
             item5.endpoints = []
             item5.rack = ""
             item5.id = _S_i.unpack_from(buf, pos)[0]
@@ -1281,7 +1279,7 @@ def _read_UpdateMetadataRequest_v0(buf: bytes, pos: int) -> tuple[UpdateMetadata
 
 def _read_UpdateMetadataRequest_v1(buf: bytes, pos: int) -> tuple[UpdateMetadataRequest, int]:
     # versions 1
-    o = _new(UpdateMetadataRequest)
+    o = UpdateMetadataRequest.__new__(UpdateMetadataRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.broker_epoch = -1
@@ -1298,7 +1296,7 @@ def _read_UpdateMetadataRequest_v1(buf: bytes, pos: int) -> tuple[UpdateMetadata
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(UpdateMetadataPartitionState)
+            item2 = UpdateMetadataPartitionState.__new__(UpdateMetadataPartitionState)
             item2.offline_replicas = []
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -1364,7 +1362,7 @@ def _read_UpdateMetadataRequest_v1(buf: bytes, pos: int) -> tuple[UpdateMetadata
 
 def _read_UpdateMetadataRequest_v2(buf: bytes, pos: int) -> tuple[UpdateMetadataRequest, int]:
     # versions 2
-    o = _new(UpdateMetadataRequest)
+    o = UpdateMetadataRequest.__new__(UpdateMetadataRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.broker_epoch = -1
@@ -1381,7 +1379,7 @@ def _read_UpdateMetadataRequest_v2(buf: bytes, pos: int) -> tuple[UpdateMetadata
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(UpdateMetadataPartitionState)
+            item2 = UpdateMetadataPartitionState.__new__(UpdateMetadataPartitionState)
             item2.offline_replicas = []
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -1447,7 +1445,7 @@ def _read_UpdateMetadataRequest_v2(buf: bytes, pos: int) -> tuple[UpdateMetadata
 
 def _read_UpdateMetadataRequest_v3(buf: bytes, pos: int) -> tuple[UpdateMetadataRequest, int]:
     # versions 3
-    o = _new(UpdateMetadataRequest)
+    o = UpdateMetadataRequest.__new__(UpdateMetadataRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.broker_epoch = -1
@@ -1464,7 +1462,7 @@ def _read_UpdateMetadataRequest_v3(buf: bytes, pos: int) -> tuple[UpdateMetadata
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(UpdateMetadataPartitionState)
+            item2 = UpdateMetadataPartitionState.__new__(UpdateMetadataPartitionState)
             item2.offline_replicas = []
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -1530,7 +1528,7 @@ def _read_UpdateMetadataRequest_v3(buf: bytes, pos: int) -> tuple[UpdateMetadata
 
 def _read_UpdateMetadataRequest_v4(buf: bytes, pos: int) -> tuple[UpdateMetadataRequest, int]:
     # versions 4
-    o = _new(UpdateMetadataRequest)
+    o = UpdateMetadataRequest.__new__(UpdateMetadataRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.broker_epoch = -1
@@ -1547,7 +1545,7 @@ def _read_UpdateMetadataRequest_v4(buf: bytes, pos: int) -> tuple[UpdateMetadata
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(UpdateMetadataPartitionState)
+            item2 = UpdateMetadataPartitionState.__new__(UpdateMetadataPartitionState)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -1625,7 +1623,7 @@ def _read_UpdateMetadataRequest_v4(buf: bytes, pos: int) -> tuple[UpdateMetadata
 
 def _read_UpdateMetadataRequest_v5(buf: bytes, pos: int) -> tuple[UpdateMetadataRequest, int]:
     # versions 5
-    o = _new(UpdateMetadataRequest)
+    o = UpdateMetadataRequest.__new__(UpdateMetadataRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.ungrouped_partition_states = []
@@ -1663,7 +1661,7 @@ def _read_UpdateMetadataRequest_v5(buf: bytes, pos: int) -> tuple[UpdateMetadata
 
 def _read_UpdateMetadataRequest_v6(buf: bytes, pos: int) -> tuple[UpdateMetadataRequest, int]:
     # versions 6
-    o = _new(UpdateMetadataRequest)
+    o = UpdateMetadataRequest.__new__(UpdateMetadataRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.ungrouped_partition_states = []
@@ -1713,7 +1711,7 @@ def _read_UpdateMetadataRequest_v6(buf: bytes, pos: int) -> tuple[UpdateMetadata
 
 def _read_UpdateMetadataRequest_v7(buf: bytes, pos: int) -> tuple[UpdateMetadataRequest, int]:
     # versions 7
-    o = _new(UpdateMetadataRequest)
+    o = UpdateMetadataRequest.__new__(UpdateMetadataRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.ungrouped_partition_states = []
@@ -1763,7 +1761,7 @@ def _read_UpdateMetadataRequest_v7(buf: bytes, pos: int) -> tuple[UpdateMetadata
 
 def _read_UpdateMetadataRequest_v8(buf: bytes, pos: int) -> tuple[UpdateMetadataRequest, int]:
     # versions 8
-    o = _new(UpdateMetadataRequest)
+    o = UpdateMetadataRequest.__new__(UpdateMetadataRequest)
     o.type = 0
     o.ungrouped_partition_states = []
     o.controller_id, o.is_kraft_controller, o.controller_epoch, o.broker_epoch = (

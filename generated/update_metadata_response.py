@@ -23,8 +23,6 @@ __all__ = [
     "UpdateMetadataResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 
 
@@ -63,7 +61,7 @@ _TAGS_UpdateMetadataResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_UpdateMetadataResponse_v0(buf: bytes, pos: int) -> tuple[UpdateMetadataResponse, int]:
     # versions 0-5
-    o = _new(UpdateMetadataResponse)
+    o = UpdateMetadataResponse.__new__(UpdateMetadataResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     o._unknown_tags = None
@@ -72,7 +70,7 @@ def _read_UpdateMetadataResponse_v0(buf: bytes, pos: int) -> tuple[UpdateMetadat
 
 def _read_UpdateMetadataResponse_v6(buf: bytes, pos: int) -> tuple[UpdateMetadataResponse, int]:
     # versions 6-8
-    o = _new(UpdateMetadataResponse)
+    o = UpdateMetadataResponse.__new__(UpdateMetadataResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if buf[pos]:

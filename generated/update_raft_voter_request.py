@@ -36,8 +36,6 @@ __all__ = [
     "UpdateRaftVoterRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_H: _Final = _Packer(">H")
 _S_hh: _Final = _Packer(">hh")
 _S_ii: _Final = _Packer(">ii")
@@ -193,7 +191,7 @@ _TAGS_KRaftVersionFeature: _Final[frozenset[int]] = frozenset()
 
 def _read_KRaftVersionFeature_v0(buf: bytes, pos: int) -> tuple[KRaftVersionFeature, int]:
     # versions 0
-    o = _new(KRaftVersionFeature)
+    o = KRaftVersionFeature.__new__(KRaftVersionFeature)
     o.min_supported_version, o.max_supported_version = _S_hh.unpack_from(buf, pos)
     pos += 4
     if buf[pos]:
@@ -215,7 +213,7 @@ def _write_KRaftVersionFeature_v0(o: KRaftVersionFeature, w: _Writer) -> None:
 
 def _read_UpdateRaftVoterRequest_v0(buf: bytes, pos: int) -> tuple[UpdateRaftVoterRequest, int]:
     # versions 0
-    o = _new(UpdateRaftVoterRequest)
+    o = UpdateRaftVoterRequest.__new__(UpdateRaftVoterRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -248,7 +246,7 @@ def _read_UpdateRaftVoterRequest_v0(buf: bytes, pos: int) -> tuple[UpdateRaftVot
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(Listener)
+            item2 = Listener.__new__(Listener)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

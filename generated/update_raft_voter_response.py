@@ -37,8 +37,6 @@ __all__ = [
     "UpdateRaftVoterResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
 _S_ii: _Final = _Packer(">ii")
@@ -144,7 +142,7 @@ _TAGS_CurrentLeader: _Final[frozenset[int]] = frozenset()
 
 def _read_CurrentLeader_v0(buf: bytes, pos: int) -> tuple[CurrentLeader, int]:
     # versions 0
-    o = _new(CurrentLeader)
+    o = CurrentLeader.__new__(CurrentLeader)
     o.leader_id, o.leader_epoch = _S_ii.unpack_from(buf, pos)
     pos += 8
     n = buf[pos] - 1
@@ -212,7 +210,7 @@ def _read_tags_UpdateRaftVoterResponse_v0(o: UpdateRaftVoterResponse, buf: bytes
 
 def _read_UpdateRaftVoterResponse_v0(buf: bytes, pos: int) -> tuple[UpdateRaftVoterResponse, int]:
     # versions 0
-    o = _new(UpdateRaftVoterResponse)
+    o = UpdateRaftVoterResponse.__new__(UpdateRaftVoterResponse)
     o.current_leader = CurrentLeader()
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6

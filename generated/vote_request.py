@@ -36,8 +36,6 @@ __all__ = [
     "VoteRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_i: _Final = _Packer(">i")
 _S_iii: _Final = _Packer(">iii")
 _S_iiiiq: _Final = _Packer(">iiiiq")
@@ -201,7 +199,7 @@ _TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0
-    o = _new(TopicData)
+    o = TopicData.__new__(TopicData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -230,7 +228,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionData)
+            item2 = PartitionData.__new__(PartitionData)
             item2.candidate_directory_id = _ZERO_UUID
             item2.voter_directory_id = _ZERO_UUID
             (
@@ -258,7 +256,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
 
 def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 1
-    o = _new(TopicData)
+    o = TopicData.__new__(TopicData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -287,7 +285,7 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionData)
+            item2 = PartitionData.__new__(PartitionData)
             item2.partition_index, item2.candidate_epoch, item2.candidate_id = _S_iii.unpack_from(
                 buf, pos
             )
@@ -368,7 +366,7 @@ def _write_TopicData_v1(o: TopicData, w: _Writer) -> None:
 
 def _read_VoteRequest_v0(buf: bytes, pos: int) -> tuple[VoteRequest, int]:
     # versions 0
-    o = _new(VoteRequest)
+    o = VoteRequest.__new__(VoteRequest)
     o.voter_id = -1
     n = buf[pos] - 1
     if n < 127:
@@ -411,7 +409,7 @@ def _read_VoteRequest_v0(buf: bytes, pos: int) -> tuple[VoteRequest, int]:
 
 def _read_VoteRequest_v1(buf: bytes, pos: int) -> tuple[VoteRequest, int]:
     # versions 1
-    o = _new(VoteRequest)
+    o = VoteRequest.__new__(VoteRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

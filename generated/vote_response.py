@@ -41,8 +41,6 @@ __all__ = [
     "VoteResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_H: _Final = _Packer(">H")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -230,7 +228,7 @@ _TAGS_NodeEndpoint: _Final[frozenset[int]] = frozenset()
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0-1
-    o = _new(TopicData)
+    o = TopicData.__new__(TopicData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -259,7 +257,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionData)
+            item2 = PartitionData.__new__(PartitionData)
             (
                 item2.partition_index,
                 item2.error_code,
@@ -338,7 +336,7 @@ def _read_tags_VoteResponse_v1(o: VoteResponse, buf: bytes, pos: int) -> int:
                 items1: list[_Any] = []
                 count3 = n
                 for _ in range(count3):
-                    item2 = _new(NodeEndpoint)
+                    item2 = NodeEndpoint.__new__(NodeEndpoint)
                     item2.node_id = _S_i.unpack_from(buf, pos)[0]
                     pos += 4
                     n = buf[pos] - 1
@@ -378,7 +376,7 @@ def _read_tags_VoteResponse_v1(o: VoteResponse, buf: bytes, pos: int) -> int:
 
 def _read_VoteResponse_v0(buf: bytes, pos: int) -> tuple[VoteResponse, int]:
     # versions 0
-    o = _new(VoteResponse)
+    o = VoteResponse.__new__(VoteResponse)
     o.node_endpoints = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -409,7 +407,7 @@ def _read_VoteResponse_v0(buf: bytes, pos: int) -> tuple[VoteResponse, int]:
 
 def _read_VoteResponse_v1(buf: bytes, pos: int) -> tuple[VoteResponse, int]:
     # versions 1
-    o = _new(VoteResponse)
+    o = VoteResponse.__new__(VoteResponse)
     o.node_endpoints = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2

@@ -37,8 +37,6 @@ __all__ = [
     "VotersRecord",
 ]
 
-_new: _Final = object.__new__
-
 _S_H: _Final = _Packer(">H")
 _S_h: _Final = _Packer(">h")
 _S_hh: _Final = _Packer(">hh")
@@ -211,7 +209,7 @@ _TAGS_KRaftVersionFeature: _Final[frozenset[int]] = frozenset()
 
 def _read_KRaftVersionFeature_v0(buf: bytes, pos: int) -> tuple[KRaftVersionFeature, int]:
     # versions 0
-    o = _new(KRaftVersionFeature)
+    o = KRaftVersionFeature.__new__(KRaftVersionFeature)
     o.min_supported_version, o.max_supported_version = _S_hh.unpack_from(buf, pos)
     pos += 4
     if buf[pos]:
@@ -233,7 +231,7 @@ def _write_KRaftVersionFeature_v0(o: KRaftVersionFeature, w: _Writer) -> None:
 
 def _read_Voter_v0(buf: bytes, pos: int) -> tuple[Voter, int]:
     # versions 0
-    o = _new(Voter)
+    o = Voter.__new__(Voter)
     o.voter_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     o.voter_directory_id = _read_uuid(buf, pos)
@@ -252,7 +250,7 @@ def _read_Voter_v0(buf: bytes, pos: int) -> tuple[Voter, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(Endpoint)
+            item2 = Endpoint.__new__(Endpoint)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -329,7 +327,7 @@ def _write_Voter_v0(o: Voter, w: _Writer) -> None:
 
 def _read_VotersRecord_v0(buf: bytes, pos: int) -> tuple[VotersRecord, int]:
     # versions 0
-    o = _new(VotersRecord)
+    o = VotersRecord.__new__(VotersRecord)
     o.version = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1

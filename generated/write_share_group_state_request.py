@@ -37,8 +37,6 @@ __all__ = [
     "WriteStateData",
 ]
 
-_new: _Final = object.__new__
-
 _S_iiiq: _Final = _Packer(">iiiq")
 _S_qqbh: _Final = _Packer(">qqbh")
 
@@ -221,7 +219,7 @@ _TAGS_StateBatch: _Final[frozenset[int]] = frozenset()
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 0
-    o = _new(PartitionData)
+    o = PartitionData.__new__(PartitionData)
     o.partition, o.state_epoch, o.leader_epoch, o.start_offset = _S_iiiq.unpack_from(buf, pos)
     pos += 20
     n = buf[pos] - 1
@@ -238,7 +236,7 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(StateBatch)
+            item2 = StateBatch.__new__(StateBatch)
             item2.first_offset, item2.last_offset, item2.delivery_state, item2.delivery_count = (
                 _S_qqbh.unpack_from(buf, pos)
             )
@@ -282,7 +280,7 @@ def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
 
 def _read_WriteStateData_v0(buf: bytes, pos: int) -> tuple[WriteStateData, int]:
     # versions 0
-    o = _new(WriteStateData)
+    o = WriteStateData.__new__(WriteStateData)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -328,7 +326,7 @@ def _read_WriteShareGroupStateRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[WriteShareGroupStateRequest, int]:
     # versions 0
-    o = _new(WriteShareGroupStateRequest)
+    o = WriteShareGroupStateRequest.__new__(WriteShareGroupStateRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

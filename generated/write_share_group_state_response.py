@@ -36,8 +36,6 @@ __all__ = [
     "WriteStateResult",
 ]
 
-_new: _Final = object.__new__
-
 _S_ih: _Final = _Packer(">ih")
 
 
@@ -154,7 +152,7 @@ _TAGS_PartitionResult: _Final[frozenset[int]] = frozenset()
 
 def _read_WriteStateResult_v0(buf: bytes, pos: int) -> tuple[WriteStateResult, int]:
     # versions 0
-    o = _new(WriteStateResult)
+    o = WriteStateResult.__new__(WriteStateResult)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -171,7 +169,7 @@ def _read_WriteStateResult_v0(buf: bytes, pos: int) -> tuple[WriteStateResult, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(PartitionResult)
+            item2 = PartitionResult.__new__(PartitionResult)
             item2.partition, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             n = buf[pos] - 1
@@ -233,7 +231,7 @@ def _read_WriteShareGroupStateResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[WriteShareGroupStateResponse, int]:
     # versions 0
-    o = _new(WriteShareGroupStateResponse)
+    o = WriteShareGroupStateResponse.__new__(WriteShareGroupStateResponse)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -37,8 +37,6 @@ __all__ = [
     "WriteTxnMarkersRequest",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_qhz: _Final = _Packer(">qh?")
@@ -168,7 +166,7 @@ _TAGS_WritableTxnMarkerTopic: _Final[frozenset[int]] = frozenset()
 
 def _read_WritableTxnMarker_v0(buf: bytes, pos: int) -> tuple[WritableTxnMarker, int]:
     # versions 0
-    o = _new(WritableTxnMarker)
+    o = WritableTxnMarker.__new__(WritableTxnMarker)
     o.producer_id, o.producer_epoch, o.transaction_result = _S_qhz.unpack_from(buf, pos)
     pos += 11
     n = _S_i.unpack_from(buf, pos)[0]
@@ -181,7 +179,7 @@ def _read_WritableTxnMarker_v0(buf: bytes, pos: int) -> tuple[WritableTxnMarker,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(WritableTxnMarkerTopic)
+            item2 = WritableTxnMarkerTopic.__new__(WritableTxnMarkerTopic)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -216,7 +214,7 @@ def _read_WritableTxnMarker_v0(buf: bytes, pos: int) -> tuple[WritableTxnMarker,
 
 def _read_WritableTxnMarker_v1(buf: bytes, pos: int) -> tuple[WritableTxnMarker, int]:
     # versions 1
-    o = _new(WritableTxnMarker)
+    o = WritableTxnMarker.__new__(WritableTxnMarker)
     o.producer_id, o.producer_epoch, o.transaction_result = _S_qhz.unpack_from(buf, pos)
     pos += 11
     n = buf[pos] - 1
@@ -233,7 +231,7 @@ def _read_WritableTxnMarker_v1(buf: bytes, pos: int) -> tuple[WritableTxnMarker,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(WritableTxnMarkerTopic)
+            item2 = WritableTxnMarkerTopic.__new__(WritableTxnMarkerTopic)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -332,7 +330,7 @@ def _write_WritableTxnMarker_v1(o: WritableTxnMarker, w: _Writer) -> None:
 
 def _read_WriteTxnMarkersRequest_v0(buf: bytes, pos: int) -> tuple[WriteTxnMarkersRequest, int]:
     # versions 0
-    o = _new(WriteTxnMarkersRequest)
+    o = WriteTxnMarkersRequest.__new__(WriteTxnMarkersRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -352,7 +350,7 @@ def _read_WriteTxnMarkersRequest_v0(buf: bytes, pos: int) -> tuple[WriteTxnMarke
 
 def _read_WriteTxnMarkersRequest_v1(buf: bytes, pos: int) -> tuple[WriteTxnMarkersRequest, int]:
     # versions 1
-    o = _new(WriteTxnMarkersRequest)
+    o = WriteTxnMarkersRequest.__new__(WriteTxnMarkersRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

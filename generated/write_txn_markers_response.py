@@ -35,8 +35,6 @@ __all__ = [
     "WriteTxnMarkersResponse",
 ]
 
-_new: _Final = object.__new__
-
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -176,7 +174,7 @@ def _read_WritableTxnMarkerTopicResult_v0(
     buf: bytes, pos: int
 ) -> tuple[WritableTxnMarkerTopicResult, int]:
     # versions 0
-    o = _new(WritableTxnMarkerTopicResult)
+    o = WritableTxnMarkerTopicResult.__new__(WritableTxnMarkerTopicResult)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -197,7 +195,7 @@ def _read_WritableTxnMarkerTopicResult_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(WritableTxnMarkerPartitionResult)
+            item2 = WritableTxnMarkerPartitionResult.__new__(WritableTxnMarkerPartitionResult)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             item2._unknown_tags = None
@@ -211,7 +209,7 @@ def _read_WritableTxnMarkerTopicResult_v1(
     buf: bytes, pos: int
 ) -> tuple[WritableTxnMarkerTopicResult, int]:
     # versions 1
-    o = _new(WritableTxnMarkerTopicResult)
+    o = WritableTxnMarkerTopicResult.__new__(WritableTxnMarkerTopicResult)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -240,7 +238,7 @@ def _read_WritableTxnMarkerTopicResult_v1(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(WritableTxnMarkerPartitionResult)
+            item2 = WritableTxnMarkerPartitionResult.__new__(WritableTxnMarkerPartitionResult)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             if buf[pos]:
@@ -300,7 +298,7 @@ def _write_WritableTxnMarkerTopicResult_v1(o: WritableTxnMarkerTopicResult, w: _
 
 def _read_WritableTxnMarkerResult_v0(buf: bytes, pos: int) -> tuple[WritableTxnMarkerResult, int]:
     # versions 0
-    o = _new(WritableTxnMarkerResult)
+    o = WritableTxnMarkerResult.__new__(WritableTxnMarkerResult)
     o.producer_id = _S_q.unpack_from(buf, pos)[0]
     pos += 8
     n = _S_i.unpack_from(buf, pos)[0]
@@ -322,7 +320,7 @@ def _read_WritableTxnMarkerResult_v0(buf: bytes, pos: int) -> tuple[WritableTxnM
 
 def _read_WritableTxnMarkerResult_v1(buf: bytes, pos: int) -> tuple[WritableTxnMarkerResult, int]:
     # versions 1
-    o = _new(WritableTxnMarkerResult)
+    o = WritableTxnMarkerResult.__new__(WritableTxnMarkerResult)
     o.producer_id = _S_q.unpack_from(buf, pos)[0]
     pos += 8
     n = buf[pos] - 1
@@ -378,7 +376,7 @@ def _write_WritableTxnMarkerResult_v1(o: WritableTxnMarkerResult, w: _Writer) ->
 
 def _read_WriteTxnMarkersResponse_v0(buf: bytes, pos: int) -> tuple[WriteTxnMarkersResponse, int]:
     # versions 0
-    o = _new(WriteTxnMarkersResponse)
+    o = WriteTxnMarkersResponse.__new__(WriteTxnMarkersResponse)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -398,7 +396,7 @@ def _read_WriteTxnMarkersResponse_v0(buf: bytes, pos: int) -> tuple[WriteTxnMark
 
 def _read_WriteTxnMarkersResponse_v1(buf: bytes, pos: int) -> tuple[WriteTxnMarkersResponse, int]:
     # versions 1
-    o = _new(WriteTxnMarkersResponse)
+    o = WriteTxnMarkersResponse.__new__(WriteTxnMarkersResponse)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -49,7 +49,13 @@ def test_pure_modules_by_default() -> None:
 
 def fake_build(tmp_path: Path, sources: dict[str, str]) -> Path:
     (tmp_path / accelerated.MANIFEST).write_text(
-        json.dumps({"interpreter": accelerated.interpreter_tag(), "sources": sources})
+        json.dumps(
+            {
+                "interpreter": accelerated.interpreter_tag(),
+                "generator": accelerated.generator_hash(),
+                "sources": sources,
+            }
+        )
     )
     return tmp_path
 
@@ -73,6 +79,18 @@ def test_stale_build_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True", "True"]
     assert "stale" in done.stderr
+
+
+def test_build_older_than_the_generator_is_refused(tmp_path: Path) -> None:
+    """The compiled flavor of the generated modules comes from codegen/: a build made before
+    codegen/ (or the pinned definitions) changed is stale, whatever the committed files say."""
+    module = "generated.metadata_response"
+    build = fake_build(tmp_path, {module: accelerated.source_hash(module)})
+    manifest = json.loads((build / accelerated.MANIFEST).read_text())
+    manifest["generator"] = "0" * 64
+    (build / accelerated.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="older than codegen"):
+        accelerated.check(build)
 
 
 def test_build_for_another_interpreter_is_refused(tmp_path: Path) -> None:
@@ -113,8 +131,11 @@ def test_pure_copy_decodes_the_same() -> None:
 
     pure = accelerated.load_pure("generated.metadata_response")
     assert pure.__file__ is not None and pure.__file__.endswith(".py")
-    wire = sys.modules["_kafscale_pure.kafscale.protocol.wire"]
-    assert wire.__file__ is not None and wire.__file__.endswith(".py")
+    for shared in ("wire", "message"):
+        copy = sys.modules[f"_kafscale_pure.kafscale.protocol.{shared}"]
+        assert copy.__file__ is not None and copy.__file__.endswith(".py")
+    base = pure.MetadataResponse.__mro__[-3]  # Message
+    assert base.__module__ == "_kafscale_pure.kafscale.protocol.message"
     msg = pure.MetadataResponse(
         brokers=[pure.MetadataResponseBroker(node_id=1, host="h", port=9092)],
         topics=[
@@ -128,3 +149,43 @@ def test_pure_copy_decodes_the_same() -> None:
     again = imported.MetadataResponse.decode(data, 12)
     assert again.encode(12) == data
     assert pure.MetadataResponse.decode(data, 12) == msg
+
+
+def test_compiled_flavor_reads_what_the_committed_modules_read(tmp_path: Path) -> None:
+    """codegen's flavor for mypyc (what scripts/accelerate compiles), run here as plain Python:
+    every golden message of the compiled modules decodes to equal values and re-encodes to the
+    same bytes, and each truncation of it is refused with the same located error."""
+    import importlib.util
+
+    from codegen.render import render_native
+    from kafscale.protocol.errors import ProtocolError
+    from tests.golden import all_golden
+
+    names = [m.split(".", 1)[1] for m in accelerated.MODULES if m.startswith("generated.")]
+    flavors = {}
+    for name, text in render_native(names).items():
+        path = tmp_path / f"{name}.py"
+        path.write_text(text)
+        spec = importlib.util.spec_from_file_location(f"_kafscale_native.{name}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        flavors[f"generated.{name}"] = module
+    checked = set()
+    for golden in all_golden():
+        committed = golden.cls
+        if committed.__module__ not in flavors:
+            continue
+        native = getattr(flavors[committed.__module__], committed.__name__)
+        got = native.decode(golden.data, golden.version)
+        assert got.to_dict() == committed.decode(golden.data, golden.version).to_dict()
+        assert got.encode(golden.version) == golden.data
+        for cut in range(0, len(golden.data), max(1, len(golden.data) // 16)):
+            errors = []
+            for cls in (native, committed):
+                with pytest.raises(ProtocolError) as refused:
+                    cls.decode(golden.data[:cut], golden.version)
+                errors.append(str(refused.value))
+            assert errors[0] == errors[1], golden.id
+        checked.add(committed.__module__)
+    assert checked == set(flavors), set(flavors) - checked  # every compiled codec was exercised

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from generated import registry
-from kafscale.protocol import wire
+from kafscale.protocol import accelerated, wire
 from kafscale.protocol.errors import ProtocolError
 from kafscale.protocol.message import Message
 from kafscale.protocol.reference import reference_read, reference_write
@@ -63,6 +63,18 @@ def encode_refused(obj: Message, version: int) -> ProtocolError:
     ref = refused(lambda: reference_write(obj, version))
     assert ref.field == error.field
     return error
+
+
+def assigned(obj: Any, attr: str, value: object) -> bool:
+    """Set an ill-typed value for the encoder to refuse. A native class of the compiled build
+    (``KAFSCALE_ACCELERATE``) refuses it at once with TypeError, as mypy does statically: then
+    False (nothing to encode)."""
+    if accelerated.active and type(obj).__module__ in accelerated.MODULES:
+        with pytest.raises(TypeError):
+            setattr(obj, attr, value)
+        return False
+    setattr(obj, attr, value)
+    return True
 
 
 # --- truncation and trailing bytes ------------------------------------------------------------
@@ -495,18 +507,17 @@ def test_ignorable_field_is_dropped() -> None:
 )
 def test_none_in_non_nullable_field(name: str, version: int, attr: str, field: str) -> None:
     obj = cls_of(name)()
-    setattr(obj, attr, None)
-    error = encode_refused(obj, version)
-    assert error.field == field
+    if assigned(obj, attr, None):
+        error = encode_refused(obj, version)
+        assert error.field == field
 
 
 @pytest.mark.parametrize("value", [None, 2, "x"])
 def test_non_bool_in_bool_field(value: object) -> None:
     obj = cls_of("MetadataRequest")()
-    # Set, not passed: a compiled build's constructor refuses it already (TypeError).
-    obj.allow_auto_topic_creation = value
-    error = encode_refused(obj, 4)
-    assert error.field == "AllowAutoTopicCreation"
+    if assigned(obj, "allow_auto_topic_creation", value):
+        error = encode_refused(obj, 4)
+        assert error.field == "AllowAutoTopicCreation"
 
 
 @pytest.mark.parametrize(

@@ -21,8 +21,6 @@ __all__ = [
     "SegmentFooter",
 ]
 
-_new: _Final = object.__new__
-
 _S_IqI: _Final = _Packer(">IqI")
 
 
@@ -73,7 +71,7 @@ class SegmentFooter(_Message):
 
 def _read_SegmentFooter_v0(buf: bytes, pos: int) -> tuple[SegmentFooter, int]:
     # versions 0
-    o = _new(SegmentFooter)
+    o = SegmentFooter.__new__(SegmentFooter)
     o.crc, o.last_offset, o.magic = _S_IqI.unpack_from(buf, pos)
     pos += 16
     o._unknown_tags = None

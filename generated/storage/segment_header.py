@@ -21,8 +21,6 @@ __all__ = [
     "SegmentHeader",
 ]
 
-_new: _Final = object.__new__
-
 _S_Ihhqiqi: _Final = _Packer(">Ihhqiqi")
 
 
@@ -105,7 +103,7 @@ class SegmentHeader(_Message):
 
 def _read_SegmentHeader_v0(buf: bytes, pos: int) -> tuple[SegmentHeader, int]:
     # versions 0
-    o = _new(SegmentHeader)
+    o = SegmentHeader.__new__(SegmentHeader)
     o.magic, o.version, o.flags, o.base_offset, o.message_count, o.created_ms, o.reserved = (
         _S_Ihhqiqi.unpack_from(buf, pos)
     )

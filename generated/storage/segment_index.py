@@ -28,8 +28,6 @@ __all__ = [
     "SegmentIndex",
 ]
 
-_new: _Final = object.__new__
-
 _S_Iiqqqi: _Final = _Packer(">Iiqqqi")
 _S_i: _Final = _Packer(">i")
 _S_qiq: _Final = _Packer(">qiq")
@@ -153,7 +151,7 @@ class SegmentIndex(_Message):
 
 def _read_SegmentIndex_v0(buf: bytes, pos: int) -> tuple[SegmentIndex, int]:
     # versions 0
-    o = _new(SegmentIndex)
+    o = SegmentIndex.__new__(SegmentIndex)
     o.magic, o.interval, o.base_offset, o.last_offset, o.max_timestamp, o.batches_end = (
         _S_Iiqqqi.unpack_from(buf, pos)
     )
@@ -168,7 +166,7 @@ def _read_SegmentIndex_v0(buf: bytes, pos: int) -> tuple[SegmentIndex, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = _new(IndexEntry)
+            item2 = IndexEntry.__new__(IndexEntry)
             item2.offset, item2.position, item2.max_timestamp = _S_qiq.unpack_from(buf, pos)
             pos += 20
             item2._unknown_tags = None

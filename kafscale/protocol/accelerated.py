@@ -40,6 +40,7 @@ DIR_ENV = "KAFSCALE_ACCELERATED_DIR"
 
 MODULES: tuple[str, ...] = (
     "kafscale.protocol.wire",
+    "kafscale.protocol.message",
     "generated.request_header",
     "generated.response_header",
     "generated.produce_request",
@@ -52,7 +53,14 @@ MODULES: tuple[str, ...] = (
     "generated.api_versions_response",
 )
 """What ``scripts/accelerate`` compiles: the broker's per-request codecs (headers, Produce,
-Fetch, Metadata, ApiVersions), the benchmarked messages, and the wire primitives they call."""
+Fetch, Metadata, ApiVersions), the benchmarked messages, the wire primitives they call and the
+base classes of every generated class (native classes, so that the compiled codecs' classes can
+be native too). The ``generated`` ones are compiled in the flavor ``codegen`` renders for mypyc
+(:func:`codegen.render.render_native`), from the same definitions as the committed modules."""
+
+GENERATOR = ("codegen", "protocol_specs/kafka-specs.lock.json")
+"""What else the compiled flavor of the generated modules comes from: the generator and the
+pinned definitions (their checksums). A build older than any of it is stale."""
 
 GROUP = "kafscale.protocol._accelerated"
 """mypyc's group name: its shared library is the module ``GROUP + "__mypyc"``."""
@@ -80,6 +88,20 @@ def source_hash(module: str) -> str:
     return hashlib.sha256(source_path(module).read_bytes()).hexdigest()
 
 
+def generator_hash() -> str:
+    """sha256 over :data:`GENERATOR`'s files (paths and contents, in path order)."""
+    digest = hashlib.sha256()
+    for entry in GENERATOR:
+        path = ROOT / entry
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            if "__pycache__" in file.parts:
+                continue
+            digest.update(file.relative_to(ROOT).as_posix().encode() + b"\0")
+            digest.update(file.read_bytes() if file.exists() else b"(missing)")
+    return digest.hexdigest()
+
+
 def interpreter_tag() -> str:
     """What a compiled module is bound to: implementation, version and ABI."""
     return f"{sys.implementation.cache_tag}-{sysconfig.get_config_var('EXT_SUFFIX')}"
@@ -105,6 +127,8 @@ def check(directory: Path | None = None) -> dict[str, Path]:
             f"the accelerated build is for {manifest.get('interpreter')}, this is "
             f"{interpreter_tag()} (run scripts/accelerate)"
         )
+    if manifest.get("generator") != generator_hash():
+        raise ValueError("the accelerated build is older than codegen/ (run scripts/accelerate)")
     sources: dict[str, str] = manifest.get("sources", {})
     files: dict[str, Path] = {}
     for module, digest in sorted(sources.items()):
@@ -163,22 +187,26 @@ def install() -> None:
 
 
 def load_pure(module: str) -> ModuleType:
-    """A private pure-Python copy of a generated module (and of the wire primitives it calls),
-    whatever this process uses: the codec benchmark times both builds in one run."""
+    """A private pure-Python copy of a generated module (and of the wire primitives and base
+    classes it uses), whatever this process uses: the codec benchmark times both builds in one
+    run."""
     name = f"_kafscale_pure.{module}"
     if name in sys.modules:
         return sys.modules[name]
-    wire_name = "_kafscale_pure.kafscale.protocol.wire"
-    wire = sys.modules.get(wire_name) or _exec_copy(wire_name, "kafscale.protocol.wire")
-    saved = sys.modules.get("kafscale.protocol.wire")
-    sys.modules["kafscale.protocol.wire"] = wire  # what the copy's imports bind to
+    shared = ("kafscale.protocol.wire", "kafscale.protocol.message")  # in import order
+    saved = {m: sys.modules.get(m) for m in shared}
     try:
+        for m in shared:  # each copy's imports bind to the copies before it
+            sys.modules[m] = sys.modules.get(f"_kafscale_pure.{m}") or _exec_copy(
+                f"_kafscale_pure.{m}", m
+            )
         return _exec_copy(name, module)
     finally:
-        if saved is None:
-            del sys.modules["kafscale.protocol.wire"]
-        else:
-            sys.modules["kafscale.protocol.wire"] = saved
+        for m, previous in saved.items():
+            if previous is None:
+                del sys.modules[m]
+            else:
+                sys.modules[m] = previous
 
 
 def _exec_copy(name: str, module: str) -> ModuleType:

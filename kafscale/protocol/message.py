@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
+from mypy_extensions import mypyc_attr
+
 from kafscale.protocol.errors import ProtocolError
 from kafscale.protocol.wire import Buffer, UnknownTags, Writer
 
@@ -78,6 +80,9 @@ def in_range(version: int, r: VersionRange | None) -> bool:
     return r is not None and r[0] <= version <= r[1]
 
 
+# Compiled (scripts/accelerate), these are native classes: the compiled codecs' classes are
+# native subclasses (direct field stores), the other generated modules' interpreted ones.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Struct:
     """Base of every generated struct class: equality, repr and JSON-friendly dicts."""
 
@@ -129,6 +134,7 @@ class Struct:
         return obj
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Message(Struct):
     """Base of the top-level generated classes (requests, responses, headers, data)."""
 
