@@ -189,3 +189,24 @@ def test_compiled_flavor_reads_what_the_committed_modules_read(tmp_path: Path) -
             assert errors[0] == errors[1], golden.id
         checked.add(committed.__module__)
     assert checked == set(flavors), set(flavors) - checked  # every compiled codec was exercised
+
+
+def test_messages_copy_and_are_unhashable() -> None:
+    """Compiled (native classes) or not, messages copy and pickle (the ACL rules narrow a copy
+    of a request) and are unhashable (mutable), as the pure classes are."""
+    import copy
+    import pickle
+
+    from generated.create_topics_request import CreatableTopic, CreateTopicsRequest
+    from generated.metadata_response import MetadataResponse, MetadataResponseTopic
+
+    for msg in (
+        MetadataResponse(topics=[MetadataResponseTopic(name="t")], cluster_id="c"),
+        CreateTopicsRequest(topics=[CreatableTopic(name="t", num_partitions=3)]),
+    ):
+        shallow, deep = copy.copy(msg), copy.deepcopy(msg)
+        assert shallow == msg and deep == msg and shallow is not msg
+        assert shallow.topics is msg.topics and deep.topics is not msg.topics
+        assert pickle.loads(pickle.dumps(msg)) == msg
+        with pytest.raises(TypeError, match="unhashable"):
+            hash(msg)

@@ -99,7 +99,19 @@ class Struct:
             return False
         return all(getattr(self, f.name) == getattr(other, f.name) for f in self._fields)
 
-    __hash__ = None  # type: ignore[assignment]  # mutable
+    # No "__hash__ = None": __eq__ alone makes the class unhashable (mutable), and compiled
+    # (native), such an assignment is taken for a field that copy.copy then cannot restore.
+
+    # copy and pickle: the fields by name. Compiled, the state mypyc would give an interpreted
+    # subclass holds only the base's own attribute (_unknown_tags).
+    def __getstate__(self) -> dict[str, Any]:
+        state = {f.name: getattr(self, f.name) for f in self._fields}
+        state["_unknown_tags"] = self._unknown_tags
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in self._fields)
@@ -117,8 +129,9 @@ class Struct:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], path: str = "") -> Any:
-        """Inverse of :meth:`to_dict`; missing keys take their defaults."""
+    def from_dict(cls, data: Any, path: str = "") -> Any:
+        """Inverse of :meth:`to_dict`; missing keys take their defaults. ``data`` is any JSON
+        value (not ``dict``: compiled, an annotation is checked before the body says why)."""
         if not isinstance(data, dict):
             raise ProtocolError(f"expected a JSON object, got {type(data).__name__}", field=path)
         obj = cls()
