@@ -168,9 +168,7 @@ class ReadEmitter:
     def struct_into(self, b: Body, s: Struct, v: int, o: str) -> None:
         """Read struct ``s`` into a new object bound to the local ``o``."""
         flexible = v in self.msg.flexible
-        # Struct.__new__, not object.__new__: compiled, Struct is a native class whose own
-        # __new__ allocates its interpreted subclasses.
-        b(f"{o} = {s.name}.__new__({s.name})")
+        b(f"{o} = {'_new_message' if s is self.msg.root else '_new'}({s.name})")
         for f in s.fields:
             if not f.present(v) or (flexible and f.is_tagged(v)):
                 b(f"{o}.{f.py_name} = {default_expr(f)}")

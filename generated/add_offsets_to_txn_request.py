@@ -15,6 +15,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -27,6 +28,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "AddOffsetsToTxnRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_h: _Final = _Packer(">h")
 _S_qh: _Final = _Packer(">qh")
@@ -99,7 +105,7 @@ _TAGS_AddOffsetsToTxnRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_AddOffsetsToTxnRequest_v0(buf: bytes, pos: int) -> tuple[AddOffsetsToTxnRequest, int]:
     # versions 0-2
-    o = AddOffsetsToTxnRequest.__new__(AddOffsetsToTxnRequest)
+    o = _new_message(AddOffsetsToTxnRequest)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -128,7 +134,7 @@ def _read_AddOffsetsToTxnRequest_v0(buf: bytes, pos: int) -> tuple[AddOffsetsToT
 
 def _read_AddOffsetsToTxnRequest_v3(buf: bytes, pos: int) -> tuple[AddOffsetsToTxnRequest, int]:
     # versions 3-4
-    o = AddOffsetsToTxnRequest.__new__(AddOffsetsToTxnRequest)
+    o = _new_message(AddOffsetsToTxnRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -37,6 +37,11 @@ __all__ = [
     "AddPartitionsToTxnTransaction",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_qh: _Final = _Packer(">qh")
@@ -214,7 +219,7 @@ def _read_AddPartitionsToTxnTransaction_v4(
     buf: bytes, pos: int
 ) -> tuple[AddPartitionsToTxnTransaction, int]:
     # versions 4-5
-    o = AddPartitionsToTxnTransaction.__new__(AddPartitionsToTxnTransaction)
+    o = _new(AddPartitionsToTxnTransaction)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -245,7 +250,7 @@ def _read_AddPartitionsToTxnTransaction_v4(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AddPartitionsToTxnTopic.__new__(AddPartitionsToTxnTopic)
+            item2 = _new(AddPartitionsToTxnTopic)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -327,7 +332,7 @@ def _read_AddPartitionsToTxnRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[AddPartitionsToTxnRequest, int]:
     # versions 0-2
-    o = AddPartitionsToTxnRequest.__new__(AddPartitionsToTxnRequest)
+    o = _new_message(AddPartitionsToTxnRequest)
     o.transactions = []
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -351,7 +356,7 @@ def _read_AddPartitionsToTxnRequest_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AddPartitionsToTxnTopic.__new__(AddPartitionsToTxnTopic)
+            item2 = _new(AddPartitionsToTxnTopic)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -386,7 +391,7 @@ def _read_AddPartitionsToTxnRequest_v3(
     buf: bytes, pos: int
 ) -> tuple[AddPartitionsToTxnRequest, int]:
     # versions 3
-    o = AddPartitionsToTxnRequest.__new__(AddPartitionsToTxnRequest)
+    o = _new_message(AddPartitionsToTxnRequest)
     o.transactions = []
     n = buf[pos] - 1
     if n < 127:
@@ -418,7 +423,7 @@ def _read_AddPartitionsToTxnRequest_v3(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AddPartitionsToTxnTopic.__new__(AddPartitionsToTxnTopic)
+            item2 = _new(AddPartitionsToTxnTopic)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -471,7 +476,7 @@ def _read_AddPartitionsToTxnRequest_v4(
     buf: bytes, pos: int
 ) -> tuple[AddPartitionsToTxnRequest, int]:
     # versions 4-5
-    o = AddPartitionsToTxnRequest.__new__(AddPartitionsToTxnRequest)
+    o = _new_message(AddPartitionsToTxnRequest)
     o.v3_and_below_transactional_id = ""
     o.v3_and_below_producer_id = 0
     o.v3_and_below_producer_epoch = 0

@@ -35,6 +35,11 @@ __all__ = [
     "AddPartitionsToTxnTopicResult",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -215,7 +220,7 @@ def _read_AddPartitionsToTxnTopicResult_v0(
     buf: bytes, pos: int
 ) -> tuple[AddPartitionsToTxnTopicResult, int]:
     # versions 0-2
-    o = AddPartitionsToTxnTopicResult.__new__(AddPartitionsToTxnTopicResult)
+    o = _new(AddPartitionsToTxnTopicResult)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -236,7 +241,7 @@ def _read_AddPartitionsToTxnTopicResult_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AddPartitionsToTxnPartitionResult.__new__(AddPartitionsToTxnPartitionResult)
+            item2 = _new(AddPartitionsToTxnPartitionResult)
             item2.partition_index, item2.partition_error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             item2._unknown_tags = None
@@ -250,7 +255,7 @@ def _read_AddPartitionsToTxnTopicResult_v3(
     buf: bytes, pos: int
 ) -> tuple[AddPartitionsToTxnTopicResult, int]:
     # versions 3-5
-    o = AddPartitionsToTxnTopicResult.__new__(AddPartitionsToTxnTopicResult)
+    o = _new(AddPartitionsToTxnTopicResult)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -279,7 +284,7 @@ def _read_AddPartitionsToTxnTopicResult_v3(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AddPartitionsToTxnPartitionResult.__new__(AddPartitionsToTxnPartitionResult)
+            item2 = _new(AddPartitionsToTxnPartitionResult)
             item2.partition_index, item2.partition_error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             if buf[pos]:
@@ -339,7 +344,7 @@ def _write_AddPartitionsToTxnTopicResult_v3(o: AddPartitionsToTxnTopicResult, w:
 
 def _read_AddPartitionsToTxnResult_v4(buf: bytes, pos: int) -> tuple[AddPartitionsToTxnResult, int]:
     # versions 4-5
-    o = AddPartitionsToTxnResult.__new__(AddPartitionsToTxnResult)
+    o = _new(AddPartitionsToTxnResult)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -400,7 +405,7 @@ def _read_AddPartitionsToTxnResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[AddPartitionsToTxnResponse, int]:
     # versions 0-2
-    o = AddPartitionsToTxnResponse.__new__(AddPartitionsToTxnResponse)
+    o = _new_message(AddPartitionsToTxnResponse)
     o.error_code = 0
     o.results_by_transaction = []
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
@@ -426,7 +431,7 @@ def _read_AddPartitionsToTxnResponse_v3(
     buf: bytes, pos: int
 ) -> tuple[AddPartitionsToTxnResponse, int]:
     # versions 3
-    o = AddPartitionsToTxnResponse.__new__(AddPartitionsToTxnResponse)
+    o = _new_message(AddPartitionsToTxnResponse)
     o.error_code = 0
     o.results_by_transaction = []
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
@@ -460,7 +465,7 @@ def _read_AddPartitionsToTxnResponse_v4(
     buf: bytes, pos: int
 ) -> tuple[AddPartitionsToTxnResponse, int]:
     # versions 4-5
-    o = AddPartitionsToTxnResponse.__new__(AddPartitionsToTxnResponse)
+    o = _new_message(AddPartitionsToTxnResponse)
     o.results_by_topic_v3_and_below = []
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6

@@ -35,6 +35,11 @@ __all__ = [
     "Listener",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_H: _Final = _Packer(">H")
 _S_ii: _Final = _Packer(">ii")
 
@@ -145,7 +150,7 @@ _TAGS_Listener: _Final[frozenset[int]] = frozenset()
 
 def _read_AddRaftVoterRequest_v0(buf: bytes, pos: int) -> tuple[AddRaftVoterRequest, int]:
     # versions 0
-    o = AddRaftVoterRequest.__new__(AddRaftVoterRequest)
+    o = _new_message(AddRaftVoterRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -178,7 +183,7 @@ def _read_AddRaftVoterRequest_v0(buf: bytes, pos: int) -> tuple[AddRaftVoterRequ
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = Listener.__new__(Listener)
+            item2 = _new(Listener)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -14,6 +14,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -21,6 +22,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "AllocateProducerIdsRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_iq: _Final = _Packer(">iq")
 
@@ -69,7 +75,7 @@ def _read_AllocateProducerIdsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[AllocateProducerIdsRequest, int]:
     # versions 0
-    o = AllocateProducerIdsRequest.__new__(AllocateProducerIdsRequest)
+    o = _new_message(AllocateProducerIdsRequest)
     o.broker_id, o.broker_epoch = _S_iq.unpack_from(buf, pos)
     pos += 12
     if buf[pos]:

@@ -14,6 +14,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -21,6 +22,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "AllocateProducerIdsResponse",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_ihqi: _Final = _Packer(">ihqi")
 
@@ -85,7 +91,7 @@ def _read_AllocateProducerIdsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[AllocateProducerIdsResponse, int]:
     # versions 0
-    o = AllocateProducerIdsResponse.__new__(AllocateProducerIdsResponse)
+    o = _new_message(AllocateProducerIdsResponse)
     o.throttle_time_ms, o.error_code, o.producer_id_start, o.producer_id_len = _S_ihqi.unpack_from(
         buf, pos
     )

@@ -36,6 +36,11 @@ __all__ = [
     "OpData",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_dz: _Final = _Packer(">d?")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -191,7 +196,7 @@ _TAGS_OpData: _Final[frozenset[int]] = frozenset()
 
 def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
     # versions 0
-    o = EntryData.__new__(EntryData)
+    o = _new(EntryData)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -202,7 +207,7 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = EntityData.__new__(EntityData)
+            item2 = _new(EntityData)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -238,7 +243,7 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = OpData.__new__(OpData)
+            item5 = _new(OpData)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -260,7 +265,7 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
 
 def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
     # versions 1
-    o = EntryData.__new__(EntryData)
+    o = _new(EntryData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -275,7 +280,7 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = EntityData.__new__(EntityData)
+            item2 = _new(EntityData)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -325,7 +330,7 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = OpData.__new__(OpData)
+            item5 = _new(OpData)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -435,7 +440,7 @@ def _write_EntryData_v1(o: EntryData, w: _Writer) -> None:
 
 def _read_AlterClientQuotasRequest_v0(buf: bytes, pos: int) -> tuple[AlterClientQuotasRequest, int]:
     # versions 0
-    o = AlterClientQuotasRequest.__new__(AlterClientQuotasRequest)
+    o = _new_message(AlterClientQuotasRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -457,7 +462,7 @@ def _read_AlterClientQuotasRequest_v0(buf: bytes, pos: int) -> tuple[AlterClient
 
 def _read_AlterClientQuotasRequest_v1(buf: bytes, pos: int) -> tuple[AlterClientQuotasRequest, int]:
     # versions 1
-    o = AlterClientQuotasRequest.__new__(AlterClientQuotasRequest)
+    o = _new_message(AlterClientQuotasRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

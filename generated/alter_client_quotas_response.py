@@ -34,6 +34,11 @@ __all__ = [
     "EntryData",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -155,7 +160,7 @@ _TAGS_EntityData: _Final[frozenset[int]] = frozenset()
 
 def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
     # versions 0
-    o = EntryData.__new__(EntryData)
+    o = _new(EntryData)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_h.unpack_from(buf, pos)[0]
@@ -180,7 +185,7 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = EntityData.__new__(EntityData)
+            item2 = _new(EntityData)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -212,7 +217,7 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
 
 def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
     # versions 1
-    o = EntryData.__new__(EntryData)
+    o = _new(EntryData)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -243,7 +248,7 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = EntityData.__new__(EntityData)
+            item2 = _new(EntityData)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -361,7 +366,7 @@ def _read_AlterClientQuotasResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[AlterClientQuotasResponse, int]:
     # versions 0
-    o = AlterClientQuotasResponse.__new__(AlterClientQuotasResponse)
+    o = _new_message(AlterClientQuotasResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -385,7 +390,7 @@ def _read_AlterClientQuotasResponse_v1(
     buf: bytes, pos: int
 ) -> tuple[AlterClientQuotasResponse, int]:
     # versions 1
-    o = AlterClientQuotasResponse.__new__(AlterClientQuotasResponse)
+    o = _new_message(AlterClientQuotasResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

@@ -35,6 +35,11 @@ __all__ = [
     "AlterableConfig",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_b: _Final = _Packer(">b")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -159,7 +164,7 @@ _TAGS_AlterableConfig: _Final[frozenset[int]] = frozenset()
 
 def _read_AlterConfigsResource_v0(buf: bytes, pos: int) -> tuple[AlterConfigsResource, int]:
     # versions 0-1
-    o = AlterConfigsResource.__new__(AlterConfigsResource)
+    o = _new(AlterConfigsResource)
     o.resource_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -182,7 +187,7 @@ def _read_AlterConfigsResource_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AlterableConfig.__new__(AlterableConfig)
+            item2 = _new(AlterableConfig)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -214,7 +219,7 @@ def _read_AlterConfigsResource_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRes
 
 def _read_AlterConfigsResource_v2(buf: bytes, pos: int) -> tuple[AlterConfigsResource, int]:
     # versions 2
-    o = AlterConfigsResource.__new__(AlterConfigsResource)
+    o = _new(AlterConfigsResource)
     o.resource_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
     n = buf[pos] - 1
@@ -245,7 +250,7 @@ def _read_AlterConfigsResource_v2(buf: bytes, pos: int) -> tuple[AlterConfigsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AlterableConfig.__new__(AlterableConfig)
+            item2 = _new(AlterableConfig)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -353,7 +358,7 @@ def _write_AlterConfigsResource_v2(o: AlterConfigsResource, w: _Writer) -> None:
 
 def _read_AlterConfigsRequest_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRequest, int]:
     # versions 0-1
-    o = AlterConfigsRequest.__new__(AlterConfigsRequest)
+    o = _new_message(AlterConfigsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -375,7 +380,7 @@ def _read_AlterConfigsRequest_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRequ
 
 def _read_AlterConfigsRequest_v2(buf: bytes, pos: int) -> tuple[AlterConfigsRequest, int]:
     # versions 2
-    o = AlterConfigsRequest.__new__(AlterConfigsRequest)
+    o = _new_message(AlterConfigsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -33,6 +33,11 @@ __all__ = [
     "AlterConfigsResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_b: _Final = _Packer(">b")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -132,7 +137,7 @@ _TAGS_AlterConfigsResourceResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_AlterConfigsResponse_v0(buf: bytes, pos: int) -> tuple[AlterConfigsResponse, int]:
     # versions 0-1
-    o = AlterConfigsResponse.__new__(AlterConfigsResponse)
+    o = _new_message(AlterConfigsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -145,7 +150,7 @@ def _read_AlterConfigsResponse_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AlterConfigsResourceResponse.__new__(AlterConfigsResourceResponse)
+            item2 = _new(AlterConfigsResourceResponse)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             n = _S_h.unpack_from(buf, pos)[0]
@@ -181,7 +186,7 @@ def _read_AlterConfigsResponse_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRes
 
 def _read_AlterConfigsResponse_v2(buf: bytes, pos: int) -> tuple[AlterConfigsResponse, int]:
     # versions 2
-    o = AlterConfigsResponse.__new__(AlterConfigsResponse)
+    o = _new_message(AlterConfigsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -198,7 +203,7 @@ def _read_AlterConfigsResponse_v2(buf: bytes, pos: int) -> tuple[AlterConfigsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AlterConfigsResourceResponse.__new__(AlterConfigsResourceResponse)
+            item2 = _new(AlterConfigsResourceResponse)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             n = buf[pos] - 1

@@ -35,6 +35,11 @@ __all__ = [
     "ReassignableTopic",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_i: _Final = _Packer(">i")
 _A_i: _Final = _small_arrays("i", 32)
 
@@ -145,7 +150,7 @@ _TAGS_ReassignablePartition: _Final[frozenset[int]] = frozenset()
 
 def _read_ReassignableTopic_v0(buf: bytes, pos: int) -> tuple[ReassignableTopic, int]:
     # versions 0
-    o = ReassignableTopic.__new__(ReassignableTopic)
+    o = _new(ReassignableTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -174,7 +179,7 @@ def _read_ReassignableTopic_v0(buf: bytes, pos: int) -> tuple[ReassignableTopic,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ReassignablePartition.__new__(ReassignablePartition)
+            item2 = _new(ReassignablePartition)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -242,7 +247,7 @@ def _read_AlterPartitionReassignmentsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[AlterPartitionReassignmentsRequest, int]:
     # versions 0
-    o = AlterPartitionReassignmentsRequest.__new__(AlterPartitionReassignmentsRequest)
+    o = _new_message(AlterPartitionReassignmentsRequest)
     o.timeout_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

@@ -33,6 +33,11 @@ __all__ = [
     "ReassignableTopicResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_ih: _Final = _Packer(">ih")
 
 
@@ -168,7 +173,7 @@ def _read_ReassignableTopicResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ReassignableTopicResponse, int]:
     # versions 0
-    o = ReassignableTopicResponse.__new__(ReassignableTopicResponse)
+    o = _new(ReassignableTopicResponse)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -197,7 +202,7 @@ def _read_ReassignableTopicResponse_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ReassignablePartitionResponse.__new__(ReassignablePartitionResponse)
+            item2 = _new(ReassignablePartitionResponse)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             n = buf[pos] - 1
@@ -264,7 +269,7 @@ def _read_AlterPartitionReassignmentsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[AlterPartitionReassignmentsResponse, int]:
     # versions 0
-    o = AlterPartitionReassignmentsResponse.__new__(AlterPartitionReassignmentsResponse)
+    o = _new_message(AlterPartitionReassignmentsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

@@ -40,6 +40,11 @@ __all__ = [
     "TopicData",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_bi: _Final = _Packer(">bi")
 _S_i: _Final = _Packer(">i")
 _S_ii: _Final = _Packer(">ii")
@@ -242,7 +247,7 @@ _TAGS_BrokerState: _Final[frozenset[int]] = frozenset()
 
 def _read_PartitionData_v3(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 3
-    o = PartitionData.__new__(PartitionData)
+    o = _new(PartitionData)
     o.new_isr = []
     o.partition_index, o.leader_epoch = _S_ii.unpack_from(buf, pos)
     pos += 8
@@ -260,7 +265,7 @@ def _read_PartitionData_v3(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = BrokerState.__new__(BrokerState)
+            item2 = _new(BrokerState)
             item2.broker_id, item2.broker_epoch = _S_iq.unpack_from(buf, pos)
             pos += 12
             if buf[pos]:
@@ -303,7 +308,7 @@ def _write_PartitionData_v3(o: PartitionData, w: _Writer) -> None:
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     o.topic_id = _ZERO_UUID
     n = buf[pos] - 1
     if n < 127:
@@ -333,7 +338,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionData.__new__(PartitionData)
+            item2 = _new(PartitionData)
             item2.new_isr_with_epochs = []
             item2.leader_recovery_state = 0
             item2.partition_index, item2.leader_epoch = _S_ii.unpack_from(buf, pos)
@@ -374,7 +379,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
 
 def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 1
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     o.topic_id = _ZERO_UUID
     n = buf[pos] - 1
     if n < 127:
@@ -404,7 +409,7 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionData.__new__(PartitionData)
+            item2 = _new(PartitionData)
             item2.new_isr_with_epochs = []
             item2.partition_index, item2.leader_epoch = _S_ii.unpack_from(buf, pos)
             pos += 8
@@ -444,7 +449,7 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
 
 def _read_TopicData_v2(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 2
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     o.topic_name = ""
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
@@ -462,7 +467,7 @@ def _read_TopicData_v2(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionData.__new__(PartitionData)
+            item2 = _new(PartitionData)
             item2.new_isr_with_epochs = []
             item2.partition_index, item2.leader_epoch = _S_ii.unpack_from(buf, pos)
             pos += 8
@@ -502,7 +507,7 @@ def _read_TopicData_v2(buf: bytes, pos: int) -> tuple[TopicData, int]:
 
 def _read_TopicData_v3(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 3
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     o.topic_name = ""
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
@@ -630,7 +635,7 @@ def _write_TopicData_v3(o: TopicData, w: _Writer) -> None:
 
 def _read_AlterPartitionRequest_v0(buf: bytes, pos: int) -> tuple[AlterPartitionRequest, int]:
     # versions 0
-    o = AlterPartitionRequest.__new__(AlterPartitionRequest)
+    o = _new_message(AlterPartitionRequest)
     o.broker_id, o.broker_epoch = _S_iq.unpack_from(buf, pos)
     pos += 12
     n = buf[pos] - 1
@@ -660,7 +665,7 @@ def _read_AlterPartitionRequest_v0(buf: bytes, pos: int) -> tuple[AlterPartition
 
 def _read_AlterPartitionRequest_v1(buf: bytes, pos: int) -> tuple[AlterPartitionRequest, int]:
     # versions 1
-    o = AlterPartitionRequest.__new__(AlterPartitionRequest)
+    o = _new_message(AlterPartitionRequest)
     o.broker_id, o.broker_epoch = _S_iq.unpack_from(buf, pos)
     pos += 12
     n = buf[pos] - 1
@@ -690,7 +695,7 @@ def _read_AlterPartitionRequest_v1(buf: bytes, pos: int) -> tuple[AlterPartition
 
 def _read_AlterPartitionRequest_v2(buf: bytes, pos: int) -> tuple[AlterPartitionRequest, int]:
     # versions 2
-    o = AlterPartitionRequest.__new__(AlterPartitionRequest)
+    o = _new_message(AlterPartitionRequest)
     o.broker_id, o.broker_epoch = _S_iq.unpack_from(buf, pos)
     pos += 12
     n = buf[pos] - 1
@@ -720,7 +725,7 @@ def _read_AlterPartitionRequest_v2(buf: bytes, pos: int) -> tuple[AlterPartition
 
 def _read_AlterPartitionRequest_v3(buf: bytes, pos: int) -> tuple[AlterPartitionRequest, int]:
     # versions 3
-    o = AlterPartitionRequest.__new__(AlterPartitionRequest)
+    o = _new_message(AlterPartitionRequest)
     o.broker_id, o.broker_epoch = _S_iq.unpack_from(buf, pos)
     pos += 12
     n = buf[pos] - 1

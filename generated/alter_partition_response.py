@@ -38,6 +38,11 @@ __all__ = [
     "TopicData",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_bi: _Final = _Packer(">bi")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -215,7 +220,7 @@ _TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     o.topic_id = _ZERO_UUID
     n = buf[pos] - 1
     if n < 127:
@@ -245,7 +250,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionData.__new__(PartitionData)
+            item2 = _new(PartitionData)
             item2.leader_recovery_state = 0
             item2.partition_index, item2.error_code, item2.leader_id, item2.leader_epoch = (
                 _S_ihii.unpack_from(buf, pos)
@@ -287,7 +292,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
 
 def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 1
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     o.topic_id = _ZERO_UUID
     n = buf[pos] - 1
     if n < 127:
@@ -317,7 +322,7 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionData.__new__(PartitionData)
+            item2 = _new(PartitionData)
             item2.partition_index, item2.error_code, item2.leader_id, item2.leader_epoch = (
                 _S_ihii.unpack_from(buf, pos)
             )
@@ -358,7 +363,7 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
 
 def _read_TopicData_v2(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 2-3
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     o.topic_name = ""
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
@@ -376,7 +381,7 @@ def _read_TopicData_v2(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionData.__new__(PartitionData)
+            item2 = _new(PartitionData)
             item2.partition_index, item2.error_code, item2.leader_id, item2.leader_epoch = (
                 _S_ihii.unpack_from(buf, pos)
             )
@@ -504,7 +509,7 @@ def _write_TopicData_v2(o: TopicData, w: _Writer) -> None:
 
 def _read_AlterPartitionResponse_v0(buf: bytes, pos: int) -> tuple[AlterPartitionResponse, int]:
     # versions 0
-    o = AlterPartitionResponse.__new__(AlterPartitionResponse)
+    o = _new_message(AlterPartitionResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -534,7 +539,7 @@ def _read_AlterPartitionResponse_v0(buf: bytes, pos: int) -> tuple[AlterPartitio
 
 def _read_AlterPartitionResponse_v1(buf: bytes, pos: int) -> tuple[AlterPartitionResponse, int]:
     # versions 1
-    o = AlterPartitionResponse.__new__(AlterPartitionResponse)
+    o = _new_message(AlterPartitionResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -564,7 +569,7 @@ def _read_AlterPartitionResponse_v1(buf: bytes, pos: int) -> tuple[AlterPartitio
 
 def _read_AlterPartitionResponse_v2(buf: bytes, pos: int) -> tuple[AlterPartitionResponse, int]:
     # versions 2-3
-    o = AlterPartitionResponse.__new__(AlterPartitionResponse)
+    o = _new_message(AlterPartitionResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

@@ -36,6 +36,11 @@ __all__ = [
     "AlterReplicaLogDirsRequest",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _A_i: _Final = _small_arrays("i", 32)
@@ -141,7 +146,7 @@ _TAGS_AlterReplicaLogDirTopic: _Final[frozenset[int]] = frozenset()
 
 def _read_AlterReplicaLogDir_v0(buf: bytes, pos: int) -> tuple[AlterReplicaLogDir, int]:
     # versions 0-1
-    o = AlterReplicaLogDir.__new__(AlterReplicaLogDir)
+    o = _new(AlterReplicaLogDir)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -162,7 +167,7 @@ def _read_AlterReplicaLogDir_v0(buf: bytes, pos: int) -> tuple[AlterReplicaLogDi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AlterReplicaLogDirTopic.__new__(AlterReplicaLogDirTopic)
+            item2 = _new(AlterReplicaLogDirTopic)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -195,7 +200,7 @@ def _read_AlterReplicaLogDir_v0(buf: bytes, pos: int) -> tuple[AlterReplicaLogDi
 
 def _read_AlterReplicaLogDir_v2(buf: bytes, pos: int) -> tuple[AlterReplicaLogDir, int]:
     # versions 2
-    o = AlterReplicaLogDir.__new__(AlterReplicaLogDir)
+    o = _new(AlterReplicaLogDir)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -224,7 +229,7 @@ def _read_AlterReplicaLogDir_v2(buf: bytes, pos: int) -> tuple[AlterReplicaLogDi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AlterReplicaLogDirTopic.__new__(AlterReplicaLogDirTopic)
+            item2 = _new(AlterReplicaLogDirTopic)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -329,7 +334,7 @@ def _read_AlterReplicaLogDirsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[AlterReplicaLogDirsRequest, int]:
     # versions 0-1
-    o = AlterReplicaLogDirsRequest.__new__(AlterReplicaLogDirsRequest)
+    o = _new_message(AlterReplicaLogDirsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -351,7 +356,7 @@ def _read_AlterReplicaLogDirsRequest_v2(
     buf: bytes, pos: int
 ) -> tuple[AlterReplicaLogDirsRequest, int]:
     # versions 2
-    o = AlterReplicaLogDirsRequest.__new__(AlterReplicaLogDirsRequest)
+    o = _new_message(AlterReplicaLogDirsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -34,6 +34,11 @@ __all__ = [
     "AlterReplicaLogDirsResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -151,7 +156,7 @@ def _read_AlterReplicaLogDirTopicResult_v0(
     buf: bytes, pos: int
 ) -> tuple[AlterReplicaLogDirTopicResult, int]:
     # versions 0-1
-    o = AlterReplicaLogDirTopicResult.__new__(AlterReplicaLogDirTopicResult)
+    o = _new(AlterReplicaLogDirTopicResult)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -172,7 +177,7 @@ def _read_AlterReplicaLogDirTopicResult_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AlterReplicaLogDirPartitionResult.__new__(AlterReplicaLogDirPartitionResult)
+            item2 = _new(AlterReplicaLogDirPartitionResult)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             item2._unknown_tags = None
@@ -186,7 +191,7 @@ def _read_AlterReplicaLogDirTopicResult_v2(
     buf: bytes, pos: int
 ) -> tuple[AlterReplicaLogDirTopicResult, int]:
     # versions 2
-    o = AlterReplicaLogDirTopicResult.__new__(AlterReplicaLogDirTopicResult)
+    o = _new(AlterReplicaLogDirTopicResult)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -215,7 +220,7 @@ def _read_AlterReplicaLogDirTopicResult_v2(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AlterReplicaLogDirPartitionResult.__new__(AlterReplicaLogDirPartitionResult)
+            item2 = _new(AlterReplicaLogDirPartitionResult)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             if buf[pos]:
@@ -277,7 +282,7 @@ def _read_AlterReplicaLogDirsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[AlterReplicaLogDirsResponse, int]:
     # versions 0-1
-    o = AlterReplicaLogDirsResponse.__new__(AlterReplicaLogDirsResponse)
+    o = _new_message(AlterReplicaLogDirsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -301,7 +306,7 @@ def _read_AlterReplicaLogDirsResponse_v2(
     buf: bytes, pos: int
 ) -> tuple[AlterReplicaLogDirsResponse, int]:
     # versions 2
-    o = AlterReplicaLogDirsResponse.__new__(AlterReplicaLogDirsResponse)
+    o = _new_message(AlterReplicaLogDirsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

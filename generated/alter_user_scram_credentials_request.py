@@ -35,6 +35,11 @@ __all__ = [
     "ScramCredentialUpsertion",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_b: _Final = _Packer(">b")
 _S_bi: _Final = _Packer(">bi")
 
@@ -171,7 +176,7 @@ def _read_AlterUserScramCredentialsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[AlterUserScramCredentialsRequest, int]:
     # versions 0
-    o = AlterUserScramCredentialsRequest.__new__(AlterUserScramCredentialsRequest)
+    o = _new_message(AlterUserScramCredentialsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -186,7 +191,7 @@ def _read_AlterUserScramCredentialsRequest_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ScramCredentialDeletion.__new__(ScramCredentialDeletion)
+            item2 = _new(ScramCredentialDeletion)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -226,7 +231,7 @@ def _read_AlterUserScramCredentialsRequest_v0(
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = ScramCredentialUpsertion.__new__(ScramCredentialUpsertion)
+            item5 = _new(ScramCredentialUpsertion)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -32,6 +32,11 @@ __all__ = [
     "AlterUserScramCredentialsResult",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -120,7 +125,7 @@ def _read_AlterUserScramCredentialsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[AlterUserScramCredentialsResponse, int]:
     # versions 0
-    o = AlterUserScramCredentialsResponse.__new__(AlterUserScramCredentialsResponse)
+    o = _new_message(AlterUserScramCredentialsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -137,7 +142,7 @@ def _read_AlterUserScramCredentialsResponse_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AlterUserScramCredentialsResult.__new__(AlterUserScramCredentialsResult)
+            item2 = _new(AlterUserScramCredentialsResult)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -14,6 +14,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -26,6 +27,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "ApiVersionsRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 
 @_mypyc_attr(native_class=False)
@@ -77,7 +83,7 @@ _TAGS_ApiVersionsRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_ApiVersionsRequest_v0(buf: bytes, pos: int) -> tuple[ApiVersionsRequest, int]:
     # versions 0-2
-    o = ApiVersionsRequest.__new__(ApiVersionsRequest)
+    o = _new_message(ApiVersionsRequest)
     o.client_software_name = ""
     o.client_software_version = ""
     o._unknown_tags = None
@@ -86,7 +92,7 @@ def _read_ApiVersionsRequest_v0(buf: bytes, pos: int) -> tuple[ApiVersionsReques
 
 def _read_ApiVersionsRequest_v3(buf: bytes, pos: int) -> tuple[ApiVersionsRequest, int]:
     # versions 3-4
-    o = ApiVersionsRequest.__new__(ApiVersionsRequest)
+    o = _new_message(ApiVersionsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -41,6 +41,11 @@ __all__ = [
     "SupportedFeatureKey",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_hh: _Final = _Packer(">hh")
 _S_hhh: _Final = _Packer(">hhh")
@@ -293,7 +298,7 @@ def _read_tags_ApiVersionsResponse_v3(o: ApiVersionsResponse, buf: bytes, pos: i
                 items1: list[_Any] = []
                 count3 = n
                 for _ in range(count3):
-                    item2 = SupportedFeatureKey.__new__(SupportedFeatureKey)
+                    item2 = _new(SupportedFeatureKey)
                     n = buf[pos] - 1
                     if n < 127:
                         pos += 1
@@ -339,7 +344,7 @@ def _read_tags_ApiVersionsResponse_v3(o: ApiVersionsResponse, buf: bytes, pos: i
                 items4: list[_Any] = []
                 count6 = n
                 for _ in range(count6):
-                    item5 = FinalizedFeatureKey.__new__(FinalizedFeatureKey)
+                    item5 = _new(FinalizedFeatureKey)
                     n = buf[pos] - 1
                     if n < 127:
                         pos += 1
@@ -383,7 +388,7 @@ def _read_tags_ApiVersionsResponse_v3(o: ApiVersionsResponse, buf: bytes, pos: i
 
 def _read_ApiVersionsResponse_v0(buf: bytes, pos: int) -> tuple[ApiVersionsResponse, int]:
     # versions 0
-    o = ApiVersionsResponse.__new__(ApiVersionsResponse)
+    o = _new_message(ApiVersionsResponse)
     o.throttle_time_ms = 0
     o.supported_features = []
     o.finalized_features_epoch = -1
@@ -401,7 +406,7 @@ def _read_ApiVersionsResponse_v0(buf: bytes, pos: int) -> tuple[ApiVersionsRespo
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ApiVersion.__new__(ApiVersion)
+            item2 = _new(ApiVersion)
             item2.api_key, item2.min_version, item2.max_version = _S_hhh.unpack_from(buf, pos)
             pos += 6
             item2._unknown_tags = None
@@ -413,7 +418,7 @@ def _read_ApiVersionsResponse_v0(buf: bytes, pos: int) -> tuple[ApiVersionsRespo
 
 def _read_ApiVersionsResponse_v1(buf: bytes, pos: int) -> tuple[ApiVersionsResponse, int]:
     # versions 1-2
-    o = ApiVersionsResponse.__new__(ApiVersionsResponse)
+    o = _new_message(ApiVersionsResponse)
     o.supported_features = []
     o.finalized_features_epoch = -1
     o.finalized_features = []
@@ -430,7 +435,7 @@ def _read_ApiVersionsResponse_v1(buf: bytes, pos: int) -> tuple[ApiVersionsRespo
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ApiVersion.__new__(ApiVersion)
+            item2 = _new(ApiVersion)
             item2.api_key, item2.min_version, item2.max_version = _S_hhh.unpack_from(buf, pos)
             pos += 6
             item2._unknown_tags = None
@@ -444,7 +449,7 @@ def _read_ApiVersionsResponse_v1(buf: bytes, pos: int) -> tuple[ApiVersionsRespo
 
 def _read_ApiVersionsResponse_v3(buf: bytes, pos: int) -> tuple[ApiVersionsResponse, int]:
     # versions 3-4
-    o = ApiVersionsResponse.__new__(ApiVersionsResponse)
+    o = _new_message(ApiVersionsResponse)
     o.supported_features = []
     o.finalized_features_epoch = -1
     o.finalized_features = []
@@ -465,7 +470,7 @@ def _read_ApiVersionsResponse_v3(buf: bytes, pos: int) -> tuple[ApiVersionsRespo
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ApiVersion.__new__(ApiVersion)
+            item2 = _new(ApiVersion)
             item2.api_key, item2.min_version, item2.max_version = _S_hhh.unpack_from(buf, pos)
             pos += 6
             if buf[pos]:

@@ -37,6 +37,11 @@ __all__ = [
     "TopicData",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_i: _Final = _Packer(">i")
 _S_iq: _Final = _Packer(">iq")
 
@@ -177,7 +182,7 @@ _TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -194,7 +199,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionData.__new__(PartitionData)
+            item2 = _new(PartitionData)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             if buf[pos]:
@@ -232,7 +237,7 @@ def _write_TopicData_v0(o: TopicData, w: _Writer) -> None:
 
 def _read_DirectoryData_v0(buf: bytes, pos: int) -> tuple[DirectoryData, int]:
     # versions 0
-    o = DirectoryData.__new__(DirectoryData)
+    o = _new(DirectoryData)
     o.id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -278,7 +283,7 @@ def _read_AssignReplicasToDirsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[AssignReplicasToDirsRequest, int]:
     # versions 0
-    o = AssignReplicasToDirsRequest.__new__(AssignReplicasToDirsRequest)
+    o = _new_message(AssignReplicasToDirsRequest)
     o.broker_id, o.broker_epoch = _S_iq.unpack_from(buf, pos)
     pos += 12
     n = buf[pos] - 1

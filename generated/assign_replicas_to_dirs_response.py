@@ -37,6 +37,11 @@ __all__ = [
     "TopicData",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_ih: _Final = _Packer(">ih")
 
 
@@ -186,7 +191,7 @@ _TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -203,7 +208,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionData.__new__(PartitionData)
+            item2 = _new(PartitionData)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             if buf[pos]:
@@ -241,7 +246,7 @@ def _write_TopicData_v0(o: TopicData, w: _Writer) -> None:
 
 def _read_DirectoryData_v0(buf: bytes, pos: int) -> tuple[DirectoryData, int]:
     # versions 0
-    o = DirectoryData.__new__(DirectoryData)
+    o = _new(DirectoryData)
     o.id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -287,7 +292,7 @@ def _read_AssignReplicasToDirsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[AssignReplicasToDirsResponse, int]:
     # versions 0
-    o = AssignReplicasToDirsResponse.__new__(AssignReplicasToDirsResponse)
+    o = _new_message(AssignReplicasToDirsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

@@ -38,6 +38,11 @@ __all__ = [
     "TopicData",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_H: _Final = _Packer(">H")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -226,7 +231,7 @@ _TAGS_LeaderEndpoint: _Final[frozenset[int]] = frozenset()
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -247,7 +252,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionData.__new__(PartitionData)
+            item2 = _new(PartitionData)
             item2.voter_directory_id = _ZERO_UUID
             item2.partition_index, item2.leader_id, item2.leader_epoch = _S_iii.unpack_from(
                 buf, pos
@@ -262,7 +267,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
 
 def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 1
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -291,7 +296,7 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionData.__new__(PartitionData)
+            item2 = _new(PartitionData)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             item2.voter_directory_id = _read_uuid(buf, pos)
@@ -355,7 +360,7 @@ def _write_TopicData_v1(o: TopicData, w: _Writer) -> None:
 
 def _read_BeginQuorumEpochRequest_v0(buf: bytes, pos: int) -> tuple[BeginQuorumEpochRequest, int]:
     # versions 0
-    o = BeginQuorumEpochRequest.__new__(BeginQuorumEpochRequest)
+    o = _new_message(BeginQuorumEpochRequest)
     o.voter_id = -1
     o.leader_endpoints = []
     n = _S_h.unpack_from(buf, pos)[0]
@@ -389,7 +394,7 @@ def _read_BeginQuorumEpochRequest_v0(buf: bytes, pos: int) -> tuple[BeginQuorumE
 
 def _read_BeginQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[BeginQuorumEpochRequest, int]:
     # versions 1
-    o = BeginQuorumEpochRequest.__new__(BeginQuorumEpochRequest)
+    o = _new_message(BeginQuorumEpochRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -437,7 +442,7 @@ def _read_BeginQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[BeginQuorumE
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = LeaderEndpoint.__new__(LeaderEndpoint)
+            item5 = _new(LeaderEndpoint)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

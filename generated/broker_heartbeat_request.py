@@ -18,6 +18,7 @@ from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
@@ -38,6 +39,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "BrokerHeartbeatRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_iqqzz: _Final = _Packer(">iqq??")
 
@@ -158,7 +164,7 @@ def _read_tags_BrokerHeartbeatRequest_v1(o: BrokerHeartbeatRequest, buf: bytes, 
 
 def _read_BrokerHeartbeatRequest_v0(buf: bytes, pos: int) -> tuple[BrokerHeartbeatRequest, int]:
     # versions 0
-    o = BrokerHeartbeatRequest.__new__(BrokerHeartbeatRequest)
+    o = _new_message(BrokerHeartbeatRequest)
     o.offline_log_dirs = []
     o.broker_id, o.broker_epoch, o.current_metadata_offset, o.want_fence, o.want_shut_down = (
         _S_iqqzz.unpack_from(buf, pos)
@@ -174,7 +180,7 @@ def _read_BrokerHeartbeatRequest_v0(buf: bytes, pos: int) -> tuple[BrokerHeartbe
 
 def _read_BrokerHeartbeatRequest_v1(buf: bytes, pos: int) -> tuple[BrokerHeartbeatRequest, int]:
     # versions 1
-    o = BrokerHeartbeatRequest.__new__(BrokerHeartbeatRequest)
+    o = _new_message(BrokerHeartbeatRequest)
     o.offline_log_dirs = []
     o.broker_id, o.broker_epoch, o.current_metadata_offset, o.want_fence, o.want_shut_down = (
         _S_iqqzz.unpack_from(buf, pos)

@@ -14,6 +14,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
@@ -22,6 +23,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "BrokerHeartbeatResponse",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_ihzzz: _Final = _Packer(">ih???")
 
@@ -92,7 +98,7 @@ _TAGS_BrokerHeartbeatResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_BrokerHeartbeatResponse_v0(buf: bytes, pos: int) -> tuple[BrokerHeartbeatResponse, int]:
     # versions 0-1
-    o = BrokerHeartbeatResponse.__new__(BrokerHeartbeatResponse)
+    o = _new_message(BrokerHeartbeatResponse)
     o.throttle_time_ms, o.error_code, o.is_caught_up, o.is_fenced, o.should_shut_down = (
         _S_ihzzz.unpack_from(buf, pos)
     )

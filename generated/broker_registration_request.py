@@ -38,6 +38,11 @@ __all__ = [
     "Listener",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_Hh: _Final = _Packer(">Hh")
 _S_hh: _Final = _Packer(">hh")
 _S_i: _Final = _Packer(">i")
@@ -233,7 +238,7 @@ def _read_BrokerRegistrationRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[BrokerRegistrationRequest, int]:
     # versions 0
-    o = BrokerRegistrationRequest.__new__(BrokerRegistrationRequest)
+    o = _new_message(BrokerRegistrationRequest)
     o.is_migrating_zk_broker = False
     o.log_dirs = []
     o.previous_broker_epoch = -1
@@ -269,7 +274,7 @@ def _read_BrokerRegistrationRequest_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = Listener.__new__(Listener)
+            item2 = _new(Listener)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -321,7 +326,7 @@ def _read_BrokerRegistrationRequest_v0(
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = Feature.__new__(Feature)
+            item5 = _new(Feature)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -371,7 +376,7 @@ def _read_BrokerRegistrationRequest_v1(
     buf: bytes, pos: int
 ) -> tuple[BrokerRegistrationRequest, int]:
     # versions 1
-    o = BrokerRegistrationRequest.__new__(BrokerRegistrationRequest)
+    o = _new_message(BrokerRegistrationRequest)
     o.log_dirs = []
     o.previous_broker_epoch = -1
     o.broker_id = _S_i.unpack_from(buf, pos)[0]
@@ -406,7 +411,7 @@ def _read_BrokerRegistrationRequest_v1(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = Listener.__new__(Listener)
+            item2 = _new(Listener)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -458,7 +463,7 @@ def _read_BrokerRegistrationRequest_v1(
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = Feature.__new__(Feature)
+            item5 = _new(Feature)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -510,7 +515,7 @@ def _read_BrokerRegistrationRequest_v2(
     buf: bytes, pos: int
 ) -> tuple[BrokerRegistrationRequest, int]:
     # versions 2
-    o = BrokerRegistrationRequest.__new__(BrokerRegistrationRequest)
+    o = _new_message(BrokerRegistrationRequest)
     o.previous_broker_epoch = -1
     o.broker_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -544,7 +549,7 @@ def _read_BrokerRegistrationRequest_v2(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = Listener.__new__(Listener)
+            item2 = _new(Listener)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -596,7 +601,7 @@ def _read_BrokerRegistrationRequest_v2(
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = Feature.__new__(Feature)
+            item5 = _new(Feature)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -666,7 +671,7 @@ def _read_BrokerRegistrationRequest_v3(
     buf: bytes, pos: int
 ) -> tuple[BrokerRegistrationRequest, int]:
     # versions 3-4
-    o = BrokerRegistrationRequest.__new__(BrokerRegistrationRequest)
+    o = _new_message(BrokerRegistrationRequest)
     o.broker_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -699,7 +704,7 @@ def _read_BrokerRegistrationRequest_v3(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = Listener.__new__(Listener)
+            item2 = _new(Listener)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -751,7 +756,7 @@ def _read_BrokerRegistrationRequest_v3(
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = Feature.__new__(Feature)
+            item5 = _new(Feature)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

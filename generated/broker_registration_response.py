@@ -14,6 +14,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -21,6 +22,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "BrokerRegistrationResponse",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_ihq: _Final = _Packer(">ihq")
 
@@ -77,7 +83,7 @@ def _read_BrokerRegistrationResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[BrokerRegistrationResponse, int]:
     # versions 0-4
-    o = BrokerRegistrationResponse.__new__(BrokerRegistrationResponse)
+    o = _new_message(BrokerRegistrationResponse)
     o.throttle_time_ms, o.error_code, o.broker_epoch = _S_ihq.unpack_from(buf, pos)
     pos += 14
     if buf[pos]:

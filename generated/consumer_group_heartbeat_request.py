@@ -38,6 +38,11 @@ __all__ = [
     "TopicPartitions",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_i: _Final = _Packer(">i")
 _A_i: _Final = _small_arrays("i", 32)
 
@@ -174,7 +179,7 @@ def _read_ConsumerGroupHeartbeatRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[ConsumerGroupHeartbeatRequest, int]:
     # versions 0
-    o = ConsumerGroupHeartbeatRequest.__new__(ConsumerGroupHeartbeatRequest)
+    o = _new_message(ConsumerGroupHeartbeatRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -293,7 +298,7 @@ def _read_ConsumerGroupHeartbeatRequest_v0(
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = TopicPartitions.__new__(TopicPartitions)
+            item5 = _new(TopicPartitions)
             item5.topic_id = _read_uuid(buf, pos)
             pos += 16
             n = buf[pos] - 1

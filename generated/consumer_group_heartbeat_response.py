@@ -38,6 +38,11 @@ __all__ = [
     "TopicPartitions",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_ih: _Final = _Packer(">ih")
 _S_ii: _Final = _Packer(">ii")
 _A_i: _Final = _small_arrays("i", 32)
@@ -192,7 +197,7 @@ _TAGS_TopicPartitions: _Final[frozenset[int]] = frozenset()
 
 def _read_Assignment_v0(buf: bytes, pos: int) -> tuple[Assignment, int]:
     # versions 0
-    o = Assignment.__new__(Assignment)
+    o = _new(Assignment)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -207,7 +212,7 @@ def _read_Assignment_v0(buf: bytes, pos: int) -> tuple[Assignment, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = TopicPartitions.__new__(TopicPartitions)
+            item2 = _new(TopicPartitions)
             item2.topic_id = _read_uuid(buf, pos)
             pos += 16
             n = buf[pos] - 1
@@ -267,7 +272,7 @@ def _read_ConsumerGroupHeartbeatResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ConsumerGroupHeartbeatResponse, int]:
     # versions 0
-    o = ConsumerGroupHeartbeatResponse.__new__(ConsumerGroupHeartbeatResponse)
+    o = _new_message(ConsumerGroupHeartbeatResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

@@ -32,6 +32,11 @@ __all__ = [
     "TopicPartition",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _A_i: _Final = _small_arrays("i", 32)
@@ -121,7 +126,7 @@ def _read_ConsumerProtocolAssignment_v0(
     buf: bytes, pos: int
 ) -> tuple[ConsumerProtocolAssignment, int]:
     # versions 0-3
-    o = ConsumerProtocolAssignment.__new__(ConsumerProtocolAssignment)
+    o = _new_message(ConsumerProtocolAssignment)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -132,7 +137,7 @@ def _read_ConsumerProtocolAssignment_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = TopicPartition.__new__(TopicPartition)
+            item2 = _new(TopicPartition)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:

@@ -32,6 +32,11 @@ __all__ = [
     "TopicPartition",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _A_i: _Final = _small_arrays("i", 32)
@@ -143,7 +148,7 @@ def _read_ConsumerProtocolSubscription_v0(
     buf: bytes, pos: int
 ) -> tuple[ConsumerProtocolSubscription, int]:
     # versions 0
-    o = ConsumerProtocolSubscription.__new__(ConsumerProtocolSubscription)
+    o = _new_message(ConsumerProtocolSubscription)
     o.owned_partitions = []
     o.generation_id = -1
     o.rack_id = None
@@ -189,7 +194,7 @@ def _read_ConsumerProtocolSubscription_v1(
     buf: bytes, pos: int
 ) -> tuple[ConsumerProtocolSubscription, int]:
     # versions 1
-    o = ConsumerProtocolSubscription.__new__(ConsumerProtocolSubscription)
+    o = _new_message(ConsumerProtocolSubscription)
     o.generation_id = -1
     o.rack_id = None
     n = _S_i.unpack_from(buf, pos)[0]
@@ -236,7 +241,7 @@ def _read_ConsumerProtocolSubscription_v1(
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = TopicPartition.__new__(TopicPartition)
+            item5 = _new(TopicPartition)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -271,7 +276,7 @@ def _read_ConsumerProtocolSubscription_v2(
     buf: bytes, pos: int
 ) -> tuple[ConsumerProtocolSubscription, int]:
     # versions 2
-    o = ConsumerProtocolSubscription.__new__(ConsumerProtocolSubscription)
+    o = _new_message(ConsumerProtocolSubscription)
     o.rack_id = None
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -317,7 +322,7 @@ def _read_ConsumerProtocolSubscription_v2(
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = TopicPartition.__new__(TopicPartition)
+            item5 = _new(TopicPartition)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -354,7 +359,7 @@ def _read_ConsumerProtocolSubscription_v3(
     buf: bytes, pos: int
 ) -> tuple[ConsumerProtocolSubscription, int]:
     # versions 3
-    o = ConsumerProtocolSubscription.__new__(ConsumerProtocolSubscription)
+    o = _new_message(ConsumerProtocolSubscription)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -399,7 +404,7 @@ def _read_ConsumerProtocolSubscription_v3(
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = TopicPartition.__new__(TopicPartition)
+            item5 = _new(TopicPartition)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:

@@ -15,6 +15,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -22,6 +23,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "ControlledShutdownRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_i: _Final = _Packer(">i")
 _S_iq: _Final = _Packer(">iq")
@@ -80,7 +86,7 @@ def _read_ControlledShutdownRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[ControlledShutdownRequest, int]:
     # versions 0-1
-    o = ControlledShutdownRequest.__new__(ControlledShutdownRequest)
+    o = _new_message(ControlledShutdownRequest)
     o.broker_epoch = -1
     o.broker_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -92,7 +98,7 @@ def _read_ControlledShutdownRequest_v2(
     buf: bytes, pos: int
 ) -> tuple[ControlledShutdownRequest, int]:
     # versions 2
-    o = ControlledShutdownRequest.__new__(ControlledShutdownRequest)
+    o = _new_message(ControlledShutdownRequest)
     o.broker_id, o.broker_epoch = _S_iq.unpack_from(buf, pos)
     pos += 12
     o._unknown_tags = None
@@ -103,7 +109,7 @@ def _read_ControlledShutdownRequest_v3(
     buf: bytes, pos: int
 ) -> tuple[ControlledShutdownRequest, int]:
     # versions 3
-    o = ControlledShutdownRequest.__new__(ControlledShutdownRequest)
+    o = _new_message(ControlledShutdownRequest)
     o.broker_id, o.broker_epoch = _S_iq.unpack_from(buf, pos)
     pos += 12
     if buf[pos]:

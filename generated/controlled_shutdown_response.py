@@ -33,6 +33,11 @@ __all__ = [
     "RemainingPartition",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -118,7 +123,7 @@ def _read_ControlledShutdownResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ControlledShutdownResponse, int]:
     # versions 0-2
-    o = ControlledShutdownResponse.__new__(ControlledShutdownResponse)
+    o = _new_message(ControlledShutdownResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_i.unpack_from(buf, pos)[0]
@@ -131,7 +136,7 @@ def _read_ControlledShutdownResponse_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = RemainingPartition.__new__(RemainingPartition)
+            item2 = _new(RemainingPartition)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -155,7 +160,7 @@ def _read_ControlledShutdownResponse_v3(
     buf: bytes, pos: int
 ) -> tuple[ControlledShutdownResponse, int]:
     # versions 3
-    o = ControlledShutdownResponse.__new__(ControlledShutdownResponse)
+    o = _new_message(ControlledShutdownResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -172,7 +177,7 @@ def _read_ControlledShutdownResponse_v3(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = RemainingPartition.__new__(RemainingPartition)
+            item2 = _new(RemainingPartition)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -37,6 +37,11 @@ __all__ = [
     "Listener",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_Hh: _Final = _Packer(">Hh")
 _S_hh: _Final = _Packer(">hh")
 _S_i: _Final = _Packer(">i")
@@ -199,7 +204,7 @@ def _read_ControllerRegistrationRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[ControllerRegistrationRequest, int]:
     # versions 0
-    o = ControllerRegistrationRequest.__new__(ControllerRegistrationRequest)
+    o = _new_message(ControllerRegistrationRequest)
     o.controller_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     o.incarnation_id = _read_uuid(buf, pos)
@@ -220,7 +225,7 @@ def _read_ControllerRegistrationRequest_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = Listener.__new__(Listener)
+            item2 = _new(Listener)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -272,7 +277,7 @@ def _read_ControllerRegistrationRequest_v0(
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = Feature.__new__(Feature)
+            item5 = _new(Feature)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

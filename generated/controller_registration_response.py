@@ -14,6 +14,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
@@ -25,6 +26,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "ControllerRegistrationResponse",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_ih: _Final = _Packer(">ih")
 
@@ -81,7 +87,7 @@ def _read_ControllerRegistrationResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ControllerRegistrationResponse, int]:
     # versions 0
-    o = ControllerRegistrationResponse.__new__(ControllerRegistrationResponse)
+    o = _new_message(ControllerRegistrationResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

@@ -33,6 +33,11 @@ __all__ = [
     "CreateAclsRequest",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_b: _Final = _Packer(">b")
 _S_bb: _Final = _Packer(">bb")
 _S_h: _Final = _Packer(">h")
@@ -148,7 +153,7 @@ _TAGS_AclCreation: _Final[frozenset[int]] = frozenset()
 
 def _read_CreateAclsRequest_v0(buf: bytes, pos: int) -> tuple[CreateAclsRequest, int]:
     # versions 0
-    o = CreateAclsRequest.__new__(CreateAclsRequest)
+    o = _new_message(CreateAclsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -159,7 +164,7 @@ def _read_CreateAclsRequest_v0(buf: bytes, pos: int) -> tuple[CreateAclsRequest,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AclCreation.__new__(AclCreation)
+            item2 = _new(AclCreation)
             item2.resource_pattern_type = 3
             item2.resource_type = _S_b.unpack_from(buf, pos)[0]
             pos += 1
@@ -204,7 +209,7 @@ def _read_CreateAclsRequest_v0(buf: bytes, pos: int) -> tuple[CreateAclsRequest,
 
 def _read_CreateAclsRequest_v1(buf: bytes, pos: int) -> tuple[CreateAclsRequest, int]:
     # versions 1
-    o = CreateAclsRequest.__new__(CreateAclsRequest)
+    o = _new_message(CreateAclsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -215,7 +220,7 @@ def _read_CreateAclsRequest_v1(buf: bytes, pos: int) -> tuple[CreateAclsRequest,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AclCreation.__new__(AclCreation)
+            item2 = _new(AclCreation)
             item2.resource_type = _S_b.unpack_from(buf, pos)[0]
             pos += 1
             n = _S_h.unpack_from(buf, pos)[0]
@@ -261,7 +266,7 @@ def _read_CreateAclsRequest_v1(buf: bytes, pos: int) -> tuple[CreateAclsRequest,
 
 def _read_CreateAclsRequest_v2(buf: bytes, pos: int) -> tuple[CreateAclsRequest, int]:
     # versions 2-3
-    o = CreateAclsRequest.__new__(CreateAclsRequest)
+    o = _new_message(CreateAclsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -276,7 +281,7 @@ def _read_CreateAclsRequest_v2(buf: bytes, pos: int) -> tuple[CreateAclsRequest,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AclCreation.__new__(AclCreation)
+            item2 = _new(AclCreation)
             item2.resource_type = _S_b.unpack_from(buf, pos)[0]
             pos += 1
             n = buf[pos] - 1

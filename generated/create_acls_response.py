@@ -33,6 +33,11 @@ __all__ = [
     "CreateAclsResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -116,7 +121,7 @@ _TAGS_AclCreationResult: _Final[frozenset[int]] = frozenset()
 
 def _read_CreateAclsResponse_v0(buf: bytes, pos: int) -> tuple[CreateAclsResponse, int]:
     # versions 0-1
-    o = CreateAclsResponse.__new__(CreateAclsResponse)
+    o = _new_message(CreateAclsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -129,7 +134,7 @@ def _read_CreateAclsResponse_v0(buf: bytes, pos: int) -> tuple[CreateAclsRespons
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AclCreationResult.__new__(AclCreationResult)
+            item2 = _new(AclCreationResult)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             n = _S_h.unpack_from(buf, pos)[0]
@@ -153,7 +158,7 @@ def _read_CreateAclsResponse_v0(buf: bytes, pos: int) -> tuple[CreateAclsRespons
 
 def _read_CreateAclsResponse_v2(buf: bytes, pos: int) -> tuple[CreateAclsResponse, int]:
     # versions 2-3
-    o = CreateAclsResponse.__new__(CreateAclsResponse)
+    o = _new_message(CreateAclsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -170,7 +175,7 @@ def _read_CreateAclsResponse_v2(buf: bytes, pos: int) -> tuple[CreateAclsRespons
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AclCreationResult.__new__(AclCreationResult)
+            item2 = _new(AclCreationResult)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             n = buf[pos] - 1

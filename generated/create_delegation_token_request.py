@@ -33,6 +33,11 @@ __all__ = [
     "CreateDelegationTokenRequest",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_q: _Final = _Packer(">q")
@@ -137,7 +142,7 @@ def _read_CreateDelegationTokenRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[CreateDelegationTokenRequest, int]:
     # versions 0-1
-    o = CreateDelegationTokenRequest.__new__(CreateDelegationTokenRequest)
+    o = _new_message(CreateDelegationTokenRequest)
     o.owner_principal_type = ""
     o.owner_principal_name = ""
     n = _S_i.unpack_from(buf, pos)[0]
@@ -150,7 +155,7 @@ def _read_CreateDelegationTokenRequest_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = CreatableRenewers.__new__(CreatableRenewers)
+            item2 = _new(CreatableRenewers)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -184,7 +189,7 @@ def _read_CreateDelegationTokenRequest_v2(
     buf: bytes, pos: int
 ) -> tuple[CreateDelegationTokenRequest, int]:
     # versions 2
-    o = CreateDelegationTokenRequest.__new__(CreateDelegationTokenRequest)
+    o = _new_message(CreateDelegationTokenRequest)
     o.owner_principal_type = ""
     o.owner_principal_name = ""
     n = buf[pos] - 1
@@ -201,7 +206,7 @@ def _read_CreateDelegationTokenRequest_v2(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = CreatableRenewers.__new__(CreatableRenewers)
+            item2 = _new(CreatableRenewers)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -251,7 +256,7 @@ def _read_CreateDelegationTokenRequest_v3(
     buf: bytes, pos: int
 ) -> tuple[CreateDelegationTokenRequest, int]:
     # versions 3
-    o = CreateDelegationTokenRequest.__new__(CreateDelegationTokenRequest)
+    o = _new_message(CreateDelegationTokenRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -294,7 +299,7 @@ def _read_CreateDelegationTokenRequest_v3(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = CreatableRenewers.__new__(CreatableRenewers)
+            item2 = _new(CreatableRenewers)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

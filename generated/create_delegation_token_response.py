@@ -15,6 +15,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
@@ -29,6 +30,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "CreateDelegationTokenResponse",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -158,7 +164,7 @@ def _read_CreateDelegationTokenResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[CreateDelegationTokenResponse, int]:
     # versions 0-1
-    o = CreateDelegationTokenResponse.__new__(CreateDelegationTokenResponse)
+    o = _new_message(CreateDelegationTokenResponse)
     o.token_requester_principal_type = ""
     o.token_requester_principal_name = ""
     o.error_code = _S_h.unpack_from(buf, pos)[0]
@@ -215,7 +221,7 @@ def _read_CreateDelegationTokenResponse_v2(
     buf: bytes, pos: int
 ) -> tuple[CreateDelegationTokenResponse, int]:
     # versions 2
-    o = CreateDelegationTokenResponse.__new__(CreateDelegationTokenResponse)
+    o = _new_message(CreateDelegationTokenResponse)
     o.token_requester_principal_type = ""
     o.token_requester_principal_name = ""
     o.error_code = _S_h.unpack_from(buf, pos)[0]
@@ -292,7 +298,7 @@ def _read_CreateDelegationTokenResponse_v3(
     buf: bytes, pos: int
 ) -> tuple[CreateDelegationTokenResponse, int]:
     # versions 3
-    o = CreateDelegationTokenResponse.__new__(CreateDelegationTokenResponse)
+    o = _new_message(CreateDelegationTokenResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1

@@ -37,6 +37,11 @@ __all__ = [
     "CreatePartitionsTopic",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_iz: _Final = _Packer(">i?")
@@ -163,7 +168,7 @@ _TAGS_CreatePartitionsAssignment: _Final[frozenset[int]] = frozenset()
 
 def _read_CreatePartitionsTopic_v0(buf: bytes, pos: int) -> tuple[CreatePartitionsTopic, int]:
     # versions 0-1
-    o = CreatePartitionsTopic.__new__(CreatePartitionsTopic)
+    o = _new(CreatePartitionsTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -188,7 +193,7 @@ def _read_CreatePartitionsTopic_v0(buf: bytes, pos: int) -> tuple[CreatePartitio
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = CreatePartitionsAssignment.__new__(CreatePartitionsAssignment)
+            item2 = _new(CreatePartitionsAssignment)
             n = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             if n < 0:
@@ -211,7 +216,7 @@ def _read_CreatePartitionsTopic_v0(buf: bytes, pos: int) -> tuple[CreatePartitio
 
 def _read_CreatePartitionsTopic_v2(buf: bytes, pos: int) -> tuple[CreatePartitionsTopic, int]:
     # versions 2-3
-    o = CreatePartitionsTopic.__new__(CreatePartitionsTopic)
+    o = _new(CreatePartitionsTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -242,7 +247,7 @@ def _read_CreatePartitionsTopic_v2(buf: bytes, pos: int) -> tuple[CreatePartitio
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = CreatePartitionsAssignment.__new__(CreatePartitionsAssignment)
+            item2 = _new(CreatePartitionsAssignment)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -333,7 +338,7 @@ def _write_CreatePartitionsTopic_v2(o: CreatePartitionsTopic, w: _Writer) -> Non
 
 def _read_CreatePartitionsRequest_v0(buf: bytes, pos: int) -> tuple[CreatePartitionsRequest, int]:
     # versions 0-1
-    o = CreatePartitionsRequest.__new__(CreatePartitionsRequest)
+    o = _new_message(CreatePartitionsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -355,7 +360,7 @@ def _read_CreatePartitionsRequest_v0(buf: bytes, pos: int) -> tuple[CreatePartit
 
 def _read_CreatePartitionsRequest_v2(buf: bytes, pos: int) -> tuple[CreatePartitionsRequest, int]:
     # versions 2-3
-    o = CreatePartitionsRequest.__new__(CreatePartitionsRequest)
+    o = _new_message(CreatePartitionsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -33,6 +33,11 @@ __all__ = [
     "CreatePartitionsTopicResult",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -127,7 +132,7 @@ _TAGS_CreatePartitionsTopicResult: _Final[frozenset[int]] = frozenset()
 
 def _read_CreatePartitionsResponse_v0(buf: bytes, pos: int) -> tuple[CreatePartitionsResponse, int]:
     # versions 0-1
-    o = CreatePartitionsResponse.__new__(CreatePartitionsResponse)
+    o = _new_message(CreatePartitionsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -140,7 +145,7 @@ def _read_CreatePartitionsResponse_v0(buf: bytes, pos: int) -> tuple[CreateParti
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = CreatePartitionsTopicResult.__new__(CreatePartitionsTopicResult)
+            item2 = _new(CreatePartitionsTopicResult)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -174,7 +179,7 @@ def _read_CreatePartitionsResponse_v0(buf: bytes, pos: int) -> tuple[CreateParti
 
 def _read_CreatePartitionsResponse_v2(buf: bytes, pos: int) -> tuple[CreatePartitionsResponse, int]:
     # versions 2-3
-    o = CreatePartitionsResponse.__new__(CreatePartitionsResponse)
+    o = _new_message(CreatePartitionsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -191,7 +196,7 @@ def _read_CreatePartitionsResponse_v2(buf: bytes, pos: int) -> tuple[CreateParti
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = CreatePartitionsTopicResult.__new__(CreatePartitionsTopicResult)
+            item2 = _new(CreatePartitionsTopicResult)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -38,6 +38,11 @@ __all__ = [
     "CreateTopicsRequest",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -228,7 +233,7 @@ _TAGS_CreatableTopicConfig: _Final[frozenset[int]] = frozenset()
 
 def _read_CreatableTopic_v0(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
     # versions 0-4
-    o = CreatableTopic.__new__(CreatableTopic)
+    o = _new(CreatableTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -251,7 +256,7 @@ def _read_CreatableTopic_v0(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = CreatableReplicaAssignment.__new__(CreatableReplicaAssignment)
+            item2 = _new(CreatableReplicaAssignment)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_i.unpack_from(buf, pos)[0]
@@ -280,7 +285,7 @@ def _read_CreatableTopic_v0(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = CreatableTopicConfig.__new__(CreatableTopicConfig)
+            item5 = _new(CreatableTopicConfig)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -312,7 +317,7 @@ def _read_CreatableTopic_v0(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
 
 def _read_CreatableTopic_v5(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
     # versions 5-7
-    o = CreatableTopic.__new__(CreatableTopic)
+    o = _new(CreatableTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -343,7 +348,7 @@ def _read_CreatableTopic_v5(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = CreatableReplicaAssignment.__new__(CreatableReplicaAssignment)
+            item2 = _new(CreatableReplicaAssignment)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -386,7 +391,7 @@ def _read_CreatableTopic_v5(buf: bytes, pos: int) -> tuple[CreatableTopic, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = CreatableTopicConfig.__new__(CreatableTopicConfig)
+            item5 = _new(CreatableTopicConfig)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -518,7 +523,7 @@ def _write_CreatableTopic_v5(o: CreatableTopic, w: _Writer) -> None:
 
 def _read_CreateTopicsRequest_v0(buf: bytes, pos: int) -> tuple[CreateTopicsRequest, int]:
     # versions 0
-    o = CreateTopicsRequest.__new__(CreateTopicsRequest)
+    o = _new_message(CreateTopicsRequest)
     o.validate_only = False
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -541,7 +546,7 @@ def _read_CreateTopicsRequest_v0(buf: bytes, pos: int) -> tuple[CreateTopicsRequ
 
 def _read_CreateTopicsRequest_v1(buf: bytes, pos: int) -> tuple[CreateTopicsRequest, int]:
     # versions 1-4
-    o = CreateTopicsRequest.__new__(CreateTopicsRequest)
+    o = _new_message(CreateTopicsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -563,7 +568,7 @@ def _read_CreateTopicsRequest_v1(buf: bytes, pos: int) -> tuple[CreateTopicsRequ
 
 def _read_CreateTopicsRequest_v5(buf: bytes, pos: int) -> tuple[CreateTopicsRequest, int]:
     # versions 5-7
-    o = CreateTopicsRequest.__new__(CreateTopicsRequest)
+    o = _new_message(CreateTopicsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

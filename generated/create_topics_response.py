@@ -43,6 +43,11 @@ __all__ = [
     "CreateTopicsResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -270,7 +275,7 @@ def _read_tags_CreatableTopicResult_v5(o: CreatableTopicResult, buf: bytes, pos:
 
 def _read_CreatableTopicResult_v5(buf: bytes, pos: int) -> tuple[CreatableTopicResult, int]:
     # versions 5-6
-    o = CreatableTopicResult.__new__(CreatableTopicResult)
+    o = _new(CreatableTopicResult)
     o.topic_id = _ZERO_UUID
     o.topic_config_error_code = 0
     n = buf[pos] - 1
@@ -319,7 +324,7 @@ def _read_CreatableTopicResult_v5(buf: bytes, pos: int) -> tuple[CreatableTopicR
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = CreatableTopicConfigs.__new__(CreatableTopicConfigs)
+            item2 = _new(CreatableTopicConfigs)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -367,7 +372,7 @@ def _read_CreatableTopicResult_v5(buf: bytes, pos: int) -> tuple[CreatableTopicR
 
 def _read_CreatableTopicResult_v7(buf: bytes, pos: int) -> tuple[CreatableTopicResult, int]:
     # versions 7
-    o = CreatableTopicResult.__new__(CreatableTopicResult)
+    o = _new(CreatableTopicResult)
     o.topic_config_error_code = 0
     n = buf[pos] - 1
     if n < 127:
@@ -417,7 +422,7 @@ def _read_CreatableTopicResult_v7(buf: bytes, pos: int) -> tuple[CreatableTopicR
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = CreatableTopicConfigs.__new__(CreatableTopicConfigs)
+            item2 = _new(CreatableTopicConfigs)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -570,7 +575,7 @@ def _write_CreatableTopicResult_v7(o: CreatableTopicResult, w: _Writer) -> None:
 
 def _read_CreateTopicsResponse_v0(buf: bytes, pos: int) -> tuple[CreateTopicsResponse, int]:
     # versions 0
-    o = CreateTopicsResponse.__new__(CreateTopicsResponse)
+    o = _new_message(CreateTopicsResponse)
     o.throttle_time_ms = 0
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -582,7 +587,7 @@ def _read_CreateTopicsResponse_v0(buf: bytes, pos: int) -> tuple[CreateTopicsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = CreatableTopicResult.__new__(CreatableTopicResult)
+            item2 = _new(CreatableTopicResult)
             item2.topic_id = _ZERO_UUID
             item2.error_message = ""
             item2.topic_config_error_code = 0
@@ -610,7 +615,7 @@ def _read_CreateTopicsResponse_v0(buf: bytes, pos: int) -> tuple[CreateTopicsRes
 
 def _read_CreateTopicsResponse_v1(buf: bytes, pos: int) -> tuple[CreateTopicsResponse, int]:
     # versions 1
-    o = CreateTopicsResponse.__new__(CreateTopicsResponse)
+    o = _new_message(CreateTopicsResponse)
     o.throttle_time_ms = 0
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -622,7 +627,7 @@ def _read_CreateTopicsResponse_v1(buf: bytes, pos: int) -> tuple[CreateTopicsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = CreatableTopicResult.__new__(CreatableTopicResult)
+            item2 = _new(CreatableTopicResult)
             item2.topic_id = _ZERO_UUID
             item2.topic_config_error_code = 0
             item2.num_partitions = -1
@@ -661,7 +666,7 @@ def _read_CreateTopicsResponse_v1(buf: bytes, pos: int) -> tuple[CreateTopicsRes
 
 def _read_CreateTopicsResponse_v2(buf: bytes, pos: int) -> tuple[CreateTopicsResponse, int]:
     # versions 2-4
-    o = CreateTopicsResponse.__new__(CreateTopicsResponse)
+    o = _new_message(CreateTopicsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -674,7 +679,7 @@ def _read_CreateTopicsResponse_v2(buf: bytes, pos: int) -> tuple[CreateTopicsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = CreatableTopicResult.__new__(CreatableTopicResult)
+            item2 = _new(CreatableTopicResult)
             item2.topic_id = _ZERO_UUID
             item2.topic_config_error_code = 0
             item2.num_partitions = -1
@@ -713,7 +718,7 @@ def _read_CreateTopicsResponse_v2(buf: bytes, pos: int) -> tuple[CreateTopicsRes
 
 def _read_CreateTopicsResponse_v5(buf: bytes, pos: int) -> tuple[CreateTopicsResponse, int]:
     # versions 5-6
-    o = CreateTopicsResponse.__new__(CreateTopicsResponse)
+    o = _new_message(CreateTopicsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -743,7 +748,7 @@ def _read_CreateTopicsResponse_v5(buf: bytes, pos: int) -> tuple[CreateTopicsRes
 
 def _read_CreateTopicsResponse_v7(buf: bytes, pos: int) -> tuple[CreateTopicsResponse, int]:
     # versions 7
-    o = CreateTopicsResponse.__new__(CreateTopicsResponse)
+    o = _new_message(CreateTopicsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

@@ -14,6 +14,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -27,6 +28,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "DefaultPrincipalData",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_z: _Final = _Packer(">?")
 
@@ -85,7 +91,7 @@ _TAGS_DefaultPrincipalData: _Final[frozenset[int]] = frozenset()
 
 def _read_DefaultPrincipalData_v0(buf: bytes, pos: int) -> tuple[DefaultPrincipalData, int]:
     # versions 0
-    o = DefaultPrincipalData.__new__(DefaultPrincipalData)
+    o = _new_message(DefaultPrincipalData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

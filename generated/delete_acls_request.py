@@ -33,6 +33,11 @@ __all__ = [
     "DeleteAclsRequest",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_b: _Final = _Packer(">b")
 _S_bb: _Final = _Packer(">bb")
 _S_h: _Final = _Packer(">h")
@@ -148,7 +153,7 @@ _TAGS_DeleteAclsFilter: _Final[frozenset[int]] = frozenset()
 
 def _read_DeleteAclsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteAclsRequest, int]:
     # versions 0
-    o = DeleteAclsRequest.__new__(DeleteAclsRequest)
+    o = _new_message(DeleteAclsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -159,7 +164,7 @@ def _read_DeleteAclsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteAclsRequest,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DeleteAclsFilter.__new__(DeleteAclsFilter)
+            item2 = _new(DeleteAclsFilter)
             item2.pattern_type_filter = 3
             item2.resource_type_filter = _S_b.unpack_from(buf, pos)[0]
             pos += 1
@@ -210,7 +215,7 @@ def _read_DeleteAclsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteAclsRequest,
 
 def _read_DeleteAclsRequest_v1(buf: bytes, pos: int) -> tuple[DeleteAclsRequest, int]:
     # versions 1
-    o = DeleteAclsRequest.__new__(DeleteAclsRequest)
+    o = _new_message(DeleteAclsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -221,7 +226,7 @@ def _read_DeleteAclsRequest_v1(buf: bytes, pos: int) -> tuple[DeleteAclsRequest,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DeleteAclsFilter.__new__(DeleteAclsFilter)
+            item2 = _new(DeleteAclsFilter)
             item2.resource_type_filter = _S_b.unpack_from(buf, pos)[0]
             pos += 1
             n = _S_h.unpack_from(buf, pos)[0]
@@ -273,7 +278,7 @@ def _read_DeleteAclsRequest_v1(buf: bytes, pos: int) -> tuple[DeleteAclsRequest,
 
 def _read_DeleteAclsRequest_v2(buf: bytes, pos: int) -> tuple[DeleteAclsRequest, int]:
     # versions 2-3
-    o = DeleteAclsRequest.__new__(DeleteAclsRequest)
+    o = _new_message(DeleteAclsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -288,7 +293,7 @@ def _read_DeleteAclsRequest_v2(buf: bytes, pos: int) -> tuple[DeleteAclsRequest,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DeleteAclsFilter.__new__(DeleteAclsFilter)
+            item2 = _new(DeleteAclsFilter)
             item2.resource_type_filter = _S_b.unpack_from(buf, pos)[0]
             pos += 1
             n = buf[pos] - 1

@@ -34,6 +34,11 @@ __all__ = [
     "DeleteAclsResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_b: _Final = _Packer(">b")
 _S_bb: _Final = _Packer(">bb")
 _S_h: _Final = _Packer(">h")
@@ -216,7 +221,7 @@ _TAGS_DeleteAclsMatchingAcl: _Final[frozenset[int]] = frozenset()
 
 def _read_DeleteAclsFilterResult_v0(buf: bytes, pos: int) -> tuple[DeleteAclsFilterResult, int]:
     # versions 0
-    o = DeleteAclsFilterResult.__new__(DeleteAclsFilterResult)
+    o = _new(DeleteAclsFilterResult)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_h.unpack_from(buf, pos)[0]
@@ -241,7 +246,7 @@ def _read_DeleteAclsFilterResult_v0(buf: bytes, pos: int) -> tuple[DeleteAclsFil
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DeleteAclsMatchingAcl.__new__(DeleteAclsMatchingAcl)
+            item2 = _new(DeleteAclsMatchingAcl)
             item2.pattern_type = 3
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -300,7 +305,7 @@ def _read_DeleteAclsFilterResult_v0(buf: bytes, pos: int) -> tuple[DeleteAclsFil
 
 def _read_DeleteAclsFilterResult_v1(buf: bytes, pos: int) -> tuple[DeleteAclsFilterResult, int]:
     # versions 1
-    o = DeleteAclsFilterResult.__new__(DeleteAclsFilterResult)
+    o = _new(DeleteAclsFilterResult)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_h.unpack_from(buf, pos)[0]
@@ -325,7 +330,7 @@ def _read_DeleteAclsFilterResult_v1(buf: bytes, pos: int) -> tuple[DeleteAclsFil
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DeleteAclsMatchingAcl.__new__(DeleteAclsMatchingAcl)
+            item2 = _new(DeleteAclsMatchingAcl)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             n = _S_h.unpack_from(buf, pos)[0]
@@ -385,7 +390,7 @@ def _read_DeleteAclsFilterResult_v1(buf: bytes, pos: int) -> tuple[DeleteAclsFil
 
 def _read_DeleteAclsFilterResult_v2(buf: bytes, pos: int) -> tuple[DeleteAclsFilterResult, int]:
     # versions 2-3
-    o = DeleteAclsFilterResult.__new__(DeleteAclsFilterResult)
+    o = _new(DeleteAclsFilterResult)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -416,7 +421,7 @@ def _read_DeleteAclsFilterResult_v2(buf: bytes, pos: int) -> tuple[DeleteAclsFil
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DeleteAclsMatchingAcl.__new__(DeleteAclsMatchingAcl)
+            item2 = _new(DeleteAclsMatchingAcl)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             n = buf[pos] - 1
@@ -638,7 +643,7 @@ def _write_DeleteAclsFilterResult_v2(o: DeleteAclsFilterResult, w: _Writer) -> N
 
 def _read_DeleteAclsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteAclsResponse, int]:
     # versions 0
-    o = DeleteAclsResponse.__new__(DeleteAclsResponse)
+    o = _new_message(DeleteAclsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -660,7 +665,7 @@ def _read_DeleteAclsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteAclsRespons
 
 def _read_DeleteAclsResponse_v1(buf: bytes, pos: int) -> tuple[DeleteAclsResponse, int]:
     # versions 1
-    o = DeleteAclsResponse.__new__(DeleteAclsResponse)
+    o = _new_message(DeleteAclsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -682,7 +687,7 @@ def _read_DeleteAclsResponse_v1(buf: bytes, pos: int) -> tuple[DeleteAclsRespons
 
 def _read_DeleteAclsResponse_v2(buf: bytes, pos: int) -> tuple[DeleteAclsResponse, int]:
     # versions 2-3
-    o = DeleteAclsResponse.__new__(DeleteAclsResponse)
+    o = _new_message(DeleteAclsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

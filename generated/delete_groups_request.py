@@ -17,6 +17,7 @@ from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -30,6 +31,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "DeleteGroupsRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -72,7 +78,7 @@ _TAGS_DeleteGroupsRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_DeleteGroupsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteGroupsRequest, int]:
     # versions 0-1
-    o = DeleteGroupsRequest.__new__(DeleteGroupsRequest)
+    o = _new_message(DeleteGroupsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -101,7 +107,7 @@ def _read_DeleteGroupsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteGroupsRequ
 
 def _read_DeleteGroupsRequest_v2(buf: bytes, pos: int) -> tuple[DeleteGroupsRequest, int]:
     # versions 2
-    o = DeleteGroupsRequest.__new__(DeleteGroupsRequest)
+    o = _new_message(DeleteGroupsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

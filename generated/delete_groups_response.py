@@ -33,6 +33,11 @@ __all__ = [
     "DeleteGroupsResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -116,7 +121,7 @@ _TAGS_DeletableGroupResult: _Final[frozenset[int]] = frozenset()
 
 def _read_DeleteGroupsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteGroupsResponse, int]:
     # versions 0-1
-    o = DeleteGroupsResponse.__new__(DeleteGroupsResponse)
+    o = _new_message(DeleteGroupsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -129,7 +134,7 @@ def _read_DeleteGroupsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteGroupsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DeletableGroupResult.__new__(DeletableGroupResult)
+            item2 = _new(DeletableGroupResult)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -151,7 +156,7 @@ def _read_DeleteGroupsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteGroupsRes
 
 def _read_DeleteGroupsResponse_v2(buf: bytes, pos: int) -> tuple[DeleteGroupsResponse, int]:
     # versions 2
-    o = DeleteGroupsResponse.__new__(DeleteGroupsResponse)
+    o = _new_message(DeleteGroupsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -168,7 +173,7 @@ def _read_DeleteGroupsResponse_v2(buf: bytes, pos: int) -> tuple[DeleteGroupsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DeletableGroupResult.__new__(DeletableGroupResult)
+            item2 = _new(DeletableGroupResult)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -34,6 +34,11 @@ __all__ = [
     "DeleteRecordsTopic",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_iq: _Final = _Packer(">iq")
@@ -149,7 +154,7 @@ _TAGS_DeleteRecordsPartition: _Final[frozenset[int]] = frozenset()
 
 def _read_DeleteRecordsTopic_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsTopic, int]:
     # versions 0-1
-    o = DeleteRecordsTopic.__new__(DeleteRecordsTopic)
+    o = _new(DeleteRecordsTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -170,7 +175,7 @@ def _read_DeleteRecordsTopic_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsTopi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DeleteRecordsPartition.__new__(DeleteRecordsPartition)
+            item2 = _new(DeleteRecordsPartition)
             item2.partition_index, item2.offset = _S_iq.unpack_from(buf, pos)
             pos += 12
             item2._unknown_tags = None
@@ -182,7 +187,7 @@ def _read_DeleteRecordsTopic_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsTopi
 
 def _read_DeleteRecordsTopic_v2(buf: bytes, pos: int) -> tuple[DeleteRecordsTopic, int]:
     # versions 2
-    o = DeleteRecordsTopic.__new__(DeleteRecordsTopic)
+    o = _new(DeleteRecordsTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -211,7 +216,7 @@ def _read_DeleteRecordsTopic_v2(buf: bytes, pos: int) -> tuple[DeleteRecordsTopi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DeleteRecordsPartition.__new__(DeleteRecordsPartition)
+            item2 = _new(DeleteRecordsPartition)
             item2.partition_index, item2.offset = _S_iq.unpack_from(buf, pos)
             pos += 12
             if buf[pos]:
@@ -269,7 +274,7 @@ def _write_DeleteRecordsTopic_v2(o: DeleteRecordsTopic, w: _Writer) -> None:
 
 def _read_DeleteRecordsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsRequest, int]:
     # versions 0-1
-    o = DeleteRecordsRequest.__new__(DeleteRecordsRequest)
+    o = _new_message(DeleteRecordsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -291,7 +296,7 @@ def _read_DeleteRecordsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsRe
 
 def _read_DeleteRecordsRequest_v2(buf: bytes, pos: int) -> tuple[DeleteRecordsRequest, int]:
     # versions 2
-    o = DeleteRecordsRequest.__new__(DeleteRecordsRequest)
+    o = _new_message(DeleteRecordsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -34,6 +34,11 @@ __all__ = [
     "DeleteRecordsTopicResult",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_iqh: _Final = _Packer(">iqh")
@@ -157,7 +162,7 @@ _TAGS_DeleteRecordsPartitionResult: _Final[frozenset[int]] = frozenset()
 
 def _read_DeleteRecordsTopicResult_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsTopicResult, int]:
     # versions 0-1
-    o = DeleteRecordsTopicResult.__new__(DeleteRecordsTopicResult)
+    o = _new(DeleteRecordsTopicResult)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -178,7 +183,7 @@ def _read_DeleteRecordsTopicResult_v0(buf: bytes, pos: int) -> tuple[DeleteRecor
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DeleteRecordsPartitionResult.__new__(DeleteRecordsPartitionResult)
+            item2 = _new(DeleteRecordsPartitionResult)
             item2.partition_index, item2.low_watermark, item2.error_code = _S_iqh.unpack_from(
                 buf, pos
             )
@@ -192,7 +197,7 @@ def _read_DeleteRecordsTopicResult_v0(buf: bytes, pos: int) -> tuple[DeleteRecor
 
 def _read_DeleteRecordsTopicResult_v2(buf: bytes, pos: int) -> tuple[DeleteRecordsTopicResult, int]:
     # versions 2
-    o = DeleteRecordsTopicResult.__new__(DeleteRecordsTopicResult)
+    o = _new(DeleteRecordsTopicResult)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -221,7 +226,7 @@ def _read_DeleteRecordsTopicResult_v2(buf: bytes, pos: int) -> tuple[DeleteRecor
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DeleteRecordsPartitionResult.__new__(DeleteRecordsPartitionResult)
+            item2 = _new(DeleteRecordsPartitionResult)
             item2.partition_index, item2.low_watermark, item2.error_code = _S_iqh.unpack_from(
                 buf, pos
             )
@@ -283,7 +288,7 @@ def _write_DeleteRecordsTopicResult_v2(o: DeleteRecordsTopicResult, w: _Writer) 
 
 def _read_DeleteRecordsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsResponse, int]:
     # versions 0-1
-    o = DeleteRecordsResponse.__new__(DeleteRecordsResponse)
+    o = _new_message(DeleteRecordsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -305,7 +310,7 @@ def _read_DeleteRecordsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteRecordsR
 
 def _read_DeleteRecordsResponse_v2(buf: bytes, pos: int) -> tuple[DeleteRecordsResponse, int]:
     # versions 2
-    o = DeleteRecordsResponse.__new__(DeleteRecordsResponse)
+    o = _new_message(DeleteRecordsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

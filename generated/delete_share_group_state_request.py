@@ -36,6 +36,11 @@ __all__ = [
     "PartitionData",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_i: _Final = _Packer(">i")
 
 
@@ -135,7 +140,7 @@ _TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 def _read_DeleteStateData_v0(buf: bytes, pos: int) -> tuple[DeleteStateData, int]:
     # versions 0
-    o = DeleteStateData.__new__(DeleteStateData)
+    o = _new(DeleteStateData)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -152,7 +157,7 @@ def _read_DeleteStateData_v0(buf: bytes, pos: int) -> tuple[DeleteStateData, int
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionData.__new__(PartitionData)
+            item2 = _new(PartitionData)
             item2.partition = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             if buf[pos]:
@@ -192,7 +197,7 @@ def _read_DeleteShareGroupStateRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[DeleteShareGroupStateRequest, int]:
     # versions 0
-    o = DeleteShareGroupStateRequest.__new__(DeleteShareGroupStateRequest)
+    o = _new_message(DeleteShareGroupStateRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -36,6 +36,11 @@ __all__ = [
     "PartitionResult",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_ih: _Final = _Packer(">ih")
 
 
@@ -152,7 +157,7 @@ _TAGS_PartitionResult: _Final[frozenset[int]] = frozenset()
 
 def _read_DeleteStateResult_v0(buf: bytes, pos: int) -> tuple[DeleteStateResult, int]:
     # versions 0
-    o = DeleteStateResult.__new__(DeleteStateResult)
+    o = _new(DeleteStateResult)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -169,7 +174,7 @@ def _read_DeleteStateResult_v0(buf: bytes, pos: int) -> tuple[DeleteStateResult,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionResult.__new__(PartitionResult)
+            item2 = _new(PartitionResult)
             item2.partition, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             n = buf[pos] - 1
@@ -231,7 +236,7 @@ def _read_DeleteShareGroupStateResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[DeleteShareGroupStateResponse, int]:
     # versions 0
-    o = DeleteShareGroupStateResponse.__new__(DeleteShareGroupStateResponse)
+    o = _new_message(DeleteShareGroupStateResponse)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -36,6 +36,11 @@ __all__ = [
     "DeleteTopicsRequest",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -132,7 +137,7 @@ _TAGS_DeleteTopicState: _Final[frozenset[int]] = frozenset()
 
 def _read_DeleteTopicsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteTopicsRequest, int]:
     # versions 0-3
-    o = DeleteTopicsRequest.__new__(DeleteTopicsRequest)
+    o = _new_message(DeleteTopicsRequest)
     o.topics = []
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -164,7 +169,7 @@ def _read_DeleteTopicsRequest_v0(buf: bytes, pos: int) -> tuple[DeleteTopicsRequ
 
 def _read_DeleteTopicsRequest_v4(buf: bytes, pos: int) -> tuple[DeleteTopicsRequest, int]:
     # versions 4-5
-    o = DeleteTopicsRequest.__new__(DeleteTopicsRequest)
+    o = _new_message(DeleteTopicsRequest)
     o.topics = []
     n = buf[pos] - 1
     if n < 127:
@@ -208,7 +213,7 @@ def _read_DeleteTopicsRequest_v4(buf: bytes, pos: int) -> tuple[DeleteTopicsRequ
 
 def _read_DeleteTopicsRequest_v6(buf: bytes, pos: int) -> tuple[DeleteTopicsRequest, int]:
     # versions 6
-    o = DeleteTopicsRequest.__new__(DeleteTopicsRequest)
+    o = _new_message(DeleteTopicsRequest)
     o.topic_names = []
     n = buf[pos] - 1
     if n < 127:
@@ -224,7 +229,7 @@ def _read_DeleteTopicsRequest_v6(buf: bytes, pos: int) -> tuple[DeleteTopicsRequ
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DeleteTopicState.__new__(DeleteTopicState)
+            item2 = _new(DeleteTopicState)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -36,6 +36,11 @@ __all__ = [
     "DeleteTopicsResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -146,7 +151,7 @@ _TAGS_DeletableTopicResult: _Final[frozenset[int]] = frozenset()
 
 def _read_DeleteTopicsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteTopicsResponse, int]:
     # versions 0
-    o = DeleteTopicsResponse.__new__(DeleteTopicsResponse)
+    o = _new_message(DeleteTopicsResponse)
     o.throttle_time_ms = 0
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -158,7 +163,7 @@ def _read_DeleteTopicsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DeletableTopicResult.__new__(DeletableTopicResult)
+            item2 = _new(DeletableTopicResult)
             item2.topic_id = _ZERO_UUID
             item2.error_message = None
             n = _S_h.unpack_from(buf, pos)[0]
@@ -182,7 +187,7 @@ def _read_DeleteTopicsResponse_v0(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
 
 def _read_DeleteTopicsResponse_v1(buf: bytes, pos: int) -> tuple[DeleteTopicsResponse, int]:
     # versions 1-3
-    o = DeleteTopicsResponse.__new__(DeleteTopicsResponse)
+    o = _new_message(DeleteTopicsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -195,7 +200,7 @@ def _read_DeleteTopicsResponse_v1(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DeletableTopicResult.__new__(DeletableTopicResult)
+            item2 = _new(DeletableTopicResult)
             item2.topic_id = _ZERO_UUID
             item2.error_message = None
             n = _S_h.unpack_from(buf, pos)[0]
@@ -219,7 +224,7 @@ def _read_DeleteTopicsResponse_v1(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
 
 def _read_DeleteTopicsResponse_v4(buf: bytes, pos: int) -> tuple[DeleteTopicsResponse, int]:
     # versions 4
-    o = DeleteTopicsResponse.__new__(DeleteTopicsResponse)
+    o = _new_message(DeleteTopicsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -236,7 +241,7 @@ def _read_DeleteTopicsResponse_v4(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DeletableTopicResult.__new__(DeletableTopicResult)
+            item2 = _new(DeletableTopicResult)
             item2.topic_id = _ZERO_UUID
             item2.error_message = None
             n = buf[pos] - 1
@@ -272,7 +277,7 @@ def _read_DeleteTopicsResponse_v4(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
 
 def _read_DeleteTopicsResponse_v5(buf: bytes, pos: int) -> tuple[DeleteTopicsResponse, int]:
     # versions 5
-    o = DeleteTopicsResponse.__new__(DeleteTopicsResponse)
+    o = _new_message(DeleteTopicsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -289,7 +294,7 @@ def _read_DeleteTopicsResponse_v5(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DeletableTopicResult.__new__(DeletableTopicResult)
+            item2 = _new(DeletableTopicResult)
             item2.topic_id = _ZERO_UUID
             n = buf[pos] - 1
             if n < 127:
@@ -338,7 +343,7 @@ def _read_DeleteTopicsResponse_v5(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
 
 def _read_DeleteTopicsResponse_v6(buf: bytes, pos: int) -> tuple[DeleteTopicsResponse, int]:
     # versions 6
-    o = DeleteTopicsResponse.__new__(DeleteTopicsResponse)
+    o = _new_message(DeleteTopicsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -355,7 +360,7 @@ def _read_DeleteTopicsResponse_v6(buf: bytes, pos: int) -> tuple[DeleteTopicsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DeletableTopicResult.__new__(DeletableTopicResult)
+            item2 = _new(DeletableTopicResult)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -15,6 +15,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
@@ -26,6 +27,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "DescribeAclsRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_b: _Final = _Packer(">b")
 _S_bb: _Final = _Packer(">bb")
@@ -119,7 +125,7 @@ _TAGS_DescribeAclsRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribeAclsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeAclsRequest, int]:
     # versions 0
-    o = DescribeAclsRequest.__new__(DescribeAclsRequest)
+    o = _new_message(DescribeAclsRequest)
     o.pattern_type_filter = 3
     o.resource_type_filter = _S_b.unpack_from(buf, pos)[0]
     pos += 1
@@ -167,7 +173,7 @@ def _read_DescribeAclsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeAclsRequ
 
 def _read_DescribeAclsRequest_v1(buf: bytes, pos: int) -> tuple[DescribeAclsRequest, int]:
     # versions 1
-    o = DescribeAclsRequest.__new__(DescribeAclsRequest)
+    o = _new_message(DescribeAclsRequest)
     o.resource_type_filter = _S_b.unpack_from(buf, pos)[0]
     pos += 1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -216,7 +222,7 @@ def _read_DescribeAclsRequest_v1(buf: bytes, pos: int) -> tuple[DescribeAclsRequ
 
 def _read_DescribeAclsRequest_v2(buf: bytes, pos: int) -> tuple[DescribeAclsRequest, int]:
     # versions 2-3
-    o = DescribeAclsRequest.__new__(DescribeAclsRequest)
+    o = _new_message(DescribeAclsRequest)
     o.resource_type_filter = _S_b.unpack_from(buf, pos)[0]
     pos += 1
     n = buf[pos] - 1

@@ -34,6 +34,11 @@ __all__ = [
     "DescribeAclsResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_b: _Final = _Packer(">b")
 _S_bb: _Final = _Packer(">bb")
 _S_h: _Final = _Packer(">h")
@@ -201,7 +206,7 @@ _TAGS_AclDescription: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribeAclsResource_v0(buf: bytes, pos: int) -> tuple[DescribeAclsResource, int]:
     # versions 0
-    o = DescribeAclsResource.__new__(DescribeAclsResource)
+    o = _new(DescribeAclsResource)
     o.pattern_type = 3
     o.resource_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
@@ -225,7 +230,7 @@ def _read_DescribeAclsResource_v0(buf: bytes, pos: int) -> tuple[DescribeAclsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AclDescription.__new__(AclDescription)
+            item2 = _new(AclDescription)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -257,7 +262,7 @@ def _read_DescribeAclsResource_v0(buf: bytes, pos: int) -> tuple[DescribeAclsRes
 
 def _read_DescribeAclsResource_v1(buf: bytes, pos: int) -> tuple[DescribeAclsResource, int]:
     # versions 1
-    o = DescribeAclsResource.__new__(DescribeAclsResource)
+    o = _new(DescribeAclsResource)
     o.resource_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -282,7 +287,7 @@ def _read_DescribeAclsResource_v1(buf: bytes, pos: int) -> tuple[DescribeAclsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AclDescription.__new__(AclDescription)
+            item2 = _new(AclDescription)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -314,7 +319,7 @@ def _read_DescribeAclsResource_v1(buf: bytes, pos: int) -> tuple[DescribeAclsRes
 
 def _read_DescribeAclsResource_v2(buf: bytes, pos: int) -> tuple[DescribeAclsResource, int]:
     # versions 2-3
-    o = DescribeAclsResource.__new__(DescribeAclsResource)
+    o = _new(DescribeAclsResource)
     o.resource_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
     n = buf[pos] - 1
@@ -347,7 +352,7 @@ def _read_DescribeAclsResource_v2(buf: bytes, pos: int) -> tuple[DescribeAclsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AclDescription.__new__(AclDescription)
+            item2 = _new(AclDescription)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -481,7 +486,7 @@ def _write_DescribeAclsResource_v2(o: DescribeAclsResource, w: _Writer) -> None:
 
 def _read_DescribeAclsResponse_v0(buf: bytes, pos: int) -> tuple[DescribeAclsResponse, int]:
     # versions 0
-    o = DescribeAclsResponse.__new__(DescribeAclsResponse)
+    o = _new_message(DescribeAclsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = _S_h.unpack_from(buf, pos)[0]
@@ -515,7 +520,7 @@ def _read_DescribeAclsResponse_v0(buf: bytes, pos: int) -> tuple[DescribeAclsRes
 
 def _read_DescribeAclsResponse_v1(buf: bytes, pos: int) -> tuple[DescribeAclsResponse, int]:
     # versions 1
-    o = DescribeAclsResponse.__new__(DescribeAclsResponse)
+    o = _new_message(DescribeAclsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = _S_h.unpack_from(buf, pos)[0]
@@ -549,7 +554,7 @@ def _read_DescribeAclsResponse_v1(buf: bytes, pos: int) -> tuple[DescribeAclsRes
 
 def _read_DescribeAclsResponse_v2(buf: bytes, pos: int) -> tuple[DescribeAclsResponse, int]:
     # versions 2-3
-    o = DescribeAclsResponse.__new__(DescribeAclsResponse)
+    o = _new_message(DescribeAclsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

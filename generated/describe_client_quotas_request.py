@@ -34,6 +34,11 @@ __all__ = [
     "DescribeClientQuotasRequest",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_b: _Final = _Packer(">b")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -127,7 +132,7 @@ def _read_DescribeClientQuotasRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeClientQuotasRequest, int]:
     # versions 0
-    o = DescribeClientQuotasRequest.__new__(DescribeClientQuotasRequest)
+    o = _new_message(DescribeClientQuotasRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -138,7 +143,7 @@ def _read_DescribeClientQuotasRequest_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ComponentData.__new__(ComponentData)
+            item2 = _new(ComponentData)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -176,7 +181,7 @@ def _read_DescribeClientQuotasRequest_v1(
     buf: bytes, pos: int
 ) -> tuple[DescribeClientQuotasRequest, int]:
     # versions 1
-    o = DescribeClientQuotasRequest.__new__(DescribeClientQuotasRequest)
+    o = _new_message(DescribeClientQuotasRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -191,7 +196,7 @@ def _read_DescribeClientQuotasRequest_v1(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ComponentData.__new__(ComponentData)
+            item2 = _new(ComponentData)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -35,6 +35,11 @@ __all__ = [
     "ValueData",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_d: _Final = _Packer(">d")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -198,7 +203,7 @@ _TAGS_ValueData: _Final[frozenset[int]] = frozenset()
 
 def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
     # versions 0
-    o = EntryData.__new__(EntryData)
+    o = _new(EntryData)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -209,7 +214,7 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = EntityData.__new__(EntityData)
+            item2 = _new(EntityData)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -245,7 +250,7 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = ValueData.__new__(ValueData)
+            item5 = _new(ValueData)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -267,7 +272,7 @@ def _read_EntryData_v0(buf: bytes, pos: int) -> tuple[EntryData, int]:
 
 def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
     # versions 1
-    o = EntryData.__new__(EntryData)
+    o = _new(EntryData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -282,7 +287,7 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = EntityData.__new__(EntityData)
+            item2 = _new(EntityData)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -332,7 +337,7 @@ def _read_EntryData_v1(buf: bytes, pos: int) -> tuple[EntryData, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = ValueData.__new__(ValueData)
+            item5 = _new(ValueData)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -444,7 +449,7 @@ def _read_DescribeClientQuotasResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeClientQuotasResponse, int]:
     # versions 0
-    o = DescribeClientQuotasResponse.__new__(DescribeClientQuotasResponse)
+    o = _new_message(DescribeClientQuotasResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = _S_h.unpack_from(buf, pos)[0]
@@ -482,7 +487,7 @@ def _read_DescribeClientQuotasResponse_v1(
     buf: bytes, pos: int
 ) -> tuple[DescribeClientQuotasResponse, int]:
     # versions 1
-    o = DescribeClientQuotasResponse.__new__(DescribeClientQuotasResponse)
+    o = _new_message(DescribeClientQuotasResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

@@ -15,6 +15,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
@@ -23,6 +24,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "DescribeClusterRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_z: _Final = _Packer(">?")
 _S_zb: _Final = _Packer(">?b")
@@ -73,7 +79,7 @@ _TAGS_DescribeClusterRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribeClusterRequest_v0(buf: bytes, pos: int) -> tuple[DescribeClusterRequest, int]:
     # versions 0
-    o = DescribeClusterRequest.__new__(DescribeClusterRequest)
+    o = _new_message(DescribeClusterRequest)
     o.endpoint_type = 1
     o.include_cluster_authorized_operations = _S_z.unpack_from(buf, pos)[0]
     pos += 1
@@ -87,7 +93,7 @@ def _read_DescribeClusterRequest_v0(buf: bytes, pos: int) -> tuple[DescribeClust
 
 def _read_DescribeClusterRequest_v1(buf: bytes, pos: int) -> tuple[DescribeClusterRequest, int]:
     # versions 1
-    o = DescribeClusterRequest.__new__(DescribeClusterRequest)
+    o = _new_message(DescribeClusterRequest)
     o.include_cluster_authorized_operations, o.endpoint_type = _S_zb.unpack_from(buf, pos)
     pos += 2
     if buf[pos]:

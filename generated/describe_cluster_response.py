@@ -33,6 +33,11 @@ __all__ = [
     "DescribeClusterResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_b: _Final = _Packer(">b")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -180,7 +185,7 @@ _TAGS_DescribeClusterBroker: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribeClusterResponse_v0(buf: bytes, pos: int) -> tuple[DescribeClusterResponse, int]:
     # versions 0
-    o = DescribeClusterResponse.__new__(DescribeClusterResponse)
+    o = _new_message(DescribeClusterResponse)
     o.endpoint_type = 1
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
@@ -228,7 +233,7 @@ def _read_DescribeClusterResponse_v0(buf: bytes, pos: int) -> tuple[DescribeClus
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribeClusterBroker.__new__(DescribeClusterBroker)
+            item2 = _new(DescribeClusterBroker)
             item2.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -280,7 +285,7 @@ def _read_DescribeClusterResponse_v0(buf: bytes, pos: int) -> tuple[DescribeClus
 
 def _read_DescribeClusterResponse_v1(buf: bytes, pos: int) -> tuple[DescribeClusterResponse, int]:
     # versions 1
-    o = DescribeClusterResponse.__new__(DescribeClusterResponse)
+    o = _new_message(DescribeClusterResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -329,7 +334,7 @@ def _read_DescribeClusterResponse_v1(buf: bytes, pos: int) -> tuple[DescribeClus
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribeClusterBroker.__new__(DescribeClusterBroker)
+            item2 = _new(DescribeClusterBroker)
             item2.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1

@@ -34,6 +34,11 @@ __all__ = [
     "DescribeConfigsResource",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_b: _Final = _Packer(">b")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -138,7 +143,7 @@ _TAGS_DescribeConfigsResource: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribeConfigsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeConfigsRequest, int]:
     # versions 0
-    o = DescribeConfigsRequest.__new__(DescribeConfigsRequest)
+    o = _new_message(DescribeConfigsRequest)
     o.include_synonyms = False
     o.include_documentation = False
     n = _S_i.unpack_from(buf, pos)[0]
@@ -151,7 +156,7 @@ def _read_DescribeConfigsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeConfi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribeConfigsResource.__new__(DescribeConfigsResource)
+            item2 = _new(DescribeConfigsResource)
             item2.resource_type = _S_b.unpack_from(buf, pos)[0]
             pos += 1
             n = _S_h.unpack_from(buf, pos)[0]
@@ -197,7 +202,7 @@ def _read_DescribeConfigsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeConfi
 
 def _read_DescribeConfigsRequest_v1(buf: bytes, pos: int) -> tuple[DescribeConfigsRequest, int]:
     # versions 1-2
-    o = DescribeConfigsRequest.__new__(DescribeConfigsRequest)
+    o = _new_message(DescribeConfigsRequest)
     o.include_documentation = False
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -209,7 +214,7 @@ def _read_DescribeConfigsRequest_v1(buf: bytes, pos: int) -> tuple[DescribeConfi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribeConfigsResource.__new__(DescribeConfigsResource)
+            item2 = _new(DescribeConfigsResource)
             item2.resource_type = _S_b.unpack_from(buf, pos)[0]
             pos += 1
             n = _S_h.unpack_from(buf, pos)[0]
@@ -257,7 +262,7 @@ def _read_DescribeConfigsRequest_v1(buf: bytes, pos: int) -> tuple[DescribeConfi
 
 def _read_DescribeConfigsRequest_v3(buf: bytes, pos: int) -> tuple[DescribeConfigsRequest, int]:
     # versions 3
-    o = DescribeConfigsRequest.__new__(DescribeConfigsRequest)
+    o = _new_message(DescribeConfigsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -268,7 +273,7 @@ def _read_DescribeConfigsRequest_v3(buf: bytes, pos: int) -> tuple[DescribeConfi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribeConfigsResource.__new__(DescribeConfigsResource)
+            item2 = _new(DescribeConfigsResource)
             item2.resource_type = _S_b.unpack_from(buf, pos)[0]
             pos += 1
             n = _S_h.unpack_from(buf, pos)[0]
@@ -316,7 +321,7 @@ def _read_DescribeConfigsRequest_v3(buf: bytes, pos: int) -> tuple[DescribeConfi
 
 def _read_DescribeConfigsRequest_v4(buf: bytes, pos: int) -> tuple[DescribeConfigsRequest, int]:
     # versions 4
-    o = DescribeConfigsRequest.__new__(DescribeConfigsRequest)
+    o = _new_message(DescribeConfigsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -331,7 +336,7 @@ def _read_DescribeConfigsRequest_v4(buf: bytes, pos: int) -> tuple[DescribeConfi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribeConfigsResource.__new__(DescribeConfigsResource)
+            item2 = _new(DescribeConfigsResource)
             item2.resource_type = _S_b.unpack_from(buf, pos)[0]
             pos += 1
             n = buf[pos] - 1

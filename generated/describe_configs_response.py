@@ -36,6 +36,11 @@ __all__ = [
     "DescribeConfigsSynonym",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_b: _Final = _Packer(">b")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -279,7 +284,7 @@ def _read_DescribeConfigsResourceResult_v1(
     buf: bytes, pos: int
 ) -> tuple[DescribeConfigsResourceResult, int]:
     # versions 1-2
-    o = DescribeConfigsResourceResult.__new__(DescribeConfigsResourceResult)
+    o = _new(DescribeConfigsResourceResult)
     o.is_default = False
     o.config_type = 0
     o.documentation = ""
@@ -317,7 +322,7 @@ def _read_DescribeConfigsResourceResult_v1(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribeConfigsSynonym.__new__(DescribeConfigsSynonym)
+            item2 = _new(DescribeConfigsSynonym)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -353,7 +358,7 @@ def _read_DescribeConfigsResourceResult_v3(
     buf: bytes, pos: int
 ) -> tuple[DescribeConfigsResourceResult, int]:
     # versions 3
-    o = DescribeConfigsResourceResult.__new__(DescribeConfigsResourceResult)
+    o = _new(DescribeConfigsResourceResult)
     o.is_default = False
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -389,7 +394,7 @@ def _read_DescribeConfigsResourceResult_v3(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribeConfigsSynonym.__new__(DescribeConfigsSynonym)
+            item2 = _new(DescribeConfigsSynonym)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -439,7 +444,7 @@ def _read_DescribeConfigsResourceResult_v4(
     buf: bytes, pos: int
 ) -> tuple[DescribeConfigsResourceResult, int]:
     # versions 4
-    o = DescribeConfigsResourceResult.__new__(DescribeConfigsResourceResult)
+    o = _new(DescribeConfigsResourceResult)
     o.is_default = False
     n = buf[pos] - 1
     if n < 127:
@@ -485,7 +490,7 @@ def _read_DescribeConfigsResourceResult_v4(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribeConfigsSynonym.__new__(DescribeConfigsSynonym)
+            item2 = _new(DescribeConfigsSynonym)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -731,7 +736,7 @@ def _write_DescribeConfigsResourceResult_v4(o: DescribeConfigsResourceResult, w:
 
 def _read_DescribeConfigsResult_v0(buf: bytes, pos: int) -> tuple[DescribeConfigsResult, int]:
     # versions 0
-    o = DescribeConfigsResult.__new__(DescribeConfigsResult)
+    o = _new(DescribeConfigsResult)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_h.unpack_from(buf, pos)[0]
@@ -768,7 +773,7 @@ def _read_DescribeConfigsResult_v0(buf: bytes, pos: int) -> tuple[DescribeConfig
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribeConfigsResourceResult.__new__(DescribeConfigsResourceResult)
+            item2 = _new(DescribeConfigsResourceResult)
             item2.config_source = -1
             item2.synonyms = []
             item2.config_type = 0
@@ -806,7 +811,7 @@ def _read_DescribeConfigsResult_v0(buf: bytes, pos: int) -> tuple[DescribeConfig
 
 def _read_DescribeConfigsResult_v1(buf: bytes, pos: int) -> tuple[DescribeConfigsResult, int]:
     # versions 1-2
-    o = DescribeConfigsResult.__new__(DescribeConfigsResult)
+    o = _new(DescribeConfigsResult)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_h.unpack_from(buf, pos)[0]
@@ -852,7 +857,7 @@ def _read_DescribeConfigsResult_v1(buf: bytes, pos: int) -> tuple[DescribeConfig
 
 def _read_DescribeConfigsResult_v3(buf: bytes, pos: int) -> tuple[DescribeConfigsResult, int]:
     # versions 3
-    o = DescribeConfigsResult.__new__(DescribeConfigsResult)
+    o = _new(DescribeConfigsResult)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_h.unpack_from(buf, pos)[0]
@@ -898,7 +903,7 @@ def _read_DescribeConfigsResult_v3(buf: bytes, pos: int) -> tuple[DescribeConfig
 
 def _read_DescribeConfigsResult_v4(buf: bytes, pos: int) -> tuple[DescribeConfigsResult, int]:
     # versions 4
-    o = DescribeConfigsResult.__new__(DescribeConfigsResult)
+    o = _new(DescribeConfigsResult)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -1099,7 +1104,7 @@ def _write_DescribeConfigsResult_v4(o: DescribeConfigsResult, w: _Writer) -> Non
 
 def _read_DescribeConfigsResponse_v0(buf: bytes, pos: int) -> tuple[DescribeConfigsResponse, int]:
     # versions 0
-    o = DescribeConfigsResponse.__new__(DescribeConfigsResponse)
+    o = _new_message(DescribeConfigsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1121,7 +1126,7 @@ def _read_DescribeConfigsResponse_v0(buf: bytes, pos: int) -> tuple[DescribeConf
 
 def _read_DescribeConfigsResponse_v1(buf: bytes, pos: int) -> tuple[DescribeConfigsResponse, int]:
     # versions 1-2
-    o = DescribeConfigsResponse.__new__(DescribeConfigsResponse)
+    o = _new_message(DescribeConfigsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1143,7 +1148,7 @@ def _read_DescribeConfigsResponse_v1(buf: bytes, pos: int) -> tuple[DescribeConf
 
 def _read_DescribeConfigsResponse_v3(buf: bytes, pos: int) -> tuple[DescribeConfigsResponse, int]:
     # versions 3
-    o = DescribeConfigsResponse.__new__(DescribeConfigsResponse)
+    o = _new_message(DescribeConfigsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1165,7 +1170,7 @@ def _read_DescribeConfigsResponse_v3(buf: bytes, pos: int) -> tuple[DescribeConf
 
 def _read_DescribeConfigsResponse_v4(buf: bytes, pos: int) -> tuple[DescribeConfigsResponse, int]:
     # versions 4
-    o = DescribeConfigsResponse.__new__(DescribeConfigsResponse)
+    o = _new_message(DescribeConfigsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

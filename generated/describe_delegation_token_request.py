@@ -33,6 +33,11 @@ __all__ = [
     "DescribeDelegationTokenRequest",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -108,7 +113,7 @@ def _read_DescribeDelegationTokenRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeDelegationTokenRequest, int]:
     # versions 0-1
-    o = DescribeDelegationTokenRequest.__new__(DescribeDelegationTokenRequest)
+    o = _new_message(DescribeDelegationTokenRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -121,7 +126,7 @@ def _read_DescribeDelegationTokenRequest_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribeDelegationTokenOwner.__new__(DescribeDelegationTokenOwner)
+            item2 = _new(DescribeDelegationTokenOwner)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -153,7 +158,7 @@ def _read_DescribeDelegationTokenRequest_v2(
     buf: bytes, pos: int
 ) -> tuple[DescribeDelegationTokenRequest, int]:
     # versions 2-3
-    o = DescribeDelegationTokenRequest.__new__(DescribeDelegationTokenRequest)
+    o = _new_message(DescribeDelegationTokenRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -168,7 +173,7 @@ def _read_DescribeDelegationTokenRequest_v2(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribeDelegationTokenOwner.__new__(DescribeDelegationTokenOwner)
+            item2 = _new(DescribeDelegationTokenOwner)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -36,6 +36,11 @@ __all__ = [
     "DescribedDelegationTokenRenewer",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_qqq: _Final = _Packer(">qqq")
@@ -224,7 +229,7 @@ _TAGS_DescribedDelegationTokenRenewer: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribedDelegationToken_v0(buf: bytes, pos: int) -> tuple[DescribedDelegationToken, int]:
     # versions 0-1
-    o = DescribedDelegationToken.__new__(DescribedDelegationToken)
+    o = _new(DescribedDelegationToken)
     o.token_requester_principal_type = ""
     o.token_requester_principal_name = ""
     n = _S_h.unpack_from(buf, pos)[0]
@@ -279,7 +284,7 @@ def _read_DescribedDelegationToken_v0(buf: bytes, pos: int) -> tuple[DescribedDe
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribedDelegationTokenRenewer.__new__(DescribedDelegationTokenRenewer)
+            item2 = _new(DescribedDelegationTokenRenewer)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -309,7 +314,7 @@ def _read_DescribedDelegationToken_v0(buf: bytes, pos: int) -> tuple[DescribedDe
 
 def _read_DescribedDelegationToken_v2(buf: bytes, pos: int) -> tuple[DescribedDelegationToken, int]:
     # versions 2
-    o = DescribedDelegationToken.__new__(DescribedDelegationToken)
+    o = _new(DescribedDelegationToken)
     o.token_requester_principal_type = ""
     o.token_requester_principal_name = ""
     n = buf[pos] - 1
@@ -384,7 +389,7 @@ def _read_DescribedDelegationToken_v2(buf: bytes, pos: int) -> tuple[DescribedDe
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribedDelegationTokenRenewer.__new__(DescribedDelegationTokenRenewer)
+            item2 = _new(DescribedDelegationTokenRenewer)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -432,7 +437,7 @@ def _read_DescribedDelegationToken_v2(buf: bytes, pos: int) -> tuple[DescribedDe
 
 def _read_DescribedDelegationToken_v3(buf: bytes, pos: int) -> tuple[DescribedDelegationToken, int]:
     # versions 3
-    o = DescribedDelegationToken.__new__(DescribedDelegationToken)
+    o = _new(DescribedDelegationToken)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -533,7 +538,7 @@ def _read_DescribedDelegationToken_v3(buf: bytes, pos: int) -> tuple[DescribedDe
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribedDelegationTokenRenewer.__new__(DescribedDelegationTokenRenewer)
+            item2 = _new(DescribedDelegationTokenRenewer)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -767,7 +772,7 @@ def _read_DescribeDelegationTokenResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeDelegationTokenResponse, int]:
     # versions 0-1
-    o = DescribeDelegationTokenResponse.__new__(DescribeDelegationTokenResponse)
+    o = _new_message(DescribeDelegationTokenResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_i.unpack_from(buf, pos)[0]
@@ -793,7 +798,7 @@ def _read_DescribeDelegationTokenResponse_v2(
     buf: bytes, pos: int
 ) -> tuple[DescribeDelegationTokenResponse, int]:
     # versions 2
-    o = DescribeDelegationTokenResponse.__new__(DescribeDelegationTokenResponse)
+    o = _new_message(DescribeDelegationTokenResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -827,7 +832,7 @@ def _read_DescribeDelegationTokenResponse_v3(
     buf: bytes, pos: int
 ) -> tuple[DescribeDelegationTokenResponse, int]:
     # versions 3
-    o = DescribeDelegationTokenResponse.__new__(DescribeDelegationTokenResponse)
+    o = _new_message(DescribeDelegationTokenResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1

@@ -17,6 +17,7 @@ from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
@@ -31,6 +32,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "DescribeGroupsRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -88,7 +94,7 @@ _TAGS_DescribeGroupsRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribeGroupsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeGroupsRequest, int]:
     # versions 0-2
-    o = DescribeGroupsRequest.__new__(DescribeGroupsRequest)
+    o = _new_message(DescribeGroupsRequest)
     o.include_authorized_operations = False
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -118,7 +124,7 @@ def _read_DescribeGroupsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeGroups
 
 def _read_DescribeGroupsRequest_v3(buf: bytes, pos: int) -> tuple[DescribeGroupsRequest, int]:
     # versions 3-4
-    o = DescribeGroupsRequest.__new__(DescribeGroupsRequest)
+    o = _new_message(DescribeGroupsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -149,7 +155,7 @@ def _read_DescribeGroupsRequest_v3(buf: bytes, pos: int) -> tuple[DescribeGroups
 
 def _read_DescribeGroupsRequest_v5(buf: bytes, pos: int) -> tuple[DescribeGroupsRequest, int]:
     # versions 5
-    o = DescribeGroupsRequest.__new__(DescribeGroupsRequest)
+    o = _new_message(DescribeGroupsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

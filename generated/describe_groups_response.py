@@ -36,6 +36,11 @@ __all__ = [
     "DescribedGroupMember",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -233,7 +238,7 @@ _TAGS_DescribedGroupMember: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribedGroup_v0(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
     # versions 0-2
-    o = DescribedGroup.__new__(DescribedGroup)
+    o = _new(DescribedGroup)
     o.authorized_operations = -2147483648
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -287,7 +292,7 @@ def _read_DescribedGroup_v0(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribedGroupMember.__new__(DescribedGroupMember)
+            item2 = _new(DescribedGroupMember)
             item2.group_instance_id = None
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -348,7 +353,7 @@ def _read_DescribedGroup_v0(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
 
 def _read_DescribedGroup_v3(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
     # versions 3
-    o = DescribedGroup.__new__(DescribedGroup)
+    o = _new(DescribedGroup)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_h.unpack_from(buf, pos)[0]
@@ -401,7 +406,7 @@ def _read_DescribedGroup_v3(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribedGroupMember.__new__(DescribedGroupMember)
+            item2 = _new(DescribedGroupMember)
             item2.group_instance_id = None
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -464,7 +469,7 @@ def _read_DescribedGroup_v3(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
 
 def _read_DescribedGroup_v4(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
     # versions 4
-    o = DescribedGroup.__new__(DescribedGroup)
+    o = _new(DescribedGroup)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_h.unpack_from(buf, pos)[0]
@@ -517,7 +522,7 @@ def _read_DescribedGroup_v4(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribedGroupMember.__new__(DescribedGroupMember)
+            item2 = _new(DescribedGroupMember)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -591,7 +596,7 @@ def _read_DescribedGroup_v4(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
 
 def _read_DescribedGroup_v5(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
     # versions 5
-    o = DescribedGroup.__new__(DescribedGroup)
+    o = _new(DescribedGroup)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -664,7 +669,7 @@ def _read_DescribedGroup_v5(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribedGroupMember.__new__(DescribedGroupMember)
+            item2 = _new(DescribedGroupMember)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -1115,7 +1120,7 @@ def _write_DescribedGroup_v5(o: DescribedGroup, w: _Writer) -> None:
 
 def _read_DescribeGroupsResponse_v0(buf: bytes, pos: int) -> tuple[DescribeGroupsResponse, int]:
     # versions 0
-    o = DescribeGroupsResponse.__new__(DescribeGroupsResponse)
+    o = _new_message(DescribeGroupsResponse)
     o.throttle_time_ms = 0
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -1136,7 +1141,7 @@ def _read_DescribeGroupsResponse_v0(buf: bytes, pos: int) -> tuple[DescribeGroup
 
 def _read_DescribeGroupsResponse_v1(buf: bytes, pos: int) -> tuple[DescribeGroupsResponse, int]:
     # versions 1-2
-    o = DescribeGroupsResponse.__new__(DescribeGroupsResponse)
+    o = _new_message(DescribeGroupsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1158,7 +1163,7 @@ def _read_DescribeGroupsResponse_v1(buf: bytes, pos: int) -> tuple[DescribeGroup
 
 def _read_DescribeGroupsResponse_v3(buf: bytes, pos: int) -> tuple[DescribeGroupsResponse, int]:
     # versions 3
-    o = DescribeGroupsResponse.__new__(DescribeGroupsResponse)
+    o = _new_message(DescribeGroupsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1180,7 +1185,7 @@ def _read_DescribeGroupsResponse_v3(buf: bytes, pos: int) -> tuple[DescribeGroup
 
 def _read_DescribeGroupsResponse_v4(buf: bytes, pos: int) -> tuple[DescribeGroupsResponse, int]:
     # versions 4
-    o = DescribeGroupsResponse.__new__(DescribeGroupsResponse)
+    o = _new_message(DescribeGroupsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1202,7 +1207,7 @@ def _read_DescribeGroupsResponse_v4(buf: bytes, pos: int) -> tuple[DescribeGroup
 
 def _read_DescribeGroupsResponse_v5(buf: bytes, pos: int) -> tuple[DescribeGroupsResponse, int]:
     # versions 5
-    o = DescribeGroupsResponse.__new__(DescribeGroupsResponse)
+    o = _new_message(DescribeGroupsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

@@ -35,6 +35,11 @@ __all__ = [
     "DescribeLogDirsRequest",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _A_i: _Final = _small_arrays("i", 32)
@@ -110,7 +115,7 @@ _TAGS_DescribableLogDirTopic: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribeLogDirsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeLogDirsRequest, int]:
     # versions 0-1
-    o = DescribeLogDirsRequest.__new__(DescribeLogDirsRequest)
+    o = _new_message(DescribeLogDirsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -123,7 +128,7 @@ def _read_DescribeLogDirsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeLogDi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribableLogDirTopic.__new__(DescribableLogDirTopic)
+            item2 = _new(DescribableLogDirTopic)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -156,7 +161,7 @@ def _read_DescribeLogDirsRequest_v0(buf: bytes, pos: int) -> tuple[DescribeLogDi
 
 def _read_DescribeLogDirsRequest_v2(buf: bytes, pos: int) -> tuple[DescribeLogDirsRequest, int]:
     # versions 2-4
-    o = DescribeLogDirsRequest.__new__(DescribeLogDirsRequest)
+    o = _new_message(DescribeLogDirsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -171,7 +176,7 @@ def _read_DescribeLogDirsRequest_v2(buf: bytes, pos: int) -> tuple[DescribeLogDi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribableLogDirTopic.__new__(DescribableLogDirTopic)
+            item2 = _new(DescribableLogDirTopic)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -36,6 +36,11 @@ __all__ = [
     "DescribeLogDirsTopic",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -235,7 +240,7 @@ _TAGS_DescribeLogDirsPartition: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribeLogDirsTopic_v0(buf: bytes, pos: int) -> tuple[DescribeLogDirsTopic, int]:
     # versions 0-1
-    o = DescribeLogDirsTopic.__new__(DescribeLogDirsTopic)
+    o = _new(DescribeLogDirsTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -256,7 +261,7 @@ def _read_DescribeLogDirsTopic_v0(buf: bytes, pos: int) -> tuple[DescribeLogDirs
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribeLogDirsPartition.__new__(DescribeLogDirsPartition)
+            item2 = _new(DescribeLogDirsPartition)
             item2.partition_index, item2.partition_size, item2.offset_lag, item2.is_future_key = (
                 _S_iqqz.unpack_from(buf, pos)
             )
@@ -270,7 +275,7 @@ def _read_DescribeLogDirsTopic_v0(buf: bytes, pos: int) -> tuple[DescribeLogDirs
 
 def _read_DescribeLogDirsTopic_v2(buf: bytes, pos: int) -> tuple[DescribeLogDirsTopic, int]:
     # versions 2-4
-    o = DescribeLogDirsTopic.__new__(DescribeLogDirsTopic)
+    o = _new(DescribeLogDirsTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -299,7 +304,7 @@ def _read_DescribeLogDirsTopic_v2(buf: bytes, pos: int) -> tuple[DescribeLogDirs
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribeLogDirsPartition.__new__(DescribeLogDirsPartition)
+            item2 = _new(DescribeLogDirsPartition)
             item2.partition_index, item2.partition_size, item2.offset_lag, item2.is_future_key = (
                 _S_iqqz.unpack_from(buf, pos)
             )
@@ -375,7 +380,7 @@ def _write_DescribeLogDirsTopic_v2(o: DescribeLogDirsTopic, w: _Writer) -> None:
 
 def _read_DescribeLogDirsResult_v0(buf: bytes, pos: int) -> tuple[DescribeLogDirsResult, int]:
     # versions 0-1
-    o = DescribeLogDirsResult.__new__(DescribeLogDirsResult)
+    o = _new(DescribeLogDirsResult)
     o.total_bytes = -1
     o.usable_bytes = -1
     o.error_code = _S_h.unpack_from(buf, pos)[0]
@@ -409,7 +414,7 @@ def _read_DescribeLogDirsResult_v0(buf: bytes, pos: int) -> tuple[DescribeLogDir
 
 def _read_DescribeLogDirsResult_v2(buf: bytes, pos: int) -> tuple[DescribeLogDirsResult, int]:
     # versions 2-3
-    o = DescribeLogDirsResult.__new__(DescribeLogDirsResult)
+    o = _new(DescribeLogDirsResult)
     o.total_bytes = -1
     o.usable_bytes = -1
     o.error_code = _S_h.unpack_from(buf, pos)[0]
@@ -455,7 +460,7 @@ def _read_DescribeLogDirsResult_v2(buf: bytes, pos: int) -> tuple[DescribeLogDir
 
 def _read_DescribeLogDirsResult_v4(buf: bytes, pos: int) -> tuple[DescribeLogDirsResult, int]:
     # versions 4
-    o = DescribeLogDirsResult.__new__(DescribeLogDirsResult)
+    o = _new(DescribeLogDirsResult)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -554,7 +559,7 @@ def _write_DescribeLogDirsResult_v4(o: DescribeLogDirsResult, w: _Writer) -> Non
 
 def _read_DescribeLogDirsResponse_v0(buf: bytes, pos: int) -> tuple[DescribeLogDirsResponse, int]:
     # versions 0-1
-    o = DescribeLogDirsResponse.__new__(DescribeLogDirsResponse)
+    o = _new_message(DescribeLogDirsResponse)
     o.error_code = 0
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -577,7 +582,7 @@ def _read_DescribeLogDirsResponse_v0(buf: bytes, pos: int) -> tuple[DescribeLogD
 
 def _read_DescribeLogDirsResponse_v2(buf: bytes, pos: int) -> tuple[DescribeLogDirsResponse, int]:
     # versions 2
-    o = DescribeLogDirsResponse.__new__(DescribeLogDirsResponse)
+    o = _new_message(DescribeLogDirsResponse)
     o.error_code = 0
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -608,7 +613,7 @@ def _read_DescribeLogDirsResponse_v2(buf: bytes, pos: int) -> tuple[DescribeLogD
 
 def _read_DescribeLogDirsResponse_v3(buf: bytes, pos: int) -> tuple[DescribeLogDirsResponse, int]:
     # versions 3
-    o = DescribeLogDirsResponse.__new__(DescribeLogDirsResponse)
+    o = _new_message(DescribeLogDirsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -638,7 +643,7 @@ def _read_DescribeLogDirsResponse_v3(buf: bytes, pos: int) -> tuple[DescribeLogD
 
 def _read_DescribeLogDirsResponse_v4(buf: bytes, pos: int) -> tuple[DescribeLogDirsResponse, int]:
     # versions 4
-    o = DescribeLogDirsResponse.__new__(DescribeLogDirsResponse)
+    o = _new_message(DescribeLogDirsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

@@ -33,6 +33,11 @@ __all__ = [
     "TopicRequest",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _A_i: _Final = _small_arrays("i", 32)
 
 
@@ -100,7 +105,7 @@ _TAGS_TopicRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_DescribeProducersRequest_v0(buf: bytes, pos: int) -> tuple[DescribeProducersRequest, int]:
     # versions 0
-    o = DescribeProducersRequest.__new__(DescribeProducersRequest)
+    o = _new_message(DescribeProducersRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -115,7 +120,7 @@ def _read_DescribeProducersRequest_v0(buf: bytes, pos: int) -> tuple[DescribePro
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = TopicRequest.__new__(TopicRequest)
+            item2 = _new(TopicRequest)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

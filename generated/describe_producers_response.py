@@ -34,6 +34,11 @@ __all__ = [
     "TopicResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
 _S_qiiqiq: _Final = _Packer(">qiiqiq")
@@ -225,7 +230,7 @@ _TAGS_ProducerState: _Final[frozenset[int]] = frozenset()
 
 def _read_PartitionResponse_v0(buf: bytes, pos: int) -> tuple[PartitionResponse, int]:
     # versions 0
-    o = PartitionResponse.__new__(PartitionResponse)
+    o = _new(PartitionResponse)
     o.partition_index, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -256,7 +261,7 @@ def _read_PartitionResponse_v0(buf: bytes, pos: int) -> tuple[PartitionResponse,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ProducerState.__new__(ProducerState)
+            item2 = _new(ProducerState)
             (
                 item2.producer_id,
                 item2.producer_epoch,
@@ -318,7 +323,7 @@ def _write_PartitionResponse_v0(o: PartitionResponse, w: _Writer) -> None:
 
 def _read_TopicResponse_v0(buf: bytes, pos: int) -> tuple[TopicResponse, int]:
     # versions 0
-    o = TopicResponse.__new__(TopicResponse)
+    o = _new(TopicResponse)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -379,7 +384,7 @@ def _read_DescribeProducersResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeProducersResponse, int]:
     # versions 0
-    o = DescribeProducersResponse.__new__(DescribeProducersResponse)
+    o = _new_message(DescribeProducersResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

@@ -33,6 +33,11 @@ __all__ = [
     "TopicData",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_i: _Final = _Packer(">i")
 
 
@@ -126,7 +131,7 @@ _TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0-2
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -155,7 +160,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionData.__new__(PartitionData)
+            item2 = _new(PartitionData)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             if buf[pos]:
@@ -196,7 +201,7 @@ def _write_TopicData_v0(o: TopicData, w: _Writer) -> None:
 
 def _read_DescribeQuorumRequest_v0(buf: bytes, pos: int) -> tuple[DescribeQuorumRequest, int]:
     # versions 0-2
-    o = DescribeQuorumRequest.__new__(DescribeQuorumRequest)
+    o = _new_message(DescribeQuorumRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -40,6 +40,11 @@ __all__ = [
     "TopicData",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_H: _Final = _Packer(">H")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -353,7 +358,7 @@ _TAGS_Listener: _Final[frozenset[int]] = frozenset()
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 0
-    o = PartitionData.__new__(PartitionData)
+    o = _new(PartitionData)
     o.error_message = ""
     o.partition_index, o.error_code, o.leader_id, o.leader_epoch, o.high_watermark = (
         _S_ihiiq.unpack_from(buf, pos)
@@ -373,7 +378,7 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ReplicaState.__new__(ReplicaState)
+            item2 = _new(ReplicaState)
             item2.replica_directory_id = _ZERO_UUID
             item2.last_fetch_timestamp = -1
             item2.last_caught_up_timestamp = -1
@@ -400,7 +405,7 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = ReplicaState.__new__(ReplicaState)
+            item5 = _new(ReplicaState)
             item5.replica_directory_id = _ZERO_UUID
             item5.last_fetch_timestamp = -1
             item5.last_caught_up_timestamp = -1
@@ -423,7 +428,7 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
 
 def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 1
-    o = PartitionData.__new__(PartitionData)
+    o = _new(PartitionData)
     o.error_message = ""
     o.partition_index, o.error_code, o.leader_id, o.leader_epoch, o.high_watermark = (
         _S_ihiiq.unpack_from(buf, pos)
@@ -443,7 +448,7 @@ def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ReplicaState.__new__(ReplicaState)
+            item2 = _new(ReplicaState)
             item2.replica_directory_id = _ZERO_UUID
             (
                 item2.replica_id,
@@ -473,7 +478,7 @@ def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = ReplicaState.__new__(ReplicaState)
+            item5 = _new(ReplicaState)
             item5.replica_directory_id = _ZERO_UUID
             (
                 item5.replica_id,
@@ -499,7 +504,7 @@ def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
 
 def _read_PartitionData_v2(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 2
-    o = PartitionData.__new__(PartitionData)
+    o = _new(PartitionData)
     o.partition_index, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -532,7 +537,7 @@ def _read_PartitionData_v2(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ReplicaState.__new__(ReplicaState)
+            item2 = _new(ReplicaState)
             item2.replica_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             item2.replica_directory_id = _read_uuid(buf, pos)
@@ -562,7 +567,7 @@ def _read_PartitionData_v2(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = ReplicaState.__new__(ReplicaState)
+            item5 = _new(ReplicaState)
             item5.replica_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             item5.replica_directory_id = _read_uuid(buf, pos)
@@ -712,7 +717,7 @@ def _write_PartitionData_v2(o: PartitionData, w: _Writer) -> None:
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -754,7 +759,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
 
 def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 1
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -796,7 +801,7 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
 
 def _read_TopicData_v2(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 2
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -889,7 +894,7 @@ def _write_TopicData_v2(o: TopicData, w: _Writer) -> None:
 
 def _read_Node_v2(buf: bytes, pos: int) -> tuple[Node, int]:
     # versions 2
-    o = Node.__new__(Node)
+    o = _new(Node)
     o.node_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -906,7 +911,7 @@ def _read_Node_v2(buf: bytes, pos: int) -> tuple[Node, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = Listener.__new__(Listener)
+            item2 = _new(Listener)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -980,7 +985,7 @@ def _write_Node_v2(o: Node, w: _Writer) -> None:
 
 def _read_DescribeQuorumResponse_v0(buf: bytes, pos: int) -> tuple[DescribeQuorumResponse, int]:
     # versions 0
-    o = DescribeQuorumResponse.__new__(DescribeQuorumResponse)
+    o = _new_message(DescribeQuorumResponse)
     o.error_message = ""
     o.nodes = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
@@ -1012,7 +1017,7 @@ def _read_DescribeQuorumResponse_v0(buf: bytes, pos: int) -> tuple[DescribeQuoru
 
 def _read_DescribeQuorumResponse_v1(buf: bytes, pos: int) -> tuple[DescribeQuorumResponse, int]:
     # versions 1
-    o = DescribeQuorumResponse.__new__(DescribeQuorumResponse)
+    o = _new_message(DescribeQuorumResponse)
     o.error_message = ""
     o.nodes = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
@@ -1044,7 +1049,7 @@ def _read_DescribeQuorumResponse_v1(buf: bytes, pos: int) -> tuple[DescribeQuoru
 
 def _read_DescribeQuorumResponse_v2(buf: bytes, pos: int) -> tuple[DescribeQuorumResponse, int]:
     # versions 2
-    o = DescribeQuorumResponse.__new__(DescribeQuorumResponse)
+    o = _new_message(DescribeQuorumResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1

@@ -33,6 +33,11 @@ __all__ = [
     "TopicRequest",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_i: _Final = _Packer(">i")
 
 
@@ -140,7 +145,7 @@ _TAGS_Cursor: _Final[frozenset[int]] = frozenset()
 
 def _read_Cursor_v0(buf: bytes, pos: int) -> tuple[Cursor, int]:
     # versions 0
-    o = Cursor.__new__(Cursor)
+    o = _new(Cursor)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -182,7 +187,7 @@ def _read_DescribeTopicPartitionsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeTopicPartitionsRequest, int]:
     # versions 0
-    o = DescribeTopicPartitionsRequest.__new__(DescribeTopicPartitionsRequest)
+    o = _new_message(DescribeTopicPartitionsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -197,7 +202,7 @@ def _read_DescribeTopicPartitionsRequest_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = TopicRequest.__new__(TopicRequest)
+            item2 = _new(TopicRequest)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -40,6 +40,11 @@ __all__ = [
     "DescribeTopicPartitionsResponseTopic",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_hiii: _Final = _Packer(">hiii")
 _S_i: _Final = _Packer(">i")
@@ -283,7 +288,7 @@ def _read_DescribeTopicPartitionsResponseTopic_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeTopicPartitionsResponseTopic, int]:
     # versions 0
-    o = DescribeTopicPartitionsResponseTopic.__new__(DescribeTopicPartitionsResponseTopic)
+    o = _new(DescribeTopicPartitionsResponseTopic)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -318,9 +323,7 @@ def _read_DescribeTopicPartitionsResponseTopic_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = DescribeTopicPartitionsResponsePartition.__new__(
-                DescribeTopicPartitionsResponsePartition
-            )
+            item2 = _new(DescribeTopicPartitionsResponsePartition)
             item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
                 _S_hiii.unpack_from(buf, pos)
             )
@@ -496,7 +499,7 @@ def _write_DescribeTopicPartitionsResponseTopic_v0(
 
 def _read_Cursor_v0(buf: bytes, pos: int) -> tuple[Cursor, int]:
     # versions 0
-    o = Cursor.__new__(Cursor)
+    o = _new(Cursor)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -538,7 +541,7 @@ def _read_DescribeTopicPartitionsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeTopicPartitionsResponse, int]:
     # versions 0
-    o = DescribeTopicPartitionsResponse.__new__(DescribeTopicPartitionsResponse)
+    o = _new_message(DescribeTopicPartitionsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

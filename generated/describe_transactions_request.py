@@ -16,6 +16,7 @@ from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -29,6 +30,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "DescribeTransactionsRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 
 @_mypyc_attr(native_class=False)
@@ -65,7 +71,7 @@ def _read_DescribeTransactionsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeTransactionsRequest, int]:
     # versions 0
-    o = DescribeTransactionsRequest.__new__(DescribeTransactionsRequest)
+    o = _new_message(DescribeTransactionsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

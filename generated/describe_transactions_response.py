@@ -35,6 +35,11 @@ __all__ = [
     "TransactionState",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_iqqh: _Final = _Packer(">iqqh")
@@ -197,7 +202,7 @@ _TAGS_TopicData: _Final[frozenset[int]] = frozenset()
 
 def _read_TransactionState_v0(buf: bytes, pos: int) -> tuple[TransactionState, int]:
     # versions 0
-    o = TransactionState.__new__(TransactionState)
+    o = _new(TransactionState)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -246,7 +251,7 @@ def _read_TransactionState_v0(buf: bytes, pos: int) -> tuple[TransactionState, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = TopicData.__new__(TopicData)
+            item2 = _new(TopicData)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -335,7 +340,7 @@ def _read_DescribeTransactionsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeTransactionsResponse, int]:
     # versions 0
-    o = DescribeTransactionsResponse.__new__(DescribeTransactionsResponse)
+    o = _new_message(DescribeTransactionsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

@@ -31,6 +31,11 @@ __all__ = [
     "UserName",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 
 @_mypyc_attr(native_class=False)
 class UserName(_StructBase):
@@ -88,7 +93,7 @@ def _read_DescribeUserScramCredentialsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeUserScramCredentialsRequest, int]:
     # versions 0
-    o = DescribeUserScramCredentialsRequest.__new__(DescribeUserScramCredentialsRequest)
+    o = _new_message(DescribeUserScramCredentialsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -103,7 +108,7 @@ def _read_DescribeUserScramCredentialsRequest_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = UserName.__new__(UserName)
+            item2 = _new(UserName)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -33,6 +33,11 @@ __all__ = [
     "DescribeUserScramCredentialsResult",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_bi: _Final = _Packer(">bi")
 _S_h: _Final = _Packer(">h")
 _S_ih: _Final = _Packer(">ih")
@@ -178,7 +183,7 @@ def _read_DescribeUserScramCredentialsResult_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeUserScramCredentialsResult, int]:
     # versions 0
-    o = DescribeUserScramCredentialsResult.__new__(DescribeUserScramCredentialsResult)
+    o = _new(DescribeUserScramCredentialsResult)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -223,7 +228,7 @@ def _read_DescribeUserScramCredentialsResult_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = CredentialInfo.__new__(CredentialInfo)
+            item2 = _new(CredentialInfo)
             item2.mechanism, item2.iterations = _S_bi.unpack_from(buf, pos)
             pos += 5
             if buf[pos]:
@@ -277,7 +282,7 @@ def _read_DescribeUserScramCredentialsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[DescribeUserScramCredentialsResponse, int]:
     # versions 0
-    o = DescribeUserScramCredentialsResponse.__new__(DescribeUserScramCredentialsResponse)
+    o = _new_message(DescribeUserScramCredentialsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

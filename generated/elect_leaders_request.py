@@ -35,6 +35,11 @@ __all__ = [
     "TopicPartitions",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_b: _Final = _Packer(">b")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -128,7 +133,7 @@ _TAGS_TopicPartitions: _Final[frozenset[int]] = frozenset()
 
 def _read_ElectLeadersRequest_v0(buf: bytes, pos: int) -> tuple[ElectLeadersRequest, int]:
     # versions 0
-    o = ElectLeadersRequest.__new__(ElectLeadersRequest)
+    o = _new_message(ElectLeadersRequest)
     o.election_type = 0
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -142,7 +147,7 @@ def _read_ElectLeadersRequest_v0(buf: bytes, pos: int) -> tuple[ElectLeadersRequ
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = TopicPartitions.__new__(TopicPartitions)
+            item2 = _new(TopicPartitions)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -177,7 +182,7 @@ def _read_ElectLeadersRequest_v0(buf: bytes, pos: int) -> tuple[ElectLeadersRequ
 
 def _read_ElectLeadersRequest_v1(buf: bytes, pos: int) -> tuple[ElectLeadersRequest, int]:
     # versions 1
-    o = ElectLeadersRequest.__new__(ElectLeadersRequest)
+    o = _new_message(ElectLeadersRequest)
     o.election_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
     n = _S_i.unpack_from(buf, pos)[0]
@@ -192,7 +197,7 @@ def _read_ElectLeadersRequest_v1(buf: bytes, pos: int) -> tuple[ElectLeadersRequ
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = TopicPartitions.__new__(TopicPartitions)
+            item2 = _new(TopicPartitions)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -227,7 +232,7 @@ def _read_ElectLeadersRequest_v1(buf: bytes, pos: int) -> tuple[ElectLeadersRequ
 
 def _read_ElectLeadersRequest_v2(buf: bytes, pos: int) -> tuple[ElectLeadersRequest, int]:
     # versions 2
-    o = ElectLeadersRequest.__new__(ElectLeadersRequest)
+    o = _new_message(ElectLeadersRequest)
     o.election_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
     n = buf[pos] - 1
@@ -244,7 +249,7 @@ def _read_ElectLeadersRequest_v2(buf: bytes, pos: int) -> tuple[ElectLeadersRequ
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = TopicPartitions.__new__(TopicPartitions)
+            item2 = _new(TopicPartitions)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -34,6 +34,11 @@ __all__ = [
     "ReplicaElectionResult",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -168,7 +173,7 @@ _TAGS_PartitionResult: _Final[frozenset[int]] = frozenset()
 
 def _read_ReplicaElectionResult_v0(buf: bytes, pos: int) -> tuple[ReplicaElectionResult, int]:
     # versions 0-1
-    o = ReplicaElectionResult.__new__(ReplicaElectionResult)
+    o = _new(ReplicaElectionResult)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -189,7 +194,7 @@ def _read_ReplicaElectionResult_v0(buf: bytes, pos: int) -> tuple[ReplicaElectio
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionResult.__new__(PartitionResult)
+            item2 = _new(PartitionResult)
             item2.partition_id, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             n = _S_h.unpack_from(buf, pos)[0]
@@ -213,7 +218,7 @@ def _read_ReplicaElectionResult_v0(buf: bytes, pos: int) -> tuple[ReplicaElectio
 
 def _read_ReplicaElectionResult_v2(buf: bytes, pos: int) -> tuple[ReplicaElectionResult, int]:
     # versions 2
-    o = ReplicaElectionResult.__new__(ReplicaElectionResult)
+    o = _new(ReplicaElectionResult)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -242,7 +247,7 @@ def _read_ReplicaElectionResult_v2(buf: bytes, pos: int) -> tuple[ReplicaElectio
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionResult.__new__(PartitionResult)
+            item2 = _new(PartitionResult)
             item2.partition_id, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             n = buf[pos] - 1
@@ -330,7 +335,7 @@ def _write_ReplicaElectionResult_v2(o: ReplicaElectionResult, w: _Writer) -> Non
 
 def _read_ElectLeadersResponse_v0(buf: bytes, pos: int) -> tuple[ElectLeadersResponse, int]:
     # versions 0
-    o = ElectLeadersResponse.__new__(ElectLeadersResponse)
+    o = _new_message(ElectLeadersResponse)
     o.error_code = 0
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -353,7 +358,7 @@ def _read_ElectLeadersResponse_v0(buf: bytes, pos: int) -> tuple[ElectLeadersRes
 
 def _read_ElectLeadersResponse_v1(buf: bytes, pos: int) -> tuple[ElectLeadersResponse, int]:
     # versions 1
-    o = ElectLeadersResponse.__new__(ElectLeadersResponse)
+    o = _new_message(ElectLeadersResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = _S_i.unpack_from(buf, pos)[0]
@@ -375,7 +380,7 @@ def _read_ElectLeadersResponse_v1(buf: bytes, pos: int) -> tuple[ElectLeadersRes
 
 def _read_ElectLeadersResponse_v2(buf: bytes, pos: int) -> tuple[ElectLeadersResponse, int]:
     # versions 2
-    o = ElectLeadersResponse.__new__(ElectLeadersResponse)
+    o = _new_message(ElectLeadersResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

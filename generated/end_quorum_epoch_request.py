@@ -41,6 +41,11 @@ __all__ = [
     "TopicData",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_H: _Final = _Packer(">H")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -266,7 +271,7 @@ _TAGS_LeaderEndpoint: _Final[frozenset[int]] = frozenset()
 
 def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 1
-    o = PartitionData.__new__(PartitionData)
+    o = _new(PartitionData)
     o.preferred_successors = []
     o.partition_index, o.leader_id, o.leader_epoch = _S_iii.unpack_from(buf, pos)
     pos += 12
@@ -284,7 +289,7 @@ def _read_PartitionData_v1(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ReplicaInfo.__new__(ReplicaInfo)
+            item2 = _new(ReplicaInfo)
             item2.candidate_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             item2.candidate_directory_id = _read_uuid(buf, pos)
@@ -325,7 +330,7 @@ def _write_PartitionData_v1(o: PartitionData, w: _Writer) -> None:
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -346,7 +351,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionData.__new__(PartitionData)
+            item2 = _new(PartitionData)
             item2.preferred_candidates = []
             item2.partition_index, item2.leader_id, item2.leader_epoch = _S_iii.unpack_from(
                 buf, pos
@@ -374,7 +379,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
 
 def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 1
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -454,7 +459,7 @@ def _write_TopicData_v1(o: TopicData, w: _Writer) -> None:
 
 def _read_EndQuorumEpochRequest_v0(buf: bytes, pos: int) -> tuple[EndQuorumEpochRequest, int]:
     # versions 0
-    o = EndQuorumEpochRequest.__new__(EndQuorumEpochRequest)
+    o = _new_message(EndQuorumEpochRequest)
     o.leader_endpoints = []
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -487,7 +492,7 @@ def _read_EndQuorumEpochRequest_v0(buf: bytes, pos: int) -> tuple[EndQuorumEpoch
 
 def _read_EndQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[EndQuorumEpochRequest, int]:
     # versions 1
-    o = EndQuorumEpochRequest.__new__(EndQuorumEpochRequest)
+    o = _new_message(EndQuorumEpochRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -533,7 +538,7 @@ def _read_EndQuorumEpochRequest_v1(buf: bytes, pos: int) -> tuple[EndQuorumEpoch
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = LeaderEndpoint.__new__(LeaderEndpoint)
+            item5 = _new(LeaderEndpoint)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

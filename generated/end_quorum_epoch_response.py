@@ -40,6 +40,11 @@ __all__ = [
     "TopicData",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_H: _Final = _Packer(">H")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -219,7 +224,7 @@ _TAGS_NodeEndpoint: _Final[frozenset[int]] = frozenset()
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -240,7 +245,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionData.__new__(PartitionData)
+            item2 = _new(PartitionData)
             item2.partition_index, item2.error_code, item2.leader_id, item2.leader_epoch = (
                 _S_ihii.unpack_from(buf, pos)
             )
@@ -254,7 +259,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
 
 def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 1
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -283,7 +288,7 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionData.__new__(PartitionData)
+            item2 = _new(PartitionData)
             item2.partition_index, item2.error_code, item2.leader_id, item2.leader_epoch = (
                 _S_ihii.unpack_from(buf, pos)
             )
@@ -375,7 +380,7 @@ def _read_tags_EndQuorumEpochResponse_v1(o: EndQuorumEpochResponse, buf: bytes, 
                 items1: list[_Any] = []
                 count3 = n
                 for _ in range(count3):
-                    item2 = NodeEndpoint.__new__(NodeEndpoint)
+                    item2 = _new(NodeEndpoint)
                     item2.node_id = _S_i.unpack_from(buf, pos)[0]
                     pos += 4
                     n = buf[pos] - 1
@@ -415,7 +420,7 @@ def _read_tags_EndQuorumEpochResponse_v1(o: EndQuorumEpochResponse, buf: bytes, 
 
 def _read_EndQuorumEpochResponse_v0(buf: bytes, pos: int) -> tuple[EndQuorumEpochResponse, int]:
     # versions 0
-    o = EndQuorumEpochResponse.__new__(EndQuorumEpochResponse)
+    o = _new_message(EndQuorumEpochResponse)
     o.node_endpoints = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -438,7 +443,7 @@ def _read_EndQuorumEpochResponse_v0(buf: bytes, pos: int) -> tuple[EndQuorumEpoc
 
 def _read_EndQuorumEpochResponse_v1(buf: bytes, pos: int) -> tuple[EndQuorumEpochResponse, int]:
     # versions 1
-    o = EndQuorumEpochResponse.__new__(EndQuorumEpochResponse)
+    o = _new_message(EndQuorumEpochResponse)
     o.node_endpoints = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2

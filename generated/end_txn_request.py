@@ -15,6 +15,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -28,6 +29,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "EndTxnRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_h: _Final = _Packer(">h")
 _S_qhz: _Final = _Packer(">qh?")
@@ -100,7 +106,7 @@ _TAGS_EndTxnRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_EndTxnRequest_v0(buf: bytes, pos: int) -> tuple[EndTxnRequest, int]:
     # versions 0-2
-    o = EndTxnRequest.__new__(EndTxnRequest)
+    o = _new_message(EndTxnRequest)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -119,7 +125,7 @@ def _read_EndTxnRequest_v0(buf: bytes, pos: int) -> tuple[EndTxnRequest, int]:
 
 def _read_EndTxnRequest_v3(buf: bytes, pos: int) -> tuple[EndTxnRequest, int]:
     # versions 3-4
-    o = EndTxnRequest.__new__(EndTxnRequest)
+    o = _new_message(EndTxnRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

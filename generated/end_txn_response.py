@@ -15,6 +15,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -22,6 +23,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "EndTxnResponse",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_ih: _Final = _Packer(">ih")
 
@@ -77,7 +83,7 @@ _TAGS_EndTxnResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_EndTxnResponse_v0(buf: bytes, pos: int) -> tuple[EndTxnResponse, int]:
     # versions 0-2
-    o = EndTxnResponse.__new__(EndTxnResponse)
+    o = _new_message(EndTxnResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     o._unknown_tags = None
@@ -86,7 +92,7 @@ def _read_EndTxnResponse_v0(buf: bytes, pos: int) -> tuple[EndTxnResponse, int]:
 
 def _read_EndTxnResponse_v3(buf: bytes, pos: int) -> tuple[EndTxnResponse, int]:
     # versions 3-4
-    o = EndTxnResponse.__new__(EndTxnResponse)
+    o = _new_message(EndTxnResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     if buf[pos]:

@@ -15,6 +15,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
@@ -29,6 +30,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "ExpireDelegationTokenRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_i: _Final = _Packer(">i")
 _S_q: _Final = _Packer(">q")
@@ -82,7 +88,7 @@ def _read_ExpireDelegationTokenRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[ExpireDelegationTokenRequest, int]:
     # versions 0-1
-    o = ExpireDelegationTokenRequest.__new__(ExpireDelegationTokenRequest)
+    o = _new_message(ExpireDelegationTokenRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -103,7 +109,7 @@ def _read_ExpireDelegationTokenRequest_v2(
     buf: bytes, pos: int
 ) -> tuple[ExpireDelegationTokenRequest, int]:
     # versions 2
-    o = ExpireDelegationTokenRequest.__new__(ExpireDelegationTokenRequest)
+    o = _new_message(ExpireDelegationTokenRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -46,6 +46,11 @@ __all__ = [
     "ReplicaState",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_iii: _Final = _Packer(">iii")
@@ -409,7 +414,7 @@ _TAGS_ForgottenTopic: _Final[frozenset[int]] = frozenset()
 
 def _read_ReplicaState_v15(buf: bytes, pos: int) -> tuple[ReplicaState, int]:
     # versions 15-17
-    o = ReplicaState.__new__(ReplicaState)
+    o = _new(ReplicaState)
     o.replica_id, o.replica_epoch = _S_iq.unpack_from(buf, pos)
     pos += 12
     if buf[pos]:
@@ -457,7 +462,7 @@ def _read_tags_FetchPartition_v17(o: FetchPartition, buf: bytes, pos: int) -> in
 
 def _read_FetchTopic_v0(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     # versions 0-4
-    o = FetchTopic.__new__(FetchTopic)
+    o = _new(FetchTopic)
     o.topic_id = _ZERO_UUID
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -479,7 +484,7 @@ def _read_FetchTopic_v0(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = FetchPartition.__new__(FetchPartition)
+            item2 = _new(FetchPartition)
             item2.current_leader_epoch = -1
             item2.last_fetched_epoch = -1
             item2.log_start_offset = -1
@@ -497,7 +502,7 @@ def _read_FetchTopic_v0(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
 
 def _read_FetchTopic_v5(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     # versions 5-8
-    o = FetchTopic.__new__(FetchTopic)
+    o = _new(FetchTopic)
     o.topic_id = _ZERO_UUID
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -519,7 +524,7 @@ def _read_FetchTopic_v5(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = FetchPartition.__new__(FetchPartition)
+            item2 = _new(FetchPartition)
             item2.current_leader_epoch = -1
             item2.last_fetched_epoch = -1
             item2.replica_directory_id = _ZERO_UUID
@@ -539,7 +544,7 @@ def _read_FetchTopic_v5(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
 
 def _read_FetchTopic_v9(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     # versions 9-11
-    o = FetchTopic.__new__(FetchTopic)
+    o = _new(FetchTopic)
     o.topic_id = _ZERO_UUID
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -561,7 +566,7 @@ def _read_FetchTopic_v9(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = FetchPartition.__new__(FetchPartition)
+            item2 = _new(FetchPartition)
             item2.last_fetched_epoch = -1
             item2.replica_directory_id = _ZERO_UUID
             (
@@ -581,7 +586,7 @@ def _read_FetchTopic_v9(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
 
 def _read_FetchTopic_v12(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     # versions 12
-    o = FetchTopic.__new__(FetchTopic)
+    o = _new(FetchTopic)
     o.topic_id = _ZERO_UUID
     n = buf[pos] - 1
     if n < 127:
@@ -611,7 +616,7 @@ def _read_FetchTopic_v12(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = FetchPartition.__new__(FetchPartition)
+            item2 = _new(FetchPartition)
             item2.replica_directory_id = _ZERO_UUID
             (
                 item2.partition,
@@ -639,7 +644,7 @@ def _read_FetchTopic_v12(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
 
 def _read_FetchTopic_v13(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     # versions 13-16
-    o = FetchTopic.__new__(FetchTopic)
+    o = _new(FetchTopic)
     o.topic = ""
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
@@ -657,7 +662,7 @@ def _read_FetchTopic_v13(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = FetchPartition.__new__(FetchPartition)
+            item2 = _new(FetchPartition)
             item2.replica_directory_id = _ZERO_UUID
             (
                 item2.partition,
@@ -685,7 +690,7 @@ def _read_FetchTopic_v13(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
 
 def _read_FetchTopic_v17(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     # versions 17
-    o = FetchTopic.__new__(FetchTopic)
+    o = _new(FetchTopic)
     o.topic = ""
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
@@ -703,7 +708,7 @@ def _read_FetchTopic_v17(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = FetchPartition.__new__(FetchPartition)
+            item2 = _new(FetchPartition)
             item2.replica_directory_id = _ZERO_UUID
             (
                 item2.partition,
@@ -1179,7 +1184,7 @@ def _read_tags_FetchRequest_v15(o: FetchRequest, buf: bytes, pos: int) -> int:
 
 def _read_FetchRequest_v0(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 0-2
-    o = FetchRequest.__new__(FetchRequest)
+    o = _new_message(FetchRequest)
     o.cluster_id = None
     o.replica_state = ReplicaState()
     o.max_bytes = 2147483647
@@ -1209,7 +1214,7 @@ def _read_FetchRequest_v0(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
 
 def _read_FetchRequest_v3(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 3
-    o = FetchRequest.__new__(FetchRequest)
+    o = _new_message(FetchRequest)
     o.cluster_id = None
     o.replica_state = ReplicaState()
     o.isolation_level = 0
@@ -1238,7 +1243,7 @@ def _read_FetchRequest_v3(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
 
 def _read_FetchRequest_v4(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 4
-    o = FetchRequest.__new__(FetchRequest)
+    o = _new_message(FetchRequest)
     o.cluster_id = None
     o.replica_state = ReplicaState()
     o.session_id = 0
@@ -1268,7 +1273,7 @@ def _read_FetchRequest_v4(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
 
 def _read_FetchRequest_v5(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 5-6
-    o = FetchRequest.__new__(FetchRequest)
+    o = _new_message(FetchRequest)
     o.cluster_id = None
     o.replica_state = ReplicaState()
     o.session_id = 0
@@ -1298,7 +1303,7 @@ def _read_FetchRequest_v5(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
 
 def _read_FetchRequest_v7(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 7-8
-    o = FetchRequest.__new__(FetchRequest)
+    o = _new_message(FetchRequest)
     o.cluster_id = None
     o.replica_state = ReplicaState()
     o.rack_id = ""
@@ -1335,7 +1340,7 @@ def _read_FetchRequest_v7(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = ForgottenTopic.__new__(ForgottenTopic)
+            item5 = _new(ForgottenTopic)
             item5.topic_id = _ZERO_UUID
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -1369,7 +1374,7 @@ def _read_FetchRequest_v7(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
 
 def _read_FetchRequest_v9(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 9-10
-    o = FetchRequest.__new__(FetchRequest)
+    o = _new_message(FetchRequest)
     o.cluster_id = None
     o.replica_state = ReplicaState()
     o.rack_id = ""
@@ -1406,7 +1411,7 @@ def _read_FetchRequest_v9(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = ForgottenTopic.__new__(ForgottenTopic)
+            item5 = _new(ForgottenTopic)
             item5.topic_id = _ZERO_UUID
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -1440,7 +1445,7 @@ def _read_FetchRequest_v9(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
 
 def _read_FetchRequest_v11(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 11
-    o = FetchRequest.__new__(FetchRequest)
+    o = _new_message(FetchRequest)
     o.cluster_id = None
     o.replica_state = ReplicaState()
     (
@@ -1476,7 +1481,7 @@ def _read_FetchRequest_v11(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = ForgottenTopic.__new__(ForgottenTopic)
+            item5 = _new(ForgottenTopic)
             item5.topic_id = _ZERO_UUID
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -1520,7 +1525,7 @@ def _read_FetchRequest_v11(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
 
 def _read_FetchRequest_v12(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 12
-    o = FetchRequest.__new__(FetchRequest)
+    o = _new_message(FetchRequest)
     o.cluster_id = None
     o.replica_state = ReplicaState()
     (
@@ -1564,7 +1569,7 @@ def _read_FetchRequest_v12(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = ForgottenTopic.__new__(ForgottenTopic)
+            item5 = _new(ForgottenTopic)
             item5.topic_id = _ZERO_UUID
             n = buf[pos] - 1
             if n < 127:
@@ -1628,7 +1633,7 @@ def _read_FetchRequest_v12(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
 
 def _read_FetchRequest_v13(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 13-14
-    o = FetchRequest.__new__(FetchRequest)
+    o = _new_message(FetchRequest)
     o.cluster_id = None
     o.replica_state = ReplicaState()
     (
@@ -1672,7 +1677,7 @@ def _read_FetchRequest_v13(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = ForgottenTopic.__new__(ForgottenTopic)
+            item5 = _new(ForgottenTopic)
             item5.topic = ""
             item5.topic_id = _read_uuid(buf, pos)
             pos += 16
@@ -1724,7 +1729,7 @@ def _read_FetchRequest_v13(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
 
 def _read_FetchRequest_v15(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 15-16
-    o = FetchRequest.__new__(FetchRequest)
+    o = _new_message(FetchRequest)
     o.cluster_id = None
     o.replica_id = -1
     o.replica_state = ReplicaState()
@@ -1763,7 +1768,7 @@ def _read_FetchRequest_v15(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = ForgottenTopic.__new__(ForgottenTopic)
+            item5 = _new(ForgottenTopic)
             item5.topic = ""
             item5.topic_id = _read_uuid(buf, pos)
             pos += 16
@@ -1815,7 +1820,7 @@ def _read_FetchRequest_v15(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
 
 def _read_FetchRequest_v17(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
     # versions 17
-    o = FetchRequest.__new__(FetchRequest)
+    o = _new_message(FetchRequest)
     o.cluster_id = None
     o.replica_id = -1
     o.replica_state = ReplicaState()
@@ -1854,7 +1859,7 @@ def _read_FetchRequest_v17(buf: bytes, pos: int) -> tuple[FetchRequest, int]:
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = ForgottenTopic.__new__(ForgottenTopic)
+            item5 = _new(ForgottenTopic)
             item5.topic = ""
             item5.topic_id = _read_uuid(buf, pos)
             pos += 16

@@ -48,6 +48,11 @@ __all__ = [
     "SnapshotId",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ihi: _Final = _Packer(">ihi")
@@ -485,7 +490,7 @@ _TAGS_NodeEndpoint: _Final[frozenset[int]] = frozenset()
 
 def _read_EpochEndOffset_v12(buf: bytes, pos: int) -> tuple[EpochEndOffset, int]:
     # versions 12-17
-    o = EpochEndOffset.__new__(EpochEndOffset)
+    o = _new(EpochEndOffset)
     o.epoch, o.end_offset = _S_iq.unpack_from(buf, pos)
     pos += 12
     if buf[pos]:
@@ -507,7 +512,7 @@ def _write_EpochEndOffset_v12(o: EpochEndOffset, w: _Writer) -> None:
 
 def _read_LeaderIdAndEpoch_v12(buf: bytes, pos: int) -> tuple[LeaderIdAndEpoch, int]:
     # versions 12-17
-    o = LeaderIdAndEpoch.__new__(LeaderIdAndEpoch)
+    o = _new(LeaderIdAndEpoch)
     o.leader_id, o.leader_epoch = _S_ii.unpack_from(buf, pos)
     pos += 8
     if buf[pos]:
@@ -529,7 +534,7 @@ def _write_LeaderIdAndEpoch_v12(o: LeaderIdAndEpoch, w: _Writer) -> None:
 
 def _read_SnapshotId_v12(buf: bytes, pos: int) -> tuple[SnapshotId, int]:
     # versions 12-17
-    o = SnapshotId.__new__(SnapshotId)
+    o = _new(SnapshotId)
     o.end_offset, o.epoch = _S_qi.unpack_from(buf, pos)
     pos += 12
     if buf[pos]:
@@ -582,7 +587,7 @@ def _read_tags_PartitionData_v12(o: PartitionData, buf: bytes, pos: int) -> int:
 
 def _read_PartitionData_v4(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 4
-    o = PartitionData.__new__(PartitionData)
+    o = _new(PartitionData)
     o.log_start_offset = -1
     o.diverging_epoch = EpochEndOffset()
     o.current_leader = LeaderIdAndEpoch()
@@ -604,7 +609,7 @@ def _read_PartitionData_v4(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AbortedTransaction.__new__(AbortedTransaction)
+            item2 = _new(AbortedTransaction)
             item2.producer_id, item2.first_offset = _S_qq.unpack_from(buf, pos)
             pos += 16
             item2._unknown_tags = None
@@ -628,7 +633,7 @@ def _read_PartitionData_v4(buf: bytes, pos: int) -> tuple[PartitionData, int]:
 
 def _read_PartitionData_v5(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 5-10
-    o = PartitionData.__new__(PartitionData)
+    o = _new(PartitionData)
     o.diverging_epoch = EpochEndOffset()
     o.current_leader = LeaderIdAndEpoch()
     o.snapshot_id = SnapshotId()
@@ -649,7 +654,7 @@ def _read_PartitionData_v5(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AbortedTransaction.__new__(AbortedTransaction)
+            item2 = _new(AbortedTransaction)
             item2.producer_id, item2.first_offset = _S_qq.unpack_from(buf, pos)
             pos += 16
             item2._unknown_tags = None
@@ -673,7 +678,7 @@ def _read_PartitionData_v5(buf: bytes, pos: int) -> tuple[PartitionData, int]:
 
 def _read_PartitionData_v11(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 11
-    o = PartitionData.__new__(PartitionData)
+    o = _new(PartitionData)
     o.diverging_epoch = EpochEndOffset()
     o.current_leader = LeaderIdAndEpoch()
     o.snapshot_id = SnapshotId()
@@ -693,7 +698,7 @@ def _read_PartitionData_v11(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AbortedTransaction.__new__(AbortedTransaction)
+            item2 = _new(AbortedTransaction)
             item2.producer_id, item2.first_offset = _S_qq.unpack_from(buf, pos)
             pos += 16
             item2._unknown_tags = None
@@ -719,7 +724,7 @@ def _read_PartitionData_v11(buf: bytes, pos: int) -> tuple[PartitionData, int]:
 
 def _read_PartitionData_v12(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 12-17
-    o = PartitionData.__new__(PartitionData)
+    o = _new(PartitionData)
     o.diverging_epoch = EpochEndOffset()
     o.current_leader = LeaderIdAndEpoch()
     o.snapshot_id = SnapshotId()
@@ -741,7 +746,7 @@ def _read_PartitionData_v12(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AbortedTransaction.__new__(AbortedTransaction)
+            item2 = _new(AbortedTransaction)
             item2.producer_id, item2.first_offset = _S_qq.unpack_from(buf, pos)
             pos += 16
             if buf[pos]:
@@ -1282,7 +1287,7 @@ def _write_PartitionData_v12(o: PartitionData, w: _Writer) -> None:
 
 def _read_FetchableTopicResponse_v0(buf: bytes, pos: int) -> tuple[FetchableTopicResponse, int]:
     # versions 0-3
-    o = FetchableTopicResponse.__new__(FetchableTopicResponse)
+    o = _new(FetchableTopicResponse)
     o.topic_id = _ZERO_UUID
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -1304,7 +1309,7 @@ def _read_FetchableTopicResponse_v0(buf: bytes, pos: int) -> tuple[FetchableTopi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionData.__new__(PartitionData)
+            item2 = _new(PartitionData)
             item2.last_stable_offset = -1
             item2.log_start_offset = -1
             item2.diverging_epoch = EpochEndOffset()
@@ -1337,7 +1342,7 @@ def _read_FetchableTopicResponse_v0(buf: bytes, pos: int) -> tuple[FetchableTopi
 
 def _read_FetchableTopicResponse_v4(buf: bytes, pos: int) -> tuple[FetchableTopicResponse, int]:
     # versions 4
-    o = FetchableTopicResponse.__new__(FetchableTopicResponse)
+    o = _new(FetchableTopicResponse)
     o.topic_id = _ZERO_UUID
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -1368,7 +1373,7 @@ def _read_FetchableTopicResponse_v4(buf: bytes, pos: int) -> tuple[FetchableTopi
 
 def _read_FetchableTopicResponse_v5(buf: bytes, pos: int) -> tuple[FetchableTopicResponse, int]:
     # versions 5-10
-    o = FetchableTopicResponse.__new__(FetchableTopicResponse)
+    o = _new(FetchableTopicResponse)
     o.topic_id = _ZERO_UUID
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -1399,7 +1404,7 @@ def _read_FetchableTopicResponse_v5(buf: bytes, pos: int) -> tuple[FetchableTopi
 
 def _read_FetchableTopicResponse_v11(buf: bytes, pos: int) -> tuple[FetchableTopicResponse, int]:
     # versions 11
-    o = FetchableTopicResponse.__new__(FetchableTopicResponse)
+    o = _new(FetchableTopicResponse)
     o.topic_id = _ZERO_UUID
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -1430,7 +1435,7 @@ def _read_FetchableTopicResponse_v11(buf: bytes, pos: int) -> tuple[FetchableTop
 
 def _read_FetchableTopicResponse_v12(buf: bytes, pos: int) -> tuple[FetchableTopicResponse, int]:
     # versions 12
-    o = FetchableTopicResponse.__new__(FetchableTopicResponse)
+    o = _new(FetchableTopicResponse)
     o.topic_id = _ZERO_UUID
     n = buf[pos] - 1
     if n < 127:
@@ -1473,7 +1478,7 @@ def _read_FetchableTopicResponse_v12(buf: bytes, pos: int) -> tuple[FetchableTop
 
 def _read_FetchableTopicResponse_v13(buf: bytes, pos: int) -> tuple[FetchableTopicResponse, int]:
     # versions 13-17
-    o = FetchableTopicResponse.__new__(FetchableTopicResponse)
+    o = _new(FetchableTopicResponse)
     o.topic = ""
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
@@ -1867,7 +1872,7 @@ def _read_tags_FetchResponse_v16(o: FetchResponse, buf: bytes, pos: int) -> int:
                 items1: list[_Any] = []
                 count3 = n
                 for _ in range(count3):
-                    item2 = NodeEndpoint.__new__(NodeEndpoint)
+                    item2 = _new(NodeEndpoint)
                     item2.node_id = _S_i.unpack_from(buf, pos)[0]
                     pos += 4
                     n = buf[pos] - 1
@@ -1921,7 +1926,7 @@ def _read_tags_FetchResponse_v16(o: FetchResponse, buf: bytes, pos: int) -> int:
 
 def _read_FetchResponse_v0(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
     # versions 0
-    o = FetchResponse.__new__(FetchResponse)
+    o = _new_message(FetchResponse)
     o.throttle_time_ms = 0
     o.error_code = 0
     o.session_id = 0
@@ -1945,7 +1950,7 @@ def _read_FetchResponse_v0(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
 
 def _read_FetchResponse_v1(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
     # versions 1-3
-    o = FetchResponse.__new__(FetchResponse)
+    o = _new_message(FetchResponse)
     o.error_code = 0
     o.session_id = 0
     o.node_endpoints = []
@@ -1970,7 +1975,7 @@ def _read_FetchResponse_v1(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
 
 def _read_FetchResponse_v4(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
     # versions 4
-    o = FetchResponse.__new__(FetchResponse)
+    o = _new_message(FetchResponse)
     o.error_code = 0
     o.session_id = 0
     o.node_endpoints = []
@@ -1995,7 +2000,7 @@ def _read_FetchResponse_v4(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
 
 def _read_FetchResponse_v5(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
     # versions 5-6
-    o = FetchResponse.__new__(FetchResponse)
+    o = _new_message(FetchResponse)
     o.error_code = 0
     o.session_id = 0
     o.node_endpoints = []
@@ -2020,7 +2025,7 @@ def _read_FetchResponse_v5(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
 
 def _read_FetchResponse_v7(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
     # versions 7-10
-    o = FetchResponse.__new__(FetchResponse)
+    o = _new_message(FetchResponse)
     o.node_endpoints = []
     o.throttle_time_ms, o.error_code, o.session_id = _S_ihi.unpack_from(buf, pos)
     pos += 10
@@ -2043,7 +2048,7 @@ def _read_FetchResponse_v7(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
 
 def _read_FetchResponse_v11(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
     # versions 11
-    o = FetchResponse.__new__(FetchResponse)
+    o = _new_message(FetchResponse)
     o.node_endpoints = []
     o.throttle_time_ms, o.error_code, o.session_id = _S_ihi.unpack_from(buf, pos)
     pos += 10
@@ -2066,7 +2071,7 @@ def _read_FetchResponse_v11(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
 
 def _read_FetchResponse_v12(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
     # versions 12
-    o = FetchResponse.__new__(FetchResponse)
+    o = _new_message(FetchResponse)
     o.node_endpoints = []
     o.throttle_time_ms, o.error_code, o.session_id = _S_ihi.unpack_from(buf, pos)
     pos += 10
@@ -2097,7 +2102,7 @@ def _read_FetchResponse_v12(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
 
 def _read_FetchResponse_v13(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
     # versions 13-15
-    o = FetchResponse.__new__(FetchResponse)
+    o = _new_message(FetchResponse)
     o.node_endpoints = []
     o.throttle_time_ms, o.error_code, o.session_id = _S_ihi.unpack_from(buf, pos)
     pos += 10
@@ -2128,7 +2133,7 @@ def _read_FetchResponse_v13(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
 
 def _read_FetchResponse_v16(buf: bytes, pos: int) -> tuple[FetchResponse, int]:
     # versions 16-17
-    o = FetchResponse.__new__(FetchResponse)
+    o = _new_message(FetchResponse)
     o.node_endpoints = []
     o.throttle_time_ms, o.error_code, o.session_id = _S_ihi.unpack_from(buf, pos)
     pos += 10

@@ -43,6 +43,11 @@ __all__ = [
     "TopicSnapshot",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_ii: _Final = _Packer(">ii")
 _S_q: _Final = _Packer(">q")
 _S_qi: _Final = _Packer(">qi")
@@ -229,7 +234,7 @@ _TAGS_SnapshotId: _Final[frozenset[int]] = frozenset()
 
 def _read_SnapshotId_v0(buf: bytes, pos: int) -> tuple[SnapshotId, int]:
     # versions 0-1
-    o = SnapshotId.__new__(SnapshotId)
+    o = _new(SnapshotId)
     o.end_offset, o.epoch = _S_qi.unpack_from(buf, pos)
     pos += 12
     if buf[pos]:
@@ -277,7 +282,7 @@ def _read_tags_PartitionSnapshot_v1(o: PartitionSnapshot, buf: bytes, pos: int) 
 
 def _read_PartitionSnapshot_v0(buf: bytes, pos: int) -> tuple[PartitionSnapshot, int]:
     # versions 0
-    o = PartitionSnapshot.__new__(PartitionSnapshot)
+    o = _new(PartitionSnapshot)
     o.replica_directory_id = _ZERO_UUID
     o.partition, o.current_leader_epoch = _S_ii.unpack_from(buf, pos)
     pos += 8
@@ -294,7 +299,7 @@ def _read_PartitionSnapshot_v0(buf: bytes, pos: int) -> tuple[PartitionSnapshot,
 
 def _read_PartitionSnapshot_v1(buf: bytes, pos: int) -> tuple[PartitionSnapshot, int]:
     # versions 1
-    o = PartitionSnapshot.__new__(PartitionSnapshot)
+    o = _new(PartitionSnapshot)
     o.replica_directory_id = _ZERO_UUID
     o.partition, o.current_leader_epoch = _S_ii.unpack_from(buf, pos)
     pos += 8
@@ -338,7 +343,7 @@ def _write_PartitionSnapshot_v1(o: PartitionSnapshot, w: _Writer) -> None:
 
 def _read_TopicSnapshot_v0(buf: bytes, pos: int) -> tuple[TopicSnapshot, int]:
     # versions 0
-    o = TopicSnapshot.__new__(TopicSnapshot)
+    o = _new(TopicSnapshot)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -380,7 +385,7 @@ def _read_TopicSnapshot_v0(buf: bytes, pos: int) -> tuple[TopicSnapshot, int]:
 
 def _read_TopicSnapshot_v1(buf: bytes, pos: int) -> tuple[TopicSnapshot, int]:
     # versions 1
-    o = TopicSnapshot.__new__(TopicSnapshot)
+    o = _new(TopicSnapshot)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -494,7 +499,7 @@ def _read_tags_FetchSnapshotRequest_v0(o: FetchSnapshotRequest, buf: bytes, pos:
 
 def _read_FetchSnapshotRequest_v0(buf: bytes, pos: int) -> tuple[FetchSnapshotRequest, int]:
     # versions 0
-    o = FetchSnapshotRequest.__new__(FetchSnapshotRequest)
+    o = _new_message(FetchSnapshotRequest)
     o.cluster_id = None
     o.replica_id, o.max_bytes = _S_ii.unpack_from(buf, pos)
     pos += 8
@@ -525,7 +530,7 @@ def _read_FetchSnapshotRequest_v0(buf: bytes, pos: int) -> tuple[FetchSnapshotRe
 
 def _read_FetchSnapshotRequest_v1(buf: bytes, pos: int) -> tuple[FetchSnapshotRequest, int]:
     # versions 1
-    o = FetchSnapshotRequest.__new__(FetchSnapshotRequest)
+    o = _new_message(FetchSnapshotRequest)
     o.cluster_id = None
     o.replica_id, o.max_bytes = _S_ii.unpack_from(buf, pos)
     pos += 8

@@ -43,6 +43,11 @@ __all__ = [
     "TopicSnapshot",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_H: _Final = _Packer(">H")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -322,7 +327,7 @@ _TAGS_NodeEndpoint: _Final[frozenset[int]] = frozenset()
 
 def _read_SnapshotId_v0(buf: bytes, pos: int) -> tuple[SnapshotId, int]:
     # versions 0-1
-    o = SnapshotId.__new__(SnapshotId)
+    o = _new(SnapshotId)
     o.end_offset, o.epoch = _S_qi.unpack_from(buf, pos)
     pos += 12
     if buf[pos]:
@@ -344,7 +349,7 @@ def _write_SnapshotId_v0(o: SnapshotId, w: _Writer) -> None:
 
 def _read_LeaderIdAndEpoch_v0(buf: bytes, pos: int) -> tuple[LeaderIdAndEpoch, int]:
     # versions 0-1
-    o = LeaderIdAndEpoch.__new__(LeaderIdAndEpoch)
+    o = _new(LeaderIdAndEpoch)
     o.leader_id, o.leader_epoch = _S_ii.unpack_from(buf, pos)
     pos += 8
     if buf[pos]:
@@ -391,7 +396,7 @@ def _read_tags_PartitionSnapshot_v0(o: PartitionSnapshot, buf: bytes, pos: int) 
 
 def _read_PartitionSnapshot_v0(buf: bytes, pos: int) -> tuple[PartitionSnapshot, int]:
     # versions 0-1
-    o = PartitionSnapshot.__new__(PartitionSnapshot)
+    o = _new(PartitionSnapshot)
     o.current_leader = LeaderIdAndEpoch()
     o.index, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
@@ -480,7 +485,7 @@ def _write_PartitionSnapshot_v1(o: PartitionSnapshot, w: _Writer) -> None:
 
 def _read_TopicSnapshot_v0(buf: bytes, pos: int) -> tuple[TopicSnapshot, int]:
     # versions 0-1
-    o = TopicSnapshot.__new__(TopicSnapshot)
+    o = _new(TopicSnapshot)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -580,7 +585,7 @@ def _read_tags_FetchSnapshotResponse_v1(o: FetchSnapshotResponse, buf: bytes, po
                 items1: list[_Any] = []
                 count3 = n
                 for _ in range(count3):
-                    item2 = NodeEndpoint.__new__(NodeEndpoint)
+                    item2 = _new(NodeEndpoint)
                     item2.node_id = _S_i.unpack_from(buf, pos)[0]
                     pos += 4
                     n = buf[pos] - 1
@@ -620,7 +625,7 @@ def _read_tags_FetchSnapshotResponse_v1(o: FetchSnapshotResponse, buf: bytes, po
 
 def _read_FetchSnapshotResponse_v0(buf: bytes, pos: int) -> tuple[FetchSnapshotResponse, int]:
     # versions 0
-    o = FetchSnapshotResponse.__new__(FetchSnapshotResponse)
+    o = _new_message(FetchSnapshotResponse)
     o.node_endpoints = []
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
@@ -651,7 +656,7 @@ def _read_FetchSnapshotResponse_v0(buf: bytes, pos: int) -> tuple[FetchSnapshotR
 
 def _read_FetchSnapshotResponse_v1(buf: bytes, pos: int) -> tuple[FetchSnapshotResponse, int]:
     # versions 1
-    o = FetchSnapshotResponse.__new__(FetchSnapshotResponse)
+    o = _new_message(FetchSnapshotResponse)
     o.node_endpoints = []
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6

@@ -17,6 +17,7 @@ from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -30,6 +31,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "FindCoordinatorRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_b: _Final = _Packer(">b")
 _S_h: _Final = _Packer(">h")
@@ -98,7 +104,7 @@ _TAGS_FindCoordinatorRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_FindCoordinatorRequest_v0(buf: bytes, pos: int) -> tuple[FindCoordinatorRequest, int]:
     # versions 0
-    o = FindCoordinatorRequest.__new__(FindCoordinatorRequest)
+    o = _new_message(FindCoordinatorRequest)
     o.key_type = 0
     o.coordinator_keys = []
     n = _S_h.unpack_from(buf, pos)[0]
@@ -117,7 +123,7 @@ def _read_FindCoordinatorRequest_v0(buf: bytes, pos: int) -> tuple[FindCoordinat
 
 def _read_FindCoordinatorRequest_v1(buf: bytes, pos: int) -> tuple[FindCoordinatorRequest, int]:
     # versions 1-2
-    o = FindCoordinatorRequest.__new__(FindCoordinatorRequest)
+    o = _new_message(FindCoordinatorRequest)
     o.coordinator_keys = []
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -137,7 +143,7 @@ def _read_FindCoordinatorRequest_v1(buf: bytes, pos: int) -> tuple[FindCoordinat
 
 def _read_FindCoordinatorRequest_v3(buf: bytes, pos: int) -> tuple[FindCoordinatorRequest, int]:
     # versions 3
-    o = FindCoordinatorRequest.__new__(FindCoordinatorRequest)
+    o = _new_message(FindCoordinatorRequest)
     o.coordinator_keys = []
     n = buf[pos] - 1
     if n < 127:
@@ -165,7 +171,7 @@ def _read_FindCoordinatorRequest_v3(buf: bytes, pos: int) -> tuple[FindCoordinat
 
 def _read_FindCoordinatorRequest_v4(buf: bytes, pos: int) -> tuple[FindCoordinatorRequest, int]:
     # versions 4-6
-    o = FindCoordinatorRequest.__new__(FindCoordinatorRequest)
+    o = _new_message(FindCoordinatorRequest)
     o.key = ""
     o.key_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1

@@ -33,6 +33,11 @@ __all__ = [
     "FindCoordinatorResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_hi: _Final = _Packer(">hi")
 _S_i: _Final = _Packer(">i")
@@ -198,7 +203,7 @@ _TAGS_Coordinator: _Final[frozenset[int]] = frozenset()
 
 def _read_FindCoordinatorResponse_v0(buf: bytes, pos: int) -> tuple[FindCoordinatorResponse, int]:
     # versions 0
-    o = FindCoordinatorResponse.__new__(FindCoordinatorResponse)
+    o = _new_message(FindCoordinatorResponse)
     o.throttle_time_ms = 0
     o.error_message = ""
     o.coordinators = []
@@ -222,7 +227,7 @@ def _read_FindCoordinatorResponse_v0(buf: bytes, pos: int) -> tuple[FindCoordina
 
 def _read_FindCoordinatorResponse_v1(buf: bytes, pos: int) -> tuple[FindCoordinatorResponse, int]:
     # versions 1-2
-    o = FindCoordinatorResponse.__new__(FindCoordinatorResponse)
+    o = _new_message(FindCoordinatorResponse)
     o.coordinators = []
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
@@ -258,7 +263,7 @@ def _read_FindCoordinatorResponse_v1(buf: bytes, pos: int) -> tuple[FindCoordina
 
 def _read_FindCoordinatorResponse_v3(buf: bytes, pos: int) -> tuple[FindCoordinatorResponse, int]:
     # versions 3
-    o = FindCoordinatorResponse.__new__(FindCoordinatorResponse)
+    o = _new_message(FindCoordinatorResponse)
     o.coordinators = []
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
@@ -304,7 +309,7 @@ def _read_FindCoordinatorResponse_v3(buf: bytes, pos: int) -> tuple[FindCoordina
 
 def _read_FindCoordinatorResponse_v4(buf: bytes, pos: int) -> tuple[FindCoordinatorResponse, int]:
     # versions 4-6
-    o = FindCoordinatorResponse.__new__(FindCoordinatorResponse)
+    o = _new_message(FindCoordinatorResponse)
     o.error_code = 0
     o.error_message = ""
     o.node_id = 0
@@ -326,7 +331,7 @@ def _read_FindCoordinatorResponse_v4(buf: bytes, pos: int) -> tuple[FindCoordina
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = Coordinator.__new__(Coordinator)
+            item2 = _new(Coordinator)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

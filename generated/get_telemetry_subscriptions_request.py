@@ -14,6 +14,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
@@ -23,6 +24,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "GetTelemetrySubscriptionsRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 
 @_mypyc_attr(native_class=False)
@@ -59,7 +65,7 @@ def _read_GetTelemetrySubscriptionsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[GetTelemetrySubscriptionsRequest, int]:
     # versions 0
-    o = GetTelemetrySubscriptionsRequest.__new__(GetTelemetrySubscriptionsRequest)
+    o = _new_message(GetTelemetrySubscriptionsRequest)
     o.client_instance_id = _read_uuid(buf, pos)
     pos += 16
     if buf[pos]:

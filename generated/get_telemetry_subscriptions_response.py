@@ -18,6 +18,7 @@ from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
@@ -36,6 +37,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "GetTelemetrySubscriptionsResponse",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -145,7 +151,7 @@ def _read_GetTelemetrySubscriptionsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[GetTelemetrySubscriptionsResponse, int]:
     # versions 0
-    o = GetTelemetrySubscriptionsResponse.__new__(GetTelemetrySubscriptionsResponse)
+    o = _new_message(GetTelemetrySubscriptionsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     o.client_instance_id = _read_uuid(buf, pos)

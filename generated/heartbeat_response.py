@@ -15,6 +15,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -22,6 +23,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "HeartbeatResponse",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_h: _Final = _Packer(">h")
 _S_ih: _Final = _Packer(">ih")
@@ -78,7 +84,7 @@ _TAGS_HeartbeatResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_HeartbeatResponse_v0(buf: bytes, pos: int) -> tuple[HeartbeatResponse, int]:
     # versions 0
-    o = HeartbeatResponse.__new__(HeartbeatResponse)
+    o = _new_message(HeartbeatResponse)
     o.throttle_time_ms = 0
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -88,7 +94,7 @@ def _read_HeartbeatResponse_v0(buf: bytes, pos: int) -> tuple[HeartbeatResponse,
 
 def _read_HeartbeatResponse_v1(buf: bytes, pos: int) -> tuple[HeartbeatResponse, int]:
     # versions 1-3
-    o = HeartbeatResponse.__new__(HeartbeatResponse)
+    o = _new_message(HeartbeatResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     o._unknown_tags = None
@@ -97,7 +103,7 @@ def _read_HeartbeatResponse_v1(buf: bytes, pos: int) -> tuple[HeartbeatResponse,
 
 def _read_HeartbeatResponse_v4(buf: bytes, pos: int) -> tuple[HeartbeatResponse, int]:
     # versions 4
-    o = HeartbeatResponse.__new__(HeartbeatResponse)
+    o = _new_message(HeartbeatResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     if buf[pos]:

@@ -35,6 +35,11 @@ __all__ = [
     "IncrementalAlterConfigsRequest",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_b: _Final = _Packer(">b")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -166,7 +171,7 @@ _TAGS_AlterableConfig: _Final[frozenset[int]] = frozenset()
 
 def _read_AlterConfigsResource_v0(buf: bytes, pos: int) -> tuple[AlterConfigsResource, int]:
     # versions 0
-    o = AlterConfigsResource.__new__(AlterConfigsResource)
+    o = _new(AlterConfigsResource)
     o.resource_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -189,7 +194,7 @@ def _read_AlterConfigsResource_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AlterableConfig.__new__(AlterableConfig)
+            item2 = _new(AlterableConfig)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -223,7 +228,7 @@ def _read_AlterConfigsResource_v0(buf: bytes, pos: int) -> tuple[AlterConfigsRes
 
 def _read_AlterConfigsResource_v1(buf: bytes, pos: int) -> tuple[AlterConfigsResource, int]:
     # versions 1
-    o = AlterConfigsResource.__new__(AlterConfigsResource)
+    o = _new(AlterConfigsResource)
     o.resource_type = _S_b.unpack_from(buf, pos)[0]
     pos += 1
     n = buf[pos] - 1
@@ -254,7 +259,7 @@ def _read_AlterConfigsResource_v1(buf: bytes, pos: int) -> tuple[AlterConfigsRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AlterableConfig.__new__(AlterableConfig)
+            item2 = _new(AlterableConfig)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -368,7 +373,7 @@ def _read_IncrementalAlterConfigsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[IncrementalAlterConfigsRequest, int]:
     # versions 0
-    o = IncrementalAlterConfigsRequest.__new__(IncrementalAlterConfigsRequest)
+    o = _new_message(IncrementalAlterConfigsRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -392,7 +397,7 @@ def _read_IncrementalAlterConfigsRequest_v1(
     buf: bytes, pos: int
 ) -> tuple[IncrementalAlterConfigsRequest, int]:
     # versions 1
-    o = IncrementalAlterConfigsRequest.__new__(IncrementalAlterConfigsRequest)
+    o = _new_message(IncrementalAlterConfigsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

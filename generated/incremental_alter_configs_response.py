@@ -33,6 +33,11 @@ __all__ = [
     "IncrementalAlterConfigsResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_b: _Final = _Packer(">b")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -133,7 +138,7 @@ def _read_IncrementalAlterConfigsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[IncrementalAlterConfigsResponse, int]:
     # versions 0
-    o = IncrementalAlterConfigsResponse.__new__(IncrementalAlterConfigsResponse)
+    o = _new_message(IncrementalAlterConfigsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -146,7 +151,7 @@ def _read_IncrementalAlterConfigsResponse_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AlterConfigsResourceResponse.__new__(AlterConfigsResourceResponse)
+            item2 = _new(AlterConfigsResourceResponse)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             n = _S_h.unpack_from(buf, pos)[0]
@@ -184,7 +189,7 @@ def _read_IncrementalAlterConfigsResponse_v1(
     buf: bytes, pos: int
 ) -> tuple[IncrementalAlterConfigsResponse, int]:
     # versions 1
-    o = IncrementalAlterConfigsResponse.__new__(IncrementalAlterConfigsResponse)
+    o = _new_message(IncrementalAlterConfigsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -201,7 +206,7 @@ def _read_IncrementalAlterConfigsResponse_v1(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AlterConfigsResourceResponse.__new__(AlterConfigsResourceResponse)
+            item2 = _new(AlterConfigsResourceResponse)
             item2.error_code = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             n = buf[pos] - 1

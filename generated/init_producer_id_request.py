@@ -15,6 +15,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
@@ -26,6 +27,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "InitProducerIdRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -101,7 +107,7 @@ _TAGS_InitProducerIdRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_InitProducerIdRequest_v0(buf: bytes, pos: int) -> tuple[InitProducerIdRequest, int]:
     # versions 0-1
-    o = InitProducerIdRequest.__new__(InitProducerIdRequest)
+    o = _new_message(InitProducerIdRequest)
     o.producer_id = -1
     o.producer_epoch = -1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -124,7 +130,7 @@ def _read_InitProducerIdRequest_v0(buf: bytes, pos: int) -> tuple[InitProducerId
 
 def _read_InitProducerIdRequest_v2(buf: bytes, pos: int) -> tuple[InitProducerIdRequest, int]:
     # versions 2
-    o = InitProducerIdRequest.__new__(InitProducerIdRequest)
+    o = _new_message(InitProducerIdRequest)
     o.producer_id = -1
     o.producer_epoch = -1
     n = buf[pos] - 1
@@ -153,7 +159,7 @@ def _read_InitProducerIdRequest_v2(buf: bytes, pos: int) -> tuple[InitProducerId
 
 def _read_InitProducerIdRequest_v3(buf: bytes, pos: int) -> tuple[InitProducerIdRequest, int]:
     # versions 3-5
-    o = InitProducerIdRequest.__new__(InitProducerIdRequest)
+    o = _new_message(InitProducerIdRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

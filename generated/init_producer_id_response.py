@@ -15,6 +15,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -22,6 +23,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "InitProducerIdResponse",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_ihqh: _Final = _Packer(">ihqh")
 
@@ -95,7 +101,7 @@ _TAGS_InitProducerIdResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_InitProducerIdResponse_v0(buf: bytes, pos: int) -> tuple[InitProducerIdResponse, int]:
     # versions 0-1
-    o = InitProducerIdResponse.__new__(InitProducerIdResponse)
+    o = _new_message(InitProducerIdResponse)
     o.throttle_time_ms, o.error_code, o.producer_id, o.producer_epoch = _S_ihqh.unpack_from(
         buf, pos
     )
@@ -106,7 +112,7 @@ def _read_InitProducerIdResponse_v0(buf: bytes, pos: int) -> tuple[InitProducerI
 
 def _read_InitProducerIdResponse_v2(buf: bytes, pos: int) -> tuple[InitProducerIdResponse, int]:
     # versions 2-5
-    o = InitProducerIdResponse.__new__(InitProducerIdResponse)
+    o = _new_message(InitProducerIdResponse)
     o.throttle_time_ms, o.error_code, o.producer_id, o.producer_epoch = _S_ihqh.unpack_from(
         buf, pos
     )

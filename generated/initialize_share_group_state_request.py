@@ -36,6 +36,11 @@ __all__ = [
     "PartitionData",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_iiq: _Final = _Packer(">iiq")
 
 
@@ -153,7 +158,7 @@ _TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 def _read_InitializeStateData_v0(buf: bytes, pos: int) -> tuple[InitializeStateData, int]:
     # versions 0
-    o = InitializeStateData.__new__(InitializeStateData)
+    o = _new(InitializeStateData)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -170,7 +175,7 @@ def _read_InitializeStateData_v0(buf: bytes, pos: int) -> tuple[InitializeStateD
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionData.__new__(PartitionData)
+            item2 = _new(PartitionData)
             item2.partition, item2.state_epoch, item2.start_offset = _S_iiq.unpack_from(buf, pos)
             pos += 16
             if buf[pos]:
@@ -210,7 +215,7 @@ def _read_InitializeShareGroupStateRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[InitializeShareGroupStateRequest, int]:
     # versions 0
-    o = InitializeShareGroupStateRequest.__new__(InitializeShareGroupStateRequest)
+    o = _new_message(InitializeShareGroupStateRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

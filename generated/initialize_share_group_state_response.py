@@ -36,6 +36,11 @@ __all__ = [
     "PartitionResult",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_ih: _Final = _Packer(">ih")
 
 
@@ -150,7 +155,7 @@ _TAGS_PartitionResult: _Final[frozenset[int]] = frozenset()
 
 def _read_InitializeStateResult_v0(buf: bytes, pos: int) -> tuple[InitializeStateResult, int]:
     # versions 0
-    o = InitializeStateResult.__new__(InitializeStateResult)
+    o = _new(InitializeStateResult)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -167,7 +172,7 @@ def _read_InitializeStateResult_v0(buf: bytes, pos: int) -> tuple[InitializeStat
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionResult.__new__(PartitionResult)
+            item2 = _new(PartitionResult)
             item2.partition, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             n = buf[pos] - 1
@@ -229,7 +234,7 @@ def _read_InitializeShareGroupStateResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[InitializeShareGroupStateResponse, int]:
     # versions 0
-    o = InitializeShareGroupStateResponse.__new__(InitializeShareGroupStateResponse)
+    o = _new_message(InitializeShareGroupStateResponse)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -35,6 +35,11 @@ __all__ = [
     "JoinGroupRequestProtocol",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ii: _Final = _Packer(">ii")
@@ -182,7 +187,7 @@ _TAGS_JoinGroupRequestProtocol: _Final[frozenset[int]] = frozenset()
 
 def _read_JoinGroupRequest_v0(buf: bytes, pos: int) -> tuple[JoinGroupRequest, int]:
     # versions 0
-    o = JoinGroupRequest.__new__(JoinGroupRequest)
+    o = _new_message(JoinGroupRequest)
     o.rebalance_timeout_ms = -1
     o.group_instance_id = None
     o.reason = None
@@ -228,7 +233,7 @@ def _read_JoinGroupRequest_v0(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = JoinGroupRequestProtocol.__new__(JoinGroupRequestProtocol)
+            item2 = _new(JoinGroupRequestProtocol)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -258,7 +263,7 @@ def _read_JoinGroupRequest_v0(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
 
 def _read_JoinGroupRequest_v1(buf: bytes, pos: int) -> tuple[JoinGroupRequest, int]:
     # versions 1-4
-    o = JoinGroupRequest.__new__(JoinGroupRequest)
+    o = _new_message(JoinGroupRequest)
     o.group_instance_id = None
     o.reason = None
     n = _S_h.unpack_from(buf, pos)[0]
@@ -303,7 +308,7 @@ def _read_JoinGroupRequest_v1(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = JoinGroupRequestProtocol.__new__(JoinGroupRequestProtocol)
+            item2 = _new(JoinGroupRequestProtocol)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -333,7 +338,7 @@ def _read_JoinGroupRequest_v1(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
 
 def _read_JoinGroupRequest_v5(buf: bytes, pos: int) -> tuple[JoinGroupRequest, int]:
     # versions 5
-    o = JoinGroupRequest.__new__(JoinGroupRequest)
+    o = _new_message(JoinGroupRequest)
     o.reason = None
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -389,7 +394,7 @@ def _read_JoinGroupRequest_v5(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = JoinGroupRequestProtocol.__new__(JoinGroupRequestProtocol)
+            item2 = _new(JoinGroupRequestProtocol)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -419,7 +424,7 @@ def _read_JoinGroupRequest_v5(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
 
 def _read_JoinGroupRequest_v6(buf: bytes, pos: int) -> tuple[JoinGroupRequest, int]:
     # versions 6-7
-    o = JoinGroupRequest.__new__(JoinGroupRequest)
+    o = _new_message(JoinGroupRequest)
     o.reason = None
     n = buf[pos] - 1
     if n < 127:
@@ -493,7 +498,7 @@ def _read_JoinGroupRequest_v6(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = JoinGroupRequestProtocol.__new__(JoinGroupRequestProtocol)
+            item2 = _new(JoinGroupRequestProtocol)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -541,7 +546,7 @@ def _read_JoinGroupRequest_v6(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
 
 def _read_JoinGroupRequest_v8(buf: bytes, pos: int) -> tuple[JoinGroupRequest, int]:
     # versions 8-9
-    o = JoinGroupRequest.__new__(JoinGroupRequest)
+    o = _new_message(JoinGroupRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -614,7 +619,7 @@ def _read_JoinGroupRequest_v8(buf: bytes, pos: int) -> tuple[JoinGroupRequest, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = JoinGroupRequestProtocol.__new__(JoinGroupRequestProtocol)
+            item2 = _new(JoinGroupRequestProtocol)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

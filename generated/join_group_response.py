@@ -36,6 +36,11 @@ __all__ = [
     "JoinGroupResponseMember",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_hi: _Final = _Packer(">hi")
 _S_i: _Final = _Packer(">i")
@@ -201,7 +206,7 @@ _TAGS_JoinGroupResponseMember: _Final[frozenset[int]] = frozenset()
 
 def _read_JoinGroupResponse_v0(buf: bytes, pos: int) -> tuple[JoinGroupResponse, int]:
     # versions 0-1
-    o = JoinGroupResponse.__new__(JoinGroupResponse)
+    o = _new_message(JoinGroupResponse)
     o.throttle_time_ms = 0
     o.protocol_type = None
     o.skip_assignment = False
@@ -247,7 +252,7 @@ def _read_JoinGroupResponse_v0(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = JoinGroupResponseMember.__new__(JoinGroupResponseMember)
+            item2 = _new(JoinGroupResponseMember)
             item2.group_instance_id = None
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -278,7 +283,7 @@ def _read_JoinGroupResponse_v0(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
 
 def _read_JoinGroupResponse_v2(buf: bytes, pos: int) -> tuple[JoinGroupResponse, int]:
     # versions 2-4
-    o = JoinGroupResponse.__new__(JoinGroupResponse)
+    o = _new_message(JoinGroupResponse)
     o.protocol_type = None
     o.skip_assignment = False
     o.throttle_time_ms, o.error_code, o.generation_id = _S_ihi.unpack_from(buf, pos)
@@ -323,7 +328,7 @@ def _read_JoinGroupResponse_v2(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = JoinGroupResponseMember.__new__(JoinGroupResponseMember)
+            item2 = _new(JoinGroupResponseMember)
             item2.group_instance_id = None
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -354,7 +359,7 @@ def _read_JoinGroupResponse_v2(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
 
 def _read_JoinGroupResponse_v5(buf: bytes, pos: int) -> tuple[JoinGroupResponse, int]:
     # versions 5
-    o = JoinGroupResponse.__new__(JoinGroupResponse)
+    o = _new_message(JoinGroupResponse)
     o.protocol_type = None
     o.skip_assignment = False
     o.throttle_time_ms, o.error_code, o.generation_id = _S_ihi.unpack_from(buf, pos)
@@ -399,7 +404,7 @@ def _read_JoinGroupResponse_v5(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = JoinGroupResponseMember.__new__(JoinGroupResponseMember)
+            item2 = _new(JoinGroupResponseMember)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -441,7 +446,7 @@ def _read_JoinGroupResponse_v5(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
 
 def _read_JoinGroupResponse_v6(buf: bytes, pos: int) -> tuple[JoinGroupResponse, int]:
     # versions 6
-    o = JoinGroupResponse.__new__(JoinGroupResponse)
+    o = _new_message(JoinGroupResponse)
     o.protocol_type = None
     o.skip_assignment = False
     o.throttle_time_ms, o.error_code, o.generation_id = _S_ihi.unpack_from(buf, pos)
@@ -502,7 +507,7 @@ def _read_JoinGroupResponse_v6(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = JoinGroupResponseMember.__new__(JoinGroupResponseMember)
+            item2 = _new(JoinGroupResponseMember)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -564,7 +569,7 @@ def _read_JoinGroupResponse_v6(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
 
 def _read_JoinGroupResponse_v7(buf: bytes, pos: int) -> tuple[JoinGroupResponse, int]:
     # versions 7-8
-    o = JoinGroupResponse.__new__(JoinGroupResponse)
+    o = _new_message(JoinGroupResponse)
     o.skip_assignment = False
     o.throttle_time_ms, o.error_code, o.generation_id = _S_ihi.unpack_from(buf, pos)
     pos += 10
@@ -638,7 +643,7 @@ def _read_JoinGroupResponse_v7(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = JoinGroupResponseMember.__new__(JoinGroupResponseMember)
+            item2 = _new(JoinGroupResponseMember)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -700,7 +705,7 @@ def _read_JoinGroupResponse_v7(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
 
 def _read_JoinGroupResponse_v9(buf: bytes, pos: int) -> tuple[JoinGroupResponse, int]:
     # versions 9
-    o = JoinGroupResponse.__new__(JoinGroupResponse)
+    o = _new_message(JoinGroupResponse)
     o.throttle_time_ms, o.error_code, o.generation_id = _S_ihi.unpack_from(buf, pos)
     pos += 10
     n = buf[pos] - 1
@@ -775,7 +780,7 @@ def _read_JoinGroupResponse_v9(buf: bytes, pos: int) -> tuple[JoinGroupResponse,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = JoinGroupResponseMember.__new__(JoinGroupResponseMember)
+            item2 = _new(JoinGroupResponseMember)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -14,6 +14,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -21,6 +22,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "KRaftVersionRecord",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_hh: _Final = _Packer(">hh")
 
@@ -67,7 +73,7 @@ _TAGS_KRaftVersionRecord: _Final[frozenset[int]] = frozenset()
 
 def _read_KRaftVersionRecord_v0(buf: bytes, pos: int) -> tuple[KRaftVersionRecord, int]:
     # versions 0
-    o = KRaftVersionRecord.__new__(KRaftVersionRecord)
+    o = _new_message(KRaftVersionRecord)
     o.version, o.kraft_version = _S_hh.unpack_from(buf, pos)
     pos += 4
     if buf[pos]:

@@ -41,6 +41,11 @@ __all__ = [
     "LeaderAndIsrTopicState",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ii: _Final = _Packer(">ii")
@@ -355,7 +360,7 @@ _TAGS_LeaderAndIsrLiveLeader: _Final[frozenset[int]] = frozenset()
 
 def _read_LeaderAndIsrTopicState_v2(buf: bytes, pos: int) -> tuple[LeaderAndIsrTopicState, int]:
     # versions 2
-    o = LeaderAndIsrTopicState.__new__(LeaderAndIsrTopicState)
+    o = _new(LeaderAndIsrTopicState)
     o.topic_id = _ZERO_UUID
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -377,7 +382,7 @@ def _read_LeaderAndIsrTopicState_v2(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = LeaderAndIsrPartitionState.__new__(LeaderAndIsrPartitionState)
+            item2 = _new(LeaderAndIsrPartitionState)
             item2.topic_name = ""
             item2.adding_replicas = []
             item2.removing_replicas = []
@@ -425,7 +430,7 @@ def _read_LeaderAndIsrTopicState_v2(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
 
 def _read_LeaderAndIsrTopicState_v3(buf: bytes, pos: int) -> tuple[LeaderAndIsrTopicState, int]:
     # versions 3
-    o = LeaderAndIsrTopicState.__new__(LeaderAndIsrTopicState)
+    o = _new(LeaderAndIsrTopicState)
     o.topic_id = _ZERO_UUID
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -447,7 +452,7 @@ def _read_LeaderAndIsrTopicState_v3(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = LeaderAndIsrPartitionState.__new__(LeaderAndIsrPartitionState)
+            item2 = _new(LeaderAndIsrPartitionState)
             item2.topic_name = ""
             item2.leader_recovery_state = 0
             item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
@@ -519,7 +524,7 @@ def _read_LeaderAndIsrTopicState_v3(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
 
 def _read_LeaderAndIsrTopicState_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrTopicState, int]:
     # versions 4
-    o = LeaderAndIsrTopicState.__new__(LeaderAndIsrTopicState)
+    o = _new(LeaderAndIsrTopicState)
     o.topic_id = _ZERO_UUID
     n = buf[pos] - 1
     if n < 127:
@@ -549,7 +554,7 @@ def _read_LeaderAndIsrTopicState_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = LeaderAndIsrPartitionState.__new__(LeaderAndIsrPartitionState)
+            item2 = _new(LeaderAndIsrPartitionState)
             item2.topic_name = ""
             item2.leader_recovery_state = 0
             item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
@@ -647,7 +652,7 @@ def _read_LeaderAndIsrTopicState_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
 
 def _read_LeaderAndIsrTopicState_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrTopicState, int]:
     # versions 5
-    o = LeaderAndIsrTopicState.__new__(LeaderAndIsrTopicState)
+    o = _new(LeaderAndIsrTopicState)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -678,7 +683,7 @@ def _read_LeaderAndIsrTopicState_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = LeaderAndIsrPartitionState.__new__(LeaderAndIsrPartitionState)
+            item2 = _new(LeaderAndIsrPartitionState)
             item2.topic_name = ""
             item2.leader_recovery_state = 0
             item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
@@ -776,7 +781,7 @@ def _read_LeaderAndIsrTopicState_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
 
 def _read_LeaderAndIsrTopicState_v6(buf: bytes, pos: int) -> tuple[LeaderAndIsrTopicState, int]:
     # versions 6-7
-    o = LeaderAndIsrTopicState.__new__(LeaderAndIsrTopicState)
+    o = _new(LeaderAndIsrTopicState)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -807,7 +812,7 @@ def _read_LeaderAndIsrTopicState_v6(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = LeaderAndIsrPartitionState.__new__(LeaderAndIsrPartitionState)
+            item2 = _new(LeaderAndIsrPartitionState)
             item2.topic_name = ""
             item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
                 _S_iiii.unpack_from(buf, pos)
@@ -1113,7 +1118,7 @@ def _write_LeaderAndIsrTopicState_v6(o: LeaderAndIsrTopicState, w: _Writer) -> N
 
 def _read_LeaderAndIsrRequest_v0(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequest, int]:
     # versions 0
-    o = LeaderAndIsrRequest.__new__(LeaderAndIsrRequest)
+    o = _new_message(LeaderAndIsrRequest)
     o.is_kraft_controller = False
     o.broker_epoch = -1
     o.type = 0
@@ -1130,7 +1135,7 @@ def _read_LeaderAndIsrRequest_v0(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = LeaderAndIsrPartitionState.__new__(LeaderAndIsrPartitionState)
+            item2 = _new(LeaderAndIsrPartitionState)
             item2.adding_replicas = []
             item2.removing_replicas = []
             item2.is_new = False
@@ -1190,7 +1195,7 @@ def _read_LeaderAndIsrRequest_v0(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = LeaderAndIsrLiveLeader.__new__(LeaderAndIsrLiveLeader)
+            item5 = _new(LeaderAndIsrLiveLeader)
             item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1214,7 +1219,7 @@ def _read_LeaderAndIsrRequest_v0(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
 
 def _read_LeaderAndIsrRequest_v1(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequest, int]:
     # versions 1
-    o = LeaderAndIsrRequest.__new__(LeaderAndIsrRequest)
+    o = _new_message(LeaderAndIsrRequest)
     o.is_kraft_controller = False
     o.broker_epoch = -1
     o.type = 0
@@ -1231,7 +1236,7 @@ def _read_LeaderAndIsrRequest_v1(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = LeaderAndIsrPartitionState.__new__(LeaderAndIsrPartitionState)
+            item2 = _new(LeaderAndIsrPartitionState)
             item2.adding_replicas = []
             item2.removing_replicas = []
             item2.leader_recovery_state = 0
@@ -1292,7 +1297,7 @@ def _read_LeaderAndIsrRequest_v1(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = LeaderAndIsrLiveLeader.__new__(LeaderAndIsrLiveLeader)
+            item5 = _new(LeaderAndIsrLiveLeader)
             item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1316,7 +1321,7 @@ def _read_LeaderAndIsrRequest_v1(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
 
 def _read_LeaderAndIsrRequest_v2(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequest, int]:
     # versions 2
-    o = LeaderAndIsrRequest.__new__(LeaderAndIsrRequest)
+    o = _new_message(LeaderAndIsrRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.ungrouped_partition_states = []
@@ -1345,7 +1350,7 @@ def _read_LeaderAndIsrRequest_v2(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = LeaderAndIsrLiveLeader.__new__(LeaderAndIsrLiveLeader)
+            item5 = _new(LeaderAndIsrLiveLeader)
             item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1369,7 +1374,7 @@ def _read_LeaderAndIsrRequest_v2(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
 
 def _read_LeaderAndIsrRequest_v3(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequest, int]:
     # versions 3
-    o = LeaderAndIsrRequest.__new__(LeaderAndIsrRequest)
+    o = _new_message(LeaderAndIsrRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.ungrouped_partition_states = []
@@ -1398,7 +1403,7 @@ def _read_LeaderAndIsrRequest_v3(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = LeaderAndIsrLiveLeader.__new__(LeaderAndIsrLiveLeader)
+            item5 = _new(LeaderAndIsrLiveLeader)
             item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1422,7 +1427,7 @@ def _read_LeaderAndIsrRequest_v3(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
 
 def _read_LeaderAndIsrRequest_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequest, int]:
     # versions 4
-    o = LeaderAndIsrRequest.__new__(LeaderAndIsrRequest)
+    o = _new_message(LeaderAndIsrRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.ungrouped_partition_states = []
@@ -1459,7 +1464,7 @@ def _read_LeaderAndIsrRequest_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = LeaderAndIsrLiveLeader.__new__(LeaderAndIsrLiveLeader)
+            item5 = _new(LeaderAndIsrLiveLeader)
             item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -1495,7 +1500,7 @@ def _read_LeaderAndIsrRequest_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
 
 def _read_LeaderAndIsrRequest_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequest, int]:
     # versions 5
-    o = LeaderAndIsrRequest.__new__(LeaderAndIsrRequest)
+    o = _new_message(LeaderAndIsrRequest)
     o.is_kraft_controller = False
     o.ungrouped_partition_states = []
     o.controller_id, o.controller_epoch, o.broker_epoch, o.type = _S_iiqb.unpack_from(buf, pos)
@@ -1531,7 +1536,7 @@ def _read_LeaderAndIsrRequest_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = LeaderAndIsrLiveLeader.__new__(LeaderAndIsrLiveLeader)
+            item5 = _new(LeaderAndIsrLiveLeader)
             item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -1567,7 +1572,7 @@ def _read_LeaderAndIsrRequest_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
 
 def _read_LeaderAndIsrRequest_v6(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequest, int]:
     # versions 6
-    o = LeaderAndIsrRequest.__new__(LeaderAndIsrRequest)
+    o = _new_message(LeaderAndIsrRequest)
     o.is_kraft_controller = False
     o.ungrouped_partition_states = []
     o.controller_id, o.controller_epoch, o.broker_epoch, o.type = _S_iiqb.unpack_from(buf, pos)
@@ -1603,7 +1608,7 @@ def _read_LeaderAndIsrRequest_v6(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = LeaderAndIsrLiveLeader.__new__(LeaderAndIsrLiveLeader)
+            item5 = _new(LeaderAndIsrLiveLeader)
             item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -1639,7 +1644,7 @@ def _read_LeaderAndIsrRequest_v6(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
 
 def _read_LeaderAndIsrRequest_v7(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequest, int]:
     # versions 7
-    o = LeaderAndIsrRequest.__new__(LeaderAndIsrRequest)
+    o = _new_message(LeaderAndIsrRequest)
     o.ungrouped_partition_states = []
     o.controller_id, o.is_kraft_controller, o.controller_epoch, o.broker_epoch, o.type = (
         _S_iziqb.unpack_from(buf, pos)
@@ -1676,7 +1681,7 @@ def _read_LeaderAndIsrRequest_v7(buf: bytes, pos: int) -> tuple[LeaderAndIsrRequ
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = LeaderAndIsrLiveLeader.__new__(LeaderAndIsrLiveLeader)
+            item5 = _new(LeaderAndIsrLiveLeader)
             item5.broker_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1

@@ -37,6 +37,11 @@ __all__ = [
     "LeaderAndIsrTopicError",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -176,7 +181,7 @@ _TAGS_LeaderAndIsrTopicError: _Final[frozenset[int]] = frozenset()
 
 def _read_LeaderAndIsrTopicError_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrTopicError, int]:
     # versions 5-7
-    o = LeaderAndIsrTopicError.__new__(LeaderAndIsrTopicError)
+    o = _new(LeaderAndIsrTopicError)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -193,7 +198,7 @@ def _read_LeaderAndIsrTopicError_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrT
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = LeaderAndIsrPartitionError.__new__(LeaderAndIsrPartitionError)
+            item2 = _new(LeaderAndIsrPartitionError)
             item2.topic_name = ""
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
@@ -234,7 +239,7 @@ def _write_LeaderAndIsrTopicError_v5(o: LeaderAndIsrTopicError, w: _Writer) -> N
 
 def _read_LeaderAndIsrResponse_v0(buf: bytes, pos: int) -> tuple[LeaderAndIsrResponse, int]:
     # versions 0-3
-    o = LeaderAndIsrResponse.__new__(LeaderAndIsrResponse)
+    o = _new_message(LeaderAndIsrResponse)
     o.topics = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -248,7 +253,7 @@ def _read_LeaderAndIsrResponse_v0(buf: bytes, pos: int) -> tuple[LeaderAndIsrRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = LeaderAndIsrPartitionError.__new__(LeaderAndIsrPartitionError)
+            item2 = _new(LeaderAndIsrPartitionError)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -270,7 +275,7 @@ def _read_LeaderAndIsrResponse_v0(buf: bytes, pos: int) -> tuple[LeaderAndIsrRes
 
 def _read_LeaderAndIsrResponse_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrResponse, int]:
     # versions 4
-    o = LeaderAndIsrResponse.__new__(LeaderAndIsrResponse)
+    o = _new_message(LeaderAndIsrResponse)
     o.topics = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -288,7 +293,7 @@ def _read_LeaderAndIsrResponse_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = LeaderAndIsrPartitionError.__new__(LeaderAndIsrPartitionError)
+            item2 = _new(LeaderAndIsrPartitionError)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -324,7 +329,7 @@ def _read_LeaderAndIsrResponse_v4(buf: bytes, pos: int) -> tuple[LeaderAndIsrRes
 
 def _read_LeaderAndIsrResponse_v5(buf: bytes, pos: int) -> tuple[LeaderAndIsrResponse, int]:
     # versions 5-7
-    o = LeaderAndIsrResponse.__new__(LeaderAndIsrResponse)
+    o = _new_message(LeaderAndIsrResponse)
     o.partition_errors = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2

@@ -36,6 +36,11 @@ __all__ = [
     "Voter",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_hi: _Final = _Packer(">hi")
 _S_i: _Final = _Packer(">i")
 
@@ -133,7 +138,7 @@ _TAGS_Voter: _Final[frozenset[int]] = frozenset()
 
 def _read_LeaderChangeMessage_v0(buf: bytes, pos: int) -> tuple[LeaderChangeMessage, int]:
     # versions 0
-    o = LeaderChangeMessage.__new__(LeaderChangeMessage)
+    o = _new_message(LeaderChangeMessage)
     o.version, o.leader_id = _S_hi.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -150,7 +155,7 @@ def _read_LeaderChangeMessage_v0(buf: bytes, pos: int) -> tuple[LeaderChangeMess
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = Voter.__new__(Voter)
+            item2 = _new(Voter)
             item2.voter_directory_id = _ZERO_UUID
             item2.voter_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -175,7 +180,7 @@ def _read_LeaderChangeMessage_v0(buf: bytes, pos: int) -> tuple[LeaderChangeMess
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = Voter.__new__(Voter)
+            item5 = _new(Voter)
             item5.voter_directory_id = _ZERO_UUID
             item5.voter_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -196,7 +201,7 @@ def _read_LeaderChangeMessage_v0(buf: bytes, pos: int) -> tuple[LeaderChangeMess
 
 def _read_LeaderChangeMessage_v1(buf: bytes, pos: int) -> tuple[LeaderChangeMessage, int]:
     # versions 1
-    o = LeaderChangeMessage.__new__(LeaderChangeMessage)
+    o = _new_message(LeaderChangeMessage)
     o.version, o.leader_id = _S_hi.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -213,7 +218,7 @@ def _read_LeaderChangeMessage_v1(buf: bytes, pos: int) -> tuple[LeaderChangeMess
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = Voter.__new__(Voter)
+            item2 = _new(Voter)
             item2.voter_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             item2.voter_directory_id = _read_uuid(buf, pos)
@@ -239,7 +244,7 @@ def _read_LeaderChangeMessage_v1(buf: bytes, pos: int) -> tuple[LeaderChangeMess
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = Voter.__new__(Voter)
+            item5 = _new(Voter)
             item5.voter_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             item5.voter_directory_id = _read_uuid(buf, pos)

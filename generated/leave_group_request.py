@@ -33,6 +33,11 @@ __all__ = [
     "MemberIdentity",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -136,7 +141,7 @@ _TAGS_MemberIdentity: _Final[frozenset[int]] = frozenset()
 
 def _read_LeaveGroupRequest_v0(buf: bytes, pos: int) -> tuple[LeaveGroupRequest, int]:
     # versions 0-2
-    o = LeaveGroupRequest.__new__(LeaveGroupRequest)
+    o = _new_message(LeaveGroupRequest)
     o.members = []
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -164,7 +169,7 @@ def _read_LeaveGroupRequest_v0(buf: bytes, pos: int) -> tuple[LeaveGroupRequest,
 
 def _read_LeaveGroupRequest_v3(buf: bytes, pos: int) -> tuple[LeaveGroupRequest, int]:
     # versions 3
-    o = LeaveGroupRequest.__new__(LeaveGroupRequest)
+    o = _new_message(LeaveGroupRequest)
     o.member_id = ""
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -186,7 +191,7 @@ def _read_LeaveGroupRequest_v3(buf: bytes, pos: int) -> tuple[LeaveGroupRequest,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MemberIdentity.__new__(MemberIdentity)
+            item2 = _new(MemberIdentity)
             item2.reason = None
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -219,7 +224,7 @@ def _read_LeaveGroupRequest_v3(buf: bytes, pos: int) -> tuple[LeaveGroupRequest,
 
 def _read_LeaveGroupRequest_v4(buf: bytes, pos: int) -> tuple[LeaveGroupRequest, int]:
     # versions 4
-    o = LeaveGroupRequest.__new__(LeaveGroupRequest)
+    o = _new_message(LeaveGroupRequest)
     o.member_id = ""
     n = buf[pos] - 1
     if n < 127:
@@ -249,7 +254,7 @@ def _read_LeaveGroupRequest_v4(buf: bytes, pos: int) -> tuple[LeaveGroupRequest,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MemberIdentity.__new__(MemberIdentity)
+            item2 = _new(MemberIdentity)
             item2.reason = None
             n = buf[pos] - 1
             if n < 127:
@@ -296,7 +301,7 @@ def _read_LeaveGroupRequest_v4(buf: bytes, pos: int) -> tuple[LeaveGroupRequest,
 
 def _read_LeaveGroupRequest_v5(buf: bytes, pos: int) -> tuple[LeaveGroupRequest, int]:
     # versions 5
-    o = LeaveGroupRequest.__new__(LeaveGroupRequest)
+    o = _new_message(LeaveGroupRequest)
     o.member_id = ""
     n = buf[pos] - 1
     if n < 127:
@@ -326,7 +331,7 @@ def _read_LeaveGroupRequest_v5(buf: bytes, pos: int) -> tuple[LeaveGroupRequest,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MemberIdentity.__new__(MemberIdentity)
+            item2 = _new(MemberIdentity)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -33,6 +33,11 @@ __all__ = [
     "MemberResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -139,7 +144,7 @@ _TAGS_MemberResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_LeaveGroupResponse_v0(buf: bytes, pos: int) -> tuple[LeaveGroupResponse, int]:
     # versions 0
-    o = LeaveGroupResponse.__new__(LeaveGroupResponse)
+    o = _new_message(LeaveGroupResponse)
     o.throttle_time_ms = 0
     o.members = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
@@ -150,7 +155,7 @@ def _read_LeaveGroupResponse_v0(buf: bytes, pos: int) -> tuple[LeaveGroupRespons
 
 def _read_LeaveGroupResponse_v1(buf: bytes, pos: int) -> tuple[LeaveGroupResponse, int]:
     # versions 1-2
-    o = LeaveGroupResponse.__new__(LeaveGroupResponse)
+    o = _new_message(LeaveGroupResponse)
     o.members = []
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
@@ -160,7 +165,7 @@ def _read_LeaveGroupResponse_v1(buf: bytes, pos: int) -> tuple[LeaveGroupRespons
 
 def _read_LeaveGroupResponse_v3(buf: bytes, pos: int) -> tuple[LeaveGroupResponse, int]:
     # versions 3
-    o = LeaveGroupResponse.__new__(LeaveGroupResponse)
+    o = _new_message(LeaveGroupResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = _S_i.unpack_from(buf, pos)[0]
@@ -173,7 +178,7 @@ def _read_LeaveGroupResponse_v3(buf: bytes, pos: int) -> tuple[LeaveGroupRespons
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MemberResponse.__new__(MemberResponse)
+            item2 = _new(MemberResponse)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -207,7 +212,7 @@ def _read_LeaveGroupResponse_v3(buf: bytes, pos: int) -> tuple[LeaveGroupRespons
 
 def _read_LeaveGroupResponse_v4(buf: bytes, pos: int) -> tuple[LeaveGroupResponse, int]:
     # versions 4-5
-    o = LeaveGroupResponse.__new__(LeaveGroupResponse)
+    o = _new_message(LeaveGroupResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -224,7 +229,7 @@ def _read_LeaveGroupResponse_v4(buf: bytes, pos: int) -> tuple[LeaveGroupRespons
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MemberResponse.__new__(MemberResponse)
+            item2 = _new(MemberResponse)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -12,6 +12,7 @@ from typing import Final as _Final
 from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -19,6 +20,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "ListClientMetricsResourcesRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 
 @_mypyc_attr(native_class=False)
@@ -46,7 +52,7 @@ def _read_ListClientMetricsResourcesRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[ListClientMetricsResourcesRequest, int]:
     # versions 0
-    o = ListClientMetricsResourcesRequest.__new__(ListClientMetricsResourcesRequest)
+    o = _new_message(ListClientMetricsResourcesRequest)
     if buf[pos]:
         o._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_ListClientMetricsResourcesRequest)
     else:

@@ -32,6 +32,11 @@ __all__ = [
     "ListClientMetricsResourcesResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_ih: _Final = _Packer(">ih")
 
 
@@ -111,7 +116,7 @@ def _read_ListClientMetricsResourcesResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ListClientMetricsResourcesResponse, int]:
     # versions 0
-    o = ListClientMetricsResourcesResponse.__new__(ListClientMetricsResourcesResponse)
+    o = _new_message(ListClientMetricsResourcesResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -128,7 +133,7 @@ def _read_ListClientMetricsResourcesResponse_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ClientMetricsResource.__new__(ClientMetricsResource)
+            item2 = _new(ClientMetricsResource)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -16,6 +16,7 @@ from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -29,6 +30,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "ListGroupsRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 
 @_mypyc_attr(native_class=False)
@@ -82,7 +88,7 @@ _TAGS_ListGroupsRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_ListGroupsRequest_v0(buf: bytes, pos: int) -> tuple[ListGroupsRequest, int]:
     # versions 0-2
-    o = ListGroupsRequest.__new__(ListGroupsRequest)
+    o = _new_message(ListGroupsRequest)
     o.states_filter = []
     o.types_filter = []
     o._unknown_tags = None
@@ -91,7 +97,7 @@ def _read_ListGroupsRequest_v0(buf: bytes, pos: int) -> tuple[ListGroupsRequest,
 
 def _read_ListGroupsRequest_v3(buf: bytes, pos: int) -> tuple[ListGroupsRequest, int]:
     # versions 3
-    o = ListGroupsRequest.__new__(ListGroupsRequest)
+    o = _new_message(ListGroupsRequest)
     o.states_filter = []
     o.types_filter = []
     if buf[pos]:
@@ -104,7 +110,7 @@ def _read_ListGroupsRequest_v3(buf: bytes, pos: int) -> tuple[ListGroupsRequest,
 
 def _read_ListGroupsRequest_v4(buf: bytes, pos: int) -> tuple[ListGroupsRequest, int]:
     # versions 4
-    o = ListGroupsRequest.__new__(ListGroupsRequest)
+    o = _new_message(ListGroupsRequest)
     o.types_filter = []
     n = buf[pos] - 1
     if n < 127:
@@ -146,7 +152,7 @@ def _read_ListGroupsRequest_v4(buf: bytes, pos: int) -> tuple[ListGroupsRequest,
 
 def _read_ListGroupsRequest_v5(buf: bytes, pos: int) -> tuple[ListGroupsRequest, int]:
     # versions 5
-    o = ListGroupsRequest.__new__(ListGroupsRequest)
+    o = _new_message(ListGroupsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

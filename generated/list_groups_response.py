@@ -33,6 +33,11 @@ __all__ = [
     "ListedGroup",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -148,7 +153,7 @@ _TAGS_ListedGroup: _Final[frozenset[int]] = frozenset()
 
 def _read_ListGroupsResponse_v0(buf: bytes, pos: int) -> tuple[ListGroupsResponse, int]:
     # versions 0
-    o = ListGroupsResponse.__new__(ListGroupsResponse)
+    o = _new_message(ListGroupsResponse)
     o.throttle_time_ms = 0
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -162,7 +167,7 @@ def _read_ListGroupsResponse_v0(buf: bytes, pos: int) -> tuple[ListGroupsRespons
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ListedGroup.__new__(ListedGroup)
+            item2 = _new(ListedGroup)
             item2.group_state = ""
             item2.group_type = ""
             n = _S_h.unpack_from(buf, pos)[0]
@@ -194,7 +199,7 @@ def _read_ListGroupsResponse_v0(buf: bytes, pos: int) -> tuple[ListGroupsRespons
 
 def _read_ListGroupsResponse_v1(buf: bytes, pos: int) -> tuple[ListGroupsResponse, int]:
     # versions 1-2
-    o = ListGroupsResponse.__new__(ListGroupsResponse)
+    o = _new_message(ListGroupsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = _S_i.unpack_from(buf, pos)[0]
@@ -207,7 +212,7 @@ def _read_ListGroupsResponse_v1(buf: bytes, pos: int) -> tuple[ListGroupsRespons
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ListedGroup.__new__(ListedGroup)
+            item2 = _new(ListedGroup)
             item2.group_state = ""
             item2.group_type = ""
             n = _S_h.unpack_from(buf, pos)[0]
@@ -239,7 +244,7 @@ def _read_ListGroupsResponse_v1(buf: bytes, pos: int) -> tuple[ListGroupsRespons
 
 def _read_ListGroupsResponse_v3(buf: bytes, pos: int) -> tuple[ListGroupsResponse, int]:
     # versions 3
-    o = ListGroupsResponse.__new__(ListGroupsResponse)
+    o = _new_message(ListGroupsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -256,7 +261,7 @@ def _read_ListGroupsResponse_v3(buf: bytes, pos: int) -> tuple[ListGroupsRespons
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ListedGroup.__new__(ListedGroup)
+            item2 = _new(ListedGroup)
             item2.group_state = ""
             item2.group_type = ""
             n = buf[pos] - 1
@@ -304,7 +309,7 @@ def _read_ListGroupsResponse_v3(buf: bytes, pos: int) -> tuple[ListGroupsRespons
 
 def _read_ListGroupsResponse_v4(buf: bytes, pos: int) -> tuple[ListGroupsResponse, int]:
     # versions 4
-    o = ListGroupsResponse.__new__(ListGroupsResponse)
+    o = _new_message(ListGroupsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -321,7 +326,7 @@ def _read_ListGroupsResponse_v4(buf: bytes, pos: int) -> tuple[ListGroupsRespons
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ListedGroup.__new__(ListedGroup)
+            item2 = _new(ListedGroup)
             item2.group_type = ""
             n = buf[pos] - 1
             if n < 127:
@@ -382,7 +387,7 @@ def _read_ListGroupsResponse_v4(buf: bytes, pos: int) -> tuple[ListGroupsRespons
 
 def _read_ListGroupsResponse_v5(buf: bytes, pos: int) -> tuple[ListGroupsResponse, int]:
     # versions 5
-    o = ListGroupsResponse.__new__(ListGroupsResponse)
+    o = _new_message(ListGroupsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -399,7 +404,7 @@ def _read_ListGroupsResponse_v5(buf: bytes, pos: int) -> tuple[ListGroupsRespons
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ListedGroup.__new__(ListedGroup)
+            item2 = _new(ListedGroup)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

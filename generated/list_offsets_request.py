@@ -34,6 +34,11 @@ __all__ = [
     "ListOffsetsTopic",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ib: _Final = _Packer(">ib")
@@ -192,7 +197,7 @@ _TAGS_ListOffsetsPartition: _Final[frozenset[int]] = frozenset()
 
 def _read_ListOffsetsTopic_v0(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, int]:
     # versions 0
-    o = ListOffsetsTopic.__new__(ListOffsetsTopic)
+    o = _new(ListOffsetsTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -213,7 +218,7 @@ def _read_ListOffsetsTopic_v0(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ListOffsetsPartition.__new__(ListOffsetsPartition)
+            item2 = _new(ListOffsetsPartition)
             item2.current_leader_epoch = -1
             item2.partition_index, item2.timestamp, item2.max_num_offsets = _S_iqi.unpack_from(
                 buf, pos
@@ -228,7 +233,7 @@ def _read_ListOffsetsTopic_v0(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
 
 def _read_ListOffsetsTopic_v1(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, int]:
     # versions 1-3
-    o = ListOffsetsTopic.__new__(ListOffsetsTopic)
+    o = _new(ListOffsetsTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -249,7 +254,7 @@ def _read_ListOffsetsTopic_v1(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ListOffsetsPartition.__new__(ListOffsetsPartition)
+            item2 = _new(ListOffsetsPartition)
             item2.current_leader_epoch = -1
             item2.max_num_offsets = 1
             item2.partition_index, item2.timestamp = _S_iq.unpack_from(buf, pos)
@@ -263,7 +268,7 @@ def _read_ListOffsetsTopic_v1(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
 
 def _read_ListOffsetsTopic_v4(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, int]:
     # versions 4-5
-    o = ListOffsetsTopic.__new__(ListOffsetsTopic)
+    o = _new(ListOffsetsTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -284,7 +289,7 @@ def _read_ListOffsetsTopic_v4(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ListOffsetsPartition.__new__(ListOffsetsPartition)
+            item2 = _new(ListOffsetsPartition)
             item2.max_num_offsets = 1
             item2.partition_index, item2.current_leader_epoch, item2.timestamp = _S_iiq.unpack_from(
                 buf, pos
@@ -299,7 +304,7 @@ def _read_ListOffsetsTopic_v4(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
 
 def _read_ListOffsetsTopic_v6(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, int]:
     # versions 6-9
-    o = ListOffsetsTopic.__new__(ListOffsetsTopic)
+    o = _new(ListOffsetsTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -328,7 +333,7 @@ def _read_ListOffsetsTopic_v6(buf: bytes, pos: int) -> tuple[ListOffsetsTopic, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ListOffsetsPartition.__new__(ListOffsetsPartition)
+            item2 = _new(ListOffsetsPartition)
             item2.max_num_offsets = 1
             item2.partition_index, item2.current_leader_epoch, item2.timestamp = _S_iiq.unpack_from(
                 buf, pos
@@ -555,7 +560,7 @@ def _write_ListOffsetsTopic_v9(o: ListOffsetsTopic, w: _Writer) -> None:
 
 def _read_ListOffsetsRequest_v0(buf: bytes, pos: int) -> tuple[ListOffsetsRequest, int]:
     # versions 0
-    o = ListOffsetsRequest.__new__(ListOffsetsRequest)
+    o = _new_message(ListOffsetsRequest)
     o.isolation_level = 0
     o.replica_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -578,7 +583,7 @@ def _read_ListOffsetsRequest_v0(buf: bytes, pos: int) -> tuple[ListOffsetsReques
 
 def _read_ListOffsetsRequest_v1(buf: bytes, pos: int) -> tuple[ListOffsetsRequest, int]:
     # versions 1
-    o = ListOffsetsRequest.__new__(ListOffsetsRequest)
+    o = _new_message(ListOffsetsRequest)
     o.isolation_level = 0
     o.replica_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -601,7 +606,7 @@ def _read_ListOffsetsRequest_v1(buf: bytes, pos: int) -> tuple[ListOffsetsReques
 
 def _read_ListOffsetsRequest_v2(buf: bytes, pos: int) -> tuple[ListOffsetsRequest, int]:
     # versions 2-3
-    o = ListOffsetsRequest.__new__(ListOffsetsRequest)
+    o = _new_message(ListOffsetsRequest)
     o.replica_id, o.isolation_level = _S_ib.unpack_from(buf, pos)
     pos += 5
     n = _S_i.unpack_from(buf, pos)[0]
@@ -623,7 +628,7 @@ def _read_ListOffsetsRequest_v2(buf: bytes, pos: int) -> tuple[ListOffsetsReques
 
 def _read_ListOffsetsRequest_v4(buf: bytes, pos: int) -> tuple[ListOffsetsRequest, int]:
     # versions 4-5
-    o = ListOffsetsRequest.__new__(ListOffsetsRequest)
+    o = _new_message(ListOffsetsRequest)
     o.replica_id, o.isolation_level = _S_ib.unpack_from(buf, pos)
     pos += 5
     n = _S_i.unpack_from(buf, pos)[0]
@@ -645,7 +650,7 @@ def _read_ListOffsetsRequest_v4(buf: bytes, pos: int) -> tuple[ListOffsetsReques
 
 def _read_ListOffsetsRequest_v6(buf: bytes, pos: int) -> tuple[ListOffsetsRequest, int]:
     # versions 6-9
-    o = ListOffsetsRequest.__new__(ListOffsetsRequest)
+    o = _new_message(ListOffsetsRequest)
     o.replica_id, o.isolation_level = _S_ib.unpack_from(buf, pos)
     pos += 5
     n = buf[pos] - 1

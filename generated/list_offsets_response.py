@@ -36,6 +36,11 @@ __all__ = [
     "ListOffsetsTopicResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -203,7 +208,7 @@ _TAGS_ListOffsetsPartitionResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_ListOffsetsTopicResponse_v0(buf: bytes, pos: int) -> tuple[ListOffsetsTopicResponse, int]:
     # versions 0
-    o = ListOffsetsTopicResponse.__new__(ListOffsetsTopicResponse)
+    o = _new(ListOffsetsTopicResponse)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -224,7 +229,7 @@ def _read_ListOffsetsTopicResponse_v0(buf: bytes, pos: int) -> tuple[ListOffsets
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ListOffsetsPartitionResponse.__new__(ListOffsetsPartitionResponse)
+            item2 = _new(ListOffsetsPartitionResponse)
             item2.timestamp = -1
             item2.offset = -1
             item2.leader_epoch = -1
@@ -252,7 +257,7 @@ def _read_ListOffsetsTopicResponse_v0(buf: bytes, pos: int) -> tuple[ListOffsets
 
 def _read_ListOffsetsTopicResponse_v1(buf: bytes, pos: int) -> tuple[ListOffsetsTopicResponse, int]:
     # versions 1-3
-    o = ListOffsetsTopicResponse.__new__(ListOffsetsTopicResponse)
+    o = _new(ListOffsetsTopicResponse)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -273,7 +278,7 @@ def _read_ListOffsetsTopicResponse_v1(buf: bytes, pos: int) -> tuple[ListOffsets
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ListOffsetsPartitionResponse.__new__(ListOffsetsPartitionResponse)
+            item2 = _new(ListOffsetsPartitionResponse)
             item2.old_style_offsets = []
             item2.leader_epoch = -1
             item2.partition_index, item2.error_code, item2.timestamp, item2.offset = (
@@ -289,7 +294,7 @@ def _read_ListOffsetsTopicResponse_v1(buf: bytes, pos: int) -> tuple[ListOffsets
 
 def _read_ListOffsetsTopicResponse_v4(buf: bytes, pos: int) -> tuple[ListOffsetsTopicResponse, int]:
     # versions 4-5
-    o = ListOffsetsTopicResponse.__new__(ListOffsetsTopicResponse)
+    o = _new(ListOffsetsTopicResponse)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -310,7 +315,7 @@ def _read_ListOffsetsTopicResponse_v4(buf: bytes, pos: int) -> tuple[ListOffsets
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ListOffsetsPartitionResponse.__new__(ListOffsetsPartitionResponse)
+            item2 = _new(ListOffsetsPartitionResponse)
             item2.old_style_offsets = []
             (
                 item2.partition_index,
@@ -329,7 +334,7 @@ def _read_ListOffsetsTopicResponse_v4(buf: bytes, pos: int) -> tuple[ListOffsets
 
 def _read_ListOffsetsTopicResponse_v6(buf: bytes, pos: int) -> tuple[ListOffsetsTopicResponse, int]:
     # versions 6-9
-    o = ListOffsetsTopicResponse.__new__(ListOffsetsTopicResponse)
+    o = _new(ListOffsetsTopicResponse)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -358,7 +363,7 @@ def _read_ListOffsetsTopicResponse_v6(buf: bytes, pos: int) -> tuple[ListOffsets
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ListOffsetsPartitionResponse.__new__(ListOffsetsPartitionResponse)
+            item2 = _new(ListOffsetsPartitionResponse)
             item2.old_style_offsets = []
             (
                 item2.partition_index,
@@ -655,7 +660,7 @@ def _write_ListOffsetsTopicResponse_v9(o: ListOffsetsTopicResponse, w: _Writer) 
 
 def _read_ListOffsetsResponse_v0(buf: bytes, pos: int) -> tuple[ListOffsetsResponse, int]:
     # versions 0
-    o = ListOffsetsResponse.__new__(ListOffsetsResponse)
+    o = _new_message(ListOffsetsResponse)
     o.throttle_time_ms = 0
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -676,7 +681,7 @@ def _read_ListOffsetsResponse_v0(buf: bytes, pos: int) -> tuple[ListOffsetsRespo
 
 def _read_ListOffsetsResponse_v1(buf: bytes, pos: int) -> tuple[ListOffsetsResponse, int]:
     # versions 1
-    o = ListOffsetsResponse.__new__(ListOffsetsResponse)
+    o = _new_message(ListOffsetsResponse)
     o.throttle_time_ms = 0
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -697,7 +702,7 @@ def _read_ListOffsetsResponse_v1(buf: bytes, pos: int) -> tuple[ListOffsetsRespo
 
 def _read_ListOffsetsResponse_v2(buf: bytes, pos: int) -> tuple[ListOffsetsResponse, int]:
     # versions 2-3
-    o = ListOffsetsResponse.__new__(ListOffsetsResponse)
+    o = _new_message(ListOffsetsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -719,7 +724,7 @@ def _read_ListOffsetsResponse_v2(buf: bytes, pos: int) -> tuple[ListOffsetsRespo
 
 def _read_ListOffsetsResponse_v4(buf: bytes, pos: int) -> tuple[ListOffsetsResponse, int]:
     # versions 4-5
-    o = ListOffsetsResponse.__new__(ListOffsetsResponse)
+    o = _new_message(ListOffsetsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -741,7 +746,7 @@ def _read_ListOffsetsResponse_v4(buf: bytes, pos: int) -> tuple[ListOffsetsRespo
 
 def _read_ListOffsetsResponse_v6(buf: bytes, pos: int) -> tuple[ListOffsetsResponse, int]:
     # versions 6-9
-    o = ListOffsetsResponse.__new__(ListOffsetsResponse)
+    o = _new_message(ListOffsetsResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

@@ -34,6 +34,11 @@ __all__ = [
     "ListPartitionReassignmentsTopics",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_i: _Final = _Packer(">i")
 _A_i: _Final = _small_arrays("i", 32)
 
@@ -114,7 +119,7 @@ def _read_ListPartitionReassignmentsRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[ListPartitionReassignmentsRequest, int]:
     # versions 0
-    o = ListPartitionReassignmentsRequest.__new__(ListPartitionReassignmentsRequest)
+    o = _new_message(ListPartitionReassignmentsRequest)
     o.timeout_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -131,7 +136,7 @@ def _read_ListPartitionReassignmentsRequest_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = ListPartitionReassignmentsTopics.__new__(ListPartitionReassignmentsTopics)
+            item2 = _new(ListPartitionReassignmentsTopics)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -35,6 +35,11 @@ __all__ = [
     "OngoingTopicReassignment",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
 _A_i: _Final = _small_arrays("i", 32)
@@ -178,7 +183,7 @@ _TAGS_OngoingPartitionReassignment: _Final[frozenset[int]] = frozenset()
 
 def _read_OngoingTopicReassignment_v0(buf: bytes, pos: int) -> tuple[OngoingTopicReassignment, int]:
     # versions 0
-    o = OngoingTopicReassignment.__new__(OngoingTopicReassignment)
+    o = _new(OngoingTopicReassignment)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -207,7 +212,7 @@ def _read_OngoingTopicReassignment_v0(buf: bytes, pos: int) -> tuple[OngoingTopi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OngoingPartitionReassignment.__new__(OngoingPartitionReassignment)
+            item2 = _new(OngoingPartitionReassignment)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -315,7 +320,7 @@ def _read_ListPartitionReassignmentsResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ListPartitionReassignmentsResponse, int]:
     # versions 0
-    o = ListPartitionReassignmentsResponse.__new__(ListPartitionReassignmentsResponse)
+    o = _new_message(ListPartitionReassignmentsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

@@ -17,6 +17,7 @@ from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
@@ -32,6 +33,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "ListTransactionsRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_q: _Final = _Packer(">q")
 _A_q: _Final = _small_arrays("q", 32)
@@ -92,7 +98,7 @@ _TAGS_ListTransactionsRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_ListTransactionsRequest_v0(buf: bytes, pos: int) -> tuple[ListTransactionsRequest, int]:
     # versions 0
-    o = ListTransactionsRequest.__new__(ListTransactionsRequest)
+    o = _new_message(ListTransactionsRequest)
     o.duration_filter = -1
     n = buf[pos] - 1
     if n < 127:
@@ -149,7 +155,7 @@ def _read_ListTransactionsRequest_v0(buf: bytes, pos: int) -> tuple[ListTransact
 
 def _read_ListTransactionsRequest_v1(buf: bytes, pos: int) -> tuple[ListTransactionsRequest, int]:
     # versions 1
-    o = ListTransactionsRequest.__new__(ListTransactionsRequest)
+    o = _new_message(ListTransactionsRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

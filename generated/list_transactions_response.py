@@ -33,6 +33,11 @@ __all__ = [
     "TransactionState",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_ih: _Final = _Packer(">ih")
 _S_q: _Final = _Packer(">q")
 
@@ -142,7 +147,7 @@ _TAGS_TransactionState: _Final[frozenset[int]] = frozenset()
 
 def _read_ListTransactionsResponse_v0(buf: bytes, pos: int) -> tuple[ListTransactionsResponse, int]:
     # versions 0-1
-    o = ListTransactionsResponse.__new__(ListTransactionsResponse)
+    o = _new_message(ListTransactionsResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -189,7 +194,7 @@ def _read_ListTransactionsResponse_v0(buf: bytes, pos: int) -> tuple[ListTransac
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = TransactionState.__new__(TransactionState)
+            item5 = _new(TransactionState)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

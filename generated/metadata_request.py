@@ -37,6 +37,11 @@ __all__ = [
     "MetadataRequestTopic",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_z: _Final = _Packer(">?")
@@ -154,7 +159,7 @@ _TAGS_MetadataRequestTopic: _Final[frozenset[int]] = frozenset()
 
 def _read_MetadataRequest_v0(buf: bytes, pos: int) -> tuple[MetadataRequest, int]:
     # versions 0
-    o = MetadataRequest.__new__(MetadataRequest)
+    o = _new_message(MetadataRequest)
     o.allow_auto_topic_creation = True
     o.include_cluster_authorized_operations = False
     o.include_topic_authorized_operations = False
@@ -168,7 +173,7 @@ def _read_MetadataRequest_v0(buf: bytes, pos: int) -> tuple[MetadataRequest, int
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataRequestTopic.__new__(MetadataRequestTopic)
+            item2 = _new(MetadataRequestTopic)
             item2.topic_id = _ZERO_UUID
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -189,7 +194,7 @@ def _read_MetadataRequest_v0(buf: bytes, pos: int) -> tuple[MetadataRequest, int
 
 def _read_MetadataRequest_v1(buf: bytes, pos: int) -> tuple[MetadataRequest, int]:
     # versions 1-3
-    o = MetadataRequest.__new__(MetadataRequest)
+    o = _new_message(MetadataRequest)
     o.allow_auto_topic_creation = True
     o.include_cluster_authorized_operations = False
     o.include_topic_authorized_operations = False
@@ -205,7 +210,7 @@ def _read_MetadataRequest_v1(buf: bytes, pos: int) -> tuple[MetadataRequest, int
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataRequestTopic.__new__(MetadataRequestTopic)
+            item2 = _new(MetadataRequestTopic)
             item2.topic_id = _ZERO_UUID
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -226,7 +231,7 @@ def _read_MetadataRequest_v1(buf: bytes, pos: int) -> tuple[MetadataRequest, int
 
 def _read_MetadataRequest_v4(buf: bytes, pos: int) -> tuple[MetadataRequest, int]:
     # versions 4-7
-    o = MetadataRequest.__new__(MetadataRequest)
+    o = _new_message(MetadataRequest)
     o.include_cluster_authorized_operations = False
     o.include_topic_authorized_operations = False
     n = _S_i.unpack_from(buf, pos)[0]
@@ -241,7 +246,7 @@ def _read_MetadataRequest_v4(buf: bytes, pos: int) -> tuple[MetadataRequest, int
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataRequestTopic.__new__(MetadataRequestTopic)
+            item2 = _new(MetadataRequestTopic)
             item2.topic_id = _ZERO_UUID
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -264,7 +269,7 @@ def _read_MetadataRequest_v4(buf: bytes, pos: int) -> tuple[MetadataRequest, int
 
 def _read_MetadataRequest_v8(buf: bytes, pos: int) -> tuple[MetadataRequest, int]:
     # versions 8
-    o = MetadataRequest.__new__(MetadataRequest)
+    o = _new_message(MetadataRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -277,7 +282,7 @@ def _read_MetadataRequest_v8(buf: bytes, pos: int) -> tuple[MetadataRequest, int
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataRequestTopic.__new__(MetadataRequestTopic)
+            item2 = _new(MetadataRequestTopic)
             item2.topic_id = _ZERO_UUID
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -304,7 +309,7 @@ def _read_MetadataRequest_v8(buf: bytes, pos: int) -> tuple[MetadataRequest, int
 
 def _read_MetadataRequest_v9(buf: bytes, pos: int) -> tuple[MetadataRequest, int]:
     # versions 9
-    o = MetadataRequest.__new__(MetadataRequest)
+    o = _new_message(MetadataRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -319,7 +324,7 @@ def _read_MetadataRequest_v9(buf: bytes, pos: int) -> tuple[MetadataRequest, int
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataRequestTopic.__new__(MetadataRequestTopic)
+            item2 = _new(MetadataRequestTopic)
             item2.topic_id = _ZERO_UUID
             n = buf[pos] - 1
             if n < 127:
@@ -358,7 +363,7 @@ def _read_MetadataRequest_v9(buf: bytes, pos: int) -> tuple[MetadataRequest, int
 
 def _read_MetadataRequest_v10(buf: bytes, pos: int) -> tuple[MetadataRequest, int]:
     # versions 10
-    o = MetadataRequest.__new__(MetadataRequest)
+    o = _new_message(MetadataRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -373,7 +378,7 @@ def _read_MetadataRequest_v10(buf: bytes, pos: int) -> tuple[MetadataRequest, in
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataRequestTopic.__new__(MetadataRequestTopic)
+            item2 = _new(MetadataRequestTopic)
             item2.topic_id = _read_uuid(buf, pos)
             pos += 16
             n = buf[pos] - 1
@@ -413,7 +418,7 @@ def _read_MetadataRequest_v10(buf: bytes, pos: int) -> tuple[MetadataRequest, in
 
 def _read_MetadataRequest_v11(buf: bytes, pos: int) -> tuple[MetadataRequest, int]:
     # versions 11-12
-    o = MetadataRequest.__new__(MetadataRequest)
+    o = _new_message(MetadataRequest)
     o.include_cluster_authorized_operations = False
     n = buf[pos] - 1
     if n < 127:
@@ -429,7 +434,7 @@ def _read_MetadataRequest_v11(buf: bytes, pos: int) -> tuple[MetadataRequest, in
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataRequestTopic.__new__(MetadataRequestTopic)
+            item2 = _new(MetadataRequestTopic)
             item2.topic_id = _read_uuid(buf, pos)
             pos += 16
             n = buf[pos] - 1

@@ -41,6 +41,11 @@ __all__ = [
     "MetadataResponseTopic",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_hii: _Final = _Packer(">hii")
 _S_hiii: _Final = _Packer(">hiii")
@@ -334,7 +339,7 @@ _TAGS_MetadataResponsePartition: _Final[frozenset[int]] = frozenset()
 
 def _read_MetadataResponseTopic_v0(buf: bytes, pos: int) -> tuple[MetadataResponseTopic, int]:
     # versions 0
-    o = MetadataResponseTopic.__new__(MetadataResponseTopic)
+    o = _new(MetadataResponseTopic)
     o.topic_id = _ZERO_UUID
     o.is_internal = False
     o.topic_authorized_operations = -2147483648
@@ -360,7 +365,7 @@ def _read_MetadataResponseTopic_v0(buf: bytes, pos: int) -> tuple[MetadataRespon
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataResponsePartition.__new__(MetadataResponsePartition)
+            item2 = _new(MetadataResponsePartition)
             item2.leader_epoch = -1
             item2.offline_replicas = []
             item2.error_code, item2.partition_index, item2.leader_id = _S_hii.unpack_from(buf, pos)
@@ -400,7 +405,7 @@ def _read_MetadataResponseTopic_v0(buf: bytes, pos: int) -> tuple[MetadataRespon
 
 def _read_MetadataResponseTopic_v1(buf: bytes, pos: int) -> tuple[MetadataResponseTopic, int]:
     # versions 1-4
-    o = MetadataResponseTopic.__new__(MetadataResponseTopic)
+    o = _new(MetadataResponseTopic)
     o.topic_id = _ZERO_UUID
     o.topic_authorized_operations = -2147483648
     o.error_code = _S_h.unpack_from(buf, pos)[0]
@@ -427,7 +432,7 @@ def _read_MetadataResponseTopic_v1(buf: bytes, pos: int) -> tuple[MetadataRespon
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataResponsePartition.__new__(MetadataResponsePartition)
+            item2 = _new(MetadataResponsePartition)
             item2.leader_epoch = -1
             item2.offline_replicas = []
             item2.error_code, item2.partition_index, item2.leader_id = _S_hii.unpack_from(buf, pos)
@@ -467,7 +472,7 @@ def _read_MetadataResponseTopic_v1(buf: bytes, pos: int) -> tuple[MetadataRespon
 
 def _read_MetadataResponseTopic_v5(buf: bytes, pos: int) -> tuple[MetadataResponseTopic, int]:
     # versions 5-6
-    o = MetadataResponseTopic.__new__(MetadataResponseTopic)
+    o = _new(MetadataResponseTopic)
     o.topic_id = _ZERO_UUID
     o.topic_authorized_operations = -2147483648
     o.error_code = _S_h.unpack_from(buf, pos)[0]
@@ -494,7 +499,7 @@ def _read_MetadataResponseTopic_v5(buf: bytes, pos: int) -> tuple[MetadataRespon
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataResponsePartition.__new__(MetadataResponsePartition)
+            item2 = _new(MetadataResponsePartition)
             item2.leader_epoch = -1
             item2.error_code, item2.partition_index, item2.leader_id = _S_hii.unpack_from(buf, pos)
             pos += 10
@@ -546,7 +551,7 @@ def _read_MetadataResponseTopic_v5(buf: bytes, pos: int) -> tuple[MetadataRespon
 
 def _read_MetadataResponseTopic_v7(buf: bytes, pos: int) -> tuple[MetadataResponseTopic, int]:
     # versions 7
-    o = MetadataResponseTopic.__new__(MetadataResponseTopic)
+    o = _new(MetadataResponseTopic)
     o.topic_id = _ZERO_UUID
     o.topic_authorized_operations = -2147483648
     o.error_code = _S_h.unpack_from(buf, pos)[0]
@@ -573,7 +578,7 @@ def _read_MetadataResponseTopic_v7(buf: bytes, pos: int) -> tuple[MetadataRespon
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataResponsePartition.__new__(MetadataResponsePartition)
+            item2 = _new(MetadataResponsePartition)
             item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
                 _S_hiii.unpack_from(buf, pos)
             )
@@ -626,7 +631,7 @@ def _read_MetadataResponseTopic_v7(buf: bytes, pos: int) -> tuple[MetadataRespon
 
 def _read_MetadataResponseTopic_v8(buf: bytes, pos: int) -> tuple[MetadataResponseTopic, int]:
     # versions 8
-    o = MetadataResponseTopic.__new__(MetadataResponseTopic)
+    o = _new(MetadataResponseTopic)
     o.topic_id = _ZERO_UUID
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -652,7 +657,7 @@ def _read_MetadataResponseTopic_v8(buf: bytes, pos: int) -> tuple[MetadataRespon
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataResponsePartition.__new__(MetadataResponsePartition)
+            item2 = _new(MetadataResponsePartition)
             item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
                 _S_hiii.unpack_from(buf, pos)
             )
@@ -707,7 +712,7 @@ def _read_MetadataResponseTopic_v8(buf: bytes, pos: int) -> tuple[MetadataRespon
 
 def _read_MetadataResponseTopic_v9(buf: bytes, pos: int) -> tuple[MetadataResponseTopic, int]:
     # versions 9
-    o = MetadataResponseTopic.__new__(MetadataResponseTopic)
+    o = _new(MetadataResponseTopic)
     o.topic_id = _ZERO_UUID
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -741,7 +746,7 @@ def _read_MetadataResponseTopic_v9(buf: bytes, pos: int) -> tuple[MetadataRespon
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataResponsePartition.__new__(MetadataResponsePartition)
+            item2 = _new(MetadataResponsePartition)
             item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
                 _S_hiii.unpack_from(buf, pos)
             )
@@ -818,7 +823,7 @@ def _read_MetadataResponseTopic_v9(buf: bytes, pos: int) -> tuple[MetadataRespon
 
 def _read_MetadataResponseTopic_v10(buf: bytes, pos: int) -> tuple[MetadataResponseTopic, int]:
     # versions 10-11
-    o = MetadataResponseTopic.__new__(MetadataResponseTopic)
+    o = _new(MetadataResponseTopic)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -853,7 +858,7 @@ def _read_MetadataResponseTopic_v10(buf: bytes, pos: int) -> tuple[MetadataRespo
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataResponsePartition.__new__(MetadataResponsePartition)
+            item2 = _new(MetadataResponsePartition)
             item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
                 _S_hiii.unpack_from(buf, pos)
             )
@@ -930,7 +935,7 @@ def _read_MetadataResponseTopic_v10(buf: bytes, pos: int) -> tuple[MetadataRespo
 
 def _read_MetadataResponseTopic_v12(buf: bytes, pos: int) -> tuple[MetadataResponseTopic, int]:
     # versions 12
-    o = MetadataResponseTopic.__new__(MetadataResponseTopic)
+    o = _new(MetadataResponseTopic)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -965,7 +970,7 @@ def _read_MetadataResponseTopic_v12(buf: bytes, pos: int) -> tuple[MetadataRespo
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataResponsePartition.__new__(MetadataResponsePartition)
+            item2 = _new(MetadataResponsePartition)
             item2.error_code, item2.partition_index, item2.leader_id, item2.leader_epoch = (
                 _S_hiii.unpack_from(buf, pos)
             )
@@ -1528,7 +1533,7 @@ def _write_MetadataResponseTopic_v12(o: MetadataResponseTopic, w: _Writer) -> No
 
 def _read_MetadataResponse_v0(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 0
-    o = MetadataResponse.__new__(MetadataResponse)
+    o = _new_message(MetadataResponse)
     o.throttle_time_ms = 0
     o.cluster_id = None
     o.controller_id = -1
@@ -1543,7 +1548,7 @@ def _read_MetadataResponse_v0(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
+            item2 = _new(MetadataResponseBroker)
             item2.rack = None
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -1581,7 +1586,7 @@ def _read_MetadataResponse_v0(buf: bytes, pos: int) -> tuple[MetadataResponse, i
 
 def _read_MetadataResponse_v1(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 1
-    o = MetadataResponse.__new__(MetadataResponse)
+    o = _new_message(MetadataResponse)
     o.throttle_time_ms = 0
     o.cluster_id = None
     o.cluster_authorized_operations = -2147483648
@@ -1595,7 +1600,7 @@ def _read_MetadataResponse_v1(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
+            item2 = _new(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1646,7 +1651,7 @@ def _read_MetadataResponse_v1(buf: bytes, pos: int) -> tuple[MetadataResponse, i
 
 def _read_MetadataResponse_v2(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 2
-    o = MetadataResponse.__new__(MetadataResponse)
+    o = _new_message(MetadataResponse)
     o.throttle_time_ms = 0
     o.cluster_authorized_operations = -2147483648
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1659,7 +1664,7 @@ def _read_MetadataResponse_v2(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
+            item2 = _new(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1722,7 +1727,7 @@ def _read_MetadataResponse_v2(buf: bytes, pos: int) -> tuple[MetadataResponse, i
 
 def _read_MetadataResponse_v3(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 3-4
-    o = MetadataResponse.__new__(MetadataResponse)
+    o = _new_message(MetadataResponse)
     o.cluster_authorized_operations = -2147483648
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -1736,7 +1741,7 @@ def _read_MetadataResponse_v3(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
+            item2 = _new(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1799,7 +1804,7 @@ def _read_MetadataResponse_v3(buf: bytes, pos: int) -> tuple[MetadataResponse, i
 
 def _read_MetadataResponse_v5(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 5-6
-    o = MetadataResponse.__new__(MetadataResponse)
+    o = _new_message(MetadataResponse)
     o.cluster_authorized_operations = -2147483648
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -1813,7 +1818,7 @@ def _read_MetadataResponse_v5(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
+            item2 = _new(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1876,7 +1881,7 @@ def _read_MetadataResponse_v5(buf: bytes, pos: int) -> tuple[MetadataResponse, i
 
 def _read_MetadataResponse_v7(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 7
-    o = MetadataResponse.__new__(MetadataResponse)
+    o = _new_message(MetadataResponse)
     o.cluster_authorized_operations = -2147483648
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -1890,7 +1895,7 @@ def _read_MetadataResponse_v7(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
+            item2 = _new(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -1953,7 +1958,7 @@ def _read_MetadataResponse_v7(buf: bytes, pos: int) -> tuple[MetadataResponse, i
 
 def _read_MetadataResponse_v8(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 8
-    o = MetadataResponse.__new__(MetadataResponse)
+    o = _new_message(MetadataResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1966,7 +1971,7 @@ def _read_MetadataResponse_v8(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
+            item2 = _new(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -2031,7 +2036,7 @@ def _read_MetadataResponse_v8(buf: bytes, pos: int) -> tuple[MetadataResponse, i
 
 def _read_MetadataResponse_v9(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 9
-    o = MetadataResponse.__new__(MetadataResponse)
+    o = _new_message(MetadataResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -2048,7 +2053,7 @@ def _read_MetadataResponse_v9(buf: bytes, pos: int) -> tuple[MetadataResponse, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
+            item2 = _new(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -2133,7 +2138,7 @@ def _read_MetadataResponse_v9(buf: bytes, pos: int) -> tuple[MetadataResponse, i
 
 def _read_MetadataResponse_v10(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 10
-    o = MetadataResponse.__new__(MetadataResponse)
+    o = _new_message(MetadataResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -2150,7 +2155,7 @@ def _read_MetadataResponse_v10(buf: bytes, pos: int) -> tuple[MetadataResponse, 
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
+            item2 = _new(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -2235,7 +2240,7 @@ def _read_MetadataResponse_v10(buf: bytes, pos: int) -> tuple[MetadataResponse, 
 
 def _read_MetadataResponse_v11(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 11
-    o = MetadataResponse.__new__(MetadataResponse)
+    o = _new_message(MetadataResponse)
     o.cluster_authorized_operations = -2147483648
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -2253,7 +2258,7 @@ def _read_MetadataResponse_v11(buf: bytes, pos: int) -> tuple[MetadataResponse, 
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
+            item2 = _new(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -2336,7 +2341,7 @@ def _read_MetadataResponse_v11(buf: bytes, pos: int) -> tuple[MetadataResponse, 
 
 def _read_MetadataResponse_v12(buf: bytes, pos: int) -> tuple[MetadataResponse, int]:
     # versions 12
-    o = MetadataResponse.__new__(MetadataResponse)
+    o = _new_message(MetadataResponse)
     o.cluster_authorized_operations = -2147483648
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -2354,7 +2359,7 @@ def _read_MetadataResponse_v12(buf: bytes, pos: int) -> tuple[MetadataResponse, 
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = MetadataResponseBroker.__new__(MetadataResponseBroker)
+            item2 = _new(MetadataResponseBroker)
             item2.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1

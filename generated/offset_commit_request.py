@@ -34,6 +34,11 @@ __all__ = [
     "OffsetCommitRequestTopic",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_iq: _Final = _Packer(">iq")
@@ -223,7 +228,7 @@ _TAGS_OffsetCommitRequestPartition: _Final[frozenset[int]] = frozenset()
 
 def _read_OffsetCommitRequestTopic_v0(buf: bytes, pos: int) -> tuple[OffsetCommitRequestTopic, int]:
     # versions 0, 2-5
-    o = OffsetCommitRequestTopic.__new__(OffsetCommitRequestTopic)
+    o = _new(OffsetCommitRequestTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -244,7 +249,7 @@ def _read_OffsetCommitRequestTopic_v0(buf: bytes, pos: int) -> tuple[OffsetCommi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OffsetCommitRequestPartition.__new__(OffsetCommitRequestPartition)
+            item2 = _new(OffsetCommitRequestPartition)
             item2.committed_leader_epoch = -1
             item2.commit_timestamp = -1
             item2.partition_index, item2.committed_offset = _S_iq.unpack_from(buf, pos)
@@ -270,7 +275,7 @@ def _read_OffsetCommitRequestTopic_v0(buf: bytes, pos: int) -> tuple[OffsetCommi
 
 def _read_OffsetCommitRequestTopic_v1(buf: bytes, pos: int) -> tuple[OffsetCommitRequestTopic, int]:
     # versions 1
-    o = OffsetCommitRequestTopic.__new__(OffsetCommitRequestTopic)
+    o = _new(OffsetCommitRequestTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -291,7 +296,7 @@ def _read_OffsetCommitRequestTopic_v1(buf: bytes, pos: int) -> tuple[OffsetCommi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OffsetCommitRequestPartition.__new__(OffsetCommitRequestPartition)
+            item2 = _new(OffsetCommitRequestPartition)
             item2.committed_leader_epoch = -1
             item2.partition_index, item2.committed_offset, item2.commit_timestamp = (
                 _S_iqq.unpack_from(buf, pos)
@@ -318,7 +323,7 @@ def _read_OffsetCommitRequestTopic_v1(buf: bytes, pos: int) -> tuple[OffsetCommi
 
 def _read_OffsetCommitRequestTopic_v6(buf: bytes, pos: int) -> tuple[OffsetCommitRequestTopic, int]:
     # versions 6-7
-    o = OffsetCommitRequestTopic.__new__(OffsetCommitRequestTopic)
+    o = _new(OffsetCommitRequestTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -339,7 +344,7 @@ def _read_OffsetCommitRequestTopic_v6(buf: bytes, pos: int) -> tuple[OffsetCommi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OffsetCommitRequestPartition.__new__(OffsetCommitRequestPartition)
+            item2 = _new(OffsetCommitRequestPartition)
             item2.commit_timestamp = -1
             item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
                 _S_iqi.unpack_from(buf, pos)
@@ -366,7 +371,7 @@ def _read_OffsetCommitRequestTopic_v6(buf: bytes, pos: int) -> tuple[OffsetCommi
 
 def _read_OffsetCommitRequestTopic_v8(buf: bytes, pos: int) -> tuple[OffsetCommitRequestTopic, int]:
     # versions 8-9
-    o = OffsetCommitRequestTopic.__new__(OffsetCommitRequestTopic)
+    o = _new(OffsetCommitRequestTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -395,7 +400,7 @@ def _read_OffsetCommitRequestTopic_v8(buf: bytes, pos: int) -> tuple[OffsetCommi
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OffsetCommitRequestPartition.__new__(OffsetCommitRequestPartition)
+            item2 = _new(OffsetCommitRequestPartition)
             item2.commit_timestamp = -1
             item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
                 _S_iqi.unpack_from(buf, pos)
@@ -710,7 +715,7 @@ def _write_OffsetCommitRequestTopic_v9(o: OffsetCommitRequestTopic, w: _Writer) 
 
 def _read_OffsetCommitRequest_v0(buf: bytes, pos: int) -> tuple[OffsetCommitRequest, int]:
     # versions 0
-    o = OffsetCommitRequest.__new__(OffsetCommitRequest)
+    o = _new_message(OffsetCommitRequest)
     o.generation_id_or_member_epoch = -1
     o.member_id = ""
     o.group_instance_id = None
@@ -744,7 +749,7 @@ def _read_OffsetCommitRequest_v0(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
 
 def _read_OffsetCommitRequest_v1(buf: bytes, pos: int) -> tuple[OffsetCommitRequest, int]:
     # versions 1
-    o = OffsetCommitRequest.__new__(OffsetCommitRequest)
+    o = _new_message(OffsetCommitRequest)
     o.group_instance_id = None
     o.retention_time_ms = -1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -788,7 +793,7 @@ def _read_OffsetCommitRequest_v1(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
 
 def _read_OffsetCommitRequest_v2(buf: bytes, pos: int) -> tuple[OffsetCommitRequest, int]:
     # versions 2-4
-    o = OffsetCommitRequest.__new__(OffsetCommitRequest)
+    o = _new_message(OffsetCommitRequest)
     o.group_instance_id = None
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -833,7 +838,7 @@ def _read_OffsetCommitRequest_v2(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
 
 def _read_OffsetCommitRequest_v5(buf: bytes, pos: int) -> tuple[OffsetCommitRequest, int]:
     # versions 5
-    o = OffsetCommitRequest.__new__(OffsetCommitRequest)
+    o = _new_message(OffsetCommitRequest)
     o.group_instance_id = None
     o.retention_time_ms = -1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -877,7 +882,7 @@ def _read_OffsetCommitRequest_v5(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
 
 def _read_OffsetCommitRequest_v6(buf: bytes, pos: int) -> tuple[OffsetCommitRequest, int]:
     # versions 6
-    o = OffsetCommitRequest.__new__(OffsetCommitRequest)
+    o = _new_message(OffsetCommitRequest)
     o.group_instance_id = None
     o.retention_time_ms = -1
     n = _S_h.unpack_from(buf, pos)[0]
@@ -921,7 +926,7 @@ def _read_OffsetCommitRequest_v6(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
 
 def _read_OffsetCommitRequest_v7(buf: bytes, pos: int) -> tuple[OffsetCommitRequest, int]:
     # versions 7
-    o = OffsetCommitRequest.__new__(OffsetCommitRequest)
+    o = _new_message(OffsetCommitRequest)
     o.retention_time_ms = -1
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -976,7 +981,7 @@ def _read_OffsetCommitRequest_v7(buf: bytes, pos: int) -> tuple[OffsetCommitRequ
 
 def _read_OffsetCommitRequest_v8(buf: bytes, pos: int) -> tuple[OffsetCommitRequest, int]:
     # versions 8-9
-    o = OffsetCommitRequest.__new__(OffsetCommitRequest)
+    o = _new_message(OffsetCommitRequest)
     o.retention_time_ms = -1
     n = buf[pos] - 1
     if n < 127:

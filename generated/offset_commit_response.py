@@ -34,6 +34,11 @@ __all__ = [
     "OffsetCommitResponseTopic",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -175,7 +180,7 @@ def _read_OffsetCommitResponseTopic_v0(
     buf: bytes, pos: int
 ) -> tuple[OffsetCommitResponseTopic, int]:
     # versions 0-7
-    o = OffsetCommitResponseTopic.__new__(OffsetCommitResponseTopic)
+    o = _new(OffsetCommitResponseTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -196,7 +201,7 @@ def _read_OffsetCommitResponseTopic_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OffsetCommitResponsePartition.__new__(OffsetCommitResponsePartition)
+            item2 = _new(OffsetCommitResponsePartition)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             item2._unknown_tags = None
@@ -210,7 +215,7 @@ def _read_OffsetCommitResponseTopic_v8(
     buf: bytes, pos: int
 ) -> tuple[OffsetCommitResponseTopic, int]:
     # versions 8-9
-    o = OffsetCommitResponseTopic.__new__(OffsetCommitResponseTopic)
+    o = _new(OffsetCommitResponseTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -239,7 +244,7 @@ def _read_OffsetCommitResponseTopic_v8(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OffsetCommitResponsePartition.__new__(OffsetCommitResponsePartition)
+            item2 = _new(OffsetCommitResponsePartition)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             if buf[pos]:
@@ -299,7 +304,7 @@ def _write_OffsetCommitResponseTopic_v8(o: OffsetCommitResponseTopic, w: _Writer
 
 def _read_OffsetCommitResponse_v0(buf: bytes, pos: int) -> tuple[OffsetCommitResponse, int]:
     # versions 0-2
-    o = OffsetCommitResponse.__new__(OffsetCommitResponse)
+    o = _new_message(OffsetCommitResponse)
     o.throttle_time_ms = 0
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -320,7 +325,7 @@ def _read_OffsetCommitResponse_v0(buf: bytes, pos: int) -> tuple[OffsetCommitRes
 
 def _read_OffsetCommitResponse_v3(buf: bytes, pos: int) -> tuple[OffsetCommitResponse, int]:
     # versions 3-7
-    o = OffsetCommitResponse.__new__(OffsetCommitResponse)
+    o = _new_message(OffsetCommitResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -342,7 +347,7 @@ def _read_OffsetCommitResponse_v3(buf: bytes, pos: int) -> tuple[OffsetCommitRes
 
 def _read_OffsetCommitResponse_v8(buf: bytes, pos: int) -> tuple[OffsetCommitResponse, int]:
     # versions 8-9
-    o = OffsetCommitResponse.__new__(OffsetCommitResponse)
+    o = _new_message(OffsetCommitResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

@@ -29,6 +29,11 @@ __all__ = [
     "OffsetDeleteRequestTopic",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -124,7 +129,7 @@ class OffsetDeleteRequest(_Message):
 
 def _read_OffsetDeleteRequestTopic_v0(buf: bytes, pos: int) -> tuple[OffsetDeleteRequestTopic, int]:
     # versions 0
-    o = OffsetDeleteRequestTopic.__new__(OffsetDeleteRequestTopic)
+    o = _new(OffsetDeleteRequestTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -145,7 +150,7 @@ def _read_OffsetDeleteRequestTopic_v0(buf: bytes, pos: int) -> tuple[OffsetDelet
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OffsetDeleteRequestPartition.__new__(OffsetDeleteRequestPartition)
+            item2 = _new(OffsetDeleteRequestPartition)
             item2.partition_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             item2._unknown_tags = None
@@ -174,7 +179,7 @@ def _write_OffsetDeleteRequestTopic_v0(o: OffsetDeleteRequestTopic, w: _Writer) 
 
 def _read_OffsetDeleteRequest_v0(buf: bytes, pos: int) -> tuple[OffsetDeleteRequest, int]:
     # versions 0
-    o = OffsetDeleteRequest.__new__(OffsetDeleteRequest)
+    o = _new_message(OffsetDeleteRequest)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:

@@ -29,6 +29,11 @@ __all__ = [
     "OffsetDeleteResponseTopic",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_hi: _Final = _Packer(">hi")
 _S_i: _Final = _Packer(">i")
@@ -146,7 +151,7 @@ def _read_OffsetDeleteResponseTopic_v0(
     buf: bytes, pos: int
 ) -> tuple[OffsetDeleteResponseTopic, int]:
     # versions 0
-    o = OffsetDeleteResponseTopic.__new__(OffsetDeleteResponseTopic)
+    o = _new(OffsetDeleteResponseTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -167,7 +172,7 @@ def _read_OffsetDeleteResponseTopic_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OffsetDeleteResponsePartition.__new__(OffsetDeleteResponsePartition)
+            item2 = _new(OffsetDeleteResponsePartition)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             item2._unknown_tags = None
@@ -196,7 +201,7 @@ def _write_OffsetDeleteResponseTopic_v0(o: OffsetDeleteResponseTopic, w: _Writer
 
 def _read_OffsetDeleteResponse_v0(buf: bytes, pos: int) -> tuple[OffsetDeleteResponse, int]:
     # versions 0
-    o = OffsetDeleteResponse.__new__(OffsetDeleteResponse)
+    o = _new_message(OffsetDeleteResponse)
     o.error_code, o.throttle_time_ms = _S_hi.unpack_from(buf, pos)
     pos += 6
     n = _S_i.unpack_from(buf, pos)[0]

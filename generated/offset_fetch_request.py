@@ -38,6 +38,11 @@ __all__ = [
     "OffsetFetchRequestTopics",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_z: _Final = _Packer(">?")
@@ -234,7 +239,7 @@ _TAGS_OffsetFetchRequestTopics: _Final[frozenset[int]] = frozenset()
 
 def _read_OffsetFetchRequestGroup_v8(buf: bytes, pos: int) -> tuple[OffsetFetchRequestGroup, int]:
     # versions 8
-    o = OffsetFetchRequestGroup.__new__(OffsetFetchRequestGroup)
+    o = _new(OffsetFetchRequestGroup)
     o.member_id = None
     o.member_epoch = -1
     n = buf[pos] - 1
@@ -265,7 +270,7 @@ def _read_OffsetFetchRequestGroup_v8(buf: bytes, pos: int) -> tuple[OffsetFetchR
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OffsetFetchRequestTopics.__new__(OffsetFetchRequestTopics)
+            item2 = _new(OffsetFetchRequestTopics)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -316,7 +321,7 @@ def _read_OffsetFetchRequestGroup_v8(buf: bytes, pos: int) -> tuple[OffsetFetchR
 
 def _read_OffsetFetchRequestGroup_v9(buf: bytes, pos: int) -> tuple[OffsetFetchRequestGroup, int]:
     # versions 9
-    o = OffsetFetchRequestGroup.__new__(OffsetFetchRequestGroup)
+    o = _new(OffsetFetchRequestGroup)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -361,7 +366,7 @@ def _read_OffsetFetchRequestGroup_v9(buf: bytes, pos: int) -> tuple[OffsetFetchR
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OffsetFetchRequestTopics.__new__(OffsetFetchRequestTopics)
+            item2 = _new(OffsetFetchRequestTopics)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -485,7 +490,7 @@ def _write_OffsetFetchRequestGroup_v9(o: OffsetFetchRequestGroup, w: _Writer) ->
 
 def _read_OffsetFetchRequest_v0(buf: bytes, pos: int) -> tuple[OffsetFetchRequest, int]:
     # versions 0-1
-    o = OffsetFetchRequest.__new__(OffsetFetchRequest)
+    o = _new_message(OffsetFetchRequest)
     o.groups = []
     o.require_stable = False
     n = _S_h.unpack_from(buf, pos)[0]
@@ -508,7 +513,7 @@ def _read_OffsetFetchRequest_v0(buf: bytes, pos: int) -> tuple[OffsetFetchReques
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OffsetFetchRequestTopic.__new__(OffsetFetchRequestTopic)
+            item2 = _new(OffsetFetchRequestTopic)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -541,7 +546,7 @@ def _read_OffsetFetchRequest_v0(buf: bytes, pos: int) -> tuple[OffsetFetchReques
 
 def _read_OffsetFetchRequest_v2(buf: bytes, pos: int) -> tuple[OffsetFetchRequest, int]:
     # versions 2-5
-    o = OffsetFetchRequest.__new__(OffsetFetchRequest)
+    o = _new_message(OffsetFetchRequest)
     o.groups = []
     o.require_stable = False
     n = _S_h.unpack_from(buf, pos)[0]
@@ -566,7 +571,7 @@ def _read_OffsetFetchRequest_v2(buf: bytes, pos: int) -> tuple[OffsetFetchReques
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OffsetFetchRequestTopic.__new__(OffsetFetchRequestTopic)
+            item2 = _new(OffsetFetchRequestTopic)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -599,7 +604,7 @@ def _read_OffsetFetchRequest_v2(buf: bytes, pos: int) -> tuple[OffsetFetchReques
 
 def _read_OffsetFetchRequest_v6(buf: bytes, pos: int) -> tuple[OffsetFetchRequest, int]:
     # versions 6
-    o = OffsetFetchRequest.__new__(OffsetFetchRequest)
+    o = _new_message(OffsetFetchRequest)
     o.groups = []
     o.require_stable = False
     n = buf[pos] - 1
@@ -630,7 +635,7 @@ def _read_OffsetFetchRequest_v6(buf: bytes, pos: int) -> tuple[OffsetFetchReques
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OffsetFetchRequestTopic.__new__(OffsetFetchRequestTopic)
+            item2 = _new(OffsetFetchRequestTopic)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -681,7 +686,7 @@ def _read_OffsetFetchRequest_v6(buf: bytes, pos: int) -> tuple[OffsetFetchReques
 
 def _read_OffsetFetchRequest_v7(buf: bytes, pos: int) -> tuple[OffsetFetchRequest, int]:
     # versions 7
-    o = OffsetFetchRequest.__new__(OffsetFetchRequest)
+    o = _new_message(OffsetFetchRequest)
     o.groups = []
     n = buf[pos] - 1
     if n < 127:
@@ -711,7 +716,7 @@ def _read_OffsetFetchRequest_v7(buf: bytes, pos: int) -> tuple[OffsetFetchReques
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OffsetFetchRequestTopic.__new__(OffsetFetchRequestTopic)
+            item2 = _new(OffsetFetchRequestTopic)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -764,7 +769,7 @@ def _read_OffsetFetchRequest_v7(buf: bytes, pos: int) -> tuple[OffsetFetchReques
 
 def _read_OffsetFetchRequest_v8(buf: bytes, pos: int) -> tuple[OffsetFetchRequest, int]:
     # versions 8
-    o = OffsetFetchRequest.__new__(OffsetFetchRequest)
+    o = _new_message(OffsetFetchRequest)
     o.group_id = ""
     o.topics = []
     n = buf[pos] - 1
@@ -796,7 +801,7 @@ def _read_OffsetFetchRequest_v8(buf: bytes, pos: int) -> tuple[OffsetFetchReques
 
 def _read_OffsetFetchRequest_v9(buf: bytes, pos: int) -> tuple[OffsetFetchRequest, int]:
     # versions 9
-    o = OffsetFetchRequest.__new__(OffsetFetchRequest)
+    o = _new_message(OffsetFetchRequest)
     o.group_id = ""
     o.topics = []
     n = buf[pos] - 1

@@ -37,6 +37,11 @@ __all__ = [
     "OffsetFetchResponseTopics",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_iq: _Final = _Packer(">iq")
@@ -347,7 +352,7 @@ _TAGS_OffsetFetchResponsePartitions: _Final[frozenset[int]] = frozenset()
 
 def _read_OffsetFetchResponseTopic_v0(buf: bytes, pos: int) -> tuple[OffsetFetchResponseTopic, int]:
     # versions 0-4
-    o = OffsetFetchResponseTopic.__new__(OffsetFetchResponseTopic)
+    o = _new(OffsetFetchResponseTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -368,7 +373,7 @@ def _read_OffsetFetchResponseTopic_v0(buf: bytes, pos: int) -> tuple[OffsetFetch
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OffsetFetchResponsePartition.__new__(OffsetFetchResponsePartition)
+            item2 = _new(OffsetFetchResponsePartition)
             item2.committed_leader_epoch = -1
             item2.partition_index, item2.committed_offset = _S_iq.unpack_from(buf, pos)
             pos += 12
@@ -395,7 +400,7 @@ def _read_OffsetFetchResponseTopic_v0(buf: bytes, pos: int) -> tuple[OffsetFetch
 
 def _read_OffsetFetchResponseTopic_v5(buf: bytes, pos: int) -> tuple[OffsetFetchResponseTopic, int]:
     # versions 5
-    o = OffsetFetchResponseTopic.__new__(OffsetFetchResponseTopic)
+    o = _new(OffsetFetchResponseTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -416,7 +421,7 @@ def _read_OffsetFetchResponseTopic_v5(buf: bytes, pos: int) -> tuple[OffsetFetch
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OffsetFetchResponsePartition.__new__(OffsetFetchResponsePartition)
+            item2 = _new(OffsetFetchResponsePartition)
             item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
                 _S_iqi.unpack_from(buf, pos)
             )
@@ -444,7 +449,7 @@ def _read_OffsetFetchResponseTopic_v5(buf: bytes, pos: int) -> tuple[OffsetFetch
 
 def _read_OffsetFetchResponseTopic_v6(buf: bytes, pos: int) -> tuple[OffsetFetchResponseTopic, int]:
     # versions 6-7
-    o = OffsetFetchResponseTopic.__new__(OffsetFetchResponseTopic)
+    o = _new(OffsetFetchResponseTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -473,7 +478,7 @@ def _read_OffsetFetchResponseTopic_v6(buf: bytes, pos: int) -> tuple[OffsetFetch
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OffsetFetchResponsePartition.__new__(OffsetFetchResponsePartition)
+            item2 = _new(OffsetFetchResponsePartition)
             item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
                 _S_iqi.unpack_from(buf, pos)
             )
@@ -597,7 +602,7 @@ def _read_OffsetFetchResponseTopics_v8(
     buf: bytes, pos: int
 ) -> tuple[OffsetFetchResponseTopics, int]:
     # versions 8-9
-    o = OffsetFetchResponseTopics.__new__(OffsetFetchResponseTopics)
+    o = _new(OffsetFetchResponseTopics)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -626,7 +631,7 @@ def _read_OffsetFetchResponseTopics_v8(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OffsetFetchResponsePartitions.__new__(OffsetFetchResponsePartitions)
+            item2 = _new(OffsetFetchResponsePartitions)
             item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
                 _S_iqi.unpack_from(buf, pos)
             )
@@ -696,7 +701,7 @@ def _write_OffsetFetchResponseTopics_v8(o: OffsetFetchResponseTopics, w: _Writer
 
 def _read_OffsetFetchResponseGroup_v8(buf: bytes, pos: int) -> tuple[OffsetFetchResponseGroup, int]:
     # versions 8-9
-    o = OffsetFetchResponseGroup.__new__(OffsetFetchResponseGroup)
+    o = _new(OffsetFetchResponseGroup)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -758,7 +763,7 @@ def _write_OffsetFetchResponseGroup_v8(o: OffsetFetchResponseGroup, w: _Writer) 
 
 def _read_OffsetFetchResponse_v0(buf: bytes, pos: int) -> tuple[OffsetFetchResponse, int]:
     # versions 0-1
-    o = OffsetFetchResponse.__new__(OffsetFetchResponse)
+    o = _new_message(OffsetFetchResponse)
     o.throttle_time_ms = 0
     o.error_code = 0
     o.groups = []
@@ -781,7 +786,7 @@ def _read_OffsetFetchResponse_v0(buf: bytes, pos: int) -> tuple[OffsetFetchRespo
 
 def _read_OffsetFetchResponse_v2(buf: bytes, pos: int) -> tuple[OffsetFetchResponse, int]:
     # versions 2
-    o = OffsetFetchResponse.__new__(OffsetFetchResponse)
+    o = _new_message(OffsetFetchResponse)
     o.throttle_time_ms = 0
     o.groups = []
     n = _S_i.unpack_from(buf, pos)[0]
@@ -805,7 +810,7 @@ def _read_OffsetFetchResponse_v2(buf: bytes, pos: int) -> tuple[OffsetFetchRespo
 
 def _read_OffsetFetchResponse_v3(buf: bytes, pos: int) -> tuple[OffsetFetchResponse, int]:
     # versions 3-4
-    o = OffsetFetchResponse.__new__(OffsetFetchResponse)
+    o = _new_message(OffsetFetchResponse)
     o.groups = []
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -830,7 +835,7 @@ def _read_OffsetFetchResponse_v3(buf: bytes, pos: int) -> tuple[OffsetFetchRespo
 
 def _read_OffsetFetchResponse_v5(buf: bytes, pos: int) -> tuple[OffsetFetchResponse, int]:
     # versions 5
-    o = OffsetFetchResponse.__new__(OffsetFetchResponse)
+    o = _new_message(OffsetFetchResponse)
     o.groups = []
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -855,7 +860,7 @@ def _read_OffsetFetchResponse_v5(buf: bytes, pos: int) -> tuple[OffsetFetchRespo
 
 def _read_OffsetFetchResponse_v6(buf: bytes, pos: int) -> tuple[OffsetFetchResponse, int]:
     # versions 6-7
-    o = OffsetFetchResponse.__new__(OffsetFetchResponse)
+    o = _new_message(OffsetFetchResponse)
     o.groups = []
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -888,7 +893,7 @@ def _read_OffsetFetchResponse_v6(buf: bytes, pos: int) -> tuple[OffsetFetchRespo
 
 def _read_OffsetFetchResponse_v8(buf: bytes, pos: int) -> tuple[OffsetFetchResponse, int]:
     # versions 8-9
-    o = OffsetFetchResponse.__new__(OffsetFetchResponse)
+    o = _new_message(OffsetFetchResponse)
     o.topics = []
     o.error_code = 0
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]

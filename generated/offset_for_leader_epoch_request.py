@@ -34,6 +34,11 @@ __all__ = [
     "OffsetForLeaderTopic",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ii: _Final = _Packer(">ii")
@@ -165,7 +170,7 @@ _TAGS_OffsetForLeaderPartition: _Final[frozenset[int]] = frozenset()
 
 def _read_OffsetForLeaderTopic_v0(buf: bytes, pos: int) -> tuple[OffsetForLeaderTopic, int]:
     # versions 0-1
-    o = OffsetForLeaderTopic.__new__(OffsetForLeaderTopic)
+    o = _new(OffsetForLeaderTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -186,7 +191,7 @@ def _read_OffsetForLeaderTopic_v0(buf: bytes, pos: int) -> tuple[OffsetForLeader
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OffsetForLeaderPartition.__new__(OffsetForLeaderPartition)
+            item2 = _new(OffsetForLeaderPartition)
             item2.current_leader_epoch = -1
             item2.partition, item2.leader_epoch = _S_ii.unpack_from(buf, pos)
             pos += 8
@@ -199,7 +204,7 @@ def _read_OffsetForLeaderTopic_v0(buf: bytes, pos: int) -> tuple[OffsetForLeader
 
 def _read_OffsetForLeaderTopic_v2(buf: bytes, pos: int) -> tuple[OffsetForLeaderTopic, int]:
     # versions 2-3
-    o = OffsetForLeaderTopic.__new__(OffsetForLeaderTopic)
+    o = _new(OffsetForLeaderTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -220,7 +225,7 @@ def _read_OffsetForLeaderTopic_v2(buf: bytes, pos: int) -> tuple[OffsetForLeader
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OffsetForLeaderPartition.__new__(OffsetForLeaderPartition)
+            item2 = _new(OffsetForLeaderPartition)
             item2.partition, item2.current_leader_epoch, item2.leader_epoch = _S_iii.unpack_from(
                 buf, pos
             )
@@ -234,7 +239,7 @@ def _read_OffsetForLeaderTopic_v2(buf: bytes, pos: int) -> tuple[OffsetForLeader
 
 def _read_OffsetForLeaderTopic_v4(buf: bytes, pos: int) -> tuple[OffsetForLeaderTopic, int]:
     # versions 4
-    o = OffsetForLeaderTopic.__new__(OffsetForLeaderTopic)
+    o = _new(OffsetForLeaderTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -263,7 +268,7 @@ def _read_OffsetForLeaderTopic_v4(buf: bytes, pos: int) -> tuple[OffsetForLeader
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = OffsetForLeaderPartition.__new__(OffsetForLeaderPartition)
+            item2 = _new(OffsetForLeaderPartition)
             item2.partition, item2.current_leader_epoch, item2.leader_epoch = _S_iii.unpack_from(
                 buf, pos
             )
@@ -344,7 +349,7 @@ def _read_OffsetForLeaderEpochRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderEpochRequest, int]:
     # versions 0-1
-    o = OffsetForLeaderEpochRequest.__new__(OffsetForLeaderEpochRequest)
+    o = _new_message(OffsetForLeaderEpochRequest)
     o.replica_id = -2
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -367,7 +372,7 @@ def _read_OffsetForLeaderEpochRequest_v2(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderEpochRequest, int]:
     # versions 2
-    o = OffsetForLeaderEpochRequest.__new__(OffsetForLeaderEpochRequest)
+    o = _new_message(OffsetForLeaderEpochRequest)
     o.replica_id = -2
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -390,7 +395,7 @@ def _read_OffsetForLeaderEpochRequest_v3(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderEpochRequest, int]:
     # versions 3
-    o = OffsetForLeaderEpochRequest.__new__(OffsetForLeaderEpochRequest)
+    o = _new_message(OffsetForLeaderEpochRequest)
     o.replica_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -414,7 +419,7 @@ def _read_OffsetForLeaderEpochRequest_v4(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderEpochRequest, int]:
     # versions 4
-    o = OffsetForLeaderEpochRequest.__new__(OffsetForLeaderEpochRequest)
+    o = _new_message(OffsetForLeaderEpochRequest)
     o.replica_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

@@ -34,6 +34,11 @@ __all__ = [
     "OffsetForLeaderTopicResult",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_hiiq: _Final = _Packer(">hiiq")
 _S_hiq: _Final = _Packer(">hiq")
@@ -173,7 +178,7 @@ def _read_OffsetForLeaderTopicResult_v0(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderTopicResult, int]:
     # versions 0
-    o = OffsetForLeaderTopicResult.__new__(OffsetForLeaderTopicResult)
+    o = _new(OffsetForLeaderTopicResult)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -194,7 +199,7 @@ def _read_OffsetForLeaderTopicResult_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = EpochEndOffset.__new__(EpochEndOffset)
+            item2 = _new(EpochEndOffset)
             item2.leader_epoch = -1
             item2.error_code, item2.partition, item2.end_offset = _S_hiq.unpack_from(buf, pos)
             pos += 14
@@ -209,7 +214,7 @@ def _read_OffsetForLeaderTopicResult_v1(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderTopicResult, int]:
     # versions 1-3
-    o = OffsetForLeaderTopicResult.__new__(OffsetForLeaderTopicResult)
+    o = _new(OffsetForLeaderTopicResult)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -230,7 +235,7 @@ def _read_OffsetForLeaderTopicResult_v1(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = EpochEndOffset.__new__(EpochEndOffset)
+            item2 = _new(EpochEndOffset)
             item2.error_code, item2.partition, item2.leader_epoch, item2.end_offset = (
                 _S_hiiq.unpack_from(buf, pos)
             )
@@ -246,7 +251,7 @@ def _read_OffsetForLeaderTopicResult_v4(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderTopicResult, int]:
     # versions 4
-    o = OffsetForLeaderTopicResult.__new__(OffsetForLeaderTopicResult)
+    o = _new(OffsetForLeaderTopicResult)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -275,7 +280,7 @@ def _read_OffsetForLeaderTopicResult_v4(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = EpochEndOffset.__new__(EpochEndOffset)
+            item2 = _new(EpochEndOffset)
             item2.error_code, item2.partition, item2.leader_epoch, item2.end_offset = (
                 _S_hiiq.unpack_from(buf, pos)
             )
@@ -354,7 +359,7 @@ def _read_OffsetForLeaderEpochResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderEpochResponse, int]:
     # versions 0
-    o = OffsetForLeaderEpochResponse.__new__(OffsetForLeaderEpochResponse)
+    o = _new_message(OffsetForLeaderEpochResponse)
     o.throttle_time_ms = 0
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -377,7 +382,7 @@ def _read_OffsetForLeaderEpochResponse_v1(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderEpochResponse, int]:
     # versions 1
-    o = OffsetForLeaderEpochResponse.__new__(OffsetForLeaderEpochResponse)
+    o = _new_message(OffsetForLeaderEpochResponse)
     o.throttle_time_ms = 0
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -400,7 +405,7 @@ def _read_OffsetForLeaderEpochResponse_v2(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderEpochResponse, int]:
     # versions 2-3
-    o = OffsetForLeaderEpochResponse.__new__(OffsetForLeaderEpochResponse)
+    o = _new_message(OffsetForLeaderEpochResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -424,7 +429,7 @@ def _read_OffsetForLeaderEpochResponse_v4(
     buf: bytes, pos: int
 ) -> tuple[OffsetForLeaderEpochResponse, int]:
     # versions 4
-    o = OffsetForLeaderEpochResponse.__new__(OffsetForLeaderEpochResponse)
+    o = _new_message(OffsetForLeaderEpochResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

@@ -36,6 +36,11 @@ __all__ = [
     "TopicProduceData",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_hi: _Final = _Packer(">hi")
 _S_i: _Final = _Packer(">i")
@@ -184,7 +189,7 @@ _TAGS_PartitionProduceData: _Final[frozenset[int]] = frozenset()
 
 def _read_TopicProduceData_v0(buf: bytes, pos: int) -> tuple[TopicProduceData, int]:
     # versions 0-8
-    o = TopicProduceData.__new__(TopicProduceData)
+    o = _new(TopicProduceData)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -205,7 +210,7 @@ def _read_TopicProduceData_v0(buf: bytes, pos: int) -> tuple[TopicProduceData, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionProduceData.__new__(PartitionProduceData)
+            item2 = _new(PartitionProduceData)
             item2.index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_i.unpack_from(buf, pos)[0]
@@ -229,7 +234,7 @@ def _read_TopicProduceData_v0(buf: bytes, pos: int) -> tuple[TopicProduceData, i
 
 def _read_TopicProduceData_v9(buf: bytes, pos: int) -> tuple[TopicProduceData, int]:
     # versions 9-11
-    o = TopicProduceData.__new__(TopicProduceData)
+    o = _new(TopicProduceData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -258,7 +263,7 @@ def _read_TopicProduceData_v9(buf: bytes, pos: int) -> tuple[TopicProduceData, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionProduceData.__new__(PartitionProduceData)
+            item2 = _new(PartitionProduceData)
             item2.index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -350,7 +355,7 @@ def _write_TopicProduceData_v9(o: TopicProduceData, w: _Writer) -> None:
 
 def _read_ProduceRequest_v0(buf: bytes, pos: int) -> tuple[ProduceRequest, int]:
     # versions 0-2
-    o = ProduceRequest.__new__(ProduceRequest)
+    o = _new_message(ProduceRequest)
     o.transactional_id = None
     o.acks, o.timeout_ms = _S_hi.unpack_from(buf, pos)
     pos += 6
@@ -373,7 +378,7 @@ def _read_ProduceRequest_v0(buf: bytes, pos: int) -> tuple[ProduceRequest, int]:
 
 def _read_ProduceRequest_v3(buf: bytes, pos: int) -> tuple[ProduceRequest, int]:
     # versions 3-8
-    o = ProduceRequest.__new__(ProduceRequest)
+    o = _new_message(ProduceRequest)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -407,7 +412,7 @@ def _read_ProduceRequest_v3(buf: bytes, pos: int) -> tuple[ProduceRequest, int]:
 
 def _read_ProduceRequest_v9(buf: bytes, pos: int) -> tuple[ProduceRequest, int]:
     # versions 9-11
-    o = ProduceRequest.__new__(ProduceRequest)
+    o = _new_message(ProduceRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

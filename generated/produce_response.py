@@ -42,6 +42,11 @@ __all__ = [
     "TopicProduceResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ihq: _Final = _Packer(">ihq")
@@ -349,7 +354,7 @@ _TAGS_NodeEndpoint: _Final[frozenset[int]] = frozenset()
 
 def _read_LeaderIdAndEpoch_v10(buf: bytes, pos: int) -> tuple[LeaderIdAndEpoch, int]:
     # versions 10-11
-    o = LeaderIdAndEpoch.__new__(LeaderIdAndEpoch)
+    o = _new(LeaderIdAndEpoch)
     o.leader_id, o.leader_epoch = _S_ii.unpack_from(buf, pos)
     pos += 8
     if buf[pos]:
@@ -398,7 +403,7 @@ def _read_tags_PartitionProduceResponse_v10(
 
 def _read_PartitionProduceResponse_v8(buf: bytes, pos: int) -> tuple[PartitionProduceResponse, int]:
     # versions 8
-    o = PartitionProduceResponse.__new__(PartitionProduceResponse)
+    o = _new(PartitionProduceResponse)
     o.current_leader = LeaderIdAndEpoch()
     o.index, o.error_code, o.base_offset, o.log_append_time_ms, o.log_start_offset = (
         _S_ihqqq.unpack_from(buf, pos)
@@ -414,7 +419,7 @@ def _read_PartitionProduceResponse_v8(buf: bytes, pos: int) -> tuple[PartitionPr
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = BatchIndexAndErrorMessage.__new__(BatchIndexAndErrorMessage)
+            item2 = _new(BatchIndexAndErrorMessage)
             item2.batch_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -450,7 +455,7 @@ def _read_PartitionProduceResponse_v8(buf: bytes, pos: int) -> tuple[PartitionPr
 
 def _read_PartitionProduceResponse_v9(buf: bytes, pos: int) -> tuple[PartitionProduceResponse, int]:
     # versions 9
-    o = PartitionProduceResponse.__new__(PartitionProduceResponse)
+    o = _new(PartitionProduceResponse)
     o.current_leader = LeaderIdAndEpoch()
     o.index, o.error_code, o.base_offset, o.log_append_time_ms, o.log_start_offset = (
         _S_ihqqq.unpack_from(buf, pos)
@@ -470,7 +475,7 @@ def _read_PartitionProduceResponse_v9(buf: bytes, pos: int) -> tuple[PartitionPr
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = BatchIndexAndErrorMessage.__new__(BatchIndexAndErrorMessage)
+            item2 = _new(BatchIndexAndErrorMessage)
             item2.batch_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -522,7 +527,7 @@ def _read_PartitionProduceResponse_v10(
     buf: bytes, pos: int
 ) -> tuple[PartitionProduceResponse, int]:
     # versions 10-11
-    o = PartitionProduceResponse.__new__(PartitionProduceResponse)
+    o = _new(PartitionProduceResponse)
     o.current_leader = LeaderIdAndEpoch()
     o.index, o.error_code, o.base_offset, o.log_append_time_ms, o.log_start_offset = (
         _S_ihqqq.unpack_from(buf, pos)
@@ -542,7 +547,7 @@ def _read_PartitionProduceResponse_v10(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = BatchIndexAndErrorMessage.__new__(BatchIndexAndErrorMessage)
+            item2 = _new(BatchIndexAndErrorMessage)
             item2.batch_index = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -711,7 +716,7 @@ def _write_PartitionProduceResponse_v10(o: PartitionProduceResponse, w: _Writer)
 
 def _read_TopicProduceResponse_v0(buf: bytes, pos: int) -> tuple[TopicProduceResponse, int]:
     # versions 0-1
-    o = TopicProduceResponse.__new__(TopicProduceResponse)
+    o = _new(TopicProduceResponse)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -732,7 +737,7 @@ def _read_TopicProduceResponse_v0(buf: bytes, pos: int) -> tuple[TopicProduceRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionProduceResponse.__new__(PartitionProduceResponse)
+            item2 = _new(PartitionProduceResponse)
             item2.log_append_time_ms = -1
             item2.log_start_offset = -1
             item2.record_errors = []
@@ -749,7 +754,7 @@ def _read_TopicProduceResponse_v0(buf: bytes, pos: int) -> tuple[TopicProduceRes
 
 def _read_TopicProduceResponse_v2(buf: bytes, pos: int) -> tuple[TopicProduceResponse, int]:
     # versions 2-4
-    o = TopicProduceResponse.__new__(TopicProduceResponse)
+    o = _new(TopicProduceResponse)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -770,7 +775,7 @@ def _read_TopicProduceResponse_v2(buf: bytes, pos: int) -> tuple[TopicProduceRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionProduceResponse.__new__(PartitionProduceResponse)
+            item2 = _new(PartitionProduceResponse)
             item2.log_start_offset = -1
             item2.record_errors = []
             item2.error_message = None
@@ -788,7 +793,7 @@ def _read_TopicProduceResponse_v2(buf: bytes, pos: int) -> tuple[TopicProduceRes
 
 def _read_TopicProduceResponse_v5(buf: bytes, pos: int) -> tuple[TopicProduceResponse, int]:
     # versions 5-7
-    o = TopicProduceResponse.__new__(TopicProduceResponse)
+    o = _new(TopicProduceResponse)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -809,7 +814,7 @@ def _read_TopicProduceResponse_v5(buf: bytes, pos: int) -> tuple[TopicProduceRes
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionProduceResponse.__new__(PartitionProduceResponse)
+            item2 = _new(PartitionProduceResponse)
             item2.record_errors = []
             item2.error_message = None
             item2.current_leader = LeaderIdAndEpoch()
@@ -830,7 +835,7 @@ def _read_TopicProduceResponse_v5(buf: bytes, pos: int) -> tuple[TopicProduceRes
 
 def _read_TopicProduceResponse_v8(buf: bytes, pos: int) -> tuple[TopicProduceResponse, int]:
     # versions 8
-    o = TopicProduceResponse.__new__(TopicProduceResponse)
+    o = _new(TopicProduceResponse)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -860,7 +865,7 @@ def _read_TopicProduceResponse_v8(buf: bytes, pos: int) -> tuple[TopicProduceRes
 
 def _read_TopicProduceResponse_v9(buf: bytes, pos: int) -> tuple[TopicProduceResponse, int]:
     # versions 9
-    o = TopicProduceResponse.__new__(TopicProduceResponse)
+    o = _new(TopicProduceResponse)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -902,7 +907,7 @@ def _read_TopicProduceResponse_v9(buf: bytes, pos: int) -> tuple[TopicProduceRes
 
 def _read_TopicProduceResponse_v10(buf: bytes, pos: int) -> tuple[TopicProduceResponse, int]:
     # versions 10-11
-    o = TopicProduceResponse.__new__(TopicProduceResponse)
+    o = _new(TopicProduceResponse)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -1225,7 +1230,7 @@ def _read_tags_ProduceResponse_v10(o: ProduceResponse, buf: bytes, pos: int) -> 
                 items1: list[_Any] = []
                 count3 = n
                 for _ in range(count3):
-                    item2 = NodeEndpoint.__new__(NodeEndpoint)
+                    item2 = _new(NodeEndpoint)
                     item2.node_id = _S_i.unpack_from(buf, pos)[0]
                     pos += 4
                     n = buf[pos] - 1
@@ -1279,7 +1284,7 @@ def _read_tags_ProduceResponse_v10(o: ProduceResponse, buf: bytes, pos: int) -> 
 
 def _read_ProduceResponse_v0(buf: bytes, pos: int) -> tuple[ProduceResponse, int]:
     # versions 0
-    o = ProduceResponse.__new__(ProduceResponse)
+    o = _new_message(ProduceResponse)
     o.throttle_time_ms = 0
     o.node_endpoints = []
     n = _S_i.unpack_from(buf, pos)[0]
@@ -1301,7 +1306,7 @@ def _read_ProduceResponse_v0(buf: bytes, pos: int) -> tuple[ProduceResponse, int
 
 def _read_ProduceResponse_v1(buf: bytes, pos: int) -> tuple[ProduceResponse, int]:
     # versions 1
-    o = ProduceResponse.__new__(ProduceResponse)
+    o = _new_message(ProduceResponse)
     o.node_endpoints = []
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -1324,7 +1329,7 @@ def _read_ProduceResponse_v1(buf: bytes, pos: int) -> tuple[ProduceResponse, int
 
 def _read_ProduceResponse_v2(buf: bytes, pos: int) -> tuple[ProduceResponse, int]:
     # versions 2-4
-    o = ProduceResponse.__new__(ProduceResponse)
+    o = _new_message(ProduceResponse)
     o.node_endpoints = []
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -1347,7 +1352,7 @@ def _read_ProduceResponse_v2(buf: bytes, pos: int) -> tuple[ProduceResponse, int
 
 def _read_ProduceResponse_v5(buf: bytes, pos: int) -> tuple[ProduceResponse, int]:
     # versions 5-7
-    o = ProduceResponse.__new__(ProduceResponse)
+    o = _new_message(ProduceResponse)
     o.node_endpoints = []
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -1370,7 +1375,7 @@ def _read_ProduceResponse_v5(buf: bytes, pos: int) -> tuple[ProduceResponse, int
 
 def _read_ProduceResponse_v8(buf: bytes, pos: int) -> tuple[ProduceResponse, int]:
     # versions 8
-    o = ProduceResponse.__new__(ProduceResponse)
+    o = _new_message(ProduceResponse)
     o.node_endpoints = []
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -1393,7 +1398,7 @@ def _read_ProduceResponse_v8(buf: bytes, pos: int) -> tuple[ProduceResponse, int
 
 def _read_ProduceResponse_v9(buf: bytes, pos: int) -> tuple[ProduceResponse, int]:
     # versions 9
-    o = ProduceResponse.__new__(ProduceResponse)
+    o = _new_message(ProduceResponse)
     o.node_endpoints = []
     n = buf[pos] - 1
     if n < 127:
@@ -1424,7 +1429,7 @@ def _read_ProduceResponse_v9(buf: bytes, pos: int) -> tuple[ProduceResponse, int
 
 def _read_ProduceResponse_v10(buf: bytes, pos: int) -> tuple[ProduceResponse, int]:
     # versions 10-11
-    o = ProduceResponse.__new__(ProduceResponse)
+    o = _new_message(ProduceResponse)
     o.node_endpoints = []
     n = buf[pos] - 1
     if n < 127:

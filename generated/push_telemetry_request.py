@@ -15,6 +15,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import BOOL as _BOOL
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import ZERO_UUID as _ZERO_UUID
@@ -32,6 +33,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "PushTelemetryRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_izb: _Final = _Packer(">i?b")
 
@@ -102,7 +108,7 @@ _TAGS_PushTelemetryRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_PushTelemetryRequest_v0(buf: bytes, pos: int) -> tuple[PushTelemetryRequest, int]:
     # versions 0
-    o = PushTelemetryRequest.__new__(PushTelemetryRequest)
+    o = _new_message(PushTelemetryRequest)
     o.client_instance_id = _read_uuid(buf, pos)
     pos += 16
     o.subscription_id, o.terminating, o.compression_type = _S_izb.unpack_from(buf, pos)

@@ -36,6 +36,11 @@ __all__ = [
     "ReadStateData",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_ii: _Final = _Packer(">ii")
 
 
@@ -145,7 +150,7 @@ _TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 def _read_ReadStateData_v0(buf: bytes, pos: int) -> tuple[ReadStateData, int]:
     # versions 0
-    o = ReadStateData.__new__(ReadStateData)
+    o = _new(ReadStateData)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -162,7 +167,7 @@ def _read_ReadStateData_v0(buf: bytes, pos: int) -> tuple[ReadStateData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionData.__new__(PartitionData)
+            item2 = _new(PartitionData)
             item2.partition, item2.leader_epoch = _S_ii.unpack_from(buf, pos)
             pos += 8
             if buf[pos]:
@@ -202,7 +207,7 @@ def _read_ReadShareGroupStateRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[ReadShareGroupStateRequest, int]:
     # versions 0
-    o = ReadShareGroupStateRequest.__new__(ReadShareGroupStateRequest)
+    o = _new_message(ReadShareGroupStateRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -37,6 +37,11 @@ __all__ = [
     "StateBatch",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_ih: _Final = _Packer(">ih")
 _S_iq: _Final = _Packer(">iq")
 _S_qqbh: _Final = _Packer(">qqbh")
@@ -226,7 +231,7 @@ _TAGS_StateBatch: _Final[frozenset[int]] = frozenset()
 
 def _read_PartitionResult_v0(buf: bytes, pos: int) -> tuple[PartitionResult, int]:
     # versions 0
-    o = PartitionResult.__new__(PartitionResult)
+    o = _new(PartitionResult)
     o.partition, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -259,7 +264,7 @@ def _read_PartitionResult_v0(buf: bytes, pos: int) -> tuple[PartitionResult, int
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = StateBatch.__new__(StateBatch)
+            item2 = _new(StateBatch)
             item2.first_offset, item2.last_offset, item2.delivery_state, item2.delivery_count = (
                 _S_qqbh.unpack_from(buf, pos)
             )
@@ -312,7 +317,7 @@ def _write_PartitionResult_v0(o: PartitionResult, w: _Writer) -> None:
 
 def _read_ReadStateResult_v0(buf: bytes, pos: int) -> tuple[ReadStateResult, int]:
     # versions 0
-    o = ReadStateResult.__new__(ReadStateResult)
+    o = _new(ReadStateResult)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -358,7 +363,7 @@ def _read_ReadShareGroupStateResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ReadShareGroupStateResponse, int]:
     # versions 0
-    o = ReadShareGroupStateResponse.__new__(ReadShareGroupStateResponse)
+    o = _new_message(ReadShareGroupStateResponse)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -36,6 +36,11 @@ __all__ = [
     "ReadStateSummaryResult",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_ih: _Final = _Packer(">ih")
 _S_iq: _Final = _Packer(">iq")
 
@@ -169,7 +174,7 @@ _TAGS_PartitionResult: _Final[frozenset[int]] = frozenset()
 
 def _read_ReadStateSummaryResult_v0(buf: bytes, pos: int) -> tuple[ReadStateSummaryResult, int]:
     # versions 0
-    o = ReadStateSummaryResult.__new__(ReadStateSummaryResult)
+    o = _new(ReadStateSummaryResult)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -186,7 +191,7 @@ def _read_ReadStateSummaryResult_v0(buf: bytes, pos: int) -> tuple[ReadStateSumm
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionResult.__new__(PartitionResult)
+            item2 = _new(PartitionResult)
             item2.partition, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             n = buf[pos] - 1
@@ -251,7 +256,7 @@ def _read_ReadShareGroupStateSummaryResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ReadShareGroupStateSummaryResponse, int]:
     # versions 0
-    o = ReadShareGroupStateSummaryResponse.__new__(ReadShareGroupStateSummaryResponse)
+    o = _new_message(ReadShareGroupStateSummaryResponse)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

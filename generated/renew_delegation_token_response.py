@@ -15,6 +15,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -22,6 +23,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "RenewDelegationTokenResponse",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_hqi: _Final = _Packer(">hqi")
 
@@ -82,7 +88,7 @@ def _read_RenewDelegationTokenResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[RenewDelegationTokenResponse, int]:
     # versions 0-1
-    o = RenewDelegationTokenResponse.__new__(RenewDelegationTokenResponse)
+    o = _new_message(RenewDelegationTokenResponse)
     o.error_code, o.expiry_timestamp_ms, o.throttle_time_ms = _S_hqi.unpack_from(buf, pos)
     pos += 14
     o._unknown_tags = None
@@ -93,7 +99,7 @@ def _read_RenewDelegationTokenResponse_v2(
     buf: bytes, pos: int
 ) -> tuple[RenewDelegationTokenResponse, int]:
     # versions 2
-    o = RenewDelegationTokenResponse.__new__(RenewDelegationTokenResponse)
+    o = _new_message(RenewDelegationTokenResponse)
     o.error_code, o.expiry_timestamp_ms, o.throttle_time_ms = _S_hqi.unpack_from(buf, pos)
     pos += 14
     if buf[pos]:

@@ -15,6 +15,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import too_long as _too_long
@@ -23,6 +24,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "RequestHeader",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_h: _Final = _Packer(">h")
 _S_hhi: _Final = _Packer(">hhi")
@@ -98,7 +104,7 @@ _TAGS_RequestHeader: _Final[frozenset[int]] = frozenset()
 
 def _read_RequestHeader_v0(buf: bytes, pos: int) -> tuple[RequestHeader, int]:
     # versions 0
-    o = RequestHeader.__new__(RequestHeader)
+    o = _new_message(RequestHeader)
     o.client_id = ""
     o.request_api_key, o.request_api_version, o.correlation_id = _S_hhi.unpack_from(buf, pos)
     pos += 8
@@ -108,7 +114,7 @@ def _read_RequestHeader_v0(buf: bytes, pos: int) -> tuple[RequestHeader, int]:
 
 def _read_RequestHeader_v1(buf: bytes, pos: int) -> tuple[RequestHeader, int]:
     # versions 1
-    o = RequestHeader.__new__(RequestHeader)
+    o = _new_message(RequestHeader)
     o.request_api_key, o.request_api_version, o.correlation_id = _S_hhi.unpack_from(buf, pos)
     pos += 8
     n = _S_h.unpack_from(buf, pos)[0]
@@ -129,7 +135,7 @@ def _read_RequestHeader_v1(buf: bytes, pos: int) -> tuple[RequestHeader, int]:
 
 def _read_RequestHeader_v2(buf: bytes, pos: int) -> tuple[RequestHeader, int]:
     # versions 2
-    o = RequestHeader.__new__(RequestHeader)
+    o = _new_message(RequestHeader)
     o.request_api_key, o.request_api_version, o.correlation_id = _S_hhi.unpack_from(buf, pos)
     pos += 8
     n = _S_h.unpack_from(buf, pos)[0]

@@ -15,6 +15,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -22,6 +23,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "ResponseHeader",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_i: _Final = _Packer(">i")
 
@@ -61,7 +67,7 @@ _TAGS_ResponseHeader: _Final[frozenset[int]] = frozenset()
 
 def _read_ResponseHeader_v0(buf: bytes, pos: int) -> tuple[ResponseHeader, int]:
     # versions 0
-    o = ResponseHeader.__new__(ResponseHeader)
+    o = _new_message(ResponseHeader)
     o.correlation_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     o._unknown_tags = None
@@ -70,7 +76,7 @@ def _read_ResponseHeader_v0(buf: bytes, pos: int) -> tuple[ResponseHeader, int]:
 
 def _read_ResponseHeader_v1(buf: bytes, pos: int) -> tuple[ResponseHeader, int]:
     # versions 1
-    o = ResponseHeader.__new__(ResponseHeader)
+    o = _new_message(ResponseHeader)
     o.correlation_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if buf[pos]:

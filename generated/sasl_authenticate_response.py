@@ -15,6 +15,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
@@ -29,6 +30,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "SaslAuthenticateResponse",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -97,7 +103,7 @@ _TAGS_SaslAuthenticateResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_SaslAuthenticateResponse_v0(buf: bytes, pos: int) -> tuple[SaslAuthenticateResponse, int]:
     # versions 0
-    o = SaslAuthenticateResponse.__new__(SaslAuthenticateResponse)
+    o = _new_message(SaslAuthenticateResponse)
     o.session_lifetime_ms = 0
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -129,7 +135,7 @@ def _read_SaslAuthenticateResponse_v0(buf: bytes, pos: int) -> tuple[SaslAuthent
 
 def _read_SaslAuthenticateResponse_v1(buf: bytes, pos: int) -> tuple[SaslAuthenticateResponse, int]:
     # versions 1
-    o = SaslAuthenticateResponse.__new__(SaslAuthenticateResponse)
+    o = _new_message(SaslAuthenticateResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_h.unpack_from(buf, pos)[0]
@@ -162,7 +168,7 @@ def _read_SaslAuthenticateResponse_v1(buf: bytes, pos: int) -> tuple[SaslAuthent
 
 def _read_SaslAuthenticateResponse_v2(buf: bytes, pos: int) -> tuple[SaslAuthenticateResponse, int]:
     # versions 2
-    o = SaslAuthenticateResponse.__new__(SaslAuthenticateResponse)
+    o = _new_message(SaslAuthenticateResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1

@@ -15,6 +15,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
 from kafscale.protocol.wire import too_long as _too_long
@@ -22,6 +23,11 @@ from kafscale.protocol.wire import too_long as _too_long
 __all__ = [
     "SaslHandshakeRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_h: _Final = _Packer(">h")
 
@@ -61,7 +67,7 @@ class SaslHandshakeRequest(_Message):
 
 def _read_SaslHandshakeRequest_v0(buf: bytes, pos: int) -> tuple[SaslHandshakeRequest, int]:
     # versions 0-1
-    o = SaslHandshakeRequest.__new__(SaslHandshakeRequest)
+    o = _new_message(SaslHandshakeRequest)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:

@@ -17,6 +17,7 @@ from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import UNSET as _UNSET
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.message import Unset as _Unset
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -25,6 +26,11 @@ from kafscale.protocol.wire import too_long as _too_long
 __all__ = [
     "SaslHandshakeResponse",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -75,7 +81,7 @@ class SaslHandshakeResponse(_Message):
 
 def _read_SaslHandshakeResponse_v0(buf: bytes, pos: int) -> tuple[SaslHandshakeResponse, int]:
     # versions 0-1
-    o = SaslHandshakeResponse.__new__(SaslHandshakeResponse)
+    o = _new_message(SaslHandshakeResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_i.unpack_from(buf, pos)[0]

@@ -39,6 +39,11 @@ __all__ = [
     "ShareAcknowledgeRequest",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_i: _Final = _Packer(">i")
 _S_qq: _Final = _Packer(">qq")
 _A_b: _Final = _small_arrays("b", 32)
@@ -213,7 +218,7 @@ _TAGS_AcknowledgementBatch: _Final[frozenset[int]] = frozenset()
 
 def _read_AcknowledgePartition_v0(buf: bytes, pos: int) -> tuple[AcknowledgePartition, int]:
     # versions 0
-    o = AcknowledgePartition.__new__(AcknowledgePartition)
+    o = _new(AcknowledgePartition)
     o.partition_index = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -230,7 +235,7 @@ def _read_AcknowledgePartition_v0(buf: bytes, pos: int) -> tuple[AcknowledgePart
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AcknowledgementBatch.__new__(AcknowledgementBatch)
+            item2 = _new(AcknowledgementBatch)
             item2.first_offset, item2.last_offset = _S_qq.unpack_from(buf, pos)
             pos += 16
             n = buf[pos] - 1
@@ -289,7 +294,7 @@ def _write_AcknowledgePartition_v0(o: AcknowledgePartition, w: _Writer) -> None:
 
 def _read_AcknowledgeTopic_v0(buf: bytes, pos: int) -> tuple[AcknowledgeTopic, int]:
     # versions 0
-    o = AcknowledgeTopic.__new__(AcknowledgeTopic)
+    o = _new(AcknowledgeTopic)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -333,7 +338,7 @@ def _write_AcknowledgeTopic_v0(o: AcknowledgeTopic, w: _Writer) -> None:
 
 def _read_ShareAcknowledgeRequest_v0(buf: bytes, pos: int) -> tuple[ShareAcknowledgeRequest, int]:
     # versions 0
-    o = ShareAcknowledgeRequest.__new__(ShareAcknowledgeRequest)
+    o = _new_message(ShareAcknowledgeRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

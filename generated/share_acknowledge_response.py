@@ -38,6 +38,11 @@ __all__ = [
     "ShareAcknowledgeTopicResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
 _S_ii: _Final = _Packer(">ii")
@@ -285,7 +290,7 @@ _TAGS_NodeEndpoint: _Final[frozenset[int]] = frozenset()
 
 def _read_LeaderIdAndEpoch_v0(buf: bytes, pos: int) -> tuple[LeaderIdAndEpoch, int]:
     # versions 0
-    o = LeaderIdAndEpoch.__new__(LeaderIdAndEpoch)
+    o = _new(LeaderIdAndEpoch)
     o.leader_id, o.leader_epoch = _S_ii.unpack_from(buf, pos)
     pos += 8
     if buf[pos]:
@@ -307,7 +312,7 @@ def _write_LeaderIdAndEpoch_v0(o: LeaderIdAndEpoch, w: _Writer) -> None:
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 0
-    o = PartitionData.__new__(PartitionData)
+    o = _new(PartitionData)
     o.partition_index, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -355,7 +360,7 @@ def _read_ShareAcknowledgeTopicResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ShareAcknowledgeTopicResponse, int]:
     # versions 0
-    o = ShareAcknowledgeTopicResponse.__new__(ShareAcknowledgeTopicResponse)
+    o = _new(ShareAcknowledgeTopicResponse)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -399,7 +404,7 @@ def _write_ShareAcknowledgeTopicResponse_v0(o: ShareAcknowledgeTopicResponse, w:
 
 def _read_ShareAcknowledgeResponse_v0(buf: bytes, pos: int) -> tuple[ShareAcknowledgeResponse, int]:
     # versions 0
-    o = ShareAcknowledgeResponse.__new__(ShareAcknowledgeResponse)
+    o = _new_message(ShareAcknowledgeResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -447,7 +452,7 @@ def _read_ShareAcknowledgeResponse_v0(buf: bytes, pos: int) -> tuple[ShareAcknow
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = NodeEndpoint.__new__(NodeEndpoint)
+            item5 = _new(NodeEndpoint)
             item5.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1

@@ -40,6 +40,11 @@ __all__ = [
     "ShareFetchRequest",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_ii: _Final = _Packer(">ii")
 _S_iiii: _Final = _Packer(">iiii")
 _S_qq: _Final = _Packer(">qq")
@@ -290,7 +295,7 @@ _TAGS_ForgottenTopic: _Final[frozenset[int]] = frozenset()
 
 def _read_FetchPartition_v0(buf: bytes, pos: int) -> tuple[FetchPartition, int]:
     # versions 0
-    o = FetchPartition.__new__(FetchPartition)
+    o = _new(FetchPartition)
     o.partition_index, o.partition_max_bytes = _S_ii.unpack_from(buf, pos)
     pos += 8
     n = buf[pos] - 1
@@ -307,7 +312,7 @@ def _read_FetchPartition_v0(buf: bytes, pos: int) -> tuple[FetchPartition, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AcknowledgementBatch.__new__(AcknowledgementBatch)
+            item2 = _new(AcknowledgementBatch)
             item2.first_offset, item2.last_offset = _S_qq.unpack_from(buf, pos)
             pos += 16
             n = buf[pos] - 1
@@ -366,7 +371,7 @@ def _write_FetchPartition_v0(o: FetchPartition, w: _Writer) -> None:
 
 def _read_FetchTopic_v0(buf: bytes, pos: int) -> tuple[FetchTopic, int]:
     # versions 0
-    o = FetchTopic.__new__(FetchTopic)
+    o = _new(FetchTopic)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -410,7 +415,7 @@ def _write_FetchTopic_v0(o: FetchTopic, w: _Writer) -> None:
 
 def _read_ShareFetchRequest_v0(buf: bytes, pos: int) -> tuple[ShareFetchRequest, int]:
     # versions 0
-    o = ShareFetchRequest.__new__(ShareFetchRequest)
+    o = _new_message(ShareFetchRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -472,7 +477,7 @@ def _read_ShareFetchRequest_v0(buf: bytes, pos: int) -> tuple[ShareFetchRequest,
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = ForgottenTopic.__new__(ForgottenTopic)
+            item5 = _new(ForgottenTopic)
             item5.topic_id = _read_uuid(buf, pos)
             pos += 16
             n = buf[pos] - 1

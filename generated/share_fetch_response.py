@@ -41,6 +41,11 @@ __all__ = [
     "ShareFetchableTopicResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -363,7 +368,7 @@ _TAGS_NodeEndpoint: _Final[frozenset[int]] = frozenset()
 
 def _read_LeaderIdAndEpoch_v0(buf: bytes, pos: int) -> tuple[LeaderIdAndEpoch, int]:
     # versions 0
-    o = LeaderIdAndEpoch.__new__(LeaderIdAndEpoch)
+    o = _new(LeaderIdAndEpoch)
     o.leader_id, o.leader_epoch = _S_ii.unpack_from(buf, pos)
     pos += 8
     if buf[pos]:
@@ -385,7 +390,7 @@ def _write_LeaderIdAndEpoch_v0(o: LeaderIdAndEpoch, w: _Writer) -> None:
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 0
-    o = PartitionData.__new__(PartitionData)
+    o = _new(PartitionData)
     o.partition_index, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -447,7 +452,7 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = AcquiredRecords.__new__(AcquiredRecords)
+            item2 = _new(AcquiredRecords)
             item2.first_offset, item2.last_offset, item2.delivery_count = _S_qqh.unpack_from(
                 buf, pos
             )
@@ -517,7 +522,7 @@ def _read_ShareFetchableTopicResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ShareFetchableTopicResponse, int]:
     # versions 0
-    o = ShareFetchableTopicResponse.__new__(ShareFetchableTopicResponse)
+    o = _new(ShareFetchableTopicResponse)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -561,7 +566,7 @@ def _write_ShareFetchableTopicResponse_v0(o: ShareFetchableTopicResponse, w: _Wr
 
 def _read_ShareFetchResponse_v0(buf: bytes, pos: int) -> tuple[ShareFetchResponse, int]:
     # versions 0
-    o = ShareFetchResponse.__new__(ShareFetchResponse)
+    o = _new_message(ShareFetchResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -609,7 +614,7 @@ def _read_ShareFetchResponse_v0(buf: bytes, pos: int) -> tuple[ShareFetchRespons
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = NodeEndpoint.__new__(NodeEndpoint)
+            item5 = _new(NodeEndpoint)
             item5.node_id = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1

@@ -41,6 +41,11 @@ __all__ = [
     "TopicPartitions",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ii: _Final = _Packer(">ii")
@@ -323,7 +328,7 @@ _TAGS_TopicPartitions: _Final[frozenset[int]] = frozenset()
 
 def _read_Assignment_v0(buf: bytes, pos: int) -> tuple[Assignment, int]:
     # versions 0
-    o = Assignment.__new__(Assignment)
+    o = _new(Assignment)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -338,7 +343,7 @@ def _read_Assignment_v0(buf: bytes, pos: int) -> tuple[Assignment, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = TopicPartitions.__new__(TopicPartitions)
+            item2 = _new(TopicPartitions)
             item2.topic_id = _read_uuid(buf, pos)
             pos += 16
             n = buf[pos] - 1
@@ -414,7 +419,7 @@ def _write_Assignment_v0(o: Assignment, w: _Writer) -> None:
 
 def _read_Member_v0(buf: bytes, pos: int) -> tuple[Member, int]:
     # versions 0
-    o = Member.__new__(Member)
+    o = _new(Member)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -554,7 +559,7 @@ def _write_Member_v0(o: Member, w: _Writer) -> None:
 
 def _read_DescribedGroup_v0(buf: bytes, pos: int) -> tuple[DescribedGroup, int]:
     # versions 0
-    o = DescribedGroup.__new__(DescribedGroup)
+    o = _new(DescribedGroup)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -682,7 +687,7 @@ def _read_ShareGroupDescribeResponse_v0(
     buf: bytes, pos: int
 ) -> tuple[ShareGroupDescribeResponse, int]:
     # versions 0
-    o = ShareGroupDescribeResponse.__new__(ShareGroupDescribeResponse)
+    o = _new_message(ShareGroupDescribeResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

@@ -16,6 +16,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import null_error as _null_error
@@ -28,6 +29,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "ShareGroupHeartbeatRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_i: _Final = _Packer(">i")
 
@@ -105,7 +111,7 @@ def _read_ShareGroupHeartbeatRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[ShareGroupHeartbeatRequest, int]:
     # versions 0
-    o = ShareGroupHeartbeatRequest.__new__(ShareGroupHeartbeatRequest)
+    o = _new_message(ShareGroupHeartbeatRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

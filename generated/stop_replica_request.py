@@ -39,6 +39,11 @@ __all__ = [
     "StopReplicaTopicV1",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_iiq: _Final = _Packer(">iiq")
@@ -285,7 +290,7 @@ _TAGS_StopReplicaPartitionState: _Final[frozenset[int]] = frozenset()
 
 def _read_StopReplicaTopicState_v3(buf: bytes, pos: int) -> tuple[StopReplicaTopicState, int]:
     # versions 3-4
-    o = StopReplicaTopicState.__new__(StopReplicaTopicState)
+    o = _new(StopReplicaTopicState)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -314,7 +319,7 @@ def _read_StopReplicaTopicState_v3(buf: bytes, pos: int) -> tuple[StopReplicaTop
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = StopReplicaPartitionState.__new__(StopReplicaPartitionState)
+            item2 = _new(StopReplicaPartitionState)
             item2.partition_index, item2.leader_epoch, item2.delete_partition = _S_iiz.unpack_from(
                 buf, pos
             )
@@ -359,7 +364,7 @@ def _write_StopReplicaTopicState_v3(o: StopReplicaTopicState, w: _Writer) -> Non
 
 def _read_StopReplicaRequest_v0(buf: bytes, pos: int) -> tuple[StopReplicaRequest, int]:
     # versions 0
-    o = StopReplicaRequest.__new__(StopReplicaRequest)
+    o = _new_message(StopReplicaRequest)
     o.is_kraft_controller = False
     o.broker_epoch = -1
     o.topics = []
@@ -376,7 +381,7 @@ def _read_StopReplicaRequest_v0(buf: bytes, pos: int) -> tuple[StopReplicaReques
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = StopReplicaPartitionV0.__new__(StopReplicaPartitionV0)
+            item2 = _new(StopReplicaPartitionV0)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -398,7 +403,7 @@ def _read_StopReplicaRequest_v0(buf: bytes, pos: int) -> tuple[StopReplicaReques
 
 def _read_StopReplicaRequest_v1(buf: bytes, pos: int) -> tuple[StopReplicaRequest, int]:
     # versions 1
-    o = StopReplicaRequest.__new__(StopReplicaRequest)
+    o = _new_message(StopReplicaRequest)
     o.is_kraft_controller = False
     o.ungrouped_partitions = []
     o.topic_states = []
@@ -416,7 +421,7 @@ def _read_StopReplicaRequest_v1(buf: bytes, pos: int) -> tuple[StopReplicaReques
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = StopReplicaTopicV1.__new__(StopReplicaTopicV1)
+            item2 = _new(StopReplicaTopicV1)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -449,7 +454,7 @@ def _read_StopReplicaRequest_v1(buf: bytes, pos: int) -> tuple[StopReplicaReques
 
 def _read_StopReplicaRequest_v2(buf: bytes, pos: int) -> tuple[StopReplicaRequest, int]:
     # versions 2
-    o = StopReplicaRequest.__new__(StopReplicaRequest)
+    o = _new_message(StopReplicaRequest)
     o.is_kraft_controller = False
     o.ungrouped_partitions = []
     o.topic_states = []
@@ -471,7 +476,7 @@ def _read_StopReplicaRequest_v2(buf: bytes, pos: int) -> tuple[StopReplicaReques
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = StopReplicaTopicV1.__new__(StopReplicaTopicV1)
+            item2 = _new(StopReplicaTopicV1)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -520,7 +525,7 @@ def _read_StopReplicaRequest_v2(buf: bytes, pos: int) -> tuple[StopReplicaReques
 
 def _read_StopReplicaRequest_v3(buf: bytes, pos: int) -> tuple[StopReplicaRequest, int]:
     # versions 3
-    o = StopReplicaRequest.__new__(StopReplicaRequest)
+    o = _new_message(StopReplicaRequest)
     o.is_kraft_controller = False
     o.delete_partitions = False
     o.ungrouped_partitions = []
@@ -554,7 +559,7 @@ def _read_StopReplicaRequest_v3(buf: bytes, pos: int) -> tuple[StopReplicaReques
 
 def _read_StopReplicaRequest_v4(buf: bytes, pos: int) -> tuple[StopReplicaRequest, int]:
     # versions 4
-    o = StopReplicaRequest.__new__(StopReplicaRequest)
+    o = _new_message(StopReplicaRequest)
     o.delete_partitions = False
     o.ungrouped_partitions = []
     o.topics = []

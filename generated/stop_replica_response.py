@@ -33,6 +33,11 @@ __all__ = [
     "StopReplicaResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -127,7 +132,7 @@ _TAGS_StopReplicaPartitionError: _Final[frozenset[int]] = frozenset()
 
 def _read_StopReplicaResponse_v0(buf: bytes, pos: int) -> tuple[StopReplicaResponse, int]:
     # versions 0-1
-    o = StopReplicaResponse.__new__(StopReplicaResponse)
+    o = _new_message(StopReplicaResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = _S_i.unpack_from(buf, pos)[0]
@@ -140,7 +145,7 @@ def _read_StopReplicaResponse_v0(buf: bytes, pos: int) -> tuple[StopReplicaRespo
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = StopReplicaPartitionError.__new__(StopReplicaPartitionError)
+            item2 = _new(StopReplicaPartitionError)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -162,7 +167,7 @@ def _read_StopReplicaResponse_v0(buf: bytes, pos: int) -> tuple[StopReplicaRespo
 
 def _read_StopReplicaResponse_v2(buf: bytes, pos: int) -> tuple[StopReplicaResponse, int]:
     # versions 2-4
-    o = StopReplicaResponse.__new__(StopReplicaResponse)
+    o = _new_message(StopReplicaResponse)
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1
@@ -179,7 +184,7 @@ def _read_StopReplicaResponse_v2(buf: bytes, pos: int) -> tuple[StopReplicaRespo
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = StopReplicaPartitionError.__new__(StopReplicaPartitionError)
+            item2 = _new(StopReplicaPartitionError)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

@@ -35,6 +35,11 @@ __all__ = [
     "SyncGroupRequestAssignment",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 
@@ -164,7 +169,7 @@ _TAGS_SyncGroupRequestAssignment: _Final[frozenset[int]] = frozenset()
 
 def _read_SyncGroupRequest_v0(buf: bytes, pos: int) -> tuple[SyncGroupRequest, int]:
     # versions 0-2
-    o = SyncGroupRequest.__new__(SyncGroupRequest)
+    o = _new_message(SyncGroupRequest)
     o.group_instance_id = None
     o.protocol_type = None
     o.protocol_name = None
@@ -200,7 +205,7 @@ def _read_SyncGroupRequest_v0(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = SyncGroupRequestAssignment.__new__(SyncGroupRequestAssignment)
+            item2 = _new(SyncGroupRequestAssignment)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -230,7 +235,7 @@ def _read_SyncGroupRequest_v0(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
 
 def _read_SyncGroupRequest_v3(buf: bytes, pos: int) -> tuple[SyncGroupRequest, int]:
     # versions 3
-    o = SyncGroupRequest.__new__(SyncGroupRequest)
+    o = _new_message(SyncGroupRequest)
     o.protocol_type = None
     o.protocol_name = None
     n = _S_h.unpack_from(buf, pos)[0]
@@ -277,7 +282,7 @@ def _read_SyncGroupRequest_v3(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = SyncGroupRequestAssignment.__new__(SyncGroupRequestAssignment)
+            item2 = _new(SyncGroupRequestAssignment)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -307,7 +312,7 @@ def _read_SyncGroupRequest_v3(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
 
 def _read_SyncGroupRequest_v4(buf: bytes, pos: int) -> tuple[SyncGroupRequest, int]:
     # versions 4
-    o = SyncGroupRequest.__new__(SyncGroupRequest)
+    o = _new_message(SyncGroupRequest)
     o.protocol_type = None
     o.protocol_name = None
     n = buf[pos] - 1
@@ -368,7 +373,7 @@ def _read_SyncGroupRequest_v4(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = SyncGroupRequestAssignment.__new__(SyncGroupRequestAssignment)
+            item2 = _new(SyncGroupRequestAssignment)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -416,7 +421,7 @@ def _read_SyncGroupRequest_v4(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
 
 def _read_SyncGroupRequest_v5(buf: bytes, pos: int) -> tuple[SyncGroupRequest, int]:
     # versions 5
-    o = SyncGroupRequest.__new__(SyncGroupRequest)
+    o = _new_message(SyncGroupRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -503,7 +508,7 @@ def _read_SyncGroupRequest_v5(buf: bytes, pos: int) -> tuple[SyncGroupRequest, i
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = SyncGroupRequestAssignment.__new__(SyncGroupRequestAssignment)
+            item2 = _new(SyncGroupRequestAssignment)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

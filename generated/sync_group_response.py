@@ -15,6 +15,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import UVARINT_1 as _UVARINT_1
 from kafscale.protocol.wire import Buffer as _Buffer
 from kafscale.protocol.wire import Writer as _Writer
@@ -29,6 +30,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "SyncGroupResponse",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -113,7 +119,7 @@ _TAGS_SyncGroupResponse: _Final[frozenset[int]] = frozenset()
 
 def _read_SyncGroupResponse_v0(buf: bytes, pos: int) -> tuple[SyncGroupResponse, int]:
     # versions 0
-    o = SyncGroupResponse.__new__(SyncGroupResponse)
+    o = _new_message(SyncGroupResponse)
     o.throttle_time_ms = 0
     o.protocol_type = None
     o.protocol_name = None
@@ -135,7 +141,7 @@ def _read_SyncGroupResponse_v0(buf: bytes, pos: int) -> tuple[SyncGroupResponse,
 
 def _read_SyncGroupResponse_v1(buf: bytes, pos: int) -> tuple[SyncGroupResponse, int]:
     # versions 1-3
-    o = SyncGroupResponse.__new__(SyncGroupResponse)
+    o = _new_message(SyncGroupResponse)
     o.protocol_type = None
     o.protocol_name = None
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
@@ -156,7 +162,7 @@ def _read_SyncGroupResponse_v1(buf: bytes, pos: int) -> tuple[SyncGroupResponse,
 
 def _read_SyncGroupResponse_v4(buf: bytes, pos: int) -> tuple[SyncGroupResponse, int]:
     # versions 4
-    o = SyncGroupResponse.__new__(SyncGroupResponse)
+    o = _new_message(SyncGroupResponse)
     o.protocol_type = None
     o.protocol_name = None
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
@@ -185,7 +191,7 @@ def _read_SyncGroupResponse_v4(buf: bytes, pos: int) -> tuple[SyncGroupResponse,
 
 def _read_SyncGroupResponse_v5(buf: bytes, pos: int) -> tuple[SyncGroupResponse, int]:
     # versions 5
-    o = SyncGroupResponse.__new__(SyncGroupResponse)
+    o = _new_message(SyncGroupResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1

@@ -34,6 +34,11 @@ __all__ = [
     "TxnOffsetCommitRequestTopic",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_iq: _Final = _Packer(">iq")
@@ -223,7 +228,7 @@ def _read_TxnOffsetCommitRequestTopic_v0(
     buf: bytes, pos: int
 ) -> tuple[TxnOffsetCommitRequestTopic, int]:
     # versions 0-1
-    o = TxnOffsetCommitRequestTopic.__new__(TxnOffsetCommitRequestTopic)
+    o = _new(TxnOffsetCommitRequestTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -244,7 +249,7 @@ def _read_TxnOffsetCommitRequestTopic_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = TxnOffsetCommitRequestPartition.__new__(TxnOffsetCommitRequestPartition)
+            item2 = _new(TxnOffsetCommitRequestPartition)
             item2.committed_leader_epoch = -1
             item2.partition_index, item2.committed_offset = _S_iq.unpack_from(buf, pos)
             pos += 12
@@ -271,7 +276,7 @@ def _read_TxnOffsetCommitRequestTopic_v2(
     buf: bytes, pos: int
 ) -> tuple[TxnOffsetCommitRequestTopic, int]:
     # versions 2
-    o = TxnOffsetCommitRequestTopic.__new__(TxnOffsetCommitRequestTopic)
+    o = _new(TxnOffsetCommitRequestTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -292,7 +297,7 @@ def _read_TxnOffsetCommitRequestTopic_v2(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = TxnOffsetCommitRequestPartition.__new__(TxnOffsetCommitRequestPartition)
+            item2 = _new(TxnOffsetCommitRequestPartition)
             item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
                 _S_iqi.unpack_from(buf, pos)
             )
@@ -320,7 +325,7 @@ def _read_TxnOffsetCommitRequestTopic_v3(
     buf: bytes, pos: int
 ) -> tuple[TxnOffsetCommitRequestTopic, int]:
     # versions 3-4
-    o = TxnOffsetCommitRequestTopic.__new__(TxnOffsetCommitRequestTopic)
+    o = _new(TxnOffsetCommitRequestTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -349,7 +354,7 @@ def _read_TxnOffsetCommitRequestTopic_v3(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = TxnOffsetCommitRequestPartition.__new__(TxnOffsetCommitRequestPartition)
+            item2 = _new(TxnOffsetCommitRequestPartition)
             item2.partition_index, item2.committed_offset, item2.committed_leader_epoch = (
                 _S_iqi.unpack_from(buf, pos)
             )
@@ -466,7 +471,7 @@ def _write_TxnOffsetCommitRequestTopic_v3(o: TxnOffsetCommitRequestTopic, w: _Wr
 
 def _read_TxnOffsetCommitRequest_v0(buf: bytes, pos: int) -> tuple[TxnOffsetCommitRequest, int]:
     # versions 0-1
-    o = TxnOffsetCommitRequest.__new__(TxnOffsetCommitRequest)
+    o = _new_message(TxnOffsetCommitRequest)
     o.generation_id = -1
     o.member_id = ""
     o.group_instance_id = None
@@ -511,7 +516,7 @@ def _read_TxnOffsetCommitRequest_v0(buf: bytes, pos: int) -> tuple[TxnOffsetComm
 
 def _read_TxnOffsetCommitRequest_v2(buf: bytes, pos: int) -> tuple[TxnOffsetCommitRequest, int]:
     # versions 2
-    o = TxnOffsetCommitRequest.__new__(TxnOffsetCommitRequest)
+    o = _new_message(TxnOffsetCommitRequest)
     o.generation_id = -1
     o.member_id = ""
     o.group_instance_id = None
@@ -556,7 +561,7 @@ def _read_TxnOffsetCommitRequest_v2(buf: bytes, pos: int) -> tuple[TxnOffsetComm
 
 def _read_TxnOffsetCommitRequest_v3(buf: bytes, pos: int) -> tuple[TxnOffsetCommitRequest, int]:
     # versions 3-4
-    o = TxnOffsetCommitRequest.__new__(TxnOffsetCommitRequest)
+    o = _new_message(TxnOffsetCommitRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

@@ -34,6 +34,11 @@ __all__ = [
     "TxnOffsetCommitResponseTopic",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -156,7 +161,7 @@ def _read_TxnOffsetCommitResponseTopic_v0(
     buf: bytes, pos: int
 ) -> tuple[TxnOffsetCommitResponseTopic, int]:
     # versions 0-2
-    o = TxnOffsetCommitResponseTopic.__new__(TxnOffsetCommitResponseTopic)
+    o = _new(TxnOffsetCommitResponseTopic)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -177,7 +182,7 @@ def _read_TxnOffsetCommitResponseTopic_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = TxnOffsetCommitResponsePartition.__new__(TxnOffsetCommitResponsePartition)
+            item2 = _new(TxnOffsetCommitResponsePartition)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             item2._unknown_tags = None
@@ -191,7 +196,7 @@ def _read_TxnOffsetCommitResponseTopic_v3(
     buf: bytes, pos: int
 ) -> tuple[TxnOffsetCommitResponseTopic, int]:
     # versions 3-4
-    o = TxnOffsetCommitResponseTopic.__new__(TxnOffsetCommitResponseTopic)
+    o = _new(TxnOffsetCommitResponseTopic)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -220,7 +225,7 @@ def _read_TxnOffsetCommitResponseTopic_v3(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = TxnOffsetCommitResponsePartition.__new__(TxnOffsetCommitResponsePartition)
+            item2 = _new(TxnOffsetCommitResponsePartition)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             if buf[pos]:
@@ -280,7 +285,7 @@ def _write_TxnOffsetCommitResponseTopic_v3(o: TxnOffsetCommitResponseTopic, w: _
 
 def _read_TxnOffsetCommitResponse_v0(buf: bytes, pos: int) -> tuple[TxnOffsetCommitResponse, int]:
     # versions 0-2
-    o = TxnOffsetCommitResponse.__new__(TxnOffsetCommitResponse)
+    o = _new_message(TxnOffsetCommitResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = _S_i.unpack_from(buf, pos)[0]
@@ -302,7 +307,7 @@ def _read_TxnOffsetCommitResponse_v0(buf: bytes, pos: int) -> tuple[TxnOffsetCom
 
 def _read_TxnOffsetCommitResponse_v3(buf: bytes, pos: int) -> tuple[TxnOffsetCommitResponse, int]:
     # versions 3-4
-    o = TxnOffsetCommitResponse.__new__(TxnOffsetCommitResponse)
+    o = _new_message(TxnOffsetCommitResponse)
     o.throttle_time_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1

@@ -14,6 +14,7 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import Writer as _Writer
 from kafscale.protocol.wire import read_tag_section as _read_tag_section
 from kafscale.protocol.wire import write_tags as _write_tags
@@ -21,6 +22,11 @@ from kafscale.protocol.wire import write_tags as _write_tags
 __all__ = [
     "UnregisterBrokerRequest",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_i: _Final = _Packer(">i")
 
@@ -57,7 +63,7 @@ _TAGS_UnregisterBrokerRequest: _Final[frozenset[int]] = frozenset()
 
 def _read_UnregisterBrokerRequest_v0(buf: bytes, pos: int) -> tuple[UnregisterBrokerRequest, int]:
     # versions 0
-    o = UnregisterBrokerRequest.__new__(UnregisterBrokerRequest)
+    o = _new_message(UnregisterBrokerRequest)
     o.broker_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if buf[pos]:

@@ -34,6 +34,11 @@ __all__ = [
     "UpdateFeaturesRequest",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_hb: _Final = _Packer(">hb")
 _S_hz: _Final = _Packer(">h?")
 _S_i: _Final = _Packer(">i")
@@ -138,7 +143,7 @@ _TAGS_FeatureUpdateKey: _Final[frozenset[int]] = frozenset()
 
 def _read_UpdateFeaturesRequest_v0(buf: bytes, pos: int) -> tuple[UpdateFeaturesRequest, int]:
     # versions 0
-    o = UpdateFeaturesRequest.__new__(UpdateFeaturesRequest)
+    o = _new_message(UpdateFeaturesRequest)
     o.validate_only = False
     o.timeout_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
@@ -156,7 +161,7 @@ def _read_UpdateFeaturesRequest_v0(buf: bytes, pos: int) -> tuple[UpdateFeatures
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = FeatureUpdateKey.__new__(FeatureUpdateKey)
+            item2 = _new(FeatureUpdateKey)
             item2.upgrade_type = 1
             n = buf[pos] - 1
             if n < 127:
@@ -191,7 +196,7 @@ def _read_UpdateFeaturesRequest_v0(buf: bytes, pos: int) -> tuple[UpdateFeatures
 
 def _read_UpdateFeaturesRequest_v1(buf: bytes, pos: int) -> tuple[UpdateFeaturesRequest, int]:
     # versions 1
-    o = UpdateFeaturesRequest.__new__(UpdateFeaturesRequest)
+    o = _new_message(UpdateFeaturesRequest)
     o.timeout_ms = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     n = buf[pos] - 1
@@ -208,7 +213,7 @@ def _read_UpdateFeaturesRequest_v1(buf: bytes, pos: int) -> tuple[UpdateFeatures
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = FeatureUpdateKey.__new__(FeatureUpdateKey)
+            item2 = _new(FeatureUpdateKey)
             item2.allow_downgrade = False
             n = buf[pos] - 1
             if n < 127:

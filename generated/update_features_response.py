@@ -32,6 +32,11 @@ __all__ = [
     "UpdateFeaturesResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_ih: _Final = _Packer(">ih")
 
@@ -134,7 +139,7 @@ _TAGS_UpdatableFeatureResult: _Final[frozenset[int]] = frozenset()
 
 def _read_UpdateFeaturesResponse_v0(buf: bytes, pos: int) -> tuple[UpdateFeaturesResponse, int]:
     # versions 0-1
-    o = UpdateFeaturesResponse.__new__(UpdateFeaturesResponse)
+    o = _new_message(UpdateFeaturesResponse)
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6
     n = buf[pos] - 1
@@ -165,7 +170,7 @@ def _read_UpdateFeaturesResponse_v0(buf: bytes, pos: int) -> tuple[UpdateFeature
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = UpdatableFeatureResult.__new__(UpdatableFeatureResult)
+            item2 = _new(UpdatableFeatureResult)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

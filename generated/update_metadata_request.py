@@ -47,6 +47,11 @@ __all__ = [
     "UpdateMetadataTopicState",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_b: _Final = _Packer(">b")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -398,7 +403,7 @@ _TAGS_UpdateMetadataEndpoint: _Final[frozenset[int]] = frozenset()
 
 def _read_UpdateMetadataTopicState_v5(buf: bytes, pos: int) -> tuple[UpdateMetadataTopicState, int]:
     # versions 5
-    o = UpdateMetadataTopicState.__new__(UpdateMetadataTopicState)
+    o = _new(UpdateMetadataTopicState)
     o.topic_id = _ZERO_UUID
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -420,7 +425,7 @@ def _read_UpdateMetadataTopicState_v5(buf: bytes, pos: int) -> tuple[UpdateMetad
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = UpdateMetadataPartitionState.__new__(UpdateMetadataPartitionState)
+            item2 = _new(UpdateMetadataPartitionState)
             item2.topic_name = ""
             item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
                 _S_iiii.unpack_from(buf, pos)
@@ -476,7 +481,7 @@ def _read_UpdateMetadataTopicState_v5(buf: bytes, pos: int) -> tuple[UpdateMetad
 
 def _read_UpdateMetadataTopicState_v6(buf: bytes, pos: int) -> tuple[UpdateMetadataTopicState, int]:
     # versions 6
-    o = UpdateMetadataTopicState.__new__(UpdateMetadataTopicState)
+    o = _new(UpdateMetadataTopicState)
     o.topic_id = _ZERO_UUID
     n = buf[pos] - 1
     if n < 127:
@@ -506,7 +511,7 @@ def _read_UpdateMetadataTopicState_v6(buf: bytes, pos: int) -> tuple[UpdateMetad
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = UpdateMetadataPartitionState.__new__(UpdateMetadataPartitionState)
+            item2 = _new(UpdateMetadataPartitionState)
             item2.topic_name = ""
             item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
                 _S_iiii.unpack_from(buf, pos)
@@ -584,7 +589,7 @@ def _read_UpdateMetadataTopicState_v6(buf: bytes, pos: int) -> tuple[UpdateMetad
 
 def _read_UpdateMetadataTopicState_v7(buf: bytes, pos: int) -> tuple[UpdateMetadataTopicState, int]:
     # versions 7-8
-    o = UpdateMetadataTopicState.__new__(UpdateMetadataTopicState)
+    o = _new(UpdateMetadataTopicState)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -615,7 +620,7 @@ def _read_UpdateMetadataTopicState_v7(buf: bytes, pos: int) -> tuple[UpdateMetad
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = UpdateMetadataPartitionState.__new__(UpdateMetadataPartitionState)
+            item2 = _new(UpdateMetadataPartitionState)
             item2.topic_name = ""
             item2.partition_index, item2.controller_epoch, item2.leader, item2.leader_epoch = (
                 _S_iiii.unpack_from(buf, pos)
@@ -804,7 +809,7 @@ def _write_UpdateMetadataTopicState_v7(o: UpdateMetadataTopicState, w: _Writer) 
 
 def _read_UpdateMetadataBroker_v1(buf: bytes, pos: int) -> tuple[UpdateMetadataBroker, int]:
     # versions 1
-    o = UpdateMetadataBroker.__new__(UpdateMetadataBroker)
+    o = _new(UpdateMetadataBroker)
     o.v0_host = ""
     o.v0_port = 0
     o.rack = ""
@@ -820,7 +825,7 @@ def _read_UpdateMetadataBroker_v1(buf: bytes, pos: int) -> tuple[UpdateMetadataB
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = UpdateMetadataEndpoint.__new__(UpdateMetadataEndpoint)
+            item2 = _new(UpdateMetadataEndpoint)
             item2.listener = ""
             item2.port = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -845,7 +850,7 @@ def _read_UpdateMetadataBroker_v1(buf: bytes, pos: int) -> tuple[UpdateMetadataB
 
 def _read_UpdateMetadataBroker_v2(buf: bytes, pos: int) -> tuple[UpdateMetadataBroker, int]:
     # versions 2
-    o = UpdateMetadataBroker.__new__(UpdateMetadataBroker)
+    o = _new(UpdateMetadataBroker)
     o.v0_host = ""
     o.v0_port = 0
     o.id = _S_i.unpack_from(buf, pos)[0]
@@ -860,7 +865,7 @@ def _read_UpdateMetadataBroker_v2(buf: bytes, pos: int) -> tuple[UpdateMetadataB
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = UpdateMetadataEndpoint.__new__(UpdateMetadataEndpoint)
+            item2 = _new(UpdateMetadataEndpoint)
             item2.listener = ""
             item2.port = _S_i.unpack_from(buf, pos)[0]
             pos += 4
@@ -897,7 +902,7 @@ def _read_UpdateMetadataBroker_v2(buf: bytes, pos: int) -> tuple[UpdateMetadataB
 
 def _read_UpdateMetadataBroker_v3(buf: bytes, pos: int) -> tuple[UpdateMetadataBroker, int]:
     # versions 3-5
-    o = UpdateMetadataBroker.__new__(UpdateMetadataBroker)
+    o = _new(UpdateMetadataBroker)
     o.v0_host = ""
     o.v0_port = 0
     o.id = _S_i.unpack_from(buf, pos)[0]
@@ -912,7 +917,7 @@ def _read_UpdateMetadataBroker_v3(buf: bytes, pos: int) -> tuple[UpdateMetadataB
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = UpdateMetadataEndpoint.__new__(UpdateMetadataEndpoint)
+            item2 = _new(UpdateMetadataEndpoint)
             item2.port = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = _S_h.unpack_from(buf, pos)[0]
@@ -958,7 +963,7 @@ def _read_UpdateMetadataBroker_v3(buf: bytes, pos: int) -> tuple[UpdateMetadataB
 
 def _read_UpdateMetadataBroker_v6(buf: bytes, pos: int) -> tuple[UpdateMetadataBroker, int]:
     # versions 6-8
-    o = UpdateMetadataBroker.__new__(UpdateMetadataBroker)
+    o = _new(UpdateMetadataBroker)
     o.v0_host = ""
     o.v0_port = 0
     o.id = _S_i.unpack_from(buf, pos)[0]
@@ -977,7 +982,7 @@ def _read_UpdateMetadataBroker_v6(buf: bytes, pos: int) -> tuple[UpdateMetadataB
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = UpdateMetadataEndpoint.__new__(UpdateMetadataEndpoint)
+            item2 = _new(UpdateMetadataEndpoint)
             item2.port = _S_i.unpack_from(buf, pos)[0]
             pos += 4
             n = buf[pos] - 1
@@ -1179,7 +1184,7 @@ def _read_tags_UpdateMetadataRequest_v8(o: UpdateMetadataRequest, buf: bytes, po
 
 def _read_UpdateMetadataRequest_v0(buf: bytes, pos: int) -> tuple[UpdateMetadataRequest, int]:
     # versions 0
-    o = UpdateMetadataRequest.__new__(UpdateMetadataRequest)
+    o = _new_message(UpdateMetadataRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.broker_epoch = -1
@@ -1196,7 +1201,7 @@ def _read_UpdateMetadataRequest_v0(buf: bytes, pos: int) -> tuple[UpdateMetadata
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = UpdateMetadataPartitionState.__new__(UpdateMetadataPartitionState)
+            item2 = _new(UpdateMetadataPartitionState)
             item2.offline_replicas = []
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -1253,7 +1258,7 @@ def _read_UpdateMetadataRequest_v0(buf: bytes, pos: int) -> tuple[UpdateMetadata
         items4: list[_Any] = []
         count6 = n
         for _ in range(count6):
-            item5 = UpdateMetadataBroker.__new__(UpdateMetadataBroker)
+            item5 = _new(UpdateMetadataBroker)
             item5.endpoints = []
             item5.rack = ""
             item5.id = _S_i.unpack_from(buf, pos)[0]
@@ -1279,7 +1284,7 @@ def _read_UpdateMetadataRequest_v0(buf: bytes, pos: int) -> tuple[UpdateMetadata
 
 def _read_UpdateMetadataRequest_v1(buf: bytes, pos: int) -> tuple[UpdateMetadataRequest, int]:
     # versions 1
-    o = UpdateMetadataRequest.__new__(UpdateMetadataRequest)
+    o = _new_message(UpdateMetadataRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.broker_epoch = -1
@@ -1296,7 +1301,7 @@ def _read_UpdateMetadataRequest_v1(buf: bytes, pos: int) -> tuple[UpdateMetadata
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = UpdateMetadataPartitionState.__new__(UpdateMetadataPartitionState)
+            item2 = _new(UpdateMetadataPartitionState)
             item2.offline_replicas = []
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -1362,7 +1367,7 @@ def _read_UpdateMetadataRequest_v1(buf: bytes, pos: int) -> tuple[UpdateMetadata
 
 def _read_UpdateMetadataRequest_v2(buf: bytes, pos: int) -> tuple[UpdateMetadataRequest, int]:
     # versions 2
-    o = UpdateMetadataRequest.__new__(UpdateMetadataRequest)
+    o = _new_message(UpdateMetadataRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.broker_epoch = -1
@@ -1379,7 +1384,7 @@ def _read_UpdateMetadataRequest_v2(buf: bytes, pos: int) -> tuple[UpdateMetadata
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = UpdateMetadataPartitionState.__new__(UpdateMetadataPartitionState)
+            item2 = _new(UpdateMetadataPartitionState)
             item2.offline_replicas = []
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -1445,7 +1450,7 @@ def _read_UpdateMetadataRequest_v2(buf: bytes, pos: int) -> tuple[UpdateMetadata
 
 def _read_UpdateMetadataRequest_v3(buf: bytes, pos: int) -> tuple[UpdateMetadataRequest, int]:
     # versions 3
-    o = UpdateMetadataRequest.__new__(UpdateMetadataRequest)
+    o = _new_message(UpdateMetadataRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.broker_epoch = -1
@@ -1462,7 +1467,7 @@ def _read_UpdateMetadataRequest_v3(buf: bytes, pos: int) -> tuple[UpdateMetadata
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = UpdateMetadataPartitionState.__new__(UpdateMetadataPartitionState)
+            item2 = _new(UpdateMetadataPartitionState)
             item2.offline_replicas = []
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
@@ -1528,7 +1533,7 @@ def _read_UpdateMetadataRequest_v3(buf: bytes, pos: int) -> tuple[UpdateMetadata
 
 def _read_UpdateMetadataRequest_v4(buf: bytes, pos: int) -> tuple[UpdateMetadataRequest, int]:
     # versions 4
-    o = UpdateMetadataRequest.__new__(UpdateMetadataRequest)
+    o = _new_message(UpdateMetadataRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.broker_epoch = -1
@@ -1545,7 +1550,7 @@ def _read_UpdateMetadataRequest_v4(buf: bytes, pos: int) -> tuple[UpdateMetadata
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = UpdateMetadataPartitionState.__new__(UpdateMetadataPartitionState)
+            item2 = _new(UpdateMetadataPartitionState)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -1623,7 +1628,7 @@ def _read_UpdateMetadataRequest_v4(buf: bytes, pos: int) -> tuple[UpdateMetadata
 
 def _read_UpdateMetadataRequest_v5(buf: bytes, pos: int) -> tuple[UpdateMetadataRequest, int]:
     # versions 5
-    o = UpdateMetadataRequest.__new__(UpdateMetadataRequest)
+    o = _new_message(UpdateMetadataRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.ungrouped_partition_states = []
@@ -1661,7 +1666,7 @@ def _read_UpdateMetadataRequest_v5(buf: bytes, pos: int) -> tuple[UpdateMetadata
 
 def _read_UpdateMetadataRequest_v6(buf: bytes, pos: int) -> tuple[UpdateMetadataRequest, int]:
     # versions 6
-    o = UpdateMetadataRequest.__new__(UpdateMetadataRequest)
+    o = _new_message(UpdateMetadataRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.ungrouped_partition_states = []
@@ -1711,7 +1716,7 @@ def _read_UpdateMetadataRequest_v6(buf: bytes, pos: int) -> tuple[UpdateMetadata
 
 def _read_UpdateMetadataRequest_v7(buf: bytes, pos: int) -> tuple[UpdateMetadataRequest, int]:
     # versions 7
-    o = UpdateMetadataRequest.__new__(UpdateMetadataRequest)
+    o = _new_message(UpdateMetadataRequest)
     o.is_kraft_controller = False
     o.type = 0
     o.ungrouped_partition_states = []
@@ -1761,7 +1766,7 @@ def _read_UpdateMetadataRequest_v7(buf: bytes, pos: int) -> tuple[UpdateMetadata
 
 def _read_UpdateMetadataRequest_v8(buf: bytes, pos: int) -> tuple[UpdateMetadataRequest, int]:
     # versions 8
-    o = UpdateMetadataRequest.__new__(UpdateMetadataRequest)
+    o = _new_message(UpdateMetadataRequest)
     o.type = 0
     o.ungrouped_partition_states = []
     o.controller_id, o.is_kraft_controller, o.controller_epoch, o.broker_epoch = (

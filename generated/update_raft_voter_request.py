@@ -36,6 +36,11 @@ __all__ = [
     "UpdateRaftVoterRequest",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_H: _Final = _Packer(">H")
 _S_hh: _Final = _Packer(">hh")
 _S_ii: _Final = _Packer(">ii")
@@ -191,7 +196,7 @@ _TAGS_KRaftVersionFeature: _Final[frozenset[int]] = frozenset()
 
 def _read_KRaftVersionFeature_v0(buf: bytes, pos: int) -> tuple[KRaftVersionFeature, int]:
     # versions 0
-    o = KRaftVersionFeature.__new__(KRaftVersionFeature)
+    o = _new(KRaftVersionFeature)
     o.min_supported_version, o.max_supported_version = _S_hh.unpack_from(buf, pos)
     pos += 4
     if buf[pos]:
@@ -213,7 +218,7 @@ def _write_KRaftVersionFeature_v0(o: KRaftVersionFeature, w: _Writer) -> None:
 
 def _read_UpdateRaftVoterRequest_v0(buf: bytes, pos: int) -> tuple[UpdateRaftVoterRequest, int]:
     # versions 0
-    o = UpdateRaftVoterRequest.__new__(UpdateRaftVoterRequest)
+    o = _new_message(UpdateRaftVoterRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -246,7 +251,7 @@ def _read_UpdateRaftVoterRequest_v0(buf: bytes, pos: int) -> tuple[UpdateRaftVot
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = Listener.__new__(Listener)
+            item2 = _new(Listener)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1

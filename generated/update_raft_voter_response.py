@@ -37,6 +37,11 @@ __all__ = [
     "UpdateRaftVoterResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
 _S_ii: _Final = _Packer(">ii")
@@ -142,7 +147,7 @@ _TAGS_CurrentLeader: _Final[frozenset[int]] = frozenset()
 
 def _read_CurrentLeader_v0(buf: bytes, pos: int) -> tuple[CurrentLeader, int]:
     # versions 0
-    o = CurrentLeader.__new__(CurrentLeader)
+    o = _new(CurrentLeader)
     o.leader_id, o.leader_epoch = _S_ii.unpack_from(buf, pos)
     pos += 8
     n = buf[pos] - 1
@@ -210,7 +215,7 @@ def _read_tags_UpdateRaftVoterResponse_v0(o: UpdateRaftVoterResponse, buf: bytes
 
 def _read_UpdateRaftVoterResponse_v0(buf: bytes, pos: int) -> tuple[UpdateRaftVoterResponse, int]:
     # versions 0
-    o = UpdateRaftVoterResponse.__new__(UpdateRaftVoterResponse)
+    o = _new_message(UpdateRaftVoterResponse)
     o.current_leader = CurrentLeader()
     o.throttle_time_ms, o.error_code = _S_ih.unpack_from(buf, pos)
     pos += 6

@@ -36,6 +36,11 @@ __all__ = [
     "VoteRequest",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_i: _Final = _Packer(">i")
 _S_iii: _Final = _Packer(">iii")
 _S_iiiiq: _Final = _Packer(">iiiiq")
@@ -199,7 +204,7 @@ _TAGS_PartitionData: _Final[frozenset[int]] = frozenset()
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -228,7 +233,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionData.__new__(PartitionData)
+            item2 = _new(PartitionData)
             item2.candidate_directory_id = _ZERO_UUID
             item2.voter_directory_id = _ZERO_UUID
             (
@@ -256,7 +261,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
 
 def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 1
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -285,7 +290,7 @@ def _read_TopicData_v1(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionData.__new__(PartitionData)
+            item2 = _new(PartitionData)
             item2.partition_index, item2.candidate_epoch, item2.candidate_id = _S_iii.unpack_from(
                 buf, pos
             )
@@ -366,7 +371,7 @@ def _write_TopicData_v1(o: TopicData, w: _Writer) -> None:
 
 def _read_VoteRequest_v0(buf: bytes, pos: int) -> tuple[VoteRequest, int]:
     # versions 0
-    o = VoteRequest.__new__(VoteRequest)
+    o = _new_message(VoteRequest)
     o.voter_id = -1
     n = buf[pos] - 1
     if n < 127:
@@ -409,7 +414,7 @@ def _read_VoteRequest_v0(buf: bytes, pos: int) -> tuple[VoteRequest, int]:
 
 def _read_VoteRequest_v1(buf: bytes, pos: int) -> tuple[VoteRequest, int]:
     # versions 1
-    o = VoteRequest.__new__(VoteRequest)
+    o = _new_message(VoteRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

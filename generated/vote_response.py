@@ -41,6 +41,11 @@ __all__ = [
     "VoteResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_H: _Final = _Packer(">H")
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
@@ -228,7 +233,7 @@ _TAGS_NodeEndpoint: _Final[frozenset[int]] = frozenset()
 
 def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
     # versions 0-1
-    o = TopicData.__new__(TopicData)
+    o = _new(TopicData)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -257,7 +262,7 @@ def _read_TopicData_v0(buf: bytes, pos: int) -> tuple[TopicData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = PartitionData.__new__(PartitionData)
+            item2 = _new(PartitionData)
             (
                 item2.partition_index,
                 item2.error_code,
@@ -336,7 +341,7 @@ def _read_tags_VoteResponse_v1(o: VoteResponse, buf: bytes, pos: int) -> int:
                 items1: list[_Any] = []
                 count3 = n
                 for _ in range(count3):
-                    item2 = NodeEndpoint.__new__(NodeEndpoint)
+                    item2 = _new(NodeEndpoint)
                     item2.node_id = _S_i.unpack_from(buf, pos)[0]
                     pos += 4
                     n = buf[pos] - 1
@@ -376,7 +381,7 @@ def _read_tags_VoteResponse_v1(o: VoteResponse, buf: bytes, pos: int) -> int:
 
 def _read_VoteResponse_v0(buf: bytes, pos: int) -> tuple[VoteResponse, int]:
     # versions 0
-    o = VoteResponse.__new__(VoteResponse)
+    o = _new_message(VoteResponse)
     o.node_endpoints = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2
@@ -407,7 +412,7 @@ def _read_VoteResponse_v0(buf: bytes, pos: int) -> tuple[VoteResponse, int]:
 
 def _read_VoteResponse_v1(buf: bytes, pos: int) -> tuple[VoteResponse, int]:
     # versions 1
-    o = VoteResponse.__new__(VoteResponse)
+    o = _new_message(VoteResponse)
     o.node_endpoints = []
     o.error_code = _S_h.unpack_from(buf, pos)[0]
     pos += 2

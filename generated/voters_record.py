@@ -37,6 +37,11 @@ __all__ = [
     "VotersRecord",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_H: _Final = _Packer(">H")
 _S_h: _Final = _Packer(">h")
 _S_hh: _Final = _Packer(">hh")
@@ -209,7 +214,7 @@ _TAGS_KRaftVersionFeature: _Final[frozenset[int]] = frozenset()
 
 def _read_KRaftVersionFeature_v0(buf: bytes, pos: int) -> tuple[KRaftVersionFeature, int]:
     # versions 0
-    o = KRaftVersionFeature.__new__(KRaftVersionFeature)
+    o = _new(KRaftVersionFeature)
     o.min_supported_version, o.max_supported_version = _S_hh.unpack_from(buf, pos)
     pos += 4
     if buf[pos]:
@@ -231,7 +236,7 @@ def _write_KRaftVersionFeature_v0(o: KRaftVersionFeature, w: _Writer) -> None:
 
 def _read_Voter_v0(buf: bytes, pos: int) -> tuple[Voter, int]:
     # versions 0
-    o = Voter.__new__(Voter)
+    o = _new(Voter)
     o.voter_id = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     o.voter_directory_id = _read_uuid(buf, pos)
@@ -250,7 +255,7 @@ def _read_Voter_v0(buf: bytes, pos: int) -> tuple[Voter, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = Endpoint.__new__(Endpoint)
+            item2 = _new(Endpoint)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -327,7 +332,7 @@ def _write_Voter_v0(o: Voter, w: _Writer) -> None:
 
 def _read_VotersRecord_v0(buf: bytes, pos: int) -> tuple[VotersRecord, int]:
     # versions 0
-    o = VotersRecord.__new__(VotersRecord)
+    o = _new_message(VotersRecord)
     o.version = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     n = buf[pos] - 1

@@ -37,6 +37,11 @@ __all__ = [
     "WriteStateData",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_iiiq: _Final = _Packer(">iiiq")
 _S_qqbh: _Final = _Packer(">qqbh")
 
@@ -219,7 +224,7 @@ _TAGS_StateBatch: _Final[frozenset[int]] = frozenset()
 
 def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
     # versions 0
-    o = PartitionData.__new__(PartitionData)
+    o = _new(PartitionData)
     o.partition, o.state_epoch, o.leader_epoch, o.start_offset = _S_iiiq.unpack_from(buf, pos)
     pos += 20
     n = buf[pos] - 1
@@ -236,7 +241,7 @@ def _read_PartitionData_v0(buf: bytes, pos: int) -> tuple[PartitionData, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = StateBatch.__new__(StateBatch)
+            item2 = _new(StateBatch)
             item2.first_offset, item2.last_offset, item2.delivery_state, item2.delivery_count = (
                 _S_qqbh.unpack_from(buf, pos)
             )
@@ -280,7 +285,7 @@ def _write_PartitionData_v0(o: PartitionData, w: _Writer) -> None:
 
 def _read_WriteStateData_v0(buf: bytes, pos: int) -> tuple[WriteStateData, int]:
     # versions 0
-    o = WriteStateData.__new__(WriteStateData)
+    o = _new(WriteStateData)
     o.topic_id = _read_uuid(buf, pos)
     pos += 16
     n = buf[pos] - 1
@@ -326,7 +331,7 @@ def _read_WriteShareGroupStateRequest_v0(
     buf: bytes, pos: int
 ) -> tuple[WriteShareGroupStateRequest, int]:
     # versions 0
-    o = WriteShareGroupStateRequest.__new__(WriteShareGroupStateRequest)
+    o = _new_message(WriteShareGroupStateRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

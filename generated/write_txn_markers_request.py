@@ -37,6 +37,11 @@ __all__ = [
     "WriteTxnMarkersRequest",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_qhz: _Final = _Packer(">qh?")
@@ -166,7 +171,7 @@ _TAGS_WritableTxnMarkerTopic: _Final[frozenset[int]] = frozenset()
 
 def _read_WritableTxnMarker_v0(buf: bytes, pos: int) -> tuple[WritableTxnMarker, int]:
     # versions 0
-    o = WritableTxnMarker.__new__(WritableTxnMarker)
+    o = _new(WritableTxnMarker)
     o.producer_id, o.producer_epoch, o.transaction_result = _S_qhz.unpack_from(buf, pos)
     pos += 11
     n = _S_i.unpack_from(buf, pos)[0]
@@ -179,7 +184,7 @@ def _read_WritableTxnMarker_v0(buf: bytes, pos: int) -> tuple[WritableTxnMarker,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = WritableTxnMarkerTopic.__new__(WritableTxnMarkerTopic)
+            item2 = _new(WritableTxnMarkerTopic)
             n = _S_h.unpack_from(buf, pos)[0]
             pos += 2
             if n < 0:
@@ -214,7 +219,7 @@ def _read_WritableTxnMarker_v0(buf: bytes, pos: int) -> tuple[WritableTxnMarker,
 
 def _read_WritableTxnMarker_v1(buf: bytes, pos: int) -> tuple[WritableTxnMarker, int]:
     # versions 1
-    o = WritableTxnMarker.__new__(WritableTxnMarker)
+    o = _new(WritableTxnMarker)
     o.producer_id, o.producer_epoch, o.transaction_result = _S_qhz.unpack_from(buf, pos)
     pos += 11
     n = buf[pos] - 1
@@ -231,7 +236,7 @@ def _read_WritableTxnMarker_v1(buf: bytes, pos: int) -> tuple[WritableTxnMarker,
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = WritableTxnMarkerTopic.__new__(WritableTxnMarkerTopic)
+            item2 = _new(WritableTxnMarkerTopic)
             n = buf[pos] - 1
             if n < 127:
                 pos += 1
@@ -330,7 +335,7 @@ def _write_WritableTxnMarker_v1(o: WritableTxnMarker, w: _Writer) -> None:
 
 def _read_WriteTxnMarkersRequest_v0(buf: bytes, pos: int) -> tuple[WriteTxnMarkersRequest, int]:
     # versions 0
-    o = WriteTxnMarkersRequest.__new__(WriteTxnMarkersRequest)
+    o = _new_message(WriteTxnMarkersRequest)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -350,7 +355,7 @@ def _read_WriteTxnMarkersRequest_v0(buf: bytes, pos: int) -> tuple[WriteTxnMarke
 
 def _read_WriteTxnMarkersRequest_v1(buf: bytes, pos: int) -> tuple[WriteTxnMarkersRequest, int]:
     # versions 1
-    o = WriteTxnMarkersRequest.__new__(WriteTxnMarkersRequest)
+    o = _new_message(WriteTxnMarkersRequest)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

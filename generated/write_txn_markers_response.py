@@ -35,6 +35,11 @@ __all__ = [
     "WriteTxnMarkersResponse",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_h: _Final = _Packer(">h")
 _S_i: _Final = _Packer(">i")
 _S_ih: _Final = _Packer(">ih")
@@ -174,7 +179,7 @@ def _read_WritableTxnMarkerTopicResult_v0(
     buf: bytes, pos: int
 ) -> tuple[WritableTxnMarkerTopicResult, int]:
     # versions 0
-    o = WritableTxnMarkerTopicResult.__new__(WritableTxnMarkerTopicResult)
+    o = _new(WritableTxnMarkerTopicResult)
     n = _S_h.unpack_from(buf, pos)[0]
     pos += 2
     if n < 0:
@@ -195,7 +200,7 @@ def _read_WritableTxnMarkerTopicResult_v0(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = WritableTxnMarkerPartitionResult.__new__(WritableTxnMarkerPartitionResult)
+            item2 = _new(WritableTxnMarkerPartitionResult)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             item2._unknown_tags = None
@@ -209,7 +214,7 @@ def _read_WritableTxnMarkerTopicResult_v1(
     buf: bytes, pos: int
 ) -> tuple[WritableTxnMarkerTopicResult, int]:
     # versions 1
-    o = WritableTxnMarkerTopicResult.__new__(WritableTxnMarkerTopicResult)
+    o = _new(WritableTxnMarkerTopicResult)
     n = buf[pos] - 1
     if n < 127:
         pos += 1
@@ -238,7 +243,7 @@ def _read_WritableTxnMarkerTopicResult_v1(
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = WritableTxnMarkerPartitionResult.__new__(WritableTxnMarkerPartitionResult)
+            item2 = _new(WritableTxnMarkerPartitionResult)
             item2.partition_index, item2.error_code = _S_ih.unpack_from(buf, pos)
             pos += 6
             if buf[pos]:
@@ -298,7 +303,7 @@ def _write_WritableTxnMarkerTopicResult_v1(o: WritableTxnMarkerTopicResult, w: _
 
 def _read_WritableTxnMarkerResult_v0(buf: bytes, pos: int) -> tuple[WritableTxnMarkerResult, int]:
     # versions 0
-    o = WritableTxnMarkerResult.__new__(WritableTxnMarkerResult)
+    o = _new(WritableTxnMarkerResult)
     o.producer_id = _S_q.unpack_from(buf, pos)[0]
     pos += 8
     n = _S_i.unpack_from(buf, pos)[0]
@@ -320,7 +325,7 @@ def _read_WritableTxnMarkerResult_v0(buf: bytes, pos: int) -> tuple[WritableTxnM
 
 def _read_WritableTxnMarkerResult_v1(buf: bytes, pos: int) -> tuple[WritableTxnMarkerResult, int]:
     # versions 1
-    o = WritableTxnMarkerResult.__new__(WritableTxnMarkerResult)
+    o = _new(WritableTxnMarkerResult)
     o.producer_id = _S_q.unpack_from(buf, pos)[0]
     pos += 8
     n = buf[pos] - 1
@@ -376,7 +381,7 @@ def _write_WritableTxnMarkerResult_v1(o: WritableTxnMarkerResult, w: _Writer) ->
 
 def _read_WriteTxnMarkersResponse_v0(buf: bytes, pos: int) -> tuple[WriteTxnMarkersResponse, int]:
     # versions 0
-    o = WriteTxnMarkersResponse.__new__(WriteTxnMarkersResponse)
+    o = _new_message(WriteTxnMarkersResponse)
     n = _S_i.unpack_from(buf, pos)[0]
     pos += 4
     if n < 0:
@@ -396,7 +401,7 @@ def _read_WriteTxnMarkersResponse_v0(buf: bytes, pos: int) -> tuple[WriteTxnMark
 
 def _read_WriteTxnMarkersResponse_v1(buf: bytes, pos: int) -> tuple[WriteTxnMarkersResponse, int]:
     # versions 1
-    o = WriteTxnMarkersResponse.__new__(WriteTxnMarkersResponse)
+    o = _new_message(WriteTxnMarkersResponse)
     n = buf[pos] - 1
     if n < 127:
         pos += 1

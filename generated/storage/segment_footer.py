@@ -15,11 +15,17 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import Writer as _Writer
 
 __all__ = [
     "SegmentFooter",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_IqI: _Final = _Packer(">IqI")
 
@@ -71,7 +77,7 @@ class SegmentFooter(_Message):
 
 def _read_SegmentFooter_v0(buf: bytes, pos: int) -> tuple[SegmentFooter, int]:
     # versions 0
-    o = SegmentFooter.__new__(SegmentFooter)
+    o = _new_message(SegmentFooter)
     o.crc, o.last_offset, o.magic = _S_IqI.unpack_from(buf, pos)
     pos += 16
     o._unknown_tags = None

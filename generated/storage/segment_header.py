@@ -15,11 +15,17 @@ from mypy_extensions import mypyc_attr as _mypyc_attr
 from kafscale.protocol.errors import ProtocolError as _ProtocolError
 from kafscale.protocol.message import FieldSpec as _F
 from kafscale.protocol.message import Message as _Message
+from kafscale.protocol.message import Struct as _StructBase
 from kafscale.protocol.wire import Writer as _Writer
 
 __all__ = [
     "SegmentHeader",
 ]
+
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
 
 _S_Ihhqiqi: _Final = _Packer(">Ihhqiqi")
 
@@ -103,7 +109,7 @@ class SegmentHeader(_Message):
 
 def _read_SegmentHeader_v0(buf: bytes, pos: int) -> tuple[SegmentHeader, int]:
     # versions 0
-    o = SegmentHeader.__new__(SegmentHeader)
+    o = _new_message(SegmentHeader)
     o.magic, o.version, o.flags, o.base_offset, o.message_count, o.created_ms, o.reserved = (
         _S_Ihhqiqi.unpack_from(buf, pos)
     )

@@ -28,6 +28,11 @@ __all__ = [
     "SegmentIndex",
 ]
 
+# The base classes' __new__ (object's, unless scripts/accelerate compiled them as native
+# classes: then theirs, which allocates their interpreted subclasses and object's refuses to).
+_new: _Final = _StructBase.__new__
+_new_message: _Final = _Message.__new__
+
 _S_Iiqqqi: _Final = _Packer(">Iiqqqi")
 _S_i: _Final = _Packer(">i")
 _S_qiq: _Final = _Packer(">qiq")
@@ -151,7 +156,7 @@ class SegmentIndex(_Message):
 
 def _read_SegmentIndex_v0(buf: bytes, pos: int) -> tuple[SegmentIndex, int]:
     # versions 0
-    o = SegmentIndex.__new__(SegmentIndex)
+    o = _new_message(SegmentIndex)
     o.magic, o.interval, o.base_offset, o.last_offset, o.max_timestamp, o.batches_end = (
         _S_Iiqqqi.unpack_from(buf, pos)
     )
@@ -166,7 +171,7 @@ def _read_SegmentIndex_v0(buf: bytes, pos: int) -> tuple[SegmentIndex, int]:
         items1: list[_Any] = []
         count3 = n
         for _ in range(count3):
-            item2 = IndexEntry.__new__(IndexEntry)
+            item2 = _new(IndexEntry)
             item2.offset, item2.position, item2.max_timestamp = _S_qiq.unpack_from(buf, pos)
             pos += 20
             item2._unknown_tags = None
