@@ -366,6 +366,10 @@ C functions it calls directly) and byte arithmetic it compiles to C; ``int()`` s
 reused for several widths (``n``) keeps one type."""
 
 
+_ELEMENT_TYPES = {"bool": "bool", "float64": "float"}
+_ZEROS = {"bool": "False", "float64": "0.0"}
+
+
 class NativeReadEmitter(ReadEmitter):
     """Readers for the compiled build: what mypyc makes fast, not what the interpreter does.
 
@@ -391,8 +395,15 @@ class NativeReadEmitter(ReadEmitter):
         return _NATIVE_READS[element].format(at=at)
 
     def fixed_array(self, b: Body, element: str, target: str) -> None:
+        # Filled in place: a comprehension grows its list by appends.
         size = FIXED_SIZES[element]
-        b(f"{target} = [{self.fixed(element, f'pos + {size} * i')} for i in range(n)]")
+        values = b.tmp("values")
+        kind, zero = _ELEMENT_TYPES.get(element, "int"), _ZEROS.get(element, "0")
+        b(f"{values}: list[{kind}] = [{zero}] * n")
+        b("for i in range(n):")
+        with b.indent():
+            b(f"{values}[i] = {self.fixed(element, f'pos + {size} * i')}")
+        b(f"{target} = {values}")
         b(f"pos += {size} * n")
 
     def fixed_run(self, b: Body, run: list[Field], o: str) -> None:
