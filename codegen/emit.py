@@ -109,6 +109,11 @@ def _groups(fields: list[Field]) -> Iterator[list[Field]]:
         yield run
 
 
+def _wire_fields(s: Struct, v: int, flexible: bool) -> list[Field]:
+    """The fields of ``s`` that ``v`` writes in order (present, not in the tag section)."""
+    return [f for f in s.fields if f.present(v) and not (flexible and f.is_tagged(v))]
+
+
 def _compact(f: Field, msg: Message, version: int) -> bool:
     if version not in msg.flexible:
         return False
@@ -172,15 +177,27 @@ class ReadEmitter:
         for f in s.fields:
             if not f.present(v) or (flexible and f.is_tagged(v)):
                 b(f"{o}.{f.py_name} = {default_expr(f)}")
-        wire = [f for f in s.fields if f.present(v) and not (flexible and f.is_tagged(v))]
+        self.read_wire(b, _wire_fields(s, v, flexible), v, o)
+        if not flexible:
+            b(f"{o}._unknown_tags = None")
+            return
+        self.tag_section(b, s, v, o)
+
+    def target(self, o: str, f: Field) -> str:
+        """Where a field of the struct being read into ``o`` goes."""
+        return f"{o}.{f.py_name}"
+
+    def read_wire(self, b: Body, wire: list[Field], v: int, o: str) -> None:
+        """The fields on the wire (not tagged), in order, into their targets."""
         for run in _groups(wire):
             if run[0].type.is_fixed:
                 self.fixed_run(b, run, o)
             else:
-                self.value(b, run[0], v, f"{o}.{run[0].py_name}")
-        if not flexible:
-            b(f"{o}._unknown_tags = None")
-            return
+                self.value(b, run[0], v, self.target(o, run[0]))
+
+    def tag_section(self, b: Body, s: Struct, v: int, o: str, clear: bool = True) -> None:
+        """The tag section of the object ``o`` (flexible versions); ``clear``: an empty one
+        sets ``_unknown_tags`` to None (the constructor did, otherwise)."""
         b("if buf[pos]:")
         with b.indent():
             if s.tagged_fields(v):
@@ -189,7 +206,8 @@ class ReadEmitter:
                 b(f"{o}._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_{s.name})")
         b("else:")
         with b.indent():
-            b(f"{o}._unknown_tags = None")
+            if clear:
+                b(f"{o}._unknown_tags = None")
             b("pos += 1")
 
     def tags_body(self, s: Struct, v: int) -> str:
@@ -242,9 +260,9 @@ class ReadEmitter:
         size = sum(FIXED_SIZES[f.type.element] for f in run)
         ident = self.state.struct_for(codes)
         if len(run) == 1:
-            b(f"{o}.{run[0].py_name} = {ident}.unpack_from(buf, pos)[0]")
+            b(f"{self.target(o, run[0])} = {ident}.unpack_from(buf, pos)[0]")
         else:
-            targets = ", ".join(f"{o}.{f.py_name}" for f in run)
+            targets = ", ".join(self.target(o, f) for f in run)
             b(f"{targets} = {ident}.unpack_from(buf, pos)")
         b(f"pos += {size}")
 
@@ -406,37 +424,28 @@ class NativeReadEmitter(ReadEmitter):
         b(f"{target} = {values}")
         b(f"pos += {size} * n")
 
+    def target(self, o: str, f: Field) -> str:
+        return f"{o}_{f.py_name}"  # a local, passed to the constructor
+
     def fixed_run(self, b: Body, run: list[Field], o: str) -> None:
         at = 0
         for f in run:
-            b(f"{o}_{f.py_name} = {self.fixed(f.type.element, f'pos + {at}' if at else 'pos')}")
+            value = self.fixed(f.type.element, f"pos + {at}" if at else "pos")
+            b(f"{self.target(o, f)} = {value}")
             at += FIXED_SIZES[f.type.element]
         b(f"pos += {at}")
 
     def struct_into(self, b: Body, s: Struct, v: int, o: str) -> None:
         flexible = v in self.msg.flexible
-        wire = [f for f in s.fields if f.present(v) and not (flexible and f.is_tagged(v))]
+        wire = _wire_fields(s, v, flexible)
         for f in wire:  # one type per local, whichever branch assigns it
-            b(f"{o}_{f.py_name}: {self.annotate(f)}")
-        for run in _groups(wire):
-            if run[0].type.is_fixed:
-                self.fixed_run(b, run, o)
-            else:
-                self.value(b, run[0], v, f"{o}_{run[0].py_name}")
+            b(f"{self.target(o, f)}: {self.annotate(f)}")
+        self.read_wire(b, wire, v, o)
         # Absent and tagged fields take the constructor's defaults (the pure readers' values).
-        args = ", ".join(f"{f.py_name}={o}_{f.py_name}" for f in wire)
+        args = ", ".join(f"{f.py_name}={self.target(o, f)}" for f in wire)
         b(f"{o} = {s.name}({args})")
-        if not flexible:
-            return
-        b("if buf[pos]:")
-        with b.indent():
-            if s.tagged_fields(v):
-                b(f"pos = {self.tag_names(s, v)}({o}, buf, pos)")
-            else:
-                b(f"{o}._unknown_tags, pos = _read_tag_section(buf, pos, _TAGS_{s.name})")
-        b("else:")
-        with b.indent():
-            b("pos += 1")
+        if flexible:
+            self.tag_section(b, s, v, o, clear=False)
 
 
 def _element_field(f: Field) -> Field:
@@ -467,7 +476,7 @@ class WriteEmitter:
                 b(f"if {is_default_check(f, f'{o}.{f.py_name}')}:")
                 with b.indent():
                     b(f'raise _ProtocolError("{f.name} cannot be written in version {v}")')
-        wire = [f for f in s.fields if f.present(v) and not (flexible and f.is_tagged(v))]
+        wire = _wire_fields(s, v, flexible)
         for run in _groups(wire):
             if run[0].type.is_fixed:
                 codes = "".join(STRUCT_CODES[f.type.element] for f in run)
