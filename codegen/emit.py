@@ -125,6 +125,30 @@ def annotation_is_optional(f: Field) -> bool:
     return not f.nullable.empty or f.default is None or f.type.element == "records"
 
 
+_PY_TYPES = {
+    "bool": "bool",
+    "int8": "int",
+    "int16": "int",
+    "uint16": "int",
+    "int32": "int",
+    "uint32": "int",
+    "int64": "int",
+    "float64": "float",
+    "string": "str",
+    "bytes": "_Buffer",
+    "records": "_Buffer",
+    "uuid": "_UUID",
+}
+
+
+def annotation(f: Field) -> str:
+    base = f.type.element if f.type.is_struct else _PY_TYPES[f.type.element]
+    ann = f"list[{base}]" if f.type.is_array else base
+    if annotation_is_optional(f):
+        ann += " | None"
+    return ann
+
+
 def default_expr(f: Field) -> str:
     """A Python expression for a fresh default value of ``f``."""
     if f.type.is_array:
@@ -384,8 +408,8 @@ C functions it calls directly) and byte arithmetic it compiles to C; ``int()`` s
 reused for several widths (``n``) keeps one type."""
 
 
-_ELEMENT_TYPES = {"bool": "bool", "float64": "float"}
-_ZEROS = {"bool": "False", "float64": "0.0"}
+_ZEROS = {"bool": "False", "int": "0", "float": "0.0"}
+"""What a compiled reader fills a list of each Python type with before reading it."""
 
 
 class NativeReadEmitter(ReadEmitter):
@@ -398,17 +422,6 @@ class NativeReadEmitter(ReadEmitter):
     readers'.
     """
 
-    def __init__(
-        self,
-        msg: Message,
-        state: ModuleState,
-        names: Names,
-        tag_names: Names,
-        annotate: Callable[[Field], str],
-    ) -> None:
-        super().__init__(msg, state, names, tag_names)
-        self.annotate = annotate
-
     def fixed(self, element: str, at: str) -> str:
         return _NATIVE_READS[element].format(at=at)
 
@@ -416,8 +429,8 @@ class NativeReadEmitter(ReadEmitter):
         # Filled in place: a comprehension grows its list by appends.
         size = FIXED_SIZES[element]
         values = b.tmp("values")
-        kind, zero = _ELEMENT_TYPES.get(element, "int"), _ZEROS.get(element, "0")
-        b(f"{values}: list[{kind}] = [{zero}] * n")
+        kind = _PY_TYPES[element]
+        b(f"{values}: list[{kind}] = [{_ZEROS[kind]}] * n")
         b("for i in range(n):")
         with b.indent():
             b(f"{values}[i] = {self.fixed(element, f'pos + {size} * i')}")
@@ -439,7 +452,7 @@ class NativeReadEmitter(ReadEmitter):
         flexible = v in self.msg.flexible
         wire = _wire_fields(s, v, flexible)
         for f in wire:  # one type per local, whichever branch assigns it
-            b(f"{self.target(o, f)}: {self.annotate(f)}")
+            b(f"{self.target(o, f)}: {annotation(f)}")
         self.read_wire(b, wire, v, o)
         # Absent and tagged fields take the constructor's defaults (the pure readers' values).
         args = ", ".join(f"{f.py_name}={self.target(o, f)}" for f in wire)

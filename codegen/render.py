@@ -22,6 +22,7 @@ from codegen.emit import (
     NativeReadEmitter,
     ReadEmitter,
     WriteEmitter,
+    annotation,
     annotation_is_optional,
     default_expr,
 )
@@ -95,21 +96,6 @@ _IMPORTS: dict[str, str] = {
     "_write_tags": "from kafscale.protocol.wire import write_tags as _write_tags",
 }
 
-_PY_TYPES = {
-    "bool": "bool",
-    "int8": "int",
-    "int16": "int",
-    "uint16": "int",
-    "int32": "int",
-    "uint32": "int",
-    "int64": "int",
-    "float64": "float",
-    "string": "str",
-    "bytes": "_Buffer",
-    "records": "_Buffer",
-    "uuid": "_UUID",
-}
-
 
 def docstring(text: str, indent: str = "    ") -> str:
     """A triple-quoted literal for ``text`` (safe for any content)."""
@@ -121,14 +107,6 @@ def docstring(text: str, indent: str = "    ") -> str:
         body = body[len(indent) :]
         return f'"""{body}\n{indent}"""'
     return f'"""{text}"""'
-
-
-def annotation(f: Field) -> str:
-    base = f.type.element if f.type.is_struct else _PY_TYPES[f.type.element]
-    ann = f"list[{base}]" if f.type.is_array else base
-    if annotation_is_optional(f):
-        ann += " | None"
-    return ann
 
 
 def _field_doc(f: Field) -> str:
@@ -277,7 +255,6 @@ def render_message(msg: Message, release: str, vendor: str = KAFKA, native: bool
         state,
         lambda s, v: read_names[(s.name, v)],
         lambda s, v: tag_names[(s.name, v)],
-        *([annotation] if native else []),
     )
     writer = WriteEmitter(msg, state, lambda s, v: write_names[(s.name, v)])
     functions: list[_Fn] = []
